@@ -1,0 +1,71 @@
+"""The one error tree of Tessera.
+
+Every failure a caller can act on is one of these, raised by `decide` (local validation) or reported by
+`apply` (a decision that became stale while in flight). They are mapped to gRPC status codes in exactly
+one place (`control_plane.api.errors`); nothing else matches on messages.
+
+    TesseraError
+    ├── InvalidRequest    bad input: malformed, negative or non-finite resources, unknown role names...
+    ├── NotFound          an id that names nothing (agent, framework, task, offer)
+    ├── Conflict          the request is valid but the state forbids it now (stale offer, duplicate id,
+    │                     task does not fit, stream id not current)
+    ├── NotLeader         this master cannot write; `leader_hint` names who can (may be None)
+    ├── Unauthenticated
+    ├── PermissionDenied
+    └── Unavailable       the quorum cannot answer now (no leader, outcome unknown); retry with the same id
+"""
+
+from __future__ import annotations
+
+
+class TesseraError(Exception):
+    """Base of every domain error. `code` is the stable name carried in Rejected events."""
+
+    code = "TesseraError"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(TesseraError):
+    code = "InvalidRequest"
+
+
+class NotFound(TesseraError):
+    code = "NotFound"
+
+
+class Conflict(TesseraError):
+    code = "Conflict"
+
+
+class NotLeader(TesseraError):
+    code = "NotLeader"
+
+    def __init__(self, message: str, leader_hint: str | None = None) -> None:
+        super().__init__(message)
+        self.leader_hint = leader_hint
+
+
+class Unauthenticated(TesseraError):
+    code = "Unauthenticated"
+
+
+class PermissionDenied(TesseraError):
+    code = "PermissionDenied"
+
+
+class Unavailable(TesseraError):
+    code = "Unavailable"
+
+
+ERRORS_BY_CODE: dict[str, type[TesseraError]] = {
+    cls.code: cls
+    for cls in (InvalidRequest, NotFound, Conflict, NotLeader, Unauthenticated, PermissionDenied, Unavailable)
+}
+
+
+def error_from_code(code: str, message: str) -> TesseraError:
+    """Rebuild the domain error recorded in a Rejected event (unknown codes become Conflict)."""
+    return ERRORS_BY_CODE.get(code, Conflict)(message)

@@ -1,0 +1,278 @@
+"""Events: the only things that change master state.
+
+One frozen dataclass per event type of proto/tessera/v1/log.proto, with the same field names, so that
+`control_plane.codec` converts them generically. `Entry` mirrors `LogEntry`: what one request commits,
+atomically. Rules:
+- The catalogue only grows. A new event type gets a new dataclass here, a new field in `Event.kind`
+  (never reusing a number) and a case in `apply`.
+- Every event names the ids it concerns as top-level fields (`framework_id`, `agent_id`, `task_id`,
+  `offer_id`) so that the event log can index them without knowing the type.
+- Events carry every value `apply` needs (ids, times, random choices): apply decides nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from control_plane.core.resources import EMPTY, Resources
+from control_plane.core.values import AgentInfo, FrameworkInfo, Offer, TaskInfo, TaskStatus
+
+
+# ---- cluster -----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class LeaderElected:
+    term: int
+    master: str
+    grpc_address: str = ""
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MasterAdded:
+    name: str
+    raft_address: str
+    grpc_address: str
+
+
+@dataclass(frozen=True, slots=True)
+class MasterRemoved:
+    raft_address: str
+
+
+# ---- agents ------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class AgentRegistered:
+    agent_id: str
+    info: AgentInfo
+
+
+@dataclass(frozen=True, slots=True)
+class AgentReregistered:
+    agent_id: str
+    info: AgentInfo
+    task_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AgentUnreachable:
+    agent_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRemoved:
+    agent_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentDrainStarted:
+    agent_id: str
+
+
+# ---- frameworks --------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class FrameworkSubscribed:
+    framework_id: str
+    info: FrameworkInfo
+    stream_id: str = ""
+    resubscribed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FrameworkDisconnected:
+    framework_id: str
+    failover_deadline: float
+
+
+@dataclass(frozen=True, slots=True)
+class FrameworkRemoved:
+    framework_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FrameworkSuppressed:
+    framework_id: str
+    roles: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FrameworkRevived:
+    framework_id: str
+    roles: tuple[str, ...] = ()
+
+
+# ---- offers ------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class OfferIssued:
+    offer_id: str
+    framework_id: str
+    agent_id: str
+    offer: Offer
+
+
+@dataclass(frozen=True, slots=True)
+class OfferDeclined:
+    offer_id: str
+    framework_id: str
+    agent_id: str
+    refuse_until: float
+
+
+@dataclass(frozen=True, slots=True)
+class OfferRescinded:
+    offer_id: str
+    framework_id: str
+    agent_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OfferAccepted:
+    offer_id: str
+    framework_id: str
+    agent_id: str
+
+
+# ---- tasks -------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class TaskLaunched:
+    task_id: str
+    framework_id: str
+    agent_id: str
+    task: TaskInfo
+
+
+@dataclass(frozen=True, slots=True)
+class TaskKillRequested:
+    task_id: str
+    framework_id: str
+    agent_id: str
+    grace_period_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStatusUpdated:
+    task_id: str
+    framework_id: str
+    agent_id: str
+    status: TaskStatus
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStatusAcknowledged:
+    task_id: str
+    framework_id: str
+    agent_id: str
+    uuid: str
+
+
+# ---- policy ------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class RoleWeightSet:
+    role: str
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaSet:
+    role: str
+    guarantee: Resources = EMPTY
+    limit: Resources = EMPTY
+
+
+@dataclass(frozen=True, slots=True)
+class ResourcesReserved:
+    agent_id: str
+    framework_id: str
+    role: str
+    resources: Resources
+
+
+@dataclass(frozen=True, slots=True)
+class ResourcesUnreserved:
+    agent_id: str
+    framework_id: str
+    role: str
+    resources: Resources
+
+
+# ---- outcome -----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    reason: str
+    code: str = "Conflict"
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownEvent:
+    """An event type this version does not know (from a newer master). Kept so replay stays total."""
+
+    type_number: int
+    ignorable: bool
+
+
+Event = (
+    LeaderElected | MasterAdded | MasterRemoved
+    | AgentRegistered | AgentReregistered | AgentUnreachable | AgentRemoved | AgentDrainStarted
+    | FrameworkSubscribed | FrameworkDisconnected | FrameworkRemoved | FrameworkSuppressed | FrameworkRevived
+    | OfferIssued | OfferDeclined | OfferRescinded | OfferAccepted
+    | TaskLaunched | TaskKillRequested | TaskStatusUpdated | TaskStatusAcknowledged
+    | RoleWeightSet | QuotaSet | ResourcesReserved | ResourcesUnreserved
+    | Rejected | UnknownEvent
+)
+
+# proto oneof field name for each event class; the single table the codec and the event log use.
+EVENT_FIELDS: dict[type, str] = {
+    LeaderElected: "leader_elected",
+    MasterAdded: "master_added",
+    MasterRemoved: "master_removed",
+    AgentRegistered: "agent_registered",
+    AgentReregistered: "agent_reregistered",
+    AgentUnreachable: "agent_unreachable",
+    AgentRemoved: "agent_removed",
+    AgentDrainStarted: "agent_drain_started",
+    FrameworkSubscribed: "framework_subscribed",
+    FrameworkDisconnected: "framework_disconnected",
+    FrameworkRemoved: "framework_removed",
+    FrameworkSuppressed: "framework_suppressed",
+    FrameworkRevived: "framework_revived",
+    OfferIssued: "offer_issued",
+    OfferDeclined: "offer_declined",
+    OfferRescinded: "offer_rescinded",
+    OfferAccepted: "offer_accepted",
+    TaskLaunched: "task_launched",
+    TaskKillRequested: "task_kill_requested",
+    TaskStatusUpdated: "task_status_updated",
+    TaskStatusAcknowledged: "task_status_acknowledged",
+    RoleWeightSet: "role_weight_set",
+    QuotaSet: "quota_set",
+    ResourcesReserved: "resources_reserved",
+    ResourcesUnreserved: "resources_unreserved",
+    Rejected: "rejected",
+}
+
+ID_FIELDS = ("framework_id", "agent_id", "task_id", "offer_id")
+
+
+def event_ids(event: object) -> tuple[str, str, str, str]:
+    """(framework_id, agent_id, task_id, offer_id) of an event, '' where it names none."""
+    return (
+        getattr(event, "framework_id", ""),
+        getattr(event, "agent_id", ""),
+        getattr(event, "task_id", ""),
+        getattr(event, "offer_id", ""),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What one request commits atomically: the core form of `LogEntry`."""
+
+    term: int
+    leader: str
+    time: float
+    request_id: str = ""
+    traceparent: str = ""
+    events: tuple[Event, ...] = field(default_factory=tuple)
