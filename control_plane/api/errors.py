@@ -1,0 +1,107 @@
+"""The one place where domain errors become gRPC status codes.
+
+    InvalidRequest   -> INVALID_ARGUMENT
+    NotFound         -> NOT_FOUND
+    Conflict         -> FAILED_PRECONDITION
+    NotLeader        -> UNAVAILABLE, with the leader's gRPC address in `tessera-leader` trailing metadata
+    Unauthenticated  -> UNAUTHENTICATED
+    PermissionDenied -> PERMISSION_DENIED
+    Unavailable      -> UNAVAILABLE
+    HistoryPruned    -> OUT_OF_RANGE (a read from an index older than what the event log keeps)
+
+Servicer methods are wrapped with `@grpc_errors`; anything else that escapes is INTERNAL with the
+exception logged, so a bug never kills the server and never leaks a traceback to the caller.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from control_plane.core.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    NotLeader,
+    PermissionDenied,
+    TesseraError,
+    Unauthenticated,
+    Unavailable,
+)
+from control_plane.eventlog.errors import HistoryPruned
+
+log = logging.getLogger(__name__)
+
+LEADER_METADATA_KEY = "tessera-leader"
+
+_CODES: dict[type[TesseraError], grpc.StatusCode] = {
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Conflict: grpc.StatusCode.FAILED_PRECONDITION,
+    NotLeader: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
+    """(code, details, trailing metadata) for an exception raised while serving a call."""
+    if isinstance(exc, HistoryPruned):
+        return grpc.StatusCode.OUT_OF_RANGE, str(exc), ()
+    if isinstance(exc, NotLeader):
+        trailers = ((LEADER_METADATA_KEY, exc.leader_hint),) if exc.leader_hint else ()
+        return grpc.StatusCode.UNAVAILABLE, exc.message, trailers
+    if isinstance(exc, TesseraError):
+        for cls in type(exc).__mro__:
+            if cls in _CODES:
+                return _CODES[cls], exc.message, ()
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}", ()
+
+
+def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+    code, details, trailers = status_for(exc)
+    if code is grpc.StatusCode.INTERNAL:
+        log.exception("unexpected error while serving a call", exc_info=exc)
+    if trailers:
+        context.set_trailing_metadata(trailers)
+    context.abort(code, details)
+
+
+def grpc_errors(fn: F) -> F:
+    """Map domain errors of a servicer method (unary or server-streaming) to status codes."""
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def stream(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                yield from fn(self, request, context)
+            except Exception as exc:  # noqa: BLE001 - mapped to a status, never leaked
+                if _is_abort(exc):
+                    raise
+                _abort(context, exc)
+
+        return stream  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return fn(self, request, context)
+        except Exception as exc:  # noqa: BLE001 - mapped to a status, never leaked
+            if _is_abort(exc):
+                raise
+            _abort(context, exc)
+
+    return unary  # type: ignore[return-value]
+
+
+def _is_abort(exc: BaseException) -> bool:
+    # grpc's context.abort() raises a bare `Exception()` after recording the status; let it through.
+    return type(exc) is Exception

@@ -1,0 +1,285 @@
+"""The Operator gRPC service: thin — convert, call the master or the event log, convert back.
+
+Validation that needs state lives in `decide`; this module only checks the shape of requests that never
+reach the core (limits, addresses) and maps results. Errors go through `@grpc_errors`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+
+from control_plane.codec import resources_from_proto, resources_to_proto, to_proto
+from control_plane.core import commands as cmd
+from control_plane.core.errors import InvalidRequest, NotLeader, Unavailable
+from control_plane.eventlog import EventFilter, EventRecord
+from control_plane.eventlog.errors import HistoryPruned
+from control_plane.runtime.master import Master
+from control_plane.api.errors import grpc_errors
+from tessera.v1 import common_pb2, operator_pb2, operator_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+MAX_LIST_LIMIT = 10_000
+DEFAULT_LIST_LIMIT = 100
+WATCH_BATCH = 1_000
+WATCH_HEARTBEAT_SECONDS = 1.0
+ADDRESS_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+
+
+def check_address(value: str, field: str) -> str:
+    if not ADDRESS_RE.match(value) or not (0 < int(value.rsplit(":", 1)[1]) < 65536):
+        raise InvalidRequest(f"{field}: expected HOST:PORT, got {value!r}")
+    return value
+
+
+def event_filter_from_proto(f: operator_pb2.EventFilter) -> EventFilter:
+    if f.since_time < 0 or f.until_time < 0:
+        raise InvalidRequest("filter: times must not be negative")
+    return EventFilter(
+        types=tuple(f.types), framework_id=f.framework_id, agent_id=f.agent_id, task_id=f.task_id,
+        offer_id=f.offer_id, since_time=f.since_time or None, until_time=f.until_time or None,
+    )
+
+
+def event_record_to_proto(r: EventRecord) -> operator_pb2.EventRecord:
+    return operator_pb2.EventRecord(
+        index=r.seq, raft_index=r.raft_index, position=r.position, type=r.type, time=r.time, term=r.term,
+        request_id=r.request_id, framework_id=r.framework_id, agent_id=r.agent_id, task_id=r.task_id,
+        offer_id=r.offer_id, trace_id=r.trace_id, span_id=r.span_id, payload_json=r.payload,
+    )
+
+
+def state_to_proto(state: Any, leader: str, term: int) -> operator_pb2.GetStateResponse:
+    resp = operator_pb2.GetStateResponse(index=state.seq, leader=leader, term=term)
+    for agent_id, a in sorted(state.agents.items()):
+        view = resp.agents.add(
+            agent_id=agent_id, state=int(a.state), registered_at=a.registered_at, task_count=len(a.task_ids),
+        )
+        view.info.CopyFrom(to_proto(a.info, common_pb2.AgentInfo))
+        resources_to_proto(a.used, view.used)
+        resources_to_proto(a.offered, view.offered)
+    for framework_id, f in sorted(state.frameworks.items()):
+        fview = resp.frameworks.add(
+            framework_id=framework_id, state=int(f.state), failover_deadline=f.failover_deadline or 0.0,
+            suppressed_roles=sorted(f.suppressed_roles),
+        )
+        fview.info.CopyFrom(to_proto(f.info, common_pb2.FrameworkInfo))
+        resources_to_proto(f.used, fview.used)
+        resources_to_proto(f.offered, fview.offered)
+    for _, t in sorted(state.tasks.items()):
+        tview = resp.tasks.add(state=int(t.state), unacknowledged_updates=len(t.unacknowledged))
+        tview.task.CopyFrom(to_proto(t.info, common_pb2.TaskInfo))
+        if t.last_status is not None:
+            tview.last_status.CopyFrom(to_proto(t.last_status, common_pb2.TaskStatus))
+    for _, role in sorted(state.roles.items()):
+        resp.roles.append(to_proto(role, common_pb2.RoleInfo))
+    for _, offer in sorted(state.offers.items()):
+        resp.offers.append(to_proto(offer, common_pb2.Offer))
+    return resp
+
+
+class OperatorService(operator_pb2_grpc.OperatorServicer):
+    def __init__(self, master: Master, peer_quorum: Any = None) -> None:
+        self.master = master
+        # callable(grpc_address) -> GetQuorumResponse for a member's own view; injected so tests can twin it
+        self._peer_quorum = peer_quorum
+        self._fanout = ThreadPoolExecutor(max_workers=8, thread_name_prefix="quorum-fanout")
+
+    # ---- state -----------------------------------------------------------------------------------
+    @grpc_errors
+    def GetState(self, request: operator_pb2.GetStateRequest, context: grpc.ServicerContext) -> Any:
+        if request.consistent:
+            self.master.barrier()
+        status = self.master.replicator
+        return self.master.read_state(lambda s: state_to_proto(s, s.leader, s.term or status.term()))
+
+    # ---- event log -------------------------------------------------------------------------------
+    @grpc_errors
+    def ListEvents(self, request: operator_pb2.ListEventsRequest, context: grpc.ServicerContext) -> Any:
+        limit = request.limit or DEFAULT_LIST_LIMIT
+        if limit > MAX_LIST_LIMIT:
+            raise InvalidRequest(f"limit: at most {MAX_LIST_LIMIT}, got {limit}")
+        flt = event_filter_from_proto(request.filter)
+        store = self.master.events
+        first, last = store.first_seq(), store.last_seq()
+        if request.descending:
+            start = request.from_index or last
+        else:
+            start = request.from_index or first
+        if last and start > last and not request.descending:
+            records: list[EventRecord] = []
+        else:
+            records = store.list(from_seq=max(start, 1), limit=limit, flt=flt, descending=request.descending)
+        resp = operator_pb2.ListEventsResponse(first_index=first, last_index=last)
+        resp.events.extend(event_record_to_proto(r) for r in records)
+        return resp
+
+    @grpc_errors
+    def WatchEvents(
+        self, request: operator_pb2.WatchEventsRequest, context: grpc.ServicerContext
+    ) -> Iterator[operator_pb2.WatchEventsResponse]:
+        flt = event_filter_from_proto(request.filter)
+        store = self.master.events
+        cursor = request.from_index or store.last_seq() + 1
+        if cursor < store.first_seq():
+            raise HistoryPruned(store.first_seq())
+        while context.is_active():
+            last = store.last_seq()
+            if cursor <= last:
+                records = [r for r in store.list(from_seq=cursor, limit=WATCH_BATCH, flt=flt) if r.seq <= last]
+                if len(records) == WATCH_BATCH:
+                    cursor = records[-1].seq + 1
+                else:
+                    cursor = last + 1
+                if records:
+                    resp = operator_pb2.WatchEventsResponse(last_index=last)
+                    resp.events.extend(event_record_to_proto(r) for r in records)
+                    yield resp
+                    continue
+            if store.wait(after_seq=cursor - 1, timeout=WATCH_HEARTBEAT_SECONDS) <= cursor - 1:
+                yield operator_pb2.WatchEventsResponse(last_index=store.last_seq())
+
+    # ---- quorum ----------------------------------------------------------------------------------
+    def _local_quorum(self) -> operator_pb2.GetQuorumResponse:
+        st = self.master.replicator.status()
+        masters = self.master.read_state(lambda s: dict(s.masters))
+        resp = operator_pb2.GetQuorumResponse(
+            leader=st.leader or "", term=st.term, commit_index=st.commit_index, applied_index=st.last_applied,
+            has_quorum=st.has_quorum, self_raft=st.self_address, log_len=st.log_len,
+            leader_grpc=self.master.leader_grpc_hint() or "",
+        )
+        event_index = self.master.read_state(lambda s: s.seq)
+        for m in st.members:
+            known = masters.get(m.address)
+            name, grpc_address = (known[0], known[1]) if known else ("", "")
+            ms = resp.members.add(
+                name=name, raft_address=m.address, grpc_address=grpc_address,
+                is_leader=(m.address == st.leader), is_self=m.is_self, connected=m.connected,
+                match_index=m.match_index or 0,
+            )
+            if m.is_self:
+                ms.commit_index, ms.applied_index, ms.event_index = st.commit_index, st.last_applied, event_index
+                ms.term, ms.reachable = st.term, True
+                ms.name, ms.grpc_address = self.master.identity.name, self.master.identity.grpc_address
+        return resp
+
+    @grpc_errors
+    def GetQuorum(self, request: operator_pb2.GetQuorumRequest, context: grpc.ServicerContext) -> Any:
+        resp = self._local_quorum()
+        if request.local_only or self._peer_quorum is None:
+            return resp
+        others = [m for m in resp.members if not m.is_self and m.grpc_address]
+        futures = {m.raft_address: self._fanout.submit(self._peer_quorum, m.grpc_address) for m in others}
+        for m in resp.members:
+            fut = futures.get(m.raft_address)
+            if fut is None:
+                if not m.is_self:
+                    m.error = "gRPC address not announced yet"
+                continue
+            try:
+                peer = fut.result(timeout=3.0)
+                m.commit_index, m.applied_index, m.term = peer.commit_index, peer.applied_index, peer.term
+                m.event_index = next((x.event_index for x in peer.members if x.is_self), 0)
+                m.reachable = True
+            except Exception as exc:  # noqa: BLE001 - one member down must not fail the whole answer
+                m.reachable = False
+                m.error = str(getattr(exc, "details", lambda: exc)() or exc)[:200]
+        return resp
+
+    def _leader_only(self) -> None:
+        if not self.master.is_serving():
+            raise NotLeader("quorum changes go to the leader", self.master.leader_grpc_hint())
+
+    def _membership(self, fut: Any, what: str) -> None:
+        try:
+            fut.result(timeout=15.0)
+        except TimeoutError as exc:
+            raise Unavailable(f"{what}: no answer from the quorum within 15 s") from exc
+        except (InvalidRequest, NotLeader, Unavailable):
+            raise
+        except Exception as exc:  # noqa: BLE001 - pysyncobj reports failure as a reason code
+            raise Unavailable(f"{what} failed: {exc}") from exc
+
+    @grpc_errors
+    def AddMaster(self, request: operator_pb2.AddMasterRequest, context: grpc.ServicerContext) -> Any:
+        address = check_address(request.raft_address, "raft_address")
+        self._leader_only()
+        if address in {m.address for m in self.master.replicator.status().members}:
+            raise InvalidRequest(f"raft_address: {address} is already a member")
+        self._membership(self.master.replicator.add_member(address), f"adding {address}")
+        return operator_pb2.AddMasterResponse()
+
+    @grpc_errors
+    def RemoveMaster(self, request: operator_pb2.RemoveMasterRequest, context: grpc.ServicerContext) -> Any:
+        address = check_address(request.raft_address, "raft_address")
+        self._leader_only()
+        members = {m.address for m in self.master.replicator.status().members}
+        if address not in members:
+            raise InvalidRequest(f"raft_address: {address} is not a member")
+        if address == self.master.identity.raft_address:
+            raise InvalidRequest("raft_address: the leader cannot remove itself; transfer leadership first")
+        self._membership(self.master.replicator.remove_member(address), f"removing {address}")
+        try:
+            self.master.propose([cmd.RemoveMaster(raft_address=address)])
+        except InvalidRequest:
+            pass  # never announced: nothing recorded about it
+        return operator_pb2.RemoveMasterResponse()
+
+    @grpc_errors
+    def TransferLeadership(
+        self, request: operator_pb2.TransferLeadershipRequest, context: grpc.ServicerContext
+    ) -> Any:
+        target = check_address(request.raft_address, "raft_address") if request.raft_address else None
+        self._leader_only()
+        self._membership(self.master.replicator.transfer_leadership(target), "leadership transfer")
+        return operator_pb2.TransferLeadershipResponse()
+
+    @grpc_errors
+    def AnnounceMaster(self, request: operator_pb2.AnnounceMasterRequest, context: grpc.ServicerContext) -> Any:
+        check_address(request.raft_address, "raft_address")
+        check_address(request.grpc_address, "grpc_address")
+        result = self.master.propose([cmd.AnnounceMaster(
+            name=request.name, raft_address=request.raft_address, grpc_address=request.grpc_address,
+        )], request_id=f"announce-{request.raft_address}-{request.grpc_address}-{request.name}")
+        return operator_pb2.AnnounceMasterResponse(index=result.last_seq)
+
+    # ---- policy ----------------------------------------------------------------------------------
+    @grpc_errors
+    def SetWeight(self, request: operator_pb2.SetWeightRequest, context: grpc.ServicerContext) -> Any:
+        result = self.master.propose(
+            [cmd.SetRoleWeight(role=request.role, weight=request.weight)],
+            request_id=request.request_id, traceparent=_traceparent(context),
+        )
+        return operator_pb2.SetWeightResponse(index=result.last_seq)
+
+    @grpc_errors
+    def SetQuota(self, request: operator_pb2.SetQuotaRequest, context: grpc.ServicerContext) -> Any:
+        result = self.master.propose(
+            [cmd.SetQuota(
+                role=request.role, guarantee=resources_from_proto(request.guarantee),
+                limit=resources_from_proto(request.limit),
+            )],
+            request_id=request.request_id, traceparent=_traceparent(context),
+        )
+        return operator_pb2.SetQuotaResponse(index=result.last_seq)
+
+    @grpc_errors
+    def DrainAgent(self, request: operator_pb2.DrainAgentRequest, context: grpc.ServicerContext) -> Any:
+        result = self.master.propose(
+            [cmd.DrainAgent(agent_id=request.agent_id)],
+            request_id=request.request_id, traceparent=_traceparent(context),
+        )
+        return operator_pb2.DrainAgentResponse(index=result.last_seq)
+
+
+def _traceparent(context: grpc.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "traceparent":
+            return str(value)
+    return ""

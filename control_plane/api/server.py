@@ -1,0 +1,57 @@
+"""Build a master's gRPC server: Operator (and later Scheduler, AgentLink), health checking, reflection."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tessera.v1 import operator_pb2, operator_pb2_grpc
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.so_reuseport", 0),
+]
+
+
+class MasterServer:
+    """The gRPC server of one master. `bind` returns the actual port (0 picks a free one)."""
+
+    def __init__(self, operator: operator_pb2_grpc.OperatorServicer, *, max_workers: int = 64) -> None:
+        self.server = grpc.server(
+            ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+            options=GRPC_OPTIONS,
+            maximum_concurrent_rpcs=max_workers * 4,
+        )
+        operator_pb2_grpc.add_OperatorServicer_to_server(operator, self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = [
+            operator_pb2.DESCRIPTOR.services_by_name["Operator"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ]
+        reflection.enable_server_reflection(names, self.server)
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+
+    def add(self, register: Any, servicer: Any) -> None:
+        register(servicer, self.server)
+
+    def bind(self, address: str) -> int:
+        port = self.server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot bind gRPC address {address}")
+        return port
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self, grace: float = 1.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait(grace + 1.0)

@@ -1,0 +1,308 @@
+"""The `tessera` command: run a master, and operate a cluster over the Operator API.
+
+Every command that talks to a cluster takes `--masters HOST:PORT,...` (or TESSERA_MASTERS), follows the
+leader on its own, prints a table for people or JSON with `--json`, exits non-zero on failure and says in
+one line why (no traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import grpc
+from google.protobuf.json_format import MessageToDict
+from rich.console import Console
+from rich.table import Table
+
+DEFAULT_MASTERS = "127.0.0.1:5050"
+console = Console()
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"tessera: {message}", err=True)
+    sys.exit(code)
+
+
+def parse_masters(value: str) -> list[str]:
+    from control_plane.api.operator import ADDRESS_RE
+
+    addresses = [a.strip() for a in value.split(",") if a.strip()]
+    if not addresses:
+        fail("--masters: give at least one HOST:PORT", 2)
+    for a in addresses:
+        if not ADDRESS_RE.match(a):
+            fail(f"--masters: expected HOST:PORT, got {a!r}", 2)
+    return addresses
+
+
+class Ctx:
+    def __init__(self, masters: str, as_json: bool, timeout: float) -> None:
+        self.masters_text = masters
+        self.as_json = as_json
+        self.timeout = timeout
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from control_plane.api.client import MasterClient
+
+            self._client = MasterClient(parse_masters(self.masters_text), timeout=self.timeout)
+        return self._client
+
+    def call(self, method: Callable[[Any], Any], request: Any, **kw: Any) -> Any:
+        from control_plane.api.client import NoMasterAvailable
+
+        try:
+            return self.client.call(method, request, **kw)
+        except NoMasterAvailable as exc:
+            fail(str(exc))
+        except grpc.RpcError as err:
+            fail(f"{err.code().name}: {err.details()}")
+
+    def emit(self, data: Any) -> None:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def to_dict(msg: Any) -> dict[str, Any]:
+    return MessageToDict(msg, preserving_proto_field_name=True)
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "TESSERA"})
+@click.option("--masters", default=DEFAULT_MASTERS, show_default=True, envvar="TESSERA_MASTERS",
+              help="Comma-separated gRPC addresses of the masters.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the cluster.")
+@click.pass_context
+def cli(ctx: click.Context, masters: str, as_json: bool, timeout: float) -> None:
+    """Tessera: a datacenter kernel with a Raft-replicated, event-sourced master."""
+    ctx.obj = Ctx(masters, as_json, timeout)
+
+
+# ---- master ------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--name", required=True, help="This master's name (m1, m2, ...).")
+@click.option("--raft", "raft_address", required=True, help="HOST:PORT of this master's Raft port.")
+@click.option("--grpc", "grpc_address", required=True, help="HOST:PORT this master serves gRPC on.")
+@click.option("--peers", default="", help="Comma-separated Raft addresses of the OTHER masters.")
+@click.option("--data-dir", type=click.Path(path_type=Path), required=True, help="Journal, dump and events.db.")
+@click.option("--raft-password", envvar="TESSERA_RAFT_PASSWORD", default=None,
+              help="Encrypts the Raft port (or TESSERA_RAFT_PASSWORD). Without it the port is insecure.")
+@click.option("--log-level", default="INFO", show_default=True)
+def master(name: str, raft_address: str, grpc_address: str, peers: str, data_dir: Path,
+           raft_password: str | None, log_level: str) -> None:
+    """Run one master of a Raft quorum."""
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
+                        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
+    from control_plane.runtime.process import MasterConfig, run_master
+
+    config = MasterConfig(
+        name=name, raft_address=raft_address, grpc_address=grpc_address,
+        peers=tuple(p.strip() for p in peers.split(",") if p.strip()), data_dir=data_dir,
+        raft_password=raft_password or None,
+    )
+    sys.exit(run_master(config))
+
+
+# ---- quorum ------------------------------------------------------------------------------------
+@cli.group()
+def quorum() -> None:
+    """Inspect and change the quorum of masters."""
+
+
+@quorum.command("status")
+@pass_ctx
+def quorum_status(c: Ctx) -> None:
+    """Leader, term, commit index and each member's applied index."""
+    from tessera.v1 import operator_pb2
+
+    resp = c.call(lambda s: s.GetQuorum, operator_pb2.GetQuorumRequest())
+    if c.as_json:
+        c.emit(to_dict(resp))
+        return
+    console.print(f"leader [bold]{resp.leader_grpc or '?'}[/] (raft {resp.leader or '?'})  term {resp.term}  "
+                  f"commit {resp.commit_index}  quorum {'yes' if resp.has_quorum else 'NO'}")
+    table = Table("name", "raft", "grpc", "role", "applied", "events", "match", "reachable")
+    for m in resp.members:
+        table.add_row(m.name or "?", m.raft_address, m.grpc_address or "?",
+                      "leader" if m.is_leader else "follower", str(m.applied_index), str(m.event_index),
+                      str(m.match_index), "yes" if m.reachable else f"no {m.error}")
+    console.print(table)
+
+
+@quorum.command("add")
+@click.argument("raft_address")
+@pass_ctx
+def quorum_add(c: Ctx, raft_address: str) -> None:
+    """Add a master (then start it with --peers listing every other member)."""
+    from tessera.v1 import operator_pb2
+
+    c.call(lambda s: s.AddMaster, operator_pb2.AddMasterRequest(raft_address=raft_address), timeout=30)
+    click.echo(f"added {raft_address} to the quorum; start it with --peers naming every other member")
+
+
+@quorum.command("remove")
+@click.argument("raft_address")
+@pass_ctx
+def quorum_remove(c: Ctx, raft_address: str) -> None:
+    """Remove a master from the quorum."""
+    from tessera.v1 import operator_pb2
+
+    c.call(lambda s: s.RemoveMaster, operator_pb2.RemoveMasterRequest(raft_address=raft_address), timeout=30)
+    click.echo(f"removed {raft_address} from the quorum")
+
+
+@quorum.command("transfer")
+@click.argument("raft_address", required=False, default="")
+@pass_ctx
+def quorum_transfer(c: Ctx, raft_address: str) -> None:
+    """Hand leadership to RAFT_ADDRESS (or any caught-up member)."""
+    from tessera.v1 import operator_pb2
+
+    c.call(lambda s: s.TransferLeadership,
+           operator_pb2.TransferLeadershipRequest(raft_address=raft_address), timeout=30)
+    click.echo(f"leadership transfer to {raft_address or 'a caught-up member'} requested")
+
+
+# ---- policy ------------------------------------------------------------------------------------
+@cli.group()
+def weights() -> None:
+    """Role weights for weighted DRF."""
+
+
+@weights.command("set")
+@click.argument("role")
+@click.argument("weight", type=float)
+@click.option("--request-id", default="", help="Idempotency key (retries with the same id apply once).")
+@pass_ctx
+def weights_set(c: Ctx, role: str, weight: float, request_id: str) -> None:
+    from tessera.v1 import operator_pb2
+
+    resp = c.call(lambda s: s.SetWeight,
+                  operator_pb2.SetWeightRequest(role=role, weight=weight, request_id=request_id))
+    click.echo(f"role {role}: weight {weight:g} (event {resp.index})")
+
+
+@cli.group()
+def quota() -> None:
+    """Role quotas: a guarantee served first, a limit never exceeded."""
+
+
+def _resources(text: str, flag: str) -> list[Any]:
+    from control_plane.codec import resources_to_proto
+    from control_plane.core.errors import InvalidRequest
+    from control_plane.core.resources import Resources
+    from tessera.v1 import operator_pb2
+
+    try:
+        res = Resources.parse(text)
+    except InvalidRequest as exc:
+        fail(f"{flag}: {exc}", 2)
+    holder = operator_pb2.SetQuotaRequest()
+    resources_to_proto(res, holder.guarantee)
+    return list(holder.guarantee)
+
+
+@quota.command("set")
+@click.argument("role")
+@click.option("--guarantee", default="", help="e.g. 'cpus:4;mem:4096'")
+@click.option("--limit", default="", help="e.g. 'cpus:8;mem:8192'")
+@click.option("--request-id", default="")
+@pass_ctx
+def quota_set(c: Ctx, role: str, guarantee: str, limit: str, request_id: str) -> None:
+    from tessera.v1 import operator_pb2
+
+    req = operator_pb2.SetQuotaRequest(role=role, request_id=request_id)
+    req.guarantee.extend(_resources(guarantee, "--guarantee"))
+    req.limit.extend(_resources(limit, "--limit"))
+    resp = c.call(lambda s: s.SetQuota, req)
+    click.echo(f"role {role}: quota set (event {resp.index})")
+
+
+# ---- state and events --------------------------------------------------------------------------
+@cli.command()
+@pass_ctx
+def state(c: Ctx) -> None:
+    """The cluster state as the leader holds it now."""
+    from tessera.v1 import operator_pb2
+
+    resp = c.call(lambda s: s.GetState, operator_pb2.GetStateRequest(consistent=True))
+    if c.as_json:
+        c.emit(to_dict(resp))
+        return
+    console.print(f"index {resp.index}  term {resp.term}  leader {resp.leader}")
+    console.print(f"agents {len(resp.agents)}  frameworks {len(resp.frameworks)}  tasks {len(resp.tasks)}  "
+                  f"offers {len(resp.offers)}")
+    if resp.roles:
+        table = Table("role", "weight", "guarantee", "limit")
+        for r in resp.roles:
+            table.add_row(r.role, f"{r.weight:g}", _res_text(r.quota_guarantee), _res_text(r.quota_limit))
+        console.print(table)
+
+
+def _res_text(items: Any) -> str:
+    from control_plane.codec import resources_from_proto
+
+    return str(resources_from_proto(items)) if len(items) else "-"
+
+
+def _print_events(c: Ctx, records: Any) -> None:
+    for r in records:
+        if c.as_json:
+            click.echo(json.dumps(to_dict(r), sort_keys=True))
+        else:
+            ids = " ".join(f"{k}={getattr(r, k)}" for k in ("framework_id", "agent_id", "task_id", "offer_id")
+                           if getattr(r, k))
+            click.echo(f"{r.index:>8} {r.type:<24} {ids} {r.payload_json}")
+
+
+@cli.command()
+@click.option("--follow", "-f", is_flag=True, help="Keep streaming new events.")
+@click.option("--type", "types", multiple=True, help="Only events of this type (repeatable).")
+@click.option("--framework", default="")
+@click.option("--agent", default="")
+@click.option("--task", default="")
+@click.option("--since", "since", type=int, default=0, help="Start at this event index.")
+@click.option("--limit", default=100, show_default=True)
+@pass_ctx
+def events(c: Ctx, follow: bool, types: tuple[str, ...], framework: str, agent: str, task: str,
+           since: int, limit: int) -> None:
+    """The replicated event log, optionally live."""
+    from tessera.v1 import operator_pb2
+
+    flt = operator_pb2.EventFilter(types=list(types), framework_id=framework, agent_id=agent, task_id=task)
+    if not follow:
+        resp = c.call(lambda s: s.ListEvents,
+                      operator_pb2.ListEventsRequest(from_index=since, limit=limit, filter=flt))
+        _print_events(c, resp.events)
+        return
+    address = c.client.addresses[0]
+    stream = c.client.operator(address).WatchEvents(
+        operator_pb2.WatchEventsRequest(from_index=since, filter=flt))
+    try:
+        for batch in stream:
+            _print_events(c, batch.events)
+    except grpc.RpcError as err:
+        if err.code() == grpc.StatusCode.OUT_OF_RANGE:
+            fail(f"history before the requested index was pruned: {err.details()}")
+        fail(f"{err.code().name}: {err.details()}")
+    except KeyboardInterrupt:
+        stream.cancel()
+
+
+def main() -> None:
+    cli(prog_name="tessera")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+"""Conversion between the core's frozen dataclasses and the protobuf messages of proto/tessera/v1.
+
+The core never sees protobuf. Every core value mirrors a message field for field (same names, same enum
+numbers), so conversion is generic: for each dataclass a plan is built once from its type hints, and
+`to_proto` / `from_proto` follow it. Special cases are the few types that are not plain fields:
+`Resources` (a repeated `Resource`), labels (repeated `Label`), enums, optional scalars and nested values.
+
+Input from the network goes through `from_proto`, which validates resources (negative, NaN, infinite,
+malformed ranges raise `InvalidRequest`) and refuses unknown enum numbers the same way.
+
+Also here: `entry_to_bytes` / `entry_from_bytes` (the replicated `LogEntry`) and `to_jsonable` (the
+payload stored in the event log).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from collections.abc import Callable
+from functools import cache
+from typing import Any, TypeVar
+
+from google.protobuf.message import DecodeError
+from google.protobuf.message import Message as ProtoMessage
+
+from control_plane.core import events as ev
+from control_plane.core.errors import InvalidRequest
+from control_plane.core.resources import Resources
+from tessera.v1 import common_pb2, log_pb2
+
+T = TypeVar("T")
+
+_LABELS = tuple[tuple[str, str], ...]
+
+# ---- resources ---------------------------------------------------------------------------------
+
+
+def resources_to_proto(resources: Resources, out: Any) -> None:
+    """Append `resources` to a repeated `Resource` field."""
+    for name, role, scalar, ranges in resources.items():
+        r = out.add()
+        r.name = name
+        if ranges:
+            for b, e in ranges:
+                r.ranges.add(begin=b, end=e)
+        else:
+            r.scalar = scalar
+        if role:
+            r.reservation_role = role
+
+
+def resources_from_proto(items: Any) -> Resources:
+    """Validate and convert a repeated `Resource` field (raises InvalidRequest)."""
+    return Resources.from_items(
+        (r.name, r.reservation_role, r.scalar, tuple((x.begin, x.end) for x in r.ranges)) for r in items
+    )
+
+
+# ---- generic plan ------------------------------------------------------------------------------
+
+_Encoder = Callable[[Any, Any], None]  # (value, message) -> None, sets one field
+_Decoder = Callable[[Any], Any]  # message -> value of one field
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _enum_decoder(enum_cls: type[enum.IntEnum], name: str) -> Callable[[int], Any]:
+    valid = {m.value for m in enum_cls}
+
+    def decode(number: int) -> Any:
+        if number not in valid:
+            raise InvalidRequest(f"{name}: unknown {enum_cls.__name__} value {number}")
+        return enum_cls(number)
+
+    return decode
+
+
+@cache
+def _plan(cls: type) -> tuple[tuple[str, _Encoder, _Decoder], ...]:
+    hints = typing.get_type_hints(cls)
+    plan: list[tuple[str, _Encoder, _Decoder]] = []
+    for f in dataclasses.fields(cls):
+        name = f.name
+        tp, optional = _unwrap_optional(hints[name])
+        plan.append((name, *_field_codec(name, tp, optional)))
+    return tuple(plan)
+
+
+def _field_codec(name: str, tp: Any, optional: bool) -> tuple[_Encoder, _Decoder]:
+    if tp is Resources:
+
+        def enc(v: Any, m: Any) -> None:
+            resources_to_proto(v, getattr(m, name))
+
+        def dec(m: Any) -> Any:
+            return resources_from_proto(getattr(m, name))
+
+        return enc, dec
+    if tp == _LABELS:
+
+        def enc(v: Any, m: Any) -> None:
+            field = getattr(m, name)
+            for k, val in v:
+                field.add(key=k, value=val)
+
+        def dec(m: Any) -> Any:
+            return tuple((x.key, x.value) for x in getattr(m, name))
+
+        return enc, dec
+    if typing.get_origin(tp) is tuple:
+
+        def enc(v: Any, m: Any) -> None:
+            getattr(m, name).extend(v)
+
+        def dec(m: Any) -> Any:
+            return tuple(getattr(m, name))
+
+        return enc, dec
+    if isinstance(tp, type) and issubclass(tp, enum.IntEnum):
+        decode_enum = _enum_decoder(tp, name)
+
+        def enc(v: Any, m: Any) -> None:
+            setattr(m, name, int(v))
+
+        def dec(m: Any) -> Any:
+            return decode_enum(getattr(m, name))
+
+        return enc, dec
+    if dataclasses.is_dataclass(tp):
+        sub = typing.cast(type, tp)
+
+        def enc(v: Any, m: Any) -> None:
+            _encode_into(v, getattr(m, name))
+
+        def dec(m: Any) -> Any:
+            return from_proto(getattr(m, name), sub)
+
+        return enc, dec
+    if optional:
+
+        def enc(v: Any, m: Any) -> None:
+            if v is not None:
+                setattr(m, name, v)
+
+        def dec(m: Any) -> Any:
+            return getattr(m, name) if m.HasField(name) else None
+
+        return enc, dec
+
+    def enc(v: Any, m: Any) -> None:
+        if v:
+            setattr(m, name, v)
+
+    def dec(m: Any) -> Any:
+        return getattr(m, name)
+
+    return enc, dec
+
+
+def _encode_into(value: Any, msg: Any) -> None:
+    for name, enc, _ in _plan(type(value)):
+        enc(getattr(value, name), msg)
+
+
+def to_proto(value: Any, msg_cls: type[ProtoMessage]) -> Any:
+    """A new `msg_cls` message holding the core `value`."""
+    msg = msg_cls()
+    _encode_into(value, msg)
+    return msg
+
+
+def from_proto(msg: Any, cls: type[T]) -> T:
+    """The core value `cls` read from `msg`; raises InvalidRequest on invalid content."""
+    kwargs = {name: dec(msg) for name, _, dec in _plan(cls)}
+    return cls(**kwargs)
+
+
+# ---- events and log entries --------------------------------------------------------------------
+
+_CLASS_BY_FIELD: dict[str, type] = {f: c for c, f in ev.EVENT_FIELDS.items()}
+
+
+def event_type_name(event: object) -> str:
+    return type(event).__name__
+
+
+def event_to_proto(event: ev.Event, out: log_pb2.Event) -> None:
+    if isinstance(event, ev.UnknownEvent):
+        raise ValueError("an unknown event cannot be re-encoded")
+    out.ignorable_if_unknown = False
+    _encode_into(event, getattr(out, ev.EVENT_FIELDS[type(event)]))
+
+
+def event_from_proto(msg: log_pb2.Event) -> ev.Event:
+    kind = msg.WhichOneof("kind")
+    if kind is None:
+        return ev.UnknownEvent(type_number=0, ignorable=msg.ignorable_if_unknown)
+    return typing.cast(ev.Event, from_proto(getattr(msg, kind), _CLASS_BY_FIELD[kind]))
+
+
+def entry_to_proto(entry: ev.Entry) -> log_pb2.LogEntry:
+    msg = log_pb2.LogEntry(
+        term=entry.term, leader=entry.leader, time=entry.time,
+        traceparent=entry.traceparent, request_id=entry.request_id,
+    )
+    for event in entry.events:
+        event_to_proto(event, msg.events.add())
+    return msg
+
+
+def entry_to_bytes(entry: ev.Entry) -> bytes:
+    return entry_to_proto(entry).SerializeToString()
+
+
+def entry_from_bytes(data: bytes) -> ev.Entry:
+    """Decode a replicated entry. Raises ValueError on bytes that are not a LogEntry."""
+    msg = log_pb2.LogEntry()
+    try:
+        msg.ParseFromString(data)
+    except DecodeError as exc:
+        raise ValueError(f"not a LogEntry: {exc}") from exc
+    return ev.Entry(
+        term=msg.term, leader=msg.leader, time=msg.time, request_id=msg.request_id,
+        traceparent=msg.traceparent, events=tuple(event_from_proto(e) for e in msg.events),
+    )
+
+
+# ---- JSON (event log payloads, CLI --json) ------------------------------------------------------
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON types for any core value: dataclasses become objects, enums their names,
+    resources a list of {name, role?, scalar | ranges}, labels an object."""
+    if isinstance(value, Resources):
+        out = []
+        for name, role, scalar, ranges in value.items():
+            item: dict[str, Any] = {"name": name}
+            if role:
+                item["role"] = role
+            if ranges:
+                item["ranges"] = [[b, e] for b, e in ranges]
+            else:
+                item["scalar"] = scalar
+            out.append(item)
+        return out
+    if isinstance(value, enum.Enum):
+        return value.name
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _json_field(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def _json_field(value: Any) -> Any:
+    if isinstance(value, tuple) and value and all(
+        isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in value
+    ):
+        return {k: v for k, v in value}
+    return to_jsonable(value)
+
+
+# ---- resources text helpers shared by CLI and API ------------------------------------------------
+
+
+def resource_list(items: list[tuple[str, float]]) -> list[common_pb2.Resource]:
+    return [common_pb2.Resource(name=n, scalar=v) for n, v in items]

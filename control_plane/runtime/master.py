@@ -1,0 +1,270 @@
+"""The master: decides on the leader, commits through replication, serves reads from applied state.
+
+Theory of operation
+-------------------
+A write is `propose(commands)`: on the leader, under the state lock, `decide` turns each command into
+events (raising a domain error for bad input, before anything is replicated); the events become one
+`Entry` stamped with the leader's term, address, clock, request id and trace context; the entry's bytes
+go to the replicator, which group-commits concurrent proposals into one Raft call; once the entry is
+applied on this master the caller gets the `ApplyResult`. A `Rejected` outcome (the decision became
+stale in flight) is raised as the recorded domain error. An unknown outcome (leader change, timeout) is
+`Unavailable`: the caller retries with the same request id and `apply` de-duplicates.
+
+Leadership: when replication reports that this master became leader, it commits a `LeaderElected`
+barrier (plus its own `MasterAdded` when the quorum does not know its gRPC address yet). Only after that
+entry is applied — so every earlier entry is applied too — does it serve writes. Until then, and on
+followers, writes raise `NotLeader` with the leader's gRPC address when the state knows it.
+
+Followers announce their gRPC address to the leader once (so `quorum status` can ask every member).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from control_plane.codec import entry_to_bytes
+from control_plane.core import commands as cmd
+from control_plane.core import events as ev
+from control_plane.core.apply import ApplyResult
+from control_plane.core.context import Context
+from control_plane.core.decide import decide
+from control_plane.core.errors import (
+    InvalidRequest,
+    NotLeader,
+    TesseraError,
+    Unavailable,
+    error_from_code,
+)
+from control_plane.eventlog import EventStore
+from control_plane.replication import Replicator
+from control_plane.replication.errors import NotLeaderError, UnknownOutcomeError
+from control_plane.runtime.statemachine import Applied, MasterStateMachine
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_ID = 128
+
+
+@dataclass(frozen=True)
+class MasterIdentity:
+    name: str
+    raft_address: str
+    grpc_address: str
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+class Master:
+    """One master process's control plane, independent of gRPC (the servicers call this)."""
+
+    def __init__(
+        self,
+        identity: MasterIdentity,
+        state_machine: MasterStateMachine,
+        replicator: Replicator,
+        events: EventStore,
+        *,
+        commit_timeout: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        announce: Callable[[str, MasterIdentity], None] | None = None,
+    ) -> None:
+        self.identity = identity
+        self.sm = state_machine
+        self.replicator = replicator
+        self.events = events
+        self.commit_timeout = commit_timeout
+        self.clock = clock
+        self._announce = announce
+        self._serving_term = 0  # term in which this master finished its barrier; 0 = not serving
+        self._lock = threading.Lock()
+        self._leadership = threading.Condition(self._lock)
+        self._stopped = threading.Event()
+        self._announced_to: str = ""
+        self._barrier_thread: threading.Thread | None = None
+        self.replicator.on_leadership_change(self._on_leadership_change)
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.replicator.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with self._lock:
+            self._serving_term = 0
+            self._leadership.notify_all()
+        self.replicator.stop()
+        self.events.close()
+
+    # ---- leadership ------------------------------------------------------------------------------
+    def _on_leadership_change(self, is_leader: bool, term: int) -> None:
+        with self._lock:
+            self._serving_term = 0
+            self._leadership.notify_all()
+        if is_leader and not self._stopped.is_set():
+            t = threading.Thread(target=self._become_leader, args=(term,), name="leader-barrier", daemon=True)
+            self._barrier_thread = t
+            t.start()
+
+    def _become_leader(self, term: int) -> None:
+        """Commit the LeaderElected barrier, retrying while this master still leads in `term`."""
+        request_id = f"leader-{self.identity.raft_address}-{term}"
+        commands: list[cmd.Command] = [cmd.ElectLeader(
+            term=term, master=self.identity.raft_address,
+            grpc_address=self.identity.grpc_address, name=self.identity.name,
+        )]
+        deadline = time.monotonic() + 30.0
+        while not self._stopped.is_set() and time.monotonic() < deadline:
+            if not self.replicator.is_leader() or self.replicator.term() != term:
+                return
+            with self.sm.lock:
+                known = self.sm.state.masters.get(self.identity.raft_address)
+            extra: list[cmd.Command] = []
+            if known is None or tuple(known) != (self.identity.name, self.identity.grpc_address):
+                extra.append(cmd.AnnounceMaster(
+                    name=self.identity.name, raft_address=self.identity.raft_address,
+                    grpc_address=self.identity.grpc_address,
+                ))
+            try:
+                self._commit(commands + extra, request_id=request_id, traceparent="", term=term)
+            except (Unavailable, NotLeader) as exc:
+                log.info("leader barrier for term %d not committed yet: %s", term, exc)
+                time.sleep(0.05)
+                continue
+            except TesseraError as exc:
+                log.error("leader barrier for term %d rejected: %s", term, exc)
+                return
+            with self._lock:
+                if self.replicator.is_leader() and self.replicator.term() == term:
+                    self._serving_term = term
+                    self._leadership.notify_all()
+                    log.info("serving as leader in term %d", term)
+            return
+
+    def is_serving(self) -> bool:
+        with self._lock:
+            return self._serving_term != 0 and self._serving_term == self.replicator.term()
+
+    def wait_serving(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while not (self._serving_term and self._serving_term == self.replicator.term()):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._leadership.wait(min(remaining, 0.05))
+            return True
+
+    def leader_grpc_hint(self) -> str | None:
+        """The gRPC address of the leader as this master knows it (None when unknown)."""
+        if self.is_serving():
+            return self.identity.grpc_address
+        leader_raft = self.replicator.leader()
+        if leader_raft is None:
+            return None
+        with self.sm.lock:
+            state = self.sm.state
+            known = state.masters.get(leader_raft)
+            if known is not None:
+                return str(known[1])
+            if state.leader == leader_raft and state.leader_grpc:
+                return str(state.leader_grpc)
+        return None
+
+    def maybe_announce(self) -> None:
+        """Followers: tell the leader our gRPC address once, so quorum status can reach us."""
+        if self._announce is None or self.is_serving():
+            return
+        with self.sm.lock:
+            known = self.sm.state.masters.get(self.identity.raft_address)
+        if known is not None and tuple(known) == (self.identity.name, self.identity.grpc_address):
+            return
+        hint = self.leader_grpc_hint()
+        if hint and hint != self._announced_to:
+            try:
+                self._announce(hint, self.identity)
+                self._announced_to = hint
+            except Exception as exc:  # noqa: BLE001 - retried on the next tick
+                log.debug("announce to %s failed: %s", hint, exc)
+
+    # ---- writes ----------------------------------------------------------------------------------
+    def propose(
+        self, commands: Sequence[cmd.Command], *, request_id: str = "", traceparent: str = ""
+    ) -> ApplyResult:
+        """Decide and commit `commands` atomically; raises a domain error or NotLeader."""
+        if len(request_id) > MAX_REQUEST_ID:
+            raise InvalidRequest(f"request_id is longer than {MAX_REQUEST_ID} characters")
+        if not self.is_serving():
+            raise NotLeader("this master is not the serving leader", self.leader_grpc_hint())
+        return self._commit(commands, request_id=request_id or new_id("req"), traceparent=traceparent,
+                            term=self.replicator.term())
+
+    def propose_async(
+        self, commands: Sequence[cmd.Command], *, request_id: str = "", traceparent: str = ""
+    ) -> Future[Any]:
+        """Decide now, commit in the background: the future resolves with the ApplyResult."""
+        if not self.is_serving():
+            raise NotLeader("this master is not the serving leader", self.leader_grpc_hint())
+        entry = self._decide(commands, request_id or new_id("req"), traceparent, self.replicator.term())
+        return self.replicator.submit(entry_to_bytes(entry))
+
+    def _decide(self, commands: Sequence[cmd.Command], request_id: str, traceparent: str, term: int) -> ev.Entry:
+        now = self.clock()
+        ctx = Context(now=now, term=term, leader=self.identity.raft_address, new_id=new_id)
+        events: list[ev.Event] = []
+        with self.sm.lock:
+            for c in commands:
+                events.extend(decide(self.sm.state, c, ctx))
+        return ev.Entry(
+            term=term, leader=self.identity.raft_address, time=now,
+            request_id=request_id, traceparent=traceparent, events=tuple(events),
+        )
+
+    def _commit(self, commands: Sequence[cmd.Command], *, request_id: str, traceparent: str, term: int) -> ApplyResult:
+        entry = self._decide(commands, request_id, traceparent, term)
+        fut = self.replicator.submit(entry_to_bytes(entry))
+        return self.wait_result(fut)
+
+    def wait_result(self, fut: Future[Any]) -> ApplyResult:
+        try:
+            result = fut.result(timeout=self.commit_timeout)
+        except NotLeaderError as exc:
+            raise NotLeader("leadership moved while committing", self.leader_grpc_hint()) from exc
+        except UnknownOutcomeError as exc:
+            raise Unavailable(f"outcome unknown ({exc}); retry with the same request id") from exc
+        except TimeoutError as exc:
+            raise Unavailable("commit timed out; retry with the same request id") from exc
+        if not isinstance(result, ApplyResult):
+            raise Unavailable(f"unexpected apply result {result!r}")
+        if result.outcome == "rejected":
+            raise error_from_code(result.error_code, result.reason)
+        return result
+
+    # ---- reads -----------------------------------------------------------------------------------
+    def read_state(self, fn: Callable[[Any], Any]) -> Any:
+        """Run `fn(state)` under the apply lock (a consistent, possibly stale, local view)."""
+        with self.sm.lock:
+            return fn(self.sm.state)
+
+    def barrier(self) -> None:
+        """Make the next local read reflect every write committed before this call (leader only)."""
+        if not self.is_serving():
+            raise NotLeader("consistent reads go to the leader", self.leader_grpc_hint())
+        self.wait_result(self.replicator.submit(entry_to_bytes(ev.Entry(
+            term=self.replicator.term(), leader=self.identity.raft_address, time=self.clock(),
+        ))))
+
+
+def applied_listener(fn: Callable[[Applied], None]) -> Callable[[Sequence[Applied]], None]:
+    def listener(batch: Sequence[Applied]) -> None:
+        for a in batch:
+            fn(a)
+    return listener

@@ -1,0 +1,118 @@
+"""The replicated state machine of a master: LogEntry bytes in, ClusterState and event records out.
+
+Replication hands every committed batch to `apply_entries` on every master, in log order, on its own
+apply thread. For each entry this decodes the `LogEntry`, runs the pure `apply`, turns the recorded
+events into `EventRecord`s for the event log (appended asynchronously: no disk I/O here) and returns the
+`ApplyResult` that the proposer's future resolves with.
+
+Rules kept here:
+- Never raise: an exception inside a replicated method would freeze the whole Raft cluster. Bytes that do
+  not decode become a `Rejected` result (recorded nowhere: they changed nothing).
+- `lock` guards `state`; readers (gRPC handlers) take it to read a consistent view.
+- Listeners are called after the batch is applied, outside the lock, and must only hand work off
+  (they run on the replication thread).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from control_plane.codec import entry_from_bytes, event_type_name, to_jsonable
+from control_plane.core import events as ev
+from control_plane.core.apply import ApplyResult, apply
+from control_plane.core.state import ClusterState
+from control_plane.eventlog import EventRecord, EventStore
+
+log = logging.getLogger(__name__)
+
+_json_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """One applied entry, as listeners see it."""
+
+    raft_index: int
+    entry: ev.Entry
+    result: ApplyResult
+
+
+def _trace_ids(traceparent: str) -> tuple[str, str]:
+    parts = traceparent.split("-")
+    if len(parts) == 4 and len(parts[1]) == 32 and len(parts[2]) == 16:
+        return parts[1], parts[2]
+    return "", ""
+
+
+def decode_failure(reason: str) -> ApplyResult:
+    return ApplyResult(
+        outcome="rejected", events=(), first_seq=0, last_seq=0,
+        error_code="InvalidRequest", reason=reason, request_id="",
+    )
+
+
+class MasterStateMachine:
+    """Holds the replicated `ClusterState` and feeds the event log."""
+
+    def __init__(self, events: EventStore) -> None:
+        self.state = ClusterState()
+        self.lock = threading.RLock()
+        self.events = events
+        self._listeners: list[Callable[[Sequence[Applied]], None]] = []
+
+    def add_listener(self, fn: Callable[[Sequence[Applied]], None]) -> None:
+        self._listeners.append(fn)
+
+    # ---- the replication port ------------------------------------------------------------------
+    def apply_entries(self, raft_index: int, entries: list[bytes]) -> list[object]:
+        results: list[object] = []
+        applied: list[Applied] = []
+        records: list[EventRecord] = []
+        with self.lock:
+            for data in entries:
+                try:
+                    entry = entry_from_bytes(data)
+                except Exception as exc:  # noqa: BLE001 - anything undecodable is rejected, never raised
+                    results.append(decode_failure(f"undecodable log entry: {exc}"))
+                    continue
+                try:
+                    result = apply(self.state, entry)
+                except Exception as exc:  # noqa: BLE001 - apply is total; this is a last line of defence
+                    log.exception("apply raised; entry treated as rejected")
+                    result = decode_failure(f"apply failed: {exc}")
+                results.append(result)
+                applied.append(Applied(raft_index, entry, result))
+                if result.events:
+                    trace_id, span_id = _trace_ids(entry.traceparent)
+                    for position, (seq, event) in enumerate(result.events):
+                        fid, aid, tid, oid = ev.event_ids(event)
+                        records.append(EventRecord(
+                            seq=seq, raft_index=raft_index, position=position,
+                            type=event_type_name(event), time=entry.time, term=entry.term,
+                            request_id=entry.request_id, framework_id=fid, agent_id=aid, task_id=tid,
+                            offer_id=oid, trace_id=trace_id, span_id=span_id,
+                            payload=_json_dumps(to_jsonable(event)),
+                        ))
+        if records:
+            self.events.append(records)
+        for fn in self._listeners:
+            try:
+                fn(applied)
+            except Exception:  # noqa: BLE001 - a listener bug must not stop replication
+                log.exception("apply listener failed")
+        return results
+
+    def snapshot(self) -> object:
+        with self.lock:
+            return self.state
+
+    def restore(self, snap: object) -> None:
+        if not isinstance(snap, ClusterState):
+            log.error("ignoring a snapshot of unexpected type %s", type(snap).__name__)
+            return
+        with self.lock:
+            self.state = snap
