@@ -1,0 +1,420 @@
+"""Group commit and future bookkeeping shared by the Raft and the local replicator.
+
+Owns three threads-worth of machinery, independent of pysyncobj:
+
+* the **batcher** thread gathers concurrently submitted entries for at most ``linger_s`` (or until a
+  size bound) and hands each batch to a ``propose`` function: one replicated call per batch;
+* the **completer** thread receives completions posted by the engine (pysyncobj's tick thread, or
+  the local apply thread) and resolves the futures. Posting is one queue put, so the Raft thread
+  never runs future callbacks or wakes waiting threads itself;
+* a **tracker** of everything in flight (batches, membership changes, transfers), each with a
+  deadline: whatever has not completed by its deadline is failed by the completer, so no future
+  waits forever, whatever the engine does.
+
+Rules kept: an entry is either refused before it is proposed (``NotLeaderError`` family: it was
+never appended) or proposed exactly once; after proposal the only outcomes are the state machine's
+result, ``StateMachineError``, or ``UnknownOutcomeError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from .api import StateMachine
+from .config import GroupCommitConfig
+from .errors import (
+    EntryTooLargeError,
+    ReplicationError,
+    ReplicatorStoppedError,
+    StateMachineError,
+    UnknownOutcomeError,
+)
+
+log = logging.getLogger(__name__)
+
+# Bytes accounted per entry on top of its length (pickle framing of a bytes object in a list).
+ENTRY_OVERHEAD_BYTES = 8
+# Upper bound of any single internal wait, so every loop re-checks its stop flag regularly.
+_POLL_S = 0.25
+# How often the completer scans deadlines and polls pending operations.
+_SCAN_S = 0.05
+
+_STOP = object()
+
+
+class ApplyFailure:
+    """Returned (never raised) from the replicated method when the state machine failed: an
+    exception inside a pysyncobj replicated method would wedge every node of the cluster."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"ApplyFailure({self.message!r})"
+
+
+def guarded_apply(state_machine: StateMachine, raft_index: int, entries: list[bytes]) -> list[object] | ApplyFailure:
+    """Call ``apply_entries`` and never raise: a failure becomes an ``ApplyFailure`` value."""
+    try:
+        results = state_machine.apply_entries(raft_index, entries)
+    except Exception as exc:  # noqa: BLE001 - anything escaping would wedge Raft on every node
+        log.exception("state machine apply_entries raised at raft index %d (%d entries)", raft_index, len(entries))
+        return ApplyFailure(f"apply_entries raised {type(exc).__name__}: {exc}")
+    if not isinstance(results, list):
+        try:
+            results = list(results)
+        except Exception:  # noqa: BLE001
+            log.error("state machine apply_entries returned a non-sequence at raft index %d", raft_index)
+            return ApplyFailure(f"apply_entries returned {type(results).__name__}, not a list")
+    if len(results) != len(entries):
+        log.error(
+            "state machine apply_entries returned %d results for %d entries at raft index %d",
+            len(results), len(entries), raft_index,
+        )
+        return ApplyFailure(f"apply_entries returned {len(results)} results for {len(entries)} entries")
+    return results
+
+
+def fail_future(fut: Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        try:
+            fut.set_exception(exc)
+        except Exception:  # noqa: BLE001 - raced with another resolver; the first outcome stands
+            pass
+
+
+def new_running_future() -> Future[Any]:
+    """A future that callers cannot cancel: a replicated write cannot be taken back."""
+    fut: Future[Any] = Future()
+    fut.set_running_or_notify_cancel()
+    return fut
+
+
+class Tracked:
+    """Something in flight whose outcome arrives later through ``GroupCommitter.post``."""
+
+    __slots__ = ("deadline",)
+
+    def __init__(self, timeout_s: float) -> None:
+        self.deadline = time.monotonic() + timeout_s
+
+    def resolve(self, payload: object) -> None:
+        """Called once on the completer thread with what the engine posted."""
+        raise NotImplementedError
+
+    def expire(self, reason: str) -> None:
+        """Called once on the completer thread when the deadline passed or the node stopped."""
+        raise NotImplementedError
+
+    def poll(self) -> bool:
+        """Called regularly on the completer thread; return True once finished by itself."""
+        return False
+
+    @property
+    def wants_poll(self) -> bool:
+        return False
+
+
+class Batch(Tracked):
+    """One group-commit batch: one replicated call."""
+
+    __slots__ = ("entries", "futures", "_release")
+
+    def __init__(self, entries: list[bytes], futures: list[Future[Any]], timeout_s: float,
+                 release: Callable[[], None]) -> None:
+        super().__init__(timeout_s)
+        self.entries = entries
+        self.futures = futures
+        self._release = release
+
+    def resolve(self, payload: object) -> None:
+        # payload: a results list, an ApplyFailure, or a ReplicationError for the whole batch.
+        try:
+            if isinstance(payload, ReplicationError):
+                for fut in self.futures:
+                    fail_future(fut, payload)
+            elif isinstance(payload, ApplyFailure):
+                err = StateMachineError(payload.message)
+                for fut in self.futures:
+                    fail_future(fut, err)
+            elif isinstance(payload, list) and len(payload) == len(self.futures):
+                for fut, result in zip(self.futures, payload, strict=True):
+                    if not fut.done():
+                        fut.set_result(result)
+            else:
+                err = StateMachineError(f"malformed batch result {type(payload).__name__}")
+                for fut in self.futures:
+                    fail_future(fut, err)
+        finally:
+            self._release()
+
+    def expire(self, reason: str) -> None:
+        try:
+            err = UnknownOutcomeError(reason, f"batch outcome unknown ({reason}); retry with the same request id")
+            for fut in self.futures:
+                fail_future(fut, err)
+        finally:
+            self._release()
+
+
+class GroupCommitter:
+    """Collects entries into batches and resolves their futures. Engine-agnostic.
+
+    ``refuse()`` returns an exception when this node must not take writes now (not the leader), else
+    None; it is checked at submit and again just before a batch is proposed. ``propose(batch)`` runs
+    on the batcher thread, must not block, and must eventually lead to ``post(batch, payload)``.
+    """
+
+    def __init__(self, name: str, settings: GroupCommitConfig,
+                 propose: Callable[[Batch], None], refuse: Callable[[], ReplicationError | None]) -> None:
+        self._name = name
+        self._settings = settings
+        self._propose = propose
+        self._refuse = refuse
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: deque[tuple[bytes, Future[Any]]] = deque()
+        self._pending_bytes = 0
+        self._lingering = False
+        self._accepting = False
+        self._slots = threading.BoundedSemaphore(settings.max_batches_in_flight)
+        self._inflight: dict[int, Tracked] = {}
+        self._inflight_lock = threading.Lock()
+        self._tracking_closed = False
+        self._completions: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._batcher: threading.Thread | None = None
+        self._completer: threading.Thread | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        self._accepting = True
+        self._batcher = threading.Thread(target=self._batch_loop, name=f"{self._name}-batcher", daemon=True)
+        self._completer = threading.Thread(target=self._complete_loop, name=f"{self._name}-completer", daemon=True)
+        self._completer.start()
+        self._batcher.start()
+
+    def close_intake(self, timeout_s: float) -> None:
+        """Stop taking entries; fail the ones never proposed; join the batcher."""
+        with self._cond:
+            self._accepting = False
+            self._cond.notify_all()
+        if self._batcher is not None:
+            self._batcher.join(timeout_s)
+            if self._batcher.is_alive():
+                log.error("%s: batcher thread did not stop within %.1f s", self._name, timeout_s)
+        with self._cond:
+            leftovers = list(self._pending)
+            self._pending.clear()
+            self._pending_bytes = 0
+        stopped = ReplicatorStoppedError()
+        for _, fut in leftovers:
+            fail_future(fut, stopped)
+
+    def shutdown(self, timeout_s: float) -> None:
+        """After the engine can no longer post: resolve what was posted, expire the rest, join."""
+        self._completions.put(_STOP)
+        if self._completer is not None:
+            self._completer.join(timeout_s)
+            if self._completer.is_alive():
+                log.error("%s: completer thread did not stop within %.1f s", self._name, timeout_s)
+        # Whatever is still tracked can no longer complete.
+        with self._inflight_lock:
+            self._tracking_closed = True
+            remaining = list(self._inflight.values())
+            self._inflight.clear()
+        for op in remaining:
+            self._safe(op.expire, "STOPPED")
+
+    # ----------------------------------------------------------------- intake
+
+    def submit(self, entry: bytes) -> Future[Any]:
+        if not isinstance(entry, bytes):
+            if isinstance(entry, (bytearray, memoryview)):
+                entry = bytes(entry)
+            else:
+                raise TypeError(f"entry must be bytes, got {type(entry).__name__}")
+        fut = new_running_future()
+        size = len(entry)
+        if size > self._settings.max_entry_bytes:
+            fut.set_exception(EntryTooLargeError(
+                f"entry of {size} bytes exceeds max_entry_bytes={self._settings.max_entry_bytes}"))
+            return fut
+        refusal = self._refuse()
+        if refusal is not None:
+            fut.set_exception(refusal)
+            return fut
+        settings = self._settings
+        with self._cond:
+            if not self._accepting:
+                refusal = ReplicatorStoppedError()
+            elif len(self._pending) >= settings.max_pending_entries:
+                refusal = UnknownOutcomeError("QUEUE_FULL", "too many entries waiting for replication; retry later")
+            else:
+                was_empty = not self._pending
+                self._pending.append((entry, fut))
+                self._pending_bytes += size + ENTRY_OVERHEAD_BYTES
+                # Wake the batcher only when it can act: work appeared, or a lingering batch is full.
+                if was_empty or (self._lingering and (self._pending_bytes >= settings.max_batch_bytes
+                                                      or len(self._pending) >= settings.max_batch_entries)):
+                    self._cond.notify()
+        if refusal is not None:
+            fut.set_exception(refusal)
+        return fut
+
+    def track(self, op: Tracked) -> bool:
+        """Watch ``op`` until it completes or expires. False once shut down: nothing would complete
+        it any more, so the caller must fail it itself."""
+        with self._inflight_lock:
+            if self._tracking_closed:
+                return False
+            self._inflight[id(op)] = op
+            return True
+
+    def untrack(self, op: Tracked) -> bool:
+        with self._inflight_lock:
+            return self._inflight.pop(id(op), None) is not None
+
+    def post(self, op: Tracked, payload: object) -> None:
+        """Hand an outcome to the completer. Cheap and non-blocking: safe on the Raft thread."""
+        self._completions.put((op, payload))
+
+    # ----------------------------------------------------------------- batcher
+
+    def _batch_loop(self) -> None:
+        settings = self._settings
+        try:
+            while True:
+                with self._cond:
+                    while not self._pending and self._accepting:
+                        self._cond.wait(_POLL_S)
+                    if not self._accepting:
+                        return
+                # Wait for an in-flight slot; entries keep accumulating meanwhile (adaptive batching).
+                waited = False
+                while not self._slots.acquire(timeout=_POLL_S):
+                    waited = True
+                    if not self._accepting:
+                        return
+                if not waited and settings.linger_s > 0:
+                    self._linger(settings)
+                with self._cond:
+                    entries, futures = self._take(settings)
+                if not entries:
+                    self._slots.release()
+                    continue
+                self._dispatch(entries, futures)
+        except Exception:  # noqa: BLE001 - a dead batcher would hang every submitter until timeout
+            log.exception("%s: batcher thread crashed", self._name)
+            with self._cond:
+                self._accepting = False
+
+    def _linger(self, settings: GroupCommitConfig) -> None:
+        deadline = time.monotonic() + settings.linger_s
+        with self._cond:
+            self._lingering = True
+            try:
+                while (self._accepting and self._pending_bytes < settings.max_batch_bytes
+                       and len(self._pending) < settings.max_batch_entries):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+            finally:
+                self._lingering = False
+
+    def _take(self, settings: GroupCommitConfig) -> tuple[list[bytes], list[Future[Any]]]:
+        entries: list[bytes] = []
+        futures: list[Future[Any]] = []
+        pending = self._pending
+        budget = settings.max_batch_bytes
+        used = 0
+        while pending and len(entries) < settings.max_batch_entries:
+            entry = pending[0][0]
+            cost = len(entry) + ENTRY_OVERHEAD_BYTES
+            if entries and used + cost > budget:
+                break
+            entry, fut = pending.popleft()
+            entries.append(entry)
+            futures.append(fut)
+            used += cost
+        self._pending_bytes -= used
+        return entries, futures
+
+    def _dispatch(self, entries: list[bytes], futures: list[Future[Any]]) -> None:
+        refusal = self._refuse()
+        if refusal is not None:
+            # Lost leadership while the entries waited: they were never proposed.
+            self._slots.release()
+            for fut in futures:
+                fail_future(fut, refusal)
+            return
+        batch = Batch(entries, futures, self._settings.commit_timeout_s, self._slots.release)
+        if not self.track(batch):
+            batch.resolve(ReplicatorStoppedError())  # shut down before proposing: never appended
+            return
+        try:
+            self._propose(batch)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("%s: proposing a batch of %d entries failed", self._name, len(entries))
+            if self.untrack(batch):
+                self._safe(batch.resolve, UnknownOutcomeError("PROPOSE_FAILED", f"proposing failed: {exc}"))
+
+    # ----------------------------------------------------------------- completer
+
+    def _complete_loop(self) -> None:
+        next_scan = time.monotonic() + _SCAN_S
+        while True:
+            timeout = max(0.0, min(_POLL_S, next_scan - time.monotonic()))
+            try:
+                item = self._completions.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                self._drain_completions()
+                return
+            if item is not None:
+                op, payload = item  # type: ignore[misc]
+                if self.untrack(op):
+                    self._safe(op.resolve, payload)
+            now = time.monotonic()
+            if now >= next_scan:
+                next_scan = now + _SCAN_S
+                self._scan(now)
+
+    def _drain_completions(self) -> None:
+        while True:
+            try:
+                item = self._completions.get_nowait()
+            except queue.Empty:
+                return
+            if item is _STOP:
+                continue
+            op, payload = item  # type: ignore[misc]
+            if self.untrack(op):
+                self._safe(op.resolve, payload)
+
+    def _scan(self, now: float) -> None:
+        with self._inflight_lock:
+            ops = list(self._inflight.values())
+        for op in ops:
+            if op.wants_poll and self._safe(op.poll):
+                self.untrack(op)
+                continue
+            if op.deadline <= now and self.untrack(op):
+                self._safe(op.expire, "TIMEOUT")
+
+    def _safe(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception:  # noqa: BLE001 - the completer must survive a buggy future callback
+            log.exception("%s: completing an operation failed", self._name)
+            return False
