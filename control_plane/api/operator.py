@@ -13,15 +13,21 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+from tessera.v1 import common_pb2, operator_pb2, operator_pb2_grpc
 
+from control_plane.api.errors import grpc_errors
 from control_plane.codec import resources_from_proto, resources_to_proto, to_proto
 from control_plane.core import commands as cmd
-from control_plane.core.errors import InvalidRequest, NotLeader, Unavailable
+from control_plane.core.errors import Conflict, InvalidRequest, NotLeader, Unavailable
 from control_plane.eventlog import EventFilter, EventRecord
 from control_plane.eventlog.errors import HistoryPruned
+from control_plane.replication.errors import (
+    NotLeaderError,
+    NotSupportedError,
+    QuorumChangeError,
+    UnknownOutcomeError,
+)
 from control_plane.runtime.master import Master
-from control_plane.api.errors import grpc_errors
-from tessera.v1 import common_pb2, operator_pb2, operator_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +195,8 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
                 m.reachable = True
             except Exception as exc:  # noqa: BLE001 - one member down must not fail the whole answer
                 m.reachable = False
-                m.error = str(getattr(exc, "details", lambda: exc)() or exc)[:200]
+                details = exc.details() if isinstance(exc, grpc.RpcError) else None
+                m.error = str(details or exc)[:200]
         return resp
 
     def _leader_only(self) -> None:
@@ -201,10 +208,14 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
             fut.result(timeout=15.0)
         except TimeoutError as exc:
             raise Unavailable(f"{what}: no answer from the quorum within 15 s") from exc
-        except (InvalidRequest, NotLeader, Unavailable):
-            raise
-        except Exception as exc:  # noqa: BLE001 - pysyncobj reports failure as a reason code
-            raise Unavailable(f"{what} failed: {exc}") from exc
+        except NotSupportedError as exc:
+            raise Conflict(f"{what}: {exc}") from exc
+        except QuorumChangeError as exc:
+            raise Conflict(f"{what} refused: {exc}") from exc
+        except NotLeaderError as exc:
+            raise NotLeader(f"{what}: leadership moved", self.master.leader_grpc_hint()) from exc
+        except UnknownOutcomeError as exc:
+            raise Unavailable(f"{what}: outcome unknown ({exc}); check `tessera quorum status`") from exc
 
     @grpc_errors
     def AddMaster(self, request: operator_pb2.AddMasterRequest, context: grpc.ServicerContext) -> Any:

@@ -8,7 +8,6 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
 from tessera.v1 import operator_pb2, operator_pb2_grpc
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024

@@ -14,6 +14,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from tessera.v1 import operator_pb2
+
 from control_plane.api.client import MasterClient
 from control_plane.api.operator import ADDRESS_RE, OperatorService
 from control_plane.api.server import MasterServer
@@ -21,7 +23,6 @@ from control_plane.eventlog import SqliteEventStore
 from control_plane.replication import RaftReplicator, ReplicationConfig
 from control_plane.runtime.master import Master, MasterIdentity
 from control_plane.runtime.statemachine import MasterStateMachine
-from tessera.v1 import operator_pb2
 
 log = logging.getLogger("tessera.master")
 
