@@ -150,10 +150,19 @@ class QueuedEventStore(EventStore):
         self._enqueue(_SPANS, tuple(spans), len(spans))
 
     def put_snapshot(self, seq: int, blob: bytes) -> None:
+        if not isinstance(seq, int):
+            raise TypeError(f"snapshot seq must be an int, not {type(seq).__name__}")
         self._enqueue(_SNAPSHOT, (seq, bytes(blob)), 1)
 
     def prune(self, before_seq: int, timeout: float = 60.0) -> int:
-        """See `EventStore.prune`. Blocks until the writer ran it; TimeoutError after `timeout`."""
+        """See `EventStore.prune`. Blocks until the writer ran it; TimeoutError after `timeout`.
+
+        It deletes in one transaction, so the log never shows half a prune; retention should prune
+        often in modest steps rather than millions of events at once (the WAL grows by what is
+        deleted, and appends queue up meanwhile).
+        """
+        if not isinstance(before_seq, int):
+            raise TypeError(f"before_seq must be an int, not {type(before_seq).__name__}")
         result: Future[int] = Future()
         if not self._enqueue(_PRUNE, (before_seq, result), 1):
             raise EventStoreClosed("event log writer is not running")
@@ -164,18 +173,12 @@ class QueuedEventStore(EventStore):
     def flush(self, timeout: float = 5.0) -> bool:
         with self._lock:
             target = self._submitted
-            self._progress.wait_for(
-                lambda: self._durable >= target or self._writer_done, max(timeout, 0.0)
-            )
-            return self._durable >= target and (
-                self._first_failed is None or self._first_failed > target
-            )
+            self._progress.wait_for(lambda: self._durable >= target or self._writer_done, max(timeout, 0.0))
+            return self._durable >= target and (self._first_failed is None or self._first_failed > target)
 
     def wait(self, after_seq: int, timeout: float) -> int:
         with self._lock:
-            self._progress.wait_for(
-                lambda: self._last > after_seq or self._closing, max(timeout, 0.0)
-            )
+            self._progress.wait_for(lambda: self._last > after_seq or self._closing, max(timeout, 0.0))
             return self._last
 
     # -- marks and health ------------------------------------------------------------------------------
@@ -299,10 +302,17 @@ class QueuedEventStore(EventStore):
     def _commit(self, items: list[_Item]) -> None:
         if not items:
             return
-        batch, high = self._build(items)
-        ok = True
-        if batch.events or batch.spans or batch.snapshots:
-            ok, _, _ = self._retrying(lambda: self._write(batch))
+        try:
+            batch, high = self._build(items)
+        except Exception as exc:  # e.g. something that is not an EventRecord was appended
+            log.error("event log got a malformed item; dropping it: %r", exc)
+            with self._lock:
+                self._last_error = exc
+            ok, high = False, 0
+        else:
+            ok = True
+            if batch.events or batch.spans or batch.snapshots:
+                ok, _, _ = self._retrying(lambda: self._write(batch))
         if not ok and len(items) > 1:
             # Find the poisonous item(s): write each on its own, keep every one that can be kept.
             for item in items:

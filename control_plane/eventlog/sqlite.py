@@ -119,9 +119,7 @@ _INSERT_SPANS = "INSERT INTO spans ({}) VALUES ({}) ON CONFLICT(trace_id, span_i
 _UPSERT_SNAPSHOT = (
     "INSERT INTO snapshots (seq, blob) VALUES (?, ?) ON CONFLICT(seq) DO UPDATE SET blob = excluded.blob"
 )
-_SET_FIRST_SEQ = (
-    "INSERT INTO meta (key, value) VALUES ('first_seq', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
-)
+_SET_FIRST_SEQ = "INSERT INTO meta (key, value) VALUES ('first_seq', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
 _GET_FIRST_SEQ = "SELECT value FROM meta WHERE key = 'first_seq'"
 _SELECT_EVENTS = "SELECT {} FROM events".format(", ".join(EVENT_COLUMNS))
 _SELECT_SPANS = "SELECT {} FROM spans".format(", ".join(SPAN_COLUMNS))

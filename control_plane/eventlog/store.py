@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 import builtins
 from collections.abc import Sequence
+from typing import Self
 
 from control_plane.eventlog.records import EventFilter, EventRecord, SpanRecord
 
@@ -135,7 +136,7 @@ class EventStore(abc.ABC):
     def backlog(self) -> int:
         """Records (events, spans, snapshots) enqueued and not yet stored; a gauge for metrics."""
 
-    def __enter__(self) -> EventStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -48,7 +48,9 @@ def test_empty_store(store: EventStore) -> None:
     assert store.backlog() == 0
 
 
-def test_append_then_flush_makes_events_readable_in_order(store: EventStore, make_event: EventFactory) -> None:
+def test_append_then_flush_makes_events_readable_in_order(
+    store: EventStore, make_event: EventFactory
+) -> None:
     first = [make_event(s) for s in range(1, 41)]
     second = [make_event(s) for s in range(41, 61)]
     store.append(first)
@@ -143,10 +145,12 @@ FILTER_CASES: list[tuple[str, EventFilter, Callable[[EventRecord], bool]]] = [
             since_time=1_700_000_001.0,
             until_time=1_700_000_010.0,
         ),
-        lambda r: r.type in {"TaskLaunched", "StatusUpdate"}
-        and r.framework_id == "fw-0"
-        and r.task_id == "task-3"
-        and 10 <= r.seq < 100,
+        lambda r: (
+            r.type in {"TaskLaunched", "StatusUpdate"}
+            and r.framework_id == "fw-0"
+            and r.task_id == "task-3"
+            and 10 <= r.seq < 100
+        ),
     ),
     ("unknown id matches nothing", EventFilter(agent_id="agent-404"), lambda r: False),
 ]
@@ -276,7 +280,8 @@ def test_reappending_the_same_seqs_is_harmless(store: EventStore, make_event: Ev
     assert store.list(limit=20) == originals  # the first version of a seq wins
     assert store.last_seq() == 25
     assert store.type_counts() == {
-        t: sum(1 for s in range(1, 26) if make_event(s).type == t) for t in sorted({make_event(s).type for s in range(1, 26)})
+        t: sum(1 for s in range(1, 26) if make_event(s).type == t)
+        for t in sorted({make_event(s).type for s in range(1, 26)})
     }
 
 
@@ -292,7 +297,9 @@ def test_gaps_are_reported(store: EventStore, make_event: EventFactory) -> None:
     assert store.gaps() == []
 
 
-def test_a_store_that_starts_late_reports_the_leading_hole(store: EventStore, make_event: EventFactory) -> None:
+def test_a_store_that_starts_late_reports_the_leading_hole(
+    store: EventStore, make_event: EventFactory
+) -> None:
     # A master that installed a Raft snapshot at 500 only ever sees events from 501 on.
     fill(store, make_event, range(501, 506))
     assert store.first_seq() == 1
@@ -332,7 +339,13 @@ def test_spans_round_trip(store: EventStore, make_span: SpanFactory, make_event:
     other = "cd" * 16
     root = make_span(trace, "1" * 16, 100.0, name="framework.accept", kind="client")
     child = make_span(
-        trace, "2" * 16, 100.5, parent_span_id="1" * 16, task_id="task-1", status="ERROR", attributes='{"a": 1}'
+        trace,
+        "2" * 16,
+        100.5,
+        parent_span_id="1" * 16,
+        task_id="task-1",
+        status="ERROR",
+        attributes='{"a": 1}',
     )
     sibling = make_span(trace, "3" * 16, 100.5, parent_span_id="1" * 16)
     elsewhere = make_span(other, "4" * 16, 50.0, task_id="task-1")
@@ -395,7 +408,9 @@ def test_close_stores_pending_work_and_leaves_no_thread(
     assert store.wait(after_seq=0, timeout=5.0) == 1000
 
 
-def test_context_manager_closes(backend: Callable[[], EventStore], eventlog_threads: Callable[[], list[threading.Thread]]) -> None:
+def test_context_manager_closes(
+    backend: Callable[[], EventStore], eventlog_threads: Callable[[], list[threading.Thread]]
+) -> None:
     before = set(eventlog_threads())
     with backend() as store:
         assert store.count() == 0
@@ -441,3 +456,20 @@ def test_concurrent_readers_while_the_writer_writes(store: EventStore, make_even
     assert errors == []
     assert store.count() == total
     assert store.last_seq() == total
+
+
+def test_a_malformed_append_is_dropped_alone_and_the_writer_survives(
+    store: EventStore, make_event: EventFactory
+) -> None:
+    store.append([make_event(1), make_event(2)])
+    store.append([{"seq": 3}])  # type: ignore[list-item]  # a bug upstream, not an EventRecord
+    store.append([make_event(4)])
+    assert not store.flush(5.0)  # something appended was not stored: never claim durability
+    assert store.last_error is not None
+    assert [r.seq for r in store.list()] == [1, 2, 4]
+    assert store.gaps() == [(3, 3)]
+    store.append([make_event(5)])
+    assert not store.flush(5.0)
+    assert store.last_seq() == 5
+    with pytest.raises(TypeError):
+        store.prune("10")  # type: ignore[arg-type]

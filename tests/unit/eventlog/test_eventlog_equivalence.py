@@ -26,7 +26,7 @@ TYPES = ["A", "B", "C"]
 IDS = ["", "x", "y"]
 # Few distinct times, so time filters hit their boundaries; some arbitrary ones for the round trip.
 TIMES = st.sampled_from([0.0, 1.0, 1.5, 2.0, 3.25]) | st.floats(0, 5, allow_nan=False)
-TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
+TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=12)  # any text SQLite can hold
 
 event_fields = st.fixed_dictionaries(
     {
@@ -87,7 +87,11 @@ queries = st.one_of(
 
 operations = st.one_of(
     # (first seq, [(step to the next seq, fields)]): increasing seqs with holes, replays when low
-    st.tuples(st.just("append"), st.integers(1, 40), st.lists(st.tuples(st.integers(1, 3), event_fields), max_size=6)),
+    st.tuples(
+        st.just("append"),
+        st.integers(1, 40),
+        st.lists(st.tuples(st.integers(1, 3), event_fields), max_size=6),
+    ),
     st.tuples(st.just("prune"), st.integers(0, 45)),
     st.tuples(st.just("snapshot"), st.integers(0, 45), st.binary(max_size=6)),
     st.tuples(st.just("spans"), st.lists(span_records, max_size=4)),
@@ -100,7 +104,10 @@ GRID_FILTERS = [
     EventFilter(),
     EventFilter(types=("A",)),
     EventFilter(types=("B", "C")),
-    *(EventFilter(**{field: value}) for field in ("framework_id", "agent_id", "task_id", "offer_id") for value in ("x", "y")),
+    *(EventFilter(framework_id=v) for v in ("x", "y")),
+    *(EventFilter(agent_id=v) for v in ("x", "y")),
+    *(EventFilter(task_id=v) for v in ("x", "y")),
+    *(EventFilter(offer_id=v) for v in ("x", "y")),
     *(EventFilter(since_time=t) for t in (1.0, 1.5, 2.0)),
     *(EventFilter(until_time=t) for t in (1.0, 1.5, 2.0)),
     EventFilter(since_time=1.0, until_time=2.0),

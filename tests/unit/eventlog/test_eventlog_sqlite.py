@@ -33,7 +33,9 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "events.db"
 
 
-def test_everything_survives_close_and_reopen(db_path: Path, make_event: EventFactory, make_span: SpanFactory) -> None:
+def test_everything_survives_close_and_reopen(
+    db_path: Path, make_event: EventFactory, make_span: SpanFactory
+) -> None:
     spans = [make_span("a" * 32, "1" * 16, 1.0, task_id="task-1"), make_span("a" * 32, "2" * 16, 2.0)]
     with SqliteEventStore(db_path) as store:
         store.append([make_event(s) for s in range(1, 101)])
@@ -46,7 +48,9 @@ def test_everything_survives_close_and_reopen(db_path: Path, make_event: EventFa
         assert store.first_seq() == 11
         assert store.last_seq() == 130
         assert store.count() == 101
-        assert store.list(from_seq=11, limit=1000) == [make_event(s) for s in [*range(11, 101), *range(120, 131)]]
+        assert store.list(from_seq=11, limit=1000) == [
+            make_event(s) for s in [*range(11, 101), *range(120, 131)]
+        ]
         assert store.gaps() == [(101, 119)]
         assert store.nearest_snapshot(125) == (100, b"\x00state\xff")
         assert store.spans_for_trace("a" * 32) == spans
@@ -78,9 +82,7 @@ def test_the_file_opens_with_plain_sqlite_utils(db_path: Path, make_event: Event
         live = sqlite_utils.Database(db_path)
         rows = list(live["events"].rows_where("task_id = ?", ["task-1"], order_by="seq"))
         assert [r["seq"] for r in rows] == [s for s in range(1, 61) if make_event(s).task_id == "task-1"]
-        assert rows[0] == {
-            column: getattr(make_event(rows[0]["seq"]), column) for column in rows[0]
-        }
+        assert rows[0] == {column: getattr(make_event(rows[0]["seq"]), column) for column in rows[0]}
         live.close()
     finally:
         store.close()
@@ -118,7 +120,9 @@ def test_schema_migrations_are_applied_once(db_path: Path) -> None:
     db.close()
 
 
-def test_readers_are_not_blocked_by_a_writer_holding_the_lock(db_path: Path, make_event: EventFactory) -> None:
+def test_readers_are_not_blocked_by_a_writer_holding_the_lock(
+    db_path: Path, make_event: EventFactory
+) -> None:
     with SqliteEventStore(db_path) as store:
         store.append([make_event(s) for s in range(1, 11)])
         assert store.flush(5.0)
@@ -177,7 +181,9 @@ def test_transient_errors_are_retried_until_they_pass(
 
 
 def test_close_gives_up_on_a_write_that_keeps_failing(
-    db_path: Path, make_event: EventFactory, monkeypatch: pytest.MonkeyPatch,
+    db_path: Path,
+    make_event: EventFactory,
+    monkeypatch: pytest.MonkeyPatch,
     eventlog_threads: Callable[[], list[threading.Thread]],
 ) -> None:
     before = set(eventlog_threads())
@@ -222,7 +228,9 @@ def test_datasette_canned_queries_run_against_a_real_file(
     assert {"task_history", "events_by_type", "spans_by_trace"} <= set(queries)
     with SqliteEventStore(db_path) as store:
         store.append([make_event(s) for s in range(1, 31)])
-        store.append_spans([make_span("f" * 32, "1" * 16, 5.0, task_id="task-1"), make_span("f" * 32, "2" * 16, 6.0)])
+        store.append_spans(
+            [make_span("f" * 32, "1" * 16, 5.0, task_id="task-1"), make_span("f" * 32, "2" * 16, 6.0)]
+        )
         assert store.flush(5.0)
         expected_task_seqs = [r.seq for r in store.list(limit=100, flt=EventFilter(task_id="task-1"))]
         expected_traces = store.traces_for_task("task-1")
