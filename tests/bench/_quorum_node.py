@@ -1,0 +1,198 @@
+"""One node of a benchmark quorum (a child process of bench_write_path.py; not a test).
+
+--mode raw      plain pysyncobj with the settings of ARCHITECTURE.md: the baseline (a). The leader keeps
+                `--in-flight` replicated calls of `--batch` small events each in flight.
+--mode tessera  Tessera's own write path (b): MasterStateMachine + RaftReplicator + SqliteEventStore +
+                Master. The leader runs `--writers` concurrent asyncio writers, each proposing one
+                SetRoleWeight command at a time (decide, group commit, apply, event log).
+The leader writes its figures as JSON to --out; followers run until killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(p / 100 * len(values)))]
+
+
+def run_raw(args: argparse.Namespace) -> None:
+    from pysyncobj import SyncObj, SyncObjConf, replicated
+
+    class RawLog(SyncObj):
+        def __init__(self, conf: SyncObjConf) -> None:
+            super().__init__(args.self, args.peers, conf)
+            self.count = 0
+
+        @replicated
+        def append(self, events: list[bytes]) -> int:
+            self.count += len(events)
+            return self.count
+
+    data = Path(args.data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    conf = SyncObjConf(
+        journalFile=str(data / "raw.journal"), fullDumpFile=str(data / "raw.dump"),
+        appendEntriesUseBatch=False, raftMinTimeout=0.3, raftMaxTimeout=0.6, appendEntriesPeriod=0.05,
+        connectionTimeout=3600.0, leaderFallbackTimeout=1.5, commandsWaitLeader=False,
+        password=args.password,
+    )
+    node = RawLog(conf)
+    deadline = time.monotonic() + 30
+    while node._getLeader() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not node._isLeader():
+        while True:
+            time.sleep(1)
+    time.sleep(0.5)
+    event = b'{"type":"RoleWeightSet","role":"bench","weight":2.0,"pad":"' + b"x" * 80 + b'"}'
+    batch = [event] * args.batch
+    sem = threading.BoundedSemaphore(args.in_flight)
+    latencies: list[float] = []
+    done = [0]
+    failed = [0]
+    lock = threading.Lock()
+
+    def submit() -> None:
+        t0 = time.perf_counter()
+
+        def cb(result: object, err: int) -> None:
+            with lock:
+                if err == 0:
+                    latencies.append(time.perf_counter() - t0)
+                    done[0] += 1
+                else:
+                    failed[0] += 1
+            sem.release()
+
+        node.append(batch, callback=cb)
+
+    warm_end = time.monotonic() + args.warmup
+    while time.monotonic() < warm_end:
+        sem.acquire()
+        submit()
+    with lock:
+        latencies.clear()
+        done[0] = 0
+    start = time.perf_counter()
+    end = time.monotonic() + args.duration
+    while time.monotonic() < end:
+        sem.acquire()
+        submit()
+    elapsed = time.perf_counter() - start
+    with lock:
+        calls, lat = done[0], list(latencies)
+    result = {
+        "mode": "raw", "calls": calls, "events": calls * args.batch, "seconds": elapsed,
+        "events_per_s": calls * args.batch / elapsed, "p50_ms": percentile(lat, 50) * 1000,
+        "p99_ms": percentile(lat, 99) * 1000, "failed_calls": failed[0],
+        "batch": args.batch, "in_flight": args.in_flight,
+    }
+    Path(args.out).write_text(json.dumps(result))
+    while True:
+        time.sleep(1)
+
+
+def run_tessera(args: argparse.Namespace) -> None:
+    from control_plane.core import commands as cmd
+    from control_plane.eventlog import SqliteEventStore
+    from control_plane.replication import RaftReplicator, ReplicationConfig
+    from control_plane.runtime.master import Master, MasterIdentity
+    from control_plane.runtime.statemachine import MasterStateMachine
+
+    data = Path(args.data_dir)
+    events = SqliteEventStore(data / "events.db")
+    sm = MasterStateMachine(events)
+    replicator = RaftReplicator(ReplicationConfig(
+        self_address=args.self, peers=tuple(args.peers), data_dir=data / "raft", password=args.password,
+    ), sm)
+    master = Master(MasterIdentity(args.name, args.self, "127.0.0.1:0"), sm, replicator, events)
+    master.start()
+    deadline = time.monotonic() + 30
+    while replicator.leader() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    if not master.wait_serving(5):
+        while True:
+            time.sleep(1)
+
+    async def load() -> dict[str, object]:
+        latencies: list[float] = []
+        counts = {"ok": 0, "err": 0}
+        measuring = [False]
+        stop = [False]
+
+        async def writer(i: int) -> None:
+            n = 0
+            while not stop[0]:
+                t0 = time.perf_counter()
+                fut = master.propose_async([cmd.SetRoleWeight(role=f"role-{i % 50}", weight=1.0 + (n % 7))])
+                try:
+                    result = await asyncio.wrap_future(fut)
+                    ok = getattr(result, "outcome", "") == "applied"
+                except Exception:  # noqa: BLE001 - counted
+                    ok = False
+                if measuring[0]:
+                    if ok:
+                        counts["ok"] += 1
+                        latencies.append(time.perf_counter() - t0)
+                    else:
+                        counts["err"] += 1
+                n += 1
+
+        tasks = [asyncio.create_task(writer(i)) for i in range(args.writers)]
+        await asyncio.sleep(args.warmup)
+        measuring[0] = True
+        seq0 = sm.state.seq
+        start = time.perf_counter()
+        await asyncio.sleep(args.duration)
+        elapsed = time.perf_counter() - start
+        measuring[0] = False
+        seq1 = sm.state.seq
+        stop[0] = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        flushed = events.flush(timeout=30)
+        return {
+            "mode": "tessera", "writes": counts["ok"], "errors": counts["err"], "seconds": elapsed,
+            "events_per_s": counts["ok"] / elapsed, "applied_events_per_s": (seq1 - seq0) / elapsed,
+            "p50_ms": percentile(latencies, 50) * 1000, "p99_ms": percentile(latencies, 99) * 1000,
+            "writers": args.writers, "event_log_flushed": flushed, "event_log_last_seq": events.last_seq(),
+            "leader_cpu_s": sum(os.times()[:2]),
+        }
+
+    result = asyncio.run(load())
+    Path(args.out).write_text(json.dumps(result))
+    while True:
+        time.sleep(1)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--mode", choices=["raw", "tessera"], required=True)
+    p.add_argument("--name", default="b")
+    p.add_argument("--self", required=True)
+    p.add_argument("--peers", nargs="*", default=[])
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--in-flight", type=int, default=200)
+    p.add_argument("--writers", type=int, default=1000)
+    p.add_argument("--password", default=None)
+    args = p.parse_args()
+    (run_raw if args.mode == "raw" else run_tessera)(args)
+
+
+if __name__ == "__main__":
+    main()

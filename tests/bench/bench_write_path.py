@@ -1,0 +1,149 @@
+"""Benchmark of the replicated write path (not part of the test run).
+
+    python tests/bench/bench_write_path.py [--duration 10] [--writers 1000] [--trials 10]
+
+In one run, on 3-process loopback quorums:
+  (a) raw pysyncobj baseline: 100 small events per replicated call, 200 calls in flight, from the leader;
+  (b) Tessera's write path (decide, group commit, apply, event log) with 1,000 concurrent writers;
+  (c) failover: kill -9 of the leader of `tessera master` processes to the first committed write.
+Prints events/s, commit latency p50/p99, the ratio b/a, and failover min/median/max, with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import grpc  # noqa: E402
+import psutil  # noqa: E402
+from tessera.v1 import operator_pb2, operator_pb2_grpc  # noqa: E402
+
+from tests.support.cluster import LocalCluster, free_port, wait_for  # noqa: E402
+
+NODE = Path(__file__).with_name("_quorum_node.py")
+
+
+def machine() -> str:
+    return (f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+            f"{platform.python_implementation()} {platform.python_version()}, {platform.machine()}")
+
+
+def run_quorum(mode: str, root: Path, args: argparse.Namespace) -> dict[str, object]:
+    addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    outs = [root / f"{mode}-{i}.json" for i in range(3)]
+    procs = []
+    try:
+        for i, addr in enumerate(addrs):
+            cmd = [sys.executable, str(NODE), "--mode", mode, "--name", f"b{i}", "--self", addr,
+                   "--peers", *[a for a in addrs if a != addr], "--data-dir", str(root / f"{mode}-{i}"),
+                   "--out", str(outs[i]), "--duration", str(args.duration), "--warmup", str(args.warmup),
+                   "--writers", str(args.writers), "--password", "bench-secret"]
+            log = open(root / f"{mode}-{i}.log", "wb")
+            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                          start_new_session=True))
+        limit = 60 + args.duration + args.warmup
+        done = wait_for(lambda: next((o for o in outs if o.exists() and o.stat().st_size), None), limit,
+                        interval=0.2, what=f"{mode} leader result")
+        time.sleep(0.2)
+        return json.loads(done.read_text())
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)
+
+
+def failover_trial(root: Path) -> float:
+    """Seconds from kill -9 of the leader to the first write committed by the new leader."""
+    with LocalCluster(root, n=3) as cluster:
+        cluster.start_all()
+        leader = cluster.leader(timeout=30)
+        client = cluster.client()
+        for i in range(5):
+            client.call(lambda s: s.SetWeight, operator_pb2.SetWeightRequest(role="warm", weight=1.0 + i))
+        client.close()
+        survivors = [m for m in cluster.masters if m is not leader]
+        time.sleep(4.0)  # a leader dies in steady state, not right after its election
+        first_ok: list[float] = []
+        stop = threading.Event()
+        t_kill = [0.0]
+
+        def probe(address: str) -> None:
+            with grpc.insecure_channel(address) as ch:
+                stub = operator_pb2_grpc.OperatorStub(ch)
+                i = 0
+                while not stop.is_set():
+                    t0 = time.monotonic()
+                    try:
+                        stub.SetWeight(operator_pb2.SetWeightRequest(role="probe", weight=1.0 + i % 5,
+                                                                     request_id=f"{address}-{i}"), timeout=0.5)
+                        if t_kill[0] and t0 >= t_kill[0]:
+                            first_ok.append(time.monotonic())
+                            stop.set()
+                    except grpc.RpcError:
+                        time.sleep(0.005)
+                    i += 1
+
+        threads = [threading.Thread(target=probe, args=(m.grpc,), daemon=True) for m in survivors]
+        t_kill[0] = time.monotonic()
+        os.kill(leader.proc.pid, signal.SIGKILL)
+        for t in threads:
+            t.start()
+        stop.wait(30)
+        stop.set()
+        for t in threads:
+            t.join(timeout=5)
+        if not first_ok:
+            raise RuntimeError("no write committed within 30 s of the kill:\n" + cluster.logs())
+        return min(first_ok) - t_kill[0]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--writers", type=int, default=1000)
+    p.add_argument("--trials", type=int, default=10)
+    p.add_argument("--skip", choices=["throughput", "failover"], default=None)
+    args = p.parse_args()
+    print(f"command: python tests/bench/bench_write_path.py {' '.join(sys.argv[1:])}".rstrip())
+    print(f"machine: {machine()}")
+    with tempfile.TemporaryDirectory(prefix="tessera-bench-") as tmp:
+        root = Path(tmp)
+        if args.skip != "throughput":
+            raw = run_quorum("raw", root, args)
+            print(f"(a) raw pysyncobj, 3 nodes, batch {raw['batch']} x {raw['in_flight']} in flight: "
+                  f"{raw['events_per_s']:,.0f} events/s, call latency p50 {raw['p50_ms']:.1f} ms "
+                  f"p99 {raw['p99_ms']:.1f} ms")
+            tes = run_quorum("tessera", root, args)
+            print(f"(b) tessera write path, 3 masters, {tes['writers']} writers: {tes['events_per_s']:,.0f} "
+                  f"events/s (applied {tes['applied_events_per_s']:,.0f}/s), commit latency p50 "
+                  f"{tes['p50_ms']:.1f} ms p99 {tes['p99_ms']:.1f} ms, errors {tes['errors']}, "
+                  f"event log flushed {tes['event_log_flushed']} (last index {tes['event_log_last_seq']})")
+            print(f"    ratio b/a = {float(tes['events_per_s']) / float(raw['events_per_s']):.2f}")
+        if args.skip != "failover":
+            times = []
+            for i in range(args.trials):
+                trial_root = root / f"failover-{i}"
+                trial_root.mkdir()
+                times.append(failover_trial(trial_root))
+                print(f"    failover trial {i + 1}: {times[-1]:.3f} s", flush=True)
+            print(f"(c) failover, kill -9 leader -> first committed write, {len(times)} trials: "
+                  f"min {min(times):.3f} s, median {statistics.median(times):.3f} s, max {max(times):.3f} s")
+
+
+if __name__ == "__main__":
+    main()
