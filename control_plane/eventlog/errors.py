@@ -29,4 +29,5 @@ class HistoryPruned(EventLogError):
 
 
 class EventStoreClosed(EventLogError):
-    """The store was closed; it accepts no appends and answers no reads."""
+    """The store was closed: it answers no reads and runs no prunes (appends are dropped, see
+    `EventStore.append`)."""

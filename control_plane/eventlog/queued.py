@@ -92,6 +92,7 @@ class QueuedEventStore(EventStore):
         self._closed = False
         self._close_deadline = float("inf")
         self._writer_done = False
+        self._dropped_after_close = False
         self._writer = threading.Thread(target=self._run, name=writer_name, daemon=True)
 
     def _start_writer(self, first_seq: int, last_seq: int) -> None:
@@ -123,14 +124,21 @@ class QueuedEventStore(EventStore):
     # -- enqueueing ------------------------------------------------------------------------------------
 
     def _enqueue(self, kind: int, data: object, weight: int) -> bool:
-        """Queue one item; False when the writer is gone (it crashed) and the item was dropped."""
+        """Queue one item; False when the store is closed or its writer is gone, and it was dropped.
+
+        Never raises for that: the caller is usually the Raft apply thread, and an exception there
+        would stall replication. Nothing is lost for good either, since whatever a master applies
+        after closing its store is still in the Raft log and is replayed into the store on restart.
+        """
         with self._lock:
-            if self._closing:
-                raise EventStoreClosed("event store is closed")
-            if self._writer_done:
-                # Only after a writer crash (a bug, already logged). Queueing would grow memory
-                # forever for nobody; count the loss instead so flush() keeps answering False.
-                self._dropped_records += weight
+            if self._closing or self._writer_done:
+                # Queueing would grow memory for nobody. Count the loss so flush() answers False.
+                if not self._dropped_after_close:
+                    log.warning("event log is closed; dropping what is appended from now on")
+                    self._dropped_after_close = True
+                # A ticket that will never be finished: flush() covering it answers False.
+                self._submitted += 1
+                self._record_drop_locked(self._submitted, weight)
                 return False
             self._submitted += 1
             self._queue.append(_Item(self._submitted, kind, data, weight))
@@ -165,7 +173,7 @@ class QueuedEventStore(EventStore):
             raise TypeError(f"before_seq must be an int, not {type(before_seq).__name__}")
         result: Future[int] = Future()
         if not self._enqueue(_PRUNE, (before_seq, result), 1):
-            raise EventStoreClosed("event log writer is not running")
+            raise EventStoreClosed("event store is closed")
         return result.result(timeout)
 
     # -- waiting ---------------------------------------------------------------------------------------
@@ -242,12 +250,11 @@ class QueuedEventStore(EventStore):
                         return  # closing and drained
                     items = self._take_locked()
                 self._process(items)
-        except BaseException as exc:  # a bug in this module; never leave waiters hanging
-            log.exception("event log writer crashed")
+        except Exception as exc:  # a bug in this module: logged, and waiters must not hang
+            log.exception("event log writer crashed; nothing more will be stored")
             with self._lock:
                 self._last_error = exc
                 self._record_drop_locked(self._durable + 1, self._backlog)
-            raise
         finally:
             try:
                 self._writer_exiting()

@@ -34,7 +34,11 @@ class EventStore(abc.ABC):
 
     @abc.abstractmethod
     def append(self, records: Sequence[EventRecord]) -> None:
-        """Enqueue events, given in increasing seq order. Never blocks on I/O."""
+        """Enqueue events, given in increasing seq order. Never blocks on I/O.
+
+        After `close` the records are dropped (counted, logged once) rather than raising: the caller
+        is the Raft apply thread, which must not fail, and the Raft log replays them on restart.
+        """
 
     @abc.abstractmethod
     def append_spans(self, spans: Sequence[SpanRecord]) -> None:

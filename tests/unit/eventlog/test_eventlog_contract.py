@@ -389,6 +389,7 @@ def test_type_counts(store: EventStore, make_event: EventFactory) -> None:
 def test_close_stores_pending_work_and_leaves_no_thread(
     backend: Callable[[], EventStore],
     make_event: EventFactory,
+    make_span: SpanFactory,
     eventlog_threads: Callable[[], list[threading.Thread]],
 ) -> None:
     before = set(eventlog_threads())
@@ -399,8 +400,12 @@ def test_close_stores_pending_work_and_leaves_no_thread(
     store.close()  # idempotent
     assert set(eventlog_threads()) - before == set()
     assert store.flush(0.0)  # everything appended before close() is stored
-    with pytest.raises(EventStoreClosed):
-        store.append([make_event(1001)])
+    # The Raft apply thread may still append during shutdown: that must not raise (it would stall
+    # replication), only be dropped, and flush() must stop claiming durability.
+    store.append([make_event(1001)])
+    store.append_spans([make_span("a" * 32, "b" * 16, 1.0)])
+    store.put_snapshot(1001, b"late")
+    assert not store.flush(0.0)
     with pytest.raises(EventStoreClosed):
         store.list()
     with pytest.raises(EventStoreClosed):
@@ -473,3 +478,27 @@ def test_a_malformed_append_is_dropped_alone_and_the_writer_survives(
     assert store.last_seq() == 5
     with pytest.raises(TypeError):
         store.prune("10")  # type: ignore[arg-type]
+
+
+def test_a_crashed_writer_leaves_nobody_hanging(
+    backend: Callable[[], EventStore],
+    make_event: EventFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    eventlog_threads: Callable[[], list[threading.Thread]],
+) -> None:
+    before = set(eventlog_threads())
+    store = backend()
+
+    def broken(items: object) -> None:
+        raise RuntimeError("a bug in the writer")
+
+    monkeypatch.setattr(store, "_process", broken)
+    store.append([make_event(1)])
+    started = time.monotonic()
+    assert not store.flush(30.0)
+    assert time.monotonic() - started < 20.0  # answered because the writer ended, not by timeout
+    assert isinstance(store.last_error, RuntimeError)
+    store.append([make_event(2)])  # still never raises on the apply thread
+    assert not store.flush(1.0)
+    store.close()
+    assert set(eventlog_threads()) - before == set()
