@@ -7,8 +7,10 @@ transaction, how to prune, and which of its errors are worth retrying.
 
 Rules it keeps:
 - The enqueueing side never does I/O and holds the lock only to push onto a deque.
-- Items are written in enqueue order; consecutive items are merged into one transaction of at most
-  `MAX_BATCH_RECORDS` records. A prune is a barrier: items before it are committed first.
+- Items are written in enqueue order; consecutive items are merged into one transaction until it
+  holds about `MAX_BATCH_RECORDS` records. A prune is a barrier: items before it are committed first.
+- Enqueueing never raises for a closed store or a dead writer: the item is dropped and counted (the
+  Raft apply thread must not fail; the Raft log replays it into the store on restart).
 - A transient backend error (disk full, database locked) is retried with backoff until it succeeds
   or `close` gives up. Any other error means the data cannot be written: the merged batch is retried
   item by item so one bad record does not sink its neighbours, and the items that still fail are
