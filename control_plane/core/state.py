@@ -1,0 +1,537 @@
+"""The replicated master state: what every master holds after applying the log up to `seq`.
+
+`ClusterState` is plain, mutable Python: dicts of small record objects, no locks, no threads, nothing that
+cannot be pickled (Raft snapshots it). Only `apply` mutates it; everything else reads it.
+
+What it holds:
+- `seq`: the number of the last event recorded. Events are numbered 1, 2, 3... in apply order, identically
+  on every master; `event_counts` counts them per type (the invariant checker recomputes `seq` from it).
+- the cluster (`term`, `leader`, `masters`), `agents`, `frameworks`, live `offers`, `tasks` (with their
+  unacknowledged status updates, so a new leader re-sends them), `roles` (weights and quota) and
+  `decline_filters`.
+- bounded, FIFO-evicted memories that keep writes idempotent: `requests` (request id -> original
+  `ApplyResult`), `completed_tasks` (terminal, fully acknowledged tasks, so retried updates and acks are
+  recognised), `retired_offers` (why an offer is gone, so a stale offer is told apart from an unknown id).
+  Their bounds are fields of the state itself, so every master evicts the same entries at the same seq.
+
+Rules:
+- Iteration order of dicts and sets is never part of a decision: whoever turns state into events sorts
+  ids first (sets of strings iterate in a per-process hash order).
+- A record's `used` / `offered` are caches of sums over tasks and offers, kept by `apply` and re-derived by
+  `invariants.check_invariants`.
+
+Also here: `ApplyResult` (stored in the de-dup table, so it lives with the state) and the value checks
+shared by `decide` (validating requests) and `apply` (re-validating events, which may be garbage).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum
+from typing import Literal
+
+from control_plane.core.errors import Conflict, InvalidRequest, TesseraError, error_from_code
+from control_plane.core.events import Event
+from control_plane.core.lifecycle import is_terminal
+from control_plane.core.resources import EMPTY, Resources, validate_role
+from control_plane.core.values import (
+    AgentInfo,
+    AgentState,
+    CommandInfo,
+    FrameworkInfo,
+    FrameworkState,
+    Labels,
+    Offer,
+    RoleInfo,
+    StatusSource,
+    TaskInfo,
+    TaskState,
+    TaskStatus,
+)
+
+# ---- limits --------------------------------------------------------------------------------------
+MAX_ID_LENGTH = 255
+MAX_TEXT_LENGTH = 4096
+MAX_SECONDS = 1e9  # ~31 years: any duration above this is a mistake and would only lose float precision
+MAX_TIME = 1e11  # unix seconds (year ~5138): absolute times above this are garbage
+MAX_WEIGHT = 1e6
+DEFAULT_REFUSE_SECONDS = 5.0  # Mesos' default decline filter
+MAX_REFUSE_SECONDS = 365 * 24 * 3600.0  # Mesos caps filters at a year; longer requests are clamped
+REQUEST_DEDUP_LIMIT = 50_000
+COMPLETED_TASKS_LIMIT = 10_000
+RETIRED_OFFERS_LIMIT = 10_000
+STATUS_UUIDS_PER_TASK = 128  # agents retry the newest updates only; older uuids need not be remembered
+
+_ID_RE = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII without spaces: ids end up in URLs and file names
+
+Outcome = Literal["applied", "rejected", "duplicate"]
+
+
+# ---- the result of applying one entry --------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What applying one entry did.
+
+    `events` are the (seq, event) pairs actually recorded: every effective event for 'applied', the one
+    `Rejected` event for 'rejected', nothing for 'duplicate'. `first_seq..last_seq` is that range
+    (empty, first_seq = last_seq + 1, when nothing was recorded); `last_seq` is always the state's seq
+    after the entry, so a caller can read its own write. A 'duplicate' carries the original entry's
+    seqs, error code and reason: check `ok`, not only `outcome`.
+    """
+
+    outcome: Outcome
+    events: tuple[tuple[int, Event], ...] = ()
+    first_seq: int = 0
+    last_seq: int = 0
+    error_code: str = ""
+    reason: str = ""
+    request_id: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """False when the entry (or, for a duplicate, the original) was rejected."""
+        return not self.error_code
+
+    def error(self) -> TesseraError | None:
+        return None if self.ok else error_from_code(self.error_code, self.reason)
+
+    def raise_for_error(self) -> None:
+        err = self.error()
+        if err is not None:
+            raise err
+
+
+# ---- records -------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class AgentRecord:
+    info: AgentInfo
+    state: AgentState
+    registered_at: float
+    total: Resources  # info.resources with the dynamic reservations applied
+    reserved: Resources = EMPTY  # dynamic reservations (RESERVE operations), in reserved form
+    used: Resources = EMPTY  # sum of its non-terminal tasks
+    offered: Resources = EMPTY  # sum of its live offers
+    task_ids: set[str] = field(default_factory=set)  # tasks in `ClusterState.tasks` on this agent
+    offer_ids: set[str] = field(default_factory=set)
+    draining: bool = False  # survives unreachability: a draining agent that comes back is still draining
+    reregistered_at: float = 0.0
+    unreachable_at: float = 0.0
+    removed_reason: str = ""
+
+    @property
+    def agent_id(self) -> str:
+        return self.info.agent_id
+
+    @property
+    def reachable(self) -> bool:
+        return self.state in (AgentState.AGENT_ACTIVE, AgentState.AGENT_DRAINING)
+
+
+@dataclass(slots=True)
+class FrameworkRecord:
+    info: FrameworkInfo
+    state: FrameworkState
+    stream_id: str
+    subscribed_at: float
+    failover_deadline: float = 0.0  # set while DISCONNECTED
+    suppressed_roles: frozenset[str] = frozenset()
+    used: Resources = EMPTY
+    offered: Resources = EMPTY
+    task_ids: set[str] = field(default_factory=set)
+    offer_ids: set[str] = field(default_factory=set)
+    removed_reason: str = ""
+
+    @property
+    def framework_id(self) -> str:
+        return self.info.framework_id
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    info: TaskInfo
+    state: TaskState
+    role: str  # the allocation role of the offers it was launched from
+    launched_at: float
+    last_status: TaskStatus | None = None
+    unacknowledged: tuple[TaskStatus, ...] = ()  # in the order they were recorded
+    applied_uuids: tuple[str, ...] = ()  # newest last, at most STATUS_UUIDS_PER_TASK
+    kill_requested: bool = False
+    kill_grace_period_seconds: float = 0.0
+
+    @property
+    def task_id(self) -> str:
+        return self.info.task_id
+
+    @property
+    def framework_id(self) -> str:
+        return self.info.framework_id
+
+    @property
+    def agent_id(self) -> str:
+        return self.info.agent_id
+
+    @property
+    def resources(self) -> Resources:
+        return self.info.resources
+
+    @property
+    def terminal(self) -> bool:
+        return is_terminal(self.state)
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Resource sums over reachable agents; `free` counts only agents that can be offered (ACTIVE)."""
+
+    total: Resources
+    used: Resources
+    offered: Resources
+    free: Resources
+
+
+# ---- the state -------------------------------------------------------------------------------------
+@dataclass
+class ClusterState:
+    seq: int = 0
+    time: float = 0.0  # `Entry.time` of the last applied entry
+    term: int = 0
+    leader: str = ""
+    leader_grpc: str = ""
+    leader_name: str = ""
+    masters: dict[str, tuple[str, str]] = field(default_factory=dict)  # raft address -> (name, grpc)
+    agents: dict[str, AgentRecord] = field(default_factory=dict)
+    frameworks: dict[str, FrameworkRecord] = field(default_factory=dict)
+    offers: dict[str, Offer] = field(default_factory=dict)
+    tasks: dict[str, TaskRecord] = field(default_factory=dict)
+    roles: dict[str, RoleInfo] = field(default_factory=dict)
+    decline_filters: dict[tuple[str, str], float] = field(default_factory=dict)  # (fw, agent) -> until
+    requests: dict[str, ApplyResult] = field(default_factory=dict)
+    completed_tasks: dict[str, TaskRecord] = field(default_factory=dict)
+    retired_offers: dict[str, str] = field(default_factory=dict)  # offer id -> why it is gone
+    event_counts: dict[str, int] = field(default_factory=dict)
+    request_limit: int = REQUEST_DEDUP_LIMIT
+    completed_tasks_limit: int = COMPLETED_TASKS_LIMIT
+    retired_offers_limit: int = RETIRED_OFFERS_LIMIT
+
+    # ---- agents ------------------------------------------------------------------------------------
+    def agent_total(self, agent_id: str) -> Resources:
+        return self.agents[agent_id].total
+
+    def agent_free(self, agent_id: str) -> Resources:
+        """What can still be offered on the agent: total - used - offered (empty unless ACTIVE)."""
+        agent = self.agents[agent_id]
+        if agent.state is not AgentState.AGENT_ACTIVE:
+            return EMPTY
+        return agent.total - agent.used - agent.offered
+
+    def totals(self) -> Totals:
+        total = used = offered = free = EMPTY
+        for agent_id in sorted(self.agents):
+            agent = self.agents[agent_id]
+            if not agent.reachable:
+                continue
+            total, used, offered = total + agent.total, used + agent.used, offered + agent.offered
+            free = free + self.agent_free(agent_id)
+        return Totals(total=total, used=used, offered=offered, free=free)
+
+    def tasks_on_agent(self, agent_id: str) -> list[TaskRecord]:
+        agent = self.agents.get(agent_id)
+        return [] if agent is None else [self.tasks[t] for t in sorted(agent.task_ids)]
+
+    def offers_on_agent(self, agent_id: str) -> list[Offer]:
+        agent = self.agents.get(agent_id)
+        return [] if agent is None else [self.offers[o] for o in sorted(agent.offer_ids)]
+
+    def agent_drained(self, agent_id: str) -> bool:
+        """A draining agent with no task left that is not terminal: the operator may remove it."""
+        agent = self.agents[agent_id]
+        return agent.draining and all(self.tasks[t].terminal for t in agent.task_ids)
+
+    # ---- frameworks ----------------------------------------------------------------------------------
+    def tasks_of_framework(self, framework_id: str) -> list[TaskRecord]:
+        fw = self.frameworks.get(framework_id)
+        return [] if fw is None else [self.tasks[t] for t in sorted(fw.task_ids)]
+
+    def offers_of_framework(self, framework_id: str) -> list[Offer]:
+        fw = self.frameworks.get(framework_id)
+        return [] if fw is None else [self.offers[o] for o in sorted(fw.offer_ids)]
+
+    def refused_until(self, framework_id: str, agent_id: str) -> float:
+        return self.decline_filters.get((framework_id, agent_id), 0.0)
+
+    def is_filtered(self, framework_id: str, agent_id: str, now: float) -> bool:
+        """True while a decline filter keeps `agent_id` from being offered to `framework_id`."""
+        return self.refused_until(framework_id, agent_id) > now
+
+    # ---- tasks -----------------------------------------------------------------------------------------
+    def find_task(self, task_id: str) -> TaskRecord | None:
+        """A live task, or a completed one the state still remembers."""
+        return self.tasks.get(task_id) or self.completed_tasks.get(task_id)
+
+    def unacknowledged_updates(self, framework_id: str | None = None) -> list[TaskStatus]:
+        """Status updates waiting for the framework's ack, by task id then in recorded order (a new leader
+        re-sends exactly these)."""
+        if framework_id is None:
+            task_ids: list[str] = sorted(self.tasks)
+        else:
+            fw = self.frameworks.get(framework_id)
+            task_ids = [] if fw is None else sorted(fw.task_ids)
+        return [s for t in task_ids for s in self.tasks[t].unacknowledged]
+
+    # ---- roles -----------------------------------------------------------------------------------------
+    def role(self, role: str) -> RoleInfo:
+        """The role's policy; roles nobody configured have weight 1 and no quota."""
+        return self.roles.get(role) or RoleInfo(role=role)
+
+    def role_allocations(self) -> dict[str, Resources]:
+        """Per allocation role: resources used by non-terminal tasks plus resources offered."""
+        out: dict[str, Resources] = {}
+        for task_id in sorted(self.tasks):
+            task = self.tasks[task_id]
+            if not task.terminal:
+                out[task.role] = out.get(task.role, EMPTY) + task.resources
+        for offer_id in sorted(self.offers):
+            offer = self.offers[offer_id]
+            out[offer.role] = out.get(offer.role, EMPTY) + offer.resources
+        return out
+
+    # ---- idempotence -----------------------------------------------------------------------------------
+    def result_for_request(self, request_id: str) -> ApplyResult | None:
+        """The result recorded for `request_id`, if it is still remembered: a retried request is answered
+        from here without deciding again."""
+        return self.requests.get(request_id) if request_id else None
+
+    # ---- comparison ------------------------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """A hash of the whole state, independent of dict and set order: equal states, equal prints."""
+        return hashlib.sha256(repr(_canonical(self)).encode()).hexdigest()
+
+
+def _canonical(value: object) -> object:
+    """A nested tuple form of `value` whose repr does not depend on dict/set order or hash seeds."""
+    if isinstance(value, Enum):
+        return (type(value).__name__, value.value)
+    if isinstance(value, float):
+        return value.hex()
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted(((repr(_canonical(k)), _canonical(v)) for k, v in value.items()),
+                                     key=lambda kv: kv[0])))
+    if isinstance(value, (set, frozenset)):
+        return ("set", tuple(sorted(repr(_canonical(v)) for v in value)))
+    if isinstance(value, (tuple, list)):
+        return tuple(_canonical(v) for v in value)
+    if is_dataclass(value) and not isinstance(value, type):
+        return (type(value).__name__, tuple(_canonical(getattr(value, f.name)) for f in fields(value)))
+    return ("?", repr(value))
+
+
+# ---- value checks shared by decide and apply ------------------------------------------------------
+def check_id(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"{what}: must be a non-empty id")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidRequest(f"{what}: longer than {MAX_ID_LENGTH} characters")
+    if not _ID_RE.match(value):
+        raise InvalidRequest(f"{what}: only printable ASCII without spaces, got {value!r}")
+    return value
+
+
+def check_optional_id(value: object, what: str) -> str:
+    if value == "":
+        return ""
+    return check_id(value, what)
+
+
+def check_text(value: object, what: str, limit: int = MAX_TEXT_LENGTH) -> str:
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{what}: must be a string")
+    if len(value) > limit:
+        raise InvalidRequest(f"{what}: longer than {limit} characters")
+    return value
+
+
+def check_number(value: object, what: str, *, positive: bool = False, maximum: float = MAX_SECONDS) -> float:
+    """A finite, non-negative (or strictly positive) number no larger than `maximum`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequest(f"{what}: must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise InvalidRequest(f"{what}: must be finite, got {value!r}")
+    if value < 0 or (positive and value <= 0):
+        raise InvalidRequest(f"{what}: must be {'positive' if positive else 'non-negative'}, got {value!r}")
+    if value > maximum:
+        raise InvalidRequest(f"{what}: at most {maximum:g}, got {value!r}")
+    return float(value)
+
+
+def check_role(value: object, what: str = "role") -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"{what}: must be a non-empty role name")
+    try:
+        return validate_role(value)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{what}: {exc.message}") from exc
+
+
+def check_roles(value: object, what: str = "roles") -> tuple[str, ...]:
+    if not isinstance(value, tuple):
+        raise InvalidRequest(f"{what}: must be a tuple of role names")
+    roles = tuple(check_role(r, what) for r in value)
+    if len(set(roles)) != len(roles):
+        raise InvalidRequest(f"{what}: a role is named twice")
+    return roles
+
+
+def check_resources(value: object, what: str, *, allow_empty: bool = True) -> Resources:
+    """A well-formed `Resources` in normal form (a bag built by hand from raw tuples is re-validated, so
+    negative, NaN, zero or overlapping quantities are refused here whatever built them)."""
+    if not isinstance(value, Resources):
+        raise InvalidRequest(f"{what}: must be Resources, got {type(value).__name__}")
+    try:
+        rebuilt = Resources.from_items(value.items())
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{what}: {exc.message}") from exc
+    except Exception as exc:  # a malformed hand-built bag (wrong tuple shapes, wrong types)
+        raise InvalidRequest(f"{what}: malformed resources ({type(exc).__name__})") from exc
+    if rebuilt != value:
+        raise InvalidRequest(f"{what}: not in normal form (zero, unsorted or overlapping entries)")
+    if not allow_empty and not value:
+        raise InvalidRequest(f"{what}: must not be empty")
+    return value
+
+
+def check_labels(value: object, what: str) -> Labels:
+    if not isinstance(value, tuple) or not all(
+        isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], str) for p in value
+    ):
+        raise InvalidRequest(f"{what}: must be a tuple of (key, value) string pairs")
+    if sum(len(k) + len(v) for k, v in value) > MAX_TEXT_LENGTH * 4:
+        raise InvalidRequest(f"{what}: too large")
+    return value
+
+
+def check_task_state(value: object, what: str = "state") -> TaskState:
+    if not isinstance(value, TaskState) or value is TaskState.TASK_STATE_UNKNOWN:
+        raise InvalidRequest(f"{what}: must be a known task state, got {value!r}")
+    return value
+
+
+def check_agent_info(info: object) -> AgentInfo:
+    if not isinstance(info, AgentInfo):
+        raise InvalidRequest("info: must be an AgentInfo")
+    check_optional_id(info.agent_id, "info.agent_id")
+    check_text(info.hostname, "info.hostname", MAX_ID_LENGTH)
+    if not info.hostname:
+        raise InvalidRequest("info.hostname: must not be empty")
+    check_resources(info.resources, "info.resources")
+    check_labels(info.attributes, "info.attributes")
+    check_text(info.isolator, "info.isolator", MAX_ID_LENGTH)
+    check_text(info.version, "info.version", MAX_ID_LENGTH)
+    return info
+
+
+def check_framework_info(info: object) -> FrameworkInfo:
+    if not isinstance(info, FrameworkInfo):
+        raise InvalidRequest("info: must be a FrameworkInfo")
+    check_optional_id(info.framework_id, "info.framework_id")
+    check_text(info.name, "info.name", MAX_ID_LENGTH)
+    if not info.name:
+        raise InvalidRequest("info.name: must not be empty")
+    check_text(info.principal, "info.principal", MAX_ID_LENGTH)
+    if not check_roles(info.roles, "info.roles"):
+        raise InvalidRequest("info.roles: a framework needs at least one role")
+    check_number(info.failover_timeout_seconds, "info.failover_timeout_seconds")
+    if not isinstance(info.partition_aware, bool):
+        raise InvalidRequest("info.partition_aware: must be a bool")
+    check_text(info.user, "info.user", MAX_ID_LENGTH)
+    check_text(info.hostname, "info.hostname", MAX_ID_LENGTH)
+    return info
+
+
+def check_command_info(command: object, what: str) -> CommandInfo:
+    if not isinstance(command, CommandInfo):
+        raise InvalidRequest(f"{what}: must be a CommandInfo")
+    if not isinstance(command.shell, bool):
+        raise InvalidRequest(f"{what}.shell: must be a bool")
+    check_text(command.value, f"{what}.value")
+    if not command.value:
+        raise InvalidRequest(f"{what}.value: a task needs a command")
+    if not isinstance(command.arguments, tuple):
+        raise InvalidRequest(f"{what}.arguments: must be a tuple of strings")
+    for arg in command.arguments:
+        check_text(arg, f"{what}.arguments")
+    check_labels(command.environment, f"{what}.environment")
+    check_text(command.working_dir, f"{what}.working_dir")
+    check_text(command.user, f"{what}.user", MAX_ID_LENGTH)
+    return command
+
+
+def check_task_info(task: object, what: str = "task") -> TaskInfo:
+    if not isinstance(task, TaskInfo):
+        raise InvalidRequest(f"{what}: must be a TaskInfo")
+    check_id(task.task_id, f"{what}.task_id")
+    check_text(task.name, f"{what}.name", MAX_ID_LENGTH)
+    check_optional_id(task.framework_id, f"{what}.framework_id")
+    check_optional_id(task.agent_id, f"{what}.agent_id")
+    check_resources(task.resources, f"{what}.resources", allow_empty=False)
+    check_command_info(task.command, f"{what}.command")
+    check_number(task.kill_grace_period_seconds, f"{what}.kill_grace_period_seconds")
+    check_labels(task.labels, f"{what}.labels")
+    return task
+
+
+def check_task_status(status: object, what: str = "status") -> TaskStatus:
+    if not isinstance(status, TaskStatus):
+        raise InvalidRequest(f"{what}: must be a TaskStatus")
+    check_id(status.task_id, f"{what}.task_id")
+    check_task_state(status.state, f"{what}.state")
+    check_text(status.message, f"{what}.message")
+    check_text(status.reason, f"{what}.reason", MAX_ID_LENGTH)
+    check_optional_id(status.agent_id, f"{what}.agent_id")
+    check_optional_id(status.framework_id, f"{what}.framework_id")
+    check_optional_id(status.uuid, f"{what}.uuid")
+    if isinstance(status.timestamp, bool) or not isinstance(status.timestamp, (int, float)) or not (
+        math.isfinite(status.timestamp)
+    ):
+        raise InvalidRequest(f"{what}.timestamp: must be a finite number")
+    if not isinstance(status.source, StatusSource):
+        raise InvalidRequest(f"{what}.source: must be a StatusSource")
+    if status.exit_code is not None and (
+        isinstance(status.exit_code, bool) or not isinstance(status.exit_code, int)
+    ):
+        raise InvalidRequest(f"{what}.exit_code: must be an integer or None")
+    return status
+
+
+def check_quota(guarantee: object, limit: object) -> tuple[Resources, Resources]:
+    """Quota is unreserved scalar quantities; an empty limit means none; a limit covers the guarantee."""
+    checked = []
+    for value, what in ((guarantee, "guarantee"), (limit, "limit")):
+        res = check_resources(value, what)
+        if res.ranges:
+            raise InvalidRequest(f"{what}: quota applies to scalar resources only (no ranges)")
+        if res.roles() - {""}:
+            raise InvalidRequest(f"{what}: quota is given in unreserved quantities (no reservation roles)")
+        checked.append(res)
+    if checked[1] and not checked[1].contains(checked[0]):
+        raise InvalidRequest("limit: must be at least the guarantee")
+    return checked[0], checked[1]
+
+
+def check_term(value: object, what: str = "term") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidRequest(f"{what}: must be a non-negative integer, got {value!r}")
+    return value
+
+
+def total_with_reservations(resources: Resources, reserved: Resources) -> Resources:
+    """An agent's total: what it reports, with the master's dynamic reservations carved out of the
+    unreserved part. Raises Conflict when the reported resources can no longer hold them."""
+    flat = reserved.flatten()
+    if not resources.filter_role("").contains(flat):
+        raise Conflict(f"the agent's unreserved resources no longer hold its reservations ({reserved})")
+    return resources - flat + reserved
