@@ -244,7 +244,7 @@ class Master:
             raise Unavailable("commit timed out; retry with the same request id") from exc
         if not isinstance(result, ApplyResult):
             raise Unavailable(f"unexpected apply result {result!r}")
-        if result.outcome == "rejected":
+        if not result.ok:  # rejected now, or a duplicate of an entry that was rejected
             raise error_from_code(result.error_code, result.reason)
         return result
 
