@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from .api import StateMachine
@@ -125,53 +125,51 @@ class Tracked:
 
 
 class Batch(Tracked):
-    """One group-commit batch: one replicated call."""
+    """One group-commit batch: one replicated call. Holds one in-flight slot until it is untracked."""
 
-    __slots__ = ("entries", "futures", "_release")
+    __slots__ = ("entries", "futures")
 
-    def __init__(self, entries: list[bytes], futures: list[Future[Any]], timeout_s: float,
-                 release: Callable[[], None]) -> None:
+    def __init__(self, entries: list[bytes], futures: list[Future[Any]], timeout_s: float) -> None:
         super().__init__(timeout_s)
         self.entries = entries
         self.futures = futures
-        self._release = release
 
     def resolve(self, payload: object) -> None:
         # payload: a results list, an ApplyFailure, or a ReplicationError for the whole batch.
-        try:
-            if isinstance(payload, ReplicationError):
-                for fut in self.futures:
-                    fail_future(fut, payload)
-            elif isinstance(payload, ApplyFailure):
-                err = StateMachineError(payload.message)
-                for fut in self.futures:
-                    fail_future(fut, err)
-            elif isinstance(payload, list) and len(payload) == len(self.futures):
-                for fut, result in zip(self.futures, payload, strict=True):
-                    if not fut.done():
-                        fut.set_result(result)
-            else:
-                err = StateMachineError(f"malformed batch result {type(payload).__name__}")
-                for fut in self.futures:
-                    fail_future(fut, err)
-        finally:
-            self._release()
-
-    def expire(self, reason: str) -> None:
-        try:
-            err = UnknownOutcomeError(reason, f"batch outcome unknown ({reason}); retry with the same request id")
+        if isinstance(payload, ReplicationError):
+            for fut in self.futures:
+                fail_future(fut, payload)
+        elif isinstance(payload, ApplyFailure):
+            err = StateMachineError(payload.message)
             for fut in self.futures:
                 fail_future(fut, err)
-        finally:
-            self._release()
+        elif isinstance(payload, list) and len(payload) == len(self.futures):
+            for fut, result in zip(self.futures, payload, strict=True):
+                try:
+                    fut.set_result(result)
+                except InvalidStateError:  # already failed by someone else; the first outcome stands
+                    pass
+        else:
+            err = StateMachineError(f"malformed batch result {type(payload).__name__}")
+            for fut in self.futures:
+                fail_future(fut, err)
+
+    def expire(self, reason: str) -> None:
+        err = UnknownOutcomeError(reason, f"batch outcome unknown ({reason}); retry with the same request id")
+        for fut in self.futures:
+            fail_future(fut, err)
 
 
 class GroupCommitter:
     """Collects entries into batches and resolves their futures. Engine-agnostic.
 
     ``refuse()`` returns an exception when this node must not take writes now (not the leader), else
-    None; it is checked at submit and again just before a batch is proposed. ``propose(batch)`` runs
-    on the batcher thread, must not block, and must eventually lead to ``post(batch, payload)``.
+    None; it is checked at submit and again just before a batch is proposed. ``propose(batch)`` must
+    not block and must eventually lead to ``post(batch, payload)``. ``post`` may be called on the
+    engine's own thread (pysyncobj's tick thread): there it frees the batch's in-flight slot and, if
+    entries are waiting, proposes the next batch at once ("pump"), so the log stays busy under load
+    even when the batcher thread is slow to get the GIL among many request threads. Futures are
+    resolved on the completer thread, so no future callback ever runs on the Raft thread.
     """
 
     def __init__(self, name: str, settings: GroupCommitConfig,
@@ -186,6 +184,9 @@ class GroupCommitter:
         self._lingering = False
         self._accepting = False
         self._slots = threading.BoundedSemaphore(settings.max_batches_in_flight)
+        # Held while taking entries and proposing them, so batches are proposed in the order their
+        # entries were submitted, whichever thread (batcher or pump) proposes.
+        self._propose_lock = threading.Lock()
         self._inflight: dict[int, Tracked] = {}
         self._inflight_lock = threading.Lock()
         self._tracking_closed = False
@@ -211,7 +212,7 @@ class GroupCommitter:
             self._batcher.join(timeout_s)
             if self._batcher.is_alive():
                 log.error("%s: batcher thread did not stop within %.1f s", self._name, timeout_s)
-        with self._cond:
+        with self._propose_lock, self._cond:  # wait out a pump in progress
             leftovers = list(self._pending)
             self._pending.clear()
             self._pending_bytes = 0
@@ -232,13 +233,14 @@ class GroupCommitter:
             remaining = list(self._inflight.values())
             self._inflight.clear()
         for op in remaining:
+            self._free_slot(op)
             self._safe(op.expire, "STOPPED")
 
     # ----------------------------------------------------------------- intake
 
     def submit(self, entry: bytes) -> Future[Any]:
-        if not isinstance(entry, bytes):
-            if isinstance(entry, (bytearray, memoryview)):
+        if type(entry) is not bytes:
+            if isinstance(entry, (bytes, bytearray, memoryview)):
                 entry = bytes(entry)
             else:
                 raise TypeError(f"entry must be bytes, got {type(entry).__name__}")
@@ -280,12 +282,23 @@ class GroupCommitter:
             return True
 
     def untrack(self, op: Tracked) -> bool:
+        """Remove ``op``; True for exactly one caller, who then owns its outcome."""
         with self._inflight_lock:
             return self._inflight.pop(id(op), None) is not None
 
     def post(self, op: Tracked, payload: object) -> None:
-        """Hand an outcome to the completer. Cheap and non-blocking: safe on the Raft thread."""
+        """Hand an outcome over. Non-blocking and cheap: safe on the Raft thread."""
+        if not self.untrack(op):
+            return  # already expired (or a duplicate outcome): the first outcome stands
         self._completions.put((op, payload))
+        if self._free_slot(op):
+            self._pump()
+
+    def _free_slot(self, op: Tracked) -> bool:
+        if isinstance(op, Batch):
+            self._slots.release()
+            return True
+        return False
 
     # ----------------------------------------------------------------- batcher
 
@@ -306,16 +319,35 @@ class GroupCommitter:
                         return
                 if not waited and settings.linger_s > 0:
                     self._linger(settings)
-                with self._cond:
-                    entries, futures = self._take(settings)
-                if not entries:
-                    self._slots.release()
-                    continue
-                self._dispatch(entries, futures)
+                with self._propose_lock:
+                    with self._cond:
+                        entries, futures = self._take(settings)
+                    if not entries:  # a pump took them meanwhile
+                        self._slots.release()
+                        continue
+                    self._dispatch(entries, futures)
         except Exception:  # noqa: BLE001 - a dead batcher would hang every submitter until timeout
             log.exception("%s: batcher thread crashed", self._name)
             with self._cond:
                 self._accepting = False
+
+    def _pump(self) -> None:
+        """Propose waiting entries now if a slot is free (called where a slot was just freed)."""
+        if not self._pending or not self._accepting:
+            return
+        if not self._propose_lock.acquire(blocking=False):
+            return  # the batcher is proposing right now; it will see the free slot next
+        try:
+            if not self._slots.acquire(blocking=False):
+                return
+            with self._cond:
+                entries, futures = self._take(self._settings)
+            if not entries:
+                self._slots.release()
+                return
+            self._dispatch(entries, futures)
+        finally:
+            self._propose_lock.release()
 
     def _linger(self, settings: GroupCommitConfig) -> None:
         deadline = time.monotonic() + settings.linger_s
@@ -336,8 +368,9 @@ class GroupCommitter:
         futures: list[Future[Any]] = []
         pending = self._pending
         budget = settings.max_batch_bytes
+        limit = settings.max_batch_entries
         used = 0
-        while pending and len(entries) < settings.max_batch_entries:
+        while pending and len(entries) < limit:
             entry = pending[0][0]
             cost = len(entry) + ENTRY_OVERHEAD_BYTES
             if entries and used + cost > budget:
@@ -350,6 +383,7 @@ class GroupCommitter:
         return entries, futures
 
     def _dispatch(self, entries: list[bytes], futures: list[Future[Any]]) -> None:
+        """Propose one batch; the caller holds a slot and the propose lock."""
         refusal = self._refuse()
         if refusal is not None:
             # Lost leadership while the entries waited: they were never proposed.
@@ -357,8 +391,9 @@ class GroupCommitter:
             for fut in futures:
                 fail_future(fut, refusal)
             return
-        batch = Batch(entries, futures, self._settings.commit_timeout_s, self._slots.release)
+        batch = Batch(entries, futures, self._settings.commit_timeout_s)
         if not self.track(batch):
+            self._slots.release()
             batch.resolve(ReplicatorStoppedError())  # shut down before proposing: never appended
             return
         try:
@@ -366,6 +401,7 @@ class GroupCommitter:
         except Exception as exc:  # noqa: BLE001
             log.exception("%s: proposing a batch of %d entries failed", self._name, len(entries))
             if self.untrack(batch):
+                self._slots.release()
                 self._safe(batch.resolve, UnknownOutcomeError("PROPOSE_FAILED", f"proposing failed: {exc}"))
 
     # ----------------------------------------------------------------- completer
@@ -383,8 +419,7 @@ class GroupCommitter:
                 return
             if item is not None:
                 op, payload = item  # type: ignore[misc]
-                if self.untrack(op):
-                    self._safe(op.resolve, payload)
+                self._safe(op.resolve, payload)
             now = time.monotonic()
             if now >= next_scan:
                 next_scan = now + _SCAN_S
@@ -399,8 +434,7 @@ class GroupCommitter:
             if item is _STOP:
                 continue
             op, payload = item  # type: ignore[misc]
-            if self.untrack(op):
-                self._safe(op.resolve, payload)
+            self._safe(op.resolve, payload)
 
     def _scan(self, now: float) -> None:
         with self._inflight_lock:
@@ -410,6 +444,7 @@ class GroupCommitter:
                 self.untrack(op)
                 continue
             if op.deadline <= now and self.untrack(op):
+                self._free_slot(op)
                 self._safe(op.expire, "TIMEOUT")
 
     def _safe(self, fn: Callable[..., Any], *args: Any) -> Any:
