@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
-from typing import Any
+from typing import Any, cast
 
 from .api import StateMachine
 from .config import GroupCommitConfig
@@ -386,10 +386,10 @@ class GroupCommitter:
         """Propose one batch; the caller holds a slot and the propose lock."""
         refusal = self._refuse()
         if refusal is not None:
-            # Lost leadership while the entries waited: they were never proposed.
+            # Lost leadership while the entries waited: they were never proposed. Failed by the
+            # completer, since this may run on the Raft thread (pump).
             self._slots.release()
-            for fut in futures:
-                fail_future(fut, refusal)
+            self._completions.put((Batch(entries, futures, 0.0), refusal))
             return
         batch = Batch(entries, futures, self._settings.commit_timeout_s)
         if not self.track(batch):
@@ -402,7 +402,7 @@ class GroupCommitter:
             log.exception("%s: proposing a batch of %d entries failed", self._name, len(entries))
             if self.untrack(batch):
                 self._slots.release()
-                self._safe(batch.resolve, UnknownOutcomeError("PROPOSE_FAILED", f"proposing failed: {exc}"))
+                self._completions.put((batch, UnknownOutcomeError("PROPOSE_FAILED", f"proposing failed: {exc}")))
 
     # ----------------------------------------------------------------- completer
 
@@ -418,7 +418,7 @@ class GroupCommitter:
                 self._drain_completions()
                 return
             if item is not None:
-                op, payload = item  # type: ignore[misc]
+                op, payload = cast(tuple[Tracked, object], item)
                 self._safe(op.resolve, payload)
             now = time.monotonic()
             if now >= next_scan:
@@ -433,7 +433,7 @@ class GroupCommitter:
                 return
             if item is _STOP:
                 continue
-            op, payload = item  # type: ignore[misc]
+            op, payload = cast(tuple[Tracked, object], item)
             self._safe(op.resolve, payload)
 
     def _scan(self, now: float) -> None:

@@ -14,6 +14,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from typing import Any, cast
 
 from .api import LeadershipCallback
 
@@ -65,14 +66,14 @@ class LeadershipNotifier:
                 self._handle(item)
 
     def _handle(self, item: object) -> None:
-        kind = item[0]  # type: ignore[index]
+        kind = cast(tuple[str, Any], item)[0]
         if kind == "register":
-            callback: LeadershipCallback = item[1]  # type: ignore[index]
+            _, callback = cast(tuple[str, LeadershipCallback], item)
             self._callbacks.append(callback)
             if self._leader:
                 self._call(callback, True, self._term)
             return
-        _, is_leader, term = item  # type: ignore[misc]
+        _, is_leader, term = cast(tuple[str, bool, "int | None"], item)
         if term is None:
             try:
                 term = self._term_source()

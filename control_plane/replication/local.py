@@ -26,6 +26,7 @@ import queue
 import threading
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 from ._group_commit import Batch, GroupCommitter, fail_future, guarded_apply, new_running_future
 from ._notifier import LeadershipNotifier
@@ -228,7 +229,7 @@ class LocalReplicator(Replicator):
     def transfer_leadership(self, address: str | None = None) -> Future[str]:
         return self._unsupported("transfer_leadership")
 
-    def _unsupported(self, what: str) -> Future[object]:
-        fut: Future[object] = new_running_future()
+    def _unsupported(self, what: str) -> Future[Any]:
+        fut: Future[Any] = new_running_future()
         fail_future(fut, NotSupportedError(f"{what} is not supported on a single-node local log"))
         return fut

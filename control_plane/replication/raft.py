@@ -108,7 +108,7 @@ class _ReplicatedLog(SyncObjConsumer):  # type: ignore[misc]
         self._state_machine = state_machine
         super().__init__()
 
-    @replicated  # type: ignore[misc]
+    @replicated  # type: ignore[untyped-decorator]
     def apply_batch(self, entries: list[bytes]) -> list[object] | ApplyFailure:
         sync_obj = self._syncObj
         raft_index = sync_obj.raftLastApplied + 1 if sync_obj is not None else -1

@@ -7,6 +7,7 @@ What each test pins down is in its name; the suite is the executable form of the
 from __future__ import annotations
 
 import threading
+
 import pytest
 
 from control_plane.replication import (

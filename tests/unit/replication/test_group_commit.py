@@ -192,8 +192,7 @@ def test_failures_map_to_errors_per_entry(stack: list[GroupCommitter]) -> None:
     expected = [StateMachineError, UnknownOutcomeError, StateMachineError]
     for payload, error in zip(payloads, expected, strict=True):
         fut = committer.submit(b"e")
-        wait_until(lambda: engine.batches and not engine.batches[-1].futures[0].done() and
-                   engine.batches[-1].futures[0] is fut, 5, "batch proposed")
+        wait_until(lambda fut=fut: engine.batches and engine.batches[-1].futures[0] is fut, 5, "batch proposed")
         engine.complete(engine.batches[-1], payload)
         with pytest.raises(error):
             fut.result(timeout=5)
