@@ -122,6 +122,10 @@ class ReplicationConfig:
     log_compaction_min_entries: int = 5000
     log_compaction_min_time_s: float = 300.0
     log_compaction_split: bool = False
+    # True: a forked child pickles and writes the dump (copy-on-write; the Raft thread only forks).
+    # False: the dump is pickled and written on the Raft thread, a stall that grows with the state
+    # and can cause elections (§6.5). fork() from a threaded process is safe here because the child
+    # only pickles, writes and _exit()s.
     use_fork_for_dump: bool = True
 
     group_commit: GroupCommitConfig = field(default_factory=GroupCommitConfig)
