@@ -103,6 +103,7 @@ from control_plane.core.state import (
     check_task_status,
     check_term,
     check_text,
+    scalar_part,
     total_with_reservations,
 )
 from control_plane.core.values import AgentState, FrameworkState, Offer, RoleInfo, TaskState
@@ -329,7 +330,7 @@ def _retire_offer(state: ClusterState, offer: Offer, why: str, tx: _Tx) -> None:
     tx.pop(state.offers, offer.offer_id)
     tx.assign(agent, "offered", agent.offered - offer.resources)
     tx.discard(agent.offer_ids, offer.offer_id)
-    tx.assign(fw, "offered", fw.offered - offer.resources)
+    tx.assign(fw, "offered", fw.offered - scalar_part(offer.resources))
     tx.discard(fw.offer_ids, offer.offer_id)
     tx.put(state.retired_offers, offer.offer_id, why)
 
@@ -365,6 +366,8 @@ def _reason(value: object) -> str:
 # ---- cluster ---------------------------------------------------------------------------------------
 def _leader_elected(state: ClusterState, e: LeaderElected, tx: _Tx) -> bool:
     term = check_term(e.term)
+    if term < 1:
+        raise InvalidRequest("term: a leader is elected in term 1 or later")
     master = check_id(e.master, "master")
     grpc = check_text(e.grpc_address, "grpc_address", MAX_ID_LENGTH)
     name = check_text(e.name, "name", MAX_ID_LENGTH)
@@ -608,7 +611,7 @@ def _offer_issued(state: ClusterState, e: OfferIssued, tx: _Tx) -> bool:
     tx.put(state.offers, oid, offer)
     tx.assign(agent, "offered", agent.offered + resources)
     tx.add(agent.offer_ids, oid)
-    tx.assign(fw, "offered", fw.offered + resources)
+    tx.assign(fw, "offered", fw.offered + scalar_part(resources))
     tx.add(fw.offer_ids, oid)
     return True
 
@@ -685,7 +688,7 @@ def _task_launched(state: ClusterState, e: TaskLaunched, tx: _Tx) -> bool:
                                         launched_at=tx.time))
     tx.assign(agent, "used", agent.used + resources)
     tx.add(agent.task_ids, tid)
-    tx.assign(fw, "used", fw.used + resources)
+    tx.assign(fw, "used", fw.used + scalar_part(resources))
     tx.add(fw.task_ids, tid)
     return True
 
@@ -737,7 +740,7 @@ def _task_status_updated(state: ClusterState, e: TaskStatusUpdated, tx: _Tx) -> 
             tx.assign(task, "unacknowledged", (*task.unacknowledged, status))
     if is_terminal(new):
         tx.assign(agent, "used", agent.used - task.resources)
-        tx.assign(fw, "used", fw.used - task.resources)
+        tx.assign(fw, "used", fw.used - scalar_part(task.resources))
         if not task.unacknowledged:
             _complete(state, task, tx)
     return True

@@ -8,8 +8,9 @@ themselves and compares, and checks the safety properties the whole design rests
   such as ports are compared interval by interval, since a sum would merge an overlap away);
 - every task and offer names a known agent and a known framework, and is indexed by both;
 - offers exist only for connected frameworks on active agents;
-- an agent's `offered` is the sum of its offers and its `used` the sum of its non-terminal tasks (and the
-  same per framework); its `total` is what it reported with its dynamic reservations applied;
+- an agent's `offered` is the sum of its offers and its `used` the sum of its non-terminal tasks (the
+  same per framework, in scalar quantities); its `total` is what it reported with its dynamic
+  reservations applied;
 - tasks on an unreachable agent are unreachable or ended, tasks on a removed agent have ended, and no task
   is left unreachable on a reachable agent;
 - `seq` equals the number of events recorded (recounted from `event_counts`);
@@ -24,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from control_plane.core.resources import EMPTY, Resources
-from control_plane.core.state import ClusterState, total_with_reservations
+from control_plane.core.state import ClusterState, scalar_part, total_with_reservations
 from control_plane.core.values import AgentState, FrameworkState, TaskState
 
 __all__ = ["check_invariants"]
@@ -211,8 +212,8 @@ def _check(state: ClusterState, problems: list[str]) -> None:
             add(f"{label} lists offers that are not live")
         if any(t.framework_id != framework_id for t in tasks) or any(o.framework_id != framework_id for o in offers):
             add(f"{label} lists tasks or offers of another framework")
-        used = _sum(t.resources for t in tasks if not t.terminal)
-        offered = _sum(o.resources for o in offers)
+        used = _sum(scalar_part(t.resources) for t in tasks if not t.terminal)
+        offered = _sum(scalar_part(o.resources) for o in offers)
         if fw.used != used:
             add(f"{label}: used is {fw.used} but its non-terminal tasks use {used}")
         if fw.offered != offered:

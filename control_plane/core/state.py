@@ -132,14 +132,17 @@ class AgentRecord:
 
 @dataclass(slots=True)
 class FrameworkRecord:
+    """`used` / `offered` are scalar quantities only: ranges such as ports are meaningful per agent, and
+    summing port 31000 of two agents would merge them into one."""
+
     info: FrameworkInfo
     state: FrameworkState
     stream_id: str
     subscribed_at: float
     failover_deadline: float = 0.0  # set while DISCONNECTED
     suppressed_roles: frozenset[str] = frozenset()
-    used: Resources = EMPTY
-    offered: Resources = EMPTY
+    used: Resources = EMPTY  # scalars of its non-terminal tasks
+    offered: Resources = EMPTY  # scalars of its live offers
     task_ids: set[str] = field(default_factory=set)
     offer_ids: set[str] = field(default_factory=set)
     removed_reason: str = ""
@@ -184,7 +187,8 @@ class TaskRecord:
 
 @dataclass(frozen=True, slots=True)
 class Totals:
-    """Resource sums over reachable agents; `free` counts only agents that can be offered (ACTIVE)."""
+    """Scalar resource sums over reachable agents (ranges are per agent and do not add up across
+    agents); `free` counts only agents that can be offered (ACTIVE)."""
 
     total: Resources
     used: Resources
@@ -233,8 +237,9 @@ class ClusterState:
             agent = self.agents[agent_id]
             if not agent.reachable:
                 continue
-            total, used, offered = total + agent.total, used + agent.used, offered + agent.offered
-            free = free + self.agent_free(agent_id)
+            total, used = total + scalar_part(agent.total), used + scalar_part(agent.used)
+            offered = offered + scalar_part(agent.offered)
+            free = free + scalar_part(self.agent_free(agent_id))
         return Totals(total=total, used=used, offered=offered, free=free)
 
     def tasks_on_agent(self, agent_id: str) -> list[TaskRecord]:
@@ -287,15 +292,15 @@ class ClusterState:
         return self.roles.get(role) or RoleInfo(role=role)
 
     def role_allocations(self) -> dict[str, Resources]:
-        """Per allocation role: resources used by non-terminal tasks plus resources offered."""
+        """Per allocation role: scalar resources used by non-terminal tasks plus offered."""
         out: dict[str, Resources] = {}
         for task_id in sorted(self.tasks):
             task = self.tasks[task_id]
             if not task.terminal:
-                out[task.role] = out.get(task.role, EMPTY) + task.resources
+                out[task.role] = out.get(task.role, EMPTY) + scalar_part(task.resources)
         for offer_id in sorted(self.offers):
             offer = self.offers[offer_id]
-            out[offer.role] = out.get(offer.role, EMPTY) + offer.resources
+            out[offer.role] = out.get(offer.role, EMPTY) + scalar_part(offer.resources)
         return out
 
     # ---- idempotence -----------------------------------------------------------------------------------
@@ -328,6 +333,11 @@ def _canonical(value: object) -> object:
     if is_dataclass(value) and not isinstance(value, type):
         return (type(value).__name__, tuple(_canonical(getattr(value, f.name)) for f in fields(value)))
     return ("?", repr(value))
+
+
+def scalar_part(resources: Resources) -> Resources:
+    """The scalar quantities of a bag, without its ranges (for sums across agents)."""
+    return Resources(scalars=resources.scalars) if resources.ranges else resources
 
 
 # ---- value checks shared by decide and apply ------------------------------------------------------
