@@ -376,9 +376,9 @@ def test_agent_free_is_total_minus_used_minus_offered() -> None:
 def test_framework_accounting_is_per_scalar_so_equal_ports_on_two_agents_do_not_merge() -> None:
     h = Harness()
     a1, a2, fid = h.agent(), h.agent(), h.framework()
-    o1 = h.offer(fid, a1, Resources.of(cpus=1, ports=[(31000, 31001)]))
-    h.offer(fid, a2, Resources.of(cpus=1, ports=[(31000, 31001)]))  # the same ports, another machine
-    h.run(c.Accept(fid, (o1,), (launch(task("t1", cpus=1, mem=0.001, ports=[(31000, 31000)])),)))
+    o1 = h.offer(fid, a1, Resources.of(cpus=1, mem=64, ports=[(31000, 31001)]))
+    h.offer(fid, a2, Resources.of(cpus=1, mem=64, ports=[(31000, 31001)]))  # the same ports, another machine
+    h.run(c.Accept(fid, (o1,), (launch(task("t1", cpus=1, mem=64, ports=[(31000, 31000)])),)))
     h.run(c.DisconnectFramework(fid))  # rescinding the second offer must not trip over merged ports
-    assert h.state.frameworks[fid].used == Resources.of(cpus=1, mem=0.001)
+    assert h.state.frameworks[fid].used == Resources.of(cpus=1, mem=64)
     assert h.state.frameworks[fid].offered == Resources()
