@@ -91,8 +91,9 @@ def state_to_proto(state: Any, leader: str, term: int) -> operator_pb2.GetStateR
 
 
 class OperatorService(operator_pb2_grpc.OperatorServicer):
-    def __init__(self, master: Master, peer_quorum: Any = None) -> None:
+    def __init__(self, master: Master, peer_quorum: Any = None, duties: Any = None) -> None:
         self.master = master
+        self.duties = duties  # LeaderDuties, for soft state (usage samples, connected agents)
         # callable(grpc_address) -> GetQuorumResponse for a member's own view; injected so tests can twin it
         self._peer_quorum = peer_quorum
         self._fanout = ThreadPoolExecutor(max_workers=8, thread_name_prefix="quorum-fanout")

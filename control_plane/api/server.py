@@ -8,7 +8,14 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from tessera.v1 import operator_pb2, operator_pb2_grpc
+from tessera.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    operator_pb2,
+    operator_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+)
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -22,17 +29,33 @@ GRPC_OPTIONS = [
 class MasterServer:
     """The gRPC server of one master. `bind` returns the actual port (0 picks a free one)."""
 
-    def __init__(self, operator: operator_pb2_grpc.OperatorServicer, *, max_workers: int = 64) -> None:
+    def __init__(
+        self,
+        operator: operator_pb2_grpc.OperatorServicer,
+        *,
+        agent_link: agent_pb2_grpc.AgentLinkServicer | None = None,
+        scheduler: scheduler_pb2_grpc.SchedulerServicer | None = None,
+        max_workers: int = 256,
+    ) -> None:
+        # A streaming call holds one pool thread for its whole life (agents, frameworks, watchers), so
+        # the pool is sized for streams; unary calls beyond it queue instead of failing.
         self.server = grpc.server(
             ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
             options=GRPC_OPTIONS,
             maximum_concurrent_rpcs=max_workers * 4,
         )
         operator_pb2_grpc.add_OperatorServicer_to_server(operator, self.server)
+        services = [operator_pb2.DESCRIPTOR.services_by_name["Operator"].full_name]
+        if agent_link is not None:
+            agent_pb2_grpc.add_AgentLinkServicer_to_server(agent_link, self.server)
+            services.append(agent_pb2.DESCRIPTOR.services_by_name["AgentLink"].full_name)
+        if scheduler is not None:
+            scheduler_pb2_grpc.add_SchedulerServicer_to_server(scheduler, self.server)
+            services.append(scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [
-            operator_pb2.DESCRIPTOR.services_by_name["Operator"].full_name,
+            *services,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]

@@ -97,18 +97,50 @@ def cli(ctx: click.Context, masters: str, as_json: bool, timeout: float) -> None
 @click.option("--data-dir", type=click.Path(path_type=Path), required=True, help="Journal, dump and events.db.")
 @click.option("--raft-password", envvar="TESSERA_RAFT_PASSWORD", default=None,
               help="Encrypts the Raft port (or TESSERA_RAFT_PASSWORD). Without it the port is insecure.")
+@click.option("--agent-timeout", default=10.0, show_default=True,
+              help="Seconds without a heartbeat before an agent is marked unreachable.")
+@click.option("--agent-heartbeat-interval", default=1.0, show_default=True,
+              help="Heartbeat interval agents are told to use.")
+@click.option("--reregistration-timeout", default=10.0, show_default=True,
+              help="Grace a new leader gives every agent to reconnect before timing it.")
+@click.option("--allocation-interval", default=1.0, show_default=True, help="Seconds between allocation rounds.")
+@click.option("--offer-timeout", default=60.0, show_default=True,
+              help="Seconds before an unused offer is rescinded (0 = never).")
+@click.option("--framework-reconnect-timeout", default=5.0, show_default=True,
+              help="Grace a new leader gives frameworks to resubscribe before disconnecting them.")
+@click.option("--grpc-workers", default=256, show_default=True,
+              help="gRPC threads; every agent, framework and event watcher holds one.")
 @click.option("--log-level", default="INFO", show_default=True)
 def master(name: str, raft_address: str, grpc_address: str, peers: str, data_dir: Path,
-           raft_password: str | None, log_level: str) -> None:
+           raft_password: str | None, agent_timeout: float, agent_heartbeat_interval: float,
+           reregistration_timeout: float, allocation_interval: float, offer_timeout: float,
+           framework_reconnect_timeout: float, grpc_workers: int, log_level: str) -> None:
     """Run one master of a Raft quorum."""
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
+    from control_plane.runtime.leader import LeaderSettings
     from control_plane.runtime.process import MasterConfig, run_master
 
+    for flag, value in (("--agent-timeout", agent_timeout), ("--agent-heartbeat-interval", agent_heartbeat_interval),
+                        ("--allocation-interval", allocation_interval)):
+        if not value > 0:
+            fail(f"{flag}: must be a positive number of seconds, got {value}", 2)
+    for flag, value in (("--offer-timeout", offer_timeout), ("--reregistration-timeout", reregistration_timeout),
+                        ("--framework-reconnect-timeout", framework_reconnect_timeout)):
+        if not value >= 0:
+            fail(f"{flag}: must not be negative, got {value}", 2)
+    if grpc_workers < 8:
+        fail(f"--grpc-workers: at least 8, got {grpc_workers}", 2)
     config = MasterConfig(
         name=name, raft_address=raft_address, grpc_address=grpc_address,
         peers=tuple(p.strip() for p in peers.split(",") if p.strip()), data_dir=data_dir,
         raft_password=raft_password or None,
+        leader=LeaderSettings(
+            agent_heartbeat_interval=agent_heartbeat_interval, agent_timeout=agent_timeout,
+            reregistration_timeout=reregistration_timeout, allocation_interval=allocation_interval,
+            offer_timeout=offer_timeout or None, framework_reconnect_timeout=framework_reconnect_timeout,
+        ),
+        grpc_workers=grpc_workers,
     )
     sys.exit(run_master(config))
 

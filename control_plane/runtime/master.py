@@ -230,6 +230,10 @@ class Master:
 
     def _commit(self, commands: Sequence[cmd.Command], *, request_id: str, traceparent: str, term: int) -> ApplyResult:
         entry = self._decide(commands, request_id, traceparent, term)
+        if not entry.events:
+            # decide found it already done (an idempotent retry): nothing to replicate
+            seq = self.read_state(lambda s: s.seq)
+            return ApplyResult("applied", (), seq + 1, seq, "", "", request_id)
         fut = self.replicator.submit(entry_to_bytes(entry))
         return self.wait_result(fut)
 

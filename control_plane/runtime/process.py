@@ -16,11 +16,14 @@ from pathlib import Path
 
 from tessera.v1 import operator_pb2
 
+from control_plane.api.agentlink import AgentLinkService
 from control_plane.api.client import MasterClient
 from control_plane.api.operator import ADDRESS_RE, OperatorService
+from control_plane.api.scheduler import SchedulerService
 from control_plane.api.server import MasterServer
 from control_plane.eventlog import SqliteEventStore
 from control_plane.replication import RaftReplicator, ReplicationConfig
+from control_plane.runtime.leader import LeaderDuties, LeaderSettings, default_allocator
 from control_plane.runtime.master import Master, MasterIdentity
 from control_plane.runtime.statemachine import MasterStateMachine
 
@@ -39,7 +42,8 @@ class MasterConfig:
     peers: tuple[str, ...]
     data_dir: Path
     raft_password: str | None
-    join: bool = False  # started as a new member of an existing quorum (added with `tessera quorum add`)
+    leader: LeaderSettings = LeaderSettings()
+    grpc_workers: int = 256
 
 
 def validate(config: MasterConfig) -> None:
@@ -86,7 +90,7 @@ def _peer_quorum(address: str) -> operator_pb2.GetQuorumResponse:
         client.close()
 
 
-def build_master(config: MasterConfig) -> tuple[Master, MasterServer]:
+def build_master(config: MasterConfig) -> tuple[Master, LeaderDuties, MasterServer]:
     validate(config)
     events = SqliteEventStore(config.data_dir / "events.db")
     sm = MasterStateMachine(events)
@@ -96,18 +100,23 @@ def build_master(config: MasterConfig) -> tuple[Master, MasterServer]:
     ), sm)
     identity = MasterIdentity(config.name, config.raft_address, config.grpc_address)
     master = Master(identity, sm, replicator, events, announce=_announce)
-    server = MasterServer(OperatorService(master, peer_quorum=_peer_quorum))
+    duties = LeaderDuties(master, config.leader, allocator=default_allocator(config.leader))
+    server = MasterServer(
+        OperatorService(master, peer_quorum=_peer_quorum, duties=duties),
+        agent_link=AgentLinkService(duties), scheduler=SchedulerService(duties),
+        max_workers=config.grpc_workers,
+    )
     try:
         server.bind(config.grpc_address)
     except (OSError, RuntimeError) as exc:
         events.close()
         raise StartupError(f"--grpc: cannot listen on {config.grpc_address} ({exc})") from exc
-    return master, server
+    return master, duties, server
 
 
 def run_master(config: MasterConfig) -> int:
     try:
-        master, server = build_master(config)
+        master, duties, server = build_master(config)
     except StartupError as exc:
         print(f"tessera master: {exc}", file=sys.stderr)
         return 2
@@ -124,6 +133,7 @@ def run_master(config: MasterConfig) -> int:
     except Exception as exc:  # noqa: BLE001 - report a startup failure as one line
         print(f"tessera master: cannot start Raft on {config.raft_address}: {exc}", file=sys.stderr)
         return 2
+    duties.start()
     server.start()
     log.info("master %s: raft %s, grpc %s, peers %s, data %s (pid %d)", config.name, config.raft_address,
              config.grpc_address, ",".join(config.peers) or "-", config.data_dir, os.getpid())
@@ -133,6 +143,7 @@ def run_master(config: MasterConfig) -> int:
                     config.raft_address)
     while not stop.wait(0.5):
         master.maybe_announce()
+    duties.stop()
     server.stop()
     master.stop()
     log.info("master %s stopped", config.name)

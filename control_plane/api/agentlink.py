@@ -1,0 +1,160 @@
+"""The AgentLink gRPC service: one bidirectional stream per agent (see docs/protocol.md).
+
+Thin: the first message must be `Register`; it becomes a `RegisterAgent`/`ReregisterAgent` command that is
+committed before `Registered` is sent. Afterwards a reader thread turns heartbeats into soft state
+(`LeaderDuties`), status updates into `UpdateStatus` commands (acknowledged only after commit), and usage
+samples into soft state; the stream itself yields whatever the leader's reactor queued for this agent.
+Every message carries the leader's term so a deposed leader's commands are ignored by the agent.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from typing import Any
+
+import grpc
+from tessera.v1 import agent_pb2, agent_pb2_grpc
+
+from control_plane.api.errors import grpc_errors
+from control_plane.codec import from_proto
+from control_plane.core import commands as cmd
+from control_plane.core import events as ev
+from control_plane.core.errors import InvalidRequest, NotLeader, TesseraError
+from control_plane.core.values import AgentInfo, TaskStatus
+from control_plane.runtime.leader import CLOSE, AgentSession, LeaderDuties
+
+log = logging.getLogger(__name__)
+
+FIRST_MESSAGE_TIMEOUT = 10.0
+
+
+class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
+    def __init__(self, duties: LeaderDuties) -> None:
+        self.duties = duties
+        self.master = duties.master
+
+    @grpc_errors
+    def Connect(self, request_iterator: Iterator[agent_pb2.AgentMessage], context: grpc.ServicerContext
+                ) -> Iterator[agent_pb2.MasterMessage]:
+        if not self.master.is_serving():
+            raise NotLeader("agents register with the leader", self.master.leader_grpc_hint())
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("kind") != "register":
+            raise InvalidRequest("the first message on an agent stream must be Register")
+        agent_id = self._register(first.register, context)
+        session = self.duties.attach_agent(agent_id)
+        reader = threading.Thread(target=self._read, args=(session, request_iterator), daemon=True,
+                                  name=f"agent-reader-{agent_id[:16]}")
+        reader.start()
+        try:
+            yield agent_pb2.MasterMessage(term=self.duties.term(), registered=agent_pb2.Registered(
+                agent_id=agent_id, heartbeat_interval_seconds=self.duties.settings.agent_heartbeat_interval))
+            while context.is_active():
+                try:
+                    msg = session.out.get(timeout=0.5)
+                except queue.Empty:
+                    if not self.master.is_serving():
+                        break
+                    continue
+                if msg is CLOSE:
+                    break
+                yield msg
+            if not self.master.is_serving() and context.is_active():
+                raise NotLeader("this master stopped leading", self.master.leader_grpc_hint())
+        finally:
+            self.duties.detach_agent(session)
+
+    def _register(self, reg: agent_pb2.Register, context: grpc.ServicerContext) -> str:
+        info = from_proto(reg.info, AgentInfo)
+        traceparent = _traceparent(context)
+        if reg.agent_id:
+            tasks = tuple(from_proto(t, TaskStatus) for t in reg.tasks)
+            self.master.propose([cmd.ReregisterAgent(agent_id=reg.agent_id, info=info, tasks=tasks)],
+                                request_id=reg.request_id, traceparent=traceparent)
+            log.info("agent %s reregistered with %d tasks", reg.agent_id, len(tasks))
+            return reg.agent_id
+        result = self.master.propose([cmd.RegisterAgent(info=info)], request_id=reg.request_id,
+                                     traceparent=traceparent)
+        for _, event in result.events:
+            if isinstance(event, ev.AgentRegistered):
+                log.info("agent %s registered (%s)", event.agent_id, event.info.hostname)
+                return event.agent_id
+        if result.outcome == "duplicate":
+            # a retried registration: the event its first attempt recorded names the agent
+            self.master.events.flush(timeout=2.0)
+            record = self.master.events.get(result.first_seq)
+            if record is not None and record.type == "AgentRegistered":
+                return record.agent_id
+        raise InvalidRequest("registration produced no agent id")
+
+    def _read(self, session: AgentSession, request_iterator: Iterator[agent_pb2.AgentMessage]) -> None:
+        try:
+            for msg in request_iterator:
+                session.last_seen = time.monotonic()
+                kind = msg.WhichOneof("kind")
+                if kind == "heartbeat":
+                    session.send(agent_pb2.MasterMessage(term=self.duties.term(),
+                                                         heartbeat_ack=agent_pb2.AgentHeartbeatAck()))
+                elif kind == "status_update":
+                    self._status_update(session, msg.status_update)
+                elif kind == "usage":
+                    self.duties.usage[session.agent_id] = msg.usage
+                elif kind == "register":
+                    log.warning("agent %s sent Register twice on one stream; ignored", session.agent_id)
+        except grpc.RpcError:
+            pass  # the agent went away: its timer keeps running, unreachability follows
+        except Exception:  # noqa: BLE001 - never let a reader thread die silently
+            log.exception("agent stream reader failed")
+        finally:
+            session.close()
+
+    def _status_update(self, session: AgentSession, update: agent_pb2.StatusUpdate) -> None:
+        try:
+            status = from_proto(update.status, TaskStatus)
+            if status.agent_id and status.agent_id != session.agent_id:
+                raise InvalidRequest(f"status for agent {status.agent_id} on agent {session.agent_id}'s stream")
+            status = _with_agent(status, session.agent_id)
+            fut = self.master.propose_async([cmd.UpdateStatus(status=status)],
+                                            request_id=f"status-{status.uuid}", traceparent=update.traceparent)
+        except NotLeader:
+            session.close()  # the agent reconnects to the leader and re-sends
+            return
+        except TesseraError as exc:
+            # never acceptable (malformed, unknown task, illegal transition): acknowledge so the agent
+            # stops retrying, and say why in the master's log
+            log.warning("status update %s from agent %s refused: %s", update.status.uuid, session.agent_id, exc)
+            self._ack(session, update.status.task_id, update.status.uuid)
+            return
+        fut.add_done_callback(lambda f: self._committed(f, session, update))
+
+    def _committed(self, fut: Future[Any], session: AgentSession, update: agent_pb2.StatusUpdate) -> None:
+        try:
+            result = fut.result()
+        except Exception as exc:  # noqa: BLE001 - not acknowledged: the agent re-sends
+            log.info("status update %s not committed (%s); the agent will retry", update.status.uuid, exc)
+            return
+        if getattr(result, "error_code", "") and result.error_code not in ("InvalidRequest", "NotFound", "Conflict"):
+            return
+        self._ack(session, update.status.task_id, update.status.uuid)
+
+    def _ack(self, session: AgentSession, task_id: str, uuid: str) -> None:
+        session.send(agent_pb2.MasterMessage(term=self.duties.term(), ack=agent_pb2.StatusUpdateAck(
+            task_id=task_id, uuid=uuid)))
+
+
+def _with_agent(status: TaskStatus, agent_id: str) -> TaskStatus:
+    from dataclasses import replace
+
+    return status if status.agent_id else replace(status, agent_id=agent_id)
+
+
+def _traceparent(context: grpc.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "traceparent":
+            return str(value)
+    return ""

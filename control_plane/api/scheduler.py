@@ -1,0 +1,203 @@
+"""The Scheduler gRPC service: how frameworks subscribe and act on offers (see docs/protocol.md).
+
+Thin: each call converts its request to a core command naming the framework and stream id, proposes it
+on the leader (errors map to status codes in `api.errors`), and converts back. `Subscribe` commits
+`FrameworkSubscribed` before the first `Subscribed` event, then streams what the leader's reactor queues
+for the framework, plus heartbeats; when the stream ends it proposes `DisconnectFramework`, which starts
+the framework's failover timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+from tessera.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+
+from control_plane.api.errors import grpc_errors
+from control_plane.codec import from_proto, resources_from_proto, to_proto
+from control_plane.core import commands as cmd
+from control_plane.core import events as ev
+from control_plane.core.errors import InvalidRequest, NotLeader, TesseraError
+from control_plane.core.values import FrameworkInfo, TaskInfo, TaskState, TaskStatus
+from control_plane.runtime.leader import CLOSE, LeaderDuties
+
+log = logging.getLogger(__name__)
+
+_OPERATION_TYPES = {
+    scheduler_pb2.Operation.LAUNCH: "LAUNCH",
+    scheduler_pb2.Operation.RESERVE: "RESERVE",
+    scheduler_pb2.Operation.UNRESERVE: "UNRESERVE",
+}
+
+
+def _traceparent(context: grpc.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "traceparent":
+            return str(value)
+    return ""
+
+
+def operation_from_proto(op: scheduler_pb2.Operation) -> cmd.Operation:
+    kind = _OPERATION_TYPES.get(op.type)
+    if kind is None:
+        raise InvalidRequest(f"operations[].type: unknown operation type {op.type}")
+    return cmd.Operation(
+        type=kind,  # type: ignore[arg-type]
+        tasks=tuple(from_proto(t, TaskInfo) for t in op.tasks),
+        resources=resources_from_proto(op.resources),
+    )
+
+
+class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
+    def __init__(self, duties: LeaderDuties) -> None:
+        self.duties = duties
+        self.master = duties.master
+
+    def _propose(self, commands: list[cmd.Command], header: scheduler_pb2.CallHeader,
+                 context: grpc.ServicerContext) -> Any:
+        return self.master.propose(commands, request_id=header.request_id, traceparent=_traceparent(context))
+
+    # ---- the event stream ------------------------------------------------------------------------
+    @grpc_errors
+    def Subscribe(self, request: scheduler_pb2.SubscribeRequest, context: grpc.ServicerContext
+                  ) -> Iterator[scheduler_pb2.SchedulerEvent]:
+        if not self.master.is_serving():
+            raise NotLeader("frameworks subscribe with the leader", self.master.leader_grpc_hint())
+        info = from_proto(request.info, FrameworkInfo)
+        result = self.master.propose([cmd.SubscribeFramework(info=info)], traceparent=_traceparent(context))
+        subscribed = next(e for _, e in result.events if isinstance(e, ev.FrameworkSubscribed))
+        session = self.duties.attach_framework(subscribed.framework_id, subscribed.stream_id)
+        log.info("framework %s (%s) subscribed on stream %s", subscribed.framework_id, info.name,
+                 subscribed.stream_id)
+        interval = self.duties.settings.framework_heartbeat_interval
+        try:
+            yield scheduler_pb2.SchedulerEvent(subscribed=scheduler_pb2.Subscribed(
+                framework_id=subscribed.framework_id, stream_id=subscribed.stream_id,
+                heartbeat_interval_seconds=interval, master=self.master.identity.grpc_address))
+            self.duties.resend_unacknowledged(session)
+            self.duties.send_outstanding_offers(session)
+            self.duties.want_allocation()
+            next_heartbeat = time.monotonic() + interval
+            while context.is_active():
+                try:
+                    item = session.out.get(timeout=max(0.05, min(0.5, next_heartbeat - time.monotonic())))
+                except queue.Empty:
+                    if not self.master.is_serving():
+                        break
+                    if time.monotonic() >= next_heartbeat:
+                        next_heartbeat = time.monotonic() + interval
+                        yield scheduler_pb2.SchedulerEvent(heartbeat=scheduler_pb2.Heartbeat())
+                    continue
+                if item is CLOSE:
+                    break
+                yield item
+            if not self.master.is_serving() and context.is_active():
+                raise NotLeader("this master stopped leading", self.master.leader_grpc_hint())
+        finally:
+            if self.duties.detach_framework(session) and self.master.is_serving():
+                try:
+                    self.master.propose([cmd.DisconnectFramework(
+                        framework_id=session.framework_id, stream_id=session.stream_id)])
+                except TesseraError as exc:
+                    log.info("framework %s disconnect not recorded: %s", session.framework_id, exc)
+
+    # ---- calls ---------------------------------------------------------------------------------------
+    @grpc_errors
+    def Accept(self, request: scheduler_pb2.AcceptRequest, context: grpc.ServicerContext) -> Any:
+        h = request.header
+        operations = tuple(operation_from_proto(op) for op in request.operations)
+        self._propose([cmd.Accept(
+            framework_id=h.framework_id, offer_ids=tuple(request.offer_ids), operations=operations,
+            refuse_seconds=request.filters.refuse_seconds, stream_id=h.stream_id,
+        )], h, context)
+        return scheduler_pb2.AcceptResponse()
+
+    @grpc_errors
+    def Decline(self, request: scheduler_pb2.DeclineRequest, context: grpc.ServicerContext) -> Any:
+        h = request.header
+        self._propose([cmd.Decline(framework_id=h.framework_id, offer_ids=tuple(request.offer_ids),
+                                   refuse_seconds=request.filters.refuse_seconds, stream_id=h.stream_id)],
+                      h, context)
+        return scheduler_pb2.DeclineResponse()
+
+    @grpc_errors
+    def Revive(self, request: scheduler_pb2.ReviveRequest, context: grpc.ServicerContext) -> Any:
+        h = request.header
+        self._propose([cmd.Revive(framework_id=h.framework_id, roles=tuple(request.roles),
+                                  stream_id=h.stream_id)], h, context)
+        self.duties.want_allocation()
+        return scheduler_pb2.ReviveResponse()
+
+    @grpc_errors
+    def Suppress(self, request: scheduler_pb2.SuppressRequest, context: grpc.ServicerContext) -> Any:
+        h = request.header
+        self._propose([cmd.Suppress(framework_id=h.framework_id, roles=tuple(request.roles),
+                                    stream_id=h.stream_id)], h, context)
+        return scheduler_pb2.SuppressResponse()
+
+    @grpc_errors
+    def Kill(self, request: scheduler_pb2.KillRequest, context: grpc.ServicerContext) -> Any:
+        h = request.header
+        self._propose([cmd.Kill(framework_id=h.framework_id, task_id=request.task_id,
+                                grace_period_seconds=request.grace_period_seconds, stream_id=h.stream_id)],
+                      h, context)
+        return scheduler_pb2.KillResponse()
+
+    @grpc_errors
+    def Acknowledge(self, request: scheduler_pb2.AcknowledgeRequest, context: grpc.ServicerContext) -> Any:
+        h = request.header
+        self._propose([cmd.Acknowledge(framework_id=h.framework_id, task_id=request.task_id,
+                                       uuid=request.uuid, stream_id=h.stream_id)], h, context)
+        return scheduler_pb2.AcknowledgeResponse()
+
+    @grpc_errors
+    def Teardown(self, request: scheduler_pb2.TeardownRequest, context: grpc.ServicerContext) -> Any:
+        h = request.header
+        self._propose([cmd.Teardown(framework_id=h.framework_id, stream_id=h.stream_id)], h, context)
+        return scheduler_pb2.TeardownResponse()
+
+    @grpc_errors
+    def Reconcile(self, request: scheduler_pb2.ReconcileRequest, context: grpc.ServicerContext) -> Any:
+        """Answer from replicated state: the latest status of the named tasks (all of the framework's
+        when none are named); a task the master does not know is TASK_LOST, as in Mesos."""
+        h = request.header
+        if not self.master.is_serving():
+            raise NotLeader("reconciliation is answered by the leader", self.master.leader_grpc_hint())
+
+        def answer(state: Any) -> list[common_pb2.TaskStatus]:
+            fw = state.frameworks.get(h.framework_id)
+            if fw is None:
+                from control_plane.core.errors import NotFound
+
+                raise NotFound(f"framework {h.framework_id} is not known")
+            if h.stream_id and h.stream_id != fw.stream_id:
+                from control_plane.core.errors import Conflict
+
+                raise Conflict("stream_id is not the framework's current stream")
+            out = []
+            task_ids = list(request.task_ids) or sorted(fw.task_ids)
+            for task_id in task_ids:
+                task = state.find_task(task_id)
+                if task is None or task.framework_id != h.framework_id:
+                    status = TaskStatus(task_id=task_id, state=TaskState.TASK_LOST, reason="REASON_RECONCILIATION",
+                                        message="the master does not know this task", framework_id=h.framework_id)
+                elif task.last_status is not None:
+                    status = task.last_status
+                else:
+                    status = TaskStatus(task_id=task_id, state=task.state, reason="REASON_RECONCILIATION",
+                                        agent_id=task.agent_id, framework_id=h.framework_id)
+                out.append(to_proto(status, common_pb2.TaskStatus))
+            return out
+
+        return scheduler_pb2.ReconcileResponse(statuses=self.master.read_state(answer))
+
+    @grpc_errors
+    def Message(self, request: scheduler_pb2.MessageRequest, context: grpc.ServicerContext) -> Any:
+        # Command tasks have no executor to receive framework messages (Mesos delivers them to executors).
+        context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                      "framework messages need an executor; Tessera runs command tasks, which have none")
