@@ -41,7 +41,8 @@ filter of an Accept with `refuse_seconds`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from control_plane.core.errors import Conflict, InvalidRequest, NotFound, TesseraError
@@ -215,24 +216,24 @@ def _apply(state: ClusterState, entry: Entry) -> ApplyResult:
 
     tx = _Tx(float(time))
     recorded: list[Event] = []
-    step = "the entry's post-checks"
+    position = -1  # which event failed, for the reason; -1: the entry's post-checks
     try:
-        for position, event in enumerate(events):
-            step = f"event {position} ({type(event).__name__})"
+        for position, event in enumerate(events):  # noqa: B007 - read in the except clauses
             handler = _HANDLERS.get(type(event))
             if handler is None:
                 raise InvalidRequest(f"unknown event type {type(event).__name__}")
             if handler(state, event, tx):
                 recorded.append(event)
-        step = "the entry's post-checks"
+        position = -1
         for check in tx.post_checks:
             check()
     except TesseraError as exc:
         tx.rollback()
-        return _reject(state, time, request_id, exc.code, f"{step}: {exc.message}")
+        return _reject(state, time, request_id, exc.code, f"{_step(events, position)}: {exc.message}")
     except Exception as exc:  # noqa: BLE001 - a handler bug must become a rejection, not a frozen cluster
         tx.rollback()
-        return _reject(state, time, request_id, INTERNAL_ERROR, f"internal error in {step}: {exc!r}")
+        return _reject(state, time, request_id, INTERNAL_ERROR,
+                       f"internal error in {_step(events, position)}: {exc!r}")
 
     first = state.seq + 1
     numbered = tuple(zip(range(first, first + len(recorded)), recorded, strict=True))
@@ -247,6 +248,12 @@ def _apply(state: ClusterState, entry: Entry) -> ApplyResult:
     result = ApplyResult("applied", numbered, first, state.seq, "", "", request_id)
     _remember(state, request_id, result)
     return result
+
+
+def _step(events: Sequence[object], position: int) -> str:
+    if position < 0:
+        return "the entry's post-checks"
+    return f"event {position} ({type(events[position]).__name__})"
 
 
 def _reject(state: ClusterState, time: float | None, request_id: str, code: str, reason: str) -> ApplyResult:
@@ -271,9 +278,9 @@ def _remember(state: ClusterState, request_id: str, result: ApplyResult) -> None
     _trim(state.requests, state.request_limit)
 
 
-def _trim(memory: dict[str, Any], limit: int) -> None:
+def _trim(memory: OrderedDict[str, Any], limit: int) -> None:
     while len(memory) > max(limit, 0):
-        del memory[next(iter(memory))]
+        memory.popitem(last=False)
 
 
 def _truncate(text: str) -> str:
@@ -341,9 +348,8 @@ def _no_offers(what: str, offer_ids: set[str]) -> None:
 
 
 def _drop_filters(state: ClusterState, tx: _Tx, *, framework_id: str = "", agent_id: str = "") -> None:
-    for key in sorted(state.decline_filters):
-        if key[0] == framework_id or key[1] == agent_id:
-            tx.pop(state.decline_filters, key)
+    for key in [k for k in state.decline_filters if k[0] == framework_id or k[1] == agent_id]:
+        tx.pop(state.decline_filters, key)  # dict order is insertion order: the same on every master
 
 
 def _complete(state: ClusterState, task: TaskRecord, tx: _Tx) -> None:

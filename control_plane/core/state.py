@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Literal
@@ -212,9 +213,10 @@ class ClusterState:
     tasks: dict[str, TaskRecord] = field(default_factory=dict)
     roles: dict[str, RoleInfo] = field(default_factory=dict)
     decline_filters: dict[tuple[str, str], float] = field(default_factory=dict)  # (fw, agent) -> until
-    requests: dict[str, ApplyResult] = field(default_factory=dict)
-    completed_tasks: dict[str, TaskRecord] = field(default_factory=dict)
-    retired_offers: dict[str, str] = field(default_factory=dict)  # offer id -> why it is gone
+    # FIFO memories: OrderedDict because evicting the oldest of a plain dict is O(n) once many were deleted
+    requests: OrderedDict[str, ApplyResult] = field(default_factory=OrderedDict)
+    completed_tasks: OrderedDict[str, TaskRecord] = field(default_factory=OrderedDict)
+    retired_offers: OrderedDict[str, str] = field(default_factory=OrderedDict)  # offer id -> why it is gone
     event_counts: dict[str, int] = field(default_factory=dict)
     request_limit: int = REQUEST_DEDUP_LIMIT
     completed_tasks_limit: int = COMPLETED_TASKS_LIMIT
