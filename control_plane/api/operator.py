@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -61,13 +62,20 @@ def event_record_to_proto(r: EventRecord) -> operator_pb2.EventRecord:
     )
 
 
-def state_to_proto(state: Any, leader: str, term: int) -> operator_pb2.GetStateResponse:
+def state_to_proto(state: Any, leader: str, term: int, duties: Any = None) -> operator_pb2.GetStateResponse:
     resp = operator_pb2.GetStateResponse(index=state.seq, leader=leader, term=term)
+    usage = None
+    if duties is not None:
+        usage = {u.task_id: u for sample in list(duties.usage.values()) for u in sample.tasks}
     for agent_id, a in sorted(state.agents.items()):
         view = resp.agents.add(
             agent_id=agent_id, state=int(a.state), registered_at=a.registered_at, task_count=len(a.task_ids),
         )
         view.info.CopyFrom(to_proto(a.info, common_pb2.AgentInfo))
+        session = duties.agents.get(agent_id) if duties is not None else None
+        if session is not None:
+            view.connected = True
+            view.last_heartbeat_age = max(0.0, time.monotonic() - session.last_seen)
         resources_to_proto(a.used, view.used)
         resources_to_proto(a.offered, view.offered)
     for framework_id, f in sorted(state.frameworks.items()):
@@ -80,6 +88,8 @@ def state_to_proto(state: Any, leader: str, term: int) -> operator_pb2.GetStateR
         resources_to_proto(f.offered, fview.offered)
     for _, t in sorted(state.tasks.items()):
         tview = resp.tasks.add(state=int(t.state), unacknowledged_updates=len(t.unacknowledged))
+        if usage is not None and t.task_id in usage:
+            tview.usage.CopyFrom(usage[t.task_id])
         tview.task.CopyFrom(to_proto(t.info, common_pb2.TaskInfo))
         if t.last_status is not None:
             tview.last_status.CopyFrom(to_proto(t.last_status, common_pb2.TaskStatus))
@@ -104,7 +114,8 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         if request.consistent:
             self.master.barrier()
         status = self.master.replicator
-        return self.master.read_state(lambda s: state_to_proto(s, s.leader, s.term or status.term()))
+        return self.master.read_state(
+            lambda s: state_to_proto(s, s.leader, s.term or status.term(), self.duties))
 
     # ---- event log -------------------------------------------------------------------------------
     @grpc_errors

@@ -10,6 +10,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from tessera.v1 import agent_pb2 as _agent_pb2
 from tessera.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -55,10 +56,16 @@ class AgentView(_message.Message):
     OFFERED_FIELD_NUMBER: _builtins.int
     REGISTERED_AT_FIELD_NUMBER: _builtins.int
     TASK_COUNT_FIELD_NUMBER: _builtins.int
+    CONNECTED_FIELD_NUMBER: _builtins.int
+    LAST_HEARTBEAT_AGE_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     state: _common_pb2.AgentState.ValueType
     registered_at: _builtins.float
     task_count: _builtins.int
+    connected: _builtins.bool
+    """has an open stream to the answering leader (soft state)"""
+    last_heartbeat_age: _builtins.float
+    """seconds since its last message, as seen by the answering leader"""
     @_builtins.property
     def info(self) -> _common_pb2.AgentInfo: ...
     @_builtins.property
@@ -75,10 +82,12 @@ class AgentView(_message.Message):
         offered: _abc.Iterable[_common_pb2.Resource] | None = ...,
         registered_at: _builtins.float = ...,
         task_count: _builtins.int = ...,
+        connected: _builtins.bool = ...,
+        last_heartbeat_age: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "info", b"info", "offered", b"offered", "registered_at", b"registered_at", "state", b"state", "task_count", b"task_count", "used", b"used"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "connected", b"connected", "info", b"info", "last_heartbeat_age", b"last_heartbeat_age", "offered", b"offered", "registered_at", b"registered_at", "state", b"state", "task_count", b"task_count", "used", b"used"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -133,12 +142,17 @@ class TaskView(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     LAST_STATUS_FIELD_NUMBER: _builtins.int
     UNACKNOWLEDGED_UPDATES_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     state: _common_pb2.TaskState.ValueType
     unacknowledged_updates: _builtins.int
     @_builtins.property
     def task(self) -> _common_pb2.TaskInfo: ...
     @_builtins.property
     def last_status(self) -> _common_pb2.TaskStatus: ...
+    @_builtins.property
+    def usage(self) -> _agent_pb2.TaskUsage:
+        """latest sample reported by the agent (soft state, leader only)"""
+
     def __init__(
         self,
         *,
@@ -146,10 +160,11 @@ class TaskView(_message.Message):
         state: _common_pb2.TaskState.ValueType = ...,
         last_status: _common_pb2.TaskStatus | None = ...,
         unacknowledged_updates: _builtins.int = ...,
+        usage: _agent_pb2.TaskUsage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_status", b"last_status", "task", b"task"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_status", b"last_status", "task", b"task", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_status", b"last_status", "state", b"state", "task", b"task", "unacknowledged_updates", b"unacknowledged_updates"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_status", b"last_status", "state", b"state", "task", b"task", "unacknowledged_updates", b"unacknowledged_updates", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
