@@ -22,10 +22,11 @@ After the events, handlers' post-checks run (conditions about the entry as a who
 is left unreachable on an agent that reregistered); a failing post-check rejects the entry the same way.
 
 Numbering and idempotence:
-- Recorded events get consecutive seqs after `state.seq`. Some events are recorded no-ops and get no seq:
-  a status update whose uuid the task already applied, an acknowledgement already applied, a rescind of
-  an offer already gone. An ignorable unknown event (from a newer master) has no effect but is recorded,
-  so every version numbers the log alike; a non-ignorable one rejects the entry.
+- Recorded events get consecutive seqs after `state.seq`. Some events are idempotent repeats that change
+  nothing and are not recorded (no seq): a status update whose uuid the task already applied, an
+  acknowledgement already applied, a rescind of an offer already gone. An ignorable unknown event (from a
+  newer master) has no effect but is recorded, so masters of every version number the log alike; a
+  non-ignorable one rejects the entry.
 - An entry with a non-empty `request_id` already seen returns the original result as 'duplicate' and
   records nothing. The table of request ids is bounded (FIFO), and so are the memories of completed
   tasks and retired offers; they are trimmed only after an entry succeeds, so rollback never has to
