@@ -282,6 +282,82 @@ def state(c: Ctx) -> None:
         console.print(table)
 
 
+def _state(c: Ctx) -> Any:
+    from tessera.v1 import operator_pb2
+
+    return c.call(lambda s: s.GetState, operator_pb2.GetStateRequest(consistent=False))
+
+
+def _enum_name(enum_type: Any, value: int) -> str:
+    return str(enum_type.Name(value)) if value in enum_type.values() else str(value)
+
+
+@cli.command()
+@pass_ctx
+def agents(c: Ctx) -> None:
+    """Agents: state, resources used/total, isolator, tasks."""
+    from tessera.v1 import common_pb2
+
+    resp = _state(c)
+    if c.as_json:
+        c.emit([to_dict(a) for a in resp.agents])
+        return
+    table = Table("agent", "host", "state", "connected", "isolator", "used", "total", "tasks", "attributes")
+    for a in resp.agents:
+        table.add_row(a.agent_id, a.info.hostname, _enum_name(common_pb2.AgentState, a.state).removeprefix("AGENT_"),
+                      "yes" if a.connected else "no", a.info.isolator or "?", _res_text(a.used),
+                      _res_text(a.info.resources), str(a.task_count),
+                      ";".join(f"{x.key}:{x.value}" for x in a.info.attributes))
+    console.print(table)
+
+
+@cli.command()
+@pass_ctx
+def frameworks(c: Ctx) -> None:
+    """Frameworks: state, roles, resources used."""
+    from tessera.v1 import common_pb2
+
+    resp = _state(c)
+    if c.as_json:
+        c.emit([to_dict(f) for f in resp.frameworks])
+        return
+    table = Table("framework", "name", "state", "roles", "used", "offered", "suppressed")
+    for f in resp.frameworks:
+        table.add_row(f.framework_id, f.info.name,
+                      _enum_name(common_pb2.FrameworkState, f.state).removeprefix("FRAMEWORK_"),
+                      ",".join(f.info.roles), _res_text(f.used), _res_text(f.offered), ",".join(f.suppressed_roles))
+    console.print(table)
+
+
+@cli.command()
+@click.option("--state", "state_filter", default="", help="Only tasks in this state (RUNNING, TASK_FAILED...).")
+@click.option("--framework", default="", help="Only tasks of this framework id.")
+@pass_ctx
+def tasks(c: Ctx, state_filter: str, framework: str) -> None:
+    """Tasks with their state, agent and latest status."""
+    from tessera.v1 import common_pb2
+
+    wanted = state_filter.upper()
+    if wanted and not wanted.startswith("TASK_"):
+        wanted = "TASK_" + wanted
+    if wanted and wanted not in common_pb2.TaskState.keys():
+        fail(f"--state: unknown task state {state_filter!r}", 2)
+    resp = _state(c)
+    rows = [t for t in resp.tasks
+            if (not wanted or common_pb2.TaskState.Name(t.state) == wanted)
+            and (not framework or t.task.framework_id == framework)]
+    if c.as_json:
+        c.emit([to_dict(t) for t in rows])
+        return
+    table = Table("task", "framework", "agent", "state", "resources", "message", "cpu s", "rss MiB")
+    for t in rows:
+        table.add_row(t.task.task_id, t.task.framework_id, t.task.agent_id,
+                      _enum_name(common_pb2.TaskState, t.state).removeprefix("TASK_"), _res_text(t.task.resources),
+                      t.last_status.message[:60], f"{t.usage.cpu_seconds:.2f}" if t.HasField("usage") else "",
+                      f"{t.usage.rss_bytes / 2**20:.1f}" if t.HasField("usage") else "")
+    console.print(table)
+
+
 def _res_text(items: Any) -> str:
     from control_plane.codec import resources_from_proto
 
