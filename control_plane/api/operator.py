@@ -19,7 +19,7 @@ from tessera.v1 import common_pb2, operator_pb2, operator_pb2_grpc
 from control_plane.api.errors import grpc_errors
 from control_plane.codec import resources_from_proto, resources_to_proto, to_proto
 from control_plane.core import commands as cmd
-from control_plane.core.errors import Conflict, InvalidRequest, NotLeader, Unavailable
+from control_plane.core.errors import Conflict, InvalidRequest, NotFound, NotLeader, Unavailable
 from control_plane.eventlog import EventFilter, EventRecord
 from control_plane.eventlog.errors import HistoryPruned
 from control_plane.replication.errors import (
@@ -250,7 +250,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         self._membership(self.master.replicator.remove_member(address), f"removing {address}")
         try:
             self.master.propose([cmd.RemoveMaster(raft_address=address)])
-        except InvalidRequest:
+        except NotFound:
             pass  # never announced: nothing recorded about it
         return operator_pb2.RemoveMasterResponse()
 

@@ -527,6 +527,9 @@ def _framework_disconnected(state: ClusterState, e: FrameworkDisconnected, tx: _
     deadline = check_number(e.failover_deadline, "failover_deadline", maximum=MAX_TIME)
     if fw.state is not FrameworkState.FRAMEWORK_CONNECTED:
         raise Conflict(f"framework {fw.framework_id} is {fw.state.name}")
+    if e.stream_id and e.stream_id != fw.stream_id:
+        # decided for a stream that has since been replaced by a resubscription: stale
+        raise Conflict(f"framework {fw.framework_id} resubscribed on a newer stream")
     _no_offers(f"framework {fw.framework_id}", fw.offer_ids)
     tx.assign(fw, "state", FrameworkState.FRAMEWORK_DISCONNECTED)
     tx.assign(fw, "failover_deadline", deadline)

@@ -418,7 +418,7 @@ def _disconnect_framework(
     deadline = _now(ctx) + fw.info.failover_timeout_seconds
     return (
         *_rescind(state.offers_of_framework(fw.framework_id), "framework disconnected"),
-        FrameworkDisconnected(fw.framework_id, deadline),
+        FrameworkDisconnected(fw.framework_id, deadline, fw.stream_id),
     )
 
 

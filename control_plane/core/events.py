@@ -83,6 +83,7 @@ class FrameworkSubscribed:
 class FrameworkDisconnected:
     framework_id: str
     failover_deadline: float
+    stream_id: str = ""  # the stream that ended; a resubscription on a newer stream makes this a no-op
 
 
 @dataclass(frozen=True, slots=True)

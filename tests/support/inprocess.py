@@ -1,36 +1,50 @@
 """One master in this process over the in-memory twins (LocalReplicator, MemoryEventStore), serving
-the real gRPC API on a free 127.0.0.1 port. Fast tests of everything above replication use it."""
+the real gRPC API (Operator, AgentLink, Scheduler) on a free 127.0.0.1 port, with its leader duties.
+Fast tests of everything above replication use it."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import grpc
-from tessera.v1 import operator_pb2_grpc
 
+from control_plane.api.agentlink import AgentLinkService
 from control_plane.api.operator import OperatorService
+from control_plane.api.scheduler import SchedulerService
 from control_plane.api.server import MasterServer
 from control_plane.eventlog import EventStore, MemoryEventStore
 from control_plane.replication import LocalReplicator
+from control_plane.runtime.leader import LeaderDuties, LeaderSettings, default_allocator
 from control_plane.runtime.master import Master, MasterIdentity
 from control_plane.runtime.statemachine import MasterStateMachine
+from tessera.v1 import agent_pb2_grpc, operator_pb2_grpc, scheduler_pb2_grpc
 from tests.support.cluster import free_port
+
+FAST = LeaderSettings(agent_heartbeat_interval=0.2, agent_timeout=1.0, reregistration_timeout=1.0,
+                      framework_heartbeat_interval=0.5, framework_reconnect_timeout=1.0,
+                      allocation_interval=0.2, offer_timeout=30.0, status_update_retry=1.0, tick=0.05)
 
 
 class InProcessMaster:
-    def __init__(self, events: EventStore | None = None) -> None:
+    def __init__(self, events: EventStore | None = None, settings: LeaderSettings = FAST,
+                 allocation: bool = True) -> None:
         self.events = events or MemoryEventStore()
         self.sm = MasterStateMachine(self.events)
         self.replicator = LocalReplicator(self.sm)
         self.grpc_address = f"127.0.0.1:{free_port()}"
         self.master = Master(MasterIdentity("m1", "local:0", self.grpc_address), self.sm, self.replicator,
                              self.events)
-        self.server = MasterServer(OperatorService(self.master), max_workers=16)
+        self.duties = LeaderDuties(self.master, settings,
+                                   allocator=default_allocator(settings) if allocation else None)
+        self.server = MasterServer(OperatorService(self.master, duties=self.duties),
+                                   agent_link=AgentLinkService(self.duties),
+                                   scheduler=SchedulerService(self.duties), max_workers=64)
         self.server.bind(self.grpc_address)
         self.channel: grpc.Channel | None = None
 
     def __enter__(self) -> InProcessMaster:
         self.master.start()
+        self.duties.start()
         self.server.start()
         if not self.master.wait_serving(10):
             raise TimeoutError("in-process master did not start serving")
@@ -41,8 +55,20 @@ class InProcessMaster:
         assert self.channel is not None
         return operator_pb2_grpc.OperatorStub(self.channel)
 
+    def agent_link(self) -> agent_pb2_grpc.AgentLinkStub:
+        assert self.channel is not None
+        return agent_pb2_grpc.AgentLinkStub(self.channel)
+
+    def scheduler(self) -> scheduler_pb2_grpc.SchedulerStub:
+        assert self.channel is not None
+        return scheduler_pb2_grpc.SchedulerStub(self.channel)
+
+    def state(self) -> Any:
+        return self.master.read_state(lambda s: s)
+
     def __exit__(self, *exc: Any) -> None:
         if self.channel is not None:
             self.channel.close()
         self.server.stop(0.2)
+        self.duties.stop()
         self.master.stop()

@@ -418,18 +418,22 @@ class FrameworkDisconnected(_message.Message):
 
     FRAMEWORK_ID_FIELD_NUMBER: _builtins.int
     FAILOVER_DEADLINE_FIELD_NUMBER: _builtins.int
+    STREAM_ID_FIELD_NUMBER: _builtins.int
     framework_id: _builtins.str
     failover_deadline: _builtins.float
     """unix seconds"""
+    stream_id: _builtins.str
+    """the stream that ended; empty = whatever stream is current"""
     def __init__(
         self,
         *,
         framework_id: _builtins.str = ...,
         failover_deadline: _builtins.float = ...,
+        stream_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failover_deadline", b"failover_deadline", "framework_id", b"framework_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failover_deadline", b"failover_deadline", "framework_id", b"framework_id", "stream_id", b"stream_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

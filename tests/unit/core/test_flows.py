@@ -702,3 +702,17 @@ def test_teardown_with_a_stale_stream_is_a_conflict(h: Harness) -> None:
     fid = h.framework()
     with pytest.raises(Conflict):
         h.decide(c.Teardown(fid, stream_id="stream-0"))
+
+
+def test_disconnect_decided_for_an_old_stream_is_rejected_after_a_resubscription(h: Harness) -> None:
+    fid = h.framework()
+    old_stream = h.state.frameworks[fid].stream_id
+    stale = h.decide(c.DisconnectFramework(framework_id=fid, stream_id=old_stream))
+    info = h.state.frameworks[fid].info
+    h.run(c.SubscribeFramework(info=info))  # the framework reconnects before the disconnect is applied
+    new_stream = h.state.frameworks[fid].stream_id
+    assert new_stream != old_stream
+    result = h.commit(stale)
+    assert result.outcome == "rejected"
+    assert h.state.frameworks[fid].state is FrameworkState.FRAMEWORK_CONNECTED
+    assert h.state.frameworks[fid].stream_id == new_stream

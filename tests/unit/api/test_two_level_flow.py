@@ -1,0 +1,178 @@
+"""The whole two-level flow over real gRPC against one in-process master (in-memory twins): an agent
+registers, a framework subscribes, gets an offer, launches a task; the agent runs it and reports; the
+framework is told and acknowledges; failures (silent agent, bad accepts, stale streams) are handled."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+
+from control_plane.core.values import AgentState, TaskState
+from tessera.v1 import common_pb2, scheduler_pb2
+from tests.support.cluster import wait_for
+from tests.support.inprocess import InProcessMaster
+from tests.support.scripted import ScriptedAgent, ScriptedFramework
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def node() -> InProcessMaster:
+    with InProcessMaster() as m:
+        yield m
+
+
+def launched_on_first_offer(task_id: str, resources: str = "cpus:0.5;mem:64"):
+    done: list[str] = []
+
+    def on_offers(fw: ScriptedFramework, offers: list[common_pb2.Offer]) -> None:
+        if not done:
+            done.append(offers[0].offer_id)
+            fw.launch(offers[0], task_id, resources)
+
+    return on_offers
+
+
+def test_task_is_launched_run_reported_and_acknowledged(node: InProcessMaster) -> None:
+    agent = ScriptedAgent(node.channel).start()
+    assert agent.registered.wait(5)
+    fw = ScriptedFramework(node.channel, on_offers=launched_on_first_offer("t-1")).start()
+    assert fw.subscribed.wait(5)
+    wait_for(lambda: fw.states_of("t-1")[-1:] == [common_pb2.TASK_FINISHED], 10, what="TASK_FINISHED")
+    assert fw.states_of("t-1") == [common_pb2.TASK_STARTING, common_pb2.TASK_RUNNING, common_pb2.TASK_FINISHED]
+    # the agent got RunTask only after TaskLaunched was committed, and every update was acknowledged
+    assert [t.task_id for t in agent.run_tasks()] == ["t-1"]
+    wait_for(lambda: len(agent.acked) == 3, 5, what="3 acks to the agent")
+    # every update acknowledged by the framework: the task is complete and its resources are free again
+    wait_for(lambda: "t-1" not in node.state().tasks, 5, what="task to complete")
+    assert node.state().completed_tasks["t-1"].state is TaskState.TASK_FINISHED
+    node.events.flush()
+    types = [r.type for r in node.events.list(limit=1000)]
+    assert types.count("TaskStatusUpdated") == 3 and types.count("TaskStatusAcknowledged") == 3
+    assert types.index("TaskLaunched") < types.index("TaskStatusUpdated")
+    fw.close()
+    agent.close()
+
+
+def test_duplicate_status_update_is_recorded_once_and_acknowledged(node: InProcessMaster) -> None:
+    agent = ScriptedAgent(node.channel, auto_run=False).start()
+    assert agent.registered.wait(5)
+    fw = ScriptedFramework(node.channel, on_offers=launched_on_first_offer("t-dup")).start()
+    wait_for(lambda: agent.run_tasks(), 10, what="RunTask")
+    from tessera.v1 import agent_pb2
+
+    status = common_pb2.TaskStatus(task_id="t-dup", state=common_pb2.TASK_RUNNING, uuid="u-1",
+                                   agent_id=agent.agent_id, source=common_pb2.SOURCE_AGENT)
+    for _ in range(3):
+        agent.outbox.put(agent_pb2.AgentMessage(status_update=agent_pb2.StatusUpdate(status=status)))
+    wait_for(lambda: "u-1" in agent.acked, 5, what="ack of u-1")
+    time.sleep(0.3)
+    node.events.flush()
+    updates = [r for r in node.events.list(limit=1000) if r.type == "TaskStatusUpdated"]
+    assert len(updates) == 1
+    fw.close()
+    agent.close()
+
+
+def test_silent_agent_becomes_unreachable_and_its_tasks_are_lost(node: InProcessMaster) -> None:
+    agent = ScriptedAgent(node.channel, auto_run=False).start()
+    assert agent.registered.wait(5)
+    fw = ScriptedFramework(node.channel, on_offers=launched_on_first_offer("t-2")).start()
+    wait_for(lambda: agent.run_tasks(), 10, what="RunTask")
+    agent.send_status("t-2", common_pb2.TASK_RUNNING)
+    wait_for(lambda: fw.states_of("t-2") == [common_pb2.TASK_RUNNING], 5, what="RUNNING")
+    agent.stop_heartbeats()
+    wait_for(lambda: node.state().agents[agent.agent_id].state is AgentState.AGENT_UNREACHABLE, 10,
+             what="agent unreachable")
+    wait_for(lambda: fw.states_of("t-2")[-1:] == [common_pb2.TASK_LOST], 5, what="TASK_LOST to the framework")
+    fw.close()
+    agent.close()
+
+
+def test_reregistered_agent_brings_its_partition_aware_tasks_back(node: InProcessMaster) -> None:
+    agent = ScriptedAgent(node.channel, auto_run=False).start()
+    assert agent.registered.wait(5)
+    fw = ScriptedFramework(node.channel, partition_aware=True, on_offers=launched_on_first_offer("t-3")).start()
+    wait_for(lambda: agent.run_tasks(), 10, what="RunTask")
+    agent.send_status("t-3", common_pb2.TASK_RUNNING)
+    wait_for(lambda: fw.states_of("t-3") == [common_pb2.TASK_RUNNING], 5, what="RUNNING")
+    agent.stop_heartbeats()
+    wait_for(lambda: fw.states_of("t-3")[-1:] == [common_pb2.TASK_UNREACHABLE], 10, what="UNREACHABLE")
+    agent.close()
+    back = ScriptedAgent(node.channel, auto_run=False, agent_id=agent.agent_id).start(tasks=(
+        common_pb2.TaskStatus(task_id="t-3", state=common_pb2.TASK_RUNNING, agent_id=agent.agent_id),))
+    assert back.registered.wait(5)
+    wait_for(lambda: fw.states_of("t-3")[-1:] == [common_pb2.TASK_RUNNING], 5, what="RUNNING again")
+    assert node.state().agents[agent.agent_id].state is AgentState.AGENT_ACTIVE
+    fw.close()
+    back.close()
+
+
+def test_bad_accepts_get_precise_codes_and_lose_no_resources(node: InProcessMaster) -> None:
+    agent = ScriptedAgent(node.channel, resources="cpus:2;mem:1024").start()
+    assert agent.registered.wait(5)
+    fw = ScriptedFramework(node.channel).start()
+    wait_for(lambda: fw.offers, 10, what="an offer")
+    offer = next(iter(fw.offers.values()))
+
+    def code(fn) -> grpc.StatusCode:
+        with pytest.raises(grpc.RpcError) as info:
+            fn()
+        return info.value.code()
+
+    # a task larger than the offer
+    assert code(lambda: fw.launch(offer, "big", "cpus:64;mem:64")) == grpc.StatusCode.FAILED_PRECONDITION
+    # an offer that does not exist
+    ghost = common_pb2.Offer(offer_id="offer-nope", agent_id=offer.agent_id)
+    assert code(lambda: fw.launch(ghost, "t-x")) in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
+    # negative resources
+    assert code(lambda: fw.launch(offer, "neg", "cpus:-1;mem:64")) == grpc.StatusCode.INVALID_ARGUMENT
+    # a stale stream id
+    stale = scheduler_pb2.CallHeader(framework_id=fw.framework_id, stream_id="stream-old", request_id="r")
+    with pytest.raises(grpc.RpcError) as info:
+        fw.stub.Decline(scheduler_pb2.DeclineRequest(header=stale, offer_ids=[offer.offer_id]), timeout=5)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    # none of that consumed the offer: it still launches
+    fw.launch(offer, "ok-1")
+    # and using it twice is refused
+    assert code(lambda: fw.launch(offer, "ok-2")) == grpc.StatusCode.FAILED_PRECONDITION
+    wait_for(lambda: fw.states_of("ok-1")[-1:] == [common_pb2.TASK_FINISHED], 10, what="ok-1 finished")
+    assert not node.master.read_state(lambda s: __import__(
+        "control_plane.core.invariants", fromlist=["check_invariants"]).check_invariants(s))
+    fw.close()
+    agent.close()
+
+
+def test_framework_that_does_not_come_back_is_removed_after_its_failover_timeout(node: InProcessMaster) -> None:
+    agent = ScriptedAgent(node.channel, auto_run=False).start()
+    assert agent.registered.wait(5)
+    fw = ScriptedFramework(node.channel, failover_timeout=0.5, on_offers=launched_on_first_offer("t-4")).start()
+    wait_for(lambda: agent.run_tasks(), 10, what="RunTask")
+    agent.send_status("t-4", common_pb2.TASK_RUNNING)
+    wait_for(lambda: fw.states_of("t-4") == [common_pb2.TASK_RUNNING], 5, what="RUNNING")
+    fw.close()
+    # the master kills the task of the removed framework on the agent
+    wait_for(lambda: any(m.WhichOneof("kind") == "kill_task" for m in agent.received), 10, what="KillTask")
+    fid = fw.framework_id
+    from control_plane.core.values import FrameworkState
+
+    assert node.state().frameworks[fid].state is FrameworkState.FRAMEWORK_REMOVED
+    agent.close()
+
+
+def test_framework_failover_within_timeout_keeps_tasks_and_gets_updates(node: InProcessMaster) -> None:
+    agent = ScriptedAgent(node.channel, auto_run=False).start()
+    assert agent.registered.wait(5)
+    fw = ScriptedFramework(node.channel, failover_timeout=30, on_offers=launched_on_first_offer("t-5")).start()
+    wait_for(lambda: agent.run_tasks(), 10, what="RunTask")
+    fw.close()
+    wait_for(lambda: fw.ended.is_set(), 5)
+    agent.send_status("t-5", common_pb2.TASK_RUNNING)  # while the framework is away
+    again = ScriptedFramework(node.channel, framework_id=fw.framework_id).start()
+    assert again.subscribed.wait(5)
+    wait_for(lambda: again.states_of("t-5")[-1:] == [common_pb2.TASK_RUNNING], 10, what="update after failover")
+    assert node.state().tasks["t-5"].state is TaskState.TASK_RUNNING
+    again.close()
+    agent.close()
