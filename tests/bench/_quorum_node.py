@@ -111,6 +111,7 @@ def run_tessera(args: argparse.Namespace) -> None:
     from control_plane.runtime.statemachine import MasterStateMachine
 
     data = Path(args.data_dir)
+    data.mkdir(parents=True, exist_ok=True)
     events = SqliteEventStore(data / "events.db")
     sm = MasterStateMachine(events)
     replicator = RaftReplicator(ReplicationConfig(

@@ -31,7 +31,7 @@ import grpc  # noqa: E402
 import psutil  # noqa: E402
 from tessera.v1 import operator_pb2, operator_pb2_grpc  # noqa: E402
 
-from tests.support.cluster import LocalCluster, free_port, wait_for  # noqa: E402
+from tests.support.cluster import LocalCluster, free_port  # noqa: E402
 
 NODE = Path(__file__).with_name("_quorum_node.py")
 
@@ -55,8 +55,14 @@ def run_quorum(mode: str, root: Path, args: argparse.Namespace) -> dict[str, obj
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                                           start_new_session=True))
         limit = 60 + args.duration + args.warmup
-        done = wait_for(lambda: next((o for o in outs if o.exists() and o.stat().st_size), None), limit,
-                        interval=0.2, what=f"{mode} leader result")
+        deadline = time.monotonic() + limit
+        done = None
+        while done is None:
+            done = next((o for o in outs if o.exists() and o.stat().st_size), None)
+            if done is None and (time.monotonic() > deadline or all(p.poll() is not None for p in procs)):
+                logs = "\n".join((root / f"{mode}-{i}.log").read_text()[-2000:] for i in range(3))
+                raise RuntimeError(f"no {mode} result (every node exited, or {limit:.0f} s passed):\n{logs}")
+            time.sleep(0.2)
         time.sleep(0.2)
         return json.loads(done.read_text())
     finally:
