@@ -1,0 +1,605 @@
+"""allocate: one round of Mesos' hierarchical allocation over an `AllocationSnapshot`.
+
+Theory of operation
+-------------------
+A round walks the agents that have something free and, for each agent, asks the DRF sorters who should
+get it: the role with the lowest weighted dominant share first, then, inside that role, the framework
+with the lowest dominant share (`sorter.DRFSorter`, heaps keyed by (share, name)). The chosen framework
+is offered everything on the agent its role may use (unreserved resources plus those reserved to its
+role) within the caps below; shares are updated at once, and the walk goes on with whatever is left on
+the agent (resources reserved to other roles, or held back by a cap) before moving to the next agent.
+As in Mesos, a role takes a whole agent's worth at a time: DRF converges over rounds and over many agents,
+not by slicing each agent.
+
+There are two stages, as in Mesos' hierarchical allocator:
+
+1. **Quota guarantees.** Only roles below their guarantee take part. On each agent such a role is offered
+   the unreserved scalars that bring it towards its guarantee ("guarantee offering", chopped to what is
+   still missing), plus its reservations and the agent's unreserved ranges (ports), plus further
+   unreserved scalars within its limit and the headroom surplus (bursting). A role that gets nothing
+   towards its guarantee from an agent is not offered that agent in this stage.
+2. **Fair share.** Every role with a framework that can take offers, in weighted DRF order, on every
+   agent, within its quota limit and the headroom surplus.
+
+Quota accounting follows Mesos: a role's *consumed quota* is its reservations (used or not) plus its
+unreserved allocation (used + offered). Its unmet guarantee is guarantee - consumed, floored at zero.
+
+- **Headroom.** The unreserved free resources must keep covering every role's unmet guarantee
+  (required headroom = the sum of unmet guarantees, roles without a framework included). Unreserved
+  scalars beyond a guarantee offering are chopped to the surplus (available - required), so non-quota
+  roles never eat what a quota role is still owed.
+- **Limits.** Unreserved scalars are chopped to limit - consumed; the role's reservations to
+  limit - (allocation + the offer's unreserved part), so the role's allocation plus its offers never
+  exceeds its limit in any kind the limit names (kinds it does not name are unlimited).
+
+Every offer also keeps these rules (each one pinned by a test):
+
+- never more than is free on the agent, never a resource twice in one round (each proposal is carved out
+  of the agent's remaining free resources), and at most one offer per (framework, agent) per round:
+  when stage 2 gives more of an agent to a framework stage 1 already offered it to, for the same role,
+  it is merged into that offer; a framework already holding an offer on the agent for another role is
+  skipped for that agent;
+- a suppressed role of a framework gets nothing; a decline filter in force at `now` keeps the agent from
+  that framework; a framework with no roles, or only suppressed ones, is not in any sorter;
+- an offer must be allocatable: at least 0.01 cpus or 32 MiB of memory (Mesos' default minimum);
+  nothing smaller is offered;
+- offers carry the role, the agent's hostname and attributes, and `expires_at = now + offer_timeout`
+  (0 = never) when a timeout is given; ids come from `new_id("offer")`, in the order offers were made.
+
+Determinism: the agent order is a pseudo-random permutation (rotation and coprime stride over the agents
+sorted by id) seeded by a hash of `snapshot.seq` and the stage, so the same snapshot always yields the
+same offers and successive rounds start at different agents (Mesos shuffles agents for the same
+reason). Ties in the sorters break by name. Nothing reads a clock, a random source or a hash seed.
+
+Cost: O(agents with free resources × log(roles + frameworks)) in the common case, where the first role
+and framework popped take the whole agent. Roles that cannot use what is left on an agent, frameworks
+filtered on it, and held-back leftovers cost extra pops on that agent only. An agent whose free
+resources are all unreserved and uncapped is offered as-is, without rebuilding its `Resources`.
+
+`Allocator` wraps the same algorithm for the leader loop: `update(snapshot)` then `allocate(...)`. It
+keeps the per-agent decomposition of free resources between rounds for agents whose free resources
+did not change, and must give exactly the offers `allocate(snapshot, ...)` gives (a test checks it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+from control_plane.allocation.snapshot import AgentSnapshot, AllocationSnapshot
+from control_plane.allocation.sorter import DRFSorter, dominant_share
+from control_plane.core.resources import SCALE, Interval, Key, Resources
+from control_plane.core.values import Offer
+
+__all__ = [
+    "MIN_ALLOCATABLE_CPUS",
+    "MIN_ALLOCATABLE_MEM",
+    "Allocator",
+    "allocate",
+    "dominant_shares",
+    "is_allocatable",
+]
+
+MIN_ALLOCATABLE_CPUS = 0.01  # Mesos' default --min_allocatable_resources: cpus:0.01|mem:32
+MIN_ALLOCATABLE_MEM = 32.0  # MiB
+_MIN_CPUS = round(MIN_ALLOCATABLE_CPUS * SCALE)
+_MIN_MEM = round(MIN_ALLOCATABLE_MEM * SCALE)
+
+Ranges = tuple[tuple[Key, tuple[Interval, ...]], ...]
+
+
+def is_allocatable(resources: Resources) -> bool:
+    """True when an offer of `resources` is worth making: >= 0.01 cpus or >= 32 MiB of memory, counting
+    every reservation role."""
+    return resources.milli("cpus") >= _MIN_CPUS or resources.milli("mem") >= _MIN_MEM
+
+
+def _allocatable(cpus: int, mem: int) -> bool:
+    return cpus >= _MIN_CPUS or mem >= _MIN_MEM
+
+
+def _by_name(resources: Resources) -> dict[str, int]:
+    """Scalar quantities summed over reservation roles, in fixed point."""
+    out: dict[str, int] = {}
+    for (name, _), milli in resources.scalars:
+        out[name] = out.get(name, 0) + milli
+    return out
+
+
+def _add_into(into: dict[str, int], amounts: Mapping[str, int]) -> None:
+    for name, milli in amounts.items():
+        into[name] = into.get(name, 0) + milli
+
+
+def _mix(x: int) -> int:
+    """splitmix64: a fixed, portable integer hash (Python's hash() of str is salted per process)."""
+    mask = (1 << 64) - 1
+    z = (x + 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
+
+
+def _agent_order(n: int, seed: int) -> Iterator[int]:
+    """A permutation of range(n): start at a seeded offset, step by a seeded stride coprime with n."""
+    if n <= 2:
+        yield from range(n)
+        return
+    h = _mix(seed)
+    offset = h % n
+    stride = 1 + (h >> 32) % (n - 1)
+    while _gcd(stride, n) != 1:
+        stride = stride % (n - 1) + 1
+    for i in range(n):
+        yield (offset + i * stride) % n
+
+
+def _gcd(a: int, b: int) -> int:
+    while b:
+        a, b = b, a % b
+    return a
+
+
+# ---- per-agent working state -------------------------------------------------------------------------
+class _AgentView:
+    """An agent's free resources split by reservation role: parsed once, never mutated (cacheable)."""
+
+    __slots__ = ("agent", "pristine", "flat", "whole_allocatable", "unreserved", "unreserved_ranges",
+                 "reserved")
+
+    def __init__(self, agent: AgentSnapshot) -> None:
+        self.agent = agent
+        unreserved: dict[str, int] = {}
+        reserved: dict[str, tuple[dict[str, int], list[tuple[Key, tuple[Interval, ...]]]]] = {}
+        unreserved_ranges: list[tuple[Key, tuple[Interval, ...]]] = []
+        for (name, role), milli in agent.free.scalars:
+            if role:
+                reserved.setdefault(role, ({}, []))[0][name] = milli
+            else:
+                unreserved[name] = milli
+        for key, intervals in agent.free.ranges:
+            if key[1]:
+                reserved.setdefault(key[1], ({}, []))[1].append((key, intervals))
+            else:
+                unreserved_ranges.append((key, intervals))
+        self.unreserved = unreserved
+        self.unreserved_ranges = tuple(unreserved_ranges)
+        self.reserved = {r: (s, tuple(rr)) for r, (s, rr) in reserved.items()}
+        # Everything unreserved: the whole `free` can be offered as-is when no cap applies.
+        self.pristine = not reserved
+        self.flat = _by_name(agent.free)
+        self.whole_allocatable = _allocatable(self.flat.get("cpus", 0), self.flat.get("mem", 0))
+
+
+class _Work:
+    """What is still free on an agent during a round, once something was taken from it."""
+
+    __slots__ = ("view", "unreserved", "unreserved_ranges", "reserved")
+
+    def __init__(self, view: _AgentView) -> None:
+        self.view = view
+        self.unreserved = dict(view.unreserved)
+        self.unreserved_ranges: Ranges = view.unreserved_ranges
+        self.reserved: dict[str, tuple[dict[str, int], Ranges]] = {
+            r: (dict(s), rr) for r, (s, rr) in view.reserved.items()
+        }
+
+
+@dataclass(slots=True)
+class _Pending:
+    framework_id: str
+    agent: AgentSnapshot
+    role: str
+    resources: Resources
+
+
+@dataclass(slots=True)
+class _Proposal:
+    unreserved: dict[str, int]
+    reserved: dict[str, int]
+    guarantee: dict[str, int]  # the part of `unreserved` that goes towards the role's unmet guarantee
+    ranges: Ranges
+    whole: Resources | None  # set when the proposal is the agent's entire free resources, untouched
+
+
+# ---- one round -----------------------------------------------------------------------------------------
+class _Round:
+    def __init__(self, snapshot: AllocationSnapshot, views: Mapping[str, _AgentView], now: float,
+                 max_offers: int | None) -> None:
+        self.snapshot = snapshot
+        self.views = views
+        self.now = now
+        self.max_offers = max_offers
+        self.inverse_total = {k: 1.0 / v for k, v in _by_name(snapshot.total).items() if v > 0}
+
+        # roles: weights, allocations, quota
+        self.weight: dict[str, float] = {}
+        self.role_alloc: dict[str, dict[str, int]] = {}
+        self.limit: dict[str, dict[str, int]] = {}
+        self.consumed: dict[str, dict[str, int]] = {}
+        self.unmet: dict[str, dict[str, int]] = {}
+        for name, role in snapshot.roles.items():
+            self.weight[name] = role.weight
+            self.role_alloc[name] = _by_name(role.allocated)
+            if role.quota_guarantee or role.quota_limit:
+                consumed = _by_name(role.reserved)
+                for (kind, reservation_role), milli in role.allocated.scalars:
+                    if not reservation_role:
+                        consumed[kind] = consumed.get(kind, 0) + milli
+                self.consumed[name] = consumed
+                if role.quota_limit:
+                    self.limit[name] = _by_name(role.quota_limit)
+                unmet = {k: g - consumed.get(k, 0) for k, g in _by_name(role.quota_guarantee).items()}
+                unmet = {k: v for k, v in unmet.items() if v > 0}
+                if unmet:
+                    self.unmet[name] = unmet
+        self.required: dict[str, int] = {}
+        for unmet in self.unmet.values():
+            _add_into(self.required, unmet)
+        self.available: dict[str, int] = {}
+        if self.required:
+            for view in views.values():
+                for kind in self.required:
+                    self.available[kind] = self.available.get(kind, 0) + view.unreserved.get(kind, 0)
+
+        # frameworks: who may take offers, per role
+        members: dict[str, list[str]] = {}
+        self.fw_alloc: dict[tuple[str, str], dict[str, int]] = {}
+        roles_per_fw: dict[str, int] = {}
+        for fw in snapshot.frameworks:
+            active = [r for r in dict.fromkeys(fw.roles) if r not in fw.suppressed_roles]
+            roles_per_fw[fw.framework_id] = len(active)
+            for r in active:
+                members.setdefault(r, []).append(fw.framework_id)
+                self.fw_alloc[(r, fw.framework_id)] = _by_name(fw.allocated_to(r))
+                if r not in self.weight:
+                    self.weight[r] = 1.0
+                    self.role_alloc[r] = {}
+        self.multi_role = {f for f, n in roles_per_fw.items() if n > 1}
+        self.fw_sorters = {
+            r: DRFSorter((f, dominant_share(self.fw_alloc[(r, f)], self.inverse_total)) for f in fws)
+            for r, fws in members.items()
+        }
+        self.role_sorter = DRFSorter((r, self.role_share(r)) for r in members)
+        self.quota_sorter = DRFSorter((r, self.role_share(r)) for r in members if r in self.unmet)
+        # What the roles in stage 1 still miss, summed: an agent with none of it is skipped in stage 1.
+        self.need: dict[str, int] = {}
+        for r in members:
+            if r in self.unmet:
+                _add_into(self.need, self.unmet[r])
+
+        self.filters = snapshot.decline_filters
+        self.filtered = {f for f, _ in self.filters}
+        self.works: dict[str, _Work] = {}
+        self.pending: dict[tuple[str, str], _Pending] = {}
+        self.made: list[_Pending] = []
+
+    # ---- shares -------------------------------------------------------------------------------------
+    def role_share(self, role: str) -> float:
+        weight = self.weight.get(role, 1.0)
+        share = dominant_share(self.role_alloc.get(role, {}), self.inverse_total)
+        return share / weight if weight > 0 else float("inf")
+
+    def full(self) -> bool:
+        return self.max_offers is not None and len(self.made) >= self.max_offers
+
+    # ---- proposals ------------------------------------------------------------------------------------
+    def surplus(self, kind: str) -> int:
+        return max(0, self.available.get(kind, 0) - self.required[kind])
+
+    def propose(self, role: str, view: _AgentView, work: _Work | None, stage: int) -> _Proposal | None:
+        """What `role` would be offered from the agent now, or None if nothing allocatable."""
+        limit = self.limit.get(role)
+        capped = limit is not None or any(self.required.values())
+        if work is None and view.pristine and stage == 2 and not capped:
+            if not view.whole_allocatable:
+                return None
+            return _Proposal(view.unreserved, {}, {}, view.unreserved_ranges, view.agent.free)
+
+        unreserved_free = view.unreserved if work is None else work.unreserved
+        unreserved_ranges = view.unreserved_ranges if work is None else work.unreserved_ranges
+        reserved_free = (view.reserved if work is None else work.reserved).get(role)
+        consumed = self.consumed.get(role, {})
+
+        guarantee: dict[str, int] = {}
+        if stage == 1:
+            unmet = self.unmet.get(role)
+            if not unmet:
+                return None
+            for kind, missing in unmet.items():
+                amount = min(unreserved_free.get(kind, 0), missing)
+                if amount > 0:
+                    guarantee[kind] = amount
+            if not guarantee:
+                return None
+        take: dict[str, int] = {}
+        for kind, amount in unreserved_free.items():
+            extra = amount - guarantee.get(kind, 0)
+            if extra > 0 and limit is not None and kind in limit:
+                extra = min(extra, limit[kind] - consumed.get(kind, 0) - guarantee.get(kind, 0))
+            if extra > 0 and self.required.get(kind, 0) > 0:
+                extra = min(extra, self.surplus(kind))
+            total = guarantee.get(kind, 0) + max(0, extra)
+            if total > 0:
+                take[kind] = total
+        reserved: dict[str, int] = {}
+        ranges: Ranges = unreserved_ranges
+        if reserved_free is not None:
+            alloc = self.role_alloc.get(role, {})
+            for kind, amount in reserved_free[0].items():
+                if limit is not None and kind in limit:
+                    amount = min(amount, limit[kind] - alloc.get(kind, 0) - take.get(kind, 0))
+                if amount > 0:
+                    reserved[kind] = amount
+            ranges = (*ranges, *reserved_free[1])
+        cpus = take.get("cpus", 0) + reserved.get("cpus", 0)
+        mem = take.get("mem", 0) + reserved.get("mem", 0)
+        if not _allocatable(cpus, mem):
+            return None
+        whole = None
+        if (work is None and view.pristine and take == view.unreserved) or (
+            work is None and not view.unreserved and not view.unreserved_ranges and len(view.reserved) == 1
+            and reserved == view.reserved[role][0]
+        ):
+            whole = view.agent.free
+        return _Proposal(take, reserved, guarantee, ranges, whole)
+
+    def pick_framework(self, role: str, agent_id: str) -> str | None:
+        """The framework of `role` with the lowest share that may be offered this agent, popped out of
+        its sorter (the caller pushes it back after updating its share); the others are pushed back."""
+        sorter = self.fw_sorters[role]
+        skipped: list[str] = []
+        chosen: str | None = None
+        while True:
+            fid = sorter.pop()
+            if fid is None:
+                break
+            if fid in self.filtered and self.filters.get((fid, agent_id), 0.0) > self.now:
+                skipped.append(fid)
+                continue
+            if fid in self.multi_role:
+                held = self.pending.get((fid, agent_id))
+                if held is not None and held.role != role:
+                    skipped.append(fid)
+                    continue
+            chosen = fid
+            break
+        for fid in skipped:
+            sorter.push_back(fid)
+        return chosen
+
+    # ---- committing --------------------------------------------------------------------------------------
+    def work_for(self, view: _AgentView) -> _Work:
+        work = self.works.get(view.agent.agent_id)
+        if work is None:
+            work = self.works[view.agent.agent_id] = _Work(view)
+        return work
+
+    def commit(self, role: str, fid: str, view: _AgentView, p: _Proposal, stage: int) -> None:
+        work = self.work_for(view)
+        for kind, amount in p.unreserved.items():
+            left = work.unreserved[kind] - amount
+            if left > 0:
+                work.unreserved[kind] = left
+            else:
+                del work.unreserved[kind]
+        work.unreserved_ranges = ()
+        held = work.reserved.get(role)
+        if held is not None:
+            scalars = held[0]
+            for kind, amount in p.reserved.items():
+                left = scalars[kind] - amount
+                if left > 0:
+                    scalars[kind] = left
+                else:
+                    del scalars[kind]
+            if scalars:
+                work.reserved[role] = (scalars, ())
+            else:
+                del work.reserved[role]
+
+        # accounting
+        flat = dict(p.unreserved)
+        _add_into(flat, p.reserved)
+        _add_into(self.role_alloc.setdefault(role, {}), flat)
+        _add_into(self.fw_alloc[(role, fid)], flat)
+        consumed = self.consumed.get(role)
+        if consumed is not None:
+            _add_into(consumed, p.unreserved)
+        unmet = self.unmet.get(role)
+        if unmet is not None:
+            for kind, amount in p.unreserved.items():
+                missing = unmet.get(kind, 0)
+                if missing > 0:
+                    got = min(missing, amount)
+                    unmet[kind] = missing - got
+                    if role in self.fw_sorters:
+                        self.need[kind] -= got
+            for kind in [k for k, v in unmet.items() if v <= 0]:
+                del unmet[kind]
+            if not unmet:
+                del self.unmet[role]
+        if stage == 1:
+            for kind, amount in p.guarantee.items():
+                self.required[kind] = max(0, self.required.get(kind, 0) - amount)
+        if self.available:
+            for kind, amount in p.unreserved.items():
+                if kind in self.available:
+                    self.available[kind] -= amount
+
+        share = self.role_share(role)
+        self.role_sorter.update(role, share)
+        if role in self.quota_sorter:
+            if role in self.unmet:
+                self.quota_sorter.update(role, share)
+            else:
+                self.quota_sorter.remove(role)
+        fw_sorter = self.fw_sorters[role]
+        fw_sorter.update(fid, dominant_share(self.fw_alloc[(role, fid)], self.inverse_total))
+        fw_sorter.push_back(fid)
+
+        # the offer (merged into this round's offer of the same framework on the same agent, if any)
+        resources = p.whole if p.whole is not None else _build(p, role)
+        key = (fid, view.agent.agent_id)
+        pending = self.pending.get(key)
+        if pending is None:
+            pending = self.pending[key] = _Pending(fid, view.agent, role, resources)
+            self.made.append(pending)
+        else:
+            pending.resources = pending.resources + resources
+
+    # ---- the stages ----------------------------------------------------------------------------------------
+    def stage1(self, agents: tuple[AgentSnapshot, ...]) -> None:
+        for index in _agent_order(len(agents), self.snapshot.seq * 2 + 1):
+            if not len(self.quota_sorter) or self.full():
+                return
+            view = self.views[agents[index].agent_id]
+            work = self.works.get(view.agent.agent_id)
+            unreserved = view.unreserved if work is None else work.unreserved
+            if not any(unreserved.get(k, 0) > 0 for k, v in self.need.items() if v > 0):
+                continue
+            popped: list[str] = []
+            while not self.full():
+                role = self.quota_sorter.pop()
+                if role is None:
+                    break
+                popped.append(role)
+                proposal = self.propose(role, view, self.works.get(view.agent.agent_id), 1)
+                if proposal is None:
+                    continue
+                fid = self.pick_framework(role, view.agent.agent_id)
+                if fid is None:
+                    continue
+                self.commit(role, fid, view, proposal, 1)
+            for role in popped:
+                if role in self.unmet:
+                    self.quota_sorter.push_back(role)
+
+    def stage2(self, agents: tuple[AgentSnapshot, ...]) -> None:
+        for index in _agent_order(len(agents), self.snapshot.seq * 2 + 2):
+            if self.full():
+                return
+            view = self.views[agents[index].agent_id]
+            popped: list[str] = []
+            tried: set[str] = set()
+            while not self.full():
+                work = self.works.get(view.agent.agent_id)
+                if self.unreserved_useful(view, work):
+                    role = self.role_sorter.pop()
+                    if role is None:
+                        break
+                    popped.append(role)
+                else:
+                    held = (view.reserved if work is None else work.reserved).keys()
+                    candidates = [r for r in held if r in self.role_sorter and r not in tried]
+                    if not candidates:
+                        break
+                    role = min(candidates, key=lambda r: (self.role_sorter.share(r), r))
+                tried.add(role)
+                proposal = self.propose(role, view, work, 2)
+                if proposal is None:
+                    continue
+                fid = self.pick_framework(role, view.agent.agent_id)
+                if fid is None:
+                    continue
+                self.commit(role, fid, view, proposal, 2)
+            for role in popped:
+                self.role_sorter.push_back(role)
+
+    def unreserved_useful(self, view: _AgentView, work: _Work | None) -> bool:
+        """Could any role be offered something allocatable from the agent's unreserved resources, headroom
+        permitting? (When not, only roles holding reservations on the agent are worth asking.)"""
+        unreserved = view.unreserved if work is None else work.unreserved
+        cpus, mem = unreserved.get("cpus", 0), unreserved.get("mem", 0)
+        if self.required.get("cpus", 0) > 0:
+            cpus = min(cpus, self.surplus("cpus"))
+        if self.required.get("mem", 0) > 0:
+            mem = min(mem, self.surplus("mem"))
+        return _allocatable(cpus, mem)
+
+
+def _build(p: _Proposal, role: str) -> Resources:
+    scalars = [((kind, ""), amount) for kind, amount in p.unreserved.items() if amount > 0]
+    scalars.extend(((kind, role), amount) for kind, amount in p.reserved.items() if amount > 0)
+    scalars.sort()
+    return Resources(scalars=tuple(scalars), ranges=tuple(sorted(p.ranges)))
+
+
+# ---- the public surface ----------------------------------------------------------------------------------
+def _run(snapshot: AllocationSnapshot, views: Mapping[str, _AgentView], new_id: Callable[[str], str],
+         now: float, offer_timeout: float | None, max_offers: int | None) -> tuple[Offer, ...]:
+    if offer_timeout is not None and offer_timeout < 0:
+        raise ValueError(f"offer_timeout must not be negative, got {offer_timeout!r}")
+    if max_offers is not None and max_offers < 0:
+        raise ValueError(f"max_offers must not be negative, got {max_offers!r}")
+    if max_offers == 0:
+        return ()
+    round_ = _Round(snapshot, views, now, max_offers)
+    if round_.role_sorter:
+        if round_.quota_sorter:
+            round_.stage1(snapshot.agents)
+        round_.stage2(snapshot.agents)
+    expires_at = now + offer_timeout if offer_timeout else 0.0
+    return tuple(
+        Offer(offer_id=new_id("offer"), framework_id=p.framework_id, agent_id=p.agent.agent_id,
+              hostname=p.agent.hostname, role=p.role, resources=p.resources, attributes=p.agent.attributes,
+              expires_at=expires_at)
+        for p in round_.made
+    )
+
+
+def allocate(snapshot: AllocationSnapshot, *, new_id: Callable[[str], str], now: float,
+             offer_timeout: float | None = None, max_offers: int | None = None) -> tuple[Offer, ...]:
+    """The offers of one allocation round over `snapshot`, ready for `IssueOffers` (see the module
+    docstring for the rules). Pure: the same snapshot and arguments give the same offers."""
+    views = {agent.agent_id: _AgentView(agent) for agent in snapshot.agents}
+    return _run(snapshot, views, new_id, now, offer_timeout, max_offers)
+
+
+def dominant_shares(snapshot: AllocationSnapshot) -> dict[str, float]:
+    """Weighted dominant share of every role in the snapshot (allocation / cluster total, max over kinds,
+    divided by the role's weight), before any new offer."""
+    inverse_total = {k: 1.0 / v for k, v in _by_name(snapshot.total).items() if v > 0}
+    out: dict[str, float] = {}
+    for name in sorted(snapshot.roles):
+        role = snapshot.roles[name]
+        share = dominant_share(_by_name(role.allocated), inverse_total)
+        out[name] = share / role.weight if role.weight > 0 else float("inf")
+    return out
+
+
+class Allocator:
+    """The allocation round for a long-lived leader: `update(snapshot)`, then `allocate(...)`.
+
+    It keeps each agent's parsed free resources between rounds and re-parses only agents whose free
+    resources changed, so a round over a mostly idle cluster costs little more than the walk itself. Its
+    offers are exactly those of `allocate(snapshot, ...)`. Soft state: a new leader starts a fresh one.
+    """
+
+    def __init__(self) -> None:
+        self._snapshot: AllocationSnapshot | None = None
+        self._views: dict[str, _AgentView] = {}
+
+    @property
+    def snapshot(self) -> AllocationSnapshot | None:
+        return self._snapshot
+
+    def update(self, snapshot: AllocationSnapshot) -> None:
+        old = self._views
+        views: dict[str, _AgentView] = {}
+        for agent in snapshot.agents:
+            view = old.get(agent.agent_id)
+            if view is None or view.agent != agent:
+                view = _AgentView(agent)
+            views[agent.agent_id] = view
+        self._views = views
+        self._snapshot = snapshot
+
+    def allocate(self, *, new_id: Callable[[str], str], now: float, offer_timeout: float | None = None,
+                 max_offers: int | None = None) -> tuple[Offer, ...]:
+        if self._snapshot is None:
+            raise RuntimeError("Allocator.allocate before the first update(snapshot)")
+        return _run(self._snapshot, self._views, new_id, now, offer_timeout, max_offers)
+
+    def dominant_shares(self) -> dict[str, float]:
+        return {} if self._snapshot is None else dominant_shares(self._snapshot)

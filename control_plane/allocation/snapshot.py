@@ -1,0 +1,210 @@
+"""The allocator's input: an immutable picture of what can be offered, read from the replicated state.
+
+`snapshot_from_state(state, now)` is a pure function of `ClusterState` and the leader's clock. It copies
+out everything `allocate` reads, so the allocation can run on a state that keeps changing underneath
+(and a test can build a snapshot by hand). It never mutates the state.
+
+What it holds, and the rules that decide what goes in:
+
+- `agents`: only agents that can be offered right now (ACTIVE: not draining, not unreachable, not
+  removed) *and* that have something free, sorted by agent id. `free` is total - used - offered, with its
+  reservation roles kept (`("cpus", "web")` is only for role web). An agent with nothing free is left
+  out: the allocation costs what is allocatable, not what is registered.
+- `frameworks`: only CONNECTED frameworks; a disconnected one gets no offers until it resubscribes.
+  `allocated` is, per role, the scalar quantities of its non-terminal tasks plus its live offers;
+  `suppressed_roles` as recorded by Suppress/Revive.
+- `roles`: every role that is configured, subscribed to by a framework, holding allocations or owning a
+  reservation: weight (1.0 unless set), quota guarantee and limit, `allocated` (scalars used + offered
+  by *all* frameworks of the role, disconnected ones included: their tasks still run) and `reserved`
+  (scalars reserved to the role on agents that are not removed, free or not: Mesos charges
+  reservations against quota whether they are used or not).
+- `total`: scalar quantities of every reachable agent (ACTIVE or DRAINING): the denominator of the
+  dominant resource shares.
+- `decline_filters`: (framework id, agent id) -> refuse_until, only filters still in force at `now`.
+- `seq`: the state's event number, used as the seed of the agent order (see `allocator`).
+
+Scalars are compared and summed in the core's fixed point (thousandths, `Resources.milli`), never in
+floats, so every master computes the same snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from control_plane.core.resources import EMPTY, Key, Resources
+from control_plane.core.state import AgentRecord, ClusterState
+from control_plane.core.values import AgentState, FrameworkState, Labels
+
+__all__ = [
+    "AgentSnapshot",
+    "AllocationSnapshot",
+    "FrameworkSnapshot",
+    "RoleSnapshot",
+    "snapshot_from_state",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSnapshot:
+    """An agent that can be offered: what is free on it, reservation roles kept."""
+
+    agent_id: str
+    hostname: str
+    attributes: Labels
+    free: Resources
+
+
+@dataclass(frozen=True, slots=True)
+class FrameworkSnapshot:
+    """A connected framework: its roles, which of them are suppressed, and its allocation per role
+    (scalars of its non-terminal tasks plus its live offers, reservation roles kept)."""
+
+    framework_id: str
+    roles: tuple[str, ...]
+    suppressed_roles: frozenset[str] = frozenset()
+    allocated: Mapping[str, Resources] = field(default_factory=dict)
+
+    def allocated_to(self, role: str) -> Resources:
+        return self.allocated.get(role, EMPTY)
+
+
+@dataclass(frozen=True, slots=True)
+class RoleSnapshot:
+    """A role's policy and what it holds: `allocated` (used + offered, scalars) and `reserved` (scalar
+    reservations to it on agents that are not removed, used or not)."""
+
+    role: str
+    weight: float = 1.0
+    quota_guarantee: Resources = EMPTY
+    quota_limit: Resources = EMPTY
+    allocated: Resources = EMPTY
+    reserved: Resources = EMPTY
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationSnapshot:
+    """Everything `allocate` reads. Build it with `snapshot_from_state`, or by hand in tests."""
+
+    agents: tuple[AgentSnapshot, ...]
+    frameworks: tuple[FrameworkSnapshot, ...]
+    roles: Mapping[str, RoleSnapshot]
+    total: Resources
+    decline_filters: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    now: float = 0.0
+    seq: int = 0
+
+    def role(self, role: str) -> RoleSnapshot:
+        """The role's snapshot; a role nobody configured has weight 1, no quota and nothing allocated."""
+        return self.roles.get(role) or RoleSnapshot(role)
+
+
+# ---- building it from the state ----------------------------------------------------------------------
+def _scalars_of(resources: Resources) -> Resources:
+    return Resources(scalars=resources.scalars) if resources.ranges else resources
+
+
+def _add_scalars(into: dict[Key, int], resources: Resources) -> None:
+    for key, milli in resources.scalars:
+        into[key] = into.get(key, 0) + milli
+
+
+def _bag(scalars: Mapping[Key, int]) -> Resources:
+    """A scalar-only Resources in normal form from fixed-point sums."""
+    return Resources(scalars=tuple(sorted((k, v) for k, v in scalars.items() if v > 0)))
+
+
+def _free(agent: AgentRecord) -> Resources:
+    """total - used - offered. The common cases (nothing used, or no ranges involved) are done in fixed
+    point directly; anything else goes through `Resources` arithmetic, which checks containment."""
+    used, offered = agent.used, agent.offered
+    if not used and not offered:
+        return agent.total
+    if used.ranges or offered.ranges:
+        return agent.total - used - offered
+    scalars = dict(agent.total.scalars)
+    for key, milli in (*used.scalars, *offered.scalars):
+        left = scalars.get(key, 0) - milli
+        if left < 0:  # cannot happen in a state that keeps its invariants: let Resources say what is wrong
+            return agent.total - used - offered
+        scalars[key] = left
+    return Resources(
+        scalars=tuple((k, v) for k, v in sorted(scalars.items()) if v > 0), ranges=agent.total.ranges
+    )
+
+
+def snapshot_from_state(state: ClusterState, now: float) -> AllocationSnapshot:
+    """The allocator's view of `state` at `now` (see the module docstring). Pure; reads only."""
+    agents: list[AgentSnapshot] = []
+    total: dict[Key, int] = {}
+    reserved: dict[str, dict[Key, int]] = {}
+    for agent_id in sorted(state.agents):
+        agent = state.agents[agent_id]
+        if agent.state is AgentState.AGENT_REMOVED:
+            continue
+        for key, milli in agent.total.scalars:
+            if key[1]:
+                reserved_to = reserved.setdefault(key[1], {})
+                reserved_to[key] = reserved_to.get(key, 0) + milli
+        if not agent.reachable:
+            continue
+        _add_scalars(total, agent.total)
+        if agent.state is not AgentState.AGENT_ACTIVE or agent.draining:
+            continue
+        free = _free(agent)
+        if free:
+            agents.append(AgentSnapshot(agent_id, agent.info.hostname, agent.info.attributes, free))
+
+    role_allocated: dict[str, dict[Key, int]] = {}
+    for task in state.tasks.values():  # sums of integers: the iteration order does not matter
+        if not task.terminal:
+            _add_scalars(role_allocated.setdefault(task.role, {}), task.info.resources)
+    for offer in state.offers.values():
+        _add_scalars(role_allocated.setdefault(offer.role, {}), offer.resources)
+
+    frameworks: list[FrameworkSnapshot] = []
+    role_names: set[str] = set(state.roles) | set(role_allocated) | set(reserved)
+    for framework_id in sorted(state.frameworks):
+        fw = state.frameworks[framework_id]
+        if fw.state is not FrameworkState.FRAMEWORK_CONNECTED:
+            continue
+        role_names.update(fw.info.roles)
+        per_role: dict[str, dict[Key, int]] = {}
+        for task_id in fw.task_ids:
+            fw_task = state.tasks.get(task_id)
+            if fw_task is not None and not fw_task.terminal:
+                _add_scalars(per_role.setdefault(fw_task.role, {}), fw_task.info.resources)
+        for offer_id in fw.offer_ids:
+            fw_offer = state.offers.get(offer_id)
+            if fw_offer is not None:
+                _add_scalars(per_role.setdefault(fw_offer.role, {}), fw_offer.resources)
+        frameworks.append(FrameworkSnapshot(
+            framework_id=framework_id,
+            roles=fw.info.roles,
+            suppressed_roles=fw.suppressed_roles,
+            allocated=MappingProxyType({r: _bag(s) for r, s in sorted(per_role.items())}),
+        ))
+
+    roles: dict[str, RoleSnapshot] = {}
+    for name in sorted(role_names):
+        info = state.role(name)
+        roles[name] = RoleSnapshot(
+            role=name,
+            weight=info.weight,
+            quota_guarantee=_scalars_of(info.quota_guarantee),
+            quota_limit=_scalars_of(info.quota_limit),
+            allocated=_bag(role_allocated.get(name, {})),
+            reserved=_bag(reserved.get(name, {})),
+        )
+
+    filters = {key: until for key, until in sorted(state.decline_filters.items()) if until > now}
+    return AllocationSnapshot(
+        agents=tuple(agents),
+        frameworks=tuple(frameworks),
+        roles=MappingProxyType(roles),
+        total=_bag(total),
+        decline_filters=MappingProxyType(filters),
+        now=now,
+        seq=state.seq,
+    )
