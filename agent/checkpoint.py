@@ -1,0 +1,291 @@
+"""The agent's checkpoint, `agent.db`: what must survive a `kill -9` of the agent.
+
+One SQLite file written through sqlite-utils, WAL journal, `synchronous=FULL` (a status update that
+was written here is on disk before it is sent). Tables:
+
+- `meta`: `agent_id`, `highest_term` (the fencing term: commands carrying a lower one are ignored, also
+  after a restart), `registration_request_id` (the idempotency key of a first registration, kept until
+  it is answered so a retry after a crash cannot register the machine twice).
+- `tasks`: one row per task: the TaskInfo (protobuf bytes), the sandbox, the supervisor's pid and start
+  time (to find it again without trusting a recycled pid), the isolation spec (JSON), the latest state,
+  the kill request, and `done` (terminal and every update acknowledged).
+- `updates`: the status-update stream of every task, in order (`seq`), with the TaskStatus (protobuf
+  bytes), its uuid, the RunTask's traceparent and the `acknowledged` flag.
+
+Rules it keeps:
+- A status update is inserted (and the task's state changed) in one transaction, BEFORE it is sent.
+- Writes are serialized by a lock: the agent loop is the only writer, but tests and tools read too.
+- Protobuf bytes, not pickles: the file is readable by any later version (`control_plane.codec`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid as uuidlib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+from tessera.v1 import common_pb2
+
+from control_plane.codec import from_proto, to_proto
+from control_plane.core.values import TaskInfo, TaskState, TaskStatus
+
+SCHEMA_VERSION = 1
+
+
+def task_info_to_bytes(info: TaskInfo) -> bytes:
+    return bytes(to_proto(info, common_pb2.TaskInfo).SerializeToString())
+
+
+def task_info_from_bytes(data: bytes) -> TaskInfo:
+    msg = common_pb2.TaskInfo()
+    msg.ParseFromString(data)
+    return from_proto(msg, TaskInfo)
+
+
+def status_to_bytes(status: TaskStatus) -> bytes:
+    return bytes(to_proto(status, common_pb2.TaskStatus).SerializeToString())
+
+
+def status_from_bytes(data: bytes) -> TaskStatus:
+    msg = common_pb2.TaskStatus()
+    msg.ParseFromString(data)
+    return from_proto(msg, TaskStatus)
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    info: TaskInfo
+    state: TaskState
+    sandbox: str = ""
+    supervisor_pid: int = 0
+    supervisor_start: float = 0.0
+    isolation: dict[str, Any] = field(default_factory=dict)
+    kill_requested: bool = False
+    kill_grace: float = 0.0
+    done: bool = False
+    traceparent: str = ""
+    latest: TaskStatus | None = None
+
+    @property
+    def task_id(self) -> str:
+        return self.info.task_id
+
+
+@dataclass(frozen=True)
+class StoredUpdate:
+    status: TaskStatus
+    traceparent: str
+    acknowledged: bool
+    seq: int
+
+
+class Checkpoint:
+    """agent.db. Open with `Checkpoint.open(path)`; every method is safe to call from any thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self.db = sqlite_utils.Database(sqlite3.connect(str(self.path), check_same_thread=False))
+        self.db.enable_wal()
+        self.db.execute("PRAGMA synchronous=FULL")
+        self._create()
+
+    @classmethod
+    def open(cls, path: Path | str) -> Checkpoint:
+        return cls(Path(path))
+
+    def _create(self) -> None:
+        with self._lock:
+            self.db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+            self.db["tasks"].create(
+                {"task_id": str, "framework_id": str, "info": bytes, "state": int, "sandbox": str,
+                 "supervisor_pid": int, "supervisor_start": float, "isolation": str,
+                 "kill_requested": int, "kill_grace": float, "done": int, "traceparent": str,
+                 "created_seq": int},
+                pk="task_id", not_null={"info", "state"}, if_not_exists=True,
+            )
+            self.db["updates"].create(
+                {"seq": int, "task_id": str, "uuid": str, "state": int, "status": bytes,
+                 "traceparent": str, "acknowledged": int},
+                pk="seq", not_null={"task_id", "uuid", "status"}, if_not_exists=True,
+            )
+            self.db["updates"].create_index(["uuid"], unique=True, if_not_exists=True)
+            self.db["updates"].create_index(["task_id", "seq"], if_not_exists=True)
+            self.db["tasks"].create_index(["done"], if_not_exists=True)
+            if self._get("schema_version") is None:
+                self._set("schema_version", str(SCHEMA_VERSION))
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite_utils.Database]:
+        with self._lock, self.db.atomic():
+            yield self.db
+
+    # ---- meta ----------------------------------------------------------------------------------------
+    def _get(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set(self, key: str, value: str | None) -> None:
+        with self._tx() as db:
+            if value is None:
+                db.execute("DELETE FROM meta WHERE key = ?", [key])
+            else:
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
+
+    @property
+    def agent_id(self) -> str:
+        with self._lock:
+            return self._get("agent_id") or ""
+
+    def set_agent_id(self, agent_id: str) -> None:
+        """Store the id the master gave us, and forget the registration request that asked for it."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('agent_id', ?)", [agent_id])
+            db.execute("DELETE FROM meta WHERE key = 'registration_request_id'")
+
+    def clear_agent_id(self) -> None:
+        self._set("agent_id", None)
+
+    @property
+    def highest_term(self) -> int:
+        with self._lock:
+            return int(self._get("highest_term") or 0)
+
+    def observe_term(self, term: int) -> bool:
+        """Remember `term` if it is the highest seen; True when it was stored (it rose)."""
+        with self._lock:
+            if term <= self.highest_term:
+                return False
+            self._set("highest_term", str(int(term)))
+            return True
+
+    def registration_request_id(self) -> str:
+        """The idempotency key of the pending first registration (created and stored on first use)."""
+        with self._lock:
+            value = self._get("registration_request_id")
+            if value is None:
+                value = f"register-{uuidlib.uuid4()}"
+                self._set("registration_request_id", value)
+            return value
+
+    # ---- tasks --------------------------------------------------------------------------------------
+    def add_task(self, info: TaskInfo, *, traceparent: str = "",
+                 state: TaskState = TaskState.TASK_STAGING) -> None:
+        with self._tx() as db:
+            seq = db.execute("SELECT COALESCE(MAX(created_seq), 0) + 1 FROM tasks").fetchone()[0]
+            db.execute(
+                "INSERT INTO tasks (task_id, framework_id, info, state, sandbox, supervisor_pid, "
+                "supervisor_start, isolation, kill_requested, kill_grace, done, traceparent, created_seq) "
+                "VALUES (?, ?, ?, ?, '', 0, 0, '{}', 0, 0, 0, ?, ?)",
+                [info.task_id, info.framework_id, task_info_to_bytes(info), int(state), traceparent, seq],
+            )
+
+    def set_launched(self, task_id: str, *, sandbox: str, supervisor_pid: int, supervisor_start: float,
+                     isolation: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE tasks SET sandbox = ?, supervisor_pid = ?, supervisor_start = ?, isolation = ? "
+                "WHERE task_id = ?",
+                [sandbox, supervisor_pid, supervisor_start, json.dumps(isolation, sort_keys=True), task_id],
+            )
+
+    def set_sandbox(self, task_id: str, sandbox: str, isolation: dict[str, Any]) -> None:
+        """Record where a task will run before its supervisor starts (recovery looks there)."""
+        with self._tx() as db:
+            db.execute("UPDATE tasks SET sandbox = ?, isolation = ? WHERE task_id = ?",
+                       [sandbox, json.dumps(isolation, sort_keys=True), task_id])
+
+    def mark_kill(self, task_id: str, grace: float) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE tasks SET kill_requested = 1, kill_grace = ? WHERE task_id = ?", [grace, task_id])
+
+    def mark_done(self, task_id: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE tasks SET done = 1 WHERE task_id = ?", [task_id])
+
+    def tasks(self, include_done: bool = False) -> list[TaskRecord]:
+        """Every task (not yet done, unless asked), in the order they were added."""
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT task_id, info, state, sandbox, supervisor_pid, supervisor_start, isolation, "
+                "kill_requested, kill_grace, done, traceparent FROM tasks "
+                + ("" if include_done else "WHERE done = 0 ") + "ORDER BY created_seq"
+            ).fetchall()
+            latest = self._latest_statuses()
+        out = []
+        for (task_id, info, state, sandbox, pid, start, isolation, kill, grace, done, tp) in rows:
+            out.append(TaskRecord(
+                info=task_info_from_bytes(info), state=TaskState(state), sandbox=sandbox or "",
+                supervisor_pid=int(pid or 0), supervisor_start=float(start or 0.0),
+                isolation=json.loads(isolation or "{}"), kill_requested=bool(kill), kill_grace=float(grace or 0),
+                done=bool(done), traceparent=tp or "", latest=latest.get(task_id),
+            ))
+        return out
+
+    def task(self, task_id: str) -> TaskRecord | None:
+        return next((t for t in self.tasks(include_done=True) if t.task_id == task_id), None)
+
+    def _latest_statuses(self) -> dict[str, TaskStatus]:
+        rows = self.db.execute(
+            "SELECT u.task_id, u.status FROM updates u JOIN "
+            "(SELECT task_id, MAX(seq) AS seq FROM updates GROUP BY task_id) m ON u.seq = m.seq"
+        ).fetchall()
+        return {task_id: status_from_bytes(data) for task_id, data in rows}
+
+    def prune_done(self, keep: int = 1000) -> int:
+        """Delete done tasks (and their updates) beyond the newest `keep`; returns how many went."""
+        with self._tx() as db:
+            victims = [r[0] for r in db.execute(
+                "SELECT task_id FROM tasks WHERE done = 1 ORDER BY created_seq DESC LIMIT -1 OFFSET ?", [keep]
+            ).fetchall()]
+            for task_id in victims:
+                db.execute("DELETE FROM updates WHERE task_id = ?", [task_id])
+                db.execute("DELETE FROM tasks WHERE task_id = ?", [task_id])
+        return len(victims)
+
+    # ---- status updates --------------------------------------------------------------------------------
+    def record_update(self, status: TaskStatus, traceparent: str = "") -> int:
+        """Write `status` (the task's new state and its update) in one transaction; returns its seq."""
+        if not status.uuid:
+            raise ValueError("a checkpointed status update needs a uuid")
+        with self._tx() as db:
+            cursor = db.execute(
+                "INSERT INTO updates (task_id, uuid, state, status, traceparent, acknowledged) "
+                "VALUES (?, ?, ?, ?, ?, 0)",
+                [status.task_id, status.uuid, int(status.state), status_to_bytes(status), traceparent],
+            )
+            db.execute("UPDATE tasks SET state = ? WHERE task_id = ?", [int(status.state), status.task_id])
+            return int(cursor.lastrowid or 0)
+
+    def acknowledge(self, uuids: Iterable[str]) -> None:
+        with self._tx() as db:
+            for uuid in uuids:
+                db.execute("UPDATE updates SET acknowledged = 1 WHERE uuid = ?", [uuid])
+
+    def unacknowledged(self) -> list[StoredUpdate]:
+        """Updates not yet acknowledged, oldest first (the order they must be sent in, per task)."""
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT seq, status, traceparent FROM updates WHERE acknowledged = 0 ORDER BY seq"
+            ).fetchall()
+        return [StoredUpdate(status_from_bytes(data), tp or "", False, seq) for seq, data, tp in rows]
+
+    def updates(self, task_id: str) -> list[StoredUpdate]:
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT seq, status, traceparent, acknowledged FROM updates WHERE task_id = ? ORDER BY seq",
+                [task_id],
+            ).fetchall()
+        return [StoredUpdate(status_from_bytes(data), tp or "", bool(ack), seq) for seq, data, tp, ack in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.conn.close()

@@ -1,0 +1,201 @@
+"""Agent configuration: the flags, what the machine has, and the checks that run before anything starts.
+
+`AgentConfig` holds the flags as given (text, as an operator typed them). `resolve(config)` checks them
+and returns a `ResolvedConfig` with parsed values: the resources to offer (`detect_resources`), the
+attributes, the hostname, the sandbox directory. Every problem is a `ConfigError` whose message names
+the flag, so `run_agent` can print one line and exit 2 instead of a traceback.
+
+Resources (as in Mesos): cpus = logical CPUs; mem = total memory in MiB minus a reserve for the system
+(1 GiB, or half of it on machines with less than 2 GiB); disk = size of the data dir's file system in
+MiB minus a reserve (5 GiB, or half below 10 GiB); ports = [31000-32000]. `--resources` replaces any of
+these by name and may add others ('gpus:1'). Zero, negative and unparseable quantities are refused.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from control_plane.core.errors import InvalidRequest
+from control_plane.core.resources import Resources
+from control_plane.core.values import Labels
+
+ISOLATION_CHOICES = ("auto", "cgroups_v2", "cgroups_v1", "rlimits")
+DEFAULT_PORTS = (31000, 32000)
+MIB = 1024 * 1024
+_ADDRESS_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$")
+_ATTRIBUTE_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+
+class ConfigError(Exception):
+    """A flag or the environment makes it impossible to start; the message names the flag."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    masters: tuple[str, ...]
+    data_dir: Path
+    resources: str = ""  # override text, 'cpus:4;mem:8192;ports:[31000-32000]'
+    attributes: str = ""  # 'rack:r1;zone:a'
+    hostname: str = ""  # empty: this machine's hostname
+    heartbeat_interval: float = 1.0  # until the master's Registered says otherwise
+    work_dir: Path | None = None  # sandboxes; None: data_dir/sandboxes
+    isolation: str = "auto"
+    emulated: bool = False  # benchmarks only: see agent.emulated
+    usage_interval: float = 5.0  # seconds between Usage messages
+    cgroups_root: str = "tessera"  # name of the cgroup that holds the task cgroups
+    status_retry_initial: float = 1.0  # first re-send of an unacknowledged status update
+    status_retry_max: float = 30.0
+    reconnect_backoff_max: float = 5.0
+
+    def __post_init__(self) -> None:
+        # Accept lists and plain strings for convenience; the value is a tuple.
+        object.__setattr__(self, "masters", tuple(self.masters))
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        if self.work_dir is not None:
+            object.__setattr__(self, "work_dir", Path(self.work_dir))
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    config: AgentConfig
+    masters: tuple[str, ...]
+    data_dir: Path
+    work_dir: Path
+    hostname: str
+    resources: Resources
+    attributes: Labels
+    heartbeat_interval: float
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def parse_masters(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    items = text.split(",") if isinstance(text, str) else list(text)
+    addresses = tuple(dict.fromkeys(a.strip() for a in items if a.strip()))
+    if not addresses:
+        raise ConfigError("--masters: give at least one HOST:PORT")
+    for a in addresses:
+        if not _ADDRESS_RE.match(a) or not 0 < int(a.rsplit(":", 1)[1]) < 65536:
+            raise ConfigError(f"--masters: expected HOST:PORT, got {a!r}")
+    return addresses
+
+
+def parse_attributes(text: str) -> Labels:
+    """'rack:r1;zone:a' -> (('rack', 'r1'), ('zone', 'a')), in the order given."""
+    out: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        key, sep, value = part.partition(":")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise ConfigError(f"--attributes: cannot parse {part!r}: expected NAME:VALUE")
+        if not _ATTRIBUTE_KEY_RE.match(key):
+            raise ConfigError(f"--attributes: invalid attribute name {key!r}")
+        if key in out:
+            raise ConfigError(f"--attributes: attribute {key!r} is given twice")
+        if len(value) > 255:
+            raise ConfigError(f"--attributes: value of {key!r} is longer than 255 characters")
+        out[key] = value
+    return tuple(out.items())
+
+
+def _mem_mib() -> float:
+    total = psutil.virtual_memory().total // MIB
+    reserve = 1024 if total >= 2048 else total // 2
+    return float(max(total - reserve, 1))
+
+
+def _disk_mib(path: Path) -> float:
+    total = shutil.disk_usage(path).total // MIB
+    reserve = 5120 if total >= 10240 else total // 2
+    return float(max(total - reserve, 1))
+
+
+def parse_resources_flag(text: str) -> Resources:
+    """Parse `--resources`, refusing zero, negative and unparseable quantities with the flag's name."""
+    parsed = Resources()
+    seen: set[str] = set()
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        try:
+            one = Resources.parse(part)
+        except InvalidRequest as exc:
+            raise ConfigError(f"--resources: {exc.message}") from exc
+        if one.is_empty():
+            raise ConfigError(f"--resources: {part!r} is zero; leave the resource out instead")
+        name = next(iter(one.names()))
+        if name in seen:
+            raise ConfigError(f"--resources: {name} is given twice")
+        seen.add(name)
+        parsed = parsed + one
+    return parsed
+
+
+def detect_resources(override_text: str = "", data_dir: Path | str | None = None) -> Resources:
+    """What this machine offers: detected cpus, mem, disk, ports, with `override_text` taking precedence
+    name by name. `data_dir` is where disk is measured (the current directory when None)."""
+    overrides = parse_resources_flag(override_text)
+    given = overrides.names()
+    items: list[tuple[str, str, float, tuple[tuple[int, int], ...]]] = []
+    if "cpus" not in given:
+        items.append(("cpus", "", float(psutil.cpu_count(logical=True) or 1), ()))
+    if "mem" not in given:
+        items.append(("mem", "", _mem_mib(), ()))
+    if "disk" not in given:
+        items.append(("disk", "", _disk_mib(Path(data_dir) if data_dir is not None else Path.cwd()), ()))
+    if "ports" not in given:
+        items.append(("ports", "", 0.0, (DEFAULT_PORTS,)))
+    return Resources.from_items(items) + overrides
+
+
+def _check_writable(path: Path, flag: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{flag}: {path} is not a writable directory ({exc.strerror or exc})") from exc
+
+
+def resolve(config: AgentConfig) -> ResolvedConfig:
+    """Check every flag and the data dir; raise ConfigError naming the first bad one."""
+    masters = parse_masters(config.masters)
+    if config.isolation not in ISOLATION_CHOICES:
+        raise ConfigError(f"--isolation: expected one of {', '.join(ISOLATION_CHOICES)}, got {config.isolation!r}")
+    for flag, value in (("--heartbeat-interval", config.heartbeat_interval),
+                        ("usage_interval", config.usage_interval),
+                        ("status_retry_initial", config.status_retry_initial),
+                        ("status_retry_max", config.status_retry_max),
+                        ("reconnect_backoff_max", config.reconnect_backoff_max)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < 86400):
+            raise ConfigError(f"{flag}: expected a positive number of seconds, got {value!r}")
+    if config.status_retry_max < config.status_retry_initial:
+        raise ConfigError("status_retry_max: must not be smaller than status_retry_initial")
+    if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$", config.cgroups_root):
+        raise ConfigError(f"cgroups_root: not a plain directory name: {config.cgroups_root!r}")
+    hostname = config.hostname or socket.gethostname()
+    if not hostname or len(hostname) > 255 or any(c.isspace() for c in hostname):
+        raise ConfigError(f"--hostname: invalid hostname {hostname!r}")
+    attributes = parse_attributes(config.attributes)
+    data_dir = config.data_dir.expanduser().absolute()
+    _check_writable(data_dir, "--data-dir")
+    work_dir = (config.work_dir.expanduser().absolute() if config.work_dir is not None
+                else data_dir / "sandboxes")
+    _check_writable(work_dir, "--work-dir")
+    resources = detect_resources(config.resources, data_dir)
+    if not os.access(data_dir, os.W_OK):  # e.g. a read-only bind mount that still let mkdir pass
+        raise ConfigError(f"--data-dir: {data_dir} is not writable")
+    return ResolvedConfig(
+        config=config, masters=masters, data_dir=data_dir, work_dir=work_dir, hostname=hostname,
+        resources=resources, attributes=attributes, heartbeat_interval=float(config.heartbeat_interval),
+    )

@@ -1,0 +1,82 @@
+"""Which master to dial next and how long to wait first: the agent's reconnection policy, pure.
+
+Rules it keeps (docs/protocol.md, "clients then dial that address, or else try the next master with
+exponential backoff and jitter"):
+- A `tessera-leader` hint is followed at once, but at most `len(masters) + 1` times in a row, so two
+  masters pointing at each other (a stale hint during an election) fall back to backoff.
+- Otherwise the next master in the list is tried after `Backoff.delay(attempt, fraction)`: exponential
+  in the number of failures in a row, capped, and spread by jitter so a fleet of agents that lost the
+  same leader does not come back in one wave. `fraction` is a random number in [0, 1) supplied by the
+  caller (no randomness in here).
+- A connection that carried at least one message from the master was healthy: the failure count
+  starts again from zero, and the same master is retried first (it may just have restarted its stream).
+- Unknown addresses named by hints join the rotation at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    initial: float = 0.1
+    factor: float = 2.0
+    maximum: float = 5.0
+    jitter: float = 0.5  # the delay is scaled by a factor drawn from [1 - jitter, 1 + jitter)
+
+    def __post_init__(self) -> None:
+        if not (self.initial >= 0 and self.factor >= 1 and self.maximum >= self.initial
+                and 0 <= self.jitter < 1):
+            raise ValueError(f"bad backoff: {self}")
+
+    def delay(self, attempt: int, fraction: float) -> float:
+        """Wait before the `attempt`-th retry in a row (attempt >= 1), for a random `fraction` in [0, 1)."""
+        if attempt < 1:
+            return 0.0
+        base = min(self.maximum, self.initial * self.factor ** min(attempt - 1, 64))
+        return base * (1.0 - self.jitter + 2.0 * self.jitter * min(max(fraction, 0.0), 1.0))
+
+
+@dataclass(frozen=True, slots=True)
+class Dial:
+    address: str
+    delay: float  # seconds to wait before dialing
+    reason: str  # "first", "leader hint", "healthy stream ended", "next master"
+
+
+class DialPlan:
+    """The rotation over master addresses. Not thread-safe: one link owns it."""
+
+    def __init__(self, masters: Sequence[str], backoff: Backoff | None = None) -> None:
+        addresses = list(dict.fromkeys(a for a in masters if a))
+        if not addresses:
+            raise ValueError("at least one master address is needed")
+        self.addresses = addresses
+        self.backoff = backoff or Backoff()
+        self.failures = 0  # failed dials in a row
+        self.hint_follows = 0  # leader hints followed in a row
+
+    def first(self) -> Dial:
+        return Dial(self.addresses[0], 0.0, "first")
+
+    def after(self, address: str, *, healthy: bool, leader_hint: str | None, fraction: float) -> Dial:
+        """Where to go after the stream to `address` ended (or could not be opened)."""
+        if healthy:
+            self.failures = 0
+            self.hint_follows = 0
+        if leader_hint and leader_hint != address and self.hint_follows <= len(self.addresses):
+            self.hint_follows += 1
+            if leader_hint not in self.addresses:
+                self.addresses.append(leader_hint)
+            return Dial(leader_hint, 0.0, "leader hint")
+        self.hint_follows = 0
+        if healthy:
+            # The master we were talking to may have restarted its stream; try it again, after the
+            # smallest wait, before walking the list.
+            return Dial(address, self.backoff.delay(1, fraction), "healthy stream ended")
+        self.failures += 1
+        index = self.addresses.index(address) if address in self.addresses else -1
+        nxt = self.addresses[(index + 1) % len(self.addresses)]
+        return Dial(nxt, self.backoff.delay(self.failures, fraction), "next master")

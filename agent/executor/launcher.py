@@ -1,0 +1,354 @@
+"""The process launcher: start a task under its supervisor, watch it, kill it, find it again.
+
+`ProcessLauncher` is the agent's only way to touch task processes. Each task gets a sandbox directory
+(`<work_dir>/<framework>/<task>`), its isolation (`Isolator.prepare`), and a supervisor process
+(`agent.executor.supervisor`) in a new session, which starts the command and records its exit in the
+sandbox. The launcher never waits on anything: `observe` looks at the sandbox files and the supervisor's
+liveness and says what changed, and the agent loop calls it periodically.
+
+Rules it keeps:
+- Nothing about a task lives only in this process: the sandbox files and the checkpointed supervisor pid
+  + start time are enough for `observe` after an agent restart (a pid is trusted only when its start
+  time matches, so a recycled pid is never taken for a supervisor).
+- `kill` writes the grace period to the sandbox, then sends SIGTERM to the supervisor, which carries out
+  SIGTERM / grace / SIGKILL on the task's session even if the agent dies meanwhile.
+- A launch that fails (sandbox, cgroups, supervisor start) raises `LaunchError` with the reason; a
+  command that cannot be executed is not a launch failure: it ends like a shell would (exit 127/126),
+  recorded by the supervisor.
+- The isolation of a task is removed only after its exit status was read (`release`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from agent.core.tasks import ExitRecord
+from agent.executor.isolation import IsolationSpec, Isolator, cgroup_pids, container_name
+from agent.executor.isolation import cleanup as cleanup_isolation
+from agent.executor.supervisor import (
+    EXIT_FILE,
+    KILL_FILE,
+    LAUNCH_FILE,
+    STDERR_FILE,
+    SUPERVISOR_FILE,
+    TASK_FILE,
+    read_json,
+    write_json_atomic,
+)
+from control_plane.core.values import TaskInfo
+
+log = logging.getLogger(__name__)
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+START_TIME_TOLERANCE = 0.05  # psutil start times are rounded to clock ticks
+STDERR_TAIL_BYTES = 2048
+INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class LaunchError(Exception):
+    """The task could not be started (its sandbox, isolation or supervisor); the message says why."""
+
+
+def safe_name(text: str) -> str:
+    """A path component for an id: unsafe characters replaced, never '.' or '..' or empty."""
+    name = _SAFE.sub("_", text)[:120] or "_"
+    return "_" + name if name in (".", "..") else name
+
+
+@dataclass
+class LaunchHandle:
+    """What the agent keeps (and checkpoints) about a launched task."""
+
+    task_id: str
+    framework_id: str
+    sandbox: Path
+    supervisor_pid: int = 0
+    supervisor_start: float = 0.0
+    isolation: IsolationSpec = field(default_factory=lambda: IsolationSpec(kind="rlimits"))
+    kill_requested: bool = False
+    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    started_seen: bool = False  # task.json was seen
+    cpu_seconds_prev: float = 0.0
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What `observe` found: `started` (the task's process exists or existed), `exit` (it ended)."""
+
+    started: bool
+    exit: ExitRecord | None = None
+    supervisor_lost: str = ""  # the supervisor vanished without recording an exit; the reason
+
+    @property
+    def ended(self) -> bool:
+        return self.exit is not None or bool(self.supervisor_lost)
+
+
+@dataclass(frozen=True)
+class Usage:
+    cpu_seconds: float
+    rss_bytes: int
+    timestamp: float
+
+
+def _argv(info: TaskInfo) -> list[str]:
+    command = info.command
+    if command.shell:
+        return ["/bin/sh", "-c", command.value]
+    # `value` is the program and `arguments` are the arguments after it (argv[1:]).
+    return [command.value, *command.arguments]
+
+
+class ProcessLauncher:
+    def __init__(self, work_dir: Path, isolator: Isolator, *, agent_id: str = "",
+                 python: str = sys.executable) -> None:
+        self.work_dir = Path(work_dir)
+        self.isolator = isolator
+        self.agent_id = agent_id
+        self.python = python
+
+    def sandbox_for(self, info: TaskInfo) -> Path:
+        return self.work_dir / safe_name(info.framework_id or "_") / safe_name(info.task_id)
+
+    # ---- launch ----------------------------------------------------------------------------------------
+    def prepare(self, info: TaskInfo) -> LaunchHandle:
+        """Create the sandbox and the isolation (step one of a launch; checkpoint the handle after it)."""
+        sandbox = self.sandbox_for(info)
+        try:
+            sandbox.mkdir(parents=True, exist_ok=True)
+            for leftover in (EXIT_FILE, TASK_FILE, SUPERVISOR_FILE, KILL_FILE):
+                (sandbox / leftover).unlink(missing_ok=True)
+        except OSError as exc:
+            raise LaunchError(f"cannot create the sandbox {sandbox}: {exc.strerror or exc}") from exc
+        try:
+            spec = self.isolator.prepare(container_name(info.framework_id, info.task_id), info.resources)
+        except OSError as exc:
+            raise LaunchError(f"cannot set up {self.isolator.name} isolation: {exc.strerror or exc}") from exc
+        return LaunchHandle(task_id=info.task_id, framework_id=info.framework_id, sandbox=sandbox,
+                            isolation=spec)
+
+    def start(self, info: TaskInfo, handle: LaunchHandle) -> LaunchHandle:
+        """Write launch.json and start the supervisor (step two); fills the supervisor pid and start time."""
+        command = info.command
+        cwd = handle.sandbox
+        if command.working_dir:
+            cwd = Path(command.working_dir) if os.path.isabs(command.working_dir) else handle.sandbox / command.working_dir
+        env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+        env.setdefault("PATH", DEFAULT_PATH)
+        env.update({
+            "HOME": str(handle.sandbox), "TESSERA_SANDBOX": str(handle.sandbox), "TESSERA_TASK_ID": info.task_id,
+            "TESSERA_FRAMEWORK_ID": info.framework_id, "TESSERA_AGENT_ID": self.agent_id or info.agent_id,
+            "MESOS_SANDBOX": str(handle.sandbox),
+        })
+        env.update(dict(command.environment))
+        launch = {
+            "task_id": info.task_id, "framework_id": info.framework_id, "argv": _argv(info), "env": env,
+            "cwd": str(cwd), "user": command.user, "isolation": handle.isolation.to_json(),
+            "grace_period_seconds": info.kill_grace_period_seconds or None,
+        }
+        try:
+            write_json_atomic(handle.sandbox / LAUNCH_FILE, launch)
+            log_file = open(handle.sandbox / "supervisor.out", "ab")
+        except OSError as exc:
+            raise LaunchError(f"cannot write to the sandbox {handle.sandbox}: {exc.strerror or exc}") from exc
+        try:
+            popen = subprocess.Popen(
+                [self.python, "-m", "agent.executor.supervisor", "--sandbox", str(handle.sandbox)],
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, cwd=str(handle.sandbox),
+                start_new_session=True, close_fds=True, env=_supervisor_env(),
+            )
+        except OSError as exc:
+            raise LaunchError(f"cannot start the supervisor: {exc.strerror or exc}") from exc
+        finally:
+            log_file.close()
+        handle.popen = popen
+        handle.supervisor_pid = popen.pid
+        handle.supervisor_start = _start_time(popen.pid) or time.time()
+        return handle
+
+    def launch(self, info: TaskInfo) -> LaunchHandle:
+        """prepare + start, releasing the isolation when the start fails."""
+        handle = self.prepare(info)
+        try:
+            return self.start(info, handle)
+        except LaunchError:
+            self.release(handle)
+            raise
+
+    # ---- observation -----------------------------------------------------------------------------------
+    def supervisor_alive(self, handle: LaunchHandle) -> bool:
+        if handle.popen is not None:
+            return handle.popen.poll() is None
+        if handle.supervisor_pid <= 0:
+            return False
+        try:
+            proc = psutil.Process(handle.supervisor_pid)
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return False
+            return abs(proc.create_time() - handle.supervisor_start) <= START_TIME_TOLERANCE
+        except psutil.Error:
+            return False
+
+    def observe(self, handle: LaunchHandle) -> Observation:
+        """Non-blocking: has the task started, has it ended, is its supervisor gone?"""
+        sandbox = handle.sandbox
+        if not handle.started_seen and (sandbox / TASK_FILE).exists():
+            handle.started_seen = True
+        record = self.read_exit(handle)
+        if record is not None:
+            if handle.popen is not None:
+                try:  # reap our child so no zombie is left; it exits right after writing the file
+                    handle.popen.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    pass
+            return Observation(started=handle.started_seen, exit=record)
+        if handle.supervisor_pid <= 0:
+            found = read_json(sandbox / SUPERVISOR_FILE)
+            if found:
+                handle.supervisor_pid = int(found.get("supervisor_pid") or 0)
+                handle.supervisor_start = _start_time(handle.supervisor_pid) or 0.0
+        if self.supervisor_alive(handle):
+            return Observation(started=handle.started_seen)
+        record = self.read_exit(handle)  # it may have written the file and exited just now
+        if record is not None:
+            return Observation(started=handle.started_seen, exit=record)
+        self._kill_orphans(handle)
+        return Observation(started=handle.started_seen,
+                           supervisor_lost=f"the task's supervisor (pid {handle.supervisor_pid}) is gone "
+                                           "without recording an exit status")
+
+    def read_exit(self, handle: LaunchHandle) -> ExitRecord | None:
+        data = read_json(handle.sandbox / EXIT_FILE)
+        if data is None:
+            return None
+        stderr_tail = ""
+        code = data.get("exit_code")
+        if data.get("launch_error") or (code not in (None, 0)) or data.get("signal"):
+            stderr_tail = _tail(handle.sandbox / STDERR_FILE, STDERR_TAIL_BYTES)
+        return ExitRecord(
+            exit_code=None if code is None else int(code),
+            signal=None if data.get("signal") is None else int(data["signal"]),
+            killed=bool(data.get("killed")), limitation=str(data.get("limitation") or ""),
+            launch_error=str(data.get("launch_error") or ""), stderr_tail=stderr_tail,
+        )
+
+    def _kill_orphans(self, handle: LaunchHandle) -> None:
+        """The supervisor died without recording an exit (someone killed it): kill what it ran."""
+        task = read_json(handle.sandbox / TASK_FILE) or {}
+        task_pid = int(task.get("task_pid") or 0)
+        targets: set[int] = set()
+        if task_pid > 0:
+            for proc in psutil.process_iter():
+                try:
+                    if os.getsid(proc.pid) == task_pid:
+                        targets.add(proc.pid)
+                except OSError:
+                    continue
+        for directory in handle.isolation.cgroups:
+            targets.update(cgroup_pids(directory))
+        for pid in targets:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                continue
+
+    # ---- kill ------------------------------------------------------------------------------------------
+    def kill(self, handle: LaunchHandle, grace_period: float) -> None:
+        """Ask the supervisor to kill the task: SIGTERM now, SIGKILL after `grace_period` seconds."""
+        handle.kill_requested = True
+        try:
+            write_json_atomic(handle.sandbox / KILL_FILE,
+                              {"grace_period_seconds": max(0.0, grace_period), "requested_at": time.time()})
+        except OSError as exc:
+            log.warning("cannot write the kill request of task %s: %s", handle.task_id, exc)
+        if not self.supervisor_alive(handle):
+            return
+        try:
+            os.kill(handle.supervisor_pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    # ---- cleanup and usage -----------------------------------------------------------------------------
+    def release(self, handle: LaunchHandle) -> None:
+        """Remove the task's isolation (after its exit was read)."""
+        # The spec names what to remove, whichever isolator made it (a recovered task may predate a
+        # change of --isolation).
+        try:
+            cleanup_isolation(handle.isolation)
+        except OSError as exc:
+            log.warning("cannot clean up the isolation of task %s: %s", handle.task_id, exc)
+
+    def usage(self, handle: LaunchHandle) -> Usage | None:
+        """CPU seconds and resident memory of the task's processes, or None when it has none."""
+        pids: set[int] = set()
+        for directory in handle.isolation.cgroups:
+            pids.update(cgroup_pids(directory))
+        if not pids and handle.supervisor_pid > 0 and self.supervisor_alive(handle):
+            try:
+                sup = psutil.Process(handle.supervisor_pid)
+                pids.update(p.pid for p in sup.children(recursive=True))
+            except psutil.Error:
+                pass
+        if not pids:
+            return None
+        cpu, rss = 0.0, 0
+        for pid in pids:
+            try:
+                proc = psutil.Process(pid)
+                with proc.oneshot():
+                    times = proc.cpu_times()
+                    cpu += times.user + times.system
+                    rss += proc.memory_info().rss
+            except psutil.Error:
+                continue
+        return Usage(cpu_seconds=cpu, rss_bytes=rss, timestamp=time.time())
+
+    def handle_from_checkpoint(self, task_id: str, framework_id: str, sandbox: str, supervisor_pid: int,
+                               supervisor_start: float, isolation: dict[str, Any],
+                               kill_requested: bool) -> LaunchHandle:
+        return LaunchHandle(
+            task_id=task_id, framework_id=framework_id, sandbox=Path(sandbox), supervisor_pid=supervisor_pid,
+            supervisor_start=supervisor_start, isolation=IsolationSpec.from_json(isolation),
+            kill_requested=kill_requested,
+        )
+
+
+def _start_time(pid: int) -> float | None:
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
+
+
+def _tail(path: Path, limit: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _supervisor_env() -> dict[str, str]:
+    """The supervisor needs to import `agent`: give it the agent's import path."""
+    env = dict(os.environ)
+    roots = [str(Path(__file__).resolve().parents[2])]
+    if env.get("PYTHONPATH"):
+        roots.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(roots)
+    env.pop("PYTHONSTARTUP", None)
+    return env

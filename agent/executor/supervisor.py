@@ -1,0 +1,321 @@
+"""The task supervisor: `python -m agent.executor.supervisor --sandbox DIR`.
+
+The agent starts one supervisor per task, in a new session, and the supervisor outlives the agent: a
+`kill -9` of the agent leaves every task running, and the restarted agent finds them again through the
+files written here. The supervisor reads `launch.json` from the sandbox, starts the task's command, waits
+for it, and records how it ended.
+
+Files in the sandbox (every JSON file is written atomically: temp file, fsync, rename):
+- `launch.json` (written by the agent): argv, environment, working directory, isolation spec, default
+  kill grace period.
+- `supervisor.json`: this process's pid, written first thing, so an agent that crashed right after
+  starting us can still find us.
+- `task.json`: the task's pid, once its process exists (the agent reports TASK_RUNNING then).
+- `stdout`, `stderr`: the task's output (appended).
+- `kill.json` (written by the agent before it sends SIGTERM to the supervisor): the grace period.
+- `exit_status.json`: exit code or signal, whether the task was killed on request, whether an isolator
+  limit (memory) ended it, a launch error. Its presence means the task is over.
+- `supervisor.log`: the supervisor's own messages.
+
+Rules it keeps:
+- The task runs in its own session (its pid is its session and process group id), inside its cgroups
+  from its first instruction (joined between fork and exec), with its rlimits.
+- SIGTERM to the supervisor means "kill the task": SIGTERM to the task's session, then SIGKILL to the
+  session (and its cgroups) when the grace period ends. The supervisor itself never dies of it, because it
+  must record the exit. SIGINT and SIGHUP are ignored (the agent's terminal is not the task's).
+- When the task's main process ends, whatever it left in its session or cgroups is killed: a task's
+  life is its main process.
+- Only the supervisor (the task's parent) signals the task's pid, so a recycled pid is never hit.
+- A command that cannot be started records exit code 127 (not found) or 126 (not executable) with the
+  error in `stderr` and `exit_status.json`, like a shell would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.executor.isolation import (
+    IsolationSpec,
+    MemoryWatchdog,
+    cgroup_oom_killed,
+    cgroup_pids,
+    enter,
+    kill_cgroup,
+    memory_limit_message,
+)
+
+LAUNCH_FILE = "launch.json"
+SUPERVISOR_FILE = "supervisor.json"
+TASK_FILE = "task.json"
+KILL_FILE = "kill.json"
+EXIT_FILE = "exit_status.json"
+STDOUT_FILE = "stdout"
+STDERR_FILE = "stderr"
+LOG_FILE = "supervisor.log"
+DEFAULT_GRACE = 3.0
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def session_pids(sid: int) -> list[int]:
+    """Every process whose session id is `sid` (the task's session)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        try:
+            if os.getsid(pid) == sid:
+                out.append(pid)
+        except OSError:
+            continue
+    return out
+
+
+class Supervisor:
+    def __init__(self, sandbox: Path) -> None:
+        self.sandbox = sandbox
+        self.launch = read_json(sandbox / LAUNCH_FILE)
+        if self.launch is None:
+            raise SystemExit(f"supervisor: cannot read {sandbox / LAUNCH_FILE}")
+        self.spec = IsolationSpec.from_json(self.launch.get("isolation") or {})
+        self.grace = float(self.launch.get("grace_period_seconds") or DEFAULT_GRACE)
+        self.child: subprocess.Popen[bytes] | None = None
+        self.kill_requested = False
+        self.kill_deadline: float | None = None
+        self.killed = False  # we signalled the task on request
+        self.watchdog: MemoryWatchdog | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        self.log_file = open(sandbox / LOG_FILE, "a", buffering=1)
+
+    def log(self, message: str) -> None:
+        self.log_file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} supervisor[{os.getpid()}]: {message}\n")
+
+    # ---- signals ---------------------------------------------------------------------------------------
+    def _on_term(self, signum: int, frame: object) -> None:
+        self.kill_requested = True
+        try:
+            os.write(self._wake_w, b"k")
+        except OSError:
+            pass
+
+    def install_signals(self) -> None:
+        os.set_blocking(self._wake_w, False)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    # ---- killing ---------------------------------------------------------------------------------------
+    def signal_task(self, sig: int) -> None:
+        if self.child is None:
+            return
+        sid = self.child.pid
+        targets = set(session_pids(sid))
+        if self.child.returncode is None:
+            targets.add(sid)
+        for d in self.spec.cgroups:
+            targets.update(cgroup_pids(d))
+        targets.discard(os.getpid())
+        for pid in sorted(targets):
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                continue
+        if sig == signal.SIGKILL:
+            for d in self.spec.cgroups:
+                kill_cgroup(d)
+
+    def _kill_for_limit(self) -> None:
+        self.signal_task(signal.SIGKILL)
+
+    def _start_kill(self) -> None:
+        request = read_json(self.sandbox / KILL_FILE) or {}
+        grace = request.get("grace_period_seconds")
+        grace = self.grace if grace is None else max(0.0, float(grace))
+        self.log(f"kill requested; SIGTERM to the task, SIGKILL in {grace:g}s")
+        self.killed = True
+        self.kill_deadline = time.monotonic() + grace
+        if grace <= 0:
+            self.signal_task(signal.SIGKILL)
+        else:
+            self.signal_task(signal.SIGTERM)
+
+    # ---- running ---------------------------------------------------------------------------------------
+    def _env(self) -> dict[str, str]:
+        env = {str(k): str(v) for k, v in (self.launch.get("env") or {}).items()}
+        return env
+
+    def start_child(self) -> dict[str, Any] | None:
+        """Start the task; on failure return the exit record to write."""
+        argv = [str(a) for a in self.launch["argv"]]
+        cwd = str(self.launch.get("cwd") or self.sandbox)
+        spec = self.spec
+        user = self.launch.get("user") or ""
+
+        def preexec() -> None:
+            # Runs in the child after fork (with start_new_session: after setsid), before exec.
+            enter(spec)
+            if user:
+                import pwd
+
+                entry = pwd.getpwnam(user)
+                os.initgroups(user, entry.pw_gid)
+                os.setgid(entry.pw_gid)
+                os.setuid(entry.pw_uid)
+
+        stdout = open(self.sandbox / STDOUT_FILE, "ab")
+        stderr = open(self.sandbox / STDERR_FILE, "ab")
+        try:
+            self.child = subprocess.Popen(
+                argv, cwd=cwd, env=self._env(), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                start_new_session=True, preexec_fn=preexec, close_fds=True,
+            )
+        except OSError as exc:
+            code = 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
+            what = f"{argv[0]}: {exc.strerror or exc}"
+            if exc.errno == errno.ENOENT and not os.path.isdir(cwd):
+                what = f"working directory {cwd}: {exc.strerror or exc}"
+            stderr.write(f"tessera supervisor: cannot execute {what}\n".encode())
+            return {"exit_code": code, "launch_error": what}
+        except subprocess.SubprocessError as exc:  # the preexec step failed (cgroup join, rlimit, user)
+            stderr.write(f"tessera supervisor: cannot set up the task's isolation: {exc}\n".encode())
+            return {"exit_code": 126, "launch_error": f"isolation setup failed: {exc}"}
+        finally:
+            stdout.close()
+            stderr.close()
+        write_json_atomic(self.sandbox / TASK_FILE, {"task_pid": self.child.pid, "started_at": time.time()})
+        self.log(f"started task pid {self.child.pid}: {argv!r}")
+        if spec.watchdog_rss_bytes > 0:
+            self.watchdog = MemoryWatchdog(self.child.pid, spec.watchdog_rss_bytes, self._kill_for_limit)
+            self.watchdog.start()
+        return None
+
+    def wait_child(self) -> int:
+        assert self.child is not None
+        pid = self.child.pid
+        pidfd = None
+        try:
+            pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            pidfd = None
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        if pidfd is not None:
+            poller.register(pidfd, select.POLLIN)
+        try:
+            while True:
+                status = self.child.poll()
+                if status is not None:
+                    return status
+                if self.kill_requested and self.kill_deadline is None:
+                    self._start_kill()
+                timeout: float = 0.5 if pidfd is None else 5.0
+                if self.kill_deadline is not None:
+                    remaining = self.kill_deadline - time.monotonic()
+                    if remaining <= 0:
+                        self.log("grace period over; SIGKILL to the task")
+                        self.signal_task(signal.SIGKILL)
+                        self.kill_deadline = time.monotonic() + 3600  # once
+                        remaining = 0.5
+                    timeout = min(timeout, remaining)
+                for fd, _ in poller.poll(max(0, int(timeout * 1000))):
+                    if fd == self._wake_r:
+                        try:
+                            os.read(self._wake_r, 1024)
+                        except OSError:
+                            pass
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+
+    def run(self) -> int:
+        write_json_atomic(self.sandbox / SUPERVISOR_FILE, {"supervisor_pid": os.getpid(), "started_at": time.time()})
+        self.install_signals()
+        record: dict[str, Any]
+        if self.kill_requested:  # killed before the task even started
+            record = {"exit_code": None, "signal": signal.SIGKILL, "killed": True, "launch_error": ""}
+        else:
+            failure = self.start_child()
+            if failure is not None:
+                record = failure
+            else:
+                status = self.wait_child()
+                # Whatever the task left behind dies with it.
+                self.signal_task(signal.SIGKILL)
+                if self.watchdog is not None:
+                    self.watchdog.stop()
+                record = self._exit_record(status)
+        record["finished_at"] = time.time()
+        write_json_atomic(self.sandbox / EXIT_FILE, record)
+        self.log(f"task ended: {record}")
+        return 0
+
+    def _exit_record(self, returncode: int) -> dict[str, Any]:
+        sig = -returncode if returncode < 0 else None
+        code = returncode if returncode >= 0 else None
+        record: dict[str, Any] = {"exit_code": code, "signal": sig, "killed": self.killed}
+        died_by_sigkill = sig == signal.SIGKILL or code == 128 + signal.SIGKILL
+        limitation = ""
+        if self.watchdog is not None and self.watchdog.tripped:
+            limitation = self.watchdog.tripped
+        elif cgroup_oom_killed(self.spec, died_by_sigkill):
+            limitation = memory_limit_message(self.spec.memory_limit_bytes, "the kernel OOM-killed it in its cgroup")
+        record["limitation"] = limitation
+        return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agent.executor.supervisor")
+    parser.add_argument("--sandbox", required=True, type=Path, help="the task's sandbox directory")
+    args = parser.parse_args(argv)
+    supervisor = Supervisor(args.sandbox.absolute())
+    try:
+        return supervisor.run()
+    except Exception as exc:  # noqa: BLE001 - whatever happens, the agent must learn that the task ended
+        supervisor.log(f"supervisor failed: {exc!r}")
+        if supervisor.child is not None and supervisor.child.poll() is None:
+            supervisor.signal_task(signal.SIGKILL)
+            supervisor.child.wait()
+        write_json_atomic(args.sandbox / EXIT_FILE, {
+            "exit_code": None, "signal": None, "killed": supervisor.killed,
+            "launch_error": f"supervisor failed: {exc}", "finished_at": time.time(),
+        })
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
