@@ -171,14 +171,18 @@ class ScriptedFramework:
         finally:
             self.ended.set()
 
-    def launch(self, offer: common_pb2.Offer, task_id: str, resources: str = "cpus:0.5;mem:64",
+    def launch(self, offer: common_pb2.Offer, task_id: str, resources: str | list[common_pb2.Resource] = "cpus:0.5;mem:64",
                command: str = "true") -> None:
+        """Accept `offer` launching one task; `resources` as text, or raw protos (to send bad input)."""
         from control_plane.codec import resources_to_proto
         from control_plane.core.resources import Resources
 
         task = common_pb2.TaskInfo(task_id=task_id, name=task_id, agent_id=offer.agent_id,
                                    command=common_pb2.CommandInfo(shell=True, value=command))
-        resources_to_proto(Resources.parse(resources), task.resources)
+        if isinstance(resources, str):
+            resources_to_proto(Resources.parse(resources), task.resources)
+        else:
+            task.resources.extend(resources)
         self.stub.Accept(scheduler_pb2.AcceptRequest(
             header=self.header(), offer_ids=[offer.offer_id],
             operations=[scheduler_pb2.Operation(type=scheduler_pb2.Operation.LAUNCH, tasks=[task])]), timeout=5)

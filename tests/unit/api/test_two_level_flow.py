@@ -128,7 +128,10 @@ def test_bad_accepts_get_precise_codes_and_lose_no_resources(node: InProcessMast
     ghost = common_pb2.Offer(offer_id="offer-nope", agent_id=offer.agent_id)
     assert code(lambda: fw.launch(ghost, "t-x")) in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
     # negative resources
-    assert code(lambda: fw.launch(offer, "neg", "cpus:-1;mem:64")) == grpc.StatusCode.INVALID_ARGUMENT
+    negative = [common_pb2.Resource(name="cpus", scalar=-1), common_pb2.Resource(name="mem", scalar=64)]
+    assert code(lambda: fw.launch(offer, "neg", negative)) == grpc.StatusCode.INVALID_ARGUMENT
+    nan = [common_pb2.Resource(name="cpus", scalar=float("nan"))]
+    assert code(lambda: fw.launch(offer, "nan", nan)) == grpc.StatusCode.INVALID_ARGUMENT
     # a stale stream id
     stale = scheduler_pb2.CallHeader(framework_id=fw.framework_id, stream_id="stream-old", request_id="r")
     with pytest.raises(grpc.RpcError) as info:
