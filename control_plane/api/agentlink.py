@@ -18,7 +18,6 @@ from concurrent.futures import Future
 from typing import Any
 
 import grpc
-from tessera.v1 import agent_pb2, agent_pb2_grpc
 
 from control_plane.api.errors import grpc_errors
 from control_plane.codec import from_proto
@@ -27,6 +26,7 @@ from control_plane.core import events as ev
 from control_plane.core.errors import InvalidRequest, NotLeader, TesseraError
 from control_plane.core.values import AgentInfo, TaskStatus
 from control_plane.runtime.leader import CLOSE, AgentSession, LeaderDuties
+from tessera.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
 

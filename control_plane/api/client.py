@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
-from tessera.v1 import operator_pb2_grpc
 
 from control_plane.api.errors import LEADER_METADATA_KEY
+from tessera.v1 import operator_pb2_grpc
 
 R = TypeVar("R")
 

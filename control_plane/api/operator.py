@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
-from tessera.v1 import common_pb2, operator_pb2, operator_pb2_grpc
 
 from control_plane.api.errors import grpc_errors
 from control_plane.codec import resources_from_proto, resources_to_proto, to_proto
@@ -29,6 +28,7 @@ from control_plane.replication.errors import (
     UnknownOutcomeError,
 )
 from control_plane.runtime.master import Master
+from tessera.v1 import common_pb2, operator_pb2, operator_pb2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
-from tessera.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 from control_plane.api.errors import grpc_errors
 from control_plane.codec import from_proto, resources_from_proto, to_proto
@@ -25,6 +24,7 @@ from control_plane.core import events as ev
 from control_plane.core.errors import InvalidRequest, NotLeader, TesseraError
 from control_plane.core.values import FrameworkInfo, TaskInfo, TaskState, TaskStatus
 from control_plane.runtime.leader import CLOSE, LeaderDuties
+from tessera.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 log = logging.getLogger(__name__)
 

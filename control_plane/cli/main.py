@@ -230,11 +230,10 @@ def quota() -> None:
 
 
 def _resources(text: str, flag: str) -> list[Any]:
-    from tessera.v1 import operator_pb2
-
     from control_plane.codec import resources_to_proto
     from control_plane.core.errors import InvalidRequest
     from control_plane.core.resources import Resources
+    from tessera.v1 import operator_pb2
 
     try:
         res = Resources.parse(text)

@@ -24,11 +24,11 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
-from tessera.v1 import common_pb2, log_pb2
 
 from control_plane.core import events as ev
 from control_plane.core.errors import InvalidRequest
 from control_plane.core.resources import Resources
+from tessera.v1 import common_pb2, log_pb2
 
 T = TypeVar("T")
 

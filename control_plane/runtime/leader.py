@@ -31,8 +31,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tessera.v1 import agent_pb2, common_pb2, scheduler_pb2
-
 from control_plane.codec import to_proto
 from control_plane.core import commands as cmd
 from control_plane.core import events as ev
@@ -40,6 +38,7 @@ from control_plane.core.errors import TesseraError
 from control_plane.core.values import AgentState, FrameworkState, TaskStatus
 from control_plane.runtime.master import Master
 from control_plane.runtime.statemachine import Applied
+from tessera.v1 import agent_pb2, common_pb2, scheduler_pb2
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,6 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from tessera.v1 import operator_pb2
-
 from control_plane.api.agentlink import AgentLinkService
 from control_plane.api.client import MasterClient
 from control_plane.api.operator import ADDRESS_RE, OperatorService
@@ -26,6 +24,7 @@ from control_plane.replication import RaftReplicator, ReplicationConfig
 from control_plane.runtime.leader import LeaderDuties, LeaderSettings, default_allocator
 from control_plane.runtime.master import Master, MasterIdentity
 from control_plane.runtime.statemachine import MasterStateMachine
+from tessera.v1 import operator_pb2
 
 log = logging.getLogger("tessera.master")
 

@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
 import psutil  # noqa: E402
-from tessera.v1 import operator_pb2, operator_pb2_grpc  # noqa: E402
 
+from tessera.v1 import operator_pb2, operator_pb2_grpc  # noqa: E402
 from tests.support.cluster import LocalCluster, free_port  # noqa: E402
 
 NODE = Path(__file__).with_name("_quorum_node.py")

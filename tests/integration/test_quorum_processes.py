@@ -13,8 +13,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from tessera.v1 import operator_pb2
 
+from tessera.v1 import operator_pb2
 from tests.support.cluster import LocalCluster, MasterProc, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

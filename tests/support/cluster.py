@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
-from tessera.v1 import operator_pb2, operator_pb2_grpc
 
 from control_plane.api.client import MasterClient
+from tessera.v1 import operator_pb2, operator_pb2_grpc
 
 T = TypeVar("T")
 

@@ -8,8 +8,8 @@ import threading
 
 import grpc
 import pytest
-from tessera.v1 import common_pb2, operator_pb2
 
+from tessera.v1 import common_pb2, operator_pb2
 from tests.support.inprocess import InProcessMaster
 
 pytestmark = pytest.mark.timeout(60)
