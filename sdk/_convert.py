@@ -1,0 +1,295 @@
+"""SDK values <-> `tessera.v1` protobuf, in both directions.
+
+The gRPC transport uses the framework-side half (calls out, events in); `sdk.testing`'s gRPC face of the
+fake master uses the other half (calls in, events out), which is also what lets the tests check every
+conversion as a round trip. Only this module and `sdk.grpc_transport`/`sdk.testing` import protobuf.
+
+Incoming resources are rebuilt with `Resources.from_items`, which validates them: a malformed message
+raises `InvalidRequest` here rather than producing a value the scheduler cannot trust.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TypeAlias
+
+from sdk.errors import InvalidRequest
+from sdk.protocol import (
+    AcceptCall,
+    AcknowledgeCall,
+    Call,
+    CallHeader,
+    DeclineCall,
+    ErrorEvent,
+    Event,
+    HeartbeatEvent,
+    KillCall,
+    MessageCall,
+    MessageEvent,
+    OffersEvent,
+    ReconcileCall,
+    RescindEvent,
+    ReviveCall,
+    SubscribedEvent,
+    SuppressCall,
+    TeardownCall,
+    UpdateEvent,
+)
+from sdk.types import (
+    Filters,
+    FrameworkInfo,
+    Launch,
+    Offer,
+    Operation,
+    Reserve,
+    Resources,
+    TaskInfo,
+    TaskState,
+    TaskStatus,
+    Unreserve,
+)
+from tessera.v1 import common_pb2, scheduler_pb2
+
+# ---- values -------------------------------------------------------------------------------------------
+
+
+def resources_to_proto(resources: Resources) -> list[common_pb2.Resource]:
+    return [
+        common_pb2.Resource(name=name, scalar=scalar, reservation_role=role,
+                            ranges=[common_pb2.Range(begin=b, end=e) for b, e in ranges])
+        for name, role, scalar, ranges in resources.items()
+    ]
+
+
+def resources_from_proto(items: Iterable[common_pb2.Resource]) -> Resources:
+    return Resources.from_items(
+        (r.name, r.reservation_role, r.scalar, [(rg.begin, rg.end) for rg in r.ranges]) for r in items
+    )
+
+
+def _labels(mapping: Mapping[str, str]) -> list[common_pb2.Label]:
+    return [common_pb2.Label(key=k, value=v) for k, v in mapping.items()]
+
+
+def _mapping(labels: Iterable[common_pb2.Label]) -> dict[str, str]:
+    return {label.key: label.value for label in labels}
+
+
+def info_to_proto(info: FrameworkInfo) -> common_pb2.FrameworkInfo:
+    return common_pb2.FrameworkInfo(
+        framework_id=info.framework_id, name=info.name, principal=info.principal, roles=list(info.roles),
+        failover_timeout_seconds=info.failover_timeout, partition_aware=info.partition_aware,
+        user=info.user, hostname=info.hostname,
+    )
+
+
+def info_from_proto(msg: common_pb2.FrameworkInfo) -> FrameworkInfo:
+    return FrameworkInfo(
+        framework_id=msg.framework_id, name=msg.name, principal=msg.principal, roles=tuple(msg.roles),
+        failover_timeout=msg.failover_timeout_seconds, partition_aware=msg.partition_aware,
+        user=msg.user, hostname=msg.hostname,
+    )
+
+
+def offer_to_proto(offer: Offer) -> common_pb2.Offer:
+    return common_pb2.Offer(
+        offer_id=offer.offer_id, framework_id=offer.framework_id, agent_id=offer.agent_id,
+        hostname=offer.hostname, role=offer.role, resources=resources_to_proto(offer.resources),
+        attributes=_labels(offer.attributes), expires_at=offer.expires_at,
+    )
+
+
+def offer_from_proto(msg: common_pb2.Offer) -> Offer:
+    return Offer(
+        offer_id=msg.offer_id, framework_id=msg.framework_id, agent_id=msg.agent_id, hostname=msg.hostname,
+        role=msg.role, resources=resources_from_proto(msg.resources), attributes=_mapping(msg.attributes),
+        expires_at=msg.expires_at,
+    )
+
+
+def task_to_proto(task: TaskInfo) -> common_pb2.TaskInfo:
+    if isinstance(task.command, str):
+        command = common_pb2.CommandInfo(shell=True, value=task.command)
+    else:
+        # argv form: `value` is the program, `arguments` what follows it (argv[1:]), as the agent runs it.
+        command = common_pb2.CommandInfo(shell=False, value=task.command[0], arguments=list(task.command[1:]))
+    command.environment.extend(_labels(task.env))
+    command.working_dir = task.working_dir
+    command.user = task.user
+    return common_pb2.TaskInfo(
+        task_id=task.task_id, name=task.name, agent_id=task.agent_id,
+        resources=resources_to_proto(task.resources), command=command,
+        kill_grace_period_seconds=task.kill_grace_period, labels=_labels(task.labels),
+    )
+
+
+def task_from_proto(msg: common_pb2.TaskInfo) -> TaskInfo:
+    cmd = msg.command
+    command: str | tuple[str, ...] = cmd.value if cmd.shell else (cmd.value, *cmd.arguments)
+    return TaskInfo(
+        task_id=msg.task_id, name=msg.name, agent_id=msg.agent_id, resources=resources_from_proto(msg.resources),
+        command=command, env=_mapping(cmd.environment), kill_grace_period=msg.kill_grace_period_seconds,
+        labels=_mapping(msg.labels), working_dir=cmd.working_dir, user=cmd.user,
+    )
+
+
+def status_to_proto(status: TaskStatus) -> common_pb2.TaskStatus:
+    msg = common_pb2.TaskStatus(
+        task_id=status.task_id, state=common_pb2.TaskState.ValueType(int(status.state)), message=status.message,
+        reason=status.reason, agent_id=status.agent_id, uuid=status.uuid, timestamp=status.timestamp,
+        framework_id=status.framework_id,
+    )
+    if status.exit_code is not None:
+        msg.exit_code = status.exit_code
+    return msg
+
+
+def status_from_proto(msg: common_pb2.TaskStatus) -> TaskStatus:
+    try:
+        state = TaskState(msg.state)
+    except ValueError:
+        state = TaskState.TASK_STATE_UNKNOWN  # a state added after this SDK was built
+    return TaskStatus(
+        task_id=msg.task_id, state=state, message=msg.message, reason=msg.reason,
+        exit_code=msg.exit_code if msg.HasField("exit_code") else None, agent_id=msg.agent_id,
+        uuid=msg.uuid, timestamp=msg.timestamp, framework_id=msg.framework_id,
+    )
+
+
+def _filters_to_proto(filters: Filters | None) -> common_pb2.Filters:
+    return common_pb2.Filters(refuse_seconds=filters.refuse_seconds if filters is not None else 0.0)
+
+
+def _filters_from_proto(msg: common_pb2.Filters) -> Filters | None:
+    return Filters(msg.refuse_seconds) if msg.refuse_seconds > 0 else None
+
+
+def operation_to_proto(op: Operation) -> scheduler_pb2.Operation:
+    if isinstance(op, Launch):
+        return scheduler_pb2.Operation(type=scheduler_pb2.Operation.LAUNCH,
+                                       tasks=[task_to_proto(t) for t in op.tasks])
+    kind = scheduler_pb2.Operation.RESERVE if isinstance(op, Reserve) else scheduler_pb2.Operation.UNRESERVE
+    return scheduler_pb2.Operation(type=kind, resources=resources_to_proto(op.resources))
+
+
+def operation_from_proto(msg: scheduler_pb2.Operation) -> Operation:
+    if msg.type == scheduler_pb2.Operation.LAUNCH:
+        return Launch(tuple(task_from_proto(t) for t in msg.tasks))
+    if msg.type == scheduler_pb2.Operation.RESERVE:
+        return Reserve(resources_from_proto(msg.resources))
+    if msg.type == scheduler_pb2.Operation.UNRESERVE:
+        return Unreserve(resources_from_proto(msg.resources))
+    raise InvalidRequest(f"operations[].type: unknown operation type {msg.type}")
+
+
+# ---- events -------------------------------------------------------------------------------------------
+
+
+def event_to_proto(event: Event) -> scheduler_pb2.SchedulerEvent:
+    E = scheduler_pb2.SchedulerEvent
+    if isinstance(event, SubscribedEvent):
+        return E(subscribed=scheduler_pb2.Subscribed(
+            framework_id=event.framework_id, stream_id=event.stream_id,
+            heartbeat_interval_seconds=event.heartbeat_interval_seconds, master=event.master))
+    if isinstance(event, OffersEvent):
+        return E(offers=scheduler_pb2.Offers(offers=[offer_to_proto(o) for o in event.offers]))
+    if isinstance(event, RescindEvent):
+        return E(rescind=scheduler_pb2.Rescind(offer_id=event.offer_id))
+    if isinstance(event, UpdateEvent):
+        return E(update=scheduler_pb2.Update(status=status_to_proto(event.status)))
+    if isinstance(event, MessageEvent):
+        return E(message=scheduler_pb2.FrameworkMessage(agent_id=event.agent_id, data=event.data))
+    if isinstance(event, HeartbeatEvent):
+        return E(heartbeat=scheduler_pb2.Heartbeat())
+    return E(error=scheduler_pb2.Error(message=event.message))
+
+
+def event_from_proto(msg: scheduler_pb2.SchedulerEvent) -> Event | None:
+    """The SDK event, or None for a kind this SDK does not know (newer master): skipped."""
+    kind = msg.WhichOneof("kind")
+    if kind == "subscribed":
+        s = msg.subscribed
+        return SubscribedEvent(s.framework_id, s.stream_id, s.heartbeat_interval_seconds, s.master)
+    if kind == "offers":
+        return OffersEvent(tuple(offer_from_proto(o) for o in msg.offers.offers))
+    if kind == "rescind":
+        return RescindEvent(msg.rescind.offer_id)
+    if kind == "update":
+        return UpdateEvent(status_from_proto(msg.update.status))
+    if kind == "message":
+        return MessageEvent(msg.message.agent_id, msg.message.data)
+    if kind == "heartbeat":
+        return HeartbeatEvent()
+    if kind == "error":
+        return ErrorEvent(msg.error.message)
+    return None
+
+
+# ---- calls --------------------------------------------------------------------------------------------
+
+CallRequest: TypeAlias = (
+    scheduler_pb2.AcceptRequest | scheduler_pb2.DeclineRequest | scheduler_pb2.ReviveRequest
+    | scheduler_pb2.SuppressRequest | scheduler_pb2.KillRequest | scheduler_pb2.AcknowledgeRequest
+    | scheduler_pb2.ReconcileRequest | scheduler_pb2.TeardownRequest | scheduler_pb2.MessageRequest
+)
+
+
+def header_to_proto(header: CallHeader) -> scheduler_pb2.CallHeader:
+    return scheduler_pb2.CallHeader(framework_id=header.framework_id, stream_id=header.stream_id,
+                                    request_id=header.request_id)
+
+
+def header_from_proto(msg: scheduler_pb2.CallHeader) -> CallHeader:
+    return CallHeader(msg.framework_id, msg.stream_id, msg.request_id)
+
+
+def call_to_proto(header: CallHeader, call: Call) -> tuple[str, CallRequest]:
+    """(the Scheduler method name, its request) for a call."""
+    h = header_to_proto(header)
+    if isinstance(call, AcceptCall):
+        return "Accept", scheduler_pb2.AcceptRequest(
+            header=h, offer_ids=list(call.offer_ids), operations=[operation_to_proto(o) for o in call.operations],
+            filters=_filters_to_proto(call.filters))
+    if isinstance(call, DeclineCall):
+        return "Decline", scheduler_pb2.DeclineRequest(header=h, offer_ids=list(call.offer_ids),
+                                                       filters=_filters_to_proto(call.filters))
+    if isinstance(call, ReviveCall):
+        return "Revive", scheduler_pb2.ReviveRequest(header=h, roles=list(call.roles))
+    if isinstance(call, SuppressCall):
+        return "Suppress", scheduler_pb2.SuppressRequest(header=h, roles=list(call.roles))
+    if isinstance(call, KillCall):
+        return "Kill", scheduler_pb2.KillRequest(header=h, task_id=call.task_id,
+                                                 grace_period_seconds=call.grace_period_seconds)
+    if isinstance(call, AcknowledgeCall):
+        return "Acknowledge", scheduler_pb2.AcknowledgeRequest(header=h, task_id=call.task_id,
+                                                               agent_id=call.agent_id, uuid=call.uuid)
+    if isinstance(call, ReconcileCall):
+        return "Reconcile", scheduler_pb2.ReconcileRequest(header=h, task_ids=list(call.task_ids))
+    if isinstance(call, TeardownCall):
+        return "Teardown", scheduler_pb2.TeardownRequest(header=h)
+    return "Message", scheduler_pb2.MessageRequest(header=h, agent_id=call.agent_id, data=call.data)
+
+
+def call_from_proto(request: CallRequest) -> tuple[CallHeader, Call]:
+    header = header_from_proto(request.header)
+    call: Call
+    if isinstance(request, scheduler_pb2.AcceptRequest):
+        call = AcceptCall(tuple(request.offer_ids), tuple(operation_from_proto(o) for o in request.operations),
+                          _filters_from_proto(request.filters))
+    elif isinstance(request, scheduler_pb2.DeclineRequest):
+        call = DeclineCall(tuple(request.offer_ids), _filters_from_proto(request.filters))
+    elif isinstance(request, scheduler_pb2.ReviveRequest):
+        call = ReviveCall(tuple(request.roles))
+    elif isinstance(request, scheduler_pb2.SuppressRequest):
+        call = SuppressCall(tuple(request.roles))
+    elif isinstance(request, scheduler_pb2.KillRequest):
+        call = KillCall(request.task_id, request.grace_period_seconds)
+    elif isinstance(request, scheduler_pb2.AcknowledgeRequest):
+        call = AcknowledgeCall(request.task_id, request.agent_id, request.uuid)
+    elif isinstance(request, scheduler_pb2.ReconcileRequest):
+        call = ReconcileCall(tuple(request.task_ids))
+    elif isinstance(request, scheduler_pb2.TeardownRequest):
+        call = TeardownCall()
+    else:
+        call = MessageCall(request.agent_id, request.data)
+    return header, call

@@ -1,0 +1,294 @@
+"""The asyncio scheduler driver: `AsyncSchedulerDriver`, the same session as `SchedulerDriver`.
+
+    driver = AsyncSchedulerDriver(MyScheduler(), FrameworkInfo(name="svc"), ["m1:5050"])
+    await driver.run()      # or: await driver.start(); ...; await driver.join(); await driver.stop()
+
+Callbacks (`AsyncScheduler`) run on the event loop, one at a time and in order; each may be a coroutine
+(awaited before the next event is delivered) or a plain function. Calls are coroutines with the same
+retry rules as the blocking driver. The subscription itself is kept by the shared `StreamRunner` thread
+(transports are blocking); it hands events to the loop with `call_soon_threadsafe`, and transport calls
+run in the loop's default executor, so nothing here blocks the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from sdk._shell import DriverBase, OfferRefs, StreamRunner
+from sdk.errors import DriverStopped, TesseraError
+from sdk.protocol import AcknowledgeCall, Call, CallResult, TeardownCall
+from sdk.scheduler import AsyncScheduler
+from sdk.session import (
+    Effect,
+    NotifyDisconnected,
+    NotifyError,
+    NotifyMessage,
+    NotifyOffers,
+    NotifyRescinded,
+    NotifySubscribed,
+    NotifyUpdate,
+)
+from sdk.types import Filters, FrameworkInfo, Launch, Operation, TaskInfo, TaskStatus
+
+log = logging.getLogger("sdk.driver")
+
+
+class AsyncSchedulerDriver(DriverBase):
+    """Connects an `AsyncScheduler` to the masters; takes the options of `SchedulerDriver`."""
+
+    def __init__(self, scheduler: AsyncScheduler, framework: FrameworkInfo, masters: Sequence[str] | str,
+                 **options: Any) -> None:
+        super().__init__(framework, masters, **options)
+        self.scheduler = scheduler
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._effects: asyncio.Queue[list[Effect] | None] | None = None
+        self._runner: StreamRunner | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._changed: asyncio.Event | None = None
+        self._stopped = threading.Event()
+        self._stop_pending = False
+        self._stop_requested: asyncio.Event | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------------------
+    async def start(self) -> AsyncSchedulerDriver:
+        """Subscribe in the background and start delivering callbacks; returns at once."""
+        if self._loop is not None:
+            raise DriverStopped("a driver starts once; build a new one to subscribe again")
+        loop = self._loop = asyncio.get_running_loop()
+        effects: asyncio.Queue[list[Effect] | None] = asyncio.Queue()
+        self._effects = effects
+        self._changed = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+
+        # The runner thread may outlive a loop that was closed under it: then there is no one to tell.
+        def post(items: list[Effect]) -> None:
+            try:
+                loop.call_soon_threadsafe(effects.put_nowait, items)
+            except RuntimeError:
+                pass
+
+        def changed() -> None:
+            try:
+                loop.call_soon_threadsafe(self._wake)
+            except RuntimeError:
+                pass
+
+        self._runner = StreamRunner(self._session, self._transport, self._lock, post, on_change=changed)
+        self._task = loop.create_task(self._dispatch(), name="tessera-callbacks")
+        self._runner.start()
+        return self
+
+    async def join(self) -> None:
+        """Wait until the driver stopped (by `stop`, `teardown` or a final `error`)."""
+        if self._task is None:
+            raise DriverStopped("start the driver first")
+        if self._task is asyncio.current_task():
+            raise RuntimeError("join() from a callback would wait for itself; call stop() and return")
+        await asyncio.shield(self._task)
+
+    async def run(self) -> None:
+        await self.start()
+        await self.join()
+
+    async def stop(self) -> None:
+        """Disconnect; no callback is delivered after this returns (except the one running now).
+
+        Called from a callback, it takes effect when that callback returns (see `SchedulerDriver.stop`)."""
+        if self._task is not None and asyncio.current_task() is self._task:
+            self._stop_pending = True
+            return
+        self._shut()
+
+    def _shut(self) -> None:
+        with self._lock:
+            self._session.stop()
+            self._lock.notify_all()
+        self._stopped.set()
+        if self._runner is not None:
+            self._runner.stop()
+        if self._effects is not None:
+            self._effects.put_nowait(None)
+        if self._stop_requested is not None:
+            self._stop_requested.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    # ---- callbacks ------------------------------------------------------------------------------------
+    async def _dispatch(self) -> None:
+        assert self._effects is not None and self._runner is not None
+        try:
+            while True:
+                effects = await self._effects.get()
+                if effects is None:
+                    return
+                for effect in effects:
+                    if isinstance(effect, NotifyError):
+                        await self._callback("error", self.scheduler.error, self, effect.message)
+                        return
+                    if self._stopped.is_set():
+                        break
+                    await self._deliver(effect)
+                    if self._stop_pending:
+                        self._shut()
+                        break
+        finally:
+            self._stopped.set()
+            with self._lock:
+                self._session.stop()
+                self._lock.notify_all()
+            self._wake()
+            self._runner.stop()
+            await asyncio.get_running_loop().run_in_executor(None, self._runner.join, 5.0)
+            self._close_transport()
+
+    async def _deliver(self, effect: Effect) -> None:
+        s = self.scheduler
+        if isinstance(effect, NotifySubscribed):
+            await self._callback("subscribed", s.subscribed, self, effect.framework_id)
+        elif isinstance(effect, NotifyOffers):
+            await self._callback("offers", s.offers, self, list(effect.offers))
+        elif isinstance(effect, NotifyRescinded):
+            await self._callback("rescinded", s.rescinded, self, effect.offer_id)
+        elif isinstance(effect, NotifyUpdate):
+            ok = await self._callback("update", s.update, self, effect.status)
+            if ok and effect.acknowledge is not None:
+                await self._send_acknowledgement(effect.acknowledge)
+        elif isinstance(effect, NotifyMessage):
+            await self._callback("message", s.message, self, effect.agent_id, effect.data)
+        elif isinstance(effect, NotifyDisconnected):
+            await self._callback("disconnected", s.disconnected, self)
+
+    @staticmethod
+    async def _callback(name: str, fn: Callable[..., Any], *args: Any) -> bool:
+        try:
+            result = fn(*args)
+            if inspect.isawaitable(result):
+                await result
+            return True
+        except Exception:  # noqa: BLE001 - a scheduler bug must not kill the driver (documented)
+            log.exception("scheduler callback %s raised", name)
+            return False
+
+    async def _send_acknowledgement(self, ack: AcknowledgeCall) -> None:
+        try:
+            await self._call(ack)
+        except DriverStopped:
+            log.debug("update %s of task %s not acknowledged: the driver stopped", ack.uuid, ack.task_id)
+        except TesseraError as exc:
+            log.warning("acknowledging update %s of task %s failed: %s", ack.uuid, ack.task_id, exc)
+
+    # ---- calls ----------------------------------------------------------------------------------------
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake up at once when the driver is stopped."""
+        assert self._stop_requested is not None
+        try:
+            await asyncio.wait_for(self._stop_requested.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def _call(self, call: Call) -> CallResult:
+        what = type(call).__name__.removesuffix("Call").lower()
+        if self._loop is None or self._runner is None:
+            raise DriverStopped(f"{what}: start the driver first")
+        loop = asyncio.get_running_loop()
+        request_id = self._new_request_id()
+        deadline = loop.time() + self.call_timeout
+        attempt = 0
+        while True:
+            while True:
+                changed = self._changed
+                with self._lock:
+                    target = self._header_or_none(request_id)
+                if target is not None:
+                    break
+                remaining = deadline - loop.time()
+                if remaining <= 0 or changed is None:
+                    raise self._not_subscribed(what)
+                try:
+                    await asyncio.wait_for(changed.wait(), remaining)
+                except TimeoutError:
+                    pass
+            address, header = target
+            timeout = max(0.001, min(self.rpc_timeout, deadline - loop.time()))
+            try:
+                return await loop.run_in_executor(None, self._transport.call, address, header, call, timeout)
+            except TesseraError as err:
+                with self._lock:
+                    decision = self._session.on_call_error(err, header.stream_id, attempt)
+                if not decision.retry or loop.time() + decision.delay >= deadline:
+                    raise
+                log.debug("%s attempt %d failed (%s); retrying", what, attempt, err)
+                if decision.reconnect:
+                    self._runner.kick()
+                if decision.delay > 0:
+                    await self._pause(decision.delay)
+                attempt += 1
+
+    async def accept(self, offers: OfferRefs, operations: Iterable[Operation | TaskInfo] = (),
+                     filters: Filters | None = None) -> None:
+        """See `SchedulerDriver.accept`."""
+        call = self._accept_call(offers, operations, filters)
+        await self._call(call)
+        with self._lock:
+            self._session.forget_offers(call.offer_ids)
+
+    async def launch(self, offers: OfferRefs, tasks: Iterable[TaskInfo], filters: Filters | None = None) -> None:
+        await self.accept(offers, [Launch(tuple(tasks))], filters)
+
+    async def decline(self, offers: OfferRefs, filters: Filters | None = None) -> None:
+        call = self._decline_call(offers, filters)
+        await self._call(call)
+        with self._lock:
+            self._session.forget_offers(call.offer_ids)
+
+    async def revive(self, roles: Sequence[str] | str = ()) -> None:
+        await self._call(self._revive_call(roles))
+
+    async def suppress(self, roles: Sequence[str] | str = ()) -> None:
+        await self._call(self._suppress_call(roles))
+
+    async def kill(self, task_id: str, grace: float | None = None) -> None:
+        await self._call(self._kill_call(task_id, grace))
+
+    async def reconcile(self, task_ids: Sequence[str] | str = ()) -> list[TaskStatus]:
+        """See `SchedulerDriver.reconcile`."""
+        return list(await self._call(self._reconcile_call(task_ids)))
+
+    async def acknowledge(self, status: TaskStatus) -> None:
+        with self._lock:
+            ack = self._session.acknowledgement(status)
+        if ack is not None:
+            await self._call(ack)
+
+    async def message(self, agent_id: str, data: bytes) -> None:
+        await self._call(self._message_call(agent_id, data))
+
+    async def teardown(self) -> None:
+        """End the framework (the master kills its tasks) and stop the driver."""
+        with self._lock:
+            self._session.begin_teardown()
+        try:
+            await self._call(TeardownCall())
+        except DriverStopped:
+            with self._lock:
+                done = self._session.torn_down
+                self._session.end_teardown(done)
+            if not done:
+                raise
+        except BaseException:
+            with self._lock:
+                self._session.end_teardown(False)
+            raise
+        else:
+            with self._lock:
+                self._session.end_teardown(True)
+        await self.stop()

@@ -1,0 +1,291 @@
+"""The blocking scheduler driver: `SchedulerDriver`.
+
+    driver = SchedulerDriver(MyScheduler(), FrameworkInfo(name="batch"), ["m1:5050", "m2:5050"])
+    driver.run()            # or: driver.start(); ...; driver.join(); and driver.stop() from anywhere
+
+Threads: one keeps the subscription (connect, read, reconnect: `sdk._shell.StreamRunner`), one runs the
+scheduler's callbacks, one at a time and in order. Calls (`launch`, `decline`, `kill`...) block the
+calling thread until the master answered; they may be made from callbacks or from any other thread.
+A call made while the driver is reconnecting waits for the new subscription, and a call that fails with
+`NotLeader`/`Unavailable` (or on a stream replaced meanwhile) is sent again with the same request id
+until `call_timeout` runs out; other errors are raised at once as `sdk.errors` classes.
+
+`stop()` closes the connection and leaves the framework registered: the master keeps its tasks for
+`failover_timeout`, and a new driver built with the same framework id takes them over. `teardown()`
+ends the framework (the master kills its tasks) and stops the driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+from sdk._shell import DriverBase, OfferRefs, StreamRunner
+from sdk.errors import DriverStopped, TesseraError
+from sdk.protocol import AcknowledgeCall, Call, CallResult, TeardownCall
+from sdk.scheduler import Scheduler
+from sdk.session import (
+    Effect,
+    NotifyDisconnected,
+    NotifyError,
+    NotifyMessage,
+    NotifyOffers,
+    NotifyRescinded,
+    NotifySubscribed,
+    NotifyUpdate,
+)
+from sdk.types import Filters, FrameworkInfo, Launch, Operation, TaskInfo, TaskStatus
+
+log = logging.getLogger("sdk.driver")
+
+
+class SchedulerDriver(DriverBase):
+    """Connects a `Scheduler` to the masters. See the module docstring; keyword arguments:
+
+    - `transport`: how to reach masters (default: gRPC; `sdk.testing.FakeMaster.transport()` in tests)
+    - `implicit_acknowledgements` (True): acknowledge each update after `update()` returned; when
+      False the scheduler calls `driver.acknowledge(status)` itself
+    - `call_timeout` (30 s): how long one call may keep retrying; `rpc_timeout` (10 s) bounds one attempt
+    - `give_up_after` (None = never): stop with `error()` when no subscription succeeds for that long
+    - `backoff`, `subscribe_timeout`, `random`, `request_ids`: reconnection tuning and test hooks
+    """
+
+    def __init__(self, scheduler: Scheduler, framework: FrameworkInfo, masters: Sequence[str] | str,
+                 **options: Any) -> None:
+        super().__init__(framework, masters, **options)
+        self.scheduler = scheduler
+        self._effects: queue.Queue[list[Effect] | None] = queue.Queue()
+        self._runner = StreamRunner(self._session, self._transport, self._lock, self._effects.put)
+        self._dispatcher = threading.Thread(target=self._dispatch, name="tessera-callbacks", daemon=True)
+        self._started = False
+        self._stopped = threading.Event()
+        self._stop_pending = False
+        self._done = threading.Event()
+
+    # ---- lifecycle ------------------------------------------------------------------------------------
+    def start(self) -> SchedulerDriver:
+        """Subscribe in the background and start delivering callbacks; returns at once."""
+        with self._lock:
+            if self._started:
+                raise DriverStopped("a driver starts once; build a new one to subscribe again")
+            self._started = True
+        self._dispatcher.start()
+        self._runner.start()
+        return self
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the driver stopped (by `stop`, `teardown` or a final `error`); False on timeout."""
+        if threading.current_thread() is self._dispatcher:
+            raise RuntimeError("join() from a callback would wait for itself; call stop() and return")
+        return self._done.wait(timeout)
+
+    def run(self) -> None:
+        """`start()` then `join()`; Ctrl-C stops the driver (the framework stays for failover)."""
+        self.start()
+        try:
+            while not self.join(0.5):
+                pass
+        except KeyboardInterrupt:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Disconnect; no callback is delivered after this returns (except the one running now).
+
+        Called from a callback, it takes effect when that callback returns, so the update being
+        handled is still acknowledged and calls made before returning still go out."""
+        if threading.current_thread() is self._dispatcher:
+            self._stop_pending = True
+            return
+        self._shut()
+
+    def _shut(self) -> None:
+        with self._lock:
+            self._session.stop()
+            self._lock.notify_all()
+        self._stopped.set()
+        self._runner.stop()
+        self._effects.put(None)
+        if not self._started:
+            self._done.set()
+
+    def __enter__(self) -> SchedulerDriver:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+        if threading.current_thread() is not self._dispatcher:
+            self.join(10.0)
+
+    # ---- callbacks ------------------------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        try:
+            while True:
+                effects = self._effects.get()
+                if effects is None:
+                    return
+                for effect in effects:
+                    if isinstance(effect, NotifyError):
+                        self._callback("error", self.scheduler.error, self, effect.message)
+                        return
+                    if self._stopped.is_set():
+                        break
+                    self._deliver(effect)
+                    if self._stop_pending:
+                        self._shut()
+                        break
+        finally:
+            self._stopped.set()
+            with self._lock:
+                self._session.stop()
+                self._lock.notify_all()
+            self._runner.stop()
+            self._runner.join(5.0)
+            self._close_transport()
+            self._done.set()
+
+    def _deliver(self, effect: Effect) -> None:
+        s = self.scheduler
+        if isinstance(effect, NotifySubscribed):
+            self._callback("subscribed", s.subscribed, self, effect.framework_id)
+        elif isinstance(effect, NotifyOffers):
+            self._callback("offers", s.offers, self, list(effect.offers))
+        elif isinstance(effect, NotifyRescinded):
+            self._callback("rescinded", s.rescinded, self, effect.offer_id)
+        elif isinstance(effect, NotifyUpdate):
+            if self._callback("update", s.update, self, effect.status) and effect.acknowledge is not None:
+                self._send_acknowledgement(effect.acknowledge)
+        elif isinstance(effect, NotifyMessage):
+            self._callback("message", s.message, self, effect.agent_id, effect.data)
+        elif isinstance(effect, NotifyDisconnected):
+            self._callback("disconnected", s.disconnected, self)
+
+    @staticmethod
+    def _callback(name: str, fn: Any, *args: Any) -> bool:
+        try:
+            fn(*args)
+            return True
+        except Exception:  # noqa: BLE001 - a scheduler bug must not kill the driver (documented)
+            log.exception("scheduler callback %s raised", name)
+            return False
+
+    def _send_acknowledgement(self, ack: AcknowledgeCall) -> None:
+        try:
+            self._call(ack)
+        except DriverStopped:
+            log.debug("update %s of task %s not acknowledged: the driver stopped", ack.uuid, ack.task_id)
+        except TesseraError as exc:
+            # Not fatal: the master re-sends unacknowledged updates after the next subscription.
+            log.warning("acknowledging update %s of task %s failed: %s", ack.uuid, ack.task_id, exc)
+
+    # ---- calls ----------------------------------------------------------------------------------------
+    def _call(self, call: Call) -> CallResult:
+        what = type(call).__name__.removesuffix("Call").lower()
+        with self._lock:
+            if not self._started:
+                raise DriverStopped(f"{what}: start the driver first")
+        request_id = self._new_request_id()
+        deadline = time.monotonic() + self.call_timeout
+        attempt = 0
+        while True:
+            with self._lock:
+                target = self._header_or_none(request_id)
+                while target is None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise self._not_subscribed(what)
+                    self._lock.wait(remaining)
+                    target = self._header_or_none(request_id)
+            address, header = target
+            timeout = max(0.001, min(self.rpc_timeout, deadline - time.monotonic()))
+            try:
+                return self._transport.call(address, header, call, timeout)
+            except TesseraError as err:
+                with self._lock:
+                    decision = self._session.on_call_error(err, header.stream_id, attempt)
+                if not decision.retry or time.monotonic() + decision.delay >= deadline:
+                    raise
+                log.debug("%s attempt %d failed (%s); retrying", what, attempt, err)
+                if decision.reconnect:
+                    self._runner.kick()
+                if decision.delay > 0:
+                    self._stopped.wait(decision.delay)
+                attempt += 1
+
+    def accept(self, offers: OfferRefs, operations: Iterable[Operation | TaskInfo] = (),
+               filters: Filters | None = None) -> None:
+        """Use offers (ids or `Offer`s, all on one agent): `Launch`, `Reserve`, `Unreserve` operations,
+        or bare `TaskInfo`s (launched together). What is left returns to the pool, refused to this
+        framework for `filters.refuse_seconds` when filters are given."""
+        call = self._accept_call(offers, operations, filters)
+        self._call(call)
+        with self._lock:
+            self._session.forget_offers(call.offer_ids)
+
+    def launch(self, offers: OfferRefs, tasks: Iterable[TaskInfo], filters: Filters | None = None) -> None:
+        """`accept(offers, [Launch(tasks)], filters)`."""
+        self.accept(offers, [Launch(tuple(tasks))], filters)
+
+    def decline(self, offers: OfferRefs, filters: Filters | None = None) -> None:
+        """Give offers back; their agents are not offered again for `filters.refuse_seconds`
+        (the master's default, 5 s, without filters)."""
+        call = self._decline_call(offers, filters)
+        self._call(call)
+        with self._lock:
+            self._session.forget_offers(call.offer_ids)
+
+    def revive(self, roles: Sequence[str] | str = ()) -> None:
+        """Ask for offers again (all roles when none named) and clear decline filters."""
+        self._call(self._revive_call(roles))
+
+    def suppress(self, roles: Sequence[str] | str = ()) -> None:
+        """Stop receiving offers (all roles when none named) until `revive`."""
+        self._call(self._suppress_call(roles))
+
+    def kill(self, task_id: str, grace: float | None = None) -> None:
+        """Kill a task: SIGTERM, `grace` seconds (default: the task's own), SIGKILL."""
+        self._call(self._kill_call(task_id, grace))
+
+    def reconcile(self, task_ids: Sequence[str] | str = ()) -> list[TaskStatus]:
+        """The master's latest status of the named tasks (explicit), or of all the framework's tasks
+        (implicit, when none are named). A task the master does not know comes back TASK_LOST.
+        These statuses are answers, not updates: they are not delivered to `update()`."""
+        return list(self._call(self._reconcile_call(task_ids)))
+
+    def acknowledge(self, status: TaskStatus) -> None:
+        """Acknowledge an update (only with `implicit_acknowledgements=False`)."""
+        with self._lock:
+            ack = self._session.acknowledgement(status)
+        if ack is not None:
+            self._call(ack)
+
+    def message(self, agent_id: str, data: bytes) -> None:
+        """Send a framework message to an agent."""
+        self._call(self._message_call(agent_id, data))
+
+    def teardown(self) -> None:
+        """End the framework: the master kills its tasks and forgets it. Stops the driver."""
+        with self._lock:
+            self._session.begin_teardown()
+        try:
+            self._call(TeardownCall())
+        except DriverStopped:
+            with self._lock:
+                done = self._session.torn_down
+                self._session.end_teardown(done)
+            if not done:
+                raise
+        except BaseException:
+            with self._lock:
+                self._session.end_teardown(False)
+            raise
+        else:
+            with self._lock:
+                self._session.end_teardown(True)
+        self.stop()

@@ -1,0 +1,130 @@
+"""The transport to real masters: `tessera.v1.Scheduler` over gRPC.
+
+One channel per master address, opened lazily and kept. A subscription is a server-streaming call read
+by a small pump thread into a queue, which is what gives `EventStream.next` its timeout. Status codes
+become `sdk.errors` classes through `sdk.errors.error_for_status` (with the `tessera-leader` trailing
+metadata as the leader hint); the transport never retries.
+
+Credentials: insecure channels by default (a local development cluster); pass `credentials`
+(`grpc.ssl_channel_credentials(...)`) for mTLS and `token` for the bearer token of the framework's
+principal.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from sdk._convert import call_to_proto, event_from_proto, info_to_proto, status_from_proto
+from sdk.errors import TesseraError, error_for_status
+from sdk.protocol import Call, CallHeader, CallResult, Event
+from sdk.transport import StreamEnded
+from sdk.types import FrameworkInfo
+from tessera.v1 import scheduler_pb2, scheduler_pb2_grpc
+
+LEADER_METADATA_KEY = "tessera-leader"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def error_from_rpc(err: grpc.RpcError) -> TesseraError:
+    """The SDK error for a failed gRPC call (the one gRPC-specific half of the mapping)."""
+    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    details = err.details() if hasattr(err, "details") else str(err)
+    trailers = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+    hint = None
+    for key, value in trailers or ():
+        if key == LEADER_METADATA_KEY and value:
+            hint = value.decode() if isinstance(value, bytes) else str(value)
+    return error_for_status(code.name if code is not None else "UNKNOWN", details or "", hint)
+
+
+class _End:
+    def __init__(self, error: TesseraError | None) -> None:
+        self.error = error
+
+
+class GrpcEventStream:
+    """One Subscribe call; `next` reads what the pump thread queued."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._queue: queue.Queue[Event | _End] = queue.Queue()
+        self._cancelled = threading.Event()
+        self._end: _End | None = None
+        self._pump = threading.Thread(target=self._run, name="tessera-grpc-stream", daemon=True)
+        self._pump.start()
+
+    def _run(self) -> None:
+        try:
+            for msg in self._call:
+                event = event_from_proto(msg)
+                if event is not None:
+                    self._queue.put(event)
+            self._queue.put(_End(None))
+        except grpc.RpcError as err:
+            self._queue.put(_End(None if self._cancelled.is_set() else error_from_rpc(err)))
+        except TesseraError as exc:  # a malformed event: end this stream; the driver subscribes again
+            self._call.cancel()
+            self._queue.put(_End(exc))
+
+    def next(self, timeout: float | None) -> Event | None:
+        if self._end is not None:
+            raise StreamEnded(self._end.error)
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if isinstance(item, _End):
+            self._end = item
+            raise StreamEnded(item.error)
+        return item
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        self._call.cancel()
+
+
+class GrpcTransport:
+    def __init__(self, *, credentials: grpc.ChannelCredentials | None = None, token: str | None = None,
+                 options: Sequence[tuple[str, Any]] = ()) -> None:
+        self._credentials = credentials
+        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+        self._options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), *options]
+        self._channels: dict[str, grpc.Channel] = {}
+        self._lock = threading.Lock()
+
+    def _stub(self, address: str) -> scheduler_pb2_grpc.SchedulerStub:
+        with self._lock:
+            channel = self._channels.get(address)
+            if channel is None:
+                if self._credentials is not None:
+                    channel = grpc.secure_channel(address, self._credentials, options=self._options)
+                else:
+                    channel = grpc.insecure_channel(address, options=self._options)
+                self._channels[address] = channel
+        return scheduler_pb2_grpc.SchedulerStub(channel)
+
+    def subscribe(self, address: str, info: FrameworkInfo) -> GrpcEventStream:
+        request = scheduler_pb2.SubscribeRequest(info=info_to_proto(info))
+        return GrpcEventStream(self._stub(address).Subscribe(request, metadata=self._metadata))
+
+    def call(self, address: str, header: CallHeader, call: Call, timeout: float) -> CallResult:
+        method, request = call_to_proto(header, call)
+        stub = self._stub(address)
+        try:
+            response = getattr(stub, method)(request, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise error_from_rpc(err) from err
+        if isinstance(response, scheduler_pb2.ReconcileResponse):
+            return tuple(status_from_proto(s) for s in response.statuses)
+        return ()
+
+    def close(self) -> None:
+        with self._lock:
+            channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            channel.close()

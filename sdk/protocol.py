@@ -1,0 +1,133 @@
+"""The Scheduler protocol (docs/protocol.md) as SDK values, independent of any transport.
+
+Events are what the master sends on the subscription stream; calls are the unary requests a framework
+makes. A transport (`sdk.transport`) moves these values: the gRPC transport converts them to and from
+`tessera.v1.scheduler_pb2`, the in-memory transport of `sdk.testing` hands them to a fake master as
+they are. Every call travels with a `CallHeader`; retries of one logical call reuse its `request_id`,
+which is what makes them idempotent on the master.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from sdk.types import Filters, Offer, Operation, TaskStatus
+
+# ---- events (master -> framework) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubscribedEvent:
+    framework_id: str
+    stream_id: str
+    heartbeat_interval_seconds: float = 0.0
+    master: str = ""
+
+
+@dataclass(frozen=True)
+class OffersEvent:
+    offers: tuple[Offer, ...]
+
+
+@dataclass(frozen=True)
+class RescindEvent:
+    offer_id: str
+
+
+@dataclass(frozen=True)
+class UpdateEvent:
+    status: TaskStatus
+
+
+@dataclass(frozen=True)
+class MessageEvent:
+    agent_id: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class HeartbeatEvent:
+    pass
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    """The master removed the framework; the stream ends after it."""
+
+    message: str
+
+
+Event: TypeAlias = (
+    SubscribedEvent | OffersEvent | RescindEvent | UpdateEvent | MessageEvent | HeartbeatEvent | ErrorEvent
+)
+
+# ---- calls (framework -> master) --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CallHeader:
+    framework_id: str
+    stream_id: str
+    request_id: str
+
+
+@dataclass(frozen=True)
+class AcceptCall:
+    offer_ids: tuple[str, ...]
+    operations: tuple[Operation, ...]
+    filters: Filters | None = None
+
+
+@dataclass(frozen=True)
+class DeclineCall:
+    offer_ids: tuple[str, ...]
+    filters: Filters | None = None
+
+
+@dataclass(frozen=True)
+class ReviveCall:
+    roles: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SuppressCall:
+    roles: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KillCall:
+    task_id: str
+    grace_period_seconds: float = 0.0  # 0 = the task's own
+
+
+@dataclass(frozen=True)
+class AcknowledgeCall:
+    task_id: str
+    agent_id: str
+    uuid: str
+
+
+@dataclass(frozen=True)
+class ReconcileCall:
+    task_ids: tuple[str, ...] = ()  # empty = every task of the framework
+
+
+@dataclass(frozen=True)
+class TeardownCall:
+    pass
+
+
+@dataclass(frozen=True)
+class MessageCall:
+    agent_id: str
+    data: bytes
+
+
+Call: TypeAlias = (
+    AcceptCall | DeclineCall | ReviveCall | SuppressCall | KillCall | AcknowledgeCall | ReconcileCall
+    | TeardownCall | MessageCall
+)
+
+CallResult: TypeAlias = tuple[TaskStatus, ...]
+"""What a call returns: the statuses for `ReconcileCall`, nothing (an empty tuple) for the others."""

@@ -1,0 +1,430 @@
+"""The scheduler session as a state machine with no I/O: the one place where a driver decides things.
+
+Both drivers (`SchedulerDriver`, blocking, and `AsyncSchedulerDriver`) are thin shells around a
+`Session`: they open streams, read events, sleep and send calls, and ask the session what to do at
+every step. The session contains no I/O whatsoever: no sockets, threads, clocks or randomness of its
+own. Time comes in as `now` arguments, randomness through the `random` callable it is built with, and
+decisions go out as return values (an `Attempt` to make, `Effect`s to carry out, a `CallDecision`).
+It is not thread-safe; a shell serialises access with one lock.
+
+Theory of operation
+-------------------
+
+    IDLE --start--> CONNECTING --SubscribedEvent--> SUBSCRIBED
+                       ^   |                            |
+                       |   +--refused (domain error)--> FAILED <--ErrorEvent / gave up--+
+                       +------- stream ended / silent --+
+    any --stop / teardown--> STOPPED
+
+- Subscribing. `next_attempt(now)` names the master to dial, how long to wait first, and the
+  `FrameworkInfo` to subscribe with: it carries the framework id as soon as the master gave us one, so
+  every re-subscription is a failover of the same framework (its tasks survive for `failover_timeout`).
+- Choosing a master. A leader hint (the `tessera-leader` address a follower answers with, on the stream
+  or on a call) is tried next and at once; otherwise the masters are tried in turn. Two immediate hops
+  in a row are never made, so two masters with stale hints pointing at each other cannot spin.
+- Backoff. After `n` consecutive failed attempts the wait is `Backoff.delay(n)`: exponential, capped, and
+  jittered downwards by up to `jitter` of its value so that many frameworks do not reconnect in step.
+  The first attempt ever, and the first hop to a hinted leader, wait 0. A subscription resets it.
+- Failure. A subscription refused with a domain error (the framework was removed, bad info, not
+  allowed, a server bug) is final: FAILED, and the scheduler hears `error`. So is an `ErrorEvent`, and
+  so is finding no master within `give_up_after` seconds (when set). Retryable errors (`NotLeader`,
+  `Unavailable`), clean ends and silences only lead to reconnecting.
+- Liveness. While subscribing, a stream that says nothing for `subscribe_timeout` is given up; once
+  subscribed, one silent for `missed_heartbeats` heartbeat intervals is. The shell reads with
+  `read_timeout()` and reports a silence with `on_silence`.
+- Acknowledgements. With implicit acknowledgements an update with a uuid comes out as a
+  `NotifyUpdate` carrying the `AcknowledgeCall` to send once the scheduler's callback has returned
+  (not before: an update the scheduler did not process must not be acknowledged). Otherwise the
+  scheduler acknowledges with `acknowledgement(status)`.
+- Calls. `call_header(request_id)` gives the header of an attempt (only while subscribed). When an
+  attempt fails, `on_call_error` says whether to send it again with the same request id: after
+  `NotLeader` (and whether the stream must move to the hinted leader first), after `Unavailable`, and
+  after a `Conflict` that only says the call went out on a stream that has since been replaced.
+- Offers. The session remembers outstanding offers (so a task can be placed by offer id alone) and
+  forgets them when they are rescinded, used, declined, or when the stream breaks (a master rescinds
+  every offer of a disconnected framework).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import TypeAlias
+
+from sdk.errors import (
+    Conflict,
+    InvalidRequest,
+    NotLeader,
+    TesseraError,
+    Unavailable,
+)
+from sdk.protocol import (
+    AcknowledgeCall,
+    CallHeader,
+    ErrorEvent,
+    Event,
+    HeartbeatEvent,
+    MessageEvent,
+    OffersEvent,
+    RescindEvent,
+    SubscribedEvent,
+    UpdateEvent,
+)
+from sdk.types import FrameworkInfo, Offer, TaskStatus
+
+
+class Phase(Enum):
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    SUBSCRIBED = "subscribed"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with downward jitter: `delay(n)` lies in
+    `[nominal(n) * (1 - jitter), nominal(n)]` with `nominal(n) = min(maximum, initial * multiplier**n)`."""
+
+    initial: float = 0.1
+    maximum: float = 10.0
+    multiplier: float = 2.0
+    jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not (0 < self.initial <= self.maximum and math.isfinite(self.maximum)):
+            raise InvalidRequest(f"Backoff: need 0 < initial <= maximum, got {self.initial}, {self.maximum}")
+        if not (self.multiplier >= 1 and math.isfinite(self.multiplier)):
+            raise InvalidRequest(f"Backoff: multiplier must be >= 1, got {self.multiplier}")
+        if not 0 <= self.jitter <= 1:
+            raise InvalidRequest(f"Backoff: jitter must be within [0, 1], got {self.jitter}")
+
+    def nominal(self, attempt: int) -> float:
+        # Compare exponents rather than computing a huge power for a long outage.
+        if attempt <= 0:
+            return self.initial
+        if self.multiplier == 1 or attempt * math.log(self.multiplier) >= math.log(self.maximum / self.initial):
+            return self.maximum if self.multiplier > 1 else self.initial
+        return min(self.maximum, self.initial * self.multiplier**attempt)
+
+    def delay(self, attempt: int, rand: float) -> float:
+        """The wait before attempt number `attempt` (0-based), for a `rand` uniform in [0, 1)."""
+        return self.nominal(attempt) * (1.0 - self.jitter * min(max(rand, 0.0), 1.0))
+
+
+DEFAULT_BACKOFF = Backoff()
+
+
+# ---- outputs ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Subscribe at `address` after waiting `delay` seconds, with `info`."""
+
+    address: str
+    delay: float
+    info: FrameworkInfo
+
+
+@dataclass(frozen=True)
+class NotifySubscribed:
+    framework_id: str
+
+
+@dataclass(frozen=True)
+class NotifyOffers:
+    offers: tuple[Offer, ...]
+
+
+@dataclass(frozen=True)
+class NotifyRescinded:
+    offer_id: str
+
+
+@dataclass(frozen=True)
+class NotifyUpdate:
+    status: TaskStatus
+    acknowledge: AcknowledgeCall | None  # send after the callback returned normally
+
+
+@dataclass(frozen=True)
+class NotifyMessage:
+    agent_id: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class NotifyDisconnected:
+    pass
+
+
+@dataclass(frozen=True)
+class NotifyError:
+    """Final: the driver stops after the scheduler heard it."""
+
+    message: str
+
+
+Effect: TypeAlias = (
+    NotifySubscribed | NotifyOffers | NotifyRescinded | NotifyUpdate | NotifyMessage | NotifyDisconnected
+    | NotifyError
+)
+
+
+@dataclass(frozen=True)
+class CallDecision:
+    """What to do after a call attempt failed: send it again (same request id) after `delay` seconds,
+    moving the stream to the hinted leader first when `reconnect`; or give the error to the caller."""
+
+    retry: bool
+    delay: float = 0.0
+    reconnect: bool = False
+
+
+# ---- the session --------------------------------------------------------------------------------------
+
+
+class Session:
+    def __init__(
+        self,
+        info: FrameworkInfo,
+        masters: Sequence[str],
+        *,
+        random: Callable[[], float],
+        implicit_acknowledgements: bool = True,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        give_up_after: float | None = None,
+        subscribe_timeout: float = 15.0,
+        missed_heartbeats: float = 3.0,
+    ) -> None:
+        masters = list(dict.fromkeys(m for m in masters if m))
+        if not masters:
+            raise InvalidRequest("masters: give at least one master address")
+        if give_up_after is not None and not give_up_after > 0:
+            raise InvalidRequest(f"give_up_after: must be positive, got {give_up_after}")
+        if not subscribe_timeout > 0 or not missed_heartbeats > 0:
+            raise InvalidRequest("subscribe_timeout and missed_heartbeats must be positive")
+        self.info = info
+        self.masters = masters
+        self.implicit_acknowledgements = implicit_acknowledgements
+        self.backoff = backoff
+        self.give_up_after = give_up_after
+        self.subscribe_timeout = subscribe_timeout
+        self.missed_heartbeats = missed_heartbeats
+        self._random = random
+
+        self.phase = Phase.IDLE
+        self.framework_id = info.framework_id
+        self.stream_id = ""
+        self.master: str | None = None  # the address of the current subscription
+        self.heartbeat_interval = 0.0
+        self.failure: str | None = None  # why the session FAILED
+        self.subscriptions = 0  # how many times a subscription succeeded
+
+        self._offers: dict[str, Offer] = {}
+        self._hint: str | None = None
+        self._rotation = 0
+        self._failures = 0  # consecutive failed attempts
+        self._attempts = 0
+        self._last_address: str | None = None
+        self._last_was_hop = False
+        self._down_since: float | None = None
+        self._tearing_down = False
+        self.torn_down = False  # the master removed the framework at our request
+
+    # ---- lifecycle ------------------------------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        """True until the session is stopped or failed."""
+        return self.phase not in (Phase.STOPPED, Phase.FAILED)
+
+    def start(self, now: float) -> None:
+        if self.phase is not Phase.IDLE:
+            raise RuntimeError(f"a session starts once; it is {self.phase.value}")
+        self.phase = Phase.CONNECTING
+        self._down_since = now
+
+    def stop(self) -> None:
+        """The user stopped the driver, or the framework tore itself down."""
+        if self.active:
+            self.phase = Phase.STOPPED
+        self._offers.clear()
+
+    def begin_teardown(self) -> None:
+        """A teardown is on its way: the stream ending (or an ErrorEvent) is then expected, not a failure."""
+        self._tearing_down = True
+
+    def end_teardown(self, done: bool) -> None:
+        """The teardown call returned (`done`) or failed for good (the framework may still exist)."""
+        self._tearing_down = False
+        if done:
+            self.stop()
+
+    def subscribe_info(self) -> FrameworkInfo:
+        return replace(self.info, framework_id=self.framework_id)
+
+    def next_attempt(self, now: float) -> Attempt | NotifyError:
+        """Where and when to subscribe next; a `NotifyError` when it is time to give up (FAILED)."""
+        if self.phase is not Phase.CONNECTING:
+            raise RuntimeError(f"next_attempt while {self.phase.value}")
+        if self.give_up_after is not None and self._down_since is not None:
+            waited = now - self._down_since
+            if waited >= self.give_up_after:
+                message = f"no master answered at {', '.join(self.masters)} within {self.give_up_after:g} s"
+                self._fail(message)
+                return NotifyError(message)
+        hop = self._hint is not None and not self._last_was_hop
+        if self._hint is not None and (hop or self._hint != self._last_address):
+            address = self._hint
+        else:
+            address = self.masters[self._rotation % len(self.masters)]
+            self._rotation += 1
+        self._hint = None
+        if self._attempts == 0 or hop:
+            delay = 0.0
+        else:
+            delay = self.backoff.delay(self._failures, self._random())
+        if self.give_up_after is not None and self._down_since is not None:
+            # Make the last attempt at the deadline rather than sleeping past it.
+            delay = min(delay, max(0.0, self._down_since + self.give_up_after - now))
+        self._attempts += 1
+        self._last_address = address
+        self._last_was_hop = hop
+        return Attempt(address, delay, self.subscribe_info())
+
+    def read_timeout(self) -> float | None:
+        """How long the shell may wait for the next event before reporting `on_silence`."""
+        if self.phase is Phase.CONNECTING:
+            return self.subscribe_timeout
+        if self.phase is Phase.SUBSCRIBED and self.heartbeat_interval > 0:
+            return self.heartbeat_interval * self.missed_heartbeats
+        return None
+
+    # ---- the stream -----------------------------------------------------------------------------------
+    def on_event(self, event: Event, now: float) -> list[Effect]:
+        if isinstance(event, SubscribedEvent):
+            if self.phase is not Phase.CONNECTING:
+                return []
+            self.phase = Phase.SUBSCRIBED
+            self.framework_id = event.framework_id
+            self.stream_id = event.stream_id
+            self.heartbeat_interval = max(0.0, event.heartbeat_interval_seconds)
+            self.master = self._last_address
+            self.subscriptions += 1
+            self._failures = 0
+            self._down_since = None
+            self._last_was_hop = False
+            return [NotifySubscribed(event.framework_id)]
+        if self.phase is not Phase.SUBSCRIBED:
+            return []  # nothing is meaningful before Subscribed, or after we stopped listening
+        if isinstance(event, OffersEvent):
+            for offer in event.offers:
+                self._offers[offer.offer_id] = offer
+            return [NotifyOffers(event.offers)] if event.offers else []
+        if isinstance(event, RescindEvent):
+            self._offers.pop(event.offer_id, None)
+            return [NotifyRescinded(event.offer_id)]
+        if isinstance(event, UpdateEvent):
+            status = event.status
+            ack = None
+            if self.implicit_acknowledgements and status.uuid:
+                ack = AcknowledgeCall(status.task_id, status.agent_id, status.uuid)
+            return [NotifyUpdate(status, ack)]
+        if isinstance(event, MessageEvent):
+            return [NotifyMessage(event.agent_id, event.data)]
+        if isinstance(event, HeartbeatEvent):
+            return []
+        if isinstance(event, ErrorEvent):
+            self._offers.clear()
+            if self._tearing_down:
+                self.torn_down = True
+                self.stop()
+                return [NotifyDisconnected()]
+            return self._fail(f"the master ended the framework: {event.message}", disconnected=True)
+        raise TypeError(f"not a scheduler event: {event!r}")
+
+    def on_stream_ended(self, error: TesseraError | None, now: float) -> list[Effect]:
+        """The stream is over (`error` None: closed cleanly, or cancelled by the shell)."""
+        if not self.active or self.phase is Phase.IDLE:
+            return []
+        was_subscribed = self.phase is Phase.SUBSCRIBED
+        self._offers.clear()
+        if not was_subscribed and error is not None and not isinstance(error, (NotLeader, Unavailable)):
+            if self._tearing_down:
+                # Refused because the teardown we asked for went through (its answer may have been lost).
+                self.torn_down = True
+                self.stop()
+                return []
+            return self._fail(f"the master refused the subscription: {type(error).__name__}: {error}")
+        if isinstance(error, NotLeader) and error.leader_hint:
+            self._learn(error.leader_hint)
+        self.phase = Phase.CONNECTING
+        if was_subscribed:
+            self._failures = 0
+            self._down_since = now
+            return [NotifyDisconnected()]
+        self._failures += 1
+        return []
+
+    def on_silence(self, now: float) -> list[Effect]:
+        """Nothing arrived within `read_timeout()`; the shell has cancelled the stream."""
+        waited = self.read_timeout()
+        return self.on_stream_ended(Unavailable(f"no word from the master for {waited or 0:g} s"), now)
+
+    def _fail(self, message: str, *, disconnected: bool = False) -> list[Effect]:
+        self.phase = Phase.FAILED
+        self.failure = message
+        return [NotifyDisconnected(), NotifyError(message)] if disconnected else [NotifyError(message)]
+
+    def _learn(self, hint: str) -> None:
+        self._hint = hint
+        if hint not in self.masters:
+            self.masters.append(hint)  # a master added to the quorum after we started
+
+    # ---- calls ----------------------------------------------------------------------------------------
+    def call_header(self, request_id: str) -> CallHeader | None:
+        """The header of an attempt of a call, or None while not subscribed."""
+        if self.phase is not Phase.SUBSCRIBED:
+            return None
+        return CallHeader(self.framework_id, self.stream_id, request_id)
+
+    def on_call_error(self, error: TesseraError, sent_stream_id: str, attempt: int) -> CallDecision:
+        """Attempt number `attempt` (0-based) of a call, sent on `sent_stream_id`, failed with `error`."""
+        if not self.active:
+            return CallDecision(False)
+        if isinstance(error, NotLeader):
+            hint = error.leader_hint
+            move = bool(hint) and hint != self.master and self.phase is Phase.SUBSCRIBED
+            if hint:
+                self._learn(hint)
+            if move:
+                return CallDecision(True, 0.0, reconnect=True)
+            return CallDecision(True, self.backoff.delay(attempt, self._random()))
+        if isinstance(error, Unavailable):
+            return CallDecision(True, self.backoff.delay(attempt, self._random()))
+        if isinstance(error, Conflict) and sent_stream_id != self.stream_id:
+            return CallDecision(True, 0.0)  # sent on a stream that was replaced since: resend on the new one
+        return CallDecision(False)
+
+    def acknowledgement(self, status: TaskStatus) -> AcknowledgeCall | None:
+        """The call acknowledging `status` explicitly (None: nothing to acknowledge)."""
+        if self.implicit_acknowledgements:
+            raise InvalidRequest("acknowledge: this driver acknowledges updates itself; "
+                                 "create it with implicit_acknowledgements=False to do it explicitly")
+        if not status.uuid:
+            return None
+        return AcknowledgeCall(status.task_id, status.agent_id, status.uuid)
+
+    # ---- offers ---------------------------------------------------------------------------------------
+    def offer(self, offer_id: str) -> Offer | None:
+        return self._offers.get(offer_id)
+
+    def outstanding_offers(self) -> tuple[Offer, ...]:
+        return tuple(self._offers.values())
+
+    def forget_offers(self, offer_ids: Iterable[str]) -> None:
+        for offer_id in offer_ids:
+            self._offers.pop(offer_id, None)

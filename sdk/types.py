@@ -1,0 +1,252 @@
+"""The values a scheduler works with: framework info, offers, tasks, statuses, filters and operations.
+
+They are frozen dataclasses in the Mesos vocabulary and never protobuf, so a scheduler (and its unit
+tests) never touches generated code. Resources are `control_plane.core.resources.Resources`, the very
+type the master allocates with: `offer.resources - task.resources`, `offer.resources.contains(...)`,
+`Resources.of(cpus=0.5, mem=64)` and `Resources.parse("cpus:1;mem:128")` all work as on the master.
+
+Rules kept here:
+- Values are immutable. Mappings (environment, labels, attributes) are stored as read-only views and
+  left out of the hash, so every value stays hashable.
+- A task's command is either a shell string (`"sleep 1 && echo done"`, run with `/bin/sh -c`) or an
+  argv tuple (`("python3", "-c", "print(1)")`); a list given for argv is normalised to a tuple.
+- `Filters.refuse_seconds` must be positive: on the wire 0 means "the master's default" (5 s), so the
+  SDK does not let a caller believe 0 means "no filter".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TypeAlias
+
+from control_plane.core.errors import InvalidRequest
+from control_plane.core.lifecycle import is_terminal
+from control_plane.core.resources import Interval, Resources
+from control_plane.core.values import TaskState
+
+__all__ = [
+    "DEFAULT_ROLE",
+    "FrameworkInfo",
+    "Filters",
+    "Launch",
+    "Offer",
+    "Operation",
+    "Reserve",
+    "Resources",
+    "TaskInfo",
+    "TaskSpec",
+    "TaskState",
+    "TaskStatus",
+    "Unreserve",
+]
+
+DEFAULT_ROLE = "default"
+"""The role a framework subscribes with when it names none (Tessera has no Mesos `*` role)."""
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+def _frozen_map(value: Mapping[str, str] | None, what: str) -> Mapping[str, str]:
+    if not value:
+        return _EMPTY
+    for k, v in value.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise InvalidRequest(f"{what}: keys and values must be strings, got {k!r}={v!r}")
+    return MappingProxyType(dict(value))
+
+
+def _set(obj: object, name: str, value: object) -> None:
+    # Normalising a field of a frozen dataclass in __post_init__ is the documented way to do it.
+    object.__setattr__(obj, name, value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FrameworkInfo:
+    """Who the framework is. `framework_id` is empty on a first subscription; set it to fail over
+    from a previous run (the driver fills it in by itself when it reconnects).
+
+    `failover_timeout` (seconds) is how long the master keeps the framework and its tasks after its
+    connection breaks; Mesos defaults to 0 (tasks die with the connection), the SDK to one minute so a
+    restarted or reconnecting scheduler keeps its tasks."""
+
+    name: str
+    roles: tuple[str, ...] = (DEFAULT_ROLE,)
+    principal: str = ""
+    failover_timeout: float = 60.0
+    partition_aware: bool = False
+    user: str = ""
+    hostname: str = ""
+    framework_id: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.roles, str):
+            _set(self, "roles", (self.roles,))
+        else:
+            _set(self, "roles", tuple(self.roles))
+        if not self.name:
+            raise InvalidRequest("FrameworkInfo.name: must not be empty")
+        if not self.roles:
+            raise InvalidRequest("FrameworkInfo.roles: a framework needs at least one role")
+        if not math.isfinite(self.failover_timeout) or self.failover_timeout < 0:
+            raise InvalidRequest(f"FrameworkInfo.failover_timeout: must be >= 0, got {self.failover_timeout}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Offer:
+    """Resources of one agent offered to this framework for one role, until used, declined or
+    rescinded. `attributes` are the agent's (e.g. `{"rack": "r1"}`)."""
+
+    offer_id: str
+    agent_id: str
+    resources: Resources
+    hostname: str = ""
+    role: str = ""
+    framework_id: str = ""
+    attributes: Mapping[str, str] = field(default_factory=lambda: _EMPTY, hash=False)
+    expires_at: float = 0.0  # unix seconds; 0 = never
+
+    def __post_init__(self) -> None:
+        _set(self, "attributes", _frozen_map(self.attributes, "Offer.attributes"))
+
+    @property
+    def cpus(self) -> float:
+        return self.resources.scalar("cpus")
+
+    @property
+    def mem(self) -> float:
+        """Memory in MiB."""
+        return self.resources.scalar("mem")
+
+    @property
+    def disk(self) -> float:
+        """Disk in MiB."""
+        return self.resources.scalar("disk")
+
+    @property
+    def ports(self) -> tuple[Interval, ...]:
+        """Offered port ranges, inclusive, merged across reservations."""
+        out: list[Interval] = []
+        for name, _, _, ranges in self.resources.items():
+            if name == "ports":
+                out.extend(ranges)
+        return tuple(sorted(out))
+
+    def fits(self, resources: Resources) -> bool:
+        return self.resources.contains(resources)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskInfo:
+    """A task to launch (and, once launched, what was launched).
+
+    `command` is a shell string or an argv tuple. `agent_id` may stay empty: `accept`/`launch` fill
+    it in from the offers the task is launched on. `kill_grace_period` (seconds) is the time between
+    SIGTERM and SIGKILL when the task is killed; 0 means the agent's default."""
+
+    task_id: str
+    resources: Resources
+    command: str | tuple[str, ...]
+    name: str = ""
+    agent_id: str = ""
+    env: Mapping[str, str] = field(default_factory=lambda: _EMPTY, hash=False)
+    kill_grace_period: float = 0.0
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY, hash=False)
+    working_dir: str = ""
+    user: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.command, str):
+            _set(self, "command", tuple(self.command))
+        _set(self, "env", _frozen_map(self.env, f"task {self.task_id}: env"))
+        _set(self, "labels", _frozen_map(self.labels, f"task {self.task_id}: labels"))
+        if not self.task_id:
+            raise InvalidRequest("TaskInfo.task_id: must not be empty")
+        if not self.command:
+            raise InvalidRequest(f"task {self.task_id}: command: nothing to run")
+        if not math.isfinite(self.kill_grace_period) or self.kill_grace_period < 0:
+            raise InvalidRequest(f"task {self.task_id}: kill_grace_period must be >= 0")
+
+    @property
+    def shell(self) -> bool:
+        """True when `command` is a shell string run with `/bin/sh -c`."""
+        return isinstance(self.command, str)
+
+    def on_agent(self, agent_id: str) -> TaskInfo:
+        """The same task, placed on `agent_id`."""
+        return TaskInfo(
+            task_id=self.task_id, resources=self.resources, command=self.command, name=self.name,
+            agent_id=agent_id, env=self.env, kill_grace_period=self.kill_grace_period, labels=self.labels,
+            working_dir=self.working_dir, user=self.user,
+        )
+
+
+TaskSpec: TypeAlias = TaskInfo
+"""Another name for `TaskInfo`, for code that calls what it asks for a spec."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskStatus:
+    """One status update of a task. `uuid` is empty for statuses the master answers from its state
+    (reconciliation): those are not acknowledged. `exit_code` is set when the process ended."""
+
+    task_id: str
+    state: TaskState
+    message: str = ""
+    reason: str = ""
+    exit_code: int | None = None
+    agent_id: str = ""
+    uuid: str = ""
+    timestamp: float = 0.0
+    framework_id: str = ""
+
+    @property
+    def is_terminal(self) -> bool:
+        return is_terminal(self.state)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Do not offer the declined (or left-over) resources of those agents again for `refuse_seconds`."""
+
+    refuse_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.refuse_seconds) or self.refuse_seconds <= 0:
+            raise InvalidRequest(f"Filters.refuse_seconds: must be a positive number, got {self.refuse_seconds}")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Launch these tasks on the accepted offers (they must fit, together, in what is offered)."""
+
+    tasks: tuple[TaskInfo, ...]
+
+    def __post_init__(self) -> None:
+        _set(self, "tasks", tuple(self.tasks))
+        if not self.tasks:
+            raise InvalidRequest("Launch: give at least one task")
+
+
+@dataclass(frozen=True)
+class Reserve:
+    """Reserve offered unreserved resources to the offers' role (`resources` carry that role)."""
+
+    resources: Resources
+
+
+@dataclass(frozen=True)
+class Unreserve:
+    """Give reserved resources (`resources` carry the role) back to the unreserved pool."""
+
+    resources: Resources
+
+
+Operation: TypeAlias = Launch | Reserve | Unreserve
+
+
+def as_tuple(values: Sequence[str] | str) -> tuple[str, ...]:
+    """A single id or a sequence of ids, as a tuple (a bare string is one id, not its characters)."""
+    return (values,) if isinstance(values, str) else tuple(values)
