@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import sqlite_utils
-from tessera.v1 import common_pb2
 
 from control_plane.codec import from_proto, to_proto
 from control_plane.core.values import TaskInfo, TaskState, TaskStatus
+from tessera.v1 import common_pb2
 
 SCHEMA_VERSION = 1
 
@@ -181,8 +181,10 @@ class Checkpoint:
                  state: TaskState = TaskState.TASK_STAGING) -> None:
         with self._tx() as db:
             seq = db.execute("SELECT COALESCE(MAX(created_seq), 0) + 1 FROM tasks").fetchone()[0]
+            # A task id seen before can only be one whose record was pruned long after it ended.
+            db.execute("DELETE FROM updates WHERE task_id = ?", [info.task_id])
             db.execute(
-                "INSERT INTO tasks (task_id, framework_id, info, state, sandbox, supervisor_pid, "
+                "INSERT OR REPLACE INTO tasks (task_id, framework_id, info, state, sandbox, supervisor_pid, "
                 "supervisor_start, isolation, kill_requested, kill_grace, done, traceparent, created_seq) "
                 "VALUES (?, ?, ?, ?, '', 0, 0, '{}', 0, 0, 0, ?, ?)",
                 [info.task_id, info.framework_id, task_info_to_bytes(info), int(state), traceparent, seq],

@@ -202,6 +202,14 @@ class TaskTable:
     def remove(self, task_id: str) -> AgentTask | None:
         return self._tasks.pop(task_id, None)
 
+    def prune_done(self, keep: int) -> list[str]:
+        """Forget the oldest done tasks beyond the newest `keep` (in the order they were added)."""
+        done = [t.task_id for t in self._tasks.values() if t.done]
+        victims = done[: max(0, len(done) - keep)]
+        for task_id in victims:
+            del self._tasks[task_id]
+        return victims
+
     def report(self, agent_id: str) -> list[TaskStatus]:
         """The latest status of every task not yet done, for a re-registration (one per task, as the master
         requires). A task still staging has no status of its own yet; it is reported STAGING without a uuid."""

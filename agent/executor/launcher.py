@@ -144,7 +144,14 @@ class ProcessLauncher:
         command = info.command
         cwd = handle.sandbox
         if command.working_dir:
-            cwd = Path(command.working_dir) if os.path.isabs(command.working_dir) else handle.sandbox / command.working_dir
+            if os.path.isabs(command.working_dir):
+                cwd = Path(command.working_dir)  # must exist; if not, the task fails like a shell would
+            else:
+                cwd = handle.sandbox / command.working_dir
+                try:
+                    cwd.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise LaunchError(f"cannot create the working directory {cwd}: {exc.strerror or exc}") from exc
         env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
         env.setdefault("PATH", DEFAULT_PATH)
         env.update({

@@ -1,0 +1,48 @@
+"""`tessera agent`: the click command that runs one agent (registered by control_plane/cli/main.py).
+
+Flags mirror `AgentConfig`; a bad one ends with one line on stderr and exit code 2 (from `run_agent`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from agent.config import ISOLATION_CHOICES, AgentConfig
+
+
+@click.command("agent")
+@click.option("--masters", envvar="TESSERA_MASTERS", default="127.0.0.1:5050", show_default=True,
+              help="Comma-separated gRPC addresses of the masters.")
+@click.option("--data-dir", type=click.Path(path_type=Path), required=True,
+              help="Where agent.db (the checkpoint) and, by default, the sandboxes live.")
+@click.option("--resources", default="", help="Override detected resources: 'cpus:4;mem:8192;ports:[31000-32000]'.")
+@click.option("--attributes", default="", help="Attributes offered with the resources: 'rack:r1;zone:a'.")
+@click.option("--hostname", default="", help="Hostname reported to the master (default: this machine's).")
+@click.option("--heartbeat-interval", type=float, default=1.0, show_default=True,
+              help="Seconds between heartbeats until the master sets its own interval.")
+@click.option("--isolation", type=click.Choice(ISOLATION_CHOICES), default="auto", show_default=True,
+              help="How tasks are isolated: cgroups v2, v1, or rlimits with a memory watchdog.")
+@click.option("--work-dir", type=click.Path(path_type=Path), default=None,
+              help="Directory of task sandboxes (default: DATA_DIR/sandboxes).")
+@click.option("--log-level", default="INFO", show_default=True)
+def agent_main(masters: str, data_dir: Path, resources: str, attributes: str, hostname: str,
+               heartbeat_interval: float, isolation: str, work_dir: Path | None, log_level: str) -> None:
+    """Run a Tessera agent: report this machine's resources and run tasks for the masters."""
+    from agent.main import run_agent
+
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
+                        format="%(asctime)s agent %(levelname)s %(name)s: %(message)s")
+    config = AgentConfig(
+        masters=tuple(a.strip() for a in masters.split(",") if a.strip()), data_dir=data_dir,
+        resources=resources, attributes=attributes, hostname=hostname, heartbeat_interval=heartbeat_interval,
+        work_dir=work_dir, isolation=isolation,
+    )
+    sys.exit(run_agent(config))
+
+
+if __name__ == "__main__":
+    agent_main()

@@ -1,0 +1,101 @@
+"""`run_agent(config)`: start one agent process and serve until stopped.
+
+Order of work: check the configuration (a bad flag prints one line naming it and returns 2), take the
+data dir's lock (two agents on one data dir would fight over the same tasks), pick the isolator, open
+the checkpoint, recover tasks, connect to the masters. SIGTERM and SIGINT stop the agent but NOT its
+tasks: they run on under their supervisors and the next agent started on this data dir finds them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+from agent.config import AgentConfig, ConfigError, resolve
+
+log = logging.getLogger("tessera.agent")
+
+LOCK_FILE = "agent.lock"
+CHECKPOINT_FILE = "agent.db"
+
+
+def _lock_data_dir(data_dir: Path) -> IO[str]:
+    """Hold an exclusive lock on the data dir for the life of the process."""
+    handle = open(data_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise ConfigError(f"--data-dir: {data_dir} is in use by another agent (pid {holder})") from exc
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def run_agent(config: AgentConfig, *, stop: threading.Event | None = None) -> int:
+    """Run an agent until SIGTERM/SIGINT (or `stop` is set, or the master shuts it down).
+
+    Returns the process exit code: 0 after a stop, 2 on a configuration error."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(name)s: %(message)s")
+    if config.emulated:
+        print("tessera agent: emulated agents run through agent.emulated (benchmarks), not run_agent",
+              file=sys.stderr)
+        return 2
+    from agent.checkpoint import Checkpoint
+    from agent.executor.isolation import detect_isolator
+    from agent.executor.launcher import ProcessLauncher
+    from agent.runtime.agent import Agent
+
+    try:
+        resolved = resolve(config)
+        lock = _lock_data_dir(resolved.data_dir)
+        isolator = detect_isolator(config.isolation, config.cgroups_root)
+    except ConfigError as exc:
+        print(f"tessera agent: {exc}", file=sys.stderr)
+        return 2
+    try:
+        checkpoint = Checkpoint.open(resolved.data_dir / CHECKPOINT_FILE)
+    except Exception as exc:  # noqa: BLE001 - a corrupt or unreadable checkpoint is a startup error
+        print(f"tessera agent: --data-dir: cannot open {resolved.data_dir / CHECKPOINT_FILE}: {exc}",
+              file=sys.stderr)
+        lock.close()
+        return 2
+    log.info("agent on %s: resources %s, attributes %s, isolation %s, masters %s", resolved.hostname,
+             resolved.resources, dict(resolved.attributes), isolator.describe(), ",".join(resolved.masters))
+    launcher = ProcessLauncher(resolved.work_dir, isolator)
+    agent = Agent(resolved, checkpoint, launcher, isolator_name=isolator.name)
+
+    previous: dict[int, object] = {}
+    if threading.current_thread() is threading.main_thread():
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            agent.stop(f"signal {signal.Signals(signum).name}; tasks keep running")
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, on_signal)
+    watcher: threading.Thread | None = None
+    if stop is not None:
+        def watch() -> None:
+            stop.wait()
+            agent.stop("stop event set")
+
+        watcher = threading.Thread(target=watch, name="agent-stop", daemon=True)
+        watcher.start()
+    try:
+        return agent.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        checkpoint.close()
+        lock.close()

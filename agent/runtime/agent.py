@@ -1,0 +1,563 @@
+"""The agent loop: one thread that owns every piece of agent state and reacts to events.
+
+Events come from the master link (a stream opened, a message, a stream closed) and from time (heartbeats,
+status-update retries, task observation, usage samples). The loop is the only writer of the checkpoint,
+the only caller of the launcher, and the only user of the pure core (`TaskTable`,
+`StatusUpdateManager`), so none of them needs locking.
+
+Rules it keeps (docs/protocol.md):
+- Registration: the first message on every stream is `Register`. No agent id yet: a first registration
+  whose `request_id` is stored in the checkpoint until answered (a retry after a crash cannot register
+  the machine twice). With an id: a re-registration carrying the latest status of every task not yet
+  done. The id in `Registered` is stored before anything else happens.
+- Fencing: every master message carries a term; the highest seen is stored (before acting on the
+  message); RunTask, KillTask and Shutdown with a lower term are ignored.
+- Status updates: written to the checkpoint before they are sent; only the head of each task's stream
+  is in flight; re-sent with backoff until acknowledged; all re-sent on every new registration. After a
+  re-registration, older updates of a reported task are superseded by the reported (newest) one, which
+  the master has just recorded.
+- A broken stream, or one silent for longer than `stale_after` (three heartbeats and a second), is
+  dropped and the link dials again; after a SIGSTOP/SIGCONT the agent re-registers at once.
+- NOT_FOUND on a re-registration: the master forgot this agent. Its tasks are killed, their updates
+  dropped, the id cleared, and the agent registers anew.
+- `Shutdown`: kill every task, wait for them (bounded by their grace periods), clear the id, exit.
+- Stopping the agent (SIGTERM, SIGINT) never stops its tasks; they run on under their supervisors and
+  are found again by `recover` at the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import grpc
+from google.protobuf.message import Message
+
+from agent.checkpoint import Checkpoint
+from agent.config import ResolvedConfig
+from agent.core.dialing import Backoff
+from agent.core.status_updates import AckOutcome, PendingUpdate, RetryPolicy, StatusUpdateManager
+from agent.core.tasks import (
+    REASON_AGENT_RESTARTED,
+    REASON_CONTAINER_LAUNCH_FAILED,
+    REASON_EXECUTOR_TERMINATED,
+    REASON_TASK_INVALID,
+    AgentTask,
+    Outcome,
+    TaskTable,
+    make_status,
+    terminal_status,
+    validate_task,
+)
+from agent.executor.launcher import LaunchError, LaunchHandle, Observation, Usage
+from agent.runtime.link import LinkEvent, LinkStream, MasterLink, MessageReceived, StreamClosed, StreamOpened
+from control_plane.codec import from_proto, to_proto
+from control_plane.core.errors import InvalidRequest
+from control_plane.core.values import AgentInfo, StatusSource, TaskInfo, TaskState
+from tessera.v1 import agent_pb2, common_pb2
+
+log = logging.getLogger("tessera.agent")
+
+DEFAULT_KILL_GRACE = 3.0  # seconds, when neither KillTask nor the task names one
+OBSERVE_INTERVAL = 0.2
+MAX_WAIT = 0.5  # the loop wakes at least this often
+SHUTDOWN_EXTRA = 5.0  # beyond the longest grace period, before giving up on tasks at Shutdown
+DONE_TASKS_KEPT = 1000
+
+
+def agent_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return f"tessera-agent {version('tessera')}"
+    except Exception:  # noqa: BLE001 - not installed as a distribution
+        return "tessera-agent"
+
+
+class Launcher(Protocol):
+    """What the agent needs from a launcher (`ProcessLauncher`, or a scripted twin in tests)."""
+
+    agent_id: str
+
+    def prepare(self, info: TaskInfo) -> LaunchHandle: ...
+    def start(self, info: TaskInfo, handle: LaunchHandle) -> LaunchHandle: ...
+    def observe(self, handle: LaunchHandle) -> Observation: ...
+    def kill(self, handle: LaunchHandle, grace_period: float) -> None: ...
+    def release(self, handle: LaunchHandle) -> None: ...
+    def usage(self, handle: LaunchHandle) -> Usage | None: ...
+    def handle_from_checkpoint(self, task_id: str, framework_id: str, sandbox: str, supervisor_pid: int,
+                               supervisor_start: float, isolation: dict, kill_requested: bool) -> LaunchHandle: ...
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Posted to stop the loop (signals, tests)."""
+
+    reason: str = ""
+
+
+class Agent:
+    def __init__(self, config: ResolvedConfig, checkpoint: Checkpoint, launcher: Launcher, *,
+                 isolator_name: str = "", monotonic: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time,
+                 new_uuid: Callable[[], str] = lambda: str(uuidlib.uuid4())) -> None:
+        self.config = config
+        self.checkpoint = checkpoint
+        self.launcher = launcher
+        self.isolator_name = isolator_name
+        self.monotonic = monotonic
+        self.wall = wall
+        self.new_uuid = new_uuid
+        self.inbox: queue.Queue[LinkEvent | Stop] = queue.Queue()
+        self.tasks = TaskTable()
+        self.handles: dict[str, LaunchHandle] = {}
+        self.traceparents: dict[str, str] = {}
+        cfg = config.config
+        self.updates = StatusUpdateManager(RetryPolicy(initial=cfg.status_retry_initial, maximum=cfg.status_retry_max))
+        self.agent_id = checkpoint.agent_id
+        self.highest_term = checkpoint.highest_term
+        launcher.agent_id = self.agent_id
+        self.stream: LinkStream | None = None
+        self.registered = False
+        self.reported: dict[str, str] = {}  # task id -> uuid of the status reported at re-registration
+        self.reregistering = False
+        self.heartbeat_interval = config.heartbeat_interval
+        self.last_received = 0.0
+        self.next_heartbeat = 0.0
+        self.next_observe = 0.0
+        self.next_usage = 0.0
+        self.next_prune = 0.0
+        self.shutdown_deadline: float | None = None
+        self.exit_code: int | None = None
+        self.link: MasterLink | None = None
+        self.registrations = 0  # Registered answers received (tests and logs)
+        # Tasks of a previous incarnation the master forgot (NOT_FOUND): killed, never reported again.
+        self.orphaned: set[str] = set()
+
+    # ---- lifecycle ------------------------------------------------------------------------------------
+    def post(self, event: LinkEvent | Stop) -> None:
+        self.inbox.put(event)
+
+    def stop(self, reason: str = "stop requested") -> None:
+        self.post(Stop(reason))
+
+    @property
+    def stale_after(self) -> float:
+        return 3 * self.heartbeat_interval + 1.0
+
+    def run(self) -> int:
+        """Recover, connect, and serve until stopped or shut down; returns the exit code."""
+        self.recover()
+        self.link = MasterLink(self.config.masters, self.post,
+                               backoff=Backoff(maximum=self.config.config.reconnect_backoff_max))
+        self.link.start()
+        try:
+            while self.exit_code is None:
+                timeout = self._wait_time()
+                try:
+                    event = self.inbox.get(timeout=timeout)
+                except queue.Empty:
+                    event = None
+                while event is not None:
+                    self._dispatch(event)
+                    try:
+                        event = self.inbox.get_nowait()
+                    except queue.Empty:
+                        event = None
+                if self.exit_code is None:
+                    self.tick()
+        finally:
+            self.link.stop()
+        log.info("agent stopped (exit code %d); its tasks keep running", self.exit_code)
+        return self.exit_code
+
+    def _wait_time(self) -> float:
+        now = self.monotonic()
+        deadlines = [now + MAX_WAIT]
+        if self.registered:
+            deadlines.append(self.next_heartbeat)
+            due = self.updates.next_due()
+            if due is not None:
+                deadlines.append(due)
+        if self.handles:
+            deadlines.append(self.next_observe)
+        return max(0.0, min(deadlines) - now)
+
+    def _dispatch(self, event: LinkEvent | Stop) -> None:
+        if isinstance(event, Stop):
+            log.info("stopping: %s", event.reason)
+            self.exit_code = 0
+        elif isinstance(event, StreamOpened):
+            self.on_stream_opened(event.stream)
+        elif isinstance(event, MessageReceived):
+            if event.stream is self.stream:
+                self.on_message(event.message)
+        elif isinstance(event, StreamClosed):
+            self.on_stream_closed(event)
+
+    # ---- recovery -------------------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Rebuild the task table and the update streams from the checkpoint; find running tasks."""
+        now = self.monotonic()
+        records = self.checkpoint.tasks()
+        for rec in records:
+            task = AgentTask(info=rec.info, state=rec.state, latest=rec.latest,
+                             kill_requested=rec.kill_requested, kill_grace=rec.kill_grace)
+            self.tasks.restore(task)
+            self.traceparents[rec.task_id] = rec.traceparent
+            if task.terminal:
+                continue
+            if rec.sandbox:
+                self.handles[rec.task_id] = self.launcher.handle_from_checkpoint(
+                    rec.task_id, rec.info.framework_id, rec.sandbox, rec.supervisor_pid, rec.supervisor_start,
+                    rec.isolation, rec.kill_requested)
+        self.updates.recover((PendingUpdate(u.status, u.traceparent) for u in self.checkpoint.unacknowledged()), now)
+        for task in list(self.tasks):
+            if task.terminal and not self.updates.has_pending(task.task_id):
+                self._mark_done(task)
+            elif task.state is TaskState.TASK_STAGING and task.task_id not in self.handles:
+                self.emit(task, Outcome(TaskState.TASK_DROPPED, REASON_AGENT_RESTARTED,
+                                        "the agent restarted before it launched the task"),
+                          source=StatusSource.SOURCE_AGENT)
+        if records:
+            log.info("recovered %d task(s), %d live, %d unacknowledged update(s)", len(records),
+                     len(self.handles), len(self.updates))
+        self.observe_tasks()
+
+    # ---- the link -------------------------------------------------------------------------------------
+    def on_stream_opened(self, stream: LinkStream) -> None:
+        if self.stream is not None and not self.stream.closed:
+            self.stream.close()
+        self.stream = stream
+        self.registered = False
+        self.last_received = self.monotonic()
+        self.reported = {}
+        if self.agent_id:
+            statuses = self.tasks.report(self.agent_id)
+            self.reported = {s.task_id: s.uuid for s in statuses if s.uuid}
+            self.reregistering = True
+            request_id = f"reregister-{self.new_uuid()}"
+        else:
+            statuses = []
+            self.reregistering = False
+            request_id = self.checkpoint.registration_request_id()
+        register = agent_pb2.Register(agent_id=self.agent_id, info=self._agent_info(), request_id=request_id)
+        for status in statuses:
+            register.tasks.append(to_proto(status, common_pb2.TaskStatus))
+        log.info("%s to %s (%d task(s))", "re-registering" if self.agent_id else "registering",
+                 stream.address, len(statuses))
+        stream.send(agent_pb2.AgentMessage(register=register))
+
+    def _agent_info(self) -> common_pb2.AgentInfo:
+        info = AgentInfo(agent_id=self.agent_id, hostname=self.config.hostname, resources=self.config.resources,
+                         attributes=self.config.attributes, isolator=self.isolator_name, version=agent_version())
+        return to_proto(info, common_pb2.AgentInfo)
+
+    def on_stream_closed(self, event: StreamClosed) -> None:
+        if event.stream is not self.stream:
+            return
+        self.stream = None
+        self.registered = False
+        if event.code is grpc.StatusCode.NOT_FOUND and self.reregistering and self.agent_id:
+            log.warning("the master does not know agent %s (%s): killing its tasks and registering anew",
+                        self.agent_id, event.details)
+            self.forget_agent()
+        elif event.code is grpc.StatusCode.INVALID_ARGUMENT:
+            log.error("the master refused the registration: %s", event.details)
+
+    def send(self, message: Message) -> bool:
+        stream = self.stream
+        if stream is None:
+            return False
+        assert isinstance(message, agent_pb2.AgentMessage)
+        return stream.send(message)
+
+    def on_message(self, msg: agent_pb2.MasterMessage) -> None:
+        self.last_received = self.monotonic()
+        stale = msg.term < self.highest_term
+        if msg.term > self.highest_term:
+            self.checkpoint.observe_term(msg.term)  # stored before acting on the message
+            self.highest_term = msg.term
+        kind = msg.WhichOneof("kind")
+        if kind == "registered":
+            self.on_registered(msg.registered)
+        elif kind == "heartbeat_ack":
+            pass
+        elif kind == "ack":
+            self.on_ack(msg.ack.task_id, msg.ack.uuid)
+        elif kind in ("run_task", "kill_task", "shutdown"):
+            if stale:
+                log.warning("ignoring %s with term %d: a term %d leader has been seen", kind, msg.term,
+                            self.highest_term)
+                return
+            if kind == "run_task":
+                self.on_run_task(msg.run_task)
+            elif kind == "kill_task":
+                self.on_kill_task(msg.kill_task)
+            else:
+                self.on_shutdown(msg.shutdown.reason)
+
+    def on_registered(self, registered: agent_pb2.Registered) -> None:
+        if not registered.agent_id:
+            log.error("the master answered Registered without an agent id; reconnecting")
+            if self.stream is not None:
+                self.stream.close()
+            return
+        if registered.agent_id != self.agent_id:
+            self.checkpoint.set_agent_id(registered.agent_id)  # on disk before anything else
+            if self.agent_id:
+                log.warning("the master gave a new agent id %s (was %s)", registered.agent_id, self.agent_id)
+            self.agent_id = registered.agent_id
+            self.launcher.agent_id = registered.agent_id
+        self.registered = True
+        self.registrations += 1
+        if registered.heartbeat_interval_seconds > 0:
+            self.heartbeat_interval = registered.heartbeat_interval_seconds
+        now = self.monotonic()
+        for task_id, uuid in self.reported.items():
+            superseded = self.updates.supersede(task_id, uuid, now)
+            if superseded:
+                self.checkpoint.acknowledge(superseded)
+        self.reported = {}
+        log.info("registered as %s (heartbeat every %gs, %d pending update(s))", self.agent_id,
+                 self.heartbeat_interval, len(self.updates))
+        self.updates.reset(now)
+        self.next_heartbeat = now  # a heartbeat at once tells the master we are here
+        self.next_usage = now + self.config.config.usage_interval
+        self.flush_updates()
+
+    # ---- tasks ------------------------------------------------------------------------------------------
+    def on_run_task(self, run: agent_pb2.RunTask) -> None:
+        if not self.registered:
+            log.warning("ignoring RunTask for %s received before registration", run.task.task_id)
+            return
+        task_id = run.task.task_id
+        if task_id in self.tasks:
+            log.info("RunTask for task %s, which this agent already has: ignored", task_id)
+            return
+        problem = ""
+        try:
+            info = from_proto(run.task, TaskInfo)
+        except InvalidRequest as exc:
+            problem = exc.message
+            info = TaskInfo(task_id=task_id, framework_id=run.task.framework_id)
+        if not task_id:
+            log.error("ignoring RunTask without a task id")
+            return
+        self.checkpoint.add_task(info, traceparent=run.traceparent)
+        task = self.tasks.add(info)
+        self.traceparents[task_id] = run.traceparent
+        problem = problem or validate_task(info)
+        if problem:
+            self.emit(task, Outcome(TaskState.TASK_ERROR, REASON_TASK_INVALID, problem),
+                      source=StatusSource.SOURCE_AGENT)
+            return
+        if self.shutdown_deadline is not None:
+            self.emit(task, Outcome(TaskState.TASK_DROPPED, REASON_TASK_INVALID, "the agent is shutting down"),
+                      source=StatusSource.SOURCE_AGENT)
+            return
+        handle: LaunchHandle | None = None
+        try:
+            handle = self.launcher.prepare(info)
+            self.checkpoint.set_sandbox(task_id, str(handle.sandbox), handle.isolation.to_json())
+            handle = self.launcher.start(info, handle)
+            self.checkpoint.set_launched(task_id, sandbox=str(handle.sandbox), supervisor_pid=handle.supervisor_pid,
+                                         supervisor_start=handle.supervisor_start,
+                                         isolation=handle.isolation.to_json())
+        except LaunchError as exc:
+            if handle is not None:
+                self.launcher.release(handle)
+            log.warning("cannot launch task %s: %s", task_id, exc)
+            self.emit(task, Outcome(TaskState.TASK_FAILED, REASON_CONTAINER_LAUNCH_FAILED, str(exc)),
+                      source=StatusSource.SOURCE_AGENT)
+            return
+        self.handles[task_id] = handle
+        log.info("launched task %s (framework %s) in %s, supervisor pid %d", task_id, info.framework_id,
+                 handle.sandbox, handle.supervisor_pid)
+        self.emit(task, Outcome(TaskState.TASK_STARTING, "", "the task's supervisor started"))
+        self.next_observe = self.monotonic()
+
+    def on_kill_task(self, kill: agent_pb2.KillTask) -> None:
+        task = self.tasks.get(kill.task_id)
+        if task is None:
+            log.warning("KillTask for unknown task %s: ignored (re-registration reconciles it)", kill.task_id)
+            return
+        grace = kill.grace_period_seconds or task.info.kill_grace_period_seconds or DEFAULT_KILL_GRACE
+        self.kill(task, grace)
+
+    def kill(self, task: AgentTask, grace: float) -> None:
+        if not self.tasks.request_kill(task.task_id, grace):
+            return
+        self.checkpoint.mark_kill(task.task_id, grace)
+        handle = self.handles.get(task.task_id)
+        if handle is None:
+            return
+        if self.tasks.can_record(task.task_id, TaskState.TASK_KILLING):
+            self.emit(task, Outcome(TaskState.TASK_KILLING, "", f"killing: SIGTERM, then SIGKILL after {grace:g}s"))
+        log.info("killing task %s (grace %gs)", task.task_id, grace)
+        self.launcher.kill(handle, grace)
+        self.next_observe = self.monotonic()
+
+    def observe_tasks(self) -> None:
+        for task_id, handle in list(self.handles.items()):
+            task = self.tasks.get(task_id)
+            if task is None:
+                continue
+            try:
+                observation = self.launcher.observe(handle)
+            except OSError as exc:
+                log.warning("cannot observe task %s: %s", task_id, exc)
+                continue
+            self._advance(task, handle, observation)
+
+    def _advance(self, task: AgentTask, handle: LaunchHandle, obs: Observation) -> None:
+        """Report what `obs` shows that the task's state does not yet say."""
+        if obs.supervisor_lost and task.state is TaskState.TASK_STAGING and not obs.started:
+            self.emit(task, Outcome(TaskState.TASK_DROPPED, REASON_AGENT_RESTARTED,
+                                    "the task's supervisor never started"), source=StatusSource.SOURCE_AGENT)
+        else:
+            if task.state is TaskState.TASK_STAGING:
+                self.emit(task, Outcome(TaskState.TASK_STARTING, "", "the task's supervisor started"))
+            if obs.started and task.state is TaskState.TASK_STARTING:
+                self.emit(task, Outcome(TaskState.TASK_RUNNING, "", "the task's process started"))
+            if obs.exit is not None:
+                self.emit(task, terminal_status(obs.exit, task.kill_requested))
+            elif obs.supervisor_lost:
+                if task.kill_requested:
+                    self.emit(task, Outcome(TaskState.TASK_KILLED, "", f"task killed ({obs.supervisor_lost})"))
+                else:
+                    self.emit(task, Outcome(TaskState.TASK_FAILED, REASON_EXECUTOR_TERMINATED, obs.supervisor_lost),
+                              source=StatusSource.SOURCE_AGENT)
+        if obs.ended:
+            self.launcher.release(handle)
+            self.handles.pop(task.task_id, None)
+            log.info("task %s ended: %s", task.task_id, task.state.name)
+
+    # ---- status updates ------------------------------------------------------------------------------
+    def emit(self, task: AgentTask, outcome: Outcome, source: StatusSource = StatusSource.SOURCE_EXECUTOR) -> bool:
+        """Record a new status of `task` (checkpoint first), queue it and send what is due."""
+        if not self.tasks.can_record(task.task_id, outcome.state):
+            log.warning("task %s: %s -> %s is not a legal transition; not reported", task.task_id,
+                        task.state.name, outcome.state.name)
+            return False
+        status = make_status(task, outcome, uuid=self.new_uuid(), now=self.wall(), agent_id=self.agent_id,
+                             source=source)
+        traceparent = self.traceparents.get(task.task_id, "")
+        self.checkpoint.record_update(status, traceparent)
+        self.tasks.record(status)
+        if task.task_id in self.orphaned:
+            # The master does not know this task any more: keep the history, send nothing.
+            self.checkpoint.acknowledge([status.uuid])
+            if task.terminal:
+                self.orphaned.discard(task.task_id)
+                self._mark_done(task)
+            return True
+        self.updates.add(PendingUpdate(status, traceparent), self.monotonic())
+        self.flush_updates()
+        return True
+
+    def flush_updates(self) -> None:
+        if not self.registered or self.stream is None:
+            return
+        for update in self.updates.due(self.monotonic()):
+            status = replace(update.status, agent_id=update.status.agent_id or self.agent_id)
+            self.send(agent_pb2.AgentMessage(status_update=agent_pb2.StatusUpdate(
+                status=to_proto(status, common_pb2.TaskStatus), traceparent=update.traceparent)))
+
+    def on_ack(self, task_id: str, uuid: str) -> None:
+        result = self.updates.acknowledge(task_id, uuid, self.monotonic())
+        if result.outcome is AckOutcome.ACKED:
+            self.checkpoint.acknowledge(result.removed)
+            task = self.tasks.get(task_id)
+            if task is not None and task.terminal and not self.updates.has_pending(task_id):
+                self._mark_done(task)
+            self.flush_updates()
+        elif result.outcome is AckOutcome.UNKNOWN:
+            log.debug("acknowledgement of unknown update %s of task %s", uuid, task_id)
+
+    def _mark_done(self, task: AgentTask) -> None:
+        task.done = True
+        self.checkpoint.mark_done(task.task_id)
+
+    # ---- master-driven resets ---------------------------------------------------------------------------
+    def forget_agent(self) -> None:
+        """The master does not know us: kill every task, drop their updates, register anew."""
+        for task in self.tasks:
+            dropped = self.updates.drop_task(task.task_id)
+            if dropped:
+                self.checkpoint.acknowledge(dropped)
+            if task.terminal:
+                if not task.done:
+                    self._mark_done(task)
+                continue
+            self.orphaned.add(task.task_id)
+            self.kill(task, 0.0)
+        self.checkpoint.clear_agent_id()
+        self.agent_id = ""
+        self.launcher.agent_id = ""
+
+    def on_shutdown(self, reason: str) -> None:
+        log.warning("the master shut this agent down: %s", reason or "no reason given")
+        longest = 0.0
+        for task in self.tasks.live():
+            grace = task.info.kill_grace_period_seconds or DEFAULT_KILL_GRACE
+            longest = max(longest, grace)
+            self.kill(task, grace)
+        self.shutdown_deadline = self.monotonic() + longest + SHUTDOWN_EXTRA
+
+    # ---- time ------------------------------------------------------------------------------------------
+    def tick(self) -> None:
+        now = self.monotonic()
+        if self.stream is not None and now - self.last_received > self.stale_after:
+            log.warning("no message from %s for %.1fs: reconnecting", self.stream.address, now - self.last_received)
+            self.stream.close()
+            self.stream = None
+            self.registered = False
+        if self.handles and now >= self.next_observe:
+            self.next_observe = now + OBSERVE_INTERVAL
+            self.observe_tasks()
+        if self.registered:
+            if now >= self.next_heartbeat:
+                self.next_heartbeat = now + self.heartbeat_interval
+                self.send(agent_pb2.AgentMessage(heartbeat=agent_pb2.AgentHeartbeat(agent_id=self.agent_id,
+                                                                                     time=self.wall())))
+            self.flush_updates()
+            if now >= self.next_usage:
+                self.next_usage = now + self.config.config.usage_interval
+                self.send_usage()
+        if now >= self.next_prune:
+            self.next_prune = now + 60.0
+            if self.tasks.prune_done(DONE_TASKS_KEPT):
+                self.checkpoint.prune_done(DONE_TASKS_KEPT)
+        if self.shutdown_deadline is not None:
+            if not self.handles or now >= self.shutdown_deadline:
+                if self.handles:
+                    log.warning("%d task(s) did not end before the shutdown deadline", len(self.handles))
+                self.checkpoint.clear_agent_id()
+                self.exit_code = 0
+
+    def send_usage(self) -> None:
+        usage = agent_pb2.Usage(agent_id=self.agent_id)
+        for task_id, handle in sorted(self.handles.items()):
+            try:
+                sample = self.launcher.usage(handle)
+            except OSError:
+                sample = None
+            if sample is not None:
+                usage.tasks.add(task_id=task_id, cpu_seconds=sample.cpu_seconds, rss_bytes=sample.rss_bytes,
+                                timestamp=sample.timestamp)
+        self.send(agent_pb2.AgentMessage(usage=usage))
+
+
+def run_in_thread(agent: Agent) -> tuple[threading.Thread, list[int]]:
+    """Run `agent.run()` on a thread (tests); the exit code lands in the returned list."""
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(agent.run()), name="agent-loop", daemon=True)
+    thread.start()
+    return thread, result

@@ -1,0 +1,100 @@
+"""agent.db round-trips: identity, fencing term, tasks, and the status-update stream."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from agent.checkpoint import Checkpoint
+from control_plane.core.resources import Resources
+from control_plane.core.values import CommandInfo, StatusSource, TaskInfo, TaskState, TaskStatus
+
+S = TaskState
+
+
+def task(task_id: str = "t1") -> TaskInfo:
+    return TaskInfo(task_id=task_id, name="n", framework_id="fw", agent_id="a1",
+                    resources=Resources.parse("cpus:0.5;mem:64;ports:[31000-31001]"),
+                    command=CommandInfo(shell=False, value="/bin/echo", arguments=("a", "b"),
+                                        environment=(("K", "V"),), working_dir="w"),
+                    kill_grace_period_seconds=2.5, labels=(("l", "v"),))
+
+
+def status(task_id: str, state: TaskState, uuid: str, exit_code: int | None = None) -> TaskStatus:
+    return TaskStatus(task_id=task_id, state=state, message="m", reason="r", source=StatusSource.SOURCE_EXECUTOR,
+                      agent_id="a1", uuid=uuid, timestamp=1.5, exit_code=exit_code, framework_id="fw")
+
+
+def test_identity_and_term_survive_reopening(tmp_path: Path) -> None:
+    cp = Checkpoint.open(tmp_path / "agent.db")
+    assert cp.agent_id == "" and cp.highest_term == 0
+    request_id = cp.registration_request_id()
+    assert cp.registration_request_id() == request_id  # stable until answered
+    assert cp.observe_term(3) and not cp.observe_term(2) and not cp.observe_term(3)
+    cp.set_agent_id("agent-7")
+    cp.close()
+    cp = Checkpoint.open(tmp_path / "agent.db")
+    assert cp.agent_id == "agent-7" and cp.highest_term == 3
+    assert cp.registration_request_id() != request_id  # answered: a new registration gets a new key
+    cp.clear_agent_id()
+    assert cp.agent_id == ""
+
+
+def test_task_round_trip_keeps_every_field(tmp_path: Path) -> None:
+    cp = Checkpoint.open(tmp_path / "agent.db")
+    cp.add_task(task(), traceparent="00-abc-def-01")
+    cp.set_launched("t1", sandbox="/s/t1", supervisor_pid=1234, supervisor_start=99.5,
+                    isolation={"kind": "cgroups_v1", "cgroups": ["/x"]})
+    cp.mark_kill("t1", 4.0)
+    cp.close()
+    cp = Checkpoint.open(tmp_path / "agent.db")
+    [rec] = cp.tasks()
+    assert rec.info == task()
+    assert (rec.state, rec.sandbox, rec.supervisor_pid, rec.supervisor_start) == (S.TASK_STAGING, "/s/t1", 1234, 99.5)
+    assert rec.isolation == {"kind": "cgroups_v1", "cgroups": ["/x"]}
+    assert rec.kill_requested and rec.kill_grace == 4.0 and rec.traceparent == "00-abc-def-01"
+    assert rec.latest is None and not rec.done
+
+
+def test_update_is_stored_with_the_task_state_and_read_back_in_order(tmp_path: Path) -> None:
+    cp = Checkpoint.open(tmp_path / "agent.db")
+    cp.add_task(task("a"))
+    cp.add_task(task("b"))
+    cp.record_update(status("a", S.TASK_STARTING, "u1"), "tp-a")
+    cp.record_update(status("b", S.TASK_STARTING, "u2"))
+    cp.record_update(status("a", S.TASK_FAILED, "u3", exit_code=3))
+    cp.acknowledge(["u1"])
+    cp.close()
+    cp = Checkpoint.open(tmp_path / "agent.db")
+    pending = cp.unacknowledged()
+    assert [u.status.uuid for u in pending] == ["u2", "u3"]
+    assert pending[1].status == status("a", S.TASK_FAILED, "u3", exit_code=3)
+    by_id = {t.task_id: t for t in cp.tasks()}
+    assert by_id["a"].state is S.TASK_FAILED and by_id["a"].latest.uuid == "u3"
+    assert by_id["b"].state is S.TASK_STARTING
+    assert [(u.status.uuid, u.acknowledged, u.traceparent) for u in cp.updates("a")] == [
+        ("u1", True, "tp-a"), ("u3", False, "")]
+
+
+def test_done_tasks_are_hidden_and_pruned(tmp_path: Path) -> None:
+    cp = Checkpoint.open(tmp_path / "agent.db")
+    for name in ("a", "b", "c"):
+        cp.add_task(task(name))
+        cp.record_update(status(name, S.TASK_FINISHED, f"u-{name}"))
+    cp.mark_done("a")
+    cp.mark_done("b")
+    assert [t.task_id for t in cp.tasks()] == ["c"]
+    assert [t.task_id for t in cp.tasks(include_done=True)] == ["a", "b", "c"]
+    assert cp.prune_done(keep=1) == 1
+    assert [t.task_id for t in cp.tasks(include_done=True)] == ["b", "c"]
+    assert cp.updates("a") == []
+
+
+def test_file_is_plain_sqlite_in_wal_mode(tmp_path: Path) -> None:
+    cp = Checkpoint.open(tmp_path / "agent.db")
+    cp.set_agent_id("agent-1")
+    conn = sqlite3.connect(tmp_path / "agent.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("SELECT value FROM meta WHERE key = 'agent_id'").fetchone()[0] == "agent-1"
+    assert {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")} >= {
+        "meta", "tasks", "updates"}

@@ -1,0 +1,224 @@
+"""The agent's task table (checked against the shared lifecycle table), the exit -> status mapping,
+and the dialing plan."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.core.dialing import Backoff, DialPlan
+from agent.core.tasks import (
+    REASON_COMMAND_EXECUTOR_FAILED,
+    REASON_CONTAINER_LIMITATION_MEMORY,
+    AgentTask,
+    DuplicateTask,
+    ExitRecord,
+    Outcome,
+    TaskTable,
+    make_status,
+    terminal_status,
+    validate_task,
+)
+from control_plane.core.lifecycle import TRANSITIONS, can_transition
+from control_plane.core.values import CommandInfo, StatusSource, TaskInfo, TaskState, TaskStatus
+
+S = TaskState
+
+
+def info(task_id: str = "t1", command: str = "true", **kw: object) -> TaskInfo:
+    return TaskInfo(task_id=task_id, framework_id="fw", command=CommandInfo(shell=True, value=command), **kw)
+
+
+def status(task_id: str, state: TaskState, uuid: str = "") -> TaskStatus:
+    return TaskStatus(task_id=task_id, state=state, uuid=uuid or f"{task_id}-{state.name}")
+
+
+# ---- task table -------------------------------------------------------------------------------------
+
+
+def test_new_task_starts_staging_and_follows_the_normal_path() -> None:
+    table = TaskTable()
+    task = table.add(info())
+    assert task.state is S.TASK_STAGING
+    for state in (S.TASK_STARTING, S.TASK_RUNNING, S.TASK_FINISHED):
+        assert table.record(status("t1", state))
+    assert task.terminal and task.latest is not None and task.latest.state is S.TASK_FINISHED
+
+
+def test_table_refuses_exactly_what_the_lifecycle_table_refuses() -> None:
+    for current, allowed in TRANSITIONS.items():
+        if current is S.TASK_STATE_UNKNOWN:
+            continue
+        for new in S:
+            table = TaskTable()
+            table.add(info(), state=current)
+            assert table.record(status("t1", new)) == can_transition(current, new), (current, new)
+
+
+def test_terminal_task_never_changes_again() -> None:
+    table = TaskTable()
+    table.add(info())
+    table.record(status("t1", S.TASK_FAILED))
+    assert not table.record(status("t1", S.TASK_RUNNING))
+    assert not table.record(status("t1", S.TASK_FINISHED))
+    assert table.get("t1").state is S.TASK_FAILED
+
+
+def test_a_task_id_is_added_once() -> None:
+    table = TaskTable()
+    table.add(info())
+    with pytest.raises(DuplicateTask):
+        table.add(info())
+
+
+def test_unknown_task_records_nothing() -> None:
+    assert not TaskTable().record(status("ghost", S.TASK_RUNNING))
+    assert not TaskTable().can_record("ghost", S.TASK_RUNNING)
+
+
+def test_kill_is_requested_once_and_only_for_live_tasks() -> None:
+    table = TaskTable()
+    table.add(info("a"))
+    table.add(info("b"))
+    table.record(status("b", S.TASK_FINISHED))
+    assert table.request_kill("a", 2.0)
+    assert not table.request_kill("a", 1.0)
+    assert table.get("a").kill_grace == 2.0
+    assert not table.request_kill("b", 1.0)
+    assert not table.request_kill("ghost", 1.0)
+
+
+def test_report_has_one_latest_status_per_task_not_yet_done() -> None:
+    table = TaskTable()
+    table.add(info("a"))
+    table.add(info("b"))
+    table.add(info("c"))
+    table.record(status("a", S.TASK_STARTING))
+    table.record(status("a", S.TASK_RUNNING))
+    table.record(status("c", S.TASK_FINISHED))
+    table.get("c").done = True
+    report = table.report("agent-9")
+    assert [(s.task_id, s.state) for s in report] == [("a", S.TASK_RUNNING), ("b", S.TASK_STAGING)]
+    assert all(s.agent_id == "agent-9" for s in report)
+    assert report[0].uuid == "a-TASK_RUNNING" and report[1].uuid == ""
+
+
+def test_prune_done_forgets_the_oldest_done_tasks() -> None:
+    table = TaskTable()
+    for name in "abcde":
+        table.add(info(name))
+    for name in "abd":
+        table.get(name).done = True
+    assert table.prune_done(keep=1) == ["a", "b"]
+    assert [t.task_id for t in table] == ["c", "d", "e"]
+
+
+def test_make_status_carries_the_ids_and_the_minted_uuid() -> None:
+    task = AgentTask(info=info("t9"))
+    s = make_status(task, Outcome(S.TASK_FAILED, "R", "m" * 5000, 3), uuid="u1", now=12.5, agent_id="a1",
+                    source=StatusSource.SOURCE_AGENT)
+    assert (s.task_id, s.framework_id, s.agent_id, s.uuid, s.timestamp, s.exit_code) == ("t9", "fw", "a1", "u1", 12.5, 3)
+    assert len(s.message) <= 4096 and s.source is StatusSource.SOURCE_AGENT
+
+
+def test_validate_task_names_what_is_wrong() -> None:
+    assert validate_task(info()) == ""
+    assert "command" in validate_task(info(command=""))
+    assert "kill_grace" in validate_task(info(kill_grace_period_seconds=-1))
+
+
+# ---- how a process ended -> its status -----------------------------------------------------------------
+
+
+def test_exit_zero_is_finished() -> None:
+    out = terminal_status(ExitRecord(exit_code=0), kill_requested=False)
+    assert out == Outcome(S.TASK_FINISHED, "", "command exited with status 0", 0)
+
+
+def test_nonzero_exit_is_failed_with_the_code_and_stderr() -> None:
+    out = terminal_status(ExitRecord(exit_code=3, stderr_tail="boom\n"), kill_requested=False)
+    assert out.state is S.TASK_FAILED and out.reason == REASON_COMMAND_EXECUTOR_FAILED and out.exit_code == 3
+    assert "status 3" in out.message and "boom" in out.message
+
+
+def test_exit_127_says_command_not_found() -> None:
+    out = terminal_status(ExitRecord(exit_code=127, stderr_tail="sh: 1: nope: not found"), kill_requested=False)
+    assert out.state is S.TASK_FAILED and out.exit_code == 127
+    assert "command not found" in out.message and "nope: not found" in out.message
+
+
+def test_launch_error_is_failed_with_the_error() -> None:
+    out = terminal_status(ExitRecord(exit_code=127, launch_error="/x: No such file"), kill_requested=False)
+    assert out.state is S.TASK_FAILED and "/x: No such file" in out.message and out.exit_code == 127
+
+
+def test_death_by_signal_is_reported_as_128_plus_signal() -> None:
+    out = terminal_status(ExitRecord(signal=11), kill_requested=False)
+    assert out.state is S.TASK_FAILED and out.exit_code == 139 and "SIGSEGV" in out.message
+
+
+def test_requested_kill_is_killed_whatever_the_exit() -> None:
+    for record in (ExitRecord(signal=15), ExitRecord(signal=9), ExitRecord(exit_code=0)):
+        assert terminal_status(record, kill_requested=True).state is S.TASK_KILLED
+    assert terminal_status(ExitRecord(signal=9, killed=True), kill_requested=False).state is S.TASK_KILLED
+
+
+def test_memory_limitation_wins_over_everything() -> None:
+    record = ExitRecord(signal=9, killed=True, limitation="memory limit of 64 MiB exceeded")
+    out = terminal_status(record, kill_requested=True)
+    assert out.state is S.TASK_FAILED and out.reason == REASON_CONTAINER_LIMITATION_MEMORY
+    assert "memory limit" in out.message
+
+
+# ---- dialing ------------------------------------------------------------------------------------------
+
+
+def test_dial_plan_walks_the_list_with_growing_capped_jittered_delays() -> None:
+    plan = DialPlan(["m1", "m2", "m3"], Backoff(initial=0.1, factor=2, maximum=0.4, jitter=0.5))
+    assert plan.first().address == "m1"
+    dials = []
+    address = "m1"
+    for _ in range(5):
+        d = plan.after(address, healthy=False, leader_hint=None, fraction=0.5)
+        dials.append((d.address, round(d.delay, 3)))
+        address = d.address
+    assert dials == [("m2", 0.1), ("m3", 0.2), ("m1", 0.4), ("m2", 0.4), ("m3", 0.4)]
+    low = plan.after("m3", healthy=False, leader_hint=None, fraction=0.0).delay
+    high = plan.after("m3", healthy=False, leader_hint=None, fraction=0.999).delay
+    assert low == pytest.approx(0.2) and high == pytest.approx(0.6, abs=1e-3)
+
+
+def test_dial_plan_follows_a_leader_hint_at_once() -> None:
+    plan = DialPlan(["m1", "m2"])
+    d = plan.after("m1", healthy=False, leader_hint="m2", fraction=0.5)
+    assert (d.address, d.delay, d.reason) == ("m2", 0.0, "leader hint")
+    d = plan.after("m2", healthy=False, leader_hint="m9", fraction=0.5)  # an address not in the list
+    assert d.address == "m9" and "m9" in plan.addresses
+
+
+def test_dial_plan_stops_following_hints_that_go_round_in_circles() -> None:
+    plan = DialPlan(["m1", "m2"])
+    address, immediate = "m1", 0
+    for _ in range(10):
+        d = plan.after(address, healthy=False, leader_hint="m2" if address == "m1" else "m1", fraction=0.5)
+        if d.delay > 0:
+            break
+        immediate += 1
+        address = d.address
+    assert immediate == 3  # len(masters) + 1 hint follows in a row, then backoff
+
+
+def test_healthy_stream_resets_the_backoff_and_retries_the_same_master_first() -> None:
+    plan = DialPlan(["m1", "m2"], Backoff(initial=0.1, factor=2, maximum=5, jitter=0))
+    for _ in range(4):
+        plan.after("m1", healthy=False, leader_hint=None, fraction=0.5)
+    d = plan.after("m2", healthy=True, leader_hint=None, fraction=0.5)
+    assert (d.address, d.delay) == ("m2", 0.1) and plan.failures == 0
+    d = plan.after("m2", healthy=False, leader_hint=None, fraction=0.5)
+    assert (d.address, d.delay) == ("m1", 0.1)
+
+
+def test_dial_plan_needs_an_address() -> None:
+    with pytest.raises(ValueError):
+        DialPlan([])
+    with pytest.raises(ValueError):
+        Backoff(jitter=1.0)

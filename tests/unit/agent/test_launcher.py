@@ -1,0 +1,215 @@
+"""The supervisor and the process launcher with real short processes: output, exit codes, kills with a
+grace period, missing commands, recovery without the launcher that started the task, usage."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from agent.core.tasks import terminal_status
+from agent.executor.isolation import RlimitIsolator
+from agent.executor.launcher import LaunchHandle, Observation, ProcessLauncher
+from agent.executor.supervisor import read_json
+from control_plane.core.resources import Resources
+from control_plane.core.values import CommandInfo, TaskInfo, TaskState
+
+S = TaskState
+PY = sys.executable
+
+
+def shell_task(command: str, task_id: str = "t1", **kw: object) -> TaskInfo:
+    return TaskInfo(task_id=task_id, framework_id="fw", resources=Resources.of(cpus=0.5, mem=256),
+                    command=CommandInfo(shell=True, value=command, **kw))  # type: ignore[arg-type]
+
+
+def argv_task(program: str, *args: str, task_id: str = "t1") -> TaskInfo:
+    return TaskInfo(task_id=task_id, framework_id="fw", resources=Resources.of(cpus=0.5, mem=256),
+                    command=CommandInfo(shell=False, value=program, arguments=args))
+
+
+def wait(launcher: ProcessLauncher, handle: LaunchHandle, predicate, timeout: float = 20.0) -> Observation:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        obs = launcher.observe(handle)
+        if predicate(obs):
+            return obs
+        assert time.monotonic() < deadline, f"timed out; last observation {obs}"
+        time.sleep(0.05)
+
+
+def run_to_end(launcher: ProcessLauncher, info: TaskInfo, timeout: float = 20.0) -> tuple[LaunchHandle, Observation]:
+    handle = launcher.launch(info)
+    obs = wait(launcher, handle, lambda o: o.ended, timeout)
+    launcher.release(handle)
+    return handle, obs
+
+
+@pytest.fixture
+def launcher(tmp_path: Path) -> Iterator[ProcessLauncher]:
+    launcher = ProcessLauncher(tmp_path / "sandboxes", RlimitIsolator())
+    yield launcher
+    # Leave no task behind: kill whatever a failed test left running.
+    for sandbox in (tmp_path / "sandboxes").glob("*/*"):
+        sup = read_json(sandbox / "supervisor.json")
+        if sup and not (sandbox / "exit_status.json").exists():
+            try:
+                os.kill(int(sup["supervisor_pid"]), signal.SIGTERM)
+            except OSError:
+                pass
+
+
+def test_echo_output_lands_in_the_sandbox_stdout(launcher: ProcessLauncher) -> None:
+    handle, obs = run_to_end(launcher, shell_task("echo hi; echo oops >&2"))
+    assert handle.sandbox == launcher.work_dir / "fw" / "t1"
+    assert (handle.sandbox / "stdout").read_text() == "hi\n"
+    assert (handle.sandbox / "stderr").read_text() == "oops\n"
+    assert obs.started and obs.exit is not None
+    out = terminal_status(obs.exit, kill_requested=False)
+    assert out.state is S.TASK_FINISHED and out.exit_code == 0
+    assert read_json(handle.sandbox / "task.json")["task_pid"] > 0
+
+
+def test_exit_code_is_recorded_in_shell_and_argv_modes(launcher: ProcessLauncher) -> None:
+    _, obs = run_to_end(launcher, shell_task("exit 3", task_id="sh"))
+    assert obs.exit is not None and obs.exit.exit_code == 3
+    assert terminal_status(obs.exit, False).state is S.TASK_FAILED
+    _, obs = run_to_end(launcher, argv_task(PY, "-c", "import sys; sys.exit(5)", task_id="argv"))
+    assert obs.exit is not None and obs.exit.exit_code == 5
+
+
+def test_environment_and_working_directory(launcher: ProcessLauncher) -> None:
+    info = shell_task('echo "$FOO $TESSERA_TASK_ID"; pwd', environment=(("FOO", "bar"),), working_dir="sub")
+    handle, obs = run_to_end(launcher, info)
+    assert (handle.sandbox / "stdout").read_text().splitlines() == ["bar t1", str(handle.sandbox / "sub")]
+
+
+def test_task_ids_are_made_safe_for_paths(launcher: ProcessLauncher) -> None:
+    info = TaskInfo(task_id="../../etc/x", framework_id="../fw", command=CommandInfo(value="true"))
+    sandbox = launcher.sandbox_for(info)
+    assert sandbox.resolve().is_relative_to(launcher.work_dir.resolve())
+
+
+def test_missing_command_in_a_shell_fails_with_127_and_stderr(launcher: ProcessLauncher) -> None:
+    _, obs = run_to_end(launcher, shell_task("no-such-command-tessera-xyz"))
+    assert obs.exit is not None
+    out = terminal_status(obs.exit, False)
+    assert out.state is S.TASK_FAILED and out.exit_code == 127
+    assert "not found" in out.message and "no-such-command-tessera-xyz" in out.message
+
+
+def test_missing_program_in_argv_mode_fails_with_127_and_the_reason(launcher: ProcessLauncher) -> None:
+    handle, obs = run_to_end(launcher, argv_task("/no/such/program"))
+    assert obs.exit is not None and not obs.started
+    out = terminal_status(obs.exit, False)
+    assert out.state is S.TASK_FAILED and out.exit_code == 127
+    assert "/no/such/program" in out.message and "No such file" in out.message
+    assert "cannot execute" in (handle.sandbox / "stderr").read_text()
+
+
+def test_kill_sends_sigterm_then_sigkill_after_the_grace_period(launcher: ProcessLauncher) -> None:
+    # The task traps SIGTERM (records it, keeps running), so only SIGKILL after the grace can end it.
+    script = "trap 'echo got-term >> term.log' TERM; echo ready; while true; do sleep 0.05; done"
+    handle = launcher.launch(shell_task(script))
+    wait(launcher, handle, lambda o: o.started and (handle.sandbox / "stdout").read_text() == "ready\n")
+    grace = 1.0
+    killed_at = time.monotonic()
+    launcher.kill(handle, grace)
+    obs = wait(launcher, handle, lambda o: o.ended)
+    elapsed = time.monotonic() - killed_at
+    launcher.release(handle)
+    assert obs.exit is not None and obs.exit.signal == signal.SIGKILL and obs.exit.killed
+    assert "got-term" in (handle.sandbox / "term.log").read_text()  # SIGTERM came first and was survived
+    assert elapsed >= grace  # and SIGKILL not before the grace period was over
+    out = terminal_status(obs.exit, kill_requested=True)
+    assert out.state is S.TASK_KILLED and "SIGKILL" in out.message
+    assert "grace period over" in (handle.sandbox / "supervisor.log").read_text()
+
+
+def test_task_that_honours_sigterm_ends_by_it(launcher: ProcessLauncher) -> None:
+    handle = launcher.launch(argv_task("sleep", "60"))
+    wait(launcher, handle, lambda o: o.started)
+    launcher.kill(handle, 30.0)
+    obs = wait(launcher, handle, lambda o: o.ended)
+    assert obs.exit is not None and obs.exit.signal == signal.SIGTERM
+    assert terminal_status(obs.exit, True).state is S.TASK_KILLED
+
+
+def test_zero_grace_kills_at_once(launcher: ProcessLauncher) -> None:
+    handle = launcher.launch(shell_task("trap '' TERM; sleep 60"))
+    wait(launcher, handle, lambda o: o.started)
+    launcher.kill(handle, 0.0)
+    obs = wait(launcher, handle, lambda o: o.ended)
+    assert obs.exit is not None and obs.exit.signal == signal.SIGKILL
+
+
+def test_processes_left_behind_die_with_the_task(launcher: ProcessLauncher) -> None:
+    handle, obs = run_to_end(launcher, shell_task("sleep 60 & echo $! > bg.pid; exit 0"))
+    bg = int((handle.sandbox / "bg.pid").read_text())
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(bg) and psutil.Process(bg).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the background process outlived its task"
+        time.sleep(0.05)
+    assert obs.exit is not None and obs.exit.exit_code == 0
+
+
+def test_a_new_launcher_finds_a_running_task_and_can_kill_it(launcher: ProcessLauncher, tmp_path: Path) -> None:
+    first = launcher.launch(argv_task("sleep", "60"))
+    wait(launcher, first, lambda o: o.started)
+    # What a restarted agent has: the checkpointed fields, no Popen object.
+    again = ProcessLauncher(launcher.work_dir, RlimitIsolator())
+    handle = again.handle_from_checkpoint(first.task_id, first.framework_id, str(first.sandbox), first.supervisor_pid,
+                                          first.supervisor_start, first.isolation.to_json(), False)
+    obs = again.observe(handle)
+    assert obs.started and not obs.ended
+    again.kill(handle, 5.0)
+    obs = wait(again, handle, lambda o: o.ended)
+    assert obs.exit is not None and obs.exit.killed
+    first.popen.wait(timeout=10)  # reap it: it was this process's child
+
+
+def test_a_recycled_pid_is_not_taken_for_the_supervisor(launcher: ProcessLauncher) -> None:
+    handle = launcher.launch(argv_task("sleep", "60"))
+    wait(launcher, handle, lambda o: o.started)
+    impostor = launcher.handle_from_checkpoint(handle.task_id, handle.framework_id, str(handle.sandbox),
+                                               handle.supervisor_pid, handle.supervisor_start - 1000.0,
+                                               handle.isolation.to_json(), False)
+    assert launcher.supervisor_alive(handle)
+    assert not launcher.supervisor_alive(impostor)
+    launcher.kill(handle, 0)
+    wait(launcher, handle, lambda o: o.ended)
+
+
+def test_supervisor_killed_without_an_exit_record_is_reported_and_its_task_killed(launcher: ProcessLauncher) -> None:
+    handle = launcher.launch(argv_task("sleep", "60"))
+    wait(launcher, handle, lambda o: o.started)
+    task_pid = read_json(handle.sandbox / "task.json")["task_pid"]
+    os.kill(handle.supervisor_pid, signal.SIGKILL)
+    obs = wait(launcher, handle, lambda o: o.ended)
+    assert obs.exit is None and "supervisor" in obs.supervisor_lost
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(task_pid) and psutil.Process(task_pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the orphaned task was not killed"
+        time.sleep(0.05)
+
+
+def test_usage_reports_cpu_and_memory_of_the_task(launcher: ProcessLauncher) -> None:
+    handle = launcher.launch(argv_task(PY, "-c", "import time\nx = bytearray(b'1' * (20 << 20))\n"
+                                            "t = time.time()\nwhile time.time() - t < 60: pass"))
+    wait(launcher, handle, lambda o: o.started)
+    deadline = time.monotonic() + 20
+    while True:
+        usage = launcher.usage(handle)
+        if usage is not None and usage.cpu_seconds > 0.05 and usage.rss_bytes > 20 << 20:
+            break
+        assert time.monotonic() < deadline, f"usage never showed the work: {usage}"
+        time.sleep(0.1)
+    launcher.kill(handle, 0)
+    wait(launcher, handle, lambda o: o.ended)
+    assert launcher.usage(handle) is None
