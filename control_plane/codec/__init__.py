@@ -254,11 +254,20 @@ def to_jsonable(value: Any) -> Any:
         return out
     if isinstance(value, enum.Enum):
         return value.name
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _json_field(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    names = _field_names(type(value))
+    if names is not None:
+        return {name: _json_field(getattr(value, name)) for name in names}
     if isinstance(value, tuple):
         return [to_jsonable(v) for v in value]
     return value
+
+
+@cache
+def _field_names(cls: type) -> tuple[str, ...] | None:
+    """Field names of a dataclass type (None for anything else), computed once per type."""
+    if dataclasses.is_dataclass(cls):
+        return tuple(f.name for f in dataclasses.fields(cls))
+    return None
 
 
 def _json_field(value: Any) -> Any:

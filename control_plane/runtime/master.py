@@ -20,10 +20,11 @@ Followers announce their gRPC address to the leader once (so `quorum status` can
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -59,8 +60,15 @@ class MasterIdentity:
     grpc_address: str
 
 
+# Ids are minted only by the serving leader. A random 64-bit prefix drawn once per process, plus a counter,
+# makes them unique across masters and restarts without a random-number syscall per id (uuid4 was 15 % of
+# the leader's CPU under load).
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(1)
+
+
 def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
+    return f"{prefix}-{_ID_PREFIX}{next(_ID_COUNTER):08x}"
 
 
 class Master:

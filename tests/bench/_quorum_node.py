@@ -55,8 +55,14 @@ def run_raw(args: argparse.Namespace) -> None:
         while True:
             time.sleep(1)
     time.sleep(0.5)
-    event = b'{"type":"RoleWeightSet","role":"bench","weight":2.0,"pad":"' + b"x" * 80 + b'"}'
-    batch = [event] * args.batch
+    # distinct events (identical ones would be pickled once and referenced 100 times)
+    template = '{"type":"RoleWeightSet","role":"bench-%d","weight":2.0,"request_id":"req-%032d"}'
+    counter = [0]
+
+    def next_batch() -> list[bytes]:
+        start = counter[0]
+        counter[0] += args.batch
+        return [(template % (i % 50, i)).encode() for i in range(start, start + args.batch)]
     sem = threading.BoundedSemaphore(args.in_flight)
     latencies: list[float] = []
     done = [0]
@@ -75,7 +81,7 @@ def run_raw(args: argparse.Namespace) -> None:
                     failed[0] += 1
             sem.release()
 
-        node.append(batch, callback=cb)
+        node.append(next_batch(), callback=cb)
 
     warm_end = time.monotonic() + args.warmup
     while time.monotonic() < warm_end:
@@ -128,6 +134,31 @@ def run_tessera(args: argparse.Namespace) -> None:
             time.sleep(1)
 
     async def load() -> dict[str, object]:
+        loop = asyncio.get_running_loop()
+        # Completions arrive on the replication thread; hand them to the loop in batches (one wake-up
+        # per burst rather than one per write), as an efficient async server would.
+        completed: list[tuple[asyncio.Future[object], object]] = []
+        lock = threading.Lock()
+
+        def drain() -> None:
+            with lock:
+                items = completed[:]
+                completed.clear()
+            for waiter, value in items:
+                if not waiter.done():
+                    waiter.set_result(value)
+
+        def on_done(waiter: asyncio.Future[object], fut: object) -> None:
+            try:
+                value = fut.result()  # type: ignore[attr-defined]
+            except Exception as exc:  # noqa: BLE001 - delivered to the writer as a value
+                value = exc
+            with lock:
+                first = not completed
+                completed.append((waiter, value))
+            if first:
+                loop.call_soon_threadsafe(drain)
+
         latencies: list[float] = []
         counts = {"ok": 0, "err": 0}
         measuring = [False]
@@ -137,12 +168,11 @@ def run_tessera(args: argparse.Namespace) -> None:
             n = 0
             while not stop[0]:
                 t0 = time.perf_counter()
+                waiter: asyncio.Future[object] = loop.create_future()
                 fut = master.propose_async([cmd.SetRoleWeight(role=f"role-{i % 50}", weight=1.0 + (n % 7))])
-                try:
-                    result = await asyncio.wrap_future(fut)
-                    ok = getattr(result, "outcome", "") == "applied"
-                except Exception:  # noqa: BLE001 - counted
-                    ok = False
+                fut.add_done_callback(lambda f, w=waiter: on_done(w, f))
+                result = await waiter
+                ok = getattr(result, "outcome", "") == "applied"
                 if measuring[0]:
                     if ok:
                         counts["ok"] += 1
