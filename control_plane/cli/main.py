@@ -407,6 +407,48 @@ def events(c: Ctx, follow: bool, types: tuple[str, ...], framework: str, agent: 
         stream.cancel()
 
 
+def _agent_group() -> click.Group:
+    """`tessera agent --data-dir D ...` runs an agent; `tessera agent drain AGENT_ID` drains one."""
+    import copy
+
+    from agent.cli import agent_main
+
+    params = []
+    for param in agent_main.params:
+        optional = copy.copy(param)
+        optional.required = False  # --data-dir is required to run an agent, not to drain one
+        params.append(optional)
+
+    @click.group("agent", invoke_without_command=True, params=params, help=agent_main.help)
+    @click.pass_context
+    def agent(ctx: click.Context, **kwargs: Any) -> None:
+        if ctx.invoked_subcommand is not None:
+            return
+        if kwargs.get("data_dir") is None:
+            fail("--data-dir: required to run an agent (where agent.db and the sandboxes live)", 2)
+        assert agent_main.callback is not None
+        agent_main.callback(**kwargs)
+
+    @agent.command("drain")
+    @click.argument("agent_id")
+    @click.option("--request-id", default="")
+    @click.pass_context
+    def drain(ctx: click.Context, agent_id: str, request_id: str) -> None:
+        """Stop offering AGENT_ID and kill its tasks with their grace period."""
+        from tessera.v1 import operator_pb2
+
+        c = ctx.find_object(Ctx)
+        assert c is not None
+        resp = c.call(lambda s: s.DrainAgent, operator_pb2.DrainAgentRequest(agent_id=agent_id,
+                                                                             request_id=request_id))
+        click.echo(f"agent {agent_id} is draining (event {resp.index})")
+
+    return agent
+
+
+cli.add_command(_agent_group())
+
+
 def main() -> None:
     cli(prog_name="tessera")
 
