@@ -1,0 +1,304 @@
+"""A batch runner: run N commands to completion on the cluster, retry failures, print a summary.
+
+    python -m sdk.examples.batch --masters 127.0.0.1:5050 --count 10 --command 'sleep 0.1'
+    python -m sdk.examples.batch --command 'make test-a' --command 'make test-b' --max-retries 1
+
+Each command is one job; a job's attempt is one task (a fresh task id per attempt, since the master
+never reuses one). A job whose task ends in any state but TASK_FINISHED is launched again until it has
+been retried `max_retries` times. The process exits 0 only when every job succeeded.
+
+How it uses offers (the habits of a well-behaved Mesos framework):
+- packs as many waiting jobs into each offer as fit (`Offer.resources` arithmetic);
+- declines what it cannot use with a refuse filter, and suppresses offers altogether once nothing
+  waits, so the allocator can give the resources to others;
+- revives when a job needs another attempt or a task ended while jobs still wait (which also clears
+  its own decline filters, so freed resources come back at once);
+- after a re-subscription, reconciles the tasks it believes running: a task that ended while the
+  scheduler was away is handled like any update;
+- tears the framework down when every job is done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+import uuid
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdk import (
+    Filters,
+    FrameworkInfo,
+    Offer,
+    Resources,
+    Scheduler,
+    SchedulerDriver,
+    TaskInfo,
+    TaskState,
+    TaskStatus,
+    TesseraError,
+)
+
+log = logging.getLogger("sdk.examples.batch")
+
+Command = str | tuple[str, ...]
+
+
+@dataclass
+class _Job:
+    index: int
+    command: Command
+    attempts: int = 0
+    task_id: str | None = None
+    state: TaskState | None = None
+    exit_code: int | None = None
+    message: str = ""
+    exit_codes: list[int | None] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    index: int
+    command: Command
+    attempts: int
+    state: TaskState | None  # None: never finished (the run was cut short)
+    exit_code: int | None
+    message: str
+    exit_codes: tuple[int | None, ...]  # one per attempt that ended
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state is TaskState.TASK_FINISHED
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    results: tuple[JobResult, ...]
+    error: str | None = None  # why the run ended early, if it did
+
+    @property
+    def succeeded(self) -> list[JobResult]:
+        return [r for r in self.results if r.succeeded]
+
+    @property
+    def failed(self) -> list[JobResult]:
+        return [r for r in self.results if not r.succeeded]
+
+    @property
+    def retried(self) -> int:
+        """Attempts beyond the first, over every job."""
+        return sum(max(0, r.attempts - 1) for r in self.results)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(r.succeeded for r in self.results)
+
+    def exit_codes(self) -> Counter[int | None]:
+        """How many ended attempts exited with each code (None: no exit code, e.g. lost)."""
+        return Counter(code for r in self.results for code in r.exit_codes)
+
+    def render(self) -> str:
+        lines = [f"{len(self.succeeded)} succeeded, {len(self.failed)} failed, {self.retried} retried "
+                 f"({len(self.results)} jobs)"]
+        codes = ", ".join(f"{'none' if c is None else c}: {n}" for c, n in sorted(
+            self.exit_codes().items(), key=lambda kv: (kv[0] is None, kv[0] or 0)))
+        if codes:
+            lines.append(f"exit codes: {codes}")
+        for r in self.failed:
+            state = r.state.name if r.state is not None else "NOT FINISHED"
+            lines.append(f"  job {r.index} failed after {r.attempts} attempt(s): {state}"
+                         f"{'' if r.exit_code is None else f' exit {r.exit_code}'} {r.message}".rstrip())
+        if self.error:
+            lines.append(f"stopped early: {self.error}")
+        return "\n".join(lines)
+
+
+class BatchRunner(Scheduler):
+    def __init__(self, commands: Sequence[Command], resources: Resources, *, max_retries: int = 2,
+                 name: str = "batch", env: dict[str, str] | None = None, refuse_seconds: float = 30.0) -> None:
+        if not commands:
+            raise ValueError("a batch needs at least one command")
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        self.resources = resources
+        self.max_retries = max_retries
+        self.name = name
+        self.env = dict(env or {})
+        self.refuse_seconds = refuse_seconds
+        self.run_id = uuid.uuid4().hex[:8]  # task ids are never reused by the master, across runs too
+        self.jobs = [_Job(i, c) for i, c in enumerate(commands)]
+        self._waiting: deque[_Job] = deque(self.jobs)
+        self._running: dict[str, _Job] = {}
+        self._suppressed: bool | None = None  # None: unknown (the master keeps it across reconnections)
+        self._finished = False
+        self.failure: str | None = None
+        self.done = threading.Event()
+
+    # ---- callbacks ------------------------------------------------------------------------------------
+    def subscribed(self, driver: SchedulerDriver, framework_id: str) -> None:
+        log.info("subscribed as %s", framework_id)
+        self._suppressed = None
+        if self._running:
+            try:
+                for status in driver.reconcile(list(self._running)):
+                    self._handle(driver, status)
+            except TesseraError as exc:
+                log.warning("reconciliation failed: %s", exc)
+        self._want_offers(driver)
+
+    def offers(self, driver: SchedulerDriver, offers: list[Offer]) -> None:
+        for offer in offers:
+            tasks = self._pack(offer)
+            try:
+                if tasks:
+                    driver.launch(offer, tasks)
+                else:
+                    driver.decline(offer, Filters(self.refuse_seconds))
+            except TesseraError as exc:
+                log.warning("offer %s: %s", offer.offer_id, exc)
+                self._unpack(tasks)
+        self._want_offers(driver)
+
+    def update(self, driver: SchedulerDriver, status: TaskStatus) -> None:
+        log.info("task %s %s%s", status.task_id, status.state.name,
+                 f" (exit {status.exit_code})" if status.exit_code is not None else "")
+        self._handle(driver, status)
+        self._want_offers(driver)
+
+    def error(self, driver: SchedulerDriver, message: str) -> None:
+        log.error("%s", message)
+        self.failure = message
+        self.done.set()
+
+    # ---- bookkeeping ----------------------------------------------------------------------------------
+    def _pack(self, offer: Offer) -> list[TaskInfo]:
+        left = offer.resources
+        tasks: list[TaskInfo] = []
+        while self._waiting and left.contains(self.resources):
+            job = self._waiting.popleft()
+            job.attempts += 1
+            job.task_id = f"{self.name}-{self.run_id}-{job.index}.{job.attempts}"
+            self._running[job.task_id] = job
+            left = left - self.resources
+            tasks.append(TaskInfo(
+                task_id=job.task_id, name=f"{self.name} job {job.index}", resources=self.resources,
+                command=job.command, env={**self.env, "BATCH_JOB_INDEX": str(job.index),
+                                          "BATCH_ATTEMPT": str(job.attempts)},
+            ))
+        return tasks
+
+    def _unpack(self, tasks: list[TaskInfo]) -> None:
+        """The launch did not happen: those jobs wait again, attempt not counted."""
+        for task in reversed(tasks):
+            job = self._running.pop(task.task_id)
+            job.attempts -= 1
+            self._waiting.appendleft(job)
+
+    def _handle(self, driver: SchedulerDriver, status: TaskStatus) -> None:
+        job = self._running.get(status.task_id)
+        if job is None or not status.is_terminal:
+            return  # an older attempt, or a status we already handled
+        del self._running[status.task_id]
+        job.state, job.exit_code, job.message = status.state, status.exit_code, status.message
+        job.exit_codes.append(status.exit_code)
+        if status.state is not TaskState.TASK_FINISHED and job.attempts <= self.max_retries:
+            log.info("job %d failed (%s); retrying", job.index, status.state.name)
+            self._waiting.append(job)
+        if self._waiting:
+            self._revive(driver)
+        elif not self._running and not self._finished:
+            self._finished = True
+            log.info("all jobs done")
+            try:
+                driver.teardown()
+            except TesseraError as exc:
+                log.warning("teardown failed: %s", exc)
+                driver.stop()
+            self.done.set()
+
+    def _want_offers(self, driver: SchedulerDriver) -> None:
+        if self._finished:
+            return
+        if self._waiting:
+            if self._suppressed is not False:
+                self._revive(driver)
+        elif self._suppressed is not True:
+            try:
+                driver.suppress()
+                self._suppressed = True
+            except TesseraError as exc:
+                log.warning("suppress failed: %s", exc)
+
+    def _revive(self, driver: SchedulerDriver) -> None:
+        try:
+            driver.revive()
+            self._suppressed = False
+        except TesseraError as exc:
+            log.warning("revive failed: %s", exc)
+
+    def summary(self) -> BatchSummary:
+        return BatchSummary(
+            tuple(JobResult(j.index, j.command, j.attempts, j.state, j.exit_code, j.message, tuple(j.exit_codes))
+                  for j in self.jobs),
+            self.failure,
+        )
+
+
+def run_batch(runner: BatchRunner, framework: FrameworkInfo, masters: Sequence[str] | str,
+              **driver_options: Any) -> BatchSummary:
+    """Run `runner` to the end with a blocking driver and return its summary."""
+    driver = SchedulerDriver(runner, framework, masters, **driver_options)
+    driver.run()
+    return runner.summary()
+
+
+def _env_pairs(pairs: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"batch: --env: expected KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sdk.examples.batch", description=__doc__.split("\n")[0])
+    parser.add_argument("--masters", default=os.environ.get("TESSERA_MASTERS", "127.0.0.1:5050"),
+                        help="HOST:PORT,... of the masters (default: $TESSERA_MASTERS or 127.0.0.1:5050)")
+    parser.add_argument("--command", action="append", required=True,
+                        help="a shell command to run (repeat for several)")
+    parser.add_argument("--count", type=int, default=1, help="run each command this many times")
+    parser.add_argument("--cpus", type=float, default=0.1)
+    parser.add_argument("--mem", type=float, default=32.0, help="MiB")
+    parser.add_argument("--max-retries", type=int, default=2)
+    parser.add_argument("--name", default="batch")
+    parser.add_argument("--role", default="default")
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for every task")
+    parser.add_argument("--give-up-after", type=float, default=30.0,
+                        help="seconds without any master before giving up")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(message)s")
+    for flag, value in (("--count", args.count), ("--cpus", args.cpus), ("--mem", args.mem)):
+        if not value > 0:
+            parser.error(f"{flag} must be positive")
+    if args.max_retries < 0:
+        parser.error("--max-retries must be >= 0")
+    commands: list[Command] = [c for c in args.command for _ in range(args.count)]
+    runner = BatchRunner(commands, Resources.of(cpus=args.cpus, mem=args.mem), max_retries=args.max_retries,
+                         name=args.name, env=_env_pairs(args.env))
+    summary = run_batch(runner, FrameworkInfo(name=args.name, roles=(args.role,), failover_timeout=60.0),
+                        args.masters, give_up_after=args.give_up_after)
+    print(summary.render())
+    return 0 if summary.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
