@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 DEFAULT_MASTERS = "127.0.0.1:5050"
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 200)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -447,6 +447,15 @@ def _agent_group() -> click.Group:
 
 
 cli.add_command(_agent_group())
+
+
+def _run_command() -> click.Command:
+    from sdk.run import run_command
+
+    return run_command
+
+
+cli.add_command(_run_command(), name="run")
 
 
 def main() -> None:
