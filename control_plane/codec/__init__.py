@@ -254,6 +254,8 @@ def to_jsonable(value: Any) -> Any:
         return out
     if isinstance(value, enum.Enum):
         return value.name
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
     names = _field_names(type(value))
     if names is not None:
         return {name: _json_field(getattr(value, name)) for name in names}

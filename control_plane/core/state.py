@@ -496,6 +496,9 @@ def check_task_info(task: object, what: str = "task") -> TaskInfo:
     return task
 
 
+MAX_STATUS_DATA = 4096  # bytes of task output a status may carry (it lives in replicated state)
+
+
 def check_task_status(status: object, what: str = "status") -> TaskStatus:
     if not isinstance(status, TaskStatus):
         raise InvalidRequest(f"{what}: must be a TaskStatus")
@@ -516,6 +519,8 @@ def check_task_status(status: object, what: str = "status") -> TaskStatus:
         isinstance(status.exit_code, bool) or not isinstance(status.exit_code, int)
     ):
         raise InvalidRequest(f"{what}.exit_code: must be an integer or None")
+    if not isinstance(status.data, bytes) or len(status.data) > MAX_STATUS_DATA:
+        raise InvalidRequest(f"{what}.data: at most {MAX_STATUS_DATA} bytes")
     return status
 
 

@@ -88,6 +88,7 @@ class TaskStatus:
     timestamp: float = 0.0
     exit_code: int | None = None
     framework_id: str = ""
+    data: bytes = b""  # terminal statuses from agents: the tail of the task's stdout (MAX_STATUS_DATA bytes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -290,6 +290,7 @@ class TaskStatus(_message.Message):
     TIMESTAMP_FIELD_NUMBER: _builtins.int
     EXIT_CODE_FIELD_NUMBER: _builtins.int
     FRAMEWORK_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     state: Global___TaskState.ValueType
     message: _builtins.str
@@ -301,6 +302,8 @@ class TaskStatus(_message.Message):
     timestamp: _builtins.float
     exit_code: _builtins.int
     framework_id: _builtins.str
+    data: _builtins.bytes
+    """terminal statuses from agents: the tail of the task's stdout (at most 4 KiB)"""
     def __init__(
         self,
         *,
@@ -314,10 +317,11 @@ class TaskStatus(_message.Message):
         timestamp: _builtins.float = ...,
         exit_code: _builtins.int | None = ...,
         framework_id: _builtins.str = ...,
+        data: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "agent_id", b"agent_id", "exit_code", b"exit_code", "framework_id", b"framework_id", "message", b"message", "reason", b"reason", "source", b"source", "state", b"state", "task_id", b"task_id", "timestamp", b"timestamp", "uuid", b"uuid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "agent_id", b"agent_id", "data", b"data", "exit_code", b"exit_code", "framework_id", b"framework_id", "message", b"message", "reason", b"reason", "source", b"source", "state", b"state", "task_id", b"task_id", "timestamp", b"timestamp", "uuid", b"uuid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
