@@ -54,6 +54,8 @@ class FakeMaster(agent_pb2_grpc.AgentLinkServicer):
         self.by_request: dict[str, str] = {}
         self.streams: list[StreamState] = []
         self.refused = 0
+        self.on_update: Callable[[agent_pb2.StatusUpdate], None] | None = None  # called on receipt
+        self.silent = False  # stop answering heartbeats (a master that hangs)
         self._ids = itertools.count(1)
         self.server: grpc.Server | None = None
         self.address = ""
@@ -129,10 +131,14 @@ class FakeMaster(agent_pb2_grpc.AgentLinkServicer):
                 with self.lock:
                     if kind == "heartbeat":
                         self.heartbeats += 1
+                        if self.silent:
+                            continue
                         state.out.put(agent_pb2.MasterMessage(term=self.term,
                                                               heartbeat_ack=agent_pb2.AgentHeartbeatAck()))
                     elif kind == "status_update":
                         update = msg.status_update
+                        if self.on_update is not None:
+                            self.on_update(update)
                         self.updates.append(update)
                         self.recorded.setdefault(update.status.uuid, update)
                         if self.ack_updates:

@@ -45,7 +45,7 @@ def test_new_task_starts_staging_and_follows_the_normal_path() -> None:
 
 
 def test_table_refuses_exactly_what_the_lifecycle_table_refuses() -> None:
-    for current, allowed in TRANSITIONS.items():
+    for current in TRANSITIONS:
         if current is S.TASK_STATE_UNKNOWN:
             continue
         for new in S:
