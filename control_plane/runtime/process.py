@@ -43,6 +43,7 @@ class MasterConfig:
     raft_password: str | None
     leader: LeaderSettings = LeaderSettings()
     grpc_workers: int = 256
+    metrics_address: str | None = None  # HOST:PORT for Prometheus /metrics; None = no metrics server
 
 
 def validate(config: MasterConfig) -> None:
@@ -119,6 +120,16 @@ def run_master(config: MasterConfig) -> int:
     except StartupError as exc:
         print(f"tessera master: {exc}", file=sys.stderr)
         return 2
+    metrics = None
+    if config.metrics_address:
+        from control_plane.runtime.metrics import MasterMetrics
+
+        try:
+            metrics = MasterMetrics(master, duties, address=config.metrics_address)
+            metrics.start()
+        except (OSError, ValueError) as exc:
+            print(f"tessera master: --metrics: cannot serve on {config.metrics_address} ({exc})", file=sys.stderr)
+            return 2
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -144,6 +155,8 @@ def run_master(config: MasterConfig) -> int:
         master.maybe_announce()
     duties.stop()
     server.stop()
+    if metrics is not None:
+        metrics.stop()
     master.stop()
     log.info("master %s stopped", config.name)
     return 0
