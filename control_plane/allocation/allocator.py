@@ -141,56 +141,78 @@ def _gcd(a: int, b: int) -> int:
 
 
 # ---- per-agent working state -------------------------------------------------------------------------
-class _AgentView:
-    """An agent's free resources split by reservation role: parsed once, never mutated (cacheable)."""
+_Split = tuple[dict[str, int], Ranges, dict[str, tuple[dict[str, int], Ranges]]]
 
-    __slots__ = ("agent", "pristine", "flat", "whole_allocatable", "unreserved", "unreserved_ranges",
-                 "reserved")
+
+class _AgentView:
+    """An agent's free resources as the allocator reads them; never mutated, so `Allocator` can keep it
+    across rounds. `flat` sums scalars over reservation roles; `pristine` says nothing is reserved (then
+    the unreserved part is `flat` and the whole `free` can be offered as-is). The split by reservation
+    role is only built for agents that need it."""
+
+    __slots__ = ("agent", "pristine", "flat", "whole_allocatable", "_split")
 
     def __init__(self, agent: AgentSnapshot) -> None:
         self.agent = agent
-        unreserved: dict[str, int] = {}
-        reserved: dict[str, tuple[dict[str, int], list[tuple[Key, tuple[Interval, ...]]]]] = {}
-        unreserved_ranges: list[tuple[Key, tuple[Interval, ...]]] = []
+        flat: dict[str, int] = {}
+        pristine = True
         for (name, role), milli in agent.free.scalars:
             if role:
-                reserved.setdefault(role, ({}, []))[0][name] = milli
+                pristine = False
+            flat[name] = flat.get(name, 0) + milli
+        if pristine:
+            pristine = not any(key[1] for key, _ in agent.free.ranges)
+        self.flat = flat
+        self.pristine = pristine
+        self.whole_allocatable = _allocatable(flat.get("cpus", 0), flat.get("mem", 0))
+        self._split: _Split | None = None
+
+    def split(self) -> _Split:
+        """(unreserved scalars, unreserved ranges, {role: (reserved scalars, reserved ranges)})."""
+        if self._split is None:
+            free = self.agent.free
+            if self.pristine:
+                self._split = (self.flat, free.ranges, {})
             else:
-                unreserved[name] = milli
-        for key, intervals in agent.free.ranges:
-            if key[1]:
-                reserved.setdefault(key[1], ({}, []))[1].append((key, intervals))
-            else:
-                unreserved_ranges.append((key, intervals))
-        self.unreserved = unreserved
-        self.unreserved_ranges = tuple(unreserved_ranges)
-        self.reserved = {r: (s, tuple(rr)) for r, (s, rr) in reserved.items()}
-        # Everything unreserved: the whole `free` can be offered as-is when no cap applies.
-        self.pristine = not reserved
-        self.flat = _by_name(agent.free)
-        self.whole_allocatable = _allocatable(self.flat.get("cpus", 0), self.flat.get("mem", 0))
+                unreserved: dict[str, int] = {}
+                unreserved_ranges: list[tuple[Key, tuple[Interval, ...]]] = []
+                scalars: dict[str, dict[str, int]] = {}
+                ranges: dict[str, list[tuple[Key, tuple[Interval, ...]]]] = {}
+                for (name, role), milli in free.scalars:
+                    if role:
+                        scalars.setdefault(role, {})[name] = milli
+                    else:
+                        unreserved[name] = milli
+                for key, intervals in free.ranges:
+                    if key[1]:
+                        ranges.setdefault(key[1], []).append((key, intervals))
+                    else:
+                        unreserved_ranges.append((key, intervals))
+                reserved = {r: (scalars.get(r, {}), tuple(ranges.get(r, ()))) for r in sorted({*scalars, *ranges})}
+                self._split = (unreserved, tuple(unreserved_ranges), reserved)
+        return self._split
 
 
 class _Work:
     """What is still free on an agent during a round, once something was taken from it."""
 
-    __slots__ = ("view", "unreserved", "unreserved_ranges", "reserved")
+    __slots__ = ("unreserved", "unreserved_ranges", "reserved")
 
-    def __init__(self, view: _AgentView) -> None:
-        self.view = view
-        self.unreserved = dict(view.unreserved)
-        self.unreserved_ranges: Ranges = view.unreserved_ranges
-        self.reserved: dict[str, tuple[dict[str, int], Ranges]] = {
-            r: (dict(s), rr) for r, (s, rr) in view.reserved.items()
-        }
+    def __init__(self, unreserved: dict[str, int], unreserved_ranges: Ranges,
+                 reserved: dict[str, tuple[dict[str, int], Ranges]]) -> None:
+        self.unreserved = unreserved
+        self.unreserved_ranges = unreserved_ranges
+        self.reserved = reserved
+
+    @staticmethod
+    def of(view: _AgentView) -> _Work:
+        unreserved, unreserved_ranges, reserved = view.split()
+        return _Work(dict(unreserved), unreserved_ranges, {r: (dict(s), rr) for r, (s, rr) in reserved.items()})
 
 
-@dataclass(slots=True)
-class _Pending:
-    framework_id: str
-    agent: AgentSnapshot
-    role: str
-    resources: Resources
+# An agent given away whole: nothing is left on it this round. Shared, and never mutated (no proposal can
+# be made from it, so nothing is ever committed against it).
+_EXHAUSTED = _Work({}, (), {})
 
 
 @dataclass(slots=True)
@@ -199,7 +221,7 @@ class _Proposal:
     reserved: dict[str, int]
     guarantee: dict[str, int]  # the part of `unreserved` that goes towards the role's unmet guarantee
     ranges: Ranges
-    whole: Resources | None  # set when the proposal is the agent's entire free resources, untouched
+    whole: Resources | None  # set when the proposal is everything free on the agent (nothing left after)
 
 
 # ---- one round -----------------------------------------------------------------------------------------
@@ -239,8 +261,10 @@ class _Round:
         self.available: dict[str, int] = {}
         if self.required:
             for view in views.values():
+                unreserved = view.flat if view.pristine else view.split()[0]
                 for kind in self.required:
-                    self.available[kind] = self.available.get(kind, 0) + view.unreserved.get(kind, 0)
+                    self.available[kind] = self.available.get(kind, 0) + unreserved.get(kind, 0)
+        self.capped_by_headroom = any(self.required.values())
 
         # frameworks: who may take offers, per role
         members: dict[str, list[str]] = {}
@@ -256,9 +280,12 @@ class _Round:
                     self.weight[r] = 1.0
                     self.role_alloc[r] = {}
         self.multi_role = {f for f, n in roles_per_fw.items() if n > 1}
+        # Unweighted dominant shares. Allocations only grow during a round, so a share is updated from
+        # the kinds an offer adds: max(old share, new fractions of those kinds) is exactly the new share.
+        self.role_dominant = {r: dominant_share(self.role_alloc[r], self.inverse_total) for r in self.weight}
+        self.fw_dominant = {key: dominant_share(alloc, self.inverse_total) for key, alloc in self.fw_alloc.items()}
         self.fw_sorters = {
-            r: DRFSorter((f, dominant_share(self.fw_alloc[(r, f)], self.inverse_total)) for f in fws)
-            for r, fws in members.items()
+            r: DRFSorter((f, self.fw_dominant[(r, f)]) for f in fws) for r, fws in members.items()
         }
         self.role_sorter = DRFSorter((r, self.role_share(r)) for r in members)
         self.quota_sorter = DRFSorter((r, self.role_share(r)) for r in members if r in self.unmet)
@@ -271,17 +298,18 @@ class _Round:
         self.filters = snapshot.decline_filters
         self.filtered = {f for f, _ in self.filters}
         self.works: dict[str, _Work] = {}
-        self.pending: dict[tuple[str, str], _Pending] = {}
-        self.made: list[_Pending] = []
+        # This round's offers, by (framework id, agent id) in the order they were made, with their role.
+        # (Plain dicts rather than an object per offer: fewer objects for the garbage collector to track.)
+        self.offered: dict[tuple[str, str], Resources] = {}
+        self.offered_role: dict[tuple[str, str], str] = {}
 
     # ---- shares -------------------------------------------------------------------------------------
     def role_share(self, role: str) -> float:
         weight = self.weight.get(role, 1.0)
-        share = dominant_share(self.role_alloc.get(role, {}), self.inverse_total)
-        return share / weight if weight > 0 else float("inf")
+        return self.role_dominant[role] / weight if weight > 0 else float("inf")
 
     def full(self) -> bool:
-        return self.max_offers is not None and len(self.made) >= self.max_offers
+        return self.max_offers is not None and len(self.offered) >= self.max_offers
 
     # ---- proposals ------------------------------------------------------------------------------------
     def surplus(self, kind: str) -> int:
@@ -290,15 +318,17 @@ class _Round:
     def propose(self, role: str, view: _AgentView, work: _Work | None, stage: int) -> _Proposal | None:
         """What `role` would be offered from the agent now, or None if nothing allocatable."""
         limit = self.limit.get(role)
-        capped = limit is not None or any(self.required.values())
-        if work is None and view.pristine and stage == 2 and not capped:
+        if work is None and view.pristine and stage == 2 and limit is None and not self.capped_by_headroom:
             if not view.whole_allocatable:
                 return None
-            return _Proposal(view.unreserved, {}, {}, view.unreserved_ranges, view.agent.free)
+            return _Proposal(view.flat, {}, {}, view.agent.free.ranges, view.agent.free)
 
-        unreserved_free = view.unreserved if work is None else work.unreserved
-        unreserved_ranges = view.unreserved_ranges if work is None else work.unreserved_ranges
-        reserved_free = (view.reserved if work is None else work.reserved).get(role)
+        if work is None:
+            unreserved_free, unreserved_ranges, reserved_by_role = view.split()
+        else:
+            unreserved_free, unreserved_ranges = work.unreserved, work.unreserved_ranges
+            reserved_by_role = work.reserved
+        reserved_free = reserved_by_role.get(role)
         consumed = self.consumed.get(role, {})
 
         guarantee: dict[str, int] = {}
@@ -337,16 +367,16 @@ class _Round:
         if not _allocatable(cpus, mem):
             return None
         whole = None
-        if (work is None and view.pristine and take == view.unreserved) or (
-            work is None and not view.unreserved and not view.unreserved_ranges and len(view.reserved) == 1
-            and reserved == view.reserved[role][0]
+        if work is None and take == unreserved_free and (
+            not reserved_by_role or (len(reserved_by_role) == 1 and reserved_free is not None
+                                     and reserved == reserved_free[0])
         ):
             whole = view.agent.free
         return _Proposal(take, reserved, guarantee, ranges, whole)
 
     def pick_framework(self, role: str, agent_id: str) -> str | None:
         """The framework of `role` with the lowest share that may be offered this agent, popped out of
-        its sorter (the caller pushes it back after updating its share); the others are pushed back."""
+        its sorter (`commit` pushes it back with its new share); the others are pushed back."""
         sorter = self.fw_sorters[role]
         skipped: list[str] = []
         chosen: str | None = None
@@ -357,11 +387,9 @@ class _Round:
             if fid in self.filtered and self.filters.get((fid, agent_id), 0.0) > self.now:
                 skipped.append(fid)
                 continue
-            if fid in self.multi_role:
-                held = self.pending.get((fid, agent_id))
-                if held is not None and held.role != role:
-                    skipped.append(fid)
-                    continue
+            if fid in self.multi_role and self.offered_role.get((fid, agent_id), role) != role:
+                skipped.append(fid)
+                continue
             chosen = fid
             break
         for fid in skipped:
@@ -369,40 +397,60 @@ class _Round:
         return chosen
 
     # ---- committing --------------------------------------------------------------------------------------
-    def work_for(self, view: _AgentView) -> _Work:
-        work = self.works.get(view.agent.agent_id)
-        if work is None:
-            work = self.works[view.agent.agent_id] = _Work(view)
-        return work
-
     def commit(self, role: str, fid: str, view: _AgentView, p: _Proposal, stage: int) -> None:
-        work = self.work_for(view)
-        for kind, amount in p.unreserved.items():
-            left = work.unreserved[kind] - amount
-            if left > 0:
-                work.unreserved[kind] = left
-            else:
-                del work.unreserved[kind]
-        work.unreserved_ranges = ()
-        held = work.reserved.get(role)
-        if held is not None:
-            scalars = held[0]
-            for kind, amount in p.reserved.items():
-                left = scalars[kind] - amount
-                if left > 0:
-                    scalars[kind] = left
-                else:
-                    del scalars[kind]
-            if scalars:
-                work.reserved[role] = (scalars, ())
-            else:
-                del work.reserved[role]
+        agent_id = view.agent.agent_id
+        if p.whole is not None:
+            self.works[agent_id] = _EXHAUSTED
+            flat = view.flat
+        else:
+            work = self.works.get(agent_id)
+            if work is None:
+                work = self.works[agent_id] = _Work.of(view)
+            _take(work, role, p)
+            flat = dict(p.unreserved)
+            _add_into(flat, p.reserved)
 
         # accounting
-        flat = dict(p.unreserved)
-        _add_into(flat, p.reserved)
-        _add_into(self.role_alloc.setdefault(role, {}), flat)
-        _add_into(self.fw_alloc[(role, fid)], flat)
+        inverse_total = self.inverse_total
+        role_alloc = self.role_alloc[role]
+        fw_alloc = self.fw_alloc[(role, fid)]
+        role_dominant = self.role_dominant[role]
+        fw_dominant = self.fw_dominant[(role, fid)]
+        for kind, amount in flat.items():
+            allocated = role_alloc[kind] = role_alloc.get(kind, 0) + amount
+            inverse = inverse_total.get(kind)
+            if inverse is not None and allocated * inverse > role_dominant:
+                role_dominant = allocated * inverse
+            allocated = fw_alloc[kind] = fw_alloc.get(kind, 0) + amount
+            if inverse is not None and allocated * inverse > fw_dominant:
+                fw_dominant = allocated * inverse
+        self.role_dominant[role] = role_dominant
+        self.fw_dominant[(role, fid)] = fw_dominant
+        if role in self.consumed or (self.available and (stage == 1 or self.capped_by_headroom)):
+            self._account_quota(role, p, stage)
+
+        share = self.role_share(role)
+        self.role_sorter.update(role, share)
+        if role in self.quota_sorter:
+            if role in self.unmet:
+                self.quota_sorter.update(role, share)
+            else:
+                self.quota_sorter.remove(role)
+        fw_sorter = self.fw_sorters[role]
+        fw_sorter.update(fid, fw_dominant)
+        fw_sorter.push_back(fid)
+
+        # the offer (merged into this round's offer of the same framework on the same agent, if any)
+        resources = p.whole if p.whole is not None else _build(p, role)
+        key = (fid, agent_id)
+        earlier = self.offered.get(key)
+        if earlier is None:
+            self.offered[key] = resources
+            self.offered_role[key] = role
+        else:
+            self.offered[key] = earlier + resources
+
+    def _account_quota(self, role: str, p: _Proposal, stage: int) -> None:
         consumed = self.consumed.get(role)
         if consumed is not None:
             _add_into(consumed, p.unreserved)
@@ -427,27 +475,6 @@ class _Round:
                 if kind in self.available:
                     self.available[kind] -= amount
 
-        share = self.role_share(role)
-        self.role_sorter.update(role, share)
-        if role in self.quota_sorter:
-            if role in self.unmet:
-                self.quota_sorter.update(role, share)
-            else:
-                self.quota_sorter.remove(role)
-        fw_sorter = self.fw_sorters[role]
-        fw_sorter.update(fid, dominant_share(self.fw_alloc[(role, fid)], self.inverse_total))
-        fw_sorter.push_back(fid)
-
-        # the offer (merged into this round's offer of the same framework on the same agent, if any)
-        resources = p.whole if p.whole is not None else _build(p, role)
-        key = (fid, view.agent.agent_id)
-        pending = self.pending.get(key)
-        if pending is None:
-            pending = self.pending[key] = _Pending(fid, view.agent, role, resources)
-            self.made.append(pending)
-        else:
-            pending.resources = pending.resources + resources
-
     # ---- the stages ----------------------------------------------------------------------------------------
     def stage1(self, agents: tuple[AgentSnapshot, ...]) -> None:
         for index in _agent_order(len(agents), self.snapshot.seq * 2 + 1):
@@ -455,7 +482,7 @@ class _Round:
                 return
             view = self.views[agents[index].agent_id]
             work = self.works.get(view.agent.agent_id)
-            unreserved = view.unreserved if work is None else work.unreserved
+            unreserved = view.split()[0] if work is None else work.unreserved
             if not any(unreserved.get(k, 0) > 0 for k, v in self.need.items() if v > 0):
                 continue
             popped: list[str] = []
@@ -476,46 +503,84 @@ class _Round:
                     self.quota_sorter.push_back(role)
 
     def stage2(self, agents: tuple[AgentSnapshot, ...]) -> None:
+        # Required headroom no longer changes in stage 2 (only stage 1's guarantee offerings reduce it).
+        self.capped_by_headroom = any(self.required.values())
+        views, works, role_sorter = self.views, self.works, self.role_sorter
         for index in _agent_order(len(agents), self.snapshot.seq * 2 + 2):
             if self.full():
                 return
-            view = self.views[agents[index].agent_id]
+            agent_id = agents[index].agent_id
+            view = views[agent_id]
+            work = works.get(agent_id)
+            if work is _EXHAUSTED:
+                continue
             popped: list[str] = []
             tried: set[str] = set()
-            while not self.full():
-                work = self.works.get(view.agent.agent_id)
+            while True:
                 if self.unreserved_useful(view, work):
-                    role = self.role_sorter.pop()
+                    role = role_sorter.pop()
                     if role is None:
                         break
                     popped.append(role)
                 else:
-                    held = (view.reserved if work is None else work.reserved).keys()
-                    candidates = [r for r in held if r in self.role_sorter and r not in tried]
+                    held = (view.split()[2] if work is None else work.reserved).keys()
+                    candidates = [r for r in held if r in role_sorter and r not in tried]
                     if not candidates:
                         break
-                    role = min(candidates, key=lambda r: (self.role_sorter.share(r), r))
+                    role = min(candidates, key=lambda r: (role_sorter.share(r), r))
                 tried.add(role)
                 proposal = self.propose(role, view, work, 2)
                 if proposal is None:
                     continue
-                fid = self.pick_framework(role, view.agent.agent_id)
+                fid = self.pick_framework(role, agent_id)
                 if fid is None:
                     continue
                 self.commit(role, fid, view, proposal, 2)
+                work = works[agent_id]
+                if work is _EXHAUSTED or self.full():
+                    break
             for role in popped:
-                self.role_sorter.push_back(role)
+                role_sorter.push_back(role)
 
     def unreserved_useful(self, view: _AgentView, work: _Work | None) -> bool:
         """Could any role be offered something allocatable from the agent's unreserved resources, headroom
         permitting? (When not, only roles holding reservations on the agent are worth asking.)"""
-        unreserved = view.unreserved if work is None else work.unreserved
+        if work is None:
+            if view.pristine and not self.capped_by_headroom:
+                return view.whole_allocatable
+            unreserved = view.split()[0]
+        else:
+            unreserved = work.unreserved
         cpus, mem = unreserved.get("cpus", 0), unreserved.get("mem", 0)
         if self.required.get("cpus", 0) > 0:
             cpus = min(cpus, self.surplus("cpus"))
         if self.required.get("mem", 0) > 0:
             mem = min(mem, self.surplus("mem"))
         return _allocatable(cpus, mem)
+
+
+def _take(work: _Work, role: str, p: _Proposal) -> None:
+    """Carve a committed proposal out of what is left on the agent."""
+    for kind, amount in p.unreserved.items():
+        left = work.unreserved[kind] - amount
+        if left > 0:
+            work.unreserved[kind] = left
+        else:
+            del work.unreserved[kind]
+    work.unreserved_ranges = ()
+    held = work.reserved.get(role)
+    if held is not None:
+        scalars = held[0]
+        for kind, amount in p.reserved.items():
+            left = scalars[kind] - amount
+            if left > 0:
+                scalars[kind] = left
+            else:
+                del scalars[kind]
+        if scalars:
+            work.reserved[role] = (scalars, ())
+        else:
+            del work.reserved[role]
 
 
 def _build(p: _Proposal, role: str) -> Resources:
@@ -540,12 +605,14 @@ def _run(snapshot: AllocationSnapshot, views: Mapping[str, _AgentView], new_id: 
             round_.stage1(snapshot.agents)
         round_.stage2(snapshot.agents)
     expires_at = now + offer_timeout if offer_timeout else 0.0
-    return tuple(
-        Offer(offer_id=new_id("offer"), framework_id=p.framework_id, agent_id=p.agent.agent_id,
-              hostname=p.agent.hostname, role=p.role, resources=p.resources, attributes=p.agent.attributes,
-              expires_at=expires_at)
-        for p in round_.made
-    )
+    roles = round_.offered_role
+    offers: list[Offer] = []
+    for (fid, aid), resources in round_.offered.items():
+        agent = views[aid].agent
+        offers.append(Offer(offer_id=new_id("offer"), framework_id=fid, agent_id=aid, hostname=agent.hostname,
+                            role=roles[(fid, aid)], resources=resources, attributes=agent.attributes,
+                            expires_at=expires_at))
+    return tuple(offers)
 
 
 def allocate(snapshot: AllocationSnapshot, *, new_id: Callable[[str], str], now: float,

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from control_plane.core.resources import EMPTY, Key, Resources
+from control_plane.core.resources import EMPTY, Interval, Key, Resources
 from control_plane.core.state import AgentRecord, ClusterState
 from control_plane.core.values import AgentState, FrameworkState, Labels
 
@@ -105,33 +105,58 @@ def _scalars_of(resources: Resources) -> Resources:
     return Resources(scalars=resources.scalars) if resources.ranges else resources
 
 
-def _add_scalars(into: dict[Key, int], resources: Resources) -> None:
-    for key, milli in resources.scalars:
-        into[key] = into.get(key, 0) + milli
-
-
 def _bag(scalars: Mapping[Key, int]) -> Resources:
     """A scalar-only Resources in normal form from fixed-point sums."""
     return Resources(scalars=tuple(sorted((k, v) for k, v in scalars.items() if v > 0)))
 
 
+def _minus_intervals(have: tuple[Interval, ...], take: list[Interval]) -> tuple[Interval, ...] | None:
+    """`have` (sorted, merged) without every interval of `take`; None when `take` is not inside `have`."""
+    pieces = list(have)
+    for begin, end in sorted(take):
+        for i, (b, e) in enumerate(pieces):
+            if b <= begin and end <= e:
+                pieces[i:i + 1] = [p for p in ((b, begin - 1), (end + 1, e)) if p[0] <= p[1]]
+                break
+        else:
+            return None
+    return tuple(pieces)
+
+
 def _free(agent: AgentRecord) -> Resources:
-    """total - used - offered. The common cases (nothing used, or no ranges involved) are done in fixed
-    point directly; anything else goes through `Resources` arithmetic, which checks containment."""
+    """total - used - offered, in fixed point and interval arithmetic. Should anything not fit (a state
+    that broke its invariants), `Resources` arithmetic redoes it and raises, saying what is wrong."""
     used, offered = agent.used, agent.offered
-    if not used and not offered:
-        return agent.total
-    if used.ranges or offered.ranges:
-        return agent.total - used - offered
+    if not used:
+        if not offered:
+            return agent.total
+        if offered == agent.total:  # the steady state: the whole agent is offered
+            return EMPTY
+    elif not offered and used == agent.total:
+        return EMPTY
     scalars = dict(agent.total.scalars)
     for key, milli in (*used.scalars, *offered.scalars):
         left = scalars.get(key, 0) - milli
-        if left < 0:  # cannot happen in a state that keeps its invariants: let Resources say what is wrong
+        if left < 0:
             return agent.total - used - offered
         scalars[key] = left
-    return Resources(
-        scalars=tuple((k, v) for k, v in sorted(scalars.items()) if v > 0), ranges=agent.total.ranges
-    )
+    ranges = agent.total.ranges
+    if used.ranges or offered.ranges:
+        taken: dict[Key, list[Interval]] = {}
+        for key, intervals in (*used.ranges, *offered.ranges):
+            taken.setdefault(key, []).extend(intervals)
+        remaining: list[tuple[Key, tuple[Interval, ...]]] = []
+        for key, intervals in ranges:
+            take = taken.pop(key, None)
+            left_ranges = intervals if take is None else _minus_intervals(intervals, take)
+            if left_ranges is None:
+                return agent.total - used - offered
+            if left_ranges:
+                remaining.append((key, left_ranges))
+        if taken:
+            return agent.total - used - offered
+        ranges = tuple(remaining)
+    return Resources(scalars=tuple(kv for kv in sorted(scalars.items()) if kv[1] > 0), ranges=ranges)
 
 
 def snapshot_from_state(state: ClusterState, now: float) -> AllocationSnapshot:
@@ -149,41 +174,49 @@ def snapshot_from_state(state: ClusterState, now: float) -> AllocationSnapshot:
                 reserved_to[key] = reserved_to.get(key, 0) + milli
         if not agent.reachable:
             continue
-        _add_scalars(total, agent.total)
+        for key, milli in agent.total.scalars:
+            total[key] = total.get(key, 0) + milli
         if agent.state is not AgentState.AGENT_ACTIVE or agent.draining:
             continue
         free = _free(agent)
         if free:
             agents.append(AgentSnapshot(agent_id, agent.info.hostname, agent.info.attributes, free))
 
+    # One pass over tasks and offers for both the roles' and the connected frameworks' allocations (sums
+    # of integers: the iteration order does not matter).
+    connected = {fid for fid, fw in state.frameworks.items() if fw.state is FrameworkState.FRAMEWORK_CONNECTED}
     role_allocated: dict[str, dict[Key, int]] = {}
-    for task in state.tasks.values():  # sums of integers: the iteration order does not matter
-        if not task.terminal:
-            _add_scalars(role_allocated.setdefault(task.role, {}), task.info.resources)
-    for offer in state.offers.values():
-        _add_scalars(role_allocated.setdefault(offer.role, {}), offer.resources)
+    fw_allocated: dict[tuple[str, str], dict[Key, int]] = {}
+    holders = [(t.framework_id, t.role, t.info.resources) for t in state.tasks.values() if not t.terminal]
+    holders.extend((o.framework_id, o.role, o.resources) for o in state.offers.values())
+    for framework_id, role, resources in holders:
+        to_role = role_allocated.get(role)
+        if to_role is None:
+            to_role = role_allocated[role] = {}
+        to_fw = None
+        if framework_id in connected:
+            to_fw = fw_allocated.get((framework_id, role))
+            if to_fw is None:
+                to_fw = fw_allocated[(framework_id, role)] = {}
+        for key, milli in resources.scalars:
+            to_role[key] = to_role.get(key, 0) + milli
+            if to_fw is not None:
+                to_fw[key] = to_fw.get(key, 0) + milli
+    fw_roles: dict[str, list[str]] = {}
+    for framework_id, role in sorted(fw_allocated):
+        fw_roles.setdefault(framework_id, []).append(role)
 
     frameworks: list[FrameworkSnapshot] = []
     role_names: set[str] = set(state.roles) | set(role_allocated) | set(reserved)
-    for framework_id in sorted(state.frameworks):
+    for framework_id in sorted(connected):
         fw = state.frameworks[framework_id]
-        if fw.state is not FrameworkState.FRAMEWORK_CONNECTED:
-            continue
         role_names.update(fw.info.roles)
-        per_role: dict[str, dict[Key, int]] = {}
-        for task_id in fw.task_ids:
-            fw_task = state.tasks.get(task_id)
-            if fw_task is not None and not fw_task.terminal:
-                _add_scalars(per_role.setdefault(fw_task.role, {}), fw_task.info.resources)
-        for offer_id in fw.offer_ids:
-            fw_offer = state.offers.get(offer_id)
-            if fw_offer is not None:
-                _add_scalars(per_role.setdefault(fw_offer.role, {}), fw_offer.resources)
         frameworks.append(FrameworkSnapshot(
             framework_id=framework_id,
             roles=fw.info.roles,
             suppressed_roles=fw.suppressed_roles,
-            allocated=MappingProxyType({r: _bag(s) for r, s in sorted(per_role.items())}),
+            allocated=MappingProxyType({r: _bag(fw_allocated[(framework_id, r)])
+                                        for r in fw_roles.get(framework_id, ())}),
         ))
 
     roles: dict[str, RoleSnapshot] = {}

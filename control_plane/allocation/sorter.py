@@ -104,8 +104,9 @@ class DRFSorter:
         v = self._version.get(name, 0) + 1
         self._version[name] = v
         self._queued.add(name)
-        heapq.heappush(self._heap, (self._share[name], name, v))
-        if len(self._heap) > 64 and len(self._heap) > 4 * len(self._queued):
+        heap = self._heap
+        heapq.heappush(heap, (self._share[name], name, v))
+        if len(heap) > 4 * len(self._queued) + 64:
             self._compact()
 
     def _compact(self) -> None:

@@ -209,6 +209,8 @@ def test_offers_on_random_clusters_keep_every_rule_and_pass_the_core(data: st.Da
     assert allocator.allocate(new_id=sequential_ids("final"), now=cl.now, offer_timeout=30.0) == offers
 
     free = {a.agent_id: a.free for a in snapshot.agents}
+    offerable = {aid for aid, a in state.agents.items() if a.state is AgentState.AGENT_ACTIVE}
+    assert free == {aid: state.agent_free(aid) for aid in sorted(offerable) if state.agent_free(aid)}
     seen_pairs: set[tuple[str, str]] = set()
     for offer in offers:
         fw = state.frameworks[offer.framework_id]
