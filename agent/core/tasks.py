@@ -13,6 +13,8 @@ Rules it keeps:
   status, a hint for 126/127 and the tail of stderr).
 - Exit codes: a normal exit is its code; death by signal N is reported as 128 + N (the shell's
   convention), and the message names the signal.
+- A terminal status of a task that ran carries the tail of its stdout in `data` (at most
+  MAX_STATUS_DATA bytes) and ends its message with `sandbox=PATH` (what `tessera run` looks for).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from control_plane.core.lifecycle import INITIAL_STATE, can_transition, is_terminal
+from control_plane.core.state import MAX_STATUS_DATA
 from control_plane.core.values import StatusSource, TaskInfo, TaskState, TaskStatus
 
 # Reasons, in Mesos' vocabulary (TaskStatus.reason is a string on the wire).
@@ -59,6 +62,7 @@ class ExitRecord:
     limitation: str = ""  # an isolator limit ended the task (the isolator's message), "" otherwise
     launch_error: str = ""  # the command could not be started at all
     stderr_tail: str = ""  # filled by the launcher from the sandbox, for the message
+    stdout_tail: bytes = b""  # filled by the launcher: the end of the task's stdout
 
     @property
     def status_code(self) -> int | None:
@@ -75,6 +79,7 @@ class Outcome:
     reason: str = ""
     message: str = ""
     exit_code: int | None = None
+    data: bytes = b""
 
 
 def _with_stderr(message: str, stderr_tail: str) -> str:
@@ -84,12 +89,19 @@ def _with_stderr(message: str, stderr_tail: str) -> str:
     return message[:MAX_MESSAGE]
 
 
-def terminal_status(record: ExitRecord, kill_requested: bool) -> Outcome:
-    """The terminal status for a task that ended as `record` says."""
+def terminal_status(record: ExitRecord, kill_requested: bool, sandbox: str = "") -> Outcome:
+    """The terminal status for a task that ended as `record` says (`sandbox`: where it ran)."""
+    outcome = _ending(record, kill_requested)
+    suffix = f" sandbox={sandbox}" if sandbox else ""
+    message = outcome.message[: MAX_MESSAGE - len(suffix)] + suffix
+    return Outcome(outcome.state, outcome.reason, message, outcome.exit_code,
+                   record.stdout_tail[-MAX_STATUS_DATA:])
+
+
+def _ending(record: ExitRecord, kill_requested: bool) -> Outcome:
     code = record.status_code
     if record.limitation:
-        return Outcome(TaskState.TASK_FAILED, REASON_CONTAINER_LIMITATION_MEMORY,
-                       record.limitation[:MAX_MESSAGE], code)
+        return Outcome(TaskState.TASK_FAILED, REASON_CONTAINER_LIMITATION_MEMORY, record.limitation, code)
     if kill_requested or record.killed:
         how = f"signal {signal_name(record.signal)}" if record.signal is not None else f"exit status {code}"
         return Outcome(TaskState.TASK_KILLED, "", f"task killed ({how})", code)
@@ -231,5 +243,5 @@ def make_status(task: AgentTask, outcome: Outcome, *, uuid: str, now: float, age
     return TaskStatus(
         task_id=task.task_id, state=outcome.state, message=outcome.message[:MAX_MESSAGE],
         reason=outcome.reason, source=source, agent_id=agent_id, uuid=uuid, timestamp=now,
-        exit_code=outcome.exit_code, framework_id=task.framework_id,
+        exit_code=outcome.exit_code, framework_id=task.framework_id, data=outcome.data[-MAX_STATUS_DATA:],
     )

@@ -41,6 +41,7 @@ from agent.executor.supervisor import (
     KILL_FILE,
     LAUNCH_FILE,
     STDERR_FILE,
+    STDOUT_FILE,
     SUPERVISOR_FILE,
     TASK_FILE,
     read_json,
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 START_TIME_TOLERANCE = 0.05  # psutil start times are rounded to clock ticks
 STDERR_TAIL_BYTES = 2048
+STDOUT_TAIL_BYTES = 4096  # what a terminal status may carry (MAX_STATUS_DATA)
 INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -249,6 +251,7 @@ class ProcessLauncher:
             signal=None if data.get("signal") is None else int(data["signal"]),
             killed=bool(data.get("killed")), limitation=str(data.get("limitation") or ""),
             launch_error=str(data.get("launch_error") or ""), stderr_tail=stderr_tail,
+            stdout_tail=_tail_bytes(handle.sandbox / STDOUT_FILE, STDOUT_TAIL_BYTES),
         )
 
     def _kill_orphans(self, handle: LaunchHandle) -> None:
@@ -339,15 +342,19 @@ def _start_time(pid: int) -> float | None:
         return None
 
 
-def _tail(path: Path, limit: int) -> str:
+def _tail_bytes(path: Path, limit: int) -> bytes:
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
             f.seek(max(0, size - limit))
-            return f.read().decode("utf-8", errors="replace")
+            return f.read()
     except OSError:
-        return ""
+        return b""
+
+
+def _tail(path: Path, limit: int) -> str:
+    return _tail_bytes(path, limit).decode("utf-8", errors="replace")
 
 
 def _supervisor_env() -> dict[str, str]:

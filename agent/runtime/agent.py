@@ -427,7 +427,7 @@ class Agent:
             if obs.started and task.state is TaskState.TASK_STARTING:
                 self.emit(task, Outcome(TaskState.TASK_RUNNING, "", "the task's process started"))
             if obs.exit is not None:
-                self.emit(task, terminal_status(obs.exit, task.kill_requested))
+                self.emit(task, terminal_status(obs.exit, task.kill_requested, str(handle.sandbox)))
             elif obs.supervisor_lost:
                 if task.kill_requested:
                     self.emit(task, Outcome(TaskState.TASK_KILLED, "", f"task killed ({obs.supervisor_lost})"))

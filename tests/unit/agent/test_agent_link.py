@@ -62,6 +62,8 @@ def test_task_updates_arrive_in_order_each_written_before_it_was_sent(fake_maste
     final = next(u for u in fake_master.updates if u.status.state == common_pb2.TASK_FINISHED)
     assert final.status.agent_id == "agent-1" and final.status.framework_id == "fw-1"
     assert final.status.HasField("exit_code") and final.status.exit_code == 0
+    assert final.status.data == b"hi\n"  # the tail of stdout rides on the terminal status
+    assert final.status.message.endswith(f"sandbox={agent.data_dir / 'sandboxes' / 'fw-1' / 't1'}")
     assert final.traceparent.startswith("00-0af7651916cd43dd8448eb211c80319c")
     assert (agent.data_dir / "sandboxes" / "fw-1" / "t1" / "stdout").read_text() == "hi\n"
     fake_master.wait_for(lambda: agent.checkpoint.tasks() == [], what="the task to be done")

@@ -162,6 +162,15 @@ def test_requested_kill_is_killed_whatever_the_exit() -> None:
     assert terminal_status(ExitRecord(signal=9, killed=True), kill_requested=False).state is S.TASK_KILLED
 
 
+def test_terminal_status_carries_stdout_and_names_the_sandbox_last() -> None:
+    record = ExitRecord(exit_code=2, stderr_tail="e" * 5000, stdout_tail=b"x" * 5000 + b"end\n")
+    out = terminal_status(record, kill_requested=False, sandbox="/data/sandboxes/fw/t1")
+    assert out.message.endswith(" sandbox=/data/sandboxes/fw/t1") and len(out.message) <= 4096
+    assert len(out.data) == 4096 and out.data.endswith(b"end\n")
+    s = make_status(AgentTask(info=info()), out, uuid="u", now=1.0, agent_id="a")
+    assert s.data == out.data
+
+
 def test_memory_limitation_wins_over_everything() -> None:
     record = ExitRecord(signal=9, killed=True, limitation="memory limit of 64 MiB exceeded")
     out = terminal_status(record, kill_requested=True)
