@@ -233,6 +233,7 @@ class Session:
         self._last_was_hop = False
         self._down_since: float | None = None
         self._tearing_down = False
+        self._moving = False  # a call learnt of a new leader: no call goes out until we re-subscribed
         self.torn_down = False  # the master removed the framework at our request
 
     # ---- lifecycle ------------------------------------------------------------------------------------
@@ -352,6 +353,7 @@ class Session:
             return []
         was_subscribed = self.phase is Phase.SUBSCRIBED
         self._offers.clear()
+        self._moving = False
         if not was_subscribed and error is not None and not isinstance(error, (NotLeader, Unavailable)):
             if self._tearing_down:
                 # Refused because the teardown we asked for went through (its answer may have been lost).
@@ -387,7 +389,7 @@ class Session:
     # ---- calls ----------------------------------------------------------------------------------------
     def call_header(self, request_id: str) -> CallHeader | None:
         """The header of an attempt of a call, or None while not subscribed."""
-        if self.phase is not Phase.SUBSCRIBED:
+        if self.phase is not Phase.SUBSCRIBED or self._moving:
             return None
         return CallHeader(self.framework_id, self.stream_id, request_id)
 
@@ -397,10 +399,11 @@ class Session:
             return CallDecision(False)
         if isinstance(error, NotLeader):
             hint = error.leader_hint
-            move = bool(hint) and hint != self.master and self.phase is Phase.SUBSCRIBED
+            move = bool(hint) and hint != self.master and self.phase is Phase.SUBSCRIBED and not self._moving
             if hint:
                 self._learn(hint)
             if move:
+                self._moving = True  # the shell drops the stream; calls wait for the new subscription
                 return CallDecision(True, 0.0, reconnect=True)
             return CallDecision(True, self.backoff.delay(attempt, self._random()))
         if isinstance(error, Unavailable):
