@@ -150,7 +150,7 @@ class _AgentView:
     the unreserved part is `flat` and the whole `free` can be offered as-is). The split by reservation
     role is only built for agents that need it."""
 
-    __slots__ = ("agent", "pristine", "flat", "whole_allocatable", "_split")
+    __slots__ = ("agent", "pristine", "flat", "whole_allocatable", "_split", "_whole")
 
     def __init__(self, agent: AgentSnapshot) -> None:
         self.agent = agent
@@ -166,6 +166,13 @@ class _AgentView:
         self.pristine = pristine
         self.whole_allocatable = _allocatable(flat.get("cpus", 0), flat.get("mem", 0))
         self._split: _Split | None = None
+        self._whole: _Proposal | None = None
+
+    def whole(self) -> _Proposal:
+        """The proposal of everything free on a pristine agent (proposals are never mutated: shareable)."""
+        if self._whole is None:
+            self._whole = _Proposal(self.flat, {}, {}, self.agent.free.ranges, self.agent.free)
+        return self._whole
 
     def split(self) -> _Split:
         """(unreserved scalars, unreserved ranges, {role: (reserved scalars, reserved ranges)})."""
@@ -288,7 +295,8 @@ class _Round:
             r: DRFSorter((f, self.fw_dominant[(r, f)]) for f in fws) for r, fws in members.items()
         }
         self.role_sorter = DRFSorter((r, self.role_share(r)) for r in members)
-        self.quota_sorter = DRFSorter((r, self.role_share(r)) for r in members if r in self.unmet)
+        self.quota_roles = {r for r in members if r in self.unmet}  # the roles in stage 1's sorter
+        self.quota_sorter = DRFSorter((r, self.role_share(r)) for r in sorted(self.quota_roles))
         # What the roles in stage 1 still miss, summed: an agent with none of it is skipped in stage 1.
         self.need: dict[str, int] = {}
         for r in members:
@@ -319,9 +327,7 @@ class _Round:
         """What `role` would be offered from the agent now, or None if nothing allocatable."""
         limit = self.limit.get(role)
         if work is None and view.pristine and stage == 2 and limit is None and not self.capped_by_headroom:
-            if not view.whole_allocatable:
-                return None
-            return _Proposal(view.flat, {}, {}, view.agent.free.ranges, view.agent.free)
+            return view.whole() if view.whole_allocatable else None
 
         if work is None:
             unreserved_free, unreserved_ranges, reserved_by_role = view.split()
@@ -431,11 +437,12 @@ class _Round:
 
         share = self.role_share(role)
         self.role_sorter.update(role, share)
-        if role in self.quota_sorter:
+        if role in self.quota_roles:
             if role in self.unmet:
                 self.quota_sorter.update(role, share)
             else:
                 self.quota_sorter.remove(role)
+                self.quota_roles.discard(role)
         fw_sorter = self.fw_sorters[role]
         fw_sorter.update(fid, fw_dominant)
         fw_sorter.push_back(fid)
@@ -504,7 +511,7 @@ class _Round:
 
     def stage2(self, agents: tuple[AgentSnapshot, ...]) -> None:
         # Required headroom no longer changes in stage 2 (only stage 1's guarantee offerings reduce it).
-        self.capped_by_headroom = any(self.required.values())
+        self.capped_by_headroom = capped = any(self.required.values())
         views, works, role_sorter = self.views, self.works, self.role_sorter
         for index in _agent_order(len(agents), self.snapshot.seq * 2 + 2):
             if self.full():
@@ -515,20 +522,24 @@ class _Round:
             if work is _EXHAUSTED:
                 continue
             popped: list[str] = []
-            tried: set[str] = set()
+            tried: list[str] = []  # asked for their reservations only (not popped)
             while True:
-                if self.unreserved_useful(view, work):
+                if work is None and view.pristine and not capped:
+                    useful = view.whole_allocatable  # the common case, without a call
+                else:
+                    useful = self.unreserved_useful(view, work)
+                if useful:
                     role = role_sorter.pop()
                     if role is None:
                         break
                     popped.append(role)
                 else:
                     held = (view.split()[2] if work is None else work.reserved).keys()
-                    candidates = [r for r in held if r in role_sorter and r not in tried]
+                    candidates = [r for r in held if r in role_sorter and r not in popped and r not in tried]
                     if not candidates:
                         break
                     role = min(candidates, key=lambda r: (role_sorter.share(r), r))
-                tried.add(role)
+                    tried.append(role)
                 proposal = self.propose(role, view, work, 2)
                 if proposal is None:
                     continue
@@ -597,6 +608,9 @@ def _run(snapshot: AllocationSnapshot, views: Mapping[str, _AgentView], new_id: 
         raise ValueError(f"offer_timeout must not be negative, got {offer_timeout!r}")
     if max_offers is not None and max_offers < 0:
         raise ValueError(f"max_offers must not be negative, got {max_offers!r}")
+    expires_at = now + offer_timeout if offer_timeout else 0.0
+    if offer_timeout and expires_at <= now:
+        raise ValueError(f"offer_timeout {offer_timeout!r} is lost in the precision of now={now!r}")
     if max_offers == 0:
         return ()
     round_ = _Round(snapshot, views, now, max_offers)
@@ -604,7 +618,6 @@ def _run(snapshot: AllocationSnapshot, views: Mapping[str, _AgentView], new_id: 
         if round_.quota_sorter:
             round_.stage1(snapshot.agents)
         round_.stage2(snapshot.agents)
-    expires_at = now + offer_timeout if offer_timeout else 0.0
     roles = round_.offered_role
     offers: list[Offer] = []
     for (fid, aid), resources in round_.offered.items():

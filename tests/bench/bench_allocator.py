@@ -32,14 +32,13 @@ import gc
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere in the repo
 
 from control_plane.allocation import (  # noqa: E402
     AllocationSnapshot,
@@ -48,11 +47,10 @@ from control_plane.allocation import (  # noqa: E402
     snapshot_from_state,
 )
 from control_plane.allocation.sorter import dominant_share  # noqa: E402
-from control_plane.core.apply import apply  # noqa: E402
-from control_plane.core.context import sequential_ids  # noqa: E402
-from control_plane.core.decide import decide  # noqa: E402
 from control_plane.core import commands as c  # noqa: E402
-from control_plane.core.context import Context  # noqa: E402
+from control_plane.core.apply import apply  # noqa: E402
+from control_plane.core.context import Context, sequential_ids  # noqa: E402
+from control_plane.core.decide import decide  # noqa: E402
 from control_plane.core.events import (  # noqa: E402
     AgentRegistered,
     Entry,
@@ -218,7 +216,7 @@ def run_one(agents: int) -> dict[str, object]:
         return offers  # type: ignore[return-value]
 
     cold = snapshot_from_state(state, NOW)
-    offers = ()
+    offers: tuple[Offer, ...] = ()
     for gc_paused in (False, True):
         offers = measure("cold", cold, gc_paused)
     commit_offers(state, offers)

@@ -420,6 +420,8 @@ def test_bad_arguments_are_refused() -> None:
         cl.allocate(offer_timeout=-1.0)
     with pytest.raises(ValueError):
         cl.allocate(max_offers=-1)
+    with pytest.raises(ValueError):
+        cl.allocate(offer_timeout=1e-20)  # now + timeout == now: the core would refuse such offers
     with pytest.raises(RuntimeError):
         Allocator().allocate(new_id=cl.offer_ids, now=0.0)
 
