@@ -1,0 +1,270 @@
+"""Real `tessera master` processes (LocalCluster) and real `tessera agent` processes on 127.0.0.1.
+
+Tasks are launched the way an operator would, with `tessera run` (a short-lived framework). What is
+pinned here: the agent's registration is visible in the master's state; a `kill -9` of the agent leaves
+its task running, and the restarted agent re-registers and reports the task's real exit status; SIGTERM
+stops the agent but not its tasks; an agent that stops heartbeating (SIGSTOP) is marked unreachable and
+comes back after SIGCONT; a leader failover moves the agent to the new leader.
+
+Tasks wait for a `release` file in their sandbox instead of sleeping, so no test depends on timing.
+Every wait has a timeout; every process is killed by its PID at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from agent.executor.supervisor import read_json
+from tessera.v1 import common_pb2, operator_pb2
+from tests.support.cluster import LocalCluster, MasterProc, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+MASTER_FLAGS = ["--agent-timeout", "3", "--reregistration-timeout", "3", "--agent-heartbeat-interval", "0.5",
+                "--allocation-interval", "0.2"]
+GATED = 'while [ ! -f "$TESSERA_SANDBOX/release" ]; do sleep 0.1; done; echo done; exit 7'
+
+
+class AgentCluster(LocalCluster):
+    """LocalCluster whose masters time agents out quickly (so SIGSTOP tests stay short)."""
+
+    def start(self, m: MasterProc) -> None:
+        assert not m.alive, f"{m.name} is already running"
+        env = {k: v for k, v in os.environ.items() if k != "TESSERA_RAFT_PASSWORD"}
+        if self.password:
+            env["TESSERA_RAFT_PASSWORD"] = self.password
+        env["PYTHONUNBUFFERED"] = "1"
+        cmd = [sys.executable, "-m", "control_plane.cli.main", "master", "--name", m.name, "--raft", m.raft,
+               "--grpc", m.grpc, "--peers", ",".join(m.peers), "--data-dir", str(m.data_dir), *MASTER_FLAGS]
+        with open(m.log_path, "ab") as log:
+            m.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+
+
+@dataclass
+class AgentProcess:
+    data_dir: Path
+    masters: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "agent.log"
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "control_plane.cli.main", "agent", "--masters", ",".join(self.masters),
+               "--data-dir", str(self.data_dir), "--resources", "cpus:2;mem:1024;disk:2048",
+               "--attributes", "rack:r1;zone:a", "--hostname", "agent-host-1", "--heartbeat-interval", "0.5"]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def kill_everything(self) -> None:
+        """The agent, then every task it left (through their supervisors, then directly)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        for sandbox in self.data_dir.glob("sandboxes/*/*"):
+            task = read_json(sandbox / "task.json") or {}
+            sup = read_json(sandbox / "supervisor.json") or {}
+            for pid in (sup.get("supervisor_pid"), task.get("task_pid")):
+                if pid and psutil.pid_exists(int(pid)):
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except OSError:
+                        pass
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[AgentCluster]:
+    with AgentCluster(tmp_path / "masters", n=3) as c:
+        c.start_all()
+        c.leader(timeout=60)
+        yield c
+
+
+@pytest.fixture
+def agent_proc(cluster: AgentCluster, tmp_path: Path) -> Iterator[AgentProcess]:
+    agent = AgentProcess(tmp_path / "agent", cluster.grpc_addresses())
+    agent.start()
+    try:
+        yield agent
+    finally:
+        agent.kill_everything()
+
+
+def state(cluster: LocalCluster) -> operator_pb2.GetStateResponse:
+    """The leader's view: `consistent` makes a follower redirect, and only the leader knows which agents
+    are connected (soft state)."""
+    client = cluster.client(timeout=10)
+    try:
+        return client.call(lambda s: s.GetState, operator_pb2.GetStateRequest(consistent=True))
+    finally:
+        client.close()
+
+
+def the_agent(cluster: LocalCluster) -> operator_pb2.AgentView | None:
+    agents = [a for a in state(cluster).agents if a.info.hostname == "agent-host-1"]
+    return agents[0] if agents else None
+
+
+def connected_agent(cluster: LocalCluster, timeout: float = 60) -> operator_pb2.AgentView:
+    def check() -> operator_pb2.AgentView | None:
+        a = the_agent(cluster)
+        return a if a is not None and a.connected and a.state == common_pb2.AGENT_ACTIVE else None
+
+    return wait_for(check, timeout, interval=0.2, what="the agent registered and connected")
+
+
+def tessera_run(cluster: LocalCluster, command: str, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "control_plane.cli.main", "run", "--masters", ",".join(cluster.grpc_addresses()),
+             "--cpus", "0.1", "--mem", "32", "--", command],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def running_task(cluster: LocalCluster, timeout: float = 60) -> operator_pb2.TaskView:
+    def check() -> operator_pb2.TaskView | None:
+        tasks = [t for t in state(cluster).tasks if t.state == common_pb2.TASK_RUNNING]
+        return tasks[0] if tasks else None
+
+    return wait_for(check, timeout, interval=0.2, what="a RUNNING task")
+
+
+def sandbox_of(agent: AgentProcess, task: operator_pb2.TaskView) -> Path:
+    [sandbox] = list(agent.data_dir.glob(f"sandboxes/*/{task.task.task_id}"))
+    return sandbox
+
+
+def test_registration_is_visible_in_the_masters_state(cluster: AgentCluster, agent_proc: AgentProcess) -> None:
+    view = connected_agent(cluster)
+    assert view.agent_id
+    scalars = {r.name: r.scalar for r in view.info.resources if not r.ranges}
+    assert scalars["cpus"] == 2 and scalars["mem"] == 1024 and scalars["disk"] == 2048
+    ports = [r for r in view.info.resources if r.name == "ports"]
+    assert [(x.begin, x.end) for x in ports[0].ranges] == [(31000, 32000)]
+    assert {(a.key, a.value) for a in view.info.attributes} == {("rack", "r1"), ("zone", "a")}
+    assert view.info.isolator in ("cgroups_v2", "cgroups_v1", "rlimits")
+    from agent.checkpoint import Checkpoint
+
+    cp = Checkpoint.open(agent_proc.data_dir / "agent.db")
+    try:
+        assert cp.agent_id == view.agent_id  # the id the master minted is on the agent's disk
+    finally:
+        cp.close()
+
+
+def test_kill_9_of_the_agent_leaves_the_task_running_and_its_exit_is_reported_after_restart(
+        cluster: AgentCluster, agent_proc: AgentProcess, tmp_path: Path) -> None:
+    first = connected_agent(cluster)
+    run = tessera_run(cluster, GATED, tmp_path / "run.log")
+    try:
+        task = running_task(cluster)
+        sandbox = sandbox_of(agent_proc, task)
+        task_pid = int(wait_for(lambda: (read_json(sandbox / "task.json") or {}).get("task_pid"), 20,
+                                what="task.json"))
+        agent_proc.signal(signal.SIGKILL)
+        agent_proc.wait()
+        assert psutil.pid_exists(task_pid) and psutil.Process(task_pid).status() != psutil.STATUS_ZOMBIE, \
+            "the task died with its agent"
+        agent_proc.start()
+        again = connected_agent(cluster)
+        assert again.agent_id == first.agent_id  # re-registered, not registered anew
+        view = next(t for t in state(cluster).tasks if t.task.task_id == task.task.task_id)
+        assert view.state == common_pb2.TASK_RUNNING  # the re-registration reported it running
+        (sandbox / "release").write_text("go")
+        assert run.wait(timeout=60) == 7, (tmp_path / "run.log").read_text() + agent_proc.logs()
+
+        assert "done" in (tmp_path / "run.log").read_text()  # stdout, read through sandbox=PATH
+        # The master recorded the agent's own terminal update: real exit code and the stdout tail.
+        leader = cluster.leader()
+
+        def final_status() -> dict[str, object] | None:
+            for e in leader.list_events():
+                if e.type == "TaskStatusUpdated" and e.task_id == task.task.task_id:
+                    status = json.loads(e.payload_json)["status"]
+                    if status["state"] == "TASK_FAILED":
+                        return status
+            return None
+
+        status = wait_for(final_status, 30, interval=0.2, what="TaskStatusUpdated(TASK_FAILED) in the event log")
+        assert status["exit_code"] == 7 and status["data"] == "done\n"
+        assert status["agent_id"] == first.agent_id and status["source"] == "SOURCE_EXECUTOR"
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(10)
+
+
+def test_sigterm_stops_the_agent_but_not_its_task(cluster: AgentCluster, agent_proc: AgentProcess,
+                                                  tmp_path: Path) -> None:
+    connected_agent(cluster)
+    run = tessera_run(cluster, GATED, tmp_path / "run.log")
+    try:
+        task = running_task(cluster)
+        sandbox = sandbox_of(agent_proc, task)
+        task_pid = int(wait_for(lambda: (read_json(sandbox / "task.json") or {}).get("task_pid"), 20,
+                                what="task.json"))
+        agent_proc.signal(signal.SIGTERM)
+        assert agent_proc.wait() == 0
+        assert psutil.pid_exists(task_pid) and psutil.Process(task_pid).status() != psutil.STATUS_ZOMBIE
+        assert "tasks keep running" in agent_proc.logs()
+        agent_proc.start()
+        connected_agent(cluster)
+        (sandbox / "release").write_text("go")
+        assert run.wait(timeout=60) == 7, (tmp_path / "run.log").read_text() + agent_proc.logs()
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(10)
+
+
+def test_a_stopped_agent_becomes_unreachable_and_recovers_after_sigcont(
+        cluster: AgentCluster, agent_proc: AgentProcess) -> None:
+    first = connected_agent(cluster)
+    agent_proc.signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: (a := the_agent(cluster)) is not None and a.state == common_pb2.AGENT_UNREACHABLE, 60,
+                 interval=0.2, what="the agent marked unreachable")
+    finally:
+        agent_proc.signal(signal.SIGCONT)
+    back = connected_agent(cluster)
+    assert back.agent_id == first.agent_id
+
+
+def test_leader_failover_moves_the_agent_to_the_new_leader(cluster: AgentCluster, agent_proc: AgentProcess) -> None:
+    first = connected_agent(cluster)
+    old = cluster.leader()
+    cluster.kill(old, signal.SIGKILL)
+    new = wait_for(lambda: (m := cluster.leader(timeout=30)) is not old and m, 60, what="a new leader")
+    assert new is not old
+
+    def on_new_leader() -> bool:
+        a = the_agent(cluster)
+        return a is not None and a.connected and a.agent_id == first.agent_id and a.state == common_pb2.AGENT_ACTIVE
+
+    wait_for(on_new_leader, 60, interval=0.2, what="the agent re-registered with the new leader")
