@@ -356,10 +356,11 @@ class FakeMaster:
             self._changed()
 
     # ---- offers ---------------------------------------------------------------------------------------------
-    def send_offers(self) -> list[Offer]:
-        """Offer every agent's free resources now (what `auto_offer` does after every change)."""
+    def send_offers(self, agent_ids: Iterable[str] | None = None) -> list[Offer]:
+        """Offer every agent's free resources now (what `auto_offer` does after every change), or only
+        those of `agent_ids`."""
         with self._cond:
-            sent = self._allocate()
+            sent = self._allocate(None if agent_ids is None else set(agent_ids))
             self._changed()
             return sent
 
@@ -390,14 +391,14 @@ class FakeMaster:
         if self.auto_offer:
             self._allocate()
 
-    def _allocate(self) -> list[Offer]:
+    def _allocate(self, only: set[str] | None = None) -> list[Offer]:
         sent: dict[str, list[Offer]] = {}
         busy = {o.agent_id for o in self._offers.values()}
         for fw in self._frameworks.values():
             if fw.stream is None or fw.removed is not None:
                 continue
             for agent in self._agents.values():
-                if agent.removed or agent.agent_id in busy:
+                if agent.removed or agent.agent_id in busy or (only is not None and agent.agent_id not in only):
                     continue
                 if fw.refused.get(agent.agent_id, float("-inf")) > self._now:
                     continue

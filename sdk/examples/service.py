@@ -12,10 +12,13 @@ Rules it keeps:
   finished) is replaced; one the keeper killed to scale down is not.
 - Spreading: instances go to the agents whose `--spread-by` attribute value (default: the agent itself)
   has the fewest instances, among the offers at hand; ties go to the agent with fewer instances, then
-  to the first offer. It is best effort: when only one value has room, availability wins.
+  to the first offer. Offers arrive agent by agent, so a value may not get more than one instance
+  ahead of the least loaded value that had room when it was last offered (its offer is likely on its
+  way); after `SKEW_PATIENCE` offer rounds without it, availability wins over spread.
 - Scaling down kills the newest instances of the most loaded value first, so the spread stays even.
-- Offers it does not need are declined with a refuse filter (`refuse_seconds`); once K instances are
-  placed it suppresses offers, and it revives when it needs more (a replacement, a scale up).
+- Offers it does not need are declined with a refuse filter (`refuse_seconds`, or one second while
+  instances are still missing); once K instances are placed it suppresses offers, and it revives when
+  it needs more (a replacement, a scale up).
 - After a re-subscription it reconciles its instances, so one that ended while the keeper was away is
   replaced.
 
@@ -54,6 +57,10 @@ from sdk import (
 
 log = logging.getLogger("sdk.examples.service")
 
+MAX_SKEW = 1  # most instances a spread value may have beyond the least loaded one with room
+SKEW_PATIENCE = 3  # offer rounds to wait for an under-loaded value before placing anywhere
+SHORT_REFUSE_SECONDS = 1.0  # decline filter while instances are still missing
+
 
 @dataclass
 class Instance:
@@ -85,8 +92,11 @@ class ServiceKeeper(Scheduler):
         self._seq = 0
         self._suppressed: bool | None = None  # None: unknown (after a (re)subscription)
         self._revive_wanted = False  # more instances are needed now: clear our decline filters too
+        self._room: dict[str, bool] = {}  # spread value -> its last offer could take an instance
+        self._blocked_rounds = 0
         self._driver: SchedulerDriver | None = None
         self._lock = threading.Lock()  # scale() comes from other threads; callbacks come from one
+        self._control = threading.Lock()  # serialises revive/suppress decisions with their calls
 
     # ---- what it looks like ---------------------------------------------------------------------------
     @property
@@ -163,13 +173,16 @@ class ServiceKeeper(Scheduler):
     def offers(self, driver: SchedulerDriver, offers: list[Offer]) -> None:
         with self._lock:
             plan = self._place(offers)
+            missing = self._desired - sum(1 for i in self._instances.values() if not i.killing)
+        # While instances are missing, declined agents come back soon: they may be needed after all.
+        refuse = Filters(SHORT_REFUSE_SECONDS if missing > 0 else self.refuse_seconds)
         for offer in offers:
             tasks = plan.get(offer.offer_id, [])
             try:
                 if tasks:
                     driver.launch(offer, tasks)
                 else:
-                    driver.decline(offer, Filters(self.refuse_seconds))
+                    driver.decline(offer, refuse)
             except TesseraError as exc:
                 log.warning("offer %s: %s", offer.offer_id, exc)
                 with self._lock:
@@ -198,19 +211,33 @@ class ServiceKeeper(Scheduler):
         need = self._desired - len(live)
         counts = Counter(i.spread_value for i in live)
         per_agent = Counter(i.agent_id for i in live)
+        for offer in offers:
+            self._room[self._value(offer)] = offer.fits(self.resources)
         left = {o.offer_id: o.resources for o in offers}
         plan: dict[str, list[TaskInfo]] = {}
-        for _ in range(max(0, need)):
+        placed = 0
+        while placed < need:
             fitting = [(n, o) for n, o in enumerate(offers) if left[o.offer_id].contains(self.resources)]
             if not fitting:
                 break
-            _, offer = min(fitting, key=lambda no: (counts[self._value(no[1])], per_agent[no[1].agent_id], no[0]))
+            # Skew: an instance may not make its value more than MAX_SKEW ahead of the least loaded
+            # value that had room when last offered; that value's offer is probably on its way.
+            floor = min((counts[v] for v, room in self._room.items() if room), default=0)
+            allowed = [(n, o) for n, o in fitting if counts[self._value(o)] + 1 - floor <= MAX_SKEW]
+            if not allowed:
+                self._blocked_rounds += 1
+                if self._blocked_rounds < SKEW_PATIENCE:
+                    break
+                allowed = fitting  # waited long enough: availability beats spread
+            self._blocked_rounds = 0
+            _, offer = min(allowed, key=lambda no: (counts[self._value(no[1])], per_agent[no[1].agent_id], no[0]))
             value = self._value(offer)
             self._seq += 1
             task_id = f"{self.name}-{self.run_id}-{self._seq}"
             self._instances[task_id] = Instance(task_id, offer.agent_id, value, self._seq)
             counts[value] += 1
             per_agent[offer.agent_id] += 1
+            placed += 1
             left[offer.offer_id] = left[offer.offer_id] - self.resources
             plan.setdefault(offer.offer_id, []).append(TaskInfo(
                 task_id=task_id, name=f"{self.name} instance", resources=self.resources, command=self.command,
@@ -233,23 +260,26 @@ class ServiceKeeper(Scheduler):
                             status.message)
 
     def _want_offers(self, driver: SchedulerDriver) -> None:
-        with self._lock:
-            need = self._desired - sum(1 for i in self._instances.values() if not i.killing)
-            suppressed = self._suppressed
-            revive = need > 0 and (suppressed is not False or self._revive_wanted)
-            self._revive_wanted = False
-        try:
-            if revive:
-                driver.revive()
-                suppressed = False
-            elif need <= 0 and suppressed is not True:
-                driver.suppress()
-                suppressed = True
-        except TesseraError as exc:
-            log.warning("revive/suppress failed: %s", exc)
-            return
-        with self._lock:
-            self._suppressed = suppressed
+        # One decision at a time, made and sent under `_control`: a scale() racing a callback must not
+        # send a stale suppress after a fresh revive.
+        with self._control:
+            with self._lock:
+                need = self._desired - sum(1 for i in self._instances.values() if not i.killing)
+                suppressed = self._suppressed
+                revive = need > 0 and (suppressed is not False or self._revive_wanted)
+                self._revive_wanted = False
+            try:
+                if revive:
+                    driver.revive()
+                    suppressed = False
+                elif need <= 0 and suppressed is not True:
+                    driver.suppress()
+                    suppressed = True
+            except TesseraError as exc:
+                log.warning("revive/suppress failed: %s", exc)
+                return
+            with self._lock:
+                self._suppressed = suppressed
 
 
 def _read_count(path: Path) -> int | None:

@@ -11,7 +11,15 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sdk import AsyncScheduler, AsyncSchedulerDriver, FrameworkInfo, Offer, Scheduler, SchedulerDriver, TaskStatus
+from sdk import (
+    AsyncScheduler,
+    AsyncSchedulerDriver,
+    FrameworkInfo,
+    Offer,
+    Scheduler,
+    SchedulerDriver,
+    TaskStatus,
+)
 from sdk.testing import FakeMaster
 
 T = TypeVar("T")

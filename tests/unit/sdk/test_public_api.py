@@ -1,0 +1,228 @@
+"""The SDK's public surface: `sdk.__all__` is exactly what we promise, the values behave as documented,
+status codes map to one error class each, and every value survives the trip through protobuf."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+
+import pytest
+
+import sdk
+from sdk import _convert as cv
+from sdk.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    NotLeader,
+    PermissionDenied,
+    ServerError,
+    TesseraError,
+    Unauthenticated,
+    Unavailable,
+    error_for_status,
+)
+from sdk.protocol import (
+    AcceptCall,
+    AcknowledgeCall,
+    CallHeader,
+    DeclineCall,
+    ErrorEvent,
+    HeartbeatEvent,
+    KillCall,
+    MessageCall,
+    MessageEvent,
+    OffersEvent,
+    ReconcileCall,
+    RescindEvent,
+    ReviveCall,
+    SubscribedEvent,
+    SuppressCall,
+    TeardownCall,
+    UpdateEvent,
+)
+from sdk.types import (
+    Filters,
+    FrameworkInfo,
+    Launch,
+    Offer,
+    Reserve,
+    Resources,
+    TaskInfo,
+    TaskSpec,
+    TaskState,
+    TaskStatus,
+    Unreserve,
+)
+
+PUBLIC = {
+    "AsyncScheduler", "AsyncSchedulerDriver", "Backoff", "Conflict", "DEFAULT_ROLE", "DriverStopped", "Filters",
+    "FrameworkInfo", "InvalidRequest", "Launch", "NotFound", "NotLeader", "Offer", "Operation",
+    "PermissionDenied", "Reserve", "Resources", "Scheduler", "SchedulerDriver", "ServerError", "TaskInfo",
+    "TaskSpec", "TaskState", "TaskStatus", "TesseraError", "Unauthenticated", "Unavailable", "Unreserve",
+}
+
+
+def test_all_is_exactly_the_promised_public_api() -> None:
+    assert set(sdk.__all__) == PUBLIC
+    assert len(sdk.__all__) == len(PUBLIC)  # no duplicates
+    for name in sdk.__all__:
+        assert getattr(sdk, name) is not None
+
+
+def test_no_other_public_name_leaks_from_the_package() -> None:
+    modules = {m.name for m in pkgutil.iter_modules(sdk.__path__)}
+    public = {n for n in vars(sdk) if not n.startswith("_")} - modules - {"annotations"}
+    assert public == PUBLIC
+
+
+@pytest.mark.parametrize("module", ["sdk.errors", "sdk.types", "sdk.testing"])
+def test_submodule_all_names_exist(module: str) -> None:
+    mod = importlib.import_module(module)
+    for name in mod.__all__:
+        assert hasattr(mod, name), name
+
+
+def test_every_module_has_a_docstring() -> None:
+    names = ["sdk"] + [f"sdk.{m.name}" for m in pkgutil.iter_modules(sdk.__path__)]
+    names += [f"sdk.examples.{m.name}" for m in pkgutil.iter_modules(importlib.import_module("sdk.examples").__path__)]
+    for name in names:
+        assert (importlib.import_module(name).__doc__ or "").strip(), name
+
+
+# ---- values ---------------------------------------------------------------------------------------------------
+
+def test_values_are_frozen_and_hashable() -> None:
+    offer = Offer(offer_id="o", agent_id="a", resources=Resources.of(cpus=1), attributes={"rack": "r1"})
+    task = TaskInfo(task_id="t", resources=Resources.of(cpus=1), command=["ls", "-l"], env={"A": "1"})
+    for value in (offer, task, FrameworkInfo(name="f"), TaskStatus(task_id="t", state=TaskState.TASK_RUNNING),
+                  Filters(3)):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            value.task_id = "x"  # type: ignore[union-attr]
+        hash(value)
+    with pytest.raises(TypeError):
+        offer.attributes["rack"] = "r2"  # type: ignore[index]
+    assert task.command == ("ls", "-l") and not task.shell
+    assert TaskSpec is TaskInfo
+
+
+def test_offer_helpers_do_arithmetic_on_resources() -> None:
+    offer = Offer(offer_id="o", agent_id="a",
+                  resources=Resources.parse("cpus:2;mem:1024;disk:10;ports:[31000-31010]"))
+    assert (offer.cpus, offer.mem, offer.disk, offer.ports) == (2, 1024, 10, ((31000, 31010),))
+    need = Resources.of(cpus=0.5, mem=256)
+    assert offer.fits(need) and (offer.resources - need).scalar("cpus") == 1.5
+    assert not offer.fits(Resources.of(cpus=3))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Filters(0),
+    lambda: Filters(float("inf")),
+    lambda: TaskInfo(task_id="", resources=Resources(), command="x"),
+    lambda: TaskInfo(task_id="t", resources=Resources(), command=""),
+    lambda: TaskInfo(task_id="t", resources=Resources(), command=()),
+    lambda: TaskInfo(task_id="t", resources=Resources(), command="x", kill_grace_period=-1),
+    lambda: FrameworkInfo(name=""),
+    lambda: FrameworkInfo(name="f", roles=()),
+    lambda: FrameworkInfo(name="f", failover_timeout=-1),
+    lambda: Launch(()),
+    lambda: Resources.of(cpus=-1),
+])
+def test_bad_values_are_refused_with_invalid_request(make: object) -> None:
+    with pytest.raises(InvalidRequest):
+        make()  # type: ignore[operator]
+
+
+def test_a_single_role_string_is_one_role() -> None:
+    assert FrameworkInfo(name="f", roles="analytics").roles == ("analytics",)  # type: ignore[arg-type]
+
+
+def test_terminal_statuses() -> None:
+    assert TaskStatus(task_id="t", state=TaskState.TASK_LOST).is_terminal
+    assert not TaskStatus(task_id="t", state=TaskState.TASK_UNREACHABLE).is_terminal
+
+
+# ---- error mapping ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("status", "cls"), [
+    ("INVALID_ARGUMENT", InvalidRequest), ("OUT_OF_RANGE", InvalidRequest), ("NOT_FOUND", NotFound),
+    ("FAILED_PRECONDITION", Conflict), ("ALREADY_EXISTS", Conflict), ("ABORTED", Conflict),
+    ("UNAUTHENTICATED", Unauthenticated), ("PERMISSION_DENIED", PermissionDenied),
+    ("UNAVAILABLE", Unavailable), ("DEADLINE_EXCEEDED", Unavailable), ("RESOURCE_EXHAUSTED", Unavailable),
+    ("CANCELLED", Unavailable), ("INTERNAL", ServerError), ("UNKNOWN", ServerError),
+    ("UNIMPLEMENTED", ServerError), ("DATA_LOSS", ServerError),
+])
+def test_each_status_code_maps_to_one_error_class(status: str, cls: type[TesseraError]) -> None:
+    err = error_for_status(status, "details")
+    assert type(err) is cls
+    assert "details" in str(err)
+
+
+def test_unavailable_with_a_leader_hint_is_not_leader() -> None:
+    err = error_for_status("UNAVAILABLE", "follower", "m2:5050")
+    assert isinstance(err, NotLeader) and err.leader_hint == "m2:5050"
+    assert isinstance(error_for_status("UNIMPLEMENTED", "no"), ServerError)
+    assert error_for_status("UNIMPLEMENTED", "no").status == "UNIMPLEMENTED"  # type: ignore[attr-defined]
+
+
+def test_sdk_errors_are_the_masters_error_classes() -> None:
+    from control_plane.core import errors as core
+
+    assert sdk.Conflict is core.Conflict and sdk.NotFound is core.NotFound
+    with pytest.raises(sdk.InvalidRequest):
+        Resources.of(cpus=1) - Resources.of(cpus=2)
+
+
+# ---- protobuf round trips -------------------------------------------------------------------------------------
+
+OFFER = Offer(offer_id="o1", agent_id="a1", framework_id="f1", hostname="h", role="web",
+              resources=Resources.parse("cpus:1.5;mem:256;ports:[31000-31002,31005-31005]", role="web")
+              + Resources.of(disk=100), attributes={"rack": "r1"}, expires_at=123.5)
+TASK = TaskInfo(task_id="t1", name="job", agent_id="a1", resources=Resources.of(cpus=0.25, mem=32),
+                command=("python3", "-c", "print(1)"), env={"A": "1"}, kill_grace_period=4.0,
+                labels={"team": "x"}, working_dir="w", user="u")
+STATUS = TaskStatus(task_id="t1", state=TaskState.TASK_FAILED, message="m", reason="r", exit_code=0,
+                    agent_id="a1", uuid="u1", timestamp=5.5, framework_id="f1")
+
+
+@pytest.mark.parametrize("event", [
+    SubscribedEvent("f1", "s1", 2.5, "m1:5050"), OffersEvent((OFFER,)), RescindEvent("o1"),
+    UpdateEvent(STATUS), UpdateEvent(TaskStatus(task_id="t", state=TaskState.TASK_RUNNING)),
+    MessageEvent("a1", b"\x01\x02"), HeartbeatEvent(), ErrorEvent("removed"),
+])
+def test_events_survive_protobuf(event: object) -> None:
+    assert cv.event_from_proto(cv.event_to_proto(event)) == event  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("call", [
+    AcceptCall(("o1", "o2"), (Launch((TASK, TaskInfo(task_id="t2", resources=Resources.of(cpus=1), command="sh -c x"))),
+                              Reserve(Resources.of(role="web", cpus=1)), Unreserve(Resources.of(role="web", mem=5))),
+               Filters(7.5)),
+    AcceptCall(("o1",), (), None), DeclineCall(("o1",), Filters(60)), DeclineCall(("o1",)),
+    ReviveCall(("a", "b")), SuppressCall(), KillCall("t1", 3.0), AcknowledgeCall("t1", "a1", "u1"),
+    ReconcileCall(("t1",)), ReconcileCall(), TeardownCall(), MessageCall("a1", b"data"),
+])
+def test_calls_survive_protobuf(call: object) -> None:
+    header = CallHeader("f1", "s1", "r1")
+    _, request = cv.call_to_proto(header, call)  # type: ignore[arg-type]
+    assert cv.call_from_proto(request) == (header, call)
+
+
+def test_framework_info_survives_protobuf() -> None:
+    info = FrameworkInfo(name="f", roles=("a", "b"), principal="p", failover_timeout=9.0, partition_aware=True,
+                         user="u", hostname="h", framework_id="f1")
+    assert cv.info_from_proto(cv.info_to_proto(info)) == info
+
+
+def test_argv_goes_out_as_program_and_arguments_after_it() -> None:
+    cmd = cv.task_to_proto(TASK).command
+    assert (cmd.shell, cmd.value, list(cmd.arguments)) == (False, "python3", ["-c", "print(1)"])
+    shell = cv.task_to_proto(TaskInfo(task_id="t", resources=Resources(), command="echo hi")).command
+    assert (shell.shell, shell.value, list(shell.arguments)) == (True, "echo hi", [])
+
+
+def test_an_unknown_event_kind_is_skipped() -> None:
+    from tessera.v1 import scheduler_pb2
+
+    assert cv.event_from_proto(scheduler_pb2.SchedulerEvent()) is None
