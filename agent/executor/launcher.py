@@ -366,3 +366,47 @@ def _supervisor_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(roots)
     env.pop("PYTHONSTARTUP", None)
     return env
+
+
+def kill_tasks_in(work_dir: Path, timeout: float = 10.0) -> int:
+    """Kill every task still running under `work_dir` and remove its isolation; returns how many.
+
+    For tools and test harnesses that stop an agent for good (tasks outlive their agent by design, so
+    nothing else would end them). Each task is killed through its supervisor (grace 0), which records
+    the exit as usual; a supervisor that is gone has its task's session killed directly."""
+    handles: list[LaunchHandle] = []
+    for launch_file in Path(work_dir).glob(f"*/*/{LAUNCH_FILE}"):
+        sandbox = launch_file.parent
+        if (sandbox / EXIT_FILE).exists():
+            continue
+        launch = read_json(launch_file) or {}
+        sup = read_json(sandbox / SUPERVISOR_FILE) or {}
+        pid = int(sup.get("supervisor_pid") or 0)
+        handle = LaunchHandle(task_id=str(launch.get("task_id", sandbox.name)),
+                              framework_id=str(launch.get("framework_id", "")), sandbox=sandbox,
+                              supervisor_pid=pid, supervisor_start=_start_time(pid) or 0.0 if pid else 0.0,
+                              isolation=IsolationSpec.from_json(launch.get("isolation") or {}))
+        handles.append(handle)
+    launcher = ProcessLauncher(Path(work_dir), Isolator())
+    for handle in handles:
+        if _is_supervisor_of(handle):
+            launcher.kill(handle, 0.0)
+        else:
+            launcher._kill_orphans(handle)
+    deadline = time.monotonic() + timeout
+    for handle in handles:
+        while _is_supervisor_of(handle) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        launcher.release(handle)
+    return len(handles)
+
+
+def _is_supervisor_of(handle: LaunchHandle) -> bool:
+    """Is `handle.supervisor_pid` a live supervisor of this very sandbox (not a recycled pid)?"""
+    if handle.supervisor_pid <= 0:
+        return False
+    try:
+        proc = psutil.Process(handle.supervisor_pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and str(handle.sandbox) in proc.cmdline()
+    except psutil.Error:
+        return False

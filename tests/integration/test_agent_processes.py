@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from agent.executor.launcher import kill_tasks_in
 from agent.executor.supervisor import read_json
 from tessera.v1 import common_pb2, operator_pb2
 from tests.support.cluster import LocalCluster, MasterProc, wait_for
@@ -84,15 +85,7 @@ class AgentProcess:
             os.kill(self.proc.pid, signal.SIGCONT)
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
-        for sandbox in self.data_dir.glob("sandboxes/*/*"):
-            task = read_json(sandbox / "task.json") or {}
-            sup = read_json(sandbox / "supervisor.json") or {}
-            for pid in (sup.get("supervisor_pid"), task.get("task_pid")):
-                if pid and psutil.pid_exists(int(pid)):
-                    try:
-                        os.kill(int(pid), signal.SIGKILL)
-                    except OSError:
-                        pass
+        kill_tasks_in(self.data_dir / "sandboxes")
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""

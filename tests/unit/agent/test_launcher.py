@@ -15,7 +15,7 @@ import pytest
 
 from agent.core.tasks import terminal_status
 from agent.executor.isolation import RlimitIsolator
-from agent.executor.launcher import LaunchHandle, Observation, ProcessLauncher
+from agent.executor.launcher import LaunchHandle, Observation, ProcessLauncher, kill_tasks_in
 from agent.executor.supervisor import read_json
 from control_plane.core.resources import Resources
 from control_plane.core.values import CommandInfo, TaskInfo, TaskState
@@ -213,3 +213,15 @@ def test_usage_reports_cpu_and_memory_of_the_task(launcher: ProcessLauncher) -> 
     launcher.kill(handle, 0)
     wait(launcher, handle, lambda o: o.ended)
     assert launcher.usage(handle) is None
+
+
+def test_kill_tasks_in_ends_every_task_left_in_a_work_dir(launcher: ProcessLauncher) -> None:
+    handles = [launcher.launch(argv_task("sleep", "60", task_id=f"left-{i}")) for i in range(3)]
+    for h in handles:
+        wait(launcher, h, lambda o: o.started)
+    done = launcher.launch(shell_task("true", task_id="done"))
+    wait(launcher, done, lambda o: o.ended)
+    assert kill_tasks_in(launcher.work_dir) == 3  # the finished one is left alone
+    for h in handles:
+        obs = wait(launcher, h, lambda o: o.ended)
+        assert obs.exit is not None and obs.exit.killed
