@@ -59,10 +59,24 @@ resources are all unreserved and uncapped is offered as-is, without rebuilding i
 `Allocator` wraps the same algorithm for the leader loop: `update(snapshot)` then `allocate(...)`. It
 keeps the per-agent decomposition of free resources between rounds for agents whose free resources
 did not change, and must give exactly the offers `allocate(snapshot, ...)` gives (a test checks it).
+The sorters themselves are rebuilt from the snapshot every round: shares move with events the allocator
+does not see (tasks ending, offers declined or rescinded), and rebuilding them costs O(roles +
+frameworks), nothing next to the agents.
+
+Not modelled (differences from Mesos): roles are flat names (no hierarchy: "a/b" neither inherits nor
+counts towards "a"'s quota or weight); a decline filter covers the whole agent for the framework, in
+every role, whatever resources it declined; there is one minimum offer size for everyone (no
+per-framework min_allocatable_resources); no revocable, shared or capability-gated resources.
+
+Garbage collection: a round at tens of thousands of agents makes tens of thousands of offers, enough
+new objects to trigger CPython full collections over the whole replicated state, which can cost as much
+as the round itself (see tests/bench/bench_allocator.py). That is the shell's business, not this pure
+module's: a leader loop may pause the collector around the round or freeze the long-lived state.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -128,16 +142,10 @@ def _agent_order(n: int, seed: int) -> Iterator[int]:
     h = _mix(seed)
     offset = h % n
     stride = 1 + (h >> 32) % (n - 1)
-    while _gcd(stride, n) != 1:
+    while math.gcd(stride, n) != 1:
         stride = stride % (n - 1) + 1
     for i in range(n):
         yield (offset + i * stride) % n
-
-
-def _gcd(a: int, b: int) -> int:
-    while b:
-        a, b = b, a % b
-    return a
 
 
 # ---- per-agent working state -------------------------------------------------------------------------
@@ -217,6 +225,20 @@ class _Work:
         return _Work(dict(unreserved), unreserved_ranges, {r: (dict(s), rr) for r, (s, rr) in reserved.items()})
 
 
+def _plain(free: Resources) -> dict[str, int] | None:
+    """The scalars of a bag by name when nothing in it is reserved; None otherwise. (A dict of strings and
+    ints: the garbage collector does not even track it.)"""
+    flat: dict[str, int] = {}
+    for (name, role), milli in free.scalars:
+        if role:
+            return None
+        flat[name] = milli
+    for key, _ in free.ranges:
+        if key[1]:
+            return None
+    return flat
+
+
 # An agent given away whole: nothing is left on it this round. Shared, and never mutated (no proposal can
 # be made from it, so nothing is ever committed against it).
 _EXHAUSTED = _Work({}, (), {})
@@ -233,7 +255,7 @@ class _Proposal:
 
 # ---- one round -----------------------------------------------------------------------------------------
 class _Round:
-    def __init__(self, snapshot: AllocationSnapshot, views: Mapping[str, _AgentView], now: float,
+    def __init__(self, snapshot: AllocationSnapshot, views: dict[str, _AgentView], now: float,
                  max_offers: int | None) -> None:
         self.snapshot = snapshot
         self.views = views
@@ -267,10 +289,12 @@ class _Round:
             _add_into(self.required, unmet)
         self.available: dict[str, int] = {}
         if self.required:
-            for view in views.values():
-                unreserved = view.flat if view.pristine else view.split()[0]
-                for kind in self.required:
-                    self.available[kind] = self.available.get(kind, 0) + unreserved.get(kind, 0)
+            for kind in self.required:
+                self.available[kind] = 0
+            for agent in snapshot.agents:
+                for (kind, reservation_role), milli in agent.free.scalars:
+                    if not reservation_role and kind in self.available:
+                        self.available[kind] += milli
         self.capped_by_headroom = any(self.required.values())
 
         # frameworks: who may take offers, per role
@@ -310,6 +334,14 @@ class _Round:
         # (Plain dicts rather than an object per offer: fewer objects for the garbage collector to track.)
         self.offered: dict[tuple[str, str], Resources] = {}
         self.offered_role: dict[tuple[str, str], str] = {}
+        self.offered_agent: dict[tuple[str, str], AgentSnapshot] = {}
+
+    def view_of(self, agent: AgentSnapshot) -> _AgentView:
+        """The agent's parsed view, made on first need (plain agents offered whole never need one)."""
+        view = self.views.get(agent.agent_id)
+        if view is None:
+            view = self.views[agent.agent_id] = _AgentView(agent)
+        return view
 
     # ---- shares -------------------------------------------------------------------------------------
     def role_share(self, role: str) -> float:
@@ -403,16 +435,17 @@ class _Round:
         return chosen
 
     # ---- committing --------------------------------------------------------------------------------------
-    def commit(self, role: str, fid: str, view: _AgentView, p: _Proposal, stage: int) -> None:
-        agent_id = view.agent.agent_id
+    def commit(self, role: str, fid: str, agent: AgentSnapshot, p: _Proposal, stage: int) -> None:
+        agent_id = agent.agent_id
         if p.whole is not None:
             self.works[agent_id] = _EXHAUSTED
-            flat = view.flat
         else:
             work = self.works.get(agent_id)
             if work is None:
-                work = self.works[agent_id] = _Work.of(view)
+                work = self.works[agent_id] = _Work.of(self.view_of(agent))
             _take(work, role, p)
+        flat: Mapping[str, int] = p.unreserved
+        if p.reserved:
             flat = dict(p.unreserved)
             _add_into(flat, p.reserved)
 
@@ -454,6 +487,7 @@ class _Round:
         if earlier is None:
             self.offered[key] = resources
             self.offered_role[key] = role
+            self.offered_agent[key] = agent
         else:
             self.offered[key] = earlier + resources
 
@@ -487,8 +521,9 @@ class _Round:
         for index in _agent_order(len(agents), self.snapshot.seq * 2 + 1):
             if not len(self.quota_sorter) or self.full():
                 return
-            view = self.views[agents[index].agent_id]
-            work = self.works.get(view.agent.agent_id)
+            agent = agents[index]
+            view = self.view_of(agent)
+            work = self.works.get(agent.agent_id)
             unreserved = view.split()[0] if work is None else work.unreserved
             if not any(unreserved.get(k, 0) > 0 for k, v in self.need.items() if v > 0):
                 continue
@@ -498,13 +533,13 @@ class _Round:
                 if role is None:
                     break
                 popped.append(role)
-                proposal = self.propose(role, view, self.works.get(view.agent.agent_id), 1)
+                proposal = self.propose(role, view, self.works.get(agent.agent_id), 1)
                 if proposal is None:
                     continue
-                fid = self.pick_framework(role, view.agent.agent_id)
+                fid = self.pick_framework(role, agent.agent_id)
                 if fid is None:
                     continue
-                self.commit(role, fid, view, proposal, 1)
+                self.commit(role, fid, agent, proposal, 1)
             for role in popped:
                 if role in self.unmet:
                     self.quota_sorter.push_back(role)
@@ -512,15 +547,23 @@ class _Round:
     def stage2(self, agents: tuple[AgentSnapshot, ...]) -> None:
         # Required headroom no longer changes in stage 2 (only stage 1's guarantee offerings reduce it).
         self.capped_by_headroom = capped = any(self.required.values())
-        views, works, role_sorter = self.views, self.works, self.role_sorter
+        works, role_sorter = self.works, self.role_sorter
         for index in _agent_order(len(agents), self.snapshot.seq * 2 + 2):
             if self.full():
                 return
-            agent_id = agents[index].agent_id
-            view = views[agent_id]
+            agent = agents[index]
+            agent_id = agent.agent_id
             work = works.get(agent_id)
             if work is _EXHAUSTED:
                 continue
+            if work is None and not capped:
+                flat = _plain(agent.free)
+                if flat is not None:  # the common case: nothing reserved, nothing taken yet
+                    if not _allocatable(flat.get("cpus", 0), flat.get("mem", 0)):
+                        continue  # nobody can be offered anything here
+                    if self.place_whole(agent, flat) is not None:
+                        continue
+            view = self.view_of(agent)
             popped: list[str] = []
             tried: list[str] = []  # asked for their reservations only (not popped)
             while True:
@@ -546,12 +589,37 @@ class _Round:
                 fid = self.pick_framework(role, agent_id)
                 if fid is None:
                     continue
-                self.commit(role, fid, view, proposal, 2)
+                self.commit(role, fid, agent, proposal, 2)
                 work = works[agent_id]
                 if work is _EXHAUSTED or self.full():
                     break
             for role in popped:
                 role_sorter.push_back(role)
+
+    def place_whole(self, agent: AgentSnapshot, flat: dict[str, int]) -> bool | None:
+        """Offer a plain agent whole to the lowest-share role without a quota limit that has a framework
+        it may go to. True: offered; False: no role could take it; None: the walk reached a role with a
+        limit, which needs the general path (it then walks again from the start, to the same effect)."""
+        role_sorter = self.role_sorter
+        popped: list[str] = []
+        outcome: bool | None = False
+        while True:
+            role = role_sorter.pop()
+            if role is None:
+                break
+            popped.append(role)
+            if role in self.limit:
+                outcome = None
+                break
+            fid = self.pick_framework(role, agent.agent_id)
+            if fid is None:
+                continue
+            self.commit(role, fid, agent, _Proposal(flat, {}, {}, agent.free.ranges, agent.free), 2)
+            outcome = True
+            break
+        for role in popped:
+            role_sorter.push_back(role)
+        return outcome
 
     def unreserved_useful(self, view: _AgentView, work: _Work | None) -> bool:
         """Could any role be offered something allocatable from the agent's unreserved resources, headroom
@@ -602,7 +670,7 @@ def _build(p: _Proposal, role: str) -> Resources:
 
 
 # ---- the public surface ----------------------------------------------------------------------------------
-def _run(snapshot: AllocationSnapshot, views: Mapping[str, _AgentView], new_id: Callable[[str], str],
+def _run(snapshot: AllocationSnapshot, views: dict[str, _AgentView], new_id: Callable[[str], str],
          now: float, offer_timeout: float | None, max_offers: int | None) -> tuple[Offer, ...]:
     if offer_timeout is not None and offer_timeout < 0:
         raise ValueError(f"offer_timeout must not be negative, got {offer_timeout!r}")
@@ -620,8 +688,9 @@ def _run(snapshot: AllocationSnapshot, views: Mapping[str, _AgentView], new_id: 
         round_.stage2(snapshot.agents)
     roles = round_.offered_role
     offers: list[Offer] = []
-    for (fid, aid), resources in round_.offered.items():
-        agent = views[aid].agent
+    for key, resources in round_.offered.items():
+        agent = round_.offered_agent[key]
+        fid, aid = key
         offers.append(Offer(offer_id=new_id("offer"), framework_id=fid, agent_id=aid, hostname=agent.hostname,
                             role=roles[(fid, aid)], resources=resources, attributes=agent.attributes,
                             expires_at=expires_at))
@@ -632,8 +701,7 @@ def allocate(snapshot: AllocationSnapshot, *, new_id: Callable[[str], str], now:
              offer_timeout: float | None = None, max_offers: int | None = None) -> tuple[Offer, ...]:
     """The offers of one allocation round over `snapshot`, ready for `IssueOffers` (see the module
     docstring for the rules). Pure: the same snapshot and arguments give the same offers."""
-    views = {agent.agent_id: _AgentView(agent) for agent in snapshot.agents}
-    return _run(snapshot, views, new_id, now, offer_timeout, max_offers)
+    return _run(snapshot, {}, new_id, now, offer_timeout, max_offers)
 
 
 def dominant_shares(snapshot: AllocationSnapshot) -> dict[str, float]:
@@ -665,13 +733,14 @@ class Allocator:
         return self._snapshot
 
     def update(self, snapshot: AllocationSnapshot) -> None:
+        """Take the next round's snapshot; parsed agents whose free resources changed are dropped (they
+        are parsed again when a round needs them)."""
         old = self._views
         views: dict[str, _AgentView] = {}
         for agent in snapshot.agents:
             view = old.get(agent.agent_id)
-            if view is None or view.agent != agent:
-                view = _AgentView(agent)
-            views[agent.agent_id] = view
+            if view is not None and view.agent == agent:
+                views[agent.agent_id] = view
         self._views = views
         self._snapshot = snapshot
 
