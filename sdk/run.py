@@ -121,6 +121,7 @@ class OneShot(Scheduler):
         self.subscribed_at: float | None = None
         self.launched = threading.Event()
         self.done = threading.Event()
+        self._seen: set[str] = set()  # uuids: the master re-sends updates whose ack a failover lost
 
     def subscribed(self, driver: SchedulerDriver, framework_id: str) -> None:
         if self.subscribed_at is None:
@@ -159,8 +160,10 @@ class OneShot(Scheduler):
             self.say(f"declining offers failed: {exc}")
 
     def update(self, driver: SchedulerDriver, status: TaskStatus) -> None:
-        if status.task_id != self.task.task_id or self.final is not None:
+        if status.task_id != self.task.task_id or self.final is not None or status.uuid in self._seen:
             return
+        if status.uuid:
+            self._seen.add(status.uuid)
         code = f" (exit {status.exit_code})" if status.exit_code is not None else ""
         why = f": {_one_line(status.message, 120)}" if status.message and status.is_terminal else ""
         self.say(f"task {status.task_id} {status.state.name}{code}{why}")
@@ -285,13 +288,14 @@ def _root_masters() -> str | None:
                                         "help_option_names": ["-h", "--help"]})
 @click.option("--masters", default=None, metavar="HOST:PORT,...",
               help=f"masters to subscribe with (default: $TESSERA_MASTERS or {DEFAULT_MASTERS})")
-@click.option("--cpus", default="0.1", show_default=True, help="CPUs for the task")
-@click.option("--mem", default="32", show_default=True, help="memory for the task, in MiB")
+@click.option("--cpus", default="0.1", metavar="N", show_default=True, help="CPUs for the task")
+@click.option("--mem", default="32", metavar="N", show_default=True, help="memory for the task, in MiB")
 @click.option("--name", default="tessera-run", show_default=True, help="framework and task name")
 @click.option("--role", default=DEFAULT_ROLE, show_default=True, help="role to subscribe with")
 @click.option("--env", multiple=True, metavar="KEY=VALUE", help="environment variable of the task (repeat)")
-@click.option("--offer-timeout", default="60", show_default=True, help="seconds to wait for a fitting offer")
-@click.option("--connect-timeout", default="15", show_default=True,
+@click.option("--offer-timeout", default="60", metavar="N", show_default=True,
+              help="seconds to wait for a fitting offer")
+@click.option("--connect-timeout", default="15", metavar="N", show_default=True,
               help="seconds to wait for a master to answer")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run_command(masters: str | None, cpus: str, mem: str, name: str, role: str, env: tuple[str, ...],

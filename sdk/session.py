@@ -40,6 +40,12 @@ Theory of operation
   attempt fails, `on_call_error` says whether to send it again with the same request id: after
   `NotLeader` (and whether the stream must move to the hinted leader first), after `Unavailable`, and
   after a `Conflict` that only says the call went out on a stream that has since been replaced.
+- Leader moves learnt from calls. A call answered `NotLeader` by the master we are subscribed with
+  means the stream is stale too: the shell drops it (`CallDecision.reconnect`), and until the new
+  subscription no call goes out (`call_header` is None), so calls cannot spin against the old master.
+- Teardown. Between `begin_teardown` and `end_teardown`, the stream ending, an `ErrorEvent` or a
+  re-subscription refused because the framework is gone all mean the teardown went through: the
+  session stops quietly (`torn_down`) instead of failing.
 - Offers. The session remembers outstanding offers (so a task can be placed by offer id alone) and
   forgets them when they are rescinded, used, declined, or when the stream breaks (a master rescinds
   every offer of a disconnected framework).

@@ -12,15 +12,19 @@
             fake.wait_for(lambda: fake.tasks_in(TaskState.TASK_FINISHED), what="a finished task")
         assert fake.acknowledged          # updates were acknowledged
 
+(`tests/unit/sdk/test_fake_master.py` runs a complete example of this kind.)
+
 What it does, following docs/protocol.md and the master's validation rules (`control_plane.core.decide`):
 
 - Agents: `add_agent(resources, hostname=, attributes=)`, `remove_agent` (its tasks become TASK_LOST).
 - Offers: with `auto_offer=True` (default) every change that frees resources or revives a framework
   immediately offers each agent's free resources, whole, to the first subscribed framework that is not
   suppressed for one of its roles and has not declined that agent within the refuse time; one offer per
-  agent at a time. With `auto_offer=False`, offers go out when the test calls `send_offers()`.
+  agent at a time. With `auto_offer=False`, offers go out when the test calls `send_offers()` (or
+  `send_offers([agent_id])` for some agents only).
 - Calls: accept (LAUNCH, RESERVE, UNRESERVE), decline with filters, revive, suppress, kill, acknowledge,
-  reconcile (explicit and implicit; unknown tasks are TASK_LOST), teardown, message, with the master's
+  reconcile (explicit and implicit; unknown tasks are TASK_LOST), teardown, message (recorded in
+  `messages`; today's master answers UNIMPLEMENTED, command tasks having no executor), with the master's
   error classes (stale offer -> Conflict, unknown id -> NotFound, malformed -> InvalidRequest, stale
   stream id -> Conflict). A request id seen before returns the first answer without applying again.
 - Tasks: launched tasks start in TASK_STAGING; `behaviour(task)` (if given) scripts the states each

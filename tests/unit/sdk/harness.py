@@ -126,11 +126,15 @@ class AsyncRecording(AsyncScheduler):
 class Harness:
     kind = ""
 
-    def __init__(self, fake: FakeMaster, info: FrameworkInfo | None = None, **options: Any) -> None:
+    def __init__(self, fake: FakeMaster | None, info: FrameworkInfo | None = None, *,
+                 masters: list[str] | None = None, **options: Any) -> None:
+        """Against `fake` over its in-memory transport, or (fake None) real masters over gRPC."""
         self.fake = fake
         self.rec = Recorder()
         self.info = info or FrameworkInfo(name="test-fw")
-        self.options = {"transport": fake.transport(), "call_timeout": WAIT, **options}
+        self.masters = masters if masters is not None else fake.addresses if fake is not None else []
+        transport = fake.transport() if fake is not None else None
+        self.options = {"transport": transport, "call_timeout": WAIT, **options}
 
     @property
     def driver(self) -> Any:
@@ -155,9 +159,9 @@ class Harness:
 class SyncHarness(Harness):
     kind = "sync"
 
-    def __init__(self, fake: FakeMaster, info: FrameworkInfo | None = None, **options: Any) -> None:
+    def __init__(self, fake: FakeMaster | None, info: FrameworkInfo | None = None, **options: Any) -> None:
         super().__init__(fake, info, **options)
-        self._driver = SchedulerDriver(SyncRecording(self.rec), self.info, fake.addresses, **self.options)
+        self._driver = SchedulerDriver(SyncRecording(self.rec), self.info, self.masters, **self.options)
 
     @property
     def driver(self) -> SchedulerDriver:
@@ -181,12 +185,12 @@ class SyncHarness(Harness):
 class AsyncHarness(Harness):
     kind = "async"
 
-    def __init__(self, fake: FakeMaster, info: FrameworkInfo | None = None, **options: Any) -> None:
+    def __init__(self, fake: FakeMaster | None, info: FrameworkInfo | None = None, **options: Any) -> None:
         super().__init__(fake, info, **options)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
-        self._driver = AsyncSchedulerDriver(AsyncRecording(self.rec), self.info, fake.addresses, **self.options)
+        self._driver = AsyncSchedulerDriver(AsyncRecording(self.rec), self.info, self.masters, **self.options)
 
     @property
     def driver(self) -> AsyncSchedulerDriver:
