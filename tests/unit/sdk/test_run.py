@@ -150,3 +150,19 @@ def test_run_task_works_over_the_in_memory_transport_too() -> None:
 
 def test_run_command_is_a_click_command_named_run() -> None:
     assert isinstance(run_command, click.Command) and run_command.name == "run"
+
+
+def test_registered_in_a_group_it_takes_the_groups_masters(serve: Callable[[FakeMaster], str]) -> None:
+    fake = FakeMaster(behaviour=runs_and_finishes)
+    fake.add_agent("cpus:1;mem:256")
+    address = serve(fake)
+
+    @click.group(context_settings={"auto_envvar_prefix": "TESSERA"})
+    @click.option("--masters", default="127.0.0.1:5050")
+    def tessera(masters: str) -> None:
+        """Like control_plane.cli.main's group."""
+
+    tessera.add_command(run_command)
+    result = CliRunner().invoke(tessera, ["--masters", address, "run", "--", "true"])
+    assert result.exit_code == 0, result.output
+    assert [a for a, _ in fake.subscribe_requests] == [address]
