@@ -130,9 +130,9 @@ def _free(agent: AgentRecord) -> Resources:
     if not used:
         if not offered:
             return agent.total
-        if offered == agent.total:  # the steady state: the whole agent is offered
-            return EMPTY
-    elif not offered and used == agent.total:
+        if offered.scalars == agent.total.scalars and offered.ranges == agent.total.ranges:
+            return EMPTY  # the steady state: the whole agent is offered
+    elif not offered and used.scalars == agent.total.scalars and used.ranges == agent.total.ranges:
         return EMPTY
     scalars = dict(agent.total.scalars)
     for key, milli in (*used.scalars, *offered.scalars):
@@ -168,43 +168,40 @@ def snapshot_from_state(state: ClusterState, now: float) -> AllocationSnapshot:
         agent = state.agents[agent_id]
         if agent.state is AgentState.AGENT_REMOVED:
             continue
+        reachable = agent.reachable
         for key, milli in agent.total.scalars:
             if key[1]:
                 reserved_to = reserved.setdefault(key[1], {})
                 reserved_to[key] = reserved_to.get(key, 0) + milli
-        if not agent.reachable:
-            continue
-        for key, milli in agent.total.scalars:
-            total[key] = total.get(key, 0) + milli
+            if reachable:
+                total[key] = total.get(key, 0) + milli
         if agent.state is not AgentState.AGENT_ACTIVE or agent.draining:
             continue
         free = _free(agent)
         if free:
             agents.append(AgentSnapshot(agent_id, agent.info.hostname, agent.info.attributes, free))
 
-    # One pass over tasks and offers for both the roles' and the connected frameworks' allocations (sums
-    # of integers: the iteration order does not matter).
+    # One pass over non-terminal tasks and live offers, summing per (framework, role); the roles' sums
+    # (every framework, connected or not) are added up from those. Sums of integers: the iteration order
+    # does not matter.
     connected = {fid for fid, fw in state.frameworks.items() if fw.state is FrameworkState.FRAMEWORK_CONNECTED}
-    role_allocated: dict[str, dict[Key, int]] = {}
-    fw_allocated: dict[tuple[str, str], dict[Key, int]] = {}
+    held: dict[tuple[str, str], dict[Key, int]] = {}
     holders = [(t.framework_id, t.role, t.info.resources) for t in state.tasks.values() if not t.terminal]
     holders.extend((o.framework_id, o.role, o.resources) for o in state.offers.values())
     for framework_id, role, resources in holders:
-        to_role = role_allocated.get(role)
-        if to_role is None:
-            to_role = role_allocated[role] = {}
-        to_fw = None
-        if framework_id in connected:
-            to_fw = fw_allocated.get((framework_id, role))
-            if to_fw is None:
-                to_fw = fw_allocated[(framework_id, role)] = {}
+        sums = held.get((framework_id, role))
+        if sums is None:
+            sums = held[(framework_id, role)] = {}
         for key, milli in resources.scalars:
-            to_role[key] = to_role.get(key, 0) + milli
-            if to_fw is not None:
-                to_fw[key] = to_fw.get(key, 0) + milli
+            sums[key] = sums.get(key, 0) + milli
+    role_allocated: dict[str, dict[Key, int]] = {}
     fw_roles: dict[str, list[str]] = {}
-    for framework_id, role in sorted(fw_allocated):
-        fw_roles.setdefault(framework_id, []).append(role)
+    for framework_id, role in sorted(held):
+        to_role = role_allocated.setdefault(role, {})
+        for key, milli in held[(framework_id, role)].items():
+            to_role[key] = to_role.get(key, 0) + milli
+        if framework_id in connected:
+            fw_roles.setdefault(framework_id, []).append(role)
 
     frameworks: list[FrameworkSnapshot] = []
     role_names: set[str] = set(state.roles) | set(role_allocated) | set(reserved)
@@ -215,7 +212,7 @@ def snapshot_from_state(state: ClusterState, now: float) -> AllocationSnapshot:
             framework_id=framework_id,
             roles=fw.info.roles,
             suppressed_roles=fw.suppressed_roles,
-            allocated=MappingProxyType({r: _bag(fw_allocated[(framework_id, r)])
+            allocated=MappingProxyType({r: _bag(held[(framework_id, r)])
                                         for r in fw_roles.get(framework_id, ())}),
         ))
 

@@ -15,17 +15,20 @@ suppressed, frameworks disconnect, agents drain or become unreachable. On the fi
   (headroom);
 - with enough free resources, every quota role with a framework that can take offers reaches its
   guarantee in one round;
-- the same snapshot gives the same offers, and `Allocator` gives the offers of `allocate`.
+- the same snapshot gives the same offers, `Allocator` gives the offers of `allocate`, and so does the
+  general path alone (the fast path for plain agents is an optimisation, not a different policy).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from unittest import mock
 
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from control_plane.allocation import Allocator, allocate, is_allocatable
+from control_plane.allocation import allocator as allocator_module
 from control_plane.allocation.snapshot import AllocationSnapshot
 from control_plane.core import commands as c
 from control_plane.core.apply import apply
@@ -207,6 +210,9 @@ def test_offers_on_random_clusters_keep_every_rule_and_pass_the_core(data: st.Da
     allocator = Allocator()
     allocator.update(snapshot)
     assert allocator.allocate(new_id=sequential_ids("final"), now=cl.now, offer_timeout=30.0) == offers
+    # the fast path for plain agents decides exactly as the general path would
+    with mock.patch.object(allocator_module, "_plain", lambda free: None):
+        assert allocate(snapshot, new_id=sequential_ids("final"), now=cl.now, offer_timeout=30.0) == offers
 
     free = {a.agent_id: a.free for a in snapshot.agents}
     offerable = {aid for aid, a in state.agents.items() if a.state is AgentState.AGENT_ACTIVE}
