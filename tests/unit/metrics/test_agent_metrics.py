@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
 
 import pytest
@@ -82,3 +84,11 @@ def test_agent_names_follow_the_conventions() -> None:
         assert spec.name.endswith("_total") == (spec.kind == "counter"), spec.name
         if {"mem", "disk"} & set(spec.name.split("_")):
             assert spec.name.endswith("_bytes"), spec.name
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (apt-get install prometheus)")
+def test_promtool_finds_nothing_to_lint_in_the_agent_exposition() -> None:
+    metrics = FakeAgent().metrics(pending_status_updates=lambda: 0, connected=lambda: False)
+    proc = subprocess.run(["promtool", "check", "metrics"], input=metrics.text(), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout + proc.stderr == "", proc.stdout + proc.stderr

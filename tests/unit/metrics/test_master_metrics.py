@@ -4,7 +4,9 @@ behind when stopped."""
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
 import threading
 import urllib.error
 import urllib.request
@@ -251,3 +253,12 @@ def test_a_taken_port_fails_at_start() -> None:
         with pytest.raises(OSError):
             server.start()
         server.stop()  # nothing was started: a no-op
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (apt-get install prometheus)")
+def test_promtool_finds_nothing_to_lint_in_the_exposition(node: tuple[InProcessMaster, MasterMetrics]) -> None:
+    m, metrics = node
+    m.operator().SetWeight(operator_pb2.SetWeightRequest(role="analytics", weight=2.0), timeout=5)
+    proc = subprocess.run(["promtool", "check", "metrics"], input=metrics.text(), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout + proc.stderr == "", proc.stdout + proc.stderr
