@@ -162,13 +162,33 @@ class ServiceKeeper(Scheduler):
             self._driver = driver
             self._suppressed = None
             known = list(self._instances)
-        if known:
-            try:
+        try:
+            if known:
                 for status in driver.reconcile(known):
                     self._record(driver, status)
-            except TesseraError as exc:
-                log.warning("reconciliation failed: %s", exc)
+            else:
+                # a new process failing over with the framework id of an earlier one: adopt the
+                # instances that are still alive instead of starting the whole service again
+                self._adopt(driver.reconcile())
+        except TesseraError as exc:
+            log.warning("reconciliation failed: %s", exc)
         self._want_offers(driver)
+
+    def _adopt(self, statuses: list[TaskStatus]) -> None:
+        with self._lock:
+            for status in statuses:
+                if status.is_terminal or status.task_id in self._instances:
+                    continue
+                self._seq += 1
+                # the spread value is not in a status; it is learnt again from the next offers' agents
+                self._instances[status.task_id] = Instance(status.task_id, status.agent_id or "", "",
+                                                           self._seq, status.state)
+                log.info("adopted running instance %s on agent %s", status.task_id, status.agent_id)
+            surplus = self._surplus()
+            driver = self._driver
+        if driver is not None:
+            for task_id in surplus:
+                self._kill(driver, task_id)
 
     def offers(self, driver: SchedulerDriver, offers: list[Offer]) -> None:
         with self._lock:

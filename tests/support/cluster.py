@@ -82,6 +82,20 @@ class MasterProc:
                 cursor = resp.events[-1].index + 1
 
 
+@dataclass
+class AgentProc:
+    name: str
+    data_dir: Path
+    log_path: Path
+    resources: str
+    attributes: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
 class LocalCluster:
     """N masters as child processes. `password` set means the Raft port is encrypted."""
 
@@ -89,6 +103,8 @@ class LocalCluster:
         self.root = root
         self.password = password
         self.masters: list[MasterProc] = []
+        self.agents: list[AgentProc] = []
+        self.master_flags: list[str] = []
         for i in range(n):
             self.masters.append(self._new_master(f"m{i + 1}"))
         for m in self.masters:
@@ -109,7 +125,7 @@ class LocalCluster:
             env["TESSERA_RAFT_PASSWORD"] = self.password
         env["PYTHONUNBUFFERED"] = "1"
         cmd = [sys.executable, "-m", "control_plane.cli.main", "master", "--name", m.name, "--raft", m.raft,
-               "--grpc", m.grpc, "--peers", ",".join(m.peers), "--data-dir", str(m.data_dir)]
+               "--grpc", m.grpc, "--peers", ",".join(m.peers), "--data-dir", str(m.data_dir), *self.master_flags]
         log = open(m.log_path, "ab")
         m.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
@@ -118,7 +134,7 @@ class LocalCluster:
         for m in self.masters:
             self.start(m)
 
-    def kill(self, m: MasterProc, sig: int = signal.SIGKILL) -> None:
+    def kill(self, m: MasterProc | AgentProc, sig: int = signal.SIGKILL) -> None:
         if m.proc is not None and m.proc.poll() is None:
             os.kill(m.proc.pid, sig)
             try:
@@ -128,8 +144,39 @@ class LocalCluster:
                 m.proc.wait(timeout=5)
 
     def stop_all(self, sig: int = signal.SIGTERM) -> None:
+        for a in self.agents:
+            self.kill(a, sig)
         for m in self.masters:
             self.kill(m, sig)
+
+    # ---- agents --------------------------------------------------------------------------------
+    def add_agent(self, resources: str = "cpus:4;mem:2048", attributes: str = "") -> AgentProc:
+        name = f"a{len(self.agents) + 1}"
+        d = self.root / name
+        d.mkdir(parents=True, exist_ok=True)
+        a = AgentProc(name=name, data_dir=d, log_path=d / "agent.log", resources=resources, attributes=attributes)
+        self.agents.append(a)
+        self.start_agent(a)
+        return a
+
+    def start_agent(self, a: AgentProc) -> None:
+        assert not a.alive, f"{a.name} is already running"
+        cmd = [sys.executable, "-m", "control_plane.cli.main", "agent", "--masters", ",".join(self.grpc_addresses()),
+               "--data-dir", str(a.data_dir), "--resources", a.resources, "--hostname", a.name]
+        if a.attributes:
+            cmd += ["--attributes", a.attributes]
+        log = open(a.log_path, "ab")
+        a.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        log.close()
+
+    def wait_agents(self, n: int, timeout: float = 30.0) -> None:
+        client = self.client()
+        try:
+            wait_for(lambda: sum(1 for a in client.call(lambda s: s.GetState, operator_pb2.GetStateRequest(consistent=True)).agents
+                                 if a.state == 1 and a.connected) >= n, timeout, what=f"{n} agents registered")
+        finally:
+            client.close()
 
     def add_master(self) -> MasterProc:
         m = self._new_master(f"m{len(self.masters) + 1}")
@@ -163,7 +210,7 @@ class LocalCluster:
 
     def logs(self) -> str:
         out = []
-        for m in self.masters:
+        for m in [*self.masters, *self.agents]:
             if m.log_path.exists():
                 out.append(f"==== {m.name} ====\n" + m.log_path.read_text(errors="replace")[-4000:])
         return "\n".join(out)
