@@ -7,6 +7,7 @@ reach the core (limits, addresses) and maps results. Errors go through `@grpc_er
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections.abc import Iterator
@@ -163,6 +164,27 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
             if store.wait(after_seq=cursor - 1, timeout=WATCH_HEARTBEAT_SECONDS) <= cursor - 1:
                 yield operator_pb2.WatchEventsResponse(last_index=store.last_seq())
 
+    @grpc_errors
+    def GetStateAt(self, request: operator_pb2.GetStateAtRequest, context: grpc.ServicerContext) -> Any:
+        from control_plane.eventlog import history
+
+        if not request.HasField("at"):
+            raise InvalidRequest("at: give an index or a time")
+        at_point = history_point_from_proto(request.at, "at")
+        from_point = history_point_from_proto(request.diff_from, "diff_from") if request.HasField(
+            "diff_from") else None
+        store = self.master.events
+        now = time.time()
+        try:
+            at = history.state_at(store, at_point, now, sink=store)
+            before = diff = None
+            if from_point is not None:
+                before = history.state_at(store, from_point, now, sink=store)
+                diff = history.diff_states(before.state, at.state)
+        except history.HistoryError as exc:
+            raise exc.domain_error() from exc
+        return state_at_to_proto(at, before, diff, store.first_seq(), store.last_seq())
+
     # ---- quorum ----------------------------------------------------------------------------------
     def _local_quorum(self) -> operator_pb2.GetQuorumResponse:
         st = self.master.replicator.status()
@@ -299,6 +321,37 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
             request_id=request.request_id, traceparent=_traceparent(context),
         )
         return operator_pb2.DrainAgentResponse(index=result.last_seq)
+
+
+def history_point_from_proto(p: operator_pb2.HistoryPoint, field: str) -> Any:
+    from control_plane.eventlog.history import Point
+
+    which = p.WhichOneof("point")
+    if which is None:
+        raise InvalidRequest(f"{field}: give an index or a time")
+    if which == "time" and not (math.isfinite(p.time) and p.time >= 0):
+        raise InvalidRequest(f"{field}.time: must be a finite, non-negative unix time")
+    return Point(index=p.index) if which == "index" else Point(time=p.time)
+
+
+def state_at_to_proto(at: Any, diff_from: Any = None, diff: Any = None, first_index: int = 0,
+                      last_index: int = 0) -> operator_pb2.GetStateAtResponse:
+    """`history.StateAt` values (and a `history.StateDiff`) as a GetStateAtResponse; the CLI uses the
+    same conversion for files read offline, so both print alike."""
+
+    def point(s: Any) -> operator_pb2.ResolvedPoint:
+        return operator_pb2.ResolvedPoint(requested_index=s.requested, index=s.index, time=s.state.time,
+                                          snapshot_index=s.snapshot_seq, replayed_events=s.replayed)
+
+    resp = operator_pb2.GetStateAtResponse(first_index=first_index, last_index=last_index)
+    resp.state.CopyFrom(state_to_proto(at.state, at.state.leader, at.state.term))
+    resp.at.CopyFrom(point(at))
+    if diff_from is not None:
+        resp.diff_from.CopyFrom(point(diff_from))
+    for c in diff.changes if diff is not None else ():
+        resp.changes.add(kind=c.kind, id=c.id, change=c.change, fields=[
+            operator_pb2.StateFieldChange(field=f.field, before=f.before, after=f.after) for f in c.fields])
+    return resp
 
 
 def _traceparent(context: grpc.ServicerContext) -> str:

@@ -11,6 +11,9 @@ Rules kept here:
 - `lock` guards `state`; readers (gRPC handlers) take it to read a consistent view.
 - Listeners are called after the batch is applied, outside the lock, and must only hand work off
   (they run on the replication thread).
+- State snapshots for the event log (`put_snapshot`, every `snapshot_every` events) are never taken
+  here: this thread only tells a `Snapshotter` the new last seq (O(1)); it rebuilds the state from the
+  event log on its own thread (see `control_plane.eventlog.history`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from control_plane.core import events as ev
 from control_plane.core.apply import ApplyResult, apply
 from control_plane.core.state import ClusterState
 from control_plane.eventlog import EventRecord, EventStore
+from control_plane.eventlog.history import DEFAULT_SNAPSHOT_EVERY, Snapshotter
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +62,12 @@ def decode_failure(reason: str) -> ApplyResult:
 class MasterStateMachine:
     """Holds the replicated `ClusterState` and feeds the event log."""
 
-    def __init__(self, events: EventStore) -> None:
+    def __init__(self, events: EventStore, snapshot_every: int = DEFAULT_SNAPSHOT_EVERY) -> None:
         self.state = ClusterState()
         self.lock = threading.RLock()
         self.events = events
+        # 0 disables the event log's state snapshots ("state as of" then replays from the start)
+        self.snapshots = Snapshotter(events, snapshot_every) if snapshot_every > 0 else None
         self._listeners: list[Callable[[Sequence[Applied]], None]] = []
 
     def add_listener(self, fn: Callable[[Sequence[Applied]], None]) -> None:
@@ -99,6 +105,8 @@ class MasterStateMachine:
                         ))
         if records:
             self.events.append(records)
+            if self.snapshots is not None:
+                self.snapshots.observe(records[-1].seq)
         for fn in self._listeners:
             try:
                 fn(applied)
@@ -116,3 +124,5 @@ class MasterStateMachine:
             return
         with self.lock:
             self.state = snap
+        if self.snapshots is not None:
+            self.snapshots.restored(snap)

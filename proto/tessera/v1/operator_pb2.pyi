@@ -826,3 +826,195 @@ class DrainAgentResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DrainAgentResponse: _TypeAlias = DrainAgentResponse  # noqa: Y015
+
+@_typing.final
+class HistoryPoint(_message.Message):
+    """A point in history: an event index, or a unix time meaning "the last event at or before it"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """0 = the empty state before the first event"""
+    time: _builtins.float
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        time: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "point", b"point", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "point", b"point", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_point: _TypeAlias = _typing.Literal["index", "time"]  # noqa: Y015
+    _WhichOneofArgType_point: _TypeAlias = _typing.Literal["point", b"point"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_point) -> _WhichOneofReturnType_point | None: ...
+
+Global___HistoryPoint: _TypeAlias = HistoryPoint  # noqa: Y015
+
+@_typing.final
+class GetStateAtRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_FIELD_NUMBER: _builtins.int
+    DIFF_FROM_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def at(self) -> Global___HistoryPoint:
+        """required"""
+
+    @_builtins.property
+    def diff_from(self) -> Global___HistoryPoint:
+        """optional: also list what changed from this point to `at`"""
+
+    def __init__(
+        self,
+        *,
+        at: Global___HistoryPoint | None = ...,
+        diff_from: Global___HistoryPoint | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "diff_from", b"diff_from"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "diff_from", b"diff_from"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStateAtRequest: _TypeAlias = GetStateAtRequest  # noqa: Y015
+
+@_typing.final
+class StateFieldChange(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    BEFORE_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    before: _builtins.str
+    after: _builtins.str
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        before: _builtins.str = ...,
+        after: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "before", b"before", "field", b"field"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateFieldChange: _TypeAlias = StateFieldChange  # noqa: Y015
+
+@_typing.final
+class StateChange(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """cluster, agent, framework, task, role, offer"""
+    id: _builtins.str
+    change: _builtins.str
+    """added, removed, changed"""
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedCompositeFieldContainer[Global___StateFieldChange]: ...
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        id: _builtins.str = ...,
+        change: _builtins.str = ...,
+        fields: _abc.Iterable[Global___StateFieldChange] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "fields", b"fields", "id", b"id", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateChange: _TypeAlias = StateChange  # noqa: Y015
+
+@_typing.final
+class ResolvedPoint(_message.Message):
+    """How a historical state was obtained. An entry is atomic, so the state "at" an index inside an entry
+    is the state after the whole entry: `index` is the last event it includes (>= `requested_index`).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTED_INDEX_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_INDEX_FIELD_NUMBER: _builtins.int
+    REPLAYED_EVENTS_FIELD_NUMBER: _builtins.int
+    requested_index: _builtins.int
+    """the index asked for, or the last event at or before the time asked for"""
+    index: _builtins.int
+    time: _builtins.float
+    """time of the entry that recorded `index` (0 for the empty state)"""
+    snapshot_index: _builtins.int
+    """the stored snapshot the replay started from (0 = the empty state)"""
+    replayed_events: _builtins.int
+    def __init__(
+        self,
+        *,
+        requested_index: _builtins.int = ...,
+        index: _builtins.int = ...,
+        time: _builtins.float = ...,
+        snapshot_index: _builtins.int = ...,
+        replayed_events: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "replayed_events", b"replayed_events", "requested_index", b"requested_index", "snapshot_index", b"snapshot_index", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolvedPoint: _TypeAlias = ResolvedPoint  # noqa: Y015
+
+@_typing.final
+class GetStateAtResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    DIFF_FROM_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    FIRST_INDEX_FIELD_NUMBER: _builtins.int
+    LAST_INDEX_FIELD_NUMBER: _builtins.int
+    first_index: _builtins.int
+    """history kept by the answering master"""
+    last_index: _builtins.int
+    @_builtins.property
+    def state(self) -> Global___GetStateResponse:
+        """leader/term are those recorded in the state at that point"""
+
+    @_builtins.property
+    def at(self) -> Global___ResolvedPoint: ...
+    @_builtins.property
+    def diff_from(self) -> Global___ResolvedPoint:
+        """set when diff_from was asked"""
+
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___StateChange]: ...
+    def __init__(
+        self,
+        *,
+        state: Global___GetStateResponse | None = ...,
+        at: Global___ResolvedPoint | None = ...,
+        diff_from: Global___ResolvedPoint | None = ...,
+        changes: _abc.Iterable[Global___StateChange] | None = ...,
+        first_index: _builtins.int = ...,
+        last_index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "diff_from", b"diff_from", "state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "changes", b"changes", "diff_from", b"diff_from", "first_index", b"first_index", "last_index", b"last_index", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStateAtResponse: _TypeAlias = GetStateAtResponse  # noqa: Y015

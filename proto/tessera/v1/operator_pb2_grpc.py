@@ -89,6 +89,11 @@ class OperatorStub:
                 request_serializer=tessera_dot_v1_dot_operator__pb2.DrainAgentRequest.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_operator__pb2.DrainAgentResponse.FromString,
                 _registered_method=True)
+        self.GetStateAt = channel.unary_unary(
+                '/tessera.v1.Operator/GetStateAt',
+                request_serializer=tessera_dot_v1_dot_operator__pb2.GetStateAtRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_operator__pb2.GetStateAtResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServicer:
@@ -160,6 +165,14 @@ class OperatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStateAt(self, request, context):
+        """The cluster state as of an event index or a time, rebuilt from this master's event log (any master
+        answers from its own history), optionally with what changed since another point.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -217,6 +230,11 @@ def add_OperatorServicer_to_server(servicer, server):
                     servicer.DrainAgent,
                     request_deserializer=tessera_dot_v1_dot_operator__pb2.DrainAgentRequest.FromString,
                     response_serializer=tessera_dot_v1_dot_operator__pb2.DrainAgentResponse.SerializeToString,
+            ),
+            'GetStateAt': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStateAt,
+                    request_deserializer=tessera_dot_v1_dot_operator__pb2.GetStateAtRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_operator__pb2.GetStateAtResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -516,6 +534,33 @@ class Operator:
             '/tessera.v1.Operator/DrainAgent',
             tessera_dot_v1_dot_operator__pb2.DrainAgentRequest.SerializeToString,
             tessera_dot_v1_dot_operator__pb2.DrainAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStateAt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Operator/GetStateAt',
+            tessera_dot_v1_dot_operator__pb2.GetStateAtRequest.SerializeToString,
+            tessera_dot_v1_dot_operator__pb2.GetStateAtResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,10 @@ class OperatorStub:
     SetWeight: _grpc.UnaryUnaryMultiCallable[_operator_pb2.SetWeightRequest, _operator_pb2.SetWeightResponse]
     SetQuota: _grpc.UnaryUnaryMultiCallable[_operator_pb2.SetQuotaRequest, _operator_pb2.SetQuotaResponse]
     DrainAgent: _grpc.UnaryUnaryMultiCallable[_operator_pb2.DrainAgentRequest, _operator_pb2.DrainAgentResponse]
+    GetStateAt: _grpc.UnaryUnaryMultiCallable[_operator_pb2.GetStateAtRequest, _operator_pb2.GetStateAtResponse]
+    """The cluster state as of an event index or a time, rebuilt from this master's event log (any master
+    answers from its own history), optionally with what changed since another point.
+    """
 
 @_typing.type_check_only
 class OperatorAsyncStub(OperatorStub):
@@ -60,6 +64,10 @@ class OperatorAsyncStub(OperatorStub):
     SetWeight: _aio.UnaryUnaryMultiCallable[_operator_pb2.SetWeightRequest, _operator_pb2.SetWeightResponse]  # type: ignore[assignment]
     SetQuota: _aio.UnaryUnaryMultiCallable[_operator_pb2.SetQuotaRequest, _operator_pb2.SetQuotaResponse]  # type: ignore[assignment]
     DrainAgent: _aio.UnaryUnaryMultiCallable[_operator_pb2.DrainAgentRequest, _operator_pb2.DrainAgentResponse]  # type: ignore[assignment]
+    GetStateAt: _aio.UnaryUnaryMultiCallable[_operator_pb2.GetStateAtRequest, _operator_pb2.GetStateAtResponse]  # type: ignore[assignment]
+    """The cluster state as of an event index or a time, rebuilt from this master's event log (any master
+    answers from its own history), optionally with what changed since another point.
+    """
 
 class OperatorServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -138,5 +146,15 @@ class OperatorServicer(metaclass=_abc_1.ABCMeta):
         request: _operator_pb2.DrainAgentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_operator_pb2.DrainAgentResponse, _abc.Awaitable[_operator_pb2.DrainAgentResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetStateAt(
+        self,
+        request: _operator_pb2.GetStateAtRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.GetStateAtResponse, _abc.Awaitable[_operator_pb2.GetStateAtResponse]]:
+        """The cluster state as of an event index or a time, rebuilt from this master's event log (any master
+        answers from its own history), optionally with what changed since another point.
+        """
 
 def add_OperatorServicer_to_server(servicer: OperatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,209 @@
+"""A realistic master history for the inspection tests, produced the way a master produces it.
+
+A `Leader` decides commands with the core (`decide`, a counter id source, a settable clock) and commits
+every entry through the real `MasterStateMachine.apply_entries` (LogEntry bytes in, `EventRecord`s out
+to the event store). So the event log under test is exactly what a master writes, and `live` holds the
+state a master holds. `fingerprints[seq]` is the live state's fingerprint right after the entry that
+recorded `seq` ended, for every entry boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from control_plane.codec import entry_to_bytes
+from control_plane.core import commands as c
+from control_plane.core import events as ev
+from control_plane.core.apply import ApplyResult
+from control_plane.core.context import Context, sequential_ids
+from control_plane.core.decide import decide
+from control_plane.core.resources import Resources
+from control_plane.core.state import ClusterState
+from control_plane.core.values import (
+    AgentInfo,
+    CommandInfo,
+    FrameworkInfo,
+    Offer,
+    TaskInfo,
+    TaskState,
+    TaskStatus,
+)
+from control_plane.eventlog import EventStore
+from control_plane.runtime.statemachine import MasterStateMachine
+
+T0 = 1_700_000_000.0
+
+
+class Leader:
+    def __init__(self, store: EventStore, *, term: int = 1, start: float = T0, snapshot_every: int = 0,
+                 fingerprints: bool = True) -> None:
+        self.sm = MasterStateMachine(store, snapshot_every=snapshot_every)
+        self.store = store
+        self.now = start
+        self.term = term
+        self.new_id = sequential_ids()
+        self.raft_index = 0
+        self.fingerprints: dict[int, str] = {}  # O(state) per entry: off for long histories
+        self._keep_fingerprints = fingerprints
+        self.entry_times: dict[int, float] = {}
+        self._uuid = 0
+        self._req = 0
+
+    @property
+    def live(self) -> ClusterState:
+        return self.sm.state
+
+    def tick(self, seconds: float = 1.0) -> None:
+        self.now += seconds
+
+    def ctx(self) -> Context:
+        return Context(now=self.now, term=self.term, leader="m1", new_id=self.new_id)
+
+    def decide(self, *commands: c.Command) -> tuple[ev.Event, ...]:
+        out: list[ev.Event] = []
+        for command in commands:
+            out.extend(decide(self.live, command, self.ctx()))
+        return tuple(out)
+
+    def commit_events(self, events: Sequence[ev.Event], request_id: str | None = None) -> ApplyResult:
+        if request_id is None:
+            self._req += 1
+            request_id = f"req-{self._req}"
+        entry = ev.Entry(term=self.term, leader="m1", time=self.now, request_id=request_id, events=tuple(events))
+        return self.commit_batch([entry])[0]
+
+    def commit_batch(self, entries: Sequence[ev.Entry]) -> list[ApplyResult]:
+        """Entries group-committed in one Raft call (one raft index for all of them)."""
+        self.raft_index += 1
+        results = self.sm.apply_entries(self.raft_index, [entry_to_bytes(e) for e in entries])
+        assert all(isinstance(r, ApplyResult) for r in results)
+        # every entry boundary of this batch: the state after the last one is what we can observe here
+        if self._keep_fingerprints and self.live.seq and self.live.seq not in self.fingerprints:
+            self.fingerprints[self.live.seq] = self.live.fingerprint()
+            self.entry_times[self.live.seq] = self.now
+        return results  # type: ignore[return-value]
+
+    def run(self, *commands: c.Command, request_id: str | None = None) -> ApplyResult:
+        result = self.commit_events(self.decide(*commands), request_id)
+        assert result.outcome == "applied", result
+        return result
+
+    def barrier(self) -> None:
+        """A consistent read's barrier: an entry without events (changes only the state's time)."""
+        self.raft_index += 1
+        self.sm.apply_entries(self.raft_index, [entry_to_bytes(ev.Entry(term=self.term, leader="m1",
+                                                                         time=self.now))])
+
+    def uuid(self) -> str:
+        self._uuid += 1
+        return f"uuid-{self._uuid}"
+
+    # ---- helpers -------------------------------------------------------------------------------
+    def agent(self, hostname: str, resources: str = "cpus:4;mem:4096;ports:[31000-31009]") -> str:
+        r = self.run(c.RegisterAgent(AgentInfo(hostname=hostname, resources=Resources.parse(resources),
+                                               attributes=(("rack", hostname[-1]),))))
+        return r.events[0][1].agent_id  # type: ignore[union-attr]
+
+    def framework(self, name: str, roles: tuple[str, ...] = ("web",), failover: float = 60.0) -> str:
+        r = self.run(c.SubscribeFramework(FrameworkInfo(name=name, principal=name, roles=roles,
+                                                        failover_timeout_seconds=failover)))
+        return r.events[0][1].framework_id  # type: ignore[union-attr]
+
+    def offer(self, fid: str, aid: str, role: str = "web") -> str:
+        free = self.live.agent_free(aid).allocatable_to(role)
+        r = self.run(c.IssueOffers((Offer(offer_id="", framework_id=fid, agent_id=aid, role=role,
+                                          resources=free, expires_at=self.now + 300),)))
+        return r.events[0][1].offer_id  # type: ignore[union-attr]
+
+    def launch(self, fid: str, aid: str, *task_ids: str, cpus: float = 1, mem: float = 128) -> str:
+        oid = self.offer(fid, aid)
+        tasks = tuple(TaskInfo(task_id=t, name=t, resources=Resources.of(cpus=cpus, mem=mem),
+                               command=CommandInfo(value="sleep 10"), labels=(("app", "demo"),))
+                      for t in task_ids)
+        self.run(c.Accept(fid, (oid,), (c.Operation("LAUNCH", tasks=tasks),), refuse_seconds=2))
+        return oid
+
+    def status(self, task_id: str, state: TaskState, message: str = "", exit_code: int | None = None) -> str:
+        task = self.live.tasks[task_id]
+        uuid = self.uuid()
+        self.run(c.UpdateStatus(TaskStatus(task_id=task_id, state=state, agent_id=task.agent_id, uuid=uuid,
+                                           message=message, timestamp=self.now, exit_code=exit_code)))
+        return uuid
+
+    def ack(self, task_id: str, uuid: str) -> None:
+        fid = (self.live.tasks.get(task_id) or self.live.completed_tasks[task_id]).framework_id
+        self.run(c.Acknowledge(fid, task_id, uuid))
+
+
+def realistic_history(store: EventStore, *, rounds: int = 3, snapshot_every: int = 0,
+                      fingerprints: bool = True) -> Leader:
+    """Leadership, policy, agents, frameworks, offers, launches, status updates and acks, kills,
+    declines, reservations, a stale accept rejected in apply, an agent lost and back, a framework
+    failing over and one torn down, group-committed batches and read barriers."""
+    L = Leader(store, snapshot_every=snapshot_every, fingerprints=fingerprints)
+    L.run(c.ElectLeader(term=1, master="m1", grpc_address="127.0.0.1:5050", name="m1"),
+          c.AnnounceMaster(name="m1", raft_address="m1", grpc_address="127.0.0.1:5050"))
+    L.run(c.SetRoleWeight("web", 2.0))
+    L.run(c.SetQuota("batch", guarantee=Resources.parse("cpus:1;mem:256"), limit=Resources.parse("cpus:8;mem:8192")))
+    agents = [L.agent(f"host{i}") for i in range(1, 4)]
+    web = L.framework("web", ("web",))
+    batch = L.framework("batch", ("batch",))
+    n = 0
+    for rnd in range(rounds):
+        L.tick(2)
+        for aid in agents:
+            n += 1
+            tids = [f"t{n}a", f"t{n}b"]
+            L.launch(web, aid, *tids)
+            L.tick(0.5)
+            uuids = {t: L.status(t, TaskState.TASK_STARTING) for t in tids}
+            for t in tids:
+                L.ack(t, uuids[t])
+                uuids[t] = L.status(t, TaskState.TASK_RUNNING, "running")
+            L.barrier()
+            L.tick(1.5)
+            # one finishes and is acknowledged (completed), the other is killed
+            done = L.status(tids[0], TaskState.TASK_FINISHED, "done", exit_code=0)
+            L.ack(tids[0], uuids[tids[0]])
+            L.ack(tids[0], done)
+            L.run(c.Kill(web, tids[1]))
+            L.tick(0.2)
+            killed = L.status(tids[1], TaskState.TASK_KILLED, "killed", exit_code=137)
+            if rnd % 2 == 0:
+                L.ack(tids[1], uuids[tids[1]])
+                L.ack(tids[1], killed)
+        # decline an offer with a filter, then revive
+        oid = L.offer(batch, agents[0], role="batch")
+        L.run(c.Decline(batch, (oid,), refuse_seconds=30))
+        L.run(c.Revive(batch))
+        # a stale decision: the offer is rescinded while the accept is in flight -> Rejected at apply
+        oid = L.offer(web, agents[1])
+        stale = L.decide(c.Accept(web, (oid,), (c.Operation("LAUNCH", tasks=(TaskInfo(
+            task_id=f"stale{rnd}", resources=Resources.of(cpus=1, mem=64), command=CommandInfo(value="true")),)),)))
+        L.run(c.RescindOffer(oid, "agent busy"))
+        rejected = L.commit_events(stale)
+        assert rejected.outcome == "rejected", rejected
+        if rnd == 0:  # a reservation through an accept
+            oid = L.offer(batch, agents[2], role="batch")
+            L.run(c.Accept(batch, (oid,), (c.Operation("RESERVE", resources=Resources.parse(
+                "cpus:1;mem:128", role="batch")),)))
+        # group commit: three entries in one raft call
+        L.tick(0.1)
+        entries = [ev.Entry(term=L.term, leader="m1", time=L.now, request_id=f"w{rnd}-{i}",
+                            events=L.decide(c.SetRoleWeight(f"r{i}", 1.0 + rnd + i))) for i in range(3)]
+        L.commit_batch(entries)
+    # an agent is lost and comes back; a framework fails over; the other tears down
+    L.tick(5)
+    L.run(c.MarkAgentUnreachable(agents[0], "no heartbeat"))
+    L.tick(3)
+    info = L.live.agents[agents[0]].info
+    L.run(c.ReregisterAgent(agents[0], info))
+    L.run(c.DisconnectFramework(web))
+    L.tick(1)
+    fw = L.live.frameworks[web]
+    L.run(c.SubscribeFramework(FrameworkInfo(framework_id=web, name="web", principal="web", roles=("web",),
+                                             failover_timeout_seconds=60.0)))
+    assert fw.framework_id == web
+    L.run(c.Teardown(batch))
+    L.run(c.DrainAgent(agents[2]))
+    return L
