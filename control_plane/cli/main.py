@@ -261,26 +261,6 @@ def quota_set(c: Ctx, role: str, guarantee: str, limit: str, request_id: str) ->
 
 
 # ---- state and events --------------------------------------------------------------------------
-@cli.command()
-@pass_ctx
-def state(c: Ctx) -> None:
-    """The cluster state as the leader holds it now."""
-    from tessera.v1 import operator_pb2
-
-    resp = c.call(lambda s: s.GetState, operator_pb2.GetStateRequest(consistent=True))
-    if c.as_json:
-        c.emit(to_dict(resp))
-        return
-    console.print(f"index {resp.index}  term {resp.term}  leader {resp.leader}")
-    console.print(f"agents {len(resp.agents)}  frameworks {len(resp.frameworks)}  tasks {len(resp.tasks)}  "
-                  f"offers {len(resp.offers)}")
-    if resp.roles:
-        table = Table("role", "weight", "guarantee", "limit")
-        for r in resp.roles:
-            table.add_row(r.role, f"{r.weight:g}", _res_text(r.quota_guarantee), _res_text(r.quota_limit))
-        console.print(table)
-
-
 def _state(c: Ctx) -> Any:
     from tessera.v1 import operator_pb2
 
@@ -363,50 +343,6 @@ def _res_text(items: Any) -> str:
     return str(resources_from_proto(items)) if len(items) else "-"
 
 
-def _print_events(c: Ctx, records: Any) -> None:
-    for r in records:
-        if c.as_json:
-            click.echo(json.dumps(to_dict(r), sort_keys=True))
-        else:
-            ids = " ".join(f"{k}={getattr(r, k)}" for k in ("framework_id", "agent_id", "task_id", "offer_id")
-                           if getattr(r, k))
-            click.echo(f"{r.index:>8} {r.type:<24} {ids} {r.payload_json}")
-
-
-@cli.command()
-@click.option("--follow", "-f", is_flag=True, help="Keep streaming new events.")
-@click.option("--type", "types", multiple=True, help="Only events of this type (repeatable).")
-@click.option("--framework", default="")
-@click.option("--agent", default="")
-@click.option("--task", default="")
-@click.option("--since", "since", type=int, default=0, help="Start at this event index.")
-@click.option("--limit", default=100, show_default=True)
-@pass_ctx
-def events(c: Ctx, follow: bool, types: tuple[str, ...], framework: str, agent: str, task: str,
-           since: int, limit: int) -> None:
-    """The replicated event log, optionally live."""
-    from tessera.v1 import operator_pb2
-
-    flt = operator_pb2.EventFilter(types=list(types), framework_id=framework, agent_id=agent, task_id=task)
-    if not follow:
-        resp = c.call(lambda s: s.ListEvents,
-                      operator_pb2.ListEventsRequest(from_index=since, limit=limit, filter=flt))
-        _print_events(c, resp.events)
-        return
-    address = c.client.addresses[0]
-    stream = c.client.operator(address).WatchEvents(
-        operator_pb2.WatchEventsRequest(from_index=since, filter=flt))
-    try:
-        for batch in stream:
-            _print_events(c, batch.events)
-    except grpc.RpcError as err:
-        if err.code() == grpc.StatusCode.OUT_OF_RANGE:
-            fail(f"history before the requested index was pruned: {err.details()}")
-        fail(f"{err.code().name}: {err.details()}")
-    except KeyboardInterrupt:
-        stream.cancel()
-
-
 def _agent_group() -> click.Group:
     """`tessera agent --data-dir D ...` runs an agent; `tessera agent drain AGENT_ID` drains one."""
     import copy
@@ -456,6 +392,19 @@ def _run_command() -> click.Command:
 
 
 cli.add_command(_run_command(), name="run")
+
+
+def _history_commands() -> list[click.Command]:
+    from control_plane.cli.inspect import events, state, timeline
+    from control_plane.cli.up import install_default_masters, up
+
+    # --masters: TESSERA_MASTERS, else ./.tessera/cluster.json (written by `tessera up`), else 127.0.0.1:5050
+    install_default_masters(cli)
+    return [state, timeline, events, up]
+
+
+for _command in _history_commands():
+    cli.add_command(_command)
 
 
 def main() -> None:
