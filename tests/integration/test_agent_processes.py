@@ -1,6 +1,6 @@
 """Real `tessera master` processes (LocalCluster) and real `tessera agent` processes on 127.0.0.1.
 
-Tasks are launched the way an operator would, with `tessera run` (a short-lived framework). What is
+Tasks are launched by a small partition-aware framework built on the SDK (`sdk.run.OneShot`). What is
 pinned here: the agent's registration is visible in the master's state; a `kill -9` of the agent leaves
 its task running, and the restarted agent re-registers and reports the task's real exit status; SIGTERM
 stops the agent but not its tasks; an agent that stops heartbeating (SIGSTOP) is marked unreachable and
@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,11 @@ import pytest
 
 from agent.executor.launcher import kill_tasks_in
 from agent.executor.supervisor import read_json
+from sdk.driver import SchedulerDriver
+from sdk.run import OneShot
+from sdk.types import DEFAULT_ROLE, FrameworkInfo, TaskStatus
+from sdk.types import Resources as SdkResources
+from sdk.types import TaskInfo as SdkTaskInfo
 from tessera.v1 import common_pb2, operator_pb2
 from tests.support.cluster import LocalCluster, MasterProc, wait_for
 
@@ -95,17 +101,23 @@ class AgentProcess:
 def cluster(tmp_path: Path) -> Iterator[AgentCluster]:
     with AgentCluster(tmp_path / "masters", n=3) as c:
         c.start_all()
-        c.leader(timeout=60)
+        try:
+            c.leader(timeout=90)
+        except TimeoutError:
+            print(c.logs())  # shown by pytest with the failure
+            raise
         yield c
 
 
 @pytest.fixture
-def agent_proc(cluster: AgentCluster, tmp_path: Path) -> Iterator[AgentProcess]:
+def agent_proc(cluster: AgentCluster, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
     agent = AgentProcess(tmp_path / "agent", cluster.grpc_addresses())
     agent.start()
     try:
         yield agent
     finally:
+        # Printed output is shown only for a failing test: the logs that explain it.
+        print("==== agent ====\n" + agent.logs() + "\n" + cluster.logs())
         agent.kill_everything()
 
 
@@ -132,12 +144,42 @@ def connected_agent(cluster: LocalCluster, timeout: float = 60) -> operator_pb2.
     return wait_for(check, timeout, interval=0.2, what="the agent registered and connected")
 
 
-def tessera_run(cluster: LocalCluster, command: str, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "control_plane.cli.main", "run", "--masters", ",".join(cluster.grpc_addresses()),
-             "--cpus", "0.1", "--mem", "32", "--", command],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+@dataclass
+class OneTask:
+    """One task launched by a partition-aware framework (sdk's OneShot scheduler, in this process).
+
+    Partition-aware: while the agent is away (killed, restarting), the master reports the task
+    UNREACHABLE rather than LOST, so it can come back RUNNING when the agent re-registers; a framework
+    that is not partition-aware loses its tasks as soon as the agent's stream breaks."""
+
+    scheduler: OneShot
+    driver: SchedulerDriver
+    lines: list[str]
+
+    def wait_final(self, timeout: float = 60.0) -> TaskStatus:
+        assert self.scheduler.done.wait(timeout), "the task did not end: " + "\n".join(self.lines)
+        assert self.scheduler.final is not None, self.scheduler.failure
+        return self.scheduler.final
+
+    def close(self) -> None:
+        self.driver.stop()
+        self.driver.join(10)
+
+
+def launch_one(cluster: LocalCluster, command: str) -> OneTask:
+    lines: list[str] = []
+    task = SdkTaskInfo(task_id=f"gated-{uuid.uuid4().hex[:8]}", resources=SdkResources.of(cpus=0.1, mem=32),
+                       command=command)
+
+    def say(line: str) -> None:
+        lines.append(line)
+        print(f"framework: {line}")  # shown with a failing test
+
+    scheduler = OneShot(task, say)
+    framework = FrameworkInfo(name="agent-test", roles=(DEFAULT_ROLE,), failover_timeout=60.0, partition_aware=True)
+    driver = SchedulerDriver(scheduler, framework, cluster.grpc_addresses(), give_up_after=60.0)
+    driver.start()
+    return OneTask(scheduler, driver, lines)
 
 
 def running_task(cluster: LocalCluster, timeout: float = 60) -> operator_pb2.TaskView:
@@ -171,10 +213,14 @@ def test_registration_is_visible_in_the_masters_state(cluster: AgentCluster, age
         cp.close()
 
 
+def task_view(cluster: LocalCluster, task_id: str) -> operator_pb2.TaskView | None:
+    return next((t for t in state(cluster).tasks if t.task.task_id == task_id), None)
+
+
 def test_kill_9_of_the_agent_leaves_the_task_running_and_its_exit_is_reported_after_restart(
-        cluster: AgentCluster, agent_proc: AgentProcess, tmp_path: Path) -> None:
+        cluster: AgentCluster, agent_proc: AgentProcess) -> None:
     first = connected_agent(cluster)
-    run = tessera_run(cluster, GATED, tmp_path / "run.log")
+    run = launch_one(cluster, GATED)
     try:
         task = running_task(cluster)
         sandbox = sandbox_of(agent_proc, task)
@@ -187,16 +233,17 @@ def test_kill_9_of_the_agent_leaves_the_task_running_and_its_exit_is_reported_af
         agent_proc.start()
         again = connected_agent(cluster)
         assert again.agent_id == first.agent_id  # re-registered, not registered anew
-        view = next(t for t in state(cluster).tasks if t.task.task_id == task.task.task_id)
-        assert view.state == common_pb2.TASK_RUNNING  # the re-registration reported it running
+        # Whatever the master concluded while the agent was away, the re-registration says RUNNING.
+        wait_for(lambda: (v := task_view(cluster, task.task.task_id)) is not None
+                 and v.state == common_pb2.TASK_RUNNING, 30, interval=0.2, what="the task RUNNING again")
         (sandbox / "release").write_text("go")
-        assert run.wait(timeout=60) == 7, (tmp_path / "run.log").read_text() + agent_proc.logs()
-
-        assert "done" in (tmp_path / "run.log").read_text()  # stdout, read through sandbox=PATH
-        # The master recorded the agent's own terminal update: real exit code and the stdout tail.
+        final = run.wait_final()
+        assert final.state.name == "TASK_FAILED" and final.exit_code == 7, run.lines
+        assert final.agent_id == first.agent_id
+        # The master recorded the agent's own update (not a status it made up).
         leader = cluster.leader()
 
-        def final_status() -> dict[str, object] | None:
+        def recorded() -> dict[str, object] | None:
             for e in leader.list_events():
                 if e.type == "TaskStatusUpdated" and e.task_id == task.task.task_id:
                     status = json.loads(e.payload_json)["status"]
@@ -204,19 +251,16 @@ def test_kill_9_of_the_agent_leaves_the_task_running_and_its_exit_is_reported_af
                         return status
             return None
 
-        status = wait_for(final_status, 30, interval=0.2, what="TaskStatusUpdated(TASK_FAILED) in the event log")
-        assert status["exit_code"] == 7 and status["data"] == "done\n"
-        assert status["agent_id"] == first.agent_id and status["source"] == "SOURCE_EXECUTOR"
+        status = wait_for(recorded, 30, interval=0.2, what="TaskStatusUpdated(TASK_FAILED) in the event log")
+        assert status["exit_code"] == 7 and status["source"] == "SOURCE_EXECUTOR"
+        assert status["data"] == "done\n"  # the tail of stdout rides on the terminal status
     finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait(10)
+        run.close()
 
 
-def test_sigterm_stops_the_agent_but_not_its_task(cluster: AgentCluster, agent_proc: AgentProcess,
-                                                  tmp_path: Path) -> None:
+def test_sigterm_stops_the_agent_but_not_its_task(cluster: AgentCluster, agent_proc: AgentProcess) -> None:
     connected_agent(cluster)
-    run = tessera_run(cluster, GATED, tmp_path / "run.log")
+    run = launch_one(cluster, GATED)
     try:
         task = running_task(cluster)
         sandbox = sandbox_of(agent_proc, task)
@@ -229,11 +273,10 @@ def test_sigterm_stops_the_agent_but_not_its_task(cluster: AgentCluster, agent_p
         agent_proc.start()
         connected_agent(cluster)
         (sandbox / "release").write_text("go")
-        assert run.wait(timeout=60) == 7, (tmp_path / "run.log").read_text() + agent_proc.logs()
+        final = run.wait_final()
+        assert final.exit_code == 7, run.lines
     finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait(10)
+        run.close()
 
 
 def test_a_stopped_agent_becomes_unreachable_and_recovers_after_sigcont(
