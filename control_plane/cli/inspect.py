@@ -244,7 +244,7 @@ def _duration(seconds: float) -> str:
               help="The state as of this event index or time (default: now, from the leader).")
 @click.option("--diff", "diff_text", metavar="INDEX|TIME",
               help="Print what changed from this point to --at (default --at: the latest event).")
-@click.option("--db", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--db", type=click.Path(path_type=Path),
               help="Read this events.db (a master's, or an export) instead of asking the cluster.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
@@ -427,7 +427,7 @@ def _print_changes(resp: Any) -> None:
 @click.command("timeline")
 @click.argument("ident", metavar="TASK|FRAMEWORK|AGENT")
 @click.option("--kind", type=click.Choice(h.KINDS), help="What ID is, when it names more than one kind.")
-@click.option("--db", type=click.Path(path_type=Path, dir_okay=False), help="Read this events.db instead.")
+@click.option("--db", type=click.Path(path_type=Path), help="Read this events.db instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print NDJSON: one event per line, with gap_seconds.")
 @click.pass_obj
 def timeline(obj: Any, ident: str, kind: str | None, db: Path | None, as_json: bool) -> None:
@@ -511,7 +511,7 @@ def events() -> None:
 @click.option("--since", "since_text", metavar="INDEX|TIME", help="Start at this event index or time.")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1),
               help="At most this many events (before following).")
-@click.option("--db", type=click.Path(path_type=Path, dir_okay=False), help="Read this events.db instead.")
+@click.option("--db", type=click.Path(path_type=Path), help="Read this events.db instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print NDJSON, one event per line.")
 @click.pass_obj
 def events_list(obj: Any, follow: bool, types: tuple[str, ...], framework: str, agent: str, task: str, offer: str,
@@ -577,24 +577,25 @@ def _events_remote(obj: Any, flt: EventFilter, start: int | None, limit: int, fo
 
     cluster = _Cluster(obj)
     try:
-        if start is not None and not follow:
-            info = cluster.call(lambda s: s.ListEvents, operator_pb2.ListEventsRequest(limit=1, descending=True))
-            if start > info.last_index:
-                fail(f"--since: index {start} is beyond the last event ({info.last_index})")
-        last_seen = 0
-        if not follow or start is not None or flt.since_time is not None:
-            for r in _remote_records(cluster, flt, from_index=start or 0, limit=None if follow else limit):
+        if not follow:
+            if start is not None:
+                info = cluster.call(lambda s: s.ListEvents, operator_pb2.ListEventsRequest(limit=1, descending=True))
+                if start > info.last_index:
+                    fail(f"--since: index {start} is beyond the last event ({info.last_index})")
+            for r in _remote_records(cluster, flt, from_index=start or 0, limit=limit):
                 show(r)
-                last_seen = r.seq
-            if not follow:
-                return
-        if last_seen:
-            cursor = last_seen + 1
-        elif start is not None:
+            return
+        # WatchEvents replays history from its start index, then streams: one call does both
+        if start is not None:
             cursor = start
+        elif flt.since_time is not None:
+            head = list(_remote_records(cluster, EventFilter(since_time=flt.since_time), limit=1))
+            cursor = head[0].seq if head else 0
         else:
-            resp = cluster.call(lambda s: s.ListEvents, operator_pb2.ListEventsRequest(limit=1, descending=True))
-            cursor = resp.last_index + 1
+            cursor = 0
+        if not cursor:
+            info = cluster.call(lambda s: s.ListEvents, operator_pb2.ListEventsRequest(limit=1, descending=True))
+            cursor = info.last_index + 1
         _follow(cluster, flt, cursor, show)
     finally:
         cluster.close()
@@ -641,10 +642,10 @@ def _follow(cluster: _Cluster, flt: EventFilter, cursor: int, show: Callable[[Ev
 
 # ---- tessera events export ------------------------------------------------------------------------------
 @events.command("export")
-@click.argument("dest", metavar="FILE.db", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("dest", metavar="FILE.db", type=click.Path(path_type=Path))
 @click.option("--since", "since_text", metavar="INDEX|TIME", help="From this event index or time on "
               "(rounded down to the start of its entry).")
-@click.option("--db", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--db", type=click.Path(path_type=Path),
               help="Export from this events.db (with its snapshots and spans) instead of the cluster.")
 @click.option("--force", is_flag=True, help="Replace FILE.db if it exists.")
 @click.pass_obj

@@ -580,13 +580,23 @@ def format_time(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+_NO_LIMIT = 2**63 - 1
+
+
+def known_last(source: HistorySource) -> int:
+    """The last index whose state this source knows: its last event, or a later snapshot (a master
+    that installed a Raft snapshot has the state at its index before any event after it)."""
+    snap = source.nearest_snapshot(_NO_LIMIT)
+    return max(source.last_seq(), snap[0] if snap is not None else 0)
+
+
 def resolve_point(source: HistorySource, point: Point, now: float) -> int:
     """The event index a point names: the index itself, or the last event at or before the time.
 
     Raises `PointOutOfRange` for an index beyond the log, a time in the future or before every kept
     event, and `HistoryUnavailable` for an index that was pruned.
     """
-    last = source.last_seq()
+    last = known_last(source)
     if point.index is not None:
         n = point.index
         if n < 0:
@@ -660,7 +670,7 @@ def rebuild(source: HistorySource, target: int, *, sink: SnapshotSink | None = N
     crosses a multiple of `every` events, so the next rebuild near here is short. `on_page(seq,
     target)` is called after each page of records (progress bars, pacing a background thread).
     """
-    last = source.last_seq()
+    last = known_last(source)
     if target < 0 or target > last:
         raise PointOutOfRange(f"index {target} is beyond the last event of this log ({last})")
     state, snap_seq = _start(source, target)

@@ -9,6 +9,9 @@ recorded `seq` ended, for every entry boundary.
 
 from __future__ import annotations
 
+import dataclasses
+import random
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from control_plane.codec import entry_to_bytes
@@ -17,6 +20,8 @@ from control_plane.core import events as ev
 from control_plane.core.apply import ApplyResult
 from control_plane.core.context import Context, sequential_ids
 from control_plane.core.decide import decide
+from control_plane.core.errors import Conflict, InvalidRequest, NotFound
+from control_plane.core.lifecycle import is_terminal
 from control_plane.core.resources import Resources
 from control_plane.core.state import ClusterState
 from control_plane.core.values import (
@@ -48,6 +53,9 @@ class Leader:
         self.entry_times: dict[int, float] = {}
         self._uuid = 0
         self._req = 0
+        # request ids of entries that applied without recording any event (an in-flight race made every
+        # event a no-op): the one thing the event log cannot give back (see history's docstring)
+        self.unrecorded: set[str] = set()
 
     @property
     def live(self) -> ClusterState:
@@ -77,11 +85,21 @@ class Leader:
         self.raft_index += 1
         results = self.sm.apply_entries(self.raft_index, [entry_to_bytes(e) for e in entries])
         assert all(isinstance(r, ApplyResult) for r in results)
+        for entry, result in zip(entries, results, strict=True):
+            if result.outcome == "applied" and not result.events and entry.request_id:  # type: ignore[union-attr]
+                self.unrecorded.add(entry.request_id)
         # every entry boundary of this batch: the state after the last one is what we can observe here
         if self._keep_fingerprints and self.live.seq and self.live.seq not in self.fingerprints:
-            self.fingerprints[self.live.seq] = self.live.fingerprint()
+            self.fingerprints[self.live.seq] = self.comparable_fingerprint()
             self.entry_times[self.live.seq] = self.now
         return results  # type: ignore[return-value]
+
+    def comparable_fingerprint(self) -> str:
+        """The live state's fingerprint, without the request ids the event log cannot know about."""
+        if not self.unrecorded:
+            return self.live.fingerprint()
+        requests = OrderedDict((k, v) for k, v in self.live.requests.items() if k not in self.unrecorded)
+        return dataclasses.replace(self.live, requests=requests).fingerprint()
 
     def run(self, *commands: c.Command, request_id: str | None = None) -> ApplyResult:
         result = self.commit_events(self.decide(*commands), request_id)
@@ -206,4 +224,96 @@ def realistic_history(store: EventStore, *, rounds: int = 3, snapshot_every: int
     assert fw.framework_id == web
     L.run(c.Teardown(batch))
     L.run(c.DrainAgent(agents[2]))
+    return L
+
+
+def random_history(store: EventStore, seed: int, steps: int = 150) -> Leader:
+    """A seeded random history: every command a leader could get, refused ones skipped, decisions held
+    in flight and committed late (rejected at apply, or applied with nothing to record), retried
+    request ids, group commits and barriers."""
+    rnd = random.Random(seed)
+    L = Leader(store, start=T0 + seed)
+    L.run(c.ElectLeader(term=1, master="m1", grpc_address="127.0.0.1:5050", name="m1"))
+    held: list[tuple[tuple[ev.Event, ...], str]] = []
+    tasks = 0
+
+    def pick(items: Sequence[str]) -> str | None:
+        return rnd.choice(sorted(items)) if items else None
+
+    for _ in range(steps):
+        L.tick(rnd.choice((0.0, 0.01, 0.5, 3.0)))
+        st = L.live
+        agent, fw, offer = pick(list(st.agents)), pick(list(st.frameworks)), pick(list(st.offers))
+        task = pick([t for t, r in st.tasks.items() if not r.terminal])
+        ended = pick([t for t, r in st.tasks.items() if r.unacknowledged])
+        choice = rnd.randrange(19)
+        command: c.Command | None = None
+        if choice == 0 or not st.agents:
+            command = c.RegisterAgent(AgentInfo(hostname=f"h{rnd.randrange(5)}", resources=Resources.parse(
+                "cpus:4;mem:2048;ports:[31000-31004]")))
+        elif choice == 1 or not st.frameworks:
+            roles = rnd.choice((("web",), ("batch",), ("web", "batch")))
+            command = c.SubscribeFramework(FrameworkInfo(name="f", principal="p", roles=roles,
+                                                         failover_timeout_seconds=rnd.choice((0.0, 30.0))))
+        elif choice in (2, 3) and fw and agent:
+            role = rnd.choice(st.frameworks[fw].info.roles)
+            free = st.agent_free(agent).allocatable_to(role) if st.agents[agent].reachable else Resources()
+            command = c.IssueOffers((Offer(offer_id="", framework_id=fw, agent_id=agent, role=role, resources=free),))
+        elif choice in (4, 5) and offer:
+            o = st.offers[offer]
+            tasks += 1
+            t = TaskInfo(task_id=f"t{tasks}", resources=Resources.of(cpus=1, mem=64),
+                         command=CommandInfo(value="true"))
+            command = c.Accept(o.framework_id, (offer,), (c.Operation("LAUNCH", tasks=(t,)),),
+                               refuse_seconds=rnd.choice((0.0, 5.0)))
+        elif choice == 6 and offer:
+            command = c.Decline(st.offers[offer].framework_id, (offer,), refuse_seconds=rnd.choice((0.0, 10.0)))
+        elif choice == 7 and offer:
+            command = c.RescindOffer(offer, "random")
+        elif choice in (8, 9, 10) and task:
+            r = st.tasks[task]
+            nxt = {TaskState.TASK_STAGING: TaskState.TASK_STARTING, TaskState.TASK_STARTING: TaskState.TASK_RUNNING,
+                   TaskState.TASK_KILLING: TaskState.TASK_KILLED}.get(r.state, TaskState.TASK_FINISHED)
+            if rnd.random() < 0.2:
+                nxt = TaskState.TASK_FAILED
+            command = c.UpdateStatus(TaskStatus(task_id=task, state=nxt, agent_id=r.agent_id, uuid=L.uuid(),
+                                                data=b"tail\n" if is_terminal(nxt) else b""))
+        elif choice == 11 and ended:
+            r = st.tasks[ended]
+            command = c.Acknowledge(r.framework_id, ended, r.unacknowledged[0].uuid)
+        elif choice == 12 and task:
+            command = c.Kill(st.tasks[task].framework_id, task)
+        elif choice == 13 and agent:
+            command = rnd.choice((c.MarkAgentUnreachable(agent, "lost"), c.DrainAgent(agent),
+                                  c.ReregisterAgent(agent, st.agents[agent].info), c.RemoveAgent(agent, "gone")))
+        elif choice == 14 and fw:
+            command = rnd.choice((c.DisconnectFramework(fw), c.Revive(fw), c.Suppress(fw),
+                                  c.SubscribeFramework(st.frameworks[fw].info), c.Teardown(fw)))
+        elif choice == 15:
+            command = rnd.choice((c.SetRoleWeight(rnd.choice(("web", "batch")), rnd.choice((1.0, 2.5))),
+                                  c.SetQuota("web", guarantee=Resources.parse("cpus:1"))))
+        elif choice == 16:
+            L.barrier()
+        elif choice == 17 and held:
+            events, rid = held.pop(rnd.randrange(len(held)))
+            L.commit_events(events, rid)  # late: applied, rejected, or applied with nothing to record
+        elif choice == 18 and L._req:
+            L.commit_events((), f"req-{rnd.randint(1, L._req)}")  # a retried request id: a duplicate
+        if command is None:
+            continue
+        try:
+            events = L.decide(command)
+        except (InvalidRequest, NotFound, Conflict):
+            continue
+        if not events:
+            continue
+        if rnd.random() < 0.15:
+            L._req += 1
+            held.append((events, f"req-{L._req}"))
+        elif rnd.random() < 0.1:
+            L.tick(0.001)
+            L.commit_batch([ev.Entry(term=L.term, leader="m1", time=L.now, request_id=f"g{L.raft_index}-{i}",
+                                     events=events if i == 0 else ()) for i in range(2)])
+        else:
+            L.commit_events(events)
     return L

@@ -1,0 +1,169 @@
+"""State snapshots (taken from the event log on a background thread, never from the live state on the
+apply thread) and retention (which keeps every kept index rebuildable)."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from control_plane.core.state import ClusterState
+from control_plane.eventlog import HistoryPruned, MemoryEventStore, SqliteEventStore
+from control_plane.eventlog import history as h
+
+from .workload import realistic_history
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def wait_until(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def snapshot_seqs(store: MemoryEventStore) -> list[int]:
+    out, at = [], store.last_seq()
+    while (snap := store.nearest_snapshot(at)) is not None:
+        out.append(snap[0])
+        at = snap[0] - 1
+    return sorted(out)
+
+
+def test_the_state_machine_takes_a_snapshot_every_n_events_in_the_background() -> None:
+    store = MemoryEventStore()
+    leader = realistic_history(store, snapshot_every=50)
+    snapshotter = leader.sm.snapshots
+    assert snapshotter is not None
+    wait_until(lambda: snapshotter.taken >= 1 and store.nearest_snapshot(store.last_seq()) is not None
+               and store.nearest_snapshot(store.last_seq())[0] >= store.last_seq() - 60)  # type: ignore[index]
+    seqs = snapshot_seqs(store)
+    assert len(seqs) >= store.last_seq() // 50 - 1
+    for seq in seqs:  # each one is the live state after the entry that ended at seq
+        state = h.decode_snapshot(store.nearest_snapshot(seq)[1])  # type: ignore[index]
+        assert state is not None and state.fingerprint() == leader.fingerprints[seq]
+    assert snapshotter.last_error is None
+    store.close()
+
+
+def test_the_snapshotter_never_runs_on_the_apply_thread() -> None:
+    store = MemoryEventStore()
+    threads: set[str] = set()
+    original = store.put_snapshot
+
+    def spy(seq: int, blob: bytes) -> None:
+        threads.add(threading.current_thread().name)
+        original(seq, blob)
+
+    store.put_snapshot = spy  # type: ignore[method-assign]
+    leader = realistic_history(store, snapshot_every=40)
+    wait_until(lambda: leader.sm.snapshots is not None and leader.sm.snapshots.taken >= 2)
+    assert threads == {"tessera-snapshotter"}
+    store.close()
+
+
+def test_rebuild_starts_from_the_nearest_snapshot_and_saves_the_ones_it_passes() -> None:
+    store = MemoryEventStore()
+    leader = realistic_history(store)
+    assert store.flush()
+    last = store.last_seq()
+    first = h.rebuild(store, last, sink=store, every=30)
+    assert first.snapshot_seq == 0 and first.replayed == last
+    assert store.flush()
+    again = h.rebuild(store, last, every=30)
+    assert 0 < again.snapshot_seq <= last and again.replayed == last - again.snapshot_seq < 40
+    assert again.state.fingerprint() == first.state.fingerprint() == leader.live.fingerprint()
+    store.close()
+
+
+def test_a_snapshot_of_another_layout_or_damaged_is_skipped_not_loaded() -> None:
+    store = MemoryEventStore()
+    leader = realistic_history(store, rounds=1)
+    assert store.flush()
+    target = max(leader.fingerprints)
+    store.put_snapshot(target, b"TSNAP\x01" + b"\x00" * 16 + pickle.dumps(ClusterState()))  # other layout
+    store.put_snapshot(target - 5, b"garbage")
+    assert store.flush()
+    rebuilt = h.rebuild(store, target)
+    assert rebuilt.snapshot_seq == 0 and rebuilt.state.fingerprint() == leader.fingerprints[target]
+    store.close()
+
+
+def test_a_snapshot_cannot_run_code() -> None:
+    class Evil:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (print, ("pwned",))
+
+    blob = h.encode_snapshot(ClusterState())
+    header = blob[:len(blob) - len(pickle.dumps(ClusterState(), protocol=pickle.HIGHEST_PROTOCOL))]
+    assert h.decode_snapshot(header + pickle.dumps(Evil())) is None
+    assert h.decode_snapshot(blob) is not None
+
+
+def test_an_installed_raft_snapshot_is_stored_when_the_log_lacks_its_history() -> None:
+    source = MemoryEventStore()
+    leader = realistic_history(source, rounds=1)
+    # a new master installs the leader's state: its own event log has nothing before it
+    fresh = MemoryEventStore()
+    from control_plane.runtime.statemachine import MasterStateMachine
+
+    sm = MasterStateMachine(fresh)
+    installed = pickle.loads(pickle.dumps(leader.live))
+    sm.restore(installed)
+    assert fresh.flush()
+    assert fresh.nearest_snapshot(installed.seq)[0] == installed.seq  # type: ignore[index]
+    # events after it are applied and recorded as usual; the states after it rebuild
+    fresh.append([r for r in source.list(limit=10_000) if r.seq > installed.seq])
+    rebuilt = h.rebuild(fresh, installed.seq)
+    assert rebuilt.state.fingerprint() == leader.live.fingerprint()
+    with pytest.raises(h.HistoryUnavailable, match="pruned|missing"):
+        h.rebuild(fresh, installed.seq - 3)
+    source.close()
+    fresh.close()
+
+
+def test_retention_keeps_at_least_n_events_and_every_kept_index_stays_rebuildable(tmp_path: Path) -> None:
+    store = SqliteEventStore(tmp_path / "events.db")
+    leader = realistic_history(store)
+    assert store.flush()
+    last = store.last_seq()
+    retention = h.Retention(store, keep=60, step=25, every=1000)
+    deleted = retention.run_once()
+    first = store.first_seq()
+    assert deleted == first - 1 and store.count() >= 60 and last - first + 1 >= 60
+    assert store.get(first).position == 0  # history starts at an entry
+    for seq in [s for s in leader.fingerprints if s >= first - 1]:
+        assert h.rebuild(store, seq).state.fingerprint() == leader.fingerprints[seq]
+    with pytest.raises(h.HistoryUnavailable) as info:
+        h.rebuild(store, first - 2)
+    assert info.value.pruned and info.value.first_available == first - 1
+    assert "pruned" in str(info.value) and str(first - 1) in str(info.value)
+    assert isinstance(info.value.domain_error(), HistoryPruned)
+    assert retention.run_once() == 0  # nothing more is due
+    store.close()
+
+
+def test_retention_cut_falls_on_an_entry_boundary() -> None:
+    store = MemoryEventStore()
+    realistic_history(store, rounds=1)
+    assert store.flush()
+    for keep in range(1, store.last_seq() + 2):
+        cut = h.retention_cut(store, keep)
+        if cut:
+            assert store.get(cut).position == 0 and store.last_seq() - cut + 1 >= keep
+    store.close()
+
+
+def test_retention_runs_in_the_background_and_stops() -> None:
+    store = MemoryEventStore()
+    realistic_history(store)
+    assert store.flush()
+    retention = h.Retention(store, keep=100, interval=0.05).start()
+    wait_until(lambda: store.first_seq() > 1)
+    retention.stop()
+    assert retention.last_error is None and store.count() >= 100
+    store.close()
