@@ -43,6 +43,38 @@ def _lock_data_dir(data_dir: Path) -> IO[str]:
     return handle
 
 
+def _run_emulated(config: AgentConfig, stop: threading.Event | None) -> int:
+    """One emulated agent (benchmarks): registers and heartbeats, reports tasks without running them."""
+    import asyncio
+
+    from agent.config import ConfigError as _ConfigError
+    from agent.emulated import EmulatedConfig, run_emulated
+
+    try:
+        emulated = EmulatedConfig.from_agent_config(config)  # checks --masters; run_emulated the rest
+    except _ConfigError as exc:
+        print(f"tessera agent: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        done = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, done.set)
+        if stop is not None:
+            threading.Thread(target=lambda: (stop.wait(), loop.call_soon_threadsafe(done.set)),
+                             daemon=True).start()
+        await run_emulated(emulated, done)
+
+    try:
+        asyncio.run(main())
+    except _ConfigError as exc:
+        print(f"tessera agent: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def run_agent(config: AgentConfig, *, stop: threading.Event | None = None) -> int:
     """Run an agent until SIGTERM/SIGINT (or `stop` is set, or the master shuts it down).
 
@@ -50,9 +82,7 @@ def run_agent(config: AgentConfig, *, stop: threading.Event | None = None) -> in
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(name)s: %(message)s")
     if config.emulated:
-        print("tessera agent: emulated agents run through agent.emulated (benchmarks), not run_agent",
-              file=sys.stderr)
-        return 2
+        return _run_emulated(config, stop)
     from agent.checkpoint import Checkpoint
     from agent.executor.isolation import detect_isolator
     from agent.executor.launcher import ProcessLauncher

@@ -1,0 +1,503 @@
+"""Emulated agents for scale work: N agents in one process, one asyncio loop, shared gRPC channels.
+
+Each emulated agent speaks AgentLink exactly like a real one (docs/protocol.md): it dials the masters
+in turn (the same `DialPlan`: leader hints at once, otherwise backoff with jitter), registers (and
+re-registers with its tasks after a reconnect), heartbeats, fences commands by term, and delivers status
+updates through the same `StatusUpdateManager` (ordered per task, re-sent with backoff until acked,
+re-sent after a reconnect). What it does not do is run anything: a RunTask reports TASK_STARTING and
+TASK_RUNNING at once, then TASK_FINISHED after `task_duration` seconds; a KillTask reports TASK_KILLING
+then TASK_KILLED. No checkpoint: an emulated agent that is stopped is gone.
+
+For benchmarks only (`tests/bench/bench_agent.py`); never started by default. Use:
+
+    agents = EmulatedAgents(EmulatedConfig(masters=("127.0.0.1:5050",), count=200))
+    agents.start()                      # a background thread with its own event loop
+    agents.wait_registered(200, timeout=60)
+    print(agents.stats())
+    agents.stop()
+
+or `await run_emulated(config, stop_event)` inside an existing event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import grpc
+import grpc.aio
+
+from agent.config import AgentConfig, parse_attributes, parse_masters, parse_resources_flag
+from agent.core.dialing import Backoff, DialPlan
+from agent.core.status_updates import AckOutcome, PendingUpdate, RetryPolicy, StatusUpdateManager
+from agent.core.tasks import DuplicateTask, Outcome, TaskTable, make_status
+from agent.runtime.link import CHANNEL_OPTIONS, LEADER_METADATA_KEY
+from control_plane.codec import from_proto, to_proto
+from control_plane.core.errors import InvalidRequest
+from control_plane.core.resources import Resources
+from control_plane.core.values import AgentInfo, Labels, StatusSource, TaskInfo, TaskState
+from tessera.v1 import agent_pb2, agent_pb2_grpc, common_pb2
+
+log = logging.getLogger("tessera.agent.emulated")
+
+DEFAULT_RESOURCES = "cpus:8;mem:16384;disk:100000;ports:[31000-32000]"
+MAX_DONE_TASKS = 200  # done tasks remembered per emulated agent (to ignore a repeated RunTask)
+
+
+@dataclass(frozen=True)
+class EmulatedConfig:
+    masters: tuple[str, ...]
+    count: int = 10
+    resources: str = DEFAULT_RESOURCES
+    attributes: str = ""
+    hostname_prefix: str = "emulated"
+    heartbeat_interval: float = 1.0  # until the master's Registered says otherwise
+    task_duration: float = 1.0  # seconds from TASK_RUNNING to TASK_FINISHED
+    channels_per_master: int = 4  # agents share this many channels to each master
+    status_retry_initial: float = 1.0
+    status_retry_max: float = 30.0
+    reconnect_backoff_max: float = 5.0
+    start_spread: float = 0.0  # seconds over which the agents' first dials are spread
+    seed: int | None = None
+
+    @staticmethod
+    def from_agent_config(config: AgentConfig, count: int = 1, task_duration: float = 1.0) -> EmulatedConfig:
+        return EmulatedConfig(
+            masters=parse_masters(config.masters), count=count, resources=config.resources or DEFAULT_RESOURCES,
+            attributes=config.attributes, hostname_prefix=config.hostname or "emulated",
+            heartbeat_interval=config.heartbeat_interval, task_duration=task_duration,
+            status_retry_initial=config.status_retry_initial, status_retry_max=config.status_retry_max,
+            reconnect_backoff_max=config.reconnect_backoff_max,
+        )
+
+
+@dataclass
+class EmulatedStats:
+    agents: int = 0
+    registered: int = 0  # agents registered right now
+    registrations: int = 0  # Registered answers received (first and re-registrations)
+    tasks_launched: int = 0
+    tasks_finished: int = 0  # reached a terminal state
+    updates_sent: int = 0  # sends, retries included
+    updates_acked: int = 0
+    updates_superseded: int = 0  # dropped after a re-registration reported a newer status
+    pending_updates: int = 0  # not yet acknowledged, right now
+    heartbeats: int = 0
+    ignored_commands: int = 0  # lower-term RunTask/KillTask/Shutdown
+    reconnects: int = 0
+    first_registration_seconds: list[float] = field(default_factory=list)
+
+
+class _ChannelPool:
+    """aio channels per master address, `per_master` of them, handed out round robin."""
+
+    def __init__(self, per_master: int) -> None:
+        self.per_master = max(1, per_master)
+        self._channels: dict[tuple[str, int], grpc.aio.Channel] = {}
+
+    def get(self, address: str, index: int) -> grpc.aio.Channel:
+        key = (address, index % self.per_master)
+        channel = self._channels.get(key)
+        if channel is None:
+            # A local subchannel pool keeps gRPC from merging the slots into one connection.
+            channel = grpc.aio.insecure_channel(
+                address, options=[*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)])
+            self._channels[key] = channel
+        return channel
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+
+
+def _hint(err: grpc.aio.AioRpcError) -> str | None:
+    for key, value in err.trailing_metadata() or ():
+        if key == LEADER_METADATA_KEY and value:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return None
+
+
+class EmulatedAgent:
+    def __init__(self, index: int, config: EmulatedConfig, resources: Resources, attributes: Labels,
+                 pool: _ChannelPool, stats: EmulatedStats, rng: random.Random) -> None:
+        self.index = index
+        self.config = config
+        self.hostname = f"{config.hostname_prefix}-{index}"
+        self.resources = resources
+        self.attributes = attributes
+        self.pool = pool
+        self.stats = stats
+        self.rng = rng
+        self.plan = DialPlan(config.masters, Backoff(maximum=config.reconnect_backoff_max))
+        self.agent_id = ""
+        self.request_id = f"register-{uuidlib.uuid4()}"  # kept until answered: retries register once
+        self.highest_term = 0
+        self.tasks = TaskTable()
+        self.updates = StatusUpdateManager(RetryPolicy(initial=config.status_retry_initial,
+                                                       maximum=config.status_retry_max))
+        self.timers: dict[str, asyncio.TimerHandle] = {}
+        self.heartbeat_interval = config.heartbeat_interval
+        self.registered = False
+        self.reported: dict[str, str] = {}
+        self.outbox: asyncio.Queue[agent_pb2.AgentMessage] | None = None
+        self.last_received = 0.0
+        self.started_at = 0.0
+        self.stopped = False
+        self.shutdown_deadline: float | None = None  # Shutdown: stop once updates drain, or then
+
+    # ---- connection -------------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        self.started_at = loop.time()
+        if self.config.start_spread > 0:
+            await _sleep_or_stop(stop, self.rng.random() * self.config.start_spread)
+        dial = self.plan.first()
+        while not stop.is_set() and not self.stopped:
+            if dial.delay > 0 and await _sleep_or_stop(stop, dial.delay):
+                break
+            healthy, hint = await self._session(dial.address, stop)
+            self.stats.reconnects += 1
+            dial = self.plan.after(dial.address, healthy=healthy, leader_hint=hint, fraction=self.rng.random())
+        for timer in self.timers.values():
+            timer.cancel()
+
+    async def _session(self, address: str, stop: asyncio.Event) -> tuple[bool, str | None]:
+        loop = asyncio.get_running_loop()
+        stub = agent_pb2_grpc.AgentLinkStub(self.pool.get(address, self.index))
+        call = stub.Connect()
+        self.outbox = asyncio.Queue()
+        self.registered = False
+        self.last_received = loop.time()
+        healthy, hint = False, None
+        writer = asyncio.create_task(self._write(call))
+        ticker = asyncio.create_task(self._tick(call, stop))
+        try:
+            self._send_register()
+            while True:
+                msg = await call.read()
+                if msg is grpc.aio.EOF:
+                    break
+                healthy = True
+                self.last_received = loop.time()
+                self._on_message(msg)
+                if self.stopped:
+                    break
+        except grpc.aio.AioRpcError as err:
+            hint = _hint(err)
+            if err.code() is grpc.StatusCode.NOT_FOUND and self.agent_id:
+                self._forget()
+        finally:
+            self.registered = False
+            self.outbox = None
+            writer.cancel()
+            ticker.cancel()
+            call.cancel()
+        return healthy, hint
+
+    async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
+        outbox = self.outbox
+        assert outbox is not None
+        try:
+            while True:
+                await call.write(await outbox.get())
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            return  # the read side sees the end of the call
+
+    async def _tick(self, call: grpc.aio.StreamStreamCall, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        next_heartbeat = loop.time()
+        while not stop.is_set():
+            now = loop.time()
+            if now - self.last_received > 3 * self.heartbeat_interval + 1.0:
+                call.cancel()  # a silent master: dial again
+                return
+            if self.shutdown_deadline is not None and (not len(self.updates) or now >= self.shutdown_deadline):
+                self.stopped = True
+                call.cancel()
+                return
+            if self.registered:
+                if now >= next_heartbeat:
+                    next_heartbeat = now + self.heartbeat_interval
+                    self._send(agent_pb2.AgentMessage(heartbeat=agent_pb2.AgentHeartbeat(
+                        agent_id=self.agent_id, time=time.time())))
+                    self.stats.heartbeats += 1
+                self._flush()
+            wake = [now + 0.5, next_heartbeat] if self.registered else [now + 0.5]
+            due = self.updates.next_due()
+            if due is not None and self.registered:
+                wake.append(due)
+            if await _sleep_or_stop(stop, max(0.01, min(wake) - now)):
+                call.cancel()
+                return
+
+    def _send(self, message: agent_pb2.AgentMessage) -> None:
+        if self.outbox is not None:
+            self.outbox.put_nowait(message)
+
+    def _send_register(self) -> None:
+        statuses = self.tasks.report(self.agent_id) if self.agent_id else []
+        self.reported = {s.task_id: s.uuid for s in statuses if s.uuid}
+        info = AgentInfo(agent_id=self.agent_id, hostname=self.hostname, resources=self.resources,
+                         attributes=self.attributes, isolator="emulated", version="tessera-agent emulated")
+        register = agent_pb2.Register(agent_id=self.agent_id, info=to_proto(info, common_pb2.AgentInfo),
+                                      request_id=self.request_id if not self.agent_id else f"reregister-{uuidlib.uuid4()}")
+        for status in statuses:
+            register.tasks.append(to_proto(status, common_pb2.TaskStatus))
+        self._send(agent_pb2.AgentMessage(register=register))
+
+    # ---- messages -----------------------------------------------------------------------------------
+    def _on_message(self, msg: agent_pb2.MasterMessage) -> None:
+        stale = msg.term < self.highest_term
+        self.highest_term = max(self.highest_term, msg.term)
+        kind = msg.WhichOneof("kind")
+        if kind == "registered":
+            self._on_registered(msg.registered)
+        elif kind == "ack":
+            self._on_ack(msg.ack.task_id, msg.ack.uuid)
+        elif kind in ("run_task", "kill_task", "shutdown"):
+            if stale:
+                self.stats.ignored_commands += 1
+                return
+            if kind == "run_task":
+                self._on_run(msg.run_task)
+            elif kind == "kill_task":
+                self._on_kill(msg.kill_task.task_id)
+            else:
+                log.info("%s shut down by the master: %s", self.hostname, msg.shutdown.reason)
+                for task in self.tasks.live():
+                    self._on_kill(task.task_id)
+                self.shutdown_deadline = asyncio.get_running_loop().time() + 5.0
+
+    def _on_registered(self, registered: agent_pb2.Registered) -> None:
+        loop = asyncio.get_running_loop()
+        if not self.agent_id:
+            self.stats.first_registration_seconds.append(loop.time() - self.started_at)
+        self.agent_id = registered.agent_id
+        self.registered = True
+        self.stats.registrations += 1
+        if registered.heartbeat_interval_seconds > 0:
+            self.heartbeat_interval = registered.heartbeat_interval_seconds
+        now = loop.time()
+        for task_id, uuid in self.reported.items():
+            self.stats.updates_superseded += len(self.updates.supersede(task_id, uuid, now))
+        self.reported = {}
+        self.updates.reset(now)
+        self._flush()
+
+    def _on_run(self, run: agent_pb2.RunTask) -> None:
+        try:
+            info = from_proto(run.task, TaskInfo)
+        except InvalidRequest:
+            info = TaskInfo(task_id=run.task.task_id, framework_id=run.task.framework_id)
+        try:
+            task = self.tasks.add(info)
+        except DuplicateTask:
+            return
+        self.stats.tasks_launched += 1
+        self._emit(task.task_id, Outcome(TaskState.TASK_STARTING, "", "emulated"))
+        self._emit(task.task_id, Outcome(TaskState.TASK_RUNNING, "", "emulated"))
+        loop = asyncio.get_running_loop()
+        self.timers[task.task_id] = loop.call_later(
+            self.config.task_duration, self._emit, task.task_id,
+            Outcome(TaskState.TASK_FINISHED, "", "emulated task finished", 0))
+
+    def _on_kill(self, task_id: str) -> None:
+        task = self.tasks.get(task_id)
+        if task is None or task.terminal:
+            return
+        timer = self.timers.pop(task_id, None)
+        if timer is not None:
+            timer.cancel()
+        self._emit(task_id, Outcome(TaskState.TASK_KILLING, "", "emulated"))
+        self._emit(task_id, Outcome(TaskState.TASK_KILLED, "", "emulated task killed"))
+
+    def _emit(self, task_id: str, outcome: Outcome) -> None:
+        task = self.tasks.get(task_id)
+        if task is None or not self.tasks.can_record(task_id, outcome.state):
+            return
+        status = make_status(task, outcome, uuid=str(uuidlib.uuid4()), now=time.time(), agent_id=self.agent_id,
+                             source=StatusSource.SOURCE_EXECUTOR)
+        self.tasks.record(status)
+        if task.terminal:
+            self.timers.pop(task_id, None)
+            self.stats.tasks_finished += 1
+        self.updates.add(PendingUpdate(status), asyncio.get_running_loop().time())
+        self._flush()
+
+    def _flush(self) -> None:
+        if not self.registered:
+            return
+        for update in self.updates.due(asyncio.get_running_loop().time()):
+            status = replace(update.status, agent_id=update.status.agent_id or self.agent_id)
+            self._send(agent_pb2.AgentMessage(status_update=agent_pb2.StatusUpdate(
+                status=to_proto(status, common_pb2.TaskStatus))))
+            self.stats.updates_sent += 1
+
+    def _on_ack(self, task_id: str, uuid: str) -> None:
+        result = self.updates.acknowledge(task_id, uuid, asyncio.get_running_loop().time())
+        if result.outcome is not AckOutcome.ACKED:
+            return
+        self.stats.updates_acked += len(result.removed)
+        task = self.tasks.get(task_id)
+        if task is not None and task.terminal and not self.updates.has_pending(task_id):
+            task.done = True
+            self.tasks.prune_done(MAX_DONE_TASKS)
+        self._flush()
+
+    def _forget(self) -> None:
+        """NOT_FOUND: the master does not know this agent; drop everything and register anew."""
+        for task in self.tasks:
+            self.updates.drop_task(task.task_id)
+            timer = self.timers.pop(task.task_id, None)
+            if timer is not None:
+                timer.cancel()
+        self.tasks = TaskTable()
+        self.agent_id = ""
+        self.request_id = f"register-{uuidlib.uuid4()}"
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep; True when `stop` was set meanwhile."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+        return True
+    except TimeoutError:
+        return False
+
+
+async def run_emulated(config: EmulatedConfig, stop: asyncio.Event, stats: EmulatedStats | None = None,
+                       on_ready: Callable[[list[EmulatedAgent]], None] | None = None) -> EmulatedStats:
+    """Run `config.count` emulated agents until `stop` is set; returns their counters."""
+    if config.count < 1:
+        raise ValueError("count: at least one emulated agent")
+    resources = parse_resources_flag(config.resources)
+    attributes = parse_attributes(config.attributes)
+    stats = stats or EmulatedStats()
+    stats.agents = config.count
+    pool = _ChannelPool(config.channels_per_master)
+    seed = config.seed if config.seed is not None else random.randrange(1 << 30)
+    agents = [EmulatedAgent(i + 1, config, resources, attributes, pool, stats, random.Random(seed + i))
+              for i in range(config.count)]
+    if on_ready is not None:
+        on_ready(agents)
+    try:
+        await asyncio.gather(*(a.run(stop) for a in agents))
+    finally:
+        await pool.close()
+    return stats
+
+
+class EmulatedAgents:
+    """`run_emulated` on a background thread with its own event loop (for benchmarks and tests)."""
+
+    def __init__(self, config: EmulatedConfig) -> None:
+        self.config = config
+        self.stats_ = EmulatedStats()
+        self.agents: list[EmulatedAgent] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self) -> EmulatedAgents:
+        self._thread = threading.Thread(target=self._main, name="emulated-agents", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("emulated agents did not start")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def _main(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+
+        async def main() -> None:
+            self._stop = asyncio.Event()
+
+            def ready(agents: list[EmulatedAgent]) -> None:
+                self.agents = agents
+                self._ready.set()
+
+            await run_emulated(self.config, self._stop, self.stats_, on_ready=ready)
+
+        try:
+            loop.run_until_complete(main())
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller of start()
+            self._error = exc
+            self._ready.set()
+        finally:
+            loop.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _call(self, fn: Callable[[], object], timeout: float = 10.0) -> object:
+        """Run `fn` on the agents' loop (their state belongs to it) and return its result."""
+        assert self._loop is not None
+        done = threading.Event()
+        box: list[object] = []
+
+        def run() -> None:
+            box.append(fn())
+            done.set()
+
+        self._loop.call_soon_threadsafe(run)
+        if not done.wait(timeout):
+            raise TimeoutError("the emulated agents' loop did not answer")
+        return box[0]
+
+    def stats(self) -> EmulatedStats:
+        def snapshot() -> EmulatedStats:
+            s = replace(self.stats_, first_registration_seconds=list(self.stats_.first_registration_seconds))
+            s.registered = sum(1 for a in self.agents if a.registered)
+            s.pending_updates = sum(len(a.updates) for a in self.agents)
+            return s
+
+        return snapshot() if self._loop is None or self._loop.is_closed() else self._call(snapshot)  # type: ignore[return-value]
+
+    def agent_ids(self) -> list[str]:
+        return self._call(lambda: [a.agent_id for a in self.agents])  # type: ignore[return-value]
+
+    def wait_registered(self, count: int | None = None, timeout: float = 60.0) -> EmulatedStats:
+        """Block until `count` (default: all) agents are registered; raises TimeoutError."""
+        want = self.config.count if count is None else count
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = self.stats()
+            if stats.registered >= want:
+                return stats
+            if self._error is not None:
+                raise self._error
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{stats.registered} of {want} emulated agents registered after {timeout}s")
+            time.sleep(0.05)
+
+    def wait(self, predicate: Callable[[EmulatedStats], bool], timeout: float = 60.0,
+             what: str = "condition") -> EmulatedStats:
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = self.stats()
+            if predicate(stats):
+                return stats
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"timed out after {timeout}s waiting for {what}: {stats}")
+            time.sleep(0.05)
+
+    def __enter__(self) -> EmulatedAgents:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
