@@ -275,3 +275,79 @@ def test_promtool_accepts_the_config_and_rules_and_the_rule_tests_pass() -> None
                  ["test", "rules", "alerts_test.yml"]):
         proc = subprocess.run(["promtool", *args], cwd=PROMETHEUS, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, f"promtool {' '.join(args)}:\n{proc.stdout}{proc.stderr}"
+
+
+# ---- docs/operations.md ----------------------------------------------------------------------------
+DOC = OPS.parent / "docs" / "operations.md"
+
+
+def doc_commands() -> list[list[str]]:
+    """Every `tessera ...` invocation in the doc's code spans and blocks, as argv after `tessera`."""
+    import shlex
+
+    text = DOC.read_text()
+    spans = re.findall(r"```(?:bash)?\n(.*?)```", text, re.S) + re.findall(r"`([^`\n]+)`", text)
+    out = []
+    for span in spans:
+        for part in re.split(r"&&|\|\||;|\n", span.replace("\\\n", " ")):
+            try:
+                argv = shlex.split(part)
+            except ValueError:
+                continue
+            if argv and argv[0] == "tessera" and len(argv) > 1:
+                out.append(argv[1:])
+    return out
+
+
+def resolve(argv: list[str]) -> None:
+    """Walk argv through the click tree: every subcommand and flag must exist (pending flags aside)."""
+    import click
+
+    from control_plane.cli.main import cli
+
+    command: click.Command = cli
+    path = ["tessera"]
+    descend = True
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        params = list(command.params)
+        if isinstance(command, click.Group) and "list" in command.commands and command.name == "events":
+            params += command.commands["list"].params  # `tessera events [list options]`
+        if token.startswith("--"):
+            name = token.split("=", 1)[0]
+            option = next((p for p in params if isinstance(p, click.Option) and name in p.opts), None)
+            if option is None:
+                assert (path[-1], name) in PENDING_FLAGS, f"`{' '.join(path)}` has no option {name}"
+                i += 2
+                continue
+            i += 1 if option.is_flag or "=" in token else 2
+            continue
+        if descend and isinstance(command, click.Group):
+            sub = command.commands.get(token)
+            if sub is not None:
+                command, path = sub, [*path, token]
+                i += 1
+                continue
+            assert command.name in {"events", "agent"}, f"`{' '.join(path)}` has no subcommand {token}"
+        descend = False  # a positional argument: what follows are its values and the command's options
+        i += 1
+
+
+def test_every_command_in_the_operations_doc_exists() -> None:
+    commands = doc_commands()
+    assert len(commands) >= 30
+    for argv in commands:
+        resolve(argv)
+    assert ["quorum", "add", "192.0.2.14:7001"] in commands
+
+
+def test_the_operations_doc_lists_every_metric_and_alert() -> None:
+    text = DOC.read_text()
+    documented = set(re.findall(r"tessera_[a-z0-9_]+", text))
+    # the table abbreviates families as `tessera_master_resources_cpus`, `_mem_bytes`, ...
+    for prefix, suffixes in re.findall(r"`(tessera_[a-z0-9_]+?)_cpus`((?:, `_[a-z_]+`)+)", text):
+        documented |= {prefix + s.strip(" ,`") for s in suffixes.split(",")}
+    missing = {spec.name for spec in (*MASTER_METRICS, *AGENT_METRICS)} - documented
+    assert missing == set()
+    assert {r["alert"] for r in alert_rules()} <= set(re.findall(r"`(Tessera\w+)`", text))
