@@ -193,6 +193,11 @@ class EmulatedAgent:
             hint = _hint(err)
             if err.code() is grpc.StatusCode.NOT_FOUND and self.agent_id:
                 self._forget()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this agent itself is being cancelled
+            # Otherwise the call was cancelled by us (stale stream, stop): the stream is over.
         finally:
             self.registered = False
             self.outbox = None
