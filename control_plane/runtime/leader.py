@@ -57,6 +57,7 @@ class LeaderSettings:
 
 
 CLOSE = object()  # sentinel: end the stream
+OFFERS_PER_ENTRY = 100  # offers committed per log entry (an offer encodes to a few hundred bytes)
 
 
 @dataclass
@@ -368,8 +369,11 @@ class LeaderDuties:
         offers = allocate_fn(snapshot, now)
         self.last_allocation_seconds = time.perf_counter() - started
         self.allocation_rounds += 1
-        if offers:
-            self._propose_quietly([cmd.IssueOffers(offers=tuple(offers))], "allocation")
+        # One entry per chunk keeps each replicated call well under pysyncobj's 64 KiB batch bound; the
+        # allocator's offers are disjoint, so chunks commit independently.
+        for start in range(0, len(offers), OFFERS_PER_ENTRY):
+            self._propose_quietly([cmd.IssueOffers(offers=tuple(offers[start:start + OFFERS_PER_ENTRY]))],
+                                  "allocation")
 
     # ---- proposing -----------------------------------------------------------------------------------
     def _propose_quietly(self, commands: Iterable[cmd.Command], what: str) -> None:

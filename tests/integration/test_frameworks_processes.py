@@ -231,12 +231,17 @@ def test_framework_failover_keeps_its_tasks_and_past_the_timeout_they_are_killed
 def test_batch_runner_finishes_when_the_leading_master_is_killed(tmp_path: Path) -> None:
     with cluster_with_agents(tmp_path, [("cpus:4;mem:2048", ""), ("cpus:4;mem:2048", "")]) as cluster:
         proc = run_example("sdk.examples.batch", cluster, "--command", "sleep 0.3", "--count", "60",
-                           "--cpus", "0.25", "--mem", "16", "--give-up-after", "120")
+                           "--cpus", "0.25", "--mem", "16", "--give-up-after", "120", "--verbose")
         leader = cluster.leader()
         wait_for(lambda: sum(1 for e in leader.list_events() if e.type == "TaskLaunched") >= 10, 60,
                  what="the batch to be under way")
         cluster.kill(leader, signal.SIGKILL)
-        out, err = proc.communicate(timeout=240)
+        try:
+            out, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate(timeout=10)
+            raise AssertionError(f"the batch did not finish:\n{out}\n{err[-6000:]}\n{cluster.logs()}") from None
         assert proc.returncode == 0, f"{out}\n{err}\n{cluster.logs()}"
         assert "60 succeeded, 0 failed" in out
         survivor = next(m for m in cluster.masters if m.alive)

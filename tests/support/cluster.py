@@ -220,3 +220,28 @@ class LocalCluster:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop_all(signal.SIGKILL)
+        kill_processes_under(self.root)
+
+
+def kill_processes_under(root: Path) -> int:
+    """SIGKILL, by PID, every process whose working directory or command line is under `root`: task
+    supervisors and tasks outlive their agents by design, so a test must end them itself."""
+    import psutil
+
+    prefix = str(root.resolve())
+    victims = []
+    for proc in psutil.process_iter(["pid", "cwd", "cmdline"]):
+        try:
+            cwd = proc.info["cwd"] or ""
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if proc.pid != os.getpid() and (cwd.startswith(prefix) or prefix in cmdline):
+                victims.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for proc in victims:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(victims, timeout=5)
+    return len(victims)
