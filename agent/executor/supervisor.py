@@ -187,15 +187,21 @@ class Supervisor:
         user = self.launch.get("user") or ""
 
         def preexec() -> None:
-            # Runs in the child after fork (with start_new_session: after setsid), before exec.
-            enter(spec)
-            if user:
-                import pwd
+            # Runs in the child after fork (with start_new_session: after setsid) and after its stdout
+            # and stderr were redirected, before exec. Python reports a failure here only as "Exception
+            # occurred in preexec_fn", so the real error goes to the task's stderr first.
+            try:
+                enter(spec)
+                if user:
+                    import pwd
 
-                entry = pwd.getpwnam(user)
-                os.initgroups(user, entry.pw_gid)
-                os.setgid(entry.pw_gid)
-                os.setuid(entry.pw_uid)
+                    entry = pwd.getpwnam(user)
+                    os.initgroups(user, entry.pw_gid)
+                    os.setgid(entry.pw_gid)
+                    os.setuid(entry.pw_uid)
+            except BaseException as exc:
+                os.write(2, f"tessera supervisor: {exc!r}\n".encode(errors="replace"))
+                raise
 
         stdout = open(self.sandbox / STDOUT_FILE, "ab")
         stderr = open(self.sandbox / STDERR_FILE, "ab")
@@ -212,8 +218,9 @@ class Supervisor:
             stderr.write(f"tessera supervisor: cannot execute {what}\n".encode())
             return {"exit_code": code, "launch_error": what}
         except subprocess.SubprocessError as exc:  # the preexec step failed (cgroup join, rlimit, user)
-            stderr.write(f"tessera supervisor: cannot set up the task's isolation: {exc}\n".encode())
-            return {"exit_code": 126, "launch_error": f"isolation setup failed: {exc}"}
+            what = f"cannot set up the task's isolation{' or switch to user ' + repr(user) if user else ''}: {exc}"
+            stderr.write(f"tessera supervisor: {what}\n".encode())
+            return {"exit_code": 126, "launch_error": what}
         finally:
             stdout.close()
             stderr.close()

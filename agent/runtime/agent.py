@@ -20,7 +20,8 @@ Rules it keeps (docs/protocol.md):
   dropped and the link dials again; after a SIGSTOP/SIGCONT the agent re-registers at once.
 - NOT_FOUND on a re-registration: the master forgot this agent. Its tasks are killed, their updates
   dropped, the id cleared, and the agent registers anew.
-- `Shutdown`: kill every task, wait for them (bounded by their grace periods), clear the id, exit.
+- `Shutdown`: kill every task, wait for them and for their final updates to be acknowledged (bounded by
+  their grace periods plus a few seconds), clear the id, exit.
 - Stopping the agent (SIGTERM, SIGINT) never stops its tasks; they run on under their supervisors and
   are found again by `recover` at the next start.
 """
@@ -114,7 +115,9 @@ class Agent:
         self.monotonic = monotonic
         self.wall = wall
         self.new_uuid = new_uuid
-        self.inbox: queue.Queue[LinkEvent | Stop] = queue.Queue()
+        # SimpleQueue: `put` is reentrant, so `stop()` may be called from a signal handler that
+        # interrupted this very thread inside `get`.
+        self.inbox: queue.SimpleQueue[LinkEvent | Stop] = queue.SimpleQueue()
         self.tasks = TaskTable()
         self.handles: dict[str, LaunchHandle] = {}
         self.traceparents: dict[str, str] = {}
@@ -214,11 +217,20 @@ class Agent:
             if task.terminal:
                 continue
             if rec.sandbox:
-                self.handles[rec.task_id] = self.launcher.handle_from_checkpoint(
+                handle = self.launcher.handle_from_checkpoint(
                     rec.task_id, rec.info.framework_id, rec.sandbox, rec.supervisor_pid, rec.supervisor_start,
                     rec.isolation, rec.kill_requested)
+                self.handles[rec.task_id] = handle
         self.updates.recover((PendingUpdate(u.status, u.traceparent) for u in self.checkpoint.unacknowledged()), now)
         for task in list(self.tasks):
+            handle = self.handles.get(task.task_id)
+            if task.kill_requested and handle is not None:
+                # The previous agent may have died between recording the kill and signalling the
+                # supervisor; asking again is harmless (the supervisor starts a kill only once).
+                if task.state is not TaskState.TASK_KILLING and self.tasks.can_record(task.task_id,
+                                                                                       TaskState.TASK_KILLING):
+                    self.emit(task, Outcome(TaskState.TASK_KILLING, "", "killing (again, after an agent restart)"))
+                self.launcher.kill(handle, task.kill_grace)
             if task.terminal and not self.updates.has_pending(task.task_id):
                 self._mark_done(task)
             elif task.state is TaskState.TASK_STAGING and task.task_id not in self.handles:
@@ -536,9 +548,11 @@ class Agent:
             if self.tasks.prune_done(DONE_TASKS_KEPT):
                 self.checkpoint.prune_done(DONE_TASKS_KEPT)
         if self.shutdown_deadline is not None:
-            if not self.handles or now >= self.shutdown_deadline:
-                if self.handles:
-                    log.warning("%d task(s) did not end before the shutdown deadline", len(self.handles))
+            # Done when every task ended and its final update was delivered (or the time is up).
+            if (not self.handles and not len(self.updates)) or now >= self.shutdown_deadline:
+                if self.handles or len(self.updates):
+                    log.warning("shutting down with %d task(s) still running and %d update(s) unacknowledged",
+                                len(self.handles), len(self.updates))
                 self.checkpoint.clear_agent_id()
                 self.exit_code = 0
 

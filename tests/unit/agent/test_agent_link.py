@@ -307,3 +307,22 @@ def test_invalid_argument_on_register_is_retried_not_fatal(start_agent: Start) -
         assert agent.thread.is_alive()
     finally:
         master.stop()
+
+
+def test_kill_recorded_but_not_carried_out_before_a_crash_is_carried_out_after_restart(
+        fake_master: FakeMaster, start_agent: Start) -> None:
+    first = start_agent([fake_master.address])
+    fake_master.wait_for(registered(fake_master), what="registration")
+    fake_master.run_task(task("long", "trap '' TERM; sleep 60", grace=0.5))
+    fake_master.wait_for(lambda: "TASK_RUNNING" in fake_master.states_of("long"), what="RUNNING")
+    fake_master.wait_for(lambda: first.checkpoint.unacknowledged() == [], what="acks")
+    first.stop()
+    # What a crash right after checkpointing the kill (before signalling the supervisor) leaves behind.
+    cp = Checkpoint.open(first.data_dir / "agent.db")
+    cp.mark_kill("long", 0.5)
+    cp.close()
+    start_agent([fake_master.address], data_dir=first.data_dir)
+    fake_master.wait_for(lambda: "TASK_KILLED" in fake_master.states_of("long"), what="TASK_KILLED")
+    assert fake_master.states_of("long")[-2:] == ["TASK_KILLING", "TASK_KILLED"]
+    killed = next(u.status for u in fake_master.updates if u.status.state == common_pb2.TASK_KILLED)
+    assert "SIGKILL" in killed.message  # the trap kept SIGTERM out: the grace ran out, as asked

@@ -183,3 +183,69 @@ def test_task_process_runs_inside_its_cgroups(tmp_path: Path) -> None:
     else:  # rlimits: no cgroup of its own, but the limit travels with the process
         data_line = next(line for line in text.splitlines() if line.startswith("Max data size"))
         assert str(handle.isolation.rlimit_data_bytes) in data_line
+
+
+# ---- cgroups v2 and the OOM counters, on a directory tree shaped like cgroupfs ----------------------
+# (this machine's cgroup2 hierarchy has no cpu/memory controllers, so the v2 writes are checked on files)
+
+
+def fake_cgroup2(root: Path, controllers: str = "cpu memory io") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "cgroup.controllers").write_text(controllers + "\n")
+    (root / "cgroup.subtree_control").write_text("")
+    return root
+
+
+def test_v2_enables_controllers_on_the_way_down_and_writes_the_limits(tmp_path: Path) -> None:
+    from agent.executor.isolation import _enable_v2_controllers
+
+    mount = fake_cgroup2(tmp_path / "cg")
+    base = mount / "agent.service" / "tessera"
+    (mount / "agent.service").mkdir()
+    (mount / "agent.service" / "cgroup.subtree_control").write_text("")
+    base.mkdir()
+    (base / "cgroup.subtree_control").write_text("memory\n")  # one already enabled
+    _enable_v2_controllers(mount, base)
+    assert (mount / "cgroup.subtree_control").read_text() == "+cpu +memory"
+    assert (mount / "agent.service" / "cgroup.subtree_control").read_text() == "+cpu +memory"
+    assert (base / "cgroup.subtree_control").read_text() == "+cpu"
+    spec = CgroupsV2Isolator(base=base).prepare("t-1", Resources.of(cpus=2, mem=128))
+    task_dir = base / "t-1"
+    assert spec.cgroups == (str(task_dir),) and spec.memory_cgroup == str(task_dir)
+    assert (task_dir / "memory.max").read_text() == str(128 << 20)
+    assert (task_dir / "cpu.max").read_text() == "200000 100000"
+    assert (task_dir / "cpu.weight").read_text() == str(1 + ((2048 - 2) * 9999) // 262142)
+
+
+def test_v2_without_memory_controller_is_unavailable(tmp_path: Path) -> None:
+    from agent.executor.isolation import IsolationUnavailable, _enable_v2_controllers
+
+    mount = fake_cgroup2(tmp_path / "cg", controllers="hugetlb")
+    with pytest.raises(IsolationUnavailable, match="lacks the cpu or memory controller"):
+        _enable_v2_controllers(mount, mount / "tessera")
+
+
+def test_oom_is_read_from_memory_events_in_v2_and_oom_control_in_v1(tmp_path: Path) -> None:
+    from agent.executor.isolation import IsolationSpec, cgroup_oom_killed
+
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "memory.events").write_text("low 0\nhigh 0\nmax 12\noom 1\noom_kill 0\n")
+    spec2 = IsolationSpec(kind="cgroups_v2", memory_cgroup=str(v2))
+    assert not cgroup_oom_killed(spec2, died_by_sigkill=True)
+    (v2 / "memory.events").write_text("low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\n")
+    assert cgroup_oom_killed(spec2, died_by_sigkill=False)
+
+    v1 = tmp_path / "v1"
+    v1.mkdir()
+    spec1 = IsolationSpec(kind="cgroups_v1", memory_cgroup=str(v1))
+    (v1 / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")
+    assert cgroup_oom_killed(spec1, died_by_sigkill=False)
+    # An older kernel without the oom_kill counter: hitting the limit and dying by SIGKILL is the sign.
+    (v1 / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\n")
+    (v1 / "memory.failcnt").write_text("5\n")
+    assert cgroup_oom_killed(spec1, died_by_sigkill=True)
+    assert not cgroup_oom_killed(spec1, died_by_sigkill=False)
+    (v1 / "memory.failcnt").write_text("0\n")
+    assert not cgroup_oom_killed(spec1, died_by_sigkill=True)
+    assert not cgroup_oom_killed(IsolationSpec(kind="rlimits"), died_by_sigkill=True)

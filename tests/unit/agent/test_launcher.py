@@ -225,3 +225,11 @@ def test_kill_tasks_in_ends_every_task_left_in_a_work_dir(launcher: ProcessLaunc
     for h in handles:
         obs = wait(launcher, h, lambda o: o.ended)
         assert obs.exit is not None and obs.exit.killed
+
+
+def test_unknown_user_fails_the_task_with_the_reason(launcher: ProcessLauncher) -> None:
+    handle, obs = run_to_end(launcher, shell_task("true", user="no-such-user-tessera"))
+    assert obs.exit is not None and obs.exit.exit_code == 126
+    out = terminal_status(obs.exit, False)
+    assert out.state is S.TASK_FAILED and "no-such-user-tessera" in out.message
+    assert "KeyError" in (handle.sandbox / "stderr").read_text()  # the real error, not just "preexec_fn"
