@@ -104,22 +104,23 @@ class Checkpoint:
 
     def _create(self) -> None:
         with self._lock:
-            self.db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
-            self.db["tasks"].create(
+            meta, tasks, updates = (self.db.table(name) for name in ("meta", "tasks", "updates"))
+            meta.create({"key": str, "value": str}, pk="key", if_not_exists=True)
+            tasks.create(
                 {"task_id": str, "framework_id": str, "info": bytes, "state": int, "sandbox": str,
                  "supervisor_pid": int, "supervisor_start": float, "isolation": str,
                  "kill_requested": int, "kill_grace": float, "done": int, "traceparent": str,
                  "created_seq": int},
                 pk="task_id", not_null={"info", "state"}, if_not_exists=True,
             )
-            self.db["updates"].create(
+            updates.create(
                 {"seq": int, "task_id": str, "uuid": str, "state": int, "status": bytes,
                  "traceparent": str, "acknowledged": int},
                 pk="seq", not_null={"task_id", "uuid", "status"}, if_not_exists=True,
             )
-            self.db["updates"].create_index(["uuid"], unique=True, if_not_exists=True)
-            self.db["updates"].create_index(["task_id", "seq"], if_not_exists=True)
-            self.db["tasks"].create_index(["done"], if_not_exists=True)
+            updates.create_index(["uuid"], unique=True, if_not_exists=True)
+            updates.create_index(["task_id", "seq"], if_not_exists=True)
+            tasks.create_index(["done"], if_not_exists=True)
             if self._get("schema_version") is None:
                 self._set("schema_version", str(SCHEMA_VERSION))
 

@@ -107,13 +107,13 @@ def run_agent(config: AgentConfig, *, stop: threading.Event | None = None) -> in
     launcher = ProcessLauncher(resolved.work_dir, isolator)
     agent = Agent(resolved, checkpoint, launcher, isolator_name=isolator.name)
 
-    previous: dict[int, object] = {}
+    previous: dict[signal.Signals, object] = {}
     if threading.current_thread() is threading.main_thread():
         def on_signal(signum: int, frame: FrameType | None) -> None:
             agent.stop(f"signal {signal.Signals(signum).name}; tasks keep running")
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, on_signal)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, on_signal)
     watcher: threading.Thread | None = None
     if stop is not None:
         def watch() -> None:
@@ -125,7 +125,7 @@ def run_agent(config: AgentConfig, *, stop: threading.Event | None = None) -> in
     try:
         return agent.run()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
         checkpoint.close()
         lock.close()

@@ -206,7 +206,7 @@ class ProcessLauncher:
             proc = psutil.Process(handle.supervisor_pid)
             if proc.status() == psutil.STATUS_ZOMBIE:
                 return False
-            return abs(proc.create_time() - handle.supervisor_start) <= START_TIME_TOLERANCE
+            return bool(abs(proc.create_time() - handle.supervisor_start) <= START_TIME_TOLERANCE)
         except psutil.Error:
             return False
 

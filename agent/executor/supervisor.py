@@ -109,9 +109,10 @@ def session_pids(sid: int) -> list[int]:
 class Supervisor:
     def __init__(self, sandbox: Path) -> None:
         self.sandbox = sandbox
-        self.launch = read_json(sandbox / LAUNCH_FILE)
-        if self.launch is None:
+        launch = read_json(sandbox / LAUNCH_FILE)
+        if launch is None:
             raise SystemExit(f"supervisor: cannot read {sandbox / LAUNCH_FILE}")
+        self.launch: dict[str, Any] = launch
         self.spec = IsolationSpec.from_json(self.launch.get("isolation") or {})
         self.grace = float(self.launch.get("grace_period_seconds") or DEFAULT_GRACE)
         self.child: subprocess.Popen[bytes] | None = None

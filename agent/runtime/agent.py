@@ -35,7 +35,7 @@ import time
 import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.message import Message
@@ -93,7 +93,8 @@ class Launcher(Protocol):
     def release(self, handle: LaunchHandle) -> None: ...
     def usage(self, handle: LaunchHandle) -> Usage | None: ...
     def handle_from_checkpoint(self, task_id: str, framework_id: str, sandbox: str, supervisor_pid: int,
-                               supervisor_start: float, isolation: dict, kill_requested: bool) -> LaunchHandle: ...
+                               supervisor_start: float, isolation: dict[str, Any],
+                               kill_requested: bool) -> LaunchHandle: ...
 
 
 @dataclass(frozen=True)
@@ -223,14 +224,14 @@ class Agent:
                 self.handles[rec.task_id] = handle
         self.updates.recover((PendingUpdate(u.status, u.traceparent) for u in self.checkpoint.unacknowledged()), now)
         for task in list(self.tasks):
-            handle = self.handles.get(task.task_id)
-            if task.kill_requested and handle is not None:
+            found = self.handles.get(task.task_id)
+            if task.kill_requested and found is not None:
                 # The previous agent may have died between recording the kill and signalling the
                 # supervisor; asking again is harmless (the supervisor starts a kill only once).
                 if task.state is not TaskState.TASK_KILLING and self.tasks.can_record(task.task_id,
                                                                                        TaskState.TASK_KILLING):
                     self.emit(task, Outcome(TaskState.TASK_KILLING, "", "killing (again, after an agent restart)"))
-                self.launcher.kill(handle, task.kill_grace)
+                self.launcher.kill(found, task.kill_grace)
             if task.terminal and not self.updates.has_pending(task.task_id):
                 self._mark_done(task)
             elif task.state is TaskState.TASK_STAGING and task.task_id not in self.handles:
