@@ -114,8 +114,9 @@ def test_missing_program_in_argv_mode_fails_with_127_and_the_reason(launcher: Pr
 
 
 def test_kill_sends_sigterm_then_sigkill_after_the_grace_period(launcher: ProcessLauncher) -> None:
-    # The task traps SIGTERM (records it, keeps running), so only SIGKILL after the grace can end it.
-    script = "trap 'echo got-term >> term.log' TERM; echo ready; while true; do sleep 0.05; done"
+    # The task traps SIGTERM (records it, keeps running and ticking), so only SIGKILL can end it.
+    script = ("trap 'echo got-term >> life.log' TERM; echo ready; "
+              "while true; do echo tick >> life.log; sleep 0.05; done")
     handle = launcher.launch(shell_task(script))
     wait(launcher, handle, lambda o: o.started and (handle.sandbox / "stdout").read_text() == "ready\n")
     grace = 1.0
@@ -125,11 +126,14 @@ def test_kill_sends_sigterm_then_sigkill_after_the_grace_period(launcher: Proces
     elapsed = time.monotonic() - killed_at
     launcher.release(handle)
     assert obs.exit is not None and obs.exit.signal == signal.SIGKILL and obs.exit.killed
-    assert "got-term" in (handle.sandbox / "term.log").read_text()  # SIGTERM came first and was survived
-    assert elapsed >= grace  # and SIGKILL not before the grace period was over
+    life = (handle.sandbox / "life.log").read_text().splitlines()
+    assert "got-term" in life, "SIGTERM was not sent first"
+    assert "tick" in life[life.index("got-term") + 1:], "the task did not live on after SIGTERM"
+    assert elapsed >= grace  # a lower bound: SIGKILL never comes before the grace period is over
     out = terminal_status(obs.exit, kill_requested=True)
     assert out.state is S.TASK_KILLED and "SIGKILL" in out.message
-    assert "grace period over" in (handle.sandbox / "supervisor.log").read_text()
+    log = (handle.sandbox / "supervisor.log").read_text()
+    assert log.index("SIGKILL in 1s") < log.index("grace period over")
 
 
 def test_task_that_honours_sigterm_ends_by_it(launcher: ProcessLauncher) -> None:
