@@ -308,7 +308,9 @@ def _state_at_remote(obj: Any, at: h.Point | None, since: h.Point | None) -> Any
         req.diff_from.CopyFrom(proto(since))
     cluster = _Cluster(obj, rpc_timeout=HISTORY_RPC_SECONDS)
     try:
-        return cluster.call(lambda s: s.GetStateAt, req, timeout=max(cluster.timeout, HISTORY_RPC_SECONDS))
+        # find a master that answers within --timeout; only then allow the rebuild its own, longer time
+        cluster.call(lambda s: s.ListEvents, operator_pb2.ListEventsRequest(limit=1, descending=True))
+        return cluster.call(lambda s: s.GetStateAt, req, timeout=HISTORY_RPC_SECONDS)
     finally:
         cluster.close()
 
@@ -710,7 +712,7 @@ def _export_range(first: int, last: int, since: h.Point | None,
 
 
 def _write_export(dest: Path, start: int, last: int, records: Iterable[EventRecord],
-                  snapshots: Iterable[tuple[int, bytes]] = (), spans: Iterable[tuple[Any, ...]] = ()) -> int:
+                  snapshots: Iterable[tuple[int, bytes]] = (), spans: Iterable[dict[str, Any]] = ()) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 

@@ -344,7 +344,7 @@ def from_jsonable(data: Any, cls: type[Any], where: str = "") -> Any:
     if not isinstance(data, dict):
         raise _PayloadError(f"{where}: expected an object, got {type(data).__name__}")
     kwargs: dict[str, Any] = {}
-    for name, decode, required in _plan(cls):
+    for name, decode, required in _plan(typing.cast(Any, cls)):
         if name in data:
             kwargs[name] = decode(data[name], f"{where}.{name}")
         elif required:
@@ -843,7 +843,10 @@ _ID_COLUMN = {"task": "task_id", "framework": "framework_id", "agent": "agent_id
 def kind_filter(kind: str, ident: str) -> EventFilter:
     if kind not in _ID_COLUMN:
         raise PointOutOfRange(f"unknown kind {kind!r}: expected one of {', '.join(KINDS)}")
-    return EventFilter(**{_ID_COLUMN[kind]: ident})
+    column = _ID_COLUMN[kind]
+    return EventFilter(task_id=ident if column == "task_id" else "",
+                       framework_id=ident if column == "framework_id" else "",
+                       agent_id=ident if column == "agent_id" else "")
 
 
 def detect_kinds(source: HistorySource, ident: str) -> list[str]:
@@ -1030,17 +1033,19 @@ def export_events(dest: Path, first_seq: int, records: Iterable[EventRecord], *,
     tmp = dest.with_name(f".{dest.name}.partial")
     tmp.unlink(missing_ok=True)
     db = sqlite_utils.Database(tmp)
+    events, snapshot_table, span_table, meta = db.table("events"), db.table("snapshots"), db.table("spans"), \
+        db.table("meta")
     written = 0
     try:
         MIGRATIONS.apply(db)
         if first_seq > 1:
-            db["meta"].insert({"key": "first_seq", "value": first_seq}, replace=True)
+            meta.insert({"key": "first_seq", "value": first_seq}, replace=True)
         rows: builtins.list[dict[str, Any]] = []
 
         def flush_rows() -> None:
             nonlocal written, rows
             if rows:
-                db["events"].insert_all(rows, batch_size=len(rows))
+                events.insert_all(rows, batch_size=len(rows))
                 written += len(rows)
                 if on_batch is not None:
                     on_batch(len(rows))
@@ -1051,8 +1056,8 @@ def export_events(dest: Path, first_seq: int, records: Iterable[EventRecord], *,
             if len(rows) >= batch:
                 flush_rows()
         flush_rows()
-        db["snapshots"].insert_all(({"seq": seq, "blob": blob} for seq, blob in snapshots), replace=True)
-        db["spans"].insert_all(spans, ignore=True)
+        snapshot_table.insert_all(({"seq": seq, "blob": blob} for seq, blob in snapshots), replace=True)
+        span_table.insert_all(spans, ignore=True)
     except BaseException:
         db.close()
         tmp.unlink(missing_ok=True)

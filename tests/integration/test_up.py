@@ -1,0 +1,150 @@
+"""`tessera up` as operators run it: a real cluster of child processes, found by other commands through
+its state file, stopped by SIGTERM with every child gone. Bounded waits, free ports, kill by PID."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+TESSERA = [sys.executable, "-m", "control_plane.cli.main"]
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Up:
+    """`tessera up` in `cwd`, its output collected by a thread."""
+
+    def __init__(self, cwd: Path, *args: str) -> None:
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        self.proc = subprocess.Popen([*TESSERA, "up", *args], cwd=cwd, env=clean_env(), stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+            if "cluster ready" in line:
+                self.ready.set()
+
+    def output(self) -> str:
+        return "\n".join(self.lines[-80:])
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ready.wait(0.2):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"tessera up did not get ready:\n{self.output()}")
+
+    def line_starting(self, prefix: str) -> str:
+        return next(line for line in self.lines if line.startswith(prefix))
+
+
+def child_pids(state_file: Path) -> list[int]:
+    data = json.loads(state_file.read_text())
+    return [c["pid"] for group in ("members", "agents", "frameworks") for c in data.get(group, []) if c.get("pid")]
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def kill_all(up: Up, pids: list[int]) -> None:
+    for pid in [up.proc.pid, *pids]:
+        if not gone(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    up.proc.wait(timeout=30)
+
+
+def test_up_runs_a_cluster_other_commands_find_and_sigterm_stops_every_child(tmp_path: Path) -> None:
+    up = Up(tmp_path, "--masters", "3", "--agents", "1", "--duration", "180")
+    state_file = tmp_path / ".tessera" / "cluster.json"
+    pids: list[int] = []
+    try:
+        up.wait_ready()
+        addresses = up.line_starting("masters: ").removeprefix("masters: ").split(",")
+        assert len(addresses) == 3 and all(a.startswith("127.0.0.1:") for a in addresses)
+        assert any("INSECURE DEV MODE" in line for line in up.lines)
+        data = json.loads(state_file.read_text())
+        assert data["status"] == "running" and data["masters"] == addresses and data["pid"] == up.proc.pid
+        pids = child_pids(state_file)
+        assert len(pids) == 4 and all(not gone(p) for p in pids)
+
+        # no --masters, no TESSERA_MASTERS: the state file in ./.tessera names the cluster
+        status = subprocess.run([*TESSERA, "--json", "quorum", "status"], cwd=tmp_path, env=clean_env(),
+                                capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0, status.stderr
+        quorum = json.loads(status.stdout)
+        assert quorum["leader_grpc"] in addresses and len(quorum["members"]) == 3
+        agents = subprocess.run([*TESSERA, "--json", "agents"], cwd=tmp_path, env=clean_env(),
+                                capture_output=True, text=True, timeout=60)
+        assert agents.returncode == 0 and len(json.loads(agents.stdout)) == 1, agents.stderr
+        history = subprocess.run([*TESSERA, "state", "--at", "1", "--json"], cwd=tmp_path, env=clean_env(),
+                                 capture_output=True, text=True, timeout=60)
+        assert history.returncode == 0 and json.loads(history.stdout)["at"]["index"], history.stderr
+
+        # a second `up` on the same data dir refuses in one line
+        again = subprocess.run([*TESSERA, "up"], cwd=tmp_path, env=clean_env(), capture_output=True, text=True,
+                               timeout=60)
+        assert again.returncode != 0 and "already running" in again.stderr and "Traceback" not in again.stderr
+
+        os.kill(up.proc.pid, signal.SIGTERM)
+        assert up.proc.wait(timeout=60) == 0, up.output()
+        up.reader.join(timeout=10)
+        assert all(gone(p) for p in pids), [p for p in pids if not gone(p)]
+        assert json.loads(state_file.read_text())["status"] == "stopped"
+        assert up.lines[-1].startswith("stopped")
+    finally:
+        kill_all(up, pids)
+
+
+def test_up_again_restarts_the_same_cluster_with_its_history(tmp_path: Path) -> None:
+    first = Up(tmp_path, "--masters", "3", "--agents", "0", "--duration", "1", "--quiet")
+    try:
+        assert first.proc.wait(timeout=120) == 0, first.output()
+    finally:
+        kill_all(first, [])
+    before = json.loads((tmp_path / ".tessera" / "cluster.json").read_text())
+    second = Up(tmp_path, "--masters", "3", "--agents", "0", "--duration", "120", "--quiet")
+    pids: list[int] = []
+    try:
+        second.wait_ready()
+        pids = child_pids(tmp_path / ".tessera" / "cluster.json")
+        after = json.loads((tmp_path / ".tessera" / "cluster.json").read_text())
+        assert after["masters"] == before["masters"]
+        events = subprocess.run([*TESSERA, "events", "--type", "LeaderElected", "--json"], cwd=tmp_path,
+                                env=clean_env(), capture_output=True, text=True, timeout=60)
+        assert events.returncode == 0, events.stderr
+        terms = [json.loads(line)["payload"]["term"] for line in events.stdout.splitlines()]
+        assert len(terms) >= 2 and terms == sorted(terms)  # the first run's leader is still in the history
+        wrong = subprocess.run([*TESSERA, "up", "--masters", "5"], cwd=tmp_path, env=clean_env(),
+                               capture_output=True, text=True, timeout=60)
+        assert wrong.returncode != 0 and "Traceback" not in wrong.stderr
+        os.kill(second.proc.pid, signal.SIGTERM)
+        assert second.proc.wait(timeout=60) == 0
+        assert all(gone(p) for p in pids)
+    finally:
+        kill_all(second, pids)
