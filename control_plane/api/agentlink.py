@@ -23,8 +23,9 @@ from control_plane.api.errors import grpc_errors
 from control_plane.codec import from_proto
 from control_plane.core import commands as cmd
 from control_plane.core import events as ev
-from control_plane.core.errors import InvalidRequest, NotLeader, TesseraError
-from control_plane.core.values import AgentInfo, TaskStatus
+from control_plane.core.errors import InvalidRequest, NotFound, NotLeader, TesseraError
+from control_plane.core.lifecycle import is_terminal
+from control_plane.core.values import AgentInfo, AgentState, TaskStatus
 from control_plane.runtime.leader import CLOSE, AgentSession, LeaderDuties
 from tessera.v1 import agent_pb2, agent_pb2_grpc
 
@@ -46,7 +47,7 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("kind") != "register":
             raise InvalidRequest("the first message on an agent stream must be Register")
-        agent_id = self._register(first.register, context)
+        agent_id, orphans = self._register(first.register, context)
         session = self.duties.attach_agent(agent_id)
         reader = threading.Thread(target=self._read, args=(session, request_iterator), daemon=True,
                                   name=f"agent-reader-{agent_id[:16]}")
@@ -54,6 +55,11 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         try:
             yield agent_pb2.MasterMessage(term=self.duties.term(), registered=agent_pb2.Registered(
                 agent_id=agent_id, heartbeat_interval_seconds=self.duties.settings.agent_heartbeat_interval))
+            for task_id, framework_id in orphans:
+                log.info("agent %s still runs task %s, which the master holds ended: killing it",
+                         agent_id, task_id)
+                yield agent_pb2.MasterMessage(term=self.duties.term(), kill_task=agent_pb2.KillTask(
+                    task_id=task_id, framework_id=framework_id))
             while context.is_active():
                 try:
                     msg = session.out.get(timeout=0.5)
@@ -69,28 +75,48 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         finally:
             self.duties.detach_agent(session)
 
-    def _register(self, reg: agent_pb2.Register, context: grpc.ServicerContext) -> str:
+    def _register(self, reg: agent_pb2.Register, context: grpc.ServicerContext
+                  ) -> tuple[str, list[tuple[str, str]]]:
+        """Commit the (re)registration; returns the agent id and the tasks it must kill."""
         info = from_proto(reg.info, AgentInfo)
         traceparent = _traceparent(context)
         if reg.agent_id:
+            known = self.master.read_state(lambda s: s.agents.get(reg.agent_id))
+            if known is None or known.state is AgentState.AGENT_REMOVED:
+                # docs/protocol.md: the agent must then kill its old tasks and register anew
+                raise NotFound(f"agent {reg.agent_id} is {'removed' if known else 'not known'}; register anew")
             tasks = tuple(from_proto(t, TaskStatus) for t in reg.tasks)
             self.master.propose([cmd.ReregisterAgent(agent_id=reg.agent_id, info=info, tasks=tasks)],
                                 request_id=reg.request_id, traceparent=traceparent)
             log.info("agent %s reregistered with %d tasks", reg.agent_id, len(tasks))
-            return reg.agent_id
+            return reg.agent_id, self._orphaned(reg.agent_id, tasks)
         result = self.master.propose([cmd.RegisterAgent(info=info)], request_id=reg.request_id,
                                      traceparent=traceparent)
         for _, event in result.events:
             if isinstance(event, ev.AgentRegistered):
                 log.info("agent %s registered (%s)", event.agent_id, event.info.hostname)
-                return event.agent_id
+                return event.agent_id, []
         if result.outcome == "duplicate":
             # a retried registration: the event its first attempt recorded names the agent
             self.master.events.flush(timeout=2.0)
             record = self.master.events.get(result.first_seq)
             if record is not None and record.type == "AgentRegistered":
-                return record.agent_id
+                return record.agent_id, []
         raise InvalidRequest("registration produced no agent id")
+
+    def _orphaned(self, agent_id: str, reported: tuple[TaskStatus, ...]) -> list[tuple[str, str]]:
+        """Tasks the agent reports alive that the master holds ended (or never knew): Mesos kills them."""
+        def find(state: Any) -> list[tuple[str, str]]:
+            out = []
+            for status in reported:
+                if is_terminal(status.state):
+                    continue
+                task = state.find_task(status.task_id)
+                if task is None or task.terminal or task.agent_id != agent_id:
+                    out.append((status.task_id, task.framework_id if task is not None else status.framework_id))
+            return out
+
+        return list(self.master.read_state(find))
 
     def _read(self, session: AgentSession, request_iterator: Iterator[agent_pb2.AgentMessage]) -> None:
         try:

@@ -114,6 +114,9 @@ class LeaderDuties:
         self.agents: dict[str, AgentSession] = {}
         self.frameworks: dict[str, FrameworkSession] = {}
         self.usage: dict[str, agent_pb2.Usage] = {}
+        # agent id -> monotonic time of its last message to this leader; kept when its stream breaks so a
+        # restarting agent has the whole agent_timeout to come back before it is marked unreachable
+        self.agent_last_seen: dict[str, float] = {}
         self._reactions: queue.Queue[Sequence[Applied] | None] = queue.Queue()
         self._stop = threading.Event()
         self._allocation_wanted = threading.Event()
@@ -152,6 +155,8 @@ class LeaderDuties:
         with self._lock:
             if self.agents.get(session.agent_id) is session:
                 del self.agents[session.agent_id]
+                self.agent_last_seen[session.agent_id] = max(
+                    session.last_seen, self.agent_last_seen.get(session.agent_id, 0.0))
         session.closed = True
 
     def attach_framework(self, framework_id: str, stream_id: str) -> FrameworkSession:
@@ -322,6 +327,7 @@ class LeaderDuties:
     def _on_deposed(self) -> None:
         log.info("no longer the serving leader: closing agent and framework streams")
         self._serving_since = None
+        self.agent_last_seen.clear()  # soft state: a later term starts with the re-registration grace
         self._close_all()
 
     def _grace_over(self, now: float, grace: float) -> bool:
@@ -335,7 +341,10 @@ class LeaderDuties:
             session = self.agents.get(agent_id)
             if session is not None:
                 silent = now - session.last_seen
+            elif agent_id in self.agent_last_seen:
+                silent = now - self.agent_last_seen[agent_id]  # its stream broke: it may be restarting
             elif self._grace_over(now, self.settings.reregistration_timeout):
+                # never heard from since this leader took over, and the re-registration grace is over
                 silent = now - (self._serving_since or now) - self.settings.reregistration_timeout + timeout
             else:
                 continue

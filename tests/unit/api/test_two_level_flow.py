@@ -179,3 +179,41 @@ def test_framework_failover_within_timeout_keeps_tasks_and_gets_updates(node: In
     assert node.state().tasks["t-5"].state is TaskState.TASK_RUNNING
     again.close()
     agent.close()
+
+
+def test_agent_that_reconnects_within_its_timeout_keeps_its_tasks(node: InProcessMaster) -> None:
+    agent = ScriptedAgent(node.channel, auto_run=False).start()
+    assert agent.registered.wait(5)
+    fw = ScriptedFramework(node.channel, on_offers=launched_on_first_offer("t-6")).start()
+    wait_for(lambda: agent.run_tasks(), 10, what="RunTask")
+    agent.send_status("t-6", common_pb2.TASK_RUNNING)
+    wait_for(lambda: fw.states_of("t-6") == [common_pb2.TASK_RUNNING], 5, what="RUNNING")
+    agent.close()  # the agent restarts...
+    wait_for(lambda: agent.agent_id not in node.duties.agents, 5, what="the stream to close")
+    back = ScriptedAgent(node.channel, auto_run=False, agent_id=agent.agent_id).start(tasks=(
+        common_pb2.TaskStatus(task_id="t-6", state=common_pb2.TASK_RUNNING, agent_id=agent.agent_id),))
+    assert back.registered.wait(5)  # ...and is back before agent_timeout
+    time.sleep(1.5)  # longer than agent_timeout: heartbeats keep it reachable
+    assert node.state().agents[agent.agent_id].state is AgentState.AGENT_ACTIVE
+    assert node.state().tasks["t-6"].state is TaskState.TASK_RUNNING
+    assert fw.states_of("t-6") == [common_pb2.TASK_RUNNING]
+    fw.close()
+    back.close()
+
+
+def test_reregistering_agent_is_told_to_kill_tasks_the_master_does_not_run(node: InProcessMaster) -> None:
+    agent = ScriptedAgent(node.channel, auto_run=False).start()
+    assert agent.registered.wait(5)
+    agent.close()
+    back = ScriptedAgent(node.channel, auto_run=False, agent_id=agent.agent_id).start(tasks=(
+        common_pb2.TaskStatus(task_id="ghost", state=common_pb2.TASK_RUNNING, agent_id=agent.agent_id),))
+    assert back.registered.wait(5)
+    wait_for(lambda: [m.kill_task.task_id for m in back.received if m.WhichOneof("kind") == "kill_task"] == ["ghost"],
+             5, what="KillTask for the orphan")
+    back.close()
+
+
+def test_unknown_agent_id_must_register_anew(node: InProcessMaster) -> None:
+    ghost = ScriptedAgent(node.channel, agent_id="agent-never-registered").start()
+    assert ghost.ended.wait(5)
+    assert ghost.error is not None and ghost.error.code() == grpc.StatusCode.NOT_FOUND
