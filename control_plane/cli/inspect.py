@@ -546,29 +546,29 @@ def _events_offline(db: Path, flt: EventFilter, start: int | None, limit: int, f
                     show: Callable[[EventRecord], None]) -> None:
     with _open_db(db) as source:
         try:
-            if start is not None and start > source.last_seq() + 1 and not follow:
-                fail(f"--since: index {start} is beyond the last event of this log ({source.last_seq()})")
-            cursor = start if start is not None else source.first_seq()
-            if follow and start is None and flt.since_time is None:
-                cursor = source.last_seq() + 1  # like the cluster: only new events
-            shown = 0
-            for r in h.iter_records(source, flt, from_seq=cursor):
-                if not follow and shown >= limit:
-                    return
-                show(r)
-                shown += 1
-                cursor = r.seq + 1
+            last = source.last_seq()  # read before listing: what is appended meanwhile comes next round
+            if start is not None and start > last + 1 and not follow:
+                fail(f"--since: index {start} is beyond the last event of this log ({last})")
             if not follow:
-                return
-            cursor = max(cursor, source.last_seq() + 1)
-            while True:  # the master writes this file: poll it
-                time.sleep(0.5)
-                for r in source.list(from_seq=cursor, limit=10_000, flt=flt):
+                for shown, r in enumerate(h.iter_records(source, flt, from_seq=start, until_seq=last)):
+                    if shown >= limit:
+                        return
                     show(r)
-                if source.last_seq() >= cursor:
-                    cursor = source.last_seq() + 1
+                return
+            cursor = last + 1  # like the cluster: without --since, only new events
+            if start is not None or flt.since_time is not None:
+                for r in h.iter_records(source, flt, from_seq=start, until_seq=last):
+                    show(r)
+            while True:  # a master writes this file: poll it
+                time.sleep(0.5)
+                last = source.last_seq()
+                if last >= cursor:
+                    for r in h.iter_records(source, flt, from_seq=cursor, until_seq=last):
+                        show(r)
+                    cursor = last + 1
         except HistoryPruned as exc:
-            fail(f"fell behind: {exc}; events are kept from index {exc.first_kept} (use --since {exc.first_kept})")
+            fail(f"{'fell behind' if follow else 'history not kept'}: {exc}; events are kept from index "
+                 f"{exc.first_kept} (use --since {exc.first_kept})")
         except h.HistoryError as exc:
             fail(str(exc))
 

@@ -77,6 +77,7 @@ import threading
 import time
 import types
 import typing
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -456,7 +457,7 @@ def replay_records(state: ClusterState, records: Iterable[EventRecord]) -> Clust
 
 # ---- snapshots -----------------------------------------------------------------------------------
 _MAGIC = b"TSNAP"
-_FORMAT = 1
+_FORMAT = 2  # zlib(pickle(ClusterState)); another format or layout is skipped, never half-loaded
 
 
 @cache
@@ -476,8 +477,10 @@ def _value_classes() -> tuple[type, ...]:
 
 
 def encode_snapshot(state: ClusterState) -> bytes:
-    """Serialize a state for `put_snapshot` (pickle behind a versioned header)."""
-    return _MAGIC + bytes([_FORMAT]) + _layout() + pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+    """Serialize a state for `put_snapshot`: a versioned header, then the pickled state compressed
+    (zlib level 1: about 6x smaller for ~15 ms on a 3 MB state, which is mostly de-dup memories)."""
+    raw = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+    return _MAGIC + bytes([_FORMAT]) + _layout() + zlib.compress(raw, 1)
 
 
 _ALLOWED_MODULES = re.compile(r"^control_plane\.core(\.[a-z_]+)?$")
@@ -503,7 +506,7 @@ def decode_snapshot(blob: bytes) -> ClusterState | None:
     if blob[len(_MAGIC) + 1: head] != _layout():
         return None
     try:
-        state = _CoreUnpickler(io.BytesIO(blob[head:])).load()
+        state = _CoreUnpickler(io.BytesIO(zlib.decompress(blob[head:]))).load()
     except Exception as exc:  # noqa: BLE001 - any damage means "not usable", replay from earlier instead
         log.warning("ignoring a state snapshot that does not load: %r", exc)
         return None

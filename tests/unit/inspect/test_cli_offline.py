@@ -223,3 +223,37 @@ def test_a_directory_or_unreadable_file_is_one_line(tmp_path: Path) -> None:
     locked.chmod(0o600)
     if result.exit_code != 0:  # root reads anything; others get one line
         one_line_error(result)
+
+
+def test_follow_on_a_file_streams_what_a_master_appends(tmp_path: Path) -> None:
+    import os
+    import select
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from control_plane.core import commands as c
+
+    from .workload import Leader
+
+    path = tmp_path / "events.db"
+    store = SqliteEventStore(path)
+    leader = Leader(store)
+    leader.run(c.SetRoleWeight("first", 1.0))
+    assert store.flush()
+    proc = subprocess.Popen([sys.executable, "-m", "control_plane.cli.main", "events", "--db", str(path), "--follow",
+                             "--type", "RoleWeightSet", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline, line = time.monotonic() + 30, ""
+        while not line and time.monotonic() < deadline:
+            leader.run(c.SetRoleWeight("later", 2.0))
+            assert store.flush()
+            if select.select([proc.stdout], [], [], 1.0)[0]:
+                line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert line and json.loads(line)["payload"]["role"] == "later"  # only new events, like the cluster
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+        store.close()
