@@ -291,7 +291,8 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         check_address(request.grpc_address, "grpc_address")
         result = self.master.propose([cmd.AnnounceMaster(
             name=request.name, raft_address=request.raft_address, grpc_address=request.grpc_address,
-        )], request_id=f"announce-{request.raft_address}-{request.grpc_address}-{request.name}")
+        )])  # decide makes a repeat of a known announcement a no-op; a fixed request id would stop a
+        # master that was removed and added again from announcing itself a second time
         return operator_pb2.AnnounceMasterResponse(index=result.last_seq)
 
     # ---- policy ----------------------------------------------------------------------------------

@@ -110,11 +110,14 @@ def cli(ctx: click.Context, masters: str, as_json: bool, timeout: float) -> None
               help="Grace a new leader gives frameworks to resubscribe before disconnecting them.")
 @click.option("--grpc-workers", default=256, show_default=True,
               help="gRPC threads; every agent, framework and event watcher holds one.")
+@click.option("--metrics", "metrics_address", default=None,
+              help="HOST:PORT to serve Prometheus /metrics on (off when not given).")
 @click.option("--log-level", default="INFO", show_default=True)
 def master(name: str, raft_address: str, grpc_address: str, peers: str, data_dir: Path,
            raft_password: str | None, agent_timeout: float, agent_heartbeat_interval: float,
            reregistration_timeout: float, allocation_interval: float, offer_timeout: float,
-           framework_reconnect_timeout: float, grpc_workers: int, log_level: str) -> None:
+           framework_reconnect_timeout: float, grpc_workers: int, metrics_address: str | None,
+           log_level: str) -> None:
     """Run one master of a Raft quorum."""
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
@@ -141,6 +144,7 @@ def master(name: str, raft_address: str, grpc_address: str, peers: str, data_dir
             offer_timeout=offer_timeout or None, framework_reconnect_timeout=framework_reconnect_timeout,
         ),
         grpc_workers=grpc_workers,
+        metrics_address=metrics_address,
     )
     sys.exit(run_master(config))
 

@@ -151,9 +151,14 @@ def test_grow_three_to_five_while_writing(tmp_path: Path) -> None:
 def test_follower_redirects_writes_to_the_leader(tmp_path: Path) -> None:
     with LocalCluster(tmp_path, n=3) as cluster:
         cluster.start_all()
-        leader = cluster.leader()
-        follower = next(m for m in cluster.masters if m is not leader)
-        wait_for(lambda: follower.quorum().leader_grpc == leader.grpc, 10, what="follower to know the leader")
+
+        def settled() -> tuple[MasterProc, MasterProc] | None:
+            # re-read the leader every time: under load an election may move it meanwhile
+            leader = cluster.leader()
+            follower = next(m for m in cluster.masters if m is not leader)
+            return (leader, follower) if follower.quorum().leader_grpc == leader.grpc else None
+
+        leader, follower = wait_for(settled, 30, what="a follower that knows the leader")
         with grpc.insecure_channel(follower.grpc) as ch:
             from tessera.v1 import operator_pb2_grpc
 
