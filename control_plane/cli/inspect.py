@@ -513,13 +513,18 @@ def events() -> None:
 @click.option("--since", "since_text", metavar="INDEX|TIME", help="Start at this event index or time.")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1),
               help="At most this many events (before following).")
+@click.option("--last", type=click.IntRange(min=1), default=None, metavar="N",
+              help="The N most recent matching events instead (with --follow: then follow, like tail -f).")
 @click.option("--db", type=click.Path(path_type=Path), help="Read this events.db instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print NDJSON, one event per line.")
 @click.pass_obj
 def events_list(obj: Any, follow: bool, types: tuple[str, ...], framework: str, agent: str, task: str, offer: str,
-                since_text: str | None, limit: int, db: Path | None, as_json: bool) -> None:
-    """Events in order from --since (default: the first kept), optionally followed live."""
+                since_text: str | None, limit: int, last: int | None, db: Path | None, as_json: bool) -> None:
+    """Events in order from --since (default: the first kept; --last N: the N most recent), optionally
+    followed live."""
     as_json = _json_mode(obj, as_json)
+    if last is not None and since_text:
+        fail("--last and --since: give one of them", 2)
     since = _point(since_text, "--since") if since_text else None
     if since is not None and since.time is not None and since.time > time.time() + 1:
         fail(f"--since: {h.format_time(since.time)} is in the future")
@@ -534,12 +539,41 @@ def events_list(obj: Any, follow: bool, types: tuple[str, ...], framework: str, 
             click.echo(record_line(r))
 
     try:
+        if last is not None:
+            start = _show_last(obj, db, flt, last, show)
+            if not follow:
+                return
         if db is not None:
             _events_offline(db, flt, start, limit, follow, show)
         else:
             _events_remote(obj, flt, start, limit, follow, show)
     except KeyboardInterrupt:
         pass
+
+
+def _show_last(obj: Any, db: Path | None, flt: EventFilter, n: int, show: Callable[[EventRecord], None]) -> int:
+    """Show the `n` most recent matching events; returns the index to follow from."""
+    if db is not None:
+        with _open_db(db) as source:
+            last = source.last_seq()
+            try:
+                records = source.list(from_seq=last, limit=n, flt=flt, descending=True)
+            except (h.HistoryError, HistoryPruned) as exc:
+                fail(str(exc))
+    else:
+        from tessera.v1 import operator_pb2
+
+        cluster = _Cluster(obj)
+        try:
+            resp = cluster.call(lambda s: s.ListEvents, operator_pb2.ListEventsRequest(
+                limit=min(n, 10_000), filter=_filter_proto(flt), descending=True))
+        finally:
+            cluster.close()
+        last = resp.last_index
+        records = [_record_from_proto(r) for r in resp.events if r.index <= last]
+    for r in reversed(records):
+        show(r)
+    return last + 1
 
 
 def _events_offline(db: Path, flt: EventFilter, start: int | None, limit: int, follow: bool,

@@ -257,3 +257,13 @@ def test_follow_on_a_file_streams_what_a_master_appends(tmp_path: Path) -> None:
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(timeout=10)
         store.close()
+
+
+def test_last_shows_the_most_recent_matching_events_in_order(db_history: tuple[Path, Leader]) -> None:
+    db, leader = db_history
+    rows = ndjson(ok("events", "--db", str(db), "--last", "4", "--json").stdout)
+    assert [r["seq"] for r in rows] == list(range(leader.live.seq - 3, leader.live.seq + 1))
+    acks = ndjson(ok("events", "--db", str(db), "--last", "2", "--type", "TaskStatusAcknowledged", "--json").stdout)
+    assert len(acks) == 2 and acks[0]["seq"] < acks[1]["seq"]
+    assert all(r["type"] == "TaskStatusAcknowledged" for r in acks)
+    one_line_error(tessera("events", "--db", str(db), "--last", "2", "--since", "3"), "--last and --since")

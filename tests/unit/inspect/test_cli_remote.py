@@ -83,6 +83,9 @@ def test_timeline_and_events_over_grpc(node: InProcessMaster) -> None:
                                              h.format_time(since), "--json").stdout.splitlines()]
     assert later and later[0]["seq"] == rows[1]["seq"]
     one_line_error(tessera("--masters", node.grpc_address, "timeline", "nobody"), "no event names 'nobody'")
+    tail = [json.loads(line) for line in ok("--masters", node.grpc_address, "events", "--last", "2",
+                                            "--json").stdout.splitlines()]
+    assert [r["seq"] for r in tail] == [node.events.last_seq() - 1, node.events.last_seq()]
 
 
 def test_follow_streams_new_events_as_ndjson(node: InProcessMaster) -> None:
