@@ -503,7 +503,7 @@ def _print_ready(out: Output, members: list[Member], leader: Member, data_dir: P
     out.say("try, from this directory:", bold=True)
     for line in ("tessera quorum status", "tessera agents", "tessera events --follow",
                  "python -m sdk.examples.batch --command 'sleep 1' --count 5",
-                 "tessera state --at 1 --diff 10    (what changed between events 1 and 10)",
+                 "tessera state --at 10 --diff 1    (what changed from event 1 to event 10)",
                  "tessera timeline <task, framework or agent id>",
                  f"datasette {rel}/{leader.name}/events.db --metadata {DATASETTE_METADATA}"):
         out.say(f"  {line}")
