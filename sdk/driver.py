@@ -22,6 +22,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
@@ -66,6 +67,10 @@ class SchedulerDriver(DriverBase):
         self._stopped = threading.Event()
         self._stop_pending = False
         self._done = threading.Event()
+        # Implicit acknowledgements go out from a small pool, so the callback thread does not wait one
+        # round trip per update (sequential acks capped a framework near 40 tasks/s); the master accepts
+        # acknowledgements of a task's updates in any order.
+        self._acks = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tessera-acks")
 
     # ---- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> SchedulerDriver:
@@ -138,6 +143,7 @@ class SchedulerDriver(DriverBase):
                         break
                     self._deliver(effect)
                     if self._stop_pending:
+                        self._acks.shutdown(wait=True)  # acknowledgements under way go out first
                         self._shut()
                         break
         finally:
@@ -145,6 +151,7 @@ class SchedulerDriver(DriverBase):
             with self._lock:
                 self._session.stop()
                 self._lock.notify_all()
+            self._acks.shutdown(wait=True, cancel_futures=False)
             self._runner.stop()
             self._runner.join(5.0)
             self._close_transport()
@@ -160,7 +167,13 @@ class SchedulerDriver(DriverBase):
             self._callback("rescinded", s.rescinded, self, effect.offer_id)
         elif isinstance(effect, NotifyUpdate):
             if self._callback("update", s.update, self, effect.status) and effect.acknowledge is not None:
-                self._send_acknowledgement(effect.acknowledge)
+                if self._stop_pending:
+                    self._send_acknowledgement(effect.acknowledge)  # before the stop takes effect
+                else:
+                    try:
+                        self._acks.submit(self._send_acknowledgement, effect.acknowledge)
+                    except RuntimeError:  # the pool is shut down: the driver is stopping
+                        self._send_acknowledgement(effect.acknowledge)
         elif isinstance(effect, NotifyMessage):
             self._callback("message", s.message, self, effect.agent_id, effect.data)
         elif isinstance(effect, NotifyDisconnected):
