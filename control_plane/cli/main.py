@@ -110,14 +110,17 @@ def cli(ctx: click.Context, masters: str, as_json: bool, timeout: float) -> None
               help="Grace a new leader gives frameworks to resubscribe before disconnecting them.")
 @click.option("--grpc-workers", default=256, show_default=True,
               help="gRPC threads; every agent, framework and event watcher holds one.")
+@click.option("--event-retention", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Keep at least the last N events in events.db; older ones are pruned in the background "
+                   "(0 = keep all).")
 @click.option("--metrics", "metrics_address", default=None,
               help="HOST:PORT to serve Prometheus /metrics on (off when not given).")
 @click.option("--log-level", default="INFO", show_default=True)
 def master(name: str, raft_address: str, grpc_address: str, peers: str, data_dir: Path,
            raft_password: str | None, agent_timeout: float, agent_heartbeat_interval: float,
            reregistration_timeout: float, allocation_interval: float, offer_timeout: float,
-           framework_reconnect_timeout: float, grpc_workers: int, metrics_address: str | None,
-           log_level: str) -> None:
+           framework_reconnect_timeout: float, grpc_workers: int, event_retention: int,
+           metrics_address: str | None, log_level: str) -> None:
     """Run one master of a Raft quorum."""
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
@@ -145,6 +148,7 @@ def master(name: str, raft_address: str, grpc_address: str, peers: str, data_dir
         ),
         grpc_workers=grpc_workers,
         metrics_address=metrics_address,
+        event_retention=event_retention,
     )
     sys.exit(run_master(config))
 

@@ -20,6 +20,7 @@ from control_plane.api.operator import ADDRESS_RE, OperatorService
 from control_plane.api.scheduler import SchedulerService
 from control_plane.api.server import MasterServer
 from control_plane.eventlog import SqliteEventStore
+from control_plane.eventlog.history import Retention
 from control_plane.replication import RaftReplicator, ReplicationConfig
 from control_plane.runtime.leader import LeaderDuties, LeaderSettings, default_allocator
 from control_plane.runtime.master import Master, MasterIdentity
@@ -43,6 +44,7 @@ class MasterConfig:
     raft_password: str | None
     leader: LeaderSettings = LeaderSettings()
     grpc_workers: int = 256
+    event_retention: int = 0  # keep at least this many events in events.db (0 = keep all)
     metrics_address: str | None = None  # HOST:PORT for Prometheus /metrics; None = no metrics server
 
 
@@ -145,6 +147,7 @@ def run_master(config: MasterConfig) -> int:
         return 2
     duties.start()
     server.start()
+    retention = Retention(master.events, keep=config.event_retention).start() if config.event_retention else None
     log.info("master %s: raft %s, grpc %s, peers %s, data %s (pid %d)", config.name, config.raft_address,
              config.grpc_address, ",".join(config.peers) or "-", config.data_dir, os.getpid())
     if config.raft_password is None:
@@ -157,6 +160,8 @@ def run_master(config: MasterConfig) -> int:
     server.stop()
     if metrics is not None:
         metrics.stop()
+    if retention is not None:
+        retention.stop()
     master.stop()
     log.info("master %s stopped", config.name)
     return 0
