@@ -310,7 +310,7 @@ class FakeMaster:
     def _changed(self) -> None:
         self._cond.notify_all()
 
-    def wait_for(self, predicate: Callable[[], T], timeout: float = 5.0, what: str = "condition") -> T:
+    def wait_for(self, predicate: Callable[[], T], timeout: float = 15.0, what: str = "condition") -> T:
         """Wait until `predicate()` is truthy (evaluated under the fake's lock after each change) and
         return its value; TimeoutError after `timeout` seconds."""
         with self._cond:

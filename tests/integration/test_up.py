@@ -135,10 +135,16 @@ def test_up_again_restarts_the_same_cluster_with_its_history(tmp_path: Path) -> 
         pids = child_pids(tmp_path / ".tessera" / "cluster.json")
         after = json.loads((tmp_path / ".tessera" / "cluster.json").read_text())
         assert after["masters"] == before["masters"]
-        events = subprocess.run([*TESSERA, "events", "--type", "LeaderElected", "--json"], cwd=tmp_path,
-                                env=clean_env(), capture_output=True, text=True, timeout=60)
-        assert events.returncode == 0, events.stderr
-        terms = [json.loads(line)["payload"]["term"] for line in events.stdout.splitlines()]
+        # the master answering may be a follower still applying the new leader's barrier: poll, bounded
+        deadline = time.monotonic() + 30
+        while True:
+            events = subprocess.run([*TESSERA, "events", "--type", "LeaderElected", "--json"], cwd=tmp_path,
+                                    env=clean_env(), capture_output=True, text=True, timeout=60)
+            assert events.returncode == 0, events.stderr
+            terms = [json.loads(line)["payload"]["term"] for line in events.stdout.splitlines()]
+            if len(terms) >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert len(terms) >= 2 and terms == sorted(terms)  # the first run's leader is still in the history
         wrong = subprocess.run([*TESSERA, "up", "--masters", "5"], cwd=tmp_path, env=clean_env(),
                                capture_output=True, text=True, timeout=60)

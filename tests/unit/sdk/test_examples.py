@@ -241,7 +241,7 @@ def test_keeper_scale_from_another_thread_while_offers_flow(racks: FakeMaster,
     for t in threads:
         t.start()
         t.join(10)
-    racks.wait_for(lambda: len(racks.live_tasks()) == 3, what="3 instances")
+    racks.wait_for(lambda: len(racks.live_tasks()) == 3, what="3 instances", timeout=30)
     assert keeper.desired == 3
 
 
