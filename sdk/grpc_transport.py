@@ -8,6 +8,10 @@ metadata as the leader hint); the transport never retries.
 Credentials: insecure channels by default (a local development cluster); pass `credentials`
 (`grpc.ssl_channel_credentials(...)`) for mTLS and `token` for the bearer token of the framework's
 principal.
+
+Tracing: each call runs in an OpenTelemetry client span `framework.<call>` (from the global tracer
+provider unless `tracer_provider` is given; the SDK never installs one) whose W3C context goes to the
+master in the `traceparent` metadata key, so the master's handling continues the framework's trace.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
+from opentelemetry import propagate, trace
 
 from sdk._convert import call_to_proto, event_from_proto, info_to_proto, status_from_proto
 from sdk.errors import TesseraError, error_for_status
@@ -28,6 +33,7 @@ from tessera.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 LEADER_METADATA_KEY = "tessera-leader"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+TRACER_NAME = "tessera.sdk"
 
 
 def error_from_rpc(err: grpc.RpcError) -> TesseraError:
@@ -90,7 +96,9 @@ class GrpcEventStream:
 
 class GrpcTransport:
     def __init__(self, *, credentials: grpc.ChannelCredentials | None = None, token: str | None = None,
-                 options: Sequence[tuple[str, Any]] = ()) -> None:
+                 options: Sequence[tuple[str, Any]] = (),
+                 tracer_provider: trace.TracerProvider | None = None) -> None:
+        self._tracer_provider = tracer_provider
         self._credentials = credentials
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         self._options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), *options]
@@ -108,17 +116,39 @@ class GrpcTransport:
                 self._channels[address] = channel
         return scheduler_pb2_grpc.SchedulerStub(channel)
 
+    def _tracer(self) -> trace.Tracer:
+        if self._tracer_provider is not None:
+            return self._tracer_provider.get_tracer(TRACER_NAME)
+        return trace.get_tracer(TRACER_NAME)
+
+    def _traced_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The call metadata plus the current span's `traceparent` (when there is a valid one)."""
+        carrier: dict[str, str] = {}
+        try:
+            propagate.inject(carrier)
+        except Exception:  # noqa: BLE001 - tracing never fails a call
+            carrier = {}
+        traceparent = carrier.get("traceparent")
+        return (*self._metadata, ("traceparent", traceparent)) if traceparent else self._metadata
+
     def subscribe(self, address: str, info: FrameworkInfo) -> GrpcEventStream:
         request = scheduler_pb2.SubscribeRequest(info=info_to_proto(info))
-        return GrpcEventStream(self._stub(address).Subscribe(request, metadata=self._metadata))
+        with self._tracer().start_as_current_span("framework.Subscribe", kind=trace.SpanKind.CLIENT,
+                                                  attributes={"rpc.method": "Subscribe"}):
+            return GrpcEventStream(self._stub(address).Subscribe(request, metadata=self._traced_metadata()))
 
     def call(self, address: str, header: CallHeader, call: Call, timeout: float) -> CallResult:
         method, request = call_to_proto(header, call)
         stub = self._stub(address)
-        try:
-            response = getattr(stub, method)(request, timeout=timeout, metadata=self._metadata)
-        except grpc.RpcError as err:
-            raise error_from_rpc(err) from err
+        with self._tracer().start_as_current_span(f"framework.{method}", kind=trace.SpanKind.CLIENT,
+                                                  attributes={"rpc.method": method}) as span:
+            for task_id in _task_ids(request):
+                span.set_attribute("tessera.task_id", task_id)  # the first one names the task
+                break
+            try:
+                response = getattr(stub, method)(request, timeout=timeout, metadata=self._traced_metadata())
+            except grpc.RpcError as err:
+                raise error_from_rpc(err) from err
         if isinstance(response, scheduler_pb2.ReconcileResponse):
             return tuple(status_from_proto(s) for s in response.statuses)
         return ()
@@ -128,3 +158,11 @@ class GrpcTransport:
             channels, self._channels = list(self._channels.values()), {}
         for channel in channels:
             channel.close()
+
+
+def _task_ids(request: Any) -> list[str]:
+    """The task ids an Accept (launched tasks) or a Kill names."""
+    if isinstance(request, scheduler_pb2.AcceptRequest):
+        return [t.task_id for op in request.operations for t in op.tasks]
+    task_id = getattr(request, "task_id", "")
+    return [task_id] if isinstance(request, scheduler_pb2.KillRequest) and task_id else []

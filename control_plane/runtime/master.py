@@ -30,6 +30,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import trace
+
 from control_plane.codec import entry_to_bytes
 from control_plane.core import commands as cmd
 from control_plane.core import events as ev
@@ -47,6 +49,7 @@ from control_plane.eventlog import EventStore
 from control_plane.replication import Replicator
 from control_plane.replication.errors import NotLeaderError, UnknownOutcomeError
 from control_plane.runtime.statemachine import Applied, MasterStateMachine
+from control_plane.tracing import TASK_ID_ATTRIBUTE, context_from, current_traceparent, get_tracer
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,7 @@ class Master:
         commit_timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
         announce: Callable[[str, MasterIdentity], None] | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self.identity = identity
         self.sm = state_machine
@@ -98,6 +102,8 @@ class Master:
         self._stopped = threading.Event()
         self._announced_to: str = ""
         self._barrier_thread: threading.Thread | None = None
+        self.tracer_provider = tracer_provider
+        self.tracer = get_tracer(__name__, tracer_provider)  # the global provider when None
         self.replicator.on_leadership_change(self._on_leadership_change)
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -110,6 +116,12 @@ class Master:
             self._serving_term = 0
             self._leadership.notify_all()
         self.replicator.stop()
+        flush = getattr(self.tracer_provider, "force_flush", None)
+        if flush is not None:
+            try:
+                flush(2000)  # the spans still batched, before the span store closes
+            except Exception as exc:  # noqa: BLE001
+                log.debug("flushing spans: %s", exc)
         self.events.close()
 
     # ---- leadership ------------------------------------------------------------------------------
@@ -212,8 +224,11 @@ class Master:
             raise InvalidRequest(f"request_id is longer than {MAX_REQUEST_ID} characters")
         if not self.is_serving():
             raise NotLeader("this master is not the serving leader", self.leader_grpc_hint())
-        return self._commit(commands, request_id=request_id or new_id("req"), traceparent=traceparent,
-                            term=self.replicator.term())
+        request_id = request_id or new_id("req")
+        with self.tracer.start_as_current_span("master.propose", context=context_from(traceparent),
+                                               attributes=_propose_attributes(commands, request_id)):
+            return self._commit(commands, request_id=request_id, traceparent=current_traceparent() or traceparent,
+                                term=self.replicator.term())
 
     def propose_async(
         self, commands: Sequence[cmd.Command], *, request_id: str = "", traceparent: str = ""
@@ -221,8 +236,16 @@ class Master:
         """Decide now, commit in the background: the future resolves with the ApplyResult."""
         if not self.is_serving():
             raise NotLeader("this master is not the serving leader", self.leader_grpc_hint())
-        entry = self._decide(commands, request_id or new_id("req"), traceparent, self.replicator.term())
-        return self.replicator.submit(entry_to_bytes(entry))
+        request_id = request_id or new_id("req")
+        term = self.replicator.term()
+        with self.tracer.start_as_current_span("master.propose", context=context_from(traceparent),
+                                               attributes=_propose_attributes(commands, request_id)):
+            entry = self._decide(commands, request_id, current_traceparent() or traceparent, term)
+            data = entry_to_bytes(entry)
+            span = self.tracer.start_span("raft.commit", attributes={"raft.term": term, "tessera.entry_bytes": len(data)})
+            fut = self.replicator.submit(data)
+        fut.add_done_callback(lambda f: _end_commit_span(span, f))
+        return fut
 
     def _decide(self, commands: Sequence[cmd.Command], request_id: str, traceparent: str, term: int) -> ev.Entry:
         now = self.clock()
@@ -242,8 +265,15 @@ class Master:
             # decide found it already done (an idempotent retry): nothing to replicate
             seq = self.read_state(lambda s: s.seq)
             return ApplyResult("applied", (), seq + 1, seq, "", "", request_id)
-        fut = self.replicator.submit(entry_to_bytes(entry))
-        return self.wait_result(fut)
+        data = entry_to_bytes(entry)
+        if not trace.get_current_span().get_span_context().is_valid:  # untraced (the leader barrier)
+            return self.wait_result(self.replicator.submit(data))
+        with self.tracer.start_as_current_span(
+            "raft.commit", attributes={"raft.term": term, "tessera.entry_bytes": len(data)},
+        ) as span:
+            result = self.wait_result(self.replicator.submit(data))
+            span.set_attribute("tessera.event_index", result.last_seq)
+            return result
 
     def wait_result(self, fut: Future[Any]) -> ApplyResult:
         try:
@@ -273,6 +303,40 @@ class Master:
         self.wait_result(self.replicator.submit(entry_to_bytes(ev.Entry(
             term=self.replicator.term(), leader=self.identity.raft_address, time=self.clock(),
         ))))
+
+
+def _propose_attributes(commands: Sequence[cmd.Command], request_id: str) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "tessera.commands": [type(c).__name__ for c in commands], "tessera.request_id": request_id,
+    }
+    task_ids: list[str] = []
+    for c in commands:
+        if isinstance(c, cmd.Accept):
+            task_ids.extend(t.task_id for op in c.operations for t in op.tasks)
+        elif isinstance(c, cmd.Kill):
+            task_ids.append(c.task_id)
+        elif isinstance(c, cmd.UpdateStatus):
+            task_ids.append(c.status.task_id)
+    if task_ids:
+        attributes[TASK_ID_ATTRIBUTE] = task_ids[0]
+        if len(task_ids) > 1:
+            attributes["tessera.task_ids"] = task_ids
+    return attributes
+
+
+def _end_commit_span(span: trace.Span, fut: Future[Any]) -> None:
+    try:
+        error = None if not fut.cancelled() else "cancelled"
+        if error is None and fut.exception() is not None:
+            error = repr(fut.exception())
+        if error is not None:
+            span.set_status(trace.StatusCode.ERROR, error)
+        elif isinstance(result := fut.result(), ApplyResult):
+            span.set_attribute("tessera.event_index", result.last_seq)
+    except Exception as exc:  # noqa: BLE001 - tracing never fails the caller
+        log.debug("raft.commit span: %s", exc)
+    finally:
+        span.end()
 
 
 def applied_listener(fn: Callable[[Applied], None]) -> Callable[[Sequence[Applied]], None]:

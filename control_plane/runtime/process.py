@@ -25,6 +25,7 @@ from control_plane.replication import RaftReplicator, ReplicationConfig
 from control_plane.runtime.leader import LeaderDuties, LeaderSettings, default_allocator
 from control_plane.runtime.master import Master, MasterIdentity
 from control_plane.runtime.statemachine import MasterStateMachine
+from control_plane.tracing import setup_tracing
 from tessera.v1 import operator_pb2
 
 log = logging.getLogger("tessera.master")
@@ -101,7 +102,9 @@ def build_master(config: MasterConfig) -> tuple[Master, LeaderDuties, MasterServ
         password=config.raft_password,
     ), sm)
     identity = MasterIdentity(config.name, config.raft_address, config.grpc_address)
-    master = Master(identity, sm, replicator, events, announce=_announce)
+    # spans go next to the event log; not the global provider, so several masters can share a process
+    tracer_provider = setup_tracing("tessera-master", span_store=events, set_global=False)
+    master = Master(identity, sm, replicator, events, announce=_announce, tracer_provider=tracer_provider)
     duties = LeaderDuties(master, config.leader, allocator=default_allocator(config.leader))
     server = MasterServer(
         OperatorService(master, peer_quorum=_peer_quorum, duties=duties),

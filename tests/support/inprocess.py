@@ -27,13 +27,13 @@ FAST = LeaderSettings(agent_heartbeat_interval=0.2, agent_timeout=1.0, reregistr
 
 class InProcessMaster:
     def __init__(self, events: EventStore | None = None, settings: LeaderSettings = FAST,
-                 allocation: bool = True) -> None:
+                 allocation: bool = True, tracer_provider: Any = None) -> None:
         self.events = events or MemoryEventStore()
         self.sm = MasterStateMachine(self.events)
         self.replicator = LocalReplicator(self.sm)
         self.grpc_address = f"127.0.0.1:{free_port()}"
         self.master = Master(MasterIdentity("m1", "local:0", self.grpc_address), self.sm, self.replicator,
-                             self.events)
+                             self.events, tracer_provider=tracer_provider)
         self.duties = LeaderDuties(self.master, settings,
                                    allocator=default_allocator(settings) if allocation else None)
         self.server = MasterServer(OperatorService(self.master, duties=self.duties),

@@ -72,7 +72,8 @@ class ScriptedAgent:
                 elif kind == "run_task" and self.auto_run:
                     task = msg.run_task.task
                     for state in (common_pb2.TASK_STARTING, common_pb2.TASK_RUNNING, self.final_state):
-                        self.send_status(task.task_id, state, exit_code=0 if state == common_pb2.TASK_FINISHED else None)
+                        self.send_status(task.task_id, state, exit_code=0 if state == common_pb2.TASK_FINISHED else None,
+                                         traceparent=msg.run_task.traceparent)
                 elif kind == "kill_task":
                     self.send_status(msg.kill_task.task_id, common_pb2.TASK_KILLED)
         except grpc.RpcError as err:
@@ -85,12 +86,14 @@ class ScriptedAgent:
             if self.agent_id:
                 self.outbox.put(agent_pb2.AgentMessage(heartbeat=agent_pb2.AgentHeartbeat(agent_id=self.agent_id)))
 
-    def send_status(self, task_id: str, state: int, exit_code: int | None = None, message: str = "") -> str:
+    def send_status(self, task_id: str, state: int, exit_code: int | None = None, message: str = "",
+                    traceparent: str = "") -> str:
         status = common_pb2.TaskStatus(task_id=task_id, state=state, uuid=uuid.uuid4().hex,
                                        source=common_pb2.SOURCE_AGENT, agent_id=self.agent_id, message=message)
         if exit_code is not None:
             status.exit_code = exit_code
-        self.outbox.put(agent_pb2.AgentMessage(status_update=agent_pb2.StatusUpdate(status=status)))
+        self.outbox.put(agent_pb2.AgentMessage(status_update=agent_pb2.StatusUpdate(status=status,
+                                                                                    traceparent=traceparent)))
         return status.uuid
 
     def run_tasks(self) -> list[common_pb2.TaskInfo]:

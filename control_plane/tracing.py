@@ -1,0 +1,151 @@
+"""OpenTelemetry for Tessera processes: a TracerProvider whose finished spans land next to the event log
+(so `tessera trace TASK_ID` needs no collector), optional OTLP export, and W3C traceparent helpers.
+
+Tracing never fails the caller: every helper here swallows its own errors (logged at debug level).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import StatusCode
+
+from control_plane.eventlog.records import SpanRecord
+
+log = logging.getLogger(__name__)
+
+TASK_ID_ATTRIBUTE = "tessera.task_id"
+
+
+class SpanStore(Protocol):
+    def append_spans(self, spans: Sequence[SpanRecord]) -> None: ...
+
+
+def _attr_value(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def span_to_record(span: ReadableSpan) -> SpanRecord:
+    """The stored form of a finished span."""
+    ctx = span.get_span_context()
+    parent = span.parent
+    attributes = {k: _attr_value(v) for k, v in (span.attributes or {}).items()}
+    resource_attrs = span.resource.attributes if span.resource is not None else {}
+    status = span.status.status_code if span.status is not None else StatusCode.UNSET
+    return SpanRecord(
+        trace_id=f"{ctx.trace_id:032x}" if ctx is not None else "",
+        span_id=f"{ctx.span_id:016x}" if ctx is not None else "",
+        parent_span_id=f"{parent.span_id:016x}" if parent is not None else "",
+        name=span.name,
+        service=str(resource_attrs.get(SERVICE_NAME, "")),
+        kind=span.kind.name.lower(),
+        start_time=(span.start_time or 0) / 1e9,
+        end_time=(span.end_time or span.start_time or 0) / 1e9,
+        status=status.name,
+        attributes=json.dumps(attributes, sort_keys=True, default=str),
+        task_id=str(attributes.get(TASK_ID_ATTRIBUTE, "")),
+    )
+
+
+class StoreSpanExporter(SpanExporter):
+    """Finished spans → `SpanRecord`s → `span_store.append_spans` (which only enqueues)."""
+
+    def __init__(self, span_store: SpanStore) -> None:
+        self.span_store = span_store
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            records = [span_to_record(s) for s in spans]
+            if records:
+                self.span_store.append_spans(records)
+            return SpanExportResult.SUCCESS
+        except Exception as exc:  # noqa: BLE001 - tracing must never hurt the process
+            log.debug("storing %d spans failed: %s", len(spans), exc)
+            return SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        pass
+
+
+class CallbackSpanStore:
+    """A span store that hands records to a function (e.g. an RPC to the leader); failures are dropped."""
+
+    def __init__(self, send: Callable[[Sequence[SpanRecord]], None]) -> None:
+        self._send = send
+
+    def append_spans(self, spans: Sequence[SpanRecord]) -> None:
+        try:
+            self._send(spans)
+        except Exception as exc:  # noqa: BLE001 - best effort
+            log.debug("dropping %d spans: %s", len(spans), exc)
+
+
+def _otlp_exporter() -> SpanExporter | None:
+    if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return None
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError:
+        log.warning("OTEL_EXPORTER_OTLP_ENDPOINT is set but opentelemetry-exporter-otlp-proto-http is not "
+                    "installed; spans are only stored locally")
+        return None
+    try:
+        return OTLPSpanExporter()  # type: ignore[no-any-return]
+    except Exception as exc:  # noqa: BLE001
+        log.warning("OTLP exporter not configured: %s", exc)
+        return None
+
+
+def setup_tracing(service_name: str, span_store: SpanStore | None = None, *,
+                  set_global: bool = True) -> TracerProvider:
+    """A TracerProvider for this process (installed as the global one unless `set_global` is False)."""
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
+    if span_store is not None:
+        provider.add_span_processor(BatchSpanProcessor(StoreSpanExporter(span_store)))
+    otlp = _otlp_exporter()
+    if otlp is not None:
+        provider.add_span_processor(BatchSpanProcessor(otlp))
+    if set_global:
+        try:
+            trace.set_tracer_provider(provider)
+        except Exception as exc:  # noqa: BLE001
+            log.debug("global tracer provider not set: %s", exc)
+    return provider
+
+
+def current_traceparent() -> str:
+    """The W3C traceparent of the current span ("" when there is none)."""
+    try:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        return carrier.get("traceparent", "")
+    except Exception as exc:  # noqa: BLE001
+        log.debug("traceparent not injected: %s", exc)
+        return ""
+
+
+def context_from(traceparent: str) -> otel_context.Context | None:
+    """The context whose current span is the remote parent named by `traceparent` (None when absent)."""
+    if not traceparent:
+        return None
+    try:
+        return propagate.extract({"traceparent": traceparent})
+    except Exception as exc:  # noqa: BLE001
+        log.debug("bad traceparent %r: %s", traceparent, exc)
+        return None
+
+
+def get_tracer(name: str, tracer_provider: trace.TracerProvider | None = None) -> trace.Tracer:
+    """A tracer from `tracer_provider`, or from the global provider when None."""
+    if tracer_provider is not None:
+        return tracer_provider.get_tracer(name)
+    return trace.get_tracer(name)

@@ -1,0 +1,135 @@
+"""One launched task is one connected trace: the framework's client span (SDK transport) → the master's
+`master.propose` → `raft.commit`, and the task's events in the event log carry that trace id."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from control_plane.eventlog import EventFilter, MemoryEventStore
+from control_plane.tracing import StoreSpanExporter, context_from, current_traceparent
+from sdk import FrameworkInfo, Resources
+from sdk.grpc_transport import GrpcTransport
+from sdk.protocol import AcceptCall, CallHeader, OffersEvent, SubscribedEvent
+from sdk.types import Launch, TaskInfo
+from tests.support.inprocess import InProcessMaster
+from tests.support.scripted import ScriptedAgent
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _wait(what: str, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _provider(service: str, *processors: Any) -> TracerProvider:
+    tp = TracerProvider(resource=Resource.create({SERVICE_NAME: service}))
+    for p in processors:
+        tp.add_span_processor(p)
+    return tp
+
+
+def _attrs(span: Any) -> dict[str, Any]:
+    return dict(span.attributes or {})
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    yield exporter
+    exporter.clear()
+
+
+def test_a_launched_task_is_one_connected_trace(spans: InMemorySpanExporter) -> None:
+    events = MemoryEventStore()
+    master_tp = _provider("tessera-master", SimpleSpanProcessor(spans), SimpleSpanProcessor(StoreSpanExporter(events)))
+    fw_tp = _provider("my-framework", SimpleSpanProcessor(spans), SimpleSpanProcessor(StoreSpanExporter(events)))
+    transport = GrpcTransport(tracer_provider=fw_tp)
+    with InProcessMaster(events=events, tracer_provider=master_tp) as m:
+        assert m.channel is not None
+        agent = ScriptedAgent(m.channel, resources="cpus:2;mem:1024").start()
+        try:
+            assert agent.registered.wait(10)
+            stream = transport.subscribe(m.grpc_address, FrameworkInfo(name="traced"))
+            subscribed: SubscribedEvent | None = None
+            offer = None
+            deadline = time.monotonic() + 10
+            while offer is None and time.monotonic() < deadline:
+                event = stream.next(0.5)
+                if isinstance(event, SubscribedEvent):
+                    subscribed = event
+                elif isinstance(event, OffersEvent) and event.offers:
+                    offer = event.offers[0]
+            assert subscribed is not None and offer is not None
+            task = TaskInfo(task_id="t-traced", resources=Resources.of(cpus=0.5, mem=64), command="true",
+                            agent_id=offer.agent_id)
+            header = CallHeader(framework_id=subscribed.framework_id, stream_id=subscribed.stream_id,
+                                request_id="accept-1")
+            transport.call(m.grpc_address, header, AcceptCall((offer.offer_id,), (Launch((task,)),)), 10.0)
+
+            flt = EventFilter(task_id="t-traced", types=("TaskStatusUpdated",))
+            _wait("the task's terminal status in the event log",
+                  lambda: any('"TASK_FINISHED"' in e.payload or "FINISHED" in e.payload
+                              for e in m.events.list(flt=flt, limit=100)))
+            stream.cancel()
+        finally:
+            agent.close()
+            transport.close()
+
+        finished = spans.get_finished_spans()
+        accept = [s for s in finished if s.name == "framework.Accept"]
+        assert len(accept) == 1
+        trace_id = accept[0].context.trace_id
+        trace_hex = f"{trace_id:032x}"
+        in_trace = {s.context.span_id: s for s in finished if s.context.trace_id == trace_id}
+        by_name = {s.name: s for s in in_trace.values()}
+        propose = [s for s in in_trace.values() if s.name == "master.propose"
+                   and "Accept" in _attrs(s).get("tessera.commands", ())]
+        assert len(propose) == 1
+        assert propose[0].parent is not None and propose[0].parent.span_id == accept[0].context.span_id
+        assert _attrs(propose[0])["tessera.task_id"] == "t-traced"
+        commit = [s for s in in_trace.values() if s.name == "raft.commit"
+                  and s.parent is not None and s.parent.span_id == propose[0].context.span_id]
+        assert len(commit) == 1
+        assert _attrs(commit[0])["tessera.event_index"] > 0
+        assert "framework.Accept" in by_name and by_name["framework.Accept"].resource.attributes[SERVICE_NAME] \
+            == "my-framework"
+
+        # the event log: TaskLaunched and every TaskStatusUpdated of the task carry that trace id
+        task_events = m.events.list(flt=EventFilter(task_id="t-traced"), limit=100)
+        launched = [e for e in task_events if e.type == "TaskLaunched"]
+        updated = [e for e in task_events if e.type == "TaskStatusUpdated"]
+        assert launched and updated
+        assert {e.trace_id for e in launched + updated} == {trace_hex}
+        # and the stored spans are found from the task
+        assert trace_hex in m.events.traces_for_task("t-traced")
+        _wait("the stored spans", lambda: {"framework.Accept", "master.propose", "raft.commit"}
+              <= {s.name for s in m.events.spans_for_trace(trace_hex)})
+
+
+def test_traceparent_helpers_round_trip() -> None:
+    tp = _provider("x")
+    tracer = tp.get_tracer("t")
+    assert current_traceparent() == ""
+    assert context_from("") is None
+    with tracer.start_as_current_span("outer") as outer:
+        parent = current_traceparent()
+        assert parent.startswith(f"00-{outer.get_span_context().trace_id:032x}-")
+    with tracer.start_as_current_span("inner", context=context_from(parent)) as inner:
+        assert inner.get_span_context().trace_id == outer.get_span_context().trace_id
+        parent_ctx = getattr(inner, "parent", None)
+        assert parent_ctx is not None and parent_ctx.span_id == outer.get_span_context().span_id
+    assert context_from("garbage") is not None  # an invalid header yields a context without a parent
