@@ -162,6 +162,31 @@ def bench_cluster(agents: int, tasks: int, work: Path) -> None:
         print(f"  ratio {agents} agents / 1 agent (tasks/s): {results[agents] / results[1]:.2f}")
 
 
+def bench_real_agent(tasks: int, work: Path) -> None:
+    """One real agent (real supervisors and processes) launching `true` as fast as the batch runner
+    accepts offers: accept -> acknowledged TASK_FINISHED, tasks/s, against the same batch on one
+    emulated agent (no processes) in the same run."""
+    from agent.emulated import EmulatedAgents, EmulatedConfig
+    from tests.support.cluster import LocalCluster
+
+    with LocalCluster(work / "real", n=3) as cluster:
+        cluster.start_all()
+        cluster.leader(timeout=60)
+        masters = cluster.grpc_addresses()
+        cluster.add_agent("cpus:2;mem:4096")
+        cluster.wait_agents(1, timeout=60)
+        real = run_batch(masters, tasks, work / "batch-real.log")
+        print(f"  1 real agent:     {tasks} tasks of `true`: {real:.1f} tasks/s")
+        cluster.kill(cluster.agents[0])
+        config = EmulatedConfig(masters=tuple(masters), count=1, task_duration=0.0, hostname_prefix="cmp",
+                                resources="cpus:2;mem:4096;disk:10000", seed=1)
+        with EmulatedAgents(config) as emulated:
+            emulated.wait_registered(timeout=60)
+            emulated_rate = run_batch(masters, tasks, work / "batch-emulated.log")
+        print(f"  1 emulated agent: {tasks} tasks:          {emulated_rate:.1f} tasks/s "
+              f"(ratio real/emulated {real / emulated_rate:.2f})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--launches", type=int, default=20)
@@ -169,6 +194,7 @@ def main() -> int:
     parser.add_argument("--agents", type=int, default=100)
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--skip-cluster", action="store_true")
+    parser.add_argument("--real-tasks", type=int, default=300, help="tasks for the one-real-agent run (0 = skip)")
     args = parser.parse_args()
     print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
     print("machine:", machine())
@@ -189,6 +215,9 @@ def main() -> int:
         if not args.skip_cluster:
             print(f"\n3. cluster: 3 masters, 1 then {args.agents} emulated agents, {args.tasks} tasks via the batch runner")
             bench_cluster(args.agents, args.tasks, work)
+            if args.real_tasks:
+                print(f"\n4. one real agent: {args.real_tasks} tasks of `true` via the batch runner")
+                bench_real_agent(args.real_tasks, work)
     return 0
 
 
