@@ -20,7 +20,7 @@ from control_plane.api.errors import grpc_errors
 from control_plane.codec import resources_from_proto, resources_to_proto, to_proto
 from control_plane.core import commands as cmd
 from control_plane.core.errors import Conflict, InvalidRequest, NotFound, NotLeader, Unavailable
-from control_plane.eventlog import EventFilter, EventRecord
+from control_plane.eventlog import EventFilter, EventRecord, SpanRecord
 from control_plane.eventlog.errors import HistoryPruned
 from control_plane.replication.errors import (
     NotLeaderError,
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 MAX_LIST_LIMIT = 10_000
 DEFAULT_LIST_LIMIT = 100
 WATCH_BATCH = 1_000
+MAX_REPORTED_SPANS = 10_000
 WATCH_HEARTBEAT_SECONDS = 1.0
 ADDRESS_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 
@@ -60,6 +61,24 @@ def event_record_to_proto(r: EventRecord) -> operator_pb2.EventRecord:
         index=r.seq, raft_index=r.raft_index, position=r.position, type=r.type, time=r.time, term=r.term,
         request_id=r.request_id, framework_id=r.framework_id, agent_id=r.agent_id, task_id=r.task_id,
         offer_id=r.offer_id, trace_id=r.trace_id, span_id=r.span_id, payload_json=r.payload,
+    )
+
+
+def span_to_proto(r: SpanRecord) -> operator_pb2.Span:
+    return operator_pb2.Span(
+        trace_id=r.trace_id, span_id=r.span_id, parent_span_id=r.parent_span_id, name=r.name, service=r.service,
+        kind=r.kind, start_time=r.start_time, end_time=r.end_time, status=r.status, attributes_json=r.attributes,
+        task_id=r.task_id,
+    )
+
+
+def span_from_proto(p: operator_pb2.Span) -> SpanRecord:
+    if len(p.trace_id) != 32 or len(p.span_id) != 16:
+        raise InvalidRequest("span: trace_id must be 32 hex and span_id 16 hex")
+    return SpanRecord(
+        trace_id=p.trace_id, span_id=p.span_id, parent_span_id=p.parent_span_id, name=p.name, service=p.service,
+        kind=p.kind, start_time=p.start_time, end_time=p.end_time, status=p.status, attributes=p.attributes_json,
+        task_id=p.task_id,
     )
 
 
@@ -184,6 +203,32 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         except history.HistoryError as exc:
             raise exc.domain_error() from exc
         return state_at_to_proto(at, before, diff, store.first_seq(), store.last_seq())
+
+    # ---- tracing ---------------------------------------------------------------------------------
+    @grpc_errors
+    def ReportSpans(self, request: operator_pb2.ReportSpansRequest, context: grpc.ServicerContext) -> Any:
+        if len(request.spans) > MAX_REPORTED_SPANS:
+            raise InvalidRequest(f"spans: at most {MAX_REPORTED_SPANS} per call, got {len(request.spans)}")
+        if not self.master.is_serving():
+            raise NotLeader("spans are stored by the leader", self.master.leader_grpc_hint())
+        self.master.events.append_spans([span_from_proto(s) for s in request.spans])
+        return operator_pb2.ReportSpansResponse()
+
+    @grpc_errors
+    def GetTrace(self, request: operator_pb2.GetTraceRequest, context: grpc.ServicerContext) -> Any:
+        if not request.task_id:
+            raise InvalidRequest("task_id: required")
+        store = self.master.events
+        trace_ids = store.traces_for_task(request.task_id)
+        if not trace_ids:
+            raise NotFound(f"no trace names task {request.task_id}")
+        task_events = store.list(limit=MAX_LIST_LIMIT, flt=EventFilter(task_id=request.task_id))
+        resp = operator_pb2.GetTraceResponse()
+        for trace_id in trace_ids:
+            t = resp.traces.add(trace_id=trace_id)
+            t.spans.extend(span_to_proto(s) for s in store.spans_for_trace(trace_id))
+            t.events.extend(event_record_to_proto(e) for e in task_events if e.trace_id == trace_id)
+        return resp
 
     # ---- quorum ----------------------------------------------------------------------------------
     def _local_quorum(self) -> operator_pb2.GetQuorumResponse:

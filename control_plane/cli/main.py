@@ -415,6 +415,15 @@ for _command in _history_commands():
     cli.add_command(_command)
 
 
+def _trace_command() -> click.Command:
+    from control_plane.cli.trace import trace
+
+    return trace
+
+
+cli.add_command(_trace_command())
+
+
 def main() -> None:
     cli(prog_name="tessera")
 

@@ -94,6 +94,16 @@ class OperatorStub:
                 request_serializer=tessera_dot_v1_dot_operator__pb2.GetStateAtRequest.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_operator__pb2.GetStateAtResponse.FromString,
                 _registered_method=True)
+        self.ReportSpans = channel.unary_unary(
+                '/tessera.v1.Operator/ReportSpans',
+                request_serializer=tessera_dot_v1_dot_operator__pb2.ReportSpansRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_operator__pb2.ReportSpansResponse.FromString,
+                _registered_method=True)
+        self.GetTrace = channel.unary_unary(
+                '/tessera.v1.Operator/GetTrace',
+                request_serializer=tessera_dot_v1_dot_operator__pb2.GetTraceRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_operator__pb2.GetTraceResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServicer:
@@ -173,6 +183,20 @@ class OperatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportSpans(self, request, context):
+        """Tracing: agents send their finished spans to the leader, which stores them next to its event log.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTrace(self, request, context):
+        """A task's traces: the stored spans and the events of every trace that names the task (NOT_FOUND when none).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -235,6 +259,16 @@ def add_OperatorServicer_to_server(servicer, server):
                     servicer.GetStateAt,
                     request_deserializer=tessera_dot_v1_dot_operator__pb2.GetStateAtRequest.FromString,
                     response_serializer=tessera_dot_v1_dot_operator__pb2.GetStateAtResponse.SerializeToString,
+            ),
+            'ReportSpans': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportSpans,
+                    request_deserializer=tessera_dot_v1_dot_operator__pb2.ReportSpansRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_operator__pb2.ReportSpansResponse.SerializeToString,
+            ),
+            'GetTrace': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrace,
+                    request_deserializer=tessera_dot_v1_dot_operator__pb2.GetTraceRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_operator__pb2.GetTraceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -561,6 +595,60 @@ class Operator:
             '/tessera.v1.Operator/GetStateAt',
             tessera_dot_v1_dot_operator__pb2.GetStateAtRequest.SerializeToString,
             tessera_dot_v1_dot_operator__pb2.GetStateAtResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportSpans(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Operator/ReportSpans',
+            tessera_dot_v1_dot_operator__pb2.ReportSpansRequest.SerializeToString,
+            tessera_dot_v1_dot_operator__pb2.ReportSpansResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Operator/GetTrace',
+            tessera_dot_v1_dot_operator__pb2.GetTraceRequest.SerializeToString,
+            tessera_dot_v1_dot_operator__pb2.GetTraceResponse.FromString,
             options,
             channel_credentials,
             insecure,

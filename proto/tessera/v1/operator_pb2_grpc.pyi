@@ -49,6 +49,10 @@ class OperatorStub:
     """The cluster state as of an event index or a time, rebuilt from this master's event log (any master
     answers from its own history), optionally with what changed since another point.
     """
+    ReportSpans: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ReportSpansRequest, _operator_pb2.ReportSpansResponse]
+    """Tracing: agents send their finished spans to the leader, which stores them next to its event log."""
+    GetTrace: _grpc.UnaryUnaryMultiCallable[_operator_pb2.GetTraceRequest, _operator_pb2.GetTraceResponse]
+    """A task's traces: the stored spans and the events of every trace that names the task (NOT_FOUND when none)."""
 
 @_typing.type_check_only
 class OperatorAsyncStub(OperatorStub):
@@ -68,6 +72,10 @@ class OperatorAsyncStub(OperatorStub):
     """The cluster state as of an event index or a time, rebuilt from this master's event log (any master
     answers from its own history), optionally with what changed since another point.
     """
+    ReportSpans: _aio.UnaryUnaryMultiCallable[_operator_pb2.ReportSpansRequest, _operator_pb2.ReportSpansResponse]  # type: ignore[assignment]
+    """Tracing: agents send their finished spans to the leader, which stores them next to its event log."""
+    GetTrace: _aio.UnaryUnaryMultiCallable[_operator_pb2.GetTraceRequest, _operator_pb2.GetTraceResponse]  # type: ignore[assignment]
+    """A task's traces: the stored spans and the events of every trace that names the task (NOT_FOUND when none)."""
 
 class OperatorServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -156,5 +164,21 @@ class OperatorServicer(metaclass=_abc_1.ABCMeta):
         """The cluster state as of an event index or a time, rebuilt from this master's event log (any master
         answers from its own history), optionally with what changed since another point.
         """
+
+    @_abc_1.abstractmethod
+    def ReportSpans(
+        self,
+        request: _operator_pb2.ReportSpansRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.ReportSpansResponse, _abc.Awaitable[_operator_pb2.ReportSpansResponse]]:
+        """Tracing: agents send their finished spans to the leader, which stores them next to its event log."""
+
+    @_abc_1.abstractmethod
+    def GetTrace(
+        self,
+        request: _operator_pb2.GetTraceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.GetTraceResponse, _abc.Awaitable[_operator_pb2.GetTraceResponse]]:
+        """A task's traces: the stored spans and the events of every trace that names the task (NOT_FOUND when none)."""
 
 def add_OperatorServicer_to_server(servicer: OperatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

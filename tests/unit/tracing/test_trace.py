@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,6 +22,7 @@ from sdk.protocol import AcceptCall, CallHeader, OffersEvent, SubscribedEvent
 from sdk.types import Launch, TaskInfo
 from tests.support.inprocess import InProcessMaster
 from tests.support.scripted import ScriptedAgent
+from tests.unit.inspect.cli import ok, one_line_error, tessera
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -118,6 +120,18 @@ def test_a_launched_task_is_one_connected_trace(spans: InMemorySpanExporter) -> 
         assert trace_hex in m.events.traces_for_task("t-traced")
         _wait("the stored spans", lambda: {"framework.Accept", "master.propose", "raft.commit"}
               <= {s.name for s in m.events.spans_for_trace(trace_hex)})
+
+        # `tessera trace TASK_ID` draws it: the span tree, then the trace's events
+        result = ok("--masters", m.grpc_address, "trace", "t-traced")
+        print(result.output)
+        out = result.output
+        assert f"trace {trace_hex} (task t-traced)" in out
+        assert out.index("framework.Accept") < out.index("master.propose") < out.index("raft.commit")
+        assert "TaskLaunched" in out and "TaskStatusUpdated" in out
+        as_json = json.loads(ok("--masters", m.grpc_address, "trace", "t-traced", "--json").output)
+        assert trace_hex in [t["trace_id"] for t in as_json["traces"]]
+        one_line_error(tessera("--masters", m.grpc_address, "trace", "no-such-task"),
+                       "no trace found for task no-such-task")
 
 
 def test_traceparent_helpers_round_trip() -> None:
