@@ -137,7 +137,7 @@ def status_to_proto(status: TaskStatus) -> common_pb2.TaskStatus:
     msg = common_pb2.TaskStatus(
         task_id=status.task_id, state=common_pb2.TaskState.ValueType(int(status.state)), message=status.message,
         reason=status.reason, agent_id=status.agent_id, uuid=status.uuid, timestamp=status.timestamp,
-        framework_id=status.framework_id,
+        framework_id=status.framework_id, data=status.data,
     )
     if status.exit_code is not None:
         msg.exit_code = status.exit_code
@@ -152,7 +152,7 @@ def status_from_proto(msg: common_pb2.TaskStatus) -> TaskStatus:
     return TaskStatus(
         task_id=msg.task_id, state=state, message=msg.message, reason=msg.reason,
         exit_code=msg.exit_code if msg.HasField("exit_code") else None, agent_id=msg.agent_id,
-        uuid=msg.uuid, timestamp=msg.timestamp, framework_id=msg.framework_id,
+        uuid=msg.uuid, timestamp=msg.timestamp, framework_id=msg.framework_id, data=msg.data,
     )
 
 

@@ -187,6 +187,10 @@ def print_output(status: TaskStatus, offer: Offer | None, out: TextIO, say: Call
     if offer is not None and offer.hostname:
         where += f" ({offer.hostname})"
     if match is None:
+        if status.data:  # the agent sent the tail of the output with the final status
+            out.write(status.data.decode(errors="replace"))
+            out.flush()
+            return
         say(f"the task's output stays in its sandbox on {where}; the master does not serve sandbox files")
         return
     sandbox = Path(match.group(1))
@@ -199,6 +203,11 @@ def print_output(status: TaskStatus, offer: Offer | None, out: TextIO, say: Call
                 say(f"(showing the last {MAX_OUTPUT_BYTES} bytes of {stdout})")
             data = f.read()
     except OSError:
+        if status.data:  # not readable from here (another machine): the tail the agent sent
+            say(f"(the last {len(status.data)} bytes of the output; all of it is in {sandbox} on {where})")
+            out.write(status.data.decode(errors="replace"))
+            out.flush()
+            return
         say(f"the task's output is in {sandbox} on {where}")
         return
     out.write(data.decode(errors="replace"))

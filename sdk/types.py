@@ -201,6 +201,7 @@ class TaskStatus:
     uuid: str = ""
     timestamp: float = 0.0
     framework_id: str = ""
+    data: bytes = b""  # terminal statuses from agents: the tail of the task's stdout (at most 4 KiB)
 
     @property
     def is_terminal(self) -> bool:
