@@ -281,6 +281,53 @@ def _enum_name(enum_type: Any, value: int) -> str:
 
 @cli.command()
 @pass_ctx
+def status(c: Ctx) -> None:
+    """The cluster at a glance: quorum, leader, agents, frameworks, tasks, resources used/total."""
+    from collections import Counter
+
+    from control_plane.codec import resources_from_proto
+    from control_plane.core.resources import EMPTY
+    from tessera.v1 import common_pb2, operator_pb2
+
+    q = c.call(lambda s: s.GetQuorum, operator_pb2.GetQuorumRequest())
+    st = c.call(lambda s: s.GetState, operator_pb2.GetStateRequest(consistent=True))
+    total = used = EMPTY
+    for a in st.agents:
+        if a.state in (common_pb2.AGENT_ACTIVE, common_pb2.AGENT_DRAINING):
+            total = total + resources_from_proto(a.info.resources).flatten()
+            used = used + resources_from_proto(a.used).flatten()
+    agents_by = Counter(_enum_name(common_pb2.AgentState, a.state).removeprefix("AGENT_") for a in st.agents)
+    frameworks_by = Counter(_enum_name(common_pb2.FrameworkState, f.state).removeprefix("FRAMEWORK_")
+                            for f in st.frameworks)
+    tasks_by = Counter(_enum_name(common_pb2.TaskState, t.state).removeprefix("TASK_") for t in st.tasks)
+    resources = {k: {"used": used.scalar(k), "total": total.scalar(k)} for k in ("cpus", "mem", "disk", "gpus")
+                 if total.scalar(k)}
+    if c.as_json:
+        c.emit({"leader": q.leader_grpc, "leader_raft": q.leader, "term": q.term, "commit_index": q.commit_index,
+                "has_quorum": q.has_quorum, "masters": len(q.members),
+                "masters_reachable": sum(1 for m in q.members if m.reachable), "event_index": st.index,
+                "agents": dict(agents_by), "frameworks": dict(frameworks_by), "tasks": dict(tasks_by),
+                "resources": resources})
+        return
+    reachable = sum(1 for m in q.members if m.reachable)
+    console.print(f"quorum: {reachable}/{len(q.members)} masters reachable, leader [bold]{q.leader_grpc or '?'}[/] "
+                  f"term {q.term}, commit {q.commit_index}, event index {st.index}"
+                  f"{'' if q.has_quorum else '  [red]NO QUORUM[/]'}")
+
+    def counts(counter: Counter[str]) -> str:
+        return ", ".join(f"{n} {k.lower()}" for k, n in sorted(counter.items())) or "none"
+
+    console.print(f"agents: {counts(agents_by)}")
+    console.print(f"frameworks: {counts(frameworks_by)}")
+    console.print(f"tasks: {counts(tasks_by)}")
+    for kind, v in resources.items():
+        unit = " MiB" if kind in ("mem", "disk") else ""
+        pct = 100 * v["used"] / v["total"] if v["total"] else 0.0
+        console.print(f"{kind}: {v['used']:g}{unit} used of {v['total']:g}{unit} ({pct:.0f} %)")
+
+
+@cli.command()
+@pass_ctx
 def agents(c: Ctx) -> None:
     """Agents: state, resources used/total, isolator, tasks."""
     from tessera.v1 import common_pb2
