@@ -87,6 +87,7 @@ def run_agent(config: AgentConfig, *, stop: threading.Event | None = None) -> in
     from agent.executor.isolation import detect_isolator
     from agent.executor.launcher import ProcessLauncher
     from agent.runtime.agent import Agent
+    from control_plane.tracing import OperatorSpanStore, setup_tracing
 
     try:
         resolved = resolve(config)
@@ -105,7 +106,9 @@ def run_agent(config: AgentConfig, *, stop: threading.Event | None = None) -> in
     log.info("agent on %s: resources %s, attributes %s, isolation %s, masters %s", resolved.hostname,
              resolved.resources, dict(resolved.attributes), isolator.describe(), ",".join(resolved.masters))
     launcher = ProcessLauncher(resolved.work_dir, isolator)
-    agent = Agent(resolved, checkpoint, launcher, isolator_name=isolator.name)
+    # the agent's spans (agent.launch_task, task.run) go to the leader, stored next to its event log
+    tracer_provider = setup_tracing("tessera-agent", span_store=OperatorSpanStore(resolved.masters), set_global=False)
+    agent = Agent(resolved, checkpoint, launcher, isolator_name=isolator.name, tracer_provider=tracer_provider)
 
     previous: dict[signal.Signals, object] = {}
     if threading.current_thread() is threading.main_thread():
@@ -127,5 +130,9 @@ def run_agent(config: AgentConfig, *, stop: threading.Event | None = None) -> in
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)  # type: ignore[arg-type]
+        try:
+            tracer_provider.shutdown()  # sends the spans still batched (bounded by the store's timeout)
+        except Exception as exc:  # noqa: BLE001 - tracing never fails the agent
+            log.debug("tracing shutdown: %s", exc)
         checkpoint.close()
         lock.close()

@@ -89,6 +89,32 @@ class CallbackSpanStore:
             log.debug("dropping %d spans: %s", len(spans), exc)
 
 
+class OperatorSpanStore:
+    """Spans of a process without an event store (an agent): sent to the leader with Operator.ReportSpans.
+
+    Called from the BatchSpanProcessor's thread, so it never blocks the caller's loop; best effort: a
+    batch that does not get through within `timeout` is dropped (logged at debug level)."""
+
+    def __init__(self, masters: Sequence[str], timeout: float = 2.0) -> None:
+        from control_plane.api.client import MasterClient
+
+        self.client = MasterClient(masters, timeout=timeout, rpc_timeout=timeout)
+        self.timeout = timeout
+
+    def append_spans(self, spans: Sequence[SpanRecord]) -> None:
+        try:
+            from control_plane.api.operator import span_to_proto
+            from tessera.v1 import operator_pb2
+
+            request = operator_pb2.ReportSpansRequest(spans=[span_to_proto(s) for s in spans])
+            self.client.call(lambda stub: stub.ReportSpans, request, timeout=self.timeout)
+        except Exception as exc:  # noqa: BLE001 - best effort
+            log.debug("dropping %d spans: %s", len(spans), exc)
+
+    def close(self) -> None:
+        self.client.close()
+
+
 def _otlp_exporter() -> SpanExporter | None:
     if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         return None

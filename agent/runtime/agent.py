@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 import grpc
 from google.protobuf.message import Message
+from opentelemetry import trace
 
 from agent.checkpoint import Checkpoint
 from agent.config import ResolvedConfig
@@ -60,7 +61,9 @@ from agent.executor.launcher import LaunchError, LaunchHandle, Observation, Usag
 from agent.runtime.link import LinkEvent, LinkStream, MasterLink, MessageReceived, StreamClosed, StreamOpened
 from control_plane.codec import from_proto, to_proto
 from control_plane.core.errors import InvalidRequest
+from control_plane.core.lifecycle import is_terminal
 from control_plane.core.values import AgentInfo, StatusSource, TaskInfo, TaskState
+from control_plane.tracing import TASK_ID_ATTRIBUTE, context_from, get_tracer
 from tessera.v1 import agent_pb2, common_pb2
 
 log = logging.getLogger("tessera.agent")
@@ -108,7 +111,8 @@ class Agent:
     def __init__(self, config: ResolvedConfig, checkpoint: Checkpoint, launcher: Launcher, *,
                  isolator_name: str = "", monotonic: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
-                 new_uuid: Callable[[], str] = lambda: str(uuidlib.uuid4())) -> None:
+                 new_uuid: Callable[[], str] = lambda: str(uuidlib.uuid4()),
+                 tracer_provider: trace.TracerProvider | None = None) -> None:
         self.config = config
         self.checkpoint = checkpoint
         self.launcher = launcher
@@ -122,6 +126,8 @@ class Agent:
         self.tasks = TaskTable()
         self.handles: dict[str, LaunchHandle] = {}
         self.traceparents: dict[str, str] = {}
+        self.tracer = get_tracer(__name__, tracer_provider)  # the global provider when None
+        self.run_spans: dict[str, trace.Span] = {}  # task id -> its `task.run` span, ended at the terminal status
         cfg = config.config
         self.updates = StatusUpdateManager(RetryPolicy(initial=cfg.status_retry_initial, maximum=cfg.status_retry_max))
         self.agent_id = checkpoint.agent_id
@@ -366,6 +372,18 @@ class Agent:
         self.checkpoint.add_task(info, traceparent=run.traceparent)
         task = self.tasks.add(info)
         self.traceparents[task_id] = run.traceparent
+        parent = context_from(run.traceparent)
+        if parent is None:
+            self._launch(task, info, problem)
+            return
+        self.run_spans[task_id] = self.tracer.start_span("task.run", context=parent,
+                                                          attributes={TASK_ID_ATTRIBUTE: task_id})
+        with self.tracer.start_as_current_span("agent.launch_task", context=parent,
+                                               attributes={TASK_ID_ATTRIBUTE: task_id}):
+            self._launch(task, info, problem)
+
+    def _launch(self, task: AgentTask, info: TaskInfo, problem: str) -> None:
+        task_id = info.task_id
         problem = problem or validate_task(info)
         if problem:
             self.emit(task, Outcome(TaskState.TASK_ERROR, REASON_TASK_INVALID, problem),
@@ -464,6 +482,8 @@ class Agent:
         traceparent = self.traceparents.get(task.task_id, "")
         self.checkpoint.record_update(status, traceparent)
         self.tasks.record(status)
+        if is_terminal(outcome.state):
+            self._end_run_span(task.task_id, outcome)
         if task.task_id in self.orphaned:
             # The master does not know this task any more: keep the history, send nothing.
             self.checkpoint.acknowledge([status.uuid])
@@ -474,6 +494,18 @@ class Agent:
         self.updates.add(PendingUpdate(status, traceparent), self.monotonic())
         self.flush_updates()
         return True
+
+    def _end_run_span(self, task_id: str, outcome: Outcome) -> None:
+        span = self.run_spans.pop(task_id, None)
+        if span is None:
+            return
+        try:
+            span.set_attribute("tessera.task_state", outcome.state.name)
+            if outcome.state is not TaskState.TASK_FINISHED:
+                span.set_status(trace.StatusCode.ERROR, outcome.message or outcome.state.name)
+            span.end()
+        except Exception as exc:  # noqa: BLE001 - tracing never fails the agent
+            log.debug("task.run span of %s: %s", task_id, exc)
 
     def flush_updates(self) -> None:
         if not self.registered or self.stream is None:

@@ -6,16 +6,22 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from agent.checkpoint import Checkpoint
+from agent.config import AgentConfig, resolve
+from agent.executor.isolation import RlimitIsolator
+from agent.executor.launcher import ProcessLauncher
+from agent.runtime.agent import Agent, run_in_thread
 from control_plane.eventlog import EventFilter, MemoryEventStore
-from control_plane.tracing import StoreSpanExporter, context_from, current_traceparent
+from control_plane.tracing import OperatorSpanStore, StoreSpanExporter, context_from, current_traceparent
 from sdk import FrameworkInfo, Resources
 from sdk.grpc_transport import GrpcTransport
 from sdk.protocol import AcceptCall, CallHeader, OffersEvent, SubscribedEvent
@@ -48,6 +54,32 @@ def _attrs(span: Any) -> dict[str, Any]:
     return dict(span.attributes or {})
 
 
+def _launch(transport: GrpcTransport, address: str, task_id: str, command: str = "true") -> Any:
+    """Subscribe, wait for an offer, launch `task_id` on it; returns the open event stream."""
+    stream = transport.subscribe(address, FrameworkInfo(name="traced"))
+    subscribed: SubscribedEvent | None = None
+    offer = None
+    deadline = time.monotonic() + 10
+    while offer is None and time.monotonic() < deadline:
+        event = stream.next(0.5)
+        if isinstance(event, SubscribedEvent):
+            subscribed = event
+        elif isinstance(event, OffersEvent) and event.offers:
+            offer = event.offers[0]
+    assert subscribed is not None and offer is not None
+    task = TaskInfo(task_id=task_id, resources=Resources.of(cpus=0.5, mem=64), command=command,
+                    agent_id=offer.agent_id)
+    header = CallHeader(framework_id=subscribed.framework_id, stream_id=subscribed.stream_id,
+                        request_id=f"accept-{task_id}")
+    transport.call(address, header, AcceptCall((offer.offer_id,), (Launch((task,)),)), 10.0)
+    return stream
+
+
+def _finished(events: Any, task_id: str) -> bool:
+    flt = EventFilter(task_id=task_id, types=("TaskStatusUpdated",))
+    return any("TASK_FINISHED" in e.payload for e in events.list(flt=flt, limit=100))
+
+
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
@@ -65,27 +97,8 @@ def test_a_launched_task_is_one_connected_trace(spans: InMemorySpanExporter) -> 
         agent = ScriptedAgent(m.channel, resources="cpus:2;mem:1024").start()
         try:
             assert agent.registered.wait(10)
-            stream = transport.subscribe(m.grpc_address, FrameworkInfo(name="traced"))
-            subscribed: SubscribedEvent | None = None
-            offer = None
-            deadline = time.monotonic() + 10
-            while offer is None and time.monotonic() < deadline:
-                event = stream.next(0.5)
-                if isinstance(event, SubscribedEvent):
-                    subscribed = event
-                elif isinstance(event, OffersEvent) and event.offers:
-                    offer = event.offers[0]
-            assert subscribed is not None and offer is not None
-            task = TaskInfo(task_id="t-traced", resources=Resources.of(cpus=0.5, mem=64), command="true",
-                            agent_id=offer.agent_id)
-            header = CallHeader(framework_id=subscribed.framework_id, stream_id=subscribed.stream_id,
-                                request_id="accept-1")
-            transport.call(m.grpc_address, header, AcceptCall((offer.offer_id,), (Launch((task,)),)), 10.0)
-
-            flt = EventFilter(task_id="t-traced", types=("TaskStatusUpdated",))
-            _wait("the task's terminal status in the event log",
-                  lambda: any('"TASK_FINISHED"' in e.payload or "FINISHED" in e.payload
-                              for e in m.events.list(flt=flt, limit=100)))
+            stream = _launch(transport, m.grpc_address, "t-traced")
+            _wait("the task's terminal status in the event log", lambda: _finished(m.events, "t-traced"))
             stream.cancel()
         finally:
             agent.close()
@@ -147,3 +160,54 @@ def test_traceparent_helpers_round_trip() -> None:
         parent_ctx = getattr(inner, "parent", None)
         assert parent_ctx is not None and parent_ctx.span_id == outer.get_span_context().span_id
     assert context_from("garbage") is not None  # an invalid header yields a context without a parent
+
+
+def test_the_agent_continues_the_trace_and_reports_its_spans_to_the_leader(
+        spans: InMemorySpanExporter, tmp_path: Path) -> None:
+    events = MemoryEventStore()
+    master_tp = _provider("tessera-master", SimpleSpanProcessor(spans), SimpleSpanProcessor(StoreSpanExporter(events)))
+    fw_tp = _provider("my-framework", SimpleSpanProcessor(spans), SimpleSpanProcessor(StoreSpanExporter(events)))
+    transport = GrpcTransport(tracer_provider=fw_tp)
+    with InProcessMaster(events=events, tracer_provider=master_tp) as m:
+        reporter = OperatorSpanStore([m.grpc_address])
+        agent_tp = _provider("tessera-agent", SimpleSpanProcessor(spans), BatchSpanProcessor(StoreSpanExporter(reporter)))
+        config = resolve(AgentConfig(masters=(m.grpc_address,), data_dir=tmp_path / "agent", heartbeat_interval=0.2,
+                                     usage_interval=0.5, status_retry_initial=0.2, status_retry_max=1.0,
+                                     reconnect_backoff_max=0.5, resources="cpus:2;mem:1024;disk:1024",
+                                     hostname="test-host"))
+        checkpoint = Checkpoint.open(tmp_path / "agent" / "agent.db")
+        iso = RlimitIsolator()
+        agent = Agent(config, checkpoint, ProcessLauncher(config.work_dir, iso), isolator_name=iso.name,
+                      tracer_provider=agent_tp)
+        thread, _ = run_in_thread(agent)
+        try:
+            stream = _launch(transport, m.grpc_address, "t-agent", command="true")
+            _wait("the task's terminal status in the event log", lambda: _finished(m.events, "t-agent"), 30)
+            stream.cancel()
+        finally:
+            agent.stop("test")
+            thread.join(10)
+            checkpoint.close()
+            transport.close()
+        agent_tp.force_flush(5000)
+
+        finished = spans.get_finished_spans()
+        accept = [s for s in finished if s.name == "framework.Accept"]
+        assert len(accept) == 1
+        trace_id = accept[0].context.trace_id
+        propose = [s for s in finished if s.name == "master.propose" and "Accept" in _attrs(s)["tessera.commands"]]
+        assert len(propose) == 1 and propose[0].context.trace_id == trace_id
+        for name in ("agent.launch_task", "task.run"):
+            [span] = [s for s in finished if s.name == name]
+            assert span.context.trace_id == trace_id, name
+            assert span.parent is not None and span.parent.span_id == propose[0].context.span_id, name
+            assert _attrs(span)["tessera.task_id"] == "t-agent"
+        assert _attrs([s for s in finished if s.name == "task.run"][0])["tessera.task_state"] == "TASK_FINISHED"
+
+        # the agent's spans reached the leader (Operator.ReportSpans) and `tessera trace` draws them
+        trace_hex = f"{trace_id:032x}"
+        _wait("the agent's spans stored by the leader", lambda: {"agent.launch_task", "task.run"}
+              <= {s.name for s in m.events.spans_for_trace(trace_hex)})
+        out = ok("--masters", m.grpc_address, "trace", "t-agent").output
+        print(out)
+        assert "agent.launch_task tessera-agent" in out and "task.run tessera-agent" in out
