@@ -28,9 +28,12 @@ from agent.config import ISOLATION_CHOICES, AgentConfig
               help="How tasks are isolated: cgroups v2, v1, or rlimits with a memory watchdog.")
 @click.option("--work-dir", type=click.Path(path_type=Path), default=None,
               help="Directory of task sandboxes (default: DATA_DIR/sandboxes).")
+@click.option("--metrics", "metrics_address", default=None,
+              help="HOST:PORT to serve Prometheus /metrics on (off when not given).")
 @click.option("--log-level", default="INFO", show_default=True)
 def agent_main(masters: str, data_dir: Path, resources: str, attributes: str, hostname: str,
-               heartbeat_interval: float, isolation: str, work_dir: Path | None, log_level: str) -> None:
+               heartbeat_interval: float, isolation: str, work_dir: Path | None, metrics_address: str | None,
+               log_level: str) -> None:
     """Run a Tessera agent: report this machine's resources and run tasks for the masters."""
     from agent.main import run_agent
 
@@ -39,7 +42,7 @@ def agent_main(masters: str, data_dir: Path, resources: str, attributes: str, ho
     config = AgentConfig(
         masters=tuple(a.strip() for a in masters.split(",") if a.strip()), data_dir=data_dir,
         resources=resources, attributes=attributes, hostname=hostname, heartbeat_interval=heartbeat_interval,
-        work_dir=work_dir, isolation=isolation,
+        work_dir=work_dir, isolation=isolation, metrics_address=metrics_address,
     )
     sys.exit(run_agent(config))
 

@@ -54,6 +54,7 @@ class AgentConfig:
     status_retry_initial: float = 1.0  # first re-send of an unacknowledged status update
     status_retry_max: float = 30.0
     reconnect_backoff_max: float = 5.0
+    metrics_address: str | None = None  # HOST:PORT for Prometheus /metrics; None = off
 
     def __post_init__(self) -> None:
         # Accept lists and plain strings for convenience; the value is a tuple.

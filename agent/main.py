@@ -14,11 +14,13 @@ import os
 import signal
 import sys
 import threading
+from collections import Counter
 from pathlib import Path
 from types import FrameType
 from typing import IO
 
 from agent.config import AgentConfig, ConfigError, resolve
+from control_plane.core.resources import EMPTY, Resources
 
 log = logging.getLogger("tessera.agent")
 
@@ -110,6 +112,35 @@ def run_agent(config: AgentConfig, *, stop: threading.Event | None = None) -> in
     tracer_provider = setup_tracing("tessera-agent", span_store=OperatorSpanStore(resolved.masters), set_global=False)
     agent = Agent(resolved, checkpoint, launcher, isolator_name=isolator.name, tracer_provider=tracer_provider)
 
+    metrics = None
+    if config.metrics_address:
+        from control_plane.runtime.metrics import AgentMetrics
+
+        def scalars(res: Resources) -> dict[str, float]:
+            return {k: res.scalar(k) for k in ("cpus", "mem", "disk", "gpus")}
+
+        def used() -> dict[str, float]:
+            total = EMPTY
+            for task in list(agent.tasks):
+                if not task.terminal:
+                    total = total + task.info.resources.flatten()
+            return scalars(total)
+
+        try:
+            metrics = AgentMetrics(
+                total=lambda: scalars(resolved.resources.flatten()), used=used,
+                tasks_by_state=lambda: Counter(t.state for t in list(agent.tasks)),
+                status_update_retries=lambda: agent.updates.retries, isolator=isolator.name,
+                agent_id=lambda: agent.agent_id or "", hostname=resolved.hostname,
+                pending_status_updates=lambda: len(agent.updates), connected=lambda: agent.registered,
+                address=config.metrics_address)
+            metrics.start()
+        except (OSError, ValueError) as exc:
+            print(f"tessera agent: --metrics: cannot serve on {config.metrics_address} ({exc})", file=sys.stderr)
+            checkpoint.close()
+            lock.close()
+            return 2
+
     previous: dict[signal.Signals, object] = {}
     if threading.current_thread() is threading.main_thread():
         def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -134,5 +165,7 @@ def run_agent(config: AgentConfig, *, stop: threading.Event | None = None) -> in
             tracer_provider.shutdown()  # sends the spans still batched (bounded by the store's timeout)
         except Exception as exc:  # noqa: BLE001 - tracing never fails the agent
             log.debug("tracing shutdown: %s", exc)
+        if metrics is not None:
+            metrics.stop()
         checkpoint.close()
         lock.close()

@@ -92,6 +92,7 @@ class StatusUpdateManager:
 
     def __init__(self, policy: RetryPolicy | None = None) -> None:
         self.policy = policy or RetryPolicy()
+        self.retries = 0  # re-sends since start (a metric)
         self._streams: dict[str, _Stream] = {}
         self._uuids: set[str] = set()  # pending uuids
         self._acked: OrderedDict[str, None] = OrderedDict()
@@ -124,6 +125,8 @@ class StatusUpdateManager:
         for stream in self._streams.values():
             if stream.updates and stream.next_send <= now:
                 stream.attempts += 1
+                if stream.attempts > 1:
+                    self.retries += 1  # a re-send of an update the master has not acknowledged yet
                 stream.next_send = now + self.policy.delay(stream.attempts)
                 out.append(stream.updates[0])
         return out

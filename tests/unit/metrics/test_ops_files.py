@@ -23,8 +23,8 @@ UNITS = OPS / "systemd"
 CONFIG = OPS / "config"
 PROMETHEUS = OPS / "prometheus"
 INSTALLED_BINARY = "/opt/tessera/bin/tessera"
-# Flags the units pass that the commands do not have yet (docs/operations.md says they are coming).
-PENDING_FLAGS = {("master", "--metrics"), ("agent", "--metrics")}
+# Flags the units pass that the commands do not have yet (none: every flag now exists).
+PENDING_FLAGS: set[tuple[str, str]] = set()
 DOC_NETS = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
 
 
