@@ -399,15 +399,17 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
     env.update(PYTHONUNBUFFERED="1", TESSERA_RAFT_PASSWORD=password, TESSERA_MASTERS=addresses)
     tessera = [sys.executable, "-m", "control_plane.cli.main"]
 
+    metrics = {name: f"127.0.0.1:{free_port()}" for name in [m.name for m in members]
+               + [f"a{i}" for i in range(1, n_agents + 1)]}
     masters = [Child(m.name, "master", [*tessera, "master", "--name", m.name, "--raft", m.raft, "--grpc", m.grpc,
                                         "--peers", ",".join(o.raft for o in members if o is not m),
-                                        "--data-dir", str(data_dir / m.name)],
+                                        "--data-dir", str(data_dir / m.name), "--metrics", metrics[m.name]],
                      data_dir / m.name / "master.log", COLOURS[i % len(COLOURS)]) for i, m in enumerate(members)]
     hostnames = [f"agent{i}.local" for i in range(1, n_agents + 1)]
     agents = [Child(f"a{i}", "agent", [*tessera, "agent", "--masters", addresses,
                                        "--data-dir", str(data_dir / f"a{i}"), "--hostname", hostnames[i - 1],
                                        "--resources", agent_resources(i, n_agents),
-                                       "--attributes", f"node:a{i}"],
+                                       "--attributes", f"node:a{i}", "--metrics", metrics[f"a{i}"]],
                     data_dir / f"a{i}" / "agent.log", COLOURS[(len(members) + i - 1) % len(COLOURS)])
               for i in range(1, n_agents + 1)] if with_agents else []
     frameworks: list[Child] = []
@@ -461,7 +463,7 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
             for c in frameworks:
                 start_child(c, env, out)
             record("running")
-            _print_ready(out, members, leader, data_dir, agents, n_agents, with_agents, demo, frameworks,
+            _print_ready(out, members, leader, data_dir, agents, n_agents, with_agents, demo, frameworks, metrics,
                          missing_demos)
             code = _supervise(out, everyone, stop, duration)
     except StartError as exc:
@@ -482,7 +484,8 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
 
 
 def _print_ready(out: Output, members: list[Member], leader: Member, data_dir: Path, agents: list[Child],
-                 n_agents: int, with_agents: bool, demo: bool, frameworks: list[Child], missing: list[str]) -> None:
+                 n_agents: int, with_agents: bool, demo: bool, frameworks: list[Child], metrics: dict[str, str],
+                 missing: list[str]) -> None:
     from control_plane.eventlog import DATASETTE_METADATA
 
     addresses = ",".join(m.grpc for m in members)
@@ -497,6 +500,8 @@ def _print_ready(out: Output, members: list[Member], leader: Member, data_dir: P
             out.say(f"demo frameworks: {', '.join(c.name for c in frameworks)}")
         if missing:
             out.say(f"demo: not found, not started: {', '.join(missing)}", fg="yellow")
+    shown = [m.name for m in members] + [c.name for c in agents]
+    out.say("metrics: " + "  ".join(f"{name} http://{metrics[name]}/metrics" for name in shown if name in metrics))
     rel = os.path.relpath(data_dir)
     hint = "" if data_dir == (Path.cwd() / DEFAULT_DATA_DIR) else f"  (elsewhere: export TESSERA_MASTERS={addresses})"
     out.say(f"state file: {data_dir / STATE_FILE}{hint}")

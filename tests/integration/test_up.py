@@ -88,6 +88,12 @@ def test_up_runs_a_cluster_other_commands_find_and_sigterm_stops_every_child(tmp
         addresses = up.line_starting("masters: ").removeprefix("masters: ").split(",")
         assert len(addresses) == 3 and all(a.startswith("127.0.0.1:") for a in addresses)
         assert any("INSECURE DEV MODE" in line for line in up.lines)
+        urls = [w for w in up.line_starting("metrics: ").split() if w.startswith("http://")]
+        assert len(urls) == 4  # 3 masters and the agent
+        import urllib.request
+
+        page = urllib.request.urlopen(urls[0], timeout=5).read().decode()
+        assert "tessera_raft_term" in page
         data = json.loads(state_file.read_text())
         assert data["status"] == "running" and data["masters"] == addresses and data["pid"] == up.proc.pid
         pids = child_pids(state_file)
