@@ -242,6 +242,7 @@ class Master:
                                                attributes=_propose_attributes(commands, request_id)):
             entry = self._decide(commands, request_id, current_traceparent() or traceparent, term)
             data = entry_to_bytes(entry)
+            self.sm.expect(data, entry)
             span = self.tracer.start_span("raft.commit", attributes={"raft.term": term, "tessera.entry_bytes": len(data)})
             fut = self.replicator.submit(data)
         fut.add_done_callback(lambda f: _end_commit_span(span, f))
@@ -266,6 +267,7 @@ class Master:
             seq = self.read_state(lambda s: s.seq)
             return ApplyResult("applied", (), seq + 1, seq, "", "", request_id)
         data = entry_to_bytes(entry)
+        self.sm.expect(data, entry)
         if not trace.get_current_span().get_span_context().is_valid:  # untraced (the leader barrier)
             return self.wait_result(self.replicator.submit(data))
         with self.tracer.start_as_current_span(

@@ -33,6 +33,7 @@ from control_plane.eventlog.history import DEFAULT_SNAPSHOT_EVERY, Snapshotter
 
 log = logging.getLogger(__name__)
 
+EXPECTED_LIMIT = 65_536  # proposed entries remembered for their apply (a leader has far fewer in flight)
 _json_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
@@ -69,6 +70,14 @@ class MasterStateMachine:
         # 0 disables the event log's state snapshots ("state as of" then replays from the start)
         self.snapshots = Snapshotter(events, snapshot_every) if snapshot_every > 0 else None
         self._listeners: list[Callable[[Sequence[Applied]], None]] = []
+        self._expected: dict[bytes, ev.Entry] = {}  # leader only: entries proposed here, not yet applied
+
+    def expect(self, data: bytes, entry: ev.Entry) -> None:
+        """The leader proposes `entry` as `data`: when it comes back committed, skip decoding it again
+        (bytes equal means the same entry). Bounded: forgotten entries are simply decoded."""
+        if len(self._expected) >= EXPECTED_LIMIT:
+            self._expected.clear()
+        self._expected[data] = entry
 
     def add_listener(self, fn: Callable[[Sequence[Applied]], None]) -> None:
         self._listeners.append(fn)
@@ -81,7 +90,7 @@ class MasterStateMachine:
         with self.lock:
             for data in entries:
                 try:
-                    entry = entry_from_bytes(data)
+                    entry = self._expected.pop(data, None) or entry_from_bytes(data)
                 except Exception as exc:  # noqa: BLE001 - anything undecodable is rejected, never raised
                     results.append(decode_failure(f"undecodable log entry: {exc}"))
                     continue
