@@ -26,6 +26,18 @@ from tessera.v1 import operator_pb2, operator_pb2_grpc
 T = TypeVar("T")
 
 
+def _die_with_parent() -> None:
+    """preexec_fn: a new session (signals to the test do not reach the child) that still dies with the
+    test process, even when the test runner is killed hard (Linux PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    os.setsid()
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -127,7 +139,7 @@ class LocalCluster:
         cmd = [sys.executable, "-m", "control_plane.cli.main", "master", "--name", m.name, "--raft", m.raft,
                "--grpc", m.grpc, "--peers", ",".join(m.peers), "--data-dir", str(m.data_dir), *self.master_flags]
         log = open(m.log_path, "ab")
-        m.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        m.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         log.close()
 
     def start_all(self) -> None:
@@ -166,7 +178,7 @@ class LocalCluster:
         if a.attributes:
             cmd += ["--attributes", a.attributes]
         log = open(a.log_path, "ab")
-        a.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        a.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
         log.close()
 
