@@ -237,9 +237,14 @@ def entry_from_bytes(data: bytes) -> ev.Entry:
 # ---- JSON (event log payloads, CLI --json) ------------------------------------------------------
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def to_jsonable(value: Any) -> Any:
     """Plain JSON types for any core value: dataclasses become objects, enums their names,
     resources a list of {name, role?, scalar | ranges}, labels an object."""
+    if type(value) in _PLAIN:  # most fields: checked first, this runs for every event on every master
+        return value
     if isinstance(value, Resources):
         out = []
         for name, role, scalar, ranges in value.items():
@@ -273,6 +278,8 @@ def _field_names(cls: type) -> tuple[str, ...] | None:
 
 
 def _json_field(value: Any) -> Any:
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, tuple) and value and all(
         isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in value
     ):
