@@ -254,3 +254,29 @@ def test_batch_runner_finishes_when_the_leading_master_is_killed(tmp_path: Path)
                                                   "TASK_DROPPED", "TASK_GONE", "TASK_ERROR"))}
         assert launched == ended
         assert len(finished) >= 60
+
+
+def test_leader_killed_while_100_tasks_report_loses_no_terminal_update(tmp_path: Path) -> None:
+    """kill -9 of the leading master while 100 real tasks report their status: every one of the 100
+    terminal updates is in the event log exactly once (agents retry until a leader acknowledges; apply
+    de-duplicates by uuid)."""
+    with cluster_with_agents(tmp_path, [("cpus:4;mem:4096", ""), ("cpus:4;mem:4096", "")]) as cluster:
+        proc = run_example("sdk.examples.batch", cluster, "--command", "sleep 3", "--count", "100",
+                           "--cpus", "0.08", "--mem", "8", "--max-retries", "0", "--give-up-after", "120")
+        leader = cluster.leader()
+        wait_for(lambda: sum(1 for e in leader.list_events()
+                             if e.type == "TaskStatusUpdated" and '"TASK_RUNNING"' in e.payload_json) >= 50,
+                 120, interval=0.5, what="tasks running")
+        cluster.kill(leader, signal.SIGKILL)
+        try:
+            out, err = proc.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate(timeout=10)
+            raise AssertionError(f"the batch did not finish:\n{out}\n{err[-4000:]}\n{cluster.logs()}") from None
+        assert proc.returncode == 0, f"{out}\n{err}\n{cluster.logs()}"
+        assert "100 succeeded, 0 failed" in out
+        survivor = next(m for m in cluster.masters if m.alive)
+        terminal = Counter(e.task_id for e in survivor.list_events() if e.type == "TaskStatusUpdated"
+                           and '"TASK_FINISHED"' in e.payload_json)
+        assert len(terminal) == 100 and set(terminal.values()) == {1}, terminal
