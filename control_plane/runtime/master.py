@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from opentelemetry import trace
@@ -240,7 +240,11 @@ class Master:
         term = self.replicator.term()
         with self.tracer.start_as_current_span("master.propose", context=context_from(traceparent),
                                                attributes=_propose_attributes(commands, request_id)):
-            entry = self._decide(commands, request_id, current_traceparent() or traceparent, term)
+            entry, prior = self._decide(commands, request_id, current_traceparent() or traceparent, term)
+            if prior is not None:
+                done: Future[Any] = Future()
+                done.set_result(prior)
+                return done
             data = entry_to_bytes(entry)
             self.sm.expect(data, entry)
             span = self.tracer.start_span("raft.commit", attributes={"raft.term": term, "tessera.entry_bytes": len(data)})
@@ -248,20 +252,31 @@ class Master:
         fut.add_done_callback(lambda f: _end_commit_span(span, f))
         return fut
 
-    def _decide(self, commands: Sequence[cmd.Command], request_id: str, traceparent: str, term: int) -> ev.Entry:
+    def _decide(self, commands: Sequence[cmd.Command], request_id: str, traceparent: str, term: int
+                ) -> tuple[ev.Entry, ApplyResult | None]:
+        """The entry to propose, or the recorded result when `request_id` was already applied: a retry
+        (after a lost reply or a failover) is answered from replicated state, not decided again — deciding
+        again would refuse it (its offer is used, its task id taken) although the first attempt succeeded."""
         now = self.clock()
         ctx = Context(now=now, term=term, leader=self.identity.raft_address, new_id=new_id)
         events: list[ev.Event] = []
         with self.sm.lock:
-            for c in commands:
-                events.extend(decide(self.sm.state, c, ctx))
-        return ev.Entry(
+            prior = self.sm.state.result_for_request(request_id)
+            if prior is None:
+                for c in commands:
+                    events.extend(decide(self.sm.state, c, ctx))
+        entry = ev.Entry(
             term=term, leader=self.identity.raft_address, time=now,
             request_id=request_id, traceparent=traceparent, events=tuple(events),
         )
+        return entry, (None if prior is None else replace(prior, outcome="duplicate"))
 
     def _commit(self, commands: Sequence[cmd.Command], *, request_id: str, traceparent: str, term: int) -> ApplyResult:
-        entry = self._decide(commands, request_id, traceparent, term)
+        entry, prior = self._decide(commands, request_id, traceparent, term)
+        if prior is not None:
+            if not prior.ok:
+                raise error_from_code(prior.error_code, prior.reason)
+            return prior
         if not entry.events:
             # decide found it already done (an idempotent retry): nothing to replicate
             seq = self.read_state(lambda s: s.seq)

@@ -217,3 +217,25 @@ def test_unknown_agent_id_must_register_anew(node: InProcessMaster) -> None:
     ghost = ScriptedAgent(node.channel, agent_id="agent-never-registered").start()
     assert ghost.ended.wait(5)
     assert ghost.error is not None and ghost.error.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_retried_accept_with_the_same_request_id_succeeds_once(node: InProcessMaster) -> None:
+    """A framework that lost the reply (leader killed) retries with the same request id: the master
+    answers from the recorded result instead of refusing the now-used offer."""
+    agent = ScriptedAgent(node.channel).start()
+    assert agent.registered.wait(5)
+    fw = ScriptedFramework(node.channel).start()
+    wait_for(lambda: fw.offers, 10, what="an offer")
+    offer = next(iter(fw.offers.values()))
+    task = common_pb2.TaskInfo(task_id="once", name="once", agent_id=offer.agent_id,
+                               command=common_pb2.CommandInfo(shell=True, value="true"))
+    task.resources.extend([common_pb2.Resource(name="cpus", scalar=0.5), common_pb2.Resource(name="mem", scalar=64)])
+    header = scheduler_pb2.CallHeader(framework_id=fw.framework_id, stream_id=fw.stream_id, request_id="accept-1")
+    request = scheduler_pb2.AcceptRequest(header=header, offer_ids=[offer.offer_id], operations=[
+        scheduler_pb2.Operation(type=scheduler_pb2.Operation.LAUNCH, tasks=[task])])
+    fw.stub.Accept(request, timeout=5)
+    fw.stub.Accept(request, timeout=5)  # the retry: no FAILED_PRECONDITION
+    node.events.flush()
+    assert sum(1 for r in node.events.list(limit=1000) if r.type == "TaskLaunched") == 1
+    fw.close()
+    agent.close()
