@@ -159,6 +159,18 @@ def current_traceparent() -> str:
         return ""
 
 
+def request_traceparent(context: Any) -> str:
+    """The trace a gRPC servicer continues: its server span when the gRPC instrumentation made one,
+    else the caller's `traceparent` metadata ("" when neither)."""
+    current = current_traceparent()
+    if current:
+        return current
+    for key, value in context.invocation_metadata() or ():
+        if key == "traceparent":
+            return str(value)
+    return ""
+
+
 def context_from(traceparent: str) -> otel_context.Context | None:
     """The context whose current span is the remote parent named by `traceparent` (None when absent)."""
     if not traceparent:

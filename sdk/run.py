@@ -319,7 +319,16 @@ def run_command(masters: str | None, cpus: str, mem: str, name: str, role: str, 
     except BadInput as exc:
         click.echo(f"tessera run: {exc}", err=True)
         sys.exit(2)
-    sys.exit(run_task(options))
+    # the framework side of the task's trace: the SDK's client spans go to the leader, stored next to
+    # its event log, so `tessera trace TASK` starts at the framework's Accept
+    from control_plane.tracing import OperatorSpanStore, setup_tracing
+
+    provider = setup_tracing("tessera-run", span_store=OperatorSpanStore(list(options.masters)))
+    try:
+        code = run_task(options)
+    finally:
+        provider.shutdown()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from control_plane.core.errors import InvalidRequest, NotFound, NotLeader, Tesse
 from control_plane.core.lifecycle import is_terminal
 from control_plane.core.values import AgentInfo, AgentState, TaskStatus
 from control_plane.runtime.leader import CLOSE, AgentSession, LeaderDuties
+from control_plane.tracing import request_traceparent
 from tessera.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
                   ) -> tuple[str, list[tuple[str, str]]]:
         """Commit the (re)registration; returns the agent id and the tasks it must kill."""
         info = from_proto(reg.info, AgentInfo)
-        traceparent = _traceparent(context)
+        traceparent = request_traceparent(context)
         if reg.agent_id:
             known = self.master.read_state(lambda s: s.agents.get(reg.agent_id))
             if known is None or known.state is AgentState.AGENT_REMOVED:
@@ -179,8 +180,3 @@ def _with_agent(status: TaskStatus, agent_id: str) -> TaskStatus:
     return status if status.agent_id else replace(status, agent_id=agent_id)
 
 
-def _traceparent(context: grpc.ServicerContext) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == "traceparent":
-            return str(value)
-    return ""

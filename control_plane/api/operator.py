@@ -29,6 +29,7 @@ from control_plane.replication.errors import (
     UnknownOutcomeError,
 )
 from control_plane.runtime.master import Master
+from control_plane.tracing import request_traceparent
 from tessera.v1 import common_pb2, operator_pb2, operator_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -218,6 +219,10 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
     def GetTrace(self, request: operator_pb2.GetTraceRequest, context: grpc.ServicerContext) -> Any:
         if not request.task_id:
             raise InvalidRequest("task_id: required")
+        if not self.master.is_serving():
+            # spans are stored where they are reported: on the leader (agents and frameworks send theirs
+            # there); the caller follows the hint
+            raise NotLeader("traces are served by the leader", self.master.leader_grpc_hint())
         store = self.master.events
         trace_ids = store.traces_for_task(request.task_id)
         if not trace_ids:
@@ -345,7 +350,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
     def SetWeight(self, request: operator_pb2.SetWeightRequest, context: grpc.ServicerContext) -> Any:
         result = self.master.propose(
             [cmd.SetRoleWeight(role=request.role, weight=request.weight)],
-            request_id=request.request_id, traceparent=_traceparent(context),
+            request_id=request.request_id, traceparent=request_traceparent(context),
         )
         return operator_pb2.SetWeightResponse(index=result.last_seq)
 
@@ -356,7 +361,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
                 role=request.role, guarantee=resources_from_proto(request.guarantee),
                 limit=resources_from_proto(request.limit),
             )],
-            request_id=request.request_id, traceparent=_traceparent(context),
+            request_id=request.request_id, traceparent=request_traceparent(context),
         )
         return operator_pb2.SetQuotaResponse(index=result.last_seq)
 
@@ -364,7 +369,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
     def DrainAgent(self, request: operator_pb2.DrainAgentRequest, context: grpc.ServicerContext) -> Any:
         result = self.master.propose(
             [cmd.DrainAgent(agent_id=request.agent_id)],
-            request_id=request.request_id, traceparent=_traceparent(context),
+            request_id=request.request_id, traceparent=request_traceparent(context),
         )
         return operator_pb2.DrainAgentResponse(index=result.last_seq)
 
@@ -400,8 +405,3 @@ def state_at_to_proto(at: Any, diff_from: Any = None, diff: Any = None, first_in
     return resp
 
 
-def _traceparent(context: grpc.ServicerContext) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == "traceparent":
-            return str(value)
-    return ""

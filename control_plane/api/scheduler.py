@@ -24,6 +24,7 @@ from control_plane.core import events as ev
 from control_plane.core.errors import InvalidRequest, NotLeader, TesseraError
 from control_plane.core.values import FrameworkInfo, TaskInfo, TaskState, TaskStatus
 from control_plane.runtime.leader import CLOSE, LeaderDuties
+from control_plane.tracing import request_traceparent
 from tessera.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -35,11 +36,6 @@ _OPERATION_TYPES = {
 }
 
 
-def _traceparent(context: grpc.ServicerContext) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == "traceparent":
-            return str(value)
-    return ""
 
 
 def operation_from_proto(op: scheduler_pb2.Operation) -> cmd.Operation:
@@ -60,7 +56,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
 
     def _propose(self, commands: list[cmd.Command], header: scheduler_pb2.CallHeader,
                  context: grpc.ServicerContext) -> Any:
-        return self.master.propose(commands, request_id=header.request_id, traceparent=_traceparent(context))
+        return self.master.propose(commands, request_id=header.request_id, traceparent=request_traceparent(context))
 
     # ---- the event stream ------------------------------------------------------------------------
     @grpc_errors
@@ -69,7 +65,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         if not self.master.is_serving():
             raise NotLeader("frameworks subscribe with the leader", self.master.leader_grpc_hint())
         info = from_proto(request.info, FrameworkInfo)
-        result = self.master.propose([cmd.SubscribeFramework(info=info)], traceparent=_traceparent(context))
+        result = self.master.propose([cmd.SubscribeFramework(info=info)], traceparent=request_traceparent(context))
         subscribed = next(e for _, e in result.events if isinstance(e, ev.FrameworkSubscribed))
         session = self.duties.attach_framework(subscribed.framework_id, subscribed.stream_id)
         log.info("framework %s (%s) subscribed on stream %s", subscribed.framework_id, info.name,

@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import server_interceptor
 
 from tessera.v1 import (
     agent_pb2,
@@ -37,6 +38,7 @@ class MasterServer:
         agent_link: agent_pb2_grpc.AgentLinkServicer | None = None,
         scheduler: scheduler_pb2_grpc.SchedulerServicer | None = None,
         max_workers: int = 256,
+        tracer_provider: Any = None,
     ) -> None:
         # A streaming call holds one pool thread for its whole life (agents, frameworks, watchers), so
         # the pool is sized for streams; unary calls beyond it queue instead of failing.
@@ -44,6 +46,8 @@ class MasterServer:
             ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
             options=GRPC_OPTIONS,
             maximum_concurrent_rpcs=max_workers * 4,
+            # a server span per call (opentelemetry-instrumentation-grpc); the servicers continue it
+            interceptors=[server_interceptor(tracer_provider=tracer_provider)] if tracer_provider is not None else [],
         )
         operator_pb2_grpc.add_OperatorServicer_to_server(operator, self.server)
         services = [operator_pb2.DESCRIPTOR.services_by_name["Operator"].full_name]

@@ -374,9 +374,15 @@ class LeaderDuties:
         snapshot_fn, allocate_fn = self._allocator
         started = time.perf_counter()
         now = time.time()
+        started_ns = time.time_ns()
         snapshot = self.master.read_state(lambda s: snapshot_fn(s, now))
         offers = allocate_fn(snapshot, now)
         self.last_allocation_seconds = time.perf_counter() - started
+        if offers:  # a span for rounds that offered something (idle rounds would flood the span store)
+            span = self.master.tracer.start_span("allocation.round", start_time=started_ns, attributes={
+                "tessera.offers": len(offers), "tessera.agents_considered": len(getattr(snapshot, "agents", ())),
+            })
+            span.end()
         self.allocation_rounds += 1
         # One entry per chunk keeps each replicated call well under pysyncobj's 64 KiB batch bound; the
         # allocator's offers are disjoint, so chunks commit independently.

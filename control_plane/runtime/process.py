@@ -109,7 +109,7 @@ def build_master(config: MasterConfig) -> tuple[Master, LeaderDuties, MasterServ
     server = MasterServer(
         OperatorService(master, peer_quorum=_peer_quorum, duties=duties),
         agent_link=AgentLinkService(duties), scheduler=SchedulerService(duties),
-        max_workers=config.grpc_workers,
+        max_workers=config.grpc_workers, tracer_provider=tracer_provider,
     )
     try:
         server.bind(config.grpc_address)
