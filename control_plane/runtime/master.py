@@ -249,7 +249,7 @@ class Master:
             self.sm.expect(data, entry)
             span = self.tracer.start_span("raft.commit", attributes={"raft.term": term, "tessera.entry_bytes": len(data)})
             fut = self.replicator.submit(data)
-        fut.add_done_callback(lambda f: _end_commit_span(span, f))
+        fut.add_done_callback(lambda f: _end_commit_span(span, f, self.sm.commit_info.pop(request_id, None)))
         return fut
 
     def _decide(self, commands: Sequence[cmd.Command], request_id: str, traceparent: str, term: int
@@ -284,12 +284,16 @@ class Master:
         data = entry_to_bytes(entry)
         self.sm.expect(data, entry)
         if not trace.get_current_span().get_span_context().is_valid:  # untraced (the leader barrier)
-            return self.wait_result(self.replicator.submit(data))
+            try:
+                return self.wait_result(self.replicator.submit(data))
+            finally:
+                self.sm.commit_info.pop(request_id, None)
         with self.tracer.start_as_current_span(
             "raft.commit", attributes={"raft.term": term, "tessera.entry_bytes": len(data)},
         ) as span:
             result = self.wait_result(self.replicator.submit(data))
             span.set_attribute("tessera.event_index", result.last_seq)
+            _set_commit_info(span, self.sm.commit_info.pop(request_id, None))
             return result
 
     def wait_result(self, fut: Future[Any]) -> ApplyResult:
@@ -341,8 +345,15 @@ def _propose_attributes(commands: Sequence[cmd.Command], request_id: str) -> dic
     return attributes
 
 
-def _end_commit_span(span: trace.Span, fut: Future[Any]) -> None:
+def _set_commit_info(span: trace.Span, info: tuple[int, int] | None) -> None:
+    if info is not None:
+        span.set_attribute("raft.index", info[0])
+        span.set_attribute("tessera.batch_entries", info[1])
+
+
+def _end_commit_span(span: trace.Span, fut: Future[Any], info: tuple[int, int] | None = None) -> None:
     try:
+        _set_commit_info(span, info)
         error = None if not fut.cancelled() else "cancelled"
         if error is None and fut.exception() is not None:
             error = repr(fut.exception())

@@ -70,7 +70,8 @@ class MasterStateMachine:
         # 0 disables the event log's state snapshots ("state as of" then replays from the start)
         self.snapshots = Snapshotter(events, snapshot_every) if snapshot_every > 0 else None
         self._listeners: list[Callable[[Sequence[Applied]], None]] = []
-        self._expected: dict[bytes, ev.Entry] = {}  # leader only: entries proposed here, not yet applied
+        self._expected: dict[bytes, ev.Entry] = {}
+        self.commit_info: dict[str, tuple[int, int]] = {}  # request id -> (raft index, entries in its batch)  # leader only: entries proposed here, not yet applied
 
     def expect(self, data: bytes, entry: ev.Entry) -> None:
         """The leader proposes `entry` as `data`: when it comes back committed, skip decoding it again
@@ -90,7 +91,13 @@ class MasterStateMachine:
         with self.lock:
             for data in entries:
                 try:
-                    entry = self._expected.pop(data, None) or entry_from_bytes(data)
+                    proposed = self._expected.pop(data, None)
+                    entry = proposed or entry_from_bytes(data)
+                    if proposed is not None and proposed.request_id:
+                        # for the proposer's commit span: where its entry landed in the Raft log
+                        if len(self.commit_info) >= EXPECTED_LIMIT:
+                            self.commit_info.clear()
+                        self.commit_info[proposed.request_id] = (raft_index, len(entries))
                 except Exception as exc:  # noqa: BLE001 - anything undecodable is rejected, never raised
                     results.append(decode_failure(f"undecodable log entry: {exc}"))
                     continue

@@ -120,6 +120,7 @@ def test_a_launched_task_is_one_connected_trace(spans: InMemorySpanExporter) -> 
                   and s.parent is not None and s.parent.span_id == propose[0].context.span_id]
         assert len(commit) == 1
         assert _attrs(commit[0])["tessera.event_index"] > 0
+        assert _attrs(commit[0])["raft.index"] > 0 and _attrs(commit[0])["tessera.batch_entries"] >= 1
         assert "framework.Accept" in by_name and by_name["framework.Accept"].resource.attributes[SERVICE_NAME] \
             == "my-framework"
 
