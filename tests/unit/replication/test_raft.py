@@ -139,14 +139,20 @@ def test_the_quorum_grows_from_three_to_four_and_shrinks_back(raft3: Cluster, tm
         assert {m.address for m in st.members} == {*raft3.addresses, new_address}
         def caught_up() -> bool:
             # pysyncobj updates a follower's match index from replies to entries, not heartbeats: nudge
-            # with an entry so an idle log does not leave it one behind
-            leader.submit(b"nudge").result(timeout=10)
-            return next(m for m in leader.status().members if m.address == new_address).match_index \
-                == leader.status().commit_index
+            # with an entry so an idle log does not leave it one behind. Under load an election may move
+            # the leader meanwhile (legitimately): ask whoever leads now.
+            current = raft3.wait_leader(10)
+            try:
+                current.submit(b"nudge").result(timeout=10)
+            except NotLeaderError:
+                return False
+            return next(m for m in current.status().members if m.address == new_address).match_index \
+                == current.status().commit_index
 
         wait_until(caught_up, 20, "the new member's match index to reach the commit index")
     finally:
         newcomer.stop()
+    leader = raft3.wait_leader(10)
     leader.remove_member(new_address).result(timeout=10)
     assert new_address not in {m.address for m in leader.status().members}
     leader.submit(b"after-removal").result(timeout=10)
