@@ -23,7 +23,7 @@ from control_plane.api.errors import grpc_errors
 from control_plane.codec import from_proto
 from control_plane.core import commands as cmd
 from control_plane.core import events as ev
-from control_plane.core.errors import InvalidRequest, NotFound, NotLeader, TesseraError
+from control_plane.core.errors import Conflict, InvalidRequest, NotFound, NotLeader, TesseraError
 from control_plane.core.lifecycle import is_terminal
 from control_plane.core.values import AgentInfo, AgentState, TaskStatus
 from control_plane.runtime.leader import CLOSE, AgentSession, LeaderDuties
@@ -87,8 +87,17 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
                 # docs/protocol.md: the agent must then kill its old tasks and register anew
                 raise NotFound(f"agent {reg.agent_id} is {'removed' if known else 'not known'}; register anew")
             tasks = tuple(from_proto(t, TaskStatus) for t in reg.tasks)
-            self.master.propose([cmd.ReregisterAgent(agent_id=reg.agent_id, info=info, tasks=tasks)],
-                                request_id=reg.request_id, traceparent=traceparent)
+            for attempt in range(3):
+                try:
+                    # no request id on the retries: a rejected first attempt is recorded under it
+                    self.master.propose([cmd.ReregisterAgent(agent_id=reg.agent_id, info=info, tasks=tasks)],
+                                        request_id=reg.request_id if attempt == 0 else "",
+                                        traceparent=traceparent)
+                    break
+                except Conflict:
+                    # its offers are rescinded by this entry; an offer issued in between rejects it
+                    if attempt == 2:
+                        raise
             log.info("agent %s reregistered with %d tasks", reg.agent_id, len(tasks))
             return reg.agent_id, self._orphaned(reg.agent_id, tasks)
         result = self.master.propose([cmd.RegisterAgent(info=info)], request_id=reg.request_id,

@@ -21,7 +21,7 @@ from control_plane.api.errors import grpc_errors
 from control_plane.codec import from_proto, resources_from_proto, to_proto
 from control_plane.core import commands as cmd
 from control_plane.core import events as ev
-from control_plane.core.errors import InvalidRequest, NotLeader, TesseraError
+from control_plane.core.errors import Conflict, InvalidRequest, NotLeader, TesseraError
 from control_plane.core.values import FrameworkInfo, TaskInfo, TaskState, TaskStatus
 from control_plane.runtime.leader import CLOSE, LeaderDuties
 from control_plane.tracing import request_traceparent
@@ -65,7 +65,16 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         if not self.master.is_serving():
             raise NotLeader("frameworks subscribe with the leader", self.master.leader_grpc_hint())
         info = from_proto(request.info, FrameworkInfo)
-        result = self.master.propose([cmd.SubscribeFramework(info=info)], traceparent=request_traceparent(context))
+        for attempt in range(3):
+            try:
+                result = self.master.propose([cmd.SubscribeFramework(info=info)],
+                                             traceparent=request_traceparent(context))
+                break
+            except Conflict:
+                # a resubscription rescinds the framework's offers; an allocation round committed in
+                # between can leave a new one and the entry is rejected: decide again (bounded)
+                if attempt == 2:
+                    raise
         subscribed = next(e for _, e in result.events if isinstance(e, ev.FrameworkSubscribed))
         session = self.duties.attach_framework(subscribed.framework_id, subscribed.stream_id)
         log.info("framework %s (%s) subscribed on stream %s", subscribed.framework_id, info.name,
