@@ -6,13 +6,13 @@ on free ports and are stopped (destroyed) by the harness, never left running.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from control_plane.cli.up import free_port  # one definition, shared with `tessera up`
 from control_plane.replication import (
     GroupCommitConfig,
     LocalReplicator,
@@ -70,12 +70,6 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
         time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def raft_config(address: str, peers: list[str], data_dir: Path, **overrides: Any) -> ReplicationConfig:
