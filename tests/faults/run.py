@@ -44,7 +44,14 @@ from typing import Any
 from control_plane.cli.up import free_port
 from tests.faults.checker import Report, check, load_history, read_framework_record
 from tests.faults.proxy import BLACKHOLE, RESET, RaftProxies
-from tests.support.cluster import AgentProc, LocalCluster, MasterProc, _die_with_parent, kill_processes_under, wait_for
+from tests.support.cluster import (
+    AgentProc,
+    LocalCluster,
+    MasterProc,
+    _die_with_parent,
+    kill_processes_under,
+    wait_for,
+)
 
 FAULTS: tuple[tuple[str, float], ...] = (
     ("kill_leader", 3.0),
