@@ -92,6 +92,7 @@ class RunResult:
     problems: list[str] = field(default_factory=list)  # liveness trouble seen by the harness
     elapsed: float = 0.0
     root: Path | None = None
+    proxied: tuple[int, int] = (0, 0)  # Raft connections through the proxies, of which closed unidentified
 
     @property
     def ok(self) -> bool:
@@ -107,6 +108,7 @@ class RunResult:
                  "  faults: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())),
                  "  history: " + ", ".join(f"{k} {v}" for k, v in sorted(self.report.stats.items())
                                            if not k.startswith("violations."))]
+        lines.append(f"  raft proxies: {self.proxied[0]} connections, {self.proxied[1]} closed as unidentified")
         if self.failovers:
             fo = sorted(self.failovers)
             lines.append(f"  failover (leader kill -> every framework re-subscribed and offered again), "
@@ -199,6 +201,15 @@ class FaultRun:
             self.problems.append(f"no serving leader within 20 s (after fault {len(self.faults)})")
             return None
 
+    @staticmethod
+    def _term(m: MasterProc | None) -> int:
+        if m is None:
+            return 0
+        try:
+            return int(m.quorum(timeout=2.0).term)
+        except Exception:  # noqa: BLE001 - a master that just lost leadership
+            return 0
+
     def _follower(self, leader: MasterProc | None) -> MasterProc:
         return self.rng.choice([m for m in self.cluster.masters if m is not leader])
 
@@ -209,13 +220,14 @@ class FaultRun:
     def inject(self, index: int) -> None:
         names = [n for n, _ in FAULTS]
         kind = self.rng.choices(names, weights=[w for _, w in FAULTS])[0]
-        hold = self.rng.uniform(0.8, 2.5)
+        hold = self.rng.uniform(1.0, 2.5)
         fault: dict[str, Any] = {"n": index, "fault": kind, "hold": round(hold, 2), "t": time.time()}
         needs_leader = kind in ("kill_leader", "pause_leader", "isolate_leader")
         leader = self._leader() if needs_leader or kind in ("kill_follower", "pause_follower",
                                                             "isolate_follower", "cut_pair") else None
         if needs_leader and leader is None:
             return
+        term_before = self._term(leader) if needs_leader else None
         if kind in ("kill_leader", "kill_follower"):
             victim = leader if kind == "kill_leader" else self._follower(leader)
             assert victim is not None
@@ -256,9 +268,19 @@ class FaultRun:
             self.proxies.cut(a, b, mode)
             time.sleep(hold)
             self.proxies.heal()
+        if term_before is not None:
+            # The nemesis checks its own faults: losing the leader for longer than the election timeout
+            # (killed, paused or cut off) must end its term. If not, the fault did not happen (e.g. the
+            # proxy failed to cut) and the run would prove nothing.
+            after = self._leader()
+            fault["terms"] = [term_before, self._term(after)]
+            if after is not None and not fault["terms"][1] > term_before:
+                self.problems.append(f"fault {index + 1} ({kind} {fault.get('target')}) had no effect: the term "
+                                     f"stayed {term_before}")
         self.faults.append(fault)
         self.log(f"fault {index + 1}/{self.config.faults}: {kind} {fault.get('target', '')} "
                  f"{fault.get('mode', '')} for {hold:.2f} s"
+                 + (f"; term {fault['terms'][0]} -> {fault['terms'][1]}" if "terms" in fault else "")
                  + (f"; failover {fault['failover']:.2f} s" if "failover" in fault else ""))
         with open(self.root / "nemesis.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(fault) + "\n")
@@ -358,7 +380,8 @@ def run(config: RunConfig, on_start: Callable[[FaultRun], None] | None = None) -
     finally:
         fr.stop()
     report = check(load_history(root))
-    result = RunResult(config, report, fr.faults, fr.failovers, fr.problems, time.monotonic() - started, root)
+    result = RunResult(config, report, fr.faults, fr.failovers, fr.problems, time.monotonic() - started, root,
+                       (fr.proxies.connections_seen, fr.proxies.unidentified))
     if result.ok and not keep:
         import shutil
 
