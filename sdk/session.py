@@ -293,7 +293,10 @@ class Session:
         if self._attempts == 0 or hop:
             delay = 0.0
         else:
-            delay = self.backoff.delay(self._failures, self._random())
+            # The wait grows per round over the masters, not per refusal: during an election every
+            # master refuses in turn, and doubling at each refusal left frameworks waiting seconds
+            # after the new leader was serving (3-4 s from a leader kill to offers, fault suite).
+            delay = self.backoff.delay(self._failures // len(self.masters), self._random())
         if self.give_up_after is not None and self._down_since is not None:
             # Make the last attempt at the deadline rather than sleeping past it.
             delay = min(delay, max(0.0, self._down_since + self.give_up_after - now))

@@ -94,6 +94,9 @@ def cli(ctx: click.Context, masters: str, as_json: bool, timeout: float) -> None
 @click.option("--raft", "raft_address", required=True, help="HOST:PORT of this master's Raft port.")
 @click.option("--grpc", "grpc_address", required=True, help="HOST:PORT this master serves gRPC on.")
 @click.option("--peers", default="", help="Comma-separated Raft addresses of the OTHER masters.")
+@click.option("--raft-bind", "raft_bind", default=None,
+              help="HOST:PORT to listen on for Raft when it differs from --raft, the address peers dial "
+                   "(NAT, a proxy in front of the port). Default: --raft.")
 @click.option("--data-dir", type=click.Path(path_type=Path), required=True, help="Journal, dump and events.db.")
 @click.option("--raft-password", envvar="TESSERA_RAFT_PASSWORD", default=None,
               help="Encrypts the Raft port (or TESSERA_RAFT_PASSWORD). Without it the port is insecure.")
@@ -116,7 +119,7 @@ def cli(ctx: click.Context, masters: str, as_json: bool, timeout: float) -> None
 @click.option("--metrics", "metrics_address", default=None,
               help="HOST:PORT to serve Prometheus /metrics on (off when not given).")
 @click.option("--log-level", default="INFO", show_default=True)
-def master(name: str, raft_address: str, grpc_address: str, peers: str, data_dir: Path,
+def master(name: str, raft_address: str, grpc_address: str, peers: str, raft_bind: str | None, data_dir: Path,
            raft_password: str | None, agent_timeout: float, agent_heartbeat_interval: float,
            reregistration_timeout: float, allocation_interval: float, offer_timeout: float,
            framework_reconnect_timeout: float, grpc_workers: int, event_retention: int,
@@ -140,7 +143,7 @@ def master(name: str, raft_address: str, grpc_address: str, peers: str, data_dir
     config = MasterConfig(
         name=name, raft_address=raft_address, grpc_address=grpc_address,
         peers=tuple(p.strip() for p in peers.split(",") if p.strip()), data_dir=data_dir,
-        raft_password=raft_password or None,
+        raft_password=raft_password or None, raft_bind=raft_bind or None,
         leader=LeaderSettings(
             agent_heartbeat_interval=agent_heartbeat_interval, agent_timeout=agent_timeout,
             reregistration_timeout=reregistration_timeout, allocation_interval=allocation_interval,

@@ -47,11 +47,13 @@ class MasterConfig:
     grpc_workers: int = 256
     event_retention: int = 0  # keep at least this many events in events.db (0 = keep all)
     metrics_address: str | None = None  # HOST:PORT for Prometheus /metrics; None = no metrics server
+    raft_bind: str | None = None  # HOST:PORT the Raft port listens on when peers dial another (NAT, proxy)
 
 
 def validate(config: MasterConfig) -> None:
-    for field, value in (("--raft", config.raft_address), ("--grpc", config.grpc_address)):
-        if not ADDRESS_RE.match(value):
+    for field, value in (("--raft", config.raft_address), ("--grpc", config.grpc_address),
+                         ("--raft-bind", config.raft_bind)):
+        if value is not None and not ADDRESS_RE.match(value):
             raise StartupError(f"{field}: expected HOST:PORT, got {value!r}")
     seen: set[str] = set()
     for peer in config.peers:
@@ -99,7 +101,7 @@ def build_master(config: MasterConfig) -> tuple[Master, LeaderDuties, MasterServ
     sm = MasterStateMachine(events)
     replicator = RaftReplicator(ReplicationConfig(
         self_address=config.raft_address, peers=config.peers, data_dir=config.data_dir / "raft",
-        password=config.raft_password,
+        password=config.raft_password, bind_address=config.raft_bind,
     ), sm)
     identity = MasterIdentity(config.name, config.raft_address, config.grpc_address)
     # spans go next to the event log; not the global provider, so several masters can share a process

@@ -60,6 +60,7 @@ class MasterProc:
     data_dir: Path
     log_path: Path
     peers: list[str] = field(default_factory=list)
+    extra_flags: list[str] = field(default_factory=list)  # this master's own flags (e.g. --raft-bind)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -131,7 +132,7 @@ class LocalCluster:
             env["TESSERA_RAFT_PASSWORD"] = self.password
         env["PYTHONUNBUFFERED"] = "1"
         cmd = [sys.executable, "-m", "control_plane.cli.main", "master", "--name", m.name, "--raft", m.raft,
-               "--grpc", m.grpc, "--peers", ",".join(m.peers), "--data-dir", str(m.data_dir), *self.master_flags]
+               "--grpc", m.grpc, "--peers", ",".join(m.peers), "--data-dir", str(m.data_dir), *self.master_flags, *m.extra_flags]
         log = open(m.log_path, "ab")
         m.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         log.close()

@@ -58,6 +58,11 @@ def test_master_with_a_malformed_peer_exits_with_one_line(tmp_path: Path) -> Non
     assert_one_line_error(result, "--peers")
 
 
+def test_master_with_a_malformed_raft_bind_exits_with_one_line(tmp_path: Path) -> None:
+    result = tessera(*master_args(tmp_path, **{"--raft-bind": "nowhere"}))
+    assert_one_line_error(result, "--raft-bind")
+
+
 def test_master_with_an_unwritable_data_dir_exits_with_one_line(tmp_path: Path) -> None:
     # /proc refuses new directories even to root, so this holds for every user CI may run as.
     result = tessera(*master_args(tmp_path, **{"--data-dir": "/proc/tessera-test/m1"}))

@@ -193,14 +193,15 @@ def test_a_hint_naming_an_unknown_master_is_learnt() -> None:
     assert "m9:5050" in s.masters
 
 
-def test_backoff_grows_with_consecutive_failures_and_resets_after_a_subscription() -> None:
+def test_backoff_grows_with_each_round_of_failures_over_the_masters_and_resets_after_a_subscription() -> None:
     s = session(random=lambda: 0.0, backoff=Backoff(initial=0.1, maximum=1.0, multiplier=2.0, jitter=0.5))
     s.start(0.0)
     delays = []
-    for _ in range(6):
+    for _ in range(16):
         delays.append(attempt(s).delay)
         s.on_stream_ended(Unavailable("refused"), 0.0)
-    assert delays == [0.0, 0.2, 0.4, 0.8, 1.0, 1.0]
+    # three masters: every master is tried once per round before the wait doubles
+    assert delays == [0.0, 0.1, 0.1, 0.2, 0.2, 0.2, 0.4, 0.4, 0.4, 0.8, 0.8, 0.8, 1.0, 1.0, 1.0, 1.0]
     attempt(s)
     s.on_event(SubscribedEvent("fw", "st"), 0.0)
     s.on_stream_ended(Unavailable("reset"), 1.0)

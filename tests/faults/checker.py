@@ -1,0 +1,326 @@
+"""The history checker of the fault-injection suite: what every master logged and every client saw,
+checked against the properties the design promises.
+
+Inputs (`load_history(root)` reads a run directory; tests build a `History` by hand):
+- every master's event log (`m*/events.db`, the `events` table, one `EventRecord` per row);
+- every framework's record (`frameworks/*.jsonl`, written by `tests.faults.workload`);
+- every agent's checkpoint (`a*/agent.db`, table `updates`: the status updates the agent sent).
+
+Properties (`check(history)` returns every violation found, as sentences; empty means all hold):
+1. **Logs agree.** Every master's log is a prefix of the longest one: the same record at every seq
+   both hold, and no holes.
+2. **At most one leader per term.** The `LeaderElected` barriers of a term all name one master.
+3. **Acknowledged means committed.** Every call a framework saw succeed is in the log: a launch as
+   `TaskLaunched` of each task with the call's request id; a kill as `TaskKillRequested` with its
+   request id, or the task already terminal; an acknowledgement as `TaskStatusAcknowledged` of its
+   uuid; a teardown as `FrameworkRemoved`.
+4. **Nothing given twice.** The longest log replays through the pure core (`core.apply`) with
+   `core.invariants.check_invariants` after every entry (no over-commitment, no overlapping offers or
+   tasks, indexes consistent), and no offer id or task id is issued or launched twice.
+5. **Frameworks end knowing what agents saw.** Every task a framework launched ends, for the
+   framework, in the same terminal state as the last update its agent recorded; a task no agent ever
+   saw may only end in a state the master decides (lost, dropped, gone, killed, error).
+6. **Updates: recorded exactly once, delivered at least once.** No status uuid is recorded twice in
+   the log; the newest update an agent holds for each task is recorded (older ones may have been
+   superseded: a re-registration reported the newer state, the master recorded it and the agent
+   dropped what it had not sent yet); every recorded update with a uuid is delivered to its framework
+   (by uuid) at least once.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from control_plane.core import events as ev
+from control_plane.core.invariants import check_invariants
+from control_plane.core.state import ClusterState
+from control_plane.core.values import TaskState
+from control_plane.eventlog.history import ReplayError, entries_from_records, event_from_record, replay_entry
+from control_plane.eventlog.records import EVENT_COLUMNS, EventRecord
+
+TERMINAL = {"TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_LOST", "TASK_ERROR", "TASK_DROPPED", "TASK_GONE"}
+# states only an agent (the task's process) can produce; the master decides the others
+AGENT_ONLY = {"TASK_FINISHED", "TASK_FAILED"}
+MAX_REPORTED = 20  # per property, so one broken run does not print thousands of lines
+
+
+@dataclass(frozen=True)
+class AgentUpdate:
+    seq: int
+    task_id: str
+    uuid: str
+    state: str  # TaskState name
+
+
+@dataclass
+class History:
+    masters: dict[str, list[EventRecord]] = field(default_factory=dict)
+    frameworks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    agents: dict[str, list[AgentUpdate]] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    violations: list[str] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+# ---- loading ---------------------------------------------------------------------------------------
+def read_events(path: Path) -> list[EventRecord]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        rows = conn.execute(f"SELECT {', '.join(EVENT_COLUMNS)} FROM events ORDER BY seq").fetchall()
+    finally:
+        conn.close()
+    return [EventRecord(*row) for row in rows]
+
+
+def read_agent_updates(path: Path) -> list[AgentUpdate]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        rows = conn.execute("SELECT seq, task_id, uuid, state FROM updates ORDER BY seq").fetchall()
+    finally:
+        conn.close()
+    return [AgentUpdate(seq, task_id, uuid, TaskState(state).name) for seq, task_id, uuid, state in rows]
+
+
+def read_framework_record(path: Path) -> list[dict[str, Any]]:
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash of the framework
+    return out
+
+
+def load_history(root: Path) -> History:
+    h = History()
+    for db in sorted(root.glob("m*/events.db")):
+        h.masters[db.parent.name] = read_events(db)
+    for rec in sorted((root / "frameworks").glob("*.jsonl")):
+        h.frameworks[rec.stem] = read_framework_record(rec)
+    for db in sorted(root.glob("a*/agent.db")):
+        h.agents[db.parent.name] = read_agent_updates(db)
+    return h
+
+
+# ---- the checks ------------------------------------------------------------------------------------
+def check(history: History) -> Report:
+    report = Report()
+    longest = max(history.masters.values(), key=len, default=[])
+    report.stats["events"] = len(longest)
+    report.stats["masters"] = len(history.masters)
+    _check_prefixes(history, report)
+    _check_leaders(history, report)
+    decoded = _decode(longest, report)
+    _check_acknowledged_calls(history, longest, decoded, report)
+    _check_replay(longest, decoded, report)
+    _check_tasks_and_updates(history, decoded, report)
+    return report
+
+
+def _add(report: Report, key: str, message: str) -> None:
+    n = report.stats.get(f"violations.{key}", 0) + 1
+    report.stats[f"violations.{key}"] = n
+    if n <= MAX_REPORTED:
+        report.violations.append(f"[{key}] {message}")
+    elif n == MAX_REPORTED + 1:
+        report.violations.append(f"[{key}] ... more violations of this kind not shown")
+
+
+def _check_prefixes(history: History, report: Report) -> None:
+    names = sorted(history.masters, key=lambda n: -len(history.masters[n]))
+    if not names:
+        _add(report, "logs", "no master event log found")
+        return
+    base_name = names[0]
+    base = {r.seq: r for r in history.masters[base_name]}
+    for name in names:
+        records = history.masters[name]
+        seqs = [r.seq for r in records]
+        if seqs and seqs != list(range(seqs[0], seqs[0] + len(seqs))):
+            missing = sorted(set(range(seqs[0], seqs[-1] + 1)) - set(seqs))
+            _add(report, "logs", f"{name}'s log has holes: missing seq {missing[:10]}")
+        if seqs and seqs[0] != 1:
+            _add(report, "logs", f"{name}'s log starts at seq {seqs[0]}, not 1")
+        for r in records:
+            other = base.get(r.seq)
+            if other is None:
+                _add(report, "logs", f"{name} holds seq {r.seq}, which the longest log ({base_name}) lacks")
+            elif other != r:
+                _add(report, "logs", f"{name} and {base_name} differ at seq {r.seq}: "
+                                     f"{_brief(r)} vs {_brief(other)}")
+                break  # a divergence explains everything after it
+
+
+def _brief(r: EventRecord) -> str:
+    return f"{r.type}(term {r.term}, request {r.request_id or '-'}, raft {r.raft_index}, {r.payload[:80]})"
+
+
+def _check_leaders(history: History, report: Report) -> None:
+    leaders: dict[int, set[str]] = defaultdict(set)
+    for records in history.masters.values():
+        for r in records:
+            if r.type == "LeaderElected":
+                payload = json.loads(r.payload)
+                leaders[int(payload["term"])].add(str(payload["master"]))
+    report.stats["terms_with_leader"] = len(leaders)
+    for term, masters in sorted(leaders.items()):
+        if len(masters) > 1:
+            _add(report, "leaders", f"term {term} has {len(masters)} leaders: {sorted(masters)}")
+
+
+def _decode(records: list[EventRecord], report: Report) -> dict[int, Any]:
+    out: dict[int, Any] = {}
+    for r in records:
+        try:
+            out[r.seq] = event_from_record(r)
+        except ReplayError as exc:
+            _add(report, "replay", str(exc))
+    return out
+
+
+def _acked_calls(history: History) -> Iterable[tuple[str, dict[str, Any]]]:
+    for fw, records in history.frameworks.items():
+        for rec in records:
+            if rec.get("kind") == "call" and rec.get("ok"):
+                yield fw, rec
+
+
+def _framework_ids(records: list[dict[str, Any]]) -> set[str]:
+    return {r["framework_id"] for r in records if r.get("kind") == "subscribed"}
+
+
+def _check_acknowledged_calls(history: History, longest: list[EventRecord], decoded: dict[int, Any],
+                              report: Report) -> None:
+    launched: dict[str, set[str]] = defaultdict(set)  # task id -> request ids of its TaskLaunched
+    kills: dict[str, set[str]] = defaultdict(set)
+    terminal_tasks: set[str] = set()
+    acked_uuids: set[str] = set()
+    removed: set[str] = set()
+    for r in longest:
+        e = decoded.get(r.seq)
+        if isinstance(e, ev.TaskLaunched):
+            launched[e.task_id].add(r.request_id)
+        elif isinstance(e, ev.TaskKillRequested):
+            kills[e.task_id].add(r.request_id)
+        elif isinstance(e, ev.TaskStatusUpdated) and e.status.state.name in TERMINAL:
+            terminal_tasks.add(e.task_id)
+        elif isinstance(e, ev.TaskStatusAcknowledged):
+            acked_uuids.add(e.uuid)
+        elif isinstance(e, ev.FrameworkRemoved):
+            removed.add(e.framework_id)
+    n = 0
+    for fw, call in _acked_calls(history):
+        n += 1
+        rid, kind = call.get("request_id", ""), call.get("call")
+        where = f"{fw}: acknowledged {kind} (request {rid}"
+        if kind == "launch":
+            for task_id in call.get("task_ids", []):
+                if rid not in launched.get(task_id, set()):
+                    _add(report, "acknowledged", f"{where}, task {task_id}) is not in the log")
+        elif kind == "kill":
+            for task_id in call.get("task_ids", []):
+                if rid not in kills.get(task_id, set()) and task_id not in terminal_tasks:
+                    _add(report, "acknowledged", f"{where}, task {task_id}) is not in the log and the "
+                                                 "task never ended")
+        elif kind == "acknowledge":
+            if call.get("uuid") not in acked_uuids:
+                _add(report, "acknowledged", f"{where}, uuid {call.get('uuid')}) is not in the log")
+        elif kind == "teardown":
+            if not (_framework_ids(history.frameworks[fw]) & removed):
+                _add(report, "acknowledged", f"{where}) is not in the log (no FrameworkRemoved)")
+    report.stats["acknowledged_calls"] = n
+
+
+def _check_replay(longest: list[EventRecord], decoded: dict[int, Any], report: Report) -> None:
+    state = ClusterState()
+    entries = 0
+    try:
+        for entry in entries_from_records(longest):
+            replay_entry(state, entry)
+            entries += 1
+            for problem in check_invariants(state):
+                _add(report, "invariants", f"after events {entry.first_seq}..{entry.last_seq}: {problem}")
+    except ReplayError as exc:
+        _add(report, "replay", f"the longest log does not replay: {exc}")
+    report.stats["entries_replayed"] = entries
+    offers = Counter(e.offer_id for e in decoded.values() if isinstance(e, ev.OfferIssued))
+    tasks = Counter(e.task_id for e in decoded.values() if isinstance(e, ev.TaskLaunched))
+    accepted = Counter(e.offer_id for e in decoded.values() if isinstance(e, ev.OfferAccepted))
+    for what, counts in (("offer issued", offers), ("task launched", tasks), ("offer accepted", accepted)):
+        for key, count in sorted(counts.items()):
+            if count > 1:
+                _add(report, "twice", f"{what} {count} times: {key}")
+    report.stats["offers_issued"] = len(offers)
+    report.stats["tasks_launched"] = len(tasks)
+
+
+def _check_tasks_and_updates(history: History, decoded: dict[int, Any], report: Report) -> None:
+    recorded = Counter()  # uuid -> times recorded
+    recorded_by_framework: dict[str, set[str]] = defaultdict(set)
+    task_framework: dict[str, str] = {}
+    for e in decoded.values():
+        if isinstance(e, ev.TaskStatusUpdated) and e.status.uuid:
+            recorded[e.status.uuid] += 1
+            recorded_by_framework[e.framework_id].add(e.status.uuid)
+        elif isinstance(e, ev.TaskLaunched):
+            task_framework[e.task_id] = e.framework_id
+    for uuid, count in sorted(recorded.items()):
+        if count > 1:
+            _add(report, "updates", f"status update {uuid} recorded {count} times")
+    report.stats["updates_recorded"] = len(recorded)
+
+    agent_last: dict[str, AgentUpdate] = {}
+    agent_of: dict[str, str] = {}
+    superseded = 0
+    for agent, updates in history.agents.items():
+        for u in updates:
+            agent_last[u.task_id] = u  # seq order within an agent; a task lives on one agent
+            agent_of[u.task_id] = agent
+            superseded += u.uuid not in recorded
+    for task_id, u in sorted(agent_last.items()):
+        # Older updates may be superseded (a re-registration reported a newer state, which the master
+        # recorded, and the agent dropped the older ones); the newest one must be recorded.
+        if u.uuid not in recorded:
+            _add(report, "updates", f"{agent_of[task_id]}: the last update of task {task_id} ({u.uuid}, "
+                                    f"{u.state}) was never recorded")
+    report.stats["agent_updates_superseded"] = superseded - sum(u.uuid not in recorded for u in agent_last.values())
+
+    for fw, records in history.frameworks.items():
+        fids = _framework_ids(records)
+        delivered = {r["uuid"] for r in records if r.get("kind") == "update" and r.get("uuid")}
+        for fid in sorted(fids):
+            for uuid in sorted(recorded_by_framework.get(fid, set()) - delivered):
+                _add(report, "updates", f"{fw}: recorded update {uuid} was never delivered")
+        final: dict[str, str] = {}
+        for r in records:
+            if r.get("kind") == "update" and r.get("state") in TERMINAL:
+                final.setdefault(r["task_id"], r["state"])  # the first terminal state is the final one
+        ours = sorted(t for t, f in task_framework.items() if f in fids)
+        for task_id in ours:
+            seen = final.get(task_id)
+            agent = agent_last.get(task_id)
+            if seen is None:
+                _add(report, "tasks", f"{fw}: task {task_id} never ended for its framework")
+            elif agent is None:
+                if seen in AGENT_ONLY:
+                    _add(report, "tasks", f"{fw}: task {task_id} ended {seen} but no agent ever ran it")
+            elif agent.state in TERMINAL and agent.state != seen:
+                _add(report, "tasks", f"{fw}: task {task_id} ended {seen} for its framework but "
+                                      f"{agent.state} on its agent")
+            elif agent.state not in TERMINAL and seen in AGENT_ONLY:
+                _add(report, "tasks", f"{fw}: task {task_id} ended {seen} but its agent last saw {agent.state}")
+        report.stats[f"tasks.{fw}"] = len(ours)

@@ -1,0 +1,412 @@
+"""Fault-injection run: a real quorum, real agents and recording frameworks under a seeded nemesis,
+then the history checker.
+
+    python -m tests.faults.run --masters 3 --agents 3 --faults 100 --seed 7
+    python -m tests.faults.run --masters 5 --agents 3 --faults 300 --seed 11 --keep /tmp/run11
+
+What happens:
+1. `--masters` master processes start, each behind a fault-injecting Raft proxy (`tests.faults.proxy`:
+   the master binds a private port with `--raft-bind` and advertises the proxy's), then `--agents`
+   real `tessera agent` processes and `--frameworks` framework processes (`tests.faults.workload`).
+2. The nemesis draws `--faults` faults from `random.Random(seed)`, one after the other with a short
+   gap: `kill -9` of the leader or of a follower (restarted after a while), `kill -9` of an agent
+   (restarted), `SIGSTOP` of the leader or a follower for longer than the election timeout
+   (`SIGCONT` after), and network partitions between masters through the proxies (one master
+   isolated, or one pair cut; packets swallowed or connections reset), healed after a while. At most
+   one master is down, paused or isolated at a time, so a majority is always there.
+3. After a leader kill it waits until every framework has re-subscribed and received an offer again:
+   that time (from the kill) is the failover time, summarised as min/median/max at the end.
+4. Everything is healed and restarted, the frameworks are told to stop (they wait for their tasks to
+   end, record the final states and tear down), the masters converge and stop, and the checker
+   (`tests.faults.checker`) reads every log and record. A failure prints the seed and the command that
+   replays the same fault schedule. Exit status 0 only when every property holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shlex
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from control_plane.cli.up import free_port
+from tests.faults.checker import Report, check, load_history, read_framework_record
+from tests.faults.proxy import BLACKHOLE, RESET, RaftProxies
+from tests.support.cluster import (
+    AgentProc,
+    LocalCluster,
+    MasterProc,
+    _die_with_parent,
+    kill_processes_under,
+    wait_for,
+)
+
+FAULTS: tuple[tuple[str, float], ...] = (
+    ("kill_leader", 3.0),
+    ("kill_follower", 2.0),
+    ("kill_agent", 2.0),
+    ("pause_leader", 1.5),
+    ("pause_follower", 1.0),
+    ("isolate_leader", 1.5),
+    ("isolate_follower", 1.0),
+    ("cut_pair", 1.5),
+)
+
+
+@dataclass
+class RunConfig:
+    masters: int = 3
+    agents: int = 3
+    frameworks: int = 2
+    faults: int = 20
+    seed: int = 7
+    root: Path | None = None  # None: a temporary directory, removed when the run passes
+    master_flags: tuple[str, ...] = ()
+    failover_wait: float = 20.0  # bound on waiting for frameworks to get offers after a leader kill
+    verbose: bool = True
+
+    def replay_command(self) -> str:
+        args = ["python", "-m", "tests.faults.run", "--masters", str(self.masters), "--agents", str(self.agents),
+                "--frameworks", str(self.frameworks), "--faults", str(self.faults), "--seed", str(self.seed)]
+        return " ".join(shlex.quote(a) for a in args)
+
+
+@dataclass
+class RunResult:
+    config: RunConfig
+    report: Report
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    failovers: list[float] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # liveness trouble seen by the harness
+    elapsed: float = 0.0
+    root: Path | None = None
+    proxied: tuple[int, int] = (0, 0)  # Raft connections through the proxies, of which closed unidentified
+
+    @property
+    def ok(self) -> bool:
+        return self.report.ok and not self.problems
+
+    def summary(self) -> str:
+        c = self.config
+        kinds: dict[str, int] = {}
+        for f in self.faults:
+            kinds[f["fault"]] = kinds.get(f["fault"], 0) + 1
+        lines = [f"fault run: {c.masters} masters, {c.agents} agents, {c.frameworks} frameworks, seed {c.seed}: "
+                 f"{len(self.faults)} faults in {self.elapsed:.0f} s",
+                 "  faults: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())),
+                 "  history: " + ", ".join(f"{k} {v}" for k, v in sorted(self.report.stats.items())
+                                           if not k.startswith("violations."))]
+        lines.append(f"  raft proxies: {self.proxied[0]} connections, {self.proxied[1]} closed as unidentified")
+        if self.failovers:
+            fo = sorted(self.failovers)
+            lines.append(f"  failover (leader kill -> every framework re-subscribed and offered again), "
+                         f"{len(fo)} trials: min {fo[0]:.2f} s, median {statistics.median(fo):.2f} s, "
+                         f"max {fo[-1]:.2f} s")
+        if self.ok:
+            lines.append("  all properties hold")
+        else:
+            lines.append(f"  FAILED: seed {c.seed}; replay with: {c.replay_command()}")
+            lines += [f"  harness: {p}" for p in self.problems]
+            lines += [f"  {v}" for v in self.report.violations]
+            if self.root is not None:
+                lines.append(f"  run directory kept: {self.root}")
+        return "\n".join(lines)
+
+
+class FaultRun:
+    def __init__(self, config: RunConfig, root: Path) -> None:
+        self.config = config
+        self.root = root
+        self.rng = random.Random(config.seed)
+        self.cluster = LocalCluster(root, n=config.masters)
+        self.cluster.master_flags = list(config.master_flags)
+        routes: dict[str, tuple[str, str]] = {}
+        for m in self.cluster.masters:
+            bind = f"127.0.0.1:{free_port()}"
+            m.extra_flags = ["--raft-bind", bind]
+            routes[m.name] = (m.raft, bind)  # peers dial m.raft: the proxy, which forwards to bind
+        self.proxies = RaftProxies(routes, self._master_pids)
+        self.frameworks: dict[str, subprocess.Popen[bytes]] = {}
+        self.fw_dir = root / "frameworks"
+        self.fw_dir.mkdir(parents=True, exist_ok=True)
+        self.stop_file = root / "STOP"
+        self.faults: list[dict[str, Any]] = []
+        self.failovers: list[float] = []
+        self.problems: list[str] = []
+        self.paused: MasterProc | None = None
+
+    def log(self, message: str) -> None:
+        if self.config.verbose:
+            print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    def _master_pids(self) -> dict[str, int]:
+        return {m.name: m.proc.pid for m in self.cluster.masters if m.alive and m.proc is not None}
+
+    # ---- setup ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.proxies.start()
+        self.cluster.start_all()
+        self.cluster.leader(timeout=60)
+        for i in range(self.config.agents):
+            self.cluster.add_agent(resources=f"cpus:4;mem:2048;ports:[{31000 + 100 * i}-{31099 + 100 * i}]")
+        self.cluster.wait_agents(self.config.agents, timeout=60)
+        masters = ",".join(self.cluster.grpc_addresses())
+        for i in range(self.config.frameworks):
+            name = f"fw{i + 1}"
+            log = open(self.fw_dir / f"{name}.log", "ab")
+            cmd = [sys.executable, "-m", "tests.faults.workload", "--masters", masters,
+                   "--record", str(self.fw_dir / f"{name}.jsonl"), "--name", name,
+                   "--seed", str(self.config.seed * 100 + i), "--stop-file", str(self.stop_file)]
+            self.frameworks[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=os.getcwd(),
+                                                     preexec_fn=_die_with_parent,
+                                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            log.close()
+        wait_for(lambda: all(self._offers_after(name, 0.0) for name in self.frameworks), 60,
+                 what="every framework subscribed and offered")
+        self.log(f"cluster up: {self.config.masters} masters, {self.config.agents} agents, "
+                 f"{self.config.frameworks} frameworks")
+
+    # ---- framework records ------------------------------------------------------------------------
+    def _records(self, name: str) -> list[dict[str, Any]]:
+        path = self.fw_dir / f"{name}.jsonl"
+        return read_framework_record(path) if path.exists() else []
+
+    def _offers_after(self, name: str, t0: float) -> float | None:
+        """When framework `name` first received offers on a subscription made after `t0`."""
+        subscribed = None
+        for r in self._records(name):
+            if r["kind"] == "subscribed" and r["t"] > t0 and subscribed is None:
+                subscribed = r["t"]
+            elif r["kind"] == "offers" and subscribed is not None and r["t"] >= subscribed:
+                return float(r["t"])
+        return None
+
+    # ---- the nemesis ------------------------------------------------------------------------------
+    def _leader(self) -> MasterProc | None:
+        try:
+            return self.cluster.leader(timeout=20)
+        except TimeoutError:
+            self.problems.append(f"no serving leader within 20 s (after fault {len(self.faults)})")
+            return None
+
+    @staticmethod
+    def _term(m: MasterProc | None) -> int:
+        if m is None:
+            return 0
+        try:
+            return int(m.quorum(timeout=2.0).term)
+        except Exception:  # noqa: BLE001 - a master that just lost leadership
+            return 0
+
+    def _follower(self, leader: MasterProc | None) -> MasterProc:
+        return self.rng.choice([m for m in self.cluster.masters if m is not leader])
+
+    def _restart_master(self, m: MasterProc) -> None:
+        if not m.alive:
+            self.cluster.start(m)
+
+    def inject(self, index: int) -> None:
+        names = [n for n, _ in FAULTS]
+        kind = self.rng.choices(names, weights=[w for _, w in FAULTS])[0]
+        hold = self.rng.uniform(1.0, 2.5)
+        fault: dict[str, Any] = {"n": index, "fault": kind, "hold": round(hold, 2), "t": time.time()}
+        needs_leader = kind in ("kill_leader", "pause_leader", "isolate_leader")
+        leader = self._leader() if needs_leader or kind in ("kill_follower", "pause_follower",
+                                                            "isolate_follower", "cut_pair") else None
+        if needs_leader and leader is None:
+            return
+        term_before = self._term(leader) if needs_leader else None
+        if kind in ("kill_leader", "kill_follower"):
+            victim = leader if kind == "kill_leader" else self._follower(leader)
+            assert victim is not None
+            fault["target"] = victim.name
+            t_kill = time.time()
+            self.cluster.kill(victim)
+            time.sleep(hold)
+            self._restart_master(victim)
+            if kind == "kill_leader":
+                self._measure_failover(t_kill, fault)
+        elif kind == "kill_agent":
+            agent: AgentProc = self.rng.choice(self.cluster.agents)
+            fault["target"] = agent.name
+            self.cluster.kill(agent)
+            time.sleep(hold)
+            self.cluster.start_agent(agent)
+        elif kind in ("pause_leader", "pause_follower"):
+            victim = leader if kind == "pause_leader" else self._follower(leader)
+            assert victim is not None and victim.proc is not None
+            fault["target"] = victim.name
+            os.kill(victim.proc.pid, signal.SIGSTOP)
+            self.paused = victim
+            time.sleep(hold)
+            os.kill(victim.proc.pid, signal.SIGCONT)
+            self.paused = None
+        elif kind in ("isolate_leader", "isolate_follower"):
+            victim = leader if kind == "isolate_leader" else self._follower(leader)
+            assert victim is not None
+            mode = self.rng.choice([BLACKHOLE, RESET])
+            fault.update(target=victim.name, mode=mode)
+            self.proxies.isolate(victim.name, mode)
+            time.sleep(hold)
+            self.proxies.heal()
+        elif kind == "cut_pair":
+            a, b = self.rng.sample([m.name for m in self.cluster.masters], 2)
+            mode = self.rng.choice([BLACKHOLE, RESET])
+            fault.update(target=f"{a}|{b}", mode=mode)
+            self.proxies.cut(a, b, mode)
+            time.sleep(hold)
+            self.proxies.heal()
+        if term_before is not None:
+            # The nemesis checks its own faults: losing the leader for longer than the election timeout
+            # (killed, paused or cut off) must end its term. If not, the fault did not happen (e.g. the
+            # proxy failed to cut) and the run would prove nothing.
+            after = self._leader()
+            fault["terms"] = [term_before, self._term(after)]
+            if after is not None and not fault["terms"][1] > term_before:
+                self.problems.append(f"fault {index + 1} ({kind} {fault.get('target')}) had no effect: the term "
+                                     f"stayed {term_before}")
+        self.faults.append(fault)
+        self.log(f"fault {index + 1}/{self.config.faults}: {kind} {fault.get('target', '')} "
+                 f"{fault.get('mode', '')} for {hold:.2f} s"
+                 + (f"; term {fault['terms'][0]} -> {fault['terms'][1]}" if "terms" in fault else "")
+                 + (f"; failover {fault['failover']:.2f} s" if "failover" in fault else ""))
+        with open(self.root / "nemesis.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(fault) + "\n")
+        time.sleep(self.rng.uniform(0.3, 1.0))
+
+    def _measure_failover(self, t_kill: float, fault: dict[str, Any]) -> None:
+        try:
+            times = wait_for(lambda: [self._offers_after(n, t_kill) for n in self.frameworks]
+                             if all(self._offers_after(n, t_kill) for n in self.frameworks) else None,
+                             self.config.failover_wait, interval=0.1, what="offers after a leader kill")
+        except TimeoutError:
+            self.problems.append(f"frameworks got no offers within {self.config.failover_wait} s of the leader "
+                                 f"kill in fault {fault['n'] + 1}")
+            return
+        fault["failover"] = max(times) - t_kill
+        self.failovers.append(fault["failover"])
+
+    # ---- the end ----------------------------------------------------------------------------------
+    def settle(self) -> None:
+        """Heal everything, bring every process back, stop the frameworks, let the masters converge."""
+        self.proxies.heal()
+        if self.paused is not None and self.paused.proc is not None:
+            os.kill(self.paused.proc.pid, signal.SIGCONT)
+        for m in self.cluster.masters:
+            self._restart_master(m)
+        for a in self.cluster.agents:
+            if not a.alive:
+                self.cluster.start_agent(a)
+        self.stop_file.touch()
+        for name, proc in self.frameworks.items():
+            try:
+                code = proc.wait(timeout=150)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+                code = None
+            if code != 0:
+                self.problems.append(f"framework {name} did not end cleanly (exit {code}); see "
+                                     f"{self.fw_dir / (name + '.log')}")
+        # agents deliver their last updates and acks; then every master must hold the same history
+        try:
+            wait_for(self._converged, 60, interval=0.25, what="every master's events.db at the same seq")
+        except TimeoutError as exc:
+            self.problems.append(str(exc) + f" (last seqs {self._last_seqs()})")
+
+    def _last_seqs(self) -> dict[str, int]:
+        out = {}
+        for m in self.cluster.masters:
+            db = m.data_dir / "events.db"
+            try:
+                conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2)
+                try:
+                    out[m.name] = int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+                finally:
+                    conn.close()
+            except sqlite3.Error:
+                out[m.name] = -1
+        return out
+
+    def _converged(self) -> bool:
+        seqs = self._last_seqs()
+        if len(set(seqs.values())) != 1:
+            return False
+        time.sleep(1.0)  # and stays so: nothing was still in flight
+        return self._last_seqs() == seqs
+
+    def stop(self) -> None:
+        for a in self.cluster.agents:
+            self.cluster.kill(a, signal.SIGTERM)
+        for m in self.cluster.masters:
+            self.cluster.kill(m, signal.SIGTERM)
+        self.proxies.close()
+        for proc in self.frameworks.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=5)
+        self.cluster.stop_all(signal.SIGKILL)
+        kill_processes_under(self.root)
+
+
+def run(config: RunConfig, on_start: Callable[[FaultRun], None] | None = None) -> RunResult:
+    """One whole run; the run directory is removed when every property holds and `config.root` is None."""
+    keep = config.root is not None
+    root = config.root or Path(tempfile.mkdtemp(prefix=f"tessera-faults-{config.seed}-"))
+    root.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    fr = FaultRun(config, root)
+    try:
+        fr.start()
+        if on_start is not None:
+            on_start(fr)
+        for i in range(config.faults):
+            fr.inject(i)
+        fr.settle()
+    except Exception as exc:  # noqa: BLE001 - the history is still checked and the directory kept
+        fr.problems.append(f"harness error: {exc!r}")
+    finally:
+        fr.stop()
+    report = check(load_history(root))
+    result = RunResult(config, report, fr.faults, fr.failovers, fr.problems, time.monotonic() - started, root,
+                       (fr.proxies.connections_seen, fr.proxies.unidentified))
+    if result.ok and not keep:
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+        result.root = None
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.faults.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--masters", type=int, default=3, choices=(3, 5))
+    parser.add_argument("--agents", type=int, default=3)
+    parser.add_argument("--frameworks", type=int, default=2)
+    parser.add_argument("--faults", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--keep", type=Path, default=None, help="run directory to keep (default: a temporary "
+                                                                 "one, removed when the run passes)")
+    parser.add_argument("-q", "--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    config = RunConfig(masters=args.masters, agents=args.agents, frameworks=args.frameworks, faults=args.faults,
+                       seed=args.seed, root=args.keep, verbose=not args.quiet)
+    result = run(config)
+    print(result.summary())
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""The history checker catches each violation it claims to: it is run on a correct hand-made history
+(it passes) and on copies broken in one way each (it reports exactly that kind of violation)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+
+import pytest
+
+from control_plane.core import commands as c
+from control_plane.core.resources import Resources
+from control_plane.core.values import CommandInfo, TaskInfo, TaskState
+from control_plane.eventlog import EventRecord, MemoryEventStore
+from tests.faults.checker import AgentUpdate, History, check
+from tests.unit.inspect.workload import Leader
+
+
+def _history() -> History:
+    """One leader per term, an agent, a framework that launches two tasks (one finishes, one is killed),
+    every update acknowledged, a second term; three masters, the third one a little behind."""
+    store = MemoryEventStore()
+    L = Leader(store)
+    L.run(c.ElectLeader(term=1, master="m1", grpc_address="127.0.0.1:5050", name="m1"))
+    aid = L.agent("host1")
+    fid = L.framework("fw", ("web",))
+    oid = L.offer(fid, aid)
+    tasks = tuple(TaskInfo(task_id=t, name=t, resources=Resources.of(cpus=1, mem=64), command=CommandInfo(value="x"))
+                  for t in ("t1", "t2"))
+    L.run(c.Accept(fid, (oid,), (c.Operation("LAUNCH", tasks=tasks),)), request_id="req-launch")
+    fw: list[dict[str, object]] = [
+        {"kind": "subscribed", "framework_id": fid, "t": 1.0},
+        {"kind": "call", "call": "launch", "ok": True, "request_id": "req-launch", "task_ids": ["t1", "t2"]},
+    ]
+    agent: list[AgentUpdate] = []
+    for task_id, states in (("t1", (TaskState.TASK_RUNNING, TaskState.TASK_FINISHED)),
+                            ("t2", (TaskState.TASK_RUNNING, TaskState.TASK_KILLED))):
+        for state in states:
+            if state is TaskState.TASK_KILLED:
+                L.run(c.Kill(fid, task_id), request_id="req-kill")
+                fw.append({"kind": "call", "call": "kill", "ok": True, "request_id": "req-kill",
+                           "task_ids": [task_id]})
+            uuid = L.status(task_id, state)
+            agent.append(AgentUpdate(len(agent) + 1, task_id, uuid, state.name))
+            fw.append({"kind": "update", "task_id": task_id, "state": state.name, "uuid": uuid})
+            L.ack(task_id, uuid)
+            fw.append({"kind": "call", "call": "acknowledge", "ok": True, "request_id": "", "uuid": uuid,
+                       "task_ids": [task_id]})
+    L.term = 2
+    L.run(c.ElectLeader(term=2, master="m2", grpc_address="127.0.0.1:5051", name="m2"))
+    L.run(c.Teardown(fid), request_id="req-teardown")
+    fw.append({"kind": "call", "call": "teardown", "ok": True, "request_id": "req-teardown"})
+    assert store.flush()
+    records = store.list(1, 10_000)
+    store.close()
+    return History(masters={"m1": list(records), "m2": list(records), "m3": list(records[:-3])},
+                   frameworks={"fw": fw}, agents={"a1": agent})
+
+
+def _kinds(history: History) -> set[str]:
+    return {v.split("]")[0].lstrip("[") for v in check(history).violations}
+
+
+@pytest.fixture(scope="module")
+def good() -> History:
+    return _history()
+
+
+def test_a_correct_history_passes(good: History) -> None:
+    report = check(good)
+    assert report.ok, report.violations
+    assert report.stats["tasks_launched"] == 2 and report.stats["acknowledged_calls"] == 7
+
+
+def _at(records: list[EventRecord], type_: str, nth: int = 0) -> int:
+    return [i for i, r in enumerate(records) if r.type == type_][nth]
+
+
+def test_a_divergent_log_is_caught(good: History) -> None:
+    bad = copy.deepcopy(good)
+    m3 = bad.masters["m3"]
+    i = _at(m3, "TaskStatusUpdated")
+    m3[i] = dataclasses.replace(m3[i], payload=m3[i].payload.replace("TASK_RUNNING", "TASK_FAILED"))
+    assert _kinds(bad) == {"logs"}
+
+
+def test_a_hole_in_a_log_is_caught(good: History) -> None:
+    bad = copy.deepcopy(good)
+    del bad.masters["m3"][5]
+    assert _kinds(bad) == {"logs"}
+
+
+def test_two_leaders_in_one_term_are_caught(good: History) -> None:
+    bad = copy.deepcopy(good)
+    for name in bad.masters:  # every master agrees on the log, which names two leaders for term 2
+        records = bad.masters[name]
+        for i, r in enumerate(records):
+            if r.type == "LeaderElected" and json.loads(r.payload)["term"] == 1:
+                payload = json.loads(r.payload)
+                payload.update(term=2)
+                records[i] = dataclasses.replace(r, payload=json.dumps(payload))
+    assert "leaders" in _kinds(bad)
+    assert any("term 2 has 2 leaders" in v for v in check(bad).violations)
+
+
+def test_a_missing_acknowledged_launch_is_caught(good: History) -> None:
+    bad = copy.deepcopy(good)
+    bad.frameworks["fw"].append({"kind": "call", "call": "launch", "ok": True, "request_id": "req-lost",
+                                 "task_ids": ["t9"]})
+    assert _kinds(bad) == {"acknowledged"}
+
+
+def test_a_missing_acknowledged_acknowledgement_is_caught(good: History) -> None:
+    bad = copy.deepcopy(good)
+    bad.frameworks["fw"].append({"kind": "call", "call": "acknowledge", "ok": True, "request_id": "r",
+                                 "uuid": "uuid-never", "task_ids": ["t1"]})
+    assert _kinds(bad) == {"acknowledged"}
+
+
+def test_a_failed_call_is_not_required_to_be_in_the_log(good: History) -> None:
+    ok = copy.deepcopy(good)
+    ok.frameworks["fw"].append({"kind": "call", "call": "launch", "ok": False, "request_id": "req-failed",
+                                "task_ids": ["t9"]})
+    assert check(ok).ok
+
+
+def test_a_duplicate_status_update_is_caught(good: History) -> None:
+    bad = copy.deepcopy(good)
+    for name in ("m1", "m2"):
+        records = bad.masters[name]
+        dup = records[_at(records, "TaskStatusUpdated")]
+        last = records[-1]
+        records.append(dataclasses.replace(dup, seq=last.seq + 1, raft_index=last.raft_index + 1, position=0,
+                                           request_id="req-dup", time=last.time))
+    kinds = _kinds(bad)
+    assert "updates" in kinds
+    assert any("recorded 2 times" in v for v in check(bad).violations)
+
+
+def test_an_update_never_delivered_to_its_framework_is_caught(good: History) -> None:
+    bad = copy.deepcopy(good)
+    first = next(r for r in bad.frameworks["fw"] if r["kind"] == "update")
+    bad.frameworks["fw"].remove(first)
+    assert _kinds(bad) == {"updates"}
+
+
+def test_an_agent_update_the_master_never_recorded_is_caught(good: History) -> None:
+    bad = copy.deepcopy(good)
+    bad.agents["a1"].append(AgentUpdate(99, "t1", "uuid-unrecorded", "TASK_FINISHED"))
+    assert _kinds(bad) == {"updates"}
+
+
+def test_a_final_state_the_agent_did_not_see_is_caught(good: History) -> None:
+    bad = copy.deepcopy(good)
+    bad.agents["a1"] = [dataclasses.replace(u, state="TASK_FAILED") if u.state == "TASK_FINISHED" else u
+                        for u in bad.agents["a1"]]
+    assert _kinds(bad) == {"tasks"}
+
+
+def test_a_resource_offered_twice_is_caught(good: History) -> None:
+    bad = copy.deepcopy(good)
+    for name in bad.masters:
+        records = bad.masters[name]
+        i = _at(records, "OfferIssued")
+        # the same offer id issued again right after: a second grant of the same resources
+        again = dataclasses.replace(records[i], seq=records[i].seq + 1, raft_index=records[i].raft_index,
+                                    position=1)
+        shifted = [dataclasses.replace(r, seq=r.seq + 1) for r in records[i + 1:]]
+        records[i + 1:] = [again, *shifted]
+    kinds = _kinds(bad)
+    assert "twice" in kinds and "replay" in kinds
