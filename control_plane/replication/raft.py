@@ -99,6 +99,38 @@ def map_fail_reason(code: int, leader_hint: str | None) -> ReplicationError:
     return UnknownOutcomeError(_FAIL_NAMES.get(code, f"FAIL_REASON_{code}"))
 
 
+def syncobj_conf(cfg: ReplicationConfig, on_state_changed: Callable[[int, int], None] | None,
+                 **overrides: Any) -> SyncObjConf:
+    """The pysyncobj configuration of a node. ``overrides`` are for the deterministic simulation
+    (``replication.sim``), which drives the same configuration by hand: no tick thread, no fork."""
+    options: dict[str, Any] = dict(
+        password=cfg.password,
+        autoTick=True,
+        autoTickPeriod=cfg.tick_period_s,
+        raftMinTimeout=cfg.raft_min_timeout_s,
+        raftMaxTimeout=cfg.raft_max_timeout_s,
+        appendEntriesPeriod=cfg.append_entries_period_s,
+        connectionTimeout=cfg.connection_timeout_s,
+        connectionRetryTime=cfg.connection_retry_time_s,
+        leaderFallbackTimeout=cfg.leader_fallback_timeout_s,
+        appendEntriesUseBatch=cfg.append_entries_use_batch,
+        commandsWaitLeader=cfg.commands_wait_leader,
+        dynamicMembershipChange=cfg.dynamic_membership_change,
+        journalFile=str(cfg.journal_file),
+        fullDumpFile=str(cfg.dump_file),
+        logCompactionMinEntries=cfg.log_compaction_min_entries,
+        logCompactionMinTime=cfg.log_compaction_min_time_s,
+        logCompactionSplit=cfg.log_compaction_split,
+        useFork=cfg.use_fork_for_dump,
+        bindAddress=cfg.bind_address or cfg.self_address,
+        maxBindRetries=cfg.max_bind_retries,
+        bindRetryTime=cfg.bind_retry_time_s,
+        onStateChanged=on_state_changed,
+    )
+    options.update(overrides)
+    return SyncObjConf(**options)
+
+
 class _ReplicatedLog(SyncObjConsumer):  # type: ignore[misc]
     """The pysyncobj consumer: a pass-through to the state machine, with no state of its own."""
 
@@ -279,30 +311,7 @@ class RaftReplicator(Replicator):
 
     def _build_syncobj(self) -> SyncObj:
         cfg = self._config
-        conf = SyncObjConf(
-            password=cfg.password,
-            autoTick=True,
-            autoTickPeriod=cfg.tick_period_s,
-            raftMinTimeout=cfg.raft_min_timeout_s,
-            raftMaxTimeout=cfg.raft_max_timeout_s,
-            appendEntriesPeriod=cfg.append_entries_period_s,
-            connectionTimeout=cfg.connection_timeout_s,
-            connectionRetryTime=cfg.connection_retry_time_s,
-            leaderFallbackTimeout=cfg.leader_fallback_timeout_s,
-            appendEntriesUseBatch=cfg.append_entries_use_batch,
-            commandsWaitLeader=cfg.commands_wait_leader,
-            dynamicMembershipChange=cfg.dynamic_membership_change,
-            journalFile=str(cfg.journal_file),
-            fullDumpFile=str(cfg.dump_file),
-            logCompactionMinEntries=cfg.log_compaction_min_entries,
-            logCompactionMinTime=cfg.log_compaction_min_time_s,
-            logCompactionSplit=cfg.log_compaction_split,
-            useFork=cfg.use_fork_for_dump,
-            bindAddress=cfg.bind_address or cfg.self_address,
-            maxBindRetries=cfg.max_bind_retries,
-            bindRetryTime=cfg.bind_retry_time_s,
-            onStateChanged=self._on_state_changed,
-        )
+        conf = syncobj_conf(cfg, self._on_state_changed)
         so = SyncObj(cfg.self_address, list(cfg.peers), conf=conf, consumers=[self._consumer])
         try:
             so.waitBinded()
