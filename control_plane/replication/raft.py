@@ -131,6 +131,36 @@ def syncobj_conf(cfg: ReplicationConfig, on_state_changed: Callable[[int, int], 
     return SyncObjConf(**options)
 
 
+def guard_snapshot_commit_index(so: SyncObj) -> None:
+    """Keep a follower's commit index from advancing over its own unverified entries during a snapshot
+    install (a pysyncobj 0.3.17 bug found by the deterministic simulation, tests/sim, seed 18).
+
+    A leader sends a snapshot as several ``append_entries`` messages without ``prevLogIdx`` (data chunks,
+    then an empty last chunk), or with ``serialized=None`` while its own dump is being written. For each
+    of them the follower runs its usual ending, ``commitIndex = min(leader's commit, last log index)``,
+    although nothing checked that its log matches the leader's: a deposed leader's uncommitted entries
+    are then applied to the state machine (and their events recorded) before the snapshot replaces the
+    state, and if the install never completes they stay applied while the log is repaired under them.
+    Only the last chunk (which loads the snapshot and resets the log to it) may advance the commit index;
+    for the others the leader's commit index is replaced by the follower's own before pysyncobj sees it.
+    """
+    transport = so._SyncObj__transport
+    deliver = transport._onMessageReceivedCallback
+
+    def on_message(node: Any, message: Any) -> None:
+        if (isinstance(message, dict) and message.get("type") == "append_entries"
+                and "prevLogIdx" not in message and not _last_snapshot_chunk(message.get("serialized"))):
+            message = dict(message)
+            message["commit_index"] = min(message.get("commit_index", 0), so.raftCommitIndex)
+        deliver(node, message)
+
+    transport.setOnMessageReceivedCallback(on_message)
+
+
+def _last_snapshot_chunk(serialized: object) -> bool:
+    return isinstance(serialized, tuple) and len(serialized) == 3 and bool(serialized[2])
+
+
 class _ReplicatedLog(SyncObjConsumer):  # type: ignore[misc]
     """The pysyncobj consumer: a pass-through to the state machine, with no state of its own."""
 
@@ -313,6 +343,7 @@ class RaftReplicator(Replicator):
         cfg = self._config
         conf = syncobj_conf(cfg, self._on_state_changed)
         so = SyncObj(cfg.self_address, list(cfg.peers), conf=conf, consumers=[self._consumer])
+        guard_snapshot_commit_index(so)
         try:
             so.waitBinded()
         except SyncObjException:

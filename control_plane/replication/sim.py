@@ -50,7 +50,7 @@ from pysyncobj.transport import Transport
 
 from .api import StateMachine
 from .config import ReplicationConfig
-from .raft import _ReplicatedLog, syncobj_conf
+from .raft import _ReplicatedLog, guard_snapshot_commit_index, syncobj_conf
 
 __all__ = [
     "FAIL_SUCCESS",
@@ -349,7 +349,8 @@ class SimRaftNode:
     """
 
     def __init__(self, network: SimNetwork, config: ReplicationConfig, state_machine: StateMachine, *,
-                 on_leadership: Callable[[SimRaftNode, bool, int], None] | None = None) -> None:
+                 on_leadership: Callable[[SimRaftNode, bool, int], None] | None = None,
+                 guard_snapshots: bool = True) -> None:
         self.network = network
         self.config = config
         self.address = config.self_address
@@ -363,6 +364,8 @@ class SimRaftNode:
         conf = syncobj_conf(config, self._state_changed, autoTick=False, useFork=False)
         self._so = SyncObj(SimNode(self.address), [SimNode(p) for p in self.peers], conf=conf,
                            consumers=[self._consumer], nodeClass=SimNode, transport=self.transport)
+        if guard_snapshots:  # as RaftReplicator does; False reproduces pysyncobj's own behaviour
+            guard_snapshot_commit_index(self._so)
         network.node_up(self)
         # Periodic ticks, like the poll timeout of pysyncobj's loop, at a per-node phase.
         network.scheduler.after(config.tick_period_s * network.rng.random(), self._periodic)
@@ -426,6 +429,17 @@ class SimRaftNode:
     @property
     def last_applied(self) -> int:
         return int(self._so.raftLastApplied)
+
+    def entry(self, index: int) -> RaftEntry | None:
+        """The entry at ``index`` if this node still holds it (inside ``apply_entries`` it does)."""
+        journal = self._so._SyncObj__raftLog  # pysyncobj keeps it private; read-only here
+        if not len(journal):
+            return None
+        pos = index - journal[0][1]
+        if not 0 <= pos < len(journal):
+            return None
+        command, idx, term = journal[pos]
+        return RaftEntry(int(idx), int(term), bytes(command))
 
     def log(self, from_index: int = 0) -> list[RaftEntry]:
         """The Raft log this node holds (after compaction it starts at the snapshot's entries)."""
