@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{totals['acked']} acknowledged requests, {totals['elections']} elections, "
           f"{len(violations)} violations, {elapsed:.1f} s")
     for v in violations:
-        print(f"violation: seed {v.seed} step {v.step}: replay with python -m tests.sim.run --seed {v.seed} --steps {v.steps}")
+        print(f"violation: seed {v.seed} step {v.step}: replay with {v.replay}")
     return 1 if violations else 0
 
 

@@ -24,7 +24,7 @@ step ``check()`` verifies:
 3. at most one leader per term (recorded at every transition, not sampled);
 4. every request a twin saw acknowledged after a commit is in the committed log at the index where it
    was applied, and every master that applied that far remembers its result;
-5. masters that applied the same index have the same state fingerprint (sampled every 10 steps).
+5. masters that applied the same index have the same state fingerprint (sampled every 25 steps).
 
 A final settling phase heals every link, restarts every master, stops the twins and then checks that
 the cluster converged: one serving leader, every master at the same applied index with the same state
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
 import shutil
 import tempfile
@@ -70,6 +71,8 @@ from control_plane.runtime.statemachine import Applied, MasterStateMachine
 from tests.sim.twins import TWIN_PERIOD, AgentTwin, FrameworkTwin, Request
 
 DEFAULT_STEPS = 200
+SETTLE_STEPS = 12  # steps of 0.25 s with every fault repaired and the twins still active
+QUIET_STEPS = 6  # then steps of 0.25 s with the twins and the leader loop quiet, before the final check
 EPOCH = 1_790_000_000.0  # the fake clock starts here (decide wants plausible unix times)
 
 # Timings of the leader loop, scaled down so that a few simulated seconds see several of each duty.
@@ -120,15 +123,19 @@ class _TraceHandler(logging.Handler):
 
 
 class Violation(Exception):
-    def __init__(self, seed: int, step: int, problems: list[str], steps: int) -> None:
-        self.seed, self.step, self.problems, self.steps = seed, step, problems, steps
+    def __init__(self, seed: int, step: int, problems: list[str], steps: int, flags: str = "") -> None:
+        self.seed, self.step, self.problems, self.steps, self.flags = seed, step, problems, steps, flags
         super().__init__(self.report())
 
     def report(self) -> str:
         lines = [f"simulation seed {self.seed}: invariant violated at step {self.step}"]
         lines += [f"  - {p}" for p in self.problems[:20]]
-        lines.append(f"replay: python -m tests.sim.run --seed {self.seed} --steps {self.steps}")
+        lines.append(f"replay: {self.replay}")
         return "\n".join(lines)
+
+    @property
+    def replay(self) -> str:
+        return f"python -m tests.sim.run --seed {self.seed} --steps {self.steps}{self.flags}"
 
 
 @dataclass
@@ -199,7 +206,6 @@ class SimMaster:
         )
         self.node = SimRaftNode(sim.network, config, sm, on_leadership=sim.on_leadership,
                                 guard_snapshots=sim.guard_snapshots)
-        self.checked_log_upto = 0
         sim.scheduler.after(SETTINGS.tick * sim.rng.random(), self.duties, self.incarnation)
 
     def crash(self) -> None:
@@ -482,6 +488,18 @@ class SimMaster:
         self.alloc_inflight = False
 
 
+def _scratch() -> str | None:
+    """Journal, meta and dump files go to memory-backed /dev/shm when there is one: the same files and
+    the same pysyncobj code paths, without paying for disk metadata writes (the meta file is rewritten
+    every simulated second)."""
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
+def _digest(command: bytes) -> str:
+    return hashlib.sha256(command).hexdigest()[:12]
+
+
 def _outcome(result: ApplyResult) -> tuple[Any, ...]:
     if result.ok:
         return ("ok", result, result.request_id)
@@ -498,13 +516,14 @@ class Simulation:
         self.clock = SimClock(EPOCH)
         self.scheduler = Scheduler(self.clock)
         self._own_root = root is None
-        self.root = Path(tempfile.mkdtemp(prefix=f"tessera-sim-{seed}-")) if root is None else root
+        self.root = Path(tempfile.mkdtemp(prefix=f"tessera-sim-{seed}-", dir=_scratch())) if root is None else root
         self.addresses = [f"10.0.0.{i + 1}:7000" for i in range(masters)]
         self.fault_rate = fault_rate
         self.compaction_entries = self.rng.choice((20, 50, 5000))
         self.state_machine_factory = state_machine_factory or (
             lambda trail: MasterStateMachine(trail, snapshot_every=0))  # type: ignore[arg-type]
         self.guard_snapshots = guard_snapshots
+        self.final_prints: tuple[str, ...] = ()
         self.quiet = False
         self.step_no = 0
         self.faults: dict[str, int] = {}
@@ -514,7 +533,7 @@ class Simulation:
         # what the checker remembers across the whole run
         self.leaders: dict[int, str] = {}
         self.elections = 0
-        self.committed: dict[int, tuple[int, str]] = {}  # raft index -> (term, sha256 of the entry)
+        self.committed: dict[int, tuple[int, bytes]] = {}  # raft index -> (term, entry) as first seen committed
         self.acked: dict[str, int] = {}  # request id -> raft index where it was applied
         self.request_index: dict[str, dict[str, int]] = {}  # master -> request id -> raft index
         self.checked_state: dict[str, tuple[int, int]] = {}
@@ -628,12 +647,11 @@ class Simulation:
                 self._committed(master, entry)
 
     def _committed(self, master: SimMaster, entry: RaftEntry) -> None:
-        digest = hashlib.sha256(entry.command).hexdigest()
-        seen = self.committed.setdefault(entry.index, (entry.term, digest))
-        if seen != (entry.term, digest):
+        seen = self.committed.setdefault(entry.index, (entry.term, entry.command))
+        if seen != (entry.term, entry.command):
             self.problems.append(
-                f"{master.name} committed index {entry.index} as (term {entry.term}, {digest[:12]}) "
-                f"but it was committed as (term {seen[0]}, {seen[1][:12]})")
+                f"{master.name} holds committed index {entry.index} as (term {entry.term}, {_digest(entry.command)}) "
+                f"but it was committed as (term {seen[0]}, {_digest(seen[1])})")
 
     def acknowledged(self, request: Request, result: ApplyResult, request_id: str) -> None:
         """A twin saw `request` succeed after a commit: it must never be lost."""
@@ -723,12 +741,12 @@ class Simulation:
         for twin in self.twins.values():
             if isinstance(twin, AgentTwin):
                 twin.lost_until = 0.0
-        for _ in range(16):
+        for _ in range(SETTLE_STEPS):
             self.step_no += 1
             self.scheduler.run_until(self.clock.now + 0.25)
             self.check()
         self.quiet = True
-        for _ in range(8):
+        for _ in range(QUIET_STEPS):
             self.step_no += 1
             self.scheduler.run_until(self.clock.now + 0.25)
             self.check()
@@ -749,17 +767,15 @@ class Simulation:
                 m.trail.problems.clear()
                 self._check_requests(m)
             commit = node.commit_index
-            if commit > m.checked_log_upto:
-                for entry in node.log(m.checked_log_upto + 1):
-                    if entry.index > commit:
-                        break
-                    self._committed(m, entry)
-                m.checked_log_upto = commit
-        if self.step_no % 10 == 0:
+            for entry in node.log():  # the whole retained log: an entry may change under a checked index
+                if entry.index > commit:
+                    break
+                self._committed(m, entry)
+        if self.step_no % 25 == 0:
             self._check_fingerprints()
         if problems:
             self.trace("violation: " + "; ".join(problems))
-            raise Violation(self.seed, self.step_no, list(problems), self.steps)
+            raise Violation(self.seed, self.step_no, list(problems), self.steps, self._flags())
 
     def _check_requests(self, m: SimMaster) -> None:
         assert m.node is not None and m.sm is not None
@@ -801,12 +817,17 @@ class Simulation:
                 missing = [r for r in self.acked if m.sm.state.result_for_request(r) is None]
                 if missing:
                     problems.append(f"{m.name} lost acknowledged requests {missing[:5]}")
+        self.final_prints = tuple(prints.get(m.name, "") for m in self.masters)
         self.trace("converged " + " ".join(sorted(prints.values())))
         if problems:
-            raise Violation(self.seed, self.step_no, list(problems), self.steps)
+            raise Violation(self.seed, self.step_no, list(problems), self.steps, self._flags())
+
+    def _flags(self) -> str:
+        return "" if self.guard_snapshots else " --unguarded"
 
     def report(self) -> Report:
-        prints = tuple(m.sm.state.fingerprint() if m.sm is not None else "" for m in self.masters)
+        prints = self.final_prints or tuple(
+            m.sm.state.fingerprint() if m.sm is not None else "" for m in self.masters)
         for p in prints:
             self._hash.update(p.encode())
         return Report(
