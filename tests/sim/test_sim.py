@@ -10,11 +10,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 import pytest
 
+from control_plane.eventlog import EventStore
 from control_plane.runtime.statemachine import MasterStateMachine
-from tests.sim.world import EventTrail, Simulation, Violation, run_seed
+from tests.sim.world import EventTrail, Simulation, Violation, master_state_machine, run_seed
 
 CI_SEEDS = 200
 CI_STEPS = 80
@@ -63,9 +65,13 @@ class _OvercountingStateMachine(MasterStateMachine):
         return results
 
 
+def _overcounting(trail: EventTrail) -> MasterStateMachine:
+    return _OvercountingStateMachine(cast(EventStore, trail), snapshot_every=0)
+
+
 def test_the_checker_reports_a_broken_apply() -> None:
     with pytest.raises(Violation) as caught:
-        run_seed(3, CI_STEPS, state_machine_factory=lambda trail: _OvercountingStateMachine(trail, snapshot_every=0))
+        run_seed(3, CI_STEPS, state_machine_factory=_overcounting)
     assert any("events were recorded" in p for p in caught.value.problems)
     assert "python -m tests.sim.run --seed 3" in caught.value.report()
 
@@ -77,7 +83,7 @@ def test_the_checker_reports_a_master_whose_apply_silently_drops_entries() -> No
 
     def factory(trail: EventTrail) -> MasterStateMachine:
         built.append(trail)
-        sm = MasterStateMachine(trail, snapshot_every=0)
+        sm = master_state_machine(trail)
         if len(built) == 2:
             original = sm.apply_entries
 

@@ -43,7 +43,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from control_plane.allocation import allocate, snapshot_from_state
 from control_plane.codec import entry_to_bytes
@@ -54,7 +54,7 @@ from control_plane.core.errors import TesseraError
 from control_plane.core.invariants import check_invariants
 from control_plane.core.resources import Resources
 from control_plane.core.values import AgentState, FrameworkState
-from control_plane.eventlog import EventRecord
+from control_plane.eventlog import EventRecord, EventStore
 from control_plane.replication.config import ReplicationConfig
 from control_plane.replication.sim import (
     FAIL_SUCCESS,
@@ -65,7 +65,7 @@ from control_plane.replication.sim import (
     SimRaftNode,
     deterministic_pysyncobj,
 )
-from control_plane.runtime.leader import LeaderSettings
+from control_plane.runtime.leader import _FREES_RESOURCES, LeaderSettings  # the real leader's list
 from control_plane.runtime.master import decide_entry
 from control_plane.runtime.statemachine import Applied, MasterStateMachine
 from tests.sim.twins import TWIN_PERIOD, AgentTwin, FrameworkTwin, Request
@@ -78,13 +78,6 @@ EPOCH = 1_790_000_000.0  # the fake clock starts here (decide wants plausible un
 # Timings of the leader loop, scaled down so that a few simulated seconds see several of each duty.
 SETTINGS = LeaderSettings(agent_timeout=2.0, reregistration_timeout=2.0, framework_reconnect_timeout=2.0,
                           allocation_interval=0.5, offer_timeout=4.0, status_update_retry=1.5, tick=0.1)
-
-# Events after which an allocation round may find something new (as control_plane.runtime.leader).
-_FREES_RESOURCES = (
-    ev.AgentRegistered, ev.AgentReregistered, ev.FrameworkSubscribed, ev.FrameworkRevived,
-    ev.OfferDeclined, ev.OfferRescinded,
-)
-
 
 class EventTrail:
     """The event-log port of one master, reduced to what the simulation checks: records arrive with
@@ -154,6 +147,12 @@ class Report:
 
 
 StateMachineFactory = Callable[[EventTrail], MasterStateMachine]
+
+
+def master_state_machine(trail: EventTrail) -> MasterStateMachine:
+    """The real state machine of a master, writing its event records to `trail` (no event-log snapshots:
+    the event log is not what this simulation checks)."""
+    return MasterStateMachine(cast(EventStore, trail), snapshot_every=0)
 
 
 class SimMaster:
@@ -520,8 +519,7 @@ class Simulation:
         self.addresses = [f"10.0.0.{i + 1}:7000" for i in range(masters)]
         self.fault_rate = fault_rate
         self.compaction_entries = self.rng.choice((20, 50, 5000))
-        self.state_machine_factory = state_machine_factory or (
-            lambda trail: MasterStateMachine(trail, snapshot_every=0))  # type: ignore[arg-type]
+        self.state_machine_factory = state_machine_factory or master_state_machine
         self.guard_snapshots = guard_snapshots
         self.final_prints: tuple[str, ...] = ()
         self.quiet = False
@@ -846,4 +844,4 @@ def run_seed(seed: int, steps: int = DEFAULT_STEPS, **kwargs: Any) -> Report:
         return sim.run()
 
 
-__all__ = ["DEFAULT_STEPS", "EventTrail", "Report", "SimMaster", "Simulation", "Violation", "run_seed"]
+__all__ = ["DEFAULT_STEPS", "EventTrail", "master_state_machine", "Report", "SimMaster", "Simulation", "Violation", "run_seed"]
