@@ -99,6 +99,68 @@ def map_fail_reason(code: int, leader_hint: str | None) -> ReplicationError:
     return UnknownOutcomeError(_FAIL_NAMES.get(code, f"FAIL_REASON_{code}"))
 
 
+def syncobj_conf(cfg: ReplicationConfig, on_state_changed: Callable[[int, int], None] | None,
+                 **overrides: Any) -> SyncObjConf:
+    """The pysyncobj configuration of a node. ``overrides`` are for the deterministic simulation
+    (``replication.sim``), which drives the same configuration by hand: no tick thread, no fork."""
+    options: dict[str, Any] = dict(
+        password=cfg.password,
+        autoTick=True,
+        autoTickPeriod=cfg.tick_period_s,
+        raftMinTimeout=cfg.raft_min_timeout_s,
+        raftMaxTimeout=cfg.raft_max_timeout_s,
+        appendEntriesPeriod=cfg.append_entries_period_s,
+        connectionTimeout=cfg.connection_timeout_s,
+        connectionRetryTime=cfg.connection_retry_time_s,
+        leaderFallbackTimeout=cfg.leader_fallback_timeout_s,
+        appendEntriesUseBatch=cfg.append_entries_use_batch,
+        commandsWaitLeader=cfg.commands_wait_leader,
+        dynamicMembershipChange=cfg.dynamic_membership_change,
+        journalFile=str(cfg.journal_file),
+        fullDumpFile=str(cfg.dump_file),
+        logCompactionMinEntries=cfg.log_compaction_min_entries,
+        logCompactionMinTime=cfg.log_compaction_min_time_s,
+        logCompactionSplit=cfg.log_compaction_split,
+        useFork=cfg.use_fork_for_dump,
+        bindAddress=cfg.bind_address or cfg.self_address,
+        maxBindRetries=cfg.max_bind_retries,
+        bindRetryTime=cfg.bind_retry_time_s,
+        onStateChanged=on_state_changed,
+    )
+    options.update(overrides)
+    return SyncObjConf(**options)
+
+
+def guard_snapshot_commit_index(so: SyncObj) -> None:
+    """Keep a follower's commit index from advancing over its own unverified entries during a snapshot
+    install (a pysyncobj 0.3.17 bug found by the deterministic simulation, tests/sim, seed 18).
+
+    A leader sends a snapshot as several ``append_entries`` messages without ``prevLogIdx`` (data chunks,
+    then an empty last chunk), or with ``serialized=None`` while its own dump is being written. For each
+    of them the follower runs its usual ending, ``commitIndex = min(leader's commit, last log index)``,
+    although nothing checked that its log matches the leader's: a deposed leader's uncommitted entries
+    are then applied to the state machine (and their events recorded) before the snapshot replaces the
+    state, and if the install never completes they stay applied while the log is repaired under them.
+    Only the last chunk (which loads the snapshot and resets the log to it) may advance the commit index;
+    for the others the leader's commit index is replaced by the follower's own before pysyncobj sees it.
+    """
+    transport = so._SyncObj__transport
+    deliver = transport._onMessageReceivedCallback
+
+    def on_message(node: Any, message: Any) -> None:
+        if (isinstance(message, dict) and message.get("type") == "append_entries"
+                and "prevLogIdx" not in message and not _last_snapshot_chunk(message.get("serialized"))):
+            message = dict(message)
+            message["commit_index"] = min(message.get("commit_index", 0), so.raftCommitIndex)
+        deliver(node, message)
+
+    transport.setOnMessageReceivedCallback(on_message)
+
+
+def _last_snapshot_chunk(serialized: object) -> bool:
+    return isinstance(serialized, tuple) and len(serialized) == 3 and bool(serialized[2])
+
+
 class _ReplicatedLog(SyncObjConsumer):  # type: ignore[misc]
     """The pysyncobj consumer: a pass-through to the state machine, with no state of its own."""
 
@@ -279,31 +341,9 @@ class RaftReplicator(Replicator):
 
     def _build_syncobj(self) -> SyncObj:
         cfg = self._config
-        conf = SyncObjConf(
-            password=cfg.password,
-            autoTick=True,
-            autoTickPeriod=cfg.tick_period_s,
-            raftMinTimeout=cfg.raft_min_timeout_s,
-            raftMaxTimeout=cfg.raft_max_timeout_s,
-            appendEntriesPeriod=cfg.append_entries_period_s,
-            connectionTimeout=cfg.connection_timeout_s,
-            connectionRetryTime=cfg.connection_retry_time_s,
-            leaderFallbackTimeout=cfg.leader_fallback_timeout_s,
-            appendEntriesUseBatch=cfg.append_entries_use_batch,
-            commandsWaitLeader=cfg.commands_wait_leader,
-            dynamicMembershipChange=cfg.dynamic_membership_change,
-            journalFile=str(cfg.journal_file),
-            fullDumpFile=str(cfg.dump_file),
-            logCompactionMinEntries=cfg.log_compaction_min_entries,
-            logCompactionMinTime=cfg.log_compaction_min_time_s,
-            logCompactionSplit=cfg.log_compaction_split,
-            useFork=cfg.use_fork_for_dump,
-            bindAddress=cfg.bind_address or cfg.self_address,
-            maxBindRetries=cfg.max_bind_retries,
-            bindRetryTime=cfg.bind_retry_time_s,
-            onStateChanged=self._on_state_changed,
-        )
+        conf = syncobj_conf(cfg, self._on_state_changed)
         so = SyncObj(cfg.self_address, list(cfg.peers), conf=conf, consumers=[self._consumer])
+        guard_snapshot_commit_index(so)
         try:
             so.waitBinded()
         except SyncObjException:

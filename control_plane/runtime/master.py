@@ -74,6 +74,29 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{_ID_PREFIX}{next(_ID_COUNTER):08x}"
 
 
+def decide_entry(
+    sm: MasterStateMachine, commands: Sequence[cmd.Command], *, request_id: str, traceparent: str, term: int,
+    leader: str, now: float, new_id: Callable[[str], str],
+) -> tuple[ev.Entry, ApplyResult | None]:
+    """The entry a leader proposes for `commands`, or the recorded result when `request_id` was already
+    applied: a retry (after a lost reply or a failover) is answered from replicated state, not decided
+    again — deciding again would refuse it (its offer is used, its task id taken) although the first
+    attempt succeeded. Raises the domain error `decide` raises. (Also driven by the deterministic
+    simulation in tests/sim.)"""
+    ctx = Context(now=now, term=term, leader=leader, new_id=new_id)
+    events: list[ev.Event] = []
+    with sm.lock:
+        prior = sm.state.result_for_request(request_id)
+        if prior is None:
+            for c in commands:
+                events.extend(decide(sm.state, c, ctx))
+    entry = ev.Entry(
+        term=term, leader=leader, time=now,
+        request_id=request_id, traceparent=traceparent, events=tuple(events),
+    )
+    return entry, (None if prior is None else replace(prior, outcome="duplicate"))
+
+
 class Master:
     """One master process's control plane, independent of gRPC (the servicers call this)."""
 
@@ -254,22 +277,8 @@ class Master:
 
     def _decide(self, commands: Sequence[cmd.Command], request_id: str, traceparent: str, term: int
                 ) -> tuple[ev.Entry, ApplyResult | None]:
-        """The entry to propose, or the recorded result when `request_id` was already applied: a retry
-        (after a lost reply or a failover) is answered from replicated state, not decided again — deciding
-        again would refuse it (its offer is used, its task id taken) although the first attempt succeeded."""
-        now = self.clock()
-        ctx = Context(now=now, term=term, leader=self.identity.raft_address, new_id=new_id)
-        events: list[ev.Event] = []
-        with self.sm.lock:
-            prior = self.sm.state.result_for_request(request_id)
-            if prior is None:
-                for c in commands:
-                    events.extend(decide(self.sm.state, c, ctx))
-        entry = ev.Entry(
-            term=term, leader=self.identity.raft_address, time=now,
-            request_id=request_id, traceparent=traceparent, events=tuple(events),
-        )
-        return entry, (None if prior is None else replace(prior, outcome="duplicate"))
+        return decide_entry(self.sm, commands, request_id=request_id, traceparent=traceparent, term=term,
+                            leader=self.identity.raft_address, now=self.clock(), new_id=new_id)
 
     def _commit(self, commands: Sequence[cmd.Command], *, request_id: str, traceparent: str, term: int) -> ApplyResult:
         entry, prior = self._decide(commands, request_id, traceparent, term)

@@ -1,0 +1,847 @@
+"""Whole-cluster deterministic simulation: masters on real pysyncobj, agent and framework twins, faults.
+
+Theory of operation
+-------------------
+One seed fixes everything. ``Simulation(seed)`` builds three masters, each a real pysyncobj node
+(``control_plane.replication.sim.SimRaftNode``: in-memory network, fake clock, seeded elections, journal
+and dump files in a temporary directory) applying committed entries through the real replicated method
+into a real ``MasterStateMachine`` (``control_plane.runtime.statemachine``). Commands come from the real
+pure core: ``decide_entry`` (the function ``Master`` proposes with), ``decide``, ``apply`` and the
+allocator. The leader duties of ``control_plane.runtime.leader`` are thread- and wall-clock-bound (a
+ticker thread, blocking proposals), so a small sim leader loop (``SimMaster.duties``) drives the same
+core commands on the same schedule instead: the ``LeaderElected`` barrier before serving, rescinding
+stale offers, allocation rounds, agents marked unreachable after ``agent_timeout``, disconnected
+frameworks, offer and framework expiry, re-sending unacknowledged updates, and reactions after apply.
+
+Each step the generator picks, from the seeded rng, a fault (crash or restart a master, cut, heal or
+reset a link between masters, isolate a master, lose an agent for a while), perhaps a client action,
+and then advances the fake clock by a random slice, which delivers messages and ticks nodes. After every
+step ``check()`` verifies:
+
+1. ``check_invariants`` on the state of every live master (whenever it applied something new);
+2. committed log prefixes agree: an index committed anywhere always holds the same (term, entry) on
+   every master, across crashes, restarts, compaction and snapshots;
+3. at most one leader per term (recorded at every transition, not sampled);
+4. every request a twin saw acknowledged after a commit is in the committed log at the index where it
+   was applied, and every master that applied that far remembers its result;
+5. masters that applied the same index have the same state fingerprint (sampled every 25 steps).
+
+A final settling phase heals every link, restarts every master, stops the twins and then checks that
+the cluster converged: one serving leader, every master at the same applied index with the same state
+fingerprint, every acknowledged request present everywhere. Liveness failures are reported too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import shutil
+import tempfile
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from control_plane.allocation import allocate, snapshot_from_state
+from control_plane.codec import entry_to_bytes
+from control_plane.core import commands as cmd
+from control_plane.core import events as ev
+from control_plane.core.apply import ApplyResult
+from control_plane.core.errors import TesseraError
+from control_plane.core.invariants import check_invariants
+from control_plane.core.resources import Resources
+from control_plane.core.values import AgentState, FrameworkState
+from control_plane.eventlog import EventRecord, EventStore
+from control_plane.replication.config import ReplicationConfig
+from control_plane.replication.sim import (
+    FAIL_SUCCESS,
+    RaftEntry,
+    Scheduler,
+    SimClock,
+    SimNetwork,
+    SimRaftNode,
+    deterministic_pysyncobj,
+)
+from control_plane.runtime.leader import _FREES_RESOURCES, LeaderSettings  # the real leader's list
+from control_plane.runtime.master import decide_entry
+from control_plane.runtime.statemachine import Applied, MasterStateMachine
+from tests.sim.twins import TWIN_PERIOD, AgentTwin, FrameworkTwin, Request
+
+DEFAULT_STEPS = 200
+SETTLE_STEPS = 12  # steps of 0.25 s with every fault repaired and the twins still active
+QUIET_STEPS = 6  # then steps of 0.25 s with the twins and the leader loop quiet, before the final check
+EPOCH = 1_790_000_000.0  # the fake clock starts here (decide wants plausible unix times)
+
+# Timings of the leader loop, scaled down so that a few simulated seconds see several of each duty.
+SETTINGS = LeaderSettings(agent_timeout=2.0, reregistration_timeout=2.0, framework_reconnect_timeout=2.0,
+                          allocation_interval=0.5, offer_timeout=4.0, status_update_retry=1.5, tick=0.1)
+
+class EventTrail:
+    """The event-log port of one master, reduced to what the simulation checks: records arrive with
+    consecutive seqs (within a life of the state machine) and can be looked up by seq."""
+
+    def __init__(self) -> None:
+        self.records: dict[int, EventRecord] = {}
+        self.last_seq = 0
+        self.problems: list[str] = []
+
+    def append(self, records: Sequence[EventRecord]) -> None:
+        for r in records:
+            if self.last_seq and r.seq != self.last_seq + 1:
+                self.problems.append(f"event seq {r.seq} follows {self.last_seq}")
+            self.last_seq = r.seq
+            self.records[r.seq] = r
+
+    def restored(self, seq: int) -> None:
+        """The state machine was replaced by a snapshot: numbering continues after its seq."""
+        self.last_seq = seq
+
+    def get(self, seq: int) -> EventRecord | None:
+        return self.records.get(seq)
+
+
+class _TraceHandler(logging.Handler):
+    """pysyncobj's log lines go into the trace (and are counted), not to stderr."""
+
+    def __init__(self, sim: Simulation) -> None:
+        super().__init__(logging.WARNING)
+        self.sim = sim
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sim.raft_log_lines += 1
+        self.sim.trace(f"pysyncobj {record.levelname}: {record.getMessage()}")
+
+
+class Violation(Exception):
+    def __init__(self, seed: int, step: int, problems: list[str], steps: int, flags: str = "") -> None:
+        self.seed, self.step, self.problems, self.steps, self.flags = seed, step, problems, steps, flags
+        super().__init__(self.report())
+
+    def report(self) -> str:
+        lines = [f"simulation seed {self.seed}: invariant violated at step {self.step}"]
+        lines += [f"  - {p}" for p in self.problems[:20]]
+        lines.append(f"replay: {self.replay}")
+        return "\n".join(lines)
+
+    @property
+    def replay(self) -> str:
+        return f"python -m tests.sim.run --seed {self.seed} --steps {self.steps}{self.flags}"
+
+
+@dataclass
+class Report:
+    seed: int
+    steps: int
+    faults: dict[str, int]
+    events: int
+    messages: int
+    commits: int
+    acked: int
+    elections: int
+    raft_log_lines: int
+    trace_hash: str
+    fingerprints: tuple[str, ...]
+
+
+StateMachineFactory = Callable[[EventTrail], MasterStateMachine]
+
+
+def master_state_machine(trail: EventTrail) -> MasterStateMachine:
+    """The real state machine of a master, writing its event records to `trail` (no event-log snapshots:
+    the event log is not what this simulation checks)."""
+    return MasterStateMachine(cast(EventStore, trail), snapshot_every=0)
+
+
+class SimMaster:
+    """One master: its Raft node and state machine (rebuilt at each restart over the same files), and
+    the soft state of its leader loop (lost at each crash, as in a real master)."""
+
+    def __init__(self, sim: Simulation, index: int) -> None:
+        self.sim = sim
+        self.index = index
+        self.name = f"m{index}"
+        self.address = sim.addresses[index]
+        self.data_dir = sim.root / self.name
+        self.incarnation = 0
+        self.node: SimRaftNode | None = None
+        self.sm: MasterStateMachine | None = None
+        self.trail = EventTrail()
+        self.start()
+
+    # ---- life ----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        sim = self.sim
+        self.incarnation += 1
+        self.ids = 0
+        self.serving_term = 0
+        self.barrier_term = 0
+        self.serving_since = 0.0
+        self.last_seen: dict[str, float] = {}  # agent id -> last time it talked to this leader
+        self.sessions: dict[str, str] = {}  # framework id -> stream id, subscribed through this leader
+        self.agent_sessions: dict[str, str] = {}  # agent id -> twin name
+        self.update_sent: dict[str, float] = {}
+        self.pending: set[str] = set()
+        self.alloc_inflight = False
+        self.want_alloc = True
+        self.last_alloc = 0.0
+        self.last_slow = 0.0
+        self.trail = EventTrail()
+        self.sm = sm = sim.state_machine_factory(self.trail)
+        sm.add_listener(self.on_applied)
+        restore, trail = sm.restore, self.trail
+
+        def restored(snap: object) -> None:
+            restore(snap)
+            trail.restored(sm.state.seq)
+            sim.trace(f"{self.name} restored a snapshot at seq {sm.state.seq}")
+
+        sm.restore = restored  # type: ignore[method-assign]
+        config = ReplicationConfig(
+            self.address, tuple(a for a in sim.addresses if a != self.address), self.data_dir,
+            log_compaction_min_entries=sim.compaction_entries, dynamic_membership_change=False,
+        )
+        self.node = SimRaftNode(sim.network, config, sm, on_leadership=sim.on_leadership,
+                                guard_snapshots=sim.guard_snapshots)
+        sim.scheduler.after(SETTINGS.tick * sim.rng.random(), self.duties, self.incarnation)
+
+    def crash(self) -> None:
+        if self.node is not None:
+            self.node.crash()
+        self.node = None
+        self.sm = None
+
+    @property
+    def alive(self) -> bool:
+        return self.node is not None
+
+    def new_id(self, prefix: str) -> str:
+        self.ids += 1
+        return f"{prefix}-{self.name}.{self.incarnation}.{self.ids}"
+
+    def serving(self) -> bool:
+        node = self.node
+        return node is not None and node.is_leader() and self.serving_term == node.term()
+
+    # ---- proposing -----------------------------------------------------------------------------------
+    def propose(self, commands: Sequence[cmd.Command], request_id: str,
+                done: Callable[[tuple[Any, ...]], None]) -> None:
+        """As ``Master.propose_async``: decide now (a domain error answers at once), then commit."""
+        node, sm = self.node, self.sm
+        assert node is not None and sm is not None
+        term = node.term()
+        try:
+            entry, prior = decide_entry(sm, commands, request_id=request_id, traceparent="", term=term,
+                                        leader=self.address, now=self.sim.clock.now, new_id=self.new_id)
+        except TesseraError as exc:
+            done(("error", type(exc).__name__, str(exc)))
+            return
+        if prior is not None:
+            done(_outcome(prior))
+            return
+        if not entry.events:
+            done(("ok", None, None))  # already done: nothing committed, nothing to acknowledge
+            return
+        data = entry_to_bytes(entry)
+        sm.expect(data, entry)
+        incarnation = self.incarnation
+
+        def committed(result: object, err: int) -> None:
+            if self.incarnation != incarnation:
+                return
+            if err != FAIL_SUCCESS or not isinstance(result, list) or not isinstance(result[0], ApplyResult):
+                done(("unknown", err))
+            else:
+                done(_outcome(result[0]))
+
+        node.propose([data], committed)
+
+    def propose_duty(self, key: str, commands: Sequence[cmd.Command]) -> None:
+        if key in self.pending:
+            return
+        self.pending.add(key)
+        incarnation = self.incarnation
+
+        def done(outcome: tuple[Any, ...]) -> None:
+            if self.incarnation == incarnation:
+                self.pending.discard(key)
+                if key == "alloc":
+                    self.alloc_inflight = False
+
+        self.propose(commands, self.new_id("req"), done)
+
+    # ---- requests from twins -------------------------------------------------------------------------
+    def handle(self, request: Request, reply: Callable[[tuple[Any, ...]], None]) -> None:
+        node = self.node
+        if node is None:
+            return  # a dead process answers nothing
+        if not self.serving():
+            reply(("not_leader", node.leader()))
+            return
+        now = self.sim.clock.now
+        twin = self.sim.twins[request.client]
+        if request.kind == "ping":
+            if isinstance(twin, AgentTwin) and twin.agent_id:
+                if self.agent_sessions.get(twin.agent_id) != twin.name:
+                    reply(("error", "NotFound", "agent session not on this master"))
+                    return
+                self.last_seen[twin.agent_id] = now
+            if isinstance(twin, FrameworkTwin) and self.sessions.get(twin.framework_id) != twin.stream_id:
+                reply(("error", "NotFound", "framework is not subscribed here"))
+                return
+            reply(("ok", None, None))
+            return
+        if request.kind == "register":
+            self.propose(request.commands, request.request_id, lambda o: reply(self._registered(o)))
+            return
+        if request.kind == "reregister":
+            agent_id = request.commands[0].agent_id  # type: ignore[union-attr]
+
+            def reregistered(outcome: tuple[Any, ...]) -> None:
+                if outcome[0] == "ok":
+                    self.agent_sessions[agent_id] = twin.name
+                    self.last_seen[agent_id] = self.sim.clock.now
+                    outcome = (*outcome[:3], self._orphaned(agent_id, request.commands[0]))  # type: ignore[arg-type]
+                reply(outcome)
+
+            self.propose(request.commands, request.request_id, reregistered)
+            return
+        if request.kind == "subscribe":
+            def subscribed(outcome: tuple[Any, ...]) -> None:
+                if outcome[0] == "ok" and outcome[1] is not None:
+                    sub = next(e for _, e in outcome[1].events if isinstance(e, ev.FrameworkSubscribed))
+                    self.sessions[sub.framework_id] = sub.stream_id
+                    outcome = (*outcome[:3], (sub.framework_id, sub.stream_id))
+                    reply(outcome)
+                    self.after_subscribe(sub.framework_id)
+                else:
+                    reply(outcome if outcome[0] != "ok" else ("error", "Conflict", "no subscription recorded"))
+
+            self.propose(request.commands, request.request_id, subscribed)
+            return
+        if isinstance(twin, AgentTwin) and twin.agent_id:
+            self.last_seen[twin.agent_id] = now
+        self.propose(request.commands, request.request_id, reply)
+
+    def _registered(self, outcome: tuple[Any, ...]) -> tuple[Any, ...]:
+        """As the agent link does: the new agent id is in the result, or (a retried registration) in the
+        event its first attempt recorded."""
+        if outcome[0] != "ok" or outcome[1] is None:
+            return outcome
+        result: ApplyResult = outcome[1]
+        for _, event in result.events:
+            if isinstance(event, ev.AgentRegistered):
+                return (*outcome[:3], event.agent_id)
+        record = self.trail.get(result.first_seq)
+        if record is not None and record.type == "AgentRegistered":
+            return (*outcome[:3], record.agent_id)
+        return ("error", "InvalidRequest", "registration produced no agent id")
+
+    def _orphaned(self, agent_id: str, rereg: cmd.ReregisterAgent) -> tuple[str, ...]:
+        assert self.sm is not None
+        state = self.sm.state
+        out = []
+        for status in rereg.tasks:
+            task = state.find_task(status.task_id)
+            if task is None or task.terminal or task.agent_id != agent_id:
+                out.append(status.task_id)
+        return tuple(out)
+
+    def after_subscribe(self, framework_id: str) -> None:
+        assert self.sm is not None
+        state = self.sm.state
+        offers = state.offers_of_framework(framework_id)
+        if offers:
+            self.sim.push_framework(self, framework_id, "offers", tuple(offers))
+        for t in state.tasks_of_framework(framework_id):
+            if t.unacknowledged:
+                self.update_sent[t.unacknowledged[0].uuid] = self.sim.clock.now
+                self.sim.push_framework(self, framework_id, "update", t.unacknowledged[0])
+        self.want_alloc = True
+
+    # ---- reactions after apply -----------------------------------------------------------------------
+    def on_applied(self, batch: Sequence[Applied]) -> None:
+        self.sim.applied(self, batch)
+        if not self.serving():
+            return
+        term = self.node.term() if self.node is not None else 0
+        offers: dict[str, list[Any]] = {}
+        for applied in batch:
+            for _, event in applied.result.events:
+                if isinstance(event, _FREES_RESOURCES):
+                    self.want_alloc = True
+                if isinstance(event, ev.TaskLaunched):
+                    self.sim.push_agent(self, event.agent_id, term, "run", event.task)
+                elif isinstance(event, ev.TaskKillRequested):
+                    self.sim.push_agent(self, event.agent_id, term, "kill", event.task_id)
+                elif isinstance(event, ev.TaskStatusUpdated):
+                    if event.status.state >= 5:
+                        self.want_alloc = True
+                    if event.status.uuid:
+                        self.update_sent[event.status.uuid] = self.sim.clock.now
+                    self.sim.push_framework(self, event.framework_id, "update", event.status)
+                elif isinstance(event, ev.OfferIssued):
+                    offers.setdefault(event.framework_id, []).append(event.offer)
+                elif isinstance(event, ev.OfferRescinded):
+                    self.sim.push_framework(self, event.framework_id, "rescind", event.offer_id)
+                elif isinstance(event, ev.FrameworkRemoved):
+                    self.sessions.pop(event.framework_id, None)
+        for framework_id, items in offers.items():
+            self.sim.push_framework(self, framework_id, "offers", tuple(items))
+
+    # ---- the leader loop -----------------------------------------------------------------------------
+    def duties(self, incarnation: int) -> None:
+        if incarnation != self.incarnation or self.node is None:
+            return
+        sim = self.sim
+        sim.scheduler.after(SETTINGS.tick, self.duties, incarnation)
+        node, sm = self.node, self.sm
+        assert sm is not None
+        now = sim.clock.now
+        if not node.is_leader():
+            if self.serving_term:
+                self.deposed()
+            return
+        term = node.term()
+        if self.serving_term != term:
+            if self.serving_term:
+                self.deposed()
+            if self.barrier_term != term:
+                self.barrier_term = term
+                self.barrier(term)
+            return
+        if sim.quiet:
+            return
+        state = sm.state
+        # agents silent for too long (a new leader first grants the re-registration grace)
+        for agent_id, agent in sorted(state.agents.items()):
+            if agent.state not in (AgentState.AGENT_ACTIVE, AgentState.AGENT_DRAINING):
+                continue
+            seen = self.last_seen.get(agent_id)
+            if seen is None:
+                if now - self.serving_since < SETTINGS.reregistration_timeout:
+                    continue
+                seen = self.serving_since + SETTINGS.reregistration_timeout
+            if now - seen > SETTINGS.agent_timeout:
+                self.propose_duty(f"agent {agent_id}", [cmd.MarkAgentUnreachable(
+                    agent_id=agent_id, reason=f"no heartbeat for {now - seen:.1f} s")])
+        if now - self.last_slow >= 1.0:
+            self.last_slow = now
+            if now - self.serving_since >= SETTINGS.framework_reconnect_timeout:
+                for framework_id, fw in sorted(state.frameworks.items()):
+                    if fw.state is FrameworkState.FRAMEWORK_CONNECTED and framework_id not in self.sessions:
+                        self.propose_duty(f"framework {framework_id}", [cmd.DisconnectFramework(
+                            framework_id=framework_id, stream_id=fw.stream_id)])
+            self.propose_duty("expiry", [cmd.ExpireFrameworks(), cmd.ExpireOffers()])
+            for framework_id in sorted(self.sessions):
+                for t in state.tasks_of_framework(framework_id):
+                    if t.unacknowledged:
+                        status = t.unacknowledged[0]
+                        if now - self.update_sent.get(status.uuid, 0.0) >= SETTINGS.status_update_retry:
+                            self.update_sent[status.uuid] = now
+                            sim.push_framework(self, framework_id, "update", status)
+        if not self.alloc_inflight and (self.want_alloc or now - self.last_alloc >= SETTINGS.allocation_interval):
+            self.want_alloc = False
+            self.last_alloc = now
+            offers = allocate(snapshot_from_state(state, now), new_id=self.new_id, now=now,
+                              offer_timeout=SETTINGS.offer_timeout)
+            if offers:
+                self.alloc_inflight = True
+                self.propose_duty("alloc", [cmd.IssueOffers(offers=tuple(offers))])
+
+    def barrier(self, term: int) -> None:
+        """The LeaderElected barrier (plus AnnounceMaster), then serve; as ``Master._become_leader``."""
+        assert self.sm is not None
+        commands: list[cmd.Command] = [cmd.ElectLeader(term=term, master=self.address, grpc_address=self.name,
+                                                       name=self.name)]
+        if self.sm.state.masters.get(self.address) != (self.name, self.name):
+            commands.append(cmd.AnnounceMaster(name=self.name, raft_address=self.address, grpc_address=self.name))
+        incarnation = self.incarnation
+
+        def done(outcome: tuple[Any, ...]) -> None:
+            if self.incarnation != incarnation or self.node is None:
+                return
+            if outcome[0] == "ok" and self.node.is_leader() and self.node.term() == term:
+                self.serving_term = term
+                self.serving_since = self.sim.clock.now
+                self.sim.trace(f"{self.name} serving term {term}")
+                stale = sorted(self.sm.state.offers) if self.sm is not None else []
+                if stale:
+                    self.propose_duty("rescind", [cmd.RescindOffer(offer_id=o, reason="leader changed") for o in stale])
+                self.want_alloc = True
+            elif self.barrier_term == term:
+                self.barrier_term = 0  # retried on the next duty tick while still leading in this term
+
+        self.propose(commands, f"leader-{self.address}-{term}", done)
+
+    def deposed(self) -> None:
+        self.sim.trace(f"{self.name} deposed from term {self.serving_term}")
+        self.serving_term = 0
+        self.last_seen.clear()
+        self.sessions.clear()
+        self.agent_sessions.clear()
+        self.update_sent.clear()
+        self.pending.clear()
+        self.alloc_inflight = False
+
+
+def _scratch() -> str | None:
+    """Journal, meta and dump files go to memory-backed /dev/shm when there is one: the same files and
+    the same pysyncobj code paths, without paying for disk metadata writes (the meta file is rewritten
+    every simulated second)."""
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
+def _digest(command: bytes) -> str:
+    return hashlib.sha256(command).hexdigest()[:12]
+
+
+def _outcome(result: ApplyResult) -> tuple[Any, ...]:
+    if result.ok:
+        return ("ok", result, result.request_id)
+    return ("error", result.error_code, result.reason)
+
+
+class Simulation:
+    def __init__(self, seed: int, steps: int = DEFAULT_STEPS, *, root: Path | None = None, masters: int = 3,
+                 agents: int = 3, frameworks: int = 2, fault_rate: float = 0.08,
+                 state_machine_factory: StateMachineFactory | None = None, guard_snapshots: bool = True) -> None:
+        self.seed = seed
+        self.steps = steps
+        self.rng = random.Random(seed)
+        self.clock = SimClock(EPOCH)
+        self.scheduler = Scheduler(self.clock)
+        self._own_root = root is None
+        self.root = Path(tempfile.mkdtemp(prefix=f"tessera-sim-{seed}-", dir=_scratch())) if root is None else root
+        self.addresses = [f"10.0.0.{i + 1}:7000" for i in range(masters)]
+        self.fault_rate = fault_rate
+        self.compaction_entries = self.rng.choice((20, 50, 5000))
+        self.state_machine_factory = state_machine_factory or master_state_machine
+        self.guard_snapshots = guard_snapshots
+        self.final_prints: tuple[str, ...] = ()
+        self.quiet = False
+        self.step_no = 0
+        self.faults: dict[str, int] = {}
+        self._hash = hashlib.sha256()
+        self._recent: deque[str] = deque(maxlen=100000)
+        self.problems: list[str] = []
+        # what the checker remembers across the whole run
+        self.leaders: dict[int, str] = {}
+        self.elections = 0
+        self.committed: dict[int, tuple[int, bytes]] = {}  # raft index -> (term, entry) as first seen committed
+        self.acked: dict[str, int] = {}  # request id -> raft index where it was applied
+        self.request_index: dict[str, dict[str, int]] = {}  # master -> request id -> raft index
+        self.checked_state: dict[str, tuple[int, int]] = {}
+        self.raft_log_lines = 0
+        self._raft_logger = logging.getLogger("pysyncobj")
+        self._raft_log_handler = _TraceHandler(self)
+        self._raft_logger.addHandler(self._raft_log_handler)
+        self._raft_logger.propagate = False
+        self._patch = deterministic_pysyncobj(self.clock, self.rng)
+        self._patch.__enter__()
+        try:
+            self.network = SimNetwork(self.scheduler, self.rng)
+            self.masters = [SimMaster(self, i) for i in range(masters)]
+            self.twins: dict[str, AgentTwin | FrameworkTwin] = {}
+            for i in range(agents):
+                twin = AgentTwin(self, f"agent{i}", Resources.parse("cpus:2;mem:1024;ports:[31000-31003]"))
+                self.twins[twin.name] = twin
+            for i in range(frameworks):
+                fw = FrameworkTwin(self, f"fw{i}", "web" if i % 2 == 0 else "batch", partition_aware=i % 2 == 1)
+                self.twins[fw.name] = fw
+            for twin_ in self.twins.values():
+                self.scheduler.after(TWIN_PERIOD * self.rng.random(), self._twin_loop, twin_)
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- plumbing ------------------------------------------------------------------------------------
+    def close(self) -> None:
+        for m in getattr(self, "masters", []):
+            m.crash()
+        if self._patch is not None:
+            self._patch.__exit__(None, None, None)
+            self._patch = None  # type: ignore[assignment]
+            self._raft_logger.removeHandler(self._raft_log_handler)
+            self._raft_logger.propagate = True
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Simulation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def trace(self, line: str) -> None:
+        text = f"{self.clock.now - EPOCH:.4f} {line}"
+        self._hash.update(text.encode() + b"\n")
+        self._recent.append(text)
+
+    def _twin_loop(self, twin: AgentTwin | FrameworkTwin) -> None:
+        twin.period()
+        self.scheduler.after(TWIN_PERIOD, self._twin_loop, twin)
+
+    def _lossy(self) -> bool:
+        return self.rng.random() < 0.03
+
+    def to_master(self, address: str, request: Request) -> None:
+        if self._lossy():
+            return
+        master = self.masters[self.addresses.index(address)]
+        twin = self.twins[request.client]
+
+        def deliver() -> None:
+            def reply(outcome: tuple[Any, ...]) -> None:
+                if self._lossy():
+                    return
+                self.scheduler.after(self.rng.uniform(0.001, 0.03), twin.reply, request, outcome)
+
+            master.handle(request, reply)
+
+        self.scheduler.after(self.rng.uniform(0.001, 0.03), deliver)
+
+    def push_agent(self, master: SimMaster, agent_id: str, term: int, kind: str, payload: Any) -> None:
+        name = master.agent_sessions.get(agent_id)
+        if name is None or self._lossy():
+            return
+        twin = self.twins[name]
+        self.scheduler.after(self.rng.uniform(0.001, 0.03), twin.push, term, kind, payload)
+
+    def push_framework(self, master: SimMaster, framework_id: str, kind: str, payload: Any) -> None:
+        if framework_id not in master.sessions or self._lossy():
+            return
+        for twin in self.twins.values():
+            if isinstance(twin, FrameworkTwin) and twin.framework_id == framework_id:
+                self.scheduler.after(self.rng.uniform(0.001, 0.03), twin.push, 0, kind, payload)
+
+    # ---- records for the checker ---------------------------------------------------------------------
+    def on_leadership(self, node: SimRaftNode, leading: bool, term: int) -> None:
+        self.trace(f"{node.address} {'leads' if leading else 'follows'} term {term}")
+        if not leading:
+            return
+        self.elections += 1
+        holder = self.leaders.get(term)
+        if holder is not None and holder != node.address:
+            self.problems.append(f"two leaders in term {term}: {holder} and {node.address}")
+        self.leaders[term] = node.address
+
+    def applied(self, master: SimMaster, batch: Sequence[Applied]) -> None:
+        """Inside apply (the Raft entry is still in the node's log, compaction comes later in the tick):
+        record where each request landed and check the entry against the committed history."""
+        index = self.request_index.setdefault(master.name, {})
+        for a in batch:
+            if a.entry.request_id:
+                index[a.entry.request_id] = a.raft_index
+            self.trace(f"{master.name} applied {a.raft_index} {a.entry.request_id} {a.result.outcome}")
+        if batch and master.node is not None:
+            entry = master.node.entry(batch[0].raft_index)
+            if entry is None:
+                self.problems.append(f"{master.name} applied index {batch[0].raft_index}, which its log lacks")
+            else:
+                self._committed(master, entry)
+
+    def _committed(self, master: SimMaster, entry: RaftEntry) -> None:
+        seen = self.committed.setdefault(entry.index, (entry.term, entry.command))
+        if seen != (entry.term, entry.command):
+            self.problems.append(
+                f"{master.name} holds committed index {entry.index} as (term {entry.term}, {_digest(entry.command)}) "
+                f"but it was committed as (term {seen[0]}, {_digest(seen[1])})")
+
+    def acknowledged(self, request: Request, result: ApplyResult, request_id: str) -> None:
+        """A twin saw `request` succeed after a commit: it must never be lost."""
+        where = [self.request_index.get(m.name, {}).get(request_id) for m in self.masters]
+        known = [i for i in where if i is not None]
+        if not known or known[0] not in self.committed:
+            self.problems.append(f"request {request_id} acknowledged but not in the committed log")
+            return
+        self.acked[request_id] = known[0]
+        self.trace(f"ack {request.client} {request_id} at {known[0]}")
+
+    # ---- the scenario --------------------------------------------------------------------------------
+    def fault(self) -> None:
+        rng = self.rng
+        dead = [m for m in self.masters if not m.alive]
+        alive = [m for m in self.masters if m.alive]
+        choices = ["cut", "heal", "reset", "isolate", "heal_all", "lose_agent", "restart"]
+        if len(dead) < len(self.masters) - 1 and (not dead or rng.random() < 0.2):
+            choices += ["crash", "crash_leader"]
+        kind = rng.choice(choices)
+        a, b = rng.sample(self.addresses, 2)
+        detect = rng.choice((0.5, 2.0, 8.0))
+        if kind == "cut":
+            self.network.cut(a, b, detect)
+        elif kind == "heal":
+            cut = self.network.cut_links()
+            if not cut:
+                return
+            a, b = rng.choice(cut)
+            self.network.heal(a, b)
+        elif kind == "reset":
+            self.network.reset(a, b)
+        elif kind == "isolate":
+            for other in self.addresses:
+                if other != a:
+                    self.network.cut(a, other, detect)
+        elif kind == "heal_all":
+            for x, y in self.network.cut_links():
+                self.network.heal(x, y)
+        elif kind == "lose_agent":
+            agents = sorted(t for t in self.twins if t.startswith("agent"))
+            a = rng.choice(agents)
+            self.twins[a].lose(rng.uniform(0.5, 5.0))  # type: ignore[union-attr]
+        elif kind == "restart":
+            if not dead:
+                return
+            m = rng.choice(dead)
+            m.start()
+            a = m.address
+        elif kind in ("crash", "crash_leader"):
+            leaders = [m for m in alive if m.node is not None and m.node.is_leader()]
+            m = leaders[0] if kind == "crash_leader" and leaders else rng.choice(alive)
+            m.crash()
+            a = m.address
+        self.faults[kind] = self.faults.get(kind, 0) + 1
+        self.trace(f"fault {kind} {a} {b}")
+
+    def client_action(self) -> None:
+        frameworks = [t for t in self.twins.values() if isinstance(t, FrameworkTwin)]
+        fw = self.rng.choice(frameworks)
+        fw.kill_one()
+
+    def step(self) -> None:
+        self.step_no += 1
+        rng = self.rng
+        if rng.random() < self.fault_rate:
+            self.fault()
+        if rng.random() < 0.1:
+            self.client_action()
+        self.scheduler.run_until(self.clock.now + rng.uniform(0.02, 0.2))
+        self.check()
+
+    def run(self) -> Report:
+        for _ in range(self.steps):
+            self.step()
+        self.settle()
+        return self.report()
+
+    def settle(self) -> None:
+        """Heal everything, restart every master, let the twins finish, then stop them and converge."""
+        self.trace("settle")
+        for x, y in self.network.cut_links():
+            self.network.heal(x, y)
+        for m in self.masters:
+            if not m.alive:
+                m.start()
+        for twin in self.twins.values():
+            if isinstance(twin, AgentTwin):
+                twin.lost_until = 0.0
+        for _ in range(SETTLE_STEPS):
+            self.step_no += 1
+            self.scheduler.run_until(self.clock.now + 0.25)
+            self.check()
+        self.quiet = True
+        for _ in range(QUIET_STEPS):
+            self.step_no += 1
+            self.scheduler.run_until(self.clock.now + 0.25)
+            self.check()
+        self.check_converged()
+
+    # ---- invariants ----------------------------------------------------------------------------------
+    def check(self) -> None:
+        problems = self.problems
+        for m in self.masters:
+            node, sm = m.node, m.sm
+            if node is None or sm is None:
+                continue
+            key = (m.incarnation, node.last_applied)
+            if self.checked_state.get(m.name) != key:
+                self.checked_state[m.name] = key
+                problems.extend(f"{m.name}: {p}" for p in check_invariants(sm.state))
+                problems.extend(f"{m.name} event log: {p}" for p in m.trail.problems)
+                m.trail.problems.clear()
+                self._check_requests(m)
+            commit = node.commit_index
+            for entry in node.log():  # the whole retained log: an entry may change under a checked index
+                if entry.index > commit:
+                    break
+                self._committed(m, entry)
+        if self.step_no % 25 == 0:
+            self._check_fingerprints()
+        if problems:
+            self.trace("violation: " + "; ".join(problems))
+            raise Violation(self.seed, self.step_no, list(problems), self.steps, self._flags())
+
+    def _check_requests(self, m: SimMaster) -> None:
+        assert m.node is not None and m.sm is not None
+        applied = m.node.last_applied
+        state = m.sm.state
+        for request_id, index in self.acked.items():
+            if index <= applied and state.result_for_request(request_id) is None:
+                self.problems.append(f"{m.name} applied index {applied} but lost acknowledged request "
+                                     f"{request_id} (applied at index {index})")
+
+    def _check_fingerprints(self) -> None:
+        """Masters that applied the same prefix hold the same state (fingerprints are costly: sampled)."""
+        by_index: dict[int, list[SimMaster]] = {}
+        for m in self.masters:
+            if m.node is not None:
+                by_index.setdefault(m.node.last_applied, []).append(m)
+        for index, group in sorted(by_index.items()):
+            if len(group) < 2:
+                continue
+            prints = {m.name: m.sm.state.fingerprint() for m in group if m.sm is not None}
+            if len(set(prints.values())) > 1:
+                self.problems.append(f"masters applied up to index {index} but their states differ: "
+                                     + ", ".join(f"{k}={v[:12]}" for k, v in sorted(prints.items())))
+
+    def check_converged(self) -> None:
+        problems = self.problems
+        leaders = [m for m in self.masters if m.serving()]
+        if len(leaders) != 1:
+            problems.append(f"after settling, {len(leaders)} masters serve as leader")
+        applied = {m.name: m.node.last_applied for m in self.masters if m.node is not None}
+        if len(set(applied.values())) != 1:
+            problems.append(f"after settling, masters applied different prefixes: {applied}")
+        prints = {m.name: m.sm.state.fingerprint() for m in self.masters if m.sm is not None}
+        if len(set(prints.values())) != 1:
+            problems.append("after settling, master states differ: "
+                            + ", ".join(f"{k}={v[:12]}" for k, v in sorted(prints.items())))
+        for m in self.masters:
+            if m.sm is not None:
+                missing = [r for r in self.acked if m.sm.state.result_for_request(r) is None]
+                if missing:
+                    problems.append(f"{m.name} lost acknowledged requests {missing[:5]}")
+        self.final_prints = tuple(prints.get(m.name, "") for m in self.masters)
+        self.trace("converged " + " ".join(sorted(prints.values())))
+        if problems:
+            raise Violation(self.seed, self.step_no, list(problems), self.steps, self._flags())
+
+    def _flags(self) -> str:
+        return "" if self.guard_snapshots else " --unguarded"
+
+    def report(self) -> Report:
+        prints = self.final_prints or tuple(
+            m.sm.state.fingerprint() if m.sm is not None else "" for m in self.masters)
+        for p in prints:
+            self._hash.update(p.encode())
+        return Report(
+            seed=self.seed, steps=self.steps, faults=dict(self.faults), events=self.scheduler.executed,
+            messages=self.network.stats.delivered, commits=max(self.committed, default=0),
+            acked=len(self.acked), elections=self.elections, raft_log_lines=self.raft_log_lines, trace_hash=self._hash.hexdigest(),
+            fingerprints=prints,
+        )
+
+    def recent(self) -> list[str]:
+        return list(self._recent)
+
+
+def run_seed(seed: int, steps: int = DEFAULT_STEPS, **kwargs: Any) -> Report:
+    with Simulation(seed, steps, **kwargs) as sim:
+        return sim.run()
+
+
+__all__ = ["DEFAULT_STEPS", "EventTrail", "master_state_machine", "Report", "SimMaster", "Simulation", "Violation", "run_seed"]
