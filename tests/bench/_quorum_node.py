@@ -4,8 +4,13 @@
                 `--in-flight` replicated calls of `--batch` small events each in flight.
 --mode tessera  Tessera's own write path (b): MasterStateMachine + RaftReplicator + SqliteEventStore +
                 Master. The leader runs `--writers` concurrent asyncio writers, each proposing one
-                SetRoleWeight command at a time (decide, group commit, apply, event log).
-The leader writes its figures as JSON to --out; followers run until killed.
+                SetRoleWeight command at a time (decide, group commit, apply, event log): closed loop
+                by default; with `--rate R` open loop, the writers together start R writes per second
+                on a fixed schedule and latency counts from the scheduled start (no coordinated
+                omission).
+The leader writes `--out`.window and `--out`.end when its measured window starts and ends (so the parent can sample every
+node's CPU time over it),
+ and its figures as JSON to --out at the end; followers run until killed.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import threading
 import time
 from pathlib import Path
@@ -164,10 +170,22 @@ def run_tessera(args: argparse.Namespace) -> None:
         measuring = [False]
         stop = [False]
 
+        interval = args.writers / args.rate if args.rate else 0.0
+        rng = random.Random(7)
+
         async def writer(i: int) -> None:
             n = 0
+            scheduled = loop.time() + rng.random() * interval
             while not stop[0]:
-                t0 = time.perf_counter()
+                if interval:
+                    delay = scheduled - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    # latency counts from when the write was due, not from when the writer got to it
+                    t0 = time.perf_counter() - max(0.0, loop.time() - scheduled)
+                    scheduled += interval
+                else:
+                    t0 = time.perf_counter()
                 waiter: asyncio.Future[object] = loop.create_future()
                 fut = master.propose_async([cmd.SetRoleWeight(role=f"role-{i % 50}", weight=1.0 + (n % 7))])
                 fut.add_done_callback(lambda f, w=waiter: on_done(w, f))
@@ -184,12 +202,14 @@ def run_tessera(args: argparse.Namespace) -> None:
         tasks = [asyncio.create_task(writer(i)) for i in range(args.writers)]
         await asyncio.sleep(args.warmup)
         measuring[0] = True
+        Path(args.out + ".window").write_text("started")
         seq0 = sm.state.seq
         start = time.perf_counter()
         await asyncio.sleep(args.duration)
         elapsed = time.perf_counter() - start
         measuring[0] = False
         seq1 = sm.state.seq
+        Path(args.out + ".end").write_text("ended")
         stop[0] = True
         await asyncio.gather(*tasks, return_exceptions=True)
         flushed = events.flush(timeout=30)
@@ -197,7 +217,7 @@ def run_tessera(args: argparse.Namespace) -> None:
             "mode": "tessera", "writes": counts["ok"], "errors": counts["err"], "seconds": elapsed,
             "events_per_s": counts["ok"] / elapsed, "applied_events_per_s": (seq1 - seq0) / elapsed,
             "p50_ms": percentile(latencies, 50) * 1000, "p99_ms": percentile(latencies, 99) * 1000,
-            "writers": args.writers, "event_log_flushed": flushed, "event_log_last_seq": events.last_seq(),
+            "writers": args.writers, "offered_rate": args.rate, "event_log_flushed": flushed, "event_log_last_seq": events.last_seq(),
             "leader_cpu_s": sum(os.times()[:2]),
         }
 
@@ -220,6 +240,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--in-flight", type=int, default=200)
     p.add_argument("--writers", type=int, default=1000)
+    p.add_argument("--rate", type=float, default=0.0, help="open loop: writes started per second (0: closed loop)")
     p.add_argument("--password", default=None)
     args = p.parse_args()
     (run_raw if args.mode == "raw" else run_tessera)(args)

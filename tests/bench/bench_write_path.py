@@ -1,10 +1,13 @@
 """Benchmark of the replicated write path (not part of the test run).
 
-    python tests/bench/bench_write_path.py [--duration 10] [--writers 1000] [--trials 10]
+    python tests/bench/bench_write_path.py [--duration 10] [--writers 1000] [--trials 10] [--rates 5000,10000]
 
 In one run, on 3-process loopback quorums:
   (a) raw pysyncobj baseline: 100 small events per replicated call, 200 calls in flight, from the leader;
-  (b) Tessera's write path (decide, group commit, apply, event log) with 1,000 concurrent writers;
+  (b) Tessera's write path (decide, group commit, apply, event log) with 1,000 concurrent writers, closed
+      loop (each writer proposes its next write when the last one is answered: the saturation rate), with
+      the CPU time each of the three masters spent per event over the measured window;
+  (b') the same 1,000 writers open loop at each of `--rates` writes/s: commit latency at a given load;
   (c) failover: kill -9 of the leader of `tessera master` processes to the first committed write.
 Prints events/s, commit latency p50/p99, the ratio b/a, and failover min/median/max, with the machine.
 """
@@ -23,6 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -41,35 +45,54 @@ def machine() -> str:
             f"{platform.python_implementation()} {platform.python_version()}, {platform.machine()}")
 
 
-def run_quorum(mode: str, root: Path, args: argparse.Namespace) -> dict[str, object]:
+def run_quorum(mode: str, root: Path, args: argparse.Namespace, rate: float = 0.0) -> dict[str, Any]:
+    """Start a 3-node quorum of `_quorum_node.py`; return the leader's figures, plus, in tessera mode,
+    `cpu_ms_per_1k_events`: each node's CPU time over the measured window per 1,000 events (leader first)."""
+    tag = f"{mode}-{int(rate)}" if rate else mode
     addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    outs = [root / f"{mode}-{i}.json" for i in range(3)]
-    procs = []
+    outs = [root / f"{tag}-{i}.json" for i in range(3)]
+    procs: list[subprocess.Popen[bytes]] = []
     try:
         for i, addr in enumerate(addrs):
             cmd = [sys.executable, str(NODE), "--mode", mode, "--name", f"b{i}", "--self", addr,
                    "--peers", *[a for a in addrs if a != addr], "--data-dir", str(root / f"{mode}-{i}"),
                    "--out", str(outs[i]), "--duration", str(args.duration), "--warmup", str(args.warmup),
-                   "--writers", str(args.writers), "--password", "bench-secret"]
-            log = open(root / f"{mode}-{i}.log", "wb")
+                   "--writers", str(args.writers), "--password", "bench-secret", "--rate", str(rate)]
+            log = open(root / f"{tag}-{i}.log", "wb")
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                                           start_new_session=True))
         limit = 60 + args.duration + args.warmup
         deadline = time.monotonic() + limit
         done = None
+        cpu_start: list[float] | None = None
+        cpu_end: list[float] | None = None
         while done is None:
+            if cpu_start is None and any(Path(str(o) + ".window").exists() for o in outs):
+                cpu_start = [cpu_seconds(p) for p in procs]
+            if cpu_end is None and any(Path(str(o) + ".end").exists() for o in outs):
+                cpu_end = [cpu_seconds(p) for p in procs]
             done = next((o for o in outs if o.exists() and o.stat().st_size), None)
             if done is None and (time.monotonic() > deadline or all(p.poll() is not None for p in procs)):
-                logs = "\n".join((root / f"{mode}-{i}.log").read_text()[-2000:] for i in range(3))
+                logs = "\n".join((root / f"{tag}-{i}.log").read_text()[-2000:] for i in range(3))
                 raise RuntimeError(f"no {mode} result (every node exited, or {limit:.0f} s passed):\n{logs}")
-            time.sleep(0.2)
-        time.sleep(0.2)
-        return json.loads(done.read_text())
+            time.sleep(0.02)
+        result: dict[str, Any] = json.loads(done.read_text())
+        if mode == "tessera" and cpu_start is not None and cpu_end is not None:
+            leader = outs.index(done)
+            order = [leader] + [i for i in range(3) if i != leader]
+            events = float(result["applied_events_per_s"]) * float(result["seconds"])
+            result["cpu_ms_per_1k_events"] = [(cpu_end[i] - cpu_start[i]) * 1e6 / max(events, 1.0) for i in order]
+        return result
     finally:
         for p in procs:
             if p.poll() is None:
                 os.kill(p.pid, signal.SIGKILL)
             p.wait(timeout=10)
+
+
+def cpu_seconds(proc: subprocess.Popen[bytes]) -> float:
+    t = psutil.Process(proc.pid).cpu_times()
+    return float(t.user + t.system)
 
 
 def failover_trial(root: Path) -> float:
@@ -123,6 +146,7 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--writers", type=int, default=1000)
     p.add_argument("--trials", type=int, default=10)
+    p.add_argument("--rates", default="5000,10000", help="open-loop offered rates for (b'), comma-separated")
     p.add_argument("--skip", choices=["throughput", "failover"], default=None)
     args = p.parse_args()
     print(f"command: python tests/bench/bench_write_path.py {' '.join(sys.argv[1:])}".rstrip())
@@ -140,6 +164,18 @@ def main() -> None:
                   f"{tes['p50_ms']:.1f} ms p99 {tes['p99_ms']:.1f} ms, errors {tes['errors']}, "
                   f"event log flushed {tes['event_log_flushed']} (last index {tes['event_log_last_seq']})")
             print(f"    ratio b/a = {float(tes['events_per_s']) / float(raw['events_per_s']):.2f}")
+            cpu = tes.get("cpu_ms_per_1k_events")
+            if cpu:
+                total = sum(cpu)
+                print(f"    CPU per 1,000 events: leader {cpu[0]:.0f} ms, followers {cpu[1]:.0f} ms and {cpu[2]:.0f} ms; "
+                      f"the three together need {total:.0f} ms, so {os.cpu_count()} cores fully used would carry "
+                      f"at most {os.cpu_count() * 1e6 / total:,.0f} events/s; one core for the leader alone "
+                      f"{1e6 / cpu[0]:,.0f} events/s")
+            for rate in [float(r) for r in args.rates.split(",") if r.strip()]:
+                ol = run_quorum("tessera", root, args, rate=rate)
+                print(f"(b') open loop, {ol['writers']} writers offering {rate:,.0f} writes/s: achieved "
+                      f"{ol['events_per_s']:,.0f} events/s, commit latency p50 {ol['p50_ms']:.1f} ms "
+                      f"p99 {ol['p99_ms']:.1f} ms, errors {ol['errors']}")
         if args.skip != "failover":
             times = []
             for i in range(args.trials):
