@@ -2,7 +2,9 @@
 
 Every command that talks to a cluster takes `--masters HOST:PORT,...` (or TESSERA_MASTERS), follows the
 leader on its own, prints a table for people or JSON with `--json`, exits non-zero on failure and says in
-one line why (no traceback).
+one line why (no traceback). A secured cluster wants `--tls-dir DIR` (ca.pem, cert.pem, key.pem of an
+operator certificate) and a bearer token (`--token`, `--token-file`, or TESSERA_TLS_DIR / TESSERA_TOKEN /
+TESSERA_TOKEN_FILE).
 """
 
 from __future__ import annotations
@@ -42,18 +44,35 @@ def parse_masters(value: str) -> list[str]:
 
 
 class Ctx:
-    def __init__(self, masters: str, as_json: bool, timeout: float) -> None:
+    def __init__(self, masters: str, as_json: bool, timeout: float, tls_dir: str | None = None,
+                 token: str | None = None, token_file: str | None = None) -> None:
         self.masters_text = masters
         self.as_json = as_json
         self.timeout = timeout
+        self.tls_dir, self.token, self.token_file = tls_dir, token, token_file
         self._client: Any = None
+        self._security: Any = None
+
+    @property
+    def security(self) -> Any:
+        """The ClientSecurity from --tls-dir and --token / --token-file (one line and exit 2 if unusable)."""
+        if self._security is None:
+            from control_plane.tls import ClientSecurity, TlsConfigError, read_token_file
+
+            try:
+                token = self.token or (read_token_file(self.token_file) if self.token_file else None)
+                self._security = ClientSecurity.from_options(self.tls_dir, token)
+            except TlsConfigError as exc:
+                fail(str(exc), 2)
+        return self._security
 
     @property
     def client(self) -> Any:
         if self._client is None:
             from control_plane.api.client import MasterClient
 
-            self._client = MasterClient(parse_masters(self.masters_text), timeout=self.timeout)
+            self._client = MasterClient(parse_masters(self.masters_text), timeout=self.timeout,
+                                        security=self.security)
         return self._client
 
     def call(self, method: Callable[[Any], Any], request: Any, **kw: Any) -> Any:
@@ -82,10 +101,16 @@ pass_ctx = click.make_pass_decorator(Ctx)
               help="Comma-separated gRPC addresses of the masters.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the cluster.")
+@click.option("--tls-dir", envvar="TESSERA_TLS_DIR", default=None, metavar="DIR",
+              help="mTLS: DIR holds ca.pem, cert.pem and key.pem (or TESSERA_TLS_DIR). Plaintext without it.")
+@click.option("--token", envvar="TESSERA_TOKEN", default=None, help="Bearer token of your principal (or TESSERA_TOKEN).")
+@click.option("--token-file", envvar="TESSERA_TOKEN_FILE", default=None, metavar="FILE",
+              help="Read the bearer token from FILE (or TESSERA_TOKEN_FILE).")
 @click.pass_context
-def cli(ctx: click.Context, masters: str, as_json: bool, timeout: float) -> None:
+def cli(ctx: click.Context, masters: str, as_json: bool, timeout: float, tls_dir: str | None, token: str | None,
+        token_file: str | None) -> None:
     """Tessera: a datacenter kernel with a Raft-replicated, event-sourced master."""
-    ctx.obj = Ctx(masters, as_json, timeout)
+    ctx.obj = Ctx(masters, as_json, timeout, tls_dir, token, token_file)
 
 
 # ---- master ------------------------------------------------------------------------------------
@@ -115,13 +140,23 @@ def cli(ctx: click.Context, masters: str, as_json: bool, timeout: float) -> None
                    "(0 = keep all).")
 @click.option("--metrics", "metrics_address", default=None,
               help="HOST:PORT to serve Prometheus /metrics on (off when not given).")
+@click.option("--tls-dir", "master_tls_dir", envvar="TESSERA_MASTER_TLS_DIR", default=None,
+              type=click.Path(path_type=Path), metavar="DIR",
+              help="mTLS: DIR holds ca.pem, cert.pem, key.pem of a master certificate (or TESSERA_MASTER_TLS_DIR).")
+@click.option("--acl", "acl_path", envvar="TESSERA_ACL", default=None, type=click.Path(path_type=Path),
+              help="TOML file of principals: token digests, roles, users, operator actions (or TESSERA_ACL).")
+@click.option("--insecure-dev", is_flag=True, envvar="TESSERA_INSECURE_DEV",
+              help="Start without mTLS, ACL or Raft password: a local development cluster only.")
 @click.option("--log-level", default="INFO", show_default=True)
 def master(name: str, raft_address: str, grpc_address: str, peers: str, data_dir: Path,
            raft_password: str | None, agent_timeout: float, agent_heartbeat_interval: float,
            reregistration_timeout: float, allocation_interval: float, offer_timeout: float,
            framework_reconnect_timeout: float, grpc_workers: int, event_retention: int,
-           metrics_address: str | None, log_level: str) -> None:
-    """Run one master of a Raft quorum."""
+           metrics_address: str | None, master_tls_dir: Path | None, acl_path: Path | None, insecure_dev: bool,
+           log_level: str) -> None:
+    """Run one master of a Raft quorum.
+
+    Refuses to start without --tls-dir, --acl and --raft-password unless --insecure-dev is given."""
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
     from control_plane.runtime.leader import LeaderSettings
@@ -149,6 +184,7 @@ def master(name: str, raft_address: str, grpc_address: str, peers: str, data_dir
         grpc_workers=grpc_workers,
         metrics_address=metrics_address,
         event_retention=event_retention,
+        tls_dir=master_tls_dir, acl_path=acl_path, insecure_dev=insecure_dev,
     )
     sys.exit(run_master(config))
 

@@ -403,7 +403,8 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
                + [f"a{i}" for i in range(1, n_agents + 1)]}
     masters = [Child(m.name, "master", [*tessera, "master", "--name", m.name, "--raft", m.raft, "--grpc", m.grpc,
                                         "--peers", ",".join(o.raft for o in members if o is not m),
-                                        "--data-dir", str(data_dir / m.name), "--metrics", metrics[m.name]],
+                                        "--data-dir", str(data_dir / m.name), "--metrics", metrics[m.name],
+                                        "--insecure-dev"],
                      data_dir / m.name / "master.log", COLOURS[i % len(COLOURS)]) for i, m in enumerate(members)]
     hostnames = [f"agent{i}.local" for i in range(1, n_agents + 1)]
     agents = [Child(f"a{i}", "agent", [*tessera, "agent", "--masters", addresses,
@@ -445,8 +446,9 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
 
     code = 0
     try:
-        out.say("INSECURE DEV MODE: plaintext gRPC on 127.0.0.1, Raft password in "
-                f"{data_dir / 'raft-password'}. Not for production.", fg="yellow", bold=True)
+        out.say("INSECURE DEV MODE: plaintext, unauthenticated gRPC on 127.0.0.1 (no mTLS, no tokens: any "
+                f"local process may run tasks); Raft password in {data_dir / 'raft-password'}. "
+                "Not for production.", fg="yellow", bold=True)
         for c in masters:
             start_child(c, env, out)
         record("starting")
