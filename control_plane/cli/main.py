@@ -189,6 +189,34 @@ def master(name: str, raft_address: str, grpc_address: str, peers: str, data_dir
     sys.exit(run_master(config))
 
 
+# ---- certs -------------------------------------------------------------------------------------
+@cli.group()
+def certs() -> None:
+    """Certificates and tokens for a cluster."""
+
+
+@certs.command("init")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--host", "hosts", multiple=True, metavar="NAME|IP",
+              help="Another name or address the masters' certificate is valid for (repeat).")
+@click.option("--days", default=365, show_default=True, type=click.IntRange(min=1), help="Validity of every certificate.")
+def certs_init(directory: Path, hosts: tuple[str, ...], days: int) -> None:
+    """Create a local CA, a TLS directory per kind of peer, dev tokens and an ACL under DIRECTORY."""
+    from control_plane.certs import init_dev_pki
+
+    try:
+        tokens = init_dev_pki(directory, master_hosts=hosts, days=days)
+    except (FileExistsError, OSError, ValueError) as exc:
+        fail(str(exc), 2)
+    d = directory
+    click.echo(f"CA {d / 'ca.pem'} (its key {d / 'ca-key.pem'}: keep it off the cluster's machines)")
+    click.echo(f"TLS directories: {', '.join(str(d / k) for k in ('master', 'agent', 'framework', 'operator'))}")
+    click.echo(f"ACL {d / 'acl.toml'}; tokens of {', '.join(sorted(tokens))} in {d / 'tokens'}")
+    click.echo(f"  tessera master ... --tls-dir {d / 'master'} --acl {d / 'acl.toml'}  (and TESSERA_RAFT_PASSWORD)")
+    click.echo(f"  tessera agent ... --tls-dir {d / 'agent'}")
+    click.echo(f"  tessera --tls-dir {d / 'operator'} --token-file {d / 'tokens' / 'operator.token'} status")
+
+
 # ---- quorum ------------------------------------------------------------------------------------
 @cli.group()
 def quorum() -> None:
