@@ -472,3 +472,44 @@ def test_a_master_refuses_unusable_tls_or_acl_files(cluster: SecureCluster, tmp_
         done = _start_master(tmp_path, *flags)
         assert done.returncode == 2, done.stderr
         assert expected in done.stderr
+
+
+def test_three_secured_masters_reach_each_other_over_mtls(cluster: SecureCluster, tmp_path: Path) -> None:
+    """Announcements and the quorum fan-out are master-to-master gRPC calls: they go over mTLS with the
+    masters' own certificate, so `quorum status` sees every member."""
+    pki = cluster.pki
+    members = [(f"m{i}", f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}") for i in (1, 2, 3)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
+    env.update(PYTHONUNBUFFERED="1", TESSERA_RAFT_PASSWORD=RAFT_PASSWORD)
+    procs, logs = [], []
+    try:
+        for name, raft, grpc_address in members:
+            logs.append(tmp_path / f"{name}.log")
+            with open(logs[-1], "ab") as log:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "control_plane.cli.main", "master", "--name", name, "--raft", raft,
+                     "--grpc", grpc_address, "--peers", ",".join(r for _, r, _ in members if r != raft),
+                     "--data-dir", str(tmp_path / name), "--tls-dir", str(pki / "master"),
+                     "--acl", str(pki / "acl.toml")],
+                    stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent))
+        client = MasterClient([g for _, _, g in members], timeout=10.0, rpc_timeout=3.0,
+                              security=cluster.security("operator", "ops"))
+
+        def all_reachable() -> Any:
+            q = client.call(lambda s: s.GetQuorum, operator_pb2.GetQuorumRequest())
+            ok = len(q.members) == 3 and all(m.reachable and m.grpc_address for m in q.members)
+            return q if ok else None
+
+        try:
+            quorum = wait_for(all_reachable, timeout=60, what="every member reachable over mTLS")
+        except BaseException:
+            print("\n".join(p.read_text(errors="replace")[-3000:] for p in logs if p.exists()))
+            raise
+        finally:
+            client.close()
+        assert {m.grpc_address for m in quorum.members} == {g for _, _, g in members}
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
