@@ -79,7 +79,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             raise NotLeader("frameworks subscribe with the leader", self.master.leader_grpc_hint())
         info = from_proto(request.info, FrameworkInfo)
         caller = self._caller_of(info.framework_id, "Subscribe", context)
-        info = replace(info, principal=check_subscribe(caller, info.principal, info.roles, info.user))
+        info = replace(info, principal=check_subscribe(caller, info.principal, info.roles))
         for attempt in range(3):
             try:
                 result = self.master.propose([cmd.SubscribeFramework(info=info)],
@@ -132,10 +132,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         h = request.header
         caller = self._caller_of(h.framework_id, "Accept", context)
         operations = tuple(operation_from_proto(op) for op in request.operations)
-        if caller.grant is not None:
-            framework_user = self.master.read_state(
-                lambda s: s.frameworks[h.framework_id].info.user if h.framework_id in s.frameworks else "")
-            check_launch(caller, framework_user, (t.command.user for op in operations for t in op.tasks))
+        check_launch(caller, (t.command.user for op in operations for t in op.tasks))
         self._propose([cmd.Accept(
             framework_id=h.framework_id, offer_ids=tuple(request.offer_ids), operations=operations,
             refuse_seconds=request.filters.refuse_seconds, stream_id=h.stream_id,

@@ -14,14 +14,15 @@ is proposed, so a refused call changes nothing):
   agent link and report spans, nothing else; only a master may announce itself to the quorum).
 - Scheduler calls and Operator calls (other than the master-to-master ones) need a valid token.
   A framework subscribes as its token's principal (an `info.principal` naming someone else is refused),
-  under roles its grant lists, running as a user its grant lists; every later call names a framework
-  that must belong to the caller's principal (a `teardown` grant may also tear down other principals'
-  frameworks). Launched tasks run as users the grant lists.
+  under roles its grant lists; every later call names a framework that must belong to the caller's
+  principal (a `teardown` grant may also tear down other principals' frameworks). Launched tasks run as
+  users the grant lists.
 - Operator actions: `read` (state, events, traces, quorum), `drain`, `quorum` (add, remove, transfer),
   `weights`, `quota`, `teardown`.
 
-`users` names Unix users; the empty string stands for "no user given": the task runs as the agent's
-own user, which a grant must allow explicitly (list `""`), since agents often run as root. `"*"` in
+`users` names Unix users a task's command may run as; the empty string stands for "no user given": the
+task runs as the agent's own user, which a grant must allow explicitly (list `""`), since agents often
+run as root. `"*"` in
 `roles` or `users` allows any.
 
 The ACL document (parsed from TOML by the shell, validated here):
@@ -225,7 +226,7 @@ def check_operator(caller: Caller, method: str) -> None:
         raise PermissionDenied(f"principal {grant.principal} may not {action} (Operator.{method})")
 
 
-def check_subscribe(caller: Caller, principal: str, roles: Iterable[str], user: str) -> str:
+def check_subscribe(caller: Caller, principal: str, roles: Iterable[str]) -> str:
     """A framework subscribing; returns the principal to record (the token's)."""
     grant = caller.grant  # None: open (no ACL, or a certificate-only call)
     if grant is None:
@@ -235,8 +236,6 @@ def check_subscribe(caller: Caller, principal: str, roles: Iterable[str], user: 
     denied = sorted(r for r in roles if not grant.may_use_role(r))
     if denied:
         raise PermissionDenied(f"principal {grant.principal} may not use roles {', '.join(denied)}")
-    if not grant.may_run_as(user):
-        raise PermissionDenied(f"principal {grant.principal} may not run tasks as user {user or '(agent default)'}")
     return grant.principal
 
 
@@ -251,13 +250,13 @@ def check_framework_call(caller: Caller, owner: str | None, call: str) -> None:
     raise PermissionDenied(f"principal {grant.principal} may not {call} a framework of another principal")
 
 
-def check_launch(caller: Caller, framework_user: str, task_users: Iterable[str]) -> None:
-    """Tasks launched by the caller's framework run as their own user, else the framework's."""
+def check_launch(caller: Caller, task_users: Iterable[str]) -> None:
+    """Tasks launched by the caller's framework run as their command's user; an empty one runs as the
+    agent's own user (the framework's `user` is not used to run anything, so it is not what is checked)."""
     grant = caller.grant  # None: open (no ACL, or a certificate-only call)
     if grant is None:
         return
     for user in task_users:
-        effective = user or framework_user
-        if not grant.may_run_as(effective):
+        if not grant.may_run_as(user):
             raise PermissionDenied(
-                f"principal {grant.principal} may not run tasks as user {effective or '(agent default)'}")
+                f"principal {grant.principal} may not run tasks as user {user or '(the agent default)'}")

@@ -91,20 +91,16 @@ def test_operator_actions_follow_the_grant(acl: Acl) -> None:
         check_operator(reader, "SomethingNew")
 
 
-def test_subscribe_is_refused_outside_the_principals_roles_users_or_name(acl: Acl) -> None:
+def test_subscribe_is_refused_outside_the_principals_roles_or_name(acl: Acl) -> None:
     c = caller(acl, "framework", "/tessera.v1.Scheduler/Subscribe", "tok-analytics")
-    assert check_subscribe(c, "", ["analytics"], "nobody") == "analytics"  # the token's principal is recorded
-    assert check_subscribe(c, "analytics", ["analytics"], "nobody") == "analytics"
+    assert check_subscribe(c, "", ["analytics"]) == "analytics"  # the token's principal is recorded
+    assert check_subscribe(c, "analytics", ["analytics"]) == "analytics"
     with pytest.raises(PermissionDenied, match="roles web"):
-        check_subscribe(c, "", ["analytics", "web"], "nobody")
-    with pytest.raises(PermissionDenied, match="user root"):
-        check_subscribe(c, "", ["analytics"], "root")
-    with pytest.raises(PermissionDenied, match="agent default"):  # no user: the agent's own, not listed
-        check_subscribe(c, "", ["analytics"], "")
+        check_subscribe(c, "", ["analytics", "web"])
     with pytest.raises(PermissionDenied, match="as principal ops"):
-        check_subscribe(c, "ops", ["analytics"], "nobody")
+        check_subscribe(c, "ops", ["analytics"])
     wildcard = caller(acl, "framework", "/tessera.v1.Scheduler/Subscribe", "tok-any")
-    assert check_subscribe(wildcard, "", ["x", "y"], "") == "anything"
+    assert check_subscribe(wildcard, "", ["x", "y"]) == "anything"
 
 
 def test_calls_on_another_principals_framework_are_refused_except_teardown_with_the_grant(acl: Acl) -> None:
@@ -122,18 +118,19 @@ def test_calls_on_another_principals_framework_are_refused_except_teardown_with_
 
 def test_launched_tasks_run_only_as_allowed_users(acl: Acl) -> None:
     c = caller(acl, "framework", "/tessera.v1.Scheduler/Accept", "tok-analytics")
-    check_launch(c, "nobody", ["", "nobody"])  # "" inherits the framework's user
+    check_launch(c, ["nobody", "nobody"])
     with pytest.raises(PermissionDenied, match="user root"):
-        check_launch(c, "nobody", ["nobody", "root"])
-    with pytest.raises(PermissionDenied):
-        check_launch(c, "", [""])
+        check_launch(c, ["nobody", "root"])
+    with pytest.raises(PermissionDenied, match="agent default"):  # no user: the agent's own, not listed
+        check_launch(c, [""])
+    check_launch(caller(acl, "framework", "/tessera.v1.Scheduler/Accept", "tok-any"), ["", "root"])
 
 
 def test_without_an_acl_every_decision_is_open() -> None:
     c = authenticate(None, None, "/tessera.v1.Scheduler/Subscribe", None)
     assert c.grant is None
-    assert check_subscribe(c, "whoever", ["any"], "root") == "whoever"
-    check_launch(c, "", ["root"])
+    assert check_subscribe(c, "whoever", ["any"]) == "whoever"
+    check_launch(c, ["root", ""])
     check_framework_call(c, "someone-else", "Kill")
     check_operator(c, "SetQuota")
 
