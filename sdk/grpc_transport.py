@@ -7,7 +7,9 @@ metadata as the leader hint); the transport never retries.
 
 Credentials: insecure channels by default (a local development cluster); pass `credentials`
 (`grpc.ssl_channel_credentials(...)` with a framework certificate) for mTLS and `token` for the bearer
-token of the framework's principal, or use `GrpcTransport.secure(tls_dir, token)`. Secure channels verify
+token of the framework's principal, or use `GrpcTransport.secure(tls_dir, token)`. A driver given no
+transport uses `GrpcTransport.from_env()`: mTLS when TESSERA_TLS_DIR names a framework TLS directory, the
+token of TESSERA_TOKEN or TESSERA_TOKEN_FILE. Secure channels verify
 the master's certificate as `master.tessera` (`control_plane.tls.MASTER_NAME`), whatever address is
 dialled, so a certificate that is not a master's is refused.
 
@@ -115,6 +117,12 @@ class GrpcTransport:
     def secure(cls, tls_dir: str | Path, token: str | None = None, **kwargs: Any) -> GrpcTransport:
         """mTLS with the framework certificate in `tls_dir` (ca.pem, cert.pem, key.pem) and a bearer token."""
         security = ClientSecurity.from_options(tls_dir, token)
+        return cls(credentials=security.credentials, token=security.token, **kwargs)
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> GrpcTransport:
+        """Plaintext unless TESSERA_TLS_DIR is set; the token from TESSERA_TOKEN or TESSERA_TOKEN_FILE."""
+        security = ClientSecurity.from_env()
         return cls(credentials=security.credentials, token=security.token, **kwargs)
 
     def _stub(self, address: str) -> scheduler_pb2_grpc.SchedulerStub:

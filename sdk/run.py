@@ -291,13 +291,23 @@ def _teardown(driver: SchedulerDriver) -> None:
 
 
 def _security() -> ClientSecurity:
-    """`tessera --tls-dir D --token T run ...`: the group's security, else TESSERA_TLS_DIR / TESSERA_TOKEN."""
+    """`tessera --tls-dir D --token T run ...`: the group's flags, else TESSERA_TLS_DIR / TESSERA_TOKEN(_FILE),
+    else the framework files a `tessera up --secure` cluster started here recorded, else plaintext."""
+    from control_plane.cli.up import cluster_security
+    from control_plane.tls import read_token_file
+
     ctx = click.get_current_context(silent=True)
     root = ctx.find_root() if ctx is not None else None
-    if root is not None and root is not ctx and hasattr(root.obj, "security"):
-        return root.obj.security  # type: ignore[no-any-return]
+    obj = root.obj if root is not None and root is not ctx else None
     try:
-        return ClientSecurity.from_env()
+        if obj is not None and any(getattr(obj, name, None) for name in ("tls_dir", "token", "token_file")):
+            return obj.security  # type: ignore[no-any-return]
+        if any(os.environ.get(name) for name in ("TESSERA_TLS_DIR", "TESSERA_TOKEN", "TESSERA_TOKEN_FILE")):
+            return ClientSecurity.from_env()
+        recorded = cluster_security("framework")
+        if recorded is not None:
+            return ClientSecurity.from_options(recorded[0], read_token_file(recorded[1]))
+        return ClientSecurity.insecure()
     except TlsConfigError as exc:
         click.echo(f"tessera run: {exc}", err=True)
         sys.exit(2)

@@ -57,11 +57,16 @@ class Ctx:
     def security(self) -> Any:
         """The ClientSecurity from --tls-dir and --token / --token-file (one line and exit 2 if unusable)."""
         if self._security is None:
+            from control_plane.cli.up import cluster_security
             from control_plane.tls import ClientSecurity, TlsConfigError, read_token_file
 
+            tls_dir, token_file = self.tls_dir, self.token_file
+            if not (tls_dir or self.token or token_file):
+                # a cluster started here with `tessera up --secure` names the operator's files
+                tls_dir, token_file = cluster_security("operator") or (None, None)
             try:
-                token = self.token or (read_token_file(self.token_file) if self.token_file else None)
-                self._security = ClientSecurity.from_options(self.tls_dir, token)
+                token = self.token or (read_token_file(token_file) if token_file else None)
+                self._security = ClientSecurity.from_options(tls_dir, token)
             except TlsConfigError as exc:
                 fail(str(exc), 2)
         return self._security
@@ -81,7 +86,8 @@ class Ctx:
         try:
             return self.client.call(method, request, **kw)
         except NoMasterAvailable as exc:
-            fail(str(exc))
+            plaintext = self.security.credentials is None
+            fail(f"{exc}{'; a secured cluster needs --tls-dir (or TESSERA_TLS_DIR)' if plaintext else ''}")
         except grpc.RpcError as err:
             fail(f"{err.code().name}: {err.details()}")
 

@@ -9,9 +9,11 @@ never as "no event at all".
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -510,3 +513,43 @@ def test_three_secured_masters_reach_each_other_over_mtls(cluster: SecureCluster
             if p.poll() is None:
                 p.kill()
                 p.wait(timeout=10)
+
+
+# ---- tessera up --secure ---------------------------------------------------------------------------------
+def test_up_secure_runs_a_cluster_that_commands_from_its_directory_reach_with_certificates_and_tokens(
+        tmp_path: Path) -> None:
+    from tests.integration.test_up import TESSERA, Up, child_pids, clean_env, gone, kill_all
+
+    up = Up(tmp_path, "--secure", "--masters", "1", "--agents", "1", "--duration", "180")
+    state_file = tmp_path / ".tessera" / "cluster.json"
+    pids: list[int] = []
+    try:
+        up.wait_ready()
+        assert any(line.startswith("SECURE DEV MODE") for line in up.lines)
+        assert not any("INSECURE" in line for line in up.lines)
+        pids = child_pids(state_file)
+        master_cmdline = psutil.Process(pids[0]).cmdline()
+        assert "--insecure-dev" not in master_cmdline and "--tls-dir" in master_cmdline and "--acl" in master_cmdline
+        address = up.line_starting("masters: ").removeprefix("masters: ")
+
+        # from the cluster's directory, no flags: cluster.json names the operator's and framework's files
+        agents = subprocess.run([*TESSERA, "--json", "agents"], cwd=tmp_path, env=clean_env(),
+                                capture_output=True, text=True, timeout=60)
+        assert agents.returncode == 0 and len(json.loads(agents.stdout)) == 1, agents.stderr
+        run = subprocess.run([*TESSERA, "run", "--", "echo up-secure"], cwd=tmp_path, env=clean_env(),
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0 and "up-secure" in run.stdout, run.stderr
+        # a plaintext client never gets in, a wrong token over mTLS is UNAUTHENTICATED
+        plain = subprocess.run([*TESSERA, "--masters", address, "--timeout", "2", "--token", "x", "agents"],
+                               cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60)
+        assert plain.returncode == 1 and "UNAVAILABLE" in plain.stderr, plain.stderr
+        pki = tmp_path / ".tessera" / "pki"
+        wrong = subprocess.run([*TESSERA, "--masters", address, "--tls-dir", str(pki / "operator"), "--token", "x",
+                                "agents"], cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60)
+        assert wrong.returncode == 1 and "UNAUTHENTICATED" in wrong.stderr, wrong.stderr
+
+        os.kill(up.proc.pid, signal.SIGTERM)
+        assert up.proc.wait(timeout=60) == 0, up.output()
+        assert all(gone(p) for p in pids)
+    finally:
+        kill_all(up, pids)
