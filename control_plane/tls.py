@@ -66,16 +66,16 @@ def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
 
 
 def peer_kind(context: grpc.ServicerContext) -> PeerKind | None:
-    """The kind named by the verified client certificate (None when it names none)."""
-    auth = context.auth_context()
-    for san in auth.get("x509_subject_alternative_name", ()):
+    """The kind named by the verified client certificate; None when it names none, or more than one."""
+    named = set()
+    for san in context.auth_context().get("x509_subject_alternative_name", ()):
         text = san.decode() if isinstance(san, bytes) else str(san)
         if text.startswith(KIND_URI_PREFIX):
-            kind = text[len(KIND_URI_PREFIX):]
-            for known in PEER_KINDS:
-                if kind == known:
-                    return known
-    return None
+            named.add(text[len(KIND_URI_PREFIX):])
+    if len(named) != 1:
+        return None
+    (kind,) = named
+    return next((known for known in PEER_KINDS if known == kind), None)
 
 
 def bearer_token(context: grpc.ServicerContext) -> str | None:

@@ -70,7 +70,7 @@ class Guard:
         if self.tls:
             kind = peer_kind(context)
             if kind is None:
-                raise Unauthenticated("the client certificate names no tessera kind (urn:tessera:kind:...)")
+                raise Unauthenticated("the client certificate names no single tessera kind (urn:tessera:kind:...)")
         return authenticate(self.acl, kind, method, bearer_token(context) if self.acl is not None else None)
 
     def interceptor(self) -> grpc.ServerInterceptor:

@@ -200,10 +200,8 @@ def authenticate(acl: Acl | None, kind: PeerKind | None, full_method: str, token
     service, method = method_key(full_method)
     if service in ("Health", "ServerReflection"):
         return Caller(kind, None)
-    if service == "AgentLink":
-        # agents are authenticated by their certificate; without TLS an ACL still wants a token
-        if kind == "agent":
-            return Caller(kind, None)
+    if service == "AgentLink" and kind == "agent":
+        return Caller(kind, None)  # agents are authenticated by their certificate
     if service == "Operator" and kind is not None and kind in CERTIFICATE_ONLY.get(method, frozenset()):
         return Caller(kind, None)
     if not token:

@@ -141,3 +141,43 @@ def test_a_client_without_a_certificate_never_reaches_the_service(pki: Path, gua
         with pytest.raises(grpc.RpcError) as caught:
             health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=3)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def _client_cert_with_uris(pki: Path, tmp_path: Path, uris: list[str]) -> Path:
+    """A client certificate the CA signed, naming `uris` (not how `tessera certs init` makes them)."""
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    ca_key = serialization.load_pem_private_key((pki / "ca-key.pem").read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "odd")]))
+               .issuer_name(cert(pki / "ca.pem").subject).public_key(key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+               .not_valid_after(now + dt.timedelta(days=1))
+               .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+    if uris:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.UniformResourceIdentifier(u) for u in uris]), critical=False)
+    d = tmp_path / "odd"
+    d.mkdir()
+    (d / "ca.pem").write_bytes((pki / "ca.pem").read_bytes())
+    (d / "cert.pem").write_bytes(builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    (d / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+    return d
+
+
+@pytest.mark.parametrize("uris", [[], ["urn:tessera:kind:nobody"],
+                                  ["urn:tessera:kind:agent", "urn:tessera:kind:master"]])
+def test_a_ca_signed_certificate_naming_no_single_kind_is_unauthenticated(
+        pki: Path, guarded_health: str, tmp_path: Path, uris: list[str]) -> None:
+    odd = _client_cert_with_uris(pki, tmp_path, uris)
+    with ClientSecurity.from_options(odd).channel(guarded_health) as ch:
+        with pytest.raises(grpc.RpcError) as caught:
+            health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "no single tessera kind" in (caught.value.details() or "")
