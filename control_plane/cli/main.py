@@ -127,7 +127,7 @@ def cli(ctx: click.Context, masters: str, as_json: bool, timeout: float, tls_dir
 @click.option("--peers", default="", help="Comma-separated Raft addresses of the OTHER masters.")
 @click.option("--data-dir", type=click.Path(path_type=Path), required=True, help="Journal, dump and events.db.")
 @click.option("--raft-password", envvar="TESSERA_RAFT_PASSWORD", default=None,
-              help="Encrypts the Raft port (or TESSERA_RAFT_PASSWORD). Without it the port is insecure.")
+              help="Encrypts the Raft port (or TESSERA_RAFT_PASSWORD). Required unless --insecure-dev.")
 @click.option("--agent-timeout", default=10.0, show_default=True,
               help="Seconds without a heartbeat before an agent is marked unreachable.")
 @click.option("--agent-heartbeat-interval", default=1.0, show_default=True,
@@ -221,6 +221,36 @@ def certs_init(directory: Path, hosts: tuple[str, ...], days: int) -> None:
     click.echo(f"  tessera master ... --tls-dir {d / 'master'} --acl {d / 'acl.toml'}  (and TESSERA_RAFT_PASSWORD)")
     click.echo(f"  tessera agent ... --tls-dir {d / 'agent'}")
     click.echo(f"  tessera --tls-dir {d / 'operator'} --token-file {d / 'tokens' / 'operator.token'} status")
+
+
+@certs.command("token")
+@click.argument("principal")
+@click.option("--roles", default="", help="Comma-separated roles it may subscribe under ('*' = any).")
+@click.option("--users", default="", help="Comma-separated users its tasks may run as; '' (or an empty item, "
+                                          "'nobody,') is the agent's own user.")
+@click.option("--actions", default="", help="Comma-separated: read, drain, quorum, weights, quota, teardown.")
+def certs_token(principal: str, roles: str, users: str, actions: str) -> None:
+    """Make a new token for PRINCIPAL; print it and the ACL table (with its digest) to add to acl.toml."""
+    import secrets
+
+    from control_plane.core.acl import parse_acl, token_digest
+    from control_plane.core.errors import InvalidRequest
+
+    def items(text: str) -> list[str]:
+        return [x.strip() for x in text.split(",") if x.strip()]
+
+    token = secrets.token_urlsafe(32)
+    named_users = [] if not users else [x.strip().strip("'\"") for x in users.split(",")]
+    grant = {"token_sha256": token_digest(token), "roles": items(roles),
+             "users": list(dict.fromkeys(named_users)), "actions": items(actions)}
+    try:
+        parse_acl({"principals": {principal: grant}})  # the same checks the master applies
+    except InvalidRequest as exc:
+        fail(str(exc), 2)
+    click.echo(f"token (give it to {principal}; it is not stored): {token}")
+    click.echo(f"\n[principals.{principal}]")
+    for key in ("token_sha256", "roles", "users", "actions"):
+        click.echo(f"{key} = {json.dumps(grant[key])}")
 
 
 # ---- quorum ------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from control_plane.api.auth import AclFileError, Guard, load_acl
 from control_plane.certs import init_dev_pki
 from control_plane.cli.main import cli
-from control_plane.core.acl import PEER_KINDS, token_digest
+from control_plane.core.acl import PEER_KINDS, Acl, parse_acl, token_digest
 from control_plane.tls import (
     MASTER_NAME,
     ClientSecurity,
@@ -181,3 +181,23 @@ def test_a_ca_signed_certificate_naming_no_single_kind_is_unauthenticated(
             health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "no single tessera kind" in (caught.value.details() or "")
+
+
+def test_certs_token_prints_a_token_and_the_acl_table_holding_its_digest() -> None:
+    result = CliRunner().invoke(cli, ["certs", "token", "analytics", "--roles", "analytics,batch",
+                                      "--users", "nobody,", "--actions", "read,drain"])
+    assert result.exit_code == 0, result.output
+    first, _, table = result.output.partition("\n")
+    token = first.rsplit(" ", 1)[1]
+    acl = tomllib.loads(table)
+    grant = load_acl_text(table).grant_for_token(token)
+    assert grant is not None and grant.principal == "analytics"
+    assert grant.roles == {"analytics", "batch"} and grant.users == {"nobody", ""}
+    assert grant.actions == {"read", "drain"}
+    assert token not in table and acl["principals"]["analytics"]["token_sha256"] == token_digest(token)
+    bad = CliRunner().invoke(cli, ["certs", "token", "x", "--actions", "rule"])
+    assert bad.exit_code == 2 and "unknown" in bad.output
+
+
+def load_acl_text(text: str) -> Acl:
+    return parse_acl(tomllib.loads(text))
