@@ -60,6 +60,12 @@ class Guard:
     def open() -> Guard:
         return Guard(None, tls=False)
 
+    def replace_acl(self, acl: Acl) -> None:
+        """Swap in a reloaded ACL (one attribute store: every later call sees the new one)."""
+        if self.acl is None:
+            raise ValueError("this guard runs without an ACL")
+        self.acl = acl
+
     @property
     def enforcing(self) -> bool:
         return self.tls or self.acl is not None

@@ -6,7 +6,8 @@ list that names this master or repeats an address, an address that does not pars
 Security: a master refuses to start without mTLS (`--tls-dir`), an ACL of bearer tokens (`--acl`) and a
 Raft password, unless it is told it runs an insecure development cluster (`--insecure-dev`), which it
 then says loudly in its log. Masters reach each other (announcements, the quorum fan-out) over mTLS with
-their own certificate.
+their own certificate. SIGHUP reloads the ACL file; a file that does not load leaves the previous ACL in
+force (and says so in the log).
 """
 
 from __future__ import annotations
@@ -164,6 +165,16 @@ def build_master(config: MasterConfig) -> tuple[Master, LeaderDuties, MasterServ
     return master, duties, server
 
 
+def _reload_acl(guard: Guard, path: Path) -> None:
+    try:
+        acl = load_acl(path)
+    except AclFileError as exc:
+        log.error("ACL not reloaded, the previous one stays in force: %s", exc)
+        return
+    guard.replace_acl(acl)
+    log.info("ACL reloaded from %s: %d principal(s)", path, len(acl.grants))
+
+
 def run_master(config: MasterConfig) -> int:
     try:
         master, duties, server = build_master(config)
@@ -188,6 +199,9 @@ def run_master(config: MasterConfig) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    reload_acl = threading.Event()
+    if config.acl_path is not None:
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: reload_acl.set())
     try:
         master.start()
     except Exception as exc:  # noqa: BLE001 - report a startup failure as one line
@@ -209,6 +223,9 @@ def run_master(config: MasterConfig) -> int:
         log.warning("INSECURE: no --acl: every peer with a certificate from the CA may do anything (--insecure-dev)")
     while not stop.wait(0.5):
         master.maybe_announce()
+        if reload_acl.is_set() and config.acl_path is not None:
+            reload_acl.clear()
+            _reload_acl(server.guard, config.acl_path)
     duties.stop()
     server.stop()
     if metrics is not None:

@@ -437,6 +437,41 @@ def test_a_framework_cannot_touch_another_frameworks_task_nor_launch_as_a_forbid
     b_stream.call.cancel()
 
 
+def test_sighup_reloads_the_acl_and_a_broken_file_keeps_the_previous_one(cluster: SecureCluster) -> None:
+    acl_file = cluster.pki / "acl.toml"
+    original = acl_file.read_text()
+    carol = "tok-carol-3456"
+    master = cluster.procs[0]
+
+    def carol_reads() -> grpc.StatusCode:
+        client = MasterClient([cluster.grpc], timeout=5.0, rpc_timeout=3.0,
+                              security=ClientSecurity(cluster.security("operator").credentials, carol))
+        try:
+            client.call(lambda s: s.GetState, operator_pb2.GetStateRequest())
+            return grpc.StatusCode.OK
+        except grpc.RpcError as err:
+            return err.code()
+        finally:
+            client.close()
+
+    try:
+        assert carol_reads() == grpc.StatusCode.UNAUTHENTICATED
+        acl_file.write_text(original + f'\n[principals.carol]\ntoken_sha256 = "{token_digest(carol)}"\n'
+                                       'actions = ["read"]\n')
+        master.send_signal(signal.SIGHUP)
+        wait_for(lambda: carol_reads() == grpc.StatusCode.OK, timeout=20, what="the reloaded ACL to admit carol")
+        acl_file.write_text("principals = [")  # broken: the ACL in force stays
+        master.send_signal(signal.SIGHUP)
+        wait_for(lambda: "ACL not reloaded" in cluster.logs[0].read_text(), timeout=20,
+                 what="the master to refuse the broken ACL")
+        assert carol_reads() == grpc.StatusCode.OK
+        assert master.poll() is None
+    finally:
+        acl_file.write_text(original)
+        master.send_signal(signal.SIGHUP)
+    wait_for(lambda: carol_reads() == grpc.StatusCode.UNAUTHENTICATED, timeout=20, what="carol to be removed")
+
+
 # ---- startup -------------------------------------------------------------------------------------------
 def _start_master(tmp_path: Path, *flags: str, password: str | None = RAFT_PASSWORD) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
