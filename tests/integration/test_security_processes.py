@@ -433,6 +433,16 @@ def test_a_framework_cannot_touch_another_frameworks_task_nor_launch_as_a_forbid
                                           task_id="alice-sleeper"), metadata=a_md, timeout=10)
     wait_for(lambda: next(t for t in cluster.state().tasks if t.task.task_id == "alice-sleeper").state
              == common_pb2.TASK_KILLED, timeout=30, what="alice's kill to take effect")
+    # a principal with the `teardown` grant may tear down another principal's framework (through the
+    # Scheduler API, with a framework certificate); that is the one call the grant opens
+    ops_stub, ops_md = cluster.scheduler("ops")
+    assert code_of(ops_stub.Kill, scheduler_pb2.KillRequest(
+        header=scheduler_pb2.CallHeader(framework_id=b_fid), task_id="x"), metadata=ops_md, timeout=10) \
+        == grpc.StatusCode.PERMISSION_DENIED
+    ops_stub.Teardown(scheduler_pb2.TeardownRequest(header=scheduler_pb2.CallHeader(framework_id=b_fid)),
+                      metadata=ops_md, timeout=10)
+    wait_for(lambda: next(f for f in cluster.state().frameworks if f.framework_id == b_fid).state
+             == common_pb2.FRAMEWORK_REMOVED, timeout=20, what="bob's framework to be torn down")
     a_stream.call.cancel()
     b_stream.call.cancel()
 
