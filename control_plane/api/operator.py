@@ -1,7 +1,8 @@
 """The Operator gRPC service: thin — convert, call the master or the event log, convert back.
 
 Validation that needs state lives in `decide`; this module only checks the shape of requests that never
-reach the core (limits, addresses) and maps results. Errors go through `@grpc_errors`.
+reach the core (limits, addresses) and maps results. Errors go through `@grpc_errors`. Each method
+first asks the guard whether the caller's principal may take the action it needs (`core.acl`).
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ on the leader (errors map to status codes in `api.errors`), and converts back. `
 `FrameworkSubscribed` before the first `Subscribed` event, then streams what the leader's reactor queues
 for the framework, plus heartbeats; when the stream ends it proposes `DisconnectFramework`, which starts
 the framework's failover timeout.
+
+Authorization (`api.auth`, decisions in `core.acl`): every call names a framework that must belong to
+the caller's principal; `Subscribe` records the token's principal and checks the roles, `Accept` the
+users launched tasks run as. The checks run before anything is proposed.
 """
 
 from __future__ import annotations
