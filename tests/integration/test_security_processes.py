@@ -36,9 +36,11 @@ from control_plane.core.resources import Resources
 from control_plane.tls import ClientSecurity, load_tls_dir, server_credentials
 from sdk.run import RunOptions, run_task
 from tessera.v1 import agent_pb2, agent_pb2_grpc, common_pb2, operator_pb2, scheduler_pb2, scheduler_pb2_grpc
-from tests.support.cluster import _die_with_parent, free_port, wait_for
+from tests.support.cluster import free_port, wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("sh") is None, reason="tasks run with /bin/sh")
+# Children are started without preexec_fn: forking a Python child of a process with live gRPC threads
+# can crash the child in gRPC's fork handlers; they are killed by PID when a test ends.
 
 FORBIDDEN_USER = "daemon"
 TOKENS = {"ops": "tok-ops-1234", "alice": "tok-alice-5678", "bob": "tok-bob-9012"}
@@ -123,7 +125,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureCluster]
             [*tessera, "master", "--name", "m1", "--raft", raft_address, "--grpc", grpc_address,
              "--data-dir", str(root / "m1"), "--tls-dir", str(pki / "master"), "--acl", str(pki / "acl.toml"),
              "--allocation-interval", "0.2", "--agent-heartbeat-interval", "0.5"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent))
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
     c = SecureCluster(pki, grpc_address, raft_address, procs, logs)
     try:
         wait_for(lambda: _serving(c), timeout=30, what="the secure master to lead")
@@ -131,7 +133,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureCluster]
             procs.append(subprocess.Popen(
                 [*tessera, "agent", "--masters", grpc_address, "--data-dir", str(root / "a1"),
                  "--resources", "cpus:2;mem:1024", "--hostname", "secure-agent", "--tls-dir", str(pki / "agent")],
-                stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent))
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
         wait_for(lambda: any(a.connected and a.state == common_pb2.AGENT_ACTIVE for a in c.state().agents),
                  timeout=30, what="the agent to register over mTLS")
         yield c
@@ -536,7 +538,7 @@ def test_three_secured_masters_reach_each_other_over_mtls(cluster: SecureCluster
                      "--grpc", grpc_address, "--peers", ",".join(r for _, r, _ in members if r != raft),
                      "--data-dir", str(tmp_path / name), "--tls-dir", str(pki / "master"),
                      "--acl", str(pki / "acl.toml")],
-                    stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent))
+                    stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
         client = MasterClient([g for _, _, g in members], timeout=10.0, rpc_timeout=3.0,
                               security=cluster.security("operator", "ops"))
 
