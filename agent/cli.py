@@ -30,10 +30,13 @@ from agent.config import ISOLATION_CHOICES, AgentConfig
               help="Directory of task sandboxes (default: DATA_DIR/sandboxes).")
 @click.option("--metrics", "metrics_address", default=None,
               help="HOST:PORT to serve Prometheus /metrics on (off when not given).")
+@click.option("--tls-dir", "agent_tls_dir", envvar="TESSERA_AGENT_TLS_DIR", default=None,
+              type=click.Path(path_type=Path), metavar="DIR",
+              help="mTLS: DIR holds ca.pem, cert.pem, key.pem of an agent certificate (or TESSERA_AGENT_TLS_DIR).")
 @click.option("--log-level", default="INFO", show_default=True)
 def agent_main(masters: str, data_dir: Path, resources: str, attributes: str, hostname: str,
                heartbeat_interval: float, isolation: str, work_dir: Path | None, metrics_address: str | None,
-               log_level: str) -> None:
+               agent_tls_dir: Path | None, log_level: str) -> None:
     """Run a Tessera agent: report this machine's resources and run tasks for the masters."""
     from agent.main import run_agent
 
@@ -42,7 +45,7 @@ def agent_main(masters: str, data_dir: Path, resources: str, attributes: str, ho
     config = AgentConfig(
         masters=tuple(a.strip() for a in masters.split(",") if a.strip()), data_dir=data_dir,
         resources=resources, attributes=attributes, hostname=hostname, heartbeat_interval=heartbeat_interval,
-        work_dir=work_dir, isolation=isolation, metrics_address=metrics_address,
+        work_dir=work_dir, isolation=isolation, metrics_address=metrics_address, tls_dir=agent_tls_dir,
     )
     sys.exit(run_agent(config))
 

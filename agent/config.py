@@ -26,6 +26,7 @@ import psutil
 from control_plane.core.errors import InvalidRequest
 from control_plane.core.resources import Resources
 from control_plane.core.values import Labels
+from control_plane.tls import ClientSecurity, TlsConfigError
 
 ISOLATION_CHOICES = ("auto", "cgroups_v2", "cgroups_v1", "rlimits")
 DEFAULT_PORTS = (31000, 32000)
@@ -55,6 +56,8 @@ class AgentConfig:
     status_retry_max: float = 30.0
     reconnect_backoff_max: float = 5.0
     metrics_address: str | None = None  # HOST:PORT for Prometheus /metrics; None = off
+    tls_dir: Path | None = None  # ca.pem, cert.pem, key.pem of an agent certificate; None = plaintext
+    token: str | None = None  # bearer token, needed only by a master without TLS that checks tokens
 
     def __post_init__(self) -> None:
         # Accept lists and plain strings for convenience; the value is a tuple.
@@ -75,6 +78,7 @@ class ResolvedConfig:
     attributes: Labels
     heartbeat_interval: float
     extra: dict[str, str] = field(default_factory=dict)
+    security: ClientSecurity | None = None  # how to reach the masters (None: plaintext)
 
 
 def parse_masters(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -196,7 +200,12 @@ def resolve(config: AgentConfig) -> ResolvedConfig:
     resources = detect_resources(config.resources, data_dir)
     if not os.access(data_dir, os.W_OK):  # e.g. a read-only bind mount that still let mkdir pass
         raise ConfigError(f"--data-dir: {data_dir} is not writable")
+    try:
+        security = ClientSecurity.from_options(config.tls_dir, config.token)
+    except TlsConfigError as exc:
+        raise ConfigError(str(exc)) from exc
     return ResolvedConfig(
         config=config, masters=masters, data_dir=data_dir, work_dir=work_dir, hostname=hostname,
         resources=resources, attributes=attributes, heartbeat_interval=float(config.heartbeat_interval),
+        security=security,
     )

@@ -109,7 +109,7 @@ def run_agent(config: AgentConfig, *, stop: threading.Event | None = None) -> in
              resolved.resources, dict(resolved.attributes), isolator.describe(), ",".join(resolved.masters))
     launcher = ProcessLauncher(resolved.work_dir, isolator)
     # the agent's spans (agent.launch_task, task.run) go to the leader, stored next to its event log
-    tracer_provider = setup_tracing("tessera-agent", span_store=OperatorSpanStore(resolved.masters), set_global=False)
+    tracer_provider = setup_tracing("tessera-agent", span_store=OperatorSpanStore(resolved.masters, security=resolved.security), set_global=False)
     agent = Agent(resolved, checkpoint, launcher, isolator_name=isolator.name, tracer_provider=tracer_provider)
 
     metrics = None

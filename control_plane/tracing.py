@@ -95,10 +95,10 @@ class OperatorSpanStore:
     Called from the BatchSpanProcessor's thread, so it never blocks the caller's loop; best effort: a
     batch that does not get through within `timeout` is dropped (logged at debug level)."""
 
-    def __init__(self, masters: Sequence[str], timeout: float = 2.0) -> None:
+    def __init__(self, masters: Sequence[str], timeout: float = 2.0, security: Any = None) -> None:
         from control_plane.api.client import MasterClient
 
-        self.client = MasterClient(masters, timeout=timeout, rpc_timeout=timeout)
+        self.client = MasterClient(masters, timeout=timeout, rpc_timeout=timeout, security=security)
         self.timeout = timeout
 
     def append_spans(self, spans: Sequence[SpanRecord]) -> None:

@@ -219,9 +219,13 @@ class DriverBase:
             give_up_after=give_up_after, subscribe_timeout=subscribe_timeout,
         )
         if transport is None:
+            from control_plane.tls import TlsConfigError
             from sdk.grpc_transport import GrpcTransport
 
-            transport = GrpcTransport()
+            try:
+                transport = GrpcTransport.from_env()  # mTLS and a token when TESSERA_TLS_DIR/TESSERA_TOKEN say so
+            except TlsConfigError as exc:
+                raise InvalidRequest(str(exc)) from exc
             self._owns_transport = True
         else:
             self._owns_transport = False

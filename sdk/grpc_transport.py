@@ -6,8 +6,12 @@ become `sdk.errors` classes through `sdk.errors.error_for_status` (with the `tes
 metadata as the leader hint); the transport never retries.
 
 Credentials: insecure channels by default (a local development cluster); pass `credentials`
-(`grpc.ssl_channel_credentials(...)`) for mTLS and `token` for the bearer token of the framework's
-principal.
+(`grpc.ssl_channel_credentials(...)` with a framework certificate) for mTLS and `token` for the bearer
+token of the framework's principal, or use `GrpcTransport.secure(tls_dir, token)`. A driver given no
+transport uses `GrpcTransport.from_env()`: mTLS when TESSERA_TLS_DIR names a framework TLS directory, the
+token of TESSERA_TOKEN or TESSERA_TOKEN_FILE. Secure channels verify
+the master's certificate as `master.tessera` (`control_plane.tls.MASTER_NAME`), whatever address is
+dialled, so a certificate that is not a master's is refused.
 
 Tracing: each call runs in an OpenTelemetry client span `framework.<call>` (from the global tracer
 provider unless `tracer_provider` is given; the SDK never installs one) whose W3C context goes to the
@@ -19,11 +23,13 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
 from opentelemetry import propagate, trace
 
+from control_plane.tls import MASTER_NAME, ClientSecurity
 from sdk._convert import call_to_proto, event_from_proto, info_to_proto, status_from_proto
 from sdk.errors import TesseraError, error_for_status
 from sdk.protocol import Call, CallHeader, CallResult, Event
@@ -102,8 +108,22 @@ class GrpcTransport:
         self._credentials = credentials
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         self._options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), *options]
+        if credentials is not None and not any(k == "grpc.ssl_target_name_override" for k, _ in options):
+            self._options.append(("grpc.ssl_target_name_override", MASTER_NAME))
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
+
+    @classmethod
+    def secure(cls, tls_dir: str | Path, token: str | None = None, **kwargs: Any) -> GrpcTransport:
+        """mTLS with the framework certificate in `tls_dir` (ca.pem, cert.pem, key.pem) and a bearer token."""
+        security = ClientSecurity.from_options(tls_dir, token)
+        return cls(credentials=security.credentials, token=security.token, **kwargs)
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> GrpcTransport:
+        """Plaintext unless TESSERA_TLS_DIR is set; the token from TESSERA_TOKEN or TESSERA_TOKEN_FILE."""
+        security = ClientSecurity.from_env()
+        return cls(credentials=security.credentials, token=security.token, **kwargs)
 
     def _stub(self, address: str) -> scheduler_pb2_grpc.SchedulerStub:
         with self._lock:

@@ -37,8 +37,10 @@ from typing import TextIO
 
 import click
 
+from control_plane.tls import ClientSecurity, TlsConfigError
 from sdk.driver import SchedulerDriver
 from sdk.errors import TesseraError
+from sdk.grpc_transport import GrpcTransport
 from sdk.scheduler import Scheduler
 from sdk.transport import Transport
 from sdk.types import DEFAULT_ROLE, Filters, FrameworkInfo, Offer, Resources, TaskInfo, TaskState, TaskStatus
@@ -223,8 +225,11 @@ def exit_code_for(status: TaskStatus) -> int:
 
 
 def run_task(options: RunOptions, *, transport: Transport | None = None, out: TextIO | None = None,
-             err: TextIO | None = None) -> int:
-    """Run one task as `tessera run` does and return the process exit code."""
+             err: TextIO | None = None, security: ClientSecurity | None = None) -> int:
+    """Run one task as `tessera run` does and return the process exit code.
+
+    `security` (mTLS with a framework certificate, a bearer token) builds the gRPC transport when no
+    `transport` is given."""
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
 
@@ -238,6 +243,8 @@ def run_task(options: RunOptions, *, transport: Transport | None = None, out: Te
                     env=dict(options.env))
     scheduler = OneShot(task, say)
     framework = FrameworkInfo(name=options.name, roles=(options.role,), failover_timeout=60.0)
+    if transport is None and security is not None:
+        transport = GrpcTransport(credentials=security.credentials, token=security.token)
     driver = SchedulerDriver(scheduler, framework, list(options.masters), transport=transport,
                              give_up_after=options.connect_timeout)
     shown = shlex.join(options.command) if len(options.command) > 1 else options.command[0]
@@ -283,6 +290,29 @@ def _teardown(driver: SchedulerDriver) -> None:
     driver.join(5.0)
 
 
+def _security() -> ClientSecurity:
+    """`tessera --tls-dir D --token T run ...`: the group's flags, else TESSERA_TLS_DIR / TESSERA_TOKEN(_FILE),
+    else the framework files a `tessera up --secure` cluster started here recorded, else plaintext."""
+    from control_plane.cli.up import cluster_security
+    from control_plane.tls import read_token_file
+
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx is not None else None
+    obj = root.obj if root is not None and root is not ctx else None
+    try:
+        if obj is not None and any(getattr(obj, name, None) for name in ("tls_dir", "token", "token_file")):
+            return obj.security  # type: ignore[no-any-return]
+        if any(os.environ.get(name) for name in ("TESSERA_TLS_DIR", "TESSERA_TOKEN", "TESSERA_TOKEN_FILE")):
+            return ClientSecurity.from_env()
+        recorded = cluster_security("framework")
+        if recorded is not None:
+            return ClientSecurity.from_options(recorded[0], read_token_file(recorded[1]))
+        return ClientSecurity.insecure()
+    except TlsConfigError as exc:
+        click.echo(f"tessera run: {exc}", err=True)
+        sys.exit(2)
+
+
 def _root_masters() -> str | None:
     """`tessera --masters X run ...`: the group's flag, when this command is registered in one."""
     ctx = click.get_current_context(silent=True)
@@ -323,9 +353,10 @@ def run_command(masters: str | None, cpus: str, mem: str, name: str, role: str, 
     # its event log, so `tessera trace TASK` starts at the framework's Accept
     from control_plane.tracing import OperatorSpanStore, setup_tracing
 
-    provider = setup_tracing("tessera-run", span_store=OperatorSpanStore(list(options.masters)))
+    security = _security()
+    provider = setup_tracing("tessera-run", span_store=OperatorSpanStore(list(options.masters), security=security))
     try:
-        code = run_task(options)
+        code = run_task(options, security=security)
     finally:
         provider.shutdown()
     sys.exit(code)

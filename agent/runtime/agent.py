@@ -165,7 +165,8 @@ class Agent:
         """Recover, connect, and serve until stopped or shut down; returns the exit code."""
         self.recover()
         self.link = MasterLink(self.config.masters, self.post,
-                               backoff=Backoff(maximum=self.config.config.reconnect_backoff_max))
+                               backoff=Backoff(maximum=self.config.config.reconnect_backoff_max),
+                               security=self.config.security)
         self.link.start()
         try:
             while self.exit_code is None:

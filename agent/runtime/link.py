@@ -13,6 +13,8 @@ Rules it keeps:
 - Channels are cached per address and reused across streams (they reconnect on their own; their
   reconnect backoff is kept short so a restarted master is found quickly). No client keepalive pings:
   servers refuse frequent ones; dead streams are detected by the agent's heartbeat watchdog instead.
+- Channels use the agent's `ClientSecurity`: mTLS with an agent certificate (masters are verified as
+  `master.tessera`), plaintext only in a development cluster.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 import grpc
 
 from agent.core.dialing import Backoff, DialPlan
+from control_plane.tls import ClientSecurity
 from tessera.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -54,8 +57,10 @@ def leader_hint(err: grpc.RpcError) -> str | None:
 class ChannelPool:
     """gRPC channels by address, shared by every stream (and by every emulated agent)."""
 
-    def __init__(self, options: Sequence[tuple[str, object]] = CHANNEL_OPTIONS) -> None:
+    def __init__(self, options: Sequence[tuple[str, object]] = CHANNEL_OPTIONS,
+                 security: ClientSecurity | None = None) -> None:
         self.options = list(options)
+        self.security = security or ClientSecurity.insecure()
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
 
@@ -63,7 +68,7 @@ class ChannelPool:
         with self._lock:
             channel = self._channels.get(address)
             if channel is None:
-                channel = grpc.insecure_channel(address, options=self.options)
+                channel = self.security.channel(address, options=self.options)
                 self._channels[address] = channel
             return channel
 
@@ -155,10 +160,10 @@ LinkEvent = StreamOpened | MessageReceived | StreamClosed
 class MasterLink:
     def __init__(self, masters: Sequence[str], post: Callable[[LinkEvent], None], *,
                  backoff: Backoff | None = None, channels: ChannelPool | None = None,
-                 rng: Callable[[], float] = random.random) -> None:
+                 rng: Callable[[], float] = random.random, security: ClientSecurity | None = None) -> None:
         self.plan = DialPlan(masters, backoff)
         self.post = post
-        self.channels = channels or ChannelPool()
+        self.channels = channels or ChannelPool(security=security)
         self._own_channels = channels is None
         self.rng = rng
         self._stop = threading.Event()
@@ -200,7 +205,7 @@ class MasterLink:
         self.post(StreamOpened(stream))
         try:
             stub = agent_pb2_grpc.AgentLinkStub(self.channels.get(stream.address))
-            call = stub.Connect(stream.requests())
+            call = stub.Connect(stream.requests(), metadata=self.channels.security.metadata)
             stream._attach(call)
             for message in call:
                 stream.received_any = True

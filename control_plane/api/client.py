@@ -4,6 +4,10 @@ A call goes to the master believed to lead. When a master answers UNAVAILABLE wi
 trailing metadata, the call is retried there at once; when a master does not answer, the next one in
 the list is tried with exponential backoff and jitter, until the call's deadline. Other status codes are
 returned to the caller unchanged as `grpc.RpcError`.
+
+`security` (`control_plane.tls.ClientSecurity`) gives the mTLS credentials and the bearer token sent
+with every call; without it, channels are plaintext (a development cluster). Streaming calls made on
+`operator(address)` directly pass `metadata` themselves.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, TypeVar
 import grpc
 
 from control_plane.api.errors import LEADER_METADATA_KEY
+from control_plane.tls import ClientSecurity
 from tessera.v1 import operator_pb2_grpc
 
 R = TypeVar("R")
@@ -41,7 +46,8 @@ def leader_hint(err: grpc.RpcError) -> str | None:
 
 
 class MasterClient:
-    def __init__(self, addresses: Sequence[str], *, timeout: float = 10.0, rpc_timeout: float = 5.0) -> None:
+    def __init__(self, addresses: Sequence[str], *, timeout: float = 10.0, rpc_timeout: float = 5.0,
+                 security: ClientSecurity | None = None) -> None:
         if not addresses:
             raise ValueError("at least one master address is needed")
         self.addresses = list(dict.fromkeys(addresses))
@@ -50,12 +56,14 @@ class MasterClient:
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
         self._current = self.addresses[0]
+        self.security = security or ClientSecurity.insecure()
+        self.metadata = self.security.metadata
 
     def channel(self, address: str) -> grpc.Channel:
         with self._lock:
             ch = self._channels.get(address)
             if ch is None:
-                ch = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
+                ch = self.security.channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
                 self._channels[address] = ch
             return ch
 
@@ -74,7 +82,8 @@ class MasterClient:
             if remaining <= 0:
                 raise NoMasterAvailable(order, last_error)
             try:
-                result = method(self.operator(address))(request, timeout=min(self.rpc_timeout, remaining))
+                result = method(self.operator(address))(request, timeout=min(self.rpc_timeout, remaining),
+                                                        metadata=self.metadata)
                 self._current = address
                 return result
             except grpc.RpcError as err:

@@ -66,7 +66,8 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[st
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}", ()
 
 
-def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+def abort_with(context: grpc.ServicerContext, exc: BaseException) -> None:
+    """End the call with the status for `exc` (raises, as `context.abort` does)."""
     code, details, trailers = status_for(exc)
     if code is grpc.StatusCode.INTERNAL:
         log.exception("unexpected error while serving a call", exc_info=exc)
@@ -86,7 +87,7 @@ def grpc_errors(fn: F) -> F:
             except Exception as exc:  # noqa: BLE001 - mapped to a status, never leaked
                 if _is_abort(exc):
                     raise
-                _abort(context, exc)
+                abort_with(context, exc)
 
         return stream  # type: ignore[return-value]
 
@@ -97,7 +98,7 @@ def grpc_errors(fn: F) -> F:
         except Exception as exc:  # noqa: BLE001 - mapped to a status, never leaked
             if _is_abort(exc):
                 raise
-            _abort(context, exc)
+            abort_with(context, exc)
 
     return unary  # type: ignore[return-value]
 

@@ -1,7 +1,8 @@
 """The Operator gRPC service: thin — convert, call the master or the event log, convert back.
 
 Validation that needs state lives in `decide`; this module only checks the shape of requests that never
-reach the core (limits, addresses) and maps results. Errors go through `@grpc_errors`.
+reach the core (limits, addresses) and maps results. Errors go through `@grpc_errors`. Each method
+first asks the guard whether the caller's principal may take the action it needs (`core.acl`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from typing import Any
 
 import grpc
 
+from control_plane.api.auth import Guard
 from control_plane.api.errors import grpc_errors
 from control_plane.codec import resources_from_proto, resources_to_proto, to_proto
 from control_plane.core import commands as cmd
+from control_plane.core.acl import check_operator
 from control_plane.core.errors import Conflict, InvalidRequest, NotFound, NotLeader, Unavailable
 from control_plane.eventlog import EventFilter, EventRecord, SpanRecord
 from control_plane.eventlog.errors import HistoryPruned
@@ -122,16 +125,23 @@ def state_to_proto(state: Any, leader: str, term: int, duties: Any = None) -> op
 
 
 class OperatorService(operator_pb2_grpc.OperatorServicer):
-    def __init__(self, master: Master, peer_quorum: Any = None, duties: Any = None) -> None:
+    def __init__(self, master: Master, peer_quorum: Any = None, duties: Any = None,
+                 guard: Guard | None = None) -> None:
         self.master = master
+        self.guard = guard or Guard.open()
         self.duties = duties  # LeaderDuties, for soft state (usage samples, connected agents)
         # callable(grpc_address) -> GetQuorumResponse for a member's own view; injected so tests can twin it
         self._peer_quorum = peer_quorum
         self._fanout = ThreadPoolExecutor(max_workers=8, thread_name_prefix="quorum-fanout")
 
+    def _authorize(self, context: grpc.ServicerContext, method: str) -> None:
+        """The caller's principal may take the action `method` needs (see `core.acl.OPERATOR_ACTIONS`)."""
+        check_operator(self.guard.caller(context, f"Operator/{method}"), method)
+
     # ---- state -----------------------------------------------------------------------------------
     @grpc_errors
     def GetState(self, request: operator_pb2.GetStateRequest, context: grpc.ServicerContext) -> Any:
+        self._authorize(context, "GetState")
         if request.consistent:
             self.master.barrier()
         status = self.master.replicator
@@ -141,6 +151,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
     # ---- event log -------------------------------------------------------------------------------
     @grpc_errors
     def ListEvents(self, request: operator_pb2.ListEventsRequest, context: grpc.ServicerContext) -> Any:
+        self._authorize(context, "ListEvents")
         limit = request.limit or DEFAULT_LIST_LIMIT
         if limit > MAX_LIST_LIMIT:
             raise InvalidRequest(f"limit: at most {MAX_LIST_LIMIT}, got {limit}")
@@ -163,6 +174,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
     def WatchEvents(
         self, request: operator_pb2.WatchEventsRequest, context: grpc.ServicerContext
     ) -> Iterator[operator_pb2.WatchEventsResponse]:
+        self._authorize(context, "WatchEvents")
         flt = event_filter_from_proto(request.filter)
         store = self.master.events
         cursor = request.from_index or store.last_seq() + 1
@@ -186,6 +198,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
 
     @grpc_errors
     def GetStateAt(self, request: operator_pb2.GetStateAtRequest, context: grpc.ServicerContext) -> Any:
+        self._authorize(context, "GetStateAt")
         from control_plane.eventlog import history
 
         if not request.HasField("at"):
@@ -208,6 +221,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
     # ---- tracing ---------------------------------------------------------------------------------
     @grpc_errors
     def ReportSpans(self, request: operator_pb2.ReportSpansRequest, context: grpc.ServicerContext) -> Any:
+        self._authorize(context, "ReportSpans")
         if len(request.spans) > MAX_REPORTED_SPANS:
             raise InvalidRequest(f"spans: at most {MAX_REPORTED_SPANS} per call, got {len(request.spans)}")
         if not self.master.is_serving():
@@ -217,6 +231,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
 
     @grpc_errors
     def GetTrace(self, request: operator_pb2.GetTraceRequest, context: grpc.ServicerContext) -> Any:
+        self._authorize(context, "GetTrace")
         if not request.task_id:
             raise InvalidRequest("task_id: required")
         if not self.master.is_serving():
@@ -261,6 +276,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
 
     @grpc_errors
     def GetQuorum(self, request: operator_pb2.GetQuorumRequest, context: grpc.ServicerContext) -> Any:
+        self._authorize(context, "GetQuorum")
         resp = self._local_quorum()
         if request.local_only or self._peer_quorum is None:
             return resp
@@ -303,6 +319,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
 
     @grpc_errors
     def AddMaster(self, request: operator_pb2.AddMasterRequest, context: grpc.ServicerContext) -> Any:
+        self._authorize(context, "AddMaster")
         address = check_address(request.raft_address, "raft_address")
         self._leader_only()
         if address in {m.address for m in self.master.replicator.status().members}:
@@ -312,6 +329,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
 
     @grpc_errors
     def RemoveMaster(self, request: operator_pb2.RemoveMasterRequest, context: grpc.ServicerContext) -> Any:
+        self._authorize(context, "RemoveMaster")
         address = check_address(request.raft_address, "raft_address")
         self._leader_only()
         members = {m.address for m in self.master.replicator.status().members}
@@ -330,6 +348,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
     def TransferLeadership(
         self, request: operator_pb2.TransferLeadershipRequest, context: grpc.ServicerContext
     ) -> Any:
+        self._authorize(context, "TransferLeadership")
         target = check_address(request.raft_address, "raft_address") if request.raft_address else None
         self._leader_only()
         self._membership(self.master.replicator.transfer_leadership(target), "leadership transfer")
@@ -337,6 +356,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
 
     @grpc_errors
     def AnnounceMaster(self, request: operator_pb2.AnnounceMasterRequest, context: grpc.ServicerContext) -> Any:
+        self._authorize(context, "AnnounceMaster")
         check_address(request.raft_address, "raft_address")
         check_address(request.grpc_address, "grpc_address")
         result = self.master.propose([cmd.AnnounceMaster(
@@ -348,6 +368,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
     # ---- policy ----------------------------------------------------------------------------------
     @grpc_errors
     def SetWeight(self, request: operator_pb2.SetWeightRequest, context: grpc.ServicerContext) -> Any:
+        self._authorize(context, "SetWeight")
         result = self.master.propose(
             [cmd.SetRoleWeight(role=request.role, weight=request.weight)],
             request_id=request.request_id, traceparent=request_traceparent(context),
@@ -356,6 +377,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
 
     @grpc_errors
     def SetQuota(self, request: operator_pb2.SetQuotaRequest, context: grpc.ServicerContext) -> Any:
+        self._authorize(context, "SetQuota")
         result = self.master.propose(
             [cmd.SetQuota(
                 role=request.role, guarantee=resources_from_proto(request.guarantee),
@@ -367,6 +389,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
 
     @grpc_errors
     def DrainAgent(self, request: operator_pb2.DrainAgentRequest, context: grpc.ServicerContext) -> Any:
+        self._authorize(context, "DrainAgent")
         result = self.master.propose(
             [cmd.DrainAgent(agent_id=request.agent_id)],
             request_id=request.request_id, traceparent=request_traceparent(context),

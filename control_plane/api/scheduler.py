@@ -5,6 +5,10 @@ on the leader (errors map to status codes in `api.errors`), and converts back. `
 `FrameworkSubscribed` before the first `Subscribed` event, then streams what the leader's reactor queues
 for the framework, plus heartbeats; when the stream ends it proposes `DisconnectFramework`, which starts
 the framework's failover timeout.
+
+Authorization (`api.auth`, decisions in `core.acl`): every call names a framework that must belong to
+the caller's principal; `Subscribe` records the token's principal and checks the roles, `Accept` the
+users launched tasks run as. The checks run before anything is proposed.
 """
 
 from __future__ import annotations
@@ -13,14 +17,17 @@ import logging
 import queue
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import grpc
 
+from control_plane.api.auth import Guard
 from control_plane.api.errors import grpc_errors
 from control_plane.codec import from_proto, resources_from_proto, to_proto
 from control_plane.core import commands as cmd
 from control_plane.core import events as ev
+from control_plane.core.acl import Caller, check_framework_call, check_launch, check_subscribe
 from control_plane.core.errors import Conflict, InvalidRequest, NotLeader, TesseraError
 from control_plane.core.values import FrameworkInfo, TaskInfo, TaskState, TaskStatus
 from control_plane.runtime.leader import CLOSE, LeaderDuties
@@ -50,9 +57,19 @@ def operation_from_proto(op: scheduler_pb2.Operation) -> cmd.Operation:
 
 
 class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
-    def __init__(self, duties: LeaderDuties) -> None:
+    def __init__(self, duties: LeaderDuties, guard: Guard | None = None) -> None:
         self.duties = duties
         self.master = duties.master
+        self.guard = guard or Guard.open()
+
+    def _caller_of(self, framework_id: str, call: str, context: grpc.ServicerContext) -> Caller:
+        """The caller, who must be the principal of the framework the call names (`core.acl`)."""
+        caller = self.guard.caller(context, f"Scheduler/{call}")
+        if caller.grant is not None:
+            owner = self.master.read_state(
+                lambda s: s.frameworks[framework_id].info.principal if framework_id in s.frameworks else None)
+            check_framework_call(caller, owner, call)
+        return caller
 
     def _propose(self, commands: list[cmd.Command], header: scheduler_pb2.CallHeader,
                  context: grpc.ServicerContext) -> Any:
@@ -65,6 +82,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         if not self.master.is_serving():
             raise NotLeader("frameworks subscribe with the leader", self.master.leader_grpc_hint())
         info = from_proto(request.info, FrameworkInfo)
+        caller = self._caller_of(info.framework_id, "Subscribe", context)
+        info = replace(info, principal=check_subscribe(caller, info.principal, info.roles))
         for attempt in range(3):
             try:
                 result = self.master.propose([cmd.SubscribeFramework(info=info)],
@@ -115,7 +134,9 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     @grpc_errors
     def Accept(self, request: scheduler_pb2.AcceptRequest, context: grpc.ServicerContext) -> Any:
         h = request.header
+        caller = self._caller_of(h.framework_id, "Accept", context)
         operations = tuple(operation_from_proto(op) for op in request.operations)
+        check_launch(caller, (t.command.user for op in operations for t in op.tasks))
         self._propose([cmd.Accept(
             framework_id=h.framework_id, offer_ids=tuple(request.offer_ids), operations=operations,
             refuse_seconds=request.filters.refuse_seconds, stream_id=h.stream_id,
@@ -125,6 +146,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     @grpc_errors
     def Decline(self, request: scheduler_pb2.DeclineRequest, context: grpc.ServicerContext) -> Any:
         h = request.header
+        self._caller_of(h.framework_id, "Decline", context)
         self._propose([cmd.Decline(framework_id=h.framework_id, offer_ids=tuple(request.offer_ids),
                                    refuse_seconds=request.filters.refuse_seconds, stream_id=h.stream_id)],
                       h, context)
@@ -133,6 +155,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     @grpc_errors
     def Revive(self, request: scheduler_pb2.ReviveRequest, context: grpc.ServicerContext) -> Any:
         h = request.header
+        self._caller_of(h.framework_id, "Revive", context)
         self._propose([cmd.Revive(framework_id=h.framework_id, roles=tuple(request.roles),
                                   stream_id=h.stream_id)], h, context)
         self.duties.want_allocation()
@@ -141,6 +164,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     @grpc_errors
     def Suppress(self, request: scheduler_pb2.SuppressRequest, context: grpc.ServicerContext) -> Any:
         h = request.header
+        self._caller_of(h.framework_id, "Suppress", context)
         self._propose([cmd.Suppress(framework_id=h.framework_id, roles=tuple(request.roles),
                                     stream_id=h.stream_id)], h, context)
         return scheduler_pb2.SuppressResponse()
@@ -148,6 +172,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     @grpc_errors
     def Kill(self, request: scheduler_pb2.KillRequest, context: grpc.ServicerContext) -> Any:
         h = request.header
+        self._caller_of(h.framework_id, "Kill", context)
         self._propose([cmd.Kill(framework_id=h.framework_id, task_id=request.task_id,
                                 grace_period_seconds=request.grace_period_seconds, stream_id=h.stream_id)],
                       h, context)
@@ -156,6 +181,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     @grpc_errors
     def Acknowledge(self, request: scheduler_pb2.AcknowledgeRequest, context: grpc.ServicerContext) -> Any:
         h = request.header
+        self._caller_of(h.framework_id, "Acknowledge", context)
         self._propose([cmd.Acknowledge(framework_id=h.framework_id, task_id=request.task_id,
                                        uuid=request.uuid, stream_id=h.stream_id)], h, context)
         return scheduler_pb2.AcknowledgeResponse()
@@ -163,7 +189,19 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     @grpc_errors
     def Teardown(self, request: scheduler_pb2.TeardownRequest, context: grpc.ServicerContext) -> Any:
         h = request.header
-        self._propose([cmd.Teardown(framework_id=h.framework_id, stream_id=h.stream_id)], h, context)
+        self._caller_of(h.framework_id, "Teardown", context)
+        for attempt in range(3):
+            try:
+                # no request id on the retries: a rejected first attempt is recorded under it
+                self.master.propose([cmd.Teardown(framework_id=h.framework_id, stream_id=h.stream_id)],
+                                    request_id=h.request_id if attempt == 0 else "",
+                                    traceparent=request_traceparent(context))
+                break
+            except Conflict:
+                # the removal rescinds the framework's offers; an allocation round committed in between
+                # can leave a new one and the entry is rejected: decide again (bounded)
+                if attempt == 2:
+                    raise
         return scheduler_pb2.TeardownResponse()
 
     @grpc_errors
@@ -171,6 +209,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         """Answer from replicated state: the latest status of the named tasks (all of the framework's
         when none are named); a task the master does not know is TASK_LOST, as in Mesos."""
         h = request.header
+        self._caller_of(h.framework_id, "Reconcile", context)
         if not self.master.is_serving():
             raise NotLeader("reconciliation is answered by the leader", self.master.leader_grpc_hint())
 

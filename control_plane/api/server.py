@@ -1,4 +1,9 @@
-"""Build a master's gRPC server: Operator (and later Scheduler, AgentLink), health checking, reflection."""
+"""Build a master's gRPC server: Operator, Scheduler, AgentLink, health checking, reflection.
+
+Every call passes the `Guard` interceptor first (client certificate kind, bearer token; see `api.auth`);
+`bind` listens with mTLS when given server credentials (`control_plane.tls.server_credentials`), in
+plaintext only for the insecure development mode.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import server_interceptor
 
+from control_plane.api.auth import Guard
 from tessera.v1 import (
     agent_pb2,
     agent_pb2_grpc,
@@ -39,15 +45,20 @@ class MasterServer:
         scheduler: scheduler_pb2_grpc.SchedulerServicer | None = None,
         max_workers: int = 256,
         tracer_provider: Any = None,
+        guard: Guard | None = None,
     ) -> None:
+        self.guard = guard or Guard.open()
+        interceptors: list[grpc.ServerInterceptor] = [self.guard.interceptor()]
+        if tracer_provider is not None:
+            # a server span per call (opentelemetry-instrumentation-grpc); the servicers continue it
+            interceptors.append(server_interceptor(tracer_provider=tracer_provider))
         # A streaming call holds one pool thread for its whole life (agents, frameworks, watchers), so
         # the pool is sized for streams; unary calls beyond it queue instead of failing.
         self.server = grpc.server(
             ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
             options=GRPC_OPTIONS,
             maximum_concurrent_rpcs=max_workers * 4,
-            # a server span per call (opentelemetry-instrumentation-grpc); the servicers continue it
-            interceptors=[server_interceptor(tracer_provider=tracer_provider)] if tracer_provider is not None else [],
+            interceptors=interceptors,
         )
         operator_pb2_grpc.add_OperatorServicer_to_server(operator, self.server)
         services = [operator_pb2.DESCRIPTOR.services_by_name["Operator"].full_name]
@@ -70,8 +81,11 @@ class MasterServer:
     def add(self, register: Any, servicer: Any) -> None:
         register(servicer, self.server)
 
-    def bind(self, address: str) -> int:
-        port = self.server.add_insecure_port(address)
+    def bind(self, address: str, credentials: grpc.ServerCredentials | None = None) -> int:
+        if credentials is None:
+            port = self.server.add_insecure_port(address)
+        else:
+            port = self.server.add_secure_port(address, credentials)
         if port == 0:
             raise OSError(f"cannot bind gRPC address {address}")
         return port

@@ -86,7 +86,8 @@ class _Cluster:
         from control_plane.api.client import MasterClient
 
         self.timeout = float(getattr(obj, "timeout", 10.0) or 10.0)
-        self.client = MasterClient(_addresses(obj), timeout=self.timeout, rpc_timeout=rpc_timeout or 5.0)
+        self.client = MasterClient(_addresses(obj), timeout=self.timeout, rpc_timeout=rpc_timeout or 5.0,
+                                   security=getattr(obj, "security", None))
 
     def call(self, method: Callable[[Any], Any], request: Any, timeout: float | None = None) -> Any:
         from control_plane.api.client import NoMasterAvailable
@@ -650,7 +651,8 @@ def _follow(cluster: _Cluster, flt: EventFilter, cursor: int, show: Callable[[Ev
     while True:
         address = addresses[i % len(addresses)]
         stream = cluster.client.operator(address).WatchEvents(
-            operator_pb2.WatchEventsRequest(from_index=cursor, filter=_filter_proto(flt)))
+            operator_pb2.WatchEventsRequest(from_index=cursor, filter=_filter_proto(flt)),
+            metadata=cluster.client.metadata)
         try:
             for batch in stream:
                 down_since = None

@@ -2,7 +2,9 @@
 
 Every command that talks to a cluster takes `--masters HOST:PORT,...` (or TESSERA_MASTERS), follows the
 leader on its own, prints a table for people or JSON with `--json`, exits non-zero on failure and says in
-one line why (no traceback).
+one line why (no traceback). A secured cluster wants `--tls-dir DIR` (ca.pem, cert.pem, key.pem of an
+operator certificate) and a bearer token (`--token`, `--token-file`, or TESSERA_TLS_DIR / TESSERA_TOKEN /
+TESSERA_TOKEN_FILE).
 """
 
 from __future__ import annotations
@@ -42,18 +44,40 @@ def parse_masters(value: str) -> list[str]:
 
 
 class Ctx:
-    def __init__(self, masters: str, as_json: bool, timeout: float) -> None:
+    def __init__(self, masters: str, as_json: bool, timeout: float, tls_dir: str | None = None,
+                 token: str | None = None, token_file: str | None = None) -> None:
         self.masters_text = masters
         self.as_json = as_json
         self.timeout = timeout
+        self.tls_dir, self.token, self.token_file = tls_dir, token, token_file
         self._client: Any = None
+        self._security: Any = None
+
+    @property
+    def security(self) -> Any:
+        """The ClientSecurity from --tls-dir and --token / --token-file (one line and exit 2 if unusable)."""
+        if self._security is None:
+            from control_plane.cli.up import cluster_security
+            from control_plane.tls import ClientSecurity, TlsConfigError, read_token_file
+
+            tls_dir, token_file = self.tls_dir, self.token_file
+            if not (tls_dir or self.token or token_file):
+                # a cluster started here with `tessera up --secure` names the operator's files
+                tls_dir, token_file = cluster_security("operator") or (None, None)
+            try:
+                token = self.token or (read_token_file(token_file) if token_file else None)
+                self._security = ClientSecurity.from_options(tls_dir, token)
+            except TlsConfigError as exc:
+                fail(str(exc), 2)
+        return self._security
 
     @property
     def client(self) -> Any:
         if self._client is None:
             from control_plane.api.client import MasterClient
 
-            self._client = MasterClient(parse_masters(self.masters_text), timeout=self.timeout)
+            self._client = MasterClient(parse_masters(self.masters_text), timeout=self.timeout,
+                                        security=self.security)
         return self._client
 
     def call(self, method: Callable[[Any], Any], request: Any, **kw: Any) -> Any:
@@ -62,7 +86,8 @@ class Ctx:
         try:
             return self.client.call(method, request, **kw)
         except NoMasterAvailable as exc:
-            fail(str(exc))
+            plaintext = self.security.credentials is None
+            fail(f"{exc}{'; a secured cluster needs --tls-dir (or TESSERA_TLS_DIR)' if plaintext else ''}")
         except grpc.RpcError as err:
             fail(f"{err.code().name}: {err.details()}")
 
@@ -82,10 +107,16 @@ pass_ctx = click.make_pass_decorator(Ctx)
               help="Comma-separated gRPC addresses of the masters.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the cluster.")
+@click.option("--tls-dir", envvar="TESSERA_TLS_DIR", default=None, metavar="DIR",
+              help="mTLS: DIR holds ca.pem, cert.pem and key.pem (or TESSERA_TLS_DIR). Plaintext without it.")
+@click.option("--token", envvar="TESSERA_TOKEN", default=None, help="Bearer token of your principal (or TESSERA_TOKEN).")
+@click.option("--token-file", envvar="TESSERA_TOKEN_FILE", default=None, metavar="FILE",
+              help="Read the bearer token from FILE (or TESSERA_TOKEN_FILE).")
 @click.pass_context
-def cli(ctx: click.Context, masters: str, as_json: bool, timeout: float) -> None:
+def cli(ctx: click.Context, masters: str, as_json: bool, timeout: float, tls_dir: str | None, token: str | None,
+        token_file: str | None) -> None:
     """Tessera: a datacenter kernel with a Raft-replicated, event-sourced master."""
-    ctx.obj = Ctx(masters, as_json, timeout)
+    ctx.obj = Ctx(masters, as_json, timeout, tls_dir, token, token_file)
 
 
 # ---- master ------------------------------------------------------------------------------------
@@ -99,7 +130,7 @@ def cli(ctx: click.Context, masters: str, as_json: bool, timeout: float) -> None
                    "(NAT, a proxy in front of the port). Default: --raft.")
 @click.option("--data-dir", type=click.Path(path_type=Path), required=True, help="Journal, dump and events.db.")
 @click.option("--raft-password", envvar="TESSERA_RAFT_PASSWORD", default=None,
-              help="Encrypts the Raft port (or TESSERA_RAFT_PASSWORD). Without it the port is insecure.")
+              help="Encrypts the Raft port (or TESSERA_RAFT_PASSWORD). Required unless --insecure-dev.")
 @click.option("--agent-timeout", default=10.0, show_default=True,
               help="Seconds without a heartbeat before an agent is marked unreachable.")
 @click.option("--agent-heartbeat-interval", default=1.0, show_default=True,
@@ -118,13 +149,23 @@ def cli(ctx: click.Context, masters: str, as_json: bool, timeout: float) -> None
                    "(0 = keep all).")
 @click.option("--metrics", "metrics_address", default=None,
               help="HOST:PORT to serve Prometheus /metrics on (off when not given).")
+@click.option("--tls-dir", "master_tls_dir", envvar="TESSERA_MASTER_TLS_DIR", default=None,
+              type=click.Path(path_type=Path), metavar="DIR",
+              help="mTLS: DIR holds ca.pem, cert.pem, key.pem of a master certificate (or TESSERA_MASTER_TLS_DIR).")
+@click.option("--acl", "acl_path", envvar="TESSERA_ACL", default=None, type=click.Path(path_type=Path),
+              help="TOML file of principals: token digests, roles, users, operator actions (or TESSERA_ACL).")
+@click.option("--insecure-dev", is_flag=True, envvar="TESSERA_INSECURE_DEV",
+              help="Start without mTLS, ACL or Raft password: a local development cluster only.")
 @click.option("--log-level", default="INFO", show_default=True)
 def master(name: str, raft_address: str, grpc_address: str, peers: str, raft_bind: str | None, data_dir: Path,
            raft_password: str | None, agent_timeout: float, agent_heartbeat_interval: float,
            reregistration_timeout: float, allocation_interval: float, offer_timeout: float,
            framework_reconnect_timeout: float, grpc_workers: int, event_retention: int,
-           metrics_address: str | None, log_level: str) -> None:
-    """Run one master of a Raft quorum."""
+           metrics_address: str | None, master_tls_dir: Path | None, acl_path: Path | None, insecure_dev: bool,
+           log_level: str) -> None:
+    """Run one master of a Raft quorum.
+
+    Refuses to start without --tls-dir, --acl and --raft-password unless --insecure-dev is given."""
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
     from control_plane.runtime.leader import LeaderSettings
@@ -152,8 +193,67 @@ def master(name: str, raft_address: str, grpc_address: str, peers: str, raft_bin
         grpc_workers=grpc_workers,
         metrics_address=metrics_address,
         event_retention=event_retention,
+        tls_dir=master_tls_dir, acl_path=acl_path, insecure_dev=insecure_dev,
     )
     sys.exit(run_master(config))
+
+
+# ---- certs -------------------------------------------------------------------------------------
+@cli.group()
+def certs() -> None:
+    """Certificates and tokens for a cluster."""
+
+
+@certs.command("init")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--host", "hosts", multiple=True, metavar="NAME|IP",
+              help="Another name or address the masters' certificate is valid for (repeat).")
+@click.option("--days", default=365, show_default=True, type=click.IntRange(min=1), help="Validity of every certificate.")
+def certs_init(directory: Path, hosts: tuple[str, ...], days: int) -> None:
+    """Create a local CA, a TLS directory per kind of peer, dev tokens and an ACL under DIRECTORY."""
+    from control_plane.certs import init_dev_pki
+
+    try:
+        tokens = init_dev_pki(directory, master_hosts=hosts, days=days)
+    except (FileExistsError, OSError, ValueError) as exc:
+        fail(str(exc), 2)
+    d = directory
+    click.echo(f"CA {d / 'ca.pem'} (its key {d / 'ca-key.pem'}: keep it off the cluster's machines)")
+    click.echo(f"TLS directories: {', '.join(str(d / k) for k in ('master', 'agent', 'framework', 'operator'))}")
+    click.echo(f"ACL {d / 'acl.toml'}; tokens of {', '.join(sorted(tokens))} in {d / 'tokens'}")
+    click.echo(f"  tessera master ... --tls-dir {d / 'master'} --acl {d / 'acl.toml'}  (and TESSERA_RAFT_PASSWORD)")
+    click.echo(f"  tessera agent ... --tls-dir {d / 'agent'}")
+    click.echo(f"  tessera --tls-dir {d / 'operator'} --token-file {d / 'tokens' / 'operator.token'} status")
+
+
+@certs.command("token")
+@click.argument("principal")
+@click.option("--roles", default="", help="Comma-separated roles it may subscribe under ('*' = any).")
+@click.option("--users", default="", help="Comma-separated users its tasks may run as; '' (or an empty item, "
+                                          "'nobody,') is the agent's own user.")
+@click.option("--actions", default="", help="Comma-separated: read, drain, quorum, weights, quota, teardown.")
+def certs_token(principal: str, roles: str, users: str, actions: str) -> None:
+    """Make a new token for PRINCIPAL; print it and the ACL table (with its digest) to add to acl.toml."""
+    import secrets
+
+    from control_plane.core.acl import parse_acl, token_digest
+    from control_plane.core.errors import InvalidRequest
+
+    def items(text: str) -> list[str]:
+        return [x.strip() for x in text.split(",") if x.strip()]
+
+    token = secrets.token_urlsafe(32)
+    named_users = [] if not users else [x.strip().strip("'\"") for x in users.split(",")]
+    grant = {"token_sha256": token_digest(token), "roles": items(roles),
+             "users": list(dict.fromkeys(named_users)), "actions": items(actions)}
+    try:
+        parse_acl({"principals": {principal: grant}})  # the same checks the master applies
+    except InvalidRequest as exc:
+        fail(str(exc), 2)
+    click.echo(f"token (give it to {principal}; it is not stored): {token}")
+    click.echo(f"\n[principals.{principal}]")
+    for key in ("token_sha256", "roles", "users", "actions"):
+        click.echo(f"{key} = {json.dumps(grant[key])}")
 
 
 # ---- quorum ------------------------------------------------------------------------------------

@@ -6,8 +6,12 @@ ports, waits until a leader serves and the agents are registered, prints the add
 next, then streams every child's output prefixed with its coloured name until Ctrl-C, SIGTERM or
 `--duration` seconds: then it stops every child by PID (SIGTERM, then SIGKILL after a grace period).
 
-It is a development tool and says so loudly: gRPC is plaintext on loopback, and the Raft port is
-encrypted with a password generated into `D/raft-password` (readable by whoever can read D).
+It is a development tool and says so loudly: gRPC is plaintext on loopback (the masters run with
+`--insecure-dev`), and the Raft port is encrypted with a password generated into `D/raft-password`
+(readable by whoever can read D). `--secure` runs the production checks instead: `tessera certs init
+D/pki` (once), masters with mTLS and the ACL, agents and demo frameworks with their certificates and
+tokens; `cluster.json` then names the operator's TLS directory and token file, which other commands run
+from the same directory use when no `--tls-dir` / token is given.
 
 State file: `D/cluster.json` holds the members (names, Raft and gRPC addresses, PIDs) and whether the
 cluster is running. `default_masters()` is how every other command finds the cluster without flags:
@@ -38,6 +42,8 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 import click
+
+from control_plane.tls import ClientSecurity
 
 DEFAULT_MASTERS = "127.0.0.1:5050"
 DEFAULT_DATA_DIR = Path(".tessera")
@@ -87,6 +93,18 @@ def default_masters() -> str:
         if isinstance(masters, list) and masters and all(isinstance(m, str) for m in masters):
             return ",".join(masters)
     return DEFAULT_MASTERS
+
+
+def cluster_security(kind: str) -> tuple[str, str] | None:
+    """(TLS directory, token file) of `kind` (operator, framework) recorded by `tessera up --secure` in the
+    nearest cluster.json; None when there is none (an insecure cluster, or none at all)."""
+    found = find_cluster_file()
+    data = read_cluster_file(found) if found is not None else None
+    security = data.get("security") if data else None
+    entry = security.get(kind) if isinstance(security, dict) else None
+    if isinstance(entry, dict) and isinstance(entry.get("tls_dir"), str) and isinstance(entry.get("token_file"), str):
+        return entry["tls_dir"], entry["token_file"]
+    return None
 
 
 def install_default_masters(group: click.Group) -> None:
@@ -241,6 +259,22 @@ def plan_members(data_dir: Path, n: int) -> list[Member]:
     return [Member(f"m{i}", f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}") for i in range(1, n + 1)]
 
 
+def _secure_setup(pki: Path, env: dict[str, str]) -> tuple[ClientSecurity, list[str], list[str]]:
+    """`--secure`: the dev PKI (created once), the flags of masters and agents, and the frameworks' env."""
+    from control_plane.certs import init_dev_pki
+    from control_plane.tls import TlsConfigError, read_token_file
+
+    if not (pki / "ca.pem").exists():
+        init_dev_pki(pki)
+    env.update(TESSERA_TLS_DIR=str(pki / "framework"), TESSERA_TOKEN_FILE=str(pki / "tokens" / "framework.token"))
+    try:
+        security = ClientSecurity.from_options(pki / "operator", read_token_file(pki / "tokens" / "operator.token"))
+    except TlsConfigError as exc:
+        fail(f"--secure: {exc}", 2)
+    return (security, ["--tls-dir", str(pki / "master"), "--acl", str(pki / "acl.toml")],
+            ["--tls-dir", str(pki / "agent")])
+
+
 def raft_password(data_dir: Path) -> str:
     path = data_dir / "raft-password"
     if path.exists():
@@ -288,22 +322,20 @@ def agent_resources(i: int, n: int) -> str:
     return f"cpus:{cpus:g};mem:{mem};disk:4096;ports:[{base}-{base + 999}]"
 
 
-def _quorum(address: str, timeout: float = 1.0) -> Any:
-    import grpc
-
+def _quorum(address: str, security: ClientSecurity, timeout: float = 1.0) -> Any:
     from tessera.v1 import operator_pb2, operator_pb2_grpc
 
-    with grpc.insecure_channel(address) as ch:
+    with security.channel(address) as ch:
         return operator_pb2_grpc.OperatorStub(ch).GetQuorum(operator_pb2.GetQuorumRequest(local_only=True),
-                                                            timeout=timeout)
+                                                            timeout=timeout, metadata=security.metadata)
 
 
-def _serving_leader(members: list[Member]) -> Member | None:
+def _serving_leader(members: list[Member], security: ClientSecurity) -> Member | None:
     import grpc
 
     for m in members:
         try:
-            q = _quorum(m.grpc)
+            q = _quorum(m.grpc, security)
         except grpc.RpcError:
             continue
         if q.leader == m.raft and q.leader_grpc == m.grpc:
@@ -311,14 +343,15 @@ def _serving_leader(members: list[Member]) -> Member | None:
     return None
 
 
-def _active_agents(address: str, hostnames: set[str]) -> int:
+def _active_agents(address: str, hostnames: set[str], security: ClientSecurity) -> int:
     import grpc
 
     from tessera.v1 import common_pb2, operator_pb2, operator_pb2_grpc
 
     try:
-        with grpc.insecure_channel(address) as ch:
-            state = operator_pb2_grpc.OperatorStub(ch).GetState(operator_pb2.GetStateRequest(), timeout=2.0)
+        with security.channel(address) as ch:
+            state = operator_pb2_grpc.OperatorStub(ch).GetState(operator_pb2.GetStateRequest(), timeout=2.0,
+                                                                metadata=security.metadata)
     except grpc.RpcError:
         return 0
     return sum(1 for a in state.agents if a.state == common_pb2.AGENT_ACTIVE and a.info.hostname in hostnames)
@@ -375,11 +408,15 @@ def demo_available(module: str) -> bool:
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop everything after this many seconds of running (default: until Ctrl-C).")
 @click.option("--quiet", is_flag=True, help="Do not stream the children's output (it is still in their logs).")
-def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: float | None, quiet: bool) -> None:
+@click.option("--secure", is_flag=True,
+              help="mTLS and bearer tokens with a dev CA in DATA_DIR/pki (tessera certs init), no --insecure-dev.")
+def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: float | None, quiet: bool,
+       secure: bool) -> None:
     """Start a local development cluster (masters, agents) on 127.0.0.1 and stream its output.
 
-    Insecure by design: plaintext gRPC on loopback, a Raft password generated into DATA_DIR. Other
-    tessera commands run from this directory find the cluster through DATA_DIR/cluster.json.
+    Insecure by default: plaintext gRPC on loopback, a Raft password generated into DATA_DIR; --secure
+    runs it with mTLS, tokens and an ACL instead. Other tessera commands run from this directory find the
+    cluster (and, with --secure, the operator's certificate and token) through DATA_DIR/cluster.json.
     """
     out = Output(quiet)
     data_dir = data_dir.resolve() if data_dir.is_absolute() else (Path.cwd() / data_dir)
@@ -398,18 +435,24 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
     env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
     env.update(PYTHONUNBUFFERED="1", TESSERA_RAFT_PASSWORD=password, TESSERA_MASTERS=addresses)
     tessera = [sys.executable, "-m", "control_plane.cli.main"]
+    pki = data_dir / "pki"
+    if secure:
+        security, master_flags, agent_flags = _secure_setup(pki, env)
+    else:
+        security, master_flags, agent_flags = ClientSecurity.insecure(), ["--insecure-dev"], []
 
     metrics = {name: f"127.0.0.1:{free_port()}" for name in [m.name for m in members]
                + [f"a{i}" for i in range(1, n_agents + 1)]}
     masters = [Child(m.name, "master", [*tessera, "master", "--name", m.name, "--raft", m.raft, "--grpc", m.grpc,
                                         "--peers", ",".join(o.raft for o in members if o is not m),
-                                        "--data-dir", str(data_dir / m.name), "--metrics", metrics[m.name]],
+                                        "--data-dir", str(data_dir / m.name), "--metrics", metrics[m.name],
+                                        *master_flags],
                      data_dir / m.name / "master.log", COLOURS[i % len(COLOURS)]) for i, m in enumerate(members)]
     hostnames = [f"agent{i}.local" for i in range(1, n_agents + 1)]
     agents = [Child(f"a{i}", "agent", [*tessera, "agent", "--masters", addresses,
                                        "--data-dir", str(data_dir / f"a{i}"), "--hostname", hostnames[i - 1],
                                        "--resources", agent_resources(i, n_agents),
-                                       "--attributes", f"node:a{i}", "--metrics", metrics[f"a{i}"]],
+                                       "--attributes", f"node:a{i}", "--metrics", metrics[f"a{i}"], *agent_flags],
                     data_dir / f"a{i}" / "agent.log", COLOURS[(len(members) + i - 1) % len(COLOURS)])
               for i in range(1, n_agents + 1)] if with_agents else []
     frameworks: list[Child] = []
@@ -434,7 +477,9 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
         running = status in ("starting", "running")
         write_state(state_path, {
             "version": 1, "status": status, "pid": os.getpid() if running else None, "data_dir": str(data_dir),
-            "started_at": started_at, "insecure_dev_mode": True, "masters": [m.grpc for m in members],
+            "started_at": started_at, "insecure_dev_mode": not secure, "masters": [m.grpc for m in members],
+            **({"security": {kind: {"tls_dir": str(pki / kind), "token_file": str(pki / "tokens" / f"{kind}.token")}
+                             for kind in ("operator", "framework")}} if secure else {}),
             "members": [{"name": m.name, "raft": m.raft, "grpc": m.grpc, "data_dir": str(data_dir / m.name),
                          "pid": c.pid if running else None, "log": str(c.log_path)}
                         for m, c in zip(members, masters, strict=True)],
@@ -445,19 +490,25 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
 
     code = 0
     try:
-        out.say("INSECURE DEV MODE: plaintext gRPC on 127.0.0.1, Raft password in "
-                f"{data_dir / 'raft-password'}. Not for production.", fg="yellow", bold=True)
+        if secure:
+            out.say(f"SECURE DEV MODE: mTLS and bearer tokens; dev CA, certificates, tokens and ACL in {pki} "
+                    f"(the CA key too: a development CA); Raft password in {data_dir / 'raft-password'}.",
+                    fg="green", bold=True)
+        else:
+            out.say("INSECURE DEV MODE: plaintext, unauthenticated gRPC on 127.0.0.1 (no mTLS, no tokens: any "
+                    f"local process may run tasks); Raft password in {data_dir / 'raft-password'}. "
+                    "Not for production.", fg="yellow", bold=True)
         for c in masters:
             start_child(c, env, out)
         record("starting")
-        leader = _wait("a leader to be elected", lambda: _serving_leader(members), stop, masters,
+        leader = _wait("a leader to be elected", lambda: _serving_leader(members, security), stop, masters,
                        READY_TIMEOUT_SECONDS)
         if leader is not None and agents:
             for c in agents:
                 start_child(c, env, out)
             record("starting")
             _wait(f"{len(agents)} agent(s) to register",
-                  lambda: _active_agents(leader.grpc, set(hostnames)) >= len(agents), stop, [*masters, *agents],
+                  lambda: _active_agents(leader.grpc, set(hostnames), security) >= len(agents), stop, [*masters, *agents],
                   READY_TIMEOUT_SECONDS)
         if leader is not None and not stop.is_set():
             for c in frameworks:

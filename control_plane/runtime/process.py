@@ -2,6 +2,12 @@
 
 Startup checks fail with one clear line (exit code 2), never a traceback: an unwritable data dir, a peer
 list that names this master or repeats an address, an address that does not parse, a port in use.
+
+Security: a master refuses to start without mTLS (`--tls-dir`), an ACL of bearer tokens (`--acl`) and a
+Raft password, unless it is told it runs an insecure development cluster (`--insecure-dev`), which it
+then says loudly in its log. Masters reach each other (announcements, the quorum fan-out) over mTLS with
+their own certificate. SIGHUP reloads the ACL file; a file that does not load leaves the previous ACL in
+force (and says so in the log).
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from control_plane.api.agentlink import AgentLinkService
+from control_plane.api.auth import AclFileError, Guard, load_acl
 from control_plane.api.client import MasterClient
 from control_plane.api.operator import ADDRESS_RE, OperatorService
 from control_plane.api.scheduler import SchedulerService
@@ -25,6 +33,7 @@ from control_plane.replication import RaftReplicator, ReplicationConfig
 from control_plane.runtime.leader import LeaderDuties, LeaderSettings, default_allocator
 from control_plane.runtime.master import Master, MasterIdentity
 from control_plane.runtime.statemachine import MasterStateMachine
+from control_plane.tls import ClientSecurity, TlsConfigError, load_tls_dir, server_credentials
 from control_plane.tracing import setup_tracing
 from tessera.v1 import operator_pb2
 
@@ -48,6 +57,40 @@ class MasterConfig:
     event_retention: int = 0  # keep at least this many events in events.db (0 = keep all)
     metrics_address: str | None = None  # HOST:PORT for Prometheus /metrics; None = no metrics server
     raft_bind: str | None = None  # HOST:PORT the Raft port listens on when peers dial another (NAT, proxy)
+    tls_dir: Path | None = None  # ca.pem, cert.pem, key.pem (a master certificate); None = plaintext gRPC
+    acl_path: Path | None = None  # principals, their token digests and grants (TOML); None = no tokens
+    insecure_dev: bool = False  # start without TLS, ACL or Raft password (local development only)
+
+
+@dataclass(frozen=True)
+class Security:
+    """What `validate_security` loaded: server credentials, the guard, and how to dial other masters."""
+
+    server_credentials: Any
+    guard: Guard
+    client: ClientSecurity
+    missing: tuple[str, ...]  # what an insecure development master runs without
+
+
+def validate_security(config: MasterConfig) -> Security:
+    missing = tuple(what for what, present in (
+        ("mTLS (--tls-dir)", config.tls_dir is not None), ("an ACL (--acl)", config.acl_path is not None),
+        ("a Raft password (--raft-password)", bool(config.raft_password))) if not present)
+    if missing and not config.insecure_dev:
+        raise StartupError(f"refusing to start without {', '.join(missing)}; a local development cluster "
+                           "may pass --insecure-dev")
+    if config.acl_path is not None and config.tls_dir is None:
+        raise StartupError("--acl needs --tls-dir: the client certificate is what tells masters, agents and "
+                           "frameworks apart")
+    credentials, client = None, ClientSecurity.insecure()
+    try:
+        if config.tls_dir is not None:
+            credentials = server_credentials(load_tls_dir(config.tls_dir))
+            client = ClientSecurity.from_options(config.tls_dir)
+        acl = load_acl(config.acl_path) if config.acl_path is not None else None
+    except (TlsConfigError, AclFileError) as exc:
+        raise StartupError(str(exc)) from exc
+    return Security(credentials, Guard(acl, tls=config.tls_dir is not None), client, missing)
 
 
 def validate(config: MasterConfig) -> None:
@@ -76,8 +119,8 @@ def validate(config: MasterConfig) -> None:
         raise StartupError(f"--data-dir: {config.data_dir} is not writable ({exc.strerror or exc})") from exc
 
 
-def _announce(leader_grpc: str, identity: MasterIdentity) -> None:
-    client = MasterClient([leader_grpc], timeout=2.0, rpc_timeout=2.0)
+def _announce(leader_grpc: str, identity: MasterIdentity, security: ClientSecurity) -> None:
+    client = MasterClient([leader_grpc], timeout=2.0, rpc_timeout=2.0, security=security)
     try:
         client.call(lambda s: s.AnnounceMaster, operator_pb2.AnnounceMasterRequest(
             name=identity.name, raft_address=identity.raft_address, grpc_address=identity.grpc_address,
@@ -86,8 +129,8 @@ def _announce(leader_grpc: str, identity: MasterIdentity) -> None:
         client.close()
 
 
-def _peer_quorum(address: str) -> operator_pb2.GetQuorumResponse:
-    client = MasterClient([address], timeout=2.0, rpc_timeout=2.0)
+def _peer_quorum(address: str, security: ClientSecurity) -> operator_pb2.GetQuorumResponse:
+    client = MasterClient([address], timeout=2.0, rpc_timeout=2.0, security=security)
     try:
         return client.call(lambda s: s.GetQuorum, operator_pb2.GetQuorumRequest(local_only=True),
                            follow_leader=False)
@@ -97,6 +140,7 @@ def _peer_quorum(address: str) -> operator_pb2.GetQuorumResponse:
 
 def build_master(config: MasterConfig) -> tuple[Master, LeaderDuties, MasterServer]:
     validate(config)
+    security = validate_security(config)
     events = SqliteEventStore(config.data_dir / "events.db")
     sm = MasterStateMachine(events)
     replicator = RaftReplicator(ReplicationConfig(
@@ -106,19 +150,31 @@ def build_master(config: MasterConfig) -> tuple[Master, LeaderDuties, MasterServ
     identity = MasterIdentity(config.name, config.raft_address, config.grpc_address)
     # spans go next to the event log; not the global provider, so several masters can share a process
     tracer_provider = setup_tracing("tessera-master", span_store=events, set_global=False)
-    master = Master(identity, sm, replicator, events, announce=_announce, tracer_provider=tracer_provider)
+    master = Master(identity, sm, replicator, events, tracer_provider=tracer_provider,
+                    announce=lambda leader, who: _announce(leader, who, security.client))
     duties = LeaderDuties(master, config.leader, allocator=default_allocator(config.leader))
     server = MasterServer(
-        OperatorService(master, peer_quorum=_peer_quorum, duties=duties),
-        agent_link=AgentLinkService(duties), scheduler=SchedulerService(duties),
-        max_workers=config.grpc_workers, tracer_provider=tracer_provider,
+        OperatorService(master, peer_quorum=lambda address: _peer_quorum(address, security.client), duties=duties,
+                        guard=security.guard),
+        agent_link=AgentLinkService(duties), scheduler=SchedulerService(duties, guard=security.guard),
+        max_workers=config.grpc_workers, tracer_provider=tracer_provider, guard=security.guard,
     )
     try:
-        server.bind(config.grpc_address)
+        server.bind(config.grpc_address, security.server_credentials)
     except (OSError, RuntimeError) as exc:
         events.close()
         raise StartupError(f"--grpc: cannot listen on {config.grpc_address} ({exc})") from exc
     return master, duties, server
+
+
+def _reload_acl(guard: Guard, path: Path) -> None:
+    try:
+        acl = load_acl(path)
+    except AclFileError as exc:
+        log.error("ACL not reloaded, the previous one stays in force: %s", exc)
+        return
+    guard.replace_acl(acl)
+    log.info("ACL reloaded from %s: %d principal(s)", path, len(acl.grants))
 
 
 def run_master(config: MasterConfig) -> int:
@@ -145,6 +201,9 @@ def run_master(config: MasterConfig) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    reload_acl = threading.Event()
+    if config.acl_path is not None:
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: reload_acl.set())
     try:
         master.start()
     except Exception as exc:  # noqa: BLE001 - report a startup failure as one line
@@ -159,8 +218,16 @@ def run_master(config: MasterConfig) -> int:
         log.warning("INSECURE: the Raft port %s has no password; anyone who can reach it can take over "
                     "the cluster. Set --raft-password or TESSERA_RAFT_PASSWORD outside local development.",
                     config.raft_address)
+    if config.tls_dir is None:
+        log.warning("INSECURE: gRPC on %s is plaintext and unauthenticated (--insecure-dev); anyone who can "
+                    "reach it can run tasks and change the cluster. Not for production.", config.grpc_address)
+    elif config.acl_path is None:
+        log.warning("INSECURE: no --acl: every peer with a certificate from the CA may do anything (--insecure-dev)")
     while not stop.wait(0.5):
         master.maybe_announce()
+        if reload_acl.is_set() and config.acl_path is not None:
+            reload_acl.clear()
+            _reload_acl(server.guard, config.acl_path)
     duties.stop()
     server.stop()
     if metrics is not None:

@@ -38,7 +38,7 @@ from tests.support.cluster import LocalCluster, MasterProc, wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 MASTER_FLAGS = ["--agent-timeout", "3", "--reregistration-timeout", "3", "--agent-heartbeat-interval", "0.5",
-                "--allocation-interval", "0.2"]
+                "--allocation-interval", "0.2", "--insecure-dev"]
 GATED = 'while [ ! -f "$TESSERA_SANDBOX/release" ]; do sleep 0.1; done; echo done; exit 7'
 
 

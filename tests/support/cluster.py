@@ -132,7 +132,8 @@ class LocalCluster:
             env["TESSERA_RAFT_PASSWORD"] = self.password
         env["PYTHONUNBUFFERED"] = "1"
         cmd = [sys.executable, "-m", "control_plane.cli.main", "master", "--name", m.name, "--raft", m.raft,
-               "--grpc", m.grpc, "--peers", ",".join(m.peers), "--data-dir", str(m.data_dir), *self.master_flags, *m.extra_flags]
+               "--grpc", m.grpc, "--peers", ",".join(m.peers), "--data-dir", str(m.data_dir), "--insecure-dev",
+               *self.master_flags, *m.extra_flags]
         log = open(m.log_path, "ab")
         m.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         log.close()

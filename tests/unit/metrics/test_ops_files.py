@@ -145,7 +145,8 @@ def test_units_pass_only_flags_the_commands_accept(unit: str, command: str) -> N
 
 def test_master_unit_shows_the_deployment_flags() -> None:
     _, flags, _ = exec_start("tessera-master@.service")
-    assert flags == ["--name", "--raft", "--grpc", "--peers", "--data-dir", "--metrics"]
+    # a production master: mTLS and an ACL (the Raft password comes from the env file), never --insecure-dev
+    assert flags == ["--name", "--raft", "--grpc", "--peers", "--data-dir", "--tls-dir", "--acl", "--metrics"]
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")

@@ -1,0 +1,147 @@
+"""mTLS for every gRPC link, and the bearer token a client sends.
+
+A TLS directory holds three PEM files: `ca.pem` (the cluster's CA, which every peer must be signed by),
+`cert.pem` and `key.pem` (this process's certificate and key). `tessera certs init` writes one such
+directory per kind of peer.
+
+Certificates say what they are:
+- a master's carries the DNS name `master.tessera` (`MASTER_NAME`). Every client dials masters with
+  `grpc.ssl_target_name_override = master.tessera`, so standard hostname verification refuses a server
+  whose certificate lacks that name: an agent's or a framework's certificate cannot pass for a master's.
+- every certificate carries the URI `urn:tessera:kind:<kind>` (master, agent, framework, operator),
+  which the master reads from the peer's verified certificate to decide which services it may call
+  (`control_plane.core.acl.KINDS_BY_METHOD`).
+
+`ClientSecurity` is what a client needs to reach masters (channel credentials + token); the CLI, the
+agent, the SDK's `tessera run` and masters among themselves build it from `--tls-dir` and `--token`
+(or TESSERA_TLS_DIR / TESSERA_TOKEN).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from control_plane.core.acl import PEER_KINDS, PeerKind
+
+MASTER_NAME = "master.tessera"
+KIND_URI_PREFIX = "urn:tessera:kind:"
+TLS_FILES = ("ca.pem", "cert.pem", "key.pem")
+TOKEN_METADATA_KEY = "authorization"
+
+
+class TlsConfigError(Exception):
+    """A TLS directory or token that cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: bytes
+    cert: bytes
+    key: bytes
+
+
+def load_tls_dir(tls_dir: Path | str) -> TlsFiles:
+    d = Path(tls_dir)
+    contents = []
+    for name in TLS_FILES:
+        try:
+            contents.append((d / name).read_bytes())
+        except OSError as exc:
+            raise TlsConfigError(f"--tls-dir: cannot read {d / name} ({exc.strerror or exc})") from exc
+        if b"-----BEGIN" not in contents[-1]:
+            raise TlsConfigError(f"--tls-dir: {d / name} is not a PEM file")
+    return TlsFiles(*contents)
+
+
+def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
+    """Server side of mTLS: a client certificate signed by the CA is required."""
+    return grpc.ssl_server_credentials([(files.key, files.cert)], root_certificates=files.ca,
+                                       require_client_auth=True)
+
+
+def peer_kind(context: grpc.ServicerContext) -> PeerKind | None:
+    """The kind named by the verified client certificate; None when it names none, or more than one."""
+    named = set()
+    for san in context.auth_context().get("x509_subject_alternative_name", ()):
+        text = san.decode() if isinstance(san, bytes) else str(san)
+        if text.startswith(KIND_URI_PREFIX):
+            named.add(text[len(KIND_URI_PREFIX):])
+    if len(named) != 1:
+        return None
+    (kind,) = named
+    return next((known for known in PEER_KINDS if known == kind), None)
+
+
+def bearer_token(context: grpc.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == TOKEN_METADATA_KEY:
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            scheme, _, token = text.partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return None
+
+
+@dataclass(frozen=True)
+class ClientSecurity:
+    """How a client reaches masters: mTLS credentials (None: plaintext, development only) and a token."""
+
+    credentials: grpc.ChannelCredentials | None = None
+    token: str | None = None
+
+    @staticmethod
+    def insecure() -> ClientSecurity:
+        return ClientSecurity()
+
+    @staticmethod
+    def from_options(tls_dir: Path | str | None, token: str | None = None) -> ClientSecurity:
+        """From `--tls-dir` / `--token` values (either may be empty)."""
+        credentials = None
+        if tls_dir:
+            files = load_tls_dir(tls_dir)
+            credentials = grpc.ssl_channel_credentials(root_certificates=files.ca, private_key=files.key,
+                                                       certificate_chain=files.cert)
+        return ClientSecurity(credentials, token.strip() if token and token.strip() else None)
+
+    @staticmethod
+    def from_env() -> ClientSecurity:
+        """TESSERA_TLS_DIR and TESSERA_TOKEN (or TESSERA_TOKEN_FILE)."""
+        return ClientSecurity.from_options(os.environ.get("TESSERA_TLS_DIR") or None, token_from_env())
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((TOKEN_METADATA_KEY, f"Bearer {self.token}"),) if self.token else ()
+
+    def channel(self, address: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+        if self.credentials is None:
+            return grpc.insecure_channel(address, options=list(options))
+        return grpc.secure_channel(address, self.credentials, options=channel_options(options))
+
+
+def channel_options(options: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
+    """Options for a secure channel to a master: verify the server as `master.tessera`."""
+    merged = [o for o in options if o[0] != "grpc.ssl_target_name_override"]
+    return [*merged, ("grpc.ssl_target_name_override", MASTER_NAME)]
+
+
+def token_from_env() -> str | None:
+    token = os.environ.get("TESSERA_TOKEN")
+    if token:
+        return token.strip()
+    path = os.environ.get("TESSERA_TOKEN_FILE")
+    return read_token_file(path) if path else None
+
+
+def read_token_file(path: Path | str) -> str:
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise TlsConfigError(f"--token-file: cannot read {path} ({exc.strerror or exc})") from exc
+    if not token:
+        raise TlsConfigError(f"--token-file: {path} is empty")
+    return token
