@@ -51,7 +51,7 @@ from sdk.types import Filters, FrameworkInfo, Launch, Operation, TaskInfo, TaskS
 
 log = logging.getLogger("sdk.driver")
 
-ACK_SENDERS = 2  # batched acknowledgement calls under way at once
+ACK_SENDERS = 1  # batched acknowledgement calls under way at once (one keeps them in order)
 MAX_ACKS_PER_CALL = 1000
 
 
@@ -83,9 +83,9 @@ class SchedulerDriver(DriverBase):
         # round trip per update (sequential acks capped a framework near 40 tasks/s); the master accepts
         # acknowledgements of a task's updates in any order.
         self._acks = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tessera-acks")
-        # Batched: acknowledgements wait in `_ack_queue`; at most ACK_SENDERS pool tasks drain it, each
-        # sending everything waiting (up to MAX_ACKS_PER_CALL) in one call, so a busy framework sends
-        # few large calls and an idle one sends each acknowledgement at once.
+        # Batched: acknowledgements wait in `_ack_queue`; one pool task at a time drains it, sending
+        # everything waiting (up to MAX_ACKS_PER_CALL) in one call, so a busy framework sends few large
+        # calls, an idle one sends each acknowledgement at once, and they reach the master in order.
         self._batch_acks = batch_acknowledgements
         self._ack_queue: list[AcknowledgeCall] = []
         self._ack_senders = 0
