@@ -232,13 +232,15 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         proposed: list[agent_pb2.StatusUpdate] = []
         commands: list[cmd.Command] = []
         for update in updates:
+            uuid = update.status.uuid
+            if uuid and not self._claim(uuid, session):
+                continue  # re-sent while its commit is under way (checked before decoding: retries are cheap)
             try:
                 status = self._status(session, update)
             except TesseraError as exc:
+                self._release(uuid)
                 self._refused(session, update, exc)
-                acks.append((update.status.task_id, update.status.uuid))
-                continue
-            if update.status.uuid and not self._claim(update.status.uuid, session):
+                acks.append((update.status.task_id, uuid))
                 continue
             proposed.append(update)
             commands.append(cmd.UpdateStatus(status=status))

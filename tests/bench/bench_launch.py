@@ -202,6 +202,12 @@ class Result:
     load: str
     notes: str
 
+    wall: float = 0.0  # seconds the CPU figures cover (driver start -> last TASK_RUNNING seen)
+
+    @property
+    def leader_ms_per_task(self) -> float:
+        return self.cpu["leader"] / 100 * self.wall / self.tasks * 1000 if self.tasks else float("nan")
+
     @property
     def rate(self) -> float:
         return self.tasks / self.seconds if self.seconds > 0 else 0.0
@@ -272,7 +278,7 @@ def run_mode(mode: str, args: argparse.Namespace, tasks: int, work: Path) -> Res
 
             shutil.copytree(work / mode, Path(args.keep) / mode, dirs_exist_ok=True)
         return Result(mode, len(run.running_at), last - first, pct(latencies, 0.5), pct(latencies, 0.99),
-                      run.accepts, run.accept_errors, cpu, load_now, notes)
+                      run.accepts, run.accept_errors, cpu, load_now, notes, wall)
 
 
 def main() -> int:
@@ -311,7 +317,9 @@ def main() -> int:
             print(f"  {r.tasks} tasks accept -> TASK_RUNNING in {r.seconds:.2f} s: {r.rate:.0f} tasks/s; latency "
                   f"p50 {r.p50 * 1000:.0f} ms, p99 {r.p99 * 1000:.0f} ms; {r.accepts} accepts "
                   f"({r.accept_errors} failed); {r.load}")
-            print("  CPU, % of one core: " + ", ".join(f"{k} {v:.0f}" for k, v in r.cpu.items()))
+            print("  CPU, % of one core: " + ", ".join(f"{k} {v:.0f}" for k, v in r.cpu.items())
+                  + f"; leader CPU per task {r.leader_ms_per_task:.2f} ms (1 core / that = "
+                  f"{1000 / r.leader_ms_per_task:.0f} tasks/s if the leader had a core to itself)")
             print(f"  agents: {r.notes}")
     if "legacy" in results and "batched" in results:
         print(f"\nratio batched / legacy (tasks/s): {results['batched'].rate / results['legacy'].rate:.2f}")
