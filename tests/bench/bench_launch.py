@@ -118,6 +118,7 @@ class Run:
     running_at: dict[str, float] = field(default_factory=dict)
     accepts: int = 0
     accept_errors: int = 0
+    last_accept_done: float = 0.0
     other_states: dict[str, int] = field(default_factory=dict)
 
 
@@ -155,6 +156,7 @@ def make_scheduler(total: int, per_accept: int, in_flight: int, run: Run, done: 
                 driver.launch(offer, tasks)
                 with lock:
                     run.accepts += 1
+                    run.last_accept_done = max(run.last_accept_done, time.perf_counter())
             except TesseraError as exc:
                 with lock:
                     run.accept_errors += 1
@@ -201,7 +203,7 @@ class Result:
     cpu: dict[str, float]  # process -> % of one core over the run
     load: str
     notes: str
-
+    timeline: str
     wall: float = 0.0  # seconds the CPU figures cover (driver start -> last TASK_RUNNING seen)
 
     @property
@@ -270,6 +272,8 @@ def run_mode(mode: str, args: argparse.Namespace, tasks: int, work: Path) -> Res
         first = min(run.accepted_at.values())
         last = max(run.running_at.values())
         latencies = [run.running_at[t] - run.accepted_at[t] for t in run.running_at if t in run.accepted_at]
+        timeline = (f"last Accept answered at +{run.last_accept_done - first:.2f} s, first TASK_RUNNING at "
+                    f"+{min(run.running_at.values()) - first:.2f} s, last at +{last - first:.2f} s")
         notes = stats + ("" if finished else f" INCOMPLETE: {len(run.running_at)}/{tasks} running")
         if run.other_states:
             notes += f" other states {run.other_states}"
@@ -278,7 +282,7 @@ def run_mode(mode: str, args: argparse.Namespace, tasks: int, work: Path) -> Res
 
             shutil.copytree(work / mode, Path(args.keep) / mode, dirs_exist_ok=True)
         return Result(mode, len(run.running_at), last - first, pct(latencies, 0.5), pct(latencies, 0.99),
-                      run.accepts, run.accept_errors, cpu, load_now, notes, wall)
+                      run.accepts, run.accept_errors, cpu, load_now, notes, timeline, wall)
 
 
 def main() -> int:
@@ -320,6 +324,7 @@ def main() -> int:
             print("  CPU, % of one core: " + ", ".join(f"{k} {v:.0f}" for k, v in r.cpu.items())
                   + f"; leader CPU per task {r.leader_ms_per_task:.2f} ms (1 core / that = "
                   f"{1000 / r.leader_ms_per_task:.0f} tasks/s if the leader had a core to itself)")
+            print(f"  timeline: {r.timeline}")
             print(f"  agents: {r.notes}")
     if "legacy" in results and "batched" in results:
         print(f"\nratio batched / legacy (tasks/s): {results['batched'].rate / results['legacy'].rate:.2f}")
