@@ -114,12 +114,23 @@ def stop_agents(proc: subprocess.Popen[str]) -> str:
 
 @dataclass
 class Run:
-    accepted_at: dict[str, float] = field(default_factory=dict)
-    running_at: dict[str, float] = field(default_factory=dict)
+    """Per job (index 0..total-1): when its first Accept was sent, when a task of it was first RUNNING.
+    A job whose task is lost (e.g. its agent was marked unreachable under load) is launched again under a
+    new task id; its latency then includes the loss."""
+
+    accepted_at: dict[int, float] = field(default_factory=dict)
+    running_at: dict[int, float] = field(default_factory=dict)
+    attempts: dict[int, int] = field(default_factory=dict)
     accepts: int = 0
     accept_errors: int = 0
+    relaunched: int = 0
     last_accept_done: float = 0.0
+    error_kinds: dict[str, int] = field(default_factory=dict)
     other_states: dict[str, int] = field(default_factory=dict)
+
+
+def job_of(task_id: str) -> int:
+    return int(task_id.split("-", 1)[1].split(".", 1)[0])
 
 
 def make_scheduler(total: int, per_accept: int, in_flight: int, run: Run, done: threading.Event) -> object:
@@ -131,6 +142,12 @@ def make_scheduler(total: int, per_accept: int, in_flight: int, run: Run, done: 
     waiting: deque[int] = deque(range(total))
     pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="bench-accept")
 
+    def revive(driver: SchedulerDriver) -> None:
+        try:
+            driver.revive()  # also clears the decline filters, so every agent is offered again
+        except TesseraError:
+            pass
+
     class Launcher(Scheduler):
         def offers(self, driver: SchedulerDriver, offers: list[Offer]) -> None:
             for offer in offers:
@@ -139,7 +156,8 @@ def make_scheduler(total: int, per_accept: int, in_flight: int, run: Run, done: 
                     while waiting and len(tasks) < per_accept and left.contains(need):
                         i = waiting.popleft()
                         left = left - need
-                        tasks.append(TaskInfo(task_id=f"launch-{i}", name="bench", resources=need,
+                        attempt = run.attempts.get(i, 0)
+                        tasks.append(TaskInfo(task_id=f"launch-{i}.{attempt}", name="bench", resources=need,
                                               command="sleep 3600"))
                 if tasks:
                     pool.submit(self._launch, driver, offer, tasks)
@@ -151,7 +169,7 @@ def make_scheduler(total: int, per_accept: int, in_flight: int, run: Run, done: 
             now = time.perf_counter()
             with lock:
                 for t in tasks:
-                    run.accepted_at[t.task_id] = now
+                    run.accepted_at.setdefault(job_of(t.task_id), now)
             try:
                 driver.launch(offer, tasks)
                 with lock:
@@ -160,14 +178,11 @@ def make_scheduler(total: int, per_accept: int, in_flight: int, run: Run, done: 
             except TesseraError as exc:
                 with lock:
                     run.accept_errors += 1
+                    run.error_kinds[type(exc).__name__] = run.error_kinds.get(type(exc).__name__, 0) + 1
                     for t in tasks:
-                        run.accepted_at.pop(t.task_id, None)
-                        waiting.appendleft(int(t.task_id.rsplit("-", 1)[1]))
-                print(f"    accept failed: {exc}", file=sys.stderr)
-                try:
-                    driver.revive()
-                except TesseraError:
-                    pass
+                        run.attempts[job_of(t.task_id)] = run.attempts.get(job_of(t.task_id), 0) + 1
+                        waiting.appendleft(job_of(t.task_id))
+                revive(driver)
 
         @staticmethod
         def _decline(driver: SchedulerDriver, offer: Offer) -> None:
@@ -178,14 +193,20 @@ def make_scheduler(total: int, per_accept: int, in_flight: int, run: Run, done: 
 
         def update(self, driver: SchedulerDriver, status: TaskStatus) -> None:
             now = time.perf_counter()
+            job = job_of(status.task_id)
             if status.state is TaskState.TASK_RUNNING:
                 with lock:
-                    run.running_at.setdefault(status.task_id, now)
+                    run.running_at.setdefault(job, now)
                     if len(run.running_at) >= total:
                         done.set()
             elif status.state is not TaskState.TASK_STARTING:
                 with lock:
                     run.other_states[status.state.name] = run.other_states.get(status.state.name, 0) + 1
+                    if status.is_terminal and job not in run.running_at:
+                        run.attempts[job] = run.attempts.get(job, 0) + 1
+                        run.relaunched += 1
+                        waiting.append(job)
+                pool.submit(revive, driver)
 
     Launcher.pool = pool  # type: ignore[attr-defined]
     return Launcher()
@@ -215,10 +236,11 @@ class Result:
         return self.tasks / self.seconds if self.seconds > 0 else 0.0
 
 
-def leader_pid(cluster: object) -> int:
+def leader_pid(cluster: object) -> tuple[int, int]:
+    """(pid, term) of the serving leader."""
     leader = cluster.leader(timeout=60)  # type: ignore[attr-defined]
     assert leader.proc is not None
-    return int(leader.proc.pid)
+    return int(leader.proc.pid), int(leader.quorum(timeout=5).term)
 
 
 def run_mode(mode: str, args: argparse.Namespace, tasks: int, work: Path) -> Result:
@@ -230,7 +252,7 @@ def run_mode(mode: str, args: argparse.Namespace, tasks: int, work: Path) -> Res
     with LocalCluster(work / mode, n=3) as cluster:
         cluster.master_flags = ["--grpc-workers", str(args.agents + 64), "--log-level", "WARNING"]
         cluster.start_all()
-        pid = leader_pid(cluster)
+        pid, term = leader_pid(cluster)
         masters = cluster.grpc_addresses()
         agents = start_agents(masters, args.agents, batched, work / f"agents-{mode}.log")
         profiler = None
@@ -275,6 +297,15 @@ def run_mode(mode: str, args: argparse.Namespace, tasks: int, work: Path) -> Res
         timeline = (f"last Accept answered at +{run.last_accept_done - first:.2f} s, first TASK_RUNNING at "
                     f"+{min(run.running_at.values()) - first:.2f} s, last at +{last - first:.2f} s")
         notes = stats + ("" if finished else f" INCOMPLETE: {len(run.running_at)}/{tasks} running")
+        if run.error_kinds:
+            notes += f" accept errors {run.error_kinds}"
+        if run.relaunched:
+            notes += f" {run.relaunched} jobs launched again after their task was lost"
+        try:
+            if leader_pid(cluster) != (pid, term):
+                notes += " LEADER CHANGED during the run (figures are not comparable)"
+        except TimeoutError:
+            notes += " no leader at the end of the run"
         if run.other_states:
             notes += f" other states {run.other_states}"
         if args.keep:
