@@ -189,13 +189,14 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
 
     def _status_update(self, session: AgentSession, update: agent_pb2.StatusUpdate) -> None:
         uuid = update.status.uuid
+        if uuid and not self._claim(uuid, session):
+            return  # re-sent while its commit is under way
         try:
             status = self._status(session, update)
         except TesseraError as exc:
+            self._release(uuid)
             self._refused(session, update, exc)
             self._ack(session, update.status.task_id, uuid)
-            return
-        if uuid and not self._claim(uuid, session):
             return
         try:
             fut = self.master.propose_async([cmd.UpdateStatus(status=status)],
