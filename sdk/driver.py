@@ -26,10 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
-from sdk._shell import DriverBase, OfferRefs, StreamRunner
+from sdk._shell import MAX_ACKS_PER_CALL, DriverBase, OfferRefs, StreamRunner
 from sdk.errors import DriverStopped, TesseraError
 from sdk.protocol import (
-    BATCHED_ACKNOWLEDGEMENTS,
     AcknowledgeCall,
     AcknowledgeManyCall,
     Call,
@@ -52,7 +51,6 @@ from sdk.types import Filters, FrameworkInfo, Launch, Operation, TaskInfo, TaskS
 log = logging.getLogger("sdk.driver")
 
 ACK_SENDERS = 1  # batched acknowledgement calls under way at once (one keeps them in order)
-MAX_ACKS_PER_CALL = 1000
 
 
 class SchedulerDriver(DriverBase):
@@ -69,7 +67,7 @@ class SchedulerDriver(DriverBase):
     """
 
     def __init__(self, scheduler: Scheduler, framework: FrameworkInfo, masters: Sequence[str] | str,
-                 *, batch_acknowledgements: bool = True, **options: Any) -> None:
+                 **options: Any) -> None:
         super().__init__(framework, masters, **options)
         self.scheduler = scheduler
         self._effects: queue.Queue[list[Effect] | None] = queue.Queue()
@@ -86,7 +84,6 @@ class SchedulerDriver(DriverBase):
         # Batched: acknowledgements wait in `_ack_queue`; one pool task at a time drains it, sending
         # everything waiting (up to MAX_ACKS_PER_CALL) in one call, so a busy framework sends few large
         # calls, an idle one sends each acknowledgement at once, and they reach the master in order.
-        self._batch_acks = batch_acknowledgements
         self._ack_queue: list[AcknowledgeCall] = []
         self._ack_senders = 0
         self._ack_lock = threading.Lock()
@@ -208,12 +205,6 @@ class SchedulerDriver(DriverBase):
         except Exception:  # noqa: BLE001 - a scheduler bug must not kill the driver (documented)
             log.exception("scheduler callback %s raised", name)
             return False
-
-    def _batched_acks_allowed(self) -> bool:
-        if not self._batch_acks:
-            return False
-        with self._lock:
-            return BATCHED_ACKNOWLEDGEMENTS in self._session.master_capabilities
 
     def _queue_acknowledgement(self, ack: AcknowledgeCall) -> None:
         with self._ack_lock:

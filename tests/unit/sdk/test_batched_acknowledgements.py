@@ -1,15 +1,16 @@
-"""The blocking driver's batched acknowledgements (BATCHED_ACKNOWLEDGEMENTS) and the batched-message
+"""Both drivers' batched acknowledgements (BATCHED_ACKNOWLEDGEMENTS) and the batched-message
 conversions: acknowledgements that wait while a call is under way go out together, in order; a master
 that does not offer the capability, or a driver told not to, gets one call per update."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from sdk import FrameworkInfo, Resources, SchedulerDriver, TaskInfo, TaskState
+from sdk import FrameworkInfo, Resources, TaskInfo, TaskState
 from sdk._convert import call_from_proto, call_to_proto, event_from_proto, event_to_proto, events_from_proto
 from sdk.protocol import (
     BATCHED_ACKNOWLEDGEMENTS,
@@ -22,7 +23,7 @@ from sdk.protocol import (
 from sdk.testing import FakeMaster, FakeTransport, runs_and_finishes
 from sdk.types import TaskStatus
 from tessera.v1 import scheduler_pb2
-from tests.unit.sdk.harness import Recorder, SyncRecording
+from tests.unit.sdk.harness import AsyncHarness, Harness, SyncHarness
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,46 +43,60 @@ class GatedTransport(FakeTransport):
         return super().call(address, header, call, timeout)
 
 
-def run_five_tasks(fake: FakeMaster, transport: FakeTransport, **options: Any) -> tuple[Recorder, SchedulerDriver]:
-    fake.add_agent("cpus:1;mem:256")
-    rec = Recorder()
-    driver = SchedulerDriver(SyncRecording(rec), FrameworkInfo(name="acks"), fake.addresses, transport=transport,
-                             call_timeout=30.0, **options)
-    driver.start()
-    offer = rec.wait_for(rec.offers, "an offer")[0]
-    driver.launch(offer, [TaskInfo(task_id=f"t{i}", resources=SMALL, command="true") for i in range(5)])
-    rec.wait_for(lambda: len(rec.statuses()) == 15, "15 updates delivered")
-    return rec, driver
+@pytest.fixture(params=["sync", "async"])
+def make(request: pytest.FixtureRequest) -> Iterator[Any]:
+    made: list[Harness] = []
+
+    def factory(fake: FakeMaster, **options: Any) -> Harness:
+        cls = SyncHarness if request.param == "sync" else AsyncHarness
+        h = cls(fake, FrameworkInfo(name="acks"), **options)
+        made.append(h)
+        return h
+
+    yield factory
+    for h in made:
+        try:
+            h.stop()
+        finally:
+            if isinstance(h, AsyncHarness):
+                h.close()
+
+
+def run_five_tasks(h: Harness) -> None:
+    assert h.fake is not None
+    h.fake.add_agent("cpus:1;mem:256")
+    h.start()
+    offer = h.rec.wait_for(h.rec.offers, "an offer")[0]
+    h.call("launch", offer, [TaskInfo(task_id=f"t{i}", resources=SMALL, command="true") for i in range(5)])
+    h.rec.wait_for(lambda: len(h.rec.statuses()) == 15, "15 updates delivered")
 
 
 def ack_calls(fake: FakeMaster) -> list[Any]:
     return [c for _, _, c in fake.calls if isinstance(c, (AcknowledgeCall, AcknowledgeManyCall))]
 
 
-def test_acknowledgements_waiting_behind_a_call_go_out_together_and_in_order() -> None:
+def test_acknowledgements_waiting_behind_a_call_go_out_together_and_in_order(make: Any) -> None:
     fake = FakeMaster(behaviour=runs_and_finishes)
     transport = GatedTransport(fake)
-    rec, driver = run_five_tasks(fake, transport)
+    h = make(fake, transport=transport)
+    run_five_tasks(h)
     transport.gate.set()
     fake.wait_for(lambda: len(fake.acknowledged) == 15, what="15 acknowledgements")
-    driver.stop()
-    assert fake.acknowledged == [s.uuid for s in rec.statuses()]
+    assert fake.acknowledged == [s.uuid for s in h.rec.statuses()]
     calls = ack_calls(fake)
     assert any(isinstance(c, AcknowledgeManyCall) for c in calls) and len(calls) < 15
     assert all(s.state in (TaskState.TASK_STARTING, TaskState.TASK_RUNNING, TaskState.TASK_FINISHED)
-               for s in rec.statuses())
+               for s in h.rec.statuses())
 
 
 @pytest.mark.parametrize("who", ["master", "driver"])
-def test_one_call_per_update_without_the_capability_or_when_turned_off(who: str) -> None:
+def test_one_call_per_update_without_the_capability_or_when_turned_off(make: Any, who: str) -> None:
     fake = FakeMaster(behaviour=runs_and_finishes, batched_acknowledgements=who != "master")
-    transport = GatedTransport(fake)
     options = {"batch_acknowledgements": False} if who == "driver" else {}
-    rec, driver = run_five_tasks(fake, transport, **options)
-    transport.gate.set()
+    h = make(fake, **options)
+    run_five_tasks(h)
     fake.wait_for(lambda: len(fake.acknowledged) == 15, what="15 acknowledgements")
-    driver.stop()
-    assert sorted(fake.acknowledged) == sorted(s.uuid for s in rec.statuses())
+    assert sorted(fake.acknowledged) == sorted(s.uuid for s in h.rec.statuses())
     assert all(isinstance(c, AcknowledgeCall) for c in ack_calls(fake)) and len(ack_calls(fake)) == 15
 
 
