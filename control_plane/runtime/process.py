@@ -22,7 +22,6 @@ from control_plane.api.server import MasterServer
 from control_plane.eventlog import SqliteEventStore
 from control_plane.eventlog.history import Retention
 from control_plane.replication import RaftReplicator, ReplicationConfig
-from control_plane.replication.config import GroupCommitConfig
 from control_plane.runtime.leader import LeaderDuties, LeaderSettings, default_allocator
 from control_plane.runtime.master import Master, MasterIdentity
 from control_plane.runtime.statemachine import MasterStateMachine
@@ -30,12 +29,6 @@ from control_plane.tracing import setup_tracing
 from tessera.v1 import operator_pb2
 
 log = logging.getLogger("tessera.master")
-
-# Replicated calls (each at most ~48 KiB) under way at once. A launch burst carries ~225 bytes per event
-# (100-task Accepts and status-update batches are ~22 KiB entries), so with 4 in flight the leader could
-# not have more than ~200 KiB per Raft round trip outstanding; 16 measured ~20 % more launches per second
-# in tests/bench/bench_launch.py (median of 5 alternating runs each, load 11-15).
-RAFT_BATCHES_IN_FLIGHT = 16
 
 
 class StartupError(Exception):
@@ -107,7 +100,6 @@ def build_master(config: MasterConfig) -> tuple[Master, LeaderDuties, MasterServ
     replicator = RaftReplicator(ReplicationConfig(
         self_address=config.raft_address, peers=config.peers, data_dir=config.data_dir / "raft",
         password=config.raft_password,
-        group_commit=GroupCommitConfig(max_batches_in_flight=RAFT_BATCHES_IN_FLIGHT),
     ), sm)
     identity = MasterIdentity(config.name, config.raft_address, config.grpc_address)
     # spans go next to the event log; not the global provider, so several masters can share a process

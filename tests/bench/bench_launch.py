@@ -232,6 +232,10 @@ class Result:
         return self.cpu["leader"] / 100 * self.wall / self.tasks * 1000 if self.tasks else float("nan")
 
     @property
+    def total_ms_per_task(self) -> float:
+        return sum(self.cpu.values()) / 100 * self.wall / self.tasks * 1000 if self.tasks else float("nan")
+
+    @property
     def rate(self) -> float:
         return self.tasks / self.seconds if self.seconds > 0 else 0.0
 
@@ -357,7 +361,9 @@ def main() -> int:
                   f"({r.accept_errors} failed); {r.load}")
             print("  CPU, % of one core: " + ", ".join(f"{k} {v:.0f}" for k, v in r.cpu.items())
                   + f"; leader CPU per task {r.leader_ms_per_task:.2f} ms (1 core / that = "
-                  f"{1000 / r.leader_ms_per_task:.0f} tasks/s if the leader had a core to itself)")
+                  f"{1000 / r.leader_ms_per_task:.0f} tasks/s if the leader had a core to itself); all these "
+                  f"processes {r.total_ms_per_task:.2f} ms per task ({psutil.cpu_count()} cores / that = "
+                  f"{psutil.cpu_count() * 1000 / r.total_ms_per_task:.0f} tasks/s on an otherwise idle machine)")
             print(f"  timeline: {r.timeline}")
             print(f"  agents: {r.notes}")
     if "legacy" in results and "batched" in results:
