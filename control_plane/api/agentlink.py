@@ -179,7 +179,7 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
             if waiting is None:
                 self._inflight[uuid] = [session]
                 return True
-            if session not in waiting:
+            if not any(s is session for s in waiting):
                 waiting.append(session)
             return False
 
@@ -212,6 +212,9 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
             for waiting in self._release(uuid) or [session]:
                 self._ack(waiting, update.status.task_id, uuid)
             return
+        except BaseException:
+            self._release(uuid)  # never leave it marked in flight: its re-sends would wait forever
+            raise
         fut.add_done_callback(lambda f: self._committed(f, session, update))
 
     def _committed(self, fut: Future[Any], session: AgentSession, update: agent_pb2.StatusUpdate) -> None:
@@ -254,6 +257,10 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
                     self._release(update.status.uuid)
                 session.close()  # the agent reconnects to the leader and re-sends
                 return
+            except BaseException:
+                for update in proposed:  # never leave an update marked in flight: its re-sends would wait forever
+                    self._release(update.status.uuid)
+                raise
             fut.add_done_callback(lambda f: self._batch_committed(f, session, proposed))
         self._ack_many(session, acks)
 
