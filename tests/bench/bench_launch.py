@@ -22,8 +22,13 @@ Modes, measured in the same run:
   emulated agents send the updates they have due in one message (`AgentMessage.status_updates`), and
   the master commits each such batch as one log entry and sends RunTasks to agents in batches.
 
-With `--profile-leader DIR` the leader is sampled with py-spy while each run lasts (collapsed stacks,
-`DIR/leader-<mode>.txt`; `python tests/bench/bench_launch.py --summarize FILE` prints the top frames).
+Also printed per mode: the CPU of every process of the run (leader CPU per task is the figure that does
+not depend on what else the machine runs), a timeline, and a warning when the leader changed during the
+run (its figures are then not comparable). A job whose task is lost before it ran is launched again.
+
+With `--profile-leader DIR` the leader is sampled with py-spy (`--gil`: only the thread holding the GIL)
+while each run lasts, into `DIR/leader-<mode>.txt` (collapsed stacks);
+`python tests/bench/bench_launch.py --summarize FILE` prints each function's share of the samples.
 """
 
 from __future__ import annotations
@@ -323,6 +328,23 @@ def run_mode(mode: str, args: argparse.Namespace, tasks: int, work: Path) -> Res
                       run.accepts, run.accept_errors, cpu, load_now, notes, timeline, wall)
 
 
+def summarize(path: str, top: int = 60) -> int:
+    """Share of the samples in which each function is on the stack (inclusive), from py-spy raw output."""
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in Path(path).read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        total += int(count)
+        for frame in dict.fromkeys(f.split(":")[0] + ")" for f in stack.split(";")):
+            inclusive[frame] = inclusive.get(frame, 0) + int(count)
+    print(f"{total} samples")
+    for frame, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"{100 * n / max(1, total):5.1f} %  {frame}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--agents", type=int, default=50)
@@ -335,12 +357,21 @@ def main() -> int:
                         help="sample the leader with py-spy during each run; collapsed stacks go to DIR")
     parser.add_argument("--keep", default="", help="copy the clusters' data dirs (logs, events.db) here")
     parser.add_argument("--only", choices=("legacy", "batched"), default=None)
+    parser.add_argument("--summarize", metavar="FILE", default="", help="print a --profile-leader file's top frames")
     parser.add_argument("--serve-agents", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--masters", default="", help=argparse.SUPPRESS)
     parser.add_argument("--batched", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_agents:
         return serve_agents(args.masters, args.agents, args.batched)
+    if args.summarize:
+        return summarize(args.summarize)
+    if args.profile_leader:
+        import shutil
+
+        if shutil.which("py-spy") is None:
+            parser.error("--profile-leader needs py-spy (pip install py-spy)")
+        Path(args.profile_leader).mkdir(parents=True, exist_ok=True)
     print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
     print("machine:", machine())
     print(f"setup: 3 masters, {args.agents} emulated agents ({AGENT_RESOURCES}) in one process, tasks of "
