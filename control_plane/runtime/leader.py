@@ -61,6 +61,7 @@ class LeaderSettings:
 
 CLOSE = object()  # sentinel: end the stream
 OFFERS_PER_ENTRY = 100  # offers committed per log entry (an offer encodes to a few hundred bytes)
+MAX_PER_MESSAGE = 500  # RunTasks or updates in one batched message (each a few hundred bytes)
 
 
 @dataclass
@@ -265,45 +266,50 @@ class LeaderDuties:
         session = self.agents.get(agent_id)
         if session is None:
             return  # a disconnected agent learns its tasks' fate when it reregisters
-        if not session.batched:
-            for msg in messages:
-                session.send(msg)
-            return
-        runs: list[agent_pb2.MasterMessage] = []
-        for msg in [*messages, None]:
-            if msg is not None and msg.WhichOneof("kind") == "run_task":
-                runs.append(msg)
-                continue
+        runs: list[agent_pb2.RunTask] = []
+
+        def flush() -> None:
             if len(runs) == 1:
-                session.send(runs[0])
+                session.send(agent_pb2.MasterMessage(term=messages[0].term, run_task=runs[0]))
             elif runs:
-                session.send(agent_pb2.MasterMessage(term=runs[0].term, run_tasks=agent_pb2.RunTasks(
-                    tasks=[m.run_task for m in runs])))
-            runs = []
-            if msg is not None:
+                session.send(agent_pb2.MasterMessage(term=messages[0].term, run_tasks=agent_pb2.RunTasks(tasks=runs)))
+            runs.clear()
+
+        for msg in messages:
+            if session.batched and msg.WhichOneof("kind") == "run_task":
+                runs.append(msg.run_task)
+                if len(runs) >= MAX_PER_MESSAGE:
+                    flush()
+            else:
+                flush()
                 session.send(msg)
+        flush()
 
     def _send_to_framework(self, framework_id: str, items: list[scheduler_pb2.SchedulerEvent | TaskStatus]) -> None:
         session = self.frameworks.get(framework_id)
-        if session is None or not items:
+        if session is None:
             return
         updates: list[scheduler_pb2.Update] = []
+
+        def flush() -> None:
+            if len(updates) == 1:
+                session.send(scheduler_pb2.SchedulerEvent(update=updates[0]))
+            elif updates:
+                session.send(scheduler_pb2.SchedulerEvent(updates=scheduler_pb2.Updates(updates=updates)))
+            updates.clear()
+
         now = time.monotonic()
-        for item in [*items, None]:
+        for item in items:
             if isinstance(item, TaskStatus):
                 if item.uuid:
                     session.last_update_sent[item.uuid] = now
                 updates.append(scheduler_pb2.Update(status=to_proto(item, common_pb2.TaskStatus)))
-                if session.batched_updates:
-                    continue
-            if len(updates) == 1 or (updates and not session.batched_updates):
-                for update in updates:
-                    session.send(scheduler_pb2.SchedulerEvent(update=update))
-            elif updates:
-                session.send(scheduler_pb2.SchedulerEvent(updates=scheduler_pb2.Updates(updates=updates)))
-            updates = []
-            if isinstance(item, scheduler_pb2.SchedulerEvent):
+                if not session.batched_updates or len(updates) >= MAX_PER_MESSAGE:
+                    flush()
+            else:
+                flush()
                 session.send(item)
+        flush()
 
     def _to_framework(self, framework_id: str, event: scheduler_pb2.SchedulerEvent) -> None:
         session = self.frameworks.get(framework_id)
