@@ -65,6 +65,8 @@ class EmulatedConfig:
     reconnect_backoff_max: float = 5.0
     start_spread: float = 0.0  # seconds over which the agents' first dials are spread
     seed: int | None = None
+    batch_messages: bool = False  # the BATCHED_MESSAGES capability (see the module docstring)
+    max_updates_per_message: int = 500
 
     @staticmethod
     def from_agent_config(config: AgentConfig, count: int = 1, task_duration: float = 1.0) -> EmulatedConfig:
@@ -151,6 +153,7 @@ class EmulatedAgent:
         self.started_at = 0.0
         self.stopped = False
         self.shutdown_deadline: float | None = None  # Shutdown: stop once updates drain, or then
+        self.flush_scheduled = False
 
     # ---- connection -------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -255,6 +258,8 @@ class EmulatedAgent:
                                       request_id=self.request_id if not self.agent_id else f"reregister-{uuidlib.uuid4()}")
         for status in statuses:
             register.tasks.append(to_proto(status, common_pb2.TaskStatus))
+        if self.config.batch_messages:
+            register.capabilities.append("BATCHED_MESSAGES")
         self._send(agent_pb2.AgentMessage(register=register))
 
     # ---- messages -----------------------------------------------------------------------------------
@@ -266,12 +271,18 @@ class EmulatedAgent:
             self._on_registered(msg.registered)
         elif kind == "ack":
             self._on_ack(msg.ack.task_id, msg.ack.uuid)
-        elif kind in ("run_task", "kill_task", "shutdown"):
+        elif kind == "acks":
+            for ack in msg.acks.acks:
+                self._on_ack(ack.task_id, ack.uuid)
+        elif kind in ("run_task", "run_tasks", "kill_task", "shutdown"):
             if stale:
                 self.stats.ignored_commands += 1
                 return
             if kind == "run_task":
                 self._on_run(msg.run_task)
+            elif kind == "run_tasks":
+                for run in msg.run_tasks.tasks:
+                    self._on_run(run)
             elif kind == "kill_task":
                 self._on_kill(msg.kill_task.task_id)
             else:
@@ -339,11 +350,33 @@ class EmulatedAgent:
     def _flush(self) -> None:
         if not self.registered:
             return
+        if self.config.batch_messages:
+            # gather what becomes due in this turn of the loop (a batch of launches or acks) into one message
+            if not self.flush_scheduled:
+                self.flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush_batch)
+            return
         for update in self.updates.due(asyncio.get_running_loop().time()):
-            status = replace(update.status, agent_id=update.status.agent_id or self.agent_id)
-            self._send(agent_pb2.AgentMessage(status_update=agent_pb2.StatusUpdate(
-                status=to_proto(status, common_pb2.TaskStatus))))
+            self._send(agent_pb2.AgentMessage(status_update=self._update_message(update)))
             self.stats.updates_sent += 1
+
+    def _flush_batch(self) -> None:
+        self.flush_scheduled = False
+        if not self.registered:
+            return
+        due = [self._update_message(u) for u in self.updates.due(asyncio.get_running_loop().time())]
+        step = max(1, self.config.max_updates_per_message)
+        for start in range(0, len(due), step):
+            chunk = due[start:start + step]
+            if len(chunk) == 1:
+                self._send(agent_pb2.AgentMessage(status_update=chunk[0]))
+            else:
+                self._send(agent_pb2.AgentMessage(status_updates=agent_pb2.StatusUpdates(updates=chunk)))
+        self.stats.updates_sent += len(due)
+
+    def _update_message(self, update: PendingUpdate) -> agent_pb2.StatusUpdate:
+        status = replace(update.status, agent_id=update.status.agent_id or self.agent_id)
+        return agent_pb2.StatusUpdate(status=to_proto(status, common_pb2.TaskStatus), traceparent=update.traceparent)
 
     def _on_ack(self, task_id: str, uuid: str) -> None:
         result = self.updates.acknowledge(task_id, uuid, asyncio.get_running_loop().time())

@@ -17,6 +17,7 @@ from sdk.errors import InvalidRequest
 from sdk.protocol import (
     AcceptCall,
     AcknowledgeCall,
+    AcknowledgeManyCall,
     Call,
     CallHeader,
     DeclineCall,
@@ -190,7 +191,8 @@ def event_to_proto(event: Event) -> scheduler_pb2.SchedulerEvent:
     if isinstance(event, SubscribedEvent):
         return E(subscribed=scheduler_pb2.Subscribed(
             framework_id=event.framework_id, stream_id=event.stream_id,
-            heartbeat_interval_seconds=event.heartbeat_interval_seconds, master=event.master))
+            heartbeat_interval_seconds=event.heartbeat_interval_seconds, master=event.master,
+            capabilities=list(event.capabilities)))
     if isinstance(event, OffersEvent):
         return E(offers=scheduler_pb2.Offers(offers=[offer_to_proto(o) for o in event.offers]))
     if isinstance(event, RescindEvent):
@@ -209,7 +211,8 @@ def event_from_proto(msg: scheduler_pb2.SchedulerEvent) -> Event | None:
     kind = msg.WhichOneof("kind")
     if kind == "subscribed":
         s = msg.subscribed
-        return SubscribedEvent(s.framework_id, s.stream_id, s.heartbeat_interval_seconds, s.master)
+        return SubscribedEvent(s.framework_id, s.stream_id, s.heartbeat_interval_seconds, s.master,
+                               tuple(s.capabilities))
     if kind == "offers":
         return OffersEvent(tuple(offer_from_proto(o) for o in msg.offers.offers))
     if kind == "rescind":
@@ -223,6 +226,14 @@ def event_from_proto(msg: scheduler_pb2.SchedulerEvent) -> Event | None:
     if kind == "error":
         return ErrorEvent(msg.error.message)
     return None
+
+
+def events_from_proto(msg: scheduler_pb2.SchedulerEvent) -> list[Event]:
+    """The SDK events one stream message carries: several for `updates` (BATCHED_UPDATES), in order."""
+    if msg.WhichOneof("kind") == "updates":
+        return [UpdateEvent(status_from_proto(u.status)) for u in msg.updates.updates]
+    event = event_from_proto(msg)
+    return [] if event is None else [event]
 
 
 # ---- calls --------------------------------------------------------------------------------------------
@@ -263,6 +274,9 @@ def call_to_proto(header: CallHeader, call: Call) -> tuple[str, CallRequest]:
     if isinstance(call, AcknowledgeCall):
         return "Acknowledge", scheduler_pb2.AcknowledgeRequest(header=h, task_id=call.task_id,
                                                                agent_id=call.agent_id, uuid=call.uuid)
+    if isinstance(call, AcknowledgeManyCall):
+        return "Acknowledge", scheduler_pb2.AcknowledgeRequest(header=h, updates=[
+            scheduler_pb2.Acknowledgement(task_id=a.task_id, agent_id=a.agent_id, uuid=a.uuid) for a in call.acks])
     if isinstance(call, ReconcileCall):
         return "Reconcile", scheduler_pb2.ReconcileRequest(header=h, task_ids=list(call.task_ids))
     if isinstance(call, TeardownCall):
@@ -284,6 +298,10 @@ def call_from_proto(request: CallRequest) -> tuple[CallHeader, Call]:
         call = SuppressCall(tuple(request.roles))
     elif isinstance(request, scheduler_pb2.KillRequest):
         call = KillCall(request.task_id, request.grace_period_seconds)
+    elif isinstance(request, scheduler_pb2.AcknowledgeRequest) and request.updates:
+        acks = [AcknowledgeCall(request.task_id, request.agent_id, request.uuid)] if request.task_id else []
+        acks.extend(AcknowledgeCall(a.task_id, a.agent_id, a.uuid) for a in request.updates)
+        call = AcknowledgeManyCall(tuple(acks))
     elif isinstance(request, scheduler_pb2.AcknowledgeRequest):
         call = AcknowledgeCall(request.task_id, request.agent_id, request.uuid)
     elif isinstance(request, scheduler_pb2.ReconcileRequest):

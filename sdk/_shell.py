@@ -24,6 +24,7 @@ from dataclasses import replace
 
 from sdk.errors import DriverStopped, InvalidRequest, TesseraError, Unavailable
 from sdk.protocol import (
+    BATCHED_ACKNOWLEDGEMENTS,
     AcceptCall,
     CallHeader,
     DeclineCall,
@@ -38,6 +39,8 @@ from sdk.transport import EventStream, StreamEnded, Transport
 from sdk.types import Filters, FrameworkInfo, Launch, Offer, Operation, Reserve, TaskInfo, Unreserve, as_tuple
 
 log = logging.getLogger("sdk.driver")
+
+MAX_ACKS_PER_CALL = 1000  # batched implicit acknowledgements in one call
 
 OfferRef = str | Offer
 OfferRefs = OfferRef | Iterable[OfferRef]
@@ -209,6 +212,7 @@ class DriverBase:
         subscribe_timeout: float = 15.0,
         random: Callable[[], float] | None = None,
         request_ids: Callable[[], str] | None = None,
+        batch_acknowledgements: bool = True,
     ) -> None:
         if not call_timeout > 0 or not rpc_timeout > 0:
             raise InvalidRequest("call_timeout and rpc_timeout must be positive")
@@ -233,6 +237,7 @@ class DriverBase:
         self.call_timeout = call_timeout
         self.rpc_timeout = rpc_timeout
         self._new_request_id = request_ids or (lambda: uuid.uuid4().hex)
+        self._batch_acks = batch_acknowledgements
 
     # ---- what the driver knows ----------------------------------------------------------------------
     @property
@@ -273,6 +278,13 @@ class DriverBase:
         if header is None or session.master is None:
             return None
         return session.master, header
+
+    def _batched_acks_allowed(self) -> bool:
+        """Implicit acknowledgements may go out several per call: asked for, and the master offers it."""
+        if not self._batch_acks:
+            return False
+        with self._lock:
+            return BATCHED_ACKNOWLEDGEMENTS in self._session.master_capabilities
 
     def _not_subscribed(self, what: str) -> Unavailable:
         return Unavailable(f"{what}: not subscribed with a master within {self.call_timeout:g} s")

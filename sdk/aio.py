@@ -19,9 +19,9 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from sdk._shell import DriverBase, OfferRefs, StreamRunner
+from sdk._shell import MAX_ACKS_PER_CALL, DriverBase, OfferRefs, StreamRunner
 from sdk.errors import DriverStopped, TesseraError
-from sdk.protocol import AcknowledgeCall, Call, CallResult, TeardownCall
+from sdk.protocol import AcknowledgeCall, AcknowledgeManyCall, Call, CallResult, TeardownCall
 from sdk.scheduler import AsyncScheduler
 from sdk.session import (
     Effect,
@@ -53,6 +53,10 @@ class AsyncSchedulerDriver(DriverBase):
         self._stopped = threading.Event()
         self._stop_pending = False
         self._stop_requested: asyncio.Event | None = None
+        # Batched implicit acknowledgements (see SchedulerDriver): queued after each callback, sent by
+        # one task at a time, everything waiting in one call.
+        self._ack_queue: list[AcknowledgeCall] = []
+        self._ack_task: asyncio.Task[None] | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------------
     async def start(self) -> AsyncSchedulerDriver:
@@ -138,6 +142,7 @@ class AsyncSchedulerDriver(DriverBase):
                         break
                     await self._deliver(effect)
                     if self._stop_pending:
+                        await self._acknowledgements_sent()  # before the stop takes effect
                         self._shut()
                         break
         finally:
@@ -148,6 +153,8 @@ class AsyncSchedulerDriver(DriverBase):
             self._wake()
             self._runner.stop()
             await asyncio.get_running_loop().run_in_executor(None, self._runner.join, 5.0)
+            if self._ack_task is not None:
+                await asyncio.wait([self._ack_task], timeout=5.0)  # ends at once: the session is stopped
             self._close_transport()
 
     async def _deliver(self, effect: Effect) -> None:
@@ -161,7 +168,12 @@ class AsyncSchedulerDriver(DriverBase):
         elif isinstance(effect, NotifyUpdate):
             ok = await self._callback("update", s.update, self, effect.status)
             if ok and effect.acknowledge is not None:
-                await self._send_acknowledgement(effect.acknowledge)
+                if self._batched_acks_allowed():
+                    self._ack_queue.append(effect.acknowledge)
+                    if self._ack_task is None or self._ack_task.done():
+                        self._ack_task = asyncio.get_running_loop().create_task(self._drain_acknowledgements())
+                else:
+                    await self._send_acknowledgement(effect.acknowledge)
         elif isinstance(effect, NotifyMessage):
             await self._callback("message", s.message, self, effect.agent_id, effect.data)
         elif isinstance(effect, NotifyDisconnected):
@@ -177,6 +189,24 @@ class AsyncSchedulerDriver(DriverBase):
         except Exception:  # noqa: BLE001 - a scheduler bug must not kill the driver (documented)
             log.exception("scheduler callback %s raised", name)
             return False
+
+    async def _drain_acknowledgements(self) -> None:
+        while self._ack_queue:
+            acks, self._ack_queue = self._ack_queue[:MAX_ACKS_PER_CALL], self._ack_queue[MAX_ACKS_PER_CALL:]
+            if len(acks) == 1 or not self._batched_acks_allowed():
+                for ack in acks:
+                    await self._send_acknowledgement(ack)
+                continue
+            try:
+                await self._call(AcknowledgeManyCall(tuple(acks)))
+            except DriverStopped:
+                log.debug("%d updates not acknowledged: the driver stopped", len(acks))
+            except TesseraError as exc:
+                log.warning("acknowledging %d updates failed: %s", len(acks), exc)
+
+    async def _acknowledgements_sent(self) -> None:
+        if self._ack_task is not None and not self._ack_task.done():
+            await asyncio.shield(self._ack_task)
 
     async def _send_acknowledgement(self, ack: AcknowledgeCall) -> None:
         try:

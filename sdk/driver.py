@@ -26,9 +26,15 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
-from sdk._shell import DriverBase, OfferRefs, StreamRunner
+from sdk._shell import MAX_ACKS_PER_CALL, DriverBase, OfferRefs, StreamRunner
 from sdk.errors import DriverStopped, TesseraError
-from sdk.protocol import AcknowledgeCall, Call, CallResult, TeardownCall
+from sdk.protocol import (
+    AcknowledgeCall,
+    AcknowledgeManyCall,
+    Call,
+    CallResult,
+    TeardownCall,
+)
 from sdk.scheduler import Scheduler
 from sdk.session import (
     Effect,
@@ -44,6 +50,8 @@ from sdk.types import Filters, FrameworkInfo, Launch, Operation, TaskInfo, TaskS
 
 log = logging.getLogger("sdk.driver")
 
+ACK_SENDERS = 1  # batched acknowledgement calls under way at once (one keeps them in order)
+
 
 class SchedulerDriver(DriverBase):
     """Connects a `Scheduler` to the masters. See the module docstring; keyword arguments:
@@ -51,6 +59,8 @@ class SchedulerDriver(DriverBase):
     - `transport`: how to reach masters (default: gRPC; `sdk.testing.FakeMaster.transport()` in tests)
     - `implicit_acknowledgements` (True): acknowledge each update after `update()` returned; when
       False the scheduler calls `driver.acknowledge(status)` itself
+    - `batch_acknowledgements` (True): implicit acknowledgements waiting to be sent go out together, in
+      one call, to a master that accepts that (BATCHED_ACKNOWLEDGEMENTS); one call per update otherwise
     - `call_timeout` (30 s): how long one call may keep retrying; `rpc_timeout` (10 s) bounds one attempt
     - `give_up_after` (None = never): stop with `error()` when no subscription succeeds for that long
     - `backoff`, `subscribe_timeout`, `random`, `request_ids`: reconnection tuning and test hooks
@@ -71,6 +81,12 @@ class SchedulerDriver(DriverBase):
         # round trip per update (sequential acks capped a framework near 40 tasks/s); the master accepts
         # acknowledgements of a task's updates in any order.
         self._acks = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tessera-acks")
+        # Batched: acknowledgements wait in `_ack_queue`; one pool task at a time drains it, sending
+        # everything waiting (up to MAX_ACKS_PER_CALL) in one call, so a busy framework sends few large
+        # calls, an idle one sends each acknowledgement at once, and they reach the master in order.
+        self._ack_queue: list[AcknowledgeCall] = []
+        self._ack_senders = 0
+        self._ack_lock = threading.Lock()
 
     # ---- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> SchedulerDriver:
@@ -167,7 +183,9 @@ class SchedulerDriver(DriverBase):
             self._callback("rescinded", s.rescinded, self, effect.offer_id)
         elif isinstance(effect, NotifyUpdate):
             if self._callback("update", s.update, self, effect.status) and effect.acknowledge is not None:
-                if self._stop_pending:
+                if self._batched_acks_allowed():
+                    self._queue_acknowledgement(effect.acknowledge)
+                elif self._stop_pending:
                     self._send_acknowledgement(effect.acknowledge)  # before the stop takes effect
                 else:
                     try:
@@ -187,6 +205,40 @@ class SchedulerDriver(DriverBase):
         except Exception:  # noqa: BLE001 - a scheduler bug must not kill the driver (documented)
             log.exception("scheduler callback %s raised", name)
             return False
+
+    def _queue_acknowledgement(self, ack: AcknowledgeCall) -> None:
+        with self._ack_lock:
+            self._ack_queue.append(ack)
+            if self._ack_senders >= ACK_SENDERS:
+                return  # a sender under way takes it with the next call
+            self._ack_senders += 1
+        if self._stop_pending:
+            self._drain_acknowledgements()  # before the stop takes effect
+            return
+        try:
+            self._acks.submit(self._drain_acknowledgements)
+        except RuntimeError:  # the pool is shut down: the driver is stopping
+            self._drain_acknowledgements()
+
+    def _drain_acknowledgements(self) -> None:
+        """Send what waits, in calls of up to MAX_ACKS_PER_CALL, until nothing does."""
+        while True:
+            with self._ack_lock:
+                acks, self._ack_queue = self._ack_queue[:MAX_ACKS_PER_CALL], self._ack_queue[MAX_ACKS_PER_CALL:]
+                if not acks:
+                    self._ack_senders -= 1
+                    return
+            if len(acks) == 1 or not self._batched_acks_allowed():
+                for ack in acks:  # one left, or a master (after a failover) without batched acknowledgements
+                    self._send_acknowledgement(ack)
+                continue
+            try:
+                self._call(AcknowledgeManyCall(tuple(acks)))
+            except DriverStopped:
+                log.debug("%d updates not acknowledged: the driver stopped", len(acks))
+            except TesseraError as exc:
+                # Not fatal: the master re-sends unacknowledged updates after the next subscription.
+                log.warning("acknowledging %d updates failed: %s", len(acks), exc)
 
     def _send_acknowledgement(self, ack: AcknowledgeCall) -> None:
         try:

@@ -16,6 +16,10 @@ dialled, so a certificate that is not a master's is refused.
 Tracing: each call runs in an OpenTelemetry client span `framework.<call>` (from the global tracer
 provider unless `tracer_provider` is given; the SDK never installs one) whose W3C context goes to the
 master in the `traceparent` metadata key, so the master's handling continues the framework's trace.
+
+Batched updates: the subscription asks for the BATCHED_UPDATES capability (unless `batched_updates` is
+False), so a master may send several status updates in one stream message; the stream hands them on
+one at a time, in order, exactly as if each had come alone.
 """
 
 from __future__ import annotations
@@ -30,9 +34,9 @@ import grpc
 from opentelemetry import propagate, trace
 
 from control_plane.tls import MASTER_NAME, ClientSecurity
-from sdk._convert import call_to_proto, event_from_proto, info_to_proto, status_from_proto
+from sdk._convert import call_to_proto, events_from_proto, info_to_proto, status_from_proto
 from sdk.errors import TesseraError, error_for_status
-from sdk.protocol import Call, CallHeader, CallResult, Event
+from sdk.protocol import BATCHED_UPDATES, Call, CallHeader, CallResult, Event
 from sdk.transport import StreamEnded
 from sdk.types import FrameworkInfo
 from tessera.v1 import scheduler_pb2, scheduler_pb2_grpc
@@ -73,8 +77,7 @@ class GrpcEventStream:
     def _run(self) -> None:
         try:
             for msg in self._call:
-                event = event_from_proto(msg)
-                if event is not None:
+                for event in events_from_proto(msg):
                     self._queue.put(event)
             self._queue.put(_End(None))
         except grpc.RpcError as err:
@@ -103,8 +106,10 @@ class GrpcEventStream:
 class GrpcTransport:
     def __init__(self, *, credentials: grpc.ChannelCredentials | None = None, token: str | None = None,
                  options: Sequence[tuple[str, Any]] = (),
-                 tracer_provider: trace.TracerProvider | None = None) -> None:
+                 tracer_provider: trace.TracerProvider | None = None, batched_updates: bool = True) -> None:
         self._tracer_provider = tracer_provider
+        # ask masters for several updates per stream message (older masters ignore the request)
+        self._capabilities = [BATCHED_UPDATES] if batched_updates else []
         self._credentials = credentials
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         self._options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), *options]
@@ -152,7 +157,7 @@ class GrpcTransport:
         return (*self._metadata, ("traceparent", traceparent)) if traceparent else self._metadata
 
     def subscribe(self, address: str, info: FrameworkInfo) -> GrpcEventStream:
-        request = scheduler_pb2.SubscribeRequest(info=info_to_proto(info))
+        request = scheduler_pb2.SubscribeRequest(info=info_to_proto(info), capabilities=self._capabilities)
         with self._tracer().start_as_current_span("framework.Subscribe", kind=trace.SpanKind.CLIENT,
                                                   attributes={"rpc.method": "Subscribe"}):
             return GrpcEventStream(self._stub(address).Subscribe(request, metadata=self._traced_metadata()))

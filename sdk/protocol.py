@@ -23,6 +23,7 @@ class SubscribedEvent:
     stream_id: str
     heartbeat_interval_seconds: float = 0.0
     master: str = ""
+    capabilities: tuple[str, ...] = ()  # what the master accepts beyond the first protocol
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,14 @@ class AcknowledgeCall:
 
 
 @dataclass(frozen=True)
+class AcknowledgeManyCall:
+    """Several acknowledgements in one call (masters with the BATCHED_ACKNOWLEDGEMENTS capability);
+    each is recorded as if sent alone."""
+
+    acks: tuple[AcknowledgeCall, ...]
+
+
+@dataclass(frozen=True)
 class ReconcileCall:
     task_ids: tuple[str, ...] = ()  # empty = every task of the framework
 
@@ -125,9 +134,12 @@ class MessageCall:
 
 
 Call: TypeAlias = (
-    AcceptCall | DeclineCall | ReviveCall | SuppressCall | KillCall | AcknowledgeCall | ReconcileCall
-    | TeardownCall | MessageCall
+    AcceptCall | DeclineCall | ReviveCall | SuppressCall | KillCall | AcknowledgeCall | AcknowledgeManyCall
+    | ReconcileCall | TeardownCall | MessageCall
 )
+
+BATCHED_UPDATES = "BATCHED_UPDATES"  # a framework's capability: several updates in one stream message
+BATCHED_ACKNOWLEDGEMENTS = "BATCHED_ACKNOWLEDGEMENTS"  # a master's capability: AcknowledgeManyCall
 
 CallResult: TypeAlias = tuple[TaskStatus, ...]
 """What a call returns: the statuses for `ReconcileCall`, nothing (an empty tuple) for the others."""

@@ -227,6 +227,7 @@ class Session:
         self.stream_id = ""
         self.master: str | None = None  # the address of the current subscription
         self.heartbeat_interval = 0.0
+        self.master_capabilities: frozenset[str] = frozenset()  # what the subscribed master accepts
         self.failure: str | None = None  # why the session FAILED
         self.subscriptions = 0  # how many times a subscription succeeded
 
@@ -322,6 +323,7 @@ class Session:
             self.framework_id = event.framework_id
             self.stream_id = event.stream_id
             self.heartbeat_interval = max(0.0, event.heartbeat_interval_seconds)
+            self.master_capabilities = frozenset(event.capabilities)
             self.master = self._last_address
             self.subscriptions += 1
             self._failures = 0

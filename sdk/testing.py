@@ -68,8 +68,10 @@ from control_plane.core.resources import EMPTY
 from sdk._convert import call_from_proto, event_to_proto, info_from_proto, status_to_proto
 from sdk.errors import Conflict, InvalidRequest, NotFound, NotLeader, TesseraError, Unavailable
 from sdk.protocol import (
+    BATCHED_ACKNOWLEDGEMENTS,
     AcceptCall,
     AcknowledgeCall,
+    AcknowledgeManyCall,
     Call,
     CallHeader,
     CallResult,
@@ -275,7 +277,7 @@ class FakeTransport:
 class FakeMaster:
     def __init__(self, addresses: Sequence[str] = ("fake-master:5050",), *, auto_offer: bool = True,
                  behaviour: Behaviour | None = None, auto_kill: bool = True, heartbeat_interval: float = 0.0,
-                 start_time: float = 1_000.0) -> None:
+                 start_time: float = 1_000.0, batched_acknowledgements: bool = True) -> None:
         if not addresses:
             raise ValueError("a fake master needs at least one address")
         self.addresses: list[str] = list(addresses)
@@ -284,6 +286,7 @@ class FakeMaster:
         self.behaviour = behaviour
         self.auto_kill = auto_kill
         self.heartbeat_interval = heartbeat_interval
+        self.batched_acknowledgements = batched_acknowledgements  # accepts AcknowledgeManyCall, says so
         self._now = start_time
         self._cond = threading.Condition(threading.RLock())
         self._ids = itertools.count(1)
@@ -647,7 +650,8 @@ class FakeMaster:
             fw.stream = stream
             fw.subscriptions += 1
             stream.framework_id = fw.framework_id
-            stream.push(SubscribedEvent(fw.framework_id, fw.stream_id, self.heartbeat_interval, address))
+            stream.push(SubscribedEvent(fw.framework_id, fw.stream_id, self.heartbeat_interval, address,
+                                        (BATCHED_ACKNOWLEDGEMENTS,) if self.batched_acknowledgements else ()))
             for status in fw.unacked.values():
                 stream.push(UpdateEvent(status))
             self._allocate_if_auto()
@@ -758,6 +762,14 @@ class FakeMaster:
             self._kill(fw, call)
         elif isinstance(call, AcknowledgeCall):
             self._acknowledge(fw, call)
+        elif isinstance(call, AcknowledgeManyCall):
+            if not self.batched_acknowledgements:
+                raise InvalidRequest("task_id: must not be empty")  # what a master without the capability says
+            for ack in call.acks:
+                try:
+                    self._acknowledge(fw, ack)
+                except NotFound:
+                    pass  # refused alone, as the master does; the others still count
         elif isinstance(call, ReconcileCall):
             return self._reconcile(fw, call)
         elif isinstance(call, TeardownCall):

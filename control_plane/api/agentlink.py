@@ -5,6 +5,15 @@ committed before `Registered` is sent. Afterwards a reader thread turns heartbea
 (`LeaderDuties`), status updates into `UpdateStatus` commands (acknowledged only after commit), and usage
 samples into soft state; the stream itself yields whatever the leader's reactor queued for this agent.
 Every message carries the leader's term so a deposed leader's commands are ignored by the agent.
+
+Batches: an agent that registers with the `BATCHED_MESSAGES` capability may send `status_updates`
+(several updates in one message); they are decided one by one and the acceptable ones committed as one
+log entry (`Master.propose_each_async`), and the agent gets one `acks` message. Each update is still
+recorded once by its uuid and acknowledged only after its commit (or once refused for good).
+
+An update whose uuid is already being committed (the agent re-sent it while the first commit was in
+flight, e.g. under load) is not proposed again: the session that re-sent it is acknowledged with the
+first commit.
 """
 
 from __future__ import annotations
@@ -33,12 +42,17 @@ from tessera.v1 import agent_pb2, agent_pb2_grpc
 log = logging.getLogger(__name__)
 
 FIRST_MESSAGE_TIMEOUT = 10.0
+BATCHED_MESSAGES = "BATCHED_MESSAGES"  # Register.capabilities: the agent understands run_tasks and acks
+_FINAL_REFUSALS = (InvalidRequest, NotFound, Conflict)  # acknowledged, so the agent stops re-sending
 
 
 class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
     def __init__(self, duties: LeaderDuties) -> None:
         self.duties = duties
         self.master = duties.master
+        # status uuid -> sessions to acknowledge once the commit under way finishes
+        self._inflight: dict[str, list[AgentSession]] = {}
+        self._inflight_lock = threading.Lock()
 
     @grpc_errors
     def Connect(self, request_iterator: Iterator[agent_pb2.AgentMessage], context: grpc.ServicerContext
@@ -49,7 +63,7 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         if first is None or first.WhichOneof("kind") != "register":
             raise InvalidRequest("the first message on an agent stream must be Register")
         agent_id, orphans = self._register(first.register, context)
-        session = self.duties.attach_agent(agent_id)
+        session = self.duties.attach_agent(agent_id, batched=BATCHED_MESSAGES in first.register.capabilities)
         reader = threading.Thread(target=self._read, args=(session, request_iterator), daemon=True,
                                   name=f"agent-reader-{agent_id[:16]}")
         reader.start()
@@ -138,6 +152,8 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
                                                          heartbeat_ack=agent_pb2.AgentHeartbeatAck()))
                 elif kind == "status_update":
                     self._status_update(session, msg.status_update)
+                elif kind == "status_updates":
+                    self._status_updates(session, list(msg.status_updates.updates))
                 elif kind == "usage":
                     self.duties.usage[session.agent_id] = msg.usage
                 elif kind == "register":
@@ -149,38 +165,141 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         finally:
             session.close()
 
+    def _status(self, session: AgentSession, update: agent_pb2.StatusUpdate) -> TaskStatus:
+        status = from_proto(update.status, TaskStatus)
+        if status.agent_id and status.agent_id != session.agent_id:
+            raise InvalidRequest(f"status for agent {status.agent_id} on agent {session.agent_id}'s stream")
+        return _with_agent(status, session.agent_id)
+
+    def _claim(self, uuid: str, session: AgentSession) -> bool:
+        """True when this session is to propose the update; False when a commit of it is under way (the
+        session is then acknowledged when that commit finishes)."""
+        with self._inflight_lock:
+            waiting = self._inflight.get(uuid)
+            if waiting is None:
+                self._inflight[uuid] = [session]
+                return True
+            if not any(s is session for s in waiting):
+                waiting.append(session)
+            return False
+
+    def _release(self, uuid: str) -> list[AgentSession]:
+        with self._inflight_lock:
+            return self._inflight.pop(uuid, [])
+
     def _status_update(self, session: AgentSession, update: agent_pb2.StatusUpdate) -> None:
+        uuid = update.status.uuid
+        if uuid and not self._claim(uuid, session):
+            return  # re-sent while its commit is under way
         try:
-            status = from_proto(update.status, TaskStatus)
-            if status.agent_id and status.agent_id != session.agent_id:
-                raise InvalidRequest(f"status for agent {status.agent_id} on agent {session.agent_id}'s stream")
-            status = _with_agent(status, session.agent_id)
+            status = self._status(session, update)
+        except TesseraError as exc:
+            self._release(uuid)
+            self._refused(session, update, exc)
+            self._ack(session, update.status.task_id, uuid)
+            return
+        try:
             fut = self.master.propose_async([cmd.UpdateStatus(status=status)],
-                                            request_id=f"status-{status.uuid}", traceparent=update.traceparent)
+                                            request_id=f"status-{uuid}", traceparent=update.traceparent)
         except NotLeader:
+            self._release(uuid)
             session.close()  # the agent reconnects to the leader and re-sends
             return
         except TesseraError as exc:
             # never acceptable (malformed, unknown task, illegal transition): acknowledge so the agent
             # stops retrying, and say why in the master's log
-            log.warning("status update %s from agent %s refused: %s", update.status.uuid, session.agent_id, exc)
-            self._ack(session, update.status.task_id, update.status.uuid)
+            self._refused(session, update, exc)
+            for waiting in self._release(uuid) or [session]:
+                self._ack(waiting, update.status.task_id, uuid)
             return
+        except BaseException:
+            self._release(uuid)  # never leave it marked in flight: its re-sends would wait forever
+            raise
         fut.add_done_callback(lambda f: self._committed(f, session, update))
 
     def _committed(self, fut: Future[Any], session: AgentSession, update: agent_pb2.StatusUpdate) -> None:
+        uuid = update.status.uuid
+        waiting = self._release(uuid) if uuid else [session]
         try:
             result = fut.result()
         except Exception as exc:  # noqa: BLE001 - not acknowledged: the agent re-sends
-            log.info("status update %s not committed (%s); the agent will retry", update.status.uuid, exc)
+            log.info("status update %s not committed (%s); the agent will retry", uuid, exc)
             return
         if getattr(result, "error_code", "") and result.error_code not in ("InvalidRequest", "NotFound", "Conflict"):
             return
-        self._ack(session, update.status.task_id, update.status.uuid)
+        for s in waiting or [session]:
+            self._ack(s, update.status.task_id, uuid)
+
+    def _status_updates(self, session: AgentSession, updates: list[agent_pb2.StatusUpdate]) -> None:
+        """A batch from one agent: one entry for the updates that can be recorded, one `acks` answer."""
+        acks: list[tuple[str, str]] = []
+        proposed: list[agent_pb2.StatusUpdate] = []
+        commands: list[cmd.Command] = []
+        for update in updates:
+            uuid = update.status.uuid
+            if uuid and not self._claim(uuid, session):
+                continue  # re-sent while its commit is under way (checked before decoding: retries are cheap)
+            try:
+                status = self._status(session, update)
+            except TesseraError as exc:
+                self._release(uuid)
+                self._refused(session, update, exc)
+                acks.append((update.status.task_id, uuid))
+                continue
+            proposed.append(update)
+            commands.append(cmd.UpdateStatus(status=status))
+        if commands:
+            traceparent = next((u.traceparent for u in proposed if u.traceparent), "")
+            try:
+                fut = self.master.propose_each_async(commands, traceparent=traceparent)
+            except NotLeader:
+                for update in proposed:
+                    self._release(update.status.uuid)
+                session.close()  # the agent reconnects to the leader and re-sends
+                return
+            except BaseException:
+                for update in proposed:  # never leave an update marked in flight: its re-sends would wait forever
+                    self._release(update.status.uuid)
+                raise
+            fut.add_done_callback(lambda f: self._batch_committed(f, session, proposed))
+        self._ack_many(session, acks)
+
+    def _batch_committed(self, fut: Future[list[TesseraError | None]], session: AgentSession,
+                         updates: list[agent_pb2.StatusUpdate]) -> None:
+        waiting = [self._release(u.status.uuid) if u.status.uuid else [session] for u in updates]
+        try:
+            outcomes = fut.result()
+        except Exception as exc:  # noqa: BLE001 - not acknowledged: the agent re-sends
+            log.info("%d status updates not committed (%s); the agent will retry", len(updates), exc)
+            return
+        acks: dict[int, tuple[AgentSession, list[tuple[str, str]]]] = {}
+        for update, outcome, sessions in zip(updates, outcomes, waiting, strict=True):
+            if outcome is not None:
+                if not isinstance(outcome, _FINAL_REFUSALS):
+                    continue  # not recorded, not refused for good: the agent re-sends
+                self._refused(session, update, outcome)
+            for s in sessions or [session]:
+                acks.setdefault(id(s), (s, []))[1].append((update.status.task_id, update.status.uuid))
+        for s, items in acks.values():
+            self._ack_many(s, items)
+
+    @staticmethod
+    def _refused(session: AgentSession, update: agent_pb2.StatusUpdate, exc: Exception) -> None:
+        log.warning("status update %s from agent %s refused: %s", update.status.uuid, session.agent_id, exc)
 
     def _ack(self, session: AgentSession, task_id: str, uuid: str) -> None:
         session.send(agent_pb2.MasterMessage(term=self.duties.term(), ack=agent_pb2.StatusUpdateAck(
             task_id=task_id, uuid=uuid)))
+
+    def _ack_many(self, session: AgentSession, items: list[tuple[str, str]]) -> None:
+        if not items:
+            return
+        if len(items) == 1 or not session.batched:
+            for task_id, uuid in items:
+                self._ack(session, task_id, uuid)
+            return
+        session.send(agent_pb2.MasterMessage(term=self.duties.term(), acks=agent_pb2.StatusUpdateAcks(
+            acks=[agent_pb2.StatusUpdateAck(task_id=task_id, uuid=uuid) for task_id, uuid in items])))
 
 
 def _with_agent(status: TaskStatus, agent_id: str) -> TaskStatus:

@@ -28,13 +28,17 @@ from control_plane.codec import from_proto, resources_from_proto, to_proto
 from control_plane.core import commands as cmd
 from control_plane.core import events as ev
 from control_plane.core.acl import Caller, check_framework_call, check_launch, check_subscribe
-from control_plane.core.errors import Conflict, InvalidRequest, NotLeader, TesseraError
+from control_plane.core.errors import Conflict, InvalidRequest, NotFound, NotLeader, TesseraError, Unavailable
 from control_plane.core.values import FrameworkInfo, TaskInfo, TaskState, TaskStatus
 from control_plane.runtime.leader import CLOSE, LeaderDuties
 from control_plane.tracing import request_traceparent
 from tessera.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+BATCHED_UPDATES = "BATCHED_UPDATES"  # SubscribeRequest.capabilities: send updates as `updates` events
+BATCHED_ACKNOWLEDGEMENTS = "BATCHED_ACKNOWLEDGEMENTS"  # Subscribed.capabilities: AcknowledgeRequest.updates
+MAX_ACKNOWLEDGEMENTS = 2_000  # in one Acknowledge call (keeps its log entry well under 1 MiB)
 
 _OPERATION_TYPES = {
     scheduler_pb2.Operation.LAUNCH: "LAUNCH",
@@ -95,14 +99,16 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                 if attempt == 2:
                     raise
         subscribed = next(e for _, e in result.events if isinstance(e, ev.FrameworkSubscribed))
-        session = self.duties.attach_framework(subscribed.framework_id, subscribed.stream_id)
+        session = self.duties.attach_framework(subscribed.framework_id, subscribed.stream_id,
+                                               batched_updates=BATCHED_UPDATES in request.capabilities)
         log.info("framework %s (%s) subscribed on stream %s", subscribed.framework_id, info.name,
                  subscribed.stream_id)
         interval = self.duties.settings.framework_heartbeat_interval
         try:
             yield scheduler_pb2.SchedulerEvent(subscribed=scheduler_pb2.Subscribed(
                 framework_id=subscribed.framework_id, stream_id=subscribed.stream_id,
-                heartbeat_interval_seconds=interval, master=self.master.identity.grpc_address))
+                heartbeat_interval_seconds=interval, master=self.master.identity.grpc_address,
+                capabilities=[BATCHED_ACKNOWLEDGEMENTS]))
             self.duties.resend_unacknowledged(session)
             self.duties.send_outstanding_offers(session)
             self.duties.want_allocation()
@@ -182,9 +188,39 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     def Acknowledge(self, request: scheduler_pb2.AcknowledgeRequest, context: grpc.ServicerContext) -> Any:
         h = request.header
         self._caller_of(h.framework_id, "Acknowledge", context)
-        self._propose([cmd.Acknowledge(framework_id=h.framework_id, task_id=request.task_id,
-                                       uuid=request.uuid, stream_id=h.stream_id)], h, context)
-        return scheduler_pb2.AcknowledgeResponse()
+        if not request.updates:
+            self._propose([cmd.Acknowledge(framework_id=h.framework_id, task_id=request.task_id,
+                                           uuid=request.uuid, stream_id=h.stream_id)], h, context)
+            return scheduler_pb2.AcknowledgeResponse()
+        return self._acknowledge_many(request, context)
+
+    def _acknowledge_many(self, request: scheduler_pb2.AcknowledgeRequest, context: grpc.ServicerContext) -> Any:
+        """Many acknowledgements, each recorded as if sent alone, committed as one entry. Unknown tasks or
+        uuids come back in `refused`; any other refusal (a stale stream, a bad id) fails the call, which
+        the framework may send again as it is (acknowledging twice changes nothing)."""
+        h = request.header
+        items = [(request.task_id, request.uuid)] if request.task_id or request.uuid else []
+        items.extend((a.task_id, a.uuid) for a in request.updates)
+        if len(items) > MAX_ACKNOWLEDGEMENTS:
+            raise InvalidRequest(f"updates: at most {MAX_ACKNOWLEDGEMENTS} acknowledgements in one call")
+        if not self.master.is_serving():
+            raise NotLeader("acknowledgements go to the leader", self.master.leader_grpc_hint())
+        if not self.master.read_state(lambda s: h.framework_id in s.frameworks):
+            raise NotFound(f"framework {h.framework_id} is not known")
+        commands: list[cmd.Command] = [cmd.Acknowledge(framework_id=h.framework_id, task_id=task_id, uuid=uuid,
+                                                       stream_id=h.stream_id) for task_id, uuid in items]
+        future = self.master.propose_each_async(commands, traceparent=request_traceparent(context))
+        try:
+            outcomes = future.result(timeout=self.master.commit_timeout + 1.0)
+        except TimeoutError as exc:
+            raise Unavailable("acknowledgements not committed in time; send them again") from exc
+        refused = []
+        for (task_id, uuid), outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, NotFound):
+                refused.append(scheduler_pb2.Acknowledgement(task_id=task_id, uuid=uuid))
+            elif outcome is not None:
+                raise outcome
+        return scheduler_pb2.AcknowledgeResponse(refused=refused)
 
     @grpc_errors
     def Teardown(self, request: scheduler_pb2.TeardownRequest, context: grpc.ServicerContext) -> Any:

@@ -10,7 +10,10 @@ Theory of operation
 - Reactions after commit (rule 3): the state machine calls `on_applied` on the apply thread for every
   applied batch; that only enqueues. The reactor thread then sends what the committed events justify:
   `RunTask`/`KillTask`/`Shutdown` to agents, `Offers`/`Rescind`/`Update`/`Error` to frameworks. A
-  follower enqueues nothing (it is not serving), so it never acts.
+  follower enqueues nothing (it is not serving), so it never acts. What one reaction sends to one
+  stream keeps its order; consecutive RunTasks to an agent with the BATCHED_MESSAGES capability go as
+  one `run_tasks` message, consecutive updates to a framework that subscribed with BATCHED_UPDATES as
+  one `updates` event.
 - The ticker thread, while serving, proposes the time-driven commands: agents silent for longer than
   `agent_timeout` become unreachable (a new leader first grants `reregistration_timeout`); frameworks
   whose stream did not come back to this leader are disconnected (starting their failover timeout);
@@ -58,6 +61,7 @@ class LeaderSettings:
 
 CLOSE = object()  # sentinel: end the stream
 OFFERS_PER_ENTRY = 100  # offers committed per log entry (an offer encodes to a few hundred bytes)
+MAX_PER_MESSAGE = 500  # RunTasks or updates in one batched message (each a few hundred bytes)
 
 
 @dataclass
@@ -66,6 +70,7 @@ class AgentSession:
     out: queue.Queue[Any] = field(default_factory=queue.Queue)
     last_seen: float = field(default_factory=time.monotonic)
     closed: bool = False
+    batched: bool = False  # the agent understands run_tasks and acks (BATCHED_MESSAGES)
 
     def send(self, msg: Any) -> None:
         if not self.closed:
@@ -83,6 +88,7 @@ class FrameworkSession:
     out: queue.Queue[Any] = field(default_factory=queue.Queue)
     closed: bool = False
     last_update_sent: dict[str, float] = field(default_factory=dict)  # status uuid -> monotonic time
+    batched_updates: bool = False  # the framework understands `updates` events (BATCHED_UPDATES)
 
     def send(self, event: scheduler_pb2.SchedulerEvent) -> None:
         if not self.closed:
@@ -142,8 +148,8 @@ class LeaderDuties:
             t.join(timeout=5)
 
     # ---- sessions --------------------------------------------------------------------------------
-    def attach_agent(self, agent_id: str) -> AgentSession:
-        session = AgentSession(agent_id)
+    def attach_agent(self, agent_id: str, *, batched: bool = False) -> AgentSession:
+        session = AgentSession(agent_id, batched=batched)
         with self._lock:
             old = self.agents.get(agent_id)
             self.agents[agent_id] = session
@@ -159,8 +165,9 @@ class LeaderDuties:
                     session.last_seen, self.agent_last_seen.get(session.agent_id, 0.0))
         session.closed = True
 
-    def attach_framework(self, framework_id: str, stream_id: str) -> FrameworkSession:
-        session = FrameworkSession(framework_id, stream_id)
+    def attach_framework(self, framework_id: str, stream_id: str, *, batched_updates: bool = False
+                         ) -> FrameworkSession:
+        session = FrameworkSession(framework_id, stream_id, batched_updates=batched_updates)
         with self._lock:
             old = self.frameworks.get(framework_id)
             self.frameworks[framework_id] = session
@@ -212,44 +219,97 @@ class LeaderDuties:
     def _react(self, batch: Sequence[Applied]) -> None:
         term = self.term()
         offers: dict[str, list[common_pb2.Offer]] = {}
+        # what this reaction sends, per stream and in order (coalesced when the stream allows it)
+        to_agents: dict[str, list[agent_pb2.MasterMessage]] = {}
+        to_frameworks: dict[str, list[scheduler_pb2.SchedulerEvent | TaskStatus]] = {}
         for applied in batch:
             traceparent = applied.entry.traceparent
             for _, event in applied.result.events:
                 if isinstance(event, _FREES_RESOURCES):
                     self._allocation_wanted.set()
                 if isinstance(event, ev.TaskLaunched):
-                    self._to_agent(event.agent_id, agent_pb2.MasterMessage(term=term, run_task=agent_pb2.RunTask(
-                        task=to_proto(event.task, common_pb2.TaskInfo), traceparent=traceparent)))
+                    to_agents.setdefault(event.agent_id, []).append(agent_pb2.MasterMessage(
+                        term=term, run_task=agent_pb2.RunTask(
+                            task=to_proto(event.task, common_pb2.TaskInfo), traceparent=traceparent)))
                 elif isinstance(event, ev.TaskKillRequested):
-                    self._to_agent(event.agent_id, agent_pb2.MasterMessage(term=term, kill_task=agent_pb2.KillTask(
-                        task_id=event.task_id, framework_id=event.framework_id,
-                        grace_period_seconds=event.grace_period_seconds)))
+                    to_agents.setdefault(event.agent_id, []).append(agent_pb2.MasterMessage(
+                        term=term, kill_task=agent_pb2.KillTask(
+                            task_id=event.task_id, framework_id=event.framework_id,
+                            grace_period_seconds=event.grace_period_seconds)))
                 elif isinstance(event, ev.AgentRemoved):
-                    self._to_agent(event.agent_id, agent_pb2.MasterMessage(term=term, shutdown=agent_pb2.Shutdown(
-                        reason=event.reason)))
+                    to_agents.setdefault(event.agent_id, []).append(agent_pb2.MasterMessage(
+                        term=term, shutdown=agent_pb2.Shutdown(reason=event.reason)))
                 elif isinstance(event, ev.TaskStatusUpdated):
                     if event.status.state >= 5:  # terminal states free resources
                         self._allocation_wanted.set()
-                    self.send_update(event.framework_id, event.status)
+                    to_frameworks.setdefault(event.framework_id, []).append(event.status)
                 elif isinstance(event, ev.OfferIssued):
                     offers.setdefault(event.framework_id, []).append(to_proto(event.offer, common_pb2.Offer))
                 elif isinstance(event, ev.OfferRescinded):
-                    self._to_framework(event.framework_id, scheduler_pb2.SchedulerEvent(
+                    to_frameworks.setdefault(event.framework_id, []).append(scheduler_pb2.SchedulerEvent(
                         rescind=scheduler_pb2.Rescind(offer_id=event.offer_id)))
                 elif isinstance(event, ev.FrameworkRemoved):
+                    self._send_to_framework(event.framework_id, to_frameworks.pop(event.framework_id, []))
                     session = self.frameworks.get(event.framework_id)
                     if session is not None:
                         session.send(scheduler_pb2.SchedulerEvent(error=scheduler_pb2.Error(
                             message=f"framework removed: {event.reason}")))
                         session.close()
-        for framework_id, items in offers.items():
-            self._to_framework(framework_id, scheduler_pb2.SchedulerEvent(offers=scheduler_pb2.Offers(offers=items)))
+        for agent_id, messages in to_agents.items():
+            self._send_to_agent(agent_id, messages)
+        for framework_id, items in to_frameworks.items():
+            self._send_to_framework(framework_id, items)
+        for framework_id, offered in offers.items():
+            self._to_framework(framework_id, scheduler_pb2.SchedulerEvent(offers=scheduler_pb2.Offers(offers=offered)))
 
-    def _to_agent(self, agent_id: str, msg: agent_pb2.MasterMessage) -> None:
+    def _send_to_agent(self, agent_id: str, messages: list[agent_pb2.MasterMessage]) -> None:
         session = self.agents.get(agent_id)
-        if session is not None:
-            session.send(msg)
-        # a disconnected agent learns its tasks' fate when it reregisters
+        if session is None:
+            return  # a disconnected agent learns its tasks' fate when it reregisters
+        runs: list[agent_pb2.RunTask] = []
+
+        def flush() -> None:
+            if len(runs) == 1:
+                session.send(agent_pb2.MasterMessage(term=messages[0].term, run_task=runs[0]))
+            elif runs:
+                session.send(agent_pb2.MasterMessage(term=messages[0].term, run_tasks=agent_pb2.RunTasks(tasks=runs)))
+            runs.clear()
+
+        for msg in messages:
+            if session.batched and msg.WhichOneof("kind") == "run_task":
+                runs.append(msg.run_task)
+                if len(runs) >= MAX_PER_MESSAGE:
+                    flush()
+            else:
+                flush()
+                session.send(msg)
+        flush()
+
+    def _send_to_framework(self, framework_id: str, items: list[scheduler_pb2.SchedulerEvent | TaskStatus]) -> None:
+        session = self.frameworks.get(framework_id)
+        if session is None:
+            return
+        updates: list[scheduler_pb2.Update] = []
+
+        def flush() -> None:
+            if len(updates) == 1:
+                session.send(scheduler_pb2.SchedulerEvent(update=updates[0]))
+            elif updates:
+                session.send(scheduler_pb2.SchedulerEvent(updates=scheduler_pb2.Updates(updates=updates)))
+            updates.clear()
+
+        now = time.monotonic()
+        for item in items:
+            if isinstance(item, TaskStatus):
+                if item.uuid:
+                    session.last_update_sent[item.uuid] = now
+                updates.append(scheduler_pb2.Update(status=to_proto(item, common_pb2.TaskStatus)))
+                if not session.batched_updates or len(updates) >= MAX_PER_MESSAGE:
+                    flush()
+            else:
+                flush()
+                session.send(item)
+        flush()
 
     def _to_framework(self, framework_id: str, event: scheduler_pb2.SchedulerEvent) -> None:
         session = self.frameworks.get(framework_id)

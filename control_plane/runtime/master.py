@@ -275,6 +275,98 @@ class Master:
         fut.add_done_callback(lambda f: _end_commit_span(span, f, self.sm.commit_info.pop(request_id, None)))
         return fut
 
+    def propose_each_async(
+        self, commands: Sequence[cmd.Command], *, traceparent: str = ""
+    ) -> Future[list[TesseraError | None]]:
+        """Independent commands (status updates of different tasks, acknowledgements) committed together:
+        each is decided on its own, and those that pass go into one entry. The future resolves with one
+        outcome per command: None once it is committed, or the domain error that refused it — from
+        `decide` at once, or, when `apply` rejected the shared entry (one of them went stale in
+        flight), from committing that command alone afterwards. It fails (NotLeader, Unavailable) when a
+        commit's outcome is unknown; every command must then be retried, which is safe because each is
+        idempotent by itself (a status update by uuid, an acknowledgement by uuid). Raises NotLeader when
+        this master does not serve."""
+        if not self.is_serving():
+            raise NotLeader("this master is not the serving leader", self.leader_grpc_hint())
+        request_id = new_id("req")
+        term = self.replicator.term()
+        now = self.clock()
+        ctx = Context(now=now, term=term, leader=self.identity.raft_address, new_id=new_id)
+        outcomes: list[TesseraError | None] = [None] * len(commands)
+        chosen: list[int] = []
+        events: list[ev.Event] = []
+        with self.tracer.start_as_current_span("master.propose", context=context_from(traceparent),
+                                               attributes=_propose_attributes(commands, request_id)):
+            with self.sm.lock:
+                for i, c in enumerate(commands):
+                    try:
+                        decided = decide(self.sm.state, c, ctx)
+                    except TesseraError as exc:
+                        outcomes[i] = exc
+                        continue
+                    if decided:
+                        chosen.append(i)
+                        events.extend(decided)
+            done: Future[list[TesseraError | None]] = Future()
+            if not events:
+                done.set_result(outcomes)
+                return done
+            entry = ev.Entry(term=term, leader=self.identity.raft_address, time=now, request_id=request_id,
+                             traceparent=current_traceparent() or traceparent, events=tuple(events))
+            data = entry_to_bytes(entry)
+            self.sm.expect(data, entry)
+            span = self.tracer.start_span("raft.commit", attributes={"raft.term": term, "tessera.entry_bytes": len(data)})
+            fut = self.replicator.submit(data)
+
+        def committed(f: Future[Any]) -> None:
+            _end_commit_span(span, f, self.sm.commit_info.pop(request_id, None))
+            try:
+                result = self.wait_result(f)
+            except (NotLeader, Unavailable) as exc:
+                done.set_exception(exc)
+                return
+            except TesseraError:
+                self._propose_alone([commands[i] for i in chosen], chosen, outcomes, done, traceparent)
+                return
+            except Exception as exc:  # noqa: BLE001 - the future must resolve whatever happened
+                done.set_exception(exc)
+                return
+            del result
+            done.set_result(outcomes)
+
+        fut.add_done_callback(committed)
+        return done
+
+    def _propose_alone(self, commands: list[cmd.Command], positions: list[int], outcomes: list[TesseraError | None],
+                       done: Future[list[TesseraError | None]], traceparent: str) -> None:
+        """The shared entry of `propose_each_async` was rejected: commit each of its commands alone, so
+        one stale command does not refuse the others. Runs on a thread of its own (it waits)."""
+        def run() -> None:
+            try:
+                futures: list[Future[Any] | TesseraError] = []
+                for c in commands:
+                    try:
+                        futures.append(self.propose_async([c], traceparent=traceparent))
+                    except TesseraError as exc:
+                        futures.append(exc)
+                for position, f in zip(positions, futures, strict=True):
+                    if isinstance(f, NotLeader):
+                        raise f
+                    if isinstance(f, TesseraError):
+                        outcomes[position] = f
+                        continue
+                    try:
+                        self.wait_result(f)
+                    except (NotLeader, Unavailable):
+                        raise
+                    except TesseraError as exc:
+                        outcomes[position] = exc
+                done.set_result(outcomes)
+            except Exception as exc:  # noqa: BLE001 - reported through the future
+                done.set_exception(exc)
+
+        threading.Thread(target=run, name="propose-alone", daemon=True).start()
+
     def _decide(self, commands: Sequence[cmd.Command], request_id: str, traceparent: str, term: int
                 ) -> tuple[ev.Entry, ApplyResult | None]:
         return decide_entry(self.sm, commands, request_id=request_id, traceparent=traceparent, term=term,

@@ -21,7 +21,7 @@ class ScriptedAgent:
 
     def __init__(self, channel: grpc.Channel, *, hostname: str = "host-1", resources: str = "cpus:4;mem:4096",
                  attributes: tuple[tuple[str, str], ...] = (), final_state: int = common_pb2.TASK_FINISHED,
-                 auto_run: bool = True, agent_id: str = "") -> None:
+                 auto_run: bool = True, agent_id: str = "", capabilities: tuple[str, ...] = ()) -> None:
         from control_plane.codec import resources_to_proto
         from control_plane.core.resources import Resources
 
@@ -33,6 +33,7 @@ class ScriptedAgent:
         self.final_state = final_state
         self.auto_run = auto_run
         self.agent_id = agent_id
+        self.capabilities = capabilities
         self.outbox: queue.Queue[Any] = queue.Queue()
         self.received: list[agent_pb2.MasterMessage] = []
         self.acked: set[str] = set()
@@ -51,7 +52,8 @@ class ScriptedAgent:
 
     def start(self, tasks: tuple[common_pb2.TaskStatus, ...] = ()) -> ScriptedAgent:
         self.outbox.put(agent_pb2.AgentMessage(register=agent_pb2.Register(
-            agent_id=self.agent_id, info=self.info, tasks=tasks, request_id=f"reg-{uuid.uuid4().hex}")))
+            agent_id=self.agent_id, info=self.info, tasks=tasks, request_id=f"reg-{uuid.uuid4().hex}",
+            capabilities=self.capabilities)))
         self._call = self.stub.Connect(self._requests())
         for target in (self._read, self._heartbeat):
             t = threading.Thread(target=target, daemon=True)
@@ -69,6 +71,8 @@ class ScriptedAgent:
                     self.registered.set()
                 elif kind == "ack":
                     self.acked.add(msg.ack.uuid)
+                elif kind == "acks":
+                    self.acked.update(a.uuid for a in msg.acks.acks)
                 elif kind == "run_task" and self.auto_run:
                     task = msg.run_task.task
                     for state in (common_pb2.TASK_STARTING, common_pb2.TASK_RUNNING, self.final_state):
@@ -97,7 +101,24 @@ class ScriptedAgent:
         return status.uuid
 
     def run_tasks(self) -> list[common_pb2.TaskInfo]:
-        return [m.run_task.task for m in self.received if m.WhichOneof("kind") == "run_task"]
+        """Every task the master asked this agent to run, single or batched."""
+        out: list[common_pb2.TaskInfo] = []
+        for m in list(self.received):
+            kind = m.WhichOneof("kind")
+            if kind == "run_task":
+                out.append(m.run_task.task)
+            elif kind == "run_tasks":
+                out.extend(r.task for r in m.run_tasks.tasks)
+        return out
+
+    def status(self, task_id: str, state: int, uuid_: str = "") -> agent_pb2.StatusUpdate:
+        """A StatusUpdate message (not sent): for tests that send batches themselves."""
+        return agent_pb2.StatusUpdate(status=common_pb2.TaskStatus(
+            task_id=task_id, state=state, uuid=uuid_ or uuid.uuid4().hex, source=common_pb2.SOURCE_AGENT,
+            agent_id=self.agent_id))
+
+    def send_batch(self, updates: list[agent_pb2.StatusUpdate]) -> None:
+        self.outbox.put(agent_pb2.AgentMessage(status_updates=agent_pb2.StatusUpdates(updates=updates)))
 
     def stop_heartbeats(self) -> None:
         self._heartbeat_stop.set()
@@ -114,8 +135,9 @@ class ScriptedFramework:
     def __init__(self, channel: grpc.Channel, *, name: str = "fw", roles: tuple[str, ...] = ("default",),
                  framework_id: str = "", failover_timeout: float = 60.0, partition_aware: bool = False,
                  on_offers: Callable[[ScriptedFramework, list[common_pb2.Offer]], None] | None = None,
-                 auto_ack: bool = True) -> None:
+                 auto_ack: bool = True, capabilities: tuple[str, ...] = ()) -> None:
         self.stub = scheduler_pb2_grpc.SchedulerStub(channel)
+        self.capabilities = capabilities
         self.info = common_pb2.FrameworkInfo(framework_id=framework_id, name=name, roles=roles,
                                              failover_timeout_seconds=failover_timeout,
                                              partition_aware=partition_aware)
@@ -132,7 +154,8 @@ class ScriptedFramework:
         self.lock = threading.Lock()
 
     def start(self) -> ScriptedFramework:
-        self._call = self.stub.Subscribe(scheduler_pb2.SubscribeRequest(info=self.info))
+        self._call = self.stub.Subscribe(scheduler_pb2.SubscribeRequest(info=self.info,
+                                                                        capabilities=self.capabilities))
         threading.Thread(target=self._read, daemon=True).start()
         return self
 
@@ -159,6 +182,9 @@ class ScriptedFramework:
                 elif kind == "rescind":
                     with self.lock:
                         self.offers.pop(event.rescind.offer_id, None)
+                elif kind == "updates":
+                    with self.lock:
+                        self.updates.extend(u.status for u in event.updates.updates)
                 elif kind == "update":
                     with self.lock:
                         self.updates.append(event.update.status)

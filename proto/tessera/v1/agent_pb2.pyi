@@ -30,6 +30,7 @@ class AgentMessage(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     STATUS_UPDATE_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    STATUS_UPDATES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def register(self) -> Global___Register: ...
     @_builtins.property
@@ -38,6 +39,10 @@ class AgentMessage(_message.Message):
     def status_update(self) -> Global___StatusUpdate: ...
     @_builtins.property
     def usage(self) -> Global___Usage: ...
+    @_builtins.property
+    def status_updates(self) -> Global___StatusUpdates:
+        """several updates in one message (see Register.capabilities)"""
+
     def __init__(
         self,
         *,
@@ -45,12 +50,13 @@ class AgentMessage(_message.Message):
         heartbeat: Global___AgentHeartbeat | None = ...,
         status_update: Global___StatusUpdate | None = ...,
         usage: Global___Usage | None = ...,
+        status_updates: Global___StatusUpdates | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "kind", b"kind", "register", b"register", "status_update", b"status_update", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "kind", b"kind", "register", b"register", "status_update", b"status_update", "status_updates", b"status_updates", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "kind", b"kind", "register", b"register", "status_update", b"status_update", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "kind", b"kind", "register", b"register", "status_update", b"status_update", "status_updates", b"status_updates", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["register", "heartbeat", "status_update", "usage"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["register", "heartbeat", "status_update", "usage", "status_updates"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -64,6 +70,7 @@ class Register(_message.Message):
     INFO_FIELD_NUMBER: _builtins.int
     TASKS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CAPABILITIES_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """empty the first time; the agent keeps its id on disk"""
     request_id: _builtins.str
@@ -73,6 +80,12 @@ class Register(_message.Message):
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.TaskStatus]:
         """what it runs now (re-registration)"""
 
+    @_builtins.property
+    def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What this agent understands beyond the first protocol: "BATCHED_MESSAGES" means the master may
+        send it `run_tasks` and `acks` (several commands or acknowledgements in one message).
+        """
+
     def __init__(
         self,
         *,
@@ -80,10 +93,11 @@ class Register(_message.Message):
         info: _common_pb2.AgentInfo | None = ...,
         tasks: _abc.Iterable[_common_pb2.TaskStatus] | None = ...,
         request_id: _builtins.str = ...,
+        capabilities: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "info", b"info", "request_id", b"request_id", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "capabilities", b"capabilities", "info", b"info", "request_id", b"request_id", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -135,6 +149,31 @@ class StatusUpdate(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatusUpdate: _TypeAlias = StatusUpdate  # noqa: Y015
+
+@_typing.final
+class StatusUpdates(_message.Message):
+    """Updates of any of the agent's tasks, each acknowledged on its own (a master answers a batch with
+    `acks`, one per update it committed or refused for good). At most one update per task: only the
+    head of a task's stream is ever in flight, so per-task order is the agent's.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPDATES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def updates(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatusUpdate]: ...
+    def __init__(
+        self,
+        *,
+        updates: _abc.Iterable[Global___StatusUpdate] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["updates", b"updates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatusUpdates: _TypeAlias = StatusUpdates  # noqa: Y015
 
 @_typing.final
 class TaskUsage(_message.Message):
@@ -198,6 +237,8 @@ class MasterMessage(_message.Message):
     ACK_FIELD_NUMBER: _builtins.int
     SHUTDOWN_FIELD_NUMBER: _builtins.int
     HEARTBEAT_ACK_FIELD_NUMBER: _builtins.int
+    RUN_TASKS_FIELD_NUMBER: _builtins.int
+    ACKS_FIELD_NUMBER: _builtins.int
     term: _builtins.int
     """fencing epoch"""
     @_builtins.property
@@ -212,6 +253,14 @@ class MasterMessage(_message.Message):
     def shutdown(self) -> Global___Shutdown: ...
     @_builtins.property
     def heartbeat_ack(self) -> Global___AgentHeartbeatAck: ...
+    @_builtins.property
+    def run_tasks(self) -> Global___RunTasks:
+        """only to agents with the BATCHED_MESSAGES capability"""
+
+    @_builtins.property
+    def acks(self) -> Global___StatusUpdateAcks:
+        """only to agents with the BATCHED_MESSAGES capability"""
+
     def __init__(
         self,
         *,
@@ -222,12 +271,14 @@ class MasterMessage(_message.Message):
         ack: Global___StatusUpdateAck | None = ...,
         shutdown: Global___Shutdown | None = ...,
         heartbeat_ack: Global___AgentHeartbeatAck | None = ...,
+        run_tasks: Global___RunTasks | None = ...,
+        acks: Global___StatusUpdateAcks | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "heartbeat_ack", b"heartbeat_ack", "kill_task", b"kill_task", "kind", b"kind", "registered", b"registered", "run_task", b"run_task", "shutdown", b"shutdown"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "acks", b"acks", "heartbeat_ack", b"heartbeat_ack", "kill_task", b"kill_task", "kind", b"kind", "registered", b"registered", "run_task", b"run_task", "run_tasks", b"run_tasks", "shutdown", b"shutdown"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "heartbeat_ack", b"heartbeat_ack", "kill_task", b"kill_task", "kind", b"kind", "registered", b"registered", "run_task", b"run_task", "shutdown", b"shutdown", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "acks", b"acks", "heartbeat_ack", b"heartbeat_ack", "kill_task", b"kill_task", "kind", b"kind", "registered", b"registered", "run_task", b"run_task", "run_tasks", b"run_tasks", "shutdown", b"shutdown", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["registered", "run_task", "kill_task", "ack", "shutdown", "heartbeat_ack"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["registered", "run_task", "kill_task", "ack", "shutdown", "heartbeat_ack", "run_tasks", "acks"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -279,6 +330,28 @@ class RunTask(_message.Message):
 Global___RunTask: _TypeAlias = RunTask  # noqa: Y015
 
 @_typing.final
+class RunTasks(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunTask]:
+        """in the order the master committed them"""
+
+    def __init__(
+        self,
+        *,
+        tasks: _abc.Iterable[Global___RunTask] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunTasks: _TypeAlias = RunTasks  # noqa: Y015
+
+@_typing.final
 class KillTask(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -324,6 +397,26 @@ class StatusUpdateAck(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatusUpdateAck: _TypeAlias = StatusUpdateAck  # noqa: Y015
+
+@_typing.final
+class StatusUpdateAcks(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def acks(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatusUpdateAck]: ...
+    def __init__(
+        self,
+        *,
+        acks: _abc.Iterable[Global___StatusUpdateAck] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatusUpdateAcks: _TypeAlias = StatusUpdateAcks  # noqa: Y015
 
 @_typing.final
 class Shutdown(_message.Message):

@@ -53,18 +53,26 @@ class SubscribeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INFO_FIELD_NUMBER: _builtins.int
+    CAPABILITIES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def info(self) -> _common_pb2.FrameworkInfo:
         """info.framework_id set when failing over"""
+
+    @_builtins.property
+    def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What this framework's driver understands beyond the first protocol: "BATCHED_UPDATES" means the
+        master may send several status updates in one `updates` event.
+        """
 
     def __init__(
         self,
         *,
         info: _common_pb2.FrameworkInfo | None = ...,
+        capabilities: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "info", b"info"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -81,6 +89,7 @@ class SchedulerEvent(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    UPDATES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def subscribed(self) -> Global___Subscribed: ...
     @_builtins.property
@@ -95,6 +104,10 @@ class SchedulerEvent(_message.Message):
     def heartbeat(self) -> Global___Heartbeat: ...
     @_builtins.property
     def error(self) -> Global___Error: ...
+    @_builtins.property
+    def updates(self) -> Global___Updates:
+        """only to frameworks that subscribed with the BATCHED_UPDATES capability"""
+
     def __init__(
         self,
         *,
@@ -105,12 +118,13 @@ class SchedulerEvent(_message.Message):
         message: Global___FrameworkMessage | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
         error: Global___Error | None = ...,
+        updates: Global___Updates | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "heartbeat", b"heartbeat", "kind", b"kind", "message", b"message", "offers", b"offers", "rescind", b"rescind", "subscribed", b"subscribed", "update", b"update"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "heartbeat", b"heartbeat", "kind", b"kind", "message", b"message", "offers", b"offers", "rescind", b"rescind", "subscribed", b"subscribed", "update", b"update", "updates", b"updates"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "heartbeat", b"heartbeat", "kind", b"kind", "message", b"message", "offers", b"offers", "rescind", b"rescind", "subscribed", b"subscribed", "update", b"update"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "heartbeat", b"heartbeat", "kind", b"kind", "message", b"message", "offers", b"offers", "rescind", b"rescind", "subscribed", b"subscribed", "update", b"update", "updates", b"updates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["subscribed", "offers", "rescind", "update", "message", "heartbeat", "error"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["subscribed", "offers", "rescind", "update", "message", "heartbeat", "error", "updates"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -124,10 +138,17 @@ class Subscribed(_message.Message):
     STREAM_ID_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
     MASTER_FIELD_NUMBER: _builtins.int
+    CAPABILITIES_FIELD_NUMBER: _builtins.int
     framework_id: _builtins.str
     stream_id: _builtins.str
     heartbeat_interval_seconds: _builtins.float
     master: _builtins.str
+    @_builtins.property
+    def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What this master accepts beyond the first protocol: "BATCHED_ACKNOWLEDGEMENTS" means one
+        Acknowledge call may carry many updates in `AcknowledgeRequest.updates`.
+        """
+
     def __init__(
         self,
         *,
@@ -135,10 +156,11 @@ class Subscribed(_message.Message):
         stream_id: _builtins.str = ...,
         heartbeat_interval_seconds: _builtins.float = ...,
         master: _builtins.str = ...,
+        capabilities: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["framework_id", b"framework_id", "heartbeat_interval_seconds", b"heartbeat_interval_seconds", "master", b"master", "stream_id", b"stream_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "framework_id", b"framework_id", "heartbeat_interval_seconds", b"heartbeat_interval_seconds", "master", b"master", "stream_id", b"stream_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -202,6 +224,28 @@ class Update(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Update: _TypeAlias = Update  # noqa: Y015
+
+@_typing.final
+class Updates(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPDATES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def updates(self) -> _containers.RepeatedCompositeFieldContainer[Global___Update]:
+        """in the order the master committed them"""
+
+    def __init__(
+        self,
+        *,
+        updates: _abc.Iterable[Global___Update] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["updates", b"updates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Updates: _TypeAlias = Updates  # noqa: Y015
 
 @_typing.final
 class FrameworkMessage(_message.Message):
@@ -525,11 +569,18 @@ class AcknowledgeRequest(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     AGENT_ID_FIELD_NUMBER: _builtins.int
     UUID_FIELD_NUMBER: _builtins.int
+    UPDATES_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     agent_id: _builtins.str
     uuid: _builtins.str
     @_builtins.property
     def header(self) -> Global___CallHeader: ...
+    @_builtins.property
+    def updates(self) -> _containers.RepeatedCompositeFieldContainer[Global___Acknowledgement]:
+        """More acknowledgements in the same call (masters with the BATCHED_ACKNOWLEDGEMENTS capability):
+        each is recorded on its own, as if sent alone; task_id/uuid above may then be empty.
+        """
+
     def __init__(
         self,
         *,
@@ -537,25 +588,60 @@ class AcknowledgeRequest(_message.Message):
         task_id: _builtins.str = ...,
         agent_id: _builtins.str = ...,
         uuid: _builtins.str = ...,
+        updates: _abc.Iterable[Global___Acknowledgement] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "header", b"header", "task_id", b"task_id", "uuid", b"uuid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "header", b"header", "task_id", b"task_id", "updates", b"updates", "uuid", b"uuid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AcknowledgeRequest: _TypeAlias = AcknowledgeRequest  # noqa: Y015
 
 @_typing.final
-class AcknowledgeResponse(_message.Message):
+class Acknowledgement(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    UUID_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    agent_id: _builtins.str
+    uuid: _builtins.str
     def __init__(
         self,
+        *,
+        task_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        uuid: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "task_id", b"task_id", "uuid", b"uuid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Acknowledgement: _TypeAlias = Acknowledgement  # noqa: Y015
+
+@_typing.final
+class AcknowledgeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFUSED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def refused(self) -> _containers.RepeatedCompositeFieldContainer[Global___Acknowledgement]:
+        """For a call with `updates`: the ones that were refused for good (unknown task or uuid), which a
+        framework need not send again. Empty when everything was recorded.
+        """
+
+    def __init__(
+        self,
+        *,
+        refused: _abc.Iterable[Global___Acknowledgement] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refused", b"refused"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
