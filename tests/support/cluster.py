@@ -135,7 +135,7 @@ class LocalCluster:
                "--grpc", m.grpc, "--peers", ",".join(m.peers), "--data-dir", str(m.data_dir), "--insecure-dev",
                *self.master_flags, *m.extra_flags]
         log = open(m.log_path, "ab")
-        m.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        m.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
         log.close()
 
     def start_all(self) -> None:

@@ -17,9 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from tessera.v1 import agent_pb2, common_pb2, operator_pb2, operator_pb2_grpc, scheduler_pb2_grpc
 from tests.support.inprocess import InProcessMaster
 from tests.support.scripted import ScriptedAgent, ScriptedFramework
-from tests.unit.fuzz.requests import calls, check_call
+from tests.unit.fuzz.requests import FUZZ_SETTINGS, calls, check_call
 from tests.unit.fuzz.streams import (
-    FUZZ_SETTINGS,
     check_first_message,
     check_follow_up,
     check_subscribe,
@@ -45,7 +44,7 @@ def main() -> int:
 
 def run_unary(cases: int) -> int:
     # no allocation loop: its offers, committed concurrently, would make "refused but changed" ambiguous
-    with InProcessMaster(allocation=False) as node:
+    with InProcessMaster(allocation=False, settings=FUZZ_SETTINGS) as node:
         agent = ScriptedAgent(node.channel).start()
         agent.registered.wait(5)
         fw = ScriptedFramework(node.channel).start()

@@ -18,22 +18,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 import grpc
 from hypothesis import strategies as st
 
 from tessera.v1 import agent_pb2, common_pb2, scheduler_pb2
-from tests.support.inprocess import FAST
 from tests.support.scripted import ScriptedAgent
 from tests.unit.fuzz.requests import ALLOWED, numbers, resources, texts
 
 Fingerprint = Callable[[], str]
-
-# An agent whose fuzzed stream ended would be marked unreachable a second later, in the middle of another
-# case; with this timeout nothing happens to the state between cases but what the cases do.
-FUZZ_SETTINGS = replace(FAST, agent_timeout=3600.0)
 
 states = st.one_of(st.sampled_from(list(common_pb2.TaskState.values())), st.integers(-5, 2**31 - 1))
 blobs = st.one_of(st.just(b""), st.binary(max_size=64), st.just(b"x" * 5000), st.just(b"y" * 200_000))

@@ -11,14 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from tessera.v1 import operator_pb2, operator_pb2_grpc, scheduler_pb2_grpc
 from tests.support.inprocess import InProcessMaster
 from tests.support.scripted import ScriptedAgent, ScriptedFramework
-from tests.unit.fuzz.requests import calls, check_call
+from tests.unit.fuzz.requests import FUZZ_SETTINGS, calls, check_call
 
 pytestmark = pytest.mark.timeout(300)
 
 
 def test_fuzzed_requests_get_proper_codes_and_refusals_change_nothing() -> None:
     # no allocation loop: its offers, committed concurrently, would make "refused but changed" ambiguous
-    with InProcessMaster(allocation=False) as node:
+    with InProcessMaster(allocation=False, settings=FUZZ_SETTINGS) as node:
         agent = ScriptedAgent(node.channel).start()
         assert agent.registered.wait(5)
         fw = ScriptedFramework(node.channel).start()

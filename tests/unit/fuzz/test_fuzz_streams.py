@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from tessera.v1 import operator_pb2, scheduler_pb2
 from tests.support.inprocess import InProcessMaster
 from tests.support.scripted import ScriptedAgent, ScriptedFramework
+from tests.unit.fuzz.requests import FUZZ_SETTINGS
 from tests.unit.fuzz.streams import (
-    FUZZ_SETTINGS,
     check_first_message,
     check_follow_up,
     check_subscribe,
