@@ -98,6 +98,8 @@ class Launcher(Protocol):
     def handle_from_checkpoint(self, task_id: str, framework_id: str, sandbox: str, supervisor_pid: int,
                                supervisor_start: float, isolation: dict[str, Any],
                                kill_requested: bool) -> LaunchHandle: ...
+    def watch_exits(self, listener: Callable[[int], None] | None) -> None: ...
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,13 @@ class Stop:
     """Posted to stop the loop (signals, tests)."""
 
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class SupervisorExited:
+    """Posted by the launcher (from its own thread) when a task's supervisor exited: look at it now."""
+
+    pid: int
 
 
 class Agent:
@@ -122,7 +131,7 @@ class Agent:
         self.new_uuid = new_uuid
         # SimpleQueue: `put` is reentrant, so `stop()` may be called from a signal handler that
         # interrupted this very thread inside `get`.
-        self.inbox: queue.SimpleQueue[LinkEvent | Stop] = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue[LinkEvent | Stop | SupervisorExited] = queue.SimpleQueue()
         self.tasks = TaskTable()
         self.handles: dict[str, LaunchHandle] = {}
         self.traceparents: dict[str, str] = {}
@@ -151,7 +160,7 @@ class Agent:
         self.orphaned: set[str] = set()
 
     # ---- lifecycle ------------------------------------------------------------------------------------
-    def post(self, event: LinkEvent | Stop) -> None:
+    def post(self, event: LinkEvent | Stop | SupervisorExited) -> None:
         self.inbox.put(event)
 
     def stop(self, reason: str = "stop requested") -> None:
@@ -163,6 +172,7 @@ class Agent:
 
     def run(self) -> int:
         """Recover, connect, and serve until stopped or shut down; returns the exit code."""
+        self.launcher.watch_exits(lambda pid: self.post(SupervisorExited(pid)))
         self.recover()
         self.link = MasterLink(self.config.masters, self.post,
                                backoff=Backoff(maximum=self.config.config.reconnect_backoff_max))
@@ -184,6 +194,8 @@ class Agent:
                     self.tick()
         finally:
             self.link.stop()
+            self.launcher.watch_exits(None)
+            self.launcher.close()
         log.info("agent stopped (exit code %d); its tasks keep running", self.exit_code)
         return self.exit_code
 
@@ -199,10 +211,12 @@ class Agent:
             deadlines.append(self.next_observe)
         return max(0.0, min(deadlines) - now)
 
-    def _dispatch(self, event: LinkEvent | Stop) -> None:
+    def _dispatch(self, event: LinkEvent | Stop | SupervisorExited) -> None:
         if isinstance(event, Stop):
             log.info("stopping: %s", event.reason)
             self.exit_code = 0
+        elif isinstance(event, SupervisorExited):
+            self.on_supervisor_exited(event.pid)
         elif isinstance(event, StreamOpened):
             self.on_stream_opened(event.stream)
         elif isinstance(event, MessageReceived):
@@ -435,17 +449,28 @@ class Agent:
         self.launcher.kill(handle, grace)
         self.next_observe = self.monotonic()
 
+    def on_supervisor_exited(self, pid: int) -> None:
+        for task_id, handle in list(self.handles.items()):
+            if handle.supervisor_pid == pid:
+                task = self.tasks.get(task_id)
+                if task is not None:
+                    self._observe(task, handle)
+                return
+
+    def _observe(self, task: AgentTask, handle: LaunchHandle) -> None:
+        try:
+            observation = self.launcher.observe(handle)
+        except OSError as exc:
+            log.warning("cannot observe task %s: %s", task.task_id, exc)
+            return
+        self._advance(task, handle, observation)
+
     def observe_tasks(self) -> None:
         for task_id, handle in list(self.handles.items()):
             task = self.tasks.get(task_id)
             if task is None:
                 continue
-            try:
-                observation = self.launcher.observe(handle)
-            except OSError as exc:
-                log.warning("cannot observe task %s: %s", task_id, exc)
-                continue
-            self._advance(task, handle, observation)
+            self._observe(task, handle)
 
     def _advance(self, task: AgentTask, handle: LaunchHandle, obs: Observation) -> None:
         """Report what `obs` shows that the task's state does not yet say."""

@@ -1,0 +1,337 @@
+"""The supervisor fork server ("zygote"): `python -m agent.executor.forkserver`.
+
+Starting a task's supervisor as a fresh interpreter costs about a tenth of a second of CPU (interpreter
+start, `site`, imports) and dominates a short task's launch. The fork server is one long-lived process,
+started by the launcher, that has imported the supervisor once and forks a supervisor per task.
+
+Theory of operation. The launcher writes one JSON line per request on the server's stdin
+(`{"id": 7, "sandbox": "/…/fw/task"}`); the server forks, and the child becomes the task's supervisor:
+it calls `setsid()` (a session of its own, so it dies neither with the server nor with the agent, and
+no terminal signal reaches it), points stdin at /dev/null and stdout/stderr at `supervisor.out` in the
+sandbox, closes every other descriptor it inherited, and runs `agent.executor.supervisor.main` exactly
+as `python -m agent.executor.supervisor --sandbox DIR` would. The server answers on its stdout
+(`{"id": 7, "pid": 1234, "create_time": …}`, or `{"id": 7, "error": "…"}` when fork failed) and later,
+when that supervisor exits, reports it (`{"exited": 1234}`) so the agent can look at the task at once
+instead of at its next poll. It reaps its children through pidfds (or by polling where pidfds are
+missing).
+
+Rules it keeps:
+- The server never runs a thread (fork copies only the calling thread; a lock held by another thread
+  would stay locked in the child forever) and writes to its stdout with `os.write` only (a buffered
+  writer's pending bytes would be written again by every child).
+- End of file on stdin means the agent is gone: the server exits; the supervisors it forked run on.
+- The server learns nothing about tasks and keeps no state that matters: killing it (`kill -9`) loses
+  only the "exited" notices of supervisors still running, which the agent's periodic observation
+  covers; the launcher starts a new server at its next launch.
+- `ForkServer` (the launcher's side) serializes requests, reads answers on one daemon thread, and raises
+  `ForkServerLost` when the server died with a request in flight (the launcher then looks in the sandbox
+  for a supervisor that did start before it gives up on the launch).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SPAWN_TIMEOUT = 10.0  # seconds to wait for the server's answer to one request
+START_TIMEOUT = 30.0
+
+
+class ForkServerLost(Exception):
+    """The fork server died (or stopped answering) while a request was in flight."""
+
+
+# ---- the server process ------------------------------------------------------------------------------
+
+
+def _become_supervisor(sandbox: str) -> None:
+    """In the forked child: detach, redirect, and run the supervisor. Never returns."""
+    code = 1
+    try:
+        os.setsid()
+        for signum in (signal.SIGTERM, signal.SIGCHLD, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
+        out = os.open(os.path.join(sandbox, "supervisor.out"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        for entry in os.listdir("/proc/self/fd"):  # the server's pipes, pidfds and poller
+            fd = int(entry)
+            if fd > 2:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        os.chdir(sandbox)
+        from agent.executor.supervisor import main
+
+        code = main(["--sandbox", sandbox])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+        if not isinstance(exc.code, int) and exc.code is not None:
+            os.write(2, f"{exc.code}\n".encode(errors="replace"))
+    except BaseException:  # noqa: BLE001 - the child must end here whatever happened
+        try:
+            os.write(2, traceback.format_exc().encode(errors="replace"))
+        except OSError:
+            pass
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001
+                pass
+        os._exit(code)
+
+
+def _send(message: dict[str, Any]) -> None:
+    data = (json.dumps(message) + "\n").encode()
+    while data:
+        written = os.write(1, data)
+        data = data[written:]
+
+
+def _create_time(pid: int) -> float:
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return 0.0
+
+
+def serve() -> int:
+    """The server's loop: read requests on stdin, fork supervisors, report their exits."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # Imported here, before any request, so that every child starts with them loaded.
+    import psutil  # noqa: F401
+
+    import agent.executor.supervisor  # noqa: F401
+
+    poller = select.poll()
+    poller.register(0, select.POLLIN)
+    pidfds: dict[int, int] = {}  # pidfd -> pid
+    unwatched: set[int] = set()  # children without a pidfd: reaped by polling
+    buffer = b""
+    _send({"ready": os.getpid()})
+    while True:
+        timeout = 200 if unwatched else None
+        for fd, _ in poller.poll(timeout):
+            if fd == 0:
+                try:
+                    data = os.read(0, 65536)
+                except InterruptedError:
+                    continue
+                if not data:
+                    return 0  # the agent is gone; the supervisors run on
+                buffer += data
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        _handle(line, poller, pidfds, unwatched)
+            elif fd in pidfds:
+                pid = pidfds.pop(fd)
+                poller.unregister(fd)
+                os.close(fd)
+                _reap(pid)
+        for pid in list(unwatched):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                unwatched.discard(pid)
+                _send({"exited": pid})
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+    _send({"exited": pid})
+
+
+def _handle(line: bytes, poller: select.poll, pidfds: dict[int, int], unwatched: set[int]) -> None:
+    try:
+        request = json.loads(line)
+        request_id = request["id"]
+        sandbox = str(request["sandbox"])
+    except (ValueError, KeyError, TypeError) as exc:
+        _send({"id": None, "error": f"bad request: {exc}"})
+        return
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        _send({"id": request_id, "error": f"fork: {exc.strerror or exc}"})
+        return
+    if pid == 0:
+        _become_supervisor(sandbox)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        unwatched.add(pid)
+    else:
+        pidfds[pidfd] = pid
+        poller.register(pidfd, select.POLLIN)
+    _send({"id": request_id, "pid": pid, "create_time": _create_time(pid)})
+
+
+# ---- the launcher's side -----------------------------------------------------------------------------
+
+
+class ForkServer:
+    """A running fork server, started on first use and again whenever it died.
+
+    `spawn(sandbox)` -> (pid, create_time) of the new supervisor. `on_exit(pid)` is called on the reader
+    thread when a supervisor forked by this server exits."""
+
+    def __init__(self, python: str = sys.executable, env: dict[str, str] | None = None,
+                 on_exit: Callable[[int], None] | None = None) -> None:
+        self.python = python
+        self.env = env
+        self.on_exit = on_exit
+        self._lock = threading.Lock()  # one request at a time
+        self._cond = threading.Condition()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._replies: dict[int, dict[str, Any]] = {}
+        self._ready: int | None = None
+        self._next_id = 0
+        self.starts = 0  # how many servers were started (tests, logs)
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def ensure_started(self) -> None:
+        with self._lock:
+            self._ensure_started()
+
+    def _ensure_started(self) -> subprocess.Popen[bytes]:
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            return proc
+        if proc is not None:
+            log.warning("the supervisor fork server (pid %d) died (exit %s); starting a new one", proc.pid,
+                        proc.returncode)
+            self._close_pipes(proc)
+        try:
+            proc = subprocess.Popen(
+                [self.python, "-m", "agent.executor.forkserver"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=None, close_fds=True, start_new_session=True, env=self.env, bufsize=0,
+            )
+        except OSError as exc:
+            raise ForkServerLost(f"cannot start the supervisor fork server: {exc.strerror or exc}") from exc
+        with self._cond:
+            self._proc = proc
+            self._ready = None
+        self.starts += 1
+        threading.Thread(target=self._read, args=(proc,), name=f"forkserver-{proc.pid}", daemon=True).start()
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._ready is not None or proc.poll() is not None, START_TIMEOUT):
+                proc.kill()
+                raise ForkServerLost("the supervisor fork server did not start in time")
+        if self._ready is None:
+            raise ForkServerLost(f"the supervisor fork server exited at start (exit {proc.poll()})")
+        return proc
+
+    def _read(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            try:
+                message = json.loads(raw)
+            except ValueError:
+                log.warning("fork server: unreadable line %r", raw[:200])
+                continue
+            if "exited" in message:
+                if self.on_exit is not None:
+                    try:
+                        self.on_exit(int(message["exited"]))
+                    except Exception:  # noqa: BLE001 - a listener's failure must not stop the reader
+                        log.exception("fork server exit listener failed")
+                continue
+            with self._cond:
+                if "ready" in message:
+                    self._ready = int(message["ready"])
+                elif message.get("id") is not None:
+                    self._replies[int(message["id"])] = message
+                self._cond.notify_all()
+        proc.wait()
+        with self._cond:
+            self._cond.notify_all()
+
+    def spawn(self, sandbox: Path, timeout: float = SPAWN_TIMEOUT) -> tuple[int, float]:
+        with self._lock:
+            proc = self._ensure_started()
+            self._next_id += 1
+            request_id = self._next_id
+            line = (json.dumps({"id": request_id, "sandbox": str(sandbox)}) + "\n").encode()
+            try:
+                assert proc.stdin is not None
+                proc.stdin.write(line)
+            except OSError as exc:
+                if exc.errno not in (errno.EPIPE, errno.EBADF):
+                    raise ForkServerLost(f"cannot write to the fork server: {exc}") from exc
+                # It died between the liveness check and the write: nothing was forked; start anew.
+                proc.wait()
+                proc = self._ensure_started()
+                assert proc.stdin is not None
+                try:
+                    proc.stdin.write(line)
+                except OSError as again:
+                    raise ForkServerLost(f"cannot write to the fork server: {again}") from again
+            with self._cond:
+                self._cond.wait_for(lambda: request_id in self._replies or proc.poll() is not None, timeout)
+                reply = self._replies.pop(request_id, None)
+        if reply is None:
+            raise ForkServerLost("the supervisor fork server died or did not answer while starting a supervisor")
+        if reply.get("error"):
+            raise OSError(str(reply["error"]))
+        return int(reply["pid"]), float(reply.get("create_time") or 0.0)
+
+    @staticmethod
+    def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
+        for pipe in (proc.stdin,):
+            try:
+                if pipe is not None:
+                    pipe.close()
+            except OSError:
+                pass
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the server (end of file on its stdin); the supervisors it started run on."""
+        with self._lock:
+            proc = self._proc
+            self._proc = None
+            if proc is None:
+                return
+            self._close_pipes(proc)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=timeout)
+
+
+def main() -> int:
+    return serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
