@@ -199,7 +199,7 @@ class ProcessLauncher:
             "grace_period_seconds": info.kill_grace_period_seconds or None,
         }
         try:
-            write_json_atomic(handle.sandbox / LAUNCH_FILE, launch)
+            write_json_atomic(handle.sandbox / LAUNCH_FILE, launch, durable=False)
         except OSError as exc:
             raise LaunchError(f"cannot write to the sandbox {handle.sandbox}: {exc.strerror or exc}") from exc
         if self.fork_server is not None:
@@ -236,7 +236,7 @@ class ProcessLauncher:
             if found is None:
                 try:
                     write_json_atomic(handle.sandbox / KILL_FILE, {"grace_period_seconds": 0.0,
-                                                                   "requested_at": time.time()})
+                                                                   "requested_at": time.time()}, durable=False)
                 except OSError:
                     pass
                 raise LaunchError(f"cannot start the supervisor: {exc}") from exc
@@ -350,7 +350,8 @@ class ProcessLauncher:
         handle.kill_requested = True
         try:
             write_json_atomic(handle.sandbox / KILL_FILE,
-                              {"grace_period_seconds": max(0.0, grace_period), "requested_at": time.time()})
+                              {"grace_period_seconds": max(0.0, grace_period), "requested_at": time.time()},
+                              durable=False)
         except OSError as exc:
             log.warning("cannot write the kill request of task %s: %s", handle.task_id, exc)
         if not self.supervisor_alive(handle):

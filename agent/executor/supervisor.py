@@ -6,7 +6,8 @@ interpreter), in a new session, and the supervisor outlives the agent: a
 files written here. The supervisor reads `launch.json` from the sandbox, starts the task's command, waits
 for it, and records how it ended.
 
-Files in the sandbox (every JSON file is written atomically: temp file, fsync, rename):
+Files in the sandbox (every JSON file is written atomically: temp file, rename; `exit_status.json`, the
+one that must survive a crash of the machine, also with fsyncs):
 - `launch.json` (written by the agent): argv, environment, working directory, isolation spec, default
   kill grace period.
 - `supervisor.json`: this process's pid and start time, written first thing, so an agent that crashed
@@ -67,13 +68,21 @@ LOG_FILE = "supervisor.log"
 DEFAULT_GRACE = 3.0
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+def write_json_atomic(path: Path, data: dict[str, Any], durable: bool = True) -> None:
+    """Write `data` to `path` so that a reader sees the old file or the whole new one.
+
+    `durable` also fsyncs the file and the rename: only for what must survive a crash of the machine
+    (the exit status). Files that only matter to processes that die with the machine (launch, pids,
+    kill requests) need the atomic rename alone, which every process sees at once."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
         json.dump(data, f, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
+    if not durable:
+        return
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -237,7 +246,8 @@ class Supervisor:
         finally:
             stdout.close()
             stderr.close()
-        write_json_atomic(self.sandbox / TASK_FILE, {"task_pid": self.child.pid, "started_at": time.time()})
+        write_json_atomic(self.sandbox / TASK_FILE, {"task_pid": self.child.pid, "started_at": time.time()},
+                          durable=False)
         self.log(f"started task pid {self.child.pid}: {argv!r}")
         if spec.watchdog_rss_bytes > 0:
             self.watchdog = MemoryWatchdog(self.child.pid, spec.watchdog_rss_bytes, self._kill_for_limit)
@@ -284,7 +294,7 @@ class Supervisor:
 
     def run(self) -> int:
         write_json_atomic(self.sandbox / SUPERVISOR_FILE, {"supervisor_pid": os.getpid(), "started_at": time.time(),
-                                                           "create_time": own_create_time()})
+                                                           "create_time": own_create_time()}, durable=False)
         self.install_signals()
         record: dict[str, Any]
         if self.kill_requested or (self.sandbox / KILL_FILE).exists():  # killed before the task even started

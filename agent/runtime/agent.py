@@ -12,6 +12,10 @@ Rules it keeps (docs/protocol.md):
   done. The id in `Registered` is stored before anything else happens.
 - Fencing: every master message carries a term; the highest seen is stored (before acting on the
   message); RunTask, KillTask and Shutdown with a lower term are ignored.
+- Group commit: each turn of the loop (the events waiting, then the timers) is one checkpoint batch;
+  `send` commits what was written before any message leaves, status updates are sent after the turn's
+  commit, and the supervisors of the turn's RunTasks are started together after their sandboxes are
+  on disk (`_start_launches`). Nothing outside the agent ever sees a decision the disk does not hold.
 - Status updates: written to the checkpoint before they are sent; only the head of each task's stream
   is in flight; re-sent with backoff until acknowledged; all re-sent on every new registration. After a
   re-registration, older updates of a reported task are superseded by the reported (newest) one, which
@@ -134,6 +138,7 @@ class Agent:
         self.inbox: queue.SimpleQueue[LinkEvent | Stop | SupervisorExited] = queue.SimpleQueue()
         self.tasks = TaskTable()
         self.handles: dict[str, LaunchHandle] = {}
+        self.to_start: list[tuple[AgentTask, TaskInfo, LaunchHandle]] = []  # prepared in this turn
         self.traceparents: dict[str, str] = {}
         self.tracer = get_tracer(__name__, tracer_provider)  # the global provider when None
         self.run_spans: dict[str, trace.Span] = {}  # task id -> its `task.run` span, ended at the terminal status
@@ -184,14 +189,17 @@ class Agent:
                     event = self.inbox.get(timeout=timeout)
                 except queue.Empty:
                     event = None
-                while event is not None:
-                    self._dispatch(event)
-                    try:
-                        event = self.inbox.get_nowait()
-                    except queue.Empty:
-                        event = None
-                if self.exit_code is None:
-                    self.tick()
+                with self.checkpoint.batch():
+                    while event is not None:
+                        self._dispatch(event)
+                        try:
+                            event = self.inbox.get_nowait()
+                        except queue.Empty:
+                            event = None
+                    if self.exit_code is None:
+                        self.tick()
+                    self._start_launches()
+                self.flush_updates()
         finally:
             self.link.stop()
             self.launcher.watch_exits(None)
@@ -309,6 +317,7 @@ class Agent:
         if stream is None:
             return False
         assert isinstance(message, agent_pb2.AgentMessage)
+        self.checkpoint.sync()  # nothing leaves before what was decided is on disk
         return stream.send(message)
 
     def on_message(self, msg: agent_pb2.MasterMessage) -> None:
@@ -407,25 +416,44 @@ class Agent:
             self.emit(task, Outcome(TaskState.TASK_DROPPED, REASON_TASK_INVALID, "the agent is shutting down"),
                       source=StatusSource.SOURCE_AGENT)
             return
-        handle: LaunchHandle | None = None
         try:
             handle = self.launcher.prepare(info)
-            self.checkpoint.set_sandbox(task_id, str(handle.sandbox), handle.isolation.to_json())
-            handle = self.launcher.start(info, handle)
+        except LaunchError as exc:
+            self._launch_failed(task, exc)
+            return
+        self.checkpoint.set_sandbox(task_id, str(handle.sandbox), handle.isolation.to_json())
+        self.to_start.append((task, info, handle))  # started with the others of this turn
+
+    def _launch_failed(self, task: AgentTask, exc: LaunchError) -> None:
+        log.warning("cannot launch task %s: %s", task.task_id, exc)
+        self.emit(task, Outcome(TaskState.TASK_FAILED, REASON_CONTAINER_LAUNCH_FAILED, str(exc)),
+                  source=StatusSource.SOURCE_AGENT)
+
+    def _start_launches(self) -> None:
+        """Start the supervisors of the tasks prepared in this turn, once their sandboxes are on disk."""
+        if not self.to_start:
+            return
+        self.checkpoint.sync()
+        pending, self.to_start = self.to_start, []
+        for task, info, handle in pending:
+            task_id = task.task_id
+            if task.kill_requested:
+                self.launcher.release(handle)
+                self.emit(task, Outcome(TaskState.TASK_KILLED, "", "killed before it started"))
+                continue
+            try:
+                handle = self.launcher.start(info, handle)
+            except LaunchError as exc:
+                self.launcher.release(handle)
+                self._launch_failed(task, exc)
+                continue
             self.checkpoint.set_launched(task_id, sandbox=str(handle.sandbox), supervisor_pid=handle.supervisor_pid,
                                          supervisor_start=handle.supervisor_start,
                                          isolation=handle.isolation.to_json())
-        except LaunchError as exc:
-            if handle is not None:
-                self.launcher.release(handle)
-            log.warning("cannot launch task %s: %s", task_id, exc)
-            self.emit(task, Outcome(TaskState.TASK_FAILED, REASON_CONTAINER_LAUNCH_FAILED, str(exc)),
-                      source=StatusSource.SOURCE_AGENT)
-            return
-        self.handles[task_id] = handle
-        log.info("launched task %s (framework %s) in %s, supervisor pid %d", task_id, info.framework_id,
-                 handle.sandbox, handle.supervisor_pid)
-        self.emit(task, Outcome(TaskState.TASK_STARTING, "", "the task's supervisor started"))
+            self.handles[task_id] = handle
+            log.info("launched task %s (framework %s) in %s, supervisor pid %d", task_id, info.framework_id,
+                     handle.sandbox, handle.supervisor_pid)
+            self.emit(task, Outcome(TaskState.TASK_STARTING, "", "the task's supervisor started"))
         self.next_observe = self.monotonic()
 
     def on_kill_task(self, kill: agent_pb2.KillTask) -> None:
@@ -446,6 +474,7 @@ class Agent:
         if self.tasks.can_record(task.task_id, TaskState.TASK_KILLING):
             self.emit(task, Outcome(TaskState.TASK_KILLING, "", f"killing: SIGTERM, then SIGKILL after {grace:g}s"))
         log.info("killing task %s (grace %gs)", task.task_id, grace)
+        self.checkpoint.sync()  # the kill request is on disk before the supervisor acts on it
         self.launcher.kill(handle, grace)
         self.next_observe = self.monotonic()
 
@@ -533,8 +562,8 @@ class Agent:
             log.debug("task.run span of %s: %s", task_id, exc)
 
     def flush_updates(self) -> None:
-        if not self.registered or self.stream is None:
-            return
+        if not self.registered or self.stream is None or self.checkpoint.in_batch:
+            return  # in a batch: sent after the turn's commit
         for update in self.updates.due(self.monotonic()):
             status = replace(update.status, agent_id=update.status.agent_id or self.agent_id)
             self.send(agent_pb2.AgentMessage(status_update=agent_pb2.StatusUpdate(
