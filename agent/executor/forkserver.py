@@ -277,33 +277,59 @@ class ForkServer:
             self._cond.notify_all()
 
     def spawn(self, sandbox: Path, timeout: float = SPAWN_TIMEOUT) -> tuple[int, float]:
+        [found] = self.spawn_many([sandbox], timeout)
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    def spawn_many(self, sandboxes: list[Path], timeout: float = SPAWN_TIMEOUT
+                   ) -> list[tuple[int, float] | ForkServerLost | OSError]:
+        """Fork one supervisor per sandbox; every request is written before the first answer is
+        awaited. One result per sandbox: (pid, start time), ForkServerLost, or OSError (fork failed)."""
+        if not sandboxes:
+            return []
         with self._lock:
-            proc = self._ensure_started()
-            self._next_id += 1
-            request_id = self._next_id
-            line = (json.dumps({"id": request_id, "sandbox": str(sandbox)}) + "\n").encode()
+            try:
+                proc = self._ensure_started()
+            except ForkServerLost as exc:
+                return [exc for _ in sandboxes]
+            first = self._next_id + 1
+            self._next_id += len(sandboxes)
+            ids = list(range(first, first + len(sandboxes)))
+            data = b"".join((json.dumps({"id": i, "sandbox": str(s)}) + "\n").encode()
+                            for i, s in zip(ids, sandboxes, strict=True))
             try:
                 assert proc.stdin is not None
-                proc.stdin.write(line)
+                proc.stdin.write(data)
             except OSError as exc:
                 if exc.errno not in (errno.EPIPE, errno.EBADF):
-                    raise ForkServerLost(f"cannot write to the fork server: {exc}") from exc
-                # It died between the liveness check and the write: nothing was forked; start anew.
+                    lost = ForkServerLost(f"cannot write to the fork server: {exc}")
+                    return [lost for _ in sandboxes]
+                # It died before reading a byte of this write (a pipe takes all of a write up to its
+                # buffer, so a broken pipe here means nothing was read): nothing was forked; start anew.
                 proc.wait()
-                proc = self._ensure_started()
-                assert proc.stdin is not None
                 try:
-                    proc.stdin.write(line)
-                except OSError as again:
-                    raise ForkServerLost(f"cannot write to the fork server: {again}") from again
+                    proc = self._ensure_started()
+                    assert proc.stdin is not None
+                    proc.stdin.write(data)
+                except (OSError, ForkServerLost) as again:
+                    lost = ForkServerLost(f"cannot write to the fork server: {again}")
+                    return [lost for _ in sandboxes]
+            deadline = timeout + 0.05 * len(sandboxes)
             with self._cond:
-                self._cond.wait_for(lambda: request_id in self._replies or proc.poll() is not None, timeout)
-                reply = self._replies.pop(request_id, None)
-        if reply is None:
-            raise ForkServerLost("the supervisor fork server died or did not answer while starting a supervisor")
-        if reply.get("error"):
-            raise OSError(str(reply["error"]))
-        return int(reply["pid"]), float(reply.get("create_time") or 0.0)
+                self._cond.wait_for(lambda: all(i in self._replies for i in ids) or proc.poll() is not None,
+                                    deadline)
+                replies = [self._replies.pop(i, None) for i in ids]
+        out: list[tuple[int, float] | ForkServerLost | OSError] = []
+        for reply in replies:
+            if reply is None:
+                out.append(ForkServerLost("the supervisor fork server died or did not answer while starting "
+                                          "a supervisor"))
+            elif reply.get("error"):
+                out.append(OSError(str(reply["error"])))
+            else:
+                out.append((int(reply["pid"]), float(reply.get("create_time") or 0.0)))
+        return out
 
     @staticmethod
     def _close_pipes(proc: subprocess.Popen[bytes]) -> None:

@@ -174,6 +174,43 @@ class ProcessLauncher:
 
     def start(self, info: TaskInfo, handle: LaunchHandle) -> LaunchHandle:
         """Write launch.json and start the supervisor (step two); fills the supervisor pid and start time."""
+        self._write_launch(info, handle)
+        if self.fork_server is not None:
+            try:
+                found: tuple[int, float] | Exception = self.fork_server.spawn(handle.sandbox)
+            except (OSError, ForkServerLost) as exc:
+                found = exc
+            return self._forked(handle, found)
+        return self._start_interpreter(handle)
+
+    def start_many(self, launches: list[tuple[TaskInfo, LaunchHandle]]) -> list[LaunchHandle | LaunchError]:
+        """`start` for several tasks at once: with the fork server, every request is sent before the
+        first answer is awaited. One result per launch, in order: the handle, or why it failed."""
+        results: list[LaunchHandle | LaunchError] = []
+        ready: list[int] = []
+        for info, handle in launches:
+            try:
+                self._write_launch(info, handle)
+                results.append(handle)
+                ready.append(len(results) - 1)
+            except LaunchError as exc:
+                results.append(exc)
+        if self.fork_server is None:
+            for i in ready:
+                try:
+                    results[i] = self._start_interpreter(launches[i][1])
+                except LaunchError as exc:
+                    results[i] = exc
+            return results
+        spawned = self.fork_server.spawn_many([launches[i][1].sandbox for i in ready])
+        for i, found in zip(ready, spawned, strict=True):
+            try:
+                results[i] = self._forked(launches[i][1], found)
+            except LaunchError as exc:
+                results[i] = exc
+        return results
+
+    def _write_launch(self, info: TaskInfo, handle: LaunchHandle) -> None:
         command = info.command
         cwd = handle.sandbox
         if command.working_dir:
@@ -202,8 +239,8 @@ class ProcessLauncher:
             write_json_atomic(handle.sandbox / LAUNCH_FILE, launch, durable=False)
         except OSError as exc:
             raise LaunchError(f"cannot write to the sandbox {handle.sandbox}: {exc.strerror or exc}") from exc
-        if self.fork_server is not None:
-            return self._fork_supervisor(handle)
+
+    def _start_interpreter(self, handle: LaunchHandle) -> LaunchHandle:
         try:
             log_file = open(handle.sandbox / "supervisor.out", "ab")
         except OSError as exc:
@@ -223,24 +260,26 @@ class ProcessLauncher:
         handle.supervisor_start = _start_time(popen.pid) or time.time()
         return handle
 
-    def _fork_supervisor(self, handle: LaunchHandle) -> LaunchHandle:
-        assert self.fork_server is not None
-        try:
-            handle.supervisor_pid, handle.supervisor_start = self.fork_server.spawn(handle.sandbox)
-        except OSError as exc:
-            raise LaunchError(f"cannot start the supervisor: {exc.strerror or exc}") from exc
-        except ForkServerLost as exc:
+    def _forked(self, handle: LaunchHandle, found: tuple[int, float] | Exception) -> LaunchHandle:
+        """Fill `handle` from the fork server's answer (pid and start time), or raise LaunchError."""
+        if isinstance(found, tuple):
+            handle.supervisor_pid, handle.supervisor_start = found
+        elif isinstance(found, ForkServerLost):
+            exc = found
             # The server may have forked the supervisor before it died: that one writes supervisor.json
             # first thing. Otherwise call the launch off (kill.json stops a supervisor that starts late).
-            found = self._await_supervisor_file(handle, LOST_SUPERVISOR_WAIT)
-            if found is None:
+            late = self._await_supervisor_file(handle, LOST_SUPERVISOR_WAIT)
+            if late is None:
                 try:
                     write_json_atomic(handle.sandbox / KILL_FILE, {"grace_period_seconds": 0.0,
                                                                    "requested_at": time.time()}, durable=False)
                 except OSError:
                     pass
                 raise LaunchError(f"cannot start the supervisor: {exc}") from exc
-            handle.supervisor_pid, handle.supervisor_start = found
+            handle.supervisor_pid, handle.supervisor_start = late
+        else:
+            reason = found.strerror if isinstance(found, OSError) and found.strerror else str(found)
+            raise LaunchError(f"cannot start the supervisor: {reason}") from found
         if not handle.supervisor_start:
             handle.supervisor_start = _start_time(handle.supervisor_pid) or time.time()
         return handle

@@ -95,6 +95,7 @@ class Launcher(Protocol):
 
     def prepare(self, info: TaskInfo) -> LaunchHandle: ...
     def start(self, info: TaskInfo, handle: LaunchHandle) -> LaunchHandle: ...
+    def start_many(self, launches: list[tuple[TaskInfo, LaunchHandle]]) -> list[LaunchHandle | LaunchError]: ...
     def observe(self, handle: LaunchHandle) -> Observation: ...
     def kill(self, handle: LaunchHandle, grace_period: float) -> None: ...
     def release(self, handle: LaunchHandle) -> None: ...
@@ -435,18 +436,21 @@ class Agent:
             return
         self.checkpoint.sync()
         pending, self.to_start = self.to_start, []
+        starting = []
         for task, info, handle in pending:
-            task_id = task.task_id
             if task.kill_requested:
                 self.launcher.release(handle)
                 self.emit(task, Outcome(TaskState.TASK_KILLED, "", "killed before it started"))
+            else:
+                starting.append((task, info, handle))
+        results = self.launcher.start_many([(info, handle) for _, info, handle in starting])
+        for (task, info, prepared), result in zip(starting, results, strict=True):
+            task_id = task.task_id
+            if isinstance(result, LaunchError):
+                self.launcher.release(prepared)
+                self._launch_failed(task, result)
                 continue
-            try:
-                handle = self.launcher.start(info, handle)
-            except LaunchError as exc:
-                self.launcher.release(handle)
-                self._launch_failed(task, exc)
-                continue
+            handle = result
             self.checkpoint.set_launched(task_id, sandbox=str(handle.sandbox), supervisor_pid=handle.supervisor_pid,
                                          supervisor_start=handle.supervisor_start,
                                          isolation=handle.isolation.to_json())

@@ -1,7 +1,7 @@
 """Benchmark of the agent side (not a test). Three measurements, each against a baseline in the same run:
 
     python tests/bench/bench_agent.py [--launches 20] [--updates 2000] [--agents 100] [--tasks 200]
-                                      [--skip-cluster]
+                                      [--skip-cluster] [--real-tasks 300] [--real-task-cpus 0.1] [--only-real]
 
 1. Launch: a `true` task through the real launcher (sandbox, isolation, supervisor process, exit file)
    from `launch()` until its exit is observed, against a plain `subprocess.run(["true"])`. Run with the
@@ -122,9 +122,9 @@ def bench_manager(n: int) -> float:
 # ---- 3. cluster -----------------------------------------------------------------------------------
 
 
-def run_batch(masters: list[str], tasks: int, log: Path) -> float:
+def run_batch(masters: list[str], tasks: int, log: Path, cpus: float = 0.1) -> float:
     cmd = [sys.executable, "-m", "sdk.examples.batch", "--masters", ",".join(masters), "--command", "true",
-           "--count", str(tasks), "--cpus", "0.1", "--mem", "16", "--give-up-after", "60"]
+           "--count", str(tasks), "--cpus", str(cpus), "--mem", "16", "--give-up-after", "60"]
     start = time.perf_counter()
     with open(log, "ab") as out:
         proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=600)
@@ -162,29 +162,138 @@ def bench_cluster(agents: int, tasks: int, work: Path) -> None:
         print(f"  ratio {agents} agents / 1 agent (tasks/s): {results[agents] / results[1]:.2f}")
 
 
-def bench_real_agent(tasks: int, work: Path) -> None:
+class CpuMeter:
+    """CPU seconds (user + system) used by named processes between `start` and `stop`, their reaped
+    children included (a fork server's supervisors and their tasks; the batch runner via this process)."""
+
+    def __init__(self, processes: dict[str, int]) -> None:
+        self.processes = {name: psutil.Process(pid) for name, pid in processes.items()}
+        self.before: dict[str, float] = {}
+
+    @staticmethod
+    def _children_self() -> float:
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    def _read(self) -> dict[str, float]:
+        out = {"batch runner": self._children_self()}
+        for name, proc in self.processes.items():
+            try:
+                t = proc.cpu_times()
+                out[name] = t.user + t.system + t.children_user + t.children_system
+            except psutil.Error:
+                out[name] = float("nan")
+        return out
+
+    def start(self) -> None:
+        self.before = self._read()
+
+    def stop(self, tasks: int) -> str:
+        after = self._read()
+        parts = [f"{name} {(after[name] - self.before[name]) * 1000 / tasks:.1f}" for name in after]
+        total = sum(after[name] - self.before[name] for name in after)
+        return f"CPU ms per task: {', '.join(parts)}; total {total * 1000 / tasks:.1f}"
+
+
+def _fork_server_pid(agent_pid: int) -> int | None:
+    for child in psutil.Process(agent_pid).children():
+        try:
+            if "agent.executor.forkserver" in " ".join(child.cmdline()):
+                return child.pid
+        except psutil.Error:
+            continue
+    return None
+
+
+def _stage_report(leader: object, data_dir: Path, since: float) -> list[str]:
+    """Per-task latencies from the leader's event log, the agent's checkpoint and the sandbox files."""
+    import json
+    import sqlite3
+    from collections import defaultdict
+
+    from agent.checkpoint import status_from_bytes
+
+    at: dict[str, dict[str, float]] = defaultdict(dict)
+    for e in leader.list_events():  # type: ignore[attr-defined]
+        if e.time < since or not e.task_id:
+            continue
+        key = e.type
+        if e.type == "TaskStatusUpdated":
+            key += ":" + str(json.loads(e.payload_json or "{}").get("status", {}).get("state"))
+        at[e.task_id].setdefault(key, e.time)
+    db = sqlite3.connect(str(data_dir / "agent.db"))
+    try:
+        for task_id, data in db.execute("SELECT task_id, status FROM updates ORDER BY seq"):
+            status = status_from_bytes(data)
+            at[task_id].setdefault("agent " + status.state.name, status.timestamp)
+    finally:
+        db.close()
+    from agent.executor.supervisor import read_json
+
+    for launch in data_dir.glob("sandboxes/*/*/launch.json"):
+        task_id = str((read_json(launch) or {}).get("task_id", ""))
+        for name, key in (("supervisor.json", "started_at"), ("task.json", "started_at"),
+                          ("exit_status.json", "finished_at")):
+            found = read_json(launch.parent / name) or {}
+            if key in found:
+                at[task_id][name] = float(found[key])
+    chain = [("TaskLaunched", "decided at the leader"), ("agent TASK_STARTING", "supervisor started (agent)"),
+             ("supervisor.json", "supervisor running"), ("task.json", "task process started"),
+             ("exit_status.json", "task exited, status written"), ("agent TASK_FINISHED", "agent recorded FINISHED"),
+             ("TaskStatusUpdated:TASK_FINISHED", "leader decided the update")]
+    lines = []
+    for (a, _), (b, what) in zip(chain, chain[1:], strict=False):
+        deltas = [t[b] - t[a] for t in at.values() if a in t and b in t]
+        if deltas:
+            lines.append(f"    -> {what:32s} p50 {pct(deltas, 0.5) * 1000:6.1f} ms  p90 {pct(deltas, 0.9) * 1000:6.1f} ms")
+    return lines
+
+
+def bench_real_agent(tasks: int, work: Path, task_cpus: float = 0.1) -> None:
     """One real agent (real supervisors and processes) launching `true` as fast as the batch runner
     accepts offers: accept -> acknowledged TASK_FINISHED, tasks/s, against the same batch on one
-    emulated agent (no processes) in the same run."""
+    emulated agent (no processes) in the same run. Also prints where the time goes (per-task latency of
+    each stage) and the CPU each process spent per task: on a 2-core machine the sum bounds the rate."""
     from agent.emulated import EmulatedAgents, EmulatedConfig
     from tests.support.cluster import LocalCluster
 
     with LocalCluster(work / "real", n=3) as cluster:
         cluster.start_all()
-        cluster.leader(timeout=60)
+        leader = cluster.leader(timeout=60)
         masters = cluster.grpc_addresses()
-        cluster.add_agent("cpus:2;mem:4096")
+        agent = cluster.add_agent("cpus:2;mem:4096")
         cluster.wait_agents(1, timeout=60)
-        real = run_batch(masters, tasks, work / "batch-real.log")
-        print(f"  1 real agent:     {tasks} tasks of `true`: {real:.1f} tasks/s")
+        assert agent.proc is not None and leader.proc is not None
+        followers = [m for m in cluster.masters if m is not leader and m.proc is not None]
+        procs = {"leader": leader.proc.pid, **{f"follower{i + 1}": m.proc.pid for i, m in enumerate(followers)},  # type: ignore[union-attr]
+                 "agent": agent.proc.pid}
+        zygote = _fork_server_pid(agent.proc.pid)
+        if zygote is not None:
+            procs["fork server+supervisors+tasks"] = zygote
+        meter = CpuMeter(procs)
+        since = time.time()
+        meter.start()
+        real = run_batch(masters, tasks, work / "batch-real.log", cpus=task_cpus)
+        print(f"  1 real agent:     {tasks} tasks of `true` ({task_cpus:g} cpus each): {real:.1f} tasks/s "
+              f"(load {os.getloadavg()[0]:.1f})")
+        print(f"    {meter.stop(tasks)}")
+        print("    per-task latency of each stage:")
+        for line in _stage_report(leader, agent.data_dir, since):
+            print(line)
         cluster.kill(cluster.agents[0])
         config = EmulatedConfig(masters=tuple(masters), count=1, task_duration=0.0, hostname_prefix="cmp",
                                 resources="cpus:2;mem:4096;disk:10000", seed=1)
         with EmulatedAgents(config) as emulated:
             emulated.wait_registered(timeout=60)
-            emulated_rate = run_batch(masters, tasks, work / "batch-emulated.log")
+            meter = CpuMeter({k: v for k, v in procs.items() if k.startswith(("leader", "follower"))})
+            meter.start()
+            emulated_rate = run_batch(masters, tasks, work / "batch-emulated.log", cpus=task_cpus)
+            cpu = meter.stop(tasks)
         print(f"  1 emulated agent: {tasks} tasks:          {emulated_rate:.1f} tasks/s "
-              f"(ratio real/emulated {real / emulated_rate:.2f})")
+              f"(ratio real/emulated {real / emulated_rate:.2f}, load {os.getloadavg()[0]:.1f})")
+        print(f"    {cpu} (the emulated agent runs in this process)")
 
 
 def bench_many_agents(count: int, seconds: float, work: Path) -> None:
@@ -231,11 +340,18 @@ def main() -> int:
     parser.add_argument("--skip-cluster", action="store_true")
     parser.add_argument("--many-agents", type=int, default=1000, help="emulated agents heartbeating (0 = skip)")
     parser.add_argument("--real-tasks", type=int, default=300, help="tasks for the one-real-agent run (0 = skip)")
+    parser.add_argument("--real-task-cpus", type=float, default=0.1,
+                        help="cpus of each task in the one-real-agent run (the agent has 2: 0.1 = 20 at a time)")
+    parser.add_argument("--only-real", action="store_true", help="run only the one-real-agent section")
     args = parser.parse_args()
     print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
     print("machine:", machine())
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
         work = Path(tmp)
+        if args.only_real:
+            print(f"\n4. one real agent: {args.real_tasks} tasks of `true` via the batch runner")
+            bench_real_agent(args.real_tasks, work, args.real_task_cpus)
+            return 0
         print(f"\n1. launch of `true`, {args.launches} times, launch() -> exit observed")
         plain = bench_plain(args.launches)
         print(f"  plain subprocess.run:  p50 {pct(plain, 0.5) * 1000:7.1f} ms")
@@ -256,7 +372,7 @@ def main() -> int:
                 bench_many_agents(args.many_agents, 10.0, work)
             if args.real_tasks:
                 print(f"\n4. one real agent: {args.real_tasks} tasks of `true` via the batch runner")
-                bench_real_agent(args.real_tasks, work)
+                bench_real_agent(args.real_tasks, work, args.real_task_cpus)
     return 0
 
 
