@@ -172,3 +172,25 @@ def test_closing_the_server_leaves_its_supervisors_running(tmp_path: Path) -> No
     obs = wait(again, found, lambda o: o.ended)
     assert obs.exit is not None and obs.exit.killed
     again.close()
+
+
+@pytest.mark.parametrize("fork_server", [True, False])
+def test_start_many_starts_every_task_and_reports_each_failure_alone(tmp_path: Path, fork_server: bool) -> None:
+    launcher = ProcessLauncher(tmp_path / "sandboxes", RlimitIsolator(), fork_server=fork_server)
+    try:
+        infos = [task(f"echo {i}", f"many-{i}") for i in range(8)]
+        bad = TaskInfo(task_id="bad-cwd", framework_id="fw", resources=Resources.of(cpus=0.5, mem=256),
+                       command=CommandInfo(shell=True, value="true", working_dir="stdout/below-a-file"))
+        launches = [(info, launcher.prepare(info)) for info in [*infos[:4], bad, *infos[4:]]]
+        (launches[4][1].sandbox / "stdout").write_text("")  # the working dir cannot be created under a file
+        results = launcher.start_many(launches)
+        assert isinstance(results[4], LaunchError) and "working directory" in str(results[4])
+        handles = [r for r in results if isinstance(r, LaunchHandle)]
+        assert len(handles) == 8 and len({h.supervisor_pid for h in handles}) == 8
+        for i, handle in enumerate(handles):
+            obs = wait(launcher, handle, lambda o: o.ended)
+            assert obs.exit is not None and obs.exit.exit_code == 0 and obs.exit.stdout_tail == f"{i}\n".encode()
+            launcher.release(handle)
+        launcher.release(launches[4][1])
+    finally:
+        launcher.close()
