@@ -1,11 +1,13 @@
 """Benchmark of the agent side (not a test). Three measurements, each against a baseline in the same run:
 
     python tests/bench/bench_agent.py [--launches 20] [--updates 2000] [--agents 100] [--tasks 200]
-                                      [--skip-cluster] [--real-tasks 300] [--real-task-cpus 0.1] [--only-real]
+                                      [--skip-cluster] [--real-tasks 300] [--real-task-cpus 0.1] [--real-rounds 1]
+                                      [--no-interpreter-baseline] [--only-real]
 
 1. Launch: a `true` task through the real launcher (sandbox, isolation, supervisor process, exit file)
    from `launch()` until its exit is observed, against a plain `subprocess.run(["true"])`. Run with the
-   isolator `auto` picks here and with rlimits.
+   isolator `auto` picks here and with rlimits, each with supervisors forked by the fork server and
+   started as fresh interpreters.
 2. Checkpoint: status updates written to agent.db (one transaction per update, synchronous=FULL, then the
    acknowledgement) against the pure status-update manager alone: what durability costs per update.
 3. Cluster (unless --skip-cluster): a 3-master LocalCluster and `--agents` emulated agents in this
@@ -14,6 +16,11 @@
    emulated agents: tasks/s end to end, against the same batch on one emulated agent.
    Note: the master serves each agent stream on one pool thread (`--grpc-workers`, 256 by default), so
    keep --agents well under that.
+4. One real agent (`--real-tasks`, 0 = skip; `--only-real` runs just this): `true` tasks through the
+   batch runner on one real agent, tasks/s from the first offer to the last acknowledged TASK_FINISHED,
+   against one emulated agent and against the real agent with fresh-interpreter supervisors, each on a
+   fresh cluster in the same run; with the CPU each process spent per task and per-stage latencies.
+5. `--many-agents` emulated agents heartbeating against 3 masters: the leader's CPU and memory.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere in the repo
 
@@ -55,8 +63,9 @@ def pct(values: list[float], q: float) -> float:
 # ---- 1. launch ---------------------------------------------------------------------------------------
 
 
-def bench_launch(isolator: Isolator, n: int, work: Path) -> list[float]:
-    launcher = ProcessLauncher(work / isolator.name, isolator)
+def bench_launch(isolator: Isolator, n: int, work: Path, fork_server: bool = True) -> list[float]:
+    launcher = ProcessLauncher(work / f"{isolator.name}-{fork_server}", isolator, fork_server=fork_server)
+    launcher.warm_up()
     times = []
     for i in range(n):
         info = TaskInfo(task_id=f"t{i}", framework_id="bench", resources=Resources.of(cpus=0.1, mem=64),
@@ -70,6 +79,7 @@ def bench_launch(isolator: Isolator, n: int, work: Path) -> list[float]:
             time.sleep(0.002)
         times.append(time.perf_counter() - start)
         launcher.release(handle)
+    launcher.close()
     return times
 
 
@@ -251,49 +261,102 @@ def _stage_report(leader: object, data_dir: Path, since: float) -> list[str]:
     return lines
 
 
-def bench_real_agent(tasks: int, work: Path, task_cpus: float = 0.1) -> None:
-    """One real agent (real supervisors and processes) launching `true` as fast as the batch runner
-    accepts offers: accept -> acknowledged TASK_FINISHED, tasks/s, against the same batch on one
-    emulated agent (no processes) in the same run. Also prints where the time goes (per-task latency of
-    each stage) and the CPU each process spent per task: on a 2-core machine the sum bounds the rate."""
-    from agent.emulated import EmulatedAgents, EmulatedConfig
-    from tests.support.cluster import LocalCluster
+def _master_pids(cluster: Any, leader: Any) -> dict[str, int]:
+    followers = [m for m in cluster.masters if m is not leader and m.proc is not None]
+    return {"leader": leader.proc.pid, **{f"follower{i + 1}": m.proc.pid for i, m in enumerate(followers)}}
 
-    with LocalCluster(work / "real", n=3) as cluster:
+
+def _real_agent_run(tasks: int, work: Path, task_cpus: float, supervisor_start: str) -> float:
+    """A fresh 3-master cluster and one real agent whose supervisors start the given way: tasks/s."""
+    from tests.support.cluster import AgentProc, LocalCluster
+
+    class Cluster(LocalCluster):
+        def start_agent(self, a: AgentProc) -> None:
+            # the stock agent command, plus --supervisor-start
+            assert not a.alive
+            cmd = [sys.executable, "-m", "control_plane.cli.main", "agent", "--masters",
+                   ",".join(self.grpc_addresses()), "--data-dir", str(a.data_dir), "--resources", a.resources,
+                   "--hostname", a.name, "--supervisor-start", supervisor_start]
+            with open(a.log_path, "ab") as out:
+                a.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    with Cluster(work / f"real-{supervisor_start}", n=3) as cluster:
         cluster.start_all()
         leader = cluster.leader(timeout=60)
-        masters = cluster.grpc_addresses()
         agent = cluster.add_agent("cpus:2;mem:4096")
         cluster.wait_agents(1, timeout=60)
-        assert agent.proc is not None and leader.proc is not None
-        followers = [m for m in cluster.masters if m is not leader and m.proc is not None]
-        procs = {"leader": leader.proc.pid, **{f"follower{i + 1}": m.proc.pid for i, m in enumerate(followers)},  # type: ignore[union-attr]
-                 "agent": agent.proc.pid}
+        assert agent.proc is not None
         zygote = _fork_server_pid(agent.proc.pid)
-        if zygote is not None:
-            procs["fork server+supervisors+tasks"] = zygote
+        if zygote is None:  # the agent reaps its supervisors: their times (and their tasks') are its children's
+            procs = {**_master_pids(cluster, leader), "agent+supervisors+tasks": agent.proc.pid}
+        else:
+            procs = {**_master_pids(cluster, leader), "agent": agent.proc.pid, "fork server+supervisors+tasks": zygote}
         meter = CpuMeter(procs)
         since = time.time()
         meter.start()
-        real = run_batch(masters, tasks, work / "batch-real.log", cpus=task_cpus)
-        print(f"  1 real agent:     {tasks} tasks of `true` ({task_cpus:g} cpus each): {real:.1f} tasks/s "
-              f"(load {os.getloadavg()[0]:.1f})")
-        print(f"    {meter.stop(tasks)}")
+        rate = run_batch(cluster.grpc_addresses(), tasks, work / f"batch-real-{supervisor_start}.log", cpus=task_cpus)
+        cpu = meter.stop(tasks)
+        print(f"  1 real agent, supervisors by {supervisor_start:11s}: {rate:6.1f} tasks/s (load {os.getloadavg()[0]:.1f})")
+        print(f"    {cpu}")
         print("    per-task latency of each stage:")
         for line in _stage_report(leader, agent.data_dir, since):
             print(line)
-        cluster.kill(cluster.agents[0])
-        config = EmulatedConfig(masters=tuple(masters), count=1, task_duration=0.0, hostname_prefix="cmp",
-                                resources="cpus:2;mem:4096;disk:10000", seed=1)
+        return rate
+
+
+def bench_real_agent(tasks: int, work: Path, task_cpus: float = 0.1, interpreter_baseline: bool = True,
+                     rounds: int = 1) -> None:
+    """One real agent (real supervisors and processes) launching `true` as fast as the batch runner
+    accepts offers: accept -> acknowledged TASK_FINISHED, tasks/s. Baselines in the same run, each on a
+    fresh cluster: the same batch on one emulated agent (no processes: what the masters and the framework
+    allow), and the real agent with a fresh interpreter per supervisor (`--supervisor-start interpreter`).
+    Prints where the time goes (per-task latency of each stage) and the CPU each process spent per task:
+    on a 2-core machine their sum bounds the rate. With `rounds` > 1 the three runs alternate that many
+    times (the machine is shared: alternating spreads other load over all three) and medians are printed."""
+    results: dict[str, list[float]] = {"emulated": [], "interpreter": [], "fork-server": []}
+    for i in range(rounds):
+        if rounds > 1:
+            print(f"  round {i + 1} of {rounds}")
+        _real_agent_round(tasks, work / f"round-{i + 1}", task_cpus, interpreter_baseline, results)
+    if rounds > 1:
+        medians = {k: statistics.median(v) for k, v in results.items() if v}
+        print("  medians (tasks/s): " + ", ".join(f"{k} {v:.1f}" for k, v in medians.items()))
+        forked, emulated = medians["fork-server"], medians["emulated"]
+        line = f"  median ratios: fork server / emulated {forked / emulated:.2f}"
+        if "interpreter" in medians:
+            line += f", fork server / fresh interpreter {forked / medians['interpreter']:.2f}"
+        print(line)
+
+
+def _real_agent_round(tasks: int, work: Path, task_cpus: float, interpreter_baseline: bool,
+                      results: dict[str, list[float]]) -> None:
+    from agent.emulated import EmulatedAgents, EmulatedConfig
+    from tests.support.cluster import LocalCluster
+
+    with LocalCluster(work / "emulated", n=3) as cluster:
+        cluster.start_all()
+        leader = cluster.leader(timeout=60)
+        config = EmulatedConfig(masters=tuple(cluster.grpc_addresses()), count=1, task_duration=0.0,
+                                hostname_prefix="cmp", resources="cpus:2;mem:4096;disk:10000", seed=1)
         with EmulatedAgents(config) as emulated:
             emulated.wait_registered(timeout=60)
-            meter = CpuMeter({k: v for k, v in procs.items() if k.startswith(("leader", "follower"))})
+            meter = CpuMeter(_master_pids(cluster, leader))
             meter.start()
-            emulated_rate = run_batch(masters, tasks, work / "batch-emulated.log", cpus=task_cpus)
+            emulated_rate = run_batch(cluster.grpc_addresses(), tasks, work / "batch-emulated.log", cpus=task_cpus)
             cpu = meter.stop(tasks)
-        print(f"  1 emulated agent: {tasks} tasks:          {emulated_rate:.1f} tasks/s "
-              f"(ratio real/emulated {real / emulated_rate:.2f}, load {os.getloadavg()[0]:.1f})")
-        print(f"    {cpu} (the emulated agent runs in this process)")
+        print(f"  1 emulated agent:                    {emulated_rate:6.1f} tasks/s (load {os.getloadavg()[0]:.1f})")
+        print(f"    {cpu} (the emulated agent runs in this process, not counted)")
+    interpreter = _real_agent_run(tasks, work, task_cpus, "interpreter") if interpreter_baseline else None
+    forked = _real_agent_run(tasks, work, task_cpus, "fork-server")
+    results["emulated"].append(emulated_rate)
+    results["fork-server"].append(forked)
+    if interpreter:
+        results["interpreter"].append(interpreter)
+    ratios = f"ratio to the emulated agent {forked / emulated_rate:.2f}"
+    if interpreter:
+        ratios += f", to fresh-interpreter supervisors {forked / interpreter:.2f}"
+    print(f"  {tasks} tasks of `true` ({task_cpus:g} cpus each, {int(2 / task_cpus)} at a time): fork server {ratios}")
 
 
 def bench_many_agents(count: int, seconds: float, work: Path) -> None:
@@ -343,6 +406,10 @@ def main() -> int:
     parser.add_argument("--real-task-cpus", type=float, default=0.1,
                         help="cpus of each task in the one-real-agent run (the agent has 2: 0.1 = 20 at a time)")
     parser.add_argument("--only-real", action="store_true", help="run only the one-real-agent section")
+    parser.add_argument("--real-rounds", type=int, default=1,
+                        help="alternate the one-real-agent runs (emulated, interpreter, fork server) this many times")
+    parser.add_argument("--no-interpreter-baseline", action="store_true",
+                        help="skip the one-real-agent run with fresh-interpreter supervisors")
     args = parser.parse_args()
     print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
     print("machine:", machine())
@@ -350,15 +417,18 @@ def main() -> int:
         work = Path(tmp)
         if args.only_real:
             print(f"\n4. one real agent: {args.real_tasks} tasks of `true` via the batch runner")
-            bench_real_agent(args.real_tasks, work, args.real_task_cpus)
+            bench_real_agent(args.real_tasks, work, args.real_task_cpus,
+                             interpreter_baseline=not args.no_interpreter_baseline, rounds=args.real_rounds)
             return 0
         print(f"\n1. launch of `true`, {args.launches} times, launch() -> exit observed")
         plain = bench_plain(args.launches)
         print(f"  plain subprocess.run:  p50 {pct(plain, 0.5) * 1000:7.1f} ms")
         for isolator in {detect_isolator("auto").name: detect_isolator("auto"), "rlimits": RlimitIsolator()}.values():
-            times = bench_launch(isolator, args.launches, work)
-            print(f"  launcher ({isolator.name:10s}): p50 {pct(times, 0.5) * 1000:7.1f} ms, "
-                  f"p99 {pct(times, 0.99) * 1000:7.1f} ms, ratio to plain {statistics.median(times) / statistics.median(plain):.1f}x")
+            for fork_server in (True, False):
+                times = bench_launch(isolator, args.launches, work, fork_server)
+                how = "fork server" if fork_server else "interpreter"
+                print(f"  launcher ({isolator.name:10s}, {how:11s}): p50 {pct(times, 0.5) * 1000:7.1f} ms, "
+                      f"p99 {pct(times, 0.99) * 1000:7.1f} ms, ratio to plain {statistics.median(times) / statistics.median(plain):.1f}x")
         print(f"\n2. status updates, {args.updates}: checkpointed (record + ack, synchronous=FULL) vs manager only")
         durable = bench_checkpoint(args.updates, work)
         memory = bench_manager(args.updates)
@@ -372,7 +442,8 @@ def main() -> int:
                 bench_many_agents(args.many_agents, 10.0, work)
             if args.real_tasks:
                 print(f"\n4. one real agent: {args.real_tasks} tasks of `true` via the batch runner")
-                bench_real_agent(args.real_tasks, work, args.real_task_cpus)
+                bench_real_agent(args.real_tasks, work, args.real_task_cpus,
+                             interpreter_baseline=not args.no_interpreter_baseline, rounds=args.real_rounds)
     return 0
 
 
