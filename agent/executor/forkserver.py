@@ -30,7 +30,7 @@ Rules it keeps:
 
 from __future__ import annotations
 
-import errno
+import io
 import json
 import logging
 import os
@@ -253,7 +253,7 @@ class ForkServer:
 
     def _read(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
-        for raw in proc.stdout:
+        for raw in io.BufferedReader(proc.stdout):  # type: ignore[arg-type]
             try:
                 message = json.loads(raw)
             except ValueError:
@@ -298,23 +298,21 @@ class ForkServer:
             ids = list(range(first, first + len(sandboxes)))
             data = b"".join((json.dumps({"id": i, "sandbox": str(s)}) + "\n").encode()
                             for i, s in zip(ids, sandboxes, strict=True))
-            try:
-                assert proc.stdin is not None
-                proc.stdin.write(data)
-            except OSError as exc:
-                if exc.errno not in (errno.EPIPE, errno.EBADF):
-                    lost = ForkServerLost(f"cannot write to the fork server: {exc}")
-                    return [lost for _ in sandboxes]
-                # It died before reading a byte of this write (a pipe takes all of a write up to its
-                # buffer, so a broken pipe here means nothing was read): nothing was forked; start anew.
+            written = _write_all(proc, data)
+            if written == 0:
+                # The server was gone before a byte of this request reached it (it died after the
+                # liveness check): nothing was forked, so asking a new server is safe.
                 proc.wait()
                 try:
                     proc = self._ensure_started()
-                    assert proc.stdin is not None
-                    proc.stdin.write(data)
-                except (OSError, ForkServerLost) as again:
-                    lost = ForkServerLost(f"cannot write to the fork server: {again}")
-                    return [lost for _ in sandboxes]
+                except ForkServerLost as exc:
+                    return [exc for _ in sandboxes]
+                written = _write_all(proc, data)
+            if written < len(data):
+                # Part of the request may have been read and acted on: never ask again (a task could
+                # run twice); what was forked is found through its sandbox by the launcher.
+                lost = ForkServerLost("the supervisor fork server died while reading a request")
+                return [lost for _ in sandboxes]
             deadline = timeout + 0.05 * len(sandboxes)
             with self._cond:
                 self._cond.wait_for(lambda: all(i in self._replies for i in ids) or proc.poll() is not None,
@@ -353,6 +351,21 @@ class ForkServer:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=timeout)
+
+
+def _write_all(proc: subprocess.Popen[bytes], data: bytes) -> int:
+    """Write `data` to the server's stdin; returns how many bytes it took before its end broke."""
+    assert proc.stdin is not None
+    fd = proc.stdin.fileno()
+    done = 0
+    while done < len(data):
+        try:
+            done += os.write(fd, data[done:])
+        except InterruptedError:
+            continue
+        except OSError:
+            return done
+    return done
 
 
 def main() -> int:

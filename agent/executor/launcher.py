@@ -180,7 +180,7 @@ class ProcessLauncher:
                 found: tuple[int, float] | Exception = self.fork_server.spawn(handle.sandbox)
             except (OSError, ForkServerLost) as exc:
                 found = exc
-            return self._forked(handle, found)
+            return self._forked(handle, found, time.monotonic() + LOST_SUPERVISOR_WAIT)
         return self._start_interpreter(handle)
 
     def start_many(self, launches: list[tuple[TaskInfo, LaunchHandle]]) -> list[LaunchHandle | LaunchError]:
@@ -203,9 +203,10 @@ class ProcessLauncher:
                     results[i] = exc
             return results
         spawned = self.fork_server.spawn_many([launches[i][1].sandbox for i in ready])
+        deadline = time.monotonic() + LOST_SUPERVISOR_WAIT  # shared: a lost server is waited for once
         for i, found in zip(ready, spawned, strict=True):
             try:
-                results[i] = self._forked(launches[i][1], found)
+                results[i] = self._forked(launches[i][1], found, deadline)
             except LaunchError as exc:
                 results[i] = exc
         return results
@@ -260,7 +261,7 @@ class ProcessLauncher:
         handle.supervisor_start = _start_time(popen.pid) or time.time()
         return handle
 
-    def _forked(self, handle: LaunchHandle, found: tuple[int, float] | Exception) -> LaunchHandle:
+    def _forked(self, handle: LaunchHandle, found: tuple[int, float] | Exception, deadline: float) -> LaunchHandle:
         """Fill `handle` from the fork server's answer (pid and start time), or raise LaunchError."""
         if isinstance(found, tuple):
             handle.supervisor_pid, handle.supervisor_start = found
@@ -268,7 +269,7 @@ class ProcessLauncher:
             exc = found
             # The server may have forked the supervisor before it died: that one writes supervisor.json
             # first thing. Otherwise call the launch off (kill.json stops a supervisor that starts late).
-            late = self._await_supervisor_file(handle, LOST_SUPERVISOR_WAIT)
+            late = self._await_supervisor_file(handle, deadline)
             if late is None:
                 try:
                     write_json_atomic(handle.sandbox / KILL_FILE, {"grace_period_seconds": 0.0,
@@ -285,8 +286,7 @@ class ProcessLauncher:
         return handle
 
     @staticmethod
-    def _await_supervisor_file(handle: LaunchHandle, timeout: float) -> tuple[int, float] | None:
-        deadline = time.monotonic() + timeout
+    def _await_supervisor_file(handle: LaunchHandle, deadline: float) -> tuple[int, float] | None:
         while True:
             found = read_json(handle.sandbox / SUPERVISOR_FILE)
             if found and int(found.get("supervisor_pid") or 0) > 0:
