@@ -140,10 +140,8 @@ def serve() -> int:
                 if not data:
                     return 0  # the agent is gone; the supervisors run on
                 buffer += data
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if line.strip():
-                        _handle(line, poller, pidfds, unwatched)
+                *lines, buffer = buffer.split(b"\n")
+                _handle_batch([line for line in lines if line.strip()], poller, pidfds, unwatched)
             elif fd in pidfds:
                 pid = pidfds.pop(fd)
                 poller.unregister(fd)
@@ -167,7 +165,23 @@ def _reap(pid: int) -> None:
     _send({"exited": pid})
 
 
-def _handle(line: bytes, poller: select.poll, pidfds: dict[int, int], unwatched: set[int]) -> None:
+def _handle_batch(lines: list[bytes], poller: select.poll, pidfds: dict[int, int], unwatched: set[int]) -> None:
+    """Fork a supervisor per request. The children of one batch wait at a gate (a pipe whose write end
+    the server holds) until every one of them is forked and answered for: a child that ran at once
+    would compete with the server for the CPU while it still has forks to make."""
+    if not lines:
+        return
+    gate_r, gate_w = os.pipe()
+    try:
+        for line in lines:
+            _handle(line, poller, pidfds, unwatched, (gate_r, gate_w))
+    finally:
+        os.close(gate_r)
+        os.close(gate_w)  # opens the gate
+
+
+def _handle(line: bytes, poller: select.poll, pidfds: dict[int, int], unwatched: set[int],
+            gate: tuple[int, int]) -> None:
     try:
         request = json.loads(line)
         request_id = request["id"]
@@ -181,6 +195,12 @@ def _handle(line: bytes, poller: select.poll, pidfds: dict[int, int], unwatched:
         _send({"id": request_id, "error": f"fork: {exc.strerror or exc}"})
         return
     if pid == 0:
+        gate_r, gate_w = gate
+        os.close(gate_w)
+        try:
+            os.read(gate_r, 1)  # end of file once the server closed its end (or died)
+        except OSError:
+            pass
         _become_supervisor(sandbox)
     try:
         pidfd = os.pidfd_open(pid)

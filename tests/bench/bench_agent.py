@@ -217,8 +217,9 @@ def _fork_server_pid(agent_pid: int) -> int | None:
     return None
 
 
-def _stage_report(leader: object, data_dir: Path, since: float) -> list[str]:
-    """Per-task latencies from the leader's event log, the agent's checkpoint and the sandbox files."""
+def _stage_report(leader: object, data_dir: Path | None, since: float) -> list[str]:
+    """Per-task latencies from the leader's event log, the agent's checkpoint and the sandbox files
+    (event log only when `data_dir` is None: an emulated agent)."""
     import json
     import sqlite3
     from collections import defaultdict
@@ -226,13 +227,28 @@ def _stage_report(leader: object, data_dir: Path, since: float) -> list[str]:
     from agent.checkpoint import status_from_bytes
 
     at: dict[str, dict[str, float]] = defaultdict(dict)
+    finished_uuid: dict[str, str] = {}
     for e in leader.list_events():  # type: ignore[attr-defined]
         if e.time < since or not e.task_id:
             continue
         key = e.type
+        payload = json.loads(e.payload_json or "{}")
         if e.type == "TaskStatusUpdated":
-            key += ":" + str(json.loads(e.payload_json or "{}").get("status", {}).get("state"))
+            status = payload.get("status", {})
+            key += ":" + str(status.get("state"))
+            if status.get("state") == "TASK_FINISHED":
+                finished_uuid[e.task_id] = str(status.get("uuid"))
+        elif e.type == "TaskStatusAcknowledged" and payload.get("uuid") == finished_uuid.get(e.task_id):
+            key += ":TASK_FINISHED"
         at[e.task_id].setdefault(key, e.time)
+    from agent.executor.supervisor import read_json
+
+    if data_dir is None:
+        chain = [("TaskLaunched", ""), ("TaskStatusUpdated:TASK_STARTING", "leader decided STARTING"),
+                 ("TaskStatusUpdated:TASK_RUNNING", "leader decided RUNNING"),
+                 ("TaskStatusUpdated:TASK_FINISHED", "leader decided FINISHED"),
+                 ("TaskStatusAcknowledged:TASK_FINISHED", "framework's ack decided")]
+        return _stage_lines(at, chain)
     db = sqlite3.connect(str(data_dir / "agent.db"))
     try:
         for task_id, data in db.execute("SELECT task_id, status FROM updates ORDER BY seq"):
@@ -240,8 +256,6 @@ def _stage_report(leader: object, data_dir: Path, since: float) -> list[str]:
             at[task_id].setdefault("agent " + status.state.name, status.timestamp)
     finally:
         db.close()
-    from agent.executor.supervisor import read_json
-
     for launch in data_dir.glob("sandboxes/*/*/launch.json"):
         task_id = str((read_json(launch) or {}).get("task_id", ""))
         for name, key in (("supervisor.json", "started_at"), ("task.json", "started_at"),
@@ -252,8 +266,18 @@ def _stage_report(leader: object, data_dir: Path, since: float) -> list[str]:
     chain = [("TaskLaunched", "decided at the leader"), ("agent TASK_STARTING", "supervisor started (agent)"),
              ("supervisor.json", "supervisor running"), ("task.json", "task process started"),
              ("exit_status.json", "task exited, status written"), ("agent TASK_FINISHED", "agent recorded FINISHED"),
-             ("TaskStatusUpdated:TASK_FINISHED", "leader decided the update")]
+             ("TaskStatusUpdated:TASK_FINISHED", "leader decided the update"),
+             ("TaskStatusAcknowledged:TASK_FINISHED", "framework's ack decided")]
+    return _stage_lines(at, chain)
+
+
+def _stage_lines(at: dict[str, dict[str, float]], chain: list[tuple[str, str]]) -> list[str]:
     lines = []
+    whole = [t["TaskStatusAcknowledged:TASK_FINISHED"] - t["TaskLaunched"] for t in at.values()
+             if "TaskLaunched" in t and "TaskStatusAcknowledged:TASK_FINISHED" in t]
+    if whole:
+        lines.append(f"    launch decided -> FINISHED acknowledged: p50 {pct(whole, 0.5) * 1000:.0f} ms, "
+                     f"p90 {pct(whole, 0.9) * 1000:.0f} ms, of which:")
     for (a, _), (b, what) in zip(chain, chain[1:], strict=False):
         deltas = [t[b] - t[a] for t in at.values() if a in t and b in t]
         if deltas:
@@ -342,11 +366,15 @@ def _real_agent_round(tasks: int, work: Path, task_cpus: float, interpreter_base
         with EmulatedAgents(config) as emulated:
             emulated.wait_registered(timeout=60)
             meter = CpuMeter(_master_pids(cluster, leader))
+            since = time.time()
             meter.start()
             emulated_rate = run_batch(cluster.grpc_addresses(), tasks, work / "batch-emulated.log", cpus=task_cpus)
             cpu = meter.stop(tasks)
         print(f"  1 emulated agent:                    {emulated_rate:6.1f} tasks/s (load {os.getloadavg()[0]:.1f})")
         print(f"    {cpu} (the emulated agent runs in this process, not counted)")
+        print("    per-task latency of each stage:")
+        for line in _stage_report(leader, None, since):
+            print(line)
     interpreter = _real_agent_run(tasks, work, task_cpus, "interpreter") if interpreter_baseline else None
     forked = _real_agent_run(tasks, work, task_cpus, "fork-server")
     results["emulated"].append(emulated_rate)
