@@ -5,12 +5,15 @@ start, `site`, imports) and dominates a short task's launch. The fork server is 
 started by the launcher, that has imported the supervisor once and forks a supervisor per task.
 
 Theory of operation. The launcher writes one JSON line per request on the server's stdin
-(`{"id": 7, "sandbox": "/…/fw/task"}`); the server forks, and the child becomes the task's supervisor:
+(`{"id": 7, "sandbox": "/…/fw/task"}`, several at once for the tasks of one offer); the server hands the
+sandbox to a child it forked ahead of need (a small pool, filled again after each batch) or forks a new
+one, and the child becomes the task's supervisor:
 it calls `setsid()` (a session of its own, so it dies neither with the server nor with the agent, and
 no terminal signal reaches it), points stdin at /dev/null and stdout/stderr at `supervisor.out` in the
 sandbox, closes every other descriptor it inherited, and runs `agent.executor.supervisor.main` exactly
 as `python -m agent.executor.supervisor --sandbox DIR` would. The server answers on its stdout
-(`{"id": 7, "pid": 1234, "create_time": …}`, or `{"id": 7, "error": "…"}` when fork failed) and later,
+(`{"id": 7, "pid": 1234, "create_time": …}`, or `{"id": 7, "error": "…"}` when fork failed; a batch is
+answered in one write, and no child of a batch starts working before that) and later,
 when that supervisor exits, reports it (`{"exited": 1234}`) so the agent can look at the task at once
 instead of at its next poll. It reaps its children through pidfds (or by polling where pidfds are
 missing).
@@ -19,7 +22,9 @@ Rules it keeps:
 - The server never runs a thread (fork copies only the calling thread; a lock held by another thread
   would stay locked in the child forever) and writes to its stdout with `os.write` only (a buffered
   writer's pending bytes would be written again by every child).
-- End of file on stdin means the agent is gone: the server exits; the supervisors it forked run on.
+- End of file on stdin means the agent is gone: the server exits; the supervisors it forked run on,
+  and the pooled children, which keep none of the server's pipes but their own, read end of file and
+  exit.
 - The server learns nothing about tasks and keeps no state that matters: killing it (`kill -9`) loses
   only the "exited" notices of supervisors still running, which the agent's periodic observation
   covers; the launcher starts a new server at its next launch.
@@ -46,6 +51,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+POOL_SIZE = 24  # children forked ahead of need (see _Server): more than a typical offer's tasks
 SPAWN_TIMEOUT = 10.0  # seconds to wait for the server's answer to one request
 START_TIMEOUT = 30.0
 
@@ -69,13 +75,7 @@ def _become_supervisor(sandbox: str) -> None:
         os.dup2(null, 0)
         os.dup2(out, 1)
         os.dup2(out, 2)
-        for entry in os.listdir("/proc/self/fd"):  # the server's pipes, pidfds and poller
-            fd = int(entry)
-            if fd > 2:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        _only_fds(set())  # the server's pipes and pidfds
         os.chdir(sandbox)
         from agent.executor.supervisor import main
 
@@ -99,7 +99,11 @@ def _become_supervisor(sandbox: str) -> None:
 
 
 def _send(message: dict[str, Any]) -> None:
-    data = (json.dumps(message) + "\n").encode()
+    _send_many([message])
+
+
+def _send_many(messages: list[dict[str, Any]]) -> None:
+    data = "".join(json.dumps(m) + "\n" for m in messages).encode()
     while data:
         written = os.write(1, data)
         data = data[written:]
@@ -114,8 +118,156 @@ def _create_time(pid: int) -> float:
         return 0.0
 
 
-def serve() -> int:
-    """The server's loop: read requests on stdin, fork supervisors, report their exits."""
+def _detach_from_server_pipes() -> None:
+    """In a child: let go of the server's stdin and stdout, so that the launcher sees the server's
+    death (end of file, broken pipe) even while children wait for their task."""
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
+
+
+def _only_fds(keep: set[int]) -> None:
+    """Close every descriptor above 2 that is not in `keep`."""
+    for entry in os.listdir("/proc/self/fd"):
+        fd = int(entry)
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class _Server:
+    """The server's state: its poller, its children's pidfds, and the pool of pre-forked children.
+
+    The pool: `pool_size` children forked ahead of need, each blocked reading its own pipe. A request
+    takes one and writes the sandbox down its pipe (so a launch costs a write, not a fork); the pool is
+    filled again after each batch of requests, off the launcher's path. A pooled child that reads end
+    of file (the server died) exits without doing anything."""
+
+    def __init__(self, pool_size: int) -> None:
+        self.poller = select.poll()
+        self.poller.register(0, select.POLLIN)
+        self.pidfds: dict[int, int] = {}  # pidfd -> pid
+        self.unwatched: set[int] = set()  # children without a pidfd: reaped by polling
+        self.pool_size = pool_size
+        self.pool: list[tuple[int, float, int]] = []  # (pid, create time, write end of its pipe)
+
+    def watch(self, pid: int) -> None:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            self.unwatched.add(pid)
+        else:
+            self.pidfds[pidfd] = pid
+            self.poller.register(pidfd, select.POLLIN)
+
+    def fill_pool(self) -> None:
+        while len(self.pool) < self.pool_size:
+            r, w = os.pipe()
+            try:
+                pid = os.fork()
+            except OSError:
+                os.close(r)
+                os.close(w)
+                return
+            if pid == 0:
+                _detach_from_server_pipes()
+                _only_fds({r})  # not even the other pooled children's pipes: their end of file matters
+                chunks = []
+                while True:
+                    try:
+                        chunk = os.read(r, 65536)
+                    except InterruptedError:
+                        continue
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                if not chunks:
+                    os._exit(0)  # the server is gone and never gave us a task
+                _become_supervisor(b"".join(chunks).decode())
+            os.close(r)
+            self.watch(pid)
+            self.pool.append((pid, _create_time(pid), w))
+
+    def handle_batch(self, lines: list[bytes]) -> None:
+        """Start a supervisor per request: a pooled child when there is one, else a new fork. No child
+        of a batch starts working before the whole batch is answered (in one write): pooled children get
+        their sandbox then, forked ones wait at a gate (a pipe whose write end the server holds) until
+        then. A child that ran at once would compete with the server for the CPU mid-batch."""
+        if not lines:
+            return
+        gate_r, gate_w = os.pipe()
+        replies: list[dict[str, Any]] = []
+        assigned: list[tuple[int, bytes]] = []
+        try:
+            for line in lines:
+                replies.append(self.handle(line, (gate_r, gate_w), assigned))
+        finally:
+            if replies:
+                _send_many(replies)
+            for w, sandbox in assigned:
+                try:
+                    os.write(w, sandbox)
+                except OSError:
+                    pass  # that child is gone (its pidfd reports it); the launcher finds no supervisor
+                finally:
+                    os.close(w)
+            os.close(gate_r)
+            os.close(gate_w)  # opens the gate
+
+    def handle(self, line: bytes, gate: tuple[int, int], assigned: list[tuple[int, bytes]]) -> dict[str, Any]:
+        """The answer to one request; a pooled child taken is added to `assigned` (pipe, sandbox)."""
+        try:
+            request = json.loads(line)
+            request_id = request["id"]
+            sandbox = str(request["sandbox"])
+        except (ValueError, KeyError, TypeError) as exc:
+            return {"id": None, "error": f"bad request: {exc}"}
+        if self.pool:
+            pid, created, w = self.pool.pop(0)
+            assigned.append((w, sandbox.encode()))
+            return {"id": request_id, "pid": pid, "create_time": created}
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            return {"id": request_id, "error": f"fork: {exc.strerror or exc}"}
+        if pid == 0:
+            _detach_from_server_pipes()
+            gate_r, gate_w = gate
+            os.close(gate_w)
+            try:
+                os.read(gate_r, 1)  # end of file once the server closed its end (or died)
+            except OSError:
+                pass
+            _become_supervisor(sandbox)
+        self.watch(pid)
+        return {"id": request_id, "pid": pid, "create_time": _create_time(pid)}
+
+    def reap(self, fd: int) -> None:
+        pid = self.pidfds.pop(fd)
+        self.poller.unregister(fd)
+        os.close(fd)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+        _send({"exited": pid})
+
+    def reap_unwatched(self) -> None:
+        for pid in list(self.unwatched):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                self.unwatched.discard(pid)
+                _send({"exited": pid})
+
+
+def serve(pool_size: int = POOL_SIZE) -> int:
+    """The server's loop: read requests on stdin, start supervisors, report their exits."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # Imported here, before any request, so that every child starts with them loaded.
@@ -123,93 +275,26 @@ def serve() -> int:
 
     import agent.executor.supervisor  # noqa: F401
 
-    poller = select.poll()
-    poller.register(0, select.POLLIN)
-    pidfds: dict[int, int] = {}  # pidfd -> pid
-    unwatched: set[int] = set()  # children without a pidfd: reaped by polling
-    buffer = b""
+    server = _Server(pool_size)
     _send({"ready": os.getpid()})
+    server.fill_pool()
+    buffer = b""
     while True:
-        timeout = 200 if unwatched else None
-        for fd, _ in poller.poll(timeout):
+        for fd, _ in server.poller.poll(200 if server.unwatched else None):
             if fd == 0:
                 try:
                     data = os.read(0, 65536)
                 except InterruptedError:
                     continue
                 if not data:
-                    return 0  # the agent is gone; the supervisors run on
+                    return 0  # the agent is gone; the supervisors run on, pooled children exit
                 buffer += data
                 *lines, buffer = buffer.split(b"\n")
-                _handle_batch([line for line in lines if line.strip()], poller, pidfds, unwatched)
-            elif fd in pidfds:
-                pid = pidfds.pop(fd)
-                poller.unregister(fd)
-                os.close(fd)
-                _reap(pid)
-        for pid in list(unwatched):
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                done = pid
-            if done:
-                unwatched.discard(pid)
-                _send({"exited": pid})
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
-    _send({"exited": pid})
-
-
-def _handle_batch(lines: list[bytes], poller: select.poll, pidfds: dict[int, int], unwatched: set[int]) -> None:
-    """Fork a supervisor per request. The children of one batch wait at a gate (a pipe whose write end
-    the server holds) until every one of them is forked and answered for: a child that ran at once
-    would compete with the server for the CPU while it still has forks to make."""
-    if not lines:
-        return
-    gate_r, gate_w = os.pipe()
-    try:
-        for line in lines:
-            _handle(line, poller, pidfds, unwatched, (gate_r, gate_w))
-    finally:
-        os.close(gate_r)
-        os.close(gate_w)  # opens the gate
-
-
-def _handle(line: bytes, poller: select.poll, pidfds: dict[int, int], unwatched: set[int],
-            gate: tuple[int, int]) -> None:
-    try:
-        request = json.loads(line)
-        request_id = request["id"]
-        sandbox = str(request["sandbox"])
-    except (ValueError, KeyError, TypeError) as exc:
-        _send({"id": None, "error": f"bad request: {exc}"})
-        return
-    try:
-        pid = os.fork()
-    except OSError as exc:
-        _send({"id": request_id, "error": f"fork: {exc.strerror or exc}"})
-        return
-    if pid == 0:
-        gate_r, gate_w = gate
-        os.close(gate_w)
-        try:
-            os.read(gate_r, 1)  # end of file once the server closed its end (or died)
-        except OSError:
-            pass
-        _become_supervisor(sandbox)
-    try:
-        pidfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        unwatched.add(pid)
-    else:
-        pidfds[pidfd] = pid
-        poller.register(pidfd, select.POLLIN)
-    _send({"id": request_id, "pid": pid, "create_time": _create_time(pid)})
+                server.handle_batch([line for line in lines if line.strip()])
+                server.fill_pool()
+            elif fd in server.pidfds:
+                server.reap(fd)
+        server.reap_unwatched()
 
 
 # ---- the launcher's side -----------------------------------------------------------------------------
@@ -222,8 +307,9 @@ class ForkServer:
     thread when a supervisor forked by this server exits."""
 
     def __init__(self, python: str = sys.executable, env: dict[str, str] | None = None,
-                 on_exit: Callable[[int], None] | None = None) -> None:
+                 on_exit: Callable[[int], None] | None = None, pool_size: int = POOL_SIZE) -> None:
         self.python = python
+        self.pool_size = pool_size
         self.env = env
         self.on_exit = on_exit
         self._lock = threading.Lock()  # one request at a time
@@ -253,8 +339,8 @@ class ForkServer:
             self._close_pipes(proc)
         try:
             proc = subprocess.Popen(
-                [self.python, "-m", "agent.executor.forkserver"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=None, close_fds=True, start_new_session=True, env=self.env, bufsize=0,
+                [self.python, "-m", "agent.executor.forkserver", "--pool", str(self.pool_size)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, close_fds=True, start_new_session=True, env=self.env, bufsize=0,
             )
         except OSError as exc:
             raise ForkServerLost(f"cannot start the supervisor fork server: {exc.strerror or exc}") from exc
@@ -388,8 +474,12 @@ def _write_all(proc: subprocess.Popen[bytes], data: bytes) -> int:
     return done
 
 
-def main() -> int:
-    return serve()
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m agent.executor.forkserver")
+    parser.add_argument("--pool", type=int, default=POOL_SIZE, help="children forked ahead of need")
+    return serve(max(0, parser.parse_args(argv).pool))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ and a launch whose server died is either found in the sandbox or called off."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -194,3 +195,35 @@ def test_start_many_starts_every_task_and_reports_each_failure_alone(tmp_path: P
         launcher.release(launches[4][1])
     finally:
         launcher.close()
+
+
+def test_more_launches_than_the_pool_holds_and_pooled_children_end_with_the_server(tmp_path: Path) -> None:
+    server = ForkServer(pool_size=2)
+    sandboxes = []
+    for i in range(5):
+        sandbox = tmp_path / f"s{i}"
+        sandbox.mkdir()
+        (sandbox / "launch.json").write_text(json.dumps({
+            "argv": ["/bin/sh", "-c", f"echo {i}"], "env": {"PATH": "/usr/bin:/bin"}, "cwd": str(sandbox),
+            "isolation": {}}))
+        sandboxes.append(sandbox)
+    try:
+        found = server.spawn_many(sandboxes)  # two from the pool, three forked on demand
+        assert all(isinstance(f, tuple) for f in found), found
+        assert len({f[0] for f in found}) == 5  # type: ignore[index]
+        for sandbox in sandboxes:
+            deadline = time.monotonic() + 20
+            while not (sandbox / "exit_status.json").exists():
+                assert time.monotonic() < deadline, f"no exit status in {sandbox}"
+                time.sleep(0.02)
+        assert [(s / "stdout").read_text() for s in sandboxes] == [f"{i}\n" for i in range(5)]
+        assert server.pid is not None
+        deadline = time.monotonic() + 20
+        while len(pooled := psutil.Process(server.pid).children()) < 2:  # the pool is filled again
+            assert time.monotonic() < deadline, "the pool was not filled again"
+            time.sleep(0.02)
+        os.kill(server.pid, signal.SIGKILL)
+        for child in pooled:
+            wait_gone(child.pid)  # a pooled child without a task exits when its server dies
+    finally:
+        server.close()
