@@ -35,7 +35,6 @@ Rules it keeps:
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -359,25 +358,27 @@ class ForkServer:
 
     def _read(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
-        for raw in io.BufferedReader(proc.stdout):  # type: ignore[arg-type]
-            try:
-                message = json.loads(raw)
-            except ValueError:
-                log.warning("fork server: unreadable line %r", raw[:200])
-                continue
-            if "exited" in message:
-                if self.on_exit is not None:
-                    try:
-                        self.on_exit(int(message["exited"]))
-                    except Exception:  # noqa: BLE001 - a listener's failure must not stop the reader
-                        log.exception("fork server exit listener failed")
-                continue
-            with self._cond:
-                if "ready" in message:
-                    self._ready = int(message["ready"])
-                elif message.get("id") is not None:
-                    self._replies[int(message["id"])] = message
-                self._cond.notify_all()
+        with open(proc.stdout.fileno(), "rb", closefd=False) as out:  # buffered: one read, many lines
+            for raw in out:
+                try:
+                    message = json.loads(raw)
+                except ValueError:
+                    log.warning("fork server: unreadable line %r", raw[:200])
+                    continue
+                if "exited" in message:
+                    if self.on_exit is not None:
+                        try:
+                            self.on_exit(int(message["exited"]))
+                        except Exception:  # noqa: BLE001 - a listener's failure must not stop the reader
+                            log.exception("fork server exit listener failed")
+                    continue
+                with self._cond:
+                    if "ready" in message:
+                        self._ready = int(message["ready"])
+                    elif message.get("id") is not None:
+                        self._replies[int(message["id"])] = message
+                    self._cond.notify_all()
+        proc.stdout.close()
         proc.wait()
         with self._cond:
             self._cond.notify_all()

@@ -211,7 +211,7 @@ def _fork_server_pid(agent_pid: int) -> int | None:
     for child in psutil.Process(agent_pid).children():
         try:
             if "agent.executor.forkserver" in " ".join(child.cmdline()):
-                return child.pid
+                return int(child.pid)
         except psutil.Error:
             continue
     return None

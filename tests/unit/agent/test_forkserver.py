@@ -40,7 +40,7 @@ def wait(launcher: ProcessLauncher, handle: LaunchHandle, predicate, timeout: fl
 
 def gone(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return True
 
