@@ -27,7 +27,8 @@ Rules it keeps:
   exit.
 - The server learns nothing about tasks and keeps no state that matters: killing it (`kill -9`) loses
   only the "exited" notices of supervisors still running, which the agent's periodic observation
-  covers; the launcher starts a new server at its next launch.
+  covers; `ForkServer` starts a new server as soon as it sees the old one's end (and at the next
+  launch if that failed).
 - `ForkServer` (the launcher's side) serializes requests, reads answers on one daemon thread, and raises
   `ForkServerLost` when the server died with a request in flight (the launcher then looks in the sandbox
   for a supervisor that did start before it gives up on the launch).
@@ -317,6 +318,7 @@ class ForkServer:
         self._replies: dict[int, dict[str, Any]] = {}
         self._ready: int | None = None
         self._next_id = 0
+        self._closed = False
         self.starts = 0  # how many servers were started (tests, logs)
 
     @property
@@ -347,6 +349,7 @@ class ForkServer:
             self._proc = proc
             self._ready = None
         self.starts += 1
+        self._closed = False
         threading.Thread(target=self._read, args=(proc,), name=f"forkserver-{proc.pid}", daemon=True).start()
         with self._cond:
             if not self._cond.wait_for(lambda: self._ready is not None or proc.poll() is not None, START_TIMEOUT):
@@ -358,6 +361,7 @@ class ForkServer:
 
     def _read(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
+        served = False  # it said it was ready
         with open(proc.stdout.fileno(), "rb", closefd=False) as out:  # buffered: one read, many lines
             for raw in out:
                 try:
@@ -375,6 +379,7 @@ class ForkServer:
                 with self._cond:
                     if "ready" in message:
                         self._ready = int(message["ready"])
+                        served = True
                     elif message.get("id") is not None:
                         self._replies[int(message["id"])] = message
                     self._cond.notify_all()
@@ -382,6 +387,14 @@ class ForkServer:
         proc.wait()
         with self._cond:
             self._cond.notify_all()
+        # A server that died on its own after serving is replaced at once, not at the next launch (one
+        # that dies before it is ready is not: the next launch tries, and reports a failure).
+        with self._lock:
+            if served and not self._closed and self._proc is proc:
+                try:
+                    self._ensure_started()
+                except ForkServerLost as exc:
+                    log.warning("%s (tried again at the next launch)", exc)
 
     def spawn(self, sandbox: Path, timeout: float = SPAWN_TIMEOUT) -> tuple[int, float]:
         [found] = self.spawn_many([sandbox], timeout)
@@ -448,6 +461,7 @@ class ForkServer:
     def close(self, timeout: float = 5.0) -> None:
         """Stop the server (end of file on its stdin); the supervisors it started run on."""
         with self._lock:
+            self._closed = True
             proc = self._proc
             self._proc = None
             if proc is None:
