@@ -14,6 +14,11 @@ was written here is on disk before it is sent). Tables:
 
 Rules it keeps:
 - A status update is inserted (and the task's state changed) in one transaction, BEFORE it is sent.
+- Group commit: the agent loop wraps each turn in `batch()`, so the writes of that turn share one
+  transaction and one fsync. Inside a batch every write is still atomic on its own (a savepoint), and
+  `sync()` commits what was written so far: the agent calls it before anything leaves the process (a
+  message to the master, a supervisor started, a signal sent), so nothing is acted on before it is on
+  disk.
 - Writes are serialized by a lock: the agent loop is the only writer, but tests and tools read too.
 - Protobuf bytes, not pickles: the file is readable by any later version (`control_plane.codec`).
 """
@@ -93,6 +98,8 @@ class Checkpoint:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self._batch = False  # a batch transaction is open
+        self._dirty = False  # written to since the last commit of the batch
         self.db = sqlite_utils.Database(sqlite3.connect(str(self.path), check_same_thread=False))
         self.db.enable_wal()
         self.db.execute("PRAGMA synchronous=FULL")
@@ -127,7 +134,38 @@ class Checkpoint:
     @contextmanager
     def _tx(self) -> Iterator[sqlite_utils.Database]:
         with self._lock, self.db.atomic():
+            if self._batch:
+                self._dirty = True
             yield self.db
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction for every write made inside (nested batches join the outer one); committed
+        at the end, also when the block raises (what was written stays written, as without a batch)."""
+        with self._lock:
+            if self._batch:
+                yield
+                return
+            self.db.execute("BEGIN")
+            self._batch, self._dirty = True, False
+            try:
+                yield
+            finally:
+                self._batch, self._dirty = False, False
+                if self.db.conn.in_transaction:
+                    self.db.execute("COMMIT")
+
+    @property
+    def in_batch(self) -> bool:
+        return self._batch
+
+    def sync(self) -> None:
+        """Inside a batch: commit (and fsync) what was written so far, and go on in a new transaction."""
+        with self._lock:
+            if self._batch and self._dirty:
+                self.db.execute("COMMIT")
+                self.db.execute("BEGIN")
+                self._dirty = False
 
     # ---- meta ----------------------------------------------------------------------------------------
     def _get(self, key: str) -> str | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from agent.config import ISOLATION_CHOICES, AgentConfig
+from agent.config import ISOLATION_CHOICES, SUPERVISOR_START_CHOICES, AgentConfig
 
 
 @click.command("agent")
@@ -26,6 +26,9 @@ from agent.config import ISOLATION_CHOICES, AgentConfig
               help="Seconds between heartbeats until the master sets its own interval.")
 @click.option("--isolation", type=click.Choice(ISOLATION_CHOICES), default="auto", show_default=True,
               help="How tasks are isolated: cgroups v2, v1, or rlimits with a memory watchdog.")
+@click.option("--supervisor-start", type=click.Choice(SUPERVISOR_START_CHOICES), default="fork-server",
+              show_default=True,
+              help="How each task's supervisor starts: forked by a long-lived fork server, or as a fresh interpreter.")
 @click.option("--work-dir", type=click.Path(path_type=Path), default=None,
               help="Directory of task sandboxes (default: DATA_DIR/sandboxes).")
 @click.option("--metrics", "metrics_address", default=None,
@@ -35,8 +38,8 @@ from agent.config import ISOLATION_CHOICES, AgentConfig
               help="mTLS: DIR holds ca.pem, cert.pem, key.pem of an agent certificate (or TESSERA_AGENT_TLS_DIR).")
 @click.option("--log-level", default="INFO", show_default=True)
 def agent_main(masters: str, data_dir: Path, resources: str, attributes: str, hostname: str,
-               heartbeat_interval: float, isolation: str, work_dir: Path | None, metrics_address: str | None,
-               agent_tls_dir: Path | None, log_level: str) -> None:
+               heartbeat_interval: float, isolation: str, supervisor_start: str, work_dir: Path | None,
+               metrics_address: str | None, agent_tls_dir: Path | None, log_level: str) -> None:
     """Run a Tessera agent: report this machine's resources and run tasks for the masters."""
     from agent.main import run_agent
 
@@ -45,7 +48,8 @@ def agent_main(masters: str, data_dir: Path, resources: str, attributes: str, ho
     config = AgentConfig(
         masters=tuple(a.strip() for a in masters.split(",") if a.strip()), data_dir=data_dir,
         resources=resources, attributes=attributes, hostname=hostname, heartbeat_interval=heartbeat_interval,
-        work_dir=work_dir, isolation=isolation, metrics_address=metrics_address, tls_dir=agent_tls_dir,
+        work_dir=work_dir, isolation=isolation, supervisor_start=supervisor_start, metrics_address=metrics_address,
+        tls_dir=agent_tls_dir,
     )
     sys.exit(run_agent(config))
 

@@ -29,6 +29,8 @@ from control_plane.core.values import Labels
 from control_plane.tls import ClientSecurity, TlsConfigError
 
 ISOLATION_CHOICES = ("auto", "cgroups_v2", "cgroups_v1", "rlimits")
+# How task supervisors start: forked by the fork server (fast), or each as a fresh interpreter.
+SUPERVISOR_START_CHOICES = ("fork-server", "interpreter")
 DEFAULT_PORTS = (31000, 32000)
 MIB = 1024 * 1024
 _ADDRESS_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$")
@@ -49,6 +51,7 @@ class AgentConfig:
     heartbeat_interval: float = 1.0  # until the master's Registered says otherwise
     work_dir: Path | None = None  # sandboxes; None: data_dir/sandboxes
     isolation: str = "auto"
+    supervisor_start: str = "fork-server"
     emulated: bool = False  # benchmarks only: see agent.emulated
     usage_interval: float = 5.0  # seconds between Usage messages
     cgroups_root: str = "tessera"  # name of the cgroup that holds the task cgroups
@@ -177,6 +180,9 @@ def resolve(config: AgentConfig) -> ResolvedConfig:
     masters = parse_masters(config.masters)
     if config.isolation not in ISOLATION_CHOICES:
         raise ConfigError(f"--isolation: expected one of {', '.join(ISOLATION_CHOICES)}, got {config.isolation!r}")
+    if config.supervisor_start not in SUPERVISOR_START_CHOICES:
+        raise ConfigError(f"--supervisor-start: expected one of {', '.join(SUPERVISOR_START_CHOICES)}, "
+                          f"got {config.supervisor_start!r}")
     for flag, value in (("--heartbeat-interval", config.heartbeat_interval),
                         ("usage_interval", config.usage_interval),
                         ("status_retry_initial", config.status_retry_initial),

@@ -105,9 +105,11 @@ def run_agent(config: AgentConfig, *, stop: threading.Event | None = None) -> in
               file=sys.stderr)
         lock.close()
         return 2
-    log.info("agent on %s: resources %s, attributes %s, isolation %s, masters %s", resolved.hostname,
-             resolved.resources, dict(resolved.attributes), isolator.describe(), ",".join(resolved.masters))
-    launcher = ProcessLauncher(resolved.work_dir, isolator)
+    log.info("agent on %s: resources %s, attributes %s, isolation %s, supervisors started by %s, masters %s",
+             resolved.hostname, resolved.resources, dict(resolved.attributes), isolator.describe(),
+             config.supervisor_start, ",".join(resolved.masters))
+    launcher = ProcessLauncher(resolved.work_dir, isolator, fork_server=config.supervisor_start == "fork-server")
+    launcher.warm_up()  # the supervisor fork server, before the first task needs it
     # the agent's spans (agent.launch_task, task.run) go to the leader, stored next to its event log
     tracer_provider = setup_tracing("tessera-agent", span_store=OperatorSpanStore(resolved.masters, security=resolved.security), set_global=False)
     agent = Agent(resolved, checkpoint, launcher, isolator_name=isolator.name, tracer_provider=tracer_provider)

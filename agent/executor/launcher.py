@@ -3,7 +3,8 @@
 `ProcessLauncher` is the agent's only way to touch task processes. Each task gets a sandbox directory
 (`<work_dir>/<framework>/<task>`), its isolation (`Isolator.prepare`), and a supervisor process
 (`agent.executor.supervisor`) in a new session, which starts the command and records its exit in the
-sandbox. The launcher never waits on anything: `observe` looks at the sandbox files and the supervisor's
+sandbox. Supervisors are forked by the fork server (`agent.executor.forkserver`, started on first use and
+again when it died), or, with `fork_server=False`, started as fresh interpreters. The launcher never waits on anything: `observe` looks at the sandbox files and the supervisor's
 liveness and says what changed, and the agent loop calls it periodically.
 
 Rules it keeps:
@@ -12,6 +13,8 @@ Rules it keeps:
   time matches, so a recycled pid is never taken for a supervisor).
 - `kill` writes the grace period to the sandbox, then sends SIGTERM to the supervisor, which carries out
   SIGTERM / grace / SIGKILL on the task's session even if the agent dies meanwhile.
+- With the fork server, the launcher learns that a supervisor exited when it happens
+  (`watch_exits`); observation stays the way to learn what happened.
 - A launch that fails (sandbox, cgroups, supervisor start) raises `LaunchError` with the reason; a
   command that cannot be executed is not a launch failure: it ends like a shell would (exit 127/126),
   recorded by the supervisor.
@@ -27,6 +30,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,7 @@ from typing import Any
 import psutil
 
 from agent.core.tasks import ExitRecord
+from agent.executor.forkserver import ForkServer, ForkServerLost
 from agent.executor.isolation import IsolationSpec, Isolator, cgroup_pids, container_name
 from agent.executor.isolation import cleanup as cleanup_isolation
 from agent.executor.supervisor import (
@@ -52,6 +57,7 @@ from control_plane.core.values import TaskInfo
 log = logging.getLogger(__name__)
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+LOST_SUPERVISOR_WAIT = 2.0  # seconds to look for a supervisor forked by a fork server that died meanwhile
 START_TIME_TOLERANCE = 0.05  # psutil start times are rounded to clock ticks
 STDERR_TAIL_BYTES = 2048
 STDOUT_TAIL_BYTES = 4096  # what a terminal status may carry (MAX_STATUS_DATA)
@@ -115,11 +121,36 @@ def _argv(info: TaskInfo) -> list[str]:
 
 class ProcessLauncher:
     def __init__(self, work_dir: Path, isolator: Isolator, *, agent_id: str = "",
-                 python: str = sys.executable) -> None:
+                 python: str = sys.executable, fork_server: bool = True) -> None:
         self.work_dir = Path(work_dir)
         self.isolator = isolator
         self.agent_id = agent_id
         self.python = python
+        self._exit_listener: Callable[[int], None] | None = None
+        self.fork_server: ForkServer | None = (
+            ForkServer(python, env=_supervisor_env(), on_exit=self._supervisor_exited) if fork_server else None)
+
+    def watch_exits(self, listener: Callable[[int], None] | None) -> None:
+        """Call `listener(supervisor_pid)` (on another thread) when a supervisor exits, where known."""
+        self._exit_listener = listener
+
+    def _supervisor_exited(self, pid: int) -> None:
+        listener = self._exit_listener
+        if listener is not None:
+            listener(pid)
+
+    def warm_up(self) -> None:
+        """Start the fork server now rather than at the first launch."""
+        if self.fork_server is not None:
+            try:
+                self.fork_server.ensure_started()
+            except ForkServerLost as exc:
+                log.warning("%s (it is tried again at the next launch)", exc)
+
+    def close(self) -> None:
+        """Stop the fork server; the supervisors (and tasks) run on."""
+        if self.fork_server is not None:
+            self.fork_server.close()
 
     def sandbox_for(self, info: TaskInfo) -> Path:
         return self.work_dir / safe_name(info.framework_id or "_") / safe_name(info.task_id)
@@ -143,6 +174,44 @@ class ProcessLauncher:
 
     def start(self, info: TaskInfo, handle: LaunchHandle) -> LaunchHandle:
         """Write launch.json and start the supervisor (step two); fills the supervisor pid and start time."""
+        self._write_launch(info, handle)
+        if self.fork_server is not None:
+            try:
+                found: tuple[int, float] | Exception = self.fork_server.spawn(handle.sandbox)
+            except (OSError, ForkServerLost) as exc:
+                found = exc
+            return self._forked(handle, found, time.monotonic() + LOST_SUPERVISOR_WAIT)
+        return self._start_interpreter(handle)
+
+    def start_many(self, launches: list[tuple[TaskInfo, LaunchHandle]]) -> list[LaunchHandle | LaunchError]:
+        """`start` for several tasks at once: with the fork server, every request is sent before the
+        first answer is awaited. One result per launch, in order: the handle, or why it failed."""
+        results: list[LaunchHandle | LaunchError] = []
+        ready: list[int] = []
+        for info, handle in launches:
+            try:
+                self._write_launch(info, handle)
+                results.append(handle)
+                ready.append(len(results) - 1)
+            except LaunchError as exc:
+                results.append(exc)
+        if self.fork_server is None:
+            for i in ready:
+                try:
+                    results[i] = self._start_interpreter(launches[i][1])
+                except LaunchError as exc:
+                    results[i] = exc
+            return results
+        spawned = self.fork_server.spawn_many([launches[i][1].sandbox for i in ready])
+        deadline = time.monotonic() + LOST_SUPERVISOR_WAIT  # shared: a lost server is waited for once
+        for i, found in zip(ready, spawned, strict=True):
+            try:
+                results[i] = self._forked(launches[i][1], found, deadline)
+            except LaunchError as exc:
+                results[i] = exc
+        return results
+
+    def _write_launch(self, info: TaskInfo, handle: LaunchHandle) -> None:
         command = info.command
         cwd = handle.sandbox
         if command.working_dir:
@@ -168,7 +237,12 @@ class ProcessLauncher:
             "grace_period_seconds": info.kill_grace_period_seconds or None,
         }
         try:
-            write_json_atomic(handle.sandbox / LAUNCH_FILE, launch)
+            write_json_atomic(handle.sandbox / LAUNCH_FILE, launch, durable=False)
+        except OSError as exc:
+            raise LaunchError(f"cannot write to the sandbox {handle.sandbox}: {exc.strerror or exc}") from exc
+
+    def _start_interpreter(self, handle: LaunchHandle) -> LaunchHandle:
+        try:
             log_file = open(handle.sandbox / "supervisor.out", "ab")
         except OSError as exc:
             raise LaunchError(f"cannot write to the sandbox {handle.sandbox}: {exc.strerror or exc}") from exc
@@ -186,6 +260,41 @@ class ProcessLauncher:
         handle.supervisor_pid = popen.pid
         handle.supervisor_start = _start_time(popen.pid) or time.time()
         return handle
+
+    def _forked(self, handle: LaunchHandle, found: tuple[int, float] | Exception, deadline: float) -> LaunchHandle:
+        """Fill `handle` from the fork server's answer (pid and start time), or raise LaunchError."""
+        if isinstance(found, tuple):
+            handle.supervisor_pid, handle.supervisor_start = found
+        elif isinstance(found, ForkServerLost):
+            exc = found
+            # The server may have forked the supervisor before it died: that one writes supervisor.json
+            # first thing. Otherwise call the launch off (kill.json stops a supervisor that starts late).
+            late = self._await_supervisor_file(handle, deadline)
+            if late is None:
+                try:
+                    write_json_atomic(handle.sandbox / KILL_FILE, {"grace_period_seconds": 0.0,
+                                                                   "requested_at": time.time()}, durable=False)
+                except OSError:
+                    pass
+                raise LaunchError(f"cannot start the supervisor: {exc}") from exc
+            handle.supervisor_pid, handle.supervisor_start = late
+        else:
+            reason = found.strerror if isinstance(found, OSError) and found.strerror else str(found)
+            raise LaunchError(f"cannot start the supervisor: {reason}") from found
+        if not handle.supervisor_start:
+            handle.supervisor_start = _start_time(handle.supervisor_pid) or time.time()
+        return handle
+
+    @staticmethod
+    def _await_supervisor_file(handle: LaunchHandle, deadline: float) -> tuple[int, float] | None:
+        while True:
+            found = read_json(handle.sandbox / SUPERVISOR_FILE)
+            if found and int(found.get("supervisor_pid") or 0) > 0:
+                pid = int(found["supervisor_pid"])
+                return pid, float(found.get("create_time") or 0.0) or (_start_time(pid) or 0.0)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.02)
 
     def launch(self, info: TaskInfo) -> LaunchHandle:
         """prepare + start, releasing the isolation when the start fails."""
@@ -280,7 +389,8 @@ class ProcessLauncher:
         handle.kill_requested = True
         try:
             write_json_atomic(handle.sandbox / KILL_FILE,
-                              {"grace_period_seconds": max(0.0, grace_period), "requested_at": time.time()})
+                              {"grace_period_seconds": max(0.0, grace_period), "requested_at": time.time()},
+                              durable=False)
         except OSError as exc:
             log.warning("cannot write the kill request of task %s: %s", handle.task_id, exc)
         if not self.supervisor_alive(handle):
@@ -387,7 +497,7 @@ def kill_tasks_in(work_dir: Path, timeout: float = 10.0) -> int:
                               supervisor_pid=pid, supervisor_start=_start_time(pid) or 0.0 if pid else 0.0,
                               isolation=IsolationSpec.from_json(launch.get("isolation") or {}))
         handles.append(handle)
-    launcher = ProcessLauncher(Path(work_dir), Isolator())
+    launcher = ProcessLauncher(Path(work_dir), Isolator(), fork_server=False)
     for handle in handles:
         if _is_supervisor_of(handle):
             launcher.kill(handle, 0.0)
@@ -402,11 +512,20 @@ def kill_tasks_in(work_dir: Path, timeout: float = 10.0) -> int:
 
 
 def _is_supervisor_of(handle: LaunchHandle) -> bool:
-    """Is `handle.supervisor_pid` a live supervisor of this very sandbox (not a recycled pid)?"""
+    """Is `handle.supervisor_pid` a live supervisor of this very sandbox (not a recycled pid)?
+
+    A supervisor started as an interpreter names the sandbox on its command line; one forked by the fork
+    server is known by the start time it wrote to supervisor.json."""
     if handle.supervisor_pid <= 0:
         return False
     try:
         proc = psutil.Process(handle.supervisor_pid)
-        return proc.status() != psutil.STATUS_ZOMBIE and str(handle.sandbox) in proc.cmdline()
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if str(handle.sandbox) in proc.cmdline():
+            return True
+        found = read_json(handle.sandbox / SUPERVISOR_FILE) or {}
+        return (int(found.get("supervisor_pid") or 0) == handle.supervisor_pid
+                and abs(proc.create_time() - float(found.get("create_time") or 0.0)) <= START_TIME_TOLERANCE)
     except psutil.Error:
         return False

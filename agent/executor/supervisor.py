@@ -1,18 +1,21 @@
-"""The task supervisor: `python -m agent.executor.supervisor --sandbox DIR`.
+"""The task supervisor: `python -m agent.executor.supervisor --sandbox DIR`, or forked by the fork server.
 
-The agent starts one supervisor per task, in a new session, and the supervisor outlives the agent: a
+The agent starts one supervisor per task (forked by `agent.executor.forkserver`, or as a fresh
+interpreter), in a new session, and the supervisor outlives the agent: a
 `kill -9` of the agent leaves every task running, and the restarted agent finds them again through the
 files written here. The supervisor reads `launch.json` from the sandbox, starts the task's command, waits
 for it, and records how it ended.
 
-Files in the sandbox (every JSON file is written atomically: temp file, fsync, rename):
+Files in the sandbox (every JSON file is written atomically: temp file, rename; `exit_status.json`, the
+one that must survive a crash of the machine, also with fsyncs):
 - `launch.json` (written by the agent): argv, environment, working directory, isolation spec, default
   kill grace period.
-- `supervisor.json`: this process's pid, written first thing, so an agent that crashed right after
-  starting us can still find us.
+- `supervisor.json`: this process's pid and start time, written first thing, so an agent that crashed
+  right after starting us can still find us (and tell us from a process that got our pid later).
 - `task.json`: the task's pid, once its process exists (the agent reports TASK_RUNNING then).
 - `stdout`, `stderr`: the task's output (appended).
-- `kill.json` (written by the agent before it sends SIGTERM to the supervisor): the grace period.
+- `kill.json` (written by the agent before it sends SIGTERM to the supervisor): the grace period. Found
+  when the supervisor starts, it means the launch was called off: the task is never started.
 - `exit_status.json`: exit code or signal, whether the task was killed on request, whether an isolator
   limit (memory) ended it, a launch error. Its presence means the task is over.
 - `supervisor.log`: the supervisor's own messages.
@@ -65,13 +68,21 @@ LOG_FILE = "supervisor.log"
 DEFAULT_GRACE = 3.0
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+def write_json_atomic(path: Path, data: dict[str, Any], durable: bool = True) -> None:
+    """Write `data` to `path` so that a reader sees the old file or the whole new one.
+
+    `durable` also fsyncs the file and the rename: only for what must survive a crash of the machine
+    (the exit status). Files that only matter to processes that die with the machine (launch, pids,
+    kill requests) need the atomic rename alone, which every process sees at once."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
         json.dump(data, f, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
+    if not durable:
+        return
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -89,6 +100,16 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return data if isinstance(data, dict) else None
     except (OSError, ValueError):
         return None
+
+
+def own_create_time() -> float:
+    """This process's start time as psutil reports it (what the agent compares a pid's start time to)."""
+    import psutil
+
+    try:
+        return float(psutil.Process().create_time())
+    except psutil.Error:
+        return 0.0
 
 
 def session_pids(sid: int) -> list[int]:
@@ -225,7 +246,8 @@ class Supervisor:
         finally:
             stdout.close()
             stderr.close()
-        write_json_atomic(self.sandbox / TASK_FILE, {"task_pid": self.child.pid, "started_at": time.time()})
+        write_json_atomic(self.sandbox / TASK_FILE, {"task_pid": self.child.pid, "started_at": time.time()},
+                          durable=False)
         self.log(f"started task pid {self.child.pid}: {argv!r}")
         if spec.watchdog_rss_bytes > 0:
             self.watchdog = MemoryWatchdog(self.child.pid, spec.watchdog_rss_bytes, self._kill_for_limit)
@@ -271,10 +293,11 @@ class Supervisor:
                 os.close(pidfd)
 
     def run(self) -> int:
-        write_json_atomic(self.sandbox / SUPERVISOR_FILE, {"supervisor_pid": os.getpid(), "started_at": time.time()})
+        write_json_atomic(self.sandbox / SUPERVISOR_FILE, {"supervisor_pid": os.getpid(), "started_at": time.time(),
+                                                           "create_time": own_create_time()}, durable=False)
         self.install_signals()
         record: dict[str, Any]
-        if self.kill_requested:  # killed before the task even started
+        if self.kill_requested or (self.sandbox / KILL_FILE).exists():  # killed before the task even started
             record = {"exit_code": None, "signal": signal.SIGKILL, "killed": True, "launch_error": ""}
         else:
             failure = self.start_child()

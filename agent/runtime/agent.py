@@ -12,6 +12,10 @@ Rules it keeps (docs/protocol.md):
   done. The id in `Registered` is stored before anything else happens.
 - Fencing: every master message carries a term; the highest seen is stored (before acting on the
   message); RunTask, KillTask and Shutdown with a lower term are ignored.
+- Group commit: each turn of the loop (the events waiting, then the timers) is one checkpoint batch;
+  `send` commits what was written before any message leaves, status updates are sent after the turn's
+  commit, and the supervisors of the turn's RunTasks are started together after their sandboxes are
+  on disk (`_start_launches`). Nothing outside the agent ever sees a decision the disk does not hold.
 - Status updates: written to the checkpoint before they are sent; only the head of each task's stream
   is in flight; re-sent with backoff until acknowledged; all re-sent on every new registration. After a
   re-registration, older updates of a reported task are superseded by the reported (newest) one, which
@@ -91,6 +95,7 @@ class Launcher(Protocol):
 
     def prepare(self, info: TaskInfo) -> LaunchHandle: ...
     def start(self, info: TaskInfo, handle: LaunchHandle) -> LaunchHandle: ...
+    def start_many(self, launches: list[tuple[TaskInfo, LaunchHandle]]) -> list[LaunchHandle | LaunchError]: ...
     def observe(self, handle: LaunchHandle) -> Observation: ...
     def kill(self, handle: LaunchHandle, grace_period: float) -> None: ...
     def release(self, handle: LaunchHandle) -> None: ...
@@ -98,6 +103,8 @@ class Launcher(Protocol):
     def handle_from_checkpoint(self, task_id: str, framework_id: str, sandbox: str, supervisor_pid: int,
                                supervisor_start: float, isolation: dict[str, Any],
                                kill_requested: bool) -> LaunchHandle: ...
+    def watch_exits(self, listener: Callable[[int], None] | None) -> None: ...
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,13 @@ class Stop:
     """Posted to stop the loop (signals, tests)."""
 
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class SupervisorExited:
+    """Posted by the launcher (from its own thread) when a task's supervisor exited: look at it now."""
+
+    pid: int
 
 
 class Agent:
@@ -122,9 +136,10 @@ class Agent:
         self.new_uuid = new_uuid
         # SimpleQueue: `put` is reentrant, so `stop()` may be called from a signal handler that
         # interrupted this very thread inside `get`.
-        self.inbox: queue.SimpleQueue[LinkEvent | Stop] = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue[LinkEvent | Stop | SupervisorExited] = queue.SimpleQueue()
         self.tasks = TaskTable()
         self.handles: dict[str, LaunchHandle] = {}
+        self.to_start: list[tuple[AgentTask, TaskInfo, LaunchHandle]] = []  # prepared in this turn
         self.traceparents: dict[str, str] = {}
         self.tracer = get_tracer(__name__, tracer_provider)  # the global provider when None
         self.run_spans: dict[str, trace.Span] = {}  # task id -> its `task.run` span, ended at the terminal status
@@ -151,7 +166,7 @@ class Agent:
         self.orphaned: set[str] = set()
 
     # ---- lifecycle ------------------------------------------------------------------------------------
-    def post(self, event: LinkEvent | Stop) -> None:
+    def post(self, event: LinkEvent | Stop | SupervisorExited) -> None:
         self.inbox.put(event)
 
     def stop(self, reason: str = "stop requested") -> None:
@@ -163,6 +178,7 @@ class Agent:
 
     def run(self) -> int:
         """Recover, connect, and serve until stopped or shut down; returns the exit code."""
+        self.launcher.watch_exits(lambda pid: self.post(SupervisorExited(pid)))
         self.recover()
         self.link = MasterLink(self.config.masters, self.post,
                                backoff=Backoff(maximum=self.config.config.reconnect_backoff_max),
@@ -175,16 +191,21 @@ class Agent:
                     event = self.inbox.get(timeout=timeout)
                 except queue.Empty:
                     event = None
-                while event is not None:
-                    self._dispatch(event)
-                    try:
-                        event = self.inbox.get_nowait()
-                    except queue.Empty:
-                        event = None
-                if self.exit_code is None:
-                    self.tick()
+                with self.checkpoint.batch():
+                    while event is not None:
+                        self._dispatch(event)
+                        try:
+                            event = self.inbox.get_nowait()
+                        except queue.Empty:
+                            event = None
+                    if self.exit_code is None:
+                        self.tick()
+                    self._start_launches()
+                self.flush_updates()
         finally:
             self.link.stop()
+            self.launcher.watch_exits(None)
+            self.launcher.close()
         log.info("agent stopped (exit code %d); its tasks keep running", self.exit_code)
         return self.exit_code
 
@@ -200,10 +221,12 @@ class Agent:
             deadlines.append(self.next_observe)
         return max(0.0, min(deadlines) - now)
 
-    def _dispatch(self, event: LinkEvent | Stop) -> None:
+    def _dispatch(self, event: LinkEvent | Stop | SupervisorExited) -> None:
         if isinstance(event, Stop):
             log.info("stopping: %s", event.reason)
             self.exit_code = 0
+        elif isinstance(event, SupervisorExited):
+            self.on_supervisor_exited(event.pid)
         elif isinstance(event, StreamOpened):
             self.on_stream_opened(event.stream)
         elif isinstance(event, MessageReceived):
@@ -296,6 +319,7 @@ class Agent:
         if stream is None:
             return False
         assert isinstance(message, agent_pb2.AgentMessage)
+        self.checkpoint.sync()  # nothing leaves before what was decided is on disk
         return stream.send(message)
 
     def on_message(self, msg: agent_pb2.MasterMessage) -> None:
@@ -394,25 +418,47 @@ class Agent:
             self.emit(task, Outcome(TaskState.TASK_DROPPED, REASON_TASK_INVALID, "the agent is shutting down"),
                       source=StatusSource.SOURCE_AGENT)
             return
-        handle: LaunchHandle | None = None
         try:
             handle = self.launcher.prepare(info)
-            self.checkpoint.set_sandbox(task_id, str(handle.sandbox), handle.isolation.to_json())
-            handle = self.launcher.start(info, handle)
+        except LaunchError as exc:
+            self._launch_failed(task, exc)
+            return
+        self.checkpoint.set_sandbox(task_id, str(handle.sandbox), handle.isolation.to_json())
+        self.to_start.append((task, info, handle))  # started with the others of this turn
+
+    def _launch_failed(self, task: AgentTask, exc: LaunchError) -> None:
+        log.warning("cannot launch task %s: %s", task.task_id, exc)
+        self.emit(task, Outcome(TaskState.TASK_FAILED, REASON_CONTAINER_LAUNCH_FAILED, str(exc)),
+                  source=StatusSource.SOURCE_AGENT)
+
+    def _start_launches(self) -> None:
+        """Start the supervisors of the tasks prepared in this turn, once their sandboxes are on disk."""
+        if not self.to_start:
+            return
+        self.checkpoint.sync()
+        pending, self.to_start = self.to_start, []
+        starting = []
+        for task, info, handle in pending:
+            if task.kill_requested:
+                self.launcher.release(handle)
+                self.emit(task, Outcome(TaskState.TASK_KILLED, "", "killed before it started"))
+            else:
+                starting.append((task, info, handle))
+        results = self.launcher.start_many([(info, handle) for _, info, handle in starting])
+        for (task, info, prepared), result in zip(starting, results, strict=True):
+            task_id = task.task_id
+            if isinstance(result, LaunchError):
+                self.launcher.release(prepared)
+                self._launch_failed(task, result)
+                continue
+            handle = result
             self.checkpoint.set_launched(task_id, sandbox=str(handle.sandbox), supervisor_pid=handle.supervisor_pid,
                                          supervisor_start=handle.supervisor_start,
                                          isolation=handle.isolation.to_json())
-        except LaunchError as exc:
-            if handle is not None:
-                self.launcher.release(handle)
-            log.warning("cannot launch task %s: %s", task_id, exc)
-            self.emit(task, Outcome(TaskState.TASK_FAILED, REASON_CONTAINER_LAUNCH_FAILED, str(exc)),
-                      source=StatusSource.SOURCE_AGENT)
-            return
-        self.handles[task_id] = handle
-        log.info("launched task %s (framework %s) in %s, supervisor pid %d", task_id, info.framework_id,
-                 handle.sandbox, handle.supervisor_pid)
-        self.emit(task, Outcome(TaskState.TASK_STARTING, "", "the task's supervisor started"))
+            self.handles[task_id] = handle
+            log.info("launched task %s (framework %s) in %s, supervisor pid %d", task_id, info.framework_id,
+                     handle.sandbox, handle.supervisor_pid)
+            self.emit(task, Outcome(TaskState.TASK_STARTING, "", "the task's supervisor started"))
         self.next_observe = self.monotonic()
 
     def on_kill_task(self, kill: agent_pb2.KillTask) -> None:
@@ -433,20 +479,32 @@ class Agent:
         if self.tasks.can_record(task.task_id, TaskState.TASK_KILLING):
             self.emit(task, Outcome(TaskState.TASK_KILLING, "", f"killing: SIGTERM, then SIGKILL after {grace:g}s"))
         log.info("killing task %s (grace %gs)", task.task_id, grace)
+        self.checkpoint.sync()  # the kill request is on disk before the supervisor acts on it
         self.launcher.kill(handle, grace)
         self.next_observe = self.monotonic()
+
+    def on_supervisor_exited(self, pid: int) -> None:
+        for task_id, handle in list(self.handles.items()):
+            if handle.supervisor_pid == pid:
+                task = self.tasks.get(task_id)
+                if task is not None:
+                    self._observe(task, handle)
+                return
+
+    def _observe(self, task: AgentTask, handle: LaunchHandle) -> None:
+        try:
+            observation = self.launcher.observe(handle)
+        except OSError as exc:
+            log.warning("cannot observe task %s: %s", task.task_id, exc)
+            return
+        self._advance(task, handle, observation)
 
     def observe_tasks(self) -> None:
         for task_id, handle in list(self.handles.items()):
             task = self.tasks.get(task_id)
             if task is None:
                 continue
-            try:
-                observation = self.launcher.observe(handle)
-            except OSError as exc:
-                log.warning("cannot observe task %s: %s", task_id, exc)
-                continue
-            self._advance(task, handle, observation)
+            self._observe(task, handle)
 
     def _advance(self, task: AgentTask, handle: LaunchHandle, obs: Observation) -> None:
         """Report what `obs` shows that the task's state does not yet say."""
@@ -509,8 +567,8 @@ class Agent:
             log.debug("task.run span of %s: %s", task_id, exc)
 
     def flush_updates(self) -> None:
-        if not self.registered or self.stream is None:
-            return
+        if not self.registered or self.stream is None or self.checkpoint.in_batch:
+            return  # in a batch: sent after the turn's commit
         for update in self.updates.due(self.monotonic()):
             status = replace(update.status, agent_id=update.status.agent_id or self.agent_id)
             self.send(agent_pb2.AgentMessage(status_update=agent_pb2.StatusUpdate(

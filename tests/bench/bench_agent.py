@@ -1,11 +1,13 @@
 """Benchmark of the agent side (not a test). Three measurements, each against a baseline in the same run:
 
     python tests/bench/bench_agent.py [--launches 20] [--updates 2000] [--agents 100] [--tasks 200]
-                                      [--skip-cluster]
+                                      [--skip-cluster] [--real-tasks 300] [--real-task-cpus 0.1] [--real-rounds 1]
+                                      [--no-interpreter-baseline] [--only-real]
 
 1. Launch: a `true` task through the real launcher (sandbox, isolation, supervisor process, exit file)
    from `launch()` until its exit is observed, against a plain `subprocess.run(["true"])`. Run with the
-   isolator `auto` picks here and with rlimits.
+   isolator `auto` picks here and with rlimits, each with supervisors forked by the fork server and
+   started as fresh interpreters.
 2. Checkpoint: status updates written to agent.db (one transaction per update, synchronous=FULL, then the
    acknowledgement) against the pure status-update manager alone: what durability costs per update.
 3. Cluster (unless --skip-cluster): a 3-master LocalCluster and `--agents` emulated agents in this
@@ -14,6 +16,11 @@
    emulated agents: tasks/s end to end, against the same batch on one emulated agent.
    Note: the master serves each agent stream on one pool thread (`--grpc-workers`, 256 by default), so
    keep --agents well under that.
+4. One real agent (`--real-tasks`, 0 = skip; `--only-real` runs just this): `true` tasks through the
+   batch runner on one real agent, tasks/s from the first offer to the last acknowledged TASK_FINISHED,
+   against one emulated agent and against the real agent with fresh-interpreter supervisors, each on a
+   fresh cluster in the same run; with the CPU each process spent per task and per-stage latencies.
+5. `--many-agents` emulated agents heartbeating against 3 masters: the leader's CPU and memory.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere in the repo
 
@@ -55,8 +63,9 @@ def pct(values: list[float], q: float) -> float:
 # ---- 1. launch ---------------------------------------------------------------------------------------
 
 
-def bench_launch(isolator: Isolator, n: int, work: Path) -> list[float]:
-    launcher = ProcessLauncher(work / isolator.name, isolator)
+def bench_launch(isolator: Isolator, n: int, work: Path, fork_server: bool = True) -> list[float]:
+    launcher = ProcessLauncher(work / f"{isolator.name}-{fork_server}", isolator, fork_server=fork_server)
+    launcher.warm_up()
     times = []
     for i in range(n):
         info = TaskInfo(task_id=f"t{i}", framework_id="bench", resources=Resources.of(cpus=0.1, mem=64),
@@ -70,6 +79,7 @@ def bench_launch(isolator: Isolator, n: int, work: Path) -> list[float]:
             time.sleep(0.002)
         times.append(time.perf_counter() - start)
         launcher.release(handle)
+    launcher.close()
     return times
 
 
@@ -122,9 +132,9 @@ def bench_manager(n: int) -> float:
 # ---- 3. cluster -----------------------------------------------------------------------------------
 
 
-def run_batch(masters: list[str], tasks: int, log: Path) -> float:
+def run_batch(masters: list[str], tasks: int, log: Path, cpus: float = 0.1) -> float:
     cmd = [sys.executable, "-m", "sdk.examples.batch", "--masters", ",".join(masters), "--command", "true",
-           "--count", str(tasks), "--cpus", "0.1", "--mem", "16", "--give-up-after", "60"]
+           "--count", str(tasks), "--cpus", str(cpus), "--mem", "16", "--give-up-after", "60"]
     start = time.perf_counter()
     with open(log, "ab") as out:
         proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=600)
@@ -162,29 +172,219 @@ def bench_cluster(agents: int, tasks: int, work: Path) -> None:
         print(f"  ratio {agents} agents / 1 agent (tasks/s): {results[agents] / results[1]:.2f}")
 
 
-def bench_real_agent(tasks: int, work: Path) -> None:
+class CpuMeter:
+    """CPU seconds (user + system) used by named processes between `start` and `stop`, their reaped
+    children included (a fork server's supervisors and their tasks; the batch runner via this process)."""
+
+    def __init__(self, processes: dict[str, int]) -> None:
+        self.processes = {name: psutil.Process(pid) for name, pid in processes.items()}
+        self.before: dict[str, float] = {}
+
+    @staticmethod
+    def _children_self() -> float:
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    def _read(self) -> dict[str, float]:
+        out = {"batch runner": self._children_self()}
+        for name, proc in self.processes.items():
+            try:
+                t = proc.cpu_times()
+                out[name] = t.user + t.system + t.children_user + t.children_system
+            except psutil.Error:
+                out[name] = float("nan")
+        return out
+
+    def start(self) -> None:
+        self.before = self._read()
+
+    def stop(self, tasks: int) -> str:
+        after = self._read()
+        parts = [f"{name} {(after[name] - self.before[name]) * 1000 / tasks:.1f}" for name in after]
+        total = sum(after[name] - self.before[name] for name in after)
+        return f"CPU ms per task: {', '.join(parts)}; total {total * 1000 / tasks:.1f}"
+
+
+def _fork_server_pid(agent_pid: int) -> int | None:
+    for child in psutil.Process(agent_pid).children():
+        try:
+            if "agent.executor.forkserver" in " ".join(child.cmdline()):
+                return int(child.pid)
+        except psutil.Error:
+            continue
+    return None
+
+
+def _stage_report(leader: object, data_dir: Path | None, since: float) -> list[str]:
+    """Per-task latencies from the leader's event log, the agent's checkpoint and the sandbox files
+    (event log only when `data_dir` is None: an emulated agent)."""
+    import json
+    import sqlite3
+    from collections import defaultdict
+
+    from agent.checkpoint import status_from_bytes
+
+    at: dict[str, dict[str, float]] = defaultdict(dict)
+    finished_uuid: dict[str, str] = {}
+    for e in leader.list_events():  # type: ignore[attr-defined]
+        if e.time < since or not e.task_id:
+            continue
+        key = e.type
+        payload = json.loads(e.payload_json or "{}")
+        if e.type == "TaskStatusUpdated":
+            status = payload.get("status", {})
+            key += ":" + str(status.get("state"))
+            if status.get("state") == "TASK_FINISHED":
+                finished_uuid[e.task_id] = str(status.get("uuid"))
+        elif e.type == "TaskStatusAcknowledged" and payload.get("uuid") == finished_uuid.get(e.task_id):
+            key += ":TASK_FINISHED"
+        at[e.task_id].setdefault(key, e.time)
+    from agent.executor.supervisor import read_json
+
+    if data_dir is None:
+        chain = [("TaskLaunched", ""), ("TaskStatusUpdated:TASK_STARTING", "leader decided STARTING"),
+                 ("TaskStatusUpdated:TASK_RUNNING", "leader decided RUNNING"),
+                 ("TaskStatusUpdated:TASK_FINISHED", "leader decided FINISHED"),
+                 ("TaskStatusAcknowledged:TASK_FINISHED", "framework's ack decided")]
+        return _stage_lines(at, chain)
+    db = sqlite3.connect(str(data_dir / "agent.db"))
+    try:
+        for task_id, data in db.execute("SELECT task_id, status FROM updates ORDER BY seq"):
+            status = status_from_bytes(data)
+            at[task_id].setdefault("agent " + status.state.name, status.timestamp)
+    finally:
+        db.close()
+    for launch in data_dir.glob("sandboxes/*/*/launch.json"):
+        task_id = str((read_json(launch) or {}).get("task_id", ""))
+        for name, key in (("supervisor.json", "started_at"), ("task.json", "started_at"),
+                          ("exit_status.json", "finished_at")):
+            found = read_json(launch.parent / name) or {}
+            if key in found:
+                at[task_id][name] = float(found[key])
+    chain = [("TaskLaunched", "decided at the leader"), ("agent TASK_STARTING", "supervisor started (agent)"),
+             ("supervisor.json", "supervisor running"), ("task.json", "task process started"),
+             ("exit_status.json", "task exited, status written"), ("agent TASK_FINISHED", "agent recorded FINISHED"),
+             ("TaskStatusUpdated:TASK_FINISHED", "leader decided the update"),
+             ("TaskStatusAcknowledged:TASK_FINISHED", "framework's ack decided")]
+    return _stage_lines(at, chain)
+
+
+def _stage_lines(at: dict[str, dict[str, float]], chain: list[tuple[str, str]]) -> list[str]:
+    lines = []
+    whole = [t["TaskStatusAcknowledged:TASK_FINISHED"] - t["TaskLaunched"] for t in at.values()
+             if "TaskLaunched" in t and "TaskStatusAcknowledged:TASK_FINISHED" in t]
+    if whole:
+        lines.append(f"    launch decided -> FINISHED acknowledged: p50 {pct(whole, 0.5) * 1000:.0f} ms, "
+                     f"p90 {pct(whole, 0.9) * 1000:.0f} ms, of which:")
+    for (a, _), (b, what) in zip(chain, chain[1:], strict=False):
+        deltas = [t[b] - t[a] for t in at.values() if a in t and b in t]
+        if deltas:
+            lines.append(f"    -> {what:32s} p50 {pct(deltas, 0.5) * 1000:6.1f} ms  p90 {pct(deltas, 0.9) * 1000:6.1f} ms")
+    return lines
+
+
+def _master_pids(cluster: Any, leader: Any) -> dict[str, int]:
+    followers = [m for m in cluster.masters if m is not leader and m.proc is not None]
+    return {"leader": leader.proc.pid, **{f"follower{i + 1}": m.proc.pid for i, m in enumerate(followers)}}
+
+
+def _real_agent_run(tasks: int, work: Path, task_cpus: float, supervisor_start: str) -> float:
+    """A fresh 3-master cluster and one real agent whose supervisors start the given way: tasks/s."""
+    from tests.support.cluster import AgentProc, LocalCluster
+
+    class Cluster(LocalCluster):
+        def start_agent(self, a: AgentProc) -> None:
+            # the stock agent command, plus --supervisor-start
+            assert not a.alive
+            cmd = [sys.executable, "-m", "control_plane.cli.main", "agent", "--masters",
+                   ",".join(self.grpc_addresses()), "--data-dir", str(a.data_dir), "--resources", a.resources,
+                   "--hostname", a.name, "--supervisor-start", supervisor_start]
+            with open(a.log_path, "ab") as out:
+                a.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    with Cluster(work / f"real-{supervisor_start}", n=3) as cluster:
+        cluster.start_all()
+        leader = cluster.leader(timeout=60)
+        agent = cluster.add_agent("cpus:2;mem:4096")
+        cluster.wait_agents(1, timeout=60)
+        assert agent.proc is not None
+        zygote = _fork_server_pid(agent.proc.pid)
+        if zygote is None:  # the agent reaps its supervisors: their times (and their tasks') are its children's
+            procs = {**_master_pids(cluster, leader), "agent+supervisors+tasks": agent.proc.pid}
+        else:
+            procs = {**_master_pids(cluster, leader), "agent": agent.proc.pid, "fork server+supervisors+tasks": zygote}
+        meter = CpuMeter(procs)
+        since = time.time()
+        meter.start()
+        rate = run_batch(cluster.grpc_addresses(), tasks, work / f"batch-real-{supervisor_start}.log", cpus=task_cpus)
+        cpu = meter.stop(tasks)
+        print(f"  1 real agent, supervisors by {supervisor_start:11s}: {rate:6.1f} tasks/s (load {os.getloadavg()[0]:.1f})")
+        print(f"    {cpu}")
+        print("    per-task latency of each stage:")
+        for line in _stage_report(leader, agent.data_dir, since):
+            print(line)
+        return rate
+
+
+def bench_real_agent(tasks: int, work: Path, task_cpus: float = 0.1, interpreter_baseline: bool = True,
+                     rounds: int = 1) -> None:
     """One real agent (real supervisors and processes) launching `true` as fast as the batch runner
-    accepts offers: accept -> acknowledged TASK_FINISHED, tasks/s, against the same batch on one
-    emulated agent (no processes) in the same run."""
+    accepts offers: accept -> acknowledged TASK_FINISHED, tasks/s. Baselines in the same run, each on a
+    fresh cluster: the same batch on one emulated agent (no processes: what the masters and the framework
+    allow), and the real agent with a fresh interpreter per supervisor (`--supervisor-start interpreter`).
+    Prints where the time goes (per-task latency of each stage) and the CPU each process spent per task:
+    on a 2-core machine their sum bounds the rate. With `rounds` > 1 the three runs alternate that many
+    times (the machine is shared: alternating spreads other load over all three) and medians are printed."""
+    results: dict[str, list[float]] = {"emulated": [], "interpreter": [], "fork-server": []}
+    for i in range(rounds):
+        if rounds > 1:
+            print(f"  round {i + 1} of {rounds}")
+        _real_agent_round(tasks, work / f"round-{i + 1}", task_cpus, interpreter_baseline, results)
+    if rounds > 1:
+        medians = {k: statistics.median(v) for k, v in results.items() if v}
+        print("  medians (tasks/s): " + ", ".join(f"{k} {v:.1f}" for k, v in medians.items()))
+        forked, emulated = medians["fork-server"], medians["emulated"]
+        line = f"  median ratios: fork server / emulated {forked / emulated:.2f}"
+        if "interpreter" in medians:
+            line += f", fork server / fresh interpreter {forked / medians['interpreter']:.2f}"
+        print(line)
+
+
+def _real_agent_round(tasks: int, work: Path, task_cpus: float, interpreter_baseline: bool,
+                      results: dict[str, list[float]]) -> None:
     from agent.emulated import EmulatedAgents, EmulatedConfig
     from tests.support.cluster import LocalCluster
 
-    with LocalCluster(work / "real", n=3) as cluster:
+    with LocalCluster(work / "emulated", n=3) as cluster:
         cluster.start_all()
-        cluster.leader(timeout=60)
-        masters = cluster.grpc_addresses()
-        cluster.add_agent("cpus:2;mem:4096")
-        cluster.wait_agents(1, timeout=60)
-        real = run_batch(masters, tasks, work / "batch-real.log")
-        print(f"  1 real agent:     {tasks} tasks of `true`: {real:.1f} tasks/s")
-        cluster.kill(cluster.agents[0])
-        config = EmulatedConfig(masters=tuple(masters), count=1, task_duration=0.0, hostname_prefix="cmp",
-                                resources="cpus:2;mem:4096;disk:10000", seed=1)
+        leader = cluster.leader(timeout=60)
+        config = EmulatedConfig(masters=tuple(cluster.grpc_addresses()), count=1, task_duration=0.0,
+                                hostname_prefix="cmp", resources="cpus:2;mem:4096;disk:10000", seed=1)
         with EmulatedAgents(config) as emulated:
             emulated.wait_registered(timeout=60)
-            emulated_rate = run_batch(masters, tasks, work / "batch-emulated.log")
-        print(f"  1 emulated agent: {tasks} tasks:          {emulated_rate:.1f} tasks/s "
-              f"(ratio real/emulated {real / emulated_rate:.2f})")
+            meter = CpuMeter(_master_pids(cluster, leader))
+            since = time.time()
+            meter.start()
+            emulated_rate = run_batch(cluster.grpc_addresses(), tasks, work / "batch-emulated.log", cpus=task_cpus)
+            cpu = meter.stop(tasks)
+        print(f"  1 emulated agent:                    {emulated_rate:6.1f} tasks/s (load {os.getloadavg()[0]:.1f})")
+        print(f"    {cpu} (the emulated agent runs in this process, not counted)")
+        print("    per-task latency of each stage:")
+        for line in _stage_report(leader, None, since):
+            print(line)
+    interpreter = _real_agent_run(tasks, work, task_cpus, "interpreter") if interpreter_baseline else None
+    forked = _real_agent_run(tasks, work, task_cpus, "fork-server")
+    results["emulated"].append(emulated_rate)
+    results["fork-server"].append(forked)
+    if interpreter:
+        results["interpreter"].append(interpreter)
+    ratios = f"ratio to the emulated agent {forked / emulated_rate:.2f}"
+    if interpreter:
+        ratios += f", to fresh-interpreter supervisors {forked / interpreter:.2f}"
+    print(f"  {tasks} tasks of `true` ({task_cpus:g} cpus each, {int(2 / task_cpus)} at a time): fork server {ratios}")
 
 
 def bench_many_agents(count: int, seconds: float, work: Path) -> None:
@@ -231,18 +431,32 @@ def main() -> int:
     parser.add_argument("--skip-cluster", action="store_true")
     parser.add_argument("--many-agents", type=int, default=1000, help="emulated agents heartbeating (0 = skip)")
     parser.add_argument("--real-tasks", type=int, default=300, help="tasks for the one-real-agent run (0 = skip)")
+    parser.add_argument("--real-task-cpus", type=float, default=0.1,
+                        help="cpus of each task in the one-real-agent run (the agent has 2: 0.1 = 20 at a time)")
+    parser.add_argument("--only-real", action="store_true", help="run only the one-real-agent section")
+    parser.add_argument("--real-rounds", type=int, default=1,
+                        help="alternate the one-real-agent runs (emulated, interpreter, fork server) this many times")
+    parser.add_argument("--no-interpreter-baseline", action="store_true",
+                        help="skip the one-real-agent run with fresh-interpreter supervisors")
     args = parser.parse_args()
     print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
     print("machine:", machine())
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
         work = Path(tmp)
+        if args.only_real:
+            print(f"\n4. one real agent: {args.real_tasks} tasks of `true` via the batch runner")
+            bench_real_agent(args.real_tasks, work, args.real_task_cpus,
+                             interpreter_baseline=not args.no_interpreter_baseline, rounds=args.real_rounds)
+            return 0
         print(f"\n1. launch of `true`, {args.launches} times, launch() -> exit observed")
         plain = bench_plain(args.launches)
         print(f"  plain subprocess.run:  p50 {pct(plain, 0.5) * 1000:7.1f} ms")
         for isolator in {detect_isolator("auto").name: detect_isolator("auto"), "rlimits": RlimitIsolator()}.values():
-            times = bench_launch(isolator, args.launches, work)
-            print(f"  launcher ({isolator.name:10s}): p50 {pct(times, 0.5) * 1000:7.1f} ms, "
-                  f"p99 {pct(times, 0.99) * 1000:7.1f} ms, ratio to plain {statistics.median(times) / statistics.median(plain):.1f}x")
+            for fork_server in (True, False):
+                times = bench_launch(isolator, args.launches, work, fork_server)
+                how = "fork server" if fork_server else "interpreter"
+                print(f"  launcher ({isolator.name:10s}, {how:11s}): p50 {pct(times, 0.5) * 1000:7.1f} ms, "
+                      f"p99 {pct(times, 0.99) * 1000:7.1f} ms, ratio to plain {statistics.median(times) / statistics.median(plain):.1f}x")
         print(f"\n2. status updates, {args.updates}: checkpointed (record + ack, synchronous=FULL) vs manager only")
         durable = bench_checkpoint(args.updates, work)
         memory = bench_manager(args.updates)
@@ -256,7 +470,8 @@ def main() -> int:
                 bench_many_agents(args.many_agents, 10.0, work)
             if args.real_tasks:
                 print(f"\n4. one real agent: {args.real_tasks} tasks of `true` via the batch runner")
-                bench_real_agent(args.real_tasks, work)
+                bench_real_agent(args.real_tasks, work, args.real_task_cpus,
+                             interpreter_baseline=not args.no_interpreter_baseline, rounds=args.real_rounds)
     return 0
 
 

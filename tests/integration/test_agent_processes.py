@@ -217,8 +217,32 @@ def task_view(cluster: LocalCluster, task_id: str) -> operator_pb2.TaskView | No
     return next((t for t in state(cluster).tasks if t.task.task_id == task_id), None)
 
 
+def fork_server_of(agent: AgentProcess) -> psutil.Process:
+    """The agent's supervisor fork server (started with the agent)."""
+    assert agent.proc is not None
+
+    def find() -> psutil.Process | None:
+        for child in psutil.Process(agent.proc.pid).children():  # type: ignore[union-attr]
+            try:
+                if "agent.executor.forkserver" in " ".join(child.cmdline()):
+                    return child
+            except psutil.Error:
+                continue
+        return None
+
+    return wait_for(find, 20, what="the agent's fork server")
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.parametrize("killed", ["agent", "agent and fork server"])
 def test_kill_9_of_the_agent_leaves_the_task_running_and_its_exit_is_reported_after_restart(
-        cluster: AgentCluster, agent_proc: AgentProcess) -> None:
+        cluster: AgentCluster, agent_proc: AgentProcess, killed: str) -> None:
     first = connected_agent(cluster)
     run = launch_one(cluster, GATED)
     try:
@@ -226,12 +250,20 @@ def test_kill_9_of_the_agent_leaves_the_task_running_and_its_exit_is_reported_af
         sandbox = sandbox_of(agent_proc, task)
         task_pid = int(wait_for(lambda: (read_json(sandbox / "task.json") or {}).get("task_pid"), 20,
                                 what="task.json"))
+        supervisor_pid = int((read_json(sandbox / "supervisor.json") or {})["supervisor_pid"])
+        server = fork_server_of(agent_proc)
+        assert psutil.Process(supervisor_pid).ppid() == server.pid  # forked by it, in a session of its own
+        assert os.getsid(supervisor_pid) == supervisor_pid and os.getsid(task_pid) == task_pid
         agent_proc.signal(signal.SIGKILL)
         agent_proc.wait()
-        assert psutil.pid_exists(task_pid) and psutil.Process(task_pid).status() != psutil.STATUS_ZOMBIE, \
-            "the task died with its agent"
+        if killed == "agent and fork server":
+            server.kill()
+        server.wait(timeout=20)  # it ends with its agent (end of file on its stdin) if not killed
+        assert alive(task_pid), "the task died with its agent"
+        assert alive(supervisor_pid), "the supervisor died with its agent or fork server"
         agent_proc.start()
         again = connected_agent(cluster)
+        assert fork_server_of(agent_proc).pid != server.pid  # the new agent has a new fork server
         assert again.agent_id == first.agent_id  # re-registered, not registered anew
         # Whatever the master concluded while the agent was away, the re-registration says RUNNING.
         wait_for(lambda: (v := task_view(cluster, task.task.task_id)) is not None

@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 
 from agent.checkpoint import Checkpoint
+from agent.executor.supervisor import read_json
 from tessera.v1 import agent_pb2, common_pb2
 from tests.unit.agent.conftest import RunningAgent
 from tests.unit.agent.fake_master import FakeMaster
@@ -326,3 +327,55 @@ def test_kill_recorded_but_not_carried_out_before_a_crash_is_carried_out_after_r
     assert fake_master.states_of("long")[-2:] == ["TASK_KILLING", "TASK_KILLED"]
     killed = next(u.status for u in fake_master.updates if u.status.state == common_pb2.TASK_KILLED)
     assert "SIGKILL" in killed.message  # the trap kept SIGTERM out: the grace ran out, as asked
+
+
+def test_many_run_tasks_at_once_each_update_written_before_it_was_sent(fake_master: FakeMaster,
+                                                                       start_agent: Start) -> None:
+    agent = start_agent([fake_master.address])
+    fake_master.wait_for(registered(fake_master), what="registration")
+    missing: list[str] = []
+
+    def check_checkpoint(update: agent_pb2.StatusUpdate) -> None:
+        with sqlite3.connect(agent.data_dir / "agent.db") as db:
+            if db.execute("SELECT 1 FROM updates WHERE uuid = ?", [update.status.uuid]).fetchone() is None:
+                missing.append(update.status.uuid)
+
+    fake_master.on_update = check_checkpoint
+    ids = [f"many-{i}" for i in range(12)]
+    for task_id in ids:
+        fake_master.run_task(task(task_id, f"echo {task_id}"))
+    for task_id in ids:
+        fake_master.wait_for(lambda t=task_id: "TASK_FINISHED" in fake_master.states_of(t),  # type: ignore[misc]
+                             timeout=30, what=f"TASK_FINISHED of {task_id}")
+        assert fake_master.states_of(task_id) == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
+        assert (agent.data_dir / "sandboxes" / "fw-1" / task_id / "stdout").read_text() == f"{task_id}\n"
+    assert missing == []
+    pids = {int((read_json(agent.data_dir / "sandboxes" / "fw-1" / t / "supervisor.json") or {})["supervisor_pid"])
+            for t in ids}
+    assert len(pids) == len(ids)  # one supervisor per task
+
+
+def test_a_task_killed_in_the_turn_it_arrived_in_is_killed_without_being_started(tmp_path: Path) -> None:
+    from agent.config import AgentConfig, resolve
+    from agent.executor.isolation import RlimitIsolator
+    from agent.executor.launcher import ProcessLauncher
+    from agent.runtime.agent import Agent
+
+    config = resolve(AgentConfig(masters=("127.0.0.1:1",), data_dir=tmp_path / "agent",
+                                 resources="cpus:2;mem:1024;disk:1024", hostname="test-host"))
+    cp = Checkpoint.open(tmp_path / "agent" / "agent.db")
+    launcher = ProcessLauncher(config.work_dir, RlimitIsolator())
+    agent = Agent(config, cp, launcher, isolator_name="rlimits")
+    agent.registered = True  # no stream: updates stay queued
+    try:
+        with cp.batch():  # one turn of the loop: RunTask and KillTask arrived together
+            agent.on_run_task(agent_pb2.RunTask(task=task("t1", "touch ran")))
+            agent.on_kill_task(agent_pb2.KillTask(task_id="t1", grace_period_seconds=1))
+            agent._start_launches()
+        assert [u.status.state for u in cp.updates("t1")] == [common_pb2.TASK_KILLED]
+        sandbox = config.work_dir / "fw-1" / "t1"
+        assert not (sandbox / "launch.json").exists() and not (sandbox / "ran").exists()
+        assert "t1" not in agent.handles and launcher.fork_server is not None and launcher.fork_server.pid is None
+    finally:
+        launcher.close()
+        cp.close()

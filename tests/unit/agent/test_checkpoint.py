@@ -98,3 +98,47 @@ def test_file_is_plain_sqlite_in_wal_mode(tmp_path: Path) -> None:
     assert conn.execute("SELECT value FROM meta WHERE key = 'agent_id'").fetchone()[0] == "agent-1"
     assert {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")} >= {
         "meta", "tasks", "updates"}
+
+
+def test_a_batch_is_one_transaction_that_sync_commits_early(tmp_path: Path) -> None:
+    cp = Checkpoint.open(tmp_path / "agent.db")
+    other = sqlite3.connect(tmp_path / "agent.db")
+
+    def visible() -> set[str]:
+        return {row[0] for row in other.execute("SELECT task_id FROM tasks")}
+
+    try:
+        with cp.batch():
+            assert cp.in_batch
+            cp.add_task(task("t1"))
+            assert visible() == set()  # not committed yet
+            cp.sync()
+            assert visible() == {"t1"}
+            cp.add_task(task("t2"))
+            with cp.batch():  # a nested batch joins the outer one
+                cp.add_task(task("t3"))
+            assert visible() == {"t1"}
+        assert not cp.in_batch and visible() == {"t1", "t2", "t3"}
+    finally:
+        other.close()
+        cp.close()
+
+
+def test_what_was_written_in_a_batch_that_raised_is_kept(tmp_path: Path) -> None:
+    cp = Checkpoint.open(tmp_path / "agent.db")
+    try:
+        try:
+            with cp.batch():
+                cp.add_task(task("t1"))
+                raise RuntimeError("boom")
+        except RuntimeError:
+            pass
+        assert [t.task_id for t in cp.tasks()] == ["t1"] and not cp.in_batch
+        cp.add_task(task("t2"))  # and the connection is usable afterwards
+    finally:
+        cp.close()
+    again = Checkpoint.open(tmp_path / "agent.db")
+    try:
+        assert [t.task_id for t in again.tasks()] == ["t1", "t2"]
+    finally:
+        again.close()

@@ -87,6 +87,7 @@ def test_unwritable_work_dir_is_a_config_error(tmp_path: Path) -> None:
     ("heartbeat_interval", 0, "--heartbeat-interval"),
     ("heartbeat_interval", -1.0, "--heartbeat-interval"),
     ("isolation", "docker", "--isolation"),
+    ("supervisor_start", "exec", "--supervisor-start"),
     ("hostname", "has space", "--hostname"),
     ("masters", (), "--masters"),
 ])

@@ -109,26 +109,31 @@ def test_auto_detection_picks_the_best_isolation_this_machine_has() -> None:
     assert isolator.name == expected, isolator.describe()
 
 
-def _run(isolator: Isolator, work_dir: Path, info: TaskInfo, timeout: float = 60.0):  # type: ignore[no-untyped-def]
-    launcher = ProcessLauncher(work_dir, isolator)
-    handle = launcher.launch(info)
-    deadline = time.monotonic() + timeout
-    while True:
-        obs = launcher.observe(handle)
-        if obs.ended:
-            break
-        assert time.monotonic() < deadline, "the task did not end"
-        time.sleep(0.05)
-    launcher.release(handle)
+def _run(isolator: Isolator, work_dir: Path, info: TaskInfo, timeout: float = 60.0,  # type: ignore[no-untyped-def]
+         fork_server: bool = True):
+    launcher = ProcessLauncher(work_dir, isolator, fork_server=fork_server)
+    try:
+        handle = launcher.launch(info)
+        deadline = time.monotonic() + timeout
+        while True:
+            obs = launcher.observe(handle)
+            if obs.ended:
+                break
+            assert time.monotonic() < deadline, "the task did not end"
+            time.sleep(0.05)
+        launcher.release(handle)
+    finally:
+        launcher.close()
     return handle, obs
 
 
+@pytest.mark.parametrize("start", ["fork-server", "interpreter"])
 @pytest.mark.parametrize("which", ["detected", "rlimits"])
-def test_memory_hog_is_killed_by_its_limit_and_reported_as_such(tmp_path: Path, which: str) -> None:
+def test_memory_hog_is_killed_by_its_limit_and_reported_as_such(tmp_path: Path, which: str, start: str) -> None:
     isolator = detect_isolator("auto") if which == "detected" else RlimitIsolator()
     info = TaskInfo(task_id=f"hog-{which}", framework_id="fw", resources=Resources.of(cpus=1, mem=64),
                     command=CommandInfo(shell=False, value=sys.executable, arguments=("-c", HOG)))
-    handle, obs = _run(isolator, tmp_path, info)
+    handle, obs = _run(isolator, tmp_path, info, fork_server=start == "fork-server")
     assert obs.exit is not None, obs
     out = terminal_status(obs.exit, kill_requested=False)
     assert out.state is TaskState.TASK_FAILED, (isolator.name, obs.exit)

@@ -51,10 +51,12 @@ def run_to_end(launcher: ProcessLauncher, info: TaskInfo, timeout: float = 20.0)
     return handle, obs
 
 
-@pytest.fixture
-def launcher(tmp_path: Path) -> Iterator[ProcessLauncher]:
-    launcher = ProcessLauncher(tmp_path / "sandboxes", RlimitIsolator())
+@pytest.fixture(params=["fork-server", "interpreter"])
+def launcher(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ProcessLauncher]:
+    """Every test runs with supervisors forked by the fork server and started as fresh interpreters."""
+    launcher = ProcessLauncher(tmp_path / "sandboxes", RlimitIsolator(), fork_server=request.param == "fork-server")
     yield launcher
+    launcher.close()
     # Leave no task behind: kill whatever a failed test left running.
     for sandbox in (tmp_path / "sandboxes").glob("*/*"):
         sup = read_json(sandbox / "supervisor.json")
@@ -175,7 +177,8 @@ def test_a_new_launcher_finds_a_running_task_and_can_kill_it(launcher: ProcessLa
     again.kill(handle, 5.0)
     obs = wait(again, handle, lambda o: o.ended)
     assert obs.exit is not None and obs.exit.killed
-    first.popen.wait(timeout=10)  # reap it: it was this process's child
+    if first.popen is not None:
+        first.popen.wait(timeout=10)  # reap it: it was this process's child
 
 
 def test_a_recycled_pid_is_not_taken_for_the_supervisor(launcher: ProcessLauncher) -> None:

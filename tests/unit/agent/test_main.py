@@ -124,9 +124,10 @@ def test_click_command_help_and_bad_flags() -> None:
     out = runner.invoke(agent_main, ["--help"])
     assert out.exit_code == 0
     for flag in ("--masters", "--data-dir", "--resources", "--attributes", "--hostname", "--heartbeat-interval",
-                 "--isolation", "--work-dir"):
+                 "--isolation", "--supervisor-start", "--work-dir"):
         assert flag in out.output
     assert runner.invoke(agent_main, ["--data-dir", "/tmp/x", "--isolation", "jail"]).exit_code == 2
+    assert runner.invoke(agent_main, ["--data-dir", "/tmp/x", "--supervisor-start", "exec"]).exit_code == 2
     assert runner.invoke(agent_main, []).exit_code == 2  # --data-dir is required
 
 
