@@ -147,6 +147,7 @@ class Report:
     acked: int
     elections: int
     raft_log_lines: int
+    simulated_seconds: float
     trace_hash: str
     fingerprints: tuple[str, ...]
 
@@ -843,7 +844,8 @@ class Simulation:
         return Report(
             seed=self.seed, steps=self.steps, faults=dict(self.faults), events=self.scheduler.executed,
             messages=self.network.stats.delivered, commits=max(self.committed, default=0),
-            acked=len(self.acked), elections=self.elections, raft_log_lines=self.raft_log_lines, trace_hash=self._hash.hexdigest(),
+            acked=len(self.acked), elections=self.elections, raft_log_lines=self.raft_log_lines,
+            simulated_seconds=self.clock.now - EPOCH, trace_hash=self._hash.hexdigest(),
             fingerprints=prints,
         )
 
