@@ -133,7 +133,8 @@ def syncobj_conf(cfg: ReplicationConfig, on_state_changed: Callable[[int, int], 
 
 def guard_snapshot_commit_index(so: SyncObj) -> None:
     """Keep a follower's commit index from advancing over its own unverified entries during a snapshot
-    install (a pysyncobj 0.3.17 bug found by the deterministic simulation, tests/sim, seed 18).
+    install (a pysyncobj 0.3.17 bug found by the deterministic simulation: ``python -m tests.sim.run
+    --seed 67 --steps 120 --unguarded``).
 
     A leader sends a snapshot as several ``append_entries`` messages without ``prevLogIdx`` (data chunks,
     then an empty last chunk), or with ``serialized=None`` while its own dump is being written. For each

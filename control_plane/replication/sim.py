@@ -38,6 +38,7 @@ import hashlib
 import heapq
 import pickle
 import random
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -110,12 +111,15 @@ _active = False
 def deterministic_pysyncobj(clock: SimClock, rng: random.Random) -> Iterator[None]:
     """Make pysyncobj read ``clock`` and draw from ``rng`` (and skip its wake-up pipe) for the block.
 
-    pysyncobj reads both through module globals of ``pysyncobj.syncobj``; they are restored on exit,
-    so threaded nodes elsewhere in the process are unaffected once the block ends. Not reentrant.
+    pysyncobj reads both through module globals of ``pysyncobj.syncobj``; they are restored on exit.
+    A threaded node (``RaftReplicator``) running meanwhile would read the fake clock and draw from
+    ``rng`` too, so entering refuses while a pysyncobj tick thread is alive. Not reentrant.
     """
     global _active
     if _active:
         raise RuntimeError("deterministic_pysyncobj is already active")
+    if any("_autoTickThread" in t.name for t in threading.enumerate()):
+        raise RuntimeError("a threaded pysyncobj node is running in this process; stop it first")
     saved = (_pysyncobj.monotonicTime, _pysyncobj.random, _pysyncobj.PIPE_NOTIFIER_ENABLED)
     _pysyncobj.monotonicTime = clock
     _pysyncobj.random = rng

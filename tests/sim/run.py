@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(outcome, Violation):
             print(outcome.report())
             return 1
-        print(f"seed {outcome.seed}: ok, {outcome.steps} steps, {outcome.events} events, "
+        print(f"seed {outcome.seed}: ok, {outcome.steps} steps ({outcome.simulated_seconds:.1f} s simulated), "
+              f"{outcome.events} events, "
               f"{outcome.messages} raft messages, {outcome.commits} raft entries committed, "
               f"{outcome.acked} acknowledged requests, {outcome.elections} elections, "
               f"faults {dict(sorted(outcome.faults.items()))}")
@@ -69,13 +70,14 @@ def main(argv: list[str] | None = None) -> int:
             print(outcome.report(), flush=True)
         else:
             faults.update(outcome.faults)
-            totals.update(steps=outcome.steps, events=outcome.events, messages=outcome.messages,
+            totals.update(steps=outcome.steps, simulated=round(outcome.simulated_seconds), events=outcome.events, messages=outcome.messages,
                           commits=outcome.commits, acked=outcome.acked, elections=outcome.elections)
         if n % 100 == 0 or n == len(seeds):
             elapsed = time.perf_counter() - started
             print(f"[{n}/{len(seeds)}] {elapsed:.1f} s, {len(violations)} violations", flush=True)
     elapsed = time.perf_counter() - started
-    print(f"seeds {seeds.start}-{seeds.stop - 1}: {len(seeds)} seeds, {totals['steps']} steps, "
+    print(f"seeds {seeds.start}-{seeds.stop - 1}: {len(seeds)} seeds, {totals['steps']} steps "
+          f"({totals['simulated']} s simulated), "
           f"{sum(faults.values())} faults injected ({', '.join(f'{k} {v}' for k, v in sorted(faults.items()))}), "
           f"{totals['events']} events, {totals['messages']} raft messages, {totals['commits']} raft entries committed, "
           f"{totals['acked']} acknowledged requests, {totals['elections']} elections, "

@@ -19,7 +19,7 @@ from control_plane.runtime.statemachine import MasterStateMachine
 from tests.sim.world import EventTrail, Simulation, Violation, master_state_machine, run_seed
 
 CI_SEEDS = 200
-CI_STEPS = 80
+CI_STEPS = 60
 CHUNK = 25
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -123,13 +123,13 @@ def test_the_checker_reports_a_forged_log_divergence() -> None:
 
 
 def test_unguarded_pysyncobj_applies_uncommitted_entries_during_a_snapshot_install() -> None:
-    """The pysyncobj bug the simulation found (seed 18): without the guard RaftReplicator installs, a
-    deposed leader receiving a snapshot applies its own uncommitted entries."""
+    """The pysyncobj bug the simulation found: without the guard RaftReplicator installs, a deposed leader
+    receiving a snapshot applies its own uncommitted entries (seed 67 is one schedule where it happens)."""
     with pytest.raises(Violation) as caught:
-        run_seed(18, 100, guard_snapshots=False)
+        run_seed(67, 120, guard_snapshots=False)
     assert any("but it was committed as" in p for p in caught.value.problems)
     assert "--unguarded" in caught.value.report()
-    run_seed(18, 100)  # with the guard, the same seed holds
+    run_seed(67, 120)  # with the guard, the same seed holds
 
 
 def test_the_scenarios_exercise_the_whole_lifecycle() -> None:

@@ -318,17 +318,12 @@ class FrameworkTwin(Twin):
             task_id = f"{self.name}-t{self.tasks_launched}"
             port = [(ports[0][0], ports[0][0])] if ports and draw < 0.5 else []
             task = TaskInfo(task_id=task_id, name=task_id, command=CommandInfo(value="sleep 60"),
-                            resources=Resources.of(role=self._role_of(offer), cpus=cpus, mem=mem, ports=port))
+                            resources=Resources.of(cpus=cpus, mem=mem, ports=port))
             self.call(cmd.Accept(framework_id=fid, offer_ids=(offer.offer_id,),
                                  operations=(cmd.Operation("LAUNCH", tasks=(task,)),), stream_id=sid))
         else:
             self.call(cmd.Decline(framework_id=fid, offer_ids=(offer.offer_id,), refuse_seconds=1.0, stream_id=sid))
         self.offers.pop(offer.offer_id, None)
-
-    @staticmethod
-    def _role_of(offer: Offer) -> str:
-        # unreserved resources only in this simulation
-        return ""
 
     def kill_one(self) -> None:
         if self.running and self.subscribed_with:

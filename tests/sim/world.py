@@ -3,9 +3,12 @@
 Theory of operation
 -------------------
 One seed fixes everything. ``Simulation(seed)`` builds three masters, each a real pysyncobj node
-(``control_plane.replication.sim.SimRaftNode``: in-memory network, fake clock, seeded elections, journal
-and dump files in a temporary directory) applying committed entries through the real replicated method
-into a real ``MasterStateMachine`` (``control_plane.runtime.statemachine``). Commands come from the real
+(``control_plane.replication.sim.SimRaftNode``: in-memory network, fake clock, seeded elections, pysyncobj
+journal, meta and dump files in a temporary directory, on /dev/shm when there is one) applying committed
+entries through the real replicated method into a real ``MasterStateMachine``
+(``control_plane.runtime.statemachine``). A crashed master is rebuilt over its files and recovers as a
+restarted process does: dump first, then the journal, with the term, vote and commit index of its meta
+file as last written before the crash. Commands come from the real
 pure core: ``decide_entry`` (the function ``Master`` proposes with), ``decide``, ``apply`` and the
 allocator. The leader duties of ``control_plane.runtime.leader`` are thread- and wall-clock-bound (a
 ticker thread, blocking proposals), so a small sim leader loop (``SimMaster.duties``) drives the same
@@ -13,9 +16,11 @@ core commands on the same schedule instead: the ``LeaderElected`` barrier before
 stale offers, allocation rounds, agents marked unreachable after ``agent_timeout``, disconnected
 frameworks, offer and framework expiry, re-sending unacknowledged updates, and reactions after apply.
 
-Each step the generator picks, from the seeded rng, a fault (crash or restart a master, cut, heal or
-reset a link between masters, isolate a master, lose an agent for a while), perhaps a client action,
-and then advances the fake clock by a random slice, which delivers messages and ticks nodes. After every
+Each step the generator picks, from the seeded rng, a fault (crash or restart a master, reboot every
+master at once, cut, heal or reset a link between masters, isolate a master, lose an agent for a while), perhaps a client action,
+and then advances the fake clock by a random slice, which delivers messages and ticks nodes. Requests
+and pushes between twins and masters are delayed at random and 3 % of them are lost (the twins retry
+with the same request id); Raft traffic follows the TCP model of ``SimNetwork``. After every
 step ``check()`` verifies:
 
 1. ``check_invariants`` on the state of every live master (whenever it applied something new);
@@ -142,6 +147,7 @@ class Report:
     acked: int
     elections: int
     raft_log_lines: int
+    simulated_seconds: float
     trace_hash: str
     fingerprints: tuple[str, ...]
 
@@ -526,7 +532,7 @@ class Simulation:
         self.step_no = 0
         self.faults: dict[str, int] = {}
         self._hash = hashlib.sha256()
-        self._recent: deque[str] = deque(maxlen=100000)
+        self._recent: deque[str] = deque(maxlen=2000)
         self.problems: list[str] = []
         # what the checker remembers across the whole run
         self.leaders: dict[int, str] = {}
@@ -667,6 +673,8 @@ class Simulation:
         dead = [m for m in self.masters if not m.alive]
         alive = [m for m in self.masters if m.alive]
         choices = ["cut", "heal", "reset", "isolate", "heal_all", "lose_agent", "restart"]
+        if rng.random() < 0.25:
+            choices.append("reboot_all")
         if len(dead) < len(self.masters) - 1 and (not dead or rng.random() < 0.2):
             choices += ["crash", "crash_leader"]
         kind = rng.choice(choices)
@@ -699,6 +707,11 @@ class Simulation:
             m = rng.choice(dead)
             m.start()
             a = m.address
+        elif kind == "reboot_all":  # every master killed at once, then started again over its files
+            for m in alive:
+                m.crash()
+            for m in self.masters:
+                m.start()
         elif kind in ("crash", "crash_leader"):
             leaders = [m for m in alive if m.node is not None and m.node.is_leader()]
             m = leaders[0] if kind == "crash_leader" and leaders else rng.choice(alive)
@@ -831,7 +844,8 @@ class Simulation:
         return Report(
             seed=self.seed, steps=self.steps, faults=dict(self.faults), events=self.scheduler.executed,
             messages=self.network.stats.delivered, commits=max(self.committed, default=0),
-            acked=len(self.acked), elections=self.elections, raft_log_lines=self.raft_log_lines, trace_hash=self._hash.hexdigest(),
+            acked=len(self.acked), elections=self.elections, raft_log_lines=self.raft_log_lines,
+            simulated_seconds=self.clock.now - EPOCH, trace_hash=self._hash.hexdigest(),
             fingerprints=prints,
         )
 
