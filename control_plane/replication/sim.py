@@ -51,7 +51,7 @@ from pysyncobj.transport import Transport
 
 from .api import StateMachine
 from .config import ReplicationConfig
-from .raft import _ReplicatedLog, guard_snapshot_commit_index, syncobj_conf
+from .raft import _ReplicatedLog, guard_matching_entries, guard_snapshot_commit_index, syncobj_conf
 
 __all__ = [
     "FAIL_SUCCESS",
@@ -368,8 +368,9 @@ class SimRaftNode:
         conf = syncobj_conf(config, self._state_changed, autoTick=False, useFork=False)
         self._so = SyncObj(SimNode(self.address), [SimNode(p) for p in self.peers], conf=conf,
                            consumers=[self._consumer], nodeClass=SimNode, transport=self.transport)
-        if guard_snapshots:  # as RaftReplicator does; False reproduces pysyncobj's own behaviour
+        if guard_snapshots:  # both guards, as RaftReplicator; False reproduces pysyncobj's own behaviour
             guard_snapshot_commit_index(self._so)
+            guard_matching_entries(self._so)
         network.node_up(self)
         # Periodic ticks, like the poll timeout of pysyncobj's loop, at a per-node phase.
         network.scheduler.after(config.tick_period_s * network.rng.random(), self._periodic)

@@ -111,3 +111,47 @@ def test_a_snapshot_chunk_does_not_advance_a_followers_commit_index(tmp_path: Pa
             assert node.commit_index == (1 if guarded else 3)
         finally:
             node.crash()
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+def test_a_repeated_append_entries_does_not_truncate_the_leaders_own_entries(tmp_path: Path, guarded: bool) -> None:
+    """A follower holding entries 2..5 of the current leader receives a re-send of 2..3 (after a reset, in
+    a batch bounded by bytes). pysyncobj alone deletes 4 and 5, which the leader already counts as
+    replicated; the guard keeps them and answers as a heartbeat at 5."""
+    clock, rng = SimClock(1000.0), random.Random(1)
+    scheduler = Scheduler(clock)
+    with deterministic_pysyncobj(clock, rng):
+        network = SimNetwork(scheduler, rng)
+        address, leader = ADDRESSES[0], ADDRESSES[1]
+        node = SimRaftNode(network, ReplicationConfig(address, ADDRESSES[1:], tmp_path), _Recorder(),
+                           guard_snapshots=guarded)
+        try:
+            entries = [(NO_OP, i, 1) for i in range(2, 6)]
+            node.transport.deliver(leader, {"type": "append_entries", "term": 1, "commit_index": 1,
+                                            "prevLogIdx": 1, "prevLogTerm": 0, "entries": entries})
+            assert [e.index for e in node.log()] == [1, 2, 3, 4, 5]
+            node.transport.deliver(leader, {"type": "append_entries", "term": 1, "commit_index": 1,
+                                            "prevLogIdx": 1, "prevLogTerm": 0, "entries": entries[:2]})
+            assert [e.index for e in node.log()] == ([1, 2, 3, 4, 5] if guarded else [1, 2, 3])
+            # a real conflict is still resolved the Raft way: the leader's entry replaces the follower's
+            node.transport.deliver(leader, {"type": "append_entries", "term": 2, "commit_index": 1,
+                                            "prevLogIdx": 2, "prevLogTerm": 1, "entries": [(NO_OP, 3, 2)]})
+            assert [(e.index, e.term) for e in node.log()] == [(1, 0), (2, 1), (3, 2)]
+        finally:
+            node.crash()
+
+
+def test_the_rewrite_keeps_every_message_it_must_not_touch() -> None:
+    from control_plane.replication.raft import without_stale_truncation
+
+    journal = [(b"", 1, 0), (b"a", 2, 1), (b"b", 3, 1), (b"c", 4, 2)]
+    stale = {"type": "append_entries", "term": 2, "prevLogIdx": 2, "prevLogTerm": 1, "entries": [(b"b", 3, 1)]}
+    assert without_stale_truncation(journal, stale) == {**stale, "prevLogIdx": 4, "prevLogTerm": 2, "entries": []}
+    assert without_stale_truncation(journal, {**stale, "term": 3}) == {**stale, "term": 3}  # last entry not its own
+    conflict = {**stale, "entries": [(b"x", 3, 2)]}
+    assert without_stale_truncation(journal, conflict) is conflict
+    wrong_prev = {**stale, "prevLogTerm": 2}
+    assert without_stale_truncation(journal, wrong_prev) is wrong_prev
+    reaching = {**stale, "entries": [(b"b", 3, 1), (b"c", 4, 2)]}
+    assert without_stale_truncation(journal, reaching) is reaching  # nothing beyond it to lose
+    assert without_stale_truncation([], stale) is stale
