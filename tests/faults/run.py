@@ -234,9 +234,31 @@ class FaultRun:
     def _follower(self, leader: MasterProc | None) -> MasterProc:
         return self.rng.choice([m for m in self.cluster.masters if m is not leader])
 
-    def _restart_master(self, m: MasterProc) -> None:
-        if not m.alive:
-            self.cluster.start(m)
+    def _restart_master(self, m: MasterProc, wait: bool = True) -> None:
+        """Start `m` again and (with `wait`) wait until it has rejoined: it knows a leader and has applied
+        what was committed when it came back. Until then it is not part of a working majority, and
+        the next fault would take down two masters at once (a restart replays the whole journal)."""
+        if m.alive:
+            return
+        leader = self._leader()
+        target = 0
+        if leader is not None:
+            try:
+                target = int(leader.quorum(timeout=2.0).commit_index)
+            except Exception:  # noqa: BLE001 - leadership moved: wait for any leader below
+                target = 0
+        self.cluster.start(m)
+        if not wait:
+            return
+
+        def rejoined() -> bool:
+            q = m.quorum(timeout=0.5)
+            return bool(q.leader) and q.applied_index >= target
+
+        try:
+            wait_for(rejoined, 60, interval=0.1, what=f"{m.name} to rejoin")
+        except TimeoutError as exc:
+            self.problems.append(f"{exc} (fault {len(self.faults) + 1})")
 
     def inject(self, index: int) -> None:
         names = [n for n, _ in FAULTS]
@@ -323,7 +345,7 @@ class FaultRun:
         if self.paused is not None and self.paused.proc is not None:
             os.kill(self.paused.proc.pid, signal.SIGCONT)
         for m in self.cluster.masters:
-            self._restart_master(m)
+            self._restart_master(m, wait=False)
         for a in self.cluster.agents:
             if not a.alive:
                 self.cluster.start_agent(a)
