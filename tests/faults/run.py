@@ -24,9 +24,15 @@ What happens:
 
 from __future__ import annotations
 
+import os
+
+# Before grpc is imported: its fork handlers make fork() wait for gRPC's threads, and a harness that
+# polls masters over gRPC while it restarts them (fork + exec) deadlocked in fork(). Every fork here is
+# followed by exec, which needs no fork support.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import argparse
 import json
-import os
 import random
 import shlex
 import signal
