@@ -5,7 +5,8 @@ exponential backoff and jitter"):
 - A `tessera-leader` hint is followed at once, but at most `len(masters) + 1` times in a row, so two
   masters pointing at each other (a stale hint during an election) fall back to backoff.
 - Otherwise the next master in the list is tried after `Backoff.delay(attempt, fraction)`: exponential
-  in the number of failures in a row, capped, and spread by jitter so a fleet of agents that lost the
+  in the number of rounds over the masters that failed in a row (every master is tried before the wait
+  doubles), capped, and spread by jitter so a fleet of agents that lost the
   same leader does not come back in one wave. `fraction` is a random number in [0, 1) supplied by the
   caller (no randomness in here).
 - A connection that carried at least one message from the master was healthy: the failure count
@@ -79,4 +80,8 @@ class DialPlan:
         self.failures += 1
         index = self.addresses.index(address) if address in self.addresses else -1
         nxt = self.addresses[(index + 1) % len(self.addresses)]
-        return Dial(nxt, self.backoff.delay(self.failures, fraction), "next master")
+        # The wait grows once per round over the masters, not per refusal: while one master is down and
+        # another not yet leading, two dials in three fail anyway, and doubling at each left an agent
+        # seconds between dials, past the new leader's re-registration grace (its tasks were marked lost).
+        rounds = (self.failures - 1) // len(self.addresses) + 1
+        return Dial(nxt, self.backoff.delay(rounds, fraction), "next master")

@@ -37,8 +37,10 @@ the configured peers (issue #133).
 
 from __future__ import annotations
 
+import _socket
 import functools
 import logging
+import socket
 import threading
 import time
 from collections import deque
@@ -70,6 +72,11 @@ from .errors import (
 )
 
 log = logging.getLogger(__name__)
+
+# Importing pysyncobj replaces socket.inet_ntop with a Windows-only shim on every OS (a mis-indented line
+# in pysyncobj/win_inet_pton.py), which breaks whatever calls it afterwards in the process (psutil's
+# connection listing raised TypeError). Put the real one back.
+socket.inet_ntop = _socket.inet_ntop
 
 # pysyncobj's raft states as passed to onStateChanged and reported by getStatus()['state'].
 _STATE_LEADER = 2

@@ -9,7 +9,8 @@ measures from the kill:
   every 20 ms over GetQuorum: the baseline, what Raft and the barrier alone cost;
 - `offers flowing`: every framework has re-subscribed to the new leader and received an offer again:
   the figure the target is about (median <= 2 s).
-The killed master is restarted and the cluster left alone for `--settle` seconds between trials. It
+The killed master is restarted, the harness waits until it has rejoined (knows the leader, has applied
+what was committed), and the cluster is left alone for `--settle` seconds between trials. It
 prints min/median/max of both, and the median ratio offers/leader (how much the clients add to Raft).
 """
 
@@ -59,7 +60,7 @@ def trial(fr: FaultRun, timeout: float) -> tuple[float, float]:
     offered = wait_for(lambda: [fr._offers_after(n, t_kill) for n in fr.frameworks]
                        if all(fr._offers_after(n, t_kill) for n in fr.frameworks) else None,
                        timeout, interval=0.05, what="offers to every framework")
-    fr.cluster.start(leader)
+    fr._restart_master(leader)  # and wait until it has rejoined, so every trial starts from a full quorum
     return t_leader - t_kill, max(offered) - t_kill
 
 

@@ -19,19 +19,24 @@ Properties (`check(history)` returns every violation found, as sentences; empty 
    tasks, indexes consistent), and no offer id or task id is issued or launched twice.
 5. **Frameworks end knowing what agents saw.** Every task a framework launched ends, for the
    framework, in the same terminal state as the last update its agent recorded; a task no agent ever
-   saw may only end in a state the master decides (lost, dropped, gone, killed, error).
+   saw may only end in a state the master decides (lost, dropped, gone, killed, error). One difference
+   is legitimate: the master ended the task itself (its agent was unreachable longer than the agent
+   timeout: `TASK_LOST`, recorded with the master as source) and the agent, back, ended it too (killed
+   at the master's request); the task must then be terminal on the agent as well.
 6. **Updates: recorded exactly once, delivered at least once.** No status uuid is recorded twice in
    the log; the newest update an agent holds for each task is recorded (older ones may have been
    superseded: a re-registration reported the newer state, the master recorded it and the agent
-   dropped what it had not sent yet); every recorded update with a uuid is delivered to its framework
+   dropped what it had not sent yet; and after the master ended a task itself, the agent's late
+   update is acknowledged, not recorded); every recorded update with a uuid is delivered to its framework
    (by uuid) at least once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +45,14 @@ from typing import Any
 from control_plane.core import events as ev
 from control_plane.core.invariants import check_invariants
 from control_plane.core.state import ClusterState
-from control_plane.core.values import TaskState
-from control_plane.eventlog.history import ReplayError, entries_from_records, event_from_record, replay_entry
+from control_plane.core.values import StatusSource, TaskState
+from control_plane.eventlog.history import (
+    ReplayError,
+    decode_snapshot,
+    entries_from_records,
+    event_from_record,
+    replay_entry,
+)
 from control_plane.eventlog.records import EVENT_COLUMNS, EventRecord
 
 TERMINAL = {"TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_LOST", "TASK_ERROR", "TASK_DROPPED", "TASK_GONE"}
@@ -63,6 +74,8 @@ class History:
     masters: dict[str, list[EventRecord]] = field(default_factory=dict)
     frameworks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     agents: dict[str, list[AgentUpdate]] = field(default_factory=dict)
+    # per master: the state snapshots stored in its events.db, by seq (the state after that event)
+    snapshots: dict[str, dict[int, bytes]] = field(default_factory=dict)
 
 
 @dataclass
@@ -83,6 +96,14 @@ def read_events(path: Path) -> list[EventRecord]:
     finally:
         conn.close()
     return [EventRecord(*row) for row in rows]
+
+
+def read_snapshots(path: Path) -> dict[int, bytes]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return {int(seq): bytes(blob) for seq, blob in conn.execute("SELECT seq, blob FROM snapshots")}
+    finally:
+        conn.close()
 
 
 def read_agent_updates(path: Path) -> list[AgentUpdate]:
@@ -109,6 +130,7 @@ def load_history(root: Path) -> History:
     h = History()
     for db in sorted(root.glob("m*/events.db")):
         h.masters[db.parent.name] = read_events(db)
+        h.snapshots[db.parent.name] = read_snapshots(db)
     for rec in sorted((root / "frameworks").glob("*.jsonl")):
         h.frameworks[rec.stem] = read_framework_record(rec)
     for db in sorted(root.glob("a*/agent.db")):
@@ -122,11 +144,12 @@ def check(history: History) -> Report:
     longest = max(history.masters.values(), key=len, default=[])
     report.stats["events"] = len(longest)
     report.stats["masters"] = len(history.masters)
-    _check_prefixes(history, report)
+    installed = _check_prefixes(history, report)
     _check_leaders(history, report)
     decoded = _decode(longest, report)
     _check_acknowledged_calls(history, longest, decoded, report)
-    _check_replay(longest, decoded, report)
+    replayed = _check_replay(longest, decoded, report, {seq for _, seq in installed})
+    _check_installed_snapshots(history, installed, replayed, report)
     _check_tasks_and_updates(history, decoded, report)
     return report
 
@@ -140,21 +163,35 @@ def _add(report: Report, key: str, message: str) -> None:
         report.violations.append(f"[{key}] ... more violations of this kind not shown")
 
 
-def _check_prefixes(history: History, report: Report) -> None:
+def _holes(seqs: list[int]) -> list[tuple[int, int]]:
+    """Missing ranges (first, last) in `seqs`, counting from seq 1."""
+    out, expected = [], 1
+    for seq in seqs:
+        if seq > expected:
+            out.append((expected, seq - 1))
+        expected = seq + 1
+    return out
+
+
+def _check_prefixes(history: History, report: Report) -> list[tuple[str, int]]:
+    """Property 1. Returns the holes that end at a state snapshot, as (master, seq of the snapshot):
+    a master that installed a Raft snapshot (it was behind a compacted leader log) has no events
+    before it, by design, and stores that state instead; those states are checked against the replay."""
+    installed: list[tuple[str, int]] = []
     names = sorted(history.masters, key=lambda n: -len(history.masters[n]))
     if not names:
         _add(report, "logs", "no master event log found")
-        return
+        return installed
     base_name = names[0]
     base = {r.seq: r for r in history.masters[base_name]}
     for name in names:
         records = history.masters[name]
-        seqs = [r.seq for r in records]
-        if seqs and seqs != list(range(seqs[0], seqs[0] + len(seqs))):
-            missing = sorted(set(range(seqs[0], seqs[-1] + 1)) - set(seqs))
-            _add(report, "logs", f"{name}'s log has holes: missing seq {missing[:10]}")
-        if seqs and seqs[0] != 1:
-            _add(report, "logs", f"{name}'s log starts at seq {seqs[0]}, not 1")
+        for first, last in _holes([r.seq for r in records]):
+            if last in history.snapshots.get(name, {}):
+                installed.append((name, last))
+            else:
+                _add(report, "logs", f"{name}'s log has a hole: seq {first}..{last} missing, and no "
+                                     f"installed state at {last}")
         for r in records:
             other = base.get(r.seq)
             if other is None:
@@ -163,6 +200,8 @@ def _check_prefixes(history: History, report: Report) -> None:
                 _add(report, "logs", f"{name} and {base_name} differ at seq {r.seq}: "
                                      f"{_brief(r)} vs {_brief(other)}")
                 break  # a divergence explains everything after it
+    report.stats["holes_covered_by_installed_snapshots"] = len(installed)
+    return installed
 
 
 def _brief(r: EventRecord) -> str:
@@ -245,15 +284,26 @@ def _check_acknowledged_calls(history: History, longest: list[EventRecord], deco
     report.stats["acknowledged_calls"] = n
 
 
-def _check_replay(longest: list[EventRecord], decoded: dict[int, Any], report: Report) -> None:
+def _comparable(state: ClusterState) -> str:
+    """The state's fingerprint without what the event log cannot give back (see eventlog.history): the
+    request ids of entries that recorded nothing and the time of an entry without events."""
+    return dataclasses.replace(state, requests=OrderedDict(), time=0.0).fingerprint()
+
+
+def _check_replay(longest: list[EventRecord], decoded: dict[int, Any], report: Report,
+                  keep: set[int]) -> dict[int, str]:
+    """Property 4; returns the comparable fingerprints of the replayed states at the seqs in `keep`."""
     state = ClusterState()
     entries = 0
+    prints: dict[int, str] = {}
     try:
         for entry in entries_from_records(longest):
             replay_entry(state, entry)
             entries += 1
             for problem in check_invariants(state):
                 _add(report, "invariants", f"after events {entry.first_seq}..{entry.last_seq}: {problem}")
+            if entry.last_seq in keep:
+                prints[entry.last_seq] = _comparable(state)
     except ReplayError as exc:
         _add(report, "replay", f"the longest log does not replay: {exc}")
     report.stats["entries_replayed"] = entries
@@ -266,16 +316,34 @@ def _check_replay(longest: list[EventRecord], decoded: dict[int, Any], report: R
                 _add(report, "twice", f"{what} {count} times: {key}")
     report.stats["offers_issued"] = len(offers)
     report.stats["tasks_launched"] = len(tasks)
+    return prints
+
+
+def _check_installed_snapshots(history: History, installed: list[tuple[str, int]], replayed: dict[int, str],
+                               report: Report) -> None:
+    for name, seq in installed:
+        state = decode_snapshot(history.snapshots[name][seq])
+        if state is None:
+            _add(report, "logs", f"{name}'s installed state at seq {seq} does not load")
+        elif seq not in replayed:
+            _add(report, "logs", f"{name}'s installed state at seq {seq} is not at an entry boundary of the log")
+        elif _comparable(state) != replayed[seq]:
+            _add(report, "logs", f"{name}'s installed state at seq {seq} differs from the log replayed to {seq}")
 
 
 def _check_tasks_and_updates(history: History, decoded: dict[int, Any], report: Report) -> None:
-    recorded = Counter()  # uuid -> times recorded
+    recorded: Counter[str] = Counter()  # uuid -> times recorded
     recorded_by_framework: dict[str, set[str]] = defaultdict(set)
     task_framework: dict[str, str] = {}
-    for e in decoded.values():
-        if isinstance(e, ev.TaskStatusUpdated) and e.status.uuid:
-            recorded[e.status.uuid] += 1
-            recorded_by_framework[e.framework_id].add(e.status.uuid)
+    master_ended: dict[str, str] = {}  # task -> terminal state the master decided (agent unreachable...)
+    for _, e in sorted(decoded.items()):
+        if isinstance(e, ev.TaskStatusUpdated):
+            if e.status.uuid:
+                recorded[e.status.uuid] += 1
+                recorded_by_framework[e.framework_id].add(e.status.uuid)
+            if (e.status.state.name in TERMINAL and e.status.source is StatusSource.SOURCE_MASTER
+                    and e.task_id not in master_ended):
+                master_ended[e.task_id] = e.status.state.name
         elif isinstance(e, ev.TaskLaunched):
             task_framework[e.task_id] = e.framework_id
     for uuid, count in sorted(recorded.items()):
@@ -293,12 +361,14 @@ def _check_tasks_and_updates(history: History, decoded: dict[int, Any], report: 
             superseded += u.uuid not in recorded
     for task_id, u in sorted(agent_last.items()):
         # Older updates may be superseded (a re-registration reported a newer state, which the master
-        # recorded, and the agent dropped the older ones); the newest one must be recorded.
-        if u.uuid not in recorded:
+        # recorded, and the agent dropped the older ones); the newest one must be recorded, unless the
+        # master had already ended the task itself (then its decision stands and the update is only acked).
+        if u.uuid not in recorded and task_id not in master_ended:
             _add(report, "updates", f"{agent_of[task_id]}: the last update of task {task_id} ({u.uuid}, "
                                     f"{u.state}) was never recorded")
     report.stats["agent_updates_superseded"] = superseded - sum(u.uuid not in recorded for u in agent_last.values())
 
+    ended_by_master = 0
     for fw, records in history.frameworks.items():
         fids = _framework_ids(records)
         delivered = {r["uuid"] for r in records if r.get("kind") == "update" and r.get("uuid")}
@@ -319,8 +389,16 @@ def _check_tasks_and_updates(history: History, decoded: dict[int, Any], report: 
                 if seen in AGENT_ONLY:
                     _add(report, "tasks", f"{fw}: task {task_id} ended {seen} but no agent ever ran it")
             elif agent.state in TERMINAL and agent.state != seen:
-                _add(report, "tasks", f"{fw}: task {task_id} ended {seen} for its framework but "
-                                      f"{agent.state} on its agent")
-            elif agent.state not in TERMINAL and seen in AGENT_ONLY:
-                _add(report, "tasks", f"{fw}: task {task_id} ended {seen} but its agent last saw {agent.state}")
+                # The one legitimate difference: the master ended the task itself (its agent was
+                # unreachable for longer than the agent timeout: TASK_LOST), told the framework, and
+                # had the agent kill it when it came back. The task must not run on.
+                if master_ended.get(task_id) == seen:
+                    ended_by_master += 1
+                else:
+                    _add(report, "tasks", f"{fw}: task {task_id} ended {seen} for its framework but "
+                                          f"{agent.state} on its agent")
+            elif agent.state not in TERMINAL:
+                _add(report, "tasks", f"{fw}: task {task_id} ended {seen} for its framework but its agent "
+                                      f"last saw it {agent.state}")
         report.stats[f"tasks.{fw}"] = len(ours)
+    report.stats["tasks_ended_by_master_then_on_agent"] = ended_by_master

@@ -11,8 +11,10 @@ import pytest
 
 from control_plane.core import commands as c
 from control_plane.core.resources import Resources
+from control_plane.core.state import ClusterState
 from control_plane.core.values import CommandInfo, TaskInfo, TaskState
 from control_plane.eventlog import EventRecord, MemoryEventStore
+from control_plane.eventlog.history import encode_snapshot, entries_from_records, replay_records
 from tests.faults.checker import AgentUpdate, History, check
 from tests.unit.inspect.workload import Leader
 
@@ -170,3 +172,70 @@ def test_a_resource_offered_twice_is_caught(good: History) -> None:
         records[i + 1:] = [again, *shifted]
     kinds = _kinds(bad)
     assert "twice" in kinds and "replay" in kinds
+
+
+def _boundaries(records: list[EventRecord]) -> list[int]:
+    return [e.last_seq for e in entries_from_records(records)]
+
+
+def _state_after(records: list[EventRecord], seq: int) -> bytes:
+    return encode_snapshot(replay_records(ClusterState(), [r for r in records if r.seq <= seq]))
+
+
+def test_a_hole_ending_at_an_installed_state_that_matches_the_log_passes(good: History) -> None:
+    ok = copy.deepcopy(good)
+    records = ok.masters["m3"]
+    first, end = records[3].seq, _boundaries(records)[6]
+    ok.masters["m3"] = [r for r in records if not first <= r.seq <= end]
+    ok.snapshots["m3"] = {end: _state_after(records, end)}
+    report = check(ok)
+    assert report.ok, report.violations
+    assert report.stats["holes_covered_by_installed_snapshots"] == 1
+
+
+def test_an_installed_state_that_differs_from_the_log_is_caught(good: History) -> None:
+    bad = copy.deepcopy(good)
+    records = bad.masters["m3"]
+    bounds = _boundaries(records)
+    first, end = records[3].seq, bounds[6]
+    bad.masters["m3"] = [r for r in records if not first <= r.seq <= end]
+    bad.snapshots["m3"] = {end: _state_after(records, bounds[5])}  # an older state under the later seq
+    assert _kinds(bad) == {"logs"}
+
+
+def _master_ended(agent_state: str) -> History:
+    """A task marked TASK_LOST by the master (its agent unreachable); the agent, back, ends it as
+    `agent_state` (an update the master acknowledges without recording: its own decision stands)."""
+    store = MemoryEventStore()
+    L = Leader(store)
+    L.run(c.ElectLeader(term=1, master="m1", grpc_address="127.0.0.1:5050", name="m1"))
+    aid = L.agent("host1")
+    fid = L.framework("fw", ("web",))
+    oid = L.offer(fid, aid)
+    task = TaskInfo(task_id="t1", name="t1", resources=Resources.of(cpus=1, mem=64), command=CommandInfo(value="x"))
+    L.run(c.Accept(fid, (oid,), (c.Operation("LAUNCH", tasks=(task,)),)), request_id="req-launch")
+    running = L.status("t1", TaskState.TASK_RUNNING)
+    L.ack("t1", running)
+    result = L.run(c.MarkAgentUnreachable(aid, "no heartbeat"))
+    lost = next(e for _, e in result.events if type(e).__name__ == "TaskStatusUpdated")
+    L.ack("t1", lost.status.uuid)
+    L.run(c.ReregisterAgent(aid, L.live.agents[aid].info))
+    assert store.flush()
+    records = list(store.list(1, 10_000))
+    store.close()
+    fw = [{"kind": "subscribed", "framework_id": fid},
+          {"kind": "call", "call": "launch", "ok": True, "request_id": "req-launch", "task_ids": ["t1"]},
+          {"kind": "update", "task_id": "t1", "state": "TASK_RUNNING", "uuid": running},
+          {"kind": "update", "task_id": "t1", "state": lost.status.state.name, "uuid": lost.status.uuid}]
+    agent = [AgentUpdate(1, "t1", running, "TASK_RUNNING"), AgentUpdate(2, "t1", "uuid-late", agent_state)]
+    return History(masters={"m1": records, "m2": records}, frameworks={"fw": fw}, agents={"a1": agent})
+
+
+def test_a_task_the_master_ended_and_the_agent_killed_later_passes() -> None:
+    report = check(_master_ended("TASK_KILLED"))
+    assert report.ok, report.violations
+    assert report.stats["tasks_ended_by_master_then_on_agent"] == 1
+
+
+def test_a_task_the_master_ended_that_still_runs_on_its_agent_is_caught() -> None:
+    assert _kinds(_master_ended("TASK_RUNNING")) == {"tasks"}

@@ -33,14 +33,18 @@ def proxied() -> Iterator[tuple[RaftProxies, str]]:
                 conn, _ = server.accept()
             except TimeoutError:
                 continue
+            except OSError:
+                return  # closed at teardown
             threading.Thread(target=echo, args=(conn,), daemon=True).start()
 
-    threading.Thread(target=serve, daemon=True).start()
+    server_thread = threading.Thread(target=serve, daemon=True)
+    server_thread.start()
     listen = f"127.0.0.1:{free_port()}"
     proxies = RaftProxies({"b": (listen, f"{bind[0]}:{bind[1]}")}, lambda: {"a": os.getpid()}).start()
     yield proxies, listen
     proxies.close()
     stop.set()
+    server_thread.join(timeout=2)
     server.close()
 
 

@@ -181,16 +181,18 @@ def test_memory_limitation_wins_over_everything() -> None:
 # ---- dialing ------------------------------------------------------------------------------------------
 
 
-def test_dial_plan_walks_the_list_with_growing_capped_jittered_delays() -> None:
+def test_dial_plan_walks_the_list_with_delays_growing_per_round_capped_and_jittered() -> None:
     plan = DialPlan(["m1", "m2", "m3"], Backoff(initial=0.1, factor=2, maximum=0.4, jitter=0.5))
     assert plan.first().address == "m1"
     dials = []
     address = "m1"
-    for _ in range(5):
+    for _ in range(10):
         d = plan.after(address, healthy=False, leader_hint=None, fraction=0.5)
         dials.append((d.address, round(d.delay, 3)))
         address = d.address
-    assert dials == [("m2", 0.1), ("m3", 0.2), ("m1", 0.4), ("m2", 0.4), ("m3", 0.4)]
+    # every master is tried once before the wait doubles
+    assert dials == [("m2", 0.1), ("m3", 0.1), ("m1", 0.1), ("m2", 0.2), ("m3", 0.2), ("m1", 0.2),
+                     ("m2", 0.4), ("m3", 0.4), ("m1", 0.4), ("m2", 0.4)]
     low = plan.after("m3", healthy=False, leader_hint=None, fraction=0.0).delay
     high = plan.after("m3", healthy=False, leader_hint=None, fraction=0.999).delay
     assert low == pytest.approx(0.2) and high == pytest.approx(0.6, abs=1e-3)

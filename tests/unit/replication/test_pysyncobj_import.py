@@ -1,0 +1,16 @@
+"""Importing pysyncobj must not break the socket module for the rest of the process: its Windows shim
+(pysyncobj/win_inet_pton.py) replaces socket.inet_ntop on every OS, and the replication layer puts the
+real one back (psutil's connection listing, used by the fault suite's Raft proxy, raised TypeError)."""
+
+from __future__ import annotations
+
+import socket
+
+
+def test_socket_inet_ntop_works_after_the_replicator_and_pysyncobj_are_imported() -> None:
+    import pysyncobj.tcp_connection  # noqa: F401 - the module that installs the shim
+
+    import control_plane.replication.raft  # noqa: F401
+
+    assert socket.inet_ntop(socket.AF_INET, bytes([127, 0, 0, 1])) == "127.0.0.1"
+    assert socket.inet_ntop(socket.AF_INET6, bytes(15) + b"\x01") == "::1"
