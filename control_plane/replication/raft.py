@@ -199,6 +199,40 @@ def guard_matching_entries(so: SyncObj) -> None:
     transport.setOnMessageReceivedCallback(on_message)
 
 
+def guard_reply_terms(so: SyncObj) -> None:
+    """Stamp a follower's replies to append_entries with its term, and have a leader drop replies of
+    another term (pysyncobj 0.3.17's ``next_node_idx`` carries none).
+
+    Without it a leader counts towards commit a reply to an append_entries of an earlier term: a
+    follower paused (or slow) while it held a deposed leader's messages answers them after that leader
+    has won a later term, and the leader takes the answer as a match of its current log at indexes where
+    the follower holds the old term's entries — a commit on a minority, the second candidate cause of
+    the lost entry the fault suite found (tests/faults, 5 masters, seed 202). A reply without a term (a
+    master not yet upgraded) is taken as before.
+    """
+    transport = so._SyncObj__transport
+    send = transport.send
+
+    def stamped(node: Any, message: Any) -> Any:
+        if isinstance(message, dict) and message.get("type") == "next_node_idx" and "term" not in message:
+            message = {**message, "term": so.raftCurrentTerm}
+        return send(node, message)
+
+    transport.send = stamped
+    deliver = transport._onMessageReceivedCallback
+
+    def on_message(node: Any, message: Any) -> None:
+        if not is_reply_of_another_term(message, so.raftCurrentTerm):
+            deliver(node, message)
+
+    transport.setOnMessageReceivedCallback(on_message)
+
+
+def is_reply_of_another_term(message: Any, term: int) -> bool:
+    return (isinstance(message, dict) and message.get("type") == "next_node_idx" and "term" in message
+            and message["term"] != term)
+
+
 def without_stale_truncation(journal: Any, message: dict[str, Any]) -> dict[str, Any]:
     """`message` as a heartbeat at the end of `journal` when it only repeats entries `journal` holds from
     the message's leader (see `guard_matching_entries`); else `message` itself."""
@@ -405,6 +439,7 @@ class RaftReplicator(Replicator):
         so = SyncObj(cfg.self_address, list(cfg.peers), conf=conf, consumers=[self._consumer])
         guard_snapshot_commit_index(so)
         guard_matching_entries(so)
+        guard_reply_terms(so)
         try:
             so.waitBinded()
         except SyncObjException:

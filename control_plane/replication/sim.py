@@ -51,7 +51,13 @@ from pysyncobj.transport import Transport
 
 from .api import StateMachine
 from .config import ReplicationConfig
-from .raft import _ReplicatedLog, guard_matching_entries, guard_snapshot_commit_index, syncobj_conf
+from .raft import (
+    _ReplicatedLog,
+    guard_matching_entries,
+    guard_reply_terms,
+    guard_snapshot_commit_index,
+    syncobj_conf,
+)
 
 __all__ = [
     "FAIL_SUCCESS",
@@ -371,6 +377,7 @@ class SimRaftNode:
         if guard_snapshots:  # both guards, as RaftReplicator; False reproduces pysyncobj's own behaviour
             guard_snapshot_commit_index(self._so)
             guard_matching_entries(self._so)
+            guard_reply_terms(self._so)
         network.node_up(self)
         # Periodic ticks, like the poll timeout of pysyncobj's loop, at a per-node phase.
         network.scheduler.after(config.tick_period_s * network.rng.random(), self._periodic)

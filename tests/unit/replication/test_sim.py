@@ -155,3 +155,41 @@ def test_the_rewrite_keeps_every_message_it_must_not_touch() -> None:
     reaching = {**stale, "entries": [(b"b", 3, 1), (b"c", 4, 2)]}
     assert without_stale_truncation(journal, reaching) is reaching  # nothing beyond it to lose
     assert without_stale_truncation([], stale) is stale
+
+
+def test_a_leader_drops_replies_to_append_entries_of_another_term() -> None:
+    from control_plane.replication.raft import is_reply_of_another_term
+
+    reply = {"type": "next_node_idx", "next_node_idx": 9, "reset": False, "success": True}
+    assert is_reply_of_another_term({**reply, "term": 3}, 4)
+    assert not is_reply_of_another_term({**reply, "term": 4}, 4)
+    assert not is_reply_of_another_term(reply, 4)  # from a master without the guard: taken as before
+    assert not is_reply_of_another_term({"type": "append_entries", "term": 1}, 4)
+
+
+def test_followers_stamp_their_replies_with_their_term(tmp_path: Path) -> None:
+    from control_plane.replication.raft import guard_reply_terms
+
+    clock, rng = SimClock(1000.0), random.Random(1)
+    scheduler = Scheduler(clock)
+    sent: list[dict[str, object]] = []
+    with deterministic_pysyncobj(clock, rng):
+        network = SimNetwork(scheduler, rng)
+        node = SimRaftNode(network, ReplicationConfig(ADDRESSES[0], ADDRESSES[1:], tmp_path), _Recorder(),
+                           guard_snapshots=False)
+        transport = node._so._SyncObj__transport
+        inner = transport.send
+
+        def spy(to: object, message: dict[str, object]) -> object:
+            sent.append(message)
+            return inner(to, message)
+
+        transport.send = spy  # what leaves the node, under the guard
+        guard_reply_terms(node._so)
+        try:
+            node.transport.deliver(ADDRESSES[1], {"type": "append_entries", "term": 5, "commit_index": 1,
+                                                  "prevLogIdx": 1, "prevLogTerm": 0, "entries": [(NO_OP, 2, 5)]})
+        finally:
+            node.crash()
+    replies = [m for m in sent if m.get("type") == "next_node_idx"]
+    assert replies and all(m.get("term") == 5 for m in replies), sent
