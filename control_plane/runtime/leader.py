@@ -60,6 +60,13 @@ class LeaderSettings:
 
 
 CLOSE = object()  # sentinel: end the stream
+
+
+def leadership_transition(served: int, term: int) -> tuple[bool, bool]:
+    """(deposed, elected): what to run when the serving term goes from `served` to `term` (0: not
+    serving). Losing and regaining leadership between two ticks is a new term: the old term's streams
+    are closed and the new one starts afresh, as after any leader change."""
+    return served != 0 and served != term, term != 0 and term != served
 OFFERS_PER_ENTRY = 100  # offers committed per log entry (an offer encodes to a few hundred bytes)
 MAX_PER_MESSAGE = 500  # RunTasks or updates in one batched message (each a few hundred bytes)
 
@@ -348,14 +355,16 @@ class LeaderDuties:
     def _tick_loop(self) -> None:
         last_alloc = 0.0
         last_slow = 0.0
-        was_serving = False
+        served = 0  # the term these duties last served in
         while not self._stop.is_set():
-            serving = self.master.is_serving()
-            if serving and not was_serving:
-                self._on_serving()
-            elif was_serving and not serving:
+            term = self.master.serving_term()
+            deposed, elected = leadership_transition(served, term)
+            if deposed:
                 self._on_deposed()
-            was_serving = serving
+            if elected:
+                self._on_serving()
+            served = term
+            serving = term != 0
             if serving:
                 now = time.monotonic()
                 try:

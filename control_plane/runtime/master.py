@@ -196,6 +196,12 @@ class Master:
         with self._lock:
             return self._serving_term != 0 and self._serving_term == self.replicator.term()
 
+    def serving_term(self) -> int:
+        """The term this master serves as leader in, 0 when it does not."""
+        with self._lock:
+            term = self._serving_term
+        return term if term != 0 and term == self.replicator.term() else 0
+
     def wait_serving(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         with self._lock:
