@@ -245,7 +245,7 @@ def _stage_report(leader: object, data_dir: Path | None, since: float) -> list[s
 
     at: dict[str, dict[str, float]] = defaultdict(dict)
     finished_uuid: dict[str, str] = {}
-    for e in leader.list_events():  # type: ignore[attr-defined]
+    for e in leader.list_events(limit=1000):  # type: ignore[attr-defined]
         if e.time < since or not e.task_id:
             continue
         key = e.type
