@@ -29,6 +29,9 @@ from agent.config import ISOLATION_CHOICES, SUPERVISOR_START_CHOICES, AgentConfi
 @click.option("--supervisor-start", type=click.Choice(SUPERVISOR_START_CHOICES), default="fork-server",
               show_default=True,
               help="How each task's supervisor starts: forked by a long-lived fork server, or as a fresh interpreter.")
+@click.option("--batch-messages/--no-batch-messages", default=True, show_default=True,
+              help="Send the status updates of one loop turn in one message and take batched commands "
+                   "(BATCHED_MESSAGES); turn off only for a master without the capability.")
 @click.option("--work-dir", type=click.Path(path_type=Path), default=None,
               help="Directory of task sandboxes (default: DATA_DIR/sandboxes).")
 @click.option("--metrics", "metrics_address", default=None,
@@ -38,7 +41,8 @@ from agent.config import ISOLATION_CHOICES, SUPERVISOR_START_CHOICES, AgentConfi
               help="mTLS: DIR holds ca.pem, cert.pem, key.pem of an agent certificate (or TESSERA_AGENT_TLS_DIR).")
 @click.option("--log-level", default="INFO", show_default=True)
 def agent_main(masters: str, data_dir: Path, resources: str, attributes: str, hostname: str,
-               heartbeat_interval: float, isolation: str, supervisor_start: str, work_dir: Path | None,
+               heartbeat_interval: float, isolation: str, supervisor_start: str, batch_messages: bool,
+               work_dir: Path | None,
                metrics_address: str | None, agent_tls_dir: Path | None, log_level: str) -> None:
     """Run a Tessera agent: report this machine's resources and run tasks for the masters."""
     from agent.main import run_agent
@@ -49,7 +53,7 @@ def agent_main(masters: str, data_dir: Path, resources: str, attributes: str, ho
         masters=tuple(a.strip() for a in masters.split(",") if a.strip()), data_dir=data_dir,
         resources=resources, attributes=attributes, hostname=hostname, heartbeat_interval=heartbeat_interval,
         work_dir=work_dir, isolation=isolation, supervisor_start=supervisor_start, metrics_address=metrics_address,
-        tls_dir=agent_tls_dir,
+        tls_dir=agent_tls_dir, batch_messages=batch_messages,
     )
     sys.exit(run_agent(config))
 

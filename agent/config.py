@@ -57,6 +57,9 @@ class AgentConfig:
     cgroups_root: str = "tessera"  # name of the cgroup that holds the task cgroups
     status_retry_initial: float = 1.0  # first re-send of an unacknowledged status update
     status_retry_max: float = 30.0
+    # Announce BATCHED_MESSAGES: several status updates per message, run_tasks and acks from the master.
+    # Off only against a master that predates the capability (docs/protocol.md, AgentLink step 8).
+    batch_messages: bool = True
     reconnect_backoff_max: float = 5.0
     metrics_address: str | None = None  # HOST:PORT for Prometheus /metrics; None = off
     tls_dir: Path | None = None  # ca.pem, cert.pem, key.pem of an agent certificate; None = plaintext

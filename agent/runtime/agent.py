@@ -17,7 +17,10 @@ Rules it keeps (docs/protocol.md):
   commit, and the supervisors of the turn's RunTasks are started together after their sandboxes are
   on disk (`_start_launches`). Nothing outside the agent ever sees a decision the disk does not hold.
 - Status updates: written to the checkpoint before they are sent; only the head of each task's stream
-  is in flight; re-sent with backoff until acknowledged; all re-sent on every new registration. After a
+  is in flight; re-sent with backoff until acknowledged; all re-sent on every new registration. With
+  BATCHED_MESSAGES (announced at every registration unless `batch_messages` is off) the heads due in
+  one turn leave as one `StatusUpdates` message, and the master may answer with `acks` and send
+  `run_tasks` (the tasks of one message are started together, like several RunTasks of one turn). After a
   re-registration, older updates of a reported task are superseded by the reported (newest) one, which
   the master has just recorded.
 - A broken stream, or one silent for longer than `stale_after` (three heartbeats and a second), is
@@ -77,6 +80,8 @@ OBSERVE_INTERVAL = 0.2
 MAX_WAIT = 0.5  # the loop wakes at least this often
 SHUTDOWN_EXTRA = 5.0  # beyond the longest grace period, before giving up on tasks at Shutdown
 DONE_TASKS_KEPT = 1000
+BATCHED_MESSAGES = "BATCHED_MESSAGES"  # Register.capabilities (docs/protocol.md, AgentLink step 8)
+MAX_UPDATES_PER_MESSAGE = 500  # a turn with more due updates sends several StatusUpdates messages
 
 
 def agent_version() -> str:
@@ -291,6 +296,8 @@ class Agent:
             self.reregistering = False
             request_id = self.checkpoint.registration_request_id()
         register = agent_pb2.Register(agent_id=self.agent_id, info=self._agent_info(), request_id=request_id)
+        if self.config.config.batch_messages:
+            register.capabilities.append(BATCHED_MESSAGES)
         for status in statuses:
             register.tasks.append(to_proto(status, common_pb2.TaskStatus))
         log.info("%s to %s (%d task(s))", "re-registering" if self.agent_id else "registering",
@@ -335,13 +342,19 @@ class Agent:
             pass
         elif kind == "ack":
             self.on_ack(msg.ack.task_id, msg.ack.uuid)
-        elif kind in ("run_task", "kill_task", "shutdown"):
+        elif kind == "acks":
+            for ack in msg.acks.acks:
+                self.on_ack(ack.task_id, ack.uuid)
+        elif kind in ("run_task", "run_tasks", "kill_task", "shutdown"):
             if stale:
                 log.warning("ignoring %s with term %d: a term %d leader has been seen", kind, msg.term,
                             self.highest_term)
                 return
             if kind == "run_task":
                 self.on_run_task(msg.run_task)
+            elif kind == "run_tasks":
+                for run in msg.run_tasks.tasks:  # prepared now, started together at the end of the turn
+                    self.on_run_task(run)
             elif kind == "kill_task":
                 self.on_kill_task(msg.kill_task)
             else:
@@ -567,12 +580,25 @@ class Agent:
             log.debug("task.run span of %s: %s", task_id, exc)
 
     def flush_updates(self) -> None:
+        """Send the heads that are due: one `status_updates` message for all of them when the agent
+        announced BATCHED_MESSAGES (a lone update still goes as `status_update`), else one message each."""
         if not self.registered or self.stream is None or self.checkpoint.in_batch:
             return  # in a batch: sent after the turn's commit
-        for update in self.updates.due(self.monotonic()):
-            status = replace(update.status, agent_id=update.status.agent_id or self.agent_id)
-            self.send(agent_pb2.AgentMessage(status_update=agent_pb2.StatusUpdate(
-                status=to_proto(status, common_pb2.TaskStatus), traceparent=update.traceparent)))
+        due = [self._update_message(u) for u in self.updates.due(self.monotonic())]
+        if not self.config.config.batch_messages:
+            for update in due:
+                self.send(agent_pb2.AgentMessage(status_update=update))
+            return
+        for start in range(0, len(due), MAX_UPDATES_PER_MESSAGE):
+            chunk = due[start:start + MAX_UPDATES_PER_MESSAGE]
+            if len(chunk) == 1:
+                self.send(agent_pb2.AgentMessage(status_update=chunk[0]))
+            else:
+                self.send(agent_pb2.AgentMessage(status_updates=agent_pb2.StatusUpdates(updates=chunk)))
+
+    def _update_message(self, update: PendingUpdate) -> agent_pb2.StatusUpdate:
+        status = replace(update.status, agent_id=update.status.agent_id or self.agent_id)
+        return agent_pb2.StatusUpdate(status=to_proto(status, common_pb2.TaskStatus), traceparent=update.traceparent)
 
     def on_ack(self, task_id: str, uuid: str) -> None:
         result = self.updates.acknowledge(task_id, uuid, self.monotonic())

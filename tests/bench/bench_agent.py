@@ -2,7 +2,7 @@
 
     python tests/bench/bench_agent.py [--launches 20] [--updates 2000] [--agents 100] [--tasks 200]
                                       [--skip-cluster] [--real-tasks 300] [--real-task-cpus 0.1] [--real-rounds 1]
-                                      [--no-interpreter-baseline] [--only-real]
+                                      [--no-interpreter-baseline] [--no-single-baseline] [--only-real]
 
 1. Launch: a `true` task through the real launcher (sandbox, isolation, supervisor process, exit file)
    from `launch()` until its exit is observed, against a plain `subprocess.run(["true"])`. Run with the
@@ -18,8 +18,9 @@
    keep --agents well under that.
 4. One real agent (`--real-tasks`, 0 = skip; `--only-real` runs just this): `true` tasks through the
    batch runner on one real agent, tasks/s from the first offer to the last acknowledged TASK_FINISHED,
-   against one emulated agent and against the real agent with fresh-interpreter supervisors, each on a
-   fresh cluster in the same run; with the CPU each process spent per task and per-stage latencies.
+   against one emulated agent (batched messages), the real agent with fresh-interpreter supervisors and
+   the real agent speaking the single-message protocol (`--no-batch-messages`), each on a fresh cluster
+   in the same run; with the CPU each process spent per task and per-stage latencies.
 5. `--many-agents` emulated agents heartbeating against 3 masters: the leader's CPU and memory.
 """
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -133,14 +135,29 @@ def bench_manager(n: int) -> float:
 
 
 def run_batch(masters: list[str], tasks: int, log: Path, cpus: float = 0.1) -> float:
+    """tasks/s from starting the batch runner to its summary line ("N succeeded, 0 failed, ...")."""
     cmd = [sys.executable, "-m", "sdk.examples.batch", "--masters", ",".join(masters), "--command", "true",
            "--count", str(tasks), "--cpus", str(cpus), "--mem", "16", "--give-up-after", "60"]
     start = time.perf_counter()
+    elapsed = None
     with open(log, "ab") as out:
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=600)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"the batch failed (exit {proc.returncode}); see {log}")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.write(line)
+            if re.match(rb"^\d+ succeeded, 0 failed", line):
+                elapsed = time.perf_counter() - start
+                break  # a stuck interpreter exit must not hold the read
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # done, but stuck at interpreter exit: the figure stands
+            proc.kill()
+            proc.wait()
+            print(f"  (the batch runner hung at exit after its summary and was killed; see {log})")
+            code = 0
+        out.write(proc.stdout.read())
+    if code != 0 or elapsed is None:
+        raise RuntimeError(f"the batch failed (exit {code}); see {log}")
     return tasks / elapsed
 
 
@@ -228,7 +245,7 @@ def _stage_report(leader: object, data_dir: Path | None, since: float) -> list[s
 
     at: dict[str, dict[str, float]] = defaultdict(dict)
     finished_uuid: dict[str, str] = {}
-    for e in leader.list_events():  # type: ignore[attr-defined]
+    for e in leader.list_events(limit=1000):  # type: ignore[attr-defined]
         if e.time < since or not e.task_id:
             continue
         key = e.type
@@ -290,8 +307,10 @@ def _master_pids(cluster: Any, leader: Any) -> dict[str, int]:
     return {"leader": leader.proc.pid, **{f"follower{i + 1}": m.proc.pid for i, m in enumerate(followers)}}
 
 
-def _real_agent_run(tasks: int, work: Path, task_cpus: float, supervisor_start: str) -> float:
-    """A fresh 3-master cluster and one real agent whose supervisors start the given way: tasks/s."""
+def _real_agent_run(tasks: int, work: Path, task_cpus: float, supervisor_start: str, batch: bool = True) -> float:
+    """A fresh 3-master cluster and one real agent whose supervisors start the given way, speaking the
+    batched protocol (BATCHED_MESSAGES) or not: tasks/s."""
+    name = f"{supervisor_start}{'' if batch else '-single'}"
     from tests.support.cluster import AgentProc, LocalCluster
 
     class Cluster(LocalCluster):
@@ -301,11 +320,13 @@ def _real_agent_run(tasks: int, work: Path, task_cpus: float, supervisor_start: 
             cmd = [sys.executable, "-m", "control_plane.cli.main", "agent", "--masters",
                    ",".join(self.grpc_addresses()), "--data-dir", str(a.data_dir), "--resources", a.resources,
                    "--hostname", a.name, "--supervisor-start", supervisor_start]
+            if not batch:
+                cmd.append("--no-batch-messages")
             with open(a.log_path, "ab") as out:
                 a.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
-    with Cluster(work / f"real-{supervisor_start}", n=3) as cluster:
+    with Cluster(work / f"real-{name}", n=3) as cluster:
         cluster.start_all()
         leader = cluster.leader(timeout=60)
         agent = cluster.add_agent("cpus:2;mem:4096")
@@ -319,9 +340,11 @@ def _real_agent_run(tasks: int, work: Path, task_cpus: float, supervisor_start: 
         meter = CpuMeter(procs)
         since = time.time()
         meter.start()
-        rate = run_batch(cluster.grpc_addresses(), tasks, work / f"batch-real-{supervisor_start}.log", cpus=task_cpus)
+        rate = run_batch(cluster.grpc_addresses(), tasks, work / f"batch-real-{name}.log", cpus=task_cpus)
         cpu = meter.stop(tasks)
-        print(f"  1 real agent, supervisors by {supervisor_start:11s}: {rate:6.1f} tasks/s (load {os.getloadavg()[0]:.1f})")
+        protocol = "batched messages" if batch else "single messages"
+        print(f"  1 real agent, supervisors by {supervisor_start}, {protocol}: {rate:6.1f} tasks/s "
+              f"(load {os.getloadavg()[0]:.1f})")
         print(f"    {cpu}")
         print("    per-task latency of each stage:")
         for line in _stage_report(leader, agent.data_dir, since):
@@ -330,19 +353,21 @@ def _real_agent_run(tasks: int, work: Path, task_cpus: float, supervisor_start: 
 
 
 def bench_real_agent(tasks: int, work: Path, task_cpus: float = 0.1, interpreter_baseline: bool = True,
-                     rounds: int = 1) -> None:
+                     rounds: int = 1, single_baseline: bool = True) -> None:
     """One real agent (real supervisors and processes) launching `true` as fast as the batch runner
     accepts offers: accept -> acknowledged TASK_FINISHED, tasks/s. Baselines in the same run, each on a
     fresh cluster: the same batch on one emulated agent (no processes: what the masters and the framework
-    allow), and the real agent with a fresh interpreter per supervisor (`--supervisor-start interpreter`).
+    allow; it speaks the batched protocol, as the real agent does by default), the real agent with a fresh
+    interpreter per supervisor (`--supervisor-start interpreter`), and the real agent with the fork server
+    speaking the single-message protocol (`--no-batch-messages`).
     Prints where the time goes (per-task latency of each stage) and the CPU each process spent per task:
     on a 2-core machine their sum bounds the rate. With `rounds` > 1 the three runs alternate that many
     times (the machine is shared: alternating spreads other load over all three) and medians are printed."""
-    results: dict[str, list[float]] = {"emulated": [], "interpreter": [], "fork-server": []}
+    results: dict[str, list[float]] = {"emulated": [], "interpreter": [], "fork-server-single": [], "fork-server": []}
     for i in range(rounds):
         if rounds > 1:
             print(f"  round {i + 1} of {rounds}")
-        _real_agent_round(tasks, work / f"round-{i + 1}", task_cpus, interpreter_baseline, results)
+        _real_agent_round(tasks, work / f"round-{i + 1}", task_cpus, interpreter_baseline, single_baseline, results)
     if rounds > 1:
         medians = {k: statistics.median(v) for k, v in results.items() if v}
         print("  medians (tasks/s): " + ", ".join(f"{k} {v:.1f}" for k, v in medians.items()))
@@ -350,10 +375,12 @@ def bench_real_agent(tasks: int, work: Path, task_cpus: float = 0.1, interpreter
         line = f"  median ratios: fork server / emulated {forked / emulated:.2f}"
         if "interpreter" in medians:
             line += f", fork server / fresh interpreter {forked / medians['interpreter']:.2f}"
+        if "fork-server-single" in medians:
+            line += f", batched / single messages {forked / medians['fork-server-single']:.2f}"
         print(line)
 
 
-def _real_agent_round(tasks: int, work: Path, task_cpus: float, interpreter_baseline: bool,
+def _real_agent_round(tasks: int, work: Path, task_cpus: float, interpreter_baseline: bool, single_baseline: bool,
                       results: dict[str, list[float]]) -> None:
     from agent.emulated import EmulatedAgents, EmulatedConfig
     from tests.support.cluster import LocalCluster
@@ -362,7 +389,8 @@ def _real_agent_round(tasks: int, work: Path, task_cpus: float, interpreter_base
         cluster.start_all()
         leader = cluster.leader(timeout=60)
         config = EmulatedConfig(masters=tuple(cluster.grpc_addresses()), count=1, task_duration=0.0,
-                                hostname_prefix="cmp", resources="cpus:2;mem:4096;disk:10000", seed=1)
+                                hostname_prefix="cmp", resources="cpus:2;mem:4096;disk:10000", seed=1,
+                                batch_messages=True)
         with EmulatedAgents(config) as emulated:
             emulated.wait_registered(timeout=60)
             meter = CpuMeter(_master_pids(cluster, leader))
@@ -376,15 +404,21 @@ def _real_agent_round(tasks: int, work: Path, task_cpus: float, interpreter_base
         for line in _stage_report(leader, None, since):
             print(line)
     interpreter = _real_agent_run(tasks, work, task_cpus, "interpreter") if interpreter_baseline else None
+    single = _real_agent_run(tasks, work, task_cpus, "fork-server", batch=False) if single_baseline else None
     forked = _real_agent_run(tasks, work, task_cpus, "fork-server")
     results["emulated"].append(emulated_rate)
+    if single:
+        results["fork-server-single"].append(single)
     results["fork-server"].append(forked)
     if interpreter:
         results["interpreter"].append(interpreter)
     ratios = f"ratio to the emulated agent {forked / emulated_rate:.2f}"
     if interpreter:
         ratios += f", to fresh-interpreter supervisors {forked / interpreter:.2f}"
-    print(f"  {tasks} tasks of `true` ({task_cpus:g} cpus each, {int(2 / task_cpus)} at a time): fork server {ratios}")
+    if single:
+        ratios += f", to single messages {forked / single:.2f}"
+    print(f"  {tasks} tasks of `true` ({task_cpus:g} cpus each, {int(2 / task_cpus)} at a time): "
+          f"fork server, batched {ratios}")
 
 
 def bench_many_agents(count: int, seconds: float, work: Path) -> None:
@@ -438,6 +472,8 @@ def main() -> int:
                         help="alternate the one-real-agent runs (emulated, interpreter, fork server) this many times")
     parser.add_argument("--no-interpreter-baseline", action="store_true",
                         help="skip the one-real-agent run with fresh-interpreter supervisors")
+    parser.add_argument("--no-single-baseline", action="store_true",
+                        help="skip the one-real-agent run with the single-message protocol (--no-batch-messages)")
     args = parser.parse_args()
     print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
     print("machine:", machine())
@@ -446,7 +482,8 @@ def main() -> int:
         if args.only_real:
             print(f"\n4. one real agent: {args.real_tasks} tasks of `true` via the batch runner")
             bench_real_agent(args.real_tasks, work, args.real_task_cpus,
-                             interpreter_baseline=not args.no_interpreter_baseline, rounds=args.real_rounds)
+                             interpreter_baseline=not args.no_interpreter_baseline, rounds=args.real_rounds,
+                             single_baseline=not args.no_single_baseline)
             return 0
         print(f"\n1. launch of `true`, {args.launches} times, launch() -> exit observed")
         plain = bench_plain(args.launches)
@@ -471,7 +508,8 @@ def main() -> int:
             if args.real_tasks:
                 print(f"\n4. one real agent: {args.real_tasks} tasks of `true` via the batch runner")
                 bench_real_agent(args.real_tasks, work, args.real_task_cpus,
-                             interpreter_baseline=not args.no_interpreter_baseline, rounds=args.real_rounds)
+                             interpreter_baseline=not args.no_interpreter_baseline, rounds=args.real_rounds,
+                             single_baseline=not args.no_single_baseline)
     return 0
 
 

@@ -46,6 +46,7 @@ class RunningAgent:
 class AgentFactory:
     tmp_path: Path
     running: list[RunningAgent] = field(default_factory=list)
+    defaults: dict[str, Any] = field(default_factory=dict)  # AgentConfig fields for every agent it starts
 
     def __call__(self, masters: list[str], *, data_dir: Path | None = None, isolator: Isolator | None = None,
                  **overrides: Any) -> RunningAgent:
@@ -53,6 +54,7 @@ class AgentFactory:
         settings: dict[str, Any] = dict(heartbeat_interval=0.2, usage_interval=0.5, status_retry_initial=0.2,
                                         status_retry_max=1.0, reconnect_backoff_max=0.5,
                                         resources="cpus:2;mem:1024;disk:1024", hostname="test-host")
+        settings.update(self.defaults)
         settings.update(overrides)
         config = resolve(AgentConfig(masters=tuple(masters), data_dir=data_dir, **settings))
         checkpoint = Checkpoint.open(data_dir / "agent.db")

@@ -6,6 +6,12 @@ with the configured heartbeat interval, heartbeat acks, status updates recorded 
 (duplicates acknowledged again, not recorded twice), and any command the test sends stamped with a term.
 As a follower (`leader_hint` set) it answers UNAVAILABLE with `tessera-leader` trailing metadata.
 Everything it received is kept for assertions; `wait_for` polls with a timeout.
+
+Batched messages (docs/protocol.md, AgentLink step 8): with `batched` set (the default) and an agent that
+announced BATCHED_MESSAGES, a `status_updates` message is recorded update by update and answered with one
+`acks` message, and `run_tasks` sends several tasks in one message. With `batched` off it is a master that
+predates the capability: it ignores a batch (an old master does not know the field).
+`drop_first_acks` leaves the first receipt of every uuid unacknowledged (a lost ack: the agent re-sends).
 """
 
 from __future__ import annotations
@@ -38,12 +44,17 @@ class StreamState:
 
 class FakeMaster(agent_pb2_grpc.AgentLinkServicer):
     def __init__(self, *, term: int = 1, heartbeat_interval: float = 0.2, leader_hint: str | None = None,
-                 ack_updates: bool = True, forget_unknown: bool = False) -> None:
+                 ack_updates: bool = True, forget_unknown: bool = False, batched: bool = True) -> None:
         self.term = term
         self.heartbeat_interval = heartbeat_interval
         self.leader_hint = leader_hint
         self.ack_updates = ack_updates
         self.forget_unknown = forget_unknown
+        self.batched = batched
+        self.drop_first_acks = False
+        self.batch_sizes: list[int] = []  # updates per update-carrying message received, in order
+        self.ignored_batches = 0  # status_updates messages a master without the capability dropped
+        self.acks_sent = 0
         self.lock = threading.Condition()
         self.registers: list[agent_pb2.Register] = []
         self.updates: list[agent_pb2.StatusUpdate] = []  # every StatusUpdate received, duplicates included
@@ -136,14 +147,19 @@ class FakeMaster(agent_pb2_grpc.AgentLinkServicer):
                         state.out.put(agent_pb2.MasterMessage(term=self.term,
                                                               heartbeat_ack=agent_pb2.AgentHeartbeatAck()))
                     elif kind == "status_update":
-                        update = msg.status_update
-                        if self.on_update is not None:
-                            self.on_update(update)
-                        self.updates.append(update)
-                        self.recorded.setdefault(update.status.uuid, update)
-                        if self.ack_updates:
-                            state.out.put(agent_pb2.MasterMessage(term=self.term, ack=agent_pb2.StatusUpdateAck(
-                                task_id=update.status.task_id, uuid=update.status.uuid)))
+                        self.batch_sizes.append(1)
+                        acks = self._receive(msg.status_update)
+                        for ack in acks:
+                            state.out.put(agent_pb2.MasterMessage(term=self.term, ack=ack))
+                    elif kind == "status_updates":
+                        if not (self.batched and "BATCHED_MESSAGES" in state.register.capabilities):
+                            self.ignored_batches += 1
+                            continue
+                        self.batch_sizes.append(len(msg.status_updates.updates))
+                        acks = [a for u in msg.status_updates.updates for a in self._receive(u)]
+                        if acks:
+                            state.out.put(agent_pb2.MasterMessage(term=self.term,
+                                                                  acks=agent_pb2.StatusUpdateAcks(acks=acks)))
                     elif kind == "usage":
                         self.usages.append(msg.usage)
                     self.lock.notify_all()
@@ -154,6 +170,18 @@ class FakeMaster(agent_pb2_grpc.AgentLinkServicer):
             state.out.put(_END)
             with self.lock:
                 self.lock.notify_all()
+
+    def _receive(self, update: agent_pb2.StatusUpdate) -> list[agent_pb2.StatusUpdateAck]:
+        """Record one update (under the lock); the acknowledgement to send, if any."""
+        if self.on_update is not None:
+            self.on_update(update)
+        first = update.status.uuid not in self.recorded
+        self.updates.append(update)
+        self.recorded.setdefault(update.status.uuid, update)
+        if not self.ack_updates or (first and self.drop_first_acks):
+            return []
+        self.acks_sent += 1
+        return [agent_pb2.StatusUpdateAck(task_id=update.status.task_id, uuid=update.status.uuid)]
 
     # ---- test controls ---------------------------------------------------------------------------------
     def current(self) -> StreamState:
@@ -168,6 +196,12 @@ class FakeMaster(agent_pb2_grpc.AgentLinkServicer):
 
     def run_task(self, task: Any, term: int | None = None, traceparent: str = "") -> None:
         self.send(agent_pb2.MasterMessage(run_task=agent_pb2.RunTask(task=task, traceparent=traceparent)), term)
+
+    def run_tasks(self, tasks: list[Any], term: int | None = None) -> None:
+        """Several tasks in one `run_tasks` message (only to an agent that announced BATCHED_MESSAGES)."""
+        assert "BATCHED_MESSAGES" in self.current().register.capabilities
+        runs = [agent_pb2.RunTask(task=t) for t in tasks]
+        self.send(agent_pb2.MasterMessage(run_tasks=agent_pb2.RunTasks(tasks=runs)), term)
 
     def kill_task(self, task_id: str, grace: float = 0.0, framework_id: str = "", term: int | None = None) -> None:
         self.send(agent_pb2.MasterMessage(kill_task=agent_pb2.KillTask(

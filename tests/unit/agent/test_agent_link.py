@@ -1,24 +1,35 @@
 """The agent against a fake master over real gRPC on 127.0.0.1: registration, re-registration with
 tasks, status updates (checkpointed before sending, in order, re-sent until acknowledged, re-sent after a
-reconnect), term fencing, leader following, a forgotten agent, shutdown, a silent master."""
+reconnect), term fencing, leader following, a forgotten agent, shutdown, a silent master.
+
+Every test runs twice: with the agent announcing BATCHED_MESSAGES (its default) and without it (the
+single-message protocol, as against a master that predates the capability)."""
 
 from __future__ import annotations
 
 import itertools
 import sqlite3
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
+import pytest
 
 from agent.checkpoint import Checkpoint
 from agent.executor.supervisor import read_json
 from tessera.v1 import agent_pb2, common_pb2
-from tests.unit.agent.conftest import RunningAgent
+from tests.unit.agent.conftest import AgentFactory, RunningAgent
 from tests.unit.agent.fake_master import FakeMaster
 
 Start = Callable[..., RunningAgent]
+
+
+@pytest.fixture(params=["batched", "single"])
+def start_agent(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Start]:
+    factory = AgentFactory(tmp_path, defaults={"batch_messages": request.param == "batched"})
+    yield factory
+    factory.stop_all()
 
 
 def task(task_id: str, command: str, *, grace: float = 0.0, mem: float = 64) -> common_pb2.TaskInfo:
