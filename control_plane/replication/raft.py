@@ -180,12 +180,10 @@ def guard_matching_entries(so: SyncObj) -> None:
     goes down), a later entry is committed on a minority, and a new leader overwrites it — an
     acknowledged write lost (seen twice in 300 faults on 5 masters).
 
-    When the message agrees with the follower's log at ``prevLogIdx`` and on every entry it carries, and
-    the follower's last entry is of the message's term (so it came from this leader, and by the log
-    matching property its whole log up to there is the leader's), the message is passed on as a heartbeat
-    at the follower's last entry: nothing is deleted, and the reply tells the leader the truth. Any other
-    message (a conflict, a last entry of an older term, an index below the compacted log) goes to pysyncobj
-    unchanged.
+    When the message agrees with the follower's log at ``prevLogIdx`` and on every entry it carries and
+    the follower holds more, nothing it holds is deleted (`without_stale_truncation` says how). A conflict,
+    a message that reaches past the follower's log, an index below the compacted log and an empty heartbeat
+    go to pysyncobj unchanged.
     """
     transport = so._SyncObj__transport
     deliver = transport._onMessageReceivedCallback
@@ -194,6 +192,8 @@ def guard_matching_entries(so: SyncObj) -> None:
         if (isinstance(message, dict) and message.get("type") == "append_entries" and "prevLogIdx" in message
                 and "transmission" not in message):
             message = without_stale_truncation(so._SyncObj__raftLog, message)
+            if message is None:
+                return
         deliver(node, message)
 
     transport.setOnMessageReceivedCallback(on_message)
@@ -233,23 +233,35 @@ def is_reply_of_another_term(message: Any, term: int) -> bool:
             and message["term"] != term)
 
 
-def without_stale_truncation(journal: Any, message: dict[str, Any]) -> dict[str, Any]:
-    """`message` as a heartbeat at the end of `journal` when it only repeats entries `journal` holds from
-    the message's leader (see `guard_matching_entries`); else `message` itself."""
+def without_stale_truncation(journal: Any, message: dict[str, Any]) -> dict[str, Any] | None:
+    """What to deliver of an append_entries that carries entries `journal` already holds, all of them
+    matching, and ends before `journal` does (see `guard_matching_entries`); any other message is
+    returned as it is.
+
+    - `journal` ends with an entry of the message's term: it came from this leader, so (log matching) the
+      whole of `journal` is the leader's log: a heartbeat at its end (nothing deleted, a true reply).
+    - otherwise: None, not delivered. pysyncobj would delete the entries after the ones carried, which may
+      be committed (an earlier leader counted this follower); the next messages of the same burst carry
+      them (the leader's next index has moved past this one), and the first that reaches past the end of
+      `journal`, or conflicts with it, replaces them in one step. An empty heartbeat (prevLogIdx is the
+      leader's last index) is always delivered: what it deletes is beyond the leader's log, so never
+      committed.
+    """
+    entries = message.get("entries") or []
     size = len(journal)
-    if not size:
+    if not entries or not size:
         return message
     first, last = int(journal[0][1]), int(journal[size - 1][1])
-    entries = message.get("entries") or []
-    prev = int(message["prevLogIdx"])
-    end = int(entries[-1][1]) if entries else prev
+    prev, end = int(message["prevLogIdx"]), int(entries[-1][1])
     if end >= last or prev < first:
         return message  # nothing beyond what it carries, or below what this node keeps
-    if journal[size - 1][2] != message.get("term") or journal[prev - first][2] != message.get("prevLogTerm"):
+    if journal[prev - first][2] != message.get("prevLogTerm"):
         return message
     for entry in entries:
         if journal[int(entry[1]) - first][2] != entry[2]:
             return message  # a conflict: pysyncobj truncates, as Raft does
+    if journal[size - 1][2] != message.get("term"):
+        return None
     rewritten = dict(message)
     rewritten.update(prevLogIdx=last, prevLogTerm=journal[size - 1][2], entries=[])
     return rewritten

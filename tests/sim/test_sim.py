@@ -112,12 +112,12 @@ def test_the_checker_reports_a_forged_log_divergence() -> None:
         log = node.log()
         target = next(e for e in log[1:] if e.index <= node.commit_index)
         prev = next(e for e in log if e.index == target.index - 1)
-        # from a (forged) newer term: a message of the current term repeating entries the follower holds
-        # would be taken as a re-send by the matching-entries guard and truncate nothing
+        # a (forged) newer leader whose entry conflicts by term: a message repeating entries the follower
+        # holds (same index and term) would be taken as a re-send by the matching-entries guard
         node.transport.deliver(leader.address, {
             "type": "append_entries", "term": node.term() + 1, "commit_index": node.commit_index,
             "prevLogIdx": prev.index, "prevLogTerm": prev.term,
-            "entries": [(b"\x00forged", target.index, target.term)],
+            "entries": [(b"\x00forged", target.index, node.term() + 1)],
         })
         with pytest.raises(Violation) as caught:
             sim.check()

@@ -147,7 +147,10 @@ def test_the_rewrite_keeps_every_message_it_must_not_touch() -> None:
     journal = [(b"", 1, 0), (b"a", 2, 1), (b"b", 3, 1), (b"c", 4, 2)]
     stale = {"type": "append_entries", "term": 2, "prevLogIdx": 2, "prevLogTerm": 1, "entries": [(b"b", 3, 1)]}
     assert without_stale_truncation(journal, stale) == {**stale, "prevLogIdx": 4, "prevLogTerm": 2, "entries": []}
-    assert without_stale_truncation(journal, {**stale, "term": 3}) == {**stale, "term": 3}  # last entry not its own
+    # the last entry is of an older term: it may be committed by an earlier leader; not delivered at all
+    assert without_stale_truncation(journal, {**stale, "term": 3}) is None
+    heartbeat = {**stale, "entries": []}
+    assert without_stale_truncation(journal, heartbeat) is heartbeat  # nothing it deletes can be committed
     conflict = {**stale, "entries": [(b"x", 3, 2)]}
     assert without_stale_truncation(journal, conflict) is conflict
     wrong_prev = {**stale, "prevLogTerm": 2}
@@ -193,3 +196,29 @@ def test_followers_stamp_their_replies_with_their_term(tmp_path: Path) -> None:
             node.crash()
     replies = [m for m in sent if m.get("type") == "next_node_idx"]
     assert replies and all(m.get("term") == 5 for m in replies), sent
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+def test_entries_of_an_earlier_term_survive_a_partial_re_send(tmp_path: Path, guarded: bool) -> None:
+    """A follower holds entries 2..5 of term 1 (committed, for all it knows, by the term-1 leader). The
+    term-2 leader re-sends 2..3, then 4..6. pysyncobj alone deletes 4 and 5 in between; with the guard
+    the first message is not delivered and the second replaces the tail in one step."""
+    clock, rng = SimClock(1000.0), random.Random(1)
+    scheduler = Scheduler(clock)
+    with deterministic_pysyncobj(clock, rng):
+        network = SimNetwork(scheduler, rng)
+        node = SimRaftNode(network, ReplicationConfig(ADDRESSES[0], ADDRESSES[1:], tmp_path), _Recorder(),
+                           guard_snapshots=guarded)
+        try:
+            old = [(NO_OP, i, 1) for i in range(2, 6)]
+            node.transport.deliver(ADDRESSES[2], {"type": "append_entries", "term": 1, "commit_index": 1,
+                                                  "prevLogIdx": 1, "prevLogTerm": 0, "entries": old})
+            node.transport.deliver(ADDRESSES[1], {"type": "append_entries", "term": 2, "commit_index": 1,
+                                                  "prevLogIdx": 1, "prevLogTerm": 0, "entries": old[:2]})
+            assert [e.index for e in node.log()] == ([1, 2, 3, 4, 5] if guarded else [1, 2, 3])
+            node.transport.deliver(ADDRESSES[1], {"type": "append_entries", "term": 2, "commit_index": 1,
+                                                  "prevLogIdx": 3, "prevLogTerm": 1,
+                                                  "entries": [*old[2:], (NO_OP, 6, 2)]})
+            assert [(e.index, e.term) for e in node.log()] == [(1, 0), (2, 1), (3, 1), (4, 1), (5, 1), (6, 2)]
+        finally:
+            node.crash()
