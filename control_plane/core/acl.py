@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from control_plane.core.errors import InvalidRequest, PermissionDenied, Unauthenticated
+from control_plane.core.resources import validate_role
 
 PeerKind = Literal["master", "agent", "framework", "operator"]
 PEER_KINDS: tuple[PeerKind, ...] = ("master", "agent", "framework", "operator")
@@ -161,9 +162,14 @@ def parse_acl(doc: Mapping[str, object]) -> Acl:
         bad = actions - ACTIONS
         if bad:
             raise InvalidRequest(f"{where}.actions: unknown {sorted(bad)}; known: {', '.join(sorted(ACTIONS))}")
-        grants.append(Grant(principal=name, token_sha256=digest, roles=_strings(body.get("roles", ()),
-                            f"{where}.roles"), users=_strings(body.get("users", ()), f"{where}.users"),
-                            actions=actions))
+        roles = _strings(body.get("roles", ()), f"{where}.roles")
+        for role in roles - {ANY}:
+            try:
+                validate_role(role)
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"{where}.roles: {exc.message}") from exc
+        grants.append(Grant(principal=name, token_sha256=digest, roles=roles,
+                            users=_strings(body.get("users", ()), f"{where}.users"), actions=actions))
     return Acl(tuple(grants))
 
 

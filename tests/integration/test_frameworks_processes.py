@@ -48,11 +48,22 @@ def run_example(module: str, cluster: LocalCluster, *args: str) -> subprocess.Po
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
+def finish(proc: subprocess.Popen[str], cluster: LocalCluster, timeout: float) -> tuple[str, str]:
+    """The example's output once it exits; killed, with the cluster's logs in the failure, if it does not."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate(timeout=10)
+        raise AssertionError(f"{' '.join(map(str, proc.args))} did not finish:\n{out}\n{err[-6000:]}\n"
+                             f"{cluster.logs()}") from None
+
+
 def test_batch_runner_completes_100_tasks(tmp_path: Path) -> None:
     with cluster_with_agents(tmp_path, [("cpus:4;mem:2048", ""), ("cpus:4;mem:2048", "")]) as cluster:
         proc = run_example("sdk.examples.batch", cluster, "--command", "true", "--count", "100",
                            "--cpus", "0.1", "--mem", "16", "--give-up-after", "120")
-        out, err = proc.communicate(timeout=180)
+        out, err = finish(proc, cluster, 180)
         assert proc.returncode == 0, f"{out}\n{err}\n{cluster.logs()}"
         assert "100 succeeded, 0 failed" in out
         tasks = state(cluster).tasks
@@ -241,12 +252,7 @@ def test_batch_runner_finishes_when_the_leading_master_is_killed(tmp_path: Path)
         wait_for(lambda: sum(1 for e in leader.list_events() if e.type == "TaskLaunched") >= 10, 60,
                  what="the batch to be under way")
         cluster.kill(leader, signal.SIGKILL)
-        try:
-            out, err = proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate(timeout=10)
-            raise AssertionError(f"the batch did not finish:\n{out}\n{err[-6000:]}\n{cluster.logs()}") from None
+        out, err = finish(proc, cluster, 120)
         assert proc.returncode == 0, f"{out}\n{err}\n{cluster.logs()}"
         assert "60 succeeded, 0 failed" in out
         survivor = next(m for m in cluster.masters if m.alive)
@@ -273,12 +279,7 @@ def test_leader_killed_while_100_tasks_report_loses_no_terminal_update(tmp_path:
                              if e.type == "TaskStatusUpdated" and '"TASK_RUNNING"' in e.payload_json) >= 50,
                  120, interval=0.5, what="tasks running")
         cluster.kill(leader, signal.SIGKILL)
-        try:
-            out, err = proc.communicate(timeout=180)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate(timeout=10)
-            raise AssertionError(f"the batch did not finish:\n{out}\n{err[-4000:]}\n{cluster.logs()}") from None
+        out, err = finish(proc, cluster, 180)
         assert proc.returncode == 0, f"{out}\n{err}\n{cluster.logs()}"
         assert "100 succeeded, 0 failed" in out
         survivor = next(m for m in cluster.masters if m.alive)

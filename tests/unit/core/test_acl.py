@@ -151,3 +151,11 @@ def test_without_an_acl_every_decision_is_open() -> None:
 def test_malformed_acl_documents_are_refused_naming_the_key(doc: dict[str, object], where: str) -> None:
     with pytest.raises(InvalidRequest, match=where):
         parse_acl(doc)
+
+
+def test_a_grant_naming_an_invalid_role_is_refused_with_its_key() -> None:
+    grant = {"token_sha256": "a" * 64, "roles": ["analytics", "bad role"]}
+    with pytest.raises(InvalidRequest, match=r"principals\.bob\.roles: invalid role name 'bad role'"):
+        parse_acl({"principals": {"bob": grant}})
+    assert parse_acl({"principals": {"bob": {**grant, "roles": ["analytics", "*"]}}}).grants[0].roles == {
+        "analytics", "*"}
