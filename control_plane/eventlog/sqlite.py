@@ -110,6 +110,20 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db.table("meta").create({"key": str, "value": int}, pk="key", not_null={"value"}, strict=True)
 
 
+# Ids an event does not name are stored as ''; most events name few of them (a role weight none, an
+# offer never a task). Indexing those rows only costs every insert on every master (about 2 us a row
+# of the ~6 us an insert took with seven indexes) and never serves a query: `_filter_sql` filters on a
+# non-empty id only, and says so (`column != ''`), so the planner can use these partial indexes.
+ID_COLUMNS = ("framework_id", "agent_id", "task_id", "offer_id")
+
+
+@MIGRATIONS()
+def m002_partial_id_indexes(db: sqlite_utils.Database) -> None:
+    for column in ID_COLUMNS:
+        db.execute(f"DROP INDEX IF EXISTS idx_events_{column}_seq")
+        db.execute(f"CREATE INDEX idx_events_{column}_seq ON events ({column}, seq) WHERE {column} != ''")
+
+
 _INSERT_EVENTS = "INSERT INTO events ({}) VALUES ({}) ON CONFLICT(seq) DO NOTHING".format(
     ", ".join(EVENT_COLUMNS), ", ".join("?" * len(EVENT_COLUMNS))
 )
@@ -203,10 +217,11 @@ def _filter_sql(flt: EventFilter) -> tuple[builtins.list[str], builtins.list[obj
     if flt.types:
         clauses.append("type IN ({})".format(", ".join("?" * len(flt.types))))
         params.extend(flt.types)
-    for column in ("framework_id", "agent_id", "task_id", "offer_id"):
+    for column in ID_COLUMNS:
         value = getattr(flt, column)
         if value:
-            clauses.append(f"{column} = ?")
+            # the redundant `!= ''` lets the planner use the partial index on the column
+            clauses.append(f"{column} = ? AND {column} != ''")
             params.append(value)
     if flt.since_time is not None:
         clauses.append("time >= ?")
@@ -382,7 +397,7 @@ class SqliteEventStore(QueuedEventStore):
                 "SELECT trace_id FROM ("
                 " SELECT trace_id, start_time AS t FROM spans WHERE task_id = ?1"
                 " UNION ALL"
-                " SELECT trace_id, time AS t FROM events WHERE task_id = ?1 AND trace_id <> ''"
+                " SELECT trace_id, time AS t FROM events WHERE task_id = ?1 AND task_id != '' AND trace_id <> ''"
                 ") GROUP BY trace_id ORDER BY min(t), trace_id",
                 (task_id,),
             ).fetchall()

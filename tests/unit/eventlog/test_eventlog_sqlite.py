@@ -116,8 +116,33 @@ def test_schema_migrations_are_applied_once(db_path: Path) -> None:
         SqliteEventStore(db_path).close()
     db = sqlite_utils.Database(db_path)
     applied = list(db["_sqlite_migrations"].rows_where("migration_set = ?", ["tessera-eventlog"]))
-    assert [row["name"] for row in applied] == ["m001_initial"]
+    assert [row["name"] for row in applied] == ["m001_initial", "m002_partial_id_indexes"]
     db.close()
+
+
+def test_id_filters_use_the_partial_indexes_and_rows_without_the_id_are_not_indexed(
+    db_path: Path, make_event: EventFactory
+) -> None:
+    from control_plane.eventlog.records import EventFilter
+    from control_plane.eventlog.sqlite import _SELECT_EVENTS, _filter_sql
+
+    with SqliteEventStore(db_path) as store:
+        store.append([make_event(s) for s in range(1, 61)])
+        assert store.flush(5.0)
+        with_task = [e.seq for e in store.list(limit=100, flt=EventFilter(task_id="task-1"))]
+        assert with_task == [s for s in range(1, 61) if make_event(s).task_id == "task-1"]
+    conn = sqlite3.connect(db_path)
+    try:
+        for column in ("framework_id", "agent_id", "task_id", "offer_id"):
+            clauses, params = _filter_sql(EventFilter(**{column: "x"}))
+            plan = " ".join(str(row[-1]) for row in conn.execute(
+                f"EXPLAIN QUERY PLAN {_SELECT_EVENTS} WHERE seq >= ? AND {' AND '.join(clauses)} ORDER BY seq",
+                [1, *params]))
+            assert f"idx_events_{column}_seq" in plan, plan
+            (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (f"idx_events_{column}_seq",)).fetchone()
+            assert sql.endswith(f"WHERE {column} != ''")
+    finally:
+        conn.close()
 
 
 def test_readers_are_not_blocked_by_a_writer_holding_the_lock(
