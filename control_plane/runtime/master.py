@@ -49,7 +49,7 @@ from control_plane.eventlog import EventStore
 from control_plane.replication import Replicator
 from control_plane.replication.errors import NotLeaderError, UnknownOutcomeError
 from control_plane.runtime.statemachine import Applied, MasterStateMachine
-from control_plane.tracing import TASK_ID_ATTRIBUTE, context_from, current_traceparent, get_tracer
+from control_plane.tracing import TASK_ID_ATTRIBUTE, context_from, current_traceparent, get_tracer, tracer_records
 
 log = logging.getLogger(__name__)
 
@@ -267,13 +267,18 @@ class Master:
             raise NotLeader("this master is not the serving leader", self.leader_grpc_hint())
         request_id = request_id or new_id("req")
         term = self.replicator.term()
+        if not tracer_records(self.tracer):  # the same, without spans nobody would record
+            entry, prior = self._decide(commands, request_id, traceparent, term)
+            if prior is not None:
+                return _resolved(prior)
+            data = entry_to_bytes(entry)
+            self.sm.expect(data, entry, commit_info=False)
+            return self.replicator.submit(data)
         with self.tracer.start_as_current_span("master.propose", context=context_from(traceparent),
                                                attributes=_propose_attributes(commands, request_id)):
             entry, prior = self._decide(commands, request_id, current_traceparent() or traceparent, term)
             if prior is not None:
-                done: Future[Any] = Future()
-                done.set_result(prior)
-                return done
+                return _resolved(prior)
             data = entry_to_bytes(entry)
             self.sm.expect(data, entry)
             span = self.tracer.start_span("raft.commit", attributes={"raft.term": term, "tessera.entry_bytes": len(data)})
@@ -456,6 +461,12 @@ def _set_commit_info(span: trace.Span, info: tuple[int, int] | None) -> None:
     if info is not None:
         span.set_attribute("raft.index", info[0])
         span.set_attribute("tessera.batch_entries", info[1])
+
+
+def _resolved(value: Any) -> Future[Any]:
+    done: Future[Any] = Future()
+    done.set_result(value)
+    return done
 
 
 def _end_commit_span(span: trace.Span, fut: Future[Any], info: tuple[int, int] | None = None) -> None:

@@ -34,6 +34,7 @@ from control_plane.eventlog.history import DEFAULT_SNAPSHOT_EVERY, Snapshotter
 log = logging.getLogger(__name__)
 
 EXPECTED_LIMIT = 65_536  # proposed entries remembered for their apply (a leader has far fewer in flight)
+_NOT_EXPECTED: tuple[None, bool] = (None, False)
 _json_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
@@ -70,15 +71,16 @@ class MasterStateMachine:
         # 0 disables the event log's state snapshots ("state as of" then replays from the start)
         self.snapshots = Snapshotter(events, snapshot_every) if snapshot_every > 0 else None
         self._listeners: list[Callable[[Sequence[Applied]], None]] = []
-        self._expected: dict[bytes, ev.Entry] = {}
+        self._expected: dict[bytes, tuple[ev.Entry, bool]] = {}
         self.commit_info: dict[str, tuple[int, int]] = {}  # request id -> (raft index, entries in its batch)  # leader only: entries proposed here, not yet applied
 
-    def expect(self, data: bytes, entry: ev.Entry) -> None:
+    def expect(self, data: bytes, entry: ev.Entry, *, commit_info: bool = True) -> None:
         """The leader proposes `entry` as `data`: when it comes back committed, skip decoding it again
-        (bytes equal means the same entry). Bounded: forgotten entries are simply decoded."""
+        (bytes equal means the same entry), and, with `commit_info`, note where it landed in
+        `commit_info` (for a commit span). Bounded: forgotten entries are simply decoded."""
         if len(self._expected) >= EXPECTED_LIMIT:
             self._expected.clear()
-        self._expected[data] = entry
+        self._expected[data] = (entry, commit_info)
 
     def add_listener(self, fn: Callable[[Sequence[Applied]], None]) -> None:
         self._listeners.append(fn)
@@ -91,9 +93,9 @@ class MasterStateMachine:
         with self.lock:
             for data in entries:
                 try:
-                    proposed = self._expected.pop(data, None)
+                    proposed, wants_info = self._expected.pop(data, _NOT_EXPECTED)
                     entry = proposed or entry_from_bytes(data)
-                    if proposed is not None and proposed.request_id:
+                    if wants_info and proposed is not None and proposed.request_id:
                         # for the proposer's commit span: where its entry landed in the Raft log
                         if len(self.commit_info) >= EXPECTED_LIMIT:
                             self.commit_info.clear()

@@ -212,3 +212,22 @@ def test_the_agent_continues_the_trace_and_reports_its_spans_to_the_leader(
         out = ok("--masters", m.grpc_address, "trace", "t-agent").output
         print(out)
         assert "agent.launch_task tessera-agent" in out and "task.run tessera-agent" in out
+
+
+def test_without_a_recording_tracer_writes_keep_the_callers_trace_and_build_no_spans() -> None:
+    from opentelemetry import trace
+
+    from control_plane.core import commands as cmd
+    from control_plane.tracing import tracer_records
+
+    assert not tracer_records(trace.NoOpTracer())
+    assert tracer_records(_provider("x").get_tracer("t"))
+    parent = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+    with InProcessMaster(tracer_provider=trace.NoOpTracerProvider()) as m:
+        result = m.master.propose_async([cmd.SetRoleWeight(role="traced", weight=2.0)],
+                                        request_id="req-untraced", traceparent=parent).result(10)
+        assert result.outcome == "applied"
+        assert m.events.flush(5.0)
+        (record,) = m.events.list(limit=10, flt=EventFilter(types=("RoleWeightSet",)))
+        assert (record.trace_id, record.span_id) == ("ab" * 16, "cd" * 8)
+        assert "req-untraced" not in m.sm.commit_info  # nothing kept for a commit span nobody records
