@@ -49,7 +49,13 @@ from control_plane.eventlog import EventStore
 from control_plane.replication import Replicator
 from control_plane.replication.errors import NotLeaderError, UnknownOutcomeError
 from control_plane.runtime.statemachine import Applied, MasterStateMachine
-from control_plane.tracing import TASK_ID_ATTRIBUTE, context_from, current_traceparent, get_tracer, tracer_records
+from control_plane.tracing import (
+    TASK_ID_ATTRIBUTE,
+    context_from,
+    current_traceparent,
+    get_tracer,
+    tracer_records,
+)
 
 log = logging.getLogger(__name__)
 
