@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
+import operator
 import types
 import typing
 from collections.abc import Callable
 from functools import cache
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError
@@ -240,6 +243,24 @@ def entry_from_bytes(data: bytes) -> ev.Entry:
 _PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
+def _no_default(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# The C encoder made once: `JSONEncoder.encode` builds a new one on every call, which is most of the
+# cost of a small object (an event payload: 0.6 us instead of 1.5 us, on every master, per event).
+_c_encoder = (c_make_encoder(None, _no_default, encode_basestring, None, ":", ",", False, False, True)
+              if c_make_encoder is not None else None)
+
+
+def json_text(value: Any) -> str:
+    """Compact JSON text (`,`/`:` separators, UTF-8 kept) of plain JSON values, as `to_jsonable` makes."""
+    if _c_encoder is not None and type(value) is dict:
+        return "".join(_c_encoder(value, 0))
+    return _compact(value)
+
+
 def to_jsonable(value: Any) -> Any:
     """Plain JSON types for any core value: dataclasses become objects, enums their names,
     resources a list of {name, role?, scalar | ranges}, labels an object."""
@@ -261,12 +282,25 @@ def to_jsonable(value: Any) -> Any:
         return value.name
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
-    names = _field_names(type(value))
-    if names is not None:
-        return {name: _json_field(getattr(value, name)) for name in names}
+    plan = _json_plan(type(value))
+    if plan is not None:
+        names, values = plan
+        return {name: v if type(v) in _PLAIN else _json_field(v) for name, v in zip(names, values(value), strict=True)}
     if isinstance(value, tuple):
         return [to_jsonable(v) for v in value]
     return value
+
+
+@cache
+def _json_plan(cls: type) -> tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]] | None:
+    """A dataclass type's field names and one C-level getter of all their values (None otherwise)."""
+    names = _field_names(cls)
+    if names is None:
+        return None
+    if len(names) == 1:
+        one = operator.attrgetter(names[0])
+        return names, lambda v: (one(v),)
+    return names, operator.attrgetter(*names) if names else (lambda v: ())
 
 
 @cache

@@ -12,6 +12,8 @@ atomically. Rules:
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from control_plane.core.resources import EMPTY, Resources
@@ -257,14 +259,37 @@ EVENT_FIELDS: dict[type, str] = {
 ID_FIELDS = ("framework_id", "agent_id", "task_id", "offer_id")
 
 
+_ID_NAMES = ("framework_id", "agent_id", "task_id", "offer_id")
+_NO_IDS = ("", "", "", "")
+_ID_GETTERS: dict[type, Callable[[object], tuple[str, str, str, str]]] = {}
+
+
 def event_ids(event: object) -> tuple[str, str, str, str]:
     """(framework_id, agent_id, task_id, offer_id) of an event, '' where it names none."""
-    return (
-        getattr(event, "framework_id", ""),
-        getattr(event, "agent_id", ""),
-        getattr(event, "task_id", ""),
-        getattr(event, "offer_id", ""),
-    )
+    getter = _ID_GETTERS.get(type(event))
+    if getter is None:
+        getter = _ID_GETTERS[type(event)] = _ids_getter(type(event))
+    return getter(event)
+
+
+def _ids_getter(cls: type) -> Callable[[object], tuple[str, str, str, str]]:
+    """The ids of events of one type: which of the four fields a type has is fixed (slotted dataclasses),
+    so it is decided once per type instead of four failed attribute lookups per event."""
+    if any("__slots__" not in vars(k) for k in cls.__mro__ if k is not object):
+        return lambda event: (getattr(event, "framework_id", ""), getattr(event, "agent_id", ""),
+                              getattr(event, "task_id", ""), getattr(event, "offer_id", ""))
+    present = tuple(name for name in _ID_NAMES if any(name in getattr(k, "__slots__", ()) for k in cls.__mro__))
+    if not present:
+        return lambda event: _NO_IDS
+    if present == _ID_NAMES:
+        return operator.attrgetter(*_ID_NAMES)
+    getters = tuple(operator.attrgetter(name) if name in present else None for name in _ID_NAMES)
+    g0, g1, g2, g3 = getters
+
+    def ids(event: object) -> tuple[str, str, str, str]:
+        return (g0(event) if g0 else "", g1(event) if g1 else "", g2(event) if g2 else "",
+                g3(event) if g3 else "")
+    return ids
 
 
 @dataclass(frozen=True, slots=True)
