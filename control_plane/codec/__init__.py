@@ -163,10 +163,7 @@ def _field_codec(name: str, tp: Any, optional: bool) -> tuple[_Encoder, _Decoder
         if v:
             setattr(m, name, v)
 
-    def dec(m: Any) -> Any:
-        return getattr(m, name)
-
-    return enc, dec
+    return enc, operator.attrgetter(name)
 
 
 def _encode_into(value: Any, msg: Any) -> None:
@@ -183,8 +180,15 @@ def to_proto(value: Any, msg_cls: type[ProtoMessage]) -> Any:
 
 def from_proto(msg: Any, cls: type[T]) -> T:
     """The core value `cls` read from `msg`; raises InvalidRequest on invalid content."""
-    kwargs = {name: dec(msg) for name, _, dec in _plan(cls)}
-    return cls(**kwargs)
+    plan = _plan(cls)
+    if _positional(cls):  # every field in __init__, in plan order: positional args cost half as much
+        return cls(*[dec(msg) for _, _, dec in plan])
+    return cls(**{name: dec(msg) for name, _, dec in plan})
+
+
+@cache
+def _positional(cls: type) -> bool:
+    return all(f.init for f in dataclasses.fields(cls))
 
 
 # ---- events and log entries --------------------------------------------------------------------
@@ -231,9 +235,9 @@ def entry_from_bytes(data: bytes) -> ev.Entry:
         msg.ParseFromString(data)
     except DecodeError as exc:
         raise ValueError(f"not a LogEntry: {exc}") from exc
-    return ev.Entry(
-        term=msg.term, leader=msg.leader, time=msg.time, request_id=msg.request_id,
-        traceparent=msg.traceparent, events=tuple(event_from_proto(e) for e in msg.events),
+    return ev.Entry(  # positional: term, leader, time, request_id, traceparent, events
+        msg.term, msg.leader, msg.time, msg.request_id, msg.traceparent,
+        tuple([event_from_proto(e) for e in msg.events]),
     )
 
 

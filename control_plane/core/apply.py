@@ -105,6 +105,7 @@ from control_plane.core.state import (
     check_task_status,
     check_term,
     check_text,
+    remembered,
     scalar_part,
     total_with_reservations,
 )
@@ -197,7 +198,7 @@ def _apply(state: ClusterState, entry: Entry) -> ApplyResult:
         return _reject(state, None, "", InvalidRequest.code, "request_id: must be a string of at most "
                        f"{MAX_ID_LENGTH} characters")
     if request_id:
-        prior = state.requests.get(request_id)
+        prior = state.result_for_request(request_id)
         if prior is not None:
             return ApplyResult("duplicate", (), prior.first_seq, prior.last_seq, prior.error_code,
                                prior.reason, request_id)
@@ -274,8 +275,7 @@ def _remember(state: ClusterState, request_id: str, result: ApplyResult) -> None
     if not request_id:
         return
     # stored without its events: the table is snapshotted, and a duplicate answers without them anyway
-    state.requests[request_id] = ApplyResult(result.outcome, (), result.first_seq, result.last_seq,
-                                             result.error_code, result.reason, request_id)
+    state.requests[request_id] = remembered(result)
     _trim(state.requests, state.request_limit)
 
 

@@ -422,8 +422,7 @@ def _replay_rejection(state: ClusterState, entry: RecordedEntry) -> None:
     rid = entry.request_id
     # apply remembers the request id of a rejection only when the id itself was valid
     if rid and len(rid) <= MAX_ID_LENGTH:
-        state.requests[rid] = ApplyResult("rejected", (), state.seq, state.seq, rejected.code, rejected.reason,
-                                          rid)
+        state.requests[rid] = ("rejected", state.seq, state.seq, rejected.code, rejected.reason)
         while len(state.requests) > max(state.request_limit, 0):
             state.requests.popitem(last=False)
 
@@ -457,7 +456,8 @@ def replay_records(state: ClusterState, records: Iterable[EventRecord]) -> Clust
 
 # ---- snapshots -----------------------------------------------------------------------------------
 _MAGIC = b"TSNAP"
-_FORMAT = 2  # zlib(pickle(ClusterState)); another format or layout is skipped, never half-loaded
+_FORMAT = 3  # zlib(pickle(ClusterState)), requests as plain `Remembered` tuples (2: as ApplyResult); another
+#             format or layout is skipped, never half-loaded
 
 
 @cache

@@ -382,3 +382,17 @@ def test_framework_accounting_is_per_scalar_so_equal_ports_on_two_agents_do_not_
     h.run(c.DisconnectFramework(fid))  # rescinding the second offer must not trip over merged ports
     assert h.state.frameworks[fid].used == Resources.of(cpus=1, mem=64)
     assert h.state.frameworks[fid].offered == Resources()
+
+
+def test_a_retry_is_answered_from_a_remembered_result_old_or_new_form() -> None:
+    h = Harness()
+    first = h.commit([ev.RoleWeightSet("a", 2.0)], request_id="r-new")
+    assert h.state.requests["r-new"] == ("applied", first.first_seq, first.last_seq, "", "")
+    again = h.commit([ev.RoleWeightSet("a", 3.0)], request_id="r-new")
+    assert (again.outcome, again.first_seq, again.last_seq) == ("duplicate", first.first_seq, first.last_seq)
+    # a state restored from a Raft snapshot written before results were kept as tuples
+    h.state.requests["r-old"] = ApplyResult("rejected", (), 7, 7, "Conflict", "stale offer", "r-old")
+    old = h.commit([ev.RoleWeightSet("a", 4.0)], request_id="r-old")
+    assert (old.outcome, old.first_seq, old.error_code, old.reason) == ("duplicate", 7, "Conflict", "stale offer")
+    assert h.state.roles["a"].weight == 2.0
+    assert pickle.loads(pickle.dumps(h.state)) == h.state

@@ -83,7 +83,9 @@ def test_a_rejected_entry_replays_as_a_rejection_with_its_request_remembered(
     rejected = store.list(flt=h.EventFilter(types=("Rejected",)), limit=1)[0]
     rebuilt = h.rebuild(store, rejected.seq, every=0).state
     remembered = rebuilt.requests[rejected.request_id]
-    assert remembered.outcome == "rejected" and remembered.error_code == json.loads(rejected.payload)["code"]
+    answer = rebuilt.result_for_request(rejected.request_id)
+    assert answer is not None and answer.outcome == "rejected"
+    assert answer.error_code == json.loads(rejected.payload)["code"]
     assert remembered == leader.live.requests.get(rejected.request_id, remembered)
 
 
