@@ -11,9 +11,9 @@ Rules kept here:
 - `lock` guards `state`; readers (gRPC handlers) take it to read a consistent view.
 - Listeners are called after the batch is applied, outside the lock, and must only hand work off
   (they run on the replication thread).
-- State snapshots for the event log (`put_snapshot`, every `snapshot_every` events) are never taken
-  here: this thread only tells a `Snapshotter` the new last seq (O(1)); it rebuilds the state from the
-  event log on its own thread (see `control_plane.eventlog.history`).
+- State snapshots for the event log (`put_snapshot`, every `snapshot_every` events) are stored by a
+  `Snapshotter` on its own thread; this thread tells it the new last seq after each batch, and at a
+  crossing hands it the live state to pickle (bounded in time; see `control_plane.eventlog.history`).
 """
 
 from __future__ import annotations
@@ -122,7 +122,11 @@ class MasterStateMachine:
         if records:
             self.events.append(records)
             if self.snapshots is not None:
-                self.snapshots.observe(records[-1].seq)
+                # the live state is the state as of the last record only when the entry that made it
+                # ended the batch (a later entry without events may have changed soft facts)
+                last = applied[-1].result.events if applied else ()
+                exact = bool(last) and last[-1][0] == records[-1].seq
+                self.snapshots.observe(records[-1].seq, self.state if exact else None)
         for fn in self._listeners:
             try:
                 fn(applied)

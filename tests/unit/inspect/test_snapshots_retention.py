@@ -1,5 +1,6 @@
-"""State snapshots (taken from the event log on a background thread, never from the live state on the
-apply thread) and retention (which keeps every kept index rebuildable)."""
+"""State snapshots (the live state pickled at a crossing when that is quick and exact, otherwise rebuilt
+from the event log; compressed and stored on a background thread) and retention (which keeps every kept
+index rebuildable)."""
 
 from __future__ import annotations
 
@@ -48,10 +49,41 @@ def test_the_state_machine_takes_a_snapshot_every_n_events_in_the_background() -
         state = h.decode_snapshot(store.nearest_snapshot(seq)[1])  # type: ignore[index]
         assert state is not None and state.fingerprint() == leader.fingerprints[seq]
     assert snapshotter.last_error is None
+    assert 0 < snapshotter.captured <= snapshotter.taken  # pickled from the live state where exact
     store.close()
 
 
-def test_the_snapshotter_never_runs_on_the_apply_thread() -> None:
+@pytest.mark.parametrize("budget", [0.0, 1e-9])
+def test_without_live_pickles_or_when_they_are_too_slow_snapshots_are_rebuilt_from_the_log(budget: float) -> None:
+    store = MemoryEventStore()
+    leader = realistic_history(store, snapshot_every=0)
+    assert store.flush()
+    live = h.Snapshotter(store, every=10, live_budget_s=budget)
+    replay = h.rebuild(store, 0)
+    for entry in h.entries_from_records(store.list(limit=10_000)):  # what the apply thread would report
+        h.replay_entry(replay.state, entry)
+        live.observe(entry.last_seq, replay.state)
+    wait_until(lambda: live.taken > live.captured and store.nearest_snapshot(store.last_seq()) is not None
+               and store.nearest_snapshot(store.last_seq())[0] >= store.last_seq() - 15)  # type: ignore[index]
+    live.stop()
+    crossings = store.last_seq() // 10
+    assert crossings > 2 * live.LIVE_BACKOFF
+    # a budget of 0 never pickles; one no pickle can meet pickles, then backs off for LIVE_BACKOFF buckets
+    if budget == 0:
+        assert live.pickled == 0
+    else:
+        assert 2 <= live.pickled <= crossings // live.LIVE_BACKOFF + 1
+    assert live.captured <= live.pickled
+    for seq in snapshot_seqs(store):  # each equals the state replayed from the start, and the live one
+        state = h.decode_snapshot(store.nearest_snapshot(seq)[1])  # type: ignore[index]
+        replayed = h.replay_records(ClusterState(), store.list(limit=seq))  # from the start, no snapshot
+        assert state is not None and replayed.seq == seq and state.fingerprint() == replayed.fingerprint()
+        assert state.fingerprint() == leader.fingerprints.get(seq, state.fingerprint())
+    assert live.last_error is None
+    store.close()
+
+
+def test_the_snapshotter_never_stores_on_the_apply_thread() -> None:
     store = MemoryEventStore()
     threads: set[str] = set()
     original = store.put_snapshot
