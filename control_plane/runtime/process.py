@@ -30,6 +30,7 @@ from control_plane.api.server import MasterServer
 from control_plane.eventlog import SqliteEventStore
 from control_plane.eventlog.history import Retention
 from control_plane.replication import RaftReplicator, ReplicationConfig
+from control_plane.runtime.gcpolicy import tune_gc
 from control_plane.runtime.leader import LeaderDuties, LeaderSettings, default_allocator
 from control_plane.runtime.master import Master, MasterIdentity
 from control_plane.runtime.statemachine import MasterStateMachine
@@ -211,6 +212,7 @@ def run_master(config: MasterConfig) -> int:
         return 2
     duties.start()
     server.start()
+    tune_gc()  # after startup: what exists now is long-lived (see gcpolicy)
     retention = Retention(master.events, keep=config.event_retention).start() if config.event_retention else None
     log.info("master %s: raft %s, grpc %s, peers %s, data %s (pid %d)", config.name, config.raft_address,
              config.grpc_address, ",".join(config.peers) or "-", config.data_dir, os.getpid())

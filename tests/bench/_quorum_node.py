@@ -119,6 +119,7 @@ def run_tessera(args: argparse.Namespace) -> None:
     from control_plane.core import commands as cmd
     from control_plane.eventlog import SqliteEventStore
     from control_plane.replication import RaftReplicator, ReplicationConfig
+    from control_plane.runtime.gcpolicy import tune_gc
     from control_plane.runtime.master import Master, MasterIdentity
     from control_plane.runtime.statemachine import MasterStateMachine
 
@@ -135,6 +136,7 @@ def run_tessera(args: argparse.Namespace) -> None:
     while replicator.leader() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(1.0)
+    tune_gc()  # as `tessera master` does once started
     if not master.wait_serving(5):
         while True:
             time.sleep(1)
