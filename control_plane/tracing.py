@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -191,6 +192,26 @@ def tracer_records(tracer: trace.Tracer) -> bool:
     if isinstance(tracer, trace.ProxyTracer):
         return not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
     return True
+
+
+class RecordingCheck:
+    """`tracer_records(tracer)`, cheap enough to ask on every write: a proxy tracer's answer can only change
+    from no to yes (a global provider is installed once), and asking costs an environment lookup, so a
+    "no" is re-checked at most every `interval` seconds; any other tracer's answer never changes."""
+
+    def __init__(self, tracer: trace.Tracer, interval: float = 1.0) -> None:
+        self._tracer = tracer
+        self._interval = interval
+        self._records = tracer_records(tracer)
+        self._recheck = isinstance(tracer, trace.ProxyTracer) and not self._records
+        self._next = time.monotonic() + interval
+
+    def __call__(self) -> bool:
+        if self._recheck and time.monotonic() >= self._next:
+            self._records = tracer_records(self._tracer)
+            self._recheck = not self._records
+            self._next = time.monotonic() + self._interval
+        return self._records
 
 
 def get_tracer(name: str, tracer_provider: trace.TracerProvider | None = None) -> trace.Tracer:

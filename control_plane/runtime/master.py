@@ -51,10 +51,10 @@ from control_plane.replication.errors import NotLeaderError, UnknownOutcomeError
 from control_plane.runtime.statemachine import Applied, MasterStateMachine
 from control_plane.tracing import (
     TASK_ID_ATTRIBUTE,
+    RecordingCheck,
     context_from,
     current_traceparent,
     get_tracer,
-    tracer_records,
 )
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,7 @@ class Master:
         self._barrier_thread: threading.Thread | None = None
         self.tracer_provider = tracer_provider
         self.tracer = get_tracer(__name__, tracer_provider)  # the global provider when None
+        self._tracing = RecordingCheck(self.tracer)
         self.replicator.on_leadership_change(self._on_leadership_change)
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -273,7 +274,7 @@ class Master:
             raise NotLeader("this master is not the serving leader", self.leader_grpc_hint())
         request_id = request_id or new_id("req")
         term = self.replicator.term()
-        if not tracer_records(self.tracer):  # the same, without spans nobody would record
+        if not self._tracing():  # the same, without spans nobody would record
             entry, prior = self._decide(commands, request_id, traceparent, term)
             if prior is not None:
                 return _resolved(prior)

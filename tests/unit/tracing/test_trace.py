@@ -218,10 +218,11 @@ def test_without_a_recording_tracer_writes_keep_the_callers_trace_and_build_no_s
     from opentelemetry import trace
 
     from control_plane.core import commands as cmd
-    from control_plane.tracing import tracer_records
+    from control_plane.tracing import RecordingCheck, tracer_records
 
     assert not tracer_records(trace.NoOpTracer())
     assert tracer_records(_provider("x").get_tracer("t"))
+    assert not RecordingCheck(trace.NoOpTracer())() and RecordingCheck(_provider("x").get_tracer("t"))()
     parent = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
     with InProcessMaster(tracer_provider=trace.NoOpTracerProvider()) as m:
         result = m.master.propose_async([cmd.SetRoleWeight(role="traced", weight=2.0)],
