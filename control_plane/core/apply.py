@@ -245,8 +245,10 @@ def _apply(state: ClusterState, entry: Entry) -> ApplyResult:
     for event in recorded:
         name = type(event).__name__
         counts[name] = counts.get(name, 0) + 1
-    _trim(state.completed_tasks, state.completed_tasks_limit)
-    _trim(state.retired_offers, state.retired_offers_limit)
+    if len(state.completed_tasks) > state.completed_tasks_limit:  # checked inline: this runs per entry
+        _trim(state.completed_tasks, state.completed_tasks_limit)
+    if len(state.retired_offers) > state.retired_offers_limit:
+        _trim(state.retired_offers, state.retired_offers_limit)
     result = ApplyResult("applied", numbered, first, state.seq, "", "", request_id)
     _remember(state, request_id, result)
     return result
@@ -276,7 +278,8 @@ def _remember(state: ClusterState, request_id: str, result: ApplyResult) -> None
         return
     # stored without its events: the table is snapshotted, and a duplicate answers without them anyway
     state.requests[request_id] = remembered(result)
-    _trim(state.requests, state.request_limit)
+    if len(state.requests) > state.request_limit:
+        _trim(state.requests, state.request_limit)
 
 
 def _trim(memory: OrderedDict[str, Any], limit: int) -> None:
