@@ -106,6 +106,7 @@ from control_plane.core.state import (
     check_term,
     check_text,
     remembered,
+    remembered_result,
     scalar_part,
     total_with_reservations,
 )
@@ -197,18 +198,21 @@ def _apply(state: ClusterState, entry: Entry) -> ApplyResult:
     if not isinstance(request_id, str) or len(request_id) > MAX_ID_LENGTH:
         return _reject(state, None, "", InvalidRequest.code, "request_id: must be a string of at most "
                        f"{MAX_ID_LENGTH} characters")
-    if request_id:
-        prior = state.result_for_request(request_id)
-        if prior is not None:
-            return ApplyResult("duplicate", (), prior.first_seq, prior.last_seq, prior.error_code,
-                               prior.reason, request_id)
+    if request_id and request_id in state.requests:
+        prior = remembered_result(state.requests[request_id], request_id)
+        return ApplyResult("duplicate", (), prior.first_seq, prior.last_seq, prior.error_code,
+                           prior.reason, request_id)
     time = entry.time
-    if isinstance(time, bool) or not isinstance(time, (int, float)) or not math.isfinite(time):
+    if type(time) is not float and (isinstance(time, bool) or not isinstance(time, (int, float))):
         return _reject(state, None, request_id, InvalidRequest.code, f"entry time {time!r} is not a number")
-    try:
-        term = check_term(entry.term, "entry term")
-    except TesseraError as exc:
-        return _reject(state, time, request_id, exc.code, exc.message)
+    if not math.isfinite(time):
+        return _reject(state, None, request_id, InvalidRequest.code, f"entry time {time!r} is not a number")
+    term = entry.term
+    if type(term) is not int or term < 0:  # check_term's rule, without a call for the common case
+        try:
+            term = check_term(term, "entry term")
+        except TesseraError as exc:
+            return _reject(state, time, request_id, exc.code, exc.message)
     if term < state.term:
         return _reject(state, time, request_id, Conflict.code,
                        f"entry from term {term}, older than the current term {state.term}")
@@ -238,7 +242,10 @@ def _apply(state: ClusterState, entry: Entry) -> ApplyResult:
                        f"internal error in {_step(events, position)}: {exc!r}")
 
     first = state.seq + 1
-    numbered = tuple(zip(range(first, first + len(recorded)), recorded, strict=True))
+    if len(recorded) == 1:  # most entries
+        numbered: tuple[tuple[int, Event], ...] = ((first, recorded[0]),)
+    else:
+        numbered = tuple(zip(range(first, first + len(recorded)), recorded, strict=True))
     state.seq += len(recorded)
     state.time = float(time)
     counts = state.event_counts
