@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TypeVar, cast
 
 from control_plane.eventlog.errors import EventStoreClosed
-from control_plane.eventlog.records import EventRecord, SpanRecord
+from control_plane.eventlog.records import EventRecord, EventRow, SpanRecord
 from control_plane.eventlog.store import EventStore
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ _EVENTS = 0
 _SPANS = 1
 _SNAPSHOT = 2
 _PRUNE = 3
+_ROWS = 4
 
 _RETRY_FIRST_DELAY = 0.05
 _RETRY_MAX_DELAY = 1.0
@@ -68,6 +69,7 @@ class Batch:
     events: list[EventRecord]
     spans: list[SpanRecord]
     snapshots: list[tuple[int, bytes]]
+    rows: list[EventRow]  # events appended as rows, for a backend that `WRITES_ROWS` (else in `events`)
 
 
 class QueuedEventStore(EventStore):
@@ -76,6 +78,8 @@ class QueuedEventStore(EventStore):
     Subclasses call `_start_writer(first_seq, last_seq)` at the end of their constructor with the
     marks they loaded, and implement `_write`, `_prune_stored`, `_is_transient` and `_release`.
     """
+
+    WRITES_ROWS = False  # True: `_write` takes events appended as rows in `Batch.rows`, as they are
 
     def __init__(self, writer_name: str) -> None:
         self._lock = threading.Lock()
@@ -153,6 +157,11 @@ class QueuedEventStore(EventStore):
             return
         # Copy: the caller may reuse its list once we return, and the writer reads it later.
         self._enqueue(_EVENTS, tuple(records), len(records))
+
+    def append_rows(self, rows: Sequence[EventRow]) -> None:
+        if not rows:
+            return
+        self._enqueue(_ROWS, tuple(rows), len(rows))
 
     def append_spans(self, spans: Sequence[SpanRecord]) -> None:
         if not spans:
@@ -288,7 +297,7 @@ class QueuedEventStore(EventStore):
     def _build(self, items: list[_Item]) -> tuple[Batch, int]:
         """The batch to write for these items, without pruned history; and the highest event seq."""
         first = self._first  # only this thread changes it
-        batch = Batch([], [], [])
+        batch = Batch([], [], [], [])
         high = 0
         for item in items:
             if item.kind == _EVENTS:
@@ -300,6 +309,18 @@ class QueuedEventStore(EventStore):
                         continue
                 batch.events.extend(records)
                 high = max(high, max(seqs))
+            elif item.kind == _ROWS:
+                rows = cast(tuple[EventRow, ...], item.data)
+                low, top = rows[0][0], rows[-1][0]  # appended in increasing seq order
+                if low < first:
+                    rows = tuple(r for r in rows if r[0] >= first)
+                    if not rows:
+                        continue
+                if self.WRITES_ROWS:
+                    batch.rows.extend(rows)
+                else:
+                    batch.events.extend(EventRecord(*r) for r in rows)
+                high = max(high, top)
             elif item.kind == _SPANS:
                 batch.spans.extend(cast(tuple[SpanRecord, ...], item.data))
             else:
@@ -320,7 +341,7 @@ class QueuedEventStore(EventStore):
             ok, high = False, 0
         else:
             ok = True
-            if batch.events or batch.spans or batch.snapshots:
+            if batch.events or batch.rows or batch.spans or batch.snapshots:
                 ok, _, _ = self._retrying(lambda: self._write(batch))
         if not ok and len(items) > 1:
             # Find the poisonous item(s): write each on its own, keep every one that can be kept.

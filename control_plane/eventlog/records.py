@@ -100,4 +100,6 @@ class EventFilter:
 # Column order of the tables is the field order of the records, so a row tuple builds a record with
 # `EventRecord(*row)` and a record becomes a row with one attrgetter call.
 EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(EventRecord))
+# An event record as a plain tuple, in EVENT_COLUMNS order (see `EventStore.append_rows`).
+EventRow = tuple[int, int, int, str, float, int, str, str, str, str, str, str, str, str]
 SPAN_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(SpanRecord))

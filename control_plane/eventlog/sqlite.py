@@ -235,6 +235,8 @@ def _filter_sql(flt: EventFilter) -> tuple[builtins.list[str], builtins.list[obj
 class SqliteEventStore(QueuedEventStore):
     """The event store of a master: one SQLite file, written by one background thread."""
 
+    WRITES_ROWS = True
+
     def __init__(self, path: Path | str) -> None:
         super().__init__(writer_name="tessera-eventlog-writer")
         self.path = Path(path)
@@ -263,6 +265,8 @@ class SqliteEventStore(QueuedEventStore):
         try:
             if batch.events:
                 conn.executemany(_INSERT_EVENTS, map(_event_row, batch.events))
+            if batch.rows:
+                conn.executemany(_INSERT_EVENTS, batch.rows)
             if batch.spans:
                 conn.executemany(_INSERT_SPANS, map(_span_row, batch.spans))
             if batch.snapshots:

@@ -60,6 +60,7 @@ from control_plane.core.invariants import check_invariants
 from control_plane.core.resources import Resources
 from control_plane.core.values import AgentState, FrameworkState
 from control_plane.eventlog import EventRecord, EventStore
+from control_plane.eventlog.records import EventRow
 from control_plane.replication.config import ReplicationConfig
 from control_plane.replication.sim import (
     FAIL_SUCCESS,
@@ -99,6 +100,9 @@ class EventTrail:
                 self.problems.append(f"event seq {r.seq} follows {self.last_seq}")
             self.last_seq = r.seq
             self.records[r.seq] = r
+
+    def append_rows(self, rows: Sequence[EventRow]) -> None:
+        self.append([EventRecord(*row) for row in rows])
 
     def restored(self, seq: int) -> None:
         """The state machine was replaced by a snapshot: numbering continues after its seq."""

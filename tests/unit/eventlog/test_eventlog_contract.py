@@ -3,6 +3,7 @@ parametrized over SQLite and memory). Every wait in here is bounded."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -209,6 +210,20 @@ def test_replayed_pruned_events_do_not_come_back(store: EventStore, make_event: 
     fill(store, make_event, range(1, 13))  # a restart replays the whole Raft log
     assert [r.seq for r in store.list(from_seq=6, limit=100)] == list(range(6, 13))
     assert store.count() == 7
+
+
+def test_rows_are_stored_as_the_records_they_spell(store: EventStore, make_event: EventFactory) -> None:
+    records = [make_event(s) for s in range(1, 21)]
+    store.append_rows([dataclasses.astuple(r) for r in records[:10]])
+    store.append(records[10:15])  # records and rows mix in one log
+    store.append_rows([dataclasses.astuple(r) for r in records[15:]])
+    assert store.flush(5.0)
+    assert store.list(limit=100) == records
+    assert store.last_seq() == 20
+    store.prune(8)
+    store.append_rows([dataclasses.astuple(make_event(s)) for s in range(1, 23)])  # replayed, partly pruned
+    assert store.flush(5.0)
+    assert [r.seq for r in store.list(from_seq=8, limit=100)] == list(range(8, 23))
 
 
 def test_prune_past_the_end_moves_the_start(store: EventStore, make_event: EventFactory) -> None:
