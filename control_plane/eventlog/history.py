@@ -1105,7 +1105,8 @@ class Snapshotter:
     multiple of `every` and `state` is given (the live state right after the entry that recorded `seq`),
     the state is pickled right there — a small state pickles in a few milliseconds (50,000 remembered
     requests: ~20 ms), far less than replaying the `every` events since the last snapshot (~17 us each)
-    — and the thread compresses and stores it. A pickle that took longer than `live_budget_s` (a big
+    — and the thread compresses and stores it; crossings that come too soon after the last pickle are
+    skipped (`LIVE_DUTY`). A pickle that took longer than `live_budget_s` (a big
     state: the pause is on the thread that also runs Raft elections) turns that off for the next
     `LIVE_BACKOFF` crossings; those snapshots are rebuilt from the event log instead, as when no state is
     given: the thread waits until the store holds the events, replays from the previous snapshot and
@@ -1117,6 +1118,10 @@ class Snapshotter:
     """
 
     LIVE_BACKOFF = 8
+    # Live pickles take at most this share of the apply thread: under a heavy write load a crossing that
+    # comes sooner after the last pickle is skipped (a 20 ms pickle: at most one a second), so snapshots
+    # are then further apart than `every` events.
+    LIVE_DUTY = 0.02
 
     def __init__(self, store: _Store, every: int = DEFAULT_SNAPSHOT_EVERY, duty: float = 0.1,
                  live_budget_s: float = 0.05) -> None:
@@ -1129,6 +1134,7 @@ class Snapshotter:
         self.duty = duty
         self.live_budget_s = live_budget_s  # 0: never pickle the live state
         self._live_after = 0  # the bucket from which live pickles are tried again after a slow one
+        self._next_live = 0.0  # monotonic time before which a crossing is not pickled (LIVE_DUTY)
         self._worked_since = 0.0
         self._cond = threading.Condition()
         self._wanted = 0  # the latest seq that crossed a multiple of `every`
@@ -1149,6 +1155,8 @@ class Snapshotter:
         if bucket <= self._bucket:
             return
         self._bucket = bucket
+        if state is not None and self._live_ok(bucket) and time.monotonic() < self._next_live:
+            return  # pickled recently: this crossing is skipped (see LIVE_DUTY)
         try:
             raw = self._pickle_live(bucket, seq, state)
             with self._cond:
@@ -1163,14 +1171,18 @@ class Snapshotter:
             self.last_error = exc
             log.warning("state snapshotter not started: %r", exc)
 
+    def _live_ok(self, bucket: int) -> bool:
+        return self.live_budget_s > 0 and bucket >= self._live_after
+
     def _pickle_live(self, bucket: int, seq: int, state: ClusterState | None) -> bytes | None:
-        if state is None or state.seq != seq or self.live_budget_s <= 0 or bucket < self._live_after:
+        if state is None or state.seq != seq or not self._live_ok(bucket):
             return None
         # CPU time of this thread: what grows with the state (wall time also counts waits for the GIL)
         started = time.thread_time()
         raw = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
         took = time.thread_time() - started
         self.pickled += 1
+        self._next_live = time.monotonic() + took * (1 - self.LIVE_DUTY) / self.LIVE_DUTY
         if took > self.live_budget_s:
             self._live_after = bucket + self.LIVE_BACKOFF
             log.info("pickling the state for a snapshot took %.0f ms (budget %.0f ms): the next %d snapshots "

@@ -59,6 +59,7 @@ def test_without_live_pickles_or_when_they_are_too_slow_snapshots_are_rebuilt_fr
     leader = realistic_history(store, snapshot_every=0)
     assert store.flush()
     live = h.Snapshotter(store, every=10, live_budget_s=budget)
+    live.LIVE_DUTY = 1.0  # no spacing between pickles here (see the next test)
     replay = h.rebuild(store, 0)
     for entry in h.entries_from_records(store.list(limit=10_000)):  # what the apply thread would report
         h.replay_entry(replay.state, entry)
@@ -80,6 +81,23 @@ def test_without_live_pickles_or_when_they_are_too_slow_snapshots_are_rebuilt_fr
         assert state is not None and replayed.seq == seq and state.fingerprint() == replayed.fingerprint()
         assert state.fingerprint() == leader.fingerprints.get(seq, state.fingerprint())
     assert live.last_error is None
+    store.close()
+
+
+def test_crossings_soon_after_a_live_pickle_are_skipped_not_replayed() -> None:
+    store = MemoryEventStore()
+    realistic_history(store, snapshot_every=0, fingerprints=False)
+    assert store.flush()
+    live = h.Snapshotter(store, every=10, live_budget_s=10.0)
+    live.LIVE_DUTY = 1e-6  # after one pickle, the next is due only after a million times its duration
+    replay = h.rebuild(store, 0)
+    for entry in h.entries_from_records(store.list(limit=10_000)):
+        h.replay_entry(replay.state, entry)
+        live.observe(entry.last_seq, replay.state)
+    assert store.last_seq() // 10 > 10
+    wait_until(lambda: live.taken == 1)
+    assert live.pickled == live.captured == 1  # one snapshot, pickled; no crossing replayed
+    live.stop()
     store.close()
 
 
