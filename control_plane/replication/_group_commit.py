@@ -92,11 +92,21 @@ def fail_future(fut: Future[Any], exc: BaseException) -> None:
             pass
 
 
+class _CommitFuture(Future[Any]):
+    """A future that callers cannot cancel: a replicated write cannot be taken back. Refusing `cancel`
+    itself (rather than marking the future running, a second trip through its lock) keeps one per write
+    cheap."""
+
+    def cancel(self) -> bool:
+        return False
+
+    def running(self) -> bool:
+        return not self.done()
+
+
 def new_running_future() -> Future[Any]:
     """A future that callers cannot cancel: a replicated write cannot be taken back."""
-    fut: Future[Any] = Future()
-    fut.set_running_or_notify_cancel()
-    return fut
+    return _CommitFuture()
 
 
 class Tracked:

@@ -89,17 +89,14 @@ def decide_entry(
     again — deciding again would refuse it (its offer is used, its task id taken) although the first
     attempt succeeded. Raises the domain error `decide` raises. (Also driven by the deterministic
     simulation in tests/sim.)"""
-    ctx = Context(now=now, term=term, leader=leader, new_id=new_id)
+    ctx = Context(now, term, leader, new_id)
     events: list[ev.Event] = []
     with sm.lock:
         prior = sm.state.result_for_request(request_id)
         if prior is None:
             for c in commands:
                 events.extend(decide(sm.state, c, ctx))
-    entry = ev.Entry(
-        term=term, leader=leader, time=now,
-        request_id=request_id, traceparent=traceparent, events=tuple(events),
-    )
+    entry = ev.Entry(term, leader, now, request_id, traceparent, tuple(events))  # positional: per write
     return entry, (None if prior is None else replace(prior, outcome="duplicate"))
 
 

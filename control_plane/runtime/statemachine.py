@@ -88,7 +88,9 @@ class MasterStateMachine:
     # ---- the replication port ------------------------------------------------------------------
     def apply_entries(self, raft_index: int, entries: list[bytes]) -> list[object]:
         results: list[object] = []
-        applied: list[Applied] = []
+        applied: list[Applied] = []  # made only for listeners
+        listening = bool(self._listeners)
+        last_events: tuple[tuple[int, ev.Event], ...] = ()  # what the batch's last applied entry recorded
         records: list[EventRow] = []  # EventRecords as rows: a tuple costs a tenth of a record to make
         with self.lock:
             for data in entries:
@@ -109,7 +111,9 @@ class MasterStateMachine:
                     log.exception("apply raised; entry treated as rejected")
                     result = decode_failure(f"apply failed: {exc}")
                 results.append(result)
-                applied.append(Applied(raft_index, entry, result))
+                last_events = result.events
+                if listening:
+                    applied.append(Applied(raft_index, entry, result))
                 if result.events:
                     trace_id, span_id = _trace_ids(entry.traceparent)
                     time, term, request_id = entry.time, entry.term, entry.request_id
@@ -124,10 +128,9 @@ class MasterStateMachine:
             if self.snapshots is not None:
                 # the live state is the state as of the last record only when the entry that made it
                 # ended the batch (a later entry without events may have changed soft facts)
-                last = applied[-1].result.events if applied else ()
-                exact = bool(last) and last[-1][0] == records[-1][0]
+                exact = bool(last_events) and last_events[-1][0] == records[-1][0]
                 self.snapshots.observe(records[-1][0], self.state if exact else None)
-        for fn in self._listeners:
+        for fn in self._listeners if listening else ():  # a listener added meanwhile waits for the next batch
             try:
                 fn(applied)
             except Exception:  # noqa: BLE001 - a listener bug must not stop replication
