@@ -55,7 +55,7 @@ def run_quorum(mode: str, root: Path, args: argparse.Namespace, rate: float = 0.
     try:
         for i, addr in enumerate(addrs):
             cmd = [sys.executable, str(NODE), "--mode", mode, "--name", f"b{i}", "--self", addr,
-                   "--peers", *[a for a in addrs if a != addr], "--data-dir", str(root / f"{mode}-{i}"),
+                   "--peers", *[a for a in addrs if a != addr], "--data-dir", str(root / f"{tag}-{i}"),
                    "--out", str(outs[i]), "--duration", str(args.duration), "--warmup", str(args.warmup),
                    "--writers", str(args.writers), "--password", "bench-secret", "--rate", str(rate)]
             log = open(root / f"{tag}-{i}.log", "wb")
