@@ -189,7 +189,7 @@ def _decoder(cls: type) -> Callable[[Any], Any]:
     plain scalar, one C-level getter reads them all and they are passed positionally (an event decoded
     on every master: half the cost of a decoder per field and keyword arguments)."""
     plan = _plan(cls)
-    if not all(f.init for f in dataclasses.fields(cls)):
+    if not all(f.init and f.kw_only is not True for f in dataclasses.fields(cls)):  # not positional
         return lambda msg: cls(**{name: dec(msg) for name, _, dec in plan})
     decoders = [dec for _, _, dec in plan]
     if decoders and all(isinstance(dec, operator.attrgetter) for dec in decoders):
