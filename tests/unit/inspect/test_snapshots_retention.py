@@ -21,6 +21,13 @@ from .workload import realistic_history
 pytestmark = pytest.mark.timeout(120)
 
 
+@pytest.fixture(autouse=True)
+def every_crossing_pickled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests apply a history in a burst: without this, crossings right after a live pickle would be
+    skipped by its pacing (`LIVE_DUTY`, tested on its own below), and which ones depends on timing."""
+    monkeypatch.setattr(h.Snapshotter, "LIVE_DUTY", 1.0)
+
+
 def wait_until(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not predicate():
