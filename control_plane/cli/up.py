@@ -123,9 +123,19 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct ports free on 127.0.0.1 now. The sockets stay bound until all are chosen: asked one
+    at a time, the kernel may hand out the same port twice."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(n):
+            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            s.bind(("127.0.0.1", 0))
+            ports.append(int(s.getsockname()[1]))
+        return ports
 
 
 def port_is_free(port: int) -> bool:
@@ -256,7 +266,8 @@ def plan_members(data_dir: Path, n: int) -> list[Member]:
                     fail(f"port {address} of {m.name} is in use: is this cluster already running? "
                          f"(or remove {data_dir} to start a fresh one)")
         return planned
-    return [Member(f"m{i}", f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}") for i in range(1, n + 1)]
+    ports = free_ports(2 * n)
+    return [Member(f"m{i}", f"127.0.0.1:{ports[2 * i - 2]}", f"127.0.0.1:{ports[2 * i - 1]}") for i in range(1, n + 1)]
 
 
 def _secure_setup(pki: Path, env: dict[str, str]) -> tuple[ClientSecurity, list[str], list[str]]:

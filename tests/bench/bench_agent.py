@@ -479,11 +479,15 @@ def main() -> int:
     print("machine:", machine())
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
         work = Path(tmp)
-        if args.only_real:
+
+        def real_agent() -> None:
             print(f"\n4. one real agent: {args.real_tasks} tasks of `true` via the batch runner")
             bench_real_agent(args.real_tasks, work, args.real_task_cpus,
                              interpreter_baseline=not args.no_interpreter_baseline, rounds=args.real_rounds,
                              single_baseline=not args.no_single_baseline)
+
+        if args.only_real:
+            real_agent()
             return 0
         print(f"\n1. launch of `true`, {args.launches} times, launch() -> exit observed")
         plain = bench_plain(args.launches)
@@ -506,10 +510,7 @@ def main() -> int:
                 print(f"\n5. {args.many_agents} emulated agents heartbeating against 3 masters")
                 bench_many_agents(args.many_agents, 10.0, work)
             if args.real_tasks:
-                print(f"\n4. one real agent: {args.real_tasks} tasks of `true` via the batch runner")
-                bench_real_agent(args.real_tasks, work, args.real_task_cpus,
-                             interpreter_baseline=not args.no_interpreter_baseline, rounds=args.real_rounds,
-                             single_baseline=not args.no_single_baseline)
+                real_agent()
     return 0
 
 

@@ -34,8 +34,9 @@ sys.path.insert(0, str(ROOT))
 import grpc  # noqa: E402
 import psutil  # noqa: E402
 
+from control_plane.cli.up import free_ports  # noqa: E402
 from tessera.v1 import operator_pb2, operator_pb2_grpc  # noqa: E402
-from tests.support.cluster import LocalCluster, free_port  # noqa: E402
+from tests.support.cluster import LocalCluster  # noqa: E402
 
 NODE = Path(__file__).with_name("_quorum_node.py")
 
@@ -49,7 +50,7 @@ def run_quorum(mode: str, root: Path, args: argparse.Namespace, rate: float = 0.
     """Start a 3-node quorum of `_quorum_node.py`; return the leader's figures, plus, in tessera mode,
     `cpu_ms_per_1k_events`: each node's CPU time over the measured window per 1,000 events (leader first)."""
     tag = f"{mode}-{int(rate)}" if rate else mode
-    addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
     outs = [root / f"{tag}-{i}.json" for i in range(3)]
     procs: list[subprocess.Popen[bytes]] = []
     try:

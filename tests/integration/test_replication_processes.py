@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.replication.harness import free_port, wait_until
+from tests.unit.replication.harness import free_ports, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -137,7 +137,7 @@ def acked_by(root: Path, index: int) -> set[str]:
 
 @pytest.fixture
 def nodes(tmp_path: Path) -> Iterator[list[Node]]:
-    addresses = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    addresses = [f"127.0.0.1:{p}" for p in free_ports(3)]
     started = [Node(tmp_path, i, addresses) for i in range(3)]
     try:
         yield started

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import grpc
 
 from control_plane.api.client import MasterClient
-from control_plane.cli.up import free_port  # one definition, shared with `tessera up`
+from control_plane.cli.up import free_port, free_ports  # noqa: F401 - one definition, shared with `tessera up` (re-exported)
 from tessera.v1 import operator_pb2, operator_pb2_grpc
 
 T = TypeVar("T")
@@ -112,6 +112,7 @@ class LocalCluster:
         self.masters: list[MasterProc] = []
         self.agents: list[AgentProc] = []
         self.master_flags: list[str] = []
+        self._ports_used: set[int] = set()  # never hand out a port twice (masters are added one by one)
         for i in range(n):
             self.masters.append(self._new_master(f"m{i + 1}"))
         for m in self.masters:
@@ -120,8 +121,16 @@ class LocalCluster:
     def _new_master(self, name: str) -> MasterProc:
         d = self.root / name
         d.mkdir(parents=True, exist_ok=True)
-        return MasterProc(name=name, raft=f"127.0.0.1:{free_port()}", grpc=f"127.0.0.1:{free_port()}",
+        raft, grpc_port = self._fresh_ports(2)
+        return MasterProc(name=name, raft=f"127.0.0.1:{raft}", grpc=f"127.0.0.1:{grpc_port}",
                           data_dir=d, log_path=d / "master.log")
+
+    def _fresh_ports(self, n: int) -> list[int]:
+        while True:
+            ports = free_ports(n)
+            if not self._ports_used.intersection(ports):
+                self._ports_used.update(ports)
+                return ports
 
     # ---- processes ---------------------------------------------------------------------------------
     def start(self, m: MasterProc) -> None:

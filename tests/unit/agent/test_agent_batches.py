@@ -6,14 +6,13 @@ agent speaks the single-message protocol to a master without the capability."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 
 from agent.checkpoint import Checkpoint
 from tessera.v1 import agent_pb2, common_pb2
 from tests.unit.agent.conftest import RunningAgent
 from tests.unit.agent.fake_master import FakeMaster
-from tests.unit.agent.test_agent_link import registered, task
+from tests.unit.agent.test_agent_link import registered, task, written_before_sent
 
 Start = Callable[..., RunningAgent]
 LIFECYCLE = ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
@@ -31,18 +30,6 @@ def all_finished(master: FakeMaster, ids: list[str]) -> Callable[[], bool]:
 
 def settled(cp: Checkpoint) -> Callable[[], bool]:
     return lambda: cp.unacknowledged() == [] and cp.tasks() == []
-
-
-def written_before_sent(master: FakeMaster, agent: RunningAgent) -> list[str]:
-    missing: list[str] = []
-
-    def check(update: agent_pb2.StatusUpdate) -> None:
-        with sqlite3.connect(agent.data_dir / "agent.db") as db:
-            if db.execute("SELECT 1 FROM updates WHERE uuid = ?", [update.status.uuid]).fetchone() is None:
-                missing.append(update.status.uuid)
-
-    master.on_update = check
-    return missing
 
 
 def test_run_tasks_start_in_one_turn_and_their_updates_travel_together(fake_master: FakeMaster,

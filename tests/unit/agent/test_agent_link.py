@@ -32,6 +32,20 @@ def start_agent(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Star
     factory.stop_all()
 
 
+def written_before_sent(master: FakeMaster, agent: RunningAgent) -> list[str]:
+    """The uuids of the status updates `master` received before `agent` had them in its checkpoint
+    (filled in as updates arrive): a reliable agent sends only what it has written."""
+    missing: list[str] = []
+
+    def check(update: agent_pb2.StatusUpdate) -> None:
+        with sqlite3.connect(agent.data_dir / "agent.db") as db:
+            if db.execute("SELECT 1 FROM updates WHERE uuid = ?", [update.status.uuid]).fetchone() is None:
+                missing.append(update.status.uuid)
+
+    master.on_update = check
+    return missing
+
+
 def task(task_id: str, command: str, *, grace: float = 0.0, mem: float = 64) -> common_pb2.TaskInfo:
     return common_pb2.TaskInfo(
         task_id=task_id, framework_id="fw-1", kill_grace_period_seconds=grace,
@@ -59,14 +73,7 @@ def test_task_updates_arrive_in_order_each_written_before_it_was_sent(fake_maste
                                                                    tmp_path: Path) -> None:
     agent = start_agent([fake_master.address])
     fake_master.wait_for(registered(fake_master), what="registration")
-    missing: list[str] = []
-
-    def check_checkpoint(update: agent_pb2.StatusUpdate) -> None:
-        with sqlite3.connect(agent.data_dir / "agent.db") as db:
-            if db.execute("SELECT 1 FROM updates WHERE uuid = ?", [update.status.uuid]).fetchone() is None:
-                missing.append(update.status.uuid)
-
-    fake_master.on_update = check_checkpoint
+    missing = written_before_sent(fake_master, agent)
     fake_master.run_task(task("t1", "echo hi"), traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
     fake_master.wait_for(lambda: "TASK_FINISHED" in fake_master.states_of("t1"), what="TASK_FINISHED")
     assert fake_master.states_of("t1") == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
@@ -344,14 +351,7 @@ def test_many_run_tasks_at_once_each_update_written_before_it_was_sent(fake_mast
                                                                        start_agent: Start) -> None:
     agent = start_agent([fake_master.address])
     fake_master.wait_for(registered(fake_master), what="registration")
-    missing: list[str] = []
-
-    def check_checkpoint(update: agent_pb2.StatusUpdate) -> None:
-        with sqlite3.connect(agent.data_dir / "agent.db") as db:
-            if db.execute("SELECT 1 FROM updates WHERE uuid = ?", [update.status.uuid]).fetchone() is None:
-                missing.append(update.status.uuid)
-
-    fake_master.on_update = check_checkpoint
+    missing = written_before_sent(fake_master, agent)
     ids = [f"many-{i}" for i in range(12)]
     for task_id in ids:
         fake_master.run_task(task(task_id, f"echo {task_id}"))

@@ -17,10 +17,11 @@ import pytest
 
 from agent.executor.forkserver import ForkServer
 from agent.executor.isolation import RlimitIsolator
-from agent.executor.launcher import LaunchError, LaunchHandle, Observation, ProcessLauncher, kill_tasks_in
+from agent.executor.launcher import LaunchError, LaunchHandle, ProcessLauncher, kill_tasks_in
 from agent.executor.supervisor import read_json
 from control_plane.core.resources import Resources
 from control_plane.core.values import CommandInfo, TaskInfo
+from tests.unit.agent.test_launcher import wait
 
 
 def task(command: str, task_id: str) -> TaskInfo:
@@ -28,14 +29,6 @@ def task(command: str, task_id: str) -> TaskInfo:
                     command=CommandInfo(shell=True, value=command))
 
 
-def wait(launcher: ProcessLauncher, handle: LaunchHandle, predicate, timeout: float = 20.0) -> Observation:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        obs = launcher.observe(handle)
-        if predicate(obs):
-            return obs
-        assert time.monotonic() < deadline, f"timed out; last observation {obs}"
-        time.sleep(0.05)
 
 
 def gone(pid: int) -> bool:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from control_plane.cli.up import free_port  # one definition, shared with `tessera up`
+from control_plane.cli.up import free_port, free_ports  # noqa: F401 - one definition, shared with `tessera up` (re-exported)
 from control_plane.replication import (
     GroupCommitConfig,
     LocalReplicator,
@@ -91,7 +91,7 @@ class Cluster:
         if kind == "local":
             self.addresses = ["local:0"]
         else:
-            self.addresses = [f"127.0.0.1:{free_port()}" for _ in range(self.size)]
+            self.addresses = [f"127.0.0.1:{p}" for p in free_ports(self.size)]
         self.data_dirs = [root / f"node{i}" for i in range(self.size)]
         self.nodes: list[Replicator] = []
         self.sms: list[ListStateMachine] = []

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -88,29 +90,36 @@ def test_nodes_hash_the_same_in_every_process() -> None:
     assert hashes == {f"{hash(SimNode('10.0.0.1:7000'))}\n"}
 
 
+@contextlib.contextmanager
+def lone_follower(tmp_path: Path, guarded: bool) -> Iterator[SimRaftNode]:
+    """One pysyncobj node as ADDRESSES[0], on a simulated network whose peers never answer: a test
+    delivers it hand-made messages. Crashed (its files closed) on the way out."""
+    clock, rng = SimClock(1000.0), random.Random(1)
+    with deterministic_pysyncobj(clock, rng):
+        network = SimNetwork(Scheduler(clock), rng)
+        node = SimRaftNode(network, ReplicationConfig(ADDRESSES[0], ADDRESSES[1:], tmp_path), _Recorder(),
+                           guard_snapshots=guarded)
+        try:
+            yield node
+        finally:
+            node.crash()
+
+
 @pytest.mark.parametrize("guarded", [True, False])
 def test_a_snapshot_chunk_does_not_advance_a_followers_commit_index(tmp_path: Path, guarded: bool) -> None:
     """A follower holding entries it has not seen committed receives the first chunk of a snapshot with a
     leader commit index beyond them. pysyncobj alone commits (and would apply) them; the guard does not."""
-    clock, rng = SimClock(1000.0), random.Random(1)
-    scheduler = Scheduler(clock)
-    with deterministic_pysyncobj(clock, rng):
-        network = SimNetwork(scheduler, rng)
-        address, leader = ADDRESSES[0], ADDRESSES[1]
-        node = SimRaftNode(network, ReplicationConfig(address, ADDRESSES[1:], tmp_path), _Recorder(),
-                           guard_snapshots=guarded)
-        try:
-            node.transport.deliver(leader, {
-                "type": "append_entries", "term": 1, "commit_index": 1, "prevLogIdx": 1, "prevLogTerm": 0,
-                "entries": [(NO_OP, 2, 1), (NO_OP, 3, 1)],
-            })
-            assert [e.index for e in node.log()] == [1, 2, 3] and node.commit_index == 1
-            node.transport.deliver(leader, {
-                "type": "append_entries", "term": 2, "commit_index": 9, "serialized": (b"chunk", True, False),
-            })
-            assert node.commit_index == (1 if guarded else 3)
-        finally:
-            node.crash()
+    leader = ADDRESSES[1]
+    with lone_follower(tmp_path, guarded) as node:
+        node.transport.deliver(leader, {
+            "type": "append_entries", "term": 1, "commit_index": 1, "prevLogIdx": 1, "prevLogTerm": 0,
+            "entries": [(NO_OP, 2, 1), (NO_OP, 3, 1)],
+        })
+        assert [e.index for e in node.log()] == [1, 2, 3] and node.commit_index == 1
+        node.transport.deliver(leader, {
+            "type": "append_entries", "term": 2, "commit_index": 9, "serialized": (b"chunk", True, False),
+        })
+        assert node.commit_index == (1 if guarded else 3)
 
 
 @pytest.mark.parametrize("guarded", [True, False])
@@ -118,27 +127,19 @@ def test_a_repeated_append_entries_does_not_truncate_the_leaders_own_entries(tmp
     """A follower holding entries 2..5 of the current leader receives a re-send of 2..3 (after a reset, in
     a batch bounded by bytes). pysyncobj alone deletes 4 and 5, which the leader already counts as
     replicated; the guard keeps them and answers as a heartbeat at 5."""
-    clock, rng = SimClock(1000.0), random.Random(1)
-    scheduler = Scheduler(clock)
-    with deterministic_pysyncobj(clock, rng):
-        network = SimNetwork(scheduler, rng)
-        address, leader = ADDRESSES[0], ADDRESSES[1]
-        node = SimRaftNode(network, ReplicationConfig(address, ADDRESSES[1:], tmp_path), _Recorder(),
-                           guard_snapshots=guarded)
-        try:
-            entries = [(NO_OP, i, 1) for i in range(2, 6)]
-            node.transport.deliver(leader, {"type": "append_entries", "term": 1, "commit_index": 1,
-                                            "prevLogIdx": 1, "prevLogTerm": 0, "entries": entries})
-            assert [e.index for e in node.log()] == [1, 2, 3, 4, 5]
-            node.transport.deliver(leader, {"type": "append_entries", "term": 1, "commit_index": 1,
-                                            "prevLogIdx": 1, "prevLogTerm": 0, "entries": entries[:2]})
-            assert [e.index for e in node.log()] == ([1, 2, 3, 4, 5] if guarded else [1, 2, 3])
-            # a real conflict is still resolved the Raft way: the leader's entry replaces the follower's
-            node.transport.deliver(leader, {"type": "append_entries", "term": 2, "commit_index": 1,
-                                            "prevLogIdx": 2, "prevLogTerm": 1, "entries": [(NO_OP, 3, 2)]})
-            assert [(e.index, e.term) for e in node.log()] == [(1, 0), (2, 1), (3, 2)]
-        finally:
-            node.crash()
+    leader = ADDRESSES[1]
+    with lone_follower(tmp_path, guarded) as node:
+        entries = [(NO_OP, i, 1) for i in range(2, 6)]
+        node.transport.deliver(leader, {"type": "append_entries", "term": 1, "commit_index": 1,
+                                        "prevLogIdx": 1, "prevLogTerm": 0, "entries": entries})
+        assert [e.index for e in node.log()] == [1, 2, 3, 4, 5]
+        node.transport.deliver(leader, {"type": "append_entries", "term": 1, "commit_index": 1,
+                                        "prevLogIdx": 1, "prevLogTerm": 0, "entries": entries[:2]})
+        assert [e.index for e in node.log()] == ([1, 2, 3, 4, 5] if guarded else [1, 2, 3])
+        # a real conflict is still resolved the Raft way: the leader's entry replaces the follower's
+        node.transport.deliver(leader, {"type": "append_entries", "term": 2, "commit_index": 1,
+                                        "prevLogIdx": 2, "prevLogTerm": 1, "entries": [(NO_OP, 3, 2)]})
+        assert [(e.index, e.term) for e in node.log()] == [(1, 0), (2, 1), (3, 2)]
 
 
 def test_the_rewrite_keeps_every_message_it_must_not_touch() -> None:
@@ -173,13 +174,8 @@ def test_a_leader_drops_replies_to_append_entries_of_another_term() -> None:
 def test_followers_stamp_their_replies_with_their_term(tmp_path: Path) -> None:
     from control_plane.replication.raft import guard_reply_terms
 
-    clock, rng = SimClock(1000.0), random.Random(1)
-    scheduler = Scheduler(clock)
     sent: list[dict[str, object]] = []
-    with deterministic_pysyncobj(clock, rng):
-        network = SimNetwork(scheduler, rng)
-        node = SimRaftNode(network, ReplicationConfig(ADDRESSES[0], ADDRESSES[1:], tmp_path), _Recorder(),
-                           guard_snapshots=False)
+    with lone_follower(tmp_path, guarded=False) as node:
         transport = node._so._SyncObj__transport
         inner = transport.send
 
@@ -189,11 +185,8 @@ def test_followers_stamp_their_replies_with_their_term(tmp_path: Path) -> None:
 
         transport.send = spy  # what leaves the node, under the guard
         guard_reply_terms(node._so)
-        try:
-            node.transport.deliver(ADDRESSES[1], {"type": "append_entries", "term": 5, "commit_index": 1,
-                                                  "prevLogIdx": 1, "prevLogTerm": 0, "entries": [(NO_OP, 2, 5)]})
-        finally:
-            node.crash()
+        node.transport.deliver(ADDRESSES[1], {"type": "append_entries", "term": 5, "commit_index": 1,
+                                              "prevLogIdx": 1, "prevLogTerm": 0, "entries": [(NO_OP, 2, 5)]})
     replies = [m for m in sent if m.get("type") == "next_node_idx"]
     assert replies and all(m.get("term") == 5 for m in replies), sent
 
@@ -203,22 +196,14 @@ def test_entries_of_an_earlier_term_survive_a_partial_re_send(tmp_path: Path, gu
     """A follower holds entries 2..5 of term 1 (committed, for all it knows, by the term-1 leader). The
     term-2 leader re-sends 2..3, then 4..6. pysyncobj alone deletes 4 and 5 in between; with the guard
     the first message is not delivered and the second replaces the tail in one step."""
-    clock, rng = SimClock(1000.0), random.Random(1)
-    scheduler = Scheduler(clock)
-    with deterministic_pysyncobj(clock, rng):
-        network = SimNetwork(scheduler, rng)
-        node = SimRaftNode(network, ReplicationConfig(ADDRESSES[0], ADDRESSES[1:], tmp_path), _Recorder(),
-                           guard_snapshots=guarded)
-        try:
-            old = [(NO_OP, i, 1) for i in range(2, 6)]
-            node.transport.deliver(ADDRESSES[2], {"type": "append_entries", "term": 1, "commit_index": 1,
-                                                  "prevLogIdx": 1, "prevLogTerm": 0, "entries": old})
-            node.transport.deliver(ADDRESSES[1], {"type": "append_entries", "term": 2, "commit_index": 1,
-                                                  "prevLogIdx": 1, "prevLogTerm": 0, "entries": old[:2]})
-            assert [e.index for e in node.log()] == ([1, 2, 3, 4, 5] if guarded else [1, 2, 3])
-            node.transport.deliver(ADDRESSES[1], {"type": "append_entries", "term": 2, "commit_index": 1,
-                                                  "prevLogIdx": 3, "prevLogTerm": 1,
-                                                  "entries": [*old[2:], (NO_OP, 6, 2)]})
-            assert [(e.index, e.term) for e in node.log()] == [(1, 0), (2, 1), (3, 1), (4, 1), (5, 1), (6, 2)]
-        finally:
-            node.crash()
+    with lone_follower(tmp_path, guarded) as node:
+        old = [(NO_OP, i, 1) for i in range(2, 6)]
+        node.transport.deliver(ADDRESSES[2], {"type": "append_entries", "term": 1, "commit_index": 1,
+                                              "prevLogIdx": 1, "prevLogTerm": 0, "entries": old})
+        node.transport.deliver(ADDRESSES[1], {"type": "append_entries", "term": 2, "commit_index": 1,
+                                              "prevLogIdx": 1, "prevLogTerm": 0, "entries": old[:2]})
+        assert [e.index for e in node.log()] == ([1, 2, 3, 4, 5] if guarded else [1, 2, 3])
+        node.transport.deliver(ADDRESSES[1], {"type": "append_entries", "term": 2, "commit_index": 1,
+                                              "prevLogIdx": 3, "prevLogTerm": 1,
+                                              "entries": [*old[2:], (NO_OP, 6, 2)]})
+        assert [(e.index, e.term) for e in node.log()] == [(1, 0), (2, 1), (3, 1), (4, 1), (5, 1), (6, 2)]
