@@ -219,9 +219,10 @@ def test_framework_failover_keeps_its_tasks_and_past_the_timeout_they_are_killed
             victim = sorted(before)[0]
             kill_task_process(cluster, victim)
             try:
-                wait_for(lambda: sum(1 for t, s in keeper_tasks(cluster, fid).items()
-                                     if s == common_pb2.TASK_RUNNING and t != victim) == 2,
-                         30, what="the keeper to replace the failed instance")
+                # the victim leaves the state once the keeper has acknowledged its terminal update
+                wait_for(lambda: victim not in (tasks := keeper_tasks(cluster, fid)) and sum(
+                    1 for s in tasks.values() if s == common_pb2.TASK_RUNNING) == 2,
+                         30, what="the keeper to replace the failed instance and acknowledge its end")
             except TimeoutError:
                 print(keeper_tasks(cluster, fid), second.poll())
                 second.kill()

@@ -16,6 +16,7 @@ from control_plane.cli.up import free_port, free_ports  # noqa: F401 - one defin
 from control_plane.replication import (
     GroupCommitConfig,
     LocalReplicator,
+    NotLeaderError,
     RaftReplicator,
     ReplicationConfig,
     Replicator,
@@ -147,6 +148,20 @@ class Cluster:
             return leaders[0] if len(leaders) == 1 else None
         leader: Replicator = wait_until(find, timeout, "a single leader")
         return leader
+
+    def submit_at_leader(self, entry: bytes, timeout: float = 10.0) -> object:
+        """Submit ``entry`` at whoever leads now and wait for its result. ``NotLeaderError`` means it was
+        definitely not appended, so it is offered again to the next leader: under load an election may
+        move leadership between two submissions, legitimately."""
+        deadline = time.monotonic() + timeout
+        while True:
+            leader = self.wait_leader(max(0.1, deadline - time.monotonic()))
+            try:
+                return leader.submit(entry).result(timeout=max(0.1, deadline - time.monotonic()))
+            except NotLeaderError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
 
     def leader_index(self, timeout: float = 10.0) -> int:
         leader = self.wait_leader(timeout)
