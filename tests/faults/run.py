@@ -54,8 +54,8 @@ from tests.support.cluster import (
     AgentProc,
     LocalCluster,
     MasterProc,
-    _die_with_parent,
     kill_processes_under,
+    spawn,
     wait_for,
 )
 
@@ -171,14 +171,10 @@ class FaultRun:
         masters = ",".join(self.cluster.grpc_addresses())
         for i in range(self.config.frameworks):
             name = f"fw{i + 1}"
-            log = open(self.fw_dir / f"{name}.log", "ab")
             cmd = [sys.executable, "-m", "tests.faults.workload", "--masters", masters,
                    "--record", str(self.fw_dir / f"{name}.jsonl"), "--name", name,
                    "--seed", str(self.config.seed * 100 + i), "--stop-file", str(self.stop_file)]
-            self.frameworks[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=os.getcwd(),
-                                                     preexec_fn=_die_with_parent,
-                                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-            log.close()
+            self.frameworks[name] = spawn(cmd, self.fw_dir / f"{name}.log", {**os.environ, "PYTHONUNBUFFERED": "1"})
         wait_for(lambda: all(self._offers_after(name, 0.0) for name in self.frameworks), 60,
                  what="every framework subscribed and offered")
         self.log(f"cluster up: {self.config.masters} masters, {self.config.agents} agents, "

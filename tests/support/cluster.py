@@ -26,16 +26,16 @@ from tessera.v1 import operator_pb2, operator_pb2_grpc
 T = TypeVar("T")
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: a new session (signals to the test do not reach the child) that still dies with the
-    test process, even when the test runner is killed hard (Linux PR_SET_PDEATHSIG)."""
-    import ctypes
+_LAUNCHER = str(Path(__file__).with_name("die_with_parent.py"))
 
-    os.setsid()
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+
+def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start `cmd` in its own session (signals to the test do not reach it), output appended to
+    `log_path`, and dying with the test process even when the runner is killed hard (see
+    die_with_parent.py: set in a fresh process, never in a preexec_fn of this threaded one)."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-I", "-S", _LAUNCHER, str(os.getpid()), *cmd], stdout=log,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
 def wait_for(predicate: Callable[[], T], timeout: float, interval: float = 0.05, what: str = "condition") -> T:
@@ -143,9 +143,7 @@ class LocalCluster:
         cmd = [sys.executable, "-m", "control_plane.cli.main", "master", "--name", m.name, "--raft", m.raft,
                "--grpc", m.grpc, "--peers", ",".join(m.peers), "--data-dir", str(m.data_dir), "--insecure-dev",
                *self.master_flags, *m.extra_flags]
-        log = open(m.log_path, "ab")
-        m.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
-        log.close()
+        m.proc = spawn(cmd, m.log_path, env)
 
     def start_all(self) -> None:
         for m in self.masters:
@@ -182,10 +180,7 @@ class LocalCluster:
                "--data-dir", str(a.data_dir), "--resources", a.resources, "--hostname", a.name]
         if a.attributes:
             cmd += ["--attributes", a.attributes]
-        log = open(a.log_path, "ab")
-        a.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
-                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        log.close()
+        a.proc = spawn(cmd, a.log_path, {**os.environ, "PYTHONUNBUFFERED": "1"})
 
     def wait_agents(self, n: int, timeout: float = 30.0) -> None:
         client = self.client()
@@ -229,13 +224,18 @@ class LocalCluster:
         out = []
         for m in [*self.masters, *self.agents]:
             if m.log_path.exists():
-                out.append(f"==== {m.name} ====\n" + m.log_path.read_text(errors="replace")[-4000:])
+                status = "never started" if m.proc is None else (
+                    "running" if m.proc.poll() is None else f"exited {m.proc.returncode}")
+                out.append(f"==== {m.name} (pid {m.proc.pid if m.proc else '-'}, {status}) ====\n"
+                           + m.log_path.read_text(errors="replace")[-4000:])
         return "\n".join(out)
 
     def __enter__(self) -> LocalCluster:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: Any) -> None:
+        if exc_type is not None:  # the test failed inside: its report shows what the processes said
+            print(self.logs())
         self.stop_all(signal.SIGKILL)
         kill_processes_under(self.root)
 

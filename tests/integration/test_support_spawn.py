@@ -1,0 +1,57 @@
+"""The test harness's own promise: what a test starts dies with the test process, even on SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+from tests.support.cluster import spawn, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_spawned_process_dies_when_the_runner_is_killed_hard(tmp_path: Path) -> None:
+    log = tmp_path / "child.log"
+    runner = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from pathlib import Path\n"
+         "from tests.support.cluster import spawn\n"
+         f"p = spawn(['sleep', '120'], Path({str(log)!r}))\n"
+         "print(p.pid, flush=True)\n"
+         "time.sleep(120)\n"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert runner.stdout is not None
+        pid = int(runner.stdout.readline())
+        # the launcher replaced itself with the command: same PID, now `sleep`, in its own session
+        wait_for(lambda: psutil.Process(pid).name() == "sleep", 10, what="the launcher to exec the command")
+        assert psutil.Process(pid).ppid() == runner.pid
+        assert psutil.Process(pid).pid == os.getsid(pid)
+        runner.send_signal(signal.SIGKILL)
+        runner.wait(10)
+        wait_for(lambda: _gone(pid), 10, what="the spawned process to die with its runner")
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait(10)
+
+
+def test_output_goes_to_the_log_and_the_environment_is_passed(tmp_path: Path) -> None:
+    log = tmp_path / "out.log"
+    proc = spawn([sys.executable, "-c", "import os, sys; print(os.environ['SPAWN_PROBE'], flush=True); "
+                  "print('to stderr', file=sys.stderr)"], log, {"SPAWN_PROBE": "here", "PATH": "/usr/bin:/bin"})
+    assert proc.wait(20) == 0
+    assert log.read_text().split() == ["here", "to", "stderr"]
