@@ -33,8 +33,8 @@ ISOLATION_CHOICES = ("auto", "cgroups_v2", "cgroups_v1", "rlimits")
 SUPERVISOR_START_CHOICES = ("fork-server", "interpreter")
 DEFAULT_PORTS = (31000, 32000)
 MIB = 1024 * 1024
-_ADDRESS_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$")
-_ATTRIBUTE_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_ADDRESS_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}\Z")
+_ATTRIBUTE_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
 
 
 class ConfigError(Exception):
@@ -195,7 +195,7 @@ def resolve(config: AgentConfig) -> ResolvedConfig:
             raise ConfigError(f"{flag}: expected a positive number of seconds, got {value!r}")
     if config.status_retry_max < config.status_retry_initial:
         raise ConfigError("status_retry_max: must not be smaller than status_retry_initial")
-    if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$", config.cgroups_root):
+    if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z", config.cgroups_root):
         raise ConfigError(f"cgroups_root: not a plain directory name: {config.cgroups_root!r}")
     hostname = config.hostname or socket.gethostname()
     if not hostname or len(hostname) > 255 or any(c.isspace() for c in hostname):

@@ -46,7 +46,7 @@ from sdk.transport import Transport
 from sdk.types import DEFAULT_ROLE, Filters, FrameworkInfo, Offer, Resources, TaskInfo, TaskState, TaskStatus
 
 DEFAULT_MASTERS = "127.0.0.1:5050"
-ADDRESS_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+ADDRESS_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}\Z")
 SANDBOX_RE = re.compile(r"sandbox[=:]\s*(\S+)")
 MAX_OUTPUT_BYTES = 1 << 20  # print at most the last MiB of a task's stdout
 

@@ -42,7 +42,7 @@ DEFAULT_LIST_LIMIT = 100
 WATCH_BATCH = 1_000
 MAX_REPORTED_SPANS = 10_000
 WATCH_HEARTBEAT_SECONDS = 1.0
-ADDRESS_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+ADDRESS_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}\Z")
 
 
 def check_address(value: str, field: str) -> str:

@@ -50,8 +50,8 @@ PEER_KINDS: tuple[PeerKind, ...] = ("master", "agent", "framework", "operator")
 ACTIONS = frozenset({"read", "drain", "quorum", "weights", "quota", "teardown"})
 ANY = "*"
 
-_PRINCIPAL_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
-_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+_PRINCIPAL_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,128}\Z")
+_DIGEST_RE = re.compile(r"^[0-9a-f]{64}\Z")
 _GRANT_KEYS = frozenset({"token_sha256", "roles", "users", "actions"})
 
 # What each kind of certificate may call: "Service/Method" or "Service/*". Masters call each other's

@@ -25,16 +25,26 @@ SCALE = 1000  # fixed point: thousandths
 MAX_SCALAR = 10**12  # any quantity above this is a mistake, not a machine
 MAX_PORT = 65535
 RANGE_KINDS = frozenset({"ports"})
-NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,31}$")
-ROLE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,63})*$")
+NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,31}\Z")
+ROLE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,63})*\Z")
 
 Interval = tuple[int, int]
 Key = tuple[str, str]  # (name, reservation role)
 
 
+# Names already found valid (a pure check remembered: a cluster has few roles, and every write that
+# names one checks it on every master). Bounded, so made-up names cannot grow it without limit.
+_VALID_ROLES: set[str] = set()
+_VALID_ROLES_LIMIT = 4096
+
+
 def validate_role(role: str) -> str:
+    if role in _VALID_ROLES:
+        return role
     if not ROLE_RE.match(role) or role in {".", ".."}:
         raise InvalidRequest(f"invalid role name {role!r}: use letters, digits, '_', '-', '.', '/'")
+    if len(_VALID_ROLES) < _VALID_ROLES_LIMIT:
+        _VALID_ROLES.add(role)
     return role
 
 

@@ -66,7 +66,7 @@ COMPLETED_TASKS_LIMIT = 10_000
 RETIRED_OFFERS_LIMIT = 10_000
 STATUS_UUIDS_PER_TASK = 128  # agents retry the newest updates only; older uuids need not be remembered
 
-_ID_RE = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII without spaces: ids end up in URLs and file names
+_ID_RE = re.compile(r"^[\x21-\x7e]+\Z")  # printable ASCII without spaces: ids end up in URLs and file names
 
 Outcome = Literal["applied", "rejected", "duplicate"]
 

@@ -489,7 +489,7 @@ def encode_pickled(raw: bytes) -> bytes:
     return _MAGIC + bytes([_FORMAT]) + _layout() + zlib.compress(raw, 1)
 
 
-_ALLOWED_MODULES = re.compile(r"^control_plane\.core(\.[a-z_]+)?$")
+_ALLOWED_MODULES = re.compile(r"^control_plane\.core(\.[a-z_]+)?\Z")
 _ALLOWED_GLOBALS = {("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"),
                     ("copyreg", "_reconstructor"), ("builtins", "object"), ("builtins", "getattr")}
 
@@ -537,7 +537,7 @@ class Point:
 
 # Plain integers below this are event indexes; larger numbers are unix seconds (2001-09-09 onwards).
 UNIX_THRESHOLD = 1_000_000_000
-_RELATIVE = re.compile(r"^-?\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)(?:\s+ago)?$")
+_RELATIVE = re.compile(r"^-?\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)(?:\s+ago)?\Z")
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
 

@@ -25,6 +25,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import TimeoutError as FutureTimeoutError
+from concurrent.futures._base import FINISHED as _FINISHED
+from concurrent.futures._base import RUNNING as _RUNNING
 from typing import Any, cast
 
 from .api import StateMachine
@@ -92,21 +95,119 @@ def fail_future(fut: Future[Any], exc: BaseException) -> None:
             pass
 
 
-class _CommitFuture(Future[Any]):
-    """A future that callers cannot cancel: a replicated write cannot be taken back. Refusing `cancel`
-    itself (rather than marking the future running, a second trip through its lock) keeps one per write
-    cheap."""
+# One lock for the rare creation of a CommitFuture's condition (a thread about to block on it).
+_CONDITION_CREATION = threading.Lock()
+
+
+class CommitFuture(Future[Any]):
+    """The future of one replicated write: a ``concurrent.futures.Future`` (``asyncio.wrap_future``,
+    ``concurrent.futures.wait`` and ``as_completed`` accept it) that callers cannot cancel — a
+    replicated write cannot be taken back — and that is cheap to make, since there is one per write.
+
+    The standard future builds a ``threading.Condition`` (a Python object over an ``RLock``) in its
+    constructor and goes through it, in Python, on every call. Here a plain ``Lock`` guards the state,
+    and the condition over that same lock is made only when a thread is about to block on the future
+    (``result``/``exception`` before it is done, or ``wait``/``as_completed``). Most writes are resolved
+    before anyone waits on them, or are awaited through a callback.
+    """
+
+    def __init__(self) -> None:  # the base __init__ is not called: it would build the condition
+        self._lock = threading.Lock()
+        self._cond: threading.Condition | None = None
+        self._state = _RUNNING  # never PENDING: nothing can cancel it
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Callable[[Future[Any]], object]] = []
+
+    @property  # type: ignore[override]
+    def _condition(self) -> threading.Condition:
+        """The condition over the future's lock, made on first use (read by the base class's
+        ``__repr__`` and by ``concurrent.futures.wait``/``as_completed``)."""
+        cond = self._cond
+        if cond is None:
+            with _CONDITION_CREATION:
+                cond = self._cond
+                if cond is None:
+                    cond = self._cond = threading.Condition(self._lock)
+        return cond
 
     def cancel(self) -> bool:
         return False
 
+    def cancelled(self) -> bool:
+        return False
+
     def running(self) -> bool:
-        return not self.done()
+        return self._state != _FINISHED
+
+    def done(self) -> bool:
+        return self._state == _FINISHED
+
+    def add_done_callback(self, fn: Callable[[Future[Any]], object]) -> None:
+        with self._lock:
+            if self._state != _FINISHED:
+                self._done_callbacks.append(fn)
+                return
+        try:
+            fn(self)
+        except Exception:
+            log.exception("exception calling callback for %r", self)
+
+    def _wait_finished(self, timeout: float | None) -> None:
+        if self._state == _FINISHED:
+            return
+        cond = self._condition
+        with cond:
+            if self._state != _FINISHED:
+                cond.wait(timeout)
+            if self._state != _FINISHED:
+                raise FutureTimeoutError()
+
+    def result(self, timeout: float | None = None) -> Any:
+        self._wait_finished(timeout)
+        if self._exception is not None:
+            raise self._exception
+        return self._result
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._wait_finished(timeout)
+        return self._exception
+
+    def set_running_or_notify_cancel(self) -> bool:
+        raise RuntimeError("a CommitFuture is running from the start")
+
+    def set_result(self, result: Any) -> None:
+        self._finish(result, None)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        self._finish(None, exception)
+
+    def _finish(self, result: Any, exception: BaseException | None) -> None:
+        with self._lock:
+            if self._state == _FINISHED:
+                raise InvalidStateError(f"{type(self).__name__} at {id(self):#x} is already resolved")
+            self._result = result
+            self._exception = exception
+            self._state = _FINISHED
+            for waiter in self._waiters:
+                if exception is None:
+                    waiter.add_result(self)
+                else:
+                    waiter.add_exception(self)
+            if self._cond is not None:
+                self._cond.notify_all()
+        for callback in self._done_callbacks:
+            try:
+                callback(self)
+            except Exception:
+                log.exception("exception calling callback for %r", self)
+        self._done_callbacks = []
 
 
 def new_running_future() -> Future[Any]:
     """A future that callers cannot cancel: a replicated write cannot be taken back."""
-    return _CommitFuture()
+    return CommitFuture()
 
 
 class Tracked:

@@ -9,7 +9,8 @@ import pytest
 
 from control_plane.core import commands as c
 from control_plane.core.errors import Conflict, InvalidRequest, NotFound, TesseraError
-from control_plane.core.resources import Resources
+from control_plane.core.resources import Resources, validate_role
+from control_plane.core.state import check_id, check_role
 from control_plane.core.values import (
     AgentInfo,
     CommandInfo,
@@ -231,3 +232,21 @@ def test_a_colliding_id_source_is_refused_not_recorded() -> None:
     h.new_id = lambda prefix: "agent-1"
     with pytest.raises(Conflict):
         h.decide(c.RegisterAgent(AgentInfo(hostname="h", resources=Resources.of(cpus=1))))
+
+
+@pytest.mark.parametrize("check", [
+    lambda: check_id("task-1\n", "task_id"),
+    lambda: check_role("web\n"),
+    lambda: Resources.from_items([("cpus\n", "", 1.0, ())]),
+])
+def test_a_trailing_newline_is_not_part_of_a_valid_name(check: Callable[[], object]) -> None:
+    # `$` in a pattern matches before a final newline: the name patterns end with `\Z` instead
+    with pytest.raises(InvalidRequest):
+        check()
+
+
+def test_a_role_refused_once_is_refused_again_and_a_valid_one_stays_valid() -> None:
+    for _ in range(2):
+        with pytest.raises(InvalidRequest):
+            validate_role("no spaces")
+        assert validate_role("web/prod") == "web/prod"
