@@ -39,7 +39,7 @@ def test_a_spawned_process_dies_when_the_runner_is_killed_hard(tmp_path: Path) -
         # the launcher replaced itself with the command: same PID, now `sleep`, in its own session
         wait_for(lambda: psutil.Process(pid).name() == "sleep", 10, what="the launcher to exec the command")
         assert psutil.Process(pid).ppid() == runner.pid
-        assert psutil.Process(pid).pid == os.getsid(pid)
+        assert os.getsid(pid) == pid  # its own session
         runner.send_signal(signal.SIGKILL)
         runner.wait(10)
         wait_for(lambda: _gone(pid), 10, what="the spawned process to die with its runner")
@@ -55,3 +55,10 @@ def test_output_goes_to_the_log_and_the_environment_is_passed(tmp_path: Path) ->
                   "print('to stderr', file=sys.stderr)"], log, {"SPAWN_PROBE": "here", "PATH": "/usr/bin:/bin"})
     assert proc.wait(20) == 0
     assert log.read_text().split() == ["here", "to", "stderr"]
+
+
+def test_a_command_that_cannot_be_executed_says_so_in_the_log(tmp_path: Path) -> None:
+    log = tmp_path / "out.log"
+    proc = spawn([str(tmp_path / "no-such-program")], log)
+    assert proc.wait(20) == 127
+    assert "cannot execute" in log.read_text() and "No such file" in log.read_text()

@@ -22,11 +22,17 @@ def main(argv: list[str]) -> int:
         print("usage: die_with_parent.py PARENT_PID COMMAND...", file=sys.stderr)
         return 2
     parent, command = int(argv[0]), argv[1:]
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError as exc:  # not glibc Linux: the command still runs, it just may outlive a killed runner
+        print(f"die_with_parent: cannot arm PR_SET_PDEATHSIG ({exc}); continuing", file=sys.stderr)
     if os.getppid() != parent:  # the parent died before the signal was armed
         return 1
-    os.execvp(command[0], command)
-    return 127  # not reached: execvp raises on failure
+    try:
+        os.execvp(command[0], command)
+    except OSError as exc:
+        print(f"die_with_parent: cannot execute {command[0]}: {exc.strerror or exc}", file=sys.stderr)
+    return 127
 
 
 if __name__ == "__main__":
