@@ -100,9 +100,10 @@ def test_the_task_outlives_a_kill_9_of_the_server_and_the_next_launch_starts_a_n
 
 
 def test_kill_with_a_grace_period_through_a_forked_supervisor(launcher: ProcessLauncher) -> None:
-    handle = launcher.launch(task("trap 'echo term; exit 143' TERM; while true; do sleep 0.05; done", "grace"))
-    wait(launcher, handle, lambda o: o.started)
-    time.sleep(0.2)  # let the shell install its trap
+    handle = launcher.launch(task("trap 'echo term; exit 143' TERM; echo ready; while true; do sleep 0.05; done",
+                                  "grace"))
+    # the shell has installed its trap once it has said so
+    wait(launcher, handle, lambda o: o.started and (handle.sandbox / "stdout").read_text() == "ready\n")
     launcher.kill(handle, 5.0)
     obs = wait(launcher, handle, lambda o: o.ended)
     assert obs.exit is not None and obs.exit.killed and obs.exit.exit_code == 143

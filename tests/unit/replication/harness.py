@@ -149,19 +149,25 @@ class Cluster:
         leader: Replicator = wait_until(find, timeout, "a single leader")
         return leader
 
-    def submit_at_leader(self, entry: bytes, timeout: float = 10.0) -> object:
-        """Submit ``entry`` at whoever leads now and wait for its result. ``NotLeaderError`` means it was
-        definitely not appended, so it is offered again to the next leader: under load an election may
-        move leadership between two submissions, legitimately."""
+    def at_leader(self, call: Callable[[Replicator], Any], timeout: float = 10.0) -> Any:
+        """Run ``call(leader)`` at whoever leads now and return its result. ``NotLeaderError`` means the
+        request was definitely not appended, so it is offered again to the next leader: under load an
+        election may move leadership between two requests, legitimately."""
         deadline = time.monotonic() + timeout
         while True:
             leader = self.wait_leader(max(0.1, deadline - time.monotonic()))
             try:
-                return leader.submit(entry).result(timeout=max(0.1, deadline - time.monotonic()))
+                return call(leader)
             except NotLeaderError:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(0.05)
+
+    def submit_at_leader(self, entry: bytes, timeout: float = 10.0) -> object:
+        """Submit ``entry`` at whoever leads now and wait for its result (see ``at_leader``)."""
+        deadline = time.monotonic() + timeout
+        return self.at_leader(
+            lambda leader: leader.submit(entry).result(timeout=max(0.1, deadline - time.monotonic())), timeout)
 
     def leader_index(self, timeout: float = 10.0) -> int:
         leader = self.wait_leader(timeout)

@@ -14,9 +14,11 @@ from pysyncobj import FAIL_REASON
 from control_plane.replication import (
     GroupCommitConfig,
     NotLeaderError,
+    QuorumStatus,
     RaftReplicator,
     ReplicationConfig,
     ReplicationError,
+    Replicator,
     ReplicatorStoppedError,
     UnknownOutcomeError,
 )
@@ -120,23 +122,32 @@ def test_a_leader_without_quorum_resolves_every_future_and_steps_down(tmp_path: 
 
 
 def test_the_quorum_grows_from_three_to_four_and_shrinks_back(raft3: Cluster, tmp_path: Path) -> None:
-    leader = raft3.start()
-    for f in [leader.submit(f"pre-{k}".encode()) for k in range(30)]:
-        f.result(timeout=10)
+    raft3.start()
+    for k in range(30):
+        raft3.submit_at_leader(f"pre-{k}".encode())
     new_address = f"127.0.0.1:{free_port()}"
-    leader.add_member(new_address).result(timeout=10)
+    raft3.at_leader(lambda leader: leader.add_member(new_address).result(timeout=10))
 
     sm = ListStateMachine()
     newcomer = RaftReplicator(raft_config(new_address, [*raft3.addresses, new_address], tmp_path / "node3"), sm)
+    # The newcomer is a full member: under load it may even win an election, so the harness looks for
+    # the leader among all four.
+    raft3.nodes.append(newcomer)
+    raft3.sms.append(sm)
+    raft3.events.append([])
     newcomer.start()
     try:
-        leader.submit(b"post").result(timeout=10)
+        raft3.submit_at_leader(b"post")
         wait_until(lambda: sm.copy()[-1:] == [b"post"], 15, "the new member to catch up")
         assert len(sm.copy()) == 31
-        wait_until(lambda: len([m for m in leader.status().members if m.connected]) == 4, 10,
-                   "four connected members")
-        st = leader.status()
+
+        def four_connected() -> QuorumStatus | None:
+            st = raft3.wait_leader(10).status()
+            return st if st.is_leader and len([m for m in st.members if m.connected]) == 4 else None
+
+        st = wait_until(four_connected, 10, "four connected members")
         assert {m.address for m in st.members} == {*raft3.addresses, new_address}
+
         def caught_up() -> bool:
             # pysyncobj updates a follower's match index from replies to entries, not heartbeats: nudge
             # with an entry so an idle log does not leave it one behind. Under load an election may move
@@ -149,10 +160,18 @@ def test_the_quorum_grows_from_three_to_four_and_shrinks_back(raft3: Cluster, tm
         wait_until(caught_up, 20, "the new member's match index to reach the commit index")
     finally:
         newcomer.stop()
-    leader = raft3.wait_leader(10)
-    leader.remove_member(new_address).result(timeout=10)
+        raft3.stopped.add(len(raft3.nodes) - 1)
+
+    def remove(leader: Replicator) -> Replicator:
+        # A leader denies membership changes until it has committed an entry of its own term: commit
+        # one first, so a leader elected just now (e.g. because the newcomer led and stopped) can act.
+        leader.submit(b"barrier").result(timeout=10)
+        leader.remove_member(new_address).result(timeout=10)
+        return leader
+
+    leader = raft3.at_leader(remove, timeout=20)
     assert new_address not in {m.address for m in leader.status().members}
-    leader.submit(b"after-removal").result(timeout=10)
+    raft3.submit_at_leader(b"after-removal")
 
 
 def test_leadership_transfer_moves_the_leader(raft3: Cluster) -> None:
