@@ -68,11 +68,13 @@ def test_duplicate_status_update_is_recorded_once_and_acknowledged(node: InProce
                                    agent_id=agent.agent_id, source=common_pb2.SOURCE_AGENT)
     for _ in range(3):
         agent.outbox.put(agent_pb2.AgentMessage(status_update=agent_pb2.StatusUpdate(status=status)))
-    wait_for(lambda: "u-1" in agent.acked, 5, what="ack of u-1")
-    time.sleep(0.3)
+    # One stream is read in order and its proposals commit in order: once a later update is
+    # acknowledged, every copy of u-1 has been decided.
+    later = agent.send_status("t-dup", common_pb2.TASK_FINISHED)
+    wait_for(lambda: {"u-1", later} <= agent.acked, 5, what="acks of u-1 and the later update")
     node.events.flush()
     updates = [r for r in node.events.list(limit=1000) if r.type == "TaskStatusUpdated"]
-    assert len(updates) == 1
+    assert len(updates) == 2  # u-1 once, then the later one
     fw.close()
     agent.close()
 
