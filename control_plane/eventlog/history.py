@@ -1098,6 +1098,10 @@ def ensure_snapshot(store: _Store, target: int, every: int = DEFAULT_SNAPSHOT_EV
     return rebuilt.index
 
 
+class _SnapshotterStopped(Exception):
+    """Raised from a rebuild's page callback to abandon it when the snapshotter stops."""
+
+
 class Snapshotter:
     """Takes a state snapshot every `every` events, on its own thread.
 
@@ -1142,6 +1146,7 @@ class Snapshotter:
         self._bucket: int | None = None
         self._thread: threading.Thread | None = None
         self._stopped = False
+        self._halt = threading.Event()  # set by stop(): ends a paced rebuild's pause at once
         self.taken = 0  # snapshots stored, for tests and metrics
         self.captured = 0  # of which pickled from the live state
         self.pickled = 0  # live states pickled (a pickle is dropped when a later crossing overtakes it)
@@ -1200,15 +1205,24 @@ class Snapshotter:
         except Exception as exc:  # noqa: BLE001 - runs on the apply thread: log, never raise
             log.warning("could not store the installed state as a snapshot: %r", exc)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking snapshots and wait (bounded) for the thread, so that nothing reaches the store
+        after its owner closes it. A rebuild under way is abandoned at its next page; the snapshot it
+        would have stored is taken again from the log after a restart."""
+        self._halt.set()
         with self._cond:
             self._stopped = True
             self._cond.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning("state snapshotter still busy after %.0f s; closing without it", timeout)
 
     def _pace(self, seq: int, target: int) -> None:
         worked = time.monotonic() - self._worked_since
-        if self.duty < 1:
-            time.sleep(worked * (1 - self.duty) / self.duty)
+        if self._halt.wait(worked * (1 - self.duty) / self.duty if self.duty < 1 else 0):
+            raise _SnapshotterStopped
         self._worked_since = time.monotonic()
 
     def _run(self) -> None:
@@ -1233,7 +1247,7 @@ class Snapshotter:
                     ensure_snapshot(self.store, target, self.every, on_page=self._pace)
                 self.taken += 1
                 done = target
-            except EventStoreClosed:
+            except (EventStoreClosed, _SnapshotterStopped):
                 return
             except HistoryError as exc:
                 # e.g. history with a hole: nothing to build from; wait for the next crossing

@@ -149,6 +149,7 @@ class Master:
                 flush(2000)  # the spans still batched, before the span store closes
             except Exception as exc:  # noqa: BLE001
                 log.debug("flushing spans: %s", exc)
+        self.sm.close()  # nothing applies any more: the snapshotter stops before its store closes
         self.events.close()
 
     # ---- leadership ------------------------------------------------------------------------------

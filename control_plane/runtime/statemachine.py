@@ -54,6 +54,19 @@ def _trace_ids(traceparent: str) -> tuple[str, str]:
     return "", ""
 
 
+def add_event_rows(rows: list[EventRow], raft_index: int, entry: ev.Entry,
+                   events: tuple[tuple[int, ev.Event], ...]) -> None:
+    """Append the event-log row of each of `entry`'s applied `events` (seq, event) to `rows`."""
+    trace_id, span_id = _trace_ids(entry.traceparent)
+    time, term, request_id = entry.time, entry.term, entry.request_id
+    for position, (seq, event) in enumerate(events):
+        fid, aid, tid, oid = event_ids(event)
+        rows.append((
+            seq, raft_index, position, event_type_name(event), time, term, request_id,
+            fid, aid, tid, oid, trace_id, span_id, json_text(to_jsonable(event)),
+        ))
+
+
 def decode_failure(reason: str) -> ApplyResult:
     return ApplyResult(
         outcome="rejected", events=(), first_seq=0, last_seq=0,
@@ -115,14 +128,7 @@ class MasterStateMachine:
                 if listening:
                     applied.append(Applied(raft_index, entry, result))
                 if result.events:
-                    trace_id, span_id = _trace_ids(entry.traceparent)
-                    time, term, request_id = entry.time, entry.term, entry.request_id
-                    for position, (seq, event) in enumerate(result.events):
-                        fid, aid, tid, oid = event_ids(event)
-                        records.append((
-                            seq, raft_index, position, event_type_name(event), time, term, request_id,
-                            fid, aid, tid, oid, trace_id, span_id, json_text(to_jsonable(event)),
-                        ))
+                    add_event_rows(records, raft_index, entry, result.events)
         if records:
             self.events.append_rows(records)
             if self.snapshots is not None:
@@ -136,6 +142,12 @@ class MasterStateMachine:
             except Exception:  # noqa: BLE001 - a listener bug must not stop replication
                 log.exception("apply listener failed")
         return results
+
+    def close(self) -> None:
+        """Stop the history snapshotter (bounded wait). Call once nothing is applied any more (the
+        replicator has stopped) and before the event store closes."""
+        if self.snapshots is not None:
+            self.snapshots.stop()
 
     def snapshot(self) -> object:
         with self.lock:

@@ -226,3 +226,41 @@ def test_retention_runs_in_the_background_and_stops() -> None:
     retention.stop()
     assert retention.last_error is None and store.count() >= 100
     store.close()
+
+
+def test_stop_abandons_a_paced_rebuild_and_ends_the_thread() -> None:
+    store = MemoryEventStore()
+    realistic_history(store, snapshot_every=0, fingerprints=False)
+    assert store.flush()
+    # no live pickles, so a crossing is rebuilt from the log; after each page the rebuild pauses for a
+    # million times the work it did, so only stop() can end it
+    live = h.Snapshotter(store, every=10, duty=1e-6, live_budget_s=0.0)
+    paused = threading.Event()
+    pace = live._pace
+
+    def pausing(seq: int, target: int) -> None:
+        paused.set()
+        pace(seq, target)
+
+    live._pace = pausing  # type: ignore[method-assign]
+    live.observe(0)
+    live.observe(store.last_seq())  # crosses: the thread starts rebuilding
+    assert paused.wait(20), "the rebuild never reached its first pause"
+    live.stop()
+    assert live._thread is not None and not live._thread.is_alive()  # the pause ended at stop()
+    assert live.taken == 0 and live.last_error is None  # abandoned, not failed
+    store.close()
+
+
+def test_closing_the_state_machine_stops_its_snapshotter_before_the_store_closes() -> None:
+    store = MemoryEventStore()
+    leader = realistic_history(store, snapshot_every=10, fingerprints=False)
+    snapshots = leader.sm.snapshots
+    assert snapshots is not None
+    wait_until(lambda: snapshots.taken >= 1)
+    leader.sm.close()
+    assert snapshots._thread is not None and not snapshots._thread.is_alive()
+    taken = snapshot_seqs(store)
+    leader.sm.close()  # idempotent
+    assert store.flush() and snapshot_seqs(store) == taken
+    store.close()
