@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
-from tests.support.cluster import spawn, wait_for
+from tests.support.cluster import LocalCluster, spawn, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,3 +63,14 @@ def test_a_command_that_cannot_be_executed_says_so_in_the_log(tmp_path: Path) ->
     proc = spawn([str(tmp_path / "no-such-program")], log)
     assert proc.wait(20) == 127
     assert "cannot execute" in log.read_text() and "No such file" in log.read_text()
+
+
+def test_waiting_for_a_leader_fails_at_once_naming_a_master_that_exited_on_its_own(tmp_path: Path) -> None:
+    with LocalCluster(tmp_path, n=3) as cluster:
+        cluster.masters[1].extra_flags = ["--no-such-flag"]  # click refuses it: exit code 2
+        cluster.start_all()
+        # a timeout far beyond the test's own: only failing fast can answer before it
+        with pytest.raises(AssertionError, match=r"m2 \(exit code 2"):
+            cluster.leader(timeout=3600)
+        cluster.kill(cluster.masters[1])  # the test's own doing from here: no longer a crash
+        assert not cluster.masters[1].crashed

@@ -62,6 +62,12 @@ class MasterProc:
     peers: list[str] = field(default_factory=list)
     extra_flags: list[str] = field(default_factory=list)  # this master's own flags (e.g. --raft-bind)
     proc: subprocess.Popen[bytes] | None = None
+    stopped_by_test: bool = False  # its last exit was LocalCluster.kill's doing, not its own
+
+    @property
+    def crashed(self) -> bool:
+        """Started, then exited on its own (not through LocalCluster.kill)."""
+        return self.proc is not None and not self.stopped_by_test and self.proc.poll() is not None
 
     @property
     def alive(self) -> bool:
@@ -143,6 +149,7 @@ class LocalCluster:
         cmd = [sys.executable, "-m", "control_plane.cli.main", "master", "--name", m.name, "--raft", m.raft,
                "--grpc", m.grpc, "--peers", ",".join(m.peers), "--data-dir", str(m.data_dir), "--insecure-dev",
                *self.master_flags, *m.extra_flags]
+        m.stopped_by_test = False
         m.proc = spawn(cmd, m.log_path, env)
 
     def start_all(self) -> None:
@@ -150,6 +157,8 @@ class LocalCluster:
             self.start(m)
 
     def kill(self, m: MasterProc | AgentProc, sig: int = signal.SIGKILL) -> None:
+        if isinstance(m, MasterProc):
+            m.stopped_by_test = True
         if m.proc is not None and m.proc.poll() is None:
             os.kill(m.proc.pid, sig)
             try:
@@ -204,7 +213,8 @@ class LocalCluster:
         return MasterClient(self.grpc_addresses(), timeout=timeout, rpc_timeout=3.0)
 
     def leader(self, timeout: float = 20.0) -> MasterProc:
-        """The master that leads and serves (its LeaderElected barrier is applied)."""
+        """The master that leads and serves (its LeaderElected barrier is applied). Fails at once, naming
+        it, when a master the test did not stop has exited: no leader is worth waiting for then."""
 
         def find() -> MasterProc | None:
             for m in self.masters:
@@ -218,7 +228,18 @@ class LocalCluster:
                     return m
             return None
 
-        return wait_for(find, timeout, interval=0.05, what="a serving leader")
+        deadline = time.monotonic() + timeout
+        while True:
+            crashed = [m for m in self.masters if m.crashed]
+            if crashed:
+                raise AssertionError("master exited on its own: " + ", ".join(
+                    f"{m.name} (exit code {m.proc.returncode if m.proc else '?'}, log {m.log_path})" for m in crashed))
+            found = find()
+            if found is not None:
+                return found
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"timed out after {timeout}s waiting for a serving leader")
+            time.sleep(0.05)
 
     def logs(self) -> str:
         out = []
