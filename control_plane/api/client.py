@@ -81,6 +81,7 @@ class MasterClient:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise NoMasterAvailable(order, last_error)
+            cut_short = remaining < self.rpc_timeout  # the call's own deadline bounds this attempt
             try:
                 result = method(self.operator(address))(request, timeout=min(self.rpc_timeout, remaining),
                                                         metadata=self.metadata)
@@ -91,7 +92,10 @@ class MasterClient:
                 if code not in RETRYABLE:
                     raise
                 hint = leader_hint(err) if follow_leader else None
-                last_error = f"{address}: {code.name} {err.details() or ''}".strip()
+                if not (cut_short and code == grpc.StatusCode.DEADLINE_EXCEEDED and last_error != "no attempt"):
+                    # an attempt that only ran out of the time left says less than the error before it
+                    # (a refused connection or handshake, say): keep that one for the report
+                    last_error = f"{address}: {code.name} {err.details() or ''}".strip()
                 if hint and hint != address:
                     if hint not in order:
                         order.append(hint)
