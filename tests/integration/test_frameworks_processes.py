@@ -10,13 +10,14 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from sdk import Filters, FrameworkInfo, Resources, Scheduler, SchedulerDriver, TaskInfo
 from tessera.v1 import common_pb2, operator_pb2
-from tests.support.cluster import LocalCluster, wait_for
+from tests.support.cluster import LocalCluster, MasterProc, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -41,6 +42,18 @@ def state(cluster: LocalCluster) -> operator_pb2.GetStateResponse:
         return client.call(lambda s: s.GetState, operator_pb2.GetStateRequest(consistent=True))
     finally:
         client.close()
+
+
+def events_once(master: MasterProc, done: Callable[[list[operator_pb2.EventRecord]], bool],
+                timeout: float = 30.0) -> list[operator_pb2.EventRecord]:
+    """`master`'s event log once `done` holds for it, or as it is at the timeout (the caller's assertions
+    then say what is missing): a master, even the leader, stores what it applied a moment later."""
+    deadline = time.monotonic() + timeout
+    while True:
+        events = master.list_events()
+        if done(events) or time.monotonic() >= deadline:
+            return events
+        time.sleep(0.2)
 
 
 def run_example(module: str, cluster: LocalCluster, *args: str) -> subprocess.Popen[str]:
@@ -69,7 +82,7 @@ def test_batch_runner_completes_100_tasks(tmp_path: Path) -> None:
         tasks = state(cluster).tasks
         # every task finished and was acknowledged (acknowledged terminal tasks leave the live table)
         assert all(t.state == common_pb2.TASK_FINISHED for t in tasks)
-        launched = cluster.masters[0].list_events()
+        launched = events_once(cluster.masters[0], lambda ev: sum(1 for e in ev if e.type == "TaskLaunched") >= 100)
         assert sum(1 for e in launched if e.type == "TaskLaunched") == 100
 
 
@@ -77,15 +90,16 @@ class Greedy(Scheduler):
     """Launches one long task per offer (a small bite, so weighted DRF decides who grows), declines the
     rest briefly so the allocator re-offers it at once."""
 
-    def __init__(self, prefix: str, cpus: float) -> None:
+    def __init__(self, prefix: str, cpus: float, go: threading.Event | None = None) -> None:
         self.prefix = prefix
         self.need = Resources.of(cpus=cpus, mem=16)
         self.count = 0
         self.lock = threading.Lock()
+        self.go = go  # until set, every offer is declined briefly (so several frameworks start together)
 
     def offers(self, driver, offers) -> None:  # type: ignore[no-untyped-def]
         for offer in offers:
-            if offer.fits(self.need):
+            if (self.go is None or self.go.is_set()) and offer.fits(self.need):
                 with self.lock:
                     self.count += 1
                     task_id = f"{self.prefix}-{self.count}"
@@ -110,13 +124,17 @@ def test_two_roles_with_weights_1_and_3_converge_to_a_1_to_3_cpu_split(tmp_path:
         client.call(lambda s: s.SetWeight, operator_pb2.SetWeightRequest(role="heavy", weight=3.0))
         client.close()
         masters = cluster.grpc_addresses()
+        go = threading.Event()  # the race starts when both are subscribed, not when the first one is
         drivers = [
-            SchedulerDriver(Greedy("light", 0.25), FrameworkInfo(name="light", roles=("light",)), masters),
-            SchedulerDriver(Greedy("heavy", 0.25), FrameworkInfo(name="heavy", roles=("heavy",)), masters),
+            SchedulerDriver(Greedy("light", 0.25, go), FrameworkInfo(name="light", roles=("light",)), masters),
+            SchedulerDriver(Greedy("heavy", 0.25, go), FrameworkInfo(name="heavy", roles=("heavy",)), masters),
         ]
         for d in drivers:
             d.start()
         try:
+            wait_for(lambda: {f.info.name for f in state(cluster).frameworks} >= {"light", "heavy"}, 60,
+                     interval=0.2, what="both frameworks subscribed")
+            go.set()
             wait_for(lambda: sum(cpus_by_role(state(cluster)).values()) >= 8.0 - 0.25, 90, interval=0.5,
                      what="the cluster to fill up")
             used = cpus_by_role(state(cluster))
@@ -229,7 +247,8 @@ def test_framework_failover_keeps_its_tasks_and_past_the_timeout_they_are_killed
                 print(second.communicate(timeout=5))
                 print(cluster.logs())
                 raise
-            events = cluster.masters[0].list_events()
+            events = events_once(cluster.masters[0], lambda ev: any(
+                e.type == "TaskStatusAcknowledged" and e.task_id == victim for e in ev))
             assert any(e.type == "TaskStatusAcknowledged" and e.task_id == victim for e in events)
             before = keeper_tasks(cluster, fid)
         finally:
@@ -238,11 +257,14 @@ def test_framework_failover_keeps_its_tasks_and_past_the_timeout_they_are_killed
         # past the (new, 3 s) failover timeout the framework is removed and its tasks killed
         wait_for(lambda: all(s == common_pb2.TASK_KILLED for s in keeper_tasks(cluster, fid).values())
                  or not keeper_tasks(cluster, fid), 40, interval=0.5, what="tasks killed after the timeout")
-        events = cluster.masters[0].list_events()
+        def killed_tasks(events: list[operator_pb2.EventRecord]) -> set[str]:
+            return {e.task_id for e in events if e.type == "TaskStatusUpdated" and e.framework_id == fid
+                    and '"TASK_KILLED"' in e.payload_json}
+
+        events = events_once(cluster.masters[0], lambda ev: killed_tasks(ev) >= set(before) and any(
+            e.type == "FrameworkRemoved" and e.framework_id == fid for e in ev))
         assert any(e.type == "FrameworkRemoved" and e.framework_id == fid for e in events)
-        killed = {e.task_id for e in events if e.type == "TaskStatusUpdated" and e.framework_id == fid
-                  and '"TASK_KILLED"' in e.payload_json}
-        assert killed == set(before)
+        assert killed_tasks(events) == set(before)
 
 
 def test_batch_runner_finishes_when_the_leading_master_is_killed(tmp_path: Path) -> None:
@@ -257,13 +279,22 @@ def test_batch_runner_finishes_when_the_leading_master_is_killed(tmp_path: Path)
         assert proc.returncode == 0, f"{out}\n{err}\n{cluster.logs()}"
         assert "60 succeeded, 0 failed" in out
         survivor = next(m for m in cluster.masters if m.alive)
-        events = survivor.list_events()
-        finished = {e.task_id for e in events if e.type == "TaskStatusUpdated" and '"TASK_FINISHED"' in e.payload_json}
-        launched = {e.task_id for e in events if e.type == "TaskLaunched"}
+
+        def tally(events: list[operator_pb2.EventRecord]) -> tuple[set[str], set[str], set[str]]:
+            finished = {e.task_id for e in events
+                        if e.type == "TaskStatusUpdated" and '"TASK_FINISHED"' in e.payload_json}
+            launched = {e.task_id for e in events if e.type == "TaskLaunched"}
+            ended = {e.task_id for e in events if e.type == "TaskStatusUpdated" and any(
+                f'"{s}"' in e.payload_json for s in ("TASK_FINISHED", "TASK_FAILED", "TASK_LOST", "TASK_KILLED",
+                                                      "TASK_DROPPED", "TASK_GONE", "TASK_ERROR"))}
+            return finished, launched, ended
+
+        def settled(events: list[operator_pb2.EventRecord]) -> bool:
+            finished, launched, ended = tally(events)
+            return len(finished) >= 60 and launched == ended
+
+        finished, launched, ended = tally(events_once(survivor, settled))
         # every launched task is accounted for: finished, or ended otherwise and retried by the runner
-        ended = {e.task_id for e in events if e.type == "TaskStatusUpdated" and any(
-            f'"{s}"' in e.payload_json for s in ("TASK_FINISHED", "TASK_FAILED", "TASK_LOST", "TASK_KILLED",
-                                                  "TASK_DROPPED", "TASK_GONE", "TASK_ERROR"))}
         assert launched == ended
         assert len(finished) >= 60
 
@@ -284,6 +315,10 @@ def test_leader_killed_while_100_tasks_report_loses_no_terminal_update(tmp_path:
         assert proc.returncode == 0, f"{out}\n{err}\n{cluster.logs()}"
         assert "100 succeeded, 0 failed" in out
         survivor = next(m for m in cluster.masters if m.alive)
-        terminal = Counter(e.task_id for e in survivor.list_events() if e.type == "TaskStatusUpdated"
-                           and '"TASK_FINISHED"' in e.payload_json)
+
+        def terminal_updates(events: list[operator_pb2.EventRecord]) -> Counter[str]:
+            return Counter(e.task_id for e in events
+                           if e.type == "TaskStatusUpdated" and '"TASK_FINISHED"' in e.payload_json)
+
+        terminal = terminal_updates(events_once(survivor, lambda ev: len(terminal_updates(ev)) >= 100))
         assert len(terminal) == 100 and set(terminal.values()) == {1}, terminal
