@@ -769,6 +769,11 @@ def _task_status_updated(state: ClusterState, e: TaskStatusUpdated, tx: _Tx) -> 
 def _task_status_acknowledged(state: ClusterState, e: TaskStatusAcknowledged, tx: _Tx) -> bool:
     tid = check_id(e.task_id, "task_id")
     uuid = check_id(e.uuid, "uuid")
+    fw = state.frameworks.get(e.framework_id) if isinstance(e.framework_id, str) else None
+    if fw is not None and fw.state is FrameworkState.FRAMEWORK_REMOVED:
+        # decided before a removal committed ahead of it: the removal dropped what was left to
+        # acknowledge, so this acknowledgement records nothing and must not be answered as if it had
+        raise Conflict(f"framework {fw.framework_id} was removed")
     if tid not in state.tasks:
         done = state.completed_tasks.get(tid)
         if done is not None and uuid in done.applied_uuids and done.framework_id == e.framework_id:

@@ -14,6 +14,7 @@ from control_plane.core.events import (
     OfferRescinded,
     TaskKillRequested,
     TaskLaunched,
+    TaskStatusAcknowledged,
     TaskStatusUpdated,
 )
 from control_plane.core.invariants import check_invariants
@@ -452,6 +453,23 @@ def test_acknowledged_terminal_task_moves_to_completed_and_retries_are_no_ops(h:
     assert h.decide(c.Kill(fid, "t1")) == ()
     with pytest.raises(Conflict):  # the id cannot be reused while it is remembered
         h.decide(c.Accept(fid, (h.offer(fid, aid),), (launch(task("t1")),)))
+
+
+def test_an_acknowledgement_decided_before_a_teardown_but_committed_after_it_is_refused(h: Harness) -> None:
+    # The framework acknowledges on one thread and tears down on another: both are decided against
+    # the same state and committed in one batch, the teardown first.
+    aid, fid = h.agent(), h.framework()
+    h.launched(fid, aid, task("t1"))
+    h.status("t1", S.TASK_KILLED, uuid="u-end")
+    teardown = h.decide(c.Teardown(fid))
+    ack = h.decide(c.Acknowledge(fid, "t1", "u-end"))
+    assert h.commit(teardown).outcome == "applied"
+    assert "t1" in h.state.completed_tasks  # the removal dropped what was left to acknowledge
+    result = h.commit(ack)
+    # not answered as if it had been recorded: nothing acknowledged it, and the framework is gone
+    assert result.outcome == "rejected" and result.error_code == Conflict.code
+    assert not any(isinstance(e, TaskStatusAcknowledged) for _, e in result.events)
+    assert check_invariants(h.state) == []
 
 
 def test_acknowledge_of_an_unknown_uuid_is_not_found(h: Harness) -> None:
