@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -126,14 +127,42 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_LISTEN_PORT = 10_000
+
+
+def listen_port_range(range_file: Path = EPHEMERAL_RANGE_FILE) -> tuple[int, int] | None:
+    """Ports to listen on below the kernel's ephemeral range, or None where it cannot be read (or leaves
+    fewer than 1,000 ports below it). The kernel never gives such a port to an outgoing connection as
+    its source: a port chosen there is still free when a stopped master starts again on it, while one
+    from the ephemeral range may meanwhile be the source port of any connection on the machine."""
+    try:
+        low = int(range_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    high = low - 1
+    return (LOWEST_LISTEN_PORT, high) if high - LOWEST_LISTEN_PORT >= 1000 else None
+
+
 def free_ports(n: int) -> list[int]:
-    """`n` distinct ports free on 127.0.0.1 now. The sockets stay bound until all are chosen: asked one
-    at a time, the kernel may hand out the same port twice."""
+    """`n` distinct ports free on 127.0.0.1 now, below the ephemeral range when there is room (see
+    `listen_port_range`), else any the kernel picks. The sockets stay bound until all are chosen: asked
+    one at a time, the same port could come back twice."""
+    span = listen_port_range()
+    rng = random.SystemRandom()  # not seeded: parallel runs must not walk the same sequence
     with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(n):
+        ports: list[int] = []
+        tries = 0
+        while len(ports) < n:
             s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            s.bind(("127.0.0.1", 0))
+            tries += 1
+            if span is None or tries > 50 * n:
+                s.bind(("127.0.0.1", 0))  # no room below the range, or it is crowded: the kernel's choice
+            else:
+                try:
+                    s.bind(("127.0.0.1", rng.randint(*span)))
+                except OSError:
+                    continue  # taken (or in TIME_WAIT): another
             ports.append(int(s.getsockname()[1]))
         return ports
 

@@ -71,6 +71,15 @@ FAULTS: tuple[tuple[str, float], ...] = (
 )
 
 
+def _last_line(path: Path) -> str:
+    """The last non-empty line of a log (what a process said before it exited)."""
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "(no log)"
+    return lines[-1] if lines else "(empty log)"
+
+
 @dataclass
 class RunConfig:
     masters: int = 3
@@ -366,7 +375,10 @@ class FaultRun:
         try:
             wait_for(self._converged, 60, interval=0.25, what="every master's events.db at the same seq")
         except TimeoutError as exc:
-            self.problems.append(str(exc) + f" (last seqs {self._last_seqs()})")
+            crashed = [f"{m.name} exited with code {m.proc.returncode if m.proc else '?'}: {_last_line(m.log_path)}"
+                       for m in self.cluster.masters if m.crashed]
+            self.problems.append(str(exc) + f" (last seqs {self._last_seqs()})"
+                                 + "".join(f"; {c}" for c in crashed))
 
     def _last_seqs(self) -> dict[str, int]:
         out = {}
