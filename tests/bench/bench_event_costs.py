@@ -42,10 +42,10 @@ from control_plane.core import events as ev  # noqa: E402
 from control_plane.core.apply import apply  # noqa: E402
 from control_plane.core.state import ClusterState  # noqa: E402
 from control_plane.eventlog import SqliteEventStore  # noqa: E402
-from control_plane.eventlog.queued import MAX_BATCH_RECORDS  # noqa: E402
 from control_plane.eventlog.records import EVENT_COLUMNS, EventRow  # noqa: E402
 from control_plane.runtime.statemachine import MasterStateMachine, add_event_rows  # noqa: E402
 from tessera.v1 import log_pb2  # noqa: E402
+from tests.bench.bench_eventlog import insert_plain  # noqa: E402
 
 TARGET_EVENTS_PER_S = 50_000  # what p50 <= 20 ms with 1,000 closed-loop writers needs (Little's law)
 
@@ -105,24 +105,10 @@ def time_rows(entries: list[ev.Entry], results: list[Any]) -> tuple[float, list[
 
 
 def time_insert(path: Path, rows: list[EventRow]) -> float:
-    """Plain sqlite3 into the store's own schema (made by the store), its pragmas, its batch size."""
-    SqliteEventStore(path).close()
+    """Plain sqlite3 into the store's own schema, its pragmas, its batch size (bench_eventlog's baseline)."""
     if len(rows[0]) != len(EVENT_COLUMNS):
         raise RuntimeError(f"row has {len(rows[0])} fields, the schema {len(EVENT_COLUMNS)}")
-    sql = "INSERT INTO events ({}) VALUES ({}) ON CONFLICT(seq) DO NOTHING".format(
-        ", ".join(EVENT_COLUMNS), ", ".join("?" * len(EVENT_COLUMNS)))
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        t = time.perf_counter()
-        for i in range(0, len(rows), MAX_BATCH_RECORDS):
-            conn.execute("BEGIN")
-            conn.executemany(sql, rows[i:i + MAX_BATCH_RECORDS])
-            conn.execute("COMMIT")
-        return per_event_us(time.perf_counter() - t, len(rows))
-    finally:
-        conn.close()
+    return per_event_us(insert_plain(path, list(rows)), len(rows))
 
 
 def time_path(path: Path, datas: list[bytes], batch: int) -> float:

@@ -27,6 +27,16 @@ class _Failed(grpc.RpcError):
         return ()
 
 
+def no_master(client: MasterClient, method: Any) -> NoMasterAvailable:
+    """What `client.call(method, ...)` raises once the deadline has passed (the client is closed)."""
+    try:
+        with pytest.raises(NoMasterAvailable) as caught:
+            client.call(method, object())
+    finally:
+        client.close()
+    return caught.value
+
+
 def test_an_attempt_cut_short_by_the_deadline_does_not_hide_the_error_before_it() -> None:
     # A master whose handshake fails: refused at once while an attempt has its full rpc_timeout, but an
     # attempt left with less than the handshake needs only runs out of time.
@@ -43,13 +53,9 @@ def test_an_attempt_cut_short_by_the_deadline_does_not_hide_the_error_before_it(
         return call
 
     client = MasterClient(["127.0.0.1:1"], timeout=1.2, rpc_timeout=1.0)
-    try:
-        with pytest.raises(NoMasterAvailable) as caught:
-            client.call(refusing, object())
-    finally:
-        client.close()
+    error = no_master(client, refusing)
     assert codes[0] == grpc.StatusCode.UNAVAILABLE and codes[-1] == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert caught.value.last_error == "127.0.0.1:1: UNAVAILABLE failed to connect: handshake failed"
+    assert error.last_error == "127.0.0.1:1: UNAVAILABLE failed to connect: handshake failed"
 
 
 def test_a_deadline_is_reported_when_it_is_all_there_was() -> None:
@@ -59,10 +65,5 @@ def test_a_deadline_is_reported_when_it_is_all_there_was() -> None:
             raise _Failed(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
         return call
 
-    client = MasterClient(["127.0.0.1:1"], timeout=0.3, rpc_timeout=1.0)
-    try:
-        with pytest.raises(NoMasterAvailable) as caught:
-            client.call(slow, object())
-    finally:
-        client.close()
-    assert "DEADLINE_EXCEEDED" in caught.value.last_error
+    error = no_master(MasterClient(["127.0.0.1:1"], timeout=0.3, rpc_timeout=1.0), slow)
+    assert "DEADLINE_EXCEEDED" in error.last_error
