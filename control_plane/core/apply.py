@@ -442,6 +442,13 @@ def _agent_reregistered(state: ClusterState, e: AgentReregistered, tx: _Tx) -> b
     if agent.state is AgentState.AGENT_REMOVED:
         raise Conflict(f"agent {aid} was removed")
     _no_offers(f"agent {aid}", agent.offer_ids)
+    # decide ended every live task the agent did not report; one still live and not reported was
+    # launched after the reregistration was decided (both in flight at once): the agent never had it
+    reported = set(e.task_ids)
+    for task_id in sorted(agent.task_ids):
+        if task_id not in reported and not state.tasks[task_id].terminal:
+            raise Conflict(f"task {task_id} was launched on agent {aid} after its reregistration was "
+                           "decided; decide it again")
     total = total_with_reservations(info.resources, agent.reserved)
     if not total.contains(agent.used):
         raise Conflict(f"agent {aid} reports fewer resources ({info.resources}) than its tasks use")

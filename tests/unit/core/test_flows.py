@@ -573,6 +573,26 @@ def test_reregistered_agent_without_a_task_ends_it_lost_dropped_or_gone(h: Harne
         "lost": S.TASK_LOST, "staging": S.TASK_DROPPED, "running": S.TASK_GONE}
 
 
+def test_a_reregistration_decided_before_a_launch_but_committed_after_it_is_refused(h: Harness) -> None:
+    # Found by the fault suite (seed 7): the agent reregistered while a framework's Accept on its offer
+    # was in flight; both were decided against the same state and committed in one batch, the launch
+    # first. Recorded as decided, the reregistration left the task STAGING on an agent that never had
+    # it, so nothing would ever end it. Decided again, it ends the task.
+    aid, fid = h.agent(), h.framework()
+    offer_id = h.offer(fid, aid)
+    info = AgentInfo(hostname="host", resources=Resources.parse(AGENT_RESOURCES))
+    reregistration = h.decide(c.ReregisterAgent(aid, info, ()))
+    launched = h.decide(c.Accept(fid, (offer_id,), (launch(task("t1")),)))
+    assert h.commit(launched).outcome == "applied"
+    result = h.commit(reregistration)
+    assert result.outcome == "rejected" and result.error_code == Conflict.code
+    assert "t1" in result.reason
+    assert h.state.tasks["t1"].state is S.TASK_STAGING  # the launch stands, nothing half-applied
+    h.run(c.ReregisterAgent(aid, info, ()))
+    assert h.state.tasks["t1"].state is S.TASK_LOST
+    assert check_invariants(h.state) == []
+
+
 def test_reregistered_agent_reporting_a_task_gone_marks_it_gone(h: Harness) -> None:
     aid, fid = h.agent(), h.framework(partition_aware=True)
     h.launched(fid, aid, task("t1"))
