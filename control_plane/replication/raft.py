@@ -228,6 +228,54 @@ def guard_reply_terms(so: SyncObj) -> None:
     transport.setOnMessageReceivedCallback(on_message)
 
 
+def guard_backtracking(so: SyncObj) -> None:
+    """Keep a leader's next index for a follower from going back up while the follower's log conflicts
+    with its own (a pysyncobj 0.3.17 livelock found by the fault-injection suite, tests/faults, 3 masters,
+    seed 34).
+
+    A deposed leader comes back with entries of its old term the new leader does not have, and more than
+    one batch behind. Each append_entries period the leader sends from its next index in several
+    batches; the follower answers the first with a conflict (``next_node_idx`` = its prevLogIdx, reset)
+    and every later one, which reaches past its log, with "my log ends here" (its last index + 1,
+    reset). The leader resets its next index on each answer, so the last one wins: the next period
+    starts where the previous one did and meets the same conflict. The follower never catches up; it
+    takes no part in commits until the leader's log compaction forces a snapshot on it (minutes), and
+    a second failure meanwhile stops the quorum.
+
+    A failed, resetting answer is the follower saying "send from here or earlier". Once one has been
+    taken in this term, a later one that asks for a higher index is taken at the lower index instead,
+    until the follower accepts entries (a successful answer). Sending from too low an index costs a
+    re-send of entries the follower holds (kept, see `guard_matching_entries`), never a wrong log.
+    """
+    transport = so._SyncObj__transport
+    deliver = transport._onMessageReceivedCallback
+    floors: dict[Any, tuple[int, int]] = {}
+
+    def on_message(node: Any, message: Any) -> None:
+        if isinstance(message, dict) and message.get("type") == "next_node_idx":
+            message = held_back(floors, node, so.raftCurrentTerm, message)
+        deliver(node, message)
+
+    transport.setOnMessageReceivedCallback(on_message)
+
+
+def held_back(floors: dict[Any, tuple[int, int]], node: Any, term: int, reply: dict[str, Any]) -> dict[str, Any]:
+    """`reply` (a follower's ``next_node_idx``) as the leader should take it, given `floors`: per
+    follower, the term and the lowest index a failed resetting answer asked for since its last success
+    (see `guard_backtracking`). Updates `floors`."""
+    if reply.get("success"):
+        floors.pop(node, None)
+        return reply
+    if not reply.get("reset"):
+        return reply  # a chunk of a large entry received: not an answer about the log
+    asked = int(reply["next_node_idx"])
+    held = floors.get(node)
+    if held is not None and held[0] == term and asked > held[1]:
+        return {**reply, "next_node_idx": held[1]}
+    floors[node] = (term, asked)
+    return reply
+
+
 def is_reply_of_another_term(message: Any, term: int) -> bool:
     return (isinstance(message, dict) and message.get("type") == "next_node_idx" and "term" in message
             and message["term"] != term)
@@ -451,7 +499,8 @@ class RaftReplicator(Replicator):
         so = SyncObj(cfg.self_address, list(cfg.peers), conf=conf, consumers=[self._consumer])
         guard_snapshot_commit_index(so)
         guard_matching_entries(so)
-        guard_reply_terms(so)
+        guard_backtracking(so)
+        guard_reply_terms(so)  # outermost: the others see replies of the current term only
         try:
             so.waitBinded()
         except SyncObjException:

@@ -53,6 +53,7 @@ from .api import StateMachine
 from .config import ReplicationConfig
 from .raft import (
     _ReplicatedLog,
+    guard_backtracking,
     guard_matching_entries,
     guard_reply_terms,
     guard_snapshot_commit_index,
@@ -374,9 +375,10 @@ class SimRaftNode:
         conf = syncobj_conf(config, self._state_changed, autoTick=False, useFork=False)
         self._so = SyncObj(SimNode(self.address), [SimNode(p) for p in self.peers], conf=conf,
                            consumers=[self._consumer], nodeClass=SimNode, transport=self.transport)
-        if guard_snapshots:  # both guards, as RaftReplicator; False reproduces pysyncobj's own behaviour
+        if guard_snapshots:  # every guard, as RaftReplicator; False reproduces pysyncobj's own behaviour
             guard_snapshot_commit_index(self._so)
             guard_matching_entries(self._so)
+            guard_backtracking(self._so)
             guard_reply_terms(self._so)
         network.node_up(self)
         # Periodic ticks, like the poll timeout of pysyncobj's loop, at a per-node phase.

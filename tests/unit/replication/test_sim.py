@@ -207,3 +207,65 @@ def test_entries_of_an_earlier_term_survive_a_partial_re_send(tmp_path: Path, gu
                                               "prevLogIdx": 3, "prevLogTerm": 1,
                                               "entries": [*old[2:], (NO_OP, 6, 2)]})
         assert [(e.index, e.term) for e in node.log()] == [(1, 0), (2, 1), (3, 1), (4, 1), (5, 1), (6, 2)]
+
+
+def test_a_leader_takes_the_lowest_index_a_follower_asked_for_until_it_accepts() -> None:
+    from control_plane.replication.raft import held_back
+
+    floors: dict[object, tuple[int, int]] = {}
+    conflict = {"type": "next_node_idx", "next_node_idx": 10, "reset": True, "success": False}
+    past_its_end = {**conflict, "next_node_idx": 13}
+    assert held_back(floors, "b", 2, conflict) is conflict
+    assert held_back(floors, "b", 2, past_its_end)["next_node_idx"] == 10  # not back up to 13
+    assert held_back(floors, "c", 2, past_its_end) is past_its_end  # per follower
+    assert held_back(floors, "b", 3, past_its_end) is past_its_end  # a new term starts afresh
+    lower = {**conflict, "next_node_idx": 9}
+    assert held_back(floors, "b", 3, lower) is lower
+    chunk = {**conflict, "reset": False}
+    assert held_back(floors, "b", 3, chunk) is chunk  # a large entry's chunk arrived: not about the log
+    accepted = {**conflict, "next_node_idx": 40, "success": True, "reset": False}
+    assert held_back(floors, "b", 3, accepted) is accepted
+    assert held_back(floors, "b", 3, past_its_end) is past_its_end  # after a success: taken as it is
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+def test_a_deposed_leader_with_entries_of_its_own_catches_up_when_far_behind(tmp_path: Path, guarded: bool) -> None:
+    """A leader cut off from both followers appends entries nobody else gets; the others elect a leader
+    that commits more than one append_entries batch (64 KiB) of entries. Once healed, the old leader must
+    drop its own entries and catch up. pysyncobj alone livelocks: every period the follower answers the
+    first batch with the conflict and the later ones with its own log end, the last answer wins, and the
+    next period meets the same conflict (no progress until log compaction sends a snapshot)."""
+    clock, rng = SimClock(1000.0), random.Random(1)
+    scheduler = Scheduler(clock)
+    with deterministic_pysyncobj(clock, rng):
+        network = SimNetwork(scheduler, rng)
+        nodes = [SimRaftNode(network, ReplicationConfig(a, tuple(p for p in ADDRESSES if p != a), tmp_path / str(i),
+                                                        log_compaction_min_entries=100_000,
+                                                        log_compaction_min_time_s=100_000),
+                             _Recorder(), guard_snapshots=guarded) for i, a in enumerate(ADDRESSES)]
+        try:
+            scheduler.run_until(clock.now + 2.0)
+            old = next(n for n in nodes if n.is_leader())
+            others = [n for n in nodes if n is not old]
+            for peer in others:
+                network.cut(old.address, peer.address, detect_after=0.5)
+            for i in range(5):
+                old.propose([b"lost-%d" % i], lambda result, err: None)
+                scheduler.run_until(clock.now + 0.01)
+            scheduler.run_until(clock.now + 3.0)
+            new = next(n for n in others if n.is_leader())
+            for i in range(100):  # 100 KB: two batches
+                new.propose([b"%04d" % i + b"x" * 1000], lambda result, err: None)
+                scheduler.run_until(clock.now + 0.005)
+            scheduler.run_until(clock.now + 1.0)
+            assert old.commit_index < new.commit_index
+            for peer in others:
+                network.heal(old.address, peer.address)
+            scheduler.run_until(clock.now + 5.0)
+            caught_up = old.last_applied == new.commit_index
+            assert caught_up == guarded, (old.last_applied, new.commit_index)
+            if guarded:
+                assert [e.term for e in old.log()] == [e.term for e in new.log()]
+        finally:
+            for n in nodes:
+                n.crash()
