@@ -262,14 +262,17 @@ class FaultRun:
         if not wait:
             return
 
+        seen: list[str] = []
+
         def rejoined() -> bool:
             q = m.quorum(timeout=0.5)
+            seen[:] = [f"it knows leader {q.leader or '-'}, applied {q.applied_index} of {target}"]
             return bool(q.leader) and q.applied_index >= target
 
         try:
             wait_for(rejoined, 60, interval=0.1, what=f"{m.name} to rejoin")
         except TimeoutError as exc:
-            self.problems.append(f"{exc} (fault {len(self.faults) + 1})")
+            self.problems.append(f"{exc}{'; ' + seen[0] if seen else ''} (fault {len(self.faults) + 1})")
 
     def inject(self, index: int) -> None:
         names = [n for n, _ in FAULTS]

@@ -46,6 +46,7 @@ def wait_for(predicate: Callable[[], T], timeout: float, interval: float = 0.05,
             value = predicate()
             if value:
                 return value
+            last_exc = None  # reached, not yet true: an earlier error would mislead
         except Exception as exc:  # noqa: BLE001 - keep polling until the deadline
             last_exc = exc
         time.sleep(interval)
