@@ -47,7 +47,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from control_plane.cli.up import free_port
 from tests.faults.checker import Report, check, load_history, read_framework_record
 from tests.faults.proxy import BLACKHOLE, RESET, RaftProxies
 from tests.support.cluster import (
@@ -149,7 +148,7 @@ class FaultRun:
         self.cluster.master_flags = list(config.master_flags)
         routes: dict[str, tuple[str, str]] = {}
         for m in self.cluster.masters:
-            bind = f"127.0.0.1:{free_port()}"
+            bind = f"127.0.0.1:{self.cluster.fresh_ports(1)[0]}"  # never one of the cluster's own ports
             m.extra_flags = ["--raft-bind", bind]
             routes[m.name] = (m.raft, bind)  # peers dial m.raft: the proxy, which forwards to bind
         self.proxies = RaftProxies(routes, self._master_pids)
@@ -265,6 +264,8 @@ class FaultRun:
         seen: list[str] = []
 
         def rejoined() -> bool:
+            if m.crashed:
+                return True  # no use waiting: said below
             q = m.quorum(timeout=0.5)
             seen[:] = [f"it knows leader {q.leader or '-'}, applied {q.applied_index} of {target}"]
             return bool(q.leader) and q.applied_index >= target
@@ -273,6 +274,10 @@ class FaultRun:
             wait_for(rejoined, 60, interval=0.1, what=f"{m.name} to rejoin")
         except TimeoutError as exc:
             self.problems.append(f"{exc}{'; ' + seen[0] if seen else ''} (fault {len(self.faults) + 1})")
+        if m.crashed:
+            code = m.proc.returncode if m.proc is not None else "?"
+            self.problems.append(f"{m.name} exited with code {code} after its restart: {_last_line(m.log_path)} "
+                                 f"(fault {len(self.faults) + 1})")
 
     def inject(self, index: int) -> None:
         names = [n for n, _ in FAULTS]

@@ -128,11 +128,12 @@ class LocalCluster:
     def _new_master(self, name: str) -> MasterProc:
         d = self.root / name
         d.mkdir(parents=True, exist_ok=True)
-        raft, grpc_port = self._fresh_ports(2)
+        raft, grpc_port = self.fresh_ports(2)
         return MasterProc(name=name, raft=f"127.0.0.1:{raft}", grpc=f"127.0.0.1:{grpc_port}",
                           data_dir=d, log_path=d / "master.log")
 
-    def _fresh_ports(self, n: int) -> list[int]:
+    def fresh_ports(self, n: int) -> list[int]:
+        """`n` free ports this cluster has not handed out before (for its masters or a caller's own use)."""
         while True:
             ports = free_ports(n)
             if not self._ports_used.intersection(ports):
