@@ -250,7 +250,11 @@ class FaultRun:
         the next fault would take down two masters at once (a restart replays the whole journal)."""
         if m.alive:
             return
-        leader = self._leader()
+        others = sum(1 for o in self.cluster.masters if o is not m and o.alive)
+        if 2 * others > len(self.cluster.masters):
+            leader = self._leader()
+        else:  # no majority without it (another master is down too): no leader to wait for, start it now
+            leader = max(self._serving(), key=lambda tm: tm[0], default=(0, None))[1]
         target = 0
         if leader is not None:
             try:
