@@ -101,17 +101,9 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
                 # docs/protocol.md: the agent must then kill its old tasks and register anew
                 raise NotFound(f"agent {reg.agent_id} is {'removed' if known else 'not known'}; register anew")
             tasks = tuple(from_proto(t, TaskStatus) for t in reg.tasks)
-            for attempt in range(3):
-                try:
-                    # no request id on the retries: a rejected first attempt is recorded under it
-                    self.master.propose([cmd.ReregisterAgent(agent_id=reg.agent_id, info=info, tasks=tasks)],
-                                        request_id=reg.request_id if attempt == 0 else "",
-                                        traceparent=traceparent)
-                    break
-                except Conflict:
-                    # its offers are rescinded by this entry; an offer issued in between rejects it
-                    if attempt == 2:
-                        raise
+            # an offer issued or a task launched on the agent while this was in flight rejects the entry
+            self.master.propose_redeciding([cmd.ReregisterAgent(agent_id=reg.agent_id, info=info, tasks=tasks)],
+                                           request_id=reg.request_id, traceparent=traceparent)
             log.info("agent %s reregistered with %d tasks", reg.agent_id, len(tasks))
             return reg.agent_id, self._orphaned(reg.agent_id, tasks)
         result = self.master.propose([cmd.RegisterAgent(info=info)], request_id=reg.request_id,

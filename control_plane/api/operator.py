@@ -390,7 +390,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
     @grpc_errors
     def DrainAgent(self, request: operator_pb2.DrainAgentRequest, context: grpc.ServicerContext) -> Any:
         self._authorize(context, "DrainAgent")
-        result = self.master.propose(
+        result = self.master.propose_redeciding(  # a launch committed meanwhile: its task is killed too
             [cmd.DrainAgent(agent_id=request.agent_id)],
             request_id=request.request_id, traceparent=request_traceparent(context),
         )

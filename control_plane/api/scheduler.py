@@ -226,18 +226,9 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     def Teardown(self, request: scheduler_pb2.TeardownRequest, context: grpc.ServicerContext) -> Any:
         h = request.header
         self._caller_of(h.framework_id, "Teardown", context)
-        for attempt in range(3):
-            try:
-                # no request id on the retries: a rejected first attempt is recorded under it
-                self.master.propose([cmd.Teardown(framework_id=h.framework_id, stream_id=h.stream_id)],
-                                    request_id=h.request_id if attempt == 0 else "",
-                                    traceparent=request_traceparent(context))
-                break
-            except Conflict:
-                # the removal rescinds the framework's offers; an allocation round committed in between
-                # can leave a new one and the entry is rejected: decide again (bounded)
-                if attempt == 2:
-                    raise
+        # an allocation round or a launch committed while the removal was in flight rejects the entry
+        self.master.propose_redeciding([cmd.Teardown(framework_id=h.framework_id, stream_id=h.stream_id)],
+                                       request_id=h.request_id, traceparent=request_traceparent(context))
         return scheduler_pb2.TeardownResponse()
 
     @grpc_errors

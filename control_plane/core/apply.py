@@ -504,7 +504,17 @@ def _agent_drain_started(state: ClusterState, e: AgentDrainStarted, tx: _Tx) -> 
     _no_offers(f"agent {agent.agent_id}", agent.offer_ids)
     tx.assign(agent, "state", AgentState.AGENT_DRAINING)
     tx.assign(agent, "draining", True)
+    tx.post_checks.append(lambda: _all_killed(state, agent.task_ids, f"agent {agent.agent_id}'s drain"))
     return True
+
+
+def _all_killed(state: ClusterState, task_ids: set[str], what: str) -> None:
+    """A removal or drain was decided with a kill for every live task; one without a kill was launched
+    after it was decided (both in flight at once) and would be left running: decide it again."""
+    for task_id in sorted(task_ids):
+        task = state.tasks[task_id]
+        if not task.terminal and not task.kill_requested:
+            raise Conflict(f"task {task_id} was launched after {what} was decided; decide it again")
 
 
 # ---- frameworks ------------------------------------------------------------------------------------
@@ -560,6 +570,7 @@ def _framework_removed(state: ClusterState, e: FrameworkRemoved, tx: _Tx) -> boo
     if fw.state is FrameworkState.FRAMEWORK_REMOVED:
         raise Conflict(f"framework {fw.framework_id} is already removed")
     _no_offers(f"framework {fw.framework_id}", fw.offer_ids)
+    _all_killed(state, fw.task_ids, f"framework {fw.framework_id}'s removal")
     tx.assign(fw, "state", FrameworkState.FRAMEWORK_REMOVED)
     tx.assign(fw, "removed_reason", reason)
     tx.assign(fw, "stream_id", "")

@@ -39,6 +39,7 @@ from control_plane.core.apply import ApplyResult
 from control_plane.core.context import Context
 from control_plane.core.decide import decide
 from control_plane.core.errors import (
+    Conflict,
     InvalidRequest,
     NotLeader,
     TesseraError,
@@ -263,6 +264,23 @@ class Master:
                                                attributes=_propose_attributes(commands, request_id)):
             return self._commit(commands, request_id=request_id, traceparent=current_traceparent() or traceparent,
                                 term=self.replicator.term())
+
+    def propose_redeciding(
+        self, commands: Sequence[cmd.Command], *, request_id: str = "", traceparent: str = "", attempts: int = 3
+    ) -> ApplyResult:
+        """`propose`, decided again (at most `attempts` times in all) when `apply` refused the entry with
+        `Conflict`. For commands whose events cover everything of a kind at decide time (a reregistration
+        ends the tasks the agent did not report and rescinds its offers; a removal or a drain kills every
+        live task): a launch or an offer committed between the decision and its commit makes the entry
+        stale, and deciding it again covers that too. The retries carry no request id: the refused first
+        attempt is recorded under it."""
+        for attempt in range(attempts - 1):
+            try:
+                return self.propose(commands, request_id=request_id if attempt == 0 else "",
+                                    traceparent=traceparent)
+            except Conflict:
+                continue
+        return self.propose(commands, request_id=request_id if attempts <= 1 else "", traceparent=traceparent)
 
     def propose_async(
         self, commands: Sequence[cmd.Command], *, request_id: str = "", traceparent: str = ""
