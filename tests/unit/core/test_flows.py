@@ -593,34 +593,27 @@ def test_a_reregistration_decided_before_a_launch_but_committed_after_it_is_refu
     assert check_invariants(h.state) == []
 
 
-def test_a_teardown_decided_before_a_launch_but_committed_after_it_is_refused(h: Harness) -> None:
-    # Recorded as decided, the removal would have killed the framework's other tasks and left the new
-    # one running for a framework that no longer exists. Decided again, it kills that one too.
+@pytest.mark.parametrize("kind", ["teardown", "drain"])
+def test_a_teardown_or_drain_decided_before_a_launch_but_committed_after_it_is_refused(h: Harness, kind: str) -> None:
+    # Recorded as decided, the framework's removal would have left the new task running for a framework
+    # that no longer exists, and the drain would have waited for a task nobody asked to end. Decided
+    # again, either kills that task too.
     aid, fid = h.agent(), h.framework()
     offer_id = h.offer(fid, aid)
-    teardown = h.decide(c.Teardown(fid))
-    assert h.commit(h.decide(c.Accept(fid, (offer_id,), (launch(task("t1")),)))).outcome == "applied"
-    result = h.commit(teardown)
-    assert result.outcome == "rejected" and result.error_code == Conflict.code and "t1" in result.reason
-    assert h.state.frameworks[fid].state is not FrameworkState.FRAMEWORK_REMOVED
-    h.run(c.Teardown(fid))
-    assert h.state.tasks["t1"].kill_requested
-    assert h.state.frameworks[fid].state is FrameworkState.FRAMEWORK_REMOVED
-    assert check_invariants(h.state) == []
+    command = c.Teardown(fid) if kind == "teardown" else c.DrainAgent(aid)
 
+    def took_effect() -> bool:
+        if kind == "teardown":
+            return h.state.frameworks[fid].state is FrameworkState.FRAMEWORK_REMOVED
+        return h.state.agents[aid].state is AgentState.AGENT_DRAINING
 
-def test_a_drain_decided_before_a_launch_but_committed_after_it_is_refused(h: Harness) -> None:
-    # Recorded as decided, the drain would wait for a task nobody asked to end.
-    aid, fid = h.agent(), h.framework()
-    offer_id = h.offer(fid, aid)
-    drain = h.decide(c.DrainAgent(aid))
+    decided = h.decide(command)
     assert h.commit(h.decide(c.Accept(fid, (offer_id,), (launch(task("t1")),)))).outcome == "applied"
-    result = h.commit(drain)
+    result = h.commit(decided)
     assert result.outcome == "rejected" and result.error_code == Conflict.code and "t1" in result.reason
-    assert h.state.agents[aid].state is AgentState.AGENT_ACTIVE
-    h.run(c.DrainAgent(aid))
-    assert h.state.tasks["t1"].kill_requested
-    assert h.state.agents[aid].state is AgentState.AGENT_DRAINING
+    assert not took_effect()
+    h.run(command)
+    assert h.state.tasks["t1"].kill_requested and took_effect()
     assert check_invariants(h.state) == []
 
 
