@@ -1,6 +1,7 @@
 """The agent's batched messages against real masters (three `tessera master` processes) and the SDK's
 batch runner: acknowledgements lost on the way in lead to re-sent batches, and the masters record every
-update exactly once by uuid, each task's in order."""
+update exactly once by uuid, each task's in order (after a leader change, the agent's re-registration
+supersedes the updates it still had pending)."""
 
 from __future__ import annotations
 
@@ -81,9 +82,19 @@ def test_lost_acks_lead_to_resent_batches_recorded_once_by_the_masters(tmp_path:
                 uuids.append(status["uuid"])
                 states[e.task_id].append(status["state"])
         checkpoint.close()
-    assert len(uuids) == len(set(uuids)) == 3 * tasks  # every update recorded once, none lost
-    assert set(uuids) <= agent.lost  # and every one of them had its first acknowledgement lost
-    assert agent.updates.retries >= len(uuids)  # so each was sent again
+    assert len(uuids) == len(set(uuids))  # every update recorded once
     assert agent.batches > 0  # several updates travelled in one message
-    assert all(s == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"] for s in states.values()), states
     assert len(states) == tasks
+    lifecycle = ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
+    if agent.registrations == 1:
+        assert len(uuids) == 3 * tasks  # none lost
+        assert set(uuids) <= agent.lost  # and every one of them had its first acknowledgement lost
+        assert agent.updates.retries >= len(uuids)  # so each was sent again
+        assert all(s == lifecycle for s in states.values()), states
+    else:
+        # The masters changed leader (three starting at once on a loaded machine can elect more than once)
+        # and the agent reregistered: it reported each task's newest status, the leader recorded that one,
+        # and the older updates still waiting for an acknowledgement were superseded by design
+        # (agent/runtime/agent.py). Each task's record is still in order and ends finished.
+        assert all(s[-1] == "TASK_FINISHED" and s == [x for x in lifecycle if x in s] for s in states.values()), \
+            states
