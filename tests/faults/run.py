@@ -377,12 +377,15 @@ class FaultRun:
             try:
                 code = proc.wait(timeout=150)
             except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGUSR1)  # the workload prints every thread's stack to its log
+                time.sleep(1.0)
                 proc.kill()
                 proc.wait(timeout=5)
                 code = None
             if code != 0:
-                self.problems.append(f"framework {name} did not end cleanly (exit {code}); see "
-                                     f"{self.fw_dir / (name + '.log')}")
+                self.problems.append(f"framework {name} did not end cleanly (exit {code}"
+                                     f"{', hung: its threads are at the end of its log' if code is None else ''}); "
+                                     f"see {self.fw_dir / (name + '.log')}")
         # agents deliver their last updates and acks; then every master must hold the same history
         try:
             wait_for(self._converged, 60, interval=0.25, what="every master's events.db at the same seq")

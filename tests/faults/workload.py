@@ -22,10 +22,12 @@ The record is one JSON object per line, flushed at once (`t` is unix time):
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import os
 import random
+import signal
 import sys
 import threading
 import time
@@ -230,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain-timeout", type=float, default=90.0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.name} %(levelname)s %(name)s: %(message)s")
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the fault runner asks a hung workload where it is
     record = Recorder(args.record)
     fw = RecordingFramework(args.name, random.Random(args.seed), record, args.stop_file)
     driver = SchedulerDriver(fw, FrameworkInfo(name=args.name, roles=("default",), failover_timeout=300.0),
