@@ -248,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     ok = fw.finish(driver, args.drain_timeout)
     stop.set()
     driver.stop()
+    if not driver.join(10.0):  # as the SDK's examples do: its streams and channels are closed before exit
+        log.warning("the driver did not stop within 10 s")
     record.close()
     return 0 if ok else 1
 
