@@ -39,16 +39,20 @@ from __future__ import annotations
 
 import _socket
 import functools
+import gzip
 import logging
+import pickle
 import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj.journal import createJournal
 from pysyncobj.syncobj import SyncObjException
 
 from ._group_commit import (
@@ -315,6 +319,41 @@ def without_stale_truncation(journal: Any, message: dict[str, Any]) -> dict[str,
     return rewritten
 
 
+def align_journal_with_dump(journal_file: Path, dump_file: Path) -> int:
+    """Drop the head of the journal that a dump already covers, so pysyncobj keeps the entries after the
+    dump; returns how many entries were dropped. (A pysyncobj 0.3.17 data loss found by
+    tests/integration/test_replication_processes.py under load.)
+
+    A dump holds the state after an applied entry D and the entries D-1 and D; once it is written,
+    pysyncobj deletes the journal's entries before D-1. The dump is written by a forked child, which a
+    ``kill -9`` of the master does not stop: the master dies with its journal still starting before D-1,
+    and the child then puts the new dump in place. At the next start pysyncobj finds that the journal
+    does not begin with the dump's two entries and *clears* it: every entry after D is gone from this
+    node, even those it had acknowledged to the leader. Lose that on a majority (all masters killed
+    while writing dumps) and committed, acknowledged writes are lost. Deleting the covered head here
+    gives pysyncobj the journal it expects, with the entries after D kept.
+    """
+    if not journal_file.exists() or not dump_file.exists():
+        return 0
+    try:
+        with gzip.open(dump_file, "rb") as f:
+            dump = pickle.load(f)
+        last, before_last = dump[1], dump[2]
+    except Exception:  # noqa: BLE001 - unreadable or not ours: pysyncobj decides, as before
+        return 0
+    journal = createJournal(str(journal_file))
+    try:
+        size = len(journal)
+        for k in range(1, size - 1):
+            if journal[k] == before_last and journal[k + 1] == last:
+                journal.deleteEntriesTo(k)
+                journal.flush()
+                return k
+        return 0
+    finally:
+        journal._destroy()
+
+
 class _ReplicatedLog(SyncObjConsumer):  # type: ignore[misc]
     """The pysyncobj consumer: a pass-through to the state machine, with no state of its own."""
 
@@ -496,6 +535,11 @@ class RaftReplicator(Replicator):
     def _build_syncobj(self) -> SyncObj:
         cfg = self._config
         conf = syncobj_conf(cfg, self._on_state_changed)
+        dropped = align_journal_with_dump(cfg.journal_file, cfg.dump_file)
+        if dropped:
+            log.warning("%s: the dump was written after the journal's last compaction (a kill during a "
+                        "dump); dropped the %d journal entries it covers and kept the ones after it",
+                        self._name, dropped)
         so = SyncObj(cfg.self_address, list(cfg.peers), conf=conf, consumers=[self._consumer])
         guard_snapshot_commit_index(so)
         guard_matching_entries(so)

@@ -53,6 +53,7 @@ from .api import StateMachine
 from .config import ReplicationConfig
 from .raft import (
     _ReplicatedLog,
+    align_journal_with_dump,
     guard_backtracking,
     guard_matching_entries,
     guard_reply_terms,
@@ -373,6 +374,8 @@ class SimRaftNode:
         self._tick_pending_at: float | None = None
         config.data_dir.mkdir(parents=True, exist_ok=True)
         conf = syncobj_conf(config, self._state_changed, autoTick=False, useFork=False)
+        if guard_snapshots:
+            align_journal_with_dump(config.journal_file, config.dump_file)
         self._so = SyncObj(SimNode(self.address), [SimNode(p) for p in self.peers], conf=conf,
                            consumers=[self._consumer], nodeClass=SimNode, transport=self.transport)
         if guard_snapshots:  # every guard, as RaftReplicator; False reproduces pysyncobj's own behaviour

@@ -269,3 +269,53 @@ def test_a_deposed_leader_with_entries_of_its_own_catches_up_when_far_behind(tmp
         finally:
             for n in nodes:
                 n.crash()
+
+
+def _dump(path: Path, before_last: tuple[bytes, int, int], last: tuple[bytes, int, int]) -> None:
+    """A dump as pysyncobj writes one: gzip(pickle((state, last entry, the entry before, cluster)))."""
+    import gzip
+    import pickle
+
+    with gzip.open(path, "wb") as f:
+        pickle.dump(([{}, ["state"]], last, before_last, set()), f)
+
+
+def test_a_dump_written_after_a_kill_keeps_the_journal_entries_after_it(tmp_path: Path) -> None:
+    """The master died before it compacted its journal for a dump its forked child then finished. Left
+    alone, pysyncobj would clear the journal (it does not begin with the dump's entries) and lose
+    entries 6..9; aligned, the journal begins with them and keeps the rest."""
+    from pysyncobj.journal import createJournal
+
+    from control_plane.replication.raft import align_journal_with_dump
+
+    journal_file, dump_file = tmp_path / "raft.journal", tmp_path / "raft.dump"
+    entries = [(b"e%d" % i, i, 1) for i in range(1, 10)]
+    journal = createJournal(str(journal_file))
+    for e in entries:
+        journal.add(*e)
+    journal._destroy()
+    _dump(dump_file, entries[3], entries[4])  # the state after entry 5
+    assert align_journal_with_dump(journal_file, dump_file) == 3
+    journal = createJournal(str(journal_file))
+    try:
+        assert [journal[i] for i in range(len(journal))] == entries[3:]
+    finally:
+        journal._destroy()
+    assert align_journal_with_dump(journal_file, dump_file) == 0  # aligned already: nothing to do
+
+
+def test_a_journal_that_does_not_hold_the_dumps_entries_is_left_to_pysyncobj(tmp_path: Path) -> None:
+    from pysyncobj.journal import createJournal
+
+    from control_plane.replication.raft import align_journal_with_dump
+
+    journal_file, dump_file = tmp_path / "raft.journal", tmp_path / "raft.dump"
+    journal = createJournal(str(journal_file))
+    for i in range(1, 5):
+        journal.add(b"e%d" % i, i, 1)
+    journal._destroy()
+    _dump(dump_file, (b"x", 7, 2), (b"y", 8, 2))  # a snapshot installed from a leader
+    assert align_journal_with_dump(journal_file, dump_file) == 0
+    dump_file.write_bytes(b"not a dump")
+    assert align_journal_with_dump(journal_file, dump_file) == 0
+    assert align_journal_with_dump(tmp_path / "none", dump_file) == 0
