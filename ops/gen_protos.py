@@ -6,13 +6,17 @@ Usage:
 
 The generated files are committed so that a plain install needs no code generator; CI runs --check so
 that a .proto edited without regenerating fails the build. Generation uses grpcio-tools (bundled protoc)
-and mypy-protobuf for typed stubs, both in the `dev` extra.
+and mypy-protobuf for typed stubs, both pinned exactly in the `dev` extra: their versions are written into
+the generated files, so another release makes --check fail (as it should: bump the pin and regenerate in
+one commit).
 """
 
 from __future__ import annotations
 
 import argparse
 import filecmp
+import importlib.metadata
+import os
 import shutil
 import subprocess
 import sys
@@ -29,8 +33,11 @@ def _generate(out_dir: Path) -> list[Path]:
     protos = sorted(PACKAGE_DIR.glob("*.proto"))
     if not protos:
         raise SystemExit(f"no .proto files under {PACKAGE_DIR}")
-    plugin = shutil.which("protoc-gen-mypy")
-    plugin_grpc = shutil.which("protoc-gen-mypy_grpc")
+    # The plugins are scripts installed beside this interpreter: found there even when its virtual
+    # environment is not activated, then on PATH.
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    plugin = shutil.which("protoc-gen-mypy", path=search)
+    plugin_grpc = shutil.which("protoc-gen-mypy_grpc", path=search)
     if plugin is None or plugin_grpc is None:
         raise SystemExit("protoc-gen-mypy not found: install the dev extra (pip install -e '.[dev]')")
     cmd = [
@@ -46,6 +53,16 @@ def _generate(out_dir: Path) -> list[Path]:
     ]
     subprocess.run(cmd, check=True, cwd=PROTO_ROOT)
     return protos
+
+
+def _generators() -> str:
+    found = []
+    for name in ("grpcio-tools", "mypy-protobuf"):
+        try:
+            found.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{name} (not installed)")
+    return ", ".join(found)
 
 
 def _generated_names(protos: list[Path]) -> list[str]:
@@ -68,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             ]
             if stale:
                 print("generated protobuf code is stale; run `python ops/gen_protos.py`:", ", ".join(stale))
+                print(f"(generated here with {_generators()}; the dev extra in pyproject.toml pins the "
+                      "versions the committed files were made with)")
                 return 1
             print(f"generated protobuf code is up to date ({len(names)} files)")
             return 0

@@ -40,6 +40,7 @@ from __future__ import annotations
 import _socket
 import functools
 import gzip
+import importlib.metadata
 import logging
 import pickle
 import socket
@@ -81,6 +82,24 @@ log = logging.getLogger(__name__)
 # in pysyncobj/win_inet_pton.py), which breaks whatever calls it afterwards in the process (psutil's
 # connection listing raised TypeError). Put the real one back.
 socket.inet_ntop = _socket.inet_ntop
+
+# The guards below replace private methods and read private fields of pysyncobj (``_SyncObj__transport``,
+# ``_onMessageReceivedCallback`` …), checked against this release only; pyproject.toml pins the same range.
+PATCHED_PYSYNCOBJ = "0.3.17"
+
+
+def check_pysyncobj_version(installed: str | None = None) -> None:
+    """Refuse to run Raft on a pysyncobj release whose internals the guards were not written for.
+
+    Another release may have renamed what the guards patch (they would then silently do nothing) or
+    fixed the defects in another way; either needs a reading of its source before it is trusted."""
+    version = installed if installed is not None else importlib.metadata.version("pysyncobj")
+    if version != PATCHED_PYSYNCOBJ:
+        raise RuntimeError(
+            f"pysyncobj {version} is installed, but Tessera's Raft guards (control_plane/replication/raft.py) "
+            f"patch the internals of pysyncobj {PATCHED_PYSYNCOBJ} only: install pysyncobj=={PATCHED_PYSYNCOBJ} "
+            "(pip install -e . does), or port and re-test the guards before changing the pin")
+
 
 # pysyncobj's raft states as passed to onStateChanged and reported by getStatus()['state'].
 _STATE_LEADER = 2
@@ -451,6 +470,7 @@ class RaftReplicator(Replicator):
     """A Raft node replicating ``state_machine`` with pysyncobj. See the module docstring."""
 
     def __init__(self, config: ReplicationConfig, state_machine: StateMachine) -> None:
+        check_pysyncobj_version()
         self._config = config
         self._state_machine = state_machine
         self._lifecycle = threading.Lock()
