@@ -73,3 +73,16 @@ def test_a_framework_certificate_with_an_operator_token_cannot_write(cluster: Te
     finally:
         operator.close()
     assert "RoleWeightSet" in cluster.event_types_since(after.index)
+
+
+def test_the_certificate_table_gives_frameworks_operator_reads_only() -> None:
+    from control_plane.core.acl import OPERATOR_ACTIONS, check_peer
+    from control_plane.core.errors import PermissionDenied
+
+    for method, action in OPERATOR_ACTIONS.items():
+        check_peer("operator", f"/tessera.v1.Operator/{method}")
+        if action == "read":
+            check_peer("framework", f"/tessera.v1.Operator/{method}")
+        else:
+            with pytest.raises(PermissionDenied):
+                check_peer("framework", f"/tessera.v1.Operator/{method}")
