@@ -309,11 +309,12 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         self._span_reporters.charge(self._reporter(context, caller), len(records), size)
         if checks_span_owners(caller):
             store = self.master.events
-            concerned = {r.task_id for r in records if r.task_id}
-            for trace_id in {r.trace_id for r in records}:
-                concerned.update(store.trace_tasks(trace_id))
-            tasks = self.master.read_state(lambda s: placements(s, concerned))
-            check_span_report(caller, self._caller_agents(context, caller), concerned, tasks)
+            in_trace = {trace_id: store.trace_tasks(trace_id) for trace_id in {r.trace_id for r in records}}
+            named = {r.task_id for r in records} | {t for ts in in_trace.values() for t in ts}
+            tasks = self.master.read_state(lambda s: placements(s, named - {""}))
+            agents = self._caller_agents(context, caller)
+            for task_id, trace_id in {(r.task_id, r.trace_id) for r in records}:
+                check_span_report(caller, agents, task_id, in_trace[trace_id], tasks)
         self.master.events.append_spans(records)
         return operator_pb2.ReportSpansResponse()
 

@@ -11,11 +11,12 @@ Who (`check_span_report`):
   events and stored spans carrying that trace id name them). A span that names no task, in a trace that
   names none yet, concerns no task.
 - A master may report any span.
-- An agent may report spans only for tasks that run on it. Which agents the caller is comes from the
-  edge: today the agents with a live session from the caller's network host (the agent certificate names
+- An agent may name only tasks that run on it, and report only into traces that name no task or at
+  least one of its tasks (one framework call may launch tasks on several agents in one trace; every
+  agent of those tasks takes part in it). Which agents the caller is comes from the edge: today the agents with a live session from the caller's network host (the agent certificate names
   only the kind); once certificates name the agent, the agent its certificate names.
-- A principal (a framework or operator certificate with its token) may report spans only for tasks of
-  frameworks recorded under its own principal. `read_all` or `teardown` do not widen this: reporting is
+- A principal (a framework or operator certificate with its token) may report spans only when the task
+  the span names and every task of its trace belong to frameworks recorded under its own principal. `read_all` or `teardown` do not widen this: reporting is
   writing.
 - Without an ACL there are no tenants: a certificate kind other than `agent`, or no TLS at all (insecure
   development mode), may report any span.
@@ -64,26 +65,33 @@ def placements(state: ClusterState, task_ids: Iterable[str]) -> dict[str, TaskPl
     return out
 
 
-def check_span_report(caller: Caller, caller_agents: frozenset[str], concerned: Iterable[str],
+def check_span_report(caller: Caller, caller_agents: frozenset[str], span_task: str, trace_tasks: Iterable[str],
                       tasks: Mapping[str, TaskPlacement]) -> None:
-    """The caller may report spans concerning the tasks `concerned` (see the module docstring).
+    """The caller may report a span naming task `span_task` ("" for none) in a trace whose stored events
+    and spans name `trace_tasks` (see the module docstring).
 
     `caller_agents` are the agent ids the caller is (only read for an agent certificate); `tasks` places
-    every task the state knows among `concerned` (a missing one is unknown)."""
+    every task the state knows among them (a missing one is unknown)."""
     if caller.kind == "master" or (caller.kind is None and caller.grant is None):
         return
-    wanted = sorted(set(concerned))
+    in_trace = sorted(set(trace_tasks) - {""})
     if caller.kind == "agent":
-        for task_id in wanted:
+        def on_caller(task_id: str) -> bool:
             placed = tasks.get(task_id)
-            if placed is None or placed.agent_id not in caller_agents:
-                raise PermissionDenied(f"an agent may report spans only for tasks running on it; task {task_id} "
-                                       "does not run on the calling agent")
+            return placed is not None and placed.agent_id in caller_agents
+
+        # One framework call may launch tasks on several agents in one trace: an agent joins a trace
+        # when one of its tasks is in it, and names only its own tasks.
+        if span_task and not on_caller(span_task):
+            raise PermissionDenied(f"an agent may report spans only for tasks running on it; task {span_task} "
+                                   "does not run on the calling agent")
+        if in_trace and not any(on_caller(t) for t in in_trace):
+            raise PermissionDenied("an agent may report spans only in traces of tasks running on it")
         return
     grant = caller.grant
     if grant is None:
         return  # a framework or operator certificate without an ACL: no tenants to keep apart
-    for task_id in wanted:
+    for task_id in sorted({span_task, *in_trace} - {""}):
         placed = tasks.get(task_id)
         if placed is None or placed.principal != grant.principal:
             raise PermissionDenied(f"principal {grant.principal} may report spans only for its own frameworks' "

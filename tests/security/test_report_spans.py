@@ -31,7 +31,7 @@ from control_plane.core.spans import SpanLimits, TaskPlacement, check_span_repor
 from control_plane.eventlog import EventRecord, EventStore, MemoryEventStore, SpanRecord, SqliteEventStore
 from tessera.v1 import operator_pb2, operator_pb2_grpc
 from tests.security.tenant_cluster import Tenant, TenantCluster, code_of, launch, secure_cluster, subscribe
-from tests.support.cluster import free_port
+from tests.support.cluster import free_port, wait_for
 from tests.support.inprocess import InProcessMaster
 
 # ---- who may report: the pure rule ------------------------------------------------------------------
@@ -42,24 +42,31 @@ AGENT = Caller("agent", None)
 
 
 def test_a_principal_reports_spans_only_for_its_own_tasks() -> None:
-    check_span_report(ALICE, frozenset(), {"alice-1"}, TASKS)
-    check_span_report(ALICE, frozenset(), set(), TASKS)  # a trace of its own that names no task yet
-    for concerned in ({"bob-1"}, {"alice-1", "bob-1"}, {"unknown-task"}):
+    check_span_report(ALICE, frozenset(), "alice-1", ["alice-1"], TASKS)
+    check_span_report(ALICE, frozenset(), "", [], TASKS)  # a trace of its own that names no task yet
+    for span_task, trace in (("bob-1", []), ("", ["bob-1"]), ("alice-1", ["alice-1", "bob-1"]),
+                             ("unknown-task", [])):
         with pytest.raises(PermissionDenied):
-            check_span_report(ALICE, frozenset(), concerned, TASKS)
+            check_span_report(ALICE, frozenset(), span_task, trace, TASKS)
 
 
 def test_an_agent_reports_spans_only_for_tasks_on_itself() -> None:
-    check_span_report(AGENT, frozenset({"agent-a"}), {"alice-1"}, TASKS)
-    for agents, concerned in ((frozenset({"agent-a"}), {"bob-1"}), (frozenset(), {"alice-1"}),
-                              (frozenset({"agent-a"}), {"gone"})):
+    check_span_report(AGENT, frozenset({"agent-a"}), "alice-1", ["alice-1"], TASKS)
+    check_span_report(AGENT, frozenset({"agent-a"}), "", [], TASKS)
+    # one launch call, tasks on two agents, one trace: each agent takes part with its own task
+    check_span_report(AGENT, frozenset({"agent-a"}), "alice-1", ["alice-1", "bob-1"], TASKS)
+    for agents, span_task, trace in ((frozenset({"agent-a"}), "bob-1", []),
+                                     (frozenset({"agent-a"}), "", ["bob-1"]),
+                                     (frozenset({"agent-a"}), "alice-1", ["bob-1"]),
+                                     (frozenset(), "alice-1", []),
+                                     (frozenset({"agent-a"}), "gone", [])):
         with pytest.raises(PermissionDenied):
-            check_span_report(AGENT, agents, concerned, TASKS)
+            check_span_report(AGENT, agents, span_task, trace, TASKS)
 
 
 def test_masters_and_the_insecure_dev_mode_report_anything() -> None:
-    check_span_report(Caller("master", None), frozenset(), {"bob-1", "gone"}, TASKS)
-    check_span_report(Caller(None, None), frozenset(), {"bob-1", "gone"}, TASKS)
+    check_span_report(Caller("master", None), frozenset(), "gone", ["bob-1"], TASKS)
+    check_span_report(Caller(None, None), frozenset(), "gone", ["bob-1"], TASKS)
 
 
 # ---- end to end: a forged span in another tenant's trace ------------------------------------------------
@@ -106,13 +113,17 @@ def _span(name: str, span_id: str, task_id: str = "", trace_id: str = TRACE_ID) 
                              attributes_json=json.dumps({"tessera.task_id": task_id} if task_id else {}))
 
 
-def _trace_span_names(cluster: TenantCluster) -> set[str]:
+def _trace_spans(cluster: TenantCluster) -> list[operator_pb2.Span]:
     c = cluster.client("operator", "ops")
     try:
         resp = c.call(lambda s: s.GetTrace, operator_pb2.GetTraceRequest(task_id="bob-task"))
     finally:
         c.close()
-    return {s.name for t in resp.traces for s in t.spans}
+    return [s for t in resp.traces for s in t.spans]
+
+
+def _trace_span_names(cluster: TenantCluster) -> set[str]:
+    return {s.name for s in _trace_spans(cluster)}
 
 
 def test_a_forged_span_in_another_tenants_trace_is_refused_and_not_shown(cluster: TenantCluster, bob: Tenant
@@ -205,3 +216,9 @@ def test_spans_older_than_the_first_kept_event_are_pruned_with_the_events(backen
         store.prune(100)  # past the end: every span that ended before the last pruned event goes
         assert store.spans_for_trace(straddling) == [] and store.spans_for_trace(new) == []
         assert len(store.spans_for_trace(later)) == 1
+
+
+def test_the_agent_running_a_task_still_reports_its_spans(cluster: TenantCluster, bob: Tenant) -> None:
+    """The agent's own spans of bob's task (sent with its agent certificate, no token) pass the check."""
+    wait_for(lambda: any(s.service == "tessera-agent" and s.task_id == "bob-task" for s in _trace_spans(cluster)),
+             timeout=60, what="the agent's spans of bob's task in its trace")
