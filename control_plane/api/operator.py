@@ -127,7 +127,8 @@ def span_to_proto(r: SpanRecord, full: bool = True) -> operator_pb2.Span:
 _HEX = frozenset("0123456789abcdef")
 
 
-def span_from_proto(p: operator_pb2.Span, limits: SpanLimits | None = None) -> SpanRecord:
+def span_from_proto(p: operator_pb2.Span, limits: SpanLimits | None = None, now: float = 0.0) -> SpanRecord:
+    """A reported span; with `limits`, also checked against them at `now` (unix seconds)."""
     if len(p.trace_id) != 32 or len(p.span_id) != 16 or not _HEX.issuperset(p.trace_id + p.span_id) \
             or len(p.parent_span_id) not in (0, 16) or not _HEX.issuperset(p.parent_span_id):
         raise InvalidRequest("span: trace_id must be 32 and span_id (parent_span_id) 16 lower-case hex digits")
@@ -135,7 +136,7 @@ def span_from_proto(p: operator_pb2.Span, limits: SpanLimits | None = None) -> S
         raise InvalidRequest("span: start_time and end_time must be finite")
     if limits is not None:
         check_span_fields(limits, {"name": p.name, "service": p.service, "kind": p.kind, "status": p.status,
-                                   "task_id": p.task_id}, p.attributes_json)
+                                   "task_id": p.task_id}, p.attributes_json, p.start_time, p.end_time, now)
     return SpanRecord(
         trace_id=p.trace_id, span_id=p.span_id, parent_span_id=p.parent_span_id, name=p.name, service=p.service,
         kind=p.kind, start_time=p.start_time, end_time=p.end_time, status=p.status, attributes=p.attributes_json,
@@ -302,7 +303,8 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         limits = self.span_limits
         size = request.ByteSize()
         check_span_call(limits, len(request.spans), size)
-        records = [span_from_proto(s, limits) for s in request.spans]
+        now = time.time()
+        records = [span_from_proto(s, limits, now) for s in request.spans]
         if not self.master.is_serving():
             raise NotLeader("spans are stored by the leader", self.master.leader_grpc_hint())
         # charged before the owner check, so refused calls cost the reporter too (and bound its lookups)

@@ -101,8 +101,10 @@ def check_span_report(caller: Caller, caller_agents: frozenset[str], span_task: 
 @dataclass(frozen=True, slots=True)
 class SpanLimits:
     """Bounds on span reports. Defaults: 1,000 spans or 1 MiB per call; a name, service, kind or status of
-    at most 256 characters, attributes of at most 16 KiB (JSON text) per span; per reporter 1,000 spans
-    and 1 MiB a second sustained, bursts of 10,000 spans and 8 MiB."""
+    at most 256 characters, attributes of at most 16 KiB (JSON text) per span, times no later than an
+    hour past the master's clock (spans are pruned by their end time: a span dated in the future would
+    outlive retention); per reporter 1,000 spans and 1 MiB a second sustained, bursts of 10,000 spans and
+    8 MiB."""
 
     max_spans_per_call: int = 1_000
     max_call_bytes: int = 1 << 20
@@ -112,6 +114,7 @@ class SpanLimits:
     span_burst: int = 10_000
     bytes_per_second: float = float(1 << 20)
     byte_burst: int = 8 << 20
+    max_future_seconds: float = 3600.0  # how far past the master's clock a span may end (clock skew)
 
 
 def check_span_call(limits: SpanLimits, spans: int, call_bytes: int) -> None:
@@ -122,8 +125,12 @@ def check_span_call(limits: SpanLimits, spans: int, call_bytes: int) -> None:
         raise InvalidRequest(f"spans: at most {limits.max_call_bytes} bytes per call, got {call_bytes}")
 
 
-def check_span_fields(limits: SpanLimits, texts: Mapping[str, str], attributes: str) -> None:
-    """One span's texts (name, service, kind, status) and attributes (JSON text) within bounds."""
+def check_span_fields(limits: SpanLimits, texts: Mapping[str, str], attributes: str, start: float, end: float,
+                      now: float) -> None:
+    """One span's texts (name, service, kind, status), attributes (JSON text) and times within bounds."""
+    if not (0.0 <= start <= end <= now + limits.max_future_seconds):
+        raise InvalidRequest(f"span: expected 0 <= start_time <= end_time <= now + {limits.max_future_seconds:g} s,"
+                             f" got {start!r} .. {end!r}")
     for name, text in texts.items():
         if len(text) > limits.max_text:
             raise InvalidRequest(f"span.{name}: at most {limits.max_text} characters, got {len(text)}")

@@ -174,6 +174,9 @@ def test_an_oversized_call_is_invalid_and_a_reporter_over_its_rate_is_exhausted(
             assert code_of(stub.ReportSpans, too_many, timeout=10) == grpc.StatusCode.INVALID_ARGUMENT
             huge = operator_pb2.ReportSpansRequest(spans=_spans(1, "bbbbbbbb", json.dumps({"x": "y" * 100_000})))
             assert code_of(stub.ReportSpans, huge, timeout=10) == grpc.StatusCode.INVALID_ARGUMENT
+            future = operator_pb2.ReportSpansRequest(spans=_spans(1, "eeeeeeee"))
+            future.spans[0].end_time += 86_400  # would outlive retention, which prunes by end time
+            assert code_of(stub.ReportSpans, future, timeout=10) == grpc.StatusCode.INVALID_ARGUMENT
             for i in range(3):  # the burst
                 stub.ReportSpans(operator_pb2.ReportSpansRequest(spans=_spans(100, f"c{i:07x}")), timeout=10)
             assert code_of(stub.ReportSpans, operator_pb2.ReportSpansRequest(spans=_spans(100, "dddddddd")),
@@ -181,6 +184,7 @@ def test_an_oversized_call_is_invalid_and_a_reporter_over_its_rate_is_exhausted(
             assert m.events.flush(10)
             assert m.events.spans_for_trace(f"{'a' * 8}{0:024x}") == []
             assert m.events.spans_for_trace(f"{'b' * 8}{0:024x}") == []
+            assert m.events.spans_for_trace(f"{'e' * 8}{0:024x}") == []
             assert m.events.spans_for_trace(f"{'d' * 8}{0:024x}") == []
             assert len(m.events.spans_for_trace(f"c{2:07x}{99:024x}")) == 1
         finally:
