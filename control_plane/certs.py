@@ -32,7 +32,7 @@ from control_plane.core.acl import PEER_KINDS, PeerKind, token_digest
 from control_plane.tls import KIND_URI_PREFIX, MASTER_NAME
 
 DEV_PRINCIPALS = {
-    "operator": 'roles = []\nusers = []\nactions = ["read", "drain", "quorum", "weights", "quota", "teardown"]',
+    "operator": 'roles = []\nusers = []\nactions = ["read", "read_all", "drain", "quorum", "weights", "quota", "teardown"]',
     "framework": 'roles = ["*"]\nusers = ["*"]\nactions = ["read"]',
 }
 
@@ -135,7 +135,8 @@ def init_dev_pki(root: Path, *, master_hosts: Sequence[str] = (), days: int = 36
     os.chmod(root / "tokens", 0o700)
     sections = ["# Tessera ACL: one table per principal; tokens are stored as SHA-256 digests only.\n"
                 "# roles: roles it may subscribe under; users: users its tasks may run as (\"\" = the\n"
-                "# agent's own user); actions: read, drain, quorum, weights, quota, teardown. \"*\" = any.\n"]
+                "# agent's own user); actions: read, read_all, drain, quorum, weights, quota, teardown.\n"
+                "# read shows other principals' tasks redacted; read_all in full. \"*\" = any.\n"]
     for principal, rules in DEV_PRINCIPALS.items():
         _write(root / "tokens" / f"{principal}.token", (tokens[principal] + "\n").encode(), 0o600)
         sections.append(f'[principals.{principal}]\ntoken_sha256 = "{token_digest(tokens[principal])}"\n{rules}\n')

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -20,6 +22,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import StatusCode
 
+from control_plane.core.spans import SpanBudget, SpanLimits, take_budget
 from control_plane.eventlog.records import SpanRecord
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,30 @@ def span_to_record(span: ReadableSpan) -> SpanRecord:
         attributes=json.dumps(attributes, sort_keys=True, default=str),
         task_id=str(attributes.get(TASK_ID_ATTRIBUTE, "")),
     )
+
+
+class SpanReporters:
+    """The span-report budget of each reporter (a principal, or an agent's host), kept by the serving
+    master in memory (soft state: a new leader starts everyone with full buckets). The decision is
+    `core.spans.take_budget`; this holds the buckets and the clock. At most `max_reporters` are
+    remembered, least recently seen forgotten first (reporters are principals and hosts, so few)."""
+
+    def __init__(self, limits: SpanLimits, clock: Callable[[], float] = time.monotonic,
+                 max_reporters: int = 4096) -> None:
+        self.limits = limits
+        self._clock = clock
+        self._max = max_reporters
+        self._budgets: OrderedDict[str, SpanBudget] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def charge(self, reporter: str, spans: int, nbytes: int) -> None:
+        """Take `spans` spans and `nbytes` bytes from the reporter's budget; ResourceExhausted when over."""
+        with self._lock:
+            budget = take_budget(self._budgets.get(reporter), self.limits, self._clock(), spans, nbytes)
+            self._budgets[reporter] = budget
+            self._budgets.move_to_end(reporter)
+            while len(self._budgets) > self._max:
+                self._budgets.popitem(last=False)
 
 
 class StoreSpanExporter(SpanExporter):

@@ -63,7 +63,8 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         if first is None or first.WhichOneof("kind") != "register":
             raise InvalidRequest("the first message on an agent stream must be Register")
         agent_id, orphans = self._register(first.register, context)
-        session = self.duties.attach_agent(agent_id, batched=BATCHED_MESSAGES in first.register.capabilities)
+        session = self.duties.attach_agent(agent_id, batched=BATCHED_MESSAGES in first.register.capabilities,
+                                           peer=context.peer() or "")
         reader = threading.Thread(target=self._read, args=(session, request_iterator), daemon=True,
                                   name=f"agent-reader-{agent_id[:16]}")
         reader.start()

@@ -7,6 +7,7 @@
     Unauthenticated  -> UNAUTHENTICATED
     PermissionDenied -> PERMISSION_DENIED
     Unavailable      -> UNAVAILABLE
+    ResourceExhausted -> RESOURCE_EXHAUSTED
     HistoryPruned    -> OUT_OF_RANGE (a read from an index older than what the event log keeps)
 
 Servicer methods are wrapped with `@grpc_errors`; anything else that escapes is INTERNAL with the
@@ -29,6 +30,7 @@ from control_plane.core.errors import (
     NotFound,
     NotLeader,
     PermissionDenied,
+    ResourceExhausted,
     TesseraError,
     Unauthenticated,
     Unavailable,
@@ -47,6 +49,7 @@ _CODES: dict[type[TesseraError], grpc.StatusCode] = {
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -3,10 +3,16 @@
 Validation that needs state lives in `decide`; this module only checks the shape of requests that never
 reach the core (limits, addresses) and maps results. Errors go through `@grpc_errors`. Each method
 first asks the guard whether the caller's principal may take the action it needs (`core.acl`).
+
+Read calls show other principals' tasks redacted (`core.visibility`): every task, event payload and
+span a read returns passes through the caller's `Visibility` here, at the edge, so no read path can
+forget it. Span reports are checked against the tasks they concern and the reporter's budget
+(`core.spans`) before anything is stored.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -21,8 +27,27 @@ from control_plane.api.auth import Guard
 from control_plane.api.errors import grpc_errors
 from control_plane.codec import resources_from_proto, resources_to_proto, to_proto
 from control_plane.core import commands as cmd
-from control_plane.core.acl import check_operator
+from control_plane.core.acl import Caller, check_operator
 from control_plane.core.errors import Conflict, InvalidRequest, NotFound, NotLeader, Unavailable
+from control_plane.core.spans import (
+    SpanLimits,
+    check_span_call,
+    check_span_fields,
+    check_span_report,
+    checks_span_owners,
+    placements,
+)
+from control_plane.core.visibility import (
+    FULL,
+    Visibility,
+    framework_owners,
+    redact_event_payload,
+    redact_span_attributes,
+    redact_status,
+    redact_task,
+    task_owner,
+    visibility_for,
+)
 from control_plane.eventlog import EventFilter, EventRecord, SpanRecord
 from control_plane.eventlog.errors import HistoryPruned
 from control_plane.replication.errors import (
@@ -32,7 +57,7 @@ from control_plane.replication.errors import (
     UnknownOutcomeError,
 )
 from control_plane.runtime.master import Master
-from control_plane.tracing import request_traceparent
+from control_plane.tracing import SpanReporters, request_traceparent
 from tessera.v1 import common_pb2, operator_pb2, operator_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -40,7 +65,6 @@ log = logging.getLogger(__name__)
 MAX_LIST_LIMIT = 10_000
 DEFAULT_LIST_LIMIT = 100
 WATCH_BATCH = 1_000
-MAX_REPORTED_SPANS = 10_000
 WATCH_HEARTBEAT_SECONDS = 1.0
 ADDRESS_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}\Z")
 
@@ -60,25 +84,59 @@ def event_filter_from_proto(f: operator_pb2.EventFilter) -> EventFilter:
     )
 
 
-def event_record_to_proto(r: EventRecord) -> operator_pb2.EventRecord:
+def _redacted_json(text: str, redact: Any) -> str:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return ""  # not what the log writes; nothing of it is shown
+    if not isinstance(value, dict):
+        return ""
+    return json.dumps(redact(value), ensure_ascii=False, separators=(",", ":"))
+
+
+def event_record_to_proto(r: EventRecord, full: bool = True) -> operator_pb2.EventRecord:
+    """The record as a reader sees it: `full` False redacts what the payload carries of a task
+    (`core.visibility.redact_event_payload`)."""
     return operator_pb2.EventRecord(
         index=r.seq, raft_index=r.raft_index, position=r.position, type=r.type, time=r.time, term=r.term,
         request_id=r.request_id, framework_id=r.framework_id, agent_id=r.agent_id, task_id=r.task_id,
-        offer_id=r.offer_id, trace_id=r.trace_id, span_id=r.span_id, payload_json=r.payload,
+        offer_id=r.offer_id, trace_id=r.trace_id, span_id=r.span_id,
+        payload_json=r.payload if full else _redacted_json(r.payload, redact_event_payload),
     )
 
 
-def span_to_proto(r: SpanRecord) -> operator_pb2.Span:
+def events_to_proto(records: list[EventRecord], visibility: Visibility,
+                    owners: dict[str, str] | None) -> list[operator_pb2.EventRecord]:
+    """Records for a reader; `owners` (framework id -> principal) is needed unless it sees all."""
+    if visibility.sees_all or owners is None:
+        return [event_record_to_proto(r) for r in records]
+    return [event_record_to_proto(r, not r.framework_id or visibility.sees_in_full(owners.get(r.framework_id)))
+            for r in records]
+
+
+def span_to_proto(r: SpanRecord, full: bool = True) -> operator_pb2.Span:
+    """The span as a reader sees it: `full` False keeps only Tessera's own attributes' values."""
     return operator_pb2.Span(
         trace_id=r.trace_id, span_id=r.span_id, parent_span_id=r.parent_span_id, name=r.name, service=r.service,
-        kind=r.kind, start_time=r.start_time, end_time=r.end_time, status=r.status, attributes_json=r.attributes,
+        kind=r.kind, start_time=r.start_time, end_time=r.end_time, status=r.status,
+        attributes_json=r.attributes if full else _redacted_json(r.attributes, redact_span_attributes),
         task_id=r.task_id,
     )
 
 
-def span_from_proto(p: operator_pb2.Span) -> SpanRecord:
-    if len(p.trace_id) != 32 or len(p.span_id) != 16:
-        raise InvalidRequest("span: trace_id must be 32 hex and span_id 16 hex")
+_HEX = frozenset("0123456789abcdef")
+
+
+def span_from_proto(p: operator_pb2.Span, limits: SpanLimits | None = None, now: float = 0.0) -> SpanRecord:
+    """A reported span; with `limits`, also checked against them at `now` (unix seconds)."""
+    if len(p.trace_id) != 32 or len(p.span_id) != 16 or not _HEX.issuperset(p.trace_id + p.span_id) \
+            or len(p.parent_span_id) not in (0, 16) or not _HEX.issuperset(p.parent_span_id):
+        raise InvalidRequest("span: trace_id must be 32 and span_id (parent_span_id) 16 lower-case hex digits")
+    if not (math.isfinite(p.start_time) and math.isfinite(p.end_time)):
+        raise InvalidRequest("span: start_time and end_time must be finite")
+    if limits is not None:
+        check_span_fields(limits, {"name": p.name, "service": p.service, "kind": p.kind, "status": p.status,
+                                   "task_id": p.task_id}, p.attributes_json, p.start_time, p.end_time, now)
     return SpanRecord(
         trace_id=p.trace_id, span_id=p.span_id, parent_span_id=p.parent_span_id, name=p.name, service=p.service,
         kind=p.kind, start_time=p.start_time, end_time=p.end_time, status=p.status, attributes=p.attributes_json,
@@ -86,8 +144,11 @@ def span_from_proto(p: operator_pb2.Span) -> SpanRecord:
     )
 
 
-def state_to_proto(state: Any, leader: str, term: int, duties: Any = None) -> operator_pb2.GetStateResponse:
+def state_to_proto(state: Any, leader: str, term: int, duties: Any = None,
+                   visibility: Visibility = FULL) -> operator_pb2.GetStateResponse:
+    """The state as a reader with `visibility` sees it: other principals' tasks redacted."""
     resp = operator_pb2.GetStateResponse(index=state.seq, leader=leader, term=term)
+    owners = None if visibility.sees_all else framework_owners(state)
     usage = None
     if duties is not None:
         usage = {u.task_id: u for sample in list(duties.usage.values()) for u in sample.tasks}
@@ -114,9 +175,11 @@ def state_to_proto(state: Any, leader: str, term: int, duties: Any = None) -> op
         tview = resp.tasks.add(state=int(t.state), unacknowledged_updates=len(t.unacknowledged))
         if usage is not None and t.task_id in usage:
             tview.usage.CopyFrom(usage[t.task_id])
-        tview.task.CopyFrom(to_proto(t.info, common_pb2.TaskInfo))
+        full = owners is None or visibility.sees_in_full(owners.get(t.info.framework_id))
+        tview.task.CopyFrom(to_proto(t.info if full else redact_task(t.info), common_pb2.TaskInfo))
         if t.last_status is not None:
-            tview.last_status.CopyFrom(to_proto(t.last_status, common_pb2.TaskStatus))
+            status = t.last_status if full else redact_status(t.last_status)
+            tview.last_status.CopyFrom(to_proto(status, common_pb2.TaskStatus))
     for _, role in sorted(state.roles.items()):
         resp.roles.append(to_proto(role, common_pb2.RoleInfo))
     for _, offer in sorted(state.offers.items()):
@@ -126,32 +189,47 @@ def state_to_proto(state: Any, leader: str, term: int, duties: Any = None) -> op
 
 class OperatorService(operator_pb2_grpc.OperatorServicer):
     def __init__(self, master: Master, peer_quorum: Any = None, duties: Any = None,
-                 guard: Guard | None = None) -> None:
+                 guard: Guard | None = None, span_limits: SpanLimits | None = None) -> None:
         self.master = master
         self.guard = guard or Guard.open()
+        self.span_limits = span_limits or SpanLimits()
+        self._span_reporters = SpanReporters(self.span_limits)
         self.duties = duties  # LeaderDuties, for soft state (usage samples, connected agents)
         # callable(grpc_address) -> GetQuorumResponse for a member's own view; injected so tests can twin it
         self._peer_quorum = peer_quorum
         self._fanout = ThreadPoolExecutor(max_workers=8, thread_name_prefix="quorum-fanout")
 
-    def _authorize(self, context: grpc.ServicerContext, method: str) -> None:
+    def _authorize(self, context: grpc.ServicerContext, method: str) -> Caller:
         """The caller's principal may take the action `method` needs (see `core.acl.OPERATOR_ACTIONS`)."""
-        check_operator(self.guard.caller(context, f"Operator/{method}"), method)
+        caller = self.guard.caller(context, f"Operator/{method}")
+        check_operator(caller, method)
+        return caller
+
+    def _visibility(self, context: grpc.ServicerContext, method: str) -> Visibility:
+        """A read call: authorized, and what its caller sees of each principal's tasks."""
+        return visibility_for(self._authorize(context, method))
+
+    def _owners(self, visibility: Visibility) -> dict[str, str] | None:
+        """framework id -> principal, from the current state; None when the reader sees everything."""
+        if visibility.sees_all:
+            return None
+        owners: dict[str, str] = self.master.read_state(framework_owners)
+        return owners
 
     # ---- state -----------------------------------------------------------------------------------
     @grpc_errors
     def GetState(self, request: operator_pb2.GetStateRequest, context: grpc.ServicerContext) -> Any:
-        self._authorize(context, "GetState")
+        visibility = self._visibility(context, "GetState")
         if request.consistent:
             self.master.barrier()
         status = self.master.replicator
         return self.master.read_state(
-            lambda s: state_to_proto(s, s.leader, s.term or status.term(), self.duties))
+            lambda s: state_to_proto(s, s.leader, s.term or status.term(), self.duties, visibility))
 
     # ---- event log -------------------------------------------------------------------------------
     @grpc_errors
     def ListEvents(self, request: operator_pb2.ListEventsRequest, context: grpc.ServicerContext) -> Any:
-        self._authorize(context, "ListEvents")
+        visibility = self._visibility(context, "ListEvents")
         limit = request.limit or DEFAULT_LIST_LIMIT
         if limit > MAX_LIST_LIMIT:
             raise InvalidRequest(f"limit: at most {MAX_LIST_LIMIT}, got {limit}")
@@ -167,14 +245,14 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         else:
             records = store.list(from_seq=max(start, 1), limit=limit, flt=flt, descending=request.descending)
         resp = operator_pb2.ListEventsResponse(first_index=first, last_index=last)
-        resp.events.extend(event_record_to_proto(r) for r in records)
+        resp.events.extend(events_to_proto(records, visibility, self._owners(visibility)))
         return resp
 
     @grpc_errors
     def WatchEvents(
         self, request: operator_pb2.WatchEventsRequest, context: grpc.ServicerContext
     ) -> Iterator[operator_pb2.WatchEventsResponse]:
-        self._authorize(context, "WatchEvents")
+        visibility = self._visibility(context, "WatchEvents")
         flt = event_filter_from_proto(request.filter)
         store = self.master.events
         cursor = request.from_index or store.last_seq() + 1
@@ -190,7 +268,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
                     cursor = last + 1
                 if records:
                     resp = operator_pb2.WatchEventsResponse(last_index=last)
-                    resp.events.extend(event_record_to_proto(r) for r in records)
+                    resp.events.extend(events_to_proto(records, visibility, self._owners(visibility)))
                     yield resp
                     continue
             if store.wait(after_seq=cursor - 1, timeout=WATCH_HEARTBEAT_SECONDS) <= cursor - 1:
@@ -198,7 +276,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
 
     @grpc_errors
     def GetStateAt(self, request: operator_pb2.GetStateAtRequest, context: grpc.ServicerContext) -> Any:
-        self._authorize(context, "GetStateAt")
+        visibility = self._visibility(context, "GetStateAt")
         from control_plane.eventlog import history
 
         if not request.HasField("at"):
@@ -216,22 +294,51 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
                 diff = history.diff_states(before.state, at.state)
         except history.HistoryError as exc:
             raise exc.domain_error() from exc
-        return state_at_to_proto(at, before, diff, store.first_seq(), store.last_seq())
+        return state_at_to_proto(at, before, diff, store.first_seq(), store.last_seq(), visibility)
 
     # ---- tracing ---------------------------------------------------------------------------------
     @grpc_errors
     def ReportSpans(self, request: operator_pb2.ReportSpansRequest, context: grpc.ServicerContext) -> Any:
-        self._authorize(context, "ReportSpans")
-        if len(request.spans) > MAX_REPORTED_SPANS:
-            raise InvalidRequest(f"spans: at most {MAX_REPORTED_SPANS} per call, got {len(request.spans)}")
+        caller = self.guard.caller(context, "Operator/ReportSpans")  # no action: checked per span below
+        limits = self.span_limits
+        size = request.ByteSize()
+        check_span_call(limits, len(request.spans), size)
+        now = time.time()
+        records = [span_from_proto(s, limits, now) for s in request.spans]
         if not self.master.is_serving():
             raise NotLeader("spans are stored by the leader", self.master.leader_grpc_hint())
-        self.master.events.append_spans([span_from_proto(s) for s in request.spans])
+        # charged before the owner check, so refused calls cost the reporter too (and bound its lookups)
+        self._span_reporters.charge(self._reporter(context, caller), len(records), size)
+        if checks_span_owners(caller):
+            store = self.master.events
+            in_trace = {trace_id: store.trace_tasks(trace_id) for trace_id in {r.trace_id for r in records}}
+            named = {r.task_id for r in records} | {t for ts in in_trace.values() for t in ts}
+            tasks = self.master.read_state(lambda s: placements(s, named - {""}))
+            agents = self._caller_agents(context, caller)
+            for task_id, trace_id in {(r.task_id, r.trace_id) for r in records}:
+                check_span_report(caller, agents, task_id, in_trace[trace_id], tasks)
+        self.master.events.append_spans(records)
         return operator_pb2.ReportSpansResponse()
+
+    def _caller_agents(self, context: grpc.ServicerContext, caller: Caller) -> frozenset[str]:
+        """The agents an agent certificate's call comes from: those with a live session from the same
+        host. (An agent certificate names only its kind; a certificate per agent narrows this to one.)"""
+        if caller.kind != "agent" or self.duties is None:
+            return frozenset()
+        host = peer_host(context.peer() or "")
+        return frozenset(agent_id for agent_id, session in list(self.duties.agents.items())
+                         if not session.closed and session.peer and peer_host(session.peer) == host)
+
+    @staticmethod
+    def _reporter(context: grpc.ServicerContext, caller: Caller) -> str:
+        """Whose span budget a call spends: its principal's, else its certificate kind's on its host."""
+        if caller.principal is not None:
+            return f"principal:{caller.principal}"
+        return f"{caller.kind or 'peer'}@{peer_host(context.peer() or '')}"
 
     @grpc_errors
     def GetTrace(self, request: operator_pb2.GetTraceRequest, context: grpc.ServicerContext) -> Any:
-        self._authorize(context, "GetTrace")
+        visibility = self._visibility(context, "GetTrace")
         if not request.task_id:
             raise InvalidRequest("task_id: required")
         if not self.master.is_serving():
@@ -243,11 +350,18 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         if not trace_ids:
             raise NotFound(f"no trace names task {request.task_id}")
         task_events = store.list(limit=MAX_LIST_LIMIT, flt=EventFilter(task_id=request.task_id))
+        owners = self._owners(visibility)
+        full = True
+        if owners is not None:  # the trace is the task's: its spans are shown as the task is
+            owner = self.master.read_state(lambda s: task_owner(s, request.task_id))
+            if owner is None:  # forgotten by the state: its events still name the framework
+                owner = next((owners[e.framework_id] for e in task_events if e.framework_id in owners), None)
+            full = visibility.sees_in_full(owner)
         resp = operator_pb2.GetTraceResponse()
         for trace_id in trace_ids:
             t = resp.traces.add(trace_id=trace_id)
-            t.spans.extend(span_to_proto(s) for s in store.spans_for_trace(trace_id))
-            t.events.extend(event_record_to_proto(e) for e in task_events if e.trace_id == trace_id)
+            t.spans.extend(span_to_proto(s, full) for s in store.spans_for_trace(trace_id))
+            t.events.extend(events_to_proto([e for e in task_events if e.trace_id == trace_id], visibility, owners))
         return resp
 
     # ---- quorum ----------------------------------------------------------------------------------
@@ -397,6 +511,14 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         return operator_pb2.DrainAgentResponse(index=result.last_seq)
 
 
+def peer_host(peer: str) -> str:
+    """The host of a gRPC peer string: "127.0.0.1" of "ipv4:127.0.0.1:5000", "[::1]" of "ipv6:[::1]:5000"."""
+    scheme, _, rest = peer.partition(":")
+    if scheme in ("ipv4", "ipv6") and rest:
+        return rest.rsplit(":", 1)[0]
+    return peer
+
+
 def history_point_from_proto(p: operator_pb2.HistoryPoint, field: str) -> Any:
     from control_plane.eventlog.history import Point
 
@@ -409,16 +531,17 @@ def history_point_from_proto(p: operator_pb2.HistoryPoint, field: str) -> Any:
 
 
 def state_at_to_proto(at: Any, diff_from: Any = None, diff: Any = None, first_index: int = 0,
-                      last_index: int = 0) -> operator_pb2.GetStateAtResponse:
+                      last_index: int = 0, visibility: Visibility = FULL) -> operator_pb2.GetStateAtResponse:
     """`history.StateAt` values (and a `history.StateDiff`) as a GetStateAtResponse; the CLI uses the
-    same conversion for files read offline, so both print alike."""
+    same conversion for files read offline, so both print alike. Tasks are redacted for `visibility`
+    by their owners in that state (a diff names no command, environment or label)."""
 
     def point(s: Any) -> operator_pb2.ResolvedPoint:
         return operator_pb2.ResolvedPoint(requested_index=s.requested, index=s.index, time=s.state.time,
                                           snapshot_index=s.snapshot_seq, replayed_events=s.replayed)
 
     resp = operator_pb2.GetStateAtResponse(first_index=first_index, last_index=last_index)
-    resp.state.CopyFrom(state_to_proto(at.state, at.state.leader, at.state.term))
+    resp.state.CopyFrom(state_to_proto(at.state, at.state.leader, at.state.term, visibility=visibility))
     resp.at.CopyFrom(point(at))
     if diff_from is not None:
         resp.diff_from.CopyFrom(point(diff_from))

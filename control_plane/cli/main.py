@@ -231,7 +231,7 @@ def certs_init(directory: Path, hosts: tuple[str, ...], days: int) -> None:
 @click.option("--roles", default="", help="Comma-separated roles it may subscribe under ('*' = any).")
 @click.option("--users", default="", help="Comma-separated users its tasks may run as; '' (or an empty item, "
                                           "'nobody,') is the agent's own user.")
-@click.option("--actions", default="", help="Comma-separated: read, drain, quorum, weights, quota, teardown.")
+@click.option("--actions", default="", help="Comma-separated: read, read_all, drain, quorum, weights, quota, teardown.")
 def certs_token(principal: str, roles: str, users: str, actions: str) -> None:
     """Make a new token for PRINCIPAL; print it and the ACL table (with its digest) to add to acl.toml."""
     import secrets

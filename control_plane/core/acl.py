@@ -11,14 +11,18 @@ Rules (default deny; every refusal is `Unauthenticated` or `PermissionDenied`, r
 is proposed, so a refused call changes nothing):
 
 - Which kinds of peer may call which service is `KINDS_BY_METHOD` (an agent certificate can open the
-  agent link and report spans, nothing else; only a master may announce itself to the quorum).
+  agent link and report spans, nothing else; only a master may announce itself to the quorum; a
+  framework certificate makes Operator read calls only, so Operator writes need an operator
+  certificate whatever the token grants).
 - Scheduler calls and Operator calls (other than the master-to-master ones) need a valid token.
   A framework subscribes as its token's principal (an `info.principal` naming someone else is refused),
   under roles its grant lists; every later call names a framework that must belong to the caller's
   principal (a `teardown` grant may also tear down other principals' frameworks). Launched tasks run as
   users the grant lists.
-- Operator actions: `read` (state, events, traces, quorum), `drain`, `quorum` (add, remove, transfer),
-  `weights`, `quota`, `teardown`.
+- Operator actions: `read` (state, events, traces, quorum), `read_all` (with `read`: other principals'
+  tasks in full, see `core.visibility`; without it their commands, environment values, labels and
+  output are redacted), `drain`, `quorum` (add, remove, transfer), `weights`, `quota`, `teardown`.
+- Span reports are checked against the tasks they concern (`core.spans`).
 
 `users` names Unix users a task's command may run as; the empty string stands for "no user given": the
 task runs as the agent's own user, which a grant must allow explicitly (list `""`), since agents often
@@ -47,7 +51,7 @@ from control_plane.core.resources import validate_role
 
 PeerKind = Literal["master", "agent", "framework", "operator"]
 PEER_KINDS: tuple[PeerKind, ...] = ("master", "agent", "framework", "operator")
-ACTIONS = frozenset({"read", "drain", "quorum", "weights", "quota", "teardown"})
+ACTIONS = frozenset({"read", "read_all", "drain", "quorum", "weights", "quota", "teardown"})
 ANY = "*"
 
 _PRINCIPAL_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,128}\Z")
@@ -55,14 +59,18 @@ _DIGEST_RE = re.compile(r"^[0-9a-f]{64}\Z")
 _GRANT_KEYS = frozenset({"token_sha256", "roles", "users", "actions"})
 
 # What each kind of certificate may call: "Service/Method" or "Service/*". Masters call each other's
-# Operator service (announce, quorum fan-out); operators and frameworks read state with a token.
+# Operator service (announce, quorum fan-out); frameworks may make the Operator *read* calls (with a
+# token whose grant has `read`); every Operator write (weights, quota, drain, quorum changes) needs an
+# operator certificate, whatever the token grants.
+OPERATOR_READS = ("GetState", "ListEvents", "WatchEvents", "GetStateAt", "GetTrace")
 KINDS_BY_METHOD: Mapping[str, frozenset[PeerKind]] = {
     "AgentLink/*": frozenset({"agent"}),
     "Scheduler/*": frozenset({"framework"}),
     "Operator/ReportSpans": frozenset({"master", "agent", "framework", "operator"}),
     "Operator/AnnounceMaster": frozenset({"master"}),
     "Operator/GetQuorum": frozenset({"master", "operator", "framework"}),
-    "Operator/*": frozenset({"operator", "framework"}),
+    **{f"Operator/{method}": frozenset({"operator", "framework"}) for method in OPERATOR_READS},
+    "Operator/*": frozenset({"operator"}),
     "Health/*": frozenset({"master", "agent", "framework", "operator"}),
     "ServerReflection/*": frozenset({"operator"}),
 }
@@ -74,9 +82,11 @@ OPERATOR_ACTIONS: Mapping[str, str] = {
     "AddMaster": "quorum", "RemoveMaster": "quorum", "TransferLeadership": "quorum",
     "SetWeight": "weights", "SetQuota": "quota", "DrainAgent": "drain",
 }
-# Operator methods a peer's certificate alone authorizes (no token): master-to-master and telemetry.
+# Operator methods a peer's certificate alone authorizes (no token): master-to-master, and spans from
+# agents (which hold no token). Frameworks and operators report spans with their token, so that the
+# spans they may report can be checked against their principal (`core.spans`).
 CERTIFICATE_ONLY: Mapping[str, frozenset[PeerKind]] = {
-    "ReportSpans": frozenset({"master", "agent", "framework", "operator"}),
+    "ReportSpans": frozenset({"master", "agent"}),
     "AnnounceMaster": frozenset({"master"}),
     "GetQuorum": frozenset({"master"}),
 }

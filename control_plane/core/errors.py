@@ -12,7 +12,8 @@ one place (`control_plane.api.errors`); nothing else matches on messages.
     ├── NotLeader         this master cannot write; `leader_hint` names who can (may be None)
     ├── Unauthenticated
     ├── PermissionDenied
-    └── Unavailable       the quorum cannot answer now (no leader, outcome unknown); retry with the same id
+    ├── Unavailable       the quorum cannot answer now (no leader, outcome unknown); retry with the same id
+    └── ResourceExhausted a caller over its rate or quota of something (spans reported); retry later
 """
 
 from __future__ import annotations
@@ -60,9 +61,14 @@ class Unavailable(TesseraError):
     code = "Unavailable"
 
 
+class ResourceExhausted(TesseraError):
+    code = "ResourceExhausted"
+
+
 ERRORS_BY_CODE: dict[str, type[TesseraError]] = {
     cls.code: cls
-    for cls in (InvalidRequest, NotFound, Conflict, NotLeader, Unauthenticated, PermissionDenied, Unavailable)
+    for cls in (InvalidRequest, NotFound, Conflict, NotLeader, Unauthenticated, PermissionDenied, Unavailable,
+                ResourceExhausted)
 }
 
 

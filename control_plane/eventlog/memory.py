@@ -53,6 +53,13 @@ class MemoryEventStore(QueuedEventStore):
     def _prune_stored(self, before_seq: int) -> int:
         with self._data:
             cut = bisect_left(self._seqs, before_seq)
+            if cut < len(self._seqs):
+                span_cut: float | None = self._events[self._seqs[cut]].time
+            else:
+                span_cut = max((self._events[seq].time for seq in self._seqs[:cut]), default=None)
+            if span_cut is not None:
+                for key in [k for k, s in self._spans.items() if s.end_time < span_cut]:
+                    del self._spans[key]
             for seq in self._seqs[:cut]:
                 del self._events[seq]
             del self._seqs[:cut]
@@ -152,6 +159,15 @@ class MemoryEventStore(QueuedEventStore):
             if trace_id not in earliest or when < earliest[trace_id]:
                 earliest[trace_id] = when
         return sorted(earliest, key=lambda t: (earliest[t], t))
+
+    def trace_tasks(self, trace_id: str) -> builtins.list[str]:
+        self._check_open()
+        if not trace_id:
+            return []
+        with self._data:
+            named = {s.task_id for (t, _), s in self._spans.items() if t == trace_id and s.task_id}
+            named |= {e.task_id for e in self._events.values() if e.trace_id == trace_id and e.task_id}
+        return sorted(named)
 
     def type_counts(self) -> dict[str, int]:
         self._check_open()

@@ -124,6 +124,15 @@ def m002_partial_id_indexes(db: sqlite_utils.Database) -> None:
         db.execute(f"CREATE INDEX idx_events_{column}_seq ON events ({column}, seq) WHERE {column} != ''")
 
 
+@MIGRATIONS()
+def m003_trace_and_span_age_indexes(db: sqlite_utils.Database) -> None:
+    # "which tasks does this trace name" (span reports are checked against them): only task events
+    # with a trace are indexed; and "spans that ended before T" (pruned with the events).
+    db.execute("CREATE INDEX IF NOT EXISTS idx_events_trace_id_task ON events (trace_id, task_id)"
+               " WHERE trace_id != '' AND task_id != ''")
+    db.execute("CREATE INDEX IF NOT EXISTS idx_spans_end_time ON spans (end_time)")
+
+
 _INSERT_EVENTS = "INSERT INTO events ({}) VALUES ({}) ON CONFLICT(seq) DO NOTHING".format(
     ", ".join(EVENT_COLUMNS), ", ".join("?" * len(EVENT_COLUMNS))
 )
@@ -281,6 +290,11 @@ class SqliteEventStore(QueuedEventStore):
         conn = self._conn
         conn.execute("BEGIN")
         try:
+            row = conn.execute("SELECT time FROM events WHERE seq >= ? ORDER BY seq LIMIT 1", (before_seq,)).fetchone()
+            if row is None:
+                row = conn.execute("SELECT max(time) FROM events WHERE seq < ?", (before_seq,)).fetchone()
+            if row is not None and row[0] is not None:
+                conn.execute("DELETE FROM spans WHERE end_time < ?", (row[0],))
             deleted = conn.execute("DELETE FROM events WHERE seq < ?", (before_seq,)).rowcount
             conn.execute("DELETE FROM snapshots WHERE seq < ?", (before_seq - 1,))
             conn.execute(_SET_FIRST_SEQ, (before_seq,))
@@ -404,6 +418,20 @@ class SqliteEventStore(QueuedEventStore):
                 " SELECT trace_id, time AS t FROM events WHERE task_id = ?1 AND task_id != '' AND trace_id <> ''"
                 ") GROUP BY trace_id ORDER BY min(t), trace_id",
                 (task_id,),
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def trace_tasks(self, trace_id: str) -> builtins.list[str]:
+        if not trace_id:
+            self._check_open()
+            return []
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT task_id FROM spans WHERE trace_id = ?1 AND task_id != ''"
+                " UNION"
+                " SELECT task_id FROM events WHERE trace_id = ?1 AND trace_id != '' AND task_id != ''"
+                " ORDER BY task_id",
+                (trace_id,),
             ).fetchall()
         return [row[0] for row in rows]
 

@@ -73,7 +73,9 @@ class EventStore(abc.ABC):
     def prune(self, before_seq: int) -> int:
         """Delete events with seq < before_seq and remember before_seq as the first kept seq.
 
-        Snapshots that can no longer serve a kept seq (seq < before_seq - 1) go too. Runs in order
+        Snapshots that can no longer serve a kept seq (seq < before_seq - 1) go too, and so do spans
+        that ended before the first kept event's time (before the last deleted event's time when no
+        event is kept): tracing history is kept as long as event history, no longer. Runs in order
         with the queued appends and returns the number of events deleted. Never moves `first_seq`
         backwards; pruning past `last_seq` is allowed and means "history starts after here".
         """
@@ -130,6 +132,10 @@ class EventStore(abc.ABC):
     @abc.abstractmethod
     def traces_for_task(self, task_id: str) -> builtins.list[str]:
         """Distinct trace ids of the spans and events that name the task, earliest first."""
+
+    @abc.abstractmethod
+    def trace_tasks(self, trace_id: str) -> builtins.list[str]:
+        """Distinct task ids that the stored events and spans of a trace name, sorted."""
 
     @abc.abstractmethod
     def type_counts(self) -> dict[str, int]:

@@ -45,6 +45,7 @@ def test_empty_store(store: EventStore) -> None:
     assert store.type_counts() == {}
     assert store.spans_for_trace("nope") == []
     assert store.traces_for_task("task-1") == []
+    assert store.trace_tasks("a" * 32) == []
     assert store.flush(1.0)
     assert store.backlog() == 0
 
@@ -385,6 +386,10 @@ def test_spans_round_trip(store: EventStore, make_span: SpanFactory, make_event:
     assert store.traces_for_task("task-1") == [third, other, trace]
     assert store.traces_for_task("task-404") == []
     assert store.traces_for_task("") == []
+    # and the other way round: the tasks a trace names, from its spans and its events
+    assert store.trace_tasks(third) == ["task-1"]
+    assert store.trace_tasks(trace) == ["task-1"] and store.trace_tasks(other) == ["task-1"]
+    assert store.trace_tasks("") == [] and store.trace_tasks("0" * 32) == []
 
 
 def test_type_counts(store: EventStore, make_event: EventFactory) -> None:

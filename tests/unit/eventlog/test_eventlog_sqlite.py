@@ -36,7 +36,9 @@ def db_path(tmp_path: Path) -> Path:
 def test_everything_survives_close_and_reopen(
     db_path: Path, make_event: EventFactory, make_span: SpanFactory
 ) -> None:
-    spans = [make_span("a" * 32, "1" * 16, 1.0, task_id="task-1"), make_span("a" * 32, "2" * 16, 2.0)]
+    # spans from after the kept history's start (pruning takes the spans that ended before it)
+    later = 1_800_000_000.0
+    spans = [make_span("a" * 32, "1" * 16, later + 1, task_id="task-1"), make_span("a" * 32, "2" * 16, later + 2)]
     with SqliteEventStore(db_path) as store:
         store.append([make_event(s) for s in range(1, 101)])
         store.append([make_event(s) for s in range(120, 131)])
@@ -116,7 +118,8 @@ def test_schema_migrations_are_applied_once(db_path: Path) -> None:
         SqliteEventStore(db_path).close()
     db = sqlite_utils.Database(db_path)
     applied = list(db["_sqlite_migrations"].rows_where("migration_set = ?", ["tessera-eventlog"]))
-    assert [row["name"] for row in applied] == ["m001_initial", "m002_partial_id_indexes"]
+    assert [row["name"] for row in applied] == ["m001_initial", "m002_partial_id_indexes",
+                                                  "m003_trace_and_span_age_indexes"]
     db.close()
 
 
