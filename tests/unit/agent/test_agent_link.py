@@ -82,9 +82,9 @@ def test_task_updates_arrive_in_order_each_written_before_it_was_sent(fake_maste
     assert final.status.agent_id == "agent-1" and final.status.framework_id == "fw-1"
     assert final.status.HasField("exit_code") and final.status.exit_code == 0
     assert final.status.data == b"hi\n"  # the tail of stdout rides on the terminal status
-    assert final.status.message.endswith(f"sandbox={agent.data_dir / 'sandboxes' / 'fw-1' / 't1'}")
+    assert final.status.message.endswith(f"sandbox={agent.data_dir / 'sandboxes' / 'fw-1' / 't1' / 'sandbox'}")
     assert final.traceparent.startswith("00-0af7651916cd43dd8448eb211c80319c")
-    assert (agent.data_dir / "sandboxes" / "fw-1" / "t1" / "stdout").read_text() == "hi\n"
+    assert (agent.data_dir / "sandboxes" / "fw-1" / "t1" / "sandbox" / "stdout").read_text() == "hi\n"
     fake_master.wait_for(lambda: agent.checkpoint.tasks() == [], what="the task to be done")
 
 
@@ -359,7 +359,7 @@ def test_many_run_tasks_at_once_each_update_written_before_it_was_sent(fake_mast
         fake_master.wait_for(lambda t=task_id: "TASK_FINISHED" in fake_master.states_of(t),  # type: ignore[misc]
                              timeout=30, what=f"TASK_FINISHED of {task_id}")
         assert fake_master.states_of(task_id) == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
-        assert (agent.data_dir / "sandboxes" / "fw-1" / task_id / "stdout").read_text() == f"{task_id}\n"
+        assert (agent.data_dir / "sandboxes" / "fw-1" / task_id / "sandbox" / "stdout").read_text() == f"{task_id}\n"
     assert missing == []
     pids = {int((read_json(agent.data_dir / "sandboxes" / "fw-1" / t / "supervisor.json") or {})["supervisor_pid"])
             for t in ids}
@@ -385,7 +385,7 @@ def test_a_task_killed_in_the_turn_it_arrived_in_is_killed_without_being_started
             agent._start_launches()
         assert [u.status.state for u in cp.updates("t1")] == [common_pb2.TASK_KILLED]
         sandbox = config.work_dir / "fw-1" / "t1"
-        assert not (sandbox / "launch.json").exists() and not (sandbox / "ran").exists()
+        assert not (sandbox / "launch.json").exists() and not (sandbox / "sandbox" / "ran").exists()
         assert "t1" not in agent.handles and launcher.fork_server is not None and launcher.fork_server.pid is None
     finally:
         launcher.close()
