@@ -48,8 +48,9 @@ def _lock_data_dir(data_dir: Path) -> IO[str]:
 
 
 def _secure_dirs(data_dir: Path, work_dir: Path) -> None:
-    """Files an older agent made with the default umask become the agent's alone (0600); the work dir,
-    and the data dir when the work dir is inside it, become 0711 (passable, not listable)."""
+    """Files an older agent made with the default umask (its checkpoint, lock and launch files) become the
+    agent's alone (0600); the work dir, and the data dir when the work dir is inside it, become 0711
+    (passable, not listable)."""
     from agent.executor.sandbox import RUN_DIR_MODE, secure_work_dir
 
     try:
@@ -60,6 +61,9 @@ def _secure_dirs(data_dir: Path, work_dir: Path) -> None:
         secure_work_dir(work_dir)
         if data_dir in work_dir.parents:
             data_dir.chmod(RUN_DIR_MODE)
+        for launch in work_dir.glob("*/*/launch.json"):  # written 0644 by an older agent: the task's secrets
+            if not launch.is_symlink():
+                launch.chmod(0o600)
     except OSError as exc:
         raise ConfigError(f"--data-dir: cannot set the modes of {data_dir} ({exc.strerror or exc})") from exc
 

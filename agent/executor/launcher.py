@@ -261,7 +261,8 @@ class ProcessLauncher:
 
     def _start_interpreter(self, handle: LaunchHandle) -> LaunchHandle:
         try:
-            log_file = open(handle.sandbox / "supervisor.out", "ab")
+            log_file = os.fdopen(os.open(handle.sandbox / "supervisor.out",
+                                         os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600), "ab")
         except OSError as exc:
             raise LaunchError(f"cannot write to the sandbox {handle.sandbox}: {exc.strerror or exc}") from exc
         try:
@@ -466,9 +467,11 @@ class ProcessLauncher:
 def _task_dir_of(run_dir: Path) -> Path | None:
     """The task's sandbox as its launch file names it; None for a launch of an older agent (whose
     sandbox is the run directory itself) or when no launch file was written."""
-    found = (read_json(run_dir / LAUNCH_FILE) or {}).get("sandbox")
-    return Path(found) if isinstance(found, str) and found else (
-        run_dir / SANDBOX_SUBDIR if (run_dir / SANDBOX_SUBDIR).is_dir() else None)
+    launch = read_json(run_dir / LAUNCH_FILE)
+    if launch is not None:
+        found = launch.get("sandbox")
+        return Path(found) if isinstance(found, str) and found else None
+    return run_dir / SANDBOX_SUBDIR if (run_dir / SANDBOX_SUBDIR).is_dir() else None
 
 
 def _start_time(pid: int) -> float | None:

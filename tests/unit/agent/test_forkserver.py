@@ -5,8 +5,8 @@ and a launch whose server died is either found in the sandbox or called off."""
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import shutil
 import signal
 import threading
 import time
