@@ -251,3 +251,31 @@ def test_the_supervisor_module_runs_without_the_agent(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "agent.executor.supervisor", "--sandbox", str(run)], check=True,
                    timeout=30)
     assert (run / "stdout").read_text() == "old\n"
+
+
+# ---- the agent's collection ---------------------------------------------------------------------------------
+def test_the_agent_collects_leftovers_at_start_and_the_rest_when_their_delay_passed(tmp_path: Path) -> None:
+    from agent.checkpoint import Checkpoint
+    from agent.config import AgentConfig, resolve
+    from agent.runtime.agent import Agent
+
+    config = resolve(AgentConfig(masters=("127.0.0.1:1",), data_dir=tmp_path / "agent", sandbox_gc_delay=100.0,
+                                 resources="cpus:2;mem:1024;disk:1024", hostname="test-host"))
+    old, recent = config.work_dir / "fw" / "old", config.work_dir / "fw" / "recent"
+    for run, finished_at in ((old, 1000.0), (recent, 1950.0)):
+        (run / "sandbox").mkdir(parents=True)
+        write_json(run / EXIT_FILE, {"exit_code": 0, "finished_at": finished_at})
+    now = [2000.0]
+    cp = Checkpoint.open(tmp_path / "agent" / "agent.db")
+    launcher = ProcessLauncher(config.work_dir, RlimitIsolator(), fork_server=False)
+    agent = Agent(config, cp, launcher, isolator_name="rlimits", wall=lambda: now[0], monotonic=lambda: now[0])
+    try:
+        agent.recover()
+        assert not old.exists() and recent.exists()
+        assert agent.next_gc == 2050.0  # when `recent` is due
+        now[0] = 2050.0
+        agent.tick()
+        assert not recent.exists() and not (config.work_dir / "fw").exists()
+    finally:
+        launcher.close()
+        cp.close()
