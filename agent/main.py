@@ -103,8 +103,16 @@ def _run_emulated(config: AgentConfig, stop: threading.Event | None) -> int:
 def run_agent(config: AgentConfig, *, stop: threading.Event | None = None) -> int:
     """Run an agent until SIGTERM/SIGINT (or `stop` is set, or the master shuts it down).
 
-    Returns the process exit code: 0 after a stop, 2 on a configuration error."""
-    os.umask(0o077)
+    Returns the process exit code: 0 after a stop, 2 on a configuration error. Runs with umask 077 (the
+    caller's is put back on return, for agents run inside another process)."""
+    previous = os.umask(0o077)
+    try:
+        return _run_agent(config, stop)
+    finally:
+        os.umask(previous)
+
+
+def _run_agent(config: AgentConfig, stop: threading.Event | None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(name)s: %(message)s")
     if config.emulated:

@@ -493,10 +493,10 @@ def _tail_bytes(path: Path, limit: int) -> bytes:
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
             return b""
         os.lseek(fd, max(0, info.st_size - limit), os.SEEK_SET)
-        chunks = []
-        while (chunk := os.read(fd, limit)) and sum(map(len, chunks)) < limit:
-            chunks.append(chunk)
-        return b"".join(chunks)[-limit:]
+        data = b""
+        while len(data) < limit and (chunk := os.read(fd, limit - len(data))):
+            data += chunk
+        return data
     except OSError:
         return b""
     finally:

@@ -161,8 +161,8 @@ def _supervisor_alive(run_dir: Path) -> bool:
         return False
     try:
         proc = psutil.Process(pid)
-        return proc.status() != psutil.STATUS_ZOMBIE and abs(
-            proc.create_time() - float(found.get("create_time") or 0.0)) <= 0.05
+        return bool(proc.status() != psutil.STATUS_ZOMBIE and abs(
+            proc.create_time() - float(found.get("create_time") or 0.0)) <= 0.05)
     except psutil.Error:
         return False
 

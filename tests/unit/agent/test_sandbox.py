@@ -279,3 +279,26 @@ def test_the_agent_collects_leftovers_at_start_and_the_rest_when_their_delay_pas
     finally:
         launcher.close()
         cp.close()
+
+
+def test_gc_flags_are_checked(tmp_path: Path) -> None:
+    from agent.config import AgentConfig, ConfigError, resolve
+
+    for field, value in (("sandbox_gc_delay", -1.0), ("sandbox_gc_max_mib", float("nan"))):
+        with pytest.raises(ConfigError, match=field.replace("_", "-")):
+            resolve(AgentConfig(masters=("127.0.0.1:1",), data_dir=tmp_path, **{field: value}))  # type: ignore[arg-type]
+
+
+def test_files_an_older_agent_left_readable_become_the_agents_alone(tmp_path: Path) -> None:
+    from agent.main import _secure_dirs
+
+    data = tmp_path / "agent"
+    launch = data / "sandboxes" / "fw" / "t" / "launch.json"
+    launch.parent.mkdir(parents=True)
+    for path in (data / "agent.db", data / "agent.db-wal", data / "agent.lock", launch):
+        path.write_text("{}")
+        path.chmod(0o644)
+    data.chmod(0o700)
+    _secure_dirs(data, data / "sandboxes")
+    assert [mode(p) for p in (data / "agent.db", data / "agent.db-wal", data / "agent.lock", launch)] == [0o600] * 4
+    assert mode(data) == 0o711 and mode(data / "sandboxes") == 0o711
