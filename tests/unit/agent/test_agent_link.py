@@ -309,6 +309,24 @@ def test_invalid_and_duplicate_run_tasks(fake_master: FakeMaster, start_agent: S
     fake_master.wait_for(lambda: "TASK_KILLED" in fake_master.states_of("once"), what="killed")
 
 
+def test_a_working_dir_outside_the_sandbox_is_refused_by_the_agent_too(fake_master: FakeMaster,
+                                                                      start_agent: Start) -> None:
+    # The master refuses these at Accept; an agent told to run one (an older master) refuses it as well.
+    agent = start_agent([fake_master.address])
+    fake_master.wait_for(registered(fake_master), what="registration")
+    for task_id, working_dir in (("abs", "/etc"), ("climb", "../../x")):
+        bad = task(task_id, "touch made-here")
+        bad.command.working_dir = working_dir
+        fake_master.run_task(bad)
+    fake_master.wait_for(lambda: fake_master.states_of("abs") and fake_master.states_of("climb"), what="refusals")
+    for task_id in ("abs", "climb"):
+        assert fake_master.states_of(task_id) == ["TASK_ERROR"]
+        status = next(u.status for u in fake_master.updates if u.status.task_id == task_id)
+        assert status.reason == "REASON_TASK_INVALID" and "working_dir" in status.message
+    assert not list(agent.data_dir.rglob("made-here")) and not (agent.data_dir / "x").exists()
+    assert not (agent.data_dir / "sandboxes" / "fw-1" / "abs").exists()
+
+
 def test_invalid_argument_on_register_is_retried_not_fatal(start_agent: Start) -> None:
     class Refusing(FakeMaster):
         def Connect(self, request_iterator, context):  # type: ignore[no-untyped-def]
