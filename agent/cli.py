@@ -34,6 +34,11 @@ from agent.config import ISOLATION_CHOICES, SUPERVISOR_START_CHOICES, AgentConfi
                    "(BATCHED_MESSAGES); turn off only for a master without the capability.")
 @click.option("--work-dir", type=click.Path(path_type=Path), default=None,
               help="Directory of task sandboxes (default: DATA_DIR/sandboxes).")
+@click.option("--sandbox-gc-delay", envvar="TESSERA_SANDBOX_GC_DELAY", type=click.FloatRange(min=0), default=3600.0,
+              show_default=True, help="Seconds after a task ended before its sandbox is removed (0: at once).")
+@click.option("--sandbox-gc-max-mib", envvar="TESSERA_SANDBOX_GC_MAX_MIB", type=click.FloatRange(min=0),
+              default=10240.0, show_default=True,
+              help="Remove finished sandboxes sooner, oldest first, while together they hold more (0: no cap).")
 @click.option("--metrics", "metrics_address", default=None,
               help="HOST:PORT to serve Prometheus /metrics on (off when not given).")
 @click.option("--tls-dir", "agent_tls_dir", envvar="TESSERA_AGENT_TLS_DIR", default=None,
@@ -42,7 +47,7 @@ from agent.config import ISOLATION_CHOICES, SUPERVISOR_START_CHOICES, AgentConfi
 @click.option("--log-level", default="INFO", show_default=True)
 def agent_main(masters: str, data_dir: Path, resources: str, attributes: str, hostname: str,
                heartbeat_interval: float, isolation: str, supervisor_start: str, batch_messages: bool,
-               work_dir: Path | None,
+               work_dir: Path | None, sandbox_gc_delay: float, sandbox_gc_max_mib: float,
                metrics_address: str | None, agent_tls_dir: Path | None, log_level: str) -> None:
     """Run a Tessera agent: report this machine's resources and run tasks for the masters."""
     from agent.main import run_agent
@@ -53,7 +58,8 @@ def agent_main(masters: str, data_dir: Path, resources: str, attributes: str, ho
         masters=tuple(a.strip() for a in masters.split(",") if a.strip()), data_dir=data_dir,
         resources=resources, attributes=attributes, hostname=hostname, heartbeat_interval=heartbeat_interval,
         work_dir=work_dir, isolation=isolation, supervisor_start=supervisor_start, metrics_address=metrics_address,
-        tls_dir=agent_tls_dir, batch_messages=batch_messages,
+        tls_dir=agent_tls_dir, batch_messages=batch_messages, sandbox_gc_delay=sandbox_gc_delay,
+        sandbox_gc_max_mib=sandbox_gc_max_mib,
     )
     sys.exit(run_agent(config))
 

@@ -62,6 +62,10 @@ class AgentConfig:
     batch_messages: bool = True
     reconnect_backoff_max: float = 5.0
     metrics_address: str | None = None  # HOST:PORT for Prometheus /metrics; None = off
+    # Sandboxes of finished tasks are removed this many seconds after the task ended (0: at once), and
+    # sooner, oldest first, when together they hold more than sandbox_gc_max_mib (0: no cap).
+    sandbox_gc_delay: float = 3600.0
+    sandbox_gc_max_mib: float = 10240.0
     tls_dir: Path | None = None  # ca.pem, cert.pem, key.pem of an agent certificate; None = plaintext
     token: str | None = None  # bearer token, needed only by a master without TLS that checks tokens
 
@@ -193,6 +197,10 @@ def resolve(config: AgentConfig) -> ResolvedConfig:
                         ("reconnect_backoff_max", config.reconnect_backoff_max)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < 86400):
             raise ConfigError(f"{flag}: expected a positive number of seconds, got {value!r}")
+    for flag, value in (("--sandbox-gc-delay", config.sandbox_gc_delay),
+                        ("--sandbox-gc-max-mib", config.sandbox_gc_max_mib)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < 1e9):
+            raise ConfigError(f"{flag}: expected a non-negative number, got {value!r}")
     if config.status_retry_max < config.status_retry_initial:
         raise ConfigError("status_retry_max: must not be smaller than status_retry_initial")
     if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z", config.cgroups_root):

@@ -1,7 +1,9 @@
 """`run_agent(config)`: start one agent process and serve until stopped.
 
-Order of work: check the configuration (a bad flag prints one line naming it and returns 2), take the
-data dir's lock (two agents on one data dir would fight over the same tasks), pick the isolator, open
+Order of work: set the umask to 077 (the checkpoint, the lock, the supervisors' files and every run
+directory are the agent's alone; tasks get 022 from their supervisor), check the configuration (a bad
+flag prints one line naming it and returns 2), make the data dir and the work dir passable but not
+listable by others (0711: a task's user must reach its own sandbox), take the data dir's lock (two agents on one data dir would fight over the same tasks), pick the isolator, open
 the checkpoint, recover tasks, connect to the masters. SIGTERM and SIGINT stop the agent but NOT its
 tasks: they run on under their supervisors and the next agent started on this data dir finds them.
 """
@@ -45,6 +47,27 @@ def _lock_data_dir(data_dir: Path) -> IO[str]:
     return handle
 
 
+def _secure_dirs(data_dir: Path, work_dir: Path) -> None:
+    """Files an older agent made with the default umask (its checkpoint, lock and launch files) become the
+    agent's alone (0600); the work dir, and the data dir when the work dir is inside it, become 0711
+    (passable, not listable)."""
+    from agent.executor.sandbox import RUN_DIR_MODE, secure_work_dir
+
+    try:
+        for entry in data_dir.iterdir():
+            if entry.is_file() and not entry.is_symlink() and (entry.name.startswith(CHECKPOINT_FILE)
+                                                                or entry.name == LOCK_FILE):
+                entry.chmod(0o600)
+        secure_work_dir(work_dir)
+        if data_dir in work_dir.parents:
+            data_dir.chmod(RUN_DIR_MODE)
+        for launch in work_dir.glob("*/*/launch.json"):  # written 0644 by an older agent: the task's secrets
+            if not launch.is_symlink():
+                launch.chmod(0o600)
+    except OSError as exc:
+        raise ConfigError(f"--data-dir: cannot set the modes of {data_dir} ({exc.strerror or exc})") from exc
+
+
 def _run_emulated(config: AgentConfig, stop: threading.Event | None) -> int:
     """One emulated agent (benchmarks): registers and heartbeats, reports tasks without running them."""
     import asyncio
@@ -80,7 +103,16 @@ def _run_emulated(config: AgentConfig, stop: threading.Event | None) -> int:
 def run_agent(config: AgentConfig, *, stop: threading.Event | None = None) -> int:
     """Run an agent until SIGTERM/SIGINT (or `stop` is set, or the master shuts it down).
 
-    Returns the process exit code: 0 after a stop, 2 on a configuration error."""
+    Returns the process exit code: 0 after a stop, 2 on a configuration error. Runs with umask 077 (the
+    caller's is put back on return, for agents run inside another process)."""
+    previous = os.umask(0o077)
+    try:
+        return _run_agent(config, stop)
+    finally:
+        os.umask(previous)
+
+
+def _run_agent(config: AgentConfig, stop: threading.Event | None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(name)s: %(message)s")
     if config.emulated:
@@ -93,6 +125,7 @@ def run_agent(config: AgentConfig, *, stop: threading.Event | None = None) -> in
 
     try:
         resolved = resolve(config)
+        _secure_dirs(resolved.data_dir, resolved.work_dir)
         lock = _lock_data_dir(resolved.data_dir)
         isolator = detect_isolator(config.isolation, config.cgroups_root)
     except ConfigError as exc:

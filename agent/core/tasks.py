@@ -22,8 +22,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
+from control_plane.core.errors import InvalidRequest
 from control_plane.core.lifecycle import INITIAL_STATE, can_transition, is_terminal
-from control_plane.core.state import MAX_STATUS_DATA
+from control_plane.core.state import MAX_STATUS_DATA, check_working_dir
 from control_plane.core.values import StatusSource, TaskInfo, TaskState, TaskStatus
 
 # Reasons, in Mesos' vocabulary (TaskStatus.reason is a string on the wire).
@@ -130,6 +131,10 @@ def validate_task(info: TaskInfo) -> str:
         return "task resources are negative"
     if info.kill_grace_period_seconds < 0:
         return "kill_grace_period_seconds is negative"
+    try:  # the master refuses these at Accept; a task from elsewhere is checked again here
+        check_working_dir(info.command.working_dir, "command.working_dir")
+    except InvalidRequest as exc:
+        return exc.message
     return ""
 
 

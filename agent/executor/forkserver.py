@@ -70,7 +70,7 @@ def _become_supervisor(sandbox: str) -> None:
         os.setsid()
         for signum in (signal.SIGTERM, signal.SIGCHLD, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, signal.SIG_DFL)
-        out = os.open(os.path.join(sandbox, "supervisor.out"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        out = os.open(os.path.join(sandbox, "supervisor.out"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(out, 1)

@@ -1,7 +1,9 @@
 """The process launcher: start a task under its supervisor, watch it, kill it, find it again.
 
-`ProcessLauncher` is the agent's only way to touch task processes. Each task gets a sandbox directory
-(`<work_dir>/<framework>/<task>`), its isolation (`Isolator.prepare`), and a supervisor process
+`ProcessLauncher` is the agent's only way to touch task processes. Each task gets a run directory
+(`<work_dir>/<framework>/<task>`, named by `sandbox_name`, root's) holding the supervisor's control files
+and the task's sandbox (`sandbox/`, 0700, owned by the task's user; layout and modes in
+agent/executor/sandbox.py), its isolation (`Isolator.prepare`), and a supervisor process
 (`agent.executor.supervisor`) in a new session, which starts the command and records its exit in the
 sandbox. Supervisors are forked by the fork server (`agent.executor.forkserver`, started on first use and
 again when it died), or, with `fork_server=False`, started as fresh interpreters. The launcher never waits on anything: `observe` looks at the sandbox files and the supervisor's
@@ -19,14 +21,16 @@ Rules it keeps:
   command that cannot be executed is not a launch failure: it ends like a shell would (exit 127/126),
   recorded by the supervisor.
 - The isolation of a task is removed only after its exit status was read (`release`).
+- The agent (root) reads from a task's sandbox only its stdout and stderr tails, never through a
+  symlink and only from a regular file with one link: the task owns that directory.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -41,6 +45,15 @@ from agent.core.tasks import ExitRecord
 from agent.executor.forkserver import ForkServer, ForkServerLost
 from agent.executor.isolation import IsolationSpec, Isolator, cgroup_pids, container_name
 from agent.executor.isolation import cleanup as cleanup_isolation
+from agent.executor.sandbox import (
+    RUN_DIR_MODE,
+    SANDBOX_MODE,
+    SANDBOX_SUBDIR,
+    make_private_dir,
+    owner_of,
+    sandbox_name,
+    secure_work_dir,
+)
 from agent.executor.supervisor import (
     EXIT_FILE,
     KILL_FILE,
@@ -56,7 +69,6 @@ from control_plane.core.values import TaskInfo
 
 log = logging.getLogger(__name__)
 
-_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 LOST_SUPERVISOR_WAIT = 2.0  # seconds to look for a supervisor forked by a fork server that died meanwhile
 START_TIME_TOLERANCE = 0.05  # psutil start times are rounded to clock ticks
 STDERR_TAIL_BYTES = 2048
@@ -69,19 +81,13 @@ class LaunchError(Exception):
     """The task could not be started (its sandbox, isolation or supervisor); the message says why."""
 
 
-def safe_name(text: str) -> str:
-    """A path component for an id: unsafe characters replaced, never '.' or '..' or empty."""
-    name = _SAFE.sub("_", text)[:120] or "_"
-    return "_" + name if name in (".", "..") else name
-
-
 @dataclass
 class LaunchHandle:
     """What the agent keeps (and checkpoints) about a launched task."""
 
     task_id: str
     framework_id: str
-    sandbox: Path
+    sandbox: Path  # the run directory (control files); the task's own directory is `task_dir`
     supervisor_pid: int = 0
     supervisor_start: float = 0.0
     isolation: IsolationSpec = field(default_factory=lambda: IsolationSpec(kind="rlimits"))
@@ -89,6 +95,12 @@ class LaunchHandle:
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     started_seen: bool = False  # task.json was seen
     cpu_seconds_prev: float = 0.0
+    sandbox_dir: Path | None = None  # the task's sandbox; None: the run directory (an older agent's layout)
+
+    @property
+    def task_dir(self) -> Path:
+        """Where the task runs and writes stdout and stderr (TESSERA_SANDBOX)."""
+        return self.sandbox_dir if self.sandbox_dir is not None else self.sandbox
 
 
 @dataclass(frozen=True)
@@ -127,6 +139,7 @@ class ProcessLauncher:
         self.agent_id = agent_id
         self.python = python
         self._exit_listener: Callable[[int], None] | None = None
+        self._work_dir_secured = False
         self.fork_server: ForkServer | None = (
             ForkServer(python, env=_supervisor_env(), on_exit=self._supervisor_exited) if fork_server else None)
 
@@ -153,24 +166,36 @@ class ProcessLauncher:
             self.fork_server.close()
 
     def sandbox_for(self, info: TaskInfo) -> Path:
-        return self.work_dir / safe_name(info.framework_id or "_") / safe_name(info.task_id)
+        """The task's run directory (its sandbox is `SANDBOX_SUBDIR` inside)."""
+        return self.work_dir / sandbox_name(info.framework_id, info.task_id)
 
     # ---- launch ----------------------------------------------------------------------------------------
     def prepare(self, info: TaskInfo) -> LaunchHandle:
-        """Create the sandbox and the isolation (step one of a launch; checkpoint the handle after it)."""
-        sandbox = self.sandbox_for(info)
+        """Create the run directory, the sandbox (owned by the task's user) and the isolation (step one of
+        a launch; checkpoint the handle after it)."""
+        run_dir = self.sandbox_for(info)
         try:
-            sandbox.mkdir(parents=True, exist_ok=True)
-            for leftover in (EXIT_FILE, TASK_FILE, SUPERVISOR_FILE, KILL_FILE):
-                (sandbox / leftover).unlink(missing_ok=True)
+            owner = owner_of(info.command.user)
+        except KeyError:
+            raise LaunchError(f"cannot run the task as user {info.command.user!r}: no such user") from None
+        task_dir = run_dir / SANDBOX_SUBDIR
+        try:
+            if not self._work_dir_secured:
+                secure_work_dir(self.work_dir)
+                self._work_dir_secured = True
+            make_private_dir(run_dir.parent, RUN_DIR_MODE)
+            make_private_dir(run_dir, RUN_DIR_MODE)
+            make_private_dir(task_dir, SANDBOX_MODE, owner)
+            for leftover in (EXIT_FILE, TASK_FILE, SUPERVISOR_FILE, KILL_FILE, LAUNCH_FILE):
+                (run_dir / leftover).unlink(missing_ok=True)
         except OSError as exc:
-            raise LaunchError(f"cannot create the sandbox {sandbox}: {exc.strerror or exc}") from exc
+            raise LaunchError(f"cannot create the sandbox {task_dir}: {exc.strerror or exc}") from exc
         try:
             spec = self.isolator.prepare(container_name(info.framework_id, info.task_id), info.resources)
         except OSError as exc:
             raise LaunchError(f"cannot set up {self.isolator.name} isolation: {exc.strerror or exc}") from exc
-        return LaunchHandle(task_id=info.task_id, framework_id=info.framework_id, sandbox=sandbox,
-                            isolation=spec)
+        return LaunchHandle(task_id=info.task_id, framework_id=info.framework_id, sandbox=run_dir,
+                            isolation=spec, sandbox_dir=task_dir)
 
     def start(self, info: TaskInfo, handle: LaunchHandle) -> LaunchHandle:
         """Write launch.json and start the supervisor (step two); fills the supervisor pid and start time."""
@@ -213,28 +238,21 @@ class ProcessLauncher:
 
     def _write_launch(self, info: TaskInfo, handle: LaunchHandle) -> None:
         command = info.command
-        cwd = handle.sandbox
-        if command.working_dir:
-            if os.path.isabs(command.working_dir):
-                cwd = Path(command.working_dir)  # must exist; if not, the task fails like a shell would
-            else:
-                cwd = handle.sandbox / command.working_dir
-                try:
-                    cwd.mkdir(parents=True, exist_ok=True)
-                except OSError as exc:
-                    raise LaunchError(f"cannot create the working directory {cwd}: {exc.strerror or exc}") from exc
+        sandbox = handle.task_dir
+        # The working directory is entered (and made) by the supervisor as the task's user, inside the
+        # sandbox and through no symlink; an absolute or climbing one never gets this far (validate_task).
         env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
         env.setdefault("PATH", DEFAULT_PATH)
         env.update({
-            "HOME": str(handle.sandbox), "TESSERA_SANDBOX": str(handle.sandbox), "TESSERA_TASK_ID": info.task_id,
+            "HOME": str(sandbox), "TESSERA_SANDBOX": str(sandbox), "TESSERA_TASK_ID": info.task_id,
             "TESSERA_FRAMEWORK_ID": info.framework_id, "TESSERA_AGENT_ID": self.agent_id or info.agent_id,
-            "MESOS_SANDBOX": str(handle.sandbox),
+            "MESOS_SANDBOX": str(sandbox),
         })
         env.update(dict(command.environment))
         launch = {
             "task_id": info.task_id, "framework_id": info.framework_id, "argv": _argv(info), "env": env,
-            "cwd": str(cwd), "user": command.user, "isolation": handle.isolation.to_json(),
-            "grace_period_seconds": info.kill_grace_period_seconds or None,
+            "sandbox": str(sandbox), "working_dir": command.working_dir, "user": command.user,
+            "isolation": handle.isolation.to_json(), "grace_period_seconds": info.kill_grace_period_seconds or None,
         }
         try:
             write_json_atomic(handle.sandbox / LAUNCH_FILE, launch, durable=False)
@@ -243,7 +261,8 @@ class ProcessLauncher:
 
     def _start_interpreter(self, handle: LaunchHandle) -> LaunchHandle:
         try:
-            log_file = open(handle.sandbox / "supervisor.out", "ab")
+            log_file = os.fdopen(os.open(handle.sandbox / "supervisor.out",
+                                         os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600), "ab")
         except OSError as exc:
             raise LaunchError(f"cannot write to the sandbox {handle.sandbox}: {exc.strerror or exc}") from exc
         try:
@@ -354,13 +373,13 @@ class ProcessLauncher:
         stderr_tail = ""
         code = data.get("exit_code")
         if data.get("launch_error") or (code not in (None, 0)) or data.get("signal"):
-            stderr_tail = _tail(handle.sandbox / STDERR_FILE, STDERR_TAIL_BYTES)
+            stderr_tail = _tail(handle.task_dir / STDERR_FILE, STDERR_TAIL_BYTES)
         return ExitRecord(
             exit_code=None if code is None else int(code),
             signal=None if data.get("signal") is None else int(data["signal"]),
             killed=bool(data.get("killed")), limitation=str(data.get("limitation") or ""),
             launch_error=str(data.get("launch_error") or ""), stderr_tail=stderr_tail,
-            stdout_tail=_tail_bytes(handle.sandbox / STDOUT_FILE, STDOUT_TAIL_BYTES),
+            stdout_tail=_tail_bytes(handle.task_dir / STDOUT_FILE, STDOUT_TAIL_BYTES),
         )
 
     def _kill_orphans(self, handle: LaunchHandle) -> None:
@@ -441,8 +460,18 @@ class ProcessLauncher:
         return LaunchHandle(
             task_id=task_id, framework_id=framework_id, sandbox=Path(sandbox), supervisor_pid=supervisor_pid,
             supervisor_start=supervisor_start, isolation=IsolationSpec.from_json(isolation),
-            kill_requested=kill_requested,
+            kill_requested=kill_requested, sandbox_dir=_task_dir_of(Path(sandbox)),
         )
+
+
+def _task_dir_of(run_dir: Path) -> Path | None:
+    """The task's sandbox as its launch file names it; None for a launch of an older agent (whose
+    sandbox is the run directory itself) or when no launch file was written."""
+    launch = read_json(run_dir / LAUNCH_FILE)
+    if launch is not None:
+        found = launch.get("sandbox")
+        return Path(found) if isinstance(found, str) and found else None
+    return run_dir / SANDBOX_SUBDIR if (run_dir / SANDBOX_SUBDIR).is_dir() else None
 
 
 def _start_time(pid: int) -> float | None:
@@ -453,14 +482,25 @@ def _start_time(pid: int) -> float | None:
 
 
 def _tail_bytes(path: Path, limit: int) -> bytes:
+    """The last `limit` bytes of a file in a task's sandbox: not through a symlink, not from anything but
+    a regular file with a single link (the task owns the directory; the agent reads as root)."""
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - limit))
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return b""
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            return b""
+        os.lseek(fd, max(0, info.st_size - limit), os.SEEK_SET)
+        data = b""
+        while len(data) < limit and (chunk := os.read(fd, limit - len(data))):
+            data += chunk
+        return data
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
 
 
 def _tail(path: Path, limit: int) -> str:

@@ -6,14 +6,17 @@ interpreter), in a new session, and the supervisor outlives the agent: a
 files written here. The supervisor reads `launch.json` from the sandbox, starts the task's command, waits
 for it, and records how it ended.
 
-Files in the sandbox (every JSON file is written atomically: temp file, rename; `exit_status.json`, the
-one that must survive a crash of the machine, also with fsyncs):
-- `launch.json` (written by the agent): argv, environment, working directory, isolation spec, default
-  kill grace period.
+Files in the run directory (the `--sandbox` argument; root's, see agent/executor/sandbox.py for the
+layout; every file is created 0600, every JSON file is written atomically: temp file, rename;
+`exit_status.json`, the one that must survive a crash of the machine, also with fsyncs):
+- `launch.json` (written by the agent, 0600): argv, environment, the task's sandbox and working
+  directory, user, isolation spec, default kill grace period. Kept until the run directory is collected:
+  it holds nothing the task's own environment does not, and only root may read it.
 - `supervisor.json`: this process's pid and start time, written first thing, so an agent that crashed
   right after starting us can still find us (and tell us from a process that got our pid later).
 - `task.json`: the task's pid, once its process exists (the agent reports TASK_RUNNING then).
-- `stdout`, `stderr`: the task's output (appended).
+- `stdout`, `stderr`: the task's output (appended), in the task's sandbox (`launch["sandbox"]`), owned by
+  the task's user.
 - `kill.json` (written by the agent before it sends SIGTERM to the supervisor): the grace period. Found
   when the supervisor starts, it means the launch was called off: the task is never started.
 - `exit_status.json`: exit code or signal, whether the task was killed on request, whether an isolator
@@ -31,6 +34,10 @@ Rules it keeps:
 - Only the supervisor (the task's parent) signals the task's pid, so a recycled pid is never hit.
 - A command that cannot be started records exit code 127 (not found) or 126 (not executable) with the
   error in `stderr` and `exit_status.json`, like a shell would.
+- The task's working directory is entered as the task's user, below its sandbox, one component at a
+  time without following any symlink (`enter_working_dir`): a symlink, or anything but a directory, on
+  the way ends the launch (exit 126, the reason in `launch_error`); what is missing is created then.
+- The task gets the conventional umask 022 (the agent and the supervisor run with 077).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import json
 import os
 import select
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -75,7 +83,12 @@ def write_json_atomic(path: Path, data: dict[str, Any], durable: bool = True) ->
     (the exit status). Files that only matter to processes that die with the machine (launch, pids,
     kill requests) need the atomic rename alone, which every process sees at once."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
+    try:
+        tmp.unlink()
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
         json.dump(data, f, sort_keys=True)
         if durable:
             f.flush()
@@ -112,6 +125,60 @@ def own_create_time() -> float:
         return 0.0
 
 
+class WorkingDirError(Exception):
+    """The task's working directory cannot be entered inside its sandbox; the message says why."""
+
+
+def enter_working_dir(working_dir: str) -> None:
+    """chdir to `working_dir` below the current directory (the task's sandbox), creating what is missing,
+    following no symlink and never going up. Raises WorkingDirError."""
+    parts = [p for p in working_dir.split("/") if p not in ("", ".")]
+    if working_dir.startswith("/") or ".." in parts:
+        raise WorkingDirError(f"working directory {working_dir!r}: must be a relative path inside the sandbox")
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i, part in enumerate(parts):
+            where = "/".join(parts[: i + 1])
+            try:
+                os.mkdir(part, 0o777, dir_fd=fd)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise WorkingDirError(f"working directory {working_dir!r}: cannot create {where!r}: "
+                                      f"{exc.strerror or exc}") from exc
+            try:
+                inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                try:
+                    link = stat.S_ISLNK(os.lstat(part, dir_fd=fd).st_mode)
+                except OSError:
+                    link = False
+                if link or exc.errno == errno.ELOOP:
+                    why = "is a symlink (a working directory must not leave the sandbox)"
+                elif exc.errno == errno.ENOTDIR:
+                    why = "is not a directory"
+                else:
+                    why = exc.strerror or str(exc)
+                raise WorkingDirError(f"working directory {working_dir!r}: {where!r} {why}") from exc
+            os.close(fd)
+            fd = inner
+        os.fchdir(fd)
+    finally:
+        os.close(fd)
+
+
+def _open_output(path: Path, uid: int, gid: int) -> Any:
+    """Open the task's stdout or stderr for appending: never through a symlink, owned by the task's user."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        if (uid, gid) != (os.geteuid(), os.getegid()):
+            os.fchown(fd, uid, gid)
+        return os.fdopen(fd, "ab")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def session_pids(sid: int) -> list[int]:
     """Every process whose session id is `sid` (the task's session)."""
     out = []
@@ -142,7 +209,11 @@ class Supervisor:
         self.killed = False  # we signalled the task on request
         self.watchdog: MemoryWatchdog | None = None
         self._wake_r, self._wake_w = os.pipe()
-        self.log_file = open(sandbox / LOG_FILE, "a", buffering=1)
+        self.log_file = os.fdopen(os.open(sandbox / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
+                                          0o600), "a", buffering=1)
+        # The task's own directory: a sandbox beside the control files, or (a launch written by an older
+        # agent) this directory itself.
+        self.task_dir = Path(str(self.launch.get("sandbox") or sandbox))
 
     def log(self, message: str) -> None:
         self.log_file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} supervisor[{os.getpid()}]: {message}\n")
@@ -204,29 +275,46 @@ class Supervisor:
     def start_child(self) -> dict[str, Any] | None:
         """Start the task; on failure return the exit record to write."""
         argv = [str(a) for a in self.launch["argv"]]
-        cwd = str(self.launch.get("cwd") or self.sandbox)
+        cwd = str(self.task_dir if "sandbox" in self.launch else (self.launch.get("cwd") or self.sandbox))
+        working_dir = str(self.launch.get("working_dir") or "")
         spec = self.spec
         user = self.launch.get("user") or ""
+        if user:
+            import pwd
+
+            try:
+                entry = pwd.getpwnam(user)
+            except KeyError:
+                return {"exit_code": 126, "launch_error": f"cannot switch to user {user!r}: no such user"}
+            uid, gid = entry.pw_uid, entry.pw_gid
+        else:
+            uid, gid = os.geteuid(), os.getegid()
+        # Why the preexec step failed: Python reports only "Exception occurred in preexec_fn".
+        why_r, why_w = os.pipe()
 
         def preexec() -> None:
-            # Runs in the child after fork (with start_new_session: after setsid) and after its stdout
-            # and stderr were redirected, before exec. Python reports a failure here only as "Exception
-            # occurred in preexec_fn", so the real error goes to the task's stderr first.
+            # Runs in the child after fork (with start_new_session: after setsid), after its stdout and
+            # stderr were redirected and after the chdir to the sandbox, before exec.
+            step = "set up the task's isolation"
             try:
                 enter(spec)
                 if user:
-                    import pwd
-
-                    entry = pwd.getpwnam(user)
-                    os.initgroups(user, entry.pw_gid)
-                    os.setgid(entry.pw_gid)
-                    os.setuid(entry.pw_uid)
+                    step = f"switch to user {user!r}"
+                    os.initgroups(user, gid)
+                    os.setgid(gid)
+                    os.setuid(uid)
+                os.umask(0o022)
+                if working_dir:
+                    step = "enter the working directory"
+                    enter_working_dir(working_dir)  # as the task's user
             except BaseException as exc:
-                os.write(2, f"tessera supervisor: {exc!r}\n".encode(errors="replace"))
+                reason = str(exc) if isinstance(exc, WorkingDirError) else f"cannot {step}: {exc!r}"
+                os.write(why_w, reason.encode(errors="replace")[:4000])
+                os.write(2, f"tessera supervisor: {reason}\n".encode(errors="replace"))
                 raise
 
-        stdout = open(self.sandbox / STDOUT_FILE, "ab")
-        stderr = open(self.sandbox / STDERR_FILE, "ab")
+        stdout = _open_output(self.task_dir / STDOUT_FILE, uid, gid)
+        stderr = _open_output(self.task_dir / STDERR_FILE, uid, gid)
         try:
             self.child = subprocess.Popen(
                 argv, cwd=cwd, env=self._env(), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
@@ -239,13 +327,20 @@ class Supervisor:
                 what = f"working directory {cwd}: {exc.strerror or exc}"
             stderr.write(f"tessera supervisor: cannot execute {what}\n".encode())
             return {"exit_code": code, "launch_error": what}
-        except subprocess.SubprocessError as exc:  # the preexec step failed (cgroup join, rlimit, user)
-            what = f"cannot set up the task's isolation{' or switch to user ' + repr(user) if user else ''}: {exc}"
-            stderr.write(f"tessera supervisor: {what}\n".encode())
+        except subprocess.SubprocessError as exc:  # the preexec step failed (cgroup join, user, working dir)
+            os.close(why_w)
+            why_w = -1
+            with os.fdopen(why_r, "rb") as pipe:
+                why_r = -1
+                what = pipe.read().decode(errors="replace") or f"cannot set up the task's isolation: {exc}"
+            self.log(f"launch failed: {what}")
             return {"exit_code": 126, "launch_error": what}
         finally:
             stdout.close()
             stderr.close()
+            for fd in (why_r, why_w):
+                if fd >= 0:
+                    os.close(fd)
         write_json_atomic(self.sandbox / TASK_FILE, {"task_pid": self.child.pid, "started_at": time.time()},
                           durable=False)
         self.log(f"started task pid {self.child.pid}: {argv!r}")

@@ -31,6 +31,11 @@ Rules it keeps (docs/protocol.md):
   their grace periods plus a few seconds), clear the id, exit.
 - Stopping the agent (SIGTERM, SIGINT) never stops its tasks; they run on under their supervisors and
   are found again by `recover` at the next start.
+- Sandbox GC (`collect_sandboxes`): the run directories of tasks that are over are removed
+  `sandbox_gc_delay` seconds after the task ended, sooner (oldest first) when the finished ones hold
+  more than `sandbox_gc_max_mib`; at start (after recovery) for what earlier runs left, when a task's
+  delay is due, and at least every GC_INTERVAL for the cap. A run directory of a live task or of one
+  prepared this turn is never touched. The decision is `agent.executor.sandbox.plan_collection`.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import time
 import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
@@ -65,6 +71,7 @@ from agent.core.tasks import (
     validate_task,
 )
 from agent.executor.launcher import LaunchError, LaunchHandle, Observation, Usage
+from agent.executor.sandbox import plan_collection, remove_run_dir, scan_finished
 from agent.runtime.link import LinkEvent, LinkStream, MasterLink, MessageReceived, StreamClosed, StreamOpened
 from control_plane.codec import from_proto, to_proto
 from control_plane.core.errors import InvalidRequest
@@ -82,6 +89,7 @@ SHUTDOWN_EXTRA = 5.0  # beyond the longest grace period, before giving up on tas
 DONE_TASKS_KEPT = 1000
 BATCHED_MESSAGES = "BATCHED_MESSAGES"  # Register.capabilities (docs/protocol.md, AgentLink step 8)
 MAX_UPDATES_PER_MESSAGE = 500  # a turn with more due updates sends several StatusUpdates messages
+GC_INTERVAL = 60.0  # seconds between sandbox collections when nothing is due sooner
 
 
 def agent_version() -> str:
@@ -163,6 +171,7 @@ class Agent:
         self.next_observe = 0.0
         self.next_usage = 0.0
         self.next_prune = 0.0
+        self.next_gc = 0.0
         self.shutdown_deadline: float | None = None
         self.exit_code: int | None = None
         self.link: MasterLink | None = None
@@ -277,6 +286,7 @@ class Agent:
             log.info("recovered %d task(s), %d live, %d unacknowledged update(s)", len(records),
                      len(self.handles), len(self.updates))
         self.observe_tasks()
+        self.collect_sandboxes()  # what earlier runs of the agent left
 
     # ---- the link -------------------------------------------------------------------------------------
     def on_stream_opened(self, stream: LinkStream) -> None:
@@ -530,7 +540,7 @@ class Agent:
             if obs.started and task.state is TaskState.TASK_STARTING:
                 self.emit(task, Outcome(TaskState.TASK_RUNNING, "", "the task's process started"))
             if obs.exit is not None:
-                self.emit(task, terminal_status(obs.exit, task.kill_requested, str(handle.sandbox)))
+                self.emit(task, terminal_status(obs.exit, task.kill_requested, str(handle.task_dir)))
             elif obs.supervisor_lost:
                 if task.kill_requested:
                     self.emit(task, Outcome(TaskState.TASK_KILLED, "", f"task killed ({obs.supervisor_lost})"))
@@ -541,6 +551,7 @@ class Agent:
             self.launcher.release(handle)
             self.handles.pop(task.task_id, None)
             log.info("task %s ended: %s", task.task_id, task.state.name)
+            self.next_gc = min(self.next_gc, self.monotonic() + self.config.config.sandbox_gc_delay)
 
     # ---- status updates ------------------------------------------------------------------------------
     def emit(self, task: AgentTask, outcome: Outcome, source: StatusSource = StatusSource.SOURCE_EXECUTOR) -> bool:
@@ -661,6 +672,8 @@ class Agent:
             if now >= self.next_usage:
                 self.next_usage = now + self.config.config.usage_interval
                 self.send_usage()
+        if now >= self.next_gc:
+            self.collect_sandboxes()
         if now >= self.next_prune:
             self.next_prune = now + 60.0
             if self.tasks.prune_done(DONE_TASKS_KEPT):
@@ -673,6 +686,25 @@ class Agent:
                                 len(self.handles), len(self.updates))
                 self.checkpoint.clear_agent_id()
                 self.exit_code = 0
+
+    # ---- sandboxes -------------------------------------------------------------------------------------
+    def collect_sandboxes(self) -> None:
+        """Remove the run directories of finished tasks that are due (see the module docstring)."""
+        cfg = self.config.config
+        live = {str(h.sandbox) for h in self.handles.values()}
+        live.update(str(h.sandbox) for _, _, h in self.to_start)
+        now_mono, now = self.monotonic(), self.wall()
+        finished = scan_finished(self.config.work_dir, live)
+        plan = plan_collection(finished, now, cfg.sandbox_gc_delay, int(cfg.sandbox_gc_max_mib * 1024 * 1024))
+        for path in plan.collect:
+            try:
+                remove_run_dir(Path(path))
+                log.info("removed the sandbox %s of a finished task", path)
+            except OSError as exc:
+                log.warning("cannot remove the sandbox %s: %s", path, exc)
+        self.next_gc = now_mono + GC_INTERVAL
+        if plan.next_due is not None:
+            self.next_gc = min(self.next_gc, now_mono + max(0.0, plan.next_due - now))
 
     def send_usage(self) -> None:
         usage = agent_pb2.Usage(agent_id=self.agent_id)

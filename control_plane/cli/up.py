@@ -459,6 +459,7 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
     cluster (and, with --secure, the operator's certificate and token) through DATA_DIR/cluster.json.
     """
     out = Output(quiet)
+    os.umask(0o077)  # the members' data, logs, tokens and state file: this user's only (children inherit it)
     data_dir = data_dir.resolve() if data_dir.is_absolute() else (Path.cwd() / data_dir)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)

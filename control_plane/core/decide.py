@@ -88,6 +88,7 @@ from control_plane.core.state import (
     check_task_info,
     check_task_status,
     check_text,
+    check_working_dir,
     total_with_reservations,
 )
 from control_plane.core.values import (
@@ -607,6 +608,7 @@ def _accept(state: ClusterState, cmd: c.Accept, ctx: Context) -> tuple[Event, ..
                 raise InvalidRequest(f"{what}: a LAUNCH needs at least one task")
             for task in op.tasks:
                 check_task_info(task, f"{what}.tasks[]")
+                check_working_dir(task.command.working_dir, f"task {task.task_id}: command.working_dir")
                 tid = task.task_id
                 if task.framework_id not in ("", fid):
                     raise InvalidRequest(f"task {tid}: framework_id {task.framework_id} is not {fid}")

@@ -484,6 +484,23 @@ def check_framework_info(info: object) -> FrameworkInfo:
     return info
 
 
+def check_working_dir(value: str, what: str) -> str:
+    """A task's working directory: empty (its sandbox) or a relative path inside its sandbox.
+
+    Purely syntactic, so it can be decided before launch: an absolute path, a `..` component (even
+    one that would stay inside) or a NUL byte is refused. Symlinks are the agent's to refuse: only the
+    sandbox on disk can tell (the task's supervisor enters the directory without following any)."""
+    if not value:
+        return value
+    if "\0" in value:
+        raise InvalidRequest(f"{what}: must not contain NUL bytes")
+    if value.startswith("/"):
+        raise InvalidRequest(f"{what}: must be relative to the task's sandbox, got the absolute path {value!r}")
+    if ".." in value.split("/"):
+        raise InvalidRequest(f"{what}: must stay inside the task's sandbox ('..' is not allowed), got {value!r}")
+    return value
+
+
 def check_command_info(command: object, what: str) -> CommandInfo:
     if not isinstance(command, CommandInfo):
         raise InvalidRequest(f"{what}: must be a CommandInfo")

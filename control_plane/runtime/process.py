@@ -179,6 +179,7 @@ def _reload_acl(guard: Guard, path: Path) -> None:
 
 
 def run_master(config: MasterConfig) -> int:
+    os.umask(0o077)  # events.db, the Raft journal and dump, spans: readable by the master's user only
     try:
         master, duties, server = build_master(config)
     except StartupError as exc:

@@ -268,7 +268,7 @@ def test_kill_9_of_the_agent_leaves_the_task_running_and_its_exit_is_reported_af
         # Whatever the master concluded while the agent was away, the re-registration says RUNNING.
         wait_for(lambda: (v := task_view(cluster, task.task.task_id)) is not None
                  and v.state == common_pb2.TASK_RUNNING, 30, interval=0.2, what="the task RUNNING again")
-        (sandbox / "release").write_text("go")
+        (sandbox / "sandbox" / "release").write_text("go")  # the task's own directory, beside the control files
         final = run.wait_final()
         assert final.state.name == "TASK_FAILED" and final.exit_code == 7, run.lines
         assert final.agent_id == first.agent_id
@@ -304,7 +304,7 @@ def test_sigterm_stops_the_agent_but_not_its_task(cluster: AgentCluster, agent_p
         assert "tasks keep running" in agent_proc.logs()
         agent_proc.start()
         connected_agent(cluster)
-        (sandbox / "release").write_text("go")
+        (sandbox / "sandbox" / "release").write_text("go")  # the task's own directory, beside the control files
         final = run.wait_final()
         assert final.exit_code == 7, run.lines
     finally:

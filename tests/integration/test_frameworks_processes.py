@@ -205,7 +205,7 @@ def kill_task_process(cluster: LocalCluster, task_id: str) -> None:
 
     for proc in psutil.process_iter(["pid", "cwd", "cmdline"]):
         try:
-            if proc.info["cwd"] and proc.info["cwd"].endswith(f"/{task_id}") and "sleep" in " ".join(
+            if proc.info["cwd"] and proc.info["cwd"].endswith(f"/{task_id}/sandbox") and "sleep" in " ".join(
                     proc.info["cmdline"] or []):
                 proc.kill()
                 return

@@ -47,7 +47,7 @@ def test_run_tasks_start_in_one_turn_and_their_updates_travel_together(fake_mast
     assert {u.status.state for u in fake_master.updates[:len(ids)]} == {common_pb2.TASK_STARTING}
     for t in ids:
         assert fake_master.states_of(t) == LIFECYCLE
-        assert (agent.data_dir / "sandboxes" / "fw-1" / t / "stdout").read_text() == f"{t}\n"
+        assert (agent.data_dir / "sandboxes" / "fw-1" / t / "sandbox" / "stdout").read_text() == f"{t}\n"
     # Nothing was lost or sent twice: every update acknowledged at its first sending, recorded once.
     assert len(fake_master.updates) == len(fake_master.recorded) == 3 * len(ids) == fake_master.acks_sent
     assert missing == []

@@ -82,9 +82,9 @@ def test_task_updates_arrive_in_order_each_written_before_it_was_sent(fake_maste
     assert final.status.agent_id == "agent-1" and final.status.framework_id == "fw-1"
     assert final.status.HasField("exit_code") and final.status.exit_code == 0
     assert final.status.data == b"hi\n"  # the tail of stdout rides on the terminal status
-    assert final.status.message.endswith(f"sandbox={agent.data_dir / 'sandboxes' / 'fw-1' / 't1'}")
+    assert final.status.message.endswith(f"sandbox={agent.data_dir / 'sandboxes' / 'fw-1' / 't1' / 'sandbox'}")
     assert final.traceparent.startswith("00-0af7651916cd43dd8448eb211c80319c")
-    assert (agent.data_dir / "sandboxes" / "fw-1" / "t1" / "stdout").read_text() == "hi\n"
+    assert (agent.data_dir / "sandboxes" / "fw-1" / "t1" / "sandbox" / "stdout").read_text() == "hi\n"
     fake_master.wait_for(lambda: agent.checkpoint.tasks() == [], what="the task to be done")
 
 
@@ -309,6 +309,24 @@ def test_invalid_and_duplicate_run_tasks(fake_master: FakeMaster, start_agent: S
     fake_master.wait_for(lambda: "TASK_KILLED" in fake_master.states_of("once"), what="killed")
 
 
+def test_a_working_dir_outside_the_sandbox_is_refused_by_the_agent_too(fake_master: FakeMaster,
+                                                                      start_agent: Start) -> None:
+    # The master refuses these at Accept; an agent told to run one (an older master) refuses it as well.
+    agent = start_agent([fake_master.address])
+    fake_master.wait_for(registered(fake_master), what="registration")
+    for task_id, working_dir in (("abs", "/etc"), ("climb", "../../x")):
+        bad = task(task_id, "touch made-here")
+        bad.command.working_dir = working_dir
+        fake_master.run_task(bad)
+    fake_master.wait_for(lambda: fake_master.states_of("abs") and fake_master.states_of("climb"), what="refusals")
+    for task_id in ("abs", "climb"):
+        assert fake_master.states_of(task_id) == ["TASK_ERROR"]
+        status = next(u.status for u in fake_master.updates if u.status.task_id == task_id)
+        assert status.reason == "REASON_TASK_INVALID" and "working_dir" in status.message
+    assert not list(agent.data_dir.rglob("made-here")) and not (agent.data_dir / "x").exists()
+    assert not (agent.data_dir / "sandboxes" / "fw-1" / "abs").exists()
+
+
 def test_invalid_argument_on_register_is_retried_not_fatal(start_agent: Start) -> None:
     class Refusing(FakeMaster):
         def Connect(self, request_iterator, context):  # type: ignore[no-untyped-def]
@@ -359,7 +377,7 @@ def test_many_run_tasks_at_once_each_update_written_before_it_was_sent(fake_mast
         fake_master.wait_for(lambda t=task_id: "TASK_FINISHED" in fake_master.states_of(t),  # type: ignore[misc]
                              timeout=30, what=f"TASK_FINISHED of {task_id}")
         assert fake_master.states_of(task_id) == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
-        assert (agent.data_dir / "sandboxes" / "fw-1" / task_id / "stdout").read_text() == f"{task_id}\n"
+        assert (agent.data_dir / "sandboxes" / "fw-1" / task_id / "sandbox" / "stdout").read_text() == f"{task_id}\n"
     assert missing == []
     pids = {int((read_json(agent.data_dir / "sandboxes" / "fw-1" / t / "supervisor.json") or {})["supervisor_pid"])
             for t in ids}
@@ -385,7 +403,7 @@ def test_a_task_killed_in_the_turn_it_arrived_in_is_killed_without_being_started
             agent._start_launches()
         assert [u.status.state for u in cp.updates("t1")] == [common_pb2.TASK_KILLED]
         sandbox = config.work_dir / "fw-1" / "t1"
-        assert not (sandbox / "launch.json").exists() and not (sandbox / "ran").exists()
+        assert not (sandbox / "launch.json").exists() and not (sandbox / "sandbox" / "ran").exists()
         assert "t1" not in agent.handles and launcher.fork_server is not None and launcher.fork_server.pid is None
     finally:
         launcher.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -66,7 +67,7 @@ def test_a_forked_supervisor_runs_in_its_own_session_and_is_not_a_child_of_the_l
     task_pid = int(read_json(handle.sandbox / "task.json")["task_pid"])  # type: ignore[index]
     assert os.getsid(task_pid) == task_pid  # the task has a session of its own too
     assert abs(sup.create_time() - handle.supervisor_start) < 0.05
-    assert (handle.sandbox / "stdout").exists() and (handle.sandbox / "stderr").exists()
+    assert (handle.task_dir / "stdout").exists() and (handle.task_dir / "stderr").exists()
     launcher.kill(handle, 0)
     obs = wait(launcher, handle, lambda o: o.ended)
     assert obs.exit is not None and obs.exit.killed
@@ -103,7 +104,7 @@ def test_kill_with_a_grace_period_through_a_forked_supervisor(launcher: ProcessL
     handle = launcher.launch(task("trap 'echo term; exit 143' TERM; echo ready; while true; do sleep 0.05; done",
                                   "grace"))
     # the shell has installed its trap once it has said so
-    wait(launcher, handle, lambda o: o.started and (handle.sandbox / "stdout").read_text() == "ready\n")
+    wait(launcher, handle, lambda o: o.started and (handle.task_dir / "stdout").read_text() == "ready\n")
     launcher.kill(handle, 5.0)
     obs = wait(launcher, handle, lambda o: o.ended)
     assert obs.exit is not None and obs.exit.killed and obs.exit.exit_code == 143
@@ -149,7 +150,7 @@ def test_a_supervisor_that_finds_kill_json_at_start_never_runs_the_task(launcher
     launcher.start(info, handle)
     obs = wait(launcher, handle, lambda o: o.ended)
     assert obs.exit is not None and obs.exit.killed
-    assert not (handle.sandbox / "ran").exists()
+    assert not (handle.task_dir / "ran").exists()
 
 
 def test_closing_the_server_leaves_its_supervisors_running(tmp_path: Path) -> None:
@@ -178,12 +179,12 @@ def test_start_many_starts_every_task_and_reports_each_failure_alone(tmp_path: P
     launcher = ProcessLauncher(tmp_path / "sandboxes", RlimitIsolator(), fork_server=fork_server)
     try:
         infos = [task(f"echo {i}", f"many-{i}") for i in range(8)]
-        bad = TaskInfo(task_id="bad-cwd", framework_id="fw", resources=Resources.of(cpus=0.5, mem=256),
-                       command=CommandInfo(shell=True, value="true", working_dir="stdout/below-a-file"))
+        bad = TaskInfo(task_id="bad-run-dir", framework_id="fw", resources=Resources.of(cpus=0.5, mem=256),
+                       command=CommandInfo(shell=True, value="true"))
         launches = [(info, launcher.prepare(info)) for info in [*infos[:4], bad, *infos[4:]]]
-        (launches[4][1].sandbox / "stdout").write_text("")  # the working dir cannot be created under a file
+        shutil.rmtree(launches[4][1].sandbox)  # its launch file cannot be written
         results = launcher.start_many(launches)
-        assert isinstance(results[4], LaunchError) and "working directory" in str(results[4])
+        assert isinstance(results[4], LaunchError) and "cannot write to the sandbox" in str(results[4])
         handles = [r for r in results if isinstance(r, LaunchHandle)]
         assert len(handles) == 8 and len({h.supervisor_pid for h in handles}) == 8
         for i, handle in enumerate(handles):

@@ -139,7 +139,7 @@ def test_memory_hog_is_killed_by_its_limit_and_reported_as_such(tmp_path: Path, 
     assert out.state is TaskState.TASK_FAILED, (isolator.name, obs.exit)
     assert out.reason == REASON_CONTAINER_LIMITATION_MEMORY
     assert "memory limit" in out.message and "64 MiB" in out.message
-    assert "survived" not in (handle.sandbox / "stdout").read_text()
+    assert "survived" not in (handle.task_dir / "stdout").read_text()
     for directory in handle.isolation.cgroups:
         assert not Path(directory).exists(), f"cgroup {directory} was not removed"
 
@@ -181,7 +181,7 @@ def test_task_process_runs_inside_its_cgroups(tmp_path: Path) -> None:
     info = TaskInfo(task_id="where", framework_id="fw", resources=Resources.of(cpus=1, mem=64),
                     command=CommandInfo(shell=True, value="cat /proc/self/cgroup /proc/self/limits"))
     handle, obs = _run(isolator, tmp_path, info)
-    text = (handle.sandbox / "stdout").read_text()
+    text = (handle.task_dir / "stdout").read_text()
     name = container_name("fw", "where")
     if handle.isolation.cgroups:
         assert name in text

@@ -15,7 +15,7 @@ import pytest
 
 from agent.core.tasks import terminal_status
 from agent.executor.isolation import RlimitIsolator
-from agent.executor.launcher import LaunchHandle, Observation, ProcessLauncher, kill_tasks_in
+from agent.executor.launcher import LaunchError, LaunchHandle, Observation, ProcessLauncher, kill_tasks_in
 from agent.executor.supervisor import read_json
 from control_plane.core.resources import Resources
 from control_plane.core.values import CommandInfo, TaskInfo, TaskState
@@ -70,8 +70,8 @@ def launcher(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Process
 def test_echo_output_lands_in_the_sandbox_stdout(launcher: ProcessLauncher) -> None:
     handle, obs = run_to_end(launcher, shell_task("echo hi; echo oops >&2"))
     assert handle.sandbox == launcher.work_dir / "fw" / "t1"
-    assert (handle.sandbox / "stdout").read_text() == "hi\n"
-    assert (handle.sandbox / "stderr").read_text() == "oops\n"
+    assert (handle.task_dir / "stdout").read_text() == "hi\n"
+    assert (handle.task_dir / "stderr").read_text() == "oops\n"
     assert obs.started and obs.exit is not None
     out = terminal_status(obs.exit, kill_requested=False)
     assert out.state is S.TASK_FINISHED and out.exit_code == 0
@@ -89,7 +89,7 @@ def test_exit_code_is_recorded_in_shell_and_argv_modes(launcher: ProcessLauncher
 def test_environment_and_working_directory(launcher: ProcessLauncher) -> None:
     info = shell_task('echo "$FOO $TESSERA_TASK_ID"; pwd', environment=(("FOO", "bar"),), working_dir="sub")
     handle, obs = run_to_end(launcher, info)
-    assert (handle.sandbox / "stdout").read_text().splitlines() == ["bar t1", str(handle.sandbox / "sub")]
+    assert (handle.task_dir / "stdout").read_text().splitlines() == ["bar t1", str(handle.task_dir / "sub")]
 
 
 def test_task_ids_are_made_safe_for_paths(launcher: ProcessLauncher) -> None:
@@ -112,7 +112,7 @@ def test_missing_program_in_argv_mode_fails_with_127_and_the_reason(launcher: Pr
     out = terminal_status(obs.exit, False)
     assert out.state is S.TASK_FAILED and out.exit_code == 127
     assert "/no/such/program" in out.message and "No such file" in out.message
-    assert "cannot execute" in (handle.sandbox / "stderr").read_text()
+    assert "cannot execute" in (handle.task_dir / "stderr").read_text()
 
 
 def test_kill_sends_sigterm_then_sigkill_after_the_grace_period(launcher: ProcessLauncher) -> None:
@@ -120,7 +120,7 @@ def test_kill_sends_sigterm_then_sigkill_after_the_grace_period(launcher: Proces
     script = ("trap 'echo got-term >> life.log' TERM; echo ready; "
               "while true; do echo tick >> life.log; sleep 0.05; done")
     handle = launcher.launch(shell_task(script))
-    wait(launcher, handle, lambda o: o.started and (handle.sandbox / "stdout").read_text() == "ready\n")
+    wait(launcher, handle, lambda o: o.started and (handle.task_dir / "stdout").read_text() == "ready\n")
     grace = 1.0
     killed_at = time.monotonic()
     launcher.kill(handle, grace)
@@ -128,7 +128,7 @@ def test_kill_sends_sigterm_then_sigkill_after_the_grace_period(launcher: Proces
     elapsed = time.monotonic() - killed_at
     launcher.release(handle)
     assert obs.exit is not None and obs.exit.signal == signal.SIGKILL and obs.exit.killed
-    life = (handle.sandbox / "life.log").read_text().splitlines()
+    life = (handle.task_dir / "life.log").read_text().splitlines()
     assert "got-term" in life, "SIGTERM was not sent first"
     assert "tick" in life[life.index("got-term") + 1:], "the task did not live on after SIGTERM"
     assert elapsed >= grace  # a lower bound: SIGKILL never comes before the grace period is over
@@ -157,7 +157,7 @@ def test_zero_grace_kills_at_once(launcher: ProcessLauncher) -> None:
 
 def test_processes_left_behind_die_with_the_task(launcher: ProcessLauncher) -> None:
     handle, obs = run_to_end(launcher, shell_task("sleep 60 & echo $! > bg.pid; exit 0"))
-    bg = int((handle.sandbox / "bg.pid").read_text())
+    bg = int((handle.task_dir / "bg.pid").read_text())
     deadline = time.monotonic() + 10
     while psutil.pid_exists(bg) and psutil.Process(bg).status() != psutil.STATUS_ZOMBIE:
         assert time.monotonic() < deadline, "the background process outlived its task"
@@ -234,9 +234,8 @@ def test_kill_tasks_in_ends_every_task_left_in_a_work_dir(launcher: ProcessLaunc
         assert obs.exit is not None and obs.exit.killed
 
 
-def test_unknown_user_fails_the_task_with_the_reason(launcher: ProcessLauncher) -> None:
-    handle, obs = run_to_end(launcher, shell_task("true", user="no-such-user-tessera"))
-    assert obs.exit is not None and obs.exit.exit_code == 126
-    out = terminal_status(obs.exit, False)
-    assert out.state is S.TASK_FAILED and "no-such-user-tessera" in out.message
-    assert "KeyError" in (handle.sandbox / "stderr").read_text()  # the real error, not just "preexec_fn"
+def test_unknown_user_fails_the_launch_with_the_reason(launcher: ProcessLauncher) -> None:
+    # Found when the sandbox is made for the user (before any process starts): TASK_FAILED from the agent.
+    with pytest.raises(LaunchError, match="no-such-user-tessera.*no such user"):
+        launcher.prepare(shell_task("true", user="no-such-user-tessera"))
+    assert not list(launcher.work_dir.glob("*/*/launch.json"))
