@@ -510,7 +510,10 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
             if module is None:
                 missing_demos.append(" or ".join(modules))
                 continue
-            frameworks.append(Child(short, "framework", [sys.executable, "-m", module, "--masters", addresses, *args],
+            # --secure: the generated framework grant runs tasks as `nobody` only
+            user = ["--user", "nobody"] if secure else []
+            frameworks.append(Child(short, "framework", [sys.executable, "-m", module, "--masters", addresses,
+                                                         *args, *user],
                                     data_dir / "frameworks" / f"{short}.log", "white"))
     everyone = [*masters, *agents, *frameworks]
     out.width = max(len(c.name) for c in everyone)

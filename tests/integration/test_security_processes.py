@@ -583,7 +583,7 @@ def test_up_secure_runs_a_cluster_that_commands_from_its_directory_reach_with_ce
         agents = subprocess.run([*TESSERA, "--json", "agents"], cwd=tmp_path, env=clean_env(),
                                 capture_output=True, text=True, timeout=60)
         assert agents.returncode == 0 and len(json.loads(agents.stdout)) == 1, agents.stderr
-        run = subprocess.run([*TESSERA, "run", "--", "echo up-secure"], cwd=tmp_path, env=clean_env(),
+        run = subprocess.run([*TESSERA, "run", "--user", "nobody", "--", "echo up-secure"], cwd=tmp_path, env=clean_env(),
                              capture_output=True, text=True, timeout=120)
         assert run.returncode == 0 and "up-secure" in run.stdout, run.stderr
         # a plaintext client never gets in, a wrong token over mTLS is UNAUTHENTICATED
