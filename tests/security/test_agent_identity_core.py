@@ -8,6 +8,7 @@ agents match only the empty identity, and agents registered with a name never ma
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import pytest
@@ -108,3 +109,16 @@ def test_a_snapshot_of_an_earlier_version_restores_agents_with_the_empty_identit
     old = reduced[0](*reduced[1])
     old.__setstate__((None, slots))
     assert old.identity == "" and old.registered_at == 1.0 and old.agent_id == "agent-1"
+
+
+def test_the_leaders_id_source_mints_agent_ids_from_fresh_random_bits() -> None:
+    from control_plane.runtime.master import new_id
+
+    ids = [new_id("agent") for _ in range(64)]
+    suffixes = [i.removeprefix("agent-") for i in ids]
+    assert len(set(ids)) == 64 and all(len(s) == 32 and int(s, 16) >= 0 for s in suffixes)
+    # nothing shared from one id to the next (a counter or a per-process prefix would be)
+    assert max(len(os.path.commonprefix([a, b])) for a, b in zip(suffixes, suffixes[1:], strict=False)) < 8
+    # other ids keep the cheap per-process prefix and counter
+    offers = [new_id("offer") for _ in range(2)]
+    assert offers[0][:-8] == offers[1][:-8]
