@@ -166,7 +166,7 @@ def _run_agent(config: AgentConfig, stop: threading.Event | None) -> int:
                 total=lambda: scalars(resolved.resources.flatten()), used=used,
                 tasks_by_state=lambda: Counter(t.state for t in list(agent.tasks)),
                 status_update_retries=lambda: agent.updates.retries, isolator=isolator.name,
-                agent_id=lambda: agent.agent_id or "", hostname=resolved.hostname,
+                hostname=resolved.hostname,
                 pending_status_updates=lambda: len(agent.updates), connected=lambda: agent.registered,
                 address=config.metrics_address)
             metrics.start()

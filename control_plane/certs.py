@@ -1,16 +1,24 @@
-"""`tessera certs init`: a local CA, certificates for every kind of peer, tokens and an ACL for a dev cluster.
+"""`tessera certs`: a local CA, certificates for every kind of peer, tokens, an ACL and a Raft password.
 
-Layout written under DIR (private keys 0600, the directory 0700):
+Layout written under DIR by `tessera certs init DIR` (private keys and secrets 0600, directories 0700):
 
     DIR/ca.pem, DIR/ca-key.pem          the CA (keep ca-key.pem away from the cluster)
     DIR/<kind>/ca.pem cert.pem key.pem  one TLS directory per kind: master, agent, framework, operator
-    DIR/acl.toml                        principals `operator` (every action) and `framework` (any role,
-                                        any user): SHA-256 digests of their tokens only
+                                        (DIR/agent is the certificate of one agent, named `default`)
+    DIR/acl.toml                        principals `operator` (every action) and `framework` (role
+                                        `default`, tasks as `nobody`, `read`): SHA-256 digests of tokens only
     DIR/tokens/<principal>.token        the tokens themselves, for TESSERA_TOKEN_FILE / --token-file
+    DIR/raft-password                   a long random Raft password (pysyncobj derives its key with a
+                                        fixed salt, so the password itself must be long and random)
+
+`tessera certs agent NAME --pki DIR` issues one more agent certificate (DIR/agents/NAME by default):
+every agent should have its own, since the master binds an agent id to the name in the certificate
+that registered it.
 
 A master's certificate names `master.tessera` (what clients verify), `localhost`, 127.0.0.1 and any
-`--host` given; each certificate names its kind as `urn:tessera:kind:<kind>` (see `control_plane.tls`).
-Keys are ECDSA P-256; certificates last `days` days.
+`--host` given; each certificate names its kind as `urn:tessera:kind:<kind>`, and an agent's also its
+own name as `urn:tessera:agent:<name>` (see `control_plane.tls`). Keys are ECDSA P-256; certificates
+last `days` days.
 """
 
 from __future__ import annotations
@@ -29,11 +37,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from control_plane.core.acl import PEER_KINDS, PeerKind, token_digest
-from control_plane.tls import KIND_URI_PREFIX, MASTER_NAME
+from control_plane.tls import AGENT_NAME, AGENT_URI_PREFIX, KIND_URI_PREFIX, MASTER_NAME
 
+DEFAULT_AGENT = "default"  # the name of the agent certificate in DIR/agent
+DEFAULT_FRAMEWORK_ROLE = "default"  # the SDK's default role (sdk.types.DEFAULT_ROLE)
+DEFAULT_TASK_USER = "nobody"
+RAFT_PASSWORD_FILE = "raft-password"
 DEV_PRINCIPALS = {
     "operator": 'roles = []\nusers = []\nactions = ["read", "read_all", "drain", "quorum", "weights", "quota", "teardown"]',
-    "framework": 'roles = ["*"]\nusers = ["*"]\nactions = ["read"]',
+    # never users = ["*"]: that would let the framework run tasks as root on every agent
+    "framework": f'roles = ["{DEFAULT_FRAMEWORK_ROLE}"]\nusers = ["{DEFAULT_TASK_USER}"]\nactions = ["read"]',
 }
 
 
@@ -74,15 +87,20 @@ def make_ca(days: int = 365, common_name: str = "tessera dev CA") -> Issued:
 
 
 def issue(ca: Issued, kind: PeerKind, name: str, *, hosts: Sequence[str] = (), days: int = 365) -> Issued:
-    """A certificate for one peer of `kind`, signed by `ca`. Masters also get server names."""
+    """A certificate for one peer of `kind`, signed by `ca`. Masters also get server names; agents their
+    own name (`urn:tessera:agent:<name>`), which must be unique in the cluster."""
     if kind not in PEER_KINDS:
         raise ValueError(f"kind: one of {', '.join(PEER_KINDS)}, got {kind!r}")
+    if kind == "agent" and not AGENT_NAME.fullmatch(name):
+        raise ValueError(f"agent name: 1-63 letters, digits, '.', '_' or '-' (not first), got {name!r}")
     ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
     ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     key = _key()
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(f"{KIND_URI_PREFIX}{kind}")]
     usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    if kind == "agent":
+        sans.append(x509.UniformResourceIdentifier(f"{AGENT_URI_PREFIX}{name}"))
     if kind == "master":
         usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
         names = [MASTER_NAME, "localhost", "127.0.0.1", *hosts]
@@ -129,7 +147,9 @@ def init_dev_pki(root: Path, *, master_hosts: Sequence[str] = (), days: int = 36
     _write(root / "ca.pem", ca.cert_pem, 0o644)
     _write(root / "ca-key.pem", ca.key_pem, 0o600)
     for kind in PEER_KINDS:
-        write_tls_dir(root / kind, ca.cert_pem, issue(ca, kind, f"dev-{kind}", hosts=master_hosts, days=days))
+        name = DEFAULT_AGENT if kind == "agent" else f"dev-{kind}"
+        write_tls_dir(root / kind, ca.cert_pem, issue(ca, kind, name, hosts=master_hosts, days=days))
+    _write(root / RAFT_PASSWORD_FILE, (secrets.token_urlsafe(48) + "\n").encode(), 0o600)
     tokens = {principal: secrets.token_urlsafe(32) for principal in DEV_PRINCIPALS}
     (root / "tokens").mkdir(exist_ok=True)
     os.chmod(root / "tokens", 0o700)
@@ -142,3 +162,25 @@ def init_dev_pki(root: Path, *, master_hosts: Sequence[str] = (), days: int = 36
         sections.append(f'[principals.{principal}]\ntoken_sha256 = "{token_digest(tokens[principal])}"\n{rules}\n')
     _write(root / "acl.toml", "\n".join(sections).encode(), 0o644)
     return tokens
+
+
+def load_ca(root: Path) -> Issued:
+    """The CA `init_dev_pki` wrote under `root` (its certificate and key)."""
+    try:
+        return Issued((root / "ca.pem").read_bytes(), (root / "ca-key.pem").read_bytes())
+    except OSError as exc:
+        raise FileNotFoundError(f"{exc.filename}: cannot read the CA ({exc.strerror or exc}); "
+                                "run `tessera certs init` first") from exc
+
+
+def issue_agent(root: Path, name: str, out: Path | None = None, *, days: int = 365) -> Path:
+    """A TLS directory for agent `name` (default `root/agents/name`), signed by the CA under `root`.
+    Refuses to overwrite an existing certificate there."""
+    directory = out if out is not None else root / "agents" / name
+    if (directory / "cert.pem").exists():
+        raise FileExistsError(f"{directory / 'cert.pem'} exists; pick another --out or remove it")
+    ca = load_ca(root)
+    issued = issue(ca, "agent", name, days=days)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    write_tls_dir(directory, ca.cert_pem, issued)
+    return directory

@@ -10,7 +10,11 @@ Certificates say what they are:
   whose certificate lacks that name: an agent's or a framework's certificate cannot pass for a master's.
 - every certificate carries the URI `urn:tessera:kind:<kind>` (master, agent, framework, operator),
   which the master reads from the peer's verified certificate to decide which services it may call
-  (`control_plane.core.acl.KINDS_BY_METHOD`).
+  (`control_plane.core.acl.KINDS_BY_METHOD`);
+- an agent's also carries its own name as `urn:tessera:agent:<name>` (`tessera certs agent NAME`). The
+  master records it when the agent registers and accepts that agent's re-registrations and status
+  updates only from a certificate with the same name, so one agent's certificate cannot speak for
+  another agent (`peer_agent_identity`).
 
 `ClientSecurity` is what a client needs to reach masters (channel credentials + token); the CLI, the
 agent, the SDK's `tessera run` and masters among themselves build it from `--tls-dir` and `--token`
@@ -20,6 +24,7 @@ agent, the SDK's `tessera run` and masters among themselves build it from `--tls
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +36,8 @@ from control_plane.core.acl import PEER_KINDS, PeerKind
 
 MASTER_NAME = "master.tessera"
 KIND_URI_PREFIX = "urn:tessera:kind:"
+AGENT_URI_PREFIX = "urn:tessera:agent:"
+AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # what `tessera certs agent NAME` accepts
 TLS_FILES = ("ca.pem", "cert.pem", "key.pem")
 TOKEN_METADATA_KEY = "authorization"
 
@@ -76,6 +83,26 @@ def peer_kind(context: grpc.ServicerContext) -> PeerKind | None:
         return None
     (kind,) = named
     return next((known for known in PEER_KINDS if known == kind), None)
+
+
+def peer_agent_identity(context: grpc.ServicerContext) -> str | None:
+    """The agent name in the verified client certificate (`urn:tessera:agent:<name>`).
+
+    "" on a plaintext connection (the insecure development mode: there is no certificate, every agent is
+    the empty identity); None over TLS when the certificate names no agent, more than one, or a name
+    `tessera certs` would not issue."""
+    auth = context.auth_context()
+    if b"ssl" not in auth.get("transport_security_type", ()):
+        return ""
+    named = set()
+    for san in auth.get("x509_subject_alternative_name", ()):
+        text = san.decode() if isinstance(san, bytes) else str(san)
+        if text.startswith(AGENT_URI_PREFIX):
+            named.add(text[len(AGENT_URI_PREFIX):])
+    if len(named) != 1:
+        return None
+    (name,) = named
+    return name if AGENT_NAME.fullmatch(name) else None
 
 
 def bearer_token(context: grpc.ServicerContext) -> str | None:

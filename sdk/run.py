@@ -66,6 +66,7 @@ class RunOptions:
     env: tuple[tuple[str, str], ...] = ()
     offer_timeout: float = 60.0
     connect_timeout: float = 15.0
+    user: str = ""  # the Unix user the task runs as ("" = the agent's own user); the ACL must allow it
 
 
 def _positive(flag: str, text: str) -> float:
@@ -79,7 +80,7 @@ def _positive(flag: str, text: str) -> float:
 
 
 def parse_options(*, command: Sequence[str], masters: str, cpus: str, mem: str, name: str, role: str,
-                  env: Sequence[str], offer_timeout: str, connect_timeout: str) -> RunOptions:
+                  env: Sequence[str], offer_timeout: str, connect_timeout: str, user: str = "") -> RunOptions:
     """Validate the flags of `tessera run`; raises BadInput naming the first bad one."""
     if not command or not any(part.strip() for part in command):
         raise BadInput("nothing to run: give a command after --, e.g. tessera run -- echo hello")
@@ -102,7 +103,7 @@ def parse_options(*, command: Sequence[str], masters: str, cpus: str, mem: str, 
     return RunOptions(
         command=tuple(command), masters=addresses, cpus=_positive("--cpus", cpus), mem=_positive("--mem", mem),
         name=name, role=role, env=tuple(pairs), offer_timeout=_positive("--offer-timeout", offer_timeout),
-        connect_timeout=_positive("--connect-timeout", connect_timeout),
+        connect_timeout=_positive("--connect-timeout", connect_timeout), user=user.strip(),
     )
 
 
@@ -240,7 +241,7 @@ def run_task(options: RunOptions, *, transport: Transport | None = None, out: Te
     command: str | tuple[str, ...] = options.command[0] if len(options.command) == 1 else options.command
     task = TaskInfo(task_id=f"{options.name}-{uuid.uuid4().hex[:12]}", name=options.name,
                     resources=Resources.of(cpus=options.cpus, mem=options.mem), command=command,
-                    env=dict(options.env))
+                    env=dict(options.env), user=options.user)
     scheduler = OneShot(task, say)
     framework = FrameworkInfo(name=options.name, roles=(options.role,), failover_timeout=60.0)
     if transport is None and security is not None:
@@ -332,12 +333,14 @@ def _root_masters() -> str | None:
 @click.option("--name", default="tessera-run", show_default=True, help="framework and task name")
 @click.option("--role", default=DEFAULT_ROLE, show_default=True, help="role to subscribe with")
 @click.option("--env", multiple=True, metavar="KEY=VALUE", help="environment variable of the task (repeat)")
+@click.option("--user", default="", metavar="USER",
+              help="Unix user the task runs as (default: the agent's own); the ACL must grant it, e.g. nobody")
 @click.option("--offer-timeout", default="60", metavar="N", show_default=True,
               help="seconds to wait for a fitting offer")
 @click.option("--connect-timeout", default="15", metavar="N", show_default=True,
               help="seconds to wait for a master to answer")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def run_command(masters: str | None, cpus: str, mem: str, name: str, role: str, env: tuple[str, ...],
+def run_command(masters: str | None, cpus: str, mem: str, name: str, role: str, env: tuple[str, ...], user: str,
                 offer_timeout: str, connect_timeout: str, command: tuple[str, ...]) -> None:
     """Run one command as a task and exit with its exit code (like mesos-execute).
 
@@ -345,7 +348,7 @@ def run_command(masters: str | None, cpus: str, mem: str, name: str, role: str, 
     chosen = masters or _root_masters() or os.environ.get("TESSERA_MASTERS") or DEFAULT_MASTERS
     try:
         options = parse_options(command=command, masters=chosen, cpus=cpus, mem=mem, name=name, role=role,
-                                env=env, offer_timeout=offer_timeout, connect_timeout=connect_timeout)
+                                env=env, offer_timeout=offer_timeout, connect_timeout=connect_timeout, user=user)
     except BadInput as exc:
         click.echo(f"tessera run: {exc}", err=True)
         sys.exit(2)

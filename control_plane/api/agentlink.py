@@ -1,7 +1,10 @@
 """The AgentLink gRPC service: one bidirectional stream per agent (see docs/protocol.md).
 
 Thin: the first message must be `Register`; it becomes a `RegisterAgent`/`ReregisterAgent` command that is
-committed before `Registered` is sent. Afterwards a reader thread turns heartbeats into soft state
+committed before `Registered` is sent. Each carries the agent's identity, the name in its verified
+certificate (`control_plane.tls.peer_agent_identity`; "" without TLS): the core records it at the first
+registration and refuses (PERMISSION_DENIED) a re-registration or a status update from any other
+identity, so one agent's certificate cannot take over another agent's id, its tasks or its session. Afterwards a reader thread turns heartbeats into soft state
 (`LeaderDuties`), status updates into `UpdateStatus` commands (acknowledged only after commit), and usage
 samples into soft state; the stream itself yields whatever the leader's reactor queued for this agent.
 Every message carries the leader's term so a deposed leader's commands are ignored by the agent.
@@ -32,10 +35,19 @@ from control_plane.api.errors import grpc_errors
 from control_plane.codec import from_proto
 from control_plane.core import commands as cmd
 from control_plane.core import events as ev
-from control_plane.core.errors import Conflict, InvalidRequest, NotFound, NotLeader, TesseraError
+from control_plane.core.decide import check_agent_identity
+from control_plane.core.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    NotLeader,
+    PermissionDenied,
+    TesseraError,
+)
 from control_plane.core.lifecycle import is_terminal
 from control_plane.core.values import AgentInfo, AgentState, TaskStatus
 from control_plane.runtime.leader import CLOSE, AgentSession, LeaderDuties
+from control_plane.tls import peer_agent_identity
 from control_plane.tracing import request_traceparent
 from tessera.v1 import agent_pb2, agent_pb2_grpc
 
@@ -43,7 +55,7 @@ log = logging.getLogger(__name__)
 
 FIRST_MESSAGE_TIMEOUT = 10.0
 BATCHED_MESSAGES = "BATCHED_MESSAGES"  # Register.capabilities: the agent understands run_tasks and acks
-_FINAL_REFUSALS = (InvalidRequest, NotFound, Conflict)  # acknowledged, so the agent stops re-sending
+_FINAL_REFUSALS = (InvalidRequest, NotFound, Conflict, PermissionDenied)  # acknowledged: the agent stops re-sending
 
 
 class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
@@ -62,9 +74,13 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("kind") != "register":
             raise InvalidRequest("the first message on an agent stream must be Register")
-        agent_id, orphans = self._register(first.register, context)
+        identity = peer_agent_identity(context)
+        if identity is None:
+            raise PermissionDenied("the agent certificate names no agent (urn:tessera:agent:<name>); "
+                                   "issue one per agent with `tessera certs agent NAME`")
+        agent_id, orphans = self._register(first.register, identity, context)
         session = self.duties.attach_agent(agent_id, batched=BATCHED_MESSAGES in first.register.capabilities,
-                                           peer=context.peer() or "")
+                                           identity=identity)
         reader = threading.Thread(target=self._read, args=(session, request_iterator), daemon=True,
                                   name=f"agent-reader-{agent_id[:16]}")
         reader.start()
@@ -91,7 +107,7 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         finally:
             self.duties.detach_agent(session)
 
-    def _register(self, reg: agent_pb2.Register, context: grpc.ServicerContext
+    def _register(self, reg: agent_pb2.Register, identity: str, context: grpc.ServicerContext
                   ) -> tuple[str, list[tuple[str, str]]]:
         """Commit the (re)registration; returns the agent id and the tasks it must kill."""
         info = from_proto(reg.info, AgentInfo)
@@ -101,24 +117,34 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
             if known is None or known.state is AgentState.AGENT_REMOVED:
                 # docs/protocol.md: the agent must then kill its old tasks and register anew
                 raise NotFound(f"agent {reg.agent_id} is {'removed' if known else 'not known'}; register anew")
+            # decide checks it too; checked here as well because a retried request id is answered from
+            # the recorded result without deciding again
+            check_agent_identity(known, identity, "reregistration")
             tasks = tuple(from_proto(t, TaskStatus) for t in reg.tasks)
             # an offer issued or a task launched on the agent while this was in flight rejects the entry
-            self.master.propose_redeciding([cmd.ReregisterAgent(agent_id=reg.agent_id, info=info, tasks=tasks)],
+            self.master.propose_redeciding([cmd.ReregisterAgent(agent_id=reg.agent_id, info=info, tasks=tasks,
+                                                                identity=identity)],
                                            request_id=reg.request_id, traceparent=traceparent)
             log.info("agent %s reregistered with %d tasks", reg.agent_id, len(tasks))
             return reg.agent_id, self._orphaned(reg.agent_id, tasks)
-        result = self.master.propose([cmd.RegisterAgent(info=info)], request_id=reg.request_id,
+        result = self.master.propose([cmd.RegisterAgent(info=info, identity=identity)], request_id=reg.request_id,
                                      traceparent=traceparent)
         for _, event in result.events:
             if isinstance(event, ev.AgentRegistered):
-                log.info("agent %s registered (%s)", event.agent_id, event.info.hostname)
+                log.info("agent %s registered (%s, identity %r)", event.agent_id, event.info.hostname, identity)
                 return event.agent_id, []
         if result.outcome == "duplicate":
-            # a retried registration: the event its first attempt recorded names the agent
+            # a retried registration: the event its first attempt recorded names the agent (answered to
+            # the certificate that registered it only)
             self.master.events.flush(timeout=2.0)
             record = self.master.events.get(result.first_seq)
             if record is not None and record.type == "AgentRegistered":
-                return record.agent_id, []
+                aid = record.agent_id
+                known = self.master.read_state(lambda s: s.agents.get(aid))
+                if known is None:
+                    raise NotFound(f"agent {aid} is not known; register anew")
+                check_agent_identity(known, identity, "registration")
+                return aid, []
         raise InvalidRequest("registration produced no agent id")
 
     def _orphaned(self, agent_id: str, reported: tuple[TaskStatus, ...]) -> list[tuple[str, str]]:
@@ -192,7 +218,7 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
             self._ack(session, update.status.task_id, uuid)
             return
         try:
-            fut = self.master.propose_async([cmd.UpdateStatus(status=status)],
+            fut = self.master.propose_async([cmd.UpdateStatus(status=status, identity=session.identity)],
                                             request_id=f"status-{uuid}", traceparent=update.traceparent)
         except NotLeader:
             self._release(uuid)
@@ -218,7 +244,8 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         except Exception as exc:  # noqa: BLE001 - not acknowledged: the agent re-sends
             log.info("status update %s not committed (%s); the agent will retry", uuid, exc)
             return
-        if getattr(result, "error_code", "") and result.error_code not in ("InvalidRequest", "NotFound", "Conflict"):
+        if getattr(result, "error_code", "") and result.error_code not in (
+                "InvalidRequest", "NotFound", "Conflict", "PermissionDenied"):
             return
         for s in waiting or [session]:
             self._ack(s, update.status.task_id, uuid)
@@ -240,7 +267,7 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
                 acks.append((update.status.task_id, uuid))
                 continue
             proposed.append(update)
-            commands.append(cmd.UpdateStatus(status=status))
+            commands.append(cmd.UpdateStatus(status=status, identity=session.identity))
         if commands:
             traceparent = next((u.traceparent for u in proposed if u.traceparent), "")
             try:

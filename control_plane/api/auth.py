@@ -17,6 +17,7 @@ Without TLS and without an ACL (`--insecure-dev`), `Guard.open()` allows everyth
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -25,9 +26,11 @@ from typing import Any
 import grpc
 
 from control_plane.api.errors import abort_with
-from control_plane.core.acl import Acl, Caller, authenticate, parse_acl
+from control_plane.core.acl import ANY, Acl, Caller, authenticate, parse_acl
 from control_plane.core.errors import InvalidRequest, TesseraError, Unauthenticated
 from control_plane.tls import bearer_token, peer_kind
+
+log = logging.getLogger(__name__)
 
 
 class AclFileError(Exception):
@@ -43,9 +46,15 @@ def load_acl(path: Path | str) -> Acl:
     except tomllib.TOMLDecodeError as exc:
         raise AclFileError(f"--acl: {path} is not valid TOML ({exc})") from exc
     try:
-        return parse_acl(doc)
+        acl = parse_acl(doc)
     except InvalidRequest as exc:
         raise AclFileError(f"--acl: {path}: {exc.message}") from exc
+    # an explicit opt-in, said out loud at every load and reload: such a principal's tasks may run as root
+    for grant in acl.grants:
+        if ANY in grant.users:
+            log.warning("ACL %s: principal %r may run tasks as any user, root included (users = [\"*\"])",
+                        path, grant.principal)
+    return acl
 
 
 class Guard:

@@ -57,6 +57,7 @@ from control_plane.replication.errors import (
     UnknownOutcomeError,
 )
 from control_plane.runtime.master import Master
+from control_plane.tls import peer_agent_identity
 from control_plane.tracing import SpanReporters, request_traceparent
 from tessera.v1 import common_pb2, operator_pb2, operator_pb2_grpc
 
@@ -321,13 +322,15 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         return operator_pb2.ReportSpansResponse()
 
     def _caller_agents(self, context: grpc.ServicerContext, caller: Caller) -> frozenset[str]:
-        """The agents an agent certificate's call comes from: those with a live session from the same
-        host. (An agent certificate names only its kind; a certificate per agent narrows this to one.)"""
+        """The agents an agent certificate's call speaks for: those with a live session opened under the
+        same agent name (`urn:tessera:agent:<name>` in the verified certificate)."""
         if caller.kind != "agent" or self.duties is None:
             return frozenset()
-        host = peer_host(context.peer() or "")
+        identity = peer_agent_identity(context)
+        if not identity:
+            return frozenset()
         return frozenset(agent_id for agent_id, session in list(self.duties.agents.items())
-                         if not session.closed and session.peer and peer_host(session.peer) == host)
+                         if not session.closed and session.identity == identity)
 
     @staticmethod
     def _reporter(context: grpc.ServicerContext, caller: Caller) -> str:

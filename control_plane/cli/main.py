@@ -210,8 +210,9 @@ def certs() -> None:
               help="Another name or address the masters' certificate is valid for (repeat).")
 @click.option("--days", default=365, show_default=True, type=click.IntRange(min=1), help="Validity of every certificate.")
 def certs_init(directory: Path, hosts: tuple[str, ...], days: int) -> None:
-    """Create a local CA, a TLS directory per kind of peer, dev tokens and an ACL under DIRECTORY."""
-    from control_plane.certs import init_dev_pki
+    """Create a local CA, a TLS directory per kind of peer, dev tokens, an ACL and a Raft password under
+    DIRECTORY."""
+    from control_plane.certs import RAFT_PASSWORD_FILE, init_dev_pki
 
     try:
         tokens = init_dev_pki(directory, master_hosts=hosts, days=days)
@@ -220,10 +221,34 @@ def certs_init(directory: Path, hosts: tuple[str, ...], days: int) -> None:
     d = directory
     click.echo(f"CA {d / 'ca.pem'} (its key {d / 'ca-key.pem'}: keep it off the cluster's machines)")
     click.echo(f"TLS directories: {', '.join(str(d / k) for k in ('master', 'agent', 'framework', 'operator'))}")
-    click.echo(f"ACL {d / 'acl.toml'}; tokens of {', '.join(sorted(tokens))} in {d / 'tokens'}")
-    click.echo(f"  tessera master ... --tls-dir {d / 'master'} --acl {d / 'acl.toml'}  (and TESSERA_RAFT_PASSWORD)")
-    click.echo(f"  tessera agent ... --tls-dir {d / 'agent'}")
+    click.echo(f"ACL {d / 'acl.toml'}; tokens of {', '.join(sorted(tokens))} in {d / 'tokens'} "
+               "(framework: role 'default', tasks as 'nobody')")
+    click.echo(f"Raft password {d / RAFT_PASSWORD_FILE} (long and random; the same file on every master)")
+    click.echo(f"  TESSERA_RAFT_PASSWORD_FILE={d / RAFT_PASSWORD_FILE} tessera master ... "
+               f"--tls-dir {d / 'master'} --acl {d / 'acl.toml'}")
+    click.echo(f"  tessera agent ... --tls-dir {d / 'agent'}   (one agent; give each agent its own: "
+               f"tessera certs agent NAME --pki {d})")
     click.echo(f"  tessera --tls-dir {d / 'operator'} --token-file {d / 'tokens' / 'operator.token'} status")
+
+
+@certs.command("agent")
+@click.argument("name")
+@click.option("--pki", "pki", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="The directory `tessera certs init` wrote (its ca.pem and ca-key.pem sign the certificate).")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="The agent's TLS directory to write  [default: PKI/agents/NAME]")
+@click.option("--days", default=365, show_default=True, type=click.IntRange(min=1), help="Validity of the certificate.")
+def certs_agent(name: str, pki: Path, out: Path | None, days: int) -> None:
+    """Issue agent NAME its own certificate (urn:tessera:agent:NAME): the master binds the agent's id to
+    it, so no other agent's certificate can re-register as that agent."""
+    from control_plane.certs import issue_agent
+
+    try:
+        directory = issue_agent(pki, name, out, days=days)
+    except (FileExistsError, FileNotFoundError, OSError, ValueError) as exc:
+        fail(str(exc), 2)
+    click.echo(f"agent {name}: {directory}")
+    click.echo(f"  tessera agent ... --tls-dir {directory}")
 
 
 @certs.command("token")

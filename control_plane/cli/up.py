@@ -9,8 +9,8 @@ next, then streams every child's output prefixed with its coloured name until Ct
 It is a development tool and says so loudly: gRPC is plaintext on loopback (the masters run with
 `--insecure-dev`), and the Raft port is encrypted with a password generated into `D/raft-password`
 (readable by whoever can read D). `--secure` runs the production checks instead: `tessera certs init
-D/pki` (once), masters with mTLS and the ACL, agents and demo frameworks with their certificates and
-tokens; `cluster.json` then names the operator's TLS directory and token file, which other commands run
+D/pki` (once), masters with mTLS and the ACL, each agent with a certificate of its own
+(`D/pki/agents/aN`, `tessera certs agent`), demo frameworks with their certificate and token; `cluster.json` then names the operator's TLS directory and token file, which other commands run
 from the same directory use when no `--tls-dir` / token is given.
 
 State file: `D/cluster.json` holds the members (names, Raft and gRPC addresses, PIDs) and whether the
@@ -299,20 +299,25 @@ def plan_members(data_dir: Path, n: int) -> list[Member]:
     return [Member(f"m{i}", f"127.0.0.1:{ports[2 * i - 2]}", f"127.0.0.1:{ports[2 * i - 1]}") for i in range(1, n + 1)]
 
 
-def _secure_setup(pki: Path, env: dict[str, str]) -> tuple[ClientSecurity, list[str], list[str]]:
-    """`--secure`: the dev PKI (created once), the flags of masters and agents, and the frameworks' env."""
-    from control_plane.certs import init_dev_pki
+def _secure_setup(pki: Path, env: dict[str, str], agent_names: list[str]
+                  ) -> tuple[ClientSecurity, list[str], dict[str, list[str]]]:
+    """`--secure`: the dev PKI (created once), the flags of masters and of each agent (a certificate of
+    its own, `pki/agents/<name>`, so the master binds its id to it), and the frameworks' env."""
+    from control_plane.certs import init_dev_pki, issue_agent
     from control_plane.tls import TlsConfigError, read_token_file
 
     if not (pki / "ca.pem").exists():
         init_dev_pki(pki)
+    for name in agent_names:
+        if not (pki / "agents" / name / "cert.pem").exists():
+            issue_agent(pki, name)
     env.update(TESSERA_TLS_DIR=str(pki / "framework"), TESSERA_TOKEN_FILE=str(pki / "tokens" / "framework.token"))
     try:
         security = ClientSecurity.from_options(pki / "operator", read_token_file(pki / "tokens" / "operator.token"))
     except TlsConfigError as exc:
         fail(f"--secure: {exc}", 2)
     return (security, ["--tls-dir", str(pki / "master"), "--acl", str(pki / "acl.toml")],
-            ["--tls-dir", str(pki / "agent")])
+            {name: ["--tls-dir", str(pki / "agents" / name)] for name in agent_names})
 
 
 def raft_password(data_dir: Path) -> str:
@@ -477,10 +482,11 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
     env.update(PYTHONUNBUFFERED="1", TESSERA_RAFT_PASSWORD=password, TESSERA_MASTERS=addresses)
     tessera = [sys.executable, "-m", "control_plane.cli.main"]
     pki = data_dir / "pki"
+    agent_names = [f"a{i}" for i in range(1, n_agents + 1)] if with_agents else []
     if secure:
-        security, master_flags, agent_flags = _secure_setup(pki, env)
+        security, master_flags, agent_flags = _secure_setup(pki, env, agent_names)
     else:
-        security, master_flags, agent_flags = ClientSecurity.insecure(), ["--insecure-dev"], []
+        security, master_flags, agent_flags = ClientSecurity.insecure(), ["--insecure-dev"], {}
 
     metrics = {name: f"127.0.0.1:{free_port()}" for name in [m.name for m in members]
                + [f"a{i}" for i in range(1, n_agents + 1)]}
@@ -493,7 +499,8 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
     agents = [Child(f"a{i}", "agent", [*tessera, "agent", "--masters", addresses,
                                        "--data-dir", str(data_dir / f"a{i}"), "--hostname", hostnames[i - 1],
                                        "--resources", agent_resources(i, n_agents),
-                                       "--attributes", f"node:a{i}", "--metrics", metrics[f"a{i}"], *agent_flags],
+                                       "--attributes", f"node:a{i}", "--metrics", metrics[f"a{i}"],
+                                       *agent_flags.get(f"a{i}", [])],
                     data_dir / f"a{i}" / "agent.log", COLOURS[(len(members) + i - 1) % len(COLOURS)])
               for i in range(1, n_agents + 1)] if with_agents else []
     frameworks: list[Child] = []
@@ -504,7 +511,10 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
             if module is None:
                 missing_demos.append(" or ".join(modules))
                 continue
-            frameworks.append(Child(short, "framework", [sys.executable, "-m", module, "--masters", addresses, *args],
+            # --secure: the generated framework grant runs tasks as `nobody` only
+            user = ["--user", "nobody"] if secure else []
+            frameworks.append(Child(short, "framework", [sys.executable, "-m", module, "--masters", addresses,
+                                                         *args, *user],
                                     data_dir / "frameworks" / f"{short}.log", "white"))
     everyone = [*masters, *agents, *frameworks]
     out.width = max(len(c.name) for c in everyone)

@@ -423,8 +423,9 @@ def _agent_registered(state: ClusterState, e: AgentRegistered, tx: _Tx) -> bool:
         raise InvalidRequest(f"info.agent_id {info.agent_id!r} is not the event's agent_id {aid}")
     if aid in state.agents:
         raise Conflict(f"agent {aid} is already registered")
+    identity = check_text(e.identity, "identity", MAX_ID_LENGTH)
     tx.put(state.agents, aid, AgentRecord(
-        info=info, state=AgentState.AGENT_ACTIVE, registered_at=tx.time, total=info.resources,
+        info=info, state=AgentState.AGENT_ACTIVE, registered_at=tx.time, total=info.resources, identity=identity,
     ))
     return True
 

@@ -63,18 +63,22 @@ class SetQuota:
 # ---- agents ------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class RegisterAgent:
-    """A new agent (no id yet): decide mints its id."""
+    """A new agent (no id yet): decide mints its id. `identity` is the name the edge read from the agent's
+    verified certificate ("" without TLS); the agent is bound to it for good."""
 
     info: AgentInfo
+    identity: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class ReregisterAgent:
-    """A known agent reconnects, reporting the latest status of every task it still has."""
+    """A known agent reconnects, reporting the latest status of every task it still has. `identity` (from
+    the caller's verified certificate) must be the one the agent registered with."""
 
     agent_id: str
     info: AgentInfo
     tasks: tuple[TaskStatus, ...] = ()
+    identity: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,9 +213,11 @@ class Kill:
 
 @dataclass(frozen=True, slots=True)
 class UpdateStatus:
-    """A status update from an agent; `status.uuid` identifies it for de-duplication and acks."""
+    """A status update from an agent; `status.uuid` identifies it for de-duplication and acks. `identity`
+    (from the sender's verified certificate) must be the one the task's agent registered with."""
 
     status: TaskStatus
+    identity: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,7 @@ from typing import Any
 
 from control_plane.core import commands as c
 from control_plane.core.context import Context
-from control_plane.core.errors import Conflict, InvalidRequest, NotFound
+from control_plane.core.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from control_plane.core.events import (
     AgentDrainStarted,
     AgentRegistered,
@@ -258,8 +258,18 @@ def _register_agent(state: ClusterState, cmd: c.RegisterAgent, ctx: Context) -> 
     info = check_agent_info(cmd.info)
     if info.agent_id:
         raise InvalidRequest("info.agent_id: a new agent has no id yet; an agent with an id reregisters")
+    identity = check_text(cmd.identity, "identity", MAX_ID_LENGTH)
     agent_id = _new_id(ctx, "agent", state.agents)
-    return (AgentRegistered(agent_id, replace(info, agent_id=agent_id)),)
+    return (AgentRegistered(agent_id, replace(info, agent_id=agent_id), identity),)
+
+
+def check_agent_identity(agent: AgentRecord, identity: object, doing: str) -> None:
+    """Only the certificate an agent registered with may speak for it (an empty identity: registered
+    without TLS, in development mode, and then only an empty identity matches). Raises PermissionDenied.
+    Also used by the agent link for what is answered without deciding (a retried registration)."""
+    if check_text(identity, "identity", MAX_ID_LENGTH) != agent.identity:
+        raise PermissionDenied(f"{doing} for agent {agent.agent_id}: it registered with another certificate "
+                               "identity (urn:tessera:agent:<name>)")
 
 
 def _reregister_agent(state: ClusterState, cmd: c.ReregisterAgent, ctx: Context) -> tuple[Event, ...]:
@@ -268,6 +278,7 @@ def _reregister_agent(state: ClusterState, cmd: c.ReregisterAgent, ctx: Context)
     holds terminal are left alone: the shell kills them on the agent."""
     agent = _agent(state, cmd.agent_id)
     aid = agent.agent_id
+    check_agent_identity(agent, cmd.identity, "reregistration")
     if agent.state is AgentState.AGENT_REMOVED:
         raise Conflict(f"agent {aid} was removed ({agent.removed_reason or 'no reason'}); register anew")
     info = check_agent_info(cmd.info)
@@ -661,6 +672,9 @@ def _update_status(state: ClusterState, cmd: c.UpdateStatus, ctx: Context) -> tu
         if done is None:
             raise NotFound(f"task {tid} is not known")
         task = done
+    owner = state.agents.get(task.agent_id)
+    if owner is not None:
+        check_agent_identity(owner, cmd.identity, f"a status update of task {tid}")
     if status.agent_id and status.agent_id != task.agent_id:
         raise Conflict(f"task {tid} runs on agent {task.agent_id}, not {status.agent_id}")
     if status.framework_id and status.framework_id != task.framework_id:

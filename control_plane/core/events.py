@@ -46,6 +46,7 @@ class MasterRemoved:
 class AgentRegistered:
     agent_id: str
     info: AgentInfo
+    identity: str = ""  # the name in the agent's verified certificate; "" without TLS (dev mode)
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,6 +140,15 @@ class AgentRecord:
     reregistered_at: float = 0.0
     unreachable_at: float = 0.0
     removed_reason: str = ""
+    identity: str = ""  # the certificate name it registered with ("" without TLS); never changes
+
+    def __setstate__(self, state: object) -> None:
+        # a Raft snapshot of an earlier version has no `identity`: its agents registered without one
+        self.identity = ""
+        slots = state[1] if isinstance(state, tuple) else state
+        if isinstance(slots, dict):
+            for name, value in slots.items():
+                setattr(self, name, value)
 
     @property
     def agent_id(self) -> str:

@@ -78,7 +78,7 @@ class AgentSession:
     last_seen: float = field(default_factory=time.monotonic)
     closed: bool = False
     batched: bool = False  # the agent understands run_tasks and acks (BATCHED_MESSAGES)
-    peer: str = ""  # the stream's gRPC peer ("ipv4:HOST:PORT"): which host the agent calls from
+    identity: str = ""  # the name in the agent's verified certificate ("" without TLS)
 
     def send(self, msg: Any) -> None:
         if not self.closed:
@@ -156,8 +156,8 @@ class LeaderDuties:
             t.join(timeout=5)
 
     # ---- sessions --------------------------------------------------------------------------------
-    def attach_agent(self, agent_id: str, *, batched: bool = False, peer: str = "") -> AgentSession:
-        session = AgentSession(agent_id, batched=batched, peer=peer)
+    def attach_agent(self, agent_id: str, *, batched: bool = False, identity: str = "") -> AgentSession:
+        session = AgentSession(agent_id, batched=batched, identity=identity)
         with self._lock:
             old = self.agents.get(agent_id)
             self.agents[agent_id] = session

@@ -181,8 +181,10 @@ MASTER_METRICS: tuple[MetricSpec, ...] = (
 
 AGENT_METRICS: tuple[MetricSpec, ...] = (
     *_COMMON,
-    MetricSpec("tessera_agent_info", "gauge", "Always 1; the agent's id, hostname and active isolator in labels.",
-               ("agent_id", "hostname", "isolator")),
+    # no agent id anywhere in the agent's metrics: the endpoint is unauthenticated, and an agent id is what
+    # an agent presents to take its place back after a reconnect
+    MetricSpec("tessera_agent_info", "gauge", "Always 1; the agent's hostname and active isolator in labels.",
+               ("hostname", "isolator")),
     *_resource_specs("tessera_agent_resources", "Resources of this agent", ("type",),
                      "total (reported to the master) or used (by its non-terminal tasks)"),
     MetricSpec("tessera_agent_tasks", "gauge", "Tasks this agent knows, by state.", ("state",)),
@@ -682,7 +684,7 @@ class _AgentCollector(_Collector):
     def _info(self) -> list[Metric]:
         o = self.owner
         info = _family("tessera_agent_info")
-        info.add_metric([o.agent_id() or "", o.hostname, o.isolator], 1)
+        info.add_metric([o.hostname, o.isolator], 1)
         out: list[Metric] = [info]
         if o.connected is not None:
             out.append(_single("tessera_agent_connected", 1 if o.connected() else 0))
@@ -730,15 +732,15 @@ class AgentMetrics:
       are exported as 0.
     - `status_update_retries()`: a count that only grows (re-sends of unacknowledged updates since start).
     - `isolator`: the active isolator's name (`cgroups_v2`, `cgroups_v1`, `rlimits`), an info label.
-    - optional: `agent_id()` (empty until registered), `hostname`, `pending_status_updates()`,
-      `connected()`; families of callables not given are left out.
+    - optional: `hostname`, `pending_status_updates()`, `connected()`; families of callables not given are
+      left out. The agent's id is deliberately not exported (the endpoint has no authentication).
 
     Wiring in the agent process (the `--metrics HOST:PORT` flag of `tessera agent`)::
 
         metrics = AgentMetrics(
             total=lambda: scalars(agent.total_resources), used=lambda: scalars(agent.used_resources()),
             tasks_by_state=agent.task_counts, status_update_retries=lambda: agent.updates.retries,
-            isolator=isolator.name, agent_id=lambda: agent.agent_id, hostname=config.hostname,
+            isolator=isolator.name, hostname=config.hostname,
             address=config.metrics_address)
         metrics.start()   # raises OSError / ValueError: report it as a startup error (exit 2)
         ...
@@ -747,7 +749,7 @@ class AgentMetrics:
 
     def __init__(self, *, total: Callable[[], Mapping[str, float]], used: Callable[[], Mapping[str, float]],
                  tasks_by_state: Callable[[], Mapping[Any, int]], status_update_retries: Callable[[], int],
-                 isolator: str, agent_id: Callable[[], str] | None = None, hostname: str = "",
+                 isolator: str, hostname: str = "",
                  pending_status_updates: Callable[[], int] | None = None,
                  connected: Callable[[], bool] | None = None,
                  address: str = f"{DEFAULT_HOST}:0", version: str | None = None) -> None:
@@ -756,7 +758,6 @@ class AgentMetrics:
         self.tasks_by_state = tasks_by_state
         self.status_update_retries = status_update_retries
         self.isolator = isolator
-        self.agent_id: Callable[[], str] = agent_id or (lambda: "")
         self.hostname = hostname
         self.pending_status_updates = pending_status_updates
         self.connected = connected

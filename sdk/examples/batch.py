@@ -120,7 +120,8 @@ class BatchSummary:
 
 class BatchRunner(Scheduler):
     def __init__(self, commands: Sequence[Command], resources: Resources, *, max_retries: int = 2,
-                 name: str = "batch", env: dict[str, str] | None = None, refuse_seconds: float = 30.0) -> None:
+                 name: str = "batch", env: dict[str, str] | None = None, refuse_seconds: float = 30.0,
+                 user: str = "") -> None:
         if not commands:
             raise ValueError("a batch needs at least one command")
         if max_retries < 0:
@@ -129,6 +130,7 @@ class BatchRunner(Scheduler):
         self.max_retries = max_retries
         self.name = name
         self.env = dict(env or {})
+        self.user = user  # the Unix user of every task ("" = the agent's own); the ACL must grant it
         self.refuse_seconds = refuse_seconds
         self.run_id = uuid.uuid4().hex[:8]  # task ids are never reused by the master, across runs too
         self.jobs = [_Job(i, c) for i, c in enumerate(commands)]
@@ -188,7 +190,7 @@ class BatchRunner(Scheduler):
             tasks.append(TaskInfo(
                 task_id=job.task_id, name=f"{self.name} job {job.index}", resources=self.resources,
                 command=job.command, env={**self.env, "BATCH_JOB_INDEX": str(job.index),
-                                          "BATCH_ATTEMPT": str(job.attempts)},
+                                          "BATCH_ATTEMPT": str(job.attempts)}, user=self.user,
             ))
         return tasks
 
@@ -280,6 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", default="batch")
     parser.add_argument("--role", default="default")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for every task")
+    parser.add_argument("--user", default="", help="Unix user of every task (default: the agent's own)")
     parser.add_argument("--give-up-after", type=float, default=30.0,
                         help="seconds without any master before giving up")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -293,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--max-retries must be >= 0")
     commands: list[Command] = [c for c in args.command for _ in range(args.count)]
     runner = BatchRunner(commands, Resources.of(cpus=args.cpus, mem=args.mem), max_retries=args.max_retries,
-                         name=args.name, env=_env_pairs(args.env))
+                         name=args.name, env=_env_pairs(args.env), user=args.user)
     summary = run_batch(runner, FrameworkInfo(name=args.name, roles=(args.role,), failover_timeout=60.0),
                         args.masters, give_up_after=args.give_up_after)
     print(summary.render())

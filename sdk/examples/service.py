@@ -75,7 +75,7 @@ class Instance:
 class ServiceKeeper(Scheduler):
     def __init__(self, command: str | tuple[str, ...], resources: Resources, instances: int, *,
                  name: str = "service", spread_by: str | None = None, env: dict[str, str] | None = None,
-                 refuse_seconds: float = 30.0) -> None:
+                 refuse_seconds: float = 30.0, user: str = "") -> None:
         if instances < 0:
             raise ValueError("instances must be >= 0")
         self.command = command
@@ -83,6 +83,7 @@ class ServiceKeeper(Scheduler):
         self.name = name
         self.spread_by = spread_by
         self.env = dict(env or {})
+        self.user = user  # the Unix user of every instance ("" = the agent's own); the ACL must grant it
         self.refuse_seconds = refuse_seconds
         self.run_id = uuid.uuid4().hex[:8]
         self.restarts = 0
@@ -261,7 +262,7 @@ class ServiceKeeper(Scheduler):
             left[offer.offer_id] = left[offer.offer_id] - self.resources
             plan.setdefault(offer.offer_id, []).append(TaskInfo(
                 task_id=task_id, name=f"{self.name} instance", resources=self.resources, command=self.command,
-                env={**self.env, "SERVICE_INSTANCE": task_id}))
+                env={**self.env, "SERVICE_INSTANCE": task_id}, user=self.user))
         return plan
 
     def _record(self, driver: SchedulerDriver, status: TaskStatus) -> None:
@@ -325,6 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--failover-timeout", type=float, default=3600.0)
     parser.add_argument("--control-file", type=Path, help="a file holding the desired instance count")
     parser.add_argument("--teardown-on-exit", action="store_true")
+    parser.add_argument("--user", default="", help="Unix user of every instance (default: the agent's own)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -336,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"{flag} must be positive")
 
     keeper = ServiceKeeper(args.command, Resources.of(cpus=args.cpus, mem=args.mem), args.instances,
-                           name=args.name, spread_by=args.spread_by)
+                           name=args.name, spread_by=args.spread_by, user=args.user)
     framework = FrameworkInfo(name=args.name, roles=(args.role,), failover_timeout=args.failover_timeout,
                               framework_id=args.framework_id)
     driver = SchedulerDriver(keeper, framework, args.masters)

@@ -583,9 +583,14 @@ def test_up_secure_runs_a_cluster_that_commands_from_its_directory_reach_with_ce
         agents = subprocess.run([*TESSERA, "--json", "agents"], cwd=tmp_path, env=clean_env(),
                                 capture_output=True, text=True, timeout=60)
         assert agents.returncode == 0 and len(json.loads(agents.stdout)) == 1, agents.stderr
-        run = subprocess.run([*TESSERA, "run", "--", "echo up-secure"], cwd=tmp_path, env=clean_env(),
+        run = subprocess.run([*TESSERA, "run", "--user", "nobody", "--", "echo up-secure"], cwd=tmp_path, env=clean_env(),
                              capture_output=True, text=True, timeout=120)
         assert run.returncode == 0 and "up-secure" in run.stdout, run.stderr
+        # the generated framework grant: tasks as `nobody` only, never as the agent's own user (root here)
+        as_agent_user = subprocess.run([*TESSERA, "run", "--offer-timeout", "3", "--", "echo as-root"], cwd=tmp_path,
+                                       env=clean_env(), capture_output=True, text=True, timeout=120)
+        assert as_agent_user.returncode != 0 and "as-root" not in as_agent_user.stdout
+        assert "may not run tasks as user" in as_agent_user.stderr, as_agent_user.stderr
         # a plaintext client never gets in, a wrong token over mTLS is UNAUTHENTICATED
         plain = subprocess.run([*TESSERA, "--masters", address, "--timeout", "2", "--token", "x", "agents"],
                                cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60)

@@ -272,7 +272,12 @@ class AgentRegistered(_message.Message):
 
     AGENT_ID_FIELD_NUMBER: _builtins.int
     INFO_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
+    identity: _builtins.str
+    """The name in the agent's verified certificate (urn:tessera:agent:<name>); empty without TLS. Every
+    later re-registration and status update of this agent must come from a certificate with this name.
+    """
     @_builtins.property
     def info(self) -> _common_pb2.AgentInfo: ...
     def __init__(
@@ -280,10 +285,11 @@ class AgentRegistered(_message.Message):
         *,
         agent_id: _builtins.str = ...,
         info: _common_pb2.AgentInfo | None = ...,
+        identity: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "info", b"info"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "identity", b"identity", "info", b"info"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -17,7 +17,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from control_plane.api.auth import AclFileError, Guard, load_acl
-from control_plane.certs import init_dev_pki
+from control_plane.certs import init_dev_pki, issue_agent
 from control_plane.cli.main import cli
 from control_plane.core.acl import PEER_KINDS, Acl, parse_acl, token_digest
 from control_plane.tls import (
@@ -26,6 +26,7 @@ from control_plane.tls import (
     TlsConfigError,
     channel_options,
     load_tls_dir,
+    peer_agent_identity,
     server_credentials,
 )
 
@@ -50,7 +51,8 @@ def test_every_kind_gets_a_tls_directory_signed_by_the_ca_naming_its_kind(pki: P
         c = cert(pki / kind / "cert.pem")
         c.verify_directly_issued_by(ca)
         sans = c.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [f"urn:tessera:kind:{kind}"]
+        expected = [f"urn:tessera:kind:{kind}"] + (["urn:tessera:agent:default"] if kind == "agent" else [])
+        assert sans.get_values_for_type(x509.UniformResourceIdentifier) == expected
         usages = c.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         assert ExtendedKeyUsageOID.CLIENT_AUTH in usages
         assert (ExtendedKeyUsageOID.SERVER_AUTH in usages) == (kind == "master")
@@ -108,6 +110,39 @@ def test_secure_channels_always_verify_the_master_name() -> None:
     assert len([o for o in opts if o[0] == "grpc.ssl_target_name_override"]) == 1
     assert ClientSecurity(None, "t").metadata == (("authorization", "Bearer t"),)
     assert ClientSecurity.from_options(None, "  ").metadata == ()
+
+
+def test_certs_agent_issues_each_agent_a_certificate_naming_it(pki: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["certs", "agent", "node-7", "--pki", str(pki)])
+    assert result.exit_code == 0, result.output
+    directory = pki / "agents" / "node-7"
+    assert str(directory) in result.output
+    c = cert(directory / "cert.pem")
+    c.verify_directly_issued_by(cert(pki / "ca.pem"))
+    sans = c.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.UniformResourceIdentifier) == ["urn:tessera:kind:agent",
+                                                                         "urn:tessera:agent:node-7"]
+    assert stat.S_IMODE((directory / "key.pem").stat().st_mode) == 0o600
+    assert load_tls_dir(directory).ca == (pki / "ca.pem").read_bytes()
+    # never overwrites a deployed key; names outside the alphabet and a missing CA are one-line errors
+    again = CliRunner().invoke(cli, ["certs", "agent", "node-7", "--pki", str(pki)])
+    assert again.exit_code == 2 and "exists" in again.output
+    for bad in ("", "-x", "a/b", "a:b", "x" * 64):
+        with pytest.raises(ValueError, match="agent name"):
+            issue_agent(pki, bad, tmp_path / "bad")
+    nothing = CliRunner().invoke(cli, ["certs", "agent", "n1", "--pki", str(tmp_path / "no-pki")])
+    assert nothing.exit_code == 2 and "ca" in nothing.output
+    assert issue_agent(pki, "n2", tmp_path / "elsewhere") == tmp_path / "elsewhere"
+
+
+def test_init_writes_a_long_random_raft_password_only_its_owner_reads(pki: Path, tmp_path: Path) -> None:
+    password = (pki / "raft-password").read_text().strip()
+    assert len(password) >= 64 and stat.S_IMODE((pki / "raft-password").stat().st_mode) == 0o600
+    other = tmp_path / "other"
+    result = CliRunner().invoke(cli, ["certs", "init", str(other)])
+    assert result.exit_code == 0, result.output
+    assert (other / "raft-password").read_text().strip() != password
+    assert f"TESSERA_RAFT_PASSWORD_FILE={other / 'raft-password'}" in result.output
 
 
 def test_keys_are_ecdsa_p256(pki: Path) -> None:
@@ -201,3 +236,36 @@ def test_certs_token_prints_a_token_and_the_acl_table_holding_its_digest() -> No
 
 def load_acl_text(text: str) -> Acl:
     return parse_acl(tomllib.loads(text))
+
+
+class _IdentityEcho(health.HealthServicer):  # type: ignore[misc]
+    """Answers SERVING and remembers the agent identity read from each caller's certificate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str | None] = []
+
+    def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext
+              ) -> health_pb2.HealthCheckResponse:
+        self.seen.append(peer_agent_identity(context))
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+
+def test_the_agent_identity_is_read_from_the_verified_certificate(pki: Path, tmp_path: Path) -> None:
+    echo = _IdentityEcho()
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    health_pb2_grpc.add_HealthServicer_to_server(echo, server)
+    port = server.add_secure_port("127.0.0.1:0", server_credentials(load_tls_dir(pki / "master")))
+    plain_port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        issue_agent(pki, "echo-b", tmp_path / "b")
+        for tls_dir in (pki / "agent", tmp_path / "b", pki / "framework"):
+            with ClientSecurity.from_options(tls_dir).channel(f"127.0.0.1:{port}") as ch:
+                health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        with grpc.insecure_channel(f"127.0.0.1:{plain_port}") as ch:
+            health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    finally:
+        server.stop(0)
+    # each agent its own name; a certificate naming no agent: None; plaintext (dev mode): the empty identity
+    assert echo.seen == ["default", "echo-b", None, ""]

@@ -29,7 +29,7 @@ class FakeAgent:
             used=lambda: {"cpus": 1.5, "mem": 512},
             tasks_by_state=lambda: dict(self.tasks),
             status_update_retries=lambda: self.retries,
-            isolator="cgroups_v1", agent_id=lambda: self.agent_id, hostname="host-1", **extra)  # type: ignore[arg-type]
+            isolator="cgroups_v1", hostname="host-1", **extra)  # type: ignore[arg-type]
 
 
 def test_resources_tasks_retries_and_isolator_are_served() -> None:
@@ -51,13 +51,15 @@ def test_resources_tasks_retries_and_isolator_are_served() -> None:
         assert types["tessera_agent_status_update_retries"] == "counter"
         assert value(samples, "tessera_agent_pending_status_updates") == 3
         assert value(samples, "tessera_agent_connected") == 1
-        assert value(samples, "tessera_agent_info", agent_id="", hostname="host-1", isolator="cgroups_v1") == 1
+        assert value(samples, "tessera_agent_info", hostname="host-1", isolator="cgroups_v1") == 1
         assert {n for n, _ in samples if n.startswith("tessera_")} <= sample_names(AGENT_METRICS)
 
-        agent.retries, agent.agent_id = 5, "agent-1"  # read again at the next scrape
+        agent.retries, agent.agent_id = 5, "agent-0f3c9a"  # read again at the next scrape
         samples, _ = scrape(metrics.url)
         assert value(samples, "tessera_agent_status_update_retries_total") == 5
-        assert value(samples, "tessera_agent_info", agent_id="agent-1", hostname="host-1", isolator="cgroups_v1") == 1
+        assert value(samples, "tessera_agent_info", hostname="host-1", isolator="cgroups_v1") == 1
+        # the unauthenticated endpoint never shows the agent's id (what an impostor would claim)
+        assert "agent_id" not in metrics.text() and agent.agent_id not in metrics.text()
     finally:
         metrics.stop()
     assert not [t for t in threading.enumerate() if t.name.startswith("metrics-")]
