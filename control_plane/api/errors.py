@@ -6,6 +6,7 @@
     NotLeader        -> UNAVAILABLE, with the leader's gRPC address in `tessera-leader` trailing metadata
     Unauthenticated  -> UNAUTHENTICATED
     PermissionDenied -> PERMISSION_DENIED
+    ResourceExhausted -> RESOURCE_EXHAUSTED (a per-principal or per-peer limit, see core.limits)
     Unavailable      -> UNAVAILABLE
     HistoryPruned    -> OUT_OF_RANGE (a read from an index older than what the event log keeps)
 
@@ -29,6 +30,7 @@ from control_plane.core.errors import (
     NotFound,
     NotLeader,
     PermissionDenied,
+    ResourceExhausted,
     TesseraError,
     Unauthenticated,
     Unavailable,
@@ -46,6 +48,7 @@ _CODES: dict[type[TesseraError], grpc.StatusCode] = {
     NotLeader: grpc.StatusCode.UNAVAILABLE,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 

@@ -5,6 +5,9 @@ and address (`leader`), and `new_id(prefix)`, which mints a fresh unique id. Wha
 the context is written into the events it returns, so `apply` never needs a clock or a random source and
 every master computes the same state from the same log.
 
+`limits` are the master's per-principal limits (`core.limits.MasterLimits`, its `--limit` flags): a
+leader's configuration, not replicated state, read by `decide` only.
+
 The shell passes a uuid-based `new_id`; tests and simulations pass `sequential_ids()`, a counter that
 makes every run reproducible.
 """
@@ -13,17 +16,20 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from control_plane.core.limits import MasterLimits
 
 
 @dataclass(frozen=True)
 class Context:
-    """What the leader knows when it decides: its clock, its term, its address, an id source."""
+    """What the leader knows when it decides: its clock, its term, its address, an id source, its limits."""
 
     now: float
     term: int
     leader: str
     new_id: Callable[[str], str]
+    limits: MasterLimits = field(default_factory=MasterLimits)
 
 
 def sequential_ids(namespace: str = "") -> Callable[[str], str]:

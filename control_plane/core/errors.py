@@ -12,6 +12,8 @@ one place (`control_plane.api.errors`); nothing else matches on messages.
     ├── NotLeader         this master cannot write; `leader_hint` names who can (may be None)
     ├── Unauthenticated
     ├── PermissionDenied
+    ├── ResourceExhausted a limit of the caller's principal or peer is reached (frameworks, tasks, calls
+    │                     per second, open streams; see `core.limits`); retry later or free something
     └── Unavailable       the quorum cannot answer now (no leader, outcome unknown); retry with the same id
 """
 
@@ -56,13 +58,18 @@ class PermissionDenied(TesseraError):
     code = "PermissionDenied"
 
 
+class ResourceExhausted(TesseraError):
+    code = "ResourceExhausted"
+
+
 class Unavailable(TesseraError):
     code = "Unavailable"
 
 
 ERRORS_BY_CODE: dict[str, type[TesseraError]] = {
     cls.code: cls
-    for cls in (InvalidRequest, NotFound, Conflict, NotLeader, Unauthenticated, PermissionDenied, Unavailable)
+    for cls in (InvalidRequest, NotFound, Conflict, NotLeader, Unauthenticated, PermissionDenied, ResourceExhausted,
+                Unavailable)
 }
 
 
