@@ -10,7 +10,8 @@ Errors (from `control_plane.core.errors`):
   resources not in normal form, weight <= 0, a role the framework did not subscribe with, operations
   that do not make sense (a RESERVE with tasks, offers of one accept spread over agents or roles), a task
   over the size caps of `core.limits` (argument count and length, environment, labels, resources, the
-  whole task, the tasks of one accept), a failover timeout above `MAX_FAILOVER_TIMEOUT` (one week).
+  whole task, the tasks of one accept), a failover timeout above `MAX_FAILOVER_TIMEOUT` (one week), too
+  many roles for a framework or attributes and resource entries for an agent.
 - `NotFound`: an id that names nothing (agent, framework, task, offer, status uuid).
 - `Conflict`: valid, but the state forbids it now: an offer that is gone (rescinded, declined, used,
   expired) or belongs to another framework, a duplicate task id, tasks that do not fit their offers,
@@ -68,7 +69,8 @@ from control_plane.core.events import (
 )
 from control_plane.core.lifecycle import can_transition, is_terminal
 from control_plane.core.limits import (
-    check_failover_timeout,
+    check_agent_size,
+    check_framework_size,
     check_launch_size,
     check_principal_frameworks,
     check_principal_tasks,
@@ -264,6 +266,7 @@ def _set_quota(state: ClusterState, cmd: c.SetQuota, ctx: Context) -> tuple[Even
 # ---- agents --------------------------------------------------------------------------------------
 def _register_agent(state: ClusterState, cmd: c.RegisterAgent, ctx: Context) -> tuple[Event, ...]:
     info = check_agent_info(cmd.info)
+    check_agent_size(info)
     if info.agent_id:
         raise InvalidRequest("info.agent_id: a new agent has no id yet; an agent with an id reregisters")
     agent_id = _new_id(ctx, "agent", state.agents)
@@ -279,6 +282,7 @@ def _reregister_agent(state: ClusterState, cmd: c.ReregisterAgent, ctx: Context)
     if agent.state is AgentState.AGENT_REMOVED:
         raise Conflict(f"agent {aid} was removed ({agent.removed_reason or 'no reason'}); register anew")
     info = check_agent_info(cmd.info)
+    check_agent_size(info)
     if info.agent_id not in ("", aid):
         raise InvalidRequest(f"info.agent_id: {info.agent_id} does not match agent_id {aid}")
     info = replace(info, agent_id=aid)
@@ -404,7 +408,7 @@ def _principal_frameworks(state: ClusterState, principal: str) -> list[Framework
 
 def _subscribe_framework(state: ClusterState, cmd: c.SubscribeFramework, ctx: Context) -> tuple[Event, ...]:
     info = check_framework_info(cmd.info)
-    check_failover_timeout(info.failover_timeout_seconds)
+    check_framework_size(info)
     taken_streams = {fw.stream_id for fw in state.frameworks.values()}
     if not info.framework_id:
         check_principal_frameworks(info.principal, len(_principal_frameworks(state, info.principal)), ctx.limits)

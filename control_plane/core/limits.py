@@ -22,6 +22,10 @@ capped well under what one Raft entry may carry. Over a cap: `InvalidRequest` na
     MAX_LAUNCH_LENGTH         512 KiB           all tasks of one Accept together (one Raft entry
                                                 carries them; pysyncobj's entry cap is 1 MiB)
 
+Agents and frameworks, whose info is replicated and copied into every offer: at most
+`MAX_AGENT_ATTRIBUTES` (128) attributes and `MAX_AGENT_RESOURCE_ENTRIES` (1024) resource entries per
+agent, `MAX_FRAMEWORK_ROLES` (128) roles per framework.
+
 **Failover timeout** (`MAX_FAILOVER_TIMEOUT`, one week, as Marathon's default): a framework that
 disconnects is kept, with its tasks and reservations, at most a week; a longer timeout is
 `InvalidRequest`. A week outlasts a weekend outage; anything longer is a framework that is never cleaned
@@ -47,7 +51,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 
 from control_plane.core.errors import InvalidRequest, ResourceExhausted
-from control_plane.core.values import CommandInfo, Labels, TaskInfo
+from control_plane.core.resources import Resources
+from control_plane.core.values import AgentInfo, CommandInfo, FrameworkInfo, Labels, TaskInfo
 
 MAX_COMMAND_LENGTH = 4096
 MAX_ARGUMENTS = 256
@@ -61,6 +66,9 @@ MAX_RESOURCE_ENTRIES = 64
 MAX_TASK_LENGTH = 64 * 1024
 MAX_LAUNCH_LENGTH = 512 * 1024
 MAX_FAILOVER_TIMEOUT = 7 * 24 * 3600.0
+MAX_AGENT_ATTRIBUTES = 128
+MAX_AGENT_RESOURCE_ENTRIES = 1024
+MAX_FRAMEWORK_ROLES = 128
 
 _RESOURCE_ENTRY_LENGTH = 48  # what one resource entry costs in a serialized task, roughly (name, role, value)
 
@@ -107,7 +115,10 @@ def task_length(task: TaskInfo) -> int:
 
 
 def resource_entries(task: TaskInfo) -> int:
-    resources = task.resources
+    return _entries(task.resources)
+
+
+def _entries(resources: Resources) -> int:
     return len(resources.scalars) + sum(len(intervals) for _, intervals in resources.ranges)
 
 
@@ -136,9 +147,23 @@ def check_launch_size(tasks: Iterable[tuple[str, TaskInfo]], what: str) -> None:
                                  f"{MAX_LAUNCH_LENGTH}; launch them in several accepts")
 
 
-def check_failover_timeout(seconds: float, what: str = "info.failover_timeout_seconds") -> None:
-    if seconds > MAX_FAILOVER_TIMEOUT:
-        raise InvalidRequest(f"{what}: at most {MAX_FAILOVER_TIMEOUT:g} seconds (one week), got {seconds!r}")
+def check_framework_size(info: FrameworkInfo) -> None:
+    """A subscribing framework: its failover timeout and role count."""
+    if info.failover_timeout_seconds > MAX_FAILOVER_TIMEOUT:
+        raise InvalidRequest(f"info.failover_timeout_seconds: at most {MAX_FAILOVER_TIMEOUT:g} seconds (one week), "
+                             f"got {info.failover_timeout_seconds!r}")
+    if len(info.roles) > MAX_FRAMEWORK_ROLES:
+        raise InvalidRequest(f"info.roles: {len(info.roles)} roles, at most {MAX_FRAMEWORK_ROLES}")
+
+
+def check_agent_size(info: AgentInfo) -> None:
+    """A (re)registering agent: its attribute and resource counts."""
+    if len(info.attributes) > MAX_AGENT_ATTRIBUTES:
+        raise InvalidRequest(f"info.attributes: {len(info.attributes)} entries, at most {MAX_AGENT_ATTRIBUTES}")
+    entries = _entries(info.resources)
+    if entries > MAX_AGENT_RESOURCE_ENTRIES:
+        raise InvalidRequest(f"info.resources: {entries} entries (scalars and port ranges), "
+                             f"at most {MAX_AGENT_RESOURCE_ENTRIES}")
 
 
 # ---- per principal and per peer ---------------------------------------------------------------------

@@ -15,14 +15,15 @@ from control_plane.core.limits import (
     RateLimiter,
     StreamCaps,
     StreamSlots,
-    check_failover_timeout,
+    check_agent_size,
+    check_framework_size,
     check_launch_size,
     check_task_size,
     parse_limits,
     stream_caps,
 )
 from control_plane.core.resources import Resources
-from control_plane.core.values import CommandInfo, TaskInfo
+from control_plane.core.values import AgentInfo, CommandInfo, FrameworkInfo, TaskInfo
 
 
 def _task(**command: object) -> TaskInfo:
@@ -68,10 +69,21 @@ def test_the_tasks_of_one_accept_are_capped_together() -> None:
         check_launch_size([(f"t{n}", big) for n in range(20)], "operations")
 
 
-def test_the_failover_timeout_is_at_most_a_week() -> None:
-    check_failover_timeout(MAX_FAILOVER_TIMEOUT)
-    with pytest.raises(InvalidRequest, match="failover_timeout_seconds"):
-        check_failover_timeout(31 * 365 * 86400.0)
+def test_the_failover_timeout_is_at_most_a_week_and_roles_are_counted() -> None:
+    check_framework_size(FrameworkInfo(name="f", roles=("a",), failover_timeout_seconds=MAX_FAILOVER_TIMEOUT))
+    with pytest.raises(InvalidRequest, match="info.failover_timeout_seconds"):
+        check_framework_size(FrameworkInfo(name="f", roles=("a",), failover_timeout_seconds=31 * 365 * 86400.0))
+    with pytest.raises(InvalidRequest, match="info.roles"):
+        check_framework_size(FrameworkInfo(name="f", roles=tuple(f"r{n}" for n in range(129))))
+
+
+def test_an_agent_is_capped_in_attributes_and_resource_entries() -> None:
+    check_agent_size(AgentInfo(hostname="h", attributes=(("rack", "r1"),), resources=Resources.parse("cpus:1")))
+    with pytest.raises(InvalidRequest, match="info.attributes"):
+        check_agent_size(AgentInfo(hostname="h", attributes=tuple((f"a{n}", "") for n in range(129))))
+    ports = Resources.parse("ports:[" + ",".join(f"{p}-{p}" for p in range(10000, 12050, 2)) + "]")
+    with pytest.raises(InvalidRequest, match="info.resources"):
+        check_agent_size(AgentInfo(hostname="h", resources=ports))
 
 
 def test_limits_parse_from_name_value_items_and_refuse_nonsense() -> None:
