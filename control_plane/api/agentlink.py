@@ -59,8 +59,9 @@ _FINAL_REFUSALS = (InvalidRequest, NotFound, Conflict, PermissionDenied)  # ackn
 
 
 class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
-    def __init__(self, duties: LeaderDuties) -> None:
+    def __init__(self, duties: LeaderDuties, *, first_message_timeout: float = FIRST_MESSAGE_TIMEOUT) -> None:
         self.duties = duties
+        self.first_message_timeout = first_message_timeout
         self.master = duties.master
         # status uuid -> sessions to acknowledge once the commit under way finishes
         self._inflight: dict[str, list[AgentSession]] = {}
@@ -71,7 +72,7 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
                 ) -> Iterator[agent_pb2.MasterMessage]:
         if not self.master.is_serving():
             raise NotLeader("agents register with the leader", self.master.leader_grpc_hint())
-        first = next(request_iterator, None)
+        first = _first_message(request_iterator, self.first_message_timeout)
         if first is None or first.WhichOneof("kind") != "register":
             raise InvalidRequest("the first message on an agent stream must be Register")
         identity = peer_agent_identity(context)
@@ -320,6 +321,27 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
             return
         session.send(agent_pb2.MasterMessage(term=self.duties.term(), acks=agent_pb2.StatusUpdateAcks(
             acks=[agent_pb2.StatusUpdateAck(task_id=task_id, uuid=uuid) for task_id, uuid in items])))
+
+
+def _first_message(requests: Iterator[agent_pb2.AgentMessage], timeout: float) -> agent_pb2.AgentMessage | None:
+    """The stream's first message (None when it ended first); InvalidRequest after `timeout` seconds of
+    silence, which ends the call: a silent stream would hold a gRPC thread forever. Read on a short-lived
+    thread because a gRPC request iterator has no timeout; it ends with the call."""
+    box: list[agent_pb2.AgentMessage | None] = []
+
+    def read() -> None:
+        try:
+            box.append(next(requests, None))
+        except grpc.RpcError:
+            box.append(None)  # the agent went away
+
+    reader = threading.Thread(target=read, daemon=True, name="agent-first-message")
+    reader.start()
+    reader.join(timeout)
+    if reader.is_alive():
+        raise InvalidRequest(f"no Register within {timeout:g} s: the first message on an agent stream must be "
+                             "Register")
+    return box[0] if box else None
 
 
 def _with_agent(status: TaskStatus, agent_id: str) -> TaskStatus:

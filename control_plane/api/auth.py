@@ -13,11 +13,28 @@ Refusals are `Unauthenticated` / `PermissionDenied` from the core's error tree, 
 `api.errors` like every other error. A refused call proposes nothing, so it changes nothing.
 
 Without TLS and without an ACL (`--insecure-dev`), `Guard.open()` allows everything.
+
+The interceptor also applies the per-peer and per-principal limits of `core.limits` (only when the
+guard enforces: an insecure development master has no certificates or principals to count by):
+
+- calls per second per principal (`RateLimiter`), refused with RESOURCE_EXHAUSTED;
+- concurrent streams per client certificate and per principal, and of everyone together, below the
+  server's thread pool (`StreamSlots`): a stream holds a pool thread for its whole life, so streams
+  opened without any token (an agent certificate's `Health.Watch`es) cannot take the threads an
+  operator's unary call needs. A slot is released when the call terminates (`context.add_callback`).
+
+A handler is re-wrapped keeping what gRPC reads from its behaviour: `experimental_non_blocking` (a
+behaviour that answers through `send_response_callback` and returns at once, as `Health.Watch` does) and
+`experimental_thread_pool`. Dropping them made every `Health.Watch` hold a pool thread until the client
+went away.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import threading
+import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +45,7 @@ import grpc
 from control_plane.api.errors import abort_with
 from control_plane.core.acl import ANY, Acl, Caller, authenticate, parse_acl
 from control_plane.core.errors import InvalidRequest, TesseraError, Unauthenticated
+from control_plane.core.limits import MasterLimits, RateLimiter, StreamSlots, stream_caps
 from control_plane.tls import bearer_token, peer_kind
 
 log = logging.getLogger(__name__)
@@ -88,29 +106,70 @@ class Guard:
                 raise Unauthenticated("the client certificate names no single tessera kind (urn:tessera:kind:...)")
         return authenticate(self.acl, kind, method, bearer_token(context) if self.acl is not None else None)
 
-    def interceptor(self) -> grpc.ServerInterceptor:
-        return _GuardInterceptor(self)
+    def interceptor(self, *, pool_threads: int = 256, limits: MasterLimits | None = None) -> grpc.ServerInterceptor:
+        """The server interceptor; `pool_threads` is the gRPC pool size the stream caps are derived from."""
+        return _GuardInterceptor(self, pool_threads, limits or MasterLimits())
+
+
+def peer_key(context: grpc.ServicerContext) -> str:
+    """Who the peer is, for counting its streams: its verified client certificate (a digest of it), else
+    its address without the port."""
+    certs = context.auth_context().get("x509_pem_cert", ())
+    if certs:
+        return "cert:" + hashlib.sha256(certs[0]).hexdigest()[:32]
+    peer = context.peer() or ""
+    return "addr:" + peer.rsplit(":", 1)[0]
+
+
+def _keeping_flags(original: Callable[..., Any], wrapper: Callable[..., Any]) -> Callable[..., Any]:
+    for flag in ("experimental_non_blocking", "experimental_thread_pool"):
+        if hasattr(original, flag):
+            setattr(wrapper, flag, getattr(original, flag))
+    return wrapper
 
 
 class _GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, guard: Guard) -> None:
+    def __init__(self, guard: Guard, pool_threads: int, limits: MasterLimits) -> None:
         self.guard = guard
+        self.slots = StreamSlots(stream_caps(pool_threads, limits))
+        self.rates = RateLimiter(limits.requests_per_second, limits.request_burst)
+        self.lock = threading.Lock()
+
+    def _admit(self, context: grpc.ServicerContext, method: str, stream: bool) -> None:
+        """Authenticate, then count the call against the caller's limits; raises the core's errors."""
+        caller = self.guard.caller(context, method)
+        principal = caller.principal
+        with self.lock:
+            if principal is not None:
+                self.rates.take(principal, time.monotonic())
+            if not stream:
+                return
+            peer = peer_key(context)
+            self.slots.acquire(peer, principal)
+
+        def release() -> None:
+            with self.lock:
+                self.slots.release(peer, principal)
+
+        if not context.add_callback(release):  # already terminated: nothing will call it
+            release()
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
         if handler is None or not self.guard.enforcing:
             return handler
         method = details.method
-        guard = self.guard
+        stream = bool(handler.request_streaming or handler.response_streaming)
 
-        def wrap(behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[[Any, grpc.ServicerContext], Any]:
-            def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+        def wrap(behavior: Callable[..., Any]) -> Callable[..., Any]:
+            def guarded(request: Any, context: grpc.ServicerContext, *args: Any, **kwargs: Any) -> Any:
                 try:
-                    guard.caller(context, method)
+                    self._admit(context, method, stream)
                 except TesseraError as exc:
                     abort_with(context, exc)
-                return behavior(request, context)  # a stream's iterator is returned unstarted
-            return guarded
+                # a stream's iterator is returned unstarted; a non-blocking one gets its callback
+                return behavior(request, context, *args, **kwargs)
+            return _keeping_flags(behavior, guarded)
 
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(

@@ -6,9 +6,13 @@
     NotLeader        -> UNAVAILABLE, with the leader's gRPC address in `tessera-leader` trailing metadata
     Unauthenticated  -> UNAUTHENTICATED
     PermissionDenied -> PERMISSION_DENIED
+    ResourceExhausted -> RESOURCE_EXHAUSTED (a per-principal or per-peer limit, see core.limits)
     Unavailable      -> UNAVAILABLE
-    ResourceExhausted -> RESOURCE_EXHAUSTED
     HistoryPruned    -> OUT_OF_RANGE (a read from an index older than what the event log keeps)
+
+Details are cut to `MAX_DETAILS` characters: a message that echoes a hostile request (thousands of role
+names) would otherwise exceed the client's 8 KiB metadata limit and reach it as an unrelated
+RESOURCE_EXHAUSTED ("received metadata size exceeds soft limit") instead of its own code.
 
 Servicer methods are wrapped with `@grpc_errors`; anything else that escapes is INTERNAL with the
 exception logged, so a bug never kills the server and never leaks a traceback to the caller.
@@ -40,6 +44,7 @@ from control_plane.eventlog.errors import HistoryPruned
 log = logging.getLogger(__name__)
 
 LEADER_METADATA_KEY = "tessera-leader"
+MAX_DETAILS = 1024
 
 _CODES: dict[type[TesseraError], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
@@ -48,8 +53,8 @@ _CODES: dict[type[TesseraError], grpc.StatusCode] = {
     NotLeader: grpc.StatusCode.UNAVAILABLE,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -76,6 +81,8 @@ def abort_with(context: grpc.ServicerContext, exc: BaseException) -> None:
         log.exception("unexpected error while serving a call", exc_info=exc)
     if trailers:
         context.set_trailing_metadata(trailers)
+    if len(details) > MAX_DETAILS:
+        details = details[:MAX_DETAILS] + f"... ({len(details) - MAX_DETAILS} more characters)"
     context.abort(code, details)
 
 

@@ -1,12 +1,14 @@
 """Build a master's gRPC server: Operator, Scheduler, AgentLink, health checking, reflection.
 
-Every call passes the `Guard` interceptor first (client certificate kind, bearer token; see `api.auth`);
+Every call passes the `Guard` interceptor first (client certificate kind, bearer token, the per-peer and
+per-principal limits of `core.limits`, with stream caps derived from `max_workers`; see `api.auth`);
 `bind` listens with mTLS when given server credentials (`control_plane.tls.server_credentials`), in
 plaintext only for the insecure development mode.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -16,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import server_interceptor
 
 from control_plane.api.auth import Guard
+from control_plane.core.limits import MasterLimits
 from tessera.v1 import (
     agent_pb2,
     agent_pb2_grpc,
@@ -34,6 +37,26 @@ GRPC_OPTIONS = [
 ]
 
 
+class _TracedBlocking(grpc.ServerInterceptor):  # type: ignore[misc]
+    """The OpenTelemetry server interceptor, applied to blocking handlers only: it re-wraps a behaviour
+    into a blocking one, which for a non-blocking handler (`Health.Watch`) would hold a pool thread for
+    the stream's whole life."""
+
+    def __init__(self, inner: grpc.ServerInterceptor) -> None:
+        self.inner = inner
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None or _non_blocking(handler):
+            return handler
+        return self.inner.intercept_service(lambda _details: handler, details)
+
+
+def _non_blocking(handler: grpc.RpcMethodHandler) -> bool:
+    behavior = (handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream)
+    return bool(getattr(behavior, "experimental_non_blocking", False))
+
+
 class MasterServer:
     """The gRPC server of one master. `bind` returns the actual port (0 picks a free one)."""
 
@@ -46,12 +69,14 @@ class MasterServer:
         max_workers: int = 256,
         tracer_provider: Any = None,
         guard: Guard | None = None,
+        limits: MasterLimits | None = None,
     ) -> None:
         self.guard = guard or Guard.open()
-        interceptors: list[grpc.ServerInterceptor] = [self.guard.interceptor()]
+        interceptors: list[grpc.ServerInterceptor] = [
+            self.guard.interceptor(pool_threads=max_workers, limits=limits)]
         if tracer_provider is not None:
             # a server span per call (opentelemetry-instrumentation-grpc); the servicers continue it
-            interceptors.append(server_interceptor(tracer_provider=tracer_provider))
+            interceptors.append(_TracedBlocking(server_interceptor(tracer_provider=tracer_provider)))
         # A streaming call holds one pool thread for its whole life (agents, frameworks, watchers), so
         # the pool is sized for streams; unary calls beyond it queue instead of failing.
         self.server = grpc.server(

@@ -154,6 +154,11 @@ def cli(ctx: click.Context, masters: str, as_json: bool, timeout: float, tls_dir
               help="mTLS: DIR holds ca.pem, cert.pem, key.pem of a master certificate (or TESSERA_MASTER_TLS_DIR).")
 @click.option("--acl", "acl_path", envvar="TESSERA_ACL", default=None, type=click.Path(path_type=Path),
               help="TOML file of principals: token digests, roles, users, operator actions (or TESSERA_ACL).")
+@click.option("--limit", "limits", multiple=True, metavar="NAME=VALUE",
+              help="A per-principal or per-peer limit (repeat): frameworks_per_principal (100), tasks_per_principal "
+                   "(10000), requests_per_second (1000), request_burst (2000), streams_per_peer and "
+                   "streams_per_principal (0: half of what --grpc-workers leaves for streams), "
+                   "agent_register_timeout (10 s).")
 @click.option("--insecure-dev", is_flag=True, envvar="TESSERA_INSECURE_DEV",
               help="Start without mTLS, ACL or Raft password: a local development cluster only.")
 @click.option("--log-level", default="INFO", show_default=True)
@@ -161,8 +166,8 @@ def master(name: str, raft_address: str, grpc_address: str, peers: str, raft_bin
            raft_password: str | None, agent_timeout: float, agent_heartbeat_interval: float,
            reregistration_timeout: float, allocation_interval: float, offer_timeout: float,
            framework_reconnect_timeout: float, grpc_workers: int, event_retention: int,
-           metrics_address: str | None, master_tls_dir: Path | None, acl_path: Path | None, insecure_dev: bool,
-           log_level: str) -> None:
+           metrics_address: str | None, master_tls_dir: Path | None, acl_path: Path | None,
+           limits: tuple[str, ...], insecure_dev: bool, log_level: str) -> None:
     """Run one master of a Raft quorum.
 
     Refuses to start without --tls-dir, --acl and --raft-password unless --insecure-dev is given."""
@@ -181,6 +186,13 @@ def master(name: str, raft_address: str, grpc_address: str, peers: str, raft_bin
             fail(f"{flag}: must not be negative, got {value}", 2)
     if grpc_workers < 8:
         fail(f"--grpc-workers: at least 8, got {grpc_workers}", 2)
+    from control_plane.core.errors import InvalidRequest
+    from control_plane.core.limits import parse_limits
+
+    try:
+        master_limits = parse_limits(limits)
+    except InvalidRequest as exc:
+        fail(exc.message, 2)
     config = MasterConfig(
         name=name, raft_address=raft_address, grpc_address=grpc_address,
         peers=tuple(p.strip() for p in peers.split(",") if p.strip()), data_dir=data_dir,
@@ -193,7 +205,7 @@ def master(name: str, raft_address: str, grpc_address: str, peers: str, raft_bin
         grpc_workers=grpc_workers,
         metrics_address=metrics_address,
         event_retention=event_retention,
-        tls_dir=master_tls_dir, acl_path=acl_path, insecure_dev=insecure_dev,
+        tls_dir=master_tls_dir, acl_path=acl_path, insecure_dev=insecure_dev, limits=master_limits,
     )
     sys.exit(run_master(config))
 

@@ -8,23 +8,29 @@ every master computes the same state from the same log.
 The shell passes `control_plane.runtime.master.new_id`: unique ids from a per-process random prefix and a
 counter, except agent ids, which are 128 fresh random bits each (an agent id must not be guessable from
 another); tests and simulations pass `sequential_ids()`, a counter that makes every run reproducible.
+
+`limits` are the master's per-principal limits (`core.limits.MasterLimits`, its `--limit` flags): a
+leader's configuration, not replicated state, read by `decide` only.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from control_plane.core.limits import MasterLimits
 
 
 @dataclass(frozen=True)
 class Context:
-    """What the leader knows when it decides: its clock, its term, its address, an id source."""
+    """What the leader knows when it decides: its clock, its term, its address, an id source, its limits."""
 
     now: float
     term: int
     leader: str
     new_id: Callable[[str], str]
+    limits: MasterLimits = field(default_factory=MasterLimits)
 
 
 def sequential_ids(namespace: str = "") -> Callable[[str], str]:

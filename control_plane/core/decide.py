@@ -8,11 +8,15 @@ from `ctx` and is written into the events, so `apply` decides nothing.
 Errors (from `control_plane.core.errors`):
 - `InvalidRequest`: malformed input: empty, oversized or non-ASCII ids, negative / NaN / infinite numbers,
   resources not in normal form, weight <= 0, a role the framework did not subscribe with, operations
-  that do not make sense (a RESERVE with tasks, offers of one accept spread over agents or roles).
+  that do not make sense (a RESERVE with tasks, offers of one accept spread over agents or roles), a task
+  over the size caps of `core.limits` (argument count and length, environment, labels, resources, the
+  whole task, the tasks of one accept), a failover timeout above `MAX_FAILOVER_TIMEOUT` (one week), too
+  many roles for a framework or attributes and resource entries for an agent.
 - `NotFound`: an id that names nothing (agent, framework, task, offer, status uuid).
 - `Conflict`: valid, but the state forbids it now: an offer that is gone (rescinded, declined, used,
   expired) or belongs to another framework, a duplicate task id, tasks that do not fit their offers,
   a stream id that is not current, an agent or framework in the wrong state.
+- `ResourceExhausted`: a new framework or new tasks beyond the principal's limits (`ctx.limits`).
 
 An empty tuple means "already done": the request is an idempotent retry (a status update already
 recorded, a kill of a finished task, a rescind of an offer already gone). The caller replies success
@@ -64,6 +68,13 @@ from control_plane.core.events import (
     TaskStatusUpdated,
 )
 from control_plane.core.lifecycle import can_transition, is_terminal
+from control_plane.core.limits import (
+    check_agent_size,
+    check_framework_size,
+    check_launch_size,
+    check_principal_frameworks,
+    check_principal_tasks,
+)
 from control_plane.core.resources import EMPTY, Resources
 from control_plane.core.state import (
     DEFAULT_REFUSE_SECONDS,
@@ -256,6 +267,7 @@ def _set_quota(state: ClusterState, cmd: c.SetQuota, ctx: Context) -> tuple[Even
 # ---- agents --------------------------------------------------------------------------------------
 def _register_agent(state: ClusterState, cmd: c.RegisterAgent, ctx: Context) -> tuple[Event, ...]:
     info = check_agent_info(cmd.info)
+    check_agent_size(info)
     if info.agent_id:
         raise InvalidRequest("info.agent_id: a new agent has no id yet; an agent with an id reregisters")
     identity = check_text(cmd.identity, "identity", MAX_ID_LENGTH)
@@ -282,6 +294,7 @@ def _reregister_agent(state: ClusterState, cmd: c.ReregisterAgent, ctx: Context)
     if agent.state is AgentState.AGENT_REMOVED:
         raise Conflict(f"agent {aid} was removed ({agent.removed_reason or 'no reason'}); register anew")
     info = check_agent_info(cmd.info)
+    check_agent_size(info)
     if info.agent_id not in ("", aid):
         raise InvalidRequest(f"info.agent_id: {info.agent_id} does not match agent_id {aid}")
     info = replace(info, agent_id=aid)
@@ -399,10 +412,18 @@ def _drain_agent(state: ClusterState, cmd: c.DrainAgent, ctx: Context) -> tuple[
 
 
 # ---- frameworks ----------------------------------------------------------------------------------
+def _principal_frameworks(state: ClusterState, principal: str) -> list[FrameworkRecord]:
+    """The frameworks of `principal` that are not removed."""
+    return [fw for fw in state.frameworks.values()
+            if fw.info.principal == principal and fw.state is not FrameworkState.FRAMEWORK_REMOVED]
+
+
 def _subscribe_framework(state: ClusterState, cmd: c.SubscribeFramework, ctx: Context) -> tuple[Event, ...]:
     info = check_framework_info(cmd.info)
+    check_framework_size(info)
     taken_streams = {fw.stream_id for fw in state.frameworks.values()}
     if not info.framework_id:
+        check_principal_frameworks(info.principal, len(_principal_frameworks(state, info.principal)), ctx.limits)
         framework_id = _new_id(ctx, "framework", state.frameworks)
         stream_id = _new_id(ctx, "stream", taken_streams)
         return (FrameworkSubscribed(framework_id, replace(info, framework_id=framework_id), stream_id, False),)
@@ -573,6 +594,15 @@ def _accept(state: ClusterState, cmd: c.Accept, ctx: Context) -> tuple[Event, ..
     fid = fw.framework_id
     if fw.state is not FrameworkState.FRAMEWORK_CONNECTED:
         raise Conflict(f"framework {fid} is {fw.state.name}")
+    operations = cmd.operations if isinstance(cmd.operations, tuple) else ()
+    launching = [(f"operations[{n}].tasks[{i}]", task) for n, op in enumerate(operations)
+                 if isinstance(op, c.Operation) and op.type == "LAUNCH" and isinstance(op.tasks, tuple)
+                 for i, task in enumerate(op.tasks)]
+    if launching:
+        # the size caps first: an oversized task is refused whatever its offers, ids and resources
+        check_launch_size(((what, check_task_info(task, what)) for what, task in launching), "operations")
+        tracked = sum(len(f.task_ids) for f in _principal_frameworks(state, fw.info.principal))
+        check_principal_tasks(fw.info.principal, tracked, len(launching), ctx.limits)
     offers = [_live_offer(state, oid, fid) for oid in _offer_ids(cmd.offer_ids)]
     if len({o.agent_id for o in offers}) != 1:
         raise InvalidRequest("offer_ids: the offers of one accept must be on one agent")

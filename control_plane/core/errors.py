@@ -12,8 +12,9 @@ one place (`control_plane.api.errors`); nothing else matches on messages.
     ├── NotLeader         this master cannot write; `leader_hint` names who can (may be None)
     ├── Unauthenticated
     ├── PermissionDenied
-    ├── Unavailable       the quorum cannot answer now (no leader, outcome unknown); retry with the same id
-    └── ResourceExhausted a caller over its rate or quota of something (spans reported); retry later
+    ├── ResourceExhausted a limit of the caller's principal or peer is reached (frameworks, tasks, calls
+    │                     per second, open streams; see `core.limits`); retry later or free something
+    └── Unavailable       the quorum cannot answer now (no leader, outcome unknown); retry with the same id
 """
 
 from __future__ import annotations
@@ -57,18 +58,18 @@ class PermissionDenied(TesseraError):
     code = "PermissionDenied"
 
 
-class Unavailable(TesseraError):
-    code = "Unavailable"
-
-
 class ResourceExhausted(TesseraError):
     code = "ResourceExhausted"
 
 
+class Unavailable(TesseraError):
+    code = "Unavailable"
+
+
 ERRORS_BY_CODE: dict[str, type[TesseraError]] = {
     cls.code: cls
-    for cls in (InvalidRequest, NotFound, Conflict, NotLeader, Unauthenticated, PermissionDenied, Unavailable,
-                ResourceExhausted)
+    for cls in (InvalidRequest, NotFound, Conflict, NotLeader, Unauthenticated, PermissionDenied, ResourceExhausted,
+                Unavailable)
 }
 
 

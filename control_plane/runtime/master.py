@@ -46,9 +46,10 @@ from control_plane.core.errors import (
     Unavailable,
     error_from_code,
 )
+from control_plane.core.limits import MasterLimits
 from control_plane.eventlog import EventStore
 from control_plane.replication import Replicator
-from control_plane.replication.errors import NotLeaderError, UnknownOutcomeError
+from control_plane.replication.errors import EntryTooLargeError, NotLeaderError, UnknownOutcomeError
 from control_plane.runtime.statemachine import Applied, MasterStateMachine
 from control_plane.tracing import (
     TASK_ID_ATTRIBUTE,
@@ -89,14 +90,14 @@ def new_id(prefix: str) -> str:
 
 def decide_entry(
     sm: MasterStateMachine, commands: Sequence[cmd.Command], *, request_id: str, traceparent: str, term: int,
-    leader: str, now: float, new_id: Callable[[str], str],
+    leader: str, now: float, new_id: Callable[[str], str], limits: MasterLimits | None = None,
 ) -> tuple[ev.Entry, ApplyResult | None]:
     """The entry a leader proposes for `commands`, or the recorded result when `request_id` was already
     applied: a retry (after a lost reply or a failover) is answered from replicated state, not decided
     again — deciding again would refuse it (its offer is used, its task id taken) although the first
     attempt succeeded. Raises the domain error `decide` raises. (Also driven by the deterministic
     simulation in tests/sim.)"""
-    ctx = Context(now, term, leader, new_id)
+    ctx = Context(now, term, leader, new_id, limits or MasterLimits())
     events: list[ev.Event] = []
     with sm.lock:
         prior = sm.state.result_for_request(request_id)
@@ -121,8 +122,10 @@ class Master:
         clock: Callable[[], float] = time.time,
         announce: Callable[[str, MasterIdentity], None] | None = None,
         tracer_provider: trace.TracerProvider | None = None,
+        limits: MasterLimits | None = None,
     ) -> None:
         self.identity = identity
+        self.limits = limits or MasterLimits()  # per-principal limits `decide` applies (--limit flags)
         self.sm = state_machine
         self.replicator = replicator
         self.events = events
@@ -331,7 +334,7 @@ class Master:
         request_id = new_id("req")
         term = self.replicator.term()
         now = self.clock()
-        ctx = Context(now=now, term=term, leader=self.identity.raft_address, new_id=new_id)
+        ctx = Context(now=now, term=term, leader=self.identity.raft_address, new_id=new_id, limits=self.limits)
         outcomes: list[TesseraError | None] = [None] * len(commands)
         chosen: list[int] = []
         events: list[ev.Event] = []
@@ -410,7 +413,7 @@ class Master:
     def _decide(self, commands: Sequence[cmd.Command], request_id: str, traceparent: str, term: int
                 ) -> tuple[ev.Entry, ApplyResult | None]:
         return decide_entry(self.sm, commands, request_id=request_id, traceparent=traceparent, term=term,
-                            leader=self.identity.raft_address, now=self.clock(), new_id=new_id)
+                            leader=self.identity.raft_address, now=self.clock(), new_id=new_id, limits=self.limits)
 
     def _commit(self, commands: Sequence[cmd.Command], *, request_id: str, traceparent: str, term: int) -> ApplyResult:
         entry, prior = self._decide(commands, request_id, traceparent, term)
@@ -442,6 +445,9 @@ class Master:
             result = fut.result(timeout=self.commit_timeout)
         except NotLeaderError as exc:
             raise NotLeader("leadership moved while committing", self.leader_grpc_hint()) from exc
+        except EntryTooLargeError as exc:
+            # refused before it was appended: nothing was written; the request itself is too large
+            raise InvalidRequest(f"the request is too large to replicate ({exc})") from exc
         except UnknownOutcomeError as exc:
             raise Unavailable(f"outcome unknown ({exc}); retry with the same request id") from exc
         except TimeoutError as exc:

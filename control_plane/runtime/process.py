@@ -27,6 +27,8 @@ from control_plane.api.client import MasterClient
 from control_plane.api.operator import ADDRESS_RE, OperatorService
 from control_plane.api.scheduler import SchedulerService
 from control_plane.api.server import MasterServer
+from control_plane.core.errors import InvalidRequest
+from control_plane.core.limits import MasterLimits, stream_caps
 from control_plane.eventlog import SqliteEventStore
 from control_plane.eventlog.history import Retention
 from control_plane.replication import RaftReplicator, ReplicationConfig
@@ -61,6 +63,7 @@ class MasterConfig:
     tls_dir: Path | None = None  # ca.pem, cert.pem, key.pem (a master certificate); None = plaintext gRPC
     acl_path: Path | None = None  # principals, their token digests and grants (TOML); None = no tokens
     insecure_dev: bool = False  # start without TLS, ACL or Raft password (local development only)
+    limits: MasterLimits = MasterLimits()  # per-principal and per-peer limits (--limit NAME=VALUE)
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,10 @@ def _peer_quorum(address: str, security: ClientSecurity) -> operator_pb2.GetQuor
 
 def build_master(config: MasterConfig) -> tuple[Master, LeaderDuties, MasterServer]:
     validate(config)
+    try:
+        stream_caps(config.grpc_workers, config.limits)
+    except InvalidRequest as exc:
+        raise StartupError(exc.message) from exc
     security = validate_security(config)
     events = SqliteEventStore(config.data_dir / "events.db")
     sm = MasterStateMachine(events)
@@ -151,14 +158,15 @@ def build_master(config: MasterConfig) -> tuple[Master, LeaderDuties, MasterServ
     identity = MasterIdentity(config.name, config.raft_address, config.grpc_address)
     # spans go next to the event log; not the global provider, so several masters can share a process
     tracer_provider = setup_tracing("tessera-master", span_store=events, set_global=False)
-    master = Master(identity, sm, replicator, events, tracer_provider=tracer_provider,
+    master = Master(identity, sm, replicator, events, tracer_provider=tracer_provider, limits=config.limits,
                     announce=lambda leader, who: _announce(leader, who, security.client))
     duties = LeaderDuties(master, config.leader, allocator=default_allocator(config.leader))
     server = MasterServer(
         OperatorService(master, peer_quorum=lambda address: _peer_quorum(address, security.client), duties=duties,
                         guard=security.guard),
-        agent_link=AgentLinkService(duties), scheduler=SchedulerService(duties, guard=security.guard),
-        max_workers=config.grpc_workers, tracer_provider=tracer_provider, guard=security.guard,
+        agent_link=AgentLinkService(duties, first_message_timeout=config.limits.agent_register_timeout),
+        scheduler=SchedulerService(duties, guard=security.guard),
+        max_workers=config.grpc_workers, tracer_provider=tracer_provider, guard=security.guard, limits=config.limits,
     )
     try:
         server.bind(config.grpc_address, security.server_credentials)

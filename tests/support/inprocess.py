@@ -8,12 +8,14 @@ from typing import Any
 
 import grpc
 
-from control_plane.api.agentlink import AgentLinkService
+from control_plane.api.agentlink import FIRST_MESSAGE_TIMEOUT, AgentLinkService
+from control_plane.api.auth import Guard
 from control_plane.api.operator import OperatorService
 from control_plane.api.scheduler import SchedulerService
 from control_plane.api.server import MasterServer
+from control_plane.core.limits import MasterLimits
 from control_plane.eventlog import EventStore, MemoryEventStore
-from control_plane.replication import LocalReplicator
+from control_plane.replication import GroupCommitConfig, LocalReplicator
 from control_plane.runtime.leader import LeaderDuties, LeaderSettings, default_allocator
 from control_plane.runtime.master import Master, MasterIdentity
 from control_plane.runtime.statemachine import MasterStateMachine
@@ -27,19 +29,26 @@ FAST = LeaderSettings(agent_heartbeat_interval=0.2, agent_timeout=1.0, reregistr
 
 class InProcessMaster:
     def __init__(self, events: EventStore | None = None, settings: LeaderSettings = FAST,
-                 allocation: bool = True, tracer_provider: Any = None) -> None:
+                 allocation: bool = True, tracer_provider: Any = None, *, limits: MasterLimits | None = None,
+                 guard: Guard | None = None, credentials: grpc.ServerCredentials | None = None,
+                 group_commit: GroupCommitConfig | None = None, max_workers: int = 64) -> None:
+        """`guard` and `credentials`: a secured master (mTLS, ACL); `self.channel` is then not opened and
+        clients dial `grpc_address` with their own certificates. `limits`: the master's `--limit`s."""
         self.events = events or MemoryEventStore()
         self.sm = MasterStateMachine(self.events)
-        self.replicator = LocalReplicator(self.sm)
+        self.replicator = LocalReplicator(self.sm, group_commit=group_commit)
         self.grpc_address = f"127.0.0.1:{free_port()}"
         self.master = Master(MasterIdentity("m1", "local:0", self.grpc_address), self.sm, self.replicator,
-                             self.events, tracer_provider=tracer_provider)
+                             self.events, tracer_provider=tracer_provider, limits=limits)
         self.duties = LeaderDuties(self.master, settings,
                                    allocator=default_allocator(settings) if allocation else None)
-        self.server = MasterServer(OperatorService(self.master, duties=self.duties),
-                                   agent_link=AgentLinkService(self.duties),
-                                   scheduler=SchedulerService(self.duties), max_workers=64)
-        self.server.bind(self.grpc_address)
+        first_message_timeout = limits.agent_register_timeout if limits is not None else FIRST_MESSAGE_TIMEOUT
+        self.server = MasterServer(OperatorService(self.master, duties=self.duties, guard=guard),
+                                   agent_link=AgentLinkService(self.duties, first_message_timeout=first_message_timeout),
+                                   scheduler=SchedulerService(self.duties, guard=guard), max_workers=max_workers,
+                                   guard=guard, limits=limits)
+        self.server.bind(self.grpc_address, credentials)
+        self.secured = credentials is not None
         self.channel: grpc.Channel | None = None
 
     def __enter__(self) -> InProcessMaster:
@@ -48,7 +57,8 @@ class InProcessMaster:
         self.server.start()
         if not self.master.wait_serving(10):
             raise TimeoutError("in-process master did not start serving")
-        self.channel = grpc.insecure_channel(self.grpc_address)
+        if not self.secured:
+            self.channel = grpc.insecure_channel(self.grpc_address)
         return self
 
     def operator(self) -> operator_pb2_grpc.OperatorStub:

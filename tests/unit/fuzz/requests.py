@@ -100,3 +100,97 @@ def check_call(stubs: dict[str, Any], fingerprint: Callable[[], str], service: s
     if code is not grpc.StatusCode.OK:
         assert fingerprint() == before, f"{service}.{method} was refused ({code}) but changed the state"
     return code
+
+
+# ---- oversized and many-argument requests ----------------------------------------------------------------
+# Each case is (service, method, request, the codes it may get, a text INVALID_ARGUMENT's details must hold).
+# Every one is refused (the fuzzed framework holds no offer, so nothing can launch) and must change nothing;
+# the size caps are checked before the offers, so an oversized launch is INVALID_ARGUMENT naming the field.
+# A message over the master's 4 MiB receive limit is refused by gRPC itself with RESOURCE_EXHAUSTED.
+Oversized = tuple[str, str, Any, frozenset[grpc.StatusCode], str]
+
+_INVALID = frozenset({grpc.StatusCode.INVALID_ARGUMENT})
+_TOO_BIG = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED})
+_CPU = [common_pb2.Resource(name="cpus", scalar=0.1)]
+
+
+def _task(n: int = 0, **fields: Any) -> common_pb2.TaskInfo:
+    command = fields.pop("command", common_pb2.CommandInfo(shell=True, value="true"))
+    task = common_pb2.TaskInfo(task_id=fields.pop("task_id", f"big-{n}"), name=fields.pop("name", "big"),
+                               command=command, **fields)
+    if not task.resources:
+        task.resources.extend(_CPU)
+    return task
+
+
+def _launch(framework_id: str, tasks: list[common_pb2.TaskInfo]) -> scheduler_pb2.AcceptRequest:
+    return scheduler_pb2.AcceptRequest(
+        header=scheduler_pb2.CallHeader(framework_id=framework_id), offer_ids=["offer-that-never-was"],
+        operations=[scheduler_pb2.Operation(type=scheduler_pb2.Operation.LAUNCH, tasks=tasks)])
+
+
+def oversized_calls(framework_id: str) -> st.SearchStrategy[Oversized]:
+    """Thousands of arguments, megabyte strings and huge repeated fields, from a subscribed framework (so the
+    size checks, not an unknown framework id, answer) and from operators."""
+    def accept(tasks: list[common_pb2.TaskInfo], codes: frozenset[grpc.StatusCode], text: str) -> Oversized:
+        return "scheduler", "Accept", _launch(framework_id, tasks), codes, text
+
+    many_arguments = st.builds(
+        lambda n, length: accept([_task(command=common_pb2.CommandInfo(value="prog", arguments=["a" * length] * n))],
+                                 _TOO_BIG, "command.arguments"),
+        st.integers(257, 6000), st.sampled_from([0, 1, 16, 500]))
+    long_arguments = st.builds(
+        lambda n, length: accept([_task(command=common_pb2.CommandInfo(value="prog", arguments=["b" * length] * n))],
+                                 _TOO_BIG, "command.arguments"),
+        st.integers(9, 250), st.integers(3700, 4096))
+    environment = st.builds(
+        lambda n: accept([_task(command=common_pb2.CommandInfo(value="prog", environment=[
+            common_pb2.Label(key=f"V{i}", value="v") for i in range(n)]))], _TOO_BIG, "command.environment"),
+        st.integers(257, 20_000))
+    labels = st.builds(lambda n: accept([_task(labels=[common_pb2.Label(key=f"k{i}", value="") for i in range(n)])],
+                                        _TOO_BIG, "labels"), st.integers(65, 20_000))
+    resources = st.builds(
+        lambda n: accept([_task(resources=[common_pb2.Resource(name=f"r{i}", scalar=1.0) for i in range(n)])],
+                         _TOO_BIG, "resources"), st.integers(65, 5000))
+    strings = st.builds(
+        lambda field, size: accept(
+            [_task(**{field: "x" * size})] if field in ("task_id", "name") else
+            [_task(command=common_pb2.CommandInfo(value="x" * size if field == "value" else "true",
+                                                  **({} if field == "value" else {field: "x" * size})))],
+            _TOO_BIG, "" if size > 4 * 1024 * 1024 else field),
+        st.sampled_from(["task_id", "name", "value", "working_dir", "user"]),
+        st.sampled_from([5000, 100_000, 1_000_000, 3_000_000, 5 * 1024 * 1024]))
+    # many small tasks pass the size caps and reach the (unknown) offer; together over 512 KiB they do not
+    many_tasks = st.builds(
+        lambda n, length: accept([_task(i, command=common_pb2.CommandInfo(value="prog", arguments=["c" * length]))
+                                  for i in range(n)],
+                                 _TOO_BIG if n * length > 600_000 else frozenset({grpc.StatusCode.NOT_FOUND}),
+                                 "operations" if n * length > 600_000 else ""),
+        st.integers(200, 3000), st.sampled_from([1, 1000, 3000]))
+    many_offers = st.builds(lambda n: ("scheduler", "Decline", scheduler_pb2.DeclineRequest(
+        header=scheduler_pb2.CallHeader(framework_id=framework_id), offer_ids=[f"o-{i}" for i in range(n)]),
+        frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT}), ""), st.integers(1000, 50_000))
+    many_roles = st.builds(lambda n: ("scheduler", "Suppress", scheduler_pb2.SuppressRequest(
+        header=scheduler_pb2.CallHeader(framework_id=framework_id), roles=[f"role-{i}" for i in range(n)]),
+        _INVALID, "roles"), st.integers(1000, 50_000))
+    big_role = st.builds(lambda size: ("operator", "SetWeight", operator_pb2.SetWeightRequest(
+        role="r" * size, weight=2.0), _TOO_BIG, ""), st.sampled_from([1000, 1_000_000, 5 * 1024 * 1024]))
+    return st.one_of(many_arguments, long_arguments, environment, labels, resources, strings, many_tasks,
+                     many_offers, many_roles, big_role)
+
+
+def check_oversized(stubs: dict[str, Any], fingerprint: Callable[[], str], case: Oversized) -> grpc.StatusCode:
+    """Make an oversized call: one of the codes the case allows (never OK, never INTERNAL), the field named
+    when it is INVALID_ARGUMENT, and the state unchanged."""
+    service, method, request, codes, text = case
+    before = fingerprint()
+    try:
+        getattr(stubs[service], method)(request, timeout=30)
+        code, details = grpc.StatusCode.OK, ""
+    except grpc.RpcError as err:
+        code, details = err.code(), err.details() or ""
+    assert code in codes, f"{service}.{method} answered {code} ({details[:200]}) to an oversized request"
+    if code is grpc.StatusCode.INVALID_ARGUMENT and text:
+        assert text in details, f"{service}.{method}: {details[:200]!r} does not name {text}"
+    assert fingerprint() == before, f"{service}.{method} was refused ({code}) but changed the state"
+    return code

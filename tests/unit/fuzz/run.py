@@ -1,6 +1,6 @@
 """Large fuzz run (not part of the test suite): `python -m tests.unit.fuzz.run --cases 10000`.
 
-Runs `--cases` fuzzed unary requests, then `--stream-cases` of each stream family (hostile first
+Runs `--cases` fuzzed unary requests (and a twentieth as many oversized ones), then `--stream-cases` of each stream family (hostile first
 messages on AgentLink.Connect, hostile messages on a registered agent stream, hostile subscriptions).
 Prints how many ran, the status codes they got, and fails loudly on a wrong code, a refused call that
 changed the state, or a master that stopped serving."""
@@ -17,7 +17,14 @@ from hypothesis import HealthCheck, given, settings
 from tessera.v1 import agent_pb2, common_pb2, operator_pb2, operator_pb2_grpc, scheduler_pb2_grpc
 from tests.support.inprocess import InProcessMaster
 from tests.support.scripted import ScriptedAgent, ScriptedFramework
-from tests.unit.fuzz.requests import FUZZ_SETTINGS, calls, check_call
+from tests.unit.fuzz.requests import (
+    FUZZ_SETTINGS,
+    Oversized,
+    calls,
+    check_call,
+    check_oversized,
+    oversized_calls,
+)
 from tests.unit.fuzz.streams import (
     check_first_message,
     check_follow_up,
@@ -64,9 +71,21 @@ def run_unary(cases: int) -> int:
             methods[method] += 1
 
         run()
+        oversized: Counter[str] = Counter()
+
+        @settings(max_examples=max(1, cases // 20), deadline=None, suppress_health_check=list(HealthCheck),
+                  database=None)
+        @given(oversized_calls(fw.framework_id))
+        def run_oversized(case: Oversized) -> None:
+            oversized[check_oversized(stubs, lambda: str(node.master.read_state(lambda s: s.fingerprint())),
+                                      case).name] += 1
+
+        run_oversized()
         stubs["operator"].GetQuorum(operator_pb2.GetQuorumRequest(), timeout=5)
         fw.close()
         agent.close()
+    print(f"{sum(oversized.values())} oversized requests (thousands of arguments, megabyte strings, huge "
+          f"repeated fields), all refused with a clear code, none changed the state:", dict(oversized.most_common()))
     print(f"{sum(codes.values())} fuzzed requests in {time.monotonic() - started:.0f} s, 0 wrong codes, "
           f"0 refused calls that changed the state; the master kept serving")
     print("codes:", dict(codes.most_common()))

@@ -200,3 +200,79 @@ def removed_waiter(master: Any, timeout: float = 5.0) -> Callable[[str], bool]:
             time.sleep(0.005)
         return False
     return wait
+
+
+# ---- oversized and many-argument stream openings ------------------------------------------------------
+_TOO_BIG = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED})
+OversizedOpening = tuple[Any, frozenset[grpc.StatusCode], str]  # (message, codes it may get, field named)
+
+
+def oversized_registers() -> st.SearchStrategy[OversizedOpening]:
+    """A Register of a new agent with thousands of attributes or resource entries, or megabyte strings:
+    refused before anything is recorded (INVALID_ARGUMENT naming the field; over 4 MiB, gRPC's
+    RESOURCE_EXHAUSTED)."""
+    def register(info: common_pb2.AgentInfo) -> agent_pb2.AgentMessage:
+        return agent_pb2.AgentMessage(register=agent_pb2.Register(info=info))
+
+    cpus = [common_pb2.Resource(name="cpus", scalar=2.0)]
+    attributes = st.builds(lambda n: (register(common_pb2.AgentInfo(hostname="h", resources=cpus, attributes=[
+        common_pb2.Label(key=f"a{i}", value="") for i in range(n)])), _TOO_BIG, "info.attributes"),
+        st.integers(129, 20_000))
+    resources = st.builds(lambda n: (register(common_pb2.AgentInfo(hostname="h", resources=[
+        common_pb2.Resource(name=f"r{i}", scalar=1.0) for i in range(n)])), _TOO_BIG, "info.resources"),
+        st.integers(1025, 20_000))
+    ports = st.builds(lambda n: (register(common_pb2.AgentInfo(hostname="h", resources=[common_pb2.Resource(
+        name="ports", ranges=[common_pb2.Range(begin=p, end=p) for p in range(1, 2 * n, 2)])])),
+        _TOO_BIG, "info.resources"), st.integers(1025, 30_000))
+    strings = st.builds(lambda field, size: (register(common_pb2.AgentInfo(
+        resources=cpus, **{"hostname": "h", **{field: "x" * size}})), _TOO_BIG, "" if size > 4 << 20 else field),
+        st.sampled_from(["hostname", "isolator", "version"]), st.sampled_from([300, 1_000_000, 5 << 20]))
+    return st.one_of(attributes, resources, ports, strings)
+
+
+def check_oversized_register(stub: Any, fingerprint: Fingerprint, case: OversizedOpening) -> grpc.StatusCode:
+    message, codes, text = case
+    before = fingerprint()
+    call = stub.Connect(iter([message]), timeout=30)
+    try:
+        replies = list(call)
+    except grpc.RpcError as err:
+        code, details = err.code(), err.details() or ""
+        assert code in codes, f"AgentLink.Connect answered {code} ({details[:200]}) to an oversized Register"
+        if code is grpc.StatusCode.INVALID_ARGUMENT and text:
+            assert text in details, f"{details[:200]!r} does not name {text}"
+        assert fingerprint() == before, "an oversized Register was refused but changed the state"
+        return code
+    raise AssertionError(f"an oversized Register was accepted: {replies[:1]!r}")
+
+
+def oversized_framework_infos() -> st.SearchStrategy[OversizedOpening]:
+    """A Subscribe with thousands of roles, a failover timeout of decades, megabyte strings: refused."""
+    def info(**fields: Any) -> common_pb2.FrameworkInfo:
+        return common_pb2.FrameworkInfo(**{"name": "big", "roles": ["default"], **fields})
+
+    roles = st.builds(lambda n: (info(roles=[f"role-{i}" for i in range(n)]), _TOO_BIG, "info.roles"),
+                      st.integers(129, 50_000))
+    failover = st.builds(lambda years: (info(failover_timeout_seconds=years * 365 * 86400.0), _TOO_BIG,
+                                        "info.failover_timeout_seconds"), st.integers(1, 31))
+    strings = st.builds(lambda field, size: (info(**{field: "x" * size}), _TOO_BIG, "" if size > 4 << 20 else field),
+                        st.sampled_from(["name", "principal", "user", "hostname"]),
+                        st.sampled_from([300, 1_000_000, 5 << 20]))
+    return st.one_of(roles, failover, strings)
+
+
+def check_oversized_subscribe(stub: Any, fingerprint: Fingerprint, case: OversizedOpening) -> grpc.StatusCode:
+    info, codes, text = case
+    before = fingerprint()
+    call = stub.Subscribe(scheduler_pb2.SubscribeRequest(info=info), timeout=30)
+    try:
+        first = next(call)
+    except grpc.RpcError as err:
+        code, details = err.code(), err.details() or ""
+        assert code in codes, f"Scheduler.Subscribe answered {code} ({details[:200]}) to an oversized info"
+        if code is grpc.StatusCode.INVALID_ARGUMENT and text:
+            assert text in details, f"{details[:200]!r} does not name {text}"
+        assert fingerprint() == before, "an oversized Subscribe was refused but changed the state"
+        return code
+    call.cancel()
+    raise AssertionError(f"an oversized Subscribe was accepted: {first!r}")

@@ -11,7 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from tessera.v1 import operator_pb2, operator_pb2_grpc, scheduler_pb2_grpc
 from tests.support.inprocess import InProcessMaster
 from tests.support.scripted import ScriptedAgent, ScriptedFramework
-from tests.unit.fuzz.requests import FUZZ_SETTINGS, calls, check_call
+from tests.unit.fuzz.requests import (
+    FUZZ_SETTINGS,
+    Oversized,
+    calls,
+    check_call,
+    check_oversized,
+    oversized_calls,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -40,5 +47,30 @@ def test_fuzzed_requests_get_proper_codes_and_refusals_change_nothing() -> None:
         # still serving
         assert stubs["operator"].GetQuorum(operator_pb2.GetQuorumRequest(), timeout=5).applied_index > 0
         assert sum(codes.values()) >= 150
+        fw.close()
+        agent.close()
+
+
+def test_oversized_and_many_argument_requests_get_clear_codes_and_change_nothing() -> None:
+    with InProcessMaster(allocation=False, settings=FUZZ_SETTINGS) as node:
+        agent = ScriptedAgent(node.channel).start()
+        assert agent.registered.wait(5)
+        fw = ScriptedFramework(node.channel).start()
+        assert fw.subscribed.wait(5)
+        stubs = {"operator": operator_pb2_grpc.OperatorStub(node.channel),
+                 "scheduler": scheduler_pb2_grpc.SchedulerStub(node.channel)}
+        codes: Counter[str] = Counter()
+
+        def fingerprint() -> str:
+            return str(node.master.read_state(lambda s: s.fingerprint()))
+
+        @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(oversized_calls(fw.framework_id))
+        def run(case: Oversized) -> None:
+            codes[check_oversized(stubs, fingerprint, case).name] += 1
+
+        run()
+        assert stubs["operator"].GetQuorum(operator_pb2.GetQuorumRequest(), timeout=5).applied_index > 0
+        assert codes["INVALID_ARGUMENT"] > 0, codes
         fw.close()
         agent.close()

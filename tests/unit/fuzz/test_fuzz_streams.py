@@ -14,12 +14,17 @@ from tests.support.inprocess import InProcessMaster
 from tests.support.scripted import ScriptedAgent, ScriptedFramework
 from tests.unit.fuzz.requests import FUZZ_SETTINGS
 from tests.unit.fuzz.streams import (
+    OversizedOpening,
     check_first_message,
     check_follow_up,
+    check_oversized_register,
+    check_oversized_subscribe,
     check_subscribe,
     first_messages,
     follow_ups,
     framework_infos,
+    oversized_framework_infos,
+    oversized_registers,
     removed_waiter,
 )
 
@@ -98,3 +103,23 @@ def test_hostile_subscriptions_are_refused_or_subscribe(node: InProcessMaster) -
     assert codes["OK"] > 0 and sum(codes.values()) > codes["OK"], codes
     gone.close()
 
+
+
+def test_oversized_stream_openings_are_refused_with_clear_codes_and_change_nothing(node: InProcessMaster) -> None:
+    link, scheduler = node.agent_link(), node.scheduler()
+    codes: Counter[str] = Counter()
+
+    @settings(max_examples=CASES // 2, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(oversized_registers())
+    def registers(case: OversizedOpening) -> None:
+        codes[check_oversized_register(link, lambda: fingerprint_of(node), case).name] += 1
+
+    @settings(max_examples=CASES // 2, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(oversized_framework_infos())
+    def subscriptions(case: OversizedOpening) -> None:
+        codes[check_oversized_subscribe(scheduler, lambda: fingerprint_of(node), case).name] += 1
+
+    registers()
+    subscriptions()
+    still_serving(node)
+    assert codes["INVALID_ARGUMENT"] > 0, codes
