@@ -438,16 +438,21 @@ def pending_to_close(pending: dict[Any, float], now: float, deadline_s: float, c
 
 
 class PortGuardStats:
-    """Connections the Raft port guard closed since the last summary in the log (tick thread only)."""
+    """Connections the Raft port guard closed, by reason: running totals (written on the tick thread)."""
+
+    _REASONS = ("frame above the legal length", "frame that did not decrypt", "no handshake in time",
+                "over the pending cap")
 
     def __init__(self) -> None:
         self.oversized = self.undecodable = self.expired = self.over_cap = 0
+        self._reported = (0, 0, 0, 0)
 
     def take(self) -> dict[str, int]:
-        out = {"frame above the legal length": self.oversized, "frame that did not decrypt": self.undecodable,
-               "no handshake in time": self.expired, "over the pending cap": self.over_cap}
-        self.oversized = self.undecodable = self.expired = self.over_cap = 0
-        return {k: v for k, v in out.items() if v}
+        """The closures since the previous call, by reason (reasons with none left out)."""
+        totals = (self.oversized, self.undecodable, self.expired, self.over_cap)
+        delta = {why: now - before for why, now, before in zip(self._REASONS, totals, self._reported, strict=True)}
+        self._reported = totals
+        return {why: n for why, n in delta.items() if n}
 
 
 def bound_reads(conn: Any, limit: Callable[[], int], stats: PortGuardStats) -> None:
@@ -549,7 +554,7 @@ class GuardedTCPTransport(TCPTransport):  # type: ignore[misc]
         self._max_pending = max_pending
         self._pending_since: dict[Any, float] = {}
         self.guard_stats = PortGuardStats()
-        self._last_summary = time.monotonic()
+        self._last_summary = float("-inf")
         super().__init__(syncObj, selfNode, otherNodes)
 
     def addNode(self, node: Any) -> None:
@@ -569,12 +574,12 @@ class GuardedTCPTransport(TCPTransport):  # type: ignore[misc]
         super()._onTick()
         if self._pending_since:
             self._close_pending(time.monotonic())
-        if time.monotonic() - self._last_summary >= self._SUMMARY_EVERY_S:
-            self._last_summary = time.monotonic()
+        if time.monotonic() - self._last_summary >= self._SUMMARY_EVERY_S:  # the first at once, then batched
             closed = self.guard_stats.take()
             if closed:
-                log.warning("raft port: closed connections in the last %.0f s: %s (Raft ports must be "
-                            "reachable by masters only)", self._SUMMARY_EVERY_S,
+                self._last_summary = time.monotonic()
+                log.warning("raft port: closed connections since the last report (at most one per %.0f s): %s; "
+                            "Raft ports must be reachable by masters only", self._SUMMARY_EVERY_S,
                             ", ".join(f"{why}: {n}" for why, n in closed.items()))
 
     def _close_pending(self, now: float) -> None:

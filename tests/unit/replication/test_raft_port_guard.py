@@ -21,6 +21,7 @@ from pysyncobj.encryptor import getEncryptor
 from control_plane.replication import GroupCommitConfig, RaftReplicator, ReplicationConfig
 from control_plane.replication.raft import (
     HANDSHAKE_FRAME_BYTES,
+    PortGuardStats,
     declared_frame_length,
     frame_is_legal,
     largest_legal_frame,
@@ -97,6 +98,17 @@ def test_beyond_the_cap_the_oldest_pending_connections_are_closed() -> None:
     assert pending_to_close(pending, now=6.0, deadline_s=100.0, cap=6) == []
     # expired ones first, and they count towards nothing
     assert pending_to_close(pending, now=103.5, deadline_s=100.0, cap=2) == ["c0", "c1", "c2", "c3"]
+
+
+def test_the_log_summary_reports_closures_since_the_previous_one_and_totals_keep_counting() -> None:
+    stats = PortGuardStats()
+    assert stats.take() == {}
+    stats.oversized += 3
+    stats.expired += 1
+    assert stats.take() == {"frame above the legal length": 3, "no handshake in time": 1}
+    stats.oversized += 1
+    assert stats.take() == {"frame above the legal length": 1}
+    assert stats.take() == {} and stats.oversized == 4
 
 
 def test_the_deadline_and_cap_are_validated(tmp_path: Path) -> None:
