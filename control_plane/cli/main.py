@@ -82,7 +82,7 @@ class Ctx:
 
     @property
     def security(self) -> Any:
-        """The ClientSecurity from --tls-dir and --token / --token-file (one line and exit 2 if unusable)."""
+        """The ClientSecurity from --tls-dir and --token-file / TESSERA_TOKEN (one line and exit 2 if unusable)."""
         if self._security is None:
             from control_plane.cli.up import cluster_security
             from control_plane.tls import ClientSecurity, TlsConfigError, read_token_file
