@@ -292,8 +292,9 @@ def _teardown(driver: SchedulerDriver) -> None:
 
 
 def _security() -> ClientSecurity:
-    """`tessera --tls-dir D --token T run ...`: the group's flags, else TESSERA_TLS_DIR / TESSERA_TOKEN(_FILE),
-    else the framework files a `tessera up --secure` cluster started here recorded, else plaintext."""
+    """`tessera --tls-dir D --token-file F run ...`: the group's flags (and TESSERA_TOKEN), else
+    TESSERA_TLS_DIR / TESSERA_TOKEN(_FILE), else the framework files a `tessera up --secure` cluster
+    started here recorded, else plaintext."""
     from control_plane.cli.up import cluster_security
     from control_plane.tls import read_token_file
 

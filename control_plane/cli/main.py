@@ -3,14 +3,19 @@
 Every command that talks to a cluster takes `--masters HOST:PORT,...` (or TESSERA_MASTERS), follows the
 leader on its own, prints a table for people or JSON with `--json`, exits non-zero on failure and says in
 one line why (no traceback). A secured cluster wants `--tls-dir DIR` (ca.pem, cert.pem, key.pem of an
-operator certificate) and a bearer token (`--token`, `--token-file`, or TESSERA_TLS_DIR / TESSERA_TOKEN /
-TESSERA_TOKEN_FILE).
+operator certificate) and a bearer token (`--token-file FILE`, or TESSERA_TLS_DIR / TESSERA_TOKEN_FILE /
+TESSERA_TOKEN).
+
+Secrets never come from the command line, which every local user can read in /proc/PID/cmdline: the
+token and the Raft password come from a file or the environment (readable by their owner only), and
+the old `--token` / `--raft-password` flags are refused with one line naming the alternatives.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +34,28 @@ console = Console(width=None if sys.stdout.isatty() else 200)
 def fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"tessera: {message}", err=True)
     sys.exit(code)
+
+
+def refuse_secret_flag(alternatives: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    """A callback for a removed flag that took a secret: one line naming where the secret goes now."""
+
+    def refuse(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value is not None:
+            fail(f"{param.opts[0]} is not accepted: a secret on the command line is readable by every local "
+                 f"user (/proc/PID/cmdline); use {alternatives}", 2)
+
+    return refuse
+
+
+def read_secret_file(path: Path, flag: str) -> str:
+    """The secret in `path` (surrounding whitespace removed); one line and exit 2 if unusable."""
+    try:
+        secret = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"{flag}: cannot read {path} ({getattr(exc, 'strerror', None) or exc})", 2)
+    if not secret:
+        fail(f"{flag}: {path} is empty", 2)
+    return secret
 
 
 def parse_masters(value: str) -> list[str]:
@@ -55,7 +82,7 @@ class Ctx:
 
     @property
     def security(self) -> Any:
-        """The ClientSecurity from --tls-dir and --token / --token-file (one line and exit 2 if unusable)."""
+        """The ClientSecurity from --tls-dir and --token-file / TESSERA_TOKEN (one line and exit 2 if unusable)."""
         if self._security is None:
             from control_plane.cli.up import cluster_security
             from control_plane.tls import ClientSecurity, TlsConfigError, read_token_file
@@ -109,14 +136,16 @@ pass_ctx = click.make_pass_decorator(Ctx)
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the cluster.")
 @click.option("--tls-dir", envvar="TESSERA_TLS_DIR", default=None, metavar="DIR",
               help="mTLS: DIR holds ca.pem, cert.pem and key.pem (or TESSERA_TLS_DIR). Plaintext without it.")
-@click.option("--token", envvar="TESSERA_TOKEN", default=None, help="Bearer token of your principal (or TESSERA_TOKEN).")
 @click.option("--token-file", envvar="TESSERA_TOKEN_FILE", default=None, metavar="FILE",
-              help="Read the bearer token from FILE (or TESSERA_TOKEN_FILE).")
+              help="Read the bearer token of your principal from FILE (or TESSERA_TOKEN_FILE; or the token "
+                   "itself in TESSERA_TOKEN). Never on the command line.")
+@click.option("--token", hidden=True, expose_value=False, is_eager=True, allow_from_autoenv=False,
+              callback=refuse_secret_flag("--token-file FILE, TESSERA_TOKEN_FILE or TESSERA_TOKEN"))
 @click.pass_context
-def cli(ctx: click.Context, masters: str, as_json: bool, timeout: float, tls_dir: str | None, token: str | None,
+def cli(ctx: click.Context, masters: str, as_json: bool, timeout: float, tls_dir: str | None,
         token_file: str | None) -> None:
     """Tessera: a datacenter kernel with a Raft-replicated, event-sourced master."""
-    ctx.obj = Ctx(masters, as_json, timeout, tls_dir, token, token_file)
+    ctx.obj = Ctx(masters, as_json, timeout, tls_dir, os.environ.get("TESSERA_TOKEN") or None, token_file)
 
 
 # ---- master ------------------------------------------------------------------------------------
@@ -129,8 +158,14 @@ def cli(ctx: click.Context, masters: str, as_json: bool, timeout: float, tls_dir
               help="HOST:PORT to listen on for Raft when it differs from --raft, the address peers dial "
                    "(NAT, a proxy in front of the port). Default: --raft.")
 @click.option("--data-dir", type=click.Path(path_type=Path), required=True, help="Journal, dump and events.db.")
-@click.option("--raft-password", envvar="TESSERA_RAFT_PASSWORD", default=None,
-              help="Encrypts the Raft port (or TESSERA_RAFT_PASSWORD). Required unless --insecure-dev.")
+@click.option("--raft-password-file", type=click.Path(path_type=Path), envvar="TESSERA_RAFT_PASSWORD_FILE",
+              default=None, metavar="FILE",
+              help="Read the password that encrypts the Raft port from FILE (or TESSERA_RAFT_PASSWORD_FILE; or "
+                   "the password itself in TESSERA_RAFT_PASSWORD). Never on the command line. Required "
+                   "unless --insecure-dev.")
+@click.option("--raft-password", hidden=True, expose_value=False, is_eager=True, allow_from_autoenv=False,
+              callback=refuse_secret_flag("--raft-password-file FILE, TESSERA_RAFT_PASSWORD_FILE or "
+                                          "TESSERA_RAFT_PASSWORD"))
 @click.option("--agent-timeout", default=10.0, show_default=True,
               help="Seconds without a heartbeat before an agent is marked unreachable.")
 @click.option("--agent-heartbeat-interval", default=1.0, show_default=True,
@@ -163,14 +198,24 @@ def cli(ctx: click.Context, masters: str, as_json: bool, timeout: float, tls_dir
               help="Start without mTLS, ACL or Raft password: a local development cluster only.")
 @click.option("--log-level", default="INFO", show_default=True)
 def master(name: str, raft_address: str, grpc_address: str, peers: str, raft_bind: str | None, data_dir: Path,
-           raft_password: str | None, agent_timeout: float, agent_heartbeat_interval: float,
+           raft_password_file: Path | None, agent_timeout: float, agent_heartbeat_interval: float,
            reregistration_timeout: float, allocation_interval: float, offer_timeout: float,
            framework_reconnect_timeout: float, grpc_workers: int, event_retention: int,
            metrics_address: str | None, master_tls_dir: Path | None, acl_path: Path | None,
            limits: tuple[str, ...], insecure_dev: bool, log_level: str) -> None:
     """Run one master of a Raft quorum.
 
-    Refuses to start without --tls-dir, --acl and --raft-password unless --insecure-dev is given."""
+    Refuses to start without --tls-dir, --acl and a Raft password (--raft-password-file or
+    TESSERA_RAFT_PASSWORD) unless --insecure-dev is given.
+
+    \b
+    The Raft port must be reachable by the other masters only (a firewall rule):
+    it authenticates peers by the password alone. pysyncobj derives the port's
+    encryption key from the password with PBKDF2 and a fixed salt, the same in
+    every installation, so the password must be long and random (tessera certs
+    init writes one; or: python -c "import secrets; print(secrets.token_urlsafe(32))").
+    Connections that do not complete the password handshake within a few seconds
+    are closed, as are frames larger than a master ever sends."""
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
     from control_plane.runtime.leader import LeaderSettings
@@ -193,6 +238,10 @@ def master(name: str, raft_address: str, grpc_address: str, peers: str, raft_bin
         master_limits = parse_limits(limits)
     except InvalidRequest as exc:
         fail(exc.message, 2)
+    if raft_password_file is not None:
+        raft_password: str | None = read_secret_file(raft_password_file, "--raft-password-file")
+    else:
+        raft_password = os.environ.get("TESSERA_RAFT_PASSWORD") or None
     config = MasterConfig(
         name=name, raft_address=raft_address, grpc_address=grpc_address,
         peers=tuple(p.strip() for p in peers.split(",") if p.strip()), data_dir=data_dir,

@@ -8,10 +8,11 @@ next, then streams every child's output prefixed with its coloured name until Ct
 
 It is a development tool and says so loudly: gRPC is plaintext on loopback (the masters run with
 `--insecure-dev`), and the Raft port is encrypted with a password generated into `D/raft-password`
-(readable by whoever can read D). `--secure` runs the production checks instead: `tessera certs init
-D/pki` (once), masters with mTLS and the ACL, each agent with a certificate of its own
-(`D/pki/agents/aN`, `tessera certs agent`), demo frameworks with their certificate and token; `cluster.json` then names the operator's TLS directory and token file, which other commands run
-from the same directory use when no `--tls-dir` / token is given.
+(0600; the masters get the file's path, never the password, in their command line or environment).
+`--secure` runs the production checks instead: `tessera certs init D/pki` (once), masters with mTLS
+and the ACL, each agent with a certificate of its own (`D/pki/agents/aN`, `tessera certs agent`), demo
+frameworks with their certificate and token; `cluster.json` then names the operator's TLS directory and
+token file, which other commands run from the same directory use when no `--tls-dir` / token is given.
 
 State file: `D/cluster.json` holds the members (names, Raft and gRPC addresses, PIDs) and whether the
 cluster is running. `default_masters()` is how every other command finds the cluster without flags:
@@ -320,15 +321,15 @@ def _secure_setup(pki: Path, env: dict[str, str], agent_names: list[str]
             {name: ["--tls-dir", str(pki / "agents" / name)] for name in agent_names})
 
 
-def raft_password(data_dir: Path) -> str:
+def raft_password_file(data_dir: Path) -> Path:
+    """`D/raft-password`, written (0600, 32 random bytes) when missing; the masters read it themselves
+    (TESSERA_RAFT_PASSWORD_FILE): a password in argv or the environment of children is exposed to more."""
     path = data_dir / "raft-password"
-    if path.exists():
-        return path.read_text().strip()
-    password = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(password + "\n")
-    return password
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    return path
 
 
 def check_not_running(data_dir: Path) -> None:
@@ -475,11 +476,11 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
         fail(f"--data-dir: {data_dir} is not writable ({exc.strerror or exc})", 2)
     check_not_running(data_dir)
     members = plan_members(data_dir, int(n_masters))
-    password = raft_password(data_dir)
+    password_file = raft_password_file(data_dir)
     with_agents = n_agents > 0 and agent_command_available()
     addresses = ",".join(m.grpc for m in members)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
-    env.update(PYTHONUNBUFFERED="1", TESSERA_RAFT_PASSWORD=password, TESSERA_MASTERS=addresses)
+    env.update(PYTHONUNBUFFERED="1", TESSERA_RAFT_PASSWORD_FILE=str(password_file), TESSERA_MASTERS=addresses)
     tessera = [sys.executable, "-m", "control_plane.cli.main"]
     pki = data_dir / "pki"
     agent_names = [f"a{i}" for i in range(1, n_agents + 1)] if with_agents else []

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -123,7 +124,8 @@ def _node_main(args: argparse.Namespace) -> int:
     me = addresses[args.node]
     group = GroupCommitConfig(linger_s=args.linger_ms / 1000, max_batches_in_flight=args.in_flight)
     cfg = ReplicationConfig(self_address=me, peers=tuple(a for a in addresses if a != me),
-                            data_dir=Path(args.data_dir) / f"node{args.node}", password=args.password,
+                            data_dir=Path(args.data_dir) / f"node{args.node}",
+                            password=os.environ.get("TESSERA_RAFT_PASSWORD") or None,
                             group_commit=group)
     sm = _CountingStateMachine()
     node = RaftReplicator(cfg, sm)
@@ -143,7 +145,7 @@ def _node_main(args: argparse.Namespace) -> int:
         else:
             result = _run_window(node, args.submitters, args.seconds, payload)
         result.update(mode=args.mode, submitters=args.submitters, nodes=len(addresses),
-                      entry_bytes=args.entry_bytes, password=args.password is not None,
+                      entry_bytes=args.entry_bytes, password=args.encrypt,
                       linger_ms=args.linger_ms, in_flight=args.in_flight,
                       switch_interval=sys.getswitchinterval(),
                       batches=sm.batches, avg_batch=round(sm.count / max(1, sm.batches), 1),
@@ -163,17 +165,20 @@ def _driver_main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="tessera-bench-") as tmp:
         result_file = os.path.join(tmp, "result.json")
         procs = []
+        env = {k: v for k, v in os.environ.items() if k != "TESSERA_RAFT_PASSWORD"}
+        if args.encrypt:  # to the nodes in their environment, never on a command line
+            env["TESSERA_RAFT_PASSWORD"] = secrets.token_urlsafe(32)
         for i in range(args.nodes):
             cmd = [sys.executable, "-m", "control_plane.replication.bench", "--node", str(i),
                    "--addresses", ",".join(addresses), "--data-dir", tmp, "--result-file", result_file,
                    "--seconds", str(args.seconds), "--submitters", str(args.submitters),
                    "--mode", args.mode, "--entry-bytes", str(args.entry_bytes),
                    "--linger-ms", str(args.linger_ms), "--in-flight", str(args.in_flight)]
-            if args.password:
-                cmd += ["--password", args.password]
+            if args.encrypt:
+                cmd += ["--encrypt"]
             if args.switch_interval is not None:
                 cmd += ["--switch-interval", str(args.switch_interval)]
-            procs.append(subprocess.Popen(cmd))
+            procs.append(subprocess.Popen(cmd, env=env))
         try:
             deadline = time.monotonic() + args.seconds + 60
             while not os.path.exists(result_file) and time.monotonic() < deadline:
@@ -202,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--entry-bytes", type=int, default=64)
     parser.add_argument("--linger-ms", type=float, default=2.0)
     parser.add_argument("--in-flight", type=int, default=4)
-    parser.add_argument("--password", default=None)
+    parser.add_argument("--encrypt", action="store_true", help="encrypt the Raft port with a random password")
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="sys.setswitchinterval() in the node processes (default: Python's 5 ms)")
     # Internal: a node process started by the driver.

@@ -99,6 +99,12 @@ class ReplicationConfig:
     # Large: with the default 3.5 s the first RequestVote on an idle follower<->follower socket is
     # dropped and failover takes twice as long (§6.2). TCP keepalive still detects dead peers.
     connection_timeout_s: float = 3600.0
+    # A connection accepted on the Raft port that has not identified itself as a master (key exchange,
+    # then its address, encrypted with the password) within this time is closed, and at most
+    # max_pending_connections such connections are kept (the oldest go first). A master completes the
+    # handshake within a round trip; pysyncobj alone keeps any connection for connection_timeout_s.
+    handshake_timeout_s: float = 3.0
+    max_pending_connections: int = 16
     # A leader cut off from its quorum steps down after this long (pysyncobj default: 30 s).
     leader_fallback_timeout_s: float = 1.5
     # How often a node retries connecting to a missing peer (pysyncobj default 5 s); a restarted
@@ -158,6 +164,10 @@ class ReplicationConfig:
             raise ValueError("raft_max_timeout_s must exceed raft_min_timeout_s")
         if not self.connection_timeout_s >= self.raft_max_timeout_s:
             raise ValueError("connection_timeout_s must be >= raft_max_timeout_s")
+        if self.handshake_timeout_s <= 0:
+            raise ValueError("handshake_timeout_s must be > 0")
+        if self.max_pending_connections < 1:
+            raise ValueError("max_pending_connections must be >= 1")
         if not self.leader_fallback_timeout_s > self.append_entries_period_s:
             raise ValueError("leader_fallback_timeout_s must exceed append_entries_period_s")
         if self.connection_retry_time_s < 0:

@@ -29,6 +29,10 @@ partition) until it is healed (then everything held arrives, in order) or until 
 (then it is lost). A *reset* breaks a connection at once: that is how message loss looks to a TCP
 user. A crashed node's connections break at once (the kernel closes its sockets). Every message is
 pickled at send time, as the TCP transport does, so nodes share no objects.
+
+The Raft port guard (``raft.GuardedTCPTransport``: frame lengths, handshake deadline, cap on pending
+connections) is not installed here: it guards sockets, and the simulated network has none (messages
+are objects handed from node to node, never framed bytes from a stranger).
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ class Security:
 def validate_security(config: MasterConfig) -> Security:
     missing = tuple(what for what, present in (
         ("mTLS (--tls-dir)", config.tls_dir is not None), ("an ACL (--acl)", config.acl_path is not None),
-        ("a Raft password (--raft-password)", bool(config.raft_password))) if not present)
+        ("a Raft password (--raft-password-file or TESSERA_RAFT_PASSWORD)", bool(config.raft_password))) if not present)
     if missing and not config.insecure_dev:
         raise StartupError(f"refusing to start without {', '.join(missing)}; a local development cluster "
                            "may pass --insecure-dev")
@@ -226,9 +226,9 @@ def run_master(config: MasterConfig) -> int:
     log.info("master %s: raft %s, grpc %s, peers %s, data %s (pid %d)", config.name, config.raft_address,
              config.grpc_address, ",".join(config.peers) or "-", config.data_dir, os.getpid())
     if config.raft_password is None:
-        log.warning("INSECURE: the Raft port %s has no password; anyone who can reach it can take over "
-                    "the cluster. Set --raft-password or TESSERA_RAFT_PASSWORD outside local development.",
-                    config.raft_address)
+        log.warning("INSECURE: the Raft port %s has no password; anyone who can reach it can take over the "
+                    "cluster. Set --raft-password-file (or TESSERA_RAFT_PASSWORD_FILE, TESSERA_RAFT_PASSWORD) "
+                    "outside local development.", config.raft_address)
     if config.tls_dir is None:
         log.warning("INSECURE: gRPC on %s is plaintext and unauthenticated (--insecure-dev); anyone who can "
                     "reach it can run tasks and change the cluster. Not for production.", config.grpc_address)

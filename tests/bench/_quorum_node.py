@@ -51,7 +51,7 @@ def run_raw(args: argparse.Namespace) -> None:
         journalFile=str(data / "raw.journal"), fullDumpFile=str(data / "raw.dump"),
         appendEntriesUseBatch=False, raftMinTimeout=0.3, raftMaxTimeout=0.6, appendEntriesPeriod=0.05,
         connectionTimeout=3600.0, leaderFallbackTimeout=1.5, commandsWaitLeader=False,
-        password=args.password,
+        password=os.environ.get("TESSERA_RAFT_PASSWORD") or None,
     )
     node = RawLog(conf)
     deadline = time.monotonic() + 30
@@ -128,7 +128,8 @@ def run_tessera(args: argparse.Namespace) -> None:
     events = SqliteEventStore(data / "events.db")
     sm = MasterStateMachine(events)
     replicator = RaftReplicator(ReplicationConfig(
-        self_address=args.self, peers=tuple(args.peers), data_dir=data / "raft", password=args.password,
+        self_address=args.self, peers=tuple(args.peers), data_dir=data / "raft",
+        password=os.environ.get("TESSERA_RAFT_PASSWORD") or None,
     ), sm)
     master = Master(MasterIdentity(args.name, args.self, "127.0.0.1:0"), sm, replicator, events)
     master.start()
@@ -243,7 +244,6 @@ def main() -> None:
     p.add_argument("--in-flight", type=int, default=200)
     p.add_argument("--writers", type=int, default=1000)
     p.add_argument("--rate", type=float, default=0.0, help="open loop: writes started per second (0: closed loop)")
-    p.add_argument("--password", default=None)
     args = p.parse_args()
     (run_raw if args.mode == "raw" else run_tessera)(args)
 

@@ -259,10 +259,9 @@ def run_mode(mode: str, args: argparse.Namespace, tasks: int, work: Path) -> Res
 
     batched = mode == "batched"
     with LocalCluster(work / mode, n=3) as cluster:
-        # the Raft port encrypted, as outside development (LocalCluster's own password does not reach
-        # the child processes: it is set in an environment that Popen is not given)
-        cluster.master_flags = ["--grpc-workers", str(args.agents + 64), "--log-level", "WARNING",
-                                "--raft-password", "bench-raft-secret"]
+        # the Raft port encrypted, as outside development: LocalCluster hands its password to the masters in
+        # their environment (TESSERA_RAFT_PASSWORD), never on their command line
+        cluster.master_flags = ["--grpc-workers", str(args.agents + 64), "--log-level", "WARNING"]
         cluster.start_all()
         pid, term = leader_pid(cluster)
         masters = cluster.grpc_addresses()

@@ -58,10 +58,11 @@ def run_quorum(mode: str, root: Path, args: argparse.Namespace, rate: float = 0.
             cmd = [sys.executable, str(NODE), "--mode", mode, "--name", f"b{i}", "--self", addr,
                    "--peers", *[a for a in addrs if a != addr], "--data-dir", str(root / f"{tag}-{i}"),
                    "--out", str(outs[i]), "--duration", str(args.duration), "--warmup", str(args.warmup),
-                   "--writers", str(args.writers), "--password", "bench-secret", "--rate", str(rate)]
+                   "--writers", str(args.writers), "--rate", str(rate)]
             log = open(root / f"{tag}-{i}.log", "wb")
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                          start_new_session=True))
+                                          start_new_session=True,
+                                          env={**os.environ, "TESSERA_RAFT_PASSWORD": "bench-secret"}))
         limit = 60 + args.duration + args.warmup
         deadline = time.monotonic() + limit
         done = None

@@ -592,12 +592,14 @@ def test_up_secure_runs_a_cluster_that_commands_from_its_directory_reach_with_ce
         assert as_agent_user.returncode != 0 and "as-root" not in as_agent_user.stdout
         assert "may not run tasks as user" in as_agent_user.stderr, as_agent_user.stderr
         # a plaintext client never gets in, a wrong token over mTLS is UNAUTHENTICATED
-        plain = subprocess.run([*TESSERA, "--masters", address, "--timeout", "2", "--token", "x", "agents"],
-                               cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60)
+        plain = subprocess.run([*TESSERA, "--masters", address, "--timeout", "2", "agents"],
+                               cwd=tmp_path, env={**clean_env(), "TESSERA_TOKEN": "x"}, capture_output=True,
+                               text=True, timeout=60)
         assert plain.returncode == 1 and "UNAVAILABLE" in plain.stderr, plain.stderr
         pki = tmp_path / ".tessera" / "pki"
-        wrong = subprocess.run([*TESSERA, "--masters", address, "--tls-dir", str(pki / "operator"), "--token", "x",
-                                "agents"], cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60)
+        wrong = subprocess.run([*TESSERA, "--masters", address, "--tls-dir", str(pki / "operator"), "agents"],
+                               cwd=tmp_path, env={**clean_env(), "TESSERA_TOKEN": "x"}, capture_output=True,
+                               text=True, timeout=60)
         assert wrong.returncode == 1 and "UNAUTHENTICATED" in wrong.stderr, wrong.stderr
 
         os.kill(up.proc.pid, signal.SIGTERM)
