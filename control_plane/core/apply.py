@@ -145,12 +145,12 @@ class _Tx:
         self.log.append((_ITEM, mapping, key, value))
         return value
 
-    def add(self, members: set[str], item: str) -> None:
+    def add(self, members: set[Any], item: Any) -> None:
         if item not in members:
             members.add(item)
             self.log.append((_ADDED, members, item, None))
 
-    def discard(self, members: set[str], item: str) -> None:
+    def discard(self, members: set[Any], item: Any) -> None:
         if item in members:
             members.remove(item)
             self.log.append((_DISCARDED, members, item, None))
@@ -290,7 +290,7 @@ def _remember(state: ClusterState, request_id: str, result: ApplyResult) -> None
         _trim(state.requests, state.request_limit)
 
 
-def _trim(memory: OrderedDict[str, Any], limit: int) -> None:
+def _trim(memory: OrderedDict[Any, Any], limit: int) -> None:
     while len(memory) > max(limit, 0):
         memory.popitem(last=False)
 
