@@ -7,9 +7,13 @@ from pathlib import Path
 
 from agent.checkpoint import Checkpoint
 from control_plane.core.resources import Resources
-from control_plane.core.values import CommandInfo, StatusSource, TaskInfo, TaskState, TaskStatus
+from control_plane.core.values import CommandInfo, StatusSource, TaskInfo, TaskKey, TaskState, TaskStatus
 
 S = TaskState
+
+
+def K(task_id: str) -> TaskKey:  # noqa: N802 - a short name for the tasks' key
+    return TaskKey("fw", task_id)
 
 
 def task(task_id: str = "t1") -> TaskInfo:
@@ -43,9 +47,9 @@ def test_identity_and_term_survive_reopening(tmp_path: Path) -> None:
 def test_task_round_trip_keeps_every_field(tmp_path: Path) -> None:
     cp = Checkpoint.open(tmp_path / "agent.db")
     cp.add_task(task(), traceparent="00-abc-def-01")
-    cp.set_launched("t1", sandbox="/s/t1", supervisor_pid=1234, supervisor_start=99.5,
+    cp.set_launched(K("t1"), sandbox="/s/t1", supervisor_pid=1234, supervisor_start=99.5,
                     isolation={"kind": "cgroups_v1", "cgroups": ["/x"]})
-    cp.mark_kill("t1", 4.0)
+    cp.mark_kill(K("t1"), 4.0)
     cp.close()
     cp = Checkpoint.open(tmp_path / "agent.db")
     [rec] = cp.tasks()
@@ -72,7 +76,7 @@ def test_update_is_stored_with_the_task_state_and_read_back_in_order(tmp_path: P
     by_id = {t.task_id: t for t in cp.tasks()}
     assert by_id["a"].state is S.TASK_FAILED and by_id["a"].latest.uuid == "u3"
     assert by_id["b"].state is S.TASK_STARTING
-    assert [(u.status.uuid, u.acknowledged, u.traceparent) for u in cp.updates("a")] == [
+    assert [(u.status.uuid, u.acknowledged, u.traceparent) for u in cp.updates(K("a"))] == [
         ("u1", True, "tp-a"), ("u3", False, "")]
 
 
@@ -81,13 +85,13 @@ def test_done_tasks_are_hidden_and_pruned(tmp_path: Path) -> None:
     for name in ("a", "b", "c"):
         cp.add_task(task(name))
         cp.record_update(status(name, S.TASK_FINISHED, f"u-{name}"))
-    cp.mark_done("a")
-    cp.mark_done("b")
+    cp.mark_done(K("a"))
+    cp.mark_done(K("b"))
     assert [t.task_id for t in cp.tasks()] == ["c"]
     assert [t.task_id for t in cp.tasks(include_done=True)] == ["a", "b", "c"]
     assert cp.prune_done(keep=1) == 1
     assert [t.task_id for t in cp.tasks(include_done=True)] == ["b", "c"]
-    assert cp.updates("a") == []
+    assert cp.updates(K("a")) == []
 
 
 def test_file_is_plain_sqlite_in_wal_mode(tmp_path: Path) -> None:
