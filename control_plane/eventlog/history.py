@@ -458,8 +458,9 @@ def replay_records(state: ClusterState, records: Iterable[EventRecord]) -> Clust
 
 # ---- snapshots -----------------------------------------------------------------------------------
 _MAGIC = b"TSNAP"
-_FORMAT = 3  # zlib(pickle(ClusterState)), requests as plain `Remembered` tuples (2: as ApplyResult); another
-#             format or layout is skipped, never half-loaded
+_FORMAT = 4  # zlib(pickle(ClusterState)), tasks keyed by TaskKey(framework_id, task_id) (3: by task id),
+#             requests as plain `Remembered` tuples (2: as ApplyResult); another format or layout is skipped,
+#             never half-loaded
 
 
 @cache

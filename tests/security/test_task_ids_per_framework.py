@@ -115,10 +115,15 @@ def _launch_once(task_id: str):  # type: ignore[no-untyped-def]
 
     def on_offers(fw: ScriptedFramework, offers: list[common_pb2.Offer]) -> None:
         with lock:
-            if done:
-                return
+            first = not done
             done.append(offers[0].offer_id)
-        fw.launch(offers[0], task_id)
+        if first:
+            fw.launch(offers[0], task_id)
+            offers = offers[1:]
+        if offers:  # give the rest back at once, so that the other framework is offered the agent
+            fw.stub.Decline(scheduler_pb2.DeclineRequest(header=fw.header(), offer_ids=[o.offer_id for o in offers],
+                                                         filters=common_pb2.Filters(refuse_seconds=60)),
+                           timeout=5)
 
     return on_offers
 
@@ -151,6 +156,54 @@ def test_two_frameworks_run_the_same_task_id_on_one_agent_over_grpc() -> None:
         alice.close()
         bob.close()
         agent.close()
+
+
+# ---- the SDK's FakeMaster keeps the same rule -------------------------------------------------------
+def test_the_sdk_fake_master_scopes_task_ids_per_framework() -> None:
+    from sdk import Conflict as SdkConflict
+    from sdk import FrameworkInfo, Resources, Scheduler, SchedulerDriver
+    from sdk import TaskInfo as SdkTaskInfo
+    from sdk.testing import FakeMaster
+
+    class Web1(Scheduler):
+        def __init__(self) -> None:
+            self.errors: list[BaseException] = []
+            self.launched = threading.Event()
+
+        def offers(self, driver, offers) -> None:  # type: ignore[no-untyped-def]
+            if self.launched.is_set():
+                driver.decline(offers)
+                return
+            try:
+                driver.launch(offers[0], [SdkTaskInfo(task_id="web-1", resources=Resources.of(cpus=0.5, mem=32),
+                                                      command="true")])
+                self.launched.set()
+            except Exception as exc:  # noqa: BLE001 - kept for the assertion
+                self.errors.append(exc)
+
+    fake = FakeMaster()
+    fake.add_agent("cpus:1;mem:256")
+    alice, bob = Web1(), Web1()
+    with SchedulerDriver(alice, FrameworkInfo(name="alice"), fake.addresses, transport=fake.transport()) as da, \
+            SchedulerDriver(bob, FrameworkInfo(name="bob"), fake.addresses, transport=fake.transport()) as db:
+        fake.wait_for(lambda: alice.launched.is_set() and bob.launched.is_set(), what="both launches")
+        assert alice.errors == [] and bob.errors == []
+        fa, fb = da.framework_id, db.framework_id
+        assert fa and fb and fa != fb
+        assert set(fake.tasks(fa)) == set(fake.tasks(fb)) == {"web-1"}
+        with pytest.raises(ValueError, match="pass framework_id"):
+            fake.task("web-1")
+        fake.update("web-1", TaskState.TASK_RUNNING, framework_id=fb)
+        assert fake.task("web-1", fb).state is TaskState.TASK_RUNNING
+        assert fake.task("web-1", fa).state is TaskState.TASK_STAGING
+        da.kill("web-1")
+        assert fake.task("web-1", fa).state is TaskState.TASK_KILLED
+        assert fake.task("web-1", fb).state is TaskState.TASK_RUNNING
+        # a framework's own duplicate is still refused
+        fake.add_agent("cpus:1;mem:256")
+        bob.launched.clear()
+        fake.wait_for(lambda: bool(bob.errors) or bob.launched.is_set(), what="bob's second launch")
+        assert [type(e) for e in bob.errors] == [SdkConflict] and fa not in str(bob.errors[0])
 
 
 # ---- real processes: tessera master x3 + a tessera agent running real tasks, SDK frameworks -------
