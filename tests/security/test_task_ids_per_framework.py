@@ -158,6 +158,66 @@ def test_two_frameworks_run_the_same_task_id_on_one_agent_over_grpc() -> None:
         agent.close()
 
 
+# ---- the event log and the CLI take FRAMEWORK_ID/TASK_ID, or a bare id when it is unambiguous -------
+def _two_web1(node: InProcessMaster) -> tuple[str, str]:
+    """Two frameworks, each with a live `web-1` on one agent; a third framework's `solo` task."""
+    from control_plane.core.resources import Resources
+    from control_plane.core.values import AgentInfo, CommandInfo, FrameworkInfo, Offer, TaskInfo
+
+    m = node.master
+    m.propose([c.RegisterAgent(AgentInfo(hostname="h1", resources=Resources.parse("cpus:4;mem:1024")))])
+    aid = next(iter(node.state().agents))
+    fids = []
+    for name, task_id in (("alice", "web-1"), ("bob", "web-1"), ("carol", "solo")):
+        m.propose([c.SubscribeFramework(FrameworkInfo(name=name, principal=name, roles=("web",)))])
+        fid = next(f for f, r in node.state().frameworks.items() if r.info.name == name)
+        fids.append(fid)
+        m.propose([c.IssueOffers((Offer("", fid, aid, role="web", resources=Resources.of(cpus=1, mem=64)),))])
+        oid = next(o for o, r in node.state().offers.items() if r.framework_id == fid)
+        info = TaskInfo(task_id=task_id, name=task_id, resources=Resources.of(cpus=1, mem=64),
+                        command=CommandInfo(value="sleep 60"))
+        m.propose([c.Accept(fid, (oid,), (c.Operation("LAUNCH", tasks=(info,)),))])
+    return fids[0], fids[1]
+
+
+def test_timeline_tasks_and_trace_name_a_task_by_framework_and_refuse_an_ambiguous_bare_id() -> None:
+    import json
+
+    import grpc
+
+    from control_plane.eventlog import history as h
+    from tessera.v1 import operator_pb2
+    from tests.unit.inspect.cli import ok, one_line_error, tessera
+
+    with InProcessMaster(allocation=False) as node:
+        alice, bob = _two_web1(node)
+        node.events.flush()
+        masters = ("--masters", node.grpc_address)
+        # a bare id two frameworks use: a clear error listing them
+        for command in (("timeline", "web-1"), ("tasks", "web-1"), ("trace", "web-1")):
+            one_line_error(tessera(*masters, *command), "web-1", alice, bob, "FRAMEWORK_ID/web-1")
+        with pytest.raises(h.AmbiguousTask, match=f"{alice}, {bob}"):
+            h.resolve_task(node.events, "web-1")
+        # the pair names one task
+        out = ok(*masters, "--json", "timeline", f"{bob}/web-1").stdout.splitlines()
+        events = [json.loads(line) for line in out]
+        assert events and {e["framework_id"] for e in events} == {bob}
+        assert {e["task_id"] for e in events} == {"web-1"}
+        rows = json.loads(ok(*masters, "--json", "tasks", f"{alice}/web-1").stdout)
+        assert [(r["task"]["framework_id"], r["task"]["task_id"]) for r in rows] == [(alice, "web-1")]
+        # a bare id one framework uses is enough
+        assert h.resolve_task(node.events, "solo")[1] == "solo"
+        rows = json.loads(ok(*masters, "--json", "tasks", "solo").stdout)
+        assert [r["task"]["task_id"] for r in rows] == ["solo"]
+        # GetTrace: INVALID_ARGUMENT naming the frameworks for the bare id; the pair is looked up alone
+        with pytest.raises(grpc.RpcError) as err:
+            node.operator().GetTrace(operator_pb2.GetTraceRequest(task_id="web-1"), timeout=5)
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and alice in (err.value.details() or "")
+        with pytest.raises(grpc.RpcError) as err:
+            node.operator().GetTrace(operator_pb2.GetTraceRequest(task_id="web-1", framework_id=bob), timeout=5)
+        assert err.value.code() is grpc.StatusCode.NOT_FOUND  # no span was recorded: untraced proposals
+
+
 # ---- the SDK's FakeMaster keeps the same rule -------------------------------------------------------
 def test_the_sdk_fake_master_scopes_task_ids_per_framework() -> None:
     from sdk import Conflict as SdkConflict

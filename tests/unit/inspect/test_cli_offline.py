@@ -41,7 +41,8 @@ def test_state_json_is_the_get_state_at_answer(db_history: tuple[Path, Leader]) 
     with h.EventFile(db) as source:
         state = h.rebuild(source, 60).state
     assert int(data["at"]["requested_index"]) == 60 and int(data["at"]["index"]) == state.seq
-    assert {t["task"]["task_id"] for t in data["state"].get("tasks", [])} == set(state.tasks)
+    assert {(t["task"]["framework_id"], t["task"]["task_id"]) for t in data["state"].get("tasks", [])} == \
+        set(state.tasks)
     assert {r["role"] for r in data["state"].get("roles", [])} == set(state.roles)
 
 
