@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from pathlib import Path
 
@@ -146,3 +147,56 @@ def test_what_was_written_in_a_batch_that_raised_is_kept(tmp_path: Path) -> None
         assert [t.task_id for t in again.tasks()] == ["t1", "t2"]
     finally:
         again.close()
+
+
+def test_two_frameworks_tasks_of_one_id_are_two_rows(tmp_path: Path) -> None:
+    cp = Checkpoint.open(tmp_path / "agent.db")
+    try:
+        cp.add_task(task("web-1"))
+        cp.add_task(dataclasses.replace(task("web-1"), framework_id="other"))
+        cp.record_update(dataclasses.replace(status("web-1", S.TASK_RUNNING, "u-other"), framework_id="other"))
+        cp.mark_kill(TaskKey("other", "web-1"), 3.0)
+        by_key = {t.key: t for t in cp.tasks()}
+        assert set(by_key) == {K("web-1"), TaskKey("other", "web-1")}
+        assert by_key[TaskKey("other", "web-1")].state is S.TASK_RUNNING
+        assert by_key[TaskKey("other", "web-1")].kill_requested and not by_key[K("web-1")].kill_requested
+        assert by_key[K("web-1")].state is S.TASK_STAGING and by_key[K("web-1")].latest is None
+        assert [u.status.uuid for u in cp.updates(TaskKey("other", "web-1"))] == ["u-other"]
+        assert cp.updates(K("web-1")) == []
+    finally:
+        cp.close()
+
+
+def test_a_schema_1_file_keyed_by_task_id_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "agent.db"
+    old = sqlite3.connect(path)  # what schema 1 created: tasks keyed by task id, updates without framework
+    old.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);"
+        "CREATE TABLE tasks (task_id TEXT PRIMARY KEY, framework_id TEXT, info BLOB NOT NULL, state INTEGER NOT NULL,"
+        " sandbox TEXT, supervisor_pid INTEGER, supervisor_start FLOAT, isolation TEXT, kill_requested INTEGER,"
+        " kill_grace FLOAT, done INTEGER, traceparent TEXT, created_seq INTEGER);"
+        "CREATE TABLE updates (seq INTEGER PRIMARY KEY, task_id TEXT NOT NULL, uuid TEXT NOT NULL, state INTEGER,"
+        " status BLOB NOT NULL, traceparent TEXT, acknowledged INTEGER);"
+        "INSERT INTO meta VALUES ('schema_version', '1'), ('agent_id', 'agent-7');")
+    from agent.checkpoint import status_to_bytes, task_info_to_bytes
+
+    old.execute("INSERT INTO tasks VALUES ('t1', 'fw', ?, 3, '/s/t1', 42, 1.5, '{}', 0, 0, 0, '', 1)",
+                [task_info_to_bytes(task("t1"))])
+    old.execute("INSERT INTO updates VALUES (1, 't1', 'u1', 3, ?, '', 0)",
+                [status_to_bytes(status("t1", S.TASK_RUNNING, "u1"))])
+    old.commit()
+    old.close()
+    cp = Checkpoint.open(path)
+    try:
+        assert cp.agent_id == "agent-7"
+        [rec] = cp.tasks()
+        assert rec.key == K("t1") and rec.sandbox == "/s/t1" and rec.latest is not None
+        assert [u.status.uuid for u in cp.updates(K("t1"))] == ["u1"]
+        assert [u.status.uuid for u in cp.unacknowledged()] == ["u1"]
+        cp.add_task(dataclasses.replace(task("t1"), framework_id="other"))  # the new key admits the pair
+        assert {t.key for t in cp.tasks()} == {K("t1"), TaskKey("other", "t1")}
+    finally:
+        cp.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+    conn.close()

@@ -396,3 +396,46 @@ def test_a_retry_is_answered_from_a_remembered_result_old_or_new_form() -> None:
     assert (old.outcome, old.first_seq, old.error_code, old.reason) == ("duplicate", 7, "Conflict", "stale offer")
     assert h.state.roles["a"].weight == 2.0
     assert pickle.loads(pickle.dumps(h.state)) == h.state
+
+
+def test_a_state_keyed_by_bare_task_ids_is_upgraded_to_task_keys() -> None:
+    """A Raft snapshot taken before task ids were scoped per framework holds tasks keyed by task id and
+    agents listing bare ids; restoring it upgrades it to exactly the state the log now builds."""
+    from collections import OrderedDict
+
+    from control_plane.core.state import upgrade_task_keys
+
+    h = Harness()
+    aid, fid = h.agent(), h.framework()
+    h.launched(fid, aid, task("t1"), task("t2", cpus=1))
+    h.status("t1", TaskState.TASK_FINISHED, uuid="end1")
+    h.run(c.Acknowledge(fid, "t1", "end1"))
+    expected = h.state.fingerprint()
+    old = h.copy()
+    old.tasks = {k.task_id: t for k, t in old.tasks.items()}  # type: ignore[misc]
+    old.completed_tasks = OrderedDict((k.task_id, t) for k, t in old.completed_tasks.items())  # type: ignore[misc]
+    for agent in old.agents.values():
+        agent.task_keys = {k.task_id for k in agent.task_keys}  # type: ignore[misc]
+    assert old.fingerprint() != expected
+    assert upgrade_task_keys(old) is old and old.fingerprint() == expected
+    assert check_invariants(old) == []
+    assert upgrade_task_keys(old).fingerprint() == expected  # a current state is left alone
+
+
+def test_a_reregistration_recorded_with_bare_task_ids_still_replays() -> None:
+    """Entries written before task ids were scoped per framework list the agent's tasks by bare id (no
+    task_framework_ids); they name the one task of that id on the agent, as they did then."""
+    h = Harness()
+    aid, fid = h.agent(), h.framework()
+    h.launched(fid, aid, task("t1"), task("t2", cpus=1))
+    info = h.state.agents[aid].info
+    legacy = ev.AgentReregistered(aid, info, ("t1", "t2"))
+    assert h.commit([legacy]).outcome == "applied"
+    missing = ev.AgentReregistered(aid, info, ("t1",))  # t2 live and not reported: launched after it
+    result = h.commit([missing])
+    assert result.outcome == "rejected" and "t2" in result.reason
+    paired = ev.AgentReregistered(aid, info, ("t1", "t2"), (fid, fid))
+    assert h.commit([paired]).outcome == "applied"
+    other = ev.AgentReregistered(aid, info, ("t1", "t2"), ("framework-other", fid))  # not fid's t1
+    assert h.commit([other]).outcome == "rejected"
+    assert check_invariants(h.state) == []
