@@ -283,9 +283,11 @@ def _reregister_agent(state: ClusterState, cmd: c.ReregisterAgent, ctx: Context)
             raise InvalidRequest(f"tasks: task {status.task_id} is reported for agent {status.agent_id}")
         if status.state is TaskState.TASK_UNREACHABLE:
             raise InvalidRequest(f"tasks: an agent cannot report task {status.task_id} unreachable")
-        key = _reported_key(state, agent, status)
+        key = _reported_key(state, agent, status, ambiguous_ok=True)
         if key is None:
-            continue  # a bare id the master does not hold on this agent: the shell has it killed
+            # a bare id the master does not hold on this agent, or holds for several frameworks (an agent
+            # of an earlier version cannot run both): not recognised, and the shell has it killed
+            continue
         if key in reported:
             raise InvalidRequest(f"tasks: task {status.task_id} is reported twice")
         reported[key] = status
@@ -335,13 +337,17 @@ def _reregister_agent(state: ClusterState, cmd: c.ReregisterAgent, ctx: Context)
     )
 
 
-def _reported_key(state: ClusterState, agent: AgentRecord, status: TaskStatus) -> TaskKey | None:
+def _reported_key(state: ClusterState, agent: AgentRecord, status: TaskStatus, *,
+                  ambiguous_ok: bool = False) -> TaskKey | None:
     """The task an agent's status is about. Task ids are scoped per framework, so the status names its
     framework; an agent of an earlier version sends a bare id, which names the one task of that id the
-    master holds on this agent (None when it holds none; two of them is an error)."""
+    master holds on this agent (None when it holds none; several of them: None when `ambiguous_ok`,
+    else an error)."""
     if status.framework_id:
         return TaskKey(status.framework_id, status.task_id)
     found = [k for k in agent.task_keys if k.task_id == status.task_id]
+    if len(found) > 1 and ambiguous_ok:
+        return None
     if len(found) > 1:
         raise InvalidRequest(f"task {status.task_id}: status.framework_id is needed, several frameworks run "
                              f"a task of that id on agent {agent.agent_id}")

@@ -108,6 +108,34 @@ def test_a_frameworks_own_duplicate_is_refused_without_naming_another_framework(
     assert check_invariants(h.state) == []
 
 
+def test_a_bare_task_id_from_an_older_agent_names_one_task_or_is_refused(h: Harness) -> None:
+    """An agent of an earlier version sends statuses without framework_id: a bare id names the one task
+    of that id on the agent; when two frameworks run one there it names neither (never the wrong one)."""
+    from control_plane.core.errors import InvalidRequest
+    from control_plane.core.values import AgentInfo
+
+    aid = h.agent()
+    alice, bob = h.framework(principal="alice"), h.framework(principal="bob")
+    h.launched(alice, aid, task("solo"))
+    h.run(c.UpdateStatus(TaskStatus(task_id="solo", state=TaskState.TASK_RUNNING, agent_id=aid, uuid=h.uuid())))
+    assert h.state.tasks[TaskKey(alice, "solo")].state is TaskState.TASK_RUNNING
+    h.launched(alice, aid, task("web-1"))
+    h.launched(bob, aid, task("web-1"))
+    with pytest.raises(InvalidRequest, match="framework_id is needed"):
+        h.decide(c.UpdateStatus(TaskStatus(task_id="web-1", state=TaskState.TASK_RUNNING, agent_id=aid,
+                                           uuid=h.uuid())))
+    # reregistering with the bare id: it names neither web-1 (both end as the agent lost them), the
+    # unambiguous one is recognised
+    info = AgentInfo(hostname="host", resources=h.state.agents[aid].info.resources)
+    h.run(c.ReregisterAgent(aid, info, (
+        TaskStatus("solo", TaskState.TASK_RUNNING, agent_id=aid),
+        TaskStatus("web-1", TaskState.TASK_RUNNING, agent_id=aid))))
+    assert h.state.tasks[TaskKey(alice, "solo")].state is TaskState.TASK_RUNNING
+    assert h.state.tasks[TaskKey(alice, "web-1")].state is TaskState.TASK_LOST
+    assert h.state.tasks[TaskKey(bob, "web-1")].state is TaskState.TASK_LOST
+    assert check_invariants(h.state) == []
+
+
 # ---- one in-process master over real gRPC --------------------------------------------------------
 def _launch_once(task_id: str):  # type: ignore[no-untyped-def]
     done: list[str] = []
