@@ -6,11 +6,12 @@ was written here is on disk before it is sent). Tables:
 - `meta`: `agent_id`, `highest_term` (the fencing term: commands carrying a lower one are ignored, also
   after a restart), `registration_request_id` (the idempotency key of a first registration, kept until
   it is answered so a retry after a crash cannot register the machine twice).
-- `tasks`: one row per task: the TaskInfo (protobuf bytes), the sandbox, the supervisor's pid and start
+- `tasks`: one row per task, keyed by (framework_id, task_id) (task ids are scoped per framework, so two
+  frameworks may each run a `web-1` here): the TaskInfo (protobuf bytes), the sandbox, the supervisor's pid and start
   time (to find it again without trusting a recycled pid), the isolation spec (JSON), the latest state,
   the kill request, and `done` (terminal and every update acknowledged).
-- `updates`: the status-update stream of every task, in order (`seq`), with the TaskStatus (protobuf
-  bytes), its uuid, the RunTask's traceparent and the `acknowledged` flag.
+- `updates`: the status-update stream of every task, in order (`seq`), with the task's framework and id,
+  the TaskStatus (protobuf bytes), its uuid, the RunTask's traceparent and the `acknowledged` flag.
 
 Rules it keeps:
 - A status update is inserted (and the task's state changed) in one transaction, BEFORE it is sent.
@@ -21,6 +22,8 @@ Rules it keeps:
   disk.
 - Writes are serialized by a lock: the agent loop is the only writer, but tests and tools read too.
 - Protobuf bytes, not pickles: the file is readable by any later version (`control_plane.codec`).
+- Schema 1 keyed tasks by task id alone; opening such a file upgrades it in place to schema 2 (its ids
+  were unique on the agent, so each update takes its task's framework).
 """
 
 from __future__ import annotations
@@ -38,10 +41,10 @@ from typing import Any
 import sqlite_utils
 
 from control_plane.codec import from_proto, to_proto
-from control_plane.core.values import TaskInfo, TaskState, TaskStatus
+from control_plane.core.values import TaskInfo, TaskKey, TaskState, TaskStatus
 from tessera.v1 import common_pb2
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: tasks keyed by (framework_id, task_id)
 
 
 def task_info_to_bytes(info: TaskInfo) -> bytes:
@@ -82,6 +85,10 @@ class TaskRecord:
     def task_id(self) -> str:
         return self.info.task_id
 
+    @property
+    def key(self) -> TaskKey:
+        return TaskKey(self.info.framework_id, self.info.task_id)
+
 
 @dataclass(frozen=True)
 class StoredUpdate:
@@ -118,18 +125,30 @@ class Checkpoint:
                  "supervisor_pid": int, "supervisor_start": float, "isolation": str,
                  "kill_requested": int, "kill_grace": float, "done": int, "traceparent": str,
                  "created_seq": int},
-                pk="task_id", not_null={"info", "state"}, if_not_exists=True,
+                pk=("framework_id", "task_id"), not_null={"info", "state"}, if_not_exists=True,
             )
             updates.create(
-                {"seq": int, "task_id": str, "uuid": str, "state": int, "status": bytes,
+                {"seq": int, "framework_id": str, "task_id": str, "uuid": str, "state": int, "status": bytes,
                  "traceparent": str, "acknowledged": int},
                 pk="seq", not_null={"task_id", "uuid", "status"}, if_not_exists=True,
             )
+            self._upgrade_to_task_keys()
             updates.create_index(["uuid"], unique=True, if_not_exists=True)
-            updates.create_index(["task_id", "seq"], if_not_exists=True)
+            updates.create_index(["framework_id", "task_id", "seq"], if_not_exists=True)
             tasks.create_index(["done"], if_not_exists=True)
-            if self._get("schema_version") is None:
+            if self._get("schema_version") != str(SCHEMA_VERSION):
                 self._set("schema_version", str(SCHEMA_VERSION))
+
+    def _upgrade_to_task_keys(self) -> None:
+        """Schema 1 -> 2: tasks keyed by (framework_id, task_id), updates naming their task's framework."""
+        tasks, updates = self.db.table("tasks"), self.db.table("updates")
+        if "framework_id" not in updates.columns_dict:
+            updates.add_column("framework_id", str)
+            self.db.execute("UPDATE updates SET framework_id = COALESCE((SELECT t.framework_id FROM tasks t "
+                            "WHERE t.task_id = updates.task_id), '')")
+        if tasks.pks != ["framework_id", "task_id"]:
+            tasks.transform(pk=("framework_id", "task_id"))
+        self.db.conn.commit()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite_utils.Database]:
@@ -221,7 +240,8 @@ class Checkpoint:
         with self._tx() as db:
             seq = db.execute("SELECT COALESCE(MAX(created_seq), 0) + 1 FROM tasks").fetchone()[0]
             # A task id seen before can only be one whose record was pruned long after it ended.
-            db.execute("DELETE FROM updates WHERE task_id = ?", [info.task_id])
+            db.execute("DELETE FROM updates WHERE framework_id = ? AND task_id = ?",
+                       [info.framework_id, info.task_id])
             db.execute(
                 "INSERT OR REPLACE INTO tasks (task_id, framework_id, info, state, sandbox, supervisor_pid, "
                 "supervisor_start, isolation, kill_requested, kill_grace, done, traceparent, created_seq) "
@@ -229,67 +249,69 @@ class Checkpoint:
                 [info.task_id, info.framework_id, task_info_to_bytes(info), int(state), traceparent, seq],
             )
 
-    def set_launched(self, task_id: str, *, sandbox: str, supervisor_pid: int, supervisor_start: float,
+    def set_launched(self, key: TaskKey, *, sandbox: str, supervisor_pid: int, supervisor_start: float,
                      isolation: dict[str, Any]) -> None:
         with self._tx() as db:
             db.execute(
                 "UPDATE tasks SET sandbox = ?, supervisor_pid = ?, supervisor_start = ?, isolation = ? "
-                "WHERE task_id = ?",
-                [sandbox, supervisor_pid, supervisor_start, json.dumps(isolation, sort_keys=True), task_id],
+                "WHERE framework_id = ? AND task_id = ?",
+                [sandbox, supervisor_pid, supervisor_start, json.dumps(isolation, sort_keys=True), *key],
             )
 
-    def set_sandbox(self, task_id: str, sandbox: str, isolation: dict[str, Any]) -> None:
+    def set_sandbox(self, key: TaskKey, sandbox: str, isolation: dict[str, Any]) -> None:
         """Record where a task will run before its supervisor starts (recovery looks there)."""
         with self._tx() as db:
-            db.execute("UPDATE tasks SET sandbox = ?, isolation = ? WHERE task_id = ?",
-                       [sandbox, json.dumps(isolation, sort_keys=True), task_id])
+            db.execute("UPDATE tasks SET sandbox = ?, isolation = ? WHERE framework_id = ? AND task_id = ?",
+                       [sandbox, json.dumps(isolation, sort_keys=True), *key])
 
-    def mark_kill(self, task_id: str, grace: float) -> None:
+    def mark_kill(self, key: TaskKey, grace: float) -> None:
         with self._tx() as db:
-            db.execute("UPDATE tasks SET kill_requested = 1, kill_grace = ? WHERE task_id = ?", [grace, task_id])
+            db.execute("UPDATE tasks SET kill_requested = 1, kill_grace = ? WHERE framework_id = ? AND task_id = ?",
+                       [grace, *key])
 
-    def mark_done(self, task_id: str) -> None:
+    def mark_done(self, key: TaskKey) -> None:
         with self._tx() as db:
-            db.execute("UPDATE tasks SET done = 1 WHERE task_id = ?", [task_id])
+            db.execute("UPDATE tasks SET done = 1 WHERE framework_id = ? AND task_id = ?", [*key])
 
     def tasks(self, include_done: bool = False) -> list[TaskRecord]:
         """Every task (not yet done, unless asked), in the order they were added."""
         with self._lock:
             rows = self.db.execute(
-                "SELECT task_id, info, state, sandbox, supervisor_pid, supervisor_start, isolation, "
+                "SELECT framework_id, task_id, info, state, sandbox, supervisor_pid, supervisor_start, isolation, "
                 "kill_requested, kill_grace, done, traceparent FROM tasks "
                 + ("" if include_done else "WHERE done = 0 ") + "ORDER BY created_seq"
             ).fetchall()
             latest = self._latest_statuses()
         out = []
-        for (task_id, info, state, sandbox, pid, start, isolation, kill, grace, done, tp) in rows:
+        for (framework_id, task_id, info, state, sandbox, pid, start, isolation, kill, grace, done, tp) in rows:
             out.append(TaskRecord(
                 info=task_info_from_bytes(info), state=TaskState(state), sandbox=sandbox or "",
                 supervisor_pid=int(pid or 0), supervisor_start=float(start or 0.0),
                 isolation=json.loads(isolation or "{}"), kill_requested=bool(kill), kill_grace=float(grace or 0),
-                done=bool(done), traceparent=tp or "", latest=latest.get(task_id),
+                done=bool(done), traceparent=tp or "", latest=latest.get(TaskKey(framework_id or "", task_id)),
             ))
         return out
 
-    def task(self, task_id: str) -> TaskRecord | None:
-        return next((t for t in self.tasks(include_done=True) if t.task_id == task_id), None)
+    def task(self, key: TaskKey) -> TaskRecord | None:
+        return next((t for t in self.tasks(include_done=True) if t.key == key), None)
 
-    def _latest_statuses(self) -> dict[str, TaskStatus]:
+    def _latest_statuses(self) -> dict[TaskKey, TaskStatus]:
         rows = self.db.execute(
-            "SELECT u.task_id, u.status FROM updates u JOIN "
-            "(SELECT task_id, MAX(seq) AS seq FROM updates GROUP BY task_id) m ON u.seq = m.seq"
+            "SELECT u.framework_id, u.task_id, u.status FROM updates u JOIN "
+            "(SELECT MAX(seq) AS seq FROM updates GROUP BY framework_id, task_id) m ON u.seq = m.seq"
         ).fetchall()
-        return {task_id: status_from_bytes(data) for task_id, data in rows}
+        return {TaskKey(f or "", t): status_from_bytes(data) for f, t, data in rows}
 
     def prune_done(self, keep: int = 1000) -> int:
         """Delete done tasks (and their updates) beyond the newest `keep`; returns how many went."""
         with self._tx() as db:
-            victims = [r[0] for r in db.execute(
-                "SELECT task_id FROM tasks WHERE done = 1 ORDER BY created_seq DESC LIMIT -1 OFFSET ?", [keep]
+            victims = [(r[0], r[1]) for r in db.execute(
+                "SELECT framework_id, task_id FROM tasks WHERE done = 1 ORDER BY created_seq DESC LIMIT -1 OFFSET ?",
+                [keep],
             ).fetchall()]
-            for task_id in victims:
-                db.execute("DELETE FROM updates WHERE task_id = ?", [task_id])
-                db.execute("DELETE FROM tasks WHERE task_id = ?", [task_id])
+            for key in victims:
+                db.execute("DELETE FROM updates WHERE framework_id = ? AND task_id = ?", [*key])
+                db.execute("DELETE FROM tasks WHERE framework_id = ? AND task_id = ?", [*key])
         return len(victims)
 
     # ---- status updates --------------------------------------------------------------------------------
@@ -299,11 +321,13 @@ class Checkpoint:
             raise ValueError("a checkpointed status update needs a uuid")
         with self._tx() as db:
             cursor = db.execute(
-                "INSERT INTO updates (task_id, uuid, state, status, traceparent, acknowledged) "
-                "VALUES (?, ?, ?, ?, ?, 0)",
-                [status.task_id, status.uuid, int(status.state), status_to_bytes(status), traceparent],
+                "INSERT INTO updates (framework_id, task_id, uuid, state, status, traceparent, acknowledged) "
+                "VALUES (?, ?, ?, ?, ?, ?, 0)",
+                [status.framework_id, status.task_id, status.uuid, int(status.state), status_to_bytes(status),
+                 traceparent],
             )
-            db.execute("UPDATE tasks SET state = ? WHERE task_id = ?", [int(status.state), status.task_id])
+            db.execute("UPDATE tasks SET state = ? WHERE framework_id = ? AND task_id = ?",
+                       [int(status.state), status.framework_id, status.task_id])
             return int(cursor.lastrowid or 0)
 
     def acknowledge(self, uuids: Iterable[str]) -> None:
@@ -319,11 +343,12 @@ class Checkpoint:
             ).fetchall()
         return [StoredUpdate(status_from_bytes(data), tp or "", False, seq) for seq, data, tp in rows]
 
-    def updates(self, task_id: str) -> list[StoredUpdate]:
+    def updates(self, key: TaskKey) -> list[StoredUpdate]:
         with self._lock:
             rows = self.db.execute(
-                "SELECT seq, status, traceparent, acknowledged FROM updates WHERE task_id = ? ORDER BY seq",
-                [task_id],
+                "SELECT seq, status, traceparent, acknowledged FROM updates WHERE framework_id = ? AND task_id = ? "
+                "ORDER BY seq",
+                [*key],
             ).fetchall()
         return [StoredUpdate(status_from_bytes(data), tp or "", bool(ack), seq) for seq, data, tp, ack in rows]
 

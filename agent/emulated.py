@@ -41,7 +41,7 @@ from agent.runtime.link import CHANNEL_OPTIONS, LEADER_METADATA_KEY
 from control_plane.codec import from_proto, to_proto
 from control_plane.core.errors import InvalidRequest
 from control_plane.core.resources import Resources
-from control_plane.core.values import AgentInfo, Labels, StatusSource, TaskInfo, TaskState
+from control_plane.core.values import AgentInfo, Labels, StatusSource, TaskInfo, TaskKey, TaskState
 from tessera.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 log = logging.getLogger("tessera.agent.emulated")
@@ -144,10 +144,10 @@ class EmulatedAgent:
         self.tasks = TaskTable()
         self.updates = StatusUpdateManager(RetryPolicy(initial=config.status_retry_initial,
                                                        maximum=config.status_retry_max))
-        self.timers: dict[str, asyncio.TimerHandle] = {}
+        self.timers: dict[TaskKey, asyncio.TimerHandle] = {}
         self.heartbeat_interval = config.heartbeat_interval
         self.registered = False
-        self.reported: dict[str, str] = {}
+        self.reported: dict[TaskKey, str] = {}
         self.outbox: asyncio.Queue[agent_pb2.AgentMessage] | None = None
         self.last_received = 0.0
         self.started_at = 0.0
@@ -251,7 +251,7 @@ class EmulatedAgent:
 
     def _send_register(self) -> None:
         statuses = self.tasks.report(self.agent_id) if self.agent_id else []
-        self.reported = {s.task_id: s.uuid for s in statuses if s.uuid}
+        self.reported = {TaskKey(s.framework_id, s.task_id): s.uuid for s in statuses if s.uuid}
         info = AgentInfo(agent_id=self.agent_id, hostname=self.hostname, resources=self.resources,
                          attributes=self.attributes, isolator="emulated", version="tessera-agent emulated")
         register = agent_pb2.Register(agent_id=self.agent_id, info=to_proto(info, common_pb2.AgentInfo),
@@ -270,10 +270,10 @@ class EmulatedAgent:
         if kind == "registered":
             self._on_registered(msg.registered)
         elif kind == "ack":
-            self._on_ack(msg.ack.task_id, msg.ack.uuid)
+            self._on_ack(msg.ack)
         elif kind == "acks":
             for ack in msg.acks.acks:
-                self._on_ack(ack.task_id, ack.uuid)
+                self._on_ack(ack)
         elif kind in ("run_task", "run_tasks", "kill_task", "shutdown"):
             if stale:
                 self.stats.ignored_commands += 1
@@ -284,11 +284,11 @@ class EmulatedAgent:
                 for run in msg.run_tasks.tasks:
                     self._on_run(run)
             elif kind == "kill_task":
-                self._on_kill(msg.kill_task.task_id)
+                self._on_kill(TaskKey(msg.kill_task.framework_id, msg.kill_task.task_id))
             else:
                 log.info("%s shut down by the master: %s", self.hostname, msg.shutdown.reason)
                 for task in self.tasks.live():
-                    self._on_kill(task.task_id)
+                    self._on_kill(task.key)
                 self.shutdown_deadline = asyncio.get_running_loop().time() + 5.0
 
     def _on_registered(self, registered: agent_pb2.Registered) -> None:
@@ -301,8 +301,8 @@ class EmulatedAgent:
         if registered.heartbeat_interval_seconds > 0:
             self.heartbeat_interval = registered.heartbeat_interval_seconds
         now = loop.time()
-        for task_id, uuid in self.reported.items():
-            self.stats.updates_superseded += len(self.updates.supersede(task_id, uuid, now))
+        for key, uuid in self.reported.items():
+            self.stats.updates_superseded += len(self.updates.supersede(key, uuid, now))
         self.reported = {}
         self.updates.reset(now)
         self._flush()
@@ -317,32 +317,32 @@ class EmulatedAgent:
         except DuplicateTask:
             return
         self.stats.tasks_launched += 1
-        self._emit(task.task_id, Outcome(TaskState.TASK_STARTING, "", "emulated"))
-        self._emit(task.task_id, Outcome(TaskState.TASK_RUNNING, "", "emulated"))
+        self._emit(task.key, Outcome(TaskState.TASK_STARTING, "", "emulated"))
+        self._emit(task.key, Outcome(TaskState.TASK_RUNNING, "", "emulated"))
         loop = asyncio.get_running_loop()
-        self.timers[task.task_id] = loop.call_later(
-            self.config.task_duration, self._emit, task.task_id,
+        self.timers[task.key] = loop.call_later(
+            self.config.task_duration, self._emit, task.key,
             Outcome(TaskState.TASK_FINISHED, "", "emulated task finished", 0))
 
-    def _on_kill(self, task_id: str) -> None:
-        task = self.tasks.get(task_id)
+    def _on_kill(self, key: TaskKey) -> None:
+        task = self.tasks.get(key)
         if task is None or task.terminal:
             return
-        timer = self.timers.pop(task_id, None)
+        timer = self.timers.pop(key, None)
         if timer is not None:
             timer.cancel()
-        self._emit(task_id, Outcome(TaskState.TASK_KILLING, "", "emulated"))
-        self._emit(task_id, Outcome(TaskState.TASK_KILLED, "", "emulated task killed"))
+        self._emit(key, Outcome(TaskState.TASK_KILLING, "", "emulated"))
+        self._emit(key, Outcome(TaskState.TASK_KILLED, "", "emulated task killed"))
 
-    def _emit(self, task_id: str, outcome: Outcome) -> None:
-        task = self.tasks.get(task_id)
-        if task is None or not self.tasks.can_record(task_id, outcome.state):
+    def _emit(self, key: TaskKey, outcome: Outcome) -> None:
+        task = self.tasks.get(key)
+        if task is None or not self.tasks.can_record(key, outcome.state):
             return
         status = make_status(task, outcome, uuid=str(uuidlib.uuid4()), now=time.time(), agent_id=self.agent_id,
                              source=StatusSource.SOURCE_EXECUTOR)
         self.tasks.record(status)
         if task.terminal:
-            self.timers.pop(task_id, None)
+            self.timers.pop(key, None)
             self.stats.tasks_finished += 1
         self.updates.add(PendingUpdate(status), asyncio.get_running_loop().time())
         self._flush()
@@ -378,13 +378,16 @@ class EmulatedAgent:
         status = replace(update.status, agent_id=update.status.agent_id or self.agent_id)
         return agent_pb2.StatusUpdate(status=to_proto(status, common_pb2.TaskStatus), traceparent=update.traceparent)
 
-    def _on_ack(self, task_id: str, uuid: str) -> None:
-        result = self.updates.acknowledge(task_id, uuid, asyncio.get_running_loop().time())
+    def _on_ack(self, ack: agent_pb2.StatusUpdateAck) -> None:
+        key = TaskKey(ack.framework_id, ack.task_id) if ack.framework_id else self.updates.find(ack.uuid)
+        if key is None:
+            return
+        result = self.updates.acknowledge(key, ack.uuid, asyncio.get_running_loop().time())
         if result.outcome is not AckOutcome.ACKED:
             return
         self.stats.updates_acked += len(result.removed)
-        task = self.tasks.get(task_id)
-        if task is not None and task.terminal and not self.updates.has_pending(task_id):
+        task = self.tasks.get(key)
+        if task is not None and task.terminal and not self.updates.has_pending(key):
             task.done = True
             self.tasks.prune_done(MAX_DONE_TASKS)
         self._flush()
@@ -392,8 +395,8 @@ class EmulatedAgent:
     def _forget(self) -> None:
         """NOT_FOUND: the master does not know this agent; drop everything and register anew."""
         for task in self.tasks:
-            self.updates.drop_task(task.task_id)
-            timer = self.timers.pop(task.task_id, None)
+            self.updates.drop_task(task.key)
+            timer = self.timers.pop(task.key, None)
             if timer is not None:
                 timer.cancel()
         self.tasks = TaskTable()

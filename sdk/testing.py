@@ -29,7 +29,9 @@ What it does, following docs/protocol.md and the master's validation rules (`con
   stream id -> Conflict). A request id seen before returns the first answer without applying again.
 - Tasks: launched tasks start in TASK_STAGING; `behaviour(task)` (if given) scripts the states each
   task goes through as soon as it is launched; `update(task_id, state, ...)` injects any status
-  update later. Updates carry uuids and stay unacknowledged until the framework acknowledges them; they
+  update later. Task ids are scoped per framework, as on the real master: two frameworks may each
+  launch a `web-1`; `update`, `task` and `tasks` then take `framework_id=` (a bare id that several
+  frameworks use is refused with `ValueError` naming them). Updates carry uuids and stay unacknowledged until the framework acknowledges them; they
   are sent again when it re-subscribes, as the real master does. `kill` answers TASK_KILLED at once
   (`auto_kill=False` to only record the request).
 - Faults: `drop_stream()` breaks a framework's connection (its offers are void; it keeps its tasks),
@@ -293,7 +295,7 @@ class FakeMaster:
         self._down: set[str] = set()
         self._agents: dict[str, _Agent] = {}
         self._frameworks: dict[str, _Framework] = {}
-        self._tasks: dict[str, _Task] = {}
+        self._tasks: dict[tuple[str, str], _Task] = {}  # by (framework id, task id)
         self._offers: dict[str, Offer] = {}
         self._retired: dict[str, str] = {}  # offer id -> why it is gone
         self._requests: dict[str, CallResult] = {}
@@ -430,11 +432,21 @@ class FakeMaster:
         return [o for offers in sent.values() for o in offers]
 
     # ---- tasks -----------------------------------------------------------------------------------------------
+    def _find(self, task_id: str, framework_id: str | None) -> _Task | None:
+        """The task `task_id` of `framework_id`, or of the only framework with such a task when None."""
+        if framework_id is not None:
+            return self._tasks.get((framework_id, task_id))
+        found = [t for (_, tid), t in sorted(self._tasks.items()) if tid == task_id]
+        if len(found) > 1:
+            raise ValueError(f"task id {task_id} is used by frameworks "
+                             f"{', '.join(t.framework_id for t in found)}: pass framework_id")
+        return found[0] if found else None
+
     def update(self, task_id: str, state: TaskState, *, message: str = "", reason: str = "",
-               exit_code: int | None = None) -> TaskStatus:
+               exit_code: int | None = None, framework_id: str | None = None) -> TaskStatus:
         """Report a status update of a task, as its agent would."""
         with self._cond:
-            task = self._tasks.get(task_id)
+            task = self._find(task_id, framework_id)
             if task is None:
                 raise NotFound(f"task {task_id} is not known")
             if is_terminal(task.state):
@@ -572,13 +584,25 @@ class FakeMaster:
                 offered = offered + o.resources
         return AgentView(a.agent_id, a.hostname, a.total, dict(a.attributes), a.used, offered, a.removed)
 
-    def tasks(self) -> dict[str, TaskView]:
+    def tasks(self, framework_id: str | None = None) -> dict[str, TaskView]:
+        """Tasks by task id: of one framework, or of every framework (`ValueError` when two share an id)."""
         with self._cond:
-            return {tid: self._task_view(t) for tid, t in self._tasks.items()}
+            out: dict[str, TaskView] = {}
+            for (fid, tid), t in self._tasks.items():
+                if framework_id is not None and fid != framework_id:
+                    continue
+                if tid in out:
+                    raise ValueError(f"task id {tid} is used by frameworks {out[tid].framework_id}, {fid}: "
+                                     "pass framework_id")
+                out[tid] = self._task_view(t)
+            return out
 
-    def task(self, task_id: str) -> TaskView:
+    def task(self, task_id: str, framework_id: str | None = None) -> TaskView:
         with self._cond:
-            return self._task_view(self._tasks[task_id])
+            task = self._find(task_id, framework_id)
+            if task is None:
+                raise KeyError(task_id)
+            return self._task_view(task)
 
     def tasks_in(self, *states: TaskState) -> list[TaskView]:
         """Tasks whose current state is one of `states`."""
@@ -806,8 +830,8 @@ class FakeMaster:
                     tid = task.task_id
                     if task.agent_id not in ("", agent.agent_id):
                         raise InvalidRequest(f"task {tid}: agent_id {task.agent_id} is not the offers' agent")
-                    if tid in self._tasks or any(t.task_id == tid for t in launched):
-                        raise Conflict(f"task id {tid} is already used")
+                    if (fw.framework_id, tid) in self._tasks or any(t.task_id == tid for t in launched):
+                        raise Conflict(f"task id {tid} is already used by this framework")
                     if not pool.contains(task.resources):
                         raise Conflict(f"task {tid} needs {task.resources}; its offers have {pool} left")
                     pool = pool - task.resources
@@ -836,7 +860,7 @@ class FakeMaster:
             record.statuses.append(TaskStatus(task_id=info.task_id, state=TaskState.TASK_STAGING,
                                               agent_id=agent.agent_id, framework_id=fw.framework_id,
                                               timestamp=self._now))
-            self._tasks[info.task_id] = record
+            self._tasks[(fw.framework_id, info.task_id)] = record
             agent.used = agent.used + info.resources
             records.append(record)
         for record in records:
@@ -844,8 +868,8 @@ class FakeMaster:
         self._allocate_if_auto()
 
     def _kill(self, fw: _Framework, call: KillCall) -> None:
-        task = self._tasks.get(call.task_id)
-        if task is None or task.framework_id != fw.framework_id:
+        task = self._tasks.get((fw.framework_id, call.task_id))
+        if task is None:
             raise NotFound(f"framework {fw.framework_id} has no task {call.task_id}")
         if is_terminal(task.state):
             return
@@ -854,8 +878,8 @@ class FakeMaster:
             self._update(task, TaskState.TASK_KILLED, message="task killed (signal SIGTERM)", exit_code=143)
 
     def _acknowledge(self, fw: _Framework, call: AcknowledgeCall) -> None:
-        task = self._tasks.get(call.task_id)
-        if task is None or task.framework_id != fw.framework_id:
+        task = self._tasks.get((fw.framework_id, call.task_id))
+        if task is None:
             raise NotFound(f"framework {fw.framework_id} has no task {call.task_id}")
         if call.uuid in fw.unacked:
             del fw.unacked[call.uuid]
@@ -864,11 +888,11 @@ class FakeMaster:
             raise NotFound(f"task {call.task_id} has no status update {call.uuid}")
 
     def _reconcile(self, fw: _Framework, call: ReconcileCall) -> CallResult:
-        ids = call.task_ids or tuple(tid for tid, t in self._tasks.items() if t.framework_id == fw.framework_id)
+        ids = call.task_ids or tuple(tid for fid, tid in self._tasks if fid == fw.framework_id)
         out = []
         for tid in ids:
-            task = self._tasks.get(tid)
-            if task is None or task.framework_id != fw.framework_id:
+            task = self._tasks.get((fw.framework_id, tid))
+            if task is None:
                 out.append(TaskStatus(task_id=tid, state=TaskState.TASK_LOST, reason="REASON_RECONCILIATION",
                                       message="the master does not know this task",
                                       framework_id=fw.framework_id))

@@ -18,6 +18,9 @@ Rules it keeps (docs/protocol.md, step 6):
 - `supersede` drops the updates older than a given one (after a re-registration reported the newest
   status of the task and the master recorded it).
 
+Streams are keyed by the task's `TaskKey(framework_id, task_id)`: task ids are scoped per framework, so
+two frameworks' `web-1` on one agent have a stream each.
+
 The manager does not persist anything; the agent writes each update to its checkpoint before `add`, and
 each acknowledgement after `acknowledge` says what to mark.
 """
@@ -29,7 +32,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from control_plane.core.values import TaskStatus
+from control_plane.core.values import TaskKey, TaskStatus
 
 ACKED_MEMORY = 10_000  # acknowledged uuids remembered to tell duplicates from unknown acks
 
@@ -67,6 +70,10 @@ class PendingUpdate:
     def task_id(self) -> str:
         return self.status.task_id
 
+    @property
+    def key(self) -> TaskKey:
+        return TaskKey(self.status.framework_id, self.status.task_id)
+
 
 class AckOutcome(enum.Enum):
     ACKED = "acked"  # the head (and, when it was deeper in the stream, every older update) is done
@@ -93,7 +100,7 @@ class StatusUpdateManager:
     def __init__(self, policy: RetryPolicy | None = None) -> None:
         self.policy = policy or RetryPolicy()
         self.retries = 0  # re-sends since start (a metric)
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[TaskKey, _Stream] = {}
         self._uuids: set[str] = set()  # pending uuids
         self._acked: OrderedDict[str, None] = OrderedDict()
 
@@ -105,9 +112,9 @@ class StatusUpdateManager:
             raise ValueError(f"status update of task {update.task_id} has no uuid")
         if uuid in self._uuids or uuid in self._acked:
             raise ValueError(f"status update {uuid} was added before")
-        stream = self._streams.get(update.task_id)
+        stream = self._streams.get(update.key)
         if stream is None:
-            stream = self._streams[update.task_id] = _Stream()
+            stream = self._streams[update.key] = _Stream()
         if not stream.updates:
             stream.attempts, stream.next_send = 0, now
         stream.updates.append(update)
@@ -142,36 +149,43 @@ class StatusUpdateManager:
             stream.attempts, stream.next_send = 0, now
 
     # ---- acknowledgements -----------------------------------------------------------------------------
-    def acknowledge(self, task_id: str, uuid: str, now: float) -> AckResult:
-        stream = self._streams.get(task_id)
+    def acknowledge(self, key: TaskKey, uuid: str, now: float) -> AckResult:
+        stream = self._streams.get(key)
         if stream is None or uuid not in self._uuids:
             return AckResult(AckOutcome.DUPLICATE if uuid in self._acked else AckOutcome.UNKNOWN)
         position = next((i for i, u in enumerate(stream.updates) if u.uuid == uuid), None)
         if position is None:  # the uuid is pending in another task's stream: a confused ack
             return AckResult(AckOutcome.UNKNOWN)
-        removed = self._pop(task_id, stream, position + 1, now)
+        removed = self._pop(key, stream, position + 1, now)
         return AckResult(AckOutcome.ACKED, removed)
 
-    def supersede(self, task_id: str, uuid: str, now: float) -> tuple[str, ...]:
-        """Drop the updates of `task_id` older than `uuid` (which stays pending)."""
-        stream = self._streams.get(task_id)
+    def find(self, uuid: str) -> TaskKey | None:
+        """The task whose stream holds the pending update `uuid` (for an acknowledgement that does not
+        name the task's framework: from a master of an earlier version)."""
+        if uuid not in self._uuids:
+            return None
+        return next((k for k, s in self._streams.items() if any(u.uuid == uuid for u in s.updates)), None)
+
+    def supersede(self, key: TaskKey, uuid: str, now: float) -> tuple[str, ...]:
+        """Drop the updates of the task `key` older than `uuid` (which stays pending)."""
+        stream = self._streams.get(key)
         if stream is None:
             return ()
         position = next((i for i, u in enumerate(stream.updates) if u.uuid == uuid), None)
         if not position:
             return ()
-        return self._pop(task_id, stream, position, now)
+        return self._pop(key, stream, position, now)
 
-    def drop_task(self, task_id: str) -> tuple[str, ...]:
+    def drop_task(self, key: TaskKey) -> tuple[str, ...]:
         """Forget a task's stream without acknowledgement (the master no longer knows the task)."""
-        stream = self._streams.pop(task_id, None)
+        stream = self._streams.pop(key, None)
         if stream is None:
             return ()
         removed = tuple(u.uuid for u in stream.updates)
         self._uuids.difference_update(removed)
         return removed
 
-    def _pop(self, task_id: str, stream: _Stream, count: int, now: float) -> tuple[str, ...]:
+    def _pop(self, key: TaskKey, stream: _Stream, count: int, now: float) -> tuple[str, ...]:
         removed = tuple(stream.updates.popleft().uuid for _ in range(count))
         for uuid in removed:
             self._uuids.discard(uuid)
@@ -180,29 +194,29 @@ class StatusUpdateManager:
             self._acked.popitem(last=False)
         stream.attempts, stream.next_send = 0, now
         if not stream.updates:
-            del self._streams[task_id]
+            del self._streams[key]
         return removed
 
     # ---- queries -----------------------------------------------------------------------------------------
-    def pending(self, task_id: str | None = None) -> list[PendingUpdate]:
-        """Unacknowledged updates, oldest first (of one task, or of every task by task id)."""
-        if task_id is not None:
-            stream = self._streams.get(task_id)
+    def pending(self, key: TaskKey | None = None) -> list[PendingUpdate]:
+        """Unacknowledged updates, oldest first (of one task, or of every task by (framework, task id))."""
+        if key is not None:
+            stream = self._streams.get(key)
             return list(stream.updates) if stream else []
-        return [u for tid in sorted(self._streams) for u in self._streams[tid].updates]
+        return [u for k in sorted(self._streams) for u in self._streams[k].updates]
 
-    def head(self, task_id: str) -> PendingUpdate | None:
-        stream = self._streams.get(task_id)
+    def head(self, key: TaskKey) -> PendingUpdate | None:
+        stream = self._streams.get(key)
         return stream.updates[0] if stream and stream.updates else None
 
-    def latest(self, task_id: str) -> PendingUpdate | None:
-        stream = self._streams.get(task_id)
+    def latest(self, key: TaskKey) -> PendingUpdate | None:
+        stream = self._streams.get(key)
         return stream.updates[-1] if stream and stream.updates else None
 
-    def has_pending(self, task_id: str) -> bool:
-        return task_id in self._streams
+    def has_pending(self, key: TaskKey) -> bool:
+        return key in self._streams
 
-    def task_ids(self) -> Iterator[str]:
+    def task_keys(self) -> Iterator[TaskKey]:
         return iter(sorted(self._streams))
 
     def __len__(self) -> int:

@@ -6,7 +6,9 @@ Rules it keeps:
 - Every state change goes through the shared lifecycle table (`control_plane.core.lifecycle`): the
   agent never records a transition the master would refuse. A task enters the table in TASK_STAGING
   (the state the master launched it in) and moves STARTING -> RUNNING -> terminal, or KILLING -> KILLED.
-- A task is in the table once: a repeated RunTask for a known id is a duplicate, not a second launch.
+- A task is in the table once: a repeated RunTask for a known task is a duplicate, not a second launch.
+  Tasks are keyed by (framework_id, task_id): task ids are scoped per framework, so two frameworks may
+  each run a `web-1` on this agent.
 - How a process ended (`ExitRecord`, written by the supervisor) maps to exactly one terminal status in
   `terminal_status`: an isolator limitation wins (TASK_FAILED, REASON_CONTAINER_LIMITATION_MEMORY), then
   a requested kill (TASK_KILLED), then the exit (0: TASK_FINISHED; otherwise TASK_FAILED with the exit
@@ -25,7 +27,7 @@ from dataclasses import dataclass, replace
 from control_plane.core.errors import InvalidRequest
 from control_plane.core.lifecycle import INITIAL_STATE, can_transition, is_terminal
 from control_plane.core.state import MAX_STATUS_DATA, check_working_dir
-from control_plane.core.values import StatusSource, TaskInfo, TaskState, TaskStatus
+from control_plane.core.values import StatusSource, TaskInfo, TaskKey, TaskState, TaskStatus
 
 # Reasons, in Mesos' vocabulary (TaskStatus.reason is a string on the wire).
 REASON_COMMAND_EXECUTOR_FAILED = "REASON_COMMAND_EXECUTOR_FAILED"
@@ -50,7 +52,7 @@ def signal_name(number: int) -> str:
 
 
 class DuplicateTask(ValueError):
-    """A RunTask for a task id the agent already has."""
+    """A RunTask for a task (framework and id) the agent already has."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,32 +160,41 @@ class AgentTask:
         return self.info.framework_id
 
     @property
+    def key(self) -> TaskKey:
+        return TaskKey(self.info.framework_id, self.info.task_id)
+
+    @property
     def terminal(self) -> bool:
         return is_terminal(self.state)
 
 
+def status_key(status: TaskStatus) -> TaskKey:
+    return TaskKey(status.framework_id, status.task_id)
+
+
 class TaskTable:
-    """The tasks of one agent, keyed by task id; transitions checked against the lifecycle table."""
+    """The tasks of one agent, keyed by (framework_id, task_id); transitions checked against the lifecycle
+    table."""
 
     def __init__(self) -> None:
-        self._tasks: dict[str, AgentTask] = {}
+        self._tasks: dict[TaskKey, AgentTask] = {}
 
     def add(self, info: TaskInfo, state: TaskState = INITIAL_STATE) -> AgentTask:
-        if info.task_id in self._tasks:
-            raise DuplicateTask(f"task {info.task_id} is already on this agent")
         task = AgentTask(info=info, state=state)
-        self._tasks[info.task_id] = task
+        if task.key in self._tasks:
+            raise DuplicateTask(f"task {info.task_id} of framework {info.framework_id} is already on this agent")
+        self._tasks[task.key] = task
         return task
 
     def restore(self, task: AgentTask) -> None:
         """Put back a task read from the checkpoint (its state was checked when it was recorded)."""
-        self._tasks[task.task_id] = task
+        self._tasks[task.key] = task
 
-    def get(self, task_id: str) -> AgentTask | None:
-        return self._tasks.get(task_id)
+    def get(self, key: TaskKey) -> AgentTask | None:
+        return self._tasks.get(key)
 
-    def __contains__(self, task_id: object) -> bool:
-        return task_id in self._tasks
+    def __contains__(self, key: object) -> bool:
+        return key in self._tasks
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -194,37 +205,37 @@ class TaskTable:
     def live(self) -> list[AgentTask]:
         return [t for t in self if not t.terminal]
 
-    def can_record(self, task_id: str, state: TaskState) -> bool:
-        task = self._tasks.get(task_id)
+    def can_record(self, key: TaskKey, state: TaskState) -> bool:
+        task = self._tasks.get(key)
         return task is not None and can_transition(task.state, state)
 
     def record(self, status: TaskStatus) -> bool:
         """Move the task to `status.state` when the lifecycle table allows it; False (no change) if not."""
-        task = self._tasks.get(status.task_id)
+        task = self._tasks.get(status_key(status))
         if task is None or not can_transition(task.state, status.state):
             return False
         task.state = status.state
         task.latest = status
         return True
 
-    def request_kill(self, task_id: str, grace: float) -> bool:
+    def request_kill(self, key: TaskKey, grace: float) -> bool:
         """Mark a kill request; True the first time for a live task (then the kill must be carried out)."""
-        task = self._tasks.get(task_id)
+        task = self._tasks.get(key)
         if task is None or task.terminal or task.kill_requested:
             return False
         task.kill_requested = True
         task.kill_grace = grace
         return True
 
-    def remove(self, task_id: str) -> AgentTask | None:
-        return self._tasks.pop(task_id, None)
+    def remove(self, key: TaskKey) -> AgentTask | None:
+        return self._tasks.pop(key, None)
 
-    def prune_done(self, keep: int) -> list[str]:
+    def prune_done(self, keep: int) -> list[TaskKey]:
         """Forget the oldest done tasks beyond the newest `keep` (in the order they were added)."""
-        done = [t.task_id for t in self._tasks.values() if t.done]
+        done = [k for k, t in self._tasks.items() if t.done]
         victims = done[: max(0, len(done) - keep)]
-        for task_id in victims:
-            del self._tasks[task_id]
+        for key in victims:
+            del self._tasks[key]
         return victims
 
     def report(self, agent_id: str) -> list[TaskStatus]:

@@ -76,7 +76,7 @@ from agent.runtime.link import LinkEvent, LinkStream, MasterLink, MessageReceive
 from control_plane.codec import from_proto, to_proto
 from control_plane.core.errors import InvalidRequest
 from control_plane.core.lifecycle import is_terminal
-from control_plane.core.values import AgentInfo, StatusSource, TaskInfo, TaskState
+from control_plane.core.values import AgentInfo, StatusSource, TaskInfo, TaskKey, TaskState
 from control_plane.tracing import TASK_ID_ATTRIBUTE, context_from, get_tracer
 from tessera.v1 import agent_pb2, common_pb2
 
@@ -150,12 +150,14 @@ class Agent:
         # SimpleQueue: `put` is reentrant, so `stop()` may be called from a signal handler that
         # interrupted this very thread inside `get`.
         self.inbox: queue.SimpleQueue[LinkEvent | Stop | SupervisorExited] = queue.SimpleQueue()
+        # Every per-task table is keyed by TaskKey(framework_id, task_id): task ids are scoped per
+        # framework, so two frameworks may each run a `web-1` here.
         self.tasks = TaskTable()
-        self.handles: dict[str, LaunchHandle] = {}
+        self.handles: dict[TaskKey, LaunchHandle] = {}
         self.to_start: list[tuple[AgentTask, TaskInfo, LaunchHandle]] = []  # prepared in this turn
-        self.traceparents: dict[str, str] = {}
+        self.traceparents: dict[TaskKey, str] = {}
         self.tracer = get_tracer(__name__, tracer_provider)  # the global provider when None
-        self.run_spans: dict[str, trace.Span] = {}  # task id -> its `task.run` span, ended at the terminal status
+        self.run_spans: dict[TaskKey, trace.Span] = {}  # task -> its `task.run` span, ended at the terminal status
         cfg = config.config
         self.updates = StatusUpdateManager(RetryPolicy(initial=cfg.status_retry_initial, maximum=cfg.status_retry_max))
         self.agent_id = checkpoint.agent_id
@@ -163,7 +165,7 @@ class Agent:
         launcher.agent_id = self.agent_id
         self.stream: LinkStream | None = None
         self.registered = False
-        self.reported: dict[str, str] = {}  # task id -> uuid of the status reported at re-registration
+        self.reported: dict[TaskKey, str] = {}  # task -> uuid of the status reported at re-registration
         self.reregistering = False
         self.heartbeat_interval = config.heartbeat_interval
         self.last_received = 0.0
@@ -177,7 +179,7 @@ class Agent:
         self.link: MasterLink | None = None
         self.registrations = 0  # Registered answers received (tests and logs)
         # Tasks of a previous incarnation the master forgot (NOT_FOUND): killed, never reported again.
-        self.orphaned: set[str] = set()
+        self.orphaned: set[TaskKey] = set()
 
     # ---- lifecycle ------------------------------------------------------------------------------------
     def post(self, event: LinkEvent | Stop | SupervisorExited) -> None:
@@ -258,27 +260,27 @@ class Agent:
             task = AgentTask(info=rec.info, state=rec.state, latest=rec.latest,
                              kill_requested=rec.kill_requested, kill_grace=rec.kill_grace)
             self.tasks.restore(task)
-            self.traceparents[rec.task_id] = rec.traceparent
+            self.traceparents[rec.key] = rec.traceparent
             if task.terminal:
                 continue
             if rec.sandbox:
                 handle = self.launcher.handle_from_checkpoint(
                     rec.task_id, rec.info.framework_id, rec.sandbox, rec.supervisor_pid, rec.supervisor_start,
                     rec.isolation, rec.kill_requested)
-                self.handles[rec.task_id] = handle
+                self.handles[rec.key] = handle
         self.updates.recover((PendingUpdate(u.status, u.traceparent) for u in self.checkpoint.unacknowledged()), now)
         for task in list(self.tasks):
-            found = self.handles.get(task.task_id)
+            found = self.handles.get(task.key)
             if task.kill_requested and found is not None:
                 # The previous agent may have died between recording the kill and signalling the
                 # supervisor; asking again is harmless (the supervisor starts a kill only once).
-                if task.state is not TaskState.TASK_KILLING and self.tasks.can_record(task.task_id,
+                if task.state is not TaskState.TASK_KILLING and self.tasks.can_record(task.key,
                                                                                        TaskState.TASK_KILLING):
                     self.emit(task, Outcome(TaskState.TASK_KILLING, "", "killing (again, after an agent restart)"))
                 self.launcher.kill(found, task.kill_grace)
-            if task.terminal and not self.updates.has_pending(task.task_id):
+            if task.terminal and not self.updates.has_pending(task.key):
                 self._mark_done(task)
-            elif task.state is TaskState.TASK_STAGING and task.task_id not in self.handles:
+            elif task.state is TaskState.TASK_STAGING and task.key not in self.handles:
                 self.emit(task, Outcome(TaskState.TASK_DROPPED, REASON_AGENT_RESTARTED,
                                         "the agent restarted before it launched the task"),
                           source=StatusSource.SOURCE_AGENT)
@@ -298,7 +300,7 @@ class Agent:
         self.reported = {}
         if self.agent_id:
             statuses = self.tasks.report(self.agent_id)
-            self.reported = {s.task_id: s.uuid for s in statuses if s.uuid}
+            self.reported = {TaskKey(s.framework_id, s.task_id): s.uuid for s in statuses if s.uuid}
             self.reregistering = True
             request_id = f"reregister-{self.new_uuid()}"
         else:
@@ -351,10 +353,10 @@ class Agent:
         elif kind == "heartbeat_ack":
             pass
         elif kind == "ack":
-            self.on_ack(msg.ack.task_id, msg.ack.uuid)
+            self.on_ack(msg.ack)
         elif kind == "acks":
             for ack in msg.acks.acks:
-                self.on_ack(ack.task_id, ack.uuid)
+                self.on_ack(ack)
         elif kind in ("run_task", "run_tasks", "kill_task", "shutdown"):
             if stale:
                 log.warning("ignoring %s with term %d: a term %d leader has been seen", kind, msg.term,
@@ -387,8 +389,8 @@ class Agent:
         if registered.heartbeat_interval_seconds > 0:
             self.heartbeat_interval = registered.heartbeat_interval_seconds
         now = self.monotonic()
-        for task_id, uuid in self.reported.items():
-            superseded = self.updates.supersede(task_id, uuid, now)
+        for key, uuid in self.reported.items():
+            superseded = self.updates.supersede(key, uuid, now)
             if superseded:
                 self.checkpoint.acknowledge(superseded)
         self.reported = {}
@@ -405,8 +407,10 @@ class Agent:
             log.warning("ignoring RunTask for %s received before registration", run.task.task_id)
             return
         task_id = run.task.task_id
-        if task_id in self.tasks:
-            log.info("RunTask for task %s, which this agent already has: ignored", task_id)
+        key = TaskKey(run.task.framework_id, task_id)
+        if key in self.tasks:
+            log.info("RunTask for task %s of framework %s, which this agent already has: ignored", task_id,
+                     key.framework_id)
             return
         problem = ""
         try:
@@ -419,19 +423,18 @@ class Agent:
             return
         self.checkpoint.add_task(info, traceparent=run.traceparent)
         task = self.tasks.add(info)
-        self.traceparents[task_id] = run.traceparent
+        self.traceparents[key] = run.traceparent
         parent = context_from(run.traceparent)
         if parent is None:
             self._launch(task, info, problem)
             return
-        self.run_spans[task_id] = self.tracer.start_span("task.run", context=parent,
+        self.run_spans[key] = self.tracer.start_span("task.run", context=parent,
                                                           attributes={TASK_ID_ATTRIBUTE: task_id})
         with self.tracer.start_as_current_span("agent.launch_task", context=parent,
                                                attributes={TASK_ID_ATTRIBUTE: task_id}):
             self._launch(task, info, problem)
 
     def _launch(self, task: AgentTask, info: TaskInfo, problem: str) -> None:
-        task_id = info.task_id
         problem = problem or validate_task(info)
         if problem:
             self.emit(task, Outcome(TaskState.TASK_ERROR, REASON_TASK_INVALID, problem),
@@ -446,7 +449,7 @@ class Agent:
         except LaunchError as exc:
             self._launch_failed(task, exc)
             return
-        self.checkpoint.set_sandbox(task_id, str(handle.sandbox), handle.isolation.to_json())
+        self.checkpoint.set_sandbox(task.key, str(handle.sandbox), handle.isolation.to_json())
         self.to_start.append((task, info, handle))  # started with the others of this turn
 
     def _launch_failed(self, task: AgentTask, exc: LaunchError) -> None:
@@ -475,31 +478,32 @@ class Agent:
                 self._launch_failed(task, result)
                 continue
             handle = result
-            self.checkpoint.set_launched(task_id, sandbox=str(handle.sandbox), supervisor_pid=handle.supervisor_pid,
+            self.checkpoint.set_launched(task.key, sandbox=str(handle.sandbox), supervisor_pid=handle.supervisor_pid,
                                          supervisor_start=handle.supervisor_start,
                                          isolation=handle.isolation.to_json())
-            self.handles[task_id] = handle
+            self.handles[task.key] = handle
             log.info("launched task %s (framework %s) in %s, supervisor pid %d", task_id, info.framework_id,
                      handle.sandbox, handle.supervisor_pid)
             self.emit(task, Outcome(TaskState.TASK_STARTING, "", "the task's supervisor started"))
         self.next_observe = self.monotonic()
 
     def on_kill_task(self, kill: agent_pb2.KillTask) -> None:
-        task = self.tasks.get(kill.task_id)
+        task = self.tasks.get(TaskKey(kill.framework_id, kill.task_id))
         if task is None:
-            log.warning("KillTask for unknown task %s: ignored (re-registration reconciles it)", kill.task_id)
+            log.warning("KillTask for unknown task %s of framework %s: ignored (re-registration reconciles it)",
+                        kill.task_id, kill.framework_id)
             return
         grace = kill.grace_period_seconds or task.info.kill_grace_period_seconds or DEFAULT_KILL_GRACE
         self.kill(task, grace)
 
     def kill(self, task: AgentTask, grace: float) -> None:
-        if not self.tasks.request_kill(task.task_id, grace):
+        if not self.tasks.request_kill(task.key, grace):
             return
-        self.checkpoint.mark_kill(task.task_id, grace)
-        handle = self.handles.get(task.task_id)
+        self.checkpoint.mark_kill(task.key, grace)
+        handle = self.handles.get(task.key)
         if handle is None:
             return
-        if self.tasks.can_record(task.task_id, TaskState.TASK_KILLING):
+        if self.tasks.can_record(task.key, TaskState.TASK_KILLING):
             self.emit(task, Outcome(TaskState.TASK_KILLING, "", f"killing: SIGTERM, then SIGKILL after {grace:g}s"))
         log.info("killing task %s (grace %gs)", task.task_id, grace)
         self.checkpoint.sync()  # the kill request is on disk before the supervisor acts on it
@@ -507,9 +511,9 @@ class Agent:
         self.next_observe = self.monotonic()
 
     def on_supervisor_exited(self, pid: int) -> None:
-        for task_id, handle in list(self.handles.items()):
+        for key, handle in list(self.handles.items()):
             if handle.supervisor_pid == pid:
-                task = self.tasks.get(task_id)
+                task = self.tasks.get(key)
                 if task is not None:
                     self._observe(task, handle)
                 return
@@ -523,8 +527,8 @@ class Agent:
         self._advance(task, handle, observation)
 
     def observe_tasks(self) -> None:
-        for task_id, handle in list(self.handles.items()):
-            task = self.tasks.get(task_id)
+        for key, handle in list(self.handles.items()):
+            task = self.tasks.get(key)
             if task is None:
                 continue
             self._observe(task, handle)
@@ -549,37 +553,37 @@ class Agent:
                               source=StatusSource.SOURCE_AGENT)
         if obs.ended:
             self.launcher.release(handle)
-            self.handles.pop(task.task_id, None)
+            self.handles.pop(task.key, None)
             log.info("task %s ended: %s", task.task_id, task.state.name)
             self.next_gc = min(self.next_gc, self.monotonic() + self.config.config.sandbox_gc_delay)
 
     # ---- status updates ------------------------------------------------------------------------------
     def emit(self, task: AgentTask, outcome: Outcome, source: StatusSource = StatusSource.SOURCE_EXECUTOR) -> bool:
         """Record a new status of `task` (checkpoint first), queue it and send what is due."""
-        if not self.tasks.can_record(task.task_id, outcome.state):
+        if not self.tasks.can_record(task.key, outcome.state):
             log.warning("task %s: %s -> %s is not a legal transition; not reported", task.task_id,
                         task.state.name, outcome.state.name)
             return False
         status = make_status(task, outcome, uuid=self.new_uuid(), now=self.wall(), agent_id=self.agent_id,
                              source=source)
-        traceparent = self.traceparents.get(task.task_id, "")
+        traceparent = self.traceparents.get(task.key, "")
         self.checkpoint.record_update(status, traceparent)
         self.tasks.record(status)
         if is_terminal(outcome.state):
-            self._end_run_span(task.task_id, outcome)
-        if task.task_id in self.orphaned:
+            self._end_run_span(task.key, outcome)
+        if task.key in self.orphaned:
             # The master does not know this task any more: keep the history, send nothing.
             self.checkpoint.acknowledge([status.uuid])
             if task.terminal:
-                self.orphaned.discard(task.task_id)
+                self.orphaned.discard(task.key)
                 self._mark_done(task)
             return True
         self.updates.add(PendingUpdate(status, traceparent), self.monotonic())
         self.flush_updates()
         return True
 
-    def _end_run_span(self, task_id: str, outcome: Outcome) -> None:
-        span = self.run_spans.pop(task_id, None)
+    def _end_run_span(self, key: TaskKey, outcome: Outcome) -> None:
+        span = self.run_spans.pop(key, None)
         if span is None:
             return
         try:
@@ -588,7 +592,7 @@ class Agent:
                 span.set_status(trace.StatusCode.ERROR, outcome.message or outcome.state.name)
             span.end()
         except Exception as exc:  # noqa: BLE001 - tracing never fails the agent
-            log.debug("task.run span of %s: %s", task_id, exc)
+            log.debug("task.run span of %s: %s", key, exc)
 
     def flush_updates(self) -> None:
         """Send the heads that are due: one `status_updates` message for all of them when the agent
@@ -611,33 +615,37 @@ class Agent:
         status = replace(update.status, agent_id=update.status.agent_id or self.agent_id)
         return agent_pb2.StatusUpdate(status=to_proto(status, common_pb2.TaskStatus), traceparent=update.traceparent)
 
-    def on_ack(self, task_id: str, uuid: str) -> None:
-        result = self.updates.acknowledge(task_id, uuid, self.monotonic())
-        if result.outcome is AckOutcome.ACKED:
+    def on_ack(self, ack: agent_pb2.StatusUpdateAck) -> None:
+        uuid = ack.uuid
+        key: TaskKey | None = TaskKey(ack.framework_id, ack.task_id)
+        if not ack.framework_id:  # a master of an earlier version: the uuid names the task's stream
+            key = self.updates.find(uuid)
+        result = self.updates.acknowledge(key, uuid, self.monotonic()) if key is not None else None
+        if result is not None and key is not None and result.outcome is AckOutcome.ACKED:
             self.checkpoint.acknowledge(result.removed)
-            task = self.tasks.get(task_id)
-            if task is not None and task.terminal and not self.updates.has_pending(task_id):
+            task = self.tasks.get(key)
+            if task is not None and task.terminal and not self.updates.has_pending(key):
                 self._mark_done(task)
             self.flush_updates()
-        elif result.outcome is AckOutcome.UNKNOWN:
-            log.debug("acknowledgement of unknown update %s of task %s", uuid, task_id)
+        elif result is None or result.outcome is AckOutcome.UNKNOWN:
+            log.debug("acknowledgement of unknown update %s of task %s", uuid, ack.task_id)
 
     def _mark_done(self, task: AgentTask) -> None:
         task.done = True
-        self.checkpoint.mark_done(task.task_id)
+        self.checkpoint.mark_done(task.key)
 
     # ---- master-driven resets ---------------------------------------------------------------------------
     def forget_agent(self) -> None:
         """The master does not know us: kill every task, drop their updates, register anew."""
         for task in self.tasks:
-            dropped = self.updates.drop_task(task.task_id)
+            dropped = self.updates.drop_task(task.key)
             if dropped:
                 self.checkpoint.acknowledge(dropped)
             if task.terminal:
                 if not task.done:
                     self._mark_done(task)
                 continue
-            self.orphaned.add(task.task_id)
+            self.orphaned.add(task.key)
             self.kill(task, 0.0)
         self.checkpoint.clear_agent_id()
         self.agent_id = ""
@@ -708,13 +716,14 @@ class Agent:
 
     def send_usage(self) -> None:
         usage = agent_pb2.Usage(agent_id=self.agent_id)
-        for task_id, handle in sorted(self.handles.items()):
+        for key, handle in sorted(self.handles.items()):
             try:
                 sample = self.launcher.usage(handle)
             except OSError:
                 sample = None
             if sample is not None:
-                usage.tasks.add(task_id=task_id, cpu_seconds=sample.cpu_seconds, rss_bytes=sample.rss_bytes,
+                usage.tasks.add(task_id=key.task_id, framework_id=key.framework_id, cpu_seconds=sample.cpu_seconds,
+                                rss_bytes=sample.rss_bytes,
                                 timestamp=sample.timestamp)
         self.send(agent_pb2.AgentMessage(usage=usage))
 

@@ -49,7 +49,7 @@ from control_plane.core.values import AgentInfo, AgentState, TaskStatus
 from control_plane.runtime.leader import CLOSE, AgentSession, LeaderDuties
 from control_plane.tls import peer_agent_identity
 from control_plane.tracing import request_traceparent
-from tessera.v1 import agent_pb2, agent_pb2_grpc
+from tessera.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 log = logging.getLogger(__name__)
 
@@ -152,12 +152,17 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         """Tasks the agent reports alive that the master holds ended (or never knew): Mesos kills them."""
         def find(state: Any) -> list[tuple[str, str]]:
             out = []
+            agent = state.agents.get(agent_id)
             for status in reported:
                 if is_terminal(status.state):
                     continue
-                task = state.find_task(status.task_id)
+                framework_id = status.framework_id
+                if not framework_id and agent is not None:  # an agent of an earlier version: a bare id
+                    named = [k.framework_id for k in agent.task_keys if k.task_id == status.task_id]
+                    framework_id = named[0] if len(named) == 1 else ""
+                task = state.find_task(framework_id, status.task_id)
                 if task is None or task.terminal or task.agent_id != agent_id:
-                    out.append((status.task_id, task.framework_id if task is not None else status.framework_id))
+                    out.append((status.task_id, framework_id))
             return out
 
         return list(self.master.read_state(find))
@@ -216,7 +221,7 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         except TesseraError as exc:
             self._release(uuid)
             self._refused(session, update, exc)
-            self._ack(session, update.status.task_id, uuid)
+            self._ack(session, update.status, uuid)
             return
         try:
             fut = self.master.propose_async([cmd.UpdateStatus(status=status, identity=session.identity)],
@@ -230,7 +235,7 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
             # stops retrying, and say why in the master's log
             self._refused(session, update, exc)
             for waiting in self._release(uuid) or [session]:
-                self._ack(waiting, update.status.task_id, uuid)
+                self._ack(waiting, update.status, uuid)
             return
         except BaseException:
             self._release(uuid)  # never leave it marked in flight: its re-sends would wait forever
@@ -249,11 +254,11 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
                 "InvalidRequest", "NotFound", "Conflict", "PermissionDenied"):
             return
         for s in waiting or [session]:
-            self._ack(s, update.status.task_id, uuid)
+            self._ack(s, update.status, uuid)
 
     def _status_updates(self, session: AgentSession, updates: list[agent_pb2.StatusUpdate]) -> None:
         """A batch from one agent: one entry for the updates that can be recorded, one `acks` answer."""
-        acks: list[tuple[str, str]] = []
+        acks: list[tuple[common_pb2.TaskStatus, str]] = []
         proposed: list[agent_pb2.StatusUpdate] = []
         commands: list[cmd.Command] = []
         for update in updates:
@@ -265,7 +270,7 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
             except TesseraError as exc:
                 self._release(uuid)
                 self._refused(session, update, exc)
-                acks.append((update.status.task_id, uuid))
+                acks.append((update.status, uuid))
                 continue
             proposed.append(update)
             commands.append(cmd.UpdateStatus(status=status, identity=session.identity))
@@ -293,14 +298,14 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         except Exception as exc:  # noqa: BLE001 - not acknowledged: the agent re-sends
             log.info("%d status updates not committed (%s); the agent will retry", len(updates), exc)
             return
-        acks: dict[int, tuple[AgentSession, list[tuple[str, str]]]] = {}
+        acks: dict[int, tuple[AgentSession, list[tuple[common_pb2.TaskStatus, str]]]] = {}
         for update, outcome, sessions in zip(updates, outcomes, waiting, strict=True):
             if outcome is not None:
                 if not isinstance(outcome, _FINAL_REFUSALS):
                     continue  # not recorded, not refused for good: the agent re-sends
                 self._refused(session, update, outcome)
             for s in sessions or [session]:
-                acks.setdefault(id(s), (s, []))[1].append((update.status.task_id, update.status.uuid))
+                acks.setdefault(id(s), (s, []))[1].append((update.status, update.status.uuid))
         for s, items in acks.values():
             self._ack_many(s, items)
 
@@ -308,19 +313,21 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
     def _refused(session: AgentSession, update: agent_pb2.StatusUpdate, exc: Exception) -> None:
         log.warning("status update %s from agent %s refused: %s", update.status.uuid, session.agent_id, exc)
 
-    def _ack(self, session: AgentSession, task_id: str, uuid: str) -> None:
+    def _ack(self, session: AgentSession, status: common_pb2.TaskStatus, uuid: str) -> None:
+        """Acknowledge the agent's update of `status`'s task (task ids are scoped per framework)."""
         session.send(agent_pb2.MasterMessage(term=self.duties.term(), ack=agent_pb2.StatusUpdateAck(
-            task_id=task_id, uuid=uuid)))
+            task_id=status.task_id, framework_id=status.framework_id, uuid=uuid)))
 
-    def _ack_many(self, session: AgentSession, items: list[tuple[str, str]]) -> None:
+    def _ack_many(self, session: AgentSession, items: list[tuple[common_pb2.TaskStatus, str]]) -> None:
         if not items:
             return
         if len(items) == 1 or not session.batched:
-            for task_id, uuid in items:
-                self._ack(session, task_id, uuid)
+            for status, uuid in items:
+                self._ack(session, status, uuid)
             return
         session.send(agent_pb2.MasterMessage(term=self.duties.term(), acks=agent_pb2.StatusUpdateAcks(
-            acks=[agent_pb2.StatusUpdateAck(task_id=task_id, uuid=uuid) for task_id, uuid in items])))
+            acks=[agent_pb2.StatusUpdateAck(task_id=s.task_id, framework_id=s.framework_id, uuid=uuid)
+                  for s, uuid in items])))
 
 
 def _first_message(requests: Iterator[agent_pb2.AgentMessage], timeout: float) -> agent_pb2.AgentMessage | None:

@@ -45,11 +45,11 @@ from control_plane.core.visibility import (
     redact_span_attributes,
     redact_status,
     redact_task,
-    task_owner,
     visibility_for,
 )
 from control_plane.eventlog import EventFilter, EventRecord, SpanRecord
 from control_plane.eventlog.errors import HistoryPruned
+from control_plane.eventlog.history import AmbiguousTask, resolve_task
 from control_plane.replication.errors import (
     NotLeaderError,
     NotSupportedError,
@@ -152,10 +152,11 @@ def state_to_proto(state: Any, leader: str, term: int, duties: Any = None,
     owners = None if visibility.sees_all else framework_owners(state)
     usage = None
     if duties is not None:
-        usage = {u.task_id: u for sample in list(duties.usage.values()) for u in sample.tasks}
+        # by (framework id, task id): task ids are scoped per framework
+        usage = {(u.framework_id, u.task_id): u for sample in list(duties.usage.values()) for u in sample.tasks}
     for agent_id, a in sorted(state.agents.items()):
         view = resp.agents.add(
-            agent_id=agent_id, state=int(a.state), registered_at=a.registered_at, task_count=len(a.task_ids),
+            agent_id=agent_id, state=int(a.state), registered_at=a.registered_at, task_count=len(a.task_keys),
         )
         view.info.CopyFrom(to_proto(a.info, common_pb2.AgentInfo))
         session = duties.agents.get(agent_id) if duties is not None else None
@@ -174,8 +175,8 @@ def state_to_proto(state: Any, leader: str, term: int, duties: Any = None,
         resources_to_proto(f.offered, fview.offered)
     for _, t in sorted(state.tasks.items()):
         tview = resp.tasks.add(state=int(t.state), unacknowledged_updates=len(t.unacknowledged))
-        if usage is not None and t.task_id in usage:
-            tview.usage.CopyFrom(usage[t.task_id])
+        if usage is not None and t.key in usage:
+            tview.usage.CopyFrom(usage[t.key])
         full = owners is None or visibility.sees_in_full(owners.get(t.info.framework_id))
         tview.task.CopyFrom(to_proto(t.info if full else redact_task(t.info), common_pb2.TaskInfo))
         if t.last_status is not None:
@@ -349,14 +350,22 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
             # there); the caller follows the hint
             raise NotLeader("traces are served by the leader", self.master.leader_grpc_hint())
         store = self.master.events
-        trace_ids = store.traces_for_task(request.task_id)
+        framework_id = request.framework_id
+        if not framework_id:  # a bare task id: the one framework whose task uses it (ids are per framework)
+            try:
+                framework_id, _ = resolve_task(store, request.task_id)
+            except AmbiguousTask as exc:
+                raise exc.domain_error() from exc
+        trace_ids = store.traces_for_task(request.task_id, framework_id)
+        named = f"{framework_id}/{request.task_id}" if framework_id else request.task_id
         if not trace_ids:
-            raise NotFound(f"no trace names task {request.task_id}")
-        task_events = store.list(limit=MAX_LIST_LIMIT, flt=EventFilter(task_id=request.task_id))
+            raise NotFound(f"no trace names task {named}")
+        task_events = store.list(limit=MAX_LIST_LIMIT, flt=EventFilter(task_id=request.task_id,
+                                                                        framework_id=framework_id))
         owners = self._owners(visibility)
         full = True
         if owners is not None:  # the trace is the task's: its spans are shown as the task is
-            owner = self.master.read_state(lambda s: task_owner(s, request.task_id))
+            owner = owners.get(framework_id) if framework_id else None
             if owner is None:  # forgotten by the state: its events still name the framework
                 owner = next((owners[e.framework_id] for e in task_events if e.framework_id in owners), None)
             full = visibility.sees_in_full(owner)

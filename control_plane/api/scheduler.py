@@ -253,8 +253,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             out = []
             task_ids = list(request.task_ids) or sorted(fw.task_ids)
             for task_id in task_ids:
-                task = state.find_task(task_id)
-                if task is None or task.framework_id != h.framework_id:
+                task = state.find_task(h.framework_id, task_id)  # task ids are scoped per framework
+                if task is None:
                     status = TaskStatus(task_id=task_id, state=TaskState.TASK_LOST, reason="REASON_RECONCILIATION",
                                         message="the master does not know this task", framework_id=h.framework_id)
                 elif task.last_status is not None:

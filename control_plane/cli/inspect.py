@@ -434,12 +434,17 @@ def _print_changes(resp: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print NDJSON: one event per line, with gap_seconds.")
 @click.pass_obj
 def timeline(obj: Any, ident: str, kind: str | None, db: Path | None, as_json: bool) -> None:
-    """Every event about one task, framework or agent, in order, with the time since the previous one."""
+    """Every event about one task, framework or agent, in order, with the time since the previous one.
+
+    Task ids are scoped per framework: name a task FRAMEWORK_ID/TASK_ID, or by its bare id when one
+    framework's tasks use it."""
     as_json = _json_mode(obj, as_json)
     if db is not None:
         with _open_db(db) as source:
             try:
                 kind = _choose_kind(ident, kind, h.detect_kinds(source, ident))
+                if kind == "task":
+                    ident = "/".join(h.resolve_task(source, ident))
                 _print_timeline(ident, kind, h.iter_records(source, h.kind_filter(kind, ident)), as_json)
             except (h.HistoryError, HistoryPruned) as exc:
                 fail(str(exc))
@@ -448,6 +453,11 @@ def timeline(obj: Any, ident: str, kind: str | None, db: Path | None, as_json: b
     try:
         found = [k for k in h.KINDS if next(_remote_records(cluster, h.kind_filter(k, ident), limit=1), None)]
         kind = _choose_kind(ident, kind, found)
+        if kind == "task" and not h.split_task_ref(ident)[0]:
+            named = h.frameworks_naming_task(_remote_records(cluster, h.kind_filter("task", ident)))
+            if len(named) > 1:
+                fail(str(h.AmbiguousTask(ident, named)))
+            ident = f"{named[0]}/{ident}" if named else ident
         _print_timeline(ident, kind, _remote_records(cluster, h.kind_filter(kind, ident)), as_json)
     finally:
         cluster.close()

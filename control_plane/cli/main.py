@@ -553,11 +553,14 @@ def frameworks(c: Ctx) -> None:
 
 
 @cli.command()
+@click.argument("task", required=False, default="", metavar="[[FRAMEWORK_ID/]TASK_ID]")
 @click.option("--state", "state_filter", default="", help="Only tasks in this state (RUNNING, TASK_FAILED...).")
 @click.option("--framework", default="", help="Only tasks of this framework id.")
 @pass_ctx
-def tasks(c: Ctx, state_filter: str, framework: str) -> None:
-    """Tasks with their state, agent and latest status."""
+def tasks(c: Ctx, task: str, state_filter: str, framework: str) -> None:
+    """Tasks with their state, agent and latest status; or the one task named FRAMEWORK_ID/TASK_ID (task ids
+    are scoped per framework), or by a bare TASK_ID that one framework's live tasks use."""
+    from control_plane.eventlog.history import AmbiguousTask, split_task_ref
     from tessera.v1 import common_pb2
 
     wanted = state_filter.upper()
@@ -566,9 +569,19 @@ def tasks(c: Ctx, state_filter: str, framework: str) -> None:
     if wanted and wanted not in common_pb2.TaskState.keys():
         fail(f"--state: unknown task state {state_filter!r}", 2)
     resp = _state(c)
+    named_framework, task_id = split_task_ref(task) if task else ("", "")
+    if task_id:
+        named = sorted({t.task.framework_id for t in resp.tasks if t.task.task_id == task_id
+                        and (not named_framework or t.task.framework_id == named_framework)})
+        if not named:
+            fail(f"no live task {task}", 1)
+        if len(named) > 1 and not framework:
+            fail(str(AmbiguousTask(task_id, named)), 1)
+        named_framework = named_framework or framework or named[0]
     rows = [t for t in resp.tasks
             if (not wanted or common_pb2.TaskState.Name(t.state) == wanted)
-            and (not framework or t.task.framework_id == framework)]
+            and (not framework or t.task.framework_id == framework)
+            and (not task_id or (t.task.task_id, t.task.framework_id) == (task_id, named_framework))]
     if c.as_json:
         c.emit([to_dict(t) for t in rows])
         return

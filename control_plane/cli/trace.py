@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.tree import Tree
 
 from control_plane.cli.inspect import _Cluster, _rpc_message, fail
+from control_plane.eventlog.history import split_task_ref
 
 
 def _label(span: Any, t0: float) -> str:
@@ -53,11 +54,14 @@ def render_trace(trace: Any, task_id: str) -> Tree:
 
 
 @click.command("trace")
-@click.argument("task_id")
+@click.argument("task_id", metavar="[FRAMEWORK_ID/]TASK_ID")
 @click.option("--json", "json_flag", is_flag=True, help="Print the traces as JSON.")
 @click.pass_obj
 def trace(obj: Any, task_id: str, json_flag: bool) -> None:
-    """Draw TASK_ID's traces: the span tree (name, service, offset, duration) and the events of each."""
+    """Draw a task's traces: the span tree (name, service, offset, duration) and the events of each.
+
+    Task ids are scoped per framework: name the task FRAMEWORK_ID/TASK_ID, or by its bare id when one
+    framework's tasks use it (several: the error lists them)."""
     from google.protobuf.json_format import MessageToDict
 
     from tessera.v1 import operator_pb2
@@ -65,7 +69,9 @@ def trace(obj: Any, task_id: str, json_flag: bool) -> None:
     cluster = _Cluster(obj)
     try:
         try:
-            resp = cluster.client.call(lambda s: s.GetTrace, operator_pb2.GetTraceRequest(task_id=task_id))
+            framework_id, bare_id = split_task_ref(task_id)
+            resp = cluster.client.call(lambda s: s.GetTrace, operator_pb2.GetTraceRequest(
+                task_id=bare_id, framework_id=framework_id))
         except grpc.RpcError as err:
             if err.code() == grpc.StatusCode.NOT_FOUND:
                 fail(f"no trace found for task {task_id}")

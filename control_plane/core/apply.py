@@ -90,6 +90,7 @@ from control_plane.core.state import (
     ApplyResult,
     ClusterState,
     FrameworkRecord,
+    TaskKey,
     TaskRecord,
     check_agent_info,
     check_framework_info,
@@ -144,12 +145,12 @@ class _Tx:
         self.log.append((_ITEM, mapping, key, value))
         return value
 
-    def add(self, members: set[str], item: str) -> None:
+    def add(self, members: set[Any], item: Any) -> None:
         if item not in members:
             members.add(item)
             self.log.append((_ADDED, members, item, None))
 
-    def discard(self, members: set[str], item: str) -> None:
+    def discard(self, members: set[Any], item: Any) -> None:
         if item in members:
             members.remove(item)
             self.log.append((_DISCARDED, members, item, None))
@@ -289,7 +290,7 @@ def _remember(state: ClusterState, request_id: str, result: ApplyResult) -> None
         _trim(state.requests, state.request_limit)
 
 
-def _trim(memory: OrderedDict[str, Any], limit: int) -> None:
+def _trim(memory: OrderedDict[Any, Any], limit: int) -> None:
     while len(memory) > max(limit, 0):
         memory.popitem(last=False)
 
@@ -316,12 +317,14 @@ def _framework(state: ClusterState, framework_id: object) -> FrameworkRecord:
 
 
 def _task(state: ClusterState, task_id: object, framework_id: object, agent_id: object) -> TaskRecord:
+    """The live task the event names: task ids are scoped per framework, so (framework, task) is the key."""
     tid = check_id(task_id, "task_id")
-    task = state.tasks.get(tid)
+    fid = check_id(framework_id, "framework_id")
+    task = state.tasks.get(TaskKey(fid, tid))
     if task is None:
-        raise NotFound(f"task {tid} is not known")
-    if task.framework_id != framework_id or task.agent_id != agent_id:
-        raise Conflict(f"task {tid} belongs to framework {task.framework_id} on agent {task.agent_id}")
+        raise NotFound(f"framework {fid} has no task {tid}")
+    if task.agent_id != agent_id:
+        raise Conflict(f"task {tid} of framework {fid} runs on agent {task.agent_id}")
     return task
 
 
@@ -365,15 +368,15 @@ def _drop_filters(state: ClusterState, tx: _Tx, *, framework_id: str = "", agent
 
 def _complete(state: ClusterState, task: TaskRecord, tx: _Tx) -> None:
     """A terminal task with nothing left to acknowledge leaves the live tables for `completed_tasks`."""
-    tid = task.task_id
-    tx.pop(state.tasks, tid)
+    key = task.key
+    tx.pop(state.tasks, key)
     agent = state.agents.get(task.agent_id)
     if agent is not None:
-        tx.discard(agent.task_ids, tid)
+        tx.discard(agent.task_keys, key)
     fw = state.frameworks.get(task.framework_id)
     if fw is not None:
-        tx.discard(fw.task_ids, tid)
-    tx.put(state.completed_tasks, tid, task)
+        tx.discard(fw.task_ids, key.task_id)
+    tx.put(state.completed_tasks, key, task)
 
 
 def _reason(value: object) -> str:
@@ -436,20 +439,26 @@ def _agent_reregistered(state: ClusterState, e: AgentReregistered, tx: _Tx) -> b
     info = check_agent_info(e.info)
     if info.agent_id != aid:
         raise InvalidRequest(f"info.agent_id {info.agent_id!r} is not the event's agent_id {aid}")
-    if not isinstance(e.task_ids, tuple):
-        raise InvalidRequest("task_ids: must be a tuple of task ids")
+    if not isinstance(e.task_ids, tuple) or not isinstance(e.task_framework_ids, tuple):
+        raise InvalidRequest("task_ids, task_framework_ids: must be tuples of ids")
     for task_id in e.task_ids:
         check_id(task_id, "task_ids")
+    for framework_id in e.task_framework_ids:
+        check_id(framework_id, "task_framework_ids")
+    if e.task_framework_ids and len(e.task_framework_ids) != len(e.task_ids):
+        raise InvalidRequest("task_framework_ids: one framework id per task id")
     if agent.state is AgentState.AGENT_REMOVED:
         raise Conflict(f"agent {aid} was removed")
     _no_offers(f"agent {aid}", agent.offer_ids)
     # decide ended every live task the agent did not report; one still live and not reported was
-    # launched after the reregistration was decided (both in flight at once): the agent never had it
-    reported = set(e.task_ids)
-    for task_id in sorted(agent.task_ids):
-        if task_id not in reported and not state.tasks[task_id].terminal:
-            raise Conflict(f"task {task_id} was launched on agent {aid} after its reregistration was "
-                           "decided; decide it again")
+    # launched after the reregistration was decided (both in flight at once): the agent never had it.
+    # Entries written before task ids were scoped per framework list bare ids (`task_ids`), unique then.
+    reported = {TaskKey(f, t) for f, t in zip(e.task_framework_ids, e.task_ids, strict=False)}
+    legacy = set() if e.task_framework_ids else set(e.task_ids)
+    for key in sorted(agent.task_keys):
+        if key not in reported and key.task_id not in legacy and not state.tasks[key].terminal:
+            raise Conflict(f"task {key.task_id} of framework {key.framework_id} was launched on agent {aid} "
+                           "after its reregistration was decided; decide it again")
     total = total_with_reservations(info.resources, agent.reserved)
     if not total.contains(agent.used):
         raise Conflict(f"agent {aid} reports fewer resources ({info.resources}) than its tasks use")
@@ -459,9 +468,10 @@ def _agent_reregistered(state: ClusterState, e: AgentReregistered, tx: _Tx) -> b
     tx.assign(agent, "reregistered_at", tx.time)
 
     def nothing_left_unreachable() -> None:
-        for task_id in sorted(agent.task_ids):
-            if state.tasks[task_id].state is TaskState.TASK_UNREACHABLE:
-                raise Conflict(f"task {task_id} would stay unreachable on reregistered agent {aid}")
+        for key in sorted(agent.task_keys):
+            if state.tasks[key].state is TaskState.TASK_UNREACHABLE:
+                raise Conflict(f"task {key.task_id} of framework {key.framework_id} would stay unreachable "
+                               f"on reregistered agent {aid}")
 
     tx.post_checks.append(nothing_left_unreachable)
     return True
@@ -473,10 +483,11 @@ def _agent_unreachable(state: ClusterState, e: AgentUnreachable, tx: _Tx) -> boo
     if not agent.reachable:
         raise Conflict(f"agent {agent.agent_id} is already {agent.state.name}")
     _no_offers(f"agent {agent.agent_id}", agent.offer_ids)
-    for task_id in sorted(agent.task_ids):
-        task = state.tasks[task_id]
+    for key in sorted(agent.task_keys):
+        task = state.tasks[key]
         if not task.terminal and task.state is not TaskState.TASK_UNREACHABLE:
-            raise Conflict(f"task {task_id} on agent {agent.agent_id} is still {task.state.name}")
+            raise Conflict(f"task {key.task_id} of framework {key.framework_id} on agent {agent.agent_id} is "
+                           f"still {task.state.name}")
     tx.assign(agent, "state", AgentState.AGENT_UNREACHABLE)
     tx.assign(agent, "unreachable_at", tx.time)
     return True
@@ -488,9 +499,10 @@ def _agent_removed(state: ClusterState, e: AgentRemoved, tx: _Tx) -> bool:
     if agent.state is AgentState.AGENT_REMOVED:
         raise Conflict(f"agent {agent.agent_id} is already removed")
     _no_offers(f"agent {agent.agent_id}", agent.offer_ids)
-    for task_id in sorted(agent.task_ids):
-        if not state.tasks[task_id].terminal:
-            raise Conflict(f"task {task_id} on agent {agent.agent_id} has not ended")
+    for key in sorted(agent.task_keys):
+        if not state.tasks[key].terminal:
+            raise Conflict(f"task {key.task_id} of framework {key.framework_id} on agent {agent.agent_id} "
+                           "has not ended")
     tx.assign(agent, "state", AgentState.AGENT_REMOVED)
     tx.assign(agent, "removed_reason", reason)
     tx.assign(agent, "draining", False)
@@ -505,17 +517,18 @@ def _agent_drain_started(state: ClusterState, e: AgentDrainStarted, tx: _Tx) -> 
     _no_offers(f"agent {agent.agent_id}", agent.offer_ids)
     tx.assign(agent, "state", AgentState.AGENT_DRAINING)
     tx.assign(agent, "draining", True)
-    tx.post_checks.append(lambda: _all_killed(state, agent.task_ids, f"agent {agent.agent_id}'s drain"))
+    tx.post_checks.append(lambda: _all_killed(state, agent.task_keys, f"agent {agent.agent_id}'s drain"))
     return True
 
 
-def _all_killed(state: ClusterState, task_ids: set[str], what: str) -> None:
+def _all_killed(state: ClusterState, keys: Iterable[TaskKey], what: str) -> None:
     """A removal or drain was decided with a kill for every live task; one without a kill was launched
     after it was decided (both in flight at once) and would be left running: decide it again."""
-    for task_id in sorted(task_ids):
-        task = state.tasks[task_id]
+    for key in sorted(keys):
+        task = state.tasks[key]
         if not task.terminal and not task.kill_requested:
-            raise Conflict(f"task {task_id} was launched after {what} was decided; decide it again")
+            raise Conflict(f"task {key.task_id} of framework {key.framework_id} was launched after {what} "
+                           "was decided; decide it again")
 
 
 # ---- frameworks ------------------------------------------------------------------------------------
@@ -571,13 +584,14 @@ def _framework_removed(state: ClusterState, e: FrameworkRemoved, tx: _Tx) -> boo
     if fw.state is FrameworkState.FRAMEWORK_REMOVED:
         raise Conflict(f"framework {fw.framework_id} is already removed")
     _no_offers(f"framework {fw.framework_id}", fw.offer_ids)
-    _all_killed(state, fw.task_ids, f"framework {fw.framework_id}'s removal")
+    fid = fw.framework_id
+    _all_killed(state, [TaskKey(fid, t) for t in fw.task_ids], f"framework {fid}'s removal")
     tx.assign(fw, "state", FrameworkState.FRAMEWORK_REMOVED)
     tx.assign(fw, "removed_reason", reason)
     tx.assign(fw, "stream_id", "")
     tx.assign(fw, "failover_deadline", 0.0)
     for task_id in sorted(fw.task_ids):
-        task = state.tasks[task_id]
+        task = state.tasks[TaskKey(fid, task_id)]
         if task.unacknowledged:  # nobody is left to acknowledge them
             tx.assign(task, "unacknowledged", ())
         if task.terminal:
@@ -708,9 +722,10 @@ def _task_launched(state: ClusterState, e: TaskLaunched, tx: _Tx) -> bool:
     task = check_task_info(e.task)
     if (task.task_id, task.framework_id, task.agent_id) != (tid, e.framework_id, e.agent_id):
         raise InvalidRequest(f"task {tid}: the task's ids do not match the event's")
-    if tid in state.tasks or tid in state.completed_tasks:
-        raise Conflict(f"task id {tid} is already used")
     fw = _framework(state, e.framework_id)
+    key = TaskKey(fw.framework_id, tid)
+    if key in state.tasks or key in state.completed_tasks:
+        raise Conflict(f"task id {tid} is already used by this framework")
     agent = _agent(state, e.agent_id)
     if fw.state is not FrameworkState.FRAMEWORK_CONNECTED:
         raise Conflict(f"framework {fw.framework_id} is {fw.state.name}")
@@ -723,10 +738,10 @@ def _task_launched(state: ClusterState, e: TaskLaunched, tx: _Tx) -> bool:
     if not pool[1].contains(resources) or not state.agent_free(agent.agent_id).contains(resources):
         raise Conflict(f"task {tid} needs {resources}; its offers have {pool[1]} left")
     pool[1] = pool[1] - resources
-    tx.put(state.tasks, tid, TaskRecord(info=task, state=TaskState.TASK_STAGING, role=pool[0],
+    tx.put(state.tasks, key, TaskRecord(info=task, state=TaskState.TASK_STAGING, role=pool[0],
                                         launched_at=tx.time))
     tx.assign(agent, "used", agent.used + resources)
-    tx.add(agent.task_ids, tid)
+    tx.add(agent.task_keys, key)
     tx.assign(fw, "used", fw.used + scalar_part(resources))
     tx.add(fw.task_ids, tid)
     return True
@@ -750,14 +765,16 @@ def _task_status_updated(state: ClusterState, e: TaskStatusUpdated, tx: _Tx) -> 
     if status.framework_id not in ("", e.framework_id) or status.agent_id not in ("", e.agent_id):
         raise InvalidRequest(f"task {tid}: the status's ids do not match the event's")
     uuid = status.uuid
-    task = state.tasks.get(tid)
+    fid = check_id(e.framework_id, "framework_id")
+    key = TaskKey(fid, tid)
+    task = state.tasks.get(key)
     if task is None:
-        done = state.completed_tasks.get(tid)
+        done = state.completed_tasks.get(key)
         if done is not None and uuid and uuid in done.applied_uuids:
             return False  # a retried update of a task that has ended and been acknowledged
         if done is not None:
             raise Conflict(f"task {tid} already ended ({done.state.name})")
-        raise NotFound(f"task {tid} is not known")
+        raise NotFound(f"framework {fid} has no task {tid}")
     if uuid and uuid in task.applied_uuids:
         return False  # a retried update: recorded once
     task = _task(state, tid, e.framework_id, e.agent_id)
@@ -793,11 +810,13 @@ def _task_status_acknowledged(state: ClusterState, e: TaskStatusAcknowledged, tx
         # decided before a removal committed ahead of it: the removal dropped what was left to
         # acknowledge, so this acknowledgement records nothing and must not be answered as if it had
         raise Conflict(f"framework {fw.framework_id} was removed")
-    if tid not in state.tasks:
-        done = state.completed_tasks.get(tid)
-        if done is not None and uuid in done.applied_uuids and done.framework_id == e.framework_id:
+    fid = check_id(e.framework_id, "framework_id")
+    key = TaskKey(fid, tid)
+    if key not in state.tasks:
+        done = state.completed_tasks.get(key)
+        if done is not None and uuid in done.applied_uuids:
             return False  # acknowledged before the task was completed: a retry
-        raise NotFound(f"task {tid} is not known")
+        raise NotFound(f"framework {fid} has no task {tid}")
     task = _task(state, tid, e.framework_id, e.agent_id)
     remaining = tuple(s for s in task.unacknowledged if s.uuid != uuid)
     if len(remaining) == len(task.unacknowledged):

@@ -85,6 +85,7 @@ from control_plane.core.state import (
     AgentRecord,
     ClusterState,
     FrameworkRecord,
+    TaskKey,
     TaskRecord,
     check_agent_info,
     check_framework_info,
@@ -300,22 +301,27 @@ def _reregister_agent(state: ClusterState, cmd: c.ReregisterAgent, ctx: Context)
     info = replace(info, agent_id=aid)
     if not isinstance(cmd.tasks, tuple):
         raise InvalidRequest("tasks: must be a tuple of task statuses")
-    reported: dict[str, TaskStatus] = {}
+    reported: dict[TaskKey, TaskStatus] = {}
     for status in cmd.tasks:
         check_task_status(status, "tasks[]")
-        if status.task_id in reported:
-            raise InvalidRequest(f"tasks: task {status.task_id} is reported twice")
         if status.agent_id not in ("", aid):
             raise InvalidRequest(f"tasks: task {status.task_id} is reported for agent {status.agent_id}")
         if status.state is TaskState.TASK_UNREACHABLE:
             raise InvalidRequest(f"tasks: an agent cannot report task {status.task_id} unreachable")
-        reported[status.task_id] = status
+        key = _reported_key(state, agent, status, ambiguous_ok=True)
+        if key is None:
+            # a bare id the master does not hold on this agent, or holds for several frameworks (an agent
+            # of an earlier version cannot run both): not recognised, and the shell has it killed
+            continue
+        if key in reported:
+            raise InvalidRequest(f"tasks: task {status.task_id} is reported twice")
+        reported[key] = status
 
     endings: list[Event] = []  # before AgentReregistered: they free resources
     resumed: list[Event] = []  # after it: the agent is reachable again
     released = EMPTY
     for task in _live_tasks(state.tasks_on_agent(aid)):
-        seen = reported.get(task.task_id)
+        seen = reported.get(task.key)
         event: TaskStatusUpdated | None = None
         if seen is not None and seen.state != task.state and can_transition(task.state, seen.state):
             if seen.uuid and seen.uuid not in task.applied_uuids:
@@ -347,13 +353,30 @@ def _reregister_agent(state: ClusterState, cmd: c.ReregisterAgent, ctx: Context)
     total = total_with_reservations(info.resources, agent.reserved)
     if not total.contains(agent.used - released):
         raise Conflict(f"agent {aid} reports fewer resources ({info.resources}) than its tasks use")
-    task_ids = tuple(sorted(reported))
+    keys = sorted(reported)
     return (
         *_rescind(state.offers_on_agent(aid), "agent reregistered"),
         *endings,
-        AgentReregistered(aid, info, task_ids),
+        AgentReregistered(aid, info, tuple(k.task_id for k in keys), tuple(k.framework_id for k in keys)),
         *resumed,
     )
+
+
+def _reported_key(state: ClusterState, agent: AgentRecord, status: TaskStatus, *,
+                  ambiguous_ok: bool = False) -> TaskKey | None:
+    """The task an agent's status is about. Task ids are scoped per framework, so the status names its
+    framework; an agent of an earlier version sends a bare id, which names the one task of that id the
+    master holds on this agent (None when it holds none; several of them: None when `ambiguous_ok`,
+    else an error)."""
+    if status.framework_id:
+        return TaskKey(status.framework_id, status.task_id)
+    found = [k for k in agent.task_keys if k.task_id == status.task_id]
+    if len(found) > 1 and ambiguous_ok:
+        return None
+    if len(found) > 1:
+        raise InvalidRequest(f"task {status.task_id}: status.framework_id is needed, several frameworks run "
+                             f"a task of that id on agent {agent.agent_id}")
+    return found[0] if found else None
 
 
 def _mark_agent_unreachable(
@@ -618,7 +641,7 @@ def _accept(state: ClusterState, cmd: c.Accept, ctx: Context) -> tuple[Event, ..
     for offer in offers:
         pool = pool + offer.resources
     events: list[Event] = [OfferAccepted(o.offer_id, fid, aid) for o in offers]
-    launched: set[str] = set()
+    launched: set[str] = set()  # task ids are scoped per framework: only the framework's own are checked
     for n, op in enumerate(cmd.operations):
         what = f"operations[{n}]"
         if not isinstance(op, c.Operation):
@@ -655,8 +678,8 @@ def _accept(state: ClusterState, cmd: c.Accept, ctx: Context) -> tuple[Event, ..
                     raise InvalidRequest(f"task {tid}: framework_id {task.framework_id} is not {fid}")
                 if task.agent_id not in ("", aid):
                     raise InvalidRequest(f"task {tid}: agent_id {task.agent_id} is not the offers' agent {aid}")
-                if tid in launched or tid in state.tasks or tid in state.completed_tasks:
-                    raise Conflict(f"task id {tid} is already used")
+                if tid in launched or (fid, tid) in state.tasks or (fid, tid) in state.completed_tasks:
+                    raise Conflict(f"task id {tid} is already used by this framework")
                 if not pool.contains(task.resources):
                     raise Conflict(f"task {tid} needs {task.resources}; its offers have {pool} left")
                 pool = pool - task.resources
@@ -675,10 +698,10 @@ def _kill(state: ClusterState, cmd: c.Kill, ctx: Context) -> tuple[Event, ...]:
     fw = _framework_call(state, cmd.framework_id, cmd.stream_id)
     tid = check_id(cmd.task_id, "task_id")
     grace = check_number(cmd.grace_period_seconds, "grace_period_seconds")
-    task = state.tasks.get(tid)
-    if task is None or task.framework_id != fw.framework_id:
-        done = state.completed_tasks.get(tid)
-        if done is not None and done.framework_id == fw.framework_id:
+    key = TaskKey(fw.framework_id, tid)
+    task = state.tasks.get(key)
+    if task is None:
+        if key in state.completed_tasks:
             return ()
         raise NotFound(f"framework {fw.framework_id} has no task {tid}")
     if task.terminal:
@@ -696,19 +719,18 @@ def _update_status(state: ClusterState, cmd: c.UpdateStatus, ctx: Context) -> tu
     if status.state is TaskState.TASK_UNREACHABLE:
         raise InvalidRequest("status.state: only the master marks tasks unreachable")
     tid = status.task_id
-    task = state.tasks.get(tid)
+    key: TaskKey | None = TaskKey(status.framework_id, tid)
+    if not status.framework_id:  # an agent of an earlier version: the one task of that id on the agent
+        sender = state.agents.get(status.agent_id) if status.agent_id else None
+        key = None if sender is None else _reported_key(state, sender, status)
+    task = None if key is None else state.find_task(*key)
     if task is None:
-        done = state.completed_tasks.get(tid)
-        if done is None:
-            raise NotFound(f"task {tid} is not known")
-        task = done
+        raise NotFound(f"task {tid} of framework {status.framework_id or '(not named)'} is not known")
     owner = state.agents.get(task.agent_id)
     if owner is not None:
         check_agent_identity(owner, cmd.identity, f"a status update of task {tid}")
     if status.agent_id and status.agent_id != task.agent_id:
         raise Conflict(f"task {tid} runs on agent {task.agent_id}, not {status.agent_id}")
-    if status.framework_id and status.framework_id != task.framework_id:
-        raise Conflict(f"task {tid} belongs to framework {task.framework_id}, not {status.framework_id}")
     if status.uuid in task.applied_uuids or task.terminal:
         return ()
     agent = _agent(state, task.agent_id)
@@ -725,8 +747,8 @@ def _acknowledge(state: ClusterState, cmd: c.Acknowledge, ctx: Context) -> tuple
     fw = _framework_call(state, cmd.framework_id, cmd.stream_id)
     tid = check_id(cmd.task_id, "task_id")
     uuid = check_id(cmd.uuid, "uuid")
-    task = state.find_task(tid)
-    if task is None or task.framework_id != fw.framework_id:
+    task = state.find_task(fw.framework_id, tid)
+    if task is None:
         raise NotFound(f"framework {fw.framework_id} has no task {tid}")
     if any(s.uuid == uuid for s in task.unacknowledged):
         return (TaskStatusAcknowledged(tid, task.framework_id, task.agent_id, uuid),)

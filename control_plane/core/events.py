@@ -51,9 +51,13 @@ class AgentRegistered:
 
 @dataclass(frozen=True, slots=True)
 class AgentReregistered:
+    """`task_ids[i]` is a task of framework `task_framework_ids[i]` (task ids are scoped per framework).
+    Entries written before that have no `task_framework_ids`: their task ids were unique cluster-wide."""
+
     agent_id: str
     info: AgentInfo
     task_ids: tuple[str, ...] = ()
+    task_framework_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 
 from control_plane.core.resources import EMPTY, Resources
 from control_plane.core.state import ClusterState, scalar_part, total_with_reservations
-from control_plane.core.values import AgentState, FrameworkState, TaskState
+from control_plane.core.values import AgentState, FrameworkState, TaskKey, TaskState
 
 __all__ = ["check_invariants"]
 
@@ -103,10 +103,11 @@ def _check(state: ClusterState, problems: list[str]) -> None:
             add(f"offer {offer_id} holds resources reserved to a role other than {offer.role}")
 
     # ---- tasks -------------------------------------------------------------------------------------
-    for task_id, task in sorted(state.tasks.items()):
-        if task.task_id != task_id:
-            add(f"task {task_id} is stored under the wrong id {task.task_id}")
-        if task_id in state.completed_tasks:
+    for key, task in sorted(state.tasks.items()):
+        task_id = str(key)  # framework/task: task ids are scoped per framework
+        if not isinstance(key, TaskKey) or task.key != key:
+            add(f"task {task_id} is stored under the wrong key {task.key}")
+        if key in state.completed_tasks:
             add(f"task {task_id} is both live and completed")
         if task.state is TaskState.TASK_STATE_UNKNOWN:
             add(f"task {task_id} is in TASK_STATE_UNKNOWN")
@@ -126,7 +127,7 @@ def _check(state: ClusterState, problems: list[str]) -> None:
         if agent is None:
             add(f"task {task_id} is on unknown agent {task.agent_id}")
         else:
-            if task_id not in agent.task_ids:
+            if key not in agent.task_keys:
                 add(f"task {task_id} is missing from agent {agent.agent_id}'s tasks")
             if agent.state is AgentState.AGENT_UNREACHABLE and not task.terminal and (
                 task.state is not TaskState.TASK_UNREACHABLE
@@ -139,11 +140,14 @@ def _check(state: ClusterState, problems: list[str]) -> None:
         if fw is None:
             add(f"task {task_id} belongs to unknown framework {task.framework_id}")
         else:
-            if task_id not in fw.task_ids:
+            if task.task_id not in fw.task_ids:
                 add(f"task {task_id} is missing from framework {fw.framework_id}'s tasks")
             if fw.state is FrameworkState.FRAMEWORK_REMOVED and task.unacknowledged:
                 add(f"task {task_id} waits for acks from removed framework {fw.framework_id}")
-    for task_id, task in state.completed_tasks.items():
+    for key, task in state.completed_tasks.items():
+        task_id = str(key)
+        if not isinstance(key, TaskKey) or task.key != key:
+            add(f"completed task {task_id} is stored under the wrong key {task.key}")
         if not task.terminal:
             add(f"completed task {task_id} is {task.state.name}, not terminal")
         if task.unacknowledged:
@@ -155,12 +159,12 @@ def _check(state: ClusterState, problems: list[str]) -> None:
         if agent.info.agent_id != agent_id:
             add(f"{label} is stored under the wrong id {agent.info.agent_id}")
         tasks = []
-        for task_id in sorted(agent.task_ids):
-            listed = state.tasks.get(task_id)
+        for key in sorted(agent.task_keys):
+            listed = state.tasks.get(key)
             if listed is None:
-                add(f"{label} lists task {task_id}, which is not live")
+                add(f"{label} lists task {key}, which is not live")
             elif listed.agent_id != agent_id:
-                add(f"{label} lists task {task_id} of agent {listed.agent_id}")
+                add(f"{label} lists task {key} of agent {listed.agent_id}")
             else:
                 tasks.append(listed)
         offers = []
@@ -204,7 +208,7 @@ def _check(state: ClusterState, problems: list[str]) -> None:
         label = f"framework {framework_id}"
         if fw.info.framework_id != framework_id:
             add(f"{label} is stored under the wrong id {fw.info.framework_id}")
-        tasks = [state.tasks[t] for t in sorted(fw.task_ids) if t in state.tasks]
+        tasks = [state.tasks[k] for k in sorted(TaskKey(framework_id, t) for t in fw.task_ids) if k in state.tasks]
         if len(tasks) != len(fw.task_ids):
             add(f"{label} lists tasks that are not live")
         offers = [state.offers[o] for o in sorted(fw.offer_ids) if o in state.offers]

@@ -53,32 +53,37 @@ def checks_span_owners(caller: Caller) -> bool:
     return caller.kind == "agent" or (caller.kind != "master" and caller.grant is not None)
 
 
-def placements(state: ClusterState, task_ids: Iterable[str]) -> dict[str, TaskPlacement]:
-    """Where each of `task_ids` the state knows runs and whose it is (its framework's principal)."""
-    out: dict[str, TaskPlacement] = {}
+def placements(state: ClusterState, task_ids: Iterable[str]) -> dict[str, tuple[TaskPlacement, ...]]:
+    """Where the tasks of each of `task_ids` the state knows run and whose they are (their framework's
+    principal). Task ids are scoped per framework and spans name a bare task id, so one id may place
+    several tasks of different frameworks."""
+    out: dict[str, tuple[TaskPlacement, ...]] = {}
     for task_id in task_ids:
-        task = state.find_task(task_id)
-        if task is None:
-            continue
-        framework = state.frameworks.get(task.framework_id)
-        out[task_id] = TaskPlacement(framework.info.principal if framework is not None else "", task.agent_id)
+        found = tuple(
+            TaskPlacement(framework.info.principal if framework is not None else "", task.agent_id)
+            for task in state.tasks_named(task_id)
+            for framework in (state.frameworks.get(task.framework_id),))
+        if found:
+            out[task_id] = found
     return out
 
 
 def check_span_report(caller: Caller, caller_agents: frozenset[str], span_task: str, trace_tasks: Iterable[str],
-                      tasks: Mapping[str, TaskPlacement]) -> None:
+                      tasks: Mapping[str, tuple[TaskPlacement, ...]]) -> None:
     """The caller may report a span naming task `span_task` ("" for none) in a trace whose stored events
     and spans name `trace_tasks` (see the module docstring).
 
     `caller_agents` are the agent ids the caller is (only read for an agent certificate); `tasks` places
-    every task the state knows among them (a missing one is unknown)."""
+    every task the state knows among them (a missing id is unknown). A task id several frameworks use
+    counts as the caller's only when every task of that id is: spans name bare ids, and a tenant must not
+    reach another's trace through an id they share (its own spans for such an id are refused instead)."""
     if caller.kind == "master" or (caller.kind is None and caller.grant is None):
         return
     in_trace = sorted(set(trace_tasks) - {""})
     if caller.kind == "agent":
         def on_caller(task_id: str) -> bool:
-            placed = tasks.get(task_id)
-            return placed is not None and placed.agent_id in caller_agents
+            placed = tasks.get(task_id, ())
+            return bool(placed) and all(p.agent_id in caller_agents for p in placed)
 
         # One framework call may launch tasks on several agents in one trace: an agent joins a trace
         # when one of its tasks is in it, and names only its own tasks.
@@ -92,8 +97,8 @@ def check_span_report(caller: Caller, caller_agents: frozenset[str], span_task: 
     if grant is None:
         return  # a framework or operator certificate without an ACL: no tenants to keep apart
     for task_id in sorted({span_task, *in_trace} - {""}):
-        placed = tasks.get(task_id)
-        if placed is None or placed.principal != grant.principal:
+        placed = tasks.get(task_id, ())
+        if not placed or any(p.principal != grant.principal for p in placed):
             raise PermissionDenied(f"principal {grant.principal} may report spans only for its own frameworks' "
                                    f"tasks; task {task_id} is not one")
 

@@ -52,6 +52,7 @@ from control_plane.core.values import (
     TaskState,
     TaskStatus,
 )
+from control_plane.core.values import TaskKey as TaskKey  # re-exported: the state is keyed by it
 
 # ---- limits --------------------------------------------------------------------------------------
 MAX_ID_LENGTH = 255
@@ -134,7 +135,7 @@ class AgentRecord:
     reserved: Resources = EMPTY  # dynamic reservations (RESERVE operations), in reserved form
     used: Resources = EMPTY  # sum of its non-terminal tasks
     offered: Resources = EMPTY  # sum of its live offers
-    task_ids: set[str] = field(default_factory=set)  # tasks in `ClusterState.tasks` on this agent
+    task_keys: set[TaskKey] = field(default_factory=set)  # tasks in `ClusterState.tasks` on this agent
     offer_ids: set[str] = field(default_factory=set)
     draining: bool = False  # survives unreachability: a draining agent that comes back is still draining
     reregistered_at: float = 0.0
@@ -172,7 +173,7 @@ class FrameworkRecord:
     suppressed_roles: frozenset[str] = frozenset()
     used: Resources = EMPTY  # scalars of its non-terminal tasks
     offered: Resources = EMPTY  # scalars of its live offers
-    task_ids: set[str] = field(default_factory=set)
+    task_ids: set[str] = field(default_factory=set)  # its live tasks: ids are scoped per framework
     offer_ids: set[str] = field(default_factory=set)
     removed_reason: str = ""
 
@@ -196,6 +197,10 @@ class TaskRecord:
     @property
     def task_id(self) -> str:
         return self.info.task_id
+
+    @property
+    def key(self) -> TaskKey:
+        return TaskKey(self.info.framework_id, self.info.task_id)
 
     @property
     def framework_id(self) -> str:
@@ -238,12 +243,12 @@ class ClusterState:
     agents: dict[str, AgentRecord] = field(default_factory=dict)
     frameworks: dict[str, FrameworkRecord] = field(default_factory=dict)
     offers: dict[str, Offer] = field(default_factory=dict)
-    tasks: dict[str, TaskRecord] = field(default_factory=dict)
+    tasks: dict[TaskKey, TaskRecord] = field(default_factory=dict)  # by (framework id, task id)
     roles: dict[str, RoleInfo] = field(default_factory=dict)
     decline_filters: dict[tuple[str, str], float] = field(default_factory=dict)  # (fw, agent) -> until
     # FIFO memories: OrderedDict because evicting the oldest of a plain dict is O(n) once many were deleted
     requests: OrderedDict[str, Remembered] = field(default_factory=OrderedDict)
-    completed_tasks: OrderedDict[str, TaskRecord] = field(default_factory=OrderedDict)
+    completed_tasks: OrderedDict[TaskKey, TaskRecord] = field(default_factory=OrderedDict)
     retired_offers: OrderedDict[str, str] = field(default_factory=OrderedDict)  # offer id -> why it is gone
     event_counts: dict[str, int] = field(default_factory=dict)
     request_limit: int = REQUEST_DEDUP_LIMIT
@@ -274,7 +279,7 @@ class ClusterState:
 
     def tasks_on_agent(self, agent_id: str) -> list[TaskRecord]:
         agent = self.agents.get(agent_id)
-        return [] if agent is None else [self.tasks[t] for t in sorted(agent.task_ids)]
+        return [] if agent is None else [self.tasks[k] for k in sorted(agent.task_keys)]
 
     def offers_on_agent(self, agent_id: str) -> list[Offer]:
         agent = self.agents.get(agent_id)
@@ -283,12 +288,12 @@ class ClusterState:
     def agent_drained(self, agent_id: str) -> bool:
         """A draining agent with no task left that is not terminal: the operator may remove it."""
         agent = self.agents[agent_id]
-        return agent.draining and all(self.tasks[t].terminal for t in agent.task_ids)
+        return agent.draining and all(self.tasks[k].terminal for k in agent.task_keys)
 
     # ---- frameworks ----------------------------------------------------------------------------------
     def tasks_of_framework(self, framework_id: str) -> list[TaskRecord]:
         fw = self.frameworks.get(framework_id)
-        return [] if fw is None else [self.tasks[t] for t in sorted(fw.task_ids)]
+        return [] if fw is None else [self.tasks[TaskKey(framework_id, t)] for t in sorted(fw.task_ids)]
 
     def offers_of_framework(self, framework_id: str) -> list[Offer]:
         fw = self.frameworks.get(framework_id)
@@ -302,19 +307,27 @@ class ClusterState:
         return self.refused_until(framework_id, agent_id) > now
 
     # ---- tasks -----------------------------------------------------------------------------------------
-    def find_task(self, task_id: str) -> TaskRecord | None:
-        """A live task, or a completed one the state still remembers."""
-        return self.tasks.get(task_id) or self.completed_tasks.get(task_id)
+    def find_task(self, framework_id: str, task_id: str) -> TaskRecord | None:
+        """A framework's live task, or a completed one the state still remembers."""
+        key = TaskKey(framework_id, task_id)
+        return self.tasks.get(key) or self.completed_tasks.get(key)
+
+    def tasks_named(self, task_id: str) -> list[TaskRecord]:
+        """Every task with this id, live or remembered, of any framework, by framework id. For operator
+        lookups by a bare task id (a scan: never on a hot path, never for a framework's own calls)."""
+        found = {k: t for k, t in self.completed_tasks.items() if k.task_id == task_id}
+        found.update((k, t) for k, t in self.tasks.items() if k.task_id == task_id)
+        return [found[k] for k in sorted(found)]
 
     def unacknowledged_updates(self, framework_id: str | None = None) -> list[TaskStatus]:
-        """Status updates waiting for the framework's ack, by task id then in recorded order (a new leader
-        re-sends exactly these)."""
+        """Status updates waiting for the framework's ack, by (framework id, task id) then in recorded
+        order (a new leader re-sends exactly these)."""
         if framework_id is None:
-            task_ids: list[str] = sorted(self.tasks)
+            keys: list[TaskKey] = sorted(self.tasks)
         else:
             fw = self.frameworks.get(framework_id)
-            task_ids = [] if fw is None else sorted(fw.task_ids)
-        return [s for t in task_ids for s in self.tasks[t].unacknowledged]
+            keys = [] if fw is None else [TaskKey(framework_id, t) for t in sorted(fw.task_ids)]
+        return [s for k in keys for s in self.tasks[k].unacknowledged]
 
     # ---- roles -----------------------------------------------------------------------------------------
     def role(self, role: str) -> RoleInfo:
@@ -324,8 +337,8 @@ class ClusterState:
     def role_allocations(self) -> dict[str, Resources]:
         """Per allocation role: scalar resources used by non-terminal tasks plus offered."""
         out: dict[str, Resources] = {}
-        for task_id in sorted(self.tasks):
-            task = self.tasks[task_id]
+        for key in sorted(self.tasks):
+            task = self.tasks[key]
             if not task.terminal:
                 out[task.role] = out.get(task.role, EMPTY) + scalar_part(task.resources)
         for offer_id in sorted(self.offers):
@@ -344,6 +357,21 @@ class ClusterState:
     def fingerprint(self) -> str:
         """A hash of the whole state, independent of dict and set order: equal states, equal prints."""
         return hashlib.sha256(repr(_canonical(self)).encode()).hexdigest()
+
+
+def upgrade_task_keys(state: ClusterState) -> ClusterState:
+    """Bring a state pickled before task ids were scoped per framework (tasks keyed by the bare task id,
+    agents listing bare ids) to the current shape, in place; a current state is returned unchanged.
+    Old states held globally unique ids, so each bare id names exactly one task."""
+    if not any(isinstance(k, str) for k in (*state.tasks, *state.completed_tasks)):
+        return state
+    state.tasks = {TaskKey(t.framework_id, t.task_id): t for t in state.tasks.values()}
+    state.completed_tasks = OrderedDict(
+        (TaskKey(t.framework_id, t.task_id), t) for t in state.completed_tasks.values())
+    by_id = {k.task_id: k for k in state.tasks}
+    for agent in state.agents.values():
+        agent.task_keys = {by_id[t] if isinstance(t, str) else t for t in agent.task_keys}
+    return state
 
 
 def _canonical(value: object) -> object:

@@ -10,10 +10,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import NamedTuple
 
 from control_plane.core.resources import EMPTY, Resources
 
 Labels = tuple[tuple[str, str], ...]
+
+
+class TaskKey(NamedTuple):
+    """A task's identity: task ids are chosen by frameworks and scoped per framework, as in Mesos, so
+    two frameworks may each run a `web-1` (even on one agent). A NamedTuple: hashable, ordered by
+    framework then task, cheap to pickle, and equal to the plain `(framework_id, task_id)` tuple."""
+
+    framework_id: str
+    task_id: str
+
+    def __str__(self) -> str:
+        return f"{self.framework_id}/{self.task_id}"
 
 
 class TaskState(IntEnum):

@@ -78,13 +78,6 @@ def framework_owners(state: ClusterState) -> dict[str, str]:
     return {framework_id: f.info.principal for framework_id, f in state.frameworks.items()}
 
 
-def task_owner(state: ClusterState, task_id: str) -> str | None:
-    """The principal of the framework of a task the state knows (None: unknown task or framework)."""
-    task = state.find_task(task_id)
-    framework = state.frameworks.get(task.framework_id) if task is not None else None
-    return framework.info.principal if framework is not None else None
-
-
 def _hide(value: str) -> str:
     return REDACTED if value else value
 

@@ -109,6 +109,7 @@ PAGE = 5_000  # records read per query while replaying
 
 __all__ = [
     "DEFAULT_SNAPSHOT_EVERY",
+    "AmbiguousTask",
     "Change",
     "EventFile",
     "EventFileError",
@@ -127,6 +128,9 @@ __all__ = [
     "TimelineItem",
     "decode_snapshot",
     "detect_kinds",
+    "frameworks_naming_task",
+    "resolve_task",
+    "split_task_ref",
     "diff_states",
     "encode_snapshot",
     "entries_from_records",
@@ -182,6 +186,19 @@ class _Pruned(HistoryPruned):
 
     def __str__(self) -> str:
         return self.message
+
+
+class AmbiguousTask(HistoryError):
+    """A bare task id that tasks of several frameworks use (task ids are scoped per framework)."""
+
+    def __init__(self, task_id: str, framework_ids: list[str]) -> None:
+        super().__init__(f"task id {task_id} is used by {len(framework_ids)} frameworks "
+                         f"({', '.join(framework_ids)}); name one as FRAMEWORK_ID/{task_id}")
+        self.task_id = task_id
+        self.framework_ids = framework_ids
+
+    def domain_error(self) -> Exception:
+        return InvalidRequest(str(self))
 
 
 class ReplayError(HistoryError):
@@ -458,8 +475,9 @@ def replay_records(state: ClusterState, records: Iterable[EventRecord]) -> Clust
 
 # ---- snapshots -----------------------------------------------------------------------------------
 _MAGIC = b"TSNAP"
-_FORMAT = 3  # zlib(pickle(ClusterState)), requests as plain `Remembered` tuples (2: as ApplyResult); another
-#             format or layout is skipped, never half-loaded
+_FORMAT = 4  # zlib(pickle(ClusterState)), tasks keyed by TaskKey(framework_id, task_id) (3: by task id),
+#             requests as plain `Remembered` tuples (2: as ApplyResult); another format or layout is skipped,
+#             never half-loaded
 
 
 @cache
@@ -783,7 +801,7 @@ def _cluster_view(s: ClusterState) -> dict[str, dict[str, str]]:
 def _agent_view(s: ClusterState) -> dict[str, dict[str, str]]:
     return {aid: {"state": a.state.name.removeprefix("AGENT_"), "hostname": a.info.hostname,
                   "total": _res(a.total), "used": _res(a.used), "reserved": _res(a.reserved),
-                  "tasks": str(len(a.task_ids)), "draining": "yes" if a.draining else "no"}
+                  "tasks": str(len(a.task_keys)), "draining": "yes" if a.draining else "no"}
             for aid, a in s.agents.items()}
 
 
@@ -801,8 +819,9 @@ def _task_row(t: TaskRecord, completed: bool) -> dict[str, str]:
 
 
 def _task_view(s: ClusterState) -> dict[str, dict[str, str]]:
-    view = {tid: _task_row(t, True) for tid, t in s.completed_tasks.items()}
-    view.update({tid: _task_row(t, False) for tid, t in s.tasks.items()})
+    # keyed FRAMEWORK_ID/TASK_ID: task ids are scoped per framework
+    view = {str(key): _task_row(t, True) for key, t in s.completed_tasks.items()}
+    view.update({str(key): _task_row(t, False) for key, t in s.tasks.items()})
     return view
 
 
@@ -849,13 +868,43 @@ KINDS = ("task", "framework", "agent")
 _ID_COLUMN = {"task": "task_id", "framework": "framework_id", "agent": "agent_id"}
 
 
+def split_task_ref(ident: str) -> tuple[str, str]:
+    """`FRAMEWORK_ID/TASK_ID` as (framework_id, task_id); a bare task id as ("", task_id). Framework ids
+    are minted by the master and never hold a '/', so the first '/' separates them (a task id may hold
+    more)."""
+    framework_id, sep, task_id = ident.partition("/")
+    return (framework_id, task_id) if sep and framework_id and task_id else ("", ident)
+
+
 def kind_filter(kind: str, ident: str) -> EventFilter:
+    """The events naming `ident` as a task, framework or agent; a task as `FRAMEWORK_ID/TASK_ID` names
+    that framework's task only, a bare task id the tasks of that id of every framework."""
     if kind not in _ID_COLUMN:
         raise PointOutOfRange(f"unknown kind {kind!r}: expected one of {', '.join(KINDS)}")
     column = _ID_COLUMN[kind]
-    return EventFilter(task_id=ident if column == "task_id" else "",
-                       framework_id=ident if column == "framework_id" else "",
+    if column == "task_id":
+        framework_id, task_id = split_task_ref(ident)
+        return EventFilter(task_id=task_id, framework_id=framework_id)
+    return EventFilter(framework_id=ident if column == "framework_id" else "",
                        agent_id=ident if column == "agent_id" else "")
+
+
+def frameworks_naming_task(records: Iterable[EventRecord]) -> list[str]:
+    """The distinct framework ids of `records` (the events of one bare task id), sorted."""
+    return sorted({r.framework_id for r in records if r.framework_id})
+
+
+def resolve_task(source: HistorySource, ident: str) -> tuple[str, str]:
+    """(framework_id, task_id) of `FRAMEWORK_ID/TASK_ID`, or of a bare task id that one framework's
+    tasks use; raises `AmbiguousTask` (listing them) when several frameworks use it. A task no event
+    names comes back with framework_id "" (the caller reports it as not found)."""
+    framework_id, task_id = split_task_ref(ident)
+    if framework_id:
+        return framework_id, task_id
+    named = frameworks_naming_task(iter_records(source, EventFilter(task_id=task_id)))
+    if len(named) > 1:
+        raise AmbiguousTask(task_id, named)
+    return (named[0] if named else ""), task_id
 
 
 def detect_kinds(source: HistorySource, ident: str) -> list[str]:

@@ -145,16 +145,19 @@ class MemoryEventStore(QueuedEventStore):
             spans = [s for (t, _), s in self._spans.items() if t == trace_id]
         return sorted(spans, key=lambda s: (s.start_time, s.span_id))
 
-    def traces_for_task(self, task_id: str) -> builtins.list[str]:
+    def traces_for_task(self, task_id: str, framework_id: str = "") -> builtins.list[str]:
         self._check_open()
         if not task_id:
             return []
         earliest: dict[str, float] = {}
         with self._data:
-            sightings = [(s.trace_id, s.start_time) for s in self._spans.values() if s.task_id == task_id]
-            sightings += [
-                (e.trace_id, e.time) for e in self._events.values() if e.task_id == task_id and e.trace_id
+            sightings = [
+                (e.trace_id, e.time) for e in self._events.values()
+                if e.task_id == task_id and e.trace_id and (not framework_id or e.framework_id == framework_id)
             ]
+            traces = {t for t, _ in sightings}
+            sightings += [(s.trace_id, s.start_time) for s in self._spans.values()
+                          if s.task_id == task_id and (not framework_id or s.trace_id in traces)]
         for trace_id, when in sightings:
             if trace_id not in earliest or when < earliest[trace_id]:
                 earliest[trace_id] = when

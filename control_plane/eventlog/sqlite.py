@@ -406,10 +406,24 @@ class SqliteEventStore(QueuedEventStore):
             ).fetchall()
         return [SpanRecord(*row) for row in rows]
 
-    def traces_for_task(self, task_id: str) -> builtins.list[str]:
+    def traces_for_task(self, task_id: str, framework_id: str = "") -> builtins.list[str]:
         if not task_id:
             self._check_open()
             return []
+        if framework_id:
+            with self._reading() as conn:
+                rows = conn.execute(
+                    "WITH t AS (SELECT trace_id, time FROM events WHERE task_id = ?1 AND framework_id = ?2"
+                    " AND trace_id <> '')"
+                    " SELECT trace_id FROM ("
+                    " SELECT trace_id, time AS at FROM t"
+                    " UNION ALL"
+                    " SELECT trace_id, start_time AS at FROM spans WHERE task_id = ?1"
+                    " AND trace_id IN (SELECT trace_id FROM t)"
+                    ") GROUP BY trace_id ORDER BY min(at), trace_id",
+                    (task_id, framework_id),
+                ).fetchall()
+            return [row[0] for row in rows]
         with self._reading() as conn:
             rows = conn.execute(
                 "SELECT trace_id FROM ("

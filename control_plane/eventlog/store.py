@@ -130,8 +130,10 @@ class EventStore(abc.ABC):
         """All stored spans of a trace, by start time (then span id)."""
 
     @abc.abstractmethod
-    def traces_for_task(self, task_id: str) -> builtins.list[str]:
-        """Distinct trace ids of the spans and events that name the task, earliest first."""
+    def traces_for_task(self, task_id: str, framework_id: str = "") -> builtins.list[str]:
+        """Distinct trace ids of the spans and events that name the task, earliest first. With
+        `framework_id` (task ids are scoped per framework): the traces of that framework's events about
+        the task (spans, which name only the task id, count for the ordering of those traces)."""
 
     @abc.abstractmethod
     def trace_tasks(self, trace_id: str) -> builtins.list[str]:

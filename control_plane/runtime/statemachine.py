@@ -27,7 +27,7 @@ from control_plane.codec import entry_from_bytes, event_type_name, json_text, to
 from control_plane.core import events as ev
 from control_plane.core.apply import ApplyResult, apply
 from control_plane.core.events import event_ids
-from control_plane.core.state import ClusterState
+from control_plane.core.state import ClusterState, upgrade_task_keys
 from control_plane.eventlog import EventStore
 from control_plane.eventlog.history import DEFAULT_SNAPSHOT_EVERY, Snapshotter
 from control_plane.eventlog.records import EventRow
@@ -157,6 +157,7 @@ class MasterStateMachine:
         if not isinstance(snap, ClusterState):
             log.error("ignoring a snapshot of unexpected type %s", type(snap).__name__)
             return
+        upgrade_task_keys(snap)  # a snapshot from before task ids were scoped per framework
         with self.lock:
             self.state = snap
         if self.snapshots is not None:

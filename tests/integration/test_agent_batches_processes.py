@@ -37,11 +37,11 @@ class AckLosingAgent(Agent):
             self.batches += 1
         return super().send(message)
 
-    def on_ack(self, task_id: str, uuid: str) -> None:
-        if uuid not in self.lost:
-            self.lost.add(uuid)
+    def on_ack(self, ack: agent_pb2.StatusUpdateAck) -> None:
+        if ack.uuid not in self.lost:
+            self.lost.add(ack.uuid)
             return
-        super().on_ack(task_id, uuid)
+        super().on_ack(ack)
 
 
 def test_lost_acks_lead_to_resent_batches_recorded_once_by_the_masters(tmp_path: Path) -> None:

@@ -35,8 +35,11 @@ from tests.support.cluster import free_port, wait_for
 from tests.support.inprocess import InProcessMaster
 
 # ---- who may report: the pure rule ------------------------------------------------------------------
-TASKS = {"bob-1": TaskPlacement(principal="bob", agent_id="agent-b"),
-         "alice-1": TaskPlacement(principal="alice", agent_id="agent-a")}
+TASKS = {"bob-1": (TaskPlacement(principal="bob", agent_id="agent-b"),),
+         "alice-1": (TaskPlacement(principal="alice", agent_id="agent-a"),),
+         # task ids are per framework: both tenants run a "web-1"
+         "web-1": (TaskPlacement(principal="alice", agent_id="agent-a"),
+                   TaskPlacement(principal="bob", agent_id="agent-b"))}
 ALICE = Caller("framework", Grant("alice", "0" * 64, actions=frozenset({"read"})))
 AGENT = Caller("agent", None)
 
@@ -62,6 +65,16 @@ def test_an_agent_reports_spans_only_for_tasks_on_itself() -> None:
                                      (frozenset({"agent-a"}), "gone", [])):
         with pytest.raises(PermissionDenied):
             check_span_report(AGENT, agents, span_task, trace, TASKS)
+
+
+def test_a_task_id_two_tenants_share_opens_neither_tenant_s_trace_to_the_other() -> None:
+    # bob's trace names bob's web-1; alice (and alice's agent) also run a web-1: the shared bare id must
+    # not let them into bob's trace, so it counts as nobody's alone
+    for caller, agents in ((ALICE, frozenset()), (AGENT, frozenset({"agent-a"}))):
+        for span_task, trace in (("web-1", ["web-1"]), ("", ["web-1"]), ("web-1", [])):
+            with pytest.raises(PermissionDenied):
+                check_span_report(caller, agents, span_task, trace, TASKS)
+    check_span_report(AGENT, frozenset({"agent-a", "agent-b"}), "web-1", ["web-1"], TASKS)
 
 
 def test_masters_and_the_insecure_dev_mode_report_anything() -> None:

@@ -31,6 +31,7 @@ from control_plane.core.values import (
     Offer,
     StatusSource,
     TaskInfo,
+    TaskKey,
     TaskState,
     TaskStatus,
 )
@@ -116,8 +117,9 @@ class AgentTwin(Twin):
         self.info = AgentInfo(hostname=name, resources=resources)
         self.agent_id = ""
         self.registered_with = ""  # master address of the current session; "" = must (re)register
-        self.tasks: dict[str, TaskStatus] = {}  # latest status per task it runs or ran
-        self.framework_of: dict[str, str] = {}
+        # latest status per task it runs or ran, by (framework, task id): task ids are scoped per framework,
+        # and the framework twins all number their tasks t1, t2...
+        self.tasks: dict[TaskKey, TaskStatus] = {}
         self.unacked: deque[TaskStatus] = deque()
         self.lost_until = 0.0
         self.last_ping = 0.0
@@ -148,9 +150,9 @@ class AgentTwin(Twin):
         elif self.tasks and sim.rng.random() < 0.03:
             running = sorted(t for t, s in self.tasks.items() if s.state is TaskState.TASK_RUNNING)
             if running:
-                task_id = sim.rng.choice(running)
+                key = sim.rng.choice(running)
                 end = sim.rng.choice((TaskState.TASK_FINISHED, TaskState.TASK_FAILED))
-                self.update(task_id, end)
+                self.update(key, end)
 
     def retry(self, request: Request) -> None:
         if request.kind in ("command", "register"):
@@ -158,12 +160,12 @@ class AgentTwin(Twin):
         else:
             self.registered_with = ""
 
-    def update(self, task_id: str, state: TaskState) -> None:
+    def update(self, key: TaskKey, state: TaskState) -> None:
         self.counter += 1
-        status = TaskStatus(task_id=task_id, state=state, source=StatusSource.SOURCE_AGENT,
+        status = TaskStatus(task_id=key.task_id, state=state, source=StatusSource.SOURCE_AGENT,
                             agent_id=self.agent_id, uuid=f"u-{self.name}-{self.counter}",
-                            framework_id=self.framework_of.get(task_id, ""))
-        self.tasks[task_id] = status
+                            framework_id=key.framework_id)
+        self.tasks[key] = status
         self.unacked.append(status)
 
     def lose(self, seconds: float) -> None:
@@ -181,8 +183,8 @@ class AgentTwin(Twin):
         elif request.kind == "reregister":
             if ok:
                 self.registered_with = self.master
-                for task_id in outcome[3]:  # tasks the master holds ended: kill them (Mesos does)
-                    self.end(task_id, TaskState.TASK_KILLED)
+                for key in outcome[3]:  # tasks the master holds ended: kill them (Mesos does)
+                    self.end(key, TaskState.TASK_KILLED)
             elif outcome[1] in ("NotFound",) or "removed" in outcome[2]:
                 self.agent_id = ""  # register anew; its old tasks are gone
                 self.tasks.clear()
@@ -198,10 +200,10 @@ class AgentTwin(Twin):
                 elif outcome[1] == "Conflict":
                     self.registered_with = ""  # e.g. marked unreachable meanwhile: reregister, then retry
 
-    def end(self, task_id: str, state: TaskState) -> None:
-        status = self.tasks.get(task_id)
+    def end(self, key: TaskKey, state: TaskState) -> None:
+        status = self.tasks.get(key)
         if status is not None and not is_terminal(status.state):
-            self.update(task_id, state)
+            self.update(key, state)
 
     # ---- pushes from the leader ----------------------------------------------------------------------
     def push(self, term: int, kind: str, payload: Any) -> None:
@@ -213,10 +215,10 @@ class AgentTwin(Twin):
         self.max_term = term
         if kind == "run":
             task: TaskInfo = payload
-            if task.task_id not in self.tasks:
-                self.framework_of[task.task_id] = task.framework_id
-                self.tasks[task.task_id] = TaskStatus(task.task_id, TaskState.TASK_STAGING)
-                self.update(task.task_id, TaskState.TASK_RUNNING)
+            key = TaskKey(task.framework_id, task.task_id)
+            if key not in self.tasks:
+                self.tasks[key] = TaskStatus(task.task_id, TaskState.TASK_STAGING, framework_id=task.framework_id)
+                self.update(key, TaskState.TASK_RUNNING)
         elif kind == "kill":
             self.end(payload, TaskState.TASK_KILLED)
 
@@ -315,7 +317,7 @@ class FrameworkTwin(Twin):
                 self.call(cmd.Decline(framework_id=fid, offer_ids=(offer.offer_id,), refuse_seconds=1.0, stream_id=sid))
                 return
             self.tasks_launched += 1
-            task_id = f"{self.name}-t{self.tasks_launched}"
+            task_id = f"t{self.tasks_launched}"  # the same ids in every framework: scoped per framework
             port = [(ports[0][0], ports[0][0])] if ports and draw < 0.5 else []
             task = TaskInfo(task_id=task_id, name=task_id, command=CommandInfo(value="sleep 60"),
                             resources=Resources.of(cpus=cpus, mem=mem, ports=port))

@@ -58,7 +58,7 @@ from control_plane.core.apply import ApplyResult
 from control_plane.core.errors import TesseraError
 from control_plane.core.invariants import check_invariants
 from control_plane.core.resources import Resources
-from control_plane.core.values import AgentState, FrameworkState
+from control_plane.core.values import AgentState, FrameworkState, TaskKey
 from control_plane.eventlog import EventRecord, EventStore
 from control_plane.eventlog.records import EventRow
 from control_plane.replication.config import ReplicationConfig
@@ -349,14 +349,14 @@ class SimMaster:
             return (*outcome[:3], record.agent_id)
         return ("error", "InvalidRequest", "registration produced no agent id")
 
-    def _orphaned(self, agent_id: str, rereg: cmd.ReregisterAgent) -> tuple[str, ...]:
+    def _orphaned(self, agent_id: str, rereg: cmd.ReregisterAgent) -> tuple[TaskKey, ...]:
         assert self.sm is not None
         state = self.sm.state
         out = []
         for status in rereg.tasks:
-            task = state.find_task(status.task_id)
+            task = state.find_task(status.framework_id, status.task_id)
             if task is None or task.terminal or task.agent_id != agent_id:
-                out.append(status.task_id)
+                out.append(TaskKey(status.framework_id, status.task_id))
         return tuple(out)
 
     def after_subscribe(self, framework_id: str) -> None:
@@ -385,7 +385,8 @@ class SimMaster:
                 if isinstance(event, ev.TaskLaunched):
                     self.sim.push_agent(self, event.agent_id, term, "run", event.task)
                 elif isinstance(event, ev.TaskKillRequested):
-                    self.sim.push_agent(self, event.agent_id, term, "kill", event.task_id)
+                    self.sim.push_agent(self, event.agent_id, term, "kill",
+                                        TaskKey(event.framework_id, event.task_id))
                 elif isinstance(event, ev.TaskStatusUpdated):
                     if event.status.state >= 5:
                         self.want_alloc = True

@@ -77,9 +77,10 @@ class ScriptedAgent:
                     task = msg.run_task.task
                     for state in (common_pb2.TASK_STARTING, common_pb2.TASK_RUNNING, self.final_state):
                         self.send_status(task.task_id, state, exit_code=0 if state == common_pb2.TASK_FINISHED else None,
-                                         traceparent=msg.run_task.traceparent)
+                                         traceparent=msg.run_task.traceparent, framework_id=task.framework_id)
                 elif kind == "kill_task":
-                    self.send_status(msg.kill_task.task_id, common_pb2.TASK_KILLED)
+                    self.send_status(msg.kill_task.task_id, common_pb2.TASK_KILLED,
+                                     framework_id=msg.kill_task.framework_id)
         except grpc.RpcError as err:
             self.error = err
         finally:
@@ -91,9 +92,12 @@ class ScriptedAgent:
                 self.outbox.put(agent_pb2.AgentMessage(heartbeat=agent_pb2.AgentHeartbeat(agent_id=self.agent_id)))
 
     def send_status(self, task_id: str, state: int, exit_code: int | None = None, message: str = "",
-                    traceparent: str = "") -> str:
+                    traceparent: str = "", framework_id: str = "") -> str:
+        """Send a status update; without `framework_id`, as an agent of an earlier version (a bare task id
+        the master resolves when one framework runs a task of that id here)."""
         status = common_pb2.TaskStatus(task_id=task_id, state=state, uuid=uuid.uuid4().hex,
-                                       source=common_pb2.SOURCE_AGENT, agent_id=self.agent_id, message=message)
+                                       source=common_pb2.SOURCE_AGENT, agent_id=self.agent_id, message=message,
+                                       framework_id=framework_id)
         if exit_code is not None:
             status.exit_code = exit_code
         self.outbox.put(agent_pb2.AgentMessage(status_update=agent_pb2.StatusUpdate(status=status,

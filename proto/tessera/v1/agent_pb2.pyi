@@ -183,10 +183,13 @@ class TaskUsage(_message.Message):
     CPU_SECONDS_FIELD_NUMBER: _builtins.int
     RSS_BYTES_FIELD_NUMBER: _builtins.int
     TIMESTAMP_FIELD_NUMBER: _builtins.int
+    FRAMEWORK_ID_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     cpu_seconds: _builtins.float
     rss_bytes: _builtins.int
     timestamp: _builtins.float
+    framework_id: _builtins.str
+    """task ids are scoped per framework"""
     def __init__(
         self,
         *,
@@ -194,10 +197,11 @@ class TaskUsage(_message.Message):
         cpu_seconds: _builtins.float = ...,
         rss_bytes: _builtins.int = ...,
         timestamp: _builtins.float = ...,
+        framework_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_seconds", b"cpu_seconds", "rss_bytes", b"rss_bytes", "task_id", b"task_id", "timestamp", b"timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_seconds", b"cpu_seconds", "framework_id", b"framework_id", "rss_bytes", b"rss_bytes", "task_id", b"task_id", "timestamp", b"timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -382,17 +386,21 @@ class StatusUpdateAck(_message.Message):
 
     TASK_ID_FIELD_NUMBER: _builtins.int
     UUID_FIELD_NUMBER: _builtins.int
+    FRAMEWORK_ID_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     uuid: _builtins.str
+    framework_id: _builtins.str
+    """task ids are scoped per framework"""
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
         uuid: _builtins.str = ...,
+        framework_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_id", b"task_id", "uuid", b"uuid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["framework_id", b"framework_id", "task_id", b"task_id", "uuid", b"uuid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

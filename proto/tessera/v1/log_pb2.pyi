@@ -302,6 +302,7 @@ class AgentReregistered(_message.Message):
     AGENT_ID_FIELD_NUMBER: _builtins.int
     INFO_FIELD_NUMBER: _builtins.int
     TASK_IDS_FIELD_NUMBER: _builtins.int
+    TASK_FRAMEWORK_IDS_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     @_builtins.property
     def info(self) -> _common_pb2.AgentInfo: ...
@@ -309,16 +310,23 @@ class AgentReregistered(_message.Message):
     def task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """tasks the agent still knows about"""
 
+    @_builtins.property
+    def task_framework_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """task_ids[i] is a task of framework task_framework_ids[i] (task ids are scoped per framework); empty
+        in entries written before that, when task ids were unique cluster-wide
+        """
+
     def __init__(
         self,
         *,
         agent_id: _builtins.str = ...,
         info: _common_pb2.AgentInfo | None = ...,
         task_ids: _abc.Iterable[_builtins.str] | None = ...,
+        task_framework_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "info", b"info", "task_ids", b"task_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "info", b"info", "task_framework_ids", b"task_framework_ids", "task_ids", b"task_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

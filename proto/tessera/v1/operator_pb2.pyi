@@ -1119,15 +1119,21 @@ class GetTraceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_ID_FIELD_NUMBER: _builtins.int
+    FRAMEWORK_ID_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
+    framework_id: _builtins.str
+    """Task ids are scoped per framework: the task's framework. Empty: the one framework whose task uses
+    task_id (INVALID_ARGUMENT naming the frameworks when several do).
+    """
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
+        framework_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["framework_id", b"framework_id", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

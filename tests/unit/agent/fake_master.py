@@ -181,7 +181,8 @@ class FakeMaster(agent_pb2_grpc.AgentLinkServicer):
         if not self.ack_updates or (first and self.drop_first_acks):
             return []
         self.acks_sent += 1
-        return [agent_pb2.StatusUpdateAck(task_id=update.status.task_id, uuid=update.status.uuid)]
+        return [agent_pb2.StatusUpdateAck(task_id=update.status.task_id, framework_id=update.status.framework_id,
+                                          uuid=update.status.uuid)]
 
     # ---- test controls ---------------------------------------------------------------------------------
     def current(self) -> StreamState:
@@ -203,11 +204,12 @@ class FakeMaster(agent_pb2_grpc.AgentLinkServicer):
         runs = [agent_pb2.RunTask(task=t) for t in tasks]
         self.send(agent_pb2.MasterMessage(run_tasks=agent_pb2.RunTasks(tasks=runs)), term)
 
-    def kill_task(self, task_id: str, grace: float = 0.0, framework_id: str = "", term: int | None = None) -> None:
+    def kill_task(self, task_id: str, grace: float = 0.0, framework_id: str = "fw-1", term: int | None = None) -> None:
         self.send(agent_pb2.MasterMessage(kill_task=agent_pb2.KillTask(
             task_id=task_id, framework_id=framework_id, grace_period_seconds=grace)), term)
 
     def ack(self, task_id: str, uuid: str) -> None:
+        """An acknowledgement without the task's framework, as a master of an earlier version sends it."""
         self.send(agent_pb2.MasterMessage(ack=agent_pb2.StatusUpdateAck(task_id=task_id, uuid=uuid)))
 
     def drop_stream(self, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE, hint: str = "") -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from agent.checkpoint import Checkpoint
 from agent.executor.supervisor import read_json
+from control_plane.core.values import TaskKey
 from tessera.v1 import agent_pb2, common_pb2
 from tests.unit.agent.conftest import AgentFactory, RunningAgent
 from tests.unit.agent.fake_master import FakeMaster
@@ -159,7 +160,7 @@ def test_commands_with_a_lower_term_are_ignored_also_after_a_restart(fake_master
     # The stream is ordered: by the time "fresh" ran, the stale commands had been seen and dropped.
     assert fake_master.states_of("stale-run") == []
     assert fake_master.states_of("long") == ["TASK_STARTING", "TASK_RUNNING"]
-    assert agent.checkpoint.task("stale-run") is None
+    assert agent.checkpoint.task(TaskKey("fw-1", "stale-run")) is None
     assert agent.checkpoint.highest_term == 6
     agent.stop()
     # A restarted agent still knows term 6: a term-5 leader cannot kill its task.
@@ -244,7 +245,7 @@ def test_unknown_agent_kills_its_tasks_and_registers_anew(start_agent: Start, tm
         assert again.checkpoint.agent_id == "agent-100"  # the id the fresh master minted
         fresh.wait_for(lambda: not again.agent.handles, what="the old task killed")
         assert fresh.states_of("old") == []  # nothing about a task the master does not know
-        rec = again.checkpoint.task("old")
+        rec = again.checkpoint.task(TaskKey("fw-1", "old"))
         assert rec is not None and rec.state == common_pb2.TASK_KILLED
         again.stop()
     finally:
@@ -356,7 +357,7 @@ def test_kill_recorded_but_not_carried_out_before_a_crash_is_carried_out_after_r
     first.stop()
     # What a crash right after checkpointing the kill (before signalling the supervisor) leaves behind.
     cp = Checkpoint.open(first.data_dir / "agent.db")
-    cp.mark_kill("long", 0.5)
+    cp.mark_kill(TaskKey("fw-1", "long"), 0.5)
     cp.close()
     start_agent([fake_master.address], data_dir=first.data_dir)
     fake_master.wait_for(lambda: "TASK_KILLED" in fake_master.states_of("long"), what="TASK_KILLED")
@@ -399,12 +400,12 @@ def test_a_task_killed_in_the_turn_it_arrived_in_is_killed_without_being_started
     try:
         with cp.batch():  # one turn of the loop: RunTask and KillTask arrived together
             agent.on_run_task(agent_pb2.RunTask(task=task("t1", "touch ran")))
-            agent.on_kill_task(agent_pb2.KillTask(task_id="t1", grace_period_seconds=1))
+            agent.on_kill_task(agent_pb2.KillTask(task_id="t1", framework_id="fw-1", grace_period_seconds=1))
             agent._start_launches()
-        assert [u.status.state for u in cp.updates("t1")] == [common_pb2.TASK_KILLED]
+        assert [u.status.state for u in cp.updates(TaskKey("fw-1", "t1"))] == [common_pb2.TASK_KILLED]
         sandbox = config.work_dir / "fw-1" / "t1"
         assert not (sandbox / "launch.json").exists() and not (sandbox / "sandbox" / "ran").exists()
-        assert "t1" not in agent.handles and launcher.fork_server is not None and launcher.fork_server.pid is None
+        assert TaskKey("fw-1", "t1") not in agent.handles and launcher.fork_server is not None and launcher.fork_server.pid is None
     finally:
         launcher.close()
         cp.close()

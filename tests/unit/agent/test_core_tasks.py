@@ -19,7 +19,7 @@ from agent.core.tasks import (
     validate_task,
 )
 from control_plane.core.lifecycle import TRANSITIONS, can_transition
-from control_plane.core.values import CommandInfo, StatusSource, TaskInfo, TaskState, TaskStatus
+from control_plane.core.values import CommandInfo, StatusSource, TaskInfo, TaskKey, TaskState, TaskStatus
 
 S = TaskState
 
@@ -28,8 +28,12 @@ def info(task_id: str = "t1", command: str = "true", **kw: object) -> TaskInfo:
     return TaskInfo(task_id=task_id, framework_id="fw", command=CommandInfo(shell=True, value=command), **kw)
 
 
+def K(task_id: str) -> TaskKey:  # noqa: N802 - a short name for the table's key
+    return TaskKey("fw", task_id)
+
+
 def status(task_id: str, state: TaskState, uuid: str = "") -> TaskStatus:
-    return TaskStatus(task_id=task_id, state=state, uuid=uuid or f"{task_id}-{state.name}")
+    return TaskStatus(task_id=task_id, state=state, framework_id="fw", uuid=uuid or f"{task_id}-{state.name}")
 
 
 # ---- task table -------------------------------------------------------------------------------------
@@ -60,7 +64,7 @@ def test_terminal_task_never_changes_again() -> None:
     table.record(status("t1", S.TASK_FAILED))
     assert not table.record(status("t1", S.TASK_RUNNING))
     assert not table.record(status("t1", S.TASK_FINISHED))
-    assert table.get("t1").state is S.TASK_FAILED
+    assert table.get(K("t1")).state is S.TASK_FAILED
 
 
 def test_a_task_id_is_added_once() -> None:
@@ -72,7 +76,7 @@ def test_a_task_id_is_added_once() -> None:
 
 def test_unknown_task_records_nothing() -> None:
     assert not TaskTable().record(status("ghost", S.TASK_RUNNING))
-    assert not TaskTable().can_record("ghost", S.TASK_RUNNING)
+    assert not TaskTable().can_record(K("ghost"), S.TASK_RUNNING)
 
 
 def test_kill_is_requested_once_and_only_for_live_tasks() -> None:
@@ -80,11 +84,11 @@ def test_kill_is_requested_once_and_only_for_live_tasks() -> None:
     table.add(info("a"))
     table.add(info("b"))
     table.record(status("b", S.TASK_FINISHED))
-    assert table.request_kill("a", 2.0)
-    assert not table.request_kill("a", 1.0)
-    assert table.get("a").kill_grace == 2.0
-    assert not table.request_kill("b", 1.0)
-    assert not table.request_kill("ghost", 1.0)
+    assert table.request_kill(K("a"), 2.0)
+    assert not table.request_kill(K("a"), 1.0)
+    assert table.get(K("a")).kill_grace == 2.0
+    assert not table.request_kill(K("b"), 1.0)
+    assert not table.request_kill(K("ghost"), 1.0)
 
 
 def test_report_has_one_latest_status_per_task_not_yet_done() -> None:
@@ -95,7 +99,7 @@ def test_report_has_one_latest_status_per_task_not_yet_done() -> None:
     table.record(status("a", S.TASK_STARTING))
     table.record(status("a", S.TASK_RUNNING))
     table.record(status("c", S.TASK_FINISHED))
-    table.get("c").done = True
+    table.get(K("c")).done = True
     report = table.report("agent-9")
     assert [(s.task_id, s.state) for s in report] == [("a", S.TASK_RUNNING), ("b", S.TASK_STAGING)]
     assert all(s.agent_id == "agent-9" for s in report)
@@ -107,8 +111,8 @@ def test_prune_done_forgets_the_oldest_done_tasks() -> None:
     for name in "abcde":
         table.add(info(name))
     for name in "abd":
-        table.get(name).done = True
-    assert table.prune_done(keep=1) == ["a", "b"]
+        table.get(K(name)).done = True
+    assert table.prune_done(keep=1) == [K("a"), K("b")]
     assert [t.task_id for t in table] == ["c", "d", "e"]
 
 

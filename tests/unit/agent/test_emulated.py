@@ -51,8 +51,8 @@ def test_emulated_kill_and_term_fencing(fake_master: FakeMaster) -> None:
         fake_master.run_task(task("old"), term=3)  # a deposed leader: ignored
         fake_master.run_task(task("long"))
         fake_master.wait_for(lambda: "TASK_RUNNING" in fake_master.states_of("long"), what="RUNNING")
-        fake_master.kill_task("long", term=2)  # ignored as well
-        fake_master.kill_task("long")
+        fake_master.kill_task("long", framework_id="fw", term=2)  # ignored as well
+        fake_master.kill_task("long", framework_id="fw")
         fake_master.wait_for(lambda: "TASK_KILLED" in fake_master.states_of("long"), what="TASK_KILLED")
         stats = agents.stats()
     assert fake_master.states_of("old") == []

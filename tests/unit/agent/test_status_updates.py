@@ -7,9 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.core.status_updates import AckOutcome, PendingUpdate, RetryPolicy, StatusUpdateManager
-from control_plane.core.values import TaskState, TaskStatus
+from control_plane.core.values import TaskKey, TaskState, TaskStatus
 
 S = TaskState
+
+
+def K(task_id: str, framework_id: str = "") -> TaskKey:  # noqa: N802 - a short name for the streams' key
+    return TaskKey(framework_id, task_id)
 
 
 def update(task_id: str, uuid: str, state: TaskState = S.TASK_RUNNING) -> PendingUpdate:
@@ -34,13 +38,13 @@ def test_acknowledging_the_head_makes_the_next_update_due_at_once() -> None:
     for i in range(3):
         m.add(update("a", f"a{i}"), now=0)
     assert uuids(m.due(0)) == ["a0"]
-    result = m.acknowledge("a", "a0", now=5)
+    result = m.acknowledge(K("a"), "a0", now=5)
     assert result.outcome is AckOutcome.ACKED and result.removed == ("a0",)
     assert uuids(m.due(5)) == ["a1"]
-    m.acknowledge("a", "a1", now=6)
+    m.acknowledge(K("a"), "a1", now=6)
     assert uuids(m.due(6)) == ["a2"]
-    m.acknowledge("a", "a2", now=7)
-    assert len(m) == 0 and m.next_due() is None and not m.has_pending("a")
+    m.acknowledge(K("a"), "a2", now=7)
+    assert len(m) == 0 and m.next_due() is None and not m.has_pending(K("a"))
 
 
 def test_unacknowledged_head_is_resent_with_doubling_backoff_up_to_the_cap() -> None:
@@ -82,17 +86,17 @@ def test_duplicate_acknowledgement_is_recognised_and_changes_nothing() -> None:
     m.add(update("a", "a1"), now=0)
     m.add(update("a", "a2"), now=0)
     m.due(0)
-    assert m.acknowledge("a", "a1", now=1).outcome is AckOutcome.ACKED
-    again = m.acknowledge("a", "a1", now=1)
+    assert m.acknowledge(K("a"), "a1", now=1).outcome is AckOutcome.ACKED
+    again = m.acknowledge(K("a"), "a1", now=1)
     assert again.outcome is AckOutcome.DUPLICATE and again.removed == ()
-    assert uuids(m.pending("a")) == ["a2"]
+    assert uuids(m.pending(K("a"))) == ["a2"]
 
 
 def test_acknowledgement_of_an_unknown_uuid_changes_nothing() -> None:
     m = StatusUpdateManager()
     m.add(update("a", "a1"), now=0)
-    assert m.acknowledge("a", "zzz", now=1).outcome is AckOutcome.UNKNOWN
-    assert m.acknowledge("b", "a1", now=1).outcome is AckOutcome.UNKNOWN  # right uuid, wrong task
+    assert m.acknowledge(K("a"), "zzz", now=1).outcome is AckOutcome.UNKNOWN
+    assert m.acknowledge(K("b"), "a1", now=1).outcome is AckOutcome.UNKNOWN  # right uuid, wrong task
     assert uuids(m.pending()) == ["a1"]
 
 
@@ -100,7 +104,7 @@ def test_acknowledging_a_later_update_also_retires_the_older_ones() -> None:
     m = StatusUpdateManager()
     for i in range(4):
         m.add(update("a", f"a{i}"), now=0)
-    result = m.acknowledge("a", "a2", now=1)
+    result = m.acknowledge(K("a"), "a2", now=1)
     assert result.outcome is AckOutcome.ACKED and result.removed == ("a0", "a1", "a2")
     assert uuids(m.due(1)) == ["a3"]
 
@@ -109,12 +113,12 @@ def test_supersede_drops_older_updates_and_keeps_the_reported_one_pending() -> N
     m = StatusUpdateManager()
     for uuid, state in (("a1", S.TASK_STARTING), ("a2", S.TASK_RUNNING), ("a3", S.TASK_FINISHED)):
         m.add(update("a", uuid, state), now=0)
-    assert m.supersede("a", "a3", now=2) == ("a1", "a2")
-    assert uuids(m.pending("a")) == ["a3"]
+    assert m.supersede(K("a"), "a3", now=2) == ("a1", "a2")
+    assert uuids(m.pending(K("a"))) == ["a3"]
     assert uuids(m.due(2)) == ["a3"]
-    assert m.supersede("a", "a3", now=2) == ()  # already the head
-    assert m.supersede("a", "nope", now=2) == ()
-    assert m.acknowledge("a", "a1", now=3).outcome is AckOutcome.DUPLICATE
+    assert m.supersede(K("a"), "a3", now=2) == ()  # already the head
+    assert m.supersede(K("a"), "nope", now=2) == ()
+    assert m.acknowledge(K("a"), "a1", now=3).outcome is AckOutcome.DUPLICATE
 
 
 def test_adding_an_update_twice_or_without_uuid_is_refused() -> None:
@@ -124,7 +128,7 @@ def test_adding_an_update_twice_or_without_uuid_is_refused() -> None:
         m.add(update("a", "a1"), now=0)
     with pytest.raises(ValueError):
         m.add(update("a", ""), now=0)
-    m.acknowledge("a", "a1", now=0)
+    m.acknowledge(K("a"), "a1", now=0)
     with pytest.raises(ValueError):
         m.add(update("a", "a1"), now=0)  # an acknowledged uuid is never reused
 
@@ -134,18 +138,18 @@ def test_drop_task_forgets_its_stream() -> None:
     m.add(update("a", "a1"), now=0)
     m.add(update("a", "a2"), now=0)
     m.add(update("b", "b1"), now=0)
-    assert m.drop_task("a") == ("a1", "a2")
+    assert m.drop_task(K("a")) == ("a1", "a2")
     assert uuids(m.pending()) == ["b1"]
-    assert m.drop_task("a") == ()
+    assert m.drop_task(K("a")) == ()
 
 
 def test_recover_restores_streams_in_checkpoint_order() -> None:
     m = StatusUpdateManager()
     m.recover([update("a", "a1"), update("b", "b1"), update("a", "a2")], now=50)
-    assert uuids(m.pending("a")) == ["a1", "a2"]
+    assert uuids(m.pending(K("a"))) == ["a1", "a2"]
     assert sorted(uuids(m.due(50))) == ["a1", "b1"]
-    assert m.latest("a") is not None and m.latest("a").uuid == "a2"
-    assert m.head("a") is not None and m.head("a").uuid == "a1"
+    assert m.latest(K("a")) is not None and m.latest(K("a")).uuid == "a2"
+    assert m.head(K("a")) is not None and m.head(K("a")).uuid == "a1"
 
 
 def test_retry_policy_rejects_nonsense() -> None:
@@ -191,12 +195,12 @@ def test_per_task_delivery_order_is_the_order_of_adding(script: list[tuple[str, 
             for u in m.due(now):
                 sent_heads[u.task_id].append(u.uuid)
         elif op == "ack_head":
-            head = m.head(task)
+            head = m.head(K(task))
             if head is not None:
-                acked[task].extend(m.acknowledge(task, head.uuid, now).removed)
+                acked[task].extend(m.acknowledge(K(task), head.uuid, now).removed)
         elif op == "ack_dup":
             if acked[task]:
-                assert m.acknowledge(task, acked[task][-1], now).outcome is AckOutcome.DUPLICATE
+                assert m.acknowledge(K(task), acked[task][-1], now).outcome is AckOutcome.DUPLICATE
         elif op == "reset":
             m.reset(now)
         else:
@@ -204,7 +208,7 @@ def test_per_task_delivery_order_is_the_order_of_adding(script: list[tuple[str, 
     for t in "abc":
         # acknowledged updates are a prefix of what was added, in order, each once
         assert acked[t] == added[t][: len(acked[t])]
-        assert uuids(m.pending(t)) == added[t][len(acked[t]):]
+        assert uuids(m.pending(K(t))) == added[t][len(acked[t]):]
         # what was sent was always the oldest unacknowledged update at that time: never out of order
         order = {u: i for i, u in enumerate(added[t])}
         positions = [order[u] for u in sent_heads[t]]

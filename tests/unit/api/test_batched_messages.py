@@ -86,7 +86,7 @@ def test_updates_that_cannot_be_recorded_are_acknowledged_and_do_not_hold_back_t
     wait_for(lambda: {unknown.status.uuid, good.status.uuid} <= agent.acked, 5, what="acks of the second batch")
     updates = recorded(node, "TaskStatusUpdated")
     assert sorted((r.task_id, r.payload.count(first.status.uuid)) for r in updates) == [("c-1", 1), ("c-2", 0)]
-    assert node.state().tasks["c-2"].state.name == "TASK_RUNNING"
+    assert node.state().tasks[(fw.framework_id, "c-2")].state.name == "TASK_RUNNING"
     fw.close()
     agent.close()
 
@@ -103,7 +103,7 @@ def test_a_batch_rejected_by_apply_is_committed_one_update_at_a_time(node: InPro
     updates = recorded(node, "TaskStatusUpdated")
     assert [(r.task_id, running.status.uuid in r.payload) for r in updates] == [("d-1", True)]
     assert recorded(node, "Rejected")  # the shared entry, recorded as rejected
-    assert node.state().tasks["d-1"].state.name == "TASK_RUNNING"
+    assert node.state().tasks[(fw.framework_id, "d-1")].state.name == "TASK_RUNNING"
     fw.close()
     agent.close()
 
@@ -132,7 +132,7 @@ def test_many_acknowledgements_in_one_call(node: InProcessMaster) -> None:
                                    timeout=5)
     assert [(a.task_id, a.uuid) for a in response.refused] == [("f-1", "never-sent")]
     assert sorted(r.task_id for r in recorded(node, "TaskStatusAcknowledged")) == ids
-    assert all(not node.state().tasks[t].unacknowledged for t in ids)
+    assert all(not node.state().tasks[(fw.framework_id, t)].unacknowledged for t in ids)
     # sent again: nothing changes, nothing is refused
     again = fw.stub.Acknowledge(scheduler_pb2.AcknowledgeRequest(header=fw.header(), updates=acks), timeout=5)
     assert list(again.refused) == [] and len(recorded(node, "TaskStatusAcknowledged")) == 3

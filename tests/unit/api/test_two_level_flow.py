@@ -47,8 +47,8 @@ def test_task_is_launched_run_reported_and_acknowledged(node: InProcessMaster) -
     assert [t.task_id for t in agent.run_tasks()] == ["t-1"]
     wait_for(lambda: len(agent.acked) == 3, 5, what="3 acks to the agent")
     # every update acknowledged by the framework: the task is complete and its resources are free again
-    wait_for(lambda: "t-1" not in node.state().tasks, 5, what="task to complete")
-    assert node.state().completed_tasks["t-1"].state is TaskState.TASK_FINISHED
+    wait_for(lambda: (fw.framework_id, "t-1") not in node.state().tasks, 5, what="task to complete")
+    assert node.state().completed_tasks[(fw.framework_id, "t-1")].state is TaskState.TASK_FINISHED
     node.events.flush()
     types = [r.type for r in node.events.list(limit=1000)]
     assert types.count("TaskStatusUpdated") == 3 and types.count("TaskStatusAcknowledged") == 3
@@ -179,7 +179,7 @@ def test_framework_failover_within_timeout_keeps_tasks_and_gets_updates(node: In
     again = ScriptedFramework(node.channel, framework_id=fw.framework_id).start()
     assert again.subscribed.wait(5)
     wait_for(lambda: again.states_of("t-5")[-1:] == [common_pb2.TASK_RUNNING], 10, what="update after failover")
-    assert node.state().tasks["t-5"].state is TaskState.TASK_RUNNING
+    assert node.state().tasks[(fw.framework_id, "t-5")].state is TaskState.TASK_RUNNING
     again.close()
     agent.close()
 
@@ -204,7 +204,7 @@ def _reconnect_within_timeout(node: InProcessMaster) -> None:
     assert back.registered.wait(5)  # ...and is back before agent_timeout
     time.sleep(3.5)  # longer than agent_timeout: heartbeats keep it reachable
     assert node.state().agents[agent.agent_id].state is AgentState.AGENT_ACTIVE
-    assert node.state().tasks["t-6"].state is TaskState.TASK_RUNNING
+    assert node.state().tasks[(fw.framework_id, "t-6")].state is TaskState.TASK_RUNNING
     assert fw.states_of("t-6") == [common_pb2.TASK_RUNNING]
     fw.close()
     back.close()

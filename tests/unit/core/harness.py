@@ -16,7 +16,7 @@ from control_plane.core.decide import decide
 from control_plane.core.events import Entry, Event
 from control_plane.core.invariants import check_invariants
 from control_plane.core.resources import Resources
-from control_plane.core.state import ClusterState
+from control_plane.core.state import ClusterState, TaskKey, TaskRecord
 from control_plane.core.values import (
     AgentInfo,
     CommandInfo,
@@ -115,8 +115,24 @@ class Harness:
         self._uuids += 1
         return f"uuid-{self._uuids}"
 
-    def status(self, task_id: str, state: TaskState, uuid: str | None = None) -> ApplyResult:
-        record = self.state.tasks[task_id]
+    def task(self, task_id: str, framework_id: str | None = None) -> TaskRecord:
+        """The live task `task_id` of `framework_id` (of the only framework that has one, when None)."""
+        if framework_id is not None:
+            return self.state.tasks[TaskKey(framework_id, task_id)]
+        (record,) = [t for k, t in self.state.tasks.items() if k.task_id == task_id]
+        return record
+
+    def is_live(self, task_id: str) -> bool:
+        """Whether some framework has a live task `task_id`."""
+        return any(k.task_id == task_id for k in self.state.tasks)
+
+    def is_completed(self, task_id: str) -> bool:
+        """Whether some framework has a completed task `task_id` the state remembers."""
+        return any(k.task_id == task_id for k in self.state.completed_tasks)
+
+    def status(self, task_id: str, state: TaskState, uuid: str | None = None,
+               framework_id: str | None = None) -> ApplyResult:
+        record = self.task(task_id, framework_id)
         update = TaskStatus(task_id=task_id, state=state, agent_id=record.agent_id,
-                            uuid=uuid or self.uuid())
+                            framework_id=record.framework_id, uuid=uuid or self.uuid())
         return self.run(c.UpdateStatus(update))

@@ -90,7 +90,7 @@ def test_entry_is_atomic_when_its_last_event_is_stale() -> None:
     before = h.copy()
     result = h.commit(stale)
     assert_only_a_rejection_was_recorded(before, h.state, result)
-    assert oid in h.state.offers and "t2" not in h.state.tasks
+    assert oid in h.state.offers and not h.is_live("t2")
 
 
 def test_duplicate_request_id_is_applied_once() -> None:
@@ -134,7 +134,7 @@ def test_completed_tasks_and_retired_offers_are_bounded() -> None:
         h.launched(fid, aid, task(f"t{n}"))
         h.status(f"t{n}", TaskState.TASK_FINISHED, uuid=f"end{n}")
         h.run(c.Acknowledge(fid, f"t{n}", f"end{n}"))
-    assert list(h.state.completed_tasks) == ["t2", "t3"]
+    assert list(h.state.completed_tasks) == [(fid, "t2"), (fid, "t3")]
     assert len(h.state.retired_offers) == 2
     assert check_invariants(h.state) == []
 
@@ -144,7 +144,7 @@ def test_status_update_uuid_already_applied_is_not_recorded_twice() -> None:
     update = ev.TaskStatusUpdated("t1", fid, aid, TaskStatus("t1", TaskState.TASK_RUNNING, agent_id=aid, uuid="u1"))
     result = h.commit([update])
     assert result.outcome == "applied" and result.events == ()
-    assert [s.uuid for s in h.state.tasks["t1"].unacknowledged] == ["u1"]
+    assert [s.uuid for s in h.task("t1").unacknowledged] == ["u1"]
 
 
 def test_acknowledgement_applied_twice_is_recorded_once() -> None:
@@ -189,7 +189,7 @@ def test_reregistration_racing_an_unreachable_mark_is_rejected_and_can_be_decide
     result = h.commit(in_flight)
     assert result.outcome == "rejected" and "unreachable" in result.reason
     h.run(reregister)
-    assert h.state.tasks["t1"].state is TaskState.TASK_RUNNING
+    assert h.task("t1").state is TaskState.TASK_RUNNING
 
 
 def test_unreachable_mark_racing_a_launch_is_rejected() -> None:
@@ -198,7 +198,7 @@ def test_unreachable_mark_racing_a_launch_is_rejected() -> None:
     h.run(c.Accept(fid, (oid,), (launch(task("t2")),)))  # t2 launched after the mark was decided
     assert h.commit(mark).outcome == "rejected"
     h.run(c.MarkAgentUnreachable(aid))
-    assert h.state.tasks["t2"].state is TaskState.TASK_UNREACHABLE
+    assert h.task("t2").state is TaskState.TASK_UNREACHABLE
 
 
 def test_launch_needs_an_offer_accepted_in_the_same_entry() -> None:
@@ -396,3 +396,46 @@ def test_a_retry_is_answered_from_a_remembered_result_old_or_new_form() -> None:
     assert (old.outcome, old.first_seq, old.error_code, old.reason) == ("duplicate", 7, "Conflict", "stale offer")
     assert h.state.roles["a"].weight == 2.0
     assert pickle.loads(pickle.dumps(h.state)) == h.state
+
+
+def test_a_state_keyed_by_bare_task_ids_is_upgraded_to_task_keys() -> None:
+    """A Raft snapshot taken before task ids were scoped per framework holds tasks keyed by task id and
+    agents listing bare ids; restoring it upgrades it to exactly the state the log now builds."""
+    from collections import OrderedDict
+
+    from control_plane.core.state import upgrade_task_keys
+
+    h = Harness()
+    aid, fid = h.agent(), h.framework()
+    h.launched(fid, aid, task("t1"), task("t2", cpus=1))
+    h.status("t1", TaskState.TASK_FINISHED, uuid="end1")
+    h.run(c.Acknowledge(fid, "t1", "end1"))
+    expected = h.state.fingerprint()
+    old = h.copy()
+    old.tasks = {k.task_id: t for k, t in old.tasks.items()}  # type: ignore[misc]
+    old.completed_tasks = OrderedDict((k.task_id, t) for k, t in old.completed_tasks.items())  # type: ignore[misc]
+    for agent in old.agents.values():
+        agent.task_keys = {k.task_id for k in agent.task_keys}  # type: ignore[misc]
+    assert old.fingerprint() != expected
+    assert upgrade_task_keys(old) is old and old.fingerprint() == expected
+    assert check_invariants(old) == []
+    assert upgrade_task_keys(old).fingerprint() == expected  # a current state is left alone
+
+
+def test_a_reregistration_recorded_with_bare_task_ids_still_replays() -> None:
+    """Entries written before task ids were scoped per framework list the agent's tasks by bare id (no
+    task_framework_ids); they name the one task of that id on the agent, as they did then."""
+    h = Harness()
+    aid, fid = h.agent(), h.framework()
+    h.launched(fid, aid, task("t1"), task("t2", cpus=1))
+    info = h.state.agents[aid].info
+    legacy = ev.AgentReregistered(aid, info, ("t1", "t2"))
+    assert h.commit([legacy]).outcome == "applied"
+    missing = ev.AgentReregistered(aid, info, ("t1",))  # t2 live and not reported: launched after it
+    result = h.commit([missing])
+    assert result.outcome == "rejected" and "t2" in result.reason
+    paired = ev.AgentReregistered(aid, info, ("t1", "t2"), (fid, fid))
+    assert h.commit([paired]).outcome == "applied"
+    other = ev.AgentReregistered(aid, info, ("t1", "t2"), ("framework-other", fid))  # not fid's t1
+    assert h.commit([other]).outcome == "rejected"
+    assert check_invariants(h.state) == []

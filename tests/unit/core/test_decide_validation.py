@@ -164,7 +164,8 @@ CONFLICT: dict[str, Case] = {
     "illegal transition": lambda a, f, o: c.UpdateStatus(TaskStatus("t1", TaskState.TASK_STARTING, agent_id=a,
                                                                     uuid="u9")),
     "update from the wrong agent": lambda a, f, o: c.UpdateStatus(TaskStatus("t1", TaskState.TASK_FINISHED,
-                                                                             agent_id="agent-x", uuid="u9")),
+                                                                             agent_id="agent-x", framework_id=f,
+                                                                             uuid="u9")),
     "older term": lambda a, f, o: c.ElectLeader(1, "m2"),
     "agent shrunk below its tasks": lambda a, f, o: c.ReregisterAgent(a, _agent_info(Resources.of(cpus=0.5)), (
         TaskStatus("t1", TaskState.TASK_RUNNING),)),

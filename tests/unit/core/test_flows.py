@@ -114,7 +114,7 @@ def test_resubscribe_rescinds_outstanding_offers_keeps_tasks_and_changes_stream(
     info = FrameworkInfo(framework_id=fid, name="fw", principal="alice", roles=("web",))
     result = h.run(c.SubscribeFramework(info))
     assert [type(e) for _, e in result.events] == [OfferRescinded, type(result.events[-1][1])]
-    assert oid not in h.state.offers and "t1" in h.state.tasks
+    assert oid not in h.state.offers and h.is_live("t1")
     assert h.state.frameworks[fid].stream_id not in ("", old_stream)
 
 
@@ -265,7 +265,7 @@ def test_accept_launches_tasks_in_staging_and_returns_unused_resources_to_the_po
     oid = h.offer(fid, aid)
     result = h.run(c.Accept(fid, (oid,), (launch(task("t1", cpus=1, mem=256, ports=[(31000, 31000)])),)))
     assert [type(e) for _, e in result.events] == [OfferAccepted, TaskLaunched]
-    record = h.state.tasks["t1"]
+    record = h.task("t1")
     assert record.state is S.TASK_STAGING and record.role == "web"
     assert (record.framework_id, record.agent_id) == (fid, aid)
     used = Resources.of(cpus=1, mem=256, ports=[(31000, 31000)])
@@ -285,7 +285,7 @@ def test_accept_of_rescinded_offer_is_rejected_and_resources_are_not_lost(h: Har
         h.decide(accept)
     result = h.commit(in_flight)
     assert result.outcome == "rejected" and result.error_code == "Conflict"
-    assert "t1" not in h.state.tasks
+    assert not h.is_live("t1")
     assert h.state.agent_free(aid) == Resources.parse(AGENT_RESOURCES)
     assert check_invariants(h.state) == []
 
@@ -332,7 +332,7 @@ def test_accept_pools_several_offers_on_one_agent(h: Harness) -> None:
     first = h.offer(fid, aid, Resources.of(cpus=2, mem=100))
     second = h.offer(fid, aid, Resources.of(cpus=2, mem=100))
     h.run(c.Accept(fid, (first, second), (launch(task("t1", cpus=3, mem=200)),)))
-    assert h.state.tasks["t1"].resources == Resources.of(cpus=3, mem=200)
+    assert h.task("t1").resources == Resources.of(cpus=3, mem=200)
 
 
 def test_accept_of_offers_on_two_agents_is_invalid(h: Harness) -> None:
@@ -346,7 +346,7 @@ def test_accept_with_refuse_seconds_filters_the_agent(h: Harness) -> None:
     result = h.run(c.Accept(fid, (h.offer(fid, aid),), (launch(task("t1")),), refuse_seconds=20))
     assert isinstance(result.events[-1][1], OfferDeclined)
     assert h.state.refused_until(fid, aid) == h.now + 20
-    assert "t1" in h.state.tasks
+    assert h.is_live("t1")
 
 
 def test_accept_without_operations_gives_everything_back(h: Harness) -> None:
@@ -393,7 +393,7 @@ def test_status_update_moves_the_task_and_waits_for_the_frameworks_ack(h: Harnes
     aid, fid = h.agent(), h.framework()
     h.launched(fid, aid, task("t1"))
     h.status("t1", S.TASK_RUNNING, uuid="u1")
-    assert h.state.tasks["t1"].state is S.TASK_RUNNING
+    assert h.task("t1").state is S.TASK_RUNNING
     assert [s.uuid for s in h.state.unacknowledged_updates(fid)] == ["u1"]
     h.run(c.Acknowledge(fid, "t1", "u1"))
     assert h.state.unacknowledged_updates() == []
@@ -408,7 +408,7 @@ def test_status_update_uuid_is_recorded_once(h: Harness) -> None:
     again = h.commit(events)  # the same update committed twice (a retry that raced the first commit)
     assert again.outcome == "applied" and again.events == ()
     assert h.decide(update) == ()  # and a later retry is answered without committing anything
-    assert len(h.state.tasks["t1"].unacknowledged) == 1
+    assert len(h.task("t1").unacknowledged) == 1
 
 
 def test_status_update_without_uuid_is_invalid(h: Harness) -> None:
@@ -430,7 +430,7 @@ def test_status_update_from_the_wrong_agent_is_a_conflict(h: Harness) -> None:
     aid, other, fid = h.agent(), h.agent(), h.framework()
     h.launched(fid, aid, task("t1"))
     with pytest.raises(Conflict):
-        h.decide(c.UpdateStatus(TaskStatus("t1", S.TASK_RUNNING, agent_id=other, uuid="u")))
+        h.decide(c.UpdateStatus(TaskStatus("t1", S.TASK_RUNNING, agent_id=other, framework_id=fid, uuid="u")))
 
 
 def test_terminal_status_frees_resources(h: Harness) -> None:
@@ -438,7 +438,7 @@ def test_terminal_status_frees_resources(h: Harness) -> None:
     h.launched(fid, aid, task("t1", cpus=2))
     h.status("t1", S.TASK_FINISHED)
     assert h.state.agents[aid].used == EMPTY and h.state.frameworks[fid].used == EMPTY
-    assert h.state.tasks["t1"].state is S.TASK_FINISHED  # kept until the framework acknowledges it
+    assert h.task("t1").state is S.TASK_FINISHED  # kept until the framework acknowledges it
 
 
 def test_acknowledged_terminal_task_moves_to_completed_and_retries_are_no_ops(h: Harness) -> None:
@@ -446,10 +446,10 @@ def test_acknowledged_terminal_task_moves_to_completed_and_retries_are_no_ops(h:
     h.launched(fid, aid, task("t1"))
     h.status("t1", S.TASK_FAILED, uuid="u-end")
     h.run(c.Acknowledge(fid, "t1", "u-end"))
-    assert "t1" not in h.state.tasks and "t1" in h.state.completed_tasks
-    assert "t1" not in h.state.agents[aid].task_ids
+    assert not h.is_live("t1") and h.is_completed("t1")
+    assert (fid, "t1") not in h.state.agents[aid].task_keys
     assert h.decide(c.Acknowledge(fid, "t1", "u-end")) == ()
-    assert h.decide(c.UpdateStatus(TaskStatus("t1", S.TASK_FAILED, agent_id=aid, uuid="u-end"))) == ()
+    assert h.decide(c.UpdateStatus(TaskStatus("t1", S.TASK_FAILED, agent_id=aid, framework_id=fid, uuid="u-end"))) == ()
     assert h.decide(c.Kill(fid, "t1")) == ()
     with pytest.raises(Conflict):  # the id cannot be reused while it is remembered
         h.decide(c.Accept(fid, (h.offer(fid, aid),), (launch(task("t1")),)))
@@ -464,7 +464,7 @@ def test_an_acknowledgement_decided_before_a_teardown_but_committed_after_it_is_
     teardown = h.decide(c.Teardown(fid))
     ack = h.decide(c.Acknowledge(fid, "t1", "u-end"))
     assert h.commit(teardown).outcome == "applied"
-    assert "t1" in h.state.completed_tasks  # the removal dropped what was left to acknowledge
+    assert h.is_completed("t1")  # the removal dropped what was left to acknowledge
     result = h.commit(ack)
     # not answered as if it had been recorded: nothing acknowledged it, and the framework is gone
     assert result.outcome == "rejected" and result.error_code == Conflict.code
@@ -489,7 +489,7 @@ def test_terminal_task_never_goes_back_and_a_late_agent_update_is_dropped(h: Har
     assert h.decide(c.UpdateStatus(TaskStatus("t1", S.TASK_RUNNING, agent_id=aid, uuid="late"))) == ()
     forged = TaskStatusUpdated("t1", fid, aid, TaskStatus("t1", S.TASK_RUNNING, agent_id=aid, uuid="forged"))
     assert h.commit([forged]).outcome == "rejected"
-    assert h.state.tasks["t1"].state is S.TASK_KILLED
+    assert h.task("t1").state is S.TASK_KILLED
 
 
 def test_master_generated_statuses_carry_a_uuid_to_acknowledge(h: Harness) -> None:
@@ -508,9 +508,9 @@ def test_kill_records_the_request_with_the_tasks_grace_period(h: Harness) -> Non
     h.launched(fid, aid, task("t1", grace=7))
     result = h.run(c.Kill(fid, "t1"))
     assert result.events[0][1] == TaskKillRequested("t1", fid, aid, 7.0)
-    assert h.state.tasks["t1"].kill_requested
+    assert h.task("t1").kill_requested
     h.run(c.Kill(fid, "t1", grace_period_seconds=2))
-    assert h.state.tasks["t1"].kill_grace_period_seconds == 2
+    assert h.task("t1").kill_grace_period_seconds == 2
 
 
 def test_kill_of_another_frameworks_task_is_not_found(h: Harness) -> None:
@@ -535,16 +535,16 @@ def test_unreachable_agent_tasks_become_unreachable_for_partition_aware_framewor
     oid = h.offer(fid, aid)
     h.run(c.MarkAgentUnreachable(aid))
     assert h.state.agents[aid].state is AgentState.AGENT_UNREACHABLE
-    assert h.state.tasks["t1"].state is S.TASK_UNREACHABLE
+    assert h.task("t1").state is S.TASK_UNREACHABLE
     assert oid not in h.state.offers
-    assert h.state.agents[aid].used == h.state.tasks["t1"].resources  # unreachable is not terminal
+    assert h.state.agents[aid].used == h.task("t1").resources  # unreachable is not terminal
 
 
 def test_unreachable_agent_tasks_are_lost_for_other_frameworks(h: Harness) -> None:
     aid, fid = h.agent(), h.framework(partition_aware=False)
     h.launched(fid, aid, task("t1"))
     h.run(c.MarkAgentUnreachable(aid))
-    assert h.state.tasks["t1"].state is S.TASK_LOST
+    assert h.task("t1").state is S.TASK_LOST
     assert h.state.agents[aid].used == EMPTY
 
 
@@ -556,7 +556,7 @@ def test_reregistered_agent_brings_unreachable_tasks_back_to_running(h: Harness)
     info = AgentInfo(hostname="host", resources=Resources.parse(AGENT_RESOURCES))
     result = h.run(c.ReregisterAgent(aid, info, (TaskStatus("t1", S.TASK_RUNNING, agent_id=aid),)))
     assert [type(e) for _, e in result.events] == [AgentReregistered, TaskStatusUpdated]
-    assert h.state.tasks["t1"].state is S.TASK_RUNNING
+    assert h.task("t1").state is S.TASK_RUNNING
     assert h.state.agents[aid].state is AgentState.AGENT_ACTIVE
 
 
@@ -569,7 +569,7 @@ def test_reregistered_agent_without_a_task_ends_it_lost_dropped_or_gone(h: Harne
     h.status("running", S.TASK_RUNNING)
     info = AgentInfo(hostname="host", resources=Resources.parse("cpus:8;mem:8192"))
     h.run(c.ReregisterAgent(aid, info, ()))
-    assert {t: r.state for t, r in h.state.tasks.items()} == {
+    assert {k.task_id: r.state for k, r in h.state.tasks.items()} == {
         "lost": S.TASK_LOST, "staging": S.TASK_DROPPED, "running": S.TASK_GONE}
 
 
@@ -587,9 +587,9 @@ def test_a_reregistration_decided_before_a_launch_but_committed_after_it_is_refu
     result = h.commit(reregistration)
     assert result.outcome == "rejected" and result.error_code == Conflict.code
     assert "t1" in result.reason
-    assert h.state.tasks["t1"].state is S.TASK_STAGING  # the launch stands, nothing half-applied
+    assert h.task("t1").state is S.TASK_STAGING  # the launch stands, nothing half-applied
     h.run(c.ReregisterAgent(aid, info, ()))
-    assert h.state.tasks["t1"].state is S.TASK_LOST
+    assert h.task("t1").state is S.TASK_LOST
     assert check_invariants(h.state) == []
 
 
@@ -613,7 +613,7 @@ def test_a_teardown_or_drain_decided_before_a_launch_but_committed_after_it_is_r
     assert result.outcome == "rejected" and result.error_code == Conflict.code and "t1" in result.reason
     assert not took_effect()
     h.run(command)
-    assert h.state.tasks["t1"].kill_requested and took_effect()
+    assert h.task("t1").kill_requested and took_effect()
     assert check_invariants(h.state) == []
 
 
@@ -622,7 +622,7 @@ def test_reregistered_agent_reporting_a_task_gone_marks_it_gone(h: Harness) -> N
     h.launched(fid, aid, task("t1"))
     info = AgentInfo(hostname="host", resources=Resources.parse(AGENT_RESOURCES))
     h.run(c.ReregisterAgent(aid, info, (TaskStatus("t1", S.TASK_GONE, agent_id=aid),)))
-    assert h.state.tasks["t1"].state is S.TASK_GONE
+    assert h.task("t1").state is S.TASK_GONE
 
 
 def test_reregistration_records_the_agents_own_update_under_its_uuid(h: Harness) -> None:
@@ -632,7 +632,7 @@ def test_reregistration_records_the_agents_own_update_under_its_uuid(h: Harness)
     info = AgentInfo(hostname="host", resources=Resources.parse(AGENT_RESOURCES))
     finished = TaskStatus("t1", S.TASK_FINISHED, agent_id=aid, uuid="agent-u7")
     h.run(c.ReregisterAgent(aid, info, (finished,)))
-    assert h.state.tasks["t1"].state is S.TASK_FINISHED
+    assert h.task("t1").state is S.TASK_FINISHED
     assert h.decide(c.UpdateStatus(finished)) == ()  # the agent's retry of that update is already done
 
 
@@ -668,7 +668,7 @@ def test_remove_agent_ends_its_tasks_as_gone_or_lost(h: Harness) -> None:
     h.launched(classic, aid, task("c1"))
     h.launched(aware, aid, task("a1"))
     h.run(c.RemoveAgent(aid, "host died"))
-    assert h.state.tasks["c1"].state is S.TASK_LOST and h.state.tasks["a1"].state is S.TASK_GONE
+    assert h.task("c1").state is S.TASK_LOST and h.task("a1").state is S.TASK_GONE
     assert h.state.agents[aid].state is AgentState.AGENT_REMOVED
 
 
@@ -717,7 +717,7 @@ def test_disconnect_starts_the_failover_timeout_and_expiry_removes_the_framework
     kinds = [type(e) for _, e in result.events]
     assert kinds == [TaskKillRequested, FrameworkRemoved]
     assert h.state.frameworks[fid].state is FrameworkState.FRAMEWORK_REMOVED
-    assert h.state.tasks["t1"].kill_requested  # still running until the agent reports it killed
+    assert h.task("t1").kill_requested  # still running until the agent reports it killed
 
 
 def test_a_framework_that_reconnects_in_time_is_kept(h: Harness) -> None:
@@ -745,10 +745,10 @@ def test_remove_framework_rescinds_offers_kills_tasks_and_drops_pending_acks(h: 
     h.run(c.RemoveFramework(fid, "operator"))
     assert oid not in h.state.offers
     assert h.state.unacknowledged_updates() == []
-    assert "t2" in h.state.completed_tasks  # ended, and nobody is left to acknowledge it
-    assert h.state.tasks["t1"].kill_requested
+    assert h.is_completed("t2")  # ended, and nobody is left to acknowledge it
+    assert h.task("t1").kill_requested
     h.status("t1", S.TASK_KILLED)
-    assert "t1" in h.state.completed_tasks and h.state.agents[aid].used == EMPTY
+    assert h.is_completed("t1") and h.state.agents[aid].used == EMPTY
     with pytest.raises(Conflict, match="removed"):
         h.decide(c.SubscribeFramework(FrameworkInfo(framework_id=fid, name="fw", roles=("web",))))
 

@@ -9,7 +9,7 @@ import pytest
 from control_plane.core import commands as c
 from control_plane.core.invariants import check_invariants
 from control_plane.core.resources import Resources
-from control_plane.core.state import ClusterState
+from control_plane.core.state import ClusterState, TaskKey
 from control_plane.core.values import AgentState, FrameworkState, Offer, TaskState
 
 from .harness import Harness, task
@@ -73,15 +73,15 @@ def _running_task_on_removed_agent(s: ClusterState, aid: str, fid: str, oid: str
 
 
 def _unreachable_task_on_active_agent(s: ClusterState, aid: str, fid: str, oid: str) -> None:
-    s.tasks["t1"].state = TaskState.TASK_UNREACHABLE
+    s.tasks[TaskKey(fid, "t1")].state = TaskState.TASK_UNREACHABLE
 
 
 def _dangling_task_index(s: ClusterState, aid: str, fid: str, oid: str) -> None:
-    s.agents[aid].task_ids.add("t-ghost")
+    s.agents[aid].task_keys.add(TaskKey(fid, "t-ghost"))
 
 
 def _terminal_acknowledged_task_left_live(s: ClusterState, aid: str, fid: str, oid: str) -> None:
-    s.tasks["t1"].state = TaskState.TASK_FINISHED
+    s.tasks[TaskKey(fid, "t1")].state = TaskState.TASK_FINISHED
     s.agents[aid].used = s.frameworks[fid].used = Resources()
 
 
@@ -119,7 +119,7 @@ def test_the_checker_reports_each_corruption(name: str) -> None:
 
 def test_the_checker_never_raises_on_a_broken_state() -> None:
     h, aid, fid, oid = world()
-    h.state.tasks["t1"] = None  # type: ignore[assignment]
+    h.state.tasks[TaskKey(fid, "t1")] = None  # type: ignore[assignment]
     problems = check_invariants(h.state)
     assert problems and "malformed" in problems[-1]
 

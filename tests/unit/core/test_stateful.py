@@ -75,7 +75,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.h.run(c.ElectLeader(1, "m1", "127.0.0.1:5051", "m1"))
         self.pending: list[ev.Entry] = []
         self.requests: list[tuple[ev.Entry, ApplyResult]] = []
-        self.tasks_made = 0
+        self.tasks_made: dict[str, int] = {}
         self.requests_made = 0
 
     # ---- plumbing --------------------------------------------------------------------------------------
@@ -114,9 +114,11 @@ class CoreMachine(RuleBasedStateMachine):
     def frameworks(self, *states: FrameworkState) -> list[str]:
         return [f for f, r in sorted(self.state.frameworks.items()) if not states or r.state in states]
 
-    def new_task_id(self) -> str:
-        self.tasks_made += 1
-        return f"task-{self.tasks_made}"
+    def new_task_id(self, framework_id: str) -> str:
+        """Counted per framework: task ids are scoped per framework, so two frameworks run tasks of the
+        same ids (an id reused within a framework is the "duplicate" mistake)."""
+        made = self.tasks_made[framework_id] = self.tasks_made.get(framework_id, 0) + 1
+        return f"task-{made}"
 
     @initialize(agents=st.integers(1, 3), frameworks=st.sampled_from([(False,), (True,), (False, True)]))
     def start(self, agents: int, frameworks: tuple[bool, ...]) -> None:
@@ -164,7 +166,8 @@ class CoreMachine(RuleBasedStateMachine):
                 state = TaskState.TASK_RUNNING
             else:
                 state = record.state
-            reported.append(TaskStatus(record.task_id, state, agent_id=aid, uuid=f"rr-{n}" if n % 2 else ""))
+            reported.append(TaskStatus(record.task_id, state, agent_id=aid, framework_id=record.framework_id,
+                                       uuid=f"rr-{n}" if n % 2 else ""))
         if ghost:
             reported.append(TaskStatus("task-ghost", TaskState.TASK_RUNNING, agent_id=aid))
         info = agent.info
@@ -289,9 +292,10 @@ class CoreMachine(RuleBasedStateMachine):
             resources = scaled(pool, 1, tasks + 1)
             if mistake == "oversize" and n == 0:
                 resources = resources + Resources.of(cpus=1000)
-            task_id = self.new_task_id()
-            if mistake == "duplicate" and n == 0 and (self.state.tasks or self.state.completed_tasks):
-                task_id = sorted([*self.state.tasks, *self.state.completed_tasks])[0]
+            task_id = self.new_task_id(fid)
+            own = sorted(k.task_id for k in [*self.state.tasks, *self.state.completed_tasks] if k.framework_id == fid)
+            if mistake == "duplicate" and n == 0 and own:
+                task_id = own[0]
             if resources:
                 infos.append(TaskInfo(task_id, name=task_id, resources=resources,
                                       command=CommandInfo(value="sleep 1")))
@@ -305,8 +309,8 @@ class CoreMachine(RuleBasedStateMachine):
             return
         expect: type[TesseraError] | None = None
         if mistake in ("oversize", "duplicate") and infos and (
-            mistake == "oversize" or infos[0].task_id in self.state.tasks
-            or infos[0].task_id in self.state.completed_tasks
+            mistake == "oversize" or (fid, infos[0].task_id) in self.state.tasks
+            or (fid, infos[0].task_id) in self.state.completed_tasks
         ):
             expect = Conflict
         self.attempt(c.Accept(fid, (oid,), tuple(operations), refuse), later=later, expect=expect)
@@ -325,28 +329,29 @@ class CoreMachine(RuleBasedStateMachine):
     @rule(ti=index, finish=st.sampled_from(list(TaskState)))
     def progress(self, ti: int, finish: TaskState) -> None:
         """Move a task along its normal life: STAGING -> RUNNING -> an ending."""
-        tid = pick(sorted(self.state.tasks), ti)
-        record = self.state.tasks[tid]
+        key = pick(sorted(self.state.tasks), ti)
+        record = self.state.tasks[key]
         if record.terminal or not self.state.agents[record.agent_id].reachable:
             return
         nxt = finish if record.state is TaskState.TASK_RUNNING else TaskState.TASK_RUNNING
-        update = TaskStatus(tid, nxt, agent_id=record.agent_id, uuid=f"agent-{self.h.uuid()}")
+        update = TaskStatus(key.task_id, nxt, agent_id=record.agent_id, framework_id=key.framework_id,
+                            uuid=f"agent-{self.h.uuid()}")
         self.attempt(c.UpdateStatus(update))
 
     @rule(ti=index, later=st.booleans())
     def kill(self, ti: int, later: bool) -> None:
-        tid = pick(sorted(self.state.tasks), ti)
-        if tid:
-            self.attempt(c.Kill(self.state.tasks[tid].framework_id, tid), later=later)
+        key = pick(sorted(self.state.tasks), ti)
+        if key:
+            self.attempt(c.Kill(key.framework_id, key.task_id), later=later)
 
     @rule(ti=index, state=st.sampled_from(list(TaskState)), reuse=st.booleans(), later=st.booleans())
     def status_update(self, ti: int, state: TaskState, reuse: bool, later: bool) -> None:
-        tid = pick(sorted([*self.state.tasks, *self.state.completed_tasks]), ti)
-        if not tid:
+        key = pick(sorted([*self.state.tasks, *self.state.completed_tasks]), ti)
+        if not key:
             return
-        record = self.state.find_task(tid)
+        record = self.state.find_task(*key)
         uuid = record.applied_uuids[-1] if reuse and record.applied_uuids else f"agent-{self.h.uuid()}"
-        update = TaskStatus(tid, state, agent_id=record.agent_id, uuid=uuid)
+        update = TaskStatus(key.task_id, state, agent_id=record.agent_id, framework_id=key.framework_id, uuid=uuid)
         self.attempt(c.UpdateStatus(update), later=later, request=True)
 
     @rule(ui=index, later=st.booleans())

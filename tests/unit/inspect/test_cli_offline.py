@@ -41,7 +41,8 @@ def test_state_json_is_the_get_state_at_answer(db_history: tuple[Path, Leader]) 
     with h.EventFile(db) as source:
         state = h.rebuild(source, 60).state
     assert int(data["at"]["requested_index"]) == 60 and int(data["at"]["index"]) == state.seq
-    assert {t["task"]["task_id"] for t in data["state"].get("tasks", [])} == set(state.tasks)
+    assert {(t["task"]["framework_id"], t["task"]["task_id"]) for t in data["state"].get("tasks", [])} == \
+        set(state.tasks)
     assert {r["role"] for r in data["state"].get("roles", [])} == set(state.roles)
 
 
@@ -79,7 +80,8 @@ def test_state_diff_prints_what_changed(db_history: tuple[Path, Leader]) -> None
 def test_timeline_of_a_task_lists_its_events_in_order_with_gaps(db_history: tuple[Path, Leader]) -> None:
     db, _ = db_history
     out = ok("timeline", "--db", str(db), "t1a").stdout.splitlines()
-    assert out[0] == "task t1a"
+    framework_id = out[0].removeprefix("task ").removesuffix("/t1a")  # the bare id, resolved to its framework
+    assert out[0] == f"task {framework_id}/t1a" and framework_id.startswith("framework-")
     seqs = [int(line.split()[0]) for line in out[1:]]
     assert seqs == sorted(seqs) and len(seqs) >= 6
     assert "TaskLaunched" in out[1] and "+" not in out[1].split("TaskLaunched")[0].split("Z", 1)[1]

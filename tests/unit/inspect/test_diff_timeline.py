@@ -54,7 +54,8 @@ def test_diff_reports_added_changed_and_completed_things() -> None:
     agents = changes(diff, "agent")
     added = [a for a in agents.values() if a.change == "added"]
     assert len(added) == 1 and fields(added[0])["hostname"] == ("", "host2")
-    tasks = changes(diff, "task")
+    # keyed FRAMEWORK_ID/TASK_ID (task ids are scoped per framework); this history's ids are unique
+    tasks = {key.split("/", 1)[1]: change for key, change in changes(diff, "task").items()}
     assert fields(tasks["t1"])["state"] == ("RUNNING", "FINISHED")
     assert fields(tasks["t1"])["completed"] == ("no", "yes")
     assert tasks["t1"].change == "changed"

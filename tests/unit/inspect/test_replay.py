@@ -73,7 +73,7 @@ def test_an_index_inside_an_entry_gives_the_state_after_the_whole_entry(
     rebuilt = h.rebuild(store, accepted_seq, every=0)
     assert rebuilt.requested == accepted_seq
     assert rebuilt.index >= launched.seq
-    assert launched.task_id in rebuilt.state.tasks
+    assert (launched.framework_id, launched.task_id) in rebuilt.state.tasks
     assert rebuilt.state.fingerprint() == leader.fingerprints[rebuilt.index]
 
 

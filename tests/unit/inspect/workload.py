@@ -13,6 +13,7 @@ import dataclasses
 import random
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 from control_plane.codec import entry_to_bytes
 from control_plane.core import commands as c
@@ -141,15 +142,21 @@ class Leader:
         self.run(c.Accept(fid, (oid,), (c.Operation("LAUNCH", tasks=tasks),), refuse_seconds=2))
         return oid
 
+    def _task(self, task_id: str) -> Any:
+        """The live or completed task `task_id` (this workload's ids are unique across its frameworks)."""
+        (task,) = [t for k, t in (*self.live.tasks.items(), *self.live.completed_tasks.items()) if k.task_id == task_id]
+        return task
+
     def status(self, task_id: str, state: TaskState, message: str = "", exit_code: int | None = None) -> str:
-        task = self.live.tasks[task_id]
+        task = self._task(task_id)
         uuid = self.uuid()
         self.run(c.UpdateStatus(TaskStatus(task_id=task_id, state=state, agent_id=task.agent_id, uuid=uuid,
-                                           message=message, timestamp=self.now, exit_code=exit_code)))
+                                           framework_id=task.framework_id, message=message, timestamp=self.now,
+                                           exit_code=exit_code)))
         return uuid
 
     def ack(self, task_id: str, uuid: str) -> None:
-        fid = (self.live.tasks.get(task_id) or self.live.completed_tasks[task_id]).framework_id
+        fid = self._task(task_id).framework_id
         self.run(c.Acknowledge(fid, task_id, uuid))
 
 
@@ -237,7 +244,7 @@ def random_history(store: EventStore, seed: int, steps: int = 150) -> Leader:
     held: list[tuple[tuple[ev.Event, ...], str]] = []
     tasks = 0
 
-    def pick(items: Sequence[str]) -> str | None:
+    def pick(items: Sequence[Any]) -> Any:
         return rnd.choice(sorted(items)) if items else None
 
     for _ in range(steps):
@@ -276,13 +283,14 @@ def random_history(store: EventStore, seed: int, steps: int = 150) -> Leader:
                    TaskState.TASK_KILLING: TaskState.TASK_KILLED}.get(r.state, TaskState.TASK_FINISHED)
             if rnd.random() < 0.2:
                 nxt = TaskState.TASK_FAILED
-            command = c.UpdateStatus(TaskStatus(task_id=task, state=nxt, agent_id=r.agent_id, uuid=L.uuid(),
+            command = c.UpdateStatus(TaskStatus(task_id=task.task_id, state=nxt, agent_id=r.agent_id,
+                                                framework_id=task.framework_id, uuid=L.uuid(),
                                                 data=b"tail\n" if is_terminal(nxt) else b""))
         elif choice == 11 and ended:
             r = st.tasks[ended]
-            command = c.Acknowledge(r.framework_id, ended, r.unacknowledged[0].uuid)
+            command = c.Acknowledge(r.framework_id, ended.task_id, r.unacknowledged[0].uuid)
         elif choice == 12 and task:
-            command = c.Kill(st.tasks[task].framework_id, task)
+            command = c.Kill(task.framework_id, task.task_id)
         elif choice == 13 and agent:
             command = rnd.choice((c.MarkAgentUnreachable(agent, "lost"), c.DrainAgent(agent),
                                   c.ReregisterAgent(agent, st.agents[agent].info), c.RemoveAgent(agent, "gone")))

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from control_plane.core.resources import Resources
-from control_plane.core.state import AgentRecord, ClusterState, TaskRecord, scalar_part
+from control_plane.core.state import AgentRecord, ClusterState, TaskKey, TaskRecord, scalar_part
 from control_plane.core.values import AgentInfo, AgentState, CommandInfo, Offer, RoleInfo, TaskInfo, TaskState
 from control_plane.runtime.metrics import RESOURCE_KINDS, _capture_state, _state_numbers
 
@@ -22,7 +22,7 @@ def _state() -> ClusterState:
             registered_at=0.0, total=total + reserved, used=used, offered=offered if i % 2 else Resources())
     for i, (task_state, role) in enumerate([(TaskState.TASK_RUNNING, "web"), (TaskState.TASK_STAGING, "db"),
                                             (TaskState.TASK_FINISHED, "web"), (TaskState.TASK_KILLING, "web")]):
-        s.tasks[f"t{i}"] = TaskRecord(
+        s.tasks[TaskKey("f", f"t{i}")] = TaskRecord(
             info=TaskInfo(task_id=f"t{i}", name="t", framework_id="f", agent_id="a0",
                           resources=Resources.parse("cpus:0.5;mem:100;ports:[31000-31001]"),
                           command=CommandInfo(value="true")),
