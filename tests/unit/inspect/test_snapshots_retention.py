@@ -48,10 +48,14 @@ def test_the_state_machine_takes_a_snapshot_every_n_events_in_the_background() -
     leader = realistic_history(store, snapshot_every=50)
     snapshotter = leader.sm.snapshots
     assert snapshotter is not None
-    wait_until(lambda: snapshotter.taken >= 1 and store.nearest_snapshot(store.last_seq()) is not None
-               and store.nearest_snapshot(store.last_seq())[0] >= store.last_seq() - 60)  # type: ignore[index]
+    # The writer thread coalesces crossings it lags behind (it writes the newest one wanted), so how many
+    # intermediate ones are stored depends on the machine's load; the newest crossing always is.
+    assert store.flush()  # the store writes asynchronously: last_seq() is the whole history only after it
+    last_bucket = store.last_seq() // 50
+    wait_until(lambda: store.nearest_snapshot(store.last_seq()) is not None
+               and store.nearest_snapshot(store.last_seq())[0] // 50 == last_bucket)  # type: ignore[index]
     seqs = snapshot_seqs(store)
-    assert len(seqs) >= store.last_seq() // 50 - 1
+    assert len({seq // 50 for seq in seqs}) == len(seqs), "at most one snapshot per 50 events"
     for seq in seqs:  # each one is the live state after the entry that ended at seq
         state = h.decode_snapshot(store.nearest_snapshot(seq)[1])  # type: ignore[index]
         assert state is not None and state.fingerprint() == leader.fingerprints[seq]
