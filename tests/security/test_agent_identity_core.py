@@ -38,11 +38,13 @@ def register(h: Harness, identity: str, hostname: str = "host") -> str:
     return event.agent_id
 
 
-def running_task(h: Harness, agent_id: str, task_id: str = "t1") -> None:
+def running_task(h: Harness, agent_id: str, task_id: str = "t1") -> str:
+    """Launch a task on the agent and report it running; returns its framework's id."""
     fid = h.framework()
     h.launched(fid, agent_id, task(task_id))
     h.run(c.UpdateStatus(TaskStatus(task_id=task_id, state=TaskState.TASK_RUNNING, agent_id=agent_id,
-                                    uuid=h.uuid()), identity=h.state.agents[agent_id].identity))
+                                    uuid=h.uuid(), framework_id=fid), identity=h.state.agents[agent_id].identity))
+    return fid
 
 
 def test_registration_records_the_certificate_identity_in_the_event_and_the_state(h: Harness) -> None:
@@ -57,29 +59,29 @@ def test_registration_records_the_certificate_identity_in_the_event_and_the_stat
 
 def test_reregistration_under_another_identity_is_refused_and_writes_nothing(h: Harness) -> None:
     aid = register(h, "node-a")
-    running_task(h, aid)
+    fid = running_task(h, aid)
     info = AgentInfo(agent_id=aid, hostname="host", resources=Resources.parse(AGENT_RESOURCES))
     before = pickle.dumps(h.state)
     for impostor in ("node-b", ""):
         with pytest.raises(PermissionDenied, match=aid):
             h.decide(c.ReregisterAgent(agent_id=aid, info=info, tasks=(), identity=impostor))
     assert pickle.dumps(h.state) == before
-    assert h.state.tasks["t1"].state is TaskState.TASK_RUNNING
+    assert h.state.find_task(fid, "t1").state is TaskState.TASK_RUNNING
     # the agent's own certificate may (its task, unreported, then ends as usual)
     h.run(c.ReregisterAgent(agent_id=aid, info=info, tasks=(), identity="node-a"))
-    ended = h.state.find_task("t1")
+    ended = h.state.find_task(fid, "t1")
     assert ended is not None and ended.state is TaskState.TASK_LOST
 
 
 def test_a_status_update_from_another_identity_is_refused(h: Harness) -> None:
     aid = register(h, "node-a")
     register(h, "node-b", hostname="other")
-    running_task(h, aid)
-    finished = TaskStatus(task_id="t1", state=TaskState.TASK_FINISHED, agent_id=aid, uuid=h.uuid())
+    fid = running_task(h, aid)
+    finished = TaskStatus(task_id="t1", state=TaskState.TASK_FINISHED, agent_id=aid, uuid=h.uuid(), framework_id=fid)
     for impostor in ("node-b", ""):
         with pytest.raises(PermissionDenied):
             h.decide(c.UpdateStatus(finished, identity=impostor))
-    assert h.state.tasks["t1"].state is TaskState.TASK_RUNNING
+    assert h.state.find_task(fid, "t1").state is TaskState.TASK_RUNNING
     h.run(c.UpdateStatus(finished, identity="node-a"))
 
 

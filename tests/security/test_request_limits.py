@@ -84,7 +84,7 @@ def accept(fw: ScriptedFramework, tasks: list[common_pb2.TaskInfo]) -> tuple[grp
 
 
 def launched(node: InProcessMaster) -> set[str]:
-    return set(node.master.read_state(lambda s: set(s.tasks) | set(s.completed_tasks)))
+    return set(node.master.read_state(lambda s: {key.task_id for key in (*s.tasks, *s.completed_tasks)}))
 
 
 OVERSIZED: dict[str, tuple[Callable[[str], list[common_pb2.TaskInfo]], str]] = {
