@@ -560,7 +560,8 @@ def frameworks(c: Ctx) -> None:
 def tasks(c: Ctx, task: str, state_filter: str, framework: str) -> None:
     """Tasks with their state, agent and latest status; or the one task named FRAMEWORK_ID/TASK_ID (task ids
     are scoped per framework), or by a bare TASK_ID that one framework's live tasks use."""
-    from control_plane.eventlog.history import AmbiguousTask, split_task_ref
+    from control_plane.eventlog.errors import AmbiguousTask
+    from control_plane.eventlog.timeline import split_task_ref
     from tessera.v1 import common_pb2
 
     wanted = state_filter.upper()
