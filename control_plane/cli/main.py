@@ -653,7 +653,8 @@ cli.add_command(_run_command(), name="run")
 
 
 def _history_commands() -> list[click.Command]:
-    from control_plane.cli.inspect import events, state, timeline
+    from control_plane.cli.events import events
+    from control_plane.cli.inspect import state, timeline
     from control_plane.cli.up import install_default_masters, up
 
     # --masters: TESSERA_MASTERS, else ./.tessera/cluster.json (written by `tessera up`), else 127.0.0.1:5050
