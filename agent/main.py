@@ -149,7 +149,7 @@ def _run_agent(config: AgentConfig, stop: threading.Event | None) -> int:
 
     metrics = None
     if config.metrics_address:
-        from control_plane.runtime.metrics import AgentMetrics
+        from agent.metrics import AgentMetrics
 
         def scalars(res: Resources) -> dict[str, float]:
             return {k: res.scalar(k) for k in ("cpus", "mem", "disk", "gpus")}

@@ -70,7 +70,12 @@ class FrameworkInfo:
 
     `failover_timeout` (seconds) is how long the master keeps the framework and its tasks after its
     connection breaks; Mesos defaults to 0 (tasks die with the connection), the SDK to one minute so a
-    restarted or reconnecting scheduler keeps its tasks."""
+    restarted or reconnecting scheduler keeps its tasks.
+
+    `max_tasks_in_flight` (0 = no limit): the master offers this framework nothing while its unfinished
+    tasks plus its outstanding offers number this many, and offers it again as tasks end, so a framework
+    that keeps at most K tasks running needs no `suppress()`/`revive()` per freed slot. Each offer counts
+    as one slot (a framework that launches several tasks from one offer can still exceed K)."""
 
     name: str
     roles: tuple[str, ...] = (DEFAULT_ROLE,)
@@ -80,6 +85,7 @@ class FrameworkInfo:
     user: str = ""
     hostname: str = ""
     framework_id: str = ""
+    max_tasks_in_flight: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.roles, str):
@@ -92,6 +98,9 @@ class FrameworkInfo:
             raise InvalidRequest("FrameworkInfo.roles: a framework needs at least one role")
         if not math.isfinite(self.failover_timeout) or self.failover_timeout < 0:
             raise InvalidRequest(f"FrameworkInfo.failover_timeout: must be >= 0, got {self.failover_timeout}")
+        if self.max_tasks_in_flight < 0:
+            raise InvalidRequest(f"FrameworkInfo.max_tasks_in_flight: must be >= 0 (0 = no limit), "
+                                 f"got {self.max_tasks_in_flight}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -41,6 +41,10 @@ Every offer also keeps these rules (each one pinned by a test):
   skipped for that agent;
 - a suppressed role of a framework gets nothing; a decline filter in force at `now` keeps the agent from
   that framework; a framework with no roles, or only suppressed ones, is not in any sorter;
+- a framework that declared `max_tasks_in_flight = K` (> 0) is made at most K - (its non-terminal tasks +
+  its live offers) new offers (merging into its offer on the same agent takes no slot); with no slot
+  left it is in no sorter, so it is offered nothing until a task of it ends or an offer goes: the
+  K-in-flight pattern without a Suppress and a Revive (two commits) per freed slot;
 - an offer must be allocatable: at least 0.01 cpus or 32 MiB of memory (Mesos' default minimum);
   nothing smaller is offered;
 - offers carry the role, the agent's hostname and attributes, and `expires_at = now + offer_timeout`
@@ -76,13 +80,28 @@ module's: a leader loop may pause the collector around the round or freeze the l
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 
+from control_plane.allocation.agent_view import (
+    EXHAUSTED,
+    MIN_ALLOCATABLE_CPUS,
+    MIN_ALLOCATABLE_MEM,
+    AgentView,
+    Proposal,
+    Ranges,
+    Work,
+    add_into,
+    agent_order,
+    allocatable,
+    by_name,
+    carve,
+    is_allocatable,
+    offer_resources,
+    plain,
+)
 from control_plane.allocation.snapshot import AgentSnapshot, AllocationSnapshot
 from control_plane.allocation.sorter import DRFSorter, dominant_share
-from control_plane.core.resources import SCALE, Interval, Key, Resources
+from control_plane.core.resources import Resources
 from control_plane.core.values import Offer
 
 __all__ = [
@@ -94,174 +113,16 @@ __all__ = [
     "is_allocatable",
 ]
 
-MIN_ALLOCATABLE_CPUS = 0.01  # Mesos' default --min_allocatable_resources: cpus:0.01|mem:32
-MIN_ALLOCATABLE_MEM = 32.0  # MiB
-_MIN_CPUS = round(MIN_ALLOCATABLE_CPUS * SCALE)
-_MIN_MEM = round(MIN_ALLOCATABLE_MEM * SCALE)
-
-Ranges = tuple[tuple[Key, tuple[Interval, ...]], ...]
-
-
-def is_allocatable(resources: Resources) -> bool:
-    """True when an offer of `resources` is worth making: >= 0.01 cpus or >= 32 MiB of memory, counting
-    every reservation role."""
-    return resources.milli("cpus") >= _MIN_CPUS or resources.milli("mem") >= _MIN_MEM
-
-
-def _allocatable(cpus: int, mem: int) -> bool:
-    return cpus >= _MIN_CPUS or mem >= _MIN_MEM
-
-
-def _by_name(resources: Resources) -> dict[str, int]:
-    """Scalar quantities summed over reservation roles, in fixed point."""
-    out: dict[str, int] = {}
-    for (name, _), milli in resources.scalars:
-        out[name] = out.get(name, 0) + milli
-    return out
-
-
-def _add_into(into: dict[str, int], amounts: Mapping[str, int]) -> None:
-    for name, milli in amounts.items():
-        into[name] = into.get(name, 0) + milli
-
-
-def _mix(x: int) -> int:
-    """splitmix64: a fixed, portable integer hash (Python's hash() of str is salted per process)."""
-    mask = (1 << 64) - 1
-    z = (x + 0x9E3779B97F4A7C15) & mask
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
-    return z ^ (z >> 31)
-
-
-def _agent_order(n: int, seed: int) -> Iterator[int]:
-    """A permutation of range(n): start at a seeded offset, step by a seeded stride coprime with n."""
-    if n <= 2:
-        yield from range(n)
-        return
-    h = _mix(seed)
-    offset = h % n
-    stride = 1 + (h >> 32) % (n - 1)
-    while math.gcd(stride, n) != 1:
-        stride = stride % (n - 1) + 1
-    for i in range(n):
-        yield (offset + i * stride) % n
-
-
-# ---- per-agent working state -------------------------------------------------------------------------
-_Split = tuple[dict[str, int], Ranges, dict[str, tuple[dict[str, int], Ranges]]]
-
-
-class _AgentView:
-    """An agent's free resources as the allocator reads them; never mutated, so `Allocator` can keep it
-    across rounds. `flat` sums scalars over reservation roles; `pristine` says nothing is reserved (then
-    the unreserved part is `flat` and the whole `free` can be offered as-is). The split by reservation
-    role is only built for agents that need it."""
-
-    __slots__ = ("agent", "pristine", "flat", "whole_allocatable", "_split", "_whole")
-
-    def __init__(self, agent: AgentSnapshot) -> None:
-        self.agent = agent
-        flat: dict[str, int] = {}
-        pristine = True
-        for (name, role), milli in agent.free.scalars:
-            if role:
-                pristine = False
-            flat[name] = flat.get(name, 0) + milli
-        if pristine:
-            pristine = not any(key[1] for key, _ in agent.free.ranges)
-        self.flat = flat
-        self.pristine = pristine
-        self.whole_allocatable = _allocatable(flat.get("cpus", 0), flat.get("mem", 0))
-        self._split: _Split | None = None
-        self._whole: _Proposal | None = None
-
-    def whole(self) -> _Proposal:
-        """The proposal of everything free on a pristine agent (proposals are never mutated: shareable)."""
-        if self._whole is None:
-            self._whole = _Proposal(self.flat, {}, {}, self.agent.free.ranges, self.agent.free)
-        return self._whole
-
-    def split(self) -> _Split:
-        """(unreserved scalars, unreserved ranges, {role: (reserved scalars, reserved ranges)})."""
-        if self._split is None:
-            free = self.agent.free
-            if self.pristine:
-                self._split = (self.flat, free.ranges, {})
-            else:
-                unreserved: dict[str, int] = {}
-                unreserved_ranges: list[tuple[Key, tuple[Interval, ...]]] = []
-                scalars: dict[str, dict[str, int]] = {}
-                ranges: dict[str, list[tuple[Key, tuple[Interval, ...]]]] = {}
-                for (name, role), milli in free.scalars:
-                    if role:
-                        scalars.setdefault(role, {})[name] = milli
-                    else:
-                        unreserved[name] = milli
-                for key, intervals in free.ranges:
-                    if key[1]:
-                        ranges.setdefault(key[1], []).append((key, intervals))
-                    else:
-                        unreserved_ranges.append((key, intervals))
-                reserved = {r: (scalars.get(r, {}), tuple(ranges.get(r, ()))) for r in sorted({*scalars, *ranges})}
-                self._split = (unreserved, tuple(unreserved_ranges), reserved)
-        return self._split
-
-
-class _Work:
-    """What is still free on an agent during a round, once something was taken from it."""
-
-    __slots__ = ("unreserved", "unreserved_ranges", "reserved")
-
-    def __init__(self, unreserved: dict[str, int], unreserved_ranges: Ranges,
-                 reserved: dict[str, tuple[dict[str, int], Ranges]]) -> None:
-        self.unreserved = unreserved
-        self.unreserved_ranges = unreserved_ranges
-        self.reserved = reserved
-
-    @staticmethod
-    def of(view: _AgentView) -> _Work:
-        unreserved, unreserved_ranges, reserved = view.split()
-        return _Work(dict(unreserved), unreserved_ranges, {r: (dict(s), rr) for r, (s, rr) in reserved.items()})
-
-
-def _plain(free: Resources) -> dict[str, int] | None:
-    """The scalars of a bag by name when nothing in it is reserved; None otherwise. (A dict of strings and
-    ints: the garbage collector does not even track it.)"""
-    flat: dict[str, int] = {}
-    for (name, role), milli in free.scalars:
-        if role:
-            return None
-        flat[name] = milli
-    for key, _ in free.ranges:
-        if key[1]:
-            return None
-    return flat
-
-
-# An agent given away whole: nothing is left on it this round. Shared, and never mutated (no proposal can
-# be made from it, so nothing is ever committed against it).
-_EXHAUSTED = _Work({}, (), {})
-
-
-@dataclass(slots=True)
-class _Proposal:
-    unreserved: dict[str, int]
-    reserved: dict[str, int]
-    guarantee: dict[str, int]  # the part of `unreserved` that goes towards the role's unmet guarantee
-    ranges: Ranges
-    whole: Resources | None  # set when the proposal is everything free on the agent (nothing left after)
-
 
 # ---- one round -----------------------------------------------------------------------------------------
 class _Round:
-    def __init__(self, snapshot: AllocationSnapshot, views: dict[str, _AgentView], now: float,
+    def __init__(self, snapshot: AllocationSnapshot, views: dict[str, AgentView], now: float,
                  max_offers: int | None) -> None:
         self.snapshot = snapshot
         self.views = views
         self.now = now
         self.max_offers = max_offers
-        self.inverse_total = {k: 1.0 / v for k, v in _by_name(snapshot.total).items() if v > 0}
+        self.inverse_total = {k: 1.0 / v for k, v in by_name(snapshot.total).items() if v > 0}
 
         # roles: weights, allocations, quota
         self.weight: dict[str, float] = {}
@@ -271,22 +132,22 @@ class _Round:
         self.unmet: dict[str, dict[str, int]] = {}
         for name, role in snapshot.roles.items():
             self.weight[name] = role.weight
-            self.role_alloc[name] = _by_name(role.allocated)
+            self.role_alloc[name] = by_name(role.allocated)
             if role.quota_guarantee or role.quota_limit:
-                consumed = _by_name(role.reserved)
+                consumed = by_name(role.reserved)
                 for (kind, reservation_role), milli in role.allocated.scalars:
                     if not reservation_role:
                         consumed[kind] = consumed.get(kind, 0) + milli
                 self.consumed[name] = consumed
                 if role.quota_limit:
-                    self.limit[name] = _by_name(role.quota_limit)
-                unmet = {k: g - consumed.get(k, 0) for k, g in _by_name(role.quota_guarantee).items()}
+                    self.limit[name] = by_name(role.quota_limit)
+                unmet = {k: g - consumed.get(k, 0) for k, g in by_name(role.quota_guarantee).items()}
                 unmet = {k: v for k, v in unmet.items() if v > 0}
                 if unmet:
                     self.unmet[name] = unmet
         self.required: dict[str, int] = {}
         for unmet in self.unmet.values():
-            _add_into(self.required, unmet)
+            add_into(self.required, unmet)
         self.available: dict[str, int] = {}
         if self.required:
             for kind in self.required:
@@ -301,12 +162,21 @@ class _Round:
         members: dict[str, list[str]] = {}
         self.fw_alloc: dict[tuple[str, str], dict[str, int]] = {}
         roles_per_fw: dict[str, int] = {}
+        # Offers each framework with a max_tasks_in_flight may still be made this round; one at 0 takes no part.
+        self.slots: dict[str, int] = {}
+        self.fw_roles: dict[str, list[str]] = {}
         for fw in snapshot.frameworks:
+            slots = fw.slots
+            if slots is not None:
+                if slots <= 0:
+                    continue
+                self.slots[fw.framework_id] = slots
             active = [r for r in dict.fromkeys(fw.roles) if r not in fw.suppressed_roles]
+            self.fw_roles[fw.framework_id] = active
             roles_per_fw[fw.framework_id] = len(active)
             for r in active:
                 members.setdefault(r, []).append(fw.framework_id)
-                self.fw_alloc[(r, fw.framework_id)] = _by_name(fw.allocated_to(r))
+                self.fw_alloc[(r, fw.framework_id)] = by_name(fw.allocated_to(r))
                 if r not in self.weight:
                     self.weight[r] = 1.0
                     self.role_alloc[r] = {}
@@ -325,22 +195,22 @@ class _Round:
         self.need: dict[str, int] = {}
         for r in members:
             if r in self.unmet:
-                _add_into(self.need, self.unmet[r])
+                add_into(self.need, self.unmet[r])
 
         self.filters = snapshot.decline_filters
         self.filtered = {f for f, _ in self.filters}
-        self.works: dict[str, _Work] = {}
+        self.works: dict[str, Work] = {}
         # This round's offers, by (framework id, agent id) in the order they were made, with their role.
         # (Plain dicts rather than an object per offer: fewer objects for the garbage collector to track.)
         self.offered: dict[tuple[str, str], Resources] = {}
         self.offered_role: dict[tuple[str, str], str] = {}
         self.offered_agent: dict[tuple[str, str], AgentSnapshot] = {}
 
-    def view_of(self, agent: AgentSnapshot) -> _AgentView:
+    def view_of(self, agent: AgentSnapshot) -> AgentView:
         """The agent's parsed view, made on first need (plain agents offered whole never need one)."""
         view = self.views.get(agent.agent_id)
         if view is None:
-            view = self.views[agent.agent_id] = _AgentView(agent)
+            view = self.views[agent.agent_id] = AgentView(agent)
         return view
 
     # ---- shares -------------------------------------------------------------------------------------
@@ -355,7 +225,7 @@ class _Round:
     def surplus(self, kind: str) -> int:
         return max(0, self.available.get(kind, 0) - self.required[kind])
 
-    def propose(self, role: str, view: _AgentView, work: _Work | None, stage: int) -> _Proposal | None:
+    def propose(self, role: str, view: AgentView, work: Work | None, stage: int) -> Proposal | None:
         """What `role` would be offered from the agent now, or None if nothing allocatable."""
         limit = self.limit.get(role)
         if work is None and view.pristine and stage == 2 and limit is None and not self.capped_by_headroom:
@@ -402,7 +272,7 @@ class _Round:
             ranges = (*ranges, *reserved_free[1])
         cpus = take.get("cpus", 0) + reserved.get("cpus", 0)
         mem = take.get("mem", 0) + reserved.get("mem", 0)
-        if not _allocatable(cpus, mem):
+        if not allocatable(cpus, mem):
             return None
         whole = None
         if work is None and take == unreserved_free and (
@@ -410,7 +280,7 @@ class _Round:
                                      and reserved == reserved_free[0])
         ):
             whole = view.agent.free
-        return _Proposal(take, reserved, guarantee, ranges, whole)
+        return Proposal(take, reserved, guarantee, ranges, whole)
 
     def pick_framework(self, role: str, agent_id: str) -> str | None:
         """The framework of `role` with the lowest share that may be offered this agent, popped out of
@@ -435,19 +305,19 @@ class _Round:
         return chosen
 
     # ---- committing --------------------------------------------------------------------------------------
-    def commit(self, role: str, fid: str, agent: AgentSnapshot, p: _Proposal, stage: int) -> None:
+    def commit(self, role: str, fid: str, agent: AgentSnapshot, p: Proposal, stage: int) -> None:
         agent_id = agent.agent_id
         if p.whole is not None:
-            self.works[agent_id] = _EXHAUSTED
+            self.works[agent_id] = EXHAUSTED
         else:
             work = self.works.get(agent_id)
             if work is None:
-                work = self.works[agent_id] = _Work.of(self.view_of(agent))
-            _take(work, role, p)
+                work = self.works[agent_id] = Work.of(self.view_of(agent))
+            carve(work, role, p)
         flat: Mapping[str, int] = p.unreserved
         if p.reserved:
             flat = dict(p.unreserved)
-            _add_into(flat, p.reserved)
+            add_into(flat, p.reserved)
 
         # accounting
         inverse_total = self.inverse_total
@@ -481,20 +351,30 @@ class _Round:
         fw_sorter.push_back(fid)
 
         # the offer (merged into this round's offer of the same framework on the same agent, if any)
-        resources = p.whole if p.whole is not None else _build(p, role)
+        resources = p.whole if p.whole is not None else offer_resources(p, role)
         key = (fid, agent_id)
         earlier = self.offered.get(key)
         if earlier is None:
             self.offered[key] = resources
             self.offered_role[key] = role
             self.offered_agent[key] = agent
+            if fid in self.slots:
+                self._take_slot(fid)
         else:
             self.offered[key] = earlier + resources
 
-    def _account_quota(self, role: str, p: _Proposal, stage: int) -> None:
+    def _take_slot(self, fid: str) -> None:
+        """One offer made to a framework with a max_tasks_in_flight: at its last slot it leaves the sorters."""
+        self.slots[fid] -= 1
+        if self.slots[fid] > 0:
+            return
+        for r in self.fw_roles[fid]:
+            self.fw_sorters[r].remove(fid)
+
+    def _account_quota(self, role: str, p: Proposal, stage: int) -> None:
         consumed = self.consumed.get(role)
         if consumed is not None:
-            _add_into(consumed, p.unreserved)
+            add_into(consumed, p.unreserved)
         unmet = self.unmet.get(role)
         if unmet is not None:
             for kind, amount in p.unreserved.items():
@@ -518,7 +398,7 @@ class _Round:
 
     # ---- the stages ----------------------------------------------------------------------------------------
     def stage1(self, agents: tuple[AgentSnapshot, ...]) -> None:
-        for index in _agent_order(len(agents), self.snapshot.seq * 2 + 1):
+        for index in agent_order(len(agents), self.snapshot.seq * 2 + 1):
             if not len(self.quota_sorter) or self.full():
                 return
             agent = agents[index]
@@ -548,18 +428,18 @@ class _Round:
         # Required headroom no longer changes in stage 2 (only stage 1's guarantee offerings reduce it).
         self.capped_by_headroom = capped = any(self.required.values())
         works, role_sorter = self.works, self.role_sorter
-        for index in _agent_order(len(agents), self.snapshot.seq * 2 + 2):
+        for index in agent_order(len(agents), self.snapshot.seq * 2 + 2):
             if self.full():
                 return
             agent = agents[index]
             agent_id = agent.agent_id
             work = works.get(agent_id)
-            if work is _EXHAUSTED:
+            if work is EXHAUSTED:
                 continue
             if work is None and not capped:
-                flat = _plain(agent.free)
+                flat = plain(agent.free)
                 if flat is not None:  # the common case: nothing reserved, nothing taken yet
-                    if not _allocatable(flat.get("cpus", 0), flat.get("mem", 0)):
+                    if not allocatable(flat.get("cpus", 0), flat.get("mem", 0)):
                         continue  # nobody can be offered anything here
                     if self.place_whole(agent, flat) is not None:
                         continue
@@ -591,7 +471,7 @@ class _Round:
                     continue
                 self.commit(role, fid, agent, proposal, 2)
                 work = works[agent_id]
-                if work is _EXHAUSTED or self.full():
+                if work is EXHAUSTED or self.full():
                     break
             for role in popped:
                 role_sorter.push_back(role)
@@ -614,14 +494,14 @@ class _Round:
             fid = self.pick_framework(role, agent.agent_id)
             if fid is None:
                 continue
-            self.commit(role, fid, agent, _Proposal(flat, {}, {}, agent.free.ranges, agent.free), 2)
+            self.commit(role, fid, agent, Proposal(flat, {}, {}, agent.free.ranges, agent.free), 2)
             outcome = True
             break
         for role in popped:
             role_sorter.push_back(role)
         return outcome
 
-    def unreserved_useful(self, view: _AgentView, work: _Work | None) -> bool:
+    def unreserved_useful(self, view: AgentView, work: Work | None) -> bool:
         """Could any role be offered something allocatable from the agent's unreserved resources, headroom
         permitting? (When not, only roles holding reservations on the agent are worth asking.)"""
         if work is None:
@@ -635,42 +515,11 @@ class _Round:
             cpus = min(cpus, self.surplus("cpus"))
         if self.required.get("mem", 0) > 0:
             mem = min(mem, self.surplus("mem"))
-        return _allocatable(cpus, mem)
-
-
-def _take(work: _Work, role: str, p: _Proposal) -> None:
-    """Carve a committed proposal out of what is left on the agent."""
-    for kind, amount in p.unreserved.items():
-        left = work.unreserved[kind] - amount
-        if left > 0:
-            work.unreserved[kind] = left
-        else:
-            del work.unreserved[kind]
-    work.unreserved_ranges = ()
-    held = work.reserved.get(role)
-    if held is not None:
-        scalars = held[0]
-        for kind, amount in p.reserved.items():
-            left = scalars[kind] - amount
-            if left > 0:
-                scalars[kind] = left
-            else:
-                del scalars[kind]
-        if scalars:
-            work.reserved[role] = (scalars, ())
-        else:
-            del work.reserved[role]
-
-
-def _build(p: _Proposal, role: str) -> Resources:
-    scalars = [((kind, ""), amount) for kind, amount in p.unreserved.items() if amount > 0]
-    scalars.extend(((kind, role), amount) for kind, amount in p.reserved.items() if amount > 0)
-    scalars.sort()
-    return Resources(scalars=tuple(scalars), ranges=tuple(sorted(p.ranges)))
+        return allocatable(cpus, mem)
 
 
 # ---- the public surface ----------------------------------------------------------------------------------
-def _run(snapshot: AllocationSnapshot, views: dict[str, _AgentView], new_id: Callable[[str], str],
+def _run(snapshot: AllocationSnapshot, views: dict[str, AgentView], new_id: Callable[[str], str],
          now: float, offer_timeout: float | None, max_offers: int | None) -> tuple[Offer, ...]:
     if offer_timeout is not None and offer_timeout < 0:
         raise ValueError(f"offer_timeout must not be negative, got {offer_timeout!r}")
@@ -707,11 +556,11 @@ def allocate(snapshot: AllocationSnapshot, *, new_id: Callable[[str], str], now:
 def dominant_shares(snapshot: AllocationSnapshot) -> dict[str, float]:
     """Weighted dominant share of every role in the snapshot (allocation / cluster total, max over kinds,
     divided by the role's weight), before any new offer."""
-    inverse_total = {k: 1.0 / v for k, v in _by_name(snapshot.total).items() if v > 0}
+    inverse_total = {k: 1.0 / v for k, v in by_name(snapshot.total).items() if v > 0}
     out: dict[str, float] = {}
     for name in sorted(snapshot.roles):
         role = snapshot.roles[name]
-        share = dominant_share(_by_name(role.allocated), inverse_total)
+        share = dominant_share(by_name(role.allocated), inverse_total)
         out[name] = share / role.weight if role.weight > 0 else float("inf")
     return out
 
@@ -726,7 +575,7 @@ class Allocator:
 
     def __init__(self) -> None:
         self._snapshot: AllocationSnapshot | None = None
-        self._views: dict[str, _AgentView] = {}
+        self._views: dict[str, AgentView] = {}
 
     @property
     def snapshot(self) -> AllocationSnapshot | None:
@@ -736,7 +585,7 @@ class Allocator:
         """Take the next round's snapshot; parsed agents whose free resources changed are dropped (they
         are parsed again when a round needs them)."""
         old = self._views
-        views: dict[str, _AgentView] = {}
+        views: dict[str, AgentView] = {}
         for agent in snapshot.agents:
             view = old.get(agent.agent_id)
             if view is not None and view.agent == agent:

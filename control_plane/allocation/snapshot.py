@@ -12,7 +12,8 @@ What it holds, and the rules that decide what goes in:
   out: the allocation costs what is allocatable, not what is registered.
 - `frameworks`: only CONNECTED frameworks; a disconnected one gets no offers until it resubscribes.
   `allocated` is, per role, the scalar quantities of its non-terminal tasks plus its live offers;
-  `suppressed_roles` as recorded by Suppress/Revive.
+  `suppressed_roles` as recorded by Suppress/Revive. `max_tasks_in_flight` as the framework declared it
+  (0: no limit) and `in_flight`, its non-terminal tasks plus its live offers (what that limit counts).
 - `roles`: every role that is configured, subscribed to by a framework, holding allocations or owning a
   reservation: weight (1.0 unless set), quota guarantee and limit, `allocated` (scalars used + offered
   by *all* frameworks of the role, disconnected ones included: their tasks still run) and `reserved`
@@ -65,6 +66,15 @@ class FrameworkSnapshot:
     roles: tuple[str, ...]
     suppressed_roles: frozenset[str] = frozenset()
     allocated: Mapping[str, Resources] = field(default_factory=dict)
+    max_tasks_in_flight: int = 0  # 0: no limit
+    in_flight: int = 0  # non-terminal tasks plus live offers
+
+    @property
+    def slots(self) -> int | None:
+        """How many more offers the framework may be made (None: no limit); see `allocator`."""
+        if self.max_tasks_in_flight <= 0:
+            return None
+        return max(0, self.max_tasks_in_flight - self.in_flight)
 
     def allocated_to(self, role: str) -> Resources:
         return self.allocated.get(role, EMPTY)
@@ -186,9 +196,11 @@ def snapshot_from_state(state: ClusterState, now: float) -> AllocationSnapshot:
     # does not matter.
     connected = {fid for fid, fw in state.frameworks.items() if fw.state is FrameworkState.FRAMEWORK_CONNECTED}
     held: dict[tuple[str, str], dict[Key, int]] = {}
+    in_flight: dict[str, int] = {}
     holders = [(t.framework_id, t.role, t.info.resources) for t in state.tasks.values() if not t.terminal]
     holders.extend((o.framework_id, o.role, o.resources) for o in state.offers.values())
     for framework_id, role, resources in holders:
+        in_flight[framework_id] = in_flight.get(framework_id, 0) + 1
         sums = held.get((framework_id, role))
         if sums is None:
             sums = held[(framework_id, role)] = {}
@@ -214,6 +226,8 @@ def snapshot_from_state(state: ClusterState, now: float) -> AllocationSnapshot:
             suppressed_roles=fw.suppressed_roles,
             allocated=MappingProxyType({r: _bag(held[(framework_id, r)])
                                         for r in fw_roles.get(framework_id, ())}),
+            max_tasks_in_flight=fw.info.max_tasks_in_flight,
+            in_flight=in_flight.get(framework_id, 0),
         ))
 
     roles: dict[str, RoleSnapshot] = {}

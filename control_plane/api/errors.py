@@ -9,6 +9,10 @@
     ResourceExhausted -> RESOURCE_EXHAUSTED (a per-principal or per-peer limit, see core.limits)
     Unavailable      -> UNAVAILABLE
     HistoryPruned    -> OUT_OF_RANGE (a read from an index older than what the event log keeps)
+    EventStoreClosed -> UNAVAILABLE (the master's event log is shutting down)
+    HistoryError     -> FAILED_PRECONDITION (history that is not here, does not replay, a bad file);
+                        PointOutOfRange and AmbiguousTask -> INVALID_ARGUMENT; HistoryUnavailable of
+                        pruned history -> OUT_OF_RANGE, like HistoryPruned
 
 Details are cut to `MAX_DETAILS` characters: a message that echoes a hostile request (thousands of role
 names) would otherwise exceed the client's 8 KiB metadata limit and reach it as an unrelated
@@ -39,7 +43,14 @@ from control_plane.core.errors import (
     Unauthenticated,
     Unavailable,
 )
-from control_plane.eventlog.errors import HistoryPruned
+from control_plane.eventlog.errors import (
+    AmbiguousTask,
+    EventStoreClosed,
+    HistoryError,
+    HistoryPruned,
+    HistoryUnavailable,
+    PointOutOfRange,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +68,25 @@ _CODES: dict[type[TesseraError], grpc.StatusCode] = {
     Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
+# The event log's own tree (control_plane/eventlog/errors.py), most specific first; details are str(exc).
+_EVENTLOG_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (HistoryPruned, grpc.StatusCode.OUT_OF_RANGE),
+    (EventStoreClosed, grpc.StatusCode.UNAVAILABLE),
+    (PointOutOfRange, grpc.StatusCode.INVALID_ARGUMENT),
+    (AmbiguousTask, grpc.StatusCode.INVALID_ARGUMENT),
+    (HistoryError, grpc.StatusCode.FAILED_PRECONDITION),
+)
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
     """(code, details, trailing metadata) for an exception raised while serving a call."""
-    if isinstance(exc, HistoryPruned):
+    if isinstance(exc, HistoryUnavailable) and exc.pruned:
         return grpc.StatusCode.OUT_OF_RANGE, str(exc), ()
+    for cls, code in _EVENTLOG_CODES:
+        if isinstance(exc, cls):
+            return code, str(exc), ()
     if isinstance(exc, NotLeader):
         trailers = ((LEADER_METADATA_KEY, exc.leader_hint),) if exc.leader_hint else ()
         return grpc.StatusCode.UNAVAILABLE, exc.message, trailers

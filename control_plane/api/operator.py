@@ -49,7 +49,7 @@ from control_plane.core.visibility import (
 )
 from control_plane.eventlog import EventFilter, EventRecord, SpanRecord
 from control_plane.eventlog.errors import HistoryPruned
-from control_plane.eventlog.history import AmbiguousTask, resolve_task
+from control_plane.eventlog.timeline import resolve_task
 from control_plane.replication.errors import (
     NotLeaderError,
     NotSupportedError,
@@ -279,7 +279,8 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
     @grpc_errors
     def GetStateAt(self, request: operator_pb2.GetStateAtRequest, context: grpc.ServicerContext) -> Any:
         visibility = self._visibility(context, "GetStateAt")
-        from control_plane.eventlog import history
+        from control_plane.eventlog.diff import diff_states
+        from control_plane.eventlog.replay import state_at
 
         if not request.HasField("at"):
             raise InvalidRequest("at: give an index or a time")
@@ -288,14 +289,11 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
             "diff_from") else None
         store = self.master.events
         now = time.time()
-        try:
-            at = history.state_at(store, at_point, now, sink=store)
-            before = diff = None
-            if from_point is not None:
-                before = history.state_at(store, from_point, now, sink=store)
-                diff = history.diff_states(before.state, at.state)
-        except history.HistoryError as exc:
-            raise exc.domain_error() from exc
+        at = state_at(store, at_point, now, sink=store)
+        before = diff = None
+        if from_point is not None:
+            before = state_at(store, from_point, now, sink=store)
+            diff = diff_states(before.state, at.state)
         return state_at_to_proto(at, before, diff, store.first_seq(), store.last_seq(), visibility)
 
     # ---- tracing ---------------------------------------------------------------------------------
@@ -352,10 +350,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         store = self.master.events
         framework_id = request.framework_id
         if not framework_id:  # a bare task id: the one framework whose task uses it (ids are per framework)
-            try:
-                framework_id, _ = resolve_task(store, request.task_id)
-            except AmbiguousTask as exc:
-                raise exc.domain_error() from exc
+            framework_id, _ = resolve_task(store, request.task_id)
         trace_ids = store.traces_for_task(request.task_id, framework_id)
         named = f"{framework_id}/{request.task_id}" if framework_id else request.task_id
         if not trace_ids:
@@ -532,7 +527,7 @@ def peer_host(peer: str) -> str:
 
 
 def history_point_from_proto(p: operator_pb2.HistoryPoint, field: str) -> Any:
-    from control_plane.eventlog.history import Point
+    from control_plane.eventlog.timepoints import Point
 
     which = p.WhichOneof("point")
     if which is None:
@@ -544,7 +539,7 @@ def history_point_from_proto(p: operator_pb2.HistoryPoint, field: str) -> Any:
 
 def state_at_to_proto(at: Any, diff_from: Any = None, diff: Any = None, first_index: int = 0,
                       last_index: int = 0, visibility: Visibility = FULL) -> operator_pb2.GetStateAtResponse:
-    """`history.StateAt` values (and a `history.StateDiff`) as a GetStateAtResponse; the CLI uses the
+    """`replay.StateAt` values (and a `diff.StateDiff`) as a GetStateAtResponse; the CLI uses the
     same conversion for files read offline, so both print alike. Tasks are redacted for `visibility`
     by their owners in that state (a diff names no command, environment or label)."""
 

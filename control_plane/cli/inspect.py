@@ -1,9 +1,10 @@
-"""`tessera state`, `tessera timeline` and `tessera events` (list, follow, export): history for operators.
+"""`tessera state` and `tessera timeline`: history for operators (`tessera events` is in `cli.events`, on the
+same client and printing, which live here).
 
 Every command works against a running cluster (the Operator API: `GetState`, `GetStateAt`,
 `ListEvents`, `WatchEvents`) and, with `--db PATH`, offline against an `events.db` file (a master's, or
-an export), read-only. Both paths go through the same logic (`control_plane.eventlog.history`) and the
-same printing, so they print alike.
+an export), read-only. Both paths go through the same logic (the `control_plane.eventlog` history
+modules) and the same printing, so they print alike.
 
 Points in history (`--at`, `--diff`, `--since`) are an event index (`42`, `#42`), unix seconds
 (`@1700000000`, or any number >= 1e9), ISO-8601 (UTC when no offset is given, as every time printed
@@ -30,8 +31,23 @@ import click
 import grpc
 
 from control_plane.eventlog import EventFilter, EventRecord
-from control_plane.eventlog import history as h
-from control_plane.eventlog.errors import HistoryPruned
+from control_plane.eventlog.diff import diff_states
+from control_plane.eventlog.errors import AmbiguousTask, HistoryError, HistoryPruned
+from control_plane.eventlog.eventfile import EventFile
+from control_plane.eventlog.replay import state_at
+from control_plane.eventlog.source import iter_records
+from control_plane.eventlog.timeline import (
+    KINDS,
+    detect_kinds,
+    frameworks_naming_task,
+    kind_filter,
+    resolve_task,
+    split_task_ref,
+)
+from control_plane.eventlog.timeline import (
+    timeline as timeline_items,
+)
+from control_plane.eventlog.timepoints import Point, format_time, parse_point
 
 ID_KEYS = ("framework_id", "agent_id", "task_id", "offer_id")
 WATCH_RECONNECT_PAUSE = 0.5
@@ -51,17 +67,17 @@ def _emit(data: Any) -> None:
     click.echo(json.dumps(data, sort_keys=True, ensure_ascii=False))
 
 
-def _point(text: str, flag: str) -> h.Point:
+def _point(text: str, flag: str) -> Point:
     try:
-        return h.parse_point(text, time.time())
+        return parse_point(text, time.time())
     except ValueError as exc:
         fail(f"{flag}: {exc}", 2)
 
 
-def _open_db(path: Path) -> h.EventFile:
+def _open_db(path: Path) -> EventFile:
     try:
-        return h.EventFile(path)
-    except h.HistoryError as exc:
+        return EventFile(path)
+    except HistoryError as exc:
         fail(str(exc))
 
 
@@ -199,7 +215,7 @@ def _payload(r: EventRecord) -> Any:
 def record_json(r: EventRecord, **extra: Any) -> dict[str, Any]:
     """One event as an NDJSON object: the event log's columns, `at` (ISO time) and the payload parsed."""
     out: dict[str, Any] = {"seq": r.seq, "raft_index": r.raft_index, "position": r.position, "type": r.type,
-                           "time": r.time, "at": h.format_time(r.time), "term": r.term,
+                           "time": r.time, "at": format_time(r.time), "term": r.term,
                            "request_id": r.request_id, "trace_id": r.trace_id, "span_id": r.span_id,
                            "payload": _payload(r)}
     for key in ID_KEYS:
@@ -226,7 +242,7 @@ def _event_body(r: EventRecord) -> str:
 
 def record_line(r: EventRecord) -> str:
     """One event for people: index, UTC time, type, ids, compact payload."""
-    return f"{r.seq:>8}  {h.format_time(r.time)}  {_event_body(r)}"
+    return f"{r.seq:>8}  {format_time(r.time)}  {_event_body(r)}"
 
 
 def _duration(seconds: float) -> str:
@@ -280,31 +296,31 @@ def state(obj: Any, at_text: str | None, diff_text: str | None, db: Path | None,
         _print_state(resp.state, _point_header(resp.at, resp.state))
 
 
-def _state_at_offline(db: Path, at: h.Point | None, since: h.Point | None) -> Any:
+def _state_at_offline(db: Path, at: Point | None, since: Point | None) -> Any:
     from control_plane.api.operator import state_at_to_proto
 
     now = time.time()
     with _open_db(db) as source:
         try:
-            target = at or h.Point(index=source.last_seq())
-            result = h.state_at(source, target, now)
+            target = at or Point(index=source.last_seq())
+            result = state_at(source, target, now)
             before = diff = None
             if since is not None:
-                before = h.state_at(source, since, now)
-                diff = h.diff_states(before.state, result.state)
-        except (h.HistoryError, HistoryPruned) as exc:
+                before = state_at(source, since, now)
+                diff = diff_states(before.state, result.state)
+        except (HistoryError, HistoryPruned) as exc:
             fail(str(exc))
         return state_at_to_proto(result, before, diff, source.first_seq(), source.last_seq())
 
 
-def _state_at_remote(obj: Any, at: h.Point | None, since: h.Point | None) -> Any:
+def _state_at_remote(obj: Any, at: Point | None, since: Point | None) -> Any:
     from tessera.v1 import operator_pb2
 
-    def proto(p: h.Point) -> Any:
+    def proto(p: Point) -> Any:
         return operator_pb2.HistoryPoint(index=p.index) if p.index is not None else \
             operator_pb2.HistoryPoint(time=p.time)
 
-    req = operator_pb2.GetStateAtRequest(at=proto(at or h.Point(time=time.time())))
+    req = operator_pb2.GetStateAtRequest(at=proto(at or Point(time=time.time())))
     if since is not None:
         req.diff_from.CopyFrom(proto(since))
     cluster = _Cluster(obj, rpc_timeout=HISTORY_RPC_SECONDS)
@@ -334,7 +350,7 @@ def _print_current_state(obj: Any, as_json: bool) -> None:
 
 def _point_header(p: Any, s: Any) -> str:
     asked = f" (asked: {p.requested_index})" if p.requested_index != p.index else ""
-    when = h.format_time(p.time) if p.time else "before the first event"
+    when = format_time(p.time) if p.time else "before the first event"
     how = (f"snapshot {p.snapshot_index} + {p.replayed_events} events replayed" if p.snapshot_index
            else f"{p.replayed_events} events replayed")
     return f"state at index {p.index}{asked}, {when}, term {s.term}, leader {s.leader or '-'}  [{how}]"
@@ -395,7 +411,7 @@ def _print_state(resp: Any, header: str) -> None:
                       title_justify="left")
         for o in resp.offers:
             table.add_row(o.offer_id, o.framework_id, o.agent_id, o.role, res(o.resources),
-                          h.format_time(o.expires_at) if o.expires_at else "never")
+                          format_time(o.expires_at) if o.expires_at else "never")
         console.print(table)
 
 
@@ -404,8 +420,8 @@ _MARKS = {"added": ("+", "green"), "removed": ("-", "red"), "changed": ("~", "ye
 
 def _print_changes(resp: Any) -> None:
     a, b = resp.diff_from, resp.at
-    click.echo(f"changes from index {a.index} ({h.format_time(a.time) if a.time else 'start'}) "
-               f"to index {b.index} ({h.format_time(b.time) if b.time else 'start'})")
+    click.echo(f"changes from index {a.index} ({format_time(a.time) if a.time else 'start'}) "
+               f"to index {b.index} ({format_time(b.time) if b.time else 'start'})")
     if not resp.changes:
         click.echo("no change")
         return
@@ -429,7 +445,7 @@ def _print_changes(resp: Any) -> None:
 # ---- tessera timeline ----------------------------------------------------------------------------------
 @click.command("timeline")
 @click.argument("ident", metavar="TASK|FRAMEWORK|AGENT")
-@click.option("--kind", type=click.Choice(h.KINDS), help="What ID is, when it names more than one kind.")
+@click.option("--kind", type=click.Choice(KINDS), help="What ID is, when it names more than one kind.")
 @click.option("--db", type=click.Path(path_type=Path), help="Read this events.db instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print NDJSON: one event per line, with gap_seconds.")
 @click.pass_obj
@@ -442,23 +458,23 @@ def timeline(obj: Any, ident: str, kind: str | None, db: Path | None, as_json: b
     if db is not None:
         with _open_db(db) as source:
             try:
-                kind = _choose_kind(ident, kind, h.detect_kinds(source, ident))
+                kind = _choose_kind(ident, kind, detect_kinds(source, ident))
                 if kind == "task":
-                    ident = "/".join(h.resolve_task(source, ident))
-                _print_timeline(ident, kind, h.iter_records(source, h.kind_filter(kind, ident)), as_json)
-            except (h.HistoryError, HistoryPruned) as exc:
+                    ident = "/".join(resolve_task(source, ident))
+                _print_timeline(ident, kind, iter_records(source, kind_filter(kind, ident)), as_json)
+            except (HistoryError, HistoryPruned) as exc:
                 fail(str(exc))
         return
     cluster = _Cluster(obj)
     try:
-        found = [k for k in h.KINDS if next(_remote_records(cluster, h.kind_filter(k, ident), limit=1), None)]
+        found = [k for k in KINDS if next(_remote_records(cluster, kind_filter(k, ident), limit=1), None)]
         kind = _choose_kind(ident, kind, found)
-        if kind == "task" and not h.split_task_ref(ident)[0]:
-            named = h.frameworks_naming_task(_remote_records(cluster, h.kind_filter("task", ident)))
+        if kind == "task" and not split_task_ref(ident)[0]:
+            named = frameworks_naming_task(_remote_records(cluster, kind_filter("task", ident)))
             if len(named) > 1:
-                fail(str(h.AmbiguousTask(ident, named)))
+                fail(str(AmbiguousTask(ident, named)))
             ident = f"{named[0]}/{ident}" if named else ident
-        _print_timeline(ident, kind, _remote_records(cluster, h.kind_filter(kind, ident)), as_json)
+        _print_timeline(ident, kind, _remote_records(cluster, kind_filter(kind, ident)), as_json)
     finally:
         cluster.close()
 
@@ -477,7 +493,7 @@ def _choose_kind(ident: str, kind: str | None, found: list[str]) -> str:
 
 
 def _print_timeline(ident: str, kind: str, records: Iterable[EventRecord], as_json: bool) -> None:
-    items = h.timeline(records)
+    items = timeline_items(records)
     first = True
     for item in items:
         r = item.record
@@ -488,284 +504,4 @@ def _print_timeline(ident: str, kind: str, records: Iterable[EventRecord], as_js
             click.echo(f"{kind} {ident}")
             first = False
         gap = "" if item.gap is None else "+" + _duration(item.gap)
-        click.echo(f"{r.seq:>8}  {h.format_time(r.time)}  {gap:>11}  {_event_body(r)}")
-
-
-# ---- tessera events ---------------------------------------------------------------------------------------
-class _DefaultList(click.Group):
-    """`tessera events [OPTIONS]` runs `list`; `tessera events export FILE` exports."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if not args or (args[0] not in self.commands and args[0] not in ctx.help_option_names):
-            args = ["list", *args]
-        return super().parse_args(ctx, args)
-
-
-@click.group("events", cls=_DefaultList)
-def events() -> None:
-    """The event log: `tessera events [list options]` tails and follows it, `tessera events export FILE.db`
-    copies it to an SQLite file (Datasette, sqlite-utils).
-
-    \b
-      tessera events --since 10m --type TaskStatusUpdated
-      tessera events --follow --task t-1 --json
-      tessera events --db .tessera/m1/events.db --limit 20
-      tessera events export history.db --since 2025-01-31T00:00Z
-    """
-
-
-@events.command("list")
-@click.option("--follow", "-f", is_flag=True, help="Keep streaming new events (Ctrl-C stops).")
-@click.option("--type", "types", multiple=True, help="Only events of this type (repeatable).")
-@click.option("--framework", default="", help="Only events naming this framework id.")
-@click.option("--agent", default="", help="Only events naming this agent id.")
-@click.option("--task", default="", help="Only events naming this task id.")
-@click.option("--offer", default="", help="Only events naming this offer id.")
-@click.option("--since", "since_text", metavar="INDEX|TIME", help="Start at this event index or time.")
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1),
-              help="At most this many events (before following).")
-@click.option("--last", type=click.IntRange(min=1), default=None, metavar="N",
-              help="The N most recent matching events instead (with --follow: then follow, like tail -f).")
-@click.option("--db", type=click.Path(path_type=Path), help="Read this events.db instead.")
-@click.option("--json", "as_json", is_flag=True, help="Print NDJSON, one event per line.")
-@click.pass_obj
-def events_list(obj: Any, follow: bool, types: tuple[str, ...], framework: str, agent: str, task: str, offer: str,
-                since_text: str | None, limit: int, last: int | None, db: Path | None, as_json: bool) -> None:
-    """Events in order from --since (default: the first kept; --last N: the N most recent), optionally
-    followed live."""
-    as_json = _json_mode(obj, as_json)
-    if last is not None and since_text:
-        fail("--last and --since: give one of them", 2)
-    since = _point(since_text, "--since") if since_text else None
-    if since is not None and since.time is not None and since.time > time.time() + 1:
-        fail(f"--since: {h.format_time(since.time)} is in the future")
-    flt = EventFilter(types=types, framework_id=framework, agent_id=agent, task_id=task, offer_id=offer,
-                      since_time=since.time if since is not None else None)
-    start = since.index if since is not None and since.index is not None else None
-
-    def show(r: EventRecord) -> None:
-        if as_json:
-            _emit(record_json(r))
-        else:
-            click.echo(record_line(r))
-
-    try:
-        if last is not None:
-            start = _show_last(obj, db, flt, last, show)
-            if not follow:
-                return
-        if db is not None:
-            _events_offline(db, flt, start, limit, follow, show)
-        else:
-            _events_remote(obj, flt, start, limit, follow, show)
-    except KeyboardInterrupt:
-        pass
-
-
-def _show_last(obj: Any, db: Path | None, flt: EventFilter, n: int, show: Callable[[EventRecord], None]) -> int:
-    """Show the `n` most recent matching events; returns the index to follow from."""
-    if db is not None:
-        with _open_db(db) as source:
-            last = source.last_seq()
-            try:
-                records = source.list(from_seq=last, limit=n, flt=flt, descending=True)
-            except (h.HistoryError, HistoryPruned) as exc:
-                fail(str(exc))
-    else:
-        from tessera.v1 import operator_pb2
-
-        cluster = _Cluster(obj)
-        try:
-            resp = cluster.call(lambda s: s.ListEvents, operator_pb2.ListEventsRequest(
-                limit=min(n, 10_000), filter=_filter_proto(flt), descending=True))
-        finally:
-            cluster.close()
-        last = resp.last_index
-        records = [_record_from_proto(r) for r in resp.events if r.index <= last]
-    for r in reversed(records):
-        show(r)
-    return last + 1
-
-
-def _events_offline(db: Path, flt: EventFilter, start: int | None, limit: int, follow: bool,
-                    show: Callable[[EventRecord], None]) -> None:
-    with _open_db(db) as source:
-        try:
-            last = source.last_seq()  # read before listing: what is appended meanwhile comes next round
-            if start is not None and start > last + 1 and not follow:
-                fail(f"--since: index {start} is beyond the last event of this log ({last})")
-            if not follow:
-                for shown, r in enumerate(h.iter_records(source, flt, from_seq=start, until_seq=last)):
-                    if shown >= limit:
-                        return
-                    show(r)
-                return
-            cursor = last + 1  # like the cluster: without --since, only new events
-            if start is not None or flt.since_time is not None:
-                for r in h.iter_records(source, flt, from_seq=start, until_seq=last):
-                    show(r)
-            while True:  # a master writes this file: poll it
-                time.sleep(0.5)
-                last = source.last_seq()
-                if last >= cursor:
-                    for r in h.iter_records(source, flt, from_seq=cursor, until_seq=last):
-                        show(r)
-                    cursor = last + 1
-        except HistoryPruned as exc:
-            fail(f"{'fell behind' if follow else 'history not kept'}: {exc}; events are kept from index "
-                 f"{exc.first_kept} (use --since {exc.first_kept})")
-        except h.HistoryError as exc:
-            fail(str(exc))
-
-
-def _events_remote(obj: Any, flt: EventFilter, start: int | None, limit: int, follow: bool,
-                   show: Callable[[EventRecord], None]) -> None:
-    from tessera.v1 import operator_pb2
-
-    cluster = _Cluster(obj)
-    try:
-        if not follow:
-            if start is not None:
-                info = cluster.call(lambda s: s.ListEvents, operator_pb2.ListEventsRequest(limit=1, descending=True))
-                if start > info.last_index:
-                    fail(f"--since: index {start} is beyond the last event ({info.last_index})")
-            for r in _remote_records(cluster, flt, from_index=start or 0, limit=limit):
-                show(r)
-            return
-        # WatchEvents replays history from its start index, then streams: one call does both
-        if start is not None:
-            cursor = start
-        elif flt.since_time is not None:
-            head = list(_remote_records(cluster, EventFilter(since_time=flt.since_time), limit=1))
-            cursor = head[0].seq if head else 0
-        else:
-            cursor = 0
-        if not cursor:
-            info = cluster.call(lambda s: s.ListEvents, operator_pb2.ListEventsRequest(limit=1, descending=True))
-            cursor = info.last_index + 1
-        _follow(cluster, flt, cursor, show)
-    finally:
-        cluster.close()
-
-
-def _follow(cluster: _Cluster, flt: EventFilter, cursor: int, show: Callable[[EventRecord], None]) -> None:
-    """Stream events from `cursor` on; when a master goes away, resume from the next one at the same index.
-
-    Every master keeps the same history (same indexes), so resuming elsewhere neither repeats nor skips.
-    Falling behind what a master keeps is the one error that cannot be resumed: OUT_OF_RANGE.
-    """
-    from tessera.v1 import operator_pb2
-
-    addresses = cluster.client.addresses
-    i, down_since = 0, None
-    while True:
-        address = addresses[i % len(addresses)]
-        stream = cluster.client.operator(address).WatchEvents(
-            operator_pb2.WatchEventsRequest(from_index=cursor, filter=_filter_proto(flt)),
-            metadata=cluster.client.metadata)
-        try:
-            for batch in stream:
-                down_since = None
-                for r in batch.events:
-                    show(_record_from_proto(r))
-                    cursor = r.index + 1
-        except grpc.RpcError as err:
-            code = err.code()
-            if code == grpc.StatusCode.OUT_OF_RANGE:
-                fail(f"fell behind: {err.details()} on {address}; the events since index {cursor} are gone "
-                     "from this master (resume with --since at the first kept index)")
-            if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                            grpc.StatusCode.CANCELLED):
-                fail(_rpc_message(err))
-        except KeyboardInterrupt:
-            stream.cancel()
-            raise
-        now = time.monotonic()
-        down_since = down_since or now
-        if now - down_since > cluster.timeout:
-            fail(f"lost the event stream: no master answered for {cluster.timeout:g}s (last index {cursor - 1})")
-        i += 1
-        time.sleep(WATCH_RECONNECT_PAUSE)
-
-
-# ---- tessera events export ------------------------------------------------------------------------------
-@events.command("export")
-@click.argument("dest", metavar="FILE.db", type=click.Path(path_type=Path))
-@click.option("--since", "since_text", metavar="INDEX|TIME", help="From this event index or time on "
-              "(rounded down to the start of its entry).")
-@click.option("--db", type=click.Path(path_type=Path),
-              help="Export from this events.db (with its snapshots and spans) instead of the cluster.")
-@click.option("--force", is_flag=True, help="Replace FILE.db if it exists.")
-@click.pass_obj
-def events_export(obj: Any, dest: Path, since_text: str | None, db: Path | None, force: bool) -> None:
-    """Copy the event log into FILE.db: the same schema as a master's events.db, so `tessera events
-    --db`, `tessera state --db`, `sqlite-utils` and Datasette open it."""
-    since = _point(since_text, "--since") if since_text else None
-    if dest.exists() and not force:
-        fail(f"{dest} exists; use --force to replace it")
-    if db is not None and dest.resolve() == db.resolve():
-        fail("the export cannot replace the file it reads")
-    try:
-        if db is not None:
-            with _open_db(db) as source:
-                start, last = _export_range(source.first_seq(), source.last_seq(), since,
-                                            lambda f, n: source.list(from_seq=f, limit=n),
-                                            lambda t: source.list(from_seq=source.first_seq(), limit=1,
-                                                                  flt=EventFilter(since_time=t)))
-                written = _write_export(dest, start, last, h.iter_records(source, from_seq=start),
-                                        snapshots=source.snapshots(max(start - 1, 0)), spans=source.spans())
-        else:
-            cluster = _Cluster(obj)
-            try:
-                from tessera.v1 import operator_pb2
-
-                info = cluster.call(lambda s: s.ListEvents, operator_pb2.ListEventsRequest(limit=1, descending=True))
-                start, last = _export_range(
-                    info.first_index, info.last_index, since,
-                    lambda f, n: list(_remote_records(cluster, EventFilter(), from_index=f, limit=n)),
-                    lambda t: list(_remote_records(cluster, EventFilter(since_time=t), limit=1)))
-                written = _write_export(dest, start, last, _remote_records(cluster, EventFilter(), from_index=start))
-            finally:
-                cluster.close()
-    except (h.HistoryError, HistoryPruned, OSError) as exc:
-        fail(f"export failed: {exc}")
-    click.echo(f"exported {written} events ({start}..{start + written - 1 if written else start}) to {dest}",
-               err=True)
-
-
-def _export_range(first: int, last: int, since: h.Point | None,
-                  at: Callable[[int, int], list[EventRecord]],
-                  first_after: Callable[[float], list[EventRecord]]) -> tuple[int, int]:
-    start = max(first, 1)
-    if since is not None and since.index is not None:
-        if since.index > last:
-            fail(f"--since: index {since.index} is beyond the last event ({last})")
-        if since.index < first:
-            fail(f"--since: history before index {first} was pruned")
-        start = max(since.index, 1)
-    elif since is not None:
-        assert since.time is not None
-        if since.time > time.time() + 1:
-            fail(f"--since: {h.format_time(since.time)} is in the future")
-        found = first_after(since.time)
-        if not found:
-            fail(f"--since: no event at or after {h.format_time(since.time)}")
-        start = found[0].seq
-    head = at(start, 1)
-    if head and head[0].seq == start and head[0].position and start - head[0].position >= first:
-        start -= head[0].position  # whole entries only, so the export replays
-    return start, last
-
-
-def _write_export(dest: Path, start: int, last: int, records: Iterable[EventRecord],
-                  snapshots: Iterable[tuple[int, bytes]] = (), spans: Iterable[dict[str, Any]] = ()) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    total = max(last - start + 1, 0)
-    progress = Progress(TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=Console(stderr=True), transient=True, disable=total < 20_000)
-    with progress:
-        task = progress.add_task("events", total=total)
-        return h.export_events(dest, start, records, snapshots=snapshots, spans=spans,
-                               on_batch=lambda n: progress.advance(task, n))
+        click.echo(f"{r.seq:>8}  {format_time(r.time)}  {gap:>11}  {_event_body(r)}")

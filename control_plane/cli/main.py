@@ -560,7 +560,8 @@ def frameworks(c: Ctx) -> None:
 def tasks(c: Ctx, task: str, state_filter: str, framework: str) -> None:
     """Tasks with their state, agent and latest status; or the one task named FRAMEWORK_ID/TASK_ID (task ids
     are scoped per framework), or by a bare TASK_ID that one framework's live tasks use."""
-    from control_plane.eventlog.history import AmbiguousTask, split_task_ref
+    from control_plane.eventlog.errors import AmbiguousTask
+    from control_plane.eventlog.timeline import split_task_ref
     from tessera.v1 import common_pb2
 
     wanted = state_filter.upper()
@@ -652,7 +653,8 @@ cli.add_command(_run_command(), name="run")
 
 
 def _history_commands() -> list[click.Command]:
-    from control_plane.cli.inspect import events, state, timeline
+    from control_plane.cli.events import events
+    from control_plane.cli.inspect import state, timeline
     from control_plane.cli.up import install_default_masters, up
 
     # --masters: TESSERA_MASTERS, else ./.tessera/cluster.json (written by `tessera up`), else 127.0.0.1:5050

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.tree import Tree
 
 from control_plane.cli.inspect import _Cluster, _rpc_message, fail
-from control_plane.eventlog.history import split_task_ref
+from control_plane.eventlog.timeline import split_task_ref
 
 
 def _label(span: Any, t0: float) -> str:

@@ -518,7 +518,22 @@ def check_framework_info(info: object) -> FrameworkInfo:
         raise InvalidRequest("info.partition_aware: must be a bool")
     check_text(info.user, "info.user", MAX_ID_LENGTH)
     check_text(info.hostname, "info.hostname", MAX_ID_LENGTH)
+    check_count(info.max_tasks_in_flight, "info.max_tasks_in_flight", MAX_TASKS_IN_FLIGHT)
     return info
+
+
+MAX_TASKS_IN_FLIGHT = 2**31 - 1  # the wire type is int32
+
+
+def check_count(value: object, what: str, maximum: int) -> int:
+    """A whole number from 0 to `maximum` (a bool is not a number here)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"{what}: must be a whole number, got {value!r}")
+    if value < 0:
+        raise InvalidRequest(f"{what}: must be non-negative (0 = no limit), got {value}")
+    if value > maximum:
+        raise InvalidRequest(f"{what}: at most {maximum}, got {value}")
+    return value
 
 
 def check_working_dir(value: str, what: str) -> str:

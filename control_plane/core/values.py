@@ -114,6 +114,8 @@ class FrameworkInfo:
     partition_aware: bool = False
     user: str = ""
     hostname: str = ""
+    # Offer-side cap on work in flight, honoured by the allocator (see allocation.allocator); 0 = none.
+    max_tasks_in_flight: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from control_plane.api.server import MasterServer
 from control_plane.core.errors import InvalidRequest
 from control_plane.core.limits import MasterLimits, stream_caps
 from control_plane.eventlog import SqliteEventStore
-from control_plane.eventlog.history import Retention
+from control_plane.eventlog.background import Retention
 from control_plane.replication import RaftReplicator, ReplicationConfig
 from control_plane.runtime.gcpolicy import tune_gc
 from control_plane.runtime.leader import LeaderDuties, LeaderSettings, default_allocator

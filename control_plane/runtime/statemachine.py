@@ -13,7 +13,7 @@ Rules kept here:
   (they run on the replication thread).
 - State snapshots for the event log (`put_snapshot`, every `snapshot_every` events) are stored by a
   `Snapshotter` on its own thread; this thread tells it the new last seq after each batch, and at a
-  crossing hands it the live state to pickle (bounded in time; see `control_plane.eventlog.history`).
+  crossing hands it the live state to pickle (bounded in time; see `control_plane.eventlog.background`).
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from control_plane.core.apply import ApplyResult, apply
 from control_plane.core.events import event_ids
 from control_plane.core.state import ClusterState, upgrade_task_keys
 from control_plane.eventlog import EventStore
-from control_plane.eventlog.history import DEFAULT_SNAPSHOT_EVERY, Snapshotter
+from control_plane.eventlog.background import Snapshotter
 from control_plane.eventlog.records import EventRow
+from control_plane.eventlog.snapshots import DEFAULT_SNAPSHOT_EVERY
 
 log = logging.getLogger(__name__)
 

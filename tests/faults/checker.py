@@ -46,14 +46,11 @@ from control_plane.core import events as ev
 from control_plane.core.invariants import check_invariants
 from control_plane.core.state import ClusterState
 from control_plane.core.values import StatusSource, TaskState
-from control_plane.eventlog.history import (
-    ReplayError,
-    decode_snapshot,
-    entries_from_records,
-    event_from_record,
-    replay_entry,
-)
+from control_plane.eventlog.decode import event_from_record
+from control_plane.eventlog.errors import ReplayError
 from control_plane.eventlog.records import EVENT_COLUMNS, EventRecord
+from control_plane.eventlog.replay import entries_from_records, replay_entry
+from control_plane.eventlog.snapshots import decode_snapshot
 
 TERMINAL = {"TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_LOST", "TASK_ERROR", "TASK_DROPPED", "TASK_GONE"}
 # states only an agent (the task's process) can produce; the master decides the others
@@ -285,7 +282,7 @@ def _check_acknowledged_calls(history: History, longest: list[EventRecord], deco
 
 
 def _comparable(state: ClusterState) -> str:
-    """The state's fingerprint without what the event log cannot give back (see eventlog.history): the
+    """The state's fingerprint without what the event log cannot give back (see eventlog.replay): the
     request ids of entries that recorded nothing and the time of an entry without events."""
     return dataclasses.replace(state, requests=OrderedDict(), time=0.0).fingerprint()
 

@@ -213,7 +213,8 @@ def test_timeline_tasks_and_trace_name_a_task_by_framework_and_refuse_an_ambiguo
 
     import grpc
 
-    from control_plane.eventlog import history as h
+    from control_plane.eventlog.errors import AmbiguousTask
+    from control_plane.eventlog.timeline import resolve_task
     from tessera.v1 import operator_pb2
     from tests.unit.inspect.cli import ok, one_line_error, tessera
 
@@ -224,8 +225,8 @@ def test_timeline_tasks_and_trace_name_a_task_by_framework_and_refuse_an_ambiguo
         # a bare id two frameworks use: a clear error listing them
         for command in (("timeline", "web-1"), ("tasks", "web-1"), ("trace", "web-1")):
             one_line_error(tessera(*masters, *command), "web-1", alice, bob, "FRAMEWORK_ID/web-1")
-        with pytest.raises(h.AmbiguousTask, match=f"{alice}, {bob}"):
-            h.resolve_task(node.events, "web-1")
+        with pytest.raises(AmbiguousTask, match=f"{alice}, {bob}"):
+            resolve_task(node.events, "web-1")
         # the pair names one task
         out = ok(*masters, "--json", "timeline", f"{bob}/web-1").stdout.splitlines()
         events = [json.loads(line) for line in out]
@@ -234,7 +235,7 @@ def test_timeline_tasks_and_trace_name_a_task_by_framework_and_refuse_an_ambiguo
         rows = json.loads(ok(*masters, "--json", "tasks", f"{alice}/web-1").stdout)
         assert [(r["task"]["framework_id"], r["task"]["task_id"]) for r in rows] == [(alice, "web-1")]
         # a bare id one framework uses is enough
-        assert h.resolve_task(node.events, "solo")[1] == "solo"
+        assert resolve_task(node.events, "solo")[1] == "solo"
         rows = json.loads(ok(*masters, "--json", "tasks", "solo").stdout)
         assert [r["task"]["task_id"] for r in rows] == ["solo"]
         # GetTrace: INVALID_ARGUMENT naming the frameworks for the bare id; the pair is looked up alone

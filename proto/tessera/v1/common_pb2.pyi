@@ -341,6 +341,7 @@ class FrameworkInfo(_message.Message):
     PARTITION_AWARE_FIELD_NUMBER: _builtins.int
     USER_FIELD_NUMBER: _builtins.int
     HOSTNAME_FIELD_NUMBER: _builtins.int
+    MAX_TASKS_IN_FLIGHT_FIELD_NUMBER: _builtins.int
     framework_id: _builtins.str
     """empty on first subscription"""
     name: _builtins.str
@@ -349,6 +350,11 @@ class FrameworkInfo(_message.Message):
     partition_aware: _builtins.bool
     user: _builtins.str
     hostname: _builtins.str
+    max_tasks_in_flight: _builtins.int
+    """At most this many of the framework's tasks in flight: while its unfinished tasks plus its
+    outstanding offers number this many, the allocator offers it nothing more (each offer counts as
+    one slot). 0 = no limit; negative is refused (INVALID_ARGUMENT).
+    """
     @_builtins.property
     def roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -362,10 +368,11 @@ class FrameworkInfo(_message.Message):
         partition_aware: _builtins.bool = ...,
         user: _builtins.str = ...,
         hostname: _builtins.str = ...,
+        max_tasks_in_flight: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failover_timeout_seconds", b"failover_timeout_seconds", "framework_id", b"framework_id", "hostname", b"hostname", "name", b"name", "partition_aware", b"partition_aware", "principal", b"principal", "roles", b"roles", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failover_timeout_seconds", b"failover_timeout_seconds", "framework_id", b"framework_id", "hostname", b"hostname", "max_tasks_in_flight", b"max_tasks_in_flight", "name", b"name", "partition_aware", b"partition_aware", "principal", b"principal", "roles", b"roles", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -211,7 +211,7 @@ def test_offers_on_random_clusters_keep_every_rule_and_pass_the_core(data: st.Da
     allocator.update(snapshot)
     assert allocator.allocate(new_id=sequential_ids("final"), now=cl.now, offer_timeout=30.0) == offers
     # the fast path for plain agents decides exactly as the general path would
-    with mock.patch.object(allocator_module, "_plain", lambda free: None):
+    with mock.patch.object(allocator_module, "plain", lambda free: None):
         assert allocate(snapshot, new_id=sequential_ids("final"), now=cl.now, offer_timeout=30.0) == offers
 
     free = {a.agent_id: a.free for a in snapshot.agents}

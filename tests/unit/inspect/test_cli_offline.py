@@ -10,7 +10,10 @@ import pytest
 import sqlite_utils
 
 from control_plane.eventlog import SqliteEventStore
-from control_plane.eventlog import history as h
+from control_plane.eventlog.eventfile import EventFile
+from control_plane.eventlog.replay import rebuild
+from control_plane.eventlog.source import iter_records
+from control_plane.eventlog.timepoints import format_time
 
 from .cli import ok, one_line_error, tessera
 from .workload import Leader
@@ -28,8 +31,8 @@ def test_state_at_an_index_prints_the_rebuilt_state(db_history: tuple[Path, Lead
     index = sorted(leader.fingerprints)[len(leader.fingerprints) // 2]
     out = ok("state", "--db", str(db), "--at", str(index)).stdout
     assert out.splitlines()[0].startswith(f"state at index {index},")
-    with h.EventFile(db) as source:
-        state = h.rebuild(source, index).state
+    with EventFile(db) as source:
+        state = rebuild(source, index).state
     assert f"agents {len(state.agents)}  frameworks {len(state.frameworks)}  tasks {len(state.tasks)}" in out
     for agent in state.agents.values():
         assert agent.info.hostname in out
@@ -38,8 +41,8 @@ def test_state_at_an_index_prints_the_rebuilt_state(db_history: tuple[Path, Lead
 def test_state_json_is_the_get_state_at_answer(db_history: tuple[Path, Leader]) -> None:
     db, leader = db_history
     data = json.loads(ok("state", "--db", str(db), "--at", "60", "--json").stdout)
-    with h.EventFile(db) as source:
-        state = h.rebuild(source, 60).state
+    with EventFile(db) as source:
+        state = rebuild(source, 60).state
     assert int(data["at"]["requested_index"]) == 60 and int(data["at"]["index"]) == state.seq
     assert {(t["task"]["framework_id"], t["task"]["task_id"]) for t in data["state"].get("tasks", [])} == \
         set(state.tasks)
@@ -55,12 +58,12 @@ def test_state_without_at_is_the_last_state_of_the_file(db_history: tuple[Path, 
 def test_state_at_a_time_uses_the_last_event_at_or_before_it(db_history: tuple[Path, Leader]) -> None:
     db, leader = db_history
     seq, when = sorted(leader.entry_times.items())[40]
-    data = json.loads(ok("state", "--db", str(db), "--at", h.format_time(when + 0.0001), "--json").stdout)
-    with h.EventFile(db) as source:
-        expected = max(r.seq for r in h.iter_records(source) if r.time <= when + 0.0001)
+    data = json.loads(ok("state", "--db", str(db), "--at", format_time(when + 0.0001), "--json").stdout)
+    with EventFile(db) as source:
+        expected = max(r.seq for r in iter_records(source) if r.time <= when + 0.0001)
     assert int(data["at"]["requested_index"]) == expected
     assert ok("state", "--db", str(db), "--at", f"@{when + 0.0001}", "--json").stdout == \
-        ok("state", "--db", str(db), "--at", h.format_time(when + 0.0001), "--json").stdout
+        ok("state", "--db", str(db), "--at", format_time(when + 0.0001), "--json").stdout
     del seq
 
 
@@ -112,7 +115,7 @@ def test_events_lists_with_filters_limit_and_since(db_history: tuple[Path, Leade
     since = ndjson(ok("events", "--db", str(db), "--since", "50", "--limit", "3", "--json").stdout)
     assert [r["seq"] for r in since] == [50, 51, 52]
     when = leader.entry_times[max(leader.entry_times)]
-    late = ndjson(ok("events", "--db", str(db), "--since", h.format_time(when), "--json").stdout)
+    late = ndjson(ok("events", "--db", str(db), "--since", format_time(when), "--json").stdout)
     assert late and all(r["time"] >= when - 0.001 for r in late)
 
 
@@ -142,21 +145,21 @@ def test_export_since_keeps_whole_entries_and_marks_the_rest_as_pruned(db_histor
                                                                        tmp_path: Path) -> None:
     db, leader = db_history
     store = SqliteEventStore(db)  # leave snapshots in the source, as a master's snapshotter does
-    h.rebuild(store, store.last_seq(), sink=store, every=25)
+    rebuild(store, store.last_seq(), sink=store, every=25)
     assert store.flush()
     store.close()
-    with h.EventFile(db) as source:
-        mid = next(r for r in h.iter_records(source, from_seq=60) if r.position > 0)
+    with EventFile(db) as source:
+        mid = next(r for r in iter_records(source, from_seq=60) if r.position > 0)
     dest = tmp_path / "since.db"
     ok("events", "export", str(dest), "--db", str(db), "--since", str(mid.seq))
     start = mid.seq - mid.position
     rows = list(sqlite_utils.Database(dest)["events"].rows)
     assert rows[0]["seq"] == start and rows[-1]["seq"] == leader.live.seq
-    with h.EventFile(dest) as exported:
+    with EventFile(dest) as exported:
         assert exported.first_seq() == start
         snap = exported.nearest_snapshot(leader.live.seq)
         assert snap is not None and snap[0] >= start - 1
-        assert h.rebuild(exported, leader.live.seq).state.fingerprint() == leader.live.fingerprint()
+        assert rebuild(exported, leader.live.seq).state.fingerprint() == leader.live.fingerprint()
     one_line_error(tessera("events", "--db", str(dest), "--since", "1"), "pruned", str(start))
 
 

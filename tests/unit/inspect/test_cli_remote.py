@@ -19,7 +19,8 @@ from control_plane.api.operator import state_at_to_proto
 from control_plane.core import commands as c
 from control_plane.core.resources import Resources
 from control_plane.core.values import AgentInfo, FrameworkInfo
-from control_plane.eventlog import history as h
+from control_plane.eventlog.replay import rebuild
+from control_plane.eventlog.timepoints import format_time
 from tessera.v1 import operator_pb2
 from tests.support.cluster import free_port
 from tests.support.inprocess import InProcessMaster
@@ -43,7 +44,7 @@ def node() -> Iterator[InProcessMaster]:
 
 
 def rebuilt_json(node: InProcessMaster, index: int) -> dict:  # type: ignore[type-arg]
-    at = h.rebuild(node.events, index)
+    at = rebuild(node.events, index)
     return MessageToDict(state_at_to_proto(at).state, preserving_proto_field_name=True)
 
 
@@ -59,7 +60,7 @@ def test_state_at_a_time_and_a_diff_over_grpc(node: InProcessMaster) -> None:
     records = node.events.list(limit=100)
     weight = next(r for r in records if r.type == "RoleWeightSet" and '"batch"' in r.payload)
     out = ok("--masters", node.grpc_address, "state", "--at", f"@{weight.time}", "--diff", "1").stdout
-    first_entry_end = h.rebuild(node.events, 1).index  # index 1 is inside the leader's first entry
+    first_entry_end = rebuild(node.events, 1).index  # index 1 is inside the leader's first entry
     assert out.startswith(f"changes from index {first_entry_end} ") and f"to index {weight.seq} " in out
     assert "+ role      batch" in out and "+ agent" in out and "+ framework" in out
     human = ok("--masters", node.grpc_address, "state", "--at", str(weight.seq)).stdout
@@ -80,7 +81,7 @@ def test_timeline_and_events_over_grpc(node: InProcessMaster) -> None:
     assert [r["payload"]["role"] for r in rows] == ["web", "batch"]
     since = rows[1]["time"]
     later = [json.loads(line) for line in ok("--masters", node.grpc_address, "events", "--since",
-                                             h.format_time(since), "--json").stdout.splitlines()]
+                                             format_time(since), "--json").stdout.splitlines()]
     assert later and later[0]["seq"] == rows[1]["seq"]
     one_line_error(tessera("--masters", node.grpc_address, "timeline", "nobody"), "no event names 'nobody'")
     tail = [json.loads(line) for line in ok("--masters", node.grpc_address, "events", "--last", "2",

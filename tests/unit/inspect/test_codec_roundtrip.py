@@ -6,7 +6,7 @@ from __future__ import annotations
 from control_plane.codec import entry_from_bytes, entry_to_bytes
 from control_plane.core import events as ev
 from control_plane.eventlog import MemoryEventStore
-from control_plane.eventlog import history as h
+from control_plane.eventlog.decode import event_from_record
 
 from .workload import realistic_history
 
@@ -16,7 +16,7 @@ def test_every_recorded_event_round_trips_through_both_encodings() -> None:
     realistic_history(store, rounds=2, fingerprints=False)
     assert store.flush()
     records = store.list(limit=100_000)
-    events = [h.event_from_record(r) for r in records]  # JSON -> core
+    events = [event_from_record(r) for r in records]  # JSON -> core
     kinds = {type(e) for e in events}
     assert len(kinds) >= 18, sorted(k.__name__ for k in kinds)
     for event in events:

@@ -6,16 +6,19 @@ from control_plane.core import commands as c
 from control_plane.core.resources import Resources
 from control_plane.core.values import TaskState
 from control_plane.eventlog import MemoryEventStore
-from control_plane.eventlog import history as h
+from control_plane.eventlog.diff import Change, StateDiff, diff_states
+from control_plane.eventlog.replay import rebuild
+from control_plane.eventlog.source import iter_records
+from control_plane.eventlog.timeline import detect_kinds, kind_filter, timeline
 
 from .workload import Leader
 
 
-def changes(diff: h.StateDiff, kind: str) -> dict[str, h.Change]:
+def changes(diff: StateDiff, kind: str) -> dict[str, Change]:
     return {ch.id: ch for ch in diff.changes if ch.kind == kind}
 
 
-def fields(change: h.Change) -> dict[str, tuple[str, str]]:
+def fields(change: Change) -> dict[str, tuple[str, str]]:
     return {f.field: (f.before, f.after) for f in change.fields}
 
 
@@ -47,9 +50,9 @@ def build() -> tuple[MemoryEventStore, Leader, dict[str, int]]:
 
 def test_diff_reports_added_changed_and_completed_things() -> None:
     store, L, marks = build()
-    before = h.rebuild(store, marks["before"]).state
-    after = h.rebuild(store, marks["after"]).state
-    diff = h.diff_states(before, after)
+    before = rebuild(store, marks["before"]).state
+    after = rebuild(store, marks["after"]).state
+    diff = diff_states(before, after)
     assert (diff.from_index, diff.to_index) == (marks["before"], marks["after"])
     agents = changes(diff, "agent")
     added = [a for a in agents.values() if a.change == "added"]
@@ -70,10 +73,10 @@ def test_diff_reports_added_changed_and_completed_things() -> None:
 
 def test_diff_of_a_state_with_itself_is_empty_and_reversed_diffs_mirror() -> None:
     store, _, marks = build()
-    a = h.rebuild(store, marks["before"]).state
-    b = h.rebuild(store, marks["after"]).state
-    assert h.diff_states(a, a).changes == ()
-    forward, backward = h.diff_states(a, b), h.diff_states(b, a)
+    a = rebuild(store, marks["before"]).state
+    b = rebuild(store, marks["after"]).state
+    assert diff_states(a, a).changes == ()
+    forward, backward = diff_states(a, b), diff_states(b, a)
     assert {(ch.kind, ch.id) for ch in forward.changes} == {(ch.kind, ch.id) for ch in backward.changes}
     flip = {"added": "removed", "removed": "added", "changed": "changed"}
     assert sorted((ch.kind, ch.id, flip[ch.change]) for ch in forward.changes) == \
@@ -82,7 +85,7 @@ def test_diff_of_a_state_with_itself_is_empty_and_reversed_diffs_mirror() -> Non
 
 def test_timeline_is_in_order_with_gaps_between_events() -> None:
     store, _, _ = build()
-    items = list(h.timeline(h.iter_records(store, h.kind_filter("task", "t1"))))
+    items = list(timeline(iter_records(store, kind_filter("task", "t1"))))
     seqs = [i.record.seq for i in items]
     assert seqs == sorted(seqs) and len(seqs) >= 5
     assert items[0].gap is None and items[0].since_start == 0
@@ -97,7 +100,7 @@ def test_the_kind_of_an_id_is_detected() -> None:
     store, L, _ = build()
     web = next(iter(L.live.frameworks))
     agent = next(iter(L.live.agents))
-    assert h.detect_kinds(store, "t1") == ["task"]
-    assert h.detect_kinds(store, web) == ["framework"]
-    assert h.detect_kinds(store, agent) == ["agent"]
-    assert h.detect_kinds(store, "nobody") == []
+    assert detect_kinds(store, "t1") == ["task"]
+    assert detect_kinds(store, web) == ["framework"]
+    assert detect_kinds(store, agent) == ["agent"]
+    assert detect_kinds(store, "nobody") == []

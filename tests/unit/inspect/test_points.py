@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from control_plane.eventlog import MemoryEventStore
-from control_plane.eventlog import history as h
+from control_plane.eventlog.errors import PointOutOfRange
+from control_plane.eventlog.replay import rebuild, state_at
+from control_plane.eventlog.timepoints import Point, format_time, parse_point, resolve_point
 
 from .workload import T0, Leader
 
@@ -13,37 +15,37 @@ NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ("42", h.Point(index=42)),
-    ("0", h.Point(index=0)),
-    ("#1700000000", h.Point(index=1_700_000_000)),
-    ("@1700000000.5", h.Point(time=1_700_000_000.5)),
-    ("@12", h.Point(time=12.0)),
-    ("1700000000", h.Point(time=1_700_000_000.0)),
-    ("1700000000.25", h.Point(time=1_700_000_000.25)),
-    ("2026-01-01T00:00:00Z", h.Point(time=NOW)),
-    ("2026-01-01T00:00:00+00:00", h.Point(time=NOW)),
-    ("2026-01-01T01:00:00+01:00", h.Point(time=NOW)),
-    ("2026-01-01 00:00", h.Point(time=NOW)),  # no offset: UTC, as tessera prints
-    ("2026-01-01", h.Point(time=NOW)),
-    ("10m", h.Point(time=NOW - 600)),
-    ("-2h", h.Point(time=NOW - 7200)),
-    ("90s ago", h.Point(time=NOW - 90)),
-    ("1d", h.Point(time=NOW - 86400)),
+    ("42", Point(index=42)),
+    ("0", Point(index=0)),
+    ("#1700000000", Point(index=1_700_000_000)),
+    ("@1700000000.5", Point(time=1_700_000_000.5)),
+    ("@12", Point(time=12.0)),
+    ("1700000000", Point(time=1_700_000_000.0)),
+    ("1700000000.25", Point(time=1_700_000_000.25)),
+    ("2026-01-01T00:00:00Z", Point(time=NOW)),
+    ("2026-01-01T00:00:00+00:00", Point(time=NOW)),
+    ("2026-01-01T01:00:00+01:00", Point(time=NOW)),
+    ("2026-01-01 00:00", Point(time=NOW)),  # no offset: UTC, as tessera prints
+    ("2026-01-01", Point(time=NOW)),
+    ("10m", Point(time=NOW - 600)),
+    ("-2h", Point(time=NOW - 7200)),
+    ("90s ago", Point(time=NOW - 90)),
+    ("1d", Point(time=NOW - 86400)),
 ])
-def test_points_are_parsed(text: str, expected: h.Point) -> None:
-    assert h.parse_point(text, NOW) == expected
+def test_points_are_parsed(text: str, expected: Point) -> None:
+    assert parse_point(text, NOW) == expected
 
 
 @pytest.mark.parametrize("text", ["", "  ", "abc", "-5", "4.5", "#x", "@nan", "@-3", "2026-13-01", "10 parsecs"])
 def test_malformed_points_are_refused_in_one_sentence(text: str) -> None:
     with pytest.raises(ValueError) as info:
-        h.parse_point(text, NOW)
+        parse_point(text, NOW)
     assert "\n" not in str(info.value) and str(info.value)
 
 
 def test_times_print_as_utc_iso_with_milliseconds() -> None:
-    assert h.format_time(NOW + 0.1234) == "2026-01-01T00:00:00.123Z"
-    assert h.parse_point(h.format_time(NOW + 0.5), NOW) == h.Point(time=NOW + 0.5)
+    assert format_time(NOW + 0.1234) == "2026-01-01T00:00:00.123Z"
+    assert parse_point(format_time(NOW + 0.5), NOW) == Point(time=NOW + 0.5)
 
 
 @pytest.fixture
@@ -61,30 +63,30 @@ def log() -> MemoryEventStore:
 
 def test_a_time_names_the_last_event_at_or_before_it(log: MemoryEventStore) -> None:
     now = T0 + 100
-    assert h.resolve_point(log, h.Point(time=T0), now) == 1
-    assert h.resolve_point(log, h.Point(time=T0 + 2.5), now) == 3
-    assert h.resolve_point(log, h.Point(time=T0 + 3), now) == 4
-    assert h.resolve_point(log, h.Point(time=T0 + 50), now) == 5
+    assert resolve_point(log, Point(time=T0), now) == 1
+    assert resolve_point(log, Point(time=T0 + 2.5), now) == 3
+    assert resolve_point(log, Point(time=T0 + 3), now) == 4
+    assert resolve_point(log, Point(time=T0 + 50), now) == 5
 
 
 def test_a_time_before_the_first_event_is_out_of_range(log: MemoryEventStore) -> None:
-    with pytest.raises(h.PointOutOfRange, match="no event at or before .* starts at"):
-        h.resolve_point(log, h.Point(time=T0 - 1), T0 + 100)
+    with pytest.raises(PointOutOfRange, match="no event at or before .* starts at"):
+        resolve_point(log, Point(time=T0 - 1), T0 + 100)
 
 
 def test_a_time_in_the_future_is_out_of_range(log: MemoryEventStore) -> None:
-    with pytest.raises(h.PointOutOfRange, match="in the future"):
-        h.resolve_point(log, h.Point(time=T0 + 1000), T0 + 100)
+    with pytest.raises(PointOutOfRange, match="in the future"):
+        resolve_point(log, Point(time=T0 + 1000), T0 + 100)
 
 
 def test_an_index_beyond_the_log_is_out_of_range(log: MemoryEventStore) -> None:
-    assert h.resolve_point(log, h.Point(index=5), T0) == 5
-    with pytest.raises(h.PointOutOfRange, match="index 6 is beyond the last event of this log \\(5\\)"):
-        h.resolve_point(log, h.Point(index=6), T0)
-    with pytest.raises(h.PointOutOfRange):
-        h.rebuild(log, 6)
+    assert resolve_point(log, Point(index=5), T0) == 5
+    with pytest.raises(PointOutOfRange, match="index 6 is beyond the last event of this log \\(5\\)"):
+        resolve_point(log, Point(index=6), T0)
+    with pytest.raises(PointOutOfRange):
+        rebuild(log, 6)
 
 
 def test_index_zero_is_the_empty_state(log: MemoryEventStore) -> None:
-    state = h.state_at(log, h.Point(index=0), T0).state
+    state = state_at(log, Point(index=0), T0).state
     assert state.seq == 0 and not state.roles

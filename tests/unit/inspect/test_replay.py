@@ -15,7 +15,11 @@ import pytest
 from control_plane.core import commands as c
 from control_plane.core.state import ClusterState
 from control_plane.eventlog import EventRecord, MemoryEventStore, SqliteEventStore
-from control_plane.eventlog import history as h
+from control_plane.eventlog.decode import event_from_record
+from control_plane.eventlog.errors import HistoryUnavailable, ReplayError
+from control_plane.eventlog.eventfile import EventFile
+from control_plane.eventlog.records import EventFilter
+from control_plane.eventlog.replay import entries_from_records, rebuild, replay_records
 
 from .workload import Leader, random_history, realistic_history
 
@@ -24,13 +28,13 @@ def test_rebuilt_state_equals_live_state_at_every_entry_boundary(memory_history:
     store, leader = memory_history
     assert len(leader.fingerprints) > 100
     for seq, fingerprint in leader.fingerprints.items():
-        assert h.rebuild(store, seq, every=0).state.fingerprint() == fingerprint, f"diverged at {seq}"
+        assert rebuild(store, seq, every=0).state.fingerprint() == fingerprint, f"diverged at {seq}"
 
 
 def test_rebuilt_state_from_an_sqlite_log_equals_the_final_live_state(db_history: tuple[Path, Leader]) -> None:
     path, leader = db_history
-    with h.EventFile(path) as source:
-        rebuilt = h.rebuild(source, source.last_seq(), every=0)
+    with EventFile(path) as source:
+        rebuilt = rebuild(source, source.last_seq(), every=0)
     assert rebuilt.state.fingerprint() == leader.live.fingerprint()
     assert rebuilt.index == leader.live.seq
 
@@ -41,7 +45,7 @@ def test_random_histories_with_late_and_retried_decisions_replay_exactly(seed: i
     leader = random_history(store, seed)
     assert store.flush()
     for seq, fingerprint in leader.fingerprints.items():
-        assert h.rebuild(store, seq, every=0).state.fingerprint() == fingerprint, f"seed {seed}: diverged at {seq}"
+        assert rebuild(store, seq, every=0).state.fingerprint() == fingerprint, f"seed {seed}: diverged at {seq}"
     store.close()
 
 
@@ -58,7 +62,7 @@ def test_entries_that_recorded_nothing_are_the_only_difference() -> None:
     result = leader.commit_events(stale_rescind, "late-rescind")
     assert result.outcome == "applied" and not result.events
     assert store.flush()
-    rebuilt = h.rebuild(store, store.last_seq(), every=0).state
+    rebuilt = rebuild(store, store.last_seq(), every=0).state
     assert rebuilt.fingerprint() != leader.live.fingerprint()
     assert rebuilt.fingerprint() == leader.comparable_fingerprint()
     assert "late-rescind" in leader.live.requests and "late-rescind" not in rebuilt.requests
@@ -68,9 +72,9 @@ def test_an_index_inside_an_entry_gives_the_state_after_the_whole_entry(
         memory_history: tuple[MemoryEventStore, Leader]) -> None:
     store, leader = memory_history
     # an accept records OfferAccepted (position 0) and TaskLaunched (position 1) in one entry
-    launched = store.list(flt=h.EventFilter(types=("TaskLaunched",)), limit=1)[0]
+    launched = store.list(flt=EventFilter(types=("TaskLaunched",)), limit=1)[0]
     accepted_seq = launched.seq - launched.position
-    rebuilt = h.rebuild(store, accepted_seq, every=0)
+    rebuilt = rebuild(store, accepted_seq, every=0)
     assert rebuilt.requested == accepted_seq
     assert rebuilt.index >= launched.seq
     assert (launched.framework_id, launched.task_id) in rebuilt.state.tasks
@@ -80,8 +84,8 @@ def test_an_index_inside_an_entry_gives_the_state_after_the_whole_entry(
 def test_a_rejected_entry_replays_as_a_rejection_with_its_request_remembered(
         memory_history: tuple[MemoryEventStore, Leader]) -> None:
     store, leader = memory_history
-    rejected = store.list(flt=h.EventFilter(types=("Rejected",)), limit=1)[0]
-    rebuilt = h.rebuild(store, rejected.seq, every=0).state
+    rejected = store.list(flt=EventFilter(types=("Rejected",)), limit=1)[0]
+    rebuilt = rebuild(store, rejected.seq, every=0).state
     remembered = rebuilt.requests[rejected.request_id]
     answer = rebuilt.result_for_request(rejected.request_id)
     assert answer is not None and answer.outcome == "rejected"
@@ -94,7 +98,7 @@ def test_group_committed_entries_share_a_raft_index_and_replay_one_by_one(
     store, _ = memory_history
     records = [r for r in store.list(limit=10_000) if r.type == "RoleWeightSet" and r.request_id.startswith("w0-")]
     assert len(records) == 3 and len({r.raft_index for r in records}) == 1
-    entries = list(h.entries_from_records(records))
+    entries = list(entries_from_records(records))
     assert [e.request_id for e in entries] == ["w0-0", "w0-1", "w0-2"]
 
 
@@ -103,23 +107,23 @@ def test_payloads_decode_back_to_the_events_that_were_applied(memory_history: tu
 
     store, _ = memory_history
     for r in store.list(limit=10_000):
-        event = h.event_from_record(r)
+        event = event_from_record(r)
         assert type(event).__name__ == r.type
         assert to_jsonable(event) == json.loads(r.payload)
 
 
 def test_an_unknown_event_type_is_named_in_one_sentence() -> None:
     record = EventRecord(1, 1, 0, "FromTheFuture", 1.0, 1, "", "", "", "", "", "", "", "{}")
-    with pytest.raises(h.ReplayError, match="FromTheFuture.*unknown to this version"):
-        h.replay_records(ClusterState(), [record])
+    with pytest.raises(ReplayError, match="FromTheFuture.*unknown to this version"):
+        replay_records(ClusterState(), [record])
 
 
 def test_a_corrupt_payload_is_a_replay_error(memory_history: tuple[MemoryEventStore, Leader]) -> None:
     store, _ = memory_history
     records = store.list(limit=10)
     broken = [replace(r, payload='{"term": "not a number"}') if r.type == "LeaderElected" else r for r in records]
-    with pytest.raises(h.ReplayError, match="does not decode"):
-        h.replay_records(ClusterState(), broken)
+    with pytest.raises(ReplayError, match="does not decode"):
+        replay_records(ClusterState(), broken)
 
 
 def test_a_log_that_does_not_match_what_was_applied_is_reported(memory_history: tuple[MemoryEventStore, Leader]) -> None:
@@ -128,8 +132,8 @@ def test_a_log_that_does_not_match_what_was_applied_is_reported(memory_history: 
     # drop an AgentRegistered: later events about that agent no longer apply
     i = next(i for i, r in enumerate(records) if r.type == "AgentRegistered")
     shifted = [replace(r, seq=r.seq - 1) if k > i else r for k, r in enumerate(records) if k != i]
-    with pytest.raises(h.ReplayError, match="does not match|does not follow"):
-        h.replay_records(ClusterState(), shifted)
+    with pytest.raises(ReplayError, match="does not match|does not follow"):
+        replay_records(ClusterState(), shifted)
 
 
 def test_a_hole_in_the_log_is_reported_with_the_missing_range(tmp_path: Path) -> None:
@@ -139,8 +143,8 @@ def test_a_hole_in_the_log_is_reported_with_the_missing_range(tmp_path: Path) ->
     holed = SqliteEventStore(tmp_path / "holed.db")
     holed.append([r for r in source.list(limit=10_000) if not 20 <= r.seq <= 25])
     assert holed.flush()
-    with pytest.raises(h.HistoryUnavailable, match="events 20..25 are missing"):
-        h.rebuild(holed, leader.live.seq, every=0)
-    assert h.rebuild(holed, 10, every=0).state.fingerprint() == leader.fingerprints[h.rebuild(holed, 10, every=0).index]
+    with pytest.raises(HistoryUnavailable, match="events 20..25 are missing"):
+        rebuild(holed, leader.live.seq, every=0)
+    assert rebuild(holed, 10, every=0).state.fingerprint() == leader.fingerprints[rebuild(holed, 10, every=0).index]
     holed.close()
     source.close()

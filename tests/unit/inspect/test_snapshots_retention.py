@@ -10,11 +10,16 @@ import time
 import zlib
 from pathlib import Path
 
+import grpc
 import pytest
 
+from control_plane.api.errors import status_for
 from control_plane.core.state import ClusterState
-from control_plane.eventlog import HistoryPruned, MemoryEventStore, SqliteEventStore
-from control_plane.eventlog import history as h
+from control_plane.eventlog import MemoryEventStore, SqliteEventStore
+from control_plane.eventlog.background import Retention, Snapshotter, retention_cut
+from control_plane.eventlog.errors import HistoryUnavailable
+from control_plane.eventlog.replay import entries_from_records, rebuild, replay_entry, replay_records
+from control_plane.eventlog.snapshots import decode_snapshot, encode_snapshot
 
 from .workload import realistic_history
 
@@ -25,7 +30,7 @@ pytestmark = pytest.mark.timeout(120)
 def every_crossing_pickled(monkeypatch: pytest.MonkeyPatch) -> None:
     """These tests apply a history in a burst: without this, crossings right after a live pickle would be
     skipped by its pacing (`LIVE_DUTY`, tested on its own below), and which ones depends on timing."""
-    monkeypatch.setattr(h.Snapshotter, "LIVE_DUTY", 1.0)
+    monkeypatch.setattr(Snapshotter, "LIVE_DUTY", 1.0)
 
 
 def wait_until(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
@@ -57,7 +62,7 @@ def test_the_state_machine_takes_a_snapshot_every_n_events_in_the_background() -
     seqs = snapshot_seqs(store)
     assert len({seq // 50 for seq in seqs}) == len(seqs), "at most one snapshot per 50 events"
     for seq in seqs:  # each one is the live state after the entry that ended at seq
-        state = h.decode_snapshot(store.nearest_snapshot(seq)[1])  # type: ignore[index]
+        state = decode_snapshot(store.nearest_snapshot(seq)[1])  # type: ignore[index]
         assert state is not None and state.fingerprint() == leader.fingerprints[seq]
     assert snapshotter.last_error is None
     assert 0 < snapshotter.captured <= snapshotter.taken  # pickled from the live state where exact
@@ -69,11 +74,11 @@ def test_without_live_pickles_or_when_they_are_too_slow_snapshots_are_rebuilt_fr
     store = MemoryEventStore()
     leader = realistic_history(store, snapshot_every=0)
     assert store.flush()
-    live = h.Snapshotter(store, every=10, live_budget_s=budget)
+    live = Snapshotter(store, every=10, live_budget_s=budget)
     live.LIVE_DUTY = 1.0  # no spacing between pickles here (see the next test)
-    replay = h.rebuild(store, 0)
-    for entry in h.entries_from_records(store.list(limit=10_000)):  # what the apply thread would report
-        h.replay_entry(replay.state, entry)
+    replay = rebuild(store, 0)
+    for entry in entries_from_records(store.list(limit=10_000)):  # what the apply thread would report
+        replay_entry(replay.state, entry)
         live.observe(entry.last_seq, replay.state)
     wait_until(lambda: live.taken > live.captured and store.nearest_snapshot(store.last_seq()) is not None
                and store.nearest_snapshot(store.last_seq())[0] >= store.last_seq() - 15)  # type: ignore[index]
@@ -87,8 +92,8 @@ def test_without_live_pickles_or_when_they_are_too_slow_snapshots_are_rebuilt_fr
         assert 2 <= live.pickled <= crossings // live.LIVE_BACKOFF + 1
     assert live.captured <= live.pickled
     for seq in snapshot_seqs(store):  # each equals the state replayed from the start, and the live one
-        state = h.decode_snapshot(store.nearest_snapshot(seq)[1])  # type: ignore[index]
-        replayed = h.replay_records(ClusterState(), store.list(limit=seq))  # from the start, no snapshot
+        state = decode_snapshot(store.nearest_snapshot(seq)[1])  # type: ignore[index]
+        replayed = replay_records(ClusterState(), store.list(limit=seq))  # from the start, no snapshot
         assert state is not None and replayed.seq == seq and state.fingerprint() == replayed.fingerprint()
         assert state.fingerprint() == leader.fingerprints.get(seq, state.fingerprint())
     assert live.last_error is None
@@ -99,11 +104,11 @@ def test_crossings_soon_after_a_live_pickle_are_skipped_not_replayed() -> None:
     store = MemoryEventStore()
     realistic_history(store, snapshot_every=0, fingerprints=False)
     assert store.flush()
-    live = h.Snapshotter(store, every=10, live_budget_s=10.0)
+    live = Snapshotter(store, every=10, live_budget_s=10.0)
     live.LIVE_DUTY = 1e-6  # after one pickle, the next is due only after a million times its duration
-    replay = h.rebuild(store, 0)
-    for entry in h.entries_from_records(store.list(limit=10_000)):
-        h.replay_entry(replay.state, entry)
+    replay = rebuild(store, 0)
+    for entry in entries_from_records(store.list(limit=10_000)):
+        replay_entry(replay.state, entry)
         live.observe(entry.last_seq, replay.state)
     assert store.last_seq() // 10 > 10
     wait_until(lambda: live.taken == 1)
@@ -133,10 +138,10 @@ def test_rebuild_starts_from_the_nearest_snapshot_and_saves_the_ones_it_passes()
     leader = realistic_history(store)
     assert store.flush()
     last = store.last_seq()
-    first = h.rebuild(store, last, sink=store, every=30)
+    first = rebuild(store, last, sink=store, every=30)
     assert first.snapshot_seq == 0 and first.replayed == last
     assert store.flush()
-    again = h.rebuild(store, last, every=30)
+    again = rebuild(store, last, every=30)
     assert 0 < again.snapshot_seq <= last and again.replayed == last - again.snapshot_seq < 40
     assert again.state.fingerprint() == first.state.fingerprint() == leader.live.fingerprint()
     store.close()
@@ -150,7 +155,7 @@ def test_a_snapshot_of_another_layout_or_damaged_is_skipped_not_loaded() -> None
     store.put_snapshot(target, b"TSNAP\x01" + b"\x00" * 16 + pickle.dumps(ClusterState()))  # other layout
     store.put_snapshot(target - 5, b"garbage")
     assert store.flush()
-    rebuilt = h.rebuild(store, target)
+    rebuilt = rebuild(store, target)
     assert rebuilt.snapshot_seq == 0 and rebuilt.state.fingerprint() == leader.fingerprints[target]
     store.close()
 
@@ -160,11 +165,11 @@ def test_a_snapshot_cannot_run_code() -> None:
         def __reduce__(self):  # type: ignore[no-untyped-def]
             return (print, ("pwned",))
 
-    blob = h.encode_snapshot(ClusterState())
+    blob = encode_snapshot(ClusterState())
     header = blob[:len(b"TSNAP") + 1 + 16]  # magic, format, layout hash
-    assert h.decode_snapshot(header + zlib.compress(pickle.dumps(Evil()))) is None
-    assert h.decode_snapshot(header + b"not zlib") is None
-    assert h.decode_snapshot(blob) is not None
+    assert decode_snapshot(header + zlib.compress(pickle.dumps(Evil()))) is None
+    assert decode_snapshot(header + b"not zlib") is None
+    assert decode_snapshot(blob) is not None
 
 
 def test_an_installed_raft_snapshot_is_stored_when_the_log_lacks_its_history() -> None:
@@ -181,10 +186,10 @@ def test_an_installed_raft_snapshot_is_stored_when_the_log_lacks_its_history() -
     assert fresh.nearest_snapshot(installed.seq)[0] == installed.seq  # type: ignore[index]
     # events after it are applied and recorded as usual; the states after it rebuild
     fresh.append([r for r in source.list(limit=10_000) if r.seq > installed.seq])
-    rebuilt = h.rebuild(fresh, installed.seq)
+    rebuilt = rebuild(fresh, installed.seq)
     assert rebuilt.state.fingerprint() == leader.live.fingerprint()
-    with pytest.raises(h.HistoryUnavailable, match="pruned|missing"):
-        h.rebuild(fresh, installed.seq - 3)
+    with pytest.raises(HistoryUnavailable, match="pruned|missing"):
+        rebuild(fresh, installed.seq - 3)
     source.close()
     fresh.close()
 
@@ -194,18 +199,18 @@ def test_retention_keeps_at_least_n_events_and_every_kept_index_stays_rebuildabl
     leader = realistic_history(store)
     assert store.flush()
     last = store.last_seq()
-    retention = h.Retention(store, keep=60, step=25, every=1000)
+    retention = Retention(store, keep=60, step=25, every=1000)
     deleted = retention.run_once()
     first = store.first_seq()
     assert deleted == first - 1 and store.count() >= 60 and last - first + 1 >= 60
     assert store.get(first).position == 0  # history starts at an entry
     for seq in [s for s in leader.fingerprints if s >= first - 1]:
-        assert h.rebuild(store, seq).state.fingerprint() == leader.fingerprints[seq]
-    with pytest.raises(h.HistoryUnavailable) as info:
-        h.rebuild(store, first - 2)
+        assert rebuild(store, seq).state.fingerprint() == leader.fingerprints[seq]
+    with pytest.raises(HistoryUnavailable) as info:
+        rebuild(store, first - 2)
     assert info.value.pruned and info.value.first_available == first - 1
     assert "pruned" in str(info.value) and str(first - 1) in str(info.value)
-    assert isinstance(info.value.domain_error(), HistoryPruned)
+    assert status_for(info.value)[:2] == (grpc.StatusCode.OUT_OF_RANGE, str(info.value))  # as HistoryPruned
     assert retention.run_once() == 0  # nothing more is due
     store.close()
 
@@ -215,7 +220,7 @@ def test_retention_cut_falls_on_an_entry_boundary() -> None:
     realistic_history(store, rounds=1)
     assert store.flush()
     for keep in range(1, store.last_seq() + 2):
-        cut = h.retention_cut(store, keep)
+        cut = retention_cut(store, keep)
         if cut:
             assert store.get(cut).position == 0 and store.last_seq() - cut + 1 >= keep
     store.close()
@@ -225,7 +230,7 @@ def test_retention_runs_in_the_background_and_stops() -> None:
     store = MemoryEventStore()
     realistic_history(store)
     assert store.flush()
-    retention = h.Retention(store, keep=100, interval=0.05).start()
+    retention = Retention(store, keep=100, interval=0.05).start()
     wait_until(lambda: store.first_seq() > 1)
     retention.stop()
     assert retention.last_error is None and store.count() >= 100
@@ -238,7 +243,7 @@ def test_stop_abandons_a_paced_rebuild_and_ends_the_thread() -> None:
     assert store.flush()
     # no live pickles, so a crossing is rebuilt from the log; after each page the rebuild pauses for a
     # million times the work it did, so only stop() can end it
-    live = h.Snapshotter(store, every=10, duty=1e-6, live_budget_s=0.0)
+    live = Snapshotter(store, every=10, duty=1e-6, live_budget_s=0.0)
     paused = threading.Event()
     pace = live._pace
 

@@ -15,14 +15,9 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry
 
-from control_plane.runtime.metrics import (
-    MASTER_METRICS,
-    MIB,
-    MasterMetrics,
-    MetricsServer,
-    parse_address,
-    sample_names,
-)
+from control_plane.metrics.server import MetricsServer, parse_address
+from control_plane.metrics.specs import MASTER_METRICS, MIB, sample_names
+from control_plane.runtime.metrics import MasterMetrics
 from tessera.v1 import common_pb2, operator_pb2
 from tests.support.inprocess import InProcessMaster
 from tests.support.scripted import ScriptedAgent, ScriptedFramework

@@ -16,7 +16,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.process_collector import ProcessCollector
 
-from control_plane.runtime.metrics import AGENT_METRICS, MASTER_METRICS, METRIC_NAMES, parse_address
+from control_plane.metrics.server import parse_address
+from control_plane.metrics.specs import AGENT_METRICS, MASTER_METRICS, METRIC_NAMES
 
 OPS = Path(__file__).resolve().parents[3] / "ops"
 UNITS = OPS / "systemd"

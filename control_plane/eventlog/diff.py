@@ -1,0 +1,120 @@
+"""What changed between two cluster states, as rows an operator reads (`tessera state --diff`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from control_plane.core.resources import Resources
+from control_plane.core.state import ClusterState, TaskRecord
+
+__all__ = ["Change", "FieldChange", "StateDiff", "diff_states", "diff_to_jsonable"]
+
+
+@dataclass(frozen=True, slots=True)
+class FieldChange:
+    field: str
+    before: str
+    after: str
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One thing that differs: kind is cluster, agent, framework, task, role or offer."""
+
+    kind: str
+    id: str
+    change: str  # "added", "removed" or "changed"
+    fields: tuple[FieldChange, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StateDiff:
+    from_index: int
+    to_index: int
+    changes: tuple[Change, ...]
+
+    def count(self, kind: str, change: str) -> int:
+        return sum(1 for c in self.changes if c.kind == kind and c.change == change)
+
+
+def _res(r: Resources) -> str:
+    return str(r) if r else "-"
+
+
+def _cluster_view(s: ClusterState) -> dict[str, dict[str, str]]:
+    return {"": {"term": str(s.term), "leader": s.leader_name or s.leader or "-",
+                 "masters": ",".join(sorted(f"{n or '?'}={g}" for n, g in s.masters.values())) or "-"}}
+
+
+def _agent_view(s: ClusterState) -> dict[str, dict[str, str]]:
+    return {aid: {"state": a.state.name.removeprefix("AGENT_"), "hostname": a.info.hostname,
+                  "total": _res(a.total), "used": _res(a.used), "reserved": _res(a.reserved),
+                  "tasks": str(len(a.task_keys)), "draining": "yes" if a.draining else "no"}
+            for aid, a in s.agents.items()}
+
+
+def _framework_view(s: ClusterState) -> dict[str, dict[str, str]]:
+    return {fid: {"state": f.state.name.removeprefix("FRAMEWORK_"), "name": f.info.name,
+                  "roles": ",".join(f.info.roles), "used": _res(f.used), "tasks": str(len(f.task_ids)),
+                  "suppressed": ",".join(sorted(f.suppressed_roles)) or "-"}
+            for fid, f in s.frameworks.items()}
+
+
+def _task_row(t: TaskRecord, completed: bool) -> dict[str, str]:
+    return {"state": t.state.name.removeprefix("TASK_"), "agent": t.agent_id, "framework": t.framework_id,
+            "unacknowledged": str(len(t.unacknowledged)), "kill requested": "yes" if t.kill_requested else "no",
+            "completed": "yes" if completed else "no"}
+
+
+def _task_view(s: ClusterState) -> dict[str, dict[str, str]]:
+    # keyed FRAMEWORK_ID/TASK_ID: task ids are scoped per framework
+    view = {str(key): _task_row(t, True) for key, t in s.completed_tasks.items()}
+    view.update({str(key): _task_row(t, False) for key, t in s.tasks.items()})
+    return view
+
+
+def _role_view(s: ClusterState) -> dict[str, dict[str, str]]:
+    return {name: {"weight": f"{r.weight:g}", "guarantee": _res(r.quota_guarantee), "limit": _res(r.quota_limit)}
+            for name, r in s.roles.items()}
+
+
+def _offer_view(s: ClusterState) -> dict[str, dict[str, str]]:
+    return {oid: {"framework": o.framework_id, "agent": o.agent_id, "role": o.role, "resources": _res(o.resources)}
+            for oid, o in s.offers.items()}
+
+
+_VIEWS: tuple[tuple[str, Callable[[ClusterState], dict[str, dict[str, str]]]], ...] = (
+    ("cluster", _cluster_view), ("agent", _agent_view), ("framework", _framework_view), ("task", _task_view),
+    ("role", _role_view), ("offer", _offer_view),
+)
+
+
+def diff_states(before: ClusterState, after: ClusterState) -> StateDiff:
+    """What changed from `before` to `after`, kind by kind, ids sorted: added, removed, changed fields.
+
+    Tasks include the completed ones the states remember, so a task that finished and was acknowledged
+    shows as changed (to FINISHED, completed), not removed.
+    """
+    changes: list[Change] = []
+    for kind, view in _VIEWS:
+        a, b = view(before), view(after)
+        for key in sorted(a.keys() | b.keys()):
+            if key not in a:
+                changes.append(Change(kind, key, "added", tuple(FieldChange(k, "", v) for k, v in b[key].items())))
+            elif key not in b:
+                changes.append(Change(kind, key, "removed",
+                                      tuple(FieldChange(k, v, "") for k, v in a[key].items())))
+            else:
+                fields_changed = tuple(FieldChange(k, a[key][k], b[key][k]) for k in b[key] if a[key][k] != b[key][k])
+                if fields_changed:
+                    changes.append(Change(kind, key, "changed", fields_changed))
+    return StateDiff(before.seq, after.seq, tuple(changes))
+
+
+# The history-side counterpart of codec.to_jsonable for CLI --json output of diffs.
+def diff_to_jsonable(diff: StateDiff) -> dict[str, Any]:
+    return {"from_index": diff.from_index, "to_index": diff.to_index, "changes": [
+        {"kind": c.kind, "id": c.id, "change": c.change,
+         "fields": {f.field: {"before": f.before, "after": f.after} for f in c.fields}} for c in diff.changes]}

@@ -1,0 +1,247 @@
+"""Replay: records -> entries -> the cluster state as of any event.
+
+Theory of operation
+-------------------
+The event log records *applied events*, not log entries: for each committed entry, the events `apply`
+recorded, numbered by `seq`, with the entry's raft index, term, time and request id, and the event's
+`position` inside what the entry recorded. So the entries can be rebuilt exactly: an entry starts at
+every record with position 0 (positions count the recorded events 0, 1, 2, ... of one entry), and its
+events are the payloads decoded back into core dataclasses (`from_jsonable`, the inverse of
+`codec.to_jsonable`). Replaying an entry is the core's own `apply`, so replay can never disagree with
+the masters about what an event means. Grouping is necessary, not cosmetic: a `TaskLaunched` is only
+valid after the `OfferAccepted` of the same entry, and re-applying the events of one entry as separate
+entries would make the second a duplicate of the request id.
+
+A rejected entry recorded one `Rejected` event and otherwise changed nothing but the log: replay
+reproduces it directly (seq, time, count and the de-duplication memory of its request id) rather than
+through `apply`, which would record it as applied.
+
+The property this keeps (pinned by tests/unit/inspect/test_replay.py): for every entry boundary `s`,
+rebuilding from the log gives a state whose `fingerprint()` equals the live state's right after the
+entry that recorded `s`. Two things a master applies leave nothing in the event log and so cannot be
+rebuilt: the time of an entry that recorded no event (a read barrier; the next entry overwrites it) and
+the request id of an entry whose every event turned out to be an idempotent no-op in flight (a race:
+`decide` never proposes such an entry). Both are soft, de-duplication-only facts.
+
+"State as of index N" is the state after the entry that recorded event N (an entry is atomic: no
+master ever held a state in the middle of one). "As of time T" is the state after the last event
+recorded at or before T. Rebuilding starts from the nearest stored snapshot at or before N, so it costs
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from control_plane.core import events as ev
+from control_plane.core.apply import apply
+from control_plane.core.state import MAX_ID_LENGTH, ClusterState
+from control_plane.eventlog.decode import event_from_record
+from control_plane.eventlog.errors import HistoryPruned, HistoryUnavailable, PointOutOfRange, ReplayError
+from control_plane.eventlog.records import EventRecord
+from control_plane.eventlog.snapshots import DEFAULT_SNAPSHOT_EVERY, decode_snapshot, encode_snapshot
+from control_plane.eventlog.source import PAGE, HistorySource, SnapshotSink
+from control_plane.eventlog.timepoints import Point, known_last, resolve_point
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RecordedEntry", "StateAt", "entries_from_records", "rebuild", "replay_entry", "replay_records",
+           "state_at"]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEntry:
+    """The recorded part of one committed entry: its events and where they are in the log."""
+
+    first_seq: int
+    last_seq: int
+    raft_index: int
+    term: int
+    time: float
+    request_id: str
+    records: tuple[EventRecord, ...]
+
+    @property
+    def rejected(self) -> bool:
+        """A rejected entry records exactly one `Rejected` event (decide never proposes one)."""
+        return len(self.records) == 1 and self.records[0].type == "Rejected"
+
+
+def entries_from_records(records: Iterable[EventRecord]) -> Iterator[RecordedEntry]:
+    """Group records (in seq order) into the entries that recorded them.
+
+    A new entry starts at position 0, and also whenever the entry's own fields change (defensive: a
+    hole in the records must not glue two entries together).
+    """
+    group: list[EventRecord] = []
+    for r in records:
+        if group:
+            head = group[-1]
+            if (r.position == 0 or r.seq != head.seq + 1 or r.position != head.position + 1
+                    or (r.raft_index, r.request_id, r.term, r.time)
+                    != (head.raft_index, head.request_id, head.term, head.time)):
+                yield _entry(group)
+                group = []
+        group.append(r)
+    if group:
+        yield _entry(group)
+
+
+def _entry(group: list[EventRecord]) -> RecordedEntry:
+    head = group[0]
+    return RecordedEntry(head.seq, group[-1].seq, head.raft_index, head.term, head.time, head.request_id,
+                         tuple(group))
+
+
+def _replay_rejection(state: ClusterState, entry: RecordedEntry) -> None:
+    """What `apply` did for a rejected entry: one recorded `Rejected`, its request id remembered."""
+    rejected = event_from_record(entry.records[0])
+    state.seq += 1
+    state.time = float(entry.time)
+    state.event_counts["Rejected"] = state.event_counts.get("Rejected", 0) + 1
+    rid = entry.request_id
+    # apply remembers the request id of a rejection only when the id itself was valid
+    if rid and len(rid) <= MAX_ID_LENGTH:
+        state.requests[rid] = ("rejected", state.seq, state.seq, rejected.code, rejected.reason)
+        while len(state.requests) > max(state.request_limit, 0):
+            state.requests.popitem(last=False)
+
+
+def replay_entry(state: ClusterState, entry: RecordedEntry) -> None:
+    """Apply one recorded entry to `state`; `ReplayError` when the outcome differs from the record."""
+    if entry.first_seq != state.seq + 1:
+        raise ReplayError(f"event {entry.first_seq} does not follow the state's last event {state.seq}")
+    if entry.records[0].position != 0:
+        raise ReplayError(f"event {entry.first_seq} is not the first event of its entry (position "
+                          f"{entry.records[0].position}); the log or the snapshot before it is damaged")
+    if entry.rejected:
+        _replay_rejection(state, entry)
+        return
+    events = tuple(event_from_record(r) for r in entry.records)
+    result = apply(state, ev.Entry(term=entry.term, leader="", time=entry.time, request_id=entry.request_id,
+                                   events=events))
+    if result.outcome != "applied" or (result.first_seq, result.last_seq) != (entry.first_seq, entry.last_seq):
+        raise ReplayError(
+            f"replaying events {entry.first_seq}..{entry.last_seq} gave {result.outcome} "
+            f"{result.first_seq}..{result.last_seq} ({result.reason or 'no reason'}); "
+            "the event log does not match what the masters applied")
+
+
+def replay_records(state: ClusterState, records: Iterable[EventRecord]) -> ClusterState:
+    """Apply every entry the records hold, in order, to `state` (mutated and returned)."""
+    for entry in entries_from_records(records):
+        replay_entry(state, entry)
+    return state
+
+
+@dataclass
+class StateAt:
+    """A rebuilt state and how it was obtained."""
+
+    requested: int  # the index asked for (or resolved from a time)
+    state: ClusterState  # its `seq` is the last event of the entry holding `requested`
+    snapshot_seq: int  # the snapshot replay started from (0: from the empty state)
+    replayed: int  # events replayed on top of it
+
+    @property
+    def index(self) -> int:
+        return self.state.seq
+
+
+def _start(source: HistorySource, target: int) -> tuple[ClusterState, int]:
+    """The state to replay from for `target`: the nearest usable snapshot, or the empty state."""
+    at = target
+    while True:
+        snap = source.nearest_snapshot(at)
+        if snap is None:
+            return ClusterState(), 0
+        seq, blob = snap
+        state = decode_snapshot(blob)
+        if state is not None and state.seq == seq:
+            return state, seq
+        log.info("skipping the snapshot at %d: written by another version of tessera or damaged", seq)
+        if seq <= 0:
+            return ClusterState(), 0
+        at = seq - 1
+
+
+def _first_available(source: HistorySource) -> int:
+    """The lowest index whose state can be rebuilt: the first kept event's entry, or a snapshot."""
+    first = source.first_seq()
+    if first <= 1:
+        return 0
+    snap = source.nearest_snapshot(first - 1)
+    return snap[0] if snap is not None and snap[0] >= first - 1 else 0
+
+
+def rebuild(source: HistorySource, target: int, *, sink: SnapshotSink | None = None,
+            every: int = DEFAULT_SNAPSHOT_EVERY, on_page: Callable[[int, int], None] | None = None) -> StateAt:
+    """The state after the entry that recorded event `target` (the empty state for 0).
+
+    Replays from the nearest usable snapshot. With a `sink`, a snapshot is stored whenever the replay
+    crosses a multiple of `every` events, so the next rebuild near here is short. `on_page(seq,
+    target)` is called after each page of records (progress bars, pacing a background thread).
+    """
+    last = known_last(source)
+    if target < 0 or target > last:
+        raise PointOutOfRange(f"index {target} is beyond the last event of this log ({last})")
+    state, snap_seq = _start(source, target)
+    if snap_seq == target:
+        return StateAt(target, state, snap_seq, 0)
+    first = source.first_seq()
+    if snap_seq + 1 < first:
+        available = _first_available(source)
+        where = f"; the earliest state available is at index {available}" if available else ""
+        raise HistoryUnavailable(f"history before index {first} was pruned and no snapshot covers index "
+                                 f"{target}{where}", available, pruned=True)
+    replayed = 0
+    cursor = snap_seq + 1
+    last_bucket = snap_seq // every if every > 0 else 0
+    pending: list[EventRecord] = []  # records of an entry not complete yet
+    done = False
+    while not done:
+        try:
+            page = source.list(from_seq=cursor, limit=PAGE)
+        except HistoryPruned as exc:
+            raise HistoryUnavailable(f"history before index {exc.first_kept} was pruned while replaying",
+                                     exc.first_kept, pruned=True) from exc
+        if not page:
+            done = True
+        for r in page:
+            expected = (pending[-1].seq if pending else state.seq) + 1
+            if r.seq != expected:
+                raise HistoryUnavailable(
+                    f"events {expected}..{r.seq - 1} are missing from this log (the master installed a Raft "
+                    "snapshot or could not write them); ask another master")
+            if r.position == 0 and pending:
+                if pending[-1].seq >= target:
+                    done = True
+                    break
+                for entry in entries_from_records(pending):
+                    replay_entry(state, entry)
+                replayed += len(pending)
+                pending = []
+                if sink is not None and every > 0 and state.seq // every > last_bucket:
+                    last_bucket = state.seq // every
+                    sink.put_snapshot(state.seq, encode_snapshot(state))
+            pending.append(r)
+        if page:
+            cursor = page[-1].seq + 1
+            if on_page is not None:
+                on_page(state.seq, target)
+    if pending:
+        if pending[-1].seq < target:
+            raise HistoryUnavailable(f"events {pending[-1].seq + 1}..{target} are missing from this log")
+        for entry in entries_from_records(pending):
+            replay_entry(state, entry)
+        replayed += len(pending)
+    elif state.seq < target:
+        raise HistoryUnavailable(f"events {state.seq + 1}..{target} are missing from this log")
+    return StateAt(target, state, snap_seq, replayed)
+
+
+def state_at(source: HistorySource, point: Point, now: float, *, sink: SnapshotSink | None = None,
+             every: int = DEFAULT_SNAPSHOT_EVERY) -> StateAt:
+    """`rebuild` at the index a point names (see `resolve_point`)."""
+    return rebuild(source, resolve_point(source, point, now), sink=sink, every=every)

@@ -1,0 +1,101 @@
+"""One small HTTP server per process serving a registry's exposition at `/metrics`."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import make_wsgi_app
+
+from control_plane.metrics.specs import DEFAULT_HOST
+
+__all__ = ["MetricsServer", "parse_address"]
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """'HOST:PORT' (IPv6 as '[::1]:PORT') -> (host, port); port 0 picks a free port. Raises ValueError."""
+    host, sep, port_text = address.strip().rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"port out of range in {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, port
+
+
+class _QuietHandler(WSGIRequestHandler):
+    timeout = 10.0  # a stalled client cannot hold a request thread (and so `stop`) for long
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+        pass  # one line per scrape would drown the master's log
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = False  # request threads are joined by server_close: nothing outlives `stop`
+    block_on_close = True
+    allow_reuse_address = True
+
+
+class MetricsServer:
+    """Serves one registry's text exposition at `/metrics` on its own threads."""
+
+    def __init__(self, registry: CollectorRegistry, address: str = f"{DEFAULT_HOST}:0") -> None:
+        self.registry = registry
+        self.requested = address
+        self.host, self._requested_port = parse_address(address)
+        self._httpd: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._httpd is not None:
+            raise RuntimeError("metrics server already started")
+        metrics_app = make_wsgi_app(self.registry)
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            path = environ.get("PATH_INFO", "")
+            if path == "/metrics":
+                return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+            if path == "/":
+                start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
+                return [b"Tessera metrics: GET /metrics\n"]
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"not found; metrics are at /metrics\n"]
+
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        server_class = type("_MetricsHTTPServer", (_Server,), {"address_family": family})
+        self._httpd = make_server(self.host, self._requested_port, app, server_class, handler_class=_QuietHandler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name=f"metrics-http-{self.port}", daemon=True)
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        if self._httpd is None:
+            raise RuntimeError("metrics server not started")
+        return int(self._httpd.server_port)
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}/metrics"
+
+    def stop(self) -> None:
+        httpd, thread = self._httpd, self._thread
+        if httpd is None:
+            return
+        httpd.shutdown()  # returns once serve_forever has exited
+        httpd.server_close()  # joins in-flight request threads
+        if thread is not None:
+            thread.join(timeout=5)
+        self._httpd = self._thread = None
