@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 
+from control_plane import wire
 from sdk.errors import DriverStopped, InvalidRequest, TesseraError, Unavailable
 from sdk.protocol import (
     BATCHED_ACKNOWLEDGEMENTS,
@@ -47,12 +48,11 @@ OfferRefs = OfferRef | Iterable[OfferRef]
 
 
 def parse_masters(masters: Sequence[str] | str) -> list[str]:
-    """'a:5050,b:5050' or ['a:5050', 'b:5050'] -> ['a:5050', 'b:5050']."""
-    items = masters.split(",") if isinstance(masters, str) else list(masters)
-    out = [m.strip() for m in items if m.strip()]
-    if not out:
-        raise InvalidRequest("masters: give at least one master address (HOST:PORT)")
-    return out
+    """'a:5050,b:5050' or ['a:5050', 'b:5050'] -> ['a:5050', 'b:5050'] (`control_plane.wire.parse_masters`)."""
+    try:
+        return list(wire.parse_masters(masters))
+    except ValueError as exc:
+        raise InvalidRequest(f"masters: {exc}") from None
 
 
 def _complete_info(info: FrameworkInfo) -> FrameworkInfo:

@@ -53,12 +53,12 @@ Theory of operation
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import TypeAlias
 
+from control_plane import wire
 from sdk.errors import (
     Conflict,
     InvalidRequest,
@@ -89,35 +89,18 @@ class Phase(Enum):
     FAILED = "failed"
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with downward jitter: `delay(n)` lies in
-    `[nominal(n) * (1 - jitter), nominal(n)]` with `nominal(n) = min(maximum, initial * multiplier**n)`."""
+class Backoff(wire.Backoff):
+    """The one backoff policy of `control_plane.wire` (exponential, downward jitter: `delay(n)` lies in
+    `[nominal(n) * (1 - jitter), nominal(n)]` with `nominal(n) = min(maximum, initial * multiplier**n)`);
+    a nonsensical one is an `InvalidRequest`."""
 
-    initial: float = 0.1
-    maximum: float = 10.0
-    multiplier: float = 2.0
-    jitter: float = 0.5
+    __slots__ = ()
 
     def __post_init__(self) -> None:
-        if not (0 < self.initial <= self.maximum and math.isfinite(self.maximum)):
-            raise InvalidRequest(f"Backoff: need 0 < initial <= maximum, got {self.initial}, {self.maximum}")
-        if not (self.multiplier >= 1 and math.isfinite(self.multiplier)):
-            raise InvalidRequest(f"Backoff: multiplier must be >= 1, got {self.multiplier}")
-        if not 0 <= self.jitter <= 1:
-            raise InvalidRequest(f"Backoff: jitter must be within [0, 1], got {self.jitter}")
-
-    def nominal(self, attempt: int) -> float:
-        # Compare exponents rather than computing a huge power for a long outage.
-        if attempt <= 0:
-            return self.initial
-        if self.multiplier == 1 or attempt * math.log(self.multiplier) >= math.log(self.maximum / self.initial):
-            return self.maximum if self.multiplier > 1 else self.initial
-        return min(self.maximum, self.initial * self.multiplier**attempt)
-
-    def delay(self, attempt: int, rand: float) -> float:
-        """The wait before attempt number `attempt` (0-based), for a `rand` uniform in [0, 1)."""
-        return self.nominal(attempt) * (1.0 - self.jitter * min(max(rand, 0.0), 1.0))
+        try:
+            super().__post_init__()
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
 
 
 DEFAULT_BACKOFF = Backoff()

@@ -67,8 +67,17 @@ import grpc
 
 from control_plane.core.lifecycle import is_terminal
 from control_plane.core.resources import EMPTY
+from control_plane.wire import LEADER_METADATA_KEY
 from sdk._convert import call_from_proto, event_to_proto, info_from_proto, status_to_proto
-from sdk.errors import Conflict, InvalidRequest, NotFound, NotLeader, TesseraError, Unavailable
+from sdk.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    NotLeader,
+    TesseraError,
+    Unavailable,
+    status_for_error,
+)
 from sdk.protocol import (
     BATCHED_ACKNOWLEDGEMENTS,
     AcceptCall,
@@ -905,13 +914,11 @@ class FakeMaster:
 
 
 def _abort(context: grpc.ServicerContext, exc: TesseraError) -> None:
-    # The master's own mapping, so the client sees exactly the codes and metadata a master sends.
-    from control_plane.api.errors import status_for
-
-    code, details, trailers = status_for(exc)
-    if trailers:
-        context.set_trailing_metadata(trailers)
-    context.abort(code, details)
+    # The codes and metadata a master sends (sdk.errors.status_for_error, the inverse of the SDK's mapping).
+    status, details, hint = status_for_error(exc)
+    if hint:
+        context.set_trailing_metadata(((LEADER_METADATA_KEY, hint),))
+    context.abort(getattr(grpc.StatusCode, status, grpc.StatusCode.INTERNAL), details)
 
 
 _RESPONSES: dict[str, Callable[[CallResult], Any]] = {
