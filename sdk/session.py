@@ -40,6 +40,10 @@ Theory of operation
   attempt fails, `on_call_error` says whether to send it again with the same request id: after
   `NotLeader` (and whether the stream must move to the hinted leader first), after `Unavailable`, and
   after a `Conflict` that only says the call went out on a stream that has since been replaced.
+- Call budgets. `CallBudget(now, call_timeout, rpc_timeout)` is the arithmetic of one call's retry loop,
+  shared by the blocking and the asyncio driver: how long the next attempt may take, how long the
+  caller may still wait for a subscription, and (`retry_after`) whether an attempt that failed is sent
+  again — the session said so and the wait fits before the deadline.
 - Leader moves learnt from calls. A call answered `NotLeader` by the master we are subscribed with
   means the stream is stale too: the shell drops it (`CallDecision.reconnect`), and until the new
   subscription no call goes out (`call_header` is None), so calls cannot spin against the old master.
@@ -61,6 +65,7 @@ from typing import TypeAlias
 from control_plane import wire
 from sdk.errors import (
     Conflict,
+    DriverStopped,
     InvalidRequest,
     NotLeader,
     TesseraError,
@@ -173,6 +178,36 @@ class CallDecision:
     reconnect: bool = False
 
 
+@dataclass
+class CallBudget:
+    """One call's retry loop, as arithmetic (times are the shell's clock readings, passed in)."""
+
+    started: float
+    call_timeout: float
+    rpc_timeout: float
+    attempt: int = 0  # 0-based number of the attempt about to be (or being) made
+
+    @property
+    def deadline(self) -> float:
+        return self.started + self.call_timeout
+
+    def remaining(self, now: float) -> float:
+        """How long the caller may still wait (for a subscription, or a backoff) before giving up."""
+        return self.deadline - now
+
+    def attempt_timeout(self, now: float) -> float:
+        """The timeout of the attempt made at `now`: `rpc_timeout`, cut to what is left of the call."""
+        return max(0.001, min(self.rpc_timeout, self.deadline - now))
+
+    def retry_after(self, decision: CallDecision, now: float) -> bool:
+        """After a failed attempt: True to wait `decision.delay` and send again (counting the attempt),
+        False to give the error to the caller (not retryable, or the wait would pass the deadline)."""
+        if not decision.retry or now + decision.delay >= self.deadline:
+            return False
+        self.attempt += 1
+        return True
+
+
 # ---- the session --------------------------------------------------------------------------------------
 
 
@@ -253,6 +288,14 @@ class Session:
         self._tearing_down = False
         if done:
             self.stop()
+
+    def settle_teardown(self, error: BaseException | None) -> bool:
+        """The teardown call returned (`error` None) or raised `error`: True when the framework is gone
+        (a `DriverStopped` raised because the stream ended as the teardown went through counts), False
+        when the caller must see the error (the framework may still exist)."""
+        done = error is None or (isinstance(error, DriverStopped) and self.torn_down)
+        self.end_teardown(done)
+        return done
 
     def subscribe_info(self) -> FrameworkInfo:
         return replace(self.info, framework_id=self.framework_id)

@@ -286,6 +286,27 @@ class FakeTransport:
 
 
 class FakeMaster:
+    """An in-memory Tessera master for unit tests of a scheduler (see the module docstring for all of it).
+
+        fake = FakeMaster(behaviour=runs_and_finishes)   # every task runs, then finishes
+        fake.add_agent("cpus:2;mem:1024")
+        driver = SchedulerDriver(MyScheduler(), FrameworkInfo(name="mine"), fake.addresses,
+                                 transport=fake.transport())
+
+    - `addresses`: the masters it pretends to be (the first leads; `failover()` moves the lead).
+    - `auto_offer` (True): offer free resources as soon as they are free; False: `send_offers()`.
+    - `behaviour(task)`: the states each launched task goes through; None leaves tasks STAGING until
+      `update(task_id, state)`.
+    - `auto_kill` (True): `kill` answers TASK_KILLED at once; False only records it.
+    - `heartbeat_interval` (0: none): what the fake tells the driver; heartbeats go out on `heartbeat()`.
+    - `start_time`: its manual clock (`advance(seconds)`); `batched_acknowledgements`: offer the capability.
+
+    Faults: `fail_next(CallType, error, after_apply=)`, `drop_stream()`, `failover()`, `set_down()`,
+    `remove_framework()`, `remove_agent()`, `rescind()`. Observing: `calls`, `calls_of(CallType)`,
+    `acknowledged`, `tasks()`, `task(id)`, `tasks_in(*states)`, `framework()`, `offers()`, `wait_for()`.
+    Thread-safe: drivers call it from their threads while the test drives it from its own.
+    """
+
     def __init__(self, addresses: Sequence[str] = ("fake-master:5050",), *, auto_offer: bool = True,
                  behaviour: Behaviour | None = None, auto_kill: bool = True, heartbeat_interval: float = 0.0,
                  start_time: float = 1_000.0, batched_acknowledgements: bool = True) -> None:
