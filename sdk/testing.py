@@ -14,7 +14,8 @@
 
 (`tests/unit/sdk/test_fake_master.py` runs a complete example of this kind.)
 
-What it does, following docs/protocol.md and the master's validation rules (`control_plane.core.decide`):
+What it does, following docs/protocol.md and the master's validation rules (`control_plane.core.decide`;
+`tests/unit/sdk/test_master_contract.py` runs the same refusal cases against the fake and a real master):
 
 - Agents: `add_agent(resources, hostname=, attributes=)`, `remove_agent` (its tasks become TASK_LOST).
 - Offers: with `auto_offer=True` (default) every change that frees resources or revives a framework
