@@ -34,7 +34,6 @@ from control_plane.eventlog import history as h
 from control_plane.eventlog.errors import HistoryPruned
 
 ID_KEYS = ("framework_id", "agent_id", "task_id", "offer_id")
-WATCH_RECONNECT_PAUSE = 0.5
 HISTORY_RPC_SECONDS = 120.0  # a rebuild far from any snapshot replays many events: allow for it
 
 
@@ -654,10 +653,14 @@ def _follow(cluster: _Cluster, flt: EventFilter, cursor: int, show: Callable[[Ev
     Every master keeps the same history (same indexes), so resuming elsewhere neither repeats nor skips.
     Falling behind what a master keeps is the one error that cannot be resumed: OUT_OF_RANGE.
     """
+    import random
+
+    from control_plane import wire
+    from control_plane.api.client import BACKOFF
     from tessera.v1 import operator_pb2
 
     addresses = cluster.client.addresses
-    i, down_since = 0, None
+    i, down_since, failures = 0, None, 0
     while True:
         address = addresses[i % len(addresses)]
         stream = cluster.client.operator(address).WatchEvents(
@@ -665,7 +668,7 @@ def _follow(cluster: _Cluster, flt: EventFilter, cursor: int, show: Callable[[Ev
             metadata=cluster.client.metadata)
         try:
             for batch in stream:
-                down_since = None
+                down_since, failures = None, 0
                 for r in batch.events:
                     show(_record_from_proto(r))
                     cursor = r.index + 1
@@ -685,7 +688,8 @@ def _follow(cluster: _Cluster, flt: EventFilter, cursor: int, show: Callable[[Ev
         if now - down_since > cluster.timeout:
             fail(f"lost the event stream: no master answered for {cluster.timeout:g}s (last index {cursor - 1})")
         i += 1
-        time.sleep(WATCH_RECONNECT_PAUSE)
+        failures += 1  # the one backoff policy (control_plane.wire), growing per round over the masters
+        time.sleep(BACKOFF.delay(wire.rounds(failures, len(addresses)), random.random()))
 
 
 # ---- tessera events export ------------------------------------------------------------------------------
