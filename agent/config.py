@@ -23,6 +23,7 @@ from pathlib import Path
 
 import psutil
 
+from control_plane import wire
 from control_plane.core.errors import InvalidRequest
 from control_plane.core.resources import Resources
 from control_plane.core.values import Labels
@@ -33,7 +34,6 @@ ISOLATION_CHOICES = ("auto", "cgroups_v2", "cgroups_v1", "rlimits")
 SUPERVISOR_START_CHOICES = ("fork-server", "interpreter")
 DEFAULT_PORTS = (31000, 32000)
 MIB = 1024 * 1024
-_ADDRESS_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}\Z")
 _ATTRIBUTE_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
 
 
@@ -92,14 +92,11 @@ class ResolvedConfig:
 
 
 def parse_masters(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    items = text.split(",") if isinstance(text, str) else list(text)
-    addresses = tuple(dict.fromkeys(a.strip() for a in items if a.strip()))
-    if not addresses:
-        raise ConfigError("--masters: give at least one HOST:PORT")
-    for a in addresses:
-        if not _ADDRESS_RE.match(a) or not 0 < int(a.rsplit(":", 1)[1]) < 65536:
-            raise ConfigError(f"--masters: expected HOST:PORT, got {a!r}")
-    return addresses
+    """`control_plane.wire.parse_masters`, its error a ConfigError naming the flag."""
+    try:
+        return wire.parse_masters(text)
+    except ValueError as exc:
+        raise ConfigError(f"--masters: {exc}") from None
 
 
 def parse_attributes(text: str) -> Labels:

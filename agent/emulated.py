@@ -37,11 +37,12 @@ from agent.config import AgentConfig, parse_attributes, parse_masters, parse_res
 from agent.core.dialing import Backoff, DialPlan
 from agent.core.status_updates import AckOutcome, PendingUpdate, RetryPolicy, StatusUpdateManager
 from agent.core.tasks import DuplicateTask, Outcome, TaskTable, make_status
-from agent.runtime.link import CHANNEL_OPTIONS, LEADER_METADATA_KEY
+from agent.runtime.link import CHANNEL_OPTIONS
 from control_plane.codec import from_proto, to_proto
 from control_plane.core.errors import InvalidRequest
 from control_plane.core.resources import Resources
 from control_plane.core.values import AgentInfo, Labels, StatusSource, TaskInfo, TaskKey, TaskState
+from control_plane.wire import leader_hint
 from tessera.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 log = logging.getLogger("tessera.agent.emulated")
@@ -120,10 +121,7 @@ class _ChannelPool:
 
 
 def _hint(err: grpc.aio.AioRpcError) -> str | None:
-    for key, value in err.trailing_metadata() or ():
-        if key == LEADER_METADATA_KEY and value:
-            return value.decode() if isinstance(value, bytes) else str(value)
-    return None
+    return leader_hint(err.trailing_metadata())
 
 
 class EmulatedAgent:

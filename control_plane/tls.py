@@ -23,6 +23,7 @@ agent, the SDK's `tessera run` and masters among themselves build it from `--tls
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -172,3 +173,38 @@ def read_token_file(path: Path | str) -> str:
     if not token:
         raise TlsConfigError(f"--token-file: {path} is empty")
     return token
+
+
+# ---- the security `tessera up --secure` recorded --------------------------------------------------------
+DEFAULT_DATA_DIR = Path(".tessera")  # `tessera up`'s data directory, relative to where it ran
+STATE_FILE = "cluster.json"
+
+
+def find_cluster_file(start: Path | None = None) -> Path | None:
+    """The `.tessera/cluster.json` of `start` (the current directory) or its nearest parent."""
+    here = (start or Path.cwd()).resolve()
+    for directory in (here, *here.parents):
+        candidate = directory / DEFAULT_DATA_DIR / STATE_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_cluster_file(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def cluster_security(kind: str) -> tuple[str, str] | None:
+    """(TLS directory, token file) of `kind` (operator, framework) recorded by `tessera up --secure` in the
+    nearest cluster.json; None when there is none (an insecure cluster, or none at all)."""
+    found = find_cluster_file()
+    data = read_cluster_file(found) if found is not None else None
+    security = data.get("security") if data else None
+    entry = security.get(kind) if isinstance(security, dict) else None
+    if isinstance(entry, dict) and isinstance(entry.get("tls_dir"), str) and isinstance(entry.get("token_file"), str):
+        return entry["tls_dir"], entry["token_file"]
+    return None

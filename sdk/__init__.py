@@ -1,5 +1,11 @@
 """Tessera's framework SDK: write a scheduler, connect it to the masters, test it without a cluster.
 
+A guide in six parts; the classes below are the reference. Import everything from `sdk` (`sdk.__all__`).
+
+1. A scheduler is callbacks. Subclass `Scheduler` (or `AsyncScheduler`, whose callbacks may be
+   `async def`) and override what you need: `subscribed`, `offers`, `rescinded`, `update`, `message`,
+   `disconnected`, `error`. They run one at a time, in order, on the driver's callback thread (loop).
+
     from sdk import FrameworkInfo, Resources, Scheduler, SchedulerDriver, TaskInfo
 
     class Hello(Scheduler):
@@ -12,17 +18,49 @@
 
         def update(self, driver, status):
             if status.is_terminal:
-                driver.stop()
+                driver.teardown()   # done: end the framework (stop() would leave it registered)
 
     SchedulerDriver(Hello(), FrameworkInfo(name="hello"), ["127.0.0.1:5050"]).run()
 
-Modules: `sdk.types` (values), `sdk.scheduler` (callbacks), `sdk.driver` / `sdk.aio` (the blocking and
-asyncio drivers), `sdk.session` (the sans-IO session both drivers share), `sdk.errors` (the error tree),
-`sdk.transport` (the transport port; `sdk.grpc_transport` is the real one), `sdk.testing` (`FakeMaster`),
-`sdk.examples` (a batch runner and a service keeper) and `sdk.run` (`tessera run`).
-"""
+2. The driver (`SchedulerDriver`, blocking; `AsyncSchedulerDriver`, asyncio) subscribes, follows the
+   leader, reconnects with backoff (`Backoff`) and re-subscribes with the framework id, so the
+   framework keeps its tasks across master failovers. Its calls: `launch`/`accept`, `decline`,
+   `revive`, `suppress`, `kill`, `reconcile`, `acknowledge`, `message`, `teardown`.
+   Ending: `teardown()` ends the framework (the master kills its tasks and forgets it) and stops the
+   driver; `stop()` only disconnects: the framework and its tasks stay for `failover_timeout`, for a
+   new driver with the same framework id to take over. A finished framework calls `teardown()`.
 
-from __future__ import annotations
+3. Errors (`TesseraError` and its subclasses, `sdk.errors`). A call that fails with a definite refusal
+   (`sdk.errors.REFUSED`: `InvalidRequest`, `NotFound`, `Conflict`, `Unauthenticated`,
+   `PermissionDenied`) was not applied. Any other failure — above all `Unavailable` after the call
+   kept retrying for `call_timeout`, or a `ServerError` — may have been applied: settle it by
+   reconciling, never by assuming it failed (a launch retried under a fresh task id would run twice):
+
+    try:
+        driver.launch(offer, tasks)
+    except REFUSED:
+        ...                                   # not applied: the tasks wait again; decline, revive
+    except TesseraError:
+        for status in driver.reconcile([t.task_id for t in tasks]):
+            if status.state is TaskState.TASK_LOST and status.reason == "REASON_RECONCILIATION":
+                ...                           # the master does not know it: not launched
+            else:
+                ...                           # launched: its updates follow as usual
+
+4. Task states (`TaskState`, `TaskStatus`). Updates arrive in order per task and are acknowledged
+   after `update()` returns. Do not rely on seeing every state: after a master or agent failover a task
+   may go from TASK_STAGING straight to a terminal state (TASK_RUNNING skipped). `status.is_terminal`
+   marks the end; anything else means the task is still alive.
+
+5. Testing: `sdk.testing.FakeMaster` is an in-memory master (agents, offers, scripted task
+   behaviours, failovers and fault injection such as `fail_next(AcceptCall, Unavailable(...),
+   after_apply=True)`); pass `transport=fake.transport()` to either driver. See `help(sdk.testing)`.
+
+6. Modules: `sdk.types` (values), `sdk.scheduler` (callbacks), `sdk.driver` / `sdk.aio` (the two
+   drivers), `sdk.session` (the sans-IO session both drivers share), `sdk.errors` (the error tree),
+   `sdk.transport` (the transport port; `sdk.grpc_transport` is the real one), `sdk.testing`
+   (`FakeMaster`), `sdk.examples` (a batch runner and a service keeper), `sdk.run` (`tessera run`).
+"""
 
 from sdk.aio import AsyncSchedulerDriver
 from sdk.driver import SchedulerDriver

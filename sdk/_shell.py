@@ -21,11 +21,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
+from typing import Any
 
+from control_plane import wire
 from sdk.errors import DriverStopped, InvalidRequest, TesseraError, Unavailable
 from sdk.protocol import (
     BATCHED_ACKNOWLEDGEMENTS,
     AcceptCall,
+    AcknowledgeCall,
+    AcknowledgeManyCall,
     CallHeader,
     DeclineCall,
     KillCall,
@@ -34,7 +38,22 @@ from sdk.protocol import (
     ReviveCall,
     SuppressCall,
 )
-from sdk.session import DEFAULT_BACKOFF, Attempt, Backoff, Effect, NotifyError, Phase, Session
+from sdk.session import (
+    DEFAULT_BACKOFF,
+    Attempt,
+    Backoff,
+    CallBudget,
+    Effect,
+    NotifyDisconnected,
+    NotifyError,
+    NotifyMessage,
+    NotifyOffers,
+    NotifyRescinded,
+    NotifySubscribed,
+    NotifyUpdate,
+    Phase,
+    Session,
+)
 from sdk.transport import EventStream, StreamEnded, Transport
 from sdk.types import Filters, FrameworkInfo, Launch, Offer, Operation, Reserve, TaskInfo, Unreserve, as_tuple
 
@@ -45,14 +64,31 @@ MAX_ACKS_PER_CALL = 1000  # batched implicit acknowledgements in one call
 OfferRef = str | Offer
 OfferRefs = OfferRef | Iterable[OfferRef]
 
+# Which scheduler callback each effect goes to, and its arguments after the driver: the one dispatch
+# table of both drivers.
+CALLBACKS: dict[type, tuple[str, Callable[[Any], tuple[Any, ...]]]] = {
+    NotifySubscribed: ("subscribed", lambda e: (e.framework_id,)),
+    NotifyOffers: ("offers", lambda e: (list(e.offers),)),
+    NotifyRescinded: ("rescinded", lambda e: (e.offer_id,)),
+    NotifyUpdate: ("update", lambda e: (e.status,)),
+    NotifyMessage: ("message", lambda e: (e.agent_id, e.data)),
+    NotifyDisconnected: ("disconnected", lambda e: ()),
+    NotifyError: ("error", lambda e: (e.message,)),
+}
+
+
+def callback_for(effect: Effect) -> tuple[str, tuple[Any, ...]]:
+    """(scheduler method name, arguments after the driver) for an effect."""
+    name, arguments = CALLBACKS[type(effect)]
+    return name, arguments(effect)
+
 
 def parse_masters(masters: Sequence[str] | str) -> list[str]:
-    """'a:5050,b:5050' or ['a:5050', 'b:5050'] -> ['a:5050', 'b:5050']."""
-    items = masters.split(",") if isinstance(masters, str) else list(masters)
-    out = [m.strip() for m in items if m.strip()]
-    if not out:
-        raise InvalidRequest("masters: give at least one master address (HOST:PORT)")
-    return out
+    """'a:5050,b:5050' or ['a:5050', 'b:5050'] -> ['a:5050', 'b:5050'] (`control_plane.wire.parse_masters`)."""
+    try:
+        return list(wire.parse_masters(masters))
+    except ValueError as exc:
+        raise InvalidRequest(f"masters: {exc}") from None
 
 
 def _complete_info(info: FrameworkInfo) -> FrameworkInfo:
@@ -288,6 +324,30 @@ class DriverBase:
 
     def _not_subscribed(self, what: str) -> Unavailable:
         return Unavailable(f"{what}: not subscribed with a master within {self.call_timeout:g} s")
+
+    def _budget(self, now: float) -> CallBudget:
+        return CallBudget(now, self.call_timeout, self.rpc_timeout)
+
+    def _ack_calls(self, acks: list[AcknowledgeCall]) -> list[AcknowledgeCall | AcknowledgeManyCall]:
+        """The calls that send these waiting acknowledgements: one call for all, or (one left, or a master
+        without BATCHED_ACKNOWLEDGEMENTS after a failover) one call each."""
+        if len(acks) == 1 or not self._batched_acks_allowed():
+            return list(acks)
+        return [AcknowledgeManyCall(tuple(acks))]
+
+    @staticmethod
+    def _ack_failed(call: AcknowledgeCall | AcknowledgeManyCall, exc: TesseraError) -> None:
+        what = (f"update {call.uuid} of task {call.task_id}" if isinstance(call, AcknowledgeCall)
+                else f"{len(call.acks)} updates")
+        if isinstance(exc, DriverStopped):
+            log.debug("%s not acknowledged: the driver stopped", what)
+        else:
+            # Not fatal: the master re-sends unacknowledged updates after the next subscription.
+            log.warning("acknowledging %s failed: %s", what, exc)
+
+    def _teardown_settled(self, error: BaseException | None) -> bool:
+        with self._lock:
+            return self._session.settle_teardown(error)
 
     # ---- call builders --------------------------------------------------------------------------------
     def _offer_ids(self, offers: OfferRefs) -> tuple[tuple[str, ...], str]:

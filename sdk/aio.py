@@ -16,23 +16,14 @@ import asyncio
 import inspect
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sdk._shell import MAX_ACKS_PER_CALL, DriverBase, OfferRefs, StreamRunner
+from sdk._shell import MAX_ACKS_PER_CALL, DriverBase, OfferRefs, StreamRunner, callback_for
 from sdk.errors import DriverStopped, TesseraError
 from sdk.protocol import AcknowledgeCall, AcknowledgeManyCall, Call, CallResult, TeardownCall
 from sdk.scheduler import AsyncScheduler
-from sdk.session import (
-    Effect,
-    NotifyDisconnected,
-    NotifyError,
-    NotifyMessage,
-    NotifyOffers,
-    NotifyRescinded,
-    NotifySubscribed,
-    NotifyUpdate,
-)
+from sdk.session import Effect, NotifyError, NotifyUpdate
 from sdk.types import Filters, FrameworkInfo, Launch, Operation, TaskInfo, TaskStatus
 
 log = logging.getLogger("sdk.driver")
@@ -136,7 +127,7 @@ class AsyncSchedulerDriver(DriverBase):
                     return
                 for effect in effects:
                     if isinstance(effect, NotifyError):
-                        await self._callback("error", self.scheduler.error, self, effect.message)
+                        await self._deliver(effect)
                         return
                     if self._stopped.is_set():
                         break
@@ -158,63 +149,37 @@ class AsyncSchedulerDriver(DriverBase):
             self._close_transport()
 
     async def _deliver(self, effect: Effect) -> None:
-        s = self.scheduler
-        if isinstance(effect, NotifySubscribed):
-            await self._callback("subscribed", s.subscribed, self, effect.framework_id)
-        elif isinstance(effect, NotifyOffers):
-            await self._callback("offers", s.offers, self, list(effect.offers))
-        elif isinstance(effect, NotifyRescinded):
-            await self._callback("rescinded", s.rescinded, self, effect.offer_id)
-        elif isinstance(effect, NotifyUpdate):
-            ok = await self._callback("update", s.update, self, effect.status)
-            if ok and effect.acknowledge is not None:
-                if self._batched_acks_allowed():
-                    self._ack_queue.append(effect.acknowledge)
-                    if self._ack_task is None or self._ack_task.done():
-                        self._ack_task = asyncio.get_running_loop().create_task(self._drain_acknowledgements())
-                else:
-                    await self._send_acknowledgement(effect.acknowledge)
-        elif isinstance(effect, NotifyMessage):
-            await self._callback("message", s.message, self, effect.agent_id, effect.data)
-        elif isinstance(effect, NotifyDisconnected):
-            await self._callback("disconnected", s.disconnected, self)
-
-    @staticmethod
-    async def _callback(name: str, fn: Callable[..., Any], *args: Any) -> bool:
+        name, arguments = callback_for(effect)
         try:
-            result = fn(*args)
+            result = getattr(self.scheduler, name)(self, *arguments)
             if inspect.isawaitable(result):
                 await result
-            return True
         except Exception:  # noqa: BLE001 - a scheduler bug must not kill the driver (documented)
             log.exception("scheduler callback %s raised", name)
-            return False
+            return  # and its update is not acknowledged
+        if isinstance(effect, NotifyUpdate) and effect.acknowledge is not None:
+            if self._batched_acks_allowed():
+                self._ack_queue.append(effect.acknowledge)
+                if self._ack_task is None or self._ack_task.done():
+                    self._ack_task = asyncio.get_running_loop().create_task(self._drain_acknowledgements())
+            else:
+                await self._send_acknowledgement(effect.acknowledge)
 
     async def _drain_acknowledgements(self) -> None:
         while self._ack_queue:
             acks, self._ack_queue = self._ack_queue[:MAX_ACKS_PER_CALL], self._ack_queue[MAX_ACKS_PER_CALL:]
-            if len(acks) == 1 or not self._batched_acks_allowed():
-                for ack in acks:
-                    await self._send_acknowledgement(ack)
-                continue
-            try:
-                await self._call(AcknowledgeManyCall(tuple(acks)))
-            except DriverStopped:
-                log.debug("%d updates not acknowledged: the driver stopped", len(acks))
-            except TesseraError as exc:
-                log.warning("acknowledging %d updates failed: %s", len(acks), exc)
+            for call in self._ack_calls(acks):
+                await self._send_acknowledgement(call)
 
     async def _acknowledgements_sent(self) -> None:
         if self._ack_task is not None and not self._ack_task.done():
             await asyncio.shield(self._ack_task)
 
-    async def _send_acknowledgement(self, ack: AcknowledgeCall) -> None:
+    async def _send_acknowledgement(self, ack: AcknowledgeCall | AcknowledgeManyCall) -> None:
         try:
             await self._call(ack)
-        except DriverStopped:
-            log.debug("update %s of task %s not acknowledged: the driver stopped", ack.uuid, ack.task_id)
         except TesseraError as exc:
-            log.warning("acknowledging update %s of task %s failed: %s", ack.uuid, ack.task_id, exc)
+            self._ack_failed(ack, exc)
 
     # ---- calls ----------------------------------------------------------------------------------------
     async def _pause(self, seconds: float) -> None:
@@ -231,8 +196,7 @@ class AsyncSchedulerDriver(DriverBase):
             raise DriverStopped(f"{what}: start the driver first")
         loop = asyncio.get_running_loop()
         request_id = self._new_request_id()
-        deadline = loop.time() + self.call_timeout
-        attempt = 0
+        budget = self._budget(loop.time())
         while True:
             while True:
                 changed = self._changed
@@ -240,7 +204,7 @@ class AsyncSchedulerDriver(DriverBase):
                     target = self._header_or_none(request_id)
                 if target is not None:
                     break
-                remaining = deadline - loop.time()
+                remaining = budget.remaining(loop.time())
                 if remaining <= 0 or changed is None:
                     raise self._not_subscribed(what)
                 try:
@@ -248,20 +212,19 @@ class AsyncSchedulerDriver(DriverBase):
                 except TimeoutError:
                     pass
             address, header = target
-            timeout = max(0.001, min(self.rpc_timeout, deadline - loop.time()))
+            timeout = budget.attempt_timeout(loop.time())
             try:
                 return await loop.run_in_executor(None, self._transport.call, address, header, call, timeout)
             except TesseraError as err:
                 with self._lock:
-                    decision = self._session.on_call_error(err, header.stream_id, attempt)
-                if not decision.retry or loop.time() + decision.delay >= deadline:
+                    decision = self._session.on_call_error(err, header.stream_id, budget.attempt)
+                if not budget.retry_after(decision, loop.time()):
                     raise
-                log.debug("%s attempt %d failed (%s); retrying", what, attempt, err)
+                log.debug("%s attempt %d failed (%s); retrying", what, budget.attempt, err)
                 if decision.reconnect:
                     self._runner.kick()
                 if decision.delay > 0:
                     await self._pause(decision.delay)
-                attempt += 1
 
     async def accept(self, offers: OfferRefs, operations: Iterable[Operation | TaskInfo] = (),
                      filters: Filters | None = None) -> None:
@@ -308,17 +271,9 @@ class AsyncSchedulerDriver(DriverBase):
             self._session.begin_teardown()
         try:
             await self._call(TeardownCall())
-        except DriverStopped:
-            with self._lock:
-                done = self._session.torn_down
-                self._session.end_teardown(done)
-            if not done:
+        except BaseException as exc:
+            if not self._teardown_settled(exc):
                 raise
-        except BaseException:
-            with self._lock:
-                self._session.end_teardown(False)
-            raise
         else:
-            with self._lock:
-                self._session.end_teardown(True)
+            self._teardown_settled(None)
         await self.stop()

@@ -26,26 +26,11 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
-from sdk._shell import MAX_ACKS_PER_CALL, DriverBase, OfferRefs, StreamRunner
+from sdk._shell import MAX_ACKS_PER_CALL, DriverBase, OfferRefs, StreamRunner, callback_for
 from sdk.errors import DriverStopped, TesseraError
-from sdk.protocol import (
-    AcknowledgeCall,
-    AcknowledgeManyCall,
-    Call,
-    CallResult,
-    TeardownCall,
-)
+from sdk.protocol import AcknowledgeCall, AcknowledgeManyCall, Call, CallResult, TeardownCall
 from sdk.scheduler import Scheduler
-from sdk.session import (
-    Effect,
-    NotifyDisconnected,
-    NotifyError,
-    NotifyMessage,
-    NotifyOffers,
-    NotifyRescinded,
-    NotifySubscribed,
-    NotifyUpdate,
-)
+from sdk.session import Effect, NotifyError, NotifyUpdate
 from sdk.types import Filters, FrameworkInfo, Launch, Operation, TaskInfo, TaskStatus
 
 log = logging.getLogger("sdk.driver")
@@ -153,7 +138,7 @@ class SchedulerDriver(DriverBase):
                     return
                 for effect in effects:
                     if isinstance(effect, NotifyError):
-                        self._callback("error", self.scheduler.error, self, effect.message)
+                        self._deliver(effect)
                         return
                     if self._stopped.is_set():
                         break
@@ -174,37 +159,25 @@ class SchedulerDriver(DriverBase):
             self._done.set()
 
     def _deliver(self, effect: Effect) -> None:
-        s = self.scheduler
-        if isinstance(effect, NotifySubscribed):
-            self._callback("subscribed", s.subscribed, self, effect.framework_id)
-        elif isinstance(effect, NotifyOffers):
-            self._callback("offers", s.offers, self, list(effect.offers))
-        elif isinstance(effect, NotifyRescinded):
-            self._callback("rescinded", s.rescinded, self, effect.offer_id)
-        elif isinstance(effect, NotifyUpdate):
-            if self._callback("update", s.update, self, effect.status) and effect.acknowledge is not None:
-                if self._batched_acks_allowed():
-                    self._queue_acknowledgement(effect.acknowledge)
-                elif self._stop_pending:
-                    self._send_acknowledgement(effect.acknowledge)  # before the stop takes effect
-                else:
-                    try:
-                        self._acks.submit(self._send_acknowledgement, effect.acknowledge)
-                    except RuntimeError:  # the pool is shut down: the driver is stopping
-                        self._send_acknowledgement(effect.acknowledge)
-        elif isinstance(effect, NotifyMessage):
-            self._callback("message", s.message, self, effect.agent_id, effect.data)
-        elif isinstance(effect, NotifyDisconnected):
-            self._callback("disconnected", s.disconnected, self)
-
-    @staticmethod
-    def _callback(name: str, fn: Any, *args: Any) -> bool:
+        name, arguments = callback_for(effect)
         try:
-            fn(*args)
-            return True
+            getattr(self.scheduler, name)(self, *arguments)
         except Exception:  # noqa: BLE001 - a scheduler bug must not kill the driver (documented)
             log.exception("scheduler callback %s raised", name)
-            return False
+            return  # and its update is not acknowledged
+        if isinstance(effect, NotifyUpdate) and effect.acknowledge is not None:
+            self._acknowledge_later(effect.acknowledge)
+
+    def _acknowledge_later(self, ack: AcknowledgeCall) -> None:
+        if self._batched_acks_allowed():
+            self._queue_acknowledgement(ack)
+        elif self._stop_pending:
+            self._send_acknowledgement(ack)  # before the stop takes effect
+        else:
+            try:
+                self._acks.submit(self._send_acknowledgement, ack)
+            except RuntimeError:  # the pool is shut down: the driver is stopping
+                self._send_acknowledgement(ack)
 
     def _queue_acknowledgement(self, ack: AcknowledgeCall) -> None:
         with self._ack_lock:
@@ -228,26 +201,14 @@ class SchedulerDriver(DriverBase):
                 if not acks:
                     self._ack_senders -= 1
                     return
-            if len(acks) == 1 or not self._batched_acks_allowed():
-                for ack in acks:  # one left, or a master (after a failover) without batched acknowledgements
-                    self._send_acknowledgement(ack)
-                continue
-            try:
-                self._call(AcknowledgeManyCall(tuple(acks)))
-            except DriverStopped:
-                log.debug("%d updates not acknowledged: the driver stopped", len(acks))
-            except TesseraError as exc:
-                # Not fatal: the master re-sends unacknowledged updates after the next subscription.
-                log.warning("acknowledging %d updates failed: %s", len(acks), exc)
+            for call in self._ack_calls(acks):
+                self._send_acknowledgement(call)
 
-    def _send_acknowledgement(self, ack: AcknowledgeCall) -> None:
+    def _send_acknowledgement(self, ack: AcknowledgeCall | AcknowledgeManyCall) -> None:
         try:
             self._call(ack)
-        except DriverStopped:
-            log.debug("update %s of task %s not acknowledged: the driver stopped", ack.uuid, ack.task_id)
         except TesseraError as exc:
-            # Not fatal: the master re-sends unacknowledged updates after the next subscription.
-            log.warning("acknowledging update %s of task %s failed: %s", ack.uuid, ack.task_id, exc)
+            self._ack_failed(ack, exc)
 
     # ---- calls ----------------------------------------------------------------------------------------
     def _call(self, call: Call) -> CallResult:
@@ -256,32 +217,29 @@ class SchedulerDriver(DriverBase):
             if not self._started:
                 raise DriverStopped(f"{what}: start the driver first")
         request_id = self._new_request_id()
-        deadline = time.monotonic() + self.call_timeout
-        attempt = 0
+        budget = self._budget(time.monotonic())
         while True:
             with self._lock:
                 target = self._header_or_none(request_id)
                 while target is None:
-                    remaining = deadline - time.monotonic()
+                    remaining = budget.remaining(time.monotonic())
                     if remaining <= 0:
                         raise self._not_subscribed(what)
                     self._lock.wait(remaining)
                     target = self._header_or_none(request_id)
             address, header = target
-            timeout = max(0.001, min(self.rpc_timeout, deadline - time.monotonic()))
             try:
-                return self._transport.call(address, header, call, timeout)
+                return self._transport.call(address, header, call, budget.attempt_timeout(time.monotonic()))
             except TesseraError as err:
                 with self._lock:
-                    decision = self._session.on_call_error(err, header.stream_id, attempt)
-                if not decision.retry or time.monotonic() + decision.delay >= deadline:
+                    decision = self._session.on_call_error(err, header.stream_id, budget.attempt)
+                if not budget.retry_after(decision, time.monotonic()):
                     raise
-                log.debug("%s attempt %d failed (%s); retrying", what, attempt, err)
+                log.debug("%s attempt %d failed (%s); retrying", what, budget.attempt, err)
                 if decision.reconnect:
                     self._runner.kick()
                 if decision.delay > 0:
                     self._stopped.wait(decision.delay)
-                attempt += 1
 
     def accept(self, offers: OfferRefs, operations: Iterable[Operation | TaskInfo] = (),
                filters: Filters | None = None) -> None:
@@ -340,17 +298,9 @@ class SchedulerDriver(DriverBase):
             self._session.begin_teardown()
         try:
             self._call(TeardownCall())
-        except DriverStopped:
-            with self._lock:
-                done = self._session.torn_down
-                self._session.end_teardown(done)
-            if not done:
+        except BaseException as exc:
+            if not self._teardown_settled(exc):
                 raise
-        except BaseException:
-            with self._lock:
-                self._session.end_teardown(False)
-            raise
         else:
-            with self._lock:
-                self._session.end_teardown(True)
+            self._teardown_settled(None)
         self.stop()

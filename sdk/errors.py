@@ -18,7 +18,8 @@ implement the call) and `DriverStopped` (a local error: the driver cannot make c
     ├── ServerError       INTERNAL, UNKNOWN, UNIMPLEMENTED, DATA_LOSS: the master failed or cannot do it
     └── DriverStopped     local: the driver was stopped, or the master ended the framework for good
 
-Callers match on classes, never on messages. `error_for_status` is the only code-to-class mapping.
+Callers match on classes, never on messages. `error_for_status` is the only code-to-class mapping;
+`status_for_error` is its inverse (what a master answers for an error: `sdk.testing`'s gRPC fake uses it).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from control_plane.core.errors import (
     NotFound,
     NotLeader,
     PermissionDenied,
+    ResourceExhausted,
     TesseraError,
     Unauthenticated,
     Unavailable,
@@ -41,12 +43,14 @@ __all__ = [
     "NotFound",
     "NotLeader",
     "PermissionDenied",
+    "REFUSED",
     "RETRYABLE",
     "ServerError",
     "TesseraError",
     "Unauthenticated",
     "Unavailable",
     "error_for_status",
+    "status_for_error",
 ]
 
 
@@ -69,6 +73,11 @@ class DriverStopped(TesseraError):
 # Errors after which the same request (same request id) may be sent again: the master may or may not
 # have applied it, and the log de-duplicates by request id.
 RETRYABLE: tuple[type[TesseraError], ...] = (NotLeader, Unavailable)
+
+# Definite refusals: the master decided against the call, so it was NOT applied. Any other failure (a call
+# that ran out of `call_timeout`, a ServerError, the driver stopping) may have been applied: settle it by
+# reconciling (`driver.reconcile(task_ids)`), never by assuming it failed.
+REFUSED: tuple[type[TesseraError], ...] = (InvalidRequest, NotFound, Conflict, Unauthenticated, PermissionDenied)
 
 _BY_STATUS: dict[str, type[TesseraError]] = {
     "INVALID_ARGUMENT": InvalidRequest,
@@ -96,3 +105,30 @@ def error_for_status(status: str, details: str, leader_hint: str | None = None) 
     if cls is None:
         return ServerError(f"{status}: {message}" if details else status, status)
     return cls(message)
+
+
+# The status code a master answers with for each error class (most specific class first).
+_STATUS_OF: tuple[tuple[type[TesseraError], str], ...] = (
+    (InvalidRequest, "INVALID_ARGUMENT"),
+    (NotFound, "NOT_FOUND"),
+    (Conflict, "FAILED_PRECONDITION"),
+    (NotLeader, "UNAVAILABLE"),
+    (Unauthenticated, "UNAUTHENTICATED"),
+    (PermissionDenied, "PERMISSION_DENIED"),
+    (ResourceExhausted, "RESOURCE_EXHAUSTED"),
+    (Unavailable, "UNAVAILABLE"),
+)
+
+
+def status_for_error(exc: BaseException) -> tuple[str, str, str | None]:
+    """(status code name, details, leader hint) a master answers for `exc`; `error_for_status` maps it back
+    to the same class."""
+    if isinstance(exc, NotLeader):
+        return "UNAVAILABLE", exc.message, exc.leader_hint or None
+    if isinstance(exc, ServerError):
+        return exc.status, exc.message, None
+    if isinstance(exc, TesseraError):
+        for cls, status in _STATUS_OF:
+            if isinstance(exc, cls):
+                return status, exc.message, None
+    return "INTERNAL", f"internal error: {type(exc).__name__}", None

@@ -34,6 +34,7 @@ import grpc
 from opentelemetry import propagate, trace
 
 from control_plane.tls import MASTER_NAME, ClientSecurity
+from control_plane.wire import leader_hint
 from sdk._convert import call_to_proto, events_from_proto, info_to_proto, status_from_proto
 from sdk.errors import TesseraError, error_for_status
 from sdk.protocol import BATCHED_UPDATES, Call, CallHeader, CallResult, Event
@@ -41,7 +42,6 @@ from sdk.transport import StreamEnded
 from sdk.types import FrameworkInfo
 from tessera.v1 import scheduler_pb2, scheduler_pb2_grpc
 
-LEADER_METADATA_KEY = "tessera-leader"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 TRACER_NAME = "tessera.sdk"
 
@@ -50,11 +50,7 @@ def error_from_rpc(err: grpc.RpcError) -> TesseraError:
     """The SDK error for a failed gRPC call (the one gRPC-specific half of the mapping)."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = err.details() if hasattr(err, "details") else str(err)
-    trailers = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
-    hint = None
-    for key, value in trailers or ():
-        if key == LEADER_METADATA_KEY and value:
-            hint = value.decode() if isinstance(value, bytes) else str(value)
+    hint = leader_hint(err.trailing_metadata() if hasattr(err, "trailing_metadata") else None)
     return error_for_status(code.name if code is not None else "UNKNOWN", details or "", hint)
 
 

@@ -295,8 +295,7 @@ def _security() -> ClientSecurity:
     """`tessera --tls-dir D --token-file F run ...`: the group's flags (and TESSERA_TOKEN), else
     TESSERA_TLS_DIR / TESSERA_TOKEN(_FILE), else the framework files a `tessera up --secure` cluster
     started here recorded, else plaintext."""
-    from control_plane.cli.up import cluster_security
-    from control_plane.tls import read_token_file
+    from control_plane.tls import cluster_security, read_token_file
 
     ctx = click.get_current_context(silent=True)
     root = ctx.find_root() if ctx is not None else None

@@ -40,6 +40,10 @@ Theory of operation
   attempt fails, `on_call_error` says whether to send it again with the same request id: after
   `NotLeader` (and whether the stream must move to the hinted leader first), after `Unavailable`, and
   after a `Conflict` that only says the call went out on a stream that has since been replaced.
+- Call budgets. `CallBudget(now, call_timeout, rpc_timeout)` is the arithmetic of one call's retry loop,
+  shared by the blocking and the asyncio driver: how long the next attempt may take, how long the
+  caller may still wait for a subscription, and (`retry_after`) whether an attempt that failed is sent
+  again — the session said so and the wait fits before the deadline.
 - Leader moves learnt from calls. A call answered `NotLeader` by the master we are subscribed with
   means the stream is stale too: the shell drops it (`CallDecision.reconnect`), and until the new
   subscription no call goes out (`call_header` is None), so calls cannot spin against the old master.
@@ -53,14 +57,15 @@ Theory of operation
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import TypeAlias
 
+from control_plane import wire
 from sdk.errors import (
     Conflict,
+    DriverStopped,
     InvalidRequest,
     NotLeader,
     TesseraError,
@@ -89,35 +94,18 @@ class Phase(Enum):
     FAILED = "failed"
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with downward jitter: `delay(n)` lies in
-    `[nominal(n) * (1 - jitter), nominal(n)]` with `nominal(n) = min(maximum, initial * multiplier**n)`."""
+class Backoff(wire.Backoff):
+    """The one backoff policy of `control_plane.wire` (exponential, downward jitter: `delay(n)` lies in
+    `[nominal(n) * (1 - jitter), nominal(n)]` with `nominal(n) = min(maximum, initial * multiplier**n)`);
+    a nonsensical one is an `InvalidRequest`."""
 
-    initial: float = 0.1
-    maximum: float = 10.0
-    multiplier: float = 2.0
-    jitter: float = 0.5
+    __slots__ = ()
 
     def __post_init__(self) -> None:
-        if not (0 < self.initial <= self.maximum and math.isfinite(self.maximum)):
-            raise InvalidRequest(f"Backoff: need 0 < initial <= maximum, got {self.initial}, {self.maximum}")
-        if not (self.multiplier >= 1 and math.isfinite(self.multiplier)):
-            raise InvalidRequest(f"Backoff: multiplier must be >= 1, got {self.multiplier}")
-        if not 0 <= self.jitter <= 1:
-            raise InvalidRequest(f"Backoff: jitter must be within [0, 1], got {self.jitter}")
-
-    def nominal(self, attempt: int) -> float:
-        # Compare exponents rather than computing a huge power for a long outage.
-        if attempt <= 0:
-            return self.initial
-        if self.multiplier == 1 or attempt * math.log(self.multiplier) >= math.log(self.maximum / self.initial):
-            return self.maximum if self.multiplier > 1 else self.initial
-        return min(self.maximum, self.initial * self.multiplier**attempt)
-
-    def delay(self, attempt: int, rand: float) -> float:
-        """The wait before attempt number `attempt` (0-based), for a `rand` uniform in [0, 1)."""
-        return self.nominal(attempt) * (1.0 - self.jitter * min(max(rand, 0.0), 1.0))
+        try:
+            super().__post_init__()
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
 
 
 DEFAULT_BACKOFF = Backoff()
@@ -188,6 +176,36 @@ class CallDecision:
     retry: bool
     delay: float = 0.0
     reconnect: bool = False
+
+
+@dataclass
+class CallBudget:
+    """One call's retry loop, as arithmetic (times are the shell's clock readings, passed in)."""
+
+    started: float
+    call_timeout: float
+    rpc_timeout: float
+    attempt: int = 0  # 0-based number of the attempt about to be (or being) made
+
+    @property
+    def deadline(self) -> float:
+        return self.started + self.call_timeout
+
+    def remaining(self, now: float) -> float:
+        """How long the caller may still wait (for a subscription, or a backoff) before giving up."""
+        return self.deadline - now
+
+    def attempt_timeout(self, now: float) -> float:
+        """The timeout of the attempt made at `now`: `rpc_timeout`, cut to what is left of the call."""
+        return max(0.001, min(self.rpc_timeout, self.deadline - now))
+
+    def retry_after(self, decision: CallDecision, now: float) -> bool:
+        """After a failed attempt: True to wait `decision.delay` and send again (counting the attempt),
+        False to give the error to the caller (not retryable, or the wait would pass the deadline)."""
+        if not decision.retry or now + decision.delay >= self.deadline:
+            return False
+        self.attempt += 1
+        return True
 
 
 # ---- the session --------------------------------------------------------------------------------------
@@ -270,6 +288,14 @@ class Session:
         self._tearing_down = False
         if done:
             self.stop()
+
+    def settle_teardown(self, error: BaseException | None) -> bool:
+        """The teardown call returned (`error` None) or raised `error`: True when the framework is gone
+        (a `DriverStopped` raised because the stream ended as the teardown went through counts), False
+        when the caller must see the error (the framework may still exist)."""
+        done = error is None or (isinstance(error, DriverStopped) and self.torn_down)
+        self.end_teardown(done)
+        return done
 
     def subscribe_info(self) -> FrameworkInfo:
         return replace(self.info, framework_id=self.framework_id)

@@ -14,7 +14,8 @@
 
 (`tests/unit/sdk/test_fake_master.py` runs a complete example of this kind.)
 
-What it does, following docs/protocol.md and the master's validation rules (`control_plane.core.decide`):
+What it does, following docs/protocol.md and the master's validation rules (`control_plane.core.decide`;
+`tests/unit/sdk/test_master_contract.py` runs the same refusal cases against the fake and a real master):
 
 - Agents: `add_agent(resources, hostname=, attributes=)`, `remove_agent` (its tasks become TASK_LOST).
 - Offers: with `auto_offer=True` (default) every change that frees resources or revives a framework
@@ -67,8 +68,17 @@ import grpc
 
 from control_plane.core.lifecycle import is_terminal
 from control_plane.core.resources import EMPTY
+from control_plane.wire import LEADER_METADATA_KEY
 from sdk._convert import call_from_proto, event_to_proto, info_from_proto, status_to_proto
-from sdk.errors import Conflict, InvalidRequest, NotFound, NotLeader, TesseraError, Unavailable
+from sdk.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    NotLeader,
+    TesseraError,
+    Unavailable,
+    status_for_error,
+)
 from sdk.protocol import (
     BATCHED_ACKNOWLEDGEMENTS,
     AcceptCall,
@@ -277,6 +287,27 @@ class FakeTransport:
 
 
 class FakeMaster:
+    """An in-memory Tessera master for unit tests of a scheduler (see the module docstring for all of it).
+
+        fake = FakeMaster(behaviour=runs_and_finishes)   # every task runs, then finishes
+        fake.add_agent("cpus:2;mem:1024")
+        driver = SchedulerDriver(MyScheduler(), FrameworkInfo(name="mine"), fake.addresses,
+                                 transport=fake.transport())
+
+    - `addresses`: the masters it pretends to be (the first leads; `failover()` moves the lead).
+    - `auto_offer` (True): offer free resources as soon as they are free; False: `send_offers()`.
+    - `behaviour(task)`: the states each launched task goes through; None leaves tasks STAGING until
+      `update(task_id, state)`.
+    - `auto_kill` (True): `kill` answers TASK_KILLED at once; False only records it.
+    - `heartbeat_interval` (0: none): what the fake tells the driver; heartbeats go out on `heartbeat()`.
+    - `start_time`: its manual clock (`advance(seconds)`); `batched_acknowledgements`: offer the capability.
+
+    Faults: `fail_next(CallType, error, after_apply=)`, `drop_stream()`, `failover()`, `set_down()`,
+    `remove_framework()`, `remove_agent()`, `rescind()`. Observing: `calls`, `calls_of(CallType)`,
+    `acknowledged`, `tasks()`, `task(id)`, `tasks_in(*states)`, `framework()`, `offers()`, `wait_for()`.
+    Thread-safe: drivers call it from their threads while the test drives it from its own.
+    """
+
     def __init__(self, addresses: Sequence[str] = ("fake-master:5050",), *, auto_offer: bool = True,
                  behaviour: Behaviour | None = None, auto_kill: bool = True, heartbeat_interval: float = 0.0,
                  start_time: float = 1_000.0, batched_acknowledgements: bool = True) -> None:
@@ -905,13 +936,11 @@ class FakeMaster:
 
 
 def _abort(context: grpc.ServicerContext, exc: TesseraError) -> None:
-    # The master's own mapping, so the client sees exactly the codes and metadata a master sends.
-    from control_plane.api.errors import status_for
-
-    code, details, trailers = status_for(exc)
-    if trailers:
-        context.set_trailing_metadata(trailers)
-    context.abort(code, details)
+    # The codes and metadata a master sends (sdk.errors.status_for_error, the inverse of the SDK's mapping).
+    status, details, hint = status_for_error(exc)
+    if hint:
+        context.set_trailing_metadata(((LEADER_METADATA_KEY, hint),))
+    context.abort(getattr(grpc.StatusCode, status, grpc.StatusCode.INTERNAL), details)
 
 
 _RESPONSES: dict[str, Callable[[CallResult], Any]] = {

@@ -4,11 +4,11 @@ Rules it keeps (docs/protocol.md, "clients then dial that address, or else try t
 exponential backoff and jitter"):
 - A `tessera-leader` hint is followed at once, but at most `len(masters) + 1` times in a row, so two
   masters pointing at each other (a stale hint during an election) fall back to backoff.
-- Otherwise the next master in the list is tried after `Backoff.delay(attempt, fraction)`: exponential
-  in the number of rounds over the masters that failed in a row (every master is tried before the wait
-  doubles), capped, and spread by jitter so a fleet of agents that lost the
-  same leader does not come back in one wave. `fraction` is a random number in [0, 1) supplied by the
-  caller (no randomness in here).
+- Otherwise the next master in the list is tried after `Backoff.delay(rounds, fraction)` (the one
+  backoff policy of `control_plane.wire`): exponential in the number of rounds over the masters that
+  failed in a row (every master is tried before the wait doubles), capped, and spread by downward jitter
+  so a fleet of agents that lost the same leader does not come back in one wave. `fraction` is a random
+  number in [0, 1) supplied by the caller (no randomness in here).
 - A connection that carried at least one message from the master was healthy: the failure count
   starts again from zero, and the same master is retried first (it may just have restarted its stream).
 - Unknown addresses named by hints join the rotation at the end.
@@ -19,25 +19,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from control_plane.wire import Backoff, rounds
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    initial: float = 0.1
-    factor: float = 2.0
-    maximum: float = 5.0
-    jitter: float = 0.5  # the delay is scaled by a factor drawn from [1 - jitter, 1 + jitter)
+__all__ = ["AGENT_BACKOFF", "Backoff", "Dial", "DialPlan"]
 
-    def __post_init__(self) -> None:
-        if not (self.initial >= 0 and self.factor >= 1 and self.maximum >= self.initial
-                and 0 <= self.jitter < 1):
-            raise ValueError(f"bad backoff: {self}")
-
-    def delay(self, attempt: int, fraction: float) -> float:
-        """Wait before the `attempt`-th retry in a row (attempt >= 1), for a random `fraction` in [0, 1)."""
-        if attempt < 1:
-            return 0.0
-        base = min(self.maximum, self.initial * self.factor ** min(attempt - 1, 64))
-        return base * (1.0 - self.jitter + 2.0 * self.jitter * min(max(fraction, 0.0), 1.0))
+# The agent's reconnection waits: short, so a restarted master is found quickly.
+AGENT_BACKOFF = Backoff(initial=0.1, maximum=5.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +42,7 @@ class DialPlan:
         if not addresses:
             raise ValueError("at least one master address is needed")
         self.addresses = addresses
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or AGENT_BACKOFF
         self.failures = 0  # failed dials in a row
         self.hint_follows = 0  # leader hints followed in a row
 
@@ -76,12 +63,11 @@ class DialPlan:
         if healthy:
             # The master we were talking to may have restarted its stream; try it again, after the
             # smallest wait, before walking the list.
-            return Dial(address, self.backoff.delay(1, fraction), "healthy stream ended")
+            return Dial(address, self.backoff.delay(0, fraction), "healthy stream ended")
         self.failures += 1
         index = self.addresses.index(address) if address in self.addresses else -1
         nxt = self.addresses[(index + 1) % len(self.addresses)]
         # The wait grows once per round over the masters, not per refusal: while one master is down and
         # another not yet leading, two dials in three fail anyway, and doubling at each left an agent
         # seconds between dials, past the new leader's re-registration grace (its tasks were marked lost).
-        rounds = (self.failures - 1) // len(self.addresses) + 1
-        return Dial(nxt, self.backoff.delay(rounds, fraction), "next master")
+        return Dial(nxt, self.backoff.delay(rounds(self.failures, len(self.addresses)), fraction), "next master")

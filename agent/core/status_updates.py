@@ -33,28 +33,30 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from control_plane.core.values import TaskKey, TaskStatus
+from control_plane.wire import Backoff
 
 ACKED_MEMORY = 10_000  # acknowledged uuids remembered to tell duplicates from unknown acks
 
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Retry delays after a send: initial, initial*factor, ... capped at `maximum` seconds."""
+    """Retry delays after a send: initial, initial*factor, ... capped at `maximum` seconds — the one
+    backoff policy (`control_plane.wire.Backoff`) without jitter, counted from the first send."""
 
     initial: float = 1.0
     factor: float = 2.0
     maximum: float = 60.0
 
     def __post_init__(self) -> None:
-        if not (self.initial > 0 and self.factor >= 1 and self.maximum >= self.initial):
-            raise ValueError(f"bad retry policy: {self}")
+        self.backoff  # noqa: B018 - refuse a bad policy when it is made, not at the first retry
+
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(initial=self.initial, maximum=self.maximum, multiplier=self.factor, jitter=0.0)
 
     def delay(self, attempts: int) -> float:
         """The wait after the `attempts`-th send of the same update (attempts >= 1)."""
-        if attempts < 1:
-            return 0.0
-        exponent = min(attempts - 1, 64)  # keep the float finite for very old updates
-        return min(self.maximum, self.initial * self.factor**exponent)
+        return self.backoff.delay(attempts - 1, 0.0) if attempts >= 1 else 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,12 +30,12 @@ from dataclasses import dataclass
 import grpc
 
 from agent.core.dialing import Backoff, DialPlan
+from control_plane import wire
 from control_plane.tls import ClientSecurity
 from tessera.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-LEADER_METADATA_KEY = "tessera-leader"
 CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
@@ -47,11 +47,7 @@ _SENTINEL = object()
 
 
 def leader_hint(err: grpc.RpcError) -> str | None:
-    trailers = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
-    for key, value in trailers or ():
-        if key == LEADER_METADATA_KEY and value:
-            return value.decode() if isinstance(value, bytes) else str(value)
-    return None
+    return wire.leader_hint(err.trailing_metadata() if hasattr(err, "trailing_metadata") else None)
 
 
 class ChannelPool:

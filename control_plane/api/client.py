@@ -2,7 +2,8 @@
 
 A call goes to the master believed to lead. When a master answers UNAVAILABLE with `tessera-leader`
 trailing metadata, the call is retried there at once; when a master does not answer, the next one in
-the list is tried with exponential backoff and jitter, until the call's deadline. Other status codes are
+the list is tried, waiting after each round over the masters by the one backoff policy
+(`control_plane.wire.Backoff`, capped at 1 s), until the call's deadline. Other status codes are
 returned to the caller unchanged as `grpc.RpcError`.
 
 `security` (`control_plane.tls.ClientSecurity`) gives the mTLS credentials and the bearer token sent
@@ -20,13 +21,14 @@ from typing import Any, TypeVar
 
 import grpc
 
-from control_plane.api.errors import LEADER_METADATA_KEY
+from control_plane import wire
 from control_plane.tls import ClientSecurity
 from tessera.v1 import operator_pb2_grpc
 
 R = TypeVar("R")
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+BACKOFF = wire.Backoff(initial=0.1, maximum=1.0)  # an operator waits; a round over the masters is quick
 
 
 class NoMasterAvailable(Exception):
@@ -38,11 +40,7 @@ class NoMasterAvailable(Exception):
 
 
 def leader_hint(err: grpc.RpcError) -> str | None:
-    trailers = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
-    for key, value in trailers or ():
-        if key == LEADER_METADATA_KEY and value:
-            return str(value)
-    return None
+    return wire.leader_hint(err.trailing_metadata() if hasattr(err, "trailing_metadata") else None)
 
 
 class MasterClient:
@@ -104,7 +102,8 @@ class MasterClient:
             attempt += 1
             i += 1
             if i % len(order) == 0:
-                time.sleep(min(1.0, 0.05 * 2 ** min(attempt, 5)) * (0.5 + random.random()))
+                time.sleep(min(BACKOFF.delay(wire.rounds(attempt, len(order)), random.random()),
+                               max(0.0, deadline - time.monotonic())))
 
     def close(self) -> None:
         with self._lock:

@@ -51,10 +51,10 @@ from control_plane.eventlog.errors import (
     HistoryUnavailable,
     PointOutOfRange,
 )
+from control_plane.wire import LEADER_METADATA_KEY
 
 log = logging.getLogger(__name__)
 
-LEADER_METADATA_KEY = "tessera-leader"
 MAX_DETAILS = 1024
 
 _CODES: dict[type[TesseraError], grpc.StatusCode] = {

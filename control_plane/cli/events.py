@@ -15,7 +15,6 @@ import click
 import grpc
 
 from control_plane.cli.inspect import (
-    WATCH_RECONNECT_PAUSE,
     _Cluster,
     _emit,
     _filter_proto,
@@ -199,10 +198,14 @@ def _follow(cluster: _Cluster, flt: EventFilter, cursor: int, show: Callable[[Ev
     Every master keeps the same history (same indexes), so resuming elsewhere neither repeats nor skips.
     Falling behind what a master keeps is the one error that cannot be resumed: OUT_OF_RANGE.
     """
+    import random
+
+    from control_plane import wire
+    from control_plane.api.client import BACKOFF
     from tessera.v1 import operator_pb2
 
     addresses = cluster.client.addresses
-    i, down_since = 0, None
+    i, down_since, failures = 0, None, 0
     while True:
         address = addresses[i % len(addresses)]
         stream = cluster.client.operator(address).WatchEvents(
@@ -210,7 +213,7 @@ def _follow(cluster: _Cluster, flt: EventFilter, cursor: int, show: Callable[[Ev
             metadata=cluster.client.metadata)
         try:
             for batch in stream:
-                down_since = None
+                down_since, failures = None, 0
                 for r in batch.events:
                     show(_record_from_proto(r))
                     cursor = r.index + 1
@@ -230,7 +233,8 @@ def _follow(cluster: _Cluster, flt: EventFilter, cursor: int, show: Callable[[Ev
         if now - down_since > cluster.timeout:
             fail(f"lost the event stream: no master answered for {cluster.timeout:g}s (last index {cursor - 1})")
         i += 1
-        time.sleep(WATCH_RECONNECT_PAUSE)
+        failures += 1  # the one backoff policy (control_plane.wire), growing per round over the masters
+        time.sleep(BACKOFF.delay(wire.rounds(failures, len(addresses)), random.random()))
 
 
 # ---- tessera events export ------------------------------------------------------------------------------

@@ -50,7 +50,6 @@ from control_plane.eventlog.timeline import (
 from control_plane.eventlog.timepoints import Point, format_time, parse_point
 
 ID_KEYS = ("framework_id", "agent_id", "task_id", "offer_id")
-WATCH_RECONNECT_PAUSE = 0.5
 HISTORY_RPC_SECONDS = 120.0  # a rebuild far from any snapshot replays many events: allow for it
 
 

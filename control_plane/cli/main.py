@@ -59,15 +59,13 @@ def read_secret_file(path: Path, flag: str) -> str:
 
 
 def parse_masters(value: str) -> list[str]:
-    from control_plane.api.operator import ADDRESS_RE
+    """`control_plane.wire.parse_masters`; a bad list is one line and exit 2."""
+    from control_plane import wire
 
-    addresses = [a.strip() for a in value.split(",") if a.strip()]
-    if not addresses:
-        fail("--masters: give at least one HOST:PORT", 2)
-    for a in addresses:
-        if not ADDRESS_RE.match(a):
-            fail(f"--masters: expected HOST:PORT, got {a!r}", 2)
-    return addresses
+    try:
+        return list(wire.parse_masters(value))
+    except ValueError as exc:
+        fail(f"--masters: {exc}", 2)
 
 
 class Ctx:
@@ -84,8 +82,7 @@ class Ctx:
     def security(self) -> Any:
         """The ClientSecurity from --tls-dir and --token-file / TESSERA_TOKEN (one line and exit 2 if unusable)."""
         if self._security is None:
-            from control_plane.cli.up import cluster_security
-            from control_plane.tls import ClientSecurity, TlsConfigError, read_token_file
+            from control_plane.tls import ClientSecurity, TlsConfigError, cluster_security, read_token_file
 
             tls_dir, token_file = self.tls_dir, self.token_file
             if not (tls_dir or self.token or token_file):

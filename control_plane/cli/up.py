@@ -45,11 +45,16 @@ from typing import IO, Any, NoReturn
 
 import click
 
-from control_plane.tls import ClientSecurity
+from control_plane.tls import (  # noqa: F401 - cluster_security: re-exported for the CLI
+    DEFAULT_DATA_DIR,
+    STATE_FILE,
+    ClientSecurity,
+    cluster_security,
+    find_cluster_file,
+    read_cluster_file,
+)
 
 DEFAULT_MASTERS = "127.0.0.1:5050"
-DEFAULT_DATA_DIR = Path(".tessera")
-STATE_FILE = "cluster.json"
 STOP_GRACE_SECONDS = 10.0
 READY_TIMEOUT_SECONDS = 60.0
 COLOURS = ("cyan", "magenta", "blue", "green", "yellow", "bright_cyan", "bright_magenta", "bright_blue")
@@ -64,24 +69,6 @@ DEMOS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
 
 
 # ---- finding the cluster ------------------------------------------------------------------------------
-def find_cluster_file(start: Path | None = None) -> Path | None:
-    """The `.tessera/cluster.json` of `start` (the current directory) or its nearest parent."""
-    here = (start or Path.cwd()).resolve()
-    for directory in (here, *here.parents):
-        candidate = directory / DEFAULT_DATA_DIR / STATE_FILE
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def read_cluster_file(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def default_masters() -> str:
     """`--masters` when none is given: TESSERA_MASTERS, else ./.tessera/cluster.json (or a parent's),
     else 127.0.0.1:5050."""
@@ -95,18 +82,6 @@ def default_masters() -> str:
         if isinstance(masters, list) and masters and all(isinstance(m, str) for m in masters):
             return ",".join(masters)
     return DEFAULT_MASTERS
-
-
-def cluster_security(kind: str) -> tuple[str, str] | None:
-    """(TLS directory, token file) of `kind` (operator, framework) recorded by `tessera up --secure` in the
-    nearest cluster.json; None when there is none (an insecure cluster, or none at all)."""
-    found = find_cluster_file()
-    data = read_cluster_file(found) if found is not None else None
-    security = data.get("security") if data else None
-    entry = security.get(kind) if isinstance(security, dict) else None
-    if isinstance(entry, dict) and isinstance(entry.get("tls_dir"), str) and isinstance(entry.get("token_file"), str):
-        return entry["tls_dir"], entry["token_file"]
-    return None
 
 
 def install_default_masters(group: click.Group) -> None:

@@ -15,6 +15,10 @@ How it uses offers (the habits of a well-behaved Mesos framework):
   its own decline filters, so freed resources come back at once);
 - after a re-subscription, reconciles the tasks it believes running: a task that ended while the
   scheduler was away is handled like any update;
+- a launch the master refused (`sdk.errors.REFUSED`: it was not applied) puts its jobs back in line,
+  declines the offer and revives, so other offers come at once; a launch that failed any other way (timed
+  out, the master failed) may have been applied: its tasks are settled by reconciling them — the master's
+  answer says whether they exist — and are never launched again under a fresh id (they would run twice);
 - tears the framework down when every job is done.
 """
 
@@ -43,6 +47,7 @@ from sdk import (
     TaskStatus,
     TesseraError,
 )
+from sdk.errors import REFUSED
 
 log = logging.getLogger("sdk.examples.batch")
 
@@ -59,6 +64,10 @@ class _Job:
     exit_code: int | None = None
     message: str = ""
     exit_codes: list[int | None] = field(default_factory=list)
+    relaunches: int = 0  # launches found not applied after an unknown outcome (their ids stay used)
+
+    def next_task_id(self, prefix: str) -> str:
+        return f"{prefix}-{self.index}.{self.attempts}" + (f"r{self.relaunches}" if self.relaunches else "")
 
 
 @dataclass(frozen=True)
@@ -136,6 +145,7 @@ class BatchRunner(Scheduler):
         self.jobs = [_Job(i, c) for i, c in enumerate(commands)]
         self._waiting: deque[_Job] = deque(self.jobs)
         self._running: dict[str, _Job] = {}
+        self._unsettled: set[str] = set()  # task ids whose launch failed without a definite refusal
         self._suppressed: bool | None = None  # None: unknown (the master keeps it across reconnections)
         self._finished = False
         self.failure: str | None = None
@@ -145,31 +155,50 @@ class BatchRunner(Scheduler):
     def subscribed(self, driver: SchedulerDriver, framework_id: str) -> None:
         log.info("subscribed as %s", framework_id)
         self._suppressed = None
-        if self._running:
+        self._settle(driver)
+        running = [task_id for task_id in self._running if task_id not in self._unsettled]
+        if running:
             try:
-                for status in driver.reconcile(list(self._running)):
+                for status in driver.reconcile(running):
                     self._handle(driver, status)
             except TesseraError as exc:
                 log.warning("reconciliation failed: %s", exc)
         self._want_offers(driver)
 
     def offers(self, driver: SchedulerDriver, offers: list[Offer]) -> None:
+        if self._settle(driver):
+            self._revive(driver)
         for offer in offers:
             tasks = self._pack(offer)
+            if not tasks:
+                self._call(driver.decline, offer, Filters(self.refuse_seconds))
+                continue
             try:
-                if tasks:
-                    driver.launch(offer, tasks)
-                else:
-                    driver.decline(offer, Filters(self.refuse_seconds))
-            except TesseraError as exc:
-                log.warning("offer %s: %s", offer.offer_id, exc)
+                driver.launch(offer, tasks)
+            except REFUSED as exc:
+                # Not applied: the jobs wait again; give the offer back and ask for offers again (a
+                # refusal leaves the offer with us, and nothing else would come until it expired).
+                log.warning("offer %s: launch refused: %s", offer.offer_id, exc)
                 self._unpack(tasks)
+                self._call(driver.decline, offer)
+                self._revive(driver)
+            except TesseraError as exc:
+                # Timed out or failed otherwise: the master may have applied it. Settle by reconciling.
+                log.warning("offer %s: launch outcome unknown (%s); reconciling", offer.offer_id, exc)
+                self._unsettled.update(t.task_id for t in tasks)
+                if self._settle(driver):
+                    # Not applied after all: the offer is still ours; give it back, then revive.
+                    self._call(driver.decline, offer)
+                    self._revive(driver)
         self._want_offers(driver)
 
     def update(self, driver: SchedulerDriver, status: TaskStatus) -> None:
         log.info("task %s %s%s", status.task_id, status.state.name,
                  f" (exit {status.exit_code})" if status.exit_code is not None else "")
+        self._unsettled.discard(status.task_id)
         self._handle(driver, status)
+        if self._settle(driver):
+            self._revive(driver)
         self._want_offers(driver)
 
     def error(self, driver: SchedulerDriver, message: str) -> None:
@@ -184,7 +213,7 @@ class BatchRunner(Scheduler):
         while self._waiting and left.contains(self.resources):
             job = self._waiting.popleft()
             job.attempts += 1
-            job.task_id = f"{self.name}-{self.run_id}-{job.index}.{job.attempts}"
+            job.task_id = job.next_task_id(f"{self.name}-{self.run_id}")
             self._running[job.task_id] = job
             left = left - self.resources
             tasks.append(TaskInfo(
@@ -193,6 +222,42 @@ class BatchRunner(Scheduler):
                                           "BATCH_ATTEMPT": str(job.attempts)}, user=self.user,
             ))
         return tasks
+
+    def _settle(self, driver: SchedulerDriver) -> int:
+        """Ask the master about launches of unknown outcome: a task it knows was launched (its updates
+        follow); one it does not know (TASK_LOST, REASON_RECONCILIATION) was not, and its job waits again.
+        Returns how many jobs wait again."""
+        if not self._unsettled:
+            return 0
+        try:
+            statuses = driver.reconcile(sorted(self._unsettled))
+        except TesseraError as exc:
+            log.warning("reconciling %d launches failed (%s); trying again later", len(self._unsettled), exc)
+            return 0
+        requeued = 0
+        for status in statuses:
+            if status.task_id not in self._unsettled:
+                continue
+            self._unsettled.discard(status.task_id)
+            job = self._running.get(status.task_id)
+            if job is None:
+                continue
+            if status.state is TaskState.TASK_LOST and status.reason == "REASON_RECONCILIATION":
+                log.info("task %s was not launched; job %d waits again", status.task_id, job.index)
+                del self._running[status.task_id]
+                job.attempts -= 1  # not an attempt; but the id is spent: the next launch gets a fresh one
+                job.relaunches += 1
+                self._waiting.appendleft(job)
+                requeued += 1
+            else:
+                self._handle(driver, status)
+        return requeued
+
+    def _call(self, method: Any, *args: Any) -> None:
+        try:
+            method(*args)
+        except TesseraError as exc:
+            log.warning("%s failed: %s", getattr(method, "__name__", "call"), exc)
 
     def _unpack(self, tasks: list[TaskInfo]) -> None:
         """The launch did not happen: those jobs wait again, attempt not counted."""

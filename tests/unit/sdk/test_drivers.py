@@ -419,3 +419,15 @@ def test_not_leader_on_subscribe_is_followed(make: Any) -> None:
     h = started(make, fake)
     assert [a for a, _ in fake.subscribe_requests] == ["m1:5050", "m2:5050"]
     assert h.driver.master == "m2:5050"
+
+
+def test_both_drivers_dispatch_every_effect_through_the_one_callback_table() -> None:
+    import typing
+
+    from sdk import AsyncScheduler, Scheduler
+    from sdk._shell import CALLBACKS
+    from sdk.session import Effect
+
+    assert set(CALLBACKS) == set(typing.get_args(Effect))
+    for name, _ in CALLBACKS.values():
+        assert callable(getattr(Scheduler, name)) and callable(getattr(AsyncScheduler, name))

@@ -6,15 +6,17 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from sdk import Filters, FrameworkInfo, Resources, SchedulerDriver, TaskInfo, TaskState
+from sdk import Backoff, Filters, FrameworkInfo, Resources, SchedulerDriver, TaskInfo, TaskState
+from sdk.errors import Conflict, ServerError, Unavailable
 from sdk.examples import batch, service
 from sdk.examples.batch import BatchRunner, run_batch
 from sdk.examples.service import ServiceKeeper
-from sdk.protocol import DeclineCall, KillCall
-from sdk.testing import FakeGrpcServer, FakeMaster, StatusStep
+from sdk.protocol import AcceptCall, DeclineCall, KillCall, ReconcileCall
+from sdk.testing import FakeGrpcServer, FakeMaster, StatusStep, runs_and_finishes
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -255,3 +257,56 @@ def test_keeper_control_file_and_argument_checks(tmp_path: object) -> None:
     assert service._read_count(path) is None
     with pytest.raises(SystemExit):
         service.main(["--command", "true", "--instances", "-1"])
+
+
+# ---- batch: launches that failed (issue 15, item 8 b and c) -------------------------------------------------
+
+def _one_job_run(fake: FakeMaster, **options: Any) -> tuple[BatchRunner, SchedulerDriver]:
+    runner = BatchRunner(["true"], JOB, max_retries=0)
+    driver = SchedulerDriver(runner, FrameworkInfo(name="batch"), fake.addresses, transport=fake.transport(),
+                             **options)
+    driver.start()
+    return runner, driver
+
+
+def _finish(runner: BatchRunner, driver: SchedulerDriver) -> None:
+    finished = runner.done.wait(15.0)
+    driver.stop()
+    driver.join(5.0)
+    assert finished, f"the batch never finished: {runner.summary().render()}"
+
+
+def test_batch_launch_that_timed_out_after_it_was_applied_is_settled_by_reconciling() -> None:
+    fake = FakeMaster(behaviour=runs_and_finishes)
+    fake.add_agent("cpus:1;mem:1024")
+    # The launch is applied, its answer lost, and no retry fits in the call's time: the driver raises
+    # Unavailable although the task exists.
+    fake.fail_next(AcceptCall, Unavailable("deadline exceeded"), after_apply=True)
+    runner, driver = _one_job_run(fake, call_timeout=0.05, backoff=Backoff(initial=0.1, maximum=0.1, jitter=0))
+    _finish(runner, driver)
+    assert runner.summary().ok
+    assert len(fake.tasks()) == 1  # launched once, not again under a fresh id
+    assert len(fake.calls_of(ReconcileCall)) >= 1
+
+
+def test_batch_launch_of_unknown_outcome_that_was_not_applied_runs_the_job_once() -> None:
+    fake = FakeMaster(behaviour=runs_and_finishes)
+    fake.add_agent("cpus:1;mem:1024")
+    fake.fail_next(AcceptCall, ServerError("the master failed", "INTERNAL"))  # before it was applied
+    runner, driver = _one_job_run(fake)
+    _finish(runner, driver)
+    summary = runner.summary()
+    assert summary.ok and summary.results[0].attempts == 1
+    assert len(fake.tasks()) == 1 and len(fake.tasks_in(TaskState.TASK_FINISHED)) == 1
+
+
+def test_batch_refused_launch_declines_the_offer_and_revives_instead_of_stalling() -> None:
+    fake = FakeMaster(behaviour=runs_and_finishes)
+    fake.add_agent("cpus:1;mem:1024")
+    fake.fail_next(AcceptCall, Conflict("tasks do not fit"))  # a definite refusal: not applied
+    runner, driver = _one_job_run(fake)
+    _finish(runner, driver)
+    kinds = [type(call).__name__ for _, _, call in fake.calls]
+    refused = kinds.index("AcceptCall")
+    assert "DeclineCall" in kinds[refused:] and "ReviveCall" in kinds[refused:]
+    assert runner.summary().ok and len(fake.tasks()) == 1

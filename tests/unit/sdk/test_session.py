@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sdk.errors import Conflict, InvalidRequest, NotFound, NotLeader, ServerError, Unavailable
+from sdk.errors import Conflict, DriverStopped, InvalidRequest, NotFound, NotLeader, ServerError, Unavailable
 from sdk.protocol import (
     AcknowledgeCall,
     ErrorEvent,
@@ -381,3 +381,31 @@ def test_a_finished_teardown_stops_the_session() -> None:
 def test_session_refuses_no_masters() -> None:
     with pytest.raises(InvalidRequest):
         Session(INFO, [], random=lambda: 0.0)
+
+
+# ---- the call budget (one retry/deadline arithmetic for both drivers) ------------------------------------------
+
+def test_call_budget_cuts_attempts_to_the_deadline_and_retries_only_when_the_wait_fits() -> None:
+    from sdk.session import CallBudget, CallDecision
+
+    budget = CallBudget(100.0, call_timeout=30.0, rpc_timeout=10.0)
+    assert budget.deadline == 130.0 and budget.remaining(125.0) == 5.0
+    assert budget.attempt_timeout(100.0) == 10.0  # one attempt is bounded by rpc_timeout
+    assert budget.attempt_timeout(125.0) == 5.0  # and by what is left of the call
+    assert budget.attempt_timeout(131.0) == 0.001  # never zero or negative
+    assert budget.retry_after(CallDecision(True, 1.0), 101.0) and budget.attempt == 1
+    assert not budget.retry_after(CallDecision(False), 102.0) and budget.attempt == 1  # not retryable
+    assert not budget.retry_after(CallDecision(True, 5.0), 125.0)  # the wait would reach the deadline
+    assert budget.attempt == 1
+
+
+def test_teardown_settles_as_done_when_the_stream_ended_because_of_it() -> None:
+    s = session()
+    s.start(0.0)
+    attempt(s)
+    s.on_event(SubscribedEvent("fw", "st"), 0.0)
+    s.begin_teardown()
+    assert not s.settle_teardown(Unavailable("no answer")) and s.active  # the framework may still exist
+    s.begin_teardown()
+    s.on_event(ErrorEvent("framework removed"), 1.0)  # the master ended the framework: it went through
+    assert s.settle_teardown(DriverStopped("stopped")) and not s.active
