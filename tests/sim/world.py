@@ -10,11 +10,12 @@ entries through the real replicated method into a real ``MasterStateMachine``
 restarted process does: dump first, then the journal, with the term, vote and commit index of its meta
 file as last written before the crash. Commands come from the real
 pure core: ``decide_entry`` (the function ``Master`` proposes with), ``decide``, ``apply`` and the
-allocator. The leader duties of ``control_plane.runtime.leader`` are thread- and wall-clock-bound (a
-ticker thread, blocking proposals), so a small sim leader loop (``SimMaster.duties``) drives the same
-core commands on the same schedule instead: the ``LeaderElected`` barrier before serving, rescinding
-stale offers, allocation rounds, agents marked unreachable after ``agent_timeout``, disconnected
-frameworks, offer and framework expiry, re-sending unacknowledged updates, and reactions after apply.
+allocator. The leader duties are the production ones: ``control_plane.runtime.duties`` decides them as
+data (``tick``, ``react``, ``elected``, ``offer_proposals``, ``orphaned``, with its ``Ledger`` for the
+bookkeeping), and ``SimMaster`` is a second shell around those functions, as ``LeaderDuties`` is the
+threaded one: its leader loop (``SimMaster.leader_loop``) runs the ``LeaderElected`` barrier before
+serving, then each tick asks ``duties.tick`` what is due, and each applied batch ``duties.react`` what
+to push to the twins. Only the barrier and the delivery are the simulation's own.
 
 Each step the generator picks, from the seeded rng, a fault (crash or restart a master, reboot every
 master at once, cut, heal or reset a link between masters, isolate a master, lose an agent for a while), perhaps a client action,
@@ -58,7 +59,7 @@ from control_plane.core.apply import ApplyResult
 from control_plane.core.errors import TesseraError
 from control_plane.core.invariants import check_invariants
 from control_plane.core.resources import Resources
-from control_plane.core.values import AgentState, FrameworkState, TaskKey
+from control_plane.core.values import TaskKey
 from control_plane.eventlog import EventRecord, EventStore
 from control_plane.eventlog.records import EventRow
 from control_plane.replication.config import ReplicationConfig
@@ -71,7 +72,8 @@ from control_plane.replication.sim import (
     SimRaftNode,
     deterministic_pysyncobj,
 )
-from control_plane.runtime.leader import _FREES_RESOURCES, LeaderSettings  # the real leader's list
+from control_plane.runtime import duties
+from control_plane.runtime.duties import LeaderSettings
 from control_plane.runtime.master import decide_entry
 from control_plane.runtime.statemachine import Applied, MasterStateMachine
 from tests.sim.twins import TWIN_PERIOD, AgentTwin, FrameworkTwin, Request
@@ -188,16 +190,11 @@ class SimMaster:
         self.ids = 0
         self.serving_term = 0
         self.barrier_term = 0
-        self.serving_since = 0.0
+        self.ledger = duties.Ledger()  # pending duty proposals, timers: kept as the real leader keeps them
         self.last_seen: dict[str, float] = {}  # agent id -> last time it talked to this leader
         self.sessions: dict[str, str] = {}  # framework id -> stream id, subscribed through this leader
         self.agent_sessions: dict[str, str] = {}  # agent id -> twin name
-        self.update_sent: dict[str, float] = {}
-        self.pending: set[str] = set()
-        self.alloc_inflight = False
-        self.want_alloc = True
-        self.last_alloc = 0.0
-        self.last_slow = 0.0
+        self.update_sent: dict[str, float] = {}  # status uuid -> when last pushed
         self.trail = EventTrail()
         self.sm = sm = sim.state_machine_factory(self.trail)
         sm.add_listener(self.on_applied)
@@ -215,7 +212,7 @@ class SimMaster:
         )
         self.node = SimRaftNode(sim.network, config, sm, on_leadership=sim.on_leadership,
                                 guard_snapshots=sim.guard_snapshots)
-        sim.scheduler.after(SETTINGS.tick * sim.rng.random(), self.duties, self.incarnation)
+        sim.scheduler.after(SETTINGS.tick * sim.rng.random(), self.leader_loop, self.incarnation)
 
     def crash(self) -> None:
         if self.node is not None:
@@ -268,19 +265,15 @@ class SimMaster:
 
         node.propose([data], committed)
 
-    def propose_duty(self, key: str, commands: Sequence[cmd.Command]) -> None:
-        if key in self.pending:
-            return
-        self.pending.add(key)
+    def propose_duty(self, proposal: duties.Propose) -> None:
+        """A duty's entry (recorded pending in the ledger by whoever decided it) until its outcome."""
         incarnation = self.incarnation
 
         def done(outcome: tuple[Any, ...]) -> None:
             if self.incarnation == incarnation:
-                self.pending.discard(key)
-                if key == "alloc":
-                    self.alloc_inflight = False
+                self.ledger.done(proposal.key)
 
-        self.propose(commands, self.new_id("req"), done)
+        self.propose(proposal.commands, self.new_id("req"), done)
 
     # ---- requests from twins -------------------------------------------------------------------------
     def handle(self, request: Request, reply: Callable[[tuple[Any, ...]], None]) -> None:
@@ -313,7 +306,9 @@ class SimMaster:
                 if outcome[0] == "ok":
                     self.agent_sessions[agent_id] = twin.name
                     self.last_seen[agent_id] = self.sim.clock.now
-                    outcome = (*outcome[:3], self._orphaned(agent_id, request.commands[0]))  # type: ignore[arg-type]
+                    rereg = cast(cmd.ReregisterAgent, request.commands[0])
+                    assert self.sm is not None
+                    outcome = (*outcome[:3], duties.orphaned(self.sm.state, agent_id, rereg.tasks))
                 reply(outcome)
 
             self.propose(request.commands, request.request_id, reregistered)
@@ -349,65 +344,48 @@ class SimMaster:
             return (*outcome[:3], record.agent_id)
         return ("error", "InvalidRequest", "registration produced no agent id")
 
-    def _orphaned(self, agent_id: str, rereg: cmd.ReregisterAgent) -> tuple[TaskKey, ...]:
-        assert self.sm is not None
-        state = self.sm.state
-        out = []
-        for status in rereg.tasks:
-            task = state.find_task(status.framework_id, status.task_id)
-            if task is None or task.terminal or task.agent_id != agent_id:
-                out.append(TaskKey(status.framework_id, status.task_id))
-        return tuple(out)
-
     def after_subscribe(self, framework_id: str) -> None:
         assert self.sm is not None
         state = self.sm.state
-        offers = state.offers_of_framework(framework_id)
-        if offers:
-            self.sim.push_framework(self, framework_id, "offers", tuple(offers))
-        for t in state.tasks_of_framework(framework_id):
-            if t.unacknowledged:
-                self.update_sent[t.unacknowledged[0].uuid] = self.sim.clock.now
-                self.sim.push_framework(self, framework_id, "update", t.unacknowledged[0])
-        self.want_alloc = True
+        self.deliver([*duties.outstanding_offers(state, framework_id), *duties.unacknowledged(state, framework_id),
+                      duties.WantAllocation()])
 
     # ---- reactions after apply -----------------------------------------------------------------------
     def on_applied(self, batch: Sequence[Applied]) -> None:
         self.sim.applied(self, batch)
         if not self.serving():
             return
-        term = self.node.term() if self.node is not None else 0
-        offers: dict[str, list[Any]] = {}
-        for applied in batch:
-            for _, event in applied.result.events:
-                if isinstance(event, _FREES_RESOURCES):
-                    self.want_alloc = True
-                if isinstance(event, ev.TaskLaunched):
-                    self.sim.push_agent(self, event.agent_id, term, "run", event.task)
-                elif isinstance(event, ev.TaskKillRequested):
-                    self.sim.push_agent(self, event.agent_id, term, "kill",
-                                        TaskKey(event.framework_id, event.task_id))
-                elif isinstance(event, ev.TaskStatusUpdated):
-                    if event.status.state >= 5:
-                        self.want_alloc = True
-                    if event.status.uuid:
-                        self.update_sent[event.status.uuid] = self.sim.clock.now
-                    self.sim.push_framework(self, event.framework_id, "update", event.status)
-                elif isinstance(event, ev.OfferIssued):
-                    offers.setdefault(event.framework_id, []).append(event.offer)
-                elif isinstance(event, ev.OfferRescinded):
-                    self.sim.push_framework(self, event.framework_id, "rescind", event.offer_id)
-                elif isinstance(event, ev.FrameworkRemoved):
-                    self.sessions.pop(event.framework_id, None)
-        for framework_id, items in offers.items():
-            self.sim.push_framework(self, framework_id, "offers", tuple(items))
+        self.deliver(duties.react(batch, self.node.term() if self.node is not None else 0))
+
+    def deliver(self, outbound: Sequence[duties.Outbound]) -> None:
+        """The simulation's delivery of the duties' messages: pushes to the twins."""
+        sim = self.sim
+        for item in outbound:
+            if isinstance(item, duties.WantAllocation):
+                self.ledger.record([item], sim.clock.now)
+            elif isinstance(item, duties.RunTask):
+                sim.push_agent(self, item.agent_id, item.term, "run", item.task)
+            elif isinstance(item, duties.KillTask):
+                sim.push_agent(self, item.agent_id, item.term, "kill", TaskKey(item.framework_id, item.task_id))
+            elif isinstance(item, duties.ShutdownAgent):
+                sim.push_agent(self, item.agent_id, item.term, "shutdown", item.reason)
+            elif isinstance(item, duties.SendUpdate):
+                if item.status.uuid and item.framework_id in self.sessions:
+                    self.update_sent[item.status.uuid] = sim.clock.now
+                sim.push_framework(self, item.framework_id, "update", item.status)
+            elif isinstance(item, duties.SendOffers):
+                sim.push_framework(self, item.framework_id, "offers", item.offers)
+            elif isinstance(item, duties.SendRescind):
+                sim.push_framework(self, item.framework_id, "rescind", item.offer_id)
+            elif isinstance(item, duties.RemoveFramework):
+                self.sessions.pop(item.framework_id, None)
 
     # ---- the leader loop -----------------------------------------------------------------------------
-    def duties(self, incarnation: int) -> None:
+    def leader_loop(self, incarnation: int) -> None:
         if incarnation != self.incarnation or self.node is None:
             return
         sim = self.sim
-        sim.scheduler.after(SETTINGS.tick, self.duties, incarnation)
+        sim.scheduler.after(SETTINGS.tick, self.leader_loop, incarnation)
         node, sm = self.node, self.sm
         assert sm is not None
         now = sim.clock.now
@@ -425,42 +403,23 @@ class SimMaster:
             return
         if sim.quiet:
             return
-        state = sm.state
-        # agents silent for too long (a new leader first grants the re-registration grace)
-        for agent_id, agent in sorted(state.agents.items()):
-            if agent.state not in (AgentState.AGENT_ACTIVE, AgentState.AGENT_DRAINING):
-                continue
-            seen = self.last_seen.get(agent_id)
-            if seen is None:
-                if now - self.serving_since < SETTINGS.reregistration_timeout:
-                    continue
-                seen = self.serving_since + SETTINGS.reregistration_timeout
-            if now - seen > SETTINGS.agent_timeout:
-                self.propose_duty(f"agent {agent_id}", [cmd.MarkAgentUnreachable(
-                    agent_id=agent_id, reason=f"no heartbeat for {now - seen:.1f} s")])
-        if now - self.last_slow >= 1.0:
-            self.last_slow = now
-            if now - self.serving_since >= SETTINGS.framework_reconnect_timeout:
-                for framework_id, fw in sorted(state.frameworks.items()):
-                    if fw.state is FrameworkState.FRAMEWORK_CONNECTED and framework_id not in self.sessions:
-                        self.propose_duty(f"framework {framework_id}", [cmd.DisconnectFramework(
-                            framework_id=framework_id, stream_id=fw.stream_id)])
-            self.propose_duty("expiry", [cmd.ExpireFrameworks(), cmd.ExpireOffers()])
-            for framework_id in sorted(self.sessions):
-                for t in state.tasks_of_framework(framework_id):
-                    if t.unacknowledged:
-                        status = t.unacknowledged[0]
-                        if now - self.update_sent.get(status.uuid, 0.0) >= SETTINGS.status_update_retry:
-                            self.update_sent[status.uuid] = now
-                            sim.push_framework(self, framework_id, "update", status)
-        if not self.alloc_inflight and (self.want_alloc or now - self.last_alloc >= SETTINGS.allocation_interval):
-            self.want_alloc = False
-            self.last_alloc = now
-            offers = allocate(snapshot_from_state(state, now), new_id=self.new_id, now=now,
-                              offer_timeout=SETTINGS.offer_timeout)
-            if offers:
-                self.alloc_inflight = True
-                self.propose_duty("alloc", [cmd.IssueOffers(offers=tuple(offers))])
+        soft = self.ledger.view(now, last_seen=self.last_seen, frameworks=self.sessions,
+                                update_sent=self.update_sent)
+        self.do(duties.tick(soft, sm.state, now, SETTINGS), now)
+
+    def do(self, todo: Sequence[duties.Command], now: float) -> None:
+        """What the duties decided, done the simulation's way (as ``LeaderDuties._do`` does it for real)."""
+        self.ledger.record(todo, now)
+        for item in todo:
+            if isinstance(item, duties.Propose):
+                self.propose_duty(item)
+            elif isinstance(item, duties.AllocationRound):
+                assert self.sm is not None
+                offers = allocate(snapshot_from_state(self.sm.state, now), new_id=self.new_id, now=now,
+                                  offer_timeout=SETTINGS.offer_timeout)
+                self.do(duties.offer_proposals(offers), now)
+            elif isinstance(item, duties.SendUpdate):
+                self.deliver([item])
 
     def barrier(self, term: int) -> None:
         """The LeaderElected barrier (plus AnnounceMaster), then serve; as ``Master._become_leader``."""
@@ -476,12 +435,11 @@ class SimMaster:
                 return
             if outcome[0] == "ok" and self.node.is_leader() and self.node.term() == term:
                 self.serving_term = term
-                self.serving_since = self.sim.clock.now
+                now = self.sim.clock.now
+                self.ledger.serving(now)
                 self.sim.trace(f"{self.name} serving term {term}")
-                stale = sorted(self.sm.state.offers) if self.sm is not None else []
-                if stale:
-                    self.propose_duty("rescind", [cmd.RescindOffer(offer_id=o, reason="leader changed") for o in stale])
-                self.want_alloc = True
+                if self.sm is not None:
+                    self.do(duties.elected(self.sm.state), now)
             elif self.barrier_term == term:
                 self.barrier_term = 0  # retried on the next duty tick while still leading in this term
 
@@ -494,8 +452,7 @@ class SimMaster:
         self.sessions.clear()
         self.agent_sessions.clear()
         self.update_sent.clear()
-        self.pending.clear()
-        self.alloc_inflight = False
+        self.ledger.deposed()
 
 
 def _scratch() -> str | None:
