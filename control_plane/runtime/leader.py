@@ -341,8 +341,20 @@ class LeaderDuties:
 
     # ---- proposing -----------------------------------------------------------------------------------
     def _propose(self, proposal: duties.Propose) -> None:
-        """Propose one duty's entry in the background; its key stays pending until the outcome."""
+        """Propose one duty's entry; its key stays pending until the outcome. Per-agent and per-framework
+        duties go in the background (one slow commit must not hold back the rest of the tick); the others
+        (expiry, stale offers, offer entries) commit on the ticker thread through `Master.propose`, which
+        replicates nothing when `decide` finds nothing to do (an idle expiry round)."""
         key = proposal.key
+        if key[0] not in _BACKGROUND:
+            try:
+                self.master.propose(list(proposal.commands))
+            except TesseraError as exc:
+                log.info("%s %s not committed: %s", key[0], key[1], exc)
+            finally:
+                with self._lock:
+                    self._ledger.done(key)
+            return
 
         def done(fut: Any) -> None:
             with self._lock:
@@ -359,6 +371,9 @@ class LeaderDuties:
             log.info("%s %s not proposed: %s", key[0], key[1], exc)
             return
         fut.add_done_callback(done)
+
+
+_BACKGROUND = frozenset({"agent", "framework"})  # duty kinds proposed without waiting for the commit
 
 
 def _agent_message(group: tuple[duties.ToAgent, ...]) -> agent_pb2.MasterMessage:
