@@ -269,3 +269,30 @@ def test_ledger_records_what_a_tick_decided_until_done() -> None:
     assert ledger.pending == set() and ledger.allocation_wanted
     ledger.deposed()
     assert ledger.serving_since is None
+
+
+# ---- purity ---------------------------------------------------------------------------------------------------------------
+def test_duties_module_imports_only_the_pure_core() -> None:
+    """No I/O, clock, threads or protobuf: from the control plane only `control_plane.core` (the
+    statemachine import is for type checking only, under TYPE_CHECKING)."""
+    import ast
+    import pathlib
+
+    from tests.unit.core.test_purity import ALLOWED, FORBIDDEN, FORBIDDEN_CALLS
+
+    path = pathlib.Path(duties.__file__)
+    tree = ast.parse(path.read_text(), str(path))
+    type_only = {id(n) for top in tree.body if isinstance(top, ast.If) for n in ast.walk(top)}
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
+        if isinstance(node, ast.ImportFrom):
+            imported.add(node.module or "")
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            assert node.func.id not in FORBIDDEN_CALLS, f"duties.py calls {node.func.id}"
+    roots = {name.split(".")[0] for name in imported}
+    assert not roots & FORBIDDEN and roots <= ALLOWED, sorted(roots)
+    assert all(n.startswith("control_plane.core") for n in imported if n.startswith("control_plane")), imported
