@@ -3,14 +3,16 @@
 etcd-raft style: time enters as `now`, soft state as a frozen `SoftState`, committed facts as the
 replicated `ClusterState` and the applied batches; what to do comes back as values. Two shells run these
 same functions: `control_plane.runtime.leader.LeaderDuties` (threads, `time.monotonic()`, gRPC streams,
-protobuf) and the whole-cluster simulation (`tests.sim.world`, a fake clock and in-memory twins).
+protobuf) and the whole-cluster simulation (`tests.sim.master.SimMaster`, a fake clock and in-memory
+twins).
 
 Rules kept here
 ---------------
 - No I/O, no clock, no threads, no protobuf: this module imports only the pure core.
 - Terminal task states come from `control_plane.core.lifecycle` (never a number: TASK_UNREACHABLE is not
   terminal and frees nothing).
-- `tick(soft, state, now) -> list[Command]`: the time-driven duties. Every tick: agents silent for longer
+- `tick(soft, state, now, settings) -> list[Command]`: the time-driven duties (`settings` are the
+  `LeaderSettings` timings). Every tick: agents silent for longer
   than `agent_timeout` are marked unreachable (an agent never heard from since this leader started
   serving has `reregistration_timeout` to come back, and is marked as soon as that grace is over). Once a
   second (`SLOW_PERIOD`): connected frameworks without a stream to this leader are disconnected (after
