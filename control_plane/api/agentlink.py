@@ -44,8 +44,8 @@ from control_plane.core.errors import (
     PermissionDenied,
     TesseraError,
 )
-from control_plane.core.lifecycle import is_terminal
 from control_plane.core.values import AgentInfo, AgentState, TaskStatus
+from control_plane.runtime import duties
 from control_plane.runtime.leader import CLOSE, AgentSession, LeaderDuties
 from control_plane.tls import peer_agent_identity
 from control_plane.tracing import request_traceparent
@@ -149,23 +149,10 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         raise InvalidRequest("registration produced no agent id")
 
     def _orphaned(self, agent_id: str, reported: tuple[TaskStatus, ...]) -> list[tuple[str, str]]:
-        """Tasks the agent reports alive that the master holds ended (or never knew): Mesos kills them."""
-        def find(state: Any) -> list[tuple[str, str]]:
-            out = []
-            agent = state.agents.get(agent_id)
-            for status in reported:
-                if is_terminal(status.state):
-                    continue
-                framework_id = status.framework_id
-                if not framework_id and agent is not None:  # an agent of an earlier version: a bare id
-                    named = [k.framework_id for k in agent.task_keys if k.task_id == status.task_id]
-                    framework_id = named[0] if len(named) == 1 else ""
-                task = state.find_task(framework_id, status.task_id)
-                if task is None or task.terminal or task.agent_id != agent_id:
-                    out.append((status.task_id, framework_id))
-            return out
-
-        return list(self.master.read_state(find))
+        """Tasks the agent reports alive that the master holds ended (or never knew): Mesos kills them
+        (the rule is `duties.orphaned`, which the simulation runs too)."""
+        keys = self.master.read_state(lambda s: duties.orphaned(s, agent_id, reported))
+        return [(key.task_id, key.framework_id) for key in keys]
 
     def _read(self, session: AgentSession, request_iterator: Iterator[agent_pb2.AgentMessage]) -> None:
         try:

@@ -147,3 +147,26 @@ def test_the_scenarios_exercise_the_whole_lifecycle() -> None:
                   "OfferIssued", "OfferAccepted", "OfferDeclined", "OfferRescinded", "TaskLaunched",
                   "TaskStatusUpdated", "TaskStatusAcknowledged", "TaskKillRequested", "LeaderElected"):
         assert event in seen, sorted(seen)
+
+
+def test_the_simulation_runs_the_production_leader_duties(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sim's leader is a shell around `control_plane.runtime.duties` (as `LeaderDuties` is): every
+    decision of a seed goes through the production functions, and the sim keeps no copy of them."""
+    from control_plane.runtime import duties
+
+    calls: dict[str, int] = {}
+    for name in ("tick", "react", "elected", "offer_proposals", "orphaned", "unacknowledged"):
+        real = getattr(duties, name)
+
+        def counting(*args: object, _real: object = real, _name: str = name, **kwargs: object) -> object:
+            calls[_name] = calls.get(_name, 0) + 1
+            return _real(*args, **kwargs)  # type: ignore[operator]
+
+        monkeypatch.setattr(duties, name, counting)
+    run_seed(3, 60)
+    assert set(calls) == {"tick", "react", "elected", "offer_proposals", "orphaned", "unacknowledged"}, calls
+
+    source = "\n".join(p.read_text() for p in (ROOT / "tests" / "sim").glob("*.py") if p.name != "test_sim.py")
+    for copied in ("ev.TaskLaunched", "ev.TaskStatusUpdated", "ev.OfferIssued", "MarkAgentUnreachable",
+                   "DisconnectFramework", "ExpireOffers", "IssueOffers", "RescindOffer", ">= 5"):
+        assert copied not in source, f"tests/sim decides {copied} itself instead of calling runtime.duties"

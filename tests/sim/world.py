@@ -10,11 +10,13 @@ entries through the real replicated method into a real ``MasterStateMachine``
 restarted process does: dump first, then the journal, with the term, vote and commit index of its meta
 file as last written before the crash. Commands come from the real
 pure core: ``decide_entry`` (the function ``Master`` proposes with), ``decide``, ``apply`` and the
-allocator. The leader duties of ``control_plane.runtime.leader`` are thread- and wall-clock-bound (a
-ticker thread, blocking proposals), so a small sim leader loop (``SimMaster.duties``) drives the same
-core commands on the same schedule instead: the ``LeaderElected`` barrier before serving, rescinding
-stale offers, allocation rounds, agents marked unreachable after ``agent_timeout``, disconnected
-frameworks, offer and framework expiry, re-sending unacknowledged updates, and reactions after apply.
+allocator. The leader duties are the production ones: ``control_plane.runtime.duties`` decides them as
+data (``tick``, ``react``, ``elected``, ``offer_proposals``, ``orphaned``, with its ``Ledger`` for the
+bookkeeping), and ``SimMaster`` (``tests.sim.master``) is a second shell around those functions, as
+``LeaderDuties`` is the threaded one: its leader loop (``SimMaster.leader_loop``) runs the
+``LeaderElected`` barrier before serving, then each tick asks ``duties.tick`` what is due, and each
+applied batch ``duties.react`` what to push to the twins. Only the barrier and the delivery are the
+simulation's own.
 
 Each step the generator picks, from the seeded rng, a fault (crash or restart a master, reboot every
 master at once, cut, heal or reset a link between masters, isolate a master, lose an agent for a while), perhaps a client action,
@@ -50,20 +52,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from control_plane.allocation import allocate, snapshot_from_state
-from control_plane.codec import entry_to_bytes
-from control_plane.core import commands as cmd
-from control_plane.core import events as ev
 from control_plane.core.apply import ApplyResult
-from control_plane.core.errors import TesseraError
 from control_plane.core.invariants import check_invariants
 from control_plane.core.resources import Resources
-from control_plane.core.values import AgentState, FrameworkState, TaskKey
-from control_plane.eventlog import EventRecord, EventStore
-from control_plane.eventlog.records import EventRow
-from control_plane.replication.config import ReplicationConfig
+from control_plane.eventlog import EventStore
 from control_plane.replication.sim import (
-    FAIL_SUCCESS,
     RaftEntry,
     Scheduler,
     SimClock,
@@ -71,46 +64,14 @@ from control_plane.replication.sim import (
     SimRaftNode,
     deterministic_pysyncobj,
 )
-from control_plane.runtime.leader import _FREES_RESOURCES, LeaderSettings  # the real leader's list
-from control_plane.runtime.master import decide_entry
 from control_plane.runtime.statemachine import Applied, MasterStateMachine
+from tests.sim.master import EventTrail, SimMaster
 from tests.sim.twins import TWIN_PERIOD, AgentTwin, FrameworkTwin, Request
 
 DEFAULT_STEPS = 200
 SETTLE_STEPS = 12  # steps of 0.25 s with every fault repaired and the twins still active
 QUIET_STEPS = 6  # then steps of 0.25 s with the twins and the leader loop quiet, before the final check
 EPOCH = 1_790_000_000.0  # the fake clock starts here (decide wants plausible unix times)
-
-# Timings of the leader loop, scaled down so that a few simulated seconds see several of each duty.
-SETTINGS = LeaderSettings(agent_timeout=2.0, reregistration_timeout=2.0, framework_reconnect_timeout=2.0,
-                          allocation_interval=0.5, offer_timeout=4.0, status_update_retry=1.5, tick=0.1)
-
-class EventTrail:
-    """The event-log port of one master, reduced to what the simulation checks: records arrive with
-    consecutive seqs (within a life of the state machine) and can be looked up by seq."""
-
-    def __init__(self) -> None:
-        self.records: dict[int, EventRecord] = {}
-        self.last_seq = 0
-        self.problems: list[str] = []
-
-    def append(self, records: Sequence[EventRecord]) -> None:
-        for r in records:
-            if self.last_seq and r.seq != self.last_seq + 1:
-                self.problems.append(f"event seq {r.seq} follows {self.last_seq}")
-            self.last_seq = r.seq
-            self.records[r.seq] = r
-
-    def append_rows(self, rows: Sequence[EventRow]) -> None:
-        self.append([EventRecord(*row) for row in rows])
-
-    def restored(self, seq: int) -> None:
-        """The state machine was replaced by a snapshot: numbering continues after its seq."""
-        self.last_seq = seq
-
-    def get(self, seq: int) -> EventRecord | None:
-        return self.records.get(seq)
-
 
 class _TraceHandler(logging.Handler):
     """pysyncobj's log lines go into the trace (and are counted), not to stderr."""
@@ -165,339 +126,6 @@ def master_state_machine(trail: EventTrail) -> MasterStateMachine:
     return MasterStateMachine(cast(EventStore, trail), snapshot_every=0)
 
 
-class SimMaster:
-    """One master: its Raft node and state machine (rebuilt at each restart over the same files), and
-    the soft state of its leader loop (lost at each crash, as in a real master)."""
-
-    def __init__(self, sim: Simulation, index: int) -> None:
-        self.sim = sim
-        self.index = index
-        self.name = f"m{index}"
-        self.address = sim.addresses[index]
-        self.data_dir = sim.root / self.name
-        self.incarnation = 0
-        self.node: SimRaftNode | None = None
-        self.sm: MasterStateMachine | None = None
-        self.trail = EventTrail()
-        self.start()
-
-    # ---- life ----------------------------------------------------------------------------------------
-    def start(self) -> None:
-        sim = self.sim
-        self.incarnation += 1
-        self.ids = 0
-        self.serving_term = 0
-        self.barrier_term = 0
-        self.serving_since = 0.0
-        self.last_seen: dict[str, float] = {}  # agent id -> last time it talked to this leader
-        self.sessions: dict[str, str] = {}  # framework id -> stream id, subscribed through this leader
-        self.agent_sessions: dict[str, str] = {}  # agent id -> twin name
-        self.update_sent: dict[str, float] = {}
-        self.pending: set[str] = set()
-        self.alloc_inflight = False
-        self.want_alloc = True
-        self.last_alloc = 0.0
-        self.last_slow = 0.0
-        self.trail = EventTrail()
-        self.sm = sm = sim.state_machine_factory(self.trail)
-        sm.add_listener(self.on_applied)
-        restore, trail = sm.restore, self.trail
-
-        def restored(snap: object) -> None:
-            restore(snap)
-            trail.restored(sm.state.seq)
-            sim.trace(f"{self.name} restored a snapshot at seq {sm.state.seq}")
-
-        sm.restore = restored  # type: ignore[method-assign]
-        config = ReplicationConfig(
-            self.address, tuple(a for a in sim.addresses if a != self.address), self.data_dir,
-            log_compaction_min_entries=sim.compaction_entries, dynamic_membership_change=False,
-        )
-        self.node = SimRaftNode(sim.network, config, sm, on_leadership=sim.on_leadership,
-                                guard_snapshots=sim.guard_snapshots)
-        sim.scheduler.after(SETTINGS.tick * sim.rng.random(), self.duties, self.incarnation)
-
-    def crash(self) -> None:
-        if self.node is not None:
-            self.node.crash()
-        self.node = None
-        self.sm = None
-
-    @property
-    def alive(self) -> bool:
-        return self.node is not None
-
-    def new_id(self, prefix: str) -> str:
-        self.ids += 1
-        return f"{prefix}-{self.name}.{self.incarnation}.{self.ids}"
-
-    def serving(self) -> bool:
-        node = self.node
-        return node is not None and node.is_leader() and self.serving_term == node.term()
-
-    # ---- proposing -----------------------------------------------------------------------------------
-    def propose(self, commands: Sequence[cmd.Command], request_id: str,
-                done: Callable[[tuple[Any, ...]], None]) -> None:
-        """As ``Master.propose_async``: decide now (a domain error answers at once), then commit."""
-        node, sm = self.node, self.sm
-        assert node is not None and sm is not None
-        term = node.term()
-        try:
-            entry, prior = decide_entry(sm, commands, request_id=request_id, traceparent="", term=term,
-                                        leader=self.address, now=self.sim.clock.now, new_id=self.new_id)
-        except TesseraError as exc:
-            done(("error", type(exc).__name__, str(exc)))
-            return
-        if prior is not None:
-            done(_outcome(prior))
-            return
-        if not entry.events:
-            done(("ok", None, None))  # already done: nothing committed, nothing to acknowledge
-            return
-        data = entry_to_bytes(entry)
-        sm.expect(data, entry)
-        incarnation = self.incarnation
-
-        def committed(result: object, err: int) -> None:
-            if self.incarnation != incarnation:
-                return
-            if err != FAIL_SUCCESS or not isinstance(result, list) or not isinstance(result[0], ApplyResult):
-                done(("unknown", err))
-            else:
-                done(_outcome(result[0]))
-
-        node.propose([data], committed)
-
-    def propose_duty(self, key: str, commands: Sequence[cmd.Command]) -> None:
-        if key in self.pending:
-            return
-        self.pending.add(key)
-        incarnation = self.incarnation
-
-        def done(outcome: tuple[Any, ...]) -> None:
-            if self.incarnation == incarnation:
-                self.pending.discard(key)
-                if key == "alloc":
-                    self.alloc_inflight = False
-
-        self.propose(commands, self.new_id("req"), done)
-
-    # ---- requests from twins -------------------------------------------------------------------------
-    def handle(self, request: Request, reply: Callable[[tuple[Any, ...]], None]) -> None:
-        node = self.node
-        if node is None:
-            return  # a dead process answers nothing
-        if not self.serving():
-            reply(("not_leader", node.leader()))
-            return
-        now = self.sim.clock.now
-        twin = self.sim.twins[request.client]
-        if request.kind == "ping":
-            if isinstance(twin, AgentTwin) and twin.agent_id:
-                if self.agent_sessions.get(twin.agent_id) != twin.name:
-                    reply(("error", "NotFound", "agent session not on this master"))
-                    return
-                self.last_seen[twin.agent_id] = now
-            if isinstance(twin, FrameworkTwin) and self.sessions.get(twin.framework_id) != twin.stream_id:
-                reply(("error", "NotFound", "framework is not subscribed here"))
-                return
-            reply(("ok", None, None))
-            return
-        if request.kind == "register":
-            self.propose(request.commands, request.request_id, lambda o: reply(self._registered(o)))
-            return
-        if request.kind == "reregister":
-            agent_id = request.commands[0].agent_id  # type: ignore[union-attr]
-
-            def reregistered(outcome: tuple[Any, ...]) -> None:
-                if outcome[0] == "ok":
-                    self.agent_sessions[agent_id] = twin.name
-                    self.last_seen[agent_id] = self.sim.clock.now
-                    outcome = (*outcome[:3], self._orphaned(agent_id, request.commands[0]))  # type: ignore[arg-type]
-                reply(outcome)
-
-            self.propose(request.commands, request.request_id, reregistered)
-            return
-        if request.kind == "subscribe":
-            def subscribed(outcome: tuple[Any, ...]) -> None:
-                if outcome[0] == "ok" and outcome[1] is not None:
-                    sub = next(e for _, e in outcome[1].events if isinstance(e, ev.FrameworkSubscribed))
-                    self.sessions[sub.framework_id] = sub.stream_id
-                    outcome = (*outcome[:3], (sub.framework_id, sub.stream_id))
-                    reply(outcome)
-                    self.after_subscribe(sub.framework_id)
-                else:
-                    reply(outcome if outcome[0] != "ok" else ("error", "Conflict", "no subscription recorded"))
-
-            self.propose(request.commands, request.request_id, subscribed)
-            return
-        if isinstance(twin, AgentTwin) and twin.agent_id:
-            self.last_seen[twin.agent_id] = now
-        self.propose(request.commands, request.request_id, reply)
-
-    def _registered(self, outcome: tuple[Any, ...]) -> tuple[Any, ...]:
-        """As the agent link does: the new agent id is in the result, or (a retried registration) in the
-        event its first attempt recorded."""
-        if outcome[0] != "ok" or outcome[1] is None:
-            return outcome
-        result: ApplyResult = outcome[1]
-        for _, event in result.events:
-            if isinstance(event, ev.AgentRegistered):
-                return (*outcome[:3], event.agent_id)
-        record = self.trail.get(result.first_seq)
-        if record is not None and record.type == "AgentRegistered":
-            return (*outcome[:3], record.agent_id)
-        return ("error", "InvalidRequest", "registration produced no agent id")
-
-    def _orphaned(self, agent_id: str, rereg: cmd.ReregisterAgent) -> tuple[TaskKey, ...]:
-        assert self.sm is not None
-        state = self.sm.state
-        out = []
-        for status in rereg.tasks:
-            task = state.find_task(status.framework_id, status.task_id)
-            if task is None or task.terminal or task.agent_id != agent_id:
-                out.append(TaskKey(status.framework_id, status.task_id))
-        return tuple(out)
-
-    def after_subscribe(self, framework_id: str) -> None:
-        assert self.sm is not None
-        state = self.sm.state
-        offers = state.offers_of_framework(framework_id)
-        if offers:
-            self.sim.push_framework(self, framework_id, "offers", tuple(offers))
-        for t in state.tasks_of_framework(framework_id):
-            if t.unacknowledged:
-                self.update_sent[t.unacknowledged[0].uuid] = self.sim.clock.now
-                self.sim.push_framework(self, framework_id, "update", t.unacknowledged[0])
-        self.want_alloc = True
-
-    # ---- reactions after apply -----------------------------------------------------------------------
-    def on_applied(self, batch: Sequence[Applied]) -> None:
-        self.sim.applied(self, batch)
-        if not self.serving():
-            return
-        term = self.node.term() if self.node is not None else 0
-        offers: dict[str, list[Any]] = {}
-        for applied in batch:
-            for _, event in applied.result.events:
-                if isinstance(event, _FREES_RESOURCES):
-                    self.want_alloc = True
-                if isinstance(event, ev.TaskLaunched):
-                    self.sim.push_agent(self, event.agent_id, term, "run", event.task)
-                elif isinstance(event, ev.TaskKillRequested):
-                    self.sim.push_agent(self, event.agent_id, term, "kill",
-                                        TaskKey(event.framework_id, event.task_id))
-                elif isinstance(event, ev.TaskStatusUpdated):
-                    if event.status.state >= 5:
-                        self.want_alloc = True
-                    if event.status.uuid:
-                        self.update_sent[event.status.uuid] = self.sim.clock.now
-                    self.sim.push_framework(self, event.framework_id, "update", event.status)
-                elif isinstance(event, ev.OfferIssued):
-                    offers.setdefault(event.framework_id, []).append(event.offer)
-                elif isinstance(event, ev.OfferRescinded):
-                    self.sim.push_framework(self, event.framework_id, "rescind", event.offer_id)
-                elif isinstance(event, ev.FrameworkRemoved):
-                    self.sessions.pop(event.framework_id, None)
-        for framework_id, items in offers.items():
-            self.sim.push_framework(self, framework_id, "offers", tuple(items))
-
-    # ---- the leader loop -----------------------------------------------------------------------------
-    def duties(self, incarnation: int) -> None:
-        if incarnation != self.incarnation or self.node is None:
-            return
-        sim = self.sim
-        sim.scheduler.after(SETTINGS.tick, self.duties, incarnation)
-        node, sm = self.node, self.sm
-        assert sm is not None
-        now = sim.clock.now
-        if not node.is_leader():
-            if self.serving_term:
-                self.deposed()
-            return
-        term = node.term()
-        if self.serving_term != term:
-            if self.serving_term:
-                self.deposed()
-            if self.barrier_term != term:
-                self.barrier_term = term
-                self.barrier(term)
-            return
-        if sim.quiet:
-            return
-        state = sm.state
-        # agents silent for too long (a new leader first grants the re-registration grace)
-        for agent_id, agent in sorted(state.agents.items()):
-            if agent.state not in (AgentState.AGENT_ACTIVE, AgentState.AGENT_DRAINING):
-                continue
-            seen = self.last_seen.get(agent_id)
-            if seen is None:
-                if now - self.serving_since < SETTINGS.reregistration_timeout:
-                    continue
-                seen = self.serving_since + SETTINGS.reregistration_timeout
-            if now - seen > SETTINGS.agent_timeout:
-                self.propose_duty(f"agent {agent_id}", [cmd.MarkAgentUnreachable(
-                    agent_id=agent_id, reason=f"no heartbeat for {now - seen:.1f} s")])
-        if now - self.last_slow >= 1.0:
-            self.last_slow = now
-            if now - self.serving_since >= SETTINGS.framework_reconnect_timeout:
-                for framework_id, fw in sorted(state.frameworks.items()):
-                    if fw.state is FrameworkState.FRAMEWORK_CONNECTED and framework_id not in self.sessions:
-                        self.propose_duty(f"framework {framework_id}", [cmd.DisconnectFramework(
-                            framework_id=framework_id, stream_id=fw.stream_id)])
-            self.propose_duty("expiry", [cmd.ExpireFrameworks(), cmd.ExpireOffers()])
-            for framework_id in sorted(self.sessions):
-                for t in state.tasks_of_framework(framework_id):
-                    if t.unacknowledged:
-                        status = t.unacknowledged[0]
-                        if now - self.update_sent.get(status.uuid, 0.0) >= SETTINGS.status_update_retry:
-                            self.update_sent[status.uuid] = now
-                            sim.push_framework(self, framework_id, "update", status)
-        if not self.alloc_inflight and (self.want_alloc or now - self.last_alloc >= SETTINGS.allocation_interval):
-            self.want_alloc = False
-            self.last_alloc = now
-            offers = allocate(snapshot_from_state(state, now), new_id=self.new_id, now=now,
-                              offer_timeout=SETTINGS.offer_timeout)
-            if offers:
-                self.alloc_inflight = True
-                self.propose_duty("alloc", [cmd.IssueOffers(offers=tuple(offers))])
-
-    def barrier(self, term: int) -> None:
-        """The LeaderElected barrier (plus AnnounceMaster), then serve; as ``Master._become_leader``."""
-        assert self.sm is not None
-        commands: list[cmd.Command] = [cmd.ElectLeader(term=term, master=self.address, grpc_address=self.name,
-                                                       name=self.name)]
-        if self.sm.state.masters.get(self.address) != (self.name, self.name):
-            commands.append(cmd.AnnounceMaster(name=self.name, raft_address=self.address, grpc_address=self.name))
-        incarnation = self.incarnation
-
-        def done(outcome: tuple[Any, ...]) -> None:
-            if self.incarnation != incarnation or self.node is None:
-                return
-            if outcome[0] == "ok" and self.node.is_leader() and self.node.term() == term:
-                self.serving_term = term
-                self.serving_since = self.sim.clock.now
-                self.sim.trace(f"{self.name} serving term {term}")
-                stale = sorted(self.sm.state.offers) if self.sm is not None else []
-                if stale:
-                    self.propose_duty("rescind", [cmd.RescindOffer(offer_id=o, reason="leader changed") for o in stale])
-                self.want_alloc = True
-            elif self.barrier_term == term:
-                self.barrier_term = 0  # retried on the next duty tick while still leading in this term
-
-        self.propose(commands, f"leader-{self.address}-{term}", done)
-
-    def deposed(self) -> None:
-        self.sim.trace(f"{self.name} deposed from term {self.serving_term}")
-        self.serving_term = 0
-        self.last_seen.clear()
-        self.sessions.clear()
-        self.agent_sessions.clear()
-        self.update_sent.clear()
-        self.pending.clear()
-        self.alloc_inflight = False
-
-
 def _scratch() -> str | None:
     """Journal, meta and dump files go to memory-backed /dev/shm when there is one: the same files and
     the same pysyncobj code paths, without paying for disk metadata writes (the meta file is rewritten
@@ -508,12 +136,6 @@ def _scratch() -> str | None:
 
 def _digest(command: bytes) -> str:
     return hashlib.sha256(command).hexdigest()[:12]
-
-
-def _outcome(result: ApplyResult) -> tuple[Any, ...]:
-    if result.ok:
-        return ("ok", result, result.request_id)
-    return ("error", result.error_code, result.reason)
 
 
 class Simulation:

@@ -195,36 +195,3 @@ def test_sdk_framework_and_emulated_agents_launch_many_tasks_with_batched_messag
     assert len({(r.raft_index, r.request_id) for r in acks}) < len(acks)
     assert stats.updates_acked == 2 * total and stats.tasks_launched == total
 
-
-def test_reactions_keep_each_streams_order_and_split_big_batches(node: InProcessMaster) -> None:
-    from control_plane.core.values import TaskState as CoreState
-    from control_plane.core.values import TaskStatus as CoreStatus
-    from control_plane.runtime.leader import MAX_PER_MESSAGE
-    from tessera.v1 import agent_pb2
-
-    def run(task_id: str) -> agent_pb2.MasterMessage:
-        return agent_pb2.MasterMessage(term=7, run_task=agent_pb2.RunTask(task=common_pb2.TaskInfo(task_id=task_id)))
-
-    kill = agent_pb2.MasterMessage(term=7, kill_task=agent_pb2.KillTask(task_id="r-1"))
-    messages = [run("r-0"), run("r-1"), kill] + [run(f"s-{i}") for i in range(MAX_PER_MESSAGE + 1)]
-    batched = node.duties.attach_agent("agent-batched", batched=True)
-    single = node.duties.attach_agent("agent-single")
-    node.duties._send_to_agent("agent-batched", messages)
-    node.duties._send_to_agent("agent-single", messages)
-    sent = [batched.out.get_nowait() for _ in range(batched.out.qsize())]
-    shape = [(m.WhichOneof("kind"), len(m.run_tasks.tasks)) for m in sent]
-    assert shape == [("run_tasks", 2), ("kill_task", 0), ("run_tasks", MAX_PER_MESSAGE), ("run_task", 0)]
-    flat = [t.task_id for m in sent for t in ([m.run_task.task] if m.HasField("run_task") else
-                                                [r.task for r in m.run_tasks.tasks])]
-    assert flat == [m.run_task.task.task_id for m in messages if m.HasField("run_task")]
-    assert [single.out.get_nowait() for _ in range(single.out.qsize())] == messages
-
-    statuses = [CoreStatus(task_id=f"u-{i}", state=CoreState.TASK_RUNNING, uuid=f"uuid-{i}")
-                for i in range(MAX_PER_MESSAGE + 2)]
-    rescind = scheduler_pb2.SchedulerEvent(rescind=scheduler_pb2.Rescind(offer_id="o-1"))
-    fw = node.duties.attach_framework("fw-batched", "stream-1", batched_updates=True)
-    node.duties._send_to_framework("fw-batched", [statuses[0], rescind, *statuses[1:]])
-    events = [fw.out.get_nowait() for _ in range(fw.out.qsize())]
-    assert [(e.WhichOneof("kind"), len(e.updates.updates)) for e in events] == [
-        ("update", 0), ("rescind", 0), ("updates", MAX_PER_MESSAGE), ("update", 0)]
-    assert set(fw.last_update_sent) == {s.uuid for s in statuses}

@@ -1,0 +1,85 @@
+"""The threaded shell around the duties (`LeaderDuties`): what the pure functions decide reaches the
+right stream in order, as protobuf, coalesced where the stream understands batches; and the shell runs
+the same `duties` functions as the simulation (no copy of its own)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from control_plane.core import commands as c
+from control_plane.core.resources import Resources
+from control_plane.core.values import AgentInfo, Offer, TaskInfo, TaskState, TaskStatus
+from control_plane.runtime import duties, leader
+from control_plane.runtime.duties import MAX_PER_MESSAGE
+from tests.support.cluster import wait_for
+from tests.support.inprocess import InProcessMaster
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def node() -> Iterator[InProcessMaster]:
+    with InProcessMaster() as m:
+        yield m
+
+
+def test_reactions_keep_each_streams_order_and_split_big_batches(node: InProcessMaster) -> None:
+    def messages(agent_id: str) -> list[duties.ToAgent]:
+        def run(task_id: str) -> duties.RunTask:
+            return duties.RunTask(agent_id, 7, TaskInfo(task_id=task_id, name=task_id), traceparent="00-x")
+
+        kill = duties.KillTask(agent_id, 7, "fw", "r-1", 2.0)
+        return [run("r-0"), run("r-1"), kill] + [run(f"s-{i}") for i in range(MAX_PER_MESSAGE + 1)]
+
+    batched = node.duties.attach_agent("agent-batched", batched=True)
+    single = node.duties.attach_agent("agent-single")
+    node.duties.deliver(messages("agent-batched"))
+    node.duties.deliver(messages("agent-single"))
+    sent = [batched.out.get_nowait() for _ in range(batched.out.qsize())]
+    shape = [(m.WhichOneof("kind"), len(m.run_tasks.tasks)) for m in sent]
+    assert shape == [("run_tasks", 2), ("kill_task", 0), ("run_tasks", MAX_PER_MESSAGE), ("run_task", 0)]
+    flat = [t.task_id for m in sent for t in ([m.run_task.task] if m.HasField("run_task") else
+                                                [r.task for r in m.run_tasks.tasks])]
+    assert flat == [m.task.task_id for m in messages("x") if isinstance(m, duties.RunTask)]
+    assert all(m.term == 7 for m in sent) and sent[1].kill_task.grace_period_seconds == 2.0
+    singles = [single.out.get_nowait() for _ in range(single.out.qsize())]
+    assert [m.WhichOneof("kind") for m in singles] == ["run_task", "run_task", "kill_task"] + [
+        "run_task"] * (MAX_PER_MESSAGE + 1)
+    assert singles[0].run_task.traceparent == "00-x"
+
+    statuses = [TaskStatus(task_id=f"u-{i}", state=TaskState.TASK_RUNNING, uuid=f"uuid-{i}")
+                for i in range(MAX_PER_MESSAGE + 2)]
+    offer = Offer(offer_id="o-2", framework_id="fw-batched", agent_id="a", role="web", resources=Resources.of(cpus=1))
+    fw = node.duties.attach_framework("fw-batched", "stream-1", batched_updates=True)
+    node.duties.deliver([duties.SendUpdate("fw-batched", statuses[0]), duties.SendRescind("fw-batched", "o-1"),
+                         *[duties.SendUpdate("fw-batched", s) for s in statuses[1:]],
+                         duties.SendOffers("fw-batched", (offer,)),
+                         duties.RemoveFramework("fw-batched", "teardown"),
+                         duties.SendRescind("fw-batched", "o-2")])  # after the removal: never sent
+    events = [fw.out.get_nowait() for _ in range(fw.out.qsize())]
+    assert [(e.WhichOneof("kind"), len(e.updates.updates)) if e is not leader.CLOSE else "CLOSE" for e in events] == [
+        ("update", 0), ("rescind", 0), ("updates", MAX_PER_MESSAGE), ("update", 0), ("offers", 0), ("error", 0),
+        "CLOSE"]
+    assert "framework removed: teardown" in events[5].error.message
+    assert set(fw.last_update_sent) == {s.uuid for s in statuses}
+
+
+def test_the_shell_runs_the_duties_functions(node: InProcessMaster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`LeaderDuties` asks `duties.tick` and `duties.react` (the functions the simulation runs)."""
+    calls = {"tick": 0, "react": 0}
+    tick, react = duties.tick, duties.react
+
+    def counting_tick(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["tick"] += 1
+        return tick(*args, **kwargs)
+
+    def counting_react(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["react"] += 1
+        return react(*args, **kwargs)
+
+    monkeypatch.setattr(duties, "tick", counting_tick)
+    monkeypatch.setattr(duties, "react", counting_react)
+    node.master.propose([c.RegisterAgent(info=AgentInfo(hostname="h", resources=Resources.of(cpus=1)))])
+    wait_for(lambda: calls["tick"] > 0 and calls["react"] > 0, 10, what="the shell to tick and react")
