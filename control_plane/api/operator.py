@@ -1,5 +1,9 @@
 """The Operator gRPC service: thin — convert, call the master or the event log, convert back.
 
+Conversions are in `codec.operator_api` (shared with the CLI); the replicator is reached only through
+`runtime.quorum.Quorum` (membership changes, this master's view) and the leader's soft state through
+`runtime.state_view.StateView`.
+
 Validation that needs state lives in `decide`; this module only checks the shape of requests that never
 reach the core (limits, addresses) and maps results. Errors go through `@grpc_errors`. Each method
 first asks the guard whether the caller's principal may take the action it needs (`core.acl`).

@@ -2,9 +2,10 @@
 
 Thin: each call converts its request to a core command naming the framework and stream id, proposes it
 on the leader (errors map to status codes in `api.errors`), and converts back. `Subscribe` commits
-`FrameworkSubscribed` before the first `Subscribed` event, then streams what the leader's reactor queues
-for the framework, plus heartbeats; when the stream ends it proposes `DisconnectFramework`, which starts
-the framework's failover timeout.
+`FrameworkSubscribed` (`runtime.subscriptions`, which decides a stale subscription again) before the
+first `Subscribed` event, then streams what the leader's reactor queues for the framework, plus
+heartbeats; when the stream ends it records the disconnect, which starts the framework's failover
+timeout. `Reconcile` is answered by `runtime.reconcile` from replicated state.
 
 Authorization (`api.auth`, decisions in `core.acl`): every call names a framework that must belong to
 the caller's principal; `Subscribe` records the token's principal and checks the roles, `Accept` the
