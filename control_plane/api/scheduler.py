@@ -28,8 +28,9 @@ from control_plane.api.errors import grpc_errors
 from control_plane.codec import from_proto, operation_from_proto, to_proto
 from control_plane.core import commands as cmd
 from control_plane.core.acl import Caller, check_framework_call, check_launch, check_subscribe
-from control_plane.core.errors import InvalidRequest, NotFound, NotLeader, Unavailable
+from control_plane.core.errors import NotLeader
 from control_plane.core.values import FrameworkInfo
+from control_plane.runtime.acknowledgements import acknowledge_many
 from control_plane.runtime.leader import CLOSE, LeaderDuties
 from control_plane.runtime.reconcile import reconcile
 from control_plane.runtime.subscriptions import Subscriptions
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 
 BATCHED_UPDATES = "BATCHED_UPDATES"  # SubscribeRequest.capabilities: send updates as `updates` events
 BATCHED_ACKNOWLEDGEMENTS = "BATCHED_ACKNOWLEDGEMENTS"  # Subscribed.capabilities: AcknowledgeRequest.updates
-MAX_ACKNOWLEDGEMENTS = 2_000  # in one Acknowledge call (keeps its log entry well under 1 MiB)
 
 class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     def __init__(self, duties: LeaderDuties, guard: Guard | None = None) -> None:
@@ -164,32 +164,12 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         return self._acknowledge_many(request, context)
 
     def _acknowledge_many(self, request: scheduler_pb2.AcknowledgeRequest, context: grpc.ServicerContext) -> Any:
-        """Many acknowledgements, each recorded as if sent alone, committed as one entry. Unknown tasks or
-        uuids come back in `refused`; any other refusal (a stale stream, a bad id) fails the call, which
-        the framework may send again as it is (acknowledging twice changes nothing)."""
         h = request.header
         items = [(request.task_id, request.uuid)] if request.task_id or request.uuid else []
         items.extend((a.task_id, a.uuid) for a in request.updates)
-        if len(items) > MAX_ACKNOWLEDGEMENTS:
-            raise InvalidRequest(f"updates: at most {MAX_ACKNOWLEDGEMENTS} acknowledgements in one call")
-        if not self.master.is_serving():
-            raise NotLeader("acknowledgements go to the leader", self.master.leader_grpc_hint())
-        if not self.master.read_state(lambda s: h.framework_id in s.frameworks):
-            raise NotFound(f"framework {h.framework_id} is not known")
-        commands: list[cmd.Command] = [cmd.Acknowledge(framework_id=h.framework_id, task_id=task_id, uuid=uuid,
-                                                       stream_id=h.stream_id) for task_id, uuid in items]
-        future = self.master.propose_each_async(commands, traceparent=request_traceparent(context))
-        try:
-            outcomes = future.result(timeout=self.master.commit_timeout + 1.0)
-        except TimeoutError as exc:
-            raise Unavailable("acknowledgements not committed in time; send them again") from exc
-        refused = []
-        for (task_id, uuid), outcome in zip(items, outcomes, strict=True):
-            if isinstance(outcome, NotFound):
-                refused.append(scheduler_pb2.Acknowledgement(task_id=task_id, uuid=uuid))
-            elif outcome is not None:
-                raise outcome
-        return scheduler_pb2.AcknowledgeResponse(refused=refused)
+        refused = acknowledge_many(self.master, h.framework_id, h.stream_id, items, request_traceparent(context))
+        return scheduler_pb2.AcknowledgeResponse(refused=[
+            scheduler_pb2.Acknowledgement(task_id=task_id, uuid=uuid) for task_id, uuid in refused])
 
     @grpc_errors
     def Teardown(self, request: scheduler_pb2.TeardownRequest, context: grpc.ServicerContext) -> Any:
