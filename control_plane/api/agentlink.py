@@ -157,11 +157,11 @@ class _Wire:
 
     @staticmethod
     def uuid(update: agent_pb2.StatusUpdate) -> str:
-        return update.status.uuid
+        return str(update.status.uuid)
 
     @staticmethod
     def traceparent(update: agent_pb2.StatusUpdate) -> str:
-        return update.traceparent
+        return str(update.traceparent)
 
     @staticmethod
     def decode(session: AgentSession, update: agent_pb2.StatusUpdate) -> TaskStatus:

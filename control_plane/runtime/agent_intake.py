@@ -70,15 +70,19 @@ class Session(Protocol):
 S = TypeVar("S", bound=Session)
 
 
-class IntakePort(Protocol[S, U]):
-    def uuid(self, update: U) -> str: ...
+S_in = TypeVar("S_in", bound=Session, contravariant=True)
+U_in = TypeVar("U_in", contravariant=True)
 
-    def traceparent(self, update: U) -> str: ...
 
-    def decode(self, session: S, update: U) -> TaskStatus:
+class IntakePort(Protocol[S_in, U_in]):
+    def uuid(self, update: U_in) -> str: ...
+
+    def traceparent(self, update: U_in) -> str: ...
+
+    def decode(self, session: S_in, update: U_in) -> TaskStatus:
         """The update's status, for `session`'s agent; raises a domain error when it is not acceptable."""
 
-    def acknowledge(self, session: S, updates: Sequence[U]) -> None:
+    def acknowledge(self, session: S_in, updates: Sequence[U_in]) -> None:
         """Acknowledge `updates` to `session`'s agent (in one message when it understands that)."""
 
 
