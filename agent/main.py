@@ -121,7 +121,8 @@ def _run_agent(config: AgentConfig, stop: threading.Event | None) -> int:
     from agent.executor.isolation import detect_isolator
     from agent.executor.launcher import ProcessLauncher
     from agent.runtime.agent import Agent
-    from control_plane.tracing import OperatorSpanStore, setup_tracing
+    from control_plane.api.span_reporter import OperatorSpanStore
+    from control_plane.tracing import setup_tracing
 
     try:
         resolved = resolve(config)

@@ -1,6 +1,9 @@
 """OpenTelemetry for Tessera processes: a TracerProvider whose finished spans land next to the event log
 (so `tessera trace TASK_ID` needs no collector), optional OTLP export, and W3C traceparent helpers.
 
+A process without an event store reports its spans to the leader with `api.span_reporter.OperatorSpanStore`;
+this module imports nothing of `control_plane.api` (the master's write path imports it).
+
 Tracing never fails the caller: every helper here swallows its own errors (logged at debug level).
 """
 
@@ -115,32 +118,6 @@ class CallbackSpanStore:
             self._send(spans)
         except Exception as exc:  # noqa: BLE001 - best effort
             log.debug("dropping %d spans: %s", len(spans), exc)
-
-
-class OperatorSpanStore:
-    """Spans of a process without an event store (an agent): sent to the leader with Operator.ReportSpans.
-
-    Called from the BatchSpanProcessor's thread, so it never blocks the caller's loop; best effort: a
-    batch that does not get through within `timeout` is dropped (logged at debug level)."""
-
-    def __init__(self, masters: Sequence[str], timeout: float = 2.0, security: Any = None) -> None:
-        from control_plane.api.client import MasterClient
-
-        self.client = MasterClient(masters, timeout=timeout, rpc_timeout=timeout, security=security)
-        self.timeout = timeout
-
-    def append_spans(self, spans: Sequence[SpanRecord]) -> None:
-        try:
-            from control_plane.api.operator import span_to_proto
-            from tessera.v1 import operator_pb2
-
-            request = operator_pb2.ReportSpansRequest(spans=[span_to_proto(s) for s in spans])
-            self.client.call(lambda stub: stub.ReportSpans, request, timeout=self.timeout)
-        except Exception as exc:  # noqa: BLE001 - best effort
-            log.debug("dropping %d spans: %s", len(spans), exc)
-
-    def close(self) -> None:
-        self.client.close()
 
 
 def _otlp_exporter() -> SpanExporter | None:

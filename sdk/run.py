@@ -354,7 +354,8 @@ def run_command(masters: str | None, cpus: str, mem: str, name: str, role: str, 
         sys.exit(2)
     # the framework side of the task's trace: the SDK's client spans go to the leader, stored next to
     # its event log, so `tessera trace TASK` starts at the framework's Accept
-    from control_plane.tracing import OperatorSpanStore, setup_tracing
+    from control_plane.api.span_reporter import OperatorSpanStore
+    from control_plane.tracing import setup_tracing
 
     security = _security()
     provider = setup_tracing("tessera-run", span_store=OperatorSpanStore(list(options.masters), security=security))

@@ -1,5 +1,9 @@
 """The Operator gRPC service: thin — convert, call the master or the event log, convert back.
 
+Conversions are in `codec.operator_api` (shared with the CLI); the replicator is reached only through
+`runtime.quorum.Quorum` (membership changes, this master's view) and the leader's soft state through
+`runtime.state_view.StateView`.
+
 Validation that needs state lives in `decide`; this module only checks the shape of requests that never
 reach the core (limits, addresses) and maps results. Errors go through `@grpc_errors`. Each method
 first asks the guard whether the caller's principal may take the action it needs (`core.acl`).
@@ -12,9 +16,7 @@ forget it. Span reports are checked against the tasks they concern and the repor
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import re
 import time
 from collections.abc import Iterator
@@ -25,41 +27,37 @@ import grpc
 
 from control_plane.api.auth import Guard
 from control_plane.api.errors import grpc_errors
-from control_plane.codec import resources_from_proto, resources_to_proto, to_proto
+from control_plane.codec import resources_from_proto
+from control_plane.codec.operator_api import (
+    event_filter_from_proto,
+    events_to_proto,
+    history_point_from_proto,
+    quorum_to_proto,
+    span_from_proto,
+    span_to_proto,
+    state_at_to_proto,
+    state_to_proto,
+)
 from control_plane.core import commands as cmd
 from control_plane.core.acl import Caller, check_operator
-from control_plane.core.errors import Conflict, InvalidRequest, NotFound, NotLeader, Unavailable
+from control_plane.core.errors import InvalidRequest, NotFound, NotLeader
 from control_plane.core.spans import (
     SpanLimits,
     check_span_call,
-    check_span_fields,
     check_span_report,
     checks_span_owners,
     placements,
 )
-from control_plane.core.visibility import (
-    FULL,
-    Visibility,
-    framework_owners,
-    redact_event_payload,
-    redact_span_attributes,
-    redact_status,
-    redact_task,
-    visibility_for,
-)
-from control_plane.eventlog import EventFilter, EventRecord, SpanRecord
+from control_plane.core.visibility import Visibility, framework_owners, visibility_for
+from control_plane.eventlog import EventFilter, EventRecord
 from control_plane.eventlog.errors import HistoryPruned
 from control_plane.eventlog.timeline import resolve_task
-from control_plane.replication.errors import (
-    NotLeaderError,
-    NotSupportedError,
-    QuorumChangeError,
-    UnknownOutcomeError,
-)
 from control_plane.runtime.master import Master
+from control_plane.runtime.quorum import Quorum
+from control_plane.runtime.state_view import StateView
 from control_plane.tls import peer_agent_identity
 from control_plane.tracing import SpanReporters, request_traceparent
-from tessera.v1 import common_pb2, operator_pb2, operator_pb2_grpc
+from tessera.v1 import operator_pb2, operator_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -76,119 +74,6 @@ def check_address(value: str, field: str) -> str:
     return value
 
 
-def event_filter_from_proto(f: operator_pb2.EventFilter) -> EventFilter:
-    if f.since_time < 0 or f.until_time < 0:
-        raise InvalidRequest("filter: times must not be negative")
-    return EventFilter(
-        types=tuple(f.types), framework_id=f.framework_id, agent_id=f.agent_id, task_id=f.task_id,
-        offer_id=f.offer_id, since_time=f.since_time or None, until_time=f.until_time or None,
-    )
-
-
-def _redacted_json(text: str, redact: Any) -> str:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return ""  # not what the log writes; nothing of it is shown
-    if not isinstance(value, dict):
-        return ""
-    return json.dumps(redact(value), ensure_ascii=False, separators=(",", ":"))
-
-
-def event_record_to_proto(r: EventRecord, full: bool = True) -> operator_pb2.EventRecord:
-    """The record as a reader sees it: `full` False redacts what the payload carries of a task
-    (`core.visibility.redact_event_payload`)."""
-    return operator_pb2.EventRecord(
-        index=r.seq, raft_index=r.raft_index, position=r.position, type=r.type, time=r.time, term=r.term,
-        request_id=r.request_id, framework_id=r.framework_id, agent_id=r.agent_id, task_id=r.task_id,
-        offer_id=r.offer_id, trace_id=r.trace_id, span_id=r.span_id,
-        payload_json=r.payload if full else _redacted_json(r.payload, redact_event_payload),
-    )
-
-
-def events_to_proto(records: list[EventRecord], visibility: Visibility,
-                    owners: dict[str, str] | None) -> list[operator_pb2.EventRecord]:
-    """Records for a reader; `owners` (framework id -> principal) is needed unless it sees all."""
-    if visibility.sees_all or owners is None:
-        return [event_record_to_proto(r) for r in records]
-    return [event_record_to_proto(r, not r.framework_id or visibility.sees_in_full(owners.get(r.framework_id)))
-            for r in records]
-
-
-def span_to_proto(r: SpanRecord, full: bool = True) -> operator_pb2.Span:
-    """The span as a reader sees it: `full` False keeps only Tessera's own attributes' values."""
-    return operator_pb2.Span(
-        trace_id=r.trace_id, span_id=r.span_id, parent_span_id=r.parent_span_id, name=r.name, service=r.service,
-        kind=r.kind, start_time=r.start_time, end_time=r.end_time, status=r.status,
-        attributes_json=r.attributes if full else _redacted_json(r.attributes, redact_span_attributes),
-        task_id=r.task_id,
-    )
-
-
-_HEX = frozenset("0123456789abcdef")
-
-
-def span_from_proto(p: operator_pb2.Span, limits: SpanLimits | None = None, now: float = 0.0) -> SpanRecord:
-    """A reported span; with `limits`, also checked against them at `now` (unix seconds)."""
-    if len(p.trace_id) != 32 or len(p.span_id) != 16 or not _HEX.issuperset(p.trace_id + p.span_id) \
-            or len(p.parent_span_id) not in (0, 16) or not _HEX.issuperset(p.parent_span_id):
-        raise InvalidRequest("span: trace_id must be 32 and span_id (parent_span_id) 16 lower-case hex digits")
-    if not (math.isfinite(p.start_time) and math.isfinite(p.end_time)):
-        raise InvalidRequest("span: start_time and end_time must be finite")
-    if limits is not None:
-        check_span_fields(limits, {"name": p.name, "service": p.service, "kind": p.kind, "status": p.status,
-                                   "task_id": p.task_id}, p.attributes_json, p.start_time, p.end_time, now)
-    return SpanRecord(
-        trace_id=p.trace_id, span_id=p.span_id, parent_span_id=p.parent_span_id, name=p.name, service=p.service,
-        kind=p.kind, start_time=p.start_time, end_time=p.end_time, status=p.status, attributes=p.attributes_json,
-        task_id=p.task_id,
-    )
-
-
-def state_to_proto(state: Any, leader: str, term: int, duties: Any = None,
-                   visibility: Visibility = FULL) -> operator_pb2.GetStateResponse:
-    """The state as a reader with `visibility` sees it: other principals' tasks redacted."""
-    resp = operator_pb2.GetStateResponse(index=state.seq, leader=leader, term=term)
-    owners = None if visibility.sees_all else framework_owners(state)
-    usage = None
-    if duties is not None:
-        # by (framework id, task id): task ids are scoped per framework
-        usage = {(u.framework_id, u.task_id): u for sample in list(duties.usage.values()) for u in sample.tasks}
-    for agent_id, a in sorted(state.agents.items()):
-        view = resp.agents.add(
-            agent_id=agent_id, state=int(a.state), registered_at=a.registered_at, task_count=len(a.task_keys),
-        )
-        view.info.CopyFrom(to_proto(a.info, common_pb2.AgentInfo))
-        session = duties.agents.get(agent_id) if duties is not None else None
-        if session is not None:
-            view.connected = True
-            view.last_heartbeat_age = max(0.0, time.monotonic() - session.last_seen)
-        resources_to_proto(a.used, view.used)
-        resources_to_proto(a.offered, view.offered)
-    for framework_id, f in sorted(state.frameworks.items()):
-        fview = resp.frameworks.add(
-            framework_id=framework_id, state=int(f.state), failover_deadline=f.failover_deadline or 0.0,
-            suppressed_roles=sorted(f.suppressed_roles),
-        )
-        fview.info.CopyFrom(to_proto(f.info, common_pb2.FrameworkInfo))
-        resources_to_proto(f.used, fview.used)
-        resources_to_proto(f.offered, fview.offered)
-    for _, t in sorted(state.tasks.items()):
-        tview = resp.tasks.add(state=int(t.state), unacknowledged_updates=len(t.unacknowledged))
-        if usage is not None and t.key in usage:
-            tview.usage.CopyFrom(usage[t.key])
-        full = owners is None or visibility.sees_in_full(owners.get(t.info.framework_id))
-        tview.task.CopyFrom(to_proto(t.info if full else redact_task(t.info), common_pb2.TaskInfo))
-        if t.last_status is not None:
-            status = t.last_status if full else redact_status(t.last_status)
-            tview.last_status.CopyFrom(to_proto(status, common_pb2.TaskStatus))
-    for _, role in sorted(state.roles.items()):
-        resp.roles.append(to_proto(role, common_pb2.RoleInfo))
-    for _, offer in sorted(state.offers.items()):
-        resp.offers.append(to_proto(offer, common_pb2.Offer))
-    return resp
-
-
 class OperatorService(operator_pb2_grpc.OperatorServicer):
     def __init__(self, master: Master, peer_quorum: Any = None, duties: Any = None,
                  guard: Guard | None = None, span_limits: SpanLimits | None = None) -> None:
@@ -200,6 +85,8 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         # callable(grpc_address) -> GetQuorumResponse for a member's own view; injected so tests can twin it
         self._peer_quorum = peer_quorum
         self._fanout = ThreadPoolExecutor(max_workers=8, thread_name_prefix="quorum-fanout")
+        self.quorum = Quorum(master)
+        self.state_view = StateView(master, duties)
 
     def _authorize(self, context: grpc.ServicerContext, method: str) -> Caller:
         """The caller's principal may take the action `method` needs (see `core.acl.OPERATOR_ACTIONS`)."""
@@ -222,11 +109,9 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
     @grpc_errors
     def GetState(self, request: operator_pb2.GetStateRequest, context: grpc.ServicerContext) -> Any:
         visibility = self._visibility(context, "GetState")
-        if request.consistent:
-            self.master.barrier()
-        status = self.master.replicator
-        return self.master.read_state(
-            lambda s: state_to_proto(s, s.leader, s.term or status.term(), self.duties, visibility))
+        return self.state_view.read(lambda s, soft: state_to_proto(
+            s, soft.leader, soft.term, visibility, usage=soft.usage, heartbeat_ages=soft.heartbeat_ages),
+            consistent=request.consistent)
 
     # ---- event log -------------------------------------------------------------------------------
     @grpc_errors
@@ -372,33 +257,10 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         return resp
 
     # ---- quorum ----------------------------------------------------------------------------------
-    def _local_quorum(self) -> operator_pb2.GetQuorumResponse:
-        st = self.master.replicator.status()
-        masters = self.master.read_state(lambda s: dict(s.masters))
-        resp = operator_pb2.GetQuorumResponse(
-            leader=st.leader or "", term=st.term, commit_index=st.commit_index, applied_index=st.last_applied,
-            has_quorum=st.has_quorum, self_raft=st.self_address, log_len=st.log_len,
-            leader_grpc=self.master.leader_grpc_hint() or "",
-        )
-        event_index = self.master.read_state(lambda s: s.seq)
-        for m in st.members:
-            known = masters.get(m.address)
-            name, grpc_address = (known[0], known[1]) if known else ("", "")
-            ms = resp.members.add(
-                name=name, raft_address=m.address, grpc_address=grpc_address,
-                is_leader=(m.address == st.leader), is_self=m.is_self, connected=m.connected,
-                match_index=m.match_index or 0,
-            )
-            if m.is_self:
-                ms.commit_index, ms.applied_index, ms.event_index = st.commit_index, st.last_applied, event_index
-                ms.term, ms.reachable = st.term, True
-                ms.name, ms.grpc_address = self.master.identity.name, self.master.identity.grpc_address
-        return resp
-
     @grpc_errors
     def GetQuorum(self, request: operator_pb2.GetQuorumRequest, context: grpc.ServicerContext) -> Any:
         self._authorize(context, "GetQuorum")
-        resp = self._local_quorum()
+        resp = quorum_to_proto(self.quorum.local())
         if request.local_only or self._peer_quorum is None:
             return resp
         others = [m for m in resp.members if not m.is_self and m.grpc_address]
@@ -420,49 +282,16 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
                 m.error = str(details or exc)[:200]
         return resp
 
-    def _leader_only(self) -> None:
-        if not self.master.is_serving():
-            raise NotLeader("quorum changes go to the leader", self.master.leader_grpc_hint())
-
-    def _membership(self, fut: Any, what: str) -> None:
-        try:
-            fut.result(timeout=15.0)
-        except TimeoutError as exc:
-            raise Unavailable(f"{what}: no answer from the quorum within 15 s") from exc
-        except NotSupportedError as exc:
-            raise Conflict(f"{what}: {exc}") from exc
-        except QuorumChangeError as exc:
-            raise Conflict(f"{what} refused: {exc}") from exc
-        except NotLeaderError as exc:
-            raise NotLeader(f"{what}: leadership moved", self.master.leader_grpc_hint()) from exc
-        except UnknownOutcomeError as exc:
-            raise Unavailable(f"{what}: outcome unknown ({exc}); check `tessera quorum status`") from exc
-
     @grpc_errors
     def AddMaster(self, request: operator_pb2.AddMasterRequest, context: grpc.ServicerContext) -> Any:
         self._authorize(context, "AddMaster")
-        address = check_address(request.raft_address, "raft_address")
-        self._leader_only()
-        if address in {m.address for m in self.master.replicator.status().members}:
-            raise InvalidRequest(f"raft_address: {address} is already a member")
-        self._membership(self.master.replicator.add_member(address), f"adding {address}")
+        self.quorum.add_member(check_address(request.raft_address, "raft_address"))
         return operator_pb2.AddMasterResponse()
 
     @grpc_errors
     def RemoveMaster(self, request: operator_pb2.RemoveMasterRequest, context: grpc.ServicerContext) -> Any:
         self._authorize(context, "RemoveMaster")
-        address = check_address(request.raft_address, "raft_address")
-        self._leader_only()
-        members = {m.address for m in self.master.replicator.status().members}
-        if address not in members:
-            raise InvalidRequest(f"raft_address: {address} is not a member")
-        if address == self.master.identity.raft_address:
-            raise InvalidRequest("raft_address: the leader cannot remove itself; transfer leadership first")
-        self._membership(self.master.replicator.remove_member(address), f"removing {address}")
-        try:
-            self.master.propose([cmd.RemoveMaster(raft_address=address)])
-        except NotFound:
-            pass  # never announced: nothing recorded about it
+        self.quorum.remove_member(check_address(request.raft_address, "raft_address"))
         return operator_pb2.RemoveMasterResponse()
 
     @grpc_errors
@@ -471,8 +300,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
     ) -> Any:
         self._authorize(context, "TransferLeadership")
         target = check_address(request.raft_address, "raft_address") if request.raft_address else None
-        self._leader_only()
-        self._membership(self.master.replicator.transfer_leadership(target), "leadership transfer")
+        self.quorum.transfer_leadership(target)
         return operator_pb2.TransferLeadershipResponse()
 
     @grpc_errors
@@ -524,37 +352,3 @@ def peer_host(peer: str) -> str:
     if scheme in ("ipv4", "ipv6") and rest:
         return rest.rsplit(":", 1)[0]
     return peer
-
-
-def history_point_from_proto(p: operator_pb2.HistoryPoint, field: str) -> Any:
-    from control_plane.eventlog.timepoints import Point
-
-    which = p.WhichOneof("point")
-    if which is None:
-        raise InvalidRequest(f"{field}: give an index or a time")
-    if which == "time" and not (math.isfinite(p.time) and p.time >= 0):
-        raise InvalidRequest(f"{field}.time: must be a finite, non-negative unix time")
-    return Point(index=p.index) if which == "index" else Point(time=p.time)
-
-
-def state_at_to_proto(at: Any, diff_from: Any = None, diff: Any = None, first_index: int = 0,
-                      last_index: int = 0, visibility: Visibility = FULL) -> operator_pb2.GetStateAtResponse:
-    """`replay.StateAt` values (and a `diff.StateDiff`) as a GetStateAtResponse; the CLI uses the
-    same conversion for files read offline, so both print alike. Tasks are redacted for `visibility`
-    by their owners in that state (a diff names no command, environment or label)."""
-
-    def point(s: Any) -> operator_pb2.ResolvedPoint:
-        return operator_pb2.ResolvedPoint(requested_index=s.requested, index=s.index, time=s.state.time,
-                                          snapshot_index=s.snapshot_seq, replayed_events=s.replayed)
-
-    resp = operator_pb2.GetStateAtResponse(first_index=first_index, last_index=last_index)
-    resp.state.CopyFrom(state_to_proto(at.state, at.state.leader, at.state.term, visibility=visibility))
-    resp.at.CopyFrom(point(at))
-    if diff_from is not None:
-        resp.diff_from.CopyFrom(point(diff_from))
-    for c in diff.changes if diff is not None else ():
-        resp.changes.add(kind=c.kind, id=c.id, change=c.change, fields=[
-            operator_pb2.StateFieldChange(field=f.field, before=f.before, after=f.after) for f in c.fields])
-    return resp
-
-

@@ -2,9 +2,10 @@
 
 Thin: each call converts its request to a core command naming the framework and stream id, proposes it
 on the leader (errors map to status codes in `api.errors`), and converts back. `Subscribe` commits
-`FrameworkSubscribed` before the first `Subscribed` event, then streams what the leader's reactor queues
-for the framework, plus heartbeats; when the stream ends it proposes `DisconnectFramework`, which starts
-the framework's failover timeout.
+`FrameworkSubscribed` (`runtime.subscriptions`, which decides a stale subscription again) before the
+first `Subscribed` event, then streams what the leader's reactor queues for the framework, plus
+heartbeats; when the stream ends it records the disconnect, which starts the framework's failover
+timeout. `Reconcile` is answered by `runtime.reconcile` from replicated state.
 
 Authorization (`api.auth`, decisions in `core.acl`): every call names a framework that must belong to
 the caller's principal; `Subscribe` records the token's principal and checks the roles, `Accept` the
@@ -24,13 +25,15 @@ import grpc
 
 from control_plane.api.auth import Guard
 from control_plane.api.errors import grpc_errors
-from control_plane.codec import from_proto, resources_from_proto, to_proto
+from control_plane.codec import from_proto, operation_from_proto, to_proto
 from control_plane.core import commands as cmd
-from control_plane.core import events as ev
 from control_plane.core.acl import Caller, check_framework_call, check_launch, check_subscribe
-from control_plane.core.errors import Conflict, InvalidRequest, NotFound, NotLeader, TesseraError, Unavailable
-from control_plane.core.values import FrameworkInfo, TaskInfo, TaskState, TaskStatus
+from control_plane.core.errors import NotLeader
+from control_plane.core.values import FrameworkInfo
+from control_plane.runtime.acknowledgements import acknowledge_many
 from control_plane.runtime.leader import CLOSE, LeaderDuties
+from control_plane.runtime.reconcile import reconcile
+from control_plane.runtime.subscriptions import Subscriptions
 from control_plane.tracing import request_traceparent
 from tessera.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
@@ -38,33 +41,13 @@ log = logging.getLogger(__name__)
 
 BATCHED_UPDATES = "BATCHED_UPDATES"  # SubscribeRequest.capabilities: send updates as `updates` events
 BATCHED_ACKNOWLEDGEMENTS = "BATCHED_ACKNOWLEDGEMENTS"  # Subscribed.capabilities: AcknowledgeRequest.updates
-MAX_ACKNOWLEDGEMENTS = 2_000  # in one Acknowledge call (keeps its log entry well under 1 MiB)
-
-_OPERATION_TYPES = {
-    scheduler_pb2.Operation.LAUNCH: "LAUNCH",
-    scheduler_pb2.Operation.RESERVE: "RESERVE",
-    scheduler_pb2.Operation.UNRESERVE: "UNRESERVE",
-}
-
-
-
-
-def operation_from_proto(op: scheduler_pb2.Operation) -> cmd.Operation:
-    kind = _OPERATION_TYPES.get(op.type)
-    if kind is None:
-        raise InvalidRequest(f"operations[].type: unknown operation type {op.type}")
-    return cmd.Operation(
-        type=kind,  # type: ignore[arg-type]
-        tasks=tuple(from_proto(t, TaskInfo) for t in op.tasks),
-        resources=resources_from_proto(op.resources),
-    )
-
 
 class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     def __init__(self, duties: LeaderDuties, guard: Guard | None = None) -> None:
         self.duties = duties
         self.master = duties.master
         self.guard = guard or Guard.open()
+        self.subscriptions = Subscriptions(self.master)
 
     def _caller_of(self, framework_id: str, call: str, context: grpc.ServicerContext) -> Caller:
         """The caller, who must be the principal of the framework the call names (`core.acl`)."""
@@ -88,17 +71,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         info = from_proto(request.info, FrameworkInfo)
         caller = self._caller_of(info.framework_id, "Subscribe", context)
         info = replace(info, principal=check_subscribe(caller, info.principal, info.roles))
-        for attempt in range(3):
-            try:
-                result = self.master.propose([cmd.SubscribeFramework(info=info)],
-                                             traceparent=request_traceparent(context))
-                break
-            except Conflict:
-                # a resubscription rescinds the framework's offers; an allocation round committed in
-                # between can leave a new one and the entry is rejected: decide again (bounded)
-                if attempt == 2:
-                    raise
-        subscribed = next(e for _, e in result.events if isinstance(e, ev.FrameworkSubscribed))
+        subscribed = self.subscriptions.subscribe(info, request_traceparent(context))
         session = self.duties.attach_framework(subscribed.framework_id, subscribed.stream_id,
                                                batched_updates=BATCHED_UPDATES in request.capabilities)
         log.info("framework %s (%s) subscribed on stream %s", subscribed.framework_id, info.name,
@@ -129,12 +102,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             if not self.master.is_serving() and context.is_active():
                 raise NotLeader("this master stopped leading", self.master.leader_grpc_hint())
         finally:
-            if self.duties.detach_framework(session) and self.master.is_serving():
-                try:
-                    self.master.propose([cmd.DisconnectFramework(
-                        framework_id=session.framework_id, stream_id=session.stream_id)])
-                except TesseraError as exc:
-                    log.info("framework %s disconnect not recorded: %s", session.framework_id, exc)
+            if self.duties.detach_framework(session):
+                self.subscriptions.disconnect(session.framework_id, session.stream_id)
 
     # ---- calls ---------------------------------------------------------------------------------------
     @grpc_errors
@@ -195,32 +164,12 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         return self._acknowledge_many(request, context)
 
     def _acknowledge_many(self, request: scheduler_pb2.AcknowledgeRequest, context: grpc.ServicerContext) -> Any:
-        """Many acknowledgements, each recorded as if sent alone, committed as one entry. Unknown tasks or
-        uuids come back in `refused`; any other refusal (a stale stream, a bad id) fails the call, which
-        the framework may send again as it is (acknowledging twice changes nothing)."""
         h = request.header
         items = [(request.task_id, request.uuid)] if request.task_id or request.uuid else []
         items.extend((a.task_id, a.uuid) for a in request.updates)
-        if len(items) > MAX_ACKNOWLEDGEMENTS:
-            raise InvalidRequest(f"updates: at most {MAX_ACKNOWLEDGEMENTS} acknowledgements in one call")
-        if not self.master.is_serving():
-            raise NotLeader("acknowledgements go to the leader", self.master.leader_grpc_hint())
-        if not self.master.read_state(lambda s: h.framework_id in s.frameworks):
-            raise NotFound(f"framework {h.framework_id} is not known")
-        commands: list[cmd.Command] = [cmd.Acknowledge(framework_id=h.framework_id, task_id=task_id, uuid=uuid,
-                                                       stream_id=h.stream_id) for task_id, uuid in items]
-        future = self.master.propose_each_async(commands, traceparent=request_traceparent(context))
-        try:
-            outcomes = future.result(timeout=self.master.commit_timeout + 1.0)
-        except TimeoutError as exc:
-            raise Unavailable("acknowledgements not committed in time; send them again") from exc
-        refused = []
-        for (task_id, uuid), outcome in zip(items, outcomes, strict=True):
-            if isinstance(outcome, NotFound):
-                refused.append(scheduler_pb2.Acknowledgement(task_id=task_id, uuid=uuid))
-            elif outcome is not None:
-                raise outcome
-        return scheduler_pb2.AcknowledgeResponse(refused=refused)
+        refused = acknowledge_many(self.master, h.framework_id, h.stream_id, items, request_traceparent(context))
+        return scheduler_pb2.AcknowledgeResponse(refused=[
+            scheduler_pb2.Acknowledgement(task_id=task_id, uuid=uuid) for task_id, uuid in refused])
 
     @grpc_errors
     def Teardown(self, request: scheduler_pb2.TeardownRequest, context: grpc.ServicerContext) -> Any:
@@ -240,32 +189,9 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         if not self.master.is_serving():
             raise NotLeader("reconciliation is answered by the leader", self.master.leader_grpc_hint())
 
-        def answer(state: Any) -> list[common_pb2.TaskStatus]:
-            fw = state.frameworks.get(h.framework_id)
-            if fw is None:
-                from control_plane.core.errors import NotFound
-
-                raise NotFound(f"framework {h.framework_id} is not known")
-            if h.stream_id and h.stream_id != fw.stream_id:
-                from control_plane.core.errors import Conflict
-
-                raise Conflict("stream_id is not the framework's current stream")
-            out = []
-            task_ids = list(request.task_ids) or sorted(fw.task_ids)
-            for task_id in task_ids:
-                task = state.find_task(h.framework_id, task_id)  # task ids are scoped per framework
-                if task is None:
-                    status = TaskStatus(task_id=task_id, state=TaskState.TASK_LOST, reason="REASON_RECONCILIATION",
-                                        message="the master does not know this task", framework_id=h.framework_id)
-                elif task.last_status is not None:
-                    status = task.last_status
-                else:
-                    status = TaskStatus(task_id=task_id, state=task.state, reason="REASON_RECONCILIATION",
-                                        agent_id=task.agent_id, framework_id=h.framework_id)
-                out.append(to_proto(status, common_pb2.TaskStatus))
-            return out
-
-        return scheduler_pb2.ReconcileResponse(statuses=self.master.read_state(answer))
+        statuses = self.master.read_state(
+            lambda state: reconcile(state, h.framework_id, h.stream_id, request.task_ids))
+        return scheduler_pb2.ReconcileResponse(statuses=[to_proto(st, common_pb2.TaskStatus) for st in statuses])
 
     @grpc_errors
     def Message(self, request: scheduler_pb2.MessageRequest, context: grpc.ServicerContext) -> Any:

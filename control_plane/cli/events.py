@@ -17,17 +17,16 @@ import grpc
 from control_plane.cli.inspect import (
     _Cluster,
     _emit,
-    _filter_proto,
     _json_mode,
     _open_db,
     _point,
-    _record_from_proto,
     _remote_records,
     _rpc_message,
     fail,
     record_json,
     record_line,
 )
+from control_plane.codec.operator_api import event_filter_to_proto, event_record_from_proto
 from control_plane.eventlog import EventFilter, EventRecord
 from control_plane.eventlog.errors import HistoryError, HistoryPruned
 from control_plane.eventlog.export import export_events
@@ -121,11 +120,11 @@ def _show_last(obj: Any, db: Path | None, flt: EventFilter, n: int, show: Callab
         cluster = _Cluster(obj)
         try:
             resp = cluster.call(lambda s: s.ListEvents, operator_pb2.ListEventsRequest(
-                limit=min(n, 10_000), filter=_filter_proto(flt), descending=True))
+                limit=min(n, 10_000), filter=event_filter_to_proto(flt), descending=True))
         finally:
             cluster.close()
         last = resp.last_index
-        records = [_record_from_proto(r) for r in resp.events if r.index <= last]
+        records = [event_record_from_proto(r) for r in resp.events if r.index <= last]
     for r in reversed(records):
         show(r)
     return last + 1
@@ -209,13 +208,13 @@ def _follow(cluster: _Cluster, flt: EventFilter, cursor: int, show: Callable[[Ev
     while True:
         address = addresses[i % len(addresses)]
         stream = cluster.client.operator(address).WatchEvents(
-            operator_pb2.WatchEventsRequest(from_index=cursor, filter=_filter_proto(flt)),
+            operator_pb2.WatchEventsRequest(from_index=cursor, filter=event_filter_to_proto(flt)),
             metadata=cluster.client.metadata)
         try:
             for batch in stream:
                 down_since, failures = None, 0
                 for r in batch.events:
-                    show(_record_from_proto(r))
+                    show(event_record_from_proto(r))
                     cursor = r.index + 1
         except grpc.RpcError as err:
             code = err.code()

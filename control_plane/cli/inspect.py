@@ -30,6 +30,12 @@ from typing import Any, NoReturn
 import click
 import grpc
 
+from control_plane.codec.operator_api import (
+    event_filter_to_proto,
+    event_record_from_proto,
+    history_point_to_proto,
+    state_at_to_proto,
+)
 from control_plane.eventlog import EventFilter, EventRecord
 from control_plane.eventlog.diff import diff_states
 from control_plane.eventlog.errors import AmbiguousTask, HistoryError, HistoryPruned
@@ -129,20 +135,6 @@ def _rpc_message(err: grpc.RpcError) -> str:
     return f"{code.name}: {details}"
 
 
-def _record_from_proto(r: Any) -> EventRecord:
-    return EventRecord(seq=r.index, raft_index=r.raft_index, position=r.position, type=r.type, time=r.time,
-                       term=r.term, request_id=r.request_id, framework_id=r.framework_id, agent_id=r.agent_id,
-                       task_id=r.task_id, offer_id=r.offer_id, trace_id=r.trace_id, span_id=r.span_id,
-                       payload=r.payload_json)
-
-
-def _filter_proto(flt: EventFilter) -> Any:
-    from tessera.v1 import operator_pb2
-
-    return operator_pb2.EventFilter(types=list(flt.types), framework_id=flt.framework_id, agent_id=flt.agent_id,
-                                    task_id=flt.task_id, offer_id=flt.offer_id, since_time=flt.since_time or 0.0)
-
-
 def _remote_records(cluster: _Cluster, flt: EventFilter, from_index: int = 0,
                     limit: int | None = None) -> Iterator[EventRecord]:
     """Events from the cluster page by page (ListEvents holds at most 10000 per call)."""
@@ -152,9 +144,9 @@ def _remote_records(cluster: _Cluster, flt: EventFilter, from_index: int = 0,
     while left is None or left > 0:
         page_size = 10_000 if left is None else min(left, 10_000)
         resp = cluster.call(lambda s: s.ListEvents, operator_pb2.ListEventsRequest(
-            from_index=cursor, limit=page_size, filter=_filter_proto(flt)))
+            from_index=cursor, limit=page_size, filter=event_filter_to_proto(flt)))
         for r in resp.events:
-            yield _record_from_proto(r)
+            yield event_record_from_proto(r)
         if len(resp.events) < page_size:
             return
         cursor = resp.events[-1].index + 1
@@ -296,8 +288,6 @@ def state(obj: Any, at_text: str | None, diff_text: str | None, db: Path | None,
 
 
 def _state_at_offline(db: Path, at: Point | None, since: Point | None) -> Any:
-    from control_plane.api.operator import state_at_to_proto
-
     now = time.time()
     with _open_db(db) as source:
         try:
@@ -315,13 +305,9 @@ def _state_at_offline(db: Path, at: Point | None, since: Point | None) -> Any:
 def _state_at_remote(obj: Any, at: Point | None, since: Point | None) -> Any:
     from tessera.v1 import operator_pb2
 
-    def proto(p: Point) -> Any:
-        return operator_pb2.HistoryPoint(index=p.index) if p.index is not None else \
-            operator_pb2.HistoryPoint(time=p.time)
-
-    req = operator_pb2.GetStateAtRequest(at=proto(at or Point(time=time.time())))
+    req = operator_pb2.GetStateAtRequest(at=history_point_to_proto(at or Point(time=time.time())))
     if since is not None:
-        req.diff_from.CopyFrom(proto(since))
+        req.diff_from.CopyFrom(history_point_to_proto(since))
     cluster = _Cluster(obj, rpc_timeout=HISTORY_RPC_SECONDS)
     try:
         # find a master that answers within --timeout; only then allow the rebuild its own, longer time

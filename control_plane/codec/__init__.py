@@ -8,8 +8,10 @@ numbers), so conversion is generic: for each dataclass a plan is built once from
 Input from the network goes through `from_proto`, which validates resources (negative, NaN, infinite,
 malformed ranges raise `InvalidRequest`) and refuses unknown enum numbers the same way.
 
-Also here: `entry_to_bytes` / `entry_from_bytes` (the replicated `LogEntry`) and `to_jsonable` (the
-payload stored in the event log).
+Also here: `entry_to_bytes` / `entry_from_bytes` (the replicated `LogEntry`), `to_jsonable` (the
+payload stored in the event log) and `operation_from_proto` (a framework's offer operations). The
+Operator API's records, spans, filters and state views, for the master and the CLI alike, are in
+`codec.operator_api`.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from typing import Any, TypeVar
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 
+from control_plane.core import commands as cmd
 from control_plane.core import events as ev
 from control_plane.core.errors import InvalidRequest
 from control_plane.core.resources import Resources
-from tessera.v1 import common_pb2, log_pb2
+from control_plane.core.values import TaskInfo
+from tessera.v1 import common_pb2, log_pb2, scheduler_pb2
 
 T = TypeVar("T")
 
@@ -340,3 +344,25 @@ def _json_field(value: Any) -> Any:
 
 def resource_list(items: list[tuple[str, float]]) -> list[common_pb2.Resource]:
     return [common_pb2.Resource(name=n, scalar=v) for n, v in items]
+
+
+
+# ---- scheduler operations ----------------------------------------------------------------------
+
+_OPERATION_TYPES = {
+    scheduler_pb2.Operation.LAUNCH: "LAUNCH",
+    scheduler_pb2.Operation.RESERVE: "RESERVE",
+    scheduler_pb2.Operation.UNRESERVE: "UNRESERVE",
+}
+
+
+def operation_from_proto(op: scheduler_pb2.Operation) -> cmd.Operation:
+    """A framework's offer operation as a command's (raises InvalidRequest)."""
+    kind = _OPERATION_TYPES.get(op.type)
+    if kind is None:
+        raise InvalidRequest(f"operations[].type: unknown operation type {op.type}")
+    return cmd.Operation(
+        type=kind,  # type: ignore[arg-type]
+        tasks=tuple(from_proto(t, TaskInfo) for t in op.tasks),
+        resources=resources_from_proto(op.resources),
+    )

@@ -15,7 +15,7 @@ import grpc
 import pytest
 from google.protobuf.json_format import MessageToDict
 
-from control_plane.api.operator import state_at_to_proto
+from control_plane.codec.operator_api import state_at_to_proto
 from control_plane.core import commands as c
 from control_plane.core.resources import Resources
 from control_plane.core.values import AgentInfo, FrameworkInfo

@@ -20,8 +20,9 @@ from agent.config import AgentConfig, resolve
 from agent.executor.isolation import RlimitIsolator
 from agent.executor.launcher import ProcessLauncher
 from agent.runtime.agent import Agent, run_in_thread
+from control_plane.api.span_reporter import OperatorSpanStore
 from control_plane.eventlog import EventFilter, MemoryEventStore
-from control_plane.tracing import OperatorSpanStore, StoreSpanExporter, context_from, current_traceparent
+from control_plane.tracing import StoreSpanExporter, context_from, current_traceparent
 from sdk import FrameworkInfo, Resources
 from sdk.grpc_transport import GrpcTransport
 from sdk.protocol import AcceptCall, CallHeader, OffersEvent, SubscribedEvent
