@@ -275,9 +275,8 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
             proposed.append(update)
             commands.append(cmd.UpdateStatus(status=status, identity=session.identity))
         if commands:
-            traceparent = next((u.traceparent for u in proposed if u.traceparent), "")
-            try:
-                fut = self.master.propose_each_async(commands, traceparent=traceparent)
+            try:  # each update under its own task's trace
+                fut = self.master.propose_each_async(commands, traceparents=[u.traceparent for u in proposed])
             except NotLeader:
                 for update in proposed:
                     self._release(update.status.uuid)
