@@ -2,13 +2,23 @@
 
 Theory of operation
 -------------------
-A write is `propose(commands)`: on the leader, under the state lock, `decide` turns each command into
-events (raising a domain error for bad input, before anything is replicated); the events become one
-`Entry` stamped with the leader's term, address, clock, request id and trace context; the entry's bytes
-go to the replicator, which group-commits concurrent proposals into one Raft call; once the entry is
-applied on this master the caller gets the `ApplyResult`. A `Rejected` outcome (the decision became
-stale in flight) is raised as the recorded domain error. An unknown outcome (leader change, timeout) is
-`Unavailable`: the caller retries with the same request id and `apply` de-duplicates.
+Every write takes one path, `Master._write`: check that this master serves (NotLeader otherwise); under
+the state lock `decide_entry` turns the commands into events (raising a domain error for bad input,
+before anything is replicated) — or answers a request id already applied from the log; the events
+become one `Entry` stamped with the leader's term, address, clock (the `clock` argument), request id
+(minted by the `new_id` argument when the caller gave none) and trace context; the entry's bytes go to
+the replicator, which group-commits concurrent proposals into one Raft call; the write's future resolves
+with the `ApplyResult` once the entry is applied here. The public calls are shapes of that path:
+`submit` (alias `propose_async`) returns the future; `propose` waits for it and raises a rejected
+outcome (the decision became stale in flight) as the recorded domain error; `propose_redeciding`
+decides again on Conflict; `propose_each_async` decides independent commands one by one, one entry per
+trace context, and commits those of a rejected entry alone (by callbacks, no thread). An unknown
+outcome (leader change, timeout) is `Unavailable`: the caller retries with the same request id and
+`apply` de-duplicates.
+
+Write observers (`add_write_observer`) see each write once, with its outcome and duration
+(`WriteOutcome`), before its future resolves: tracing ends the write's `master.propose` and
+`raft.commit` spans there, and metrics time every write (status updates and acknowledgements included).
 
 Leadership: when replication reports that this master became leader, it commits a `LeaderElected`
 barrier (plus its own `MasterAdded` when the quorum does not know its gRPC address yet). Only after that

@@ -23,7 +23,7 @@ from control_plane.eventlog import MemoryEventStore
 from control_plane.replication import LocalReplicator
 from control_plane.runtime.master import Master, MasterIdentity, WriteOutcome
 from control_plane.runtime.statemachine import MasterStateMachine
-from tessera.v1 import common_pb2, scheduler_pb2
+from tessera.v1 import common_pb2
 from tests.support.cluster import wait_for
 from tests.support.inprocess import InProcessMaster
 from tests.support.scripted import ScriptedAgent, ScriptedFramework
@@ -186,8 +186,7 @@ def test_the_serving_check_and_the_spans_appear_once_per_write() -> None:
 
 # ---- 8a: an agent's batch of two tasks' updates keeps each task's trace --------------------------------
 def test_a_batch_of_two_tasks_updates_records_each_under_its_own_trace() -> None:
-    from control_plane.codec import resources_to_proto
-    from control_plane.core.resources import Resources
+    from tests.unit.api.test_batched_messages import launch_many
 
     with InProcessMaster() as node:
         assert node.channel is not None
@@ -196,15 +195,7 @@ def test_a_batch_of_two_tasks_updates_records_each_under_its_own_trace() -> None
         try:
             assert agent.registered.wait(5)
             wait_for(lambda: fw.offers, 10, what="an offer")
-            offer = next(iter(fw.offers.values()))
-            tasks = []
-            for task_id in ("task-a", "task-b"):
-                task = common_pb2.TaskInfo(task_id=task_id, name=task_id, agent_id=offer.agent_id,
-                                           command=common_pb2.CommandInfo(shell=True, value="true"))
-                resources_to_proto(Resources.parse("cpus:0.1;mem:16"), task.resources)
-                tasks.append(task)
-            fw.stub.Accept(scheduler_pb2.AcceptRequest(header=fw.header(), offer_ids=[offer.offer_id], operations=[
-                scheduler_pb2.Operation(type=scheduler_pb2.Operation.LAUNCH, tasks=tasks)]), timeout=5)
+            launch_many(fw, next(iter(fw.offers.values())), ["task-a", "task-b"])
             wait_for(lambda: len(agent.run_tasks()) == 2, 10, what="the RunTasks")
             batch = [agent.status("task-a", common_pb2.TASK_RUNNING), agent.status("task-b", common_pb2.TASK_RUNNING)]
             for update, parent in zip(batch, (PARENT_A, PARENT_B), strict=True):
