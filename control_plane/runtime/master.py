@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry import trace
 
@@ -138,8 +138,7 @@ def decide_each_entry(
     return ev.Entry(term, leader, now, request_id, traceparent, tuple(events)), refused
 
 
-@dataclass(frozen=True, slots=True)
-class WriteOutcome:
+class WriteOutcome(NamedTuple):
     """One write as write observers see it, once its outcome is known.
 
     `result` is the `ApplyResult` when the entry was applied (or answered from an earlier attempt);
@@ -156,16 +155,12 @@ class WriteOutcome:
     error: TesseraError | None = None
     spans: tuple[trace.Span, ...] = ()
 
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
 
 WriteObserver = Callable[[WriteOutcome], None]
 
 
 class _Write:
-    """One write in flight: what its outcome will report."""
+    """One write in flight: what its outcome will report, told to the observers exactly once."""
 
     __slots__ = ("master", "commands", "request_id", "started", "spans")
 
@@ -176,34 +171,26 @@ class _Write:
         self.started = started
         self.spans: list[trace.Span] = []  # master.propose last; raft.commit put before it
 
-    def refused(self, error: TesseraError) -> None:
-        self.master._observe(WriteOutcome(self.commands, self.request_id, time.perf_counter() - self.started,
-                                          None, error, tuple(self.spans)))
+    def observed(self) -> bool:
+        """False when nobody would see this write: no observer but tracing, and no span to end (then no
+        outcome is built: the untraced write path pays nothing for the hook)."""
+        return bool(self.spans) or len(self.master._observers) > 1
 
-    def settled(self, fut: Future[Any]) -> Future[ApplyResult]:
-        """The future of the write's `ApplyResult`, resolved after the observers saw the outcome."""
-        done: Future[ApplyResult] = Future()
-
-        def settle(f: Future[Any]) -> None:
-            result: ApplyResult | None = None
-            error: TesseraError | None = None
+    def observe(self, result: ApplyResult | None, error: TesseraError | None) -> None:
+        if not self.observed():
+            return
+        outcome = WriteOutcome(self.commands, self.request_id, time.perf_counter() - self.started,
+                               result, error, tuple(self.spans))
+        for observer in self.master._observers:
             try:
-                raw = f.result()
-                if not isinstance(raw, ApplyResult):
-                    raise Unavailable(f"unexpected apply result {raw!r}")
-                result = raw
-            except BaseException as exc:  # noqa: BLE001 - the future must resolve whatever happened
-                error = self.master._domain_error(exc)
-            rejected = None if result is None or result.ok else error_from_code(result.error_code, result.reason)
-            self.master._observe(WriteOutcome(self.commands, self.request_id, time.perf_counter() - self.started,
-                                              result, error or rejected, tuple(self.spans)))
-            if result is None:
-                done.set_exception(error or Unavailable("no outcome"))
-            else:
-                done.set_result(result)
+                observer(outcome)
+            except Exception:  # noqa: BLE001 - an observer never fails a write
+                log.exception("write observer failed")
 
-        fut.add_done_callback(settle)
-        return done
+    def observe_future(self, fut: Future[Any]) -> None:
+        """A done callback: observe the outcome the write's future settled with."""
+        if self.observed():
+            self.observe(*self.master._settle(fut))
 
 
 class _Gather:
@@ -329,7 +316,7 @@ class Master:
                     grpc_address=self.identity.grpc_address,
                 ))
             try:
-                self.wait_result(self._write(commands + extra, request_id, "", term=term, traced=False)[0])
+                self._wait(*self._write(commands + extra, request_id, "", term=term, traced=False)[:2])
             except (Unavailable, NotLeader) as exc:
                 log.info("leader barrier for term %d not committed yet: %s", term, exc)
                 time.sleep(0.05)
@@ -405,20 +392,24 @@ class Master:
     def add_write_observer(self, observer: WriteObserver) -> None:
         """Call `observer(outcome)` once for every write this master proposes, when its outcome is known
         (on the thread that learned it: keep it quick and never raising)."""
-        self._observers.append(observer)
+        with self._lock:
+            self._observers = [*self._observers, observer]  # copied on change: writes iterate without a lock
 
     def remove_write_observer(self, observer: WriteObserver) -> None:
-        if observer in self._observers:
-            self._observers.remove(observer)
+        with self._lock:
+            self._observers = [o for o in self._observers if o != observer]
 
     def submit(
         self, commands: Sequence[cmd.Command], *, request_id: str = "", traceparent: str = ""
     ) -> Future[ApplyResult]:
         """Decide now, commit in the background. Raises the domain error `decide` raises, or NotLeader;
         the future resolves with the `ApplyResult` once applied here (a rejected one carries its error
-        code), or fails with NotLeader, Unavailable (outcome unknown: retry with the same request id) or
-        InvalidRequest (too large to replicate)."""
-        return self._write(commands, request_id, traceparent)[0]
+        code), or fails with the replicator's error (`wait_result` translates it: NotLeader, Unavailable
+        when the outcome is unknown — retry with the same request id —, InvalidRequest when too large)."""
+        fut, write, _ = self._write(commands, request_id, traceparent)
+        if write.observed():
+            fut.add_done_callback(write.observe_future)  # before any caller's callback
+        return fut
 
     propose_async = submit  # the name the servicers and the leader duties call
 
@@ -426,7 +417,21 @@ class Master:
         self, commands: Sequence[cmd.Command], *, request_id: str = "", traceparent: str = ""
     ) -> ApplyResult:
         """Decide and commit `commands` atomically; raises a domain error or NotLeader."""
-        return self.wait_result(self.submit(commands, request_id=request_id, traceparent=traceparent))
+        return self._wait(*self._write(commands, request_id, traceparent)[:2])
+
+    def _wait(self, fut: Future[Any], write: _Write) -> ApplyResult:
+        """The blocking shape: wait for the write's outcome, tell the observers (on this thread, before
+        returning), raise it when it is an error."""
+        try:
+            result = self._await(fut)
+        except TesseraError as exc:
+            write.observe(None, exc)
+            raise
+        error = None if result.ok else error_from_code(result.error_code, result.reason)
+        write.observe(result, error)
+        if error is not None:  # rejected now, or a duplicate of an entry that was rejected
+            raise error
+        return result
 
     def propose_redeciding(
         self, commands: Sequence[cmd.Command], *, request_id: str = "", traceparent: str = "", attempts: int = 3
@@ -467,7 +472,9 @@ class Master:
         outcomes: list[TesseraError | None] = [None] * len(commands)
         gather = _Gather(outcomes)
         for tp, positions in groups.items():
-            fut, refused = self._write([commands[i] for i in positions], "", tp, term=term, each=True)
+            fut, write, refused = self._write([commands[i] for i in positions], "", tp, term=term, each=True)
+            if write.observed():
+                fut.add_done_callback(write.observe_future)
             for position, refusal in zip(positions, refused, strict=True):
                 outcomes[position] = refusal
             chosen = [p for p, refusal in zip(positions, refused, strict=True) if refusal is None]
@@ -480,11 +487,11 @@ class Master:
                         gather: _Gather, fut: Future[ApplyResult]) -> None:
         """One entry of `propose_each_async` settled: when `apply` rejected it, commit each of its commands
         alone (callbacks, no thread), so one stale command does not refuse the others."""
-        error = fut.exception()
-        if error is not None and (isinstance(error, (NotLeader, Unavailable)) or not isinstance(error, TesseraError)):
+        result, error = self._settle(fut)
+        if isinstance(error, (NotLeader, Unavailable)):
             gather.fail(error)
             return
-        if error is None and fut.result().ok:
+        if result is not None and result.ok:
             gather.finish()
             return
         for position in chosen:
@@ -500,17 +507,12 @@ class Master:
             alone.add_done_callback(functools.partial(self._alone_committed, position, gather))
         gather.finish()
 
-    @staticmethod
-    def _alone_committed(position: int, gather: _Gather, fut: Future[ApplyResult]) -> None:
-        error = fut.exception()
-        if error is not None and (isinstance(error, (NotLeader, Unavailable)) or not isinstance(error, TesseraError)):
+    def _alone_committed(self, position: int, gather: _Gather, fut: Future[ApplyResult]) -> None:
+        error = self._settle(fut)[1]
+        if isinstance(error, (NotLeader, Unavailable)):
             gather.fail(error)
-        elif isinstance(error, TesseraError):
-            gather.finish(position, error)
-        elif not (result := fut.result()).ok:
-            gather.finish(position, error_from_code(result.error_code, result.reason))
         else:
-            gather.finish()
+            gather.finish(position, error)
 
     def _serving_or_raise(self) -> int:
         """The term this master serves in; raises NotLeader when it does not serve."""
@@ -520,11 +522,14 @@ class Master:
         return term
 
     def _write(self, commands: Sequence[cmd.Command], request_id: str, traceparent: str, *, term: int = 0,
-               each: bool = False, traced: bool = True) -> tuple[Future[ApplyResult], list[TesseraError | None]]:
+               each: bool = False, traced: bool = True,
+               ) -> tuple[Future[Any], _Write, list[TesseraError | None]]:
         """The write pipeline: decide the entry, submit it, settle the future and tell the observers.
         `term` 0 checks that this master serves (NotLeader otherwise); the leader barrier passes the term
         it is committed in. `each`: decide every command on its own; the refused ones are returned (one
-        outcome per command) and left out of the entry instead of refusing the write."""
+        outcome per command) and left out of the entry instead of refusing the write. Returns the
+        replicator's future (or a resolved one), the write (whose outcome the caller has observed, once),
+        and the refusals."""
         started = time.perf_counter()
         write = _Write(self, tuple(commands), request_id, started)
         try:
@@ -536,7 +541,9 @@ class Master:
                 write.spans.append(self.tracer.start_span(
                     "master.propose", context=context_from(traceparent),
                     attributes=_propose_attributes(commands, request_id)))
-            with trace.use_span(write.spans[0], end_on_exit=False) if write.spans else nullcontext():
+            with (trace.use_span(write.spans[0], end_on_exit=False, record_exception=False,
+                                 set_status_on_exception=False)  # the tracing observer records the outcome
+                  if write.spans else nullcontext()):
                 if write.spans:
                     traceparent = current_traceparent() or traceparent
                 now = self.clock()
@@ -551,13 +558,12 @@ class Master:
                         self.sm, commands, request_id=request_id, traceparent=traceparent, term=term,
                         leader=self.identity.raft_address, now=now, new_id=self.new_id, limits=self.limits)
                 if prior is not None:
-                    return write.settled(_resolved(prior)), refused
+                    return _resolved(prior), write, refused
                 if not entry.events:
                     # decide found it already done (an idempotent retry) or refused every command: nothing
                     # to replicate; what made it done is applied here, hence committed
                     seq = self.read_state(lambda s: s.seq)
-                    done = _resolved(ApplyResult("applied", (), seq + 1, seq, "", "", request_id))
-                    return write.settled(done), refused
+                    return _resolved(ApplyResult("applied", (), seq + 1, seq, "", "", request_id)), write, refused
                 data = entry_to_bytes(entry)
                 self.sm.expect(data, entry, commit_info=bool(write.spans))
                 if write.spans:
@@ -565,16 +571,13 @@ class Master:
                         "raft.commit", attributes={"raft.term": term, "tessera.entry_bytes": len(data)}))
                 fut = self.replicator.submit(data)
         except TesseraError as exc:
-            write.refused(exc)
+            write.observe(None, exc)
             raise
-        return write.settled(fut), refused
-
-    def _observe(self, outcome: WriteOutcome) -> None:
-        for observer in self._observers:
-            try:
-                observer(outcome)
-            except Exception:  # noqa: BLE001 - an observer never fails a write
-                log.exception("write observer failed")
+        except BaseException:
+            for span in write.spans:  # a bug, not an outcome: no observer sees it, but no span is left open
+                span.end()
+            raise
+        return fut, write, refused
 
     def _trace_write(self, outcome: WriteOutcome) -> None:
         """The tracing observer: end the write's spans (raft.commit first) with where it landed."""
@@ -598,20 +601,33 @@ class Master:
 
     def wait_result(self, fut: Future[Any]) -> ApplyResult:
         """Wait for a write's future (or a replicator's) and return its `ApplyResult`; raises the
-        recorded domain error of a rejected entry, or the error the future failed with."""
+        recorded domain error of a rejected entry, or the domain error the future's failure means."""
+        result = self._await(fut)
+        if not result.ok:  # rejected now, or a duplicate of an entry that was rejected
+            raise error_from_code(result.error_code, result.reason)
+        return result
+
+    def _await(self, fut: Future[Any]) -> ApplyResult:
+        """The `ApplyResult` `fut` resolves with, rejected or not; a failure as its domain error."""
         try:
             result = fut.result(timeout=self.commit_timeout)
         except TimeoutError as exc:
             raise Unavailable("commit timed out; retry with the same request id") from exc
         except TesseraError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a replicator's future: translated as a write's would be
+        except Exception as exc:  # noqa: BLE001 - translated once, here
             raise self._domain_error(exc) from exc
         if not isinstance(result, ApplyResult):
             raise Unavailable(f"unexpected apply result {result!r}")
-        if not result.ok:  # rejected now, or a duplicate of an entry that was rejected
-            raise error_from_code(result.error_code, result.reason)
         return result
+
+    def _settle(self, fut: Future[Any]) -> tuple[ApplyResult | None, TesseraError | None]:
+        """A finished future's outcome: the result (applied or rejected) and the domain error, if any."""
+        try:
+            result = self._await(fut)
+        except TesseraError as exc:
+            return None, exc
+        return result, None if result.ok else error_from_code(result.error_code, result.reason)
 
     def _domain_error(self, exc: BaseException) -> TesseraError:
         """The domain error a failed replicator future means."""

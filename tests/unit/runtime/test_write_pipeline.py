@@ -84,6 +84,7 @@ def test_each_kind_of_write_reaches_the_observer_exactly_once_with_its_outcome(n
     with pytest.raises(InvalidRequest):
         m.propose([weight("bad", -1.0)])
     assert m.submit([weight("b")]).result(5).outcome == "applied"
+    wait_for(lambda: len(node.outcomes) == 4, 5, what="the submitted write observed")  # by a callback
     assert m.propose_redeciding([weight("c")]).outcome == "applied"
     # status updates and acknowledgements take this shape: one entry for the commands that pass
     assert m.propose_each_async([weight("d"), weight("bad", -1.0)]).result(5)[0] is None
@@ -172,6 +173,13 @@ def test_the_serving_check_and_the_spans_appear_once_per_write() -> None:
         assert f"{propose.context.trace_id:032x}" == TRACE_A
         assert commit.parent is not None and commit.parent.span_id == propose.context.span_id
         assert commit.attributes is not None and "raft.index" in commit.attributes
+
+        spans.clear()
+        with pytest.raises(InvalidRequest):
+            n.master.propose([weight("bad", -1.0)], traceparent=PARENT_A)
+        [refused] = spans.get_finished_spans()  # refused by decide: nothing was submitted
+        assert refused.name == "master.propose" and not refused.status.is_ok
+        assert [e.name for e in refused.events] == ["exception"]
 
         spans.clear()
         checks.clear()
