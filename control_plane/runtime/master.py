@@ -7,8 +7,8 @@ the state lock `decide_entry` turns the commands into events (raising a domain e
 before anything is replicated) — or answers a request id already applied from the log; the events
 become one `Entry` stamped with the leader's term, address, clock (the `clock` argument), request id
 (minted by the `new_id` argument when the caller gave none) and trace context; the entry's bytes go to
-the replicator, which group-commits concurrent proposals into one Raft call; the write's future resolves
-with the `ApplyResult` once the entry is applied here. The public calls are shapes of that path:
+the replicator, which group-commits concurrent proposals into one Raft call; the write's future (the
+replicator's own) resolves with the `ApplyResult` once the entry is applied here. The public calls are shapes of that path:
 `submit` (alias `propose_async`) returns the future; `propose` waits for it and raises a rejected
 outcome (the decision became stale in flight) as the recorded domain error; `propose_redeciding`
 decides again on Conflict; `propose_each_async` decides independent commands one by one, one entry per
@@ -17,8 +17,10 @@ outcome (leader change, timeout) is `Unavailable`: the caller retries with the s
 `apply` de-duplicates.
 
 Write observers (`add_write_observer`) see each write once, with its outcome and duration
-(`WriteOutcome`), before its future resolves: tracing ends the write's `master.propose` and
-`raft.commit` spans there, and metrics time every write (status updates and acknowledgements included).
+(`WriteOutcome`): `propose` tells them on the waiting thread before it returns, `submit` by the first
+callback of the future it returns (before any the caller adds). Tracing ends the write's
+`master.propose` and `raft.commit` spans there, and metrics time every write (status updates and
+acknowledgements included). A write nobody observes (no metrics, no recording tracer) builds no outcome.
 
 Leadership: when replication reports that this master became leader, it commits a `LeaderElected`
 barrier (plus its own `MasterAdded` when the quorum does not know its gRPC address yet). Only after that
