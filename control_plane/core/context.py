@@ -5,7 +5,8 @@ and address (`leader`), and `new_id(prefix)`, which mints a fresh unique id. Wha
 the context is written into the events it returns, so `apply` never needs a clock or a random source and
 every master computes the same state from the same log.
 
-The shell passes `control_plane.runtime.master.new_id`: unique ids from a per-process random prefix and a
+The shell passes the id source `Master` was built with (its `new_id` constructor argument, like its clock):
+by default `control_plane.runtime.master.new_id`, unique ids from a per-process random prefix and a
 counter, except agent ids, which are 128 fresh random bits each (an agent id must not be guessable from
 another); tests and simulations pass `sequential_ids()`, a counter that makes every run reproducible.
 

@@ -103,10 +103,10 @@ MASTER_METRICS: tuple[MetricSpec, ...] = (
                "Events applied to the replicated state since the cluster was created, by event type "
                "(replicated: the same on every master once applied).", ("type",)),
     MetricSpec("tessera_master_commit_duration_seconds", "histogram",
-               "Successful Master.propose calls on this master: decide, group commit through Raft and "
-               "local apply."),
+               "Successful writes on this master (every write: requests, status updates, acknowledgements, "
+               "leader duties): decide, group commit through Raft and local apply."),
     MetricSpec("tessera_master_propose_errors_total", "counter",
-               "Master.propose calls that raised, by error class (NotLeader, Unavailable, InvalidRequest...).",
+               "Writes that failed, by error class (NotLeader, Unavailable, InvalidRequest...).",
                ("error",)),
     MetricSpec("tessera_allocator_round_duration_seconds", "histogram",
                "Allocation rounds on this master (snapshot under the state lock plus the allocator)."),

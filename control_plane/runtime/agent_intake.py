@@ -180,9 +180,9 @@ class StatusIntake(Generic[S, U]):
             proposed.append(update)
             commands.append(cmd.UpdateStatus(status=status, identity=session.identity))
         if commands:
-            traceparent = next((t for t in map(self.port.traceparent, proposed) if t), "")
             try:
-                fut = self.master.propose_each_async(commands, traceparent=traceparent)
+                # each update keeps its own task's trace: one entry per trace context
+                fut = self.master.propose_each_async(commands, traceparents=[self.port.traceparent(u) for u in proposed])
             except NotLeader:
                 for update in proposed:
                     self._release(self.port.uuid(update))

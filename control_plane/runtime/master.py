@@ -2,13 +2,25 @@
 
 Theory of operation
 -------------------
-A write is `propose(commands)`: on the leader, under the state lock, `decide` turns each command into
-events (raising a domain error for bad input, before anything is replicated); the events become one
-`Entry` stamped with the leader's term, address, clock, request id and trace context; the entry's bytes
-go to the replicator, which group-commits concurrent proposals into one Raft call; once the entry is
-applied on this master the caller gets the `ApplyResult`. A `Rejected` outcome (the decision became
-stale in flight) is raised as the recorded domain error. An unknown outcome (leader change, timeout) is
-`Unavailable`: the caller retries with the same request id and `apply` de-duplicates.
+Every write takes one path, `Master._write`: check that this master serves (NotLeader otherwise); under
+the state lock `decide_entry` turns the commands into events (raising a domain error for bad input,
+before anything is replicated) — or answers a request id already applied from the log; the events
+become one `Entry` stamped with the leader's term, address, clock (the `clock` argument), request id
+(minted by the `new_id` argument when the caller gave none) and trace context; the entry's bytes go to
+the replicator, which group-commits concurrent proposals into one Raft call; the write's future (the
+replicator's own) resolves with the `ApplyResult` once the entry is applied here. The public calls are shapes of that path:
+`submit` (alias `propose_async`) returns the future; `propose` waits for it and raises a rejected
+outcome (the decision became stale in flight) as the recorded domain error; `propose_redeciding`
+decides again on Conflict; `propose_each_async` decides independent commands one by one, one entry per
+trace context, and commits those of a rejected entry alone (by callbacks, no thread). An unknown
+outcome (leader change, timeout) is `Unavailable`: the caller retries with the same request id and
+`apply` de-duplicates.
+
+Write observers (`add_write_observer`) see each write once, with its outcome and duration
+(`WriteOutcome`): `propose` tells them on the waiting thread before it returns, `submit` by the first
+callback of the future it returns (before any the caller adds). Tracing ends the write's
+`master.propose` and `raft.commit` spans there, and metrics time every write (status updates and
+acknowledgements included). A write nobody observes (no metrics, no recording tracer) builds no outcome.
 
 Leadership: when replication reports that this master became leader, it commits a `LeaderElected`
 barrier (plus its own `MasterAdded` when the quorum does not know its gRPC address yet). Only after that
@@ -20,6 +32,7 @@ Followers announce their gRPC address to the leader once (so `quorum status` can
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -27,8 +40,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry import trace
 
@@ -108,6 +122,115 @@ def decide_entry(
     return entry, (None if prior is None else replace(prior, outcome="duplicate"))
 
 
+def decide_each_entry(
+    sm: MasterStateMachine, commands: Sequence[cmd.Command], *, request_id: str, traceparent: str, term: int,
+    leader: str, now: float, new_id: Callable[[str], str], limits: MasterLimits | None = None,
+) -> tuple[ev.Entry, list[TesseraError | None]]:
+    """The entry of independent `commands`: each decided on its own; one outcome per command, the domain
+    error that refused it or None, and the entry holds the events of those that passed."""
+    ctx = Context(now, term, leader, new_id, limits or MasterLimits())
+    refused: list[TesseraError | None] = [None] * len(commands)
+    events: list[ev.Event] = []
+    with sm.lock:
+        for i, c in enumerate(commands):
+            try:
+                events.extend(decide(sm.state, c, ctx))
+            except TesseraError as exc:
+                refused[i] = exc
+    return ev.Entry(term, leader, now, request_id, traceparent, tuple(events)), refused
+
+
+class WriteOutcome(NamedTuple):
+    """One write as write observers see it, once its outcome is known.
+
+    `result` is the `ApplyResult` when the entry was applied (or answered from an earlier attempt);
+    `error` is the domain error when the write did not succeed: refused by `decide` or the serving
+    check (then `result` is None), rejected by `apply` (then both are set), or of unknown outcome
+    (NotLeader, Unavailable). `seconds` runs from the call to the outcome (perf_counter). `spans` are
+    the write's open spans, innermost first (raft.commit, master.propose); empty when untraced — the
+    tracing observer ends them."""
+
+    commands: tuple[cmd.Command, ...]
+    request_id: str
+    seconds: float
+    result: ApplyResult | None = None
+    error: TesseraError | None = None
+    spans: tuple[trace.Span, ...] = ()
+
+
+WriteObserver = Callable[[WriteOutcome], None]
+
+
+class _Write:
+    """One write in flight: what its outcome will report, told to the observers exactly once."""
+
+    __slots__ = ("master", "commands", "request_id", "started", "spans")
+
+    def __init__(self, master: Master, commands: tuple[cmd.Command, ...], request_id: str, started: float) -> None:
+        self.master = master
+        self.commands = commands
+        self.request_id = request_id
+        self.started = started
+        self.spans: list[trace.Span] = []  # master.propose last; raft.commit put before it
+
+    def observed(self) -> bool:
+        """False when nobody would see this write: no observer but tracing, and no span to end (then no
+        outcome is built: the untraced write path pays nothing for the hook)."""
+        return bool(self.spans) or len(self.master._observers) > 1
+
+    def observe(self, result: ApplyResult | None, error: TesseraError | None) -> None:
+        if not self.observed():
+            return
+        outcome = WriteOutcome(self.commands, self.request_id, time.perf_counter() - self.started,
+                               result, error, tuple(self.spans))
+        for observer in self.master._observers:
+            try:
+                observer(outcome)
+            except Exception:  # noqa: BLE001 - an observer never fails a write
+                log.exception("write observer failed")
+
+    def observe_future(self, fut: Future[Any]) -> None:
+        """A done callback: observe the outcome the write's future settled with."""
+        if self.observed():
+            self.observe(*self.master._settle(fut))
+
+
+class _Gather:
+    """The future of `propose_each_async`: resolves with `outcomes` once every part it expects finished,
+    or fails with the first failure. Starts with one part open, closed by `seal` once all are expected."""
+
+    def __init__(self, outcomes: list[TesseraError | None]) -> None:
+        self.outcomes = outcomes
+        self.done: Future[list[TesseraError | None]] = Future()
+        self._lock = threading.Lock()
+        self._open = 1
+        self._error: BaseException | None = None
+
+    def expect(self) -> None:
+        with self._lock:
+            self._open += 1
+
+    def finish(self, position: int | None = None, error: TesseraError | None = None) -> None:
+        with self._lock:
+            if position is not None:
+                self.outcomes[position] = error
+            self._open -= 1
+            if self._open:
+                return
+        if self._error is not None:
+            self.done.set_exception(self._error)
+        else:
+            self.done.set_result(self.outcomes)
+
+    def fail(self, error: BaseException) -> None:
+        with self._lock:
+            if self._error is None:
+                self._error = error
+        self.finish()
+
+    seal = finish
+
+
 class Master:
     """One master process's control plane, independent of gRPC (the servicers call this)."""
 
@@ -123,8 +246,10 @@ class Master:
         announce: Callable[[str, MasterIdentity], None] | None = None,
         tracer_provider: trace.TracerProvider | None = None,
         limits: MasterLimits | None = None,
+        new_id: Callable[[str], str] = new_id,
     ) -> None:
         self.identity = identity
+        self.new_id = new_id  # the id source `decide` mints ids from (module `new_id`; tests pass sequential ids)
         self.limits = limits or MasterLimits()  # per-principal limits `decide` applies (--limit flags)
         self.sm = state_machine
         self.replicator = replicator
@@ -141,6 +266,7 @@ class Master:
         self.tracer_provider = tracer_provider
         self.tracer = get_tracer(__name__, tracer_provider)  # the global provider when None
         self._tracing = RecordingCheck(self.tracer)
+        self._observers: list[WriteObserver] = [self._trace_write]  # tracing first: it ends the write's spans
         self.replicator.on_leadership_change(self._on_leadership_change)
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -192,7 +318,7 @@ class Master:
                     grpc_address=self.identity.grpc_address,
                 ))
             try:
-                self._commit(commands + extra, request_id=request_id, traceparent="", term=term)
+                self._wait(*self._write(commands + extra, request_id, "", term=term, traced=False)[:2])
             except (Unavailable, NotLeader) as exc:
                 log.info("leader barrier for term %d not committed yet: %s", term, exc)
                 time.sleep(0.05)
@@ -260,19 +386,54 @@ class Master:
                 log.debug("announce to %s failed: %s", hint, exc)
 
     # ---- writes ----------------------------------------------------------------------------------
+    # One path: `_write` checks that this master serves, decides the entry, opens the spans, submits the
+    # entry's bytes, and settles the future once the outcome is known, telling every write observer. The
+    # public calls are shapes of it: `submit` (the future), `propose` (blocking), `propose_redeciding`
+    # (blocking, decided again on Conflict), `propose_each_async` (independent commands, one entry per
+    # trace context). Nothing else builds entries, starts write spans or times writes.
+    def add_write_observer(self, observer: WriteObserver) -> None:
+        """Call `observer(outcome)` once for every write this master proposes, when its outcome is known
+        (on the thread that learned it: keep it quick and never raising)."""
+        with self._lock:
+            self._observers = [*self._observers, observer]  # copied on change: writes iterate without a lock
+
+    def remove_write_observer(self, observer: WriteObserver) -> None:
+        with self._lock:
+            self._observers = [o for o in self._observers if o != observer]
+
+    def submit(
+        self, commands: Sequence[cmd.Command], *, request_id: str = "", traceparent: str = ""
+    ) -> Future[ApplyResult]:
+        """Decide now, commit in the background. Raises the domain error `decide` raises, or NotLeader;
+        the future resolves with the `ApplyResult` once applied here (a rejected one carries its error
+        code), or fails with the replicator's error (`wait_result` translates it: NotLeader, Unavailable
+        when the outcome is unknown — retry with the same request id —, InvalidRequest when too large)."""
+        fut, write, _ = self._write(commands, request_id, traceparent)
+        if write.observed():
+            fut.add_done_callback(write.observe_future)  # before any caller's callback
+        return fut
+
+    propose_async = submit  # the name the servicers and the leader duties call
+
     def propose(
         self, commands: Sequence[cmd.Command], *, request_id: str = "", traceparent: str = ""
     ) -> ApplyResult:
         """Decide and commit `commands` atomically; raises a domain error or NotLeader."""
-        if len(request_id) > MAX_REQUEST_ID:
-            raise InvalidRequest(f"request_id is longer than {MAX_REQUEST_ID} characters")
-        if not self.is_serving():
-            raise NotLeader("this master is not the serving leader", self.leader_grpc_hint())
-        request_id = request_id or new_id("req")
-        with self.tracer.start_as_current_span("master.propose", context=context_from(traceparent),
-                                               attributes=_propose_attributes(commands, request_id)):
-            return self._commit(commands, request_id=request_id, traceparent=current_traceparent() or traceparent,
-                                term=self.replicator.term())
+        return self._wait(*self._write(commands, request_id, traceparent)[:2])
+
+    def _wait(self, fut: Future[Any], write: _Write) -> ApplyResult:
+        """The blocking shape: wait for the write's outcome, tell the observers (on this thread, before
+        returning), raise it when it is an error."""
+        try:
+            result = self._await(fut)
+        except TesseraError as exc:
+            write.observe(None, exc)
+            raise
+        error = None if result.ok else error_from_code(result.error_code, result.reason)
+        write.observe(result, error)
+        if error is not None:  # rejected now, or a duplicate of an entry that was rejected
+            raise error
+        return result
 
     def propose_redeciding(
         self, commands: Sequence[cmd.Command], *, request_id: str = "", traceparent: str = "", attempts: int = 3
@@ -291,172 +452,197 @@ class Master:
                 continue
         return self.propose(commands, request_id=request_id if attempts <= 1 else "", traceparent=traceparent)
 
-    def propose_async(
-        self, commands: Sequence[cmd.Command], *, request_id: str = "", traceparent: str = ""
-    ) -> Future[Any]:
-        """Decide now, commit in the background: the future resolves with the ApplyResult."""
-        if not self.is_serving():
-            raise NotLeader("this master is not the serving leader", self.leader_grpc_hint())
-        request_id = request_id or new_id("req")
-        term = self.replicator.term()
-        if not self._tracing():  # the same, without spans nobody would record
-            entry, prior = self._decide(commands, request_id, traceparent, term)
-            if prior is not None:
-                return _resolved(prior)
-            data = entry_to_bytes(entry)
-            self.sm.expect(data, entry, commit_info=False)
-            return self.replicator.submit(data)
-        with self.tracer.start_as_current_span("master.propose", context=context_from(traceparent),
-                                               attributes=_propose_attributes(commands, request_id)):
-            entry, prior = self._decide(commands, request_id, current_traceparent() or traceparent, term)
-            if prior is not None:
-                return _resolved(prior)
-            data = entry_to_bytes(entry)
-            self.sm.expect(data, entry)
-            span = self.tracer.start_span("raft.commit", attributes={"raft.term": term, "tessera.entry_bytes": len(data)})
-            fut = self.replicator.submit(data)
-        fut.add_done_callback(lambda f: _end_commit_span(span, f, self.sm.commit_info.pop(request_id, None)))
-        return fut
-
     def propose_each_async(
-        self, commands: Sequence[cmd.Command], *, traceparent: str = ""
+        self, commands: Sequence[cmd.Command], *, traceparent: str = "", traceparents: Sequence[str] | None = None,
     ) -> Future[list[TesseraError | None]]:
         """Independent commands (status updates of different tasks, acknowledgements) committed together:
-        each is decided on its own, and those that pass go into one entry. The future resolves with one
-        outcome per command: None once it is committed, or the domain error that refused it — from
-        `decide` at once, or, when `apply` rejected the shared entry (one of them went stale in
+        each is decided on its own, and those that pass go into one entry per trace context (`traceparents`,
+        one per command, or `traceparent` for all), so each command's events are recorded under its own
+        trace; the entries are submitted together and group commit replicates them in one Raft call. The
+        future resolves with one outcome per command: None once it is committed, or the domain error that
+        refused it — from `decide` at once, or, when `apply` rejected its entry (one of them went stale in
         flight), from committing that command alone afterwards. It fails (NotLeader, Unavailable) when a
         commit's outcome is unknown; every command must then be retried, which is safe because each is
         idempotent by itself (a status update by uuid, an acknowledgement by uuid). Raises NotLeader when
         this master does not serve."""
-        if not self.is_serving():
-            raise NotLeader("this master is not the serving leader", self.leader_grpc_hint())
-        request_id = new_id("req")
-        term = self.replicator.term()
-        now = self.clock()
-        ctx = Context(now=now, term=term, leader=self.identity.raft_address, new_id=new_id, limits=self.limits)
+        if traceparents is not None and len(traceparents) != len(commands):
+            raise ValueError(f"{len(traceparents)} traceparents for {len(commands)} commands")
+        term = self._serving_or_raise()
+        groups: dict[str, list[int]] = {}
+        for i in range(len(commands)):
+            groups.setdefault(traceparent if traceparents is None else traceparents[i], []).append(i)
         outcomes: list[TesseraError | None] = [None] * len(commands)
-        chosen: list[int] = []
-        events: list[ev.Event] = []
-        with self.tracer.start_as_current_span("master.propose", context=context_from(traceparent),
-                                               attributes=_propose_attributes(commands, request_id)):
-            with self.sm.lock:
-                for i, c in enumerate(commands):
-                    try:
-                        decided = decide(self.sm.state, c, ctx)
-                    except TesseraError as exc:
-                        outcomes[i] = exc
-                        continue
-                    if decided:
-                        chosen.append(i)
-                        events.extend(decided)
-            done: Future[list[TesseraError | None]] = Future()
-            if not events:
-                done.set_result(outcomes)
-                return done
-            entry = ev.Entry(term=term, leader=self.identity.raft_address, time=now, request_id=request_id,
-                             traceparent=current_traceparent() or traceparent, events=tuple(events))
-            data = entry_to_bytes(entry)
-            self.sm.expect(data, entry)
-            span = self.tracer.start_span("raft.commit", attributes={"raft.term": term, "tessera.entry_bytes": len(data)})
-            fut = self.replicator.submit(data)
+        gather = _Gather(outcomes)
+        for tp, positions in groups.items():
+            fut, write, refused = self._write([commands[i] for i in positions], "", tp, term=term, each=True)
+            if write.observed():
+                fut.add_done_callback(write.observe_future)
+            for position, refusal in zip(positions, refused, strict=True):
+                outcomes[position] = refusal
+            chosen = [p for p, refusal in zip(positions, refused, strict=True) if refusal is None]
+            gather.expect()
+            fut.add_done_callback(functools.partial(self._each_committed, commands, chosen, tp, gather))
+        gather.seal()
+        return gather.done
 
-        def committed(f: Future[Any]) -> None:
-            _end_commit_span(span, f, self.sm.commit_info.pop(request_id, None))
+    def _each_committed(self, commands: Sequence[cmd.Command], chosen: list[int], traceparent: str,
+                        gather: _Gather, fut: Future[ApplyResult]) -> None:
+        """One entry of `propose_each_async` settled: when `apply` rejected it, commit each of its commands
+        alone (callbacks, no thread), so one stale command does not refuse the others."""
+        result, error = self._settle(fut)
+        if isinstance(error, (NotLeader, Unavailable)):
+            gather.fail(error)
+            return
+        if result is not None and result.ok:
+            gather.finish()
+            return
+        for position in chosen:
+            gather.expect()
             try:
-                result = self.wait_result(f)
-            except (NotLeader, Unavailable) as exc:
-                done.set_exception(exc)
-                return
-            except TesseraError:
-                self._propose_alone([commands[i] for i in chosen], chosen, outcomes, done, traceparent)
-                return
-            except Exception as exc:  # noqa: BLE001 - the future must resolve whatever happened
-                done.set_exception(exc)
-                return
-            del result
-            done.set_result(outcomes)
+                alone = self.submit([commands[position]], traceparent=traceparent)
+            except NotLeader as exc:
+                gather.fail(exc)
+                continue
+            except TesseraError as exc:
+                gather.finish(position, exc)
+                continue
+            alone.add_done_callback(functools.partial(self._alone_committed, position, gather))
+        gather.finish()
 
-        fut.add_done_callback(committed)
-        return done
+    def _alone_committed(self, position: int, gather: _Gather, fut: Future[ApplyResult]) -> None:
+        error = self._settle(fut)[1]
+        if isinstance(error, (NotLeader, Unavailable)):
+            gather.fail(error)
+        else:
+            gather.finish(position, error)
 
-    def _propose_alone(self, commands: list[cmd.Command], positions: list[int], outcomes: list[TesseraError | None],
-                       done: Future[list[TesseraError | None]], traceparent: str) -> None:
-        """The shared entry of `propose_each_async` was rejected: commit each of its commands alone, so
-        one stale command does not refuse the others. Runs on a thread of its own (it waits)."""
-        def run() -> None:
+    def _serving_or_raise(self) -> int:
+        """The term this master serves in; raises NotLeader when it does not serve."""
+        term = self.serving_term()
+        if not term:
+            raise NotLeader("this master is not the serving leader", self.leader_grpc_hint())
+        return term
+
+    def _write(self, commands: Sequence[cmd.Command], request_id: str, traceparent: str, *, term: int = 0,
+               each: bool = False, traced: bool = True,
+               ) -> tuple[Future[Any], _Write, list[TesseraError | None]]:
+        """The write pipeline: decide the entry, submit it, settle the future and tell the observers.
+        `term` 0 checks that this master serves (NotLeader otherwise); the leader barrier passes the term
+        it is committed in. `each`: decide every command on its own; the refused ones are returned (one
+        outcome per command) and left out of the entry instead of refusing the write. Returns the
+        replicator's future (or a resolved one), the write (whose outcome the caller has observed, once),
+        and the refusals."""
+        started = time.perf_counter()
+        write = _Write(self, tuple(commands), request_id, started)
+        try:
+            if len(request_id) > MAX_REQUEST_ID:
+                raise InvalidRequest(f"request_id is longer than {MAX_REQUEST_ID} characters")
+            term = term or self._serving_or_raise()
+            write.request_id = request_id = request_id or self.new_id("req")
+            if traced and self._tracing():
+                write.spans.append(self.tracer.start_span(
+                    "master.propose", context=context_from(traceparent),
+                    attributes=_propose_attributes(commands, request_id)))
+            with (trace.use_span(write.spans[0], end_on_exit=False, record_exception=False,
+                                 set_status_on_exception=False)  # the tracing observer records the outcome
+                  if write.spans else nullcontext()):
+                if write.spans:
+                    traceparent = current_traceparent() or traceparent
+                now = self.clock()
+                refused: list[TesseraError | None] = []
+                if each:
+                    entry, refused = decide_each_entry(
+                        self.sm, commands, request_id=request_id, traceparent=traceparent, term=term,
+                        leader=self.identity.raft_address, now=now, new_id=self.new_id, limits=self.limits)
+                    prior = None
+                else:
+                    entry, prior = decide_entry(
+                        self.sm, commands, request_id=request_id, traceparent=traceparent, term=term,
+                        leader=self.identity.raft_address, now=now, new_id=self.new_id, limits=self.limits)
+                if prior is not None:
+                    return _resolved(prior), write, refused
+                if not entry.events:
+                    # decide found it already done (an idempotent retry) or refused every command: nothing
+                    # to replicate; what made it done is applied here, hence committed
+                    seq = self.read_state(lambda s: s.seq)
+                    return _resolved(ApplyResult("applied", (), seq + 1, seq, "", "", request_id)), write, refused
+                data = entry_to_bytes(entry)
+                self.sm.expect(data, entry, commit_info=bool(write.spans))
+                if write.spans:
+                    write.spans.insert(0, self.tracer.start_span(
+                        "raft.commit", attributes={"raft.term": term, "tessera.entry_bytes": len(data)}))
+                fut = self.replicator.submit(data)
+        except TesseraError as exc:
+            write.observe(None, exc)
+            raise
+        except BaseException:
+            for span in write.spans:  # a bug, not an outcome: no observer sees it, but no span is left open
+                span.end()
+            raise
+        return fut, write, refused
+
+    def _trace_write(self, outcome: WriteOutcome) -> None:
+        """The tracing observer: end the write's spans (raft.commit first) with where it landed."""
+        if not outcome.spans:
+            return
+        info = self.sm.commit_info.pop(outcome.request_id, None)
+        last = len(outcome.spans) - 1
+        for i, span in enumerate(outcome.spans):  # raft.commit (when submitted), then master.propose
             try:
-                futures: list[Future[Any] | TesseraError] = []
-                for c in commands:
-                    try:
-                        futures.append(self.propose_async([c], traceparent=traceparent))
-                    except TesseraError as exc:
-                        futures.append(exc)
-                for position, f in zip(positions, futures, strict=True):
-                    if isinstance(f, NotLeader):
-                        raise f
-                    if isinstance(f, TesseraError):
-                        outcomes[position] = f
-                        continue
-                    try:
-                        self.wait_result(f)
-                    except (NotLeader, Unavailable):
-                        raise
-                    except TesseraError as exc:
-                        outcomes[position] = exc
-                done.set_result(outcomes)
-            except Exception as exc:  # noqa: BLE001 - reported through the future
-                done.set_exception(exc)
-
-        threading.Thread(target=run, name="propose-alone", daemon=True).start()
-
-    def _decide(self, commands: Sequence[cmd.Command], request_id: str, traceparent: str, term: int
-                ) -> tuple[ev.Entry, ApplyResult | None]:
-        return decide_entry(self.sm, commands, request_id=request_id, traceparent=traceparent, term=term,
-                            leader=self.identity.raft_address, now=self.clock(), new_id=new_id, limits=self.limits)
-
-    def _commit(self, commands: Sequence[cmd.Command], *, request_id: str, traceparent: str, term: int) -> ApplyResult:
-        entry, prior = self._decide(commands, request_id, traceparent, term)
-        if prior is not None:
-            if not prior.ok:
-                raise error_from_code(prior.error_code, prior.reason)
-            return prior
-        if not entry.events:
-            # decide found it already done (an idempotent retry): nothing to replicate
-            seq = self.read_state(lambda s: s.seq)
-            return ApplyResult("applied", (), seq + 1, seq, "", "", request_id)
-        data = entry_to_bytes(entry)
-        self.sm.expect(data, entry)
-        if not trace.get_current_span().get_span_context().is_valid:  # untraced (the leader barrier)
-            try:
-                return self.wait_result(self.replicator.submit(data))
+                if outcome.error is not None:
+                    span.set_status(trace.StatusCode.ERROR, repr(outcome.error))
+                    if i == last:
+                        span.record_exception(outcome.error)
+                elif outcome.result is not None and i < last:
+                    span.set_attribute("tessera.event_index", outcome.result.last_seq)
+                    _set_commit_info(span, info)
+            except Exception as exc:  # noqa: BLE001 - tracing never fails the caller
+                log.debug("write span: %s", exc)
             finally:
-                self.sm.commit_info.pop(request_id, None)
-        with self.tracer.start_as_current_span(
-            "raft.commit", attributes={"raft.term": term, "tessera.entry_bytes": len(data)},
-        ) as span:
-            result = self.wait_result(self.replicator.submit(data))
-            span.set_attribute("tessera.event_index", result.last_seq)
-            _set_commit_info(span, self.sm.commit_info.pop(request_id, None))
-            return result
+                span.end()
 
     def wait_result(self, fut: Future[Any]) -> ApplyResult:
-        try:
-            result = fut.result(timeout=self.commit_timeout)
-        except NotLeaderError as exc:
-            raise NotLeader("leadership moved while committing", self.leader_grpc_hint()) from exc
-        except EntryTooLargeError as exc:
-            # refused before it was appended: nothing was written; the request itself is too large
-            raise InvalidRequest(f"the request is too large to replicate ({exc})") from exc
-        except UnknownOutcomeError as exc:
-            raise Unavailable(f"outcome unknown ({exc}); retry with the same request id") from exc
-        except TimeoutError as exc:
-            raise Unavailable("commit timed out; retry with the same request id") from exc
-        if not isinstance(result, ApplyResult):
-            raise Unavailable(f"unexpected apply result {result!r}")
+        """Wait for a write's future (or a replicator's) and return its `ApplyResult`; raises the
+        recorded domain error of a rejected entry, or the domain error the future's failure means."""
+        result = self._await(fut)
         if not result.ok:  # rejected now, or a duplicate of an entry that was rejected
             raise error_from_code(result.error_code, result.reason)
         return result
+
+    def _await(self, fut: Future[Any]) -> ApplyResult:
+        """The `ApplyResult` `fut` resolves with, rejected or not; a failure as its domain error."""
+        try:
+            result = fut.result(timeout=self.commit_timeout)
+        except TimeoutError as exc:
+            raise Unavailable("commit timed out; retry with the same request id") from exc
+        except TesseraError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - translated once, here
+            raise self._domain_error(exc) from exc
+        if not isinstance(result, ApplyResult):
+            raise Unavailable(f"unexpected apply result {result!r}")
+        return result
+
+    def _settle(self, fut: Future[Any]) -> tuple[ApplyResult | None, TesseraError | None]:
+        """A finished future's outcome: the result (applied or rejected) and the domain error, if any."""
+        try:
+            result = self._await(fut)
+        except TesseraError as exc:
+            return None, exc
+        return result, None if result.ok else error_from_code(result.error_code, result.reason)
+
+    def _domain_error(self, exc: BaseException) -> TesseraError:
+        """The domain error a failed replicator future means."""
+        if isinstance(exc, TesseraError):
+            return exc
+        if isinstance(exc, NotLeaderError):
+            return NotLeader("leadership moved while committing", self.leader_grpc_hint())
+        if isinstance(exc, EntryTooLargeError):
+            # refused before it was appended: nothing was written; the request itself is too large
+            return InvalidRequest(f"the request is too large to replicate ({exc})")
+        if isinstance(exc, UnknownOutcomeError):
+            return Unavailable(f"outcome unknown ({exc}); retry with the same request id")
+        return Unavailable(f"commit failed ({exc!r}); retry with the same request id")
 
     # ---- reads -----------------------------------------------------------------------------------
     def read_state(self, fn: Callable[[Any], Any]) -> Any:
@@ -502,22 +688,6 @@ def _resolved(value: Any) -> Future[Any]:
     done: Future[Any] = Future()
     done.set_result(value)
     return done
-
-
-def _end_commit_span(span: trace.Span, fut: Future[Any], info: tuple[int, int] | None = None) -> None:
-    try:
-        _set_commit_info(span, info)
-        error = None if not fut.cancelled() else "cancelled"
-        if error is None and fut.exception() is not None:
-            error = repr(fut.exception())
-        if error is not None:
-            span.set_status(trace.StatusCode.ERROR, error)
-        elif isinstance(result := fut.result(), ApplyResult):
-            span.set_attribute("tessera.event_index", result.last_seq)
-    except Exception as exc:  # noqa: BLE001 - tracing never fails the caller
-        log.debug("raft.commit span: %s", exc)
-    finally:
-        span.end()
 
 
 def applied_listener(fn: Callable[[Applied], None]) -> Callable[[Sequence[Applied]], None]:

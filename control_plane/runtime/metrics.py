@@ -11,9 +11,10 @@ Rules kept here:
   immutable values (15-30 ms at 10k agents and 50k tasks on the 2-core development machine, where
   summing under the lock took ~160 ms); the sums, the Raft status, the event-log marks and the
   exposition are all done outside the lock. Nothing is recomputed on the apply thread.
-- Only two things are observed as they happen, and cheaply: the duration of each successful
-  `Master.propose` (a timing wrapper installed on the master instance at construction, removed by
-  `close`) and the duration of each allocation round (polled from `LeaderDuties.last_allocation_seconds`
+- Only two things are observed as they happen, and cheaply: the duration of each successful write
+  (a write observer, `Master.add_write_observer`, registered at construction and removed by `close`:
+  every write of the master's one write pipeline, status updates and acknowledgements included) and the
+  duration of each allocation round (polled from `LeaderDuties.last_allocation_seconds`
   and `allocation_rounds`; no hook in leader.py). The poll runs every half tick, and the ticker runs at
   most one round per tick, so the histogram sees every round unless the ticker outruns the poller;
   `tessera_allocator_rounds_total` is read from the duties themselves and is always exact.
@@ -24,16 +25,14 @@ Wiring (the master process does this when `--metrics HOST:PORT` is given)::
     metrics = MasterMetrics(master, duties, address="127.0.0.1:9100")
     metrics.start()          # binds; raises OSError (port in use) or ValueError (bad address)
     ...                      # metrics.port is the bound port (useful with port 0)
-    metrics.stop()           # stops the server and the poller, joins their threads, unwraps propose
+    metrics.stop()           # stops the server and the poller, joins their threads, removes the write observer
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -43,7 +42,6 @@ from prometheus_client.core import Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from control_plane.core.errors import TesseraError
 from control_plane.core.lifecycle import is_terminal
 from control_plane.core.values import AgentState, FrameworkState, RoleInfo, TaskState
 from control_plane.metrics.collector import SectionCollector
@@ -64,7 +62,7 @@ from control_plane.metrics.specs import (
 if TYPE_CHECKING:
     from control_plane.core.state import ClusterState
     from control_plane.runtime.leader import LeaderDuties
-    from control_plane.runtime.master import Master
+    from control_plane.runtime.master import Master, WriteOutcome
 
 log = logging.getLogger(__name__)
 
@@ -298,27 +296,14 @@ class MasterMetrics:
         self.server = MetricsServer(self.registry, address)
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
-        self._timed_propose = self._wrap_propose()
+        self.master.add_write_observer(self._observe_write)
 
     # ---- hot-path observations ---------------------------------------------------------------------
-    def _wrap_propose(self) -> Callable[..., Any]:
-        original = self.master.propose  # the bound method; our wrapper shadows it on the instance only
-        observe = self.commit_duration.observe
-        errors = self.propose_errors
-
-        @functools.wraps(original)
-        def timed_propose(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                result = original(*args, **kwargs)
-            except TesseraError as exc:
-                errors.labels(type(exc).__name__).inc()
-                raise
-            observe(time.perf_counter() - started)
-            return result
-
-        setattr(self.master, "propose", timed_propose)  # noqa: B010 - an instance attribute, on purpose
-        return timed_propose
+    def _observe_write(self, outcome: WriteOutcome) -> None:
+        if outcome.error is not None:
+            self.propose_errors.labels(type(outcome.error).__name__).inc()
+        else:
+            self.commit_duration.observe(outcome.seconds)
 
     def _poll_allocation(self) -> None:
         duties = self.duties
@@ -352,7 +337,7 @@ class MasterMetrics:
         return self.server.url
 
     def stop(self) -> None:
-        """Stop serving, join every thread this started and remove the propose wrapper. Idempotent."""
+        """Stop serving, join every thread this started and remove the write observer. Idempotent."""
         self._stop.set()
         if self._poller is not None:
             self._poller.join(timeout=5)
@@ -361,9 +346,8 @@ class MasterMetrics:
         self.close()
 
     def close(self) -> None:
-        """Remove the timing wrapper from the master (stop() calls it)."""
-        if self.master.__dict__.get("propose") is self._timed_propose:
-            del self.master.__dict__["propose"]
+        """Remove the write observer from the master (stop() calls it)."""
+        self.master.remove_write_observer(self._observe_write)
 
     def text(self) -> str:
         """The exposition as a scrape would return it (for tests and debugging)."""

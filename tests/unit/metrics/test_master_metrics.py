@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from control_plane.metrics.server import MetricsServer, parse_address
 from control_plane.metrics.specs import MASTER_METRICS, MIB, sample_names
@@ -208,17 +209,28 @@ def test_only_metrics_is_served(node: tuple[InProcessMaster, MasterMetrics]) -> 
     assert info.value.code == 404
 
 
-def test_stop_joins_every_thread_frees_the_port_and_unwraps_propose() -> None:
-    with InProcessMaster() as m:
+def test_stop_joins_every_thread_frees_the_port_and_stops_observing_writes() -> None:
+    from control_plane.core import commands as cmd
+
+    def written(metrics: MasterMetrics) -> float:
+        samples = text_string_to_metric_families(metrics.text())
+        return next(s.value for f in samples for s in f.samples
+                    if s.name == "tessera_master_commit_duration_seconds_count")
+
+    with InProcessMaster(allocation=False) as m:
         metrics = MasterMetrics(m.master, m.duties)
-        assert "propose" in m.master.__dict__
+        assert "propose" not in m.master.__dict__  # observed through the write pipeline, not wrapped
         metrics.start()
         port = metrics.port
         assert port > 0 and _metrics_threads()
         scrape(metrics.url)
+        m.master.propose([cmd.SetRoleWeight(role="observed", weight=2.0)])
+        assert written(metrics) >= 1
         metrics.stop()
         assert _metrics_threads() == []
-        assert "propose" not in m.master.__dict__  # the class's method again
+        seen = written(metrics)
+        m.master.propose([cmd.SetRoleWeight(role="unobserved", weight=2.0)])
+        assert written(metrics) == seen  # the observer is gone
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
         metrics.stop()  # idempotent

@@ -83,8 +83,9 @@ class ScriptedMaster:
     def propose_async(self, commands: list[cmd.Command], *, request_id: str = "", traceparent: str = "") -> Future[Any]:
         return self._propose(commands, request_id, traceparent)
 
-    def propose_each_async(self, commands: list[cmd.Command], *, traceparent: str = "") -> Future[Any]:
-        return self._propose(commands, "", traceparent)
+    def propose_each_async(self, commands: list[cmd.Command], *, traceparent: str = "",
+                           traceparents: list[str] | None = None) -> Future[Any]:
+        return self._propose(commands, "", traceparent or next((t for t in traceparents or () if t), ""))
 
 
 @pytest.fixture

@@ -22,6 +22,8 @@ def _scripted(node: InProcessMaster, conflicts: int) -> list[str]:
     seen: list[str] = []
 
     def propose(commands: Any, *, request_id: str = "", traceparent: str = "") -> Any:
+        if not any(isinstance(c, (cmd.SetRoleWeight, cmd.DrainAgent)) for c in commands):
+            return real(commands, request_id=request_id, traceparent=traceparent)  # the leader's own duties
         seen.append(request_id)
         if len(seen) <= conflicts:
             raise Conflict("stale: decided before a launch it did not cover")
