@@ -2,11 +2,11 @@
 tasks isolated from each other under supervisors that outlive it, and never loses a status update.
 
 Layout (fastest-changing knowledge last):
-- `agent.core`: pure: status-update manager, task table (the shared lifecycle table), dial plan.
-- `agent.config`, `agent.checkpoint`: flags and what the machine has; agent.db.
-- `agent.executor`: the supervisor program, isolation (cgroups v2/v1, rlimits + watchdog), launcher.
-- `agent.runtime`: the master link (AgentLink over gRPC) and the agent loop.
-- `agent.main.run_agent`, `agent.cli.agent_main`: the process; `agent.emulated`: N fake agents for scale.
+- `tessera.agent.core`: pure: status-update manager, task table (the shared lifecycle table), dial plan.
+- `tessera.agent.config`, `tessera.agent.checkpoint`: flags and what the machine has; agent.db.
+- `tessera.agent.executor`: the supervisor program, isolation (cgroups v2/v1, rlimits + watchdog), launcher.
+- `tessera.agent.runtime`: the master link (AgentLink over gRPC) and the agent loop.
+- `tessera.agent.main.run_agent`, `tessera.agent.cli.agent_main`: the process; `tessera.agent.emulated`: N fake agents for scale.
 
 Public names are importable from here; they load lazily, because the supervisor (started once per task)
 imports this package and must not pay for grpc.
@@ -29,14 +29,14 @@ __all__ = [
 ]
 
 _WHERE = {
-    "AgentConfig": "agent.config",
-    "ConfigError": "agent.config",
-    "detect_resources": "agent.config",
-    "run_agent": "agent.main",
-    "agent_main": "agent.cli",
-    "EmulatedAgents": "agent.emulated",
-    "EmulatedConfig": "agent.emulated",
-    "run_emulated": "agent.emulated",
+    "AgentConfig": "tessera.agent.config",
+    "ConfigError": "tessera.agent.config",
+    "detect_resources": "tessera.agent.config",
+    "run_agent": "tessera.agent.main",
+    "agent_main": "tessera.agent.cli",
+    "EmulatedAgents": "tessera.agent.emulated",
+    "EmulatedConfig": "tessera.agent.emulated",
+    "run_emulated": "tessera.agent.emulated",
 }
 
 

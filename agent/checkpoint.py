@@ -21,7 +21,7 @@ Rules it keeps:
   message to the master, a supervisor started, a signal sent), so nothing is acted on before it is on
   disk.
 - Writes are serialized by a lock: the agent loop is the only writer, but tests and tools read too.
-- Protobuf bytes, not pickles: the file is readable by any later version (`control_plane.codec`).
+- Protobuf bytes, not pickles: the file is readable by any later version (`tessera.control_plane.codec`).
 - Schema 1 keyed tasks by task id alone; opening such a file upgrades it in place to schema 2 (its ids
   were unique on the agent, so each update takes its task's framework).
 """
@@ -40,8 +40,8 @@ from typing import Any
 
 import sqlite_utils
 
-from control_plane.codec import from_proto, to_proto
-from control_plane.core.values import TaskInfo, TaskKey, TaskState, TaskStatus
+from tessera.control_plane.codec import from_proto, to_proto
+from tessera.control_plane.core.values import TaskInfo, TaskKey, TaskState, TaskStatus
 from tessera.v1 import common_pb2
 
 SCHEMA_VERSION = 2  # 2: tasks keyed by (framework_id, task_id)

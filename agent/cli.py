@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from agent.config import ISOLATION_CHOICES, SUPERVISOR_START_CHOICES, AgentConfig
+from tessera.agent.config import ISOLATION_CHOICES, SUPERVISOR_START_CHOICES, AgentConfig
 
 
 @click.command("agent")
@@ -50,7 +50,7 @@ def agent_main(masters: str, data_dir: Path, resources: str, attributes: str, ho
                work_dir: Path | None, sandbox_gc_delay: float, sandbox_gc_max_mib: float,
                metrics_address: str | None, agent_tls_dir: Path | None, log_level: str) -> None:
     """Run a Tessera agent: report this machine's resources and run tasks for the masters."""
-    from agent.main import run_agent
+    from tessera.agent.main import run_agent
 
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s agent %(levelname)s %(name)s: %(message)s")

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import psutil
 
-from control_plane import wire
-from control_plane.core.errors import InvalidRequest
-from control_plane.core.resources import Resources
-from control_plane.core.values import Labels
-from control_plane.tls import ClientSecurity, TlsConfigError
+from tessera.control_plane import wire
+from tessera.control_plane.core.errors import InvalidRequest
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.values import Labels
+from tessera.control_plane.tls import ClientSecurity, TlsConfigError
 
 ISOLATION_CHOICES = ("auto", "cgroups_v2", "cgroups_v1", "rlimits")
 # How task supervisors start: forked by the fork server (fast), or each as a fresh interpreter.
@@ -52,7 +52,7 @@ class AgentConfig:
     work_dir: Path | None = None  # sandboxes; None: data_dir/sandboxes
     isolation: str = "auto"
     supervisor_start: str = "fork-server"
-    emulated: bool = False  # benchmarks only: see agent.emulated
+    emulated: bool = False  # benchmarks only: see tessera.agent.emulated
     usage_interval: float = 5.0  # seconds between Usage messages
     cgroups_root: str = "tessera"  # name of the cgroup that holds the task cgroups
     status_retry_initial: float = 1.0  # first re-send of an unacknowledged status update
@@ -92,7 +92,7 @@ class ResolvedConfig:
 
 
 def parse_masters(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """`control_plane.wire.parse_masters`, its error a ConfigError naming the flag."""
+    """`tessera.control_plane.wire.parse_masters`, its error a ConfigError naming the flag."""
     try:
         return wire.parse_masters(text)
     except ValueError as exc:

@@ -21,8 +21,8 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from agent.config import AgentConfig, ConfigError, resolve
-from control_plane.core.resources import EMPTY, Resources
+from tessera.agent.config import AgentConfig, ConfigError, resolve
+from tessera.control_plane.core.resources import EMPTY, Resources
 
 log = logging.getLogger("tessera.agent")
 
@@ -51,7 +51,7 @@ def _secure_dirs(data_dir: Path, work_dir: Path) -> None:
     """Files an older agent made with the default umask (its checkpoint, lock and launch files) become the
     agent's alone (0600); the work dir, and the data dir when the work dir is inside it, become 0711
     (passable, not listable)."""
-    from agent.executor.sandbox import RUN_DIR_MODE, secure_work_dir
+    from tessera.agent.executor.sandbox import RUN_DIR_MODE, secure_work_dir
 
     try:
         for entry in data_dir.iterdir():
@@ -72,8 +72,8 @@ def _run_emulated(config: AgentConfig, stop: threading.Event | None) -> int:
     """One emulated agent (benchmarks): registers and heartbeats, reports tasks without running them."""
     import asyncio
 
-    from agent.config import ConfigError as _ConfigError
-    from agent.emulated import EmulatedConfig, run_emulated
+    from tessera.agent.config import ConfigError as _ConfigError
+    from tessera.agent.emulated import EmulatedConfig, run_emulated
 
     try:
         emulated = EmulatedConfig.from_agent_config(config)  # checks --masters; run_emulated the rest
@@ -117,12 +117,12 @@ def _run_agent(config: AgentConfig, stop: threading.Event | None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(name)s: %(message)s")
     if config.emulated:
         return _run_emulated(config, stop)
-    from agent.checkpoint import Checkpoint
-    from agent.executor.isolation import detect_isolator
-    from agent.executor.launcher import ProcessLauncher
-    from agent.runtime.agent import Agent
-    from control_plane.api.span_reporter import OperatorSpanStore
-    from control_plane.tracing import setup_tracing
+    from tessera.agent.checkpoint import Checkpoint
+    from tessera.agent.executor.isolation import detect_isolator
+    from tessera.agent.executor.launcher import ProcessLauncher
+    from tessera.agent.runtime.agent import Agent
+    from tessera.control_plane.api.span_reporter import OperatorSpanStore
+    from tessera.control_plane.tracing import setup_tracing
 
     try:
         resolved = resolve(config)
@@ -150,7 +150,7 @@ def _run_agent(config: AgentConfig, stop: threading.Event | None) -> int:
 
     metrics = None
     if config.metrics_address:
-        from agent.metrics import AgentMetrics
+        from tessera.agent.metrics import AgentMetrics
 
         def scalars(res: Resources) -> dict[str, float]:
             return {k: res.scalar(k) for k in ("cpus", "mem", "disk", "gpus")}

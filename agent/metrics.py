@@ -1,7 +1,7 @@
 """Prometheus metrics of an agent (`AgentMetrics`), served at `/metrics` (`tessera agent --metrics`).
 
 Read at scrape time from plain callables the agent gives; names and the server come from the neutral
-`control_plane.metrics` package (nothing here imports `control_plane.runtime`).
+`tessera.control_plane.metrics` package (nothing here imports `tessera.control_plane.runtime`).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from prometheus_client.core import Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from control_plane.core.values import TaskState
-from control_plane.metrics.collector import SectionCollector
-from control_plane.metrics.server import MetricsServer
-from control_plane.metrics.specs import (
+from tessera.control_plane.core.values import TaskState
+from tessera.control_plane.metrics.collector import SectionCollector
+from tessera.control_plane.metrics.server import MetricsServer
+from tessera.control_plane.metrics.specs import (
     DEFAULT_HOST,
     RESOURCE_KINDS,
     family,

@@ -17,7 +17,7 @@ that registered it.
 
 A master's certificate names `master.tessera` (what clients verify), `localhost`, 127.0.0.1 and any
 `--host` given; each certificate names its kind as `urn:tessera:kind:<kind>`, and an agent's also its
-own name as `urn:tessera:agent:<name>` (see `control_plane.tls`). Keys are ECDSA P-256; certificates
+own name as `urn:tessera:agent:<name>` (see `tessera.control_plane.tls`). Keys are ECDSA P-256; certificates
 last `days` days.
 """
 
@@ -36,11 +36,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from control_plane.core.acl import PEER_KINDS, PeerKind, token_digest
-from control_plane.tls import AGENT_NAME, AGENT_URI_PREFIX, KIND_URI_PREFIX, MASTER_NAME
+from tessera.control_plane.core.acl import PEER_KINDS, PeerKind, token_digest
+from tessera.control_plane.tls import AGENT_NAME, AGENT_URI_PREFIX, KIND_URI_PREFIX, MASTER_NAME
 
 DEFAULT_AGENT = "default"  # the name of the agent certificate in DIR/agent
-DEFAULT_FRAMEWORK_ROLE = "default"  # the SDK's default role (sdk.types.DEFAULT_ROLE)
+DEFAULT_FRAMEWORK_ROLE = "default"  # the SDK's default role (tessera.sdk.types.DEFAULT_ROLE)
 DEFAULT_TASK_USER = "nobody"
 RAFT_PASSWORD_FILE = "raft-password"
 DEV_PRINCIPALS = {

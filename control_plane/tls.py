@@ -10,7 +10,7 @@ Certificates say what they are:
   whose certificate lacks that name: an agent's or a framework's certificate cannot pass for a master's.
 - every certificate carries the URI `urn:tessera:kind:<kind>` (master, agent, framework, operator),
   which the master reads from the peer's verified certificate to decide which services it may call
-  (`control_plane.core.acl.KINDS_BY_METHOD`);
+  (`tessera.control_plane.core.acl.KINDS_BY_METHOD`);
 - an agent's also carries its own name as `urn:tessera:agent:<name>` (`tessera certs agent NAME`). The
   master records it when the agent registers and accepts that agent's re-registrations and status
   updates only from a certificate with the same name, so one agent's certificate cannot speak for
@@ -33,7 +33,7 @@ from typing import Any
 
 import grpc
 
-from control_plane.core.acl import PEER_KINDS, PeerKind
+from tessera.control_plane.core.acl import PEER_KINDS, PeerKind
 
 MASTER_NAME = "master.tessera"
 KIND_URI_PREFIX = "urn:tessera:kind:"

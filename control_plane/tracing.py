@@ -2,7 +2,7 @@
 (so `tessera trace TASK_ID` needs no collector), optional OTLP export, and W3C traceparent helpers.
 
 A process without an event store reports its spans to the leader with `api.span_reporter.OperatorSpanStore`;
-this module imports nothing of `control_plane.api` (the master's write path imports it).
+this module imports nothing of `tessera.control_plane.api` (the master's write path imports it).
 
 Tracing never fails the caller: every helper here swallows its own errors (logged at debug level).
 """
@@ -25,8 +25,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import StatusCode
 
-from control_plane.core.spans import SpanBudget, SpanLimits, take_budget
-from control_plane.eventlog.records import SpanRecord
+from tessera.control_plane.core.spans import SpanBudget, SpanLimits, take_budget
+from tessera.control_plane.eventlog.records import SpanRecord
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ A guide in six parts; the classes below are the reference. Import everything fro
    `async def`) and override what you need: `subscribed`, `offers`, `rescinded`, `update`, `message`,
    `disconnected`, `error`. They run one at a time, in order, on the driver's callback thread (loop).
 
-    from sdk import FrameworkInfo, Resources, Scheduler, SchedulerDriver, TaskInfo
+    from tessera.sdk import FrameworkInfo, Resources, Scheduler, SchedulerDriver, TaskInfo
 
     class Hello(Scheduler):
         def offers(self, driver, offers):
@@ -30,8 +30,8 @@ A guide in six parts; the classes below are the reference. Import everything fro
    driver; `stop()` only disconnects: the framework and its tasks stay for `failover_timeout`, for a
    new driver with the same framework id to take over. A finished framework calls `teardown()`.
 
-3. Errors (`TesseraError` and its subclasses, `sdk.errors`). A call that fails with a definite refusal
-   (`sdk.errors.REFUSED`: `InvalidRequest`, `NotFound`, `Conflict`, `Unauthenticated`,
+3. Errors (`TesseraError` and its subclasses, `tessera.sdk.errors`). A call that fails with a definite refusal
+   (`tessera.sdk.errors.REFUSED`: `InvalidRequest`, `NotFound`, `Conflict`, `Unauthenticated`,
    `PermissionDenied`) was not applied. Any other failure — above all `Unavailable` after the call
    kept retrying for `call_timeout`, or a `ServerError` — may have been applied: settle it by
    reconciling, never by assuming it failed (a launch retried under a fresh task id would run twice):
@@ -52,19 +52,19 @@ A guide in six parts; the classes below are the reference. Import everything fro
    may go from TASK_STAGING straight to a terminal state (TASK_RUNNING skipped). `status.is_terminal`
    marks the end; anything else means the task is still alive.
 
-5. Testing: `sdk.testing.FakeMaster` is an in-memory master (agents, offers, scripted task
+5. Testing: `tessera.sdk.testing.FakeMaster` is an in-memory master (agents, offers, scripted task
    behaviours, failovers and fault injection such as `fail_next(AcceptCall, Unavailable(...),
-   after_apply=True)`); pass `transport=fake.transport()` to either driver. See `help(sdk.testing)`.
+   after_apply=True)`); pass `transport=fake.transport()` to either driver. See `help(tessera.sdk.testing)`.
 
-6. Modules: `sdk.types` (values), `sdk.scheduler` (callbacks), `sdk.driver` / `sdk.aio` (the two
-   drivers), `sdk.session` (the sans-IO session both drivers share), `sdk.errors` (the error tree),
-   `sdk.transport` (the transport port; `sdk.grpc_transport` is the real one), `sdk.testing`
-   (`FakeMaster`), `sdk.examples` (a batch runner and a service keeper), `sdk.run` (`tessera run`).
+6. Modules: `tessera.sdk.types` (values), `tessera.sdk.scheduler` (callbacks), `tessera.sdk.driver` / `tessera.sdk.aio` (the two
+   drivers), `tessera.sdk.session` (the sans-IO session both drivers share), `tessera.sdk.errors` (the error tree),
+   `tessera.sdk.transport` (the transport port; `tessera.sdk.grpc_transport` is the real one), `tessera.sdk.testing`
+   (`FakeMaster`), `tessera.sdk.examples` (a batch runner and a service keeper), `tessera.sdk.run` (`tessera run`).
 """
 
-from sdk.aio import AsyncSchedulerDriver
-from sdk.driver import SchedulerDriver
-from sdk.errors import (
+from tessera.sdk.aio import AsyncSchedulerDriver
+from tessera.sdk.driver import SchedulerDriver
+from tessera.sdk.errors import (
     Conflict,
     DriverStopped,
     InvalidRequest,
@@ -76,9 +76,9 @@ from sdk.errors import (
     Unauthenticated,
     Unavailable,
 )
-from sdk.scheduler import AsyncScheduler, Scheduler
-from sdk.session import Backoff
-from sdk.types import (
+from tessera.sdk.scheduler import AsyncScheduler, Scheduler
+from tessera.sdk.session import Backoff
+from tessera.sdk.types import (
     DEFAULT_ROLE,
     Filters,
     FrameworkInfo,

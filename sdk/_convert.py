@@ -1,8 +1,8 @@
 """SDK values <-> `tessera.v1` protobuf, in both directions.
 
-The gRPC transport uses the framework-side half (calls out, events in); `sdk.testing`'s gRPC face of the
+The gRPC transport uses the framework-side half (calls out, events in); `tessera.sdk.testing`'s gRPC face of the
 fake master uses the other half (calls in, events out), which is also what lets the tests check every
-conversion as a round trip. Only this module and `sdk.grpc_transport`/`sdk.testing` import protobuf.
+conversion as a round trip. Only this module and `tessera.sdk.grpc_transport`/`tessera.sdk.testing` import protobuf.
 
 Incoming resources are rebuilt with `Resources.from_items`, which validates them: a malformed message
 raises `InvalidRequest` here rather than producing a value the scheduler cannot trust.
@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TypeAlias
 
-from sdk.errors import InvalidRequest
-from sdk.protocol import (
+from tessera.sdk.errors import InvalidRequest
+from tessera.sdk.protocol import (
     AcceptCall,
     AcknowledgeCall,
     AcknowledgeManyCall,
@@ -36,7 +36,7 @@ from sdk.protocol import (
     TeardownCall,
     UpdateEvent,
 )
-from sdk.types import (
+from tessera.sdk.types import (
     Filters,
     FrameworkInfo,
     Launch,

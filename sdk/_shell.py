@@ -1,13 +1,13 @@
 """What the blocking and the asyncio drivers share: the subscription thread and the call builders.
 
-`StreamRunner` is the I/O loop around a `Session` (sdk.session): it asks the session where to
+`StreamRunner` is the I/O loop around a `Session` (tessera.sdk.session): it asks the session where to
 subscribe, opens the stream through the transport, feeds every event to the session and hands the
 resulting effects, in order, to the driver's dispatcher through `post`. It runs on its own thread in
 both drivers because transports are blocking; the drivers differ only in how they dispatch callbacks
 and wait for calls. Every touch of the session happens under the driver's lock.
 
 `DriverBase` holds the session, the lock and the transport, and turns the public call arguments into
-`sdk.protocol` calls; the two drivers add the retry loop (blocking or `async`) on top.
+`tessera.sdk.protocol` calls; the two drivers add the retry loop (blocking or `async`) on top.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from control_plane import wire
-from sdk.errors import DriverStopped, InvalidRequest, TesseraError, Unavailable
-from sdk.protocol import (
+from tessera.control_plane import wire
+from tessera.sdk.errors import DriverStopped, InvalidRequest, TesseraError, Unavailable
+from tessera.sdk.protocol import (
     BATCHED_ACKNOWLEDGEMENTS,
     AcceptCall,
     AcknowledgeCall,
@@ -38,7 +38,7 @@ from sdk.protocol import (
     ReviveCall,
     SuppressCall,
 )
-from sdk.session import (
+from tessera.sdk.session import (
     DEFAULT_BACKOFF,
     Attempt,
     Backoff,
@@ -54,10 +54,20 @@ from sdk.session import (
     Phase,
     Session,
 )
-from sdk.transport import EventStream, StreamEnded, Transport
-from sdk.types import Filters, FrameworkInfo, Launch, Offer, Operation, Reserve, TaskInfo, Unreserve, as_tuple
+from tessera.sdk.transport import EventStream, StreamEnded, Transport
+from tessera.sdk.types import (
+    Filters,
+    FrameworkInfo,
+    Launch,
+    Offer,
+    Operation,
+    Reserve,
+    TaskInfo,
+    Unreserve,
+    as_tuple,
+)
 
-log = logging.getLogger("sdk.driver")
+log = logging.getLogger("tessera.sdk.driver")
 
 MAX_ACKS_PER_CALL = 1000  # batched implicit acknowledgements in one call
 
@@ -84,7 +94,7 @@ def callback_for(effect: Effect) -> tuple[str, tuple[Any, ...]]:
 
 
 def parse_masters(masters: Sequence[str] | str) -> list[str]:
-    """'a:5050,b:5050' or ['a:5050', 'b:5050'] -> ['a:5050', 'b:5050'] (`control_plane.wire.parse_masters`)."""
+    """'a:5050,b:5050' or ['a:5050', 'b:5050'] -> ['a:5050', 'b:5050'] (`tessera.control_plane.wire.parse_masters`)."""
     try:
         return list(wire.parse_masters(masters))
     except ValueError as exc:
@@ -259,8 +269,8 @@ class DriverBase:
             give_up_after=give_up_after, subscribe_timeout=subscribe_timeout,
         )
         if transport is None:
-            from control_plane.tls import TlsConfigError
-            from sdk.grpc_transport import GrpcTransport
+            from tessera.control_plane.tls import TlsConfigError
+            from tessera.sdk.grpc_transport import GrpcTransport
 
             try:
                 transport = GrpcTransport.from_env()  # mTLS and a token when TESSERA_TLS_DIR/TESSERA_TOKEN say so

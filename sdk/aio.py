@@ -19,14 +19,14 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sdk._shell import MAX_ACKS_PER_CALL, DriverBase, OfferRefs, StreamRunner, callback_for
-from sdk.errors import DriverStopped, TesseraError
-from sdk.protocol import AcknowledgeCall, AcknowledgeManyCall, Call, CallResult, TeardownCall
-from sdk.scheduler import AsyncScheduler
-from sdk.session import Effect, NotifyError, NotifyUpdate
-from sdk.types import Filters, FrameworkInfo, Launch, Operation, TaskInfo, TaskStatus
+from tessera.sdk._shell import MAX_ACKS_PER_CALL, DriverBase, OfferRefs, StreamRunner, callback_for
+from tessera.sdk.errors import DriverStopped, TesseraError
+from tessera.sdk.protocol import AcknowledgeCall, AcknowledgeManyCall, Call, CallResult, TeardownCall
+from tessera.sdk.scheduler import AsyncScheduler
+from tessera.sdk.session import Effect, NotifyError, NotifyUpdate
+from tessera.sdk.types import Filters, FrameworkInfo, Launch, Operation, TaskInfo, TaskStatus
 
-log = logging.getLogger("sdk.driver")
+log = logging.getLogger("tessera.sdk.driver")
 
 
 class AsyncSchedulerDriver(DriverBase):

@@ -3,12 +3,12 @@
     driver = SchedulerDriver(MyScheduler(), FrameworkInfo(name="batch"), ["m1:5050", "m2:5050"])
     driver.run()            # or: driver.start(); ...; driver.join(); and driver.stop() from anywhere
 
-Threads: one keeps the subscription (connect, read, reconnect: `sdk._shell.StreamRunner`), one runs the
+Threads: one keeps the subscription (connect, read, reconnect: `tessera.sdk._shell.StreamRunner`), one runs the
 scheduler's callbacks, one at a time and in order. Calls (`launch`, `decline`, `kill`...) block the
 calling thread until the master answered; they may be made from callbacks or from any other thread.
 A call made while the driver is reconnecting waits for the new subscription, and a call that fails with
 `NotLeader`/`Unavailable` (or on a stream replaced meanwhile) is sent again with the same request id
-until `call_timeout` runs out; other errors are raised at once as `sdk.errors` classes.
+until `call_timeout` runs out; other errors are raised at once as `tessera.sdk.errors` classes.
 
 `stop()` closes the connection and leaves the framework registered: the master keeps its tasks for
 `failover_timeout`, and a new driver built with the same framework id takes them over. `teardown()`
@@ -26,14 +26,14 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
-from sdk._shell import MAX_ACKS_PER_CALL, DriverBase, OfferRefs, StreamRunner, callback_for
-from sdk.errors import DriverStopped, TesseraError
-from sdk.protocol import AcknowledgeCall, AcknowledgeManyCall, Call, CallResult, TeardownCall
-from sdk.scheduler import Scheduler
-from sdk.session import Effect, NotifyError, NotifyUpdate
-from sdk.types import Filters, FrameworkInfo, Launch, Operation, TaskInfo, TaskStatus
+from tessera.sdk._shell import MAX_ACKS_PER_CALL, DriverBase, OfferRefs, StreamRunner, callback_for
+from tessera.sdk.errors import DriverStopped, TesseraError
+from tessera.sdk.protocol import AcknowledgeCall, AcknowledgeManyCall, Call, CallResult, TeardownCall
+from tessera.sdk.scheduler import Scheduler
+from tessera.sdk.session import Effect, NotifyError, NotifyUpdate
+from tessera.sdk.types import Filters, FrameworkInfo, Launch, Operation, TaskInfo, TaskStatus
 
-log = logging.getLogger("sdk.driver")
+log = logging.getLogger("tessera.sdk.driver")
 
 ACK_SENDERS = 1  # batched acknowledgement calls under way at once (one keeps them in order)
 
@@ -41,7 +41,7 @@ ACK_SENDERS = 1  # batched acknowledgement calls under way at once (one keeps th
 class SchedulerDriver(DriverBase):
     """Connects a `Scheduler` to the masters. See the module docstring; keyword arguments:
 
-    - `transport`: how to reach masters (default: gRPC; `sdk.testing.FakeMaster.transport()` in tests)
+    - `transport`: how to reach masters (default: gRPC; `tessera.sdk.testing.FakeMaster.transport()` in tests)
     - `implicit_acknowledgements` (True): acknowledge each update after `update()` returned; when
       False the scheduler calls `driver.acknowledge(status)` itself
     - `batch_acknowledgements` (True): implicit acknowledgements waiting to be sent go out together, in

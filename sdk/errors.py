@@ -1,6 +1,6 @@
 """The errors a framework sees, and the one place where gRPC status codes become them.
 
-The SDK shares Tessera's error tree (`control_plane.core.errors`), so the error a master raises in
+The SDK shares Tessera's error tree (`tessera.control_plane.core.errors`), so the error a master raises in
 `decide` is the very class a scheduler catches, and `Resources` arithmetic raises the same
 `InvalidRequest`. Two classes are the SDK's own: `ServerError` (the master failed or does not
 implement the call) and `DriverStopped` (a local error: the driver cannot make calls any more).
@@ -19,12 +19,12 @@ implement the call) and `DriverStopped` (a local error: the driver cannot make c
     └── DriverStopped     local: the driver was stopped, or the master ended the framework for good
 
 Callers match on classes, never on messages. `error_for_status` is the only code-to-class mapping;
-`status_for_error` is its inverse (what a master answers for an error: `sdk.testing`'s gRPC fake uses it).
+`status_for_error` is its inverse (what a master answers for an error: `tessera.sdk.testing`'s gRPC fake uses it).
 """
 
 from __future__ import annotations
 
-from control_plane.core.errors import (
+from tessera.control_plane.core.errors import (
     Conflict,
     InvalidRequest,
     NotFound,

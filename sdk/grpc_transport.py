@@ -2,7 +2,7 @@
 
 One channel per master address, opened lazily and kept. A subscription is a server-streaming call read
 by a small pump thread into a queue, which is what gives `EventStream.next` its timeout. Status codes
-become `sdk.errors` classes through `sdk.errors.error_for_status` (with the `tessera-leader` trailing
+become `tessera.sdk.errors` classes through `tessera.sdk.errors.error_for_status` (with the `tessera-leader` trailing
 metadata as the leader hint); the transport never retries.
 
 Credentials: insecure channels by default (a local development cluster); pass `credentials`
@@ -10,7 +10,7 @@ Credentials: insecure channels by default (a local development cluster); pass `c
 token of the framework's principal, or use `GrpcTransport.secure(tls_dir, token)`. A driver given no
 transport uses `GrpcTransport.from_env()`: mTLS when TESSERA_TLS_DIR names a framework TLS directory, the
 token of TESSERA_TOKEN or TESSERA_TOKEN_FILE. Secure channels verify
-the master's certificate as `master.tessera` (`control_plane.tls.MASTER_NAME`), whatever address is
+the master's certificate as `master.tessera` (`tessera.control_plane.tls.MASTER_NAME`), whatever address is
 dialled, so a certificate that is not a master's is refused.
 
 Tracing: each call runs in an OpenTelemetry client span `framework.<call>` (from the global tracer
@@ -33,13 +33,13 @@ from typing import Any
 import grpc
 from opentelemetry import propagate, trace
 
-from control_plane.tls import MASTER_NAME, ClientSecurity
-from control_plane.wire import leader_hint
-from sdk._convert import call_to_proto, events_from_proto, info_to_proto, status_from_proto
-from sdk.errors import TesseraError, error_for_status
-from sdk.protocol import BATCHED_UPDATES, Call, CallHeader, CallResult, Event
-from sdk.transport import StreamEnded
-from sdk.types import FrameworkInfo
+from tessera.control_plane.tls import MASTER_NAME, ClientSecurity
+from tessera.control_plane.wire import leader_hint
+from tessera.sdk._convert import call_to_proto, events_from_proto, info_to_proto, status_from_proto
+from tessera.sdk.errors import TesseraError, error_for_status
+from tessera.sdk.protocol import BATCHED_UPDATES, Call, CallHeader, CallResult, Event
+from tessera.sdk.transport import StreamEnded
+from tessera.sdk.types import FrameworkInfo
 from tessera.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024

@@ -1,8 +1,8 @@
 """The Scheduler protocol (docs/protocol.md) as SDK values, independent of any transport.
 
 Events are what the master sends on the subscription stream; calls are the unary requests a framework
-makes. A transport (`sdk.transport`) moves these values: the gRPC transport converts them to and from
-`tessera.v1.scheduler_pb2`, the in-memory transport of `sdk.testing` hands them to a fake master as
+makes. A transport (`tessera.sdk.transport`) moves these values: the gRPC transport converts them to and from
+`tessera.v1.scheduler_pb2`, the in-memory transport of `tessera.sdk.testing` hands them to a fake master as
 they are. Every call travels with a `CallHeader`; retries of one logical call reuse its `request_id`,
 which is what makes them idempotent on the master.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from sdk.types import Filters, Offer, Operation, TaskStatus
+from tessera.sdk.types import Filters, Offer, Operation, TaskStatus
 
 # ---- events (master -> framework) -------------------------------------------------------------------
 

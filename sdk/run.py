@@ -37,13 +37,22 @@ from typing import TextIO
 
 import click
 
-from control_plane.tls import ClientSecurity, TlsConfigError
-from sdk.driver import SchedulerDriver
-from sdk.errors import TesseraError
-from sdk.grpc_transport import GrpcTransport
-from sdk.scheduler import Scheduler
-from sdk.transport import Transport
-from sdk.types import DEFAULT_ROLE, Filters, FrameworkInfo, Offer, Resources, TaskInfo, TaskState, TaskStatus
+from tessera.control_plane.tls import ClientSecurity, TlsConfigError
+from tessera.sdk.driver import SchedulerDriver
+from tessera.sdk.errors import TesseraError
+from tessera.sdk.grpc_transport import GrpcTransport
+from tessera.sdk.scheduler import Scheduler
+from tessera.sdk.transport import Transport
+from tessera.sdk.types import (
+    DEFAULT_ROLE,
+    Filters,
+    FrameworkInfo,
+    Offer,
+    Resources,
+    TaskInfo,
+    TaskState,
+    TaskStatus,
+)
 
 DEFAULT_MASTERS = "127.0.0.1:5050"
 ADDRESS_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}\Z")
@@ -295,7 +304,7 @@ def _security() -> ClientSecurity:
     """`tessera --tls-dir D --token-file F run ...`: the group's flags (and TESSERA_TOKEN), else
     TESSERA_TLS_DIR / TESSERA_TOKEN(_FILE), else the framework files a `tessera up --secure` cluster
     started here recorded, else plaintext."""
-    from control_plane.tls import cluster_security, read_token_file
+    from tessera.control_plane.tls import cluster_security, read_token_file
 
     ctx = click.get_current_context(silent=True)
     root = ctx.find_root() if ctx is not None else None
@@ -354,8 +363,8 @@ def run_command(masters: str | None, cpus: str, mem: str, name: str, role: str, 
         sys.exit(2)
     # the framework side of the task's trace: the SDK's client spans go to the leader, stored next to
     # its event log, so `tessera trace TASK` starts at the framework's Accept
-    from control_plane.api.span_reporter import OperatorSpanStore
-    from control_plane.tracing import setup_tracing
+    from tessera.control_plane.api.span_reporter import OperatorSpanStore
+    from tessera.control_plane.tracing import setup_tracing
 
     security = _security()
     provider = setup_tracing("tessera-run", span_store=OperatorSpanStore(list(options.masters), security=security))

@@ -27,11 +27,11 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
-from sdk.types import Offer, TaskStatus
+from tessera.sdk.types import Offer, TaskStatus
 
 if TYPE_CHECKING:
-    from sdk.aio import AsyncSchedulerDriver
-    from sdk.driver import SchedulerDriver
+    from tessera.sdk.aio import AsyncSchedulerDriver
+    from tessera.sdk.driver import SchedulerDriver
 
 
 class Scheduler:

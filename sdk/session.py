@@ -62,8 +62,8 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import TypeAlias
 
-from control_plane import wire
-from sdk.errors import (
+from tessera.control_plane import wire
+from tessera.sdk.errors import (
     Conflict,
     DriverStopped,
     InvalidRequest,
@@ -71,7 +71,7 @@ from sdk.errors import (
     TesseraError,
     Unavailable,
 )
-from sdk.protocol import (
+from tessera.sdk.protocol import (
     AcknowledgeCall,
     CallHeader,
     ErrorEvent,
@@ -83,7 +83,7 @@ from sdk.protocol import (
     SubscribedEvent,
     UpdateEvent,
 )
-from sdk.types import FrameworkInfo, Offer, TaskStatus
+from tessera.sdk.types import FrameworkInfo, Offer, TaskStatus
 
 
 class Phase(Enum):
@@ -95,7 +95,7 @@ class Phase(Enum):
 
 
 class Backoff(wire.Backoff):
-    """The one backoff policy of `control_plane.wire` (exponential, downward jitter: `delay(n)` lies in
+    """The one backoff policy of `tessera.control_plane.wire` (exponential, downward jitter: `delay(n)` lies in
     `[nominal(n) * (1 - jitter), nominal(n)]` with `nominal(n) = min(maximum, initial * multiplier**n)`);
     a nonsensical one is an `InvalidRequest`."""
 

@@ -1,7 +1,7 @@
 """Test a scheduler without a cluster: `FakeMaster`, an in-memory master that speaks the Scheduler protocol.
 
-    from sdk import FrameworkInfo, Resources, SchedulerDriver, TaskState
-    from sdk.testing import FakeMaster, runs_and_finishes
+    from tessera.sdk import FrameworkInfo, Resources, SchedulerDriver, TaskState
+    from tessera.sdk.testing import FakeMaster, runs_and_finishes
 
     def test_my_scheduler_runs_its_task():
         fake = FakeMaster(behaviour=runs_and_finishes)
@@ -14,7 +14,7 @@
 
 (`tests/unit/sdk/test_fake_master.py` runs a complete example of this kind.)
 
-What it does, following docs/protocol.md and the master's validation rules (`control_plane.core.decide`;
+What it does, following docs/protocol.md and the master's validation rules (`tessera.control_plane.core.decide`;
 `tests/unit/sdk/test_master_contract.py` runs the same refusal cases against the fake and a real master):
 
 - Agents: `add_agent(resources, hostname=, attributes=)`, `remove_agent` (its tasks become TASK_LOST).
@@ -66,11 +66,11 @@ from typing import Any, TypeVar
 
 import grpc
 
-from control_plane.core.lifecycle import is_terminal
-from control_plane.core.resources import EMPTY
-from control_plane.wire import LEADER_METADATA_KEY
-from sdk._convert import call_from_proto, event_to_proto, info_from_proto, status_to_proto
-from sdk.errors import (
+from tessera.control_plane.core.lifecycle import is_terminal
+from tessera.control_plane.core.resources import EMPTY
+from tessera.control_plane.wire import LEADER_METADATA_KEY
+from tessera.sdk._convert import call_from_proto, event_to_proto, info_from_proto, status_to_proto
+from tessera.sdk.errors import (
     Conflict,
     InvalidRequest,
     NotFound,
@@ -79,7 +79,7 @@ from sdk.errors import (
     Unavailable,
     status_for_error,
 )
-from sdk.protocol import (
+from tessera.sdk.protocol import (
     BATCHED_ACKNOWLEDGEMENTS,
     AcceptCall,
     AcknowledgeCall,
@@ -103,8 +103,17 @@ from sdk.protocol import (
     TeardownCall,
     UpdateEvent,
 )
-from sdk.transport import StreamEnded
-from sdk.types import FrameworkInfo, Launch, Offer, Reserve, Resources, TaskInfo, TaskState, TaskStatus
+from tessera.sdk.transport import StreamEnded
+from tessera.sdk.types import (
+    FrameworkInfo,
+    Launch,
+    Offer,
+    Reserve,
+    Resources,
+    TaskInfo,
+    TaskState,
+    TaskStatus,
+)
 from tessera.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 __all__ = [
@@ -231,7 +240,7 @@ class _End:
 
 
 class FakeStream:
-    """A subscription stream of the fake (implements `sdk.transport.EventStream`)."""
+    """A subscription stream of the fake (implements `tessera.sdk.transport.EventStream`)."""
 
     def __init__(self, master: FakeMaster, address: str) -> None:
         self._master = master
@@ -268,7 +277,7 @@ class FakeStream:
 
 
 class FakeTransport:
-    """The in-memory `sdk.transport.Transport` of a `FakeMaster`."""
+    """The in-memory `tessera.sdk.transport.Transport` of a `FakeMaster`."""
 
     def __init__(self, master: FakeMaster) -> None:
         self.master = master
@@ -936,7 +945,7 @@ class FakeMaster:
 
 
 def _abort(context: grpc.ServicerContext, exc: TesseraError) -> None:
-    # The codes and metadata a master sends (sdk.errors.status_for_error, the inverse of the SDK's mapping).
+    # The codes and metadata a master sends (tessera.sdk.errors.status_for_error, the inverse of the SDK's mapping).
     status, details, hint = status_for_error(exc)
     if hint:
         context.set_trailing_metadata(((LEADER_METADATA_KEY, hint),))

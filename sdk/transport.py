@@ -1,6 +1,6 @@
 """The port between a driver and a master: one small interface, two implementations.
 
-`sdk.grpc_transport.GrpcTransport` talks to real masters; `sdk.testing.FakeMaster.transport()` talks to
+`tessera.sdk.grpc_transport.GrpcTransport` talks to real masters; `tessera.sdk.testing.FakeMaster.transport()` talks to
 an in-memory fake. A driver needs nothing else, so a scheduler is tested without sockets by handing its
 driver the fake's transport.
 
@@ -12,7 +12,7 @@ Contract (both implementations keep it; `tests/unit/sdk/test_transport_contract.
   ended it (`NotLeader` carries the leader's address) or None for a clean end or a `cancel()`; after
   that it keeps raising `StreamEnded`. `cancel()` may be called from any thread, any number of times.
 - `call(address, header, call, timeout)` sends one unary call and returns its result (the statuses of a
-  reconciliation, an empty tuple otherwise), or raises an error of `sdk.errors`. It never retries: the
+  reconciliation, an empty tuple otherwise), or raises an error of `tessera.sdk.errors`. It never retries: the
   driver decides that.
 - Both are safe to use from several threads at once.
 """
@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from sdk.errors import TesseraError
-from sdk.protocol import Call, CallHeader, CallResult, Event
-from sdk.types import FrameworkInfo
+from tessera.sdk.errors import TesseraError
+from tessera.sdk.protocol import Call, CallHeader, CallResult, Event
+from tessera.sdk.types import FrameworkInfo
 
 
 class StreamEnded(Exception):

@@ -1,7 +1,7 @@
 """The values a scheduler works with: framework info, offers, tasks, statuses, filters and operations.
 
 They are frozen dataclasses in the Mesos vocabulary and never protobuf, so a scheduler (and its unit
-tests) never touches generated code. Resources are `control_plane.core.resources.Resources`, the very
+tests) never touches generated code. Resources are `tessera.control_plane.core.resources.Resources`, the very
 type the master allocates with: `offer.resources - task.resources`, `offer.resources.contains(...)`,
 `Resources.of(cpus=0.5, mem=64)` and `Resources.parse("cpus:1;mem:128")` all work as on the master.
 
@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TypeAlias
 
-from control_plane.core.errors import InvalidRequest
-from control_plane.core.lifecycle import is_terminal
-from control_plane.core.resources import Interval, Resources
-from control_plane.core.values import TaskState
+from tessera.control_plane.core.errors import InvalidRequest
+from tessera.control_plane.core.lifecycle import is_terminal
+from tessera.control_plane.core.resources import Interval, Resources
+from tessera.control_plane.core.values import TaskState
 
 __all__ = [
     "DEFAULT_ROLE",

@@ -5,7 +5,7 @@ exponential backoff and jitter"):
 - A `tessera-leader` hint is followed at once, but at most `len(masters) + 1` times in a row, so two
   masters pointing at each other (a stale hint during an election) fall back to backoff.
 - Otherwise the next master in the list is tried after `Backoff.delay(rounds, fraction)` (the one
-  backoff policy of `control_plane.wire`): exponential in the number of rounds over the masters that
+  backoff policy of `tessera.control_plane.wire`): exponential in the number of rounds over the masters that
   failed in a row (every master is tried before the wait doubles), capped, and spread by downward jitter
   so a fleet of agents that lost the same leader does not come back in one wave. `fraction` is a random
   number in [0, 1) supplied by the caller (no randomness in here).
@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from control_plane.wire import Backoff, rounds
+from tessera.control_plane.wire import Backoff, rounds
 
 __all__ = ["AGENT_BACKOFF", "Backoff", "Dial", "DialPlan"]
 

@@ -32,8 +32,8 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from control_plane.core.values import TaskKey, TaskStatus
-from control_plane.wire import Backoff
+from tessera.control_plane.core.values import TaskKey, TaskStatus
+from tessera.control_plane.wire import Backoff
 
 ACKED_MEMORY = 10_000  # acknowledged uuids remembered to tell duplicates from unknown acks
 
@@ -41,7 +41,7 @@ ACKED_MEMORY = 10_000  # acknowledged uuids remembered to tell duplicates from u
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """Retry delays after a send: initial, initial*factor, ... capped at `maximum` seconds — the one
-    backoff policy (`control_plane.wire.Backoff`) without jitter, counted from the first send."""
+    backoff policy (`tessera.control_plane.wire.Backoff`) without jitter, counted from the first send."""
 
     initial: float = 1.0
     factor: float = 2.0

@@ -3,7 +3,7 @@
 Pure: no I/O, no clock, no ids minted here (uuids and times are passed in).
 
 Rules it keeps:
-- Every state change goes through the shared lifecycle table (`control_plane.core.lifecycle`): the
+- Every state change goes through the shared lifecycle table (`tessera.control_plane.core.lifecycle`): the
   agent never records a transition the master would refuse. A task enters the table in TASK_STAGING
   (the state the master launched it in) and moves STARTING -> RUNNING -> terminal, or KILLING -> KILLED.
 - A task is in the table once: a repeated RunTask for a known task is a duplicate, not a second launch.
@@ -24,10 +24,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from control_plane.core.errors import InvalidRequest
-from control_plane.core.lifecycle import INITIAL_STATE, can_transition, is_terminal
-from control_plane.core.state import MAX_STATUS_DATA, check_working_dir
-from control_plane.core.values import StatusSource, TaskInfo, TaskKey, TaskState, TaskStatus
+from tessera.control_plane.core.errors import InvalidRequest
+from tessera.control_plane.core.lifecycle import INITIAL_STATE, can_transition, is_terminal
+from tessera.control_plane.core.state import MAX_STATUS_DATA, check_working_dir
+from tessera.control_plane.core.values import StatusSource, TaskInfo, TaskKey, TaskState, TaskStatus
 
 # Reasons, in Mesos' vocabulary (TaskStatus.reason is a string on the wire).
 REASON_COMMAND_EXECUTOR_FAILED = "REASON_COMMAND_EXECUTOR_FAILED"

@@ -1,4 +1,4 @@
-"""The supervisor fork server ("zygote"): `python -m agent.executor.forkserver`.
+"""The supervisor fork server ("zygote"): `python -m tessera.agent.executor.forkserver`.
 
 Starting a task's supervisor as a fresh interpreter costs about a tenth of a second of CPU (interpreter
 start, `site`, imports) and dominates a short task's launch. The fork server is one long-lived process,
@@ -10,8 +10,8 @@ sandbox to a child it forked ahead of need (a small pool, filled again after eac
 one, and the child becomes the task's supervisor:
 it calls `setsid()` (a session of its own, so it dies neither with the server nor with the agent, and
 no terminal signal reaches it), points stdin at /dev/null and stdout/stderr at `supervisor.out` in the
-sandbox, closes every other descriptor it inherited, and runs `agent.executor.supervisor.main` exactly
-as `python -m agent.executor.supervisor --sandbox DIR` would. The server answers on its stdout
+sandbox, closes every other descriptor it inherited, and runs `tessera.agent.executor.supervisor.main` exactly
+as `python -m tessera.agent.executor.supervisor --sandbox DIR` would. The server answers on its stdout
 (`{"id": 7, "pid": 1234, "create_time": …}`, or `{"id": 7, "error": "…"}` when fork failed; a batch is
 answered in one write, and no child of a batch starts working before that) and later,
 when that supervisor exits, reports it (`{"exited": 1234}`) so the agent can look at the task at once
@@ -77,7 +77,7 @@ def _become_supervisor(sandbox: str) -> None:
         os.dup2(out, 2)
         _only_fds(set())  # the server's pipes and pidfds
         os.chdir(sandbox)
-        from agent.executor.supervisor import main
+        from tessera.agent.executor.supervisor import main
 
         code = main(["--sandbox", sandbox])
     except SystemExit as exc:
@@ -273,7 +273,7 @@ def serve(pool_size: int = POOL_SIZE) -> int:
     # Imported here, before any request, so that every child starts with them loaded.
     import psutil  # noqa: F401
 
-    import agent.executor.supervisor  # noqa: F401
+    import tessera.agent.executor.supervisor  # noqa: F401
 
     server = _Server(pool_size)
     _send({"ready": os.getpid()})
@@ -340,7 +340,7 @@ class ForkServer:
             self._close_pipes(proc)
         try:
             proc = subprocess.Popen(
-                [self.python, "-m", "agent.executor.forkserver", "--pool", str(self.pool_size)],
+                [self.python, "-m", "tessera.agent.executor.forkserver", "--pool", str(self.pool_size)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, close_fds=True, start_new_session=True, env=self.env, bufsize=0,
             )
         except OSError as exc:
@@ -492,7 +492,7 @@ def _write_all(proc: subprocess.Popen[bytes], data: bytes) -> int:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m agent.executor.forkserver")
+    parser = argparse.ArgumentParser(prog="python -m tessera.agent.executor.forkserver")
     parser.add_argument("--pool", type=int, default=POOL_SIZE, help="children forked ahead of need")
     return serve(max(0, parser.parse_args(argv).pool))
 

@@ -2,7 +2,7 @@
 
 Theory of operation. The agent (`Isolator.prepare`) creates the task's cgroups and writes its limits
 before the task exists, and describes them in an `IsolationSpec` (plain JSON, stored in the checkpoint
-and in the sandbox's launch file). The supervisor (`agent.executor.supervisor`) moves the task's
+and in the sandbox's launch file). The supervisor (`tessera.agent.executor.supervisor`) moves the task's
 process into them between fork and exec (`enter`, so not one instruction of the task runs outside its
 limits), runs the watchdog when the spec asks for one, and after the task ends asks `limitation` whether
 a limit ended it (cgroup OOM counters, or the watchdog's record). The agent removes the cgroups
@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from control_plane.core.resources import Resources
+from tessera.control_plane.core.resources import Resources
 
 log = logging.getLogger(__name__)
 
@@ -520,7 +520,7 @@ def detect_isolator(choice: str = "auto", root_name: str = "tessera",
                     layout: CgroupLayout | None = None) -> Isolator:
     """The isolator for `choice` (auto, cgroups_v2, cgroups_v1, rlimits); ConfigError when a named one
     cannot be used here."""
-    from agent.config import ConfigError
+    from tessera.agent.config import ConfigError
 
     layout = layout or discover()
     if choice == "rlimits":

@@ -4,8 +4,8 @@
 (`<work_dir>/<framework>/<task>`, named by `sandbox_name`, root's) holding the supervisor's control files
 and the task's sandbox (`sandbox/`, 0700, owned by the task's user; layout and modes in
 agent/executor/sandbox.py), its isolation (`Isolator.prepare`), and a supervisor process
-(`agent.executor.supervisor`) in a new session, which starts the command and records its exit in the
-sandbox. Supervisors are forked by the fork server (`agent.executor.forkserver`, started on first use and
+(`tessera.agent.executor.supervisor`) in a new session, which starts the command and records its exit in the
+sandbox. Supervisors are forked by the fork server (`tessera.agent.executor.forkserver`, started on first use and
 again when it died), or, with `fork_server=False`, started as fresh interpreters. The launcher never waits on anything: `observe` looks at the sandbox files and the supervisor's
 liveness and says what changed, and the agent loop calls it periodically.
 
@@ -41,11 +41,11 @@ from typing import Any
 
 import psutil
 
-from agent.core.tasks import ExitRecord
-from agent.executor.forkserver import ForkServer, ForkServerLost
-from agent.executor.isolation import IsolationSpec, Isolator, cgroup_pids, container_name
-from agent.executor.isolation import cleanup as cleanup_isolation
-from agent.executor.sandbox import (
+from tessera.agent.core.tasks import ExitRecord
+from tessera.agent.executor.forkserver import ForkServer, ForkServerLost
+from tessera.agent.executor.isolation import IsolationSpec, Isolator, cgroup_pids, container_name
+from tessera.agent.executor.isolation import cleanup as cleanup_isolation
+from tessera.agent.executor.sandbox import (
     RUN_DIR_MODE,
     SANDBOX_MODE,
     SANDBOX_SUBDIR,
@@ -54,7 +54,7 @@ from agent.executor.sandbox import (
     sandbox_name,
     secure_work_dir,
 )
-from agent.executor.supervisor import (
+from tessera.agent.executor.supervisor import (
     EXIT_FILE,
     KILL_FILE,
     LAUNCH_FILE,
@@ -65,7 +65,7 @@ from agent.executor.supervisor import (
     read_json,
     write_json_atomic,
 )
-from control_plane.core.values import TaskInfo
+from tessera.control_plane.core.values import TaskInfo
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ class ProcessLauncher:
             raise LaunchError(f"cannot write to the sandbox {handle.sandbox}: {exc.strerror or exc}") from exc
         try:
             popen = subprocess.Popen(
-                [self.python, "-m", "agent.executor.supervisor", "--sandbox", str(handle.sandbox)],
+                [self.python, "-m", "tessera.agent.executor.supervisor", "--sandbox", str(handle.sandbox)],
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, cwd=str(handle.sandbox),
                 start_new_session=True, close_fds=True, env=_supervisor_env(),
             )

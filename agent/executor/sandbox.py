@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.executor.supervisor import EXIT_FILE, SUPERVISOR_FILE, read_json
+from tessera.agent.executor.supervisor import EXIT_FILE, SUPERVISOR_FILE, read_json
 
 SANDBOX_SUBDIR = "sandbox"
 RUN_DIR_MODE = 0o711  # the task's user passes through to its sandbox; nobody lists run directories

@@ -1,6 +1,6 @@
-"""The task supervisor: `python -m agent.executor.supervisor --sandbox DIR`, or forked by the fork server.
+"""The task supervisor: `python -m tessera.agent.executor.supervisor --sandbox DIR`, or forked by the fork server.
 
-The agent starts one supervisor per task (forked by `agent.executor.forkserver`, or as a fresh
+The agent starts one supervisor per task (forked by `tessera.agent.executor.forkserver`, or as a fresh
 interpreter), in a new session, and the supervisor outlives the agent: a
 `kill -9` of the agent leaves every task running, and the restarted agent finds them again through the
 files written here. The supervisor reads `launch.json` from the sandbox, starts the task's command, waits
@@ -55,7 +55,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.executor.isolation import (
+from tessera.agent.executor.isolation import (
     IsolationSpec,
     MemoryWatchdog,
     cgroup_oom_killed,
@@ -425,7 +425,7 @@ class Supervisor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent.executor.supervisor")
+    parser = argparse.ArgumentParser(prog="python -m tessera.agent.executor.supervisor")
     parser.add_argument("--sandbox", required=True, type=Path, help="the task's sandbox directory")
     args = parser.parse_args(argv)
     supervisor = Supervisor(args.sandbox.absolute())

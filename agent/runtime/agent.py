@@ -35,7 +35,7 @@ Rules it keeps (docs/protocol.md):
   `sandbox_gc_delay` seconds after the task ended, sooner (oldest first) when the finished ones hold
   more than `sandbox_gc_max_mib`; at start (after recovery) for what earlier runs left, when a task's
   delay is due, and at least every GC_INTERVAL for the cap. A run directory of a live task or of one
-  prepared this turn is never touched. The decision is `agent.executor.sandbox.plan_collection`.
+  prepared this turn is never touched. The decision is `tessera.agent.executor.sandbox.plan_collection`.
 """
 
 from __future__ import annotations
@@ -54,11 +54,11 @@ import grpc
 from google.protobuf.message import Message
 from opentelemetry import trace
 
-from agent.checkpoint import Checkpoint
-from agent.config import ResolvedConfig
-from agent.core.dialing import Backoff
-from agent.core.status_updates import AckOutcome, PendingUpdate, RetryPolicy, StatusUpdateManager
-from agent.core.tasks import (
+from tessera.agent.checkpoint import Checkpoint
+from tessera.agent.config import ResolvedConfig
+from tessera.agent.core.dialing import Backoff
+from tessera.agent.core.status_updates import AckOutcome, PendingUpdate, RetryPolicy, StatusUpdateManager
+from tessera.agent.core.tasks import (
     REASON_AGENT_RESTARTED,
     REASON_CONTAINER_LAUNCH_FAILED,
     REASON_EXECUTOR_TERMINATED,
@@ -70,14 +70,21 @@ from agent.core.tasks import (
     terminal_status,
     validate_task,
 )
-from agent.executor.launcher import LaunchError, LaunchHandle, Observation, Usage
-from agent.executor.sandbox import plan_collection, remove_run_dir, scan_finished
-from agent.runtime.link import LinkEvent, LinkStream, MasterLink, MessageReceived, StreamClosed, StreamOpened
-from control_plane.codec import from_proto, to_proto
-from control_plane.core.errors import InvalidRequest
-from control_plane.core.lifecycle import is_terminal
-from control_plane.core.values import AgentInfo, StatusSource, TaskInfo, TaskKey, TaskState
-from control_plane.tracing import TASK_ID_ATTRIBUTE, context_from, get_tracer
+from tessera.agent.executor.launcher import LaunchError, LaunchHandle, Observation, Usage
+from tessera.agent.executor.sandbox import plan_collection, remove_run_dir, scan_finished
+from tessera.agent.runtime.link import (
+    LinkEvent,
+    LinkStream,
+    MasterLink,
+    MessageReceived,
+    StreamClosed,
+    StreamOpened,
+)
+from tessera.control_plane.codec import from_proto, to_proto
+from tessera.control_plane.core.errors import InvalidRequest
+from tessera.control_plane.core.lifecycle import is_terminal
+from tessera.control_plane.core.values import AgentInfo, StatusSource, TaskInfo, TaskKey, TaskState
+from tessera.control_plane.tracing import TASK_ID_ATTRIBUTE, context_from, get_tracer
 from tessera.v1 import agent_pb2, common_pb2
 
 log = logging.getLogger("tessera.agent")

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import grpc
 
-from agent.core.dialing import Backoff, DialPlan
-from control_plane import wire
-from control_plane.tls import ClientSecurity
+from tessera.agent.core.dialing import Backoff, DialPlan
+from tessera.control_plane import wire
+from tessera.control_plane.tls import ClientSecurity
 from tessera.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)

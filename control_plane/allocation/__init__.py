@@ -8,7 +8,7 @@ weighted DRF, quota headroom and limits, reservations, filters) is in `allocatio
 snapshot holds and why is in `allocation.snapshot`; the DRF sorter is `allocation.sorter`.
 """
 
-from control_plane.allocation.allocator import (
+from tessera.control_plane.allocation.allocator import (
     MIN_ALLOCATABLE_CPUS,
     MIN_ALLOCATABLE_MEM,
     Allocator,
@@ -16,14 +16,14 @@ from control_plane.allocation.allocator import (
     dominant_shares,
     is_allocatable,
 )
-from control_plane.allocation.snapshot import (
+from tessera.control_plane.allocation.snapshot import (
     AgentSnapshot,
     AllocationSnapshot,
     FrameworkSnapshot,
     RoleSnapshot,
     snapshot_from_state,
 )
-from control_plane.allocation.sorter import DRFSorter, dominant_share
+from tessera.control_plane.allocation.sorter import DRFSorter, dominant_share
 
 __all__ = [
     "MIN_ALLOCATABLE_CPUS",

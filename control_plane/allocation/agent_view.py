@@ -12,8 +12,8 @@ import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from control_plane.allocation.snapshot import AgentSnapshot
-from control_plane.core.resources import SCALE, Interval, Key, Resources
+from tessera.control_plane.allocation.snapshot import AgentSnapshot
+from tessera.control_plane.core.resources import SCALE, Interval, Key, Resources
 
 __all__ = [
     "EXHAUSTED",

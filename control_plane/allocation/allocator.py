@@ -82,7 +82,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from control_plane.allocation.agent_view import (
+from tessera.control_plane.allocation.agent_view import (
     EXHAUSTED,
     MIN_ALLOCATABLE_CPUS,
     MIN_ALLOCATABLE_MEM,
@@ -99,10 +99,10 @@ from control_plane.allocation.agent_view import (
     offer_resources,
     plain,
 )
-from control_plane.allocation.snapshot import AgentSnapshot, AllocationSnapshot
-from control_plane.allocation.sorter import DRFSorter, dominant_share
-from control_plane.core.resources import Resources
-from control_plane.core.values import Offer
+from tessera.control_plane.allocation.snapshot import AgentSnapshot, AllocationSnapshot
+from tessera.control_plane.allocation.sorter import DRFSorter, dominant_share
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.values import Offer
 
 __all__ = [
     "MIN_ALLOCATABLE_CPUS",

@@ -34,9 +34,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from control_plane.core.resources import EMPTY, Interval, Key, Resources
-from control_plane.core.state import AgentRecord, ClusterState
-from control_plane.core.values import AgentState, FrameworkState, Labels
+from tessera.control_plane.core.resources import EMPTY, Interval, Key, Resources
+from tessera.control_plane.core.state import AgentRecord, ClusterState
+from tessera.control_plane.core.values import AgentState, FrameworkState, Labels
 
 __all__ = [
     "AgentSnapshot",

@@ -2,7 +2,7 @@
 
 Thin: the first message must be `Register`; it is committed (`runtime.registrations`) before
 `Registered` is sent. Each carries the agent's identity, the name in its verified certificate
-(`control_plane.tls.peer_agent_identity`; "" without TLS): the core records it at the first registration
+(`tessera.control_plane.tls.peer_agent_identity`; "" without TLS): the core records it at the first registration
 and refuses (PERMISSION_DENIED) a re-registration or a status update from any other identity, so one
 agent's certificate cannot take over another agent's id, its tasks or its session. Afterwards a reader
 thread turns heartbeats into soft state (`LeaderDuties`), status updates (one, or a batch from an agent
@@ -26,16 +26,16 @@ from dataclasses import replace
 
 import grpc
 
-from control_plane.api.errors import grpc_errors
-from control_plane.codec import from_proto
-from control_plane.core.errors import InvalidRequest, NotLeader, PermissionDenied
-from control_plane.core.values import AgentInfo, TaskStatus
-from control_plane.runtime import duties
-from control_plane.runtime.agent_intake import StatusIntake
-from control_plane.runtime.leader import CLOSE, AgentSession, LeaderDuties
-from control_plane.runtime.registrations import Registrations
-from control_plane.tls import peer_agent_identity
-from control_plane.tracing import request_traceparent
+from tessera.control_plane.api.errors import grpc_errors
+from tessera.control_plane.codec import from_proto
+from tessera.control_plane.core.errors import InvalidRequest, NotLeader, PermissionDenied
+from tessera.control_plane.core.values import AgentInfo, TaskStatus
+from tessera.control_plane.runtime import duties
+from tessera.control_plane.runtime.agent_intake import StatusIntake
+from tessera.control_plane.runtime.leader import CLOSE, AgentSession, LeaderDuties
+from tessera.control_plane.runtime.registrations import Registrations
+from tessera.control_plane.tls import peer_agent_identity
+from tessera.control_plane.tracing import request_traceparent
 from tessera.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)

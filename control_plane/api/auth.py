@@ -1,4 +1,4 @@
-"""Authentication and authorization at the API edge: a thin shell around `control_plane.core.acl`.
+"""Authentication and authorization at the API edge: a thin shell around `tessera.control_plane.core.acl`.
 
 `Guard` answers "who is calling?" from the verified client certificate (its kind) and the bearer token
 (its principal), then applies the pure decisions of `core.acl`. It is used twice:
@@ -42,11 +42,11 @@ from typing import Any
 
 import grpc
 
-from control_plane.api.errors import abort_with
-from control_plane.core.acl import ANY, Acl, Caller, authenticate, parse_acl
-from control_plane.core.errors import InvalidRequest, TesseraError, Unauthenticated
-from control_plane.core.limits import MasterLimits, RateLimiter, StreamSlots, stream_caps
-from control_plane.tls import bearer_token, peer_kind
+from tessera.control_plane.api.errors import abort_with
+from tessera.control_plane.core.acl import ANY, Acl, Caller, authenticate, parse_acl
+from tessera.control_plane.core.errors import InvalidRequest, TesseraError, Unauthenticated
+from tessera.control_plane.core.limits import MasterLimits, RateLimiter, StreamSlots, stream_caps
+from tessera.control_plane.tls import bearer_token, peer_kind
 
 log = logging.getLogger(__name__)
 

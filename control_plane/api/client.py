@@ -3,10 +3,10 @@
 A call goes to the master believed to lead. When a master answers UNAVAILABLE with `tessera-leader`
 trailing metadata, the call is retried there at once; when a master does not answer, the next one in
 the list is tried, waiting after each round over the masters by the one backoff policy
-(`control_plane.wire.Backoff`, capped at 1 s), until the call's deadline. Other status codes are
+(`tessera.control_plane.wire.Backoff`, capped at 1 s), until the call's deadline. Other status codes are
 returned to the caller unchanged as `grpc.RpcError`.
 
-`security` (`control_plane.tls.ClientSecurity`) gives the mTLS credentials and the bearer token sent
+`security` (`tessera.control_plane.tls.ClientSecurity`) gives the mTLS credentials and the bearer token sent
 with every call; without it, channels are plaintext (a development cluster). Streaming calls made on
 `operator(address)` directly pass `metadata` themselves.
 """
@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from control_plane import wire
-from control_plane.tls import ClientSecurity
+from tessera.control_plane import wire
+from tessera.control_plane.tls import ClientSecurity
 from tessera.v1 import operator_pb2_grpc
 
 R = TypeVar("R")

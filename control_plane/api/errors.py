@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from control_plane.core.errors import (
+from tessera.control_plane.core.errors import (
     Conflict,
     InvalidRequest,
     NotFound,
@@ -43,7 +43,7 @@ from control_plane.core.errors import (
     Unauthenticated,
     Unavailable,
 )
-from control_plane.eventlog.errors import (
+from tessera.control_plane.eventlog.errors import (
     AmbiguousTask,
     EventStoreClosed,
     HistoryError,
@@ -51,7 +51,7 @@ from control_plane.eventlog.errors import (
     HistoryUnavailable,
     PointOutOfRange,
 )
-from control_plane.wire import LEADER_METADATA_KEY
+from tessera.control_plane.wire import LEADER_METADATA_KEY
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from typing import Any
 
 import grpc
 
-from control_plane.api.auth import Guard
-from control_plane.api.errors import grpc_errors
-from control_plane.codec import resources_from_proto
-from control_plane.codec.operator_api import (
+from tessera.control_plane.api.auth import Guard
+from tessera.control_plane.api.errors import grpc_errors
+from tessera.control_plane.codec import resources_from_proto
+from tessera.control_plane.codec.operator_api import (
     event_filter_from_proto,
     events_to_proto,
     history_point_from_proto,
@@ -38,25 +38,25 @@ from control_plane.codec.operator_api import (
     state_at_to_proto,
     state_to_proto,
 )
-from control_plane.core import commands as cmd
-from control_plane.core.acl import Caller, check_operator
-from control_plane.core.errors import InvalidRequest, NotFound, NotLeader
-from control_plane.core.spans import (
+from tessera.control_plane.core import commands as cmd
+from tessera.control_plane.core.acl import Caller, check_operator
+from tessera.control_plane.core.errors import InvalidRequest, NotFound, NotLeader
+from tessera.control_plane.core.spans import (
     SpanLimits,
     check_span_call,
     check_span_report,
     checks_span_owners,
     placements,
 )
-from control_plane.core.visibility import Visibility, framework_owners, visibility_for
-from control_plane.eventlog import EventFilter, EventRecord
-from control_plane.eventlog.errors import HistoryPruned
-from control_plane.eventlog.timeline import resolve_task
-from control_plane.runtime.master import Master
-from control_plane.runtime.quorum import Quorum
-from control_plane.runtime.state_view import StateView
-from control_plane.tls import peer_agent_identity
-from control_plane.tracing import SpanReporters, request_traceparent
+from tessera.control_plane.core.visibility import Visibility, framework_owners, visibility_for
+from tessera.control_plane.eventlog import EventFilter, EventRecord
+from tessera.control_plane.eventlog.errors import HistoryPruned
+from tessera.control_plane.eventlog.timeline import resolve_task
+from tessera.control_plane.runtime.master import Master
+from tessera.control_plane.runtime.quorum import Quorum
+from tessera.control_plane.runtime.state_view import StateView
+from tessera.control_plane.tls import peer_agent_identity
+from tessera.control_plane.tracing import SpanReporters, request_traceparent
 from tessera.v1 import operator_pb2, operator_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -164,8 +164,8 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
     @grpc_errors
     def GetStateAt(self, request: operator_pb2.GetStateAtRequest, context: grpc.ServicerContext) -> Any:
         visibility = self._visibility(context, "GetStateAt")
-        from control_plane.eventlog.diff import diff_states
-        from control_plane.eventlog.replay import state_at
+        from tessera.control_plane.eventlog.diff import diff_states
+        from tessera.control_plane.eventlog.replay import state_at
 
         if not request.HasField("at"):
             raise InvalidRequest("at: give an index or a time")

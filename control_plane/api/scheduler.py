@@ -23,18 +23,18 @@ from typing import Any
 
 import grpc
 
-from control_plane.api.auth import Guard
-from control_plane.api.errors import grpc_errors
-from control_plane.codec import from_proto, operation_from_proto, to_proto
-from control_plane.core import commands as cmd
-from control_plane.core.acl import Caller, check_framework_call, check_launch, check_subscribe
-from control_plane.core.errors import NotLeader
-from control_plane.core.values import FrameworkInfo
-from control_plane.runtime.acknowledgements import acknowledge_many
-from control_plane.runtime.leader import CLOSE, LeaderDuties
-from control_plane.runtime.reconcile import reconcile
-from control_plane.runtime.subscriptions import Subscriptions
-from control_plane.tracing import request_traceparent
+from tessera.control_plane.api.auth import Guard
+from tessera.control_plane.api.errors import grpc_errors
+from tessera.control_plane.codec import from_proto, operation_from_proto, to_proto
+from tessera.control_plane.core import commands as cmd
+from tessera.control_plane.core.acl import Caller, check_framework_call, check_launch, check_subscribe
+from tessera.control_plane.core.errors import NotLeader
+from tessera.control_plane.core.values import FrameworkInfo
+from tessera.control_plane.runtime.acknowledgements import acknowledge_many
+from tessera.control_plane.runtime.leader import CLOSE, LeaderDuties
+from tessera.control_plane.runtime.reconcile import reconcile
+from tessera.control_plane.runtime.subscriptions import Subscriptions
+from tessera.control_plane.tracing import request_traceparent
 from tessera.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Every call passes the `Guard` interceptor first (client certificate kind, bearer token, the per-peer and
 per-principal limits of `core.limits`, with stream caps derived from `max_workers`; see `api.auth`);
-`bind` listens with mTLS when given server credentials (`control_plane.tls.server_credentials`), in
+`bind` listens with mTLS when given server credentials (`tessera.control_plane.tls.server_credentials`), in
 plaintext only for the insecure development mode.
 """
 
@@ -17,8 +17,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import server_interceptor
 
-from control_plane.api.auth import Guard
-from control_plane.core.limits import MasterLimits
+from tessera.control_plane.api.auth import Guard
+from tessera.control_plane.core.limits import MasterLimits
 from tessera.v1 import (
     agent_pb2,
     agent_pb2_grpc,

@@ -1,7 +1,7 @@
 """Spans of a process without an event store (an agent, `tessera run`), sent to the leader with
 `Operator.ReportSpans` and stored there next to the event log.
 
-Lives on the client side of the API (next to `api.client`) so that `control_plane.tracing`, which the
+Lives on the client side of the API (next to `api.client`) so that `tessera.control_plane.tracing`, which the
 master's write path imports, never imports the API package.
 """
 
@@ -11,9 +11,9 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from control_plane.api.client import MasterClient
-from control_plane.codec.operator_api import span_to_proto
-from control_plane.eventlog.records import SpanRecord
+from tessera.control_plane.api.client import MasterClient
+from tessera.control_plane.codec.operator_api import span_to_proto
+from tessera.control_plane.eventlog.records import SpanRecord
 from tessera.v1 import operator_pb2
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """`tessera events` (list, follow, export): the recorded events of a cluster or of an events.db, read-only.
 
-Shares the rules, the cluster client and the printing of `control_plane.cli.inspect` (`tessera state`,
+Shares the rules, the cluster client and the printing of `tessera.control_plane.cli.inspect` (`tessera state`,
 `tessera timeline`): one line on stderr and a non-zero exit for every failure, NDJSON with `--json`.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import click
 import grpc
 
-from control_plane.cli.inspect import (
+from tessera.control_plane.cli.inspect import (
     _Cluster,
     _emit,
     _json_mode,
@@ -26,12 +26,12 @@ from control_plane.cli.inspect import (
     record_json,
     record_line,
 )
-from control_plane.codec.operator_api import event_filter_to_proto, event_record_from_proto
-from control_plane.eventlog import EventFilter, EventRecord
-from control_plane.eventlog.errors import HistoryError, HistoryPruned
-from control_plane.eventlog.export import export_events
-from control_plane.eventlog.source import iter_records
-from control_plane.eventlog.timepoints import Point, format_time
+from tessera.control_plane.codec.operator_api import event_filter_to_proto, event_record_from_proto
+from tessera.control_plane.eventlog import EventFilter, EventRecord
+from tessera.control_plane.eventlog.errors import HistoryError, HistoryPruned
+from tessera.control_plane.eventlog.export import export_events
+from tessera.control_plane.eventlog.source import iter_records
+from tessera.control_plane.eventlog.timepoints import Point, format_time
 
 
 # ---- tessera events ---------------------------------------------------------------------------------------
@@ -199,8 +199,8 @@ def _follow(cluster: _Cluster, flt: EventFilter, cursor: int, show: Callable[[Ev
     """
     import random
 
-    from control_plane import wire
-    from control_plane.api.client import BACKOFF
+    from tessera.control_plane import wire
+    from tessera.control_plane.api.client import BACKOFF
     from tessera.v1 import operator_pb2
 
     addresses = cluster.client.addresses
@@ -232,7 +232,7 @@ def _follow(cluster: _Cluster, flt: EventFilter, cursor: int, show: Callable[[Ev
         if now - down_since > cluster.timeout:
             fail(f"lost the event stream: no master answered for {cluster.timeout:g}s (last index {cursor - 1})")
         i += 1
-        failures += 1  # the one backoff policy (control_plane.wire), growing per round over the masters
+        failures += 1  # the one backoff policy (tessera.control_plane.wire), growing per round over the masters
         time.sleep(BACKOFF.delay(wire.rounds(failures, len(addresses)), random.random()))
 
 

@@ -3,7 +3,7 @@ same client and printing, which live here).
 
 Every command works against a running cluster (the Operator API: `GetState`, `GetStateAt`,
 `ListEvents`, `WatchEvents`) and, with `--db PATH`, offline against an `events.db` file (a master's, or
-an export), read-only. Both paths go through the same logic (the `control_plane.eventlog` history
+an export), read-only. Both paths go through the same logic (the `tessera.control_plane.eventlog` history
 modules) and the same printing, so they print alike.
 
 Points in history (`--at`, `--diff`, `--since`) are an event index (`42`, `#42`), unix seconds
@@ -14,7 +14,7 @@ Rules: bad input, unknown ids, points outside the history, unreadable files and 
 not answer end with one line on stderr (`tessera: ...`) and a non-zero exit, never a traceback.
 `--json` prints JSON (NDJSON for event streams) on stdout, nothing else.
 
-These commands do not import `control_plane.cli.main` (which registers them): they use the group's
+These commands do not import `tessera.control_plane.cli.main` (which registers them): they use the group's
 context object (masters, timeout, --json) through `click.pass_obj`.
 """
 
@@ -30,19 +30,19 @@ from typing import Any, NoReturn
 import click
 import grpc
 
-from control_plane.codec.operator_api import (
+from tessera.control_plane.codec.operator_api import (
     event_filter_to_proto,
     event_record_from_proto,
     history_point_to_proto,
     state_at_to_proto,
 )
-from control_plane.eventlog import EventFilter, EventRecord
-from control_plane.eventlog.diff import diff_states
-from control_plane.eventlog.errors import AmbiguousTask, HistoryError, HistoryPruned
-from control_plane.eventlog.eventfile import EventFile
-from control_plane.eventlog.replay import state_at
-from control_plane.eventlog.source import iter_records
-from control_plane.eventlog.timeline import (
+from tessera.control_plane.eventlog import EventFilter, EventRecord
+from tessera.control_plane.eventlog.diff import diff_states
+from tessera.control_plane.eventlog.errors import AmbiguousTask, HistoryError, HistoryPruned
+from tessera.control_plane.eventlog.eventfile import EventFile
+from tessera.control_plane.eventlog.replay import state_at
+from tessera.control_plane.eventlog.source import iter_records
+from tessera.control_plane.eventlog.timeline import (
     KINDS,
     detect_kinds,
     frameworks_naming_task,
@@ -50,10 +50,10 @@ from control_plane.eventlog.timeline import (
     resolve_task,
     split_task_ref,
 )
-from control_plane.eventlog.timeline import (
+from tessera.control_plane.eventlog.timeline import (
     timeline as timeline_items,
 )
-from control_plane.eventlog.timepoints import Point, format_time, parse_point
+from tessera.control_plane.eventlog.timepoints import Point, format_time, parse_point
 
 ID_KEYS = ("framework_id", "agent_id", "task_id", "offer_id")
 HISTORY_RPC_SECONDS = 120.0  # a rebuild far from any snapshot replays many events: allow for it
@@ -88,7 +88,7 @@ def _open_db(path: Path) -> EventFile:
 
 # ---- talking to the cluster --------------------------------------------------------------------------
 def _addresses(obj: Any) -> list[str]:
-    from control_plane.api.operator import ADDRESS_RE
+    from tessera.control_plane.api.operator import ADDRESS_RE
 
     text = getattr(obj, "masters_text", "") or ""
     addresses = [a.strip() for a in text.split(",") if a.strip()]
@@ -104,14 +104,14 @@ class _Cluster:
     """A leader-following client whose calls fail with one line (and may take long: history)."""
 
     def __init__(self, obj: Any, rpc_timeout: float | None = None) -> None:
-        from control_plane.api.client import MasterClient
+        from tessera.control_plane.api.client import MasterClient
 
         self.timeout = float(getattr(obj, "timeout", 10.0) or 10.0)
         self.client = MasterClient(_addresses(obj), timeout=self.timeout, rpc_timeout=rpc_timeout or 5.0,
                                    security=getattr(obj, "security", None))
 
     def call(self, method: Callable[[Any], Any], request: Any, timeout: float | None = None) -> Any:
-        from control_plane.api.client import NoMasterAvailable
+        from tessera.control_plane.api.client import NoMasterAvailable
 
         try:
             return self.client.call(method, request, timeout=timeout)
@@ -345,7 +345,7 @@ def _print_state(resp: Any, header: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from control_plane.codec import resources_from_proto
+    from tessera.control_plane.codec import resources_from_proto
     from tessera.v1 import common_pb2
 
     def res(items: Any) -> str:

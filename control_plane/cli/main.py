@@ -59,8 +59,8 @@ def read_secret_file(path: Path, flag: str) -> str:
 
 
 def parse_masters(value: str) -> list[str]:
-    """`control_plane.wire.parse_masters`; a bad list is one line and exit 2."""
-    from control_plane import wire
+    """`tessera.control_plane.wire.parse_masters`; a bad list is one line and exit 2."""
+    from tessera.control_plane import wire
 
     try:
         return list(wire.parse_masters(value))
@@ -82,7 +82,12 @@ class Ctx:
     def security(self) -> Any:
         """The ClientSecurity from --tls-dir and --token-file / TESSERA_TOKEN (one line and exit 2 if unusable)."""
         if self._security is None:
-            from control_plane.tls import ClientSecurity, TlsConfigError, cluster_security, read_token_file
+            from tessera.control_plane.tls import (
+                ClientSecurity,
+                TlsConfigError,
+                cluster_security,
+                read_token_file,
+            )
 
             tls_dir, token_file = self.tls_dir, self.token_file
             if not (tls_dir or self.token or token_file):
@@ -98,14 +103,14 @@ class Ctx:
     @property
     def client(self) -> Any:
         if self._client is None:
-            from control_plane.api.client import MasterClient
+            from tessera.control_plane.api.client import MasterClient
 
             self._client = MasterClient(parse_masters(self.masters_text), timeout=self.timeout,
                                         security=self.security)
         return self._client
 
     def call(self, method: Callable[[Any], Any], request: Any, **kw: Any) -> Any:
-        from control_plane.api.client import NoMasterAvailable
+        from tessera.control_plane.api.client import NoMasterAvailable
 
         try:
             return self.client.call(method, request, **kw)
@@ -215,8 +220,8 @@ def master(name: str, raft_address: str, grpc_address: str, peers: str, raft_bin
     are closed, as are frames larger than a master ever sends."""
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
-    from control_plane.runtime.leader import LeaderSettings
-    from control_plane.runtime.process import MasterConfig, run_master
+    from tessera.control_plane.runtime.leader import LeaderSettings
+    from tessera.control_plane.runtime.process import MasterConfig, run_master
 
     for flag, value in (("--agent-timeout", agent_timeout), ("--agent-heartbeat-interval", agent_heartbeat_interval),
                         ("--allocation-interval", allocation_interval)):
@@ -228,8 +233,8 @@ def master(name: str, raft_address: str, grpc_address: str, peers: str, raft_bin
             fail(f"{flag}: must not be negative, got {value}", 2)
     if grpc_workers < 8:
         fail(f"--grpc-workers: at least 8, got {grpc_workers}", 2)
-    from control_plane.core.errors import InvalidRequest
-    from control_plane.core.limits import parse_limits
+    from tessera.control_plane.core.errors import InvalidRequest
+    from tessera.control_plane.core.limits import parse_limits
 
     try:
         master_limits = parse_limits(limits)
@@ -270,7 +275,7 @@ def certs() -> None:
 def certs_init(directory: Path, hosts: tuple[str, ...], days: int) -> None:
     """Create a local CA, a TLS directory per kind of peer, dev tokens, an ACL and a Raft password under
     DIRECTORY."""
-    from control_plane.certs import RAFT_PASSWORD_FILE, init_dev_pki
+    from tessera.control_plane.certs import RAFT_PASSWORD_FILE, init_dev_pki
 
     try:
         tokens = init_dev_pki(directory, master_hosts=hosts, days=days)
@@ -299,7 +304,7 @@ def certs_init(directory: Path, hosts: tuple[str, ...], days: int) -> None:
 def certs_agent(name: str, pki: Path, out: Path | None, days: int) -> None:
     """Issue agent NAME its own certificate (urn:tessera:agent:NAME): the master binds the agent's id to
     it, so no other agent's certificate can re-register as that agent."""
-    from control_plane.certs import issue_agent
+    from tessera.control_plane.certs import issue_agent
 
     try:
         directory = issue_agent(pki, name, out, days=days)
@@ -319,8 +324,8 @@ def certs_token(principal: str, roles: str, users: str, actions: str) -> None:
     """Make a new token for PRINCIPAL; print it and the ACL table (with its digest) to add to acl.toml."""
     import secrets
 
-    from control_plane.core.acl import parse_acl, token_digest
-    from control_plane.core.errors import InvalidRequest
+    from tessera.control_plane.core.acl import parse_acl, token_digest
+    from tessera.control_plane.core.errors import InvalidRequest
 
     def items(text: str) -> list[str]:
         return [x.strip() for x in text.split(",") if x.strip()]
@@ -424,9 +429,9 @@ def quota() -> None:
 
 
 def _resources(text: str, flag: str) -> list[Any]:
-    from control_plane.codec import resources_to_proto
-    from control_plane.core.errors import InvalidRequest
-    from control_plane.core.resources import Resources
+    from tessera.control_plane.codec import resources_to_proto
+    from tessera.control_plane.core.errors import InvalidRequest
+    from tessera.control_plane.core.resources import Resources
     from tessera.v1 import operator_pb2
 
     try:
@@ -471,8 +476,8 @@ def status(c: Ctx) -> None:
     """The cluster at a glance: quorum, leader, agents, frameworks, tasks, resources used/total."""
     from collections import Counter
 
-    from control_plane.codec import resources_from_proto
-    from control_plane.core.resources import EMPTY
+    from tessera.control_plane.codec import resources_from_proto
+    from tessera.control_plane.core.resources import EMPTY
     from tessera.v1 import common_pb2, operator_pb2
 
     q = c.call(lambda s: s.GetQuorum, operator_pb2.GetQuorumRequest())
@@ -557,8 +562,8 @@ def frameworks(c: Ctx) -> None:
 def tasks(c: Ctx, task: str, state_filter: str, framework: str) -> None:
     """Tasks with their state, agent and latest status; or the one task named FRAMEWORK_ID/TASK_ID (task ids
     are scoped per framework), or by a bare TASK_ID that one framework's live tasks use."""
-    from control_plane.eventlog.errors import AmbiguousTask
-    from control_plane.eventlog.timeline import split_task_ref
+    from tessera.control_plane.eventlog.errors import AmbiguousTask
+    from tessera.control_plane.eventlog.timeline import split_task_ref
     from tessera.v1 import common_pb2
 
     wanted = state_filter.upper()
@@ -593,7 +598,7 @@ def tasks(c: Ctx, task: str, state_filter: str, framework: str) -> None:
 
 
 def _res_text(items: Any) -> str:
-    from control_plane.codec import resources_from_proto
+    from tessera.control_plane.codec import resources_from_proto
 
     return str(resources_from_proto(items)) if len(items) else "-"
 
@@ -602,7 +607,7 @@ def _agent_group() -> click.Group:
     """`tessera agent --data-dir D ...` runs an agent; `tessera agent drain AGENT_ID` drains one."""
     import copy
 
-    from agent.cli import agent_main
+    from tessera.agent.cli import agent_main
 
     params = []
     for param in agent_main.params:
@@ -641,7 +646,7 @@ cli.add_command(_agent_group())
 
 
 def _run_command() -> click.Command:
-    from sdk.run import run_command
+    from tessera.sdk.run import run_command
 
     return run_command
 
@@ -650,9 +655,9 @@ cli.add_command(_run_command(), name="run")
 
 
 def _history_commands() -> list[click.Command]:
-    from control_plane.cli.events import events
-    from control_plane.cli.inspect import state, timeline
-    from control_plane.cli.up import install_default_masters, up
+    from tessera.control_plane.cli.events import events
+    from tessera.control_plane.cli.inspect import state, timeline
+    from tessera.control_plane.cli.up import install_default_masters, up
 
     # --masters: TESSERA_MASTERS, else ./.tessera/cluster.json (written by `tessera up`), else 127.0.0.1:5050
     install_default_masters(cli)
@@ -664,7 +669,7 @@ for _command in _history_commands():
 
 
 def _trace_command() -> click.Command:
-    from control_plane.cli.trace import trace
+    from tessera.control_plane.cli.trace import trace
 
     return trace
 

@@ -15,8 +15,8 @@ import grpc
 from rich.console import Console
 from rich.tree import Tree
 
-from control_plane.cli.inspect import _Cluster, _rpc_message, fail
-from control_plane.eventlog.timeline import split_task_ref
+from tessera.control_plane.cli.inspect import _Cluster, _rpc_message, fail
+from tessera.control_plane.eventlog.timeline import split_task_ref
 
 
 def _label(span: Any, t0: float) -> str:

@@ -45,7 +45,7 @@ from typing import IO, Any, NoReturn
 
 import click
 
-from control_plane.tls import (  # noqa: F401 - cluster_security: re-exported for the CLI
+from tessera.control_plane.tls import (  # noqa: F401 - cluster_security: re-exported for the CLI
     DEFAULT_DATA_DIR,
     STATE_FILE,
     ClientSecurity,
@@ -62,8 +62,8 @@ COLOURS = ("cyan", "magenta", "blue", "green", "yellow", "bright_cyan", "bright_
 # Example frameworks run by --demo: (name, candidate modules (the first that exists runs), arguments
 # after --masters). The keeper tears its tasks down when stopped, so `up` leaves no task behind.
 DEMOS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
-    ("batch", ("sdk.examples.batch",), ("--name", "demo-batch", "--command", "sleep 2", "--count", "6")),
-    ("keeper", ("sdk.examples.keeper", "sdk.examples.service"),
+    ("batch", ("tessera.sdk.examples.batch",), ("--name", "demo-batch", "--command", "sleep 2", "--count", "6")),
+    ("keeper", ("tessera.sdk.examples.keeper", "tessera.sdk.examples.service"),
      ("--name", "demo-keeper", "--command", "sleep 3600", "--instances", "2", "--teardown-on-exit")),
 )
 
@@ -279,8 +279,8 @@ def _secure_setup(pki: Path, env: dict[str, str], agent_names: list[str]
                   ) -> tuple[ClientSecurity, list[str], dict[str, list[str]]]:
     """`--secure`: the dev PKI (created once), the flags of masters and of each agent (a certificate of
     its own, `pki/agents/<name>`, so the master binds its id to it), and the frameworks' env."""
-    from control_plane.certs import init_dev_pki, issue_agent
-    from control_plane.tls import TlsConfigError, read_token_file
+    from tessera.control_plane.certs import init_dev_pki, issue_agent
+    from tessera.control_plane.tls import TlsConfigError, read_token_file
 
     if not (pki / "ca.pem").exists():
         init_dev_pki(pki)
@@ -456,7 +456,7 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
     addresses = ",".join(m.grpc for m in members)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
     env.update(PYTHONUNBUFFERED="1", TESSERA_RAFT_PASSWORD_FILE=str(password_file), TESSERA_MASTERS=addresses)
-    tessera = [sys.executable, "-m", "control_plane.cli.main"]
+    tessera = [sys.executable, "-m", "tessera.control_plane.cli.main"]
     pki = data_dir / "pki"
     agent_names = [f"a{i}" for i in range(1, n_agents + 1)] if with_agents else []
     if secure:
@@ -564,7 +564,7 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
 def _print_ready(out: Output, members: list[Member], leader: Member, data_dir: Path, agents: list[Child],
                  n_agents: int, with_agents: bool, demo: bool, frameworks: list[Child], metrics: dict[str, str],
                  missing: list[str]) -> None:
-    from control_plane.eventlog import DATASETTE_METADATA
+    from tessera.control_plane.eventlog import DATASETTE_METADATA
 
     addresses = ",".join(m.grpc for m in members)
     out.say(f"masters: {addresses}", bold=True)
@@ -585,7 +585,7 @@ def _print_ready(out: Output, members: list[Member], leader: Member, data_dir: P
     out.say(f"state file: {data_dir / STATE_FILE}{hint}")
     out.say("try, from this directory:", bold=True)
     for line in ("tessera quorum status", "tessera agents", "tessera events --follow",
-                 "python -m sdk.examples.batch --command 'sleep 1' --count 5",
+                 "python -m tessera.sdk.examples.batch --command 'sleep 1' --count 5",
                  "tessera state --at 10 --diff 1    (what changed from event 1 to event 10)",
                  "tessera timeline <task, framework or agent id>",
                  f"datasette {rel}/{leader.name}/events.db --metadata {DATASETTE_METADATA}"):

@@ -30,11 +30,11 @@ from typing import Any, TypeVar
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 
-from control_plane.core import commands as cmd
-from control_plane.core import events as ev
-from control_plane.core.errors import InvalidRequest
-from control_plane.core.resources import Resources
-from control_plane.core.values import TaskInfo
+from tessera.control_plane.core import commands as cmd
+from tessera.control_plane.core import events as ev
+from tessera.control_plane.core.errors import InvalidRequest
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.values import TaskInfo
 from tessera.v1 import common_pb2, log_pb2, scheduler_pb2
 
 T = TypeVar("T")

@@ -17,10 +17,10 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from control_plane.codec import resources_to_proto, to_proto
-from control_plane.core.errors import InvalidRequest
-from control_plane.core.spans import SpanLimits, check_span_fields
-from control_plane.core.visibility import (
+from tessera.control_plane.codec import resources_to_proto, to_proto
+from tessera.control_plane.core.errors import InvalidRequest
+from tessera.control_plane.core.spans import SpanLimits, check_span_fields
+from tessera.control_plane.core.visibility import (
     FULL,
     Visibility,
     framework_owners,
@@ -29,7 +29,7 @@ from control_plane.core.visibility import (
     redact_status,
     redact_task,
 )
-from control_plane.eventlog.records import EventFilter, EventRecord, SpanRecord
+from tessera.control_plane.eventlog.records import EventFilter, EventRecord, SpanRecord
 from tessera.v1 import common_pb2, operator_pb2
 
 # ---- event records and filters --------------------------------------------------------------------
@@ -175,7 +175,7 @@ def state_to_proto(state: Any, leader: str, term: int, visibility: Visibility = 
 
 def history_point_from_proto(p: operator_pb2.HistoryPoint, field: str) -> Any:
     """A `history.Point` (an index or a unix time); InvalidRequest for neither or a bad time."""
-    from control_plane.eventlog.timepoints import Point
+    from tessera.control_plane.eventlog.timepoints import Point
 
     which = p.WhichOneof("point")
     if which is None:

@@ -46,8 +46,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from control_plane.core.errors import InvalidRequest, PermissionDenied, Unauthenticated
-from control_plane.core.resources import validate_role
+from tessera.control_plane.core.errors import InvalidRequest, PermissionDenied, Unauthenticated
+from tessera.control_plane.core.resources import validate_role
 
 PeerKind = Literal["master", "agent", "framework", "operator"]
 PEER_KINDS: tuple[PeerKind, ...] = ("master", "agent", "framework", "operator")

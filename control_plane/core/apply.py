@@ -46,8 +46,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from control_plane.core.errors import Conflict, InvalidRequest, NotFound, TesseraError
-from control_plane.core.events import (
+from tessera.control_plane.core.errors import Conflict, InvalidRequest, NotFound, TesseraError
+from tessera.control_plane.core.events import (
     AgentDrainStarted,
     AgentRegistered,
     AgentRemoved,
@@ -78,9 +78,9 @@ from control_plane.core.events import (
     TaskStatusUpdated,
     UnknownEvent,
 )
-from control_plane.core.lifecycle import can_transition, is_terminal
-from control_plane.core.resources import Resources
-from control_plane.core.state import (
+from tessera.control_plane.core.lifecycle import can_transition, is_terminal
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.state import (
     MAX_ID_LENGTH,
     MAX_TEXT_LENGTH,
     MAX_TIME,
@@ -111,7 +111,7 @@ from control_plane.core.state import (
     scalar_part,
     total_with_reservations,
 )
-from control_plane.core.values import AgentState, FrameworkState, Offer, RoleInfo, TaskState
+from tessera.control_plane.core.values import AgentState, FrameworkState, Offer, RoleInfo, TaskState
 
 __all__ = ["ApplyResult", "apply", "replay"]
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from control_plane.core.resources import EMPTY, Resources
-from control_plane.core.values import AgentInfo, FrameworkInfo, Offer, TaskInfo, TaskStatus
+from tessera.control_plane.core.resources import EMPTY, Resources
+from tessera.control_plane.core.values import AgentInfo, FrameworkInfo, Offer, TaskInfo, TaskStatus
 
 
 # ---- cluster -----------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ the context is written into the events it returns, so `apply` never needs a cloc
 every master computes the same state from the same log.
 
 The shell passes the id source `Master` was built with (its `new_id` constructor argument, like its clock):
-by default `control_plane.runtime.master.new_id`, unique ids from a per-process random prefix and a
+by default `tessera.control_plane.runtime.master.new_id`, unique ids from a per-process random prefix and a
 counter, except agent ids, which are 128 fresh random bits each (an agent id must not be guessable from
 another); tests and simulations pass `sequential_ids()`, a counter that makes every run reproducible.
 
@@ -20,7 +20,7 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from control_plane.core.limits import MasterLimits
+from tessera.control_plane.core.limits import MasterLimits
 
 
 @dataclass(frozen=True)

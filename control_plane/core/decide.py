@@ -5,7 +5,7 @@ mutates it), validates the command and returns the events to commit atomically i
 value the events need that is not in the command (new ids, uuids, deadlines, refuse-until times) comes
 from `ctx` and is written into the events, so `apply` decides nothing.
 
-Errors (from `control_plane.core.errors`):
+Errors (from `tessera.control_plane.core.errors`):
 - `InvalidRequest`: malformed input: empty, oversized or non-ASCII ids, negative / NaN / infinite numbers,
   resources not in normal form, weight <= 0, a role the framework did not subscribe with, operations
   that do not make sense (a RESERVE with tasks, offers of one accept spread over agents or roles), a task
@@ -36,10 +36,10 @@ from collections.abc import Callable, Container
 from dataclasses import replace
 from typing import Any
 
-from control_plane.core import commands as c
-from control_plane.core.context import Context
-from control_plane.core.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
-from control_plane.core.events import (
+from tessera.control_plane.core import commands as c
+from tessera.control_plane.core.context import Context
+from tessera.control_plane.core.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
+from tessera.control_plane.core.events import (
     AgentDrainStarted,
     AgentRegistered,
     AgentRemoved,
@@ -67,16 +67,16 @@ from control_plane.core.events import (
     TaskStatusAcknowledged,
     TaskStatusUpdated,
 )
-from control_plane.core.lifecycle import can_transition, is_terminal
-from control_plane.core.limits import (
+from tessera.control_plane.core.lifecycle import can_transition, is_terminal
+from tessera.control_plane.core.limits import (
     check_agent_size,
     check_framework_size,
     check_launch_size,
     check_principal_frameworks,
     check_principal_tasks,
 )
-from control_plane.core.resources import EMPTY, Resources
-from control_plane.core.state import (
+from tessera.control_plane.core.resources import EMPTY, Resources
+from tessera.control_plane.core.state import (
     DEFAULT_REFUSE_SECONDS,
     MAX_ID_LENGTH,
     MAX_REFUSE_SECONDS,
@@ -103,7 +103,7 @@ from control_plane.core.state import (
     check_working_dir,
     total_with_reservations,
 )
-from control_plane.core.values import (
+from tessera.control_plane.core.values import (
     AgentState,
     FrameworkState,
     Offer,

@@ -2,7 +2,7 @@
 
 Every failure a caller can act on is one of these, raised by `decide` (local validation) or reported by
 `apply` (a decision that became stale while in flight). They are mapped to gRPC status codes in exactly
-one place (`control_plane.api.errors`); nothing else matches on messages.
+one place (`tessera.control_plane.api.errors`); nothing else matches on messages.
 
     TesseraError
     ├── InvalidRequest    bad input: malformed, negative or non-finite resources, unknown role names...

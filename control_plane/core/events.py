@@ -1,7 +1,7 @@
 """Events: the only things that change master state.
 
 One frozen dataclass per event type of proto/tessera/v1/log.proto, with the same field names, so that
-`control_plane.codec` converts them generically. `Entry` mirrors `LogEntry`: what one request commits,
+`tessera.control_plane.codec` converts them generically. `Entry` mirrors `LogEntry`: what one request commits,
 atomically. Rules:
 - The catalogue only grows. A new event type gets a new dataclass here, a new field in `Event.kind`
   (never reusing a number) and a case in `apply`.
@@ -16,8 +16,8 @@ import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from control_plane.core.resources import EMPTY, Resources
-from control_plane.core.values import AgentInfo, FrameworkInfo, Offer, TaskInfo, TaskStatus
+from tessera.control_plane.core.resources import EMPTY, Resources
+from tessera.control_plane.core.values import AgentInfo, FrameworkInfo, Offer, TaskInfo, TaskStatus
 
 
 # ---- cluster -----------------------------------------------------------------------------------

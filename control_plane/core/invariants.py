@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from control_plane.core.resources import EMPTY, Resources
-from control_plane.core.state import ClusterState, scalar_part, total_with_reservations
-from control_plane.core.values import AgentState, FrameworkState, TaskKey, TaskState
+from tessera.control_plane.core.resources import EMPTY, Resources
+from tessera.control_plane.core.state import ClusterState, scalar_part, total_with_reservations
+from tessera.control_plane.core.values import AgentState, FrameworkState, TaskKey, TaskState
 
 __all__ = ["check_invariants"]
 

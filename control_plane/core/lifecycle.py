@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from control_plane.core.values import TaskState
+from tessera.control_plane.core.values import TaskState
 
 S = TaskState
 

@@ -50,9 +50,9 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 
-from control_plane.core.errors import InvalidRequest, ResourceExhausted
-from control_plane.core.resources import Resources
-from control_plane.core.values import AgentInfo, CommandInfo, FrameworkInfo, Labels, TaskInfo
+from tessera.control_plane.core.errors import InvalidRequest, ResourceExhausted
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.values import AgentInfo, CommandInfo, FrameworkInfo, Labels, TaskInfo
 
 MAX_COMMAND_LENGTH = 4096
 MAX_ARGUMENTS = 256

@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from control_plane.core.errors import InvalidRequest
+from tessera.control_plane.core.errors import InvalidRequest
 
 SCALE = 1000  # fixed point: thousandths
 MAX_SCALAR = 10**12  # any quantity above this is a mistake, not a machine

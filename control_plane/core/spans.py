@@ -35,9 +35,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from control_plane.core.acl import Caller
-from control_plane.core.errors import InvalidRequest, PermissionDenied, ResourceExhausted
-from control_plane.core.state import ClusterState
+from tessera.control_plane.core.acl import Caller
+from tessera.control_plane.core.errors import InvalidRequest, PermissionDenied, ResourceExhausted
+from tessera.control_plane.core.state import ClusterState
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,11 +34,11 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Literal
 
-from control_plane.core.errors import Conflict, InvalidRequest, TesseraError, error_from_code
-from control_plane.core.events import Event
-from control_plane.core.lifecycle import is_terminal
-from control_plane.core.resources import EMPTY, Resources, validate_role
-from control_plane.core.values import (
+from tessera.control_plane.core.errors import Conflict, InvalidRequest, TesseraError, error_from_code
+from tessera.control_plane.core.events import Event
+from tessera.control_plane.core.lifecycle import is_terminal
+from tessera.control_plane.core.resources import EMPTY, Resources, validate_role
+from tessera.control_plane.core.values import (
     AgentInfo,
     AgentState,
     CommandInfo,
@@ -52,7 +52,7 @@ from control_plane.core.values import (
     TaskState,
     TaskStatus,
 )
-from control_plane.core.values import TaskKey as TaskKey  # re-exported: the state is keyed by it
+from tessera.control_plane.core.values import TaskKey as TaskKey  # re-exported: the state is keyed by it
 
 # ---- limits --------------------------------------------------------------------------------------
 MAX_ID_LENGTH = 255

@@ -1,7 +1,7 @@
 """Domain values shared by events, commands and state: tasks, frameworks, agents, offers.
 
 These mirror the messages of proto/tessera/v1/common.proto field for field (same names, same enum
-numbers) so that `control_plane.codec` can convert between them generically; protobuf itself never
+numbers) so that `tessera.control_plane.codec` can convert between them generically; protobuf itself never
 enters the core. All values are frozen; maps are tuples of (key, value) pairs so they stay hashable
 and their order is part of the value (deterministic on every master).
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import NamedTuple
 
-from control_plane.core.resources import EMPTY, Resources
+from tessera.control_plane.core.resources import EMPTY, Resources
 
 Labels = tuple[tuple[str, str], ...]
 

@@ -36,9 +36,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from control_plane.core.acl import Caller
-from control_plane.core.state import ClusterState
-from control_plane.core.values import CommandInfo, TaskInfo, TaskStatus
+from tessera.control_plane.core.acl import Caller
+from tessera.control_plane.core.state import ClusterState
+from tessera.control_plane.core.values import CommandInfo, TaskInfo, TaskStatus
 
 READ_ALL = "read_all"
 REDACTED = "<redacted>"

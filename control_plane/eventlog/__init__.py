@@ -10,11 +10,11 @@ file per master, readable with sqlite-utils or Datasette, see `DATASETTE_METADAT
 
 from pathlib import Path
 
-from control_plane.eventlog.errors import EventLogError, EventStoreClosed, HistoryPruned
-from control_plane.eventlog.memory import MemoryEventStore
-from control_plane.eventlog.records import EventFilter, EventRecord, SpanRecord
-from control_plane.eventlog.sqlite import SqliteEventStore
-from control_plane.eventlog.store import EventStore
+from tessera.control_plane.eventlog.errors import EventLogError, EventStoreClosed, HistoryPruned
+from tessera.control_plane.eventlog.memory import MemoryEventStore
+from tessera.control_plane.eventlog.records import EventFilter, EventRecord, SpanRecord
+from tessera.control_plane.eventlog.sqlite import SqliteEventStore
+from tessera.control_plane.eventlog.store import EventStore
 
 # Canned Datasette queries for an events.db: `datasette serve events.db --metadata <this path>`.
 DATASETTE_METADATA = Path(__file__).with_name("metadata.json")

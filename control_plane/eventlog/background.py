@@ -25,16 +25,21 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from control_plane.core.state import ClusterState
-from control_plane.eventlog.errors import EventStoreClosed, HistoryError, HistoryUnavailable, ReplayError
-from control_plane.eventlog.replay import rebuild
-from control_plane.eventlog.snapshots import (
+from tessera.control_plane.core.state import ClusterState
+from tessera.control_plane.eventlog.errors import (
+    EventStoreClosed,
+    HistoryError,
+    HistoryUnavailable,
+    ReplayError,
+)
+from tessera.control_plane.eventlog.replay import rebuild
+from tessera.control_plane.eventlog.snapshots import (
     DEFAULT_SNAPSHOT_EVERY,
     decode_snapshot,
     encode_pickled,
     encode_snapshot,
 )
-from control_plane.eventlog.source import HistorySource, SnapshotSink
+from tessera.control_plane.eventlog.source import HistorySource, SnapshotSink
 
 log = logging.getLogger(__name__)
 

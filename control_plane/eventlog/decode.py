@@ -16,11 +16,11 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
-from control_plane.core import events as ev
-from control_plane.core.errors import TesseraError
-from control_plane.core.resources import Resources
-from control_plane.eventlog.errors import ReplayError
-from control_plane.eventlog.records import EventRecord
+from tessera.control_plane.core import events as ev
+from tessera.control_plane.core.errors import TesseraError
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.eventlog.errors import ReplayError
+from tessera.control_plane.eventlog.records import EventRecord
 
 __all__ = ["event_from_record", "from_jsonable"]
 

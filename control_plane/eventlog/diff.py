@@ -6,8 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from control_plane.core.resources import Resources
-from control_plane.core.state import ClusterState, TaskRecord
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.state import ClusterState, TaskRecord
 
 __all__ = ["Change", "FieldChange", "StateDiff", "diff_states", "diff_to_jsonable"]
 

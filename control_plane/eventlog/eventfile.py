@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from control_plane.eventlog.errors import EventFileError, HistoryPruned
-from control_plane.eventlog.records import EVENT_COLUMNS, SPAN_COLUMNS, EventFilter, EventRecord
-from control_plane.eventlog.source import ALL
+from tessera.control_plane.eventlog.errors import EventFileError, HistoryPruned
+from tessera.control_plane.eventlog.records import EVENT_COLUMNS, SPAN_COLUMNS, EventFilter, EventRecord
+from tessera.control_plane.eventlog.source import ALL
 
 __all__ = ["EventFile"]
 
@@ -76,7 +76,9 @@ class EventFile:
 
     def list(self, from_seq: int = 1, limit: int = 100, flt: EventFilter = ALL,
              descending: bool = False) -> builtins.list[EventRecord]:
-        from control_plane.eventlog.sqlite import _filter_sql  # the one translation of EventFilter to SQL
+        from tessera.control_plane.eventlog.sqlite import (
+            _filter_sql,  # the one translation of EventFilter to SQL
+        )
 
         if descending and from_seq < 1:
             return []

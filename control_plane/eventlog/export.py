@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from control_plane.eventlog.records import EVENT_COLUMNS, EventRecord
+from tessera.control_plane.eventlog.records import EVENT_COLUMNS, EventRecord
 
 __all__ = ["export_events"]
 
@@ -20,7 +20,7 @@ def export_events(dest: Path, first_seq: int, records: Iterable[EventRecord], *,
     retention. The file appears at `dest` only once complete. Returns the number of events written."""
     import sqlite_utils
 
-    from control_plane.eventlog.sqlite import MIGRATIONS
+    from tessera.control_plane.eventlog.sqlite import MIGRATIONS
 
     tmp = dest.with_name(f".{dest.name}.partial")
     tmp.unlink(missing_ok=True)

@@ -11,10 +11,10 @@ import builtins
 import threading
 from bisect import bisect_left, bisect_right, insort
 
-from control_plane.eventlog.errors import HistoryPruned
-from control_plane.eventlog.queued import Batch, QueuedEventStore
-from control_plane.eventlog.records import EventFilter, EventRecord, SpanRecord
-from control_plane.eventlog.store import _NO_FILTER
+from tessera.control_plane.eventlog.errors import HistoryPruned
+from tessera.control_plane.eventlog.queued import Batch, QueuedEventStore
+from tessera.control_plane.eventlog.records import EventFilter, EventRecord, SpanRecord
+from tessera.control_plane.eventlog.store import _NO_FILTER
 
 
 class MemoryEventStore(QueuedEventStore):

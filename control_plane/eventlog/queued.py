@@ -32,9 +32,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
-from control_plane.eventlog.errors import EventStoreClosed
-from control_plane.eventlog.records import EventRecord, EventRow, SpanRecord
-from control_plane.eventlog.store import EventStore
+from tessera.control_plane.eventlog.errors import EventStoreClosed
+from tessera.control_plane.eventlog.records import EventRecord, EventRow, SpanRecord
+from tessera.control_plane.eventlog.store import EventStore
 
 log = logging.getLogger(__name__)
 

@@ -34,15 +34,20 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from control_plane.core import events as ev
-from control_plane.core.apply import apply
-from control_plane.core.state import MAX_ID_LENGTH, ClusterState
-from control_plane.eventlog.decode import event_from_record
-from control_plane.eventlog.errors import HistoryPruned, HistoryUnavailable, PointOutOfRange, ReplayError
-from control_plane.eventlog.records import EventRecord
-from control_plane.eventlog.snapshots import DEFAULT_SNAPSHOT_EVERY, decode_snapshot, encode_snapshot
-from control_plane.eventlog.source import PAGE, HistorySource, SnapshotSink
-from control_plane.eventlog.timepoints import Point, known_last, resolve_point
+from tessera.control_plane.core import events as ev
+from tessera.control_plane.core.apply import apply
+from tessera.control_plane.core.state import MAX_ID_LENGTH, ClusterState
+from tessera.control_plane.eventlog.decode import event_from_record
+from tessera.control_plane.eventlog.errors import (
+    HistoryPruned,
+    HistoryUnavailable,
+    PointOutOfRange,
+    ReplayError,
+)
+from tessera.control_plane.eventlog.records import EventRecord
+from tessera.control_plane.eventlog.snapshots import DEFAULT_SNAPSHOT_EVERY, decode_snapshot, encode_snapshot
+from tessera.control_plane.eventlog.source import PAGE, HistorySource, SnapshotSink
+from tessera.control_plane.eventlog.timepoints import Point, known_last, resolve_point
 
 log = logging.getLogger(__name__)
 

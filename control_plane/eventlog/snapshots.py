@@ -3,8 +3,8 @@
 A snapshot is stored with `put_snapshot(seq, blob)` (header: magic, format version and a hash of the core
 record layout, so a snapshot written by another version of the code is skipped, never half-loaded;
 loading uses an unpickler that only admits the core's own classes). Who takes them and when:
-`control_plane.eventlog.background` (`Snapshotter`, `Retention`) and every rebuild with a sink
-(`control_plane.eventlog.replay.rebuild`).
+`tessera.control_plane.eventlog.background` (`Snapshotter`, `Retention`) and every rebuild with a sink
+(`tessera.control_plane.eventlog.replay.rebuild`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,15 @@ import zlib
 from functools import cache
 from typing import Any
 
-from control_plane.core.resources import Resources
-from control_plane.core.state import AgentRecord, ApplyResult, ClusterState, FrameworkRecord, TaskRecord
-from control_plane.core.values import Offer, RoleInfo
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.state import (
+    AgentRecord,
+    ApplyResult,
+    ClusterState,
+    FrameworkRecord,
+    TaskRecord,
+)
+from tessera.control_plane.core.values import Offer, RoleInfo
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +52,7 @@ def _layout() -> bytes:
 
 
 def _value_classes() -> tuple[type, ...]:
-    from control_plane.core import values
+    from tessera.control_plane.core import values
 
     return tuple(v for v in vars(values).values() if dataclasses.is_dataclass(v) and isinstance(v, type))
 

@@ -9,7 +9,7 @@ import builtins
 from collections.abc import Iterator
 from typing import Protocol
 
-from control_plane.eventlog.records import EventFilter, EventRecord
+from tessera.control_plane.eventlog.records import EventFilter, EventRecord
 
 PAGE = 5_000  # records read per query while replaying
 

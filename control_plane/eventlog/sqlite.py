@@ -33,16 +33,16 @@ from pathlib import Path
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from control_plane.eventlog.errors import EventStoreClosed, HistoryPruned
-from control_plane.eventlog.queued import Batch, QueuedEventStore
-from control_plane.eventlog.records import (
+from tessera.control_plane.eventlog.errors import EventStoreClosed, HistoryPruned
+from tessera.control_plane.eventlog.queued import Batch, QueuedEventStore
+from tessera.control_plane.eventlog.records import (
     EVENT_COLUMNS,
     SPAN_COLUMNS,
     EventFilter,
     EventRecord,
     SpanRecord,
 )
-from control_plane.eventlog.store import _NO_FILTER
+from tessera.control_plane.eventlog.store import _NO_FILTER
 
 log = logging.getLogger(__name__)
 

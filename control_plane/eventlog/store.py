@@ -22,7 +22,7 @@ import builtins
 from collections.abc import Sequence
 from typing import Self
 
-from control_plane.eventlog.records import EventFilter, EventRecord, EventRow, SpanRecord
+from tessera.control_plane.eventlog.records import EventFilter, EventRecord, EventRow, SpanRecord
 
 _NO_FILTER = EventFilter()
 

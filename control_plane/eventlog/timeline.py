@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from control_plane.eventlog.errors import AmbiguousTask, PointOutOfRange
-from control_plane.eventlog.records import EventFilter, EventRecord
-from control_plane.eventlog.source import HistorySource, iter_records
+from tessera.control_plane.eventlog.errors import AmbiguousTask, PointOutOfRange
+from tessera.control_plane.eventlog.records import EventFilter, EventRecord
+from tessera.control_plane.eventlog.source import HistorySource, iter_records
 
 __all__ = ["KINDS", "TimelineItem", "detect_kinds", "frameworks_naming_task", "kind_filter", "resolve_task",
            "split_task_ref", "timeline"]

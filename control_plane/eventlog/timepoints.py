@@ -8,9 +8,9 @@ import re
 import typing
 from dataclasses import dataclass
 
-from control_plane.eventlog.errors import HistoryPruned, HistoryUnavailable, PointOutOfRange
-from control_plane.eventlog.records import EventFilter
-from control_plane.eventlog.source import HistorySource
+from tessera.control_plane.eventlog.errors import HistoryPruned, HistoryUnavailable, PointOutOfRange
+from tessera.control_plane.eventlog.records import EventFilter
+from tessera.control_plane.eventlog.source import HistorySource
 
 __all__ = ["UNIX_THRESHOLD", "Point", "format_time", "known_last", "parse_point", "resolve_point"]
 

@@ -1,5 +1,5 @@
 """Prometheus metrics shared by masters and agents: the metric names, one HTTP server per process, the
-base collector. Imports nothing from `control_plane.runtime` or `agent`.
+base collector. Imports nothing from `tessera.control_plane.runtime` or `agent`.
 
 - `specs`: the `MASTER_METRICS` / `AGENT_METRICS` tables, the single list of what is exported
   (`ops/prometheus/alerts.yml` is checked against them), and the helpers that build families from them.
@@ -8,8 +8,8 @@ base collector. Imports nothing from `control_plane.runtime` or `agent`.
   counting (`tessera_metrics_collect_errors_total{section}`) the ones that fail: a scrape never fails as
   a whole.
 
-The collectors themselves live with what they read: the master's in `control_plane.runtime.metrics`
-(`MasterMetrics`), the agent's in `agent.metrics` (`AgentMetrics`).
+The collectors themselves live with what they read: the master's in `tessera.control_plane.runtime.metrics`
+(`MasterMetrics`), the agent's in `tessera.agent.metrics` (`AgentMetrics`).
 
 Names follow `tessera_<subsystem>_<name>_<unit>`: base units (seconds, bytes; `mem` and `disk` are MiB in
 resources and exported as bytes = MiB x 2^20), `_total` on counters, dimensions as labels, and no

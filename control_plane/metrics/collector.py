@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from control_plane.metrics.specs import SPECS, family
+from tessera.control_plane.metrics.specs import SPECS, family
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import make_wsgi_app
 
-from control_plane.metrics.specs import DEFAULT_HOST
+from tessera.control_plane.metrics.specs import DEFAULT_HOST
 
 __all__ = ["MetricsServer", "parse_address"]
 

@@ -1,6 +1,6 @@
 """Group-commit throughput of ``RaftReplicator`` on a loopback quorum of real processes.
 
-    python -m control_plane.replication.bench --nodes 3 --submitters 1000 --seconds 10
+    python -m tessera.control_plane.replication.bench --nodes 3 --submitters 1000 --seconds 10
 
 The driver starts one process per node (127.0.0.1, free ports, a temporary data directory), waits
 for the leader's result file, then stops every node by PID. The leader's process runs the load:
@@ -169,7 +169,7 @@ def _driver_main(args: argparse.Namespace) -> int:
         if args.encrypt:  # to the nodes in their environment, never on a command line
             env["TESSERA_RAFT_PASSWORD"] = secrets.token_urlsafe(32)
         for i in range(args.nodes):
-            cmd = [sys.executable, "-m", "control_plane.replication.bench", "--node", str(i),
+            cmd = [sys.executable, "-m", "tessera.control_plane.replication.bench", "--node", str(i),
                    "--addresses", ",".join(addresses), "--data-dir", tmp, "--result-file", result_file,
                    "--seconds", str(args.seconds), "--submitters", str(args.submitters),
                    "--mode", args.mode, "--entry-bytes", str(args.entry_bytes),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 
 class ReplicationError(Exception):
-    """Base class of every error produced by ``control_plane.replication``."""
+    """Base class of every error produced by ``tessera.control_plane.replication``."""
 
 
 class NotLeaderError(ReplicationError):

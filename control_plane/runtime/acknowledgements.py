@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from control_plane.core import commands as cmd
-from control_plane.core.errors import InvalidRequest, NotFound, NotLeader, Unavailable
+from tessera.control_plane.core import commands as cmd
+from tessera.control_plane.core.errors import InvalidRequest, NotFound, NotLeader, Unavailable
 
 MAX_ACKNOWLEDGEMENTS = 2_000
 

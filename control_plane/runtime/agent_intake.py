@@ -29,8 +29,8 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any, Generic, Protocol, TypeVar
 
-from control_plane.core import commands as cmd
-from control_plane.core.errors import (
+from tessera.control_plane.core import commands as cmd
+from tessera.control_plane.core.errors import (
     Conflict,
     InvalidRequest,
     NotFound,
@@ -38,7 +38,7 @@ from control_plane.core.errors import (
     PermissionDenied,
     TesseraError,
 )
-from control_plane.core.values import TaskStatus
+from tessera.control_plane.core.values import TaskStatus
 
 log = logging.getLogger(__name__)
 

@@ -2,14 +2,14 @@
 
 etcd-raft style: time enters as `now`, soft state as a frozen `SoftState`, committed facts as the
 replicated `ClusterState` and the applied batches; what to do comes back as values. Two shells run these
-same functions: `control_plane.runtime.leader.LeaderDuties` (threads, `time.monotonic()`, gRPC streams,
+same functions: `tessera.control_plane.runtime.leader.LeaderDuties` (threads, `time.monotonic()`, gRPC streams,
 protobuf) and the whole-cluster simulation (`tests.sim.master.SimMaster`, a fake clock and in-memory
 twins).
 
 Rules kept here
 ---------------
 - No I/O, no clock, no threads, no protobuf: this module imports only the pure core.
-- Terminal task states come from `control_plane.core.lifecycle` (never a number: TASK_UNREACHABLE is not
+- Terminal task states come from `tessera.control_plane.core.lifecycle` (never a number: TASK_UNREACHABLE is not
   terminal and frees nothing).
 - `tick(soft, state, now, settings) -> list[Command]`: the time-driven duties (`settings` are the
   `LeaderSettings` timings). Every tick: agents silent for longer
@@ -40,14 +40,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from control_plane.core import commands as cmd
-from control_plane.core import events as ev
-from control_plane.core.lifecycle import is_terminal
-from control_plane.core.values import AgentState, FrameworkState, Offer, TaskInfo, TaskKey, TaskStatus
+from tessera.control_plane.core import commands as cmd
+from tessera.control_plane.core import events as ev
+from tessera.control_plane.core.lifecycle import is_terminal
+from tessera.control_plane.core.values import AgentState, FrameworkState, Offer, TaskInfo, TaskKey, TaskStatus
 
 if TYPE_CHECKING:
-    from control_plane.core.state import ClusterState
-    from control_plane.runtime.statemachine import Applied
+    from tessera.control_plane.core.state import ClusterState
+    from tessera.control_plane.runtime.statemachine import Applied
 
 OFFERS_PER_ENTRY = 100  # offers committed per log entry (an offer encodes to a few hundred bytes)
 MAX_PER_MESSAGE = 500  # RunTasks or updates in one batched message (each a few hundred bytes)

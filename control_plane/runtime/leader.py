@@ -1,6 +1,6 @@
-"""Leader duties, the shell: threads, streams, clocks and protobuf around `control_plane.runtime.duties`.
+"""Leader duties, the shell: threads, streams, clocks and protobuf around `tessera.control_plane.runtime.duties`.
 
-What to do is decided by the pure functions of `control_plane.runtime.duties` (`tick`, `react`,
+What to do is decided by the pure functions of `tessera.control_plane.runtime.duties` (`tick`, `react`,
 `offer_proposals`, `coalesce`, `elected`), which the whole-cluster simulation runs too. This module keeps
 only what they cannot: the soft state that lives on threads (open agent and framework streams, heartbeat
 arrival times, per-agent usage samples), the ticker and reactor threads, `time.monotonic()`, proposing
@@ -34,17 +34,17 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from control_plane.codec import to_proto
-from control_plane.core.errors import TesseraError
-from control_plane.core.values import TaskStatus
-from control_plane.runtime import duties
-from control_plane.runtime.duties import (  # re-exported: the shell's callers import them from here
+from tessera.control_plane.codec import to_proto
+from tessera.control_plane.core.errors import TesseraError
+from tessera.control_plane.core.values import TaskStatus
+from tessera.control_plane.runtime import duties
+from tessera.control_plane.runtime.duties import (  # re-exported: the shell's callers import them from here
     MAX_PER_MESSAGE,
     OFFERS_PER_ENTRY,
     LeaderSettings,
 )
-from control_plane.runtime.master import Master
-from control_plane.runtime.statemachine import Applied
+from tessera.control_plane.runtime.master import Master
+from tessera.control_plane.runtime.statemachine import Applied
 from tessera.v1 import agent_pb2, common_pb2, scheduler_pb2
 
 log = logging.getLogger(__name__)
@@ -410,9 +410,9 @@ def _framework_event(group: tuple[duties.ToFramework, ...]) -> scheduler_pb2.Sch
 
 
 def default_allocator(settings: LeaderSettings) -> tuple[Snapshot, Allocate]:
-    """The weighted-DRF allocator of `control_plane.allocation`, bound to these settings."""
-    from control_plane.allocation import allocate, snapshot_from_state
-    from control_plane.runtime.master import new_id
+    """The weighted-DRF allocator of `tessera.control_plane.allocation`, bound to these settings."""
+    from tessera.control_plane.allocation import allocate, snapshot_from_state
+    from tessera.control_plane.runtime.master import new_id
 
     def allocate_fn(snapshot: Any, now: float) -> Sequence[Any]:
         return allocate(snapshot, new_id=new_id, now=now, offer_timeout=settings.offer_timeout)

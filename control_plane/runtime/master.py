@@ -46,13 +46,13 @@ from typing import Any, NamedTuple
 
 from opentelemetry import trace
 
-from control_plane.codec import entry_to_bytes
-from control_plane.core import commands as cmd
-from control_plane.core import events as ev
-from control_plane.core.apply import ApplyResult
-from control_plane.core.context import Context
-from control_plane.core.decide import decide
-from control_plane.core.errors import (
+from tessera.control_plane.codec import entry_to_bytes
+from tessera.control_plane.core import commands as cmd
+from tessera.control_plane.core import events as ev
+from tessera.control_plane.core.apply import ApplyResult
+from tessera.control_plane.core.context import Context
+from tessera.control_plane.core.decide import decide
+from tessera.control_plane.core.errors import (
     Conflict,
     InvalidRequest,
     NotLeader,
@@ -60,12 +60,12 @@ from control_plane.core.errors import (
     Unavailable,
     error_from_code,
 )
-from control_plane.core.limits import MasterLimits
-from control_plane.eventlog import EventStore
-from control_plane.replication import Replicator
-from control_plane.replication.errors import EntryTooLargeError, NotLeaderError, UnknownOutcomeError
-from control_plane.runtime.statemachine import Applied, MasterStateMachine
-from control_plane.tracing import (
+from tessera.control_plane.core.limits import MasterLimits
+from tessera.control_plane.eventlog import EventStore
+from tessera.control_plane.replication import Replicator
+from tessera.control_plane.replication.errors import EntryTooLargeError, NotLeaderError, UnknownOutcomeError
+from tessera.control_plane.runtime.statemachine import Applied, MasterStateMachine
+from tessera.control_plane.tracing import (
     TASK_ID_ATTRIBUTE,
     RecordingCheck,
     context_from,

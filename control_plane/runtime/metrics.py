@@ -1,8 +1,8 @@
 """Prometheus metrics of a master (`MasterMetrics`), served at `/metrics`.
 
 What this module owns: the master's collector and its two histograms. The metric names, the HTTP server
-and the base collector are shared with the agent and live in `control_plane.metrics` (the agent's
-collector is `agent.metrics`).
+and the base collector are shared with the agent and live in `tessera.control_plane.metrics` (the agent's
+collector is `tessera.agent.metrics`).
 
 Rules kept here:
 - Read at scrape time, not on the hot path. State-derived numbers (resources, agents, frameworks, tasks,
@@ -18,7 +18,7 @@ Rules kept here:
   and `allocation_rounds`; no hook in leader.py). The poll runs every half tick, and the ticker runs at
   most one round per tick, so the histogram sees every round unless the ticker outruns the poller;
   `tessera_allocator_rounds_total` is read from the duties themselves and is always exact.
-- Names, units, labels and the failing-section rule: see `control_plane.metrics`.
+- Names, units, labels and the failing-section rule: see `tessera.control_plane.metrics`.
 
 Wiring (the master process does this when `--metrics HOST:PORT` is given)::
 
@@ -42,11 +42,11 @@ from prometheus_client.core import Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from control_plane.core.lifecycle import is_terminal
-from control_plane.core.values import AgentState, FrameworkState, RoleInfo, TaskState
-from control_plane.metrics.collector import SectionCollector
-from control_plane.metrics.server import MetricsServer
-from control_plane.metrics.specs import (
+from tessera.control_plane.core.lifecycle import is_terminal
+from tessera.control_plane.core.values import AgentState, FrameworkState, RoleInfo, TaskState
+from tessera.control_plane.metrics.collector import SectionCollector
+from tessera.control_plane.metrics.server import MetricsServer
+from tessera.control_plane.metrics.specs import (
     ALLOCATION_BUCKETS,
     COMMIT_BUCKETS,
     DEFAULT_HOST,
@@ -60,9 +60,9 @@ from control_plane.metrics.specs import (
 )
 
 if TYPE_CHECKING:
-    from control_plane.core.state import ClusterState
-    from control_plane.runtime.leader import LeaderDuties
-    from control_plane.runtime.master import Master, WriteOutcome
+    from tessera.control_plane.core.state import ClusterState
+    from tessera.control_plane.runtime.leader import LeaderDuties
+    from tessera.control_plane.runtime.master import Master, WriteOutcome
 
 log = logging.getLogger(__name__)
 

@@ -21,23 +21,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from control_plane.api.agentlink import AgentLinkService
-from control_plane.api.auth import AclFileError, Guard, load_acl
-from control_plane.api.client import MasterClient
-from control_plane.api.operator import ADDRESS_RE, OperatorService
-from control_plane.api.scheduler import SchedulerService
-from control_plane.api.server import MasterServer
-from control_plane.core.errors import InvalidRequest
-from control_plane.core.limits import MasterLimits, stream_caps
-from control_plane.eventlog import SqliteEventStore
-from control_plane.eventlog.background import Retention
-from control_plane.replication import RaftReplicator, ReplicationConfig
-from control_plane.runtime.gcpolicy import tune_gc
-from control_plane.runtime.leader import LeaderDuties, LeaderSettings, default_allocator
-from control_plane.runtime.master import Master, MasterIdentity
-from control_plane.runtime.statemachine import MasterStateMachine
-from control_plane.tls import ClientSecurity, TlsConfigError, load_tls_dir, server_credentials
-from control_plane.tracing import setup_tracing
+from tessera.control_plane.api.agentlink import AgentLinkService
+from tessera.control_plane.api.auth import AclFileError, Guard, load_acl
+from tessera.control_plane.api.client import MasterClient
+from tessera.control_plane.api.operator import ADDRESS_RE, OperatorService
+from tessera.control_plane.api.scheduler import SchedulerService
+from tessera.control_plane.api.server import MasterServer
+from tessera.control_plane.core.errors import InvalidRequest
+from tessera.control_plane.core.limits import MasterLimits, stream_caps
+from tessera.control_plane.eventlog import SqliteEventStore
+from tessera.control_plane.eventlog.background import Retention
+from tessera.control_plane.replication import RaftReplicator, ReplicationConfig
+from tessera.control_plane.runtime.gcpolicy import tune_gc
+from tessera.control_plane.runtime.leader import LeaderDuties, LeaderSettings, default_allocator
+from tessera.control_plane.runtime.master import Master, MasterIdentity
+from tessera.control_plane.runtime.statemachine import MasterStateMachine
+from tessera.control_plane.tls import ClientSecurity, TlsConfigError, load_tls_dir, server_credentials
+from tessera.control_plane.tracing import setup_tracing
 from tessera.v1 import operator_pb2
 
 log = logging.getLogger("tessera.master")
@@ -195,7 +195,7 @@ def run_master(config: MasterConfig) -> int:
         return 2
     metrics = None
     if config.metrics_address:
-        from control_plane.runtime.metrics import MasterMetrics
+        from tessera.control_plane.runtime.metrics import MasterMetrics
 
         try:
             metrics = MasterMetrics(master, duties, address=config.metrics_address)

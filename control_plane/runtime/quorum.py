@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from control_plane.core import commands as cmd
-from control_plane.core.errors import Conflict, InvalidRequest, NotFound, NotLeader, Unavailable
-from control_plane.replication.api import QuorumStatus
-from control_plane.replication.errors import (
+from tessera.control_plane.core import commands as cmd
+from tessera.control_plane.core.errors import Conflict, InvalidRequest, NotFound, NotLeader, Unavailable
+from tessera.control_plane.replication.api import QuorumStatus
+from tessera.control_plane.replication.errors import (
     NotLeaderError,
     NotSupportedError,
     QuorumChangeError,

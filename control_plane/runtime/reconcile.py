@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from control_plane.core.errors import Conflict, NotFound
-from control_plane.core.values import TaskState, TaskStatus
+from tessera.control_plane.core.errors import Conflict, NotFound
+from tessera.control_plane.core.values import TaskState, TaskStatus
 
 REASON = "REASON_RECONCILIATION"
 

@@ -21,11 +21,11 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from control_plane.core import commands as cmd
-from control_plane.core import events as ev
-from control_plane.core.decide import check_agent_identity
-from control_plane.core.errors import InvalidRequest, NotFound, Unavailable
-from control_plane.core.values import AgentInfo, AgentState, TaskStatus
+from tessera.control_plane.core import commands as cmd
+from tessera.control_plane.core import events as ev
+from tessera.control_plane.core.decide import check_agent_identity
+from tessera.control_plane.core.errors import InvalidRequest, NotFound, Unavailable
+from tessera.control_plane.core.values import AgentInfo, AgentState, TaskStatus
 
 log = logging.getLogger(__name__)
 

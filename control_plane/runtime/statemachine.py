@@ -13,7 +13,7 @@ Rules kept here:
   (they run on the replication thread).
 - State snapshots for the event log (`put_snapshot`, every `snapshot_every` events) are stored by a
   `Snapshotter` on its own thread; this thread tells it the new last seq after each batch, and at a
-  crossing hands it the live state to pickle (bounded in time; see `control_plane.eventlog.background`).
+  crossing hands it the live state to pickle (bounded in time; see `tessera.control_plane.eventlog.background`).
 """
 
 from __future__ import annotations
@@ -23,15 +23,15 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from control_plane.codec import entry_from_bytes, event_type_name, json_text, to_jsonable
-from control_plane.core import events as ev
-from control_plane.core.apply import ApplyResult, apply
-from control_plane.core.events import event_ids
-from control_plane.core.state import ClusterState, upgrade_task_keys
-from control_plane.eventlog import EventStore
-from control_plane.eventlog.background import Snapshotter
-from control_plane.eventlog.records import EventRow
-from control_plane.eventlog.snapshots import DEFAULT_SNAPSHOT_EVERY
+from tessera.control_plane.codec import entry_from_bytes, event_type_name, json_text, to_jsonable
+from tessera.control_plane.core import events as ev
+from tessera.control_plane.core.apply import ApplyResult, apply
+from tessera.control_plane.core.events import event_ids
+from tessera.control_plane.core.state import ClusterState, upgrade_task_keys
+from tessera.control_plane.eventlog import EventStore
+from tessera.control_plane.eventlog.background import Snapshotter
+from tessera.control_plane.eventlog.records import EventRow
+from tessera.control_plane.eventlog.snapshots import DEFAULT_SNAPSHOT_EVERY
 
 log = logging.getLogger(__name__)
 

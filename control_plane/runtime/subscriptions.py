@@ -15,10 +15,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from control_plane.core import commands as cmd
-from control_plane.core import events as ev
-from control_plane.core.errors import TesseraError
-from control_plane.core.values import FrameworkInfo
+from tessera.control_plane.core import commands as cmd
+from tessera.control_plane.core import events as ev
+from tessera.control_plane.core.errors import TesseraError
+from tessera.control_plane.core.values import FrameworkInfo
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """A batch runner: run N commands to completion on the cluster, retry failures, print a summary.
 
-    python -m sdk.examples.batch --masters 127.0.0.1:5050 --count 10 --command 'sleep 0.1'
-    python -m sdk.examples.batch --command 'make test-a' --command 'make test-b' --max-retries 1
+    python -m tessera.sdk.examples.batch --masters 127.0.0.1:5050 --count 10 --command 'sleep 0.1'
+    python -m tessera.sdk.examples.batch --command 'make test-a' --command 'make test-b' --max-retries 1
 
 Each command is one job; a job's attempt is one task (a fresh task id per attempt, since the master
 never reuses one). A job whose task ends in any state but TASK_FINISHED is launched again until it has
@@ -15,7 +15,7 @@ How it uses offers (the habits of a well-behaved Mesos framework):
   its own decline filters, so freed resources come back at once);
 - after a re-subscription, reconciles the tasks it believes running: a task that ended while the
   scheduler was away is handled like any update;
-- a launch the master refused (`sdk.errors.REFUSED`: it was not applied) puts its jobs back in line,
+- a launch the master refused (`tessera.sdk.errors.REFUSED`: it was not applied) puts its jobs back in line,
   declines the offer and revives, so other offers come at once; a launch that failed any other way (timed
   out, the master failed) may have been applied: its tasks are settled by reconciling them — the master's
   answer says whether they exist — and are never launched again under a fresh id (they would run twice);
@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdk import (
+from tessera.sdk import (
     Filters,
     FrameworkInfo,
     Offer,
@@ -47,9 +47,9 @@ from sdk import (
     TaskStatus,
     TesseraError,
 )
-from sdk.errors import REFUSED
+from tessera.sdk.errors import REFUSED
 
-log = logging.getLogger("sdk.examples.batch")
+log = logging.getLogger("tessera.sdk.examples.batch")
 
 Command = str | tuple[str, ...]
 
@@ -335,7 +335,7 @@ def _env_pairs(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sdk.examples.batch", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tessera.sdk.examples.batch", description=__doc__.split("\n")[0])
     parser.add_argument("--masters", default=os.environ.get("TESSERA_MASTERS", "127.0.0.1:5050"),
                         help="HOST:PORT,... of the masters (default: $TESSERA_MASTERS or 127.0.0.1:5050)")
     parser.add_argument("--command", action="append", required=True,

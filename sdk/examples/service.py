@@ -1,6 +1,6 @@
 """A service keeper: keep K instances of a command running, spread across agents, scaled on request.
 
-    python -m sdk.examples.service --masters 127.0.0.1:5050 --instances 3 --spread-by rack \\
+    python -m tessera.sdk.examples.service --masters 127.0.0.1:5050 --instances 3 --spread-by rack \\
         --command 'python3 -m http.server 0'
 
     kill -USR1 <pid>              one more instance
@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from sdk import (
+from tessera.sdk import (
     Filters,
     FrameworkInfo,
     Offer,
@@ -55,7 +55,7 @@ from sdk import (
     TesseraError,
 )
 
-log = logging.getLogger("sdk.examples.service")
+log = logging.getLogger("tessera.sdk.examples.service")
 
 MAX_SKEW = 1  # most instances a spread value may have beyond the least loaded one with room
 SKEW_PATIENCE = 3  # offer rounds to wait for an under-loaded value before placing anywhere
@@ -312,7 +312,7 @@ def _read_count(path: Path) -> int | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sdk.examples.service",
+    parser = argparse.ArgumentParser(prog="python -m tessera.sdk.examples.service",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--masters", default=os.environ.get("TESSERA_MASTERS", "127.0.0.1:5050"))
     parser.add_argument("--command", required=True, help="the shell command of one instance")

@@ -116,12 +116,12 @@ def run_raw(args: argparse.Namespace) -> None:
 
 
 def run_tessera(args: argparse.Namespace) -> None:
-    from control_plane.core import commands as cmd
-    from control_plane.eventlog import SqliteEventStore
-    from control_plane.replication import RaftReplicator, ReplicationConfig
-    from control_plane.runtime.gcpolicy import tune_gc
-    from control_plane.runtime.master import Master, MasterIdentity
-    from control_plane.runtime.statemachine import MasterStateMachine
+    from tessera.control_plane.core import commands as cmd
+    from tessera.control_plane.eventlog import SqliteEventStore
+    from tessera.control_plane.replication import RaftReplicator, ReplicationConfig
+    from tessera.control_plane.runtime.gcpolicy import tune_gc
+    from tessera.control_plane.runtime.master import Master, MasterIdentity
+    from tessera.control_plane.runtime.statemachine import MasterStateMachine
 
     data = Path(args.data_dir)
     data.mkdir(parents=True, exist_ok=True)

@@ -11,8 +11,8 @@
 2. Checkpoint: status updates written to agent.db (one transaction per update, synchronous=FULL, then the
    acknowledgement) against the pure status-update manager alone: what durability costs per update.
 3. Cluster (unless --skip-cluster): a 3-master LocalCluster and `--agents` emulated agents in this
-   process (agent.emulated): time until all are registered (and the spread of first registrations),
-   then `--tasks` tasks run by the SDK's batch runner (`python -m sdk.examples.batch`) through the
+   process (tessera.agent.emulated): time until all are registered (and the spread of first registrations),
+   then `--tasks` tasks run by the SDK's batch runner (`python -m tessera.sdk.examples.batch`) through the
    emulated agents: tasks/s end to end, against the same batch on one emulated agent.
    Note: the master serves each agent stream on one pool thread (`--grpc-workers`, 256 by default), so
    keep --agents well under that.
@@ -43,12 +43,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywher
 
 import psutil  # noqa: E402
 
-from agent.checkpoint import Checkpoint  # noqa: E402
-from agent.core.status_updates import PendingUpdate, StatusUpdateManager  # noqa: E402
-from agent.executor.isolation import Isolator, RlimitIsolator, detect_isolator  # noqa: E402
-from agent.executor.launcher import ProcessLauncher  # noqa: E402
-from control_plane.core.resources import Resources  # noqa: E402
-from control_plane.core.values import CommandInfo, TaskInfo, TaskState, TaskStatus  # noqa: E402
+from tessera.agent.checkpoint import Checkpoint  # noqa: E402
+from tessera.agent.core.status_updates import PendingUpdate, StatusUpdateManager  # noqa: E402
+from tessera.agent.executor.isolation import Isolator, RlimitIsolator, detect_isolator  # noqa: E402
+from tessera.agent.executor.launcher import ProcessLauncher  # noqa: E402
+from tessera.control_plane.core.resources import Resources  # noqa: E402
+from tessera.control_plane.core.values import CommandInfo, TaskInfo, TaskState, TaskStatus  # noqa: E402
 
 
 def machine() -> str:
@@ -136,7 +136,7 @@ def bench_manager(n: int) -> float:
 
 def run_batch(masters: list[str], tasks: int, log: Path, cpus: float = 0.1) -> float:
     """tasks/s from starting the batch runner to its summary line ("N succeeded, 0 failed, ...")."""
-    cmd = [sys.executable, "-m", "sdk.examples.batch", "--masters", ",".join(masters), "--command", "true",
+    cmd = [sys.executable, "-m", "tessera.sdk.examples.batch", "--masters", ",".join(masters), "--command", "true",
            "--count", str(tasks), "--cpus", str(cpus), "--mem", "16", "--give-up-after", "60"]
     start = time.perf_counter()
     elapsed = None
@@ -162,7 +162,7 @@ def run_batch(masters: list[str], tasks: int, log: Path, cpus: float = 0.1) -> f
 
 
 def bench_cluster(agents: int, tasks: int, work: Path) -> None:
-    from agent.emulated import EmulatedAgents, EmulatedConfig
+    from tessera.agent.emulated import EmulatedAgents, EmulatedConfig
     from tests.support.cluster import LocalCluster
 
     with LocalCluster(work / "cluster", n=3) as cluster:
@@ -227,7 +227,7 @@ class CpuMeter:
 def _fork_server_pid(agent_pid: int) -> int | None:
     for child in psutil.Process(agent_pid).children():
         try:
-            if "agent.executor.forkserver" in " ".join(child.cmdline()):
+            if "tessera.agent.executor.forkserver" in " ".join(child.cmdline()):
                 return int(child.pid)
         except psutil.Error:
             continue
@@ -241,7 +241,7 @@ def _stage_report(leader: object, data_dir: Path | None, since: float) -> list[s
     import sqlite3
     from collections import defaultdict
 
-    from agent.checkpoint import status_from_bytes
+    from tessera.agent.checkpoint import status_from_bytes
 
     at: dict[str, dict[str, float]] = defaultdict(dict)
     finished_uuid: dict[str, str] = {}
@@ -258,7 +258,7 @@ def _stage_report(leader: object, data_dir: Path | None, since: float) -> list[s
         elif e.type == "TaskStatusAcknowledged" and payload.get("uuid") == finished_uuid.get(e.task_id):
             key += ":TASK_FINISHED"
         at[e.task_id].setdefault(key, e.time)
-    from agent.executor.supervisor import read_json
+    from tessera.agent.executor.supervisor import read_json
 
     if data_dir is None:
         chain = [("TaskLaunched", ""), ("TaskStatusUpdated:TASK_STARTING", "leader decided STARTING"),
@@ -317,7 +317,7 @@ def _real_agent_run(tasks: int, work: Path, task_cpus: float, supervisor_start: 
         def start_agent(self, a: AgentProc) -> None:
             # the stock agent command, plus --supervisor-start
             assert not a.alive
-            cmd = [sys.executable, "-m", "control_plane.cli.main", "agent", "--masters",
+            cmd = [sys.executable, "-m", "tessera.control_plane.cli.main", "agent", "--masters",
                    ",".join(self.grpc_addresses()), "--data-dir", str(a.data_dir), "--resources", a.resources,
                    "--hostname", a.name, "--supervisor-start", supervisor_start]
             if not batch:
@@ -382,7 +382,7 @@ def bench_real_agent(tasks: int, work: Path, task_cpus: float = 0.1, interpreter
 
 def _real_agent_round(tasks: int, work: Path, task_cpus: float, interpreter_baseline: bool, single_baseline: bool,
                       results: dict[str, list[float]]) -> None:
-    from agent.emulated import EmulatedAgents, EmulatedConfig
+    from tessera.agent.emulated import EmulatedAgents, EmulatedConfig
     from tests.support.cluster import LocalCluster
 
     with LocalCluster(work / "emulated", n=3) as cluster:
@@ -426,7 +426,7 @@ def bench_many_agents(count: int, seconds: float, work: Path) -> None:
     time, and the leader's CPU share and RSS while they heartbeat, against the same leader idle before."""
     import psutil
 
-    from agent.emulated import EmulatedAgents, EmulatedConfig
+    from tessera.agent.emulated import EmulatedAgents, EmulatedConfig
     from tests.support.cluster import LocalCluster
 
     with LocalCluster(work / "many", n=3) as cluster:

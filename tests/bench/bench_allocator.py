@@ -44,18 +44,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere in the repo
 
-from control_plane.allocation import (  # noqa: E402
+from tessera.control_plane.allocation import (  # noqa: E402
     AllocationSnapshot,
     Allocator,
     allocate,
     snapshot_from_state,
 )
-from control_plane.allocation.sorter import dominant_share  # noqa: E402
-from control_plane.core import commands as c  # noqa: E402
-from control_plane.core.apply import apply  # noqa: E402
-from control_plane.core.context import Context, sequential_ids  # noqa: E402
-from control_plane.core.decide import decide  # noqa: E402
-from control_plane.core.events import (  # noqa: E402
+from tessera.control_plane.allocation.sorter import dominant_share  # noqa: E402
+from tessera.control_plane.core import commands as c  # noqa: E402
+from tessera.control_plane.core.apply import apply  # noqa: E402
+from tessera.control_plane.core.context import Context, sequential_ids  # noqa: E402
+from tessera.control_plane.core.decide import decide  # noqa: E402
+from tessera.control_plane.core.events import (  # noqa: E402
     AgentRegistered,
     Entry,
     Event,
@@ -64,10 +64,10 @@ from control_plane.core.events import (  # noqa: E402
     QuotaSet,
     RoleWeightSet,
 )
-from control_plane.core.invariants import check_invariants  # noqa: E402
-from control_plane.core.resources import Resources  # noqa: E402
-from control_plane.core.state import ClusterState  # noqa: E402
-from control_plane.core.values import AgentInfo, FrameworkInfo, Offer  # noqa: E402
+from tessera.control_plane.core.invariants import check_invariants  # noqa: E402
+from tessera.control_plane.core.resources import Resources  # noqa: E402
+from tessera.control_plane.core.state import ClusterState  # noqa: E402
+from tessera.control_plane.core.values import AgentInfo, FrameworkInfo, Offer  # noqa: E402
 
 NOW = 1_000_000.0
 ROLES = [f"role-{r}" for r in range(10)]

@@ -37,13 +37,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere in the repo
 
-from control_plane.codec import entry_from_bytes, entry_to_bytes  # noqa: E402
-from control_plane.core import events as ev  # noqa: E402
-from control_plane.core.apply import apply  # noqa: E402
-from control_plane.core.state import ClusterState  # noqa: E402
-from control_plane.eventlog import SqliteEventStore  # noqa: E402
-from control_plane.eventlog.records import EVENT_COLUMNS, EventRow  # noqa: E402
-from control_plane.runtime.statemachine import MasterStateMachine, add_event_rows  # noqa: E402
+from tessera.control_plane.codec import entry_from_bytes, entry_to_bytes  # noqa: E402
+from tessera.control_plane.core import events as ev  # noqa: E402
+from tessera.control_plane.core.apply import apply  # noqa: E402
+from tessera.control_plane.core.state import ClusterState  # noqa: E402
+from tessera.control_plane.eventlog import SqliteEventStore  # noqa: E402
+from tessera.control_plane.eventlog.records import EVENT_COLUMNS, EventRow  # noqa: E402
+from tessera.control_plane.runtime.statemachine import MasterStateMachine, add_event_rows  # noqa: E402
 from tessera.v1 import log_pb2  # noqa: E402
 from tests.bench.bench_eventlog import insert_plain  # noqa: E402
 

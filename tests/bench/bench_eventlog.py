@@ -26,9 +26,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere in the repo
 
-from control_plane.eventlog import EventRecord, SqliteEventStore  # noqa: E402
-from control_plane.eventlog.queued import MAX_BATCH_RECORDS  # noqa: E402
-from control_plane.eventlog.records import EVENT_COLUMNS  # noqa: E402
+from tessera.control_plane.eventlog import EventRecord, SqliteEventStore  # noqa: E402
+from tessera.control_plane.eventlog.queued import MAX_BATCH_RECORDS  # noqa: E402
+from tessera.control_plane.eventlog.records import EVENT_COLUMNS  # noqa: E402
 
 TYPES = ("AgentRegistered", "OfferMade", "TaskLaunched", "StatusUpdate", "OfferDeclined")
 

@@ -35,8 +35,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere in the repo
 
-from control_plane.eventlog.source import iter_records  # noqa: E402
-from sdk import Filters, FrameworkInfo, Offer, Resources, Scheduler, SchedulerDriver, TaskInfo, TaskStatus  # noqa: E402
+from tessera.control_plane.eventlog.source import iter_records  # noqa: E402
+from tessera.sdk import (  # noqa: E402
+    Filters,
+    FrameworkInfo,
+    Offer,
+    Resources,
+    Scheduler,
+    SchedulerDriver,
+    TaskInfo,
+    TaskStatus,
+)
 from tessera.v1 import common_pb2  # noqa: E402
 from tests.support.cluster import wait_for  # noqa: E402
 from tests.support.inprocess import InProcessMaster  # noqa: E402

@@ -78,7 +78,7 @@ def pct(values: list[float], q: float) -> float:
 
 def serve_agents(masters: str, count: int, batched: bool) -> int:
     """Child process: run the emulated agents until stdin closes; print READY once all registered."""
-    from agent.emulated import EmulatedAgents, EmulatedConfig
+    from tessera.agent.emulated import EmulatedAgents, EmulatedConfig
 
     config = EmulatedConfig(masters=tuple(masters.split(",")), count=count, resources=AGENT_RESOURCES,
                             hostname_prefix="launch", task_duration=3600.0, seed=1, batch_messages=batched)
@@ -139,8 +139,17 @@ def job_of(task_id: str) -> int:
 
 
 def make_scheduler(total: int, per_accept: int, in_flight: int, run: Run, done: threading.Event) -> object:
-    from sdk import Filters, Offer, Resources, Scheduler, SchedulerDriver, TaskInfo, TaskState, TaskStatus
-    from sdk.errors import TesseraError
+    from tessera.sdk import (
+        Filters,
+        Offer,
+        Resources,
+        Scheduler,
+        SchedulerDriver,
+        TaskInfo,
+        TaskState,
+        TaskStatus,
+    )
+    from tessera.sdk.errors import TesseraError
 
     need = Resources.of(cpus=TASK_CPUS, mem=TASK_MEM)
     lock = threading.Lock()
@@ -253,8 +262,8 @@ def leader_pid(cluster: object) -> tuple[int, int]:
 
 
 def run_mode(mode: str, args: argparse.Namespace, tasks: int, work: Path) -> Result:
-    from sdk import FrameworkInfo, SchedulerDriver
-    from sdk.grpc_transport import GrpcTransport
+    from tessera.sdk import FrameworkInfo, SchedulerDriver
+    from tessera.sdk.grpc_transport import GrpcTransport
     from tests.support.cluster import LocalCluster
 
     batched = mode == "batched"

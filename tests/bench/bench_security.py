@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 import psutil  # noqa: E402
 
-from control_plane.certs import init_dev_pki  # noqa: E402
-from control_plane.tls import ClientSecurity, read_token_file  # noqa: E402
+from tessera.control_plane.certs import init_dev_pki  # noqa: E402
+from tessera.control_plane.tls import ClientSecurity, read_token_file  # noqa: E402
 from tessera.v1 import operator_pb2, operator_pb2_grpc  # noqa: E402
 from tests.support.cluster import free_port, wait_for  # noqa: E402
 
@@ -43,7 +43,7 @@ def start_master(root: Path, name: str, flags: list[str]) -> tuple[subprocess.Po
     env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
     env.update(TESSERA_RAFT_PASSWORD="bench-secret", PYTHONUNBUFFERED="1")
     log = open(root / f"{name}.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "control_plane.cli.main", "master", "--name", name,
+    proc = subprocess.Popen([sys.executable, "-m", "tessera.control_plane.cli.main", "master", "--name", name,
                              "--raft", f"127.0.0.1:{free_port()}", "--grpc", grpc_address,
                              "--data-dir", str(root / name), *flags],
                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 import grpc  # noqa: E402
 import psutil  # noqa: E402
 
-from control_plane.cli.up import free_ports  # noqa: E402
+from tessera.control_plane.cli.up import free_ports  # noqa: E402
 from tessera.v1 import operator_pb2, operator_pb2_grpc  # noqa: E402
 from tests.support.cluster import LocalCluster  # noqa: E402
 

@@ -42,15 +42,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from control_plane.core import events as ev
-from control_plane.core.invariants import check_invariants
-from control_plane.core.state import ClusterState
-from control_plane.core.values import StatusSource, TaskState
-from control_plane.eventlog.decode import event_from_record
-from control_plane.eventlog.errors import ReplayError
-from control_plane.eventlog.records import EVENT_COLUMNS, EventRecord
-from control_plane.eventlog.replay import entries_from_records, replay_entry
-from control_plane.eventlog.snapshots import decode_snapshot
+from tessera.control_plane.core import events as ev
+from tessera.control_plane.core.invariants import check_invariants
+from tessera.control_plane.core.state import ClusterState
+from tessera.control_plane.core.values import StatusSource, TaskState
+from tessera.control_plane.eventlog.decode import event_from_record
+from tessera.control_plane.eventlog.errors import ReplayError
+from tessera.control_plane.eventlog.records import EVENT_COLUMNS, EventRecord
+from tessera.control_plane.eventlog.replay import entries_from_records, replay_entry
+from tessera.control_plane.eventlog.snapshots import decode_snapshot
 
 TERMINAL = {"TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_LOST", "TASK_ERROR", "TASK_DROPPED", "TASK_GONE"}
 # states only an agent (the task's process) can produce; the master decides the others

@@ -9,13 +9,13 @@ import json
 
 import pytest
 
-from control_plane.core import commands as c
-from control_plane.core.resources import Resources
-from control_plane.core.state import ClusterState
-from control_plane.core.values import CommandInfo, TaskInfo, TaskState
-from control_plane.eventlog import EventRecord, MemoryEventStore
-from control_plane.eventlog.replay import entries_from_records, replay_records
-from control_plane.eventlog.snapshots import encode_snapshot
+from tessera.control_plane.core import commands as c
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.state import ClusterState
+from tessera.control_plane.core.values import CommandInfo, TaskInfo, TaskState
+from tessera.control_plane.eventlog import EventRecord, MemoryEventStore
+from tessera.control_plane.eventlog.replay import entries_from_records, replay_records
+from tessera.control_plane.eventlog.snapshots import encode_snapshot
 from tests.faults.checker import AgentUpdate, History, check
 from tests.unit.inspect.workload import Leader
 

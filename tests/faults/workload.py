@@ -36,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sdk import (
+from tessera.sdk import (
     Filters,
     FrameworkInfo,
     Offer,

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from google.protobuf.message import Message
 
-from agent.checkpoint import Checkpoint
-from agent.config import AgentConfig, resolve
-from agent.executor.isolation import RlimitIsolator
-from agent.executor.launcher import ProcessLauncher
-from agent.runtime.agent import Agent, run_in_thread
+from tessera.agent.checkpoint import Checkpoint
+from tessera.agent.config import AgentConfig, resolve
+from tessera.agent.executor.isolation import RlimitIsolator
+from tessera.agent.executor.launcher import ProcessLauncher
+from tessera.agent.runtime.agent import Agent, run_in_thread
 from tessera.v1 import agent_pb2
 from tests.support.cluster import LocalCluster
 
@@ -59,7 +59,7 @@ def test_lost_acks_lead_to_resent_batches_recorded_once_by_the_masters(tmp_path:
         try:
             tasks = 12
             batch = subprocess.run(
-                [sys.executable, "-m", "sdk.examples.batch", "--masters", ",".join(cluster.grpc_addresses()),
+                [sys.executable, "-m", "tessera.sdk.examples.batch", "--masters", ",".join(cluster.grpc_addresses()),
                  "--command", "true", "--count", str(tasks), "--cpus", "0.2", "--mem", "16",
                  "--give-up-after", "60"], capture_output=True, text=True, timeout=180)
             assert batch.returncode == 0, batch.stdout + batch.stderr

@@ -22,7 +22,7 @@ def scrape(port: int) -> str:
 def test_agent_serves_its_resources_and_connection_state(tmp_path: Path) -> None:
     port = free_port()
     with InProcessMaster() as node:
-        proc = subprocess.Popen([sys.executable, "-m", "control_plane.cli.main", "agent", "--masters",
+        proc = subprocess.Popen([sys.executable, "-m", "tessera.control_plane.cli.main", "agent", "--masters",
                                  node.grpc_address, "--data-dir", str(tmp_path / "agent"), "--resources",
                                  "cpus:2;mem:512", "--metrics", f"127.0.0.1:{port}"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

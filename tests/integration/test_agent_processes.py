@@ -1,6 +1,6 @@
 """Real `tessera master` processes (LocalCluster) and real `tessera agent` processes on 127.0.0.1.
 
-Tasks are launched by a small partition-aware framework built on the SDK (`sdk.run.OneShot`). What is
+Tasks are launched by a small partition-aware framework built on the SDK (`tessera.sdk.run.OneShot`). What is
 pinned here: the agent's registration is visible in the master's state; a `kill -9` of the agent leaves
 its task running, and the restarted agent re-registers and reports the task's real exit status; SIGTERM
 stops the agent but not its tasks; an agent that stops heartbeating (SIGSTOP) is marked unreachable and
@@ -25,13 +25,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agent.executor.launcher import kill_tasks_in
-from agent.executor.supervisor import read_json
-from sdk.driver import SchedulerDriver
-from sdk.run import OneShot
-from sdk.types import DEFAULT_ROLE, FrameworkInfo, TaskStatus
-from sdk.types import Resources as SdkResources
-from sdk.types import TaskInfo as SdkTaskInfo
+from tessera.agent.executor.launcher import kill_tasks_in
+from tessera.agent.executor.supervisor import read_json
+from tessera.sdk.driver import SchedulerDriver
+from tessera.sdk.run import OneShot
+from tessera.sdk.types import DEFAULT_ROLE, FrameworkInfo, TaskStatus
+from tessera.sdk.types import Resources as SdkResources
+from tessera.sdk.types import TaskInfo as SdkTaskInfo
 from tessera.v1 import common_pb2, operator_pb2
 from tests.support.cluster import LocalCluster, MasterProc, wait_for
 
@@ -51,7 +51,7 @@ class AgentCluster(LocalCluster):
         if self.password:
             env["TESSERA_RAFT_PASSWORD"] = self.password
         env["PYTHONUNBUFFERED"] = "1"
-        cmd = [sys.executable, "-m", "control_plane.cli.main", "master", "--name", m.name, "--raft", m.raft,
+        cmd = [sys.executable, "-m", "tessera.control_plane.cli.main", "master", "--name", m.name, "--raft", m.raft,
                "--grpc", m.grpc, "--peers", ",".join(m.peers), "--data-dir", str(m.data_dir), *MASTER_FLAGS]
         with open(m.log_path, "ab") as log:
             m.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
@@ -70,7 +70,7 @@ class AgentProcess:
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "control_plane.cli.main", "agent", "--masters", ",".join(self.masters),
+        cmd = [sys.executable, "-m", "tessera.control_plane.cli.main", "agent", "--masters", ",".join(self.masters),
                "--data-dir", str(self.data_dir), "--resources", "cpus:2;mem:1024;disk:2048",
                "--attributes", "rack:r1;zone:a", "--hostname", "agent-host-1", "--heartbeat-interval", "0.5"]
         with open(self.log_path, "ab") as log:
@@ -204,7 +204,7 @@ def test_registration_is_visible_in_the_masters_state(cluster: AgentCluster, age
     assert [(x.begin, x.end) for x in ports[0].ranges] == [(31000, 32000)]
     assert {(a.key, a.value) for a in view.info.attributes} == {("rack", "r1"), ("zone", "a")}
     assert view.info.isolator in ("cgroups_v2", "cgroups_v1", "rlimits")
-    from agent.checkpoint import Checkpoint
+    from tessera.agent.checkpoint import Checkpoint
 
     cp = Checkpoint.open(agent_proc.data_dir / "agent.db")
     try:
@@ -224,7 +224,7 @@ def fork_server_of(agent: AgentProcess) -> psutil.Process:
     def find() -> psutil.Process | None:
         for child in psutil.Process(agent.proc.pid).children():  # type: ignore[union-attr]
             try:
-                if "agent.executor.forkserver" in " ".join(child.cmdline()):
+                if "tessera.agent.executor.forkserver" in " ".join(child.cmdline()):
                     return child
             except psutil.Error:
                 continue

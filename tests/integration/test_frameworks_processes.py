@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sdk import Filters, FrameworkInfo, Resources, Scheduler, SchedulerDriver, TaskInfo
+from tessera.sdk import Filters, FrameworkInfo, Resources, Scheduler, SchedulerDriver, TaskInfo
 from tessera.v1 import common_pb2, operator_pb2
 from tests.support.cluster import LocalCluster, MasterProc, wait_for
 
@@ -74,7 +74,7 @@ def finish(proc: subprocess.Popen[str], cluster: LocalCluster, timeout: float) -
 
 def test_batch_runner_completes_100_tasks(tmp_path: Path) -> None:
     with cluster_with_agents(tmp_path, [("cpus:4;mem:2048", ""), ("cpus:4;mem:2048", "")]) as cluster:
-        proc = run_example("sdk.examples.batch", cluster, "--command", "true", "--count", "100",
+        proc = run_example("tessera.sdk.examples.batch", cluster, "--command", "true", "--count", "100",
                            "--cpus", "0.1", "--mem", "16", "--give-up-after", "120")
         out, err = finish(proc, cluster, 180)
         assert proc.returncode == 0, f"{out}\n{err}\n{cluster.logs()}"
@@ -189,7 +189,7 @@ def keeper_tasks(cluster: LocalCluster, framework_id: str) -> dict[str, int]:
 
 
 def start_keeper(cluster: LocalCluster, tmp: Path, *extra: str) -> subprocess.Popen[str]:
-    return run_example("sdk.examples.service", cluster, "--command", "sleep 300", "--instances", "2",
+    return run_example("tessera.sdk.examples.service", cluster, "--command", "sleep 300", "--instances", "2",
                        "--cpus", "0.1", "--mem", "16", *extra)
 
 
@@ -269,7 +269,7 @@ def test_framework_failover_keeps_its_tasks_and_past_the_timeout_they_are_killed
 
 def test_batch_runner_finishes_when_the_leading_master_is_killed(tmp_path: Path) -> None:
     with cluster_with_agents(tmp_path, [("cpus:4;mem:2048", ""), ("cpus:4;mem:2048", "")]) as cluster:
-        proc = run_example("sdk.examples.batch", cluster, "--command", "sleep 0.3", "--count", "60",
+        proc = run_example("tessera.sdk.examples.batch", cluster, "--command", "sleep 0.3", "--count", "60",
                            "--cpus", "0.25", "--mem", "16", "--give-up-after", "120", "--verbose")
         leader = cluster.leader()
         wait_for(lambda: sum(1 for e in leader.list_events() if e.type == "TaskLaunched") >= 10, 60,
@@ -304,7 +304,7 @@ def test_leader_killed_while_100_tasks_report_loses_no_terminal_update(tmp_path:
     terminal updates is in the event log exactly once (agents retry until a leader acknowledges; apply
     de-duplicates by uuid)."""
     with cluster_with_agents(tmp_path, [("cpus:4;mem:4096", ""), ("cpus:4;mem:4096", "")]) as cluster:
-        proc = run_example("sdk.examples.batch", cluster, "--command", "sleep 3", "--count", "100",
+        proc = run_example("tessera.sdk.examples.batch", cluster, "--command", "sleep 3", "--count", "100",
                            "--cpus", "0.08", "--mem", "8", "--max-retries", "0", "--give-up-after", "120")
         leader = cluster.leader()
         wait_for(lambda: sum(1 for e in leader.list_events()

@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 NODE_PROGRAM = r'''
 import json, os, sys, threading, time
 from pathlib import Path
-from control_plane.replication import RaftReplicator, ReplicationConfig
+from tessera.control_plane.replication import RaftReplicator, ReplicationConfig
 
 root, index, addresses = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(",")
 me = addresses[index]

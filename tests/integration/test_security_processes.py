@@ -28,13 +28,13 @@ import psutil
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from control_plane.api.client import MasterClient
-from control_plane.certs import init_dev_pki
-from control_plane.codec import resources_to_proto
-from control_plane.core.acl import token_digest
-from control_plane.core.resources import Resources
-from control_plane.tls import ClientSecurity, load_tls_dir, server_credentials
-from sdk.run import RunOptions, run_task
+from tessera.control_plane.api.client import MasterClient
+from tessera.control_plane.certs import init_dev_pki
+from tessera.control_plane.codec import resources_to_proto
+from tessera.control_plane.core.acl import token_digest
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.tls import ClientSecurity, load_tls_dir, server_credentials
+from tessera.sdk.run import RunOptions, run_task
 from tessera.v1 import agent_pb2, agent_pb2_grpc, common_pb2, operator_pb2, scheduler_pb2, scheduler_pb2_grpc
 from tests.support.cluster import free_port, wait_for
 
@@ -117,7 +117,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureCluster]
     grpc_address, raft_address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
     env.update(PYTHONUNBUFFERED="1", TESSERA_RAFT_PASSWORD=RAFT_PASSWORD)
-    tessera = [sys.executable, "-m", "control_plane.cli.main"]
+    tessera = [sys.executable, "-m", "tessera.control_plane.cli.main"]
     logs = [root / "master.log", root / "agent.log"]
     procs = []
     with open(logs[0], "ab") as log:
@@ -221,7 +221,7 @@ def test_a_task_runs_end_to_end_over_mtls_with_a_token(cluster: SecureCluster, c
 def test_the_cli_works_with_an_operator_certificate_and_token_file(cluster: SecureCluster) -> None:
     token_file = cluster.pki / "ops.token"
     token_file.write_text(TOKENS["ops"] + "\n")
-    base = [sys.executable, "-m", "control_plane.cli.main", "--masters", cluster.grpc,
+    base = [sys.executable, "-m", "tessera.control_plane.cli.main", "--masters", cluster.grpc,
             "--tls-dir", str(cluster.pki / "operator")]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
     ok = subprocess.run([*base, "--token-file", str(token_file), "--json", "agents"], capture_output=True,
@@ -490,7 +490,7 @@ def _start_master(tmp_path: Path, *flags: str, password: str | None = RAFT_PASSW
     if password:
         env["TESSERA_RAFT_PASSWORD"] = password
     return subprocess.run(
-        [sys.executable, "-m", "control_plane.cli.main", "master", "--name", "m1",
+        [sys.executable, "-m", "tessera.control_plane.cli.main", "master", "--name", "m1",
          "--raft", f"127.0.0.1:{free_port()}", "--grpc", f"127.0.0.1:{free_port()}", "--data-dir",
          str(tmp_path / "m"), *flags], capture_output=True, text=True, timeout=60, env=env)
 
@@ -534,7 +534,7 @@ def test_three_secured_masters_reach_each_other_over_mtls(cluster: SecureCluster
             logs.append(tmp_path / f"{name}.log")
             with open(logs[-1], "ab") as log:
                 procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "control_plane.cli.main", "master", "--name", name, "--raft", raft,
+                    [sys.executable, "-m", "tessera.control_plane.cli.main", "master", "--name", name, "--raft", raft,
                      "--grpc", grpc_address, "--peers", ",".join(r for _, r, _ in members if r != raft),
                      "--data-dir", str(tmp_path / name), "--tls-dir", str(pki / "master"),
                      "--acl", str(pki / "acl.toml")],

@@ -17,7 +17,7 @@ import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
-TESSERA = [sys.executable, "-m", "control_plane.cli.main"]
+TESSERA = [sys.executable, "-m", "tessera.control_plane.cli.main"]
 
 
 def clean_env() -> dict[str, str]:

@@ -16,11 +16,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.executor.launcher import kill_tasks_in
-from sdk.driver import SchedulerDriver
-from sdk.errors import TesseraError
-from sdk.scheduler import Scheduler
-from sdk.types import DEFAULT_ROLE, Filters, FrameworkInfo, Offer, TaskInfo, TaskStatus
+from tessera.agent.executor.launcher import kill_tasks_in
+from tessera.sdk.driver import SchedulerDriver
+from tessera.sdk.errors import TesseraError
+from tessera.sdk.scheduler import Scheduler
+from tessera.sdk.types import DEFAULT_ROLE, Filters, FrameworkInfo, Offer, TaskInfo, TaskStatus
 from tests.support.cluster import LocalCluster, kill_processes_under, spawn
 
 MASTER_FLAGS = ["--agent-heartbeat-interval", "0.5", "--allocation-interval", "0.2"]
@@ -146,7 +146,7 @@ def cluster(root: Path, gc_delay: float | None = None) -> Iterator[Cluster]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if gc_delay is not None:
             env["TESSERA_SANDBOX_GC_DELAY"] = str(gc_delay)
-        cmd = [sys.executable, "-m", "control_plane.cli.main", "agent", "--masters",
+        cmd = [sys.executable, "-m", "tessera.control_plane.cli.main", "agent", "--masters",
                ",".join(masters.grpc_addresses()), "--data-dir", str(agent_dir),
                "--resources", "cpus:4;mem:2048;disk:2048", "--hostname", "sandbox-agent",
                "--heartbeat-interval", "0.5"]

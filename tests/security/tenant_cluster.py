@@ -19,11 +19,11 @@ from typing import Any
 
 import grpc
 
-from control_plane.api.client import MasterClient
-from control_plane.certs import init_dev_pki
-from control_plane.codec import resources_to_proto
-from control_plane.core.resources import Resources
-from control_plane.tls import ClientSecurity
+from tessera.control_plane.api.client import MasterClient
+from tessera.control_plane.certs import init_dev_pki
+from tessera.control_plane.codec import resources_to_proto
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.tls import ClientSecurity
 from tessera.v1 import common_pb2, operator_pb2, operator_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from tests.support.cluster import free_port, spawn, wait_for
 
@@ -80,7 +80,7 @@ def secure_cluster(root: Path, acl: str, tokens: dict[str, str]) -> Iterator[Ten
     grpc_address, raft_address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
     env.update(PYTHONUNBUFFERED="1", TESSERA_RAFT_PASSWORD=RAFT_PASSWORD)
-    tessera = [sys.executable, "-m", "control_plane.cli.main"]
+    tessera = [sys.executable, "-m", "tessera.control_plane.cli.main"]
     logs = [root / "master.log", root / "agent.log"]
     procs = [spawn([*tessera, "master", "--name", "m1", "--raft", raft_address, "--grpc", grpc_address,
                     "--data-dir", str(root / "m1"), "--tls-dir", str(pki / "master"), "--acl", str(pki / "acl.toml"),

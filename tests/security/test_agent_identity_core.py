@@ -13,13 +13,13 @@ import pickle
 
 import pytest
 
-from control_plane.codec import entry_from_bytes, entry_to_bytes
-from control_plane.core import commands as c
-from control_plane.core.errors import PermissionDenied
-from control_plane.core.events import AgentRegistered
-from control_plane.core.resources import Resources
-from control_plane.core.state import AgentRecord
-from control_plane.core.values import AgentInfo, TaskState, TaskStatus
+from tessera.control_plane.codec import entry_from_bytes, entry_to_bytes
+from tessera.control_plane.core import commands as c
+from tessera.control_plane.core.errors import PermissionDenied
+from tessera.control_plane.core.events import AgentRegistered
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.state import AgentRecord
+from tessera.control_plane.core.values import AgentInfo, TaskState, TaskStatus
 from tests.unit.core.harness import AGENT_RESOURCES, Harness, task
 
 
@@ -96,7 +96,7 @@ def test_development_mode_agents_have_the_empty_identity_and_keep_working(h: Har
 
 
 def test_an_identity_longer_than_an_id_is_invalid(h: Harness) -> None:
-    from control_plane.core.errors import InvalidRequest
+    from tessera.control_plane.core.errors import InvalidRequest
 
     with pytest.raises(InvalidRequest, match="identity"):
         h.decide(c.RegisterAgent(AgentInfo(hostname="h", resources=Resources.of(cpus=1)), identity="x" * 10_000))
@@ -114,7 +114,7 @@ def test_a_snapshot_of_an_earlier_version_restores_agents_with_the_empty_identit
 
 
 def test_the_leaders_id_source_mints_agent_ids_from_fresh_random_bits() -> None:
-    from control_plane.runtime.master import new_id
+    from tessera.control_plane.runtime.master import new_id
 
     ids = [new_id("agent") for _ in range(64)]
     suffixes = [i.removeprefix("agent-") for i in ids]

@@ -24,13 +24,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from control_plane.api.auth import load_acl
-from control_plane.api.client import MasterClient
-from control_plane.certs import init_dev_pki
-from control_plane.codec import resources_to_proto
-from control_plane.core.acl import token_digest
-from control_plane.core.resources import Resources
-from control_plane.tls import ClientSecurity
+from tessera.control_plane.api.auth import load_acl
+from tessera.control_plane.api.client import MasterClient
+from tessera.control_plane.certs import init_dev_pki
+from tessera.control_plane.codec import resources_to_proto
+from tessera.control_plane.core.acl import token_digest
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.tls import ClientSecurity
 from tessera.v1 import common_pb2, operator_pb2, scheduler_pb2, scheduler_pb2_grpc
 from tests.support.cluster import free_port, wait_for
 
@@ -72,7 +72,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     grpc_address, raft_address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
     env.update(PYTHONUNBUFFERED="1", TESSERA_RAFT_PASSWORD=(pki / "raft-password").read_text().strip())
-    tessera = [sys.executable, "-m", "control_plane.cli.main"]
+    tessera = [sys.executable, "-m", "tessera.control_plane.cli.main"]
     logs = [root / "master.log", root / "agent.log"]
     procs: list[subprocess.Popen[bytes]] = []
     with open(logs[0], "ab") as log:

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from control_plane.codec import resources_to_proto
-from control_plane.core.acl import token_digest
-from control_plane.core.resources import Resources
+from tessera.control_plane.codec import resources_to_proto
+from tessera.control_plane.core.acl import token_digest
+from tessera.control_plane.core.resources import Resources
 from tessera.v1 import common_pb2, operator_pb2
 from tests.security.tenant_cluster import TenantCluster, code_of, secure_cluster
 
@@ -76,8 +76,8 @@ def test_a_framework_certificate_with_an_operator_token_cannot_write(cluster: Te
 
 
 def test_the_certificate_table_gives_frameworks_operator_reads_only() -> None:
-    from control_plane.core.acl import OPERATOR_ACTIONS, check_peer
-    from control_plane.core.errors import PermissionDenied
+    from tessera.control_plane.core.acl import OPERATOR_ACTIONS, check_peer
+    from tessera.control_plane.core.errors import PermissionDenied
 
     for method, action in OPERATOR_ACTIONS.items():
         check_peer("operator", f"/tessera.v1.Operator/{method}")

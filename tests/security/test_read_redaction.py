@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 import pytest
 
-from control_plane.core.acl import token_digest
+from tessera.control_plane.core.acl import token_digest
 from tessera.v1 import common_pb2, operator_pb2
 from tests.security.tenant_cluster import Tenant, TenantCluster, launch, secure_cluster, subscribe
 

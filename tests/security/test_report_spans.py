@@ -23,12 +23,18 @@ from pathlib import Path
 import grpc
 import pytest
 
-from control_plane.api.operator import OperatorService
-from control_plane.api.server import MasterServer
-from control_plane.core.acl import Caller, Grant, token_digest
-from control_plane.core.errors import PermissionDenied
-from control_plane.core.spans import SpanLimits, TaskPlacement, check_span_report
-from control_plane.eventlog import EventRecord, EventStore, MemoryEventStore, SpanRecord, SqliteEventStore
+from tessera.control_plane.api.operator import OperatorService
+from tessera.control_plane.api.server import MasterServer
+from tessera.control_plane.core.acl import Caller, Grant, token_digest
+from tessera.control_plane.core.errors import PermissionDenied
+from tessera.control_plane.core.spans import SpanLimits, TaskPlacement, check_span_report
+from tessera.control_plane.eventlog import (
+    EventRecord,
+    EventStore,
+    MemoryEventStore,
+    SpanRecord,
+    SqliteEventStore,
+)
 from tessera.v1 import operator_pb2, operator_pb2_grpc
 from tests.security.tenant_cluster import Tenant, TenantCluster, code_of, launch, secure_cluster, subscribe
 from tests.support.cluster import free_port, wait_for

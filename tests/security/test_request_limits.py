@@ -17,14 +17,14 @@ from pathlib import Path
 import grpc
 import pytest
 
-from control_plane.api.auth import Guard
-from control_plane.certs import init_dev_pki
-from control_plane.codec import resources_to_proto
-from control_plane.core.acl import parse_acl, token_digest
-from control_plane.core.limits import MasterLimits
-from control_plane.core.resources import Resources
-from control_plane.replication import GroupCommitConfig
-from control_plane.tls import ClientSecurity, load_tls_dir, server_credentials
+from tessera.control_plane.api.auth import Guard
+from tessera.control_plane.certs import init_dev_pki
+from tessera.control_plane.codec import resources_to_proto
+from tessera.control_plane.core.acl import parse_acl, token_digest
+from tessera.control_plane.core.limits import MasterLimits
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.replication import GroupCommitConfig
+from tessera.control_plane.tls import ClientSecurity, load_tls_dir, server_credentials
 from tessera.v1 import common_pb2, operator_pb2, operator_pb2_grpc, scheduler_pb2
 from tests.support.inprocess import InProcessMaster
 from tests.support.scripted import ScriptedAgent, ScriptedFramework

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from sdk.types import Resources, TaskInfo
+from tessera.sdk.types import Resources, TaskInfo
 from tests.security.sandbox_support import cluster
 from tests.support.cluster import kill_processes_under, wait_for
 
@@ -129,7 +129,7 @@ def test_data_files_of_tessera_up_are_not_readable_by_other_users(tmp_path: Path
     env["PYTHONUNBUFFERED"] = "1"
     previous = os.umask(0o022)  # an ordinary login's umask: the cluster must not depend on its caller's
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "control_plane.cli.main", "up", "--masters", "1", "--agents",
+        proc = subprocess.Popen([sys.executable, "-m", "tessera.control_plane.cli.main", "up", "--masters", "1", "--agents",
                                  "1", "--data-dir", str(data_dir), "--quiet"], cwd=tmp_path, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     finally:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from sdk.errors import InvalidRequest
-from sdk.types import Resources, TaskInfo
+from tessera.sdk.errors import InvalidRequest
+from tessera.sdk.types import Resources, TaskInfo
 from tests.security.sandbox_support import cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -58,7 +58,7 @@ def test_escaping_working_dirs_are_refused_and_create_nothing_outside_the_sandbo
 
 
 def test_a_working_dir_through_a_symlink_out_of_the_sandbox_is_refused(tmp_path: Path) -> None:
-    from agent.executor.sandbox import SANDBOX_SUBDIR, sandbox_name
+    from tessera.agent.executor.sandbox import SANDBOX_SUBDIR, sandbox_name
 
     target = tmp_path / "target"
     target.mkdir()

@@ -25,7 +25,7 @@ from tests.support.cluster import free_port, spawn, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
-TESSERA = [sys.executable, "-m", "control_plane.cli.main"]
+TESSERA = [sys.executable, "-m", "tessera.control_plane.cli.main"]
 PASSWORD = "cmdline-test-raft-password-Zq8Lw2Vd9Rk4"
 TOKEN = "cmdline-test-token-Hf3Np7Xc1Tb6"
 

@@ -27,9 +27,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from control_plane.certs import init_dev_pki
-from control_plane.core.acl import token_digest
-from control_plane.tls import ClientSecurity
+from tessera.control_plane.certs import init_dev_pki
+from tessera.control_plane.core.acl import token_digest
+from tessera.control_plane.tls import ClientSecurity
 from tessera.v1 import agent_pb2, agent_pb2_grpc, operator_pb2, operator_pb2_grpc
 from tests.support.cluster import free_port, wait_for
 
@@ -72,7 +72,7 @@ def master(tmp_path: Path) -> Iterator[Master]:
     log = tmp_path / "master.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "control_plane.cli.main", "master", "--name", "m1", "--raft", raft_address,
+            [sys.executable, "-m", "tessera.control_plane.cli.main", "master", "--name", "m1", "--raft", raft_address,
              "--grpc", grpc_address, "--data-dir", str(tmp_path / "m1"), "--tls-dir", str(pki / "master"),
              "--acl", str(pki / "acl.toml"), "--grpc-workers", str(WORKERS),
              "--limit", "agent_register_timeout=1"],

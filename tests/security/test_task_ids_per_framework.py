@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from control_plane.core import commands as c
-from control_plane.core.errors import Conflict, NotFound
-from control_plane.core.invariants import check_invariants
-from control_plane.core.state import TaskKey
-from control_plane.core.values import TaskState, TaskStatus
+from tessera.control_plane.core import commands as c
+from tessera.control_plane.core.errors import Conflict, NotFound
+from tessera.control_plane.core.invariants import check_invariants
+from tessera.control_plane.core.state import TaskKey
+from tessera.control_plane.core.values import TaskState, TaskStatus
 from tessera.v1 import common_pb2, scheduler_pb2
 from tests.support.cluster import wait_for
 from tests.support.inprocess import InProcessMaster
@@ -111,8 +111,8 @@ def test_a_frameworks_own_duplicate_is_refused_without_naming_another_framework(
 def test_a_bare_task_id_from_an_older_agent_names_one_task_or_is_refused(h: Harness) -> None:
     """An agent of an earlier version sends statuses without framework_id: a bare id names the one task
     of that id on the agent; when two frameworks run one there it names neither (never the wrong one)."""
-    from control_plane.core.errors import InvalidRequest
-    from control_plane.core.values import AgentInfo
+    from tessera.control_plane.core.errors import InvalidRequest
+    from tessera.control_plane.core.values import AgentInfo
 
     aid = h.agent()
     alice, bob = h.framework(principal="alice"), h.framework(principal="bob")
@@ -189,8 +189,8 @@ def test_two_frameworks_run_the_same_task_id_on_one_agent_over_grpc() -> None:
 # ---- the event log and the CLI take FRAMEWORK_ID/TASK_ID, or a bare id when it is unambiguous -------
 def _two_web1(node: InProcessMaster) -> tuple[str, str]:
     """Two frameworks, each with a live `web-1` on one agent; a third framework's `solo` task."""
-    from control_plane.core.resources import Resources
-    from control_plane.core.values import AgentInfo, CommandInfo, FrameworkInfo, Offer, TaskInfo
+    from tessera.control_plane.core.resources import Resources
+    from tessera.control_plane.core.values import AgentInfo, CommandInfo, FrameworkInfo, Offer, TaskInfo
 
     m = node.master
     m.propose([c.RegisterAgent(AgentInfo(hostname="h1", resources=Resources.parse("cpus:4;mem:1024")))])
@@ -213,8 +213,8 @@ def test_timeline_tasks_and_trace_name_a_task_by_framework_and_refuse_an_ambiguo
 
     import grpc
 
-    from control_plane.eventlog.errors import AmbiguousTask
-    from control_plane.eventlog.timeline import resolve_task
+    from tessera.control_plane.eventlog.errors import AmbiguousTask
+    from tessera.control_plane.eventlog.timeline import resolve_task
     from tessera.v1 import operator_pb2
     from tests.unit.inspect.cli import ok, one_line_error, tessera
 
@@ -252,10 +252,10 @@ def test_timeline_tasks_and_trace_name_a_task_by_framework_and_refuse_an_ambiguo
 
 # ---- the SDK's FakeMaster keeps the same rule -------------------------------------------------------
 def test_the_sdk_fake_master_scopes_task_ids_per_framework() -> None:
-    from sdk import Conflict as SdkConflict
-    from sdk import FrameworkInfo, Resources, Scheduler, SchedulerDriver
-    from sdk import TaskInfo as SdkTaskInfo
-    from sdk.testing import FakeMaster
+    from tessera.sdk import Conflict as SdkConflict
+    from tessera.sdk import FrameworkInfo, Resources, Scheduler, SchedulerDriver
+    from tessera.sdk import TaskInfo as SdkTaskInfo
+    from tessera.sdk.testing import FakeMaster
 
     class Web1(Scheduler):
         def __init__(self) -> None:
@@ -300,7 +300,7 @@ def test_the_sdk_fake_master_scopes_task_ids_per_framework() -> None:
 
 # ---- real processes: tessera master x3 + a tessera agent running real tasks, SDK frameworks -------
 def test_two_sdk_frameworks_share_a_task_id_on_one_real_agent(tmp_path: Path) -> None:
-    from sdk import FrameworkInfo, Resources, Scheduler, SchedulerDriver, TaskInfo
+    from tessera.sdk import FrameworkInfo, Resources, Scheduler, SchedulerDriver, TaskInfo
     from tests.integration.test_frameworks_processes import cluster_with_agents
 
     class OneTask(Scheduler):

@@ -2,7 +2,7 @@
 
 A master is a real pysyncobj node (``SimRaftNode``) applying committed entries into a real
 ``MasterStateMachine``, plus a second shell around the production leader duties of
-``control_plane.runtime.duties`` (``LeaderDuties`` in ``control_plane.runtime.leader`` is the threaded
+``tessera.control_plane.runtime.duties`` (``LeaderDuties`` in ``tessera.control_plane.runtime.leader`` is the threaded
 one). The duties decide, as data, what is due (``tick``), what committed events justify sending
 (``react``), what a new leader must do (``elected``), how offers become entries (``offer_proposals``) and
 which tasks a re-registering agent must kill (``orphaned``); the ``Ledger`` keeps their bookkeeping as the
@@ -15,21 +15,21 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from control_plane.allocation import allocate, snapshot_from_state
-from control_plane.codec import entry_to_bytes
-from control_plane.core import commands as cmd
-from control_plane.core import events as ev
-from control_plane.core.apply import ApplyResult
-from control_plane.core.errors import TesseraError
-from control_plane.core.values import TaskKey
-from control_plane.eventlog import EventRecord
-from control_plane.eventlog.records import EventRow
-from control_plane.replication.config import ReplicationConfig
-from control_plane.replication.sim import FAIL_SUCCESS, SimRaftNode
-from control_plane.runtime import duties
-from control_plane.runtime.duties import LeaderSettings
-from control_plane.runtime.master import decide_entry
-from control_plane.runtime.statemachine import Applied, MasterStateMachine
+from tessera.control_plane.allocation import allocate, snapshot_from_state
+from tessera.control_plane.codec import entry_to_bytes
+from tessera.control_plane.core import commands as cmd
+from tessera.control_plane.core import events as ev
+from tessera.control_plane.core.apply import ApplyResult
+from tessera.control_plane.core.errors import TesseraError
+from tessera.control_plane.core.values import TaskKey
+from tessera.control_plane.eventlog import EventRecord
+from tessera.control_plane.eventlog.records import EventRow
+from tessera.control_plane.replication.config import ReplicationConfig
+from tessera.control_plane.replication.sim import FAIL_SUCCESS, SimRaftNode
+from tessera.control_plane.runtime import duties
+from tessera.control_plane.runtime.duties import LeaderSettings
+from tessera.control_plane.runtime.master import decide_entry
+from tessera.control_plane.runtime.statemachine import Applied, MasterStateMachine
 from tests.sim.twins import AgentTwin, FrameworkTwin, Request
 
 if TYPE_CHECKING:

@@ -14,8 +14,8 @@ from typing import cast
 
 import pytest
 
-from control_plane.eventlog import EventStore
-from control_plane.runtime.statemachine import MasterStateMachine
+from tessera.control_plane.eventlog import EventStore
+from tessera.control_plane.runtime.statemachine import MasterStateMachine
 from tests.sim.world import EventTrail, Simulation, Violation, master_state_machine, run_seed
 
 CI_SEEDS = 200
@@ -150,9 +150,9 @@ def test_the_scenarios_exercise_the_whole_lifecycle() -> None:
 
 
 def test_the_simulation_runs_the_production_leader_duties(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The sim's leader is a shell around `control_plane.runtime.duties` (as `LeaderDuties` is): every
+    """The sim's leader is a shell around `tessera.control_plane.runtime.duties` (as `LeaderDuties` is): every
     decision of a seed goes through the production functions, and the sim keeps no copy of them."""
-    from control_plane.runtime import duties
+    from tessera.control_plane.runtime import duties
 
     calls: dict[str, int] = {}
     for name in ("tick", "react", "elected", "offer_proposals", "orphaned", "unacknowledged"):

@@ -21,10 +21,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from control_plane.core import commands as cmd
-from control_plane.core.lifecycle import is_terminal
-from control_plane.core.resources import Resources
-from control_plane.core.values import (
+from tessera.control_plane.core import commands as cmd
+from tessera.control_plane.core.lifecycle import is_terminal
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.values import (
     AgentInfo,
     CommandInfo,
     FrameworkInfo,

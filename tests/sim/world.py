@@ -3,14 +3,14 @@
 Theory of operation
 -------------------
 One seed fixes everything. ``Simulation(seed)`` builds three masters, each a real pysyncobj node
-(``control_plane.replication.sim.SimRaftNode``: in-memory network, fake clock, seeded elections, pysyncobj
+(``tessera.control_plane.replication.sim.SimRaftNode``: in-memory network, fake clock, seeded elections, pysyncobj
 journal, meta and dump files in a temporary directory, on /dev/shm when there is one) applying committed
 entries through the real replicated method into a real ``MasterStateMachine``
-(``control_plane.runtime.statemachine``). A crashed master is rebuilt over its files and recovers as a
+(``tessera.control_plane.runtime.statemachine``). A crashed master is rebuilt over its files and recovers as a
 restarted process does: dump first, then the journal, with the term, vote and commit index of its meta
 file as last written before the crash. Commands come from the real
 pure core: ``decide_entry`` (the function ``Master`` proposes with), ``decide``, ``apply`` and the
-allocator. The leader duties are the production ones: ``control_plane.runtime.duties`` decides them as
+allocator. The leader duties are the production ones: ``tessera.control_plane.runtime.duties`` decides them as
 data (``tick``, ``react``, ``elected``, ``offer_proposals``, ``orphaned``, with its ``Ledger`` for the
 bookkeeping), and ``SimMaster`` (``tests.sim.master``) is a second shell around those functions, as
 ``LeaderDuties`` is the threaded one: its leader loop (``SimMaster.leader_loop``) runs the
@@ -52,11 +52,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from control_plane.core.apply import ApplyResult
-from control_plane.core.invariants import check_invariants
-from control_plane.core.resources import Resources
-from control_plane.eventlog import EventStore
-from control_plane.replication.sim import (
+from tessera.control_plane.core.apply import ApplyResult
+from tessera.control_plane.core.invariants import check_invariants
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.eventlog import EventStore
+from tessera.control_plane.replication.sim import (
     RaftEntry,
     Scheduler,
     SimClock,
@@ -64,7 +64,7 @@ from control_plane.replication.sim import (
     SimRaftNode,
     deterministic_pysyncobj,
 )
-from control_plane.runtime.statemachine import Applied, MasterStateMachine
+from tessera.control_plane.runtime.statemachine import Applied, MasterStateMachine
 from tests.sim.master import EventTrail, SimMaster
 from tests.sim.twins import TWIN_PERIOD, AgentTwin, FrameworkTwin, Request
 

@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from control_plane.api.client import MasterClient
-from control_plane.cli.up import free_port, free_ports  # noqa: F401 - one definition, shared with `tessera up` (re-exported)
+from tessera.control_plane.api.client import MasterClient
+from tessera.control_plane.cli.up import free_port, free_ports  # noqa: F401 - one definition, shared with `tessera up` (re-exported)
 from tessera.v1 import operator_pb2, operator_pb2_grpc
 
 T = TypeVar("T")
@@ -148,7 +148,7 @@ class LocalCluster:
         if self.password:
             env["TESSERA_RAFT_PASSWORD"] = self.password
         env["PYTHONUNBUFFERED"] = "1"
-        cmd = [sys.executable, "-m", "control_plane.cli.main", "master", "--name", m.name, "--raft", m.raft,
+        cmd = [sys.executable, "-m", "tessera.control_plane.cli.main", "master", "--name", m.name, "--raft", m.raft,
                "--grpc", m.grpc, "--peers", ",".join(m.peers), "--data-dir", str(m.data_dir), "--insecure-dev",
                *self.master_flags, *m.extra_flags]
         m.stopped_by_test = False
@@ -187,7 +187,7 @@ class LocalCluster:
 
     def start_agent(self, a: AgentProc) -> None:
         assert not a.alive, f"{a.name} is already running"
-        cmd = [sys.executable, "-m", "control_plane.cli.main", "agent", "--masters", ",".join(self.grpc_addresses()),
+        cmd = [sys.executable, "-m", "tessera.control_plane.cli.main", "agent", "--masters", ",".join(self.grpc_addresses()),
                "--data-dir", str(a.data_dir), "--resources", a.resources, "--hostname", a.name]
         if a.attributes:
             cmd += ["--attributes", a.attributes]

@@ -8,17 +8,17 @@ from typing import Any
 
 import grpc
 
-from control_plane.api.agentlink import FIRST_MESSAGE_TIMEOUT, AgentLinkService
-from control_plane.api.auth import Guard
-from control_plane.api.operator import OperatorService
-from control_plane.api.scheduler import SchedulerService
-from control_plane.api.server import MasterServer
-from control_plane.core.limits import MasterLimits
-from control_plane.eventlog import EventStore, MemoryEventStore
-from control_plane.replication import GroupCommitConfig, LocalReplicator
-from control_plane.runtime.leader import LeaderDuties, LeaderSettings, default_allocator
-from control_plane.runtime.master import Master, MasterIdentity
-from control_plane.runtime.statemachine import MasterStateMachine
+from tessera.control_plane.api.agentlink import FIRST_MESSAGE_TIMEOUT, AgentLinkService
+from tessera.control_plane.api.auth import Guard
+from tessera.control_plane.api.operator import OperatorService
+from tessera.control_plane.api.scheduler import SchedulerService
+from tessera.control_plane.api.server import MasterServer
+from tessera.control_plane.core.limits import MasterLimits
+from tessera.control_plane.eventlog import EventStore, MemoryEventStore
+from tessera.control_plane.replication import GroupCommitConfig, LocalReplicator
+from tessera.control_plane.runtime.leader import LeaderDuties, LeaderSettings, default_allocator
+from tessera.control_plane.runtime.master import Master, MasterIdentity
+from tessera.control_plane.runtime.statemachine import MasterStateMachine
 from tessera.v1 import agent_pb2_grpc, operator_pb2_grpc, scheduler_pb2_grpc
 from tests.support.cluster import free_port
 

@@ -22,8 +22,8 @@ class ScriptedAgent:
     def __init__(self, channel: grpc.Channel, *, hostname: str = "host-1", resources: str = "cpus:4;mem:4096",
                  attributes: tuple[tuple[str, str], ...] = (), final_state: int = common_pb2.TASK_FINISHED,
                  auto_run: bool = True, agent_id: str = "", capabilities: tuple[str, ...] = ()) -> None:
-        from control_plane.codec import resources_to_proto
-        from control_plane.core.resources import Resources
+        from tessera.control_plane.codec import resources_to_proto
+        from tessera.control_plane.core.resources import Resources
 
         self.stub = agent_pb2_grpc.AgentLinkStub(channel)
         self.info = common_pb2.AgentInfo(hostname=hostname, isolator="scripted")
@@ -207,8 +207,8 @@ class ScriptedFramework:
     def launch(self, offer: common_pb2.Offer, task_id: str, resources: str | list[common_pb2.Resource] = "cpus:0.5;mem:64",
                command: str = "true") -> None:
         """Accept `offer` launching one task; `resources` as text, or raw protos (to send bad input)."""
-        from control_plane.codec import resources_to_proto
-        from control_plane.core.resources import Resources
+        from tessera.control_plane.codec import resources_to_proto
+        from tessera.control_plane.core.resources import Resources
 
         task = common_pb2.TaskInfo(task_id=task_id, name=task_id, agent_id=offer.agent_id,
                                    command=common_pb2.CommandInfo(shell=True, value=command))

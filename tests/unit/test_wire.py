@@ -1,4 +1,4 @@
-"""control_plane.wire: the wire facts the agent, the SDK and the operator client share."""
+"""tessera.control_plane.wire: the wire facts the agent, the SDK and the operator client share."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from control_plane import wire
-from control_plane.wire import LEADER_METADATA_KEY, Backoff, leader_hint, parse_masters, rounds
+from tessera.control_plane import wire
+from tessera.control_plane.wire import LEADER_METADATA_KEY, Backoff, leader_hint, parse_masters, rounds
 
 ROOT = Path(__file__).resolve().parents[2]
 

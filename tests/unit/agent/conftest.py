@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from agent.checkpoint import Checkpoint
-from agent.config import AgentConfig, resolve
-from agent.executor.isolation import Isolator, RlimitIsolator
-from agent.executor.launcher import ProcessLauncher
-from agent.runtime.agent import Agent, run_in_thread
+from tessera.agent.checkpoint import Checkpoint
+from tessera.agent.config import AgentConfig, resolve
+from tessera.agent.executor.isolation import Isolator, RlimitIsolator
+from tessera.agent.executor.launcher import ProcessLauncher
+from tessera.agent.runtime.agent import Agent, run_in_thread
 from tests.unit.agent.fake_master import FakeMaster
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from agent.checkpoint import Checkpoint
+from tessera.agent.checkpoint import Checkpoint
 from tessera.v1 import agent_pb2, common_pb2
 from tests.unit.agent.conftest import RunningAgent
 from tests.unit.agent.fake_master import FakeMaster

@@ -16,9 +16,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from agent.checkpoint import Checkpoint
-from agent.executor.supervisor import read_json
-from control_plane.core.values import TaskKey
+from tessera.agent.checkpoint import Checkpoint
+from tessera.agent.executor.supervisor import read_json
+from tessera.control_plane.core.values import TaskKey
 from tessera.v1 import agent_pb2, common_pb2
 from tests.unit.agent.conftest import AgentFactory, RunningAgent
 from tests.unit.agent.fake_master import FakeMaster
@@ -386,10 +386,10 @@ def test_many_run_tasks_at_once_each_update_written_before_it_was_sent(fake_mast
 
 
 def test_a_task_killed_in_the_turn_it_arrived_in_is_killed_without_being_started(tmp_path: Path) -> None:
-    from agent.config import AgentConfig, resolve
-    from agent.executor.isolation import RlimitIsolator
-    from agent.executor.launcher import ProcessLauncher
-    from agent.runtime.agent import Agent
+    from tessera.agent.config import AgentConfig, resolve
+    from tessera.agent.executor.isolation import RlimitIsolator
+    from tessera.agent.executor.launcher import ProcessLauncher
+    from tessera.agent.runtime.agent import Agent
 
     config = resolve(AgentConfig(masters=("127.0.0.1:1",), data_dir=tmp_path / "agent",
                                  resources="cpus:2;mem:1024;disk:1024", hostname="test-host"))

@@ -6,9 +6,16 @@ import dataclasses
 import sqlite3
 from pathlib import Path
 
-from agent.checkpoint import Checkpoint
-from control_plane.core.resources import Resources
-from control_plane.core.values import CommandInfo, StatusSource, TaskInfo, TaskKey, TaskState, TaskStatus
+from tessera.agent.checkpoint import Checkpoint
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.values import (
+    CommandInfo,
+    StatusSource,
+    TaskInfo,
+    TaskKey,
+    TaskState,
+    TaskStatus,
+)
 
 S = TaskState
 
@@ -178,7 +185,7 @@ def test_a_schema_1_file_keyed_by_task_id_is_upgraded_in_place(tmp_path: Path) -
         "CREATE TABLE updates (seq INTEGER PRIMARY KEY, task_id TEXT NOT NULL, uuid TEXT NOT NULL, state INTEGER,"
         " status BLOB NOT NULL, traceparent TEXT, acknowledged INTEGER);"
         "INSERT INTO meta VALUES ('schema_version', '1'), ('agent_id', 'agent-7');")
-    from agent.checkpoint import status_to_bytes, task_info_to_bytes
+    from tessera.agent.checkpoint import status_to_bytes, task_info_to_bytes
 
     old.execute("INSERT INTO tasks VALUES ('t1', 'fw', ?, 3, '/s/t1', 42, 1.5, '{}', 0, 0, 0, '', 1)",
                 [task_info_to_bytes(task("t1"))])

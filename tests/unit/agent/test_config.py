@@ -7,7 +7,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agent.config import AgentConfig, ConfigError, detect_resources, parse_attributes, parse_masters, resolve
+from tessera.agent.config import (
+    AgentConfig,
+    ConfigError,
+    detect_resources,
+    parse_attributes,
+    parse_masters,
+    resolve,
+)
 
 
 def test_detected_resources_come_from_the_machine(tmp_path: Path) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.core.dialing import Backoff, DialPlan
-from agent.core.tasks import (
+from tessera.agent.core.dialing import Backoff, DialPlan
+from tessera.agent.core.tasks import (
     REASON_COMMAND_EXECUTOR_FAILED,
     REASON_CONTAINER_LIMITATION_MEMORY,
     AgentTask,
@@ -18,8 +18,15 @@ from agent.core.tasks import (
     terminal_status,
     validate_task,
 )
-from control_plane.core.lifecycle import TRANSITIONS, can_transition
-from control_plane.core.values import CommandInfo, StatusSource, TaskInfo, TaskKey, TaskState, TaskStatus
+from tessera.control_plane.core.lifecycle import TRANSITIONS, can_transition
+from tessera.control_plane.core.values import (
+    CommandInfo,
+    StatusSource,
+    TaskInfo,
+    TaskKey,
+    TaskState,
+    TaskStatus,
+)
 
 S = TaskState
 
@@ -197,7 +204,7 @@ def test_dial_plan_walks_the_list_with_delays_growing_per_round_capped_and_jitte
     # every master is tried once before the wait doubles
     assert dials == [("m2", 0.1), ("m3", 0.1), ("m1", 0.1), ("m2", 0.2), ("m3", 0.2), ("m1", 0.2),
                      ("m2", 0.4), ("m3", 0.4), ("m1", 0.4), ("m2", 0.4)]
-    # the one backoff policy (control_plane.wire): jitter only shortens the wait, so `maximum` is the cap
+    # the one backoff policy (tessera.control_plane.wire): jitter only shortens the wait, so `maximum` is the cap
     high = plan.after("m3", healthy=False, leader_hint=None, fraction=0.0).delay
     low = plan.after("m1", healthy=False, leader_hint=None, fraction=0.999).delay
     assert high == pytest.approx(0.4) and low == pytest.approx(0.2, abs=1e-3)

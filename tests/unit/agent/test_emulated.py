@@ -3,7 +3,7 @@ STARTING/RUNNING/FINISHED without running anything, honour kills and terms, re-r
 
 from __future__ import annotations
 
-from agent.emulated import EmulatedAgents, EmulatedConfig
+from tessera.agent.emulated import EmulatedAgents, EmulatedConfig
 from tessera.v1 import agent_pb2, common_pb2
 from tests.unit.agent.fake_master import FakeMaster
 

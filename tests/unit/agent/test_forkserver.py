@@ -16,12 +16,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agent.executor.forkserver import ForkServer
-from agent.executor.isolation import RlimitIsolator
-from agent.executor.launcher import LaunchError, LaunchHandle, ProcessLauncher, kill_tasks_in
-from agent.executor.supervisor import read_json
-from control_plane.core.resources import Resources
-from control_plane.core.values import CommandInfo, TaskInfo
+from tessera.agent.executor.forkserver import ForkServer
+from tessera.agent.executor.isolation import RlimitIsolator
+from tessera.agent.executor.launcher import LaunchError, LaunchHandle, ProcessLauncher, kill_tasks_in
+from tessera.agent.executor.supervisor import read_json
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.values import CommandInfo, TaskInfo
 from tests.unit.agent.test_launcher import wait
 
 

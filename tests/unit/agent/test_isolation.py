@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError
-from agent.core.tasks import REASON_CONTAINER_LIMITATION_MEMORY, terminal_status
-from agent.executor.isolation import (
+from tessera.agent.config import ConfigError
+from tessera.agent.core.tasks import REASON_CONTAINER_LIMITATION_MEMORY, terminal_status
+from tessera.agent.executor.isolation import (
     CgroupsV1Isolator,
     CgroupsV2Isolator,
     Isolator,
@@ -25,9 +25,9 @@ from agent.executor.isolation import (
     parse_mountinfo,
     parse_proc_cgroup,
 )
-from agent.executor.launcher import ProcessLauncher
-from control_plane.core.resources import Resources
-from control_plane.core.values import CommandInfo, TaskInfo, TaskState
+from tessera.agent.executor.launcher import ProcessLauncher
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.values import CommandInfo, TaskInfo, TaskState
 
 HYBRID_MOUNTINFO = """\
 31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
@@ -202,7 +202,7 @@ def fake_cgroup2(root: Path, controllers: str = "cpu memory io") -> Path:
 
 
 def test_v2_enables_controllers_on_the_way_down_and_writes_the_limits(tmp_path: Path) -> None:
-    from agent.executor.isolation import _enable_v2_controllers
+    from tessera.agent.executor.isolation import _enable_v2_controllers
 
     mount = fake_cgroup2(tmp_path / "cg")
     base = mount / "agent.service" / "tessera"
@@ -223,7 +223,7 @@ def test_v2_enables_controllers_on_the_way_down_and_writes_the_limits(tmp_path: 
 
 
 def test_v2_without_memory_controller_is_unavailable(tmp_path: Path) -> None:
-    from agent.executor.isolation import IsolationUnavailable, _enable_v2_controllers
+    from tessera.agent.executor.isolation import IsolationUnavailable, _enable_v2_controllers
 
     mount = fake_cgroup2(tmp_path / "cg", controllers="hugetlb")
     with pytest.raises(IsolationUnavailable, match="lacks the cpu or memory controller"):
@@ -231,7 +231,7 @@ def test_v2_without_memory_controller_is_unavailable(tmp_path: Path) -> None:
 
 
 def test_oom_is_read_from_memory_events_in_v2_and_oom_control_in_v1(tmp_path: Path) -> None:
-    from agent.executor.isolation import IsolationSpec, cgroup_oom_killed
+    from tessera.agent.executor.isolation import IsolationSpec, cgroup_oom_killed
 
     v2 = tmp_path / "v2"
     v2.mkdir()

@@ -13,12 +13,18 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agent.core.tasks import terminal_status
-from agent.executor.isolation import RlimitIsolator
-from agent.executor.launcher import LaunchError, LaunchHandle, Observation, ProcessLauncher, kill_tasks_in
-from agent.executor.supervisor import read_json
-from control_plane.core.resources import Resources
-from control_plane.core.values import CommandInfo, TaskInfo, TaskState
+from tessera.agent.core.tasks import terminal_status
+from tessera.agent.executor.isolation import RlimitIsolator
+from tessera.agent.executor.launcher import (
+    LaunchError,
+    LaunchHandle,
+    Observation,
+    ProcessLauncher,
+    kill_tasks_in,
+)
+from tessera.agent.executor.supervisor import read_json
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.values import CommandInfo, TaskInfo, TaskState
 
 S = TaskState
 PY = sys.executable

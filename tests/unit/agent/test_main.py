@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import agent
-from agent.config import AgentConfig
-from agent.main import run_agent
+import tessera.agent as agent
+from tessera.agent.config import AgentConfig
+from tessera.agent.main import run_agent
 from tests.unit.agent.fake_master import FakeMaster
 
 
@@ -27,9 +27,9 @@ def test_public_names() -> None:
 
 
 def test_supervisor_imports_neither_grpc_nor_the_runtime() -> None:
-    code = ("import sys, agent.executor.supervisor; "
+    code = ("import sys, tessera.agent.executor.supervisor; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('grpc', 'sqlite_utils', 'click') "
-            "or m.startswith('agent.runtime')]; print(','.join(bad))")
+            "or m.startswith('tessera.agent.runtime')]; print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == ""
 
@@ -118,7 +118,7 @@ def test_emulated_mode_of_run_agent_registers_without_a_data_dir_checkpoint(tmp_
 
 
 def test_click_command_help_and_bad_flags() -> None:
-    from agent.cli import agent_main
+    from tessera.agent.cli import agent_main
 
     runner = CliRunner()
     out = runner.invoke(agent_main, ["--help"])
@@ -132,7 +132,7 @@ def test_click_command_help_and_bad_flags() -> None:
 
 
 def test_click_command_reports_a_bad_resource_flag_in_one_line(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "agent.cli", "--masters", "127.0.0.1:1", "--data-dir",
+    proc = subprocess.run([sys.executable, "-m", "tessera.agent.cli", "--masters", "127.0.0.1:1", "--data-dir",
                            str(tmp_path / "d"), "--resources", "cpus:many"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2

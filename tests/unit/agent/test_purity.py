@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 import pathlib
 
-import agent.core as agent_core
+import tessera.agent.core as agent_core
 
 CORE_DIR = pathlib.Path(agent_core.__file__).parent
 ALLOWED = {"__future__", "collections", "dataclasses", "enum", "functools", "itertools", "math", "typing",
@@ -33,10 +33,10 @@ def test_agent_core_imports_only_pure_modules() -> None:
                 top = name.split(".")[0]
                 assert top in ALLOWED, f"{path.name} imports {name}: agent/core does no I/O and reads no clock"
                 if top == "agent":
-                    assert name.startswith("agent.core"), f"{path.name} imports {name} from outside agent.core"
+                    assert name.startswith("tessera.agent.core"), f"{path.name} imports {name} from outside tessera.agent.core"
                 if top == "control_plane":
-                    # control_plane.wire is sans-IO too (tests/unit/test_wire.py checks it)
-                    assert name.startswith(("control_plane.core", "control_plane.wire")), f"{path.name} imports {name}"
+                    # tessera.control_plane.wire is sans-IO too (tests/unit/test_wire.py checks it)
+                    assert name.startswith(("tessera.control_plane.core", "tessera.control_plane.wire")), f"{path.name} imports {name}"
 
 
 def test_agent_core_calls_no_io_builtins() -> None:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.core.tasks import validate_task
-from agent.executor.isolation import RlimitIsolator
-from agent.executor.launcher import LaunchHandle, Observation, ProcessLauncher, _tail_bytes
-from agent.executor.sandbox import (
+from tessera.agent.core.tasks import validate_task
+from tessera.agent.executor.isolation import RlimitIsolator
+from tessera.agent.executor.launcher import LaunchHandle, Observation, ProcessLauncher, _tail_bytes
+from tessera.agent.executor.sandbox import (
     MAX_COMPONENT,
     FinishedSandbox,
     plan_collection,
@@ -24,18 +24,18 @@ from agent.executor.sandbox import (
     sandbox_name,
     scan_finished,
 )
-from agent.executor.supervisor import (
+from tessera.agent.executor.supervisor import (
     EXIT_FILE,
     SUPERVISOR_FILE,
     WorkingDirError,
     enter_working_dir,
     own_create_time,
 )
-from agent.executor.supervisor import write_json_atomic as write_json
-from control_plane.core.errors import InvalidRequest
-from control_plane.core.resources import Resources
-from control_plane.core.state import check_working_dir
-from control_plane.core.values import CommandInfo, TaskInfo
+from tessera.agent.executor.supervisor import write_json_atomic as write_json
+from tessera.control_plane.core.errors import InvalidRequest
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.state import check_working_dir
+from tessera.control_plane.core.values import CommandInfo, TaskInfo
 
 
 def mode(path: Path) -> int:
@@ -248,16 +248,16 @@ def test_the_supervisor_module_runs_without_the_agent(tmp_path: Path) -> None:
                                      "cwd": str(run), "user": "", "isolation": {"kind": "rlimits"}})
     import subprocess
 
-    subprocess.run([sys.executable, "-m", "agent.executor.supervisor", "--sandbox", str(run)], check=True,
+    subprocess.run([sys.executable, "-m", "tessera.agent.executor.supervisor", "--sandbox", str(run)], check=True,
                    timeout=30)
     assert (run / "stdout").read_text() == "old\n"
 
 
 # ---- the agent's collection ---------------------------------------------------------------------------------
 def test_the_agent_collects_leftovers_at_start_and_the_rest_when_their_delay_passed(tmp_path: Path) -> None:
-    from agent.checkpoint import Checkpoint
-    from agent.config import AgentConfig, resolve
-    from agent.runtime.agent import Agent
+    from tessera.agent.checkpoint import Checkpoint
+    from tessera.agent.config import AgentConfig, resolve
+    from tessera.agent.runtime.agent import Agent
 
     config = resolve(AgentConfig(masters=("127.0.0.1:1",), data_dir=tmp_path / "agent", sandbox_gc_delay=100.0,
                                  resources="cpus:2;mem:1024;disk:1024", hostname="test-host"))
@@ -282,7 +282,7 @@ def test_the_agent_collects_leftovers_at_start_and_the_rest_when_their_delay_pas
 
 
 def test_gc_flags_are_checked(tmp_path: Path) -> None:
-    from agent.config import AgentConfig, ConfigError, resolve
+    from tessera.agent.config import AgentConfig, ConfigError, resolve
 
     for field, value in (("sandbox_gc_delay", -1.0), ("sandbox_gc_max_mib", float("nan"))):
         with pytest.raises(ConfigError, match=field.replace("_", "-")):
@@ -290,7 +290,7 @@ def test_gc_flags_are_checked(tmp_path: Path) -> None:
 
 
 def test_files_an_older_agent_left_readable_become_the_agents_alone(tmp_path: Path) -> None:
-    from agent.main import _secure_dirs
+    from tessera.agent.main import _secure_dirs
 
     data = tmp_path / "agent"
     launch = data / "sandboxes" / "fw" / "t" / "launch.json"

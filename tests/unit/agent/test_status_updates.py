@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.core.status_updates import AckOutcome, PendingUpdate, RetryPolicy, StatusUpdateManager
-from control_plane.core.values import TaskKey, TaskState, TaskStatus
+from tessera.agent.core.status_updates import AckOutcome, PendingUpdate, RetryPolicy, StatusUpdateManager
+from tessera.control_plane.core.values import TaskKey, TaskState, TaskStatus
 
 S = TaskState
 

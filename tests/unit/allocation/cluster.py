@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from control_plane.allocation import AllocationSnapshot, allocate, snapshot_from_state
-from control_plane.core import commands as c
-from control_plane.core.apply import ApplyResult, apply
-from control_plane.core.context import Context, sequential_ids
-from control_plane.core.decide import decide
-from control_plane.core.events import Entry
-from control_plane.core.invariants import check_invariants
-from control_plane.core.resources import EMPTY, Resources
-from control_plane.core.state import ClusterState
-from control_plane.core.values import AgentInfo, CommandInfo, FrameworkInfo, Offer, TaskInfo
+from tessera.control_plane.allocation import AllocationSnapshot, allocate, snapshot_from_state
+from tessera.control_plane.core import commands as c
+from tessera.control_plane.core.apply import ApplyResult, apply
+from tessera.control_plane.core.context import Context, sequential_ids
+from tessera.control_plane.core.decide import decide
+from tessera.control_plane.core.events import Entry
+from tessera.control_plane.core.invariants import check_invariants
+from tessera.control_plane.core.resources import EMPTY, Resources
+from tessera.control_plane.core.state import ClusterState
+from tessera.control_plane.core.values import AgentInfo, CommandInfo, FrameworkInfo, Offer, TaskInfo
 
 Labels = tuple[tuple[str, str], ...]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from control_plane.allocation import (
+from tessera.control_plane.allocation import (
     AgentSnapshot,
     AllocationSnapshot,
     Allocator,
@@ -17,10 +17,10 @@ from control_plane.allocation import (
     is_allocatable,
     snapshot_from_state,
 )
-from control_plane.core import commands as c
-from control_plane.core.context import sequential_ids
-from control_plane.core.resources import EMPTY, Resources
-from control_plane.core.values import Offer
+from tessera.control_plane.core import commands as c
+from tessera.control_plane.core.context import sequential_ids
+from tessera.control_plane.core.resources import EMPTY, Resources
+from tessera.control_plane.core.values import Offer
 
 from .cluster import Cluster
 

@@ -5,21 +5,21 @@ from __future__ import annotations
 
 import pytest
 
-from control_plane.allocation import (
+from tessera.control_plane.allocation import (
     AgentSnapshot,
     AllocationSnapshot,
     Allocator,
     FrameworkSnapshot,
     allocate,
 )
-from control_plane.codec import from_proto
-from control_plane.core import commands as c
-from control_plane.core.context import Context, sequential_ids
-from control_plane.core.decide import decide
-from control_plane.core.errors import InvalidRequest
-from control_plane.core.resources import Resources
-from control_plane.core.state import ClusterState
-from control_plane.core.values import FrameworkInfo, TaskState, TaskStatus
+from tessera.control_plane.codec import from_proto
+from tessera.control_plane.core import commands as c
+from tessera.control_plane.core.context import Context, sequential_ids
+from tessera.control_plane.core.decide import decide
+from tessera.control_plane.core.errors import InvalidRequest
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.state import ClusterState
+from tessera.control_plane.core.values import FrameworkInfo, TaskState, TaskStatus
 from tessera.v1 import common_pb2
 
 from .cluster import Cluster

@@ -27,17 +27,17 @@ from unittest import mock
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from control_plane.allocation import Allocator, allocate, is_allocatable
-from control_plane.allocation import allocator as allocator_module
-from control_plane.allocation.snapshot import AllocationSnapshot
-from control_plane.core import commands as c
-from control_plane.core.apply import apply
-from control_plane.core.context import Context, sequential_ids
-from control_plane.core.decide import decide
-from control_plane.core.events import Entry
-from control_plane.core.invariants import check_invariants
-from control_plane.core.resources import EMPTY, SCALE, Resources
-from control_plane.core.values import AgentState, FrameworkState, Offer, TaskInfo
+from tessera.control_plane.allocation import Allocator, allocate, is_allocatable
+from tessera.control_plane.allocation import allocator as allocator_module
+from tessera.control_plane.allocation.snapshot import AllocationSnapshot
+from tessera.control_plane.core import commands as c
+from tessera.control_plane.core.apply import apply
+from tessera.control_plane.core.context import Context, sequential_ids
+from tessera.control_plane.core.decide import decide
+from tessera.control_plane.core.events import Entry
+from tessera.control_plane.core.invariants import check_invariants
+from tessera.control_plane.core.resources import EMPTY, SCALE, Resources
+from tessera.control_plane.core.values import AgentState, FrameworkState, Offer, TaskInfo
 
 from .cluster import Cluster
 

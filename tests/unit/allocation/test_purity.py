@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 import pathlib
 
-import control_plane.allocation as allocation_package
+import tessera.control_plane.allocation as allocation_package
 
 PACKAGE_DIR = pathlib.Path(allocation_package.__file__).parent
 
@@ -23,7 +23,7 @@ FORBIDDEN = {
 FORBIDDEN_CALLS = {"open", "print", "input", "exec", "eval", "compile", "__import__", "breakpoint", "hash",
                    "id"}
 # Inside control_plane, only the pure core and this package itself.
-ALLOWED_INTERNAL = ("control_plane.core", "control_plane.allocation")
+ALLOWED_INTERNAL = ("tessera.control_plane.core", "tessera.control_plane.allocation")
 
 
 def _modules() -> list[pathlib.Path]:
@@ -64,9 +64,9 @@ def test_allocation_modules_call_no_io_or_salted_builtins() -> None:
 
 
 def test_the_scan_catches_a_forbidden_import() -> None:
-    tree = ast.parse("import time\nfrom grpc import aio\nimport random\nfrom control_plane.api import x\n")
+    tree = ast.parse("import time\nfrom grpc import aio\nimport random\nfrom tessera.control_plane.api import x\n")
     assert {n.split(".")[0] for n in _imports(tree)} & FORBIDDEN == {"time", "grpc", "random"}
-    assert "control_plane.api" in _imports(tree)
+    assert "tessera.control_plane.api" in _imports(tree)
 
 
 def test_public_surface_is_small() -> None:

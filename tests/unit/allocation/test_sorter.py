@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from control_plane.allocation import DRFSorter, dominant_share
+from tessera.control_plane.allocation import DRFSorter, dominant_share
 
 
 def drain(sorter: DRFSorter) -> list[str]:

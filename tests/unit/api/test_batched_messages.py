@@ -23,8 +23,8 @@ def node() -> InProcessMaster:
 
 
 def launch_many(fw: ScriptedFramework, offer: common_pb2.Offer, task_ids: list[str]) -> None:
-    from control_plane.codec import resources_to_proto
-    from control_plane.core.resources import Resources
+    from tessera.control_plane.codec import resources_to_proto
+    from tessera.control_plane.core.resources import Resources
 
     tasks = []
     for task_id in task_ids:
@@ -151,9 +151,9 @@ def test_sdk_framework_and_emulated_agents_launch_many_tasks_with_batched_messag
     and the batches really are batches (fewer log entries than updates)."""
     import threading
 
-    from agent.emulated import EmulatedAgents, EmulatedConfig
-    from sdk import FrameworkInfo as SdkFrameworkInfo
-    from sdk import Offer, Resources, Scheduler, SchedulerDriver, TaskInfo, TaskState, TaskStatus
+    from tessera.agent.emulated import EmulatedAgents, EmulatedConfig
+    from tessera.sdk import FrameworkInfo as SdkFrameworkInfo
+    from tessera.sdk import Offer, Resources, Scheduler, SchedulerDriver, TaskInfo, TaskState, TaskStatus
 
     total = 40
     need = Resources.of(cpus=0.1, mem=16)

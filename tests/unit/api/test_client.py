@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 import pytest
 
-from control_plane.api.client import MasterClient, NoMasterAvailable
+from tessera.control_plane.api.client import MasterClient, NoMasterAvailable
 
 pytestmark = pytest.mark.timeout(30)
 

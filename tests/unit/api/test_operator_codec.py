@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from control_plane.codec.operator_api import (
+from tessera.control_plane.codec.operator_api import (
     event_filter_from_proto,
     event_filter_to_proto,
     event_record_from_proto,
@@ -16,10 +16,10 @@ from control_plane.codec.operator_api import (
     span_to_proto,
     state_to_proto,
 )
-from control_plane.core.errors import InvalidRequest
-from control_plane.core.visibility import Visibility
-from control_plane.eventlog import EventFilter, EventRecord, SpanRecord
-from control_plane.eventlog.timepoints import Point
+from tessera.control_plane.core.errors import InvalidRequest
+from tessera.control_plane.core.visibility import Visibility
+from tessera.control_plane.eventlog import EventFilter, EventRecord, SpanRecord
+from tessera.control_plane.eventlog.timepoints import Point
 from tests.unit.core.harness import Harness, task
 
 RECORD = EventRecord(seq=9, raft_index=4, position=1, type="TaskLaunched", time=12.5, term=2, request_id="r-1",

@@ -14,9 +14,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from control_plane.api.auth import Guard
-from control_plane.certs import init_dev_pki
-from control_plane.tls import ClientSecurity, load_tls_dir, server_credentials
+from tessera.control_plane.api.auth import Guard
+from tessera.control_plane.certs import init_dev_pki
+from tessera.control_plane.tls import ClientSecurity, load_tls_dir, server_credentials
 
 
 @pytest.fixture(scope="module")

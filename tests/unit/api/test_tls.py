@@ -16,11 +16,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from control_plane.api.auth import AclFileError, Guard, load_acl
-from control_plane.certs import init_dev_pki, issue_agent
-from control_plane.cli.main import cli
-from control_plane.core.acl import PEER_KINDS, Acl, parse_acl, token_digest
-from control_plane.tls import (
+from tessera.control_plane.api.auth import AclFileError, Guard, load_acl
+from tessera.control_plane.certs import init_dev_pki, issue_agent
+from tessera.control_plane.cli.main import cli
+from tessera.control_plane.core.acl import PEER_KINDS, Acl, parse_acl, token_digest
+from tessera.control_plane.tls import (
     MASTER_NAME,
     ClientSecurity,
     TlsConfigError,

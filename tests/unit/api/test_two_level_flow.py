@@ -10,7 +10,7 @@ from dataclasses import replace
 import grpc
 import pytest
 
-from control_plane.core.values import AgentState, TaskState
+from tessera.control_plane.core.values import AgentState, TaskState
 from tessera.v1 import common_pb2, scheduler_pb2
 from tests.support.cluster import wait_for
 from tests.support.inprocess import FAST, InProcessMaster
@@ -146,7 +146,7 @@ def test_bad_accepts_get_precise_codes_and_lose_no_resources(node: InProcessMast
     assert code(lambda: fw.launch(offer, "ok-2")) == grpc.StatusCode.FAILED_PRECONDITION
     wait_for(lambda: fw.states_of("ok-1")[-1:] == [common_pb2.TASK_FINISHED], 10, what="ok-1 finished")
     assert not node.master.read_state(lambda s: __import__(
-        "control_plane.core.invariants", fromlist=["check_invariants"]).check_invariants(s))
+        "tessera.control_plane.core.invariants", fromlist=["check_invariants"]).check_invariants(s))
     fw.close()
     agent.close()
 
@@ -162,7 +162,7 @@ def test_framework_that_does_not_come_back_is_removed_after_its_failover_timeout
     # the master kills the task of the removed framework on the agent
     wait_for(lambda: any(m.WhichOneof("kind") == "kill_task" for m in agent.received), 10, what="KillTask")
     fid = fw.framework_id
-    from control_plane.core.values import FrameworkState
+    from tessera.control_plane.core.values import FrameworkState
 
     assert node.state().frameworks[fid].state is FrameworkState.FRAMEWORK_REMOVED
     agent.close()

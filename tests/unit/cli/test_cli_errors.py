@@ -18,7 +18,7 @@ def tessera(*args: str, env: dict[str, str] | None = None, timeout: float = 30) 
     full_env = dict(os.environ)
     full_env.pop("TESSERA_MASTERS", None)
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "control_plane.cli.main", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tessera.control_plane.cli.main", *args], capture_output=True,
                           text=True, timeout=timeout, env=full_env)
 
 

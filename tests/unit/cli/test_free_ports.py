@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from control_plane.cli.up import LOWEST_LISTEN_PORT, free_ports, listen_port_range
+from tessera.control_plane.cli.up import LOWEST_LISTEN_PORT, free_ports, listen_port_range
 
 
 def test_the_range_lies_below_the_ephemeral_ports(tmp_path: Path) -> None:

@@ -9,15 +9,15 @@ from __future__ import annotations
 import pickle
 from collections.abc import Iterable, Sequence
 
-from control_plane.core import commands as c
-from control_plane.core.apply import ApplyResult, apply
-from control_plane.core.context import Context, sequential_ids
-from control_plane.core.decide import decide
-from control_plane.core.events import Entry, Event
-from control_plane.core.invariants import check_invariants
-from control_plane.core.resources import Resources
-from control_plane.core.state import ClusterState, TaskKey, TaskRecord
-from control_plane.core.values import (
+from tessera.control_plane.core import commands as c
+from tessera.control_plane.core.apply import ApplyResult, apply
+from tessera.control_plane.core.context import Context, sequential_ids
+from tessera.control_plane.core.decide import decide
+from tessera.control_plane.core.events import Entry, Event
+from tessera.control_plane.core.invariants import check_invariants
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.state import ClusterState, TaskKey, TaskRecord
+from tessera.control_plane.core.values import (
     AgentInfo,
     CommandInfo,
     FrameworkInfo,

@@ -1,10 +1,10 @@
-"""The access-control decision (`control_plane.core.acl`): parsing the ACL document and every rule."""
+"""The access-control decision (`tessera.control_plane.core.acl`): parsing the ACL document and every rule."""
 
 from __future__ import annotations
 
 import pytest
 
-from control_plane.core.acl import (
+from tessera.control_plane.core.acl import (
     Acl,
     Caller,
     authenticate,
@@ -16,7 +16,7 @@ from control_plane.core.acl import (
     parse_acl,
     token_digest,
 )
-from control_plane.core.errors import InvalidRequest, PermissionDenied, Unauthenticated
+from tessera.control_plane.core.errors import InvalidRequest, PermissionDenied, Unauthenticated
 
 DOC = {"principals": {
     "analytics": {"token_sha256": token_digest("tok-analytics"), "roles": ["analytics"], "users": ["nobody"],

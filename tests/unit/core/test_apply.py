@@ -10,15 +10,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from control_plane.core import apply as apply_module
-from control_plane.core import commands as c
-from control_plane.core import events as ev
-from control_plane.core.apply import ApplyResult, apply, replay
-from control_plane.core.errors import Conflict
-from control_plane.core.invariants import check_invariants
-from control_plane.core.resources import Resources
-from control_plane.core.state import ClusterState
-from control_plane.core.values import (
+from tessera.control_plane.core import apply as apply_module
+from tessera.control_plane.core import commands as c
+from tessera.control_plane.core import events as ev
+from tessera.control_plane.core.apply import ApplyResult, apply, replay
+from tessera.control_plane.core.errors import Conflict
+from tessera.control_plane.core.invariants import check_invariants
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.state import ClusterState
+from tessera.control_plane.core.values import (
     AgentInfo,
     FrameworkInfo,
     Offer,
@@ -403,7 +403,7 @@ def test_a_state_keyed_by_bare_task_ids_is_upgraded_to_task_keys() -> None:
     agents listing bare ids; restoring it upgrades it to exactly the state the log now builds."""
     from collections import OrderedDict
 
-    from control_plane.core.state import upgrade_task_keys
+    from tessera.control_plane.core.state import upgrade_task_keys
 
     h = Harness()
     aid, fid = h.agent(), h.framework()

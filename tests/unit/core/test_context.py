@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from control_plane.core.context import Context, sequential_ids
+from tessera.control_plane.core.context import Context, sequential_ids
 
 
 def test_sequential_ids_are_reproducible_and_unique_across_prefixes() -> None:

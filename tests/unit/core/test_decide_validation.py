@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from control_plane.core import commands as c
-from control_plane.core.errors import Conflict, InvalidRequest, NotFound, TesseraError
-from control_plane.core.resources import Resources, validate_role
-from control_plane.core.state import check_id, check_role
-from control_plane.core.values import (
+from tessera.control_plane.core import commands as c
+from tessera.control_plane.core.errors import Conflict, InvalidRequest, NotFound, TesseraError
+from tessera.control_plane.core.resources import Resources, validate_role
+from tessera.control_plane.core.state import check_id, check_role
+from tessera.control_plane.core.values import (
     AgentInfo,
     CommandInfo,
     FrameworkInfo,

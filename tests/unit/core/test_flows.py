@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from control_plane.core import commands as c
-from control_plane.core.errors import Conflict, InvalidRequest, NotFound
-from control_plane.core.events import (
+from tessera.control_plane.core import commands as c
+from tessera.control_plane.core.errors import Conflict, InvalidRequest, NotFound
+from tessera.control_plane.core.events import (
     AgentReregistered,
     FrameworkRemoved,
     OfferAccepted,
@@ -17,9 +17,9 @@ from control_plane.core.events import (
     TaskStatusAcknowledged,
     TaskStatusUpdated,
 )
-from control_plane.core.invariants import check_invariants
-from control_plane.core.resources import EMPTY, Resources
-from control_plane.core.values import (
+from tessera.control_plane.core.invariants import check_invariants
+from tessera.control_plane.core.resources import EMPTY, Resources
+from tessera.control_plane.core.values import (
     AgentInfo,
     AgentState,
     FrameworkInfo,

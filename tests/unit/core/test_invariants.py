@@ -6,11 +6,11 @@ from collections.abc import Callable
 
 import pytest
 
-from control_plane.core import commands as c
-from control_plane.core.invariants import check_invariants
-from control_plane.core.resources import Resources
-from control_plane.core.state import ClusterState, TaskKey
-from control_plane.core.values import AgentState, FrameworkState, Offer, TaskState
+from tessera.control_plane.core import commands as c
+from tessera.control_plane.core.invariants import check_invariants
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.state import ClusterState, TaskKey
+from tessera.control_plane.core.values import AgentState, FrameworkState, Offer, TaskState
 
 from .harness import Harness, task
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from control_plane.core.lifecycle import (
+from tessera.control_plane.core.lifecycle import (
     INITIAL_STATE,
     TERMINAL_STATES,
     TRANSITIONS,
@@ -10,7 +10,7 @@ from control_plane.core.lifecycle import (
     is_terminal,
     transition_table_markdown,
 )
-from control_plane.core.values import TaskState as S
+from tessera.control_plane.core.values import TaskState as S
 
 
 def test_every_state_has_a_row() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from control_plane.core.errors import InvalidRequest, ResourceExhausted
-from control_plane.core.limits import (
+from tessera.control_plane.core.errors import InvalidRequest, ResourceExhausted
+from tessera.control_plane.core.limits import (
     MAX_ARGUMENTS,
     MAX_FAILOVER_TIMEOUT,
     MAX_LAUNCH_LENGTH,
@@ -22,8 +22,8 @@ from control_plane.core.limits import (
     parse_limits,
     stream_caps,
 )
-from control_plane.core.resources import Resources
-from control_plane.core.values import AgentInfo, CommandInfo, FrameworkInfo, TaskInfo
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.values import AgentInfo, CommandInfo, FrameworkInfo, TaskInfo
 
 
 def _task(**command: object) -> TaskInfo:

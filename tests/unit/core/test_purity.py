@@ -7,10 +7,10 @@ from __future__ import annotations
 import ast
 import pathlib
 
-import control_plane.core as core_package
-from control_plane.core import apply as apply_module
-from control_plane.core import decide as decide_module
-from control_plane.core import invariants as invariants_module
+import tessera.control_plane.core as core_package
+from tessera.control_plane.core import apply as apply_module
+from tessera.control_plane.core import decide as decide_module
+from tessera.control_plane.core import invariants as invariants_module
 
 CORE_DIR = pathlib.Path(core_package.__file__).parent
 

@@ -24,14 +24,14 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from control_plane.core import commands as c
-from control_plane.core import events as ev
-from control_plane.core.apply import ApplyResult, replay
-from control_plane.core.errors import Conflict, InvalidRequest, NotFound, TesseraError
-from control_plane.core.invariants import check_invariants
-from control_plane.core.lifecycle import is_terminal
-from control_plane.core.resources import SCALE, Resources
-from control_plane.core.values import (
+from tessera.control_plane.core import commands as c
+from tessera.control_plane.core import events as ev
+from tessera.control_plane.core.apply import ApplyResult, replay
+from tessera.control_plane.core.errors import Conflict, InvalidRequest, NotFound, TesseraError
+from tessera.control_plane.core.invariants import check_invariants
+from tessera.control_plane.core.lifecycle import is_terminal
+from tessera.control_plane.core.resources import SCALE, Resources
+from tessera.control_plane.core.values import (
     AgentInfo,
     AgentState,
     CommandInfo,

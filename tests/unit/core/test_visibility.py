@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 
-from control_plane.codec import json_text, to_jsonable
-from control_plane.core import events as ev
-from control_plane.core.acl import Caller, Grant
-from control_plane.core.values import CommandInfo, TaskInfo, TaskState, TaskStatus
-from control_plane.core.visibility import (
+from tessera.control_plane.codec import json_text, to_jsonable
+from tessera.control_plane.core import events as ev
+from tessera.control_plane.core.acl import Caller, Grant
+from tessera.control_plane.core.values import CommandInfo, TaskInfo, TaskState, TaskStatus
+from tessera.control_plane.core.visibility import (
     REDACTED,
     redact_event_payload,
     redact_span_attributes,

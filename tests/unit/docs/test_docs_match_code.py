@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from control_plane.core.lifecycle import transition_table_markdown
+from tessera.control_plane.core.lifecycle import transition_table_markdown
 
 ROOT = Path(__file__).resolve().parents[3]
 

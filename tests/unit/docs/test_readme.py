@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from control_plane.cli.main import cli
+from tessera.control_plane.cli.main import cli
 from tests.support.inprocess import InProcessMaster
 from tests.support.scripted import ScriptedAgent
 

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from control_plane.eventlog import EventRecord, EventStore, MemoryEventStore, SpanRecord, SqliteEventStore
+from tessera.control_plane.eventlog import (
+    EventRecord,
+    EventStore,
+    MemoryEventStore,
+    SpanRecord,
+    SqliteEventStore,
+)
 
 EventFactory = Callable[..., EventRecord]
 SpanFactory = Callable[..., SpanRecord]

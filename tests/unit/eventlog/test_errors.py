@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from control_plane.api.errors import status_for
-from control_plane.eventlog.errors import (
+from tessera.control_plane.api.errors import status_for
+from tessera.control_plane.eventlog.errors import (
     AmbiguousTask,
     EventFileError,
     EventLogError,

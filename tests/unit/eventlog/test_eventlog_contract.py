@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from control_plane.eventlog import (
+from tessera.control_plane.eventlog import (
     EventFilter,
     EventRecord,
     EventStore,

@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from control_plane.eventlog import (
+from tessera.control_plane.eventlog import (
     EventFilter,
     EventRecord,
     EventStore,

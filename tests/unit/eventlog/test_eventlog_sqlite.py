@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from control_plane.eventlog import (
+from tessera.control_plane.eventlog import (
     DATASETTE_METADATA,
     EventFilter,
     EventRecord,
@@ -22,7 +22,7 @@ from control_plane.eventlog import (
     SpanRecord,
     SqliteEventStore,
 )
-from control_plane.eventlog.queued import Batch
+from tessera.control_plane.eventlog.queued import Batch
 
 EventFactory = Callable[..., EventRecord]
 SpanFactory = Callable[..., SpanRecord]
@@ -126,8 +126,8 @@ def test_schema_migrations_are_applied_once(db_path: Path) -> None:
 def test_id_filters_use_the_partial_indexes_and_rows_without_the_id_are_not_indexed(
     db_path: Path, make_event: EventFactory
 ) -> None:
-    from control_plane.eventlog.records import EventFilter
-    from control_plane.eventlog.sqlite import _SELECT_EVENTS, _filter_sql
+    from tessera.control_plane.eventlog.records import EventFilter
+    from tessera.control_plane.eventlog.sqlite import _SELECT_EVENTS, _filter_sql
 
     with SqliteEventStore(db_path) as store:
         store.append([make_event(s) for s in range(1, 61)])

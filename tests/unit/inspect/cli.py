@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from click.testing import CliRunner, Result
 
-from control_plane.cli.main import cli
+from tessera.control_plane.cli.main import cli
 
 
 def tessera(*args: str) -> Result:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from control_plane.eventlog import MemoryEventStore, SqliteEventStore
+from tessera.control_plane.eventlog import MemoryEventStore, SqliteEventStore
 
 from .workload import Leader, realistic_history
 

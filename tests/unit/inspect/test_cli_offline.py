@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from control_plane.eventlog import SqliteEventStore
-from control_plane.eventlog.eventfile import EventFile
-from control_plane.eventlog.replay import rebuild
-from control_plane.eventlog.source import iter_records
-from control_plane.eventlog.timepoints import format_time
+from tessera.control_plane.eventlog import SqliteEventStore
+from tessera.control_plane.eventlog.eventfile import EventFile
+from tessera.control_plane.eventlog.replay import rebuild
+from tessera.control_plane.eventlog.source import iter_records
+from tessera.control_plane.eventlog.timepoints import format_time
 
 from .cli import ok, one_line_error, tessera
 from .workload import Leader
@@ -238,7 +238,7 @@ def test_follow_on_a_file_streams_what_a_master_appends(tmp_path: Path) -> None:
     import sys
     import time
 
-    from control_plane.core import commands as c
+    from tessera.control_plane.core import commands as c
 
     from .workload import Leader
 
@@ -247,7 +247,7 @@ def test_follow_on_a_file_streams_what_a_master_appends(tmp_path: Path) -> None:
     leader = Leader(store)
     leader.run(c.SetRoleWeight("first", 1.0))
     assert store.flush()
-    proc = subprocess.Popen([sys.executable, "-m", "control_plane.cli.main", "events", "--db", str(path), "--follow",
+    proc = subprocess.Popen([sys.executable, "-m", "tessera.control_plane.cli.main", "events", "--db", str(path), "--follow",
                              "--type", "RoleWeightSet", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:

@@ -15,12 +15,12 @@ import grpc
 import pytest
 from google.protobuf.json_format import MessageToDict
 
-from control_plane.codec.operator_api import state_at_to_proto
-from control_plane.core import commands as c
-from control_plane.core.resources import Resources
-from control_plane.core.values import AgentInfo, FrameworkInfo
-from control_plane.eventlog.replay import rebuild
-from control_plane.eventlog.timepoints import format_time
+from tessera.control_plane.codec.operator_api import state_at_to_proto
+from tessera.control_plane.core import commands as c
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.values import AgentInfo, FrameworkInfo
+from tessera.control_plane.eventlog.replay import rebuild
+from tessera.control_plane.eventlog.timepoints import format_time
 from tessera.v1 import operator_pb2
 from tests.support.cluster import free_port
 from tests.support.inprocess import InProcessMaster
@@ -91,7 +91,7 @@ def test_timeline_and_events_over_grpc(node: InProcessMaster) -> None:
 
 def test_follow_streams_new_events_as_ndjson(node: InProcessMaster) -> None:
     env = {k: v for k, v in os.environ.items() if k != "TESSERA_MASTERS"}
-    proc = subprocess.Popen([sys.executable, "-m", "control_plane.cli.main", "--masters", node.grpc_address,
+    proc = subprocess.Popen([sys.executable, "-m", "tessera.control_plane.cli.main", "--masters", node.grpc_address,
                              "events", "--follow", "--type", "RoleWeightSet", "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:

@@ -3,10 +3,10 @@ log encoding (JSON) unchanged: the decoders chosen per type must read what the e
 
 from __future__ import annotations
 
-from control_plane.codec import entry_from_bytes, entry_to_bytes
-from control_plane.core import events as ev
-from control_plane.eventlog import MemoryEventStore
-from control_plane.eventlog.decode import event_from_record
+from tessera.control_plane.codec import entry_from_bytes, entry_to_bytes
+from tessera.control_plane.core import events as ev
+from tessera.control_plane.eventlog import MemoryEventStore
+from tessera.control_plane.eventlog.decode import event_from_record
 
 from .workload import realistic_history
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from control_plane.core import commands as c
-from control_plane.core.resources import Resources
-from control_plane.core.values import TaskState
-from control_plane.eventlog import MemoryEventStore
-from control_plane.eventlog.diff import Change, StateDiff, diff_states
-from control_plane.eventlog.replay import rebuild
-from control_plane.eventlog.source import iter_records
-from control_plane.eventlog.timeline import detect_kinds, kind_filter, timeline
+from tessera.control_plane.core import commands as c
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.values import TaskState
+from tessera.control_plane.eventlog import MemoryEventStore
+from tessera.control_plane.eventlog.diff import Change, StateDiff, diff_states
+from tessera.control_plane.eventlog.replay import rebuild
+from tessera.control_plane.eventlog.source import iter_records
+from tessera.control_plane.eventlog.timeline import detect_kinds, kind_filter, timeline
 
 from .workload import Leader
 

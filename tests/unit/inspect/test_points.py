@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from control_plane.eventlog import MemoryEventStore
-from control_plane.eventlog.errors import PointOutOfRange
-from control_plane.eventlog.replay import rebuild, state_at
-from control_plane.eventlog.timepoints import Point, format_time, parse_point, resolve_point
+from tessera.control_plane.eventlog import MemoryEventStore
+from tessera.control_plane.eventlog.errors import PointOutOfRange
+from tessera.control_plane.eventlog.replay import rebuild, state_at
+from tessera.control_plane.eventlog.timepoints import Point, format_time, parse_point, resolve_point
 
 from .workload import T0, Leader
 
@@ -50,7 +50,7 @@ def test_times_print_as_utc_iso_with_milliseconds() -> None:
 
 @pytest.fixture
 def log() -> MemoryEventStore:
-    from control_plane.core import commands as c
+    from tessera.control_plane.core import commands as c
 
     store = MemoryEventStore()
     leader = Leader(store)

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from control_plane.core import commands as c
-from control_plane.core.state import ClusterState
-from control_plane.eventlog import EventRecord, MemoryEventStore, SqliteEventStore
-from control_plane.eventlog.decode import event_from_record
-from control_plane.eventlog.errors import HistoryUnavailable, ReplayError
-from control_plane.eventlog.eventfile import EventFile
-from control_plane.eventlog.records import EventFilter
-from control_plane.eventlog.replay import entries_from_records, rebuild, replay_records
+from tessera.control_plane.core import commands as c
+from tessera.control_plane.core.state import ClusterState
+from tessera.control_plane.eventlog import EventRecord, MemoryEventStore, SqliteEventStore
+from tessera.control_plane.eventlog.decode import event_from_record
+from tessera.control_plane.eventlog.errors import HistoryUnavailable, ReplayError
+from tessera.control_plane.eventlog.eventfile import EventFile
+from tessera.control_plane.eventlog.records import EventFilter
+from tessera.control_plane.eventlog.replay import entries_from_records, rebuild, replay_records
 
 from .workload import Leader, random_history, realistic_history
 
@@ -103,7 +103,7 @@ def test_group_committed_entries_share_a_raft_index_and_replay_one_by_one(
 
 
 def test_payloads_decode_back_to_the_events_that_were_applied(memory_history: tuple[MemoryEventStore, Leader]) -> None:
-    from control_plane.codec import to_jsonable
+    from tessera.control_plane.codec import to_jsonable
 
     store, _ = memory_history
     for r in store.list(limit=10_000):

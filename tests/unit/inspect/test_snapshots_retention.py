@@ -13,13 +13,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from control_plane.api.errors import status_for
-from control_plane.core.state import ClusterState
-from control_plane.eventlog import MemoryEventStore, SqliteEventStore
-from control_plane.eventlog.background import Retention, Snapshotter, retention_cut
-from control_plane.eventlog.errors import HistoryUnavailable
-from control_plane.eventlog.replay import entries_from_records, rebuild, replay_entry, replay_records
-from control_plane.eventlog.snapshots import decode_snapshot, encode_snapshot
+from tessera.control_plane.api.errors import status_for
+from tessera.control_plane.core.state import ClusterState
+from tessera.control_plane.eventlog import MemoryEventStore, SqliteEventStore
+from tessera.control_plane.eventlog.background import Retention, Snapshotter, retention_cut
+from tessera.control_plane.eventlog.errors import HistoryUnavailable
+from tessera.control_plane.eventlog.replay import entries_from_records, rebuild, replay_entry, replay_records
+from tessera.control_plane.eventlog.snapshots import decode_snapshot, encode_snapshot
 
 from .workload import realistic_history
 
@@ -177,7 +177,7 @@ def test_an_installed_raft_snapshot_is_stored_when_the_log_lacks_its_history() -
     leader = realistic_history(source, rounds=1)
     # a new master installs the leader's state: its own event log has nothing before it
     fresh = MemoryEventStore()
-    from control_plane.runtime.statemachine import MasterStateMachine
+    from tessera.control_plane.runtime.statemachine import MasterStateMachine
 
     sm = MasterStateMachine(fresh)
     installed = pickle.loads(pickle.dumps(leader.live))

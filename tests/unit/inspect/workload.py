@@ -15,17 +15,17 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from control_plane.codec import entry_to_bytes
-from control_plane.core import commands as c
-from control_plane.core import events as ev
-from control_plane.core.apply import ApplyResult
-from control_plane.core.context import Context, sequential_ids
-from control_plane.core.decide import decide
-from control_plane.core.errors import Conflict, InvalidRequest, NotFound
-from control_plane.core.lifecycle import is_terminal
-from control_plane.core.resources import Resources
-from control_plane.core.state import ClusterState
-from control_plane.core.values import (
+from tessera.control_plane.codec import entry_to_bytes
+from tessera.control_plane.core import commands as c
+from tessera.control_plane.core import events as ev
+from tessera.control_plane.core.apply import ApplyResult
+from tessera.control_plane.core.context import Context, sequential_ids
+from tessera.control_plane.core.decide import decide
+from tessera.control_plane.core.errors import Conflict, InvalidRequest, NotFound
+from tessera.control_plane.core.lifecycle import is_terminal
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.state import ClusterState
+from tessera.control_plane.core.values import (
     AgentInfo,
     CommandInfo,
     FrameworkInfo,
@@ -34,8 +34,8 @@ from control_plane.core.values import (
     TaskState,
     TaskStatus,
 )
-from control_plane.eventlog import EventStore
-from control_plane.runtime.statemachine import MasterStateMachine
+from tessera.control_plane.eventlog import EventStore
+from tessera.control_plane.runtime.statemachine import MasterStateMachine
 
 T0 = 1_700_000_000.0
 

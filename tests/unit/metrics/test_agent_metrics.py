@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
-from agent.metrics import AgentMetrics
-from control_plane.core.values import TaskState
-from control_plane.metrics.specs import AGENT_METRICS, MIB, sample_names
+from tessera.agent.metrics import AgentMetrics
+from tessera.control_plane.core.values import TaskState
+from tessera.control_plane.metrics.specs import AGENT_METRICS, MIB, sample_names
 from tests.unit.metrics.scraping import scrape, value
 
 pytestmark = pytest.mark.timeout(30)

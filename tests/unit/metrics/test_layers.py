@@ -1,5 +1,5 @@
-"""The metrics split keeps the layers apart: the agent imports nothing from `control_plane.runtime`, and the
-shared `control_plane.metrics` package imports neither the runtime nor the agent."""
+"""The metrics split keeps the layers apart: the agent imports nothing from `tessera.control_plane.runtime`, and the
+shared `tessera.control_plane.metrics` package imports neither the runtime nor the agent."""
 
 from __future__ import annotations
 
@@ -28,15 +28,15 @@ def _offending(package: str, forbidden: tuple[str, ...]) -> list[str]:
 
 
 def test_the_agent_imports_nothing_from_the_master_runtime() -> None:
-    assert _offending("agent", ("control_plane.runtime",)) == []
+    assert _offending("agent", ("tessera.control_plane.runtime",)) == []
 
 
 def test_the_shared_metrics_package_imports_neither_the_runtime_nor_the_agent() -> None:
-    assert _offending("control_plane/metrics", ("control_plane.runtime", "agent")) == []
+    assert _offending("control_plane/metrics", ("tessera.control_plane.runtime", "agent")) == []
 
 
 def test_loading_the_agent_metrics_loads_no_runtime_module() -> None:
-    code = ("import sys, agent.metrics; "
-            "print(sorted(m for m in sys.modules if m.startswith('control_plane.runtime')))")
+    code = ("import sys, tessera.agent.metrics; "
+            "print(sorted(m for m in sys.modules if m.startswith('tessera.control_plane.runtime')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"

@@ -16,9 +16,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from control_plane.metrics.server import MetricsServer, parse_address
-from control_plane.metrics.specs import MASTER_METRICS, MIB, sample_names
-from control_plane.runtime.metrics import MasterMetrics
+from tessera.control_plane.metrics.server import MetricsServer, parse_address
+from tessera.control_plane.metrics.specs import MASTER_METRICS, MIB, sample_names
+from tessera.control_plane.runtime.metrics import MasterMetrics
 from tessera.v1 import common_pb2, operator_pb2
 from tests.support.inprocess import InProcessMaster
 from tests.support.scripted import ScriptedAgent, ScriptedFramework
@@ -210,7 +210,7 @@ def test_only_metrics_is_served(node: tuple[InProcessMaster, MasterMetrics]) -> 
 
 
 def test_stop_joins_every_thread_frees_the_port_and_stops_observing_writes() -> None:
-    from control_plane.core import commands as cmd
+    from tessera.control_plane.core import commands as cmd
 
     def written(metrics: MasterMetrics) -> float:
         samples = text_string_to_metric_families(metrics.text())

@@ -16,8 +16,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.process_collector import ProcessCollector
 
-from control_plane.metrics.server import parse_address
-from control_plane.metrics.specs import AGENT_METRICS, MASTER_METRICS, METRIC_NAMES
+from tessera.control_plane.metrics.server import parse_address
+from tessera.control_plane.metrics.specs import AGENT_METRICS, MASTER_METRICS, METRIC_NAMES
 
 OPS = Path(__file__).resolve().parents[3] / "ops"
 UNITS = OPS / "systemd"
@@ -94,11 +94,11 @@ def is_documentation_address(host: str) -> bool:
 def command_flags(name: str) -> set[str]:
     import click
 
-    from control_plane.cli.main import cli
+    from tessera.control_plane.cli.main import cli
 
     command = cli.commands.get(name)
     if command is None and name == "agent":
-        from agent.cli import agent_main
+        from tessera.agent.cli import agent_main
 
         command = agent_main
     assert isinstance(command, click.Command), f"no `tessera {name}` command"
@@ -305,7 +305,7 @@ def resolve(argv: list[str]) -> None:
     """Walk argv through the click tree: every subcommand and flag must exist (pending flags aside)."""
     import click
 
-    from control_plane.cli.main import cli
+    from tessera.control_plane.cli.main import cli
 
     command: click.Command = cli
     path = ["tessera"]

@@ -3,11 +3,19 @@
 
 from __future__ import annotations
 
-from control_plane.core.resources import Resources
-from control_plane.core.state import AgentRecord, ClusterState, TaskKey, TaskRecord, scalar_part
-from control_plane.core.values import AgentInfo, AgentState, CommandInfo, Offer, RoleInfo, TaskInfo, TaskState
-from control_plane.metrics.specs import RESOURCE_KINDS
-from control_plane.runtime.metrics import _capture_state, _state_numbers
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.state import AgentRecord, ClusterState, TaskKey, TaskRecord, scalar_part
+from tessera.control_plane.core.values import (
+    AgentInfo,
+    AgentState,
+    CommandInfo,
+    Offer,
+    RoleInfo,
+    TaskInfo,
+    TaskState,
+)
+from tessera.control_plane.metrics.specs import RESOURCE_KINDS
+from tessera.control_plane.runtime.metrics import _capture_state, _state_numbers
 
 
 def _state() -> ClusterState:

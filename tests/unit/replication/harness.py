@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from control_plane.cli.up import free_port, free_ports  # noqa: F401 - one definition, shared with `tessera up` (re-exported)
-from control_plane.replication import (
+from tessera.control_plane.cli.up import free_port, free_ports  # noqa: F401 - one definition, shared with `tessera up` (re-exported)
+from tessera.control_plane.replication import (
     GroupCommitConfig,
     LocalReplicator,
     NotLeaderError,

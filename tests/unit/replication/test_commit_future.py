@@ -12,7 +12,7 @@ from concurrent.futures import TimeoutError as FutureTimeoutError
 
 import pytest
 
-from control_plane.replication._group_commit import CommitFuture, new_running_future
+from tessera.control_plane.replication._group_commit import CommitFuture, new_running_future
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from control_plane.replication import (
+from tessera.control_plane.replication import (
     EntryTooLargeError,
     GroupCommitConfig,
     NotLeaderError,

@@ -9,7 +9,7 @@ from concurrent.futures import Future
 
 import pytest
 
-from control_plane.replication import (
+from tessera.control_plane.replication import (
     GroupCommitConfig,
     NotLeaderError,
     ReplicationError,
@@ -17,14 +17,14 @@ from control_plane.replication import (
     StateMachineError,
     UnknownOutcomeError,
 )
-from control_plane.replication._group_commit import (
+from tessera.control_plane.replication._group_commit import (
     ENTRY_OVERHEAD_BYTES,
     ApplyFailure,
     Batch,
     GroupCommitter,
     guarded_apply,
 )
-from control_plane.replication._notifier import LeadershipNotifier
+from tessera.control_plane.replication._notifier import LeadershipNotifier
 
 from .harness import ListStateMachine, wait_until
 

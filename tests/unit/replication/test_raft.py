@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pysyncobj import FAIL_REASON
 
-from control_plane.replication import (
+from tessera.control_plane.replication import (
     GroupCommitConfig,
     NotLeaderError,
     QuorumStatus,
@@ -22,7 +22,7 @@ from control_plane.replication import (
     ReplicatorStoppedError,
     UnknownOutcomeError,
 )
-from control_plane.replication.raft import map_fail_reason
+from tessera.control_plane.replication.raft import map_fail_reason
 
 from .harness import Cluster, ListStateMachine, free_port, raft_config, wait_until
 

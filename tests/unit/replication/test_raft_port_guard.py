@@ -18,8 +18,8 @@ import pytest
 from pysyncobj import pickle as pysyncobj_pickle
 from pysyncobj.encryptor import getEncryptor
 
-from control_plane.replication import GroupCommitConfig, RaftReplicator, ReplicationConfig
-from control_plane.replication.raft import (
+from tessera.control_plane.replication import GroupCommitConfig, RaftReplicator, ReplicationConfig
+from tessera.control_plane.replication.raft import (
     HANDSHAKE_FRAME_BYTES,
     PortGuardStats,
     declared_frame_length,

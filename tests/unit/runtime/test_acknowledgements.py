@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from control_plane.core.errors import Conflict, InvalidRequest, NotFound, NotLeader, Unavailable
-from control_plane.runtime.acknowledgements import MAX_ACKNOWLEDGEMENTS, acknowledge_many
+from tessera.control_plane.core.errors import Conflict, InvalidRequest, NotFound, NotLeader, Unavailable
+from tessera.control_plane.runtime.acknowledgements import MAX_ACKNOWLEDGEMENTS, acknowledge_many
 
 
 class Master:

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from control_plane.core import commands as cmd
-from control_plane.core.errors import (
+from tessera.control_plane.core import commands as cmd
+from tessera.control_plane.core.errors import (
     ERRORS_BY_CODE,
     Conflict,
     InvalidRequest,
@@ -23,9 +23,9 @@ from control_plane.core.errors import (
     TesseraError,
     Unavailable,
 )
-from control_plane.core.state import ApplyResult
-from control_plane.core.values import TaskState, TaskStatus
-from control_plane.runtime.agent_intake import ACKNOWLEDGED_REFUSALS, StatusIntake, acknowledges
+from tessera.control_plane.core.state import ApplyResult
+from tessera.control_plane.core.values import TaskState, TaskStatus
+from tessera.control_plane.runtime.agent_intake import ACKNOWLEDGED_REFUSALS, StatusIntake, acknowledges
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The leader's duties as data (`control_plane.runtime.duties`), without threads or clocks: timeouts and
+"""The leader's duties as data (`tessera.control_plane.runtime.duties`), without threads or clocks: timeouts and
 grace periods of `tick`, what `react` sends after commit, offer chunking, message coalescing, the
 orphaned-task rule of re-registration and the shells' `Ledger`."""
 
@@ -8,13 +8,13 @@ from dataclasses import replace
 
 import pytest
 
-from control_plane.core import commands as c
-from control_plane.core import events as ev
-from control_plane.core.apply import ApplyResult
-from control_plane.core.resources import Resources
-from control_plane.core.values import AgentState, Offer, TaskKey, TaskState, TaskStatus
-from control_plane.runtime import duties
-from control_plane.runtime.duties import (
+from tessera.control_plane.core import commands as c
+from tessera.control_plane.core import events as ev
+from tessera.control_plane.core.apply import ApplyResult
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.values import AgentState, Offer, TaskKey, TaskState, TaskStatus
+from tessera.control_plane.runtime import duties
+from tessera.control_plane.runtime.duties import (
     MAX_PER_MESSAGE,
     OFFERS_PER_ENTRY,
     AllocationRound,
@@ -25,7 +25,7 @@ from control_plane.runtime.duties import (
     SlowRound,
     SoftState,
 )
-from control_plane.runtime.statemachine import Applied
+from tessera.control_plane.runtime.statemachine import Applied
 from tests.unit.core.harness import Harness, task
 
 SETTINGS = LeaderSettings(agent_timeout=10.0, reregistration_timeout=30.0, framework_reconnect_timeout=5.0,
@@ -273,7 +273,7 @@ def test_ledger_records_what_a_tick_decided_until_done() -> None:
 
 # ---- purity ---------------------------------------------------------------------------------------------------------------
 def test_duties_module_imports_only_the_pure_core() -> None:
-    """No I/O, clock, threads or protobuf: from the control plane only `control_plane.core` (the
+    """No I/O, clock, threads or protobuf: from the control plane only `tessera.control_plane.core` (the
     statemachine import is for type checking only, under TYPE_CHECKING)."""
     import ast
     import pathlib
@@ -295,4 +295,4 @@ def test_duties_module_imports_only_the_pure_core() -> None:
             assert node.func.id not in FORBIDDEN_CALLS, f"duties.py calls {node.func.id}"
     roots = {name.split(".")[0] for name in imported}
     assert not roots & FORBIDDEN and roots <= ALLOWED, sorted(roots)
-    assert all(n.startswith("control_plane.core") for n in imported if n.startswith("control_plane")), imported
+    assert all(n.startswith("tessera.control_plane.core") for n in imported if n.startswith("control_plane")), imported

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from control_plane.runtime import gcpolicy
+from tessera.control_plane.runtime import gcpolicy
 
 
 def test_tune_gc_freezes_startup_objects_and_raises_the_thresholds() -> None:

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from control_plane.core import commands as c
-from control_plane.core.resources import Resources
-from control_plane.core.values import AgentInfo, Offer, TaskInfo, TaskState, TaskStatus
-from control_plane.runtime import duties, leader
-from control_plane.runtime.duties import MAX_PER_MESSAGE
+from tessera.control_plane.core import commands as c
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.values import AgentInfo, Offer, TaskInfo, TaskState, TaskStatus
+from tessera.control_plane.runtime import duties, leader
+from tessera.control_plane.runtime.duties import MAX_PER_MESSAGE
 from tests.support.cluster import wait_for
 from tests.support.inprocess import InProcessMaster
 

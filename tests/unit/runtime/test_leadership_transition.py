@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from control_plane.runtime.leader import leadership_transition
+from tessera.control_plane.runtime.leader import leadership_transition
 
 
 @pytest.mark.parametrize(("served", "term", "expected"), [

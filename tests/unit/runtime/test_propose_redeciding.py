@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from control_plane.core import commands as cmd
-from control_plane.core.errors import Conflict, NotFound
+from tessera.control_plane.core import commands as cmd
+from tessera.control_plane.core.errors import Conflict, NotFound
 from tests.support.inprocess import InProcessMaster
 
 pytestmark = pytest.mark.timeout(60)

@@ -9,16 +9,16 @@ from typing import Any
 
 import pytest
 
-from control_plane.core import commands as cmd
-from control_plane.core.errors import Conflict, InvalidRequest, NotFound, NotLeader, Unavailable
-from control_plane.replication.api import MemberStatus, QuorumStatus
-from control_plane.replication.errors import (
+from tessera.control_plane.core import commands as cmd
+from tessera.control_plane.core.errors import Conflict, InvalidRequest, NotFound, NotLeader, Unavailable
+from tessera.control_plane.replication.api import MemberStatus, QuorumStatus
+from tessera.control_plane.replication.errors import (
     NotLeaderError,
     NotSupportedError,
     QuorumChangeError,
     UnknownOutcomeError,
 )
-from control_plane.runtime.quorum import Quorum
+from tessera.control_plane.runtime.quorum import Quorum
 
 SELF, PEER, NEW = "10.0.0.1:7000", "10.0.0.2:7000", "10.0.0.3:7000"
 
@@ -139,7 +139,7 @@ def test_the_local_view_names_announced_members_and_this_master(master: Master) 
     assert view.status.term == 7 and view.event_index == 123
     assert dict(view.announced) == {PEER: ("m2", "10.0.0.2:5050")}
     assert (view.self_name, view.self_grpc, view.leader_grpc) == ("m1", "10.0.0.1:5050", "10.0.0.1:5050")
-    from control_plane.codec.operator_api import quorum_to_proto
+    from tessera.control_plane.codec.operator_api import quorum_to_proto
 
     resp = quorum_to_proto(view)
     me, peer = resp.members

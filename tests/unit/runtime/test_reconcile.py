@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from control_plane.core.errors import Conflict, NotFound
-from control_plane.core.values import TaskState
-from control_plane.runtime.reconcile import reconcile
+from tessera.control_plane.core.errors import Conflict, NotFound
+from tessera.control_plane.core.values import TaskState
+from tessera.control_plane.runtime.reconcile import reconcile
 from tests.unit.core.harness import Harness, task
 
 

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from control_plane.core.errors import NotFound, PermissionDenied, Unavailable
-from control_plane.core.resources import Resources
-from control_plane.core.values import AgentInfo
-from control_plane.eventlog import EventRecord, MemoryEventStore
-from control_plane.runtime.registrations import RegisteredAgents, Registrations
+from tessera.control_plane.core.errors import NotFound, PermissionDenied, Unavailable
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.values import AgentInfo
+from tessera.control_plane.eventlog import EventRecord, MemoryEventStore
+from tessera.control_plane.runtime.registrations import RegisteredAgents, Registrations
 from tests.support.inprocess import InProcessMaster
 
 pytestmark = pytest.mark.timeout(60)
@@ -80,7 +80,7 @@ def test_a_follower_learns_registrations_from_the_applied_log() -> None:
         def __init__(self, entry: Any, outcome: str) -> None:
             self.entry, self.result = entry, type("R", (), {"outcome": outcome})()
 
-    from control_plane.core import events as ev
+    from tessera.control_plane.core import events as ev
 
     registered = ev.AgentRegistered("agent-7", INFO, "node-a")
     entry = ev.Entry(1, "m1", 1.0, "reg-7", "", (registered,))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from control_plane.runtime.state_view import StateView, soft_state
+from tessera.control_plane.runtime.state_view import StateView, soft_state
 
 
 class Master:

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from control_plane.core.commands import SubscribeFramework
-from control_plane.core.errors import Conflict
-from control_plane.core.values import FrameworkInfo, FrameworkState
-from control_plane.runtime.subscriptions import Subscriptions
+from tessera.control_plane.core.commands import SubscribeFramework
+from tessera.control_plane.core.errors import Conflict
+from tessera.control_plane.core.values import FrameworkInfo, FrameworkState
+from tessera.control_plane.runtime.subscriptions import Subscriptions
 from tests.support.inprocess import InProcessMaster
 
 pytestmark = pytest.mark.timeout(60)

@@ -15,14 +15,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from control_plane.core import commands as cmd
-from control_plane.core.apply import ApplyResult
-from control_plane.core.context import sequential_ids
-from control_plane.core.errors import Conflict, InvalidRequest, NotLeader
-from control_plane.eventlog import MemoryEventStore
-from control_plane.replication import LocalReplicator
-from control_plane.runtime.master import Master, MasterIdentity, WriteOutcome
-from control_plane.runtime.statemachine import MasterStateMachine
+from tessera.control_plane.core import commands as cmd
+from tessera.control_plane.core.apply import ApplyResult
+from tessera.control_plane.core.context import sequential_ids
+from tessera.control_plane.core.errors import Conflict, InvalidRequest, NotLeader
+from tessera.control_plane.eventlog import MemoryEventStore
+from tessera.control_plane.replication import LocalReplicator
+from tessera.control_plane.runtime.master import Master, MasterIdentity, WriteOutcome
+from tessera.control_plane.runtime.statemachine import MasterStateMachine
 from tessera.v1 import common_pb2
 from tests.support.cluster import wait_for
 from tests.support.inprocess import InProcessMaster

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sdk import (
+from tessera.sdk import (
     AsyncScheduler,
     AsyncSchedulerDriver,
     FrameworkInfo,
@@ -20,7 +20,7 @@ from sdk import (
     SchedulerDriver,
     TaskStatus,
 )
-from sdk.testing import FakeMaster
+from tessera.sdk.testing import FakeMaster
 
 T = TypeVar("T")
 WAIT = 10.0  # bound of every wait; a test that reaches it fails

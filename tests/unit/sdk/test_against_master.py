@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from sdk import FrameworkInfo, Resources, TaskState
-from sdk.examples.batch import BatchRunner, run_batch
-from sdk.run import RunOptions, run_task
+from tessera.sdk import FrameworkInfo, Resources, TaskState
+from tessera.sdk.examples.batch import BatchRunner, run_batch
+from tessera.sdk.run import RunOptions, run_task
 from tests.support.inprocess import InProcessMaster
 from tests.support.scripted import ScriptedAgent
 from tests.unit.sdk.harness import AsyncHarness, Harness, SyncHarness

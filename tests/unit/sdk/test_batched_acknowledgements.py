@@ -10,9 +10,15 @@ from typing import Any
 
 import pytest
 
-from sdk import FrameworkInfo, Resources, TaskInfo, TaskState
-from sdk._convert import call_from_proto, call_to_proto, event_from_proto, event_to_proto, events_from_proto
-from sdk.protocol import (
+from tessera.sdk import FrameworkInfo, Resources, TaskInfo, TaskState
+from tessera.sdk._convert import (
+    call_from_proto,
+    call_to_proto,
+    event_from_proto,
+    event_to_proto,
+    events_from_proto,
+)
+from tessera.sdk.protocol import (
     BATCHED_ACKNOWLEDGEMENTS,
     AcknowledgeCall,
     AcknowledgeManyCall,
@@ -20,8 +26,8 @@ from sdk.protocol import (
     SubscribedEvent,
     UpdateEvent,
 )
-from sdk.testing import FakeMaster, FakeTransport, runs_and_finishes
-from sdk.types import TaskStatus
+from tessera.sdk.testing import FakeMaster, FakeTransport, runs_and_finishes
+from tessera.sdk.types import TaskStatus
 from tessera.v1 import scheduler_pb2
 from tests.unit.sdk.harness import AsyncHarness, Harness, SyncHarness
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sdk import (
+from tessera.sdk import (
     Conflict,
     DriverStopped,
     Filters,
@@ -20,8 +20,8 @@ from sdk import (
     TaskState,
     Unavailable,
 )
-from sdk.protocol import AcceptCall, AcknowledgeCall, KillCall, ReviveCall
-from sdk.testing import FakeMaster, runs_and_finishes
+from tessera.sdk.protocol import AcceptCall, AcknowledgeCall, KillCall, ReviveCall
+from tessera.sdk.testing import FakeMaster, runs_and_finishes
 from tests.unit.sdk.harness import AsyncHarness, Harness, SyncHarness, on_offers, on_update
 
 pytestmark = pytest.mark.timeout(60)
@@ -424,9 +424,9 @@ def test_not_leader_on_subscribe_is_followed(make: Any) -> None:
 def test_both_drivers_dispatch_every_effect_through_the_one_callback_table() -> None:
     import typing
 
-    from sdk import AsyncScheduler, Scheduler
-    from sdk._shell import CALLBACKS
-    from sdk.session import Effect
+    from tessera.sdk import AsyncScheduler, Scheduler
+    from tessera.sdk._shell import CALLBACKS
+    from tessera.sdk.session import Effect
 
     assert set(CALLBACKS) == set(typing.get_args(Effect))
     for name, _ in CALLBACKS.values():

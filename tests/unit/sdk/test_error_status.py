@@ -1,13 +1,13 @@
-"""sdk.errors.status_for_error answers what a master answers (control_plane.api.errors.status_for), and
+"""tessera.sdk.errors.status_for_error answers what a master answers (tessera.control_plane.api.errors.status_for), and
 error_for_status maps it back to the class raised."""
 
 from __future__ import annotations
 
 import pytest
 
-from control_plane.api.errors import status_for
-from control_plane.core.errors import ResourceExhausted
-from sdk.errors import (
+from tessera.control_plane.api.errors import status_for
+from tessera.control_plane.core.errors import ResourceExhausted
+from tessera.sdk.errors import (
     Conflict,
     InvalidRequest,
     NotFound,

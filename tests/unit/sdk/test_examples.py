@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from sdk import Backoff, Filters, FrameworkInfo, Resources, SchedulerDriver, TaskInfo, TaskState
-from sdk.errors import Conflict, ServerError, Unavailable
-from sdk.examples import batch, service
-from sdk.examples.batch import BatchRunner, run_batch
-from sdk.examples.service import ServiceKeeper
-from sdk.protocol import AcceptCall, DeclineCall, KillCall, ReconcileCall
-from sdk.testing import FakeGrpcServer, FakeMaster, StatusStep, runs_and_finishes
+from tessera.sdk import Backoff, Filters, FrameworkInfo, Resources, SchedulerDriver, TaskInfo, TaskState
+from tessera.sdk.errors import Conflict, ServerError, Unavailable
+from tessera.sdk.examples import batch, service
+from tessera.sdk.examples.batch import BatchRunner, run_batch
+from tessera.sdk.examples.service import ServiceKeeper
+from tessera.sdk.protocol import AcceptCall, DeclineCall, KillCall, ReconcileCall
+from tessera.sdk.testing import FakeGrpcServer, FakeMaster, StatusStep, runs_and_finishes
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,11 +1,11 @@
-"""How to test a scheduler with `sdk.testing.FakeMaster` (the example of its docstring, run), and the
+"""How to test a scheduler with `tessera.sdk.testing.FakeMaster` (the example of its docstring, run), and the
 fake's own rules: reservations, agent loss, request de-duplication, the state it refuses."""
 
 from __future__ import annotations
 
 import pytest
 
-from sdk import (
+from tessera.sdk import (
     Conflict,
     Filters,
     FrameworkInfo,
@@ -21,8 +21,8 @@ from sdk import (
     TaskStatus,
     Unreserve,
 )
-from sdk.protocol import AcceptCall, CallHeader, ReviveCall, SubscribedEvent
-from sdk.testing import FakeMaster, runs_and_finishes
+from tessera.sdk.protocol import AcceptCall, CallHeader, ReviveCall, SubscribedEvent
+from tessera.sdk.testing import FakeMaster, runs_and_finishes
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -105,7 +105,7 @@ def test_a_removed_agent_loses_its_tasks_and_offers() -> None:
     agent = fake.add_agent("cpus:1;mem:256")
     header = subscribed(fake)
     (offer,) = fake.send_offers()
-    from sdk import Launch
+    from tessera.sdk import Launch
 
     accept(fake, header, offer.offer_id, Launch((TaskInfo(task_id="t", resources=Resources.of(cpus=1),
                                                           command="x"),)))

@@ -1,4 +1,4 @@
-"""What a framework author reads first: `help(sdk)`, the README examples, `sdk.testing`'s public names."""
+"""What a framework author reads first: `help(sdk)`, the README examples, `tessera.sdk.testing`'s public names."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import pydoc
 import re
 from pathlib import Path
 
-import sdk
-import sdk.testing
+import tessera.sdk as sdk
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import sdk
+import tessera.sdk as sdk
 
 SDK_DIR = Path(sdk.__file__).parent
-ALLOWED = ("control_plane.core", "control_plane.tls", "control_plane.wire", "control_plane.tracing")
+ALLOWED = ("tessera.control_plane.core", "tessera.control_plane.tls", "tessera.control_plane.wire", "tessera.control_plane.tracing")
 
 
 def _imports(path: Path) -> list[str]:

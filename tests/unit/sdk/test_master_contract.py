@@ -1,7 +1,7 @@
 """One contract for FakeMaster and the real master (in process, its Scheduler service on 127.0.0.1, a
 scripted agent): the refusals a scheduler can meet come back as the same error classes, and reconciling
 an unknown task answers the same TASK_LOST. FakeMaster keeps its own copy of `decide`'s accept rules
-(sdk.testing); this suite is what keeps the copy honest."""
+(tessera.sdk.testing); this suite is what keeps the copy honest."""
 
 from __future__ import annotations
 
@@ -9,8 +9,17 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from sdk import Conflict, FrameworkInfo, InvalidRequest, NotFound, Offer, Resources, TaskInfo, TaskState
-from sdk.testing import FakeMaster
+from tessera.sdk import (
+    Conflict,
+    FrameworkInfo,
+    InvalidRequest,
+    NotFound,
+    Offer,
+    Resources,
+    TaskInfo,
+    TaskState,
+)
+from tessera.sdk.testing import FakeMaster
 from tests.support.inprocess import InProcessMaster
 from tests.support.scripted import ScriptedAgent
 from tests.unit.sdk.harness import SyncHarness

@@ -9,9 +9,9 @@ import pkgutil
 
 import pytest
 
-import sdk
-from sdk import _convert as cv
-from sdk.errors import (
+import tessera.sdk as sdk
+from tessera.sdk import _convert as cv
+from tessera.sdk.errors import (
     Conflict,
     InvalidRequest,
     NotFound,
@@ -23,7 +23,7 @@ from sdk.errors import (
     Unavailable,
     error_for_status,
 )
-from sdk.protocol import (
+from tessera.sdk.protocol import (
     AcceptCall,
     AcknowledgeCall,
     CallHeader,
@@ -42,7 +42,7 @@ from sdk.protocol import (
     TeardownCall,
     UpdateEvent,
 )
-from sdk.types import (
+from tessera.sdk.types import (
     Filters,
     FrameworkInfo,
     Launch,
@@ -77,7 +77,7 @@ def test_no_other_public_name_leaks_from_the_package() -> None:
     assert public == PUBLIC
 
 
-@pytest.mark.parametrize("module", ["sdk.errors", "sdk.types", "sdk.testing"])
+@pytest.mark.parametrize("module", ["tessera.sdk.errors", "tessera.sdk.types", "tessera.sdk.testing"])
 def test_submodule_all_names_exist(module: str) -> None:
     mod = importlib.import_module(module)
     for name in mod.__all__:
@@ -86,7 +86,7 @@ def test_submodule_all_names_exist(module: str) -> None:
 
 def test_every_module_has_a_docstring() -> None:
     names = ["sdk"] + [f"sdk.{m.name}" for m in pkgutil.iter_modules(sdk.__path__)]
-    names += [f"sdk.examples.{m.name}" for m in pkgutil.iter_modules(importlib.import_module("sdk.examples").__path__)]
+    names += [f"tessera.sdk.examples.{m.name}" for m in pkgutil.iter_modules(importlib.import_module("tessera.sdk.examples").__path__)]
     for name in names:
         assert (importlib.import_module(name).__doc__ or "").strip(), name
 
@@ -167,7 +167,7 @@ def test_unavailable_with_a_leader_hint_is_not_leader() -> None:
 
 
 def test_sdk_errors_are_the_masters_error_classes() -> None:
-    from control_plane.core import errors as core
+    from tessera.control_plane.core import errors as core
 
     assert sdk.Conflict is core.Conflict and sdk.NotFound is core.NotFound
     with pytest.raises(sdk.InvalidRequest):

@@ -10,10 +10,10 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from sdk.protocol import AcceptCall
-from sdk.run import RunOptions, run_command, run_task
-from sdk.testing import FakeGrpcServer, FakeMaster, StatusStep, runs_and_finishes
-from sdk.types import Launch, TaskInfo, TaskState
+from tessera.sdk.protocol import AcceptCall
+from tessera.sdk.run import RunOptions, run_command, run_task
+from tessera.sdk.testing import FakeGrpcServer, FakeMaster, StatusStep, runs_and_finishes
+from tessera.sdk.types import Launch, TaskInfo, TaskState
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -160,7 +160,7 @@ def test_registered_in_a_group_it_takes_the_groups_masters(serve: Callable[[Fake
     @click.group(context_settings={"auto_envvar_prefix": "TESSERA"})
     @click.option("--masters", default="127.0.0.1:5050")
     def tessera(masters: str) -> None:
-        """Like control_plane.cli.main's group."""
+        """Like tessera.control_plane.cli.main's group."""
 
     tessera.add_command(run_command)
     result = CliRunner().invoke(tessera, ["--masters", address, "run", "--", "true"])

@@ -9,8 +9,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sdk.errors import Conflict, DriverStopped, InvalidRequest, NotFound, NotLeader, ServerError, Unavailable
-from sdk.protocol import (
+from tessera.sdk.errors import (
+    Conflict,
+    DriverStopped,
+    InvalidRequest,
+    NotFound,
+    NotLeader,
+    ServerError,
+    Unavailable,
+)
+from tessera.sdk.protocol import (
     AcknowledgeCall,
     ErrorEvent,
     HeartbeatEvent,
@@ -19,7 +27,7 @@ from sdk.protocol import (
     SubscribedEvent,
     UpdateEvent,
 )
-from sdk.session import (
+from tessera.sdk.session import (
     Attempt,
     Backoff,
     NotifyDisconnected,
@@ -31,7 +39,7 @@ from sdk.session import (
     Phase,
     Session,
 )
-from sdk.types import FrameworkInfo, Offer, Resources, TaskState, TaskStatus
+from tessera.sdk.types import FrameworkInfo, Offer, Resources, TaskState, TaskStatus
 
 INFO = FrameworkInfo(name="fw", roles=("default",))
 MASTERS = ["m1:5050", "m2:5050", "m3:5050"]
@@ -386,7 +394,7 @@ def test_session_refuses_no_masters() -> None:
 # ---- the call budget (one retry/deadline arithmetic for both drivers) ------------------------------------------
 
 def test_call_budget_cuts_attempts_to_the_deadline_and_retries_only_when_the_wait_fits() -> None:
-    from sdk.session import CallBudget, CallDecision
+    from tessera.sdk.session import CallBudget, CallDecision
 
     budget = CallBudget(100.0, call_timeout=30.0, rpc_timeout=10.0)
     assert budget.deadline == 130.0 and budget.remaining(125.0) == 5.0

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from sdk.errors import Conflict, InvalidRequest, NotFound, NotLeader, Unavailable
-from sdk.grpc_transport import GrpcTransport
-from sdk.protocol import (
+from tessera.sdk.errors import Conflict, InvalidRequest, NotFound, NotLeader, Unavailable
+from tessera.sdk.grpc_transport import GrpcTransport
+from tessera.sdk.protocol import (
     AcceptCall,
     CallHeader,
     DeclineCall,
@@ -22,9 +22,9 @@ from sdk.protocol import (
     SubscribedEvent,
     UpdateEvent,
 )
-from sdk.testing import FakeGrpcServer, FakeMaster
-from sdk.transport import EventStream, StreamEnded, Transport
-from sdk.types import FrameworkInfo, Launch, Resources, TaskInfo, TaskState
+from tessera.sdk.testing import FakeGrpcServer, FakeMaster
+from tessera.sdk.transport import EventStream, StreamEnded, Transport
+from tessera.sdk.types import FrameworkInfo, Launch, Resources, TaskInfo, TaskState
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,18 +15,18 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from agent.checkpoint import Checkpoint
-from agent.config import AgentConfig, resolve
-from agent.executor.isolation import RlimitIsolator
-from agent.executor.launcher import ProcessLauncher
-from agent.runtime.agent import Agent, run_in_thread
-from control_plane.api.span_reporter import OperatorSpanStore
-from control_plane.eventlog import EventFilter, MemoryEventStore
-from control_plane.tracing import StoreSpanExporter, context_from, current_traceparent
-from sdk import FrameworkInfo, Resources
-from sdk.grpc_transport import GrpcTransport
-from sdk.protocol import AcceptCall, CallHeader, OffersEvent, SubscribedEvent
-from sdk.types import Launch, TaskInfo
+from tessera.agent.checkpoint import Checkpoint
+from tessera.agent.config import AgentConfig, resolve
+from tessera.agent.executor.isolation import RlimitIsolator
+from tessera.agent.executor.launcher import ProcessLauncher
+from tessera.agent.runtime.agent import Agent, run_in_thread
+from tessera.control_plane.api.span_reporter import OperatorSpanStore
+from tessera.control_plane.eventlog import EventFilter, MemoryEventStore
+from tessera.control_plane.tracing import StoreSpanExporter, context_from, current_traceparent
+from tessera.sdk import FrameworkInfo, Resources
+from tessera.sdk.grpc_transport import GrpcTransport
+from tessera.sdk.protocol import AcceptCall, CallHeader, OffersEvent, SubscribedEvent
+from tessera.sdk.types import Launch, TaskInfo
 from tests.support.inprocess import InProcessMaster
 from tests.support.scripted import ScriptedAgent
 from tests.unit.inspect.cli import ok, one_line_error, tessera
@@ -218,8 +218,8 @@ def test_the_agent_continues_the_trace_and_reports_its_spans_to_the_leader(
 def test_without_a_recording_tracer_writes_keep_the_callers_trace_and_build_no_spans() -> None:
     from opentelemetry import trace
 
-    from control_plane.core import commands as cmd
-    from control_plane.tracing import RecordingCheck, tracer_records
+    from tessera.control_plane.core import commands as cmd
+    from tessera.control_plane.tracing import RecordingCheck, tracer_records
 
     assert not tracer_records(trace.NoOpTracer())
     assert tracer_records(_provider("x").get_tracer("t"))

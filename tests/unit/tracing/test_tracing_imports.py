@@ -1,5 +1,5 @@
 """The import circle operator -> master -> tracing -> operator is gone: tracing (and the master's write
-path that imports it) loads nothing of `control_plane.api`; the converters live in `codec`."""
+path that imports it) loads nothing of `tessera.control_plane.api`; the converters live in `codec`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import control_plane
+import tessera.control_plane as control_plane
 
 ROOT = Path(control_plane.__file__).parent
 
@@ -24,12 +24,12 @@ def _imported(path: Path) -> set[str]:
 
 
 def test_tracing_names_no_api_module_even_inside_functions() -> None:
-    assert not {m for m in _imported(ROOT / "tracing.py") if m.startswith("control_plane.api")}
+    assert not {m for m in _imported(ROOT / "tracing.py") if m.startswith("tessera.control_plane.api")}
 
 
 def test_loading_tracing_and_the_master_loads_no_api_module() -> None:
-    code = ("import sys, control_plane.tracing, control_plane.runtime.master; "
-            "print(sorted(m for m in sys.modules if m.startswith('control_plane.api')))")
+    code = ("import sys, tessera.control_plane.tracing, tessera.control_plane.runtime.master; "
+            "print(sorted(m for m in sys.modules if m.startswith('tessera.control_plane.api')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
 
@@ -37,6 +37,6 @@ def test_loading_tracing_and_the_master_loads_no_api_module() -> None:
 def test_runtime_and_codec_modules_of_the_edges_import_no_api_and_no_grpc() -> None:
     for name in ("agent_intake", "registrations", "subscriptions", "reconcile", "quorum", "state_view"):
         imported = _imported(ROOT / "runtime" / f"{name}.py")
-        assert not {m for m in imported if m.startswith(("control_plane.api", "grpc"))}, name
+        assert not {m for m in imported if m.startswith(("tessera.control_plane.api", "grpc"))}, name
     imported = _imported(ROOT / "codec" / "operator_api.py")
-    assert not {m for m in imported if m.startswith(("control_plane.api", "control_plane.runtime", "grpc"))}
+    assert not {m for m in imported if m.startswith(("tessera.control_plane.api", "tessera.control_plane.runtime", "grpc"))}
