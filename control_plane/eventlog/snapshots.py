@@ -28,6 +28,7 @@ from tessera.control_plane.core.state import (
     TaskRecord,
 )
 from tessera.control_plane.core.values import Offer, RoleInfo
+from tessera.control_plane.legacy_names import current_name
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def encode_pickled(raw: bytes) -> bytes:
     return _MAGIC + bytes([_FORMAT]) + _layout() + zlib.compress(raw, 1)
 
 
-_ALLOWED_MODULES = re.compile(r"^control_plane\.core(\.[a-z_]+)?\Z")
+_ALLOWED_MODULES = re.compile(r"^tessera\.control_plane\.core(\.[a-z_]+)?\Z")
 _ALLOWED_GLOBALS = {("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"),
                     ("copyreg", "_reconstructor"), ("builtins", "object"), ("builtins", "getattr")}
 
@@ -78,6 +79,7 @@ class _CoreUnpickler(pickle.Unpickler):
     from elsewhere cannot run code."""
 
     def find_class(self, module: str, name: str) -> Any:
+        module = current_name(module)  # written before the tessera.* rename
         if (module, name) in _ALLOWED_GLOBALS or (_ALLOWED_MODULES.match(module) and not name.startswith("_")):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a state snapshot")

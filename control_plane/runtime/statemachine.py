@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from tessera.control_plane import legacy_names
 from tessera.control_plane.codec import entry_from_bytes, event_type_name, json_text, to_jsonable
 from tessera.control_plane.core import events as ev
 from tessera.control_plane.core.apply import ApplyResult, apply
@@ -79,6 +80,9 @@ class MasterStateMachine:
     """Holds the replicated `ClusterState` and feeds the event log."""
 
     def __init__(self, events: EventStore, snapshot_every: int = DEFAULT_SNAPSHOT_EVERY) -> None:
+        # Raft dumps and snapshots written before the tessera.* rename name the core's old modules; the
+        # replicator unpickles them into this state machine (see control_plane/legacy_names.py).
+        legacy_names.install()
         self.state = ClusterState()
         self.lock = threading.RLock()
         self.events = events

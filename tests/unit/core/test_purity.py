@@ -34,14 +34,20 @@ def _modules() -> list[pathlib.Path]:
     return files
 
 
+def _top(name: str) -> str:
+    """The library a module belongs to; for Tessera's own, its part (`tessera.control_plane.x` -> control_plane)."""
+    parts = name.split(".")
+    return parts[1] if parts[0] == "tessera" and len(parts) > 1 else parts[0]
+
+
 def _imports(tree: ast.AST) -> set[str]:
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found.update(alias.name.split(".")[0] for alias in node.names)
+            found.update(_top(alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             assert node.level == 0, "use absolute imports in the core"
-            found.add((node.module or "").split(".")[0])
+            found.add(_top(node.module or ""))
     return found
 
 

@@ -46,7 +46,7 @@ def test_the_grpc_runtime_range_admits_the_version_the_committed_code_was_genera
 
 
 def test_pysyncobj_range_is_the_patched_release_only() -> None:
-    spec = _requirements()["pysyncobj"].specifier
+    spec = _requirements("server")["pysyncobj"].specifier
     assert Version(PATCHED_PYSYNCOBJ) in spec
     assert not spec.contains("0.3.18")
     assert not spec.contains("0.3.16")
