@@ -2,7 +2,8 @@
 
 The replicated state is pickled into Raft dumps and snapshots (pysyncobj's own format, loaded by
 pysyncobj on its tick thread) and into the local replicator's snapshot file. A master of an earlier
-release wrote them naming the core's classes by their old modules (`tessera.control_plane.core.state`, ...).
+release wrote them naming the core's classes by their old modules (under the top-level package
+`control_plane`: its `core.state`, `core.values`, ...).
 `install()` registers those names as aliases of the same modules under `tessera.control_plane.core`,
 so such files load after an upgrade and during a rolling one (a snapshot sent by a master not yet
 upgraded). Only the pure core's modules are aliased: nothing pickled names any other. New pickles name
@@ -23,7 +24,7 @@ NEW_PREFIX = "tessera.control_plane"
 
 
 def install() -> None:
-    """Make `tessera.control_plane.core.<module>` resolve to `tessera.control_plane.core.<module>` for pickle."""
+    """Make the old `<OLD_PREFIX>.core.<module>` names resolve to `tessera.control_plane.core.<module>`."""
     sys.modules.setdefault(OLD_PREFIX, _control_plane)
     sys.modules.setdefault(f"{OLD_PREFIX}.core", _core)
     for info in pkgutil.iter_modules(_core.__path__):
