@@ -125,9 +125,9 @@ def _task(n: int = 0, **fields: Any) -> common_pb2.TaskInfo:
 
 def _over_launch_limit(tasks: list[common_pb2.TaskInfo]) -> bool:
     """Whether `core.limits` counts these tasks together over its MAX_LAUNCH_LENGTH."""
-    from control_plane.codec import from_proto
-    from control_plane.core.limits import MAX_LAUNCH_LENGTH, task_length
-    from control_plane.core.values import TaskInfo
+    from tessera.control_plane.codec import from_proto
+    from tessera.control_plane.core.limits import MAX_LAUNCH_LENGTH, task_length
+    from tessera.control_plane.core.values import TaskInfo
 
     return sum(task_length(from_proto(t, TaskInfo)) for t in tasks) > MAX_LAUNCH_LENGTH
 
