@@ -965,7 +965,7 @@ _RESPONSES: dict[str, Callable[[CallResult], Any]] = {
 }
 
 
-class _FakeSchedulerService(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[misc]
+class _FakeSchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     def __init__(self, fake: FakeMaster, address: str) -> None:
         self.fake = fake
         self.address = address

@@ -646,7 +646,7 @@ cli.add_command(_agent_group())
 
 
 def _run_command() -> click.Command:
-    from tessera.sdk.run import run_command
+    from tessera.control_plane.cli.run import run_command
 
     return run_command
 

@@ -50,3 +50,13 @@ def test_pysyncobj_range_is_the_patched_release_only() -> None:
     assert Version(PATCHED_PYSYNCOBJ) in spec
     assert not spec.contains("0.3.18")
     assert not spec.contains("0.3.16")
+
+
+def test_the_wheel_lists_every_package_of_the_source_folders() -> None:
+    """setuptools installs only the packages pyproject.toml names: a new subpackage left out would be
+    missing from every install but this editable one."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"tessera", "tessera.v1"} | {
+        "tessera." + ".".join(init.parent.relative_to(ROOT).parts)
+        for top in ("control_plane", "agent", "sdk") for init in (ROOT / top).rglob("__init__.py")}
+    assert listed == found, f"add to [tool.setuptools] packages: {sorted(found - listed)}; remove: {sorted(listed - found)}"

@@ -32,7 +32,7 @@ def test_the_agent_imports_nothing_from_the_master_runtime() -> None:
 
 
 def test_the_shared_metrics_package_imports_neither_the_runtime_nor_the_agent() -> None:
-    assert _offending("control_plane/metrics", ("tessera.control_plane.runtime", "agent")) == []
+    assert _offending("control_plane/metrics", ("tessera.control_plane.runtime", "tessera.agent")) == []
 
 
 def test_loading_the_agent_metrics_loads_no_runtime_module() -> None:

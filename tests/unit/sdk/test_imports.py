@@ -19,7 +19,7 @@ def _imports(path: Path) -> list[str]:
             names += [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             module = node.module or ""
-            names += [f"{module}.{a.name}" for a in node.names] if module == "control_plane" else [module]
+            names += [f"{module}.{a.name}" for a in node.names] if module == "tessera.control_plane" else [module]
     return names
 
 
@@ -27,5 +27,5 @@ def test_the_sdk_imports_only_core_tls_and_wire_from_control_plane() -> None:
     files = sorted(SDK_DIR.rglob("*.py"))
     assert len(files) >= 10
     bad = [f"{path.relative_to(SDK_DIR)}: {name}" for path in files for name in _imports(path)
-           if name.startswith("control_plane") and not name.startswith(ALLOWED)]
+           if name.startswith("tessera.control_plane") and not name.startswith(ALLOWED)]
     assert bad == []

@@ -10,8 +10,9 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
+from tessera.control_plane.cli.run import run_command
 from tessera.sdk.protocol import AcceptCall
-from tessera.sdk.run import RunOptions, run_command, run_task
+from tessera.sdk.run import RunOptions, run_task
 from tessera.sdk.testing import FakeGrpcServer, FakeMaster, StatusStep, runs_and_finishes
 from tessera.sdk.types import Launch, TaskInfo, TaskState
 
