@@ -18,7 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LAYOUT = {"control_plane": ROOT / "control_plane", "agent": ROOT / "agent", "sdk": ROOT / "sdk",
           "v1": ROOT / "proto" / "tessera" / "v1"}
-STRICT = ("tessera.control_plane.core", "tessera.control_plane.allocation", "tessera.sdk")
+STRICT = ("tessera.control_plane.core", "tessera.control_plane.allocation", "tessera.sdk", "tessera.control_plane.wire",
+          "tessera.control_plane.runtime.duties", "tessera.agent.core")
 
 
 def main(argv: list[str]) -> int:
