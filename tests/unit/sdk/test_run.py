@@ -111,7 +111,10 @@ def test_the_leader_is_found_from_a_follower(serve: Callable[[FakeMaster], str])
     leader = serve(fake)  # the last one started leads
     result = invoke("--masters", follower, "--", "true")
     assert result.exit_code == 0, result.output
-    assert [a for a, _ in fake.subscribe_requests] == [follower, leader]
+    asked = [a for a, _ in fake.subscribe_requests]
+    # the follower first, then the leader it names; a loaded machine may see the stream re-subscribe
+    # (at the leader, never back at the follower)
+    assert asked[:2] == [follower, leader] and set(asked[2:]) <= {leader}, asked
 
 
 @pytest.mark.parametrize(("args", "message"), [
