@@ -206,11 +206,16 @@ def test_registration_is_visible_in_the_masters_state(cluster: AgentCluster, age
     assert view.info.isolator in ("cgroups_v2", "cgroups_v1", "rlimits")
     from tessera.agent.checkpoint import Checkpoint
 
-    cp = Checkpoint.open(agent_proc.data_dir / "agent.db")
-    try:
-        assert cp.agent_id == view.agent_id  # the id the master minted is on the agent's disk
-    finally:
-        cp.close()
+    def on_disk() -> str:
+        cp = Checkpoint.open(agent_proc.data_dir / "agent.db")
+        try:
+            return cp.agent_id
+        finally:
+            cp.close()
+
+    # the id the master minted reaches the agent's disk (the master shows the session as soon as it
+    # answers; the agent writes the id when it reads that answer)
+    wait_for(lambda: on_disk() == view.agent_id, timeout=10, what="the agent id on the agent's disk")
 
 
 def task_view(cluster: LocalCluster, task_id: str) -> operator_pb2.TaskView | None:
