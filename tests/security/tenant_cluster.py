@@ -22,12 +22,24 @@ import grpc
 from tessera.control_plane.api.client import MasterClient
 from tessera.control_plane.certs import init_dev_pki
 from tessera.control_plane.codec import resources_to_proto
+from tessera.control_plane.core.acl import token_digest
 from tessera.control_plane.core.resources import Resources
 from tessera.control_plane.tls import ClientSecurity
 from tessera.v1 import common_pb2, operator_pb2, operator_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from tests.support.cluster import free_port, spawn, wait_for
 
 RAFT_PASSWORD = "tenant-tests-raft-password-0123456789"
+
+
+def tenants_acl(tokens: dict[str, str], ops_actions: tuple[str, ...]) -> str:
+    """The ACL of the tenant tests: an operator `ops` with `ops_actions`, and two readers, alice (role
+    analytics) and bob (role web), whose tasks run as the agent's own user."""
+    actions = ", ".join(f'"{a}"' for a in ops_actions)
+    grants = [f'[principals.ops]\ntoken_sha256 = "{token_digest(tokens["ops"])}"\nactions = [{actions}]']
+    for principal, role in (("alice", "analytics"), ("bob", "web")):
+        grants.append(f'[principals.{principal}]\ntoken_sha256 = "{token_digest(tokens[principal])}"\n'
+                      f'roles = ["{role}"]\nusers = [""]\nactions = ["read"]')
+    return "\n\n".join(grants) + "\n"
 
 
 @dataclass

@@ -20,32 +20,22 @@ from typing import Any
 import grpc
 import pytest
 
-from tessera.control_plane.core.acl import token_digest
 from tessera.v1 import common_pb2, operator_pb2
-from tests.security.tenant_cluster import Tenant, TenantCluster, launch, secure_cluster, subscribe
+from tests.security.tenant_cluster import (
+    Tenant,
+    TenantCluster,
+    launch,
+    secure_cluster,
+    subscribe,
+    tenants_acl,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("sh") is None, reason="tasks run with /bin/sh")
 
 SECRET = "s3cret"
 TRACE_ID = "5ec2e7" + "ab" * 13
 TOKENS = {"ops": "tok-ops-read-all-1", "alice": "tok-alice-reader-2", "bob": "tok-bob-reader-3"}
-ACL = f"""
-[principals.ops]
-token_sha256 = "{token_digest(TOKENS['ops'])}"
-actions = ["read", "read_all"]
-
-[principals.alice]
-token_sha256 = "{token_digest(TOKENS['alice'])}"
-roles = ["analytics"]
-users = [""]
-actions = ["read"]
-
-[principals.bob]
-token_sha256 = "{token_digest(TOKENS['bob'])}"
-roles = ["web"]
-users = [""]
-actions = ["read"]
-"""
+ACL = tenants_acl(TOKENS, ops_actions=("read", "read_all"))
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ import pytest
 
 from tessera.control_plane.api.operator import OperatorService
 from tessera.control_plane.api.server import MasterServer
-from tessera.control_plane.core.acl import Caller, Grant, token_digest
+from tessera.control_plane.core.acl import Caller, Grant
 from tessera.control_plane.core.errors import PermissionDenied
 from tessera.control_plane.core.spans import SpanLimits, TaskPlacement, check_span_report
 from tessera.control_plane.eventlog import (
@@ -36,7 +36,15 @@ from tessera.control_plane.eventlog import (
     SqliteEventStore,
 )
 from tessera.v1 import operator_pb2, operator_pb2_grpc
-from tests.security.tenant_cluster import Tenant, TenantCluster, code_of, launch, secure_cluster, subscribe
+from tests.security.tenant_cluster import (
+    Tenant,
+    TenantCluster,
+    code_of,
+    launch,
+    secure_cluster,
+    subscribe,
+    tenants_acl,
+)
 from tests.support.cluster import free_port, wait_for
 from tests.support.inprocess import InProcessMaster
 
@@ -91,23 +99,7 @@ def test_masters_and_the_insecure_dev_mode_report_anything() -> None:
 # ---- end to end: a forged span in another tenant's trace ------------------------------------------------
 TRACE_ID = "f0e1d2c3" * 4
 TOKENS = {"ops": "tok-ops-spans-1", "alice": "tok-alice-spans-2", "bob": "tok-bob-spans-3"}
-ACL = f"""
-[principals.ops]
-token_sha256 = "{token_digest(TOKENS['ops'])}"
-actions = ["read"]
-
-[principals.alice]
-token_sha256 = "{token_digest(TOKENS['alice'])}"
-roles = ["analytics"]
-users = [""]
-actions = ["read"]
-
-[principals.bob]
-token_sha256 = "{token_digest(TOKENS['bob'])}"
-roles = ["web"]
-users = [""]
-actions = ["read"]
-"""
+ACL = tenants_acl(TOKENS, ops_actions=("read",))
 
 
 @pytest.fixture(scope="module")
