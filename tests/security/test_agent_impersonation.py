@@ -11,7 +11,6 @@ running, A stays connected, and no event is written about A or its task.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,8 +29,6 @@ from tessera.control_plane.core.resources import Resources
 from tessera.control_plane.tls import ClientSecurity
 from tessera.v1 import agent_pb2, agent_pb2_grpc, common_pb2, operator_pb2, scheduler_pb2, scheduler_pb2_grpc
 from tests.support.cluster import free_port, wait_for
-
-pytestmark = pytest.mark.skipif(shutil.which("sh") is None, reason="tasks run with /bin/sh")
 
 TOKENS = {"ops": "tok-ops-impersonation", "tenant": "tok-tenant-impersonation"}
 ACL = f"""

@@ -12,7 +12,6 @@ file, and the agent of the generated `agent` directory.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -33,8 +32,6 @@ from tessera.control_plane.core.resources import Resources
 from tessera.control_plane.tls import ClientSecurity
 from tessera.v1 import common_pb2, operator_pb2, scheduler_pb2, scheduler_pb2_grpc
 from tests.support.cluster import free_port, wait_for
-
-pytestmark = pytest.mark.skipif(shutil.which("sh") is None, reason="tasks run with /bin/sh")
 
 WIDE_TOKEN = "tok-legacy-wide-open"
 

@@ -8,7 +8,6 @@ token with an operator certificate still writes.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import grpc
@@ -19,8 +18,6 @@ from tessera.control_plane.core.acl import token_digest
 from tessera.control_plane.core.resources import Resources
 from tessera.v1 import common_pb2, operator_pb2
 from tests.security.tenant_cluster import TenantCluster, code_of, secure_cluster
-
-pytestmark = pytest.mark.skipif(shutil.which("sh") is None, reason="tasks run with /bin/sh")
 
 TOKENS = {"ops": "tok-ops-all-actions-1"}
 ACL = f"""

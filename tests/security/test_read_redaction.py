@@ -11,7 +11,6 @@ so does an operator with `read_all`.
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -29,8 +28,6 @@ from tests.security.tenant_cluster import (
     subscribe,
     tenants_acl,
 )
-
-pytestmark = pytest.mark.skipif(shutil.which("sh") is None, reason="tasks run with /bin/sh")
 
 SECRET = "s3cret"
 TRACE_ID = "5ec2e7" + "ab" * 13

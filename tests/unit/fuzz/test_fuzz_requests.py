@@ -4,6 +4,9 @@ and a refused call changes nothing. (`python -m tests.unit.fuzz.run --cases 1000
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,8 +26,11 @@ from tests.unit.fuzz.requests import (
 pytestmark = pytest.mark.timeout(300)
 
 
-def test_fuzzed_requests_get_proper_codes_and_refusals_change_nothing() -> None:
-    # no allocation loop: its offers, committed concurrently, would make "refused but changed" ambiguous
+@contextmanager
+def fuzzed_master() -> Iterator[tuple[Any, ScriptedFramework, dict[str, Any], Callable[[], str]]]:
+    """A master with a registered agent and a subscribed framework, the stubs to call it and a
+    fingerprint of its state. No allocation loop: its offers, committed concurrently, would make
+    "refused but changed" ambiguous."""
     with InProcessMaster(allocation=False, settings=FUZZ_SETTINGS) as node:
         agent = ScriptedAgent(node.channel).start()
         assert agent.registered.wait(5)
@@ -32,10 +38,16 @@ def test_fuzzed_requests_get_proper_codes_and_refusals_change_nothing() -> None:
         assert fw.subscribed.wait(5)
         stubs = {"operator": operator_pb2_grpc.OperatorStub(node.channel),
                  "scheduler": scheduler_pb2_grpc.SchedulerStub(node.channel)}
-        codes: Counter[str] = Counter()
+        try:
+            yield node, fw, stubs, lambda: str(node.master.read_state(lambda s: s.fingerprint()))
+        finally:
+            fw.close()
+            agent.close()
 
-        def fingerprint() -> str:
-            return str(node.master.read_state(lambda s: s.fingerprint()))
+
+def test_fuzzed_requests_get_proper_codes_and_refusals_change_nothing() -> None:
+    with fuzzed_master() as (node, fw, stubs, fingerprint):
+        codes: Counter[str] = Counter()
 
         @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         @given(calls([fw.framework_id]))
@@ -47,22 +59,11 @@ def test_fuzzed_requests_get_proper_codes_and_refusals_change_nothing() -> None:
         # still serving
         assert stubs["operator"].GetQuorum(operator_pb2.GetQuorumRequest(), timeout=5).applied_index > 0
         assert sum(codes.values()) >= 150
-        fw.close()
-        agent.close()
 
 
 def test_oversized_and_many_argument_requests_get_clear_codes_and_change_nothing() -> None:
-    with InProcessMaster(allocation=False, settings=FUZZ_SETTINGS) as node:
-        agent = ScriptedAgent(node.channel).start()
-        assert agent.registered.wait(5)
-        fw = ScriptedFramework(node.channel).start()
-        assert fw.subscribed.wait(5)
-        stubs = {"operator": operator_pb2_grpc.OperatorStub(node.channel),
-                 "scheduler": scheduler_pb2_grpc.SchedulerStub(node.channel)}
+    with fuzzed_master() as (node, fw, stubs, fingerprint):
         codes: Counter[str] = Counter()
-
-        def fingerprint() -> str:
-            return str(node.master.read_state(lambda s: s.fingerprint()))
 
         @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         @given(oversized_calls(fw.framework_id))
@@ -72,5 +73,3 @@ def test_oversized_and_many_argument_requests_get_clear_codes_and_change_nothing
         run()
         assert stubs["operator"].GetQuorum(operator_pb2.GetQuorumRequest(), timeout=5).applied_index > 0
         assert codes["INVALID_ARGUMENT"] > 0, codes
-        fw.close()
-        agent.close()
