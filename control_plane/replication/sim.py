@@ -30,7 +30,7 @@ partition) until it is healed (then everything held arrives, in order) or until 
 user. A crashed node's connections break at once (the kernel closes its sockets). Every message is
 pickled at send time, as the TCP transport does, so nodes share no objects.
 
-The Raft port guard (``raft.GuardedTCPTransport``: frame lengths, handshake deadline, cap on pending
+The Raft port guard (``raft_port_guard.GuardedTCPTransport``: frame lengths, handshake deadline, cap on pending
 connections) is not installed here: it guards sockets, and the simulated network has none (messages
 are objects handed from node to node, never framed bytes from a stranger).
 """
@@ -55,15 +55,9 @@ from pysyncobj.transport import Transport
 
 from .api import StateMachine
 from .config import ReplicationConfig
-from .raft import (
-    _ReplicatedLog,
-    align_journal_with_dump,
-    guard_backtracking,
-    guard_matching_entries,
-    guard_reply_terms,
-    guard_snapshot_commit_index,
-    syncobj_conf,
-)
+from .consensus_guards import install_consensus_guards
+from .journal_alignment import align_journal_with_dump
+from .pysyncobj_node import _ReplicatedLog, syncobj_conf
 
 __all__ = [
     "FAIL_SUCCESS",
@@ -383,10 +377,7 @@ class SimRaftNode:
         self._so = SyncObj(SimNode(self.address), [SimNode(p) for p in self.peers], conf=conf,
                            consumers=[self._consumer], nodeClass=SimNode, transport=self.transport)
         if guard_snapshots:  # every guard, as RaftReplicator; False reproduces pysyncobj's own behaviour
-            guard_snapshot_commit_index(self._so)
-            guard_matching_entries(self._so)
-            guard_backtracking(self._so)
-            guard_reply_terms(self._so)
+            install_consensus_guards(self._so)
         network.node_up(self)
         # Periodic ticks, like the poll timeout of pysyncobj's loop, at a per-node phase.
         network.scheduler.after(config.tick_period_s * network.rng.random(), self._periodic)

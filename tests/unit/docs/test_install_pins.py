@@ -12,7 +12,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from tessera.control_plane.replication.raft import PATCHED_PYSYNCOBJ
+from tessera.control_plane.replication.pysyncobj_release import PATCHED_PYSYNCOBJ
 
 ROOT = Path(__file__).resolve().parents[3]
 PINNED_EXACTLY = ("grpcio-tools", "mypy-protobuf", "ruff", "mypy")

@@ -10,14 +10,14 @@ import socket
 def test_socket_inet_ntop_works_after_the_replicator_and_pysyncobj_are_imported() -> None:
     import pysyncobj.tcp_connection  # noqa: F401 - the module that installs the shim
 
-    import tessera.control_plane.replication.raft  # noqa: F401
+    import tessera.control_plane.replication.pysyncobj_release  # noqa: F401
 
     assert socket.inet_ntop(socket.AF_INET, bytes([127, 0, 0, 1])) == "127.0.0.1"
     assert socket.inet_ntop(socket.AF_INET6, bytes(15) + b"\x01") == "::1"
 
 
 def test_the_installed_pysyncobj_is_the_release_the_raft_guards_patch() -> None:
-    from tessera.control_plane.replication.raft import check_pysyncobj_version
+    from tessera.control_plane.replication.pysyncobj_release import check_pysyncobj_version
 
     check_pysyncobj_version()  # raises, naming both versions and the fix, on any other release
 
@@ -25,7 +25,7 @@ def test_the_installed_pysyncobj_is_the_release_the_raft_guards_patch() -> None:
 def test_another_pysyncobj_release_is_refused_naming_both_versions() -> None:
     import pytest
 
-    from tessera.control_plane.replication.raft import PATCHED_PYSYNCOBJ, check_pysyncobj_version
+    from tessera.control_plane.replication.pysyncobj_release import PATCHED_PYSYNCOBJ, check_pysyncobj_version
 
     with pytest.raises(RuntimeError, match=r"pysyncobj 0\.3\.18 is installed") as refused:
         check_pysyncobj_version("0.3.18")

@@ -19,7 +19,7 @@ from pysyncobj import pickle as pysyncobj_pickle
 from pysyncobj.encryptor import getEncryptor
 
 from tessera.control_plane.replication import GroupCommitConfig, RaftReplicator, ReplicationConfig
-from tessera.control_plane.replication.raft import (
+from tessera.control_plane.replication.raft_port_guard import (
     HANDSHAKE_FRAME_BYTES,
     PortGuardStats,
     declared_frame_length,

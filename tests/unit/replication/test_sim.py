@@ -143,7 +143,7 @@ def test_a_repeated_append_entries_does_not_truncate_the_leaders_own_entries(tmp
 
 
 def test_the_rewrite_keeps_every_message_it_must_not_touch() -> None:
-    from tessera.control_plane.replication.raft import without_stale_truncation
+    from tessera.control_plane.replication.consensus_guards import without_stale_truncation
 
     journal = [(b"", 1, 0), (b"a", 2, 1), (b"b", 3, 1), (b"c", 4, 2)]
     stale = {"type": "append_entries", "term": 2, "prevLogIdx": 2, "prevLogTerm": 1, "entries": [(b"b", 3, 1)]}
@@ -162,7 +162,7 @@ def test_the_rewrite_keeps_every_message_it_must_not_touch() -> None:
 
 
 def test_a_leader_drops_replies_to_append_entries_of_another_term() -> None:
-    from tessera.control_plane.replication.raft import is_reply_of_another_term
+    from tessera.control_plane.replication.consensus_guards import is_reply_of_another_term
 
     reply = {"type": "next_node_idx", "next_node_idx": 9, "reset": False, "success": True}
     assert is_reply_of_another_term({**reply, "term": 3}, 4)
@@ -172,7 +172,7 @@ def test_a_leader_drops_replies_to_append_entries_of_another_term() -> None:
 
 
 def test_followers_stamp_their_replies_with_their_term(tmp_path: Path) -> None:
-    from tessera.control_plane.replication.raft import guard_reply_terms
+    from tessera.control_plane.replication.consensus_guards import guard_reply_terms
 
     sent: list[dict[str, object]] = []
     with lone_follower(tmp_path, guarded=False) as node:
@@ -210,7 +210,7 @@ def test_entries_of_an_earlier_term_survive_a_partial_re_send(tmp_path: Path, gu
 
 
 def test_a_leader_takes_the_lowest_index_a_follower_asked_for_until_it_accepts() -> None:
-    from tessera.control_plane.replication.raft import held_back
+    from tessera.control_plane.replication.consensus_guards import held_back
 
     floors: dict[object, tuple[int, int]] = {}
     conflict = {"type": "next_node_idx", "next_node_idx": 10, "reset": True, "success": False}
@@ -286,7 +286,7 @@ def test_a_dump_written_after_a_kill_keeps_the_journal_entries_after_it(tmp_path
     entries 6..9; aligned, the journal begins with them and keeps the rest."""
     from pysyncobj.journal import createJournal
 
-    from tessera.control_plane.replication.raft import align_journal_with_dump
+    from tessera.control_plane.replication.journal_alignment import align_journal_with_dump
 
     journal_file, dump_file = tmp_path / "raft.journal", tmp_path / "raft.dump"
     entries = [(b"e%d" % i, i, 1) for i in range(1, 10)]
@@ -307,7 +307,7 @@ def test_a_dump_written_after_a_kill_keeps_the_journal_entries_after_it(tmp_path
 def test_a_journal_that_does_not_hold_the_dumps_entries_is_left_to_pysyncobj(tmp_path: Path) -> None:
     from pysyncobj.journal import createJournal
 
-    from tessera.control_plane.replication.raft import align_journal_with_dump
+    from tessera.control_plane.replication.journal_alignment import align_journal_with_dump
 
     journal_file, dump_file = tmp_path / "raft.journal", tmp_path / "raft.dump"
     journal = createJournal(str(journal_file))

@@ -1,0 +1,210 @@
+"""Guards against pysyncobj 0.3.17's consensus defects, installed on every Tessera Raft node.
+
+Each guard wraps the node's transport (the callback that delivers received messages, or ``send``) and
+changes only the messages the defect concerns; the decisions are pure functions of the message and the
+node's log or term, unit-tested on their own (tests/unit/replication/test_sim.py). Found by the
+deterministic simulation (``tests/sim``) and the fault-injection suite (``tests/faults``), and described
+in docs/reliability.md:
+
+* ``guard_snapshot_commit_index``: snapshot chunks must not advance a follower's commit index;
+* ``guard_matching_entries``: an append_entries that repeats part of the log must not truncate it
+  (``without_stale_truncation``);
+* ``guard_backtracking``: a leader keeps the lowest index a failed answer asked for (``held_back``),
+  which ends a backtracking livelock;
+* ``guard_reply_terms``: replies carry their term, and a leader drops those of another term
+  (``is_reply_of_another_term``).
+
+``install_consensus_guards`` puts all four in place, in the order ``RaftReplicator`` and the simulation
+both need. They use pysyncobj's private names: ``pysyncobj_release`` pins the release they were written for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pysyncobj import SyncObj
+
+
+def install_consensus_guards(so: SyncObj) -> None:
+    """Every guard of this module on `so`, built and not yet bound or ticked."""
+    guard_snapshot_commit_index(so)
+    guard_matching_entries(so)
+    guard_backtracking(so)
+    guard_reply_terms(so)  # outermost: the others see replies of the current term only
+
+
+def guard_snapshot_commit_index(so: SyncObj) -> None:
+    """Keep a follower's commit index from advancing over its own unverified entries during a snapshot
+    install (a pysyncobj 0.3.17 bug found by the deterministic simulation: ``python -m tests.sim.run
+    --seed 67 --steps 120 --unguarded``).
+
+    A leader sends a snapshot as several ``append_entries`` messages without ``prevLogIdx`` (data chunks,
+    then an empty last chunk), or with ``serialized=None`` while its own dump is being written. For each
+    of them the follower runs its usual ending, ``commitIndex = min(leader's commit, last log index)``,
+    although nothing checked that its log matches the leader's: a deposed leader's uncommitted entries
+    are then applied to the state machine (and their events recorded) before the snapshot replaces the
+    state, and if the install never completes they stay applied while the log is repaired under them.
+    Only the last chunk (which loads the snapshot and resets the log to it) may advance the commit index;
+    for the others the leader's commit index is replaced by the follower's own before pysyncobj sees it.
+    """
+    transport = so._SyncObj__transport
+    deliver = transport._onMessageReceivedCallback
+
+    def on_message(node: Any, message: Any) -> None:
+        if (isinstance(message, dict) and message.get("type") == "append_entries"
+                and "prevLogIdx" not in message and not _last_snapshot_chunk(message.get("serialized"))):
+            message = dict(message)
+            message["commit_index"] = min(message.get("commit_index", 0), so.raftCommitIndex)
+        deliver(node, message)
+
+    transport.setOnMessageReceivedCallback(on_message)
+
+
+def _last_snapshot_chunk(serialized: object) -> bool:
+    return isinstance(serialized, tuple) and len(serialized) == 3 and bool(serialized[2])
+
+
+def guard_matching_entries(so: SyncObj) -> None:
+    """Keep a follower from truncating entries it holds from the current leader when an append_entries
+    repeats part of its log (a pysyncobj 0.3.17 bug found by the fault-injection suite, tests/faults).
+
+    pysyncobj deletes everything after ``prevLogIdx`` on every append_entries, then adds the entries the
+    message carries; Raft deletes only from the first entry that conflicts. A leader re-sends from a lower
+    index after a ``reset`` reply, in batches bounded by bytes, while later entries were already
+    acknowledged: the follower then drops entries the leader counts as replicated (its match index never
+    goes down), a later entry is committed on a minority, and a new leader overwrites it — an
+    acknowledged write lost (seen twice in 300 faults on 5 masters).
+
+    When the message agrees with the follower's log at ``prevLogIdx`` and on every entry it carries and
+    the follower holds more, nothing it holds is deleted (`without_stale_truncation` says how). A conflict,
+    a message that reaches past the follower's log, an index below the compacted log and an empty heartbeat
+    go to pysyncobj unchanged.
+    """
+    transport = so._SyncObj__transport
+    deliver = transport._onMessageReceivedCallback
+
+    def on_message(node: Any, message: Any) -> None:
+        if (isinstance(message, dict) and message.get("type") == "append_entries" and "prevLogIdx" in message
+                and "transmission" not in message):
+            message = without_stale_truncation(so._SyncObj__raftLog, message)
+            if message is None:
+                return
+        deliver(node, message)
+
+    transport.setOnMessageReceivedCallback(on_message)
+
+
+def guard_reply_terms(so: SyncObj) -> None:
+    """Stamp a follower's replies to append_entries with its term, and have a leader drop replies of
+    another term (pysyncobj 0.3.17's ``next_node_idx`` carries none).
+
+    Without it a leader counts towards commit a reply to an append_entries of an earlier term: a
+    follower paused (or slow) while it held a deposed leader's messages answers them after that leader
+    has won a later term, and the leader takes the answer as a match of its current log at indexes where
+    the follower holds the old term's entries — a commit on a minority, the second candidate cause of
+    the lost entry the fault suite found (tests/faults, 5 masters, seed 202). A reply without a term (a
+    master not yet upgraded) is taken as before.
+    """
+    transport = so._SyncObj__transport
+    send = transport.send
+
+    def stamped(node: Any, message: Any) -> Any:
+        if isinstance(message, dict) and message.get("type") == "next_node_idx" and "term" not in message:
+            message = {**message, "term": so.raftCurrentTerm}
+        return send(node, message)
+
+    transport.send = stamped
+    deliver = transport._onMessageReceivedCallback
+
+    def on_message(node: Any, message: Any) -> None:
+        if not is_reply_of_another_term(message, so.raftCurrentTerm):
+            deliver(node, message)
+
+    transport.setOnMessageReceivedCallback(on_message)
+
+
+def guard_backtracking(so: SyncObj) -> None:
+    """Keep a leader's next index for a follower from going back up while the follower's log conflicts
+    with its own (a pysyncobj 0.3.17 livelock found by the fault-injection suite, tests/faults, 3 masters,
+    seed 34).
+
+    A deposed leader comes back with entries of its old term the new leader does not have, and more than
+    one batch behind. Each append_entries period the leader sends from its next index in several
+    batches; the follower answers the first with a conflict (``next_node_idx`` = its prevLogIdx, reset)
+    and every later one, which reaches past its log, with "my log ends here" (its last index + 1,
+    reset). The leader resets its next index on each answer, so the last one wins: the next period
+    starts where the previous one did and meets the same conflict. The follower never catches up; it
+    takes no part in commits until the leader's log compaction forces a snapshot on it (minutes), and
+    a second failure meanwhile stops the quorum.
+
+    A failed, resetting answer is the follower saying "send from here or earlier". Once one has been
+    taken in this term, a later one that asks for a higher index is taken at the lower index instead,
+    until the follower accepts entries (a successful answer). Sending from too low an index costs a
+    re-send of entries the follower holds (kept, see `guard_matching_entries`), never a wrong log.
+    """
+    transport = so._SyncObj__transport
+    deliver = transport._onMessageReceivedCallback
+    floors: dict[Any, tuple[int, int]] = {}
+
+    def on_message(node: Any, message: Any) -> None:
+        if isinstance(message, dict) and message.get("type") == "next_node_idx":
+            message = held_back(floors, node, so.raftCurrentTerm, message)
+        deliver(node, message)
+
+    transport.setOnMessageReceivedCallback(on_message)
+
+
+def held_back(floors: dict[Any, tuple[int, int]], node: Any, term: int, reply: dict[str, Any]) -> dict[str, Any]:
+    """`reply` (a follower's ``next_node_idx``) as the leader should take it, given `floors`: per
+    follower, the term and the lowest index a failed resetting answer asked for since its last success
+    (see `guard_backtracking`). Updates `floors`."""
+    if reply.get("success"):
+        floors.pop(node, None)
+        return reply
+    if not reply.get("reset"):
+        return reply  # a chunk of a large entry received: not an answer about the log
+    asked = int(reply["next_node_idx"])
+    held = floors.get(node)
+    if held is not None and held[0] == term and asked > held[1]:
+        return {**reply, "next_node_idx": held[1]}
+    floors[node] = (term, asked)
+    return reply
+
+
+def is_reply_of_another_term(message: Any, term: int) -> bool:
+    return (isinstance(message, dict) and message.get("type") == "next_node_idx" and "term" in message
+            and message["term"] != term)
+
+
+def without_stale_truncation(journal: Any, message: dict[str, Any]) -> dict[str, Any] | None:
+    """What to deliver of an append_entries that carries entries `journal` already holds, all of them
+    matching, and ends before `journal` does (see `guard_matching_entries`); any other message is
+    returned as it is.
+
+    - `journal` ends with an entry of the message's term: it came from this leader, so (log matching) the
+      whole of `journal` is the leader's log: a heartbeat at its end (nothing deleted, a true reply).
+    - otherwise: None, not delivered. pysyncobj would delete the entries after the ones carried, which may
+      be committed (an earlier leader counted this follower); the next messages of the same burst carry
+      them (the leader's next index has moved past this one), and the first that reaches past the end of
+      `journal`, or conflicts with it, replaces them in one step. An empty heartbeat (prevLogIdx is the
+      leader's last index) is always delivered: what it deletes is beyond the leader's log, so never
+      committed.
+    """
+    entries = message.get("entries") or []
+    size = len(journal)
+    if not entries or not size:
+        return message
+    first, last = int(journal[0][1]), int(journal[size - 1][1])
+    prev, end = int(message["prevLogIdx"]), int(entries[-1][1])
+    if end >= last or prev < first:
+        return message  # nothing beyond what it carries, or below what this node keeps
+    if journal[prev - first][2] != message.get("prevLogTerm"):
+        return message
+    for entry in entries:
+        if journal[int(entry[1]) - first][2] != entry[2]:
+            return message  # a conflict: pysyncobj truncates, as Raft does
+    if journal[size - 1][2] != message.get("term"):
+        return None
+    rewritten = dict(message)
+    rewritten.update(prevLogIdx=last, prevLogTerm=journal[size - 1][2], entries=[])
+    return rewritten
