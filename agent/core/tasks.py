@@ -64,6 +64,7 @@ class ExitRecord:
     killed: bool = False  # the supervisor was asked to kill the task and did
     limitation: str = ""  # an isolator limit ended the task (the isolator's message), "" otherwise
     launch_error: str = ""  # the command could not be started at all
+    container_error: str = ""  # the container could not be made or started (image, network, runtime)
     stderr_tail: str = ""  # filled by the launcher from the sandbox, for the message
     stdout_tail: bytes = b""  # filled by the launcher: the end of the task's stdout
 
@@ -108,6 +109,10 @@ def _ending(record: ExitRecord, kill_requested: bool) -> Outcome:
     if kill_requested or record.killed:
         how = f"signal {signal_name(record.signal)}" if record.signal is not None else f"exit status {code}"
         return Outcome(TaskState.TASK_KILLED, "", f"task killed ({how})", code)
+    if record.container_error:
+        return Outcome(TaskState.TASK_FAILED, REASON_CONTAINER_LAUNCH_FAILED,
+                       _with_stderr(f"cannot start the container: {record.container_error}", record.stderr_tail),
+                       code)
     if record.launch_error:
         return Outcome(TaskState.TASK_FAILED, REASON_COMMAND_EXECUTOR_FAILED,
                        _with_stderr(f"cannot start the command: {record.launch_error} (exit status {code})",
@@ -127,7 +132,7 @@ def validate_task(info: TaskInfo) -> str:
     """Why the agent cannot run `info` (an empty string when it can)."""
     if not info.task_id:
         return "task has no task_id"
-    if not info.command.value:
+    if not info.command.value and info.container is None:
         return "task has no command (command.value is empty)"
     if info.resources.scalar("cpus") < 0 or info.resources.scalar("mem") < 0:
         return "task resources are negative"

@@ -158,11 +158,16 @@ def cgroup_oom_killed(spec: IsolationSpec, died_by_sigkill: bool) -> bool:
 
 
 def cgroup_pids(directory: str) -> list[int]:
-    try:
-        text = Path(directory, "cgroup.procs").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split() if p.isdigit()]
+    """The processes in a cgroup and in the cgroups below it (a container's runtime nests its own)."""
+    pids: list[int] = []
+    for current, subdirs, _ in os.walk(directory):
+        try:
+            text = Path(current, "cgroup.procs").read_text()
+        except OSError:
+            subdirs.clear()
+            continue
+        pids.extend(int(p) for p in text.split() if p.isdigit())
+    return pids
 
 
 def kill_cgroup(directory: str) -> None:
@@ -280,6 +285,19 @@ def cleanup(spec: IsolationSpec, timeout: float = 2.0) -> None:
 
 
 def _remove_cgroup(directory: Path, deadline: float) -> None:
+    """rmdir `directory`, the cgroups below it first (a container runtime killed before it removed its
+    own), killing what is left inside until `deadline`."""
+    try:
+        below = sorted((Path(p) for p, _, _ in os.walk(directory) if Path(p) != directory),
+                       key=lambda p: len(p.parts), reverse=True)
+    except OSError:
+        below = []
+    for child in below:
+        _remove_one_cgroup(child, deadline)
+    _remove_one_cgroup(directory, deadline)
+
+
+def _remove_one_cgroup(directory: Path, deadline: float) -> None:
     while True:
         try:
             directory.rmdir()

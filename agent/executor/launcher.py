@@ -42,6 +42,8 @@ from typing import Any
 import psutil
 
 from tessera.agent.core.tasks import ExitRecord
+from tessera.agent.executor import containers as container_steps
+from tessera.agent.executor.containers import ContainerError, ContainerLaunch, ContainerRuntime
 from tessera.agent.executor.forkserver import ForkServer, ForkServerLost
 from tessera.agent.executor.isolation import IsolationSpec, Isolator, cgroup_pids, container_name
 from tessera.agent.executor.isolation import cleanup as cleanup_isolation
@@ -96,6 +98,9 @@ class LaunchHandle:
     started_seen: bool = False  # task.json was seen
     cpu_seconds_prev: float = 0.0
     sandbox_dir: Path | None = None  # the task's sandbox; None: the run directory (an older agent's layout)
+    network: str = ""  # from task.json: a container's network and addresses
+    ip_addresses: tuple[str, ...] = ()
+    container: ContainerLaunch | None = field(default=None, repr=False)  # until launch.json is written
 
     @property
     def task_dir(self) -> Path:
@@ -110,6 +115,8 @@ class Observation:
     started: bool
     exit: ExitRecord | None = None
     supervisor_lost: str = ""  # the supervisor vanished without recording an exit; the reason
+    network: str = ""  # a container task's network ("bridge", "host", "none"); "" for a command task
+    ip_addresses: tuple[str, ...] = ()  # a bridge container's addresses
 
     @property
     def ended(self) -> bool:
@@ -133,9 +140,11 @@ def _argv(info: TaskInfo) -> list[str]:
 
 class ProcessLauncher:
     def __init__(self, work_dir: Path, isolator: Isolator, *, agent_id: str = "",
-                 python: str = sys.executable, fork_server: bool = True) -> None:
+                 python: str = sys.executable, fork_server: bool = True,
+                 containers: ContainerRuntime | None = None) -> None:
         self.work_dir = Path(work_dir)
         self.isolator = isolator
+        self.containers = containers  # None: this agent runs no container tasks
         self.agent_id = agent_id
         self.python = python
         self._exit_listener: Callable[[int], None] | None = None
@@ -170,9 +179,12 @@ class ProcessLauncher:
         return self.work_dir / sandbox_name(info.framework_id, info.task_id)
 
     # ---- launch ----------------------------------------------------------------------------------------
-    def prepare(self, info: TaskInfo) -> LaunchHandle:
+    def prepare(self, info: TaskInfo, image: Image | None = None) -> LaunchHandle:
         """Create the run directory, the sandbox (owned by the task's user) and the isolation (step one of
-        a launch; checkpoint the handle after it)."""
+        a launch; checkpoint the handle after it). A container task needs its `image`, pulled already."""
+        if info.container is not None and (self.containers is None or image is None):
+            raise LaunchError("this agent cannot run container tasks" if self.containers is None
+                              else "the container's image was not pulled")
         run_dir = self.sandbox_for(info)
         try:
             owner = owner_of(info.command.user)
@@ -194,8 +206,16 @@ class ProcessLauncher:
             spec = self.isolator.prepare(container_name(info.framework_id, info.task_id), info.resources)
         except OSError as exc:
             raise LaunchError(f"cannot set up {self.isolator.name} isolation: {exc.strerror or exc}") from exc
-        return LaunchHandle(task_id=info.task_id, framework_id=info.framework_id, sandbox=run_dir,
-                            isolation=spec, sandbox_dir=task_dir)
+        handle = LaunchHandle(task_id=info.task_id, framework_id=info.framework_id, sandbox=run_dir,
+                              isolation=spec, sandbox_dir=task_dir)
+        if info.container is not None and self.containers is not None and image is not None:
+            try:
+                handle.container = self.containers.launch_for(
+                    info, str(image.rootfs), image.digest, image.config, str(task_dir), owner.uid, owner.gid, spec)
+            except ContainerError as exc:
+                self.isolator.cleanup(spec)
+                raise LaunchError(exc.reason) from exc
+        return handle
 
     def start(self, info: TaskInfo, handle: LaunchHandle) -> LaunchHandle:
         """Write launch.json and start the supervisor (step two); fills the supervisor pid and start time."""
@@ -254,6 +274,8 @@ class ProcessLauncher:
             "sandbox": str(sandbox), "working_dir": command.working_dir, "user": command.user,
             "isolation": handle.isolation.to_json(), "grace_period_seconds": info.kill_grace_period_seconds or None,
         }
+        if handle.container is not None:
+            launch["container"] = handle.container.to_json()
         try:
             write_json_atomic(handle.sandbox / LAUNCH_FILE, launch, durable=False)
         except OSError as exc:
@@ -341,8 +363,12 @@ class ProcessLauncher:
     def observe(self, handle: LaunchHandle) -> Observation:
         """Non-blocking: has the task started, has it ended, is its supervisor gone?"""
         sandbox = handle.sandbox
-        if not handle.started_seen and (sandbox / TASK_FILE).exists():
-            handle.started_seen = True
+        if not handle.started_seen:
+            started = read_json(sandbox / TASK_FILE)
+            if started is not None:
+                handle.started_seen = True
+                handle.network = str(started.get("network") or "")
+                handle.ip_addresses = tuple(str(a) for a in started.get("ip_addresses") or ())
         record = self.read_exit(handle)
         if record is not None:
             if handle.popen is not None:
@@ -350,14 +376,16 @@ class ProcessLauncher:
                     handle.popen.wait(timeout=2)
                 except subprocess.TimeoutExpired:
                     pass
-            return Observation(started=handle.started_seen, exit=record)
+            return Observation(started=handle.started_seen, exit=record, network=handle.network,
+                               ip_addresses=handle.ip_addresses)
         if handle.supervisor_pid <= 0:
             found = read_json(sandbox / SUPERVISOR_FILE)
             if found:
                 handle.supervisor_pid = int(found.get("supervisor_pid") or 0)
                 handle.supervisor_start = _start_time(handle.supervisor_pid) or 0.0
         if self.supervisor_alive(handle):
-            return Observation(started=handle.started_seen)
+            return Observation(started=handle.started_seen, network=handle.network,
+                               ip_addresses=handle.ip_addresses)
         record = self.read_exit(handle)  # it may have written the file and exited just now
         if record is not None:
             return Observation(started=handle.started_seen, exit=record)
@@ -372,13 +400,14 @@ class ProcessLauncher:
             return None
         stderr_tail = ""
         code = data.get("exit_code")
-        if data.get("launch_error") or (code not in (None, 0)) or data.get("signal"):
+        if data.get("launch_error") or data.get("container_error") or (code not in (None, 0)) or data.get("signal"):
             stderr_tail = _tail(handle.task_dir / STDERR_FILE, STDERR_TAIL_BYTES)
         return ExitRecord(
             exit_code=None if code is None else int(code),
             signal=None if data.get("signal") is None else int(data["signal"]),
             killed=bool(data.get("killed")), limitation=str(data.get("limitation") or ""),
-            launch_error=str(data.get("launch_error") or ""), stderr_tail=stderr_tail,
+            launch_error=str(data.get("launch_error") or ""),
+            container_error=str(data.get("container_error") or ""), stderr_tail=stderr_tail,
             stdout_tail=_tail_bytes(handle.task_dir / STDOUT_FILE, STDOUT_TAIL_BYTES),
         )
 
@@ -421,7 +450,21 @@ class ProcessLauncher:
 
     # ---- cleanup and usage -----------------------------------------------------------------------------
     def release(self, handle: LaunchHandle) -> None:
-        """Remove the task's isolation (after its exit was read)."""
+        """Remove the task's isolation (after its exit was read), and a container's leftovers (its
+        supervisor tears the container down itself; this covers a supervisor killed before it could)."""
+        container = handle.container
+        if (read_json(handle.sandbox / EXIT_FILE) or {}).get("container_torn_down"):
+            container = None  # the supervisor took it down
+        elif container is None:
+            launch = read_json(handle.sandbox / LAUNCH_FILE) or {}
+            if launch.get("container"):
+                try:
+                    container = ContainerLaunch.from_json(launch["container"])
+                except (KeyError, TypeError, ValueError) as exc:
+                    log.warning("task %s: unreadable container launch: %s", handle.task_id, exc)
+        if container is not None:
+            for problem in container_steps.teardown(container, handle.sandbox):
+                log.warning("task %s: container teardown: %s", handle.task_id, problem)
         # The spec names what to remove, whichever isolator made it (a recovered task may predate a
         # change of --isolation).
         try:

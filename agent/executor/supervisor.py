@@ -55,6 +55,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tessera.agent.executor import containers
+from tessera.agent.executor.containers import ContainerLaunch
 from tessera.agent.executor.isolation import (
     IsolationSpec,
     MemoryWatchdog,
@@ -214,6 +216,8 @@ class Supervisor:
         # The task's own directory: a sandbox beside the control files, or (a launch written by an older
         # agent) this directory itself.
         self.task_dir = Path(str(self.launch.get("sandbox") or sandbox))
+        self.container: ContainerLaunch | None = (
+            ContainerLaunch.from_json(self.launch["container"]) if self.launch.get("container") else None)
 
     def log(self, message: str) -> None:
         self.log_file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} supervisor[{os.getpid()}]: {message}\n")
@@ -272,8 +276,31 @@ class Supervisor:
         env = {str(k): str(v) for k, v in (self.launch.get("env") or {}).items()}
         return env
 
+    def start_container(self, container: ContainerLaunch) -> dict[str, Any] | None:
+        """Start a container task under runc (agent/executor/containers.py); on failure the exit record."""
+        owner = os.stat(self.task_dir)
+        stdout = _open_output(self.task_dir / STDOUT_FILE, owner.st_uid, owner.st_gid)
+        stderr = _open_output(self.task_dir / STDERR_FILE, owner.st_uid, owner.st_gid)
+        try:
+            started = containers.start(container, self.sandbox, stdout, stderr)
+        except containers.ContainerError as exc:
+            self.log(f"container launch failed: {exc.reason}")
+            return {"exit_code": None, "container_error": exc.reason}
+        finally:
+            stdout.close()
+            stderr.close()
+        self.child = started.process
+        write_json_atomic(self.sandbox / TASK_FILE, {"task_pid": self.child.pid, "started_at": time.time(),
+                                                     "ip_addresses": list(started.ip_addresses),
+                                                     "network": container.plan.network}, durable=False)
+        self.log(f"started container {container.container_id} (runc pid {self.child.pid}, "
+                 f"addresses {list(started.ip_addresses)})")
+        return None
+
     def start_child(self) -> dict[str, Any] | None:
         """Start the task; on failure return the exit record to write."""
+        if self.container is not None:
+            return self.start_container(self.container)
         argv = [str(a) for a in self.launch["argv"]]
         cwd = str(self.task_dir if "sandbox" in self.launch else (self.launch.get("cwd") or self.sandbox))
         working_dir = str(self.launch.get("working_dir") or "")
@@ -405,10 +432,23 @@ class Supervisor:
                 if self.watchdog is not None:
                     self.watchdog.stop()
                 record = self._exit_record(status)
+            if self.container is not None:
+                self._end_container(self.container, record)
         record["finished_at"] = time.time()
         write_json_atomic(self.sandbox / EXIT_FILE, record)
         self.log(f"task ended: {record}")
         return 0
+
+    def _end_container(self, container: ContainerLaunch, record: dict[str, Any]) -> None:
+        """Tear the container down before its exit is recorded, and tell runc's failures from the task's."""
+        failure = containers.runc_failure(self.sandbox)
+        if failure and "container_error" not in record and record.get("exit_code") == 1 and not self.killed:
+            record["container_error"] = failure
+            record["exit_code"] = containers.failure_exit_code(failure)
+        problems = containers.teardown(container, self.sandbox)
+        for problem in problems:
+            self.log(f"container teardown: {problem}")
+        record["container_torn_down"] = not problems
 
     def _exit_record(self, returncode: int) -> dict[str, Any]:
         sig = -returncode if returncode < 0 else None

@@ -123,6 +123,19 @@ def _field_codec(name: str, tp: Any, optional: bool) -> tuple[_Encoder, _Decoder
             return tuple((x.key, x.value) for x in getattr(m, name))
 
         return enc, dec
+    element = typing.get_args(tp)[0] if typing.get_origin(tp) is tuple and typing.get_args(tp) else None
+    if element is not None and dataclasses.is_dataclass(element):  # a repeated message
+        item = typing.cast(type, element)
+
+        def enc(v: Any, m: Any) -> None:
+            field = getattr(m, name)
+            for x in v:
+                _encode_into(x, field.add())
+
+        def dec(m: Any) -> Any:
+            return tuple(from_proto(x, item) for x in getattr(m, name))
+
+        return enc, dec
     if typing.get_origin(tp) is tuple:
 
         def enc(v: Any, m: Any) -> None:
@@ -140,6 +153,18 @@ def _field_codec(name: str, tp: Any, optional: bool) -> tuple[_Encoder, _Decoder
 
         def dec(m: Any) -> Any:
             return decode_enum(getattr(m, name))
+
+        return enc, dec
+    if dataclasses.is_dataclass(tp) and optional:  # an optional message: None when not set
+        sub = typing.cast(type, tp)
+
+        def enc(v: Any, m: Any) -> None:
+            if v is not None:
+                _encode_into(v, getattr(m, name))
+                getattr(m, name).SetInParent()
+
+        def dec(m: Any) -> Any:
+            return from_proto(getattr(m, name), sub) if m.HasField(name) else None
 
         return enc, dec
     if dataclasses.is_dataclass(tp):

@@ -111,7 +111,16 @@ def task_length(task: TaskInfo) -> int:
             + len(command.value) + sum(len(a) for a in command.arguments) + _pairs_length(command.environment)
             + len(command.working_dir) + len(command.user) + _pairs_length(task.labels)
             + 8 * (len(command.arguments) + len(command.environment) + len(task.labels))
-            + _RESOURCE_ENTRY_LENGTH * resource_entries(task))
+            + _RESOURCE_ENTRY_LENGTH * resource_entries(task) + _container_length(task))
+
+
+def _container_length(task: TaskInfo) -> int:
+    container = task.container
+    if container is None:
+        return 0
+    return (len(container.image) + len(container.network) + len(container.hostname)
+            + sum(16 + len(m.protocol) for m in container.port_mappings)
+            + sum(8 + len(v.container_path) + len(v.host_path) + len(v.mode) for v in container.volumes))
 
 
 def resource_entries(task: TaskInfo) -> int:

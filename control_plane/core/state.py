@@ -553,13 +553,14 @@ def check_working_dir(value: str, what: str) -> str:
     return value
 
 
-def check_command_info(command: object, what: str) -> CommandInfo:
+def check_command_info(command: object, what: str, *, required: bool = True) -> CommandInfo:
+    """A task's command; `required=False` (a container task, whose image has a command) allows none."""
     if not isinstance(command, CommandInfo):
         raise InvalidRequest(f"{what}: must be a CommandInfo")
     if not isinstance(command.shell, bool):
         raise InvalidRequest(f"{what}.shell: must be a bool")
     check_text(command.value, f"{what}.value")
-    if not command.value:
+    if not command.value and (required or command.arguments):
         raise InvalidRequest(f"{what}.value: a task needs a command")
     if not isinstance(command.arguments, tuple):
         raise InvalidRequest(f"{what}.arguments: must be a tuple of strings")
@@ -579,7 +580,7 @@ def check_task_info(task: object, what: str = "task") -> TaskInfo:
     check_optional_id(task.framework_id, f"{what}.framework_id")
     check_optional_id(task.agent_id, f"{what}.agent_id")
     check_resources(task.resources, f"{what}.resources", allow_empty=False)
-    check_command_info(task.command, f"{what}.command")
+    check_command_info(task.command, f"{what}.command", required=task.container is None)
     check_number(task.kill_grace_period_seconds, f"{what}.kill_grace_period_seconds")
     check_labels(task.labels, f"{what}.labels")
     return task

@@ -8,7 +8,7 @@ and their order is part of the value (deterministic on every master).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from enum import IntEnum
 from typing import NamedTuple
 
@@ -78,6 +78,40 @@ class CommandInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class PortMapping:
+    """`host_port` (one of the task's `ports` resources) forwards to `container_port`."""
+
+    container_port: int = 0
+    host_port: int = 0
+    protocol: str = "tcp"  # "tcp" or "udp"
+
+
+@dataclass(frozen=True, slots=True)
+class Volume:
+    """A host directory (under the agent's allowed volume paths) mounted into the container."""
+
+    container_path: str = ""
+    host_path: str = ""
+    mode: str = "rw"  # "ro" or "rw"
+
+
+CONTAINER_NETWORKS = ("bridge", "host", "none")
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerInfo:
+    """Run the task in a container of `image` (docs/containers.md); the task's command, when given,
+    replaces the image's entrypoint and command."""
+
+    image: str = ""
+    network: str = "bridge"  # one of CONTAINER_NETWORKS
+    port_mappings: tuple[PortMapping, ...] = ()
+    volumes: tuple[Volume, ...] = ()
+    readonly_rootfs: bool = False
+    hostname: str = ""  # empty: the task id
+
+
+@dataclass(frozen=True, slots=True)
 class TaskInfo:
     task_id: str
     name: str = ""
@@ -87,6 +121,15 @@ class TaskInfo:
     command: CommandInfo = field(default_factory=CommandInfo)
     kill_grace_period_seconds: float = 0.0
     labels: Labels = ()
+    container: ContainerInfo | None = None  # None: a command task on the agent's host
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkInfo:
+    """Where a container task can be reached (Mesos's NetworkInfo)."""
+
+    name: str = ""
+    ip_addresses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +145,7 @@ class TaskStatus:
     exit_code: int | None = None
     framework_id: str = ""
     data: bytes = b""  # terminal statuses from agents: the tail of the task's stdout (MAX_STATUS_DATA bytes)
+    network: NetworkInfo | None = None  # a container task's addresses, from TASK_RUNNING on
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +163,16 @@ class FrameworkInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ContainerSupport:
+    """What an agent can do with container tasks: no `runtime`, no containers (`unavailable` says why)."""
+
+    runtime: str = ""
+    network: str = ""  # the bridge network it offers; empty: host and none networks only
+    unavailable: str = ""
+    volume_paths: tuple[str, ...] = ()  # host directories volumes may come from (--allowed-volume-paths)
+
+
+@dataclass(frozen=True, slots=True)
 class AgentInfo:
     agent_id: str = ""
     hostname: str = ""
@@ -126,6 +180,7 @@ class AgentInfo:
     attributes: Labels = ()
     isolator: str = ""
     version: str = ""
+    containers: ContainerSupport = field(default_factory=ContainerSupport)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,3 +201,29 @@ class RoleInfo:
     weight: float = 1.0
     quota_guarantee: Resources = EMPTY
     quota_limit: Resources = EMPTY
+
+
+def _tolerate_older_pickles(cls: type) -> None:
+    """Unpickle a value written before fields were appended to its class: the missing trailing fields
+    take their defaults. (A slots dataclass pickles its field values as a list and by default leaves any
+    field past the list's end unset, so a snapshot from an earlier release would load broken values.)"""
+    plan = [(f.name, f.default, f.default_factory) for f in fields(cls)]
+
+    def __setstate__(self: object, state: list[object] | tuple[object, ...]) -> None:
+        for i, (name, default, factory) in enumerate(plan):
+            if i < len(state):
+                value = state[i]
+            elif factory is not MISSING:
+                value = factory()
+            elif default is not MISSING:
+                value = default
+            else:
+                raise TypeError(f"{cls.__name__}: pickled state lacks the required field {name!r}")
+            object.__setattr__(self, name, value)
+
+    cls.__setstate__ = __setstate__  # type: ignore[attr-defined]
+
+
+for _cls in (CommandInfo, PortMapping, Volume, ContainerInfo, TaskInfo, NetworkInfo, TaskStatus, FrameworkInfo,
+             ContainerSupport, AgentInfo, Offer, RoleInfo):
+    _tolerate_older_pickles(_cls)

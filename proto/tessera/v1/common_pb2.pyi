@@ -245,6 +245,7 @@ class TaskInfo(_message.Message):
     COMMAND_FIELD_NUMBER: _builtins.int
     KILL_GRACE_PERIOD_SECONDS_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    CONTAINER_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     name: _builtins.str
     framework_id: _builtins.str
@@ -256,6 +257,12 @@ class TaskInfo(_message.Message):
     def command(self) -> Global___CommandInfo: ...
     @_builtins.property
     def labels(self) -> _containers.RepeatedCompositeFieldContainer[Global___Label]: ...
+    @_builtins.property
+    def container(self) -> Global___ContainerInfo:
+        """Set: the task runs in a container made from `container.image` (the command, if any, replaces the
+        image's entrypoint and command). Unset: a command task on the agent's host.
+        """
+
     def __init__(
         self,
         *,
@@ -267,14 +274,180 @@ class TaskInfo(_message.Message):
         command: Global___CommandInfo | None = ...,
         kill_grace_period_seconds: _builtins.float = ...,
         labels: _abc.Iterable[Global___Label] | None = ...,
+        container: Global___ContainerInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_container", b"_container", "command", b"command", "container", b"container"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "command", b"command", "framework_id", b"framework_id", "kill_grace_period_seconds", b"kill_grace_period_seconds", "labels", b"labels", "name", b"name", "resources", b"resources", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_container", b"_container", "agent_id", b"agent_id", "command", b"command", "container", b"container", "framework_id", b"framework_id", "kill_grace_period_seconds", b"kill_grace_period_seconds", "labels", b"labels", "name", b"name", "resources", b"resources", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__container: _TypeAlias = _typing.Literal["container"]  # noqa: Y015
+    _WhichOneofArgType__container: _TypeAlias = _typing.Literal["_container", b"_container"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__container) -> _WhichOneofReturnType__container | None: ...
+
+Global___TaskInfo: _TypeAlias = TaskInfo  # noqa: Y015
+
+@_typing.final
+class PortMapping(_message.Message):
+    """A published port: `host_port` (taken from the task's `ports` resources) forwards to `container_port`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_PORT_FIELD_NUMBER: _builtins.int
+    HOST_PORT_FIELD_NUMBER: _builtins.int
+    PROTOCOL_FIELD_NUMBER: _builtins.int
+    container_port: _builtins.int
+    host_port: _builtins.int
+    protocol: _builtins.str
+    """"tcp" (empty means tcp) or "udp" """
+    def __init__(
+        self,
+        *,
+        container_port: _builtins.int = ...,
+        host_port: _builtins.int = ...,
+        protocol: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_port", b"container_port", "host_port", b"host_port", "protocol", b"protocol"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___TaskInfo: _TypeAlias = TaskInfo  # noqa: Y015
+Global___PortMapping: _TypeAlias = PortMapping  # noqa: Y015
+
+@_typing.final
+class Volume(_message.Message):
+    """A host directory mounted into the container; `host_path` must lie under one of the agent's
+    --allowed-volume-paths.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_PATH_FIELD_NUMBER: _builtins.int
+    HOST_PATH_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    container_path: _builtins.str
+    """absolute, no '..', not over the sandbox mount"""
+    host_path: _builtins.str
+    """absolute, no '..'"""
+    mode: _builtins.str
+    """"ro" or "rw" (empty means rw)"""
+    def __init__(
+        self,
+        *,
+        container_path: _builtins.str = ...,
+        host_path: _builtins.str = ...,
+        mode: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_path", b"container_path", "host_path", b"host_path", "mode", b"mode"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Volume: _TypeAlias = Volume  # noqa: Y015
+
+@_typing.final
+class ContainerInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    PORT_MAPPINGS_FIELD_NUMBER: _builtins.int
+    VOLUMES_FIELD_NUMBER: _builtins.int
+    READONLY_ROOTFS_FIELD_NUMBER: _builtins.int
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    image: _builtins.str
+    """An OCI/Docker image reference: [registry[:port]/]name[:tag][@sha256:digest]."""
+    network: _builtins.str
+    """"bridge" (the agent's CNI bridge; empty means bridge), "host" (the agent's network) or "none"
+    (loopback only).
+    """
+    readonly_rootfs: _builtins.bool
+    hostname: _builtins.str
+    """empty: the task id"""
+    @_builtins.property
+    def port_mappings(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortMapping]: ...
+    @_builtins.property
+    def volumes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Volume]: ...
+    def __init__(
+        self,
+        *,
+        image: _builtins.str = ...,
+        network: _builtins.str = ...,
+        port_mappings: _abc.Iterable[Global___PortMapping] | None = ...,
+        volumes: _abc.Iterable[Global___Volume] | None = ...,
+        readonly_rootfs: _builtins.bool = ...,
+        hostname: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hostname", b"hostname", "image", b"image", "network", b"network", "port_mappings", b"port_mappings", "readonly_rootfs", b"readonly_rootfs", "volumes", b"volumes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContainerInfo: _TypeAlias = ContainerInfo  # noqa: Y015
+
+@_typing.final
+class NetworkInfo(_message.Message):
+    """Where a task can be reached: the addresses of its container on its network."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    IP_ADDRESSES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"bridge", "host", "none" """
+    @_builtins.property
+    def ip_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        ip_addresses: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ip_addresses", b"ip_addresses", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkInfo: _TypeAlias = NetworkInfo  # noqa: Y015
+
+@_typing.final
+class ContainerSupport(_message.Message):
+    """What an agent can do with container tasks: `runtime` empty means none, and `unavailable` says why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNTIME_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    UNAVAILABLE_FIELD_NUMBER: _builtins.int
+    VOLUME_PATHS_FIELD_NUMBER: _builtins.int
+    runtime: _builtins.str
+    """e.g. "runc 1.1.5" """
+    network: _builtins.str
+    """e.g. "cni bridge tessera0 10.213.0.0/24"; empty: host and none networks only"""
+    unavailable: _builtins.str
+    """why this agent runs no containers (or has no bridge network)"""
+    @_builtins.property
+    def volume_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """host directories volumes may come from (--allowed-volume-paths)"""
+
+    def __init__(
+        self,
+        *,
+        runtime: _builtins.str = ...,
+        network: _builtins.str = ...,
+        unavailable: _builtins.str = ...,
+        volume_paths: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["network", b"network", "runtime", b"runtime", "unavailable", b"unavailable", "volume_paths", b"volume_paths"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContainerSupport: _TypeAlias = ContainerSupport  # noqa: Y015
 
 @_typing.final
 class TaskStatus(_message.Message):
@@ -291,6 +464,7 @@ class TaskStatus(_message.Message):
     EXIT_CODE_FIELD_NUMBER: _builtins.int
     FRAMEWORK_ID_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     state: Global___TaskState.ValueType
     message: _builtins.str
@@ -304,6 +478,10 @@ class TaskStatus(_message.Message):
     framework_id: _builtins.str
     data: _builtins.bytes
     """terminal statuses from agents: the tail of the task's stdout (at most 4 KiB)"""
+    @_builtins.property
+    def network(self) -> Global___NetworkInfo:
+        """a container task's addresses (from TASK_RUNNING on)"""
+
     def __init__(
         self,
         *,
@@ -318,14 +496,20 @@ class TaskStatus(_message.Message):
         exit_code: _builtins.int | None = ...,
         framework_id: _builtins.str = ...,
         data: _builtins.bytes = ...,
+        network: Global___NetworkInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_network", b"_network", "exit_code", b"exit_code", "network", b"network"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "agent_id", b"agent_id", "data", b"data", "exit_code", b"exit_code", "framework_id", b"framework_id", "message", b"message", "reason", b"reason", "source", b"source", "state", b"state", "task_id", b"task_id", "timestamp", b"timestamp", "uuid", b"uuid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_network", b"_network", "agent_id", b"agent_id", "data", b"data", "exit_code", b"exit_code", "framework_id", b"framework_id", "message", b"message", "network", b"network", "reason", b"reason", "source", b"source", "state", b"state", "task_id", b"task_id", "timestamp", b"timestamp", "uuid", b"uuid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
+    _WhichOneofReturnType__network: _TypeAlias = _typing.Literal["network"]  # noqa: Y015
+    _WhichOneofArgType__network: _TypeAlias = _typing.Literal["_network", b"_network"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__exit_code) -> _WhichOneofReturnType__exit_code | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__network) -> _WhichOneofReturnType__network | None: ...
 
 Global___TaskStatus: _TypeAlias = TaskStatus  # noqa: Y015
 
@@ -388,6 +572,7 @@ class AgentInfo(_message.Message):
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
     ISOLATOR_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    CONTAINERS_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     hostname: _builtins.str
     isolator: _builtins.str
@@ -396,6 +581,8 @@ class AgentInfo(_message.Message):
     def resources(self) -> _containers.RepeatedCompositeFieldContainer[Global___Resource]: ...
     @_builtins.property
     def attributes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Label]: ...
+    @_builtins.property
+    def containers(self) -> Global___ContainerSupport: ...
     def __init__(
         self,
         *,
@@ -405,10 +592,11 @@ class AgentInfo(_message.Message):
         attributes: _abc.Iterable[Global___Label] | None = ...,
         isolator: _builtins.str = ...,
         version: _builtins.str = ...,
+        containers: Global___ContainerSupport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["containers", b"containers"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "attributes", b"attributes", "hostname", b"hostname", "isolator", b"isolator", "resources", b"resources", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "attributes", b"attributes", "containers", b"containers", "hostname", b"hostname", "isolator", b"isolator", "resources", b"resources", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
