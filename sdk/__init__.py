@@ -1,20 +1,25 @@
 """Tessera's framework SDK: write a scheduler, connect it to the masters, test it without a cluster.
 
-A guide in six parts; the classes below are the reference. Import everything from `sdk` (`sdk.__all__`).
-
-1. A scheduler is callbacks. Subclass `Scheduler` (or `AsyncScheduler`, whose callbacks may be
-   `async def`) and override what you need: `subscribed`, `offers`, `rescinded`, `update`, `message`,
-   `disconnected`, `error`. They run one at a time, in order, on the driver's callback thread (loop).
+A framework is the program that decides what runs on a Tessera cluster. The masters offer it the
+free resources of agents; it answers by launching tasks on those offers (or declining them) and
+follows each task's status updates to the end. With this SDK a framework is a `Scheduler` (the
+callbacks you write: `subscribed`, `offers`, `update`, ...) and a driver (`SchedulerDriver`, or
+`AsyncSchedulerDriver` for asyncio) that holds the connection to the masters, follows the leader,
+reconnects and makes your calls (`launch`, `decline`, `kill`, `reconcile`, `teardown`, ...):
 
     from tessera.sdk import FrameworkInfo, Resources, Scheduler, SchedulerDriver, TaskInfo
 
     class Hello(Scheduler):
+        launched = False
+
         def offers(self, driver, offers):
             need = Resources.of(cpus=0.1, mem=32)
-            offer = next((o for o in offers if o.fits(need)), None)
-            if offer is not None:
-                driver.launch(offer, [TaskInfo(task_id="hello", resources=need, command="echo hello")])
-            driver.decline([o for o in offers if o is not offer])
+            for offer in offers:
+                if not self.launched and offer.fits(need):
+                    driver.launch(offer, [TaskInfo(task_id="hello", resources=need, command="echo hello")])
+                    self.launched = True
+                else:
+                    driver.decline(offer)   # give back what we do not use
 
         def update(self, driver, status):
             if status.is_terminal:
@@ -22,45 +27,30 @@ A guide in six parts; the classes below are the reference. Import everything fro
 
     SchedulerDriver(Hello(), FrameworkInfo(name="hello"), ["127.0.0.1:5050"]).run()
 
-2. The driver (`SchedulerDriver`, blocking; `AsyncSchedulerDriver`, asyncio) subscribes, follows the
-   leader, reconnects with backoff (`Backoff`) and re-subscribes with the framework id, so the
-   framework keeps its tasks across master failovers. Its calls: `launch`/`accept`, `decline`,
-   `revive`, `suppress`, `kill`, `reconcile`, `acknowledge`, `message`, `teardown`.
-   Ending: `teardown()` ends the framework (the master kills its tasks and forgets it) and stops the
-   driver; `stop()` only disconnects: the framework and its tasks stay for `failover_timeout`, for a
-   new driver with the same framework id to take over. A finished framework calls `teardown()`.
+Three things every framework meets (sdk/README.md explains each):
+- `teardown()` ends the framework; `stop()` only disconnects, and the master keeps the framework and
+  its tasks for `failover_timeout`, for a new driver to take over.
+- A call refused with one of `tessera.sdk.errors.REFUSED` was not applied; any other failure (a call
+  that ran out of time, `Unavailable`) may have been: settle it with `driver.reconcile(task_ids)`.
+- Updates arrive in order, but not every state: after a failover TASK_RUNNING can be skipped.
 
-3. Errors (`TesseraError` and its subclasses, `tessera.sdk.errors`). A call that fails with a definite refusal
-   (`tessera.sdk.errors.REFUSED`: `InvalidRequest`, `NotFound`, `Conflict`, `Unauthenticated`,
-   `PermissionDenied`) was not applied. Any other failure — above all `Unavailable` after the call
-   kept retrying for `call_timeout`, or a `ServerError` — may have been applied: settle it by
-   reconciling, never by assuming it failed (a launch retried under a fresh task id would run twice):
+Where to look next:
+- sdk/README.md: the guide in full (the driver's behaviour, the settle pattern, the public names).
+- `tessera.sdk.testing`: `FakeMaster`, an in-process master with fault injection for unit tests of
+  a framework (`transport=fake.transport()` plugs it into either driver).
+- `tessera.sdk.examples`: a batch runner and a service keeper, runnable (`python -m ...`) and tested.
 
-    try:
-        driver.launch(offer, tasks)
-    except REFUSED:
-        ...                                   # not applied: the tasks wait again; decline, revive
-    except TesseraError:
-        for status in driver.reconcile([t.task_id for t in tasks]):
-            if status.state is TaskState.TASK_LOST and status.reason == "REASON_RECONCILIATION":
-                ...                           # the master does not know it: not launched
-            else:
-                ...                           # launched: its updates follow as usual
-
-4. Task states (`TaskState`, `TaskStatus`). Updates arrive in order per task and are acknowledged
-   after `update()` returns. Do not rely on seeing every state: after a master or agent failover a task
-   may go from TASK_STAGING straight to a terminal state (TASK_RUNNING skipped). `status.is_terminal`
-   marks the end; anything else means the task is still alive.
-
-5. Testing: `tessera.sdk.testing.FakeMaster` is an in-memory master (agents, offers, scripted task
-   behaviours, failovers and fault injection such as `fail_next(AcceptCall, Unavailable(...),
-   after_apply=True)`); pass `transport=fake.transport()` to either driver. See `help(tessera.sdk.testing)`.
-
-6. Modules: `tessera.sdk.types` (values), `tessera.sdk.scheduler` (callbacks), `tessera.sdk.driver` / `tessera.sdk.aio` (the two
-   drivers), `tessera.sdk.session` (the sans-IO session both drivers share), `tessera.sdk.errors` (the error tree),
-   `tessera.sdk.transport` (the transport port; `tessera.sdk.grpc_transport` is the real one), `tessera.sdk.testing`
-   (`FakeMaster`), `tessera.sdk.examples` (a batch runner and a service keeper), `tessera.sdk.run` (`tessera run`).
+The names, all imported from `tessera.sdk` (`__all__`); each is documented on its module's page
+(`help(tessera.sdk.types)`, ...), which this page leaves out so that it stays a guide:
+- `tessera.sdk.scheduler`: `Scheduler`, `AsyncScheduler`. `tessera.sdk.driver`: `SchedulerDriver`;
+  `tessera.sdk.aio`: `AsyncSchedulerDriver`; `tessera.sdk.session`: `Backoff` (reconnection backoff).
+- `tessera.sdk.types` (frozen values): `FrameworkInfo`, `Offer`, `TaskInfo` (= `TaskSpec`), `TaskStatus`,
+  `TaskState`, `Filters`, `Launch`, `Reserve`, `Unreserve`, `Operation`, `Resources`, `DEFAULT_ROLE`.
+- `tessera.sdk.errors` (the error tree): `TesseraError`, `InvalidRequest`, `NotFound`, `Conflict`,
+  `NotLeader`, `Unauthenticated`, `PermissionDenied`, `Unavailable`, `ServerError`, `DriverStopped`.
 """
+
+import typing as _typing
 
 from tessera.sdk.aio import AsyncSchedulerDriver
 from tessera.sdk.driver import SchedulerDriver
@@ -124,3 +114,19 @@ __all__ = [
     "Unavailable",
     "Unreserve",
 ]
+
+# `from tessera.sdk import X` and `tessera.sdk.X` work for every name of `__all__`, but the package's
+# namespace does not hold them: the module `__getattr__` below serves them. That keeps
+# `help(tessera.sdk)` the guide above instead of the guide followed by 2,000 lines of every class's
+# inherited members (pydoc documents each class a package holds, and `TaskState` alone brings all of
+# `int`); each class's reference stays on its module's page. Type checkers read the imports above.
+_PUBLIC = {name: globals().pop(name) for name in __all__}
+
+if not _typing.TYPE_CHECKING:
+
+    def __getattr__(name: str) -> object:
+        """The public names of the SDK (`__all__`), each from the module that defines it."""
+        try:
+            return _PUBLIC[name]
+        except KeyError:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None

@@ -1,7 +1,7 @@
 """One contract for FakeMaster and the real master (in process, its Scheduler service on 127.0.0.1, a
 scripted agent): the refusals a scheduler can meet come back as the same error classes, and reconciling
 an unknown task answers the same TASK_LOST. FakeMaster keeps its own copy of `decide`'s accept rules
-(tessera.sdk.testing); this suite is what keeps the copy honest."""
+(tessera.sdk.testing.protocol); this suite is what keeps the copy honest."""
 
 from __future__ import annotations
 

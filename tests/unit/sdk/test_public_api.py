@@ -72,9 +72,10 @@ def test_all_is_exactly_the_promised_public_api() -> None:
 
 
 def test_no_other_public_name_leaks_from_the_package() -> None:
+    # The package serves `__all__` from its `__getattr__` (see sdk/__init__.py); its namespace holds submodules.
     modules = {m.name for m in pkgutil.iter_modules(sdk.__path__)}
-    public = {n for n in vars(sdk) if not n.startswith("_")} - modules - {"annotations"}
-    assert public == PUBLIC
+    assert {n for n in vars(sdk) if not n.startswith("_")} <= modules
+    assert {n for n in PUBLIC if hasattr(sdk, n)} == PUBLIC
 
 
 @pytest.mark.parametrize("module", ["tessera.sdk.errors", "tessera.sdk.types", "tessera.sdk.testing"])
