@@ -45,7 +45,8 @@ The names, all imported from `tessera.sdk` (`__all__`); each is documented on it
 - `tessera.sdk.scheduler`: `Scheduler`, `AsyncScheduler`. `tessera.sdk.driver`: `SchedulerDriver`;
   `tessera.sdk.aio`: `AsyncSchedulerDriver`; `tessera.sdk.session`: `Backoff` (reconnection backoff).
 - `tessera.sdk.types` (frozen values): `FrameworkInfo`, `Offer`, `TaskInfo` (= `TaskSpec`), `TaskStatus`,
-  `TaskState`, `Filters`, `Launch`, `Reserve`, `Unreserve`, `Operation`, `Resources`, `DEFAULT_ROLE`.
+  `TaskState`, `Filters`, `Launch`, `Reserve`, `Unreserve`, `Operation`, `Resources`, `DEFAULT_ROLE`;
+  for container tasks `ContainerInfo`, `PortMapping`, `Volume`, and `NetworkInfo` (in statuses).
 - `tessera.sdk.errors` (the error tree): `TesseraError`, `InvalidRequest`, `NotFound`, `Conflict`,
   `NotLeader`, `Unauthenticated`, `PermissionDenied`, `Unavailable`, `ServerError`, `DriverStopped`.
 """
@@ -70,11 +71,14 @@ from tessera.sdk.scheduler import AsyncScheduler, Scheduler
 from tessera.sdk.session import Backoff
 from tessera.sdk.types import (
     DEFAULT_ROLE,
+    ContainerInfo,
     Filters,
     FrameworkInfo,
     Launch,
+    NetworkInfo,
     Offer,
     Operation,
+    PortMapping,
     Reserve,
     Resources,
     TaskInfo,
@@ -82,6 +86,7 @@ from tessera.sdk.types import (
     TaskState,
     TaskStatus,
     Unreserve,
+    Volume,
 )
 
 __all__ = [
@@ -89,17 +94,20 @@ __all__ = [
     "AsyncSchedulerDriver",
     "Backoff",
     "Conflict",
+    "ContainerInfo",
     "DEFAULT_ROLE",
     "DriverStopped",
     "Filters",
     "FrameworkInfo",
     "InvalidRequest",
     "Launch",
+    "NetworkInfo",
     "NotFound",
     "NotLeader",
     "Offer",
     "Operation",
     "PermissionDenied",
+    "PortMapping",
     "Reserve",
     "Resources",
     "Scheduler",
@@ -113,6 +121,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Unreserve",
+    "Volume",
 ]
 
 # `from tessera.sdk import X` and `tessera.sdk.X` work for every name of `__all__`, but the package's

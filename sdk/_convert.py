@@ -37,17 +37,21 @@ from tessera.sdk.protocol import (
     UpdateEvent,
 )
 from tessera.sdk.types import (
+    ContainerInfo,
     Filters,
     FrameworkInfo,
     Launch,
+    NetworkInfo,
     Offer,
     Operation,
+    PortMapping,
     Reserve,
     Resources,
     TaskInfo,
     TaskState,
     TaskStatus,
     Unreserve,
+    Volume,
 )
 from tessera.v1 import common_pb2, scheduler_pb2
 
@@ -111,26 +115,47 @@ def offer_from_proto(msg: common_pb2.Offer) -> Offer:
 def task_to_proto(task: TaskInfo) -> common_pb2.TaskInfo:
     if isinstance(task.command, str):
         command = common_pb2.CommandInfo(shell=True, value=task.command)
+    elif not task.command:  # a container task running its image's command
+        command = common_pb2.CommandInfo(shell=False)
     else:
         # argv form: `value` is the program, `arguments` what follows it (argv[1:]), as the agent runs it.
         command = common_pb2.CommandInfo(shell=False, value=task.command[0], arguments=list(task.command[1:]))
     command.environment.extend(_labels(task.env))
     command.working_dir = task.working_dir
     command.user = task.user
-    return common_pb2.TaskInfo(
+    msg = common_pb2.TaskInfo(
         task_id=task.task_id, name=task.name, agent_id=task.agent_id,
         resources=resources_to_proto(task.resources), command=command,
         kill_grace_period_seconds=task.kill_grace_period, labels=_labels(task.labels),
+    )
+    if task.container is not None:
+        c = task.container
+        msg.container.CopyFrom(common_pb2.ContainerInfo(
+            image=c.image, network=c.network, readonly_rootfs=c.readonly_rootfs, hostname=c.hostname,
+            port_mappings=[common_pb2.PortMapping(container_port=m.container_port, host_port=m.host_port,
+                                                  protocol=m.protocol) for m in c.port_mappings],
+            volumes=[common_pb2.Volume(container_path=v.container_path, host_path=v.host_path, mode=v.mode)
+                     for v in c.volumes],
+        ))
+    return msg
+
+
+def _container_from_proto(msg: common_pb2.ContainerInfo) -> ContainerInfo:
+    return ContainerInfo(
+        image=msg.image, network=msg.network or "bridge", readonly_rootfs=msg.readonly_rootfs, hostname=msg.hostname,
+        port_mappings=tuple(PortMapping(m.container_port, m.host_port, m.protocol or "tcp") for m in msg.port_mappings),
+        volumes=tuple(Volume(v.container_path, v.host_path, v.mode or "rw") for v in msg.volumes),
     )
 
 
 def task_from_proto(msg: common_pb2.TaskInfo) -> TaskInfo:
     cmd = msg.command
-    command: str | tuple[str, ...] = cmd.value if cmd.shell else (cmd.value, *cmd.arguments)
+    command: str | tuple[str, ...] = cmd.value if cmd.shell else ((cmd.value, *cmd.arguments) if cmd.value else ())
     return TaskInfo(
         task_id=msg.task_id, name=msg.name, agent_id=msg.agent_id, resources=resources_from_proto(msg.resources),
         command=command, env=_mapping(cmd.environment), kill_grace_period=msg.kill_grace_period_seconds,
         labels=_mapping(msg.labels), working_dir=cmd.working_dir, user=cmd.user,
+        container=_container_from_proto(msg.container) if msg.HasField("container") else None,
     )
 
 
@@ -142,6 +167,9 @@ def status_to_proto(status: TaskStatus) -> common_pb2.TaskStatus:
     )
     if status.exit_code is not None:
         msg.exit_code = status.exit_code
+    if status.network is not None:
+        msg.network.CopyFrom(common_pb2.NetworkInfo(name=status.network.name,
+                                                    ip_addresses=list(status.network.ip_addresses)))
     return msg
 
 
@@ -154,6 +182,8 @@ def status_from_proto(msg: common_pb2.TaskStatus) -> TaskStatus:
         task_id=msg.task_id, state=state, message=msg.message, reason=msg.reason,
         exit_code=msg.exit_code if msg.HasField("exit_code") else None, agent_id=msg.agent_id,
         uuid=msg.uuid, timestamp=msg.timestamp, framework_id=msg.framework_id, data=msg.data,
+        network=(NetworkInfo(msg.network.name, tuple(msg.network.ip_addresses)) if msg.HasField("network")
+                 else None),
     )
 
 

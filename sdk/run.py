@@ -2,6 +2,13 @@
 
     tessera run --cpus 0.5 --mem 64 -- python3 -c 'print(42)'
     tessera run --masters m1:5050,m2:5050 --env GREETING=hi -- 'echo $GREETING; sleep 1'
+    tessera run --image 127.0.0.1:5000/tools/busybox:1.35 -- sh -c 'hostname; ps'
+    tessera run --image 127.0.0.1:5000/tools/busybox:1.35 --publish 8080 -- httpd -f -p 8080
+
+With `--image` the task runs in a container of that image (docs/containers.md): `--network` bridge (the
+default: its own address on the agent's bridge), host or none; `--publish PORT[/udp]` publishes a
+container port on a host port taken from the offer (printed when the task runs); `--volume
+HOST:CONTAINER[:ro]` mounts a host path the agent allows. With no command the image's own runs.
 
 One argument after `--` is a shell command (`/bin/sh -c`); several are an argv. The command subscribes
 a short-lived framework, takes the first offer that fits `--cpus`/`--mem`, launches one task, prints its
@@ -30,7 +37,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -42,13 +49,16 @@ from tessera.sdk.scheduler import Scheduler
 from tessera.sdk.transport import Transport
 from tessera.sdk.types import (
     DEFAULT_ROLE,
+    ContainerInfo,
     Filters,
     FrameworkInfo,
     Offer,
+    PortMapping,
     Resources,
     TaskInfo,
     TaskState,
     TaskStatus,
+    Volume,
 )
 
 DEFAULT_MASTERS = "127.0.0.1:5050"
@@ -73,6 +83,10 @@ class RunOptions:
     offer_timeout: float = 60.0
     connect_timeout: float = 15.0
     user: str = ""  # the Unix user the task runs as ("" = the agent's own user); the ACL must allow it
+    image: str = ""  # run the command in a container of this image ("" = a command task)
+    network: str = "bridge"  # a container's network: bridge, host or none
+    publish: tuple[tuple[int, str], ...] = ()  # container ports (and protocols) to publish on host ports
+    volumes: tuple[tuple[str, str, str], ...] = ()  # (host path, container path, "ro" | "rw")
 
 
 def _positive(flag: str, text: str) -> float:
@@ -85,11 +99,39 @@ def _positive(flag: str, text: str) -> float:
     return value
 
 
+def _publish(items: Sequence[str]) -> tuple[tuple[int, str], ...]:
+    out = []
+    for item in items:
+        port, _, protocol = item.partition("/")
+        protocol = protocol or "tcp"
+        if not port.isdigit() or not 0 < int(port) < 65536 or protocol not in ("tcp", "udp"):
+            raise BadInput(f"--publish: expected a container port (1-65535), optionally /tcp or /udp, got {item!r}")
+        out.append((int(port), protocol))
+    return tuple(out)
+
+
+def _volumes(items: Sequence[str]) -> tuple[tuple[str, str, str], ...]:
+    out = []
+    for item in items:
+        parts = item.split(":")
+        if len(parts) not in (2, 3) or not all(parts[:2]) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+            raise BadInput(f"--volume: expected HOST_PATH:CONTAINER_PATH[:ro|rw], got {item!r}")
+        out.append((parts[0], parts[1], parts[2] if len(parts) == 3 else "rw"))
+    return tuple(out)
+
+
 def parse_options(*, command: Sequence[str], masters: str, cpus: str, mem: str, name: str, role: str,
-                  env: Sequence[str], offer_timeout: str, connect_timeout: str, user: str = "") -> RunOptions:
+                  env: Sequence[str], offer_timeout: str, connect_timeout: str, user: str = "", image: str = "",
+                  network: str = "bridge", publish: Sequence[str] = (), volumes: Sequence[str] = ()) -> RunOptions:
     """Validate the flags of `tessera run`; raises BadInput naming the first bad one."""
-    if not command or not any(part.strip() for part in command):
+    if not image and (not command or not any(part.strip() for part in command)):
         raise BadInput("nothing to run: give a command after --, e.g. tessera run -- echo hello")
+    if not image and (publish or volumes):
+        raise BadInput(f"{'--publish' if publish else '--volume'}: only a container task (--image) has one")
+    if network not in ("bridge", "host", "none"):
+        raise BadInput(f"--network: must be bridge, host or none, got {network!r}")
+    if publish and network != "bridge":
+        raise BadInput(f"--publish: only the bridge network publishes ports (--network is {network})")
     addresses = tuple(a.strip() for a in masters.split(",") if a.strip())
     if not addresses:
         raise BadInput("--masters: give at least one HOST:PORT")
@@ -109,7 +151,8 @@ def parse_options(*, command: Sequence[str], masters: str, cpus: str, mem: str, 
     return RunOptions(
         command=tuple(command), masters=addresses, cpus=_positive("--cpus", cpus), mem=_positive("--mem", mem),
         name=name, role=role, env=tuple(pairs), offer_timeout=_positive("--offer-timeout", offer_timeout),
-        connect_timeout=_positive("--connect-timeout", connect_timeout), user=user.strip(),
+        connect_timeout=_positive("--connect-timeout", connect_timeout), user=user.strip(), image=image.strip(),
+        network=network, publish=_publish(publish), volumes=_volumes(volumes),
     )
 
 
@@ -147,8 +190,10 @@ class OneShot(Scheduler):
     def offers(self, driver: SchedulerDriver, offers: list[Offer]) -> None:
         chosen = None
         if self.offer is None:
-            chosen = next((o for o in offers if o.fits(self.task.resources)), None)
+            chosen = next((o for o in offers if o.fits(self.task.resources) and _host_ports(self.task, o)
+                           is not None), None)
         if chosen is not None:
+            self.task = _with_host_ports(self.task, chosen)
             try:
                 driver.launch(chosen, [self.task])
             except TesseraError as exc:
@@ -175,7 +220,15 @@ class OneShot(Scheduler):
             self._seen.add(status.uuid)
         code = f" (exit {status.exit_code})" if status.exit_code is not None else ""
         why = f": {_one_line(status.message, 120)}" if status.message and status.is_terminal else ""
-        self.say(f"task {status.task_id} {status.state.name}{code}{why}")
+        where = ""
+        if status.network is not None and status.network.ip_addresses and not status.is_terminal:
+            where = f" at {', '.join(status.network.ip_addresses)}"
+        self.say(f"task {status.task_id} {status.state.name}{code}{where}{why}")
+        container = self.task.container
+        if status.state is TaskState.TASK_RUNNING and container is not None and self.offer is not None:
+            for m in container.port_mappings:
+                self.say(f"container port {m.container_port}/{m.protocol} is published on "
+                         f"{self.offer.hostname or self.offer.agent_id}:{m.host_port}")
         if status.is_terminal:
             self.final = status
             self.done.set()
@@ -187,6 +240,32 @@ class OneShot(Scheduler):
     def error(self, driver: SchedulerDriver, message: str) -> None:
         self.failure = message
         self.done.set()
+
+
+def _host_ports(task: TaskInfo, offer: Offer) -> list[int] | None:
+    """The offer's first free ports, one per port mapping the task's container asks for; None: too few."""
+    container = task.container
+    wanted = len(container.port_mappings) if container is not None else 0
+    ports: list[int] = []
+    for begin, end in offer.ports:
+        for port in range(begin, end + 1):
+            if len(ports) == wanted:
+                return ports
+            ports.append(port)
+    return ports if len(ports) == wanted else None
+
+
+def _with_host_ports(task: TaskInfo, offer: Offer) -> TaskInfo:
+    """`task` with its port mappings' host ports taken from `offer` and added to its resources (Marathon's
+    way: host ports are resources, so no two tasks on one agent get the same one)."""
+    container = task.container
+    ports = _host_ports(task, offer)
+    if container is None or not container.port_mappings or not ports:
+        return task
+    mappings = tuple(PortMapping(m.container_port, port, m.protocol) for m, port in zip(container.port_mappings,
+                                                                                        ports, strict=True))
+    resources = task.resources + Resources.of(ports=[(p, p) for p in ports])
+    return replace(task, resources=resources, container=replace(container, port_mappings=mappings))
 
 
 def print_output(status: TaskStatus, offer: Offer | None, out: TextIO, say: Callable[[str], None]) -> None:
@@ -244,18 +323,26 @@ def run_task(options: RunOptions, *, transport: Transport | None = None, out: Te
         err.write(f"tessera run: {line}\n")
         err.flush()
 
-    command: str | tuple[str, ...] = options.command[0] if len(options.command) == 1 else options.command
+    command: str | tuple[str, ...] = (options.command[0] if len(options.command) == 1 else options.command)
+    container = None
+    if options.image:
+        container = ContainerInfo(
+            image=options.image, network=options.network,
+            port_mappings=tuple(PortMapping(port, 0, protocol) for port, protocol in options.publish),
+            volumes=tuple(Volume(container_path=c, host_path=h, mode=m) for h, c, m in options.volumes))
     task = TaskInfo(task_id=f"{options.name}-{uuid.uuid4().hex[:12]}", name=options.name,
                     resources=Resources.of(cpus=options.cpus, mem=options.mem), command=command,
-                    env=dict(options.env), user=options.user)
+                    env=dict(options.env), user=options.user, container=container)
     scheduler = OneShot(task, say)
     framework = FrameworkInfo(name=options.name, roles=(options.role,), failover_timeout=60.0)
     if transport is None and security is not None:
         transport = GrpcTransport(credentials=security.credentials, token=security.token)
     driver = SchedulerDriver(scheduler, framework, list(options.masters), transport=transport,
                              give_up_after=options.connect_timeout)
-    shown = shlex.join(options.command) if len(options.command) > 1 else options.command[0]
-    say(f"running {shown!r} with cpus:{options.cpus:g};mem:{options.mem:g}")
+    shown = (shlex.join(options.command) if len(options.command) > 1 else
+             options.command[0] if options.command else "the image's command")
+    image = f" in a container of {options.image} ({options.network} network)" if options.image else ""
+    say(f"running {shown!r}{image} with cpus:{options.cpus:g};mem:{options.mem:g}")
     driver.start()
     try:
         while not driver.join(0.1):

@@ -25,10 +25,14 @@ from typing import TypeAlias
 from tessera.control_plane.core.errors import InvalidRequest
 from tessera.control_plane.core.lifecycle import is_terminal
 from tessera.control_plane.core.resources import Interval, Resources
-from tessera.control_plane.core.values import TaskState
+from tessera.control_plane.core.values import NetworkInfo, PortMapping, TaskState, Volume
 
 __all__ = [
     "DEFAULT_ROLE",
+    "ContainerInfo",
+    "NetworkInfo",
+    "PortMapping",
+    "Volume",
     "FrameworkInfo",
     "Filters",
     "Launch",
@@ -148,16 +152,40 @@ class Offer:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ContainerInfo:
+    """Run a task in a container made from `image` (docs/containers.md).
+
+    `image`: `[registry[:port]/]name[:tag][@sha256:digest]`. `network`: "bridge" (the agent's CNI bridge:
+    the container gets its own address; publish ports with `port_mappings`, whose `host_port`s come from
+    the offer's `ports`), "host" (the agent's network) or "none" (loopback only). `volumes` mount host
+    directories the agent allows (`--allowed-volume-paths`). Lists are stored as tuples."""
+
+    image: str
+    network: str = "bridge"
+    port_mappings: tuple[PortMapping, ...] = ()
+    volumes: tuple[Volume, ...] = ()
+    readonly_rootfs: bool = False
+    hostname: str = ""  # empty: the task id
+
+    def __post_init__(self) -> None:
+        _set(self, "port_mappings", tuple(self.port_mappings))
+        _set(self, "volumes", tuple(self.volumes))
+        if not self.image:
+            raise InvalidRequest("ContainerInfo.image: must not be empty")
+
+
+@dataclass(frozen=True, kw_only=True)
 class TaskInfo:
     """A task to launch (and, once launched, what was launched).
 
-    `command` is a shell string or an argv tuple. `agent_id` may stay empty: `accept`/`launch` fill
+    `command` is a shell string or an argv tuple; a container task (`container`) may leave it empty to
+    run its image's entrypoint and command. `agent_id` may stay empty: `accept`/`launch` fill
     it in from the offers the task is launched on. `kill_grace_period` (seconds) is the time between
     SIGTERM and SIGKILL when the task is killed; 0 means the agent's default."""
 
     task_id: str
     resources: Resources
-    command: str | tuple[str, ...]
+    command: str | tuple[str, ...] = ""
     name: str = ""
     agent_id: str = ""
     env: Mapping[str, str] = field(default_factory=lambda: _EMPTY, hash=False)
@@ -165,6 +193,7 @@ class TaskInfo:
     labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY, hash=False)
     working_dir: str = ""
     user: str = ""
+    container: ContainerInfo | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.command, str):
@@ -173,7 +202,7 @@ class TaskInfo:
         _set(self, "labels", _frozen_map(self.labels, f"task {self.task_id}: labels"))
         if not self.task_id:
             raise InvalidRequest("TaskInfo.task_id: must not be empty")
-        if not self.command:
+        if not self.command and self.container is None:
             raise InvalidRequest(f"task {self.task_id}: command: nothing to run")
         if not math.isfinite(self.kill_grace_period) or self.kill_grace_period < 0:
             raise InvalidRequest(f"task {self.task_id}: kill_grace_period must be >= 0")
@@ -188,7 +217,7 @@ class TaskInfo:
         return TaskInfo(
             task_id=self.task_id, resources=self.resources, command=self.command, name=self.name,
             agent_id=agent_id, env=self.env, kill_grace_period=self.kill_grace_period, labels=self.labels,
-            working_dir=self.working_dir, user=self.user,
+            working_dir=self.working_dir, user=self.user, container=self.container,
         )
 
 
@@ -211,6 +240,7 @@ class TaskStatus:
     timestamp: float = 0.0
     framework_id: str = ""
     data: bytes = b""  # terminal statuses from agents: the tail of the task's stdout (at most 4 KiB)
+    network: NetworkInfo | None = None  # a container task's network and addresses (from TASK_RUNNING on)
 
     @property
     def is_terminal(self) -> bool:

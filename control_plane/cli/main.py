@@ -520,20 +520,31 @@ def status(c: Ctx) -> None:
 @cli.command()
 @pass_ctx
 def agents(c: Ctx) -> None:
-    """Agents: state, resources used/total, isolator, tasks."""
+    """Agents: state, resources used/total, isolator, container support, tasks."""
     from tessera.v1 import common_pb2
 
     resp = _state(c)
     if c.as_json:
         c.emit([to_dict(a) for a in resp.agents])
         return
-    table = Table("agent", "host", "state", "connected", "isolator", "used", "total", "tasks", "attributes")
+    table = Table("agent", "host", "state", "connected", "isolator", "containers", "used", "total", "tasks",
+                  "attributes")
     for a in resp.agents:
         table.add_row(a.agent_id, a.info.hostname, _enum_name(common_pb2.AgentState, a.state).removeprefix("AGENT_"),
-                      "yes" if a.connected else "no", a.info.isolator or "?", _res_text(a.used),
-                      _res_text(a.info.resources), str(a.task_count),
+                      "yes" if a.connected else "no", a.info.isolator or "?", _containers_text(a.info.containers),
+                      _res_text(a.used), _res_text(a.info.resources), str(a.task_count),
                       ";".join(f"{x.key}:{x.value}" for x in a.info.attributes))
     console.print(table)
+
+
+def _containers_text(support: Any) -> str:
+    """'runc 1.1.5, cni bridge tessera0 10.213.64.0/24', or 'no (why)'."""
+    if not support.runtime:
+        return f"no ({support.unavailable})" if support.unavailable else "no"
+    network = support.network
+    if not network:
+        network = f"host/none networks only ({support.unavailable})" if support.unavailable else "host/none networks only"
+    return ", ".join(part for part in (support.runtime, network) if part)
 
 
 @cli.command()

@@ -62,16 +62,27 @@ def _root_masters() -> str | None:
               help="seconds to wait for a fitting offer")
 @click.option("--connect-timeout", default="15", metavar="N", show_default=True,
               help="seconds to wait for a master to answer")
+@click.option("--image", default="", metavar="REFERENCE",
+              help="run the command in a container of this OCI image, e.g. 127.0.0.1:5000/tools/busybox:1.35")
+@click.option("--network", default="bridge", show_default=True, metavar="bridge|host|none",
+              help="a container's network")
+@click.option("--publish", "-p", multiple=True, metavar="PORT[/udp]",
+              help="publish a container port on a host port from the offer (repeat; bridge network)")
+@click.option("--volume", "-v", multiple=True, metavar="HOST:CONTAINER[:ro]",
+              help="mount a host path the agent allows into the container (repeat)")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run_command(masters: str | None, cpus: str, mem: str, name: str, role: str, env: tuple[str, ...], user: str,
-                offer_timeout: str, connect_timeout: str, command: tuple[str, ...]) -> None:
+                offer_timeout: str, connect_timeout: str, image: str, network: str, publish: tuple[str, ...],
+                volume: tuple[str, ...], command: tuple[str, ...]) -> None:
     """Run one command as a task and exit with its exit code (like mesos-execute).
 
-    One argument after -- is run with /bin/sh -c; several are an argv."""
+    One argument after -- is run with /bin/sh -c; several are an argv. With --image the task runs in a
+    container of that image (with no command, the image's own)."""
     chosen = masters or _root_masters() or os.environ.get("TESSERA_MASTERS") or DEFAULT_MASTERS
     try:
         options = parse_options(command=command, masters=chosen, cpus=cpus, mem=mem, name=name, role=role,
-                                env=env, offer_timeout=offer_timeout, connect_timeout=connect_timeout, user=user)
+                                env=env, offer_timeout=offer_timeout, connect_timeout=connect_timeout, user=user,
+                                image=image, network=network, publish=publish, volumes=volume)
     except BadInput as exc:
         click.echo(f"tessera run: {exc}", err=True)
         sys.exit(2)
