@@ -7,7 +7,7 @@ master fills from the applied log (so a new leader knows the registrations its p
 and, for a registration applied before this process started, from the event log as far as its writer
 has got. Nothing waits for the event log's writer: when neither knows the id yet, the call fails with
 `Unavailable` and the agent retries with the same request id. The id is answered only to the
-certificate that registered the agent (`core.decide.check_agent_identity`).
+certificate that registered the agent (`core.decide_agents.check_agent_identity`).
 
 `reregister` commits `ReregisterAgent` for a known, not removed agent (a removed or unknown one must
 register anew: `NotFound`), decided again when an offer or a launch committed in flight made it stale.
@@ -23,7 +23,7 @@ from typing import Any
 
 from tessera.control_plane.core import commands as cmd
 from tessera.control_plane.core import events as ev
-from tessera.control_plane.core.decide import check_agent_identity
+from tessera.control_plane.core.decide_agents import check_agent_identity
 from tessera.control_plane.core.errors import InvalidRequest, NotFound, Unavailable
 from tessera.control_plane.core.values import AgentInfo, AgentState, TaskStatus
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import pickle
+import pkgutil
 from dataclasses import replace
 from typing import Any
 
@@ -10,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import tessera.control_plane.core as core_package
 from tessera.control_plane.core import apply as apply_module
 from tessera.control_plane.core import commands as c
 from tessera.control_plane.core import events as ev
@@ -315,6 +318,17 @@ def test_a_bug_in_a_handler_becomes_an_internal_rejection(monkeypatch: pytest.Mo
     assert result.error_code == "Internal" and "ZeroDivisionError" in result.reason
     assert_only_a_rejection_was_recorded(before, h.state, result)
     assert isinstance(result.error(), Conflict)  # callers see an unknown code as a conflict
+
+
+def test_every_event_type_has_one_handler_in_one_topic() -> None:
+    modules = [importlib.import_module(f"{core_package.__name__}.{m.name}")
+               for m in pkgutil.iter_modules(core_package.__path__) if m.name.startswith("apply_")]
+    tables = [module.HANDLERS for module in modules if hasattr(module, "HANDLERS")]
+    assert len(tables) >= 6, "the topic modules (apply_agents, apply_offers, ...) each have a HANDLERS table"
+    topics = [event_type for table in tables for event_type in table]
+    assert len(topics) == len(set(topics)), "an event type is in two topics' tables: one would hide the other"
+    assert set(apply_module._HANDLERS) == {*ev.EVENT_FIELDS, ev.UnknownEvent}
+    assert set(apply_module._HANDLERS) == {*topics, ev.Rejected, ev.UnknownEvent}
 
 
 _ids = st.sampled_from(["", "agent-1", "framework-2", "t1", "offer-5", "x" * 300, "a b", "u1"])

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 
+import tessera.control_plane.core as core_package
 from tessera.control_plane.core import commands as c
+from tessera.control_plane.core import decide as decide_module
 from tessera.control_plane.core.errors import Conflict, InvalidRequest, NotFound, TesseraError
 from tessera.control_plane.core.resources import Resources, validate_role
 from tessera.control_plane.core.state import check_id, check_role
@@ -251,3 +256,13 @@ def test_a_role_refused_once_is_refused_again_and_a_valid_one_stays_valid() -> N
         with pytest.raises(InvalidRequest):
             validate_role("no spaces")
         assert validate_role("web/prod") == "web/prod"
+
+
+def test_every_command_type_has_one_decider_in_one_topic() -> None:
+    modules = [importlib.import_module(f"{core_package.__name__}.{m.name}")
+               for m in pkgutil.iter_modules(core_package.__path__) if m.name.startswith("decide_")]
+    tables = [module.DECIDERS for module in modules if hasattr(module, "DECIDERS")]
+    assert len(tables) >= 6, "the topic modules (decide_agents, decide_launch, ...) each have a DECIDERS table"
+    topics = [command_type for table in tables for command_type in table]
+    assert len(topics) == len(set(topics)), "a command type is in two topics' tables: one would hide the other"
+    assert set(decide_module._DECIDERS) == set(topics) == set(typing.get_args(c.Command))

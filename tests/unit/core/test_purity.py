@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import sys
 
 import tessera.control_plane.core as core_package
 from tessera.control_plane.core import apply as apply_module
@@ -29,8 +30,8 @@ FORBIDDEN_CALLS = {"open", "print", "input", "exec", "eval", "compile", "__impor
 
 
 def _modules() -> list[pathlib.Path]:
-    files = sorted(CORE_DIR.glob("*.py"))
-    assert len(files) >= 11, "the scan must see every core module"
+    files = sorted(CORE_DIR.rglob("*.py"))
+    assert len(files) >= 29, "the scan must see every core module"
     return files
 
 
@@ -70,6 +71,14 @@ def test_core_modules_call_no_io_builtins() -> None:
 def test_the_scan_catches_a_forbidden_import() -> None:
     tree = ast.parse("import time\nfrom grpc import aio\nimport os.path\n")
     assert _imports(tree) & FORBIDDEN == {"time", "grpc", "os"}
+
+
+def test_the_scan_sees_every_module_apply_and_decide_dispatch_to() -> None:
+    scanned = {path.resolve() for path in _modules()}
+    for table in (apply_module._HANDLERS, decide_module._DECIDERS):
+        for function in table.values():
+            source = pathlib.Path(sys.modules[function.__module__].__file__ or "").resolve()
+            assert source in scanned, f"{function.__module__} is not scanned for purity"
 
 
 def test_public_surface_is_small() -> None:

@@ -1,0 +1,123 @@
+"""decide of offer commands: issuing the allocator's offers, declines, rescinds, expiry. (Accepting
+offers is `core/decide_launch.py`.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from tessera.control_plane.core import commands as c
+from tessera.control_plane.core.context import Context
+from tessera.control_plane.core.decide_shared import (
+    Decider,
+    calling_framework,
+    check_offer_ids,
+    context_time,
+    known_agent,
+    known_framework,
+    live_offer,
+    new_id,
+    refuse_until,
+)
+from tessera.control_plane.core.errors import Conflict, InvalidRequest, NotFound
+from tessera.control_plane.core.events import Event, OfferDeclined, OfferIssued, OfferRescinded
+from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.state import (
+    DEFAULT_REFUSE_SECONDS,
+    MAX_ID_LENGTH,
+    MAX_TIME,
+    ClusterState,
+    check_id,
+    check_labels,
+    check_number,
+    check_resources,
+    check_role,
+    check_text,
+)
+from tessera.control_plane.core.values import AgentState, FrameworkState, Offer
+
+
+def _issue_offers(state: ClusterState, cmd: c.IssueOffers, ctx: Context) -> tuple[Event, ...]:
+    if not isinstance(cmd.offers, tuple):
+        raise InvalidRequest("offers: must be a tuple of offers")
+    now = context_time(ctx)
+    free: dict[str, Resources] = {}
+    new_ids: set[str] = set()
+    events: list[Event] = []
+    for offer in cmd.offers:
+        if not isinstance(offer, Offer):
+            raise InvalidRequest("offers: must be a tuple of offers")
+        if offer.offer_id:
+            offer_id = check_id(offer.offer_id, "offer_id")
+            if offer_id in state.offers or offer_id in state.retired_offers or offer_id in new_ids:
+                raise Conflict(f"offer id {offer_id} is already used")
+        else:
+            offer_id = new_id(ctx, "offer", new_ids)
+            if offer_id in state.offers or offer_id in state.retired_offers:
+                raise Conflict(f"the id source returned {offer_id!r}, which is already in use")
+        new_ids.add(offer_id)
+        fw = known_framework(state, offer.framework_id)
+        agent = known_agent(state, offer.agent_id)
+        fid, aid = fw.framework_id, agent.agent_id
+        if fw.state is not FrameworkState.FRAMEWORK_CONNECTED:
+            raise Conflict(f"framework {fid} is {fw.state.name}; only connected frameworks get offers")
+        if agent.state is not AgentState.AGENT_ACTIVE:
+            raise Conflict(f"agent {aid} is {agent.state.name}; only active agents are offered")
+        role = check_role(offer.role, "offer.role")
+        if role not in fw.info.roles:
+            raise InvalidRequest(f"offer.role: framework {fid} is not subscribed to role {role}")
+        if role in fw.suppressed_roles:
+            raise Conflict(f"framework {fid} suppressed offers for role {role}")
+        resources = check_resources(offer.resources, "offer.resources", allow_empty=False)
+        if resources.allocatable_to(role) != resources:
+            raise InvalidRequest(f"offer.resources: contain resources reserved to a role other than {role}")
+        expires_at = check_number(offer.expires_at, "offer.expires_at", maximum=MAX_TIME)
+        if expires_at and expires_at <= now:
+            raise InvalidRequest(f"offer.expires_at: {expires_at} is not in the future")
+        if state.is_filtered(fid, aid, now):
+            raise Conflict(f"framework {fid} declined agent {aid} until {state.refused_until(fid, aid)}")
+        available = free[aid] if aid in free else state.agent_free(aid)
+        if not available.contains(resources):
+            raise Conflict(f"offer of {resources} does not fit what is free on agent {aid} ({available})")
+        free[aid] = available - resources
+        hostname = check_text(offer.hostname, "offer.hostname", MAX_ID_LENGTH) or agent.info.hostname
+        attributes = check_labels(offer.attributes, "offer.attributes") or agent.info.attributes
+        issued = replace(offer, offer_id=offer_id, framework_id=fid, agent_id=aid, hostname=hostname,
+                         role=role, attributes=attributes, expires_at=expires_at)
+        events.append(OfferIssued(offer_id, fid, aid, issued))
+    return tuple(events)
+
+
+def _decline(state: ClusterState, cmd: c.Decline, ctx: Context) -> tuple[Event, ...]:
+    fw = calling_framework(state, cmd.framework_id, cmd.stream_id)
+    offers = [live_offer(state, oid, fw.framework_id) for oid in check_offer_ids(cmd.offer_ids)]
+    until = refuse_until(ctx, cmd.refuse_seconds, default=DEFAULT_REFUSE_SECONDS)
+    return tuple(OfferDeclined(o.offer_id, o.framework_id, o.agent_id, until) for o in offers)
+
+
+def _rescind_offer(state: ClusterState, cmd: c.RescindOffer, ctx: Context) -> tuple[Event, ...]:
+    offer_id = check_id(cmd.offer_id, "offer_id")
+    reason = check_text(cmd.reason, "reason")
+    offer = state.offers.get(offer_id)
+    if offer is None:
+        if offer_id in state.retired_offers:
+            return ()
+        raise NotFound(f"offer {offer_id} is not known")
+    return (OfferRescinded(offer_id, offer.framework_id, offer.agent_id, reason or "rescinded"),)
+
+
+def _expire_offers(state: ClusterState, cmd: c.ExpireOffers, ctx: Context) -> tuple[Event, ...]:
+    now = context_time(ctx)
+    return tuple(
+        OfferRescinded(o.offer_id, o.framework_id, o.agent_id, "offer expired")
+        for _, o in sorted(state.offers.items())
+        if o.expires_at and o.expires_at <= now
+    )
+
+
+DECIDERS: dict[type, Decider] = {
+    c.IssueOffers: _issue_offers,
+    c.Decline: _decline,
+    c.RescindOffer: _rescind_offer,
+    c.ExpireOffers: _expire_offers,
+}

@@ -1,0 +1,90 @@
+"""decide of task commands: kills, agents' status updates, frameworks' acknowledgements."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from tessera.control_plane.core import commands as c
+from tessera.control_plane.core.context import Context
+from tessera.control_plane.core.decide_agents import check_agent_identity, reported_key
+from tessera.control_plane.core.decide_shared import Decider, calling_framework, context_time, known_agent
+from tessera.control_plane.core.errors import Conflict, InvalidRequest, NotFound
+from tessera.control_plane.core.events import (
+    Event,
+    TaskKillRequested,
+    TaskStatusAcknowledged,
+    TaskStatusUpdated,
+)
+from tessera.control_plane.core.lifecycle import can_transition
+from tessera.control_plane.core.state import ClusterState, TaskKey, check_id, check_number, check_task_status
+from tessera.control_plane.core.values import TaskState
+
+
+def _kill(state: ClusterState, cmd: c.Kill, ctx: Context) -> tuple[Event, ...]:
+    fw = calling_framework(state, cmd.framework_id, cmd.stream_id)
+    tid = check_id(cmd.task_id, "task_id")
+    grace = check_number(cmd.grace_period_seconds, "grace_period_seconds")
+    key = TaskKey(fw.framework_id, tid)
+    task = state.tasks.get(key)
+    if task is None:
+        if key in state.completed_tasks:
+            return ()
+        raise NotFound(f"framework {fw.framework_id} has no task {tid}")
+    if task.terminal:
+        return ()
+    grace = grace or task.info.kill_grace_period_seconds
+    return (TaskKillRequested(tid, task.framework_id, task.agent_id, grace),)
+
+
+def _update_status(state: ClusterState, cmd: c.UpdateStatus, ctx: Context) -> tuple[Event, ...]:
+    """An agent's update. Already recorded (same uuid) or about a task the master already holds terminal:
+    nothing to do (the agent gets its ack; the master's terminal state stands)."""
+    status = check_task_status(cmd.status)
+    if not status.uuid:
+        raise InvalidRequest("status.uuid: an agent's status update needs a uuid")
+    if status.state is TaskState.TASK_UNREACHABLE:
+        raise InvalidRequest("status.state: only the master marks tasks unreachable")
+    tid = status.task_id
+    key: TaskKey | None = TaskKey(status.framework_id, tid)
+    if not status.framework_id:  # an agent of an earlier version: the one task of that id on the agent
+        sender = state.agents.get(status.agent_id) if status.agent_id else None
+        key = None if sender is None else reported_key(state, sender, status)
+    task = None if key is None else state.find_task(*key)
+    if task is None:
+        raise NotFound(f"task {tid} of framework {status.framework_id or '(not named)'} is not known")
+    owner = state.agents.get(task.agent_id)
+    if owner is not None:
+        check_agent_identity(owner, cmd.identity, f"a status update of task {tid}")
+    if status.agent_id and status.agent_id != task.agent_id:
+        raise Conflict(f"task {tid} runs on agent {task.agent_id}, not {status.agent_id}")
+    if status.uuid in task.applied_uuids or task.terminal:
+        return ()
+    agent = known_agent(state, task.agent_id)
+    if not agent.reachable:
+        raise Conflict(f"agent {agent.agent_id} is {agent.state.name}; it must reregister first")
+    if not can_transition(task.state, status.state):
+        raise Conflict(f"task {tid} is {task.state.name} and cannot become {status.state.name}")
+    status = replace(status, agent_id=task.agent_id, framework_id=task.framework_id,
+                     timestamp=status.timestamp or context_time(ctx))
+    return (TaskStatusUpdated(tid, task.framework_id, task.agent_id, status),)
+
+
+def _acknowledge(state: ClusterState, cmd: c.Acknowledge, ctx: Context) -> tuple[Event, ...]:
+    fw = calling_framework(state, cmd.framework_id, cmd.stream_id)
+    tid = check_id(cmd.task_id, "task_id")
+    uuid = check_id(cmd.uuid, "uuid")
+    task = state.find_task(fw.framework_id, tid)
+    if task is None:
+        raise NotFound(f"framework {fw.framework_id} has no task {tid}")
+    if any(s.uuid == uuid for s in task.unacknowledged):
+        return (TaskStatusAcknowledged(tid, task.framework_id, task.agent_id, uuid),)
+    if uuid in task.applied_uuids:
+        return ()  # acknowledged before: a retry
+    raise NotFound(f"task {tid} has no status update {uuid}")
+
+
+DECIDERS: dict[type, Decider] = {
+    c.Kill: _kill,
+    c.UpdateStatus: _update_status,
+    c.Acknowledge: _acknowledge,
+}
