@@ -486,13 +486,18 @@ class CniNetwork:
 
     def detach(self, container_id: str) -> None:
         check_container_id(container_id)
-        record = self._read_record(container_id)
+        try:
+            record = self._read_record(container_id)
+        except NetworkError as exc:  # torn by a power loss: undo what can be undone without it
+            log.warning("%s; detaching %s with the current configuration", exc.reason, container_id)
+            record = None
         name = self.config.netns_name(container_id)
         netns_path = os.path.join(NETNS_DIR, name)
         if record is None:
-            if not os.path.exists(netns_path):
+            if not os.path.exists(netns_path) and not self._record_path(container_id).exists():
                 return
-            # a namespace of ours without a record (it was lost): undo what the current configuration adds
+            # a namespace of ours without a (readable) record: undo what the current configuration adds;
+            # portmap's rules cannot be found without the port mappings (they were in the record)
             record = AttachmentRecord(container_id=container_id, netns_name=name, netns_path=netns_path,
                                       network=network_config_list(self.config),
                                       loopback=loopback_config_list(self.config), port_mappings=())
