@@ -37,11 +37,15 @@ connections to 127.0.0.1:<host port> can be DNATed onto the bridge); in the nat 
 `CNI-HOSTPORT-MASQ` (from POSTROUTING: masquerade what carries mark 0x2000); per container a
 `CNI-DN-<hash>` chain (DNAT of its host ports, marking of connections from 127.0.0.1 and from the subnet
 so that they are masqueraded) and a `CNI-<hash>` chain (masquerade of its traffic leaving the subnet).
-DEL removes the per-container chains; the shared chains and the bridge stay, like docker0's.
+DEL removes the per-container chains; the shared chains and the bridge stay, like docker0's. The agent
+adds one rule of its own (`localnet_guard_rule`, at the head of the filter table's INPUT, once): with
+route_localnet on the bridge, the host would otherwise accept packets from containers addressed to its
+127.0.0.0/8 services.
 
 Pure parts (no I/O): `NetworkConfig`, `network_config_list`, `loopback_config_list`, `plugin_config`,
 `plugin_env`, `parse_add_result`, `plugin_failure`, `validate_port_mappings`, `check_container_id`,
-`subnet_conflict`, `orphans`. The edges: `CniNetwork` (real plugins, root) and its twin `FakeNetwork`.
+`subnet_conflict`, `orphans`, `localnet_guard_rule`. The edges: `CniNetwork` (real plugins, root) and its
+twin `FakeNetwork`.
 Every failure is a `NetworkError` whose `reason` is written to be read as a TASK_FAILED message.
 """
 
@@ -287,6 +291,20 @@ def network_config_list(config: NetworkConfig) -> dict[str, Any]:
     }
 
 
+def localnet_guard_rule(config: NetworkConfig) -> list[str]:
+    """The filter-table INPUT rule that keeps containers away from the host's 127.0.0.0/8 services.
+
+    portmap sets route_localnet=1 on the bridge so that the host's own connections to 127.0.0.1:<host port>
+    can be DNATed onto it; but that also makes the host accept packets *from* the bridge addressed to
+    127.0.0.0/8, so a container able to send such packets (CAP_NET_RAW suffices) reaches services that
+    listen on the host's loopback only (the exposure of CVE-2020-8558 in kube-proxy). Only new connections
+    are dropped: the replies of DNATed connections are ESTABLISHED (or DNAT) and pass. (No apostrophe in
+    the comment: iptables-save escapes it in a way shell-like parsers of its output do not undo.)"""
+    return ["-i", config.bridge, "-d", "127.0.0.0/8", "-m", "conntrack", "!", "--ctstate",
+            "RELATED,ESTABLISHED,DNAT", "-m", "comment", "--comment",
+            f"{config.network_name}: no new connections from containers to 127.0.0.0/8 of the host", "-j", "DROP"]
+
+
 def loopback_config_list(config: NetworkConfig) -> dict[str, Any]:
     """The configuration list that brings `lo` up in the container's namespace (ifname `lo`)."""
     return {"cniVersion": CNI_VERSION, "name": f"{config.network_name}-lo", "plugins": [{"type": "loopback"}]}
@@ -418,6 +436,8 @@ class CniNetwork:
         self._clock: Callable[[], float] = clock or time.monotonic
         self.timings: list[PluginTiming] = []  # the latest executions, newest last (bounded)
         self._timings_lock = threading.Lock()
+        self._guard_lock = threading.Lock()
+        self._guarded = False
 
     # -- can it work here --
 
@@ -464,6 +484,7 @@ class CniNetwork:
                                   netns_path=os.path.join(NETNS_DIR, name),
                                   network=network_config_list(self.config),
                                   loopback=loopback_config_list(self.config), port_mappings=mappings)
+        self._ensure_localnet_guard()
         self._write_record(record)
         try:
             self._create_netns(name)
@@ -609,6 +630,27 @@ class CniNetwork:
             self.timings.append(timing)
             del self.timings[:-1000]
 
+    # -- the host --
+
+    def _ensure_localnet_guard(self) -> None:
+        """Install `localnet_guard_rule` at the head of INPUT once (it stays, like the bridge)."""
+        with self._guard_lock:
+            if self._guarded:
+                return
+            rule = localnet_guard_rule(self.config)
+            started = self._clock()
+            try:
+                try:
+                    self._run(["iptables", "-w", "-t", "filter", "-C", "INPUT", *rule], what="iptables -C")
+                except NetworkError:
+                    self._run(["iptables", "-w", "-t", "filter", "-I", "INPUT", "1", *rule],
+                              what="adding the rule that keeps containers off the host's 127.0.0.0/8")
+            except NetworkError as exc:
+                raise NetworkError(f"container network: {exc.reason}") from exc
+            finally:
+                self._note(PluginTiming("iptables guard", "ensure", self._clock() - started))
+            self._guarded = True
+
     # -- namespaces --
 
     def _run(self, argv: list[str], *, what: str) -> str:
@@ -747,7 +789,7 @@ class FakeNetwork:
 __all__ = [
     "CNI_VERSION", "CONTAINER_IFNAME", "DEFAULT_BRIDGE", "DEFAULT_PLUGIN_DIRS", "DEFAULT_SUBNET", "Attachment",
     "AttachmentRecord", "CniNetwork", "FakeNetwork", "Network", "NetworkConfig", "NetworkError", "PluginTiming",
-    "PortMapping", "check_container_id", "container_id_for", "loopback_config_list", "network_config_list",
-    "orphans", "parse_add_result", "plugin_config", "plugin_env", "plugin_failure", "subnet_conflict",
-    "validate_port_mappings",
+    "PortMapping", "check_container_id", "container_id_for", "localnet_guard_rule", "loopback_config_list",
+    "network_config_list", "orphans", "parse_add_result", "plugin_config", "plugin_env", "plugin_failure",
+    "subnet_conflict", "validate_port_mappings",
 ]

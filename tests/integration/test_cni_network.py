@@ -17,6 +17,7 @@ import os
 import socket
 import stat
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -187,6 +188,38 @@ def test_a_published_port_answers_on_127_0_0_1_and_the_container_address_answers
         httpd.kill()
         httpd.wait(timeout=WAIT)
     net.detach("ct-web")
+
+
+_SEND_UDP = ("import socket, sys\n"
+             "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+             "for host, port in zip(sys.argv[1::2], sys.argv[2::2]):\n"
+             "    s.sendto(b'from the container', (host, int(port)))\n")
+
+
+def test_a_container_cannot_reach_services_on_the_hosts_loopback(tmp_path: Path) -> None:
+    """portmap sets route_localnet on the bridge; the agent's guard rule keeps containers off 127.0.0.0/8."""
+    config = _config(tmp_path)
+    net = CniNetwork(config)
+    net.attach("ct-sneaky", [PortMapping(container_port=8080, host_port=_free_port())])
+    netns = config.netns_name("ct-sneaky")
+    assert run("sysctl", "-n", f"net.ipv4.conf.{BRIDGE}.route_localnet").strip() == "1"
+    # what a container with CAP_NET_ADMIN in its namespace (or CAP_NET_RAW and a raw socket) can do: send
+    # packets for 127.0.0.1 to its gateway
+    for step in ("ip route del local 127.0.0.0/8 dev lo table local", "ip route del local 127.0.0.1 dev lo table local",
+                 "sysctl -qw net.ipv4.conf.eth0.route_localnet=1", f"ip route add 127.0.0.1/32 via {config.gateway}"):
+        run("ip", "netns", "exec", netns, *step.split())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as on_loopback, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as on_gateway:
+        on_loopback.bind(("127.0.0.1", 0))
+        on_gateway.bind((config.gateway, 0))
+        on_gateway.settimeout(WAIT)
+        run("ip", "netns", "exec", netns, sys.executable, "-c", _SEND_UDP,
+            "127.0.0.1", str(on_loopback.getsockname()[1]), config.gateway, str(on_gateway.getsockname()[1]))
+        assert on_gateway.recvfrom(100)[0] == b"from the container"  # sent after the other one
+        on_loopback.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            on_loopback.recvfrom(100)
+    net.detach("ct-sneaky")
 
 
 def test_detach_removes_the_namespace_veth_rules_and_address(tmp_path: Path) -> None:

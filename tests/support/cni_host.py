@@ -46,8 +46,8 @@ def run(*argv: str, check: bool = True) -> str:
     return done.stdout
 
 
-def nat_rules() -> list[str]:
-    return [line for line in run("iptables-save", "-t", "nat").splitlines() if line.startswith("-A ")]
+def nat_rules(table: str = "nat") -> list[str]:
+    return [line for line in run("iptables-save", "-t", table).splitlines() if line.startswith("-A ")]
 
 
 def nat_chains() -> set[str]:
@@ -78,9 +78,9 @@ def _mentions(words: list[str], subnets: list[ipaddress.IPv4Network]) -> bool:
 
 
 def clean_leftovers(prefix: str, subnets: Iterable[str]) -> None:
-    """Remove the namespaces and links named `prefix*` (killing what runs in those namespaces) and the nat
-    rules that carry a CNI network name `tessera-<prefix>...` or an address of `subnets`, with the
-    per-container chains they belong to or jump to."""
+    """Remove the namespaces and links named `prefix*` (killing what runs in those namespaces), the nat
+    rules that carry a CNI network name `tessera-<prefix>...` or an address of `subnets` with the
+    per-container chains they belong to or jump to, and the filter rules that carry such a name."""
     nets = [ipaddress.IPv4Network(s) for s in subnets]
     for name in namespaces(prefix):
         for pid in run("ip", "netns", "pids", name, check=False).split():
@@ -89,6 +89,9 @@ def clean_leftovers(prefix: str, subnets: Iterable[str]) -> None:
             except ProcessLookupError:
                 pass
         run("ip", "netns", "delete", name, check=False)
+    for rule in nat_rules("filter"):  # the agent's guard rule (localnet_guard_rule)
+        if f'"tessera-{prefix}' in rule:
+            run("iptables", "-t", "filter", "-D", *shlex.split(rule)[1:], check=False)
     chains: set[str] = set()
     for rule in nat_rules():
         words = shlex.split(rule)

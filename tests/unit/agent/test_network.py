@@ -20,6 +20,7 @@ from tessera.agent.executor.network import (
     PortMapping,
     check_container_id,
     container_id_for,
+    localnet_guard_rule,
     loopback_config_list,
     network_config_list,
     orphans,
@@ -134,6 +135,14 @@ def test_plugin_environment_carries_the_cni_variables_and_path() -> None:
                       plugin_dirs=("/p",))["PATH"].startswith("/usr/local/sbin")
 
 
+def test_the_guard_drops_new_connections_from_the_bridge_to_127_8_and_names_the_network() -> None:
+    rule = localnet_guard_rule(config(bridge="br7"))
+    assert rule[:4] == ["-i", "br7", "-d", "127.0.0.0/8"]
+    assert rule[rule.index("--ctstate") - 1:rule.index("--ctstate") + 2] == ["!", "--ctstate", "RELATED,ESTABLISHED,DNAT"]
+    assert rule[rule.index("--comment") + 1].startswith("tessera-br7: ")
+    assert rule[-2:] == ["-j", "DROP"]
+
+
 # ---- results and errors ------------------------------------------------------------------------------------
 
 
@@ -166,9 +175,14 @@ def test_port_mappings_are_tcp_or_udp_in_range_and_never_publish_a_host_port_twi
     good = [PortMapping(8080, 31005), PortMapping(8080, 31005, "udp"), PortMapping(1, 65535)]
     assert validate_port_mappings(good) == tuple(good)
     assert validate_port_mappings([]) == ()
-    for bad, message in ([PortMapping(8080, 31005, "sctp")], "protocol"), ([PortMapping(0, 31005)], "container port"), (
-            [PortMapping(8080, 65536)], "host port"), ([PortMapping(80, 31005), PortMapping(81, 31005)], "mapped twice"), (
-            [PortMapping(True, 31005)], "container port"):  # type: ignore[arg-type]
+    cases: list[tuple[list[PortMapping], str]] = [
+        ([PortMapping(8080, 31005, "sctp")], "protocol"),
+        ([PortMapping(0, 31005)], "container port"),
+        ([PortMapping(8080, 65536)], "host port"),
+        ([PortMapping(80, 31005), PortMapping(81, 31005)], "mapped twice"),
+        ([PortMapping(True, 31005)], "container port"),  # a bool is not a port
+    ]
+    for bad, message in cases:
         with pytest.raises(NetworkError, match=message):
             validate_port_mappings(bad)
 
@@ -193,7 +207,8 @@ def test_a_subnet_overlapping_a_route_of_another_device_is_named() -> None:
               {"dst": "10.9.8.0/24", "dev": "br7"},
               {"type": "local", "dst": "10.9.8.1", "dev": "br7"}]
     assert subnet_conflict("10.9.8.0/24", routes, "br7") is None
-    assert subnet_conflict("10.9.0.0/16", routes, "br9") == "subnet 10.9.0.0/16 overlaps the route to 10.9.8.0/24 on br7"
+    assert subnet_conflict("10.9.0.0/16", routes, "br9") == (
+        "subnet 10.9.0.0/16 overlaps the route to 10.9.8.0/24 on br7")
     assert subnet_conflict("192.0.2.128/25", routes, "br7") is not None
     assert subnet_conflict("10.1.0.0/24", routes + [{"dst": "not-an-address", "dev": "x"}], "br7") is None
 
