@@ -402,8 +402,10 @@ def subnet_conflict(subnet: str, routes: Sequence[Mapping[str, Any]], bridge: st
 
 def orphans(prefix: str, netns_names: Iterable[str], recorded_ids: Iterable[str],
             live_container_ids: Iterable[str]) -> list[str]:
-    """The container ids with a namespace (named with this agent's prefix) or a record that are not live."""
-    found = {name[len(prefix):] for name in netns_names if name.startswith(prefix) and len(name) > len(prefix)}
+    """The container ids with a namespace (named with this agent's prefix) or a record that are not live
+    (a name whose rest is no valid container id, like the probe's, is not a container's)."""
+    found = {name[len(prefix):] for name in netns_names
+             if name.startswith(prefix) and _CONTAINER_ID_RE.match(name[len(prefix):])}
     found.update(recorded_ids)
     return sorted(found - set(live_container_ids))
 
@@ -454,10 +456,23 @@ class CniNetwork:
             if shutil.which(tool, path=path) is None:
                 reasons.append(f"{tool} not found on PATH (Debian package {package})")
         if not reasons:
-            conflict = self._subnet_conflict()
+            conflict = self._subnet_conflict() or self._probe_netns()
             if conflict:
                 reasons.append(conflict)
         return "; ".join(reasons) or None
+
+    def _probe_netns(self) -> str | None:
+        """Create and delete a namespace: root without CAP_SYS_ADMIN (in a container) cannot. The probe's
+        name (`<bridge>--probe`) is no container's: a container id starts with a letter or digit."""
+        name = self.config.netns_prefix + "-probe"
+        try:
+            if os.path.exists(os.path.join(NETNS_DIR, name)):
+                self._delete_netns(name)
+            self._create_netns(name)
+            self._delete_netns(name)
+        except NetworkError as exc:
+            return exc.reason
+        return None
 
     def _subnet_conflict(self) -> str | None:
         try:

@@ -12,8 +12,10 @@ Measured in one run, each an attach followed by a detach of a fresh container id
 - `1 port, W workers`: W threads doing cycles at once (containers/s one agent can attach);
 - `what-if: no ipMasq`: the bridge plugin without its per-container masquerade chain (not the agent's
   configuration: it shows what that chain costs).
-For each: attach and detach p50/p90, cycles per second, and the p50 of each step (namespace, plugin
-executions), from `CniNetwork.timings`.
+For each: attach and detach p50/p90, cycles per second, the CPU time the plugins and the tools they run
+spent per cycle (which, unlike the latencies, does not depend on what else the machine runs; cores /
+that CPU bounds the cycles per second), and the p50 of each step (namespace, plugin executions), from
+`CniNetwork.timings`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -44,6 +47,12 @@ PREFIX, BRIDGE, SUBNET = "tsrbench", "tsrbench0", "10.213.247.0/24"
 def _q(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the finished child processes: the plugins, iptables, ip."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 @contextmanager
@@ -78,12 +87,14 @@ def measure(label: str, net: cni.CniNetwork, *, cycles: int, ports: bool, worker
             return attached - started, time.monotonic() - attached
 
         begun = time.monotonic()
+        cpu_before = _children_cpu()
         if workers == 1:
             results = [cycle(i) for i in range(cycles)]
         else:
             with ThreadPoolExecutor(workers) as pool:
                 results = list(pool.map(cycle, range(cycles)))
         wall = time.monotonic() - begun
+        cpu = (_children_cpu() - cpu_before) / cycles
         steps: dict[str, list[float]] = defaultdict(list)
         for t in net.timings:
             steps[f"{t.plugin} {t.command}"].append(t.seconds)
@@ -92,7 +103,8 @@ def measure(label: str, net: cni.CniNetwork, *, cycles: int, ports: bool, worker
     attach = [r[0] for r in results]
     detach = [r[1] for r in results]
     print(f"{label:<28} attach p50 {_q(attach, .5):5.0f} ms p90 {_q(attach, .9):5.0f} | detach p50 "
-          f"{_q(detach, .5):5.0f} ms p90 {_q(detach, .9):5.0f} | {cycles / wall:5.1f} cycles/s")
+          f"{_q(detach, .5):5.0f} ms p90 {_q(detach, .9):5.0f} | {cycles / wall:5.1f} cycles/s | CPU of the "
+          f"plugins and tools {cpu * 1000:4.0f} ms a cycle")
     print(" " * 29 + "steps p50 ms: " + ", ".join(f"{k} {statistics.median(v) * 1000:.0f}" for k, v in steps.items()))
 
 

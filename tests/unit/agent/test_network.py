@@ -214,7 +214,7 @@ def test_a_subnet_overlapping_a_route_of_another_device_is_named() -> None:
 
 
 def test_orphans_are_the_namespaces_of_this_prefix_and_records_that_are_not_live() -> None:
-    names = ["tessera0-a", "tessera0-b", "tessera1-c", "tessera0-", "other"]
+    names = ["tessera0-a", "tessera0-b", "tessera1-c", "tessera0-", "tessera0--probe", "other"]
     assert orphans("tessera0-", names, ["d", "b"], ["a"]) == ["b", "d"]
 
 
