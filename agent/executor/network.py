@@ -559,7 +559,8 @@ class CniNetwork:
 
     def cleanup_orphans(self, live_container_ids: Iterable[str]) -> list[str]:
         """Detach every container of this agent (by namespace prefix or record) that is not live; returns
-        the ids detached. A failure is logged and left for the next call (its record stays)."""
+        the ids detached. A failure is logged and left for the next call (its record stays). An attach
+        under way counts as live: call this before launching, or name those containers in the live set."""
         try:
             names = os.listdir(NETNS_DIR)
         except FileNotFoundError:
