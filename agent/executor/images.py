@@ -18,9 +18,11 @@ resolved once, when first pulled, as Docker's and Mesos' "pull if not present" d
 `skopeo copy docker://REF oci:ROOT/tmp/pull-*/layout:image --dest-shared-blob-dir ROOT/blobs` fetches
 the manifest and every blob the store does not have yet (skopeo reuses blobs already in the shared
 directory, so a layer two images share is downloaded and stored once); skopeo checks every blob against
-its digest. Then `umoci raw unpack` lays the rootfs out in the pull's temp directory (its layout's
-`blobs` is a symlink to the shared one), the rootfs is renamed to `rootfs/<hex>`, and the record is
-written (temp file + rename). A crash at any point leaves either a whole image or only pieces that are
+its digest. Then `umoci raw unpack` lays the rootfs out in the pull's temp directory, reading a private
+blob directory there: the manifest as read and checked against its digest (skopeo writes a manifest in
+place, not by a rename, so another pull of the same manifest could show a reader a short one) and hard
+links to the other blobs. The rootfs is renamed to `rootfs/<hex>`, and the record is written (temp
+file + rename). A crash at any point leaves either a whole image or only pieces that are
 not taken as one: temp directories are removed when the store opens, a rootfs without a record is
 removed then too, and blobs that no record names are the GC's. Concurrent pulls of one reference
 coalesce: one skopeo run, the others wait for its outcome (its error too); two references of one
@@ -98,6 +100,7 @@ COPY = "copy"
 POLICY = {"default": [{"type": "insecureAcceptAnything"}]}
 _LAYOUT_TAG = "image"
 _MNT_DETACH = 2
+_BLOB_READ_ATTEMPTS = 50
 _REASON_DETAIL_LIMIT = 400
 
 
@@ -550,13 +553,12 @@ class ImageStore:
             raise _pull_error(key, kind, explanation, last_error_line(done.stderr) or f"exit {done.returncode}")
 
         index = json.loads((layout / "index.json").read_text())
-        descriptor = index["manifests"][0]
-        digest = str(descriptor["digest"])
-        manifest = json.loads((self.blobs_dir / "sha256" / _hex(digest)).read_text())
+        digest = str(index["manifests"][0]["digest"])
+        manifest_bytes = self._read_blob(key, digest)
+        manifest = json.loads(manifest_bytes)
         config_digest = str(manifest["config"]["digest"])
         layers = tuple(str(layer["digest"]) for layer in manifest.get("layers") or ())
-        config_blob = json.loads((self.blobs_dir / "sha256" / _hex(config_digest)).read_text())
-        config = ImageConfig.from_json(config_blob.get("config"))
+        config = ImageConfig.from_json(json.loads(self._read_blob(key, config_digest)).get("config"))
 
         with self._cond:
             lock = self._unpacking.setdefault(digest, threading.Lock())
@@ -566,7 +568,7 @@ class ImageStore:
                 if record is not None:
                     self._touch(record, key)
                     return self._image(record, key)
-            rootfs = self._unpack(key, layout, work)
+            rootfs = self._unpack(key, layout, work, manifest_bytes, (config_digest, *layers))
             final = self.rootfs_dir / _hex(digest)
             if final.exists():  # unpacked before a crash, never recorded
                 _remove_tree(final)
@@ -581,11 +583,33 @@ class ImageStore:
         log.info("pulled image %s (%s)", key, digest)
         return self._image(record, key)
 
-    def _unpack(self, key: str, layout: Path, work: Path) -> Path:
-        blobs = layout / "blobs"
-        if blobs.is_dir() and not blobs.is_symlink():
-            shutil.rmtree(blobs)
-        blobs.symlink_to(self.blobs_dir, target_is_directory=True)
+    def _read_blob(self, key: str, digest: str) -> bytes:
+        """A blob of the shared directory, checked against its digest. skopeo writes a manifest in place
+        (not through a rename), so while another pull of the same manifest rewrites it, a read can see
+        it short: read again, a bounded number of times."""
+        path = self.blobs_dir / "sha256" / _hex(digest)
+        for _ in range(_BLOB_READ_ATTEMPTS):
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest() == _hex(digest):
+                return data
+            time.sleep(0.02)
+        raise _pull_error(key, PullFailure.CORRUPT, "corrupt blob in the image store",
+                          f"{digest} does not match its digest")
+
+    def _unpack(self, key: str, layout: Path, work: Path, manifest: bytes, blobs: Sequence[str]) -> Path:
+        """`umoci raw unpack` from a private blob directory: the manifest as read and checked, the other
+        blobs hard links into the shared directory (each was renamed into place whole, so a link always
+        sees a whole file)."""
+        private = layout / "blobs" / "sha256"
+        private.mkdir(parents=True, exist_ok=True)
+        (private / hashlib.sha256(manifest).hexdigest()).write_bytes(manifest)
+        for blob in blobs:
+            source, target = self.blobs_dir / "sha256" / _hex(blob), private / _hex(blob)
+            if not target.exists():
+                try:
+                    os.link(source, target)
+                except OSError:  # a file system without hard links: a symlink reads the same file
+                    target.symlink_to(source)
         rootfs = work / "rootfs"
         cmd = [self.umoci, "raw", "unpack", *(["--rootless"] if os.geteuid() != 0 else []),
                "--image", f"{layout}:{_LAYOUT_TAG}", str(rootfs)]

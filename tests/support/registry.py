@@ -174,13 +174,17 @@ class Registry:
         algorithm, _, hexpart = digest.partition(":")
         return self.storage / "docker/registry/v2/blobs" / algorithm / hexpart[:2] / hexpart / "data"
 
-    def manifest(self, repository: str, tag: str) -> dict[str, object]:
-        """The manifest a tag names, read from the registry's storage (no request)."""
+    def digest(self, repository: str, tag: str) -> str:
+        """The manifest digest a tag names, read from the registry's storage (no request)."""
         link = (self.storage / "docker/registry/v2/repositories" / repository / "_manifests/tags" / tag
                 / "current/link")
         if not link.exists():
             raise KeyError(f"{repository}:{tag} is not in registry {self.host}")
-        loaded: dict[str, object] = json.loads(self.blob_path(link.read_text().strip()).read_bytes())
+        return link.read_text().strip()
+
+    def manifest(self, repository: str, tag: str) -> dict[str, object]:
+        """The manifest a tag names, read from the registry's storage (no request)."""
+        loaded: dict[str, object] = json.loads(self.blob_path(self.digest(repository, tag)).read_bytes())
         return loaded
 
     def copy_in(self, source: str, reference: str) -> str:
