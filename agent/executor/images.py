@@ -54,7 +54,8 @@ the directory, and is idempotent.
 Garbage collection (`gc(in_use_digests)`): the caller says which images are in use (the digests of every
 task being launched or running); `plan_collection` (pure) removes, least recently used first, unused
 images until blobs plus unpacked rootfs are under `max_bytes`, with the blobs that no image still kept
-names, and always the blobs that no image names. Removing an image deletes its record first, so a crash
+names, and always the blobs that no image names. An image that is the lower layer of a mounted overlay
+is in use whatever the caller says (it would pull the files from under a running task). Removing an image deletes its record first, so a crash
 in the middle leaves only garbage. Blobs are removed only while no pull is under way (a pull may be
 reusing one that no record names yet); new pulls wait for that part.
 
@@ -220,6 +221,15 @@ def classify_pull_error(stderr: str) -> tuple[PullFailure, str]:
         if any(needle in text for needle in needles):
             return kind, explanation
     return PullFailure.FAILED, "skopeo failed"
+
+
+def parse_reference(reference: str) -> ImageReference:
+    """`parse_image_reference`, its ValueError as the pull's error (kind INVALID_REFERENCE)."""
+    try:
+        return parse_image_reference(reference)
+    except ValueError as exc:
+        raise ImagePullError(f"invalid image reference {reference!r}: {exc}",
+                             PullFailure.INVALID_REFERENCE) from exc
 
 
 def _pull_error(reference: str, kind: PullFailure, explanation: str, detail: str = "") -> ImagePullError:
@@ -455,11 +465,7 @@ class ImageStore:
     def pull(self, reference: str) -> Image:
         """The image `reference` names, from the store or else from its registry (blocking). Raises
         ImagePullError."""
-        try:
-            ref = parse_image_reference(reference)
-        except ValueError as exc:
-            raise ImagePullError(f"invalid image reference {reference!r}: {exc}",
-                                 PullFailure.INVALID_REFERENCE) from exc
+        ref = parse_reference(reference)
         key = str(ref)
         try:
             self._open()
@@ -682,11 +688,15 @@ class ImageStore:
     # ---- garbage collection ----------------------------------------------------------------------------------
     def gc(self, in_use_digests: set[str]) -> list[str]:
         """Remove unused images, least recently used first, until the store is under `max_bytes`, and
-        blobs no image names. Returns the manifest digests of the images removed."""
+        blobs no image names. Returns the manifest digests of the images removed. In use: the digests
+        given (every task being launched or running) and, whatever the caller says, every image that
+        is the lower layer of a mounted overlay (a task's rootfs)."""
         self._open()
+        mounted = _overlay_lowers()
         with self._cond:
+            in_use = set(in_use_digests) | {d for d in self._records if str(self.rootfs_dir / _hex(d)) in mounted}
             stored = [StoredImage(r.digest, r.last_used, r.rootfs_bytes, r.blobs) for r in self._records.values()]
-            plan = plan_collection(stored, self._blob_sizes(), set(in_use_digests), self.max_bytes)
+            plan = plan_collection(stored, self._blob_sizes(), in_use, self.max_bytes)
             for digest in plan.images:
                 record = self._records.pop(digest)
                 for reference in record.references:
@@ -741,6 +751,21 @@ def _mountpoints() -> list[str]:
         return [m.mountpoint for m in parse_mountinfo(Path("/proc/self/mountinfo").read_text())]
     except OSError:
         return []
+
+
+def _overlay_lowers() -> set[str]:
+    """The lower directories of every overlay mounted (from /proc/self/mountinfo)."""
+    lowers: set[str] = set()
+    try:
+        mounts = parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+    except OSError:
+        return lowers
+    for mount in mounts:
+        if mount.fstype == "overlay":
+            for option in mount.options:
+                if option.startswith("lowerdir="):
+                    lowers.update(option[len("lowerdir="):].split(":"))
+    return lowers
 
 
 def _is_mounted(path: Path) -> bool:
@@ -827,11 +852,7 @@ class FakeImageStore:
         return self.unavailable
 
     def pull(self, reference: str) -> Image:
-        try:
-            ref = parse_image_reference(reference)
-        except ValueError as exc:
-            raise ImagePullError(f"invalid image reference {reference!r}: {exc}",
-                                 PullFailure.INVALID_REFERENCE) from exc
+        ref = parse_reference(reference)
         key = str(ref)
         with self._lock:
             self._tick += 1

@@ -146,7 +146,9 @@ def test_pull_by_digest_and_by_tag_and_digest(registry: Registry, workdir: Path)
 def test_a_cached_image_is_pulled_without_any_registry_request(registry: Registry, workdir: Path) -> None:
     reference = f"{registry.host}/{BUSYBOX}"
     first = ImageStore(workdir / "store")
+    assert first.cached(reference) is None
     image = first.pull(reference)
+    assert first.cached(reference) == image
     before = len(registry.requests())
     assert first.pull(reference) == image
     assert first.pull(f"{registry.host}/tools/busybox@{image.digest}").digest == image.digest
@@ -393,7 +395,18 @@ def test_gc_removes_unused_images_over_the_bound_and_keeps_what_is_in_use(regist
     assert store.skopeo_runs == 3 and again.digest == busybox.digest
     assert registry.request_count(f"/blobs/{base}", "GET") == layer_fetches
     assert store.gc(set()) == [web.digest, busybox.digest]  # least recently used first
-    assert store.images() == [] and _blob_files(store) == set()
+    assert store.images() == [] and _blob_files(store) == set() and store.size_bytes() == 0
+
+
+def test_gc_keeps_the_lower_layer_of_a_mounted_rootfs(registry: Registry, workdir: Path) -> None:
+    store = ImageStore(workdir / "store", max_bytes=1)
+    busybox = store.pull(f"{registry.host}/{BUSYBOX}")
+    web = store.pull(f"{registry.host}/{WEB}")
+    root = store.prepare_rootfs(busybox, workdir / "task")
+    assert store.gc(set()) == [web.digest]  # the caller forgot the task: its overlay still says so
+    assert (root / "bin/busybox").is_file()
+    store.release_rootfs(workdir / "task")
+    assert store.gc(set()) == [busybox.digest]
 
 
 def test_gc_within_the_bound_removes_only_blobs_no_image_names(registry: Registry, workdir: Path) -> None:
