@@ -404,9 +404,11 @@ class ImageStore:
         """None when the store can pull and unpack, else why not (for the agent's start-up message and
         `tessera agents`)."""
         for tool, package in ((self.skopeo, "skopeo"), (self.umoci, "umoci")):
-            if not (shutil.which(tool) if os.sep not in tool else (os.access(tool, os.X_OK) and tool)):
-                return f"{tool} not found on PATH (install the package {package})" if os.sep not in tool \
-                    else f"{tool} is not an executable (install the package {package})"
+            if os.sep in tool:
+                if not os.access(tool, os.X_OK):
+                    return f"{tool} is not an executable (install the package {package})"
+            elif shutil.which(tool) is None:
+                return f"{tool} not found on PATH (install the package {package})"
         try:
             self._open()
         except OSError as exc:
@@ -432,9 +434,10 @@ class ImageStore:
         return self._records.get(digest) if digest else None
 
     def cached(self, reference: str) -> Image | None:
-        """The image `reference` names if the store has it (no registry contact, no use recorded)."""
+        """The image `reference` names if the store has it (no registry contact, no use recorded).
+        Raises ImagePullError for a reference that does not parse."""
+        ref = parse_reference(reference)
         self._open()
-        ref = parse_image_reference(reference)
         with self._cond:
             record = self._lookup(ref)
             return self._image(record, str(ref)) if record else None
@@ -488,10 +491,13 @@ class ImageStore:
         except ImagePullError as exc:
             future.set_exception(exc)
             raise
-        except BaseException as exc:
+        except Exception as exc:  # a malformed manifest or config, say: still a reason, never a crash
             error = _pull_error(key, PullFailure.FAILED, "unexpected error", f"{type(exc).__name__}: {exc}")
             future.set_exception(error)
             raise error from exc
+        except BaseException:  # interrupted: the waiters must not wait forever
+            future.set_exception(_pull_error(key, PullFailure.FAILED, "the pull was interrupted"))
+            raise
         else:
             future.set_result(image)
             return image

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import stat
 import sys
 import threading
@@ -22,6 +23,7 @@ from tessera.agent.executor.images import (
     last_error_line,
     plan_collection,
 )
+from tests.support.registry import MissingTool, require_tool
 
 # What skopeo 1.9 prints (captured on this machine against docker-registry 2.8)
 STDERR = {
@@ -257,3 +259,13 @@ def test_fake_store_is_thread_safe() -> None:
     for t in threads:
         t.join()
     assert fake.pulls == {"r.test/a:1": 1}
+
+
+def test_a_missing_test_tool_fails_naming_its_debian_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    sh = shutil.which("sh")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(MissingTool, match="install the Debian package docker-registry"):
+        require_tool("docker-registry", "/nonexistent/docker-registry")
+    with pytest.raises(MissingTool, match="busybox-static"):
+        require_tool("busybox", "/nonexistent/busybox")
+    assert sh is not None and require_tool("sh", sh) == sh
