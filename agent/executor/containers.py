@@ -31,9 +31,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tessera.agent.executor.images import Image, ImageConfig, ImagePullError, prepare_rootfs, release_rootfs
 from tessera.agent.executor.isolation import IsolationSpec, Mount, parse_mountinfo
 from tessera.agent.executor.network import container_id_for
-from tessera.agent.executor.runtime_spec import ContainerPlan, ImageConfig, SpecError, build_spec, container_argv
+from tessera.agent.executor.runtime_spec import ContainerPlan, SpecError, build_spec, container_argv
 from tessera.control_plane.core.containers import hostname_of, network_of
 from tessera.control_plane.core.values import ContainerSupport, TaskInfo
 
@@ -62,6 +63,7 @@ class ContainerLaunch:
     state_root: str  # runc's --root: the agent's own, so two agents on one host never share state
     image_rootfs: str  # the image store's unpacked root filesystem (never written)
     image_digest: str
+    image_reference: str
     plan: ContainerPlan  # `rootfs` and `netns_path` are filled in by the supervisor
     network_config: dict[str, Any] = field(default_factory=dict)  # NetworkConfig fields (bridge only)
     port_mappings: tuple[tuple[int, int, str], ...] = ()  # (container port, host port, protocol)
@@ -76,6 +78,7 @@ class ContainerLaunch:
         plan = dict(data["plan"])
         plan["image"] = ImageConfig(**{k: tuple(v) if isinstance(v, list) else v
                                        for k, v in dict(plan.get("image") or {}).items()})
+        plan["shell"] = bool(plan.get("shell"))
         for name in ("argv", "additional_gids"):
             plan[name] = tuple(plan.get(name) or ())
         plan["env"] = tuple((str(k), str(v)) for k, v in plan.get("env") or ())
@@ -83,6 +86,7 @@ class ContainerLaunch:
         return ContainerLaunch(
             container_id=str(data["container_id"]), runc=str(data["runc"]), state_root=str(data["state_root"]),
             image_rootfs=str(data["image_rootfs"]), image_digest=str(data.get("image_digest", "")),
+            image_reference=str(data.get("image_reference", "")),
             plan=ContainerPlan(**plan), network_config=dict(data.get("network_config") or {}),
             port_mappings=tuple((int(c), int(h), str(p)) for c, h, p in data.get("port_mappings") or ()),
         )
@@ -105,12 +109,12 @@ def _network(launch: ContainerLaunch) -> Any:
 def start(launch: ContainerLaunch, run_dir: Path, stdout: Any, stderr: Any) -> Started:
     """Steps 1-3: the root filesystem, the network, the spec, `runc run` started (not waited for).
     Raises ContainerError; what was set up before the failure is for `teardown`."""
-    from tessera.agent.executor import images
-
     plan = launch.plan
+    image = Image(digest=launch.image_digest, reference=launch.image_reference, rootfs=Path(launch.image_rootfs),
+                  config=plan.image)
     try:
-        rootfs = images.prepare_rootfs(Path(launch.image_rootfs), run_dir)
-    except images.ImageError as exc:
+        rootfs = prepare_rootfs(image, run_dir)
+    except ImagePullError as exc:
         raise ContainerError(f"cannot make the container's root filesystem: {exc.reason}") from exc
     netns_path = ""
     addresses: tuple[str, ...] = ()
@@ -187,8 +191,6 @@ def failure_exit_code(message: str) -> int:
 
 def teardown(launch: ContainerLaunch, run_dir: Path) -> list[str]:
     """Step 4, idempotent: remove runc's state, the network, the root filesystem. Returns problems."""
-    from tessera.agent.executor import images
-
     problems: list[str] = []
     try:
         done = subprocess.run([launch.runc, "--root", launch.state_root, "delete", "--force", launch.container_id],
@@ -207,9 +209,9 @@ def teardown(launch: ContainerLaunch, run_dir: Path) -> list[str]:
         except NetworkError as exc:
             problems.append(exc.reason)
     try:
-        images.release_rootfs(run_dir)
-    except images.ImageError as exc:
-        problems.append(exc.reason)
+        release_rootfs(run_dir)
+    except OSError as exc:
+        problems.append(f"cannot remove the container's root filesystem: {exc}")
     return problems
 
 
@@ -285,8 +287,8 @@ class ContainerRuntime:
         return ContainerSupport(runtime=self.version, network=network, unavailable=self.network_unavailable,
                                 volume_paths=self.volume_paths)
 
-    def launch_for(self, info: TaskInfo, image_rootfs: str, image_digest: str, image_config: ImageConfig,
-                   sandbox: str, uid: int, gid: int, isolation: IsolationSpec) -> ContainerLaunch:
+    def launch_for(self, info: TaskInfo, image: Image, sandbox: str, uid: int, gid: int,
+                   isolation: IsolationSpec) -> ContainerLaunch:
         """The container part of `info`'s launch.json. Raises ContainerError for what only this agent can
         refuse (a bridge network it has not, a volume outside its allowed paths)."""
         container = info.container
@@ -313,8 +315,8 @@ class ContainerRuntime:
         env = (("TESSERA_TASK_ID", info.task_id), ("TESSERA_FRAMEWORK_ID", info.framework_id),
                ("TESSERA_AGENT_ID", info.agent_id), *command.environment)
         plan = ContainerPlan(
-            rootfs="", sandbox=sandbox, hostname=hostname_of(info), uid=uid, gid=gid, image=image_config,
-            argv=argv, env=env, working_dir=command.working_dir, network=network,
+            rootfs="", sandbox=sandbox, hostname=hostname_of(info), uid=uid, gid=gid, image=image.config,
+            argv=argv, shell=command.shell and bool(command.value), env=env, working_dir=command.working_dir, network=network,
             readonly_rootfs=container.readonly_rootfs, volumes=tuple(volumes),
             resolv_conf=self.resolv_conf if os.path.isfile(self.resolv_conf) else "",
             cgroup_parent=cgroup_parent_of(isolation), cpus=isolation.cpus or info.resources.scalar("cpus"),
@@ -322,7 +324,8 @@ class ContainerRuntime:
         )
         return ContainerLaunch(
             container_id=container_id_for(info.framework_id, info.task_id), runc=self.runc,
-            state_root=self.state_root, image_rootfs=image_rootfs, image_digest=image_digest, plan=plan,
+            state_root=self.state_root, image_rootfs=str(image.rootfs), image_digest=image.digest,
+            image_reference=image.reference, plan=plan,
             network_config=dict(self.network_config or {}) if network == "bridge" else {},
             port_mappings=tuple((m.container_port, m.host_port, m.protocol or "tcp") for m in container.port_mappings),
         )

@@ -638,49 +638,8 @@ class ImageStore:
 
     # ---- per-task root filesystems ---------------------------------------------------------------------------
     def prepare_rootfs(self, image: Image, task_dir: Path) -> Path:
-        """A writable root filesystem for one task, `TASK_DIR/container/rootfs`: an overlay over the cached
-        rootfs, or a copy of it when the overlay cannot be mounted (see the module docstring). Idempotent
-        for one image. Raises ImagePullError when neither works."""
-        container = Path(task_dir) / CONTAINER_DIR
-        target = container / "rootfs"
-        existing = read_rootfs_record(task_dir)
-        if existing is not None and existing.get("image") == image.digest and existing.get("ready"):
-            if existing.get("mode") == COPY or _is_mounted(target):
-                return target
-        if existing is not None:
-            self.release_rootfs(task_dir)
-        lower = image.rootfs
-        if not lower.is_dir():
-            raise ImagePullError(f"image {image.reference} ({image.digest}) is no longer in the store",
-                                 PullFailure.FAILED)
-        container.mkdir(parents=True, exist_ok=True)
-        os.chmod(container, 0o711)
-        upper, work = container / "upper", container / "work"
-        record: dict[str, Any] = {"image": image.digest, "lower": str(lower), "mode": OVERLAY, "ready": False}
-        _write_json_atomically(container / ROOTFS_RECORD, record)  # before mounting: release finds it
-        for directory in (upper, work, target):
-            directory.mkdir(exist_ok=True)
-        lower_st = lower.stat()  # the container's "/" takes the upper directory's owner and mode
-        os.chown(upper, lower_st.st_uid, lower_st.st_gid)
-        os.chmod(upper, stat.S_IMODE(lower_st.st_mode))
-        problem = _mount_overlay(lower, upper, work, target)
-        if problem is None:
-            record["ready"] = True
-        else:
-            log.warning("overlay rootfs for %s not possible (%s): copying the image instead", task_dir, problem)
-            shutil.rmtree(upper, ignore_errors=True)
-            shutil.rmtree(work, ignore_errors=True)
-            record.update(mode=COPY, overlay_error=problem)
-            _write_json_atomically(container / ROOTFS_RECORD, record)
-            done = subprocess.run(["cp", "-a", "--reflink=auto", f"{lower}/.", str(target)],
-                                  stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  timeout=self.timeout, check=False)
-            if done.returncode != 0:
-                raise ImagePullError(f"preparing the root filesystem of image {image.reference} failed: overlay: "
-                                     f"{problem}; copy: {last_error_line(done.stderr)}",
-                                     PullFailure.NO_SPACE if "No space" in done.stderr else PullFailure.FAILED)
-            record["ready"] = True
-        _write_json_atomically(container / ROOTFS_RECORD, record)
+        """`prepare_rootfs` (module level), marking the image used now for the GC."""
+        target = prepare_rootfs(image, task_dir, timeout=self.timeout)
         with self._cond:
             known = self._records.get(image.digest)
             if known is not None:
@@ -785,6 +744,54 @@ def read_rootfs_record(task_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def prepare_rootfs(image: Image, task_dir: Path, timeout: float = DEFAULT_TIMEOUT) -> Path:
+    """A writable root filesystem for one task, `TASK_DIR/container/rootfs`: an overlay over the cached
+    rootfs, or a copy of it when the overlay cannot be mounted (see the module docstring). Idempotent
+    for one image. Raises ImagePullError when neither works. Needs no store: the task's supervisor calls it
+    with the image the agent pulled."""
+    container = Path(task_dir) / CONTAINER_DIR
+    target = container / "rootfs"
+    existing = read_rootfs_record(task_dir)
+    if existing is not None and existing.get("image") == image.digest and existing.get("ready"):
+        if existing.get("mode") == COPY or _is_mounted(target):
+            return target
+    if existing is not None:
+        release_rootfs(task_dir)
+    lower = image.rootfs
+    if not lower.is_dir():
+        raise ImagePullError(f"image {image.reference} ({image.digest}) is no longer in the store",
+                             PullFailure.FAILED)
+    container.mkdir(parents=True, exist_ok=True)
+    os.chmod(container, 0o711)
+    upper, work = container / "upper", container / "work"
+    record: dict[str, Any] = {"image": image.digest, "lower": str(lower), "mode": OVERLAY, "ready": False}
+    _write_json_atomically(container / ROOTFS_RECORD, record)  # before mounting: release finds it
+    for directory in (upper, work, target):
+        directory.mkdir(exist_ok=True)
+    lower_st = lower.stat()  # the container's "/" takes the upper directory's owner and mode
+    os.chown(upper, lower_st.st_uid, lower_st.st_gid)
+    os.chmod(upper, stat.S_IMODE(lower_st.st_mode))
+    problem = _mount_overlay(lower, upper, work, target)
+    if problem is None:
+        record["ready"] = True
+    else:
+        log.warning("overlay rootfs for %s not possible (%s): copying the image instead", task_dir, problem)
+        shutil.rmtree(upper, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+        record.update(mode=COPY, overlay_error=problem)
+        _write_json_atomically(container / ROOTFS_RECORD, record)
+        done = subprocess.run(["cp", "-a", "--reflink=auto", f"{lower}/.", str(target)],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+        if done.returncode != 0:
+            raise ImagePullError(f"preparing the root filesystem of image {image.reference} failed: overlay: "
+                                 f"{problem}; copy: {last_error_line(done.stderr)}",
+                                 PullFailure.NO_SPACE if "No space" in done.stderr else PullFailure.FAILED)
+        record["ready"] = True
+    _write_json_atomically(container / ROOTFS_RECORD, record)
+    return target
 
 
 def release_rootfs(task_dir: Path) -> None:

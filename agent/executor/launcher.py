@@ -45,6 +45,7 @@ from tessera.agent.core.tasks import ExitRecord
 from tessera.agent.executor import containers as container_steps
 from tessera.agent.executor.containers import ContainerError, ContainerLaunch, ContainerRuntime
 from tessera.agent.executor.forkserver import ForkServer, ForkServerLost
+from tessera.agent.executor.images import Image
 from tessera.agent.executor.isolation import IsolationSpec, Isolator, cgroup_pids, container_name
 from tessera.agent.executor.isolation import cleanup as cleanup_isolation
 from tessera.agent.executor.sandbox import (
@@ -210,8 +211,7 @@ class ProcessLauncher:
                               isolation=spec, sandbox_dir=task_dir)
         if info.container is not None and self.containers is not None and image is not None:
             try:
-                handle.container = self.containers.launch_for(
-                    info, str(image.rootfs), image.digest, image.config, str(task_dir), owner.uid, owner.gid, spec)
+                handle.container = self.containers.launch_for(info, image, str(task_dir), owner.uid, owner.gid, spec)
             except ContainerError as exc:
                 self.isolator.cleanup(spec)
                 raise LaunchError(exc.reason) from exc

@@ -4,7 +4,8 @@
 - Namespaces: pid, mount, uts and ipc always; network unless the task asked for the agent's network
   (`host`): a path to the namespace the CNI bridge plugin set up (`bridge`), or a new empty one (`none`,
   loopback only).
-- The process: the task's command (else the image's entrypoint + command), the image's environment with
+- The process: the task's shell command as it is, or its argv after the image's entrypoint (Docker's
+  rule), or with no command the image's entrypoint + command; the image's environment with
   the task's on top plus TESSERA_* and MESOS_SANDBOX pointing at the sandbox mount, the working directory
   (the task's, relative to the sandbox mount; else the image's; else /), the task's user as numeric
   uid/gid, `noNewPrivileges`, Docker's default capability set for root (none for any other user), and
@@ -25,9 +26,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tessera.agent.executor.images import ImageConfig
 from tessera.control_plane.core.containers import SANDBOX_MOUNT
 
-__all__ = ["DEFAULT_CAPABILITIES", "ContainerPlan", "ImageConfig", "build_spec", "container_argv"]
+__all__ = ["DEFAULT_CAPABILITIES", "ContainerPlan", "SpecError", "build_spec", "container_argv"]
 
 OCI_VERSION = "1.0.2"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -51,17 +53,6 @@ _READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sys
 
 
 @dataclass(frozen=True)
-class ImageConfig:
-    """What an image's config says about the process to run (OCI image config `config`)."""
-
-    entrypoint: tuple[str, ...] = ()
-    cmd: tuple[str, ...] = ()
-    env: tuple[str, ...] = ()  # "NAME=value"
-    working_dir: str = ""
-    user: str = ""
-
-
-@dataclass(frozen=True)
 class ContainerPlan:
     """Everything `build_spec` needs, decided by the agent and the supervisor (paths are the host's)."""
 
@@ -72,6 +63,7 @@ class ContainerPlan:
     gid: int
     image: ImageConfig = field(default_factory=ImageConfig)
     argv: tuple[str, ...] = ()  # the task's command; empty: the image's entrypoint + cmd
+    shell: bool = False  # argv is `/bin/sh -c COMMAND`, run as it is; else Docker's rule (entrypoint + argv)
     env: tuple[tuple[str, str], ...] = ()  # the task's environment (over the image's)
     working_dir: str = ""  # relative to the sandbox mount; empty: the image's
     additional_gids: tuple[int, ...] = ()
@@ -91,9 +83,11 @@ class SpecError(ValueError):
 
 
 def process_args(plan: ContainerPlan) -> list[str]:
-    if plan.argv:
+    """A shell command runs as it is; an argv replaces the image's Cmd after its Entrypoint (Docker's rule,
+    `ImageConfig.process_args`); no command runs the image's Entrypoint + Cmd."""
+    if plan.argv and plan.shell:
         return list(plan.argv)
-    args = [*plan.image.entrypoint, *plan.image.cmd]
+    args = list(plan.image.process_args(plan.argv))
     if not args:
         raise SpecError("the task has no command and its image names none (no Entrypoint or Cmd)")
     return args

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from tessera.control_plane.core import commands as c
+from tessera.control_plane.core.containers import check_container
 from tessera.control_plane.core.context import Context
 from tessera.control_plane.core.decide_shared import (
     Decider,
@@ -39,7 +40,7 @@ from tessera.control_plane.core.state import (
     check_task_info,
     check_working_dir,
 )
-from tessera.control_plane.core.values import FrameworkState
+from tessera.control_plane.core.values import AgentInfo, FrameworkState
 
 
 def _accept(state: ClusterState, cmd: c.Accept, ctx: Context) -> tuple[Event, ...]:
@@ -101,7 +102,7 @@ def _accept(state: ClusterState, cmd: c.Accept, ctx: Context) -> tuple[Event, ..
             if not isinstance(op.tasks, tuple) or not op.tasks:
                 raise InvalidRequest(f"{what}: a LAUNCH needs at least one task")
             for task in op.tasks:
-                check_launched_task(task, what, fid, aid)
+                check_launched_task(task, what, fid, aid, agent.info)
                 tid = task.task_id
                 if tid in launched or (fid, tid) in state.tasks or (fid, tid) in state.completed_tasks:
                     raise Conflict(f"task id {tid} is already used by this framework")
@@ -118,7 +119,8 @@ def _accept(state: ClusterState, cmd: c.Accept, ctx: Context) -> tuple[Event, ..
     return tuple(events)
 
 
-def check_launched_task(task: object, what: str, framework_id: str, agent_id: str) -> None:
+def check_launched_task(task: object, what: str, framework_id: str, agent_id: str,
+                        agent: AgentInfo | None = None) -> None:
     """The launch validation of one task of a LAUNCH (`what` names the operation), given the framework
     and the agent of the accepted offers: the task's form and its working directory, and that the ids it
     names are those. Raises InvalidRequest. What depends on the other tasks and the offers (a task id
@@ -130,6 +132,7 @@ def check_launched_task(task: object, what: str, framework_id: str, agent_id: st
         raise InvalidRequest(f"task {tid}: framework_id {task.framework_id} is not {framework_id}")
     if task.agent_id not in ("", agent_id):
         raise InvalidRequest(f"task {tid}: agent_id {task.agent_id} is not the offers' agent {agent_id}")
+    check_container(task, agent, f"task {tid}")
 
 
 DECIDERS: dict[type, Decider] = {

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from tessera.agent.executor.images import ImageConfig
 from tessera.agent.executor.runtime_spec import (
     DEFAULT_CAPABILITIES,
     ContainerPlan,
-    ImageConfig,
     SpecError,
     build_spec,
     container_argv,
@@ -27,7 +27,10 @@ def plan(**kw: object) -> ContainerPlan:
 
 def test_the_image_command_runs_unless_the_task_names_one() -> None:
     assert build_spec(plan())["process"]["args"] == ["/bin/entry", "serve"]
-    assert build_spec(plan(argv=("sh", "-c", "x")))["process"]["args"] == ["sh", "-c", "x"]
+    # an argv replaces the image's Cmd after its Entrypoint (Docker's rule); a shell command runs as it is
+    assert build_spec(plan(argv=("--port", "80")))["process"]["args"] == ["/bin/entry", "--port", "80"]
+    assert build_spec(plan(argv=("/bin/sh", "-c", "x"), shell=True))["process"]["args"] == ["/bin/sh", "-c", "x"]
+    assert build_spec(plan(image=ImageConfig(cmd=("sh",)), argv=("ps",)))["process"]["args"] == ["ps"]
     with pytest.raises(SpecError, match="no command"):
         build_spec(plan(image=ImageConfig()))
 

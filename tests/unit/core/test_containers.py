@@ -7,6 +7,7 @@ import pytest
 from tessera.control_plane.core.containers import SANDBOX_MOUNT, check_container, hostname_of, network_of
 from tessera.control_plane.core.errors import InvalidRequest
 from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.state import check_task_info
 from tessera.control_plane.core.values import (
     AgentInfo,
     CommandInfo,
@@ -16,7 +17,6 @@ from tessera.control_plane.core.values import (
     TaskInfo,
     Volume,
 )
-from tessera.control_plane.core.state import check_task_info
 
 AGENT = AgentInfo(agent_id="a1", containers=ContainerSupport(runtime="runc 1.1.5", volume_paths=("/srv/data",)))
 
