@@ -9,9 +9,12 @@ a mount, a CNI plugin or runc, and a container outlives a `kill -9` of the agent
 2. for the bridge network, attaches a new network namespace to the agent's CNI bridge with the task's
    port mappings (`network.CniNetwork.attach`), and learns the container's address;
 3. writes the OCI runtime spec (`runtime_spec.build_spec`) into the bundle and runs
-   `runc --root STATE run --bundle BUNDLE ID` in the foreground: runc's exit status is the container's
-   (death by signal N is 128 + N), its stdout and stderr are the task's files in the sandbox, and its own
-   errors go to `runc.log` (JSON lines) in the run directory, where `runc_failure` finds them;
+   `runc --root STATE run --keep --pid-file F --bundle BUNDLE ID` in the foreground: runc's exit status
+   is the container's (death by signal N is 128 + N), its stdout and stderr are the task's files in the
+   sandbox, and its own errors go to `runc.log` (JSON lines) in the run directory, where `runc_failure`
+   finds them. The task is reported running once runc wrote the pid file (the container exists), not when
+   runc started. `--keep` leaves the stopped container, and so its cgroup and OOM counters, until
+   `teardown`: the supervisor reads how it ended first;
 4. after the container ended, `teardown`: `runc delete --force`, CNI DEL and the namespace, the overlay.
    `teardown` is idempotent and works from the run directory alone, so the launcher calls it again when
    it releases the task (a supervisor killed before its own teardown leaves nothing behind).
@@ -27,6 +30,7 @@ import json
 import logging
 import os
 import subprocess
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +47,8 @@ log = logging.getLogger(__name__)
 BUNDLE_DIR = "bundle"  # in the run directory: config.json (rootfs is `ROOTFS_DIR`)
 ROOTFS_DIR = "rootfs"
 RUNC_LOG = "runc.log"
+PID_FILE = "container.pid"  # runc writes the container's init pid here once it exists
+CREATE_TIMEOUT = 60.0  # seconds to wait for runc to create the container before reporting it running
 RUNC_TIMEOUT = 30.0  # seconds for `runc delete`
 
 
@@ -96,6 +102,7 @@ class ContainerLaunch:
 class Started:
     process: subprocess.Popen[bytes]
     ip_addresses: tuple[str, ...] = ()
+    container_pid: int = 0  # the container's init process (0: runc ended before creating it)
 
 
 def _network(launch: ContainerLaunch) -> Any:
@@ -137,15 +144,37 @@ def start(launch: ContainerLaunch, run_dir: Path, stdout: Any, stderr: Any) -> S
         _write_private(bundle / "config.json", json.dumps(spec, indent=1).encode())
     except OSError as exc:
         raise ContainerError(f"cannot write the container's runtime spec: {exc.strerror or exc}") from exc
-    log_path = run_dir / RUNC_LOG
+    log_path, pid_path = run_dir / RUNC_LOG, run_dir / PID_FILE
+    pid_path.unlink(missing_ok=True)
     argv = container_argv(launch.runc, launch.state_root, str(bundle), launch.container_id,
-                          extra=("--log", str(log_path), "--log-format", "json"))
+                          extra=("--log", str(log_path), "--log-format", "json"),
+                          run_flags=("--keep", "--pid-file", str(pid_path)))
     try:
         process = subprocess.Popen(argv, cwd=str(bundle), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
                                    start_new_session=True, close_fds=True, env=_runc_env())
     except OSError as exc:
         raise ContainerError(f"cannot run {launch.runc}: {exc.strerror or exc}") from exc
-    return Started(process, addresses)
+    return Started(process, addresses, _await_pid_file(process, pid_path))
+
+
+def _await_pid_file(process: subprocess.Popen[bytes], pid_path: Path) -> int:
+    """The container's init pid once runc created it (runc writes the pid file then), or 0 when runc
+    ended first. Bounded by CREATE_TIMEOUT; a container still being created after that is reported
+    running and waited for as usual."""
+    deadline = time.monotonic() + CREATE_TIMEOUT
+    delay = 0.002
+    while time.monotonic() < deadline:
+        try:
+            text = pid_path.read_text().strip()
+        except OSError:
+            text = ""
+        if text.isdigit():
+            return int(text)
+        if process.poll() is not None:
+            return 0
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    return 0
 
 
 def _with(plan: ContainerPlan, **changes: Any) -> ContainerPlan:
@@ -321,6 +350,7 @@ class ContainerRuntime:
             resolv_conf=self.resolv_conf if os.path.isfile(self.resolv_conf) else "",
             cgroup_parent=cgroup_parent_of(isolation), cpus=isolation.cpus or info.resources.scalar("cpus"),
             memory_limit_bytes=isolation.memory_limit_bytes or int(info.resources.scalar("mem") * 1024 * 1024),
+            nofile=_nofile_limit(),
         )
         return ContainerLaunch(
             container_id=container_id_for(info.framework_id, info.task_id), runc=self.runc,
@@ -329,6 +359,16 @@ class ContainerRuntime:
             network_config=dict(self.network_config or {}) if network == "bridge" else {},
             port_mappings=tuple((m.container_port, m.host_port, m.protocol or "tcp") for m in container.port_mappings),
         )
+
+
+CONTAINER_NOFILE = 65536  # what a container may open, at most the agent's own hard limit
+
+
+def _nofile_limit() -> int:
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return CONTAINER_NOFILE if hard == resource.RLIM_INFINITY else min(CONTAINER_NOFILE, hard)
 
 
 def runc_version(runc: str) -> str:

@@ -149,9 +149,11 @@ def cgroup_oom_killed(spec: IsolationSpec, died_by_sigkill: bool) -> bool:
     if spec.kind == "cgroups_v2":
         events = _read_counters(directory / "memory.events")
         return events.get("oom_kill", 0) > 0 or events.get("oom_group_kill", 0) > 0
-    control = _read_counters(directory / "memory.oom_control")
-    if "oom_kill" in control:
-        return control["oom_kill"] > 0
+    # cgroups v1 counts an OOM kill in the victim's own cgroup only (v2 propagates it up): a container's
+    # runtime nests one below the task's, so look there too.
+    controls = [_read_counters(Path(d) / "memory.oom_control") for d, _, _ in os.walk(directory)]
+    if any("oom_kill" in control for control in controls):
+        return any(control.get("oom_kill", 0) > 0 for control in controls)
     # Kernels before 4.13 do not count OOM kills: hitting the limit and dying by SIGKILL is the sign.
     failcnt = _read_int(directory / "memory.failcnt") or 0
     return died_by_sigkill and failcnt > 0

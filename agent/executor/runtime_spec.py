@@ -33,7 +33,7 @@ __all__ = ["DEFAULT_CAPABILITIES", "ContainerPlan", "SpecError", "build_spec", "
 
 OCI_VERSION = "1.0.2"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-NOFILE_LIMIT = 1024 * 64
+NOFILE_LIMIT = 1024  # the default open-file limit when the plan names none
 CPU_SHARES_PER_CPU = 1024
 CFS_PERIOD_US = 100_000
 MIB = 1024 * 1024
@@ -76,6 +76,7 @@ class ContainerPlan:
     cgroup_name: str = "ctr"
     cpus: float = 0.0  # used only without a cgroup parent
     memory_limit_bytes: int = 0  # used only without a cgroup parent
+    nofile: int = NOFILE_LIMIT  # RLIMIT_NOFILE (soft and hard); the agent keeps it within its own hard limit
 
 
 class SpecError(ValueError):
@@ -183,7 +184,7 @@ def build_spec(plan: ContainerPlan) -> dict[str, Any]:
             "env": _environment(plan),
             "cwd": _cwd(plan),
             "capabilities": {"bounding": list(DEFAULT_CAPABILITIES), "effective": caps, "permitted": caps},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": NOFILE_LIMIT, "soft": NOFILE_LIMIT}],
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": plan.nofile, "soft": plan.nofile}],
             "noNewPrivileges": True,
         },
         "root": {"path": plan.rootfs, "readonly": plan.readonly_rootfs},
@@ -194,6 +195,7 @@ def build_spec(plan: ContainerPlan) -> dict[str, Any]:
 
 
 def container_argv(runc: str, state_root: str, bundle: str, container_id: str,
-                   extra: Sequence[str] = ()) -> list[str]:
-    """The command that runs the container in the foreground: its exit status is the task's."""
-    return [runc, "--root", state_root, *extra, "run", "--bundle", bundle, container_id]
+                   extra: Sequence[str] = (), run_flags: Sequence[str] = ()) -> list[str]:
+    """The command that runs the container in the foreground: its exit status is the task's. `extra`
+    are runc's global flags, `run_flags` those of `runc run`."""
+    return [runc, "--root", state_root, *extra, "run", *run_flags, "--bundle", bundle, container_id]

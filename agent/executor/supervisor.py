@@ -291,6 +291,7 @@ class Supervisor:
             stderr.close()
         self.child = started.process
         write_json_atomic(self.sandbox / TASK_FILE, {"task_pid": self.child.pid, "started_at": time.time(),
+                                                     "container_pid": started.container_pid,
                                                      "ip_addresses": list(started.ip_addresses),
                                                      "network": container.plan.network}, durable=False)
         self.log(f"started container {container.container_id} (runc pid {self.child.pid}, "
