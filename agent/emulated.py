@@ -34,7 +34,6 @@ import grpc
 import grpc.aio
 
 from tessera.agent.config import AgentConfig, parse_attributes, parse_masters, parse_resources_flag
-from tessera.agent.core.dialing import Backoff, DialPlan
 from tessera.agent.core.status_updates import AckOutcome, PendingUpdate, RetryPolicy, StatusUpdateManager
 from tessera.agent.core.tasks import DuplicateTask, Outcome, TaskTable, make_status
 from tessera.agent.runtime.link import CHANNEL_OPTIONS
@@ -42,7 +41,7 @@ from tessera.control_plane.codec import from_proto, to_proto
 from tessera.control_plane.core.errors import InvalidRequest
 from tessera.control_plane.core.resources import Resources
 from tessera.control_plane.core.values import AgentInfo, Labels, StatusSource, TaskInfo, TaskKey, TaskState
-from tessera.control_plane.wire import leader_hint
+from tessera.control_plane.wire import Backoff, DialPlan, leader_hint
 from tessera.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 log = logging.getLogger("tessera.agent.emulated")

@@ -56,7 +56,6 @@ from opentelemetry import trace
 
 from tessera.agent.checkpoint import Checkpoint
 from tessera.agent.config import ResolvedConfig
-from tessera.agent.core.dialing import Backoff
 from tessera.agent.core.status_updates import AckOutcome, PendingUpdate, RetryPolicy, StatusUpdateManager
 from tessera.agent.core.tasks import (
     REASON_AGENT_RESTARTED,
@@ -85,6 +84,7 @@ from tessera.control_plane.core.errors import InvalidRequest
 from tessera.control_plane.core.lifecycle import is_terminal
 from tessera.control_plane.core.values import AgentInfo, StatusSource, TaskInfo, TaskKey, TaskState
 from tessera.control_plane.tracing import TASK_ID_ATTRIBUTE, context_from, get_tracer
+from tessera.control_plane.wire import Backoff
 from tessera.v1 import agent_pb2, common_pb2
 
 log = logging.getLogger("tessera.agent")
