@@ -68,14 +68,16 @@ def test_wire_is_sans_io() -> None:
 
 
 def test_every_user_of_a_wire_fact_takes_it_from_wire() -> None:
-    """The key, the address rule and the backoff are written once: no other module spells them."""
+    """The key, the address rule, the backoff and the agents' capability name are written once: no other
+    module spells them."""
     offenders = []
     for folder in ("control_plane", "agent", "sdk"):
         for path in (ROOT / folder).rglob("*.py"):
             if path.name == "wire.py" and path.parent.name == "control_plane":
                 continue
             text = path.read_text()
-            if any(fact in text for fact in ('"tessera-leader"', "class Backoff:", "_ADDRESS_RE = ", "factor**")):
+            if any(fact in text for fact in ('"tessera-leader"', "class Backoff:", "_ADDRESS_RE = ", "factor**",
+                                             '"BATCHED_MESSAGES"')):
                 offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
 
