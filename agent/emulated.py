@@ -38,6 +38,7 @@ from tessera.agent.core.status_updates import AckOutcome, PendingUpdate, RetryPo
 from tessera.agent.core.tasks import DuplicateTask, Outcome, TaskTable, make_status
 from tessera.agent.runtime.link import CHANNEL_OPTIONS
 from tessera.agent.runtime.registration import Advertisement, capabilities
+from tessera.agent.runtime.updates import update_messages
 from tessera.control_plane.codec import from_proto, to_proto
 from tessera.control_plane.core.errors import InvalidRequest
 from tessera.control_plane.core.resources import Resources
@@ -359,13 +360,8 @@ class EmulatedAgent:
         if not self.registered:
             return
         due = [self._update_message(u) for u in self.updates.due(asyncio.get_running_loop().time())]
-        step = max(1, self.config.max_updates_per_message)
-        for start in range(0, len(due), step):
-            chunk = due[start:start + step]
-            if len(chunk) == 1:
-                self._send(agent_pb2.AgentMessage(status_update=chunk[0]))
-            else:
-                self._send(agent_pb2.AgentMessage(status_updates=agent_pb2.StatusUpdates(updates=chunk)))
+        for message in update_messages(due, batched=True, per_message=max(1, self.config.max_updates_per_message)):
+            self._send(message)
         self.stats.updates_sent += len(due)
 
     def _update_message(self, update: PendingUpdate) -> agent_pb2.StatusUpdate:

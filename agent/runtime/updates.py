@@ -34,6 +34,23 @@ log = logging.getLogger("tessera.agent")
 MAX_UPDATES_PER_MESSAGE = 500  # a turn with more due updates sends several StatusUpdates messages
 
 
+def update_messages(updates: list[agent_pb2.StatusUpdate], *, batched: bool,
+                    per_message: int = MAX_UPDATES_PER_MESSAGE) -> list[agent_pb2.AgentMessage]:
+    """The messages that carry `updates`: with BATCHED_MESSAGES one `status_updates` per `per_message` of
+    them (a lone update still goes as `status_update`), else one `status_update` each. The real and the
+    emulated agents send their updates this way."""
+    if not batched:
+        return [agent_pb2.AgentMessage(status_update=update) for update in updates]
+    messages = []
+    for start in range(0, len(updates), per_message):
+        chunk = updates[start:start + per_message]
+        if len(chunk) == 1:
+            messages.append(agent_pb2.AgentMessage(status_update=chunk[0]))
+        else:
+            messages.append(agent_pb2.AgentMessage(status_updates=agent_pb2.StatusUpdates(updates=chunk)))
+    return messages
+
+
 class UpdatePump(AgentState):
     """The agent's status updates (see the module docstring)."""
 
@@ -79,16 +96,8 @@ class UpdatePump(AgentState):
         if not self.registered or self.stream is None or self.checkpoint.in_batch:
             return  # in a batch: sent after the turn's commit
         due = [self._update_message(u) for u in self.updates.due(self.monotonic())]
-        if not self.config.config.batch_messages:
-            for update in due:
-                self.send(agent_pb2.AgentMessage(status_update=update))
-            return
-        for start in range(0, len(due), MAX_UPDATES_PER_MESSAGE):
-            chunk = due[start:start + MAX_UPDATES_PER_MESSAGE]
-            if len(chunk) == 1:
-                self.send(agent_pb2.AgentMessage(status_update=chunk[0]))
-            else:
-                self.send(agent_pb2.AgentMessage(status_updates=agent_pb2.StatusUpdates(updates=chunk)))
+        for message in update_messages(due, batched=self.config.config.batch_messages):
+            self.send(message)
 
     def _update_message(self, update: PendingUpdate) -> agent_pb2.StatusUpdate:
         status = replace(update.status, agent_id=update.status.agent_id or self.agent_id)
