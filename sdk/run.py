@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from tessera.control_plane import wire
 from tessera.control_plane.tls import ClientSecurity
 from tessera.sdk.driver import SchedulerDriver
 from tessera.sdk.errors import TesseraError
@@ -52,7 +53,6 @@ from tessera.sdk.types import (
 )
 
 DEFAULT_MASTERS = "127.0.0.1:5050"
-ADDRESS_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}\Z")
 SANDBOX_RE = re.compile(r"sandbox[=:]\s*(\S+)")
 MAX_OUTPUT_BYTES = 1 << 20  # print at most the last MiB of a task's stdout
 
@@ -90,12 +90,10 @@ def parse_options(*, command: Sequence[str], masters: str, cpus: str, mem: str, 
     """Validate the flags of `tessera run`; raises BadInput naming the first bad one."""
     if not command or not any(part.strip() for part in command):
         raise BadInput("nothing to run: give a command after --, e.g. tessera run -- echo hello")
-    addresses = tuple(a.strip() for a in masters.split(",") if a.strip())
-    if not addresses:
-        raise BadInput("--masters: give at least one HOST:PORT")
-    for address in addresses:
-        if not ADDRESS_RE.match(address) or not 0 < int(address.rsplit(":", 1)[1]) < 65536:
-            raise BadInput(f"--masters: expected HOST:PORT, got {address!r}")
+    try:
+        addresses = wire.parse_masters(masters)
+    except ValueError as exc:
+        raise BadInput(f"--masters: {exc}") from None
     pairs: list[tuple[str, str]] = []
     for item in env:
         key, sep, value = item.partition("=")
