@@ -152,7 +152,7 @@ class SecureCluster:
 
     def _serving(self) -> bool:
         """A consistent read answers (a master leads and serves); fails at once when a master exited."""
-        exited = [(p, log) for p, log in zip(self.procs, self.logs, strict=False) if p.poll() is not None]
+        exited = [(p, log) for p, log in zip(self.procs, self.logs, strict=True) if p.poll() is not None]
         if exited:
             raise AssertionError("a master exited: " + ", ".join(f"exit code {p.returncode}, log {log}"
                                                                  for p, log in exited))
