@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from tessera import installed_version
 from tessera.agent.config import ResolvedConfig
 from tessera.control_plane.codec import to_proto
 from tessera.control_plane.core.resources import Resources
@@ -26,17 +27,11 @@ from tessera.control_plane.core.values import AgentInfo, Labels, TaskStatus
 from tessera.control_plane.wire import BATCHED_MESSAGES
 from tessera.v1 import agent_pb2, common_pb2
 
-DISTRIBUTION = "tessera-kernel"  # the name the agent is installed under (pyproject.toml)
-
 
 def agent_version() -> str:
     """'tessera-agent 0.1.0': the installed distribution's version ('tessera-agent' when not installed)."""
-    try:
-        from importlib.metadata import version
-
-        return f"tessera-agent {version(DISTRIBUTION)}"
-    except Exception:  # noqa: BLE001 - not installed as a distribution
-        return "tessera-agent"
+    found = installed_version()
+    return f"tessera-agent {found}" if found else "tessera-agent"
 
 
 def capabilities(*, batch_messages: bool) -> tuple[str, ...]:
