@@ -34,15 +34,16 @@ import grpc
 import grpc.aio
 
 from tessera.agent.config import AgentConfig, parse_attributes, parse_masters, parse_resources_flag
-from tessera.agent.core.dialing import Backoff, DialPlan
 from tessera.agent.core.status_updates import AckOutcome, PendingUpdate, RetryPolicy, StatusUpdateManager
 from tessera.agent.core.tasks import DuplicateTask, Outcome, TaskTable, make_status
 from tessera.agent.runtime.link import CHANNEL_OPTIONS
+from tessera.agent.runtime.registration import Advertisement, capabilities
+from tessera.agent.runtime.updates import update_messages
 from tessera.control_plane.codec import from_proto, to_proto
 from tessera.control_plane.core.errors import InvalidRequest
 from tessera.control_plane.core.resources import Resources
-from tessera.control_plane.core.values import AgentInfo, Labels, StatusSource, TaskInfo, TaskKey, TaskState
-from tessera.control_plane.wire import leader_hint
+from tessera.control_plane.core.values import Labels, StatusSource, TaskInfo, TaskKey, TaskState
+from tessera.control_plane.wire import Backoff, DialPlan, leader_hint
 from tessera.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 log = logging.getLogger("tessera.agent.emulated")
@@ -132,6 +133,9 @@ class EmulatedAgent:
         self.hostname = f"{config.hostname_prefix}-{index}"
         self.resources = resources
         self.attributes = attributes
+        self.advertisement = Advertisement(hostname=self.hostname, resources=resources, attributes=attributes,
+                                           isolator="emulated", version="tessera-agent emulated",
+                                           capabilities=capabilities(batch_messages=config.batch_messages))
         self.pool = pool
         self.stats = stats
         self.rng = rng
@@ -250,15 +254,8 @@ class EmulatedAgent:
     def _send_register(self) -> None:
         statuses = self.tasks.report(self.agent_id) if self.agent_id else []
         self.reported = {TaskKey(s.framework_id, s.task_id): s.uuid for s in statuses if s.uuid}
-        info = AgentInfo(agent_id=self.agent_id, hostname=self.hostname, resources=self.resources,
-                         attributes=self.attributes, isolator="emulated", version="tessera-agent emulated")
-        register = agent_pb2.Register(agent_id=self.agent_id, info=to_proto(info, common_pb2.AgentInfo),
-                                      request_id=self.request_id if not self.agent_id else f"reregister-{uuidlib.uuid4()}")
-        for status in statuses:
-            register.tasks.append(to_proto(status, common_pb2.TaskStatus))
-        if self.config.batch_messages:
-            register.capabilities.append("BATCHED_MESSAGES")
-        self._send(agent_pb2.AgentMessage(register=register))
+        request_id = self.request_id if not self.agent_id else f"reregister-{uuidlib.uuid4()}"
+        self._send(agent_pb2.AgentMessage(register=self.advertisement.register(self.agent_id, request_id, statuses)))
 
     # ---- messages -----------------------------------------------------------------------------------
     def _on_message(self, msg: agent_pb2.MasterMessage) -> None:
@@ -363,13 +360,8 @@ class EmulatedAgent:
         if not self.registered:
             return
         due = [self._update_message(u) for u in self.updates.due(asyncio.get_running_loop().time())]
-        step = max(1, self.config.max_updates_per_message)
-        for start in range(0, len(due), step):
-            chunk = due[start:start + step]
-            if len(chunk) == 1:
-                self._send(agent_pb2.AgentMessage(status_update=chunk[0]))
-            else:
-                self._send(agent_pb2.AgentMessage(status_updates=agent_pb2.StatusUpdates(updates=chunk)))
+        for message in update_messages(due, batched=True, per_message=max(1, self.config.max_updates_per_message)):
+            self._send(message)
         self.stats.updates_sent += len(due)
 
     def _update_message(self, update: PendingUpdate) -> agent_pb2.StatusUpdate:

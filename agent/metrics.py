@@ -1,24 +1,21 @@
 """Prometheus metrics of an agent (`AgentMetrics`), served at `/metrics` (`tessera agent --metrics`).
 
-Read at scrape time from plain callables the agent gives; names and the server come from the neutral
+Read at scrape time from plain callables the agent gives; names, the base collector and the endpoint
+(registry, process collectors, HTTP server: `MetricsEndpoint`, the master's too) come from the neutral
 `tessera.control_plane.metrics` package (nothing here imports `tessera.control_plane.runtime`).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator, Mapping
 from enum import Enum
 from typing import Any
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
-from prometheus_client.platform_collector import PlatformCollector
-from prometheus_client.process_collector import ProcessCollector
 
 from tessera.control_plane.core.values import TaskState
 from tessera.control_plane.metrics.collector import SectionCollector
-from tessera.control_plane.metrics.server import MetricsServer
+from tessera.control_plane.metrics.server import MetricsEndpoint
 from tessera.control_plane.metrics.specs import (
     DEFAULT_HOST,
     RESOURCE_KINDS,
@@ -28,8 +25,6 @@ from tessera.control_plane.metrics.specs import (
     state_label,
     tessera_version,
 )
-
-log = logging.getLogger(__name__)
 
 __all__ = ["AgentMetrics"]
 
@@ -82,7 +77,7 @@ class _AgentCollector(SectionCollector):
         return out
 
 
-class AgentMetrics:
+class AgentMetrics(MetricsEndpoint):
     """Metrics of one agent, read from plain callables at scrape time and served like the master's.
 
     Every callable runs on a scrape thread, not the agent's loop: it must be thread-safe and quick (read
@@ -125,28 +120,4 @@ class AgentMetrics:
         self.hostname = hostname
         self.pending_status_updates = pending_status_updates
         self.connected = connected
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_AgentCollector(self, version or tessera_version()))
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
-        self.server = MetricsServer(self.registry, address)
-
-    def start(self) -> None:
-        self.server.start()
-        log.info("metrics at %s", self.server.url)
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def stop(self) -> None:
-        self.server.stop()
-
-    def text(self) -> str:
-        from prometheus_client import generate_latest
-
-        return generate_latest(self.registry).decode()
+        super().__init__(_AgentCollector(self, version or tessera_version()), address)

@@ -11,6 +11,11 @@ an argument), so the agent, the SDK, the operator client and the simulation use 
   `[nominal(n) * (1 - jitter), nominal(n)]`, `nominal(n) = min(maximum, initial * multiplier**n)`, so
   `maximum` really is the longest wait. Callers count `n` in rounds over the masters (every master is
   tried once before the wait grows), see `rounds`.
+- `BATCHED_MESSAGES`: the AgentLink capability an agent announces in `Register.capabilities` (it takes
+  `run_tasks` and `acks`, several commands or acknowledgements in one message), read by the master.
+- `DialPlan`: the one choice of the next master, for every client that follows the leader (the agent's
+  link and the emulated agents, the SDK's session, the operator client, `tessera events --follow`):
+  which master to dial after a dial ended, and how long to wait first. Its rules are in its docstring.
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["LEADER_METADATA_KEY", "Backoff", "leader_hint", "parse_masters", "rounds"]
+__all__ = ["BATCHED_MESSAGES", "LEADER_METADATA_KEY", "Backoff", "Dial", "DialPlan", "leader_hint", "parse_masters",
+           "rounds"]
 
 LEADER_METADATA_KEY = "tessera-leader"
+BATCHED_MESSAGES = "BATCHED_MESSAGES"  # docs/protocol.md, AgentLink step 8
 
 _ADDRESS_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})\Z")
 
@@ -84,3 +91,83 @@ class Backoff:
     def delay(self, attempt: int, fraction: float) -> float:
         """The wait before retry `attempt` (0-based), for a `fraction` drawn uniformly from [0, 1)."""
         return self.nominal(attempt) * (1.0 - self.jitter * min(max(fraction, 0.0), 1.0))
+
+
+@dataclass(frozen=True, slots=True)
+class Dial:
+    """Dial `address` after waiting `delay` seconds; `reason` says why this master (for logs)."""
+
+    address: str
+    delay: float
+    reason: str  # "first", "leader hint" or "next master"
+
+
+class DialPlan:
+    """Which master to dial next, and how long to wait first. Not thread-safe: one owner drives it.
+
+    The owner dials `first()`, then, each time a dial ended (a stream closed, a call failed, a
+    subscription was refused), asks `after(...)` where to go next. Rules:
+    - The masters are walked in list order, from `start` (the first master when not given). The first
+      dial waits nothing.
+    - A leader hint (the address a follower names; one naming the master that gave it is ignored) is
+      dialled next, at once; but a hint that comes right after such an immediate hop is dialled after
+      the backoff wait, so two masters whose stale hints point at each other never make two dials in a
+      row without a wait. A hint is a detour: the walk resumes where it left off, so every master in
+      the list is still tried in turn while hints mislead. An address first named by a hint joins the
+      list at the end (a master added to the quorum after the client started).
+    - Otherwise the next master of the walk, after `backoff.delay(rounds(failures, len(masters)),
+      fraction)`: every dial that ended without the master serving (answered with a hint or not) is a
+      failure, and the wait grows once per round over the masters.
+    - A dial that was `healthy` (the master served: the stream carried a message, the subscription was
+      made, the call was answered) resets the failures. After a healthy stream ends without a hint the
+      walk goes on to the next master after the initial wait rather than dialling the same one again: a
+      master that died or froze costs nothing, one that lives names the leader, followed at once.
+    `fraction` is a random number in [0, 1) the caller draws (the jitter); nothing in here is random.
+    """
+
+    def __init__(self, masters: Sequence[str], backoff: Backoff, *, start: str | None = None) -> None:
+        addresses = list(dict.fromkeys(a for a in masters if a))
+        if not addresses:
+            raise ValueError("at least one master address is needed")
+        self.addresses = addresses
+        self.backoff = backoff
+        self.failures = 0  # dials in a row that ended without the master serving
+        self._walk = 0  # index (modulo the list) of the next master of the walk
+        self._hopped = False  # the last dial was an immediate hop to a hinted leader
+        if start:
+            self.learn(start)
+            self._walk = self.addresses.index(start)
+
+    def learn(self, address: str) -> None:
+        """A master not in the list (named by a leader hint) joins it at the end."""
+        if address and address not in self.addresses:
+            self.addresses.append(address)
+
+    def first(self) -> Dial:
+        """The first dial: the walk's first master, at once."""
+        return Dial(self._next_of_walk(), 0.0, "first")
+
+    def after(self, address: str, *, healthy: bool, leader_hint: str | None, fraction: float) -> Dial:
+        """Where to go after the dial to `address` ended (or could not be made)."""
+        if healthy:
+            self.failures = 0
+            self._hopped = False
+        else:
+            self.failures += 1
+        if leader_hint and leader_hint != address:
+            self.learn(leader_hint)
+            if self._hopped:  # the hop before led to another refusal: wait this time
+                self._hopped = False
+                return Dial(leader_hint, self._wait(fraction), "leader hint")
+            self._hopped = True
+            return Dial(leader_hint, 0.0, "leader hint")
+        self._hopped = False
+        return Dial(self._next_of_walk(), self._wait(fraction), "next master")
+
+    def _next_of_walk(self) -> str:
+        index = self._walk % len(self.addresses)
+        self._walk = index + 1
+        return self.addresses[index]
+
+    def _wait(self, fraction: float) -> float:
+        return self.backoff.delay(rounds(self.failures, len(self.addresses)), fraction)

@@ -41,6 +41,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
+from tessera.control_plane import wire
 from tessera.control_plane.tls import ClientSecurity
 from tessera.sdk.driver import SchedulerDriver
 from tessera.sdk.errors import TesseraError
@@ -62,7 +63,6 @@ from tessera.sdk.types import (
 )
 
 DEFAULT_MASTERS = "127.0.0.1:5050"
-ADDRESS_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}\Z")
 SANDBOX_RE = re.compile(r"sandbox[=:]\s*(\S+)")
 MAX_OUTPUT_BYTES = 1 << 20  # print at most the last MiB of a task's stdout
 
@@ -132,12 +132,10 @@ def parse_options(*, command: Sequence[str], masters: str, cpus: str, mem: str, 
         raise BadInput(f"--network: must be bridge, host or none, got {network!r}")
     if publish and network != "bridge":
         raise BadInput(f"--publish: only the bridge network publishes ports (--network is {network})")
-    addresses = tuple(a.strip() for a in masters.split(",") if a.strip())
-    if not addresses:
-        raise BadInput("--masters: give at least one HOST:PORT")
-    for address in addresses:
-        if not ADDRESS_RE.match(address) or not 0 < int(address.rsplit(":", 1)[1]) < 65536:
-            raise BadInput(f"--masters: expected HOST:PORT, got {address!r}")
+    try:
+        addresses = wire.parse_masters(masters)
+    except ValueError as exc:
+        raise BadInput(f"--masters: {exc}") from None
     pairs: list[tuple[str, str]] = []
     for item in env:
         key, sep, value = item.partition("=")

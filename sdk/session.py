@@ -19,12 +19,14 @@ Theory of operation
 - Subscribing. `next_attempt(now)` names the master to dial, how long to wait first, and the
   `FrameworkInfo` to subscribe with: it carries the framework id as soon as the master gave us one, so
   every re-subscription is a failover of the same framework (its tasks survive for `failover_timeout`).
-- Choosing a master. A leader hint (the `tessera-leader` address a follower answers with, on the stream
-  or on a call) is tried next and at once; otherwise the masters are tried in turn. Two immediate hops
-  in a row are never made, so two masters with stale hints pointing at each other cannot spin.
-- Backoff. After `n` consecutive failed attempts the wait is `Backoff.delay(n)`: exponential, capped, and
-  jittered downwards by up to `jitter` of its value so that many frameworks do not reconnect in step.
-  The first attempt ever, and the first hop to a hinted leader, wait 0. A subscription resets it.
+- Choosing a master, and the wait: `tessera.control_plane.wire.DialPlan`, the one choice every client
+  of the masters makes. A leader hint (the `tessera-leader` address a follower answers with, on the
+  stream or on a call) is tried next and at once; otherwise the masters are tried in turn. Two
+  immediate hops in a row are never made, so two masters with stale hints pointing at each other cannot
+  spin. The wait is `Backoff.delay(n)` (exponential, capped, jittered downwards by up to `jitter` of its
+  value so that many frameworks do not reconnect in step), `n` growing once per round of failed
+  attempts over the masters. The first attempt ever, and the first hop to a hinted leader, wait 0. A
+  subscription resets it; when its stream ends the next master is tried after the initial wait.
 - Failure. A subscription refused with a domain error (the framework was removed, bad info, not
   allowed, a server bug) is final: FAILED, and the scheduler hears `error`. So is an `ErrorEvent`, and
   so is finding no master within `give_up_after` seconds (when set). Retryable errors (`NotLeader`,
@@ -232,7 +234,6 @@ class Session:
         if not subscribe_timeout > 0 or not missed_heartbeats > 0:
             raise InvalidRequest("subscribe_timeout and missed_heartbeats must be positive")
         self.info = info
-        self.masters = masters
         self.implicit_acknowledgements = implicit_acknowledgements
         self.backoff = backoff
         self.give_up_after = give_up_after
@@ -250,12 +251,11 @@ class Session:
         self.subscriptions = 0  # how many times a subscription succeeded
 
         self._offers: dict[str, Offer] = {}
-        self._hint: str | None = None
-        self._rotation = 0
-        self._failures = 0  # consecutive failed attempts
-        self._attempts = 0
-        self._last_address: str | None = None
-        self._last_was_hop = False
+        self._plan = wire.DialPlan(masters, backoff)
+        self.masters = self._plan.addresses  # grows with the masters leader hints name
+        self._hint: str | None = None  # the leader named since the last attempt
+        self._last_address: str | None = None  # None: no attempt yet
+        self._last_healthy = False  # the last attempt ended a subscription (rather than failing)
         self._down_since: float | None = None
         self._tearing_down = False
         self._moving = False  # a call learnt of a new leader: no call goes out until we re-subscribed
@@ -310,27 +310,19 @@ class Session:
                 message = f"no master answered at {', '.join(self.masters)} within {self.give_up_after:g} s"
                 self._fail(message)
                 return NotifyError(message)
-        hop = self._hint is not None and not self._last_was_hop
-        if self._hint is not None and (hop or self._hint != self._last_address):
-            address = self._hint
+        if self._last_address is None:
+            dial = self._plan.first()
         else:
-            address = self.masters[self._rotation % len(self.masters)]
-            self._rotation += 1
+            dial = self._plan.after(self._last_address, healthy=self._last_healthy, leader_hint=self._hint,
+                                    fraction=self._random())
         self._hint = None
-        if self._attempts == 0 or hop:
-            delay = 0.0
-        else:
-            # The wait grows per round over the masters, not per refusal: during an election every
-            # master refuses in turn, and doubling at each refusal left frameworks waiting seconds
-            # after the new leader was serving (3-4 s from a leader kill to offers, fault suite).
-            delay = self.backoff.delay(self._failures // len(self.masters), self._random())
+        delay = dial.delay
         if self.give_up_after is not None and self._down_since is not None:
             # Make the last attempt at the deadline rather than sleeping past it.
             delay = min(delay, max(0.0, self._down_since + self.give_up_after - now))
-        self._attempts += 1
-        self._last_address = address
-        self._last_was_hop = hop
-        return Attempt(address, delay, self.subscribe_info())
+        self._last_address = dial.address
+        self._last_healthy = False
+        return Attempt(dial.address, delay, self.subscribe_info())
 
     def read_timeout(self) -> float | None:
         """How long the shell may wait for the next event before reporting `on_silence`."""
@@ -352,9 +344,7 @@ class Session:
             self.master_capabilities = frozenset(event.capabilities)
             self.master = self._last_address
             self.subscriptions += 1
-            self._failures = 0
             self._down_since = None
-            self._last_was_hop = False
             return [NotifySubscribed(event.framework_id)]
         if self.phase is not Phase.SUBSCRIBED:
             return []  # nothing is meaningful before Subscribed, or after we stopped listening
@@ -402,10 +392,9 @@ class Session:
             self._learn(error.leader_hint)
         self.phase = Phase.CONNECTING
         if was_subscribed:
-            self._failures = 0
+            self._last_healthy = True
             self._down_since = now
             return [NotifyDisconnected()]
-        self._failures += 1
         return []
 
     def on_silence(self, now: float) -> list[Effect]:
@@ -420,8 +409,7 @@ class Session:
 
     def _learn(self, hint: str) -> None:
         self._hint = hint
-        if hint not in self.masters:
-            self.masters.append(hint)  # a master added to the quorum after we started
+        self._plan.learn(hint)  # a master added to the quorum after we started
 
     # ---- calls ----------------------------------------------------------------------------------------
     def call_header(self, request_id: str) -> CallHeader | None:

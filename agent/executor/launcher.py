@@ -54,8 +54,10 @@ from tessera.agent.executor.sandbox import (
     SANDBOX_SUBDIR,
     make_private_dir,
     owner_of,
+    recorded_supervisor,
     sandbox_name,
     secure_work_dir,
+    started_at,
 )
 from tessera.agent.executor.supervisor import (
     EXIT_FILE,
@@ -73,7 +75,6 @@ from tessera.control_plane.core.values import TaskInfo
 log = logging.getLogger(__name__)
 
 LOST_SUPERVISOR_WAIT = 2.0  # seconds to look for a supervisor forked by a fork server that died meanwhile
-START_TIME_TOLERANCE = 0.05  # psutil start times are rounded to clock ticks
 STDERR_TAIL_BYTES = 2048
 STDOUT_TAIL_BYTES = 4096  # what a terminal status may carry (MAX_STATUS_DATA)
 INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
@@ -350,15 +351,7 @@ class ProcessLauncher:
     def supervisor_alive(self, handle: LaunchHandle) -> bool:
         if handle.popen is not None:
             return handle.popen.poll() is None
-        if handle.supervisor_pid <= 0:
-            return False
-        try:
-            proc = psutil.Process(handle.supervisor_pid)
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                return False
-            return bool(abs(proc.create_time() - handle.supervisor_start) <= START_TIME_TOLERANCE)
-        except psutil.Error:
-            return False
+        return started_at(handle.supervisor_pid, handle.supervisor_start)
 
     def observe(self, handle: LaunchHandle) -> Observation:
         """Non-blocking: has the task started, has it ended, is its supervisor gone?"""
@@ -607,8 +600,7 @@ def _is_supervisor_of(handle: LaunchHandle) -> bool:
             return False
         if str(handle.sandbox) in proc.cmdline():
             return True
-        found = read_json(handle.sandbox / SUPERVISOR_FILE) or {}
-        return (int(found.get("supervisor_pid") or 0) == handle.supervisor_pid
-                and abs(proc.create_time() - float(found.get("create_time") or 0.0)) <= START_TIME_TOLERANCE)
     except psutil.Error:
         return False
+    pid, create_time = recorded_supervisor(handle.sandbox)
+    return pid == handle.supervisor_pid and started_at(pid, create_time)

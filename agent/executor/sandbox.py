@@ -151,20 +151,33 @@ def _size(path: Path) -> int:
     return total
 
 
-def _supervisor_alive(run_dir: Path) -> bool:
-    """Is the supervisor named in run_dir's supervisor.json still that process (pid and start time)?"""
+START_TIME_TOLERANCE = 0.05  # psutil start times are rounded to clock ticks
+
+
+def started_at(pid: int, create_time: float) -> bool:
+    """Is `pid` a live process (not a zombie) that started at `create_time`, so not a recycled pid?"""
     import psutil
 
-    found = read_json(run_dir / SUPERVISOR_FILE) or {}
-    pid = int(found.get("supervisor_pid") or 0)
     if pid <= 0:
         return False
     try:
         proc = psutil.Process(pid)
-        return bool(proc.status() != psutil.STATUS_ZOMBIE and abs(
-            proc.create_time() - float(found.get("create_time") or 0.0)) <= 0.05)
+        return bool(proc.status() != psutil.STATUS_ZOMBIE
+                    and abs(proc.create_time() - create_time) <= START_TIME_TOLERANCE)
     except psutil.Error:
         return False
+
+
+def recorded_supervisor(run_dir: Path) -> tuple[int, float]:
+    """The supervisor's pid and start time as it wrote them to run_dir's supervisor.json ((0, 0.0) when
+    it wrote nothing)."""
+    found = read_json(run_dir / SUPERVISOR_FILE) or {}
+    return int(found.get("supervisor_pid") or 0), float(found.get("create_time") or 0.0)
+
+
+def _supervisor_alive(run_dir: Path) -> bool:
+    """Is the supervisor named in run_dir's supervisor.json still that process (pid and start time)?"""
+    return started_at(*recorded_supervisor(run_dir))
 
 
 def scan_finished(work_dir: Path, live: set[str]) -> list[FinishedSandbox]:

@@ -3,26 +3,24 @@
 Events come from the master link (a stream opened, a message, a stream closed) and from time (heartbeats,
 status-update retries, task observation, usage samples). The loop is the only writer of the checkpoint,
 the only caller of the launcher, and the only user of the pure core (`TaskTable`,
-`StatusUpdateManager`), so none of them needs locking.
+`StatusUpdateManager`), so none of them needs locking. `Agent` is the top of the agent's layers (the
+state in `state.py`, status updates in `updates.py`, tasks in `launches.py`, recovery in `recovery.py`;
+see `state.py`); this module keeps the loop, the registration protocol and the timers.
 
 Rules it keeps (docs/protocol.md):
-- Registration: the first message on every stream is `Register`. No agent id yet: a first registration
-  whose `request_id` is stored in the checkpoint until answered (a retry after a crash cannot register
-  the machine twice). With an id: a re-registration carrying the latest status of every task not yet
-  done. The id in `Registered` is stored before anything else happens.
+- Registration: the first message on every stream is `Register` (built from what the agent announces,
+  `registration.py`). No agent id yet: a first registration whose `request_id` is stored in the
+  checkpoint until answered (a retry after a crash cannot register the machine twice). With an id: a
+  re-registration carrying the latest status of every task not yet done. The id in `Registered` is
+  stored before anything else happens. After a re-registration, older updates of a reported task are
+  superseded by the reported (newest) one, which the master has just recorded.
 - Fencing: every master message carries a term; the highest seen is stored (before acting on the
   message); RunTask, KillTask and Shutdown with a lower term are ignored.
 - Group commit: each turn of the loop (the events waiting, then the timers) is one checkpoint batch;
   `send` commits what was written before any message leaves, status updates are sent after the turn's
   commit, and the supervisors of the turn's RunTasks are started together after their sandboxes are
-  on disk (`_start_launches`). Nothing outside the agent ever sees a decision the disk does not hold.
-- Status updates: written to the checkpoint before they are sent; only the head of each task's stream
-  is in flight; re-sent with backoff until acknowledged; all re-sent on every new registration. With
-  BATCHED_MESSAGES (announced at every registration unless `batch_messages` is off) the heads due in
-  one turn leave as one `StatusUpdates` message, and the master may answer with `acks` and send
-  `run_tasks` (the tasks of one message are started together, like several RunTasks of one turn). After a
-  re-registration, older updates of a reported task are superseded by the reported (newest) one, which
-  the master has just recorded.
+  on disk (`_start_launches`; the tasks of one `run_tasks` message likewise). Nothing outside the agent
+  ever sees a decision the disk does not hold.
 - A broken stream, or one silent for longer than `stale_after` (three heartbeats and a second), is
   dropped and the link dials again; after a SIGSTOP/SIGCONT the agent re-registers at once.
 - NOT_FOUND on a re-registration: the master forgot this agent. Its tasks are killed, their updates
@@ -31,11 +29,6 @@ Rules it keeps (docs/protocol.md):
   their grace periods plus a few seconds), clear the id, exit.
 - Stopping the agent (SIGTERM, SIGINT) never stops its tasks; they run on under their supervisors and
   are found again by `recover` at the next start.
-- Sandbox GC (`collect_sandboxes`): the run directories of tasks that are over are removed
-  `sandbox_gc_delay` seconds after the task ended, sooner (oldest first) when the finished ones hold
-  more than `sandbox_gc_max_mib`; at start (after recovery) for what earlier runs left, when a task's
-  delay is due, and at least every GC_INTERVAL for the cap. A run directory of a live task or of one
-  prepared this turn is never touched. The decision is `tessera.agent.executor.sandbox.plan_collection`.
 """
 
 from __future__ import annotations
@@ -43,35 +36,10 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
-import uuid as uuidlib
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, Protocol
 
 import grpc
-from google.protobuf.message import Message
-from opentelemetry import trace
 
-from tessera.agent.checkpoint import Checkpoint
-from tessera.agent.config import ResolvedConfig
-from tessera.agent.core.dialing import Backoff
-from tessera.agent.core.status_updates import AckOutcome, PendingUpdate, RetryPolicy, StatusUpdateManager
-from tessera.agent.core.tasks import (
-    REASON_AGENT_RESTARTED,
-    REASON_CONTAINER_LAUNCH_FAILED,
-    REASON_EXECUTOR_TERMINATED,
-    REASON_TASK_INVALID,
-    AgentTask,
-    Outcome,
-    TaskTable,
-    make_status,
-    terminal_status,
-    validate_task,
-)
-from tessera.agent.executor.launcher import LaunchError, LaunchHandle, Observation, Usage
-from tessera.agent.executor.sandbox import plan_collection, remove_run_dir, scan_finished
+from tessera.agent.runtime.launches import DEFAULT_KILL_GRACE
 from tessera.agent.runtime.link import (
     LinkEvent,
     LinkStream,
@@ -80,113 +48,24 @@ from tessera.agent.runtime.link import (
     StreamClosed,
     StreamOpened,
 )
-from tessera.control_plane.codec import from_proto, to_proto
-from tessera.control_plane.core.errors import InvalidRequest
-from tessera.control_plane.core.lifecycle import is_terminal
-from tessera.control_plane.core.values import AgentInfo, StatusSource, TaskInfo, TaskKey, TaskState
-from tessera.control_plane.tracing import TASK_ID_ATTRIBUTE, context_from, get_tracer
-from tessera.v1 import agent_pb2, common_pb2
+from tessera.agent.runtime.recovery import Recovery
+from tessera.agent.runtime.state import Launcher, Stop, SupervisorExited
+from tessera.control_plane.core.values import TaskKey
+from tessera.control_plane.wire import Backoff
+from tessera.v1 import agent_pb2
+
+__all__ = ["Agent", "Launcher", "Stop", "SupervisorExited", "run_in_thread"]
 
 log = logging.getLogger("tessera.agent")
 
-DEFAULT_KILL_GRACE = 3.0  # seconds, when neither KillTask nor the task names one
 OBSERVE_INTERVAL = 0.2
 MAX_WAIT = 0.5  # the loop wakes at least this often
 SHUTDOWN_EXTRA = 5.0  # beyond the longest grace period, before giving up on tasks at Shutdown
 DONE_TASKS_KEPT = 1000
-BATCHED_MESSAGES = "BATCHED_MESSAGES"  # Register.capabilities (docs/protocol.md, AgentLink step 8)
-MAX_UPDATES_PER_MESSAGE = 500  # a turn with more due updates sends several StatusUpdates messages
-GC_INTERVAL = 60.0  # seconds between sandbox collections when nothing is due sooner
 
 
-def agent_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return f"tessera-agent {version('tessera')}"
-    except Exception:  # noqa: BLE001 - not installed as a distribution
-        return "tessera-agent"
-
-
-class Launcher(Protocol):
-    """What the agent needs from a launcher (`ProcessLauncher`, or a scripted twin in tests)."""
-
-    agent_id: str
-
-    def prepare(self, info: TaskInfo) -> LaunchHandle: ...
-    def start(self, info: TaskInfo, handle: LaunchHandle) -> LaunchHandle: ...
-    def start_many(self, launches: list[tuple[TaskInfo, LaunchHandle]]) -> list[LaunchHandle | LaunchError]: ...
-    def observe(self, handle: LaunchHandle) -> Observation: ...
-    def kill(self, handle: LaunchHandle, grace_period: float) -> None: ...
-    def release(self, handle: LaunchHandle) -> None: ...
-    def usage(self, handle: LaunchHandle) -> Usage | None: ...
-    def handle_from_checkpoint(self, task_id: str, framework_id: str, sandbox: str, supervisor_pid: int,
-                               supervisor_start: float, isolation: dict[str, Any],
-                               kill_requested: bool) -> LaunchHandle: ...
-    def watch_exits(self, listener: Callable[[int], None] | None) -> None: ...
-    def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Stop:
-    """Posted to stop the loop (signals, tests)."""
-
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class SupervisorExited:
-    """Posted by the launcher (from its own thread) when a task's supervisor exited: look at it now."""
-
-    pid: int
-
-
-class Agent:
-    def __init__(self, config: ResolvedConfig, checkpoint: Checkpoint, launcher: Launcher, *,
-                 isolator_name: str = "", monotonic: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time,
-                 new_uuid: Callable[[], str] = lambda: str(uuidlib.uuid4()),
-                 tracer_provider: trace.TracerProvider | None = None) -> None:
-        self.config = config
-        self.checkpoint = checkpoint
-        self.launcher = launcher
-        self.isolator_name = isolator_name
-        self.monotonic = monotonic
-        self.wall = wall
-        self.new_uuid = new_uuid
-        # SimpleQueue: `put` is reentrant, so `stop()` may be called from a signal handler that
-        # interrupted this very thread inside `get`.
-        self.inbox: queue.SimpleQueue[LinkEvent | Stop | SupervisorExited] = queue.SimpleQueue()
-        # Every per-task table is keyed by TaskKey(framework_id, task_id): task ids are scoped per
-        # framework, so two frameworks may each run a `web-1` here.
-        self.tasks = TaskTable()
-        self.handles: dict[TaskKey, LaunchHandle] = {}
-        self.to_start: list[tuple[AgentTask, TaskInfo, LaunchHandle]] = []  # prepared in this turn
-        self.traceparents: dict[TaskKey, str] = {}
-        self.tracer = get_tracer(__name__, tracer_provider)  # the global provider when None
-        self.run_spans: dict[TaskKey, trace.Span] = {}  # task -> its `task.run` span, ended at the terminal status
-        cfg = config.config
-        self.updates = StatusUpdateManager(RetryPolicy(initial=cfg.status_retry_initial, maximum=cfg.status_retry_max))
-        self.agent_id = checkpoint.agent_id
-        self.highest_term = checkpoint.highest_term
-        launcher.agent_id = self.agent_id
-        self.stream: LinkStream | None = None
-        self.registered = False
-        self.reported: dict[TaskKey, str] = {}  # task -> uuid of the status reported at re-registration
-        self.reregistering = False
-        self.heartbeat_interval = config.heartbeat_interval
-        self.last_received = 0.0
-        self.next_heartbeat = 0.0
-        self.next_observe = 0.0
-        self.next_usage = 0.0
-        self.next_prune = 0.0
-        self.next_gc = 0.0
-        self.shutdown_deadline: float | None = None
-        self.exit_code: int | None = None
-        self.link: MasterLink | None = None
-        self.registrations = 0  # Registered answers received (tests and logs)
-        # Tasks of a previous incarnation the master forgot (NOT_FOUND): killed, never reported again.
-        self.orphaned: set[TaskKey] = set()
+class Agent(Recovery):
+    """The agent: `run()` recovers, connects and serves until stopped or shut down."""
 
     # ---- lifecycle ------------------------------------------------------------------------------------
     def post(self, event: LinkEvent | Stop | SupervisorExited) -> None:
@@ -258,45 +137,6 @@ class Agent:
         elif isinstance(event, StreamClosed):
             self.on_stream_closed(event)
 
-    # ---- recovery -------------------------------------------------------------------------------------
-    def recover(self) -> None:
-        """Rebuild the task table and the update streams from the checkpoint; find running tasks."""
-        now = self.monotonic()
-        records = self.checkpoint.tasks()
-        for rec in records:
-            task = AgentTask(info=rec.info, state=rec.state, latest=rec.latest,
-                             kill_requested=rec.kill_requested, kill_grace=rec.kill_grace)
-            self.tasks.restore(task)
-            self.traceparents[rec.key] = rec.traceparent
-            if task.terminal:
-                continue
-            if rec.sandbox:
-                handle = self.launcher.handle_from_checkpoint(
-                    rec.task_id, rec.info.framework_id, rec.sandbox, rec.supervisor_pid, rec.supervisor_start,
-                    rec.isolation, rec.kill_requested)
-                self.handles[rec.key] = handle
-        self.updates.recover((PendingUpdate(u.status, u.traceparent) for u in self.checkpoint.unacknowledged()), now)
-        for task in list(self.tasks):
-            found = self.handles.get(task.key)
-            if task.kill_requested and found is not None:
-                # The previous agent may have died between recording the kill and signalling the
-                # supervisor; asking again is harmless (the supervisor starts a kill only once).
-                if task.state is not TaskState.TASK_KILLING and self.tasks.can_record(task.key,
-                                                                                       TaskState.TASK_KILLING):
-                    self.emit(task, Outcome(TaskState.TASK_KILLING, "", "killing (again, after an agent restart)"))
-                self.launcher.kill(found, task.kill_grace)
-            if task.terminal and not self.updates.has_pending(task.key):
-                self._mark_done(task)
-            elif task.state is TaskState.TASK_STAGING and task.key not in self.handles:
-                self.emit(task, Outcome(TaskState.TASK_DROPPED, REASON_AGENT_RESTARTED,
-                                        "the agent restarted before it launched the task"),
-                          source=StatusSource.SOURCE_AGENT)
-        if records:
-            log.info("recovered %d task(s), %d live, %d unacknowledged update(s)", len(records),
-                     len(self.handles), len(self.updates))
-        self.observe_tasks()
-        self.collect_sandboxes()  # what earlier runs of the agent left
-
     # ---- the link -------------------------------------------------------------------------------------
     def on_stream_opened(self, stream: LinkStream) -> None:
         if self.stream is not None and not self.stream.closed:
@@ -314,19 +154,10 @@ class Agent:
             statuses = []
             self.reregistering = False
             request_id = self.checkpoint.registration_request_id()
-        register = agent_pb2.Register(agent_id=self.agent_id, info=self._agent_info(), request_id=request_id)
-        if self.config.config.batch_messages:
-            register.capabilities.append(BATCHED_MESSAGES)
-        for status in statuses:
-            register.tasks.append(to_proto(status, common_pb2.TaskStatus))
+        register = self.advertisement.register(self.agent_id, request_id, statuses)
         log.info("%s to %s (%d task(s))", "re-registering" if self.agent_id else "registering",
                  stream.address, len(statuses))
         stream.send(agent_pb2.AgentMessage(register=register))
-
-    def _agent_info(self) -> common_pb2.AgentInfo:
-        info = AgentInfo(agent_id=self.agent_id, hostname=self.config.hostname, resources=self.config.resources,
-                         attributes=self.config.attributes, isolator=self.isolator_name, version=agent_version())
-        return to_proto(info, common_pb2.AgentInfo)
 
     def on_stream_closed(self, event: StreamClosed) -> None:
         if event.stream is not self.stream:
@@ -339,14 +170,6 @@ class Agent:
             self.forget_agent()
         elif event.code is grpc.StatusCode.INVALID_ARGUMENT:
             log.error("the master refused the registration: %s", event.details)
-
-    def send(self, message: Message) -> bool:
-        stream = self.stream
-        if stream is None:
-            return False
-        assert isinstance(message, agent_pb2.AgentMessage)
-        self.checkpoint.sync()  # nothing leaves before what was decided is on disk
-        return stream.send(message)
 
     def on_message(self, msg: agent_pb2.MasterMessage) -> None:
         self.last_received = self.monotonic()
@@ -408,239 +231,6 @@ class Agent:
         self.next_usage = now + self.config.config.usage_interval
         self.flush_updates()
 
-    # ---- tasks ------------------------------------------------------------------------------------------
-    def on_run_task(self, run: agent_pb2.RunTask) -> None:
-        if not self.registered:
-            log.warning("ignoring RunTask for %s received before registration", run.task.task_id)
-            return
-        task_id = run.task.task_id
-        key = TaskKey(run.task.framework_id, task_id)
-        if key in self.tasks:
-            log.info("RunTask for task %s of framework %s, which this agent already has: ignored", task_id,
-                     key.framework_id)
-            return
-        problem = ""
-        try:
-            info = from_proto(run.task, TaskInfo)
-        except InvalidRequest as exc:
-            problem = exc.message
-            info = TaskInfo(task_id=task_id, framework_id=run.task.framework_id)
-        if not task_id:
-            log.error("ignoring RunTask without a task id")
-            return
-        self.checkpoint.add_task(info, traceparent=run.traceparent)
-        task = self.tasks.add(info)
-        self.traceparents[key] = run.traceparent
-        parent = context_from(run.traceparent)
-        if parent is None:
-            self._launch(task, info, problem)
-            return
-        self.run_spans[key] = self.tracer.start_span("task.run", context=parent,
-                                                          attributes={TASK_ID_ATTRIBUTE: task_id})
-        with self.tracer.start_as_current_span("agent.launch_task", context=parent,
-                                               attributes={TASK_ID_ATTRIBUTE: task_id}):
-            self._launch(task, info, problem)
-
-    def _launch(self, task: AgentTask, info: TaskInfo, problem: str) -> None:
-        problem = problem or validate_task(info)
-        if problem:
-            self.emit(task, Outcome(TaskState.TASK_ERROR, REASON_TASK_INVALID, problem),
-                      source=StatusSource.SOURCE_AGENT)
-            return
-        if self.shutdown_deadline is not None:
-            self.emit(task, Outcome(TaskState.TASK_DROPPED, REASON_TASK_INVALID, "the agent is shutting down"),
-                      source=StatusSource.SOURCE_AGENT)
-            return
-        try:
-            handle = self.launcher.prepare(info)
-        except LaunchError as exc:
-            self._launch_failed(task, exc)
-            return
-        self.checkpoint.set_sandbox(task.key, str(handle.sandbox), handle.isolation.to_json())
-        self.to_start.append((task, info, handle))  # started with the others of this turn
-
-    def _launch_failed(self, task: AgentTask, exc: LaunchError) -> None:
-        log.warning("cannot launch task %s: %s", task.task_id, exc)
-        self.emit(task, Outcome(TaskState.TASK_FAILED, REASON_CONTAINER_LAUNCH_FAILED, str(exc)),
-                  source=StatusSource.SOURCE_AGENT)
-
-    def _start_launches(self) -> None:
-        """Start the supervisors of the tasks prepared in this turn, once their sandboxes are on disk."""
-        if not self.to_start:
-            return
-        self.checkpoint.sync()
-        pending, self.to_start = self.to_start, []
-        starting = []
-        for task, info, handle in pending:
-            if task.kill_requested:
-                self.launcher.release(handle)
-                self.emit(task, Outcome(TaskState.TASK_KILLED, "", "killed before it started"))
-            else:
-                starting.append((task, info, handle))
-        results = self.launcher.start_many([(info, handle) for _, info, handle in starting])
-        for (task, info, prepared), result in zip(starting, results, strict=True):
-            task_id = task.task_id
-            if isinstance(result, LaunchError):
-                self.launcher.release(prepared)
-                self._launch_failed(task, result)
-                continue
-            handle = result
-            self.checkpoint.set_launched(task.key, sandbox=str(handle.sandbox), supervisor_pid=handle.supervisor_pid,
-                                         supervisor_start=handle.supervisor_start,
-                                         isolation=handle.isolation.to_json())
-            self.handles[task.key] = handle
-            log.info("launched task %s (framework %s) in %s, supervisor pid %d", task_id, info.framework_id,
-                     handle.sandbox, handle.supervisor_pid)
-            self.emit(task, Outcome(TaskState.TASK_STARTING, "", "the task's supervisor started"))
-        self.next_observe = self.monotonic()
-
-    def on_kill_task(self, kill: agent_pb2.KillTask) -> None:
-        task = self.tasks.get(TaskKey(kill.framework_id, kill.task_id))
-        if task is None:
-            log.warning("KillTask for unknown task %s of framework %s: ignored (re-registration reconciles it)",
-                        kill.task_id, kill.framework_id)
-            return
-        grace = kill.grace_period_seconds or task.info.kill_grace_period_seconds or DEFAULT_KILL_GRACE
-        self.kill(task, grace)
-
-    def kill(self, task: AgentTask, grace: float) -> None:
-        if not self.tasks.request_kill(task.key, grace):
-            return
-        self.checkpoint.mark_kill(task.key, grace)
-        handle = self.handles.get(task.key)
-        if handle is None:
-            return
-        if self.tasks.can_record(task.key, TaskState.TASK_KILLING):
-            self.emit(task, Outcome(TaskState.TASK_KILLING, "", f"killing: SIGTERM, then SIGKILL after {grace:g}s"))
-        log.info("killing task %s (grace %gs)", task.task_id, grace)
-        self.checkpoint.sync()  # the kill request is on disk before the supervisor acts on it
-        self.launcher.kill(handle, grace)
-        self.next_observe = self.monotonic()
-
-    def on_supervisor_exited(self, pid: int) -> None:
-        for key, handle in list(self.handles.items()):
-            if handle.supervisor_pid == pid:
-                task = self.tasks.get(key)
-                if task is not None:
-                    self._observe(task, handle)
-                return
-
-    def _observe(self, task: AgentTask, handle: LaunchHandle) -> None:
-        try:
-            observation = self.launcher.observe(handle)
-        except OSError as exc:
-            log.warning("cannot observe task %s: %s", task.task_id, exc)
-            return
-        self._advance(task, handle, observation)
-
-    def observe_tasks(self) -> None:
-        for key, handle in list(self.handles.items()):
-            task = self.tasks.get(key)
-            if task is None:
-                continue
-            self._observe(task, handle)
-
-    def _advance(self, task: AgentTask, handle: LaunchHandle, obs: Observation) -> None:
-        """Report what `obs` shows that the task's state does not yet say."""
-        if obs.supervisor_lost and task.state is TaskState.TASK_STAGING and not obs.started:
-            self.emit(task, Outcome(TaskState.TASK_DROPPED, REASON_AGENT_RESTARTED,
-                                    "the task's supervisor never started"), source=StatusSource.SOURCE_AGENT)
-        else:
-            if task.state is TaskState.TASK_STAGING:
-                self.emit(task, Outcome(TaskState.TASK_STARTING, "", "the task's supervisor started"))
-            if obs.started and task.state is TaskState.TASK_STARTING:
-                self.emit(task, Outcome(TaskState.TASK_RUNNING, "", "the task's process started"))
-            if obs.exit is not None:
-                self.emit(task, terminal_status(obs.exit, task.kill_requested, str(handle.task_dir)))
-            elif obs.supervisor_lost:
-                if task.kill_requested:
-                    self.emit(task, Outcome(TaskState.TASK_KILLED, "", f"task killed ({obs.supervisor_lost})"))
-                else:
-                    self.emit(task, Outcome(TaskState.TASK_FAILED, REASON_EXECUTOR_TERMINATED, obs.supervisor_lost),
-                              source=StatusSource.SOURCE_AGENT)
-        if obs.ended:
-            self.launcher.release(handle)
-            self.handles.pop(task.key, None)
-            log.info("task %s ended: %s", task.task_id, task.state.name)
-            self.next_gc = min(self.next_gc, self.monotonic() + self.config.config.sandbox_gc_delay)
-
-    # ---- status updates ------------------------------------------------------------------------------
-    def emit(self, task: AgentTask, outcome: Outcome, source: StatusSource = StatusSource.SOURCE_EXECUTOR) -> bool:
-        """Record a new status of `task` (checkpoint first), queue it and send what is due."""
-        if not self.tasks.can_record(task.key, outcome.state):
-            log.warning("task %s: %s -> %s is not a legal transition; not reported", task.task_id,
-                        task.state.name, outcome.state.name)
-            return False
-        status = make_status(task, outcome, uuid=self.new_uuid(), now=self.wall(), agent_id=self.agent_id,
-                             source=source)
-        traceparent = self.traceparents.get(task.key, "")
-        self.checkpoint.record_update(status, traceparent)
-        self.tasks.record(status)
-        if is_terminal(outcome.state):
-            self._end_run_span(task.key, outcome)
-        if task.key in self.orphaned:
-            # The master does not know this task any more: keep the history, send nothing.
-            self.checkpoint.acknowledge([status.uuid])
-            if task.terminal:
-                self.orphaned.discard(task.key)
-                self._mark_done(task)
-            return True
-        self.updates.add(PendingUpdate(status, traceparent), self.monotonic())
-        self.flush_updates()
-        return True
-
-    def _end_run_span(self, key: TaskKey, outcome: Outcome) -> None:
-        span = self.run_spans.pop(key, None)
-        if span is None:
-            return
-        try:
-            span.set_attribute("tessera.task_state", outcome.state.name)
-            if outcome.state is not TaskState.TASK_FINISHED:
-                span.set_status(trace.StatusCode.ERROR, outcome.message or outcome.state.name)
-            span.end()
-        except Exception as exc:  # noqa: BLE001 - tracing never fails the agent
-            log.debug("task.run span of %s: %s", key, exc)
-
-    def flush_updates(self) -> None:
-        """Send the heads that are due: one `status_updates` message for all of them when the agent
-        announced BATCHED_MESSAGES (a lone update still goes as `status_update`), else one message each."""
-        if not self.registered or self.stream is None or self.checkpoint.in_batch:
-            return  # in a batch: sent after the turn's commit
-        due = [self._update_message(u) for u in self.updates.due(self.monotonic())]
-        if not self.config.config.batch_messages:
-            for update in due:
-                self.send(agent_pb2.AgentMessage(status_update=update))
-            return
-        for start in range(0, len(due), MAX_UPDATES_PER_MESSAGE):
-            chunk = due[start:start + MAX_UPDATES_PER_MESSAGE]
-            if len(chunk) == 1:
-                self.send(agent_pb2.AgentMessage(status_update=chunk[0]))
-            else:
-                self.send(agent_pb2.AgentMessage(status_updates=agent_pb2.StatusUpdates(updates=chunk)))
-
-    def _update_message(self, update: PendingUpdate) -> agent_pb2.StatusUpdate:
-        status = replace(update.status, agent_id=update.status.agent_id or self.agent_id)
-        return agent_pb2.StatusUpdate(status=to_proto(status, common_pb2.TaskStatus), traceparent=update.traceparent)
-
-    def on_ack(self, ack: agent_pb2.StatusUpdateAck) -> None:
-        uuid = ack.uuid
-        key: TaskKey | None = TaskKey(ack.framework_id, ack.task_id)
-        if not ack.framework_id:  # a master of an earlier version: the uuid names the task's stream
-            key = self.updates.find(uuid)
-        result = self.updates.acknowledge(key, uuid, self.monotonic()) if key is not None else None
-        if result is not None and key is not None and result.outcome is AckOutcome.ACKED:
-            self.checkpoint.acknowledge(result.removed)
-            task = self.tasks.get(key)
-            if task is not None and task.terminal and not self.updates.has_pending(key):
-                self._mark_done(task)
-            self.flush_updates()
-        elif result is None or result.outcome is AckOutcome.UNKNOWN:
-            log.debug("acknowledgement of unknown update %s of task %s", uuid, ack.task_id)
-
-    def _mark_done(self, task: AgentTask) -> None:
-        task.done = True
-        self.checkpoint.mark_done(task.key)
-
     # ---- master-driven resets ---------------------------------------------------------------------------
     def forget_agent(self) -> None:
         """The master does not know us: kill every task, drop their updates, register anew."""
@@ -701,38 +291,6 @@ class Agent:
                                 len(self.handles), len(self.updates))
                 self.checkpoint.clear_agent_id()
                 self.exit_code = 0
-
-    # ---- sandboxes -------------------------------------------------------------------------------------
-    def collect_sandboxes(self) -> None:
-        """Remove the run directories of finished tasks that are due (see the module docstring)."""
-        cfg = self.config.config
-        live = {str(h.sandbox) for h in self.handles.values()}
-        live.update(str(h.sandbox) for _, _, h in self.to_start)
-        now_mono, now = self.monotonic(), self.wall()
-        finished = scan_finished(self.config.work_dir, live)
-        plan = plan_collection(finished, now, cfg.sandbox_gc_delay, int(cfg.sandbox_gc_max_mib * 1024 * 1024))
-        for path in plan.collect:
-            try:
-                remove_run_dir(Path(path))
-                log.info("removed the sandbox %s of a finished task", path)
-            except OSError as exc:
-                log.warning("cannot remove the sandbox %s: %s", path, exc)
-        self.next_gc = now_mono + GC_INTERVAL
-        if plan.next_due is not None:
-            self.next_gc = min(self.next_gc, now_mono + max(0.0, plan.next_due - now))
-
-    def send_usage(self) -> None:
-        usage = agent_pb2.Usage(agent_id=self.agent_id)
-        for key, handle in sorted(self.handles.items()):
-            try:
-                sample = self.launcher.usage(handle)
-            except OSError:
-                sample = None
-            if sample is not None:
-                usage.tasks.add(task_id=key.task_id, framework_id=key.framework_id, cpu_seconds=sample.cpu_seconds,
-                                rss_bytes=sample.rss_bytes,
-                                timestamp=sample.timestamp)
-        self.send(agent_pb2.AgentMessage(usage=usage))
 
 
 def run_in_thread(agent: Agent) -> tuple[threading.Thread, list[int]]:

@@ -1,8 +1,8 @@
 """The master link: one `AgentLink.Connect` stream at a time, to whichever master leads.
 
-`MasterLink` runs one thread that dials masters in the order `DialPlan` gives (leader hints from the
-`tessera-leader` trailing metadata are followed at once; otherwise the next master, with exponential
-backoff and jitter), opens the bidirectional stream, and reports what happens as events posted to the
+`MasterLink` runs one thread that dials masters in the order `tessera.control_plane.wire.DialPlan` gives
+(the one choice of the next master every client makes: leader hints from the `tessera-leader` trailing
+metadata are followed at once; otherwise the next master, with exponential backoff and jitter), opens the bidirectional stream, and reports what happens as events posted to the
 agent loop: `StreamOpened`, `MessageReceived`, `StreamClosed`. It knows nothing about registration,
 tasks or terms; the agent loop owns all of that and talks back through `LinkStream.send` / `close`.
 
@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import grpc
 
-from tessera.agent.core.dialing import Backoff, DialPlan
 from tessera.control_plane import wire
 from tessera.control_plane.tls import ClientSecurity
 from tessera.v1 import agent_pb2, agent_pb2_grpc
@@ -155,9 +154,9 @@ LinkEvent = StreamOpened | MessageReceived | StreamClosed
 
 class MasterLink:
     def __init__(self, masters: Sequence[str], post: Callable[[LinkEvent], None], *,
-                 backoff: Backoff | None = None, channels: ChannelPool | None = None,
+                 backoff: wire.Backoff, channels: ChannelPool | None = None,
                  rng: Callable[[], float] = random.random, security: ClientSecurity | None = None) -> None:
-        self.plan = DialPlan(masters, backoff)
+        self.plan = wire.DialPlan(masters, backoff)
         self.post = post
         self.channels = channels or ChannelPool(security=security)
         self._own_channels = channels is None

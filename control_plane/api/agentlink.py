@@ -36,12 +36,12 @@ from tessera.control_plane.runtime.leader import CLOSE, AgentSession, LeaderDuti
 from tessera.control_plane.runtime.registrations import Registrations
 from tessera.control_plane.tls import peer_agent_identity
 from tessera.control_plane.tracing import request_traceparent
+from tessera.control_plane.wire import BATCHED_MESSAGES
 from tessera.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 FIRST_MESSAGE_TIMEOUT = 10.0
-BATCHED_MESSAGES = "BATCHED_MESSAGES"  # Register.capabilities: the agent understands run_tasks and acks
 
 
 class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):

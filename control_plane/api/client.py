@@ -1,9 +1,11 @@
 """A leader-following client for the master's gRPC services (used by the CLI, tests and the SDK).
 
-A call goes to the master believed to lead. When a master answers UNAVAILABLE with `tessera-leader`
-trailing metadata, the call is retried there at once; when a master does not answer, the next one in
-the list is tried, waiting after each round over the masters by the one backoff policy
-(`tessera.control_plane.wire.Backoff`, capped at 1 s), until the call's deadline. Other status codes are
+A call goes first to the master that answered the last one (the first in the list at the start). Which
+master to try after a failed attempt, and how long to wait first, is `tessera.control_plane.wire.DialPlan`,
+the choice every client of the masters shares: a master that answers UNAVAILABLE with `tessera-leader`
+trailing metadata sends the call there at once (a second hint right after such a hop is followed after a
+wait); otherwise the next master in the list, after the one backoff policy's wait (`BACKOFF`, capped at
+1 s, growing once per round over the masters), until the call's deadline. Other status codes are
 returned to the caller unchanged as `grpc.RpcError`.
 
 `security` (`tessera.control_plane.tls.ClientSecurity`) gives the mTLS credentials and the bearer token sent
@@ -45,7 +47,8 @@ def leader_hint(err: grpc.RpcError) -> str | None:
 
 class MasterClient:
     def __init__(self, addresses: Sequence[str], *, timeout: float = 10.0, rpc_timeout: float = 5.0,
-                 security: ClientSecurity | None = None) -> None:
+                 security: ClientSecurity | None = None, monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep, random: Callable[[], float] = random.random) -> None:
         if not addresses:
             raise ValueError("at least one master address is needed")
         self.addresses = list(dict.fromkeys(addresses))
@@ -56,6 +59,7 @@ class MasterClient:
         self._current = self.addresses[0]
         self.security = security or ClientSecurity.insecure()
         self.metadata = self.security.metadata
+        self._monotonic, self._sleep, self._random = monotonic, sleep, random
 
     def channel(self, address: str) -> grpc.Channel:
         with self._lock:
@@ -71,14 +75,16 @@ class MasterClient:
     def call(self, method: Callable[[operator_pb2_grpc.OperatorStub], Callable[..., R]], request: Any,
              *, timeout: float | None = None, follow_leader: bool = True) -> R:
         """Call an Operator method, following leader redirects; raises grpc.RpcError or NoMasterAvailable."""
-        deadline = time.monotonic() + (timeout or self.timeout)
-        order = [self._current] + [a for a in self.addresses if a != self._current]
-        i, attempt, last_error = 0, 0, "no attempt"
+        deadline = self._monotonic() + (timeout or self.timeout)
+        plan = wire.DialPlan(self.addresses, BACKOFF, start=self._current)  # one per call: calls may overlap
+        dial, last_error = plan.first(), "no attempt"
         while True:
-            address = order[i % len(order)]
-            remaining = deadline - time.monotonic()
+            if dial.delay > 0:
+                self._sleep(min(dial.delay, max(0.0, deadline - self._monotonic())))
+            address = dial.address
+            remaining = deadline - self._monotonic()
             if remaining <= 0:
-                raise NoMasterAvailable(order, last_error)
+                raise NoMasterAvailable(plan.addresses, last_error)
             cut_short = remaining < self.rpc_timeout  # the call's own deadline bounds this attempt
             try:
                 result = method(self.operator(address))(request, timeout=min(self.rpc_timeout, remaining),
@@ -94,16 +100,7 @@ class MasterClient:
                     # an attempt that only ran out of the time left says less than the error before it
                     # (a refused connection or handshake, say): keep that one for the report
                     last_error = f"{address}: {code.name} {err.details() or ''}".strip()
-                if hint and hint != address:
-                    if hint not in order:
-                        order.append(hint)
-                    i = order.index(hint)
-                    continue
-            attempt += 1
-            i += 1
-            if i % len(order) == 0:
-                time.sleep(min(BACKOFF.delay(wire.rounds(attempt, len(order)), random.random()),
-                               max(0.0, deadline - time.monotonic())))
+            dial = plan.after(address, healthy=False, leader_hint=hint, fraction=self._random())
 
     def close(self) -> None:
         with self._lock:

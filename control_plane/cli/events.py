@@ -203,16 +203,19 @@ def _follow(cluster: _Cluster, flt: EventFilter, cursor: int, show: Callable[[Ev
     from tessera.control_plane.api.client import BACKOFF
     from tessera.v1 import operator_pb2
 
-    addresses = cluster.client.addresses
-    i, down_since, failures = 0, None, 0
+    # Every master serves the stream (followers too), so no leader hint is followed: the walk over the
+    # masters and its waits are the shared DialPlan's.
+    plan = wire.DialPlan(cluster.client.addresses, BACKOFF)
+    dial, down_since = plan.first(), None
     while True:
-        address = addresses[i % len(addresses)]
+        time.sleep(dial.delay)
+        address, served = dial.address, False
         stream = cluster.client.operator(address).WatchEvents(
             operator_pb2.WatchEventsRequest(from_index=cursor, filter=event_filter_to_proto(flt)),
             metadata=cluster.client.metadata)
         try:
             for batch in stream:
-                down_since, failures = None, 0
+                down_since, served = None, True
                 for r in batch.events:
                     show(event_record_from_proto(r))
                     cursor = r.index + 1
@@ -231,9 +234,7 @@ def _follow(cluster: _Cluster, flt: EventFilter, cursor: int, show: Callable[[Ev
         down_since = down_since or now
         if now - down_since > cluster.timeout:
             fail(f"lost the event stream: no master answered for {cluster.timeout:g}s (last index {cursor - 1})")
-        i += 1
-        failures += 1  # the one backoff policy (tessera.control_plane.wire), growing per round over the masters
-        time.sleep(BACKOFF.delay(wire.rounds(failures, len(addresses)), random.random()))
+        dial = plan.after(address, healthy=served, leader_hint=None, fraction=random.random())
 
 
 # ---- tessera events export ------------------------------------------------------------------------------

@@ -11,15 +11,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from tessera.control_plane.core.errors import Conflict, NotFound
+from tessera.control_plane.core.errors import Conflict
 from tessera.control_plane.core.state import (
-    AgentRecord,
     ClusterState,
-    FrameworkRecord,
     TaskKey,
     TaskRecord,
-    check_id,
     check_text,
+)
+from tessera.control_plane.core.state import (
+    known_agent as known_agent,  # the topic modules take their lookups from here
+)
+from tessera.control_plane.core.state import (
+    known_framework as known_framework,
 )
 
 _MISSING: Any = object()
@@ -78,22 +81,6 @@ class Tx:
 
 
 Handler = Callable[[ClusterState, Any, Tx], bool]
-
-
-def known_agent(state: ClusterState, agent_id: object) -> AgentRecord:
-    aid = check_id(agent_id, "agent_id")
-    agent = state.agents.get(aid)
-    if agent is None:
-        raise NotFound(f"agent {aid} is not known")
-    return agent
-
-
-def known_framework(state: ClusterState, framework_id: object) -> FrameworkRecord:
-    fid = check_id(framework_id, "framework_id")
-    fw = state.frameworks.get(fid)
-    if fw is None:
-        raise NotFound(f"framework {fid} is not known")
-    return fw
 
 
 def no_offers(what: str, offer_ids: set[str]) -> None:

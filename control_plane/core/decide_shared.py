@@ -14,7 +14,6 @@ from tessera.control_plane.core.events import Event, OfferRescinded, TaskStatusU
 from tessera.control_plane.core.state import (
     MAX_REFUSE_SECONDS,
     MAX_TIME,
-    AgentRecord,
     ClusterState,
     FrameworkRecord,
     TaskRecord,
@@ -22,25 +21,15 @@ from tessera.control_plane.core.state import (
     check_number,
     check_optional_id,
 )
+from tessera.control_plane.core.state import (
+    known_agent as known_agent,  # the topic modules take their lookups from here
+)
+from tessera.control_plane.core.state import (
+    known_framework as known_framework,
+)
 from tessera.control_plane.core.values import FrameworkState, Offer, StatusSource, TaskState, TaskStatus
 
 Decider = Callable[[ClusterState, Any, Context], tuple[Event, ...]]
-
-
-def known_agent(state: ClusterState, agent_id: object) -> AgentRecord:
-    aid = check_id(agent_id, "agent_id")
-    agent = state.agents.get(aid)
-    if agent is None:
-        raise NotFound(f"agent {aid} is not known")
-    return agent
-
-
-def known_framework(state: ClusterState, framework_id: object) -> FrameworkRecord:
-    fid = check_id(framework_id, "framework_id")
-    fw = state.frameworks.get(fid)
-    if fw is None:
-        raise NotFound(f"framework {fid} is not known")
-    return fw
 
 
 def calling_framework(state: ClusterState, framework_id: object, stream_id: object) -> FrameworkRecord:

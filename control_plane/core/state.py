@@ -34,7 +34,13 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Literal
 
-from tessera.control_plane.core.errors import Conflict, InvalidRequest, TesseraError, error_from_code
+from tessera.control_plane.core.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    TesseraError,
+    error_from_code,
+)
 from tessera.control_plane.core.events import Event
 from tessera.control_plane.core.lifecycle import is_terminal
 from tessera.control_plane.core.resources import EMPTY, Resources, validate_role
@@ -642,3 +648,21 @@ def total_with_reservations(resources: Resources, reserved: Resources) -> Resour
     if not resources.filter_role("").contains(flat):
         raise Conflict(f"the agent's unreserved resources no longer hold its reservations ({reserved})")
     return resources - flat + reserved
+
+
+def known_agent(state: ClusterState, agent_id: object) -> AgentRecord:
+    """The agent `agent_id` names (NotFound when the state has none): for decide and apply alike."""
+    aid = check_id(agent_id, "agent_id")
+    agent = state.agents.get(aid)
+    if agent is None:
+        raise NotFound(f"agent {aid} is not known")
+    return agent
+
+
+def known_framework(state: ClusterState, framework_id: object) -> FrameworkRecord:
+    """The framework `framework_id` names (NotFound when the state has none)."""
+    fid = check_id(framework_id, "framework_id")
+    fw = state.frameworks.get(fid)
+    if fw is None:
+        raise NotFound(f"framework {fid} is not known")
+    return fw

@@ -16,6 +16,7 @@ from typing import Any
 from tessera.control_plane.eventlog.errors import EventFileError, HistoryPruned
 from tessera.control_plane.eventlog.records import EVENT_COLUMNS, SPAN_COLUMNS, EventFilter, EventRecord
 from tessera.control_plane.eventlog.source import ALL
+from tessera.control_plane.eventlog.store import list_start
 
 __all__ = ["EventFile"]
 
@@ -77,21 +78,16 @@ class EventFile:
     def list(self, from_seq: int = 1, limit: int = 100, flt: EventFilter = ALL,
              descending: bool = False) -> builtins.list[EventRecord]:
         from tessera.control_plane.eventlog.sqlite import (
-            _filter_sql,  # the one translation of EventFilter to SQL
+            _list_sql,  # the one translation of a listing to SQL
         )
 
-        if descending and from_seq < 1:
+        start = list_start(from_seq, limit, descending)
+        if start is None:
             return []
-        from_seq = max(from_seq, 1)
         first = self.first_seq()
-        if from_seq < first:
+        if start < first:
             raise HistoryPruned(first)
-        clauses, params = _filter_sql(flt)
-        clauses.insert(0, "seq <= ?" if descending else "seq >= ?")
-        params.insert(0, from_seq)
-        params.append(limit)
-        sql = "{} WHERE {} ORDER BY seq {} LIMIT ?".format(_SELECT, " AND ".join(clauses),
-                                                            "DESC" if descending else "ASC")
+        sql, params = _list_sql(flt, start, limit, descending)
         try:
             return [EventRecord(*row) for row in self._query(sql, params)]
         except TypeError as exc:

@@ -14,7 +14,7 @@ from bisect import bisect_left, bisect_right, insort
 from tessera.control_plane.eventlog.errors import HistoryPruned
 from tessera.control_plane.eventlog.queued import Batch, QueuedEventStore
 from tessera.control_plane.eventlog.records import EventFilter, EventRecord, SpanRecord
-from tessera.control_plane.eventlog.store import _NO_FILTER
+from tessera.control_plane.eventlog.store import _NO_FILTER, list_start
 
 
 class MemoryEventStore(QueuedEventStore):
@@ -87,12 +87,11 @@ class MemoryEventStore(QueuedEventStore):
         flt: EventFilter = _NO_FILTER,
         descending: bool = False,
     ) -> builtins.list[EventRecord]:
-        if limit < 0:
-            raise ValueError("limit must be >= 0")
+        start = list_start(from_seq, limit, descending)
         self._check_open()
-        if descending and from_seq < 1:
+        if start is None:
             return []
-        from_seq = max(from_seq, 1)
+        from_seq = start
         out: builtins.list[EventRecord] = []
         with self._data:
             if from_seq < self._stored_first:

@@ -42,7 +42,7 @@ from tessera.control_plane.eventlog.records import (
     EventRecord,
     SpanRecord,
 )
-from tessera.control_plane.eventlog.store import _NO_FILTER
+from tessera.control_plane.eventlog.store import _NO_FILTER, list_start
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +241,20 @@ def _filter_sql(flt: EventFilter) -> tuple[builtins.list[str], builtins.list[obj
     return clauses, params
 
 
+def _list_sql(flt: EventFilter, from_seq: int, limit: int, descending: bool
+              ) -> tuple[str, builtins.list[object]]:
+    """The query of `EventStore.list` over an `events` table (the store's and an exported file's), with
+    `from_seq` as `list_start` gave it."""
+    clauses, params = _filter_sql(flt)
+    clauses.insert(0, "seq <= ?" if descending else "seq >= ?")
+    params.insert(0, from_seq)
+    params.append(limit)
+    sql = "{} WHERE {} ORDER BY seq {} LIMIT ?".format(
+        _SELECT_EVENTS, " AND ".join(clauses), "DESC" if descending else "ASC"
+    )
+    return sql, params
+
+
 class SqliteEventStore(QueuedEventStore):
     """The event store of a master: one SQLite file, written by one background thread."""
 
@@ -348,19 +362,12 @@ class SqliteEventStore(QueuedEventStore):
         flt: EventFilter = _NO_FILTER,
         descending: bool = False,
     ) -> builtins.list[EventRecord]:
-        if limit < 0:
-            raise ValueError("limit must be >= 0")
-        if descending and from_seq < 1:
+        start = list_start(from_seq, limit, descending)
+        if start is None:
             self._check_open()
             return []
-        from_seq = max(from_seq, 1)
-        clauses, params = _filter_sql(flt)
-        clauses.insert(0, "seq <= ?" if descending else "seq >= ?")
-        params.insert(0, from_seq)
-        params.append(limit)
-        sql = "{} WHERE {} ORDER BY seq {} LIMIT ?".format(
-            _SELECT_EVENTS, " AND ".join(clauses), "DESC" if descending else "ASC"
-        )
+        from_seq = start
+        sql, params = _list_sql(flt, from_seq, limit, descending)
         with self._reading(consistent=True) as conn:
             first = self._read_first_seq(conn)
             if from_seq < first:

@@ -27,6 +27,17 @@ from tessera.control_plane.eventlog.records import EventFilter, EventRecord, Eve
 _NO_FILTER = EventFilter()
 
 
+def list_start(from_seq: int, limit: int, descending: bool) -> int | None:
+    """The arguments of `EventStore.list` as every implementation reads them: ValueError for a negative
+    `limit`; None when the answer is empty whatever is stored (descending from below 1); else the seq
+    to start from (a `from_seq` below 1 means 1)."""
+    if limit < 0:
+        raise ValueError("limit must be >= 0")
+    if descending and from_seq < 1:
+        return None
+    return max(from_seq, 1)
+
+
 class EventStore(abc.ABC):
     """Port: the per-master event history, its state snapshots and its tracing spans."""
 

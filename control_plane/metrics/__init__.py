@@ -3,7 +3,9 @@ base collector. Imports nothing from `tessera.control_plane.runtime` or `agent`.
 
 - `specs`: the `MASTER_METRICS` / `AGENT_METRICS` tables, the single list of what is exported
   (`ops/prometheus/alerts.yml` is checked against them), and the helpers that build families from them.
-- `server`: `MetricsServer`, bound to its own HOST:PORT, 127.0.0.1 by default, serving `/metrics`.
+- `server`: `MetricsEndpoint`, one process's registry (its collector, `process_*`, `python_info`) and
+  `MetricsServer`, bound to its own HOST:PORT, 127.0.0.1 by default, serving `/metrics`. The master's
+  and the agent's metrics are both endpoints.
 - `collector`: `SectionCollector`, which runs named sections at scrape time, skipping, logging and
   counting (`tessera_metrics_collect_errors_total{section}`) the ones that fail: a scrape never fails as
   a whole.

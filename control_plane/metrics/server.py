@@ -1,7 +1,9 @@
-"""One small HTTP server per process serving a registry's exposition at `/metrics`."""
+"""One process's `/metrics`: the registry (its own collector, `process_*`, `python_info`) and the small
+HTTP server that serves its exposition. Masters and agents both are a `MetricsEndpoint`."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from collections.abc import Callable, Iterable
@@ -9,12 +11,17 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import make_wsgi_app
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
 from tessera.control_plane.metrics.specs import DEFAULT_HOST
 
-__all__ = ["MetricsServer", "parse_address"]
+log = logging.getLogger(__name__)
+
+__all__ = ["MetricsEndpoint", "MetricsServer", "parse_address"]
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -99,3 +106,39 @@ class MetricsServer:
         if thread is not None:
             thread.join(timeout=5)
         self._httpd = self._thread = None
+
+
+class MetricsEndpoint:
+    """The metrics of one process: `collector` (read at scrape time), then the `process_*` (cpu, rss, open
+    fds vs LimitNOFILE) and `python_info` collectors in one registry, served by a `MetricsServer` at
+    `address`. A subclass may register more metrics (histograms, counters) in `self.registry`.
+
+    `start()` binds (OSError when the port is taken, ValueError for a bad address); `stop()` stops serving
+    and joins the server's threads."""
+
+    def __init__(self, collector: Collector, address: str = f"{DEFAULT_HOST}:0") -> None:
+        self.collector = collector
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(collector)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.server = MetricsServer(self.registry, address)
+
+    def start(self) -> None:
+        self.server.start()
+        log.info("metrics at %s", self.server.url)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def text(self) -> str:
+        """The exposition as a scrape would return it (for tests and debugging)."""
+        return generate_latest(self.registry).decode()

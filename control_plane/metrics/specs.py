@@ -193,9 +193,6 @@ def known_states(enum_type: type[Enum]) -> list[Enum]:
 
 
 def tessera_version() -> str:
-    try:
-        from importlib.metadata import version
+    from tessera import installed_version
 
-        return version("tessera")
-    except Exception:  # noqa: BLE001 - running from a tree that is not installed
-        return "unknown"
+    return installed_version() or "unknown"

@@ -1,8 +1,8 @@
 """Prometheus metrics of a master (`MasterMetrics`), served at `/metrics`.
 
-What this module owns: the master's collector and its two histograms. The metric names, the HTTP server
-and the base collector are shared with the agent and live in `tessera.control_plane.metrics` (the agent's
-collector is `tessera.agent.metrics`).
+What this module owns: the master's collector and its two histograms. The metric names, the endpoint
+(registry, process collectors, HTTP server: `MetricsEndpoint`) and the base collector are shared with the
+agent and live in `tessera.control_plane.metrics` (the agent's collector is `tessera.agent.metrics`).
 
 Rules kept here:
 - Read at scrape time, not on the hot path. State-derived numbers (resources, agents, frameworks, tasks,
@@ -30,22 +30,19 @@ Wiring (the master process does this when `--metrics HOST:PORT` is given)::
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import Counter, Histogram
 from prometheus_client.core import Metric
-from prometheus_client.platform_collector import PlatformCollector
-from prometheus_client.process_collector import ProcessCollector
 
 from tessera.control_plane.core.lifecycle import is_terminal
 from tessera.control_plane.core.values import AgentState, FrameworkState, RoleInfo, TaskState
 from tessera.control_plane.metrics.collector import SectionCollector
-from tessera.control_plane.metrics.server import MetricsServer
+from tessera.control_plane.metrics.server import MetricsEndpoint
 from tessera.control_plane.metrics.specs import (
     ALLOCATION_BUCKETS,
     COMMIT_BUCKETS,
@@ -63,8 +60,6 @@ if TYPE_CHECKING:
     from tessera.control_plane.core.state import ClusterState
     from tessera.control_plane.runtime.leader import LeaderDuties
     from tessera.control_plane.runtime.master import Master, WriteOutcome
-
-log = logging.getLogger(__name__)
 
 __all__ = ["MasterMetrics"]
 
@@ -267,20 +262,16 @@ class _MasterCollector(SectionCollector):
         ]
 
 
-class MasterMetrics:
+class MasterMetrics(MetricsEndpoint):
     """Metrics of one master: a scrape-time collector over its state, Raft and event log, plus the
     commit-latency and allocation-round histograms. See the module docstring for the wiring."""
 
     def __init__(self, master: Master, duties: LeaderDuties | None = None, *,
                  address: str = f"{DEFAULT_HOST}:0", version: str | None = None,
                  poll_interval: float | None = None) -> None:
+        super().__init__(_MasterCollector(master, duties, version or tessera_version()), address)
         self.master = master
         self.duties = duties
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.collector = _MasterCollector(master, duties, version or tessera_version())
-        self.registry.register(self.collector)
-        ProcessCollector(registry=self.registry)  # process_* (cpu, rss, open fds vs LimitNOFILE)
-        PlatformCollector(registry=self.registry)  # python_info
         self.commit_duration = Histogram(
             "tessera_master_commit_duration_seconds", SPECS["tessera_master_commit_duration_seconds"].help,
             buckets=COMMIT_BUCKETS, registry=self.registry)
@@ -293,7 +284,6 @@ class MasterMetrics:
             buckets=ALLOCATION_BUCKETS, registry=self.registry)
         tick = duties.settings.tick if duties is not None else 0.1
         self.poll_interval = poll_interval if poll_interval is not None else min(max(tick / 2, 0.005), 0.5)
-        self.server = MetricsServer(self.registry, address)
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self.master.add_write_observer(self._observe_write)
@@ -320,21 +310,12 @@ class MasterMetrics:
     # ---- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:
         """Bind and serve; start the allocation poller. OSError when the port is taken."""
-        self.server.start()
+        super().start()
         if self.duties is not None:
             self._stop.clear()
             self._poller = threading.Thread(target=self._poll_allocation, name="metrics-allocation-poll",
                                             daemon=True)
             self._poller.start()
-        log.info("metrics at %s", self.server.url)
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    @property
-    def url(self) -> str:
-        return self.server.url
 
     def stop(self) -> None:
         """Stop serving, join every thread this started and remove the write observer. Idempotent."""
@@ -342,15 +323,9 @@ class MasterMetrics:
         if self._poller is not None:
             self._poller.join(timeout=5)
             self._poller = None
-        self.server.stop()
+        super().stop()
         self.close()
 
     def close(self) -> None:
         """Remove the write observer from the master (stop() calls it)."""
         self.master.remove_write_observer(self._observe_write)
-
-    def text(self) -> str:
-        """The exposition as a scrape would return it (for tests and debugging)."""
-        from prometheus_client import generate_latest
-
-        return generate_latest(self.registry).decode()

@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
 import signal
 import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +33,18 @@ from tessera.control_plane.tls import ClientSecurity, load_tls_dir, server_crede
 from tessera.sdk.run import RunOptions, run_task
 from tessera.v1 import agent_pb2, agent_pb2_grpc, common_pb2, operator_pb2, scheduler_pb2, scheduler_pb2_grpc
 from tests.support.cluster import free_port, wait_for
-
-pytestmark = pytest.mark.skipif(shutil.which("sh") is None, reason="tasks run with /bin/sh")
-# Children are started without preexec_fn: forking a Python child of a process with live gRPC threads
-# can crash the child in gRPC's fork handlers; they are killed by PID when a test ends.
+from tests.support.secure_cluster import (
+    TESSERA,
+    AgentSpec,
+    SecureCluster,
+    clean_env,
+    code_of,
+    launch_request,
+    new_pki,
+    secured_cluster,
+    subscribe,
+    wait_running,
+)
 
 FORBIDDEN_USER = "daemon"
 TOKENS = {"ops": "tok-ops-1234", "alice": "tok-alice-5678", "bob": "tok-bob-9012"}
@@ -63,145 +67,13 @@ users = [""]
 RAFT_PASSWORD = "test-raft-secret"
 
 
-@dataclass
-class SecureCluster:
-    pki: Path
-    grpc: str
-    raft: str
-    procs: list[subprocess.Popen[bytes]]
-    logs: list[Path]
-
-    def security(self, kind: str, principal: str | None = None, *, pki: Path | None = None) -> ClientSecurity:
-        return ClientSecurity.from_options((pki or self.pki) / kind, TOKENS[principal] if principal else None)
-
-    def client(self, kind: str = "operator", principal: str | None = "ops", **kw: Any) -> MasterClient:
-        return MasterClient([self.grpc], timeout=10.0, rpc_timeout=5.0, security=self.security(kind, principal, **kw))
-
-    def scheduler(self, principal: str | None, kind: str = "framework") -> tuple[Any, tuple[tuple[str, str], ...]]:
-        sec = self.security(kind, principal)
-        return scheduler_pb2_grpc.SchedulerStub(sec.channel(self.grpc)), sec.metadata
-
-    def state(self) -> operator_pb2.GetStateResponse:
-        c = self.client()
-        try:
-            return c.call(lambda s: s.GetState, operator_pb2.GetStateRequest(consistent=True))
-        finally:
-            c.close()
-
-    def event_types_since(self, index: int) -> list[str]:
-        c = self.client()
-        try:
-            resp = c.call(lambda s: s.ListEvents, operator_pb2.ListEventsRequest(from_index=index + 1, limit=10_000))
-            return [e.type for e in resp.events]
-        finally:
-            c.close()
-
-    def dump_logs(self) -> str:
-        return "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-4000:]}" for p in self.logs if p.exists())
-
-
-def code_of(fn: Any, *args: Any, **kw: Any) -> grpc.StatusCode:
-    try:
-        fn(*args, **kw)
-    except grpc.RpcError as err:
-        return err.code()
-    raise AssertionError("the call was not refused")
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureCluster]:
+    if shutil.which("sh") is None:
+        pytest.fail("tasks run with /bin/sh")
     root = tmp_path_factory.mktemp("secure")
-    pki = root / "pki"
-    init_dev_pki(pki)
-    (pki / "acl.toml").write_text(ACL)
-    grpc_address, raft_address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
-    env.update(PYTHONUNBUFFERED="1", TESSERA_RAFT_PASSWORD=RAFT_PASSWORD)
-    tessera = [sys.executable, "-m", "tessera.control_plane.cli.main"]
-    logs = [root / "master.log", root / "agent.log"]
-    procs = []
-    with open(logs[0], "ab") as log:
-        procs.append(subprocess.Popen(
-            [*tessera, "master", "--name", "m1", "--raft", raft_address, "--grpc", grpc_address,
-             "--data-dir", str(root / "m1"), "--tls-dir", str(pki / "master"), "--acl", str(pki / "acl.toml"),
-             "--allocation-interval", "0.2", "--agent-heartbeat-interval", "0.5"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
-    c = SecureCluster(pki, grpc_address, raft_address, procs, logs)
-    try:
-        wait_for(lambda: _serving(c), timeout=30, what="the secure master to lead")
-        with open(logs[1], "ab") as log:
-            procs.append(subprocess.Popen(
-                [*tessera, "agent", "--masters", grpc_address, "--data-dir", str(root / "a1"),
-                 "--resources", "cpus:2;mem:1024", "--hostname", "secure-agent", "--tls-dir", str(pki / "agent")],
-                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
-        wait_for(lambda: any(a.connected and a.state == common_pb2.AGENT_ACTIVE for a in c.state().agents),
-                 timeout=30, what="the agent to register over mTLS")
+    with secured_cluster(root, new_pki(root / "pki", ACL), TOKENS, agents=[AgentSpec("secure-agent")]) as c:
         yield c
-    except BaseException:
-        print(c.dump_logs())
-        raise
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(timeout=10)
-
-
-def _serving(c: SecureCluster) -> bool:
-    try:
-        client = c.client()
-        try:
-            q = client.call(lambda s: s.GetQuorum, operator_pb2.GetQuorumRequest(), timeout=2.0)
-            return bool(q.leader_grpc)
-        finally:
-            client.close()
-    except Exception:  # noqa: BLE001 - not up yet
-        return False
-
-
-class Stream:
-    """A raw Subscribe call read by a pump thread (bounded by the call's deadline)."""
-
-    def __init__(self, call: Any) -> None:
-        self.call = call
-        self.events: queue.Queue[Any] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        try:
-            for e in self.call:
-                self.events.put(e)
-        except grpc.RpcError as err:
-            self.events.put(err)
-
-    def next(self, kind: str, timeout: float = 20.0) -> Any:
-        def take() -> Any:
-            while True:
-                item = self.events.get(timeout=timeout)
-                if isinstance(item, grpc.RpcError):
-                    return item
-                if item.WhichOneof("kind") == kind:
-                    return getattr(item, kind)
-        return take()
-
-
-def subscribe(c: SecureCluster, principal: str, roles: list[str], name: str) -> tuple[Stream, Any, Any, str, str]:
-    stub, metadata = c.scheduler(principal)
-    stream = Stream(stub.Subscribe(scheduler_pb2.SubscribeRequest(info=common_pb2.FrameworkInfo(
-        name=name, roles=roles, failover_timeout_seconds=5.0)), metadata=metadata, timeout=120))
-    first = stream.next("subscribed")
-    assert not isinstance(first, grpc.RpcError), f"{principal} could not subscribe: {first}"
-    return stream, stub, metadata, first.framework_id, first.stream_id
-
-
-def launch_request(framework_id: str, stream_id: str, offer: Any, task_id: str, command: str,
-                   user: str = "") -> scheduler_pb2.AcceptRequest:
-    task = common_pb2.TaskInfo(task_id=task_id, name=task_id, agent_id=offer.agent_id,
-                               command=common_pb2.CommandInfo(shell=True, value=command, user=user))
-    resources_to_proto(Resources.parse("cpus:0.1;mem:16"), task.resources)
-    return scheduler_pb2.AcceptRequest(
-        header=scheduler_pb2.CallHeader(framework_id=framework_id, stream_id=stream_id), offer_ids=[offer.offer_id],
-        operations=[scheduler_pb2.Operation(type=scheduler_pb2.Operation.LAUNCH, tasks=[task])])
 
 
 # ---- the happy path ------------------------------------------------------------------------------------
@@ -221,9 +93,9 @@ def test_a_task_runs_end_to_end_over_mtls_with_a_token(cluster: SecureCluster, c
 def test_the_cli_works_with_an_operator_certificate_and_token_file(cluster: SecureCluster) -> None:
     token_file = cluster.pki / "ops.token"
     token_file.write_text(TOKENS["ops"] + "\n")
-    base = [sys.executable, "-m", "tessera.control_plane.cli.main", "--masters", cluster.grpc,
+    base = [*TESSERA, "--masters", cluster.grpc,
             "--tls-dir", str(cluster.pki / "operator")]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
+    env = clean_env()
     ok = subprocess.run([*base, "--token-file", str(token_file), "--json", "agents"], capture_output=True,
                         text=True, timeout=60, env=env)
     assert ok.returncode == 0, ok.stderr
@@ -391,20 +263,19 @@ def test_subscribing_outside_ones_roles_or_as_another_principal_is_permission_de
 
 def test_a_framework_cannot_touch_another_frameworks_task_nor_launch_as_a_forbidden_user(
         cluster: SecureCluster) -> None:
-    a_stream, a_stub, a_md, a_fid, a_sid = subscribe(cluster, "alice", ["analytics"], "alice-long")
-    offers = a_stream.next("offers")
-    assert not isinstance(offers, grpc.RpcError), offers
-    offer = offers.offers[0]
+    alice = subscribe(cluster, "alice", ["analytics"], "alice-long", failover_timeout=5.0, timeout=120)
+    a_stub, a_md, a_fid, a_sid = alice.stub, alice.metadata, alice.framework_id, alice.stream_id
+    offer = alice.stream.next("offers").offers[0]
     # launching as a user the grant does not list: refused before anything is proposed
     index = cluster.state().index
-    assert code_of(a_stub.Accept, launch_request(a_fid, a_sid, offer, "as-daemon", "true", user=FORBIDDEN_USER),
+    assert code_of(a_stub.Accept, launch_request(alice.header, offer, "as-daemon", "true", user=FORBIDDEN_USER),
                    metadata=a_md, timeout=10) == grpc.StatusCode.PERMISSION_DENIED
     assert not {"TaskLaunched", "OfferAccepted"} & set(cluster.event_types_since(index))
-    a_stub.Accept(launch_request(a_fid, a_sid, offer, "alice-sleeper", "sleep 120"), metadata=a_md, timeout=10)
-    wait_for(lambda: any(t.task.task_id == "alice-sleeper" and t.state == common_pb2.TASK_RUNNING
-                         for t in cluster.state().tasks), timeout=30, what="alice's task to run")
+    a_stub.Accept(launch_request(alice.header, offer, "alice-sleeper", "sleep 120"), metadata=a_md, timeout=10)
+    wait_running(cluster, "alice-sleeper")
 
-    b_stream, b_stub, b_md, b_fid, b_sid = subscribe(cluster, "bob", ["web"], "bob-intruder")
+    bob = subscribe(cluster, "bob", ["web"], "bob-intruder", failover_timeout=5.0, timeout=120)
+    b_stub, b_md, b_fid, b_sid = bob.stub, bob.metadata, bob.framework_id, bob.stream_id
     before = cluster.state()
     header = scheduler_pb2.CallHeader(framework_id=a_fid)  # bob names alice's framework
     for method, request in (
@@ -445,15 +316,15 @@ def test_a_framework_cannot_touch_another_frameworks_task_nor_launch_as_a_forbid
                       metadata=ops_md, timeout=10)
     wait_for(lambda: next(f for f in cluster.state().frameworks if f.framework_id == b_fid).state
              == common_pb2.FRAMEWORK_REMOVED, timeout=20, what="bob's framework to be torn down")
-    a_stream.call.cancel()
-    b_stream.call.cancel()
+    alice.stream.call.cancel()
+    bob.stream.call.cancel()
 
 
 def test_sighup_reloads_the_acl_and_a_broken_file_keeps_the_previous_one(cluster: SecureCluster) -> None:
     acl_file = cluster.pki / "acl.toml"
     original = acl_file.read_text()
     carol = "tok-carol-3456"
-    master = cluster.procs[0]
+    master = cluster.master
 
     def carol_reads() -> grpc.StatusCode:
         client = MasterClient([cluster.grpc], timeout=5.0, rpc_timeout=3.0,
@@ -474,7 +345,7 @@ def test_sighup_reloads_the_acl_and_a_broken_file_keeps_the_previous_one(cluster
         wait_for(lambda: carol_reads() == grpc.StatusCode.OK, timeout=20, what="the reloaded ACL to admit carol")
         acl_file.write_text("principals = [")  # broken: the ACL in force stays
         master.send_signal(signal.SIGHUP)
-        wait_for(lambda: "ACL not reloaded" in cluster.logs[0].read_text(), timeout=20,
+        wait_for(lambda: "ACL not reloaded" in cluster.master_log(), timeout=20,
                  what="the master to refuse the broken ACL")
         assert carol_reads() == grpc.StatusCode.OK
         assert master.poll() is None
@@ -486,13 +357,10 @@ def test_sighup_reloads_the_acl_and_a_broken_file_keeps_the_previous_one(cluster
 
 # ---- startup -------------------------------------------------------------------------------------------
 def _start_master(tmp_path: Path, *flags: str, password: str | None = RAFT_PASSWORD) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
-    if password:
-        env["TESSERA_RAFT_PASSWORD"] = password
     return subprocess.run(
-        [sys.executable, "-m", "tessera.control_plane.cli.main", "master", "--name", "m1",
-         "--raft", f"127.0.0.1:{free_port()}", "--grpc", f"127.0.0.1:{free_port()}", "--data-dir",
-         str(tmp_path / "m"), *flags], capture_output=True, text=True, timeout=60, env=env)
+        [*TESSERA, "master", "--name", "m1", "--raft", f"127.0.0.1:{free_port()}", "--grpc",
+         f"127.0.0.1:{free_port()}", "--data-dir", str(tmp_path / "m"), *flags], capture_output=True, text=True,
+        timeout=60, env=clean_env(password))
 
 
 def test_a_master_refuses_to_start_without_tls_acl_and_raft_password(cluster: SecureCluster, tmp_path: Path) -> None:
@@ -524,23 +392,8 @@ def test_a_master_refuses_unusable_tls_or_acl_files(cluster: SecureCluster, tmp_
 def test_three_secured_masters_reach_each_other_over_mtls(cluster: SecureCluster, tmp_path: Path) -> None:
     """Announcements and the quorum fan-out are master-to-master gRPC calls: they go over mTLS with the
     masters' own certificate, so `quorum status` sees every member."""
-    pki = cluster.pki
-    members = [(f"m{i}", f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}") for i in (1, 2, 3)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
-    env.update(PYTHONUNBUFFERED="1", TESSERA_RAFT_PASSWORD=RAFT_PASSWORD)
-    procs, logs = [], []
-    try:
-        for name, raft, grpc_address in members:
-            logs.append(tmp_path / f"{name}.log")
-            with open(logs[-1], "ab") as log:
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "tessera.control_plane.cli.main", "master", "--name", name, "--raft", raft,
-                     "--grpc", grpc_address, "--peers", ",".join(r for _, r, _ in members if r != raft),
-                     "--data-dir", str(tmp_path / name), "--tls-dir", str(pki / "master"),
-                     "--acl", str(pki / "acl.toml")],
-                    stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
-        client = MasterClient([g for _, _, g in members], timeout=10.0, rpc_timeout=3.0,
-                              security=cluster.security("operator", "ops"))
+    with secured_cluster(tmp_path, cluster.pki, TOKENS, masters=3, master_flags=()) as three:
+        client = three.client()
 
         def all_reachable() -> Any:
             q = client.call(lambda s: s.GetQuorum, operator_pb2.GetQuorumRequest())
@@ -549,17 +402,9 @@ def test_three_secured_masters_reach_each_other_over_mtls(cluster: SecureCluster
 
         try:
             quorum = wait_for(all_reachable, timeout=60, what="every member reachable over mTLS")
-        except BaseException:
-            print("\n".join(p.read_text(errors="replace")[-3000:] for p in logs if p.exists()))
-            raise
         finally:
             client.close()
-        assert {m.grpc_address for m in quorum.members} == {g for _, _, g in members}
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(timeout=10)
+        assert {m.grpc_address for m in quorum.members} == set(three.grpc_addresses)
 
 
 # ---- tessera up --secure ---------------------------------------------------------------------------------

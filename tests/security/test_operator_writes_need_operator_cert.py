@@ -17,7 +17,8 @@ from tessera.control_plane.codec import resources_to_proto
 from tessera.control_plane.core.acl import token_digest
 from tessera.control_plane.core.resources import Resources
 from tessera.v1 import common_pb2, operator_pb2
-from tests.security.tenant_cluster import TenantCluster, code_of, secure_cluster
+from tests.security.tenant_cluster import tenant_cluster
+from tests.support.secure_cluster import SecureCluster, code_of
 
 TOKENS = {"ops": "tok-ops-all-actions-1"}
 ACL = f"""
@@ -30,11 +31,11 @@ actions = ["read", "drain", "quorum", "weights", "quota", "teardown"]
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TenantCluster]:
-    yield from secure_cluster(tmp_path_factory.mktemp("opwrites"), ACL, TOKENS)
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureCluster]:
+    yield from tenant_cluster(tmp_path_factory.mktemp("opwrites"), ACL, TOKENS)
 
 
-def test_a_framework_certificate_with_an_operator_token_cannot_write(cluster: TenantCluster) -> None:
+def test_a_framework_certificate_with_an_operator_token_cannot_write(cluster: SecureCluster) -> None:
     before = cluster.state()
     agent_id = before.agents[0].agent_id
     quota = operator_pb2.SetQuotaRequest(role="analytics")

@@ -20,14 +20,8 @@ import grpc
 import pytest
 
 from tessera.v1 import common_pb2, operator_pb2
-from tests.security.tenant_cluster import (
-    Tenant,
-    TenantCluster,
-    launch,
-    secure_cluster,
-    subscribe,
-    tenants_acl,
-)
+from tests.security.tenant_cluster import tenant_cluster, tenants_acl
+from tests.support.secure_cluster import SecureCluster, Tenant, launch, subscribe
 
 SECRET = "s3cret"
 TRACE_ID = "5ec2e7" + "ab" * 13
@@ -36,13 +30,13 @@ ACL = tenants_acl(TOKENS, ops_actions=("read", "read_all"))
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TenantCluster]:
-    yield from secure_cluster(tmp_path_factory.mktemp("reads"), ACL, TOKENS)
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureCluster]:
+    yield from tenant_cluster(tmp_path_factory.mktemp("reads"), ACL, TOKENS)
 
 
 @pytest.fixture(scope="module")
-def bob(cluster: TenantCluster) -> Iterator[Tenant]:
-    tenant = subscribe(cluster, "bob", "web", "bob-web")
+def bob(cluster: SecureCluster) -> Iterator[Tenant]:
+    tenant = subscribe(cluster, "bob", ["web"], "bob-web")
     launch(cluster, tenant, "bob-db-client", f"sleep 300 # --password={SECRET}",
            environment={"DB_PASSWORD": SECRET, "PLAIN": "visible-name"}, labels={"secret": SECRET},
            trace_id=TRACE_ID)
@@ -56,7 +50,7 @@ def bob(cluster: TenantCluster) -> Iterator[Tenant]:
     tenant.stream.call.cancel()
 
 
-def _reads(cluster: TenantCluster, kind: str, principal: str) -> dict[str, str]:
+def _reads(cluster: SecureCluster, kind: str, principal: str) -> dict[str, str]:
     """Every read path's answer, as text, for one caller."""
     c = cluster.client(kind, principal)
     try:
@@ -71,7 +65,7 @@ def _reads(cluster: TenantCluster, kind: str, principal: str) -> dict[str, str]:
             "WatchEvents": _watched(cluster, kind, principal)}
 
 
-def _watched(cluster: TenantCluster, kind: str, principal: str) -> str:
+def _watched(cluster: SecureCluster, kind: str, principal: str) -> str:
     """WatchEvents from the first index until the stream has passed the current last index."""
     stub, metadata = cluster.operator_stub(kind, principal)
     c = cluster.client("operator", "ops")
@@ -97,7 +91,7 @@ def _watched(cluster: TenantCluster, kind: str, principal: str) -> str:
     return "\n".join(str(e) for e in seen)
 
 
-def test_another_tenants_reader_never_sees_the_secret(cluster: TenantCluster, bob: Tenant) -> None:
+def test_another_tenants_reader_never_sees_the_secret(cluster: SecureCluster, bob: Tenant) -> None:
     for kind in ("framework", "operator"):
         reads = _reads(cluster, kind, "alice")
         for path, text in reads.items():
@@ -110,7 +104,7 @@ def test_another_tenants_reader_never_sees_the_secret(cluster: TenantCluster, bo
     assert SECRET not in str(task)
 
 
-def test_the_owner_and_a_read_all_operator_see_the_task_in_full(cluster: TenantCluster, bob: Tenant) -> None:
+def test_the_owner_and_a_read_all_operator_see_the_task_in_full(cluster: SecureCluster, bob: Tenant) -> None:
     for kind, principal in (("framework", "bob"), ("operator", "ops")):
         reads = _reads(cluster, kind, principal)
         for path in ("GetState", "ListEvents", "WatchEvents", "GetStateAt", "GetTrace"):

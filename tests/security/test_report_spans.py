@@ -36,17 +36,10 @@ from tessera.control_plane.eventlog import (
     SqliteEventStore,
 )
 from tessera.v1 import operator_pb2, operator_pb2_grpc
-from tests.security.tenant_cluster import (
-    Tenant,
-    TenantCluster,
-    code_of,
-    launch,
-    secure_cluster,
-    subscribe,
-    tenants_acl,
-)
+from tests.security.tenant_cluster import tenant_cluster, tenants_acl
 from tests.support.cluster import free_port, wait_for
 from tests.support.inprocess import InProcessMaster
+from tests.support.secure_cluster import SecureCluster, Tenant, code_of, launch, subscribe
 
 # ---- who may report: the pure rule ------------------------------------------------------------------
 TASKS = {"bob-1": (TaskPlacement(principal="bob", agent_id="agent-b"),),
@@ -103,15 +96,15 @@ ACL = tenants_acl(TOKENS, ops_actions=("read",))
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TenantCluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureCluster]:
     if shutil.which("sh") is None:
         pytest.fail("tasks run with /bin/sh")
-    yield from secure_cluster(tmp_path_factory.mktemp("spans"), ACL, TOKENS)
+    yield from tenant_cluster(tmp_path_factory.mktemp("spans"), ACL, TOKENS)
 
 
 @pytest.fixture(scope="module")
-def bob(cluster: TenantCluster) -> Iterator[Tenant]:
-    tenant = subscribe(cluster, "bob", "web", "bob-web")
+def bob(cluster: SecureCluster) -> Iterator[Tenant]:
+    tenant = subscribe(cluster, "bob", ["web"], "bob-web")
     launch(cluster, tenant, "bob-task", "sleep 300", trace_id=TRACE_ID)
     yield tenant
     tenant.stream.call.cancel()
@@ -124,7 +117,7 @@ def _span(name: str, span_id: str, task_id: str = "", trace_id: str = TRACE_ID) 
                              attributes_json=json.dumps({"tessera.task_id": task_id} if task_id else {}))
 
 
-def _trace_spans(cluster: TenantCluster) -> list[operator_pb2.Span]:
+def _trace_spans(cluster: SecureCluster) -> list[operator_pb2.Span]:
     c = cluster.client("operator", "ops")
     try:
         resp = c.call(lambda s: s.GetTrace, operator_pb2.GetTraceRequest(task_id="bob-task"))
@@ -133,11 +126,11 @@ def _trace_spans(cluster: TenantCluster) -> list[operator_pb2.Span]:
     return [s for t in resp.traces for s in t.spans]
 
 
-def _trace_span_names(cluster: TenantCluster) -> set[str]:
+def _trace_span_names(cluster: SecureCluster) -> set[str]:
     return {s.name for s in _trace_spans(cluster)}
 
 
-def test_a_forged_span_in_another_tenants_trace_is_refused_and_not_shown(cluster: TenantCluster, bob: Tenant
+def test_a_forged_span_in_another_tenants_trace_is_refused_and_not_shown(cluster: SecureCluster, bob: Tenant
                                                                          ) -> None:
     alice, metadata = cluster.operator_stub("framework", "alice")
     for span in (_span("forged.with-task", "a1" * 8, task_id="bob-task"),
@@ -233,7 +226,7 @@ def test_spans_older_than_the_first_kept_event_are_pruned_with_the_events(backen
         assert len(store.spans_for_trace(later)) == 1
 
 
-def test_the_agent_running_a_task_still_reports_its_spans(cluster: TenantCluster, bob: Tenant) -> None:
+def test_the_agent_running_a_task_still_reports_its_spans(cluster: SecureCluster, bob: Tenant) -> None:
     """The agent's own spans of bob's task (sent with its agent certificate, no token) pass the check."""
     wait_for(lambda: any(s.service == "tessera-agent" and s.task_id == "bob-task" for s in _trace_spans(cluster)),
              timeout=60, what="the agent's spans of bob's task in its trace")

@@ -13,13 +13,9 @@ after the first-message timeout, and their slots are free again afterwards.
 
 from __future__ import annotations
 
-import os
 import queue
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +23,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tessera.control_plane.certs import init_dev_pki
 from tessera.control_plane.core.acl import token_digest
-from tessera.control_plane.tls import ClientSecurity
 from tessera.v1 import agent_pb2, agent_pb2_grpc, operator_pb2, operator_pb2_grpc
-from tests.support.cluster import free_port, wait_for
+from tests.support.secure_cluster import SecureCluster, new_pki, secured_cluster
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -44,63 +38,19 @@ actions = ["read"]
 """
 
 
-@dataclass
-class Master:
-    pki: Path
-    grpc: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def channel(self, kind: str) -> grpc.Channel:
-        return ClientSecurity.from_options(self.pki / kind).channel(self.grpc)
-
-    def get_state(self, timeout: float) -> operator_pb2.GetStateResponse:
-        sec = ClientSecurity.from_options(self.pki / "operator", OPS_TOKEN)
-        with sec.channel(self.grpc) as ch:
-            return operator_pb2_grpc.OperatorStub(ch).GetState(operator_pb2.GetStateRequest(), metadata=sec.metadata,
-                                                               timeout=timeout)
-
-
 @pytest.fixture
-def master(tmp_path: Path) -> Iterator[Master]:
-    pki = tmp_path / "pki"
-    init_dev_pki(pki)
-    (pki / "acl.toml").write_text(ACL)
-    grpc_address, raft_address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
-    env.update(PYTHONUNBUFFERED="1", TESSERA_RAFT_PASSWORD="stream-test-raft-secret")
-    log = tmp_path / "master.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tessera.control_plane.cli.main", "master", "--name", "m1", "--raft", raft_address,
-             "--grpc", grpc_address, "--data-dir", str(tmp_path / "m1"), "--tls-dir", str(pki / "master"),
-             "--acl", str(pki / "acl.toml"), "--grpc-workers", str(WORKERS),
-             "--limit", "agent_register_timeout=1"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    m = Master(pki, grpc_address, proc, log)
-    try:
-        wait_for(lambda: _answers(m), timeout=60, what="the secured master to serve")
+def master(tmp_path: Path) -> Iterator[SecureCluster]:
+    with secured_cluster(tmp_path, new_pki(tmp_path / "pki", ACL), {"ops": OPS_TOKEN}, master_flags=(
+            "--grpc-workers", str(WORKERS), "--limit", "agent_register_timeout=1")) as m:
         yield m
-    except BaseException:
-        print(log.read_text(errors="replace")[-6000:])
-        raise
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
 
 
-def _answers(m: Master) -> bool:
-    if m.proc.poll() is not None:
-        raise AssertionError(f"the master exited with {m.proc.returncode}: {m.log.read_text(errors='replace')}")
-    sec = ClientSecurity.from_options(m.pki / "operator", OPS_TOKEN)
-    try:
-        with sec.channel(m.grpc) as ch:  # a consistent read: answered once the master serves as leader
-            operator_pb2_grpc.OperatorStub(ch).GetState(operator_pb2.GetStateRequest(consistent=True),
-                                                        metadata=sec.metadata, timeout=2)
-        return True
-    except grpc.RpcError:
-        return False
+def _get_state(m: SecureCluster, timeout: float) -> operator_pb2.GetStateResponse:
+    """One GetState call as the operator, bounded by `timeout` (no retries)."""
+    sec = m.security("operator", "ops")
+    with sec.channel(m.grpc) as ch:
+        return operator_pb2_grpc.OperatorStub(ch).GetState(operator_pb2.GetStateRequest(), metadata=sec.metadata,
+                                                           timeout=timeout)
 
 
 class SilentLink:
@@ -144,9 +94,9 @@ def _watch(stub: health_pb2_grpc.HealthStub, admitted: queue.Queue[Any]) -> Any:
     return call
 
 
-def test_streams_without_a_token_cannot_take_the_threads_an_operator_needs(master: Master) -> None:
-    agent_channel = master.channel("agent")
-    framework_channel = master.channel("framework")
+def test_streams_without_a_token_cannot_take_the_threads_an_operator_needs(master: SecureCluster) -> None:
+    agent_channel = master.security("agent").channel(master.grpc)
+    framework_channel = master.security("framework").channel(master.grpc)
     links: list[SilentLink] = []
     watches: list[Any] = []
     try:
@@ -163,7 +113,7 @@ def test_streams_without_a_token_cannot_take_the_threads_an_operator_needs(maste
         assert grpc.StatusCode.RESOURCE_EXHAUSTED in replies, replies  # beyond the peer's share
 
         # the operator is answered within a bounded wait
-        state = master.get_state(timeout=10)
+        state = _get_state(master, timeout=10)
         assert state is not None
 
         # links beyond the agent certificate's share were refused at once; the others are closed by the
@@ -176,8 +126,8 @@ def test_streams_without_a_token_cannot_take_the_threads_an_operator_needs(maste
         again = SilentLink(agent_stub)
         links.append(again)
         assert again.outcome.get(timeout=30) is grpc.StatusCode.INVALID_ARGUMENT
-        master.get_state(timeout=10)
-        assert master.proc.poll() is None
+        _get_state(master, timeout=10)
+        assert master.master.poll() is None
     finally:
         for link in links:
             link.close()

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from tessera.control_plane import wire
-from tessera.control_plane.wire import LEADER_METADATA_KEY, Backoff, leader_hint, parse_masters, rounds
+from tessera.control_plane.wire import (
+    LEADER_METADATA_KEY,
+    Backoff,
+    DialPlan,
+    leader_hint,
+    parse_masters,
+    rounds,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,13 +68,113 @@ def test_wire_is_sans_io() -> None:
 
 
 def test_every_user_of_a_wire_fact_takes_it_from_wire() -> None:
-    """The key, the address rule and the backoff are written once: no other module spells them."""
+    """The key, the address rule, the backoff and the agents' capability name are written once: no other
+    module spells them."""
     offenders = []
     for folder in ("control_plane", "agent", "sdk"):
         for path in (ROOT / folder).rglob("*.py"):
             if path.name == "wire.py" and path.parent.name == "control_plane":
                 continue
             text = path.read_text()
-            if any(fact in text for fact in ('"tessera-leader"', "class Backoff:", "_ADDRESS_RE = ", "factor**")):
+            if any(fact in text for fact in ('"tessera-leader"', "class Backoff:", "_ADDRESS_RE = ", "factor**",
+                                             '"BATCHED_MESSAGES"')):
                 offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
+
+
+# ---- DialPlan: the one choice of the next master -------------------------------------------------------
+# The agent's link, the SDK's session, the operator client and `tessera events --follow` each chose the
+# next master their own way; where they differed, the rule kept is pinned here by a test that fails on
+# the other (see DialPlan's docstring for why each was kept).
+
+B = Backoff(initial=0.1, multiplier=2, maximum=0.4, jitter=0.5)
+
+
+def dials(plan: DialPlan, address: str, answers: list[str | None], *, fraction: float = 0.0) -> list[tuple[str, float]]:
+    """Dial on from `address`, each dial refused with the next of `answers` (a leader hint or None)."""
+    out = []
+    for hint in answers:
+        d = plan.after(address, healthy=False, leader_hint=hint, fraction=fraction)
+        out.append((d.address, round(d.delay, 3)))
+        address = d.address
+    return out
+
+
+def test_the_walk_goes_in_list_order_each_master_once_at_each_wait_before_it_doubles() -> None:
+    plan = DialPlan(["m1", "m2", "m3"], B)
+    assert plan.first() == wire.Dial("m1", 0.0, "first")
+    # After the first (free) dial every master is tried once at the initial wait, then once at each
+    # doubled wait (the SDK's session used to double after two: m1 at 0.2 in the third place).
+    assert dials(plan, "m1", [None] * 10) == [("m2", 0.1), ("m3", 0.1), ("m1", 0.1), ("m2", 0.2), ("m3", 0.2),
+                                             ("m1", 0.2), ("m2", 0.4), ("m3", 0.4), ("m1", 0.4), ("m2", 0.4)]
+    # jitter only shortens the wait, so `maximum` is the cap
+    assert plan.after("m2", healthy=False, leader_hint=None, fraction=0.999).delay == pytest.approx(0.2, abs=1e-3)
+
+
+def test_a_hint_is_followed_at_once_but_one_right_after_such_a_hop_waits() -> None:
+    plan = DialPlan(["m1", "m2"], B)
+    plan.first()
+    # Two masters whose stale hints point at each other: every other dial waits, and the waits grow
+    # because a refusal with a hint is a failure too. (The agent's plan used to make len(masters) + 1
+    # immediate hops in a row; the operator client hopped at once without end.)
+    pingpong = dials(plan, "m1", ["m2", "m1", "m2", "m1", "m2", "m1", "m2", "m1"])
+    assert pingpong == [("m2", 0.0), ("m1", 0.1), ("m2", 0.0), ("m1", 0.2), ("m2", 0.0), ("m1", 0.4),
+                        ("m2", 0.0), ("m1", 0.4)]
+
+
+def test_a_hint_is_a_detour_after_which_the_walk_resumes_where_it_left_off() -> None:
+    plan = DialPlan(["m1", "m2", "m3"], B)
+    plan.first()  # m1
+    # m1 names m3; m3 refuses without a hint: the walk goes on to m2, which it has not tried (the agent's
+    # plan and the operator client used to go to the master after m3, m1, that had just misled them).
+    assert dials(plan, "m1", ["m3", None, None]) == [("m3", 0.0), ("m2", 0.1), ("m3", 0.1)]
+
+
+def test_after_a_healthy_stream_the_next_master_is_tried_after_the_initial_wait() -> None:
+    plan = DialPlan(["m1", "m2", "m3"], Backoff(initial=0.1, multiplier=2, maximum=5, jitter=0))
+    plan.first()
+    dials(plan, "m1", [None] * 6)  # the wait has grown
+    assert plan.failures == 6
+    # The stream to m1 served, then ended: the failures start again, and the walk goes on to m2 (the
+    # agent's plan used to dial m1 again; a dead or frozen m1 then cost a dial or a silence timeout).
+    d = plan.after("m1", healthy=True, leader_hint=None, fraction=0.5)
+    assert (d.address, d.delay, plan.failures) == ("m2", 0.1, 0)
+    # A hint at that moment (the master stepped down) is followed at once.
+    d = plan.after("m2", healthy=True, leader_hint="m3", fraction=0.5)
+    assert (d.address, d.delay, d.reason) == ("m3", 0.0, "leader hint")
+
+
+def test_an_address_named_by_a_hint_joins_the_walk_and_a_master_naming_itself_is_no_hint() -> None:
+    plan = DialPlan(["m1", "m2"], B)
+    plan.first()
+    assert dials(plan, "m1", ["m9", None, None, None]) == [("m9", 0.0), ("m2", 0.1), ("m9", 0.1), ("m1", 0.2)]
+    assert plan.addresses == ["m1", "m2", "m9"]
+    assert plan.after("m1", healthy=False, leader_hint="m1", fraction=0.0).reason == "next master"
+
+
+def test_a_walk_can_start_at_a_given_master() -> None:
+    plan = DialPlan(["m1", "m2", "m3"], B, start="m2")
+    assert plan.first().address == "m2"
+    assert [a for a, _ in dials(plan, "m2", [None, None])] == ["m3", "m1"]
+    unknown = DialPlan(["m1", "m2"], B, start="m4")
+    assert unknown.first().address == "m4" and unknown.addresses == ["m1", "m2", "m4"]
+    assert unknown.after("m4", healthy=False, leader_hint=None, fraction=0.0).address == "m1"
+
+
+def test_a_dial_plan_needs_an_address() -> None:
+    with pytest.raises(ValueError):
+        DialPlan([], B)
+    with pytest.raises(ValueError):
+        DialPlan(["", ""], B)
+
+
+def test_every_client_of_the_masters_chooses_the_next_one_with_the_dial_plan() -> None:
+    """The agent's link and emulated agents, the SDK's session, the operator client and `tessera events
+    --follow` take the next master from `DialPlan`; none counts rounds itself."""
+    callers = ["agent/runtime/link.py", "agent/emulated.py", "sdk/session.py", "control_plane/api/client.py",
+               "control_plane/cli/events.py"]
+    assert [c for c in callers if "DialPlan(" not in (ROOT / c).read_text()] == []
+    counting = [str(p.relative_to(ROOT)) for folder in ("control_plane", "agent", "sdk")
+                for p in (ROOT / folder).rglob("*.py")
+                if p != Path(wire.__file__).resolve() and "rounds(" in p.read_text()]
+    assert counting == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tessera.agent.checkpoint import Checkpoint
+from tessera.agent.runtime.updates import update_messages
 from tessera.v1 import agent_pb2, common_pb2
 from tests.unit.agent.conftest import RunningAgent
 from tests.unit.agent.fake_master import FakeMaster
@@ -161,3 +162,14 @@ def test_a_batching_agent_is_not_understood_by_an_older_master(start_agent: Star
         assert not all_finished(master, ids)()
     finally:
         master.stop()
+
+
+def test_due_updates_leave_in_batches_of_at_most_per_message_and_a_lone_one_as_a_single() -> None:
+    updates = [agent_pb2.StatusUpdate(status=common_pb2.TaskStatus(task_id=f"t{i}")) for i in range(5)]
+    batched = update_messages(updates, batched=True, per_message=2)
+    assert [m.WhichOneof("kind") for m in batched] == ["status_updates", "status_updates", "status_update"]
+    assert [[u.status.task_id for u in m.status_updates.updates] for m in batched[:2]] == [["t0", "t1"], ["t2", "t3"]]
+    assert batched[2].status_update.status.task_id == "t4"
+    single = update_messages(updates, batched=False)
+    assert [m.status_update.status.task_id for m in single] == ["t0", "t1", "t2", "t3", "t4"]
+    assert update_messages([], batched=True) == []

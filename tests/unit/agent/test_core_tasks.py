@@ -1,11 +1,10 @@
-"""The agent's task table (checked against the shared lifecycle table), the exit -> status mapping,
-and the dialing plan."""
+"""The agent's task table (checked against the shared lifecycle table) and the exit -> status mapping.
+(The dialing plan is `tessera.control_plane.wire.DialPlan`, tested in tests/unit/test_wire.py.)"""
 
 from __future__ import annotations
 
 import pytest
 
-from tessera.agent.core.dialing import Backoff, DialPlan
 from tessera.agent.core.tasks import (
     REASON_COMMAND_EXECUTOR_FAILED,
     REASON_CONTAINER_LIMITATION_MEMORY,
@@ -187,61 +186,3 @@ def test_memory_limitation_wins_over_everything() -> None:
     out = terminal_status(record, kill_requested=True)
     assert out.state is S.TASK_FAILED and out.reason == REASON_CONTAINER_LIMITATION_MEMORY
     assert "memory limit" in out.message
-
-
-# ---- dialing ------------------------------------------------------------------------------------------
-
-
-def test_dial_plan_walks_the_list_with_delays_growing_per_round_capped_and_jittered() -> None:
-    plan = DialPlan(["m1", "m2", "m3"], Backoff(initial=0.1, multiplier=2, maximum=0.4, jitter=0.5))
-    assert plan.first().address == "m1"
-    dials = []
-    address = "m1"
-    for _ in range(10):
-        d = plan.after(address, healthy=False, leader_hint=None, fraction=0.0)
-        dials.append((d.address, round(d.delay, 3)))
-        address = d.address
-    # every master is tried once before the wait doubles
-    assert dials == [("m2", 0.1), ("m3", 0.1), ("m1", 0.1), ("m2", 0.2), ("m3", 0.2), ("m1", 0.2),
-                     ("m2", 0.4), ("m3", 0.4), ("m1", 0.4), ("m2", 0.4)]
-    # the one backoff policy (tessera.control_plane.wire): jitter only shortens the wait, so `maximum` is the cap
-    high = plan.after("m3", healthy=False, leader_hint=None, fraction=0.0).delay
-    low = plan.after("m1", healthy=False, leader_hint=None, fraction=0.999).delay
-    assert high == pytest.approx(0.4) and low == pytest.approx(0.2, abs=1e-3)
-
-
-def test_dial_plan_follows_a_leader_hint_at_once() -> None:
-    plan = DialPlan(["m1", "m2"])
-    d = plan.after("m1", healthy=False, leader_hint="m2", fraction=0.5)
-    assert (d.address, d.delay, d.reason) == ("m2", 0.0, "leader hint")
-    d = plan.after("m2", healthy=False, leader_hint="m9", fraction=0.5)  # an address not in the list
-    assert d.address == "m9" and "m9" in plan.addresses
-
-
-def test_dial_plan_stops_following_hints_that_go_round_in_circles() -> None:
-    plan = DialPlan(["m1", "m2"])
-    address, immediate = "m1", 0
-    for _ in range(10):
-        d = plan.after(address, healthy=False, leader_hint="m2" if address == "m1" else "m1", fraction=0.5)
-        if d.delay > 0:
-            break
-        immediate += 1
-        address = d.address
-    assert immediate == 3  # len(masters) + 1 hint follows in a row, then backoff
-
-
-def test_healthy_stream_resets_the_backoff_and_retries_the_same_master_first() -> None:
-    plan = DialPlan(["m1", "m2"], Backoff(initial=0.1, multiplier=2, maximum=5, jitter=0))
-    for _ in range(4):
-        plan.after("m1", healthy=False, leader_hint=None, fraction=0.5)
-    d = plan.after("m2", healthy=True, leader_hint=None, fraction=0.5)
-    assert (d.address, d.delay) == ("m2", 0.1) and plan.failures == 0
-    d = plan.after("m2", healthy=False, leader_hint=None, fraction=0.5)
-    assert (d.address, d.delay) == ("m1", 0.1)
-
-
-def test_dial_plan_needs_an_address() -> None:
-    with pytest.raises(ValueError):
-        DialPlan([])
-    with pytest.raises(ValueError):
-        Backoff(jitter=1.5)

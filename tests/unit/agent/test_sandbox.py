@@ -23,6 +23,7 @@ from tessera.agent.executor.sandbox import (
     remove_run_dir,
     sandbox_name,
     scan_finished,
+    started_at,
 )
 from tessera.agent.executor.supervisor import (
     EXIT_FILE,
@@ -302,3 +303,12 @@ def test_files_an_older_agent_left_readable_become_the_agents_alone(tmp_path: Pa
     _secure_dirs(data, data / "sandboxes")
     assert [mode(p) for p in (data / "agent.db", data / "agent.db-wal", data / "agent.lock", launch)] == [0o600] * 4
     assert mode(data) == 0o711 and mode(data / "sandboxes") == 0o711
+
+
+def test_a_process_is_known_by_its_pid_and_its_start_time() -> None:
+    """The one identity check of supervisors (the launcher's and the sandbox GC's): a pid whose start
+    time differs is a recycled pid, not the process that was recorded."""
+    me = own_create_time()
+    assert started_at(os.getpid(), me)
+    assert not started_at(os.getpid(), me - 10.0)
+    assert not started_at(0, me) and not started_at(-1, me)

@@ -67,3 +67,103 @@ def test_a_deadline_is_reported_when_it_is_all_there_was() -> None:
 
     error = no_master(MasterClient(["127.0.0.1:1"], timeout=0.3, rpc_timeout=1.0), slow)
     assert "DEADLINE_EXCEEDED" in error.last_error
+
+
+# ---- which master, and when: the shared DialPlan, on a fake clock ------------------------------------------
+
+
+class FakeTime:
+    """A clock that only `sleep` moves (no threads, no real time)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class _Hinted(_Failed):
+    def __init__(self, hint: str) -> None:
+        super().__init__(grpc.StatusCode.UNAVAILABLE, "not the leader")
+        self._hint = hint
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:  # type: ignore[override]
+        return (("tessera-leader", self._hint),)
+
+
+def scripted(client: MasterClient, clock: FakeTime, answer: Any, limit: int = 40) -> list[tuple[str, float]]:
+    """Call through `client`; `answer(address)` raises or returns. Returns the (address, time) of each attempt."""
+    attempts: list[tuple[str, float]] = []
+
+    def call(stub: Any) -> Any:
+        def attempt(request: object, timeout: float, metadata: object) -> object:
+            address = current[0]
+            attempts.append((address, round(clock.now, 3)))
+            if len(attempts) > limit:
+                raise AssertionError(f"more than {limit} attempts: {attempts}")
+            return answer(address)
+        return attempt
+
+    current = [""]
+    real_operator = client.operator
+
+    def operator(address: str) -> Any:
+        current[0] = address
+        return real_operator(address)
+
+    client.operator = operator  # type: ignore[method-assign]  # to see which master each attempt went to
+    try:
+        client.call(call, object())
+    except NoMasterAvailable:
+        pass
+    finally:
+        client.close()
+    return attempts
+
+
+def make_client(addresses: list[str], clock: FakeTime, timeout: float = 10.0) -> MasterClient:
+    return MasterClient(addresses, timeout=timeout, rpc_timeout=1.0, monotonic=clock.monotonic, sleep=clock.sleep,
+                        random=lambda: 0.0)
+
+
+def test_masters_that_refuse_are_walked_with_a_wait_before_each_that_grows_once_per_round() -> None:
+    clock = FakeTime()
+
+    def refuse(address: str) -> None:
+        raise _Failed(grpc.StatusCode.UNAVAILABLE, "connection refused")
+
+    attempts = scripted(make_client(["m1:1", "m2:1", "m3:1"], clock, timeout=1.0), clock, refuse)
+    # the wait comes before each next master (it used to come only after a whole round, none between)
+    assert attempts[:7] == [("m1:1", 0.0), ("m2:1", 0.1), ("m3:1", 0.2), ("m1:1", 0.3), ("m2:1", 0.5),
+                            ("m3:1", 0.7), ("m1:1", 0.9)]
+
+
+def test_two_masters_naming_each_other_as_leader_do_not_make_the_client_spin() -> None:
+    clock = FakeTime()
+    other = {"m1:1": "m2:1", "m2:1": "m1:1"}
+
+    def stale_hint(address: str) -> None:
+        raise _Hinted(other[address])
+
+    attempts = scripted(make_client(["m1:1", "m2:1"], clock, timeout=1.0), clock, stale_hint)
+    # every other attempt waits, and the waits grow (it used to hop at once, without end, until the
+    # deadline: this test then stops at its attempt limit)
+    assert attempts[:6] == [("m1:1", 0.0), ("m2:1", 0.0), ("m1:1", 0.1), ("m2:1", 0.1), ("m1:1", 0.3),
+                            ("m2:1", 0.3)]
+    assert clock.now >= 1.0
+
+
+def test_a_call_follows_a_hint_at_once_and_the_next_call_starts_at_the_master_that_answered() -> None:
+    clock = FakeTime()
+    client = make_client(["m1:1", "m2:1", "m3:1"], clock)
+
+    def leader_is_m3(address: str) -> str:
+        if address != "m3:1":
+            raise _Hinted("m3:1")
+        return "ok"
+
+    assert scripted(client, clock, leader_is_m3) == [("m1:1", 0.0), ("m3:1", 0.0)]
+    assert scripted(client, clock, leader_is_m3) == [("m3:1", 0.0)]

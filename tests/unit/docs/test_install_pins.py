@@ -60,3 +60,11 @@ def test_the_wheel_lists_every_package_of_the_source_folders() -> None:
         "tessera." + ".".join(init.parent.relative_to(ROOT).parts)
         for top in ("control_plane", "agent", "sdk") for init in (ROOT / top).rglob("__init__.py")}
     assert listed == found, f"add to [tool.setuptools] packages: {sorted(found - listed)}; remove: {sorted(listed - found)}"
+
+
+def test_the_version_is_read_under_the_distribution_name_pyproject_gives() -> None:
+    import tessera
+
+    name = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["name"]
+    assert tessera.DISTRIBUTION == name
+    assert tessera.installed_version() is not None, "the test environment installs the project"

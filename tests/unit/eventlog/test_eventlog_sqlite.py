@@ -279,3 +279,30 @@ def test_datasette_canned_queries_run_against_a_real_file(
     ]
     assert [row["span_id"] for row in results["spans_by_trace"]] == ["1" * 16, "2" * 16]
     assert [row["trace_id"] for row in results["traces_for_task"]] == expected_traces
+
+
+def test_an_event_file_lists_exactly_as_the_store_that_wrote_it(db_path: Path, make_event: EventFactory) -> None:
+    """`EventFile` (the `--db` reader) and `SqliteEventStore` read `list`'s arguments by the same rule
+    (`store.list_start`) and build the same query: every listing agrees, and a negative limit is refused
+    by both instead of meaning "no limit" to SQLite."""
+    from tessera.control_plane.eventlog.eventfile import EventFile
+
+    with SqliteEventStore(db_path) as store:
+        store.append([make_event(s) for s in range(1, 41)])
+        store.flush()
+        with EventFile(db_path) as file:
+            only_launches = EventFilter(types=("TaskLaunched",))
+            for kwargs in ({}, {"from_seq": 0, "limit": 3}, {"from_seq": -5, "limit": 2}, {"limit": 0},
+                           {"from_seq": 30, "limit": 4, "descending": True}, {"from_seq": 0, "descending": True},
+                           {"from_seq": 1000, "limit": 2, "descending": True},
+                           {"from_seq": 6, "limit": 100, "flt": only_launches}):
+                assert file.list(**kwargs) == store.list(**kwargs), kwargs  # type: ignore[arg-type]
+            for source in (store, file):
+                with pytest.raises(ValueError):
+                    source.list(from_seq=6, limit=-1)
+            store.prune(6)
+            store.flush()
+            assert file.list(from_seq=6, limit=3) == store.list(from_seq=6, limit=3)
+            for source in (store, file):
+                with pytest.raises(HistoryPruned):
+                    source.list(from_seq=5)

@@ -208,8 +208,9 @@ def test_backoff_grows_with_each_round_of_failures_over_the_masters_and_resets_a
     for _ in range(16):
         delays.append(attempt(s).delay)
         s.on_stream_ended(Unavailable("refused"), 0.0)
-    # three masters: every master is tried once per round before the wait doubles
-    assert delays == [0.0, 0.1, 0.1, 0.2, 0.2, 0.2, 0.4, 0.4, 0.4, 0.8, 0.8, 0.8, 1.0, 1.0, 1.0, 1.0]
+    # three masters: after the first (free) attempt, every master is tried once at each wait before it
+    # doubles (`wire.DialPlan`, shared with the agent and the operator client)
+    assert delays == [0.0, 0.1, 0.1, 0.1, 0.2, 0.2, 0.2, 0.4, 0.4, 0.4, 0.8, 0.8, 0.8, 1.0, 1.0, 1.0]
     attempt(s)
     s.on_event(SubscribedEvent("fw", "st"), 0.0)
     s.on_stream_ended(Unavailable("reset"), 1.0)

@@ -1,0 +1,65 @@
+"""Recovery: at start, the agent rebuilds its tasks and their update streams from the checkpoint.
+
+Rules it keeps:
+- Every task of the checkpoint is back in the task table with its latest status and trace context; the
+  unacknowledged updates are queued again, to be re-sent once registered.
+- A live task is found again through its supervisor (which outlived the previous agent: stopping the
+  agent never stops its tasks); a task whose kill was recorded is asked to die again (harmless: a
+  supervisor starts a kill only once).
+- A terminal task whose last update was acknowledged is done; a task still STAGING without a
+  supervisor was never launched: TASK_DROPPED (the agent restarted before it launched the task).
+- Then every live task is observed at once, and what earlier runs left in the sandboxes is collected.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tessera.agent.core.status_updates import PendingUpdate
+from tessera.agent.core.tasks import REASON_AGENT_RESTARTED, AgentTask, Outcome
+from tessera.agent.runtime.launches import TaskRunner
+from tessera.control_plane.core.values import StatusSource, TaskState
+
+log = logging.getLogger("tessera.agent")
+
+
+class Recovery(TaskRunner):
+    """The agent's start from its checkpoint (see the module docstring)."""
+
+    def recover(self) -> None:
+        """Rebuild the task table and the update streams from the checkpoint; find running tasks."""
+        now = self.monotonic()
+        records = self.checkpoint.tasks()
+        for rec in records:
+            task = AgentTask(info=rec.info, state=rec.state, latest=rec.latest,
+                             kill_requested=rec.kill_requested, kill_grace=rec.kill_grace)
+            self.tasks.restore(task)
+            self.traceparents[rec.key] = rec.traceparent
+            if task.terminal:
+                continue
+            if rec.sandbox:
+                handle = self.launcher.handle_from_checkpoint(
+                    rec.task_id, rec.info.framework_id, rec.sandbox, rec.supervisor_pid, rec.supervisor_start,
+                    rec.isolation, rec.kill_requested)
+                self.handles[rec.key] = handle
+        self.updates.recover((PendingUpdate(u.status, u.traceparent) for u in self.checkpoint.unacknowledged()), now)
+        for task in list(self.tasks):
+            found = self.handles.get(task.key)
+            if task.kill_requested and found is not None:
+                # The previous agent may have died between recording the kill and signalling the
+                # supervisor; asking again is harmless (the supervisor starts a kill only once).
+                if task.state is not TaskState.TASK_KILLING and self.tasks.can_record(task.key,
+                                                                                       TaskState.TASK_KILLING):
+                    self.emit(task, Outcome(TaskState.TASK_KILLING, "", "killing (again, after an agent restart)"))
+                self.launcher.kill(found, task.kill_grace)
+            if task.terminal and not self.updates.has_pending(task.key):
+                self._mark_done(task)
+            elif task.state is TaskState.TASK_STAGING and task.key not in self.handles:
+                self.emit(task, Outcome(TaskState.TASK_DROPPED, REASON_AGENT_RESTARTED,
+                                        "the agent restarted before it launched the task"),
+                          source=StatusSource.SOURCE_AGENT)
+        if records:
+            log.info("recovered %d task(s), %d live, %d unacknowledged update(s)", len(records),
+                     len(self.handles), len(self.updates))
+        self.observe_tasks()
+        self.collect_sandboxes()  # what earlier runs of the agent left
