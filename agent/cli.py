@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from tessera.agent.config import ISOLATION_CHOICES, SUPERVISOR_START_CHOICES, AgentConfig
+from tessera.agent.config import CONTAINER_CHOICES, ISOLATION_CHOICES, SUPERVISOR_START_CHOICES, AgentConfig
 
 
 @click.command("agent")
@@ -44,11 +44,30 @@ from tessera.agent.config import ISOLATION_CHOICES, SUPERVISOR_START_CHOICES, Ag
 @click.option("--tls-dir", "agent_tls_dir", envvar="TESSERA_AGENT_TLS_DIR", default=None,
               type=click.Path(path_type=Path), metavar="DIR",
               help="mTLS: DIR holds ca.pem, cert.pem, key.pem of an agent certificate (or TESSERA_AGENT_TLS_DIR).")
+@click.option("--containers", type=click.Choice(CONTAINER_CHOICES), default="auto", show_default=True,
+              help="Run container tasks (runc, images, CNI) when this machine can; 'off' never.")
+@click.option("--runc", default="runc", show_default=True, help="The OCI runtime binary.")
+@click.option("--image-store", "image_store_dir", type=click.Path(path_type=Path), default=None,
+              help="Where pulled images are kept (default: DATA_DIR/images).")
+@click.option("--image-store-max-mib", type=float, default=2048.0, show_default=True,
+              help="Remove unused images, least recently used first, while the store holds more.")
+@click.option("--insecure-registry", "insecure_registries", multiple=True, metavar="HOST[:PORT]",
+              help="A registry reached over plain HTTP (loopback registries always are). Repeat.")
+@click.option("--cni-bridge", default="tessera0", show_default=True, help="The bridge of container networks.")
+@click.option("--cni-subnet", default="10.213.64.0/24", show_default=True,
+              help="The subnet containers on the bridge take addresses from.")
+@click.option("--cni-plugin-dir", "cni_plugin_dirs", multiple=True, metavar="DIR",
+              help="Where the CNI plugins are (default: /usr/lib/cni, /opt/cni/bin). Repeat.")
+@click.option("--allowed-volume-paths", default="", metavar="DIR,...",
+              help="Host directories container volumes may mount (none by default).")
 @click.option("--log-level", default="INFO", show_default=True)
 def agent_main(masters: str, data_dir: Path, resources: str, attributes: str, hostname: str,
                heartbeat_interval: float, isolation: str, supervisor_start: str, batch_messages: bool,
                work_dir: Path | None, sandbox_gc_delay: float, sandbox_gc_max_mib: float,
-               metrics_address: str | None, agent_tls_dir: Path | None, log_level: str) -> None:
+               metrics_address: str | None, agent_tls_dir: Path | None, containers: str, runc: str,
+               image_store_dir: Path | None, image_store_max_mib: float, insecure_registries: tuple[str, ...],
+               cni_bridge: str, cni_subnet: str, cni_plugin_dirs: tuple[str, ...], allowed_volume_paths: str,
+               log_level: str) -> None:
     """Run a Tessera agent: report this machine's resources and run tasks for the masters."""
     from tessera.agent.main import run_agent
 
@@ -59,7 +78,10 @@ def agent_main(masters: str, data_dir: Path, resources: str, attributes: str, ho
         resources=resources, attributes=attributes, hostname=hostname, heartbeat_interval=heartbeat_interval,
         work_dir=work_dir, isolation=isolation, supervisor_start=supervisor_start, metrics_address=metrics_address,
         tls_dir=agent_tls_dir, batch_messages=batch_messages, sandbox_gc_delay=sandbox_gc_delay,
-        sandbox_gc_max_mib=sandbox_gc_max_mib,
+        sandbox_gc_max_mib=sandbox_gc_max_mib, containers=containers, runc=runc, image_store_dir=image_store_dir,
+        image_store_max_mib=image_store_max_mib, insecure_registries=insecure_registries, cni_bridge=cni_bridge,
+        cni_subnet=cni_subnet, cni_plugin_dirs=cni_plugin_dirs or AgentConfig.cni_plugin_dirs,
+        allowed_volume_paths=tuple(p.strip() for p in allowed_volume_paths.split(",") if p.strip()),
     )
     sys.exit(run_agent(config))
 

@@ -32,6 +32,7 @@ from tessera.control_plane.tls import ClientSecurity, TlsConfigError
 ISOLATION_CHOICES = ("auto", "cgroups_v2", "cgroups_v1", "rlimits")
 # How task supervisors start: forked by the fork server (fast), or each as a fresh interpreter.
 SUPERVISOR_START_CHOICES = ("fork-server", "interpreter")
+CONTAINER_CHOICES = ("auto", "off")
 DEFAULT_PORTS = (31000, 32000)
 MIB = 1024 * 1024
 _ATTRIBUTE_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
@@ -68,6 +69,17 @@ class AgentConfig:
     sandbox_gc_max_mib: float = 10240.0
     tls_dir: Path | None = None  # ca.pem, cert.pem, key.pem of an agent certificate; None = plaintext
     token: str | None = None  # bearer token, needed only by a master without TLS that checks tokens
+    # Container tasks (docs/containers.md): "auto" runs them when runc, the image tools and cgroups are
+    # there (the agent says why not otherwise), "off" never.
+    containers: str = "auto"
+    runc: str = "runc"
+    image_store_dir: Path | None = None  # None: data_dir/images
+    image_store_max_mib: float = 2048.0
+    insecure_registries: tuple[str, ...] = ()  # besides loopback ones: host[:port] reached over plain HTTP
+    cni_bridge: str = "tessera0"
+    cni_subnet: str = "10.213.64.0/24"
+    cni_plugin_dirs: tuple[str, ...] = ("/usr/lib/cni", "/opt/cni/bin")
+    allowed_volume_paths: tuple[str, ...] = ()  # host directories container volumes may come from
 
     def __post_init__(self) -> None:
         # Accept lists and plain strings for convenience; the value is a tuple.
@@ -75,6 +87,10 @@ class AgentConfig:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         if self.work_dir is not None:
             object.__setattr__(self, "work_dir", Path(self.work_dir))
+        if self.image_store_dir is not None:
+            object.__setattr__(self, "image_store_dir", Path(self.image_store_dir))
+        for name in ("insecure_registries", "cni_plugin_dirs", "allowed_volume_paths"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
 
 
 @dataclass(frozen=True)
@@ -218,8 +234,31 @@ def resolve(config: AgentConfig) -> ResolvedConfig:
         security = ClientSecurity.from_options(config.tls_dir, config.token)
     except TlsConfigError as exc:
         raise ConfigError(str(exc)) from exc
+    check_container_flags(config)
     return ResolvedConfig(
         config=config, masters=masters, data_dir=data_dir, work_dir=work_dir, hostname=hostname,
         resources=resources, attributes=attributes, heartbeat_interval=float(config.heartbeat_interval),
         security=security,
     )
+
+
+def check_container_flags(config: AgentConfig) -> None:
+    """The container flags, before anything starts: a bad one is a ConfigError naming it."""
+    if config.containers not in CONTAINER_CHOICES:
+        raise ConfigError(f"--containers: expected one of {', '.join(CONTAINER_CHOICES)}, got {config.containers!r}")
+    if isinstance(config.image_store_max_mib, bool) or not 0 < config.image_store_max_mib < 1e9:
+        raise ConfigError(f"--image-store-max-mib: expected a positive number, got {config.image_store_max_mib!r}")
+    from tessera.agent.executor.network import NetworkConfig
+
+    try:
+        NetworkConfig(state_dir="/", bridge=config.cni_bridge, subnet=config.cni_subnet,
+                      plugin_dirs=config.cni_plugin_dirs)
+    except ValueError as exc:
+        flag = "--cni-bridge" if "bridge" in str(exc) else "--cni-subnet" if "subnet" in str(exc) else "--cni-plugin-dir"
+        raise ConfigError(f"{flag}: {exc}") from None
+    for path in config.allowed_volume_paths:
+        if not path.startswith("/") or ".." in path.split("/"):
+            raise ConfigError(f"--allowed-volume-paths: {path!r} is not an absolute path without '..'")
+    for registry in config.insecure_registries:
+        if not re.match(r"^[A-Za-z0-9.\-]+(:\d{1,5})?\Z", registry):
+            raise ConfigError(f"--insecure-registry: expected HOST or HOST:PORT, got {registry!r}")

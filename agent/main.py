@@ -19,10 +19,15 @@ import threading
 from collections import Counter
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-from tessera.agent.config import AgentConfig, ConfigError, resolve
+from tessera.agent.config import AgentConfig, ConfigError, ResolvedConfig, resolve
 from tessera.control_plane.core.resources import EMPTY, Resources
+from tessera.control_plane.core.values import ContainerSupport
+
+if TYPE_CHECKING:
+    from tessera.agent.executor.containers import ContainerRuntime
+    from tessera.agent.executor.images import ImageStore
 
 log = logging.getLogger("tessera.agent")
 
@@ -112,6 +117,40 @@ def run_agent(config: AgentConfig, *, stop: threading.Event | None = None) -> in
         os.umask(previous)
 
 
+def _containers(config: AgentConfig, resolved: ResolvedConfig,
+                isolator: str) -> tuple[ContainerSupport, ContainerRuntime | None, ImageStore | None]:
+    """This agent's container support (docs/containers.md): the runtime and the image store, or why not.
+    Logged either way; a machine that cannot run containers still runs command tasks."""
+    from tessera.agent.executor import containers
+    from tessera.agent.executor.images import ImageStore
+
+    if config.containers == "off":
+        support = ContainerSupport(unavailable="turned off (--containers off)")
+        log.info("containers: %s", support.unavailable)
+        return support, None, None
+    store_dir = config.image_store_dir or resolved.data_dir / "images"
+    try:
+        store: ImageStore | None = ImageStore(store_dir, insecure_registries=config.insecure_registries,
+                                              max_bytes=int(config.image_store_max_mib * 1024 * 1024))
+        why = store.available()
+    except OSError as exc:
+        store, why = None, f"cannot open the image store {store_dir}: {exc.strerror or exc}"
+    network = {"state_dir": str(resolved.data_dir / "cni"), "bridge": config.cni_bridge, "subnet": config.cni_subnet,
+               "plugin_dirs": config.cni_plugin_dirs}
+    found = containers.detect(resolved.data_dir, runc=config.runc, network=network,
+                              volume_paths=config.allowed_volume_paths, isolation_kind=isolator)
+    if isinstance(found, str) or why:
+        support = ContainerSupport(unavailable=found if isinstance(found, str) else str(why))
+        log.warning("containers: this agent runs none: %s (command tasks run as usual)", support.unavailable)
+        return support, None, None
+    support = found.support()
+    if found.network_config is None:
+        log.warning("containers: %s, host and none networks only: %s", found.version, found.network_unavailable)
+    else:
+        log.info("containers: %s, %s, images in %s", found.version, support.network, store_dir)
+    return support, found, store
+
+
 def _run_agent(config: AgentConfig, stop: threading.Event | None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(name)s: %(message)s")
@@ -142,11 +181,14 @@ def _run_agent(config: AgentConfig, stop: threading.Event | None) -> int:
     log.info("agent on %s: resources %s, attributes %s, isolation %s, supervisors started by %s, masters %s",
              resolved.hostname, resolved.resources, dict(resolved.attributes), isolator.describe(),
              config.supervisor_start, ",".join(resolved.masters))
-    launcher = ProcessLauncher(resolved.work_dir, isolator, fork_server=config.supervisor_start == "fork-server")
+    support, runtime, images = _containers(config, resolved, isolator.name)
+    launcher = ProcessLauncher(resolved.work_dir, isolator, fork_server=config.supervisor_start == "fork-server",
+                               containers=runtime)
     launcher.warm_up()  # the supervisor fork server, before the first task needs it
     # the agent's spans (agent.launch_task, task.run) go to the leader, stored next to its event log
     tracer_provider = setup_tracing("tessera-agent", span_store=OperatorSpanStore(resolved.masters, security=resolved.security), set_global=False)
-    agent = Agent(resolved, checkpoint, launcher, isolator_name=isolator.name, tracer_provider=tracer_provider)
+    agent = Agent(resolved, checkpoint, launcher, isolator_name=isolator.name, images=images, containers=support,
+                  tracer_provider=tracer_provider)
 
     metrics = None
     if config.metrics_address:

@@ -27,7 +27,14 @@ from dataclasses import dataclass, replace
 from tessera.control_plane.core.errors import InvalidRequest
 from tessera.control_plane.core.lifecycle import INITIAL_STATE, can_transition, is_terminal
 from tessera.control_plane.core.state import MAX_STATUS_DATA, check_working_dir
-from tessera.control_plane.core.values import StatusSource, TaskInfo, TaskKey, TaskState, TaskStatus
+from tessera.control_plane.core.values import (
+    NetworkInfo,
+    StatusSource,
+    TaskInfo,
+    TaskKey,
+    TaskState,
+    TaskStatus,
+)
 
 # Reasons, in Mesos' vocabulary (TaskStatus.reason is a string on the wire).
 REASON_COMMAND_EXECUTOR_FAILED = "REASON_COMMAND_EXECUTOR_FAILED"
@@ -84,6 +91,7 @@ class Outcome:
     message: str = ""
     exit_code: int | None = None
     data: bytes = b""
+    network: NetworkInfo | None = None  # a container's addresses (TASK_RUNNING)
 
 
 def _with_stderr(message: str, stderr_tail: str) -> str:
@@ -265,4 +273,5 @@ def make_status(task: AgentTask, outcome: Outcome, *, uuid: str, now: float, age
         task_id=task.task_id, state=outcome.state, message=outcome.message[:MAX_MESSAGE],
         reason=outcome.reason, source=source, agent_id=agent_id, uuid=uuid, timestamp=now,
         exit_code=outcome.exit_code, framework_id=task.framework_id, data=outcome.data[-MAX_STATUS_DATA:],
+        network=outcome.network,
     )

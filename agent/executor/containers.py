@@ -381,7 +381,7 @@ def runc_version(runc: str) -> str:
     return f"runc {version}" if version else "runc"
 
 
-def detect(work_dir: Path, *, runc: str = "runc", network: dict[str, Any] | None = None,
+def detect(data_dir: Path, *, runc: str = "runc", network: dict[str, Any] | None = None,
            volume_paths: tuple[str, ...] = (), isolation_kind: str = "") -> ContainerRuntime | str:
     """This agent's container runtime, or why it has none (not root, no runc, no cgroups). `network`:
     the NetworkConfig fields for the bridge (None: no bridge network wanted)."""
@@ -398,7 +398,7 @@ def detect(work_dir: Path, *, runc: str = "runc", network: dict[str, Any] | None
         return f"{found} does not run: {exc}"
     if not isolation_kind.startswith("cgroups"):
         return f"containers need cgroups isolation; this agent isolates with {isolation_kind or 'nothing'}"
-    state_root = work_dir / "runc"
+    state_root = data_dir / "runc"  # not under the sandboxes: their GC must never see it
     state_root.mkdir(mode=0o700, parents=True, exist_ok=True)
     network_config: dict[str, Any] | None = None
     unavailable = ""
@@ -418,3 +418,31 @@ def detect(work_dir: Path, *, runc: str = "runc", network: dict[str, Any] | None
     return ContainerRuntime(runc=found, version=version, state_root=str(state_root),
                             network_config=network_config, network_unavailable=unavailable,
                             volume_paths=volume_paths)
+
+
+def cleanup_orphans(runtime: ContainerRuntime, live_container_ids: set[str]) -> list[str]:
+    """At agent start: remove what containers of tasks that are not live left behind (a supervisor
+    killed before its teardown) — runc's state under the agent's own state root and the CNI namespaces
+    and rules with the agent's own prefix. Returns the container ids cleaned."""
+    cleaned: set[str] = set()
+    try:
+        names = [p.name for p in Path(runtime.state_root).iterdir() if p.is_dir()]
+    except OSError:
+        names = []
+    for name in names:
+        if name in live_container_ids:
+            continue
+        done = subprocess.run([runtime.runc, "--root", runtime.state_root, "delete", "--force", name],
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=RUNC_TIMEOUT, env=_runc_env())
+        if done.returncode == 0:
+            cleaned.add(name)
+        else:
+            log.warning("cannot remove the leftover container %s: %s", name,
+                        done.stderr.decode(errors="replace").strip())
+    if runtime.network_config is not None:
+        from tessera.agent.executor.network import CniNetwork, NetworkConfig
+
+        config = dict(runtime.network_config)
+        config["plugin_dirs"] = tuple(config.get("plugin_dirs") or ())
+        cleaned.update(CniNetwork(NetworkConfig(**config)).cleanup_orphans(live_container_ids))
+    return sorted(cleaned)

@@ -48,6 +48,7 @@ from tessera.agent.executor.forkserver import ForkServer, ForkServerLost
 from tessera.agent.executor.images import Image
 from tessera.agent.executor.isolation import IsolationSpec, Isolator, cgroup_pids, container_name
 from tessera.agent.executor.isolation import cleanup as cleanup_isolation
+from tessera.agent.executor.network import container_id_for
 from tessera.agent.executor.sandbox import (
     RUN_DIR_MODE,
     SANDBOX_MODE,
@@ -442,6 +443,14 @@ class ProcessLauncher:
             pass
 
     # ---- cleanup and usage -----------------------------------------------------------------------------
+    def cleanup_containers(self, live: list[LaunchHandle]) -> list[str]:
+        """At start, after recovery: remove the runc state and the networks of containers whose tasks are
+        not among `live` (their supervisors died before tearing them down). Returns their ids."""
+        if self.containers is None:
+            return []
+        ids = {container_id_for(h.framework_id, h.task_id) for h in live}
+        return container_steps.cleanup_orphans(self.containers, ids)
+
     def release(self, handle: LaunchHandle) -> None:
         """Remove the task's isolation (after its exit was read), and a container's leftovers (its
         supervisor tears the container down itself; this covers a supervisor killed before it could)."""

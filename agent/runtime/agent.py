@@ -49,7 +49,7 @@ from tessera.agent.runtime.link import (
     StreamOpened,
 )
 from tessera.agent.runtime.recovery import Recovery
-from tessera.agent.runtime.state import Launcher, Stop, SupervisorExited
+from tessera.agent.runtime.state import ImagePulled, Launcher, Stop, SupervisorExited
 from tessera.control_plane.core.values import TaskKey
 from tessera.control_plane.wire import Backoff
 from tessera.v1 import agent_pb2
@@ -68,7 +68,7 @@ class Agent(Recovery):
     """The agent: `run()` recovers, connects and serves until stopped or shut down."""
 
     # ---- lifecycle ------------------------------------------------------------------------------------
-    def post(self, event: LinkEvent | Stop | SupervisorExited) -> None:
+    def post(self, event: LinkEvent | Stop | SupervisorExited | ImagePulled) -> None:
         self.inbox.put(event)
 
     def stop(self, reason: str = "stop requested") -> None:
@@ -108,6 +108,8 @@ class Agent(Recovery):
             self.link.stop()
             self.launcher.watch_exits(None)
             self.launcher.close()
+            if self.pulls is not None:  # a pull under way finishes in its thread; its task is recovered
+                self.pulls.shutdown(wait=False, cancel_futures=True)
         log.info("agent stopped (exit code %d); its tasks keep running", self.exit_code)
         return self.exit_code
 
@@ -123,10 +125,12 @@ class Agent(Recovery):
             deadlines.append(self.next_observe)
         return max(0.0, min(deadlines) - now)
 
-    def _dispatch(self, event: LinkEvent | Stop | SupervisorExited) -> None:
+    def _dispatch(self, event: LinkEvent | Stop | SupervisorExited | ImagePulled) -> None:
         if isinstance(event, Stop):
             log.info("stopping: %s", event.reason)
             self.exit_code = 0
+        elif isinstance(event, ImagePulled):
+            self.on_image_pulled(event)
         elif isinstance(event, SupervisorExited):
             self.on_supervisor_exited(event.pid)
         elif isinstance(event, StreamOpened):

@@ -15,12 +15,19 @@ Rules it keeps (docs/protocol.md):
   more than `sandbox_gc_max_mib`; at start (after recovery) for what earlier runs left, when a task's
   delay is due, and at least every GC_INTERVAL for the cap. A run directory of a live task or of one
   prepared this turn is never touched. The decision is `tessera.agent.executor.sandbox.plan_collection`.
+- Container tasks: the image is pulled first, in a pull thread (`_pull`; the store coalesces pulls of
+  one image and never contacts the registry for an image it has), and the launch goes on in the loop
+  when the pull is done (`on_image_pulled`): a pull that failed ends the task TASK_FAILED with the
+  store's reason, a kill during the pull ends it TASK_KILLED. An agent without container support fails
+  a container task at once, saying why. TASK_RUNNING of a container carries its network and addresses.
+  Unused images are collected with the sandboxes (`collect_images`).
 The launcher (`tessera.agent.executor.launcher`, behind the `Launcher` port in `state.py`) does the work.
 """
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tessera.agent.core.tasks import (
@@ -33,12 +40,14 @@ from tessera.agent.core.tasks import (
     terminal_status,
     validate_task,
 )
+from tessera.agent.executor.images import Image, ImagePullError
 from tessera.agent.executor.launcher import LaunchError, LaunchHandle, Observation
 from tessera.agent.executor.sandbox import plan_collection, remove_run_dir, scan_finished
+from tessera.agent.runtime.state import ImagePulled
 from tessera.agent.runtime.updates import UpdatePump
 from tessera.control_plane.codec import from_proto
 from tessera.control_plane.core.errors import InvalidRequest
-from tessera.control_plane.core.values import StatusSource, TaskInfo, TaskKey, TaskState
+from tessera.control_plane.core.values import NetworkInfo, StatusSource, TaskInfo, TaskKey, TaskState
 from tessera.control_plane.tracing import TASK_ID_ATTRIBUTE, context_from
 from tessera.v1 import agent_pb2
 
@@ -46,6 +55,7 @@ log = logging.getLogger("tessera.agent")
 
 DEFAULT_KILL_GRACE = 3.0  # seconds, when neither KillTask nor the task names one
 GC_INTERVAL = 60.0  # seconds between sandbox collections when nothing is due sooner
+PULL_THREADS = 4  # images pulled at once (pulls of one image coalesce in the store)
 
 
 class TaskRunner(UpdatePump):
@@ -93,13 +103,87 @@ class TaskRunner(UpdatePump):
             self.emit(task, Outcome(TaskState.TASK_DROPPED, REASON_TASK_INVALID, "the agent is shutting down"),
                       source=StatusSource.SOURCE_AGENT)
             return
+        if info.container is not None:
+            self._pull(task, info)
+            return
+        self._prepare(task, info, None)
+
+    def _prepare(self, task: AgentTask, info: TaskInfo, image: Image | None) -> None:
         try:
-            handle = self.launcher.prepare(info)
+            handle = self.launcher.prepare(info, image) if image is not None else self.launcher.prepare(info)
         except LaunchError as exc:
             self._launch_failed(task, exc)
             return
+        if image is not None:
+            self.image_digests[task.key] = image.digest
         self.checkpoint.set_sandbox(task.key, str(handle.sandbox), handle.isolation.to_json())
         self.to_start.append((task, info, handle))  # started with the others of this turn
+
+    # ---- container tasks: the image first, pulled off the loop -------------------------------------------
+    def _pull(self, task: AgentTask, info: TaskInfo) -> None:
+        """Pull the task's image in a pull thread; `on_image_pulled` goes on from there (docs/containers.md).
+        An agent that cannot run containers fails the task at once, saying why."""
+        images = self.images
+        assert info.container is not None
+        if images is None:
+            why = self.containers.unavailable or "container support is off (--containers off)"
+            self.emit(task, Outcome(TaskState.TASK_FAILED, REASON_CONTAINER_LAUNCH_FAILED,
+                                    f"this agent cannot run container tasks: {why}"), source=StatusSource.SOURCE_AGENT)
+            return
+        if self.pulls is None:
+            self.pulls = ThreadPoolExecutor(max_workers=PULL_THREADS, thread_name_prefix="image-pull")
+        reference, key, post = info.container.image, task.key, self.inbox.put
+
+        def pull() -> None:
+            try:
+                post(ImagePulled(key, images.pull(reference)))
+            except ImagePullError as exc:
+                post(ImagePulled(key, None, exc.reason))
+            except Exception as exc:  # noqa: BLE001 - whatever happens, the task must end
+                log.exception("pulling %s for task %s failed", reference, key)
+                post(ImagePulled(key, None, f"pulling image {reference} failed: {exc}"))
+
+        self.pulling[key] = reference
+        self.pulls.submit(pull)
+
+    def on_image_pulled(self, pulled: ImagePulled) -> None:
+        self.pulling.pop(pulled.key, None)
+        task = self.tasks.get(pulled.key)
+        if task is None or task.terminal:
+            return
+        if task.kill_requested:
+            self.emit(task, Outcome(TaskState.TASK_KILLED, "", "killed while its image was pulled"))
+            return
+        if pulled.image is None:
+            self.emit(task, Outcome(TaskState.TASK_FAILED, REASON_CONTAINER_LAUNCH_FAILED, pulled.error),
+                      source=StatusSource.SOURCE_AGENT)
+            return
+        if self.shutdown_deadline is not None:
+            self.emit(task, Outcome(TaskState.TASK_DROPPED, REASON_TASK_INVALID, "the agent is shutting down"),
+                      source=StatusSource.SOURCE_AGENT)
+            return
+        self._prepare(task, task.info, pulled.image)
+
+    def collect_images(self) -> None:
+        """Remove unused images beyond the store's size bound (in a pull thread: it deletes files). The
+        images of tasks being launched are kept; those under a running container's overlay the store
+        keeps by itself."""
+        images = self.images
+        if images is None or self.pulls is None:
+            return
+        in_use = {self.image_digests[key] for key in self.image_digests if key in self.handles or any(
+            t.key == key for t, _, _ in self.to_start)}
+
+        def collect() -> None:
+            try:
+                removed = images.gc(in_use)
+            except Exception as exc:  # noqa: BLE001 - a failed collection is retried at the next one
+                log.warning("image GC failed: %s", exc)
+                return
+            if removed:
+                log.info("removed %d unused image(s) from the store", len(removed))
+
+        self.pulls.submit(collect)
 
     def _launch_failed(self, task: AgentTask, exc: LaunchError) -> None:
         log.warning("cannot launch task %s: %s", task.task_id, exc)
@@ -191,7 +275,11 @@ class TaskRunner(UpdatePump):
             if task.state is TaskState.TASK_STAGING:
                 self.emit(task, Outcome(TaskState.TASK_STARTING, "", "the task's supervisor started"))
             if obs.started and task.state is TaskState.TASK_STARTING:
-                self.emit(task, Outcome(TaskState.TASK_RUNNING, "", "the task's process started"))
+                if obs.network:
+                    self.emit(task, Outcome(TaskState.TASK_RUNNING, "", "the task's container started",
+                                            network=NetworkInfo(obs.network, obs.ip_addresses)))
+                else:
+                    self.emit(task, Outcome(TaskState.TASK_RUNNING, "", "the task's process started"))
             if obs.exit is not None:
                 self.emit(task, terminal_status(obs.exit, task.kill_requested, str(handle.task_dir)))
             elif obs.supervisor_lost:
@@ -203,6 +291,7 @@ class TaskRunner(UpdatePump):
         if obs.ended:
             self.launcher.release(handle)
             self.handles.pop(task.key, None)
+            self.image_digests.pop(task.key, None)
             log.info("task %s ended: %s", task.task_id, task.state.name)
             self.next_gc = min(self.next_gc, self.monotonic() + self.config.config.sandbox_gc_delay)
 
@@ -220,6 +309,7 @@ class TaskRunner(UpdatePump):
                 log.info("removed the sandbox %s of a finished task", path)
             except OSError as exc:
                 log.warning("cannot remove the sandbox %s: %s", path, exc)
+        self.collect_images()
         self.next_gc = now_mono + GC_INTERVAL
         if plan.next_due is not None:
             self.next_gc = min(self.next_gc, now_mono + max(0.0, plan.next_due - now))

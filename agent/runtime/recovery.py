@@ -8,12 +8,14 @@ Rules it keeps:
   supervisor starts a kill only once).
 - A terminal task whose last update was acknowledged is done; a task still STAGING without a
   supervisor was never launched: TASK_DROPPED (the agent restarted before it launched the task).
-- Then every live task is observed at once, and what earlier runs left in the sandboxes is collected.
+- Then every live task is observed at once, and what earlier runs left is removed: containers of tasks
+  that are not live (runc state, CNI namespaces and rules), and the sandboxes that are due.
 """
 
 from __future__ import annotations
 
 import logging
+import subprocess
 
 from tessera.agent.core.status_updates import PendingUpdate
 from tessera.agent.core.tasks import REASON_AGENT_RESTARTED, AgentTask, Outcome
@@ -62,4 +64,11 @@ class Recovery(TaskRunner):
             log.info("recovered %d task(s), %d live, %d unacknowledged update(s)", len(records),
                      len(self.handles), len(self.updates))
         self.observe_tasks()
+        try:
+            cleaned = self.launcher.cleanup_containers(list(self.handles.values()))
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.warning("cannot clean up containers earlier runs left: %s", exc)
+        else:
+            if cleaned:
+                log.info("removed %d container(s) an earlier run left behind", len(cleaned))
         self.collect_sandboxes()  # what earlier runs of the agent left

@@ -23,7 +23,7 @@ from tessera import installed_version
 from tessera.agent.config import ResolvedConfig
 from tessera.control_plane.codec import to_proto
 from tessera.control_plane.core.resources import Resources
-from tessera.control_plane.core.values import AgentInfo, Labels, TaskStatus
+from tessera.control_plane.core.values import AgentInfo, ContainerSupport, Labels, TaskStatus
 from tessera.control_plane.wire import BATCHED_MESSAGES
 from tessera.v1 import agent_pb2, common_pb2
 
@@ -39,6 +39,9 @@ def capabilities(*, batch_messages: bool) -> tuple[str, ...]:
     return (BATCHED_MESSAGES,) if batch_messages else ()
 
 
+NO_CONTAINERS = ContainerSupport()
+
+
 @dataclass(frozen=True)
 class Advertisement:
     """Everything an agent announces when it (re-)registers, besides its id and its tasks."""
@@ -49,10 +52,12 @@ class Advertisement:
     isolator: str
     version: str
     capabilities: tuple[str, ...] = ()
+    containers: ContainerSupport = NO_CONTAINERS  # which container tasks it runs, or why none
 
     def info(self, agent_id: str) -> AgentInfo:
         return AgentInfo(agent_id=agent_id, hostname=self.hostname, resources=self.resources,
-                         attributes=self.attributes, isolator=self.isolator, version=self.version)
+                         attributes=self.attributes, isolator=self.isolator, version=self.version,
+                         containers=self.containers)
 
     def register(self, agent_id: str, request_id: str, statuses: Sequence[TaskStatus] = ()) -> agent_pb2.Register:
         """The `Register` message: `agent_id` empty for a first registration; `statuses` the tasks'
@@ -62,8 +67,10 @@ class Advertisement:
                                   tasks=[to_proto(s, common_pb2.TaskStatus) for s in statuses])
 
 
-def advertise(config: ResolvedConfig, isolator: str) -> Advertisement:
-    """What this agent announces: its configuration, the isolator in use, its version and capabilities."""
+def advertise(config: ResolvedConfig, isolator: str, containers: ContainerSupport = NO_CONTAINERS) -> Advertisement:
+    """What this agent announces: its configuration, the isolator in use, its version and capabilities,
+    and its container support."""
     return Advertisement(hostname=config.hostname, resources=config.resources, attributes=config.attributes,
                          isolator=isolator, version=agent_version(),
-                         capabilities=capabilities(batch_messages=config.config.batch_messages))
+                         capabilities=capabilities(batch_messages=config.config.batch_messages),
+                         containers=containers)

@@ -22,6 +22,7 @@ import queue
 import time
 import uuid as uuidlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,10 +33,11 @@ from tessera.agent.checkpoint import Checkpoint
 from tessera.agent.config import ResolvedConfig
 from tessera.agent.core.status_updates import RetryPolicy, StatusUpdateManager
 from tessera.agent.core.tasks import AgentTask, TaskTable
+from tessera.agent.executor.images import Image, Images
 from tessera.agent.executor.launcher import LaunchError, LaunchHandle, Observation, Usage
 from tessera.agent.runtime.link import LinkEvent, LinkStream, MasterLink
-from tessera.agent.runtime.registration import advertise
-from tessera.control_plane.core.values import TaskInfo, TaskKey
+from tessera.agent.runtime.registration import NO_CONTAINERS, advertise
+from tessera.control_plane.core.values import ContainerSupport, TaskInfo, TaskKey
 from tessera.control_plane.tracing import get_tracer
 from tessera.v1 import agent_pb2
 
@@ -45,7 +47,7 @@ class Launcher(Protocol):
 
     agent_id: str
 
-    def prepare(self, info: TaskInfo) -> LaunchHandle: ...
+    def prepare(self, info: TaskInfo, image: Image | None = None) -> LaunchHandle: ...
     def start(self, info: TaskInfo, handle: LaunchHandle) -> LaunchHandle: ...
     def start_many(self, launches: list[tuple[TaskInfo, LaunchHandle]]) -> list[LaunchHandle | LaunchError]: ...
     def observe(self, handle: LaunchHandle) -> Observation: ...
@@ -56,6 +58,7 @@ class Launcher(Protocol):
                                supervisor_start: float, isolation: dict[str, Any],
                                kill_requested: bool) -> LaunchHandle: ...
     def watch_exits(self, listener: Callable[[int], None] | None) -> None: ...
+    def cleanup_containers(self, live: list[LaunchHandle]) -> list[str]: ...
     def close(self) -> None: ...
 
 
@@ -64,6 +67,15 @@ class Stop:
     """Posted to stop the loop (signals, tests)."""
 
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class ImagePulled:
+    """Posted by a pull (from its own thread) when a container task's image is in the store, or not."""
+
+    key: TaskKey
+    image: Image | None
+    error: str = ""
 
 
 @dataclass(frozen=True)
@@ -77,7 +89,8 @@ class AgentState:
     """The fields of the agent, all owned by its loop's thread (see the module docstring)."""
 
     def __init__(self, config: ResolvedConfig, checkpoint: Checkpoint, launcher: Launcher, *,
-                 isolator_name: str = "", monotonic: Callable[[], float] = time.monotonic,
+                 isolator_name: str = "", images: Images | None = None,
+                 containers: ContainerSupport = NO_CONTAINERS, monotonic: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
                  new_uuid: Callable[[], str] = lambda: str(uuidlib.uuid4()),
                  tracer_provider: trace.TracerProvider | None = None) -> None:
@@ -85,13 +98,20 @@ class AgentState:
         self.checkpoint = checkpoint
         self.launcher = launcher
         self.isolator_name = isolator_name
-        self.advertisement = advertise(config, isolator_name)  # what every Register announces
+        self.advertisement = advertise(config, isolator_name, containers)  # what every Register announces
+        # Container tasks: the image store (None: this agent runs none; `containers.unavailable` says why),
+        # the pulls under way (off the loop, in `pulls`), the image each prepared task uses (for the GC).
+        self.images = images if containers.runtime else None
+        self.containers = containers
+        self.pulls: ThreadPoolExecutor | None = None
+        self.pulling: dict[TaskKey, str] = {}
+        self.image_digests: dict[TaskKey, str] = {}
         self.monotonic = monotonic
         self.wall = wall
         self.new_uuid = new_uuid
         # SimpleQueue: `put` is reentrant, so `stop()` may be called from a signal handler that
         # interrupted this very thread inside `get`.
-        self.inbox: queue.SimpleQueue[LinkEvent | Stop | SupervisorExited] = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue[LinkEvent | Stop | SupervisorExited | ImagePulled] = queue.SimpleQueue()
         # Every per-task table is keyed by TaskKey(framework_id, task_id): task ids are scoped per
         # framework, so two frameworks may each run a `web-1` here.
         self.tasks = TaskTable()

@@ -20,7 +20,14 @@ from tessera.agent.executor.isolation import detect_isolator
 from tessera.agent.executor.launcher import LaunchHandle, Observation, ProcessLauncher
 from tessera.agent.executor.network import DEFAULT_PLUGIN_DIRS
 from tessera.control_plane.core.resources import Resources
-from tessera.control_plane.core.values import CommandInfo, ContainerInfo, PortMapping, TaskInfo, TaskState, Volume
+from tessera.control_plane.core.values import (
+    CommandInfo,
+    ContainerInfo,
+    PortMapping,
+    TaskInfo,
+    TaskState,
+    Volume,
+)
 from tests.support.cluster import free_port
 from tests.support.cni_host import HostState, clean_leftovers, missing_requirements
 from tests.support.registry import Registry, push_busybox, require_tool

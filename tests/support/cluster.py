@@ -104,6 +104,7 @@ class AgentProc:
     resources: str
     attributes: str = ""
     proc: subprocess.Popen[bytes] | None = None
+    flags: tuple[str, ...] = ()  # more `tessera agent` flags (e.g. the container network's)
 
     @property
     def alive(self) -> bool:
@@ -176,11 +177,13 @@ class LocalCluster:
             self.kill(m, sig)
 
     # ---- agents --------------------------------------------------------------------------------
-    def add_agent(self, resources: str = "cpus:4;mem:2048", attributes: str = "") -> AgentProc:
+    def add_agent(self, resources: str = "cpus:4;mem:2048", attributes: str = "",
+                  flags: tuple[str, ...] = ()) -> AgentProc:
         name = f"a{len(self.agents) + 1}"
         d = self.root / name
         d.mkdir(parents=True, exist_ok=True)
-        a = AgentProc(name=name, data_dir=d, log_path=d / "agent.log", resources=resources, attributes=attributes)
+        a = AgentProc(name=name, data_dir=d, log_path=d / "agent.log", resources=resources, attributes=attributes,
+                      flags=flags)
         self.agents.append(a)
         self.start_agent(a)
         return a
@@ -191,6 +194,7 @@ class LocalCluster:
                "--data-dir", str(a.data_dir), "--resources", a.resources, "--hostname", a.name]
         if a.attributes:
             cmd += ["--attributes", a.attributes]
+        cmd += a.flags
         a.proc = spawn(cmd, a.log_path, {**os.environ, "PYTHONUNBUFFERED": "1"})
 
     def wait_agents(self, n: int, timeout: float = 30.0) -> None:
