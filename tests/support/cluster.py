@@ -265,6 +265,7 @@ class LocalCluster:
             print(self.logs())
         self.stop_all(signal.SIGKILL)
         kill_processes_under(self.root)
+        unmount_under(self.root)
 
 
 def kill_processes_under(root: Path) -> int:
@@ -289,3 +290,18 @@ def kill_processes_under(root: Path) -> int:
             pass
     psutil.wait_procs(victims, timeout=5)
     return len(victims)
+
+
+def unmount_under(root: Path) -> int:
+    """Lazily unmount whatever is mounted under `root` (the overlay root filesystems of container tasks
+    whose supervisors a test killed before they could tear them down), deepest first."""
+    prefix = str(root.resolve()).rstrip("/") + "/"
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return 0
+    points = [line.split()[4].replace("\\040", " ") for line in lines if len(line.split()) > 4]
+    mine = sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True)
+    for point in mine:
+        subprocess.run(["umount", "-l", point], capture_output=True, timeout=30, check=False)
+    return len(mine)

@@ -15,6 +15,7 @@ from tessera.agent.config import AgentConfig, resolve
 from tessera.agent.executor.isolation import Isolator, RlimitIsolator
 from tessera.agent.executor.launcher import ProcessLauncher
 from tessera.agent.runtime.agent import Agent, run_in_thread
+from tessera.control_plane.core.values import ContainerSupport
 from tests.unit.agent.fake_master import FakeMaster
 
 
@@ -49,7 +50,7 @@ class AgentFactory:
     defaults: dict[str, Any] = field(default_factory=dict)  # AgentConfig fields for every agent it starts
 
     def __call__(self, masters: list[str], *, data_dir: Path | None = None, isolator: Isolator | None = None,
-                 **overrides: Any) -> RunningAgent:
+                 images: Any = None, containers: ContainerSupport | None = None, **overrides: Any) -> RunningAgent:
         data_dir = data_dir or self.tmp_path / "agent"
         settings: dict[str, Any] = dict(heartbeat_interval=0.2, usage_interval=0.5, status_retry_initial=0.2,
                                         status_retry_max=1.0, reconnect_backoff_max=0.5,
@@ -59,7 +60,8 @@ class AgentFactory:
         config = resolve(AgentConfig(masters=tuple(masters), data_dir=data_dir, **settings))
         checkpoint = Checkpoint.open(data_dir / "agent.db")
         iso = isolator or RlimitIsolator()
-        agent = Agent(config, checkpoint, ProcessLauncher(config.work_dir, iso), isolator_name=iso.name)
+        agent = Agent(config, checkpoint, ProcessLauncher(config.work_dir, iso), isolator_name=iso.name,
+                      images=images, containers=containers or ContainerSupport())
         thread, result = run_in_thread(agent)
         running = RunningAgent(agent, thread, result, checkpoint, data_dir)
         self.running.append(running)
