@@ -110,7 +110,7 @@ def _network(launch: ContainerLaunch) -> Any:
 
     config = dict(launch.network_config)
     config["plugin_dirs"] = tuple(config.get("plugin_dirs") or ())
-    return CniNetwork(NetworkConfig(**config))
+    return CniNetwork(NetworkConfig(**config), host_rules=False)  # the agent set them up (`detect`)
 
 
 def start(launch: ContainerLaunch, run_dir: Path, stdout: Any, stderr: Any) -> Started:
@@ -403,13 +403,17 @@ def detect(data_dir: Path, *, runc: str = "runc", network: dict[str, Any] | None
     network_config: dict[str, Any] | None = None
     unavailable = ""
     if network is not None:
-        from tessera.agent.executor.network import CniNetwork, NetworkConfig
+        from tessera.agent.executor.network import CniNetwork, NetworkConfig, NetworkError
 
         try:
             cni = CniNetwork(NetworkConfig(**network))
             unavailable = cni.available() or ""
+            if not unavailable:
+                cni.prepare_host()  # the guard and masquerade rules, once: supervisors do not check them
         except ValueError as exc:
             unavailable = str(exc)
+        except NetworkError as exc:
+            unavailable = exc.reason
         if not unavailable:
             network_config = dict(network)
             network_config["plugin_dirs"] = list(network.get("plugin_dirs") or ())

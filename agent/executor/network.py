@@ -259,10 +259,12 @@ def validate_port_mappings(port_mappings: Iterable[PortMapping]) -> tuple[PortMa
     return tuple(out)
 
 
-def network_config_list(config: NetworkConfig) -> dict[str, Any]:
-    """The CNI configuration list of the container interface: bridge (gateway, masquerade, host-local
-    IPAM on the subnet, default route) then portmap (host ports, from the runtime's portMappings)."""
-    return {
+def network_config_list(config: NetworkConfig, port_mappings: bool = True) -> dict[str, Any]:
+    """The CNI configuration list of the container interface: bridge (gateway, host-local IPAM on the
+    subnet, default route) then portmap (host ports, from the runtime's portMappings). A container that
+    publishes no port gets no portmap: its DEL alone costs a dozen iptables runs (measured). The list an
+    attachment used is in its record, so DEL undoes exactly that list."""
+    plugins: dict[str, Any] = {
         "cniVersion": CNI_VERSION,
         "name": config.network_name,
         "plugins": [
@@ -270,7 +272,10 @@ def network_config_list(config: NetworkConfig) -> dict[str, Any]:
                 "type": "bridge",
                 "bridge": config.bridge,
                 "isGateway": True,  # the bridge holds the gateway address; the container's default route
-                "ipMasq": True,  # traffic leaving the subnet is masqueraded behind the host's address
+                # Traffic leaving the subnet is masqueraded behind the host's address by ONE rule for the
+                # whole subnet (`masquerade_rule`, set up with the agent), not a chain per container: the
+                # plugin's ipMasq costs 9 iptables runs per attach and as many per detach (measured).
+                "ipMasq": False,
                 "hairpinMode": True,  # a container reaches itself through its own published port
                 "ipam": {
                     "type": "host-local",
@@ -289,6 +294,9 @@ def network_config_list(config: NetworkConfig) -> dict[str, Any]:
             },
         ],
     }
+    if not port_mappings:
+        plugins["plugins"] = plugins["plugins"][:1]
+    return plugins
 
 
 def localnet_guard_rule(config: NetworkConfig) -> list[str]:
@@ -303,6 +311,13 @@ def localnet_guard_rule(config: NetworkConfig) -> list[str]:
     return ["-i", config.bridge, "-d", "127.0.0.0/8", "-m", "conntrack", "!", "--ctstate",
             "RELATED,ESTABLISHED,DNAT", "-m", "comment", "--comment",
             f"{config.network_name}: no new connections from containers to 127.0.0.0/8 of the host", "-j", "DROP"]
+
+
+def masquerade_rule(config: NetworkConfig) -> list[str]:
+    """The nat-table POSTROUTING rule that masquerades what leaves the subnet, for every container of this
+    agent's network at once (in place of the bridge plugin's per-container `ipMasq` chains)."""
+    return ["-s", config.subnet, "!", "-d", config.subnet, "-m", "comment", "--comment",
+            f"{config.network_name}: masquerade what leaves the container subnet", "-j", "MASQUERADE"]
 
 
 def loopback_config_list(config: NetworkConfig) -> dict[str, Any]:
@@ -432,14 +447,14 @@ class CniNetwork:
     """Container networks with the CNI plugins found in `config.plugin_dirs` (needs root)."""
 
     def __init__(self, config: NetworkConfig, *, environ: Mapping[str, str] | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None, host_rules: bool = True) -> None:
         self.config = config
         self._environ = dict(os.environ if environ is None else environ)
         self._clock: Callable[[], float] = clock or time.monotonic
         self.timings: list[PluginTiming] = []  # the latest executions, newest last (bounded)
         self._timings_lock = threading.Lock()
         self._guard_lock = threading.Lock()
-        self._guarded = False
+        self._guarded = not host_rules  # False: `attach` makes sure of them first (see `prepare_host`)
 
     # -- can it work here --
 
@@ -497,9 +512,9 @@ class CniNetwork:
         name = self.config.netns_name(container_id)
         record = AttachmentRecord(container_id=container_id, netns_name=name,
                                   netns_path=os.path.join(NETNS_DIR, name),
-                                  network=network_config_list(self.config),
+                                  network=network_config_list(self.config, port_mappings=bool(mappings)),
                                   loopback=loopback_config_list(self.config), port_mappings=mappings)
-        self._ensure_localnet_guard()
+        self.prepare_host()
         self._write_record(record)
         try:
             self._create_netns(name)
@@ -648,23 +663,29 @@ class CniNetwork:
 
     # -- the host --
 
-    def _ensure_localnet_guard(self) -> None:
-        """Install `localnet_guard_rule` at the head of INPUT once (it stays, like the bridge)."""
+    def prepare_host(self) -> None:
+        """Install the network's two host rules once (they stay, like the bridge): `localnet_guard_rule` at
+        the head of the filter table's INPUT and `masquerade_rule` in the nat table's POSTROUTING. The
+        agent calls it at start; `attach` makes sure of it once per instance unless told the agent did
+        (`host_rules=False`, the task supervisors: each attaches one container)."""
         with self._guard_lock:
             if self._guarded:
                 return
-            rule = localnet_guard_rule(self.config)
             started = self._clock()
             try:
-                try:
-                    self._run(["iptables", "-w", "-t", "filter", "-C", "INPUT", *rule], what="iptables -C")
-                except NetworkError:
-                    self._run(["iptables", "-w", "-t", "filter", "-I", "INPUT", "1", *rule],
-                              what="adding the rule that keeps containers off the host's 127.0.0.0/8")
+                for table, chain, insert, rule, what in (
+                        ("filter", "INPUT", ["-I", "INPUT", "1"], localnet_guard_rule(self.config),
+                         "adding the rule that keeps containers off the host's 127.0.0.0/8"),
+                        ("nat", "POSTROUTING", ["-A", "POSTROUTING"], masquerade_rule(self.config),
+                         "adding the masquerade rule of the container subnet")):
+                    try:
+                        self._run(["iptables", "-w", "-t", table, "-C", chain, *rule], what="iptables -C")
+                    except NetworkError:
+                        self._run(["iptables", "-w", "-t", table, *insert, *rule], what=what)
             except NetworkError as exc:
                 raise NetworkError(f"container network: {exc.reason}") from exc
             finally:
-                self._note(PluginTiming("iptables guard", "ensure", self._clock() - started))
+                self._note(PluginTiming("iptables host rules", "ensure", self._clock() - started))
             self._guarded = True
 
     # -- namespaces --

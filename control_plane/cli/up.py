@@ -343,6 +343,12 @@ def agent_resources(i: int, n: int) -> str:
     return f"cpus:{cpus:g};mem:{mem};disk:4096;ports:[{base}-{base + 999}]"
 
 
+def agent_network(i: int) -> list[str]:
+    """A container bridge and subnet per agent: they share this machine, and two agents on one bridge
+    would hand out the same addresses."""
+    return ["--cni-bridge", f"tessera{i}", "--cni-subnet", f"10.213.{64 + i}.0/24"]
+
+
 def _quorum(address: str, security: ClientSecurity, timeout: float = 1.0) -> Any:
     from tessera.v1 import operator_pb2, operator_pb2_grpc
 
@@ -476,7 +482,7 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
                                        "--data-dir", str(data_dir / f"a{i}"), "--hostname", hostnames[i - 1],
                                        "--resources", agent_resources(i, n_agents),
                                        "--attributes", f"node:a{i}", "--metrics", metrics[f"a{i}"],
-                                       *agent_flags.get(f"a{i}", [])],
+                                       *agent_network(i), *agent_flags.get(f"a{i}", [])],
                     data_dir / f"a{i}" / "agent.log", COLOURS[(len(members) + i - 1) % len(COLOURS)])
               for i in range(1, n_agents + 1)] if with_agents else []
     frameworks: list[Child] = []

@@ -196,6 +196,19 @@ _SEND_UDP = ("import socket, sys\n"
              "    s.sendto(b'from the container', (host, int(port)))\n")
 
 
+def test_one_masquerade_rule_for_the_subnet_and_no_chain_per_container(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    net = CniNetwork(config)
+    net.attach("ct-masq")
+    rules = [r for r in nat_rules() if r.startswith("-A POSTROUTING") and "MASQUERADE" in r and SUBNET in r]
+    assert len(rules) == 1, rules
+    assert _chains_of(config, "ct-masq")[0] not in nat_chains()  # the bridge plugin's per-container chain
+    CniNetwork(config).attach("ct-masq2")  # a second instance (another supervisor) adds no second rule
+    assert len([r for r in nat_rules() if "MASQUERADE" in r and SUBNET in r]) == 1
+    net.detach("ct-masq")
+    net.detach("ct-masq2")
+
+
 def test_a_container_cannot_reach_services_on_the_hosts_loopback(tmp_path: Path) -> None:
     """portmap sets route_localnet on the bridge; the agent's guard rule keeps containers off 127.0.0.0/8."""
     config = _config(tmp_path)
@@ -228,7 +241,7 @@ def test_detach_removes_the_namespace_veth_rules_and_address(tmp_path: Path) -> 
     attachment = net.attach("ct-gone", [PortMapping(container_port=8080, host_port=_free_port())])
     address = attachment.ip_addresses[0]
     masq_chain, dnat_chain = _chains_of(config, "ct-gone")
-    assert {masq_chain, dnat_chain} <= nat_chains()
+    assert dnat_chain in nat_chains() and masq_chain not in nat_chains()  # masquerade: one rule for the subnet
     assert _allocated(config) == [address]
     assert len(_links_on(BRIDGE)) == 1
 

@@ -22,6 +22,7 @@ from tessera.agent.executor.network import (
     container_id_for,
     localnet_guard_rule,
     loopback_config_list,
+    masquerade_rule,
     network_config_list,
     orphans,
     parse_add_result,
@@ -101,13 +102,18 @@ def test_the_network_is_bridge_with_gateway_and_masquerade_on_host_local_then_po
     assert conf["cniVersion"] == "1.0.0" and conf["name"] == "tessera-br7"
     bridge, portmap = conf["plugins"]
     assert bridge["type"] == "bridge" and bridge["bridge"] == "br7"
-    assert bridge["isGateway"] is True and bridge["ipMasq"] is True
+    # masquerading is one agent-wide rule (masquerade_rule), not the plugin's chain per container
+    assert bridge["isGateway"] is True and bridge["ipMasq"] is False
+    assert masquerade_rule(c) == ["-s", "10.9.8.0/24", "!", "-d", "10.9.8.0/24", "-m", "comment", "--comment",
+                                  "tessera-br7: masquerade what leaves the container subnet", "-j", "MASQUERADE"]
     assert bridge["ipam"] == {"type": "host-local", "ranges": [[{"subnet": "10.9.8.0/24", "gateway": "10.9.8.1"}]],
                               "routes": [{"dst": "0.0.0.0/0"}], "dataDir": c.ipam_dir}
     assert portmap["type"] == "portmap" and portmap["capabilities"] == {"portMappings": True}
     assert loopback_config_list(c) == {"cniVersion": "1.0.0", "name": "tessera-br7-lo",
                                        "plugins": [{"type": "loopback"}]}
     json.dumps(conf)  # it is what goes on stdin
+    # no published port: no portmap in the chain (its DEL alone runs iptables a dozen times)
+    assert [p["type"] for p in network_config_list(c, port_mappings=False)["plugins"]] == ["bridge"]
 
 
 def test_each_plugin_gets_the_list_name_version_its_capabilities_and_the_previous_result() -> None:
