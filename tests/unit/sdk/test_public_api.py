@@ -57,7 +57,8 @@ from tessera.sdk.types import (
 )
 
 PUBLIC = {
-    "AsyncScheduler", "AsyncSchedulerDriver", "Backoff", "Conflict", "DEFAULT_ROLE", "DriverStopped", "Filters",
+    "AsyncScheduler", "AsyncSchedulerDriver", "Backoff", "Conflict", "ContainerInfo", "DEFAULT_ROLE",
+    "DriverStopped", "Filters", "NetworkInfo", "PortMapping", "Volume",
     "FrameworkInfo", "InvalidRequest", "Launch", "NotFound", "NotLeader", "Offer", "Operation",
     "PermissionDenied", "Reserve", "Resources", "Scheduler", "SchedulerDriver", "ServerError", "TaskInfo",
     "TaskSpec", "TaskState", "TaskStatus", "TesseraError", "Unauthenticated", "Unavailable", "Unreserve",
@@ -227,3 +228,19 @@ def test_an_unknown_event_kind_is_skipped() -> None:
     from tessera.v1 import scheduler_pb2
 
     assert cv.event_from_proto(scheduler_pb2.SchedulerEvent()) is None
+
+
+def test_a_container_task_and_its_network_cross_the_wire_unchanged() -> None:
+    from tessera.sdk.types import ContainerInfo, NetworkInfo, PortMapping, Volume
+
+    task = TaskInfo(task_id="web", resources=Resources.of(cpus=0.1, mem=32, ports=[(31005, 31005)]),
+                    container=ContainerInfo(image="127.0.0.1:5000/tools/busybox:1.35", network="bridge",
+                                            port_mappings=[PortMapping(8080, 31005)],
+                                            volumes=[Volume(container_path="/data", host_path="/srv/d", mode="ro")],
+                                            readonly_rootfs=True, hostname="web-1"))
+    assert isinstance(task.container.port_mappings, tuple)  # lists are stored as tuples (hashable)
+    back = cv.task_from_proto(cv.task_to_proto(task))
+    assert back.container == task.container and not back.command  # no command: the image's own
+    status = TaskStatus(task_id="web", state=TaskState.TASK_RUNNING, network=NetworkInfo("bridge", ("10.213.64.2",)))
+    assert cv.status_from_proto(cv.status_to_proto(status)).network == status.network
+    assert cv.status_from_proto(cv.status_to_proto(TaskStatus(task_id="t", state=TaskState.TASK_RUNNING))).network is None

@@ -126,6 +126,15 @@ def test_the_leader_is_found_from_a_follower(serve: Callable[[FakeMaster], str])
     (["--", "  "], "tessera run: nothing to run: give a command after --, e.g. tessera run -- echo hello"),
     (["--env", "NOVALUE", "--", "true"], "tessera run: --env: expected KEY=VALUE, got 'NOVALUE'"),
     (["--masters", "nohost", "--", "true"], "tessera run: --masters: expected HOST:PORT, got 'nohost'"),
+    (["--publish", "8080", "--", "true"], "tessera run: --publish: only a container task (--image) has one"),
+    (["--image", "busybox", "--network", "overlay"],
+     "tessera run: --network: must be bridge, host or none, got 'overlay'"),
+    (["--image", "busybox", "--publish", "http"],
+     "tessera run: --publish: expected a container port (1-65535), optionally /tcp or /udp, got 'http'"),
+    (["--image", "busybox", "--network", "host", "--publish", "80"],
+     "tessera run: --publish: only the bridge network publishes ports (--network is host)"),
+    (["--image", "busybox", "--volume", "/only-one-part"],
+     "tessera run: --volume: expected HOST_PATH:CONTAINER_PATH[:ro|rw], got '/only-one-part'"),
 ])
 def test_bad_input_is_one_line_naming_the_flag_and_exit_2(args: list[str], message: str) -> None:
     result = invoke(*args)
@@ -170,3 +179,22 @@ def test_registered_in_a_group_it_takes_the_groups_masters(serve: Callable[[Fake
     result = CliRunner().invoke(tessera, ["--masters", address, "run", "--", "true"])
     assert result.exit_code == 0, result.output
     assert [a for a, _ in fake.subscribe_requests] == [address]
+
+
+def test_a_container_task_takes_its_host_ports_from_the_offer() -> None:
+    from tessera.control_plane.core.resources import Resources
+    from tessera.sdk.run import _with_host_ports
+    from tessera.sdk.types import ContainerInfo, Offer, PortMapping, TaskInfo
+
+    task = TaskInfo(task_id="web", resources=Resources.of(cpus=0.1, mem=32),
+                    container=ContainerInfo(image="busybox", port_mappings=[PortMapping(8080, 0),
+                                                                            PortMapping(53, 0, "udp")]))
+    offer = Offer(offer_id="o1", agent_id="a1", resources=Resources.of(cpus=1, mem=256,
+                                                                       ports=[(31000, 31000), (31007, 31009)]))
+    placed = _with_host_ports(task, offer)
+    assert placed.container is not None
+    assert [(m.container_port, m.host_port, m.protocol) for m in placed.container.port_mappings] == [
+        (8080, 31000, "tcp"), (53, 31007, "udp")]
+    assert offer.fits(placed.resources) and placed.resources.range_count("ports") == 2
+    too_few = Offer(offer_id="o2", agent_id="a1", resources=Resources.of(cpus=1, mem=256, ports=[(31000, 31000)]))
+    assert _with_host_ports(task, too_few) is task  # no fitting ports: the task is not placed there
