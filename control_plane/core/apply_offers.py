@@ -4,7 +4,7 @@ in the entry's pool (`Tx.pools`) for the reservations and launches that follow i
 
 from __future__ import annotations
 
-from tessera.control_plane.core.apply_tx import Handler, Tx, check_reason, known_agent, known_framework
+from tessera.control_plane.core.apply_tx import Handler, Tx, check_reason
 from tessera.control_plane.core.errors import Conflict, InvalidRequest, NotFound, TesseraError
 from tessera.control_plane.core.events import OfferAccepted, OfferDeclined, OfferIssued, OfferRescinded
 from tessera.control_plane.core.state import (
@@ -14,12 +14,11 @@ from tessera.control_plane.core.state import (
     check_id,
     check_labels,
     check_number,
-    check_resources,
-    check_role,
+    check_offer_parties,
     check_text,
     scalar_part,
 )
-from tessera.control_plane.core.values import AgentState, FrameworkState, Offer
+from tessera.control_plane.core.values import FrameworkState, Offer
 
 
 def _gone_offer(state: ClusterState, offer_id: str) -> TesseraError:
@@ -59,21 +58,8 @@ def _offer_issued(state: ClusterState, e: OfferIssued, tx: Tx) -> bool:
         raise InvalidRequest(f"offer {oid}: the offer's ids do not match the event's")
     if oid in state.offers or oid in state.retired_offers:
         raise Conflict(f"offer id {oid} is already used")
-    fw = known_framework(state, e.framework_id)
-    agent = known_agent(state, e.agent_id)
+    fw, agent, role, resources = check_offer_parties(state, offer, e.framework_id, e.agent_id)
     fid, aid = fw.framework_id, agent.agent_id
-    if fw.state is not FrameworkState.FRAMEWORK_CONNECTED:
-        raise Conflict(f"framework {fid} is {fw.state.name}; only connected frameworks get offers")
-    if agent.state is not AgentState.AGENT_ACTIVE:
-        raise Conflict(f"agent {aid} is {agent.state.name}; only active agents are offered")
-    role = check_role(offer.role, "offer.role")
-    if role not in fw.info.roles:
-        raise InvalidRequest(f"offer.role: framework {fid} is not subscribed to role {role}")
-    if role in fw.suppressed_roles:
-        raise Conflict(f"framework {fid} suppressed offers for role {role}")
-    resources = check_resources(offer.resources, "offer.resources", allow_empty=False)
-    if resources.allocatable_to(role) != resources:
-        raise InvalidRequest(f"offer.resources: contain resources reserved to a role other than {role}")
     check_number(offer.expires_at, "offer.expires_at", maximum=MAX_TIME)
     check_text(offer.hostname, "offer.hostname", MAX_ID_LENGTH)
     check_labels(offer.attributes, "offer.attributes")

@@ -13,8 +13,6 @@ from tessera.control_plane.core.decide_shared import (
     calling_framework,
     check_offer_ids,
     context_time,
-    known_agent,
-    known_framework,
     live_offer,
     new_id,
     refuse_until,
@@ -30,11 +28,10 @@ from tessera.control_plane.core.state import (
     check_id,
     check_labels,
     check_number,
-    check_resources,
-    check_role,
+    check_offer_parties,
     check_text,
 )
-from tessera.control_plane.core.values import AgentState, FrameworkState, Offer
+from tessera.control_plane.core.values import Offer
 
 
 def _issue_offers(state: ClusterState, cmd: c.IssueOffers, ctx: Context) -> tuple[Event, ...]:
@@ -56,21 +53,8 @@ def _issue_offers(state: ClusterState, cmd: c.IssueOffers, ctx: Context) -> tupl
             if offer_id in state.offers or offer_id in state.retired_offers:
                 raise Conflict(f"the id source returned {offer_id!r}, which is already in use")
         new_ids.add(offer_id)
-        fw = known_framework(state, offer.framework_id)
-        agent = known_agent(state, offer.agent_id)
+        fw, agent, role, resources = check_offer_parties(state, offer, offer.framework_id, offer.agent_id)
         fid, aid = fw.framework_id, agent.agent_id
-        if fw.state is not FrameworkState.FRAMEWORK_CONNECTED:
-            raise Conflict(f"framework {fid} is {fw.state.name}; only connected frameworks get offers")
-        if agent.state is not AgentState.AGENT_ACTIVE:
-            raise Conflict(f"agent {aid} is {agent.state.name}; only active agents are offered")
-        role = check_role(offer.role, "offer.role")
-        if role not in fw.info.roles:
-            raise InvalidRequest(f"offer.role: framework {fid} is not subscribed to role {role}")
-        if role in fw.suppressed_roles:
-            raise Conflict(f"framework {fid} suppressed offers for role {role}")
-        resources = check_resources(offer.resources, "offer.resources", allow_empty=False)
-        if resources.allocatable_to(role) != resources:
-            raise InvalidRequest(f"offer.resources: contain resources reserved to a role other than {role}")
         expires_at = check_number(offer.expires_at, "offer.expires_at", maximum=MAX_TIME)
         if expires_at and expires_at <= now:
             raise InvalidRequest(f"offer.expires_at: {expires_at} is not in the future")

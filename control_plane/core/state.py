@@ -666,3 +666,26 @@ def known_framework(state: ClusterState, framework_id: object) -> FrameworkRecor
     if fw is None:
         raise NotFound(f"framework {fid} is not known")
     return fw
+
+
+def check_offer_parties(state: ClusterState, offer: Offer, framework_id: object,
+                        agent_id: object) -> tuple[FrameworkRecord, AgentRecord, str, Resources]:
+    """Who an offer is between and what it holds, checked alike when the leader decides to issue it and
+    when every master applies it: a connected framework subscribed to the offer's role and not suppressing
+    it, an active agent, resources allocatable to that role. Returns (framework, agent, role, resources)."""
+    fw = known_framework(state, framework_id)
+    agent = known_agent(state, agent_id)
+    fid, aid = fw.framework_id, agent.agent_id
+    if fw.state is not FrameworkState.FRAMEWORK_CONNECTED:
+        raise Conflict(f"framework {fid} is {fw.state.name}; only connected frameworks get offers")
+    if agent.state is not AgentState.AGENT_ACTIVE:
+        raise Conflict(f"agent {aid} is {agent.state.name}; only active agents are offered")
+    role = check_role(offer.role, "offer.role")
+    if role not in fw.info.roles:
+        raise InvalidRequest(f"offer.role: framework {fid} is not subscribed to role {role}")
+    if role in fw.suppressed_roles:
+        raise Conflict(f"framework {fid} suppressed offers for role {role}")
+    resources = check_resources(offer.resources, "offer.resources", allow_empty=False)
+    if resources.allocatable_to(role) != resources:
+        raise InvalidRequest(f"offer.resources: contain resources reserved to a role other than {role}")
+    return fw, agent, role, resources
