@@ -29,8 +29,8 @@ from tessera.control_plane.core.values import (
     Volume,
 )
 from tests.support.cluster import free_port
-from tests.support.cni_host import HostState, clean_leftovers, missing_requirements
-from tests.support.registry import Registry, push_busybox, require_tool
+from tests.support.cni_host import HostState, clean_leftovers, require_container_host
+from tests.support.registry import Registry, push_busybox
 
 BRIDGE = "tsrctr0"
 SUBNET = "10.213.247.0/24"
@@ -39,12 +39,7 @@ IMAGE = "tools/busybox:1.35"
 
 @pytest.fixture(scope="module")
 def registry() -> Iterator[Registry]:
-    for tool in ("runc", "skopeo", "umoci", "docker-registry", "busybox"):
-        require_tool(tool)
-    problems = missing_requirements()
-    if problems:
-        pytest.fail("container tests need: " + "; ".join(problems))
-    assert os.geteuid() == 0, "container tests need root (runc, mounts, CNI)"
+    require_container_host()
     with Registry() as reg:
         push_busybox(reg, IMAGE)
         yield reg

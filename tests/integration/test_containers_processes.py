@@ -5,7 +5,6 @@ fails the test, naming it."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -30,8 +29,8 @@ from tessera.sdk import (
 )
 from tessera.v1 import operator_pb2
 from tests.support.cluster import LocalCluster, free_port, wait_for
-from tests.support.cni_host import HostState, clean_leftovers, missing_requirements
-from tests.support.registry import Registry, corrupt_layer, push_busybox, require_tool
+from tests.support.cni_host import HostState, clean_leftovers, require_container_host
+from tests.support.registry import Registry, corrupt_layer, push_busybox
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -45,12 +44,7 @@ AGENT_FLAGS = ("--cni-bridge", BRIDGE, "--cni-subnet", SUBNET)
 
 @pytest.fixture(scope="module")
 def registry() -> Iterator[Registry]:
-    for tool in ("runc", "skopeo", "umoci", "docker-registry", "busybox"):
-        require_tool(tool)
-    problems = missing_requirements()
-    if problems:
-        pytest.fail("container tests need: " + "; ".join(problems))
-    assert os.geteuid() == 0, "container tests need root (runc, mounts, CNI)"
+    require_container_host()
     with Registry() as reg:
         push_busybox(reg, IMAGE)
         push_busybox(reg, "tools/broken:1", extra_files={"/etc/motd": "this layer will be corrupted\n"})

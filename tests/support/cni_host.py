@@ -144,3 +144,15 @@ def _remove_shared_chains_if_unused() -> None:
         run("iptables", "-t", "nat", "-F", chain, check=False)
     for chain in SHARED_CHAINS:
         run("iptables", "-t", "nat", "-X", chain, check=False)
+
+
+def require_container_host() -> None:
+    """Fail (never skip) unless this machine can run container tasks: root, runc, the image tools, the
+    registry, busybox-static, the CNI plugins, ip and iptables (.ci/run installs the packages)."""
+    from tests.support.registry import require_tool
+
+    for tool in ("runc", "skopeo", "umoci", "docker-registry", "busybox"):
+        require_tool(tool)
+    problems = missing_requirements()
+    assert not problems, "container tests need: " + "; ".join(problems)
+    assert os.geteuid() == 0, "container tests need root (runc, mounts, CNI)"
