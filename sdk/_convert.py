@@ -133,7 +133,7 @@ def task_to_proto(task: TaskInfo) -> common_pb2.TaskInfo:
         msg.container.CopyFrom(common_pb2.ContainerInfo(
             image=c.image, network=c.network, readonly_rootfs=c.readonly_rootfs, hostname=c.hostname,
             port_mappings=[common_pb2.PortMapping(container_port=m.container_port, host_port=m.host_port,
-                                                  protocol=m.protocol) for m in c.port_mappings],
+                                                  protocol=m.protocol, name=m.name) for m in c.port_mappings],
             volumes=[common_pb2.Volume(container_path=v.container_path, host_path=v.host_path, mode=v.mode)
                      for v in c.volumes],
         ))
@@ -143,7 +143,8 @@ def task_to_proto(task: TaskInfo) -> common_pb2.TaskInfo:
 def _container_from_proto(msg: common_pb2.ContainerInfo) -> ContainerInfo:
     return ContainerInfo(
         image=msg.image, network=msg.network or "bridge", readonly_rootfs=msg.readonly_rootfs, hostname=msg.hostname,
-        port_mappings=tuple(PortMapping(m.container_port, m.host_port, m.protocol or "tcp") for m in msg.port_mappings),
+        port_mappings=tuple(PortMapping(m.container_port, m.host_port, m.protocol or "tcp", m.name)
+                            for m in msg.port_mappings),
         volumes=tuple(Volume(v.container_path, v.host_path, v.mode or "rw") for v in msg.volumes),
     )
 

@@ -260,7 +260,7 @@ def _with_host_ports(task: TaskInfo, offer: Offer) -> TaskInfo:
     ports = _host_ports(task, offer)
     if container is None or not container.port_mappings or not ports:
         return task
-    mappings = tuple(PortMapping(m.container_port, port, m.protocol) for m, port in zip(container.port_mappings,
+    mappings = tuple(PortMapping(m.container_port, port, m.protocol, m.name) for m, port in zip(container.port_mappings,
                                                                                         ports, strict=True))
     resources = task.resources + Resources.of(ports=[(p, p) for p in ports])
     return replace(task, resources=resources, container=replace(container, port_mappings=mappings))

@@ -688,6 +688,15 @@ def _trace_command() -> click.Command:
 cli.add_command(_trace_command())
 
 
+def _dns_command() -> click.Command:
+    from tessera.control_plane.cli.dns import dns
+
+    return dns
+
+
+cli.add_command(_dns_command())
+
+
 def main() -> None:
     cli(prog_name="tessera")
 

@@ -498,6 +498,13 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
             frameworks.append(Child(short, "framework", [sys.executable, "-m", module, "--masters", addresses,
                                                          *args, *user],
                                     data_dir / "frameworks" / f"{short}.log", "white"))
+    # service discovery over DNS from the replicated state (tessera dns), on a port chosen now
+    dns_address = f"127.0.0.1:{free_port()}"
+    operator_flags = (["--tls-dir", str(pki / "operator"), "--token-file", str(pki / "tokens" / "operator.token")]
+                      if secure else [])
+    dns = Child("dns", "dns", [*tessera, "--masters", addresses, *operator_flags, "dns", "--listen", dns_address],
+                data_dir / "dns" / "dns.log", "white")
+    frameworks.insert(0, dns)  # started with the frameworks, once a leader serves; stopped first
     everyone = [*masters, *agents, *frameworks]
     out.width = max(len(c.name) for c in everyone)
 
@@ -518,7 +525,9 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
                         for m, c in zip(members, masters, strict=True)],
             "agents": [{"name": c.name, "pid": c.pid if running else None, "log": str(c.log_path)} for c in agents],
             "frameworks": [{"name": c.name, "pid": c.pid if running else None, "log": str(c.log_path)}
-                           for c in frameworks],
+                           for c in frameworks if c is not dns],
+            "dns": {"address": dns_address, "domain": "tessera", "pid": dns.pid if running else None,
+                    "log": str(dns.log_path)},
         })
 
     code = 0
@@ -547,8 +556,8 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
             for c in frameworks:
                 start_child(c, env, out)
             record("running")
-            _print_ready(out, members, leader, data_dir, agents, n_agents, with_agents, demo, frameworks, metrics,
-                         missing_demos)
+            _print_ready(out, members, leader, data_dir, agents, n_agents, with_agents, demo,
+                         [c for c in frameworks if c is not dns], metrics, missing_demos, dns_address)
             code = _supervise(out, everyone, stop, duration)
     except StartError as exc:
         out.say(f"tessera: {exc}", fg="red", err=True)
@@ -569,7 +578,7 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
 
 def _print_ready(out: Output, members: list[Member], leader: Member, data_dir: Path, agents: list[Child],
                  n_agents: int, with_agents: bool, demo: bool, frameworks: list[Child], metrics: dict[str, str],
-                 missing: list[str]) -> None:
+                 missing: list[str], dns_address: str) -> None:
     from tessera.control_plane.eventlog import DATASETTE_METADATA
 
     addresses = ",".join(m.grpc for m in members)
@@ -584,6 +593,7 @@ def _print_ready(out: Output, members: list[Member], leader: Member, data_dir: P
             out.say(f"demo frameworks: {', '.join(c.name for c in frameworks)}")
         if missing:
             out.say(f"demo: not found, not started: {', '.join(missing)}", fg="yellow")
+    out.say(f"dns: {dns_address} (zone tessera.: <task name>.tessera A, _<task name>._tcp.tessera SRV)")
     shown = [m.name for m in members] + [c.name for c in agents]
     out.say("metrics: " + "  ".join(f"{name} http://{metrics[name]}/metrics" for name in shown if name in metrics))
     rel = os.path.relpath(data_dir)
@@ -594,6 +604,7 @@ def _print_ready(out: Output, members: list[Member], leader: Member, data_dir: P
                  "python -m tessera.sdk.examples.batch --command 'sleep 1' --count 5",
                  "tessera state --at 10 --diff 1    (what changed from event 1 to event 10)",
                  "tessera timeline <task, framework or agent id>",
+                 f"dig @{dns_address.split(':')[0]} -p {dns_address.split(':')[1]} +short <task name>.tessera",
                  f"datasette {rel}/{leader.name}/events.db --metadata {DATASETTE_METADATA}"):
         out.say(f"  {line}")
     out.say("cluster ready; Ctrl-C stops it", fg="green", bold=True)

@@ -114,6 +114,8 @@ def _check_port_mappings(task: TaskInfo, container: ContainerInfo, network: str,
             held = ", ".join(f"{b}-{e}" if b != e else str(b) for b, e in ports) or "none"
             raise InvalidRequest(f"{where}.host_port: {m.host_port} is not one of the task's ports resources "
                                  f"({held}); take host ports from the offer's ports")
+        if m.name and not _LABEL.match(m.name):
+            raise InvalidRequest(f"{where}.name: not a DNS label: {m.name!r} (letters, digits and '-', at most 63)")
         if (m.host_port, protocol) in seen:
             raise InvalidRequest(f"{where}.host_port: {m.host_port}/{protocol} is mapped twice")
         seen.add((m.host_port, protocol))

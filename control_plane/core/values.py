@@ -84,6 +84,7 @@ class PortMapping:
     container_port: int = 0
     host_port: int = 0
     protocol: str = "tcp"  # "tcp" or "udp"
+    name: str = ""  # optional: DNS SRV `_<name>._<protocol>.<task name>.<domain>` (docs/dns.md)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.support.cluster import wait_for
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 TESSERA = [sys.executable, "-m", "tessera.control_plane.cli.main"]
@@ -59,7 +61,8 @@ class Up:
 
 def child_pids(state_file: Path) -> list[int]:
     data = json.loads(state_file.read_text())
-    return [c["pid"] for group in ("members", "agents", "frameworks") for c in data.get(group, []) if c.get("pid")]
+    pids = [c["pid"] for group in ("members", "agents", "frameworks") for c in data.get(group, []) if c.get("pid")]
+    return pids + ([data["dns"]["pid"]] if data.get("dns", {}).get("pid") else [])
 
 
 def gone(pid: int) -> bool:
@@ -97,7 +100,26 @@ def test_up_runs_a_cluster_other_commands_find_and_sigterm_stops_every_child(tmp
         data = json.loads(state_file.read_text())
         assert data["status"] == "running" and data["masters"] == addresses and data["pid"] == up.proc.pid
         pids = child_pids(state_file)
-        assert len(pids) == 4 and all(not gone(p) for p in pids)
+        assert len(pids) == 5 and all(not gone(p) for p in pids)  # 3 masters, the agent, tessera dns
+        # tessera dns answers for the cluster's zone (and refuses the rest: nothing is forwarded)
+        import dns.exception
+        import dns.message
+        import dns.query
+        import dns.rcode
+
+        dns_host, dns_port = up.line_starting("dns: ").split()[1].rsplit(":", 1)
+        assert data["dns"]["address"] == f"{dns_host}:{dns_port}"
+        def ask_soa() -> dns.message.Message | None:  # the dns child starts with the frameworks: give it time
+            try:
+                return dns.query.udp(dns.message.make_query("tessera.", "SOA"), dns_host, port=int(dns_port),
+                                     timeout=1)
+            except (OSError, dns.exception.Timeout):
+                return None
+
+        soa = wait_for(ask_soa, 30, what="tessera dns answering")
+        assert soa.rcode() == dns.rcode.NOERROR and soa.answer
+        outside = dns.query.udp(dns.message.make_query("example.com.", "A"), dns_host, port=int(dns_port), timeout=5)
+        assert outside.rcode() == dns.rcode.REFUSED
 
         # no --masters, no TESSERA_MASTERS: the state file in ./.tessera names the cluster
         status = subprocess.run([*TESSERA, "--json", "quorum", "status"], cwd=tmp_path, env=clean_env(),

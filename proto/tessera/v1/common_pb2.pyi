@@ -295,20 +295,24 @@ class PortMapping(_message.Message):
     CONTAINER_PORT_FIELD_NUMBER: _builtins.int
     HOST_PORT_FIELD_NUMBER: _builtins.int
     PROTOCOL_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     container_port: _builtins.int
     host_port: _builtins.int
     protocol: _builtins.str
     """"tcp" (empty means tcp) or "udp" """
+    name: _builtins.str
+    """optional: service discovery names the port (DNS SRV `_<name>._<protocol>.<task name>`)"""
     def __init__(
         self,
         *,
         container_port: _builtins.int = ...,
         host_port: _builtins.int = ...,
         protocol: _builtins.str = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_port", b"container_port", "host_port", b"host_port", "protocol", b"protocol"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_port", b"container_port", "host_port", b"host_port", "name", b"name", "protocol", b"protocol"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
