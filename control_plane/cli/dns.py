@@ -1,4 +1,4 @@
-"""`tessera dns`: serve the cluster's tasks over DNS, Mesos-DNS style (docs/dns.md; control_plane/dns/)."""
+"""`tessera dns`: serve the cluster's tasks over DNS, Mesos-DNS style (docs/dns.md; control_plane/discovery/)."""
 
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ def dns(obj: Any, listen: str, domain: str, interval: float, refresh: float) -> 
     Names: <service>.<domain> and <task>.<service>.<domain> (A), _<service>._tcp.<domain> and
     _<port-name>._tcp.<service>.<domain> (SRV), where <service> is the task's name. Names outside the
     domain are refused: nothing is forwarded."""
-    from tessera.control_plane.dns.records import normalize_domain
-    from tessera.control_plane.dns.server import DnsService, StateWatcher
+    from tessera.control_plane.discovery.dns_records import normalize_domain
+    from tessera.control_plane.discovery.dns_server import DnsService, DnsZone
+    from tessera.control_plane.discovery.watch import StateWatcher
 
     host, sep, port_text = listen.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) < 65536 or not host:
@@ -38,9 +39,10 @@ def dns(obj: Any, listen: str, domain: str, interval: float, refresh: float) -> 
     except ValueError as exc:
         fail(f"--domain: {exc}", 2)
     cluster = _Cluster(obj)
-    watcher = StateWatcher(cluster.client, zone_name, interval=interval, refresh=refresh)
+    zone = DnsZone(zone_name)
+    watcher = StateWatcher(cluster.client, zone.update, interval=interval, refresh=refresh, name="dns")
     try:
-        service = DnsService(lambda: watcher.zone, host.strip("[]"), int(port_text))
+        service = DnsService(zone, host.strip("[]"), int(port_text))
     except OSError as exc:
         fail(f"--listen: cannot bind {listen}: {exc.strerror or exc}", 2)
     watcher.start()

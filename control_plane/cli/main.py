@@ -688,13 +688,15 @@ def _trace_command() -> click.Command:
 cli.add_command(_trace_command())
 
 
-def _dns_command() -> click.Command:
+def _discovery_commands() -> list[click.Command]:
     from tessera.control_plane.cli.dns import dns
+    from tessera.control_plane.cli.lb import lb
 
-    return dns
+    return [dns, lb]
 
 
-cli.add_command(_dns_command())
+for _command in _discovery_commands():
+    cli.add_command(_command)
 
 
 def main() -> None:

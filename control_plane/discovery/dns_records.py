@@ -9,13 +9,8 @@ as the service name, made a DNS label (lower case, letters, digits and '-', at m
     _<service>._<proto>.<domain>         SRV   every published port of every ready task of that name
     _<port>._<proto>.<service>.<domain>  SRV   the ports named <port> (a container port mapping's `name`)
 
-A task is *ready* when it is TASK_RUNNING and, if it has a health check, its latest status says healthy
-(a task not yet checked is not ready: a client is never sent to an instance the agent has not seen
-healthy). Its address is its agent's (the host ports are published there: a command task's `ports`
-resources, a container's port mappings), so every name answers with the address and port a client
-outside the container networks can reach; a bridge container's own address is in its status
-(`network.ip_addresses`) for clients on its agent. SRV targets are the `<task>.<service>.<domain>` names,
-whose A records come in the additional section.
+Only ready tasks are in the zone, at their agent's address (`endpoints.py`). SRV targets are the
+`<task>.<service>.<domain>` names, whose A records come in the additional section.
 """
 
 from __future__ import annotations
@@ -24,18 +19,12 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["DEFAULT_DOMAIN", "Endpoint", "Port", "Srv", "Zone", "build_zone", "dns_label", "normalize_domain"]
+from tessera.control_plane.discovery.endpoints import Endpoint, dns_label
+
+__all__ = ["DEFAULT_DOMAIN", "Srv", "Zone", "build_zone", "normalize_domain"]
 
 DEFAULT_DOMAIN = "tessera"
-_INVALID = re.compile(r"[^a-z0-9-]+")
 _DOMAIN = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*\Z")
-
-
-def dns_label(text: str) -> str:
-    """`text` as one DNS label: lower case, runs of other characters as one '-', no '-' at either end,
-    at most 63 characters ('x' when nothing is left)."""
-    label = _INVALID.sub("-", text.lower()).strip("-")[:63].rstrip("-")
-    return label or "x"
 
 
 def normalize_domain(domain: str) -> str:
@@ -44,24 +33,6 @@ def normalize_domain(domain: str) -> str:
     if not _DOMAIN.match(name) or len(name) > 200:
         raise ValueError(f"not a domain name: {domain!r}")
     return name
-
-
-@dataclass(frozen=True)
-class Port:
-    number: int
-    protocol: str = "tcp"
-    name: str = ""
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One ready task as discovery sees it."""
-
-    task_id: str
-    service: str  # the task's name (else its id)
-    framework: str  # the framework's name (else its id)
-    address: str  # where its ports are published (its agent's address)
-    ports: tuple[Port, ...] = ()
 
 
 @dataclass(frozen=True)

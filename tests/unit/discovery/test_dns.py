@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
 
-from tessera.control_plane.dns.records import Endpoint, Port, build_zone, dns_label, normalize_domain
-from tessera.control_plane.dns.server import ZoneResolver, endpoints_from_state
+from tessera.control_plane.discovery.dns_records import build_zone, normalize_domain
+from tessera.control_plane.discovery.dns_server import ZoneResolver
+from tessera.control_plane.discovery.endpoints import Endpoint, Port, dns_label, endpoints_from_state
 from tessera.v1 import common_pb2, operator_pb2
 
 
