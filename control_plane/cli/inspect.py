@@ -15,7 +15,7 @@ not answer end with one line on stderr (`tessera: ...`) and a non-zero exit, nev
 `--json` prints JSON (NDJSON for event streams) on stdout, nothing else.
 
 These commands do not import `tessera.control_plane.cli.main` (which registers them): they use the group's
-context object (masters, timeout, --json) through `click.pass_obj`.
+context object (`cli.shared.Ctx`: masters, timeout, --json, security) through `click.pass_obj`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any, NoReturn
 import click
 import grpc
 
+from tessera.control_plane.cli.shared import ctx_of
 from tessera.control_plane.codec.operator_api import (
     event_filter_to_proto,
     event_record_from_proto,
@@ -86,29 +87,14 @@ def _open_db(path: Path) -> EventFile:
         fail(str(exc))
 
 
-# ---- talking to the cluster --------------------------------------------------------------------------
-def _addresses(obj: Any) -> list[str]:
-    from tessera.control_plane.api.operator import ADDRESS_RE
-
-    text = getattr(obj, "masters_text", "") or ""
-    addresses = [a.strip() for a in text.split(",") if a.strip()]
-    if not addresses:
-        fail("--masters: give at least one HOST:PORT", 2)
-    for a in addresses:
-        if not ADDRESS_RE.match(a):
-            fail(f"--masters: expected HOST:PORT, got {a!r}", 2)
-    return addresses
-
-
+# ---- talking to the cluster --------------------------------------------------------------------------------
 class _Cluster:
     """A leader-following client whose calls fail with one line (and may take long: history)."""
 
     def __init__(self, obj: Any, rpc_timeout: float | None = None) -> None:
-        from tessera.control_plane.api.client import MasterClient
-
-        self.timeout = float(getattr(obj, "timeout", 10.0) or 10.0)
-        self.client = MasterClient(_addresses(obj), timeout=self.timeout, rpc_timeout=rpc_timeout or 5.0,
-                                   security=getattr(obj, "security", None))
+        self.ctx = ctx_of(obj)
+        self.timeout = self.ctx.timeout
+        self.client = self.ctx.new_client(rpc_timeout or 5.0)
 
     def call(self, method: Callable[[Any], Any], request: Any, timeout: float | None = None) -> Any:
         from tessera.control_plane.api.client import NoMasterAvailable
@@ -116,7 +102,7 @@ class _Cluster:
         try:
             return self.client.call(method, request, timeout=timeout)
         except NoMasterAvailable as exc:
-            fail(f"{exc}; is the cluster up? (tessera up, or --masters / TESSERA_MASTERS)")
+            self.ctx.no_master(exc)
         except grpc.RpcError as err:
             fail(_rpc_message(err))
 
