@@ -64,6 +64,9 @@ def task_framework(state: ClusterState, task_id: str, framework_id: str = "") ->
 
 def _operator_kill(state: ClusterState, cmd: c.OperatorKill, ctx: Context) -> tuple[Event, ...]:
     fid = task_framework(state, cmd.task_id, cmd.framework_id)
+    task = state.find_task(fid, cmd.task_id)
+    if task is not None and task.terminal:  # ended (its framework may be gone since): nothing to kill
+        return ()
     return _kill(state, c.Kill(framework_id=fid, task_id=cmd.task_id,
                                grace_period_seconds=cmd.grace_period_seconds), ctx)
 

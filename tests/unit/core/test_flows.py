@@ -755,6 +755,8 @@ def test_operator_kill_of_an_ended_task_changes_nothing(h: Harness) -> None:
     h.status("t1", S.TASK_FINISHED)
     assert h.decide(c.OperatorKill("t1")) == ()
     assert h.decide(c.OperatorKill("t1", fid)) == ()
+    h.run(c.RemoveFramework(fid, "gone"))  # a framework's kill would be refused now; the task has ended anyway
+    assert h.decide(c.OperatorKill("t1", fid)) == ()
 
 
 def test_status_update_from_an_unreachable_agent_must_wait_for_reregistration(h: Harness) -> None:
