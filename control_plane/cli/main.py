@@ -39,6 +39,7 @@ from tessera.control_plane.cli.shared import (
     TesseraGroup,
     fail,
     refuse_secret_flag,
+    stale_note,
 )
 
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -433,11 +434,6 @@ def _state(c: Ctx, stale: bool = False) -> Any:
     if not resp.from_leader:
         stale_note(resp)
     return resp
-
-
-def stale_note(resp: Any) -> None:
-    click.echo(f"tessera: stale read: a follower answered, at index {resp.index}; it does not know which agents "
-               "are connected, nor the tasks' usage (leave out --stale to ask the leader)", err=True)
 
 
 def _enum_name(enum_type: Any, value: int) -> str:

@@ -166,6 +166,12 @@ def rpc_message(err: grpc.RpcError) -> str:
     return f"{code.name}: {details}"
 
 
+def stale_note(resp: Any) -> None:
+    """Say on stderr that a `GetStateResponse` came from a follower (a `--stale` read)."""
+    click.echo(f"tessera: stale read: a follower answered, at index {resp.index}; it does not know which agents "
+               "are connected, nor the tasks' usage (leave out --stale to ask the leader)", err=True)
+
+
 def ctx_of(obj: Any) -> Ctx:
     """The root's `Ctx` (a fresh one when a command runs outside the `tessera` group, in a test)."""
     return obj if isinstance(obj, Ctx) else Ctx()

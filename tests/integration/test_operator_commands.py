@@ -170,6 +170,9 @@ def test_list_commands_read_from_the_leader_and_stale_reads_say_so(op: Operator)
     assert " ? " in stale.stdout and " no " not in stale.stdout  # connected: unknown, not "no"
     fresh = op.tessera("--masters", follower.grpc, "frameworks")
     assert fresh.returncode == 0 and "stale" not in fresh.stderr
+    state = op.tessera("--masters", follower.grpc, "state", "--stale")
+    assert state.returncode == 0 and "stale read" in state.stderr
+    assert state.stdout.startswith("state as a follower holds it: index ")
 
 
 # ---- who may: a secured cluster ----------------------------------------------------------------------------
