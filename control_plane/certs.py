@@ -44,7 +44,8 @@ DEFAULT_FRAMEWORK_ROLE = "default"  # the SDK's default role (tessera.sdk.types.
 DEFAULT_TASK_USER = "nobody"
 RAFT_PASSWORD_FILE = "raft-password"
 DEV_PRINCIPALS = {
-    "operator": 'roles = []\nusers = []\nactions = ["read", "read_all", "drain", "quorum", "weights", "quota", "teardown", "kill"]',
+    "operator": 'roles = []\nusers = []\n'
+                'actions = ["read", "read_all", "drain", "quorum", "weights", "quota", "teardown", "kill"]',
     # never users = ["*"]: that would let the framework run tasks as root on every agent
     "framework": f'roles = ["{DEFAULT_FRAMEWORK_ROLE}"]\nusers = ["{DEFAULT_TASK_USER}"]\nactions = ["read"]',
 }

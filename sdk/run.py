@@ -151,7 +151,8 @@ def parse_options(*, command: Sequence[str], masters: str | None, cpus: str, mem
     if not role.strip():
         raise BadInput("--role: must not be empty")
     return RunOptions(
-        command=tuple(command), masters=found.addresses, masters_source=found.source, cpus=_positive("--cpus", cpus), mem=_positive("--mem", mem),
+        command=tuple(command), masters=found.addresses, masters_source=found.source,
+        cpus=_positive("--cpus", cpus), mem=_positive("--mem", mem),
         name=name, role=role, env=tuple(pairs), offer_timeout=_positive("--offer-timeout", offer_timeout),
         connect_timeout=_positive("--connect-timeout", connect_timeout), user=user.strip(), image=image.strip(),
         network=network, publish=_publish(publish), volumes=_volumes(volumes),

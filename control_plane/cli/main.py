@@ -502,7 +502,8 @@ def agents(c: Ctx, stale: bool) -> None:
                   "attributes")
     for a in resp.agents:
         table.add_row(a.agent_id, a.info.hostname, _enum_name(common_pb2.AgentState, a.state).removeprefix("AGENT_"),
-                      ("yes" if a.connected else "no") if resp.from_leader else "?", a.info.isolator or "?", _containers_text(a.info.containers),
+                      ("yes" if a.connected else "no") if resp.from_leader else "?", a.info.isolator or "?",
+                      _containers_text(a.info.containers),
                       _res_text(a.used), _res_text(a.info.resources), str(a.task_count),
                       ";".join(f"{x.key}:{x.value}" for x in a.info.attributes))
     console.print(table)
@@ -591,7 +592,7 @@ def tasks(c: Ctx, task: str, state_filter: str | None, framework: str, show_all:
         named = sorted({t.task.framework_id for t in views if t.task.task_id == task_id
                         and (not named_framework or t.task.framework_id == named_framework)})
         if not named:
-            fail(f"no {'' if show_all else 'live '}task {task}" + ("" if show_all else " (--all: finished ones too)"), 1)
+            fail(f"no task {task}" if show_all else f"no live task {task} (--all: finished ones too)", 1)
         if len(named) > 1 and not framework:
             fail(str(AmbiguousTask(task_id, named)), 1)
         named_framework = named_framework or framework or named[0]

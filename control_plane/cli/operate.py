@@ -98,7 +98,8 @@ def framework_teardown(obj: Any, framework_id: str, request_id: str) -> None:
         c.emit({"framework_id": framework_id, "index": resp.index, "removed": resp.removed,
                 "tasks_killed": resp.tasks_killed})
     elif resp.removed:
-        kills = f"; kills of its {resp.tasks_killed} live task(s) sent" if resp.tasks_killed else "; it had no live task"
+        kills = (f"; kills of its {resp.tasks_killed} live task(s) sent" if resp.tasks_killed
+                 else "; it had no live task")
         click.echo(f"framework {framework_id} removed (event {resp.index}){kills}")
     else:
         click.echo(f"framework {framework_id} was already removed; nothing changed (index {resp.index})")
