@@ -60,7 +60,8 @@ from tessera.agent.config import CONTAINER_CHOICES, ISOLATION_CHOICES, SUPERVISO
               help="Where the CNI plugins are (default: /usr/lib/cni, /opt/cni/bin). Repeat.")
 @click.option("--allowed-volume-paths", default="", metavar="DIR,...",
               help="Host directories container volumes may mount (none by default).")
-@click.option("--log-level", default="INFO", show_default=True)
+@click.option("--log-level", type=click.Choice(("DEBUG", "INFO", "WARNING", "ERROR"), case_sensitive=False),
+              default="INFO", show_default=True, help="How much the agent logs.")
 def agent_main(masters: str, data_dir: Path, resources: str, attributes: str, hostname: str,
                heartbeat_interval: float, isolation: str, supervisor_start: str, batch_messages: bool,
                work_dir: Path | None, sandbox_gc_delay: float, sandbox_gc_max_mib: float,

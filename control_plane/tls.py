@@ -19,6 +19,10 @@ Certificates say what they are:
 `ClientSecurity` is what a client needs to reach masters (channel credentials + token); the CLI, the
 agent, the SDK's `tessera run` and masters among themselves build it from `--tls-dir` and `--token`
 (or TESSERA_TLS_DIR / TESSERA_TOKEN).
+
+The cluster files `tessera up` writes (`.tessera/cluster.json`) are read here too: the operator's and the
+frameworks' security it recorded (`cluster_security`) and the masters every client dials when none is
+named (`find_masters`, the edge around `tessera.control_plane.wire.choose_masters`).
 """
 
 from __future__ import annotations
@@ -26,13 +30,14 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from tessera.control_plane import wire
 from tessera.control_plane.core.acl import PEER_KINDS, PeerKind
 
 MASTER_NAME = "master.tessera"
@@ -196,6 +201,23 @@ def read_cluster_file(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def find_masters(flag: str | Sequence[str] | None = None, *, flag_name: str = "--masters",
+                 environ: Mapping[str, str] | None = None, start: Path | None = None) -> wire.FoundMasters:
+    """The masters a client dials (`wire.choose_masters`): `flag`, else TESSERA_MASTERS, else the nearest
+    `.tessera/cluster.json` (from `start`, the current directory), else 127.0.0.1:5050. The file is read
+    only when neither is given. ValueError names the flag, variable or file that is malformed."""
+    env = (os.environ if environ is None else environ).get(wire.MASTERS_ENV)
+    cluster_file = None
+    if not (flag.strip() if isinstance(flag, str) else flag) and not (env and env.strip()):
+        found = find_cluster_file(start)
+        if found is not None:
+            try:
+                cluster_file = (str(found), found.read_text())
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"{found}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    return wire.choose_masters(flag, env, cluster_file, flag_name=flag_name)
 
 
 def cluster_security(kind: str) -> tuple[str, str] | None:

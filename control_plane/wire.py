@@ -16,19 +16,29 @@ an argument), so the agent, the SDK, the operator client and the simulation use 
 - `DialPlan`: the one choice of the next master, for every client that follows the leader (the agent's
   link and the emulated agents, the SDK's session, the operator client, `tessera events --follow`):
   which master to dial after a dial ended, and how long to wait first. Its rules are in its docstring.
+- `choose_masters(flag, env, cluster_file)`: the one order in which every client (the CLI, the SDK's
+  drivers and `tessera run`, the examples) finds the masters: the flag (or the driver's argument), else
+  `TESSERA_MASTERS`, else the `masters` of the nearest `.tessera/cluster.json` (written by `tessera up`),
+  else `DEFAULT_MASTERS`; the answer says where the addresses came from (`FoundMasters.source`), so a
+  client that cannot reach them can say it. The caller reads the environment and the file
+  (`tessera.control_plane.tls.find_masters` does, for every client) and passes their text here.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["BATCHED_MESSAGES", "LEADER_METADATA_KEY", "Backoff", "Dial", "DialPlan", "leader_hint", "parse_masters",
+__all__ = ["BATCHED_MESSAGES", "DEFAULT_MASTERS", "LEADER_METADATA_KEY", "MASTERS_ENV", "Backoff", "Dial",
+           "DialPlan", "FoundMasters", "choose_masters", "cluster_file_masters", "leader_hint", "parse_masters",
            "rounds"]
 
 LEADER_METADATA_KEY = "tessera-leader"
+MASTERS_ENV = "TESSERA_MASTERS"
+DEFAULT_MASTERS = "127.0.0.1:5050"
 BATCHED_MESSAGES = "BATCHED_MESSAGES"  # docs/protocol.md, AgentLink step 8
 
 _ADDRESS_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})\Z")
@@ -53,6 +63,60 @@ def parse_masters(value: str | Sequence[str]) -> tuple[str, ...]:
         if match is None or not 0 < int(match.group(2)) < 65536:
             raise ValueError(f"expected HOST:PORT, got {address!r}")
     return addresses
+
+
+@dataclass(frozen=True, slots=True)
+class FoundMasters:
+    """The masters a client dials and where it found them (`source`, for messages: "--masters",
+    "TESSERA_MASTERS", "/path/.tessera/cluster.json (a stopped cluster)", "the default ...")."""
+
+    addresses: tuple[str, ...]
+    source: str
+
+    @property
+    def text(self) -> str:
+        return ",".join(self.addresses)
+
+
+def cluster_file_masters(text: str) -> tuple[tuple[str, ...], str]:
+    """(masters, status) of a `cluster.json` text as `tessera up` writes it; ValueError when it names no
+    usable masters."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise ValueError("not a JSON document") from None
+    masters = data.get("masters") if isinstance(data, dict) else None
+    if not isinstance(masters, list) or not all(isinstance(m, str) for m in masters):
+        raise ValueError("no \"masters\" list of HOST:PORT strings")
+    status = data.get("status")
+    return parse_masters(masters), status if isinstance(status, str) else ""
+
+
+def choose_masters(flag: str | Sequence[str] | None, env: str | None,
+                   cluster_file: tuple[str, str] | None = None, *, flag_name: str = "--masters") -> FoundMasters:
+    """The masters to dial: `flag` (non-empty), else `env` (TESSERA_MASTERS, non-empty), else the
+    `(path, text)` of the nearest cluster.json, else DEFAULT_MASTERS. ValueError naming the source of a
+    malformed value (`flag_name`, TESSERA_MASTERS or the file's path)."""
+    if flag is not None and (flag.strip() if isinstance(flag, str) else list(flag)):
+        return FoundMasters(_parsed(flag, flag_name), flag_name)
+    if env is not None and env.strip():
+        return FoundMasters(_parsed(env, MASTERS_ENV), MASTERS_ENV)
+    if cluster_file is not None:
+        path, text = cluster_file
+        try:
+            addresses, status = cluster_file_masters(text)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        running = status in ("starting", "running")
+        return FoundMasters(addresses, path if running or not status else f"{path} (a cluster {status} there)")
+    return FoundMasters((DEFAULT_MASTERS,), f"the default (no {flag_name}, {MASTERS_ENV} or .tessera/cluster.json)")
+
+
+def _parsed(value: str | Sequence[str], name: str) -> tuple[str, ...]:
+    try:
+        return parse_masters(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
 
 
 def rounds(failures: int, masters: int) -> int:

@@ -101,6 +101,19 @@ def parse_masters(masters: Sequence[str] | str) -> list[str]:
         raise InvalidRequest(f"masters: {exc}") from None
 
 
+def found_masters(masters: Sequence[str] | str | None) -> wire.FoundMasters:
+    """The driver's masters: those given, else found as every client finds them
+    (`tessera.control_plane.tls.find_masters`: TESSERA_MASTERS, ./.tessera/cluster.json, 127.0.0.1:5050)."""
+    if masters is not None:
+        return wire.FoundMasters(tuple(parse_masters(masters)), "the driver's masters argument")
+    from tessera.control_plane.tls import find_masters
+
+    try:
+        return find_masters(None, flag_name="masters")
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
 def _complete_info(info: FrameworkInfo) -> FrameworkInfo:
     """Fill in the user and hostname the framework runs as, as Mesos drivers do."""
     user, hostname = info.user, info.hostname
@@ -247,7 +260,7 @@ class DriverBase:
     def __init__(
         self,
         framework: FrameworkInfo,
-        masters: Sequence[str] | str,
+        masters: Sequence[str] | str | None = None,
         *,
         transport: Transport | None = None,
         implicit_acknowledgements: bool = True,
@@ -259,14 +272,17 @@ class DriverBase:
         random: Callable[[], float] | None = None,
         request_ids: Callable[[], str] | None = None,
         batch_acknowledgements: bool = True,
+        masters_source: str | None = None,
     ) -> None:
         if not call_timeout > 0 or not rpc_timeout > 0:
             raise InvalidRequest("call_timeout and rpc_timeout must be positive")
         self._lock = threading.Condition()
+        found = found_masters(masters)
         self._session = Session(
-            _complete_info(framework), parse_masters(masters), random=random or _random.random,
+            _complete_info(framework), list(found.addresses), random=random or _random.random,
             implicit_acknowledgements=implicit_acknowledgements, backoff=backoff,
             give_up_after=give_up_after, subscribe_timeout=subscribe_timeout,
+            masters_source=masters_source or found.source,
         )
         if transport is None:
             from tessera.control_plane.tls import TlsConfigError

@@ -32,8 +32,8 @@ log = logging.getLogger("tessera.sdk.driver")
 class AsyncSchedulerDriver(DriverBase):
     """Connects an `AsyncScheduler` to the masters; takes the options of `SchedulerDriver`."""
 
-    def __init__(self, scheduler: AsyncScheduler, framework: FrameworkInfo, masters: Sequence[str] | str,
-                 **options: Any) -> None:
+    def __init__(self, scheduler: AsyncScheduler, framework: FrameworkInfo,
+                 masters: Sequence[str] | str | None = None, **options: Any) -> None:
         super().__init__(framework, masters, **options)
         self.scheduler = scheduler
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -3,6 +3,10 @@
     driver = SchedulerDriver(MyScheduler(), FrameworkInfo(name="batch"), ["m1:5050", "m2:5050"])
     driver.run()            # or: driver.start(); ...; driver.join(); and driver.stop() from anywhere
 
+Without masters (`SchedulerDriver(MyScheduler(), FrameworkInfo(name="batch"))`) the driver finds them as
+every Tessera client does: TESSERA_MASTERS, else the `.tessera/cluster.json` `tessera up` wrote in this
+directory or a parent, else 127.0.0.1:5050; giving up (`give_up_after`) says which it used.
+
 Threads: one keeps the subscription (connect, read, reconnect: `tessera.sdk._shell.StreamRunner`), one runs the
 scheduler's callbacks, one at a time and in order. Calls (`launch`, `decline`, `kill`...) block the
 calling thread until the master answered; they may be made from callbacks or from any other thread.
@@ -48,10 +52,11 @@ class SchedulerDriver(DriverBase):
       one call, to a master that accepts that (BATCHED_ACKNOWLEDGEMENTS); one call per update otherwise
     - `call_timeout` (30 s): how long one call may keep retrying; `rpc_timeout` (10 s) bounds one attempt
     - `give_up_after` (None = never): stop with `error()` when no subscription succeeds for that long
+    - `masters` None (the default): found as every client finds them (see the module docstring)
     - `backoff`, `subscribe_timeout`, `random`, `request_ids`: reconnection tuning and test hooks
     """
 
-    def __init__(self, scheduler: Scheduler, framework: FrameworkInfo, masters: Sequence[str] | str,
+    def __init__(self, scheduler: Scheduler, framework: FrameworkInfo, masters: Sequence[str] | str | None = None,
                  **options: Any) -> None:
         super().__init__(framework, masters, **options)
         self.scheduler = scheduler

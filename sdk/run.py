@@ -62,7 +62,7 @@ from tessera.sdk.types import (
     Volume,
 )
 
-DEFAULT_MASTERS = "127.0.0.1:5050"
+DEFAULT_MASTERS = wire.DEFAULT_MASTERS
 SANDBOX_RE = re.compile(r"sandbox[=:]\s*(\S+)")
 MAX_OUTPUT_BYTES = 1 << 20  # print at most the last MiB of a task's stdout
 
@@ -75,6 +75,7 @@ class BadInput(Exception):
 class RunOptions:
     command: tuple[str, ...]
     masters: tuple[str, ...] = (DEFAULT_MASTERS,)
+    masters_source: str = ""  # where `masters` came from (--masters, TESSERA_MASTERS, a cluster.json...)
     cpus: float = 0.1
     mem: float = 32.0
     name: str = "tessera-run"
@@ -120,10 +121,11 @@ def _volumes(items: Sequence[str]) -> tuple[tuple[str, str, str], ...]:
     return tuple(out)
 
 
-def parse_options(*, command: Sequence[str], masters: str, cpus: str, mem: str, name: str, role: str,
+def parse_options(*, command: Sequence[str], masters: str | None, cpus: str, mem: str, name: str, role: str,
                   env: Sequence[str], offer_timeout: str, connect_timeout: str, user: str = "", image: str = "",
                   network: str = "bridge", publish: Sequence[str] = (), volumes: Sequence[str] = ()) -> RunOptions:
-    """Validate the flags of `tessera run`; raises BadInput naming the first bad one."""
+    """Validate the flags of `tessera run`; raises BadInput naming the first bad one. `masters` None or
+    empty: found as every client finds them (`tessera.control_plane.tls.find_masters`)."""
     if not image and (not command or not any(part.strip() for part in command)):
         raise BadInput("nothing to run: give a command after --, e.g. tessera run -- echo hello")
     if not image and (publish or volumes):
@@ -132,10 +134,12 @@ def parse_options(*, command: Sequence[str], masters: str, cpus: str, mem: str, 
         raise BadInput(f"--network: must be bridge, host or none, got {network!r}")
     if publish and network != "bridge":
         raise BadInput(f"--publish: only the bridge network publishes ports (--network is {network})")
+    from tessera.control_plane.tls import find_masters
+
     try:
-        addresses = wire.parse_masters(masters)
+        found = find_masters(masters)
     except ValueError as exc:
-        raise BadInput(f"--masters: {exc}") from None
+        raise BadInput(str(exc)) from None
     pairs: list[tuple[str, str]] = []
     for item in env:
         key, sep, value = item.partition("=")
@@ -147,7 +151,8 @@ def parse_options(*, command: Sequence[str], masters: str, cpus: str, mem: str, 
     if not role.strip():
         raise BadInput("--role: must not be empty")
     return RunOptions(
-        command=tuple(command), masters=addresses, cpus=_positive("--cpus", cpus), mem=_positive("--mem", mem),
+        command=tuple(command), masters=found.addresses, masters_source=found.source,
+        cpus=_positive("--cpus", cpus), mem=_positive("--mem", mem),
         name=name, role=role, env=tuple(pairs), offer_timeout=_positive("--offer-timeout", offer_timeout),
         connect_timeout=_positive("--connect-timeout", connect_timeout), user=user.strip(), image=image.strip(),
         network=network, publish=_publish(publish), volumes=_volumes(volumes),
@@ -336,7 +341,7 @@ def run_task(options: RunOptions, *, transport: Transport | None = None, out: Te
     if transport is None and security is not None:
         transport = GrpcTransport(credentials=security.credentials, token=security.token)
     driver = SchedulerDriver(scheduler, framework, list(options.masters), transport=transport,
-                             give_up_after=options.connect_timeout)
+                             give_up_after=options.connect_timeout, masters_source=options.masters_source or None)
     shown = (shlex.join(options.command) if len(options.command) > 1 else
              options.command[0] if options.command else "the image's command")
     image = f" in a container of {options.image} ({options.network} network)" if options.image else ""

@@ -225,6 +225,7 @@ class Session:
         give_up_after: float | None = None,
         subscribe_timeout: float = 15.0,
         missed_heartbeats: float = 3.0,
+        masters_source: str = "",
     ) -> None:
         masters = list(dict.fromkeys(m for m in masters if m))
         if not masters:
@@ -239,6 +240,7 @@ class Session:
         self.give_up_after = give_up_after
         self.subscribe_timeout = subscribe_timeout
         self.missed_heartbeats = missed_heartbeats
+        self.masters_source = masters_source  # where the masters came from, for the give-up message
         self._random = random
 
         self.phase = Phase.IDLE
@@ -308,6 +310,8 @@ class Session:
             waited = now - self._down_since
             if waited >= self.give_up_after:
                 message = f"no master answered at {', '.join(self.masters)} within {self.give_up_after:g} s"
+                if self.masters_source:
+                    message += f" (masters from {self.masters_source})"
                 self._fail(message)
                 return NotifyError(message)
         if self._last_address is None:

@@ -40,7 +40,9 @@ from tessera.control_plane.codec.operator_api import (
 )
 from tessera.control_plane.core import commands as cmd
 from tessera.control_plane.core.acl import Caller, check_operator
+from tessera.control_plane.core.decide_tasks import task_framework
 from tessera.control_plane.core.errors import InvalidRequest, NotFound, NotLeader
+from tessera.control_plane.core.events import FrameworkRemoved, TaskKillRequested
 from tessera.control_plane.core.spans import (
     SpanLimits,
     check_span_call,
@@ -48,6 +50,7 @@ from tessera.control_plane.core.spans import (
     checks_span_owners,
     placements,
 )
+from tessera.control_plane.core.values import TaskState
 from tessera.control_plane.core.visibility import Visibility, framework_owners, visibility_for
 from tessera.control_plane.eventlog import EventFilter, EventRecord
 from tessera.control_plane.eventlog.errors import HistoryPruned
@@ -109,9 +112,11 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
     @grpc_errors
     def GetState(self, request: operator_pb2.GetStateRequest, context: grpc.ServicerContext) -> Any:
         visibility = self._visibility(context, "GetState")
-        return self.state_view.read(lambda s, soft: state_to_proto(
+        resp = self.state_view.read(lambda s, soft: state_to_proto(
             s, soft.leader, soft.term, visibility, usage=soft.usage, heartbeat_ages=soft.heartbeat_ages),
             consistent=request.consistent)
+        resp.from_leader = self.master.is_serving()
+        return resp
 
     # ---- event log -------------------------------------------------------------------------------
     @grpc_errors
@@ -344,6 +349,47 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
             request_id=request.request_id, traceparent=request_traceparent(context),
         )
         return operator_pb2.DrainAgentResponse(index=result.last_seq)
+
+    @grpc_errors
+    def UndrainAgent(self, request: operator_pb2.UndrainAgentRequest, context: grpc.ServicerContext) -> Any:
+        self._authorize(context, "UndrainAgent")
+        result = self.master.propose([cmd.UndrainAgent(agent_id=request.agent_id)],
+                                     request_id=request.request_id, traceparent=request_traceparent(context))
+        return operator_pb2.UndrainAgentResponse(index=result.last_seq, undrained=bool(result.events))
+
+    # ---- tasks and frameworks ----------------------------------------------------------------------
+    @grpc_errors
+    def KillTask(self, request: operator_pb2.KillTaskRequest, context: grpc.ServicerContext) -> Any:
+        self._authorize(context, "KillTask")
+        result = self.master.propose(
+            [cmd.OperatorKill(task_id=request.task_id, framework_id=request.framework_id,
+                              grace_period_seconds=request.grace_period_seconds)],
+            request_id=request.request_id, traceparent=request_traceparent(context),
+        )
+        kill = next((e for _, e in result.events if isinstance(e, TaskKillRequested)), None)
+
+        def task_now(s: Any) -> tuple[str, TaskState]:  # the task's framework and state after the call
+            fid = kill.framework_id if kill is not None else task_framework(s, request.task_id, request.framework_id)
+            task = s.find_task(fid, request.task_id)
+            return fid, task.state if task is not None else TaskState.TASK_STATE_UNKNOWN
+
+        framework_id, state = self.master.read_state(task_now)
+        return operator_pb2.KillTaskResponse(index=result.last_seq, framework_id=framework_id,
+                                             kill_requested=kill is not None, state=int(state))
+
+    @grpc_errors
+    def TeardownFramework(self, request: operator_pb2.TeardownFrameworkRequest,
+                          context: grpc.ServicerContext) -> Any:
+        caller = self._authorize(context, "TeardownFramework")
+        who = f"operator {caller.principal}" if caller.principal else "an operator"
+        result = self.master.propose_redeciding(  # a launch committed meanwhile: its task is killed too
+            [cmd.RemoveFramework(framework_id=request.framework_id, reason=f"torn down by {who}")],
+            request_id=request.request_id, traceparent=request_traceparent(context),
+        )
+        events = [e for _, e in result.events]
+        return operator_pb2.TeardownFrameworkResponse(
+            index=result.last_seq, removed=any(isinstance(e, FrameworkRemoved) for e in events),
+            tasks_killed=sum(1 for e in events if isinstance(e, TaskKillRequested)))
 
 
 def peer_host(peer: str) -> str:

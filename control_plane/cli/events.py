@@ -27,11 +27,14 @@ from tessera.control_plane.cli.inspect import (
     record_line,
 )
 from tessera.control_plane.codec.operator_api import event_filter_to_proto, event_record_from_proto
+from tessera.control_plane.core.events import EVENT_FIELDS
 from tessera.control_plane.eventlog import EventFilter, EventRecord
 from tessera.control_plane.eventlog.errors import HistoryError, HistoryPruned
 from tessera.control_plane.eventlog.export import export_events
 from tessera.control_plane.eventlog.source import iter_records
 from tessera.control_plane.eventlog.timepoints import Point, format_time
+
+EVENT_TYPES = tuple(sorted(cls.__name__ for cls in EVENT_FIELDS))
 
 
 # ---- tessera events ---------------------------------------------------------------------------------------
@@ -59,7 +62,8 @@ def events() -> None:
 
 @events.command("list")
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming new events (Ctrl-C stops).")
-@click.option("--type", "types", multiple=True, help="Only events of this type (repeatable).")
+@click.option("--type", "types", multiple=True, type=click.Choice(EVENT_TYPES), metavar="TYPE",
+              help="Only events of this type (repeatable): " + ", ".join(EVENT_TYPES) + ".")
 @click.option("--framework", default="", help="Only events naming this framework id.")
 @click.option("--agent", default="", help="Only events naming this agent id.")
 @click.option("--task", default="", help="Only events naming this task id.")

@@ -15,7 +15,7 @@ not answer end with one line on stderr (`tessera: ...`) and a non-zero exit, nev
 `--json` prints JSON (NDJSON for event streams) on stdout, nothing else.
 
 These commands do not import `tessera.control_plane.cli.main` (which registers them): they use the group's
-context object (masters, timeout, --json) through `click.pass_obj`.
+context object (`cli.shared.Ctx`: masters, timeout, --json, security) through `click.pass_obj`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any, NoReturn
 import click
 import grpc
 
+from tessera.control_plane.cli.shared import ctx_of, stale_note
 from tessera.control_plane.codec.operator_api import (
     event_filter_to_proto,
     event_record_from_proto,
@@ -86,29 +87,14 @@ def _open_db(path: Path) -> EventFile:
         fail(str(exc))
 
 
-# ---- talking to the cluster --------------------------------------------------------------------------
-def _addresses(obj: Any) -> list[str]:
-    from tessera.control_plane.api.operator import ADDRESS_RE
-
-    text = getattr(obj, "masters_text", "") or ""
-    addresses = [a.strip() for a in text.split(",") if a.strip()]
-    if not addresses:
-        fail("--masters: give at least one HOST:PORT", 2)
-    for a in addresses:
-        if not ADDRESS_RE.match(a):
-            fail(f"--masters: expected HOST:PORT, got {a!r}", 2)
-    return addresses
-
-
+# ---- talking to the cluster --------------------------------------------------------------------------------
 class _Cluster:
     """A leader-following client whose calls fail with one line (and may take long: history)."""
 
     def __init__(self, obj: Any, rpc_timeout: float | None = None) -> None:
-        from tessera.control_plane.api.client import MasterClient
-
-        self.timeout = float(getattr(obj, "timeout", 10.0) or 10.0)
-        self.client = MasterClient(_addresses(obj), timeout=self.timeout, rpc_timeout=rpc_timeout or 5.0,
-                                   security=getattr(obj, "security", None))
+        self.ctx = ctx_of(obj)
+        self.timeout = self.ctx.timeout
+        self.client = self.ctx.new_client(rpc_timeout or 5.0)
 
     def call(self, method: Callable[[Any], Any], request: Any, timeout: float | None = None) -> Any:
         from tessera.control_plane.api.client import NoMasterAvailable
@@ -116,7 +102,7 @@ class _Cluster:
         try:
             return self.client.call(method, request, timeout=timeout)
         except NoMasterAvailable as exc:
-            fail(f"{exc}; is the cluster up? (tessera up, or --masters / TESSERA_MASTERS)")
+            self.ctx.no_master(exc)
         except grpc.RpcError as err:
             fail(_rpc_message(err))
 
@@ -254,9 +240,12 @@ def _duration(seconds: float) -> str:
               help="Print what changed from this point to --at (default --at: the latest event).")
 @click.option("--db", type=click.Path(path_type=Path),
               help="Read this events.db (a master's, or an export) instead of asking the cluster.")
+@click.option("--stale", is_flag=True,
+              help="The state now from any master's own copy (may be behind; a follower does not know which "
+                   "agents are connected): the output then says so. Default: from the leader.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def state(obj: Any, at_text: str | None, diff_text: str | None, db: Path | None, as_json: bool) -> None:
+def state(obj: Any, at_text: str | None, diff_text: str | None, db: Path | None, stale: bool, as_json: bool) -> None:
     """The cluster state: now, as of an event index or time, or what changed between two points.
 
     \b
@@ -270,8 +259,10 @@ def state(obj: Any, at_text: str | None, diff_text: str | None, db: Path | None,
     at = _point(at_text, "--at") if at_text else None
     since = _point(diff_text, "--diff") if diff_text else None
     if db is None and at is None and since is None:
-        _print_current_state(obj, as_json)
+        _print_current_state(obj, as_json, stale)
         return
+    if stale:
+        fail("--stale: only for the state now (a point in history is read from the answering master's own log)", 2)
     if db is not None:
         resp = _state_at_offline(db, at, since)
     else:
@@ -317,20 +308,23 @@ def _state_at_remote(obj: Any, at: Point | None, since: Point | None) -> Any:
         cluster.close()
 
 
-def _print_current_state(obj: Any, as_json: bool) -> None:
+def _print_current_state(obj: Any, as_json: bool, stale: bool = False) -> None:
     from google.protobuf.json_format import MessageToDict
 
     from tessera.v1 import operator_pb2
 
     cluster = _Cluster(obj)
     try:
-        resp = cluster.call(lambda s: s.GetState, operator_pb2.GetStateRequest(consistent=True))
+        resp = cluster.call(lambda s: s.GetState, operator_pb2.GetStateRequest(consistent=not stale))
     finally:
         cluster.close()
+    if not resp.from_leader:
+        stale_note(resp)
     if as_json:
         click.echo(json.dumps(MessageToDict(resp, preserving_proto_field_name=True), indent=2, sort_keys=True))
         return
-    _print_state(resp, f"state now: index {resp.index}, term {resp.term}, leader {resp.leader or '?'}")
+    _print_state(resp, f"state {'now' if resp.from_leader else 'as a follower holds it'}: index {resp.index}, "
+                       f"term {resp.term}, leader {resp.leader or '?'}")
 
 
 def _point_header(p: Any, s: Any) -> str:

@@ -1,10 +1,16 @@
 """The `tessera` command: run a master, and operate a cluster over the Operator API.
 
-Every command that talks to a cluster takes `--masters HOST:PORT,...` (or TESSERA_MASTERS), follows the
+Every command that talks to a cluster finds the masters as every Tessera client does (`--masters`, else
+TESSERA_MASTERS, else the ./.tessera/cluster.json `tessera up` wrote, else 127.0.0.1:5050), follows the
 leader on its own, prints a table for people or JSON with `--json`, exits non-zero on failure and says in
 one line why (no traceback). A secured cluster wants `--tls-dir DIR` (ca.pem, cert.pem, key.pem of an
 operator certificate) and a bearer token (`--token-file FILE`, or TESSERA_TLS_DIR / TESSERA_TOKEN_FILE /
-TESSERA_TOKEN).
+TESSERA_TOKEN). These shared flags are accepted before or after any command (`cli.shared`).
+
+List commands (`agents`, `frameworks`, `tasks`, `state`) read from the leader (a consistent read);
+`--stale` lets any master answer from its own copy, and the output then says so (a follower does not know
+which agents are connected, nor the tasks' usage). Mutating commands print the event index they
+committed, in JSON with `--json`.
 
 Secrets never come from the command line, which every local user can read in /proc/PID/cmdline: the
 token and the Raft password come from a file or the environment (readable by their owner only), and
@@ -17,34 +23,27 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
-import grpc
 from google.protobuf.json_format import MessageToDict
 from rich.console import Console
 from rich.table import Table
 
-DEFAULT_MASTERS = "127.0.0.1:5050"
+from tessera.control_plane.cli.shared import (
+    DEFAULT_TIMEOUT,
+    MASTERS_HELP,
+    TOKEN_ALTERNATIVES,
+    Ctx,
+    TesseraGroup,
+    fail,
+    refuse_secret_flag,
+    stale_note,
+)
+
 console = Console(width=None if sys.stdout.isatty() else 200)
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"tessera: {message}", err=True)
-    sys.exit(code)
-
-
-def refuse_secret_flag(alternatives: str) -> Callable[[click.Context, click.Parameter, Any], None]:
-    """A callback for a removed flag that took a secret: one line naming where the secret goes now."""
-
-    def refuse(ctx: click.Context, param: click.Parameter, value: Any) -> None:
-        if value is not None:
-            fail(f"{param.opts[0]} is not accepted: a secret on the command line is readable by every local "
-                 f"user (/proc/PID/cmdline); use {alternatives}", 2)
-
-    return refuse
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def read_secret_file(path: Path, flag: str) -> str:
@@ -58,72 +57,6 @@ def read_secret_file(path: Path, flag: str) -> str:
     return secret
 
 
-def parse_masters(value: str) -> list[str]:
-    """`tessera.control_plane.wire.parse_masters`; a bad list is one line and exit 2."""
-    from tessera.control_plane import wire
-
-    try:
-        return list(wire.parse_masters(value))
-    except ValueError as exc:
-        fail(f"--masters: {exc}", 2)
-
-
-class Ctx:
-    def __init__(self, masters: str, as_json: bool, timeout: float, tls_dir: str | None = None,
-                 token: str | None = None, token_file: str | None = None) -> None:
-        self.masters_text = masters
-        self.as_json = as_json
-        self.timeout = timeout
-        self.tls_dir, self.token, self.token_file = tls_dir, token, token_file
-        self._client: Any = None
-        self._security: Any = None
-
-    @property
-    def security(self) -> Any:
-        """The ClientSecurity from --tls-dir and --token-file / TESSERA_TOKEN (one line and exit 2 if unusable)."""
-        if self._security is None:
-            from tessera.control_plane.tls import (
-                ClientSecurity,
-                TlsConfigError,
-                cluster_security,
-                read_token_file,
-            )
-
-            tls_dir, token_file = self.tls_dir, self.token_file
-            if not (tls_dir or self.token or token_file):
-                # a cluster started here with `tessera up --secure` names the operator's files
-                tls_dir, token_file = cluster_security("operator") or (None, None)
-            try:
-                token = self.token or (read_token_file(token_file) if token_file else None)
-                self._security = ClientSecurity.from_options(tls_dir, token)
-            except TlsConfigError as exc:
-                fail(str(exc), 2)
-        return self._security
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            from tessera.control_plane.api.client import MasterClient
-
-            self._client = MasterClient(parse_masters(self.masters_text), timeout=self.timeout,
-                                        security=self.security)
-        return self._client
-
-    def call(self, method: Callable[[Any], Any], request: Any, **kw: Any) -> Any:
-        from tessera.control_plane.api.client import NoMasterAvailable
-
-        try:
-            return self.client.call(method, request, **kw)
-        except NoMasterAvailable as exc:
-            plaintext = self.security.credentials is None
-            fail(f"{exc}{'; a secured cluster needs --tls-dir (or TESSERA_TLS_DIR)' if plaintext else ''}")
-        except grpc.RpcError as err:
-            fail(f"{err.code().name}: {err.details()}")
-
-    def emit(self, data: Any) -> None:
-        click.echo(json.dumps(data, indent=2, sort_keys=True))
-
-
 def to_dict(msg: Any) -> dict[str, Any]:
     return MessageToDict(msg, preserving_proto_field_name=True)
 
@@ -131,22 +64,28 @@ def to_dict(msg: Any) -> dict[str, Any]:
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "TESSERA"})
-@click.option("--masters", default=DEFAULT_MASTERS, show_default=True, envvar="TESSERA_MASTERS",
-              help="Comma-separated gRPC addresses of the masters.")
+@click.group(cls=TesseraGroup, context_settings={"help_option_names": ["-h", "--help"],
+                                                 "auto_envvar_prefix": "TESSERA"})
+@click.version_option(package_name="tessera-kernel", prog_name="tessera", message="%(prog)s %(version)s",
+                      help="Print the version and exit.")
+@click.option("--masters", default=None, allow_from_autoenv=False, metavar="HOST:PORT,...", help=MASTERS_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the cluster.")
+@click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              metavar="SECONDS", help="Seconds to wait for the cluster.")
 @click.option("--tls-dir", envvar="TESSERA_TLS_DIR", default=None, metavar="DIR",
               help="mTLS: DIR holds ca.pem, cert.pem and key.pem (or TESSERA_TLS_DIR). Plaintext without it.")
 @click.option("--token-file", envvar="TESSERA_TOKEN_FILE", default=None, metavar="FILE",
               help="Read the bearer token of your principal from FILE (or TESSERA_TOKEN_FILE; or the token "
                    "itself in TESSERA_TOKEN). Never on the command line.")
 @click.option("--token", hidden=True, expose_value=False, is_eager=True, allow_from_autoenv=False,
-              callback=refuse_secret_flag("--token-file FILE, TESSERA_TOKEN_FILE or TESSERA_TOKEN"))
+              callback=refuse_secret_flag(TOKEN_ALTERNATIVES))
 @click.pass_context
-def cli(ctx: click.Context, masters: str, as_json: bool, timeout: float, tls_dir: str | None,
+def cli(ctx: click.Context, masters: str | None, as_json: bool, timeout: float, tls_dir: str | None,
         token_file: str | None) -> None:
-    """Tessera: a datacenter kernel with a Raft-replicated, event-sourced master."""
+    """Tessera: a datacenter kernel with a Raft-replicated, event-sourced master.
+
+    The options below (--masters, --json, --timeout, --tls-dir, --token-file) are accepted before or after
+    any command: `tessera --json tasks` and `tessera tasks --json` are the same."""
     ctx.obj = Ctx(masters, as_json, timeout, tls_dir, os.environ.get("TESSERA_TOKEN") or None, token_file)
 
 
@@ -198,7 +137,8 @@ def cli(ctx: click.Context, masters: str, as_json: bool, timeout: float, tls_dir
                    "agent_register_timeout (10 s).")
 @click.option("--insecure-dev", is_flag=True, envvar="TESSERA_INSECURE_DEV",
               help="Start without mTLS, ACL or Raft password: a local development cluster only.")
-@click.option("--log-level", default="INFO", show_default=True)
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True,
+              help="How much the master logs.")
 def master(name: str, raft_address: str, grpc_address: str, peers: str, raft_bind: str | None, data_dir: Path,
            raft_password_file: Path | None, agent_timeout: float, agent_heartbeat_interval: float,
            reregistration_timeout: float, allocation_interval: float, offer_timeout: float,
@@ -371,29 +311,35 @@ def quorum_status(c: Ctx) -> None:
 
 
 @quorum.command("add")
-@click.argument("raft_address")
+@click.argument("raft_address", metavar="RAFT_HOST:PORT")
 @pass_ctx
 def quorum_add(c: Ctx, raft_address: str) -> None:
     """Add a master (then start it with --peers listing every other member)."""
     from tessera.v1 import operator_pb2
 
     c.call(lambda s: s.AddMaster, operator_pb2.AddMasterRequest(raft_address=raft_address), timeout=30)
+    if c.as_json:  # a membership change of Raft itself, not an event of the log: no index to print
+        c.emit({"raft_address": raft_address, "added": True})
+        return
     click.echo(f"added {raft_address} to the quorum; start it with --peers naming every other member")
 
 
 @quorum.command("remove")
-@click.argument("raft_address")
+@click.argument("raft_address", metavar="RAFT_HOST:PORT")
 @pass_ctx
 def quorum_remove(c: Ctx, raft_address: str) -> None:
     """Remove a master from the quorum."""
     from tessera.v1 import operator_pb2
 
     c.call(lambda s: s.RemoveMaster, operator_pb2.RemoveMasterRequest(raft_address=raft_address), timeout=30)
+    if c.as_json:
+        c.emit({"raft_address": raft_address, "removed": True})
+        return
     click.echo(f"removed {raft_address} from the quorum")
 
 
 @quorum.command("transfer")
-@click.argument("raft_address", required=False, default="")
+@click.argument("raft_address", required=False, default="", metavar="[RAFT_HOST:PORT]")
 @pass_ctx
 def quorum_transfer(c: Ctx, raft_address: str) -> None:
     """Hand leadership to RAFT_ADDRESS (or any caught-up member)."""
@@ -401,6 +347,9 @@ def quorum_transfer(c: Ctx, raft_address: str) -> None:
 
     c.call(lambda s: s.TransferLeadership,
            operator_pb2.TransferLeadershipRequest(raft_address=raft_address), timeout=30)
+    if c.as_json:
+        c.emit({"raft_address": raft_address, "transfer_requested": True})
+        return
     click.echo(f"leadership transfer to {raft_address or 'a caught-up member'} requested")
 
 
@@ -416,10 +365,15 @@ def weights() -> None:
 @click.option("--request-id", default="", help="Idempotency key (retries with the same id apply once).")
 @pass_ctx
 def weights_set(c: Ctx, role: str, weight: float, request_id: str) -> None:
+    """Give ROLE the weight WEIGHT (a positive number; 1 by default): under contention, weighted DRF offers
+    each role resources in proportion to its weight. Commits RoleWeightSet."""
     from tessera.v1 import operator_pb2
 
     resp = c.call(lambda s: s.SetWeight,
                   operator_pb2.SetWeightRequest(role=role, weight=weight, request_id=request_id))
+    if c.as_json:
+        c.emit({"role": role, "weight": weight, "index": resp.index})
+        return
     click.echo(f"role {role}: weight {weight:g} (event {resp.index})")
 
 
@@ -445,25 +399,41 @@ def _resources(text: str, flag: str) -> list[Any]:
 
 @quota.command("set")
 @click.argument("role")
-@click.option("--guarantee", default="", help="e.g. 'cpus:4;mem:4096'")
-@click.option("--limit", default="", help="e.g. 'cpus:8;mem:8192'")
-@click.option("--request-id", default="")
+@click.option("--guarantee", default="", metavar="RESOURCES",
+              help="Resources ROLE is offered first, before any other role's share, e.g. 'cpus:4;mem:4096'.")
+@click.option("--limit", default="", metavar="RESOURCES",
+              help="Resources ROLE never holds more than, e.g. 'cpus:8;mem:8192' (empty: no limit).")
+@click.option("--request-id", default="", help="Idempotency key (retries with the same id apply once).")
 @pass_ctx
 def quota_set(c: Ctx, role: str, guarantee: str, limit: str, request_id: str) -> None:
+    """Set ROLE's quota: a guarantee served first and a limit never exceeded (empty ones clear them).
+    Commits QuotaSet."""
     from tessera.v1 import operator_pb2
 
     req = operator_pb2.SetQuotaRequest(role=role, request_id=request_id)
     req.guarantee.extend(_resources(guarantee, "--guarantee"))
     req.limit.extend(_resources(limit, "--limit"))
     resp = c.call(lambda s: s.SetQuota, req)
+    if c.as_json:
+        c.emit({"role": role, "guarantee": guarantee, "limit": limit, "index": resp.index})
+        return
     click.echo(f"role {role}: quota set (event {resp.index})")
 
 
 # ---- state and events --------------------------------------------------------------------------
-def _state(c: Ctx) -> Any:
+STALE_HELP = ("Let any master answer from its own copy (faster, works without a leader; may be behind, and a "
+              "follower does not know which agents are connected): the output then says so.")
+
+
+def _state(c: Ctx, stale: bool = False) -> Any:
+    """The state from the leader (a consistent read: a barrier through the log first), or with `stale`
+    from whichever master answers, with a note on stderr when that was not the leader."""
     from tessera.v1 import operator_pb2
 
-    return c.call(lambda s: s.GetState, operator_pb2.GetStateRequest(consistent=False))
+    resp = c.call(lambda s: s.GetState, operator_pb2.GetStateRequest(consistent=not stale))
+    if not resp.from_leader:
+        stale_note(resp)
+    return resp
 
 
 def _enum_name(enum_type: Any, value: int) -> str:
@@ -518,12 +488,13 @@ def status(c: Ctx) -> None:
 
 
 @cli.command()
+@click.option("--stale", is_flag=True, help=STALE_HELP)
 @pass_ctx
-def agents(c: Ctx) -> None:
+def agents(c: Ctx, stale: bool) -> None:
     """Agents: state, resources used/total, isolator, container support, tasks."""
     from tessera.v1 import common_pb2
 
-    resp = _state(c)
+    resp = _state(c, stale)
     if c.as_json:
         c.emit([to_dict(a) for a in resp.agents])
         return
@@ -531,7 +502,8 @@ def agents(c: Ctx) -> None:
                   "attributes")
     for a in resp.agents:
         table.add_row(a.agent_id, a.info.hostname, _enum_name(common_pb2.AgentState, a.state).removeprefix("AGENT_"),
-                      "yes" if a.connected else "no", a.info.isolator or "?", _containers_text(a.info.containers),
+                      ("yes" if a.connected else "no") if resp.from_leader else "?", a.info.isolator or "?",
+                      _containers_text(a.info.containers),
                       _res_text(a.used), _res_text(a.info.resources), str(a.task_count),
                       ";".join(f"{x.key}:{x.value}" for x in a.info.attributes))
     console.print(table)
@@ -548,12 +520,13 @@ def _containers_text(support: Any) -> str:
 
 
 @cli.command()
+@click.option("--stale", is_flag=True, help=STALE_HELP)
 @pass_ctx
-def frameworks(c: Ctx) -> None:
+def frameworks(c: Ctx, stale: bool) -> None:
     """Frameworks: state, roles, resources used."""
     from tessera.v1 import common_pb2
 
-    resp = _state(c)
+    resp = _state(c, stale)
     if c.as_json:
         c.emit([to_dict(f) for f in resp.frameworks])
         return
@@ -565,46 +538,97 @@ def frameworks(c: Ctx) -> None:
     console.print(table)
 
 
+class TaskStateChoice(click.Choice):
+    """A task state, with or without its TASK_ prefix, in any case (RUNNING, task_failed...)."""
+
+    def __init__(self) -> None:
+        from tessera.v1 import common_pb2
+
+        super().__init__([n.removeprefix("TASK_") for n in common_pb2.TaskState.keys() if n != "TASK_STATE_UNKNOWN"],
+                         case_sensitive=False)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = str(value)
+        return super().convert(text[5:] if text.upper().startswith("TASK_") else text, param, ctx)
+
+
 @cli.command()
 @click.argument("task", required=False, default="", metavar="[[FRAMEWORK_ID/]TASK_ID]")
-@click.option("--state", "state_filter", default="", help="Only tasks in this state (RUNNING, TASK_FAILED...).")
+@click.option("--state", "state_filter", type=TaskStateChoice(), default=None,
+              help="Only tasks in this state (RUNNING, FAILED, ...; the TASK_ prefix is optional).")
 @click.option("--framework", default="", help="Only tasks of this framework id.")
+@click.option("--all", "show_all", is_flag=True,
+              help="Finished tasks too, rebuilt from the event log (the state keeps only live ones).")
+@click.option("--db", type=click.Path(path_type=Path, dir_okay=False),
+              help="With --all: read this events.db (a master's, or an export) instead of asking the cluster.")
+@click.option("--stale", is_flag=True, help=STALE_HELP)
 @pass_ctx
-def tasks(c: Ctx, task: str, state_filter: str, framework: str) -> None:
-    """Tasks with their state, agent and latest status; or the one task named FRAMEWORK_ID/TASK_ID (task ids
-    are scoped per framework), or by a bare TASK_ID that one framework's live tasks use."""
+def tasks(c: Ctx, task: str, state_filter: str | None, framework: str, show_all: bool, db: Path | None,
+          stale: bool) -> None:
+    """Live tasks with their state, agent and latest status (with --all, finished ones too); or the one
+    task named FRAMEWORK_ID/TASK_ID (task ids are scoped per framework), or by a bare TASK_ID that one
+    framework's tasks use."""
     from tessera.control_plane.eventlog.errors import AmbiguousTask
     from tessera.control_plane.eventlog.timeline import split_task_ref
     from tessera.v1 import common_pb2
 
-    wanted = state_filter.upper()
-    if wanted and not wanted.startswith("TASK_"):
-        wanted = "TASK_" + wanted
-    if wanted and wanted not in common_pb2.TaskState.keys():
-        fail(f"--state: unknown task state {state_filter!r}", 2)
-    resp = _state(c)
+    if db is not None and not show_all:
+        fail("--db: only with --all (the live tasks come from the cluster)", 2)
+    wanted = f"TASK_{state_filter.upper()}" if state_filter else ""
+    views: list[Any] = []
+    live: set[tuple[str, str]] = set()
+    history = None
+    if db is None:
+        resp = _state(c, stale)
+        views = list(resp.tasks)
+        live = {(t.task.framework_id, t.task.task_id) for t in views}
+    if show_all:
+        from tessera.control_plane.cli.operate import history_rows
+
+        history, rows = history_rows(c, db, framework)
+        views += [v for v in rows if (v.task.framework_id, v.task.task_id) not in live]
     named_framework, task_id = split_task_ref(task) if task else ("", "")
     if task_id:
-        named = sorted({t.task.framework_id for t in resp.tasks if t.task.task_id == task_id
+        named = sorted({t.task.framework_id for t in views if t.task.task_id == task_id
                         and (not named_framework or t.task.framework_id == named_framework)})
         if not named:
-            fail(f"no live task {task}", 1)
+            fail(f"no task {task}" if show_all else f"no live task {task} (--all: finished ones too)", 1)
         if len(named) > 1 and not framework:
             fail(str(AmbiguousTask(task_id, named)), 1)
         named_framework = named_framework or framework or named[0]
-    rows = [t for t in resp.tasks
+    rows = [t for t in views
             if (not wanted or common_pb2.TaskState.Name(t.state) == wanted)
             and (not framework or t.task.framework_id == framework)
             and (not task_id or (t.task.task_id, t.task.framework_id) == (task_id, named_framework))]
+    ended = {(r.framework_id, r.task_id): r for r in history.rows} if history is not None else {}
     if c.as_json:
-        c.emit([to_dict(t) for t in rows])
+        out = []
+        for t in rows:
+            item = to_dict(t)
+            if show_all:
+                row = ended.get((t.task.framework_id, t.task.task_id))
+                item["live"] = (t.task.framework_id, t.task.task_id) in live
+                item["launched_at"] = row.launched_at if row is not None else None
+                item["ended_at"] = (row.ended_at or None) if row is not None else None
+            out.append(item)
+        c.emit(out)
         return
-    table = Table("task", "framework", "agent", "state", "resources", "message", "cpu s", "rss MiB")
+    if history is not None and history.first_index > 1 and not task_id:
+        click.echo(f"tessera: the event log answering keeps history from index {history.first_index}: tasks "
+                   "launched before are shown from their later events only", err=True)
+    columns = ["task", "framework", "agent", "state", "resources", "message", "cpu s", "rss MiB"]
+    table = Table(*columns, *(["ended"] if show_all else []))
     for t in rows:
+        row = ended.get((t.task.framework_id, t.task.task_id))
+        extra = []
+        if show_all:
+            from tessera.control_plane.eventlog.timepoints import format_time
+
+            extra = [format_time(row.ended_at) if row is not None and row.ended_at else "-"]
         table.add_row(t.task.task_id, t.task.framework_id, t.task.agent_id,
                       _enum_name(common_pb2.TaskState, t.state).removeprefix("TASK_"), _res_text(t.task.resources),
                       t.last_status.message[:60], f"{t.usage.cpu_seconds:.2f}" if t.HasField("usage") else "",
-                      f"{t.usage.rss_bytes / 2**20:.1f}" if t.HasField("usage") else "")
+                      f"{t.usage.rss_bytes / 2**20:.1f}" if t.HasField("usage") else "", *extra)
     console.print(table)
 
 
@@ -615,10 +639,14 @@ def _res_text(items: Any) -> str:
 
 
 def _agent_group() -> click.Group:
-    """`tessera agent --data-dir D ...` runs an agent; `tessera agent drain AGENT_ID` drains one."""
+    """`tessera agent --data-dir D ...` runs an agent; `tessera agent drain AGENT_ID` drains one,
+    `tessera agent undrain AGENT_ID` offers it again."""
     import copy
 
+    from click.core import ParameterSource
+
     from tessera.agent.cli import agent_main
+    from tessera.control_plane.cli.operate import agent_drain, agent_undrain
 
     params = []
     for param in agent_main.params:
@@ -626,66 +654,59 @@ def _agent_group() -> click.Group:
         optional.required = False  # --data-dir is required to run an agent, not to drain one
         params.append(optional)
 
-    @click.group("agent", invoke_without_command=True, params=params, help=agent_main.help)
+    help_text = (f"{agent_main.help}\n\nWith a subcommand, act on an agent of the cluster instead: `tessera agent "
+                 "drain AGENT_ID` (and wait until its tasks are gone), `tessera agent undrain AGENT_ID`.")
+
+    @click.group("agent", invoke_without_command=True, params=params, help=help_text)
     @click.pass_context
     def agent(ctx: click.Context, **kwargs: Any) -> None:
+        given = {name for name in ("masters", "agent_tls_dir")
+                 if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE}
         if ctx.invoked_subcommand is not None:
+            # `tessera agent --masters X drain A`: the flags written before the subcommand are for it
+            c = ctx.find_object(Ctx)
+            if c is not None and "masters" in given:
+                c.masters_flag = kwargs["masters"]
+            if c is not None and "agent_tls_dir" in given:
+                c.tls_dir = str(kwargs["agent_tls_dir"])
             return
         if kwargs.get("data_dir") is None:
             fail("--data-dir: required to run an agent (where agent.db and the sandboxes live)", 2)
+        from tessera.control_plane.tls import find_masters
+
+        try:  # an agent finds the masters as every client does (TESSERA_MASTERS, ./.tessera/cluster.json)
+            kwargs["masters"] = find_masters(kwargs["masters"] if "masters" in given else None).text
+        except ValueError as exc:
+            fail(str(exc), 2)
         assert agent_main.callback is not None
         agent_main.callback(**kwargs)
 
-    @agent.command("drain")
-    @click.argument("agent_id")
-    @click.option("--request-id", default="")
-    @click.pass_context
-    def drain(ctx: click.Context, agent_id: str, request_id: str) -> None:
-        """Stop offering AGENT_ID and kill its tasks with their grace period."""
-        from tessera.v1 import operator_pb2
-
-        c = ctx.find_object(Ctx)
-        assert c is not None
-        resp = c.call(lambda s: s.DrainAgent, operator_pb2.DrainAgentRequest(agent_id=agent_id,
-                                                                             request_id=request_id))
-        click.echo(f"agent {agent_id} is draining (event {resp.index})")
-
+    agent.add_command(agent_drain)
+    agent.add_command(agent_undrain)
     return agent
 
 
 cli.add_command(_agent_group())
 
 
-def _run_command() -> click.Command:
+def _operator_commands() -> list[click.Command]:
+    from tessera.control_plane.cli.operate import framework_group, task_group
     from tessera.control_plane.cli.run import run_command
 
-    return run_command
-
-
-cli.add_command(_run_command(), name="run")
+    return [task_group, framework_group, run_command]
 
 
 def _history_commands() -> list[click.Command]:
     from tessera.control_plane.cli.events import events
     from tessera.control_plane.cli.inspect import state, timeline
-    from tessera.control_plane.cli.up import install_default_masters, up
-
-    # --masters: TESSERA_MASTERS, else ./.tessera/cluster.json (written by `tessera up`), else 127.0.0.1:5050
-    install_default_masters(cli)
-    return [state, timeline, events, up]
-
-
-for _command in _history_commands():
-    cli.add_command(_command)
-
-
-def _trace_command() -> click.Command:
     from tessera.control_plane.cli.trace import trace
+    from tessera.control_plane.cli.up import up
 
-    return trace
+    return [state, timeline, events, up, trace]
 
 
-cli.add_command(_trace_command())
+for _command in (*_operator_commands(), *_history_commands()):
+    cli.add_command(_command)
 
 
 def _discovery_commands() -> list[click.Command]:

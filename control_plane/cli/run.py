@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from tessera.control_plane.cli.shared import OneLineCommand
 from tessera.control_plane.tls import ClientSecurity, TlsConfigError
 from tessera.sdk.run import DEFAULT_MASTERS, BadInput, parse_options, run_task
 from tessera.sdk.types import DEFAULT_ROLE
@@ -38,19 +39,26 @@ def _security() -> ClientSecurity:
 
 
 def _root_masters() -> str | None:
-    """`tessera --masters X run ...`: the group's flag, when this command is registered in one."""
+    """`tessera --masters X run ...` (or `tessera run --masters X` through the shared flags): the group's
+    flag, when this command is registered in one."""
     ctx = click.get_current_context(silent=True)
     root = ctx.find_root() if ctx is not None else None
     if root is not None and root is not ctx:
-        value = root.params.get("masters")
+        flag = getattr(root.obj, "masters_flag", None)
+        value = flag or root.params.get("masters")
         return str(value) if value else None
     return None
 
 
-@click.command("run", context_settings={"allow_interspersed_args": False,
-                                        "help_option_names": ["-h", "--help"]})
+class RunCommand(OneLineCommand):
+    error_prefix = "tessera run"
+
+
+@click.command("run", cls=RunCommand, context_settings={"allow_interspersed_args": False,
+                                                        "help_option_names": ["-h", "--help"]})
 @click.option("--masters", default=None, metavar="HOST:PORT,...",
-              help=f"masters to subscribe with (default: $TESSERA_MASTERS or {DEFAULT_MASTERS})")
+              help=f"masters to subscribe with (default: $TESSERA_MASTERS, else ./.tessera/cluster.json, else "
+                   f"{DEFAULT_MASTERS})")
 @click.option("--cpus", default="0.1", metavar="N", show_default=True, help="CPUs for the task")
 @click.option("--mem", default="32", metavar="N", show_default=True, help="memory for the task, in MiB")
 @click.option("--name", default="tessera-run", show_default=True, help="framework and task name")
@@ -64,7 +72,7 @@ def _root_masters() -> str | None:
               help="seconds to wait for a master to answer")
 @click.option("--image", default="", metavar="REFERENCE",
               help="run the command in a container of this OCI image, e.g. 127.0.0.1:5000/tools/busybox:1.35")
-@click.option("--network", default="bridge", show_default=True, metavar="bridge|host|none",
+@click.option("--network", default="bridge", show_default=True, type=click.Choice(["bridge", "host", "none"]),
               help="a container's network")
 @click.option("--publish", "-p", multiple=True, metavar="PORT[/udp]",
               help="publish a container port on a host port from the offer (repeat; bridge network)")
@@ -78,7 +86,7 @@ def run_command(masters: str | None, cpus: str, mem: str, name: str, role: str, 
 
     One argument after -- is run with /bin/sh -c; several are an argv. With --image the task runs in a
     container of that image (with no command, the image's own)."""
-    chosen = masters or _root_masters() or os.environ.get("TESSERA_MASTERS") or DEFAULT_MASTERS
+    chosen = masters or _root_masters()  # None: found as every client finds them (tls.find_masters)
     try:
         options = parse_options(command=command, masters=chosen, cpus=cpus, mem=mem, name=name, role=role,
                                 env=env, offer_timeout=offer_timeout, connect_timeout=connect_timeout, user=user,

@@ -64,6 +64,7 @@ def trace(obj: Any, task_id: str, json_flag: bool) -> None:
     framework's tasks use it (several: the error lists them)."""
     from google.protobuf.json_format import MessageToDict
 
+    from tessera.control_plane.api.client import NoMasterAvailable
     from tessera.v1 import operator_pb2
 
     cluster = _Cluster(obj)
@@ -76,8 +77,8 @@ def trace(obj: Any, task_id: str, json_flag: bool) -> None:
             if err.code() == grpc.StatusCode.NOT_FOUND:
                 fail(f"no trace found for task {task_id}")
             fail(_rpc_message(err))
-        except Exception as exc:  # NoMasterAvailable
-            fail(f"{exc}; is the cluster up? (tessera up, or --masters / TESSERA_MASTERS)")
+        except NoMasterAvailable as exc:
+            cluster.ctx.no_master(exc)
     finally:
         cluster.close()
     if json_flag or getattr(obj, "as_json", False):

@@ -15,10 +15,11 @@ frameworks with their certificate and token; `cluster.json` then names the opera
 token file, which other commands run from the same directory use when no `--tls-dir` / token is given.
 
 State file: `D/cluster.json` holds the members (names, Raft and gRPC addresses, PIDs) and whether the
-cluster is running. `default_masters()` is how every other command finds the cluster without flags:
-`TESSERA_MASTERS`, else the `cluster.json` of the nearest `.tessera/` directory (this directory or a
-parent), else 127.0.0.1:5050. Starting `up` again on the same data dir restarts the same members on the
-same ports (Raft membership lives in the masters' data), so the history is kept.
+cluster is running. Every client finds the cluster through it without flags
+(`tessera.control_plane.tls.find_masters`: `TESSERA_MASTERS`, else the `cluster.json` of the nearest
+`.tessera/` directory (this directory or a parent), else 127.0.0.1:5050); `up` also prints the
+`export TESSERA_MASTERS=...` line for shells elsewhere. Starting `up` again on the same data dir restarts
+the same members on the same ports (Raft membership lives in the masters' data), so the history is kept.
 
 Rules: every child runs in its own session (a Ctrl-C in the terminal reaches `up` only, which stops the
 children in order: frameworks, agents, masters); nothing is killed by name; a failure to start ends
@@ -45,16 +46,8 @@ from typing import IO, Any, NoReturn
 
 import click
 
-from tessera.control_plane.tls import (  # noqa: F401 - cluster_security: re-exported for the CLI
-    DEFAULT_DATA_DIR,
-    STATE_FILE,
-    ClientSecurity,
-    cluster_security,
-    find_cluster_file,
-    read_cluster_file,
-)
+from tessera.control_plane.tls import DEFAULT_DATA_DIR, STATE_FILE, ClientSecurity, read_cluster_file
 
-DEFAULT_MASTERS = "127.0.0.1:5050"
 STOP_GRACE_SECONDS = 10.0
 READY_TIMEOUT_SECONDS = 60.0
 COLOURS = ("cyan", "magenta", "blue", "green", "yellow", "bright_cyan", "bright_magenta", "bright_blue")
@@ -66,31 +59,6 @@ DEMOS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("keeper", ("tessera.sdk.examples.keeper", "tessera.sdk.examples.service"),
      ("--name", "demo-keeper", "--command", "sleep 3600", "--instances", "2", "--teardown-on-exit")),
 )
-
-
-# ---- finding the cluster ------------------------------------------------------------------------------
-def default_masters() -> str:
-    """`--masters` when none is given: TESSERA_MASTERS, else ./.tessera/cluster.json (or a parent's),
-    else 127.0.0.1:5050."""
-    env = os.environ.get("TESSERA_MASTERS", "").strip()
-    if env:
-        return env
-    found = find_cluster_file()
-    if found is not None:
-        data = read_cluster_file(found)
-        masters = data.get("masters") if data else None
-        if isinstance(masters, list) and masters and all(isinstance(m, str) for m in masters):
-            return ",".join(masters)
-    return DEFAULT_MASTERS
-
-
-def install_default_masters(group: click.Group) -> None:
-    """Make the group's `--masters` default to `default_masters()` (evaluated when a command runs)."""
-    for param in group.params:
-        if param.name == "masters":
-            param.default = default_masters
-            if isinstance(param, click.Option):
-                param.show_default = "TESSERA_MASTERS, else ./.tessera/cluster.json, else 127.0.0.1:5050"
 
 
 # ---- children ---------------------------------------------------------------------------------------------
@@ -597,8 +565,10 @@ def _print_ready(out: Output, members: list[Member], leader: Member, data_dir: P
     shown = [m.name for m in members] + [c.name for c in agents]
     out.say("metrics: " + "  ".join(f"{name} http://{metrics[name]}/metrics" for name in shown if name in metrics))
     rel = os.path.relpath(data_dir)
-    hint = "" if data_dir == (Path.cwd() / DEFAULT_DATA_DIR) else f"  (elsewhere: export TESSERA_MASTERS={addresses})"
-    out.say(f"state file: {data_dir / STATE_FILE}{hint}")
+    here = data_dir == (Path.cwd() / DEFAULT_DATA_DIR)
+    out.say(f"state file: {data_dir / STATE_FILE}" + ("  (commands run from this directory find the cluster "
+                                                         "through it)" if here else ""))
+    out.say(f"export TESSERA_MASTERS={addresses}    # for shells in other directories, and programs", bold=True)
     out.say("try, from this directory:", bold=True)
     for line in ("tessera quorum status", "tessera agents", "tessera events --follow",
                  "python -m tessera.sdk.examples.batch --command 'sleep 1' --count 5",

@@ -21,7 +21,10 @@ is proposed, so a refused call changes nothing):
   users the grant lists.
 - Operator actions: `read` (state, events, traces, quorum), `read_all` (with `read`: other principals'
   tasks in full, see `core.visibility`; without it their commands, environment values, labels and
-  output are redacted), `drain`, `quorum` (add, remove, transfer), `weights`, `quota`, `teardown`.
+  output are redacted), `drain` (drain and undrain agents), `quorum` (add, remove, transfer), `weights`,
+  `quota`, `teardown` (remove any framework), `kill` (kill any task). `kill` is its own action, as
+  Mesos's `kill_tasks` is beside `teardown_frameworks`: ending one runaway task is a smaller power than
+  removing a whole framework with all its tasks, and an on-call grant may want the one without the other.
 - Span reports are checked against the tasks they concern (`core.spans`).
 
 `users` names Unix users a task's command may run as; the empty string stands for "no user given": the
@@ -51,7 +54,7 @@ from tessera.control_plane.core.resources import validate_role
 
 PeerKind = Literal["master", "agent", "framework", "operator"]
 PEER_KINDS: tuple[PeerKind, ...] = ("master", "agent", "framework", "operator")
-ACTIONS = frozenset({"read", "read_all", "drain", "quorum", "weights", "quota", "teardown"})
+ACTIONS = frozenset({"read", "read_all", "drain", "quorum", "weights", "quota", "teardown", "kill"})
 ANY = "*"
 
 _PRINCIPAL_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,128}\Z")
@@ -80,7 +83,8 @@ OPERATOR_ACTIONS: Mapping[str, str] = {
     "GetState": "read", "ListEvents": "read", "WatchEvents": "read", "GetStateAt": "read",
     "GetTrace": "read", "GetQuorum": "read",
     "AddMaster": "quorum", "RemoveMaster": "quorum", "TransferLeadership": "quorum",
-    "SetWeight": "weights", "SetQuota": "quota", "DrainAgent": "drain",
+    "SetWeight": "weights", "SetQuota": "quota", "DrainAgent": "drain", "UndrainAgent": "drain",
+    "KillTask": "kill", "TeardownFramework": "teardown",
 }
 # Operator methods a peer's certificate alone authorizes (no token): master-to-master, and spans from
 # agents (which hold no token). Frameworks and operators report spans with their token, so that the

@@ -1,4 +1,4 @@
-"""apply of agent events: registration, reregistration, unreachable, removal, drain."""
+"""apply of agent events: registration, reregistration, unreachable, removal, drain, undrain."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from tessera.control_plane.core.events import (
     AgentRegistered,
     AgentRemoved,
     AgentReregistered,
+    AgentUndrained,
     AgentUnreachable,
 )
 from tessera.control_plane.core.state import (
@@ -134,10 +135,23 @@ def _agent_drain_started(state: ClusterState, e: AgentDrainStarted, tx: Tx) -> b
     return True
 
 
+def _agent_undrained(state: ClusterState, e: AgentUndrained, tx: Tx) -> bool:
+    """The draining flag goes; a reachable agent is ACTIVE again (an unreachable one comes back ACTIVE
+    when it reregisters)."""
+    agent = known_agent(state, e.agent_id)
+    if not agent.draining:
+        raise Conflict(f"agent {agent.agent_id} is {agent.state.name} and not draining; nothing to undrain")
+    tx.assign(agent, "draining", False)
+    if agent.state is AgentState.AGENT_DRAINING:
+        tx.assign(agent, "state", AgentState.AGENT_ACTIVE)
+    return True
+
+
 HANDLERS: dict[type, Handler] = {
     AgentRegistered: _agent_registered,
     AgentReregistered: _agent_reregistered,
     AgentUnreachable: _agent_unreachable,
     AgentRemoved: _agent_removed,
     AgentDrainStarted: _agent_drain_started,
+    AgentUndrained: _agent_undrained,
 }

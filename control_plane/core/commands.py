@@ -100,6 +100,14 @@ class DrainAgent:
     agent_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class UndrainAgent:
+    """Offer a draining agent again (an unreachable one that was draining comes back active); the tasks
+    the drain killed stay ended. Undraining an agent that is not draining changes nothing."""
+
+    agent_id: str
+
+
 # ---- frameworks --------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class SubscribeFramework:
@@ -212,6 +220,17 @@ class Kill:
 
 
 @dataclass(frozen=True, slots=True)
+class OperatorKill:
+    """An operator kills a task. Task ids are scoped per framework: an empty `framework_id` names the one
+    framework whose live task (else whose task, live or ended) uses `task_id`; several is `InvalidRequest`
+    naming them. The kill itself is a framework's `Kill`: an ended task is a no-op."""
+
+    task_id: str
+    framework_id: str = ""
+    grace_period_seconds: float = 0.0  # 0 = the task's own kill_grace_period_seconds
+
+
+@dataclass(frozen=True, slots=True)
 class UpdateStatus:
     """A status update from an agent; `status.uuid` identifies it for de-duplication and acks. `identity`
     (from the sender's verified certificate) must be the one the task's agent registered with."""
@@ -236,8 +255,8 @@ class ExpireFrameworks:
 Command = (
     ElectLeader | AnnounceMaster | RemoveMaster
     | SetRoleWeight | SetQuota
-    | RegisterAgent | ReregisterAgent | MarkAgentUnreachable | RemoveAgent | DrainAgent
+    | RegisterAgent | ReregisterAgent | MarkAgentUnreachable | RemoveAgent | DrainAgent | UndrainAgent
     | SubscribeFramework | DisconnectFramework | RemoveFramework | Teardown | Suppress | Revive
     | IssueOffers | Decline | RescindOffer | ExpireOffers | Accept
-    | Kill | UpdateStatus | Acknowledge | ExpireFrameworks
+    | Kill | OperatorKill | UpdateStatus | Acknowledge | ExpireFrameworks
 )

@@ -1,5 +1,5 @@
 """decide of agent commands: registration and reregistration (with the certificate check that only the
-identity an agent registered with may speak for it), unreachable, removal, drain.
+identity an agent registered with may speak for it), unreachable, removal, drain and undrain.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from tessera.control_plane.core.events import (
     AgentRegistered,
     AgentRemoved,
     AgentReregistered,
+    AgentUndrained,
     AgentUnreachable,
     Event,
     TaskKillRequested,
@@ -213,10 +214,23 @@ def _drain_agent(state: ClusterState, cmd: c.DrainAgent, ctx: Context) -> tuple[
     )
 
 
+def _undrain_agent(state: ClusterState, cmd: c.UndrainAgent, ctx: Context) -> tuple[Event, ...]:
+    """Offer a draining agent again: the drain's kills were sent and stand (its tasks end anyway), only
+    new offers resume. An agent that is not draining is left as it is; a removed one cannot come back."""
+    agent = known_agent(state, cmd.agent_id)
+    if agent.state is AgentState.AGENT_REMOVED:
+        raise Conflict(f"agent {agent.agent_id} was removed ({agent.removed_reason or 'no reason'}); it cannot be "
+                       "undrained")
+    if not agent.draining:
+        return ()
+    return (AgentUndrained(agent.agent_id),)
+
+
 DECIDERS: dict[type, Decider] = {
     c.RegisterAgent: _register_agent,
     c.ReregisterAgent: _reregister_agent,
     c.MarkAgentUnreachable: _mark_agent_unreachable,
     c.RemoveAgent: _remove_agent,
     c.DrainAgent: _drain_agent,
+    c.UndrainAgent: _undrain_agent,
 }

@@ -1,4 +1,5 @@
-"""decide of task commands: kills, agents' status updates, frameworks' acknowledgements."""
+"""decide of task commands: kills (a framework's and an operator's), agents' status updates, frameworks'
+acknowledgements."""
 
 from __future__ import annotations
 
@@ -16,7 +17,14 @@ from tessera.control_plane.core.events import (
     TaskStatusUpdated,
 )
 from tessera.control_plane.core.lifecycle import can_transition
-from tessera.control_plane.core.state import ClusterState, TaskKey, check_id, check_number, check_task_status
+from tessera.control_plane.core.state import (
+    ClusterState,
+    TaskKey,
+    check_id,
+    check_number,
+    check_optional_id,
+    check_task_status,
+)
 from tessera.control_plane.core.values import TaskState
 
 
@@ -34,6 +42,33 @@ def _kill(state: ClusterState, cmd: c.Kill, ctx: Context) -> tuple[Event, ...]:
         return ()
     grace = grace or task.info.kill_grace_period_seconds
     return (TaskKillRequested(tid, task.framework_id, task.agent_id, grace),)
+
+
+def task_framework(state: ClusterState, task_id: str, framework_id: str = "") -> str:
+    """The framework of the task an operator names: `framework_id` when given, else the one framework
+    whose live task uses `task_id`, else the one whose task (ended, still remembered) uses it. NotFound
+    when no framework's does; InvalidRequest naming them when several do (task ids are per framework)."""
+    tid = check_id(task_id, "task_id")
+    fid = check_optional_id(framework_id, "framework_id")
+    if fid:
+        return fid
+    live = sorted({k.framework_id for k, t in state.tasks.items() if k.task_id == tid and not t.terminal})
+    named = live or sorted({k.framework_id for k in (*state.tasks, *state.completed_tasks) if k.task_id == tid})
+    if not named:
+        raise NotFound(f"no framework has a task {tid}")
+    if len(named) > 1:
+        raise InvalidRequest(f"task id {tid} is used by frameworks {', '.join(named)}: name one as "
+                             f"FRAMEWORK_ID/{tid}")
+    return named[0]
+
+
+def _operator_kill(state: ClusterState, cmd: c.OperatorKill, ctx: Context) -> tuple[Event, ...]:
+    fid = task_framework(state, cmd.task_id, cmd.framework_id)
+    task = state.find_task(fid, cmd.task_id)
+    if task is not None and task.terminal:  # ended (its framework may be gone since): nothing to kill
+        return ()
+    return _kill(state, c.Kill(framework_id=fid, task_id=cmd.task_id,
+                               grace_period_seconds=cmd.grace_period_seconds), ctx)
 
 
 def _update_status(state: ClusterState, cmd: c.UpdateStatus, ctx: Context) -> tuple[Event, ...]:
@@ -85,6 +120,7 @@ def _acknowledge(state: ClusterState, cmd: c.Acknowledge, ctx: Context) -> tuple
 
 DECIDERS: dict[type, Decider] = {
     c.Kill: _kill,
+    c.OperatorKill: _operator_kill,
     c.UpdateStatus: _update_status,
     c.Acknowledge: _acknowledge,
 }

@@ -77,6 +77,13 @@ class AgentDrainStarted:
     agent_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class AgentUndrained:
+    """A draining agent is offered again (an operator's undrain); the tasks the drain killed stay ended."""
+
+    agent_id: str
+
+
 # ---- frameworks --------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class FrameworkSubscribed:
@@ -224,6 +231,7 @@ class UnknownEvent:
 Event = (
     LeaderElected | MasterAdded | MasterRemoved
     | AgentRegistered | AgentReregistered | AgentUnreachable | AgentRemoved | AgentDrainStarted
+    | AgentUndrained
     | FrameworkSubscribed | FrameworkDisconnected | FrameworkRemoved | FrameworkSuppressed | FrameworkRevived
     | OfferIssued | OfferDeclined | OfferRescinded | OfferAccepted
     | TaskLaunched | TaskKillRequested | TaskStatusUpdated | TaskStatusAcknowledged
@@ -241,6 +249,7 @@ EVENT_FIELDS: dict[type, str] = {
     AgentUnreachable: "agent_unreachable",
     AgentRemoved: "agent_removed",
     AgentDrainStarted: "agent_drain_started",
+    AgentUndrained: "agent_undrained",
     FrameworkSubscribed: "framework_subscribed",
     FrameworkDisconnected: "framework_disconnected",
     FrameworkRemoved: "framework_removed",

@@ -69,7 +69,7 @@ class LeaderSettings:
 
 # Events after which an allocation round may find something new to offer.
 FREES_RESOURCES = (
-    ev.AgentRegistered, ev.AgentReregistered, ev.FrameworkSubscribed, ev.FrameworkRevived,
+    ev.AgentRegistered, ev.AgentReregistered, ev.AgentUndrained, ev.FrameworkSubscribed, ev.FrameworkRevived,
     ev.OfferDeclined, ev.OfferRescinded, ev.ResourcesUnreserved, ev.ResourcesReserved, ev.RoleWeightSet,
     ev.QuotaSet,
 )

@@ -1,6 +1,6 @@
 """A batch runner: run N commands to completion on the cluster, retry failures, print a summary.
 
-    python -m tessera.sdk.examples.batch --masters 127.0.0.1:5050 --count 10 --command 'sleep 0.1'
+    python -m tessera.sdk.examples.batch --count 10 --command 'sleep 0.1'
     python -m tessera.sdk.examples.batch --command 'make test-a' --command 'make test-b' --max-retries 1
 
 Each command is one job; a job's attempt is one task (a fresh task id per attempt, since the master
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import threading
 import uuid
@@ -316,7 +315,7 @@ class BatchRunner(Scheduler):
         )
 
 
-def run_batch(runner: BatchRunner, framework: FrameworkInfo, masters: Sequence[str] | str,
+def run_batch(runner: BatchRunner, framework: FrameworkInfo, masters: Sequence[str] | str | None,
               **driver_options: Any) -> BatchSummary:
     """Run `runner` to the end with a blocking driver and return its summary."""
     driver = SchedulerDriver(runner, framework, masters, **driver_options)
@@ -336,8 +335,9 @@ def _env_pairs(pairs: Sequence[str]) -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tessera.sdk.examples.batch", description=__doc__.split("\n")[0])
-    parser.add_argument("--masters", default=os.environ.get("TESSERA_MASTERS", "127.0.0.1:5050"),
-                        help="HOST:PORT,... of the masters (default: $TESSERA_MASTERS or 127.0.0.1:5050)")
+    parser.add_argument("--masters", default=None,
+                        help="HOST:PORT,... of the masters (default: as every tessera client finds them: "
+                             "$TESSERA_MASTERS, else ./.tessera/cluster.json from `tessera up`, else 127.0.0.1:5050)")
     parser.add_argument("--command", action="append", required=True,
                         help="a shell command to run (repeat for several)")
     parser.add_argument("--count", type=int, default=1, help="run each command this many times")

@@ -1,6 +1,6 @@
 """A service keeper: keep K instances of a command running, spread across agents, scaled on request.
 
-    python -m tessera.sdk.examples.service --masters 127.0.0.1:5050 --instances 3 --spread-by rack \\
+    python -m tessera.sdk.examples.service --instances 3 --spread-by rack \\
         --command 'python3 -m http.server 0'
 
     kill -USR1 <pid>              one more instance
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -314,7 +313,9 @@ def _read_count(path: Path) -> int | None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tessera.sdk.examples.service",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--masters", default=os.environ.get("TESSERA_MASTERS", "127.0.0.1:5050"))
+    parser.add_argument("--masters", default=None,
+                        help="HOST:PORT,... of the masters (default: as every tessera client finds them: "
+                             "$TESSERA_MASTERS, else ./.tessera/cluster.json from `tessera up`, else 127.0.0.1:5050)")
     parser.add_argument("--command", required=True, help="the shell command of one instance")
     parser.add_argument("--instances", type=int, default=1)
     parser.add_argument("--cpus", type=float, default=0.1)

@@ -90,6 +90,8 @@ def test_up_runs_a_cluster_other_commands_find_and_sigterm_stops_every_child(tmp
         up.wait_ready()
         addresses = up.line_starting("masters: ").removeprefix("masters: ").split(",")
         assert len(addresses) == 3 and all(a.startswith("127.0.0.1:") for a in addresses)
+        export = up.line_starting("export TESSERA_MASTERS=").split()[1]
+        assert export == f"TESSERA_MASTERS={','.join(addresses)}"
         assert any("INSECURE DEV MODE" in line for line in up.lines)
         urls = [w for w in up.line_starting("metrics: ").split() if w.startswith("http://")]
         assert len(urls) == 4  # 3 masters and the agent
@@ -130,6 +132,12 @@ def test_up_runs_a_cluster_other_commands_find_and_sigterm_stops_every_child(tmp
         agents = subprocess.run([*TESSERA, "--json", "agents"], cwd=tmp_path, env=clean_env(),
                                 capture_output=True, text=True, timeout=60)
         assert agents.returncode == 0 and len(json.loads(agents.stdout)) == 1, agents.stderr
+        # elsewhere, with the line `up` printed; the shared flags after the command
+        elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"  # no .tessera there, nor above
+        elsewhere.mkdir()
+        tasks = subprocess.run([*TESSERA, "tasks", "--json"], cwd=elsewhere, capture_output=True, text=True,
+                               timeout=60, env={**clean_env(), "TESSERA_MASTERS": ",".join(addresses)})
+        assert tasks.returncode == 0 and json.loads(tasks.stdout) == [], tasks.stderr
         history = subprocess.run([*TESSERA, "state", "--at", "1", "--json"], cwd=tmp_path, env=clean_env(),
                                  capture_output=True, text=True, timeout=60)
         assert history.returncode == 0 and json.loads(history.stdout)["at"]["index"], history.stderr

@@ -178,3 +178,35 @@ def test_every_client_of_the_masters_chooses_the_next_one_with_the_dial_plan() -
                 for p in (ROOT / folder).rglob("*.py")
                 if p != Path(wire.__file__).resolve() and "rounds(" in p.read_text()]
     assert counting == []
+
+
+# ---- finding the masters: one order for every client -----------------------------------------------------
+
+
+def test_masters_come_from_the_flag_then_the_environment_then_the_cluster_file_then_the_default() -> None:
+    cluster = ("/w/.tessera/cluster.json", '{"status": "running", "masters": ["127.0.0.1:7001", "127.0.0.1:7002"]}')
+    assert wire.choose_masters("a:1,b:2", "c:3", cluster) == wire.FoundMasters(("a:1", "b:2"), "--masters")
+    assert wire.choose_masters(["a:1"], None, None, flag_name="masters").source == "masters"
+    assert wire.choose_masters("", "c:3", cluster) == wire.FoundMasters(("c:3",), "TESSERA_MASTERS")
+    assert wire.choose_masters(None, "  ", cluster) == wire.FoundMasters(
+        ("127.0.0.1:7001", "127.0.0.1:7002"), "/w/.tessera/cluster.json")
+    default = wire.choose_masters(None, None, None)
+    assert default.addresses == (wire.DEFAULT_MASTERS,) == ("127.0.0.1:5050",)
+    assert default.source == "the default (no --masters, TESSERA_MASTERS or .tessera/cluster.json)"
+
+
+def test_a_stopped_cluster_file_still_names_its_masters_and_says_it_stopped() -> None:
+    found = wire.choose_masters(None, None, ("/w/c.json", '{"status": "stopped", "masters": ["h:1"]}'))
+    assert found.addresses == ("h:1",) and found.source == "/w/c.json (a cluster stopped there)"
+
+
+@pytest.mark.parametrize(("flag", "env", "text", "named"), [
+    ("nohost", None, None, "--masters: expected HOST:PORT"),
+    (None, "h:0", None, "TESSERA_MASTERS: expected HOST:PORT"),
+    (None, None, "{not json", "/c.json: not a JSON document"),
+    (None, None, '{"masters": "h:1"}', "/c.json: no \"masters\" list"),
+    (None, None, '{"masters": []}', "/c.json: give at least one HOST:PORT"),
+])
+def test_a_malformed_source_is_named(flag: str | None, env: str | None, text: str | None, named: str) -> None:
+    with pytest.raises(ValueError, match=named.replace('"', '.')):
+        wire.choose_masters(flag, env, ("/c.json", text) if text is not None else None)

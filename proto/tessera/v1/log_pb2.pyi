@@ -76,6 +76,7 @@ class Event(_message.Message):
     AGENT_UNREACHABLE_FIELD_NUMBER: _builtins.int
     AGENT_REMOVED_FIELD_NUMBER: _builtins.int
     AGENT_DRAIN_STARTED_FIELD_NUMBER: _builtins.int
+    AGENT_UNDRAINED_FIELD_NUMBER: _builtins.int
     FRAMEWORK_SUBSCRIBED_FIELD_NUMBER: _builtins.int
     FRAMEWORK_DISCONNECTED_FIELD_NUMBER: _builtins.int
     FRAMEWORK_REMOVED_FIELD_NUMBER: _builtins.int
@@ -111,6 +112,8 @@ class Event(_message.Message):
     def agent_removed(self) -> Global___AgentRemoved: ...
     @_builtins.property
     def agent_drain_started(self) -> Global___AgentDrainStarted: ...
+    @_builtins.property
+    def agent_undrained(self) -> Global___AgentUndrained: ...
     @_builtins.property
     def framework_subscribed(self) -> Global___FrameworkSubscribed: ...
     @_builtins.property
@@ -159,6 +162,7 @@ class Event(_message.Message):
         agent_unreachable: Global___AgentUnreachable | None = ...,
         agent_removed: Global___AgentRemoved | None = ...,
         agent_drain_started: Global___AgentDrainStarted | None = ...,
+        agent_undrained: Global___AgentUndrained | None = ...,
         framework_subscribed: Global___FrameworkSubscribed | None = ...,
         framework_disconnected: Global___FrameworkDisconnected | None = ...,
         framework_removed: Global___FrameworkRemoved | None = ...,
@@ -178,11 +182,11 @@ class Event(_message.Message):
         resources_unreserved: Global___ResourcesUnreserved | None = ...,
         rejected: Global___Rejected | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_drain_started", b"agent_drain_started", "agent_registered", b"agent_registered", "agent_removed", b"agent_removed", "agent_reregistered", b"agent_reregistered", "agent_unreachable", b"agent_unreachable", "framework_disconnected", b"framework_disconnected", "framework_removed", b"framework_removed", "framework_revived", b"framework_revived", "framework_subscribed", b"framework_subscribed", "framework_suppressed", b"framework_suppressed", "kind", b"kind", "leader_elected", b"leader_elected", "master_added", b"master_added", "master_removed", b"master_removed", "offer_accepted", b"offer_accepted", "offer_declined", b"offer_declined", "offer_issued", b"offer_issued", "offer_rescinded", b"offer_rescinded", "quota_set", b"quota_set", "rejected", b"rejected", "resources_reserved", b"resources_reserved", "resources_unreserved", b"resources_unreserved", "role_weight_set", b"role_weight_set", "task_kill_requested", b"task_kill_requested", "task_launched", b"task_launched", "task_status_acknowledged", b"task_status_acknowledged", "task_status_updated", b"task_status_updated"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_drain_started", b"agent_drain_started", "agent_registered", b"agent_registered", "agent_removed", b"agent_removed", "agent_reregistered", b"agent_reregistered", "agent_undrained", b"agent_undrained", "agent_unreachable", b"agent_unreachable", "framework_disconnected", b"framework_disconnected", "framework_removed", b"framework_removed", "framework_revived", b"framework_revived", "framework_subscribed", b"framework_subscribed", "framework_suppressed", b"framework_suppressed", "kind", b"kind", "leader_elected", b"leader_elected", "master_added", b"master_added", "master_removed", b"master_removed", "offer_accepted", b"offer_accepted", "offer_declined", b"offer_declined", "offer_issued", b"offer_issued", "offer_rescinded", b"offer_rescinded", "quota_set", b"quota_set", "rejected", b"rejected", "resources_reserved", b"resources_reserved", "resources_unreserved", b"resources_unreserved", "role_weight_set", b"role_weight_set", "task_kill_requested", b"task_kill_requested", "task_launched", b"task_launched", "task_status_acknowledged", b"task_status_acknowledged", "task_status_updated", b"task_status_updated"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_drain_started", b"agent_drain_started", "agent_registered", b"agent_registered", "agent_removed", b"agent_removed", "agent_reregistered", b"agent_reregistered", "agent_unreachable", b"agent_unreachable", "framework_disconnected", b"framework_disconnected", "framework_removed", b"framework_removed", "framework_revived", b"framework_revived", "framework_subscribed", b"framework_subscribed", "framework_suppressed", b"framework_suppressed", "ignorable_if_unknown", b"ignorable_if_unknown", "kind", b"kind", "leader_elected", b"leader_elected", "master_added", b"master_added", "master_removed", b"master_removed", "offer_accepted", b"offer_accepted", "offer_declined", b"offer_declined", "offer_issued", b"offer_issued", "offer_rescinded", b"offer_rescinded", "quota_set", b"quota_set", "rejected", b"rejected", "resources_reserved", b"resources_reserved", "resources_unreserved", b"resources_unreserved", "role_weight_set", b"role_weight_set", "task_kill_requested", b"task_kill_requested", "task_launched", b"task_launched", "task_status_acknowledged", b"task_status_acknowledged", "task_status_updated", b"task_status_updated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_drain_started", b"agent_drain_started", "agent_registered", b"agent_registered", "agent_removed", b"agent_removed", "agent_reregistered", b"agent_reregistered", "agent_undrained", b"agent_undrained", "agent_unreachable", b"agent_unreachable", "framework_disconnected", b"framework_disconnected", "framework_removed", b"framework_removed", "framework_revived", b"framework_revived", "framework_subscribed", b"framework_subscribed", "framework_suppressed", b"framework_suppressed", "ignorable_if_unknown", b"ignorable_if_unknown", "kind", b"kind", "leader_elected", b"leader_elected", "master_added", b"master_added", "master_removed", b"master_removed", "offer_accepted", b"offer_accepted", "offer_declined", b"offer_declined", "offer_issued", b"offer_issued", "offer_rescinded", b"offer_rescinded", "quota_set", b"quota_set", "rejected", b"rejected", "resources_reserved", b"resources_reserved", "resources_unreserved", b"resources_unreserved", "role_weight_set", b"role_weight_set", "task_kill_requested", b"task_kill_requested", "task_launched", b"task_launched", "task_status_acknowledged", b"task_status_acknowledged", "task_status_updated", b"task_status_updated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["leader_elected", "master_added", "master_removed", "agent_registered", "agent_reregistered", "agent_unreachable", "agent_removed", "agent_drain_started", "framework_subscribed", "framework_disconnected", "framework_removed", "framework_suppressed", "framework_revived", "offer_issued", "offer_declined", "offer_rescinded", "offer_accepted", "task_launched", "task_kill_requested", "task_status_updated", "task_status_acknowledged", "role_weight_set", "quota_set", "resources_reserved", "resources_unreserved", "rejected"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["leader_elected", "master_added", "master_removed", "agent_registered", "agent_reregistered", "agent_unreachable", "agent_removed", "agent_drain_started", "agent_undrained", "framework_subscribed", "framework_disconnected", "framework_removed", "framework_suppressed", "framework_revived", "offer_issued", "offer_declined", "offer_rescinded", "offer_accepted", "task_launched", "task_kill_requested", "task_status_updated", "task_status_acknowledged", "role_weight_set", "quota_set", "resources_reserved", "resources_unreserved", "rejected"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -394,6 +398,27 @@ class AgentDrainStarted(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AgentDrainStarted: _TypeAlias = AgentDrainStarted  # noqa: Y015
+
+@_typing.final
+class AgentUndrained(_message.Message):
+    """An operator's undrain: the agent is offered again; the tasks its drain killed stay ended."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentUndrained: _TypeAlias = AgentUndrained  # noqa: Y015
 
 @_typing.final
 class FrameworkSubscribed(_message.Message):

@@ -182,10 +182,15 @@ class GetStateResponse(_message.Message):
     OFFERS_FIELD_NUMBER: _builtins.int
     LEADER_FIELD_NUMBER: _builtins.int
     TERM_FIELD_NUMBER: _builtins.int
+    FROM_LEADER_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """last event index applied to this view"""
     leader: _builtins.str
     term: _builtins.int
+    from_leader: _builtins.bool
+    """True when the answering master is the serving leader: its soft state (agents' `connected` and
+    heartbeat ages, task usage) is current. A follower's answer (a stale read) has none of it.
+    """
     @_builtins.property
     def agents(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentView]: ...
     @_builtins.property
@@ -207,10 +212,11 @@ class GetStateResponse(_message.Message):
         offers: _abc.Iterable[_common_pb2.Offer] | None = ...,
         leader: _builtins.str = ...,
         term: _builtins.int = ...,
+        from_leader: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "frameworks", b"frameworks", "index", b"index", "leader", b"leader", "offers", b"offers", "roles", b"roles", "tasks", b"tasks", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "frameworks", b"frameworks", "from_leader", b"from_leader", "index", b"index", "leader", b"leader", "offers", b"offers", "roles", b"roles", "tasks", b"tasks", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -826,6 +832,166 @@ class DrainAgentResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DrainAgentResponse: _TypeAlias = DrainAgentResponse  # noqa: Y015
+
+@_typing.final
+class UndrainAgentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    request_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UndrainAgentRequest: _TypeAlias = UndrainAgentRequest  # noqa: Y015
+
+@_typing.final
+class UndrainAgentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    UNDRAINED_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """the state's last event index after the call (AgentUndrained's when undrained)"""
+    undrained: _builtins.bool
+    """false: the agent was not draining, nothing was committed"""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        undrained: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "undrained", b"undrained"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UndrainAgentResponse: _TypeAlias = UndrainAgentResponse  # noqa: Y015
+
+@_typing.final
+class KillTaskRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    FRAMEWORK_ID_FIELD_NUMBER: _builtins.int
+    GRACE_PERIOD_SECONDS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    framework_id: _builtins.str
+    """Task ids are scoped per framework. Empty: the one framework whose live task (else whose remembered
+    task) uses task_id; INVALID_ARGUMENT naming the frameworks when several do.
+    """
+    grace_period_seconds: _builtins.float
+    """0 = the task's own kill grace period"""
+    request_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        framework_id: _builtins.str = ...,
+        grace_period_seconds: _builtins.float = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["framework_id", b"framework_id", "grace_period_seconds", b"grace_period_seconds", "request_id", b"request_id", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KillTaskRequest: _TypeAlias = KillTaskRequest  # noqa: Y015
+
+@_typing.final
+class KillTaskResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    FRAMEWORK_ID_FIELD_NUMBER: _builtins.int
+    KILL_REQUESTED_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """the state's last event index after the call (TaskKillRequested's when asked)"""
+    framework_id: _builtins.str
+    """the task's framework, resolved when the request named none"""
+    kill_requested: _builtins.bool
+    """false: the task had already ended (see state)"""
+    state: _common_pb2.TaskState.ValueType
+    """the task's state after the call"""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        framework_id: _builtins.str = ...,
+        kill_requested: _builtins.bool = ...,
+        state: _common_pb2.TaskState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["framework_id", b"framework_id", "index", b"index", "kill_requested", b"kill_requested", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KillTaskResponse: _TypeAlias = KillTaskResponse  # noqa: Y015
+
+@_typing.final
+class TeardownFrameworkRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FRAMEWORK_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    framework_id: _builtins.str
+    request_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        framework_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["framework_id", b"framework_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TeardownFrameworkRequest: _TypeAlias = TeardownFrameworkRequest  # noqa: Y015
+
+@_typing.final
+class TeardownFrameworkResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    TASKS_KILLED_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """the state's last event index after the call (FrameworkRemoved's when removed)"""
+    removed: _builtins.bool
+    """false: the framework was removed before, nothing was committed"""
+    tasks_killed: _builtins.int
+    """kills committed with the removal"""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        removed: _builtins.bool = ...,
+        tasks_killed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "removed", b"removed", "tasks_killed", b"tasks_killed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TeardownFrameworkResponse: _TypeAlias = TeardownFrameworkResponse  # noqa: Y015
 
 @_typing.final
 class HistoryPoint(_message.Message):

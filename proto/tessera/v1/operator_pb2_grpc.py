@@ -89,6 +89,21 @@ class OperatorStub:
                 request_serializer=tessera_dot_v1_dot_operator__pb2.DrainAgentRequest.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_operator__pb2.DrainAgentResponse.FromString,
                 _registered_method=True)
+        self.UndrainAgent = channel.unary_unary(
+                '/tessera.v1.Operator/UndrainAgent',
+                request_serializer=tessera_dot_v1_dot_operator__pb2.UndrainAgentRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_operator__pb2.UndrainAgentResponse.FromString,
+                _registered_method=True)
+        self.KillTask = channel.unary_unary(
+                '/tessera.v1.Operator/KillTask',
+                request_serializer=tessera_dot_v1_dot_operator__pb2.KillTaskRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_operator__pb2.KillTaskResponse.FromString,
+                _registered_method=True)
+        self.TeardownFramework = channel.unary_unary(
+                '/tessera.v1.Operator/TeardownFramework',
+                request_serializer=tessera_dot_v1_dot_operator__pb2.TeardownFrameworkRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_operator__pb2.TeardownFrameworkResponse.FromString,
+                _registered_method=True)
         self.GetStateAt = channel.unary_unary(
                 '/tessera.v1.Operator/GetStateAt',
                 request_serializer=tessera_dot_v1_dot_operator__pb2.GetStateAtRequest.SerializeToString,
@@ -175,6 +190,28 @@ class OperatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UndrainAgent(self, request, context):
+        """Offer a draining agent again (commits AgentUndrained; a no-op when it is not draining). Action `drain`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KillTask(self, request, context):
+        """Kill one task of any framework (commits TaskKillRequested; a no-op for an ended task). Action `kill`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TeardownFramework(self, request, context):
+        """Remove a framework and kill its tasks (commits FrameworkRemoved; a no-op when already removed).
+        Action `teardown`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStateAt(self, request, context):
         """The cluster state as of an event index or a time, rebuilt from this master's event log (any master
         answers from its own history), optionally with what changed since another point.
@@ -254,6 +291,21 @@ def add_OperatorServicer_to_server(servicer, server):
                     servicer.DrainAgent,
                     request_deserializer=tessera_dot_v1_dot_operator__pb2.DrainAgentRequest.FromString,
                     response_serializer=tessera_dot_v1_dot_operator__pb2.DrainAgentResponse.SerializeToString,
+            ),
+            'UndrainAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndrainAgent,
+                    request_deserializer=tessera_dot_v1_dot_operator__pb2.UndrainAgentRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_operator__pb2.UndrainAgentResponse.SerializeToString,
+            ),
+            'KillTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.KillTask,
+                    request_deserializer=tessera_dot_v1_dot_operator__pb2.KillTaskRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_operator__pb2.KillTaskResponse.SerializeToString,
+            ),
+            'TeardownFramework': grpc.unary_unary_rpc_method_handler(
+                    servicer.TeardownFramework,
+                    request_deserializer=tessera_dot_v1_dot_operator__pb2.TeardownFrameworkRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_operator__pb2.TeardownFrameworkResponse.SerializeToString,
             ),
             'GetStateAt': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStateAt,
@@ -568,6 +620,87 @@ class Operator:
             '/tessera.v1.Operator/DrainAgent',
             tessera_dot_v1_dot_operator__pb2.DrainAgentRequest.SerializeToString,
             tessera_dot_v1_dot_operator__pb2.DrainAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndrainAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Operator/UndrainAgent',
+            tessera_dot_v1_dot_operator__pb2.UndrainAgentRequest.SerializeToString,
+            tessera_dot_v1_dot_operator__pb2.UndrainAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KillTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Operator/KillTask',
+            tessera_dot_v1_dot_operator__pb2.KillTaskRequest.SerializeToString,
+            tessera_dot_v1_dot_operator__pb2.KillTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TeardownFramework(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Operator/TeardownFramework',
+            tessera_dot_v1_dot_operator__pb2.TeardownFrameworkRequest.SerializeToString,
+            tessera_dot_v1_dot_operator__pb2.TeardownFrameworkResponse.FromString,
             options,
             channel_credentials,
             insecure,

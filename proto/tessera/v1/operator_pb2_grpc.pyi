@@ -45,6 +45,14 @@ class OperatorStub:
     SetWeight: _grpc.UnaryUnaryMultiCallable[_operator_pb2.SetWeightRequest, _operator_pb2.SetWeightResponse]
     SetQuota: _grpc.UnaryUnaryMultiCallable[_operator_pb2.SetQuotaRequest, _operator_pb2.SetQuotaResponse]
     DrainAgent: _grpc.UnaryUnaryMultiCallable[_operator_pb2.DrainAgentRequest, _operator_pb2.DrainAgentResponse]
+    UndrainAgent: _grpc.UnaryUnaryMultiCallable[_operator_pb2.UndrainAgentRequest, _operator_pb2.UndrainAgentResponse]
+    """Offer a draining agent again (commits AgentUndrained; a no-op when it is not draining). Action `drain`."""
+    KillTask: _grpc.UnaryUnaryMultiCallable[_operator_pb2.KillTaskRequest, _operator_pb2.KillTaskResponse]
+    """Kill one task of any framework (commits TaskKillRequested; a no-op for an ended task). Action `kill`."""
+    TeardownFramework: _grpc.UnaryUnaryMultiCallable[_operator_pb2.TeardownFrameworkRequest, _operator_pb2.TeardownFrameworkResponse]
+    """Remove a framework and kill its tasks (commits FrameworkRemoved; a no-op when already removed).
+    Action `teardown`.
+    """
     GetStateAt: _grpc.UnaryUnaryMultiCallable[_operator_pb2.GetStateAtRequest, _operator_pb2.GetStateAtResponse]
     """The cluster state as of an event index or a time, rebuilt from this master's event log (any master
     answers from its own history), optionally with what changed since another point.
@@ -68,6 +76,14 @@ class OperatorAsyncStub(OperatorStub):
     SetWeight: _aio.UnaryUnaryMultiCallable[_operator_pb2.SetWeightRequest, _operator_pb2.SetWeightResponse]  # type: ignore[assignment]
     SetQuota: _aio.UnaryUnaryMultiCallable[_operator_pb2.SetQuotaRequest, _operator_pb2.SetQuotaResponse]  # type: ignore[assignment]
     DrainAgent: _aio.UnaryUnaryMultiCallable[_operator_pb2.DrainAgentRequest, _operator_pb2.DrainAgentResponse]  # type: ignore[assignment]
+    UndrainAgent: _aio.UnaryUnaryMultiCallable[_operator_pb2.UndrainAgentRequest, _operator_pb2.UndrainAgentResponse]  # type: ignore[assignment]
+    """Offer a draining agent again (commits AgentUndrained; a no-op when it is not draining). Action `drain`."""
+    KillTask: _aio.UnaryUnaryMultiCallable[_operator_pb2.KillTaskRequest, _operator_pb2.KillTaskResponse]  # type: ignore[assignment]
+    """Kill one task of any framework (commits TaskKillRequested; a no-op for an ended task). Action `kill`."""
+    TeardownFramework: _aio.UnaryUnaryMultiCallable[_operator_pb2.TeardownFrameworkRequest, _operator_pb2.TeardownFrameworkResponse]  # type: ignore[assignment]
+    """Remove a framework and kill its tasks (commits FrameworkRemoved; a no-op when already removed).
+    Action `teardown`.
+    """
     GetStateAt: _aio.UnaryUnaryMultiCallable[_operator_pb2.GetStateAtRequest, _operator_pb2.GetStateAtResponse]  # type: ignore[assignment]
     """The cluster state as of an event index or a time, rebuilt from this master's event log (any master
     answers from its own history), optionally with what changed since another point.
@@ -154,6 +170,32 @@ class OperatorServicer(metaclass=_abc_1.ABCMeta):
         request: _operator_pb2.DrainAgentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_operator_pb2.DrainAgentResponse, _abc.Awaitable[_operator_pb2.DrainAgentResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UndrainAgent(
+        self,
+        request: _operator_pb2.UndrainAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.UndrainAgentResponse, _abc.Awaitable[_operator_pb2.UndrainAgentResponse]]:
+        """Offer a draining agent again (commits AgentUndrained; a no-op when it is not draining). Action `drain`."""
+
+    @_abc_1.abstractmethod
+    def KillTask(
+        self,
+        request: _operator_pb2.KillTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.KillTaskResponse, _abc.Awaitable[_operator_pb2.KillTaskResponse]]:
+        """Kill one task of any framework (commits TaskKillRequested; a no-op for an ended task). Action `kill`."""
+
+    @_abc_1.abstractmethod
+    def TeardownFramework(
+        self,
+        request: _operator_pb2.TeardownFrameworkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.TeardownFrameworkResponse, _abc.Awaitable[_operator_pb2.TeardownFrameworkResponse]]:
+        """Remove a framework and kill its tasks (commits FrameworkRemoved; a no-op when already removed).
+        Action `teardown`.
+        """
 
     @_abc_1.abstractmethod
     def GetStateAt(

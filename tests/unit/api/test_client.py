@@ -167,3 +167,56 @@ def test_a_call_follows_a_hint_at_once_and_the_next_call_starts_at_the_master_th
 
     assert scripted(client, clock, leader_is_m3) == [("m1:1", 0.0), ("m3:1", 0.0)]
     assert scripted(client, clock, leader_is_m3) == [("m3:1", 0.0)]
+
+
+# ---- a cluster that is not there -----------------------------------------------------------------------------
+
+
+def test_a_port_nothing_listens_on_is_a_refused_connection_to_grpc_too() -> None:
+    from tessera.v1 import operator_pb2
+    from tests.support.cluster import free_ports
+
+    addresses = [f"127.0.0.1:{p}" for p in free_ports(2)]
+    client = MasterClient(addresses, timeout=10.0, rpc_timeout=2.0, refused_grace=0.2)
+    try:
+        with pytest.raises(NoMasterAvailable) as caught:
+            client.call(lambda s: s.GetQuorum, operator_pb2.GetQuorumRequest())
+    finally:
+        client.close()
+    error = caught.value
+    assert error.refused and error.addresses == addresses and "connection refused" in error.last_error
+
+
+def test_masters_refusing_the_connection_fail_after_the_refused_grace_not_the_timeout() -> None:
+    clock = FakeTime()
+
+    def refuse(stub: Any) -> Any:
+        def call(request: object, timeout: float, metadata: object) -> None:
+            raise _Failed(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; last error: UNKNOWN: "
+                          "ipv4:127.0.0.1:1: Failed to connect to remote host: Connection refused")
+        return call
+
+    client = MasterClient(["127.0.0.1:1", "127.0.0.1:2"], timeout=10.0, refused_grace=1.0,
+                          monotonic=clock.monotonic, sleep=clock.sleep, random=lambda: 0.0)
+    error = no_master(client, refuse)
+    assert error.refused and 1.0 <= clock.now < 2.0  # the grace, plus at most one backoff wait
+    clock.now = 0.0
+    patient = MasterClient(["127.0.0.1:1"], timeout=3.0, monotonic=clock.monotonic, sleep=clock.sleep,
+                           random=lambda: 0.0)  # without a grace: until the timeout, as before
+    assert not no_master(patient, refuse).refused and clock.now >= 3.0
+
+
+def test_a_master_that_answers_keeps_the_call_going_past_the_refused_grace() -> None:
+    clock = FakeTime()
+    answers = {"127.0.0.1:1": "connection refused", "127.0.0.1:2": "not the leader; no leader elected yet"}
+
+    def method(stub: Any) -> Any:
+        def call(request: object, timeout: float, metadata: object) -> None:
+            raise _Failed(grpc.StatusCode.UNAVAILABLE, answers[stub])
+        return call
+
+    client = MasterClient(list(answers), timeout=5.0, refused_grace=0.5, monotonic=clock.monotonic,
+                          sleep=clock.sleep, random=lambda: 0.0)
+    client.operator = lambda address: address  # type: ignore[method-assign,assignment,return-value]
+    error = no_master(client, method)
+    assert not error.refused and clock.now >= 5.0  # it waited for the master that exists

@@ -10,7 +10,9 @@ import grpc
 import pytest
 
 from tessera.v1 import common_pb2, operator_pb2
+from tests.support.cluster import wait_for
 from tests.support.inprocess import InProcessMaster
+from tests.support.scripted import ScriptedAgent, ScriptedFramework
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -79,6 +81,55 @@ def test_quota_guarantee_above_limit_is_refused(node: InProcessMaster) -> None:
 def test_drain_of_unknown_agent_is_not_found(node: InProcessMaster) -> None:
     assert code_of(node.operator().DrainAgent, operator_pb2.DrainAgentRequest(agent_id="no-such-agent")) == \
         grpc.StatusCode.NOT_FOUND
+
+
+def test_operator_kill_teardown_and_undrain_commit_their_events(node: InProcessMaster) -> None:
+    agent = ScriptedAgent(node.channel, final_state=common_pb2.TASK_RUNNING).start()  # runs until killed
+    assert agent.registered.wait(5)
+    fw = ScriptedFramework(node.channel).start()
+    try:
+        offer = wait_for(lambda: next(iter(fw.offers.values()), None), 10, what="an offer")
+        fw.launch(offer, "t1")
+        wait_for(lambda: _task_state(node, "t1") == common_pb2.TASK_RUNNING, 10, what="the task to run")
+        op = node.operator()
+        killed = op.KillTask(operator_pb2.KillTaskRequest(task_id="t1", grace_period_seconds=2), timeout=5)
+        assert killed.kill_requested and killed.framework_id == fw.framework_id
+        node.events.flush()
+        kill_events = op.ListEvents(operator_pb2.ListEventsRequest(filter=operator_pb2.EventFilter(
+            types=["TaskKillRequested"])), timeout=5).events
+        assert [e.index for e in kill_events] == [killed.index] and '"grace_period_seconds":2.0' in \
+            kill_events[0].payload_json
+        wait_for(lambda: _task_state(node, "t1") == common_pb2.TASK_KILLED, 10, what="the task to end")
+        again = op.KillTask(operator_pb2.KillTaskRequest(task_id="t1", framework_id=fw.framework_id), timeout=5)
+        assert not again.kill_requested and again.state == common_pb2.TASK_KILLED
+        assert code_of(op.KillTask, operator_pb2.KillTaskRequest(task_id="t-404")) == grpc.StatusCode.NOT_FOUND
+
+        aid = agent.agent_id
+        assert not op.UndrainAgent(operator_pb2.UndrainAgentRequest(agent_id=aid), timeout=5).undrained
+        op.DrainAgent(operator_pb2.DrainAgentRequest(agent_id=aid), timeout=5)
+        undrained = op.UndrainAgent(operator_pb2.UndrainAgentRequest(agent_id=aid), timeout=5)
+        assert undrained.undrained
+        state = op.GetState(operator_pb2.GetStateRequest(consistent=True), timeout=5)
+        assert state.index >= undrained.index and state.from_leader
+        assert [a.state for a in state.agents] == [common_pb2.AGENT_ACTIVE]
+
+        removed = op.TeardownFramework(operator_pb2.TeardownFrameworkRequest(framework_id=fw.framework_id),
+                                       timeout=5)
+        assert removed.removed and removed.tasks_killed == 0
+        state = op.GetState(operator_pb2.GetStateRequest(consistent=True), timeout=5)
+        assert [f.state for f in state.frameworks] == [common_pb2.FRAMEWORK_REMOVED]
+        assert not op.TeardownFramework(operator_pb2.TeardownFrameworkRequest(framework_id=fw.framework_id),
+                                        timeout=5).removed
+        assert code_of(op.TeardownFramework, operator_pb2.TeardownFrameworkRequest(framework_id="fw-404")) == \
+            grpc.StatusCode.NOT_FOUND
+    finally:
+        fw.close()
+        agent.close()
+
+
+def _task_state(node: InProcessMaster, task_id: str) -> int:
+    state = node.operator().GetState(operator_pb2.GetStateRequest(consistent=True), timeout=5)
+    return next((t.state for t in state.tasks if t.task.task_id == task_id), 0)
 
 
 def test_retry_with_the_same_request_id_is_applied_once(node: InProcessMaster) -> None:

@@ -91,6 +91,26 @@ def test_operator_actions_follow_the_grant(acl: Acl) -> None:
         check_operator(reader, "SomethingNew")
 
 
+def test_operator_kill_teardown_and_undrain_need_their_own_actions() -> None:
+    acl = parse_acl({"principals": {
+        "killer": {"token_sha256": token_digest("tok-kill"), "actions": ["kill"]},
+        "remover": {"token_sha256": token_digest("tok-teardown"), "actions": ["teardown", "drain"]},
+    }})
+    killer = caller(acl, "operator", "/tessera.v1.Operator/KillTask", "tok-kill")
+    check_operator(killer, "KillTask")
+    for method in ("TeardownFramework", "UndrainAgent", "DrainAgent"):
+        with pytest.raises(PermissionDenied, match=f"Operator.{method}"):
+            check_operator(killer, method)
+    remover = caller(acl, "operator", "/tessera.v1.Operator/TeardownFramework", "tok-teardown")
+    for method in ("TeardownFramework", "UndrainAgent", "DrainAgent"):
+        check_operator(remover, method)
+    with pytest.raises(PermissionDenied, match="may not kill"):  # a teardown grant does not kill single tasks
+        check_operator(remover, "KillTask")
+    for method in ("KillTask", "TeardownFramework", "UndrainAgent"):  # operator writes: operator certificates
+        with pytest.raises(PermissionDenied):
+            check_peer("framework", f"/tessera.v1.Operator/{method}")
+
+
 def test_subscribe_is_refused_outside_the_principals_roles_or_name(acl: Acl) -> None:
     c = caller(acl, "framework", "/tessera.v1.Scheduler/Subscribe", "tok-analytics")
     assert check_subscribe(c, "", ["analytics"]) == "analytics"  # the token's principal is recorded

@@ -106,6 +106,9 @@ INVALID: dict[str, Case] = {
     "NaN refuse seconds": lambda a, f, o: c.Decline(f, (o,), refuse_seconds=NAN),
     "infinite refuse seconds": lambda a, f, o: c.Decline(f, (o,), refuse_seconds=INF),
     "negative grace period": lambda a, f, o: c.Kill(f, "t1", grace_period_seconds=-1),
+    "operator kill with a NaN grace period": lambda a, f, o: c.OperatorKill("t1", f, grace_period_seconds=NAN),
+    "operator kill of an empty task id": lambda a, f, o: c.OperatorKill(""),
+    "operator kill naming a malformed framework": lambda a, f, o: c.OperatorKill("t1", "framework 1"),
     "negative failover timeout": lambda a, f, o: c.SubscribeFramework(_fw(failover_timeout_seconds=-1)),
     "NaN failover timeout": lambda a, f, o: c.SubscribeFramework(_fw(failover_timeout_seconds=NAN)),
     "offer expiring in the past": lambda a, f, o: c.IssueOffers((Offer(
@@ -140,6 +143,9 @@ INVALID: dict[str, Case] = {
 NOT_FOUND: dict[str, Case] = {
     "unknown agent": lambda a, f, o: c.MarkAgentUnreachable("agent-404"),
     "unknown agent to drain": lambda a, f, o: c.DrainAgent("agent-404"),
+    "unknown agent to undrain": lambda a, f, o: c.UndrainAgent("agent-404"),
+    "operator kill of a task no framework has": lambda a, f, o: c.OperatorKill("t-404"),
+    "operator kill naming an unknown framework": lambda a, f, o: c.OperatorKill("t1", "framework-404"),
     "unknown agent to reregister": lambda a, f, o: c.ReregisterAgent("agent-404", _agent_info(Resources.of(cpus=1))),
     "unknown framework": lambda a, f, o: c.Kill("framework-404", "t1"),
     "unknown framework to remove": lambda a, f, o: c.RemoveFramework("framework-404"),

@@ -8,6 +8,7 @@ from tessera.control_plane.core import commands as c
 from tessera.control_plane.core.errors import Conflict, InvalidRequest, NotFound
 from tessera.control_plane.core.events import (
     AgentReregistered,
+    AgentUndrained,
     FrameworkRemoved,
     OfferAccepted,
     OfferDeclined,
@@ -691,6 +692,71 @@ def test_a_draining_agent_that_comes_back_is_still_draining(h: Harness) -> None:
     h.run(c.MarkAgentUnreachable(aid))
     h.run(c.ReregisterAgent(aid, AgentInfo(hostname="host", resources=Resources.parse(AGENT_RESOURCES)), ()))
     assert h.state.agents[aid].state is AgentState.AGENT_DRAINING
+
+
+def test_undrain_offers_a_draining_agent_again_and_its_killed_tasks_stay_ended(h: Harness) -> None:
+    aid, fid = h.agent(), h.framework()
+    h.launched(fid, aid, task("t1"))
+    h.run(c.DrainAgent(aid))
+    result = h.run(c.UndrainAgent(aid))
+    assert [e for _, e in result.events] == [AgentUndrained(aid)]
+    agent = h.state.agents[aid]
+    assert agent.state is AgentState.AGENT_ACTIVE and not agent.draining
+    assert h.task("t1").kill_requested  # the drain's kill stands
+    h.offer(fid, aid)  # offered again
+    assert h.decide(c.UndrainAgent(aid)) == ()  # not draining: nothing to do
+    assert check_invariants(h.state) == []
+
+
+def test_an_unreachable_draining_agent_undrained_comes_back_active(h: Harness) -> None:
+    aid = h.agent()
+    h.run(c.DrainAgent(aid))
+    h.run(c.MarkAgentUnreachable(aid))
+    h.run(c.UndrainAgent(aid))
+    assert h.state.agents[aid].state is AgentState.AGENT_UNREACHABLE and not h.state.agents[aid].draining
+    h.run(c.ReregisterAgent(aid, AgentInfo(hostname="host", resources=Resources.parse(AGENT_RESOURCES)), ()))
+    assert h.state.agents[aid].state is AgentState.AGENT_ACTIVE
+    assert check_invariants(h.state) == []
+
+
+def test_a_removed_agent_cannot_be_undrained(h: Harness) -> None:
+    aid = h.agent()
+    h.run(c.DrainAgent(aid))
+    h.run(c.RemoveAgent(aid, "decommissioned"))
+    with pytest.raises(Conflict, match="removed"):
+        h.decide(c.UndrainAgent(aid))
+
+
+def test_an_undrain_committed_after_the_agent_stopped_draining_is_refused(h: Harness) -> None:
+    aid = h.agent()
+    h.run(c.DrainAgent(aid))
+    first, second = h.decide(c.UndrainAgent(aid)), h.decide(c.UndrainAgent(aid))
+    assert h.commit(first).outcome == "applied"
+    result = h.commit(second)
+    assert result.outcome == "rejected" and result.error_code == Conflict.code and "not draining" in result.reason
+
+
+def test_operator_kill_finds_the_one_framework_whose_live_task_has_the_id(h: Harness) -> None:
+    aid = h.agent("cpus:8;mem:8192")
+    web, batch = h.framework(), h.framework()
+    h.launched(web, aid, task("t1", grace=4))
+    result = h.run(c.OperatorKill("t1"))
+    assert [e for _, e in result.events] == [TaskKillRequested("t1", web, aid, 4.0)]
+    h.launched(batch, aid, task("t1"))  # the same id in another framework: a bare id is now ambiguous
+    with pytest.raises(InvalidRequest, match=f"{min(web, batch)}, {max(web, batch)}"):
+        h.decide(c.OperatorKill("t1"))
+    result = h.run(c.OperatorKill("t1", batch, grace_period_seconds=2))
+    assert [e for _, e in result.events] == [TaskKillRequested("t1", batch, aid, 2.0)]
+
+
+def test_operator_kill_of_an_ended_task_changes_nothing(h: Harness) -> None:
+    aid, fid = h.agent(), h.framework()
+    h.launched(fid, aid, task("t1"))
+    h.status("t1", S.TASK_FINISHED)
+    assert h.decide(c.OperatorKill("t1")) == ()
+    assert h.decide(c.OperatorKill("t1", fid)) == ()
+    h.run(c.RemoveFramework(fid, "gone"))  # a framework's kill would be refused now; the task has ended anyway
+    assert h.decide(c.OperatorKill("t1", fid)) == ()
 
 
 def test_status_update_from_an_unreachable_agent_must_wait_for_reregistration(h: Harness) -> None:

@@ -187,6 +187,12 @@ class CoreMachine(RuleBasedStateMachine):
         if aid and really == 0:
             self.attempt(c.DrainAgent(aid))
 
+    @rule(i=index, really=st.integers(0, 3))
+    def undrain_agent(self, i: int, really: int) -> None:
+        aid = pick(self.agents(), i)
+        if aid and really == 0:
+            self.attempt(c.UndrainAgent(aid))
+
     # ---- frameworks ----------------------------------------------------------------------------------------
     @rule(roles=st.sampled_from(ROLE_SETS), partition_aware=st.booleans(),
           failover=st.sampled_from([0.0, 10.0, 60.0]))

@@ -62,6 +62,11 @@ def calls(framework_ids: list[str]) -> st.SearchStrategy[tuple[str, str, Any]]:
                                                                                          limit=lim)),
                   texts, resources, resources),
         st.builds(lambda a: ("operator", "DrainAgent", operator_pb2.DrainAgentRequest(agent_id=a)), texts),
+        st.builds(lambda a: ("operator", "UndrainAgent", operator_pb2.UndrainAgentRequest(agent_id=a)), texts),
+        st.builds(lambda t, f, g: ("operator", "KillTask", operator_pb2.KillTaskRequest(
+            task_id=t, framework_id=f, grace_period_seconds=g)), texts, texts, numbers),
+        st.builds(lambda f: ("operator", "TeardownFramework", operator_pb2.TeardownFrameworkRequest(framework_id=f)),
+                  st.one_of(texts, st.sampled_from(framework_ids or [""]))),
         st.builds(lambda i, n: ("operator", "ListEvents", operator_pb2.ListEventsRequest(from_index=i, limit=n)),
                   st.integers(0, 2**63), st.integers(0, 2**31)),
         st.builds(lambda a: ("operator", "AddMaster", operator_pb2.AddMasterRequest(raft_address=a)), texts),

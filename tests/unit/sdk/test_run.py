@@ -92,7 +92,7 @@ def test_no_master_answering_exits_1_with_one_line() -> None:
     result = invoke("--masters", "127.0.0.1:1", "--connect-timeout", "0.5", "--", "true")
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1] == \
-        "tessera run: no master answered at 127.0.0.1:1 within 0.5 s"
+        "tessera run: no master answered at 127.0.0.1:1 within 0.5 s (masters from --masters)"
 
 
 def test_no_fitting_offer_gives_up_after_the_offer_timeout(serve: Callable[[FakeMaster], str]) -> None:
@@ -128,7 +128,8 @@ def test_the_leader_is_found_from_a_follower(serve: Callable[[FakeMaster], str])
     (["--masters", "nohost", "--", "true"], "tessera run: --masters: expected HOST:PORT, got 'nohost'"),
     (["--publish", "8080", "--", "true"], "tessera run: --publish: only a container task (--image) has one"),
     (["--image", "busybox", "--network", "overlay"],
-     "tessera run: --network: must be bridge, host or none, got 'overlay'"),
+     "tessera run: Invalid value for '--network': 'overlay' is not one of 'bridge', 'host', 'none'. "
+     "(see run --help)"),
     (["--image", "busybox", "--publish", "http"],
      "tessera run: --publish: expected a container port (1-65535), optionally /tcp or /udp, got 'http'"),
     (["--image", "busybox", "--network", "host", "--publish", "80"],
