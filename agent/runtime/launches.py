@@ -20,6 +20,10 @@ Rules it keeps (docs/protocol.md):
   when the pull is done (`on_image_pulled`): a pull that failed ends the task TASK_FAILED with the
   store's reason, a kill during the pull ends it TASK_KILLED. An agent without container support fails
   a container task at once, saying why. TASK_RUNNING of a container carries its network and addresses.
+- Health checks run in the task's supervisor; each change of health it records becomes a TASK_RUNNING
+  status with `healthy` once (`agent.core.health.health_outcomes`: not when the task's statuses already
+  say it), its kill for failing the check TASK_KILLING then TASK_KILLED with REASON_TASK_UNHEALTHY
+  (docs/health-checks.md).
   Unused images are collected with the sandboxes (`collect_images`).
 The launcher (`tessera.agent.executor.launcher`, behind the `Launcher` port in `state.py`) does the work.
 """
@@ -30,6 +34,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from tessera.agent.core.health import health_outcomes, reported_health
 from tessera.agent.core.tasks import (
     REASON_AGENT_RESTARTED,
     REASON_CONTAINER_LAUNCH_FAILED,
@@ -280,6 +285,8 @@ class TaskRunner(UpdatePump):
                                             network=NetworkInfo(obs.network, obs.ip_addresses)))
                 else:
                     self.emit(task, Outcome(TaskState.TASK_RUNNING, "", "the task's process started"))
+            for outcome in health_outcomes(task.state, reported_health(task.latest), obs.health):
+                self.emit(task, outcome)
             if obs.exit is not None:
                 self.emit(task, terminal_status(obs.exit, task.kill_requested, str(handle.task_dir)))
             elif obs.supervisor_lost:
