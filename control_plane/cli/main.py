@@ -599,13 +599,25 @@ def tasks(c: Ctx, task: str, state_filter: str, framework: str) -> None:
     if c.as_json:
         c.emit([to_dict(t) for t in rows])
         return
-    table = Table("task", "framework", "agent", "state", "resources", "message", "cpu s", "rss MiB")
+    table = Table("task", "framework", "agent", "state", "health", "resources", "message", "cpu s", "rss MiB")
     for t in rows:
         table.add_row(t.task.task_id, t.task.framework_id, t.task.agent_id,
-                      _enum_name(common_pb2.TaskState, t.state).removeprefix("TASK_"), _res_text(t.task.resources),
-                      t.last_status.message[:60], f"{t.usage.cpu_seconds:.2f}" if t.HasField("usage") else "",
+                      _enum_name(common_pb2.TaskState, t.state).removeprefix("TASK_"), _health_text(t),
+                      _res_text(t.task.resources), t.last_status.message[:60], f"{t.usage.cpu_seconds:.2f}" if t.HasField("usage") else "",
                       f"{t.usage.rss_bytes / 2**20:.1f}" if t.HasField("usage") else "")
     console.print(table)
+
+
+def _health_text(view: Any) -> str:
+    """A task's health as its newest status says it: healthy or unhealthy; "pending" for a running task
+    whose check has not decided yet; empty without a health check (docs/health-checks.md)."""
+    if view.last_status.HasField("healthy"):
+        return "healthy" if view.last_status.healthy else "unhealthy"
+    from tessera.v1 import common_pb2
+
+    if view.task.HasField("health_check") and view.state == common_pb2.TASK_RUNNING:
+        return "pending"
+    return ""
 
 
 def _res_text(items: Any) -> str:
