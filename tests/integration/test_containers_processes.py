@@ -18,6 +18,8 @@ from tessera.sdk import (
     ContainerInfo,
     Filters,
     FrameworkInfo,
+    HealthCheck,
+    HttpCheck,
     InvalidRequest,
     PortMapping,
     Resources,
@@ -209,6 +211,37 @@ def test_a_published_port_answers_and_the_second_task_does_not_pull(
     assert registry.request_count("/tools/web/manifests/", method="GET") - manifests_before == pulled
     driver.kill("web")
     assert keeper.final("web").state is TaskState.TASK_KILLED
+
+
+def test_a_bridge_container_is_health_checked_at_its_address_and_a_command_check_runs_inside_it(
+        cluster: LocalCluster, registry: Registry, framework: tuple[Keeper, SchedulerDriver]) -> None:
+    keeper, driver = framework
+    image = f"{registry.host}/{IMAGE}"
+    web = container("checked-web", image, "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www",
+                    ports=[(8080, 31060)])
+    check = HealthCheck(http=HttpCheck(port=8080, path="/index.html"), delay=0, interval=0.5, grace_period=30)
+    launch(framework, TaskInfo(task_id=web.task_id, resources=web.resources, command=web.command,
+                               container=web.container, health_check=check))
+    # `ready` exists only in the container's own root filesystem: the check must run inside it
+    inside = HealthCheck(command="test -f /tmp/ready && test \"$TESSERA_TASK_ID\" = checked-cmd", delay=0,
+                         interval=0.5, grace_period=30)
+    launch(framework, TaskInfo(task_id="checked-cmd", resources=Resources.of(cpus=0.1, mem=32),
+                               command="touch /tmp/ready && exec sleep 600",
+                               container=ContainerInfo(image=image, network="none"), health_check=inside))
+
+    def health(task_id: str) -> list[TaskStatus]:
+        return [s for s in keeper.statuses if s.task_id == task_id and s.healthy is not None]
+
+    healthy = keeper.wait(lambda: next(iter(health("checked-web")), None))
+    running = next(s for s in keeper.statuses if s.task_id == "checked-web" and s.state is TaskState.TASK_RUNNING)
+    address = running.network.ip_addresses[0] if running.network else "?"
+    assert healthy.healthy is True and f"GET http://{address}:8080/index.html: 200" in healthy.message, healthy
+    inside_healthy = keeper.wait(lambda: next(iter(health("checked-cmd")), None))
+    assert inside_healthy.healthy is True and "exit status 0" in inside_healthy.message, inside_healthy
+    for task_id in ("checked-web", "checked-cmd"):
+        driver.kill(task_id)
+        assert keeper.final(task_id).state is TaskState.TASK_KILLED
+        assert [s.healthy for s in health(task_id)] == [True]  # one change: healthy
 
 
 def _get(url: str) -> str | None:
