@@ -23,11 +23,9 @@ Rules (Mesos' HealthCheck, with the timing rule Mesos lacks):
 
 from __future__ import annotations
 
-import math
-
 from tessera.control_plane.core.containers import network_of
 from tessera.control_plane.core.errors import InvalidRequest
-from tessera.control_plane.core.state import check_command_info, check_working_dir
+from tessera.control_plane.core.state import check_command_info, check_number, check_working_dir
 from tessera.control_plane.core.values import HealthCheck, HealthCheckType, HttpCheck, TaskInfo, TcpCheck
 
 __all__ = [
@@ -67,16 +65,6 @@ def healthy_status_code(check: HttpCheck, code: int) -> bool:
     return code in check.statuses if check.statuses else 200 <= code <= 399
 
 
-def _seconds(value: object, what: str, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidRequest(f"{what}: must be a finite number of seconds, got {value!r}")
-    if value < 0 or (positive and value <= 0):
-        raise InvalidRequest(f"{what}: must be {'greater than 0' if positive else 'at least 0'}, got {value!r}")
-    if value > MAX_CHECK_SECONDS:
-        raise InvalidRequest(f"{what}: at most {MAX_CHECK_SECONDS:g} seconds, got {value!r}")
-    return float(value)
-
-
 def _port(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         raise InvalidRequest(f"{what}: must be a port number from 1 to 65535, got {value!r}")
@@ -97,10 +85,11 @@ def check_health_check_form(check: object, what: str) -> HealthCheck:
             raise InvalidRequest(f"{what}.{name}: a {check.type.name} check needs it")
         if name != wanted and given:
             raise InvalidRequest(f"{what}.{name}: a {check.type.name} check has no {name} (one type per check)")
-    _seconds(check.delay_seconds, f"{what}.delay_seconds", positive=False)
-    _seconds(check.grace_period_seconds, f"{what}.grace_period_seconds", positive=False)
-    interval = _seconds(check.interval_seconds, f"{what}.interval_seconds", positive=True)
-    timeout = _seconds(check.timeout_seconds, f"{what}.timeout_seconds", positive=True)
+    check_number(check.delay_seconds, f"{what}.delay_seconds", maximum=MAX_CHECK_SECONDS)
+    check_number(check.grace_period_seconds, f"{what}.grace_period_seconds", maximum=MAX_CHECK_SECONDS)
+    interval = check_number(check.interval_seconds, f"{what}.interval_seconds", positive=True,
+                            maximum=MAX_CHECK_SECONDS)
+    timeout = check_number(check.timeout_seconds, f"{what}.timeout_seconds", positive=True, maximum=MAX_CHECK_SECONDS)
     if interval < timeout:
         raise InvalidRequest(f"{what}.interval_seconds: {interval:g} is below timeout_seconds {timeout:g}; checks "
                              "start an interval apart, so a check may last at most the interval")

@@ -14,22 +14,17 @@ import json
 import subprocess
 import sys
 import textwrap
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 from tessera.sdk import (
-    Filters,
     FrameworkInfo,
     HealthCheck,
     HttpCheck,
-    InvalidRequest,
     Resources,
-    Scheduler,
     SchedulerDriver,
     TaskInfo,
     TaskState,
@@ -37,6 +32,7 @@ from tessera.sdk import (
     TcpCheck,
 )
 from tests.support.cluster import LocalCluster, wait_for
+from tests.support.recording import Recorder
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -76,59 +72,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         yield c
 
 
-class Recorder(Scheduler):
-    """Launches the tasks handed to it on the first offer that fits, records every status and refusal."""
-
-    def __init__(self) -> None:
-        self.queue: list[TaskInfo] = []
-        self.statuses: list[TaskStatus] = []
-        self.refusals: list[str] = []
-        self.lock = threading.Lock()
-        self.changed = threading.Condition(self.lock)
-
-    def offers(self, driver: SchedulerDriver, offers: list) -> None:  # type: ignore[type-arg]
-        with self.lock:
-            pending, self.queue = self.queue, []
-        for offer in offers:
-            fitting = [t for t in pending if offer.fits(t.resources)]
-            if not fitting:
-                driver.decline([offer], Filters(0.2))
-                continue
-            pending.remove(fitting[0])
-            try:
-                driver.launch(offer, [fitting[0]], Filters(0.2))
-            except InvalidRequest as exc:  # nothing was launched: give the offer back at once
-                driver.decline([offer], Filters(0.2))
-                with self.lock:
-                    self.refusals.append(str(exc))
-                    self.changed.notify_all()
-        with self.lock:
-            self.queue.extend(pending)
-
-    def update(self, driver: SchedulerDriver, status: TaskStatus) -> None:
-        with self.lock:
-            self.statuses.append(status)
-            self.changed.notify_all()
-
-    def wait(self, predicate: Callable[[], T | None], timeout: float = 90.0) -> T:
-        deadline = time.monotonic() + timeout
-        with self.lock:
-            while True:
-                found = predicate()
-                if found:
-                    return found
-                left = deadline - time.monotonic()
-                assert left > 0, f"timed out; statuses: {[(s.task_id, s.state.name, s.healthy, s.reason, s.message) for s in self.statuses]}"
-                self.changed.wait(min(left, 0.5))
-
-    def of(self, task_id: str) -> list[TaskStatus]:
-        return [s for s in self.statuses if s.task_id == task_id]
-
-    def health_updates(self, task_id: str) -> list[TaskStatus]:
-        return [s for s in self.of(task_id) if s.state is TaskState.TASK_RUNNING and s.healthy is not None]
-
-    def final(self, task_id: str, timeout: float = 90.0) -> TaskStatus:
-        return self.wait(lambda: next((s for s in self.of(task_id) if s.is_terminal), None), timeout)
+def health_updates(recorder: Recorder, task_id: str) -> list[TaskStatus]:
+    """The task's TASK_RUNNING updates that carry health."""
+    return [s for s in recorder.of(task_id) if s.state is TaskState.TASK_RUNNING and s.healthy is not None]
 
 
 @pytest.fixture(scope="module")
@@ -144,9 +90,7 @@ def framework(cluster: LocalCluster) -> Iterator[tuple[Recorder, SchedulerDriver
 
 def launch(framework: tuple[Recorder, SchedulerDriver], task: TaskInfo) -> None:
     recorder, driver = framework
-    with recorder.lock:
-        recorder.queue.append(task)
-    driver.revive()
+    recorder.launch(driver, task)
 
 
 def server_task(task_id: str, port: int, control: Path, check: HealthCheck, **kw: Any) -> TaskInfo:
@@ -190,13 +134,13 @@ def test_an_http_checked_task_is_reported_healthy_once_then_unhealthy_once_and_k
     check = HealthCheck(http=HttpCheck(port=31201, path="/health"), delay=0, interval=0.3, grace_period=20,
                         consecutive_failures=3)
     launch(framework, server_task("web", 31201, control, check, kill_grace_period=1.0))
-    healthy = recorder.wait(lambda: next(iter(recorder.health_updates("web")), None))
+    healthy = recorder.wait(lambda: next(iter(health_updates(recorder, "web")), None))
     assert healthy.healthy is True and healthy.reason == HEALTH_UPDATED, healthy
     assert healthy.state is TaskState.TASK_RUNNING and "GET http://127.0.0.1:31201/health: 200" in healthy.message
     # more checks pass, and nothing more is reported: health did not change
     seen = requests_seen(control)
     wait_for(lambda: requests_seen(control) >= seen + 5, 60, what="five more passing checks")
-    assert len(recorder.health_updates("web")) == 1, recorder.health_updates("web")
+    assert len(health_updates(recorder, "web")) == 1, health_updates(recorder, "web")
 
     rows = [line.replace("\u2502", " ").split() for line in cli(cluster, "tasks").splitlines()]
     assert any(row[:1] == ["web"] and row[4] == "healthy" for row in rows), rows  # the health column
@@ -205,7 +149,7 @@ def test_an_http_checked_task_is_reported_healthy_once_then_unhealthy_once_and_k
     final = recorder.final("web")
     assert final.state is TaskState.TASK_KILLED and final.reason == "REASON_TASK_UNHEALTHY", final
     assert final.healthy is False and "3 consecutive failed health checks" in final.message, final
-    updates = recorder.health_updates("web")
+    updates = health_updates(recorder, "web")
     assert [s.healthy for s in updates] == [True, False], updates
     assert "503 (healthy: 200-399)" in updates[1].message
     killing = [s for s in recorder.of("web") if s.state is TaskState.TASK_KILLING]
@@ -230,14 +174,14 @@ def test_failures_in_the_grace_period_before_the_first_success_are_not_reported(
                         consecutive_failures=1)  # one counted failure would kill it
     launch(framework, server_task("slow", 31205, control, check))
     wait_for(lambda: requests_seen(control) >= 5, 60, what="five failing checks")
-    assert recorder.health_updates("slow") == [] and not any(s.is_terminal for s in recorder.of("slow"))
+    assert health_updates(recorder, "slow") == [] and not any(s.is_terminal for s in recorder.of("slow"))
     (control / "sick").unlink()
-    healthy = recorder.wait(lambda: next(iter(recorder.health_updates("slow")), None))
+    healthy = recorder.wait(lambda: next(iter(health_updates(recorder, "slow")), None))
     assert healthy.healthy is True, healthy
     driver.kill("slow")
     final = recorder.final("slow")
     assert final.state is TaskState.TASK_KILLED and final.reason == "" and final.healthy is None, final
-    assert [s.healthy for s in recorder.health_updates("slow")] == [True]
+    assert [s.healthy for s in health_updates(recorder, "slow")] == [True]
 
 
 def test_a_tcp_check_reports_healthy_once_the_task_listens(
@@ -255,11 +199,11 @@ def test_a_tcp_check_reports_healthy_once_the_task_listens(
     check = HealthCheck(tcp=TcpCheck(port), delay=0, interval=0.3, grace_period=30)
     launch(framework, TaskInfo(task_id="tcp", resources=Resources.of(cpus=0.1, mem=64, ports=[(port, port)]),
                                command=(sys.executable, str(script)), health_check=check))
-    healthy = recorder.wait(lambda: next(iter(recorder.health_updates("tcp")), None))
+    healthy = recorder.wait(lambda: next(iter(health_updates(recorder, "tcp")), None))
     assert healthy.healthy is True and f"TCP connect to 127.0.0.1:{port}: open" in healthy.message, healthy
     driver.kill("tcp")
     assert recorder.final("tcp").state is TaskState.TASK_KILLED
-    assert [s.healthy for s in recorder.health_updates("tcp")] == [True]
+    assert [s.healthy for s in health_updates(recorder, "tcp")] == [True]
 
 
 def test_a_command_check_runs_as_the_tasks_user_in_its_sandbox(
@@ -270,11 +214,11 @@ def test_a_command_check_runs_as_the_tasks_user_in_its_sandbox(
                         env={"CHECK_ENV": "yes"}, delay=0, interval=0.3, grace_period=30, consecutive_failures=2)
     launch(framework, TaskInfo(task_id="cmd", resources=Resources.of(cpus=0.1, mem=64), user="nobody",
                                command="sleep 0.5; touch ready; exec sleep 600", health_check=check))
-    healthy = recorder.wait(lambda: next(iter(recorder.health_updates("cmd")), None))
+    healthy = recorder.wait(lambda: next(iter(health_updates(recorder, "cmd")), None))
     assert healthy.healthy is True and "exit status 0" in healthy.message, healthy
     driver.kill("cmd")
     assert recorder.final("cmd").state is TaskState.TASK_KILLED
-    assert [s.healthy for s in recorder.health_updates("cmd")] == [True]
+    assert [s.healthy for s in health_updates(recorder, "cmd")] == [True]
 
 
 def test_a_check_the_master_cannot_accept_is_refused_at_the_launch(
@@ -293,7 +237,7 @@ def test_a_check_the_master_cannot_accept_is_refused_at_the_launch(
     # the framework goes on: a good task still runs
     launch(framework, server_task("fine", 31223, tmp_path / "f", HealthCheck(tcp=TcpCheck(31223), delay=0,
                                                                              interval=0.5)))
-    assert recorder.wait(lambda: next(iter(recorder.health_updates("fine")), None)).healthy is True
+    assert recorder.wait(lambda: next(iter(health_updates(recorder, "fine")), None)).healthy is True
     _, driver = framework
     driver.kill("fine")
     recorder.final("fine")
