@@ -443,7 +443,7 @@ class Supervisor:
             return health_checks.CommandProbe(
                 health_checks.container_exec_argv(container.runc, container.state_root, container.container_id,
                                                   command),
-                env=containers._runc_env(), what=f"command check in container {container.container_id}")
+                env=containers.runc_env(), what=f"command check in container {container.container_id}")
         env = self._env()
         env.update(dict(command.environment))
         spec, user = self.spec, str(self.launch.get("user") or "")

@@ -286,6 +286,10 @@ class TaskRunner(UpdatePump):
                 else:
                     self.emit(task, Outcome(TaskState.TASK_RUNNING, "", "the task's process started"))
             for outcome in health_outcomes(task.state, reported_health(task.latest), obs.health):
+                if outcome.state is TaskState.TASK_KILLING:  # its supervisor kills it: recorded as a kill here
+                    grace = task.info.kill_grace_period_seconds or DEFAULT_KILL_GRACE
+                    if self.tasks.request_kill(task.key, grace):
+                        self.checkpoint.mark_kill(task.key, grace)
                 self.emit(task, outcome)
             if obs.exit is not None:
                 self.emit(task, terminal_status(obs.exit, task.kill_requested, str(handle.task_dir)))
