@@ -159,6 +159,19 @@ class TcpProbe:
         return None
 
 
+class Unreachable:
+    """A check that cannot reach its task (a bridge container without an address): fails, saying why."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def run(self, timeout: float) -> tuple[bool, str]:
+        return False, self.why
+
+    def cancel(self) -> None:
+        return None
+
+
 def _why(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return f"no answer within {timeout:g}s"

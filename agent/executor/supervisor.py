@@ -30,10 +30,11 @@ Rules it keeps:
 - The task runs in its own session (its pid is its session and process group id), inside its cgroups
   from its first instruction (joined between fork and exec), with its rlimits.
 - SIGTERM to the supervisor means "kill the task": SIGTERM to the task's session, then SIGKILL to the
-  session (and its cgroups) when the grace period ends. A task with a health check is checked from its
-  start (task.json) by a thread of the supervisor, which kills it the same way, with the task's kill grace
-  period, after `consecutive_failures` failed checks; checking stops when a kill starts or the task ends. The supervisor itself never dies of it, because it
+  session (and its cgroups) when the grace period ends. The supervisor itself never dies of it, because it
   must record the exit. SIGINT and SIGHUP are ignored (the agent's terminal is not the task's).
+- A task with a health check is checked from its start (task.json) by a thread of the supervisor, which
+  kills it the same way, with the task's kill grace period, after `consecutive_failures` failed checks;
+  checking stops when a kill starts or the task ends.
 - When the task's main process ends, whatever it left in its session or cgroups is killed: a task's
   life is its main process.
 - Only the supervisor (the task's parent) signals the task's pid, so a recycled pid is never hit.
@@ -72,6 +73,7 @@ from tessera.agent.executor.isolation import (
     kill_cgroup,
     memory_limit_message,
 )
+from tessera.control_plane.core.values import HealthCheck
 
 LAUNCH_FILE = "launch.json"
 SUPERVISOR_FILE = "supervisor.json"
@@ -427,18 +429,21 @@ class Supervisor:
         self.log(f"checking the task's health ({check.type.name}) every {check.interval_seconds:g}s after "
                  f"{check.delay_seconds:g}s")
 
-    def _health_probe(self, check: Any) -> health_checks.Probe:
+    def _health_probe(self, check: HealthCheck) -> health_checks.Probe:
         container = self.container
         host = health_checks.LOOPBACK
-        if container is not None and container.plan.network == "bridge":
-            # the container's own address (IPv4 first); none: the check fails saying so
+        if container is not None and container.plan.network == "bridge" and check.command is None:
+            # the container's own address (IPv4 first)
             addresses = sorted(self.ip_addresses, key=lambda a: ":" in a)
-            host = addresses[0] if addresses else "0.0.0.0"
+            if not addresses:
+                return health_checks.Unreachable("the container has no address on its network")
+            host = addresses[0]
         if check.http is not None:
             return health_checks.HttpProbe(host, check.http)
         if check.tcp is not None:
             return health_checks.TcpProbe(host, check.tcp)
         command = check.command
+        assert command is not None  # a COMMAND check (core.health_checks)
         if container is not None:
             return health_checks.CommandProbe(
                 health_checks.container_exec_argv(container.runc, container.state_root, container.container_id,

@@ -20,11 +20,11 @@ Rules it keeps (docs/protocol.md):
   when the pull is done (`on_image_pulled`): a pull that failed ends the task TASK_FAILED with the
   store's reason, a kill during the pull ends it TASK_KILLED. An agent without container support fails
   a container task at once, saying why. TASK_RUNNING of a container carries its network and addresses.
+  Unused images are collected with the sandboxes (`collect_images`).
 - Health checks run in the task's supervisor; each change of health it records becomes a TASK_RUNNING
   status with `healthy` once (`agent.core.health.health_outcomes`: not when the task's statuses already
-  say it), its kill for failing the check TASK_KILLING then TASK_KILLED with REASON_TASK_UNHEALTHY
-  (docs/health-checks.md).
-  Unused images are collected with the sandboxes (`collect_images`).
+  say it), its kill for failing the check TASK_KILLING (recorded as the task's kill) then TASK_KILLED with
+  REASON_TASK_UNHEALTHY (docs/health-checks.md).
 The launcher (`tessera.agent.executor.launcher`, behind the `Launcher` port in `state.py`) does the work.
 """
 

@@ -110,6 +110,10 @@ def test_cancel_ends_a_command_under_way() -> None:
     assert probe.run(1) == (False, "cancelled")  # nothing starts after a cancel
 
 
+def test_a_container_without_an_address_fails_its_check_saying_so() -> None:
+    assert checks.Unreachable("the container has no address").run(1) == (False, "the container has no address")
+
+
 def test_a_container_check_is_runc_exec_in_the_container() -> None:
     command = CommandInfo(shell=True, value="wget -q -O- localhost:8080", environment=(("A", "1"),), working_dir="w")
     assert checks.container_exec_argv("/usr/sbin/runc", "/var/lib/a/runc", "tessera-x", command) == [
