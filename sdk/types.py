@@ -228,7 +228,8 @@ class HealthCheck:
         _set(self, "env", _frozen_map(self.env, "HealthCheck.env"))
         if self.timeout is None:
             interval = self.interval if isinstance(self.interval, (int, float)) else DEFAULT_CHECK_TIMEOUT
-            _set(self, "timeout", min(DEFAULT_CHECK_TIMEOUT, float(interval)) if interval > 0 else DEFAULT_CHECK_TIMEOUT)
+            _set(self, "timeout", min(DEFAULT_CHECK_TIMEOUT, float(interval)) if interval > 0
+                 else DEFAULT_CHECK_TIMEOUT)
         given = [name for name in ("http", "tcp", "command") if getattr(self, name)]
         if len(given) != 1:
             raise InvalidRequest(f"HealthCheck: give one of http, tcp or command, got {' and '.join(given) or 'none'}")
@@ -246,17 +247,18 @@ class HealthCheck:
             return None
         env = tuple(self.env.items())
         if isinstance(self.command, str):
-            return core_values.CommandInfo(shell=True, value=self.command, environment=env, working_dir=self.working_dir)
-        return core_values.CommandInfo(shell=False, value=self.command[0], arguments=self.command[1:], environment=env,
-                                working_dir=self.working_dir)
+            return core_values.CommandInfo(shell=True, value=self.command, environment=env,
+                                           working_dir=self.working_dir)
+        return core_values.CommandInfo(shell=False, value=self.command[0], arguments=self.command[1:],
+                                       environment=env, working_dir=self.working_dir)
 
     def to_core(self) -> core_values.HealthCheck:
         """The same check as the master's value (`tessera.control_plane.core.values.HealthCheck`)."""
-        return core_values.HealthCheck(type=self.type, command=self.command_info(), http=self.http, tcp=self.tcp,
-                                delay_seconds=self.delay, interval_seconds=self.interval,
-                                timeout_seconds=self.timeout if self.timeout is not None else DEFAULT_CHECK_TIMEOUT,
-                                grace_period_seconds=self.grace_period,
-                                consecutive_failures=self.consecutive_failures)
+        return core_values.HealthCheck(
+            type=self.type, command=self.command_info(), http=self.http, tcp=self.tcp, delay_seconds=self.delay,
+            interval_seconds=self.interval,
+            timeout_seconds=self.timeout if self.timeout is not None else DEFAULT_CHECK_TIMEOUT,
+            grace_period_seconds=self.grace_period, consecutive_failures=self.consecutive_failures)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -312,11 +314,12 @@ class TaskInfo:
         if self.health_check is None:
             return
         c = self.container
-        container = None if c is None else core_values.ContainerInfo(image=c.image, network=c.network,
-                                                              port_mappings=c.port_mappings)
-        check_health_check(core_values.TaskInfo(task_id=self.task_id, resources=self.resources,
-                                         command=core_values.CommandInfo(user=self.user), container=container,
-                                         health_check=self.health_check.to_core()), f"task {self.task_id}")
+        container = (None if c is None else
+                     core_values.ContainerInfo(image=c.image, network=c.network, port_mappings=c.port_mappings))
+        task = core_values.TaskInfo(task_id=self.task_id, resources=self.resources,
+                                    command=core_values.CommandInfo(user=self.user), container=container,
+                                    health_check=self.health_check.to_core())
+        check_health_check(task, f"task {self.task_id}")
 
 
 TaskSpec: TypeAlias = TaskInfo
