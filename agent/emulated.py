@@ -5,8 +5,10 @@ in turn (the same `DialPlan`: leader hints at once, otherwise backoff with jitte
 re-registers with its tasks after a reconnect), heartbeats, fences commands by term, and delivers status
 updates through the same `StatusUpdateManager` (ordered per task, re-sent with backoff until acked,
 re-sent after a reconnect). What it does not do is run anything: a RunTask reports TASK_STARTING and
-TASK_RUNNING at once, then TASK_FINISHED after `task_duration` seconds; a KillTask reports TASK_KILLING
-then TASK_KILLED. No checkpoint: an emulated agent that is stopped is gone.
+TASK_RUNNING at once (a health-checked task then one TASK_RUNNING update with `healthy` true, as a check
+that passes at once: `agent.core.health.health_outcomes`), then TASK_FINISHED after `task_duration`
+seconds; a KillTask reports TASK_KILLING then TASK_KILLED. No checkpoint: an emulated agent that is
+stopped is gone.
 
 For benchmarks only (`tests/bench/bench_agent.py`); never started by default. Use:
 
@@ -34,6 +36,7 @@ import grpc
 import grpc.aio
 
 from tessera.agent.config import AgentConfig, parse_attributes, parse_masters, parse_resources_flag
+from tessera.agent.core.health import HealthChange, health_outcomes, reported_health
 from tessera.agent.core.status_updates import AckOutcome, PendingUpdate, RetryPolicy, StatusUpdateManager
 from tessera.agent.core.tasks import DuplicateTask, Outcome, TaskTable, make_status
 from tessera.agent.runtime.link import CHANNEL_OPTIONS
@@ -314,6 +317,10 @@ class EmulatedAgent:
         self.stats.tasks_launched += 1
         self._emit(task.key, Outcome(TaskState.TASK_STARTING, "", "emulated"))
         self._emit(task.key, Outcome(TaskState.TASK_RUNNING, "", "emulated"))
+        if info.health_check is not None:
+            passed = HealthChange(True, "health check passed: emulated")
+            for outcome in health_outcomes(task.state, reported_health(task.latest), [passed]):
+                self._emit(task.key, outcome)
         loop = asyncio.get_running_loop()
         self.timers[task.key] = loop.call_later(
             self.config.task_duration, self._emit, task.key,

@@ -46,7 +46,9 @@ The names, all imported from `tessera.sdk` (`__all__`); each is documented on it
   `tessera.sdk.aio`: `AsyncSchedulerDriver`; `tessera.sdk.session`: `Backoff` (reconnection backoff).
 - `tessera.sdk.types` (frozen values): `FrameworkInfo`, `Offer`, `TaskInfo` (= `TaskSpec`), `TaskStatus`,
   `TaskState`, `Filters`, `Launch`, `Reserve`, `Unreserve`, `Operation`, `Resources`, `DEFAULT_ROLE`;
-  for container tasks `ContainerInfo`, `PortMapping`, `Volume`, and `NetworkInfo` (in statuses).
+  for container tasks `ContainerInfo`, `PortMapping`, `Volume`, and `NetworkInfo` (in statuses); for
+  health checks `HealthCheck` with `HttpCheck` or `TcpCheck` (its kind a `HealthCheckType`;
+  `TaskInfo.health_check`, `TaskStatus.healthy`).
 - `tessera.sdk.errors` (the error tree): `TesseraError`, `InvalidRequest`, `NotFound`, `Conflict`,
   `NotLeader`, `Unauthenticated`, `PermissionDenied`, `Unavailable`, `ServerError`, `DriverStopped`.
 """
@@ -74,6 +76,9 @@ from tessera.sdk.types import (
     ContainerInfo,
     Filters,
     FrameworkInfo,
+    HealthCheck,
+    HealthCheckType,
+    HttpCheck,
     Launch,
     NetworkInfo,
     Offer,
@@ -85,6 +90,7 @@ from tessera.sdk.types import (
     TaskSpec,
     TaskState,
     TaskStatus,
+    TcpCheck,
     Unreserve,
     Volume,
 )
@@ -99,6 +105,9 @@ __all__ = [
     "DriverStopped",
     "Filters",
     "FrameworkInfo",
+    "HealthCheck",
+    "HealthCheckType",
+    "HttpCheck",
     "InvalidRequest",
     "Launch",
     "NetworkInfo",
@@ -117,6 +126,7 @@ __all__ = [
     "TaskSpec",
     "TaskState",
     "TaskStatus",
+    "TcpCheck",
     "TesseraError",
     "Unauthenticated",
     "Unavailable",

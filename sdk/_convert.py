@@ -40,6 +40,8 @@ from tessera.sdk.types import (
     ContainerInfo,
     Filters,
     FrameworkInfo,
+    HealthCheck,
+    HttpCheck,
     Launch,
     NetworkInfo,
     Offer,
@@ -50,6 +52,7 @@ from tessera.sdk.types import (
     TaskInfo,
     TaskState,
     TaskStatus,
+    TcpCheck,
     Unreserve,
     Volume,
 )
@@ -137,7 +140,48 @@ def task_to_proto(task: TaskInfo) -> common_pb2.TaskInfo:
             volumes=[common_pb2.Volume(container_path=v.container_path, host_path=v.host_path, mode=v.mode)
                      for v in c.volumes],
         ))
+    if task.health_check is not None:
+        msg.health_check.CopyFrom(_health_check_to_proto(task.health_check))
     return msg
+
+
+def _health_check_to_proto(check: HealthCheck) -> common_pb2.HealthCheck:
+    msg = common_pb2.HealthCheck(
+        type=common_pb2.HealthCheck.Type.ValueType(int(check.type)), delay_seconds=check.delay,
+        interval_seconds=check.interval, timeout_seconds=check.timeout, grace_period_seconds=check.grace_period,
+        consecutive_failures=check.consecutive_failures)
+    if check.http is not None:
+        msg.http.CopyFrom(common_pb2.HealthCheck.HTTPCheckInfo(port=check.http.port, path=check.http.path,
+                                                               scheme=check.http.scheme,
+                                                               statuses=list(check.http.statuses)))
+    if check.tcp is not None:
+        msg.tcp.CopyFrom(common_pb2.HealthCheck.TCPCheckInfo(port=check.tcp.port))
+    command = check.command_info()
+    if command is not None:
+        msg.command.CopyFrom(common_pb2.CommandInfo(shell=command.shell, value=command.value,
+                                                    arguments=list(command.arguments),
+                                                    environment=[common_pb2.Label(key=k, value=v)
+                                                                 for k, v in command.environment],
+                                                    working_dir=command.working_dir))
+    return msg
+
+
+def _health_check_from_proto(msg: common_pb2.HealthCheck) -> HealthCheck:
+    command: str | tuple[str, ...] = ""
+    if msg.HasField("command"):
+        c = msg.command
+        command = c.value if c.shell else (c.value, *c.arguments)
+    return HealthCheck(
+        http=(HttpCheck(msg.http.port, msg.http.path or "/", msg.http.scheme or "http", tuple(msg.http.statuses))
+              if msg.HasField("http") else None),
+        tcp=TcpCheck(msg.tcp.port) if msg.HasField("tcp") else None, command=command,
+        env=_mapping(msg.command.environment), working_dir=msg.command.working_dir,
+        delay=msg.delay_seconds if msg.HasField("delay_seconds") else 15.0,
+        interval=msg.interval_seconds if msg.HasField("interval_seconds") else 10.0,
+        timeout=msg.timeout_seconds if msg.HasField("timeout_seconds") else None,
+        grace_period=msg.grace_period_seconds if msg.HasField("grace_period_seconds") else 10.0,
+        consecutive_failures=msg.consecutive_failures if msg.HasField("consecutive_failures") else 3,
+    )
 
 
 def _container_from_proto(msg: common_pb2.ContainerInfo) -> ContainerInfo:
@@ -157,6 +201,7 @@ def task_from_proto(msg: common_pb2.TaskInfo) -> TaskInfo:
         command=command, env=_mapping(cmd.environment), kill_grace_period=msg.kill_grace_period_seconds,
         labels=_mapping(msg.labels), working_dir=cmd.working_dir, user=cmd.user,
         container=_container_from_proto(msg.container) if msg.HasField("container") else None,
+        health_check=_health_check_from_proto(msg.health_check) if msg.HasField("health_check") else None,
     )
 
 
@@ -171,6 +216,8 @@ def status_to_proto(status: TaskStatus) -> common_pb2.TaskStatus:
     if status.network is not None:
         msg.network.CopyFrom(common_pb2.NetworkInfo(name=status.network.name,
                                                     ip_addresses=list(status.network.ip_addresses)))
+    if status.healthy is not None:
+        msg.healthy = status.healthy
     return msg
 
 
@@ -185,6 +232,7 @@ def status_from_proto(msg: common_pb2.TaskStatus) -> TaskStatus:
         uuid=msg.uuid, timestamp=msg.timestamp, framework_id=msg.framework_id, data=msg.data,
         network=(NetworkInfo(msg.network.name, tuple(msg.network.ip_addresses)) if msg.HasField("network")
                  else None),
+        healthy=msg.healthy if msg.HasField("healthy") else None,
     )
 
 

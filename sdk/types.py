@@ -12,6 +12,8 @@ Rules kept here:
   argv tuple (`("python3", "-c", "print(1)")`); a list given for argv is normalised to a tuple.
 - `Filters.refuse_seconds` must be positive: on the wire 0 means "the master's default" (5 s), so the
   SDK does not let a caller believe 0 means "no filter".
+- A `HealthCheck` is checked on its own when it is made (one kind, times, path, port numbers); what it
+  needs of its task (a port the task holds or maps) the master checks at the launch.
 """
 
 from __future__ import annotations
@@ -22,10 +24,20 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TypeAlias
 
+from tessera.control_plane.core import values as core_values
 from tessera.control_plane.core.errors import InvalidRequest
+from tessera.control_plane.core.health_checks import check_health_check, check_health_check_form
 from tessera.control_plane.core.lifecycle import is_terminal
 from tessera.control_plane.core.resources import Interval, Resources
-from tessera.control_plane.core.values import NetworkInfo, PortMapping, TaskState, Volume
+from tessera.control_plane.core.values import (
+    HealthCheckType,
+    HttpCheck,
+    NetworkInfo,
+    PortMapping,
+    TaskState,
+    TcpCheck,
+    Volume,
+)
 
 __all__ = [
     "DEFAULT_ROLE",
@@ -35,6 +47,10 @@ __all__ = [
     "Volume",
     "FrameworkInfo",
     "Filters",
+    "HealthCheck",
+    "HealthCheckType",
+    "HttpCheck",
+    "TcpCheck",
     "Launch",
     "Offer",
     "Operation",
@@ -174,6 +190,77 @@ class ContainerInfo:
             raise InvalidRequest("ContainerInfo.image: must not be empty")
 
 
+DEFAULT_CHECK_TIMEOUT = 10.0  # seconds, or the interval when that is shorter
+
+
+@dataclass(frozen=True, kw_only=True)
+class HealthCheck:
+    """How the agent checks a task's health (docs/health-checks.md): give one of `http`, `tcp` or `command`.
+
+    `http`: `HttpCheck(port, path="/")`, healthy on 200-399 (or one of `statuses`); `tcp`: `TcpCheck(port)`,
+    healthy when a connection opens; the port is one of the task's `ports` resources (the check goes to
+    127.0.0.1 on the agent) or, for a container on the bridge network, a container port it maps (the check
+    goes to the container's address). `command`: a shell string or an argv tuple, healthy on exit 0, run as
+    the task's user in its sandbox (inside the container for a container task) with the task's environment
+    and `env`.
+
+    Times in seconds: the first check `delay` after the task started, one every `interval` (from start to
+    start), each given at most `timeout` (default: 10, or the interval when shorter; never above the
+    interval); failures before the first success within `grace_period` of the start are ignored;
+    `consecutive_failures` failures in a row kill the task. Statuses carry `healthy` only when it changes
+    (reason REASON_TASK_HEALTH_CHECK_STATUS_UPDATED); a task killed for failing its check ends TASK_KILLED
+    with REASON_TASK_UNHEALTHY."""
+
+    http: HttpCheck | None = None
+    tcp: TcpCheck | None = None
+    command: str | tuple[str, ...] = ""
+    env: Mapping[str, str] = field(default_factory=lambda: _EMPTY, hash=False)
+    working_dir: str = ""  # of a command check, inside the sandbox (default: the task's)
+    delay: float = 15.0
+    interval: float = 10.0
+    timeout: float | None = None
+    grace_period: float = 10.0
+    consecutive_failures: int = 3
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.command, str):
+            _set(self, "command", tuple(self.command))
+        _set(self, "env", _frozen_map(self.env, "HealthCheck.env"))
+        if self.timeout is None:
+            interval = self.interval if isinstance(self.interval, (int, float)) else DEFAULT_CHECK_TIMEOUT
+            _set(self, "timeout", min(DEFAULT_CHECK_TIMEOUT, float(interval)) if interval > 0
+                 else DEFAULT_CHECK_TIMEOUT)
+        given = [name for name in ("http", "tcp", "command") if getattr(self, name)]
+        if len(given) != 1:
+            raise InvalidRequest(f"HealthCheck: give one of http, tcp or command, got {' and '.join(given) or 'none'}")
+        check_health_check_form(self.to_core(), "HealthCheck")
+
+    @property
+    def type(self) -> HealthCheckType:
+        """HTTP, TCP or COMMAND: which of the three this check is."""
+        return (HealthCheckType.HTTP if self.http is not None else HealthCheckType.TCP if self.tcp is not None
+                else HealthCheckType.COMMAND)
+
+    def command_info(self) -> core_values.CommandInfo | None:
+        """A command check's command as the master and the agent take it (None for HTTP and TCP)."""
+        if not self.command:
+            return None
+        env = tuple(self.env.items())
+        if isinstance(self.command, str):
+            return core_values.CommandInfo(shell=True, value=self.command, environment=env,
+                                           working_dir=self.working_dir)
+        return core_values.CommandInfo(shell=False, value=self.command[0], arguments=self.command[1:],
+                                       environment=env, working_dir=self.working_dir)
+
+    def to_core(self) -> core_values.HealthCheck:
+        """The same check as the master's value (`tessera.control_plane.core.values.HealthCheck`)."""
+        return core_values.HealthCheck(
+            type=self.type, command=self.command_info(), http=self.http, tcp=self.tcp, delay_seconds=self.delay,
+            interval_seconds=self.interval,
+            timeout_seconds=self.timeout if self.timeout is not None else DEFAULT_CHECK_TIMEOUT,
+            grace_period_seconds=self.grace_period, consecutive_failures=self.consecutive_failures)
+
+
 @dataclass(frozen=True, kw_only=True)
 class TaskInfo:
     """A task to launch (and, once launched, what was launched).
@@ -194,6 +281,7 @@ class TaskInfo:
     working_dir: str = ""
     user: str = ""
     container: ContainerInfo | None = None
+    health_check: HealthCheck | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.command, str):
@@ -217,8 +305,21 @@ class TaskInfo:
         return TaskInfo(
             task_id=self.task_id, resources=self.resources, command=self.command, name=self.name,
             agent_id=agent_id, env=self.env, kill_grace_period=self.kill_grace_period, labels=self.labels,
-            working_dir=self.working_dir, user=self.user, container=self.container,
+            working_dir=self.working_dir, user=self.user, container=self.container, health_check=self.health_check,
         )
+
+    def check_health_check(self) -> None:
+        """What the master checks of this task's health check against the task (a port it holds or
+        maps, the user); raises InvalidRequest. `tessera.sdk.testing.FakeMaster` checks launches with it."""
+        if self.health_check is None:
+            return
+        c = self.container
+        container = (None if c is None else
+                     core_values.ContainerInfo(image=c.image, network=c.network, port_mappings=c.port_mappings))
+        task = core_values.TaskInfo(task_id=self.task_id, resources=self.resources,
+                                    command=core_values.CommandInfo(user=self.user), container=container,
+                                    health_check=self.health_check.to_core())
+        check_health_check(task, f"task {self.task_id}")
 
 
 TaskSpec: TypeAlias = TaskInfo
@@ -241,6 +342,9 @@ class TaskStatus:
     framework_id: str = ""
     data: bytes = b""  # terminal statuses from agents: the tail of the task's stdout (at most 4 KiB)
     network: NetworkInfo | None = None  # a container task's network and addresses (from TASK_RUNNING on)
+    # A health-checked task's health, on the updates that report a change of it (reason
+    # REASON_TASK_HEALTH_CHECK_STATUS_UPDATED) and, False, on the end of a task killed for failing its check.
+    healthy: bool | None = None
 
     @property
     def is_terminal(self) -> bool:

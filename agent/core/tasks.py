@@ -11,7 +11,8 @@ Rules it keeps:
   each run a `web-1` on this agent.
 - How a process ended (`ExitRecord`, written by the supervisor) maps to exactly one terminal status in
   `terminal_status`: an isolator limitation wins (TASK_FAILED, REASON_CONTAINER_LIMITATION_MEMORY), then
-  a requested kill (TASK_KILLED), then the exit (0: TASK_FINISHED; otherwise TASK_FAILED with the exit
+  a kill for failing the health check (TASK_KILLED, REASON_TASK_UNHEALTHY, `healthy` false, as Mesos
+  marks it), then a requested kill (TASK_KILLED), then the exit (0: TASK_FINISHED; otherwise TASK_FAILED with the exit
   status, a hint for 126/127 and the tail of stderr).
 - Exit codes: a normal exit is its code; death by signal N is reported as 128 + N (the shell's
   convention), and the message names the signal.
@@ -25,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from tessera.control_plane.core.errors import InvalidRequest
+from tessera.control_plane.core.health_checks import REASON_TASK_UNHEALTHY, check_health_check
 from tessera.control_plane.core.lifecycle import INITIAL_STATE, can_transition, is_terminal
 from tessera.control_plane.core.state import MAX_STATUS_DATA, check_working_dir
 from tessera.control_plane.core.values import (
@@ -72,6 +74,7 @@ class ExitRecord:
     limitation: str = ""  # an isolator limit ended the task (the isolator's message), "" otherwise
     launch_error: str = ""  # the command could not be started at all
     container_error: str = ""  # the container could not be made or started (image, network, runtime)
+    unhealthy: str = ""  # the supervisor killed the task for failing its health check: why
     stderr_tail: str = ""  # filled by the launcher from the sandbox, for the message
     stdout_tail: bytes = b""  # filled by the launcher: the end of the task's stdout
 
@@ -92,6 +95,7 @@ class Outcome:
     exit_code: int | None = None
     data: bytes = b""
     network: NetworkInfo | None = None  # a container's addresses (TASK_RUNNING)
+    healthy: bool | None = None  # health-check updates (and the end of a task killed for failing it)
 
 
 def _with_stderr(message: str, stderr_tail: str) -> str:
@@ -107,13 +111,17 @@ def terminal_status(record: ExitRecord, kill_requested: bool, sandbox: str = "")
     suffix = f" sandbox={sandbox}" if sandbox else ""
     message = outcome.message[: MAX_MESSAGE - len(suffix)] + suffix
     return Outcome(outcome.state, outcome.reason, message, outcome.exit_code,
-                   record.stdout_tail[-MAX_STATUS_DATA:])
+                   record.stdout_tail[-MAX_STATUS_DATA:], healthy=outcome.healthy)
 
 
 def _ending(record: ExitRecord, kill_requested: bool) -> Outcome:
     code = record.status_code
     if record.limitation:
         return Outcome(TaskState.TASK_FAILED, REASON_CONTAINER_LIMITATION_MEMORY, record.limitation, code)
+    if record.unhealthy and record.killed:
+        how = f"signal {signal_name(record.signal)}" if record.signal is not None else f"exit status {code}"
+        return Outcome(TaskState.TASK_KILLED, REASON_TASK_UNHEALTHY, f"{record.unhealthy} ({how})", code,
+                       healthy=False)
     if kill_requested or record.killed:
         how = f"signal {signal_name(record.signal)}" if record.signal is not None else f"exit status {code}"
         return Outcome(TaskState.TASK_KILLED, "", f"task killed ({how})", code)
@@ -148,6 +156,7 @@ def validate_task(info: TaskInfo) -> str:
         return "kill_grace_period_seconds is negative"
     try:  # the master refuses these at Accept; a task from elsewhere is checked again here
         check_working_dir(info.command.working_dir, "command.working_dir")
+        check_health_check(info, "task")
     except InvalidRequest as exc:
         return exc.message
     return ""
@@ -273,5 +282,5 @@ def make_status(task: AgentTask, outcome: Outcome, *, uuid: str, now: float, age
         task_id=task.task_id, state=outcome.state, message=outcome.message[:MAX_MESSAGE],
         reason=outcome.reason, source=source, agent_id=agent_id, uuid=uuid, timestamp=now,
         exit_code=outcome.exit_code, framework_id=task.framework_id, data=outcome.data[-MAX_STATUS_DATA:],
-        network=outcome.network,
+        network=outcome.network, healthy=outcome.healthy,
     )

@@ -151,7 +151,7 @@ def start(launch: ContainerLaunch, run_dir: Path, stdout: Any, stderr: Any) -> S
                           run_flags=("--keep", "--pid-file", str(pid_path)))
     try:
         process = subprocess.Popen(argv, cwd=str(bundle), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                                   start_new_session=True, close_fds=True, env=_runc_env())
+                                   start_new_session=True, close_fds=True, env=runc_env())
     except OSError as exc:
         raise ContainerError(f"cannot run {launch.runc}: {exc.strerror or exc}") from exc
     return Started(process, addresses, _await_pid_file(process, pid_path))
@@ -189,7 +189,8 @@ def _write_private(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def _runc_env() -> dict[str, str]:
+def runc_env() -> dict[str, str]:
+    """The environment runc runs with (`run`, `exec` of a health check, `delete`): a PATH, nothing else."""
     return {"PATH": os.environ.get("PATH") or "/usr/sbin:/usr/bin:/sbin:/bin"}
 
 
@@ -223,7 +224,7 @@ def teardown(launch: ContainerLaunch, run_dir: Path) -> list[str]:
     problems: list[str] = []
     try:
         done = subprocess.run([launch.runc, "--root", launch.state_root, "delete", "--force", launch.container_id],
-                              stdin=subprocess.DEVNULL, capture_output=True, timeout=RUNC_TIMEOUT, env=_runc_env())
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=RUNC_TIMEOUT, env=runc_env())
         err = done.stderr.decode(errors="replace").strip()
         if done.returncode != 0 and "does not exist" not in err and "not exist" not in err:
             problems.append(f"runc delete: {err or done.returncode}")
@@ -437,7 +438,7 @@ def cleanup_orphans(runtime: ContainerRuntime, live_container_ids: set[str]) -> 
         if name in live_container_ids:
             continue
         done = subprocess.run([runtime.runc, "--root", runtime.state_root, "delete", "--force", name],
-                              stdin=subprocess.DEVNULL, capture_output=True, timeout=RUNC_TIMEOUT, env=_runc_env())
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=RUNC_TIMEOUT, env=runc_env())
         if done.returncode == 0:
             cleaned.add(name)
         else:

@@ -23,6 +23,9 @@ Rules it keeps:
 - The isolation of a task is removed only after its exit status was read (`release`).
 - The agent (root) reads from a task's sandbox only its stdout and stderr tails, never through a
   symlink and only from a regular file with one link: the task owns that directory.
+- A health-checked task's supervisor checks it (agent/executor/health.py); `observe` hands on the changes
+  of its health.json the agent has not seen (after an agent restart, the newest one), reading the file
+  only when it changed.
 """
 
 from __future__ import annotations
@@ -41,8 +44,10 @@ from typing import Any
 
 import psutil
 
+from tessera.agent.core.health import HealthChange
 from tessera.agent.core.tasks import ExitRecord
 from tessera.agent.executor import containers as container_steps
+from tessera.agent.executor import health as health_checks
 from tessera.agent.executor.containers import ContainerError, ContainerLaunch, ContainerRuntime
 from tessera.agent.executor.forkserver import ForkServer, ForkServerLost
 from tessera.agent.executor.images import Image
@@ -62,6 +67,7 @@ from tessera.agent.executor.sandbox import (
 )
 from tessera.agent.executor.supervisor import (
     EXIT_FILE,
+    HEALTH_FILE,
     KILL_FILE,
     LAUNCH_FILE,
     STDERR_FILE,
@@ -104,6 +110,10 @@ class LaunchHandle:
     network: str = ""  # from task.json: a container's network and addresses
     ip_addresses: tuple[str, ...] = ()
     container: ContainerLaunch | None = field(default=None, repr=False)  # until launch.json is written
+    # The newest health.json change handed on (None: not known, after an agent restart) and the file's
+    # identity when it was read (it is read again only when that changes).
+    health_seq: int | None = 0
+    health_stamp: tuple[int, int, int] = (0, 0, 0)
 
     @property
     def task_dir(self) -> Path:
@@ -120,6 +130,7 @@ class Observation:
     supervisor_lost: str = ""  # the supervisor vanished without recording an exit; the reason
     network: str = ""  # a container task's network ("bridge", "host", "none"); "" for a command task
     ip_addresses: tuple[str, ...] = ()  # a bridge container's addresses
+    health: tuple[HealthChange, ...] = ()  # changes of the task's health not handed on before, oldest first
 
     @property
     def ended(self) -> bool:
@@ -201,7 +212,7 @@ class ProcessLauncher:
             make_private_dir(run_dir.parent, RUN_DIR_MODE)
             make_private_dir(run_dir, RUN_DIR_MODE)
             make_private_dir(task_dir, SANDBOX_MODE, owner)
-            for leftover in (EXIT_FILE, TASK_FILE, SUPERVISOR_FILE, KILL_FILE, LAUNCH_FILE):
+            for leftover in (EXIT_FILE, TASK_FILE, SUPERVISOR_FILE, KILL_FILE, LAUNCH_FILE, HEALTH_FILE):
                 (run_dir / leftover).unlink(missing_ok=True)
         except OSError as exc:
             raise LaunchError(f"cannot create the sandbox {task_dir}: {exc.strerror or exc}") from exc
@@ -278,6 +289,8 @@ class ProcessLauncher:
         }
         if handle.container is not None:
             launch["container"] = handle.container.to_json()
+        if info.health_check is not None:
+            launch["health_check"] = health_checks.check_to_json(info.health_check)
         try:
             write_json_atomic(handle.sandbox / LAUNCH_FILE, launch, durable=False)
         except OSError as exc:
@@ -363,6 +376,7 @@ class ProcessLauncher:
                 handle.started_seen = True
                 handle.network = str(started.get("network") or "")
                 handle.ip_addresses = tuple(str(a) for a in started.get("ip_addresses") or ())
+        health = self._health_changes(handle) if handle.started_seen else ()
         record = self.read_exit(handle)
         if record is not None:
             if handle.popen is not None:
@@ -371,7 +385,7 @@ class ProcessLauncher:
                 except subprocess.TimeoutExpired:
                     pass
             return Observation(started=handle.started_seen, exit=record, network=handle.network,
-                               ip_addresses=handle.ip_addresses)
+                               ip_addresses=handle.ip_addresses, health=health)
         if handle.supervisor_pid <= 0:
             found = read_json(sandbox / SUPERVISOR_FILE)
             if found:
@@ -379,7 +393,7 @@ class ProcessLauncher:
                 handle.supervisor_start = _start_time(handle.supervisor_pid) or 0.0
         if self.supervisor_alive(handle):
             return Observation(started=handle.started_seen, network=handle.network,
-                               ip_addresses=handle.ip_addresses)
+                               ip_addresses=handle.ip_addresses, health=health)
         record = self.read_exit(handle)  # it may have written the file and exited just now
         if record is not None:
             return Observation(started=handle.started_seen, exit=record)
@@ -387,6 +401,21 @@ class ProcessLauncher:
         return Observation(started=handle.started_seen,
                            supervisor_lost=f"the task's supervisor (pid {handle.supervisor_pid}) is gone "
                                            "without recording an exit status")
+
+    @staticmethod
+    def _health_changes(handle: LaunchHandle) -> tuple[HealthChange, ...]:
+        """The changes of the task's health.json not handed on yet (read only when the file changed)."""
+        path = handle.sandbox / HEALTH_FILE
+        try:
+            info = os.stat(path)
+        except OSError:
+            return ()
+        stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+        if stamp == handle.health_stamp:
+            return ()
+        handle.health_stamp = stamp
+        handle.health_seq, changes = health_checks.read_changes(read_json(path), handle.health_seq)
+        return changes
 
     def read_exit(self, handle: LaunchHandle) -> ExitRecord | None:
         data = read_json(handle.sandbox / EXIT_FILE)
@@ -402,6 +431,7 @@ class ProcessLauncher:
             killed=bool(data.get("killed")), limitation=str(data.get("limitation") or ""),
             launch_error=str(data.get("launch_error") or ""),
             container_error=str(data.get("container_error") or ""), stderr_tail=stderr_tail,
+            unhealthy=str(data.get("unhealthy") or ""),
             stdout_tail=_tail_bytes(handle.task_dir / STDOUT_FILE, STDOUT_TAIL_BYTES),
         )
 
@@ -506,6 +536,7 @@ class ProcessLauncher:
             task_id=task_id, framework_id=framework_id, sandbox=Path(sandbox), supervisor_pid=supervisor_pid,
             supervisor_start=supervisor_start, isolation=IsolationSpec.from_json(isolation),
             kill_requested=kill_requested, sandbox_dir=_task_dir_of(Path(sandbox)),
+            health_seq=None,  # what the previous agent saw is not known: only the newest change counts
         )
 
 

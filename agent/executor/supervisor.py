@@ -19,8 +19,11 @@ layout; every file is created 0600, every JSON file is written atomically: temp 
   the task's user.
 - `kill.json` (written by the agent before it sends SIGTERM to the supervisor): the grace period. Found
   when the supervisor starts, it means the launch was called off: the task is never started.
-- `exit_status.json`: exit code or signal, whether the task was killed on request, whether an isolator
-  limit (memory) ended it, a launch error. Its presence means the task is over.
+- `health.json` (a health-checked task): the changes of its health its checker found, and the kill
+  for failing the check (agent/executor/health.py); written only when something changes.
+- `exit_status.json`: exit code or signal, whether the task was killed on request (or, `unhealthy`, for
+  failing its health check), whether an isolator limit (memory) ended it, a launch error. Its presence
+  means the task is over.
 - `supervisor.log`: the supervisor's own messages.
 
 Rules it keeps:
@@ -29,6 +32,9 @@ Rules it keeps:
 - SIGTERM to the supervisor means "kill the task": SIGTERM to the task's session, then SIGKILL to the
   session (and its cgroups) when the grace period ends. The supervisor itself never dies of it, because it
   must record the exit. SIGINT and SIGHUP are ignored (the agent's terminal is not the task's).
+- A task with a health check is checked from its start (task.json) by a thread of the supervisor, which
+  kills it the same way, with the task's kill grace period, after `consecutive_failures` failed checks;
+  checking stops when a kill starts or the task ends.
 - When the task's main process ends, whatever it left in its session or cgroups is killed: a task's
   life is its main process.
 - Only the supervisor (the task's parent) signals the task's pid, so a recycled pid is never hit.
@@ -56,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from tessera.agent.executor import containers
+from tessera.agent.executor import health as health_checks
 from tessera.agent.executor.containers import ContainerLaunch
 from tessera.agent.executor.isolation import (
     IsolationSpec,
@@ -66,12 +73,14 @@ from tessera.agent.executor.isolation import (
     kill_cgroup,
     memory_limit_message,
 )
+from tessera.control_plane.core.values import HealthCheck
 
 LAUNCH_FILE = "launch.json"
 SUPERVISOR_FILE = "supervisor.json"
 TASK_FILE = "task.json"
 KILL_FILE = "kill.json"
 EXIT_FILE = "exit_status.json"
+HEALTH_FILE = "health.json"
 STDOUT_FILE = "stdout"
 STDERR_FILE = "stderr"
 LOG_FILE = "supervisor.log"
@@ -169,6 +178,33 @@ def enter_working_dir(working_dir: str) -> None:
         os.close(fd)
 
 
+class TaskSetupError(Exception):
+    """A step between fork and exec of the task (or of a health check run in its place) failed."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def become_task(spec: IsolationSpec, user: str, uid: int, gid: int, working_dir: str) -> None:
+    """Between fork and exec, in the task's sandbox: join the task's isolation, switch to its user
+    (`user` empty: stay), take the umask 022, enter its working directory. Raises TaskSetupError."""
+    step = "set up the task's isolation"
+    try:
+        enter(spec)
+        if user:
+            step = f"switch to user {user!r}"
+            os.initgroups(user, gid)
+            os.setgid(gid)
+            os.setuid(uid)
+        os.umask(0o022)
+        if working_dir:
+            step = "enter the working directory"
+            enter_working_dir(working_dir)  # as the task's user
+    except BaseException as exc:
+        raise TaskSetupError(str(exc) if isinstance(exc, WorkingDirError) else f"cannot {step}: {exc!r}") from exc
+
+
 def _open_output(path: Path, uid: int, gid: int) -> Any:
     """Open the task's stdout or stderr for appending: never through a symlink, owned by the task's user."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
@@ -209,6 +245,9 @@ class Supervisor:
         self.kill_requested = False
         self.kill_deadline: float | None = None
         self.killed = False  # we signalled the task on request
+        self.unhealthy = ""  # why the health checker asked to kill the task ("" when it did not)
+        self.health: health_checks.HealthChecker | None = None
+        self.ip_addresses: tuple[str, ...] = ()  # a bridge container's, once it runs
         self.watchdog: MemoryWatchdog | None = None
         self._wake_r, self._wake_w = os.pipe()
         self.log_file = os.fdopen(os.open(sandbox / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
@@ -260,10 +299,13 @@ class Supervisor:
         self.signal_task(signal.SIGKILL)
 
     def _start_kill(self) -> None:
+        if self.health is not None:
+            self.health.stop()  # no checks while the task is killed (Mesos)
         request = read_json(self.sandbox / KILL_FILE) or {}
         grace = request.get("grace_period_seconds")
         grace = self.grace if grace is None else max(0.0, float(grace))
-        self.log(f"kill requested; SIGTERM to the task, SIGKILL in {grace:g}s")
+        self.log(f"kill {'for failing the health check' if self.unhealthy else 'requested'}; SIGTERM to the "
+                 f"task, SIGKILL in {grace:g}s")
         self.killed = True
         self.kill_deadline = time.monotonic() + grace
         if grace <= 0:
@@ -290,6 +332,7 @@ class Supervisor:
             stdout.close()
             stderr.close()
         self.child = started.process
+        self.ip_addresses = tuple(started.ip_addresses)
         write_json_atomic(self.sandbox / TASK_FILE, {"task_pid": self.child.pid, "started_at": time.time(),
                                                      "container_pid": started.container_pid,
                                                      "ip_addresses": list(started.ip_addresses),
@@ -323,22 +366,11 @@ class Supervisor:
         def preexec() -> None:
             # Runs in the child after fork (with start_new_session: after setsid), after its stdout and
             # stderr were redirected and after the chdir to the sandbox, before exec.
-            step = "set up the task's isolation"
             try:
-                enter(spec)
-                if user:
-                    step = f"switch to user {user!r}"
-                    os.initgroups(user, gid)
-                    os.setgid(gid)
-                    os.setuid(uid)
-                os.umask(0o022)
-                if working_dir:
-                    step = "enter the working directory"
-                    enter_working_dir(working_dir)  # as the task's user
-            except BaseException as exc:
-                reason = str(exc) if isinstance(exc, WorkingDirError) else f"cannot {step}: {exc!r}"
-                os.write(why_w, reason.encode(errors="replace")[:4000])
-                os.write(2, f"tessera supervisor: {reason}\n".encode(errors="replace"))
+                become_task(spec, user, uid, gid, working_dir)
+            except TaskSetupError as exc:
+                os.write(why_w, exc.reason.encode(errors="replace")[:4000])
+                os.write(2, f"tessera supervisor: {exc.reason}\n".encode(errors="replace"))
                 raise
 
         stdout = _open_output(self.task_dir / STDOUT_FILE, uid, gid)
@@ -376,6 +408,72 @@ class Supervisor:
             self.watchdog = MemoryWatchdog(self.child.pid, spec.watchdog_rss_bytes, self._kill_for_limit)
             self.watchdog.start()
         return None
+
+    # ---- health checks (agent/executor/health.py) ----------------------------------------------------
+    def start_health_checks(self) -> None:
+        """Check the task's health from now on, when its launch asks for it."""
+        data = self.launch.get("health_check")
+        if not data:
+            return
+        try:
+            check = health_checks.check_from_json(data)
+            probe = self._health_probe(check)
+        except (KeyError, TypeError, ValueError) as exc:
+            self.log(f"cannot check the task's health: {exc!r}")
+            return
+        record = health_checks.HealthFile(self.sandbox / HEALTH_FILE,
+                                          lambda path, data: write_json_atomic(path, data, durable=False))
+        self.health = health_checks.HealthChecker(check, probe, record, self._on_unhealthy,
+                                                  started_at=time.monotonic(), log_line=self.log)
+        self.health.start()
+        self.log(f"checking the task's health ({check.type.name}) every {check.interval_seconds:g}s after "
+                 f"{check.delay_seconds:g}s")
+
+    def _health_probe(self, check: HealthCheck) -> health_checks.Probe:
+        container = self.container
+        host = health_checks.LOOPBACK
+        if container is not None and container.plan.network == "bridge" and check.command is None:
+            # the container's own address (IPv4 first)
+            addresses = sorted(self.ip_addresses, key=lambda a: ":" in a)
+            if not addresses:
+                return health_checks.Unreachable("the container has no address on its network")
+            host = addresses[0]
+        if check.http is not None:
+            return health_checks.HttpProbe(host, check.http)
+        if check.tcp is not None:
+            return health_checks.TcpProbe(host, check.tcp)
+        command = check.command
+        assert command is not None  # a COMMAND check (core.health_checks)
+        if container is not None:
+            return health_checks.CommandProbe(
+                health_checks.container_exec_argv(container.runc, container.state_root, container.container_id,
+                                                  command),
+                env=containers.runc_env(), what=f"command check in container {container.container_id}")
+        env = self._env()
+        env.update(dict(command.environment))
+        spec, user = self.spec, str(self.launch.get("user") or "")
+        uid, gid = os.geteuid(), os.getegid()
+        if user:
+            import pwd
+
+            entry = pwd.getpwnam(user)  # the task started as this user: it exists
+            uid, gid = entry.pw_uid, entry.pw_gid
+        working_dir = command.working_dir or str(self.launch.get("working_dir") or "")
+
+        def preexec() -> None:
+            become_task(spec, user, uid, gid, working_dir)
+
+        return health_checks.CommandProbe(health_checks.command_argv(command), env=env, cwd=str(self.task_dir),
+                                          preexec=preexec, what="command check")
+
+    def _on_unhealthy(self, why: str) -> None:
+        """From the checker's thread: kill the task as if asked, with its own grace period."""
+        self.unhealthy = why
+        self.kill_requested = True
+        try:
+            os.write(self._wake_w, b"h")
+        except OSError:
+            pass
 
     def wait_child(self) -> int:
         assert self.child is not None
@@ -427,7 +525,10 @@ class Supervisor:
             if failure is not None:
                 record = failure
             else:
+                self.start_health_checks()
                 status = self.wait_child()
+                if self.health is not None:
+                    self.health.stop()
                 # Whatever the task left behind dies with it.
                 self.signal_task(signal.SIGKILL)
                 if self.watchdog is not None:
@@ -455,6 +556,8 @@ class Supervisor:
         sig = -returncode if returncode < 0 else None
         code = returncode if returncode >= 0 else None
         record: dict[str, Any] = {"exit_code": code, "signal": sig, "killed": self.killed}
+        if self.unhealthy and self.killed:
+            record["unhealthy"] = self.unhealthy
         died_by_sigkill = sig == signal.SIGKILL or code == 128 + signal.SIGKILL
         limitation = ""
         if self.watchdog is not None and self.watchdog.tripped:

@@ -21,6 +21,10 @@ Rules it keeps (docs/protocol.md):
   store's reason, a kill during the pull ends it TASK_KILLED. An agent without container support fails
   a container task at once, saying why. TASK_RUNNING of a container carries its network and addresses.
   Unused images are collected with the sandboxes (`collect_images`).
+- Health checks run in the task's supervisor; each change of health it records becomes a TASK_RUNNING
+  status with `healthy` once (`agent.core.health.health_outcomes`: not when the task's statuses already
+  say it), its kill for failing the check TASK_KILLING (recorded as the task's kill) then TASK_KILLED with
+  REASON_TASK_UNHEALTHY (docs/health-checks.md).
 The launcher (`tessera.agent.executor.launcher`, behind the `Launcher` port in `state.py`) does the work.
 """
 
@@ -30,6 +34,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from tessera.agent.core.health import health_outcomes, reported_health
 from tessera.agent.core.tasks import (
     REASON_AGENT_RESTARTED,
     REASON_CONTAINER_LAUNCH_FAILED,
@@ -280,6 +285,12 @@ class TaskRunner(UpdatePump):
                                             network=NetworkInfo(obs.network, obs.ip_addresses)))
                 else:
                     self.emit(task, Outcome(TaskState.TASK_RUNNING, "", "the task's process started"))
+            for outcome in health_outcomes(task.state, reported_health(task.latest), obs.health):
+                if outcome.state is TaskState.TASK_KILLING:  # its supervisor kills it: recorded as a kill here
+                    grace = task.info.kill_grace_period_seconds or DEFAULT_KILL_GRACE
+                    if self.tasks.request_kill(task.key, grace):
+                        self.checkpoint.mark_kill(task.key, grace)
+                self.emit(task, outcome)
             if obs.exit is not None:
                 self.emit(task, terminal_status(obs.exit, task.kill_requested, str(handle.task_dir)))
             elif obs.supervisor_lost:

@@ -214,7 +214,17 @@ def _event_body(r: EventRecord) -> str:
     if len(compact) > 160:
         compact = compact[:159] + "…"
     kind = click.style(f"{r.type:<24}", fg=_TYPE_COLOURS.get(r.type, "cyan"))
-    return f"{kind} {ids}  {compact}".rstrip()
+    return f"{kind} {ids}  {_health_mark(payload)}{compact}".rstrip()
+
+
+def _health_mark(payload: Any) -> str:
+    """`healthy ` or `unhealthy ` before a status that carries health (docs/health-checks.md), which the
+    compact payload would show last, or cut off."""
+    status = payload.get("status") if isinstance(payload, dict) else None
+    healthy = status.get("healthy") if isinstance(status, dict) else None
+    if not isinstance(healthy, bool):
+        return ""
+    return click.style("healthy", fg="green") + " " if healthy else click.style("unhealthy", fg="red") + " "
 
 
 def record_line(r: EventRecord) -> str:

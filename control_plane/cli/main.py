@@ -616,7 +616,7 @@ def tasks(c: Ctx, task: str, state_filter: str | None, framework: str, show_all:
     if history is not None and history.first_index > 1 and not task_id:
         click.echo(f"tessera: the event log answering keeps history from index {history.first_index}: tasks "
                    "launched before are shown from their later events only", err=True)
-    columns = ["task", "framework", "agent", "state", "resources", "message", "cpu s", "rss MiB"]
+    columns = ["task", "framework", "agent", "state", "health", "resources", "message", "cpu s", "rss MiB"]
     table = Table(*columns, *(["ended"] if show_all else []))
     for t in rows:
         row = ended.get((t.task.framework_id, t.task.task_id))
@@ -626,10 +626,23 @@ def tasks(c: Ctx, task: str, state_filter: str | None, framework: str, show_all:
 
             extra = [format_time(row.ended_at) if row is not None and row.ended_at else "-"]
         table.add_row(t.task.task_id, t.task.framework_id, t.task.agent_id,
-                      _enum_name(common_pb2.TaskState, t.state).removeprefix("TASK_"), _res_text(t.task.resources),
-                      t.last_status.message[:60], f"{t.usage.cpu_seconds:.2f}" if t.HasField("usage") else "",
+                      _enum_name(common_pb2.TaskState, t.state).removeprefix("TASK_"), _health_text(t),
+                      _res_text(t.task.resources), t.last_status.message[:60],
+                      f"{t.usage.cpu_seconds:.2f}" if t.HasField("usage") else "",
                       f"{t.usage.rss_bytes / 2**20:.1f}" if t.HasField("usage") else "", *extra)
     console.print(table)
+
+
+def _health_text(view: Any) -> str:
+    """A task's health as its newest status says it: healthy or unhealthy; "pending" for a running task
+    whose check has not decided yet; empty without a health check (docs/health-checks.md)."""
+    if view.last_status.HasField("healthy"):
+        return "healthy" if view.last_status.healthy else "unhealthy"
+    from tessera.v1 import common_pb2
+
+    if view.task.HasField("health_check") and view.state == common_pb2.TASK_RUNNING:
+        return "pending"
+    return ""
 
 
 def _res_text(items: Any) -> str:

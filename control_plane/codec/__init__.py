@@ -98,8 +98,24 @@ def _plan(cls: type) -> tuple[tuple[str, _Encoder, _Decoder], ...]:
     for f in dataclasses.fields(cls):
         name = f.name
         tp, optional = _unwrap_optional(hints[name])
-        plan.append((name, *_field_codec(name, tp, optional)))
+        if f.metadata.get("wire_optional"):
+            plan.append((name, *_wire_optional_codec(name, f.default)))
+        else:
+            plan.append((name, *_field_codec(name, tp, optional)))
     return tuple(plan)
+
+
+def _wire_optional_codec(name: str, default: Any) -> tuple[_Encoder, _Decoder]:
+    """A scalar `optional` on the wire whose core default is not the wire's zero (`values.WIRE_OPTIONAL`):
+    always written, so a 0 stays a 0; read as the core default when the sender left it unset."""
+
+    def enc(v: Any, m: Any) -> None:
+        setattr(m, name, v)
+
+    def dec(m: Any) -> Any:
+        return getattr(m, name) if m.HasField(name) else default
+
+    return enc, dec
 
 
 def _field_codec(name: str, tp: Any, optional: bool) -> tuple[_Encoder, _Decoder]:

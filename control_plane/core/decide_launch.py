@@ -30,6 +30,7 @@ from tessera.control_plane.core.events import (
     ResourcesUnreserved,
     TaskLaunched,
 )
+from tessera.control_plane.core.health_checks import check_health_check
 from tessera.control_plane.core.limits import check_launch_size, check_principal_tasks
 from tessera.control_plane.core.resources import EMPTY
 from tessera.control_plane.core.state import (
@@ -133,6 +134,7 @@ def check_launched_task(task: object, what: str, framework_id: str, agent_id: st
     if task.agent_id not in ("", agent_id):
         raise InvalidRequest(f"task {tid}: agent_id {task.agent_id} is not the offers' agent {agent_id}")
     check_container(task, agent, f"task {tid}")
+    check_health_check(task, f"task {tid}")
 
 
 DECIDERS: dict[type, Decider] = {

@@ -52,7 +52,15 @@ from dataclasses import dataclass, fields, replace
 
 from tessera.control_plane.core.errors import InvalidRequest, ResourceExhausted
 from tessera.control_plane.core.resources import Resources
-from tessera.control_plane.core.values import AgentInfo, CommandInfo, FrameworkInfo, Labels, TaskInfo
+from tessera.control_plane.core.values import (
+    AgentInfo,
+    CommandInfo,
+    FrameworkInfo,
+    HealthCheck,
+    HttpCheck,
+    Labels,
+    TaskInfo,
+)
 
 MAX_COMMAND_LENGTH = 4096
 MAX_ARGUMENTS = 256
@@ -111,7 +119,8 @@ def task_length(task: TaskInfo) -> int:
             + len(command.value) + sum(len(a) for a in command.arguments) + _pairs_length(command.environment)
             + len(command.working_dir) + len(command.user) + _pairs_length(task.labels)
             + 8 * (len(command.arguments) + len(command.environment) + len(task.labels))
-            + _RESOURCE_ENTRY_LENGTH * resource_entries(task) + _container_length(task))
+            + _RESOURCE_ENTRY_LENGTH * resource_entries(task) + _container_length(task)
+            + _health_check_length(task))
 
 
 def _container_length(task: TaskInfo) -> int:
@@ -121,6 +130,18 @@ def _container_length(task: TaskInfo) -> int:
     return (len(container.image) + len(container.network) + len(container.hostname)
             + sum(16 + len(m.protocol) for m in container.port_mappings)
             + sum(8 + len(v.container_path) + len(v.host_path) + len(v.mode) for v in container.volumes))
+
+
+def _health_check_length(task: TaskInfo) -> int:
+    check = task.health_check
+    if not isinstance(check, HealthCheck):
+        return 0  # none (or not one: refused by check_health_check)
+    command = check.command if isinstance(check.command, CommandInfo) else None
+    http = check.http if isinstance(check.http, HttpCheck) else None
+    return (64 + (0 if command is None else len(command.value) + sum(8 + len(a) for a in command.arguments)
+                  + _pairs_length(command.environment) + 8 * len(command.environment) + len(command.working_dir)
+                  + len(command.user))
+            + (0 if http is None else len(http.path) + len(http.scheme) + 4 * len(http.statuses)))
 
 
 def resource_entries(task: TaskInfo) -> int:
@@ -134,6 +155,9 @@ def _entries(resources: Resources) -> int:
 def check_task_size(task: TaskInfo, what: str) -> int:
     """Every cap on one task (see the module doc); returns `task_length(task)`."""
     check_command_size(task.command, f"{what}.command")
+    check = task.health_check
+    if isinstance(check, HealthCheck) and isinstance(check.command, CommandInfo):
+        check_command_size(check.command, f"{what}.health_check.command")
     _check_pairs(task.labels, f"{what}.labels", MAX_LABELS, MAX_LABELS_LENGTH)
     entries = resource_entries(task)
     if entries > MAX_RESOURCE_ENTRIES:

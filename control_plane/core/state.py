@@ -617,6 +617,8 @@ def check_task_status(status: object, what: str = "status") -> TaskStatus:
         raise InvalidRequest(f"{what}.exit_code: must be an integer or None")
     if not isinstance(status.data, bytes) or len(status.data) > MAX_STATUS_DATA:
         raise InvalidRequest(f"{what}.data: at most {MAX_STATUS_DATA} bytes")
+    if status.healthy is not None and not isinstance(status.healthy, bool):
+        raise InvalidRequest(f"{what}.healthy: must be a bool or None")
     return status
 
 

@@ -10,11 +10,17 @@ from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, field, fields
 from enum import IntEnum
+from types import MappingProxyType
 from typing import NamedTuple
 
 from tessera.control_plane.core.resources import EMPTY, Resources
 
 Labels = tuple[tuple[str, str], ...]
+
+# Field metadata for a field that is `optional` on the wire and whose default is not the wire's zero: the
+# codec always writes it (a 0 stays a 0) and reads an unset field as the default here (Mesos' proto2
+# defaults, e.g. `HealthCheck.delay_seconds` [15]).
+WIRE_OPTIONAL = MappingProxyType({"wire_optional": True})
 
 
 class TaskKey(NamedTuple):
@@ -112,6 +118,47 @@ class ContainerInfo:
     hostname: str = ""  # empty: the task id
 
 
+class HealthCheckType(IntEnum):
+    TYPE_UNKNOWN = 0
+    COMMAND = 1
+    HTTP = 2
+    TCP = 3
+
+
+@dataclass(frozen=True, slots=True)
+class HttpCheck:
+    """GET `scheme://<task>:<port><path>`; healthy when the status is one of `statuses` (empty: 200-399)."""
+
+    port: int = 0
+    path: str = "/"
+    scheme: str = "http"
+    statuses: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TcpCheck:
+    """Healthy when a TCP connection to `<task>:<port>` opens."""
+
+    port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """A task's health check (Mesos' HealthCheck; docs/health-checks.md): `type` says which of `command`,
+    `http` and `tcp` it is. Times in seconds; the defaults are Mesos' except `timeout_seconds`, which may
+    not exceed the interval here (Mesos: 20 s)."""
+
+    type: HealthCheckType = HealthCheckType.TYPE_UNKNOWN
+    command: CommandInfo | None = None
+    http: HttpCheck | None = None
+    tcp: TcpCheck | None = None
+    delay_seconds: float = field(default=15.0, metadata=WIRE_OPTIONAL)
+    interval_seconds: float = field(default=10.0, metadata=WIRE_OPTIONAL)
+    timeout_seconds: float = field(default=10.0, metadata=WIRE_OPTIONAL)
+    grace_period_seconds: float = field(default=10.0, metadata=WIRE_OPTIONAL)
+    consecutive_failures: int = field(default=3, metadata=WIRE_OPTIONAL)
+
+
 @dataclass(frozen=True, slots=True)
 class TaskInfo:
     task_id: str
@@ -123,6 +170,7 @@ class TaskInfo:
     kill_grace_period_seconds: float = 0.0
     labels: Labels = ()
     container: ContainerInfo | None = None  # None: a command task on the agent's host
+    health_check: HealthCheck | None = None  # None: not health-checked
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +195,9 @@ class TaskStatus:
     framework_id: str = ""
     data: bytes = b""  # terminal statuses from agents: the tail of the task's stdout (MAX_STATUS_DATA bytes)
     network: NetworkInfo | None = None  # a container task's addresses, from TASK_RUNNING on
+    # A health-checked task's health, on the TASK_RUNNING updates that report a change of it (and False on
+    # the end of a task killed for failing its check); None: this update says nothing about health.
+    healthy: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +276,6 @@ def _tolerate_older_pickles(cls: type) -> None:
     cls.__setstate__ = __setstate__  # type: ignore[attr-defined]
 
 
-for _cls in (CommandInfo, PortMapping, Volume, ContainerInfo, TaskInfo, NetworkInfo, TaskStatus, FrameworkInfo,
-             ContainerSupport, AgentInfo, Offer, RoleInfo):
+for _cls in (CommandInfo, PortMapping, Volume, ContainerInfo, HttpCheck, TcpCheck, HealthCheck, TaskInfo, NetworkInfo,
+             TaskStatus, FrameworkInfo, ContainerSupport, AgentInfo, Offer, RoleInfo):
     _tolerate_older_pickles(_cls)

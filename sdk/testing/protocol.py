@@ -225,6 +225,7 @@ class _Protocol(_FaultControls):
                     tid = task.task_id
                     if task.agent_id not in ("", agent.agent_id):
                         raise InvalidRequest(f"task {tid}: agent_id {task.agent_id} is not the offers' agent")
+                    task.check_health_check()  # a port it holds or maps, as the master checks
                     if (fw.framework_id, tid) in self._tasks or any(t.task_id == tid for t in launched):
                         raise Conflict(f"task id {tid} is already used by this framework")
                     if not pool.contains(task.resources):

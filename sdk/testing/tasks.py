@@ -56,23 +56,26 @@ class _TaskBook(_OfferBook):
         return found[0] if found else None
 
     def update(self, task_id: str, state: TaskState, *, message: str = "", reason: str = "",
-               exit_code: int | None = None, framework_id: str | None = None) -> TaskStatus:
-        """Report a status update of a task, as its agent would."""
+               exit_code: int | None = None, framework_id: str | None = None,
+               healthy: bool | None = None) -> TaskStatus:
+        """Report a status update of a task, as its agent would (`healthy`: a health-check update, e.g.
+        TASK_RUNNING with reason REASON_TASK_HEALTH_CHECK_STATUS_UPDATED)."""
         with self._cond:
             task = self._find(task_id, framework_id)
             if task is None:
                 raise NotFound(f"task {task_id} is not known")
             if is_terminal(task.state):
                 raise Conflict(f"task {task_id} is already {task.state.name}")
-            status = self._update(task, state, message=message, reason=reason, exit_code=exit_code)
+            status = self._update(task, state, message=message, reason=reason, exit_code=exit_code,
+                                  healthy=healthy)
             self._changed()
             return status
 
     def _update(self, task: _Task, state: TaskState, *, message: str = "", reason: str = "",
-                exit_code: int | None = None) -> TaskStatus:
+                exit_code: int | None = None, healthy: bool | None = None) -> TaskStatus:
         status = TaskStatus(task_id=task.info.task_id, state=state, message=message, reason=reason,
                             exit_code=exit_code, agent_id=task.info.agent_id, uuid=self._new_id("uuid"),
-                            timestamp=self._now, framework_id=task.framework_id)
+                            timestamp=self._now, framework_id=task.framework_id, healthy=healthy)
         was_live = not is_terminal(task.state)
         task.state = state
         task.statuses.append(status)
@@ -96,4 +99,4 @@ class _TaskBook(_OfferBook):
             if is_terminal(task.state):
                 break
             s = step if isinstance(step, StatusStep) else StatusStep(step)
-            self._update(task, s.state, message=s.message, reason=s.reason, exit_code=s.exit_code)
+            self._update(task, s.state, message=s.message, reason=s.reason, exit_code=s.exit_code, healthy=s.healthy)

@@ -19,6 +19,7 @@ class StatusStep:
     exit_code: int | None = None
     message: str = ""
     reason: str = ""
+    healthy: bool | None = None  # a health-check update (TASK_RUNNING) or the end of an unhealthy task
 
 
 Behaviour = Callable[[TaskInfo], Iterable[TaskState | StatusStep]]

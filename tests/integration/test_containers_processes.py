@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,10 +17,10 @@ from tessera.sdk import (
     ContainerInfo,
     Filters,
     FrameworkInfo,
-    InvalidRequest,
+    HealthCheck,
+    HttpCheck,
     PortMapping,
     Resources,
-    Scheduler,
     SchedulerDriver,
     TaskInfo,
     TaskState,
@@ -30,6 +29,7 @@ from tessera.sdk import (
 from tessera.v1 import operator_pb2
 from tests.support.cluster import LocalCluster, free_port, wait_for
 from tests.support.cni_host import HostState, clean_leftovers, require_container_host
+from tests.support.recording import Recorder
 from tests.support.registry import Registry, corrupt_layer, push_busybox
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -111,59 +111,9 @@ def test_agents_show_their_container_support(cluster: LocalCluster, plain_agent:
     assert "runc" in shown.stdout and "--containers off" in shown.stdout.replace("\n", " ")
 
 
-class Keeper(Scheduler):
-    """Launches the tasks handed to it on the first offer that fits, records every status."""
-
-    def __init__(self) -> None:
-        self.queue: list[TaskInfo] = []
-        self.statuses: list[TaskStatus] = []
-        self.refusals: list[str] = []
-        self.lock = threading.Lock()
-        self.changed = threading.Condition(self.lock)
-
-    def offers(self, driver: SchedulerDriver, offers: list) -> None:  # type: ignore[type-arg]
-        with self.lock:
-            pending, self.queue = self.queue, []
-        for offer in offers:
-            fitting = [t for t in pending if offer.fits(t.resources) and offer.attributes.get("kind") != "plain"]
-            if fitting:
-                task = fitting[0]
-                pending.remove(task)
-                try:
-                    driver.launch(offer, [task], Filters(0.2))
-                except InvalidRequest as exc:
-                    with self.lock:
-                        self.refusals.append(str(exc))
-                        self.changed.notify_all()
-                continue
-            driver.decline([offer], Filters(0.2))
-        with self.lock:
-            self.queue.extend(pending)
-
-    def update(self, driver: SchedulerDriver, status: TaskStatus) -> None:
-        with self.lock:
-            self.statuses.append(status)
-            self.changed.notify_all()
-
-    def wait(self, predicate, timeout: float = 90.0):  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + timeout
-        with self.lock:
-            while True:
-                found = predicate()
-                if found:
-                    return found
-                left = deadline - time.monotonic()
-                assert left > 0, f"timed out; statuses: {[(s.task_id, s.state.name, s.message) for s in self.statuses]}"
-                self.changed.wait(min(left, 0.5))
-
-    def final(self, task_id: str, timeout: float = 90.0) -> TaskStatus:
-        return self.wait(lambda: next((s for s in self.statuses if s.task_id == task_id and s.is_terminal), None),
-                         timeout)
-
-
 @pytest.fixture(scope="module")
-def framework(cluster: LocalCluster) -> Iterator[tuple[Keeper, SchedulerDriver]]:
-    keeper = Keeper()
+def framework(cluster: LocalCluster) -> Iterator[tuple[Recorder, SchedulerDriver]]:
+    keeper = Recorder(accepts=lambda offer: offer.attributes.get("kind") != "plain")  # not the plain agent
     driver = SchedulerDriver(keeper, FrameworkInfo(name="container-tests", failover_timeout=60.0),
                              cluster.grpc_addresses())
     driver.start()
@@ -172,11 +122,9 @@ def framework(cluster: LocalCluster) -> Iterator[tuple[Keeper, SchedulerDriver]]
     driver.join(10)
 
 
-def launch(framework: tuple[Keeper, SchedulerDriver], task: TaskInfo) -> None:
+def launch(framework: tuple[Recorder, SchedulerDriver], task: TaskInfo) -> None:
     keeper, driver = framework
-    with keeper.lock:
-        keeper.queue.append(task)
-    driver.revive()
+    keeper.launch(driver, task)
 
 
 def container(task_id: str, image: str, command: str | tuple[str, ...] = "", ports: list[tuple[int, int]] | None = None,
@@ -188,7 +136,7 @@ def container(task_id: str, image: str, command: str | tuple[str, ...] = "", por
 
 
 def test_a_published_port_answers_and_the_second_task_does_not_pull(
-        cluster: LocalCluster, registry: Registry, framework: tuple[Keeper, SchedulerDriver]) -> None:
+        cluster: LocalCluster, registry: Registry, framework: tuple[Recorder, SchedulerDriver]) -> None:
     keeper, driver = framework
     push_busybox(registry, "tools/web:1")  # an image no other test pulled
     image = f"{registry.host}/tools/web:1"
@@ -211,6 +159,37 @@ def test_a_published_port_answers_and_the_second_task_does_not_pull(
     assert keeper.final("web").state is TaskState.TASK_KILLED
 
 
+def test_a_bridge_container_is_health_checked_at_its_address_and_a_command_check_runs_inside_it(
+        cluster: LocalCluster, registry: Registry, framework: tuple[Recorder, SchedulerDriver]) -> None:
+    keeper, driver = framework
+    image = f"{registry.host}/{IMAGE}"
+    web = container("checked-web", image, "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www",
+                    ports=[(8080, 31060)])
+    check = HealthCheck(http=HttpCheck(port=8080, path="/index.html"), delay=0, interval=0.5, grace_period=30)
+    launch(framework, TaskInfo(task_id=web.task_id, resources=web.resources, command=web.command,
+                               container=web.container, health_check=check))
+    # `ready` exists only in the container's own root filesystem: the check must run inside it
+    inside = HealthCheck(command="test -f /tmp/ready && test \"$TESSERA_TASK_ID\" = checked-cmd", delay=0,
+                         interval=0.5, grace_period=30)
+    launch(framework, TaskInfo(task_id="checked-cmd", resources=Resources.of(cpus=0.1, mem=32),
+                               command="touch /tmp/ready && exec sleep 600",
+                               container=ContainerInfo(image=image, network="none"), health_check=inside))
+
+    def health(task_id: str) -> list[TaskStatus]:
+        return [s for s in keeper.statuses if s.task_id == task_id and s.healthy is not None]
+
+    healthy = keeper.wait(lambda: next(iter(health("checked-web")), None))
+    running = next(s for s in keeper.statuses if s.task_id == "checked-web" and s.state is TaskState.TASK_RUNNING)
+    address = running.network.ip_addresses[0] if running.network else "?"
+    assert healthy.healthy is True and f"GET http://{address}:8080/index.html: 200" in healthy.message, healthy
+    inside_healthy = keeper.wait(lambda: next(iter(health("checked-cmd")), None))
+    assert inside_healthy.healthy is True and "exit status 0" in inside_healthy.message, inside_healthy
+    for task_id in ("checked-web", "checked-cmd"):
+        driver.kill(task_id)
+        assert keeper.final(task_id).state is TaskState.TASK_KILLED
+        assert [s.healthy for s in health(task_id)] == [True]  # one change: healthy
+
+
 def _get(url: str) -> str | None:
     try:
         with urllib.request.urlopen(url, timeout=2) as answer:
@@ -220,7 +199,7 @@ def _get(url: str) -> str | None:
 
 
 def test_bad_images_fail_the_task_with_the_reason_and_the_agent_keeps_serving(
-        cluster: LocalCluster, registry: Registry, framework: tuple[Keeper, SchedulerDriver]) -> None:
+        cluster: LocalCluster, registry: Registry, framework: tuple[Recorder, SchedulerDriver]) -> None:
     keeper, _ = framework
     closed = free_port()
     corrupt_layer(registry, "tools/broken", "1")
@@ -246,7 +225,7 @@ def test_a_container_task_on_an_agent_without_containers_fails_with_the_reason(
         cluster: LocalCluster, registry: Registry, plain_agent: str) -> None:
     plain = plain_agent  # a framework that launches only there
 
-    class OnPlain(Keeper):
+    class OnPlain(Recorder):
         def offers(self, driver: SchedulerDriver, offers: list) -> None:  # type: ignore[type-arg]
             for offer in offers:
                 with self.lock:
@@ -269,7 +248,7 @@ def test_a_container_task_on_an_agent_without_containers_fails_with_the_reason(
 
 
 def test_containers_survive_kill_9_of_the_agent_and_report_their_real_exit(
-        cluster: LocalCluster, registry: Registry, framework: tuple[Keeper, SchedulerDriver]) -> None:
+        cluster: LocalCluster, registry: Registry, framework: tuple[Recorder, SchedulerDriver]) -> None:
     keeper, _ = framework
     launch(framework, container("survivor", f"{registry.host}/{IMAGE}", "sleep 4; exit 5"))
     keeper.wait(lambda: any(s.task_id == "survivor" and s.state is TaskState.TASK_RUNNING for s in keeper.statuses))

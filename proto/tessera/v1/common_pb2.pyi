@@ -246,6 +246,7 @@ class TaskInfo(_message.Message):
     KILL_GRACE_PERIOD_SECONDS_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     CONTAINER_FIELD_NUMBER: _builtins.int
+    HEALTH_CHECK_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     name: _builtins.str
     framework_id: _builtins.str
@@ -263,6 +264,12 @@ class TaskInfo(_message.Message):
         image's entrypoint and command). Unset: a command task on the agent's host.
         """
 
+    @_builtins.property
+    def health_check(self) -> Global___HealthCheck:
+        """Set: the agent checks the task's health (docs/health-checks.md); TASK_RUNNING updates then carry
+        `healthy`, sent only when it changes, and the task is killed after `consecutive_failures` failures.
+        """
+
     def __init__(
         self,
         *,
@@ -275,16 +282,172 @@ class TaskInfo(_message.Message):
         kill_grace_period_seconds: _builtins.float = ...,
         labels: _abc.Iterable[Global___Label] | None = ...,
         container: Global___ContainerInfo | None = ...,
+        health_check: Global___HealthCheck | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_container", b"_container", "command", b"command", "container", b"container"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_container", b"_container", "_health_check", b"_health_check", "command", b"command", "container", b"container", "health_check", b"health_check"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_container", b"_container", "agent_id", b"agent_id", "command", b"command", "container", b"container", "framework_id", b"framework_id", "kill_grace_period_seconds", b"kill_grace_period_seconds", "labels", b"labels", "name", b"name", "resources", b"resources", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_container", b"_container", "_health_check", b"_health_check", "agent_id", b"agent_id", "command", b"command", "container", b"container", "framework_id", b"framework_id", "health_check", b"health_check", "kill_grace_period_seconds", b"kill_grace_period_seconds", "labels", b"labels", "name", b"name", "resources", b"resources", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__container: _TypeAlias = _typing.Literal["container"]  # noqa: Y015
     _WhichOneofArgType__container: _TypeAlias = _typing.Literal["_container", b"_container"]  # noqa: Y015
+    _WhichOneofReturnType__health_check: _TypeAlias = _typing.Literal["health_check"]  # noqa: Y015
+    _WhichOneofArgType__health_check: _TypeAlias = _typing.Literal["_health_check", b"_health_check"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__container) -> _WhichOneofReturnType__container | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__health_check) -> _WhichOneofReturnType__health_check | None: ...
 
 Global___TaskInfo: _TypeAlias = TaskInfo  # noqa: Y015
+
+@_typing.final
+class HealthCheck(_message.Message):
+    """A task's health check, as in Mesos: one of a command, an HTTP GET or a TCP connect, run by the task's
+    supervisor on its agent (docs/health-checks.md). The timing fields are `optional`: unset means the
+    default in brackets. The master refuses (INVALID_ARGUMENT, naming the field) a check whose interval is
+    below its timeout, a timeout or interval of 0, counts below 1, or a port the task does not hold.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Type:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _TypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[HealthCheck._Type.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        TYPE_UNKNOWN: HealthCheck._Type.ValueType  # 0
+        COMMAND: HealthCheck._Type.ValueType  # 1
+        """`command` exits 0: healthy"""
+        HTTP: HealthCheck._Type.ValueType  # 2
+        """GET http://<task>:<port><path> answers a healthy status"""
+        TCP: HealthCheck._Type.ValueType  # 3
+        """a TCP connection to <task>:<port> opens"""
+
+    class Type(_Type, metaclass=_TypeEnumTypeWrapper): ...
+    TYPE_UNKNOWN: HealthCheck.Type.ValueType  # 0
+    COMMAND: HealthCheck.Type.ValueType  # 1
+    """`command` exits 0: healthy"""
+    HTTP: HealthCheck.Type.ValueType  # 2
+    """GET http://<task>:<port><path> answers a healthy status"""
+    TCP: HealthCheck.Type.ValueType  # 3
+    """a TCP connection to <task>:<port> opens"""
+
+    @_typing.final
+    class HTTPCheckInfo(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        PORT_FIELD_NUMBER: _builtins.int
+        PATH_FIELD_NUMBER: _builtins.int
+        SCHEME_FIELD_NUMBER: _builtins.int
+        STATUSES_FIELD_NUMBER: _builtins.int
+        port: _builtins.int
+        """a port of the task's `ports` resources; a container's port it maps"""
+        path: _builtins.str
+        """empty means "/" """
+        scheme: _builtins.str
+        """"http" (empty means http)"""
+        @_builtins.property
+        def statuses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+            """the status codes that count as healthy; empty: 200-399"""
+
+        def __init__(
+            self,
+            *,
+            port: _builtins.int = ...,
+            path: _builtins.str = ...,
+            scheme: _builtins.str = ...,
+            statuses: _abc.Iterable[_builtins.int] | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "port", b"port", "scheme", b"scheme", "statuses", b"statuses"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class TCPCheckInfo(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        PORT_FIELD_NUMBER: _builtins.int
+        port: _builtins.int
+        def __init__(
+            self,
+            *,
+            port: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["port", b"port"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    HTTP_FIELD_NUMBER: _builtins.int
+    TCP_FIELD_NUMBER: _builtins.int
+    DELAY_SECONDS_FIELD_NUMBER: _builtins.int
+    INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    GRACE_PERIOD_SECONDS_FIELD_NUMBER: _builtins.int
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _builtins.int
+    type: Global___HealthCheck.Type.ValueType
+    delay_seconds: _builtins.float
+    """from the task's start to the first check [15]"""
+    interval_seconds: _builtins.float
+    """from the start of one check to the next [10]"""
+    timeout_seconds: _builtins.float
+    """a check still running after this fails; <= interval [10]"""
+    grace_period_seconds: _builtins.float
+    """from the task's start, failures before a first success are ignored [10]"""
+    consecutive_failures: _builtins.int
+    """this many failures in a row kill the task [3]"""
+    @_builtins.property
+    def command(self) -> Global___CommandInfo:
+        """COMMAND: shell string or argv, run as the task's user in its sandbox"""
+
+    @_builtins.property
+    def http(self) -> Global___HealthCheck.HTTPCheckInfo: ...
+    @_builtins.property
+    def tcp(self) -> Global___HealthCheck.TCPCheckInfo: ...
+    def __init__(
+        self,
+        *,
+        type: Global___HealthCheck.Type.ValueType = ...,
+        command: Global___CommandInfo | None = ...,
+        http: Global___HealthCheck.HTTPCheckInfo | None = ...,
+        tcp: Global___HealthCheck.TCPCheckInfo | None = ...,
+        delay_seconds: _builtins.float | None = ...,
+        interval_seconds: _builtins.float | None = ...,
+        timeout_seconds: _builtins.float | None = ...,
+        grace_period_seconds: _builtins.float | None = ...,
+        consecutive_failures: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_consecutive_failures", b"_consecutive_failures", "_delay_seconds", b"_delay_seconds", "_grace_period_seconds", b"_grace_period_seconds", "_interval_seconds", b"_interval_seconds", "_timeout_seconds", b"_timeout_seconds", "command", b"command", "consecutive_failures", b"consecutive_failures", "delay_seconds", b"delay_seconds", "grace_period_seconds", b"grace_period_seconds", "http", b"http", "interval_seconds", b"interval_seconds", "tcp", b"tcp", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_consecutive_failures", b"_consecutive_failures", "_delay_seconds", b"_delay_seconds", "_grace_period_seconds", b"_grace_period_seconds", "_interval_seconds", b"_interval_seconds", "_timeout_seconds", b"_timeout_seconds", "command", b"command", "consecutive_failures", b"consecutive_failures", "delay_seconds", b"delay_seconds", "grace_period_seconds", b"grace_period_seconds", "http", b"http", "interval_seconds", b"interval_seconds", "tcp", b"tcp", "timeout_seconds", b"timeout_seconds", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__consecutive_failures: _TypeAlias = _typing.Literal["consecutive_failures"]  # noqa: Y015
+    _WhichOneofArgType__consecutive_failures: _TypeAlias = _typing.Literal["_consecutive_failures", b"_consecutive_failures"]  # noqa: Y015
+    _WhichOneofReturnType__delay_seconds: _TypeAlias = _typing.Literal["delay_seconds"]  # noqa: Y015
+    _WhichOneofArgType__delay_seconds: _TypeAlias = _typing.Literal["_delay_seconds", b"_delay_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__grace_period_seconds: _TypeAlias = _typing.Literal["grace_period_seconds"]  # noqa: Y015
+    _WhichOneofArgType__grace_period_seconds: _TypeAlias = _typing.Literal["_grace_period_seconds", b"_grace_period_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__interval_seconds: _TypeAlias = _typing.Literal["interval_seconds"]  # noqa: Y015
+    _WhichOneofArgType__interval_seconds: _TypeAlias = _typing.Literal["_interval_seconds", b"_interval_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__timeout_seconds: _TypeAlias = _typing.Literal["timeout_seconds"]  # noqa: Y015
+    _WhichOneofArgType__timeout_seconds: _TypeAlias = _typing.Literal["_timeout_seconds", b"_timeout_seconds"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__consecutive_failures) -> _WhichOneofReturnType__consecutive_failures | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__delay_seconds) -> _WhichOneofReturnType__delay_seconds | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__grace_period_seconds) -> _WhichOneofReturnType__grace_period_seconds | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__interval_seconds) -> _WhichOneofReturnType__interval_seconds | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__timeout_seconds) -> _WhichOneofReturnType__timeout_seconds | None: ...
+
+Global___HealthCheck: _TypeAlias = HealthCheck  # noqa: Y015
 
 @_typing.final
 class PortMapping(_message.Message):
@@ -469,6 +632,7 @@ class TaskStatus(_message.Message):
     FRAMEWORK_ID_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     NETWORK_FIELD_NUMBER: _builtins.int
+    HEALTHY_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     state: Global___TaskState.ValueType
     message: _builtins.str
@@ -482,6 +646,10 @@ class TaskStatus(_message.Message):
     framework_id: _builtins.str
     data: _builtins.bytes
     """terminal statuses from agents: the tail of the task's stdout (at most 4 KiB)"""
+    healthy: _builtins.bool
+    """A health-checked task's health: set on the TASK_RUNNING updates that report a change of it (reason
+    REASON_TASK_HEALTH_CHECK_STATUS_UPDATED) and, false, on the end of a task killed for failing it.
+    """
     @_builtins.property
     def network(self) -> Global___NetworkInfo:
         """a container task's addresses (from TASK_RUNNING on)"""
@@ -501,17 +669,22 @@ class TaskStatus(_message.Message):
         framework_id: _builtins.str = ...,
         data: _builtins.bytes = ...,
         network: Global___NetworkInfo | None = ...,
+        healthy: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_network", b"_network", "exit_code", b"exit_code", "network", b"network"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_healthy", b"_healthy", "_network", b"_network", "exit_code", b"exit_code", "healthy", b"healthy", "network", b"network"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_network", b"_network", "agent_id", b"agent_id", "data", b"data", "exit_code", b"exit_code", "framework_id", b"framework_id", "message", b"message", "network", b"network", "reason", b"reason", "source", b"source", "state", b"state", "task_id", b"task_id", "timestamp", b"timestamp", "uuid", b"uuid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_healthy", b"_healthy", "_network", b"_network", "agent_id", b"agent_id", "data", b"data", "exit_code", b"exit_code", "framework_id", b"framework_id", "healthy", b"healthy", "message", b"message", "network", b"network", "reason", b"reason", "source", b"source", "state", b"state", "task_id", b"task_id", "timestamp", b"timestamp", "uuid", b"uuid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
+    _WhichOneofReturnType__healthy: _TypeAlias = _typing.Literal["healthy"]  # noqa: Y015
+    _WhichOneofArgType__healthy: _TypeAlias = _typing.Literal["_healthy", b"_healthy"]  # noqa: Y015
     _WhichOneofReturnType__network: _TypeAlias = _typing.Literal["network"]  # noqa: Y015
     _WhichOneofArgType__network: _TypeAlias = _typing.Literal["_network", b"_network"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__exit_code) -> _WhichOneofReturnType__exit_code | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__healthy) -> _WhichOneofReturnType__healthy | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__network) -> _WhichOneofReturnType__network | None: ...
 

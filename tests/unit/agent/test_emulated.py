@@ -44,6 +44,19 @@ def test_emulated_task_reports_starting_running_finished(fake_master: FakeMaster
     assert stats.tasks_launched == 1 and stats.tasks_finished == 1
 
 
+def test_a_health_checked_emulated_task_reports_healthy_once_after_running(fake_master: FakeMaster) -> None:
+    checked = task("web")
+    checked.health_check.CopyFrom(common_pb2.HealthCheck(type=common_pb2.HealthCheck.TCP,
+                                                         tcp=common_pb2.HealthCheck.TCPCheckInfo(port=31000)))
+    with EmulatedAgents(config(fake_master, count=1)) as agents:
+        agents.wait_registered(timeout=30)
+        fake_master.run_task(checked)
+        fake_master.wait_for(lambda: "TASK_FINISHED" in fake_master.states_of("web"), what="TASK_FINISHED")
+    assert fake_master.states_of("web") == ["TASK_STARTING", "TASK_RUNNING", "TASK_RUNNING", "TASK_FINISHED"]
+    healthy = [u.status for u in fake_master.updates if u.status.task_id == "web" and u.status.HasField("healthy")]
+    assert {(s.healthy, s.reason) for s in healthy} == {(True, "REASON_TASK_HEALTH_CHECK_STATUS_UPDATED")}
+
+
 def test_emulated_kill_and_term_fencing(fake_master: FakeMaster) -> None:
     fake_master.term = 4
     with EmulatedAgents(config(fake_master, count=1, task_duration=60)) as agents:

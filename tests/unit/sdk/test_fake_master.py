@@ -135,3 +135,23 @@ def test_wait_for_is_bounded() -> None:
     fake = FakeMaster()
     with pytest.raises(TimeoutError):
         fake.wait_for(lambda: fake.tasks(), timeout=0.05, what="tasks that never come")
+
+
+def test_health_checks_are_checked_at_the_launch_and_health_is_reported_as_the_agent_would() -> None:
+    from tessera.sdk import HealthCheck, HttpCheck, Launch
+
+    fake = FakeMaster(auto_offer=False)
+    fake.add_agent("cpus:1;mem:256;ports:[31000-31010]")
+    header = subscribed(fake)
+    (offer,) = fake.send_offers()
+    resources = Resources.of(cpus=0.1, ports=[(31005, 31005)])
+    unheld = TaskInfo(task_id="web", resources=resources, command="serve",
+                      health_check=HealthCheck(http=HttpCheck(port=8080)))
+    with pytest.raises(InvalidRequest, match=r"task web\.health_check\.http\.port"):
+        accept(fake, header, offer.offer_id, Launch((unheld,)))
+    held = TaskInfo(task_id="web", resources=resources, command="serve",
+                    health_check=HealthCheck(http=HttpCheck(port=31005)))
+    accept(fake, header, offer.offer_id, Launch((held,)))
+    fake.update("web", TaskState.TASK_RUNNING)
+    status = fake.update("web", TaskState.TASK_RUNNING, healthy=True, reason="REASON_TASK_HEALTH_CHECK_STATUS_UPDATED")
+    assert status.healthy is True and fake.task("web").statuses[-1].healthy is True

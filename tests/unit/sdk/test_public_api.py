@@ -59,6 +59,7 @@ from tessera.sdk.types import (
 PUBLIC = {
     "AsyncScheduler", "AsyncSchedulerDriver", "Backoff", "Conflict", "ContainerInfo", "DEFAULT_ROLE",
     "DriverStopped", "Filters", "NetworkInfo", "PortMapping", "Volume",
+    "HealthCheck", "HealthCheckType", "HttpCheck", "TcpCheck",
     "FrameworkInfo", "InvalidRequest", "Launch", "NotFound", "NotLeader", "Offer", "Operation",
     "PermissionDenied", "Reserve", "Resources", "Scheduler", "SchedulerDriver", "ServerError", "TaskInfo",
     "TaskSpec", "TaskState", "TaskStatus", "TesseraError", "Unauthenticated", "Unavailable", "Unreserve",
@@ -244,3 +245,54 @@ def test_a_container_task_and_its_network_cross_the_wire_unchanged() -> None:
     status = TaskStatus(task_id="web", state=TaskState.TASK_RUNNING, network=NetworkInfo("bridge", ("10.213.64.2",)))
     assert cv.status_from_proto(cv.status_to_proto(status)).network == status.network
     assert cv.status_from_proto(cv.status_to_proto(TaskStatus(task_id="t", state=TaskState.TASK_RUNNING))).network is None
+
+
+def test_a_health_check_and_health_cross_the_wire_unchanged() -> None:
+    from tessera.sdk.types import HealthCheck, HealthCheckType, HttpCheck, TcpCheck
+
+    http = HealthCheck(http=HttpCheck(port=31005, path="/health", statuses=(200, 204)), delay=0, interval=2,
+                       grace_period=0, consecutive_failures=1)
+    assert http.type is HealthCheckType.HTTP and http.timeout == 2  # the default timeout: at most the interval
+    tcp = HealthCheck(tcp=TcpCheck(31005), timeout=0.5)
+    command = HealthCheck(command=("test", "-f", "ready"), env={"X": "1"}, working_dir="w")
+    shell = HealthCheck(command="curl -f localhost:31005")
+    for check in (http, tcp, command, shell):
+        task = TaskInfo(task_id="web", resources=Resources.of(cpus=0.1, ports=[(31005, 31005)]), command="serve",
+                        health_check=check)
+        back = cv.task_from_proto(cv.task_to_proto(task))
+        assert back.health_check == check, (back.health_check, check)
+        assert back.on_agent("a1").health_check == check
+    for healthy in (True, False, None):
+        status = TaskStatus(task_id="web", state=TaskState.TASK_RUNNING, healthy=healthy,
+                            reason="REASON_TASK_HEALTH_CHECK_STATUS_UPDATED")
+        assert cv.status_from_proto(cv.status_to_proto(status)).healthy is healthy
+
+
+def test_an_unset_timing_field_on_the_wire_takes_the_mesos_default() -> None:
+    from tessera.v1 import common_pb2
+
+    msg = common_pb2.TaskInfo(task_id="t", command=common_pb2.CommandInfo(shell=True, value="x"),
+                              health_check=common_pb2.HealthCheck(type=common_pb2.HealthCheck.TCP,
+                                                                  tcp=common_pb2.HealthCheck.TCPCheckInfo(port=1)))
+    check = cv.task_from_proto(msg).health_check
+    assert check is not None
+    assert (check.delay, check.interval, check.timeout, check.grace_period, check.consecutive_failures) == (
+        15.0, 10.0, 10.0, 10.0, 3)
+
+
+@pytest.mark.parametrize(("make", "field"), [
+    (lambda h: h.HealthCheck(), "give one of"),
+    (lambda h: h.HealthCheck(tcp=h.TcpCheck(80), command="true"), "give one of"),
+    (lambda h: h.HealthCheck(tcp=h.TcpCheck(80), interval=1, timeout=2), "interval_seconds"),
+    (lambda h: h.HealthCheck(tcp=h.TcpCheck(80), timeout=0), "timeout_seconds"),
+    (lambda h: h.HealthCheck(tcp=h.TcpCheck(80), consecutive_failures=0), "consecutive_failures"),
+    (lambda h: h.HealthCheck(tcp=h.TcpCheck(0)), "tcp.port"),
+    (lambda h: h.HealthCheck(http=h.HttpCheck(port=80, path="no-slash")), "http.path"),
+    (lambda h: h.HealthCheck(http=h.HttpCheck(port=80, scheme="https")), "http.scheme"),
+    (lambda h: h.HealthCheck(tcp=h.TcpCheck(80), delay=-1), "delay_seconds"),
+])
+def test_a_bad_health_check_is_refused_when_it_is_made(make: object, field: str) -> None:
+    import tessera.sdk.types as h
+
+    with pytest.raises(InvalidRequest, match=field):
+        make(h)  # type: ignore[operator]
