@@ -27,6 +27,11 @@ reconnects and makes your calls (`launch`, `decline`, `kill`, `reconcile`, `tear
 
     SchedulerDriver(Hello(), FrameworkInfo(name="hello"), ["127.0.0.1:5050"]).run()
 
+Frameworks keep their own records in the masters' replicated log, not in ZooKeeper: `driver.kv` is the
+framework's key/value state (get, put with compare-and-set on a version, delete, list by prefix;
+`tessera.sdk.kv`). Several instances of one framework can run: built with `standby=True`, a driver waits
+while another instance is active and takes over when it is gone (`became_active`, `deposed`).
+
 Three things every framework meets (sdk/README.md explains each):
 - `teardown()` ends the framework; `stop()` only disconnects, and the master keeps the framework and
   its tasks for `failover_timeout`, for a new driver to take over.
@@ -46,9 +51,11 @@ The names, all imported from `tessera.sdk` (`__all__`); each is documented on it
   `tessera.sdk.aio`: `AsyncSchedulerDriver`; `tessera.sdk.session`: `Backoff` (reconnection backoff).
 - `tessera.sdk.types` (frozen values): `FrameworkInfo`, `Offer`, `TaskInfo` (= `TaskSpec`), `TaskStatus`,
   `TaskState`, `Filters`, `Launch`, `Reserve`, `Unreserve`, `Operation`, `Resources`, `DEFAULT_ROLE`;
-  for container tasks `ContainerInfo`, `PortMapping`, `Volume`, and `NetworkInfo` (in statuses).
-- `tessera.sdk.errors` (the error tree): `TesseraError`, `InvalidRequest`, `NotFound`, `Conflict`,
-  `NotLeader`, `Unauthenticated`, `PermissionDenied`, `Unavailable`, `ServerError`, `DriverStopped`.
+  for container tasks `ContainerInfo`, `PortMapping`, `Volume`, and `NetworkInfo` (in statuses); for
+  `driver.kv` `KvEntry`, `KvPut`, `KvDelete` and `ABSENT`.
+- `tessera.sdk.errors` (the error tree): `TesseraError`, `InvalidRequest`, `NotFound`, `Conflict`
+  (with `VersionConflict` and `Deposed`), `NotLeader`, `Unauthenticated`, `PermissionDenied`,
+  `Unavailable`, `ServerError`, `DriverStopped`.
 """
 
 import typing as _typing
@@ -57,6 +64,7 @@ from tessera.sdk.aio import AsyncSchedulerDriver
 from tessera.sdk.driver import SchedulerDriver
 from tessera.sdk.errors import (
     Conflict,
+    Deposed,
     DriverStopped,
     InvalidRequest,
     NotFound,
@@ -66,14 +74,19 @@ from tessera.sdk.errors import (
     TesseraError,
     Unauthenticated,
     Unavailable,
+    VersionConflict,
 )
 from tessera.sdk.scheduler import AsyncScheduler, Scheduler
 from tessera.sdk.session import Backoff
 from tessera.sdk.types import (
+    ABSENT,
     DEFAULT_ROLE,
     ContainerInfo,
     Filters,
     FrameworkInfo,
+    KvDelete,
+    KvEntry,
+    KvPut,
     Launch,
     NetworkInfo,
     Offer,
@@ -90,16 +103,21 @@ from tessera.sdk.types import (
 )
 
 __all__ = [
+    "ABSENT",
     "AsyncScheduler",
     "AsyncSchedulerDriver",
     "Backoff",
     "Conflict",
     "ContainerInfo",
     "DEFAULT_ROLE",
+    "Deposed",
     "DriverStopped",
     "Filters",
     "FrameworkInfo",
     "InvalidRequest",
+    "KvDelete",
+    "KvEntry",
+    "KvPut",
     "Launch",
     "NetworkInfo",
     "NotFound",
@@ -121,6 +139,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Unreserve",
+    "VersionConflict",
     "Volume",
 ]
 

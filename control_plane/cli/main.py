@@ -688,6 +688,15 @@ def _trace_command() -> click.Command:
 cli.add_command(_trace_command())
 
 
+def _framework_group() -> click.Group:
+    from tessera.control_plane.cli.framework import framework
+
+    return framework
+
+
+cli.add_command(_framework_group())
+
+
 def main() -> None:
     cli(prog_name="tessera")
 

@@ -78,7 +78,7 @@ KINDS_BY_METHOD: Mapping[str, frozenset[PeerKind]] = {
 # Operator methods and the action each needs; a method missing here is refused to every principal.
 OPERATOR_ACTIONS: Mapping[str, str] = {
     "GetState": "read", "ListEvents": "read", "WatchEvents": "read", "GetStateAt": "read",
-    "GetTrace": "read", "GetQuorum": "read",
+    "GetTrace": "read", "GetQuorum": "read", "GetFrameworkState": "read",
     "AddMaster": "quorum", "RemoveMaster": "quorum", "TransferLeadership": "quorum",
     "SetWeight": "weights", "SetQuota": "quota", "DrainAgent": "drain",
 }
