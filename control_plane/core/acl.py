@@ -62,7 +62,7 @@ _GRANT_KEYS = frozenset({"token_sha256", "roles", "users", "actions"})
 # Operator service (announce, quorum fan-out); frameworks may make the Operator *read* calls (with a
 # token whose grant has `read`); every Operator write (weights, quota, drain, quorum changes) needs an
 # operator certificate, whatever the token grants.
-OPERATOR_READS = ("GetState", "ListEvents", "WatchEvents", "GetStateAt", "GetTrace")
+OPERATOR_READS = ("GetState", "ListEvents", "WatchEvents", "GetStateAt", "GetTrace", "GetFrameworkState")
 KINDS_BY_METHOD: Mapping[str, frozenset[PeerKind]] = {
     "AgentLink/*": frozenset({"agent"}),
     "Scheduler/*": frozenset({"framework"}),
