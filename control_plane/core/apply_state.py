@@ -11,7 +11,7 @@ expected is recorded and changes nothing, so every write of a call has its event
 from __future__ import annotations
 
 from tessera.control_plane.core.apply_tx import Handler, Tx, known_framework
-from tessera.control_plane.core.errors import Conflict, Deposed, InvalidRequest
+from tessera.control_plane.core.errors import Conflict, Deposed
 from tessera.control_plane.core.events import FrameworkStateDeleted, FrameworkStatePut
 from tessera.control_plane.core.framework_state import check_expected, check_expected_version, table_of
 from tessera.control_plane.core.limits import (
@@ -20,14 +20,13 @@ from tessera.control_plane.core.limits import (
     check_state_value,
     utf8_length,
 )
-from tessera.control_plane.core.state import ClusterState, FrameworkRecord, StateEntry, StateTable
+from tessera.control_plane.core.state import ClusterState, FrameworkRecord, StateEntry, StateTable, check_term
 from tessera.control_plane.core.values import FrameworkState
 
 
 def _writer(state: ClusterState, framework_id: object, lease_term: object) -> FrameworkRecord:
     fw = known_framework(state, framework_id)
-    if isinstance(lease_term, bool) or not isinstance(lease_term, int) or lease_term < 0:
-        raise InvalidRequest(f"lease_term: must be a non-negative integer, got {lease_term!r}")
+    lease_term = check_term(lease_term, "lease_term")
     if fw.state is FrameworkState.FRAMEWORK_REMOVED:
         raise Conflict(f"framework {fw.framework_id} was removed")
     if lease_term != fw.lease_term:

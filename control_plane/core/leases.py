@@ -37,7 +37,8 @@ The framework's situation (`situation`), from the replicated state at the leader
 - Refused before the table, as without leases: a framework id that names nothing (NotFound), a removed
   framework or another principal's (Conflict).
 
-`claim(state, ...)` applies the table; `decide` commits what it grants (and refuses WAIT with Conflict),
+`outcome(holder, ...)` applies the table to what it needs of a framework (`Holder`), `claim(state, ...)`
+to the master's state; `decide` commits what it grants (and refuses WAIT with Conflict),
 the Scheduler API's `Subscribe` asks it first and holds a standby's stream open while it waits, and
 `apply` re-checks the term (`check_subscription_term`): the framework's own for a holder coming back, one
 more for a lease that moves.
@@ -49,11 +50,11 @@ from dataclasses import dataclass
 from enum import Enum
 
 from tessera.control_plane.core.errors import Conflict, Deposed, InvalidRequest, NotFound
-from tessera.control_plane.core.state import ClusterState, FrameworkRecord, check_id, check_number
+from tessera.control_plane.core.state import ClusterState, FrameworkRecord, check_id, check_number, check_term
 from tessera.control_plane.core.values import FrameworkInfo, FrameworkState
 
-__all__ = ["OUTCOMES", "Claim", "Grant", "Outcome", "Situation", "Wait", "check_subscription_term", "claim",
-           "claim_kind", "named_framework", "situation", "table_markdown"]
+__all__ = ["OUTCOMES", "Claim", "Grant", "Holder", "Outcome", "Situation", "Wait", "check_subscription_term", "claim",
+           "claim_kind", "holder_of", "named_framework", "outcome", "situation", "table_markdown"]
 
 
 class Claim(Enum):
@@ -117,20 +118,53 @@ class Wait:
     deposed: bool = False
 
 
-def claim_kind(framework: FrameworkRecord | None, standby: bool, lease_term: int) -> Claim:
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """What the table needs to know of a framework: its id and lease term, whether an instance is connected,
+    and since when none is."""
+
+    framework_id: str
+    lease_term: int
+    connected: bool
+    disconnected_at: float = 0.0
+
+
+def holder_of(framework: FrameworkRecord) -> Holder:
+    return Holder(framework.framework_id, framework.lease_term,
+                  framework.state is FrameworkState.FRAMEWORK_CONNECTED, framework.disconnected_at)
+
+
+def claim_kind(holder: Holder | None, standby: bool, lease_term: int) -> Claim:
     if lease_term == 0:
         return Claim.STANDBY if standby else Claim.FRESH
-    if framework is not None and lease_term == framework.lease_term:
+    if holder is not None and lease_term == holder.lease_term:
         return Claim.CURRENT
     return Claim.STANDBY if standby else Claim.STALE
 
 
-def situation(framework: FrameworkRecord | None, now: float, takeover_delay: float) -> Situation:
-    if framework is None:
+def situation(holder: Holder | None, now: float, takeover_delay: float) -> Situation:
+    if holder is None:
         return Situation.NONE
-    if framework.state is FrameworkState.FRAMEWORK_CONNECTED:
+    if holder.connected:
         return Situation.HELD
-    return Situation.LAPSING if now - framework.disconnected_at < takeover_delay else Situation.FREE
+    return Situation.LAPSING if now - holder.disconnected_at < takeover_delay else Situation.FREE
+
+
+def outcome(holder: Holder | None, *, standby: bool, lease_term: int, now: float, takeover_delay: float
+            ) -> tuple[Outcome, int]:
+    """The table's outcome for a claim on `holder`'s framework (None: none to claim), and the lease term
+    the subscriber then holds (for WAIT: the framework's, which it waits behind); `Deposed` for REFUSE.
+    The master's `claim` and `FakeMaster` both decide with it."""
+    decided = OUTCOMES[(situation(holder, now, takeover_delay), claim_kind(holder, standby, lease_term))]
+    if decided is Outcome.CREATE:
+        return decided, 1
+    assert holder is not None  # every other outcome is of an existing framework
+    if decided is Outcome.TAKE_OVER:
+        return decided, holder.lease_term + 1
+    if decided is not Outcome.REFUSE:
+        return decided, holder.lease_term
+    raise Deposed(f"lease term {lease_term} of framework {holder.framework_id} is over: another instance took the "
+                  f"framework's lease, now at term {holder.lease_term}", lease_term=holder.lease_term)
 
 
 def named_framework(state: ClusterState, principal: str, name: str) -> FrameworkRecord | None:
@@ -149,8 +183,7 @@ def claim(state: ClusterState, info: FrameworkInfo, *, standby: bool, lease_term
     a `Grant`, a `Wait` for a standby, or a domain error."""
     if not isinstance(standby, bool):
         raise InvalidRequest("standby: must be a bool")
-    if isinstance(lease_term, bool) or not isinstance(lease_term, int) or lease_term < 0:
-        raise InvalidRequest(f"lease_term: must be a non-negative integer, got {lease_term!r}")
+    check_term(lease_term, "lease_term")
     delay = check_number(takeover_delay, "takeover_delay")
     if info.framework_id:
         fw: FrameworkRecord | None = state.frameworks.get(check_id(info.framework_id, "info.framework_id"))
@@ -167,19 +200,13 @@ def claim(state: ClusterState, info: FrameworkInfo, *, standby: bool, lease_term
         raise InvalidRequest("lease_term: an instance that held the lease names its framework id")
     else:
         fw = named_framework(state, info.principal, info.name) if standby else None
-    kind = claim_kind(fw, standby, lease_term)
-    outcome = OUTCOMES[(situation(fw, now, delay), kind)]
-    if outcome is Outcome.CREATE:
-        return Grant(outcome, None, 1, by_name=standby)
-    assert fw is not None  # every other outcome is of an existing framework
-    if outcome is Outcome.TAKE_OVER:
-        return Grant(outcome, fw, fw.lease_term + 1)
-    if outcome is Outcome.RESUME:
-        return Grant(outcome, fw, fw.lease_term)
-    if outcome is Outcome.WAIT:
-        return Wait(fw.framework_id, fw.lease_term, deposed=lease_term != 0)
-    raise Deposed(f"lease term {lease_term} of framework {fw.framework_id} is over: another instance took the "
-                  f"framework's lease, now at term {fw.lease_term}", lease_term=fw.lease_term)
+    decided, term = outcome(None if fw is None else holder_of(fw), standby=standby, lease_term=lease_term,
+                            now=now, takeover_delay=delay)
+    if fw is None:
+        return Grant(decided, None, term, by_name=standby)
+    if decided is Outcome.WAIT:
+        return Wait(fw.framework_id, term, deposed=lease_term != 0)
+    return Grant(decided, fw, term)
 
 
 def check_subscription_term(framework: FrameworkRecord | None, lease_term: object, lease_moved: object) -> None:
@@ -188,8 +215,7 @@ def check_subscription_term(framework: FrameworkRecord | None, lease_term: objec
     holder's return its very term. Anything else was decided before a competing subscription committed
     (two standbys taking over at once, a holder coming back as another took over): Conflict, decided
     again."""
-    if isinstance(lease_term, bool) or not isinstance(lease_term, int) or lease_term < 0:
-        raise InvalidRequest(f"lease_term: must be a non-negative integer, got {lease_term!r}")
+    lease_term = check_term(lease_term, "lease_term")
     if not isinstance(lease_moved, bool):
         raise InvalidRequest("lease_moved: must be a bool")
     if lease_term == 0:

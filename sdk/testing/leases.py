@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from tessera.control_plane.core import leases
-from tessera.sdk.errors import Conflict, Deposed, InvalidRequest, NotFound, TesseraError
+from tessera.sdk.errors import Conflict, InvalidRequest, NotFound, TesseraError
 from tessera.sdk.protocol import (
     BATCHED_ACKNOWLEDGEMENTS,
     ErrorEvent,
@@ -64,32 +64,15 @@ class _LeaseBook(_TaskBook):
         else:
             fw = next((f for f in self._frameworks.values() if f.by_name and f.removed is None
                        and (f.info.principal, f.info.name) == (info.principal, info.name)), None) if standby else None
-        if lease_term == 0:
-            claim = leases.Claim.STANDBY if standby else leases.Claim.FRESH
-        elif fw is not None and lease_term == fw.lease_term:
-            claim = leases.Claim.CURRENT
-        else:
-            claim = leases.Claim.STANDBY if standby else leases.Claim.STALE
+        holder = None if fw is None else leases.Holder(fw.framework_id, fw.lease_term, fw.stream is not None,
+                                                       fw.disconnected_at)
+        decided, term = leases.outcome(holder, standby=standby, lease_term=lease_term, now=self._now,
+                                       takeover_delay=self.takeover_delay)
         if fw is None:
-            where = leases.Situation.NONE
-        elif fw.stream is not None:
-            where = leases.Situation.HELD
-        elif self._now - fw.disconnected_at < self.takeover_delay:
-            where = leases.Situation.LAPSING
-        else:
-            where = leases.Situation.FREE
-        outcome = leases.OUTCOMES[(where, claim)]
-        if outcome is leases.Outcome.CREATE:
-            return _Grant(None, 1, moved=False, by_name=standby)
-        assert fw is not None
-        if outcome is leases.Outcome.TAKE_OVER:
-            return _Grant(fw, fw.lease_term + 1, moved=True)
-        if outcome is leases.Outcome.RESUME:
-            return _Grant(fw, fw.lease_term, moved=False)
-        if outcome is leases.Outcome.WAIT:
+            return _Grant(None, term, moved=False, by_name=standby)
+        if decided is leases.Outcome.WAIT:
             return _Wait(fw)
-        raise Deposed(f"lease term {lease_term} of framework {fw.framework_id} is over: another instance took the "
-                      f"framework's lease, now at term {fw.lease_term}", lease_term=fw.lease_term)
+        return _Grant(fw, term, moved=decided is leases.Outcome.TAKE_OVER)
 
     def _activate(self, granted: _Grant, info: FrameworkInfo, stream: FakeStream, address: str) -> None:
         fw = granted.framework

@@ -4,7 +4,6 @@ and the state where the active one left it) when it is gone; a deposed instance 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,35 +20,21 @@ from tessera.sdk import (
     VersionConflict,
 )
 from tessera.sdk.testing import FakeMaster
-from tests.unit.sdk.harness import AsyncHarness, Harness, SyncHarness
+from tests.unit.sdk.harness import Harness
 
 pytestmark = pytest.mark.timeout(60)
 
 INFO = FrameworkInfo(name="services", failover_timeout=600.0)
 
 
-@pytest.fixture(params=["sync", "async"])
-def make(request: pytest.FixtureRequest) -> Iterator[Any]:
-    made: list[Harness] = []
-
-    def factory(fake: FakeMaster, info: FrameworkInfo = INFO, **options: Any) -> Harness:
-        cls = SyncHarness if request.param == "sync" else AsyncHarness
-        h = cls(fake, info, **options)
-        made.append(h)
-        return h.start()
-
-    yield factory
-    for h in made:
-        try:
-            h.stop()
-        finally:
-            if isinstance(h, AsyncHarness):
-                h.close()
+def start(make: Any, fake: FakeMaster, info: FrameworkInfo = INFO, **options: Any) -> Harness:
+    h: Harness = make(fake, info, **options)
+    return h.start()
 
 
 def test_kv_reads_its_writes_compares_versions_and_lists_by_prefix(make: Any) -> None:
     fake = FakeMaster()
-    h = make(fake)
+    h = start(make, fake)
     h.subscribed()
     assert h.kv("get", "apps/web") is None
     v1 = h.kv("put", "apps/web", "2 instances", version=ABSENT)
@@ -69,21 +54,21 @@ def test_kv_reads_its_writes_compares_versions_and_lists_by_prefix(make: Any) ->
 
 def test_list_pages_through_more_keys_than_one_page(make: Any) -> None:
     fake = FakeMaster()
-    h = make(fake)
+    h = start(make, fake)
     h.subscribed()
-    for start in range(0, 1500, 100):
-        h.kv("write", [KvPut(f"k{n:05d}", "v") for n in range(start, start + 100)])
+    for first in range(0, 1500, 100):
+        h.kv("write", [KvPut(f"k{n:05d}", "v") for n in range(first, first + 100)])
     keys = [e.key for e in h.kv("list", "k")]
     assert keys == [f"k{n:05d}" for n in range(1500)]
 
 
 def test_a_standby_waits_then_takes_over_with_the_state_where_the_active_one_left_it(make: Any) -> None:
     fake = FakeMaster()
-    active = make(fake, standby=True)
+    active = start(make, fake, standby=True)
     fid = active.subscribed()
     assert active.rec.wait_for(lambda: active.rec.of("became_active"), "became_active") == [1]
     version = active.kv("put", "apps/web", "v1", version=ABSENT)
-    standby = make(fake, standby=True)
+    standby = start(make, fake, standby=True)
     assert standby.rec.wait_for(lambda: standby.rec.of("standing_by"), "standing_by") == [(fid, 1)]
     assert standby.driver.is_standby and standby.driver.lease_term is None and active.driver.lease_term == 1
     active.stop()  # the active instance goes away
@@ -100,9 +85,9 @@ def test_a_standby_waits_then_takes_over_with_the_state_where_the_active_one_lef
 
 def test_a_deposed_standby_driver_is_told_and_waits_as_a_standby_again(make: Any) -> None:
     fake = FakeMaster()
-    first = make(fake, standby=True)
+    first = start(make, fake, standby=True)
     fid = first.subscribed()
-    other = make(fake, FrameworkInfo(name="services", failover_timeout=600.0, framework_id=fid))
+    other = start(make, fake, FrameworkInfo(name="services", failover_timeout=600.0, framework_id=fid))
     other.subscribed()  # a new instance with the framework id takes it over (Mesos failover): term 2
     assert first.rec.wait_for(lambda: first.rec.of("deposed"), "deposed") == [2]
     assert first.rec.wait_for(lambda: first.rec.of("standing_by"), "standing_by") == [(fid, 2)]
@@ -119,9 +104,9 @@ def test_a_deposed_standby_driver_is_told_and_waits_as_a_standby_again(make: Any
 
 def test_a_deposed_driver_that_is_no_standby_is_told_then_ends_with_an_error(make: Any) -> None:
     fake = FakeMaster()
-    first = make(fake)
+    first = start(make, fake)
     fid = first.subscribed()
-    other = make(fake, FrameworkInfo(name="services", failover_timeout=600.0, framework_id=fid))
+    other = start(make, fake, FrameworkInfo(name="services", failover_timeout=600.0, framework_id=fid))
     other.subscribed()
     assert first.rec.wait_for(lambda: first.rec.of("error"), "error")
     assert first.rec.of("deposed") == [2]
@@ -130,7 +115,7 @@ def test_a_deposed_driver_that_is_no_standby_is_told_then_ends_with_an_error(mak
 
 def test_a_reconnection_at_the_same_term_is_no_new_activation(make: Any) -> None:
     fake = FakeMaster()
-    h = make(fake, standby=True)
+    h = start(make, fake, standby=True)
     h.subscribed()
     fake.drop_stream()  # the stream breaks; the holder comes back within the takeover delay
     h.rec.wait_for(lambda: len(h.rec.of("subscribed")) == 2, "the re-subscription")
@@ -142,10 +127,10 @@ def test_a_call_on_a_stream_the_lease_left_is_deposed(make: Any) -> None:
     from tessera.sdk.protocol import CallHeader, WriteValuesCall
 
     fake = FakeMaster()
-    h = make(fake, standby=True)
+    h = start(make, fake, standby=True)
     fid = h.subscribed()
     old_stream = fake.framework(fid).stream_id
-    other = make(fake, FrameworkInfo(name="services", failover_timeout=600.0, framework_id=fid))
+    other = start(make, fake, FrameworkInfo(name="services", failover_timeout=600.0, framework_id=fid))
     other.subscribed()
     with pytest.raises(Deposed) as info:
         fake.transport().call(fake.leader, CallHeader(fid, old_stream, "r1"), WriteValuesCall((KvPut("k", "v"),)), 5)
