@@ -248,3 +248,13 @@ def test_invariants_see_a_broken_state_table() -> None:
     assert any("unknown or removed" in p for p in check_invariants(state))
     h.state.frameworks[fid].state = FrameworkState.FRAMEWORK_REMOVED
     assert any("unknown or removed" in p for p in check_invariants(h.state))
+
+
+def test_the_event_logs_state_snapshots_keep_the_framework_state() -> None:
+    from tessera.control_plane.eventlog.snapshots import decode_snapshot, encode_snapshot
+
+    h, fid, sid = world()
+    h.run(put(fid, sid, "k", "v"))
+    restored = decode_snapshot(encode_snapshot(h.state))  # the core-only unpickler admits its records
+    assert restored is not None and restored.fingerprint() == h.state.fingerprint()
+    assert get(restored, fid, "k") == get(h.state, fid, "k")
