@@ -4,6 +4,11 @@ an argument), so the agent, the SDK, the operator client and the simulation use 
 
 - `LEADER_METADATA_KEY`: a follower answers UNAVAILABLE with the leader's address in this trailing
   metadata key; `leader_hint(trailers)` reads it back from a call's trailing metadata.
+- `CONFLICT_METADATA_KEY`: a FAILED_PRECONDITION that is a framework-state version conflict or a deposed
+  framework instance says which in this trailing metadata key (`VERSION_CONFLICT`, `DEPOSED`), with the
+  number that goes with it (the key's current version, the lease's term) under `CONFLICT_NUMBER_KEY`:
+  `conflict_trailers(kind, number)` writes them, `conflict_detail(trailers)` reads them back, so clients
+  tell the two apart without reading messages.
 - `parse_masters(value)`: 'a:5050,b:5050' (or a sequence) -> ('a:5050', 'b:5050'): HOST:PORT pairs,
   duplicates dropped, order kept; a `ValueError` whose message the caller prefixes with its flag name.
 - `Backoff`: exponential backoff with downward jitter. `delay(n, fraction)` is the wait before retry
@@ -32,13 +37,18 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["BATCHED_MESSAGES", "DEFAULT_MASTERS", "LEADER_METADATA_KEY", "MASTERS_ENV", "Backoff", "Dial",
-           "DialPlan", "FoundMasters", "choose_masters", "cluster_file_masters", "leader_hint", "parse_masters",
-           "rounds"]
+__all__ = ["BATCHED_MESSAGES", "CONFLICT_METADATA_KEY", "CONFLICT_NUMBER_KEY", "DEFAULT_MASTERS", "DEPOSED",
+           "LEADER_METADATA_KEY", "MASTERS_ENV", "VERSION_CONFLICT", "Backoff", "Dial", "DialPlan", "FoundMasters",
+           "choose_masters", "cluster_file_masters", "conflict_detail", "conflict_trailers", "leader_hint",
+           "parse_masters", "rounds"]
 
 LEADER_METADATA_KEY = "tessera-leader"
 MASTERS_ENV = "TESSERA_MASTERS"
 DEFAULT_MASTERS = "127.0.0.1:5050"
+CONFLICT_METADATA_KEY = "tessera-conflict"
+CONFLICT_NUMBER_KEY = "tessera-conflict-number"
+VERSION_CONFLICT = "version"  # a framework-state write expected another version; the number: the key's version now
+DEPOSED = "deposed"  # a call from a stream that lost the framework's lease; the number: the lease's term now
 BATCHED_MESSAGES = "BATCHED_MESSAGES"  # docs/protocol.md, AgentLink step 8
 
 _ADDRESS_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})\Z")
@@ -50,6 +60,25 @@ def leader_hint(trailers: Iterable[tuple[str, str | bytes]] | None) -> str | Non
         if key == LEADER_METADATA_KEY and value:
             return value.decode() if isinstance(value, bytes) else str(value)
     return None
+
+
+def conflict_trailers(kind: str, number: int | None) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata of a conflict of `kind` (`VERSION_CONFLICT`, `DEPOSED`) and its number."""
+    trailers = ((CONFLICT_METADATA_KEY, kind),)
+    return trailers if number is None else (*trailers, (CONFLICT_NUMBER_KEY, str(number)))
+
+
+def conflict_detail(trailers: Iterable[tuple[str, str | bytes]] | None) -> tuple[str, int | None] | None:
+    """(kind, number or None) of a conflict named by a call's trailing metadata; None when it names none."""
+    kind: str | None = None
+    number: int | None = None
+    for key, value in trailers or ():
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        if key == CONFLICT_METADATA_KEY:
+            kind = text
+        elif key == CONFLICT_NUMBER_KEY and text.isdigit():
+            number = int(text)
+    return None if kind is None else (kind, number)
 
 
 def parse_masters(value: str | Sequence[str]) -> tuple[str, ...]:

@@ -27,6 +27,11 @@ reconnects and makes your calls (`launch`, `decline`, `kill`, `reconcile`, `tear
 
     SchedulerDriver(Hello(), FrameworkInfo(name="hello"), ["127.0.0.1:5050"]).run()
 
+Frameworks keep their own records in the masters' replicated log, not in ZooKeeper: `driver.kv` is the
+framework's key/value state (get, put with compare-and-set on a version, delete, list by prefix;
+`tessera.sdk.kv`). Several instances of one framework can run: built with `standby=True`, a driver waits
+while another instance is active and takes over when it is gone (`became_active`, `deposed`).
+
 Three things every framework meets (sdk/README.md explains each):
 - `teardown()` ends the framework; `stop()` only disconnects, and the master keeps the framework and
   its tasks for `failover_timeout`, for a new driver to take over.
@@ -48,9 +53,11 @@ The names, all imported from `tessera.sdk` (`__all__`); each is documented on it
   `TaskState`, `Filters`, `Launch`, `Reserve`, `Unreserve`, `Operation`, `Resources`, `DEFAULT_ROLE`;
   for container tasks `ContainerInfo`, `PortMapping`, `Volume`, and `NetworkInfo` (in statuses); for
   health checks `HealthCheck` with `HttpCheck` or `TcpCheck` (its kind a `HealthCheckType`;
-  `TaskInfo.health_check`, `TaskStatus.healthy`).
-- `tessera.sdk.errors` (the error tree): `TesseraError`, `InvalidRequest`, `NotFound`, `Conflict`,
-  `NotLeader`, `Unauthenticated`, `PermissionDenied`, `Unavailable`, `ServerError`, `DriverStopped`.
+  `TaskInfo.health_check`, `TaskStatus.healthy`); for the framework's state
+  `driver.kv` `KvEntry`, `KvPut`, `KvDelete` and `ABSENT`.
+- `tessera.sdk.errors` (the error tree): `TesseraError`, `InvalidRequest`, `NotFound`, `Conflict`
+  (with `VersionConflict` and `Deposed`), `NotLeader`, `Unauthenticated`, `PermissionDenied`,
+  `Unavailable`, `ServerError`, `DriverStopped`.
 """
 
 import typing as _typing
@@ -59,6 +66,7 @@ from tessera.sdk.aio import AsyncSchedulerDriver
 from tessera.sdk.driver import SchedulerDriver
 from tessera.sdk.errors import (
     Conflict,
+    Deposed,
     DriverStopped,
     InvalidRequest,
     NotFound,
@@ -68,10 +76,12 @@ from tessera.sdk.errors import (
     TesseraError,
     Unauthenticated,
     Unavailable,
+    VersionConflict,
 )
 from tessera.sdk.scheduler import AsyncScheduler, Scheduler
 from tessera.sdk.session import Backoff
 from tessera.sdk.types import (
+    ABSENT,
     DEFAULT_ROLE,
     ContainerInfo,
     Filters,
@@ -79,6 +89,9 @@ from tessera.sdk.types import (
     HealthCheck,
     HealthCheckType,
     HttpCheck,
+    KvDelete,
+    KvEntry,
+    KvPut,
     Launch,
     NetworkInfo,
     Offer,
@@ -96,12 +109,14 @@ from tessera.sdk.types import (
 )
 
 __all__ = [
+    "ABSENT",
     "AsyncScheduler",
     "AsyncSchedulerDriver",
     "Backoff",
     "Conflict",
     "ContainerInfo",
     "DEFAULT_ROLE",
+    "Deposed",
     "DriverStopped",
     "Filters",
     "FrameworkInfo",
@@ -109,6 +124,9 @@ __all__ = [
     "HealthCheckType",
     "HttpCheck",
     "InvalidRequest",
+    "KvDelete",
+    "KvEntry",
+    "KvPut",
     "Launch",
     "NetworkInfo",
     "NotFound",
@@ -131,6 +149,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Unreserve",
+    "VersionConflict",
     "Volume",
 ]
 

@@ -23,18 +23,24 @@ from tessera.sdk.protocol import (
     DeclineCall,
     ErrorEvent,
     Event,
+    GetValueCall,
     HeartbeatEvent,
     KillCall,
+    KvPage,
+    LeaseClaim,
+    ListValuesCall,
     MessageCall,
     MessageEvent,
     OffersEvent,
     ReconcileCall,
     RescindEvent,
     ReviveCall,
+    StandbyEvent,
     SubscribedEvent,
     SuppressCall,
     TeardownCall,
     UpdateEvent,
+    WriteValuesCall,
 )
 from tessera.sdk.types import (
     ContainerInfo,
@@ -42,6 +48,10 @@ from tessera.sdk.types import (
     FrameworkInfo,
     HealthCheck,
     HttpCheck,
+    KvDelete,
+    KvEntry,
+    KvPut,
+    KvWrite,
     Launch,
     NetworkInfo,
     Offer,
@@ -271,7 +281,11 @@ def event_to_proto(event: Event) -> scheduler_pb2.SchedulerEvent:
         return E(subscribed=scheduler_pb2.Subscribed(
             framework_id=event.framework_id, stream_id=event.stream_id,
             heartbeat_interval_seconds=event.heartbeat_interval_seconds, master=event.master,
-            capabilities=list(event.capabilities)))
+            capabilities=list(event.capabilities), lease_term=event.lease_term))
+    if isinstance(event, StandbyEvent):
+        return E(standby=scheduler_pb2.Standby(
+            framework_id=event.framework_id, lease_term=event.lease_term,
+            heartbeat_interval_seconds=event.heartbeat_interval_seconds, master=event.master))
     if isinstance(event, OffersEvent):
         return E(offers=scheduler_pb2.Offers(offers=[offer_to_proto(o) for o in event.offers]))
     if isinstance(event, RescindEvent):
@@ -282,7 +296,7 @@ def event_to_proto(event: Event) -> scheduler_pb2.SchedulerEvent:
         return E(message=scheduler_pb2.FrameworkMessage(agent_id=event.agent_id, data=event.data))
     if isinstance(event, HeartbeatEvent):
         return E(heartbeat=scheduler_pb2.Heartbeat())
-    return E(error=scheduler_pb2.Error(message=event.message))
+    return E(error=scheduler_pb2.Error(message=event.message, lease_term=event.lease_term))
 
 
 def event_from_proto(msg: scheduler_pb2.SchedulerEvent) -> Event | None:
@@ -291,7 +305,10 @@ def event_from_proto(msg: scheduler_pb2.SchedulerEvent) -> Event | None:
     if kind == "subscribed":
         s = msg.subscribed
         return SubscribedEvent(s.framework_id, s.stream_id, s.heartbeat_interval_seconds, s.master,
-                               tuple(s.capabilities))
+                               tuple(s.capabilities), s.lease_term)
+    if kind == "standby":
+        b = msg.standby
+        return StandbyEvent(b.framework_id, b.lease_term, b.heartbeat_interval_seconds, b.master)
     if kind == "offers":
         return OffersEvent(tuple(offer_from_proto(o) for o in msg.offers.offers))
     if kind == "rescind":
@@ -303,7 +320,7 @@ def event_from_proto(msg: scheduler_pb2.SchedulerEvent) -> Event | None:
     if kind == "heartbeat":
         return HeartbeatEvent()
     if kind == "error":
-        return ErrorEvent(msg.error.message)
+        return ErrorEvent(msg.error.message, msg.error.lease_term)
     return None
 
 
@@ -321,7 +338,54 @@ CallRequest: TypeAlias = (
     scheduler_pb2.AcceptRequest | scheduler_pb2.DeclineRequest | scheduler_pb2.ReviveRequest
     | scheduler_pb2.SuppressRequest | scheduler_pb2.KillRequest | scheduler_pb2.AcknowledgeRequest
     | scheduler_pb2.ReconcileRequest | scheduler_pb2.TeardownRequest | scheduler_pb2.MessageRequest
+    | scheduler_pb2.GetValueRequest | scheduler_pb2.ListValuesRequest | scheduler_pb2.WriteValuesRequest
 )
+
+ANY_VERSION = -1  # on the wire: a write that expects whatever version the key has (the SDK's None)
+
+
+def subscribe_request(info: FrameworkInfo, lease: LeaseClaim, capabilities: Iterable[str] = ()
+                      ) -> scheduler_pb2.SubscribeRequest:
+    return scheduler_pb2.SubscribeRequest(info=info_to_proto(info), capabilities=list(capabilities),
+                                          standby=lease.standby, lease_term=lease.term)
+
+
+def lease_from_request(request: scheduler_pb2.SubscribeRequest) -> LeaseClaim:
+    return LeaseClaim(request.standby, request.lease_term)
+
+
+def write_to_proto(write: KvWrite) -> scheduler_pb2.ValueWrite:
+    version = ANY_VERSION if write.version is None else write.version
+    if isinstance(write, KvDelete):
+        return scheduler_pb2.ValueWrite(key=write.key, delete=True, expected_version=version)
+    return scheduler_pb2.ValueWrite(key=write.key, value=write.value, expected_version=version)
+
+
+def write_from_proto(msg: scheduler_pb2.ValueWrite) -> KvWrite:
+    if msg.expected_version < ANY_VERSION:
+        raise InvalidRequest(f"writes[].expected_version: -1 (any), 0 (absent) or a version, got {msg.expected_version}")
+    version = None if msg.expected_version == ANY_VERSION else msg.expected_version
+    if msg.delete:
+        if msg.value:
+            raise InvalidRequest("writes[].value: a delete carries no value")
+        return KvDelete(msg.key, version)
+    return KvPut(msg.key, msg.value, version)
+
+
+def entry_to_proto(entry: KvEntry) -> scheduler_pb2.StateValue:
+    return scheduler_pb2.StateValue(key=entry.key, value=entry.value, version=entry.version)
+
+
+def entry_from_proto(msg: scheduler_pb2.StateValue) -> KvEntry:
+    return KvEntry(msg.key, msg.value, msg.version)
+
+
+def page_to_proto(page: KvPage) -> scheduler_pb2.ListValuesResponse:
+    return scheduler_pb2.ListValuesResponse(values=[entry_to_proto(e) for e in page.entries], more=page.more)
+
+
+def page_from_proto(msg: scheduler_pb2.ListValuesResponse) -> KvPage:
+    return KvPage(tuple(entry_from_proto(v) for v in msg.values), msg.more)
 
 
 def header_to_proto(header: CallHeader) -> scheduler_pb2.CallHeader:
@@ -360,6 +424,13 @@ def call_to_proto(header: CallHeader, call: Call) -> tuple[str, CallRequest]:
         return "Reconcile", scheduler_pb2.ReconcileRequest(header=h, task_ids=list(call.task_ids))
     if isinstance(call, TeardownCall):
         return "Teardown", scheduler_pb2.TeardownRequest(header=h)
+    if isinstance(call, GetValueCall):
+        return "GetValue", scheduler_pb2.GetValueRequest(header=h, key=call.key)
+    if isinstance(call, ListValuesCall):
+        return "ListValues", scheduler_pb2.ListValuesRequest(header=h, prefix=call.prefix, start_after=call.start_after,
+                                                             limit=call.limit, keys_only=call.keys_only)
+    if isinstance(call, WriteValuesCall):
+        return "WriteValues", scheduler_pb2.WriteValuesRequest(header=h, writes=[write_to_proto(w) for w in call.writes])
     return "Message", scheduler_pb2.MessageRequest(header=h, agent_id=call.agent_id, data=call.data)
 
 
@@ -387,6 +458,12 @@ def call_from_proto(request: CallRequest) -> tuple[CallHeader, Call]:
         call = ReconcileCall(tuple(request.task_ids))
     elif isinstance(request, scheduler_pb2.TeardownRequest):
         call = TeardownCall()
+    elif isinstance(request, scheduler_pb2.GetValueRequest):
+        call = GetValueCall(request.key)
+    elif isinstance(request, scheduler_pb2.ListValuesRequest):
+        call = ListValuesCall(request.prefix, request.start_after, request.limit, request.keys_only)
+    elif isinstance(request, scheduler_pb2.WriteValuesRequest):
+        call = WriteValuesCall(tuple(write_from_proto(w) for w in request.writes))
     else:
         call = MessageCall(request.agent_id, request.data)
     return header, call

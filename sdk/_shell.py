@@ -44,11 +44,14 @@ from tessera.sdk.session import (
     Backoff,
     CallBudget,
     Effect,
+    NotifyActive,
+    NotifyDeposed,
     NotifyDisconnected,
     NotifyError,
     NotifyMessage,
     NotifyOffers,
     NotifyRescinded,
+    NotifyStandby,
     NotifySubscribed,
     NotifyUpdate,
     Phase,
@@ -78,6 +81,9 @@ OfferRefs = OfferRef | Iterable[OfferRef]
 # table of both drivers.
 CALLBACKS: dict[type, tuple[str, Callable[[Any], tuple[Any, ...]]]] = {
     NotifySubscribed: ("subscribed", lambda e: (e.framework_id,)),
+    NotifyActive: ("became_active", lambda e: (e.lease_term,)),
+    NotifyStandby: ("standing_by", lambda e: (e.framework_id, e.lease_term)),
+    NotifyDeposed: ("deposed", lambda e: (e.lease_term,)),
     NotifyOffers: ("offers", lambda e: (list(e.offers),)),
     NotifyRescinded: ("rescinded", lambda e: (e.offer_id,)),
     NotifyUpdate: ("update", lambda e: (e.status,)),
@@ -209,7 +215,7 @@ class StreamRunner:
     def _follow(self, attempt: Attempt) -> None:
         log.debug("subscribing at %s (framework id %r)", attempt.address, attempt.info.framework_id)
         try:
-            stream = self._transport.subscribe(attempt.address, attempt.info)
+            stream = self._transport.subscribe(attempt.address, attempt.info, lease=attempt.lease)
         except TesseraError as exc:
             with self._lock:
                 effects = self._session.on_stream_ended(exc, self._clock())
@@ -273,6 +279,7 @@ class DriverBase:
         request_ids: Callable[[], str] | None = None,
         batch_acknowledgements: bool = True,
         masters_source: str | None = None,
+        standby: bool = False,
     ) -> None:
         if not call_timeout > 0 or not rpc_timeout > 0:
             raise InvalidRequest("call_timeout and rpc_timeout must be positive")
@@ -281,7 +288,7 @@ class DriverBase:
         self._session = Session(
             _complete_info(framework), list(found.addresses), random=random or _random.random,
             implicit_acknowledgements=implicit_acknowledgements, backoff=backoff,
-            give_up_after=give_up_after, subscribe_timeout=subscribe_timeout,
+            give_up_after=give_up_after, subscribe_timeout=subscribe_timeout, standby=standby,
             masters_source=masters_source or found.source,
         )
         if transport is None:
@@ -318,6 +325,18 @@ class DriverBase:
     def is_subscribed(self) -> bool:
         with self._lock:
             return self._session.phase is Phase.SUBSCRIBED
+
+    @property
+    def lease_term(self) -> int | None:
+        """The term this instance holds the framework's lease at while it is active (subscribed), else None."""
+        with self._lock:
+            return self._session.lease_term if self._session.phase is Phase.SUBSCRIBED else None
+
+    @property
+    def is_standby(self) -> bool:
+        """True while this instance waits as a standby for the framework's lease."""
+        with self._lock:
+            return self._session.phase is Phase.STANDBY
 
     @property
     def failure(self) -> str | None:

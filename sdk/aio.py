@@ -17,10 +17,11 @@ import inspect
 import logging
 import threading
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from tessera.sdk._shell import MAX_ACKS_PER_CALL, DriverBase, OfferRefs, StreamRunner, callback_for
 from tessera.sdk.errors import DriverStopped, TesseraError
+from tessera.sdk.kv import AsyncKeyValueState
 from tessera.sdk.protocol import AcknowledgeCall, AcknowledgeManyCall, Call, CallResult, TeardownCall
 from tessera.sdk.scheduler import AsyncScheduler
 from tessera.sdk.session import Effect, NotifyError, NotifyUpdate
@@ -36,6 +37,7 @@ class AsyncSchedulerDriver(DriverBase):
                  masters: Sequence[str] | str | None = None, **options: Any) -> None:
         super().__init__(framework, masters, **options)
         self.scheduler = scheduler
+        self.kv = AsyncKeyValueState(self._call)  # the framework's key/value state (tessera.sdk.kv)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._effects: asyncio.Queue[list[Effect] | None] | None = None
         self._runner: StreamRunner | None = None
@@ -254,7 +256,7 @@ class AsyncSchedulerDriver(DriverBase):
 
     async def reconcile(self, task_ids: Sequence[str] | str = ()) -> list[TaskStatus]:
         """See `SchedulerDriver.reconcile`."""
-        return list(await self._call(self._reconcile_call(task_ids)))
+        return list(cast(tuple[TaskStatus, ...], await self._call(self._reconcile_call(task_ids))))
 
     async def acknowledge(self, status: TaskStatus) -> None:
         with self._lock:

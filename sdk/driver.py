@@ -28,10 +28,11 @@ import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from tessera.sdk._shell import MAX_ACKS_PER_CALL, DriverBase, OfferRefs, StreamRunner, callback_for
 from tessera.sdk.errors import DriverStopped, TesseraError
+from tessera.sdk.kv import KeyValueState
 from tessera.sdk.protocol import AcknowledgeCall, AcknowledgeManyCall, Call, CallResult, TeardownCall
 from tessera.sdk.scheduler import Scheduler
 from tessera.sdk.session import Effect, NotifyError, NotifyUpdate
@@ -53,6 +54,9 @@ class SchedulerDriver(DriverBase):
     - `call_timeout` (30 s): how long one call may keep retrying; `rpc_timeout` (10 s) bounds one attempt
     - `give_up_after` (None = never): stop with `error()` when no subscription succeeds for that long
     - `masters` None (the default): found as every client finds them (see the module docstring)
+    - `standby` (False): one of several instances of the framework: while another instance is active,
+      wait as a standby (`Scheduler.standing_by`) and take over when it is gone (`became_active`); a
+      standby with no `framework_id` joins the framework of its principal with its name (docs/protocol.md)
     - `backoff`, `subscribe_timeout`, `random`, `request_ids`: reconnection tuning and test hooks
     """
 
@@ -60,6 +64,7 @@ class SchedulerDriver(DriverBase):
                  **options: Any) -> None:
         super().__init__(framework, masters, **options)
         self.scheduler = scheduler
+        self.kv = KeyValueState(self._call)  # the framework's key/value state (tessera.sdk.kv)
         self._effects: queue.Queue[list[Effect] | None] = queue.Queue()
         self._runner = StreamRunner(self._session, self._transport, self._lock, self._effects.put)
         self._dispatcher = threading.Thread(target=self._dispatch, name="tessera-callbacks", daemon=True)
@@ -284,7 +289,7 @@ class SchedulerDriver(DriverBase):
         """The master's latest status of the named tasks (explicit), or of all the framework's tasks
         (implicit, when none are named). A task the master does not know comes back TASK_LOST.
         These statuses are answers, not updates: they are not delivered to `update()`."""
-        return list(self._call(self._reconcile_call(task_ids)))
+        return list(cast(tuple[TaskStatus, ...], self._call(self._reconcile_call(task_ids))))
 
     def acknowledge(self, status: TaskStatus) -> None:
         """Acknowledge an update (only with `implicit_acknowledgements=False`)."""

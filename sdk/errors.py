@@ -10,6 +10,10 @@ implement the call) and `DriverStopped` (a local error: the driver cannot make c
     ├── NotFound          NOT_FOUND: an id names nothing (offer, task, framework, status uuid)
     ├── Conflict          FAILED_PRECONDITION, ALREADY_EXISTS, ABORTED: valid, but the state forbids it
     │                     now (offer gone, task id used, tasks do not fit, stream no longer current)
+    │   ├── VersionConflict  a `driver.kv` write expected another version of its key; `key` and
+    │   │                    `current_version` say which and what it is now (re-read and decide again)
+    │   └── Deposed          this instance no longer holds the framework: another instance took its lease
+    │                        (`lease_term`: the term now); its calls are refused from then on
     ├── NotLeader         UNAVAILABLE with `tessera-leader` metadata; `leader_hint` names the leader
     ├── Unauthenticated   UNAUTHENTICATED
     ├── PermissionDenied  PERMISSION_DENIED
@@ -18,14 +22,17 @@ implement the call) and `DriverStopped` (a local error: the driver cannot make c
     ├── ServerError       INTERNAL, UNKNOWN, UNIMPLEMENTED, DATA_LOSS: the master failed or cannot do it
     └── DriverStopped     local: the driver was stopped, or the master ended the framework for good
 
-Callers match on classes, never on messages. `error_for_status` is the only code-to-class mapping;
-`status_for_error` is its inverse (what a master answers for an error: `tessera.sdk.testing`'s gRPC fake uses it).
+Callers match on classes, never on messages. `error_for_status` is the only code-to-class mapping (a
+FAILED_PRECONDITION is a VersionConflict or Deposed when the master's `tessera-conflict` trailing metadata
+says so, `tessera.control_plane.wire.conflict_detail`); `status_for_error` and `conflict_for_error` are its
+inverse (what a master answers for an error: `tessera.sdk.testing`'s gRPC fake uses them).
 """
 
 from __future__ import annotations
 
 from tessera.control_plane.core.errors import (
     Conflict,
+    Deposed,
     InvalidRequest,
     NotFound,
     NotLeader,
@@ -34,10 +41,13 @@ from tessera.control_plane.core.errors import (
     TesseraError,
     Unauthenticated,
     Unavailable,
+    VersionConflict,
 )
+from tessera.control_plane.wire import DEPOSED, VERSION_CONFLICT
 
 __all__ = [
     "Conflict",
+    "Deposed",
     "DriverStopped",
     "InvalidRequest",
     "NotFound",
@@ -49,6 +59,8 @@ __all__ = [
     "TesseraError",
     "Unauthenticated",
     "Unavailable",
+    "VersionConflict",
+    "conflict_for_error",
     "error_for_status",
     "status_for_error",
 ]
@@ -95,12 +107,20 @@ _BY_STATUS: dict[str, type[TesseraError]] = {
 }
 
 
-def error_for_status(status: str, details: str, leader_hint: str | None = None) -> TesseraError:
-    """The SDK error for a gRPC status code name (`grpc.StatusCode.X.name`), its details and the
-    `tessera-leader` trailing metadata if any."""
+def error_for_status(status: str, details: str, leader_hint: str | None = None,
+                     conflict: tuple[str, int | None] | None = None) -> TesseraError:
+    """The SDK error for a gRPC status code name (`grpc.StatusCode.X.name`), its details, the
+    `tessera-leader` trailing metadata if any and the conflict the trailing metadata names if any
+    (`tessera.control_plane.wire.conflict_detail`)."""
     message = details or status
     if status == "UNAVAILABLE" and leader_hint:
         return NotLeader(message, leader_hint)
+    if status == "FAILED_PRECONDITION" and conflict is not None:
+        kind, number = conflict
+        if kind == VERSION_CONFLICT:
+            return VersionConflict(message, current_version=number)
+        if kind == DEPOSED:
+            return Deposed(message, lease_term=number)
     cls = _BY_STATUS.get(status)
     if cls is None:
         return ServerError(f"{status}: {message}" if details else status, status)
@@ -132,3 +152,12 @@ def status_for_error(exc: BaseException) -> tuple[str, str, str | None]:
             if isinstance(exc, cls):
                 return status, exc.message, None
     return "INTERNAL", f"internal error: {type(exc).__name__}", None
+
+
+def conflict_for_error(exc: BaseException) -> tuple[str, int | None] | None:
+    """The conflict a master names in its trailing metadata for `exc` (`wire.conflict_trailers`), if any."""
+    if isinstance(exc, VersionConflict):
+        return VERSION_CONFLICT, exc.current_version
+    if isinstance(exc, Deposed):
+        return DEPOSED, exc.lease_term
+    return None

@@ -34,10 +34,17 @@ import grpc
 from opentelemetry import propagate, trace
 
 from tessera.control_plane.tls import MASTER_NAME, ClientSecurity
-from tessera.control_plane.wire import leader_hint
-from tessera.sdk._convert import call_to_proto, events_from_proto, info_to_proto, status_from_proto
+from tessera.control_plane.wire import conflict_detail, leader_hint
+from tessera.sdk._convert import (
+    call_to_proto,
+    entry_from_proto,
+    events_from_proto,
+    page_from_proto,
+    status_from_proto,
+    subscribe_request,
+)
 from tessera.sdk.errors import TesseraError, error_for_status
-from tessera.sdk.protocol import BATCHED_UPDATES, Call, CallHeader, CallResult, Event
+from tessera.sdk.protocol import BATCHED_UPDATES, NO_CLAIM, Call, CallHeader, CallResult, Event, LeaseClaim
 from tessera.sdk.transport import StreamEnded
 from tessera.sdk.types import FrameworkInfo
 from tessera.v1 import scheduler_pb2, scheduler_pb2_grpc
@@ -50,8 +57,9 @@ def error_from_rpc(err: grpc.RpcError) -> TesseraError:
     """The SDK error for a failed gRPC call (the one gRPC-specific half of the mapping)."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = err.details() if hasattr(err, "details") else str(err)
-    hint = leader_hint(err.trailing_metadata() if hasattr(err, "trailing_metadata") else None)
-    return error_for_status(code.name if code is not None else "UNKNOWN", details or "", hint)
+    trailers = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+    return error_for_status(code.name if code is not None else "UNKNOWN", details or "", leader_hint(trailers),
+                            conflict_detail(trailers))
 
 
 class _End:
@@ -152,8 +160,8 @@ class GrpcTransport:
         traceparent = carrier.get("traceparent")
         return (*self._metadata, ("traceparent", traceparent)) if traceparent else self._metadata
 
-    def subscribe(self, address: str, info: FrameworkInfo) -> GrpcEventStream:
-        request = scheduler_pb2.SubscribeRequest(info=info_to_proto(info), capabilities=self._capabilities)
+    def subscribe(self, address: str, info: FrameworkInfo, lease: LeaseClaim = NO_CLAIM) -> GrpcEventStream:
+        request = subscribe_request(info, lease, self._capabilities)
         with self._tracer().start_as_current_span("framework.Subscribe", kind=trace.SpanKind.CLIENT,
                                                   attributes={"rpc.method": "Subscribe"}):
             return GrpcEventStream(self._stub(address).Subscribe(request, metadata=self._traced_metadata()))
@@ -172,6 +180,12 @@ class GrpcTransport:
                 raise error_from_rpc(err) from err
         if isinstance(response, scheduler_pb2.ReconcileResponse):
             return tuple(status_from_proto(s) for s in response.statuses)
+        if isinstance(response, scheduler_pb2.GetValueResponse):
+            return (entry_from_proto(response.value),) if response.found else ()
+        if isinstance(response, scheduler_pb2.ListValuesResponse):
+            return page_from_proto(response)
+        if isinstance(response, scheduler_pb2.WriteValuesResponse):
+            return tuple(response.versions)
         return ()
 
     def close(self) -> None:

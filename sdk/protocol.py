@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from tessera.sdk.types import Filters, Offer, Operation, TaskStatus
+from tessera.sdk.types import Filters, KvEntry, KvWrite, Offer, Operation, TaskStatus
 
 # ---- events (master -> framework) -------------------------------------------------------------------
 
@@ -24,6 +24,17 @@ class SubscribedEvent:
     heartbeat_interval_seconds: float = 0.0
     master: str = ""
     capabilities: tuple[str, ...] = ()  # what the master accepts beyond the first protocol
+    lease_term: int = 0  # the term this instance holds the framework's lease at (0: a master without leases)
+
+
+@dataclass(frozen=True)
+class StandbyEvent:
+    """A standby subscription waits: another instance holds `framework_id`'s lease at `lease_term`."""
+
+    framework_id: str
+    lease_term: int
+    heartbeat_interval_seconds: float = 0.0
+    master: str = ""
 
 
 @dataclass(frozen=True)
@@ -54,14 +65,30 @@ class HeartbeatEvent:
 
 @dataclass(frozen=True)
 class ErrorEvent:
-    """The master removed the framework; the stream ends after it."""
+    """The master removed the framework, or (`lease_term` not 0) another instance took its lease, now at
+    that term, and this one was deposed; the stream ends after it."""
 
     message: str
+    lease_term: int = 0
 
 
 Event: TypeAlias = (
-    SubscribedEvent | OffersEvent | RescindEvent | UpdateEvent | MessageEvent | HeartbeatEvent | ErrorEvent
+    SubscribedEvent | StandbyEvent | OffersEvent | RescindEvent | UpdateEvent | MessageEvent | HeartbeatEvent
+    | ErrorEvent
 )
+
+
+@dataclass(frozen=True)
+class LeaseClaim:
+    """What a subscription asks of the framework's lease: `standby` waits while another instance is
+    active; `term` is the term this instance held (0: none), which gets it back only while no other
+    instance took the lease since."""
+
+    standby: bool = False
+    term: int = 0
+
+
+NO_CLAIM = LeaseClaim()
 
 # ---- calls (framework -> master) --------------------------------------------------------------------
 
@@ -133,13 +160,43 @@ class MessageCall:
     data: bytes
 
 
+@dataclass(frozen=True)
+class GetValueCall:
+    key: str
+
+
+@dataclass(frozen=True)
+class ListValuesCall:
+    prefix: str = ""
+    start_after: str = ""
+    limit: int = 0  # 0 = the master's default page (100)
+    keys_only: bool = False
+
+
+@dataclass(frozen=True)
+class WriteValuesCall:
+    """Writes applied together or not at all (one log entry)."""
+
+    writes: tuple[KvWrite, ...]
+
+
 Call: TypeAlias = (
     AcceptCall | DeclineCall | ReviveCall | SuppressCall | KillCall | AcknowledgeCall | AcknowledgeManyCall
-    | ReconcileCall | TeardownCall | MessageCall
+    | ReconcileCall | TeardownCall | MessageCall | GetValueCall | ListValuesCall | WriteValuesCall
 )
 
 BATCHED_UPDATES = "BATCHED_UPDATES"  # a framework's capability: several updates in one stream message
 BATCHED_ACKNOWLEDGEMENTS = "BATCHED_ACKNOWLEDGEMENTS"  # a master's capability: AcknowledgeManyCall
 
-CallResult: TypeAlias = tuple[TaskStatus, ...]
-"""What a call returns: the statuses for `ReconcileCall`, nothing (an empty tuple) for the others."""
+@dataclass(frozen=True)
+class KvPage:
+    """What a `ListValuesCall` returns: entries in key order; `more`: keys with the prefix follow."""
+
+    entries: tuple[KvEntry, ...]
+    more: bool = False
+
+
+CallResult: TypeAlias = tuple[TaskStatus, ...] | tuple[KvEntry, ...] | tuple[int, ...] | KvPage
+"""What a call returns: the statuses for `ReconcileCall`; the entry found (none or one) for `GetValueCall`;
+a `KvPage` for `ListValuesCall`; each write's new version (0 for a delete) for `WriteValuesCall`; nothing
+(an empty tuple) for the others."""

@@ -7,6 +7,15 @@ locks of its own for state it only touches from callbacks.
 
 - `subscribed(driver, framework_id)`: after every successful (re-)subscription. The id stays the same
   across reconnections; persist it if a restarted process should fail over to the same framework.
+- `became_active(driver, lease_term)`: right after `subscribed`, when this instance holds the framework's
+  lease at a term it did not hold before: its first subscription, and each time it takes the framework
+  over (a standby whose active instance is gone). Load what the framework keeps in `driver.kv` here. Not
+  called again when it only reconnects (a leader change) at the same term.
+- `standing_by(driver, framework_id, lease_term)`: a driver built with `standby=True` waits: another
+  instance holds the framework's lease at `lease_term`. Calls wait until it becomes active.
+- `deposed(driver, lease_term)`: another instance took the framework's lease (now at `lease_term`); this
+  one's calls are refused (`Deposed`) from now on. Forget what it held as active; a standby driver waits
+  as a standby again (`standing_by` follows), any other ends with `error`.
 - `offers(driver, offers)`: use them (`driver.launch`/`accept`) or decline them; an offer neither used
   nor declined holds its resources until it is rescinded.
 - `rescinded(driver, offer_id)`: that offer is gone (used elsewhere, expired, agent lost).
@@ -40,6 +49,15 @@ class Scheduler:
     def subscribed(self, driver: SchedulerDriver, framework_id: str) -> None:
         pass
 
+    def became_active(self, driver: SchedulerDriver, lease_term: int) -> None:
+        pass
+
+    def standing_by(self, driver: SchedulerDriver, framework_id: str, lease_term: int) -> None:
+        pass
+
+    def deposed(self, driver: SchedulerDriver, lease_term: int) -> None:
+        pass
+
     def offers(self, driver: SchedulerDriver, offers: list[Offer]) -> None:
         pass
 
@@ -64,6 +82,16 @@ class AsyncScheduler:
     awaited before the next event is delivered) or a plain method."""
 
     def subscribed(self, driver: AsyncSchedulerDriver, framework_id: str) -> Awaitable[None] | None:
+        return None
+
+    def became_active(self, driver: AsyncSchedulerDriver, lease_term: int) -> Awaitable[None] | None:
+        return None
+
+    def standing_by(self, driver: AsyncSchedulerDriver, framework_id: str, lease_term: int
+                    ) -> Awaitable[None] | None:
+        return None
+
+    def deposed(self, driver: AsyncSchedulerDriver, lease_term: int) -> Awaitable[None] | None:
         return None
 
     def offers(self, driver: AsyncSchedulerDriver, offers: list[Offer]) -> Awaitable[None] | None:

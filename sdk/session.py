@@ -11,9 +11,10 @@ Theory of operation
 -------------------
 
     IDLE --start--> CONNECTING --SubscribedEvent--> SUBSCRIBED
-                       ^   |                            |
-                       |   +--refused (domain error)--> FAILED <--ErrorEvent / gave up--+
-                       +------- stream ended / silent --+
+                       ^ |  |                           |
+                       | |  +--refused (domain error)--> FAILED <--ErrorEvent / gave up--+
+                       | +--StandbyEvent--> STANDBY --SubscribedEvent--> SUBSCRIBED
+                       +------- stream ended / silent / deposed (standby mode) --+
     any --stop / teardown--> STOPPED
 
 - Subscribing. `next_attempt(now)` names the master to dial, how long to wait first, and the
@@ -52,6 +53,16 @@ Theory of operation
 - Teardown. Between `begin_teardown` and `end_teardown`, the stream ending, an `ErrorEvent` or a
   re-subscription refused because the framework is gone all mean the teardown went through: the
   session stops quietly (`torn_down`) instead of failing.
+- The framework lease (docs/protocol.md). Every subscription presents the lease term this instance
+  holds (`LeaseClaim`), so after a stream broke it gets the framework back only while no other instance
+  took it. A session built with `standby` waits while another instance is active: the master answers
+  `StandbyEvent` (phase STANDBY, the scheduler hears `standing_by`) and later `SubscribedEvent` when this
+  instance takes over. `became_active` follows the `subscribed` of every subscription at a term this
+  instance did not hold before (the first one, each takeover), never a reconnection at the same term (nor
+  from a master without leases, whose subscriptions carry no term).
+  Deposed — an `ErrorEvent` carrying a lease term, a `StandbyEvent` with a term other than the one
+  held, or (not standby) a subscription refused with `Deposed` — the scheduler hears `deposed`; in
+  standby mode the session waits as a standby again, otherwise it fails as for any ErrorEvent.
 - Offers. The session remembers outstanding offers (so a task can be placed by offer id alone) and
   forgets them when they are rescinded, used, declined, or when the stream breaks (a master rescinds
   every offer of a disconnected framework).
@@ -67,6 +78,7 @@ from typing import TypeAlias
 from tessera.control_plane import wire
 from tessera.sdk.errors import (
     Conflict,
+    Deposed,
     DriverStopped,
     InvalidRequest,
     NotLeader,
@@ -79,9 +91,11 @@ from tessera.sdk.protocol import (
     ErrorEvent,
     Event,
     HeartbeatEvent,
+    LeaseClaim,
     MessageEvent,
     OffersEvent,
     RescindEvent,
+    StandbyEvent,
     SubscribedEvent,
     UpdateEvent,
 )
@@ -91,6 +105,7 @@ from tessera.sdk.types import FrameworkInfo, Offer, TaskStatus
 class Phase(Enum):
     IDLE = "idle"
     CONNECTING = "connecting"
+    STANDBY = "standby"  # a standby subscription, waiting for the framework's lease
     SUBSCRIBED = "subscribed"
     STOPPED = "stopped"
     FAILED = "failed"
@@ -118,16 +133,37 @@ DEFAULT_BACKOFF = Backoff()
 
 @dataclass(frozen=True)
 class Attempt:
-    """Subscribe at `address` after waiting `delay` seconds, with `info`."""
+    """Subscribe at `address` after waiting `delay` seconds, with `info`, claiming the lease as `lease` says."""
 
     address: str
     delay: float
     info: FrameworkInfo
+    lease: LeaseClaim = LeaseClaim()
 
 
 @dataclass(frozen=True)
 class NotifySubscribed:
     framework_id: str
+
+
+@dataclass(frozen=True)
+class NotifyActive:
+    """This instance holds the framework's lease at a term it did not hold before."""
+
+    lease_term: int
+
+
+@dataclass(frozen=True)
+class NotifyStandby:
+    framework_id: str
+    lease_term: int
+
+
+@dataclass(frozen=True)
+class NotifyDeposed:
+    """Another instance took the framework's lease, now at `lease_term`."""
+
+    lease_term: int
 
 
 @dataclass(frozen=True)
@@ -165,8 +201,8 @@ class NotifyError:
 
 
 Effect: TypeAlias = (
-    NotifySubscribed | NotifyOffers | NotifyRescinded | NotifyUpdate | NotifyMessage | NotifyDisconnected
-    | NotifyError
+    NotifySubscribed | NotifyActive | NotifyStandby | NotifyDeposed | NotifyOffers | NotifyRescinded | NotifyUpdate
+    | NotifyMessage | NotifyDisconnected | NotifyError
 )
 
 
@@ -226,6 +262,7 @@ class Session:
         subscribe_timeout: float = 15.0,
         missed_heartbeats: float = 3.0,
         masters_source: str = "",
+        standby: bool = False,
     ) -> None:
         masters = list(dict.fromkeys(m for m in masters if m))
         if not masters:
@@ -241,6 +278,7 @@ class Session:
         self.subscribe_timeout = subscribe_timeout
         self.missed_heartbeats = missed_heartbeats
         self.masters_source = masters_source  # where the masters came from, for the give-up message
+        self.standby = standby
         self._random = random
 
         self.phase = Phase.IDLE
@@ -251,6 +289,8 @@ class Session:
         self.master_capabilities: frozenset[str] = frozenset()  # what the subscribed master accepts
         self.failure: str | None = None  # why the session FAILED
         self.subscriptions = 0  # how many times a subscription succeeded
+        self.lease_term = 0  # the term this instance holds (or held, while reconnecting) the lease at; 0: none
+        self._active_term: int | None = None  # the term `became_active` was last told (None: not active)
 
         self._offers: dict[str, Offer] = {}
         self._plan = wire.DialPlan(masters, backoff)
@@ -326,20 +366,20 @@ class Session:
             delay = min(delay, max(0.0, self._down_since + self.give_up_after - now))
         self._last_address = dial.address
         self._last_healthy = False
-        return Attempt(dial.address, delay, self.subscribe_info())
+        return Attempt(dial.address, delay, self.subscribe_info(), LeaseClaim(self.standby, self.lease_term))
 
     def read_timeout(self) -> float | None:
         """How long the shell may wait for the next event before reporting `on_silence`."""
         if self.phase is Phase.CONNECTING:
             return self.subscribe_timeout
-        if self.phase is Phase.SUBSCRIBED and self.heartbeat_interval > 0:
+        if self.phase in (Phase.SUBSCRIBED, Phase.STANDBY) and self.heartbeat_interval > 0:
             return self.heartbeat_interval * self.missed_heartbeats
         return None
 
     # ---- the stream -----------------------------------------------------------------------------------
     def on_event(self, event: Event, now: float) -> list[Effect]:
         if isinstance(event, SubscribedEvent):
-            if self.phase is not Phase.CONNECTING:
+            if self.phase not in (Phase.CONNECTING, Phase.STANDBY):
                 return []
             self.phase = Phase.SUBSCRIBED
             self.framework_id = event.framework_id
@@ -349,7 +389,24 @@ class Session:
             self.master = self._last_address
             self.subscriptions += 1
             self._down_since = None
-            return [NotifySubscribed(event.framework_id)]
+            self.lease_term = event.lease_term
+            effects: list[Effect] = [NotifySubscribed(event.framework_id)]
+            if event.lease_term and self._active_term != event.lease_term:  # 0: a master without leases
+                self._active_term = event.lease_term
+                effects.append(NotifyActive(event.lease_term))
+            return effects
+        if isinstance(event, StandbyEvent):
+            if self.phase not in (Phase.CONNECTING, Phase.STANDBY):
+                return []
+            self.phase = Phase.STANDBY
+            self.framework_id = event.framework_id
+            self.heartbeat_interval = max(0.0, event.heartbeat_interval_seconds)
+            self._down_since = None
+            deposed = self.lease_term != 0 and event.lease_term != self.lease_term
+            self.lease_term = 0  # a standby: it claims the lease anew when it may
+            self._active_term = None
+            standing_by: list[Effect] = [NotifyDeposed(event.lease_term)] if deposed else []
+            return [*standing_by, NotifyStandby(event.framework_id, event.lease_term)]
         if self.phase is not Phase.SUBSCRIBED:
             return []  # nothing is meaningful before Subscribed, or after we stopped listening
         if isinstance(event, OffersEvent):
@@ -375,6 +432,16 @@ class Session:
                 self.torn_down = True
                 self.stop()
                 return [NotifyDisconnected()]
+            if event.lease_term:
+                self.lease_term = 0
+                self._active_term = None
+                if self.standby:  # wait as a standby again: the stream ends next, and we subscribe anew
+                    self.phase = Phase.CONNECTING
+                    self._last_healthy = True
+                    self._down_since = now
+                    return [NotifyDisconnected(), NotifyDeposed(event.lease_term)]
+                return [NotifyDeposed(event.lease_term),
+                        *self._fail(f"the master ended the framework: {event.message}", disconnected=True)]
             return self._fail(f"the master ended the framework: {event.message}", disconnected=True)
         raise TypeError(f"not a scheduler event: {event!r}")
 
@@ -391,7 +458,12 @@ class Session:
                 self.torn_down = True
                 self.stop()
                 return []
-            return self._fail(f"the master refused the subscription: {type(error).__name__}: {error}")
+            refused = self._fail(f"the master refused the subscription: {type(error).__name__}: {error}")
+            if isinstance(error, Deposed):  # our term is over: another instance holds the lease
+                self.lease_term = 0
+                self._active_term = None
+                return [NotifyDeposed(error.lease_term or 0), *refused]
+            return refused
         if isinstance(error, NotLeader) and error.leader_hint:
             self._learn(error.leader_hint)
         self.phase = Phase.CONNECTING

@@ -6,13 +6,13 @@ driver the fake's transport.
 
 Contract (both implementations keep it; `tests/unit/sdk/test_transport_contract.py` checks it):
 
-- `subscribe(address, info)` starts a subscription and returns at once; problems surface on the
-  stream. `stream.next(timeout)` returns the next event, or None when nothing came within `timeout`
+- `subscribe(address, info, lease=LeaseClaim(...))` starts a subscription and returns at once; problems
+  surface on the stream. `lease` says what it asks of the framework's lease (standby, the term held). `stream.next(timeout)` returns the next event, or None when nothing came within `timeout`
   seconds (None = wait forever). When the stream is over it raises `StreamEnded`, with the error that
   ended it (`NotLeader` carries the leader's address) or None for a clean end or a `cancel()`; after
   that it keeps raising `StreamEnded`. `cancel()` may be called from any thread, any number of times.
 - `call(address, header, call, timeout)` sends one unary call and returns its result (the statuses of a
-  reconciliation, an empty tuple otherwise), or raises an error of `tessera.sdk.errors`. It never retries: the
+  reconciliation, what a key/value call answers, an empty tuple otherwise: `tessera.sdk.protocol.CallResult`), or raises an error of `tessera.sdk.errors`. It never retries: the
   driver decides that.
 - Both are safe to use from several threads at once.
 """
@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from tessera.sdk.errors import TesseraError
-from tessera.sdk.protocol import Call, CallHeader, CallResult, Event
+from tessera.sdk.protocol import NO_CLAIM, Call, CallHeader, CallResult, Event, LeaseClaim
 from tessera.sdk.types import FrameworkInfo
 
 
@@ -41,7 +41,7 @@ class EventStream(Protocol):
 
 
 class Transport(Protocol):
-    def subscribe(self, address: str, info: FrameworkInfo) -> EventStream: ...
+    def subscribe(self, address: str, info: FrameworkInfo, lease: LeaseClaim = NO_CLAIM) -> EventStream: ...
 
     def call(self, address: str, header: CallHeader, call: Call, timeout: float) -> CallResult: ...
 

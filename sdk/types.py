@@ -14,6 +14,9 @@ Rules kept here:
   SDK does not let a caller believe 0 means "no filter".
 - A `HealthCheck` is checked on its own when it is made (one kind, times, path, port numbers); what it
   needs of its task (a port the task holds or maps) the master checks at the launch.
+- The framework's key/value state (`driver.kv`) is text: keys and values are `str`. A write's `version`
+  is the compare of compare-and-set: None whatever the key's version is, 0 the key must be absent
+  (put-if-absent), N its current version (`KvEntry.version`).
 """
 
 from __future__ import annotations
@@ -40,7 +43,12 @@ from tessera.control_plane.core.values import (
 )
 
 __all__ = [
+    "ABSENT",
     "DEFAULT_ROLE",
+    "KvDelete",
+    "KvEntry",
+    "KvPut",
+    "KvWrite",
     "ContainerInfo",
     "NetworkInfo",
     "PortMapping",
@@ -394,3 +402,58 @@ Operation: TypeAlias = Launch | Reserve | Unreserve
 def as_tuple(values: Sequence[str] | str) -> tuple[str, ...]:
     """A single id or a sequence of ids, as a tuple (a bare string is one id, not its characters)."""
     return (values,) if isinstance(values, str) else tuple(values)
+
+
+# ---- the framework's key/value state (driver.kv) ----------------------------------------------------------
+
+ABSENT = 0
+"""The `version` a write expects of a key that must not exist yet: put-if-absent."""
+
+
+def _check_version(version: int | None, what: str) -> None:
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 0):
+        raise InvalidRequest(f"{what}.version: None (any), 0 (absent) or a version, got {version!r}")
+
+
+def _check_text(value: object, what: str) -> None:
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{what}: must be text (a str), got {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class KvEntry:
+    """One key of the framework's state: its `value` and `version` (the index of the event in the master's
+    log that put it: it only grows, and a key deleted and put again gets a new one)."""
+
+    key: str
+    value: str
+    version: int
+
+
+@dataclass(frozen=True)
+class KvPut:
+    """Put `value` at `key` if the key is at `version` (None: whatever it is; `ABSENT`: it must not exist)."""
+
+    key: str
+    value: str
+    version: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_text(self.key, "KvPut.key")
+        _check_text(self.value, "KvPut.value")
+        _check_version(self.version, "KvPut")
+
+
+@dataclass(frozen=True)
+class KvDelete:
+    """Delete `key` if it is at `version` (None: whatever it is; deleting an absent key is no error)."""
+
+    key: str
+    version: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_text(self.key, "KvDelete.key")
+        _check_version(self.version, "KvDelete")
+
+
+KvWrite: TypeAlias = KvPut | KvDelete

@@ -2,7 +2,8 @@
 
     InvalidRequest   -> INVALID_ARGUMENT
     NotFound         -> NOT_FOUND
-    Conflict         -> FAILED_PRECONDITION
+    Conflict         -> FAILED_PRECONDITION (VersionConflict and Deposed with `tessera-conflict` trailing
+                        metadata naming which, and the key's version or the lease's term: `wire.conflict_trailers`)
     NotLeader        -> UNAVAILABLE, with the leader's gRPC address in `tessera-leader` trailing metadata
     Unauthenticated  -> UNAUTHENTICATED
     PermissionDenied -> PERMISSION_DENIED
@@ -34,6 +35,7 @@ import grpc
 
 from tessera.control_plane.core.errors import (
     Conflict,
+    Deposed,
     InvalidRequest,
     NotFound,
     NotLeader,
@@ -42,6 +44,7 @@ from tessera.control_plane.core.errors import (
     TesseraError,
     Unauthenticated,
     Unavailable,
+    VersionConflict,
 )
 from tessera.control_plane.eventlog.errors import (
     AmbiguousTask,
@@ -51,7 +54,7 @@ from tessera.control_plane.eventlog.errors import (
     HistoryUnavailable,
     PointOutOfRange,
 )
-from tessera.control_plane.wire import LEADER_METADATA_KEY
+from tessera.control_plane.wire import DEPOSED, LEADER_METADATA_KEY, VERSION_CONFLICT, conflict_trailers
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,11 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[st
     if isinstance(exc, NotLeader):
         trailers = ((LEADER_METADATA_KEY, exc.leader_hint),) if exc.leader_hint else ()
         return grpc.StatusCode.UNAVAILABLE, exc.message, trailers
+    if isinstance(exc, VersionConflict):
+        return grpc.StatusCode.FAILED_PRECONDITION, exc.message, conflict_trailers(VERSION_CONFLICT,
+                                                                                   exc.current_version)
+    if isinstance(exc, Deposed):
+        return grpc.StatusCode.FAILED_PRECONDITION, exc.message, conflict_trailers(DEPOSED, exc.lease_term)
     if isinstance(exc, TesseraError):
         for cls in type(exc).__mro__:
             if cls in _CODES:

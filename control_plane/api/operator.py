@@ -31,6 +31,7 @@ from tessera.control_plane.codec import resources_from_proto
 from tessera.control_plane.codec.operator_api import (
     event_filter_from_proto,
     events_to_proto,
+    framework_state_to_proto,
     history_point_from_proto,
     quorum_to_proto,
     span_from_proto,
@@ -117,6 +118,14 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
             consistent=request.consistent)
         resp.from_leader = self.master.is_serving()
         return resp
+
+    @grpc_errors
+    def GetFrameworkState(self, request: operator_pb2.GetFrameworkStateRequest, context: grpc.ServicerContext
+                          ) -> Any:
+        visibility = self._visibility(context, "GetFrameworkState")
+        return self.state_view.read(lambda s, soft: framework_state_to_proto(
+            s, request.framework_id, request.prefix, request.start_after, request.limit, visibility),
+            consistent=request.consistent)
 
     # ---- event log -------------------------------------------------------------------------------
     @grpc_errors

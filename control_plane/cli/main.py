@@ -118,6 +118,10 @@ def cli(ctx: click.Context, masters: str | None, as_json: bool, timeout: float, 
               help="Seconds before an unused offer is rescinded (0 = never).")
 @click.option("--framework-reconnect-timeout", default=5.0, show_default=True,
               help="Grace a new leader gives frameworks to resubscribe before disconnecting them.")
+@click.option("--framework-takeover-delay", default=1.0, show_default=True,
+              help="Seconds a framework stays disconnected before a standby instance takes its lease.")
+@click.option("--raft-compaction-entries", type=click.IntRange(min=2), default=5000, show_default=True,
+              help="Snapshot the Raft log (a dump of the state) once it holds this many entries.")
 @click.option("--grpc-workers", default=256, show_default=True,
               help="gRPC threads; every agent, framework and event watcher holds one.")
 @click.option("--event-retention", type=click.IntRange(min=0), default=0, show_default=True,
@@ -142,7 +146,8 @@ def cli(ctx: click.Context, masters: str | None, as_json: bool, timeout: float, 
 def master(name: str, raft_address: str, grpc_address: str, peers: str, raft_bind: str | None, data_dir: Path,
            raft_password_file: Path | None, agent_timeout: float, agent_heartbeat_interval: float,
            reregistration_timeout: float, allocation_interval: float, offer_timeout: float,
-           framework_reconnect_timeout: float, grpc_workers: int, event_retention: int,
+           framework_reconnect_timeout: float, framework_takeover_delay: float, raft_compaction_entries: int,
+           grpc_workers: int, event_retention: int,
            metrics_address: str | None, master_tls_dir: Path | None, acl_path: Path | None,
            limits: tuple[str, ...], insecure_dev: bool, log_level: str) -> None:
     """Run one master of a Raft quorum.
@@ -168,7 +173,8 @@ def master(name: str, raft_address: str, grpc_address: str, peers: str, raft_bin
         if not value > 0:
             fail(f"{flag}: must be a positive number of seconds, got {value}", 2)
     for flag, value in (("--offer-timeout", offer_timeout), ("--reregistration-timeout", reregistration_timeout),
-                        ("--framework-reconnect-timeout", framework_reconnect_timeout)):
+                        ("--framework-reconnect-timeout", framework_reconnect_timeout),
+                        ("--framework-takeover-delay", framework_takeover_delay)):
         if not value >= 0:
             fail(f"{flag}: must not be negative, got {value}", 2)
     if grpc_workers < 8:
@@ -192,7 +198,9 @@ def master(name: str, raft_address: str, grpc_address: str, peers: str, raft_bin
             agent_heartbeat_interval=agent_heartbeat_interval, agent_timeout=agent_timeout,
             reregistration_timeout=reregistration_timeout, allocation_interval=allocation_interval,
             offer_timeout=offer_timeout or None, framework_reconnect_timeout=framework_reconnect_timeout,
+            framework_takeover_delay=framework_takeover_delay,
         ),
+        raft_compaction_entries=raft_compaction_entries,
         grpc_workers=grpc_workers,
         metrics_address=metrics_address,
         event_retention=event_retention,
@@ -731,6 +739,15 @@ def _discovery_commands() -> list[click.Command]:
 
 for _command in _discovery_commands():
     cli.add_command(_command)
+
+
+def _framework_group() -> click.Group:
+    from tessera.control_plane.cli.framework import framework
+
+    return framework
+
+
+cli.add_command(_framework_group())
 
 
 def main() -> None:

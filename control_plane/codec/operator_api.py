@@ -19,13 +19,17 @@ from typing import Any
 
 from tessera.control_plane.codec import resources_to_proto, to_proto
 from tessera.control_plane.core.errors import InvalidRequest
+from tessera.control_plane.core.framework_state import listing, table_of
+from tessera.control_plane.core.limits import utf8_length
 from tessera.control_plane.core.spans import SpanLimits, check_span_fields
+from tessera.control_plane.core.state import known_framework
 from tessera.control_plane.core.visibility import (
     FULL,
     Visibility,
     framework_owners,
     redact_event_payload,
     redact_span_attributes,
+    redact_state_value,
     redact_status,
     redact_task,
 )
@@ -147,9 +151,11 @@ def state_to_proto(state: Any, leader: str, term: int, visibility: Visibility = 
         resources_to_proto(a.used, view.used)
         resources_to_proto(a.offered, view.offered)
     for framework_id, f in sorted(state.frameworks.items()):
+        table = state.framework_state.get(framework_id)
         fview = resp.frameworks.add(
             framework_id=framework_id, state=int(f.state), failover_deadline=f.failover_deadline or 0.0,
-            suppressed_roles=sorted(f.suppressed_roles),
+            suppressed_roles=sorted(f.suppressed_roles), lease_term=f.lease_term,
+            state_keys=0 if table is None else len(table.entries), state_bytes=0 if table is None else table.size,
         )
         fview.info.CopyFrom(to_proto(f.info, common_pb2.FrameworkInfo))
         resources_to_proto(f.used, fview.used)
@@ -167,6 +173,23 @@ def state_to_proto(state: Any, leader: str, term: int, visibility: Visibility = 
         resp.roles.append(to_proto(role, common_pb2.RoleInfo))
     for _, offer in sorted(state.offers.items()):
         resp.offers.append(to_proto(offer, common_pb2.Offer))
+    return resp
+
+
+def framework_state_to_proto(state: Any, framework_id: str, prefix: str, start_after: str, limit: int,
+                             visibility: Visibility = FULL) -> operator_pb2.GetFrameworkStateResponse:
+    """One page of a framework's key/value state as a reader with `visibility` sees it: another principal's
+    values redacted (`core.visibility`). NotFound for a framework the state does not know; a removed one
+    has no state left."""
+    fw = known_framework(state, framework_id)
+    page = listing(state, fw.framework_id, prefix, start_after, limit)
+    full = visibility.sees_in_full(fw.info.principal)
+    table = table_of(state, fw.framework_id)
+    resp = operator_pb2.GetFrameworkStateResponse(more=page.more, index=state.seq, lease_term=fw.lease_term,
+                                                  keys=len(table.entries), bytes=table.size)
+    for key, entry in page.entries:
+        resp.entries.add(key=key, value=entry.value if full else redact_state_value(entry.value),
+                         version=entry.version, size=entry.size - utf8_length(key))
     return resp
 
 

@@ -65,7 +65,7 @@ _GRANT_KEYS = frozenset({"token_sha256", "roles", "users", "actions"})
 # Operator service (announce, quorum fan-out); frameworks may make the Operator *read* calls (with a
 # token whose grant has `read`); every Operator write (weights, quota, drain, quorum changes) needs an
 # operator certificate, whatever the token grants.
-OPERATOR_READS = ("GetState", "ListEvents", "WatchEvents", "GetStateAt", "GetTrace")
+OPERATOR_READS = ("GetState", "ListEvents", "WatchEvents", "GetStateAt", "GetTrace", "GetFrameworkState")
 KINDS_BY_METHOD: Mapping[str, frozenset[PeerKind]] = {
     "AgentLink/*": frozenset({"agent"}),
     "Scheduler/*": frozenset({"framework"}),
@@ -81,7 +81,7 @@ KINDS_BY_METHOD: Mapping[str, frozenset[PeerKind]] = {
 # Operator methods and the action each needs; a method missing here is refused to every principal.
 OPERATOR_ACTIONS: Mapping[str, str] = {
     "GetState": "read", "ListEvents": "read", "WatchEvents": "read", "GetStateAt": "read",
-    "GetTrace": "read", "GetQuorum": "read",
+    "GetTrace": "read", "GetQuorum": "read", "GetFrameworkState": "read",
     "AddMaster": "quorum", "RemoveMaster": "quorum", "TransferLeadership": "quorum",
     "SetWeight": "weights", "SetQuota": "quota", "DrainAgent": "drain", "UndrainAgent": "drain",
     "KillTask": "kill", "TeardownFramework": "teardown",

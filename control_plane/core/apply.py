@@ -39,7 +39,8 @@ in the same entry. An `OfferDeclined` for an offer accepted earlier in the entry
 filter of an Accept with `refuse_seconds`.
 
 Where the handlers live, by topic: `apply_cluster` (leader, masters), `apply_agents`, `apply_frameworks`,
-`apply_offers`, `apply_tasks`, `apply_policy` (weights, quota, reservations); each module's `HANDLERS`
+`apply_offers`, `apply_tasks`, `apply_policy` (weights, quota, reservations), `apply_state` (frameworks'
+key/value state: a put's seq is its key's version, `Tx.seq`); each module's `HANDLERS`
 maps its event types to its handlers, and `_HANDLERS` here joins them with the log's own two (`Rejected`,
 unknown events). `apply_tx` holds the undo log and the lookups and mutations the topics share.
 """
@@ -57,6 +58,7 @@ from tessera.control_plane.core import (
     apply_frameworks,
     apply_offers,
     apply_policy,
+    apply_state,
     apply_tasks,
 )
 from tessera.control_plane.core.apply_tx import Handler, Tx
@@ -127,8 +129,8 @@ def _apply(state: ClusterState, entry: Entry) -> ApplyResult:
     if not isinstance(events, (tuple, list)):
         return _reject(state, time, request_id, InvalidRequest.code, "entry events: must be a sequence")
 
-    tx = Tx(float(time))
     recorded: list[Event] = []
+    tx = Tx(float(time), state.seq + 1, recorded)
     position = -1  # which event failed, for the reason; -1: the entry's post-checks
     try:
         for position, event in enumerate(events):  # noqa: B007 - read in the except clauses
@@ -225,6 +227,7 @@ _HANDLERS: dict[type, Handler] = {
     **apply_offers.HANDLERS,
     **apply_tasks.HANDLERS,
     **apply_policy.HANDLERS,
+    **apply_state.HANDLERS,
     Rejected: _rejected,
     UnknownEvent: _unknown,
 }

@@ -1,7 +1,9 @@
-"""apply of framework events: subscription, disconnection, removal, suppress and revive."""
+"""apply of framework events: subscription (with the framework's lease, `core.leases`), disconnection,
+removal (which drops the framework's key/value state), suppress and revive."""
 
 from __future__ import annotations
 
+from tessera.control_plane.core import leases
 from tessera.control_plane.core.apply_tx import (
     Handler,
     Tx,
@@ -41,12 +43,21 @@ def _framework_subscribed(state: ClusterState, e: FrameworkSubscribed, tx: Tx) -
     stream_id = check_id(e.stream_id, "stream_id")
     if not isinstance(e.resubscribed, bool):
         raise InvalidRequest("resubscribed: must be a bool")
+    if not isinstance(e.by_name, bool):
+        raise InvalidRequest("by_name: must be a bool")
     fw = state.frameworks.get(fid)
     if not e.resubscribed:
         if fw is not None:
             raise Conflict(f"framework {fid} already exists")
+        leases.check_subscription_term(None, e.lease_term, e.lease_moved)
+        if e.by_name:
+            other = leases.named_framework(state, info.principal, info.name)
+            if other is not None:  # two standbys created one each at once: the later is decided again
+                raise Conflict(f"framework {other.framework_id} already has the name {info.name!r} for principal "
+                               f"{info.principal!r}")
         tx.put(state.frameworks, fid, FrameworkRecord(
             info=info, state=FrameworkState.FRAMEWORK_CONNECTED, stream_id=stream_id, subscribed_at=tx.time,
+            lease_term=e.lease_term, by_name=e.by_name,
         ))
         return True
     if fw is None:
@@ -55,12 +66,19 @@ def _framework_subscribed(state: ClusterState, e: FrameworkSubscribed, tx: Tx) -
         raise Conflict(f"framework {fid} was removed")
     if info.principal != fw.info.principal:
         raise Conflict(f"framework {fid} subscribed as principal {fw.info.principal!r}")
+    if e.by_name:
+        raise InvalidRequest("by_name: only a new framework is created by name")
+    leases.check_subscription_term(fw, e.lease_term, e.lease_moved)
+    if fw.by_name and info.name != fw.info.name:
+        raise InvalidRequest(f"info.name: framework {fid} is found by its name {fw.info.name!r}, which stays")
     no_offers(f"framework {fid}", fw.offer_ids)
     tx.assign(fw, "info", info)
     tx.assign(fw, "state", FrameworkState.FRAMEWORK_CONNECTED)
     tx.assign(fw, "stream_id", stream_id)
     tx.assign(fw, "failover_deadline", 0.0)
     tx.assign(fw, "suppressed_roles", fw.suppressed_roles & frozenset(info.roles))
+    if e.lease_term:
+        tx.assign(fw, "lease_term", e.lease_term)
     return True
 
 
@@ -76,6 +94,7 @@ def _framework_disconnected(state: ClusterState, e: FrameworkDisconnected, tx: T
     tx.assign(fw, "state", FrameworkState.FRAMEWORK_DISCONNECTED)
     tx.assign(fw, "failover_deadline", deadline)
     tx.assign(fw, "stream_id", "")
+    tx.assign(fw, "disconnected_at", tx.time)  # the takeover delay of its lease runs from here
     return True
 
 
@@ -98,6 +117,8 @@ def _framework_removed(state: ClusterState, e: FrameworkRemoved, tx: Tx) -> bool
         if task.terminal:
             complete_task(state, task, tx)
     drop_filters(state, tx, framework_id=fw.framework_id)
+    if fid in state.framework_state:  # its key/value state goes with it
+        tx.pop(state.framework_state, fid)
     return True
 
 

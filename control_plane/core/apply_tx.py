@@ -30,16 +30,23 @@ _ATTR, _ITEM, _ADDED, _DISCARDED = range(4)
 
 
 class Tx:
-    """Scratch of one entry: its time, the undo log, offer pools and post-checks."""
+    """Scratch of one entry: its time, the undo log, offer pools, post-checks, and the events recorded so
+    far (`recorded`, filled by `apply`: a handler's event gets seq `first_seq + len(recorded)`)."""
 
-    __slots__ = ("time", "log", "pools", "accepted", "post_checks")
+    __slots__ = ("time", "log", "pools", "accepted", "post_checks", "recorded", "first_seq")
 
-    def __init__(self, time: float) -> None:
+    def __init__(self, time: float, first_seq: int = 1, recorded: list[Any] | None = None) -> None:
         self.time = time
         self.log: list[tuple[int, Any, Any, Any]] = []
         self.pools: dict[tuple[str, str], list[Any]] = {}  # (fw, agent) -> [role, Resources left]
         self.accepted: dict[str, tuple[str, str]] = {}  # offer id -> (fw, agent), accepted in this entry
         self.post_checks: list[Callable[[], None]] = []
+        self.recorded: list[Any] = [] if recorded is None else recorded
+        self.first_seq = first_seq
+
+    def seq(self) -> int:
+        """The seq the event being applied gets when it is recorded."""
+        return self.first_seq + len(self.recorded)
 
     def assign(self, obj: Any, name: str, value: Any) -> None:
         self.log.append((_ATTR, obj, name, getattr(obj, name)))

@@ -111,9 +111,18 @@ class UndrainAgent:
 # ---- frameworks --------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class SubscribeFramework:
-    """First subscription when `info.framework_id` is empty, else a resubscription (failover)."""
+    """First subscription when `info.framework_id` is empty, else a resubscription (failover).
+
+    The framework's lease (`core.leases`): `lease_term` is the term this instance held (0: none), which
+    gets it back only while no other instance took the lease; `standby` waits (decide refuses with
+    Conflict) while another instance is active, and takes over once the framework has been disconnected
+    for `takeover_delay` seconds (the master's setting); a standby without a framework id names the
+    framework by its (principal, name)."""
 
     info: FrameworkInfo
+    standby: bool = False
+    lease_term: int = 0
+    takeover_delay: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +145,27 @@ class Teardown:
     """The framework removes itself."""
 
     framework_id: str
+    stream_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StateWrite:
+    """One write of a `WriteFrameworkState`: put `value` at `key` (or delete `key`) if the key's version is
+    `expected_version`: -1 whatever it is, 0 absent, N its current version."""
+
+    key: str
+    value: str = ""
+    delete: bool = False
+    expected_version: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class WriteFrameworkState:
+    """Writes to the framework's key/value state, applied together or not at all; each names another key.
+    `stream_id` is required: only the instance holding the framework's lease writes."""
+
+    framework_id: str
+    writes: tuple[StateWrite, ...]
     stream_id: str = ""
 
 
@@ -257,6 +287,7 @@ Command = (
     | SetRoleWeight | SetQuota
     | RegisterAgent | ReregisterAgent | MarkAgentUnreachable | RemoveAgent | DrainAgent | UndrainAgent
     | SubscribeFramework | DisconnectFramework | RemoveFramework | Teardown | Suppress | Revive
+    | WriteFrameworkState
     | IssueOffers | Decline | RescindOffer | ExpireOffers | Accept
     | Kill | OperatorKill | UpdateStatus | Acknowledge | ExpireFrameworks
 )

@@ -6,7 +6,8 @@ value the events need that is not in the command (new ids, uuids, deadlines, ref
 from `ctx` and is written into the events, so `apply` decides nothing.
 
 Errors (from `tessera.control_plane.core.errors`):
-- `InvalidRequest`: malformed input: empty, oversized or non-ASCII ids, negative / NaN / infinite numbers,
+- `InvalidRequest`: malformed input: empty, oversized or non-ASCII ids, framework-state keys, values or
+  writes over the caps of `core.limits` (MAX_STATE_*), negative / NaN / infinite numbers,
   resources not in normal form, weight <= 0, a role the framework did not subscribe with, operations
   that do not make sense (a RESERVE with tasks, offers of one accept spread over agents or roles), a task
   over the size caps of `core.limits` (argument count and length, environment, labels, resources, the
@@ -15,7 +16,9 @@ Errors (from `tessera.control_plane.core.errors`):
 - `NotFound`: an id that names nothing (agent, framework, task, offer, status uuid).
 - `Conflict`: valid, but the state forbids it now: an offer that is gone (rescinded, declined, used,
   expired) or belongs to another framework, a duplicate task id, tasks that do not fit their offers,
-  a stream id that is not current, an agent or framework in the wrong state.
+  a stream id that is not current (`Deposed`: the framework's lease is elsewhere), a framework-state key
+  not at the version a write expected (`VersionConflict`), a standby while the framework is active, an
+  agent or framework in the wrong state.
 - `ResourceExhausted`: a new framework or new tasks beyond the principal's limits (`ctx.limits`).
 
 An empty tuple means "already done": the request is an idempotent retry (a status update already
@@ -32,7 +35,8 @@ accepted before the operations that use them.
 Where the deciders live, by topic: `decide_cluster` (leader, masters, role weights, quota),
 `decide_agents`, `decide_frameworks`, `decide_offers`, `decide_launch` (Accept: launches and
 reservations; `check_launched_task` validates one task), `decide_tasks` (kills, status updates,
-acknowledgements); each module's `DECIDERS` maps its command types to its deciders, joined here.
+acknowledgements), `decide_state` (writes to a framework's key/value state); each module's `DECIDERS`
+maps its command types to its deciders, joined here.
 `decide_shared` holds the lookups and context values the topics share.
 """
 
@@ -45,6 +49,7 @@ from tessera.control_plane.core import (
     decide_frameworks,
     decide_launch,
     decide_offers,
+    decide_state,
     decide_tasks,
 )
 from tessera.control_plane.core.context import Context
@@ -72,4 +77,5 @@ _DECIDERS: dict[type, Decider] = {
     **decide_offers.DECIDERS,
     **decide_launch.DECIDERS,
     **decide_tasks.DECIDERS,
+    **decide_state.DECIDERS,
 }

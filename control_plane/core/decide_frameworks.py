@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from tessera.control_plane.core import commands as c
+from tessera.control_plane.core import leases
 from tessera.control_plane.core.context import Context
 from tessera.control_plane.core.decide_shared import (
     Decider,
@@ -41,23 +42,29 @@ from tessera.control_plane.core.values import FrameworkState
 
 
 def _subscribe_framework(state: ClusterState, cmd: c.SubscribeFramework, ctx: Context) -> tuple[Event, ...]:
+    """A subscription, as the framework's lease allows it (`core.leases`): a new framework, the lease
+    taken over or resumed; a standby that must wait is refused with Conflict (the Scheduler API asks
+    `leases.claim` first and holds its stream open instead)."""
     info = check_framework_info(cmd.info)
     check_framework_size(info)
+    granted = leases.claim(state, info, standby=cmd.standby, lease_term=cmd.lease_term, now=context_time(ctx),
+                           takeover_delay=cmd.takeover_delay)
+    if isinstance(granted, leases.Wait):
+        raise Conflict(f"framework {granted.framework_id} is active under lease term {granted.lease_term}; "
+                       "a standby waits until it is gone")
     taken_streams = {fw.stream_id for fw in state.frameworks.values()}
-    if not info.framework_id:
+    fw = granted.framework
+    if fw is None:
         check_principal_frameworks(info.principal, len(principal_frameworks(state, info.principal)), ctx.limits)
         framework_id = new_id(ctx, "framework", state.frameworks)
         stream_id = new_id(ctx, "stream", taken_streams)
-        return (FrameworkSubscribed(framework_id, replace(info, framework_id=framework_id), stream_id, False),)
-    fw = known_framework(state, info.framework_id)
-    if fw.state is FrameworkState.FRAMEWORK_REMOVED:
-        raise Conflict(f"framework {fw.framework_id} was removed ({fw.removed_reason}); subscribe anew")
-    if info.principal != fw.info.principal:
-        raise Conflict(f"framework {fw.framework_id} subscribed as principal {fw.info.principal!r}")
+        return (FrameworkSubscribed(framework_id, replace(info, framework_id=framework_id), stream_id, False,
+                                    granted.lease_term, False, granted.by_name),)
     stream_id = new_id(ctx, "stream", taken_streams)
     return (
         *rescind(state.offers_of_framework(fw.framework_id), "framework resubscribed"),
-        FrameworkSubscribed(fw.framework_id, info, stream_id, True),
+        FrameworkSubscribed(fw.framework_id, replace(info, framework_id=fw.framework_id), stream_id, True,
+                            granted.lease_term, granted.outcome is leases.Outcome.TAKE_OVER),
     )
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Container
 from typing import Any
 
 from tessera.control_plane.core.context import Context
-from tessera.control_plane.core.errors import Conflict, InvalidRequest, NotFound
+from tessera.control_plane.core.errors import Conflict, Deposed, InvalidRequest, NotFound
 from tessera.control_plane.core.events import Event, OfferRescinded, TaskStatusUpdated
 from tessera.control_plane.core.state import (
     MAX_REFUSE_SECONDS,
@@ -33,13 +33,16 @@ Decider = Callable[[ClusterState, Any, Context], tuple[Event, ...]]
 
 
 def calling_framework(state: ClusterState, framework_id: object, stream_id: object) -> FrameworkRecord:
-    """The framework making a scheduler call: it must not be removed, and a given stream must be current."""
+    """The framework making a scheduler call: it must not be removed, and a given stream must be current
+    (`Deposed` otherwise: the stream-id fence of the framework's lease, `core.leases`)."""
     fw = known_framework(state, framework_id)
     sid = check_optional_id(stream_id, "stream_id")
     if fw.state is FrameworkState.FRAMEWORK_REMOVED:
         raise Conflict(f"framework {fw.framework_id} was removed ({fw.removed_reason or 'no reason'})")
     if sid and sid != fw.stream_id:
-        raise Conflict(f"stream {sid} is not the current stream of framework {fw.framework_id}")
+        raise Deposed(f"stream {sid} is not the current stream of framework {fw.framework_id}: it no longer "
+                      f"holds the framework, whose lease is at term {fw.lease_term} (another instance took "
+                      "over, or this one reconnected on a newer stream)", lease_term=fw.lease_term)
     return fw
 
 

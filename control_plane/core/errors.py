@@ -9,6 +9,11 @@ one place (`tessera.control_plane.api.errors`); nothing else matches on messages
     ├── NotFound          an id that names nothing (agent, framework, task, offer)
     ├── Conflict          the request is valid but the state forbids it now (stale offer, duplicate id,
     │                     task does not fit, stream id not current)
+    │   ├── VersionConflict  a framework-state write whose expected version is not the key's current one
+    │   │                    (`key`, `current_version` when known)
+    │   └── Deposed          a call from a stream that no longer holds the framework: another instance took
+    │                        its lease, or this one reconnected on a newer stream (`lease_term`: the lease's
+    │                        term now, when known)
     ├── NotLeader         this master cannot write; `leader_hint` names who can (may be None)
     ├── Unauthenticated
     ├── PermissionDenied
@@ -42,6 +47,27 @@ class Conflict(TesseraError):
     code = "Conflict"
 
 
+class VersionConflict(Conflict):
+    """A compare-and-set on a framework-state key failed: its version is not the expected one."""
+
+    code = "VersionConflict"
+
+    def __init__(self, message: str, key: str | None = None, current_version: int | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.current_version = current_version
+
+
+class Deposed(Conflict):
+    """A framework call from a stream that no longer holds the framework's lease."""
+
+    code = "Deposed"
+
+    def __init__(self, message: str, lease_term: int | None = None) -> None:
+        super().__init__(message)
+        self.lease_term = lease_term
+
+
 class NotLeader(TesseraError):
     code = "NotLeader"
 
@@ -68,8 +94,8 @@ class Unavailable(TesseraError):
 
 ERRORS_BY_CODE: dict[str, type[TesseraError]] = {
     cls.code: cls
-    for cls in (InvalidRequest, NotFound, Conflict, NotLeader, Unauthenticated, PermissionDenied, ResourceExhausted,
-                Unavailable)
+    for cls in (InvalidRequest, NotFound, Conflict, VersionConflict, Deposed, NotLeader, Unauthenticated,
+                PermissionDenied, ResourceExhausted, Unavailable)
 }
 
 

@@ -87,10 +87,19 @@ class AgentUndrained:
 # ---- frameworks --------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class FrameworkSubscribed:
+    """`lease_term`: the term the subscribing instance holds the framework's lease at (`core.leases`; a new
+    framework starts at 1): with `lease_moved` one more than before (the lease moved to this instance),
+    otherwise the framework's current term (its holder reconnected); 0 in entries written before leases,
+    which leave the lease as it was. `by_name`: a new framework that a standby created without an id,
+    found by its (principal, name) while it is not removed."""
+
     framework_id: str
     info: FrameworkInfo
     stream_id: str = ""
     resubscribed: bool = False
+    lease_term: int = 0
+    lease_moved: bool = False
+    by_name: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +125,30 @@ class FrameworkSuppressed:
 class FrameworkRevived:
     framework_id: str
     roles: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FrameworkStatePut:
+    """Put `value` at `key` of the framework's key/value state (`core.framework_state`); the key's new
+    version is this event's seq. `expected_version` (-1 any, 0 absent, N the current version) and the
+    writer's `lease_term` are checked again when applied."""
+
+    framework_id: str
+    key: str
+    value: str
+    expected_version: int = -1
+    lease_term: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FrameworkStateDeleted:
+    """Delete `key` of the framework's key/value state (a recorded no-op when it is absent and any version
+    was expected)."""
+
+    framework_id: str
+    key: str
+    expected_version: int = -1
+    lease_term: int = 0
 
 
 # ---- offers ------------------------------------------------------------------------------------
@@ -233,6 +266,7 @@ Event = (
     | AgentRegistered | AgentReregistered | AgentUnreachable | AgentRemoved | AgentDrainStarted
     | AgentUndrained
     | FrameworkSubscribed | FrameworkDisconnected | FrameworkRemoved | FrameworkSuppressed | FrameworkRevived
+    | FrameworkStatePut | FrameworkStateDeleted
     | OfferIssued | OfferDeclined | OfferRescinded | OfferAccepted
     | TaskLaunched | TaskKillRequested | TaskStatusUpdated | TaskStatusAcknowledged
     | RoleWeightSet | QuotaSet | ResourcesReserved | ResourcesUnreserved
@@ -255,6 +289,8 @@ EVENT_FIELDS: dict[type, str] = {
     FrameworkRemoved: "framework_removed",
     FrameworkSuppressed: "framework_suppressed",
     FrameworkRevived: "framework_revived",
+    FrameworkStatePut: "framework_state_put",
+    FrameworkStateDeleted: "framework_state_deleted",
     OfferIssued: "offer_issued",
     OfferDeclined: "offer_declined",
     OfferRescinded: "offer_rescinded",

@@ -14,7 +14,10 @@ themselves and compares, and checks the safety properties the whole design rests
 - tasks on an unreachable agent are unreachable or ended, tasks on a removed agent have ended, and no task
   is left unreachable on a reachable agent;
 - `seq` equals the number of events recorded (recounted from `event_counts`);
-- the bounded memories respect their bounds.
+- the bounded memories respect their bounds;
+- frameworks' key/value state: only frameworks that are not removed have one, none is empty, its size is
+  the sum of its entries' (each its key and value in UTF-8), within the limits; versions are seqs already
+  recorded, never shared by two keys; and no two frameworks a standby created share (principal, name).
 
 It returns a list of human-readable problems (empty: all good) and never raises, so simulations and
 tests can call it after every step and print everything that is wrong at once.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from tessera.control_plane.core.limits import MAX_STATE_BYTES, MAX_STATE_KEYS, utf8_length
 from tessera.control_plane.core.resources import EMPTY, Resources
 from tessera.control_plane.core.state import ClusterState, scalar_part, total_with_reservations
 from tessera.control_plane.core.values import AgentState, FrameworkState, TaskKey, TaskState
@@ -233,6 +237,40 @@ def _check(state: ClusterState, problems: list[str]) -> None:
             streams[fw.stream_id] = framework_id
         if fw.state is FrameworkState.FRAMEWORK_STATE_UNKNOWN:
             add(f"{label} is in FRAMEWORK_STATE_UNKNOWN")
+
+    # ---- leases and key/value state ------------------------------------------------------------------
+    named: dict[tuple[str, str], str] = {}
+    for framework_id, fw in sorted(state.frameworks.items()):
+        if fw.by_name and fw.state is not FrameworkState.FRAMEWORK_REMOVED:
+            owner_name = (fw.info.principal, fw.info.name)
+            if owner_name in named:
+                add(f"frameworks {named[owner_name]} and {framework_id} share the name {owner_name[1]!r} of "
+                    f"principal {owner_name[0]!r}")
+            named[owner_name] = framework_id
+        if fw.lease_term < 0:
+            add(f"framework {framework_id} has lease term {fw.lease_term}")
+    versions: dict[int, str] = {}
+    for framework_id, table in sorted(state.framework_state.items()):
+        label = f"framework {framework_id}'s state"
+        fw = state.frameworks.get(framework_id)
+        if fw is None or fw.state is FrameworkState.FRAMEWORK_REMOVED:
+            add(f"{label} is kept, but the framework is unknown or removed")
+        if not table.entries:
+            add(f"{label} is kept empty")
+        size = 0
+        for state_key, entry in sorted(table.entries.items()):
+            if entry.size != utf8_length(state_key) + utf8_length(entry.value):
+                add(f"{label}: key {state_key!r} has size {entry.size}, not that of its key and value")
+            if not 0 < entry.version <= state.seq:
+                add(f"{label}: key {state_key!r} has version {entry.version}, not a recorded seq (1..{state.seq})")
+            elif entry.version in versions:
+                add(f"{label}: key {state_key!r} shares version {entry.version} with {versions[entry.version]}")
+            versions[entry.version] = f"{framework_id}/{state_key}"
+            size += entry.size
+        if table.size != size:
+            add(f"{label}: size is {table.size} but its entries sum to {size}")
+        if len(table.entries) > MAX_STATE_KEYS or size > MAX_STATE_BYTES:
+            add(f"{label}: {len(table.entries)} keys of {size} bytes, over the limits")
 
     # ---- policy and filters --------------------------------------------------------------------------
     for (framework_id, agent_id), _until in sorted(state.decline_filters.items()):

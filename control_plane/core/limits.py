@@ -26,6 +26,24 @@ Agents and frameworks, whose info is replicated and copied into every offer: at 
 `MAX_AGENT_ATTRIBUTES` (128) attributes and `MAX_AGENT_RESOURCE_ENTRIES` (1024) resource entries per
 agent, `MAX_FRAMEWORK_ROLES` (128) roles per framework.
 
+**Framework state** (constants; `check_state_key`, `check_state_value`, `check_state_write_size` by
+`decide`, and the per-framework totals by `decide` and again by `apply`, since writes decided apart may
+together pass them). A framework's key/value state lives in every master's memory and in every snapshot,
+and each write travels in one Raft entry, so it is small by design — a place for a framework's own
+records (app definitions, deployments, which task is which), not a database:
+
+    MAX_STATE_KEY_LENGTH      512 bytes        a key, UTF-8 (no control characters)
+    MAX_STATE_VALUE_LENGTH    64 KiB           a value, UTF-8 (a ZooKeeper znode allows 1 MiB; Marathon
+                                               keeps one record per znode, far below)
+    MAX_STATE_WRITE_LENGTH    512 KiB          keys and values of one WriteValues call (one Raft entry)
+    MAX_STATE_WRITES          128              writes in one WriteValues call
+    MAX_STATE_KEYS            10,000           keys per framework
+    MAX_STATE_BYTES           4 MiB            keys and values per framework
+
+Over a size cap: `InvalidRequest` naming the limit (INVALID_ARGUMENT); nothing is written. A future
+version may raise these, never lower them: `apply` re-checks the per-framework totals, so a log written
+under higher limits would not replay under lower ones.
+
 **Failover timeout** (`MAX_FAILOVER_TIMEOUT`, one week, as Marathon's default): a framework that
 disconnects is kept, with its tasks and reservations, at most a week; a longer timeout is
 `InvalidRequest`. A week outlasts a weekend outage; anything longer is a framework that is never cleaned
@@ -77,6 +95,12 @@ MAX_FAILOVER_TIMEOUT = 7 * 24 * 3600.0
 MAX_AGENT_ATTRIBUTES = 128
 MAX_AGENT_RESOURCE_ENTRIES = 1024
 MAX_FRAMEWORK_ROLES = 128
+MAX_STATE_KEY_LENGTH = 512
+MAX_STATE_VALUE_LENGTH = 64 * 1024
+MAX_STATE_WRITE_LENGTH = 512 * 1024
+MAX_STATE_WRITES = 128
+MAX_STATE_KEYS = 10_000
+MAX_STATE_BYTES = 4 * 1024 * 1024
 
 _RESOURCE_ENTRY_LENGTH = 48  # what one resource entry costs in a serialized task, roughly (name, role, value)
 
@@ -197,6 +221,61 @@ def check_agent_size(info: AgentInfo) -> None:
     if entries > MAX_AGENT_RESOURCE_ENTRIES:
         raise InvalidRequest(f"info.resources: {entries} entries (scalars and port ranges), "
                              f"at most {MAX_AGENT_RESOURCE_ENTRIES}")
+
+
+def utf8_length(text: str, what: str = "text") -> int:
+    """Bytes of `text` in UTF-8 (what the framework-state limits count); InvalidRequest for a string that
+    is not text (a lone surrogate cannot be encoded, nor sent over gRPC)."""
+    if text.isascii():
+        return len(text)
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidRequest(f"{what}: not valid text (a lone surrogate)") from None
+
+
+def check_state_key(key: object, what: str = "key") -> str:
+    """A framework-state key: a non-empty string of at most MAX_STATE_KEY_LENGTH bytes in UTF-8, without
+    control characters (keys are printed by `tessera framework state` and sorted by code point)."""
+    if not isinstance(key, str) or not key:
+        raise InvalidRequest(f"{what}: must be a non-empty string")
+    length = utf8_length(key, what)
+    if length > MAX_STATE_KEY_LENGTH:
+        raise InvalidRequest(f"{what}: {length} bytes, over the limit of {MAX_STATE_KEY_LENGTH} bytes per key "
+                             "(MAX_STATE_KEY_LENGTH)")
+    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in key):
+        raise InvalidRequest(f"{what}: control characters are not allowed, got {key!r}")
+    return key
+
+
+def check_state_value(value: object, what: str = "value") -> int:
+    """A framework-state value: text of at most MAX_STATE_VALUE_LENGTH bytes in UTF-8; returns its length."""
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{what}: must be a string (text; store binary data as base64)")
+    length = utf8_length(value, what)
+    if length > MAX_STATE_VALUE_LENGTH:
+        raise InvalidRequest(f"{what}: {length} bytes, over the limit of {MAX_STATE_VALUE_LENGTH} bytes per value "
+                             "(MAX_STATE_VALUE_LENGTH)")
+    return length
+
+
+def check_state_write_size(count: int, length: int) -> None:
+    """One WriteValues call: `count` writes of `length` bytes of keys and values in all."""
+    if count > MAX_STATE_WRITES:
+        raise InvalidRequest(f"writes: {count} writes, over the limit of {MAX_STATE_WRITES} per call (MAX_STATE_WRITES)")
+    if length > MAX_STATE_WRITE_LENGTH:
+        raise InvalidRequest(f"writes: {length} bytes of keys and values, over the limit of {MAX_STATE_WRITE_LENGTH} "
+                             "bytes per call (MAX_STATE_WRITE_LENGTH); write them in several calls")
+
+
+def check_state_totals(framework_id: str, keys: int, size: int) -> None:
+    """A framework's state after a write: `keys` keys of `size` bytes (keys and values) in all."""
+    if keys > MAX_STATE_KEYS:
+        raise InvalidRequest(f"framework {framework_id}: {keys} keys, over the limit of {MAX_STATE_KEYS} keys per "
+                             "framework (MAX_STATE_KEYS); delete some first")
+    if size > MAX_STATE_BYTES:
+        raise InvalidRequest(f"framework {framework_id}: {size} bytes of keys and values, over the limit of "
+                             f"{MAX_STATE_BYTES} bytes per framework (MAX_STATE_BYTES); delete some first")
 
 
 # ---- per principal and per peer ---------------------------------------------------------------------

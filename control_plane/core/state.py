@@ -6,9 +6,10 @@ cannot be pickled (Raft snapshots it). Only `apply` mutates it; everything else 
 What it holds:
 - `seq`: the number of the last event recorded. Events are numbered 1, 2, 3... in apply order, identically
   on every master; `event_counts` counts them per type (the invariant checker recomputes `seq` from it).
-- the cluster (`term`, `leader`, `masters`), `agents`, `frameworks`, live `offers`, `tasks` (with their
-  unacknowledged status updates, so a new leader re-sends them), `roles` (weights and quota) and
-  `decline_filters`.
+- the cluster (`term`, `leader`, `masters`), `agents`, `frameworks` (with their lease, `core.leases`), live
+  `offers`, `tasks` (with their unacknowledged status updates, so a new leader re-sends them), `roles`
+  (weights and quota), `decline_filters`, and each framework's key/value state (`framework_state`, by
+  framework id: `core.framework_state`; dropped when the framework is removed).
 - bounded, FIFO-evicted memories that keep writes idempotent: `requests` (request id -> original
   `ApplyResult`), `completed_tasks` (terminal, fully acknowledged tasks, so retried updates and acks are
   recognised), `retired_offers` (why an offer is gone, so a stale offer is told apart from an unknown id).
@@ -19,6 +20,8 @@ Rules:
   ids first (sets of strings iterate in a per-process hash order).
 - A record's `used` / `offered` are caches of sums over tasks and offers, kept by `apply` and re-derived by
   `invariants.check_invariants`.
+- Fields are appended with defaults, and a state pickled by an earlier version (a Raft dump or snapshot)
+  loads with those defaults (`_restore_with_defaults`).
 
 Also here: `ApplyResult` (stored in the de-dup table, so it lives with the state) and the value checks
 shared by `decide` (validating requests) and `apply` (re-validating events, which may be garbage).
@@ -30,9 +33,9 @@ import hashlib
 import math
 import re
 from collections import OrderedDict
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from enum import Enum
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from tessera.control_plane.core.errors import (
     Conflict,
@@ -182,6 +185,12 @@ class FrameworkRecord:
     task_ids: set[str] = field(default_factory=set)  # its live tasks: ids are scoped per framework
     offer_ids: set[str] = field(default_factory=set)
     removed_reason: str = ""
+    lease_term: int = 0  # the term of its lease (core.leases); 0: subscribed before leases, never since
+    by_name: bool = False  # created by a standby without an id: its (principal, name) names it
+    disconnected_at: float = 0.0  # when it was last disconnected (`Entry.time`); the takeover delay runs from it
+
+    def __setstate__(self, state: object) -> None:
+        _restore_with_defaults(self, state)
 
     @property
     def framework_id(self) -> str:
@@ -225,6 +234,46 @@ class TaskRecord:
         return is_terminal(self.state)
 
 
+class StateEntry(NamedTuple):
+    """One key of a framework's key/value state: its `value`, its `version` (the seq of the event that put
+    it) and its `size` (bytes of key and value in UTF-8, what the per-framework limit counts)."""
+
+    version: int
+    value: str
+    size: int
+
+
+@dataclass(slots=True)
+class StateTable:
+    """A framework's key/value state: its entries by key and their total size (keys and values, bytes)."""
+
+    entries: dict[str, StateEntry] = field(default_factory=dict)
+    size: int = 0
+
+    def __setstate__(self, state: object) -> None:
+        _restore_with_defaults(self, state)
+
+
+def _restore_with_defaults(obj: object, state: object) -> None:
+    """Unpickle a record written before fields were appended to its class: the fields the pickle has are
+    restored, the others take their defaults. (A slots dataclass pickles as `(None, {slot: value})`, a
+    plain one as its `__dict__`; either would leave a newer field unset.)"""
+    slots = state[1] if isinstance(state, tuple) else state
+    values = slots if isinstance(slots, dict) else {}
+    if isinstance(state, tuple) and isinstance(state[0], dict):
+        values = {**state[0], **values}
+    for f in fields(obj):  # type: ignore[arg-type]
+        if f.name in values:
+            value = values[f.name]
+        elif f.default_factory is not MISSING:
+            value = f.default_factory()
+        elif f.default is not MISSING:
+            value = f.default
+        else:
+            raise TypeError(f"{type(obj).__name__}: pickled state lacks the required field {f.name!r}")
+        object.__setattr__(obj, f.name, value)
+
+
 @dataclass(frozen=True, slots=True)
 class Totals:
     """Scalar resource sums over reachable agents (ranges are per agent and do not add up across
@@ -260,6 +309,10 @@ class ClusterState:
     request_limit: int = REQUEST_DEDUP_LIMIT
     completed_tasks_limit: int = COMPLETED_TASKS_LIMIT
     retired_offers_limit: int = RETIRED_OFFERS_LIMIT
+    framework_state: dict[str, StateTable] = field(default_factory=dict)  # framework id -> its key/value state
+
+    def __setstate__(self, state: object) -> None:
+        _restore_with_defaults(self, state)
 
     # ---- agents ------------------------------------------------------------------------------------
     def agent_total(self, agent_id: str) -> Resources:

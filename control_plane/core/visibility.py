@@ -18,6 +18,9 @@ Redacted are what a task's author may put secrets in, by value, keeping the shap
   the password);
 - the value of each task label (the keys stay);
 - a status update's `data` (the tail of the task's output, which may print any of the above);
+- the values of a framework's key/value state (`core.framework_state`: a framework's own records, such
+  as app definitions with their environment), in `GetFrameworkState` and in `FrameworkStatePut` events
+  (keys, versions and sizes stay);
 - in traces, every span attribute but the ones Tessera itself writes (`SAFE_SPAN_ATTRIBUTES`).
 
 Everything else stays: ids, names, resources, the command's user, working directory and shell flag,
@@ -116,10 +119,19 @@ def _redact_json_task(task: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def redact_state_value(value: str) -> str:
+    """A framework-state value as another tenant sees it."""
+    return _hide(value)
+
+
 def redact_event_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """An event's JSON form as another tenant sees it: the task it carries (`TaskLaunched.task`) and
-    the status' output (`TaskStatusUpdated.status.data`) redacted; every other field as it was."""
+    """An event's JSON form as another tenant sees it: the task it carries (`TaskLaunched.task`), the
+    status' output (`TaskStatusUpdated.status.data`) and a framework-state value (`FrameworkStatePut.value`)
+    redacted; every other field as it was."""
     out = dict(payload)
+    if isinstance(payload.get("key"), str) and "value" in payload:
+        value = payload["value"]
+        out["value"] = _hide(value) if isinstance(value, str) else REDACTED
     task = payload.get("task")
     if isinstance(task, Mapping):
         out["task"] = _redact_json_task(task)

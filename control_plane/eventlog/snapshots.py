@@ -25,6 +25,7 @@ from tessera.control_plane.core.state import (
     ApplyResult,
     ClusterState,
     FrameworkRecord,
+    StateTable,
     TaskRecord,
 )
 from tessera.control_plane.core.values import Offer, RoleInfo
@@ -46,7 +47,7 @@ _FORMAT = 4  # zlib(pickle(ClusterState)), tasks keyed by TaskKey(framework_id, 
 def _layout() -> bytes:
     """A hash of the layout of every class a snapshot holds: another layout, another hash."""
     parts = []
-    for cls in (ClusterState, AgentRecord, FrameworkRecord, TaskRecord, ApplyResult, Offer, RoleInfo,
+    for cls in (ClusterState, AgentRecord, FrameworkRecord, TaskRecord, StateTable, ApplyResult, Offer, RoleInfo,
                 Resources, *_value_classes()):
         parts.append(cls.__name__ + ":" + ",".join(f.name for f in dataclasses.fields(cls)))
     return hashlib.sha256("|".join(parts).encode()).digest()[:16]

@@ -31,6 +31,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from tessera.control_plane.core import commands as cmd
 from tessera.control_plane.core.errors import (
+    ERRORS_BY_CODE,
     Conflict,
     InvalidRequest,
     NotFound,
@@ -44,7 +45,8 @@ log = logging.getLogger(__name__)
 
 # refusals that are final: the update is acknowledged so the agent stops re-sending it
 ACKNOWLEDGED_REFUSALS: tuple[type[TesseraError], ...] = (InvalidRequest, NotFound, Conflict, PermissionDenied)
-_ACKNOWLEDGED_CODES = frozenset(cls.code for cls in ACKNOWLEDGED_REFUSALS)
+# the codes `apply` records for them, subclasses' included (a Deposed or VersionConflict is a Conflict)
+_ACKNOWLEDGED_CODES = frozenset(code for code, cls in ERRORS_BY_CODE.items() if issubclass(cls, ACKNOWLEDGED_REFUSALS))
 
 
 def acknowledges(outcome: TesseraError | str | None) -> bool:

@@ -61,6 +61,7 @@ class LeaderSettings:
     reregistration_timeout: float = 10.0  # grace after a leader change before timing an agent
     framework_heartbeat_interval: float = 5.0
     framework_reconnect_timeout: float = 5.0  # after a leader change, before a missing framework is disconnected
+    framework_takeover_delay: float = 1.0  # a standby takes a framework's lease once it has been disconnected this long
     allocation_interval: float = 1.0
     offer_timeout: float | None = 60.0  # None = offers never expire
     status_update_retry: float = 10.0  # re-send unacknowledged updates to a framework this often

@@ -155,15 +155,22 @@ class LeaderDuties:
                     session.last_seen, self.agent_last_seen.get(session.agent_id, 0.0))
         session.closed = True
 
-    def attach_framework(self, framework_id: str, stream_id: str, *, batched_updates: bool = False
-                         ) -> FrameworkSession:
+    def attach_framework(self, framework_id: str, stream_id: str, *, batched_updates: bool = False,
+                         lease_term: int = 0, lease_moved: bool = False) -> FrameworkSession:
+        """The framework's new stream; an older one is ended with an Error that says why: its instance was
+        deposed (`lease_moved`: another instance took the lease, now at `lease_term`, which the Error
+        carries), or a newer connection of the same instance took over."""
         session = FrameworkSession(framework_id, stream_id, batched_updates=batched_updates)
         with self._lock:
             old = self.frameworks.get(framework_id)
             self.frameworks[framework_id] = session
         if old is not None:
-            old.send(scheduler_pb2.SchedulerEvent(error=scheduler_pb2.Error(
-                message="a newer connection of this framework took over")))
+            if lease_moved:
+                error = scheduler_pb2.Error(message=f"another instance took over the framework's lease (term "
+                                                    f"{lease_term}); this one was deposed", lease_term=lease_term)
+            else:
+                error = scheduler_pb2.Error(message="a newer connection of this framework took over")
+            old.send(scheduler_pb2.SchedulerEvent(error=error))
             old.close()
         return session
 

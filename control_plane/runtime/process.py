@@ -64,6 +64,7 @@ class MasterConfig:
     acl_path: Path | None = None  # principals, their token digests and grants (TOML); None = no tokens
     insecure_dev: bool = False  # start without TLS, ACL or Raft password (local development only)
     limits: MasterLimits = MasterLimits()  # per-principal and per-peer limits (--limit NAME=VALUE)
+    raft_compaction_entries: int = 5000  # snapshot the Raft log once it holds this many entries
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,7 @@ def build_master(config: MasterConfig) -> tuple[Master, LeaderDuties, MasterServ
     replicator = RaftReplicator(ReplicationConfig(
         self_address=config.raft_address, peers=config.peers, data_dir=config.data_dir / "raft",
         password=config.raft_password, bind_address=config.raft_bind,
+        log_compaction_min_entries=config.raft_compaction_entries,
     ), sm)
     identity = MasterIdentity(config.name, config.raft_address, config.grpc_address)
     # spans go next to the event log; not the global provider, so several masters can share a process

@@ -35,6 +35,12 @@ What it does, following docs/protocol.md and the master's validation rules (`tes
   frameworks use is refused with `ValueError` naming them). Updates carry uuids and stay unacknowledged until the framework acknowledges them; they
   are sent again when it re-subscribes, as the real master does. `kill` answers TASK_KILLED at once
   (`auto_kill=False` to only record the request).
+- The framework's key/value state (`driver.kv`): get, list, atomic writes with compare-and-set on
+  versions, the master's limits (`core.limits`), `Deposed` for a stale stream; `kv(framework_id)` reads it.
+- The framework lease: several drivers of one framework (`standby=True`) — one active, the others get
+  `StandbyEvent` and wait; when the active one's stream ends, a standby takes over once `advance()` has
+  moved the clock past `takeover_delay` (1 fake second by default); the lease term grows and the
+  deposed stream gets an `ErrorEvent` carrying it.
 - Faults: `drop_stream()` breaks a framework's connection (its offers are void; it keeps its tasks),
   `failover(new_leader)` moves leadership to another of `addresses` (streams end with NotLeader and the
   new leader's hint; calls to the old one are redirected), `set_down(address)` makes a master
@@ -54,8 +60,9 @@ The fake is thread-safe: drivers call it from their threads while the test drive
 
 Inside (import from `tessera.sdk.testing`, not from these): `values` (what a test scripts and reads),
 `state` (the records, the clock, the lock), then `FakeMaster`'s layers, each a class on the one below:
-`offers` (the offer book), `tasks` (agents, tasks, status updates), `faults` (streams, leadership, fault
-injection), `protocol` (subscriptions and calls, with the master's refusals), `master` (`FakeMaster`
+`offers` (the offer book), `tasks` (agents, tasks, status updates), `leases` (the framework lease and its
+standbys), `faults` (streams, leadership, fault injection), `protocol` (subscriptions and calls, with the
+master's refusals, and the key/value state), `master` (`FakeMaster`
 itself and its views); `transport` (the in-memory transport) and `grpc_server` (`FakeGrpcServer`).
 """
 

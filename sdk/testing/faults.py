@@ -10,12 +10,12 @@ from typing import Any
 from tessera.control_plane.core.lifecycle import is_terminal
 from tessera.sdk.errors import Conflict, NotLeader, TesseraError, Unavailable
 from tessera.sdk.protocol import ErrorEvent, HeartbeatEvent, MessageEvent
+from tessera.sdk.testing.leases import _LeaseBook
 from tessera.sdk.testing.state import _Fault, _Framework
-from tessera.sdk.testing.tasks import _TaskBook
 from tessera.sdk.types import TaskState
 
 
-class _FaultControls(_TaskBook):
+class _FaultControls(_LeaseBook):
     """Streams, leadership and fault injection (a layer of `FakeMaster`)."""
 
     # ---- frameworks and faults ----------------------------------------------------------------------------
@@ -27,22 +27,32 @@ class _FaultControls(_TaskBook):
             stream.push(MessageEvent(agent_id, data))
 
     def heartbeat(self) -> None:
-        """Send a heartbeat on every open stream."""
+        """Send a heartbeat on every open stream (standbys' too)."""
         with self._cond:
             for fw in self._frameworks.values():
                 if fw.stream is not None:
                     fw.stream.push(HeartbeatEvent())
+            for waiting in self._standbys:
+                waiting.stream.push(HeartbeatEvent())
 
-    def drop_stream(self, framework_id: str | None = None, error: TesseraError | None = None) -> None:
+    def drop_stream(self, framework_id: str | None = None, error: TesseraError | None = None, *,
+                    standbys: bool = False) -> None:
         """Break the connection of one framework (all when None): its stream ends with `error`
-        (default: Unavailable), its offers are void, it keeps its tasks and may re-subscribe."""
+        (default: Unavailable), its offers are void, it keeps its tasks and may re-subscribe; the takeover
+        delay of its lease starts (`advance` past it and a waiting standby takes over). `standbys`: end
+        its waiting standbys' streams too."""
         with self._cond:
-            for fw in self._frameworks.values():
+            ending = error if error is not None else Unavailable("connection to the master lost")
+            if standbys:
+                for waiting in [w for w in self._standbys if framework_id in (None, w.stream.framework_id)]:
+                    self._standbys.remove(waiting)
+                    waiting.stream.end(ending)
+            for fw in list(self._frameworks.values()):
                 if framework_id not in (None, fw.framework_id) or fw.stream is None:
                     continue
                 stream, fw.stream = fw.stream, None
-                self._retire_offers_of(fw.framework_id, "framework disconnected")
-                stream.end(error if error is not None else Unavailable("connection to the master lost"))
+                stream.end(ending)
+                self._disconnected(fw)
             self._changed()
 
     def failover(self, new_leader: str | None = None) -> str:
@@ -55,7 +65,7 @@ class _FaultControls(_TaskBook):
             if new_leader not in self.addresses:
                 raise ValueError(f"{new_leader} is not one of {self.addresses}")
             old, self.leader = self.leader, new_leader
-            self.drop_stream(error=NotLeader(f"{old} stopped leading", new_leader))
+            self.drop_stream(error=NotLeader(f"{old} stopped leading", new_leader), standbys=True)
             return new_leader
 
     def set_down(self, address: str, down: bool = True) -> None:
@@ -63,7 +73,10 @@ class _FaultControls(_TaskBook):
         with self._cond:
             if down:
                 self._down.add(address)
-                for fw in self._frameworks.values():
+                for waiting in [w for w in self._standbys if w.address == address]:
+                    self._standbys.remove(waiting)
+                    waiting.stream.end(Unavailable("connection to the master lost"))
+                for fw in list(self._frameworks.values()):
                     if fw.stream is not None and fw.stream.address == address:
                         self.drop_stream(fw.framework_id)
             else:
@@ -87,6 +100,7 @@ class _FaultControls(_TaskBook):
                 stream, fw.stream = fw.stream, None
                 stream.push(ErrorEvent(message))
                 stream.end(None)
+            self._promote_standbys()
             self._changed()
 
     def _remove(self, fw: _Framework, why: str) -> None:
@@ -97,6 +111,7 @@ class _FaultControls(_TaskBook):
                 task.kill_requested = True
                 self._update(task, TaskState.TASK_KILLED, message="framework removed")
         fw.unacked.clear()
+        fw.kv.clear()  # its key/value state goes with it
         self._allocate_if_auto()
 
     def fail_next(self, kind: type[Any], error: TesseraError, *, after_apply: bool = False) -> None:

@@ -7,26 +7,39 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
-from tessera.control_plane.wire import LEADER_METADATA_KEY
-from tessera.sdk._convert import call_from_proto, event_to_proto, info_from_proto, status_to_proto
-from tessera.sdk.errors import TesseraError, status_for_error
-from tessera.sdk.protocol import CallResult
+from tessera.control_plane.wire import LEADER_METADATA_KEY, conflict_trailers
+from tessera.sdk._convert import (
+    call_from_proto,
+    entry_to_proto,
+    event_to_proto,
+    info_from_proto,
+    lease_from_request,
+    page_to_proto,
+    status_to_proto,
+)
+from tessera.sdk.errors import TesseraError, conflict_for_error, status_for_error
+from tessera.sdk.protocol import CallResult, KvPage
 from tessera.sdk.testing.master import FakeMaster
 from tessera.sdk.transport import StreamEnded
+from tessera.sdk.types import KvEntry, TaskStatus
 from tessera.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 __all__ = ["FakeGrpcServer"]
 
 
 def _abort(context: grpc.ServicerContext, exc: TesseraError) -> None:
-    # The codes and metadata a master sends (tessera.sdk.errors.status_for_error, the inverse of the SDK's mapping).
+    # The codes and metadata a master sends (tessera.sdk.errors.status_for_error and conflict_for_error, the
+    # inverse of the SDK's mapping).
     status, details, hint = status_for_error(exc)
+    conflict = conflict_for_error(exc)
     if hint:
         context.set_trailing_metadata(((LEADER_METADATA_KEY, hint),))
+    elif conflict is not None:
+        context.set_trailing_metadata(conflict_trailers(*conflict))
     context.abort(getattr(grpc.StatusCode, status, grpc.StatusCode.INTERNAL), details)
 
 
@@ -37,9 +50,14 @@ _RESPONSES: dict[str, Callable[[CallResult], Any]] = {
     "Suppress": lambda r: scheduler_pb2.SuppressResponse(),
     "Kill": lambda r: scheduler_pb2.KillResponse(),
     "Acknowledge": lambda r: scheduler_pb2.AcknowledgeResponse(),
-    "Reconcile": lambda r: scheduler_pb2.ReconcileResponse(statuses=[status_to_proto(s) for s in r]),
+    "Reconcile": lambda r: scheduler_pb2.ReconcileResponse(
+        statuses=[status_to_proto(s) for s in cast(tuple[TaskStatus, ...], r)]),
     "Teardown": lambda r: scheduler_pb2.TeardownResponse(),
     "Message": lambda r: scheduler_pb2.MessageResponse(),
+    "GetValue": lambda r: (scheduler_pb2.GetValueResponse(found=True, value=entry_to_proto(
+        cast(tuple[KvEntry, ...], r)[0])) if r else scheduler_pb2.GetValueResponse()),
+    "ListValues": lambda r: page_to_proto(cast(KvPage, r)),
+    "WriteValues": lambda r: scheduler_pb2.WriteValuesResponse(versions=cast(tuple[int, ...], r)),
 }
 
 
@@ -54,7 +72,7 @@ class _FakeSchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         except TesseraError as exc:
             _abort(context, exc)
             return
-        stream = self.fake._subscribe(self.address, info)
+        stream = self.fake._subscribe(self.address, info, lease_from_request(request))
         context.add_callback(stream.cancel)
         while context.is_active():
             try:
@@ -101,6 +119,15 @@ class _FakeSchedulerService(scheduler_pb2_grpc.SchedulerServicer):
 
     def Message(self, request: Any, context: grpc.ServicerContext) -> Any:
         return self._unary("Message", request, context)
+
+    def GetValue(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._unary("GetValue", request, context)
+
+    def ListValues(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._unary("ListValues", request, context)
+
+    def WriteValues(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._unary("WriteValues", request, context)
 
 
 class FakeGrpcServer:

@@ -8,7 +8,7 @@ from tessera.sdk.testing.protocol import _Protocol
 from tessera.sdk.testing.state import T, _Agent, _Task
 from tessera.sdk.testing.transport import FakeTransport
 from tessera.sdk.testing.values import AgentView, FrameworkView, TaskView
-from tessera.sdk.types import Offer, TaskState
+from tessera.sdk.types import KvEntry, Offer, TaskState
 
 __all__ = ["FakeMaster"]
 
@@ -52,10 +52,13 @@ class FakeMaster(_Protocol):
     - `auto_kill` (True): `kill` answers TASK_KILLED at once; False only records it.
     - `heartbeat_interval` (0: none): what the fake tells the driver; heartbeats go out on `heartbeat()`.
     - `start_time`: its manual clock (`advance(seconds)`); `batched_acknowledgements`: offer the capability.
+    - `takeover_delay` (1.0): fake seconds a framework stays disconnected before a waiting standby takes
+      its lease (the fake's clock moves only with `advance`, so a test decides when that happens).
 
     Faults: `fail_next(CallType, error, after_apply=)`, `drop_stream()`, `failover()`, `set_down()`,
     `remove_framework()`, `remove_agent()`, `rescind()`. Observing: `calls`, `calls_of(CallType)`,
-    `acknowledged`, `tasks()`, `task(id)`, `tasks_in(*states)`, `framework()`, `offers()`, `wait_for()`.
+    `acknowledged`, `tasks()`, `task(id)`, `tasks_in(*states)`, `framework()` (with its lease term and
+    waiting standbys), `kv()`, `offers()`, `wait_for()`.
     Thread-safe: drivers call it from their threads while the test drives it from its own. The module
     docstring (`help(tessera.sdk.testing)`) has all of it.
     """
@@ -120,7 +123,14 @@ class FakeMaster(_Protocol):
                 fw = self._frameworks[framework_id]
             return FrameworkView(fw.framework_id, fw.info, fw.stream is not None, fw.stream_id,
                                  frozenset(fw.suppressed), dict(fw.refused), fw.removed,
-                                 tuple(fw.unacked.values()), fw.subscriptions)
+                                 tuple(fw.unacked.values()), fw.subscriptions, fw.lease_term,
+                                 sum(1 for w in self._standbys if w.stream.framework_id == fw.framework_id))
+
+    def kv(self, framework_id: str | None = None) -> dict[str, KvEntry]:
+        """A framework's key/value state (the only framework's when `framework_id` is None), by key."""
+        with self._cond:
+            fid = self.framework(framework_id).framework_id
+            return {k: KvEntry(k, value, version) for k, (version, value) in sorted(self._frameworks[fid].kv.items())}
 
     def frameworks(self) -> list[str]:
         with self._cond:

@@ -18,7 +18,8 @@ class _OfferBook(_FakeState):
     """Offers and the clock that ages decline filters (a layer of `FakeMaster`)."""
 
     def advance(self, seconds: float) -> None:
-        """Move the fake's clock forward (decline filters expire; expired agents are offered again)."""
+        """Move the fake's clock forward (decline filters expire; expired agents are offered again; a
+        standby takes over a framework disconnected for the takeover delay)."""
         with self._cond:
             self._now += seconds
             self._allocate_if_auto()

@@ -3,17 +3,37 @@
 Conflict, an unknown id NotFound, a malformed call InvalidRequest, a stale stream id Conflict; an accept
 applies whole or not at all; a request id seen before gets the first answer without applying again;
 calls to a master that does not lead are NotLeader with the leader's address, to one that is down
-Unavailable. tests/unit/sdk/test_master_contract.py holds these answers to the real master's."""
+Unavailable. The framework lease follows the master's table (`core.leases.OUTCOMES`: standbys wait,
+take over after `takeover_delay` fake seconds of disconnection, holders resume, deposed ones are refused
+with `Deposed`), and the key/value state the master's rules and limits (`core.limits`: VersionConflict,
+InvalidRequest naming the limit). tests/unit/sdk/test_master_contract.py holds these answers to the real
+master's."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
+from tessera.control_plane.core.framework_state import DEFAULT_PAGE, MAX_PAGE, MAX_PAGE_BYTES
 from tessera.control_plane.core.lifecycle import is_terminal
+from tessera.control_plane.core.limits import (
+    MAX_STATE_WRITES,
+    check_state_key,
+    check_state_totals,
+    check_state_value,
+    check_state_write_size,
+    utf8_length,
+)
 from tessera.control_plane.core.resources import EMPTY
-from tessera.sdk.errors import Conflict, InvalidRequest, NotFound, NotLeader, TesseraError, Unavailable
+from tessera.sdk.errors import (
+    Conflict,
+    Deposed,
+    InvalidRequest,
+    NotFound,
+    NotLeader,
+    TesseraError,
+    Unavailable,
+    VersionConflict,
+)
 from tessera.sdk.protocol import (
-    BATCHED_ACKNOWLEDGEMENTS,
+    NO_CLAIM,
     AcceptCall,
     AcknowledgeCall,
     AcknowledgeManyCall,
@@ -21,19 +41,34 @@ from tessera.sdk.protocol import (
     CallHeader,
     CallResult,
     DeclineCall,
+    GetValueCall,
     KillCall,
+    KvPage,
+    LeaseClaim,
+    ListValuesCall,
     MessageCall,
     ReconcileCall,
     ReviveCall,
-    SubscribedEvent,
+    StandbyEvent,
     SuppressCall,
     TeardownCall,
-    UpdateEvent,
+    WriteValuesCall,
 )
 from tessera.sdk.testing.faults import _FaultControls
-from tessera.sdk.testing.state import DEFAULT_REFUSE_SECONDS, _Framework, _Task
+from tessera.sdk.testing.leases import _Wait
+from tessera.sdk.testing.state import DEFAULT_REFUSE_SECONDS, _Framework, _Standby, _Task
 from tessera.sdk.testing.transport import FakeStream
-from tessera.sdk.types import FrameworkInfo, Launch, Offer, Reserve, TaskInfo, TaskState, TaskStatus
+from tessera.sdk.types import (
+    FrameworkInfo,
+    KvDelete,
+    KvEntry,
+    Launch,
+    Offer,
+    Reserve,
+    TaskInfo,
+    TaskState,
+    TaskStatus,
+)
 
 
 class _Protocol(_FaultControls):
@@ -47,7 +82,7 @@ class _Protocol(_FaultControls):
             return NotLeader(f"{address} is not the leader", self.leader)
         return None
 
-    def _subscribe(self, address: str, info: FrameworkInfo) -> FakeStream:
+    def _subscribe(self, address: str, info: FrameworkInfo, lease: LeaseClaim = NO_CLAIM) -> FakeStream:
         with self._cond:
             self.subscribe_requests.append((address, info))
             stream = FakeStream(self, address)
@@ -55,52 +90,32 @@ class _Protocol(_FaultControls):
                 error = self._check_address(address)
                 if error is not None:
                     raise error
-                fw = self._framework_to_subscribe(info)
+                if not info.name or not info.roles:
+                    raise InvalidRequest("info: a framework needs a name and at least one role")
+                granted = self._claim(info, lease.standby, lease.term)
             except TesseraError as exc:
                 stream.end(exc)
                 self._changed()
                 return stream
-            if fw.stream is not None:
-                old, fw.stream = fw.stream, None
-                old.end(None)  # a newer connection of the same framework takes over
-            self._retire_offers_of(fw.framework_id, "framework resubscribed")
-            fw.info = replace(info, framework_id=fw.framework_id)
-            fw.stream_id = self._new_id("stream")
-            fw.stream = stream
-            fw.subscriptions += 1
-            stream.framework_id = fw.framework_id
-            stream.push(SubscribedEvent(fw.framework_id, fw.stream_id, self.heartbeat_interval, address,
-                                        (BATCHED_ACKNOWLEDGEMENTS,) if self.batched_acknowledgements else ()))
-            for status in fw.unacked.values():
-                stream.push(UpdateEvent(status))
-            self._allocate_if_auto()
+            if isinstance(granted, _Wait):
+                stream.framework_id = granted.framework.framework_id
+                self._standbys.append(_Standby(stream, info, address, granted.framework.lease_term))
+                stream.push(StandbyEvent(granted.framework.framework_id, granted.framework.lease_term,
+                                         self.heartbeat_interval, address))
+            else:
+                self._activate(granted, info, stream, address)
             self._changed()
             return stream
-
-    def _framework_to_subscribe(self, info: FrameworkInfo) -> _Framework:
-        if not info.name or not info.roles:
-            raise InvalidRequest("info: a framework needs a name and at least one role")
-        if not info.framework_id:
-            fw = _Framework(self._new_id("framework"), info)
-            self._frameworks[fw.framework_id] = fw
-            return fw
-        fw_or_none = self._frameworks.get(info.framework_id)
-        if fw_or_none is None:
-            raise NotFound(f"framework {info.framework_id} is not known")
-        if fw_or_none.removed is not None:
-            raise Conflict(f"framework {info.framework_id} was removed ({fw_or_none.removed}); subscribe anew")
-        if info.principal != fw_or_none.info.principal:
-            raise Conflict(f"framework {info.framework_id} subscribed as principal {fw_or_none.info.principal!r}")
-        return fw_or_none
 
     def _stream_closed_by_client(self, stream: FakeStream) -> None:
         with self._cond:
             if stream.framework_id is None:
                 return
+            self._standbys = [w for w in self._standbys if w.stream is not stream]
             fw = self._frameworks.get(stream.framework_id)
             if fw is not None and fw.stream is stream:
                 fw.stream = None
-                self._retire_offers_of(fw.framework_id, "framework disconnected")
+                self._disconnected(fw)
             self._changed()
 
     # ---- the protocol: calls -------------------------------------------------------------------------------
@@ -134,7 +149,9 @@ class _Protocol(_FaultControls):
         if fw.removed is not None:
             raise Conflict(f"framework {fw.framework_id} was removed ({fw.removed})")
         if header.stream_id and header.stream_id != fw.stream_id:
-            raise Conflict(f"stream {header.stream_id} is not the current stream of framework {fw.framework_id}")
+            raise Deposed(f"stream {header.stream_id} is not the current stream of framework {fw.framework_id}: it "
+                          f"no longer holds the framework, whose lease is at term {fw.lease_term}",
+                          lease_term=fw.lease_term)
         return fw
 
     def _roles(self, fw: _Framework, roles: tuple[str, ...]) -> tuple[str, ...]:
@@ -196,6 +213,14 @@ class _Protocol(_FaultControls):
             if fw.stream is not None:
                 stream, fw.stream = fw.stream, None
                 stream.end(None)
+            self._promote_standbys()
+        elif isinstance(call, GetValueCall):
+            held = fw.kv.get(call.key)
+            return () if held is None else (KvEntry(call.key, held[1], held[0]),)
+        elif isinstance(call, ListValuesCall):
+            return self._list_values(fw, call)
+        elif isinstance(call, WriteValuesCall):
+            return self._write_values(fw, header, call)
         elif isinstance(call, MessageCall):
             agent = self._agents.get(call.agent_id)
             if agent is None:
@@ -295,3 +320,65 @@ class _Protocol(_FaultControls):
             else:
                 out.append(task.statuses[-1])
         return tuple(out)
+
+    # ---- the framework's key/value state (core.framework_state, core.limits) --------------------------------
+    def _list_values(self, fw: _Framework, call: ListValuesCall) -> KvPage:
+        if not 0 <= call.limit <= MAX_PAGE:
+            raise InvalidRequest(f"limit: 0 (= {DEFAULT_PAGE}) to {MAX_PAGE}, got {call.limit!r}")
+        limit = call.limit or DEFAULT_PAGE
+        keys = sorted(k for k in fw.kv if k.startswith(call.prefix) and k > call.start_after)
+        page: list[KvEntry] = []
+        size = 0
+        for key in keys:
+            if len(page) >= limit or (page and size >= MAX_PAGE_BYTES):
+                return KvPage(tuple(page), more=True)
+            version, value = fw.kv[key]
+            page.append(KvEntry(key, "" if call.keys_only else value, version))
+            size += utf8_length(key) + utf8_length(value)
+        return KvPage(tuple(page), more=False)
+
+    def _write_values(self, fw: _Framework, header: CallHeader, call: WriteValuesCall) -> tuple[int, ...]:
+        if not header.stream_id:
+            raise InvalidRequest("stream_id: a framework's state is written by the instance holding its lease; "
+                                 "give that instance's stream id")
+        if not call.writes:
+            raise InvalidRequest("writes: give at least one write")
+        if len(call.writes) > MAX_STATE_WRITES:
+            check_state_write_size(len(call.writes), 0)
+        keys = len(fw.kv)
+        size = sum(utf8_length(k) + utf8_length(v) for k, (_, v) in fw.kv.items())
+        length = 0
+        seen: set[str] = set()
+        for n, write in enumerate(call.writes):
+            key = check_state_key(write.key, f"writes[{n}].key")
+            if key in seen:
+                raise InvalidRequest(f"writes[{n}].key: {key!r} is written twice in one call")
+            seen.add(key)
+            held = fw.kv.get(key)
+            old_size = 0 if held is None else utf8_length(key) + utf8_length(held[1])
+            entry_size = utf8_length(key) + (0 if isinstance(write, KvDelete)
+                                             else check_state_value(write.value, f"writes[{n}].value"))
+            current = 0 if held is None else held[0]
+            if write.version is not None and write.version != current:
+                now = "absent" if current == 0 else f"at version {current}"
+                wanted = "absent" if write.version == 0 else f"version {write.version}"
+                raise VersionConflict(f"key {key!r} is {now}, not {wanted} as the write expected", key=key,
+                                      current_version=current)
+            length += entry_size
+            if isinstance(write, KvDelete):
+                keys, size = keys - (held is not None), size - old_size
+            else:
+                keys, size = keys + (held is None), size + entry_size - old_size
+        check_state_write_size(len(call.writes), length)
+        check_state_totals(fw.framework_id, keys, size)
+        versions: list[int] = []
+        for write in call.writes:
+            version = next(self._versions)
+            if isinstance(write, KvDelete):
+                fw.kv.pop(write.key, None)
+                versions.append(0)
+            else:
+                fw.kv[write.key] = (version, write.value)
+                versions.append(version)
+        return tuple(versions)
+

@@ -1,7 +1,8 @@
 """What a `FakeMaster` keeps, and the plumbing every part of it shares.
 
-`_FakeState` owns the fake's records (agents, frameworks, tasks keyed by (framework id, task id),
-outstanding and retired offers, answered request ids, pending faults), the observation lists a test reads
+`_FakeState` owns the fake's records (agents, frameworks with their lease and key/value state, waiting
+standby subscriptions, tasks keyed by (framework id, task id), outstanding and retired offers, answered
+request ids, pending faults), the observation lists a test reads
 (`calls`, `subscribe_requests`, `acknowledged`, `messages`), the manual clock and the one lock: every
 method of every layer above (offers, tasks, faults, protocol, views) runs under `_cond` and calls
 `_changed()` after a change, which is what `wait_for` waits on.
@@ -57,6 +58,20 @@ class _Framework:
     removed: str | None = None
     unacked: dict[str, TaskStatus] = field(default_factory=dict)  # uuid -> status, in order
     subscriptions: int = 0
+    lease_term: int = 0  # the term of the framework's lease (core.leases)
+    by_name: bool = False  # created by a standby without an id: found by (principal, name)
+    disconnected_at: float = 0.0  # fake time its active stream last ended
+    kv: dict[str, tuple[int, str]] = field(default_factory=dict)  # its key/value state: key -> (version, value)
+
+
+@dataclass
+class _Standby:
+    """A standby subscription waiting for a framework's lease."""
+
+    stream: FakeStream
+    info: FrameworkInfo
+    address: str
+    told_term: int
 
 
 @dataclass
@@ -71,7 +86,8 @@ class _FakeState:
 
     def __init__(self, addresses: Sequence[str] = ("fake-master:5050",), *, auto_offer: bool = True,
                  behaviour: Behaviour | None = None, auto_kill: bool = True, heartbeat_interval: float = 0.0,
-                 start_time: float = 1_000.0, batched_acknowledgements: bool = True) -> None:
+                 start_time: float = 1_000.0, batched_acknowledgements: bool = True,
+                 takeover_delay: float = 1.0) -> None:
         if not addresses:
             raise ValueError("a fake master needs at least one address")
         self.addresses: list[str] = list(addresses)
@@ -81,6 +97,7 @@ class _FakeState:
         self.auto_kill = auto_kill
         self.heartbeat_interval = heartbeat_interval
         self.batched_acknowledgements = batched_acknowledgements  # accepts AcknowledgeManyCall, says so
+        self.takeover_delay = takeover_delay  # fake seconds a framework is disconnected before a standby takes it
         self._now = start_time
         self._cond = threading.Condition(threading.RLock())
         self._ids = itertools.count(1)
@@ -92,6 +109,8 @@ class _FakeState:
         self._retired: dict[str, str] = {}  # offer id -> why it is gone
         self._requests: dict[str, CallResult] = {}
         self._faults: list[_Fault] = []
+        self._standbys: list[_Standby] = []  # waiting standby subscriptions, oldest first
+        self._versions = itertools.count(1)  # the fake's event numbers: framework-state versions
         self.calls: list[tuple[str, CallHeader, Call]] = []
         self.subscribe_requests: list[tuple[str, FrameworkInfo]] = []
         self.acknowledged: list[str] = []  # uuids, in order

@@ -8,7 +8,7 @@ import queue
 from typing import TYPE_CHECKING
 
 from tessera.sdk.errors import TesseraError
-from tessera.sdk.protocol import Call, CallHeader, CallResult, Event
+from tessera.sdk.protocol import NO_CLAIM, Call, CallHeader, CallResult, Event, LeaseClaim
 from tessera.sdk.transport import StreamEnded
 from tessera.sdk.types import FrameworkInfo
 
@@ -67,8 +67,8 @@ class FakeTransport:
     def __init__(self, master: FakeMaster) -> None:
         self.master = master
 
-    def subscribe(self, address: str, info: FrameworkInfo) -> FakeStream:
-        return self.master._subscribe(address, info)
+    def subscribe(self, address: str, info: FrameworkInfo, lease: LeaseClaim = NO_CLAIM) -> FakeStream:
+        return self.master._subscribe(address, info, lease)
 
     def call(self, address: str, header: CallHeader, call: Call, timeout: float) -> CallResult:
         return self.master._handle(address, header, call)

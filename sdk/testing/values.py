@@ -66,3 +66,5 @@ class FrameworkView:
     removed: str | None
     unacknowledged: tuple[TaskStatus, ...]
     subscriptions: int
+    lease_term: int = 0
+    standbys: int = 0  # standby subscriptions waiting for its lease

@@ -216,7 +216,7 @@ class SimMaster:
                 if outcome[0] == "ok" and outcome[1] is not None:
                     sub = next(e for _, e in outcome[1].events if isinstance(e, ev.FrameworkSubscribed))
                     self.sessions[sub.framework_id] = sub.stream_id
-                    outcome = (*outcome[:3], (sub.framework_id, sub.stream_id))
+                    outcome = (*outcome[:3], (sub.framework_id, sub.stream_id, sub.lease_term))
                     reply(outcome)
                     self.after_subscribe(sub.framework_id)
                 else:

@@ -102,7 +102,7 @@ def test_the_checker_reports_a_master_whose_apply_silently_drops_entries() -> No
 
 def test_the_checker_reports_a_forged_log_divergence() -> None:
     """A follower is sent a forged AppendEntries that rewrites an index it already holds committed."""
-    with Simulation(4, CI_STEPS) as sim:
+    with Simulation(5, CI_STEPS) as sim:  # a seed with a leader and committed entries after 40 steps
         for _ in range(40):
             sim.step()
         leader = next(m for m in sim.masters if m.node is not None and m.node.is_leader())
@@ -126,17 +126,17 @@ def test_the_checker_reports_a_forged_log_divergence() -> None:
 
 def test_unguarded_pysyncobj_applies_uncommitted_entries_during_a_snapshot_install() -> None:
     """The pysyncobj bug the simulation found: without the guard RaftReplicator installs, a deposed leader
-    receiving a snapshot applies its own uncommitted entries (seed 67 is one schedule where it happens)."""
+    receiving a snapshot applies its own uncommitted entries (seed 15 is one schedule where it happens)."""
     with pytest.raises(Violation) as caught:
-        run_seed(67, 120, guard_snapshots=False)
+        run_seed(15, 120, guard_snapshots=False)
     assert any("but it was committed as" in p for p in caught.value.problems)
     assert "--unguarded" in caught.value.report()
-    run_seed(67, 120)  # with the guard, the same seed holds
+    run_seed(15, 120)  # with the guard, the same seed holds
 
 
 def test_the_scenarios_exercise_the_whole_lifecycle() -> None:
     """The scenario is not idle: offers are made, accepted and declined, tasks run, end and are
-    acknowledged, leaders change, agents are lost and come back."""
+    acknowledged, leaders change, agents are lost and come back, frameworks write their key/value state."""
     seen: set[str] = set()
     for seed in range(4):
         with Simulation(seed, 150) as sim:
@@ -145,7 +145,8 @@ def test_the_scenarios_exercise_the_whole_lifecycle() -> None:
                 seen.update(record.type for record in m.trail.records.values())
     for event in ("AgentRegistered", "AgentReregistered", "AgentUnreachable", "FrameworkSubscribed",
                   "OfferIssued", "OfferAccepted", "OfferDeclined", "OfferRescinded", "TaskLaunched",
-                  "TaskStatusUpdated", "TaskStatusAcknowledged", "TaskKillRequested", "LeaderElected"):
+                  "TaskStatusUpdated", "TaskStatusAcknowledged", "TaskKillRequested", "LeaderElected",
+                  "FrameworkStatePut", "FrameworkStateDeleted"):
         assert event in seen, sorted(seen)
 
 

@@ -236,6 +236,9 @@ class FrameworkTwin(Twin):
         self.running: set[str] = set()
         self.tasks_launched = 0
         self.last_ping = 0.0
+        self.lease_term = 0  # the term of its last subscription (presented again half the time)
+        self.state_writes = 0
+        self.versions: dict[str, int] = {}  # its key/value state as far as its committed writes tell
 
     def period(self) -> None:
         sim = self.sim
@@ -244,8 +247,10 @@ class FrameworkTwin(Twin):
         if self.subscribed_with != self.master:
             info = FrameworkInfo(framework_id=self.framework_id, name=self.name, roles=(self.role,),
                                  failover_timeout_seconds=30.0, partition_aware=self.partition_aware)
+            # half the time as the holder coming back (its lease term), half as a new instance taking over
+            term = self.lease_term if sim.rng.random() < 0.5 else 0
             self.send(Request(self.name, self.next_id("subscribe"), "subscribe",
-                              (cmd.SubscribeFramework(info=info),)))
+                              (cmd.SubscribeFramework(info=info, lease_term=term),)))
         elif self.outbox:
             self.send(self.outbox[0])
         elif sim.clock.now - self.last_ping >= 1.0:
@@ -262,8 +267,13 @@ class FrameworkTwin(Twin):
     def handle(self, request: Request, outcome: tuple[Any, ...]) -> None:
         ok = outcome[0] == "ok"
         if request.kind == "subscribe":
+            if not ok and outcome[1] == "Deposed":
+                self.lease_term = 0  # its term is over: take the framework over as a new instance
             if ok:
-                self.framework_id, self.stream_id = outcome[3]
+                framework_id, self.stream_id, self.lease_term = outcome[3]
+                if framework_id != self.framework_id:
+                    self.versions.clear()  # a new framework (the old one was removed): a new state
+                self.framework_id = framework_id
                 self.subscribed_with = self.master
                 self.offers.clear()
                 self.outbox = deque(r for r in self.outbox if self._restamp(r))
@@ -275,6 +285,9 @@ class FrameworkTwin(Twin):
                 self.outbox.popleft()
             if not ok and "stream" in outcome[2]:
                 self.subscribed_with = ""
+            (command,) = request.commands
+            if isinstance(command, cmd.WriteFrameworkState):
+                self._written(command, outcome)
 
     def _restamp(self, request: Request) -> bool:
         """After a failover the pending calls carry the new stream id (as the SDK does); offers died."""
@@ -326,6 +339,33 @@ class FrameworkTwin(Twin):
         else:
             self.call(cmd.Decline(framework_id=fid, offer_ids=(offer.offer_id,), refuse_seconds=1.0, stream_id=sid))
         self.offers.pop(offer.offer_id, None)
+
+    def write_state(self) -> None:
+        """A write to the framework's key/value state: a new key (put-if-absent), or an update or delete of
+        one it wrote, compare-and-set on the version its committed writes told it."""
+        if not self.subscribed_with:
+            return
+        draw = self.sim.rng.random()
+        known = sorted(self.versions)
+        if draw < 0.5 or not known:
+            self.state_writes += 1
+            write = cmd.StateWrite(f"k{self.state_writes}", "v" * (1 + int(draw * 400)), expected_version=0)
+        else:
+            key = known[int(draw * 1000) % len(known)]
+            if draw < 0.8:
+                write = cmd.StateWrite(key, f"updated at {self.sim.clock.now:.3f}", expected_version=self.versions[key])
+            else:
+                write = cmd.StateWrite(key, delete=True, expected_version=self.versions[key])
+        self.call(cmd.WriteFrameworkState(framework_id=self.framework_id, writes=(write,), stream_id=self.stream_id))
+
+    def _written(self, command: cmd.WriteFrameworkState, outcome: tuple[Any, ...]) -> None:
+        (write,) = command.writes
+        if outcome[0] != "ok" or outcome[1] is None:
+            self.versions.pop(write.key, None)  # refused (another stream, a stale term): what it holds is unknown
+        elif write.delete:
+            self.versions.pop(write.key, None)
+        else:
+            self.versions[write.key] = outcome[1].first_seq  # a put's version is the seq of its event
 
     def kill_one(self) -> None:
         if self.running and self.subscribed_with:

@@ -350,7 +350,10 @@ class Simulation:
     def client_action(self) -> None:
         frameworks = [t for t in self.twins.values() if isinstance(t, FrameworkTwin)]
         fw = self.rng.choice(frameworks)
-        fw.kill_one()
+        if self.rng.random() < 0.5:
+            fw.kill_one()
+        else:
+            fw.write_state()
 
     def step(self) -> None:
         self.step_no += 1

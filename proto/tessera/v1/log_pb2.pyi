@@ -82,6 +82,8 @@ class Event(_message.Message):
     FRAMEWORK_REMOVED_FIELD_NUMBER: _builtins.int
     FRAMEWORK_SUPPRESSED_FIELD_NUMBER: _builtins.int
     FRAMEWORK_REVIVED_FIELD_NUMBER: _builtins.int
+    FRAMEWORK_STATE_PUT_FIELD_NUMBER: _builtins.int
+    FRAMEWORK_STATE_DELETED_FIELD_NUMBER: _builtins.int
     OFFER_ISSUED_FIELD_NUMBER: _builtins.int
     OFFER_DECLINED_FIELD_NUMBER: _builtins.int
     OFFER_RESCINDED_FIELD_NUMBER: _builtins.int
@@ -124,6 +126,10 @@ class Event(_message.Message):
     def framework_suppressed(self) -> Global___FrameworkSuppressed: ...
     @_builtins.property
     def framework_revived(self) -> Global___FrameworkRevived: ...
+    @_builtins.property
+    def framework_state_put(self) -> Global___FrameworkStatePut: ...
+    @_builtins.property
+    def framework_state_deleted(self) -> Global___FrameworkStateDeleted: ...
     @_builtins.property
     def offer_issued(self) -> Global___OfferIssued: ...
     @_builtins.property
@@ -168,6 +174,8 @@ class Event(_message.Message):
         framework_removed: Global___FrameworkRemoved | None = ...,
         framework_suppressed: Global___FrameworkSuppressed | None = ...,
         framework_revived: Global___FrameworkRevived | None = ...,
+        framework_state_put: Global___FrameworkStatePut | None = ...,
+        framework_state_deleted: Global___FrameworkStateDeleted | None = ...,
         offer_issued: Global___OfferIssued | None = ...,
         offer_declined: Global___OfferDeclined | None = ...,
         offer_rescinded: Global___OfferRescinded | None = ...,
@@ -182,11 +190,11 @@ class Event(_message.Message):
         resources_unreserved: Global___ResourcesUnreserved | None = ...,
         rejected: Global___Rejected | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_drain_started", b"agent_drain_started", "agent_registered", b"agent_registered", "agent_removed", b"agent_removed", "agent_reregistered", b"agent_reregistered", "agent_undrained", b"agent_undrained", "agent_unreachable", b"agent_unreachable", "framework_disconnected", b"framework_disconnected", "framework_removed", b"framework_removed", "framework_revived", b"framework_revived", "framework_subscribed", b"framework_subscribed", "framework_suppressed", b"framework_suppressed", "kind", b"kind", "leader_elected", b"leader_elected", "master_added", b"master_added", "master_removed", b"master_removed", "offer_accepted", b"offer_accepted", "offer_declined", b"offer_declined", "offer_issued", b"offer_issued", "offer_rescinded", b"offer_rescinded", "quota_set", b"quota_set", "rejected", b"rejected", "resources_reserved", b"resources_reserved", "resources_unreserved", b"resources_unreserved", "role_weight_set", b"role_weight_set", "task_kill_requested", b"task_kill_requested", "task_launched", b"task_launched", "task_status_acknowledged", b"task_status_acknowledged", "task_status_updated", b"task_status_updated"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_drain_started", b"agent_drain_started", "agent_registered", b"agent_registered", "agent_removed", b"agent_removed", "agent_reregistered", b"agent_reregistered", "agent_undrained", b"agent_undrained", "agent_unreachable", b"agent_unreachable", "framework_disconnected", b"framework_disconnected", "framework_removed", b"framework_removed", "framework_revived", b"framework_revived", "framework_state_deleted", b"framework_state_deleted", "framework_state_put", b"framework_state_put", "framework_subscribed", b"framework_subscribed", "framework_suppressed", b"framework_suppressed", "kind", b"kind", "leader_elected", b"leader_elected", "master_added", b"master_added", "master_removed", b"master_removed", "offer_accepted", b"offer_accepted", "offer_declined", b"offer_declined", "offer_issued", b"offer_issued", "offer_rescinded", b"offer_rescinded", "quota_set", b"quota_set", "rejected", b"rejected", "resources_reserved", b"resources_reserved", "resources_unreserved", b"resources_unreserved", "role_weight_set", b"role_weight_set", "task_kill_requested", b"task_kill_requested", "task_launched", b"task_launched", "task_status_acknowledged", b"task_status_acknowledged", "task_status_updated", b"task_status_updated"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_drain_started", b"agent_drain_started", "agent_registered", b"agent_registered", "agent_removed", b"agent_removed", "agent_reregistered", b"agent_reregistered", "agent_undrained", b"agent_undrained", "agent_unreachable", b"agent_unreachable", "framework_disconnected", b"framework_disconnected", "framework_removed", b"framework_removed", "framework_revived", b"framework_revived", "framework_subscribed", b"framework_subscribed", "framework_suppressed", b"framework_suppressed", "ignorable_if_unknown", b"ignorable_if_unknown", "kind", b"kind", "leader_elected", b"leader_elected", "master_added", b"master_added", "master_removed", b"master_removed", "offer_accepted", b"offer_accepted", "offer_declined", b"offer_declined", "offer_issued", b"offer_issued", "offer_rescinded", b"offer_rescinded", "quota_set", b"quota_set", "rejected", b"rejected", "resources_reserved", b"resources_reserved", "resources_unreserved", b"resources_unreserved", "role_weight_set", b"role_weight_set", "task_kill_requested", b"task_kill_requested", "task_launched", b"task_launched", "task_status_acknowledged", b"task_status_acknowledged", "task_status_updated", b"task_status_updated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_drain_started", b"agent_drain_started", "agent_registered", b"agent_registered", "agent_removed", b"agent_removed", "agent_reregistered", b"agent_reregistered", "agent_undrained", b"agent_undrained", "agent_unreachable", b"agent_unreachable", "framework_disconnected", b"framework_disconnected", "framework_removed", b"framework_removed", "framework_revived", b"framework_revived", "framework_state_deleted", b"framework_state_deleted", "framework_state_put", b"framework_state_put", "framework_subscribed", b"framework_subscribed", "framework_suppressed", b"framework_suppressed", "ignorable_if_unknown", b"ignorable_if_unknown", "kind", b"kind", "leader_elected", b"leader_elected", "master_added", b"master_added", "master_removed", b"master_removed", "offer_accepted", b"offer_accepted", "offer_declined", b"offer_declined", "offer_issued", b"offer_issued", "offer_rescinded", b"offer_rescinded", "quota_set", b"quota_set", "rejected", b"rejected", "resources_reserved", b"resources_reserved", "resources_unreserved", b"resources_unreserved", "role_weight_set", b"role_weight_set", "task_kill_requested", b"task_kill_requested", "task_launched", b"task_launched", "task_status_acknowledged", b"task_status_acknowledged", "task_status_updated", b"task_status_updated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["leader_elected", "master_added", "master_removed", "agent_registered", "agent_reregistered", "agent_unreachable", "agent_removed", "agent_drain_started", "agent_undrained", "framework_subscribed", "framework_disconnected", "framework_removed", "framework_suppressed", "framework_revived", "offer_issued", "offer_declined", "offer_rescinded", "offer_accepted", "task_launched", "task_kill_requested", "task_status_updated", "task_status_acknowledged", "role_weight_set", "quota_set", "resources_reserved", "resources_unreserved", "rejected"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["leader_elected", "master_added", "master_removed", "agent_registered", "agent_reregistered", "agent_unreachable", "agent_removed", "agent_drain_started", "agent_undrained", "framework_subscribed", "framework_disconnected", "framework_removed", "framework_suppressed", "framework_revived", "framework_state_put", "framework_state_deleted", "offer_issued", "offer_declined", "offer_rescinded", "offer_accepted", "task_launched", "task_kill_requested", "task_status_updated", "task_status_acknowledged", "role_weight_set", "quota_set", "resources_reserved", "resources_unreserved", "rejected"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -430,9 +438,23 @@ class FrameworkSubscribed(_message.Message):
     INFO_FIELD_NUMBER: _builtins.int
     STREAM_ID_FIELD_NUMBER: _builtins.int
     RESUBSCRIBED_FIELD_NUMBER: _builtins.int
+    LEASE_TERM_FIELD_NUMBER: _builtins.int
+    LEASE_MOVED_FIELD_NUMBER: _builtins.int
+    BY_NAME_FIELD_NUMBER: _builtins.int
     framework_id: _builtins.str
     stream_id: _builtins.str
     resubscribed: _builtins.bool
+    lease_term: _builtins.int
+    """The framework's lease (docs/protocol.md): the term the subscribing instance holds it at (a new
+    framework starts at 1). `lease_moved`: the lease moved to this instance, one term more than before;
+    otherwise its holder reconnected, at the same term. 0 in entries written before leases: the lease
+    is left as it was.
+    """
+    lease_moved: _builtins.bool
+    by_name: _builtins.bool
+    """A new framework created by a standby subscription without a framework id: while it is not removed,
+    its (principal, name) names it, for the other instances to find, and no second one can be created.
+    """
     @_builtins.property
     def info(self) -> _common_pb2.FrameworkInfo: ...
     def __init__(
@@ -442,10 +464,13 @@ class FrameworkSubscribed(_message.Message):
         info: _common_pb2.FrameworkInfo | None = ...,
         stream_id: _builtins.str = ...,
         resubscribed: _builtins.bool = ...,
+        lease_term: _builtins.int = ...,
+        lease_moved: _builtins.bool = ...,
+        by_name: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["framework_id", b"framework_id", "info", b"info", "resubscribed", b"resubscribed", "stream_id", b"stream_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_name", b"by_name", "framework_id", b"framework_id", "info", b"info", "lease_moved", b"lease_moved", "lease_term", b"lease_term", "resubscribed", b"resubscribed", "stream_id", b"stream_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -545,6 +570,71 @@ class FrameworkRevived(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FrameworkRevived: _TypeAlias = FrameworkRevived  # noqa: Y015
+
+@_typing.final
+class FrameworkStatePut(_message.Message):
+    """The framework's key/value state (docs/protocol.md): a key's version is the index of the event that
+    last put it. `expected_version`: -1 any, 0 the key must be absent, N the key's current version; apply
+    checks it again, and the writer's lease term, so a write decided before a competing one committed (or
+    before another instance took the lease) is refused.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FRAMEWORK_ID_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    LEASE_TERM_FIELD_NUMBER: _builtins.int
+    framework_id: _builtins.str
+    key: _builtins.str
+    value: _builtins.str
+    expected_version: _builtins.int
+    lease_term: _builtins.int
+    def __init__(
+        self,
+        *,
+        framework_id: _builtins.str = ...,
+        key: _builtins.str = ...,
+        value: _builtins.str = ...,
+        expected_version: _builtins.int = ...,
+        lease_term: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_version", b"expected_version", "framework_id", b"framework_id", "key", b"key", "lease_term", b"lease_term", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FrameworkStatePut: _TypeAlias = FrameworkStatePut  # noqa: Y015
+
+@_typing.final
+class FrameworkStateDeleted(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FRAMEWORK_ID_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    LEASE_TERM_FIELD_NUMBER: _builtins.int
+    framework_id: _builtins.str
+    key: _builtins.str
+    expected_version: _builtins.int
+    lease_term: _builtins.int
+    def __init__(
+        self,
+        *,
+        framework_id: _builtins.str = ...,
+        key: _builtins.str = ...,
+        expected_version: _builtins.int = ...,
+        lease_term: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_version", b"expected_version", "framework_id", b"framework_id", "key", b"key", "lease_term", b"lease_term"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FrameworkStateDeleted: _TypeAlias = FrameworkStateDeleted  # noqa: Y015
 
 @_typing.final
 class OfferIssued(_message.Message):

@@ -104,9 +104,18 @@ class FrameworkView(_message.Message):
     OFFERED_FIELD_NUMBER: _builtins.int
     FAILOVER_DEADLINE_FIELD_NUMBER: _builtins.int
     SUPPRESSED_ROLES_FIELD_NUMBER: _builtins.int
+    LEASE_TERM_FIELD_NUMBER: _builtins.int
+    STATE_KEYS_FIELD_NUMBER: _builtins.int
+    STATE_BYTES_FIELD_NUMBER: _builtins.int
     framework_id: _builtins.str
     state: _common_pb2.FrameworkState.ValueType
     failover_deadline: _builtins.float
+    lease_term: _builtins.int
+    """the term of the framework's lease (docs/protocol.md)"""
+    state_keys: _builtins.int
+    """keys in its key/value state"""
+    state_bytes: _builtins.int
+    """bytes of those keys and values"""
     @_builtins.property
     def info(self) -> _common_pb2.FrameworkInfo: ...
     @_builtins.property
@@ -125,10 +134,13 @@ class FrameworkView(_message.Message):
         offered: _abc.Iterable[_common_pb2.Resource] | None = ...,
         failover_deadline: _builtins.float = ...,
         suppressed_roles: _abc.Iterable[_builtins.str] | None = ...,
+        lease_term: _builtins.int = ...,
+        state_keys: _builtins.int = ...,
+        state_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failover_deadline", b"failover_deadline", "framework_id", b"framework_id", "info", b"info", "offered", b"offered", "state", b"state", "suppressed_roles", b"suppressed_roles", "used", b"used"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failover_deadline", b"failover_deadline", "framework_id", b"framework_id", "info", b"info", "lease_term", b"lease_term", "offered", b"offered", "state", b"state", "state_bytes", b"state_bytes", "state_keys", b"state_keys", "suppressed_roles", b"suppressed_roles", "used", b"used"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1357,3 +1369,105 @@ class GetTraceResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetTraceResponse: _TypeAlias = GetTraceResponse  # noqa: Y015
+
+@_typing.final
+class GetFrameworkStateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FRAMEWORK_ID_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    START_AFTER_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    CONSISTENT_FIELD_NUMBER: _builtins.int
+    framework_id: _builtins.str
+    prefix: _builtins.str
+    start_after: _builtins.str
+    """the last key of the previous page"""
+    limit: _builtins.int
+    """0 = 100; at most 1000 (and about 1 MiB of values per page)"""
+    consistent: _builtins.bool
+    """as GetStateRequest.consistent"""
+    def __init__(
+        self,
+        *,
+        framework_id: _builtins.str = ...,
+        prefix: _builtins.str = ...,
+        start_after: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        consistent: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistent", b"consistent", "framework_id", b"framework_id", "limit", b"limit", "prefix", b"prefix", "start_after", b"start_after"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetFrameworkStateRequest: _TypeAlias = GetFrameworkStateRequest  # noqa: Y015
+
+@_typing.final
+class FrameworkStateEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    value: _builtins.str
+    """"<redacted>" for a reader who may not see it"""
+    version: _builtins.int
+    """the index of the event that put it"""
+    size: _builtins.int
+    """bytes of the value"""
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        value: _builtins.str = ...,
+        version: _builtins.int = ...,
+        size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "size", b"size", "value", b"value", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FrameworkStateEntry: _TypeAlias = FrameworkStateEntry  # noqa: Y015
+
+@_typing.final
+class GetFrameworkStateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    LEASE_TERM_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    more: _builtins.bool
+    index: _builtins.int
+    """last event index applied to this view"""
+    lease_term: _builtins.int
+    keys: _builtins.int
+    """the whole state: keys and bytes (keys and values), against its limits"""
+    bytes: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___FrameworkStateEntry]: ...
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___FrameworkStateEntry] | None = ...,
+        more: _builtins.bool = ...,
+        index: _builtins.int = ...,
+        lease_term: _builtins.int = ...,
+        keys: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "entries", b"entries", "index", b"index", "keys", b"keys", "lease_term", b"lease_term", "more", b"more"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetFrameworkStateResponse: _TypeAlias = GetFrameworkStateResponse  # noqa: Y015

@@ -119,6 +119,11 @@ class OperatorStub:
                 request_serializer=tessera_dot_v1_dot_operator__pb2.GetTraceRequest.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_operator__pb2.GetTraceResponse.FromString,
                 _registered_method=True)
+        self.GetFrameworkState = channel.unary_unary(
+                '/tessera.v1.Operator/GetFrameworkState',
+                request_serializer=tessera_dot_v1_dot_operator__pb2.GetFrameworkStateRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_operator__pb2.GetFrameworkStateResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServicer:
@@ -234,6 +239,14 @@ class OperatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetFrameworkState(self, request, context):
+        """A framework's key/value state (docs/protocol.md), in key order, one page at a time. Values of
+        another principal's framework read "<redacted>" unless the caller may `read_all`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -321,6 +334,11 @@ def add_OperatorServicer_to_server(servicer, server):
                     servicer.GetTrace,
                     request_deserializer=tessera_dot_v1_dot_operator__pb2.GetTraceRequest.FromString,
                     response_serializer=tessera_dot_v1_dot_operator__pb2.GetTraceResponse.SerializeToString,
+            ),
+            'GetFrameworkState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFrameworkState,
+                    request_deserializer=tessera_dot_v1_dot_operator__pb2.GetFrameworkStateRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_operator__pb2.GetFrameworkStateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -782,6 +800,33 @@ class Operator:
             '/tessera.v1.Operator/GetTrace',
             tessera_dot_v1_dot_operator__pb2.GetTraceRequest.SerializeToString,
             tessera_dot_v1_dot_operator__pb2.GetTraceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFrameworkState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Operator/GetFrameworkState',
+            tessera_dot_v1_dot_operator__pb2.GetFrameworkStateRequest.SerializeToString,
+            tessera_dot_v1_dot_operator__pb2.GetFrameworkStateResponse.FromString,
             options,
             channel_credentials,
             insecure,

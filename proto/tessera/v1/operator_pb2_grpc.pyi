@@ -61,6 +61,10 @@ class OperatorStub:
     """Tracing: agents send their finished spans to the leader, which stores them next to its event log."""
     GetTrace: _grpc.UnaryUnaryMultiCallable[_operator_pb2.GetTraceRequest, _operator_pb2.GetTraceResponse]
     """A task's traces: the stored spans and the events of every trace that names the task (NOT_FOUND when none)."""
+    GetFrameworkState: _grpc.UnaryUnaryMultiCallable[_operator_pb2.GetFrameworkStateRequest, _operator_pb2.GetFrameworkStateResponse]
+    """A framework's key/value state (docs/protocol.md), in key order, one page at a time. Values of
+    another principal's framework read "<redacted>" unless the caller may `read_all`.
+    """
 
 @_typing.type_check_only
 class OperatorAsyncStub(OperatorStub):
@@ -92,6 +96,10 @@ class OperatorAsyncStub(OperatorStub):
     """Tracing: agents send their finished spans to the leader, which stores them next to its event log."""
     GetTrace: _aio.UnaryUnaryMultiCallable[_operator_pb2.GetTraceRequest, _operator_pb2.GetTraceResponse]  # type: ignore[assignment]
     """A task's traces: the stored spans and the events of every trace that names the task (NOT_FOUND when none)."""
+    GetFrameworkState: _aio.UnaryUnaryMultiCallable[_operator_pb2.GetFrameworkStateRequest, _operator_pb2.GetFrameworkStateResponse]  # type: ignore[assignment]
+    """A framework's key/value state (docs/protocol.md), in key order, one page at a time. Values of
+    another principal's framework read "<redacted>" unless the caller may `read_all`.
+    """
 
 class OperatorServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -222,5 +230,15 @@ class OperatorServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_operator_pb2.GetTraceResponse, _abc.Awaitable[_operator_pb2.GetTraceResponse]]:
         """A task's traces: the stored spans and the events of every trace that names the task (NOT_FOUND when none)."""
+
+    @_abc_1.abstractmethod
+    def GetFrameworkState(
+        self,
+        request: _operator_pb2.GetFrameworkStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.GetFrameworkStateResponse, _abc.Awaitable[_operator_pb2.GetFrameworkStateResponse]]:
+        """A framework's key/value state (docs/protocol.md), in key order, one page at a time. Values of
+        another principal's framework read "<redacted>" unless the caller may `read_all`.
+        """
 
 def add_OperatorServicer_to_server(servicer: OperatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -54,6 +54,17 @@ class SubscribeRequest(_message.Message):
 
     INFO_FIELD_NUMBER: _builtins.int
     CAPABILITIES_FIELD_NUMBER: _builtins.int
+    STANDBY_FIELD_NUMBER: _builtins.int
+    LEASE_TERM_FIELD_NUMBER: _builtins.int
+    standby: _builtins.bool
+    """The framework lease (docs/protocol.md). `standby`: while another instance of this framework is
+    active, wait as a standby (the stream sends `Standby` and heartbeats) instead of taking over; with
+    no framework id, the framework is the one of this principal with this name that a standby created.
+    """
+    lease_term: _builtins.int
+    """The lease term this instance held, when it reconnects: it gets the framework back only while no
+    other instance took the lease since (else FAILED_PRECONDITION, or, with `standby`, it waits).
+    """
     @_builtins.property
     def info(self) -> _common_pb2.FrameworkInfo:
         """info.framework_id set when failing over"""
@@ -69,10 +80,12 @@ class SubscribeRequest(_message.Message):
         *,
         info: _common_pb2.FrameworkInfo | None = ...,
         capabilities: _abc.Iterable[_builtins.str] | None = ...,
+        standby: _builtins.bool = ...,
+        lease_term: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "info", b"info"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "info", b"info", "lease_term", b"lease_term", "standby", b"standby"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -90,6 +103,7 @@ class SchedulerEvent(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     UPDATES_FIELD_NUMBER: _builtins.int
+    STANDBY_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def subscribed(self) -> Global___Subscribed: ...
     @_builtins.property
@@ -108,6 +122,10 @@ class SchedulerEvent(_message.Message):
     def updates(self) -> Global___Updates:
         """only to frameworks that subscribed with the BATCHED_UPDATES capability"""
 
+    @_builtins.property
+    def standby(self) -> Global___Standby:
+        """only to standby subscriptions, first and whenever the lease term changes"""
+
     def __init__(
         self,
         *,
@@ -119,12 +137,13 @@ class SchedulerEvent(_message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         error: Global___Error | None = ...,
         updates: Global___Updates | None = ...,
+        standby: Global___Standby | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "heartbeat", b"heartbeat", "kind", b"kind", "message", b"message", "offers", b"offers", "rescind", b"rescind", "subscribed", b"subscribed", "update", b"update", "updates", b"updates"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "heartbeat", b"heartbeat", "kind", b"kind", "message", b"message", "offers", b"offers", "rescind", b"rescind", "standby", b"standby", "subscribed", b"subscribed", "update", b"update", "updates", b"updates"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "heartbeat", b"heartbeat", "kind", b"kind", "message", b"message", "offers", b"offers", "rescind", b"rescind", "subscribed", b"subscribed", "update", b"update", "updates", b"updates"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "heartbeat", b"heartbeat", "kind", b"kind", "message", b"message", "offers", b"offers", "rescind", b"rescind", "standby", b"standby", "subscribed", b"subscribed", "update", b"update", "updates", b"updates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["subscribed", "offers", "rescind", "update", "message", "heartbeat", "error", "updates"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["subscribed", "offers", "rescind", "update", "message", "heartbeat", "error", "updates", "standby"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -139,10 +158,13 @@ class Subscribed(_message.Message):
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
     MASTER_FIELD_NUMBER: _builtins.int
     CAPABILITIES_FIELD_NUMBER: _builtins.int
+    LEASE_TERM_FIELD_NUMBER: _builtins.int
     framework_id: _builtins.str
     stream_id: _builtins.str
     heartbeat_interval_seconds: _builtins.float
     master: _builtins.str
+    lease_term: _builtins.int
+    """the term this instance holds the framework's lease at"""
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """What this master accepts beyond the first protocol: "BATCHED_ACKNOWLEDGEMENTS" means one
@@ -157,14 +179,47 @@ class Subscribed(_message.Message):
         heartbeat_interval_seconds: _builtins.float = ...,
         master: _builtins.str = ...,
         capabilities: _abc.Iterable[_builtins.str] | None = ...,
+        lease_term: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "framework_id", b"framework_id", "heartbeat_interval_seconds", b"heartbeat_interval_seconds", "master", b"master", "stream_id", b"stream_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "framework_id", b"framework_id", "heartbeat_interval_seconds", b"heartbeat_interval_seconds", "lease_term", b"lease_term", "master", b"master", "stream_id", b"stream_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Subscribed: _TypeAlias = Subscribed  # noqa: Y015
+
+@_typing.final
+class Standby(_message.Message):
+    """A standby subscription waits: another instance holds the framework's lease at `lease_term` (or held
+    it and may still come back within the takeover delay). `Subscribed` follows when this one takes over.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FRAMEWORK_ID_FIELD_NUMBER: _builtins.int
+    LEASE_TERM_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    MASTER_FIELD_NUMBER: _builtins.int
+    framework_id: _builtins.str
+    lease_term: _builtins.int
+    heartbeat_interval_seconds: _builtins.float
+    master: _builtins.str
+    def __init__(
+        self,
+        *,
+        framework_id: _builtins.str = ...,
+        lease_term: _builtins.int = ...,
+        heartbeat_interval_seconds: _builtins.float = ...,
+        master: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["framework_id", b"framework_id", "heartbeat_interval_seconds", b"heartbeat_interval_seconds", "lease_term", b"lease_term", "master", b"master"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Standby: _TypeAlias = Standby  # noqa: Y015
 
 @_typing.final
 class Offers(_message.Message):
@@ -289,15 +344,19 @@ class Error(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGE_FIELD_NUMBER: _builtins.int
+    LEASE_TERM_FIELD_NUMBER: _builtins.int
     message: _builtins.str
+    lease_term: _builtins.int
+    """Non-zero: this instance was deposed: another instance took the framework's lease, now at this term."""
     def __init__(
         self,
         *,
         message: _builtins.str = ...,
+        lease_term: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_term", b"lease_term", "message", b"message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -768,3 +827,216 @@ class MessageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MessageResponse: _TypeAlias = MessageResponse  # noqa: Y015
+
+@_typing.final
+class ValueWrite(_message.Message):
+    """One write of a WriteValues call: put `value` at `key`, or delete `key`, if the key's version is
+    `expected_version` (-1: whatever it is; 0: the key must be absent; N: its current version).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    DELETE_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    value: _builtins.str
+    delete: _builtins.bool
+    expected_version: _builtins.int
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        value: _builtins.str = ...,
+        delete: _builtins.bool = ...,
+        expected_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "expected_version", b"expected_version", "key", b"key", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValueWrite: _TypeAlias = ValueWrite  # noqa: Y015
+
+@_typing.final
+class StateValue(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    value: _builtins.str
+    version: _builtins.int
+    """the index of the event that put it"""
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        value: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateValue: _TypeAlias = StateValue  # noqa: Y015
+
+@_typing.final
+class GetValueRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    @_builtins.property
+    def header(self) -> Global___CallHeader: ...
+    def __init__(
+        self,
+        *,
+        header: Global___CallHeader | None = ...,
+        key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetValueRequest: _TypeAlias = GetValueRequest  # noqa: Y015
+
+@_typing.final
+class GetValueResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FOUND_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    found: _builtins.bool
+    @_builtins.property
+    def value(self) -> Global___StateValue: ...
+    def __init__(
+        self,
+        *,
+        found: _builtins.bool = ...,
+        value: Global___StateValue | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["found", b"found", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetValueResponse: _TypeAlias = GetValueResponse  # noqa: Y015
+
+@_typing.final
+class ListValuesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    START_AFTER_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    KEYS_ONLY_FIELD_NUMBER: _builtins.int
+    prefix: _builtins.str
+    start_after: _builtins.str
+    """the last key of the previous page"""
+    limit: _builtins.int
+    """0 = 100; at most 1000 (and about 1 MiB of values per page)"""
+    keys_only: _builtins.bool
+    """values left empty"""
+    @_builtins.property
+    def header(self) -> Global___CallHeader: ...
+    def __init__(
+        self,
+        *,
+        header: Global___CallHeader | None = ...,
+        prefix: _builtins.str = ...,
+        start_after: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        keys_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "keys_only", b"keys_only", "limit", b"limit", "prefix", b"prefix", "start_after", b"start_after"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListValuesRequest: _TypeAlias = ListValuesRequest  # noqa: Y015
+
+@_typing.final
+class ListValuesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUES_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    more: _builtins.bool
+    """more keys with the prefix follow the last one"""
+    @_builtins.property
+    def values(self) -> _containers.RepeatedCompositeFieldContainer[Global___StateValue]:
+        """in key order"""
+
+    def __init__(
+        self,
+        *,
+        values: _abc.Iterable[Global___StateValue] | None = ...,
+        more: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["more", b"more", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListValuesResponse: _TypeAlias = ListValuesResponse  # noqa: Y015
+
+@_typing.final
+class WriteValuesRequest(_message.Message):
+    """All writes apply together, in one log entry, or none does; each names another key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    WRITES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> Global___CallHeader: ...
+    @_builtins.property
+    def writes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ValueWrite]: ...
+    def __init__(
+        self,
+        *,
+        header: Global___CallHeader | None = ...,
+        writes: _abc.Iterable[Global___ValueWrite] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "writes", b"writes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteValuesRequest: _TypeAlias = WriteValuesRequest  # noqa: Y015
+
+@_typing.final
+class WriteValuesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """per write: the key's new version (0 for a delete)"""
+
+    def __init__(
+        self,
+        *,
+        versions: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteValuesResponse: _TypeAlias = WriteValuesResponse  # noqa: Y015

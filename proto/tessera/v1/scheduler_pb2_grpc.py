@@ -84,6 +84,21 @@ class SchedulerStub:
                 request_serializer=tessera_dot_v1_dot_scheduler__pb2.MessageRequest.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_scheduler__pb2.MessageResponse.FromString,
                 _registered_method=True)
+        self.GetValue = channel.unary_unary(
+                '/tessera.v1.Scheduler/GetValue',
+                request_serializer=tessera_dot_v1_dot_scheduler__pb2.GetValueRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_scheduler__pb2.GetValueResponse.FromString,
+                _registered_method=True)
+        self.ListValues = channel.unary_unary(
+                '/tessera.v1.Scheduler/ListValues',
+                request_serializer=tessera_dot_v1_dot_scheduler__pb2.ListValuesRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_scheduler__pb2.ListValuesResponse.FromString,
+                _registered_method=True)
+        self.WriteValues = channel.unary_unary(
+                '/tessera.v1.Scheduler/WriteValues',
+                request_serializer=tessera_dot_v1_dot_scheduler__pb2.WriteValuesRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_scheduler__pb2.WriteValuesResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -149,6 +164,26 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetValue(self, request, context):
+        """The framework's key/value state, kept in the replicated log (docs/protocol.md). Reads answer from
+        the leader's applied state; writes are committed through Raft and need the caller's current stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListValues(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WriteValues(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -201,6 +236,21 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.Message,
                     request_deserializer=tessera_dot_v1_dot_scheduler__pb2.MessageRequest.FromString,
                     response_serializer=tessera_dot_v1_dot_scheduler__pb2.MessageResponse.SerializeToString,
+            ),
+            'GetValue': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetValue,
+                    request_deserializer=tessera_dot_v1_dot_scheduler__pb2.GetValueRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_scheduler__pb2.GetValueResponse.SerializeToString,
+            ),
+            'ListValues': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListValues,
+                    request_deserializer=tessera_dot_v1_dot_scheduler__pb2.ListValuesRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_scheduler__pb2.ListValuesResponse.SerializeToString,
+            ),
+            'WriteValues': grpc.unary_unary_rpc_method_handler(
+                    servicer.WriteValues,
+                    request_deserializer=tessera_dot_v1_dot_scheduler__pb2.WriteValuesRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_scheduler__pb2.WriteValuesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -473,6 +523,87 @@ class Scheduler:
             '/tessera.v1.Scheduler/Message',
             tessera_dot_v1_dot_scheduler__pb2.MessageRequest.SerializeToString,
             tessera_dot_v1_dot_scheduler__pb2.MessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetValue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Scheduler/GetValue',
+            tessera_dot_v1_dot_scheduler__pb2.GetValueRequest.SerializeToString,
+            tessera_dot_v1_dot_scheduler__pb2.GetValueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListValues(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Scheduler/ListValues',
+            tessera_dot_v1_dot_scheduler__pb2.ListValuesRequest.SerializeToString,
+            tessera_dot_v1_dot_scheduler__pb2.ListValuesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteValues(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Scheduler/WriteValues',
+            tessera_dot_v1_dot_scheduler__pb2.WriteValuesRequest.SerializeToString,
+            tessera_dot_v1_dot_scheduler__pb2.WriteValuesResponse.FromString,
             options,
             channel_credentials,
             insecure,

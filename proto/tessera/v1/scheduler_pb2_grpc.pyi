@@ -44,6 +44,12 @@ class SchedulerStub:
     Reconcile: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ReconcileRequest, _scheduler_pb2.ReconcileResponse]
     Teardown: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.TeardownRequest, _scheduler_pb2.TeardownResponse]
     Message: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.MessageRequest, _scheduler_pb2.MessageResponse]
+    GetValue: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetValueRequest, _scheduler_pb2.GetValueResponse]
+    """The framework's key/value state, kept in the replicated log (docs/protocol.md). Reads answer from
+    the leader's applied state; writes are committed through Raft and need the caller's current stream.
+    """
+    ListValues: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListValuesRequest, _scheduler_pb2.ListValuesResponse]
+    WriteValues: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.WriteValuesRequest, _scheduler_pb2.WriteValuesResponse]
 
 @_typing.type_check_only
 class SchedulerAsyncStub(SchedulerStub):
@@ -58,6 +64,12 @@ class SchedulerAsyncStub(SchedulerStub):
     Reconcile: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ReconcileRequest, _scheduler_pb2.ReconcileResponse]  # type: ignore[assignment]
     Teardown: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.TeardownRequest, _scheduler_pb2.TeardownResponse]  # type: ignore[assignment]
     Message: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.MessageRequest, _scheduler_pb2.MessageResponse]  # type: ignore[assignment]
+    GetValue: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetValueRequest, _scheduler_pb2.GetValueResponse]  # type: ignore[assignment]
+    """The framework's key/value state, kept in the replicated log (docs/protocol.md). Reads answer from
+    the leader's applied state; writes are committed through Raft and need the caller's current stream.
+    """
+    ListValues: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListValuesRequest, _scheduler_pb2.ListValuesResponse]  # type: ignore[assignment]
+    WriteValues: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.WriteValuesRequest, _scheduler_pb2.WriteValuesResponse]  # type: ignore[assignment]
 
 class SchedulerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -129,5 +141,29 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_pb2.MessageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.MessageResponse, _abc.Awaitable[_scheduler_pb2.MessageResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetValue(
+        self,
+        request: _scheduler_pb2.GetValueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.GetValueResponse, _abc.Awaitable[_scheduler_pb2.GetValueResponse]]:
+        """The framework's key/value state, kept in the replicated log (docs/protocol.md). Reads answer from
+        the leader's applied state; writes are committed through Raft and need the caller's current stream.
+        """
+
+    @_abc_1.abstractmethod
+    def ListValues(
+        self,
+        request: _scheduler_pb2.ListValuesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.ListValuesResponse, _abc.Awaitable[_scheduler_pb2.ListValuesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def WriteValues(
+        self,
+        request: _scheduler_pb2.WriteValuesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.WriteValuesResponse, _abc.Awaitable[_scheduler_pb2.WriteValuesResponse]]: ...
 
 def add_SchedulerServicer_to_server(servicer: SchedulerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

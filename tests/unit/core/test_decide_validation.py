@@ -13,7 +13,14 @@ import pytest
 import tessera.control_plane.core as core_package
 from tessera.control_plane.core import commands as c
 from tessera.control_plane.core import decide as decide_module
-from tessera.control_plane.core.errors import Conflict, InvalidRequest, NotFound, TesseraError
+from tessera.control_plane.core.errors import (
+    Conflict,
+    Deposed,
+    InvalidRequest,
+    NotFound,
+    TesseraError,
+    VersionConflict,
+)
 from tessera.control_plane.core.resources import Resources, validate_role
 from tessera.control_plane.core.state import check_id, check_role
 from tessera.control_plane.core.values import (
@@ -180,6 +187,13 @@ CONFLICT: dict[str, Case] = {
     "older term": lambda a, f, o: c.ElectLeader(1, "m2"),
     "agent shrunk below its tasks": lambda a, f, o: c.ReregisterAgent(a, _agent_info(Resources.of(cpus=0.5)), (
         TaskStatus("t1", TaskState.TASK_RUNNING),)),
+    "state put expecting a version the key is not at": lambda a, f, o: c.WriteFrameworkState(
+        f, (c.StateWrite("k", "v", expected_version=7),), stream_id="stream-3"),
+}
+# the Conflict subclass each case is refused with (a bare Conflict when not named)
+CONFLICT_CLASS: dict[str, type[Conflict]] = {
+    "stale stream": Deposed,
+    "state put expecting a version the key is not at": VersionConflict,
 }
 
 
@@ -207,7 +221,7 @@ def test_unknown_ids_are_not_found(world: tuple[Harness, str, str, str], name: s
 
 @pytest.mark.parametrize("name", sorted(CONFLICT))
 def test_state_conflicts_are_conflicts(world: tuple[Harness, str, str, str], name: str) -> None:
-    _run_case(world, CONFLICT[name], Conflict)
+    _run_case(world, CONFLICT[name], CONFLICT_CLASS.get(name, Conflict))
 
 
 def test_stale_offer_is_a_conflict_that_says_why(world: tuple[Harness, str, str, str]) -> None:

@@ -193,4 +193,4 @@ def test_the_policy_answers_alike_for_a_raised_error_and_a_recorded_error_code(c
 def test_committed_or_final_is_acknowledged_and_nothing_else() -> None:
     assert acknowledges(None) and acknowledges("")
     assert {c for c in ERRORS_BY_CODE if acknowledges(c)} == {"InvalidRequest", "NotFound", "Conflict",
-                                                              "PermissionDenied"}
+                                                              "VersionConflict", "Deposed", "PermissionDenied"}

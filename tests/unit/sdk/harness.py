@@ -68,6 +68,15 @@ class SyncRecording(Scheduler):
     def subscribed(self, driver: SchedulerDriver, framework_id: str) -> None:
         self.rec.add("subscribed", framework_id)
 
+    def became_active(self, driver: SchedulerDriver, lease_term: int) -> None:
+        self.rec.add("became_active", lease_term)
+
+    def standing_by(self, driver: SchedulerDriver, framework_id: str, lease_term: int) -> None:
+        self.rec.add("standing_by", (framework_id, lease_term))
+
+    def deposed(self, driver: SchedulerDriver, lease_term: int) -> None:
+        self.rec.add("deposed", lease_term)
+
     def offers(self, driver: SchedulerDriver, offers: list[Offer]) -> None:
         self.rec.add("offers", offers)
         if self.rec.on_offers is not None:
@@ -99,6 +108,15 @@ class AsyncRecording(AsyncScheduler):
 
     async def subscribed(self, driver: AsyncSchedulerDriver, framework_id: str) -> None:
         self.rec.add("subscribed", framework_id)
+
+    async def became_active(self, driver: AsyncSchedulerDriver, lease_term: int) -> None:
+        self.rec.add("became_active", lease_term)
+
+    async def standing_by(self, driver: AsyncSchedulerDriver, framework_id: str, lease_term: int) -> None:
+        self.rec.add("standing_by", (framework_id, lease_term))
+
+    async def deposed(self, driver: AsyncSchedulerDriver, lease_term: int) -> None:
+        self.rec.add("deposed", lease_term)
 
     async def offers(self, driver: AsyncSchedulerDriver, offers: list[Offer]) -> None:
         self.rec.add("offers", offers)
@@ -146,6 +164,10 @@ class Harness:
     def call(self, name: str, *args: Any, **kw: Any) -> Any:
         raise NotImplementedError
 
+    def kv(self, name: str, *args: Any, **kw: Any) -> Any:
+        """A call of `driver.kv` (`get`, `put`, `delete`, `list`, `write`)."""
+        raise NotImplementedError
+
     def stop(self) -> None:
         raise NotImplementedError
 
@@ -173,6 +195,9 @@ class SyncHarness(Harness):
 
     def call(self, name: str, *args: Any, **kw: Any) -> Any:
         return getattr(self._driver, name)(*args, **kw)
+
+    def kv(self, name: str, *args: Any, **kw: Any) -> Any:
+        return getattr(self._driver.kv, name)(*args, **kw)
 
     def stop(self) -> None:
         self._driver.stop()
@@ -205,6 +230,9 @@ class AsyncHarness(Harness):
 
     def call(self, name: str, *args: Any, **kw: Any) -> Any:
         return self._run(getattr(self._driver, name)(*args, **kw))
+
+    def kv(self, name: str, *args: Any, **kw: Any) -> Any:
+        return self._run(getattr(self._driver.kv, name)(*args, **kw))
 
     def stop(self) -> None:
         self._run(self._driver.stop())

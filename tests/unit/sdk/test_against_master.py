@@ -76,3 +76,29 @@ def test_tessera_run_against_the_master(master: InProcessMaster) -> None:
                     err=Sink())  # type: ignore[arg-type]
     assert code == 0, "".join(lines)
     assert any("TASK_FINISHED" in line for line in lines)
+
+
+@pytest.mark.parametrize("kind", [SyncHarness, AsyncHarness])
+def test_a_standby_driver_takes_over_with_the_state_against_the_master(master: InProcessMaster,
+                                                                       kind: type[Harness]) -> None:
+    info = FrameworkInfo(name="services", failover_timeout=600.0)
+    active = kind(None, info, masters=[master.grpc_address], standby=True)
+    standby = kind(None, info, masters=[master.grpc_address], standby=True)
+    try:
+        fid = active.start().subscribed()
+        assert active.rec.wait_for(lambda: active.rec.of("became_active"), "became_active") == [1]
+        version = active.kv("put", "apps/web", '{"instances": 3}', version=0)
+        standby.start()
+        assert standby.rec.wait_for(lambda: standby.rec.of("standing_by"), "standing_by") == [(fid, 1)]
+        active.stop()
+        assert standby.subscribed() == fid
+        assert standby.rec.wait_for(lambda: standby.rec.of("became_active"), "became_active") == [2]
+        assert standby.kv("get", "apps/web").version == version
+        assert [e.key for e in standby.kv("list", "apps/")] == ["apps/web"]
+        standby.call("teardown")
+        assert standby.join()
+        assert fid not in master.state().framework_state
+    finally:
+        for h in (active, standby):
+            if isinstance(h, AsyncHarness):
+                h.close()

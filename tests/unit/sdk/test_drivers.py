@@ -3,7 +3,6 @@ explicit acknowledgements, decline filters, suppress/revive, reconcile, kill, fa
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,7 +11,6 @@ from tessera.sdk import (
     Conflict,
     DriverStopped,
     Filters,
-    FrameworkInfo,
     InvalidRequest,
     NotFound,
     Resources,
@@ -22,7 +20,7 @@ from tessera.sdk import (
 )
 from tessera.sdk.protocol import AcceptCall, AcknowledgeCall, KillCall, ReviveCall
 from tessera.sdk.testing import FakeMaster, runs_and_finishes
-from tests.unit.sdk.harness import AsyncHarness, Harness, SyncHarness, on_offers, on_update
+from tests.unit.sdk.harness import Harness, on_offers, on_update
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,25 +29,6 @@ SMALL = Resources.of(cpus=0.5, mem=64)
 
 def task(task_id: str, resources: Resources = SMALL) -> TaskInfo:
     return TaskInfo(task_id=task_id, resources=resources, command="sleep 1")
-
-
-@pytest.fixture(params=["sync", "async"])
-def make(request: pytest.FixtureRequest) -> Iterator[Any]:
-    made: list[Harness] = []
-
-    def factory(fake: FakeMaster, info: FrameworkInfo | None = None, **options: Any) -> Harness:
-        cls = SyncHarness if request.param == "sync" else AsyncHarness
-        h = cls(fake, info, **options)
-        made.append(h)
-        return h
-
-    yield factory
-    for h in made:
-        try:
-            h.stop()
-        finally:
-            if isinstance(h, AsyncHarness):
-                h.close()
 
 
 def started(make: Any, fake: FakeMaster, **options: Any) -> Harness:

@@ -29,22 +29,29 @@ from tessera.sdk.protocol import (
     CallHeader,
     DeclineCall,
     ErrorEvent,
+    GetValueCall,
     HeartbeatEvent,
     KillCall,
+    ListValuesCall,
     MessageCall,
     MessageEvent,
     OffersEvent,
     ReconcileCall,
     RescindEvent,
     ReviveCall,
+    StandbyEvent,
     SubscribedEvent,
     SuppressCall,
     TeardownCall,
     UpdateEvent,
+    WriteValuesCall,
 )
 from tessera.sdk.types import (
+    ABSENT,
     Filters,
     FrameworkInfo,
+    KvDelete,
+    KvPut,
     Launch,
     Offer,
     Reserve,
@@ -63,6 +70,8 @@ PUBLIC = {
     "FrameworkInfo", "InvalidRequest", "Launch", "NotFound", "NotLeader", "Offer", "Operation",
     "PermissionDenied", "Reserve", "Resources", "Scheduler", "SchedulerDriver", "ServerError", "TaskInfo",
     "TaskSpec", "TaskState", "TaskStatus", "TesseraError", "Unauthenticated", "Unavailable", "Unreserve",
+    # the framework's key/value state (driver.kv) and its lease
+    "ABSENT", "KvEntry", "KvPut", "KvDelete", "VersionConflict", "Deposed",
 }
 
 
@@ -131,6 +140,9 @@ def test_offer_helpers_do_arithmetic_on_resources() -> None:
     lambda: FrameworkInfo(name="f", failover_timeout=-1),
     lambda: Launch(()),
     lambda: Resources.of(cpus=-1),
+    lambda: KvPut("k", b"bytes"),  # values are text
+    lambda: KvPut("k", "v", -1),  # None is "any version"; versions are never negative
+    lambda: KvDelete("k", True),
 ])
 def test_bad_values_are_refused_with_invalid_request(make: object) -> None:
     with pytest.raises(InvalidRequest):
@@ -169,6 +181,19 @@ def test_unavailable_with_a_leader_hint_is_not_leader() -> None:
     assert error_for_status("UNIMPLEMENTED", "no").status == "UNIMPLEMENTED"  # type: ignore[attr-defined]
 
 
+def test_a_failed_precondition_the_metadata_names_is_a_version_conflict_or_a_deposition() -> None:
+    from tessera.control_plane.wire import conflict_detail, conflict_trailers
+    from tessera.sdk.errors import Deposed, VersionConflict, conflict_for_error
+
+    err = error_for_status("FAILED_PRECONDITION", "stale", None, conflict_detail(conflict_trailers("version", 17)))
+    assert isinstance(err, VersionConflict) and isinstance(err, Conflict) and err.current_version == 17
+    err = error_for_status("FAILED_PRECONDITION", "gone", None, conflict_detail(conflict_trailers("deposed", 3)))
+    assert isinstance(err, Deposed) and err.lease_term == 3
+    assert conflict_for_error(err) == ("deposed", 3)
+    assert type(error_for_status("FAILED_PRECONDITION", "plain", None, None)) is Conflict
+    assert conflict_detail([("tessera-conflict", b"version")]) == ("version", None)
+
+
 def test_sdk_errors_are_the_masters_error_classes() -> None:
     from tessera.control_plane.core import errors as core
 
@@ -193,6 +218,8 @@ STATUS = TaskStatus(task_id="t1", state=TaskState.TASK_FAILED, message="m", reas
     SubscribedEvent("f1", "s1", 2.5, "m1:5050"), OffersEvent((OFFER,)), RescindEvent("o1"),
     UpdateEvent(STATUS), UpdateEvent(TaskStatus(task_id="t", state=TaskState.TASK_RUNNING)),
     MessageEvent("a1", b"\x01\x02"), HeartbeatEvent(), ErrorEvent("removed"),
+    SubscribedEvent("f1", "s1", 2.5, "m1:5050", ("BATCHED_ACKNOWLEDGEMENTS",), 4),
+    StandbyEvent("f1", 3, 1.5, "m1:5050"), ErrorEvent("deposed", 5),
 ])
 def test_events_survive_protobuf(event: object) -> None:
     assert cv.event_from_proto(cv.event_to_proto(event)) == event  # type: ignore[arg-type]
@@ -205,6 +232,8 @@ def test_events_survive_protobuf(event: object) -> None:
     AcceptCall(("o1",), (), None), DeclineCall(("o1",), Filters(60)), DeclineCall(("o1",)),
     ReviveCall(("a", "b")), SuppressCall(), KillCall("t1", 3.0), AcknowledgeCall("t1", "a1", "u1"),
     ReconcileCall(("t1",)), ReconcileCall(), TeardownCall(), MessageCall("a1", b"data"),
+    GetValueCall("apps/web"), ListValuesCall("apps/", "apps/a", 10, True), ListValuesCall(),
+    WriteValuesCall((KvPut("a", "1"), KvPut("b", "ü", ABSENT), KvPut("c", "", 17), KvDelete("d"), KvDelete("e", 9))),
 ])
 def test_calls_survive_protobuf(call: object) -> None:
     header = CallHeader("f1", "s1", "r1")
