@@ -1,4 +1,4 @@
-"""`tessera framework ...`: one framework's own records. `tessera framework state FRAMEWORK_ID [PREFIX]` prints
+"""`tessera framework state FRAMEWORK_ID [PREFIX]` (in the `framework` group of cli/operate.py) prints
 its key/value state (docs/protocol.md), every page of it, in key order; values of another principal's
 framework read "<redacted>" unless the operator's grant has `read_all`."""
 
@@ -11,12 +11,7 @@ import click
 PAGE = 500  # keys asked for per call (the master caps a page at 1000 keys and about 1 MiB of values)
 
 
-@click.group("framework")
-def framework() -> None:
-    """One framework's own records (see `tessera frameworks` for all of them)."""
-
-
-@framework.command("state")
+@click.command("state")
 @click.argument("framework_id")
 @click.argument("prefix", required=False, default="")
 @click.option("--consistent", is_flag=True, help="Read after a barrier through the log (from the leader).")

@@ -741,13 +741,15 @@ for _command in _discovery_commands():
     cli.add_command(_command)
 
 
-def _framework_group() -> click.Group:
-    from tessera.control_plane.cli.framework import framework
+def _framework_state_command() -> click.Command:
+    from tessera.control_plane.cli.framework import state
+    from tessera.control_plane.cli.operate import framework_group
 
-    return framework
+    framework_group.add_command(state)  # `tessera framework state`, beside `tessera framework teardown`
+    return state
 
 
-cli.add_command(_framework_group())
+_framework_state_command()
 
 
 def main() -> None:
