@@ -56,8 +56,14 @@ STATUS = "status/"
 HISTORY = 10  # deployments kept in a status record
 
 
+def config_version(app: App) -> str:
+    """The version of what an instance runs: the definition without `instances` (a scale is no new
+    version and replaces nothing, as in Marathon)."""
+    return App(id=app.id, source={k: v for k, v in app.source.items() if k != "instances"}).version
+
+
 def task_id_of(app: App, n: str) -> str:
-    return f"{app.id}.{app.version}.{n}"
+    return f"{app.id}.{config_version(app)}.{n}"
 
 
 def parse_task_id(task_id: str) -> tuple[str, str] | None:
@@ -223,7 +229,7 @@ class ServiceController(Scheduler):
         run = self._apps.get(task.app_id)
         if run is not None and _ready(run.app, task):
             task.ever_ready = True
-            if task.version == run.app.version:
+            if task.version == config_version(run.app):
                 run.failures = 0
         return task
 
@@ -237,7 +243,7 @@ class ServiceController(Scheduler):
             if run is None or task.killing:
                 return
             log.info("instance %s ended: %s %s", task.task_id, status.state.name, status.message)
-            if task.version == run.app.version:
+            if task.version == config_version(run.app):
                 run.failures += 1
                 run.last_failure = self.clock()
 
@@ -305,7 +311,7 @@ class ServiceController(Scheduler):
                 free_cpus, free_mem, free_disk = free_cpus - app.cpus, free_mem - app.mem, free_disk - app.disk
                 info = self._task_info(app, offer, ports)
                 tasks.append(info)
-                self._tasks[info.task_id] = Task(info.task_id, app.id, app.version, agent_id=offer.agent_id,
+                self._tasks[info.task_id] = Task(info.task_id, app.id, config_version(app), agent_id=offer.agent_id,
                                                  hostname=offer.hostname, attributes=dict(offer.attributes),
                                                  launched_at=now)
                 run.to_launch -= 1
@@ -399,7 +405,7 @@ class ServiceController(Scheduler):
                 if run is None:
                     run = self._adopt_run(app, now)
                     self._apps[app_id] = run
-                elif run.app.version != app.version:
+                elif config_version(run.app) != config_version(app):
                     self._new_deployment(run, app, now)
                 run.app = app
                 kills += self._step(run, now)
@@ -443,25 +449,27 @@ class ServiceController(Scheduler):
         restored = self._restored.pop(app.id, None)
         if restored is not None:
             deployment, history, failures = restored
-            if deployment.get("version") == app.version:
-                dep = Deployment(app.version, float(deployment.get("started", now)), deployment.get("state", "running"),
+            if deployment.get("version") == config_version(app):
+                dep = Deployment(config_version(app), float(deployment.get("started", now)), deployment.get("state", "running"),
                                  int(deployment.get("steps", 0)), deployment.get("reason", ""),
                                  float(deployment.get("finished", 0.0)))
                 return AppRun(app, dep, history, failures)
-        return AppRun(app, Deployment(app.version, now))
+        return AppRun(app, Deployment(config_version(app), now))
 
     def _new_deployment(self, run: AppRun, app: App, now: float) -> None:
         if run.deployment.state == "running":
             run.deployment.state, run.deployment.reason = "superseded", f"version {app.version} was applied"
             run.deployment.finished = now
         run.history = ([run.deployment.to_json()] + run.history)[:HISTORY]
-        run.deployment = Deployment(app.version, now)
+        run.deployment = Deployment(config_version(app), now)
         run.failures = 0
 
     def _step(self, run: AppRun, now: float) -> list[str]:
         app = run.app
         own = [t for t in self._tasks.values() if t.app_id == app.id]
-        instances = [Instance(t.task_id, t.version, _ready(app, t), t.launched_at, t.killing) for t in own]
+        current = config_version(app)
+        instances = [Instance(t.task_id, app.version if t.version == current else t.version, _ready(app, t),
+                              t.launched_at, t.killing) for t in own]
         if run.deployment.state == "failed":
             run.to_launch = 0
             return []
@@ -487,7 +495,7 @@ class ServiceController(Scheduler):
         own = sorted((t for t in self._tasks.values() if t.app_id == app.id), key=lambda t: t.task_id)
         live = [t for t in own if not t.killing]
         return {
-            "id": app.id, "version": app.version, "wanted": app.instances,
+            "id": app.id, "version": config_version(app), "wanted": app.instances,
             "running": sum(1 for t in live if t.state == "TASK_RUNNING"),
             "healthy": sum(1 for t in live if _ready(app, t)),
             "waiting": run.to_launch, "unplaced": run.unplaced if run.to_launch else "",
