@@ -320,10 +320,9 @@ class ServiceController(Scheduler):
         return tasks
 
     def _task_info(self, app: App, offer: Offer, ports: list[int]) -> TaskInfo:
-        scalars: dict[str, float] = {"cpus": app.cpus, "mem": app.mem}
-        if app.disk:
-            scalars["disk"] = app.disk
-        resources = Resources.of(ports=[(p, p) for p in ports], **scalars)
+        port_ranges = [(p, p) for p in ports]
+        resources = (Resources.of(ports=port_ranges, cpus=app.cpus, mem=app.mem, disk=app.disk) if app.disk
+                     else Resources.of(ports=port_ranges, cpus=app.cpus, mem=app.mem))
         env = dict(app.env)
         for n, port in enumerate(ports):
             env[f"PORT{n}"] = str(port)
