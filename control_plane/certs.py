@@ -45,7 +45,8 @@ DEFAULT_TASK_USER = "nobody"
 RAFT_PASSWORD_FILE = "raft-password"
 DEV_PRINCIPALS = {
     "operator": 'roles = []\nusers = []\n'
-                'actions = ["read", "read_all", "drain", "quorum", "weights", "quota", "teardown", "kill"]',
+                'actions = ["read", "read_all", "drain", "quorum", "weights", "quota", "teardown", "kill", '
+                '"configure"]',
     # never users = ["*"]: that would let the framework run tasks as root on every agent
     "framework": f'roles = ["{DEFAULT_FRAMEWORK_ROLE}"]\nusers = ["{DEFAULT_TASK_USER}"]\nactions = ["read"]',
 }
@@ -156,7 +157,8 @@ def init_dev_pki(root: Path, *, master_hosts: Sequence[str] = (), days: int = 36
     os.chmod(root / "tokens", 0o700)
     sections = ["# Tessera ACL: one table per principal; tokens are stored as SHA-256 digests only.\n"
                 "# roles: roles it may subscribe under; users: users its tasks may run as (\"\" = the\n"
-                "# agent's own user); actions: read, read_all, drain, quorum, weights, quota, teardown, kill.\n"
+                "# agent's own user); actions: read, read_all, drain, quorum, weights, quota, teardown, kill,\n"
+                "# configure.\n"
                 "# read shows other principals' tasks redacted; read_all in full. \"*\" = any.\n"]
     for principal, rules in DEV_PRINCIPALS.items():
         _write(root / "tokens" / f"{principal}.token", (tokens[principal] + "\n").encode(), 0o600)

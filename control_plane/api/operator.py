@@ -56,6 +56,7 @@ from tessera.control_plane.core.visibility import Visibility, framework_owners, 
 from tessera.control_plane.eventlog import EventFilter, EventRecord
 from tessera.control_plane.eventlog.errors import HistoryPruned
 from tessera.control_plane.eventlog.timeline import resolve_task
+from tessera.control_plane.runtime.framework_state import write_values
 from tessera.control_plane.runtime.master import Master
 from tessera.control_plane.runtime.quorum import Quorum
 from tessera.control_plane.runtime.state_view import StateView
@@ -126,6 +127,16 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         return self.state_view.read(lambda s, soft: framework_state_to_proto(
             s, request.framework_id, request.prefix, request.start_after, request.limit, visibility),
             consistent=request.consistent)
+
+    @grpc_errors
+    def WriteFrameworkState(self, request: operator_pb2.WriteFrameworkStateRequest,
+                            context: grpc.ServicerContext) -> Any:
+        caller = self._authorize(context, "WriteFrameworkState")
+        writes = [cmd.StateWrite(key=w.key, value=w.value, delete=w.delete, expected_version=w.expected_version)
+                  for w in request.writes]
+        versions = write_values(self.master, request.framework_id, "", writes, request_id=request.request_id,
+                                traceparent=request_traceparent(context), operator=caller.principal or "")
+        return operator_pb2.WriteFrameworkStateResponse(versions=versions)
 
     # ---- event log -------------------------------------------------------------------------------
     @grpc_errors

@@ -733,8 +733,9 @@ for _command in (*_operator_commands(), *_history_commands()):
 def _discovery_commands() -> list[click.Command]:
     from tessera.control_plane.cli.dns import dns
     from tessera.control_plane.cli.lb import lb
+    from tessera.control_plane.cli.services import service, services_command
 
-    return [dns, lb]
+    return [dns, lb, services_command, service]
 
 
 for _command in _discovery_commands():

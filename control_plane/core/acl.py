@@ -22,7 +22,9 @@ is proposed, so a refused call changes nothing):
 - Operator actions: `read` (state, events, traces, quorum), `read_all` (with `read`: other principals'
   tasks in full, see `core.visibility`; without it their commands, environment values, labels and
   output are redacted), `drain` (drain and undrain agents), `quorum` (add, remove, transfer), `weights`,
-  `quota`, `teardown` (remove any framework), `kill` (kill any task). `kill` is its own action, as
+  `quota`, `teardown` (remove any framework), `kill` (kill any task), `configure` (write any
+  framework's key/value state: an operator handing a framework its desired state, e.g. the app
+  definitions of `tessera services`). `kill` is its own action, as
   Mesos's `kill_tasks` is beside `teardown_frameworks`: ending one runaway task is a smaller power than
   removing a whole framework with all its tasks, and an on-call grant may want the one without the other.
 - Span reports are checked against the tasks they concern (`core.spans`).
@@ -54,7 +56,7 @@ from tessera.control_plane.core.resources import validate_role
 
 PeerKind = Literal["master", "agent", "framework", "operator"]
 PEER_KINDS: tuple[PeerKind, ...] = ("master", "agent", "framework", "operator")
-ACTIONS = frozenset({"read", "read_all", "drain", "quorum", "weights", "quota", "teardown", "kill"})
+ACTIONS = frozenset({"read", "read_all", "drain", "quorum", "weights", "quota", "teardown", "kill", "configure"})
 ANY = "*"
 
 _PRINCIPAL_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,128}\Z")
@@ -84,7 +86,7 @@ OPERATOR_ACTIONS: Mapping[str, str] = {
     "GetTrace": "read", "GetQuorum": "read", "GetFrameworkState": "read",
     "AddMaster": "quorum", "RemoveMaster": "quorum", "TransferLeadership": "quorum",
     "SetWeight": "weights", "SetQuota": "quota", "DrainAgent": "drain", "UndrainAgent": "drain",
-    "KillTask": "kill", "TeardownFramework": "teardown",
+    "KillTask": "kill", "TeardownFramework": "teardown", "WriteFrameworkState": "configure",
 }
 # Operator methods a peer's certificate alone authorizes (no token): master-to-master, and spans from
 # agents (which hold no token). Frameworks and operators report spans with their token, so that the

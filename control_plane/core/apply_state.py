@@ -24,19 +24,20 @@ from tessera.control_plane.core.state import ClusterState, FrameworkRecord, Stat
 from tessera.control_plane.core.values import FrameworkState
 
 
-def _writer(state: ClusterState, framework_id: object, lease_term: object) -> FrameworkRecord:
+def _writer(state: ClusterState, framework_id: object, lease_term: object, by_operator: object
+            ) -> FrameworkRecord:
     fw = known_framework(state, framework_id)
     lease_term = check_term(lease_term, "lease_term")
     if fw.state is FrameworkState.FRAMEWORK_REMOVED:
         raise Conflict(f"framework {fw.framework_id} was removed")
-    if lease_term != fw.lease_term:
+    if by_operator is not True and lease_term != fw.lease_term:  # an operator's write is not fenced
         raise Deposed(f"the write was decided under lease term {lease_term} of framework {fw.framework_id}, "
                       f"whose lease moved to term {fw.lease_term} before it was applied", lease_term=fw.lease_term)
     return fw
 
 
 def _state_put(state: ClusterState, e: FrameworkStatePut, tx: Tx) -> bool:
-    fw = _writer(state, e.framework_id, e.lease_term)
+    fw = _writer(state, e.framework_id, e.lease_term, e.by_operator)
     key = check_state_key(e.key)
     entry_size = utf8_length(key) + check_state_value(e.value)
     expected = check_expected_version(e.expected_version)
@@ -55,7 +56,7 @@ def _state_put(state: ClusterState, e: FrameworkStatePut, tx: Tx) -> bool:
 
 
 def _state_deleted(state: ClusterState, e: FrameworkStateDeleted, tx: Tx) -> bool:
-    fw = _writer(state, e.framework_id, e.lease_term)
+    fw = _writer(state, e.framework_id, e.lease_term, e.by_operator)
     key = check_state_key(e.key)
     expected = check_expected_version(e.expected_version)
     fid = fw.framework_id

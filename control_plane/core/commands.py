@@ -162,11 +162,16 @@ class StateWrite:
 @dataclass(frozen=True, slots=True)
 class WriteFrameworkState:
     """Writes to the framework's key/value state, applied together or not at all; each names another key.
-    `stream_id` is required: only the instance holding the framework's lease writes."""
+    `stream_id` is required: only the instance holding the framework's lease writes — except for an
+    operator's write (`by_operator`, Operator.WriteFrameworkState, action `configure`: how operators hand a
+    framework its desired state), which is not fenced by the lease but keeps compare-and-set; `operator`
+    names the operator's principal for the event log."""
 
     framework_id: str
     writes: tuple[StateWrite, ...]
     stream_id: str = ""
+    by_operator: bool = False
+    operator: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,8 @@ becomes one `FrameworkStatePut` or `FrameworkStateDeleted` per write, committed 
 apply together or not at all.
 
 Refused, with nothing written: a caller that is not the instance holding the framework's lease (no
-stream id: InvalidRequest; another stream: `Deposed`), malformed or oversized keys, values and calls and a
+stream id: InvalidRequest; another stream: `Deposed`) unless it is an operator (`by_operator`: not fenced
+by the lease, the versions are still checked), malformed or oversized keys, values and calls and a
 framework over its totals (InvalidRequest naming the limit, `core.limits`), a key named twice
 (InvalidRequest), a key not at the version a write expects (`VersionConflict` with its current version).
 """
@@ -28,8 +29,14 @@ from tessera.control_plane.core.state import ClusterState
 
 
 def _write_framework_state(state: ClusterState, cmd: c.WriteFrameworkState, ctx: Context) -> tuple[Event, ...]:
+    if cmd.by_operator is not False and cmd.by_operator is not True:
+        raise InvalidRequest("by_operator: must be a bool")
+    if cmd.by_operator and cmd.stream_id:
+        raise InvalidRequest("stream_id: an operator's write names no stream")
+    if not isinstance(cmd.operator, str) or len(cmd.operator) > 128:
+        raise InvalidRequest("operator: a principal of at most 128 characters")
     fw = calling_framework(state, cmd.framework_id, cmd.stream_id)
-    if not cmd.stream_id:
+    if not cmd.stream_id and not cmd.by_operator:
         raise InvalidRequest("stream_id: a framework's state is written by the instance holding its lease; "
                              "give that instance's stream id")
     writes = cmd.writes
@@ -61,13 +68,14 @@ def _write_framework_state(state: ClusterState, cmd: c.WriteFrameworkState, ctx:
             if old is not None:
                 keys, size = keys - 1, size - old.size
             length += utf8_length(key)
-            events.append(FrameworkStateDeleted(fid, key, expected, fw.lease_term))
+            events.append(FrameworkStateDeleted(fid, key, expected, fw.lease_term, cmd.by_operator, cmd.operator))
             continue
         entry_size = utf8_length(key) + check_state_value(write.value, f"{what}.value")
         check_expected(table, key, expected)
         keys, size = keys + (old is None), size + entry_size - (0 if old is None else old.size)
         length += entry_size
-        events.append(FrameworkStatePut(fid, key, write.value, expected, fw.lease_term))
+        events.append(FrameworkStatePut(fid, key, write.value, expected, fw.lease_term, cmd.by_operator,
+                                         cmd.operator))
     check_state_write_size(len(writes), length)
     check_state_totals(fid, keys, size)
     return tuple(events)

@@ -131,24 +131,29 @@ class FrameworkRevived:
 class FrameworkStatePut:
     """Put `value` at `key` of the framework's key/value state (`core.framework_state`); the key's new
     version is this event's seq. `expected_version` (-1 any, 0 absent, N the current version) and the
-    writer's `lease_term` are checked again when applied."""
+    writer's `lease_term` are checked again when applied (the term not for an operator's write,
+    `by_operator`, which names the operator's principal in `operator`)."""
 
     framework_id: str
     key: str
     value: str
     expected_version: int = -1
     lease_term: int = 0
+    by_operator: bool = False
+    operator: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class FrameworkStateDeleted:
     """Delete `key` of the framework's key/value state (a recorded no-op when it is absent and any version
-    was expected)."""
+    was expected; `by_operator` and `operator` as in `FrameworkStatePut`)."""
 
     framework_id: str
     key: str
     expected_version: int = -1
     lease_term: int = 0
+    by_operator: bool = False
+    operator: str = ""
 
 
 # ---- offers ------------------------------------------------------------------------------------

@@ -62,8 +62,10 @@ def list_values(master: Any, framework_id: str, stream_id: str, prefix: str, sta
 
 
 def write_values(master: Any, framework_id: str, stream_id: str, writes: Sequence[cmd.StateWrite], *,
-                 request_id: str = "", traceparent: str = "") -> list[int]:
-    command = cmd.WriteFrameworkState(framework_id=framework_id, writes=tuple(writes), stream_id=stream_id)
+                 request_id: str = "", traceparent: str = "", operator: str | None = None) -> list[int]:
+    """`operator` (a principal, "" without an ACL): an operator's write, not fenced by the lease."""
+    command = cmd.WriteFrameworkState(framework_id=framework_id, writes=tuple(writes), stream_id=stream_id,
+                                      by_operator=operator is not None, operator=operator or "")
     try:
         result = master.propose([command], request_id=request_id, traceparent=traceparent)
     except VersionConflict as exc:

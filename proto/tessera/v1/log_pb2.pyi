@@ -586,11 +586,18 @@ class FrameworkStatePut(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
     LEASE_TERM_FIELD_NUMBER: _builtins.int
+    BY_OPERATOR_FIELD_NUMBER: _builtins.int
+    OPERATOR_FIELD_NUMBER: _builtins.int
     framework_id: _builtins.str
     key: _builtins.str
     value: _builtins.str
     expected_version: _builtins.int
     lease_term: _builtins.int
+    by_operator: _builtins.bool
+    """An operator's write (Operator.WriteFrameworkState, action `configure`): not fenced by the lease
+    (lease_term is not checked), the version still is; `operator` names the operator's principal.
+    """
+    operator: _builtins.str
     def __init__(
         self,
         *,
@@ -599,10 +606,12 @@ class FrameworkStatePut(_message.Message):
         value: _builtins.str = ...,
         expected_version: _builtins.int = ...,
         lease_term: _builtins.int = ...,
+        by_operator: _builtins.bool = ...,
+        operator: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_version", b"expected_version", "framework_id", b"framework_id", "key", b"key", "lease_term", b"lease_term", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_operator", b"by_operator", "expected_version", b"expected_version", "framework_id", b"framework_id", "key", b"key", "lease_term", b"lease_term", "operator", b"operator", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -616,10 +625,15 @@ class FrameworkStateDeleted(_message.Message):
     KEY_FIELD_NUMBER: _builtins.int
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
     LEASE_TERM_FIELD_NUMBER: _builtins.int
+    BY_OPERATOR_FIELD_NUMBER: _builtins.int
+    OPERATOR_FIELD_NUMBER: _builtins.int
     framework_id: _builtins.str
     key: _builtins.str
     expected_version: _builtins.int
     lease_term: _builtins.int
+    by_operator: _builtins.bool
+    """as FrameworkStatePut.by_operator"""
+    operator: _builtins.str
     def __init__(
         self,
         *,
@@ -627,10 +641,12 @@ class FrameworkStateDeleted(_message.Message):
         key: _builtins.str = ...,
         expected_version: _builtins.int = ...,
         lease_term: _builtins.int = ...,
+        by_operator: _builtins.bool = ...,
+        operator: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_version", b"expected_version", "framework_id", b"framework_id", "key", b"key", "lease_term", b"lease_term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_operator", b"by_operator", "expected_version", b"expected_version", "framework_id", b"framework_id", "key", b"key", "lease_term", b"lease_term", "operator", b"operator"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

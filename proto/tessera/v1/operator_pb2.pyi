@@ -1471,3 +1471,83 @@ class GetFrameworkStateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetFrameworkStateResponse: _TypeAlias = GetFrameworkStateResponse  # noqa: Y015
+
+@_typing.final
+class FrameworkStateWrite(_message.Message):
+    """One write of WriteFrameworkState: put `value` at `key`, or delete `key`, if the key's version is
+    `expected_version` (-1: whatever it is; 0: the key must be absent; N: its current version).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    DELETE_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    value: _builtins.str
+    delete: _builtins.bool
+    expected_version: _builtins.int
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        value: _builtins.str = ...,
+        delete: _builtins.bool = ...,
+        expected_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "expected_version", b"expected_version", "key", b"key", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FrameworkStateWrite: _TypeAlias = FrameworkStateWrite  # noqa: Y015
+
+@_typing.final
+class WriteFrameworkStateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FRAMEWORK_ID_FIELD_NUMBER: _builtins.int
+    WRITES_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    framework_id: _builtins.str
+    request_id: _builtins.str
+    @_builtins.property
+    def writes(self) -> _containers.RepeatedCompositeFieldContainer[Global___FrameworkStateWrite]: ...
+    def __init__(
+        self,
+        *,
+        framework_id: _builtins.str = ...,
+        writes: _abc.Iterable[Global___FrameworkStateWrite] | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["framework_id", b"framework_id", "request_id", b"request_id", "writes", b"writes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteFrameworkStateRequest: _TypeAlias = WriteFrameworkStateRequest  # noqa: Y015
+
+@_typing.final
+class WriteFrameworkStateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """per write: the key's new version (0 for a delete)"""
+
+    def __init__(
+        self,
+        *,
+        versions: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteFrameworkStateResponse: _TypeAlias = WriteFrameworkStateResponse  # noqa: Y015

@@ -124,6 +124,11 @@ class OperatorStub:
                 request_serializer=tessera_dot_v1_dot_operator__pb2.GetFrameworkStateRequest.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_operator__pb2.GetFrameworkStateResponse.FromString,
                 _registered_method=True)
+        self.WriteFrameworkState = channel.unary_unary(
+                '/tessera.v1.Operator/WriteFrameworkState',
+                request_serializer=tessera_dot_v1_dot_operator__pb2.WriteFrameworkStateRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_operator__pb2.WriteFrameworkStateResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServicer:
@@ -247,6 +252,17 @@ class OperatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WriteFrameworkState(self, request, context):
+        """Write a framework's key/value state as an operator (action `configure`): how operators hand a
+        framework such as `tessera services` its desired state. Committed like the framework's own writes
+        (FrameworkStatePut/FrameworkStateDeleted with by_operator and the operator's principal), all writes
+        in one entry, compare-and-set on each key's version (FAILED_PRECONDITION + tessera-conflict: version),
+        but not fenced by the framework's lease.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -339,6 +355,11 @@ def add_OperatorServicer_to_server(servicer, server):
                     servicer.GetFrameworkState,
                     request_deserializer=tessera_dot_v1_dot_operator__pb2.GetFrameworkStateRequest.FromString,
                     response_serializer=tessera_dot_v1_dot_operator__pb2.GetFrameworkStateResponse.SerializeToString,
+            ),
+            'WriteFrameworkState': grpc.unary_unary_rpc_method_handler(
+                    servicer.WriteFrameworkState,
+                    request_deserializer=tessera_dot_v1_dot_operator__pb2.WriteFrameworkStateRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_operator__pb2.WriteFrameworkStateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -827,6 +848,33 @@ class Operator:
             '/tessera.v1.Operator/GetFrameworkState',
             tessera_dot_v1_dot_operator__pb2.GetFrameworkStateRequest.SerializeToString,
             tessera_dot_v1_dot_operator__pb2.GetFrameworkStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteFrameworkState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Operator/WriteFrameworkState',
+            tessera_dot_v1_dot_operator__pb2.WriteFrameworkStateRequest.SerializeToString,
+            tessera_dot_v1_dot_operator__pb2.WriteFrameworkStateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,6 +65,13 @@ class OperatorStub:
     """A framework's key/value state (docs/protocol.md), in key order, one page at a time. Values of
     another principal's framework read "<redacted>" unless the caller may `read_all`.
     """
+    WriteFrameworkState: _grpc.UnaryUnaryMultiCallable[_operator_pb2.WriteFrameworkStateRequest, _operator_pb2.WriteFrameworkStateResponse]
+    """Write a framework's key/value state as an operator (action `configure`): how operators hand a
+    framework such as `tessera services` its desired state. Committed like the framework's own writes
+    (FrameworkStatePut/FrameworkStateDeleted with by_operator and the operator's principal), all writes
+    in one entry, compare-and-set on each key's version (FAILED_PRECONDITION + tessera-conflict: version),
+    but not fenced by the framework's lease.
+    """
 
 @_typing.type_check_only
 class OperatorAsyncStub(OperatorStub):
@@ -99,6 +106,13 @@ class OperatorAsyncStub(OperatorStub):
     GetFrameworkState: _aio.UnaryUnaryMultiCallable[_operator_pb2.GetFrameworkStateRequest, _operator_pb2.GetFrameworkStateResponse]  # type: ignore[assignment]
     """A framework's key/value state (docs/protocol.md), in key order, one page at a time. Values of
     another principal's framework read "<redacted>" unless the caller may `read_all`.
+    """
+    WriteFrameworkState: _aio.UnaryUnaryMultiCallable[_operator_pb2.WriteFrameworkStateRequest, _operator_pb2.WriteFrameworkStateResponse]  # type: ignore[assignment]
+    """Write a framework's key/value state as an operator (action `configure`): how operators hand a
+    framework such as `tessera services` its desired state. Committed like the framework's own writes
+    (FrameworkStatePut/FrameworkStateDeleted with by_operator and the operator's principal), all writes
+    in one entry, compare-and-set on each key's version (FAILED_PRECONDITION + tessera-conflict: version),
+    but not fenced by the framework's lease.
     """
 
 class OperatorServicer(metaclass=_abc_1.ABCMeta):
@@ -239,6 +253,19 @@ class OperatorServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_operator_pb2.GetFrameworkStateResponse, _abc.Awaitable[_operator_pb2.GetFrameworkStateResponse]]:
         """A framework's key/value state (docs/protocol.md), in key order, one page at a time. Values of
         another principal's framework read "<redacted>" unless the caller may `read_all`.
+        """
+
+    @_abc_1.abstractmethod
+    def WriteFrameworkState(
+        self,
+        request: _operator_pb2.WriteFrameworkStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.WriteFrameworkStateResponse, _abc.Awaitable[_operator_pb2.WriteFrameworkStateResponse]]:
+        """Write a framework's key/value state as an operator (action `configure`): how operators hand a
+        framework such as `tessera services` its desired state. Committed like the framework's own writes
+        (FrameworkStatePut/FrameworkStateDeleted with by_operator and the operator's principal), all writes
+        in one entry, compare-and-set on each key's version (FAILED_PRECONDITION + tessera-conflict: version),
+        but not fenced by the framework's lease.
         """
 
 def add_OperatorServicer_to_server(servicer: OperatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -258,3 +258,32 @@ def test_the_event_logs_state_snapshots_keep_the_framework_state() -> None:
     restored = decode_snapshot(encode_snapshot(h.state))  # the core-only unpickler admits its records
     assert restored is not None and restored.fingerprint() == h.state.fingerprint()
     assert get(restored, fid, "k") == get(h.state, fid, "k")
+
+
+def operator_put(fid: str, key: str, value: str, version: int = ANY_VERSION) -> c.WriteFrameworkState:
+    return c.WriteFrameworkState(fid, (c.StateWrite(key, value, expected_version=version),), by_operator=True,
+                                 operator="ops")
+
+
+def test_an_operators_write_needs_no_stream_keeps_compare_and_set_and_names_the_operator() -> None:
+    h, fid, _ = world()
+    v = h.run(operator_put(fid, "apps/web", "one", ABSENT)).last_seq
+    assert get(h.state, fid, "apps/web").value == "one"  # type: ignore[union-attr]
+    with pytest.raises(VersionConflict):
+        h.decide(operator_put(fid, "apps/web", "two", ABSENT))
+    (_, put_event), = h.run(operator_put(fid, "apps/web", "two", v)).events
+    assert isinstance(put_event, ev.FrameworkStatePut) and (put_event.by_operator, put_event.operator) == (True, "ops")
+
+
+def test_an_operators_write_is_not_fenced_by_the_lease() -> None:
+    h, fid, _ = world()
+    write = h.decide(operator_put(fid, "apps/web", "one"))
+    h.run(c.SubscribeFramework(h.state.frameworks[fid].info))  # the lease moves before it is applied
+    assert h.commit(write).ok
+    assert get(h.state, fid, "apps/web").value == "one"  # type: ignore[union-attr]
+
+
+def test_an_operators_write_names_no_stream() -> None:
+    h, fid, sid = world()
+    with pytest.raises(InvalidRequest, match="names no stream"):
+        h.decide(c.WriteFrameworkState(fid, (c.StateWrite("k", "v"),), stream_id=sid, by_operator=True))

@@ -1,0 +1,244 @@
+"""`tessera services` (the service framework's process) and `tessera service ...` (its operators' commands).
+
+The framework (`tessera.sdk.services.controller`) runs as a standby-capable SDK framework named
+`tessera-services`; operators hand it app definitions by writing its key/value state through the Operator
+API (`WriteFrameworkState`, ACL action `configure`): `apps/<id>` holds the canonical definition, and the
+framework's `status/<id>` is what `list` and `show` print.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+import click
+
+from tessera.control_plane.cli.shared import fail
+
+PAGE = 1000
+
+
+@click.command("services")
+@click.option("--masters", default=None, metavar="HOST:PORT,...", help="masters to subscribe with")
+@click.option("--poll", type=click.FloatRange(min=0.05, max=60), default=0.5, show_default=True,
+              help="seconds between reconciliation rounds")
+@click.option("--role", default="default", show_default=True)
+@click.option("--failover-timeout", type=click.FloatRange(min=1, max=604800), default=3600.0, show_default=True)
+def services_command(masters: str | None, poll: float, role: str, failover_timeout: float) -> None:
+    """Run the service framework (several may run: one is active, the others stand by)."""
+    from tessera.control_plane.cli.run import _root_masters, _security
+    from tessera.sdk import FrameworkInfo, SchedulerDriver
+    from tessera.sdk.grpc_transport import GrpcTransport
+    from tessera.sdk.services.controller import FRAMEWORK_NAME, ServiceController
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s tessera services: %(message)s")
+    security = _security()
+    chosen = masters or _root_masters()
+    controller = ServiceController(poll_seconds=poll)
+    transport = GrpcTransport(credentials=security.credentials, token=security.token)
+    driver = SchedulerDriver(controller, FrameworkInfo(name=FRAMEWORK_NAME, roles=(role,),
+                                                       failover_timeout=failover_timeout),
+                             chosen.split(",") if chosen else None, transport=transport, standby=True)
+    done = threading.Event()
+
+    def stop(signum: int, frame: Any) -> None:
+        done.set()
+        driver.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    controller.start_polling()
+    driver.start()
+    driver.join()
+    controller.stop_polling()
+
+
+# ---- operators' commands ---------------------------------------------------------------------------------
+@click.group("service")
+def service() -> None:
+    """Services kept by `tessera services`: apply, list, show, scale, restart, remove."""
+
+
+def _framework_id(c: Any) -> str:
+    from tessera.sdk.services.controller import FRAMEWORK_NAME
+    from tessera.v1 import common_pb2, operator_pb2
+
+    resp = c.call(lambda s: s.GetState, operator_pb2.GetStateRequest(consistent=True))
+    for fw in resp.frameworks:
+        if fw.info.name == FRAMEWORK_NAME and fw.state != common_pb2.FRAMEWORK_REMOVED:
+            return str(fw.framework_id)
+    fail(f"no {FRAMEWORK_NAME} framework is registered: start `tessera services` first", 1)
+
+
+def _read(c: Any, fid: str, prefix: str) -> dict[str, tuple[str, int]]:
+    from tessera.v1 import operator_pb2
+
+    out: dict[str, tuple[str, int]] = {}
+    start_after = ""
+    while True:
+        resp = c.call(lambda s: s.GetFrameworkState, operator_pb2.GetFrameworkStateRequest(
+            framework_id=fid, prefix=prefix, start_after=start_after, limit=PAGE, consistent=True))
+        for e in resp.entries:
+            out[e.key] = (e.value, e.version)
+        if not resp.more or not resp.entries:
+            return out
+        start_after = resp.entries[-1].key
+
+
+def _write(c: Any, fid: str, key: str, value: str | None, version: int) -> int:
+    from tessera.v1 import operator_pb2
+
+    write = operator_pb2.FrameworkStateWrite(key=key, value=value or "", delete=value is None,
+                                             expected_version=version)
+    resp = c.call(lambda s: s.WriteFrameworkState,
+                  operator_pb2.WriteFrameworkStateRequest(framework_id=fid, writes=[write]))
+    return int(resp.versions[0])
+
+
+def _parse(doc: Any) -> Any:
+    from tessera.sdk.services.app import AppError, parse_app
+
+    try:
+        return parse_app(doc)
+    except AppError as exc:
+        fail(f"refused: {exc}", 2)
+
+
+def _current(c: Any, fid: str, app_id: str) -> tuple[dict[str, Any], int]:
+    found = _read(c, fid, f"apps/{app_id}")
+    if f"apps/{app_id}" not in found:
+        fail(f"no service {app_id!r}", 1)
+    value, version = found[f"apps/{app_id}"]
+    return json.loads(value), version
+
+
+def _store(c: Any, fid: str, doc: dict[str, Any], version: int) -> dict[str, Any]:
+    app = _parse(doc)
+    _write(c, fid, f"apps/{app.id}", json.dumps(app.to_json(), sort_keys=True), version)
+    return {"id": app.id, "version": app.version, "instances": app.instances}
+
+
+def _done(c: Any, result: dict[str, Any], text: str) -> None:
+    if c.as_json:
+        c.emit(result)
+    else:
+        click.echo(text)
+
+
+@service.command("apply")
+@click.argument("file", type=click.File("r"))
+@click.pass_obj
+def apply(c: Any, file: Any) -> None:
+    """Create or update a service from an app definition (JSON; `-` reads stdin)."""
+    text = file.read()
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        fail(f"refused: {file.name}: not JSON: {exc}", 2)
+    app = _parse(doc)
+    fid = _framework_id(c)
+    result = _store(c, fid, doc, -1)
+    _done(c, result, f"service {app.id}: version {app.version}, {app.instances} instance(s)")
+
+
+@service.command("scale")
+@click.argument("app_id")
+@click.argument("instances", type=click.IntRange(min=0))
+@click.pass_obj
+def scale(c: Any, app_id: str, instances: int) -> None:
+    """Set the number of instances of APP_ID."""
+    fid = _framework_id(c)
+    doc, version = _current(c, fid, app_id)
+    doc["instances"] = instances
+    result = _store(c, fid, doc, version)
+    _done(c, result, f"service {app_id}: {instances} instance(s)")
+
+
+@service.command("restart")
+@click.argument("app_id")
+@click.pass_obj
+def restart(c: Any, app_id: str) -> None:
+    """Replace every instance of APP_ID (a rolling deployment of a new version: label tessera.restarted)."""
+    import time
+
+    fid = _framework_id(c)
+    doc, version = _current(c, fid, app_id)
+    doc["labels"] = dict(doc.get("labels", {}), **{"tessera.restarted": f"{time.time():.3f}"})
+    result = _store(c, fid, doc, version)
+    _done(c, result, f"service {app_id}: restarting as version {result['version']}")
+
+
+@service.command("remove")
+@click.argument("app_id")
+@click.pass_obj
+def remove(c: Any, app_id: str) -> None:
+    """Remove APP_ID: its instances are killed."""
+    fid = _framework_id(c)
+    _, version = _current(c, fid, app_id)
+    _write(c, fid, f"apps/{app_id}", None, version)
+    _done(c, {"id": app_id, "removed": True}, f"service {app_id}: removed")
+
+
+def _statuses(c: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    fid = _framework_id(c)
+    apps = {k[len("apps/"):]: json.loads(v) for k, (v, _) in _read(c, fid, "apps/").items()}
+    status = {k[len("status/"):]: json.loads(v) for k, (v, _) in _read(c, fid, "status/").items()}
+    return apps, status
+
+
+@service.command("list")
+@click.pass_obj
+def list_services(c: Any) -> None:
+    """Each service: instances wanted, running, healthy, and its deployment."""
+    apps, status = _statuses(c)
+    rows = []
+    for app_id, doc in sorted(apps.items()):
+        st = status.get(app_id, {})
+        dep = st.get("deployment", {})
+        rows.append({"id": app_id, "wanted": doc.get("instances", 1), "running": st.get("running", 0),
+                     "healthy": st.get("healthy", 0), "version": st.get("version", ""),
+                     "deployment": dep.get("state", "pending"), "reason": dep.get("reason", ""),
+                     "unplaced": st.get("unplaced", "")})
+    if c.as_json:
+        c.emit({"services": rows})
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("id", "wanted", "running", "healthy", "version", "deployment")
+    for r in rows:
+        note = r["reason"] or r["unplaced"]
+        table.add_row(r["id"], str(r["wanted"]), str(r["running"]), str(r["healthy"]), r["version"],
+                      r["deployment"] + (f" ({note})" if note else ""))
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+@service.command("show")
+@click.argument("app_id")
+@click.pass_obj
+def show(c: Any, app_id: str) -> None:
+    """APP_ID's definition, tasks (where, state, health) and deployment history."""
+    apps, status = _statuses(c)
+    if app_id not in apps and app_id not in status:
+        fail(f"no service {app_id!r}", 1)
+    st = status.get(app_id, {})
+    result = {"id": app_id, "definition": apps.get(app_id), "status": st}
+    if c.as_json:
+        c.emit(result)
+        return
+    click.echo(f"service {app_id}: wanted {st.get('wanted', '?')}, running {st.get('running', 0)}, "
+               f"healthy {st.get('healthy', 0)}, version {st.get('version', '?')}")
+    if st.get("unplaced"):
+        click.echo(f"  waiting: {st.get('waiting', 0)} instance(s): {st['unplaced']}")
+    for inst in st.get("instances", []):
+        health = {True: "healthy", False: "unhealthy", None: "-"}[inst.get("healthy")]
+        click.echo(f"  {inst['task_id']}  {inst.get('hostname') or inst.get('agent_id')}  {inst['state']}  "
+                   f"{health}{'  (killing)' if inst.get('killing') else ''}")
+    for dep in [st.get("deployment")] + list(st.get("history", [])):
+        if dep:
+            click.echo(f"  deployment {dep['version']}: {dep['state']}, {dep['steps']} step(s)"
+                       f"{': ' + dep['reason'] if dep.get('reason') else ''}")

@@ -1,0 +1,91 @@
+"""The service framework with real processes: `tessera services` (two instances: one active, one standing
+by) keeps an app of HTTP servers running and healthy; `tessera service` commands drive it through the
+Operator API; a bad definition is refused naming the field and changes nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.cluster import LocalCluster, spawn, wait_for
+
+SERVER = ("python3 -c \"import http.server,os; http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT0'])), "
+          "http.server.SimpleHTTPRequestHandler).serve_forever()\"")
+
+
+def tessera(cluster: LocalCluster, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tessera.control_plane.cli.main", "--masters",
+                           ",".join(cluster.grpc_addresses()), *args], input=stdin, capture_output=True,
+                          text=True, timeout=60)
+
+
+def status(cluster: LocalCluster, app_id: str) -> dict[str, Any]:
+    out = tessera(cluster, "--json", "service", "show", app_id)
+    return json.loads(out.stdout)["status"] if out.returncode == 0 else {}
+
+
+@pytest.fixture()
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    with LocalCluster(tmp_path, n=1) as c:
+        c.start_all()
+        c.leader()
+        c.add_agent("cpus:4;mem:2048;ports:[31400-31449]")
+        c.add_agent("cpus:4;mem:2048;ports:[31450-31499]")
+        c.wait_agents(2)
+        yield c
+
+
+def start_services(cluster: LocalCluster, name: str) -> subprocess.Popen[bytes]:
+    return spawn([sys.executable, "-m", "tessera.control_plane.cli.main", "services", "--masters",
+                  ",".join(cluster.grpc_addresses()), "--poll", "0.3"], cluster.root / f"{name}.log",
+                 {**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def app(instances: int, cmd: str = SERVER, **extra: Any) -> str:
+    return json.dumps({"id": "web", "instances": instances, "cpus": 0.1, "mem": 32, "cmd": cmd,
+                       "portDefinitions": [{"port": 0, "name": "http"}],
+                       "healthChecks": [{"protocol": "HTTP", "path": "/", "portIndex": 0, "delaySeconds": 0.2,
+                                         "intervalSeconds": 0.5, "timeoutSeconds": 0.5,
+                                         "gracePeriodSeconds": 10}],
+                       "upgradeStrategy": {"minimumHealthCapacity": 0.5, "maximumOverCapacity": 0.5}, **extra})
+
+
+def test_services_keep_an_app_healthy_survive_failover_and_refuse_bad_definitions(cluster: LocalCluster) -> None:
+    first = start_services(cluster, "services-1")
+    procs = [first]
+    try:
+        wait_for(lambda: tessera(cluster, "service", "list").returncode == 0, 30, what="the framework registered")
+        second = start_services(cluster, "services-2")
+        procs.append(second)
+        applied = tessera(cluster, "service", "apply", "-", stdin=app(3))
+        assert applied.returncode == 0, applied.stderr
+        wait_for(lambda: status(cluster, "web").get("healthy") == 3, 60, what="3 healthy instances")
+        before = {i["task_id"] for i in status(cluster, "web")["instances"]}
+
+        bad = tessera(cluster, "service", "apply", "-", stdin=app(3, instances_typo=1))
+        assert bad.returncode == 2 and "instances_typo" in bad.stderr + bad.stdout
+        negative = tessera(cluster, "service", "apply", "-", stdin=app(-1))
+        assert negative.returncode == 2 and "instances" in negative.stderr + negative.stdout
+        assert json.loads(tessera(cluster, "--json", "service", "show", "web").stdout)["definition"]["instances"] == 3
+
+        # kill -9 the active instance: the standby takes over, keeps the same instances (none lost or doubled)
+        active = first
+        os.kill(active.pid, signal.SIGKILL)
+        active.wait(10)
+        assert tessera(cluster, "service", "scale", "web", "4").returncode == 0
+        wait_for(lambda: status(cluster, "web").get("healthy") == 4, 60, what="4 healthy after the takeover")
+        after = {i["task_id"] for i in status(cluster, "web")["instances"]}
+        assert before <= after and len(after) == 4
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
