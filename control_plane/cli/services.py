@@ -26,8 +26,9 @@ PAGE = 1000
 @click.option("--masters", default=None, metavar="HOST:PORT,...", help="masters to subscribe with")
 @click.option("--poll", type=click.FloatRange(min=0.05, max=60), default=0.5, show_default=True,
               help="seconds between reconciliation rounds")
-@click.option("--role", default="default", show_default=True)
-@click.option("--failover-timeout", type=click.FloatRange(min=1, max=604800), default=3600.0, show_default=True)
+@click.option("--role", default="default", show_default=True, help="the role the framework subscribes with")
+@click.option("--failover-timeout", type=click.FloatRange(min=1, max=604800), default=3600.0, show_default=True,
+              help="seconds the master keeps the framework and its tasks when no instance is connected")
 def services_command(masters: str | None, poll: float, role: str, failover_timeout: float) -> None:
     """Run the service framework (several may run: one is active, the others stand by)."""
     from tessera.control_plane.cli.run import _root_masters, _security
