@@ -89,3 +89,73 @@ def test_services_keep_an_app_healthy_survive_failover_and_refuse_bad_definition
             if p.poll() is None:
                 p.kill()
                 p.wait(10)
+
+
+def framework_lease_term(cluster: LocalCluster) -> int:
+    frameworks = json.loads(tessera(cluster, "--json", "frameworks").stdout)
+    return max((int(f.get("lease_term", 0)) for f in frameworks if f.get("info", {}).get("name") == "tessera-services"),
+               default=0)
+
+
+RUNNING, TERMINAL = 3, {5, 6, 7, 8, 9, 10, 12}  # TaskState numbers (common.proto)
+
+
+def ready_counts(cluster: LocalCluster, prefix: str) -> list[int]:
+    """Replay the event log's status updates of the app's tasks: the number of ready (running and healthy)
+    instances after each update."""
+    out = tessera(cluster, "--json", "events", "--type", "TaskStatusUpdated")
+    assert out.returncode == 0, out.stderr
+    ready: dict[str, bool] = {}
+    counts = []
+    for line in out.stdout.splitlines():
+        record = json.loads(line)
+        payload = record["payload"]
+        status = payload.get("status", {})
+        task_id = payload.get("task_id") or record.get("task_id")
+        if not str(task_id).startswith(prefix):
+            continue
+        state = status.get("state")
+        state = state if isinstance(state, int) else {"TASK_RUNNING": RUNNING}.get(state, 0 if state is None else -1)
+        if state == RUNNING and "healthy" in status and status["healthy"] is not None:
+            ready[task_id] = bool(status["healthy"])
+        elif state != RUNNING:
+            ready[task_id] = False
+        counts.append(sum(ready.values()))
+    return counts
+
+
+def test_a_rolling_update_keeps_the_minimum_healthy_and_the_standby_takes_over(cluster: LocalCluster) -> None:
+    active = start_services(cluster, "services-1")
+    procs = [active]
+    try:
+        wait_for(lambda: tessera(cluster, "service", "list").returncode == 0, 30, what="the framework registered")
+        standby = start_services(cluster, "services-2")
+        procs.append(standby)
+        assert tessera(cluster, "service", "apply", "-", stdin=app(4)).returncode == 0
+        wait_for(lambda: status(cluster, "web").get("healthy") == 4, 90, what="4 healthy instances")
+        first_version = status(cluster, "web")["version"]
+        counted_from = len(ready_counts(cluster, "web."))
+        # a new version (another command line): replaced one by one within the strategy's bounds
+        updated = app(4, cmd=SERVER + " # v2")
+        assert tessera(cluster, "service", "apply", "-", stdin=updated).returncode == 0
+        wait_for(lambda: (s := status(cluster, "web")).get("version") != first_version and s.get("healthy") == 4
+                 and all(i.get("version") == s["version"] for i in s.get("instances", [])), 120,
+                 what="4 healthy instances of the new version")
+        during = ready_counts(cluster, "web.")[counted_from:]
+        assert during, "no status update during the deployment"
+        print(f"ready instances during the rolling update: min {min(during)}, {len(during)} updates")
+        assert min(during) >= 2, f"below minimumHealthCapacity 0.5 of 4: {during}"
+        # kill -9 the active instance: the standby takes the lease (a new term) and keeps every instance
+        term = framework_lease_term(cluster)
+        kept = {i["task_id"] for i in status(cluster, "web")["instances"]}
+        os.kill(active.pid, signal.SIGKILL)
+        active.wait(10)
+        wait_for(lambda: framework_lease_term(cluster) > term, 30, what="the standby taking the lease")
+        assert tessera(cluster, "service", "scale", "web", "5").returncode == 0
+        wait_for(lambda: status(cluster, "web").get("healthy") == 5, 90, what="5 healthy after the takeover")
+        assert kept <= {i["task_id"] for i in status(cluster, "web")["instances"]}
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
