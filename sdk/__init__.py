@@ -46,7 +46,8 @@ The names, all imported from `tessera.sdk` (`__all__`); each is documented on it
   `tessera.sdk.aio`: `AsyncSchedulerDriver`; `tessera.sdk.session`: `Backoff` (reconnection backoff).
 - `tessera.sdk.types` (frozen values): `FrameworkInfo`, `Offer`, `TaskInfo` (= `TaskSpec`), `TaskStatus`,
   `TaskState`, `Filters`, `Launch`, `Reserve`, `Unreserve`, `Operation`, `Resources`, `DEFAULT_ROLE`;
-  for container tasks `ContainerInfo`, `PortMapping`, `Volume`, and `NetworkInfo` (in statuses).
+  for container tasks `ContainerInfo`, `PortMapping`, `Volume`, and `NetworkInfo` (in statuses);
+  `CommandURI` for artifacts fetched into a task's sandbox (`TaskInfo.uris`).
 - `tessera.sdk.errors` (the error tree): `TesseraError`, `InvalidRequest`, `NotFound`, `Conflict`,
   `NotLeader`, `Unauthenticated`, `PermissionDenied`, `Unavailable`, `ServerError`, `DriverStopped`.
 """
@@ -71,6 +72,7 @@ from tessera.sdk.scheduler import AsyncScheduler, Scheduler
 from tessera.sdk.session import Backoff
 from tessera.sdk.types import (
     DEFAULT_ROLE,
+    CommandURI,
     ContainerInfo,
     Filters,
     FrameworkInfo,
@@ -93,6 +95,7 @@ __all__ = [
     "AsyncScheduler",
     "AsyncSchedulerDriver",
     "Backoff",
+    "CommandURI",
     "Conflict",
     "ContainerInfo",
     "DEFAULT_ROLE",

@@ -25,10 +25,11 @@ from typing import TypeAlias
 from tessera.control_plane.core.errors import InvalidRequest
 from tessera.control_plane.core.lifecycle import is_terminal
 from tessera.control_plane.core.resources import Interval, Resources
-from tessera.control_plane.core.values import NetworkInfo, PortMapping, TaskState, Volume
+from tessera.control_plane.core.values import CommandURI, NetworkInfo, PortMapping, TaskState, Volume
 
 __all__ = [
     "DEFAULT_ROLE",
+    "CommandURI",
     "ContainerInfo",
     "NetworkInfo",
     "PortMapping",
@@ -181,7 +182,9 @@ class TaskInfo:
     `command` is a shell string or an argv tuple; a container task (`container`) may leave it empty to
     run its image's entrypoint and command. `agent_id` may stay empty: `accept`/`launch` fill
     it in from the offers the task is launched on. `kill_grace_period` (seconds) is the time between
-    SIGTERM and SIGKILL when the task is killed; 0 means the agent's default."""
+    SIGTERM and SIGKILL when the task is killed; 0 means the agent's default. `uris` are fetched into
+    the task's sandbox before it starts (docs/fetcher.md): `CommandURI` values, or plain URL strings for
+    a file kept as downloaded."""
 
     task_id: str
     resources: Resources
@@ -194,8 +197,10 @@ class TaskInfo:
     working_dir: str = ""
     user: str = ""
     container: ContainerInfo | None = None
+    uris: tuple[CommandURI, ...] = ()
 
     def __post_init__(self) -> None:
+        _set(self, "uris", tuple(CommandURI(u) if isinstance(u, str) else u for u in self.uris))
         if not isinstance(self.command, str):
             _set(self, "command", tuple(self.command))
         _set(self, "env", _frozen_map(self.env, f"task {self.task_id}: env"))
@@ -217,7 +222,7 @@ class TaskInfo:
         return TaskInfo(
             task_id=self.task_id, resources=self.resources, command=self.command, name=self.name,
             agent_id=agent_id, env=self.env, kill_grace_period=self.kill_grace_period, labels=self.labels,
-            working_dir=self.working_dir, user=self.user, container=self.container,
+            working_dir=self.working_dir, user=self.user, container=self.container, uris=self.uris,
         )
 
 

@@ -57,7 +57,7 @@ from tessera.sdk.types import (
 )
 
 PUBLIC = {
-    "AsyncScheduler", "AsyncSchedulerDriver", "Backoff", "Conflict", "ContainerInfo", "DEFAULT_ROLE",
+    "AsyncScheduler", "AsyncSchedulerDriver", "Backoff", "CommandURI", "Conflict", "ContainerInfo", "DEFAULT_ROLE",
     "DriverStopped", "Filters", "NetworkInfo", "PortMapping", "Volume",
     "FrameworkInfo", "InvalidRequest", "Launch", "NotFound", "NotLeader", "Offer", "Operation",
     "PermissionDenied", "Reserve", "Resources", "Scheduler", "SchedulerDriver", "ServerError", "TaskInfo",
@@ -244,3 +244,16 @@ def test_a_container_task_and_its_network_cross_the_wire_unchanged() -> None:
     status = TaskStatus(task_id="web", state=TaskState.TASK_RUNNING, network=NetworkInfo("bridge", ("10.213.64.2",)))
     assert cv.status_from_proto(cv.status_to_proto(status)).network == status.network
     assert cv.status_from_proto(cv.status_to_proto(TaskStatus(task_id="t", state=TaskState.TASK_RUNNING))).network is None
+
+
+def test_a_tasks_uris_cross_the_wire_unchanged_and_strings_are_plain_uris() -> None:
+    from tessera.sdk.types import CommandURI
+
+    task = TaskInfo(task_id="fetching", resources=Resources.of(cpus=0.1, mem=32), command="./tool",
+                    uris=["http://127.0.0.1:8000/tool",
+                          CommandURI("https://example.invalid/data.tgz", extract=True, no_cache=True),
+                          CommandURI("file:///srv/bin/tool", executable=True, output_file="tool2")])
+    assert isinstance(task.uris, tuple) and task.uris[0] == CommandURI("http://127.0.0.1:8000/tool")
+    back = cv.task_from_proto(cv.task_to_proto(task))
+    assert back.uris == task.uris
+    assert back.on_agent("a1").uris == task.uris
