@@ -55,7 +55,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tessera.agent.executor import containers
+from tessera.agent.executor import containers, fetcher
 from tessera.agent.executor.containers import ContainerLaunch
 from tessera.agent.executor.isolation import (
     IsolationSpec,
@@ -66,6 +66,7 @@ from tessera.agent.executor.isolation import (
     kill_cgroup,
     memory_limit_message,
 )
+from tessera.agent.executor.output import LogRotation, OutputPump
 
 LAUNCH_FILE = "launch.json"
 SUPERVISOR_FILE = "supervisor.json"
@@ -169,18 +170,6 @@ def enter_working_dir(working_dir: str) -> None:
         os.close(fd)
 
 
-def _open_output(path: Path, uid: int, gid: int) -> Any:
-    """Open the task's stdout or stderr for appending: never through a symlink, owned by the task's user."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    try:
-        if (uid, gid) != (os.geteuid(), os.getegid()):
-            os.fchown(fd, uid, gid)
-        return os.fdopen(fd, "ab")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
 def session_pids(sid: int) -> list[int]:
     """Every process whose session id is `sid` (the task's session)."""
     out = []
@@ -218,6 +207,10 @@ class Supervisor:
         self.task_dir = Path(str(self.launch.get("sandbox") or sandbox))
         self.container: ContainerLaunch | None = (
             ContainerLaunch.from_json(self.launch["container"]) if self.launch.get("container") else None)
+        self.log_rotation = LogRotation.from_json(self.launch.get("log_rotation"))
+        self.uris = fetcher.uris_from_json(self.launch.get("uris"))
+        self.fetch_notes: list[str] = []  # what the fetcher did, for the task's stderr
+        self.output: OutputPump | None = None  # the task's pipes and rotated files, made just before it starts
 
     def log(self, message: str) -> None:
         self.log_file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} supervisor[{os.getpid()}]: {message}\n")
@@ -276,19 +269,42 @@ class Supervisor:
         env = {str(k): str(v) for k, v in (self.launch.get("env") or {}).items()}
         return env
 
-    def start_container(self, container: ContainerLaunch) -> dict[str, Any] | None:
-        """Start a container task under runc (agent/executor/containers.py); on failure the exit record."""
+    def fetch_uris(self) -> dict[str, Any] | None:
+        """Fetch the task's URIs into its sandbox (agent/executor/fetcher.py); on failure or a kill
+        meanwhile the exit record to write."""
+        if not self.uris:
+            return None
+        config = fetcher.FetcherConfig.from_json(self.launch.get("fetcher"))
+        self.log(f"fetching {len(self.uris)} URI(s)")
+        outcome = fetcher.fetch(self.uris, self.task_dir, self.sandbox, str(self.launch.get("user") or ""), config,
+                                wake_fd=self._wake_r, cancelled=lambda: self.kill_requested, log=self.log)
+        self.fetch_notes = outcome.notes
+        if outcome.killed:
+            self.killed = True
+            return {"exit_code": None, "signal": signal.SIGKILL, "killed": True, "launch_error": ""}
+        if outcome.error:
+            return {"exit_code": None, "fetch_error": outcome.error}
+        return None
+
+    def open_output(self) -> OutputPump:
+        """The task's pipes and the rotated files in its sandbox, owned by the sandbox's owner (the task's
+        user; the launcher made it so)."""
         owner = os.stat(self.task_dir)
-        stdout = _open_output(self.task_dir / STDOUT_FILE, owner.st_uid, owner.st_gid)
-        stderr = _open_output(self.task_dir / STDERR_FILE, owner.st_uid, owner.st_gid)
+        self.output = OutputPump(self.task_dir, owner.st_uid, owner.st_gid, self.log_rotation, self.log,
+                                 (STDOUT_FILE, STDERR_FILE))
+        for note in self.fetch_notes:
+            self.output.stderr.write(f"tessera fetcher: {note}\n".encode(errors="replace"))
+        return self.output
+
+    def start_container(self, container: ContainerLaunch, output: OutputPump) -> dict[str, Any] | None:
+        """Start a container task under runc (agent/executor/containers.py); on failure the exit record."""
         try:
-            started = containers.start(container, self.sandbox, stdout, stderr)
+            started = containers.start(container, self.sandbox, output.stdout_w, output.stderr_w, wait=output.wait)
         except containers.ContainerError as exc:
             self.log(f"container launch failed: {exc.reason}")
             return {"exit_code": None, "container_error": exc.reason}
         finally:
-            stdout.close()
-            stderr.close()
+            output.task_started()
         self.child = started.process
         write_json_atomic(self.sandbox / TASK_FILE, {"task_pid": self.child.pid, "started_at": time.time(),
                                                      "container_pid": started.container_pid,
@@ -300,8 +316,9 @@ class Supervisor:
 
     def start_child(self) -> dict[str, Any] | None:
         """Start the task; on failure return the exit record to write."""
+        output = self.output if self.output is not None else self.open_output()
         if self.container is not None:
-            return self.start_container(self.container)
+            return self.start_container(self.container, output)
         argv = [str(a) for a in self.launch["argv"]]
         cwd = str(self.task_dir if "sandbox" in self.launch else (self.launch.get("cwd") or self.sandbox))
         working_dir = str(self.launch.get("working_dir") or "")
@@ -341,19 +358,17 @@ class Supervisor:
                 os.write(2, f"tessera supervisor: {reason}\n".encode(errors="replace"))
                 raise
 
-        stdout = _open_output(self.task_dir / STDOUT_FILE, uid, gid)
-        stderr = _open_output(self.task_dir / STDERR_FILE, uid, gid)
         try:
             self.child = subprocess.Popen(
-                argv, cwd=cwd, env=self._env(), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                start_new_session=True, preexec_fn=preexec, close_fds=True,
+                argv, cwd=cwd, env=self._env(), stdin=subprocess.DEVNULL, stdout=output.stdout_w,
+                stderr=output.stderr_w, start_new_session=True, preexec_fn=preexec, close_fds=True,
             )
         except OSError as exc:
             code = 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
             what = f"{argv[0]}: {exc.strerror or exc}"
             if exc.errno == errno.ENOENT and not os.path.isdir(cwd):
                 what = f"working directory {cwd}: {exc.strerror or exc}"
-            stderr.write(f"tessera supervisor: cannot execute {what}\n".encode())
+            output.stderr.write(f"tessera supervisor: cannot execute {what}\n".encode())
             return {"exit_code": code, "launch_error": what}
         except subprocess.SubprocessError as exc:  # the preexec step failed (cgroup join, user, working dir)
             os.close(why_w)
@@ -364,8 +379,7 @@ class Supervisor:
             self.log(f"launch failed: {what}")
             return {"exit_code": 126, "launch_error": what}
         finally:
-            stdout.close()
-            stderr.close()
+            output.task_started()
             for fd in (why_r, why_w):
                 if fd >= 0:
                     os.close(fd)
@@ -389,6 +403,10 @@ class Supervisor:
         poller.register(self._wake_r, select.POLLIN)
         if pidfd is not None:
             poller.register(pidfd, select.POLLIN)
+        output = self.output
+        pipes = set(output.readable()) if output is not None else set()
+        for fd in pipes:
+            poller.register(fd, select.POLLIN)
         try:
             while True:
                 status = self.child.poll()
@@ -411,6 +429,9 @@ class Supervisor:
                             os.read(self._wake_r, 1024)
                         except OSError:
                             pass
+                    elif fd in pipes and output is not None and not output.pump(fd):
+                        poller.unregister(fd)
+                        pipes.discard(fd)
         finally:
             if pidfd is not None:
                 os.close(pidfd)
@@ -423,7 +444,9 @@ class Supervisor:
         if self.kill_requested or (self.sandbox / KILL_FILE).exists():  # killed before the task even started
             record = {"exit_code": None, "signal": signal.SIGKILL, "killed": True, "launch_error": ""}
         else:
-            failure = self.start_child()
+            failure = self.fetch_uris()
+            if failure is None:
+                failure = self.start_child()
             if failure is not None:
                 record = failure
             else:
@@ -433,12 +456,26 @@ class Supervisor:
                 if self.watchdog is not None:
                     self.watchdog.stop()
                 record = self._exit_record(status)
+            self.close_output()
             if self.container is not None:
                 self._end_container(self.container, record)
         record["finished_at"] = time.time()
         write_json_atomic(self.sandbox / EXIT_FILE, record)
         self.log(f"task ended: {record}")
         return 0
+
+    def close_output(self) -> None:
+        """Read what the task's pipes still hold into its files (bounded), then close them."""
+        if self.output is None:
+            return
+        output, self.output = self.output, None
+        try:
+            output.drain()
+        finally:
+            output.close()
+            if output.stdout.dropped or output.stderr.dropped:
+                self.log(f"output lost to write errors: {output.stdout.dropped} bytes of stdout, "
+                         f"{output.stderr.dropped} bytes of stderr")
 
     def _end_container(self, container: ContainerLaunch, record: dict[str, Any]) -> None:
         """Tear the container down before its exit is recorded, and tell runc's failures from the task's."""
@@ -477,6 +514,10 @@ def main(argv: list[str] | None = None) -> int:
         if supervisor.child is not None and supervisor.child.poll() is None:
             supervisor.signal_task(signal.SIGKILL)
             supervisor.child.wait()
+        try:
+            supervisor.close_output()
+        except Exception as again:  # noqa: BLE001 - the exit record below matters more
+            supervisor.log(f"closing the task's output failed: {again!r}")
         write_json_atomic(args.sandbox / EXIT_FILE, {
             "exit_code": None, "signal": None, "killed": supervisor.killed,
             "launch_error": f"supervisor failed: {exc}", "finished_at": time.time(),

@@ -1,0 +1,674 @@
+"""The fetcher (Mesos's): a task's URIs downloaded, copied or extracted into its sandbox before the task
+starts (docs/fetcher.md). The task's supervisor calls `fetch` before it starts the task, so the agent's
+loop never waits on a download, a slow server cannot hold anything but its own task, and a fetch goes on
+across a restart of the agent like the task it belongs to.
+
+How one fetch runs: the supervisor forks a fetch process and waits for it (`fetch`), reading its
+progress from a pipe. The fetch process
+1. downloads the http(s) URIs as root: from the agent's cache when it has the URL (`DownloadCache`,
+   one entry per URL, shared by every task of the agent), else from the server into the cache (or into
+   an anonymous file of the run directory for `no_cache` and for a download too big to cache);
+2. drops to the task's user (its uid, gid and groups: the sandbox's owner, whom the launcher made it);
+3. as that user, opens the file:// URIs (so a task never gets a file its user could not read: the
+   fetcher runs as root, a `file:///etc/shadow` must not become a hole) and puts every URI into the
+   sandbox: copied under its name (0644, or 0755 when `executable`), or extracted (`extract`), so what
+   lands in the sandbox is the task's user's, made with that user's rights.
+The supervisor kills the fetch process (SIGKILL) when the task is killed meanwhile (TASK_KILLED) or when
+the agent's `--fetcher-timeout` is over (TASK_FAILED); a download over `--fetcher-max-mib`, a server
+error, an unsupported redirect, an unreadable file or an archive the extraction rules refuse end the
+task TASK_FAILED with REASON_FETCHER_FAILED and a message naming the URI (`FetchOutcome.error`).
+
+Rules it keeps:
+- Only http, https and file URLs (the master refused others already); a redirect may lead to http or
+  https only (never file://: a server must not make the fetcher read the agent's files).
+- Each URI brings at most `max_bytes` into the sandbox: the download (a Content-Length over it is
+  refused before reading) and, for an archive, the files it holds.
+- An archive is checked whole before anything of it is written (`tessera.agent.core.fetching`: no
+  absolute or climbing names, no device files, no symlink out, nothing written through a link) and is
+  written with no symlink followed: every directory is opened O_NOFOLLOW from the sandbox's descriptor.
+- file:// URIs are never cached (the cache is root's, shared by every user of the agent).
+- The cache holds at most `cache_max_bytes`, least recently used entries removed first after each
+  insert; an entry is replaced only by a complete download (written aside, renamed into place), and
+  concurrent fetches of one URL wait for each other (a lock file per entry) so the server is asked once.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import select
+import signal
+import stat
+import tarfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+from zlib import error as zlib_error
+
+from tessera.agent.core.fetching import (
+    ArchiveRefused,
+    CacheEntry,
+    Member,
+    MemberKind,
+    cache_key,
+    check_archive,
+    member_path,
+    plan_eviction,
+)
+from tessera.control_plane.core.errors import InvalidRequest
+from tessera.control_plane.core.uris import archive_kind, file_name_of, parse_url
+from tessera.control_plane.core.values import CommandURI
+
+MIB = 1024 * 1024
+DEFAULT_MAX_BYTES = 1024 * MIB  # --fetcher-max-mib
+DEFAULT_TIMEOUT = 300.0  # --fetcher-timeout, seconds for all of a task's URIs
+DEFAULT_CACHE_MAX_BYTES = 2048 * MIB  # --fetcher-cache-max-mib
+MAX_ARCHIVE_MEMBERS = 100_000
+STALE_PART_SECONDS = 24 * 3600.0  # a partial download older than this was left by a killed fetch
+COPY_CHUNK = MIB
+USER_AGENT = "tessera-fetcher"
+
+
+@dataclass(frozen=True)
+class FetcherConfig:
+    """The agent's fetcher flags, as launch.json carries them to the supervisor."""
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    timeout: float = DEFAULT_TIMEOUT
+    cache_dir: str = ""  # "": no cache
+    cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(data: Any) -> FetcherConfig:
+        if not isinstance(data, dict):
+            return FetcherConfig()
+        return FetcherConfig(int(data.get("max_bytes", DEFAULT_MAX_BYTES)), float(data.get("timeout", DEFAULT_TIMEOUT)),
+                             str(data.get("cache_dir", "")), int(data.get("cache_max_bytes", DEFAULT_CACHE_MAX_BYTES)))
+
+
+def uris_to_json(uris: tuple[CommandURI, ...]) -> list[dict[str, Any]]:
+    return [asdict(u) for u in uris]
+
+
+def uris_from_json(data: Any) -> tuple[CommandURI, ...]:
+    if not isinstance(data, list):
+        return ()
+    return tuple(CommandURI(str(u.get("value", "")), bool(u.get("extract")), bool(u.get("executable")),
+                            str(u.get("output_file", "")), bool(u.get("no_cache"))) for u in data if isinstance(u, dict))
+
+
+class FetchError(Exception):
+    """One URI could not be put into the sandbox; `reason` says why (without the URI)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class FetchOutcome:
+    error: str = ""  # "URI: why", for TASK_FAILED (REASON_FETCHER_FAILED)
+    killed: bool = False  # the task was killed during the fetch
+    notes: list[str] = field(default_factory=list)  # one line per URI, for the task's stderr
+
+
+# ---- the supervisor's side -------------------------------------------------------------------------------------
+def fetch(uris: tuple[CommandURI, ...], task_dir: Path, run_dir: Path, user: str, config: FetcherConfig, *,
+          wake_fd: int, cancelled: Callable[[], bool], log: Callable[[str], None]) -> FetchOutcome:
+    """Fetch `uris` into `task_dir` in a fetch process (see the module doc) and wait for it: until it is
+    done, the task is killed (`cancelled()`, checked whenever `wake_fd` is readable) or the timeout is over."""
+    owner = os.stat(task_dir)
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # the fetch process: never returns
+        code = 1
+        try:
+            os.close(read_end)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            _fetch_process(write_end, uris, task_dir, run_dir, user, owner.st_uid, owner.st_gid, config)
+            code = 0
+        except BaseException as exc:  # noqa: BLE001 - a fetch process reports and exits, whatever happened
+            try:
+                _report(write_end, {"error": f"the fetcher failed: {exc!r}"})
+            except BaseException:  # noqa: BLE001
+                pass
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    return _await_fetch(pid, read_end, uris, config, wake_fd, cancelled, log)
+
+
+def _await_fetch(pid: int, read_end: int, uris: tuple[CommandURI, ...], config: FetcherConfig, wake_fd: int,
+                 cancelled: Callable[[], bool], log: Callable[[str], None]) -> FetchOutcome:
+    outcome = FetchOutcome()
+    current = 0  # the URI being worked on (names it in a timeout)
+    done = False
+    buffer = b""
+    deadline = time.monotonic() + config.timeout
+    poller = select.poll()
+    poller.register(read_end, select.POLLIN)
+    poller.register(wake_fd, select.POLLIN)
+    stop = ""
+    try:
+        while not done:
+            if cancelled():
+                stop = "killed"
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                stop = "timeout"
+                break
+            for fd, _ in poller.poll(max(1, int(min(left, 5.0) * 1000))):
+                if fd == wake_fd:
+                    try:
+                        os.read(wake_fd, 1024)
+                    except OSError:
+                        pass
+                    continue
+                chunk = os.read(read_end, 65536)
+                if not chunk:
+                    done = True
+                    break
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    message = json.loads(line)
+                    if "start" in message:
+                        current = int(message["start"])
+                    if message.get("note"):
+                        outcome.notes.append(str(message["note"]))
+                        log(f"fetcher: {message['note']}")
+                    if message.get("error"):
+                        where = uris[int(message["index"])].value if "index" in message else "the task's URIs"
+                        outcome.error = f"{where}: {message['error']}"
+    finally:
+        os.close(read_end)
+    if stop:
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    if stop == "killed":
+        outcome.killed = True
+        log("the task was killed while its URIs were fetched")
+    elif stop == "timeout":
+        outcome.error = (f"{uris[current].value}: not fetched within the agent's fetcher timeout of "
+                         f"{config.timeout:g}s (--fetcher-timeout)")
+    elif not outcome.error and os.waitstatus_to_exitcode(status) != 0:
+        outcome.error = f"{uris[current].value}: the fetcher ended with status {os.waitstatus_to_exitcode(status)}"
+    if outcome.error:
+        log(f"fetch failed: {outcome.error}")
+    return outcome
+
+
+def _report(fd: int, message: dict[str, Any]) -> None:
+    data = (json.dumps(message) + "\n").encode()
+    while data:
+        data = data[os.write(fd, data):]
+
+
+# ---- the fetch process ---------------------------------------------------------------------------------------
+def _fetch_process(out: int, uris: tuple[CommandURI, ...], task_dir: Path, run_dir: Path, user: str, uid: int,
+                   gid: int, config: FetcherConfig) -> None:
+    cache = DownloadCache(Path(config.cache_dir), config.cache_max_bytes) if config.cache_dir else None
+    sources: dict[int, tuple[int, str]] = {}  # index -> (a descriptor on the downloaded bytes, how it was got)
+    index = 0
+    try:
+        for index, uri in enumerate(uris):  # 1. downloads, as root (the cache is root's)
+            parsed = parse_url(uri.value, "uri")
+            if parsed.scheme == "file":
+                continue
+            _report(out, {"start": index})
+            if cache is not None and not uri.no_cache:
+                sources[index] = cache.get(uri.value, lambda fd, url=uri.value: download(url, fd, config.max_bytes,
+                                                                                         config.timeout))
+            else:
+                fd = anonymous_file(run_dir)
+                download(uri.value, fd, config.max_bytes, config.timeout)
+                sources[index] = (fd, "downloaded")
+        _become(user, uid, gid)  # 2. the task's user from here on
+        os.umask(0o022)
+        sandbox = os.open(task_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        for index, uri in enumerate(uris):  # 3. into the sandbox, as the task's user
+            _report(out, {"start": index})
+            name = file_name_of(uri)
+            if index in sources:
+                fd, how = sources[index]
+            else:
+                fd, how = open_local(parse_url(uri.value, "uri").path, config.max_bytes), "copied"
+            try:
+                if uri.extract:
+                    summary = extract(fd, archive_kind(name), sandbox, config.max_bytes)
+                    note = f"{uri.value}: {how}, extracted {summary}"
+                else:
+                    size = place(fd, sandbox, name, uri.executable, config.max_bytes)
+                    note = f"{uri.value}: {how}, {size} bytes as {name}{' (executable)' if uri.executable else ''}"
+            finally:
+                os.close(fd)
+            _report(out, {"done": index, "note": note})
+    except (FetchError, ArchiveRefused, InvalidRequest) as exc:
+        reason = exc.reason if isinstance(exc, FetchError) else (
+            exc.message if isinstance(exc, InvalidRequest) else f"archive refused: {exc}")
+        _report(out, {"error": reason, "index": index})
+
+
+def _become(user: str, uid: int, gid: int) -> None:
+    """Drop to the task's user: its uid, its primary group and (when it is a named user) its groups."""
+    if os.geteuid() != 0 or uid == 0:
+        return
+    groups_set = False
+    if user:
+        import pwd
+
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            entry = None
+        if entry is not None and entry.pw_uid == uid:
+            os.initgroups(user, gid)
+            groups_set = True
+    if not groups_set:
+        os.setgroups([gid])
+    os.setgid(gid)
+    os.setuid(uid)
+
+
+def anonymous_file(directory: Path) -> int:
+    """A file without a name in `directory` (freed when closed)."""
+    try:
+        return os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise FetchError(f"cannot make a file in {directory}: {exc.strerror or exc}") from exc
+    path = directory / f".fetch.{os.getpid()}.{time.monotonic_ns()}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.unlink(path)
+    return fd
+
+
+# ---- downloads ---------------------------------------------------------------------------------------------
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+        scheme = newurl.partition(":")[0].lower()
+        if scheme not in ("http", "https"):
+            raise FetchError(f"redirected to {newurl[:200]!r}: only http and https redirects are followed")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    """http and https only (no ftp, file or data handlers), the environment's proxies."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.ProxyHandler(), urllib.request.HTTPHandler(), urllib.request.HTTPSHandler(),
+                    _HttpOnlyRedirects(), urllib.request.HTTPDefaultErrorHandler(),
+                    urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
+
+
+def download(url: str, fd: int, max_bytes: int, timeout: float) -> int:
+    """Write what `url` serves into `fd` (from its start); the byte count. Raises FetchError: an HTTP
+    error, a network error, more than `max_bytes`."""
+    too_big = f"larger than the agent's limit of {max_bytes / MIB:g} MiB (--fetcher-max-mib)"
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    try:
+        with _opener().open(request, timeout=max(1.0, timeout)) as response:
+            length = response.headers.get("Content-Length")
+            if length is not None and length.strip().isdigit() and int(length) > max_bytes:
+                raise FetchError(f"{too_big}: the server announces {int(length)} bytes")
+            os.ftruncate(fd, 0)
+            total = 0
+            while chunk := response.read(COPY_CHUNK):
+                total += len(chunk)
+                if total > max_bytes:
+                    raise FetchError(too_big)
+                _write_all(fd, chunk)
+            if length is not None and length.strip().isdigit() and total != int(length):
+                raise FetchError(f"the server sent {total} of the {int(length)} bytes it announced")
+            return total
+    except urllib.error.HTTPError as exc:
+        raise FetchError(f"HTTP {exc.code} {exc.reason}") from None
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        raise FetchError(f"cannot reach the server: {getattr(reason, 'strerror', None) or reason}") from None
+    except TimeoutError:
+        raise FetchError("the server stopped answering (timed out)") from None
+    except OSError as exc:
+        raise FetchError(f"download failed: {exc.strerror or exc}") from None
+    except ValueError as exc:  # http.client's own complaints (a bad URL, a bad header)
+        raise FetchError(f"download failed: {exc}") from None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class DownloadCache:
+    """The agent's downloads, one entry per URL (`cache_key`), in a root-only directory. `get` gives a
+    descriptor on the URL's bytes, downloading them once (concurrent fetches of one URL wait on the
+    entry's lock file), and evicts least recently used entries over `max_bytes` (`plan_eviction`)."""
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+
+    def get(self, url: str, fill: Callable[[int], int]) -> tuple[int, str]:
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FetchError(f"cannot use the fetcher cache {self.directory}: {exc.strerror or exc}") from exc
+        key = cache_key(url)
+        entry = self.directory / key
+        with self._locked(key):
+            try:
+                fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                os.utime(fd)  # the least recently used go first
+                return fd, "from the agent's cache"
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise FetchError(f"cannot read the fetcher cache entry {entry}: {exc.strerror or exc}") from exc
+            part = self.directory / f"{key}.{os.getpid()}.part"
+            fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                size = fill(fd)
+                if size > self.max_bytes:  # too big for the cache: used once, not kept
+                    os.unlink(part)
+                    return fd, "downloaded (too big for the agent's cache)"
+                os.rename(part, entry)
+            except BaseException:
+                os.close(fd)
+                part.unlink(missing_ok=True)
+                raise
+        self.evict(keep=key)
+        return fd, "downloaded into the agent's cache"
+
+    @contextmanager
+    def _locked(self, key: str) -> Iterator[None]:
+        fd = os.open(self.directory / f"{key}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # a fetch waits for another's download of the same URL
+            yield
+        finally:
+            os.close(fd)
+
+    def evict(self, keep: str = "") -> list[str]:
+        """Remove least recently used entries until the cache holds at most its size; an entry being
+        fetched (its lock held) is skipped. Also removes partial downloads left by killed fetches."""
+        entries: list[CacheEntry] = []
+        now = time.time()
+        for path in self.directory.iterdir():
+            try:
+                info = path.lstat()
+            except FileNotFoundError:
+                continue
+            if path.suffix == ".part" and now - info.st_mtime > STALE_PART_SECONDS:
+                path.unlink(missing_ok=True)
+            elif len(path.name) == 64 and stat.S_ISREG(info.st_mode):
+                entries.append(CacheEntry(path.name, info.st_size, info.st_mtime))
+        removed = []
+        for name in plan_eviction(entries, self.max_bytes, frozenset({keep})):
+            lock = os.open(self.directory / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                           0o600)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(lock)
+                continue
+            try:
+                (self.directory / name).unlink(missing_ok=True)
+                (self.directory / f"{name}.lock").unlink(missing_ok=True)
+                removed.append(name)
+            finally:
+                os.close(lock)
+        return removed
+
+
+# ---- into the sandbox (as the task's user) ---------------------------------------------------------------
+def open_local(path: str, max_bytes: int) -> int:
+    """Open a file:// URI's file for reading, as the task's user: a regular file within the size limit."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise FetchError(f"cannot read {path} as the task's user: {exc.strerror or exc}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise FetchError(f"{path} is {kind}")
+    if info.st_size > max_bytes:
+        os.close(fd)
+        raise FetchError(f"larger than the agent's limit of {max_bytes / MIB:g} MiB (--fetcher-max-mib): "
+                         f"{path} holds {info.st_size} bytes")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _copy(src: IO[bytes] | int, dst: int, max_bytes: int, what: str) -> int:
+    """Copy everything `src` (a descriptor, read from its start, or a file object) holds into `dst`, at
+    most `max_bytes`; the byte count."""
+    too_big = f"{what} is larger than the agent's limit of {max_bytes / MIB:g} MiB (--fetcher-max-mib)"
+    total = 0
+    if isinstance(src, int):
+        offset = 0
+        while True:
+            try:
+                sent = os.sendfile(dst, src, offset, COPY_CHUNK)
+            except OSError as exc:
+                if exc.errno in (errno.EINVAL, errno.ENOSYS):
+                    os.lseek(src, offset, os.SEEK_SET)
+                    return total + _copy(os.fdopen(os.dup(src), "rb"), dst, max_bytes - total, what)
+                raise
+            if sent == 0:
+                return total
+            offset += sent
+            total += sent
+            if total > max_bytes:
+                raise FetchError(too_big)
+    with src:
+        while chunk := src.read(COPY_CHUNK):
+            total += len(chunk)
+            if total > max_bytes:
+                raise FetchError(too_big)
+            _write_all(dst, chunk)
+    return total
+
+
+def place(src: int, sandbox: int, name: str, executable: bool, max_bytes: int) -> int:
+    """Put the bytes of `src` into the sandbox as `name` (0755 when `executable`, else 0644): written aside
+    and renamed over whatever file or link had the name. The byte count."""
+    aside = f".{name}.fetching"[:255]
+    _remove_entry(sandbox, aside)
+    mode = 0o755 if executable else 0o644
+    try:
+        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=sandbox)
+    except OSError as exc:
+        raise FetchError(f"cannot write {name} in the sandbox: {exc.strerror or exc}") from None
+    try:
+        size = _copy(src, fd, max_bytes, "the file")
+        os.fchmod(fd, mode)
+    except OSError as exc:
+        os.unlink(aside, dir_fd=sandbox)
+        raise FetchError(f"cannot write {name} in the sandbox: {exc.strerror or exc}") from None
+    except BaseException:
+        os.unlink(aside, dir_fd=sandbox)
+        raise
+    finally:
+        os.close(fd)
+    try:
+        os.rename(aside, name, src_dir_fd=sandbox, dst_dir_fd=sandbox)
+    except OSError as exc:
+        os.unlink(aside, dir_fd=sandbox)
+        why = "a directory has that name" if exc.errno in (errno.EISDIR, errno.ENOTEMPTY) else exc.strerror or str(exc)
+        raise FetchError(f"cannot write {name} in the sandbox: {why}") from None
+    return size
+
+
+def _remove_entry(directory: int, name: str) -> None:
+    """Unlink `name` in `directory` unless it is a directory (FetchError then); nothing when absent."""
+    try:
+        info = os.lstat(name, dir_fd=directory)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        raise FetchError(f"{name!r} is a directory in the sandbox")
+    os.unlink(name, dir_fd=directory)
+
+
+def _directory(root: int, parts: tuple[str, ...], name: str) -> int:
+    """A descriptor on the directory `parts` below `root`, made where missing, through no symlink."""
+    fd = os.dup(root)
+    try:
+        for i, part in enumerate(parts):
+            try:
+                os.mkdir(part, 0o755, dir_fd=fd)
+            except FileExistsError:
+                pass
+            try:
+                inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise FetchError(f"archive member {name!r}: {'/'.join(parts[:i + 1])!r} in the sandbox is not a "
+                                     "directory (a symlink or a file); nothing is written through it") from None
+                raise
+            os.close(fd)
+            fd = inner
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+@dataclass(frozen=True)
+class _Entry:
+    member: Member
+    mode: int
+    mtime: float
+    open_data: Callable[[], IO[bytes]] | None  # a regular file's content
+
+
+def _tar_entries(tar: tarfile.TarFile) -> Iterator[_Entry]:
+    for info in tar:
+        if info.isreg():
+            kind, what = MemberKind.FILE, ""
+        elif info.isdir():
+            kind, what = MemberKind.DIRECTORY, ""
+        elif info.issym():
+            kind, what = MemberKind.SYMLINK, ""
+        elif info.islnk():
+            kind, what = MemberKind.HARDLINK, ""
+        else:
+            kind = MemberKind.OTHER
+            what = ("character device" if info.ischr() else "block device" if info.isblk() else
+                    "FIFO" if info.isfifo() else f"member of tar type {info.type!r}")
+        data = (lambda info=info: tar.extractfile(info)) if kind is MemberKind.FILE else None  # type: ignore[misc]
+        yield _Entry(Member(info.name, kind, info.size, info.linkname, what), info.mode, float(info.mtime), data)
+
+
+_ZIP_KINDS = {stat.S_IFREG: MemberKind.FILE, stat.S_IFDIR: MemberKind.DIRECTORY, stat.S_IFLNK: MemberKind.SYMLINK}
+
+
+def _zip_entries(archive: zipfile.ZipFile) -> Iterator[_Entry]:
+    for info in archive.infolist():
+        unix = info.external_attr >> 16 if info.create_system == 3 else 0
+        file_type = stat.S_IFMT(unix)
+        if file_type == 0:
+            kind = MemberKind.DIRECTORY if info.is_dir() else MemberKind.FILE
+        else:
+            kind = _ZIP_KINDS.get(file_type, MemberKind.OTHER)
+        link = ""
+        if kind is MemberKind.SYMLINK:
+            if info.file_size > 4096:
+                raise ArchiveRefused(f"member {info.filename!r}: a symlink with an overlong target")
+            link = archive.read(info).decode("utf-8", errors="surrogateescape")
+        mode = stat.S_IMODE(unix) or (0o755 if kind is MemberKind.DIRECTORY else 0o644)
+        mtime = time.mktime((*info.date_time, 0, 0, -1))
+        data = (lambda info=info: archive.open(info)) if kind is MemberKind.FILE else None  # type: ignore[misc]
+        yield _Entry(Member(info.filename, kind, info.file_size, link, "special file"), mode, mtime, data)
+
+
+def extract(src: int, kind: str, sandbox: int, max_bytes: int) -> str:
+    """Extract the archive `src` ("tar", any compression tarfile reads, or "zip") into the sandbox, after
+    checking it whole; a summary ("N files, M bytes"). Raises ArchiveRefused or FetchError."""
+    os.lseek(src, 0, os.SEEK_SET)
+    stream = os.fdopen(os.dup(src), "rb")
+    try:
+        if kind == "zip":
+            try:
+                archive: Any = zipfile.ZipFile(stream)
+            except (zipfile.BadZipFile, OSError, ValueError) as exc:
+                raise FetchError(f"not a zip archive: {exc}") from None
+            entries: Callable[[], Iterator[_Entry]] = lambda: _zip_entries(archive)  # noqa: E731
+        else:
+            try:
+                archive = tarfile.open(fileobj=stream, mode="r:*")
+            except (tarfile.TarError, OSError, EOFError) as exc:
+                raise FetchError(f"not a tar archive: {exc}") from None
+            entries = lambda: _tar_entries(archive)  # noqa: E731
+        with archive:
+            try:
+                summary = check_archive((e.member for e in entries()), MAX_ARCHIVE_MEMBERS, max_bytes)
+                written = 0
+                for entry in entries():
+                    written += _extract_one(entry, sandbox, max_bytes - written)
+            except (tarfile.TarError, zipfile.BadZipFile, EOFError, ValueError, zlib_error) as exc:
+                raise FetchError(f"the archive is damaged: {exc}") from None
+            except (NotImplementedError, RuntimeError) as exc:  # zip: a compression method or encryption
+                raise FetchError(f"cannot extract: {exc}") from None
+            except OSError as exc:
+                raise FetchError(f"cannot extract: {exc.strerror or exc}") from None
+    finally:
+        stream.close()
+    return f"{summary.files} files, {written} bytes"
+
+
+def _extract_one(entry: _Entry, sandbox: int, budget: int) -> int:
+    member = entry.member
+    parts = member_path(member.name)
+    if not parts:
+        return 0
+    parent = _directory(sandbox, parts[:-1], member.name)
+    last = parts[-1]
+    try:
+        if member.kind is MemberKind.DIRECTORY:
+            try:
+                os.mkdir(last, 0o700, dir_fd=parent)
+            except FileExistsError:
+                if not stat.S_ISDIR(os.lstat(last, dir_fd=parent).st_mode):
+                    raise FetchError(f"archive member {member.name!r}: a file or link in the sandbox has its name") from None
+            os.chmod(last, (entry.mode & 0o777) | 0o700, dir_fd=parent, follow_symlinks=False)
+            return 0
+        _remove_entry(parent, last)
+        if member.kind is MemberKind.SYMLINK:
+            os.symlink(member.link, last, dir_fd=parent)
+            return 0
+        if member.kind is MemberKind.HARDLINK:
+            target = member_path(member.link)
+            source = _directory(sandbox, target[:-1], member.name)
+            try:
+                os.link(target[-1], last, src_dir_fd=source, dst_dir_fd=parent, follow_symlinks=False)
+            finally:
+                os.close(source)
+            return 0
+        assert entry.open_data is not None
+        fd = os.open(last, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
+        try:
+            data = entry.open_data()
+            written = _copy(data, fd, budget, "the archive's content")
+            os.fchmod(fd, (entry.mode & 0o777) | 0o600)
+            os.utime(fd, (entry.mtime, entry.mtime))
+        finally:
+            os.close(fd)
+        return written
+    finally:
+        os.close(parent)
