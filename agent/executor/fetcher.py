@@ -34,9 +34,14 @@ Rules it keeps:
 
 from __future__ import annotations
 
+# What tarfile imports on first use, imported now: the fetch process extracts after it dropped to the
+# task's user, who may not be able to read the interpreter's library.
+import bz2  # noqa: F401
 import errno
 import fcntl
+import gzip  # noqa: F401
 import json
+import lzma  # noqa: F401
 import os
 import select
 import signal
@@ -44,6 +49,7 @@ import stat
 import tarfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator
@@ -235,9 +241,10 @@ def _fetch_process(out: int, uris: tuple[CommandURI, ...], task_dir: Path, run_d
                 fd = anonymous_file(run_dir)
                 download(uri.value, fd, config.max_bytes, config.timeout)
                 sources[index] = (fd, "downloaded")
+        # the sandbox is opened as root (the path is the agent's, root's all the way), used as the user
+        sandbox = os.open(task_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         _become(user, uid, gid)  # 2. the task's user from here on
         os.umask(0o022)
-        sandbox = os.open(task_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         for index, uri in enumerate(uris):  # 3. into the sandbox, as the task's user
             _report(out, {"start": index})
             name = file_name_of(uri)
@@ -297,11 +304,15 @@ def anonymous_file(directory: Path) -> int:
 
 # ---- downloads ---------------------------------------------------------------------------------------------
 class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
-        scheme = newurl.partition(":")[0].lower()
-        if scheme not in ("http", "https"):
-            raise FetchError(f"redirected to {newurl[:200]!r}: only http and https redirects are followed")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+    """urllib's redirects, but to http and https only (urllib would follow ftp too)."""
+
+    def http_error_302(self, req: Any, fp: Any, code: int, msg: str, headers: Any) -> Any:
+        target = urllib.parse.urljoin(req.full_url, headers.get("location") or headers.get("uri") or "")
+        if urllib.parse.urlsplit(target).scheme.lower() not in ("http", "https"):
+            raise FetchError(f"redirected to {target[:200]!r}: only http and https redirects are followed")
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
 def _opener() -> urllib.request.OpenerDirector:
@@ -325,6 +336,7 @@ def download(url: str, fd: int, max_bytes: int, timeout: float) -> int:
             if length is not None and length.strip().isdigit() and int(length) > max_bytes:
                 raise FetchError(f"{too_big}: the server announces {int(length)} bytes")
             os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
             total = 0
             while chunk := response.read(COPY_CHUNK):
                 total += len(chunk)
