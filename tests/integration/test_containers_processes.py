@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,18 +17,18 @@ from tessera.sdk import (
     ContainerInfo,
     Filters,
     FrameworkInfo,
-    InvalidRequest,
+    Offer,
     PortMapping,
     Resources,
-    Scheduler,
     SchedulerDriver,
     TaskInfo,
     TaskState,
-    TaskStatus,
 )
 from tessera.v1 import operator_pb2
 from tests.support.cluster import LocalCluster, free_port, wait_for
 from tests.support.cni_host import HostState, clean_leftovers, require_container_host
+from tests.support.keeper import Keeper as BaseKeeper
+from tests.support.keeper import launch
 from tests.support.registry import Registry, corrupt_layer, push_busybox
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -111,54 +110,11 @@ def test_agents_show_their_container_support(cluster: LocalCluster, plain_agent:
     assert "runc" in shown.stdout and "--containers off" in shown.stdout.replace("\n", " ")
 
 
-class Keeper(Scheduler):
-    """Launches the tasks handed to it on the first offer that fits, records every status."""
+class Keeper(BaseKeeper):
+    """The support keeper, launching only on agents that run containers (not the `kind:plain` one)."""
 
-    def __init__(self) -> None:
-        self.queue: list[TaskInfo] = []
-        self.statuses: list[TaskStatus] = []
-        self.refusals: list[str] = []
-        self.lock = threading.Lock()
-        self.changed = threading.Condition(self.lock)
-
-    def offers(self, driver: SchedulerDriver, offers: list) -> None:  # type: ignore[type-arg]
-        with self.lock:
-            pending, self.queue = self.queue, []
-        for offer in offers:
-            fitting = [t for t in pending if offer.fits(t.resources) and offer.attributes.get("kind") != "plain"]
-            if fitting:
-                task = fitting[0]
-                pending.remove(task)
-                try:
-                    driver.launch(offer, [task], Filters(0.2))
-                except InvalidRequest as exc:
-                    with self.lock:
-                        self.refusals.append(str(exc))
-                        self.changed.notify_all()
-                continue
-            driver.decline([offer], Filters(0.2))
-        with self.lock:
-            self.queue.extend(pending)
-
-    def update(self, driver: SchedulerDriver, status: TaskStatus) -> None:
-        with self.lock:
-            self.statuses.append(status)
-            self.changed.notify_all()
-
-    def wait(self, predicate, timeout: float = 90.0):  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + timeout
-        with self.lock:
-            while True:
-                found = predicate()
-                if found:
-                    return found
-                left = deadline - time.monotonic()
-                assert left > 0, f"timed out; statuses: {[(s.task_id, s.state.name, s.message) for s in self.statuses]}"
-                self.changed.wait(min(left, 0.5))
-
-    def final(self, task_id: str, timeout: float = 90.0) -> TaskStatus:
-        return self.wait(lambda: next((s for s in self.statuses if s.task_id == task_id and s.is_terminal), None),
-                         timeout)
+    def accepts(self, offer: Offer) -> bool:
+        return offer.attributes.get("kind") != "plain"
 
 
 @pytest.fixture(scope="module")
@@ -170,13 +126,6 @@ def framework(cluster: LocalCluster) -> Iterator[tuple[Keeper, SchedulerDriver]]
     yield keeper, driver
     driver.teardown()
     driver.join(10)
-
-
-def launch(framework: tuple[Keeper, SchedulerDriver], task: TaskInfo) -> None:
-    keeper, driver = framework
-    with keeper.lock:
-        keeper.queue.append(task)
-    driver.revive()
 
 
 def container(task_id: str, image: str, command: str | tuple[str, ...] = "", ports: list[tuple[int, int]] | None = None,
