@@ -3,8 +3,9 @@
 The agent starts one supervisor per task (forked by `tessera.agent.executor.forkserver`, or as a fresh
 interpreter), in a new session, and the supervisor outlives the agent: a
 `kill -9` of the agent leaves every task running, and the restarted agent finds them again through the
-files written here. The supervisor reads `launch.json` from the sandbox, starts the task's command, waits
-for it, and records how it ended.
+files written here. The supervisor reads `launch.json` from the sandbox, fetches the task's URIs into
+its sandbox (agent/executor/fetcher.py, in a fetch process it waits for), starts the task's command,
+copies its output into rotated files while it waits for it, and records how it ended.
 
 Files in the run directory (the `--sandbox` argument; root's, see agent/executor/sandbox.py for the
 layout; every file is created 0600, every JSON file is written atomically: temp file, rename;
@@ -15,12 +16,14 @@ layout; every file is created 0600, every JSON file is written atomically: temp 
 - `supervisor.json`: this process's pid and start time, written first thing, so an agent that crashed
   right after starting us can still find us (and tell us from a process that got our pid later).
 - `task.json`: the task's pid, once its process exists (the agent reports TASK_RUNNING then).
-- `stdout`, `stderr`: the task's output (appended), in the task's sandbox (`launch["sandbox"]`), owned by
-  the task's user.
+- `stdout`, `stderr` and their rotations `stdout.1` ... `stdout.N`: the task's output, in the task's
+  sandbox (`launch["sandbox"]`), owned by the task's user (see "Output" below). `stderr` also starts
+  with one `tessera fetcher:` line per fetched URI.
 - `kill.json` (written by the agent before it sends SIGTERM to the supervisor): the grace period. Found
   when the supervisor starts, it means the launch was called off: the task is never started.
 - `exit_status.json`: exit code or signal, whether the task was killed on request, whether an isolator
-  limit (memory) ended it, a launch error. Its presence means the task is over.
+  limit (memory) ended it, a launch error, a fetch error (`fetch_error`: "URI: why"; the task never
+  started). Its presence means the task is over.
 - `supervisor.log`: the supervisor's own messages.
 
 Rules it keeps:
@@ -38,6 +41,39 @@ Rules it keeps:
   time without following any symlink (`enter_working_dir`): a symlink, or anything but a directory, on
   the way ends the launch (exit 126, the reason in `launch_error`); what is missing is created then.
 - The task gets the conventional umask 022 (the agent and the supervisor run with 077).
+- The task's URIs are fetched before anything of the task starts, in a fetch process that the
+  supervisor kills (SIGKILL) when a kill request arrives (TASK_KILLED) or the fetcher's timeout is over;
+  a failed fetch records `fetch_error` (TASK_FAILED, REASON_FETCHER_FAILED).
+
+Output (Mesos's logrotate container logger, done by the supervisor; agent/executor/output.py). A task's
+fds 1 and 2 are pipes to its supervisor, which copies them (splice(2), no copy through user space) into
+`stdout`/`stderr` and rotates them by rename at `--log-max-mib`, keeping `--log-files` older files:
+`stdout` is always the live file, `stdout.1` the newest rotation; each stream holds at most
+(files + 1) x max on disk, exactly (a rotation happens when the live file holds max bytes). Why pipes
+and not the alternatives:
+- The task writing to the files itself (as before) cannot be bounded: only copy-truncate from outside
+  is possible, and that loses whatever the task writes between the copy and the truncate (unbounded
+  under load), leaves holes with O_APPEND-less writers, and overshoots the bound between two checks by
+  whatever the task writes in that interval — a task writing as fast as it can fills GBs per second.
+- A separate logger process per stream (Mesos's mesos-logrotate-logger) adds two processes per task
+  that must be supervised themselves. The supervisor already exists per task, outlives the agent, and
+  waits in a poll loop: the pipes join that loop (`wait_child`), and while it starts a container the
+  loop's `OutputPump.wait` replaces its sleeps.
+What this costs, and how it is bounded:
+- The task never waits for the files, only for the supervisor's reading: each pipe holds 1 MiB (so a
+  burst does not stall the task while the supervisor does something else, which is never more than a
+  rotation's few renames or an exit record), and a write error (a full disk) drops output instead of
+  blocking the pipe (counted, logged once in supervisor.log).
+- The supervisor survives everything the task does to its output: binary data, a closed stdout (that
+  pipe ends, the other goes on), its rotated files renamed, deleted or replaced by links or
+  directories (each rotation step on its own; the bound holds, the task may lose its own old output).
+- A supervisor that dies (only `kill -9` by someone can do that) takes the read ends with it: the
+  task's next write fails (SIGPIPE, or EPIPE when it ignores the signal) — the task is not left writing
+  into nothing unseen; and the agent reports the supervisor's loss (TASK_FAILED,
+  REASON_EXECUTOR_TERMINATED) and kills what is left of the task, as it always did.
+- When the task's main process ends, the pipes are read to their end before the exit is recorded (so
+  the terminal status carries the last output), for at most DRAIN_SECONDS: a process that escaped the
+  task's session and cgroups and holds a pipe open loses its output after that.
 """
 
 from __future__ import annotations
