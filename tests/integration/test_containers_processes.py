@@ -28,7 +28,7 @@ from tessera.v1 import operator_pb2
 from tests.support.cluster import LocalCluster, free_port, wait_for
 from tests.support.cni_host import HostState, clean_leftovers, require_container_host
 from tests.support.keeper import Keeper as BaseKeeper
-from tests.support.keeper import launch
+from tests.support.keeper import launch, running
 from tests.support.registry import Registry, corrupt_layer, push_busybox
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -119,13 +119,8 @@ class Keeper(BaseKeeper):
 
 @pytest.fixture(scope="module")
 def framework(cluster: LocalCluster) -> Iterator[tuple[Keeper, SchedulerDriver]]:
-    keeper = Keeper()
-    driver = SchedulerDriver(keeper, FrameworkInfo(name="container-tests", failover_timeout=60.0),
-                             cluster.grpc_addresses())
-    driver.start()
-    yield keeper, driver
-    driver.teardown()
-    driver.join(10)
+    with running(Keeper(), cluster.grpc_addresses(), "container-tests") as framework:
+        yield framework
 
 
 def container(task_id: str, image: str, command: str | tuple[str, ...] = "", ports: list[tuple[int, int]] | None = None,

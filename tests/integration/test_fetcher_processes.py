@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tessera.sdk import CommandURI, FrameworkInfo, Resources, SchedulerDriver, TaskInfo, TaskState
+from tessera.sdk import CommandURI, Resources, SchedulerDriver, TaskInfo, TaskState
 from tessera.v1 import operator_pb2
 from tests.support.artifacts import ArtifactServer, tar_bytes, zip_bytes
 from tests.support.cluster import LocalCluster, wait_for
-from tests.support.keeper import Keeper, launch
+from tests.support.keeper import Keeper, launch, running
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -50,13 +50,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 @pytest.fixture(scope="module")
 def framework(cluster: LocalCluster) -> Iterator[tuple[Keeper, SchedulerDriver]]:
-    keeper = Keeper()
-    driver = SchedulerDriver(keeper, FrameworkInfo(name="fetcher-tests", failover_timeout=60.0),
-                             cluster.grpc_addresses())
-    driver.start()
-    yield keeper, driver
-    driver.teardown()
-    driver.join(10)
+    with running(Keeper(), cluster.grpc_addresses(), "fetcher-tests") as framework:
+        yield framework
 
 
 def task(task_id: str, command: str, *uris: CommandURI | str) -> TaskInfo:

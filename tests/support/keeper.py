@@ -5,10 +5,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TypeVar
 
-from tessera.sdk import Filters, InvalidRequest, Offer, Scheduler, SchedulerDriver, TaskInfo, TaskStatus
+from tessera.sdk import (
+    Filters,
+    FrameworkInfo,
+    InvalidRequest,
+    Offer,
+    Scheduler,
+    SchedulerDriver,
+    TaskInfo,
+    TaskStatus,
+)
 
 T = TypeVar("T")
 
@@ -73,3 +83,18 @@ def launch(framework: tuple[Keeper, SchedulerDriver], task: TaskInfo) -> None:
     with keeper.lock:
         keeper.queue.append(task)
     driver.revive()
+
+
+K = TypeVar("K", bound=Keeper)
+
+
+@contextmanager
+def running(keeper: K, masters: Sequence[str], name: str) -> Iterator[tuple[K, SchedulerDriver]]:
+    """`keeper` subscribed as framework `name` for the block; torn down after it."""
+    driver = SchedulerDriver(keeper, FrameworkInfo(name=name, failover_timeout=60.0), list(masters))
+    driver.start()
+    try:
+        yield keeper, driver
+    finally:
+        driver.teardown()
+        driver.join(10)
