@@ -12,6 +12,8 @@ Archives: an archive is checked whole, from its headers, before anything of it i
 - is a hard link to anything but a regular file met earlier in the same archive;
 - lies below a symlink of the archive (it would be written through the link), or gives one name two
   kinds (a file and a directory);
+- takes the name of one of the task's output files at the archive's top (`stdout`, `stderr` and their
+  rotations: the supervisor's, `core.uris.is_output_name`);
 - makes the archive exceed `max_members` members or `max_bytes` bytes of files.
 Why these rules keep every path inside: the extractor never writes through a symlink (every directory
 on a member's path is opened without following links, and no member lies below a link of its own
@@ -30,6 +32,8 @@ import enum
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from tessera.control_plane.core.uris import is_output_name
 
 MAX_DEPTH = 64  # components of a member's name
 MAX_COMPONENT = 255  # bytes of one component
@@ -128,6 +132,8 @@ def check_archive(members: Iterable[Member], max_members: int, max_bytes: int) -
             if kinds.setdefault(parts[:depth], MemberKind.DIRECTORY) is not MemberKind.DIRECTORY:
                 raise ArchiveRefused(f"member {member.name!r}: {'/'.join(parts[:depth])!r} is a file in this "
                                      "archive, not a directory")
+        if len(parts) == 1 and is_output_name(parts[0]):
+            raise ArchiveRefused(f"member {member.name!r}: the name of one of the task's output files")
         kind = member.kind
         if kind is MemberKind.OTHER:
             raise ArchiveRefused(f"member {member.name!r}: a {member.what or kind.value}; archives with device "

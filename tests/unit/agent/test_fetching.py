@@ -78,6 +78,12 @@ def test_a_name_may_not_be_a_directory_and_a_file_or_link() -> None:
     check(Member("f", F), Member("f", F), Member("l", S, link="f"), Member("l", F))  # later wins, same kind
 
 
+def test_an_archive_may_not_give_the_tasks_output_files() -> None:
+    assert "output files" in refused(Member("stdout", F))
+    assert "output files" in refused(Member("./stderr.2/", D))
+    check(Member("logs/stdout", F), Member("stdout.txt", F))  # deeper down, or another name: fine
+
+
 def test_special_files_are_refused_by_what_they_are() -> None:
     assert "character device" in refused(Member("null", SPECIAL, what="character device"))
     assert "FIFO" in refused(Member("ok", F), Member("pipe", SPECIAL, what="FIFO"))
