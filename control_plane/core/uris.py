@@ -10,7 +10,8 @@ archive is safe) ends the task there, TASK_FAILED with REASON_FETCHER_FAILED.
 Rules:
 - At most `MAX_URIS` (64) URIs per task, each `value` at most `MAX_URI_LENGTH` (4096) characters of printable ASCII
   (percent-encode anything else).
-- Schemes http, https (a host, an optional port 1..65535) and file (an absolute path; host empty or
+- Schemes http, https (a host, an optional port 1..65535, no credentials: a task's URIs are stored in
+  its record and the event log) and file (an absolute path; host empty or
   `localhost`; no query or fragment). No other scheme: the agent would not know how to fetch it.
 - `output_file` is a plain name in the sandbox: no `/`, not `.` or `..`, no NUL, at most
   `MAX_OUTPUT_FILE` (255) bytes (the caps are in `core.limits`). Empty: the URL's last path component (percent-decoded), which must then be
@@ -94,7 +95,10 @@ def parse_url(value: object, what: str) -> ParsedURL:
         if at >= 0:
             end = min(end, at)
     authority, tail = rest[:end], rest[end:]
-    hostport = authority.rpartition("@")[2]
+    if "@" in authority:
+        raise InvalidRequest(f"{what}: credentials in a URL are not supported (they would be kept in the task's "
+                             "record and the event log for everyone who may read them)")
+    hostport = authority
     if hostport.startswith("["):  # an IPv6 literal
         close = hostport.find("]")
         host, port = (hostport[: close + 1], hostport[close + 2:]) if close > 0 else ("", "")

@@ -26,7 +26,7 @@ def refused(*uris: CommandURI) -> str:
 def test_the_three_schemes_pass_in_their_usual_forms() -> None:
     check_task_info(task(
         CommandURI("http://127.0.0.1:8080/tools/tool"),
-        CommandURI("HTTPS://user:secret@Example.org/a/data.tar.gz?version=3#top", extract=True),
+        CommandURI("HTTPS://Example.org/a/data.tar.gz?version=3&from=a@b#top", extract=True),
         CommandURI("file:///srv/artifacts/run.sh", executable=True),
         CommandURI("file://localhost/srv/artifacts/other.zip", extract=True),
         CommandURI("file:/srv/x", output_file="renamed"),
@@ -53,6 +53,7 @@ def test_parse_url_splits_scheme_host_and_the_decoded_path() -> None:
     ("http://h:65536/tool", "port '65536'"),
     ("http://h:x/tool", "port 'x'"),
     ("http://h/a b", "printable ASCII"),
+    ("http://user:secret@h/tool", "credentials in a URL are not supported"),
     ("http://h/\u00e9t\u00e9", "printable ASCII"),
     ("http://h/tool\n", "printable ASCII"),
     ("file://otherhost/srv/tool", "not host 'otherhost'"),
