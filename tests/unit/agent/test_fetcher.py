@@ -1,4 +1,4 @@
-"""The fetcher's I/O (agent/executor/fetcher.py) without a supervisor: extraction of good and crafted
+"""The fetcher's I/O (agent/executor/fetcher.py, artifacts.py) without a supervisor: extraction of good and crafted
 malicious archives (refused whole: nothing is written, nothing outside is touched), placing a file,
 reading a local file, downloads from a local HTTP server (errors, limits, redirects, a stalled server)
 and the download cache (a hit asks the server nothing; eviction)."""
@@ -15,15 +15,8 @@ from pathlib import Path
 import pytest
 
 from tessera.agent.core.fetching import ArchiveRefused
-from tessera.agent.executor.fetcher import (
-    DownloadCache,
-    FetchError,
-    anonymous_file,
-    download,
-    extract,
-    open_local,
-    place,
-)
+from tessera.agent.executor.artifacts import FetchError, extract, open_local, place
+from tessera.agent.executor.fetcher import DownloadCache, anonymous_file, download
 from tests.support.artifacts import ArtifactServer, tar_bytes, tar_member, zip_bytes
 
 MIB = 1024 * 1024
