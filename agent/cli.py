@@ -60,6 +60,19 @@ from tessera.agent.config import CONTAINER_CHOICES, ISOLATION_CHOICES, SUPERVISO
               help="Where the CNI plugins are (default: /usr/lib/cni, /opt/cni/bin). Repeat.")
 @click.option("--allowed-volume-paths", default="", metavar="DIR,...",
               help="Host directories container volumes may mount (none by default).")
+@click.option("--log-max-mib", type=float, default=10.0, show_default=True,
+              help="Rotate each task's stdout and stderr at this size (MiB; at least 4 KiB).")
+@click.option("--log-files", type=click.IntRange(0, 1000), default=5, show_default=True,
+              help="Rotated files kept per stream (stdout.1 ... stdout.N); a task keeps at most (N + 1) x "
+                   "--log-max-mib of each.")
+@click.option("--fetcher-max-mib", type=float, default=1024.0, show_default=True,
+              help="The most one of a task's URIs may bring into its sandbox (download, or extracted files).")
+@click.option("--fetcher-timeout", type=float, default=300.0, show_default=True,
+              help="Seconds within which a task's URIs must be fetched (else TASK_FAILED).")
+@click.option("--fetcher-cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Where downloads are cached by URL (default: DATA_DIR/fetcher-cache).")
+@click.option("--fetcher-cache-max-mib", type=float, default=2048.0, show_default=True,
+              help="Remove cached downloads, least recently used first, while the cache holds more (0: no cache).")
 @click.option("--log-level", type=click.Choice(("DEBUG", "INFO", "WARNING", "ERROR"), case_sensitive=False),
               default="INFO", show_default=True, help="How much the agent logs.")
 def agent_main(masters: str, data_dir: Path, resources: str, attributes: str, hostname: str,
@@ -68,7 +81,8 @@ def agent_main(masters: str, data_dir: Path, resources: str, attributes: str, ho
                metrics_address: str | None, agent_tls_dir: Path | None, containers: str, runc: str,
                image_store_dir: Path | None, image_store_max_mib: float, insecure_registries: tuple[str, ...],
                cni_bridge: str, cni_subnet: str, cni_plugin_dirs: tuple[str, ...], allowed_volume_paths: str,
-               log_level: str) -> None:
+               log_max_mib: float, log_files: int, fetcher_max_mib: float, fetcher_timeout: float,
+               fetcher_cache_dir: Path | None, fetcher_cache_max_mib: float, log_level: str) -> None:
     """Run a Tessera agent: report this machine's resources and run tasks for the masters."""
     from tessera.agent.main import run_agent
 
@@ -83,6 +97,9 @@ def agent_main(masters: str, data_dir: Path, resources: str, attributes: str, ho
         image_store_max_mib=image_store_max_mib, insecure_registries=insecure_registries, cni_bridge=cni_bridge,
         cni_subnet=cni_subnet, cni_plugin_dirs=cni_plugin_dirs or AgentConfig.cni_plugin_dirs,
         allowed_volume_paths=tuple(p.strip() for p in allowed_volume_paths.split(",") if p.strip()),
+        log_max_mib=log_max_mib, log_files=log_files, fetcher_max_mib=fetcher_max_mib,
+        fetcher_timeout=fetcher_timeout, fetcher_cache_dir=fetcher_cache_dir,
+        fetcher_cache_max_mib=fetcher_cache_max_mib,
     )
     sys.exit(run_agent(config))
 

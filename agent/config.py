@@ -13,6 +13,7 @@ these by name and may add others ('gpus:1'). Zero, negative and unparseable quan
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import psutil
 
+from tessera.agent.executor.fetcher import FetcherConfig
+from tessera.agent.executor.output import MAX_KEEP, MIN_MAX_BYTES, LogRotation
 from tessera.control_plane import wire
 from tessera.control_plane.core.errors import InvalidRequest
 from tessera.control_plane.core.resources import Resources
@@ -80,6 +83,17 @@ class AgentConfig:
     cni_subnet: str = "10.213.64.0/24"
     cni_plugin_dirs: tuple[str, ...] = ("/usr/lib/cni", "/opt/cni/bin")
     allowed_volume_paths: tuple[str, ...] = ()  # host directories container volumes may come from
+    # A task's stdout and stderr each rotate at log_max_mib, keeping log_files older files per stream, so
+    # a task keeps at most (log_files + 1) * log_max_mib of each on disk (agent/executor/output.py).
+    log_max_mib: float = 10.0
+    log_files: int = 5
+    # The fetcher (docs/fetcher.md): each URI brings at most fetcher_max_mib into the sandbox, a task's
+    # URIs are fetched within fetcher_timeout seconds; downloads are cached in fetcher_cache_dir
+    # (None: data_dir/fetcher-cache), least recently used out beyond fetcher_cache_max_mib (0: no cache).
+    fetcher_max_mib: float = 1024.0
+    fetcher_timeout: float = 300.0
+    fetcher_cache_dir: Path | None = None
+    fetcher_cache_max_mib: float = 2048.0
 
     def __post_init__(self) -> None:
         # Accept lists and plain strings for convenience; the value is a tuple.
@@ -89,6 +103,8 @@ class AgentConfig:
             object.__setattr__(self, "work_dir", Path(self.work_dir))
         if self.image_store_dir is not None:
             object.__setattr__(self, "image_store_dir", Path(self.image_store_dir))
+        if self.fetcher_cache_dir is not None:
+            object.__setattr__(self, "fetcher_cache_dir", Path(self.fetcher_cache_dir))
         for name in ("insecure_registries", "cni_plugin_dirs", "allowed_volume_paths"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
@@ -105,6 +121,8 @@ class ResolvedConfig:
     heartbeat_interval: float
     extra: dict[str, str] = field(default_factory=dict)
     security: ClientSecurity | None = None  # how to reach the masters (None: plaintext)
+    log_rotation: LogRotation = field(default_factory=LogRotation)  # --log-max-mib, --log-files
+    fetcher: FetcherConfig = field(default_factory=FetcherConfig)  # --fetcher-*
 
 
 def parse_masters(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -238,8 +256,42 @@ def resolve(config: AgentConfig) -> ResolvedConfig:
     return ResolvedConfig(
         config=config, masters=masters, data_dir=data_dir, work_dir=work_dir, hostname=hostname,
         resources=resources, attributes=attributes, heartbeat_interval=float(config.heartbeat_interval),
-        security=security,
+        security=security, log_rotation=log_rotation_of(config), fetcher=fetcher_of(config, data_dir),
     )
+
+
+def _number(flag: str, value: object, low: float, high: float, low_open: bool = False) -> float:
+    """`value` as a float within [low, high] (low excluded when `low_open`); ConfigError naming `flag`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{flag}: expected a number, got {value!r}")
+    if value > high or value < low or (low_open and value == low):
+        raise ConfigError(f"{flag}: expected a number {'above' if low_open else 'from'} {low:g} up to {high:g}, "
+                          f"got {value!r}")
+    return float(value)
+
+
+def log_rotation_of(config: AgentConfig) -> LogRotation:
+    """--log-max-mib (4 KiB at least) and --log-files (0 to 1000) as the supervisors' policy."""
+    size = _number("--log-max-mib", config.log_max_mib, MIN_MAX_BYTES / MIB, 1024 * 1024)
+    if isinstance(config.log_files, bool) or not isinstance(config.log_files, int) or not 0 <= config.log_files <= MAX_KEEP:
+        raise ConfigError(f"--log-files: expected a whole number from 0 to {MAX_KEEP}, got {config.log_files!r}")
+    return LogRotation(max_bytes=int(size * MIB), keep=config.log_files)
+
+
+def fetcher_of(config: AgentConfig, data_dir: Path) -> FetcherConfig:
+    """The --fetcher-* flags; the cache directory is made (root's, 0700) unless the cache is off."""
+    max_mib = _number("--fetcher-max-mib", config.fetcher_max_mib, 0, 1024 * 1024, low_open=True)
+    timeout = _number("--fetcher-timeout", config.fetcher_timeout, 0, 86400, low_open=True)
+    cache_mib = _number("--fetcher-cache-max-mib", config.fetcher_cache_max_mib, 0, 1024 * 1024 * 1024)
+    cache_dir = ""
+    if cache_mib > 0:
+        path = (config.fetcher_cache_dir.expanduser().absolute() if config.fetcher_cache_dir is not None
+                else data_dir / "fetcher-cache")
+        _check_writable(path, "--fetcher-cache-dir")
+        os.chmod(path, 0o700)
+        cache_dir = str(path)
+    return FetcherConfig(max_bytes=int(max_mib * MIB), timeout=timeout, cache_dir=cache_dir,
+                         cache_max_bytes=int(cache_mib * MIB))
 
 
 def check_container_flags(config: AgentConfig) -> None:

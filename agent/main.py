@@ -183,7 +183,7 @@ def _run_agent(config: AgentConfig, stop: threading.Event | None) -> int:
              config.supervisor_start, ",".join(resolved.masters))
     support, runtime, images = _containers(config, resolved, isolator.name)
     launcher = ProcessLauncher(resolved.work_dir, isolator, fork_server=config.supervisor_start == "fork-server",
-                               containers=runtime)
+                               containers=runtime, log_rotation=resolved.log_rotation, fetcher=resolved.fetcher)
     launcher.warm_up()  # the supervisor fork server, before the first task needs it
     # the agent's spans (agent.launch_task, task.run) go to the leader, stored next to its event log
     tracer_provider = setup_tracing("tessera-agent", span_store=OperatorSpanStore(resolved.masters, security=resolved.security), set_global=False)

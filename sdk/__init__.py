@@ -54,7 +54,8 @@ The names, all imported from `tessera.sdk` (`__all__`); each is documented on it
   for container tasks `ContainerInfo`, `PortMapping`, `Volume`, and `NetworkInfo` (in statuses); for
   health checks `HealthCheck` with `HttpCheck` or `TcpCheck` (its kind a `HealthCheckType`;
   `TaskInfo.health_check`, `TaskStatus.healthy`); for the framework's state
-  `driver.kv` `KvEntry`, `KvPut`, `KvDelete` and `ABSENT`.
+  `driver.kv` `KvEntry`, `KvPut`, `KvDelete` and `ABSENT`; `CommandURI` for artifacts fetched into a task's sandbox
+  (`TaskInfo.uris`).
 - `tessera.sdk.errors` (the error tree): `TesseraError`, `InvalidRequest`, `NotFound`, `Conflict`
   (with `VersionConflict` and `Deposed`), `NotLeader`, `Unauthenticated`, `PermissionDenied`,
   `Unavailable`, `ServerError`, `DriverStopped`.
@@ -83,6 +84,7 @@ from tessera.sdk.session import Backoff
 from tessera.sdk.types import (
     ABSENT,
     DEFAULT_ROLE,
+    CommandURI,
     ContainerInfo,
     Filters,
     FrameworkInfo,
@@ -113,6 +115,7 @@ __all__ = [
     "AsyncScheduler",
     "AsyncSchedulerDriver",
     "Backoff",
+    "CommandURI",
     "Conflict",
     "ContainerInfo",
     "DEFAULT_ROLE",

@@ -5,6 +5,9 @@
     tessera run --image 127.0.0.1:5000/tools/busybox:1.35 -- sh -c 'hostname; ps'
     tessera run --image 127.0.0.1:5000/tools/busybox:1.35 --publish 8080 -- httpd -f -p 8080
 
+`--uri URL[,extract][,executable][,no-cache][,output=NAME]` (repeat) fetches an artifact into the task's
+sandbox before it starts (docs/fetcher.md): http, https or file URLs; `extract` unpacks an archive.
+
 With `--image` the task runs in a container of that image (docs/containers.md): `--network` bridge (the
 default: its own address on the agent's bridge), host or none; `--publish PORT[/udp]` publishes a
 container port on a host port taken from the offer (printed when the task runs); `--volume
@@ -42,6 +45,9 @@ from pathlib import Path
 from typing import TextIO
 
 from tessera.control_plane import wire
+from tessera.control_plane.core.errors import InvalidRequest
+from tessera.control_plane.core.uris import check_uris
+from tessera.control_plane.core.values import TaskInfo as CoreTaskInfo
 from tessera.control_plane.tls import ClientSecurity
 from tessera.sdk.driver import SchedulerDriver
 from tessera.sdk.errors import TesseraError
@@ -50,6 +56,7 @@ from tessera.sdk.scheduler import Scheduler
 from tessera.sdk.transport import Transport
 from tessera.sdk.types import (
     DEFAULT_ROLE,
+    CommandURI,
     ContainerInfo,
     Filters,
     FrameworkInfo,
@@ -88,6 +95,7 @@ class RunOptions:
     network: str = "bridge"  # a container's network: bridge, host or none
     publish: tuple[tuple[int, str], ...] = ()  # container ports (and protocols) to publish on host ports
     volumes: tuple[tuple[str, str, str], ...] = ()  # (host path, container path, "ro" | "rw")
+    uris: tuple[CommandURI, ...] = ()  # fetched into the sandbox before the task starts
 
 
 def _positive(flag: str, text: str) -> float:
@@ -121,9 +129,38 @@ def _volumes(items: Sequence[str]) -> tuple[tuple[str, str, str], ...]:
     return tuple(out)
 
 
+_URI_FLAGS = ("extract", "executable", "no-cache")
+
+
+def _uris(items: Sequence[str]) -> tuple[CommandURI, ...]:
+    """`URL[,extract][,executable][,no-cache][,output=NAME]`: the options are taken from the end, so a URL
+    may hold commas itself. Checked as the master checks them (core/uris.py)."""
+    out = []
+    for item in items:
+        url, output = item, ""
+        flags: set[str] = set()
+        while "," in url:
+            head, _, last = url.rpartition(",")
+            if last in _URI_FLAGS:
+                flags.add(last)
+            elif last.startswith("output=") and not output:
+                output = last[len("output="):]
+            else:
+                break
+            url = head
+        out.append(CommandURI(url, extract="extract" in flags, executable="executable" in flags, output_file=output,
+                              no_cache="no-cache" in flags))
+    try:
+        check_uris(CoreTaskInfo("run", uris=tuple(out)), "task")
+    except InvalidRequest as exc:
+        raise BadInput(f"--uri: {exc.message.removeprefix('task.')}") from None
+    return tuple(out)
+
+
 def parse_options(*, command: Sequence[str], masters: str | None, cpus: str, mem: str, name: str, role: str,
                   env: Sequence[str], offer_timeout: str, connect_timeout: str, user: str = "", image: str = "",
-                  network: str = "bridge", publish: Sequence[str] = (), volumes: Sequence[str] = ()) -> RunOptions:
+                  network: str = "bridge", publish: Sequence[str] = (), volumes: Sequence[str] = (),
+                  uris: Sequence[str] = ()) -> RunOptions:
     """Validate the flags of `tessera run`; raises BadInput naming the first bad one. `masters` None or
     empty: found as every client finds them (`tessera.control_plane.tls.find_masters`)."""
     if not image and (not command or not any(part.strip() for part in command)):
@@ -155,7 +192,7 @@ def parse_options(*, command: Sequence[str], masters: str | None, cpus: str, mem
         cpus=_positive("--cpus", cpus), mem=_positive("--mem", mem),
         name=name, role=role, env=tuple(pairs), offer_timeout=_positive("--offer-timeout", offer_timeout),
         connect_timeout=_positive("--connect-timeout", connect_timeout), user=user.strip(), image=image.strip(),
-        network=network, publish=_publish(publish), volumes=_volumes(volumes),
+        network=network, publish=_publish(publish), volumes=_volumes(volumes), uris=_uris(uris),
     )
 
 
@@ -335,7 +372,7 @@ def run_task(options: RunOptions, *, transport: Transport | None = None, out: Te
             volumes=tuple(Volume(container_path=c, host_path=h, mode=m) for h, c, m in options.volumes))
     task = TaskInfo(task_id=f"{options.name}-{uuid.uuid4().hex[:12]}", name=options.name,
                     resources=Resources.of(cpus=options.cpus, mem=options.mem), command=command,
-                    env=dict(options.env), user=options.user, container=container)
+                    env=dict(options.env), user=options.user, container=container, uris=options.uris)
     scheduler = OneShot(task, say)
     framework = FrameworkInfo(name=options.name, roles=(options.role,), failover_timeout=60.0)
     if transport is None and security is not None:

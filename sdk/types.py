@@ -33,6 +33,7 @@ from tessera.control_plane.core.health_checks import check_health_check, check_h
 from tessera.control_plane.core.lifecycle import is_terminal
 from tessera.control_plane.core.resources import Interval, Resources
 from tessera.control_plane.core.values import (
+    CommandURI,
     HealthCheckType,
     HttpCheck,
     NetworkInfo,
@@ -49,6 +50,7 @@ __all__ = [
     "KvEntry",
     "KvPut",
     "KvWrite",
+    "CommandURI",
     "ContainerInfo",
     "NetworkInfo",
     "PortMapping",
@@ -276,7 +278,9 @@ class TaskInfo:
     `command` is a shell string or an argv tuple; a container task (`container`) may leave it empty to
     run its image's entrypoint and command. `agent_id` may stay empty: `accept`/`launch` fill
     it in from the offers the task is launched on. `kill_grace_period` (seconds) is the time between
-    SIGTERM and SIGKILL when the task is killed; 0 means the agent's default."""
+    SIGTERM and SIGKILL when the task is killed; 0 means the agent's default. `uris` are fetched into
+    the task's sandbox before it starts (docs/fetcher.md): `CommandURI` values, or plain URL strings for
+    a file kept as downloaded."""
 
     task_id: str
     resources: Resources
@@ -289,9 +293,11 @@ class TaskInfo:
     working_dir: str = ""
     user: str = ""
     container: ContainerInfo | None = None
+    uris: tuple[CommandURI, ...] = ()
     health_check: HealthCheck | None = None
 
     def __post_init__(self) -> None:
+        _set(self, "uris", tuple(CommandURI(u) if isinstance(u, str) else u for u in self.uris))
         if not isinstance(self.command, str):
             _set(self, "command", tuple(self.command))
         _set(self, "env", _frozen_map(self.env, f"task {self.task_id}: env"))
@@ -313,7 +319,8 @@ class TaskInfo:
         return TaskInfo(
             task_id=self.task_id, resources=self.resources, command=self.command, name=self.name,
             agent_id=agent_id, env=self.env, kill_grace_period=self.kill_grace_period, labels=self.labels,
-            working_dir=self.working_dir, user=self.user, container=self.container, health_check=self.health_check,
+            working_dir=self.working_dir, user=self.user, container=self.container, uris=self.uris,
+            health_check=self.health_check,
         )
 
     def check_health_check(self) -> None:

@@ -12,8 +12,9 @@ Rules it keeps:
 - How a process ended (`ExitRecord`, written by the supervisor) maps to exactly one terminal status in
   `terminal_status`: an isolator limitation wins (TASK_FAILED, REASON_CONTAINER_LIMITATION_MEMORY), then
   a kill for failing the health check (TASK_KILLED, REASON_TASK_UNHEALTHY, `healthy` false, as Mesos
-  marks it), then a requested kill (TASK_KILLED), then the exit (0: TASK_FINISHED; otherwise TASK_FAILED with the exit
-  status, a hint for 126/127 and the tail of stderr).
+  marks it), then a requested kill (TASK_KILLED), then a URI that could not be fetched (TASK_FAILED,
+  REASON_FETCHER_FAILED, naming the URI), then the exit (0: TASK_FINISHED; otherwise TASK_FAILED with
+  the exit status, a hint for 126/127 and the tail of stderr).
 - Exit codes: a normal exit is its code; death by signal N is reported as 128 + N (the shell's
   convention), and the message names the signal.
 - A terminal status of a task that ran carries the tail of its stdout in `data` (at most
@@ -29,6 +30,7 @@ from tessera.control_plane.core.errors import InvalidRequest
 from tessera.control_plane.core.health_checks import REASON_TASK_UNHEALTHY, check_health_check
 from tessera.control_plane.core.lifecycle import INITIAL_STATE, can_transition, is_terminal
 from tessera.control_plane.core.state import MAX_STATUS_DATA, check_working_dir
+from tessera.control_plane.core.uris import check_uris
 from tessera.control_plane.core.values import (
     NetworkInfo,
     StatusSource,
@@ -46,6 +48,10 @@ REASON_EXECUTOR_TERMINATED = "REASON_EXECUTOR_TERMINATED"
 REASON_TASK_INVALID = "REASON_TASK_INVALID"
 REASON_AGENT_RESTARTED = "REASON_AGENT_RESTARTED"
 REASON_TASK_KILLED_DURING_LAUNCH = "REASON_TASK_KILLED_DURING_LAUNCH"
+# Not Mesos's (it says REASON_CONTAINER_LAUNCH_FAILED with the fetcher's message): a URI that cannot be
+# fetched is a fault of the task's artifacts, not of the agent's runtime, and a framework may want to
+# tell the two apart (retry elsewhere, or fix the URI). The message names the URI (docs/fetcher.md).
+REASON_FETCHER_FAILED = "REASON_FETCHER_FAILED"
 
 MAX_MESSAGE = 3000  # the master refuses messages over 4096 characters; leave room for the prefix
 
@@ -75,6 +81,7 @@ class ExitRecord:
     launch_error: str = ""  # the command could not be started at all
     container_error: str = ""  # the container could not be made or started (image, network, runtime)
     unhealthy: str = ""  # the supervisor killed the task for failing its health check: why
+    fetch_error: str = ""  # a URI could not be fetched into the sandbox ("URI: why"); the task never started
     stderr_tail: str = ""  # filled by the launcher from the sandbox, for the message
     stdout_tail: bytes = b""  # filled by the launcher: the end of the task's stdout
 
@@ -125,6 +132,8 @@ def _ending(record: ExitRecord, kill_requested: bool) -> Outcome:
     if kill_requested or record.killed:
         how = f"signal {signal_name(record.signal)}" if record.signal is not None else f"exit status {code}"
         return Outcome(TaskState.TASK_KILLED, "", f"task killed ({how})", code)
+    if record.fetch_error:
+        return Outcome(TaskState.TASK_FAILED, REASON_FETCHER_FAILED, f"cannot fetch {record.fetch_error}"[:MAX_MESSAGE])
     if record.container_error:
         return Outcome(TaskState.TASK_FAILED, REASON_CONTAINER_LAUNCH_FAILED,
                        _with_stderr(f"cannot start the container: {record.container_error}", record.stderr_tail),
@@ -157,6 +166,7 @@ def validate_task(info: TaskInfo) -> str:
     try:  # the master refuses these at Accept; a task from elsewhere is checked again here
         check_working_dir(info.command.working_dir, "command.working_dir")
         check_health_check(info, "task")
+        check_uris(info, "task")
     except InvalidRequest as exc:
         return exc.message
     return ""

@@ -31,6 +31,7 @@ import logging
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,9 +114,12 @@ def _network(launch: ContainerLaunch) -> Any:
     return CniNetwork(NetworkConfig(**config), host_rules=False)  # the agent set them up (`detect`)
 
 
-def start(launch: ContainerLaunch, run_dir: Path, stdout: Any, stderr: Any) -> Started:
+def start(launch: ContainerLaunch, run_dir: Path, stdout: Any, stderr: Any,
+          wait: Callable[[float], None] = time.sleep) -> Started:
     """Steps 1-3: the root filesystem, the network, the spec, `runc run` started (not waited for).
-    Raises ContainerError; what was set up before the failure is for `teardown`."""
+    `stdout`/`stderr` are what runc's (and so the container's) fds 1 and 2 become; `wait(seconds)` is
+    how to spend the time until runc created the container (the supervisor pumps the task's output
+    pipes meanwhile). Raises ContainerError; what was set up before the failure is for `teardown`."""
     plan = launch.plan
     image = Image(digest=launch.image_digest, reference=launch.image_reference, rootfs=Path(launch.image_rootfs),
                   config=plan.image)
@@ -154,10 +158,11 @@ def start(launch: ContainerLaunch, run_dir: Path, stdout: Any, stderr: Any) -> S
                                    start_new_session=True, close_fds=True, env=runc_env())
     except OSError as exc:
         raise ContainerError(f"cannot run {launch.runc}: {exc.strerror or exc}") from exc
-    return Started(process, addresses, _await_pid_file(process, pid_path))
+    return Started(process, addresses, _await_pid_file(process, pid_path, wait))
 
 
-def _await_pid_file(process: subprocess.Popen[bytes], pid_path: Path) -> int:
+def _await_pid_file(process: subprocess.Popen[bytes], pid_path: Path,
+                    wait: Callable[[float], None] = time.sleep) -> int:
     """The container's init pid once runc created it (runc writes the pid file then), or 0 when runc
     ended first. Bounded by CREATE_TIMEOUT; a container still being created after that is reported
     running and waited for as usual."""
@@ -172,7 +177,7 @@ def _await_pid_file(process: subprocess.Popen[bytes], pid_path: Path) -> int:
             return int(text)
         if process.poll() is not None:
             return 0
-        time.sleep(delay)
+        wait(delay)
         delay = min(delay * 2, 0.05)
     return 0
 

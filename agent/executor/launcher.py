@@ -21,11 +21,16 @@ Rules it keeps:
   command that cannot be executed is not a launch failure: it ends like a shell would (exit 127/126),
   recorded by the supervisor.
 - The isolation of a task is removed only after its exit status was read (`release`).
-- The agent (root) reads from a task's sandbox only its stdout and stderr tails, never through a
-  symlink and only from a regular file with one link: the task owns that directory.
+- The agent (root) reads from a task's sandbox only its stdout and stderr tails (`output.output_tail`:
+  the live file, and its newest rotation when a rotation just emptied it), never through a symlink and
+  only from a regular file with one link: the task owns that directory.
 - A health-checked task's supervisor checks it (agent/executor/health.py); `observe` hands on the changes
   of its health.json the agent has not seen (after an agent restart, the newest one), reading the file
   only when it changed.
+- Each launch carries the agent's output rotation (`LogRotation`: --log-max-mib, --log-files) in
+  launch.json; the supervisor rotates the task's stdout and stderr by it (agent/executor/output.py).
+  A task with URIs also carries them and the agent's fetcher settings (`FetcherConfig`): the supervisor
+  fetches them before it starts the task (agent/executor/fetcher.py).
 """
 
 from __future__ import annotations
@@ -33,7 +38,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import stat
 import subprocess
 import sys
 import time
@@ -49,11 +53,13 @@ from tessera.agent.core.tasks import ExitRecord
 from tessera.agent.executor import containers as container_steps
 from tessera.agent.executor import health as health_checks
 from tessera.agent.executor.containers import ContainerError, ContainerLaunch, ContainerRuntime
+from tessera.agent.executor.fetcher import FetcherConfig, uris_to_json
 from tessera.agent.executor.forkserver import ForkServer, ForkServerLost
 from tessera.agent.executor.images import Image
 from tessera.agent.executor.isolation import IsolationSpec, Isolator, cgroup_pids, container_name
 from tessera.agent.executor.isolation import cleanup as cleanup_isolation
 from tessera.agent.executor.network import container_id_for
+from tessera.agent.executor.output import LogRotation, output_tail
 from tessera.agent.executor.sandbox import (
     RUN_DIR_MODE,
     SANDBOX_MODE,
@@ -155,8 +161,11 @@ def _argv(info: TaskInfo) -> list[str]:
 class ProcessLauncher:
     def __init__(self, work_dir: Path, isolator: Isolator, *, agent_id: str = "",
                  python: str = sys.executable, fork_server: bool = True,
-                 containers: ContainerRuntime | None = None) -> None:
+                 containers: ContainerRuntime | None = None, log_rotation: LogRotation | None = None,
+                 fetcher: FetcherConfig | None = None) -> None:
         self.work_dir = Path(work_dir)
+        self.log_rotation = log_rotation or LogRotation()
+        self.fetcher = fetcher or FetcherConfig()
         self.isolator = isolator
         self.containers = containers  # None: this agent runs no container tasks
         self.agent_id = agent_id
@@ -286,7 +295,11 @@ class ProcessLauncher:
             "task_id": info.task_id, "framework_id": info.framework_id, "argv": _argv(info), "env": env,
             "sandbox": str(sandbox), "working_dir": command.working_dir, "user": command.user,
             "isolation": handle.isolation.to_json(), "grace_period_seconds": info.kill_grace_period_seconds or None,
+            "log_rotation": self.log_rotation.to_json(),
         }
+        if info.uris:
+            launch["uris"] = uris_to_json(info.uris)
+            launch["fetcher"] = self.fetcher.to_json()
         if handle.container is not None:
             launch["container"] = handle.container.to_json()
         if info.health_check is not None:
@@ -424,7 +437,7 @@ class ProcessLauncher:
         stderr_tail = ""
         code = data.get("exit_code")
         if data.get("launch_error") or data.get("container_error") or (code not in (None, 0)) or data.get("signal"):
-            stderr_tail = _tail(handle.task_dir / STDERR_FILE, STDERR_TAIL_BYTES)
+            stderr_tail = output_tail(handle.task_dir, STDERR_FILE, STDERR_TAIL_BYTES).decode("utf-8", errors="replace")
         return ExitRecord(
             exit_code=None if code is None else int(code),
             signal=None if data.get("signal") is None else int(data["signal"]),
@@ -432,7 +445,8 @@ class ProcessLauncher:
             launch_error=str(data.get("launch_error") or ""),
             container_error=str(data.get("container_error") or ""), stderr_tail=stderr_tail,
             unhealthy=str(data.get("unhealthy") or ""),
-            stdout_tail=_tail_bytes(handle.task_dir / STDOUT_FILE, STDOUT_TAIL_BYTES),
+            fetch_error=str(data.get("fetch_error") or ""),
+            stdout_tail=output_tail(handle.task_dir, STDOUT_FILE, STDOUT_TAIL_BYTES),
         )
 
     def _kill_orphans(self, handle: LaunchHandle) -> None:
@@ -555,32 +569,6 @@ def _start_time(pid: int) -> float | None:
         return float(psutil.Process(pid).create_time())
     except psutil.Error:
         return None
-
-
-def _tail_bytes(path: Path, limit: int) -> bytes:
-    """The last `limit` bytes of a file in a task's sandbox: not through a symlink, not from anything but
-    a regular file with a single link (the task owns the directory; the agent reads as root)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return b""
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-            return b""
-        os.lseek(fd, max(0, info.st_size - limit), os.SEEK_SET)
-        data = b""
-        while len(data) < limit and (chunk := os.read(fd, limit - len(data))):
-            data += chunk
-        return data
-    except OSError:
-        return b""
-    finally:
-        os.close(fd)
-
-
-def _tail(path: Path, limit: int) -> str:
-    return _tail_bytes(path, limit).decode("utf-8", errors="replace")
 
 
 def _supervisor_env() -> dict[str, str]:

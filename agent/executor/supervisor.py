@@ -3,8 +3,9 @@
 The agent starts one supervisor per task (forked by `tessera.agent.executor.forkserver`, or as a fresh
 interpreter), in a new session, and the supervisor outlives the agent: a
 `kill -9` of the agent leaves every task running, and the restarted agent finds them again through the
-files written here. The supervisor reads `launch.json` from the sandbox, starts the task's command, waits
-for it, and records how it ended.
+files written here. The supervisor reads `launch.json` from the sandbox, fetches the task's URIs into
+its sandbox (agent/executor/fetcher.py, in a fetch process it waits for), starts the task's command,
+copies its output into rotated files while it waits for it, and records how it ended.
 
 Files in the run directory (the `--sandbox` argument; root's, see agent/executor/sandbox.py for the
 layout; every file is created 0600, every JSON file is written atomically: temp file, rename;
@@ -15,15 +16,16 @@ layout; every file is created 0600, every JSON file is written atomically: temp 
 - `supervisor.json`: this process's pid and start time, written first thing, so an agent that crashed
   right after starting us can still find us (and tell us from a process that got our pid later).
 - `task.json`: the task's pid, once its process exists (the agent reports TASK_RUNNING then).
-- `stdout`, `stderr`: the task's output (appended), in the task's sandbox (`launch["sandbox"]`), owned by
-  the task's user.
+- `stdout`, `stderr` and their rotations `stdout.1` ... `stdout.N`: the task's output, in the task's
+  sandbox (`launch["sandbox"]`), owned by the task's user (see "Output" below). `stderr` also starts
+  with one `tessera fetcher:` line per fetched URI.
 - `kill.json` (written by the agent before it sends SIGTERM to the supervisor): the grace period. Found
   when the supervisor starts, it means the launch was called off: the task is never started.
 - `health.json` (a health-checked task): the changes of its health its checker found, and the kill
   for failing the check (agent/executor/health.py); written only when something changes.
 - `exit_status.json`: exit code or signal, whether the task was killed on request (or, `unhealthy`, for
-  failing its health check), whether an isolator limit (memory) ended it, a launch error. Its presence
-  means the task is over.
+  failing its health check), whether an isolator limit (memory) ended it, a launch error, a fetch error
+  (`fetch_error`: "URI: why"; the task never started). Its presence means the task is over.
 - `supervisor.log`: the supervisor's own messages.
 
 Rules it keeps:
@@ -44,6 +46,39 @@ Rules it keeps:
   time without following any symlink (`enter_working_dir`): a symlink, or anything but a directory, on
   the way ends the launch (exit 126, the reason in `launch_error`); what is missing is created then.
 - The task gets the conventional umask 022 (the agent and the supervisor run with 077).
+- The task's URIs are fetched before anything of the task starts, in a fetch process that the
+  supervisor kills (SIGKILL) when a kill request arrives (TASK_KILLED) or the fetcher's timeout is over;
+  a failed fetch records `fetch_error` (TASK_FAILED, REASON_FETCHER_FAILED).
+
+Output (Mesos's logrotate container logger, done by the supervisor; agent/executor/output.py). A task's
+fds 1 and 2 are pipes to its supervisor, which copies them (splice(2), no copy through user space) into
+`stdout`/`stderr` and rotates them by rename at `--log-max-mib`, keeping `--log-files` older files:
+`stdout` is always the live file, `stdout.1` the newest rotation; each stream holds at most
+(files + 1) x max on disk, exactly (a rotation happens when the live file holds max bytes). Why pipes
+and not the alternatives:
+- The task writing to the files itself (as before) cannot be bounded: only copy-truncate from outside
+  is possible, and that loses whatever the task writes between the copy and the truncate (unbounded
+  under load), leaves holes with O_APPEND-less writers, and overshoots the bound between two checks by
+  whatever the task writes in that interval — a task writing as fast as it can fills GBs per second.
+- A separate logger process per stream (Mesos's mesos-logrotate-logger) adds two processes per task
+  that must be supervised themselves. The supervisor already exists per task, outlives the agent, and
+  waits in a poll loop: the pipes join that loop (`wait_child`), and while it starts a container the
+  loop's `OutputPump.wait` replaces its sleeps.
+What this costs, and how it is bounded:
+- The task never waits for the files, only for the supervisor's reading: each pipe holds 1 MiB (so a
+  burst does not stall the task while the supervisor does something else, which is never more than a
+  rotation's few renames or an exit record), and a write error (a full disk) drops output instead of
+  blocking the pipe (counted, logged once in supervisor.log).
+- The supervisor survives everything the task does to its output: binary data, a closed stdout (that
+  pipe ends, the other goes on), its rotated files renamed, deleted or replaced by links or
+  directories (each rotation step on its own; the bound holds, the task may lose its own old output).
+- A supervisor that dies (only `kill -9` by someone can do that) takes the read ends with it: the
+  task's next write fails (SIGPIPE, or EPIPE when it ignores the signal) — the task is not left writing
+  into nothing unseen; and the agent reports the supervisor's loss (TASK_FAILED,
+  REASON_EXECUTOR_TERMINATED) and kills what is left of the task, as it always did.
+- When the task's main process ends, the pipes are read to their end before the exit is recorded (so
+  the terminal status carries the last output), for at most DRAIN_SECONDS: a process that escaped the
+  task's session and cgroups and holds a pipe open loses its output after that.
 """
 
 from __future__ import annotations
@@ -61,7 +96,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tessera.agent.executor import containers
+from tessera.agent.executor import containers, fetcher
 from tessera.agent.executor import health as health_checks
 from tessera.agent.executor.containers import ContainerLaunch
 from tessera.agent.executor.isolation import (
@@ -73,6 +108,7 @@ from tessera.agent.executor.isolation import (
     kill_cgroup,
     memory_limit_message,
 )
+from tessera.agent.executor.output import LogRotation, OutputPump
 from tessera.control_plane.core.values import HealthCheck
 
 LAUNCH_FILE = "launch.json"
@@ -205,18 +241,6 @@ def become_task(spec: IsolationSpec, user: str, uid: int, gid: int, working_dir:
         raise TaskSetupError(str(exc) if isinstance(exc, WorkingDirError) else f"cannot {step}: {exc!r}") from exc
 
 
-def _open_output(path: Path, uid: int, gid: int) -> Any:
-    """Open the task's stdout or stderr for appending: never through a symlink, owned by the task's user."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    try:
-        if (uid, gid) != (os.geteuid(), os.getegid()):
-            os.fchown(fd, uid, gid)
-        return os.fdopen(fd, "ab")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
 def session_pids(sid: int) -> list[int]:
     """Every process whose session id is `sid` (the task's session)."""
     out = []
@@ -257,6 +281,10 @@ class Supervisor:
         self.task_dir = Path(str(self.launch.get("sandbox") or sandbox))
         self.container: ContainerLaunch | None = (
             ContainerLaunch.from_json(self.launch["container"]) if self.launch.get("container") else None)
+        self.log_rotation = LogRotation.from_json(self.launch.get("log_rotation"))
+        self.uris = fetcher.uris_from_json(self.launch.get("uris"))
+        self.fetch_notes: list[str] = []  # what the fetcher did, for the task's stderr
+        self.output: OutputPump | None = None  # the task's pipes and rotated files, made just before it starts
 
     def log(self, message: str) -> None:
         self.log_file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} supervisor[{os.getpid()}]: {message}\n")
@@ -318,19 +346,42 @@ class Supervisor:
         env = {str(k): str(v) for k, v in (self.launch.get("env") or {}).items()}
         return env
 
-    def start_container(self, container: ContainerLaunch) -> dict[str, Any] | None:
-        """Start a container task under runc (agent/executor/containers.py); on failure the exit record."""
+    def fetch_uris(self) -> dict[str, Any] | None:
+        """Fetch the task's URIs into its sandbox (agent/executor/fetcher.py); on failure or a kill
+        meanwhile the exit record to write."""
+        if not self.uris:
+            return None
+        config = fetcher.FetcherConfig.from_json(self.launch.get("fetcher"))
+        self.log(f"fetching {len(self.uris)} URI(s)")
+        outcome = fetcher.fetch(self.uris, self.task_dir, self.sandbox, str(self.launch.get("user") or ""), config,
+                                wake_fd=self._wake_r, cancelled=lambda: self.kill_requested, log=self.log)
+        self.fetch_notes = outcome.notes
+        if outcome.killed:
+            self.killed = True
+            return {"exit_code": None, "signal": signal.SIGKILL, "killed": True, "launch_error": ""}
+        if outcome.error:
+            return {"exit_code": None, "fetch_error": outcome.error}
+        return None
+
+    def open_output(self) -> OutputPump:
+        """The task's pipes and the rotated files in its sandbox, owned by the sandbox's owner (the task's
+        user; the launcher made it so)."""
         owner = os.stat(self.task_dir)
-        stdout = _open_output(self.task_dir / STDOUT_FILE, owner.st_uid, owner.st_gid)
-        stderr = _open_output(self.task_dir / STDERR_FILE, owner.st_uid, owner.st_gid)
+        self.output = OutputPump(self.task_dir, owner.st_uid, owner.st_gid, self.log_rotation, self.log,
+                                 (STDOUT_FILE, STDERR_FILE))
+        for note in self.fetch_notes:
+            self.output.stderr.write(f"tessera fetcher: {note}\n".encode(errors="replace"))
+        return self.output
+
+    def start_container(self, container: ContainerLaunch, output: OutputPump) -> dict[str, Any] | None:
+        """Start a container task under runc (agent/executor/containers.py); on failure the exit record."""
         try:
-            started = containers.start(container, self.sandbox, stdout, stderr)
+            started = containers.start(container, self.sandbox, output.stdout_w, output.stderr_w, wait=output.wait)
         except containers.ContainerError as exc:
             self.log(f"container launch failed: {exc.reason}")
             return {"exit_code": None, "container_error": exc.reason}
         finally:
-            stdout.close()
-            stderr.close()
+            output.task_started()
         self.child = started.process
         self.ip_addresses = tuple(started.ip_addresses)
         write_json_atomic(self.sandbox / TASK_FILE, {"task_pid": self.child.pid, "started_at": time.time(),
@@ -343,8 +394,9 @@ class Supervisor:
 
     def start_child(self) -> dict[str, Any] | None:
         """Start the task; on failure return the exit record to write."""
+        output = self.output if self.output is not None else self.open_output()
         if self.container is not None:
-            return self.start_container(self.container)
+            return self.start_container(self.container, output)
         argv = [str(a) for a in self.launch["argv"]]
         cwd = str(self.task_dir if "sandbox" in self.launch else (self.launch.get("cwd") or self.sandbox))
         working_dir = str(self.launch.get("working_dir") or "")
@@ -373,19 +425,17 @@ class Supervisor:
                 os.write(2, f"tessera supervisor: {exc.reason}\n".encode(errors="replace"))
                 raise
 
-        stdout = _open_output(self.task_dir / STDOUT_FILE, uid, gid)
-        stderr = _open_output(self.task_dir / STDERR_FILE, uid, gid)
         try:
             self.child = subprocess.Popen(
-                argv, cwd=cwd, env=self._env(), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                start_new_session=True, preexec_fn=preexec, close_fds=True,
+                argv, cwd=cwd, env=self._env(), stdin=subprocess.DEVNULL, stdout=output.stdout_w,
+                stderr=output.stderr_w, start_new_session=True, preexec_fn=preexec, close_fds=True,
             )
         except OSError as exc:
             code = 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
             what = f"{argv[0]}: {exc.strerror or exc}"
             if exc.errno == errno.ENOENT and not os.path.isdir(cwd):
                 what = f"working directory {cwd}: {exc.strerror or exc}"
-            stderr.write(f"tessera supervisor: cannot execute {what}\n".encode())
+            output.stderr.write(f"tessera supervisor: cannot execute {what}\n".encode())
             return {"exit_code": code, "launch_error": what}
         except subprocess.SubprocessError as exc:  # the preexec step failed (cgroup join, user, working dir)
             os.close(why_w)
@@ -396,8 +446,7 @@ class Supervisor:
             self.log(f"launch failed: {what}")
             return {"exit_code": 126, "launch_error": what}
         finally:
-            stdout.close()
-            stderr.close()
+            output.task_started()
             for fd in (why_r, why_w):
                 if fd >= 0:
                     os.close(fd)
@@ -487,6 +536,10 @@ class Supervisor:
         poller.register(self._wake_r, select.POLLIN)
         if pidfd is not None:
             poller.register(pidfd, select.POLLIN)
+        output = self.output
+        pipes = set(output.readable()) if output is not None else set()
+        for fd in pipes:
+            poller.register(fd, select.POLLIN)
         try:
             while True:
                 status = self.child.poll()
@@ -509,6 +562,9 @@ class Supervisor:
                             os.read(self._wake_r, 1024)
                         except OSError:
                             pass
+                    elif fd in pipes and output is not None and not output.pump(fd):
+                        poller.unregister(fd)
+                        pipes.discard(fd)
         finally:
             if pidfd is not None:
                 os.close(pidfd)
@@ -521,7 +577,9 @@ class Supervisor:
         if self.kill_requested or (self.sandbox / KILL_FILE).exists():  # killed before the task even started
             record = {"exit_code": None, "signal": signal.SIGKILL, "killed": True, "launch_error": ""}
         else:
-            failure = self.start_child()
+            failure = self.fetch_uris()
+            if failure is None:
+                failure = self.start_child()
             if failure is not None:
                 record = failure
             else:
@@ -534,12 +592,26 @@ class Supervisor:
                 if self.watchdog is not None:
                     self.watchdog.stop()
                 record = self._exit_record(status)
+            self.close_output()
             if self.container is not None:
                 self._end_container(self.container, record)
         record["finished_at"] = time.time()
         write_json_atomic(self.sandbox / EXIT_FILE, record)
         self.log(f"task ended: {record}")
         return 0
+
+    def close_output(self) -> None:
+        """Read what the task's pipes still hold into its files (bounded), then close them."""
+        if self.output is None:
+            return
+        output, self.output = self.output, None
+        try:
+            output.drain()
+        finally:
+            output.close()
+            if output.stdout.dropped or output.stderr.dropped:
+                self.log(f"output lost to write errors: {output.stdout.dropped} bytes of stdout, "
+                         f"{output.stderr.dropped} bytes of stderr")
 
     def _end_container(self, container: ContainerLaunch, record: dict[str, Any]) -> None:
         """Tear the container down before its exit is recorded, and tell runc's failures from the task's."""
@@ -580,6 +652,10 @@ def main(argv: list[str] | None = None) -> int:
         if supervisor.child is not None and supervisor.child.poll() is None:
             supervisor.signal_task(signal.SIGKILL)
             supervisor.child.wait()
+        try:
+            supervisor.close_output()
+        except Exception as again:  # noqa: BLE001 - the exit record below matters more
+            supervisor.log(f"closing the task's output failed: {again!r}")
         write_json_atomic(args.sandbox / EXIT_FILE, {
             "exit_code": None, "signal": None, "killed": supervisor.killed,
             "launch_error": f"supervisor failed: {exc}", "finished_at": time.time(),

@@ -78,10 +78,13 @@ class RunCommand(OneLineCommand):
               help="publish a container port on a host port from the offer (repeat; bridge network)")
 @click.option("--volume", "-v", multiple=True, metavar="HOST:CONTAINER[:ro]",
               help="mount a host path the agent allows into the container (repeat)")
+@click.option("--uri", "uris", multiple=True, metavar="URL[,extract][,executable][,no-cache][,output=NAME]",
+              help="fetch an http, https or file URL into the task's sandbox before it starts (repeat); "
+                   "extract unpacks .tar(.gz|.bz2|.xz)/.tgz/.zip, executable makes it 0755")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run_command(masters: str | None, cpus: str, mem: str, name: str, role: str, env: tuple[str, ...], user: str,
                 offer_timeout: str, connect_timeout: str, image: str, network: str, publish: tuple[str, ...],
-                volume: tuple[str, ...], command: tuple[str, ...]) -> None:
+                volume: tuple[str, ...], uris: tuple[str, ...], command: tuple[str, ...]) -> None:
     """Run one command as a task and exit with its exit code (like mesos-execute).
 
     One argument after -- is run with /bin/sh -c; several are an argv. With --image the task runs in a
@@ -90,7 +93,7 @@ def run_command(masters: str | None, cpus: str, mem: str, name: str, role: str, 
     try:
         options = parse_options(command=command, masters=chosen, cpus=cpus, mem=mem, name=name, role=role,
                                 env=env, offer_timeout=offer_timeout, connect_timeout=connect_timeout, user=user,
-                                image=image, network=network, publish=publish, volumes=volume)
+                                image=image, network=network, publish=publish, volumes=volume, uris=uris)
     except BadInput as exc:
         click.echo(f"tessera run: {exc}", err=True)
         sys.exit(2)

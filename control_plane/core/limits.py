@@ -18,6 +18,9 @@ capped well under what one Raft entry may carry. Over a cap: `InvalidRequest` na
     MAX_LABELS                64                labels (pairs)
     MAX_LABELS_LENGTH         16 KiB            all keys and values together
     MAX_RESOURCE_ENTRIES      64                resources: scalar entries plus port intervals
+    MAX_URIS                  64                uris (artifacts fetched into the sandbox; core/uris.py)
+    MAX_URI_LENGTH            4096 characters   each uris[].value
+    MAX_OUTPUT_FILE           255 bytes         each uris[].output_file (a file name)
     MAX_TASK_LENGTH           64 KiB            the task as a whole (`task_length`)
     MAX_LAUNCH_LENGTH         512 KiB           all tasks of one Accept together (one Raft entry
                                                 carries them; pysyncobj's entry cap is 1 MiB)
@@ -89,6 +92,9 @@ MAX_ENVIRONMENT_LENGTH = 32 * 1024
 MAX_LABELS = 64
 MAX_LABELS_LENGTH = 16 * 1024
 MAX_RESOURCE_ENTRIES = 64
+MAX_URIS = 64
+MAX_URI_LENGTH = 4096
+MAX_OUTPUT_FILE = 255
 MAX_TASK_LENGTH = 64 * 1024
 MAX_LAUNCH_LENGTH = 512 * 1024
 MAX_FAILOVER_TIMEOUT = 7 * 24 * 3600.0
@@ -144,7 +150,8 @@ def task_length(task: TaskInfo) -> int:
             + len(command.working_dir) + len(command.user) + _pairs_length(task.labels)
             + 8 * (len(command.arguments) + len(command.environment) + len(task.labels))
             + _RESOURCE_ENTRY_LENGTH * resource_entries(task) + _container_length(task)
-            + _health_check_length(task))
+            + _health_check_length(task)
+            + sum(8 + len(u.value) + len(u.output_file) for u in task.uris))
 
 
 def _container_length(task: TaskInfo) -> int:

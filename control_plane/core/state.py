@@ -47,6 +47,7 @@ from tessera.control_plane.core.errors import (
 from tessera.control_plane.core.events import Event
 from tessera.control_plane.core.lifecycle import is_terminal
 from tessera.control_plane.core.resources import EMPTY, Resources, validate_role
+from tessera.control_plane.core.uris import check_uris
 from tessera.control_plane.core.values import (
     AgentInfo,
     AgentState,
@@ -642,6 +643,7 @@ def check_task_info(task: object, what: str = "task") -> TaskInfo:
     check_command_info(task.command, f"{what}.command", required=task.container is None)
     check_number(task.kill_grace_period_seconds, f"{what}.kill_grace_period_seconds")
     check_labels(task.labels, f"{what}.labels")
+    check_uris(task, what)
     return task
 
 

@@ -160,6 +160,21 @@ class HealthCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class CommandURI:
+    """An artifact the agent fetches into the task's sandbox before the task starts (docs/fetcher.md).
+
+    Every default is the usual choice (proto3 bools default to false): kept as downloaded, not
+    executable, named after the URL's last path component, served from the agent's cache when it has
+    the URL (`no_cache` fetches anew). `core.uris.check_uris` says what the master accepts."""
+
+    value: str = ""  # http://, https:// or file://
+    extract: bool = False  # unpack an archive (.tar, .tar.gz, .tgz, .zip) instead of keeping it
+    executable: bool = False  # chmod 0755 (not with extract)
+    output_file: str = ""  # a plain name in the sandbox; empty: the URL's file name
+    no_cache: bool = False  # fetch anew even when the agent's cache has this URL
+
+
+@dataclass(frozen=True, slots=True)
 class TaskInfo:
     task_id: str
     name: str = ""
@@ -170,6 +185,7 @@ class TaskInfo:
     kill_grace_period_seconds: float = 0.0
     labels: Labels = ()
     container: ContainerInfo | None = None  # None: a command task on the agent's host
+    uris: tuple[CommandURI, ...] = ()  # fetched into the sandbox before the task starts
     health_check: HealthCheck | None = None  # None: not health-checked
 
 

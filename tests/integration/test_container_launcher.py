@@ -9,6 +9,7 @@ import os
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,15 +20,18 @@ from tessera.agent.executor.images import Image, ImageStore
 from tessera.agent.executor.isolation import detect_isolator
 from tessera.agent.executor.launcher import LaunchHandle, Observation, ProcessLauncher
 from tessera.agent.executor.network import DEFAULT_PLUGIN_DIRS
+from tessera.agent.executor.output import LogRotation
 from tessera.control_plane.core.resources import Resources
 from tessera.control_plane.core.values import (
     CommandInfo,
+    CommandURI,
     ContainerInfo,
     PortMapping,
     TaskInfo,
     TaskState,
     Volume,
 )
+from tests.support.artifacts import ArtifactServer, tar_bytes
 from tests.support.cluster import free_port
 from tests.support.cni_host import HostState, clean_leftovers, require_container_host
 from tests.support.registry import Registry, push_busybox
@@ -128,6 +132,28 @@ def test_exit_code_and_output_in_the_sandbox(setup: tuple[ProcessLauncher, Image
     assert obs.exit is not None and obs.exit.exit_code == 7
     assert stdout(handle) == "out\n" and (handle.task_dir / "stderr").read_text() == "err\n"
     assert terminal_status(obs.exit, False).state is TaskState.TASK_FAILED
+
+
+def test_a_chatty_container_rotates_its_output_within_the_bound(setup: tuple[ProcessLauncher, Image]) -> None:
+    # runc passes the supervisor's pipes to the container: its output rotates like a command task's
+    launcher, image = setup
+    launcher.log_rotation = LogRotation(max_bytes=64 * 1024, keep=2)
+    handle, obs = run_to_end(launcher, image, container_task("yes | head -c 10000000; echo; echo END"))
+    assert obs.exit is not None and obs.exit.exit_code == 0, obs
+    names = sorted(p.name for p in handle.task_dir.iterdir() if p.name.startswith("stdout"))
+    assert names == ["stdout", "stdout.1", "stdout.2"]
+    assert sum((handle.task_dir / n).stat().st_size for n in names) <= 3 * 64 * 1024
+    assert obs.exit.stdout_tail.endswith(b"y\n\nEND\n") and len(obs.exit.stdout_tail) == 4096
+
+
+def test_a_container_task_gets_its_uris_in_the_sandbox_it_sees(setup: tuple[ProcessLauncher, Image]) -> None:
+    launcher, image = setup
+    with ArtifactServer() as server:
+        url = server.add("/tool.tgz", tar_bytes([("bin/tool", b"#!/bin/sh\necho tool in a container\n", 0o755)]))
+        info = replace(container_task("$TESSERA_SANDBOX/bin/tool"), uris=(CommandURI(url, extract=True),))
+        handle, obs = run_to_end(launcher, image, info)
+    assert obs.exit is not None and obs.exit.exit_code == 0, (obs, (handle.task_dir / "stderr").read_text())
+    assert stdout(handle) == "tool in a container\n"
 
 
 def test_the_sandbox_is_mounted_and_writable_as_the_tasks_user(setup: tuple[ProcessLauncher, Image]) -> None:

@@ -246,6 +246,7 @@ class TaskInfo(_message.Message):
     KILL_GRACE_PERIOD_SECONDS_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     CONTAINER_FIELD_NUMBER: _builtins.int
+    URIS_FIELD_NUMBER: _builtins.int
     HEALTH_CHECK_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     name: _builtins.str
@@ -265,6 +266,10 @@ class TaskInfo(_message.Message):
         """
 
     @_builtins.property
+    def uris(self) -> _containers.RepeatedCompositeFieldContainer[Global___CommandURI]:
+        """Artifacts the agent fetches into the task's sandbox before the task starts (docs/fetcher.md)."""
+
+    @_builtins.property
     def health_check(self) -> Global___HealthCheck:
         """Set: the agent checks the task's health (docs/health-checks.md); TASK_RUNNING updates then carry
         `healthy`, sent only when it changes, and the task is killed after `consecutive_failures` failures.
@@ -282,11 +287,12 @@ class TaskInfo(_message.Message):
         kill_grace_period_seconds: _builtins.float = ...,
         labels: _abc.Iterable[Global___Label] | None = ...,
         container: Global___ContainerInfo | None = ...,
+        uris: _abc.Iterable[Global___CommandURI] | None = ...,
         health_check: Global___HealthCheck | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_container", b"_container", "_health_check", b"_health_check", "command", b"command", "container", b"container", "health_check", b"health_check"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_container", b"_container", "_health_check", b"_health_check", "agent_id", b"agent_id", "command", b"command", "container", b"container", "framework_id", b"framework_id", "health_check", b"health_check", "kill_grace_period_seconds", b"kill_grace_period_seconds", "labels", b"labels", "name", b"name", "resources", b"resources", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_container", b"_container", "_health_check", b"_health_check", "agent_id", b"agent_id", "command", b"command", "container", b"container", "framework_id", b"framework_id", "health_check", b"health_check", "kill_grace_period_seconds", b"kill_grace_period_seconds", "labels", b"labels", "name", b"name", "resources", b"resources", "task_id", b"task_id", "uris", b"uris"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__container: _TypeAlias = _typing.Literal["container"]  # noqa: Y015
     _WhichOneofArgType__container: _TypeAlias = _typing.Literal["_container", b"_container"]  # noqa: Y015
@@ -448,6 +454,47 @@ class HealthCheck(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__timeout_seconds) -> _WhichOneofReturnType__timeout_seconds | None: ...
 
 Global___HealthCheck: _TypeAlias = HealthCheck  # noqa: Y015
+
+@_typing.final
+class CommandURI(_message.Message):
+    """One artifact for the sandbox (Mesos's CommandInfo.URI). Every field's default is the usual choice:
+    the file is kept as downloaded, not executable, named after the URL's last path component, and
+    served from the agent's cache when the agent has it (set `no_cache` for a URL whose content changes).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    EXTRACT_FIELD_NUMBER: _builtins.int
+    EXECUTABLE_FIELD_NUMBER: _builtins.int
+    OUTPUT_FILE_FIELD_NUMBER: _builtins.int
+    NO_CACHE_FIELD_NUMBER: _builtins.int
+    value: _builtins.str
+    """http://, https:// or file:// (read as the task's user, never cached)"""
+    extract: _builtins.bool
+    """unpack a .tar, .tar.gz, .tgz or .zip into the sandbox (or into output_file)"""
+    executable: _builtins.bool
+    """chmod 0755 the fetched file (not with extract)"""
+    output_file: _builtins.str
+    """a plain name in the sandbox (no '/', not '..'); empty: the URL's file name"""
+    no_cache: _builtins.bool
+    """fetch it anew even when the agent's cache has this URL"""
+    def __init__(
+        self,
+        *,
+        value: _builtins.str = ...,
+        extract: _builtins.bool = ...,
+        executable: _builtins.bool = ...,
+        output_file: _builtins.str = ...,
+        no_cache: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["executable", b"executable", "extract", b"extract", "no_cache", b"no_cache", "output_file", b"output_file", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommandURI: _TypeAlias = CommandURI  # noqa: Y015
 
 @_typing.final
 class PortMapping(_message.Message):

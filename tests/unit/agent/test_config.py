@@ -76,6 +76,18 @@ def test_resolve_fills_defaults(tmp_path: Path) -> None:
     assert resolved.resources.scalar("cpus") == 2
 
 
+def test_output_and_fetcher_flags_become_the_supervisors_settings(tmp_path: Path) -> None:
+    resolved = resolve(AgentConfig(masters=("127.0.0.1:5050",), data_dir=tmp_path / "d", log_max_mib=0.5,
+                                   log_files=2, fetcher_max_mib=8, fetcher_timeout=30))
+    assert (resolved.log_rotation.max_bytes, resolved.log_rotation.keep) == (512 * 1024, 2)
+    fetcher = resolved.fetcher
+    assert (fetcher.max_bytes, fetcher.timeout, fetcher.cache_max_bytes) == (8 << 20, 30.0, 2048 << 20)
+    cache = tmp_path / "d" / "fetcher-cache"
+    assert fetcher.cache_dir == str(cache) and cache.is_dir() and (cache.stat().st_mode & 0o777) == 0o700
+    off = resolve(AgentConfig(masters=("127.0.0.1:5050",), data_dir=tmp_path / "e", fetcher_cache_max_mib=0))
+    assert off.fetcher.cache_dir == "" and not (tmp_path / "e" / "fetcher-cache").exists()
+
+
 def test_unwritable_data_dir_is_a_config_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
@@ -97,6 +109,13 @@ def test_unwritable_work_dir_is_a_config_error(tmp_path: Path) -> None:
     ("supervisor_start", "exec", "--supervisor-start"),
     ("hostname", "has space", "--hostname"),
     ("masters", (), "--masters"),
+    ("log_max_mib", 0.001, "--log-max-mib"),
+    ("log_max_mib", float("nan"), "--log-max-mib"),
+    ("log_files", -1, "--log-files"),
+    ("log_files", 1.5, "--log-files"),
+    ("fetcher_max_mib", 0, "--fetcher-max-mib"),
+    ("fetcher_timeout", -5, "--fetcher-timeout"),
+    ("fetcher_cache_max_mib", -1, "--fetcher-cache-max-mib"),
 ])
 def test_bad_flags_name_themselves(tmp_path: Path, field: str, value: object, flag: str) -> None:
     kwargs: dict[str, object] = {"masters": ("127.0.0.1:5050",), "data_dir": tmp_path}

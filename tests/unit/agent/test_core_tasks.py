@@ -8,6 +8,7 @@ import pytest
 from tessera.agent.core.tasks import (
     REASON_COMMAND_EXECUTOR_FAILED,
     REASON_CONTAINER_LIMITATION_MEMORY,
+    REASON_FETCHER_FAILED,
     AgentTask,
     DuplicateTask,
     ExitRecord,
@@ -20,6 +21,7 @@ from tessera.agent.core.tasks import (
 from tessera.control_plane.core.lifecycle import TRANSITIONS, can_transition
 from tessera.control_plane.core.values import (
     CommandInfo,
+    CommandURI,
     StatusSource,
     TaskInfo,
     TaskKey,
@@ -134,6 +136,16 @@ def test_validate_task_names_what_is_wrong() -> None:
     assert validate_task(info()) == ""
     assert "command" in validate_task(info(command=""))
     assert "kill_grace" in validate_task(info(kill_grace_period_seconds=-1))
+    # the master refuses these at Accept; the agent checks a task from elsewhere again
+    assert "the scheme 'ftp' is not supported" in validate_task(info(uris=(CommandURI("ftp://h/x"),)))
+
+
+def test_a_failed_fetch_is_failed_with_its_own_reason_naming_the_uri() -> None:
+    record = ExitRecord(fetch_error="http://127.0.0.1:1/a.tgz: HTTP 404 Not Found", stderr_tail="noise")
+    out = terminal_status(record, kill_requested=False, sandbox="/s")
+    assert out == Outcome(S.TASK_FAILED, REASON_FETCHER_FAILED,
+                          "cannot fetch http://127.0.0.1:1/a.tgz: HTTP 404 Not Found sandbox=/s", None)
+    assert terminal_status(record, kill_requested=True).state is S.TASK_KILLED  # a kill during the fetch wins
 
 
 # ---- how a process ended -> its status -----------------------------------------------------------------

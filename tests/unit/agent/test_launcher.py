@@ -22,6 +22,7 @@ from tessera.agent.executor.launcher import (
     ProcessLauncher,
     kill_tasks_in,
 )
+from tessera.agent.executor.output import LogRotation
 from tessera.agent.executor.supervisor import read_json
 from tessera.control_plane.core.resources import Resources
 from tessera.control_plane.core.values import CommandInfo, TaskInfo, TaskState
@@ -82,6 +83,21 @@ def test_echo_output_lands_in_the_sandbox_stdout(launcher: ProcessLauncher) -> N
     out = terminal_status(obs.exit, kill_requested=False)
     assert out.state is S.TASK_FINISHED and out.exit_code == 0
     assert read_json(handle.sandbox / "task.json")["task_pid"] > 0
+
+
+def test_a_chatty_task_rotates_its_output_within_the_bound_and_its_tail_still_reaches_the_status(
+        launcher: ProcessLauncher) -> None:
+    launcher.log_rotation = LogRotation(max_bytes=64 * 1024, keep=2)
+    # `yes` writes as fast as it can: 20 MB, over 300 times the limit, then a last line
+    handle, obs = run_to_end(launcher, shell_task("yes | head -c 20000000; echo; echo END; echo bye >&2"), timeout=120)
+    assert obs.exit is not None and obs.exit.exit_code == 0, obs
+    names = sorted(p.name for p in handle.task_dir.iterdir() if p.name.startswith("stdout"))
+    assert names == ["stdout", "stdout.1", "stdout.2"]
+    total = sum((handle.task_dir / n).stat().st_size for n in names)
+    assert total <= 3 * 64 * 1024  # (keep + 1) * max_bytes, nothing over
+    assert (handle.task_dir / "stdout.1").stat().st_size == 64 * 1024
+    assert len(obs.exit.stdout_tail) == 4096 and obs.exit.stdout_tail.endswith(b"y\n\nEND\n")
+    assert (handle.task_dir / "stderr").read_text() == "bye\n"
 
 
 def test_exit_code_is_recorded_in_shell_and_argv_modes(launcher: ProcessLauncher) -> None:
@@ -199,8 +215,13 @@ def test_a_recycled_pid_is_not_taken_for_the_supervisor(launcher: ProcessLaunche
     wait(launcher, handle, lambda o: o.ended)
 
 
-def test_supervisor_killed_without_an_exit_record_is_reported_and_its_task_killed(launcher: ProcessLauncher) -> None:
-    handle = launcher.launch(argv_task("sleep", "60"))
+@pytest.mark.parametrize("writing", [False, True])
+def test_supervisor_killed_without_an_exit_record_is_reported_and_its_task_killed(
+        launcher: ProcessLauncher, writing: bool) -> None:
+    # A task that writes dies of its next write too (its stdout is a pipe to the dead supervisor): it is
+    # not left writing into nothing unseen.
+    info = shell_task("while :; do echo tick; sleep 0.05; done") if writing else argv_task("sleep", "60")
+    handle = launcher.launch(info)
     wait(launcher, handle, lambda o: o.started)
     task_pid = read_json(handle.sandbox / "task.json")["task_pid"]
     os.kill(handle.supervisor_pid, signal.SIGKILL)

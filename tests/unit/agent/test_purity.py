@@ -9,8 +9,8 @@ import pathlib
 import tessera.agent.core as agent_core
 
 CORE_DIR = pathlib.Path(agent_core.__file__).parent
-ALLOWED = {"__future__", "collections", "dataclasses", "enum", "functools", "itertools", "math", "typing",
-           "types", "control_plane", "agent"}
+ALLOWED = {"__future__", "collections", "dataclasses", "enum", "functools", "hashlib", "itertools", "math",
+           "typing", "types", "control_plane", "agent"}
 FORBIDDEN_CALLS = {"open", "print", "input", "exec", "eval", "__import__"}
 
 

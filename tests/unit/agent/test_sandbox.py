@@ -15,7 +15,8 @@ import pytest
 
 from tessera.agent.core.tasks import validate_task
 from tessera.agent.executor.isolation import RlimitIsolator
-from tessera.agent.executor.launcher import LaunchHandle, Observation, ProcessLauncher, _tail_bytes
+from tessera.agent.executor.launcher import LaunchHandle, Observation, ProcessLauncher
+from tessera.agent.executor.output import output_tail
 from tessera.agent.executor.sandbox import (
     MAX_COMPONENT,
     FinishedSandbox,
@@ -185,9 +186,11 @@ def test_the_agent_reads_no_tail_through_a_symlink_or_a_hard_link(tmp_path: Path
     (tmp_path / "via-symlink").symlink_to(secret)
     os.link(secret, tmp_path / "via-hardlink")
     (tmp_path / "plain").write_bytes(b"0123456789")
-    assert _tail_bytes(tmp_path / "via-symlink", 100) == b""
-    assert _tail_bytes(tmp_path / "via-hardlink", 100) == b""
-    assert _tail_bytes(tmp_path / "plain", 4) == b"6789"
+    assert output_tail(tmp_path, "via-symlink", 100) == b""
+    assert output_tail(tmp_path, "via-hardlink", 100) == b""
+    assert output_tail(tmp_path, "plain", 4) == b"6789"
+    (tmp_path / "plain.1").symlink_to(secret)  # nor through the newest rotation's name
+    assert output_tail(tmp_path, "plain", 100) == b"0123456789"
 
 
 # ---- garbage collection ---------------------------------------------------------------------------------------

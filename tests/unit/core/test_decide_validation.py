@@ -26,6 +26,7 @@ from tessera.control_plane.core.state import check_id, check_role
 from tessera.control_plane.core.values import (
     AgentInfo,
     CommandInfo,
+    CommandURI,
     FrameworkInfo,
     Offer,
     TaskInfo,
@@ -87,6 +88,12 @@ INVALID: dict[str, Case] = {
         "t9", resources=Resources.of(cpus=1))),)),
     "task for another agent": lambda a, f, o: c.Accept(f, (o,), (launch(TaskInfo(
         "t9", agent_id="agent-x", resources=Resources.of(cpus=1), command=CommandInfo(value="x"))),)),
+    "task fetching an ftp URI": lambda a, f, o: c.Accept(f, (o,), (launch(TaskInfo(
+        "t9", resources=Resources.of(cpus=1), command=CommandInfo(value="x"),
+        uris=(CommandURI("ftp://127.0.0.1/tool"),))),)),
+    "task fetching into a path": lambda a, f, o: c.Accept(f, (o,), (launch(TaskInfo(
+        "t9", resources=Resources.of(cpus=1), command=CommandInfo(value="x"),
+        uris=(CommandURI("http://127.0.0.1/tool", output_file="../tool"),))),)),
     "launch without tasks": lambda a, f, o: c.Accept(f, (o,), (c.Operation("LAUNCH"),)),
     "reserve with tasks": lambda a, f, o: c.Accept(f, (o,), (c.Operation("RESERVE", tasks=(task("t9"),),
                                                                           resources=Resources.of(role="web", cpus=1)),)),

@@ -64,7 +64,7 @@ from tessera.sdk.types import (
 )
 
 PUBLIC = {
-    "AsyncScheduler", "AsyncSchedulerDriver", "Backoff", "Conflict", "ContainerInfo", "DEFAULT_ROLE",
+    "AsyncScheduler", "AsyncSchedulerDriver", "Backoff", "CommandURI", "Conflict", "ContainerInfo", "DEFAULT_ROLE",
     "DriverStopped", "Filters", "NetworkInfo", "PortMapping", "Volume",
     "HealthCheck", "HealthCheckType", "HttpCheck", "TcpCheck",
     "FrameworkInfo", "InvalidRequest", "Launch", "NotFound", "NotLeader", "Offer", "Operation",
@@ -325,3 +325,16 @@ def test_a_bad_health_check_is_refused_when_it_is_made(make: object, field: str)
 
     with pytest.raises(InvalidRequest, match=field):
         make(h)  # type: ignore[operator]
+
+
+def test_a_tasks_uris_cross_the_wire_unchanged_and_strings_are_plain_uris() -> None:
+    from tessera.sdk.types import CommandURI
+
+    task = TaskInfo(task_id="fetching", resources=Resources.of(cpus=0.1, mem=32), command="./tool",
+                    uris=["http://127.0.0.1:8000/tool",
+                          CommandURI("https://example.invalid/data.tgz", extract=True, no_cache=True),
+                          CommandURI("file:///srv/bin/tool", executable=True, output_file="tool2")])
+    assert isinstance(task.uris, tuple) and task.uris[0] == CommandURI("http://127.0.0.1:8000/tool")
+    back = cv.task_from_proto(cv.task_to_proto(task))
+    assert back.uris == task.uris
+    assert back.on_agent("a1").uris == task.uris

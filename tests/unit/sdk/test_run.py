@@ -61,6 +61,21 @@ def test_a_finished_task_exits_0_and_prints_its_output_when_the_sandbox_is_reada
     assert fake.framework().removed  # nothing left behind
 
 
+def test_uris_take_their_options_from_the_end_of_the_flag(serve: Callable[[FakeMaster], str]) -> None:
+    from tessera.sdk.types import CommandURI
+
+    fake = FakeMaster(behaviour=runs_and_finishes)
+    fake.add_agent("cpus:1;mem:256")
+    result = invoke("--masters", serve(fake), "--uri", "http://127.0.0.1:8000/app.tgz,extract,no-cache",
+                    "--uri", "http://127.0.0.1:8000/get?a=1,2,executable,output=tool", "--uri", "file:///srv/x",
+                    "--", "./tool")
+    assert result.exit_code == 0, result.output
+    assert launched(fake).uris == (
+        CommandURI("http://127.0.0.1:8000/app.tgz", extract=True, no_cache=True),
+        CommandURI("http://127.0.0.1:8000/get?a=1,2", executable=True, output_file="tool"),
+        CommandURI("file:///srv/x"))
+
+
 def test_one_argument_is_a_shell_command_and_missing_output_names_the_agent(
         serve: Callable[[FakeMaster], str]) -> None:
     fake = FakeMaster(behaviour=runs_and_finishes)
@@ -136,6 +151,11 @@ def test_the_leader_is_found_from_a_follower(serve: Callable[[FakeMaster], str])
      "tessera run: --publish: only the bridge network publishes ports (--network is host)"),
     (["--image", "busybox", "--volume", "/only-one-part"],
      "tessera run: --volume: expected HOST_PATH:CONTAINER_PATH[:ro|rw], got '/only-one-part'"),
+    (["--uri", "ftp://127.0.0.1/tool", "--", "true"],
+     "tessera run: --uri: uris[0].value: the scheme 'ftp' is not supported (only http, https, file)"),
+    (["--uri", "http://127.0.0.1/data.bin,extract", "--", "true"],
+     "tessera run: --uri: uris[0].extract: cannot tell the archive type of 'data.bin' from its name (.tar.gz, "
+     ".tgz, .tar.bz2, .tbz2, .tar.xz, .txz, .tar, .zip); name it with output_file"),
 ])
 def test_bad_input_is_one_line_naming_the_flag_and_exit_2(args: list[str], message: str) -> None:
     result = invoke(*args)
