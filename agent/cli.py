@@ -60,6 +60,13 @@ from tessera.agent.config import CONTAINER_CHOICES, ISOLATION_CHOICES, SUPERVISO
               help="Where the CNI plugins are (default: /usr/lib/cni, /opt/cni/bin). Repeat.")
 @click.option("--allowed-volume-paths", default="", metavar="DIR,...",
               help="Host directories container volumes may mount (none by default).")
+@click.option("--files-address", envvar="TESSERA_FILES_ADDRESS", default="127.0.0.1:0", show_default=True,
+              metavar="HOST:PORT|off",
+              help="Serve the sandboxes of this agent's tasks here (tessera logs, tessera sandbox; docs/files.md). "
+                   "Port 0: a free one; loopback by default, so nothing is exposed unless asked; off: no file service.")
+@click.option("--acl", "acl_path", envvar="TESSERA_AGENT_ACL", default=None, type=click.Path(path_type=Path),
+              help="The masters' ACL file: which principal may read which task's sandbox (needs --tls-dir; "
+                   "SIGHUP reloads it).")
 @click.option("--log-level", default="INFO", show_default=True)
 def agent_main(masters: str, data_dir: Path, resources: str, attributes: str, hostname: str,
                heartbeat_interval: float, isolation: str, supervisor_start: str, batch_messages: bool,
@@ -67,7 +74,7 @@ def agent_main(masters: str, data_dir: Path, resources: str, attributes: str, ho
                metrics_address: str | None, agent_tls_dir: Path | None, containers: str, runc: str,
                image_store_dir: Path | None, image_store_max_mib: float, insecure_registries: tuple[str, ...],
                cni_bridge: str, cni_subnet: str, cni_plugin_dirs: tuple[str, ...], allowed_volume_paths: str,
-               log_level: str) -> None:
+               files_address: str, acl_path: Path | None, log_level: str) -> None:
     """Run a Tessera agent: report this machine's resources and run tasks for the masters."""
     from tessera.agent.main import run_agent
 
@@ -82,6 +89,7 @@ def agent_main(masters: str, data_dir: Path, resources: str, attributes: str, ho
         image_store_max_mib=image_store_max_mib, insecure_registries=insecure_registries, cni_bridge=cni_bridge,
         cni_subnet=cni_subnet, cni_plugin_dirs=cni_plugin_dirs or AgentConfig.cni_plugin_dirs,
         allowed_volume_paths=tuple(p.strip() for p in allowed_volume_paths.split(",") if p.strip()),
+        files_address=files_address.strip(), acl_path=acl_path,
     )
     sys.exit(run_agent(config))
 

@@ -30,6 +30,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from tessera.agent.core.files import SandboxEntry
 from tessera.agent.core.tasks import (
     REASON_AGENT_RESTARTED,
     REASON_CONTAINER_LAUNCH_FAILED,
@@ -80,7 +81,8 @@ class TaskRunner(UpdatePump):
         if not task_id:
             log.error("ignoring RunTask without a task id")
             return
-        self.checkpoint.add_task(info, traceparent=run.traceparent)
+        self.checkpoint.add_task(info, traceparent=run.traceparent, principal=run.principal)
+        self.catalog.add(SandboxEntry(info.framework_id, info.task_id, principal=run.principal))
         task = self.tasks.add(info)
         self.traceparents[key] = run.traceparent
         parent = context_from(run.traceparent)
@@ -117,6 +119,8 @@ class TaskRunner(UpdatePump):
         if image is not None:
             self.image_digests[task.key] = image.digest
         self.checkpoint.set_sandbox(task.key, str(handle.sandbox), handle.isolation.to_json())
+        if handle.sandbox_dir is not None:
+            self.catalog.prepared(task.key, str(handle.sandbox), str(handle.sandbox_dir))
         self.to_start.append((task, info, handle))  # started with the others of this turn
 
     # ---- container tasks: the image first, pulled off the loop -------------------------------------------
@@ -303,12 +307,15 @@ class TaskRunner(UpdatePump):
         now_mono, now = self.monotonic(), self.wall()
         finished = scan_finished(self.config.work_dir, live)
         plan = plan_collection(finished, now, cfg.sandbox_gc_delay, int(cfg.sandbox_gc_max_mib * 1024 * 1024))
+        removed = []
         for path in plan.collect:
             try:
                 remove_run_dir(Path(path))
                 log.info("removed the sandbox %s of a finished task", path)
+                removed.append(path)
             except OSError as exc:
                 log.warning("cannot remove the sandbox %s: %s", path, exc)
+        self.catalog.collected(removed)  # `tessera sandbox ls` says so from now on
         self.collect_images()
         self.next_gc = now_mono + GC_INTERVAL
         if plan.next_due is not None:

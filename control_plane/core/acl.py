@@ -21,7 +21,13 @@ is proposed, so a refused call changes nothing):
   users the grant lists.
 - Operator actions: `read` (state, events, traces, quorum), `read_all` (with `read`: other principals'
   tasks in full, see `core.visibility`; without it their commands, environment values, labels and
-  output are redacted), `drain`, `quorum` (add, remove, transfer), `weights`, `quota`, `teardown`.
+  output are redacted), `drain`, `quorum` (add, remove, transfer), `weights`, `quota`, `teardown`,
+  `logs` (the files of other principals' tasks).
+- Sandbox files (`check_file_read`; the agents' `Files` service and the masters' proxy calls
+  `Operator.ListFiles/StatFile/ReadFile/FollowFile`, docs/files.md): a principal reads the sandboxes of
+  its own frameworks' tasks without any action; another principal's task, or one whose owner is not
+  known, needs `logs` (as `read_all` is to the state). A master certificate's `Files` calls need no
+  token: it is the proxy, which has made the same check against its own state before forwarding.
 - Span reports are checked against the tasks they concern (`core.spans`).
 
 `users` names Unix users a task's command may run as; the empty string stands for "no user given": the
@@ -51,7 +57,8 @@ from tessera.control_plane.core.resources import validate_role
 
 PeerKind = Literal["master", "agent", "framework", "operator"]
 PEER_KINDS: tuple[PeerKind, ...] = ("master", "agent", "framework", "operator")
-ACTIONS = frozenset({"read", "read_all", "drain", "quorum", "weights", "quota", "teardown"})
+LOGS = "logs"
+ACTIONS = frozenset({"read", "read_all", "drain", "quorum", "weights", "quota", "teardown", LOGS})
 ANY = "*"
 
 _PRINCIPAL_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,128}\Z")
@@ -63,8 +70,12 @@ _GRANT_KEYS = frozenset({"token_sha256", "roles", "users", "actions"})
 # token whose grant has `read`); every Operator write (weights, quota, drain, quorum changes) needs an
 # operator certificate, whatever the token grants.
 OPERATOR_READS = ("GetState", "ListEvents", "WatchEvents", "GetStateAt", "GetTrace")
+# The masters' proxy calls for sandbox files: authorized per task (`check_file_read`), not by an action.
+OPERATOR_FILE_CALLS = ("ListFiles", "StatFile", "ReadFile", "FollowFile")
 KINDS_BY_METHOD: Mapping[str, frozenset[PeerKind]] = {
     "AgentLink/*": frozenset({"agent"}),
+    "Files/*": frozenset({"master", "operator", "framework"}),
+    **{f"Operator/{method}": frozenset({"operator", "framework"}) for method in OPERATOR_FILE_CALLS},
     "Scheduler/*": frozenset({"framework"}),
     "Operator/ReportSpans": frozenset({"master", "agent", "framework", "operator"}),
     "Operator/AnnounceMaster": frozenset({"master"}),
@@ -218,6 +229,8 @@ def authenticate(acl: Acl | None, kind: PeerKind | None, full_method: str, token
         return Caller(kind, None)
     if service == "AgentLink" and kind == "agent":
         return Caller(kind, None)  # agents are authenticated by their certificate
+    if service == "Files" and kind == "master":
+        return Caller(kind, None)  # the masters' proxy: it checked the caller before forwarding
     if service == "Operator" and kind is not None and kind in CERTIFICATE_ONLY.get(method, frozenset()):
         return Caller(kind, None)
     if not token:
@@ -274,3 +287,19 @@ def check_launch(caller: Caller, task_users: Iterable[str]) -> None:
         if not grant.may_run_as(user):
             raise PermissionDenied(
                 f"principal {grant.principal} may not run tasks as user {user or '(the agent default)'}")
+
+
+def check_file_read(caller: Caller, owner: str | None) -> None:
+    """Reading the sandbox of a task whose framework was recorded under principal `owner` (None or "":
+    not known, e.g. a task launched before agents were told). Own tasks need no action; others need
+    `logs`. No grant (no ACL in force, or the masters' proxy with a master certificate): allowed."""
+    grant = caller.grant
+    if grant is None:
+        return
+    if owner and owner == grant.principal:
+        return
+    if LOGS in grant.actions:
+        return
+    whose = f"principal {owner}'s task" if owner else "a task whose principal this agent does not know"
+    raise PermissionDenied(f"principal {grant.principal} may not read the sandbox of {whose} "
+                           f"(its own frameworks' tasks only, or the `{LOGS}` action)")

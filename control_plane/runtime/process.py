@@ -24,6 +24,7 @@ from typing import Any
 from tessera.control_plane.api.agentlink import AgentLinkService
 from tessera.control_plane.api.auth import AclFileError, Guard, load_acl
 from tessera.control_plane.api.client import MasterClient
+from tessera.control_plane.api.files_proxy import FilesProxy
 from tessera.control_plane.api.operator import ADDRESS_RE, OperatorService
 from tessera.control_plane.api.scheduler import SchedulerService
 from tessera.control_plane.api.server import MasterServer
@@ -163,7 +164,7 @@ def build_master(config: MasterConfig) -> tuple[Master, LeaderDuties, MasterServ
     duties = LeaderDuties(master, config.leader, allocator=default_allocator(config.leader))
     server = MasterServer(
         OperatorService(master, peer_quorum=lambda address: _peer_quorum(address, security.client), duties=duties,
-                        guard=security.guard),
+                        guard=security.guard, files=FilesProxy(master, security.client)),
         agent_link=AgentLinkService(duties, first_message_timeout=config.limits.agent_register_timeout),
         scheduler=SchedulerService(duties, guard=security.guard),
         max_workers=config.grpc_workers, tracer_provider=tracer_provider, guard=security.guard, limits=config.limits,
