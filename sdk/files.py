@@ -216,21 +216,29 @@ class SandboxTask:
             return lambda: getattr(self.files._operator(), master_name)
         return lambda: getattr(files_pb2_grpc.FilesStub(self.files._channel("agent", self.address)), agent_name)
 
+    def _call(self, agent_name: str, master_name: str, request: Any) -> Any:
+        try:
+            return self.files._unary(self._method(agent_name, master_name), request)
+        except Unavailable as exc:
+            if self.files.via_master:
+                raise
+            raise Unavailable(f"agent {self.agent_id} at {self.address} does not answer ({exc.message})") from None
+
     def list(self, path: str = "") -> tuple[list[FileStat], bool]:
         """The entries of a directory of the sandbox ("" = the sandbox), and whether there were more."""
-        resp = self.files._unary(self._method("List", "ListFiles"),
-                                 files_pb2.ListFilesRequest(task=self.ref, path=path))
+        resp = self._call("List", "ListFiles", files_pb2.ListFilesRequest(task=self.ref, path=path))
         return [_stat(f) for f in resp.files], resp.truncated
 
     def stat(self, path: str, since_time: float = 0.0) -> tuple[FileStat, bool, int]:
         """(what `path` is, whether the task is over, where output from `since_time` on starts)."""
-        resp = self.files._unary(self._method("Stat", "StatFile"),
-                                 files_pb2.StatFileRequest(task=self.ref, path=path, since_time=since_time))
+        resp = self._call("Stat", "StatFile", files_pb2.StatFileRequest(task=self.ref, path=path,
+                                                                          since_time=since_time))
         return _stat(resp.file), resp.task_over, resp.since_offset
 
     def read(self, path: str, offset: int, length: int = 0) -> files_pb2.ReadFileResponse:
-        return self.files._unary(self._method("Read", "ReadFile"),
-                                 files_pb2.ReadFileRequest(task=self.ref, path=path, offset=offset, length=length))
+        resp: files_pb2.ReadFileResponse = self._call("Read", "ReadFile", files_pb2.ReadFileRequest(
+            task=self.ref, path=path, offset=offset, length=length))
+        return resp
 
     def read_range(self, path: str, start: int, end: int | None = None) -> Iterator[bytes]:
         """The bytes of `path` from `start` to `end` (None: to the end as it is when reached), in pieces."""
@@ -278,7 +286,7 @@ class SandboxTask:
                         return
                 return
             except grpc.RpcError as err:
-                error = error_from_rpc(err)
+                error: TesseraError = error_from_rpc(err)
                 if err.code() not in _BREAKS:
                     raise error from None
             now = time.monotonic()
