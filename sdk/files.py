@@ -31,6 +31,7 @@ offsets restart.
 from __future__ import annotations
 
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -133,13 +134,10 @@ class SandboxFiles:
         if self._master is not None:
             return operator_pb2_grpc.OperatorStub(self._channel("master", self._master))
         for address in self.masters:
-            channel = self._channel("master", address)
-            try:
-                grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT)
-            except grpc.FutureTimeoutError:
+            if not _takes_connections(address):
                 continue
             self._master = address
-            return operator_pb2_grpc.OperatorStub(channel)
+            return operator_pb2_grpc.OperatorStub(self._channel("master", address))
         raise Unavailable(f"no master answers at {', '.join(self.masters)}")
 
     def _unary(self, method: Callable[[], Any], request: Any) -> Any:
@@ -306,6 +304,17 @@ class SandboxTask:
                     self.address, self.agent_id = found.address, found.agent_id
                 except Unavailable:
                     pass  # not re-registered yet: dial the old address again, after the next wait
+
+
+def _takes_connections(address: str) -> bool:
+    """Does `address` (HOST:PORT, [V6]:PORT) accept a TCP connection within CONNECT_TIMEOUT? (A refused or
+    silent master is skipped at once instead of failing the call after its whole timeout.)"""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def _watched(call: Any) -> Iterator[Any]:
