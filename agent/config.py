@@ -270,15 +270,14 @@ def check_container_flags(config: AgentConfig) -> None:
             raise ConfigError(f"--insecure-registry: expected HOST or HOST:PORT, got {registry!r}")
 
 
-_FILES_ADDRESS_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):\d{1,5}\Z")
-
-
 def check_files_flags(config: AgentConfig) -> None:
     """`--files-address` (HOST:PORT, port 0 for a free one, or "off") and `--acl` (needs `--tls-dir`)."""
     address = config.files_address
     if address != "off":
-        if not _FILES_ADDRESS_RE.match(address) or int(address.rsplit(":", 1)[1]) > 65535:
-            raise ConfigError(f"--files-address: expected HOST:PORT (port 0: a free one) or off, got {address!r}")
+        try:
+            wire.split_address(address)
+        except ValueError:
+            raise ConfigError(f"--files-address: expected HOST:PORT (port 0: a free one) or off, got {address!r}") from None
     if config.acl_path is not None and config.tls_dir is None:
         raise ConfigError("--acl needs --tls-dir: the client certificate is what tells operators, frameworks and "
                           "masters apart")

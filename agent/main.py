@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from tessera.agent.executor.images import ImageStore
     from tessera.agent.files.catalog import SandboxCatalog
     from tessera.agent.files.server import FileServer
-    from tessera.control_plane.api.auth import Guard
 
 log = logging.getLogger("tessera.agent")
 
@@ -94,19 +93,6 @@ def _file_service(config: AgentConfig, resolved: ResolvedConfig) -> tuple[Sandbo
     except (AclFileError, FilesUnavailable, TlsConfigError) as exc:
         raise ConfigError(str(exc)) from exc
     return catalog, server, address
-
-
-def _reload_acl(guard: Guard, path: Path) -> None:
-    """SIGHUP: the file service's ACL from `path` again; one that does not load leaves the previous one."""
-    from tessera.control_plane.api.auth import AclFileError, load_acl
-
-    try:
-        acl = load_acl(path)
-    except AclFileError as exc:
-        log.error("ACL not reloaded, the previous one stays in force: %s", exc)
-        return
-    guard.replace_acl(acl)
-    log.info("files: ACL reloaded from %s: %d principal(s)", path, len(acl.grants))
 
 
 def _run_emulated(config: AgentConfig, stop: threading.Event | None) -> int:
@@ -272,10 +258,12 @@ def _run_agent(config: AgentConfig, stop: threading.Event | None) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, on_signal)
         if files is not None and config.acl_path is not None:
+            from tessera.control_plane.api.auth import reload_acl
+
             acl_path, guard = config.acl_path, files.guard
 
             def on_hup(signum: int, frame: FrameType | None) -> None:
-                _reload_acl(guard, acl_path)
+                reload_acl(guard, acl_path)  # the file service's ACL
 
             previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
     watcher: threading.Thread | None = None

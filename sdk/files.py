@@ -42,7 +42,7 @@ import grpc
 
 from tessera.control_plane.tls import ClientSecurity
 from tessera.control_plane.wire import Backoff
-from tessera.sdk.errors import InvalidRequest, NotFound, TesseraError, Unavailable
+from tessera.sdk.errors import InvalidRequest, NotFound, PermissionDenied, TesseraError, Unavailable
 from tessera.sdk.grpc_transport import error_from_rpc
 from tessera.v1 import common_pb2, files_pb2, files_pb2_grpc, operator_pb2, operator_pb2_grpc
 
@@ -166,7 +166,11 @@ class SandboxFiles:
 
     def _locate(self, framework_id: str, task_id: str) -> SandboxTask:
         named = f"{framework_id}/{task_id}" if framework_id else task_id
-        state = self._unary(lambda: self._operator().GetState, operator_pb2.GetStateRequest(consistent=False))
+        try:
+            state = self._unary(lambda: self._operator().GetState, operator_pb2.GetStateRequest(consistent=False))
+        except PermissionDenied as exc:
+            raise PermissionDenied(f"{exc.message}; finding the task's agent reads the state (the `read` action): "
+                                   "read through a master instead (--via-master)") from None
         views = [t for t in state.tasks if t.task.task_id == task_id
                  and (not framework_id or t.task.framework_id == framework_id)]
         placed = [(t.task.framework_id, t.task.agent_id) for t in views]

@@ -71,6 +71,7 @@ from tessera.sdk.types import (
 DEFAULT_MASTERS = "127.0.0.1:5050"
 OUTPUT_DRAIN_SECONDS = 10.0  # after the task ended, how long its output may take to arrive
 FOLLOW_RECONNECT_SECONDS = 15.0
+FIRST_SOURCE_SECONDS = 3.0  # an agent that does not answer from here for this long: go through a master
 SANDBOX_RE = re.compile(r"sandbox[=:]\s*(\S+)")
 MAX_OUTPUT_BYTES = 1 << 20  # print at most the last MiB of a task's stdout
 
@@ -338,21 +339,27 @@ class OutputStreams:
 
     def _follow(self, ref: str, name: str, sink: TextIO) -> None:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        try:
+        offset, inode = 0, 0
+        sources = [self.files]
+        if not self.files.via_master:  # the agent unreachable from here, or the state not readable: via a master
+            sources.append(SandboxFiles(self.files.masters, self.files.security, via_master=True))
+        for i, files in enumerate(sources):
+            last = i == len(sources) - 1
             try:
-                task = self.files.task(ref)
-            except TesseraError:  # the agent unreachable from here, or the state not readable: via a master
-                task = SandboxFiles(self.files.masters, self.files.security, via_master=True).task(ref)
-            for chunk in task.follow(name, reconnect_for=FOLLOW_RECONNECT_SECONDS):
-                if chunk.data:
-                    sink.write(decoder.decode(chunk.data))
-                    sink.flush()
-                    self.written[name] += len(chunk.data)
-            sink.write(decoder.decode(b"", final=True))
-            sink.flush()
-            self.completed.add(name)
-        except TesseraError as exc:
-            self.errors[name] = exc
+                task = files.task(ref)
+                reconnect = FOLLOW_RECONNECT_SECONDS if last else FIRST_SOURCE_SECONDS
+                for chunk in task.follow(name, offset, inode, reconnect_for=reconnect):
+                    if chunk.data:
+                        sink.write(decoder.decode(chunk.data))
+                        sink.flush()
+                        self.written[name] += len(chunk.data)
+                    offset, inode = chunk.offset + len(chunk.data), chunk.inode
+                sink.write(decoder.decode(b"", final=True))
+                sink.flush()
+                self.completed.add(name)
+                return
+            except TesseraError as exc:
+                self.errors[name] = exc
 
     def wait(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

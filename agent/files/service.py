@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -29,6 +30,16 @@ from tessera.v1 import files_pb2, files_pb2_grpc
 
 _KINDS = {sandbox_files.REGULAR: files_pb2.FILE_REGULAR, sandbox_files.DIRECTORY: files_pb2.FILE_DIRECTORY,
           sandbox_files.SYMLINK: files_pb2.FILE_SYMLINK, sandbox_files.SPECIAL: files_pb2.FILE_SPECIAL}
+
+
+@contextmanager
+def opened(entry: SandboxEntry) -> Iterator[int]:
+    """An O_PATH descriptor of the task's sandbox, closed after the block."""
+    root = sandbox_files.open_sandbox(entry.sandbox)
+    try:
+        yield root
+    finally:
+        os.close(root)
 
 
 def file_info(entry: sandbox_files.Entry) -> files_pb2.FileInfo:
@@ -56,11 +67,8 @@ class FileService(files_pb2_grpc.FilesServicer):
     @grpc_errors
     def List(self, request: files_pb2.ListFilesRequest, context: grpc.ServicerContext) -> Any:
         entry, parts = self._target(context, "List", request.task, request.path)
-        root = sandbox_files.open_sandbox(entry.sandbox)
-        try:
+        with opened(entry) as root:
             entries, truncated = sandbox_files.list_dir(root, parts)
-        finally:
-            os.close(root)
         return files_pb2.ListFilesResponse(files=[file_info(e) for e in entries], truncated=truncated,
                                            task_over=not self.catalog.live(entry.key))
 
@@ -69,11 +77,8 @@ class FileService(files_pb2_grpc.FilesServicer):
         entry, parts = self._target(context, "Stat", request.task, request.path)
         if request.since_time < 0:
             raise InvalidRequest(f"since_time: must not be negative, got {request.since_time}")
-        root = sandbox_files.open_sandbox(entry.sandbox)
-        try:
+        with opened(entry) as root:
             found = sandbox_files.stat_path(root, parts)
-        finally:
-            os.close(root)
         resp = files_pb2.StatFileResponse(file=file_info(found), task_over=not self.catalog.live(entry.key))
         if request.since_time and found.kind == sandbox_files.REGULAR:
             sampler = self.sampler or OutputSampler(self.catalog)
@@ -84,11 +89,8 @@ class FileService(files_pb2_grpc.FilesServicer):
     @grpc_errors
     def Read(self, request: files_pb2.ReadFileRequest, context: grpc.ServicerContext) -> Any:
         entry, parts = self._target(context, "Read", request.task, request.path)
-        root = sandbox_files.open_sandbox(entry.sandbox)
-        try:
+        with opened(entry) as root:
             fd, info = sandbox_files.open_file(root, parts)
-        finally:
-            os.close(root)
         try:
             offset, count = read_range(request.offset, request.length, info.st_size, shown_path(parts))
             data = os.pread(fd, count, offset) if count else b""
@@ -102,13 +104,10 @@ class FileService(files_pb2_grpc.FilesServicer):
                context: grpc.ServicerContext) -> Iterator[files_pb2.FollowFileResponse]:
         entry, parts = self._target(context, "Follow", request.task, request.path)
         key = entry.key
-        root = sandbox_files.open_sandbox(entry.sandbox)
-        try:
+        with opened(entry) as root:
             follower = Follower(root, parts, live=lambda: self.catalog.live(key), active=context.is_active,
                                 poll_min=self.poll_min, poll_max=self.poll_max, heartbeat=self.heartbeat)
             for chunk in follower.chunks(request.offset, request.inode):
                 yield files_pb2.FollowFileResponse(data=chunk.data, offset=chunk.offset, inode=chunk.inode,
                                                    rotated=chunk.rotated, task_over=chunk.task_over)
-        finally:
-            os.close(root)
 

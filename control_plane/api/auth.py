@@ -75,6 +75,18 @@ def load_acl(path: Path | str) -> Acl:
     return acl
 
 
+def reload_acl(guard: Guard, path: Path | str) -> None:
+    """SIGHUP on a master or an agent: `path` loaded again into `guard`; a file that does not load leaves the
+    previous ACL in force (both said in the log)."""
+    try:
+        acl = load_acl(path)
+    except AclFileError as exc:
+        log.error("ACL not reloaded, the previous one stays in force: %s", exc)
+        return
+    guard.replace_acl(acl)
+    log.info("ACL reloaded from %s: %d principal(s)", path, len(acl.grants))
+
+
 class Guard:
     def __init__(self, acl: Acl | None, *, tls: bool) -> None:
         if acl is not None and not tls:

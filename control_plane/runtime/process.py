@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tessera.control_plane.api.agentlink import AgentLinkService
-from tessera.control_plane.api.auth import AclFileError, Guard, load_acl
+from tessera.control_plane.api.auth import AclFileError, Guard, load_acl, reload_acl
 from tessera.control_plane.api.client import MasterClient
 from tessera.control_plane.api.files_proxy import FilesProxy
 from tessera.control_plane.api.operator import ADDRESS_RE, OperatorService
@@ -177,16 +177,6 @@ def build_master(config: MasterConfig) -> tuple[Master, LeaderDuties, MasterServ
     return master, duties, server
 
 
-def _reload_acl(guard: Guard, path: Path) -> None:
-    try:
-        acl = load_acl(path)
-    except AclFileError as exc:
-        log.error("ACL not reloaded, the previous one stays in force: %s", exc)
-        return
-    guard.replace_acl(acl)
-    log.info("ACL reloaded from %s: %d principal(s)", path, len(acl.grants))
-
-
 def run_master(config: MasterConfig) -> int:
     os.umask(0o077)  # events.db, the Raft journal and dump, spans: readable by the master's user only
     try:
@@ -212,9 +202,9 @@ def run_master(config: MasterConfig) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    reload_acl = threading.Event()
+    acl_reload = threading.Event()
     if config.acl_path is not None:
-        signal.signal(signal.SIGHUP, lambda _signum, _frame: reload_acl.set())
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: acl_reload.set())
     try:
         master.start()
     except Exception as exc:  # noqa: BLE001 - report a startup failure as one line
@@ -237,9 +227,9 @@ def run_master(config: MasterConfig) -> int:
         log.warning("INSECURE: no --acl: every peer with a certificate from the CA may do anything (--insecure-dev)")
     while not stop.wait(0.5):
         master.maybe_announce()
-        if reload_acl.is_set() and config.acl_path is not None:
-            reload_acl.clear()
-            _reload_acl(server.guard, config.acl_path)
+        if acl_reload.is_set() and config.acl_path is not None:
+            acl_reload.clear()
+            reload_acl(server.guard, config.acl_path)
     duties.stop()
     server.stop()
     if metrics is not None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import shutil
 import signal
@@ -34,25 +33,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere in the repo
 
-import psutil  # noqa: E402
-
 from tessera.sdk.files import SandboxFiles  # noqa: E402
 from tessera.v1 import operator_pb2  # noqa: E402
+from tests.bench.bench_agent import machine, pct  # noqa: E402
 from tests.support.cluster import LocalCluster, wait_for  # noqa: E402
 
 TESSERA = [sys.executable, "-m", "tessera.control_plane.cli.main"]
 MIB = 1 << 20
-
-
-def machine() -> str:
-    mem = psutil.virtual_memory().total / 2**30
-    return (f"{platform.platform()}, python {platform.python_version()}, {psutil.cpu_count()} cpus, "
-            f"{mem:.1f} GiB, load {os.getloadavg()[0]:.1f}")
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def run_task(c: LocalCluster, name: str, command: str) -> tuple[subprocess.Popen[bytes], str, Path]:
