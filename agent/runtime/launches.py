@@ -21,6 +21,10 @@ Rules it keeps (docs/protocol.md):
   store's reason, a kill during the pull ends it TASK_KILLED. An agent without container support fails
   a container task at once, saying why. TASK_RUNNING of a container carries its network and addresses.
   Unused images are collected with the sandboxes (`collect_images`).
+- The file service's catalog (`tessera.agent.files.catalog`, docs/files.md) follows the tasks: a RunTask
+  adds its task with the principal the master named (checkpointed with it), a prepared sandbox becomes
+  readable, a collected one is marked so (`tessera sandbox ls` says it was collected); the end of a task
+  is marked where its terminal status is recorded (`updates.emit`).
 The launcher (`tessera.agent.executor.launcher`, behind the `Launcher` port in `state.py`) does the work.
 """
 
