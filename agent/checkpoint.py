@@ -9,7 +9,9 @@ was written here is on disk before it is sent). Tables:
 - `tasks`: one row per task, keyed by (framework_id, task_id) (task ids are scoped per framework, so two
   frameworks may each run a `web-1` here): the TaskInfo (protobuf bytes), the sandbox, the supervisor's pid and start
   time (to find it again without trusting a recycled pid), the isolation spec (JSON), the latest state,
-  the kill request, and `done` (terminal and every update acknowledged).
+  the kill request, `done` (terminal and every update acknowledged), and the principal of the task's
+  framework as the master's RunTask said (what the file service checks readers against; a column added
+  in place to older files, empty for their tasks).
 - `updates`: the status-update stream of every task, in order (`seq`), with the task's framework and id,
   the TaskStatus (protobuf bytes), its uuid, the RunTask's traceparent and the `acknowledged` flag.
 
@@ -80,6 +82,7 @@ class TaskRecord:
     done: bool = False
     traceparent: str = ""
     latest: TaskStatus | None = None
+    principal: str = ""  # the framework's principal as the master recorded it ("": not told)
 
     @property
     def task_id(self) -> str:
@@ -133,6 +136,8 @@ class Checkpoint:
                 pk="seq", not_null={"task_id", "uuid", "status"}, if_not_exists=True,
             )
             self._upgrade_to_task_keys()
+            if "principal" not in tasks.columns_dict:  # added for the file service (docs/files.md)
+                tasks.add_column("principal", str, not_null_default="")
             updates.create_index(["uuid"], unique=True, if_not_exists=True)
             updates.create_index(["framework_id", "task_id", "seq"], if_not_exists=True)
             tasks.create_index(["done"], if_not_exists=True)
@@ -236,7 +241,7 @@ class Checkpoint:
 
     # ---- tasks --------------------------------------------------------------------------------------
     def add_task(self, info: TaskInfo, *, traceparent: str = "",
-                 state: TaskState = TaskState.TASK_STAGING) -> None:
+                 state: TaskState = TaskState.TASK_STAGING, principal: str = "") -> None:
         with self._tx() as db:
             seq = db.execute("SELECT COALESCE(MAX(created_seq), 0) + 1 FROM tasks").fetchone()[0]
             # A task id seen before can only be one whose record was pruned long after it ended.
@@ -244,9 +249,9 @@ class Checkpoint:
                        [info.framework_id, info.task_id])
             db.execute(
                 "INSERT OR REPLACE INTO tasks (task_id, framework_id, info, state, sandbox, supervisor_pid, "
-                "supervisor_start, isolation, kill_requested, kill_grace, done, traceparent, created_seq) "
-                "VALUES (?, ?, ?, ?, '', 0, 0, '{}', 0, 0, 0, ?, ?)",
-                [info.task_id, info.framework_id, task_info_to_bytes(info), int(state), traceparent, seq],
+                "supervisor_start, isolation, kill_requested, kill_grace, done, traceparent, created_seq, principal) "
+                "VALUES (?, ?, ?, ?, '', 0, 0, '{}', 0, 0, 0, ?, ?, ?)",
+                [info.task_id, info.framework_id, task_info_to_bytes(info), int(state), traceparent, seq, principal],
             )
 
     def set_launched(self, key: TaskKey, *, sandbox: str, supervisor_pid: int, supervisor_start: float,
@@ -278,17 +283,19 @@ class Checkpoint:
         with self._lock:
             rows = self.db.execute(
                 "SELECT framework_id, task_id, info, state, sandbox, supervisor_pid, supervisor_start, isolation, "
-                "kill_requested, kill_grace, done, traceparent FROM tasks "
+                "kill_requested, kill_grace, done, traceparent, principal FROM tasks "
                 + ("" if include_done else "WHERE done = 0 ") + "ORDER BY created_seq"
             ).fetchall()
             latest = self._latest_statuses()
         out = []
-        for (framework_id, task_id, info, state, sandbox, pid, start, isolation, kill, grace, done, tp) in rows:
+        for (framework_id, task_id, info, state, sandbox, pid, start, isolation, kill, grace, done, tp,
+             principal) in rows:
             out.append(TaskRecord(
                 info=task_info_from_bytes(info), state=TaskState(state), sandbox=sandbox or "",
                 supervisor_pid=int(pid or 0), supervisor_start=float(start or 0.0),
                 isolation=json.loads(isolation or "{}"), kill_requested=bool(kill), kill_grace=float(grace or 0),
                 done=bool(done), traceparent=tp or "", latest=latest.get(TaskKey(framework_id or "", task_id)),
+                principal=principal or "",
             ))
         return out
 

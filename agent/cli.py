@@ -73,6 +73,13 @@ from tessera.agent.config import CONTAINER_CHOICES, ISOLATION_CHOICES, SUPERVISO
               help="Where downloads are cached by URL (default: DATA_DIR/fetcher-cache).")
 @click.option("--fetcher-cache-max-mib", type=float, default=2048.0, show_default=True,
               help="Remove cached downloads, least recently used first, while the cache holds more (0: no cache).")
+@click.option("--files-address", envvar="TESSERA_FILES_ADDRESS", default="127.0.0.1:0", show_default=True,
+              metavar="HOST:PORT|off",
+              help="Serve the sandboxes of this agent's tasks here (tessera logs, tessera sandbox; docs/files.md). "
+                   "Port 0: a free one; loopback by default, so nothing is exposed unless asked; off: no file service.")
+@click.option("--acl", "acl_path", envvar="TESSERA_AGENT_ACL", default=None, type=click.Path(path_type=Path),
+              help="The masters' ACL file: which principal may read which task's sandbox (needs --tls-dir; "
+                   "SIGHUP reloads it).")
 @click.option("--log-level", type=click.Choice(("DEBUG", "INFO", "WARNING", "ERROR"), case_sensitive=False),
               default="INFO", show_default=True, help="How much the agent logs.")
 def agent_main(masters: str, data_dir: Path, resources: str, attributes: str, hostname: str,
@@ -82,7 +89,8 @@ def agent_main(masters: str, data_dir: Path, resources: str, attributes: str, ho
                image_store_dir: Path | None, image_store_max_mib: float, insecure_registries: tuple[str, ...],
                cni_bridge: str, cni_subnet: str, cni_plugin_dirs: tuple[str, ...], allowed_volume_paths: str,
                log_max_mib: float, log_files: int, fetcher_max_mib: float, fetcher_timeout: float,
-               fetcher_cache_dir: Path | None, fetcher_cache_max_mib: float, log_level: str) -> None:
+               fetcher_cache_dir: Path | None, fetcher_cache_max_mib: float, files_address: str, acl_path: Path | None,
+               log_level: str) -> None:
     """Run a Tessera agent: report this machine's resources and run tasks for the masters."""
     from tessera.agent.main import run_agent
 
@@ -100,6 +108,7 @@ def agent_main(masters: str, data_dir: Path, resources: str, attributes: str, ho
         log_max_mib=log_max_mib, log_files=log_files, fetcher_max_mib=fetcher_max_mib,
         fetcher_timeout=fetcher_timeout, fetcher_cache_dir=fetcher_cache_dir,
         fetcher_cache_max_mib=fetcher_cache_max_mib,
+        files_address=files_address.strip(), acl_path=acl_path,
     )
     sys.exit(run_agent(config))
 

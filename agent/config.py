@@ -94,6 +94,9 @@ class AgentConfig:
     fetcher_timeout: float = 300.0
     fetcher_cache_dir: Path | None = None
     fetcher_cache_max_mib: float = 2048.0
+    # The file service (docs/files.md): HOST:PORT ("off": none); loopback and a free port by default.
+    files_address: str = "127.0.0.1:0"
+    acl_path: Path | None = None  # the masters' ACL: which principal may read which sandbox (needs tls_dir)
 
     def __post_init__(self) -> None:
         # Accept lists and plain strings for convenience; the value is a tuple.
@@ -105,6 +108,8 @@ class AgentConfig:
             object.__setattr__(self, "image_store_dir", Path(self.image_store_dir))
         if self.fetcher_cache_dir is not None:
             object.__setattr__(self, "fetcher_cache_dir", Path(self.fetcher_cache_dir))
+        if self.acl_path is not None:
+            object.__setattr__(self, "acl_path", Path(self.acl_path))
         for name in ("insecure_registries", "cni_plugin_dirs", "allowed_volume_paths"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
@@ -253,6 +258,7 @@ def resolve(config: AgentConfig) -> ResolvedConfig:
     except TlsConfigError as exc:
         raise ConfigError(str(exc)) from exc
     check_container_flags(config)
+    check_files_flags(config)
     return ResolvedConfig(
         config=config, masters=masters, data_dir=data_dir, work_dir=work_dir, hostname=hostname,
         resources=resources, attributes=attributes, heartbeat_interval=float(config.heartbeat_interval),
@@ -314,3 +320,16 @@ def check_container_flags(config: AgentConfig) -> None:
     for registry in config.insecure_registries:
         if not re.match(r"^[A-Za-z0-9.\-]+(:\d{1,5})?\Z", registry):
             raise ConfigError(f"--insecure-registry: expected HOST or HOST:PORT, got {registry!r}")
+
+
+def check_files_flags(config: AgentConfig) -> None:
+    """`--files-address` (HOST:PORT, port 0 for a free one, or "off") and `--acl` (needs `--tls-dir`)."""
+    address = config.files_address
+    if address != "off":
+        try:
+            wire.split_address(address)
+        except ValueError:
+            raise ConfigError(f"--files-address: expected HOST:PORT (port 0: a free one) or off, got {address!r}") from None
+    if config.acl_path is not None and config.tls_dir is None:
+        raise ConfigError("--acl needs --tls-dir: the client certificate is what tells operators, frameworks and "
+                          "masters apart")

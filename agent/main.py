@@ -4,7 +4,8 @@ Order of work: set the umask to 077 (the checkpoint, the lock, the supervisors' 
 directory are the agent's alone; tasks get 022 from their supervisor), check the configuration (a bad
 flag prints one line naming it and returns 2), make the data dir and the work dir passable but not
 listable by others (0711: a task's user must reach its own sandbox), take the data dir's lock (two agents on one data dir would fight over the same tasks), pick the isolator, open
-the checkpoint, recover tasks, connect to the masters. SIGTERM and SIGINT stop the agent but NOT its
+the checkpoint, start the file service (docs/files.md; SIGHUP reloads its `--acl`), recover tasks, connect
+to the masters. SIGTERM and SIGINT stop the agent but NOT its
 tasks: they run on under their supervisors and the next agent started on this data dir finds them.
 """
 
@@ -28,6 +29,8 @@ from tessera.control_plane.core.values import ContainerSupport
 if TYPE_CHECKING:
     from tessera.agent.executor.containers import ContainerRuntime
     from tessera.agent.executor.images import ImageStore
+    from tessera.agent.files.catalog import SandboxCatalog
+    from tessera.agent.files.server import FileServer
 
 log = logging.getLogger("tessera.agent")
 
@@ -71,6 +74,25 @@ def _secure_dirs(data_dir: Path, work_dir: Path) -> None:
                 launch.chmod(0o600)
     except OSError as exc:
         raise ConfigError(f"--data-dir: cannot set the modes of {data_dir} ({exc.strerror or exc})") from exc
+
+
+def _file_service(config: AgentConfig, resolved: ResolvedConfig) -> tuple[SandboxCatalog, FileServer | None, str]:
+    """The catalog the agent keeps for its file service, the service (None when off or unable) and the
+    address its registration announces (docs/files.md). Raises ConfigError naming the flag."""
+    from tessera.agent.files.catalog import SandboxCatalog
+    from tessera.agent.files.server import FilesUnavailable, start_file_server
+    from tessera.control_plane.api.auth import AclFileError, load_acl
+    from tessera.control_plane.tls import TlsConfigError
+
+    catalog = SandboxCatalog()
+    catalog.agent = resolved.hostname
+    try:
+        acl = load_acl(config.acl_path) if config.acl_path is not None else None
+        server, address = start_file_server(config.files_address, catalog, hostname=resolved.hostname,
+                                            tls_dir=config.tls_dir, acl=acl)
+    except (AclFileError, FilesUnavailable, TlsConfigError) as exc:
+        raise ConfigError(str(exc)) from exc
+    return catalog, server, address
 
 
 def _run_emulated(config: AgentConfig, stop: threading.Event | None) -> int:
@@ -181,6 +203,13 @@ def _run_agent(config: AgentConfig, stop: threading.Event | None) -> int:
     log.info("agent on %s: resources %s, attributes %s, isolation %s, supervisors started by %s, masters %s",
              resolved.hostname, resolved.resources, dict(resolved.attributes), isolator.describe(),
              config.supervisor_start, ",".join(resolved.masters))
+    try:
+        catalog, files, files_address = _file_service(config, resolved)
+    except ConfigError as exc:
+        print(f"tessera agent: {exc}", file=sys.stderr)
+        checkpoint.close()
+        lock.close()
+        return 2
     support, runtime, images = _containers(config, resolved, isolator.name)
     launcher = ProcessLauncher(resolved.work_dir, isolator, fork_server=config.supervisor_start == "fork-server",
                                containers=runtime, log_rotation=resolved.log_rotation, fetcher=resolved.fetcher)
@@ -188,7 +217,7 @@ def _run_agent(config: AgentConfig, stop: threading.Event | None) -> int:
     # the agent's spans (agent.launch_task, task.run) go to the leader, stored next to its event log
     tracer_provider = setup_tracing("tessera-agent", span_store=OperatorSpanStore(resolved.masters, security=resolved.security), set_global=False)
     agent = Agent(resolved, checkpoint, launcher, isolator_name=isolator.name, images=images, containers=support,
-                  tracer_provider=tracer_provider)
+                  tracer_provider=tracer_provider, catalog=catalog, files_address=files_address)
 
     metrics = None
     if config.metrics_address:
@@ -215,6 +244,8 @@ def _run_agent(config: AgentConfig, stop: threading.Event | None) -> int:
             metrics.start()
         except (OSError, ValueError) as exc:
             print(f"tessera agent: --metrics: cannot serve on {config.metrics_address} ({exc})", file=sys.stderr)
+            if files is not None:
+                files.stop(0)
             checkpoint.close()
             lock.close()
             return 2
@@ -226,6 +257,15 @@ def _run_agent(config: AgentConfig, stop: threading.Event | None) -> int:
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, on_signal)
+        if files is not None and config.acl_path is not None:
+            from tessera.control_plane.api.auth import reload_acl
+
+            acl_path, guard = config.acl_path, files.guard
+
+            def on_hup(signum: int, frame: FrameType | None) -> None:
+                reload_acl(guard, acl_path)  # the file service's ACL
+
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
     watcher: threading.Thread | None = None
     if stop is not None:
         def watch() -> None:
@@ -245,5 +285,7 @@ def _run_agent(config: AgentConfig, stop: threading.Event | None) -> int:
             log.debug("tracing shutdown: %s", exc)
         if metrics is not None:
             metrics.stop()
+        if files is not None:
+            files.stop()
         checkpoint.close()
         lock.close()

@@ -17,7 +17,9 @@ that registered it.
 
 A master's certificate names `master.tessera` (what clients verify), `localhost`, 127.0.0.1 and any
 `--host` given; each certificate names its kind as `urn:tessera:kind:<kind>`, and an agent's also its
-own name as `urn:tessera:agent:<name>` (see `tessera.control_plane.tls`). Keys are ECDSA P-256; certificates
+own name as `urn:tessera:agent:<name>` (see `tessera.control_plane.tls`) and `agent.tessera`, with the
+server usage: an agent serves its sandboxes with it (docs/files.md; certificates issued before that have
+no server usage, and their agents serve no files until given a new one). Keys are ECDSA P-256; certificates
 last `days` days.
 """
 
@@ -37,7 +39,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tessera.control_plane.core.acl import PEER_KINDS, PeerKind, token_digest
-from tessera.control_plane.tls import AGENT_NAME, AGENT_URI_PREFIX, KIND_URI_PREFIX, MASTER_NAME
+from tessera.control_plane.tls import (
+    AGENT_NAME,
+    AGENT_SERVER_NAME,
+    AGENT_URI_PREFIX,
+    KIND_URI_PREFIX,
+    MASTER_NAME,
+)
 
 DEFAULT_AGENT = "default"  # the name of the agent certificate in DIR/agent
 DEFAULT_FRAMEWORK_ROLE = "default"  # the SDK's default role (tessera.sdk.types.DEFAULT_ROLE)
@@ -46,7 +54,7 @@ RAFT_PASSWORD_FILE = "raft-password"
 DEV_PRINCIPALS = {
     "operator": 'roles = []\nusers = []\n'
                 'actions = ["read", "read_all", "drain", "quorum", "weights", "quota", "teardown", "kill", '
-                '"configure"]',
+                '"configure", "logs"]',
     # never users = ["*"]: that would let the framework run tasks as root on every agent
     "framework": f'roles = ["{DEFAULT_FRAMEWORK_ROLE}"]\nusers = ["{DEFAULT_TASK_USER}"]\nactions = ["read"]',
 }
@@ -102,7 +110,10 @@ def issue(ca: Issued, kind: PeerKind, name: str, *, hosts: Sequence[str] = (), d
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(f"{KIND_URI_PREFIX}{kind}")]
     usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
     if kind == "agent":
+        # an agent serves its sandboxes (docs/files.md) with this certificate: clients verify `agent.tessera`
         sans.append(x509.UniformResourceIdentifier(f"{AGENT_URI_PREFIX}{name}"))
+        sans.append(x509.DNSName(AGENT_SERVER_NAME))
+        usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
     if kind == "master":
         usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
         names = [MASTER_NAME, "localhost", "127.0.0.1", *hosts]
@@ -158,8 +169,9 @@ def init_dev_pki(root: Path, *, master_hosts: Sequence[str] = (), days: int = 36
     sections = ["# Tessera ACL: one table per principal; tokens are stored as SHA-256 digests only.\n"
                 "# roles: roles it may subscribe under; users: users its tasks may run as (\"\" = the\n"
                 "# agent's own user); actions: read, read_all, drain, quorum, weights, quota, teardown, kill,\n"
-                "# configure.\n"
-                "# read shows other principals' tasks redacted; read_all in full. \"*\" = any.\n"]
+                "# configure, logs.\n"
+                "# read shows other principals' tasks redacted; read_all in full; logs reads the sandbox\n"
+                "# files of other principals' tasks (its own frameworks' need no action). \"*\" = any.\n"]
     for principal, rules in DEV_PRINCIPALS.items():
         _write(root / "tokens" / f"{principal}.token", (tokens[principal] + "\n").encode(), 0o600)
         sections.append(f'[principals.{principal}]\ntoken_sha256 = "{token_digest(tokens[principal])}"\n{rules}\n')

@@ -15,6 +15,10 @@ Certificates say what they are:
   master records it when the agent registers and accepts that agent's re-registrations and status
   updates only from a certificate with the same name, so one agent's certificate cannot speak for
   another agent (`peer_agent_identity`).
+- an agent's also names `agent.tessera` (`AGENT_SERVER_NAME`) and may serve: the agent's file service
+  (docs/files.md) uses it as its server certificate, and clients dial agents with
+  `grpc.ssl_target_name_override = agent.tessera` (`ClientSecurity.agent_channel`), so neither a master's
+  nor a framework's certificate can pass for an agent's, nor an agent's for a master's.
 
 `ClientSecurity` is what a client needs to reach masters (channel credentials + token); the CLI, the
 agent, the SDK's `tessera run` and masters among themselves build it from `--tls-dir` and `--token`
@@ -41,6 +45,7 @@ from tessera.control_plane import wire
 from tessera.control_plane.core.acl import PEER_KINDS, PeerKind
 
 MASTER_NAME = "master.tessera"
+AGENT_SERVER_NAME = "agent.tessera"
 KIND_URI_PREFIX = "urn:tessera:kind:"
 AGENT_URI_PREFIX = "urn:tessera:agent:"
 AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # what `tessera certs agent NAME` accepts
@@ -155,11 +160,20 @@ class ClientSecurity:
             return grpc.insecure_channel(address, options=list(options))
         return grpc.secure_channel(address, self.credentials, options=channel_options(options))
 
+    def agent_channel(self, address: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+        """A channel to an agent's file service: the server must be an agent (`agent.tessera`)."""
+        if self.credentials is None:
+            return grpc.insecure_channel(address, options=list(options))
+        return grpc.secure_channel(address, self.credentials,
+                                   options=channel_options(options, server_name=AGENT_SERVER_NAME))
 
-def channel_options(options: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
-    """Options for a secure channel to a master: verify the server as `master.tessera`."""
+
+def channel_options(options: Sequence[tuple[str, Any]] = (), *,
+                    server_name: str = MASTER_NAME) -> list[tuple[str, Any]]:
+    """Options for a secure channel to a master (or, with `server_name`, an agent): verify the server
+    under that name."""
     merged = [o for o in options if o[0] != "grpc.ssl_target_name_override"]
-    return [*merged, ("grpc.ssl_target_name_override", MASTER_NAME)]
+    return [*merged, ("grpc.ssl_target_name_override", server_name)]
 
 
 def token_from_env() -> str | None:

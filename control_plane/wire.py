@@ -11,6 +11,8 @@ an argument), so the agent, the SDK, the operator client and the simulation use 
   tell the two apart without reading messages.
 - `parse_masters(value)`: 'a:5050,b:5050' (or a sequence) -> ('a:5050', 'b:5050'): HOST:PORT pairs,
   duplicates dropped, order kept; a `ValueError` whose message the caller prefixes with its flag name.
+  `split_address(value)`: one HOST:PORT as (host, port), port 0 allowed (a listener's, e.g. an agent's
+  `--files-address`).
 - `Backoff`: exponential backoff with downward jitter. `delay(n, fraction)` is the wait before retry
   number `n` (0-based: `delay(0, ...)` is the first retry's wait) and lies in
   `[nominal(n) * (1 - jitter), nominal(n)]`, `nominal(n) = min(maximum, initial * multiplier**n)`, so
@@ -40,7 +42,7 @@ from dataclasses import dataclass
 __all__ = ["BATCHED_MESSAGES", "CONFLICT_METADATA_KEY", "CONFLICT_NUMBER_KEY", "DEFAULT_MASTERS", "DEPOSED",
            "LEADER_METADATA_KEY", "MASTERS_ENV", "VERSION_CONFLICT", "Backoff", "Dial", "DialPlan", "FoundMasters",
            "choose_masters", "cluster_file_masters", "conflict_detail", "conflict_trailers", "leader_hint",
-           "parse_masters", "rounds"]
+           "parse_masters", "rounds", "split_address"]
 
 LEADER_METADATA_KEY = "tessera-leader"
 MASTERS_ENV = "TESSERA_MASTERS"
@@ -81,6 +83,15 @@ def conflict_detail(trailers: Iterable[tuple[str, str | bytes]] | None) -> tuple
     return None if kind is None else (kind, number)
 
 
+def split_address(address: str) -> tuple[str, int]:
+    """'host:5050' -> ('host', 5050), '[::1]:0' -> ('[::1]', 0); ValueError unless HOST:PORT with a port up
+    to 65535 (0 is a listener's "any free port"; a dialled address needs more)."""
+    match = _ADDRESS_RE.match(address)
+    if match is None or int(match.group(2)) > 65535:
+        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    return match.group(1), int(match.group(2))
+
+
 def parse_masters(value: str | Sequence[str]) -> tuple[str, ...]:
     """'a:5050, b:5050' or ['a:5050', 'b:5050'] -> ('a:5050', 'b:5050'); ValueError names the bad one."""
     items = value.split(",") if isinstance(value, str) else list(value)
@@ -88,8 +99,7 @@ def parse_masters(value: str | Sequence[str]) -> tuple[str, ...]:
     if not addresses:
         raise ValueError("give at least one HOST:PORT")
     for address in addresses:
-        match = _ADDRESS_RE.match(address)
-        if match is None or not 0 < int(match.group(2)) < 65536:
+        if split_address(address)[1] == 0:
             raise ValueError(f"expected HOST:PORT, got {address!r}")
     return addresses
 

@@ -15,23 +15,28 @@ HOST:CONTAINER[:ro]` mounts a host path the agent allows. With no command the im
 
 One argument after `--` is a shell command (`/bin/sh -c`); several are an argv. The command subscribes
 a short-lived framework, takes the first offer that fits `--cpus`/`--mem`, launches one task, prints its
-state transitions to stderr, and exits with the task's exit code. What it prints when the task ends:
+state transitions to stderr, and exits with the task's exit code. What it prints:
 
-- Output. The master does not serve sandbox files (no Operator call reads them yet), so the task's
-  stdout is printed only when the terminal status names the sandbox (`sandbox=PATH` in its message)
-  and that directory is readable from here (a local cluster); otherwise the sandbox path, or the agent
-  that holds it, is printed to stderr instead.
+- Output, live. Once the task runs, its stdout and stderr are followed from its agent's file service
+  (`tessera.sdk.files`, docs/files.md: directly, or through a master when the agent cannot be reached or
+  its state not read) and written to this process's stdout and stderr as the task writes them, until the
+  task ends and they are drained. When no file service answers (an older cluster, a test double), the
+  output is printed when the task ends, as before: the task's stdout when the terminal status names a
+  sandbox readable from here (`sandbox=PATH`), else the tail the agent sent with the status, else where
+  it is. A follow that broke half-way says so (and names `tessera logs`) instead of printing twice.
 - Exit status. TASK_FINISHED: the task's exit code (0). TASK_FAILED, KILLED, LOST, ERROR, DROPPED,
   GONE: the task's exit code when it has a non-zero one, else 1, with one line saying why. No master
   answering within `--connect-timeout`, or no fitting offer within `--offer-timeout`: 1. Bad input
   (non-positive --cpus/--mem, nothing to run, malformed --env or --masters): one line naming the flag,
-  exit 2. Ctrl-C kills the task and exits 130.
+  exit 2. Ctrl-C (and, in `tessera run`, SIGTERM) kills the task, tears the framework down and exits
+  130 (143 after SIGTERM).
 
 The framework is torn down at the end, so nothing is left behind on the master.
 """
 
 from __future__ import annotations
 
+import codecs
 import math
 import re
 import shlex
@@ -51,6 +56,7 @@ from tessera.control_plane.core.values import TaskInfo as CoreTaskInfo
 from tessera.control_plane.tls import ClientSecurity
 from tessera.sdk.driver import SchedulerDriver
 from tessera.sdk.errors import TesseraError
+from tessera.sdk.files import SandboxFiles
 from tessera.sdk.grpc_transport import GrpcTransport
 from tessera.sdk.scheduler import Scheduler
 from tessera.sdk.transport import Transport
@@ -70,6 +76,9 @@ from tessera.sdk.types import (
 )
 
 DEFAULT_MASTERS = wire.DEFAULT_MASTERS
+OUTPUT_DRAIN_SECONDS = 10.0  # after the task ended, how long its output may take to arrive
+FOLLOW_RECONNECT_SECONDS = 15.0
+FIRST_SOURCE_SECONDS = 3.0  # an agent that does not answer from here for this long: go through a master
 SANDBOX_RE = re.compile(r"sandbox[=:]\s*(\S+)")
 MAX_OUTPUT_BYTES = 1 << 20  # print at most the last MiB of a task's stdout
 
@@ -204,9 +213,13 @@ def _one_line(text: str, limit: int = 300) -> str:
 class OneShot(Scheduler):
     """Launch one task on the first offer that fits, follow it to a terminal state, tear down."""
 
-    def __init__(self, task: TaskInfo, say: Callable[[str], None]) -> None:
+    def __init__(self, task: TaskInfo, say: Callable[[str], None],
+                 on_running: Callable[[str, TaskStatus], None] | None = None) -> None:
         self.task = task
         self.say = say
+        self.on_running = on_running  # (framework id, status): the task runs (or ended first); once
+        self.framework_id = ""
+        self._running_told = False
         self.offer: Offer | None = None  # where the task was launched
         self.final: TaskStatus | None = None
         self.failure: str | None = None
@@ -216,6 +229,7 @@ class OneShot(Scheduler):
         self._seen: set[str] = set()  # uuids: the master re-sends updates whose ack a failover lost
 
     def subscribed(self, driver: SchedulerDriver, framework_id: str) -> None:
+        self.framework_id = framework_id
         if self.subscribed_at is None:
             self.subscribed_at = time.monotonic()
             self.say(f"subscribed as framework {framework_id} with {driver.master}")
@@ -269,6 +283,10 @@ class OneShot(Scheduler):
             for m in container.port_mappings:
                 self.say(f"container port {m.container_port}/{m.protocol} is published on "
                          f"{self.offer.hostname or self.offer.agent_id}:{m.host_port}")
+        if (status.state is TaskState.TASK_RUNNING or status.is_terminal) and not self._running_told:
+            self._running_told = True
+            if self.on_running is not None and (status.state is TaskState.TASK_RUNNING or status.agent_id):
+                self.on_running(self.framework_id, status)
         if status.is_terminal:
             self.final = status
             self.done.set()
@@ -342,6 +360,63 @@ def print_output(status: TaskStatus, offer: Offer | None, out: TextIO, say: Call
     out.flush()
 
 
+class OutputStreams:
+    """The task's stdout and stderr followed live into `out` and `err` (see the module docstring): one
+    thread each, started once the task runs."""
+
+    def __init__(self, files: SandboxFiles, out: TextIO, err: TextIO, say: Callable[[str], None]) -> None:
+        self.files = files
+        self.out, self.err, self.say = out, err, say
+        self.threads: list[threading.Thread] = []
+        self.written = {"stdout": 0, "stderr": 0}
+        self.completed: set[str] = set()
+        self.errors: dict[str, TesseraError] = {}
+
+    def start(self, framework_id: str, task_id: str) -> None:
+        ref = f"{framework_id}/{task_id}" if framework_id else task_id
+        for name, sink in (("stdout", self.out), ("stderr", self.err)):
+            thread = threading.Thread(target=self._follow, args=(ref, name, sink), name=f"run-{name}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def _follow(self, ref: str, name: str, sink: TextIO) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        offset, inode = 0, 0
+        sources = [self.files]
+        if not self.files.via_master:  # the agent unreachable from here, or the state not readable: via a master
+            sources.append(SandboxFiles(self.files.masters, self.files.security, via_master=True))
+        for i, files in enumerate(sources):
+            last = i == len(sources) - 1
+            try:
+                task = files.task(ref)
+                reconnect = FOLLOW_RECONNECT_SECONDS if last else FIRST_SOURCE_SECONDS
+                for chunk in task.follow(name, offset, inode, reconnect_for=reconnect):
+                    if chunk.data:
+                        sink.write(decoder.decode(chunk.data))
+                        sink.flush()
+                        self.written[name] += len(chunk.data)
+                    offset, inode = chunk.offset + len(chunk.data), chunk.inode
+                sink.write(decoder.decode(b"", final=True))
+                sink.flush()
+                self.completed.add(name)
+                return
+            except TesseraError as exc:
+                self.errors[name] = exc
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    @property
+    def started(self) -> bool:
+        return bool(self.threads)
+
+    def streamed(self, name: str) -> bool:
+        """The whole of `name` was written here (or, broken half-way, some of it: never print it twice)."""
+        return name in self.completed or self.written[name] > 0
+
+
 def exit_code_for(status: TaskStatus) -> int:
     """The task's exit code; 1 for a task that did not finish and has no non-zero code of its own."""
     code = status.exit_code
@@ -351,11 +426,13 @@ def exit_code_for(status: TaskStatus) -> int:
 
 
 def run_task(options: RunOptions, *, transport: Transport | None = None, out: TextIO | None = None,
-             err: TextIO | None = None, security: ClientSecurity | None = None) -> int:
+             err: TextIO | None = None, security: ClientSecurity | None = None,
+             files: SandboxFiles | None = None) -> int:
     """Run one task as `tessera run` does and return the process exit code.
 
     `security` (mTLS with a framework certificate, a bearer token) builds the gRPC transport when no
-    `transport` is given."""
+    `transport` is given. `files` reads the task's output live (built from the masters and `security`
+    when no `transport` is given; with a given transport and no `files`, the output is printed at the end)."""
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
 
@@ -373,7 +450,11 @@ def run_task(options: RunOptions, *, transport: Transport | None = None, out: Te
     task = TaskInfo(task_id=f"{options.name}-{uuid.uuid4().hex[:12]}", name=options.name,
                     resources=Resources.of(cpus=options.cpus, mem=options.mem), command=command,
                     env=dict(options.env), user=options.user, container=container, uris=options.uris)
-    scheduler = OneShot(task, say)
+    if files is None and transport is None:
+        files = SandboxFiles(list(options.masters), security or ClientSecurity.insecure())
+    streams = OutputStreams(files, out, err, say) if files is not None else None
+    scheduler = OneShot(task, say, on_running=(lambda fid, status: streams.start(fid, status.task_id))
+                        if streams is not None else None)
     framework = FrameworkInfo(name=options.name, roles=(options.role,), failover_timeout=60.0)
     if transport is None and security is not None:
         transport = GrpcTransport(credentials=security.credentials, token=security.token)
@@ -407,7 +488,18 @@ def run_task(options: RunOptions, *, transport: Transport | None = None, out: Te
         say(scheduler.failure or driver.failure or "the driver stopped before the task ended")
         return 1
     final = scheduler.final
-    print_output(final, scheduler.offer, out, say)
+    if streams is not None and streams.started:
+        try:
+            streams.wait(OUTPUT_DRAIN_SECONDS)
+        except KeyboardInterrupt:  # the task is over already: nothing to kill
+            say("interrupted while its output drained")
+            return 130
+    if streams is None or not streams.streamed("stdout"):
+        print_output(final, scheduler.offer, out, say)
+    elif "stdout" not in streams.completed:
+        why = streams.errors.get("stdout")
+        say(f"the output stream stopped after {streams.written['stdout']} bytes"
+            f"{f' ({why.message})' if why else ''}; all of it: tessera logs {scheduler.framework_id}/{final.task_id}")
     code = exit_code_for(final)
     if final.state is not TaskState.TASK_FINISHED:
         reason = f" ({final.reason})" if final.reason else ""

@@ -218,6 +218,7 @@ class Agent(Recovery):
                 log.warning("the master gave a new agent id %s (was %s)", registered.agent_id, self.agent_id)
             self.agent_id = registered.agent_id
             self.launcher.agent_id = registered.agent_id
+        self.catalog.agent = self.agent_id
         self.registered = True
         self.registrations += 1
         if registered.heartbeat_interval_seconds > 0:

@@ -25,6 +25,10 @@ Rules it keeps (docs/protocol.md):
   status with `healthy` once (`agent.core.health.health_outcomes`: not when the task's statuses already
   say it), its kill for failing the check TASK_KILLING (recorded as the task's kill) then TASK_KILLED with
   REASON_TASK_UNHEALTHY (docs/health-checks.md).
+- The file service's catalog (`tessera.agent.files.catalog`, docs/files.md) follows the tasks: a RunTask
+  adds its task with the principal the master named (checkpointed with it), a prepared sandbox becomes
+  readable, a collected one is marked so (`tessera sandbox ls` says it was collected); the end of a task
+  is marked where its terminal status is recorded (`updates.emit`).
 The launcher (`tessera.agent.executor.launcher`, behind the `Launcher` port in `state.py`) does the work.
 """
 
@@ -35,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tessera.agent.core.health import health_outcomes, reported_health
+from tessera.agent.core.files import SandboxEntry
 from tessera.agent.core.tasks import (
     REASON_AGENT_RESTARTED,
     REASON_CONTAINER_LAUNCH_FAILED,
@@ -85,7 +90,8 @@ class TaskRunner(UpdatePump):
         if not task_id:
             log.error("ignoring RunTask without a task id")
             return
-        self.checkpoint.add_task(info, traceparent=run.traceparent)
+        self.checkpoint.add_task(info, traceparent=run.traceparent, principal=run.principal)
+        self.catalog.add(SandboxEntry(info.framework_id, info.task_id, principal=run.principal))
         task = self.tasks.add(info)
         self.traceparents[key] = run.traceparent
         parent = context_from(run.traceparent)
@@ -122,6 +128,8 @@ class TaskRunner(UpdatePump):
         if image is not None:
             self.image_digests[task.key] = image.digest
         self.checkpoint.set_sandbox(task.key, str(handle.sandbox), handle.isolation.to_json())
+        if handle.sandbox_dir is not None:
+            self.catalog.prepared(task.key, str(handle.sandbox), str(handle.sandbox_dir))
         self.to_start.append((task, info, handle))  # started with the others of this turn
 
     # ---- container tasks: the image first, pulled off the loop -------------------------------------------
@@ -314,12 +322,15 @@ class TaskRunner(UpdatePump):
         now_mono, now = self.monotonic(), self.wall()
         finished = scan_finished(self.config.work_dir, live)
         plan = plan_collection(finished, now, cfg.sandbox_gc_delay, int(cfg.sandbox_gc_max_mib * 1024 * 1024))
+        removed = []
         for path in plan.collect:
             try:
                 remove_run_dir(Path(path))
                 log.info("removed the sandbox %s of a finished task", path)
+                removed.append(path)
             except OSError as exc:
                 log.warning("cannot remove the sandbox %s: %s", path, exc)
+        self.catalog.collected(removed)  # `tessera sandbox ls` says so from now on
         self.collect_images()
         self.next_gc = now_mono + GC_INTERVAL
         if plan.next_due is not None:

@@ -8,6 +8,8 @@ Rules it keeps:
   supervisor starts a kill only once).
 - A terminal task whose last update was acknowledged is done; a task still STAGING without a
   supervisor was never launched: TASK_DROPPED (the agent restarted before it launched the task).
+- The file service's catalog is rebuilt from every task the checkpoint keeps, done ones included (their
+  sandboxes stay readable until collected; one already gone from the disk is known as collected).
 - Then every live task is observed at once, and what earlier runs left is removed: containers of tasks
   that are not live (runc state, CNI namespaces and rules), and the sandboxes that are due.
 """
@@ -16,10 +18,16 @@ from __future__ import annotations
 
 import logging
 import subprocess
+from collections.abc import Iterable
+from pathlib import Path
 
+from tessera.agent.checkpoint import TaskRecord
+from tessera.agent.core.files import SandboxEntry
 from tessera.agent.core.status_updates import PendingUpdate
 from tessera.agent.core.tasks import REASON_AGENT_RESTARTED, AgentTask, Outcome
+from tessera.agent.executor.sandbox import SANDBOX_SUBDIR
 from tessera.agent.runtime.launches import TaskRunner
+from tessera.control_plane.core.lifecycle import is_terminal
 from tessera.control_plane.core.values import StatusSource, TaskState
 
 log = logging.getLogger("tessera.agent")
@@ -63,6 +71,7 @@ class Recovery(TaskRunner):
         if records:
             log.info("recovered %d task(s), %d live, %d unacknowledged update(s)", len(records),
                      len(self.handles), len(self.updates))
+        self.catalog.replace_all(catalog_entries(self.checkpoint.tasks(include_done=True)))
         self.observe_tasks()
         try:
             cleaned = self.launcher.cleanup_containers(list(self.handles.values()))
@@ -72,3 +81,19 @@ class Recovery(TaskRunner):
             if cleaned:
                 log.info("removed %d container(s) an earlier run left behind", len(cleaned))
         self.collect_sandboxes()  # what earlier runs of the agent left
+
+
+def catalog_entries(records: Iterable[TaskRecord]) -> list[SandboxEntry]:
+    """The file service's view of the checkpoint's tasks: a sandbox in the launcher's layout (the run
+    directory's `sandbox/`; an older agent's layout, whose sandbox held the control files, is not served)
+    and whether it is still on the disk."""
+    out = []
+    for rec in records:
+        run_dir = rec.sandbox
+        sandbox = str(Path(run_dir) / SANDBOX_SUBDIR) if run_dir else ""
+        collected = bool(run_dir) and not Path(run_dir).is_dir()
+        if sandbox and not collected and not Path(sandbox).is_dir():
+            sandbox = ""  # an older agent's layout, or never created
+        out.append(SandboxEntry(rec.info.framework_id, rec.info.task_id, principal=rec.principal, run_dir=run_dir,
+                                sandbox=sandbox, live=not is_terminal(rec.state), collected=collected))
+    return out

@@ -53,11 +53,12 @@ class Advertisement:
     version: str
     capabilities: tuple[str, ...] = ()
     containers: ContainerSupport = NO_CONTAINERS  # which container tasks it runs, or why none
+    files_address: str = ""  # where its file service serves its sandboxes ("" = none; docs/files.md)
 
     def info(self, agent_id: str) -> AgentInfo:
         return AgentInfo(agent_id=agent_id, hostname=self.hostname, resources=self.resources,
                          attributes=self.attributes, isolator=self.isolator, version=self.version,
-                         containers=self.containers)
+                         containers=self.containers, files_address=self.files_address)
 
     def register(self, agent_id: str, request_id: str, statuses: Sequence[TaskStatus] = ()) -> agent_pb2.Register:
         """The `Register` message: `agent_id` empty for a first registration; `statuses` the tasks'
@@ -67,10 +68,11 @@ class Advertisement:
                                   tasks=[to_proto(s, common_pb2.TaskStatus) for s in statuses])
 
 
-def advertise(config: ResolvedConfig, isolator: str, containers: ContainerSupport = NO_CONTAINERS) -> Advertisement:
+def advertise(config: ResolvedConfig, isolator: str, containers: ContainerSupport = NO_CONTAINERS,
+              files_address: str = "") -> Advertisement:
     """What this agent announces: its configuration, the isolator in use, its version and capabilities,
-    and its container support."""
+    its container support and its file service's address."""
     return Advertisement(hostname=config.hostname, resources=config.resources, attributes=config.attributes,
                          isolator=isolator, version=agent_version(),
                          capabilities=capabilities(batch_messages=config.config.batch_messages),
-                         containers=containers)
+                         containers=containers, files_address=files_address)

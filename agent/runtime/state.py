@@ -35,6 +35,7 @@ from tessera.agent.core.status_updates import RetryPolicy, StatusUpdateManager
 from tessera.agent.core.tasks import AgentTask, TaskTable
 from tessera.agent.executor.images import Image, Images
 from tessera.agent.executor.launcher import LaunchError, LaunchHandle, Observation, Usage
+from tessera.agent.files.catalog import SandboxCatalog
 from tessera.agent.runtime.link import LinkEvent, LinkStream, MasterLink
 from tessera.agent.runtime.registration import NO_CONTAINERS, advertise
 from tessera.control_plane.core.values import ContainerSupport, TaskInfo, TaskKey
@@ -93,12 +94,16 @@ class AgentState:
                  containers: ContainerSupport = NO_CONTAINERS, monotonic: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
                  new_uuid: Callable[[], str] = lambda: str(uuidlib.uuid4()),
-                 tracer_provider: trace.TracerProvider | None = None) -> None:
+                 tracer_provider: trace.TracerProvider | None = None, catalog: SandboxCatalog | None = None,
+                 files_address: str = "") -> None:
         self.config = config
         self.checkpoint = checkpoint
         self.launcher = launcher
         self.isolator_name = isolator_name
-        self.advertisement = advertise(config, isolator_name, containers)  # what every Register announces
+        # what every Register announces
+        self.advertisement = advertise(config, isolator_name, containers, files_address)
+        # what the file service may serve (docs/files.md): kept in step with the tasks by this loop only
+        self.catalog = catalog if catalog is not None else SandboxCatalog()
         # Container tasks: the image store (None: this agent runs none; `containers.unavailable` says why),
         # the pulls under way (off the loop, in `pulls`), the image each prepared task uses (for the GC).
         self.images = images if containers.runtime else None

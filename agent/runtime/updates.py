@@ -67,6 +67,7 @@ class UpdatePump(AgentState):
         self.tasks.record(status)
         if is_terminal(outcome.state):
             self._end_run_span(task.key, outcome)
+            self.catalog.ended(task.key, self.wall())  # a follow of its output ends once drained
         if task.key in self.orphaned:
             # The master does not know this task any more: keep the history, send nothing.
             self.checkpoint.acknowledge([status.uuid])

@@ -75,6 +75,18 @@ def load_acl(path: Path | str) -> Acl:
     return acl
 
 
+def reload_acl(guard: Guard, path: Path | str) -> None:
+    """SIGHUP on a master or an agent: `path` loaded again into `guard`; a file that does not load leaves the
+    previous ACL in force (both said in the log)."""
+    try:
+        acl = load_acl(path)
+    except AclFileError as exc:
+        log.error("ACL not reloaded, the previous one stays in force: %s", exc)
+        return
+    guard.replace_acl(acl)
+    log.info("ACL reloaded from %s: %d principal(s)", path, len(acl.grants))
+
+
 class Guard:
     def __init__(self, acl: Acl | None, *, tls: bool) -> None:
         if acl is not None and not tls:
@@ -106,9 +118,12 @@ class Guard:
                 raise Unauthenticated("the client certificate names no single tessera kind (urn:tessera:kind:...)")
         return authenticate(self.acl, kind, method, bearer_token(context) if self.acl is not None else None)
 
-    def interceptor(self, *, pool_threads: int = 256, limits: MasterLimits | None = None) -> grpc.ServerInterceptor:
-        """The server interceptor; `pool_threads` is the gRPC pool size the stream caps are derived from."""
-        return _GuardInterceptor(self, pool_threads, limits or MasterLimits())
+    def interceptor(self, *, pool_threads: int = 256, limits: MasterLimits | None = None,
+                    count_streams: bool = False) -> grpc.ServerInterceptor:
+        """The server interceptor; `pool_threads` is the gRPC pool size the stream caps are derived from.
+        `count_streams`: cap streams even when the guard does not enforce (an agent's file service, whose
+        follows must never take every thread, secured or not)."""
+        return _GuardInterceptor(self, pool_threads, limits or MasterLimits(), count_streams)
 
 
 def peer_key(context: grpc.ServicerContext) -> str:
@@ -129,8 +144,9 @@ def _keeping_flags(original: Callable[..., Any], wrapper: Callable[..., Any]) ->
 
 
 class _GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, guard: Guard, pool_threads: int, limits: MasterLimits) -> None:
+    def __init__(self, guard: Guard, pool_threads: int, limits: MasterLimits, count_streams: bool = False) -> None:
         self.guard = guard
+        self.count_streams = count_streams
         self.slots = StreamSlots(stream_caps(pool_threads, limits))
         self.rates = RateLimiter(limits.requests_per_second, limits.request_burst)
         self.lock = threading.Lock()
@@ -156,7 +172,7 @@ class _GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
-        if handler is None or not self.guard.enforcing:
+        if handler is None or not (self.guard.enforcing or self.count_streams):
             return handler
         method = details.method
         stream = bool(handler.request_streaming or handler.response_streaming)

@@ -11,7 +11,8 @@ first asks the guard whether the caller's principal may take the action it needs
 Read calls show other principals' tasks redacted (`core.visibility`): every task, event payload and
 span a read returns passes through the caller's `Visibility` here, at the edge, so no read path can
 forget it. Span reports are checked against the tasks they concern and the reporter's budget
-(`core.spans`) before anything is stored.
+(`core.spans`) before anything is stored. The sandbox-file calls are authorized per task
+(`core.acl.check_file_read`) and forwarded to the task's agent by `api.files_proxy`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import grpc
 
 from tessera.control_plane.api.auth import Guard
 from tessera.control_plane.api.errors import grpc_errors
+from tessera.control_plane.api.files_proxy import FilesProxy
 from tessera.control_plane.codec import resources_from_proto
 from tessera.control_plane.codec.operator_api import (
     event_filter_from_proto,
@@ -62,7 +64,7 @@ from tessera.control_plane.runtime.quorum import Quorum
 from tessera.control_plane.runtime.state_view import StateView
 from tessera.control_plane.tls import peer_agent_identity
 from tessera.control_plane.tracing import SpanReporters, request_traceparent
-from tessera.v1 import operator_pb2, operator_pb2_grpc
+from tessera.v1 import files_pb2, operator_pb2, operator_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +83,10 @@ def check_address(value: str, field: str) -> str:
 
 class OperatorService(operator_pb2_grpc.OperatorServicer):
     def __init__(self, master: Master, peer_quorum: Any = None, duties: Any = None,
-                 guard: Guard | None = None, span_limits: SpanLimits | None = None) -> None:
+                 guard: Guard | None = None, span_limits: SpanLimits | None = None,
+                 files: FilesProxy | None = None) -> None:
         self.master = master
+        self.files = files or FilesProxy(master)  # sandbox files through this master (api/files_proxy.py)
         self.guard = guard or Guard.open()
         self.span_limits = span_limits or SpanLimits()
         self._span_reporters = SpanReporters(self.span_limits)
@@ -280,6 +284,38 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
             t.spans.extend(span_to_proto(s, full) for s in store.spans_for_trace(trace_id))
             t.events.extend(events_to_proto([e for e in task_events if e.trace_id == trace_id], visibility, owners))
         return resp
+
+    # ---- sandbox files, forwarded to the task's agent (api/files_proxy.py) -------------------------
+    def _file_target(self, context: grpc.ServicerContext, method: str, task: Any) -> Any:
+        caller = self.guard.caller(context, f"Operator/{method}")  # authorized per task, not by an action
+        return self.files.authorize(caller, task)
+
+    @grpc_errors
+    def ListFiles(self, request: files_pb2.ListFilesRequest, context: grpc.ServicerContext) -> Any:
+        placement, task = self._file_target(context, "ListFiles", request.task)
+        forwarded = files_pb2.ListFilesRequest(task=task, path=request.path)
+        return self.files.unary(placement, lambda stub: stub.List, forwarded, context)
+
+    @grpc_errors
+    def StatFile(self, request: files_pb2.StatFileRequest, context: grpc.ServicerContext) -> Any:
+        placement, task = self._file_target(context, "StatFile", request.task)
+        forwarded = files_pb2.StatFileRequest(task=task, path=request.path, since_time=request.since_time)
+        return self.files.unary(placement, lambda stub: stub.Stat, forwarded, context)
+
+    @grpc_errors
+    def ReadFile(self, request: files_pb2.ReadFileRequest, context: grpc.ServicerContext) -> Any:
+        placement, task = self._file_target(context, "ReadFile", request.task)
+        forwarded = files_pb2.ReadFileRequest(task=task, path=request.path, offset=request.offset,
+                                              length=request.length)
+        return self.files.unary(placement, lambda stub: stub.Read, forwarded, context)
+
+    @grpc_errors
+    def FollowFile(self, request: files_pb2.FollowFileRequest,
+                   context: grpc.ServicerContext) -> Iterator[files_pb2.FollowFileResponse]:
+        placement, task = self._file_target(context, "FollowFile", request.task)
+        forwarded = files_pb2.FollowFileRequest(task=task, path=request.path, offset=request.offset,
+                                                inode=request.inode)
+        yield from self.files.stream(placement, forwarded, context)
 
     # ---- quorum ----------------------------------------------------------------------------------
     @grpc_errors

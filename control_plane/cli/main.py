@@ -753,6 +753,16 @@ def _framework_state_command() -> click.Command:
 _framework_state_command()
 
 
+def _files_commands() -> list[click.Command]:
+    from tessera.control_plane.cli.files import logs, sandbox
+
+    return [logs, sandbox]
+
+
+for _command in _files_commands():
+    cli.add_command(_command)
+
+
 def main() -> None:
     cli(prog_name="tessera")
 

@@ -1,11 +1,16 @@
 """`tessera run`: one command as a task, like mesos-execute — the command-line shell around
 `tessera.sdk.run.run_task` (the SDK keeps the library; the CLI keeps the flags, the process exit and the
-framework side of the task's trace, which goes to the leader's span store)."""
+framework side of the task's trace, which goes to the leader's span store, and SIGTERM: handled as Ctrl-C,
+so a `tessera run` stopped by its supervisor (systemd, a CI runner, `timeout`) kills its task and tears its
+framework down instead of leaving the task running; it exits 143)."""
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
+from types import FrameType
 
 import click
 
@@ -104,9 +109,19 @@ def run_command(masters: str | None, cpus: str, mem: str, name: str, role: str, 
 
     security = _security()
     provider = setup_tracing("tessera-run", span_store=OperatorSpanStore(list(options.masters), security=security))
+    terminated = []
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        # SIGTERM as Ctrl-C: run_task kills the task and tears the framework down (exit 143, not 130)
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if threading.current_thread() is threading.main_thread() else None
     try:
         code = run_task(options, security=security)
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         provider.shutdown()
-    sys.exit(code)
+    sys.exit(128 + signal.SIGTERM if terminated and code == 130 else code)
 

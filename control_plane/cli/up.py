@@ -261,7 +261,7 @@ def _secure_setup(pki: Path, env: dict[str, str], agent_names: list[str]
     except TlsConfigError as exc:
         fail(f"--secure: {exc}", 2)
     return (security, ["--tls-dir", str(pki / "master"), "--acl", str(pki / "acl.toml")],
-            {name: ["--tls-dir", str(pki / "agents" / name)] for name in agent_names})
+            {name: ["--tls-dir", str(pki / "agents" / name), "--acl", str(pki / "acl.toml")] for name in agent_names})
 
 
 def raft_password_file(data_dir: Path) -> Path:

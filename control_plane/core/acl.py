@@ -27,6 +27,12 @@ is proposed, so a refused call changes nothing):
   definitions of `tessera services`). `kill` is its own action, as
   Mesos's `kill_tasks` is beside `teardown_frameworks`: ending one runaway task is a smaller power than
   removing a whole framework with all its tasks, and an on-call grant may want the one without the other.
+  `logs` (the files of other principals' tasks).
+- Sandbox files (`check_file_read`; the agents' `Files` service and the masters' proxy calls
+  `Operator.ListFiles/StatFile/ReadFile/FollowFile`, docs/files.md): a principal reads the sandboxes of
+  its own frameworks' tasks without any action; another principal's task, or one whose owner is not
+  known, needs `logs` (as `read_all` is to the state). A master certificate's `Files` calls need no
+  token: it is the proxy, which has made the same check against its own state before forwarding.
 - Span reports are checked against the tasks they concern (`core.spans`).
 
 `users` names Unix users a task's command may run as; the empty string stands for "no user given": the
@@ -56,7 +62,9 @@ from tessera.control_plane.core.resources import validate_role
 
 PeerKind = Literal["master", "agent", "framework", "operator"]
 PEER_KINDS: tuple[PeerKind, ...] = ("master", "agent", "framework", "operator")
-ACTIONS = frozenset({"read", "read_all", "drain", "quorum", "weights", "quota", "teardown", "kill", "configure"})
+LOGS = "logs"
+ACTIONS = frozenset({"read", "read_all", "drain", "quorum", "weights", "quota", "teardown", "kill", "configure",
+                     LOGS})
 ANY = "*"
 
 _PRINCIPAL_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,128}\Z")
@@ -68,8 +76,12 @@ _GRANT_KEYS = frozenset({"token_sha256", "roles", "users", "actions"})
 # token whose grant has `read`); every Operator write (weights, quota, drain, quorum changes) needs an
 # operator certificate, whatever the token grants.
 OPERATOR_READS = ("GetState", "ListEvents", "WatchEvents", "GetStateAt", "GetTrace", "GetFrameworkState")
+# The masters' proxy calls for sandbox files: authorized per task (`check_file_read`), not by an action.
+OPERATOR_FILE_CALLS = ("ListFiles", "StatFile", "ReadFile", "FollowFile")
 KINDS_BY_METHOD: Mapping[str, frozenset[PeerKind]] = {
     "AgentLink/*": frozenset({"agent"}),
+    "Files/*": frozenset({"master", "operator", "framework"}),
+    **{f"Operator/{method}": frozenset({"operator", "framework"}) for method in OPERATOR_FILE_CALLS},
     "Scheduler/*": frozenset({"framework"}),
     "Operator/ReportSpans": frozenset({"master", "agent", "framework", "operator"}),
     "Operator/AnnounceMaster": frozenset({"master"}),
@@ -224,6 +236,8 @@ def authenticate(acl: Acl | None, kind: PeerKind | None, full_method: str, token
         return Caller(kind, None)
     if service == "AgentLink" and kind == "agent":
         return Caller(kind, None)  # agents are authenticated by their certificate
+    if service == "Files" and kind == "master":
+        return Caller(kind, None)  # the masters' proxy: it checked the caller before forwarding
     if service == "Operator" and kind is not None and kind in CERTIFICATE_ONLY.get(method, frozenset()):
         return Caller(kind, None)
     if not token:
@@ -280,3 +294,19 @@ def check_launch(caller: Caller, task_users: Iterable[str]) -> None:
         if not grant.may_run_as(user):
             raise PermissionDenied(
                 f"principal {grant.principal} may not run tasks as user {user or '(the agent default)'}")
+
+
+def check_file_read(caller: Caller, owner: str | None) -> None:
+    """Reading the sandbox of a task whose framework was recorded under principal `owner` (None or "":
+    not known, e.g. a task launched before agents were told). Own tasks need no action; others need
+    `logs`. No grant (no ACL in force, or the masters' proxy with a master certificate): allowed."""
+    grant = caller.grant
+    if grant is None:
+        return
+    if owner and owner == grant.principal:
+        return
+    if LOGS in grant.actions:
+        return
+    whose = f"principal {owner}'s task" if owner else "a task whose principal this agent does not know"
+    raise PermissionDenied(f"principal {grant.principal} may not read the sandbox of {whose} "
+                           f"(its own frameworks' tasks only, or the `{LOGS}` action)")

@@ -560,6 +560,7 @@ def check_agent_info(info: object) -> AgentInfo:
     check_labels(info.attributes, "info.attributes")
     check_text(info.isolator, "info.isolator", MAX_ID_LENGTH)
     check_text(info.version, "info.version", MAX_ID_LENGTH)
+    check_text(info.files_address, "info.files_address", MAX_ID_LENGTH)
     return info
 
 

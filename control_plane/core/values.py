@@ -249,6 +249,7 @@ class AgentInfo:
     isolator: str = ""
     version: str = ""
     containers: ContainerSupport = field(default_factory=ContainerSupport)
+    files_address: str = ""  # HOST:PORT of its file service (docs/files.md); "" = it serves none
 
 
 @dataclass(frozen=True, slots=True)

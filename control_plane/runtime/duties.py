@@ -20,8 +20,8 @@ Rules kept here
   not sent for `status_update_retry` are re-sent. An allocation round is due when one is wanted or
   `allocation_interval` passed, and no offers of the previous round are still being committed. A duty
   whose proposal is still in flight (its key in `soft.pending`) is not proposed again.
-- `react(batch, term) -> list[Outbound]`: what committed events justify sending (rule 3): RunTask,
-  KillTask, Shutdown to agents; updates, rescinds, offers, removal to frameworks; and whether an
+- `react(batch, term, principal_of) -> list[Outbound]`: what committed events justify sending (rule 3):
+  RunTask (with the framework's recorded principal, for the agent's file service), KillTask, Shutdown to agents; updates, rescinds, offers, removal to frameworks; and whether an
   allocation round is wanted. Per stream the order is the events' order; the offers of a batch go last,
   one `SendOffers` per framework.
 - `offer_proposals(offers)`: an allocation round's offers, `OFFERS_PER_ENTRY` to a log entry (each entry
@@ -117,6 +117,7 @@ class RunTask:
     term: int
     task: TaskInfo
     traceparent: str = ""
+    principal: str = ""  # the task's framework's principal: its agent lets it read the sandbox (docs/files.md)
 
 
 @dataclass(frozen=True)
@@ -255,8 +256,14 @@ def offer_proposals(offers: Sequence[Offer]) -> list[Propose]:
 
 
 # ---- reactions after commit ----------------------------------------------------------------------------------
-def react(batch: Iterable[Applied], term: int) -> list[Outbound]:
-    """What the committed events of `batch` justify sending, in order (offers last, per framework)."""
+def _no_principal(framework_id: str) -> str:
+    return ""
+
+
+def react(batch: Iterable[Applied], term: int,
+          principal_of: Callable[[str], str] = _no_principal) -> list[Outbound]:
+    """What the committed events of `batch` justify sending, in order (offers last, per framework).
+    `principal_of(framework_id)`: the principal a framework was recorded under (its RunTasks carry it)."""
     out: list[Outbound] = []
     offers: dict[str, list[Offer]] = {}
     wanted = False
@@ -266,7 +273,8 @@ def react(batch: Iterable[Applied], term: int) -> list[Outbound]:
             if isinstance(event, FREES_RESOURCES):
                 wanted = True
             if isinstance(event, ev.TaskLaunched):
-                out.append(RunTask(event.agent_id, term, event.task, traceparent))
+                out.append(RunTask(event.agent_id, term, event.task, traceparent,
+                                   principal_of(event.task.framework_id)))
             elif isinstance(event, ev.TaskKillRequested):
                 out.append(KillTask(event.agent_id, term, event.framework_id, event.task_id,
                                     event.grace_period_seconds))

@@ -210,9 +210,17 @@ class LeaderDuties:
             if batch is None:
                 return
             try:
-                self.deliver(duties.react(batch, self.term()))
+                self.deliver(duties.react(batch, self.term(), self._principal_of))
             except Exception:  # noqa: BLE001 - a reaction bug must not stop the reactor
                 log.exception("reaction failed")
+
+    def _principal_of(self, framework_id: str) -> str:
+        """The principal framework `framework_id` was recorded under (it never changes); "" if unknown."""
+        def read(state: Any) -> str:
+            framework = state.frameworks.get(framework_id)
+            return framework.info.principal if framework is not None else ""
+
+        return str(self.master.read_state(read))
 
     def deliver(self, outbound: Iterable[duties.Outbound]) -> None:
         """Send what the duties decided, each stream's messages in order, coalesced where it allows."""
@@ -387,7 +395,8 @@ def _agent_message(group: tuple[duties.ToAgent, ...]) -> agent_pb2.MasterMessage
     """One agent message for a group of `duties.coalesce` (a run of RunTasks or one other message)."""
     first = group[0]
     if isinstance(first, duties.RunTask):
-        runs = [agent_pb2.RunTask(task=to_proto(m.task, common_pb2.TaskInfo), traceparent=m.traceparent)
+        runs = [agent_pb2.RunTask(task=to_proto(m.task, common_pb2.TaskInfo), traceparent=m.traceparent,
+                                  principal=m.principal)
                 for m in group if isinstance(m, duties.RunTask)]
         if len(runs) == 1:
             return agent_pb2.MasterMessage(term=first.term, run_task=runs[0])

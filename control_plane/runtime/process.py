@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from tessera.control_plane.api.agentlink import AgentLinkService
-from tessera.control_plane.api.auth import AclFileError, Guard, load_acl
+from tessera.control_plane.api.auth import AclFileError, Guard, load_acl, reload_acl
 from tessera.control_plane.api.client import MasterClient
+from tessera.control_plane.api.files_proxy import FilesProxy
 from tessera.control_plane.api.operator import ADDRESS_RE, OperatorService
 from tessera.control_plane.api.scheduler import SchedulerService
 from tessera.control_plane.api.server import MasterServer
@@ -165,7 +166,7 @@ def build_master(config: MasterConfig) -> tuple[Master, LeaderDuties, MasterServ
     duties = LeaderDuties(master, config.leader, allocator=default_allocator(config.leader))
     server = MasterServer(
         OperatorService(master, peer_quorum=lambda address: _peer_quorum(address, security.client), duties=duties,
-                        guard=security.guard),
+                        guard=security.guard, files=FilesProxy(master, security.client)),
         agent_link=AgentLinkService(duties, first_message_timeout=config.limits.agent_register_timeout),
         scheduler=SchedulerService(duties, guard=security.guard),
         max_workers=config.grpc_workers, tracer_provider=tracer_provider, guard=security.guard, limits=config.limits,
@@ -176,16 +177,6 @@ def build_master(config: MasterConfig) -> tuple[Master, LeaderDuties, MasterServ
         events.close()
         raise StartupError(f"--grpc: cannot listen on {config.grpc_address} ({exc})") from exc
     return master, duties, server
-
-
-def _reload_acl(guard: Guard, path: Path) -> None:
-    try:
-        acl = load_acl(path)
-    except AclFileError as exc:
-        log.error("ACL not reloaded, the previous one stays in force: %s", exc)
-        return
-    guard.replace_acl(acl)
-    log.info("ACL reloaded from %s: %d principal(s)", path, len(acl.grants))
 
 
 def run_master(config: MasterConfig) -> int:
@@ -213,9 +204,9 @@ def run_master(config: MasterConfig) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    reload_acl = threading.Event()
+    acl_reload = threading.Event()
     if config.acl_path is not None:
-        signal.signal(signal.SIGHUP, lambda _signum, _frame: reload_acl.set())
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: acl_reload.set())
     try:
         master.start()
     except Exception as exc:  # noqa: BLE001 - report a startup failure as one line
@@ -238,9 +229,9 @@ def run_master(config: MasterConfig) -> int:
         log.warning("INSECURE: no --acl: every peer with a certificate from the CA may do anything (--insecure-dev)")
     while not stop.wait(0.5):
         master.maybe_announce()
-        if reload_acl.is_set() and config.acl_path is not None:
-            reload_acl.clear()
-            _reload_acl(server.guard, config.acl_path)
+        if acl_reload.is_set() and config.acl_path is not None:
+            acl_reload.clear()
+            reload_acl(server.guard, config.acl_path)
     duties.stop()
     server.stop()
     if metrics is not None:

@@ -193,7 +193,7 @@ def secured_cluster(root: Path, pki: Path, tokens: Mapping[str, str], *, masters
             c.logs.append(root / f"{name}.log")
             c.procs.append(spawn([*TESSERA, "agent", "--masters", ",".join(c.grpc_addresses), "--data-dir",
                                   str(root / name), "--resources", spec.resources, "--hostname", spec.hostname,
-                                  "--tls-dir", str(tls_dir)], c.logs[-1], env))
+                                  "--tls-dir", str(tls_dir), "--acl", str(pki / "acl.toml")], c.logs[-1], env))
         if agents:
             wait_for(lambda: sum(1 for a in c.state().agents if a.connected and a.state == common_pb2.AGENT_ACTIVE)
                      == len(agents), timeout=timeout, what=f"{len(agents)} agent(s) to register over mTLS")

@@ -316,7 +316,12 @@ class RunTask(_message.Message):
 
     TASK_FIELD_NUMBER: _builtins.int
     TRACEPARENT_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
     traceparent: _builtins.str
+    principal: _builtins.str
+    """The principal the task's framework subscribed as, as the master recorded it (it never changes): the
+    agent's file service lets that principal read the task's sandbox (docs/files.md).
+    """
     @_builtins.property
     def task(self) -> _common_pb2.TaskInfo: ...
     def __init__(
@@ -324,10 +329,11 @@ class RunTask(_message.Message):
         *,
         task: _common_pb2.TaskInfo | None = ...,
         traceparent: _builtins.str = ...,
+        principal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task", b"task", "traceparent", b"traceparent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["principal", b"principal", "task", b"task", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

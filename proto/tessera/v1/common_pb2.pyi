@@ -797,10 +797,13 @@ class AgentInfo(_message.Message):
     ISOLATOR_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     CONTAINERS_FIELD_NUMBER: _builtins.int
+    FILES_ADDRESS_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     hostname: _builtins.str
     isolator: _builtins.str
     version: _builtins.str
+    files_address: _builtins.str
+    """HOST:PORT of the agent's file service (tessera.v1.Files, docs/files.md); empty: it serves none."""
     @_builtins.property
     def resources(self) -> _containers.RepeatedCompositeFieldContainer[Global___Resource]: ...
     @_builtins.property
@@ -817,10 +820,11 @@ class AgentInfo(_message.Message):
         isolator: _builtins.str = ...,
         version: _builtins.str = ...,
         containers: Global___ContainerSupport | None = ...,
+        files_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["containers", b"containers"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "attributes", b"attributes", "containers", b"containers", "hostname", b"hostname", "isolator", b"isolator", "resources", b"resources", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "attributes", b"attributes", "containers", b"containers", "files_address", b"files_address", "hostname", b"hostname", "isolator", b"isolator", "resources", b"resources", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

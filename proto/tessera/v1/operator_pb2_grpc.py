@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from tessera.v1 import files_pb2 as tessera_dot_v1_dot_files__pb2
 from tessera.v1 import operator_pb2 as tessera_dot_v1_dot_operator__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -128,6 +129,26 @@ class OperatorStub:
                 '/tessera.v1.Operator/WriteFrameworkState',
                 request_serializer=tessera_dot_v1_dot_operator__pb2.WriteFrameworkStateRequest.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_operator__pb2.WriteFrameworkStateResponse.FromString,
+                _registered_method=True)
+        self.ListFiles = channel.unary_unary(
+                '/tessera.v1.Operator/ListFiles',
+                request_serializer=tessera_dot_v1_dot_files__pb2.ListFilesRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_files__pb2.ListFilesResponse.FromString,
+                _registered_method=True)
+        self.StatFile = channel.unary_unary(
+                '/tessera.v1.Operator/StatFile',
+                request_serializer=tessera_dot_v1_dot_files__pb2.StatFileRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_files__pb2.StatFileResponse.FromString,
+                _registered_method=True)
+        self.ReadFile = channel.unary_unary(
+                '/tessera.v1.Operator/ReadFile',
+                request_serializer=tessera_dot_v1_dot_files__pb2.ReadFileRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_files__pb2.ReadFileResponse.FromString,
+                _registered_method=True)
+        self.FollowFile = channel.unary_stream(
+                '/tessera.v1.Operator/FollowFile',
+                request_serializer=tessera_dot_v1_dot_files__pb2.FollowFileRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_files__pb2.FollowFileResponse.FromString,
                 _registered_method=True)
 
 
@@ -263,6 +284,33 @@ class OperatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListFiles(self, request, context):
+        """A task's sandbox through the master, for clients that cannot reach the agents (docs/files.md): the
+        master checks the caller against the task's framework, then forwards the call to the task's agent's
+        file service (tessera.v1.Files). UNAVAILABLE, naming the agent, when that agent is gone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StatFile(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadFile(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FollowFile(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -360,6 +408,26 @@ def add_OperatorServicer_to_server(servicer, server):
                     servicer.WriteFrameworkState,
                     request_deserializer=tessera_dot_v1_dot_operator__pb2.WriteFrameworkStateRequest.FromString,
                     response_serializer=tessera_dot_v1_dot_operator__pb2.WriteFrameworkStateResponse.SerializeToString,
+            ),
+            'ListFiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFiles,
+                    request_deserializer=tessera_dot_v1_dot_files__pb2.ListFilesRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_files__pb2.ListFilesResponse.SerializeToString,
+            ),
+            'StatFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.StatFile,
+                    request_deserializer=tessera_dot_v1_dot_files__pb2.StatFileRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_files__pb2.StatFileResponse.SerializeToString,
+            ),
+            'ReadFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadFile,
+                    request_deserializer=tessera_dot_v1_dot_files__pb2.ReadFileRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_files__pb2.ReadFileResponse.SerializeToString,
+            ),
+            'FollowFile': grpc.unary_stream_rpc_method_handler(
+                    servicer.FollowFile,
+                    request_deserializer=tessera_dot_v1_dot_files__pb2.FollowFileRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_files__pb2.FollowFileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -875,6 +943,114 @@ class Operator:
             '/tessera.v1.Operator/WriteFrameworkState',
             tessera_dot_v1_dot_operator__pb2.WriteFrameworkStateRequest.SerializeToString,
             tessera_dot_v1_dot_operator__pb2.WriteFrameworkStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Operator/ListFiles',
+            tessera_dot_v1_dot_files__pb2.ListFilesRequest.SerializeToString,
+            tessera_dot_v1_dot_files__pb2.ListFilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StatFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Operator/StatFile',
+            tessera_dot_v1_dot_files__pb2.StatFileRequest.SerializeToString,
+            tessera_dot_v1_dot_files__pb2.StatFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Operator/ReadFile',
+            tessera_dot_v1_dot_files__pb2.ReadFileRequest.SerializeToString,
+            tessera_dot_v1_dot_files__pb2.ReadFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FollowFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tessera.v1.Operator/FollowFile',
+            tessera_dot_v1_dot_files__pb2.FollowFileRequest.SerializeToString,
+            tessera_dot_v1_dot_files__pb2.FollowFileResponse.FromString,
             options,
             channel_credentials,
             insecure,

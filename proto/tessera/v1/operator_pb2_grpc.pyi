@@ -8,6 +8,7 @@ UNAVAILABLE with `tessera-leader` trailing metadata when this master is not the 
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from tessera.v1 import files_pb2 as _files_pb2
 from tessera.v1 import operator_pb2 as _operator_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -72,6 +73,14 @@ class OperatorStub:
     in one entry, compare-and-set on each key's version (FAILED_PRECONDITION + tessera-conflict: version),
     but not fenced by the framework's lease.
     """
+    ListFiles: _grpc.UnaryUnaryMultiCallable[_files_pb2.ListFilesRequest, _files_pb2.ListFilesResponse]
+    """A task's sandbox through the master, for clients that cannot reach the agents (docs/files.md): the
+    master checks the caller against the task's framework, then forwards the call to the task's agent's
+    file service (tessera.v1.Files). UNAVAILABLE, naming the agent, when that agent is gone.
+    """
+    StatFile: _grpc.UnaryUnaryMultiCallable[_files_pb2.StatFileRequest, _files_pb2.StatFileResponse]
+    ReadFile: _grpc.UnaryUnaryMultiCallable[_files_pb2.ReadFileRequest, _files_pb2.ReadFileResponse]
+    FollowFile: _grpc.UnaryStreamMultiCallable[_files_pb2.FollowFileRequest, _files_pb2.FollowFileResponse]
 
 @_typing.type_check_only
 class OperatorAsyncStub(OperatorStub):
@@ -114,6 +123,14 @@ class OperatorAsyncStub(OperatorStub):
     in one entry, compare-and-set on each key's version (FAILED_PRECONDITION + tessera-conflict: version),
     but not fenced by the framework's lease.
     """
+    ListFiles: _aio.UnaryUnaryMultiCallable[_files_pb2.ListFilesRequest, _files_pb2.ListFilesResponse]  # type: ignore[assignment]
+    """A task's sandbox through the master, for clients that cannot reach the agents (docs/files.md): the
+    master checks the caller against the task's framework, then forwards the call to the task's agent's
+    file service (tessera.v1.Files). UNAVAILABLE, naming the agent, when that agent is gone.
+    """
+    StatFile: _aio.UnaryUnaryMultiCallable[_files_pb2.StatFileRequest, _files_pb2.StatFileResponse]  # type: ignore[assignment]
+    ReadFile: _aio.UnaryUnaryMultiCallable[_files_pb2.ReadFileRequest, _files_pb2.ReadFileResponse]  # type: ignore[assignment]
+    FollowFile: _aio.UnaryStreamMultiCallable[_files_pb2.FollowFileRequest, _files_pb2.FollowFileResponse]  # type: ignore[assignment]
 
 class OperatorServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -267,5 +284,37 @@ class OperatorServicer(metaclass=_abc_1.ABCMeta):
         in one entry, compare-and-set on each key's version (FAILED_PRECONDITION + tessera-conflict: version),
         but not fenced by the framework's lease.
         """
+
+    @_abc_1.abstractmethod
+    def ListFiles(
+        self,
+        request: _files_pb2.ListFilesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_files_pb2.ListFilesResponse, _abc.Awaitable[_files_pb2.ListFilesResponse]]:
+        """A task's sandbox through the master, for clients that cannot reach the agents (docs/files.md): the
+        master checks the caller against the task's framework, then forwards the call to the task's agent's
+        file service (tessera.v1.Files). UNAVAILABLE, naming the agent, when that agent is gone.
+        """
+
+    @_abc_1.abstractmethod
+    def StatFile(
+        self,
+        request: _files_pb2.StatFileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_files_pb2.StatFileResponse, _abc.Awaitable[_files_pb2.StatFileResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReadFile(
+        self,
+        request: _files_pb2.ReadFileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_files_pb2.ReadFileResponse, _abc.Awaitable[_files_pb2.ReadFileResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def FollowFile(
+        self,
+        request: _files_pb2.FollowFileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_files_pb2.FollowFileResponse], _abc.AsyncIterator[_files_pb2.FollowFileResponse]]: ...
 
 def add_OperatorServicer_to_server(servicer: OperatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

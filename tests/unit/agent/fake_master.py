@@ -195,8 +195,9 @@ class FakeMaster(agent_pb2_grpc.AgentLinkServicer):
         message.term = self.term if term is None else term
         self.current().out.put(message)
 
-    def run_task(self, task: Any, term: int | None = None, traceparent: str = "") -> None:
-        self.send(agent_pb2.MasterMessage(run_task=agent_pb2.RunTask(task=task, traceparent=traceparent)), term)
+    def run_task(self, task: Any, term: int | None = None, traceparent: str = "", principal: str = "") -> None:
+        self.send(agent_pb2.MasterMessage(run_task=agent_pb2.RunTask(task=task, traceparent=traceparent,
+                                                                     principal=principal)), term)
 
     def run_tasks(self, tasks: list[Any], term: int | None = None) -> None:
         """Several tasks in one `run_tasks` message (only to an agent that announced BATCHED_MESSAGES)."""

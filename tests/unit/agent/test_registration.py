@@ -36,6 +36,10 @@ def test_an_agent_announces_its_configuration_isolator_version_and_capabilities(
     assert ad.resources == resolved.resources and dict(ad.attributes) == {"rack": "r1"}
     assert ad.capabilities == (BATCHED_MESSAGES,) == ("BATCHED_MESSAGES",)
     assert advertise(config(tmp_path, batch_messages=False), "rlimits").capabilities == ()
+    # where its file service serves its sandboxes (docs/files.md): in every registration's AgentInfo
+    assert ad.info("agent-1").files_address == ""
+    served = advertise(resolved, "rlimits", files_address="127.0.0.1:4242")
+    assert served.register("agent-1", "r").info.files_address == "127.0.0.1:4242"
     assert capabilities(batch_messages=True) == (BATCHED_MESSAGES,)
 
 

@@ -21,6 +21,7 @@ from tessera.control_plane.certs import init_dev_pki, issue_agent
 from tessera.control_plane.cli.main import cli
 from tessera.control_plane.core.acl import PEER_KINDS, Acl, parse_acl, token_digest
 from tessera.control_plane.tls import (
+    AGENT_SERVER_NAME,
     MASTER_NAME,
     ClientSecurity,
     TlsConfigError,
@@ -55,8 +56,10 @@ def test_every_kind_gets_a_tls_directory_signed_by_the_ca_naming_its_kind(pki: P
         assert sans.get_values_for_type(x509.UniformResourceIdentifier) == expected
         usages = c.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         assert ExtendedKeyUsageOID.CLIENT_AUTH in usages
-        assert (ExtendedKeyUsageOID.SERVER_AUTH in usages) == (kind == "master")
+        # masters serve gRPC, agents their sandboxes (docs/files.md); each under its own name only
+        assert (ExtendedKeyUsageOID.SERVER_AUTH in usages) == (kind in ("master", "agent"))
         assert (MASTER_NAME in sans.get_values_for_type(x509.DNSName)) == (kind == "master")
+        assert (AGENT_SERVER_NAME in sans.get_values_for_type(x509.DNSName)) == (kind == "agent")
         assert not c.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
         assert stat.S_IMODE((pki / kind / "key.pem").stat().st_mode) == 0o600
 

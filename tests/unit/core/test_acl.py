@@ -8,6 +8,7 @@ from tessera.control_plane.core.acl import (
     Acl,
     Caller,
     authenticate,
+    check_file_read,
     check_framework_call,
     check_launch,
     check_operator,
@@ -22,6 +23,7 @@ DOC = {"principals": {
     "analytics": {"token_sha256": token_digest("tok-analytics"), "roles": ["analytics"], "users": ["nobody"],
                   "actions": ["read"]},
     "ops": {"token_sha256": token_digest("tok-ops"), "actions": ["read", "drain", "quorum", "teardown"]},
+    "auditor": {"token_sha256": token_digest("tok-auditor"), "actions": ["read", "logs"]},
     "anything": {"token_sha256": token_digest("tok-any"), "roles": ["*"], "users": ["*", ""]},
 }}
 
@@ -179,3 +181,42 @@ def test_a_grant_naming_an_invalid_role_is_refused_with_its_key() -> None:
         parse_acl({"principals": {"bob": grant}})
     assert parse_acl({"principals": {"bob": {**grant, "roles": ["analytics", "*"]}}}).grants[0].roles == {
         "analytics", "*"}
+
+
+# ---- sandbox files (docs/files.md) -----------------------------------------------------------------------------
+def test_a_principal_reads_its_own_tasks_sandboxes_and_others_need_the_logs_action(acl: Acl) -> None:
+    analytics = caller(acl, "framework", "/tessera.v1.Files/Read", "tok-analytics")
+    check_file_read(analytics, "analytics")
+    with pytest.raises(PermissionDenied, match="principal analytics may not read the sandbox of principal ops's task"):
+        check_file_read(analytics, "ops")
+    with pytest.raises(PermissionDenied, match="does not know"):
+        check_file_read(analytics, None)  # a task whose owner was never told: only `logs` reads it
+    with pytest.raises(PermissionDenied):
+        check_file_read(analytics, "")
+    ops = caller(acl, "operator", "/tessera.v1.Files/Follow", "tok-ops")
+    with pytest.raises(PermissionDenied, match="the `logs` action"):
+        check_file_read(ops, "analytics")  # read_all-free `read` is not enough either
+    auditor = caller(acl, "operator", "/tessera.v1.Operator/ReadFile", "tok-auditor")
+    for owner in ("analytics", "ops", None):
+        check_file_read(auditor, owner)
+
+
+def test_file_calls_need_a_token_except_the_masters_proxy_and_agents_may_not_make_them(acl: Acl) -> None:
+    with pytest.raises(Unauthenticated):
+        caller(acl, "framework", "/tessera.v1.Files/List", None)
+    with pytest.raises(Unauthenticated):
+        caller(acl, "operator", "/tessera.v1.Operator/FollowFile", None)
+    proxy = caller(acl, "master", "/tessera.v1.Files/Follow", None)
+    assert proxy.grant is None
+    check_file_read(proxy, "anyone")  # the master checked the caller before forwarding
+    with pytest.raises(PermissionDenied, match="a agent certificate may not call Files.Read"):
+        check_peer("agent", "/tessera.v1.Files/Read")
+    with pytest.raises(PermissionDenied):
+        check_peer("master", "/tessera.v1.Operator/ReadFile")  # masters forward to agents, not to masters
+    for method in ("ListFiles", "StatFile", "ReadFile", "FollowFile"):
+        check_peer("framework", f"/tessera.v1.Operator/{method}")
+        check_peer("operator", f"/tessera.v1.Operator/{method}")
+
+
+def test_without_an_acl_anyone_reads_every_sandbox() -> None:
+    check_file_read(authenticate(None, None, "/tessera.v1.Files/Read", None), "whoever")

@@ -184,6 +184,10 @@ def test_react_sends_in_event_order_with_offers_last(h: Harness) -> None:
     out = duties.react([launched], term=3)
     (run,) = [o for o in out if isinstance(o, duties.RunTask)]
     assert (run.agent_id, run.term, run.task.task_id, run.traceparent) == (agent, 3, "t1", "00-tp")
+    # the framework's principal rides with the RunTask: the agent's file service checks readers against it
+    owned = duties.react([launched], term=3, principal_of=lambda framework_id: f"owner-of-{framework_id}")
+    (run,) = [o for o in owned if isinstance(o, duties.RunTask)]
+    assert run.principal == f"owner-of-{fw}"
     kill = _applied(h, *h.decide(c.Kill(fw, "t1")))
     offer2 = Offer(offer_id="", framework_id=fw, agent_id=agent, role="web", resources=Resources.of(cpus=0.5))
     issued = _applied(h, *h.decide(c.IssueOffers((offer2,))))

@@ -28,7 +28,8 @@ def node() -> Iterator[InProcessMaster]:
 def test_reactions_keep_each_streams_order_and_split_big_batches(node: InProcessMaster) -> None:
     def messages(agent_id: str) -> list[duties.ToAgent]:
         def run(task_id: str) -> duties.RunTask:
-            return duties.RunTask(agent_id, 7, TaskInfo(task_id=task_id, name=task_id), traceparent="00-x")
+            return duties.RunTask(agent_id, 7, TaskInfo(task_id=task_id, name=task_id), traceparent="00-x",
+                                  principal="alice")
 
         kill = duties.KillTask(agent_id, 7, "fw", "r-1", 2.0)
         return [run("r-0"), run("r-1"), kill] + [run(f"s-{i}") for i in range(MAX_PER_MESSAGE + 1)]
@@ -47,7 +48,8 @@ def test_reactions_keep_each_streams_order_and_split_big_batches(node: InProcess
     singles = [single.out.get_nowait() for _ in range(single.out.qsize())]
     assert [m.WhichOneof("kind") for m in singles] == ["run_task", "run_task", "kill_task"] + [
         "run_task"] * (MAX_PER_MESSAGE + 1)
-    assert singles[0].run_task.traceparent == "00-x"
+    assert singles[0].run_task.traceparent == "00-x" and singles[0].run_task.principal == "alice"
+    assert {r.principal for r in sent[0].run_tasks.tasks} == {"alice"}
 
     statuses = [TaskStatus(task_id=f"u-{i}", state=TaskState.TASK_RUNNING, uuid=f"uuid-{i}")
                 for i in range(MAX_PER_MESSAGE + 2)]
