@@ -38,8 +38,8 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tessera.agent.core.health import health_outcomes, reported_health
 from tessera.agent.core.files import SandboxEntry
+from tessera.agent.core.health import health_outcomes, reported_health
 from tessera.agent.core.tasks import (
     REASON_AGENT_RESTARTED,
     REASON_CONTAINER_LAUNCH_FAILED,

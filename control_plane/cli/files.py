@@ -20,7 +20,6 @@ UNAVAILABLE (the task's agent is gone or does not answer, named); bad flags exit
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from collections.abc import Iterator
@@ -30,18 +29,8 @@ from typing import IO, Any, NoReturn
 
 import click
 
-from tessera.control_plane.cli.inspect import _addresses, fail
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*\Z")
-_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(text: str) -> float:
-    """'10m' -> 600.0; s, m, h, d or plain seconds. ValueError for anything else."""
-    m = _DURATION.match(text)
-    if m is None:
-        raise ValueError(f"expected a duration like 30s, 10m, 2h or 1d, got {text!r}")
-    return float(m.group(1)) * _UNITS[m.group(2)]
+from tessera.control_plane.cli.inspect import fail
+from tessera.control_plane.cli.shared import ctx_of, parse_duration
 
 
 def _via_master_option(fn: Any) -> Any:
@@ -53,8 +42,8 @@ def _via_master_option(fn: Any) -> Any:
 def _files(obj: Any, via_master: bool) -> Any:
     from tessera.sdk.files import SandboxFiles
 
-    return SandboxFiles(_addresses(obj), getattr(obj, "security", None), via_master=via_master,
-                        timeout=float(getattr(obj, "timeout", 10.0) or 10.0))
+    ctx = ctx_of(obj)
+    return SandboxFiles(list(ctx.found.addresses), ctx.security, via_master=via_master, timeout=ctx.timeout)
 
 
 def _failed(exc: Exception) -> NoReturn:

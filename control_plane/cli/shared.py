@@ -283,12 +283,12 @@ class TesseraGroup(OneLineErrors, click.Group):
 
 
 # ---- values ------------------------------------------------------------------------------------------------
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_duration(text: str) -> float:
-    """'10s', '500ms', '2m', '1h' or a bare number of seconds -> seconds; ValueError otherwise."""
+    """'10s', '500ms', '2m', '1h', '1d' or a bare number of seconds -> seconds; ValueError otherwise."""
     match = _DURATION.match(text)
     if match is None:
         raise ValueError(f"expected a duration like 10s, 500ms, 2m or a number of seconds, got {text!r}")

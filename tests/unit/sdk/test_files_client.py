@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tessera.control_plane.cli.files import parse_duration
+from tessera.control_plane.cli.shared import parse_duration
 from tessera.sdk.files import split_task_ref, tail_start
 
 
