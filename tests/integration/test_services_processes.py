@@ -159,3 +159,22 @@ def test_a_rolling_update_keeps_the_minimum_healthy_and_the_standby_takes_over(c
             if p.poll() is None:
                 p.kill()
                 p.wait(10)
+
+
+def test_a_unique_hostname_constraint_leaves_the_third_instance_unplaced_and_says_why(
+        cluster: LocalCluster) -> None:
+    services = start_services(cluster, "services-1")
+    try:
+        wait_for(lambda: tessera(cluster, "service", "list").returncode == 0, 30, what="the framework registered")
+        unique = app(3, constraints=[["hostname", "UNIQUE"]])
+        assert tessera(cluster, "service", "apply", "-", stdin=unique).returncode == 0
+        wait_for(lambda: status(cluster, "web").get("healthy") == 2, 90, what="one healthy instance per agent")
+        wait_for(lambda: "hostname UNIQUE" in status(cluster, "web").get("unplaced", ""), 30,
+                 what="the reason the third instance waits")
+        hosts = [i.get("hostname") or i.get("agent_id") for i in status(cluster, "web")["instances"]]
+        assert len(hosts) == 2 and len(set(hosts)) == 2, hosts  # never two on one agent
+        assert tessera(cluster, "service", "scale", "web", "2").returncode == 0
+        wait_for(lambda: not status(cluster, "web").get("unplaced"), 30, what="nothing waiting after the scale")
+    finally:
+        services.kill()
+        services.wait(10)
