@@ -19,7 +19,7 @@ from tessera.sdk import CommandURI, Resources, SchedulerDriver, TaskInfo, TaskSt
 from tessera.v1 import operator_pb2
 from tests.support.artifacts import ArtifactServer, tar_bytes, zip_bytes
 from tests.support.cluster import LocalCluster, wait_for
-from tests.support.keeper import Keeper, launch, running
+from tests.support.recording import Recorder, launch, running
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -49,8 +49,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 
 @pytest.fixture(scope="module")
-def framework(cluster: LocalCluster) -> Iterator[tuple[Keeper, SchedulerDriver]]:
-    with running(Keeper(), cluster.grpc_addresses(), "fetcher-tests") as framework:
+def framework(cluster: LocalCluster) -> Iterator[tuple[Recorder, SchedulerDriver]]:
+    with running(Recorder(), cluster.grpc_addresses(), "fetcher-tests") as framework:
         yield framework
 
 
@@ -75,7 +75,7 @@ def agent_alive(cluster: LocalCluster) -> None:
 
 
 def test_artifacts_are_fetched_extracted_and_executable_and_a_second_task_hits_the_cache(
-        cluster: LocalCluster, server: ArtifactServer, framework: tuple[Keeper, SchedulerDriver]) -> None:
+        cluster: LocalCluster, server: ArtifactServer, framework: tuple[Recorder, SchedulerDriver]) -> None:
     keeper, _ = framework
     archive = server.add("/app.tgz", tar_bytes([("app/conf/greeting", b"hello", 0o644),
                                                 ("app/run.sh", b"#!/bin/sh\necho \"$(cat app/conf/greeting) $1\"\n",
@@ -99,7 +99,7 @@ def test_artifacts_are_fetched_extracted_and_executable_and_a_second_task_hits_t
 
 
 def test_an_unsupported_scheme_is_refused_at_the_accept_and_nothing_is_recorded(
-        cluster: LocalCluster, framework: tuple[Keeper, SchedulerDriver]) -> None:
+        cluster: LocalCluster, framework: tuple[Recorder, SchedulerDriver]) -> None:
     keeper, _ = framework
     launch(framework, task("ftp-task", "true", "ftp://127.0.0.1/tool"))
     refusal = keeper.wait(lambda: next((r for r in keeper.refusals if "ftp" in r), None), 60)
@@ -110,7 +110,7 @@ def test_an_unsupported_scheme_is_refused_at_the_accept_and_nothing_is_recorded(
 
 
 def test_failed_fetches_end_the_task_failed_naming_the_uri_and_the_agent_keeps_serving(
-        cluster: LocalCluster, server: ArtifactServer, framework: tuple[Keeper, SchedulerDriver]) -> None:
+        cluster: LocalCluster, server: ArtifactServer, framework: tuple[Recorder, SchedulerDriver]) -> None:
     keeper, _ = framework
     cases = {
         "missing": (server.url("/missing.tgz"), True, "HTTP 404"),
@@ -133,7 +133,7 @@ def test_failed_fetches_end_the_task_failed_naming_the_uri_and_the_agent_keeps_s
 
 
 def test_a_task_writing_as_fast_as_it_can_stays_within_the_rotation_bound(
-        cluster: LocalCluster, framework: tuple[Keeper, SchedulerDriver]) -> None:
+        cluster: LocalCluster, framework: tuple[Recorder, SchedulerDriver]) -> None:
     keeper, driver = framework
     launch(framework, task("chatty", "yes"))
     keeper.wait(lambda: any(s.task_id == "chatty" and s.state is TaskState.TASK_RUNNING for s in keeper.statuses))

@@ -5,10 +5,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from tessera.sdk import Filters, InvalidRequest, Offer, Scheduler, SchedulerDriver, TaskInfo, TaskStatus
+from tessera.sdk import (
+    Filters,
+    FrameworkInfo,
+    InvalidRequest,
+    Offer,
+    Scheduler,
+    SchedulerDriver,
+    TaskInfo,
+    TaskStatus,
+)
 
 T = TypeVar("T")
 
@@ -76,3 +86,21 @@ class Recorder(Scheduler):
 
     def final(self, task_id: str, timeout: float = 90.0) -> TaskStatus:
         return self.wait(lambda: next((s for s in self.of(task_id) if s.is_terminal), None), timeout)
+
+
+def launch(framework: tuple[Recorder, SchedulerDriver], task: TaskInfo) -> None:
+    """Hand `task` to the framework's recorder and ask for offers."""
+    recorder, driver = framework
+    recorder.launch(driver, task)
+
+
+@contextmanager
+def running(recorder: Recorder, masters: Sequence[str], name: str) -> Iterator[tuple[Recorder, SchedulerDriver]]:
+    """`recorder` subscribed as framework `name` for the block; torn down after it."""
+    driver = SchedulerDriver(recorder, FrameworkInfo(name=name, failover_timeout=60.0), list(masters))
+    driver.start()
+    try:
+        yield recorder, driver
+    finally:
+        driver.teardown()
+        driver.join(10)
