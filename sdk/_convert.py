@@ -141,6 +141,7 @@ def task_to_proto(task: TaskInfo) -> common_pb2.TaskInfo:
         task_id=task.task_id, name=task.name, agent_id=task.agent_id,
         resources=resources_to_proto(task.resources), command=command,
         kill_grace_period_seconds=task.kill_grace_period, labels=_labels(task.labels),
+        shutdown_delay_seconds=task.shutdown_delay,
         uris=[common_pb2.CommandURI(value=u.value, extract=u.extract, executable=u.executable,
                                     output_file=u.output_file, no_cache=u.no_cache) for u in task.uris],
     )
@@ -215,6 +216,7 @@ def task_from_proto(msg: common_pb2.TaskInfo) -> TaskInfo:
         labels=_mapping(msg.labels), working_dir=cmd.working_dir, user=cmd.user,
         container=_container_from_proto(msg.container) if msg.HasField("container") else None,
         health_check=_health_check_from_proto(msg.health_check) if msg.HasField("health_check") else None,
+        shutdown_delay=msg.shutdown_delay_seconds,
         uris=tuple(CommandURI(value=u.value, extract=u.extract, executable=u.executable, output_file=u.output_file,
                               no_cache=u.no_cache) for u in msg.uris),
     )

@@ -32,6 +32,7 @@ from tessera.control_plane.core.errors import InvalidRequest
 from tessera.control_plane.core.health_checks import check_health_check, check_health_check_form
 from tessera.control_plane.core.lifecycle import is_terminal
 from tessera.control_plane.core.resources import Interval, Resources
+from tessera.control_plane.core.state import MAX_SHUTDOWN_DELAY
 from tessera.control_plane.core.values import (
     CommandURI,
     HealthCheckType,
@@ -278,7 +279,9 @@ class TaskInfo:
     `command` is a shell string or an argv tuple; a container task (`container`) may leave it empty to
     run its image's entrypoint and command. `agent_id` may stay empty: `accept`/`launch` fill
     it in from the offers the task is launched on. `kill_grace_period` (seconds) is the time between
-    SIGTERM and SIGKILL when the task is killed; 0 means the agent's default. `uris` are fetched into
+    SIGTERM and SIGKILL when the task is killed; 0 means the agent's default. `shutdown_delay` (seconds,
+    Nomad's `shutdown_delay`) comes before that: a killed task is TASK_KILLING and out of service
+    discovery at once, and gets its SIGTERM only after this delay (docs/load-balancing.md). `uris` are fetched into
     the task's sandbox before it starts (docs/fetcher.md): `CommandURI` values, or plain URL strings for
     a file kept as downloaded."""
 
@@ -295,6 +298,7 @@ class TaskInfo:
     container: ContainerInfo | None = None
     uris: tuple[CommandURI, ...] = ()
     health_check: HealthCheck | None = None
+    shutdown_delay: float = 0.0
 
     def __post_init__(self) -> None:
         _set(self, "uris", tuple(CommandURI(u) if isinstance(u, str) else u for u in self.uris))
@@ -308,6 +312,8 @@ class TaskInfo:
             raise InvalidRequest(f"task {self.task_id}: command: nothing to run")
         if not math.isfinite(self.kill_grace_period) or self.kill_grace_period < 0:
             raise InvalidRequest(f"task {self.task_id}: kill_grace_period must be >= 0")
+        if not math.isfinite(self.shutdown_delay) or not 0 <= self.shutdown_delay <= MAX_SHUTDOWN_DELAY:
+            raise InvalidRequest(f"task {self.task_id}: shutdown_delay must be between 0 and {MAX_SHUTDOWN_DELAY:g}")
 
     @property
     def shell(self) -> bool:
@@ -320,7 +326,7 @@ class TaskInfo:
             task_id=self.task_id, resources=self.resources, command=self.command, name=self.name,
             agent_id=agent_id, env=self.env, kill_grace_period=self.kill_grace_period, labels=self.labels,
             working_dir=self.working_dir, user=self.user, container=self.container, uris=self.uris,
-            health_check=self.health_check,
+            health_check=self.health_check, shutdown_delay=self.shutdown_delay,
         )
 
     def check_health_check(self) -> None:

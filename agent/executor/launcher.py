@@ -13,8 +13,9 @@ Rules it keeps:
 - Nothing about a task lives only in this process: the sandbox files and the checkpointed supervisor pid
   + start time are enough for `observe` after an agent restart (a pid is trusted only when its start
   time matches, so a recycled pid is never taken for a supervisor).
-- `kill` writes the grace period to the sandbox, then sends SIGTERM to the supervisor, which carries out
-  SIGTERM / grace / SIGKILL on the task's session even if the agent dies meanwhile.
+- `kill` writes the shutdown delay and the grace period to the sandbox, then sends SIGTERM to the
+  supervisor, which carries out drain / SIGTERM / grace / SIGKILL on the task's session even if the agent
+  dies meanwhile.
 - With the fork server, the launcher learns that a supervisor exited when it happens
   (`watch_exits`); observation stays the way to learn what happened.
 - A launch that fails (sandbox, cgroups, supervisor start) raises `LaunchError` with the reason; a
@@ -470,12 +471,14 @@ class ProcessLauncher:
                 continue
 
     # ---- kill ------------------------------------------------------------------------------------------
-    def kill(self, handle: LaunchHandle, grace_period: float) -> None:
-        """Ask the supervisor to kill the task: SIGTERM now, SIGKILL after `grace_period` seconds."""
+    def kill(self, handle: LaunchHandle, grace_period: float, shutdown_delay: float = 0.0) -> None:
+        """Ask the supervisor to kill the task: SIGTERM after `shutdown_delay` seconds (the drain), SIGKILL
+        `grace_period` seconds later (agent/core/kills.py)."""
         handle.kill_requested = True
         try:
             write_json_atomic(handle.sandbox / KILL_FILE,
-                              {"grace_period_seconds": max(0.0, grace_period), "requested_at": time.time()},
+                              {"grace_period_seconds": max(0.0, grace_period),
+                               "shutdown_delay_seconds": max(0.0, shutdown_delay), "requested_at": time.time()},
                               durable=False)
         except OSError as exc:
             log.warning("cannot write the kill request of task %s: %s", handle.task_id, exc)

@@ -19,7 +19,8 @@ layout; every file is created 0600, every JSON file is written atomically: temp 
 - `stdout`, `stderr` and their rotations `stdout.1` ... `stdout.N`: the task's output, in the task's
   sandbox (`launch["sandbox"]`), owned by the task's user (see "Output" below). `stderr` also starts
   with one `tessera fetcher:` line per fetched URI.
-- `kill.json` (written by the agent before it sends SIGTERM to the supervisor): the grace period. Found
+- `kill.json` (written by the agent before it sends SIGTERM to the supervisor): the grace period and the
+  shutdown delay (the drain before the task's SIGTERM: agent/core/kills.py). Found
   when the supervisor starts, it means the launch was called off: the task is never started.
 - `health.json` (a health-checked task): the changes of its health its checker found, and the kill
   for failing the check (agent/executor/health.py); written only when something changes.
@@ -31,8 +32,9 @@ layout; every file is created 0600, every JSON file is written atomically: temp 
 Rules it keeps:
 - The task runs in its own session (its pid is its session and process group id), inside its cgroups
   from its first instruction (joined between fork and exec), with its rlimits.
-- SIGTERM to the supervisor means "kill the task": SIGTERM to the task's session, then SIGKILL to the
-  session (and its cgroups) when the grace period ends. The supervisor itself never dies of it, because it
+- SIGTERM to the supervisor means "kill the task": after the shutdown delay (the task drains: it is out
+  of service discovery and still serving), SIGTERM to the task's session, then SIGKILL to the
+  session (and its cgroups) when the grace period ends (the sequence: agent/core/kills.py). The supervisor itself never dies of it, because it
   must record the exit. SIGINT and SIGHUP are ignored (the agent's terminal is not the task's).
 - A task with a health check is checked from its start (task.json) by a thread of the supervisor, which
   kills it the same way, with the task's kill grace period, after `consecutive_failures` failed checks;
@@ -96,6 +98,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tessera.agent.core.kills import KillSequence, KillSignal, start_kill
 from tessera.agent.executor import containers, fetcher
 from tessera.agent.executor import health as health_checks
 from tessera.agent.executor.containers import ContainerLaunch
@@ -267,7 +270,8 @@ class Supervisor:
         self.grace = float(self.launch.get("grace_period_seconds") or DEFAULT_GRACE)
         self.child: subprocess.Popen[bytes] | None = None
         self.kill_requested = False
-        self.kill_deadline: float | None = None
+        self.kill_sequence: KillSequence | None = None  # once a kill started: drain, SIGTERM, SIGKILL
+        self.kill_sent = KillSignal.NONE
         self.killed = False  # we signalled the task on request
         self.unhealthy = ""  # why the health checker asked to kill the task ("" when it did not)
         self.health: health_checks.HealthChecker | None = None
@@ -332,14 +336,29 @@ class Supervisor:
         request = read_json(self.sandbox / KILL_FILE) or {}
         grace = request.get("grace_period_seconds")
         grace = self.grace if grace is None else max(0.0, float(grace))
-        self.log(f"kill {'for failing the health check' if self.unhealthy else 'requested'}; SIGTERM to the "
-                 f"task, SIGKILL in {grace:g}s")
+        delay = float(request.get("shutdown_delay_seconds") or 0.0)
+        self.kill_sequence = start_kill(time.monotonic(), grace, delay, unhealthy=bool(self.unhealthy))
+        drain = self.kill_sequence.shutdown_delay
+        self.log(f"kill {'for failing the health check' if self.unhealthy else 'requested'}; "
+                 + (f"draining {drain:g}s, then " if drain else "") + f"SIGTERM to the task, SIGKILL {grace:g}s later")
         self.killed = True
-        self.kill_deadline = time.monotonic() + grace
-        if grace <= 0:
-            self.signal_task(signal.SIGKILL)
-        else:
+
+    def _advance_kill(self) -> float | None:
+        """Send the signal the kill sequence has due now; seconds until the next one (None: none)."""
+        assert self.kill_sequence is not None
+        now = time.monotonic()
+        due, next_at = self.kill_sequence.step(now, self.kill_sent)
+        if due is KillSignal.TERM:
+            if self.kill_sequence.shutdown_delay:
+                self.log("drain over; SIGTERM to the task")
             self.signal_task(signal.SIGTERM)
+            self.kill_sent = due
+        elif due is KillSignal.KILL:
+            if self.kill_sequence.grace > 0:
+                self.log("grace period over; SIGKILL to the task")
+            self.signal_task(signal.SIGKILL)
+            self.kill_sent = due
+        return None if next_at is None else max(0.0, next_at - now)
 
     # ---- running ---------------------------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
@@ -545,17 +564,12 @@ class Supervisor:
                 status = self.child.poll()
                 if status is not None:
                     return status
-                if self.kill_requested and self.kill_deadline is None:
+                if self.kill_requested and self.kill_sequence is None:
                     self._start_kill()
                 timeout: float = 0.5 if pidfd is None else 5.0
-                if self.kill_deadline is not None:
-                    remaining = self.kill_deadline - time.monotonic()
-                    if remaining <= 0:
-                        self.log("grace period over; SIGKILL to the task")
-                        self.signal_task(signal.SIGKILL)
-                        self.kill_deadline = time.monotonic() + 3600  # once
-                        remaining = 0.5
-                    timeout = min(timeout, remaining)
+                if self.kill_sequence is not None:
+                    remaining = self._advance_kill()
+                    timeout = min(timeout, 0.5 if remaining is None else remaining)
                 for fd, _ in poller.poll(max(0, int(timeout * 1000))):
                     if fd == self._wake_r:
                         try:

@@ -258,8 +258,8 @@ class Agent(Recovery):
         longest = 0.0
         for task in self.tasks.live():
             grace = task.info.kill_grace_period_seconds or DEFAULT_KILL_GRACE
-            longest = max(longest, grace)
-            self.kill(task, grace)
+            longest = max(longest, task.info.shutdown_delay_seconds + grace)
+            self.kill(task, grace, task.info.shutdown_delay_seconds)
         self.shutdown_deadline = self.monotonic() + longest + SHUTDOWN_EXTRA
 
     # ---- time ------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from tessera.agent.core.files import SandboxEntry
 from tessera.agent.core.health import health_outcomes, reported_health
+from tessera.agent.core.kills import killing_message
 from tessera.agent.core.tasks import (
     REASON_AGENT_RESTARTED,
     REASON_CONTAINER_LAUNCH_FAILED,
@@ -240,9 +241,11 @@ class TaskRunner(UpdatePump):
                         kill.task_id, kill.framework_id)
             return
         grace = kill.grace_period_seconds or task.info.kill_grace_period_seconds or DEFAULT_KILL_GRACE
-        self.kill(task, grace)
+        self.kill(task, grace, task.info.shutdown_delay_seconds)
 
-    def kill(self, task: AgentTask, grace: float) -> None:
+    def kill(self, task: AgentTask, grace: float, shutdown_delay: float = 0.0) -> None:
+        """Kill `task`: TASK_KILLING first (discovery drops it), then its supervisor drains it for
+        `shutdown_delay` seconds, SIGTERM, SIGKILL after `grace` (agent/core/kills.py)."""
         if not self.tasks.request_kill(task.key, grace):
             return
         self.checkpoint.mark_kill(task.key, grace)
@@ -250,10 +253,10 @@ class TaskRunner(UpdatePump):
         if handle is None:
             return
         if self.tasks.can_record(task.key, TaskState.TASK_KILLING):
-            self.emit(task, Outcome(TaskState.TASK_KILLING, "", f"killing: SIGTERM, then SIGKILL after {grace:g}s"))
-        log.info("killing task %s (grace %gs)", task.task_id, grace)
+            self.emit(task, Outcome(TaskState.TASK_KILLING, "", killing_message(grace, shutdown_delay)))
+        log.info("killing task %s (shutdown delay %gs, grace %gs)", task.task_id, shutdown_delay, grace)
         self.checkpoint.sync()  # the kill request is on disk before the supervisor acts on it
-        self.launcher.kill(handle, grace)
+        self.launcher.kill(handle, grace, shutdown_delay)
         self.next_observe = self.monotonic()
 
     def on_supervisor_exited(self, pid: int) -> None:

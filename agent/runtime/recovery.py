@@ -61,7 +61,7 @@ class Recovery(TaskRunner):
                 if task.state is not TaskState.TASK_KILLING and self.tasks.can_record(task.key,
                                                                                        TaskState.TASK_KILLING):
                     self.emit(task, Outcome(TaskState.TASK_KILLING, "", "killing (again, after an agent restart)"))
-                self.launcher.kill(found, task.kill_grace)
+                self.launcher.kill(found, task.kill_grace, task.info.shutdown_delay_seconds)
             if task.terminal and not self.updates.has_pending(task.key):
                 self._mark_done(task)
             elif task.state is TaskState.TASK_STAGING and task.key not in self.handles:

@@ -71,6 +71,7 @@ MAX_SECONDS = 1e9  # ~31 years: any duration above this is a mistake and would o
 MAX_TIME = 1e11  # unix seconds (year ~5138): absolute times above this are garbage
 MAX_WEIGHT = 1e6
 DEFAULT_REFUSE_SECONDS = 5.0  # Mesos' default decline filter
+MAX_SHUTDOWN_DELAY = 3600.0  # a task's drain before its SIGTERM (TaskInfo.shutdown_delay_seconds): an hour at most
 MAX_REFUSE_SECONDS = 365 * 24 * 3600.0  # Mesos caps filters at a year; longer requests are clamped
 REQUEST_DEDUP_LIMIT = 50_000
 COMPLETED_TASKS_LIMIT = 10_000
@@ -643,6 +644,7 @@ def check_task_info(task: object, what: str = "task") -> TaskInfo:
     check_resources(task.resources, f"{what}.resources", allow_empty=False)
     check_command_info(task.command, f"{what}.command", required=task.container is None)
     check_number(task.kill_grace_period_seconds, f"{what}.kill_grace_period_seconds")
+    check_number(task.shutdown_delay_seconds, f"{what}.shutdown_delay_seconds", maximum=MAX_SHUTDOWN_DELAY)
     check_labels(task.labels, f"{what}.labels")
     check_uris(task, what)
     return task

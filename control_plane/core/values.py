@@ -187,6 +187,7 @@ class TaskInfo:
     container: ContainerInfo | None = None  # None: a command task on the agent's host
     uris: tuple[CommandURI, ...] = ()  # fetched into the sandbox before the task starts
     health_check: HealthCheck | None = None  # None: not health-checked
+    shutdown_delay_seconds: float = 0.0  # between TASK_KILLING and SIGTERM: the task leaves discovery first
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,11 @@
 """The tasks service discovery publishes, read from the masters' state (docs/dns.md, docs/load-balancing.md).
 
-A task is *ready* when it is TASK_RUNNING and, if it has a health check, its latest status says healthy
-(a task not yet checked is not ready: a client is never sent to an instance the agent has not seen
-healthy). Its address is its agent's: where its host ports are published (a command task's `ports`
+A task is *ready* (`is_ready`) when it is TASK_RUNNING and, if it has a health check, its latest status
+says healthy (a task not yet checked is not ready: a client is never sent to an instance the agent has not
+seen healthy). A task being killed is TASK_KILLING from the moment its agent starts the kill, so it leaves
+discovery at once, while it still runs: during its `shutdown_delay_seconds` it drains (the load balancer
+and DNS drop it, connections already made finish) before its SIGTERM — the drain sequence of
+docs/load-balancing.md. Its address is its agent's: where its host ports are published (a command task's `ports`
 resources, a container's port mappings), reachable from outside the container networks. An agent's
 address is its hostname when that is an IP address, else the host of its file-service address.
 
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 
 from tessera.v1 import common_pb2, operator_pb2
 
-__all__ = ["Endpoint", "Port", "agent_address", "dns_label", "endpoints_from_state"]
+__all__ = ["Endpoint", "Port", "agent_address", "dns_label", "endpoints_from_state", "is_ready"]
 
 _INVALID = re.compile(r"[^a-z0-9-]+")
 MAX_PORTS_PER_RANGE = 64  # a command task holding a port range publishes at most this many of it
@@ -64,8 +67,13 @@ def agent_address(info: common_pb2.AgentInfo) -> str | None:
     return None
 
 
-def _healthy(status: common_pb2.TaskStatus, has_check: bool) -> bool:
-    """A task with a health check counts once its latest status says healthy; one without, always."""
+def is_ready(view: operator_pb2.TaskView) -> bool:
+    """Whether discovery publishes the task: TASK_RUNNING (not STAGING, STARTING, KILLING or ended) and,
+    with a health check, seen healthy in its latest status."""
+    if view.state != common_pb2.TASK_RUNNING:
+        return False
+    has_check = "health_check" in view.task.DESCRIPTOR.fields_by_name and view.task.HasField("health_check")
+    status = view.last_status
     return not has_check or bool(status.HasField("healthy") and status.healthy)
 
 
@@ -76,10 +84,7 @@ def endpoints_from_state(state: operator_pb2.GetStateResponse) -> list[Endpoint]
     out: list[Endpoint] = []
     for view in state.tasks:
         task = view.task
-        if view.state != common_pb2.TASK_RUNNING:
-            continue
-        has_check = "health_check" in task.DESCRIPTOR.fields_by_name and task.HasField("health_check")
-        if not _healthy(view.last_status, has_check):
+        if not is_ready(view):
             continue
         info = agents.get(task.agent_id)
         address = agent_address(info) if info is not None else None

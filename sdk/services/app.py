@@ -3,13 +3,17 @@
     {"id": "web", "instances": 3, "cpus": 0.1, "mem": 64, "cmd": "python3 -m http.server $PORT0",
      "portDefinitions": [{"port": 0, "name": "http"}],
      "healthChecks": [{"protocol": "HTTP", "path": "/", "portIndex": 0}],
-     "constraints": [["hostname", "UNIQUE"]],
+     "constraints": [["hostname", "UNIQUE"]], "shutdownDelaySeconds": 3,
      "upgradeStrategy": {"minimumHealthCapacity": 1, "maximumOverCapacity": 1}}
 
 `parse_app(data)` turns a parsed JSON/YAML document into an `App` or raises `AppError` naming the field's
 path (`container.portMappings[1].containerPort: ...`). Unknown fields are refused (a typo must not be
 silently ignored), as are negative counts, impossible constraints and colliding ports. `App.to_json()`
 gives the canonical document back (what the framework stores; `version` is its digest).
+
+`shutdownDelaySeconds` (Nomad's `shutdown_delay`; default 0) is how long an instance being stopped — replaced
+by a deployment, scaled down, restarted — stays TASK_KILLING and out of DNS and the load balancer, still
+serving what it has, before its SIGTERM (`TaskInfo.shutdown_delay`; docs/load-balancing.md).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from tessera.control_plane.core.state import MAX_SHUTDOWN_DELAY
 
 __all__ = ["App", "AppError", "Constraint", "HealthCheckSpec", "PortSpec", "UpgradeStrategy", "parse_app"]
 
@@ -92,6 +98,7 @@ class App:
     backoff_factor: float = 1.15
     max_launch_delay_seconds: float = 300.0
     user: str = ""
+    shutdown_delay_seconds: float = 0.0  # between an instance's TASK_KILLING and its SIGTERM
     source: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)  # canonical document
 
     @property
@@ -114,7 +121,7 @@ class App:
 # ---- parsing -----------------------------------------------------------------------------------------------
 _APP_FIELDS = {"id", "instances", "cpus", "mem", "disk", "cmd", "args", "container", "portDefinitions", "env",
                "labels", "healthChecks", "constraints", "upgradeStrategy", "backoffSeconds", "backoffFactor",
-               "maxLaunchDelaySeconds", "user"}
+               "maxLaunchDelaySeconds", "user", "shutdownDelaySeconds"}
 
 
 def _fail(path: str, message: str) -> AppError:
@@ -299,9 +306,10 @@ def parse_app(data: Any) -> App:
     backoff = _number(doc.get("backoffSeconds", 1.0), "backoffSeconds", maximum=3600)
     factor = _number(doc.get("backoffFactor", 1.15), "backoffFactor", minimum=1.0, maximum=100)
     max_delay = _number(doc.get("maxLaunchDelaySeconds", 300.0), "maxLaunchDelaySeconds", maximum=86400)
+    shutdown_delay = _number(doc.get("shutdownDelaySeconds", 0.0), "shutdownDelaySeconds", maximum=MAX_SHUTDOWN_DELAY)
     return App(
         id=app_id, instances=instances, cpus=cpus, mem=mem, disk=disk, cmd=cmd, args=args, image=image,
         network=network, ports=tuple(ports), env=_pairs(doc.get("env", {}), "env"),
         labels=_pairs(doc.get("labels", {}), "labels"), health_checks=checks, constraints=constraints,
         upgrade=upgrade, backoff_seconds=backoff, backoff_factor=factor, max_launch_delay_seconds=max_delay,
-        user=_text(doc.get("user", ""), "user", limit=255), source=json.loads(json.dumps(doc)))
+        user=_text(doc.get("user", ""), "user", limit=255), shutdown_delay_seconds=shutdown_delay, source=json.loads(json.dumps(doc)))

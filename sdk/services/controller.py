@@ -344,7 +344,7 @@ class ServiceController(Scheduler):
         command: str | tuple[str, ...] = app.cmd or app.args
         return TaskInfo(task_id=task_id_of(app, uuid.uuid4().hex[:8]), name=app.id, resources=resources,
                         command=command, env=env, labels=labels, container=container, user=app.user,
-                        health_check=self._health_check(app, ports))
+                        health_check=self._health_check(app, ports), shutdown_delay=app.shutdown_delay_seconds)
 
     @staticmethod
     def _health_check(app: App, ports: list[int]) -> HealthCheck | None:

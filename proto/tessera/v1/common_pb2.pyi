@@ -248,11 +248,18 @@ class TaskInfo(_message.Message):
     CONTAINER_FIELD_NUMBER: _builtins.int
     URIS_FIELD_NUMBER: _builtins.int
     HEALTH_CHECK_FIELD_NUMBER: _builtins.int
+    SHUTDOWN_DELAY_SECONDS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     name: _builtins.str
     framework_id: _builtins.str
     agent_id: _builtins.str
     kill_grace_period_seconds: _builtins.float
+    shutdown_delay_seconds: _builtins.float
+    """Seconds between the task's TASK_KILLING and its SIGTERM when it is killed (Nomad's `shutdown_delay`):
+    discovery (`tessera dns`, `tessera lb`) drops a KILLING task at once, so the task leaves the load
+    balancer while it still serves, and only then is told to stop (docs/load-balancing.md). 0: SIGTERM
+    at once. Not applied to a kill for failing the health check, nor to the agent's own cleanup kills.
+    """
     @_builtins.property
     def resources(self) -> _containers.RepeatedCompositeFieldContainer[Global___Resource]: ...
     @_builtins.property
@@ -289,10 +296,11 @@ class TaskInfo(_message.Message):
         container: Global___ContainerInfo | None = ...,
         uris: _abc.Iterable[Global___CommandURI] | None = ...,
         health_check: Global___HealthCheck | None = ...,
+        shutdown_delay_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_container", b"_container", "_health_check", b"_health_check", "command", b"command", "container", b"container", "health_check", b"health_check"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_container", b"_container", "_health_check", b"_health_check", "agent_id", b"agent_id", "command", b"command", "container", b"container", "framework_id", b"framework_id", "health_check", b"health_check", "kill_grace_period_seconds", b"kill_grace_period_seconds", "labels", b"labels", "name", b"name", "resources", b"resources", "task_id", b"task_id", "uris", b"uris"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_container", b"_container", "_health_check", b"_health_check", "agent_id", b"agent_id", "command", b"command", "container", b"container", "framework_id", b"framework_id", "health_check", b"health_check", "kill_grace_period_seconds", b"kill_grace_period_seconds", "labels", b"labels", "name", b"name", "resources", b"resources", "shutdown_delay_seconds", b"shutdown_delay_seconds", "task_id", b"task_id", "uris", b"uris"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__container: _TypeAlias = _typing.Literal["container"]  # noqa: Y015
     _WhichOneofArgType__container: _TypeAlias = _typing.Literal["_container", b"_container"]  # noqa: Y015
