@@ -340,7 +340,8 @@ class Supervisor:
         self.kill_sequence = start_kill(time.monotonic(), grace, delay, unhealthy=bool(self.unhealthy))
         drain = self.kill_sequence.shutdown_delay
         self.log(f"kill {'for failing the health check' if self.unhealthy else 'requested'}; "
-                 + (f"draining {drain:g}s, then " if drain else "") + f"SIGTERM to the task, SIGKILL {grace:g}s later")
+                 + (f"draining {drain:g}s, then " if drain else "") + f"SIGTERM to the task, SIGKILL in {grace:g}s"
+                 + (" after it" if drain else ""))
         self.killed = True
 
     def _advance_kill(self) -> float | None:

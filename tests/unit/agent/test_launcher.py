@@ -160,6 +160,26 @@ def test_kill_sends_sigterm_then_sigkill_after_the_grace_period(launcher: Proces
     assert log.index("SIGKILL in 1s") < log.index("grace period over")
 
 
+def test_a_kill_with_a_shutdown_delay_drains_before_sigterm(launcher: ProcessLauncher) -> None:
+    # The task records SIGTERM and keeps ticking; the supervisor must leave it alone for the drain first.
+    script = ("trap 'echo got-term >> life.log' TERM; echo ready; "
+              "while true; do echo tick >> life.log; sleep 0.05; done")
+    handle = launcher.launch(shell_task(script))
+    wait(launcher, handle, lambda o: o.started and (handle.task_dir / "stdout").read_text() == "ready\n")
+    killed_at = time.monotonic()
+    launcher.kill(handle, 0.5, shutdown_delay=1.0)
+    obs = wait(launcher, handle, lambda o: o.ended)
+    elapsed = time.monotonic() - killed_at
+    launcher.release(handle)
+    assert obs.exit is not None and obs.exit.signal == signal.SIGKILL and obs.exit.killed
+    life = (handle.task_dir / "life.log").read_text().splitlines()
+    assert "got-term" in life and "tick" in life[life.index("got-term") + 1:]
+    assert elapsed >= 1.5  # a lower bound: the drain, then the grace period, before SIGKILL
+    log = (handle.sandbox / "supervisor.log").read_text()
+    assert "draining 1s, then SIGTERM to the task, SIGKILL in 0.5s after it" in log
+    assert log.index("draining 1s") < log.index("drain over; SIGTERM") < log.index("grace period over")
+
+
 def test_task_that_honours_sigterm_ends_by_it(launcher: ProcessLauncher) -> None:
     handle = launcher.launch(argv_task("sleep", "60"))
     wait(launcher, handle, lambda o: o.started)
