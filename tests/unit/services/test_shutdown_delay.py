@@ -49,3 +49,11 @@ def test_the_sdk_and_the_master_refuse_a_negative_or_huge_delay() -> None:
                                      shutdown_delay_seconds=7200))
     assert check_task_info(CoreTaskInfo(task_id="t", resources=Resources.of(cpus=1), command=CommandInfo(value="x"),
                                         shutdown_delay_seconds=30)).shutdown_delay_seconds == 30
+
+
+def test_a_task_pickled_before_the_field_existed_loads_without_a_delay() -> None:
+    task = CoreTaskInfo(task_id="t", resources=Resources.of(cpus=1), command=CommandInfo(value="x"))
+    state = task.__getstate__()  # type: ignore[attr-defined]
+    older = CoreTaskInfo.__new__(CoreTaskInfo)
+    older.__setstate__(list(state)[:-1])  # type: ignore[attr-defined]  # as written before field 12
+    assert older == task and older.shutdown_delay_seconds == 0.0
