@@ -13,10 +13,12 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import click
 
+from tessera.control_plane.cli.definitions import FORMATS, DefinitionError, load_definition
 from tessera.control_plane.cli.shared import fail
 
 PAGE = 1000
@@ -100,13 +102,15 @@ def _write(c: Any, fid: str, key: str, value: str | None, version: int) -> int:
     return int(resp.versions[0])
 
 
-def _parse(doc: Any) -> Any:
+def _parse(doc: Any, where: Callable[[str], str] = lambda path: "") -> Any:
+    """The app in `doc`, or exit 2 with the field's path (and, from a YAML file, where it was written)."""
     from tessera.sdk.services.app import AppError, parse_app
 
     try:
         return parse_app(doc)
     except AppError as exc:
-        fail(f"refused: {exc}", 2)
+        found = where(str(exc).split(": ", 1)[0])
+        fail(f"refused: {exc}" + (f" ({found})" if found else ""), 2)
 
 
 def _current(c: Any, fid: str, app_id: str) -> tuple[dict[str, Any], int]:
@@ -132,15 +136,21 @@ def _done(c: Any, result: dict[str, Any], text: str) -> None:
 
 @service.command("apply")
 @click.argument("file", type=click.File("r"))
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+              help="the file's format [default: by its extension (.json, .yaml, .yml), else JSON when it starts "
+                   "with '{', else YAML]")
 @click.pass_obj
-def apply(c: Any, file: Any) -> None:
-    """Create or update a service from an app definition (JSON; `-` reads stdin)."""
-    text = file.read()
+def apply(c: Any, file: Any, fmt: str | None) -> None:
+    """Create or update a service from an app definition (JSON or YAML; `-` reads stdin)."""
+    name = "stdin" if file.name == "<stdin>" else file.name
     try:
-        doc = json.loads(text)
-    except ValueError as exc:
-        fail(f"refused: {file.name}: not JSON: {exc}", 2)
-    app = _parse(doc)
+        definition = load_definition(file.read(), name, fmt)
+    except DefinitionError as exc:
+        fail(f"refused: {name}: {exc}", 2)
+    except UnicodeDecodeError as exc:
+        fail(f"refused: {name}: not UTF-8 text: {exc.reason} at byte {exc.start}", 2)
+    doc = definition.data
+    app = _parse(doc, lambda path: f"{name}, {definition.where(path)}" if definition.where(path) else "")
     fid = _framework_id(c)
     result = _store(c, fid, doc, -1)
     _done(c, result, f"service {app.id}: version {app.version}, {app.instances} instance(s)")
