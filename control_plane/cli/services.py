@@ -31,10 +31,14 @@ PAGE = 1000
 @click.option("--role", default="default", show_default=True, help="the role the framework subscribes with")
 @click.option("--failover-timeout", type=click.FloatRange(min=1, max=604800), default=3600.0, show_default=True,
               help="seconds the master keeps the framework and its tasks when no instance is connected")
-def services_command(masters: str | None, poll: float, role: str, failover_timeout: float) -> None:
+@click.option("--teardown-on-exit", is_flag=True,
+              help="when stopped (SIGTERM, Ctrl-C) while active, end the framework: its tasks are killed and its "
+                   "apps forgotten (`tessera up --demo` runs it so, to leave no task behind)")
+def services_command(masters: str | None, poll: float, role: str, failover_timeout: float,
+                     teardown_on_exit: bool) -> None:
     """Run the service framework (several may run: one is active, the others stand by)."""
     from tessera.control_plane.cli.run import _root_masters, _security
-    from tessera.sdk import FrameworkInfo, SchedulerDriver
+    from tessera.sdk import FrameworkInfo, SchedulerDriver, TesseraError
     from tessera.sdk.grpc_transport import GrpcTransport
     from tessera.sdk.services.controller import FRAMEWORK_NAME, ServiceController
 
@@ -50,14 +54,22 @@ def services_command(masters: str | None, poll: float, role: str, failover_timeo
 
     def stop(signum: int, frame: Any) -> None:
         done.set()
-        driver.stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     controller.start_polling()
     driver.start()
-    driver.join()
+    while not done.wait(0.2) and not driver.join(0):
+        pass
     controller.stop_polling()
+    if done.is_set() and teardown_on_exit and driver.framework_id and not driver.is_standby:
+        try:
+            driver.teardown()
+            click.echo("tessera services: stopped; the framework is torn down (its tasks are killed)")
+        except TesseraError as exc:
+            click.echo(f"tessera services: teardown failed: {exc}", err=True)
+    driver.stop()
+    driver.join(10)
 
 
 # ---- operators' commands ---------------------------------------------------------------------------------
