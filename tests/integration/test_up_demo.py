@@ -63,8 +63,13 @@ def test_up_demo_runs_a_healthy_hello_service_found_by_dns_and_reached_through_h
         assert lb_url.startswith("http://127.0.0.1:") and lb_url == state["lb"]["url"]
 
         # kept by the service framework: 2 instances running and healthy
-        row = wait_for(lambda: (r := hello_row(tmp_path)).get("healthy") == 2 and r, 120,
-                       what="2 healthy instances of hello")
+        try:
+            row = wait_for(lambda: (r := hello_row(tmp_path)).get("healthy") == 2 and r, 120,
+                           what="2 healthy instances of hello")
+        except TimeoutError as exc:
+            show = subprocess.run([*TESSERA, "service", "show", "hello"], cwd=tmp_path, env=clean_env(),
+                                  capture_output=True, text=True, timeout=60)
+            raise AssertionError(f"{exc}\n{show.stdout}{show.stderr}\n{up.output()}") from None
         assert row["wanted"] == 2 and row["running"] == 2
 
         # answered by tessera dns: the address, and a SRV record per instance with its host port
@@ -109,6 +114,11 @@ def test_up_demo_runs_a_healthy_hello_service_found_by_dns_and_reached_through_h
         assert json.loads(state_file.read_text())["lb"]["pid"] is None
     finally:
         kill_all(up, pids)
-        for p in tasks:
+        # a test that failed midway leaves the demo's tasks running (an agent's tasks outlive it): they are
+        # ours because they run in this test's directory, and would hold the agent's ports for the next run
+        for p in [*tasks, *processes_in(tmp_path)]:
             if not gone(p.pid):
-                p.kill()
+                try:
+                    p.kill()
+                except psutil.NoSuchProcess:
+                    pass
