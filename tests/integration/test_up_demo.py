@@ -108,9 +108,9 @@ def test_up_demo_runs_a_healthy_hello_service_found_by_dns_and_reached_through_h
         assert up.proc.wait(timeout=90) == 0, up.output()
         up.reader.join(timeout=10)
         assert all(gone(p) for p in pids), [p for p in pids if not gone(p)]
-        assert any("the framework is torn down" in line for line in up.lines), up.output()
         wait_for(lambda: not any(p.is_running() and not gone(p.pid) for p in tasks), 15,
                  what="the demo's tasks to end")
+        assert any("the framework is torn down" in line for line in up.lines), up.output()
         assert json.loads(state_file.read_text())["lb"]["pid"] is None
     finally:
         kill_all(up, pids)
