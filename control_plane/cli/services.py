@@ -139,6 +139,14 @@ def _store(c: Any, fid: str, doc: dict[str, Any], version: int) -> dict[str, Any
     return {"id": app.id, "version": app.version, "instances": app.instances}
 
 
+def _update(c: Any, app_id: str, change: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """APP_ID's stored definition, changed by `change`, checked and stored again (compare-and-set on the
+    version read: a concurrent change makes this one fail rather than be lost)."""
+    fid = _framework_id(c)
+    doc, version = _current(c, fid, app_id)
+    return _store(c, fid, change(doc), version)
+
+
 def _done(c: Any, result: dict[str, Any], text: str) -> None:
     if c.as_json:
         c.emit(result)
@@ -174,10 +182,7 @@ def apply(c: Any, file: Any, fmt: str | None) -> None:
 @click.pass_obj
 def scale(c: Any, app_id: str, instances: int) -> None:
     """Set the number of instances of APP_ID."""
-    fid = _framework_id(c)
-    doc, version = _current(c, fid, app_id)
-    doc["instances"] = instances
-    result = _store(c, fid, doc, version)
+    result = _update(c, app_id, lambda doc: {**doc, "instances": instances})
     _done(c, result, f"service {app_id}: {instances} instance(s)")
 
 
@@ -188,10 +193,8 @@ def restart(c: Any, app_id: str) -> None:
     """Replace every instance of APP_ID (a rolling deployment of a new version: label tessera.restarted)."""
     import time
 
-    fid = _framework_id(c)
-    doc, version = _current(c, fid, app_id)
-    doc["labels"] = dict(doc.get("labels", {}), **{"tessera.restarted": f"{time.time():.3f}"})
-    result = _store(c, fid, doc, version)
+    restarted = f"{time.time():.3f}"
+    result = _update(c, app_id, lambda doc: {**doc, "labels": {**doc.get("labels", {}), "tessera.restarted": restarted}})
     _done(c, result, f"service {app_id}: restarting as version {result['version']}")
 
 
