@@ -5,7 +5,8 @@
 when haproxy is on PATH, `tessera lb`) as child processes on 127.0.0.1 with free ports, waits until a
 leader serves and the agents are registered (with --demo, applies the demo service `hello`:
 control_plane/cli/demo.py), prints the addresses and what to try next, then streams every child's output
-prefixed with its coloured name until Ctrl-C, SIGTERM or `--duration` seconds: then it stops every child by PID (SIGTERM, then SIGKILL after a grace period).
+prefixed with its coloured name until Ctrl-C, SIGTERM or `--duration` seconds: then it stops every child
+by PID (SIGTERM, then SIGKILL after a grace period).
 
 It is a development tool and says so loudly: gRPC is plaintext on loopback (the masters run with
 `--insecure-dev`), and the Raft port is encrypted with a password generated into `D/raft-password`
