@@ -13,10 +13,12 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import click
 
+from tessera.control_plane.cli.definitions import FORMATS, DefinitionError, load_definition
 from tessera.control_plane.cli.shared import fail
 
 PAGE = 1000
@@ -29,10 +31,14 @@ PAGE = 1000
 @click.option("--role", default="default", show_default=True, help="the role the framework subscribes with")
 @click.option("--failover-timeout", type=click.FloatRange(min=1, max=604800), default=3600.0, show_default=True,
               help="seconds the master keeps the framework and its tasks when no instance is connected")
-def services_command(masters: str | None, poll: float, role: str, failover_timeout: float) -> None:
+@click.option("--teardown-on-exit", is_flag=True,
+              help="when stopped (SIGTERM, Ctrl-C) while active, end the framework: its tasks are killed and its "
+                   "apps forgotten (`tessera up --demo` runs it so, to leave no task behind)")
+def services_command(masters: str | None, poll: float, role: str, failover_timeout: float,
+                     teardown_on_exit: bool) -> None:
     """Run the service framework (several may run: one is active, the others stand by)."""
     from tessera.control_plane.cli.run import _root_masters, _security
-    from tessera.sdk import FrameworkInfo, SchedulerDriver
+    from tessera.sdk import FrameworkInfo, SchedulerDriver, TesseraError
     from tessera.sdk.grpc_transport import GrpcTransport
     from tessera.sdk.services.controller import FRAMEWORK_NAME, ServiceController
 
@@ -48,14 +54,22 @@ def services_command(masters: str | None, poll: float, role: str, failover_timeo
 
     def stop(signum: int, frame: Any) -> None:
         done.set()
-        driver.stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     controller.start_polling()
     driver.start()
-    driver.join()
+    while not done.wait(0.2) and not driver.join(0):
+        pass
     controller.stop_polling()
+    if done.is_set() and teardown_on_exit and driver.framework_id and not driver.is_standby:
+        try:
+            driver.teardown()
+            click.echo("tessera services: stopped; the framework is torn down (its tasks are killed)")
+        except TesseraError as exc:
+            click.echo(f"tessera services: teardown failed: {exc}", err=True)
+    driver.stop()
+    driver.join(10)
 
 
 # ---- operators' commands ---------------------------------------------------------------------------------
@@ -100,13 +114,15 @@ def _write(c: Any, fid: str, key: str, value: str | None, version: int) -> int:
     return int(resp.versions[0])
 
 
-def _parse(doc: Any) -> Any:
+def _parse(doc: Any, where: Callable[[str], str] = lambda path: "") -> Any:
+    """The app in `doc`, or exit 2 with the field's path (and, from a YAML file, where it was written)."""
     from tessera.sdk.services.app import AppError, parse_app
 
     try:
         return parse_app(doc)
     except AppError as exc:
-        fail(f"refused: {exc}", 2)
+        found = where(str(exc).split(": ", 1)[0])
+        fail(f"refused: {exc}" + (f" ({found})" if found else ""), 2)
 
 
 def _current(c: Any, fid: str, app_id: str) -> tuple[dict[str, Any], int]:
@@ -123,6 +139,14 @@ def _store(c: Any, fid: str, doc: dict[str, Any], version: int) -> dict[str, Any
     return {"id": app.id, "version": app.version, "instances": app.instances}
 
 
+def _update(c: Any, app_id: str, change: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """APP_ID's stored definition, changed by `change`, checked and stored again (compare-and-set on the
+    version read: a concurrent change makes this one fail rather than be lost)."""
+    fid = _framework_id(c)
+    doc, version = _current(c, fid, app_id)
+    return _store(c, fid, change(doc), version)
+
+
 def _done(c: Any, result: dict[str, Any], text: str) -> None:
     if c.as_json:
         c.emit(result)
@@ -132,15 +156,21 @@ def _done(c: Any, result: dict[str, Any], text: str) -> None:
 
 @service.command("apply")
 @click.argument("file", type=click.File("r"))
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+              help="the file's format [default: by its extension (.json, .yaml, .yml), else JSON when it starts "
+                   "with '{', else YAML]")
 @click.pass_obj
-def apply(c: Any, file: Any) -> None:
-    """Create or update a service from an app definition (JSON; `-` reads stdin)."""
-    text = file.read()
+def apply(c: Any, file: Any, fmt: str | None) -> None:
+    """Create or update a service from an app definition (JSON or YAML; `-` reads stdin)."""
+    name = "stdin" if file.name == "<stdin>" else file.name
     try:
-        doc = json.loads(text)
-    except ValueError as exc:
-        fail(f"refused: {file.name}: not JSON: {exc}", 2)
-    app = _parse(doc)
+        definition = load_definition(file.read(), name, fmt)
+    except DefinitionError as exc:
+        fail(f"refused: {name}: {exc}", 2)
+    except UnicodeDecodeError as exc:
+        fail(f"refused: {name}: not UTF-8 text: {exc.reason} at byte {exc.start}", 2)
+    doc = definition.data
+    app = _parse(doc, lambda path: f"{name}, {definition.where(path)}" if definition.where(path) else "")
     fid = _framework_id(c)
     result = _store(c, fid, doc, -1)
     _done(c, result, f"service {app.id}: version {app.version}, {app.instances} instance(s)")
@@ -152,10 +182,7 @@ def apply(c: Any, file: Any) -> None:
 @click.pass_obj
 def scale(c: Any, app_id: str, instances: int) -> None:
     """Set the number of instances of APP_ID."""
-    fid = _framework_id(c)
-    doc, version = _current(c, fid, app_id)
-    doc["instances"] = instances
-    result = _store(c, fid, doc, version)
+    result = _update(c, app_id, lambda doc: {**doc, "instances": instances})
     _done(c, result, f"service {app_id}: {instances} instance(s)")
 
 
@@ -166,10 +193,8 @@ def restart(c: Any, app_id: str) -> None:
     """Replace every instance of APP_ID (a rolling deployment of a new version: label tessera.restarted)."""
     import time
 
-    fid = _framework_id(c)
-    doc, version = _current(c, fid, app_id)
-    doc["labels"] = dict(doc.get("labels", {}), **{"tessera.restarted": f"{time.time():.3f}"})
-    result = _store(c, fid, doc, version)
+    restarted = f"{time.time():.3f}"
+    result = _update(c, app_id, lambda doc: {**doc, "labels": {**doc.get("labels", {}), "tessera.restarted": restarted}})
     _done(c, result, f"service {app_id}: restarting as version {result['version']}")
 
 

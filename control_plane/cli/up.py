@@ -1,10 +1,12 @@
 """`tessera up`: a whole local cluster for development, in one command, and how other commands find it.
 
 `tessera up [--masters 1|3|5] [--agents N] [--data-dir D] [--demo] [--duration S]` starts the masters
-(and the agents, and with --demo the example frameworks) as child processes on 127.0.0.1 with free
-ports, waits until a leader serves and the agents are registered, prints the addresses and what to try
-next, then streams every child's output prefixed with its coloured name until Ctrl-C, SIGTERM or
-`--duration` seconds: then it stops every child by PID (SIGTERM, then SIGKILL after a grace period).
+(and the agents, and with --demo the example frameworks, the service framework `tessera services` and,
+when haproxy is on PATH, `tessera lb`) as child processes on 127.0.0.1 with free ports, waits until a
+leader serves and the agents are registered (with --demo, applies the demo service `hello`:
+control_plane/cli/demo.py), prints the addresses and what to try next, then streams every child's output
+prefixed with its coloured name until Ctrl-C, SIGTERM or `--duration` seconds: then it stops every child
+by PID (SIGTERM, then SIGKILL after a grace period).
 
 It is a development tool and says so loudly: gRPC is plaintext on loopback (the masters run with
 `--insecure-dev`), and the Raft port is encrypted with a password generated into `D/raft-password`
@@ -46,6 +48,7 @@ from typing import IO, Any, NoReturn
 
 import click
 
+from tessera.control_plane.cli.demo import HELLO, apply_service, demo_lines, find_haproxy, hello_definition
 from tessera.control_plane.tls import DEFAULT_DATA_DIR, STATE_FILE, ClientSecurity, read_cluster_file
 
 STOP_GRACE_SECONDS = 10.0
@@ -399,7 +402,9 @@ def demo_available(module: str) -> bool:
               help="How many agents, each with a slice of this machine and its own port range.")
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=DEFAULT_DATA_DIR,
               show_default=True, help="Where the members keep their data, logs and the state file.")
-@click.option("--demo", is_flag=True, help="Also run the example frameworks (a batch runner and a service keeper).")
+@click.option("--demo", is_flag=True,
+              help="Also run the example frameworks (a batch runner and a service keeper) and the service framework "
+                   "with a demo service, hello (behind `tessera lb` when haproxy is installed).")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop everything after this many seconds of running (default: until Ctrl-C).")
 @click.option("--quiet", is_flag=True, help="Do not stream the children's output (it is still in their logs).")
@@ -455,7 +460,19 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
               for i in range(1, n_agents + 1)] if with_agents else []
     frameworks: list[Child] = []
     missing_demos: list[str] = []
+    lb: Child | None = None
+    lb_port: int | None = None
+    operator_flags = (["--tls-dir", str(pki / "operator"), "--token-file", str(pki / "tokens" / "operator.token")]
+                      if secure else [])
     if demo:
+        # the service framework with one demo service (control_plane/cli/demo.py), behind HAProxy when there is one
+        frameworks.append(Child("services", "framework", [*tessera, "services", "--masters", addresses,
+                                                          "--teardown-on-exit"],
+                                data_dir / "frameworks" / "services.log", "white"))
+        if find_haproxy(env.get("PATH")):
+            lb_port = free_port()
+            lb = Child("lb", "lb", [*tessera, "--masters", addresses, *operator_flags, "lb", "--dir",
+                                    str(data_dir / "lb")], data_dir / "lb" / "lb.log", "white")
         for short, modules, args in DEMOS:
             module = next((m for m in modules if demo_available(m)), None)
             if module is None:
@@ -468,11 +485,11 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
                                     data_dir / "frameworks" / f"{short}.log", "white"))
     # service discovery over DNS from the replicated state (tessera dns), on a port chosen now
     dns_address = f"127.0.0.1:{free_port()}"
-    operator_flags = (["--tls-dir", str(pki / "operator"), "--token-file", str(pki / "tokens" / "operator.token")]
-                      if secure else [])
     dns = Child("dns", "dns", [*tessera, "--masters", addresses, *operator_flags, "dns", "--listen", dns_address],
                 data_dir / "dns" / "dns.log", "white")
     frameworks.insert(0, dns)  # started with the frameworks, once a leader serves; stopped first
+    if lb is not None:
+        frameworks.insert(1, lb)
     everyone = [*masters, *agents, *frameworks]
     out.width = max(len(c.name) for c in everyone)
 
@@ -493,7 +510,9 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
                         for m, c in zip(members, masters, strict=True)],
             "agents": [{"name": c.name, "pid": c.pid if running else None, "log": str(c.log_path)} for c in agents],
             "frameworks": [{"name": c.name, "pid": c.pid if running else None, "log": str(c.log_path)}
-                           for c in frameworks if c is not dns],
+                           for c in frameworks if c is not dns and c is not lb],
+            **({"lb": {"url": f"http://127.0.0.1:{lb_port}/", "pid": lb.pid if running else None,
+                       "log": str(lb.log_path)}} if lb is not None else {}),
             "dns": {"address": dns_address, "domain": "tessera", "pid": dns.pid if running else None,
                     "log": str(dns.log_path)},
         })
@@ -524,8 +543,18 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
             for c in frameworks:
                 start_child(c, env, out)
             record("running")
+            service_lines: tuple[list[str], list[str]] = ([], [])
+            if demo:
+                definition = data_dir / "demo" / f"{HELLO}.yaml"
+                definition.parent.mkdir(parents=True, exist_ok=True)
+                definition.write_text(hello_definition(lb_port, "nobody" if secure else ""))
+                services = next(c for c in frameworks if c.name == "services")
+                problem = apply_service([*tessera, "--masters", addresses, *operator_flags], definition, env, stop,
+                                        services.alive, READY_TIMEOUT_SECONDS)
+                service_lines = demo_lines(dns_address, lb_port, problem, definition)
             _print_ready(out, members, leader, data_dir, agents, n_agents, with_agents, demo,
-                         [c for c in frameworks if c is not dns], metrics, missing_demos, dns_address)
+                         [c for c in frameworks if c is not dns and c is not lb], metrics, missing_demos, dns_address,
+                         service_lines)
             code = _supervise(out, everyone, stop, duration)
     except StartError as exc:
         out.say(f"tessera: {exc}", fg="red", err=True)
@@ -546,7 +575,8 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
 
 def _print_ready(out: Output, members: list[Member], leader: Member, data_dir: Path, agents: list[Child],
                  n_agents: int, with_agents: bool, demo: bool, frameworks: list[Child], metrics: dict[str, str],
-                 missing: list[str], dns_address: str) -> None:
+                 missing: list[str], dns_address: str, service_lines: tuple[list[str], list[str]] = ([], [])
+                 ) -> None:
     from tessera.control_plane.eventlog import DATASETTE_METADATA
 
     addresses = ",".join(m.grpc for m in members)
@@ -561,6 +591,8 @@ def _print_ready(out: Output, members: list[Member], leader: Member, data_dir: P
             out.say(f"demo frameworks: {', '.join(c.name for c in frameworks)}")
         if missing:
             out.say(f"demo: not found, not started: {', '.join(missing)}", fg="yellow")
+        for line in service_lines[0]:
+            out.say(line, **({"fg": "yellow"} if "NOT applied" in line or "not started" in line else {}))
     out.say(f"dns: {dns_address} (zone tessera.: <task name>.tessera A, _<task name>._tcp.tessera SRV)")
     shown = [m.name for m in members] + [c.name for c in agents]
     out.say("metrics: " + "  ".join(f"{name} http://{metrics[name]}/metrics" for name in shown if name in metrics))
@@ -575,7 +607,7 @@ def _print_ready(out: Output, members: list[Member], leader: Member, data_dir: P
                  "tessera state --at 10 --diff 1    (what changed from event 1 to event 10)",
                  "tessera timeline <task, framework or agent id>",
                  f"dig @{dns_address.split(':')[0]} -p {dns_address.split(':')[1]} +short <task name>.tessera",
-                 f"datasette {rel}/{leader.name}/events.db --metadata {DATASETTE_METADATA}"):
+                 f"datasette {rel}/{leader.name}/events.db --metadata {DATASETTE_METADATA}", *service_lines[1]):
         out.say(f"  {line}")
     out.say("cluster ready; Ctrl-C stops it", fg="green", bold=True)
 

@@ -6,8 +6,9 @@
      "constraints": [["hostname", "UNIQUE"]], "shutdownDelaySeconds": 3,
      "upgradeStrategy": {"minimumHealthCapacity": 1, "maximumOverCapacity": 1}}
 
-`parse_app(data)` turns a parsed JSON/YAML document into an `App` or raises `AppError` naming the field's
-path (`container.portMappings[1].containerPort: ...`). Unknown fields are refused (a typo must not be
+`parse_app(data)` turns a parsed JSON/YAML document (`tessera service apply` reads the file:
+control_plane/cli/definitions.py) into an `App` or raises `AppError` naming the field's path
+(`container.portMappings[1].containerPort: ...`). Unknown fields are refused (a typo must not be
 silently ignored), as are negative counts, impossible constraints and colliding ports. `App.to_json()`
 gives the canonical document back (what the framework stores; `version` is its digest).
 
@@ -128,9 +129,17 @@ def _fail(path: str, message: str) -> AppError:
     return AppError(f"{path}: {message}" if path else message)
 
 
+def _string_keys(value: Mapping[Any, Any], path: str) -> None:
+    """A mapping read from YAML may have keys of other types (`1:`, `null:`); JSON's never do."""
+    for key in value:
+        if not isinstance(key, str):
+            raise _fail(path, f"keys must be strings, got {key!r} (quote it in YAML)")
+
+
 def _object(value: Any, path: str, allowed: set[str]) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise _fail(path, "must be an object")
+    _string_keys(value, path)
     unknown = sorted(str(k) for k in value if k not in allowed)
     if unknown:
         where = f"{path}.{unknown[0]}" if path else unknown[0]
@@ -167,6 +176,7 @@ def _list(value: Any, path: str, limit: int = 64) -> Sequence[Any]:
 def _pairs(value: Any, path: str) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, Mapping):
         raise _fail(path, "must be an object of strings")
+    _string_keys(value, path)
     return tuple((_text(k, f"{path}.{k}", limit=255), _text(v, f"{path}.{k}")) for k, v in sorted(value.items()))
 
 
@@ -286,13 +296,14 @@ def parse_app(data: Any) -> App:
         if p.name and [q.name for q in ports].count(p.name) > 1:
             where = "container.portMappings" if image else "portDefinitions"
             raise _fail(f"{where}[{i}].name", f"port name {p.name!r} is used twice")
-    if fixed and instances > 1 and not any(c for c in doc.get("constraints", []) if c[:2] == ["hostname", "UNIQUE"]):
+    constraints = tuple(_constraint(c, f"constraints[{i}]")
+                        for i, c in enumerate(_list(doc.get("constraints", []), "constraints", 16)))
+    if fixed and instances > 1 and not any(c.attribute == "hostname" and c.operator == "UNIQUE"
+                                            for c in constraints):
         raise _fail("instances", "fixed host ports allow one instance per agent: add the constraint "
                                  '["hostname", "UNIQUE"] or use hostPort 0')
     checks = tuple(_health_check(h, f"healthChecks[{i}]", len(ports))
                    for i, h in enumerate(_list(doc.get("healthChecks", []), "healthChecks", 1)))
-    constraints = tuple(_constraint(c, f"constraints[{i}]")
-                        for i, c in enumerate(_list(doc.get("constraints", []), "constraints", 16)))
     upgrade_doc = _object(doc.get("upgradeStrategy", {}), "upgradeStrategy",
                           {"minimumHealthCapacity", "maximumOverCapacity"})
     upgrade = UpgradeStrategy(

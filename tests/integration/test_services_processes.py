@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.support.cluster import LocalCluster, spawn, wait_for
 
@@ -166,8 +167,11 @@ def test_a_unique_hostname_constraint_leaves_the_third_instance_unplaced_and_say
     services = start_services(cluster, "services-1")
     try:
         wait_for(lambda: tessera(cluster, "service", "list").returncode == 0, 30, what="the framework registered")
-        unique = app(3, constraints=[["hostname", "UNIQUE"]])
-        assert tessera(cluster, "service", "apply", "-", stdin=unique).returncode == 0
+        # as YAML, from a file: the same app (yes/no/on/off would stay strings; see docs/services.md)
+        unique = cluster.root / "web.yaml"
+        unique.write_text(yaml.safe_dump(json.loads(app(3, constraints=[["hostname", "UNIQUE"]]))))
+        applied = tessera(cluster, "service", "apply", str(unique))
+        assert applied.returncode == 0 and applied.stdout.startswith("service web: version"), applied.stderr
         wait_for(lambda: status(cluster, "web").get("healthy") == 2, 90, what="one healthy instance per agent")
         wait_for(lambda: "hostname UNIQUE" in status(cluster, "web").get("unplaced", ""), 30,
                  what="the reason the third instance waits")
