@@ -37,6 +37,7 @@ import grpc.aio
 
 from tessera.agent.config import AgentConfig, parse_attributes, parse_masters, parse_resources_flag
 from tessera.agent.core.health import HealthChange, health_outcomes, reported_health
+from tessera.agent.core.liveness import stale_stream
 from tessera.agent.core.status_updates import AckOutcome, PendingUpdate, RetryPolicy, StatusUpdateManager
 from tessera.agent.core.tasks import DuplicateTask, Outcome, TaskTable, make_status
 from tessera.agent.runtime.link import CHANNEL_OPTIONS
@@ -154,7 +155,8 @@ class EmulatedAgent:
         self.registered = False
         self.reported: dict[TaskKey, str] = {}
         self.outbox: asyncio.Queue[agent_pb2.AgentMessage] | None = None
-        self.last_received = 0.0
+        self.last_received = 0.0  # loop time of the last message from the master (or the stream's opening)
+        self.last_alive = 0.0  # loop time the master last heard we live (the Register, a heartbeat)
         self.started_at = 0.0
         self.stopped = False
         self.shutdown_deadline: float | None = None  # Shutdown: stop once updates drain, or then
@@ -182,7 +184,7 @@ class EmulatedAgent:
         call = stub.Connect()
         self.outbox = asyncio.Queue()
         self.registered = False
-        self.last_received = loop.time()
+        self.last_received = self.last_alive = loop.time()  # the Register below tells the master we live
         healthy, hint = False, None
         writer = asyncio.create_task(self._write(call))
         ticker = asyncio.create_task(self._tick(call, stop))
@@ -228,8 +230,9 @@ class EmulatedAgent:
         next_heartbeat = loop.time()
         while not stop.is_set():
             now = loop.time()
-            if now - self.last_received > 3 * self.heartbeat_interval + 1.0:
-                call.cancel()  # a silent master: dial again
+            if stale_stream(now, last_received=self.last_received, last_alive=self.last_alive,
+                            stale_after=3 * self.heartbeat_interval + 1.0) is not None:
+                call.cancel()  # a silent master, or this loop did not run (the master may have timed us out)
                 return
             if self.shutdown_deadline is not None and (not len(self.updates) or now >= self.shutdown_deadline):
                 self.stopped = True
@@ -238,6 +241,7 @@ class EmulatedAgent:
             if self.registered:
                 if now >= next_heartbeat:
                     next_heartbeat = now + self.heartbeat_interval
+                    self.last_alive = now
                     self._send(agent_pb2.AgentMessage(heartbeat=agent_pb2.AgentHeartbeat(
                         agent_id=self.agent_id, time=time.time())))
                     self.stats.heartbeats += 1

@@ -21,8 +21,11 @@ Rules it keeps (docs/protocol.md):
   commit, and the supervisors of the turn's RunTasks are started together after their sandboxes are
   on disk (`_start_launches`; the tasks of one `run_tasks` message likewise). Nothing outside the agent
   ever sees a decision the disk does not hold.
-- A broken stream, or one silent for longer than `stale_after` (three heartbeats and a second), is
-  dropped and the link dials again; after a SIGSTOP/SIGCONT the agent re-registers at once.
+- A broken stream is dropped and the link dials again; so is one on which either side was silent for
+  longer than `stale_after` (three heartbeats and a second): nothing received from the master, or no
+  heartbeat sent by this agent (its loop did not run: stopped or starved). The rule is the pure
+  `tessera.agent.core.liveness.stale_stream`; after a SIGSTOP/SIGCONT the agent re-registers at once,
+  whatever message happens to be handled first.
 - NOT_FOUND on a re-registration: the master forgot this agent. Its tasks are killed, their updates
   dropped, the id cleared, and the agent registers anew.
 - `Shutdown`: kill every task, wait for them and for their final updates to be acknowledged (bounded by
@@ -39,6 +42,7 @@ import threading
 
 import grpc
 
+from tessera.agent.core.liveness import stale_stream
 from tessera.agent.runtime.launches import DEFAULT_KILL_GRACE
 from tessera.agent.runtime.link import (
     LinkEvent,
@@ -88,22 +92,11 @@ class Agent(Recovery):
         self.link.start()
         try:
             while self.exit_code is None:
-                timeout = self._wait_time()
                 try:
-                    event = self.inbox.get(timeout=timeout)
+                    event = self.inbox.get(timeout=self._wait_time())
                 except queue.Empty:
                     event = None
-                with self.checkpoint.batch():
-                    while event is not None:
-                        self._dispatch(event)
-                        try:
-                            event = self.inbox.get_nowait()
-                        except queue.Empty:
-                            event = None
-                    if self.exit_code is None:
-                        self.tick()
-                    self._start_launches()
-                self.flush_updates()
+                self.turn(event)
         finally:
             self.link.stop()
             self.launcher.watch_exits(None)
@@ -112,6 +105,21 @@ class Agent(Recovery):
                 self.pulls.shutdown(wait=False, cancel_futures=True)
         log.info("agent stopped (exit code %d); its tasks keep running", self.exit_code)
         return self.exit_code
+
+    def turn(self, event: LinkEvent | Stop | SupervisorExited | ImagePulled | None) -> None:
+        """One turn of the loop, one checkpoint batch: `event` and every event waiting behind it, then
+        the timers, then the turn's launches; the turn's status updates leave after its commit."""
+        with self.checkpoint.batch():
+            while event is not None:
+                self._dispatch(event)
+                try:
+                    event = self.inbox.get_nowait()
+                except queue.Empty:
+                    event = None
+            if self.exit_code is None:
+                self.tick()
+            self._start_launches()
+        self.flush_updates()
 
     def _wait_time(self) -> float:
         now = self.monotonic()
@@ -147,7 +155,7 @@ class Agent(Recovery):
             self.stream.close()
         self.stream = stream
         self.registered = False
-        self.last_received = self.monotonic()
+        self.last_received = self.last_alive = self.monotonic()  # the Register below tells the master we live
         self.reported = {}
         if self.agent_id:
             statuses = self.tasks.report(self.agent_id)
@@ -265,8 +273,10 @@ class Agent(Recovery):
     # ---- time ------------------------------------------------------------------------------------------
     def tick(self) -> None:
         now = self.monotonic()
-        if self.stream is not None and now - self.last_received > self.stale_after:
-            log.warning("no message from %s for %.1fs: reconnecting", self.stream.address, now - self.last_received)
+        stale = None if self.stream is None else stale_stream(
+            now, last_received=self.last_received, last_alive=self.last_alive, stale_after=self.stale_after)
+        if self.stream is not None and stale is not None:
+            log.warning("dropping the stream to %s: %s; reconnecting", self.stream.address, stale)
             self.stream.close()
             self.stream = None
             self.registered = False
@@ -276,8 +286,9 @@ class Agent(Recovery):
         if self.registered:
             if now >= self.next_heartbeat:
                 self.next_heartbeat = now + self.heartbeat_interval
-                self.send(agent_pb2.AgentMessage(heartbeat=agent_pb2.AgentHeartbeat(agent_id=self.agent_id,
-                                                                                     time=self.wall())))
+                if self.send(agent_pb2.AgentMessage(heartbeat=agent_pb2.AgentHeartbeat(agent_id=self.agent_id,
+                                                                                        time=self.wall()))):
+                    self.last_alive = now
             self.flush_updates()
             if now >= self.next_usage:
                 self.next_usage = now + self.config.config.usage_interval

@@ -136,7 +136,8 @@ class AgentState:
         self.reported: dict[TaskKey, str] = {}  # task -> uuid of the status reported at re-registration
         self.reregistering = False
         self.heartbeat_interval = config.heartbeat_interval
-        self.last_received = 0.0
+        self.last_received = 0.0  # monotonic: the last message from the master on `stream` (or its opening)
+        self.last_alive = 0.0  # monotonic: when the master last heard we live on `stream` (Register, heartbeat)
         self.next_heartbeat = 0.0
         self.next_observe = 0.0
         self.next_usage = 0.0
