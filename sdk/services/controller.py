@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tessera.control_plane.core.limits import MAX_STATE_VALUE_LENGTH
 from tessera.sdk import (
     ContainerInfo,
     Filters,
@@ -46,7 +47,7 @@ from tessera.sdk.services.app import App, AppError, parse_app
 from tessera.sdk.services.constraints import Placement, admits
 from tessera.sdk.services.deploy import Instance, failure_limit, plan
 
-__all__ = ["APPS", "FRAMEWORK_NAME", "STATUS", "ServiceController", "task_id_of", "parse_task_id"]
+__all__ = ["APPS", "FRAMEWORK_NAME", "STATUS", "ServiceController", "status_text", "task_id_of", "parse_task_id"]
 
 log = logging.getLogger("tessera.services")
 
@@ -60,6 +61,29 @@ def config_version(app: App) -> str:
     """The version of what an instance runs: the definition without `instances` (a scale is no new
     version and replaces nothing, as in Marathon)."""
     return App(id=app.id, source={k: v for k, v in app.source.items() if k != "instances"}).version
+
+
+def status_text(status: dict[str, Any], limit: int = MAX_STATE_VALUE_LENGTH) -> str:
+    """A status record as written to the framework's state: whole when it fits in `limit` bytes (a state
+    value's limit); otherwise without the instances that do not fit (the first by task id are kept) and
+    with `instances_omitted` saying how many. The counts stay exact and the record is never refused for its
+    size: whole, one instance takes ~290 bytes, so an app of more than ~220 would exceed
+    MAX_STATE_VALUE_LENGTH, its writes would be refused and `tessera service list` would show a stale
+    record (found by tests/bench/bench_services.py at 500 instances)."""
+    text = json.dumps(status, sort_keys=True)
+    if len(text.encode()) <= limit:
+        return text
+    instances = list(status.get("instances", []))
+    rest = {**status, "instances": [], "instances_omitted": len(instances)}
+    budget = limit - len(json.dumps(rest, sort_keys=True).encode()) - 16  # the omitted count's digits may shrink
+    kept: list[Any] = []
+    for inst in instances:
+        size = len(json.dumps(inst, sort_keys=True).encode()) + 2  # ", " between items
+        if size > budget:
+            break
+        kept.append(inst)
+        budget -= size
+    return json.dumps({**rest, "instances": kept, "instances_omitted": len(instances) - len(kept)}, sort_keys=True)
 
 
 def task_id_of(app: App, n: str) -> str:
@@ -408,7 +432,7 @@ class ServiceController(Scheduler):
                     self._new_deployment(run, app, now)
                 run.app = app
                 kills += self._step(run, now)
-                text = json.dumps(self._status(run), sort_keys=True)
+                text = status_text(self._status(run))
                 if text != run.written:
                     writes.append((STATUS + app_id, text))
                     run.written = text

@@ -70,6 +70,7 @@ CLI = [sys.executable, "-m", "tessera.control_plane.cli.main"]
 class TaskView:
     state: str = ""
     healthy: bool | None = None
+    kill_requested: bool = False
     ready_at: float | None = None  # monotonic time it last became ready
     left_running_at: float | None = None  # monotonic time of its first status that is not TASK_RUNNING after it ran
 
@@ -81,7 +82,8 @@ LIVE = {"TASK_STAGING", "TASK_STARTING", "TASK_RUNNING", "TASK_KILLING"}
 class Follower:
     """Follows the leader's WatchEvents stream (TaskLaunched, TaskStatusUpdated, FrameworkStatePut) and keeps
     when each app definition was written, each task's state and health, when (this process's monotonic clock) each change arrived, and per app and version how many
-    instances are alive, running and ready (running and, for a health-checked app, healthy)."""
+    instances are alive (live), alive and not asked to be killed (kept), running, and ready (running and, for a
+    health-checked app, healthy)."""
 
     address: str
     from_index: int
@@ -91,7 +93,8 @@ class Follower:
     health_statuses: Counter[str] = field(default_factory=Counter)  # per app: statuses carrying health
     health_changes: Counter[str] = field(default_factory=Counter)  # per app: changes of health they record
     status_events: Counter[str] = field(default_factory=Counter)  # per app: all TaskStatusUpdated
-    ready_trace: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # app -> (ready, live) per event
+    # app -> (ready, alive, alive and not asked to be killed) after each event
+    ready_trace: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
     cond: threading.Condition = field(default_factory=threading.Condition)
     arrived: float = 0.0  # when the newest events arrived
     puts: list[tuple[str, float]] = field(default_factory=list)  # operators' writes of apps/<id>, when committed
@@ -102,7 +105,7 @@ class Follower:
         stub = operator_pb2_grpc.OperatorStub(self._channel)
         self._stream = stub.WatchEvents(operator_pb2.WatchEventsRequest(
             from_index=self.from_index,
-            filter=operator_pb2.EventFilter(types=["TaskLaunched", "TaskStatusUpdated", "FrameworkStatePut"])))
+            filter=operator_pb2.EventFilter(types=["TaskLaunched", "TaskKillRequested", "TaskStatusUpdated", "FrameworkStatePut"])))
         threading.Thread(target=self._run, name="follower", daemon=True).start()
 
     def stop(self) -> None:
@@ -124,9 +127,11 @@ class Follower:
                 with self.cond:
                     self.cond.notify_all()
 
-    def _flags(self, app: str, view: TaskView) -> tuple[bool, bool, bool]:
+    def _flags(self, app: str, view: TaskView) -> tuple[bool, bool, bool, bool]:
         running = view.state == "TASK_RUNNING"
-        return view.state in LIVE, running, running and (view.healthy is True or not self.health_checked(app))
+        live = view.state in LIVE
+        return (live, live and not view.kill_requested, running,
+                running and (view.healthy is True or not self.health_checked(app)))
 
     def _apply(self, e: operator_pb2.EventRecord, now: float) -> None:
         payload = json.loads(e.payload_json or "{}")
@@ -142,6 +147,8 @@ class Follower:
         before = self._flags(app, view)
         if e.type == "TaskLaunched":
             view.state = view.state or "TASK_STAGING"
+        elif e.type == "TaskKillRequested":
+            view.kill_requested = True
         else:
             state, healthy = status.get("state", ""), status.get("healthy")
             self.status_events[app] += 1
@@ -154,14 +161,16 @@ class Follower:
                 view.left_running_at = now
             view.state = state
         after = self._flags(app, view)
-        for what, was, now_is in zip(("live", "running", "ready"), before, after, strict=True):
+        for what, was, now_is in zip(("live", "kept", "running", "ready"), before, after, strict=True):
             self.counts[(app, version, what)] += int(now_is) - int(was)
-        if after[2] and not before[2]:
+        if after[3] and not before[3]:
             view.ready_at = now
-        self.ready_trace.setdefault(app, []).append((self.count(app, "ready"), self.count(app, "live")))
+        self.ready_trace.setdefault(app, []).append(
+            (self.count(app, "ready"), self.count(app, "live"), self.count(app, "kept")))
 
     def count(self, app: str, what: str, version: str | None = None, exclude: str | None = None) -> int:
-        """Instances of `app` (of `version`, or of any but `exclude`) that are `what` (live, running, ready)."""
+        """Instances of `app` (of `version`, or of any but `exclude`) that are `what` (live, kept, running,
+        ready)."""
         return sum(c for (a, v, w), c in self.counts.items()
                    if a == app and w == what and (version is None or v == version) and v != exclude)
 
@@ -293,6 +302,9 @@ def run(args: argparse.Namespace, work: Path) -> None:
                   if "WARNING" in line or "ERROR" in line or "failed" in line]
         if errors:
             print(f"  `tessera services` logged {len(errors)} warning(s); the first: {errors[0][:300]}")
+            for kind, count in Counter(re.sub(r"[0-9a-f]{8,}|\d+", "N", line.split(": ", 1)[-1])[:100]
+                                       for line in errors).most_common(5):
+                print(f"    {count} x {kind}")
 
 
 def measure(args: argparse.Namespace, masters: list[str], follower: Follower, dns_server: tuple[str, int],
@@ -306,47 +318,68 @@ def measure(args: argparse.Namespace, masters: list[str], follower: Follower, dn
         return lambda: (f"{app}: {f.count(app, 'live')} alive, {f.count(app, 'running')} running, "
                         f"{f.count(app, 'ready')} ready")
 
-    # 1. baseline: no health check
-    print(f"\n1. baseline: {n} instances without a health check")
-    start = f.apply(masters, "base", app_doc("base", n, check=None), timeout)
-    done = f.wait(lambda: f.count("base", "running") >= n, timeout, "all base instances running", progress("base"))
-    results["base"] = done - start
-    print(f"  all {n} running {results['base']:.2f} s after the definition was committed ({n / results['base']:.1f} instances/s)")
-    tessera(masters, "service", "remove", "base")
-    f.wait(lambda: f.count("base", "live") == 0, timeout, "base removed", progress("base"))
-
-    # 2. with a health check
-    print(f"\n2. {n} instances with a TCP health check (delay {check['delay']:g} s, interval {check['interval']:g} s)")
-    start = f.apply(masters, "web", app_doc("web", n, check=check), timeout)
-    all_running = f.wait(lambda: f.count("web", "running") >= n, timeout, "all web instances running",
-                         progress("web"))
-    done = f.wait(lambda: f.count("web", "ready") >= n, timeout, "all web instances healthy", progress("web"))
-    results["web"] = done - start
-    print(f"  all {n} running after {all_running - start:.2f} s, all healthy after {results['web']:.2f} s "
-          f"({n / results['web']:.1f} instances/s)")
-    print(f"  ratio healthy-with-checks / running-without: {results['web'] / results['base']:.2f} "
+    rounds = args.rounds
+    base_times: list[float] = []
+    web_times: list[float] = []
+    web_running: list[float] = []
+    for r in range(rounds):
+        # 1. baseline: no health check
+        if r == 0:
+            print(f"\n1+2. {n} instances without a health check (base), then with a TCP health check (web: delay "
+                  f"{check['delay']:g} s, interval {check['interval']:g} s), {rounds} round(s); times from the "
+                  "definition committed")
+        start = f.apply(masters, "base", app_doc("base", n, check=None), timeout)
+        done = f.wait(lambda: f.count("base", "running") >= n, timeout, "all base instances running", progress("base"))
+        base_times.append(done - start)
+        tessera(masters, "service", "remove", "base")
+        f.wait(lambda: f.count("base", "live") == 0, timeout, "base removed", progress("base"))
+        # 2. with a health check
+        start = f.apply(masters, "web", app_doc("web", n, check=check), timeout)
+        all_running = f.wait(lambda: f.count("web", "running") >= n, timeout, "all web instances running",
+                             progress("web"))
+        done = f.wait(lambda: f.count("web", "ready") >= n, timeout, "all web instances healthy", progress("web"))
+        web_times.append(done - start)
+        web_running.append(all_running - start)
+        print(f"  round {r + 1}: base all running {base_times[-1]:.2f} s; web all running {web_running[-1]:.2f} s, "
+              f"all healthy {web_times[-1]:.2f} s")
+        if r < rounds - 1:
+            tessera(masters, "service", "remove", "web")
+            f.wait(lambda: f.count("web", "live") == 0, timeout, "web removed", progress("web"))
+    results["base"], results["web"] = statistics.median(base_times), statistics.median(web_times)
+    print(f"  median: {n} running without a check {results['base']:.2f} s ({n / results['base']:.0f} instances/s); "
+          f"with the check all running {statistics.median(web_running):.2f} s, all running and healthy "
+          f"{results['web']:.2f} s ({n / results['web']:.0f} instances/s)")
+    print(f"  ratio healthy-with-checks / running-without (medians): {results['web'] / results['base']:.2f} "
           f"(the check's delay alone is {check['delay']:g} s of it)")
 
     # 3. rolling update
-    print(f"\n3. rolling update of the {n} (a changed env; minimumHealthCapacity 0.5, maximumOverCapacity 0.2)")
-    with f.cond:
-        old_version = next(t for t, v in f.tasks.items() if t.startswith("web.") and v.state in LIVE).split(".")[1]
-        trace_from = len(f.ready_trace.get("web", []))
-    start = f.apply(masters, "web", app_doc("web", n, check=check, env={"RELEASE": "2"}), timeout)
-    done = f.wait(lambda: f.count("web", "ready", exclude=old_version) >= n
-                  and f.count("web", "live", version=old_version) == 0, timeout, "the rolling update",
-                  lambda: (f"{f.count('web', 'ready', exclude=old_version)} new ready, "
-                           f"{f.count('web', 'live', version=old_version)} old alive"))
-    results["rolling"] = done - start
-    with f.cond:
-        during = f.ready_trace["web"][trace_from:]
-    fewest = min(r for r, _ in during)
-    most = max(live for _, live in during)
-    floor = math.ceil(0.5 * n)
-    print(f"  done in {results['rolling']:.2f} s: {n} new instances ready, none of the old left")
-    print(f"  fewest ready at any point {fewest} (minimum {floor}: {'kept' if fewest >= floor else 'BROKEN'}); "
-          f"most alive at once {most} (maximum {n + math.floor(0.2 * n)})")
-    print(f"  ratio rolling update / first deployment with checks: {results['rolling'] / results['web']:.2f}")
+    print(f"\n3. rolling updates of the {n} (a changed env; minimumHealthCapacity 0.5, maximumOverCapacity 0.2), "
+          f"{rounds} time(s)")
+    floor, ceiling = math.ceil(0.5 * n), n + math.floor(0.2 * n)
+    rolls: list[float] = []
+    for r in range(rounds):
+        with f.cond:
+            old_version = next(t for t, v in f.tasks.items() if t.startswith("web.") and v.state == "TASK_RUNNING"
+                               ).split(".")[1]
+            trace_from = len(f.ready_trace.get("web", []))
+        start = f.apply(masters, "web", app_doc("web", n, check=check, env={"RELEASE": str(r + 2)}), timeout)
+        done = f.wait(lambda v=old_version: f.count("web", "ready", exclude=v) >= n  # type: ignore[misc]
+                      and f.count("web", "live", version=v) == 0, timeout, "the rolling update",
+                      lambda v=old_version: (f"{f.count('web', 'ready', exclude=v)} new ready, "  # type: ignore[misc]
+                                             f"{f.count('web', 'live', version=v)} old alive"))
+        rolls.append(done - start)
+        with f.cond:
+            during = f.ready_trace["web"][trace_from:]
+        fewest = min(r for r, _, _ in during)
+        most = max(live for _, live, _ in during)
+        most_kept = max(kept for _, _, kept in during)
+        print(f"  round {r + 1}: done in {rolls[-1]:.2f} s; fewest ready at any point {fewest} (minimum {floor}: "
+              f"{'kept' if fewest >= floor else 'BROKEN'}); most alive and not asked to stop at once {most_kept} "
+              f"(maximum {ceiling}: {'kept' if most_kept <= ceiling else 'BROKEN'}); most alive at once, those "
+              f"being killed included, {most}")
+    results["rolling"] = statistics.median(rolls)
+    print(f"  median {results['rolling']:.2f} s ({n / results['rolling']:.0f} instances replaced/s); ratio rolling "
+          f"update / first deployment with checks (medians): {results['rolling'] / results['web']:.2f}")
 
     # 4. DNS update latency
     print(f"\n4. DNS update latency: `probe` scaled 1 -> 2 -> 1, {args.dns_samples} times")
@@ -427,7 +460,7 @@ def report_events(leader: Any, first_index: int, follower: Follower, agent_stats
           f"{agent_stats.health_changes} ({agent_stats.health_checks / max(1, agent_stats.health_changes):.1f} "
           "checks per status)")
     print("  TaskStatusUpdated per app: " + ", ".join(f"{a} {c}" for a, c in sorted(all_status.items())))
-    events = leader.list_events(from_index=first_index)
+    events = leader.list_events(from_index=first_index, limit=200)  # pages under gRPC's 4 MiB: big state writes
     by_type = Counter(e.type for e in events)
     size = Counter[str]()
     for e in events:
@@ -441,19 +474,26 @@ def main() -> int:
     parser.add_argument("--instances", type=int, default=500)
     parser.add_argument("--agents", type=int, default=50)
     parser.add_argument("--dns-samples", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3, help="times stages 1-3 are measured (medians printed)")
     parser.add_argument("--poll", type=float, default=0.5, help="`tessera services --poll` (its default)")
     parser.add_argument("--health-delay", type=float, default=1.0)
     parser.add_argument("--health-interval", type=float, default=5.0)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for each stage")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="a directory to keep the processes' logs and data in (default: a temporary one)")
     parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: 20 instances on 4 agents, 2 DNS samples")
+                        help="a smoke run: 20 instances on 4 agents, 1 round, 2 DNS samples")
     args = parser.parse_args()
     if args.quick:
-        args.instances, args.agents, args.dns_samples, args.timeout = 20, 4, 2, 180.0
+        args.instances, args.agents, args.dns_samples, args.rounds, args.timeout = 20, 4, 2, 1, 180.0
     print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
     print("machine:", machine())
-    with tempfile.TemporaryDirectory(prefix="bench-services-") as tmp:
-        run(args, Path(tmp))
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        run(args, args.keep)
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-services-") as tmp:
+            run(args, Path(tmp))
     print(f"\nload after the run: {os.getloadavg()[0]:.1f}")
     return 0
 
