@@ -10,9 +10,10 @@ Several instances of the framework may run (`standby=True`); exactly one is acti
 the status records (where each instance runs, for constraints); `subscribed` reconciles every task with
 the masters and adopts the live ones (a task id names its app and version: `<app>.<version>.<n>`);
 `deposed` forgets everything. The active one polls `apps/` every `poll_seconds` and, per app, follows
-`deploy.plan`: kills what the plan says, launches the missing instances on offers that fit (resources,
-ports, `constraints.admits`), after the app's restart backoff (`App.launch_delay`), and stops a deployment
-whose new version failed `failure_limit` times in a row. It suppresses offers when nothing is to be
+`deploy.plan`: kills what the plan says (and kills again, every `KILL_RETRY_SECONDS`, what has not ended),
+launches the missing instances on offers that fit (resources, ports, `constraints.admits`), after the app's
+restart backoff (`App.launch_delay`), and stops a deployment whose new version failed `failure_limit`
+times in a row. It suppresses offers when nothing is to be
 launched and revives when something is.
 """
 
@@ -55,6 +56,11 @@ FRAMEWORK_NAME = "tessera-services"
 APPS = "apps/"
 STATUS = "status/"
 HISTORY = 10  # deployments kept in a status record
+# A kill is sent again while the task has not ended after this long (Marathon's --kill_retry_timeout): a
+# KillTask reaches the agent once, so one sent while the agent's stream was down is lost (Mesos semantics:
+# frameworks retry kills). Without this, a rolling update counted such instances as gone and they kept
+# running (tests/bench/bench_services.py: 32 old instances on one agent that re-registered mid-update).
+KILL_RETRY_SECONDS = 10.0
 
 
 def config_version(app: App) -> str:
@@ -111,6 +117,7 @@ class Task:
     launched_at: float = 0.0
     killing: bool = False
     ever_ready: bool = False
+    kill_sent_at: float = 0.0  # when a kill was last sent (0: never)
 
 
 @dataclass
@@ -449,6 +456,12 @@ class ServiceController(Scheduler):
                 for t in self._tasks.values():
                     if t.app_id == app_id:
                         t.killing = True
+            kills += [t.task_id for t in self._tasks.values()  # asked before and not ended: ask again
+                      if t.killing and t.kill_sent_at and now - t.kill_sent_at >= KILL_RETRY_SECONDS]
+            kills = list(dict.fromkeys(kills))
+            for task_id in kills:
+                if task_id in self._tasks:
+                    self._tasks[task_id].kill_sent_at = now
             want = any(run.to_launch > 0 for run in self._apps.values())
             change = self._suppressed is None or self._suppressed == want
             self._suppressed = not want
