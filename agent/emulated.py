@@ -5,10 +5,19 @@ in turn (the same `DialPlan`: leader hints at once, otherwise backoff with jitte
 re-registers with its tasks after a reconnect), heartbeats, fences commands by term, and delivers status
 updates through the same `StatusUpdateManager` (ordered per task, re-sent with backoff until acked,
 re-sent after a reconnect). What it does not do is run anything: a RunTask reports TASK_STARTING and
-TASK_RUNNING at once (a health-checked task then one TASK_RUNNING update with `healthy` true, as a check
-that passes at once: `agent.core.health.health_outcomes`), then TASK_FINISHED after `task_duration`
-seconds; a KillTask reports TASK_KILLING then TASK_KILLED. No checkpoint: an emulated agent that is
-stopped is gone.
+TASK_RUNNING at once, then TASK_FINISHED after `task_duration` seconds (None: it runs until killed); a
+KillTask reports TASK_KILLING then TASK_KILLED. No checkpoint: an emulated agent that is stopped is gone.
+
+Health checks. A task with a `health_check` is checked the way a real agent's supervisor checks it, with
+only the probe emulated: the same pure checker (`agent.core.health`: `start`, `due`, `on_result`) decides
+when each check runs (the first `delay_seconds` after TASK_RUNNING, then every `interval_seconds`), which
+results count (the grace period), what changed and when to kill; each change it records becomes a status
+through the same `health_outcomes` the real agent uses (a TASK_RUNNING with `healthy` and reason
+REASON_TASK_HEALTH_CHECK_STATUS_UPDATED, only when health changes; TASK_KILLING with REASON_TASK_UNHEALTHY
+then TASK_KILLED at `consecutive_failures`). Emulated: the probe itself (no HTTP request, TCP connection
+or command: its result is `health_probe(task_id, n)` for the task's n-th check, by default a pass, taking
+no time), the supervisor thread (a timer on the agents' loop instead) and health.json (changes go
+straight to the status-update manager).
 
 For benchmarks only (`tests/bench/bench_agent.py`); never started by default. Use:
 
@@ -36,7 +45,8 @@ import grpc
 import grpc.aio
 
 from tessera.agent.config import AgentConfig, parse_attributes, parse_masters, parse_resources_flag
-from tessera.agent.core.health import HealthChange, health_outcomes, reported_health
+from tessera.agent.core import health as checker
+from tessera.agent.core.health import HealthState, health_outcomes, reported_health
 from tessera.agent.core.liveness import stale_stream
 from tessera.agent.core.status_updates import AckOutcome, PendingUpdate, RetryPolicy, StatusUpdateManager
 from tessera.agent.core.tasks import DuplicateTask, Outcome, TaskTable, make_status
@@ -63,8 +73,11 @@ class EmulatedConfig:
     resources: str = DEFAULT_RESOURCES
     attributes: str = ""
     hostname_prefix: str = "emulated"
+    # hostnames that are addresses (127.100.x.y, one per agent) instead of `<prefix>-<n>`: service discovery
+    # publishes a task at its agent's address (`discovery.endpoints.agent_address`), and these have no other
+    loopback_hostnames: bool = False
     heartbeat_interval: float = 1.0  # until the master's Registered says otherwise
-    task_duration: float = 1.0  # seconds from TASK_RUNNING to TASK_FINISHED
+    task_duration: float | None = 1.0  # seconds from TASK_RUNNING to TASK_FINISHED; None: until killed
     channels_per_master: int = 4  # agents share this many channels to each master
     status_retry_initial: float = 1.0
     status_retry_max: float = 30.0
@@ -73,6 +86,8 @@ class EmulatedConfig:
     seed: int | None = None
     batch_messages: bool = False  # the BATCHED_MESSAGES capability (see the module docstring)
     max_updates_per_message: int = 500
+    # the result of a task's n-th health check (n from 1), in place of running its probe; None: all pass
+    health_probe: Callable[[str, int], bool] | None = None
 
     @staticmethod
     def from_agent_config(config: AgentConfig, count: int = 1, task_duration: float = 1.0) -> EmulatedConfig:
@@ -99,6 +114,8 @@ class EmulatedStats:
     heartbeats: int = 0
     ignored_commands: int = 0  # lower-term RunTask/KillTask/Shutdown
     reconnects: int = 0
+    health_checks: int = 0  # emulated probes run
+    health_changes: int = 0  # health statuses emitted (a change each, the kill's TASK_KILLING not counted)
     first_registration_seconds: list[float] = field(default_factory=list)
 
 
@@ -134,7 +151,8 @@ class EmulatedAgent:
                  pool: _ChannelPool, stats: EmulatedStats, rng: random.Random) -> None:
         self.index = index
         self.config = config
-        self.hostname = f"{config.hostname_prefix}-{index}"
+        self.hostname = (f"127.100.{index // 256 % 256}.{index % 256}" if config.loopback_hostnames
+                         else f"{config.hostname_prefix}-{index}")
         self.resources = resources
         self.attributes = attributes
         self.advertisement = Advertisement(hostname=self.hostname, resources=resources, attributes=attributes,
@@ -150,7 +168,8 @@ class EmulatedAgent:
         self.tasks = TaskTable()
         self.updates = StatusUpdateManager(RetryPolicy(initial=config.status_retry_initial,
                                                        maximum=config.status_retry_max))
-        self.timers: dict[TaskKey, asyncio.TimerHandle] = {}
+        self.timers: dict[TaskKey, asyncio.TimerHandle] = {}  # the task's end (task_duration)
+        self.checks: dict[TaskKey, tuple[HealthState, int, asyncio.TimerHandle]] = {}  # checker, checks run, next
         self.heartbeat_interval = config.heartbeat_interval
         self.registered = False
         self.reported: dict[TaskKey, str] = {}
@@ -177,6 +196,8 @@ class EmulatedAgent:
             dial = self.plan.after(dial.address, healthy=healthy, leader_hint=hint, fraction=self.rng.random())
         for timer in self.timers.values():
             timer.cancel()
+        for key in list(self.checks):
+            self._stop_checks(key)
 
     async def _session(self, address: str, stop: asyncio.Event) -> tuple[bool, str | None]:
         loop = asyncio.get_running_loop()
@@ -321,24 +342,62 @@ class EmulatedAgent:
         self.stats.tasks_launched += 1
         self._emit(task.key, Outcome(TaskState.TASK_STARTING, "", "emulated"))
         self._emit(task.key, Outcome(TaskState.TASK_RUNNING, "", "emulated"))
-        if info.health_check is not None:
-            passed = HealthChange(True, "health check passed: emulated")
-            for outcome in health_outcomes(task.state, reported_health(task.latest), [passed]):
-                self._emit(task.key, outcome)
         loop = asyncio.get_running_loop()
-        self.timers[task.key] = loop.call_later(
-            self.config.task_duration, self._emit, task.key,
-            Outcome(TaskState.TASK_FINISHED, "", "emulated task finished", 0))
+        if info.health_check is not None:
+            self._schedule_check(task.key, checker.start(info.health_check, loop.time()), 0)
+        if self.config.task_duration is not None:
+            self.timers[task.key] = loop.call_later(
+                self.config.task_duration, self._emit, task.key,
+                Outcome(TaskState.TASK_FINISHED, "", "emulated task finished", 0))
 
-    def _on_kill(self, key: TaskKey) -> None:
+    # ---- health checks (see the module docstring: only the probe is emulated) ------------------------
+    def _schedule_check(self, key: TaskKey, state: HealthState, done: int) -> None:
+        when = checker.due(state)
+        if when is None:
+            self.checks.pop(key, None)
+            return
+        handle = asyncio.get_running_loop().call_at(when, self._check, key)
+        self.checks[key] = (state, done, handle)
+
+    def _stop_checks(self, key: TaskKey) -> None:
+        found = self.checks.pop(key, None)
+        if found is not None:
+            found[2].cancel()
+
+    def _check(self, key: TaskKey) -> None:
+        task = self.tasks.get(key)
+        found = self.checks.pop(key, None)
+        if task is None or found is None or task.terminal or task.info.health_check is None:
+            return
+        state, done = found[0], found[1] + 1
+        self.stats.health_checks += 1
+        probe = self.config.health_probe
+        ok = True if probe is None else probe(task.info.task_id, done)
+        now = asyncio.get_running_loop().time()
+        step = checker.on_result(task.info.health_check, state, ok=ok, began=now, ended=now,
+                                 message="emulated probe " + ("passed" if ok else "failed"))
+        for outcome in health_outcomes(task.state, reported_health(task.latest), step.changes):
+            if outcome.state is TaskState.TASK_KILLING:
+                self._on_kill(key, outcome)  # as the supervisor kills it: KILLING (this reason), KILLED
+                return
+            self.stats.health_changes += 1
+            self._emit(key, outcome)
+        self._schedule_check(key, step.state, done)
+
+    def _on_kill(self, key: TaskKey, killing: Outcome | None = None) -> None:
         task = self.tasks.get(key)
         if task is None or task.terminal:
             return
         timer = self.timers.pop(key, None)
         if timer is not None:
             timer.cancel()
-        self._emit(key, Outcome(TaskState.TASK_KILLING, "", "emulated"))
-        self._emit(key, Outcome(TaskState.TASK_KILLED, "", "emulated task killed"))
+        self._stop_checks(key)
+        if killing is None:
+            self._emit(key, Outcome(TaskState.TASK_KILLING, "", "emulated"))
+            self._emit(key, Outcome(TaskState.TASK_KILLED, "", "emulated task killed"))
+        else:  # killed for failing its health check: ends as the real agent reports it (core.tasks._ending)
+            self._emit(key, killing)
+            self._emit(key, Outcome(TaskState.TASK_KILLED, killing.reason, killing.message, healthy=False))
 
     def _emit(self, key: TaskKey, outcome: Outcome) -> None:
         task = self.tasks.get(key)
@@ -349,6 +408,7 @@ class EmulatedAgent:
         self.tasks.record(status)
         if task.terminal:
             self.timers.pop(key, None)
+            self._stop_checks(key)
             self.stats.tasks_finished += 1
         self.updates.add(PendingUpdate(status), asyncio.get_running_loop().time())
         self._flush()
@@ -400,6 +460,7 @@ class EmulatedAgent:
             timer = self.timers.pop(task.key, None)
             if timer is not None:
                 timer.cancel()
+            self._stop_checks(task.key)
         self.tasks = TaskTable()
         self.agent_id = ""
         self.request_id = f"register-{uuidlib.uuid4()}"

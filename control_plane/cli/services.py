@@ -264,6 +264,9 @@ def show(c: Any, app_id: str) -> None:
         health = {True: "healthy", False: "unhealthy", None: "-"}[inst.get("healthy")]
         click.echo(f"  {inst['task_id']}  {inst.get('hostname') or inst.get('agent_id')}  {inst['state']}  "
                    f"{health}{'  (killing)' if inst.get('killing') else ''}")
+    if st.get("instances_omitted"):
+        click.echo(f"  ... and {st['instances_omitted']} more instance(s), not recorded: the status record keeps "
+                   "what fits in one framework-state value")
     for dep in [st.get("deployment")] + list(st.get("history", [])):
         if dep:
             click.echo(f"  deployment {dep['version']}: {dep['state']}, {dep['steps']} step(s)"

@@ -10,9 +10,10 @@ Several instances of the framework may run (`standby=True`); exactly one is acti
 the status records (where each instance runs, for constraints); `subscribed` reconciles every task with
 the masters and adopts the live ones (a task id names its app and version: `<app>.<version>.<n>`);
 `deposed` forgets everything. The active one polls `apps/` every `poll_seconds` and, per app, follows
-`deploy.plan`: kills what the plan says, launches the missing instances on offers that fit (resources,
-ports, `constraints.admits`), after the app's restart backoff (`App.launch_delay`), and stops a deployment
-whose new version failed `failure_limit` times in a row. It suppresses offers when nothing is to be
+`deploy.plan`: kills what the plan says (and kills again, every `KILL_RETRY_SECONDS`, what has not ended),
+launches the missing instances on offers that fit (resources, ports, `constraints.admits`), after the app's
+restart backoff (`App.launch_delay`), and stops a deployment whose new version failed `failure_limit`
+times in a row. It suppresses offers when nothing is to be
 launched and revives when something is.
 """
 
@@ -27,6 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tessera.control_plane.core.limits import MAX_STATE_VALUE_LENGTH
 from tessera.sdk import (
     ContainerInfo,
     Filters,
@@ -46,7 +48,7 @@ from tessera.sdk.services.app import App, AppError, parse_app
 from tessera.sdk.services.constraints import Placement, admits
 from tessera.sdk.services.deploy import Instance, failure_limit, plan
 
-__all__ = ["APPS", "FRAMEWORK_NAME", "STATUS", "ServiceController", "task_id_of", "parse_task_id"]
+__all__ = ["APPS", "FRAMEWORK_NAME", "STATUS", "ServiceController", "status_text", "task_id_of", "parse_task_id"]
 
 log = logging.getLogger("tessera.services")
 
@@ -54,12 +56,40 @@ FRAMEWORK_NAME = "tessera-services"
 APPS = "apps/"
 STATUS = "status/"
 HISTORY = 10  # deployments kept in a status record
+# A kill is sent again while the task has not ended after this long (Marathon's --kill_retry_timeout): a
+# KillTask reaches the agent once, so one sent while the agent's stream was down is lost (Mesos semantics:
+# frameworks retry kills). Without this, a rolling update counted such instances as gone and they kept
+# running (tests/bench/bench_services.py: 32 old instances on one agent that re-registered mid-update).
+KILL_RETRY_SECONDS = 10.0
 
 
 def config_version(app: App) -> str:
     """The version of what an instance runs: the definition without `instances` (a scale is no new
     version and replaces nothing, as in Marathon)."""
     return App(id=app.id, source={k: v for k, v in app.source.items() if k != "instances"}).version
+
+
+def status_text(status: dict[str, Any], limit: int = MAX_STATE_VALUE_LENGTH) -> str:
+    """A status record as written to the framework's state: whole when it fits in `limit` bytes (a state
+    value's limit); otherwise without the instances that do not fit (the first by task id are kept) and
+    with `instances_omitted` saying how many. The counts stay exact and the record is never refused for its
+    size: whole, one instance takes ~290 bytes, so an app of more than ~220 would exceed
+    MAX_STATE_VALUE_LENGTH, its writes would be refused and `tessera service list` would show a stale
+    record (found by tests/bench/bench_services.py at 500 instances)."""
+    text = json.dumps(status, sort_keys=True)
+    if len(text.encode()) <= limit:
+        return text
+    instances = list(status.get("instances", []))
+    rest = {**status, "instances": [], "instances_omitted": len(instances)}
+    budget = limit - len(json.dumps(rest, sort_keys=True).encode()) - 16  # the omitted count's digits may shrink
+    kept: list[Any] = []
+    for inst in instances:
+        size = len(json.dumps(inst, sort_keys=True).encode()) + 2  # ", " between items
+        if size > budget:
+            break
+        kept.append(inst)
+        budget -= size
+    return json.dumps({**rest, "instances": kept, "instances_omitted": len(instances) - len(kept)}, sort_keys=True)
 
 
 def task_id_of(app: App, n: str) -> str:
@@ -87,6 +117,7 @@ class Task:
     launched_at: float = 0.0
     killing: bool = False
     ever_ready: bool = False
+    kill_sent_at: float = 0.0  # when a kill was last sent (0: never)
 
 
 @dataclass
@@ -408,7 +439,7 @@ class ServiceController(Scheduler):
                     self._new_deployment(run, app, now)
                 run.app = app
                 kills += self._step(run, now)
-                text = json.dumps(self._status(run), sort_keys=True)
+                text = status_text(self._status(run))
                 if text != run.written:
                     writes.append((STATUS + app_id, text))
                     run.written = text
@@ -425,6 +456,12 @@ class ServiceController(Scheduler):
                 for t in self._tasks.values():
                     if t.app_id == app_id:
                         t.killing = True
+            kills += [t.task_id for t in self._tasks.values()  # asked before and not ended: ask again
+                      if t.killing and t.kill_sent_at and now - t.kill_sent_at >= KILL_RETRY_SECONDS]
+            kills = list(dict.fromkeys(kills))
+            for task_id in kills:
+                if task_id in self._tasks:
+                    self._tasks[task_id].kill_sent_at = now
             want = any(run.to_launch > 0 for run in self._apps.values())
             change = self._suppressed is None or self._suppressed == want
             self._suppressed = not want

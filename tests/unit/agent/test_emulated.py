@@ -34,6 +34,12 @@ def test_many_emulated_agents_register_once_each_and_heartbeat(fake_master: Fake
     assert len(stats.first_registration_seconds) == 20
 
 
+def test_emulated_agents_can_be_named_by_distinct_loopback_addresses(fake_master: FakeMaster) -> None:
+    with EmulatedAgents(config(fake_master, count=3, loopback_hostnames=True)) as agents:
+        agents.wait_registered(timeout=30)
+    assert sorted(r.info.hostname for r in fake_master.registers) == ["127.100.0.1", "127.100.0.2", "127.100.0.3"]
+
+
 def test_emulated_task_reports_starting_running_finished(fake_master: FakeMaster) -> None:
     with EmulatedAgents(config(fake_master, count=3)) as agents:
         agents.wait_registered(timeout=30)
@@ -44,17 +50,74 @@ def test_emulated_task_reports_starting_running_finished(fake_master: FakeMaster
     assert stats.tasks_launched == 1 and stats.tasks_finished == 1
 
 
-def test_a_health_checked_emulated_task_reports_healthy_once_after_running(fake_master: FakeMaster) -> None:
-    checked = task("web")
-    checked.health_check.CopyFrom(common_pb2.HealthCheck(type=common_pb2.HealthCheck.TCP,
-                                                         tcp=common_pb2.HealthCheck.TCPCheckInfo(port=31000)))
-    with EmulatedAgents(config(fake_master, count=1)) as agents:
+def checked_task(task_id: str, *, delay: float = 0.3, interval: float = 0.05, grace: float = 10.0,
+                 failures: int = 3) -> common_pb2.TaskInfo:
+    info = task(task_id)
+    info.health_check.CopyFrom(common_pb2.HealthCheck(
+        type=common_pb2.HealthCheck.TCP, tcp=common_pb2.HealthCheck.TCPCheckInfo(port=31000),
+        delay_seconds=delay, interval_seconds=interval, timeout_seconds=interval, grace_period_seconds=grace,
+        consecutive_failures=failures))
+    return info
+
+
+def health_statuses(master: FakeMaster, task_id: str) -> list[common_pb2.TaskStatus]:
+    """The task's statuses that carry `healthy`, once per uuid, in the order received."""
+    seen: dict[str, common_pb2.TaskStatus] = {}
+    with master.lock:
+        for u in master.updates:
+            if u.status.task_id == task_id and u.status.HasField("healthy"):
+                seen.setdefault(u.status.uuid, u.status)
+    return list(seen.values())
+
+
+def test_a_health_checked_emulated_task_reports_healthy_once_after_its_delay(fake_master: FakeMaster) -> None:
+    with EmulatedAgents(config(fake_master, count=1, task_duration=1.5)) as agents:
         agents.wait_registered(timeout=30)
-        fake_master.run_task(checked)
+        fake_master.run_task(checked_task("web", delay=0.3, interval=0.05))
         fake_master.wait_for(lambda: "TASK_FINISHED" in fake_master.states_of("web"), what="TASK_FINISHED")
+        stats = agents.stats()
     assert fake_master.states_of("web") == ["TASK_STARTING", "TASK_RUNNING", "TASK_RUNNING", "TASK_FINISHED"]
-    healthy = [u.status for u in fake_master.updates if u.status.task_id == "web" and u.status.HasField("healthy")]
-    assert {(s.healthy, s.reason) for s in healthy} == {(True, "REASON_TASK_HEALTH_CHECK_STATUS_UPDATED")}
+    healthy = health_statuses(fake_master, "web")
+    assert [(s.healthy, s.reason) for s in healthy] == [(True, "REASON_TASK_HEALTH_CHECK_STATUS_UPDATED")]
+    running = next(u.status for u in fake_master.updates if u.status.state == common_pb2.TASK_RUNNING)
+    assert healthy[0].timestamp - running.timestamp >= 0.3 - 0.01  # the first check waits for the delay
+    # the checker went on checking every interval; none of those checks was a change, so none was sent
+    assert stats.health_checks > 3 and stats.health_changes == 1
+
+
+def test_failures_within_the_grace_period_are_not_reported(fake_master: FakeMaster) -> None:
+    probe = lambda task_id, n: n > 4  # noqa: E731 - the first four checks fail, then they pass
+    with EmulatedAgents(config(fake_master, count=1, task_duration=None, health_probe=probe)) as agents:
+        agents.wait_registered(timeout=30)
+        fake_master.run_task(checked_task("web", delay=0.0, interval=0.05, grace=30.0, failures=2))
+        fake_master.wait_for(lambda: health_statuses(fake_master, "web"), what="a health status")
+        agents.wait(lambda s: s.health_checks >= 8, timeout=10, what="more checks")
+    assert [s.healthy for s in health_statuses(fake_master, "web")] == [True]
+    assert fake_master.states_of("web") == ["TASK_STARTING", "TASK_RUNNING", "TASK_RUNNING"]
+
+
+def test_a_health_flip_is_reported_once_each_way_and_failing_checks_kill_the_task(fake_master: FakeMaster) -> None:
+    # pass, pass, fail (counts: past the first pass), pass, then fail until the third failure in a row kills
+    probe = lambda task_id, n: n in (1, 2, 4)  # noqa: E731
+    with EmulatedAgents(config(fake_master, count=1, task_duration=None, health_probe=probe)) as agents:
+        agents.wait_registered(timeout=30)
+        fake_master.run_task(checked_task("web", delay=0.0, interval=0.05, grace=0.0, failures=3))
+        fake_master.wait_for(lambda: "TASK_KILLED" in fake_master.states_of("web"), what="TASK_KILLED")
+        ended = agents.stats()
+        agents.wait(lambda s: s.updates_acked >= 8, timeout=10, what="acks")
+        after = agents.stats()
+    statuses = health_statuses(fake_master, "web")
+    assert [(common_pb2.TaskState.Name(s.state), s.healthy, s.reason) for s in statuses] == [
+        ("TASK_RUNNING", True, "REASON_TASK_HEALTH_CHECK_STATUS_UPDATED"),
+        ("TASK_RUNNING", False, "REASON_TASK_HEALTH_CHECK_STATUS_UPDATED"),
+        ("TASK_RUNNING", True, "REASON_TASK_HEALTH_CHECK_STATUS_UPDATED"),
+        ("TASK_RUNNING", False, "REASON_TASK_HEALTH_CHECK_STATUS_UPDATED"),  # once for the run of failures
+        ("TASK_KILLING", False, "REASON_TASK_UNHEALTHY"),
+        ("TASK_KILLED", False, "REASON_TASK_UNHEALTHY"),
+    ]
+    assert "3 consecutive failed health checks" in statuses[-1].message
+    assert ended.health_checks == 7 and ended.health_changes == 4
+    assert after.health_checks == 7  # a killed task is checked no more
 
 
 def test_emulated_kill_and_term_fencing(fake_master: FakeMaster) -> None:
