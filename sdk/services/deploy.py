@@ -6,11 +6,13 @@ current version to launch and which instances to kill, and whether the deploymen
 
 Rolling deployments keep Marathon's two bounds: at least `minimumHealthCapacity × instances` ready
 instances at every moment (`min_ready`), and at most `instances + maximumOverCapacity × instances` in all
-(`max_total`). Old-version instances that are not ready are killed at once (they serve nobody); ready
+(`max_total`), counting the instances asked to stop until they end (they hold their resources and ports
+while they drain and stop, and a kill sent to a reconnecting agent can be lost and sent again). Old-version instances that are not ready are killed at once (they serve nobody); ready
 old ones only while the ready count stays at or above `min_ready`; new ones are launched while the total
 stays within `max_total`. Where the two bounds leave no move at all (`min_ready` = `max_total`, e.g. one
 instance with 0.25/0), one old instance is stopped anyway, as Marathon does. A scale down kills the
-instances that are not ready first, then the newest.
+instances that are not ready first, then the newest. A deployment is done when every instance is of the
+current version and ready, and the ones asked to stop have ended.
 
 A deployment fails — it stops launching the new version, keeps what runs and says why — when instances of
 the new version failed `failure_limit(app)` times in a row since it started (a version that cannot start or
@@ -34,7 +36,7 @@ class Instance:
     version: str
     ready: bool  # running and, with a health check, healthy
     launched_at: float = 0.0  # for choosing the newest
-    killing: bool = False  # a kill was asked for: counts for nothing
+    killing: bool = False  # a kill was asked for: not ready, but alive (and counted in `max_total`) until it ends
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ def failure_limit(app: App) -> int:
 
 def plan(app: App, instances: Sequence[Instance], failures: int = 0) -> Step:
     live = [i for i in instances if not i.killing]
+    stopping = len(instances) - len(live)  # asked to stop, not ended yet: they hold resources and ports
     new = [i for i in live if i.version == app.version]
     old = [i for i in live if i.version != app.version]
     wanted = app.instances
@@ -65,8 +68,8 @@ def plan(app: App, instances: Sequence[Instance], failures: int = 0) -> Step:
         if len(new) > wanted:  # scale down: not ready first, then the newest
             order = sorted(new, key=lambda i: (i.ready, -i.launched_at))
             kill = [i.task_id for i in order[: len(new) - wanted]]
-        launch = max(0, wanted - len(new))
-        done = len(new) == wanted and all(i.ready for i in new) and not kill
+        launch = max(0, min(wanted - len(new), max_total - len(new) - stopping))
+        done = len(new) == wanted and all(i.ready for i in new) and not kill and not stopping
         return Step(launch=launch, kill=tuple(kill), done=done)
     ready = sum(1 for i in live if i.ready)
     for i in sorted(old, key=lambda i: (i.ready, i.launched_at)):  # not ready first, then the oldest
@@ -75,9 +78,9 @@ def plan(app: App, instances: Sequence[Instance], failures: int = 0) -> Step:
         elif ready - 1 >= min_ready:
             kill.append(i.task_id)
             ready -= 1
-    total = len(live) - len(kill)
+    total = len(live) + stopping  # a kill decided now still holds its instance: it counts until it ends
     launch = max(0, min(wanted - len(new), max_total - total))
-    if not kill and not launch and len(new) < wanted and all(i.ready for i in new):
+    if not kill and not launch and not stopping and len(new) < wanted and all(i.ready for i in new):
         # the bounds leave no move (minimum ready = maximum total, e.g. 1 instance at 0.25/0): as Marathon
         # does, stop one old instance anyway, the oldest, and dip below the minimum for one round
         kill.append(min((i for i in old if i.ready), key=lambda i: i.launched_at).task_id)

@@ -92,21 +92,27 @@ def test_a_scale_up_and_down() -> None:
     assert plan(app, [Instance(f"t{i}", app.version, True) for i in range(3)]).done
 
 
-def simulate(old_ready: int, instances: int, min_hc: float, max_oc: float) -> list[tuple[int, int]]:
-    """Run the planner against a world where a launched instance is ready one round later; returns (ready,
-    total) after every round, and checks the bounds each round."""
+def simulate(old_ready: int, instances: int, min_hc: float, max_oc: float,
+             kill_rounds: int = 0) -> list[tuple[int, int]]:
+    """Run the planner against a world where a launched instance is ready one round later and a killed one
+    ends `kill_rounds` rounds later (draining, or its kill lost and sent again; until then it is `killing`
+    and still holds its resources); returns (ready, total) after every round, and checks the bounds each
+    round, the instances being stopped included in the total."""
     doc = {**WEB, "instances": instances, "upgradeStrategy": {"minimumHealthCapacity": min_hc,
                                                               "maximumOverCapacity": max_oc}}
     old_app, app = parse_app(doc), parse_app({**doc, "cmd": "python3 -m http.server $PORT0 --new"})
     world = [Instance(f"old{i}", old_app.version, ready=True, launched_at=i) for i in range(old_ready)]
+    ends: dict[str, int] = {}  # task id -> the round its kill ends it
     history, n = [], 0
-    for _ in range(200):
+    for round_ in range(200):
         step = plan(app, world)
         if step.done:
             break
-        world = [i if i.task_id not in step.kill else None for i in world]  # type: ignore[misc]
-        world = [i for i in world if i is not None]
-        world = [Instance(i.task_id, i.version, True, i.launched_at) for i in world]  # launched last round: ready
+        for task_id in step.kill:
+            ends.setdefault(task_id, round_ + kill_rounds)
+        world = [i for i in world if ends.get(i.task_id, round_ + 1) > round_]
+        world = [Instance(i.task_id, i.version, i.task_id not in ends, i.launched_at, killing=i.task_id in ends)
+                 for i in world]  # launched last round: ready
         for _ in range(step.launch):
             n += 1
             world.append(Instance(f"new{n}", app.version, ready=False, launched_at=100 + n))
@@ -115,7 +121,7 @@ def simulate(old_ready: int, instances: int, min_hc: float, max_oc: float) -> li
         floor = math.ceil(instances * min_hc)
         no_room = floor >= instances + math.floor(instances * max_oc)  # the one round Marathon allows below
         assert ready >= floor - (1 if no_room else 0)
-        assert len(world) <= instances + math.floor(instances * max_oc)
+        assert len(world) <= instances + math.floor(instances * max_oc), (round_, world)
     assert plan(app, world).done, world
     assert all(i.version == app.version for i in world) and len(world) == instances
     return history
@@ -134,6 +140,23 @@ def test_rolling_updates_always_finish_within_the_bounds(instances: int, min_hc:
     if min_hc == 1.0 and math.floor(instances * max_oc) == 0:
         return  # no room to replace anything: refused at parse time when maximumOverCapacity is 0
     simulate(instances, instances, min_hc, max_oc)
+    simulate(instances, instances, min_hc, max_oc, kill_rounds=2)  # kills that take a while to end
+
+
+def test_an_instance_being_stopped_counts_in_the_maximum_until_it_ends() -> None:
+    """Replacements must not overtake the kills they replace (seen at 500 instances: 615 alive against a
+    maximum of 600 while kills went out one call at a time), and a deployment is not done while an old
+    instance is still stopping."""
+    app = parse_app({**WEB, "instances": 2, "upgradeStrategy": {"minimumHealthCapacity": 0.5,
+                                                                 "maximumOverCapacity": 0.5}})
+    stopping = Instance("old0", "previous", ready=False, killing=True)
+    old = Instance("old1", "previous", ready=True)
+    new = Instance("new1", app.version, ready=True, launched_at=5)
+    assert plan(app, [stopping, old, new]).launch == 0  # 3 alive = the maximum: wait for old0 to end
+    assert plan(app, [old, new]).launch == 1
+    done_but_stopping = [stopping, new, Instance("new2", app.version, ready=True, launched_at=6)]
+    assert not plan(app, done_but_stopping).done
+    assert plan(app, done_but_stopping[1:]).done
 
 
 def test_a_version_that_keeps_failing_stops_the_deployment() -> None:
