@@ -167,6 +167,28 @@ class Cluster:
         self.offer()
         self.poll()
 
+    def rounds_until(self, state: str, rounds: int = 10, check: Callable[[], None] = lambda: None) -> dict[str, Any]:
+        """Rounds until the deployment is in `state` (at most `rounds`; `check` after each); the status record."""
+        for _ in range(rounds):
+            self.round()
+            check()
+            if self.status()["deployment"]["state"] == state:
+                break
+        return self.status()
+
+    def take_over(self) -> None:
+        """A standby instance starts, the active one stops, the standby takes the lease and is the active one."""
+        standby = Instance(self.fake)
+        standby.controller.wait(lambda: standby.controller.count("standing_by"), "the standby waiting")
+        assert self.fake.framework(self.framework_id).standbys == 1
+        self.stop()
+        self.fake.wait_for(lambda: not self.fake.framework(self.framework_id).connected, timeout=WAIT,
+                           what="the active stream ended")
+        assert not standby.controller.count("became_active"), "the holder may come back within the takeover delay"
+        self.fake.advance(self.fake.takeover_delay)
+        assert standby.wait_active() == self.framework_id
+        self.active = standby
+
     def live(self) -> list[TaskView]:
         return sorted((t for t in self.fake.tasks(self.framework_id).values() if t.state in LIVE),
                       key=lambda t: t.info.task_id)
@@ -389,12 +411,11 @@ def test_a_deployment_whose_instances_keep_failing_stops_at_the_failure_limit_an
     bad = web(3, cmd="fail")
     cluster.apply(bad)
     limit = failure_limit(parse_app(bad))
-    for _ in range(10):
-        cluster.round()
+
+    def keeps_the_minimum() -> None:
         assert sum(1 for t in cluster.live() if ready(t)) >= 2, "below minimumHealthCapacity 0.5 of 3"
-        if cluster.status()["deployment"]["state"] != "running":
-            break
-    record = cluster.status()
+
+    record = cluster.rounds_until("failed", check=keeps_the_minimum)
     deployment = record["deployment"]
     assert deployment["state"] == "failed", deployment
     assert record["failures"] >= limit
@@ -413,11 +434,7 @@ def test_a_deployment_whose_instances_keep_failing_stops_at_the_failure_limit_an
     assert {t.info.task_id for t in cluster.live()} == {t.info.task_id for t in survivors}
     # a fixed version deploys again; the failed deployment stays in the history with its reason
     cluster.apply(web(3, cmd="serve --fixed"))
-    for _ in range(10):
-        cluster.round()
-        if cluster.status()["deployment"]["state"] == "done":
-            break
-    record = cluster.status()
+    record = cluster.rounds_until("done")
     assert record["deployment"]["state"] == "done" and len(cluster.live()) == 3
     assert record["history"][0]["state"] == "failed" and "failed in a row" in record["history"][0]["reason"]
 
@@ -443,17 +460,9 @@ def test_a_standby_controller_takes_over_without_losing_or_doubling_an_instance(
     c.round()
     before = {t.info.task_id for t in c.live()}
     status_before = c.status()
-    standby = Instance(c.fake)
-    standby.controller.wait(lambda: standby.controller.count("standing_by"), "the standby waiting")
-    assert c.fake.framework(c.framework_id).standbys == 1
-    c.stop()  # the active process is gone
-    c.fake.wait_for(lambda: not c.fake.framework(c.framework_id).connected, timeout=WAIT, what="the stream ended")
-    assert not standby.controller.count("became_active"), "the holder may come back within the takeover delay"
-    c.fake.advance(c.fake.takeover_delay)
-    assert standby.wait_active() == c.framework_id
-    assert c.fake.framework(c.framework_id).lease_term == 2
     launched, kills = c.launched(), len(c.fake.calls_of(KillCall))
-    c.active = standby
+    c.take_over()  # a standby starts, the active process is gone, the standby takes the lease
+    assert c.fake.framework(c.framework_id).lease_term == 2
     for _ in range(3):
         c.round()
     assert {t.info.task_id for t in c.live()} == before, "the same instances, none lost or doubled"
@@ -473,19 +482,9 @@ def test_a_failed_deployment_stays_failed_after_a_takeover(made: list[Cluster]) 
     c.apply(web(3))
     c.round()
     c.apply(web(3, cmd="fail"))
-    for _ in range(10):
-        c.round()
-        if c.status()["deployment"]["state"] == "failed":
-            break
-    failed = c.status()
+    failed = c.rounds_until("failed")
     assert failed["deployment"]["state"] == "failed"
-    standby = Instance(c.fake)
-    standby.controller.wait(lambda: standby.controller.count("standing_by"), "the standby waiting")
-    c.stop()
-    c.fake.wait_for(lambda: not c.fake.framework(c.framework_id).connected, timeout=WAIT, what="the stream ended")
-    c.fake.advance(c.fake.takeover_delay)
-    standby.wait_active()
-    c.active = standby
+    c.take_over()
     launched = c.launched()
     for _ in range(3):
         c.round()
