@@ -12,8 +12,9 @@ the masters and adopts the live ones (a task id names its app and version: `<app
 `deposed` forgets everything. The active one polls `apps/` every `poll_seconds` and, per app, follows
 `deploy.plan`: kills what the plan says, launches the missing instances on offers that fit (resources,
 ports, `constraints.admits`), after the app's restart backoff (`App.launch_delay`), and stops a deployment
-whose new version failed `failure_limit` times in a row. It suppresses offers when nothing is to be
-launched and revives when something is.
+whose new version failed `failure_limit` times in a row (failures in a row end when an instance of the
+current version has been ready for `READY_SECONDS`: one that runs and exits at once does not end them).
+It suppresses offers when nothing is to be launched and revives when something is.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from tessera.sdk.services.app import App, AppError, parse_app
 from tessera.sdk.services.constraints import Placement, admits
 from tessera.sdk.services.deploy import Instance, failure_limit, plan
 
-__all__ = ["APPS", "FRAMEWORK_NAME", "STATUS", "ServiceController", "task_id_of", "parse_task_id"]
+__all__ = ["APPS", "FRAMEWORK_NAME", "READY_SECONDS", "STATUS", "ServiceController", "task_id_of", "parse_task_id"]
 
 log = logging.getLogger("tessera.services")
 
@@ -54,6 +55,7 @@ FRAMEWORK_NAME = "tessera-services"
 APPS = "apps/"
 STATUS = "status/"
 HISTORY = 10  # deployments kept in a status record
+READY_SECONDS = 5.0  # an instance of the current version ready this long ends its failures in a row
 
 
 def config_version(app: App) -> str:
@@ -87,6 +89,7 @@ class Task:
     launched_at: float = 0.0
     killing: bool = False
     ever_ready: bool = False
+    ready_since: float = 0.0  # when a round first saw it ready (0: not ready)
 
 
 @dataclass
@@ -229,8 +232,6 @@ class ServiceController(Scheduler):
         run = self._apps.get(task.app_id)
         if run is not None and _ready(run.app, task):
             task.ever_ready = True
-            if task.version == config_version(run.app):
-                run.failures = 0
         return task
 
     def update(self, driver: SchedulerDriver, status: TaskStatus) -> None:
@@ -467,6 +468,10 @@ class ServiceController(Scheduler):
         app = run.app
         own = [t for t in self._tasks.values() if t.app_id == app.id]
         current = config_version(app)
+        for t in own:  # a process that starts and exits at once is running for a moment: no end of a crash loop
+            t.ready_since = (t.ready_since or now) if _ready(app, t) else 0.0
+            if t.version == current and not t.killing and t.ready_since and now - t.ready_since >= READY_SECONDS:
+                run.failures = 0
         instances = [Instance(t.task_id, app.version if t.version == current else t.version, _ready(app, t),
                               t.launched_at, t.killing) for t in own]
         if run.deployment.state == "failed":

@@ -20,7 +20,7 @@ import pytest
 from tessera.sdk import FrameworkInfo, Offer, SchedulerDriver, TaskInfo, TaskState, TaskStatus
 from tessera.sdk.protocol import AcceptCall, KillCall
 from tessera.sdk.services.app import parse_app
-from tessera.sdk.services.controller import APPS, FRAMEWORK_NAME, STATUS, ServiceController
+from tessera.sdk.services.controller import APPS, FRAMEWORK_NAME, READY_SECONDS, STATUS, ServiceController
 from tessera.sdk.services.deploy import failure_limit
 from tessera.sdk.testing import FakeMaster, StatusStep, TaskView
 
@@ -44,10 +44,15 @@ HEALTH: dict[str, Any] = {"portDefinitions": [{"port": 0, "name": "http"}],
 
 def healthy_when_running(task: TaskInfo) -> list[TaskState | StatusStep]:
     """Tasks start and run; with a health check they report healthy too. A command with `fail` in it exits
-    1 before it runs; one with `sick` runs and never becomes healthy."""
+    1 before it runs; one with `crash` exits 1 as soon as it runs (the agent reports TASK_RUNNING, then
+    TASK_FAILED, as for a process that starts and exits at once); one with `sick` runs and never becomes
+    healthy."""
     command = task.command if isinstance(task.command, str) else " ".join(task.command)
     if "fail" in command:
         return [TaskState.TASK_STARTING, StatusStep(TaskState.TASK_FAILED, exit_code=1, message="exited 1")]
+    if "crash" in command:
+        return [TaskState.TASK_STARTING, TaskState.TASK_RUNNING,
+                StatusStep(TaskState.TASK_FAILED, exit_code=1, message="exited 1")]
     steps: list[TaskState | StatusStep] = [TaskState.TASK_STARTING, TaskState.TASK_RUNNING]
     if task.health_check is not None and "sick" not in command:
         steps.append(StatusStep(TaskState.TASK_RUNNING, healthy=True))
@@ -305,20 +310,49 @@ def test_restarts_wait_the_backoff_which_grows_to_its_maximum(cluster: Cluster) 
         cluster.poll()
 
 
-def test_an_instance_that_ran_resets_the_backoff(made: list[Cluster]) -> None:
+def test_an_instance_that_stayed_ready_resets_the_backoff(made: list[Cluster]) -> None:
     c = Cluster(behaviour=running_only)
     made.append(c)
     c.apply(web(1, backoffSeconds=4, backoffFactor=2, maxLaunchDelaySeconds=10))
-    for n in range(2):  # twice: the instance runs, then fails
+    for n in range(2):  # twice: the instance runs for READY_SECONDS, then fails
         c.round()
         (task,) = c.live()
-        assert c.launched() == n + 1
+        assert c.launched() == n + 1 and c.status()["failures"] == n, "a start alone ends no failures in a row"
+        c.fake.advance(READY_SECONDS - 1)
+        c.poll()
+        assert c.status()["failures"] == n, "ready for less than READY_SECONDS ends no failures in a row"
+        c.fake.advance(1)
+        c.poll()
+        assert c.status()["failures"] == 0, "an instance ready for READY_SECONDS ends the failures in a row"
         c.fake.update(task.info.task_id, TaskState.TASK_FAILED, exit_code=1)
         c.poll()
         assert c.status()["failures"] == 1, "a failure after a run is the first in a row"
         c.fake.advance(4)  # backoffSeconds: enough after the first failure in a row, not after a second
     c.offer()
     assert c.launched() == 3 and len(c.live()) == 1
+
+
+def test_an_instance_that_runs_and_exits_at_once_counts_as_a_failure_in_a_row(cluster: Cluster) -> None:
+    # no health check: TASK_RUNNING then TASK_FAILED at once is a crash loop, not a run that resets the backoff
+    cluster.apply(web(1, cmd="crash", backoffSeconds=4, backoffFactor=2, maxLaunchDelaySeconds=100))
+    cluster.round()
+    for failures in (1, 2, 3):
+        assert cluster.status()["failures"] == failures
+        cluster.fake.advance(4 * 2 ** (failures - 1))  # the backoff: 4, 8, 16
+        cluster.round()
+    assert cluster.launched() == 4
+
+
+def test_a_new_version_that_crashes_as_it_starts_fails_its_deployment(cluster: Cluster) -> None:
+    cluster.apply(web(3))
+    cluster.round()
+    old = {t.info.task_id for t in cluster.live()}
+    cluster.fake.advance(READY_SECONDS)
+    cluster.apply(web(3, cmd="crash"))
+    record = cluster.rounds_until("failed")
+    assert record["deployment"]["state"] == "failed", record
+    assert "failed in a row" in record["deployment"]["reason"]
+    assert {t.info.task_id for t in cluster.live()} <= old and len(cluster.live()) == 2
 
 
 # ---- constraints -------------------------------------------------------------------------------------------
