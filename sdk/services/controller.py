@@ -13,7 +13,8 @@ the masters and adopts the live ones (a task id names its app and version: `<app
 `deploy.plan`: kills what the plan says, launches the missing instances on offers that fit (resources,
 ports, `constraints.admits`), after the app's restart backoff (`App.launch_delay`), and stops a deployment
 whose new version failed `failure_limit` times in a row (failures in a row end when an instance of the
-current version has been ready for `READY_SECONDS`: one that runs and exits at once does not end them).
+current version has been ready for `READY_SECONDS`: one that runs and exits at once does not end them;
+without a health check, a new instance counts as ready for the deployment only after `READY_SECONDS`).
 It suppresses offers when nothing is to be launched and revives when something is.
 """
 
@@ -472,8 +473,12 @@ class ServiceController(Scheduler):
             t.ready_since = (t.ready_since or now) if _ready(app, t) else 0.0
             if t.version == current and not t.killing and t.ready_since and now - t.ready_since >= READY_SECONDS:
                 run.failures = 0
-        instances = [Instance(t.task_id, app.version if t.version == current else t.version, _ready(app, t),
-                              t.launched_at, t.killing) for t in own]
+        # without a health check, a new instance counts as ready for the deployment once it has been running
+        # for READY_SECONDS (Kubernetes' minReadySeconds): old instances are not stopped for a moment's run
+        settled = {t.task_id for t in own if t.version != current or app.health_checks
+                   or (t.ready_since and now - t.ready_since >= READY_SECONDS)}
+        instances = [Instance(t.task_id, app.version if t.version == current else t.version,
+                              _ready(app, t) and t.task_id in settled, t.launched_at, t.killing) for t in own]
         if run.deployment.state == "failed":
             run.to_launch = 0
             return []

@@ -252,6 +252,9 @@ def test_a_scale_up_launches_only_the_missing_and_a_scale_down_kills_the_newest(
     cluster.round()
     first = {t.info.task_id for t in cluster.live()}
     assert len(first) == 3 and all(ready(t) for t in cluster.live())
+    assert cluster.status()["deployment"]["state"] == "running", "no health check: done after READY_SECONDS"
+    cluster.fake.advance(READY_SECONDS)
+    cluster.poll()
     record = cluster.status()
     assert (record["wanted"], record["running"], record["healthy"], record["deployment"]["state"]) == (3, 3, 3, "done")
 
@@ -261,6 +264,8 @@ def test_a_scale_up_launches_only_the_missing_and_a_scale_down_kills_the_newest(
     live = {t.info.task_id for t in cluster.live()}
     assert len(live) == 5 and first < live and cluster.launched() == 5
     assert not cluster.fake.calls_of(KillCall)
+    cluster.fake.advance(READY_SECONDS)
+    cluster.poll()
     assert cluster.status()["history"] == [] and cluster.status()["deployment"]["state"] == "done"
 
     cluster.apply(web(2))
@@ -468,9 +473,35 @@ def test_a_deployment_whose_instances_keep_failing_stops_at_the_failure_limit_an
     assert {t.info.task_id for t in cluster.live()} == {t.info.task_id for t in survivors}
     # a fixed version deploys again; the failed deployment stays in the history with its reason
     cluster.apply(web(3, cmd="serve --fixed"))
-    record = cluster.rounds_until("done")
+    record = cluster.rounds_until("done", check=lambda: cluster.fake.advance(READY_SECONDS))
     assert record["deployment"]["state"] == "done" and len(cluster.live()) == 3
     assert record["history"][0]["state"] == "failed" and "failed in a row" in record["history"][0]["reason"]
+
+
+def test_without_a_health_check_a_new_instance_counts_ready_only_after_ready_seconds(made: list[Cluster]) -> None:
+    # the agent reports a process that starts and exits at once TASK_RUNNING for a moment: a round that sees
+    # that moment must not stop old instances for it (Kubernetes' minReadySeconds)
+    c = Cluster(behaviour=running_only)
+    made.append(c)
+    c.apply(web(3))
+    c.round()
+    old = {t.info.task_id for t in c.live()}
+    c.fake.advance(READY_SECONDS)
+    c.apply(web(3, cmd="serve --v2"))
+    c.round()  # one old instance stopped (3 -> 2 = the minimum), two new ones launched and running
+    new = {t.info.task_id for t in c.live()} - old
+    assert len(new) == 2 and len(old & {t.info.task_id for t in c.live()}) == 2
+    c.poll()
+    assert len(old & {t.info.task_id for t in c.live()}) == 2, "old instances stopped for new ones just started"
+    for task_id in new:  # they exit
+        c.fake.update(task_id, TaskState.TASK_FAILED, exit_code=1)
+    c.round()
+    assert len(old & {t.info.task_id for t in c.live()}) == 2
+    # new instances that stay up count once they have been ready for READY_SECONDS: the deployment goes on
+    c.apply(web(3, cmd="serve --v3"))
+    c.fake.advance(READY_SECONDS)
+    record = c.rounds_until("done", rounds=20, check=lambda: c.fake.advance(READY_SECONDS))
+    assert record["deployment"]["state"] == "done" and not old & {t.info.task_id for t in c.live()}
 
 
 def test_an_instance_that_never_becomes_healthy_is_not_counted_ready(cluster: Cluster) -> None:
