@@ -188,8 +188,12 @@ def launched_tasks(cluster: LocalCluster, prefix: str) -> set[str]:
     return set(re.findall(re.escape(prefix) + r"[0-9a-f]+", out.stdout))
 
 
+@pytest.mark.parametrize("checked", [True, False], ids=["with-health-check", "without-health-check"])
 def test_a_deployment_whose_instances_exit_at_once_stops_at_the_failure_limit_and_keeps_the_old_ones(
-        cluster: LocalCluster) -> None:
+        cluster: LocalCluster, checked: bool) -> None:
+    """Without a health check the agent reports each instance of the new version TASK_RUNNING for a moment
+    before TASK_FAILED: that moment neither ends the failures in a row nor stops an old instance
+    (controller.READY_SECONDS)."""
     services = start_services(cluster, "services-1")
     try:
         wait_for(lambda: tessera(cluster, "service", "list").returncode == 0, 30, what="the framework registered")
@@ -200,6 +204,8 @@ def test_a_deployment_whose_instances_exit_at_once_stops_at_the_failure_limit_an
         counted_from = len(ready_counts(cluster, "web."))
         # the new version's command exits 1 at once: every instance of it fails
         broken = json.loads(app(3, cmd="echo version 2 cannot start; exit 1", backoffSeconds=0.2))
+        if not checked:
+            del broken["healthChecks"]
         assert tessera(cluster, "service", "apply", "-", stdin=json.dumps(broken)).returncode == 0
         failed = wait_for(lambda: (s := status(cluster, "web")).get("deployment", {}).get("state") == "failed" and s,
                           90, what="the deployment failed")
