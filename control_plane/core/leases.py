@@ -37,24 +37,31 @@ The framework's situation (`situation`), from the replicated state at the leader
 - Refused before the table, as without leases: a framework id that names nothing (NotFound), a removed
   framework or another principal's (Conflict).
 
-`outcome(holder, ...)` applies the table to what it needs of a framework (`Holder`), `claim(state, ...)`
-to the master's state; `decide` commits what it grants (and refuses WAIT with Conflict),
-the Scheduler API's `Subscribe` asks it first and holds a standby's stream open while it waits, and
-`apply` re-checks the term (`check_subscription_term`): the framework's own for a holder coming back, one
+`outcome(holder, ...)` applies the table to what it needs of a framework (`Holder`); `settle_claim`
+makes the whole decision (the refusals before the table, then the table) over any keeper of framework
+records, given how to find one and what to read of it (`Claimed`) — `FakeMaster` decides with it over its
+own records; `claim(state, ...)` is it over the master's state. `decide` commits what `claim` grants (and
+refuses WAIT with Conflict), the Scheduler API's `Subscribe` asks it first and holds a standby's stream
+open while it waits, and `apply` re-checks the term (`check_subscription_term`): the framework's own for a holder coming back, one
 more for a lease that moves.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import TypeVar
 
 from tessera.control_plane.core.errors import Conflict, Deposed, InvalidRequest, NotFound
 from tessera.control_plane.core.state import ClusterState, FrameworkRecord, check_id, check_number, check_term
 from tessera.control_plane.core.values import FrameworkInfo, FrameworkState
 
-__all__ = ["OUTCOMES", "Claim", "Grant", "Holder", "Outcome", "Situation", "Wait", "check_subscription_term", "claim",
-           "claim_kind", "holder_of", "named_framework", "outcome", "situation", "table_markdown"]
+__all__ = ["OUTCOMES", "Claim", "Claimed", "Grant", "Holder", "Outcome", "Situation", "Wait", "check_subscription_term",
+           "claim", "claim_kind", "claimed_of", "holder_of", "named_framework", "outcome", "settle_claim", "situation",
+           "table_markdown"]
+
+F = TypeVar("F")  # a framework record, as its keeper has it
 
 
 class Claim(Enum):
@@ -177,6 +184,56 @@ def named_framework(state: ClusterState, principal: str, name: str) -> Framework
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """What the refusals before the table read of a framework's record, whoever keeps it (the master's
+    state, `FakeMaster`): its holder, principal and name, whether a standby created it by name, and why it
+    was removed (None while it is not)."""
+
+    holder: Holder
+    principal: str
+    name: str
+    by_name: bool
+    removed: str | None = None
+
+
+def claimed_of(framework: FrameworkRecord) -> Claimed:
+    removed = framework.removed_reason if framework.state is FrameworkState.FRAMEWORK_REMOVED else None
+    return Claimed(holder_of(framework), framework.info.principal, framework.info.name, framework.by_name, removed)
+
+
+def settle_claim(framework_id: str, principal: str, name: str, *, standby: bool, lease_term: int, now: float,
+                 takeover_delay: float, read: Callable[[F], Claimed], find: Callable[[str], F | None],
+                 find_named: Callable[[str, str], str | None]) -> tuple[F | None, Outcome, int]:
+    """The one decision of a subscription's claim over any keeper of framework records (`F`): the refusals
+    before the table (see the module docstring), then the table (`outcome`). `find(framework_id)` looks a
+    framework up, `find_named(principal, name)` names the one a standby created by that name and that is not
+    removed (if any), `read` tells what the rules need of a framework. Returns the framework claimed (None: a
+    new one), the outcome and the lease term (`outcome`'s); raises the domain errors. The master's `claim`
+    and `FakeMaster` both decide with it."""
+    framework: F | None
+    if framework_id:
+        framework = find(framework_id)
+        if framework is None:
+            raise NotFound(f"framework {framework_id} is not known")
+        seen = read(framework)
+        if seen.removed is not None:
+            raise Conflict(f"framework {framework_id} was removed ({seen.removed}); subscribe anew")
+        if principal != seen.principal:
+            raise Conflict(f"framework {framework_id} subscribed as principal {seen.principal!r}")
+        if seen.by_name and name != seen.name:
+            raise InvalidRequest(f"info.name: framework {framework_id} is found by its name {seen.name!r}, "
+                                 "which stays")
+    elif lease_term:
+        raise InvalidRequest("lease_term: an instance that held the lease names its framework id")
+    else:
+        named = find_named(principal, name) if standby else None
+        framework = None if named is None else find(named)
+    decided, term = outcome(None if framework is None else read(framework).holder, standby=standby,
+                            lease_term=lease_term, now=now, takeover_delay=takeover_delay)
+    return framework, decided, term
+
+
 def claim(state: ClusterState, info: FrameworkInfo, *, standby: bool, lease_term: int, now: float,
           takeover_delay: float) -> Grant | Wait:
     """What a subscription with `info` (checked by the caller) gets now (see the module docstring):
@@ -185,23 +242,17 @@ def claim(state: ClusterState, info: FrameworkInfo, *, standby: bool, lease_term
         raise InvalidRequest("standby: must be a bool")
     check_term(lease_term, "lease_term")
     delay = check_number(takeover_delay, "takeover_delay")
-    if info.framework_id:
-        fw: FrameworkRecord | None = state.frameworks.get(check_id(info.framework_id, "info.framework_id"))
-        if fw is None:
-            raise NotFound(f"framework {info.framework_id} is not known")
-        if fw.state is FrameworkState.FRAMEWORK_REMOVED:
-            raise Conflict(f"framework {fw.framework_id} was removed ({fw.removed_reason}); subscribe anew")
-        if info.principal != fw.info.principal:
-            raise Conflict(f"framework {fw.framework_id} subscribed as principal {fw.info.principal!r}")
-        if fw.by_name and info.name != fw.info.name:
-            raise InvalidRequest(f"info.name: framework {fw.framework_id} is found by its name {fw.info.name!r}, "
-                                 "which stays")
-    elif lease_term:
-        raise InvalidRequest("lease_term: an instance that held the lease names its framework id")
-    else:
-        fw = named_framework(state, info.principal, info.name) if standby else None
-    decided, term = outcome(None if fw is None else holder_of(fw), standby=standby, lease_term=lease_term,
-                            now=now, takeover_delay=delay)
+
+    def find(framework_id: str) -> FrameworkRecord | None:
+        return state.frameworks.get(check_id(framework_id, "info.framework_id"))
+
+    def find_named(principal: str, name: str) -> str | None:
+        named = named_framework(state, principal, name)
+        return None if named is None else named.framework_id
+
+    settled = settle_claim(info.framework_id, info.principal, info.name, standby=standby, lease_term=lease_term,
+                           now=now, takeover_delay=delay, read=claimed_of, find=find, find_named=find_named)
+    fw, decided, term = settled  # (unpacked apart: mypy infers the record type from the call alone)
     if fw is None:
         return Grant(decided, None, term, by_name=standby)
     if decided is Outcome.WAIT:

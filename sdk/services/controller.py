@@ -13,7 +13,9 @@ the masters and adopts the live ones (a task id names its app and version: `<app
 `deploy.plan`: kills what the plan says (and kills again, every `KILL_RETRY_SECONDS`, what has not ended),
 launches the missing instances on offers that fit (resources, ports, `constraints.admits`), after the app's
 restart backoff (`App.launch_delay`), and stops a deployment whose new version failed `failure_limit`
-times in a row. It suppresses offers when nothing is to be
+times in a row (failures in a row end when an instance of the current version has been ready for
+`READY_SECONDS`: one that runs and exits at once does not end them; without a health check, a new instance
+counts as ready for the deployment only after `READY_SECONDS`). It suppresses offers when nothing is to be
 launched and revives when something is.
 """
 
@@ -48,7 +50,8 @@ from tessera.sdk.services.app import App, AppError, parse_app
 from tessera.sdk.services.constraints import Placement, admits
 from tessera.sdk.services.deploy import Instance, failure_limit, plan
 
-__all__ = ["APPS", "FRAMEWORK_NAME", "STATUS", "ServiceController", "status_text", "task_id_of", "parse_task_id"]
+__all__ = ["APPS", "FRAMEWORK_NAME", "READY_SECONDS", "STATUS", "ServiceController", "status_text", "task_id_of",
+           "parse_task_id"]
 
 log = logging.getLogger("tessera.services")
 
@@ -61,6 +64,7 @@ HISTORY = 10  # deployments kept in a status record
 # frameworks retry kills). Without this, a rolling update counted such instances as gone and they kept
 # running (tests/bench/bench_services.py: 32 old instances on one agent that re-registered mid-update).
 KILL_RETRY_SECONDS = 10.0
+READY_SECONDS = 5.0  # an instance of the current version ready this long ends its failures in a row
 
 
 def config_version(app: App) -> str:
@@ -118,6 +122,7 @@ class Task:
     killing: bool = False
     ever_ready: bool = False
     kill_sent_at: float = 0.0  # when a kill was last sent (0: never)
+    ready_since: float = 0.0  # when a round first saw it ready (0: not ready)
 
 
 @dataclass
@@ -260,8 +265,6 @@ class ServiceController(Scheduler):
         run = self._apps.get(task.app_id)
         if run is not None and _ready(run.app, task):
             task.ever_ready = True
-            if task.version == config_version(run.app):
-                run.failures = 0
         return task
 
     def update(self, driver: SchedulerDriver, status: TaskStatus) -> None:
@@ -504,8 +507,16 @@ class ServiceController(Scheduler):
         app = run.app
         own = [t for t in self._tasks.values() if t.app_id == app.id]
         current = config_version(app)
-        instances = [Instance(t.task_id, app.version if t.version == current else t.version, _ready(app, t),
-                              t.launched_at, t.killing) for t in own]
+        for t in own:  # a process that starts and exits at once is running for a moment: no end of a crash loop
+            t.ready_since = (t.ready_since or now) if _ready(app, t) else 0.0
+            if t.version == current and not t.killing and t.ready_since and now - t.ready_since >= READY_SECONDS:
+                run.failures = 0
+        # without a health check, a new instance counts as ready for the deployment once it has been running
+        # for READY_SECONDS (Kubernetes' minReadySeconds): old instances are not stopped for a moment's run
+        settled = {t.task_id for t in own if t.version != current or app.health_checks
+                   or (t.ready_since and now - t.ready_since >= READY_SECONDS)}
+        instances = [Instance(t.task_id, app.version if t.version == current else t.version,
+                              _ready(app, t) and t.task_id in settled, t.launched_at, t.killing) for t in own]
         if run.deployment.state == "failed":
             run.to_launch = 0
             return []

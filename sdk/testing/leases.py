@@ -1,7 +1,7 @@
-"""The framework lease as a `FakeMaster` keeps it: the master's table (`core.leases.OUTCOMES`) over the
-fake's records. A standby subscription waits (`StandbyEvent`) while another instance holds the lease,
-and takes over once the framework has been disconnected for `takeover_delay` fake seconds (`advance`);
-a holder presenting its term resumes; a stale term is refused with `Deposed` (a standby waits instead);
+"""The framework lease as a `FakeMaster` keeps it: the master's one decision of a claim
+(`core.leases.settle_claim`: the refusals, then the table `OUTCOMES`) over the fake's records. A standby
+subscription waits (`StandbyEvent`) while another instance holds the lease, and takes over once the
+framework has been disconnected for `takeover_delay` fake seconds (`advance`); a holder presenting its term resumes; a stale term is refused with `Deposed` (a standby waits instead);
 a subscription that moves the lease ends the old stream with an `ErrorEvent` carrying the new term."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from tessera.control_plane.core import leases
-from tessera.sdk.errors import Conflict, InvalidRequest, NotFound, TesseraError
+from tessera.sdk.errors import TesseraError
 from tessera.sdk.protocol import (
     BATCHED_ACKNOWLEDGEMENTS,
     ErrorEvent,
@@ -46,33 +46,28 @@ class _LeaseBook(_TaskBook):
             self._changed()
 
     def _claim(self, info: FrameworkInfo, standby: bool, lease_term: int) -> _Grant | _Wait:
-        """The lease table of the master (`tessera.control_plane.core.leases.OUTCOMES`) over the fake's records."""
-        fw: _Framework | None
-        if info.framework_id:
-            fw = self._frameworks.get(info.framework_id)
-            if fw is None:
-                raise NotFound(f"framework {info.framework_id} is not known")
-            if fw.removed is not None:
-                raise Conflict(f"framework {info.framework_id} was removed ({fw.removed}); subscribe anew")
-            if info.principal != fw.info.principal:
-                raise Conflict(f"framework {info.framework_id} subscribed as principal {fw.info.principal!r}")
-            if fw.by_name and info.name != fw.info.name:
-                raise InvalidRequest(f"info.name: framework {fw.framework_id} is found by its name {fw.info.name!r}, "
-                                     "which stays")
-        elif lease_term:
-            raise InvalidRequest("lease_term: an instance that held the lease names its framework id")
-        else:
-            fw = next((f for f in self._frameworks.values() if f.by_name and f.removed is None
-                       and (f.info.principal, f.info.name) == (info.principal, info.name)), None) if standby else None
-        holder = None if fw is None else leases.Holder(fw.framework_id, fw.lease_term, fw.stream is not None,
-                                                       fw.disconnected_at)
-        decided, term = leases.outcome(holder, standby=standby, lease_term=lease_term, now=self._now,
-                                       takeover_delay=self.takeover_delay)
+        """The master's decision of a claim (`tessera.control_plane.core.leases.settle_claim`: the refusals
+        before the lease table, then the table) over the fake's records."""
+        settled = leases.settle_claim(
+            info.framework_id, info.principal, info.name, standby=standby, lease_term=lease_term, now=self._now,
+            takeover_delay=self.takeover_delay, read=self._read, find=self._frameworks.get, find_named=self._named)
+        fw, decided, term = settled
         if fw is None:
             return _Grant(None, term, moved=False, by_name=standby)
         if decided is leases.Outcome.WAIT:
             return _Wait(fw)
         return _Grant(fw, term, moved=decided is leases.Outcome.TAKE_OVER)
+
+    def _named(self, principal: str, name: str) -> str | None:
+        """The framework a standby created under (principal, name) that is not removed, if any."""
+        return next((f.framework_id for f in self._frameworks.values() if f.by_name and f.removed is None
+                     and (f.info.principal, f.info.name) == (principal, name)), None)
+
+    @staticmethod
+    def _read(fw: _Framework) -> leases.Claimed:
+        """What the lease decision reads of one of the fake's frameworks."""
+        return leases.Claimed(leases.Holder(fw.framework_id, fw.lease_term, fw.stream is not None, fw.disconnected_at),
+                              fw.info.principal, fw.info.name, fw.by_name, fw.removed)
 
     def _activate(self, granted: _Grant, info: FrameworkInfo, stream: FakeStream, address: str) -> None:
         fw = granted.framework

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -179,6 +180,62 @@ def test_a_unique_hostname_constraint_leaves_the_third_instance_unplaced_and_say
         assert len(hosts) == 2 and len(set(hosts)) == 2, hosts  # never two on one agent
         assert tessera(cluster, "service", "scale", "web", "2").returncode == 0
         wait_for(lambda: not status(cluster, "web").get("unplaced"), 30, what="nothing waiting after the scale")
+    finally:
+        services.kill()
+        services.wait(10)
+
+
+def launched_tasks(cluster: LocalCluster, prefix: str) -> set[str]:
+    """Ids of the tasks with `prefix` that the event log says were launched."""
+    out = tessera(cluster, "--json", "events", "--type", "TaskLaunched")
+    assert out.returncode == 0, out.stderr
+    return set(re.findall(re.escape(prefix) + r"[0-9a-f]+", out.stdout))
+
+
+@pytest.mark.parametrize("checked", [True, False], ids=["with-health-check", "without-health-check"])
+def test_a_deployment_whose_instances_exit_at_once_stops_at_the_failure_limit_and_keeps_the_old_ones(
+        cluster: LocalCluster, checked: bool) -> None:
+    """Without a health check the agent reports each instance of the new version TASK_RUNNING for a moment
+    before TASK_FAILED: that moment neither ends the failures in a row nor stops an old instance
+    (controller.READY_SECONDS)."""
+    services = start_services(cluster, "services-1")
+    try:
+        wait_for(lambda: tessera(cluster, "service", "list").returncode == 0, 30, what="the framework registered")
+        assert tessera(cluster, "service", "apply", "-", stdin=app(3, backoffSeconds=0.2)).returncode == 0
+        wait_for(lambda: status(cluster, "web").get("healthy") == 3, 90, what="3 healthy instances")
+        healthy = status(cluster, "web")
+        old = {i["task_id"] for i in healthy["instances"]}
+        counted_from = len(ready_counts(cluster, "web."))
+        # the new version's command exits 1 at once: every instance of it fails
+        broken = json.loads(app(3, cmd="echo version 2 cannot start; exit 1", backoffSeconds=0.2))
+        if not checked:
+            del broken["healthChecks"]
+        assert tessera(cluster, "service", "apply", "-", stdin=json.dumps(broken)).returncode == 0
+        failed = wait_for(lambda: (s := status(cluster, "web")).get("deployment", {}).get("state") == "failed" and s,
+                          90, what="the deployment failed")
+        version, reason = failed["version"], failed["deployment"]["reason"]
+        assert version != healthy["version"]
+        limit = max(3, 3)  # deploy.failure_limit: max(3, instances)
+        print(f"deployment failed after {failed['failures']} failures: {reason}")
+        assert failed["failures"] >= limit and f"{failed['failures']} instances of version" in reason, failed
+        assert "failed in a row" in reason and "previous version running" in reason
+        # `tessera service show` says it, in words and in JSON
+        shown = tessera(cluster, "service", "show", "web")
+        assert shown.returncode == 0, shown.stderr
+        assert f"deployment {version}: failed" in shown.stdout and reason in shown.stdout, shown.stdout
+        # the old instances stay, healthy, never below minimumHealthCapacity 0.5 of 3 (from the event log)
+        survivors = {i["task_id"] for i in failed["instances"] if not i.get("killing")}
+        assert survivors <= old and len(survivors) == 2 and failed["running"] == 2, failed["instances"]
+        assert all(i["healthy"] for i in failed["instances"] if i["task_id"] in survivors), failed["instances"]
+        during = ready_counts(cluster, "web.")[counted_from:]
+        assert during and min(during) >= 2, f"below minimumHealthCapacity 0.5 of 3: {during}"
+        # stopped: every instance of the new version that was launched failed, none is launched after
+        tried = launched_tasks(cluster, f"web.{version}.")
+        assert len(tried) == failed["failures"], (tried, failed["failures"])
+        later = status(cluster, "web")
+        assert later["deployment"]["state"] == "failed" and later["failures"] == failed["failures"]
+        assert launched_tasks(cluster, f"web.{version}.") == tried
+        assert {i["task_id"] for i in later["instances"]} == survivors and later["running"] == 2
     finally:
         services.kill()
         services.wait(10)

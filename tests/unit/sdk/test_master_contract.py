@@ -279,6 +279,21 @@ def test_the_holder_resumes_its_own_term(backend: Backend) -> None:
     assert (resumed.framework_id, resumed.lease_term) == (first.framework_id, 1)
 
 
+def test_claims_refused_before_the_lease_table_are_refused_alike(backend: Backend) -> None:
+    # the one decision of a claim (core.leases.settle_claim) on the master's records and on the fake's
+    stream = backend.transport.subscribe(backend.address, LEASED, lease=LeaseClaim(standby=True))
+    first = next_event(stream, SubscribedEvent)
+    refusals: list[tuple[FrameworkInfo, LeaseClaim, type[Exception]]] = [
+        (replace(LEASED, framework_id="no-such-framework"), LeaseClaim(), NotFound),
+        (replace(LEASED, framework_id=first.framework_id, principal="someone-else"), LeaseClaim(), Conflict),
+        (replace(LEASED, name="renamed", framework_id=first.framework_id), LeaseClaim(standby=True), InvalidRequest),
+        (LEASED, LeaseClaim(term=1), InvalidRequest),
+    ]
+    for info, lease, error in refusals:
+        got = ended(backend.transport.subscribe(backend.address, info, lease=lease))
+        assert isinstance(got, error), (info, lease, got)
+
+
 def ended(stream: EventStream) -> BaseException | None:
     for _ in range(100):
         try:
