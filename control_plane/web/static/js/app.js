@@ -1,0 +1,132 @@
+// The single-page shell: routes on location.pathname (the server serves index.html for every UI route),
+// keeps the master bar (which master answers, who leads, how far behind) and the insecure banner current,
+// and gives each page a fresh <main> and an AbortSignal that fires when the user navigates away.
+
+import { api, ApiError } from "./api.js";
+import { h, replace } from "./dom.js";
+import { routes } from "./routes.js";
+import { cluster } from "./cluster.js";
+import { notFoundView, errorView } from "./views.js";
+
+const main = document.getElementById("main");
+const bar = document.getElementById("master-bar");
+const banner = document.getElementById("insecure-banner");
+
+
+let current = null; // { controller, cleanup }
+
+function match(pathname) {
+  for (const route of routes) {
+    const m = route.pattern.exec(pathname);
+    if (m) return { route, params: m.slice(1).map((p) => decodeURIComponent(p)) };
+  }
+  return null;
+}
+
+function markNav(name) {
+  for (const a of document.querySelectorAll("header nav a")) {
+    if (a.dataset.nav === name) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  }
+}
+
+async function render() {
+  if (current) {
+    current.controller.abort();
+    if (current.cleanup) current.cleanup();
+  }
+  const controller = new AbortController();
+  current = { controller, cleanup: null };
+  const found = match(location.pathname);
+  const view = h("div", { class: "page" });
+  replace(main, view);
+  if (!found) {
+    markNav(null);
+    document.title = "Not found · Tessera";
+    replace(view, notFoundView(`No page at ${location.pathname}.`));
+    return;
+  }
+  markNav(found.route.nav);
+  document.title = `${found.route.title} · Tessera`;
+  const ctx = { signal: controller.signal, query: new URLSearchParams(location.search), cluster };
+  try {
+    const cleanup = await found.route.page(view, found.params, ctx);
+    if (controller.signal.aborted) {
+      if (cleanup) cleanup();
+    } else {
+      current.cleanup = cleanup || null;
+    }
+  } catch (err) {
+    if (err.name === "AbortError" || controller.signal.aborted) return;
+    replace(view, err instanceof ApiError && err.status === 404 ? notFoundView(err.message) : errorView(err));
+  }
+}
+
+function navigate(href) {
+  history.pushState(null, "", href);
+  render();
+  main.focus({ preventScroll: true });
+}
+
+document.addEventListener("click", (e) => {
+  const a = e.target.closest("a[data-link]");
+  if (!a || e.defaultPrevented || e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
+  const url = new URL(a.href, location.href);
+  if (url.origin !== location.origin) return;
+  e.preventDefault();
+  navigate(url.pathname + url.search);
+});
+window.addEventListener("popstate", render);
+window.addEventListener("tessera:navigate", (e) => navigate(e.detail));
+
+// --- the master bar ----------------------------------------------------------------------------------
+
+function masterBar(data) {
+  const me = data.master || {};
+  const leader = data.leader;
+  const behind = data.behind;
+  const others = (data.masters || []).filter((m) => !m.is_self && m.ui_url);
+  return [
+    h("span", {}, "On master ", h("strong", { "data-testid": "self-master" }, me.name || me.grpc_address || "?"),
+      me.is_leader ? h("span", { class: "state ok" }, "leader") : h("span", { class: "state" }, "follower")),
+    h("span", {}, "Leader ", leader
+      ? (leader.ui_url && !me.is_leader
+        ? h("a", { href: leader.ui_url, "data-testid": "leader-master" }, leader.name || leader.grpc_address)
+        : h("strong", { "data-testid": "leader-master" }, leader.name || leader.grpc_address))
+      : h("strong", { class: "lag-bad", "data-testid": "leader-master" }, "none known")),
+    h("span", {}, "Term ", h("strong", {}, me.term ?? "–")),
+    h("span", {}, "Event index ", h("strong", {}, data.index ?? "–")),
+    h("span", {}, "Behind ", behind === null || behind === undefined
+      ? h("strong", { class: "lag-bad" }, "unknown")
+      : h("strong", { class: behind > 100 ? "lag-bad" : "" }, `${behind} event${behind === 1 ? "" : "s"}`)),
+  ];
+}
+
+function lostBar(err) {
+  const known = cluster.last ? (cluster.last.masters || []).filter((m) => !m.is_self && m.ui_url) : [];
+  return [
+    h("span", { class: "conn-lost" }, `Connection to this master lost (${err.message}).`),
+    known.length ? h("span", {}, "Try another master: ",
+      known.map((m, i) => [i ? ", " : "", h("a", { href: m.ui_url }, m.name || m.grpc_address)])) : null,
+  ];
+}
+
+async function refreshCluster() {
+  try {
+    const data = await api.cluster();
+    cluster.last = data;
+    cluster.failed = false;
+    banner.hidden = !data.insecure;
+    replace(bar, masterBar(data));
+    cluster.notify(data, null);
+  } catch (err) {
+    cluster.failed = true;
+    replace(bar, lostBar(err));
+    cluster.notify(null, err);
+  }
+}
+
+refreshCluster();
+setInterval(refreshCluster, 1000);
+cluster.refresh = refreshCluster;
+render();
