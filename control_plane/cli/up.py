@@ -440,10 +440,11 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
 
     metrics = {name: f"127.0.0.1:{free_port()}" for name in [m.name for m in members]
                + [f"a{i}" for i in range(1, n_agents + 1)]}
+    http = {m.name: free_port() for m in members}  # each master's web UI (docs/http-api.md)
     masters = [Child(m.name, "master", [*tessera, "master", "--name", m.name, "--raft", m.raft, "--grpc", m.grpc,
                                         "--peers", ",".join(o.raft for o in members if o is not m),
                                         "--data-dir", str(data_dir / m.name), "--metrics", metrics[m.name],
-                                        *master_flags],
+                                        "--http", f"127.0.0.1:{http[m.name]}", *master_flags],
                      data_dir / m.name / "master.log", COLOURS[i % len(COLOURS)]) for i, m in enumerate(members)]
     hostnames = [f"agent{i}.local" for i in range(1, n_agents + 1)]
     agents = [Child(f"a{i}", "agent", [*tessera, "agent", "--masters", addresses,
@@ -524,6 +525,7 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
             for c in frameworks:
                 start_child(c, env, out)
             record("running")
+            out.say(f"ui: {'https' if secure else 'http'}://127.0.0.1:{http[leader.name]}/", bold=True)
             _print_ready(out, members, leader, data_dir, agents, n_agents, with_agents, demo,
                          [c for c in frameworks if c is not dns], metrics, missing_demos, dns_address)
             code = _supervise(out, everyone, stop, duration)
