@@ -29,11 +29,11 @@ export function loading(text = "Loading…") {
   return h("p", { class: "muted", "aria-busy": "true" }, text);
 }
 
-const OK = new Set(["TASK_RUNNING", "TASK_FINISHED", "AGENT_ACTIVE", "FRAMEWORK_ACTIVE", "done"]);
+const OK = new Set(["TASK_RUNNING", "TASK_FINISHED", "AGENT_ACTIVE", "FRAMEWORK_CONNECTED", "done"]);
 const WARN = new Set(["TASK_STAGING", "TASK_STARTING", "TASK_KILLING", "TASK_UNREACHABLE", "AGENT_DRAINING",
-                      "FRAMEWORK_DISCONNECTED", "FRAMEWORK_FAILING_OVER", "AGENT_UNREACHABLE", "deploying"]);
+                      "FRAMEWORK_DISCONNECTED", "AGENT_UNREACHABLE", "deploying"]);
 const BAD = new Set(["TASK_FAILED", "TASK_KILLED", "TASK_LOST", "TASK_ERROR", "TASK_DROPPED", "TASK_GONE",
-                     "AGENT_GONE", "AGENT_REMOVED", "FRAMEWORK_TORN_DOWN", "FRAMEWORK_INACTIVE", "failed"]);
+                     "AGENT_REMOVED", "FRAMEWORK_REMOVED", "failed"]);
 
 export function stateBadge(state) {
   const text = (state || "?").replace(/^(TASK|AGENT|FRAMEWORK)_/, "").toLowerCase();

@@ -9,7 +9,7 @@ import { facts, pageHeader, stateBadge } from "../views.js";
 import { keepCurrent, taskColumns, TASK_STATES } from "./tasks.js";
 
 const AGENT_STATES = [["", "any"], ["active", "active"], ["draining", "draining"], ["unreachable", "unreachable"],
-  ["gone", "gone"]];
+  ["removed", "removed"]];
 
 function usage(item, name) {
   return resourceBar(name, (item.used || {})[name] || 0, (item.total || {})[name] || 0, { compact: true });

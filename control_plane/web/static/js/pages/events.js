@@ -24,10 +24,14 @@ export function eventSummary(e) {
   if (p.status && p.status.state) {
     return [p.status.state, p.status.reason, p.status.message].filter(Boolean).join(" · ");
   }
+  if (p.task && p.task.task_id) {
+    const r = Object.fromEntries((p.task.resources || []).filter((x) => x.scalar).map((x) => [x.name, x.scalar]));
+    return compact({ name: p.task.name, ...r });
+  }
   const rest = { ...p };
   for (const key of ["framework_id", "agent_id", "task_id"]) delete rest[key];
   const text = compact(rest);
-  return text.length > 200 ? `${text.slice(0, 200)}…` : text;
+  return text.length > 160 ? `${text.slice(0, 160)}…` : text;
 }
 
 function row(e) {

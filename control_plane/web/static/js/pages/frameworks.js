@@ -6,8 +6,8 @@ import { serverTable } from "../table.js";
 import { facts, pageHeader, stateBadge } from "../views.js";
 import { keepCurrent, taskColumns, TASK_STATES } from "./tasks.js";
 
-const FRAMEWORK_STATES = [["", "any"], ["active", "active"], ["disconnected", "disconnected"],
-  ["inactive", "inactive"], ["torn_down", "torn down"]];
+const FRAMEWORK_STATES = [["", "any"], ["connected", "connected"], ["disconnected", "disconnected"],
+  ["removed", "removed"]];
 
 function resourcesText(r) {
   const parts = ["cpus", "mem", "disk"].filter((n) => r && r[n]).map((n) => `${n} ${fmtResource(n, r[n])}`);

@@ -64,7 +64,7 @@ function waterfall(trace) {
         h("span", { class: "span-name", style: `padding-left:${depthOf(s) * 14}px` },
           s.name, " ", h("span", { class: "muted" }, s.service),
           raft && s.attributes && s.attributes["raft.index"] !== undefined
-            ? h("span", { class: "muted" }, ` (raft index ${s.attributes["raft.index"]})`) : null),
+            ? h("span", { class: "muted", title: "raft index" }, ` @${s.attributes["raft.index"]}`) : null),
         h("span", { class: "lane" }, h("b", { style: `left:${left.toFixed(2)}%;width:${width.toFixed(2)}%` })),
         h("span", { class: "num muted" }, fmtDuration(s.duration_ms / 1000)));
     }));
