@@ -89,6 +89,17 @@ function outputView(out) {
   ];
 }
 
+// Spans are kept by the leader only: a follower links to the leader's page instead of asking (its 503
+// would be a failed request in the console).
+async function traceOrLink(ref, signal) {
+  const here = await api.cluster({ signal });
+  if (here.master && !here.master.is_leader) {
+    throw new ApiError(503, "not_leader", "traces are kept by the leader", null,
+                       { leader_url: here.leader ? here.leader.ui_url : null });
+  }
+  return api.trace(ref, { signal });
+}
+
 export async function taskPage(view, [ref], { signal }) {
   const task = await api.task(ref, { signal });
   const res = task.resources || {};
@@ -123,7 +134,7 @@ export async function taskPage(view, [ref], { signal }) {
       h("section", { class: "panel" }, h("h2", {}, "stderr (tail)"), stderrBox)));
   await Promise.all([
     fill(timelineBox, api.timeline(task.ref, { signal }), timelineView, "Timelines"),
-    fill(traceBox, api.trace(task.ref, { signal }),
+    fill(traceBox, traceOrLink(task.ref, signal),
       (t) => (t.traces || []).length ? t.traces.map(waterfall) : h("p", { class: "muted" }, "No spans."), "Traces"),
     fill(stdoutBox, api.output(task.ref, "stdout", { signal }), outputView, "Outputs"),
     fill(stderrBox, api.output(task.ref, "stderr", { signal }), outputView, "Outputs"),
