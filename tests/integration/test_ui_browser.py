@@ -10,9 +10,9 @@ No timing assertions (machines here are noisy): every wait is bounded generously
 latencies are printed (`-s` shows them) so they can be recorded against the targets (a task on the
 tasks page: 2 s; a leader change on the overview: 3 s).
 
-Screenshots of every page go to a temporary directory, or to the directory `TESSERA_UI_SCREENSHOTS`
-names (`TESSERA_UI_SCREENSHOTS=docs/ui python -m pytest tests/integration/test_ui_browser.py` refreshes
-the README's).
+Screenshots of every page go to a temporary directory (their paths are printed); with
+`TESSERA_UI_SCREENSHOTS=docs/ui python -m pytest tests/integration/test_ui_browser.py` the five the README
+shows are written to docs/ui/ instead.
 
 Chromium cannot be downloaded by Playwright here: the test uses `/usr/bin/chromium` (the Debian package
 `chromium`, installed by .ci/run) and fails naming the package when it is missing.
@@ -122,12 +122,27 @@ def browser() -> Iterator[Any]:
             context.close()
 
 
+DOCUMENTED = ("overview", "tasks", "task", "events", "timetravel")  # the README shows these (docs/ui/)
+
+
+@dataclass
+class Shots:
+    """Where screenshots go: all of them to a temporary directory; with TESSERA_UI_SCREENSHOTS=DIR the
+    README's (DOCUMENTED) to DIR instead."""
+
+    tmp: Path
+    documented: Path | None
+
+    def path(self, name: str) -> Path:
+        where = self.documented if self.documented and name in DOCUMENTED else self.tmp
+        where.mkdir(parents=True, exist_ok=True)
+        return where / f"{name}.png"
+
+
 @pytest.fixture(scope="module")
-def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Shots:
     wanted = os.environ.get("TESSERA_UI_SCREENSHOTS")
-    where = Path(wanted) if wanted else tmp_path_factory.mktemp("screenshots")
-    where.mkdir(parents=True, exist_ok=True)
-    return where
+    return Shots(tmp_path_factory.mktemp("screenshots"), Path(wanted) if wanted else None)
 
 
 class Tab:
@@ -147,8 +162,8 @@ class Tab:
         self.page.locator("main [aria-busy=true]").first.wait_for(state="detached")
         return response
 
-    def shot(self, where: Path, name: str) -> None:
-        path = where / f"{name}.png"
+    def shot(self, shots: Shots, name: str) -> None:
+        path = shots.path(name)
         self.page.screenshot(path=str(path))
         print(f"screenshot {path}")
 
@@ -170,7 +185,7 @@ def find_task(c: Cluster, name: str, ui: str | None = None) -> dict[str, Any] | 
 
 
 def test_a_task_started_with_tessera_run_appears_on_the_tasks_page_and_the_event_tail_without_a_reload(
-        cluster: Cluster, browser: Any, shots: Path) -> None:
+        cluster: Cluster, browser: Any, shots: Shots) -> None:
     tasks = Tab(browser)
     events = Tab(browser)
     tasks.open(f"{cluster.ui}tasks")
@@ -208,7 +223,7 @@ def test_a_task_started_with_tessera_run_appears_on_the_tasks_page_and_the_event
 
 
 def test_every_page_loads_without_console_errors_and_unknown_ids_get_a_404_page(
-        cluster: Cluster, browser: Any, shots: Path) -> None:
+        cluster: Cluster, browser: Any, shots: Shots) -> None:
     task = wait_for(lambda: find_task(cluster, f"ui-probe-{os.getpid()}"), WAIT, what="the probe task")
     agent = get_json(f"{cluster.ui}api/v1/agents")["items"][0]["id"]
     framework = task["framework_id"]
@@ -298,7 +313,7 @@ def test_time_travel_at_an_index_shows_what_tessera_state_at_prints(cluster: Clu
 
 
 def test_the_task_page_shows_its_trace_waterfall_with_the_raft_commit_span(
-        cluster: Cluster, browser: Any, shots: Path) -> None:
+        cluster: Cluster, browser: Any, shots: Shots) -> None:
     task = wait_for(lambda: find_task(cluster, f"ui-probe-{os.getpid()}"), WAIT, what="the probe task")
     leader_ui = cluster.overview()["leader"]["ui_url"]  # spans are kept by the leader
     tab = Tab(browser)
@@ -308,13 +323,15 @@ def test_the_task_page_shows_its_trace_waterfall_with_the_raft_commit_span(
     assert re.search(r"raft\.commit .*@\d+", raft.first.inner_text())
     tab.page.wait_for_selector("[data-testid=task-statuses] tbody tr")
     tab.page.wait_for_selector("[data-testid=output-stdout]:has-text('hello-from-the-ui-test')")
+    tab.page.locator("[data-testid=task-timeline]").scroll_into_view_if_needed()
+    tab.page.mouse.wheel(0, 380)
     tab.shot(shots, "task")
     assert tab.errors == [], tab.errors
     tab.close()
 
 
 def test_after_the_leader_is_killed_a_surviving_masters_overview_names_the_new_leader_and_keeps_working(
-        cluster: Cluster, browser: Any, shots: Path) -> None:
+        cluster: Cluster, browser: Any, shots: Shots) -> None:
     before = cluster.overview()
     leader = before["leader"]
     survivor = next(m for m in before["masters"] if not m["is_leader"] and m["ui_url"])

@@ -12,7 +12,7 @@ function statusTable(statuses) {
     h("thead", {}, h("tr", {}, ["Index", "Time", "State", "Source", "Reason", "Message"].map((t) => h("th", { scope: "col" }, t)))),
     h("tbody", {}, statuses.map((s) => h("tr", {},
       h("td", {}, link(`/events?around=${s.index}`, `#${s.index}`)),
-      h("td", {}, fmtTime(s.time)),
+      h("td", { class: "nowrap" }, fmtTime(s.time)),
       h("td", {}, stateBadge(s.state), s.healthy === true ? " healthy" : s.healthy === false ? " unhealthy" : ""),
       h("td", { class: "muted" }, (s.source || "").replace(/^SOURCE_/, "").toLowerCase() || "–"),
       h("td", { class: "muted" }, (s.reason || "").replace(/^REASON_/, "").toLowerCase() || "–"),
