@@ -173,11 +173,11 @@ def launch(node: InProcessMaster, fw: ScriptedFramework, agent: ScriptedAgent, t
 
 @contextmanager
 def web_master(task_ids: tuple[str, ...] = ("web-0", "web-1"), *, guard: Any = None,
-               insecure: bool = True, events: Any = None) -> Iterator[WebMaster]:
+               insecure: bool = True, events: Any = None, settings: Any = None) -> Iterator[WebMaster]:
     static = static_dir()
     store = events if events is not None else MemoryEventStore()
     tracer = setup_tracing("tessera-master", span_store=store, set_global=False)  # spans next to the events
-    node = InProcessMaster(events=store, tracer_provider=tracer)
+    node = InProcessMaster(events=store, tracer_provider=tracer, **({"settings": settings} if settings else {}))
     with node:
         agent = ScriptedAgent(node.channel, hostname="node-1", resources="cpus:8;mem:8192").start()
         assert agent.registered.wait(10)
