@@ -345,10 +345,13 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
                 m.event_index = own.event_index if own is not None else 0
                 m.ui_url = own.ui_url if own is not None else ""
                 m.reachable = True
+            except TimeoutError:
+                m.reachable = False
+                m.error = f"no answer within {peer_timeout:g} s"
             except Exception as exc:  # noqa: BLE001 - one member down must not fail the whole answer
                 m.reachable = False
                 details = exc.details() if isinstance(exc, grpc.RpcError) else None
-                m.error = str(details or exc)[:200]
+                m.error = str(details or exc)[:200] or type(exc).__name__
         return resp
 
     @grpc_errors

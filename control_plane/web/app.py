@@ -188,7 +188,7 @@ class WebApp:
             return json_response({"error": {"code": code, "message": message, "field": None}}, exc.status)
         except (TesseraError, WebError, HistoryError, HistoryPruned) as exc:
             status, body = error_answer(exc)
-            if not _is_api(request) and status in (401, 403):
+            if not _is_api(request) and body["error"]["code"] in ("unauthenticated", "permission_denied"):
                 return await self._login(status, body["error"]["message"])
             return json_response(body, status)
         except (ConnectionResetError, asyncio.CancelledError):
@@ -208,8 +208,11 @@ class WebApp:
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith("/static/") or request.path in ("/login", "/logout"):
             return await handler(request)
-        request["caller"] = web_caller(self.guard, self._token(request))
+        self._caller(request)  # before any handler: refused requests reach none
         return await handler(request)
+
+    def _caller(self, request: web.Request) -> Caller:
+        return web_caller(self.guard, self._token(request))
 
     # ---- pages --------------------------------------------------------------------------------------
     def _file(self, name: str) -> bytes | None:
@@ -289,10 +292,8 @@ class WebApp:
         raise response
 
     # ---- the JSON API -------------------------------------------------------------------------------
-    @staticmethod
-    def _visibility(request: web.Request) -> Any:
-        caller: Caller = request["caller"]
-        return visibility_of(caller)
+    def _visibility(self, request: web.Request) -> Any:
+        return visibility_of(self._caller(request))
 
     async def cluster(self, request: web.Request) -> web.Response:
         vis = self._visibility(request)
@@ -335,7 +336,7 @@ class WebApp:
         return json_response(await self.run(lambda: self.reader.task_trace(ref, vis)))
 
     async def task_output(self, request: web.Request) -> web.Response:
-        ref, q, caller = self._ref(request), params.output_query(request.query), request["caller"]
+        ref, q, caller = self._ref(request), params.output_query(request.query), self._caller(request)
         return json_response(await self.run(lambda: self.reader.task_output(ref, q, caller)))
 
     async def events(self, request: web.Request) -> web.Response:

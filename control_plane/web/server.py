@@ -70,13 +70,15 @@ def server_ssl_context(tls_dir: Path) -> ssl.SSLContext:
 
 class WebServer:
     def __init__(self, operator: Any, host: str, port: int, *, insecure: bool, ssl_context: ssl.SSLContext | None,
-                 static_dir: Path = STATIC_DIR) -> None:
+                 static_dir: Path = STATIC_DIR, guard: Any = None) -> None:
+        """`operator`: the master's `OperatorService` (its reads, quorum view, files proxy and, unless
+        `guard` is given, its guard: the ACL the tokens are checked against)."""
         check_http_address(host, insecure)
         self.host, self.port = host, port
         self.ssl_context = ssl_context
         self.executor = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="web-read")
         self.reader = WebReader(operator, insecure=insecure)
-        self.app = WebApp(self.reader, static_dir, operator.guard, self.executor).build()
+        self.app = WebApp(self.reader, static_dir, guard or operator.guard, self.executor).build()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
