@@ -1,21 +1,32 @@
-// The login page reads ?next= and ?error= from its own URL (the server fills nothing in).
+// The login page. The server fills nothing in: the page takes `next` from ?next= or, when the server
+// answered a page's own URL with this form (401), from that URL; it shows ?error= when given, and the
+// outcome of a refused POST /login (answered 401 at /login; GET /login is always 200) and of a token whose
+// principal may not read (any page answered 403 with this form).
+
 const params = new URLSearchParams(location.search);
-const next = params.get("next");
-if (next && next.startsWith("/") && !next.startsWith("//")) document.getElementById("next").value = next;
-const error = params.get("error");
-if (error) {
-  const box = document.getElementById("login-error");
-  box.textContent = error;
+const nextInput = document.getElementById("next");
+const box = document.getElementById("login-error");
+const safe = (path) => path && path.startsWith("/") && !path.startsWith("//") && !path.startsWith("/login");
+
+let next = params.get("next");
+if (!safe(next) && location.pathname !== "/login") next = location.pathname + location.search;
+if (!safe(next)) next = sessionStorage.getItem("tessera.login.next");
+if (safe(next)) nextInput.value = next;
+
+document.querySelector("form").addEventListener("submit", () => {
+  sessionStorage.setItem("tessera.login.next", nextInput.value);
+});
+
+function show(text) {
+  box.textContent = text;
   box.hidden = false;
 }
 
-// After a refused POST /login the server answers this page with 401 (or 403) and no query string:
-// the navigation's own status says so.
+const error = params.get("error");
 const [nav] = performance.getEntriesByType("navigation");
-if (!error && nav && nav.responseStatus >= 400 && location.pathname === "/login" && document.referrer.includes("/login")) {
-  const box = document.getElementById("login-error");
-  box.textContent = nav.responseStatus === 403
-    ? "This token's principal lacks the read action."
-    : "That token was not accepted.";
-  box.hidden = false;
+if (error) show(error);
+else if (nav && nav.responseStatus === 403) {  // a valid token whose principal lacks `read`, anywhere
+  show("This token's principal may not read the cluster (its ACL grant lacks the read action).");
+} else if (nav && location.pathname === "/login" && nav.responseStatus === 401) {
+  show("That token was not accepted.");
 }
