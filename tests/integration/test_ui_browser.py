@@ -242,11 +242,26 @@ def test_every_page_loads_without_console_errors_and_unknown_ids_get_a_404_page(
         cluster: Cluster, browser: Any, shots: Shots) -> None:
     task = wait_for(lambda: find_task(cluster, f"ui-probe-{os.getpid()}"), WAIT, what="the probe task")
     agent = get_json(f"{cluster.ui}api/v1/agents")["items"][0]["id"]
+    # the service framework with one app, for the services pages
+    services = subprocess.Popen([*TESSERA, "services"], cwd=cluster.cwd, env=clean_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    cluster.runs.append(services)
+    app = cluster.cwd / "ui-app.json"
+    app.write_text(json.dumps({"id": "ui-app", "instances": 1, "cpus": 0.1, "mem": 16, "cmd": "sleep 500"}))
+
+    def applied() -> bool:
+        done = subprocess.run([*TESSERA, "service", "apply", str(app)], cwd=cluster.cwd, env=clean_env(),
+                              capture_output=True, text=True, timeout=60)
+        return done.returncode == 0
+
+    wait_for(applied, WAIT * 4, interval=1.0, what="tessera service apply")
+    wait_for(lambda: [s for s in get_json(f"{cluster.ui}api/v1/services")["items"] if s["running"] == 1], WAIT * 2,
+             what="the app running")
     framework = task["framework_id"]
     pages = {
         "overview": "", "agents": "agents", "agent": f"agents/{agent}", "frameworks": "frameworks",
         "framework": f"frameworks/{framework}", "tasks-all": "tasks", "events-all": "events",
-        "timetravel": "timetravel", "services": "services",
+        "timetravel": "timetravel", "services": "services", "service": "services/ui-app",
     }
     for shot_name, path in pages.items():
         tab = Tab(browser)
@@ -255,7 +270,11 @@ def test_every_page_loads_without_console_errors_and_unknown_ids_get_a_404_page(
         assert tab.page.locator("[data-testid=not-found], [data-testid=error]").count() == 0, path
         assert tab.page.locator("#insecure-banner").is_visible(), path  # `tessera up` is insecure dev mode
         tab.page.wait_for_selector("[data-testid=leader-master]")
-        if shot_name in ("overview", "agents", "frameworks", "framework", "timetravel", "services"):
+        if shot_name == "services":
+            tab.page.locator("[data-testid=services-table] tr", has_text="ui-app").wait_for()
+        if shot_name == "service":
+            tab.page.locator("[data-testid=service-instances] tbody tr .state", has_text="running").wait_for()
+        if shot_name in ("overview", "agents", "frameworks", "framework", "timetravel", "services", "service"):
             tab.shot(shots, shot_name)
         assert tab.errors == [], (path, tab.errors)
         tab.close()
@@ -430,5 +449,9 @@ def test_a_secured_master_asks_the_browser_for_a_token_and_then_serves_its_pages
             assert tab.page.evaluate("document.cookie") == ""  # the token is out of the scripts' reach
             tab.page.locator("header nav a", has_text="Overview").click()
             tab.page.wait_for_selector("[data-testid=quorum] tr[data-leader=true]")
+            tab.page.click("#logout button")  # signing out clears the cookie: the pages ask again
+            tab.page.wait_for_url(f"{url}login")
+            assert [c for c in context.cookies() if c["name"] == "tessera_token"] == []
+            assert tab.page.goto(f"{url}tasks").status == 401
             # the refused logins were answered 401 and 403: the browser logs those documents, nothing else
             assert all(" 401 " in e or " 403 " in e for e in tab.errors), tab.errors

@@ -11,6 +11,7 @@ import { notFoundView, errorView } from "./views.js";
 const main = document.getElementById("main");
 const bar = document.getElementById("master-bar");
 const banner = document.getElementById("insecure-banner");
+const logout = document.getElementById("logout");
 
 
 let current = null; // { controller, cleanup }
@@ -117,6 +118,7 @@ async function refreshCluster() {
     cluster.last = data;
     cluster.failed = false;
     banner.hidden = !data.insecure;
+    logout.hidden = Boolean(data.insecure);
     replace(bar, masterBar(data));
     cluster.notify(data, null);
   } catch (err) {

@@ -29,9 +29,9 @@ export function loading(text = "Loading…") {
   return h("p", { class: "muted", "aria-busy": "true" }, text);
 }
 
-const OK = new Set(["TASK_RUNNING", "TASK_FINISHED", "AGENT_ACTIVE", "FRAMEWORK_CONNECTED", "done"]);
+const OK = new Set(["TASK_RUNNING", "TASK_FINISHED", "AGENT_ACTIVE", "FRAMEWORK_CONNECTED", "done", "finished", "succeeded"]);
 const WARN = new Set(["TASK_STAGING", "TASK_STARTING", "TASK_KILLING", "TASK_UNREACHABLE", "AGENT_DRAINING",
-                      "FRAMEWORK_DISCONNECTED", "AGENT_UNREACHABLE", "deploying"]);
+                      "FRAMEWORK_DISCONNECTED", "AGENT_UNREACHABLE", "deploying", "running", "waiting"]);
 const BAD = new Set(["TASK_FAILED", "TASK_KILLED", "TASK_LOST", "TASK_ERROR", "TASK_DROPPED", "TASK_GONE",
                      "AGENT_REMOVED", "FRAMEWORK_REMOVED", "failed"]);
 
