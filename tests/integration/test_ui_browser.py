@@ -455,3 +455,37 @@ def test_a_secured_master_asks_the_browser_for_a_token_and_then_serves_its_pages
             assert tab.page.goto(f"{url}tasks").status == 401
             # the refused logins were answered 401 and 403: the browser logs those documents, nothing else
             assert all(" 401 " in e or " 403 " in e for e in tab.errors), tab.errors
+
+
+def test_the_event_log_says_so_when_it_asks_for_events_retention_removed(playwright: Any) -> None:
+    """An in-process master (its event store pruned by hand) serving the real pages: a paused tail that
+    resumes after retention removed what it had not seen shows the stream's gap notice and goes on; a jump
+    to a removed index says where the log starts."""
+    from tessera.control_plane.web.server import STATIC_DIR, WebServer
+    from tests.support.web import launch, web_master
+
+    with web_master(("gap-0",)) as m, chromium(playwright) as context:
+        server = WebServer(m.node.server.operator, "127.0.0.1", 0, insecure=True, ssl_context=None,
+                           static_dir=STATIC_DIR).start()
+        try:
+            tab = Tab(context)
+            tab.open(f"{server.url}events")
+            store = m.node.events
+            seen = store.last_seq()
+            tab.page.locator(f"[data-testid=events-table] tr[data-seq='{seen}']").wait_for()
+            tab.page.click("[data-testid=events-pause]")
+            tab.page.locator("[data-testid=events-status]", has_text="paused").wait_for()
+            launch(m.node, m.framework, m.agent, ["gap-1", "gap-2"])  # events the paused page has not seen
+            store.prune(before_seq=seen + 3)
+            tab.page.click("[data-testid=events-pause]")  # resume: the stream starts after `seen`
+            gap = tab.page.locator("[data-testid=events-gap]")
+            gap.wait_for()
+            assert f"#{seen + 1}" in gap.inner_text() and f"#{seen + 3}" in gap.inner_text()
+            tab.page.locator(f"[data-testid=events-table] tr[data-seq='{store.last_seq()}']").wait_for()
+            assert tab.page.locator(f"[data-testid=events-table] tr[data-seq='{seen + 1}']").count() == 0
+
+            tab.open(f"{server.url}events?around=1")
+            assert f"starts at #{seen + 3}" in tab.page.locator("[data-testid=events-gap]").inner_text()
+            assert all("410" in e for e in tab.errors), tab.errors  # the pruned page's answer, nothing else
+        finally:
+            server.stop()

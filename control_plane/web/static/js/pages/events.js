@@ -53,6 +53,7 @@ export async function eventsPage(view, _params, { signal, query }) {
   const filters = Object.fromEntries(FILTERS.map((f) => [f, query.get(f) || ""]));
   const jump = query.get("around") || query.get("at") || "";
   let live = !jump;
+  let pausedTail = false; // paused from the live tail (resume goes on from there)
   let source = null;
   let lastSeq = 0;
   let firstSeq = 0;
@@ -163,6 +164,7 @@ export async function eventsPage(view, _params, { signal, query }) {
     }
     replace(notices);
     live = false;
+    pausedTail = false;
     stopStream();
     saveUrl({ around: n });
     const page = await load({ after: Math.max(0, Number(n) - 1), limit: 100 });
@@ -170,16 +172,25 @@ export async function eventsPage(view, _params, { signal, query }) {
     drawStatus();
   }
 
+  // Pause keeps the place: resuming streams from the first event not shown (what happened meanwhile
+  // arrives in order, or the gap notice says retention removed it). After paging or a jump, resuming
+  // starts again at the head of the log.
   pauseBtn.addEventListener("click", () => {
-    if (live) { live = false; stopStream(); saveUrl(); drawStatus(); } else { replace(notices); goLive(); }
+    if (live) {
+      live = false; pausedTail = true; stopStream(); saveUrl(); drawStatus();
+    } else if (pausedTail) {
+      live = true; pausedTail = false; replace(notices); startStream(); drawStatus();
+    } else {
+      replace(notices); goLive();
+    }
   });
   olderBtn.addEventListener("click", async () => {
-    live = false; stopStream(); drawStatus();
+    live = false; pausedTail = false; stopStream(); drawStatus();
     const page = await load({ before: firstSeq || head + 1, limit: 100 });
     if (page) show(page.items);
   });
   newerBtn.addEventListener("click", async () => {
-    live = false; stopStream(); drawStatus();
+    live = false; pausedTail = false; stopStream(); drawStatus();
     const page = await load({ after: lastSeq, limit: 100 });
     if (page && page.items.length) show(page.items);
   });
