@@ -36,8 +36,8 @@ from typing import Any
 
 import pytest
 
-from tessera.control_plane.core.acl import token_digest
 from tests.integration.test_up import TESSERA, Up, child_pids, clean_env, gone, kill_all
+from tests.integration.test_web_processes import ACL, TOKENS  # ops reads; nobody may not
 from tests.support.cluster import wait_for
 from tests.support.secure_cluster import new_pki, secured_cluster
 
@@ -400,18 +400,6 @@ def test_after_the_leader_is_killed_a_surviving_masters_overview_names_the_new_l
     assert tab.page.locator("[data-testid=leader-master]").inner_text() == new_leader
     assert tab.errors == [], tab.errors
     tab.close()
-
-
-TOKENS = {"ops": "tok-ui-ops-1234", "nobody": "tok-ui-nobody-5678"}
-ACL = f"""
-[principals.ops]
-token_sha256 = "{token_digest(TOKENS['ops'])}"
-actions = ["read"]
-
-[principals.nobody]
-token_sha256 = "{token_digest(TOKENS['nobody'])}"
-roles = ["default"]
-"""
 
 
 def test_a_secured_master_asks_the_browser_for_a_token_and_then_serves_its_pages(
