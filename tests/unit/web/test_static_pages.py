@@ -45,6 +45,18 @@ def test_every_import_names_an_existing_module_and_an_exported_name() -> None:
     assert problems == []
 
 
+def test_every_imported_name_is_used() -> None:
+    unused = []
+    for path in modules():
+        text = path.read_text()
+        body = IMPORT.sub("", text)
+        for names, target in IMPORT.findall(text):
+            for name in (n.split(" as ")[-1].strip() for n in names.split(",")):
+                if name and not re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", body):
+                    unused.append(f"{path.relative_to(STATIC)}: {name} from {target}")
+    assert unused == []
+
+
 def test_pages_load_nothing_from_the_network_and_have_no_inline_script() -> None:
     for path in [*STATIC.rglob("*.html"), *STATIC.rglob("*.js"), *STATIC.rglob("*.css"), *STATIC.rglob("*.svg")]:
         text = path.read_text()

@@ -83,5 +83,13 @@ export function fmtDuration(seconds) {
 
 export function shortId(id) {
   if (!id) return "–";
-  return id.length > 14 ? `${id.slice(0, 8)}…${id.slice(-4)}` : id;
+  // "framework-69995f16b08a47e50000000e" → "framework-6999…000e": the kind, and enough to tell apart
+  const dash = id.indexOf("-");
+  const head = dash >= 5 && dash <= 11 ? dash + 5 : 12;
+  return id.length > 22 ? `${id.slice(0, head)}…${id.slice(-4)}` : id;
+}
+
+// An in-app link to an id shown shortened, the whole id in its title.
+export function idLink(href, id) {
+  return h("a", { href, "data-link": "", title: id }, shortId(id));
 }

@@ -1,7 +1,7 @@
 // Agents: the table (server-side sort, filter, pages) with resource bars, and one agent's page with its
 // resources and its tasks.
 
-import { h, link, replace, fmtTime, fmtDuration, shortId } from "../dom.js";
+import { h, idLink, link, replace, fmtTime, fmtDuration } from "../dom.js";
 import { api } from "../api.js";
 import { resourceBar } from "../charts.js";
 import { serverTable } from "../table.js";
@@ -27,7 +27,7 @@ export async function agentsPage(view, _params, { signal }) {
   const table = serverTable(box, {
     testid: "agents-table",
     columns: [
-      { key: "id", label: "Agent", sort: "id", cell: (a) => link(`/agents/${encodeURIComponent(a.id)}`, shortId(a.id)) },
+      { key: "id", label: "Agent", sort: "id", cell: (a) => idLink(`/agents/${encodeURIComponent(a.id)}`, a.id) },
       { key: "hostname", label: "Host", sort: "hostname", cell: (a) => a.hostname },
       { key: "state", label: "State", sort: "state", cell: (a) => [stateBadge(a.state),
         a.draining ? h("span", { class: "state warn" }, "draining") : null] },

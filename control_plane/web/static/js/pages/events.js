@@ -2,7 +2,7 @@
 // framework, agent and task, pause/resume, paging back through history, a jump to an index, and a notice
 // when the client asked for events that retention no longer keeps (the stream's `gap` message, or 410).
 
-import { h, link, replace, fmtTime, shortId } from "../dom.js";
+import { h, idLink, replace, fmtTime } from "../dom.js";
 import { api, ApiError, eventStream } from "../api.js";
 import { errorView } from "../views.js";
 
@@ -35,9 +35,9 @@ export function eventSummary(e) {
 }
 
 function row(e) {
-  const ids = (kind, id) => id ? link(`/${kind}/${encodeURIComponent(id)}`, shortId(id)) : "";
+  const ids = (kind, id) => id ? idLink(`/${kind}/${encodeURIComponent(id)}`, id) : "";
   const taskLink = e.task_id
-    ? link(`/tasks/${encodeURIComponent(e.framework_id ? `${e.framework_id}/${e.task_id}` : e.task_id)}`, shortId(e.task_id))
+    ? idLink(`/tasks/${encodeURIComponent(e.framework_id ? `${e.framework_id}/${e.task_id}` : e.task_id)}`, e.task_id)
     : "";
   return h("tr", { "data-seq": e.seq, "data-type": e.type, "data-task": e.task_id || "" },
     h("td", { class: "num" }, `#${e.seq}`),

@@ -1,6 +1,6 @@
 // Frameworks: the table and one framework's page with its allocation and its tasks.
 
-import { h, link, replace, fmtTime, fmtResource, shortId } from "../dom.js";
+import { h, idLink, link, replace, fmtTime, fmtResource } from "../dom.js";
 import { api } from "../api.js";
 import { serverTable } from "../table.js";
 import { facts, pageHeader, stateBadge } from "../views.js";
@@ -21,7 +21,7 @@ export async function frameworksPage(view, _params, { signal }) {
     testid: "frameworks-table",
     columns: [
       { key: "id", label: "Framework", sort: "id",
-        cell: (f) => link(`/frameworks/${encodeURIComponent(f.id)}`, shortId(f.id)) },
+        cell: (f) => idLink(`/frameworks/${encodeURIComponent(f.id)}`, f.id) },
       { key: "name", label: "Name", sort: "name", cell: (f) => f.name },
       { key: "state", label: "State", sort: "state", cell: (f) => stateBadge(f.state) },
       { key: "roles", label: "Roles", cell: (f) => (f.roles || []).join(", ") },

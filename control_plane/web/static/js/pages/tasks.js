@@ -1,9 +1,8 @@
 // Tasks: sorted, filtered and paged by the server; kept current without a reload — the live event stream
 // says when a task changed (the table reloads its one page), and a slow poll covers a stream that is down.
 
-import { h, link, replace, fmtTime, shortId } from "../dom.js";
+import { h, idLink, link, replace, fmtTime } from "../dom.js";
 import { api, eventStream } from "../api.js";
-import { resourceBar } from "../charts.js";
 import { serverTable } from "../table.js";
 import { stateBadge } from "../views.js";
 
@@ -23,9 +22,9 @@ export function taskColumns({ withFramework = true, withAgent = true } = {}) {
       t.healthy === true ? h("span", { class: "state ok" }, "healthy") : t.healthy === false
         ? h("span", { class: "state bad" }, "unhealthy") : null] },
     withFramework && { key: "framework", label: "Framework", sort: "framework",
-      cell: (t) => link(`/frameworks/${encodeURIComponent(t.framework_id)}`, shortId(t.framework_id)) },
+      cell: (t) => idLink(`/frameworks/${encodeURIComponent(t.framework_id)}`, t.framework_id) },
     withAgent && { key: "agent", label: "Agent", sort: "agent",
-      cell: (t) => t.agent_id ? link(`/agents/${encodeURIComponent(t.agent_id)}`, shortId(t.agent_id)) : "–" },
+      cell: (t) => t.agent_id ? idLink(`/agents/${encodeURIComponent(t.agent_id)}`, t.agent_id) : "–" },
     { key: "cpus", label: "CPUs", sort: "cpus", num: true, cell: (t) => (t.resources || {}).cpus ?? "–" },
     { key: "mem", label: "Mem", sort: "mem", num: true, cell: (t) => (t.resources || {}).mem ? `${t.resources.mem} MiB` : "–" },
     { key: "launched_at", label: "Launched", sort: "launched_at", defaultOrder: "desc", cell: (t) => fmtTime(t.launched_at) },
@@ -66,4 +65,3 @@ export async function tasksPage(view, _params, { signal }) {
   return keepCurrent(table, signal);
 }
 
-export { resourceBar };
