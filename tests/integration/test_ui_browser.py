@@ -377,6 +377,10 @@ def test_after_the_leader_is_killed_a_surviving_masters_overview_names_the_new_l
     assert name.inner_text() == leader["name"]
     tab.page.wait_for_selector(f"[data-testid=quorum] tr[data-master='{leader['name']}'][data-leader=true]")
 
+    on_leader = Tab(browser)  # a page on the master about to die
+    on_leader.open(f"{leader['ui_url']}tasks")
+    on_leader.page.wait_for_selector("[data-testid=leader-master]")
+
     pid = next(m["pid"] for m in cluster.members() if m["grpc"] == leader["grpc_address"])
     killed = time.monotonic()
     os.kill(pid, signal.SIGKILL)
@@ -387,6 +391,11 @@ def test_after_the_leader_is_killed_a_surviving_masters_overview_names_the_new_l
     assert new_leader != leader["name"]
     tab.page.wait_for_selector(f"[data-testid=quorum] tr[data-master='{leader['name']}'] .state.bad")
     tab.shot(shots, "overview-after-leader-kill")
+    # the page on the dead master says so and links to the others
+    lost = on_leader.page.locator("#master-bar .conn-lost")
+    lost.wait_for()
+    assert on_leader.page.locator(f"#master-bar a[href='{survivor['ui_url']}']").count() == 1
+    on_leader.close()
     assert tab.errors == [], tab.errors
 
     # the surviving master's pages keep working: its tasks, its event log, the task's page
