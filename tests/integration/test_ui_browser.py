@@ -11,7 +11,7 @@ latencies are printed (`-s` shows them) so they can be recorded against the targ
 tasks page: 2 s; a leader change on the overview: 3 s).
 
 Screenshots of every page go to a temporary directory (their paths are printed); with
-`TESSERA_UI_SCREENSHOTS=docs/ui python -m pytest tests/integration/test_ui_browser.py` the five the README
+`TESSERA_UI_SCREENSHOTS=docs/ui python -m pytest tests/integration/test_ui_browser.py` the six the README
 shows are written to docs/ui/ instead.
 
 Chromium cannot be downloaded by Playwright here: the test uses `/usr/bin/chromium` (the Debian package
@@ -138,7 +138,7 @@ def browser(playwright: Any) -> Iterator[Any]:
         yield context
 
 
-DOCUMENTED = ("overview", "tasks", "task", "events", "timetravel")  # the README shows these (docs/ui/)
+DOCUMENTED = ("overview", "tasks", "task", "events", "timetravel", "service")  # the README shows these (docs/ui/)
 
 
 @dataclass
@@ -178,9 +178,16 @@ class Tab:
         self.page.locator("main [aria-busy=true]").first.wait_for(state="detached")
         return response
 
-    def shot(self, shots: Shots, name: str) -> None:
+    def shot(self, shots: Shots, name: str, start_at: str | None = None) -> None:
+        """A viewport-sized screenshot, of the page's top or from the element `start_at` selects down."""
         path = shots.path(name)
-        self.page.screenshot(path=str(path))
+        if start_at is None:
+            self.page.screenshot(path=str(path))
+        else:
+            box = self.page.locator(start_at).first.bounding_box()
+            assert box is not None, start_at
+            top = max(0.0, box["y"] - 60)
+            self.page.screenshot(path=str(path), full_page=True, clip={"x": 0, "y": top, **VIEWPORT})
         print(f"screenshot {path}")
 
     def close(self) -> None:
@@ -358,9 +365,7 @@ def test_the_task_page_shows_its_trace_waterfall_with_the_raft_commit_span(
     assert re.search(r"raft\.commit .*@\d+", raft.first.inner_text())
     tab.page.wait_for_selector("[data-testid=task-statuses] tbody tr")
     tab.page.wait_for_selector("[data-testid=output-stdout]:has-text('hello-from-the-ui-test')")
-    tab.page.locator("[data-testid=task-timeline]").scroll_into_view_if_needed()
-    tab.page.mouse.wheel(0, 380)
-    tab.shot(shots, "task")
+    tab.shot(shots, "task", start_at="[data-testid=task-timeline]")
     assert tab.errors == [], tab.errors
     tab.close()
 
