@@ -394,6 +394,9 @@ def test_after_the_leader_is_killed_a_surviving_masters_overview_names_the_new_l
     print(f"new leader on the overview {time.monotonic() - killed:.2f} s after the leader was killed (target 3 s)")
     new_leader = name.inner_text()
     assert new_leader != leader["name"]
+    # what the page showed (from the log's LeaderElected event, or the API) is what the API comes to say
+    wait_for(lambda: (cluster.overview(survivor["ui_url"])["leader"] or {}).get("name") == new_leader, WAIT,
+             what="the survivor's API naming the leader the page showed")
     tab.page.wait_for_selector(f"[data-testid=quorum] tr[data-master='{leader['name']}'] .state.bad")
     tab.shot(shots, "overview-after-leader-kill")
     # the page on the dead master says so and links to the others

@@ -112,9 +112,20 @@ function lostBar(err) {
   ];
 }
 
+// Asked once a second, the next question a second after the last answer (a slow answer — a member not
+// answering costs the server its probe's timeout — does not pile requests up); asked at once when a page
+// knows something changed (cluster.refresh). An answer older than one already shown is dropped.
+let asked = 0;
+let shown = 0;
+let timer = null;
+
 async function refreshCluster() {
+  const mine = ++asked;
+  clearTimeout(timer);
   try {
-    const data = await api.cluster();
+    const data = withElected(await api.cluster());
+    if (mine < shown) return;
+    shown = mine;
     cluster.last = data;
     cluster.failed = false;
     banner.hidden = !data.insecure;
@@ -122,13 +133,55 @@ async function refreshCluster() {
     replace(bar, masterBar(data));
     cluster.notify(data, null);
   } catch (err) {
+    if (mine < shown) return;
+    shown = mine;
     cluster.failed = true;
     replace(bar, lostBar(err));
     cluster.notify(null, err);
+  } finally {
+    if (mine === asked) timer = setTimeout(refreshCluster, 1000);
   }
 }
 
+// A LeaderElected event (the overview follows them) names the new leader as soon as the log has it; this
+// master's own view of the quorum can lag it by a second or two. Until an answer reaches the event's term
+// with the same leader, answers show the elected leader (never a flip back to the dead one).
+let elected = null; // the latest LeaderElected payload not yet confirmed by an answer
+
+function withElected(data) {
+  if (!elected || !data || !data.master) return data;
+  const term = data.master.term || 0;
+  const agrees = data.leader && data.leader.grpc_address === elected.grpc_address;
+  if (term > elected.term || (term === elected.term && agrees)) {
+    elected = null;
+    return data;
+  }
+  const member = (data.masters || []).find((m) => m.grpc_address === elected.grpc_address) || {};
+  return {
+    ...data,
+    leader: { name: elected.name || member.name, grpc_address: elected.grpc_address, raft_address: elected.master,
+              ui_url: member.ui_url || null },
+    masters: (data.masters || []).map((m) => ({ ...m, is_leader: m.grpc_address === elected.grpc_address })),
+    master: { ...data.master, is_leader: data.master.grpc_address === elected.grpc_address, term: elected.term },
+    behind: null,
+  };
+}
+
+function leaderElected(payload) {
+  const term = Number(payload && payload.term);
+  if (!payload || !payload.grpc_address || !(term > 0)) return refreshCluster();
+  if (elected && elected.term >= term) return refreshCluster();
+  elected = { ...payload, term };
+  const data = withElected(cluster.last);
+  if (!data) return refreshCluster();
+  shown = asked;
+  cluster.last = data;
+  replace(bar, masterBar(data));
+  cluster.notify(data, null);
+  return refreshCluster();
+}
+
 refreshCluster();
-setInterval(refreshCluster, 1000);
 cluster.refresh = refreshCluster;
+cluster.leaderElected = leaderElected;
 render();

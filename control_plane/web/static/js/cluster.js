@@ -5,7 +5,8 @@ export const cluster = {
   last: null,
   failed: false,
   listeners: new Set(),
-  refresh: null,
+  refresh: null, // app.js: ask /api/v1/cluster now
+  leaderElected: null, // app.js: show a LeaderElected event's leader now, then ask
   notify(data, err) {
     for (const fn of this.listeners) fn(data, err);
   },

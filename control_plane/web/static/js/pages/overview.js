@@ -4,7 +4,8 @@
 
 import { h, link, replace, fmtNumber } from "../dom.js";
 import { resourceBar, shareChart } from "../charts.js";
-import { onCluster } from "../cluster.js";
+import { cluster, onCluster } from "../cluster.js";
+import { eventStream } from "../api.js";
 import { errorView, loading, stateBadge } from "../views.js";
 
 function quorumTable(data) {
@@ -90,5 +91,9 @@ export async function overviewPage(view, _params, { signal }) {
     replace(resBox, resources(data));
     replace(roleBox, roles(data));
   });
-  return stop;
+  // A new leader is an event in the log: show it as soon as it is committed, not at the next answer.
+  const elected = eventStream({ type: "LeaderElected" }, {
+    onEvent: (e) => cluster.leaderElected && cluster.leaderElected(e.payload),
+  });
+  return () => { stop(); elected.close(); };
 }
