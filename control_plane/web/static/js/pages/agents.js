@@ -6,7 +6,7 @@ import { api } from "../api.js";
 import { resourceBar } from "../charts.js";
 import { serverTable } from "../table.js";
 import { facts, pageHeader, stateBadge } from "../views.js";
-import { keepCurrent, taskColumns, TASK_STATES } from "./tasks.js";
+import { tasksOf } from "./tasks.js";
 
 const AGENT_STATES = [["", "any"], ["active", "active"], ["draining", "draining"], ["unreachable", "unreachable"],
   ["removed", "removed"]];
@@ -74,16 +74,5 @@ export async function agentPage(view, [id], { signal }) {
         (total.ports || []).length ? h("p", { class: "muted" }, "ports ",
           total.ports.map(([a, b]) => (a === b ? `${a}` : `${a}-${b}`)).join(", ")) : null)),
     h("h2", { style: "margin-top:16px" }, "Tasks on this agent"), tasksBox);
-  const table = serverTable(tasksBox, {
-    testid: "agent-tasks",
-    columns: taskColumns({ withAgent: false }),
-    filters: [{ name: "state", label: "State", type: "select", options: TASK_STATES }],
-    fetchPage: (q, sig) => api.tasks(q, { signal: sig }),
-    fixed: { agent: agent.id },
-    defaultSort: "launched_at",
-    defaultOrder: "desc",
-    empty: "No tasks on this agent.",
-  }, signal);
-  await table.load();
-  return keepCurrent(table, signal, { fixed: { agent: agent.id } });
+  return tasksOf(tasksBox, { agent: agent.id }, { testid: "agent-tasks", empty: "No tasks on this agent." }, signal);
 }

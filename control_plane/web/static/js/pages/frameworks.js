@@ -4,7 +4,7 @@ import { h, idLink, link, replace, fmtTime, fmtResource } from "../dom.js";
 import { api } from "../api.js";
 import { serverTable } from "../table.js";
 import { facts, pageHeader, stateBadge } from "../views.js";
-import { keepCurrent, taskColumns, TASK_STATES } from "./tasks.js";
+import { tasksOf } from "./tasks.js";
 
 const FRAMEWORK_STATES = [["", "any"], ["connected", "connected"], ["disconnected", "disconnected"],
   ["removed", "removed"]];
@@ -65,16 +65,5 @@ export async function frameworkPage(view, [id], { signal }) {
       ["Events", link(`/events?framework=${encodeURIComponent(fw.id)}`, "this framework's events")],
     ])),
     h("h2", { style: "margin-top:16px" }, "Tasks"), tasksBox);
-  const table = serverTable(tasksBox, {
-    testid: "framework-tasks",
-    columns: taskColumns({ withFramework: false }),
-    filters: [{ name: "state", label: "State", type: "select", options: TASK_STATES }],
-    fetchPage: (q, sig) => api.tasks(q, { signal: sig }),
-    fixed: { framework: fw.id },
-    defaultSort: "launched_at",
-    defaultOrder: "desc",
-    empty: "No tasks.",
-  }, signal);
-  await table.load();
-  return keepCurrent(table, signal, { fixed: { framework: fw.id } });
+  return tasksOf(tasksBox, { framework: fw.id }, { testid: "framework-tasks", empty: "No tasks." }, signal);
 }

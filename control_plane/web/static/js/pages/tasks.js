@@ -65,3 +65,18 @@ export async function tasksPage(view, _params, { signal }) {
   return keepCurrent(table, signal);
 }
 
+// The tasks of one agent or one framework (`fixed`: {agent: ID} or {framework: ID}) on its page, kept current.
+export async function tasksOf(box, fixed, { testid, empty }, signal) {
+  const table = serverTable(box, {
+    testid,
+    columns: taskColumns({ withAgent: !fixed.agent, withFramework: !fixed.framework }),
+    filters: [{ name: "state", label: "State", type: "select", options: TASK_STATES }],
+    fetchPage: (q, sig) => api.tasks(q, { signal: sig }),
+    fixed,
+    defaultSort: "launched_at",
+    defaultOrder: "desc",
+    empty,
+  }, signal);
+  await table.load();
+  return keepCurrent(table, signal, { fixed });
+}
