@@ -4,7 +4,10 @@
 What is pinned: every page loads with no console error; a task started with `tessera run` appears on the
 tasks page and in the event log's live tail without a reload; the time-travel view at index N shows what
 `tessera state --at N --json` prints; the task's trace waterfall shows the Raft commit span; after the
-leader master is killed, a surviving master's overview names the new leader and its pages keep working.
+leader master is killed, a surviving master's overview names the new leader and its pages keep working
+(and a page on the dead one says so, with links to the others); unknown ids get the 404 page, malformed
+points a clear message. Two more use their own masters: a secured master's login form, cookie and sign-out,
+and the event log's notice when a resumed tail asks for events retention removed (an in-process master).
 
 No timing assertions (machines here are noisy): every wait is bounded generously and the measured
 latencies are printed (`-s` shows them) so they can be recorded against the targets (a task on the
