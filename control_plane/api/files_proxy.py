@@ -30,7 +30,13 @@ from typing import Any
 import grpc
 
 from tessera.control_plane.core.acl import Caller, check_file_read
-from tessera.control_plane.core.errors import InvalidRequest, NotFound, Unavailable
+from tessera.control_plane.core.errors import (
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    TesseraError,
+    Unavailable,
+)
 from tessera.control_plane.core.state import ClusterState
 from tessera.control_plane.core.values import AgentState, TaskKey
 from tessera.control_plane.eventlog import EventFilter
@@ -127,6 +133,14 @@ class FilesProxy:
         except grpc.RpcError as err:
             relay(err, placement, context)
 
+    def call(self, placement: Placement, method: Callable[[files_pb2_grpc.FilesStub], Any], request: Any) -> Any:
+        """A unary call for a caller that is not a gRPC call (the web UI): the agent's refusal as the
+        domain's error (`domain_error`), an agent that does not answer `Unavailable` naming it."""
+        try:
+            return method(self._stub(placement.files_address))(request, timeout=FORWARD_TIMEOUT)
+        except grpc.RpcError as err:
+            raise domain_error(err, placement) from err
+
     def stream(self, placement: Placement, request: files_pb2.FollowFileRequest,
                context: grpc.ServicerContext) -> Iterator[files_pb2.FollowFileResponse]:
         call = self._stub(placement.files_address).Follow(request)
@@ -149,6 +163,18 @@ def _only_framework(state: ClusterState, task_id: str) -> str:
     resolution, which names them)."""
     found = {k.framework_id for k in (*state.tasks, *state.completed_tasks) if k.task_id == task_id}
     return found.pop() if len(found) == 1 else ""
+
+
+def domain_error(err: grpc.RpcError, placement: Placement) -> TesseraError:
+    """The agent's answer as the domain's error; what does not map is `Unavailable` naming the agent."""
+    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    details = err.details() if hasattr(err, "details") else str(err)
+    mapped = {grpc.StatusCode.NOT_FOUND: NotFound, grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
+              grpc.StatusCode.PERMISSION_DENIED: PermissionDenied, grpc.StatusCode.OUT_OF_RANGE: InvalidRequest}
+    if code in mapped:
+        return mapped[code](details or code.name)
+    return Unavailable(f"agent {placement.agent_id} at {placement.files_address} does not answer "
+                       f"({code.name}: {details})")
 
 
 def relay(err: grpc.RpcError, placement: Placement, context: grpc.ServicerContext) -> None:

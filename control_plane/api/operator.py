@@ -321,8 +321,14 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
     @grpc_errors
     def GetQuorum(self, request: operator_pb2.GetQuorumRequest, context: grpc.ServicerContext) -> Any:
         self._authorize(context, "GetQuorum")
+        return self.quorum_view(local_only=request.local_only)
+
+    def quorum_view(self, *, local_only: bool = False, peer_timeout: float = 3.0) -> operator_pb2.GetQuorumResponse:
+        """This master's view of the quorum; unless `local_only`, each member's own figures, asked in
+        parallel (a member that does not answer within `peer_timeout` is marked unreachable). The web UI's
+        overview reads the same answer (`web.service`)."""
         resp = quorum_to_proto(self.quorum.local())
-        if request.local_only or self._peer_quorum is None:
+        if local_only or self._peer_quorum is None:
             return resp
         others = [m for m in resp.members if not m.is_self and m.grpc_address]
         futures = {m.raft_address: self._fanout.submit(self._peer_quorum, m.grpc_address) for m in others}
@@ -333,14 +339,19 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
                     m.error = "gRPC address not announced yet"
                 continue
             try:
-                peer = fut.result(timeout=3.0)
+                peer = fut.result(timeout=peer_timeout)
                 m.commit_index, m.applied_index, m.term = peer.commit_index, peer.applied_index, peer.term
-                m.event_index = next((x.event_index for x in peer.members if x.is_self), 0)
+                own = next((x for x in peer.members if x.is_self), None)
+                m.event_index = own.event_index if own is not None else 0
+                m.ui_url = own.ui_url if own is not None else ""
                 m.reachable = True
+            except TimeoutError:
+                m.reachable = False
+                m.error = f"no answer within {peer_timeout:g} s"
             except Exception as exc:  # noqa: BLE001 - one member down must not fail the whole answer
                 m.reachable = False
                 details = exc.details() if isinstance(exc, grpc.RpcError) else None
-                m.error = str(details or exc)[:200]
+                m.error = str(details or exc)[:200] or type(exc).__name__
         return resp
 
     @grpc_errors

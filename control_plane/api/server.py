@@ -72,6 +72,7 @@ class MasterServer:
         limits: MasterLimits | None = None,
     ) -> None:
         self.guard = guard or Guard.open()
+        self.operator = operator  # the web UI (control_plane/web/) reads through the same servicer
         interceptors: list[grpc.ServerInterceptor] = [
             self.guard.interceptor(pool_threads=max_workers, limits=limits)]
         if tracer_provider is not None:

@@ -129,6 +129,10 @@ def cli(ctx: click.Context, masters: str | None, as_json: bool, timeout: float, 
                    "(0 = keep all).")
 @click.option("--metrics", "metrics_address", default=None,
               help="HOST:PORT to serve Prometheus /metrics on (off when not given).")
+@click.option("--http", "http_address", default="127.0.0.1:0", show_default=True, metavar="HOST:PORT|off",
+              help="Serve the web UI and its JSON API here (port 0: a free one; the URL is logged and written to "
+                   "DATA_DIR/ui-url). HTTPS with a token when --acl is given; without an ACL, loopback only. "
+                   "docs/http-api.md.")
 @click.option("--tls-dir", "master_tls_dir", envvar="TESSERA_MASTER_TLS_DIR", default=None,
               type=click.Path(path_type=Path), metavar="DIR",
               help="mTLS: DIR holds ca.pem, cert.pem, key.pem of a master certificate (or TESSERA_MASTER_TLS_DIR).")
@@ -148,7 +152,7 @@ def master(name: str, raft_address: str, grpc_address: str, peers: str, raft_bin
            reregistration_timeout: float, allocation_interval: float, offer_timeout: float,
            framework_reconnect_timeout: float, framework_takeover_delay: float, raft_compaction_entries: int,
            grpc_workers: int, event_retention: int,
-           metrics_address: str | None, master_tls_dir: Path | None, acl_path: Path | None,
+           metrics_address: str | None, http_address: str, master_tls_dir: Path | None, acl_path: Path | None,
            limits: tuple[str, ...], insecure_dev: bool, log_level: str) -> None:
     """Run one master of a Raft quorum.
 
@@ -203,6 +207,7 @@ def master(name: str, raft_address: str, grpc_address: str, peers: str, raft_bin
         raft_compaction_entries=raft_compaction_entries,
         grpc_workers=grpc_workers,
         metrics_address=metrics_address,
+        http_address=http_address,
         event_retention=event_retention,
         tls_dir=master_tls_dir, acl_path=acl_path, insecure_dev=insecure_dev, limits=master_limits,
     )

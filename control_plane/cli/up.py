@@ -445,10 +445,11 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
 
     metrics = {name: f"127.0.0.1:{free_port()}" for name in [m.name for m in members]
                + [f"a{i}" for i in range(1, n_agents + 1)]}
+    http = {m.name: free_port() for m in members}  # each master's web UI (docs/http-api.md)
     masters = [Child(m.name, "master", [*tessera, "master", "--name", m.name, "--raft", m.raft, "--grpc", m.grpc,
                                         "--peers", ",".join(o.raft for o in members if o is not m),
                                         "--data-dir", str(data_dir / m.name), "--metrics", metrics[m.name],
-                                        *master_flags],
+                                        "--http", f"127.0.0.1:{http[m.name]}", *master_flags],
                      data_dir / m.name / "master.log", COLOURS[i % len(COLOURS)]) for i, m in enumerate(members)]
     hostnames = [f"agent{i}.local" for i in range(1, n_agents + 1)]
     agents = [Child(f"a{i}", "agent", [*tessera, "agent", "--masters", addresses,
@@ -552,6 +553,7 @@ def up(n_masters: str, n_agents: int, data_dir: Path, demo: bool, duration: floa
                 problem = apply_service([*tessera, "--masters", addresses, *operator_flags], definition, env, stop,
                                         services.alive, READY_TIMEOUT_SECONDS)
                 service_lines = demo_lines(dns_address, lb_port, problem, definition)
+            out.say(f"ui: {'https' if secure else 'http'}://127.0.0.1:{http[leader.name]}/", bold=True)
             _print_ready(out, members, leader, data_dir, agents, n_agents, with_agents, demo,
                          [c for c in frameworks if c is not dns and c is not lb], metrics, missing_demos, dns_address,
                          service_lines)

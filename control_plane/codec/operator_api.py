@@ -257,5 +257,5 @@ def quorum_to_proto(q: Any) -> operator_pb2.GetQuorumResponse:
         if m.is_self:
             ms.commit_index, ms.applied_index, ms.event_index = st.commit_index, st.last_applied, q.event_index
             ms.term, ms.reachable = st.term, True
-            ms.name, ms.grpc_address = q.self_name, q.self_grpc
+            ms.name, ms.grpc_address, ms.ui_url = q.self_name, q.self_grpc, q.self_ui
     return resp

@@ -60,6 +60,7 @@ class MasterConfig:
     grpc_workers: int = 256
     event_retention: int = 0  # keep at least this many events in events.db (0 = keep all)
     metrics_address: str | None = None  # HOST:PORT for Prometheus /metrics; None = no metrics server
+    http_address: str | None = None  # --http: HOST:PORT of the web UI (port 0: a free one); None/"off" = none
     raft_bind: str | None = None  # HOST:PORT the Raft port listens on when peers dial another (NAT, proxy)
     tls_dir: Path | None = None  # ca.pem, cert.pem, key.pem (a master certificate); None = plaintext gRPC
     acl_path: Path | None = None  # principals, their token digests and grants (TOML); None = no tokens
@@ -179,10 +180,42 @@ def build_master(config: MasterConfig) -> tuple[Master, LeaderDuties, MasterServ
     return master, duties, server
 
 
+def start_web(config: MasterConfig, server: MasterServer) -> Any:
+    """The web UI (`--http`, control_plane/web/), listening; None when it is off. Its URL is logged, written
+    to DATA_DIR/ui-url and reported in GetQuorum (`ui_url`), so the other masters' UIs link to it."""
+    from tessera.control_plane.web.server import (
+        HttpAddressError,
+        WebServer,
+        parse_http_address,
+        server_ssl_context,
+    )
+
+    try:
+        bind = parse_http_address(config.http_address) if config.http_address else None
+        if bind is None:
+            return None
+        ssl_context = server_ssl_context(config.tls_dir) if config.tls_dir is not None else None
+        ui = WebServer(server.operator, bind[0], bind[1], insecure=config.acl_path is None,
+                       ssl_context=ssl_context).start()
+    except HttpAddressError as exc:
+        raise StartupError(str(exc)) from exc
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"--http: cannot serve on {config.http_address} ({exc})") from exc
+    server.operator.quorum.ui_url = ui.url
+    (config.data_dir / "ui-url").write_text(ui.url + "\n")
+    log.info("web UI: %s%s", ui.url, "" if config.acl_path is not None else " (insecure: no token asked)")
+    return ui
+
+
 def run_master(config: MasterConfig) -> int:
     os.umask(0o077)  # events.db, the Raft journal and dump, spans: readable by the master's user only
     try:
         master, duties, server = build_master(config)
+    except StartupError as exc:
+        print(f"tessera master: {exc}", file=sys.stderr)
+        return 2
+    try:
+        ui = start_web(config, server)
     except StartupError as exc:
         print(f"tessera master: {exc}", file=sys.stderr)
         return 2
@@ -233,6 +266,8 @@ def run_master(config: MasterConfig) -> int:
             acl_reload.clear()
             reload_acl(server.guard, config.acl_path)
     duties.stop()
+    if ui is not None:
+        ui.stop()
     server.stop()
     if metrics is not None:
         metrics.stop()

@@ -40,6 +40,7 @@ class LocalQuorum:
     leader_grpc: str
     self_name: str
     self_grpc: str
+    self_ui: str = ""  # this master's web UI URL ("" when it serves none)
 
 
 class Quorum:
@@ -48,6 +49,7 @@ class Quorum:
     def __init__(self, master: Any, change_timeout: float = CHANGE_TIMEOUT) -> None:
         self.master = master
         self.change_timeout = change_timeout
+        self.ui_url = ""  # set by the master process once its web UI listens (`tessera master --http`)
 
     def term(self) -> int:
         """The replicator's current term (what a state whose entry named none reports)."""
@@ -58,7 +60,8 @@ class Quorum:
         announced = self.master.read_state(lambda s: {address: (m[0], m[1]) for address, m in s.masters.items()})
         return LocalQuorum(status=st, announced=announced, event_index=self.master.read_state(lambda s: s.seq),
                            leader_grpc=self.master.leader_grpc_hint() or "",
-                           self_name=self.master.identity.name, self_grpc=self.master.identity.grpc_address)
+                           self_name=self.master.identity.name, self_grpc=self.master.identity.grpc_address,
+                           self_ui=self.ui_url)
 
     def add_member(self, address: str) -> None:
         self._leader_only()

@@ -478,6 +478,7 @@ class MasterStatus(_message.Message):
     TERM_FIELD_NUMBER: _builtins.int
     REACHABLE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    UI_URL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     raft_address: _builtins.str
     grpc_address: _builtins.str
@@ -494,6 +495,10 @@ class MasterStatus(_message.Message):
     term: _builtins.int
     reachable: _builtins.bool
     error: _builtins.str
+    ui_url: _builtins.str
+    """The member's web UI (`tessera master --http`), as it reports it itself: "" when it serves none or
+    did not answer. A follower's UI links to the leader's with it (docs/http-api.md).
+    """
     def __init__(
         self,
         *,
@@ -510,10 +515,11 @@ class MasterStatus(_message.Message):
         term: _builtins.int = ...,
         reachable: _builtins.bool = ...,
         error: _builtins.str = ...,
+        ui_url: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_index", b"applied_index", "commit_index", b"commit_index", "connected", b"connected", "error", b"error", "event_index", b"event_index", "grpc_address", b"grpc_address", "is_leader", b"is_leader", "is_self", b"is_self", "match_index", b"match_index", "name", b"name", "raft_address", b"raft_address", "reachable", b"reachable", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_index", b"applied_index", "commit_index", b"commit_index", "connected", b"connected", "error", b"error", "event_index", b"event_index", "grpc_address", b"grpc_address", "is_leader", b"is_leader", "is_self", b"is_self", "match_index", b"match_index", "name", b"name", "raft_address", b"raft_address", "reachable", b"reachable", "term", b"term", "ui_url", b"ui_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -13,9 +13,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[3]
 DOC = ROOT / "docs" / "architecture.md"
 SOURCES = {"control_plane": ROOT / "control_plane", "agent": ROOT / "agent", "sdk": ROOT / "sdk"}
-# The two exceptions the page states, by file: the master process builds the gRPC servers; the agent's
-# entry point reports its spans with the operator client.
-EXCEPTIONS = {("control_plane/runtime/process.py", "tessera.control_plane.api"), ("agent/main.py", "tessera.control_plane.api")}
+# The exceptions the page states, by file: the master process builds the gRPC servers and the web UI's
+# server; the agent's entry point reports its spans with the operator client.
+EXCEPTIONS = {("control_plane/runtime/process.py", "tessera.control_plane.api"),
+              ("control_plane/runtime/process.py", "tessera.control_plane.web"),
+              ("agent/main.py", "tessera.control_plane.api")}
 ROW = re.compile(r"^\| `([a-z_.0-9]+)` \| .* \| (.*) \|$")
 
 

@@ -1,0 +1,330 @@
+"""The reads behind the JSON API: one method per endpoint, blocking, returning JSON-able dicts or raising the
+domain's errors (`core.errors`, `eventlog.errors`, `WebError` below), which the edge (`web.app`) maps to
+status codes in one place.
+
+Every read goes through the objects the Operator gRPC servicer uses (`api.operator.OperatorService`): the
+replica's state under `StateView.read` (with the leader's soft state), the event log of this master, the
+quorum view with its fan-out (`OperatorService.quorum_view`), the masters' proxy to the agents' file
+services (`api.files_proxy.FilesProxy`), and the history modules (`eventlog.replay.state_at`,
+`eventlog.diff.diff_states`, `codec.operator_api.state_at_to_proto`) — so `/api/v1/state?at=N` is the
+answer `tessera state --at N --json` prints, built by the same code. Nothing here writes: every method is
+a read, on any master (a follower answers from its own replica; only traces need the leader, which keeps
+the spans).
+
+The caller's `Visibility` (`core.visibility`) is applied to every task, payload and span, as the
+Operator API applies it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+
+from tessera.control_plane.allocation import dominant_shares, snapshot_from_state
+from tessera.control_plane.api.files_proxy import FilesProxy
+from tessera.control_plane.codec.operator_api import state_at_to_proto
+from tessera.control_plane.core.acl import Caller
+from tessera.control_plane.core.errors import NotFound
+from tessera.control_plane.core.values import TaskKey
+from tessera.control_plane.core.visibility import Visibility, visibility_for
+from tessera.control_plane.eventlog import EventFilter, EventRecord
+from tessera.control_plane.eventlog.diff import diff_states
+from tessera.control_plane.eventlog.errors import AmbiguousTask, HistoryPruned
+from tessera.control_plane.eventlog.replay import state_at
+from tessera.control_plane.eventlog.timeline import resolve_task, split_task_ref, timeline
+from tessera.control_plane.eventlog.timepoints import Point
+from tessera.control_plane.web import views
+from tessera.control_plane.web.params import EventQuery, Listing, OutputQuery
+from tessera.v1 import files_pb2
+
+MAX_TIMELINE = 10_000
+QUORUM_CACHE_SECONDS = 0.5
+PEER_TIMEOUT = 1.0
+Json = dict[str, Any]
+
+
+class WebError(Exception):
+    """An answer of the web API that is not one of the domain's errors: `status`, `code`, extra fields."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A task named by a `{ref}`: its key, and the record the state keeps (None: only events name it)."""
+
+    key: TaskKey
+    found: tuple[Any, bool] | None
+
+
+class WebReader:
+    """The JSON API's reads over one master (`operator`: its `OperatorService`)."""
+
+    def __init__(self, operator: Any, *, insecure: bool, clock: Callable[[], float] = time.time) -> None:
+        self.operator = operator
+        self.master = operator.master
+        self.files: FilesProxy = operator.files
+        self.insecure = insecure
+        self._clock = clock
+        self._quorum_lock = threading.Lock()
+        self._quorum: tuple[float, Any] | None = None
+
+    # ---- helpers -------------------------------------------------------------------------------------
+    def _read(self, fn: Callable[[Any, Any], Any]) -> Any:
+        return self.operator.state_view.read(fn)
+
+    def quorum(self) -> Any:
+        """The quorum view with every member asked (cached for half a second: the overview polls it)."""
+        now = time.monotonic()
+        with self._quorum_lock:
+            if self._quorum is not None and now - self._quorum[0] < QUORUM_CACHE_SECONDS:
+                return self._quorum[1]
+        view = self.operator.quorum_view(peer_timeout=PEER_TIMEOUT)
+        with self._quorum_lock:
+            self._quorum = (time.monotonic(), view)
+        return view
+
+    def leader_url(self) -> str | None:
+        leader = next((m for m in self.quorum().members if m.is_leader), None)
+        return leader.ui_url or None if leader is not None else None
+
+    # ---- overview -----------------------------------------------------------------------------------
+    def cluster(self, visibility: Visibility) -> Json:
+        now = self._clock()
+
+        def build(s: Any, soft: Any) -> Json:
+            shares = dominant_shares(snapshot_from_state(s, now))
+            return {"index": s.seq, "time": s.time, "counts": views.counts_json(s),
+                    "resources": views.resources_summary(s),
+                    "roles": views.roles_json(s, shares, views.role_allocations(s))}
+
+        body = self._read(build)
+        quorum = views.quorum_json(self.quorum(), body["index"])
+        return {"insecure": self.insecure, **body, **quorum}
+
+    # ---- tables -------------------------------------------------------------------------------------
+    def agents(self, listing: Listing) -> Json:
+        return self._read(lambda s, soft: {"index": s.seq, **views.agents_page(s, listing, soft.heartbeat_ages)})
+
+    def agent(self, agent_id: str) -> Json:
+        def one(s: Any, soft: Any) -> Json:
+            a = s.agents.get(agent_id)
+            if a is None:
+                raise NotFound(f"no agent {agent_id!r} is known")
+            return {"index": s.seq, **views.agent_json(agent_id, a, soft.heartbeat_ages)}
+        result: Json = self._read(one)
+        return result
+
+    def frameworks(self, listing: Listing) -> Json:
+        return self._read(lambda s, soft: {"index": s.seq, **views.frameworks_page(s, listing)})
+
+    def framework(self, framework_id: str) -> Json:
+        def one(s: Any, soft: Any) -> Json:
+            f = s.frameworks.get(framework_id)
+            if f is None:
+                raise NotFound(f"no framework {framework_id!r} is known")
+            return {"index": s.seq, **views.framework_json(s, framework_id, f)}
+        result: Json = self._read(one)
+        return result
+
+    def tasks(self, listing: Listing) -> Json:
+        return self._read(lambda s, soft: {"index": s.seq, **views.tasks_page(s, listing)})
+
+    # ---- one task -----------------------------------------------------------------------------------
+    def resolve(self, ref: str) -> Resolved:
+        """The task `ref` names: `FRAMEWORK_ID/TASK_ID` or a bare id one framework uses (state, then log)."""
+        framework_id, task_id = split_task_ref(ref)
+        if not task_id:
+            raise NotFound("no task named")
+        if not framework_id:
+            using = self.master.read_state(lambda s: views.frameworks_using(s, task_id))
+            if len(using) > 1:
+                raise AmbiguousTask(task_id, using)
+            framework_id = using[0] if using else resolve_task(self.master.events, task_id)[0]
+            if not framework_id:
+                raise NotFound(f"no task {task_id!r} is known")
+        key = TaskKey(framework_id, task_id)
+        found = self.master.read_state(lambda s: views.find_task(s, key))
+        if found is None and not self._task_events(key, 1):
+            raise NotFound(f"no task {framework_id}/{task_id} is known")
+        return Resolved(key, found)
+
+    def _task_events(self, key: TaskKey, limit: int) -> list[EventRecord]:
+        store = self.master.events
+        flt = EventFilter(task_id=key.task_id, framework_id=key.framework_id)
+        records: list[EventRecord] = store.list(from_seq=store.first_seq(), limit=limit, flt=flt)
+        return records
+
+    def task(self, ref: str, visibility: Visibility) -> Json:
+        r = self.resolve(ref)
+        records = self._task_events(r.key, MAX_TIMELINE)
+
+        def detail(s: Any, soft: Any) -> Json:
+            found = views.find_task(s, r.key)
+            reader = views.Reader.of(visibility, s)
+            if found is None:
+                out = views.task_from_events(r.key.framework_id, r.key.task_id, records)
+                out.update(info=None, agent=None, framework=None)
+            else:
+                out = views.task_detail(s, found[0], found[1], reader)
+            return {"index": s.seq, **out, "statuses": views.status_history(records)}
+
+        result: Json = self._read(detail)
+        return result
+
+    def task_timeline(self, ref: str, visibility: Visibility) -> Json:
+        r = self.resolve(ref)
+        records = self._task_events(r.key, MAX_TIMELINE + 1)
+        reader = self._read(lambda s, soft: views.Reader.of(visibility, s))
+        items = views.timeline_json(ref, timeline(records[:MAX_TIMELINE]), reader)
+        return {"ref": views.task_ref(*r.key), "index": self.master.events.last_seq(), "items": items,
+                "truncated": len(records) > MAX_TIMELINE}
+
+    def task_trace(self, ref: str, visibility: Visibility) -> Json:
+        r = self.resolve(ref)
+        if not self.master.is_serving():
+            raise WebError(503, "not_leader", "traces are kept by the leader: ask its UI",
+                           leader_url=self.leader_url())
+        store = self.master.events
+        trace_ids = store.traces_for_task(r.key.task_id, r.key.framework_id)
+        if not trace_ids:
+            raise NotFound(f"no trace names task {views.task_ref(*r.key)}")
+        events = self._task_events(r.key, MAX_TIMELINE)
+
+        def build(s: Any, soft: Any) -> Json:
+            reader = views.Reader.of(visibility, s)
+            full = reader.sees(r.key.framework_id)
+            return {"ref": views.task_ref(*r.key), "index": s.seq, "traces": [
+                views.trace_json(t, store.spans_for_trace(t), [e for e in events if e.trace_id == t], full, reader)
+                for t in trace_ids]}
+
+        result: Json = self._read(build)
+        return result
+
+    def task_output(self, ref: str, q: OutputQuery, caller: Caller) -> Json:
+        r = self.resolve(ref)
+        placement, sandbox = self.files.authorize(caller, files_pb2.SandboxRef(
+            framework_id=r.key.framework_id, task_id=r.key.task_id))
+        stat = self.files.call(placement, lambda stub: stub.Stat, files_pb2.StatFileRequest(
+            task=sandbox, path=q.stream))
+        size = int(stat.file.size)
+        start = max(0, size - q.tail)
+        data, eof = b"", True
+        if size > start:
+            read = self.files.call(placement, lambda stub: stub.Read, files_pb2.ReadFileRequest(
+                task=sandbox, path=q.stream, offset=start, length=size - start))
+            data, eof, start = bytes(read.data), bool(read.eof), int(read.offset)
+        return {"ref": views.task_ref(*r.key), "stream": q.stream, "size": size, "offset": start,
+                "data": data.decode("utf-8", errors="replace"), "eof": eof, "truncated": start > 0}
+
+    # ---- events -------------------------------------------------------------------------------------
+    @staticmethod
+    def event_filter(q: EventQuery) -> EventFilter:
+        return EventFilter(types=q.types, framework_id=q.framework, agent_id=q.agent, task_id=q.task)
+
+    def events(self, q: EventQuery, visibility: Visibility) -> Json:
+        store = self.master.events
+        first, last = store.first_seq(), store.last_seq()
+        flt = self.event_filter(q)
+        want = q.limit + 1
+        records: list[EventRecord]
+        if q.after is not None:
+            if q.after + 1 < first:
+                raise HistoryPruned(first)
+            records = store.list(from_seq=q.after + 1, limit=want, flt=flt) if q.after < last else []
+            more = len(records) > q.limit
+            records = records[:q.limit]
+        else:
+            start = last if q.before is None else min(q.before - 1, last)
+            if q.before is not None and start < first and start >= 1:
+                raise HistoryPruned(first)
+            records = store.list(from_seq=start, limit=want, flt=flt, descending=True) if start >= 1 else []
+            more = len(records) > q.limit
+            records = list(reversed(records[:q.limit]))
+        reader = self._read(lambda s, soft: views.Reader.of(visibility, s))
+        return {"index": last, "first_index": first, "last_index": last, "items": [reader.event(r) for r in records],
+                "more": more}
+
+    def reader_for(self, visibility: Visibility) -> views.Reader:
+        reader: views.Reader = self._read(lambda s, soft: views.Reader.of(visibility, s))
+        return reader
+
+    # ---- history ------------------------------------------------------------------------------------
+    def state_at(self, at: Point | None, since: Point | None, visibility: Visibility) -> Json:
+        """`tessera state --at AT [--diff SINCE] --json`, from this master's event log."""
+        store = self.master.events
+        now = self._clock()
+        target = at or Point(index=store.last_seq())
+        result = state_at(store, target, now, sink=store)
+        before = diff = None
+        if since is not None:
+            before = state_at(store, since, now, sink=store)
+            diff = diff_states(before.state, result.state)
+        resp = state_at_to_proto(result, before, diff, store.first_seq(), store.last_seq(), visibility)
+        out: Json = MessageToDict(resp, preserving_proto_field_name=True)
+        return out
+
+    # ---- services -----------------------------------------------------------------------------------
+    def services(self, visibility: Visibility) -> Json:
+        def build(s: Any, soft: Any) -> Json:
+            fid = views.services_framework(s)
+            if fid is not None and not views.Reader.of(visibility, s).sees(fid):
+                return {"index": s.seq, "framework_id": fid, "items": []}
+            return {"index": s.seq, "framework_id": fid, "items": views.services_json(s, fid)}
+        result: Json = self._read(build)
+        return result
+
+    def service(self, app_id: str, visibility: Visibility) -> Json:
+        def build(s: Any, soft: Any) -> Json:
+            fid = views.services_framework(s)
+            if fid is not None and not views.Reader.of(visibility, s).sees(fid):
+                fid = None
+            found = views.service_json(s, fid, app_id)
+            if found is None:
+                raise NotFound(f"no service {app_id!r}")
+            return {"index": s.seq, **found}
+        result: Json = self._read(build)
+        return result
+
+    # ---- UI routes ----------------------------------------------------------------------------------
+    def page_exists(self, kind: str, ident: str) -> str | None:
+        """None when the page's id names something; else the not-found message."""
+        try:
+            if kind == "agents":
+                self.agent(ident)
+            elif kind == "frameworks":
+                self.framework(ident)
+            elif kind == "tasks":
+                self.resolve(ident)
+            elif kind == "services":
+                self.service(ident, Visibility(None, sees_all=True))
+        except NotFound as exc:
+            return exc.message
+        except AmbiguousTask:
+            return None  # the page explains it (its API call answers 400 naming the frameworks)
+        return None
+
+
+def web_caller(guard: Any, token: str | None) -> Caller:
+    """The reader behind a web request: anyone without an ACL; else the token's principal, which needs the
+    `read` action. Raises Unauthenticated / PermissionDenied (`core.acl`)."""
+    from tessera.control_plane.core.acl import authenticate, check_operator
+
+    acl = guard.acl
+    if acl is None:
+        return Caller(None, None)
+    caller = authenticate(acl, None, "Operator/GetState", token)
+    check_operator(caller, "GetState")
+    return caller
+
+
+def visibility_of(caller: Caller) -> Visibility:
+    return visibility_for(caller)
+
