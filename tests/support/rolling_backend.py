@@ -8,6 +8,10 @@ answered and in what condition: `{"task": ..., "healthy": ..., "stopping": ...}`
 true and `healthy` false (as a server that finishes its work before it exits, still accepting meanwhile),
 then exits: a client through the load balancer that sees `stopping` was sent to an instance after it was
 told to stop, i.e. the balancer had not dropped it before its SIGTERM.
+
+With `SICK_DIR` in its environment, `/health` also answers 503 while a file named after its task id exists
+in that directory: a test makes one instance of a service fail its health check
+(tests/integration/test_services_unhealthy_processes.py).
 """
 
 from __future__ import annotations
@@ -24,11 +28,16 @@ STARTED = time.monotonic()
 WARMUP = float(os.environ.get("WARMUP_SECONDS", "3"))
 LINGER = float(os.environ.get("LINGER_SECONDS", "1"))
 TASK = os.environ.get("TESSERA_TASK_ID", "?")
+SICK_DIR = os.environ.get("SICK_DIR", "")
 stopping = threading.Event()
 
 
+def sick() -> bool:
+    return bool(SICK_DIR) and os.path.exists(os.path.join(SICK_DIR, TASK))
+
+
 def healthy() -> bool:
-    return time.monotonic() - STARTED >= WARMUP and not stopping.is_set()
+    return time.monotonic() - STARTED >= WARMUP and not stopping.is_set() and not sick()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -37,7 +46,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         if self.path == "/health":
             ok = healthy()
-            body = b"ok\n" if ok else b"warming up\n"
+            body = b"ok\n" if ok else b"sick\n" if sick() else b"warming up\n"
             self.send_response(200 if ok else 503)
         else:
             body = json.dumps({"task": TASK, "healthy": healthy(), "stopping": stopping.is_set()}).encode()

@@ -1,10 +1,11 @@
 """The service framework's controller (`tessera.sdk.services.controller`) driven through the public SDK against
 `FakeMaster`: no processes, one manual clock shared by the fake and the controller (`clock=`), and every
 round of the controller run by the test (`poll()`, then `send_offers()`, then the status updates settled),
-so what each round did is exact: scale up and down, an instance lost and replaced, the restart backoff and
-its maximum, the placement constraints over several agents, a rolling deployment within
-minimumHealthCapacity/maximumOverCapacity, a deployment that fails at `failure_limit` and says why, and a
-standby controller taking the lease over without losing or doubling an instance."""
+so what each round did is exact: scale up and down, an instance lost and replaced, one its agent killed for
+failing its health check replaced at once, the restart backoff and its maximum, the placement constraints over
+several agents, a rolling deployment within minimumHealthCapacity/maximumOverCapacity, a deployment that fails
+at `failure_limit` and says why, and a standby controller taking the lease over without losing or doubling an
+instance."""
 
 from __future__ import annotations
 
@@ -335,6 +336,34 @@ def test_an_instance_that_stayed_ready_resets_the_backoff(made: list[Cluster]) -
         c.fake.advance(4)  # backoffSeconds: enough after the first failure in a row, not after a second
     c.offer()
     assert c.launched() == 3 and len(c.live()) == 1
+
+
+def test_an_instance_its_agent_killed_for_being_unhealthy_is_replaced_at_once_with_no_deployment(
+        cluster: Cluster) -> None:
+    """The agent kills an instance that fails its health check (REASON_TASK_UNHEALTHY); the controller never
+    kills it itself, and replaces it at the next round although the backoff is long: the other instances of
+    the version have been ready for READY_SECONDS, which ends the failures in a row. No deployment starts
+    or fails (the real-process test: tests/integration/test_services_unhealthy_processes.py)."""
+    cluster.apply(web(3, backoffSeconds=60, **HEALTH))
+    before = cluster.rounds_until("done")
+    assert before["healthy"] == 3
+    cluster.fake.advance(READY_SECONDS)
+    cluster.poll()
+    victim, *others = cluster.live()
+    cluster.fake.update(victim.info.task_id, TaskState.TASK_RUNNING, healthy=False,
+                        reason="REASON_TASK_HEALTH_CHECK_STATUS_UPDATED")
+    cluster.poll()
+    assert cluster.status()["healthy"] == 2 and not cluster.fake.calls_of(KillCall), "the agent kills, not the framework"
+    cluster.fake.update(victim.info.task_id, TaskState.TASK_KILLING, healthy=False, reason="REASON_TASK_UNHEALTHY")
+    cluster.fake.update(victim.info.task_id, TaskState.TASK_KILLED, healthy=False, reason="REASON_TASK_UNHEALTHY")
+    after = cluster.rounds_until("done", rounds=3)
+    live = cluster.live()
+    assert cluster.launched() == 4 and len(live) == 3 and all(ready(t) for t in live), "replaced at once"
+    assert {t.info.task_id for t in others} < {t.info.task_id for t in live}
+    assert victim.info.task_id not in {t.info.task_id for t in live}
+    assert not cluster.fake.calls_of(KillCall), "nothing else stopped"
+    assert after["failures"] == 0 and after["history"] == before["history"], after
+    assert after["deployment"]["version"] == before["deployment"]["version"] and after["healthy"] == 3
 
 
 def test_an_instance_that_runs_and_exits_at_once_counts_as_a_failure_in_a_row(cluster: Cluster) -> None:
