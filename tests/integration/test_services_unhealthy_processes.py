@@ -1,6 +1,6 @@
 """An instance of a service that starts failing its HTTP health check is killed by its agent and replaced by
-the service framework, with real processes: a master, an agent, `tessera services`, `tessera dns` and a
-service of 3 instances of tests/support/rolling_backend.py, whose `/health` answers 503 once the test puts
+the service framework, with real processes: a master, an agent, `tessera services`, `tessera dns`,
+`tessera lb` with the real Debian HAProxy and a service of 3 instances of tests/support/rolling_backend.py, whose `/health` answers 503 once the test puts
 a file named after the instance's task id in `SICK_DIR`.
 
 What is pinned, from the event log and `tessera --json service show`:
@@ -10,16 +10,22 @@ What is pinned, from the event log and `tessera --json service show`:
 - the framework launches one replacement of the same version after that kill, which becomes healthy;
 - the other instances are untouched: same task ids, never asked to stop, never unhealthy;
 - the service is back to 3 running and healthy, its deployment `done`, no new deployment, no failures
-  counted (an unhealthy kill of a running instance is no failed deployment), and DNS answers exactly the
-  three live instances.
+  counted (an unhealthy kill of a running instance is no failed deployment); DNS answers exactly the three
+  live instances, and so does HAProxy (a request loop through it runs all along; what it saw is printed,
+  not asserted: until its first failed check the sick instance is healthy for everyone).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+import threading
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +36,7 @@ import pytest
 
 from tessera.control_plane.discovery.endpoints import dns_label
 from tests.integration.test_services_processes import start_services, status, tessera
-from tests.support.cluster import LocalCluster, wait_for
+from tests.support.cluster import LocalCluster, free_port, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -73,11 +79,47 @@ def srv_targets(server: tuple[str, int], name: str) -> set[str]:
     return {r.target.labels[0].decode() for rrset in answer.answer for r in rrset}
 
 
-def app(sick_dir: Path) -> str:
+@pytest.fixture()
+def balancer(cluster: LocalCluster, tmp_path: Path) -> Iterator[str]:
+    """`tessera lb` (HAProxy); the URL of the service port the app asks for."""
+    service_port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tessera.control_plane.cli.main", "--masters",
+                             ",".join(cluster.grpc_addresses()), "lb", "--dir", str(tmp_path / "lb")],
+                            stdout=open(tmp_path / "lb.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        yield f"http://127.0.0.1:{service_port}/"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def get(url: str) -> dict[str, Any] | str:
+    """The backend's JSON answer (`task`, `healthy`), or what went wrong (a string)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return dict(json.loads(answer.read()))
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}"
+    except (OSError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def answering(url: str) -> set[str]:
+    """The instances that answer a dozen requests through HAProxy (round robin)."""
+    return {a["task"] for _ in range(12) if isinstance(a := get(url), dict)}
+
+
+def app(sick_dir: Path, url: str) -> str:
     return json.dumps({
         "id": "web", "instances": 3, "cpus": 0.1, "mem": 32, "args": [sys.executable, str(BACKEND)],
         "env": {"WARMUP_SECONDS": "0", "SICK_DIR": str(sick_dir)},
         "portDefinitions": [{"port": 0, "name": "http"}],
+        "labels": {"tessera.lb.port": url.rsplit(":", 1)[1].strip("/"), "tessera.lb.mode": "http"},
         "healthChecks": [{"protocol": "HTTP", "path": "/health", "portIndex": 0, "delaySeconds": 0.2,
                           "intervalSeconds": 0.5, "timeoutSeconds": 0.5, "gracePeriodSeconds": 10,
                           "maxConsecutiveFailures": 3}],
@@ -116,23 +158,43 @@ def settled(record: dict[str, Any], n: int) -> bool:
 
 
 def test_an_instance_failing_its_http_check_is_killed_by_its_agent_and_replaced_the_others_untouched(
-        cluster: LocalCluster, dns_server: tuple[str, int], tmp_path: Path) -> None:
+        cluster: LocalCluster, dns_server: tuple[str, int], balancer: str, tmp_path: Path) -> None:
     sick_dir = tmp_path / "sick"
     sick_dir.mkdir()
     services = start_services(cluster, "services")
     try:
         wait_for(lambda: tessera(cluster, "service", "list").returncode == 0, 30, what="the framework registered")
-        applied = tessera(cluster, "service", "apply", "-", stdin=app(sick_dir))
+        applied = tessera(cluster, "service", "apply", "-", stdin=app(sick_dir, balancer))
         assert applied.returncode == 0, applied.stderr
         before = wait_for(lambda: (s := status(cluster, "web")) and settled(s, 3) and s, 90,
                           what="3 healthy instances, the deployment done")
         wait_for(lambda: srv_targets(dns_server, "_web._tcp.tessera") == {dns_label(t) for t in ids(before)}, 30,
                  what="the 3 instances in DNS")
+        wait_for(lambda: answering(balancer) == ids(before), 60, what="the 3 instances behind HAProxy")
         victim, *others = sorted(ids(before))
+        answers: list[tuple[float, dict[str, Any] | str]] = []
+        done = threading.Event()
 
+        def loop() -> None:
+            while not done.is_set():
+                answers.append((time.monotonic(), get(balancer)))
+                time.sleep(0.02)
+
+        looper = threading.Thread(target=loop, daemon=True)
+        looper.start()
+
+        sick_at = time.monotonic()
         (sick_dir / victim).write_text("")  # from now on its /health answers 503
-        after = wait_for(lambda: (s := status(cluster, "web")) and victim not in ids(s) and settled(s, 3) and s, 90,
-                         what="the sick instance gone and 3 healthy again")
+        try:
+            after = wait_for(lambda: (s := status(cluster, "web")) and victim not in ids(s) and settled(s, 3) and s,
+                             90, what="the sick instance gone and 3 healthy again")
+        finally:
+            done.set()
+            looper.join(10)
+        from_victim = [t - sick_at for t, a in answers if isinstance(a, dict) and a["task"] == victim and t >= sick_at]
+        print(f"{len(answers)} requests through HAProxy meanwhile: {sum(isinstance(a, str) for _, a in answers)} "
+              f"failed; {len(from_victim)} answered by the sick instance after it turned sick, the last "
+              f"{max(from_victim, default=0):.2f}s after")
         replacements = ids(after) - ids(before)
         assert len(replacements) == 1 and ids(after) == set(others) | replacements, (ids(before), ids(after))
         replacement = replacements.pop()
@@ -168,6 +230,7 @@ def test_an_instance_failing_its_http_check_is_killed_by_its_agent_and_replaced_
         # DNS answers the three live instances, not the killed one
         wait_for(lambda: srv_targets(dns_server, "_web._tcp.tessera") == {dns_label(t) for t in ids(after)}, 30,
                  what="DNS following the replacement")
+        wait_for(lambda: answering(balancer) == ids(after), 60, what="HAProxy following the replacement")
         print(f"killed {victim} (unhealthy), replaced by {replacement}; kept {others}")
     finally:
         services.kill()
