@@ -3,7 +3,6 @@ with another DNS library (dnspython) over UDP and TCP on 127.0.0.1."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ import pytest
 
 from tessera.sdk import Filters, FrameworkInfo, Resources, Scheduler, SchedulerDriver, TaskInfo
 from tests.support.cluster import LocalCluster, wait_for
+from tests.support.dns_process import dns_server as serve_dns
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -37,21 +37,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 @pytest.fixture(scope="module")
 def dns_server(cluster: LocalCluster) -> Iterator[tuple[str, int]]:
-    proc = subprocess.Popen([sys.executable, "-m", "tessera.control_plane.cli.main", "--masters",
-                             ",".join(cluster.grpc_addresses()), "dns", "--domain", "tessera"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        line = proc.stdout.readline() if proc.stdout else ""
-        found = re.match(r"dns: ([\d.]+):(\d+)", line)
-        assert found, f"no address printed: {line!r} {proc.stderr.read() if proc.stderr else ''}"
-        yield found.group(1), int(found.group(2))
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    with serve_dns(cluster.grpc_addresses(), cluster.root / "dns.log") as address:
+        yield address
 
 
 def query(server: tuple[str, int], name: str, rdtype: str, tcp: bool = False) -> dns.message.Message:

@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,8 +32,10 @@ import dns.query
 import pytest
 
 from tessera.control_plane.discovery.endpoints import dns_label
+from tests.integration.test_lb_rolling_processes import get
 from tests.integration.test_services_processes import start_services, status, tessera
 from tests.support.cluster import LocalCluster, free_port, wait_for
+from tests.support.dns_process import dns_server as serve_dns
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -60,17 +59,8 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
 
 @pytest.fixture()
 def dns_server(cluster: LocalCluster) -> Iterator[tuple[str, int]]:
-    proc = subprocess.Popen([sys.executable, "-m", "tessera.control_plane.cli.main", "--masters",
-                             ",".join(cluster.grpc_addresses()), "dns", "--domain", "tessera"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        line = proc.stdout.readline() if proc.stdout else ""
-        found = re.match(r"dns: ([\d.]+):(\d+)", line)
-        assert found, f"no address printed: {line!r}"
-        yield found.group(1), int(found.group(2))
-    finally:
-        proc.kill()
-        proc.wait(10)
+    with serve_dns(cluster.grpc_addresses(), cluster.root / "dns.log") as address:
+        yield address
 
 
 def srv_targets(server: tuple[str, int], name: str) -> set[str]:
@@ -96,17 +86,6 @@ def balancer(cluster: LocalCluster, tmp_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-
-
-def get(url: str) -> dict[str, Any] | str:
-    """The backend's JSON answer (`task`, `healthy`), or what went wrong (a string)."""
-    try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            return dict(json.loads(answer.read()))
-    except urllib.error.HTTPError as exc:
-        return f"HTTP {exc.code}"
-    except (OSError, ValueError) as exc:
-        return f"{type(exc).__name__}: {exc}"
 
 
 def answering(url: str) -> set[str]:
