@@ -34,7 +34,7 @@ import pytest
 from tessera.control_plane.discovery.endpoints import dns_label
 from tests.integration.test_lb_rolling_processes import get
 from tests.integration.test_services_processes import start_services, status, tessera
-from tests.support.cluster import LocalCluster, free_port, wait_for
+from tests.support.cluster import LocalCluster, free_port, stop_process, wait_for
 from tests.support.dns_process import dns_server as serve_dns
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -51,7 +51,7 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         c.master_flags = ["--allocation-interval", "0.2"]
         c.start_all()
         c.leader()
-        # the agent's hostname is its address: where DNS publishes its tasks' ports
+        # the agent's hostname is its address: where DNS and HAProxy reach its tasks' ports
         c.add_agent("cpus:4;mem:2048;ports:[31550-31599]", flags=("--hostname", "127.0.0.1"))
         c.wait_agents(1)
         yield c
@@ -80,12 +80,7 @@ def balancer(cluster: LocalCluster, tmp_path: Path) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{service_port}/"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, 20)
 
 
 def answering(url: str) -> set[str]:

@@ -268,6 +268,18 @@ class LocalCluster:
         unmount_under(self.root)
 
 
+def stop_process(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
+    """End a process the test started: SIGTERM by its PID, SIGKILL if it has not ended after `grace`
+    seconds, and reap it (every wait bounded)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def kill_processes_under(root: Path) -> int:
     """SIGKILL, by PID, every process whose working directory or command line is under `root`: task
     supervisors and tasks outlive their agents by design, so a test must end them itself."""

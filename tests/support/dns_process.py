@@ -12,6 +12,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.support.cluster import stop_process
+
 __all__ = ["dns_server"]
 
 
@@ -31,11 +33,6 @@ def dns_server(masters: Sequence[str], log_path: Path, timeout: float = 30.0) ->
                       f"{log_path.read_text(errors='replace')[-2000:]}"
         yield found.group(1), int(found.group(2))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
         if proc.stdout is not None:
             proc.stdout.close()
