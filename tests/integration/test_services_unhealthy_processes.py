@@ -1,7 +1,7 @@
 """An instance of a service that starts failing its HTTP health check is killed by its agent and replaced by
-the service framework, with real processes: a master, an agent, `tessera services`, `tessera dns`,
-`tessera lb` with the real Debian HAProxy and a service of 3 instances of tests/support/rolling_backend.py, whose `/health` answers 503 once the test puts
-a file named after the instance's task id in `SICK_DIR`.
+the service framework, with real processes: a master, an agent, `tessera services`, `tessera dns`, `tessera lb`
+with the real Debian HAProxy and a service of 3 instances of tests/support/rolling_backend.py, whose `/health`
+answers 503 once the test puts a file named after the instance's task id in `SICK_DIR`.
 
 What is pinned, from the event log and `tessera --json service show`:
 - the sick instance's health reaches the log once per change: healthy, then unhealthy once (no repeat while
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -72,11 +73,13 @@ def srv_targets(server: tuple[str, int], name: str) -> set[str]:
 @pytest.fixture()
 def balancer(cluster: LocalCluster, tmp_path: Path) -> Iterator[str]:
     """`tessera lb` (HAProxy); the URL of the service port the app asks for."""
+    assert shutil.which("haproxy"), "this test needs HAProxy: apt-get install haproxy (the Debian package haproxy)"
     service_port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tessera.control_plane.cli.main", "--masters",
-                             ",".join(cluster.grpc_addresses()), "lb", "--dir", str(tmp_path / "lb")],
-                            stdout=open(tmp_path / "lb.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
-                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    with open(tmp_path / "lb.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "tessera.control_plane.cli.main", "--masters",
+                                 ",".join(cluster.grpc_addresses()), "lb", "--dir", str(tmp_path / "lb")],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         yield f"http://127.0.0.1:{service_port}/"
     finally:
