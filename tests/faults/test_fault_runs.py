@@ -38,3 +38,27 @@ def test_history_holds_every_property_under_seeded_faults(tmp_path: Path, master
     assert "all properties hold" in done.stdout, summary
     launched = re.search(r"tasks_launched (\d+)", done.stdout)
     assert launched is not None and int(launched.group(1)) > 0, summary  # the workload really ran
+
+
+@pytest.mark.timeout(280)
+def test_history_holds_on_separate_hosts_with_delay_jitter_loss_and_a_slow_disk(tmp_path: Path) -> None:
+    """The same run with every master and agent in its own network namespace (tests/faults/netns.py):
+    partitions are iptables rules (dropped, reset or one way), every host's packets are delayed
+    20 ms +- 10 ms with 1 % loss, and m3's data is on a throttled disk. Needs root: fails, naming what is
+    missing, without it."""
+    from tests.faults.netns import leftovers, require_hosts
+
+    require_hosts()
+    cmd = [sys.executable, "-m", "tests.faults.run", "--hosts", "netns", "--masters", "3", "--agents", "2",
+           "--frameworks", "2", "--faults", "8", "--seed", "7", "--delay-ms", "20", "--jitter-ms", "10",
+           "--loss", "0.01", "--slow-disk", "m3", "--keep", str(tmp_path / "run"), "--quiet"]
+    env = {**os.environ, "GRPC_ENABLE_FORK_SUPPORT": "false", "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=260, env=env,
+                          cwd=Path(__file__).resolve().parents[2])
+    summary = done.stdout + done.stderr[-4000:]
+    print(summary)
+    assert done.returncode == 0, summary
+    assert "seed 7: 8 faults in" in done.stdout and "all properties hold" in done.stdout, summary
+    shaped = re.search(r"netns hosts: 5 namespaces .* (\d+) packets, (\d+) dropped; slow disk: m3", done.stdout)
+    assert shaped is not None and int(shaped.group(1)) > 0, summary  # the hosts' packets went through the delay
+    assert leftovers() == [], summary
