@@ -79,3 +79,16 @@ def test_cut_rules_drop_or_reset_each_direction_asked_for() -> None:
                      ["-A", "TSR-IN", "-s", "10.213.240.13", "-j", "DROP"]]  # what is not TCP is dropped
     with pytest.raises(ValueError, match="unknown cut mode"):
         cut_rules("10.213.240.13", "sideways")
+
+
+def test_missing_requirements_name_root_and_the_debian_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.faults import netns
+
+    monkeypatch.setattr(netns.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(netns.shutil, "which", lambda tool: None if tool in ("iptables", "mkfs.ext4") else "/x")
+    problems = netns.missing_requirements()
+    assert problems[0].startswith("root")
+    assert "iptables (Debian package iptables)" in problems
+    assert "mkfs.ext4 (Debian package e2fsprogs)" in problems
+    with pytest.raises(AssertionError, match="netns hosts harness needs: root"):
+        netns.require_hosts()
