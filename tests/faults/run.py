@@ -3,6 +3,14 @@ then the history checker.
 
     python -m tests.faults.run --masters 3 --agents 3 --faults 100 --seed 7
     python -m tests.faults.run --masters 5 --agents 3 --faults 300 --seed 11 --keep /tmp/run11
+    python -m tests.faults.run --hosts netns --delay-ms 20 --jitter-ms 10 --loss 0.01 --slow-disk m3
+
+`--hosts proxy` (the default): every process on 127.0.0.1, partitions through the Raft proxies below.
+`--hosts netns`: every master and agent in its own network namespace with its own address on a bridge
+(`tests/faults/netns.py`), partitions as iptables rules inside the namespaces (dropped, reset, or
+one way: what one side sends is lost), and with `--delay-ms/--jitter-ms/--loss/--reorder` every host's
+egress delayed, jittered, lost and reordered; `--slow-disk NAME` puts that master's data on a
+throttled disk. Needs root.
 
 What happens:
 1. `--masters` master processes start, each behind a fault-injecting Raft proxy (`tests.faults.proxy`:
@@ -34,6 +42,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 import argparse
 import json
 import random
+import re
 import shlex
 import signal
 import sqlite3
@@ -48,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.faults.checker import Report, check, load_history, read_framework_record
+from tests.faults.nfq_delay import Shape
 from tests.faults.proxy import BLACKHOLE, RESET, RaftProxies
 from tests.support.cluster import (
     AgentProc,
@@ -90,10 +100,20 @@ class RunConfig:
     master_flags: tuple[str, ...] = ()
     failover_wait: float = 20.0  # bound on waiting for frameworks to get offers after a leader kill
     verbose: bool = True
+    hosts: str = "proxy"  # or "netns": every master and agent its own network namespace
+    shape: Shape | None = None  # netns: delay, jitter, loss, reordering of every host's egress
+    slow_disk: tuple[str, ...] = ()  # netns: masters whose data lives on a throttled disk
 
     def replay_command(self) -> str:
         args = ["python", "-m", "tests.faults.run", "--masters", str(self.masters), "--agents", str(self.agents),
                 "--frameworks", str(self.frameworks), "--faults", str(self.faults), "--seed", str(self.seed)]
+        if self.hosts != "proxy":
+            args += ["--hosts", self.hosts]
+        if self.shape is not None:
+            args += ["--delay-ms", f"{self.shape.delay * 1000:g}", "--jitter-ms", f"{self.shape.jitter * 1000:g}",
+                     "--loss", f"{self.shape.loss:g}", "--reorder", f"{self.shape.reorder:g}"]
+        for name in self.slow_disk:
+            args += ["--slow-disk", name]
         return " ".join(shlex.quote(a) for a in args)
 
 
@@ -106,7 +126,7 @@ class RunResult:
     problems: list[str] = field(default_factory=list)  # liveness trouble seen by the harness
     elapsed: float = 0.0
     root: Path | None = None
-    proxied: tuple[int, int] = (0, 0)  # Raft connections through the proxies, of which closed unidentified
+    network: str = ""  # what the network layer did (proxies' connections, or the netns hosts' packets)
 
     @property
     def ok(self) -> bool:
@@ -122,7 +142,7 @@ class RunResult:
                  "  faults: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())),
                  "  history: " + ", ".join(f"{k} {v}" for k, v in sorted(self.report.stats.items())
                                            if not k.startswith("violations."))]
-        lines.append(f"  raft proxies: {self.proxied[0]} connections, {self.proxied[1]} closed as unidentified")
+        lines.append(f"  {self.network}")
         if self.failovers:
             fo = sorted(self.failovers)
             lines.append(f"  failover (leader kill -> every framework re-subscribed and offered again), "
@@ -139,6 +159,104 @@ class RunResult:
         return "\n".join(lines)
 
 
+class ProxyNetwork:
+    """Every process on 127.0.0.1; each master's Raft port behind a fault-injecting proxy (proxy.py)."""
+
+    modes = (BLACKHOLE, RESET)
+
+    def __init__(self, cluster: LocalCluster, pids: Callable[[], dict[str, int]]) -> None:
+        routes: dict[str, tuple[str, str]] = {}
+        for m in cluster.masters:
+            bind = f"127.0.0.1:{cluster.fresh_ports(1)[0]}"  # never one of the cluster's own ports
+            m.extra_flags = ["--raft-bind", bind]
+            routes[m.name] = (m.raft, bind)  # peers dial m.raft: the proxy, which forwards to bind
+        self.proxies = RaftProxies(routes, pids)
+
+    def start(self) -> None:
+        self.proxies.start()
+
+    def isolate(self, name: str, mode: str) -> None:
+        self.proxies.isolate(name, mode)
+
+    def cut(self, a: str, b: str, mode: str) -> None:
+        self.proxies.cut(a, b, mode)
+
+    def heal(self) -> None:
+        self.proxies.heal()
+
+    def close(self) -> None:
+        self.proxies.close()
+
+    def describe(self) -> str:
+        return (f"raft proxies: {self.proxies.connections_seen} connections, "
+                f"{self.proxies.unidentified} closed as unidentified")
+
+
+ONE_WAY = "one-way"  # netns only: what the first side sends is lost, what it receives arrives
+
+
+class NetnsNetwork:
+    """Every master and agent its own host (netns.py); partitions are iptables rules between masters."""
+
+    modes = (BLACKHOLE, RESET, ONE_WAY)
+
+    def __init__(self, cluster: LocalCluster, root: Path, config: RunConfig) -> None:
+        from tests.faults.netns import NetnsHosts
+
+        self.cluster = cluster
+        self.root = root
+        self.config = config
+        self.hosts = NetnsHosts(work_dir=root)
+        self.hosts.place(cluster, slow_disk=config.slow_disk)
+        for i in range(config.agents):
+            self.hosts.add(f"a{i + 1}")  # the names LocalCluster.add_agent gives
+        self.masters = [m.name for m in cluster.masters]
+        self.counts: dict[str, int] | None = None  # the delay processes' counters when the hosts were removed
+
+    def start(self) -> None:
+        if self.config.shape is not None:
+            for i, name in enumerate(self.hosts.hosts):
+                self.hosts.shape(name, self.config.shape, seed=self.config.seed * 1000 + i)
+
+    def isolate(self, name: str, mode: str) -> None:
+        if mode == ONE_WAY:
+            self.hosts.isolate(name, self.masters, BLACKHOLE, one_way=True)
+        else:
+            self.hosts.isolate(name, self.masters, mode)
+
+    def cut(self, a: str, b: str, mode: str) -> None:
+        if mode == ONE_WAY:
+            self.hosts.block(a, b)
+        else:
+            self.hosts.cut(a, b, mode)
+
+    def heal(self) -> None:
+        self.hosts.heal()
+
+    def close(self) -> None:
+        """After the processes stopped: the event logs of masters on a slow disk go next to the others
+        (the checker reads ROOT/m*/events.db), then every namespace, link, mount and cgroup goes."""
+        import shutil
+
+        for m in self.cluster.masters:
+            if not m.data_dir.is_relative_to(self.root):
+                for db in m.data_dir.glob("events.db*"):
+                    shutil.copy2(db, self.root / m.name / db.name)
+        self.counts = self.hosts.shaped()
+        self.hosts.close()
+
+    def describe(self) -> str:
+        shape = self.config.shape
+        text = f"netns hosts: {len(self.hosts.hosts)} namespaces on 10.213.240.0/24"
+        if shape is not None:
+            counts = self.counts if self.counts is not None else self.hosts.shaped()
+            text += (f"; egress delay {shape.delay * 1000:g} ms +- {shape.jitter * 1000:g} ms, loss {shape.loss:.1%}, "
+                     f"reorder {shape.reorder:.1%}: {counts['packets']} packets, {counts['dropped']} dropped")
+        if self.config.slow_disk:
+            text += f"; slow disk: {', '.join(self.config.slow_disk)}"
+        return text
+
+
 class FaultRun:
     def __init__(self, config: RunConfig, root: Path) -> None:
         self.config = config
@@ -146,12 +264,11 @@ class FaultRun:
         self.rng = random.Random(config.seed)
         self.cluster = LocalCluster(root, n=config.masters)
         self.cluster.master_flags = list(config.master_flags)
-        routes: dict[str, tuple[str, str]] = {}
-        for m in self.cluster.masters:
-            bind = f"127.0.0.1:{self.cluster.fresh_ports(1)[0]}"  # never one of the cluster's own ports
-            m.extra_flags = ["--raft-bind", bind]
-            routes[m.name] = (m.raft, bind)  # peers dial m.raft: the proxy, which forwards to bind
-        self.proxies = RaftProxies(routes, self._master_pids)
+        self.net: ProxyNetwork | NetnsNetwork
+        if config.hosts == "netns":
+            self.net = NetnsNetwork(self.cluster, root, config)
+        else:
+            self.net = ProxyNetwork(self.cluster, self._master_pids)
         self.frameworks: dict[str, subprocess.Popen[bytes]] = {}
         self.fw_dir = root / "frameworks"
         self.fw_dir.mkdir(parents=True, exist_ok=True)
@@ -170,7 +287,7 @@ class FaultRun:
 
     # ---- setup ------------------------------------------------------------------------------------
     def start(self) -> None:
-        self.proxies.start()
+        self.net.start()
         self.cluster.start_all()
         self.cluster.leader(timeout=60)
         for i in range(self.config.agents):
@@ -322,18 +439,18 @@ class FaultRun:
         elif kind in ("isolate_leader", "isolate_follower"):
             victim = leader if kind == "isolate_leader" else self._follower(leader)
             assert victim is not None
-            mode = self.rng.choice([BLACKHOLE, RESET])
+            mode = self.rng.choice(self.net.modes)
             fault.update(target=victim.name, mode=mode)
-            self.proxies.isolate(victim.name, mode)
+            self.net.isolate(victim.name, mode)
             time.sleep(hold)
-            self.proxies.heal()
+            self.net.heal()
         elif kind == "cut_pair":
             a, b = self.rng.sample([m.name for m in self.cluster.masters], 2)
-            mode = self.rng.choice([BLACKHOLE, RESET])
+            mode = self.rng.choice(self.net.modes)
             fault.update(target=f"{a}|{b}", mode=mode)
-            self.proxies.cut(a, b, mode)
+            self.net.cut(a, b, mode)
             time.sleep(hold)
-            self.proxies.heal()
+            self.net.heal()
         if term_before:
             # The nemesis checks its own faults: losing the leader for longer than the election timeout
             # (killed, paused or cut off) must end its term: a leader of a later term must serve. If none
@@ -364,7 +481,7 @@ class FaultRun:
     # ---- the end ----------------------------------------------------------------------------------
     def settle(self) -> None:
         """Heal everything, bring every process back, stop the frameworks, let the masters converge."""
-        self.proxies.heal()
+        self.net.heal()
         if self.paused is not None and self.paused.proc is not None:
             os.kill(self.paused.proc.pid, signal.SIGCONT)
         for m in self.cluster.masters:
@@ -421,7 +538,7 @@ class FaultRun:
             self.cluster.kill(a, signal.SIGTERM)
         for m in self.cluster.masters:
             self.cluster.kill(m, signal.SIGTERM)
-        self.proxies.close()
+        self.net.close()
         for proc in self.frameworks.values():
             if proc.poll() is None:
                 proc.kill()
@@ -450,7 +567,7 @@ def run(config: RunConfig, on_start: Callable[[FaultRun], None] | None = None) -
         fr.stop()
     report = check(load_history(root))
     result = RunResult(config, report, fr.faults, fr.failovers, fr.problems, time.monotonic() - started, root,
-                       (fr.proxies.connections_seen, fr.proxies.unidentified))
+                       fr.net.describe())
     if result.ok and not keep:
         import shutil
 
@@ -468,10 +585,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep", type=Path, default=None, help="run directory to keep (default: a temporary "
                                                                  "one, removed when the run passes)")
+    parser.add_argument("--hosts", choices=("proxy", "netns"), default="proxy",
+                        help="proxy: all on 127.0.0.1 behind Raft proxies; netns: every master and agent its own "
+                             "network namespace and address (root; tests/faults/netns.py)")
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="netns: delay of every host's packets")
+    parser.add_argument("--jitter-ms", type=float, default=0.0, help="netns: +- uniform jitter on the delay")
+    parser.add_argument("--loss", type=float, default=0.0, help="netns: probability a packet is lost (0.01: 1 %%)")
+    parser.add_argument("--reorder", type=float, default=0.0, help="netns: probability a packet skips the delay")
+    parser.add_argument("--slow-disk", action="append", default=[], metavar="MASTER",
+                        help="netns: this master's data on a throttled (50 write IOPS), synchronously mounted disk")
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args(argv)
+    shaped = args.delay_ms or args.jitter_ms or args.loss or args.reorder
+    if args.hosts == "proxy" and (shaped or args.slow_disk):
+        parser.error("--delay-ms, --jitter-ms, --loss, --reorder and --slow-disk need --hosts netns")
+    if any(not re.fullmatch(r"m[1-9]", n) or int(n[1:]) > args.masters for n in args.slow_disk):
+        parser.error(f"--slow-disk: a master name m1..m{args.masters}")
+    shape = Shape(args.delay_ms / 1000, args.jitter_ms / 1000, args.loss, args.reorder) if shaped else None
     config = RunConfig(masters=args.masters, agents=args.agents, frameworks=args.frameworks, faults=args.faults,
-                       seed=args.seed, root=args.keep, verbose=not args.quiet)
+                       seed=args.seed, root=args.keep, verbose=not args.quiet, hosts=args.hosts, shape=shape,
+                       slow_disk=tuple(args.slow_disk))
     result = run(config)
     print(result.summary())
     return 0 if result.ok else 1

@@ -120,6 +120,8 @@ class LocalCluster:
         self.masters: list[MasterProc] = []
         self.agents: list[AgentProc] = []
         self.master_flags: list[str] = []
+        # argv put before every process's command, by its name: e.g. `ip netns exec NS` (tests/faults/netns.py)
+        self.wrap: Callable[[str], list[str]] = lambda name: []
         self._ports_used: set[int] = set()  # never hand out a port twice (masters are added one by one)
         for i in range(n):
             self.masters.append(self._new_master(f"m{i + 1}"))
@@ -149,7 +151,7 @@ class LocalCluster:
         if self.password:
             env["TESSERA_RAFT_PASSWORD"] = self.password
         env["PYTHONUNBUFFERED"] = "1"
-        cmd = [sys.executable, "-m", "tessera.control_plane.cli.main", "master", "--name", m.name, "--raft", m.raft,
+        cmd = [*self.wrap(m.name), sys.executable, "-m", "tessera.control_plane.cli.main", "master", "--name", m.name, "--raft", m.raft,
                "--grpc", m.grpc, "--peers", ",".join(m.peers), "--data-dir", str(m.data_dir), "--insecure-dev",
                *self.master_flags, *m.extra_flags]
         m.stopped_by_test = False
@@ -190,7 +192,7 @@ class LocalCluster:
 
     def start_agent(self, a: AgentProc) -> None:
         assert not a.alive, f"{a.name} is already running"
-        cmd = [sys.executable, "-m", "tessera.control_plane.cli.main", "agent", "--masters", ",".join(self.grpc_addresses()),
+        cmd = [*self.wrap(a.name), sys.executable, "-m", "tessera.control_plane.cli.main", "agent", "--masters", ",".join(self.grpc_addresses()),
                "--data-dir", str(a.data_dir), "--resources", a.resources, "--hostname", a.name]
         if a.attributes:
             cmd += ["--attributes", a.attributes]
