@@ -56,7 +56,7 @@ def launch_many(fw: ScriptedFramework, agents: list[ScriptedAgent], n: int, per_
     """`n` tasks through Accepts of at most `per_accept` tasks each."""
     launched = 0
     while launched < n:
-        offer = wait_for(lambda: next(iter(list(fw.offers.values())), None), 60, what="an offer")
+        offer = wait_for(lambda: next(iter(list(fw.offers.values())), None), 300, what="an offer")
         with fw.lock:
             fw.offers.pop(offer.offer_id, None)
         have = {r.name: r.scalar for r in offer.resources}
@@ -75,8 +75,11 @@ def launch_many(fw: ScriptedFramework, agents: list[ScriptedAgent], n: int, per_
         except grpc.RpcError as err:
             if err.code() != grpc.StatusCode.FAILED_PRECONDITION:  # a stale offer: take the next one
                 raise
+            print(f"  refused: {err.details()}", file=sys.stderr, flush=True)
             continue
         launched += count
+        if launched % 1000 < count:
+            print(f"  launched {launched}", file=sys.stderr, flush=True)
 
 
 def fill(store: SqliteEventStore, total: int) -> None:
