@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywher
 import grpc  # noqa: E402
 
 from tessera.control_plane.codec import resources_to_proto  # noqa: E402
+from tessera.control_plane.core.limits import MasterLimits  # noqa: E402
 from tessera.control_plane.core.resources import Resources  # noqa: E402
 from tessera.control_plane.eventlog import EventRecord, SqliteEventStore  # noqa: E402
 from tessera.control_plane.web.server import WebServer  # noqa: E402
@@ -136,7 +137,9 @@ def measure(url: str, paths: dict[str, str], requests: int) -> dict[str, tuple[f
 def cluster(root: Path, tasks: int, events: int, per_accept: int, requests: int) -> tuple[dict, dict]:  # type: ignore[type-arg]
     root.mkdir(parents=True, exist_ok=True)
     store = SqliteEventStore(root / "events.db")
-    node = InProcessMaster(events=store, settings=dataclasses.replace(FAST, offer_timeout=3600.0))
+    # one principal (none: an insecure master) holds every task: lift its limit of 10,000 tracked tasks
+    node = InProcessMaster(events=store, settings=dataclasses.replace(FAST, offer_timeout=3600.0),
+                           limits=MasterLimits(tasks_per_principal=1_000_000))
     with node:
         n_agents = max(1, tasks // 2000)
         agents = [ScriptedAgent(node.channel, hostname=f"node-{i}", resources="cpus:64;mem:65536",
