@@ -41,6 +41,7 @@ from tessera.control_plane.eventlog import EventFilter, EventRecord
 from tessera.control_plane.eventlog.diff import diff_states
 from tessera.control_plane.eventlog.errors import AmbiguousTask, HistoryError, HistoryPruned
 from tessera.control_plane.eventlog.eventfile import EventFile
+from tessera.control_plane.eventlog.export import record_json  # noqa: F401 - `tessera events --json` prints it
 from tessera.control_plane.eventlog.replay import state_at
 from tessera.control_plane.eventlog.source import iter_records
 from tessera.control_plane.eventlog.timeline import (
@@ -187,18 +188,6 @@ def _payload(r: EventRecord) -> Any:
         return json.loads(r.payload)
     except ValueError:
         return r.payload
-
-
-def record_json(r: EventRecord, **extra: Any) -> dict[str, Any]:
-    """One event as an NDJSON object: the event log's columns, `at` (ISO time) and the payload parsed."""
-    out: dict[str, Any] = {"seq": r.seq, "raft_index": r.raft_index, "position": r.position, "type": r.type,
-                           "time": r.time, "at": format_time(r.time), "term": r.term,
-                           "request_id": r.request_id, "trace_id": r.trace_id, "span_id": r.span_id,
-                           "payload": _payload(r)}
-    for key in ID_KEYS:
-        out[key] = getattr(r, key)
-    out.update(extra)
-    return out
 
 
 _TYPE_COLOURS = {"Rejected": "red", "AgentUnreachable": "yellow", "AgentRemoved": "yellow",

@@ -9,7 +9,34 @@ from typing import Any
 
 from tessera.control_plane.eventlog.records import EVENT_COLUMNS, EventRecord
 
-__all__ = ["export_events"]
+__all__ = ["export_events", "payload_of", "record_json"]
+
+ID_KEYS = ("framework_id", "agent_id", "task_id", "offer_id")
+
+
+def payload_of(r: EventRecord) -> Any:
+    """The record's payload parsed (the text itself when it is not JSON)."""
+    import json
+
+    try:
+        return json.loads(r.payload)
+    except ValueError:
+        return r.payload
+
+
+def record_json(r: EventRecord, **extra: Any) -> dict[str, Any]:
+    """One event as JSON, as `tessera events --json` prints it and the web API answers it: the event log's
+    columns, `at` (ISO time) and the payload parsed."""
+    from tessera.control_plane.eventlog.timepoints import format_time
+
+    out: dict[str, Any] = {"seq": r.seq, "raft_index": r.raft_index, "position": r.position, "type": r.type,
+                           "time": r.time, "at": format_time(r.time), "term": r.term,
+                           "request_id": r.request_id, "trace_id": r.trace_id, "span_id": r.span_id,
+                           "payload": payload_of(r)}
+    for key in ID_KEYS:
+        out[key] = getattr(r, key)
+    out.update(extra)
+    return out
 
 
 def export_events(dest: Path, first_seq: int, records: Iterable[EventRecord], *,

@@ -247,7 +247,10 @@ class WebApp:
         return await self._index(200)
 
     async def static(self, request: web.Request) -> web.StreamResponse:
-        path = (self.static_dir / request.match_info["path"]).resolve()
+        name = request.match_info["path"]
+        if any(ord(c) < 32 for c in name):  # a NUL is not a file name (and would make the OS call raise)
+            raise web.HTTPNotFound(reason="no such file")
+        path = (self.static_dir / name).resolve()
         if self.static_dir not in path.parents or not path.is_file():
             raise web.HTTPNotFound(reason="no such file")
         content_type = CONTENT_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or \

@@ -117,6 +117,10 @@ class WebServer:
         finally:
             if self._runner is not None:
                 loop.run_until_complete(self._runner.cleanup())
+            pending = asyncio.all_tasks(loop)  # live event streams: ended, not dropped mid-await
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.close()
 
     async def _bind(self) -> None:

@@ -28,9 +28,9 @@ from tessera.control_plane.core.visibility import (
     redact_span_attributes,
     redact_task,
 )
+from tessera.control_plane.eventlog.export import payload_of, record_json
 from tessera.control_plane.eventlog.records import EventRecord, SpanRecord
 from tessera.control_plane.eventlog.timeline import TimelineItem
-from tessera.control_plane.eventlog.timepoints import format_time
 from tessera.control_plane.web.params import Listing
 from tessera.v1 import common_pb2
 
@@ -51,25 +51,13 @@ def resources_json(r: Resources) -> Json:
     return out
 
 
-def payload_of(r: EventRecord) -> Any:
-    try:
-        return json.loads(r.payload)
-    except ValueError:
-        return r.payload
-
-
 def event_json(r: EventRecord, full: bool = True, **extra: Any) -> Json:
-    """One event log record as `tessera events --json` prints it; `full` False redacts its payload for a
-    reader who may not see the task (`core.visibility.redact_event_payload`)."""
-    payload = payload_of(r)
+    """One event log record as `tessera events --json` prints it (`eventlog.export.record_json`); `full`
+    False redacts its payload for a reader who may not see the task (`core.visibility.redact_event_payload`)."""
+    out = record_json(r, **extra)
     if not full:
-        payload = redact_event_payload(payload) if isinstance(payload, dict) else ""
-    out: Json = {"seq": r.seq, "raft_index": r.raft_index, "position": r.position, "type": r.type,
-                 "time": r.time, "at": format_time(r.time), "term": r.term, "request_id": r.request_id,
-                 "trace_id": r.trace_id, "span_id": r.span_id, "payload": payload,
-                 "framework_id": r.framework_id, "agent_id": r.agent_id, "task_id": r.task_id,
-                 "offer_id": r.offer_id}
-    out.update(extra)
+        payload = out["payload"]
+        out["payload"] = redact_event_payload(payload) if isinstance(payload, dict) else ""
     return out
 
 

@@ -1,0 +1,225 @@
+"""Benchmark of the web UI's HTTP API (not a test): time to first byte of every page and API call, with
+10,000 tasks in the state and 1,000,000 events in the log, against a baseline (an empty cluster) measured
+in the same run.
+
+    python tests/bench/bench_web.py [--tasks 10000] [--events 1000000] [--requests 20]
+
+Set-up, per cluster: one in-process master (`tests.support.inprocess.InProcessMaster`: the real master,
+gRPC servers and state machine over the in-memory Raft twin) with a SQLite event log (`events.db`, as a
+master keeps it), scripted agents and a scripted framework over gRPC, and the web server of
+`control_plane/web/` on 127.0.0.1. The tasks are launched through the real write path: Accepts of
+`--per-accept` tasks each; the scripted agents report the tasks they are sent one by one
+STARTING then RUNNING (a batch of RunTasks they leave STAGING). The log is then
+filled up to `--events` with synthetic event rows appended to the same events.db after the real ones
+(`EventStore.append`): writing a million events through Raft would take this machine minutes and measure
+the write path, not the reads. Only reads run while the bench measures; the history points asked for
+(`/api/v1/state?at`, `/api/v1/diff`) are inside the real part of the log, whose events replay.
+
+Time to first byte: from sending the request to the response's status line and headers (http.client's
+`getresponse()`), one connection per request; the median and p95 of `--requests` requests, and the time
+to the whole body. The target of issue 19 is < 200 ms for every page and call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import http.client
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere in the repo
+
+import grpc  # noqa: E402
+
+from tessera.control_plane.codec import resources_to_proto  # noqa: E402
+from tessera.control_plane.core.limits import MasterLimits  # noqa: E402
+from tessera.control_plane.core.resources import Resources  # noqa: E402
+from tessera.control_plane.eventlog import EventRecord, SqliteEventStore  # noqa: E402
+from tessera.control_plane.web.server import WebServer  # noqa: E402
+from tessera.v1 import common_pb2, scheduler_pb2  # noqa: E402
+from tests.support.cluster import wait_for  # noqa: E402
+from tests.support.inprocess import FAST, InProcessMaster  # noqa: E402
+from tests.support.scripted import ScriptedAgent, ScriptedFramework  # noqa: E402
+from tests.support.web import static_dir  # noqa: E402
+
+TARGET_MS = 200.0
+
+
+def launch_many(fw: ScriptedFramework, agents: list[ScriptedAgent], n: int, per_accept: int) -> None:
+    """`n` tasks through Accepts of at most `per_accept` tasks each."""
+    launched = 0
+    while launched < n:
+        offer = wait_for(lambda: next(iter(list(fw.offers.values())), None), 300, what="an offer")
+        with fw.lock:
+            fw.offers.pop(offer.offer_id, None)
+        have = {r.name: r.scalar for r in offer.resources}
+        count = min(per_accept, n - launched, int(have.get("cpus", 0) / 0.01 + 1e-6), int(have.get("mem", 0)))
+        if count <= 0:
+            continue
+        tasks = []
+        for i in range(launched, launched + count):
+            task = common_pb2.TaskInfo(task_id=f"task-{i:05d}", name=f"job-{i % 50}", agent_id=offer.agent_id,
+                                       command=common_pb2.CommandInfo(shell=True, value="sleep 3600"))
+            resources_to_proto(Resources.parse("cpus:0.01;mem:1"), task.resources)
+            tasks.append(task)
+        try:
+            fw.stub.Accept(scheduler_pb2.AcceptRequest(header=fw.header(), offer_ids=[offer.offer_id], operations=[
+                scheduler_pb2.Operation(type=scheduler_pb2.Operation.LAUNCH, tasks=tasks)]), timeout=60)
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.FAILED_PRECONDITION:  # a stale offer: take the next one
+                raise
+            print(f"  refused: {err.details()}", file=sys.stderr, flush=True)
+            continue
+        launched += count
+        if launched % 1000 < count:
+            print(f"  launched {launched}", file=sys.stderr, flush=True)
+
+
+def fill(store: SqliteEventStore, total: int) -> None:
+    """Synthetic event rows after the real ones, up to `total` (shaped like bench_eventlog's)."""
+    types = ("TaskStatusUpdated", "OffersIssued", "TaskStatusAcknowledged", "OfferDeclined")
+    start = store.last_seq() + 1
+    base = time.time() - 3600
+    batch: list[EventRecord] = []
+    for seq in range(start, total + 1):
+        batch.append(EventRecord(
+            seq=seq, raft_index=10**6 + seq // 8, position=seq % 8, type=types[seq % len(types)],
+            time=base + (seq - start) * 1e-3, term=1, request_id=f"req-{seq // 8:08d}", framework_id="fw-filler",
+            agent_id=f"agent-{seq % 200:04d}", task_id=f"filler-{seq // 3:09d}", offer_id="", trace_id="",
+            span_id="", payload=json.dumps({"seq": seq, "status": {"state": "TASK_RUNNING"}})))
+        if len(batch) == 5000:
+            store.append(batch)
+            batch = []
+    if batch:
+        store.append(batch)
+    if not store.flush(timeout=1200.0):
+        raise RuntimeError("the event log did not flush")
+
+
+def ttfb(url: str, path: str) -> tuple[float, float, int]:
+    """(ms to the status line and headers, ms to the whole body, status)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=120)
+    try:
+        start = time.perf_counter()
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        first = time.perf_counter()
+        if path.startswith("/api/v1/events/stream"):
+            resp.fp.readline()  # type: ignore[union-attr]  # the first event: a stream has no end
+        else:
+            resp.read()
+        return (first - start) * 1000, (time.perf_counter() - start) * 1000, resp.status
+    finally:
+        conn.close()
+
+
+def measure(url: str, paths: dict[str, str], requests: int) -> dict[str, tuple[float, float, float, int]]:
+    out = {}
+    for name, path in paths.items():
+        print(f"  {name}", file=sys.stderr, flush=True)
+        ttfb(url, path)  # warm: the first request of a path pays imports and caches
+        samples = [ttfb(url, path) for _ in range(requests)]
+        firsts = sorted(s[0] for s in samples)
+        out[name] = (statistics.median(firsts), firsts[int(0.95 * (len(firsts) - 1))],
+                     statistics.median(s[1] for s in samples), samples[-1][2])
+    return out
+
+
+def cluster(root: Path, tasks: int, events: int, per_accept: int, requests: int) -> tuple[dict, dict]:  # type: ignore[type-arg]
+    root.mkdir(parents=True, exist_ok=True)
+    store = SqliteEventStore(root / "events.db")
+    # one principal (none: an insecure master) holds every task: lift its limit of 10,000 tracked tasks
+    node = InProcessMaster(events=store, settings=dataclasses.replace(FAST, offer_timeout=3600.0),
+                           limits=MasterLimits(tasks_per_principal=1_000_000))
+    with node:
+        n_agents = max(1, tasks // 2000)
+        agents = [ScriptedAgent(node.channel, hostname=f"node-{i}", resources="cpus:64;mem:65536",
+                                final_state=common_pb2.TASK_RUNNING).start()
+                  for i in range(n_agents)]
+        for a in agents:
+            assert a.registered.wait(30)
+        fw = ScriptedFramework(node.channel, name="bench").start()
+        assert fw.subscribed.wait(30)
+        print(f"cluster: {tasks} tasks, {events} events", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        if tasks:
+            launch_many(fw, agents, tasks, per_accept)
+            wait_for(lambda: node.master.read_state(lambda s: len(s.tasks) + len(s.completed_tasks)) >= tasks, 600,
+                     interval=0.5, what="every task in the state")
+        real_last = store.last_seq()
+        store.flush(timeout=600.0)
+        launched_s = time.perf_counter() - started
+        started = time.perf_counter()
+        if events > real_last:
+            fill(store, events)
+        filled_s = time.perf_counter() - started
+        static = static_dir()
+        server = WebServer(node.server.operator, "127.0.0.1", 0, insecure=True, ssl_context=None,
+                           static_dir=static).start()
+        try:
+            ref = quote(f"{fw.framework_id}/task-{tasks // 2:05d}", safe="") if tasks else "none"
+            mid = max(1, real_last // 2)
+            paths = {
+                "page /": "/", "page /tasks": "/tasks", "page /tasks/{ref}": f"/tasks/{ref}",
+                "static app.js": "/static/app.js",
+                "cluster": "/api/v1/cluster", "agents": "/api/v1/agents", "frameworks": "/api/v1/frameworks",
+                "tasks (newest 100)": "/api/v1/tasks",
+                "tasks sort=id offset=5000": "/api/v1/tasks?sort=id&offset=5000",
+                "tasks state=running q=job-7": "/api/v1/tasks?state=running&q=job-7",
+                "task detail": f"/api/v1/tasks/{ref}", "task timeline": f"/api/v1/tasks/{ref}/timeline",
+                "events (newest 100)": "/api/v1/events",
+                "events after=middle": f"/api/v1/events?after={max(0, store.last_seq() // 2)}",
+                "events type+task filter": f"/api/v1/events?after=0&type=TaskLaunched&task=task-{tasks // 2:05d}",
+                "events stream from=last-10": f"/api/v1/events/stream?from={max(1, store.last_seq() - 10)}",
+                f"state at={mid}": f"/api/v1/state?at={mid}",
+                f"diff from=1 to={mid}": f"/api/v1/diff?from=1&to={mid}",
+                "services": "/api/v1/services",
+            }
+            results = measure(server.url, paths, requests)
+        finally:
+            server.stop()
+            fw.close()
+            for a in agents:
+                a.close()
+        info = {"tasks": tasks, "events": store.last_seq(), "real events": real_last,
+                "set-up launch s": round(launched_s, 1), "set-up fill s": round(filled_s, 1),
+                "db MB": round((root / "events.db").stat().st_size / 1e6, 1)}
+        return info, results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--per-accept", type=int, default=500)
+    parser.add_argument("--requests", type=int, default=20)
+    args = parser.parse_args()
+    print(f"$ python tests/bench/bench_web.py --tasks {args.tasks} --events {args.events} --requests {args.requests}")
+    print(f"machine: {platform.platform()}, {os.cpu_count()} cores, python {platform.python_version()}")
+    with tempfile.TemporaryDirectory(prefix="bench-web-") as tmp:
+        base_info, base = cluster(Path(tmp) / "base", 0, 0, args.per_accept, args.requests)
+        big_info, big = cluster(Path(tmp) / "big", args.tasks, args.events, args.per_accept, args.requests)
+    print(f"baseline: {base_info}\nloaded:   {big_info}")
+    print(f"{'request':34} {'base p50':>9} {'loaded p50':>11} {'loaded p95':>11} {'body p50':>9} {'status':>6}  "
+          f"< {TARGET_MS:g} ms")
+    worst = 0.0
+    for name, (p50, p95, body, status) in big.items():
+        key = name if name in base else next((k for k in base if k.split()[0] == name.split()[0]), None)
+        b = base.get(key, (float("nan"),))[0] if key else float("nan")
+        worst = max(worst, p95)
+        print(f"{name:34} {b:8.1f}  {p50:10.1f}  {p95:10.1f}  {body:8.1f}  {status:>6}  "
+              f"{'yes' if p95 < TARGET_MS else 'NO'}")
+    print(f"worst p95 time to first byte with the load: {worst:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
