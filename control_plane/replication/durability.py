@@ -22,7 +22,11 @@ power loss of a majority. With this module installed it survives the power loss 
   before pysyncobj sends the vote request or grant that follows;
 * **dump**: before pysyncobj deletes the journal entries a new dump covers, the dump and its directory
   are fsynced (the dump is written by a forked child; the parent syncs when it learns the child
-  succeeded); an installed snapshot is synced before the follower's reply.
+  succeeded); an installed snapshot is synced before the follower's reply;
+* **history** (``before_dump``, the master's event log ``flush``): a dump is started only once whatever
+  the entries it covers wrote to the event log is on disk, because a restart re-applies (and so
+  re-records) only the entries after the dump. When the history is not on disk within
+  ``BEFORE_DUMP_WAIT_S`` the dump is put off (``DUMP_RETRY_S``) rather than the Raft thread held.
 
 Installed by ``RaftReplicator`` unless ``ReplicationConfig.fsync`` is False (``tessera master
 --unsafe-no-fsync``), and by the simulation when it is given a ``Disk``. Like the consensus guards it
@@ -35,6 +39,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,6 +50,11 @@ from pysyncobj.journal import FileJournal, MetaStorer
 from pysyncobj.pickle import dumps
 
 log = logging.getLogger(__name__)
+
+# How long the Raft thread may wait for the event log before a dump (well under the election timeout),
+# and how long a dump is put off when it did not get there.
+BEFORE_DUMP_WAIT_S = 0.1
+DUMP_RETRY_S = 1.0
 
 
 class Disk(Protocol):
@@ -148,7 +158,9 @@ class Durability:
         self._disk.sync_path(self._data_dir)
 
 
-def install_durability(so: SyncObj, disk: Disk, data_dir: Path, dump_file: Path) -> Durability:
+def install_durability(so: SyncObj, disk: Disk, data_dir: Path, dump_file: Path,
+                       before_dump: Callable[[float], bool] | None = None,
+                       clock: Callable[[], float] = time.monotonic) -> Durability:
     """Patch `so` so that it acknowledges only what is on disk (see the module docstring). Install it
     before ``install_consensus_guards``: the reply-term stamp is then put on a reply when it is made,
     not when a held reply is sent."""
@@ -213,6 +225,21 @@ def install_durability(so: SyncObj, disk: Disk, data_dir: Path, dump_file: Path)
         return done
 
     serializer.setTransmissionData = received
+    if before_dump is not None:
+        serialize = serializer.serialize
+        put_off_until = [0.0]
+
+        def serialize_after_history(data: Any, ident: Any) -> None:
+            now = clock()
+            if now < put_off_until[0]:
+                return  # no dump this tick; pysyncobj tries again on a later one
+            if not before_dump(BEFORE_DUMP_WAIT_S):
+                put_off_until[0] = now + DUMP_RETRY_S
+                log.warning("raft dump put off: the event log is not on disk yet")
+                return
+            serialize(data, ident)
+
+        serializer.serialize = serialize_after_history
     disk.sync_path(data_dir)  # the journal and meta files' names
     durability.settle()
     return durability

@@ -150,8 +150,12 @@ class _TransferOp(Tracked):
 class RaftReplicator(Replicator):
     """A Raft node replicating ``state_machine`` with pysyncobj. See the module docstring."""
 
-    def __init__(self, config: ReplicationConfig, state_machine: StateMachine) -> None:
+    def __init__(self, config: ReplicationConfig, state_machine: StateMachine,
+                 before_dump: Callable[[float], bool] | None = None) -> None:
+        """``before_dump(timeout)``: True once whatever the applied entries wrote outside the Raft files
+        (the master's event log) is on disk; a dump waits for it (``durability``; with ``fsync`` only)."""
         check_pysyncobj_version()
+        self._before_dump = before_dump
         self._config = config
         self._state_machine = state_machine
         self._lifecycle = threading.Lock()
@@ -244,7 +248,7 @@ class RaftReplicator(Replicator):
         so = SyncObj(cfg.self_address, list(cfg.peers), conf=conf, consumers=[self._consumer],
                      transportClass=guarded_transport(cfg, conf))
         if cfg.fsync:  # before the guards: see install_durability
-            install_durability(so, FsyncDisk(), cfg.data_dir, cfg.dump_file)
+            install_durability(so, FsyncDisk(), cfg.data_dir, cfg.dump_file, before_dump=self._before_dump)
         install_consensus_guards(so)
         try:
             so.waitBinded()

@@ -361,7 +361,8 @@ class SimRaftNode:
 
     def __init__(self, network: SimNetwork, config: ReplicationConfig, state_machine: StateMachine, *,
                  on_leadership: Callable[[SimRaftNode, bool, int], None] | None = None,
-                 guard_snapshots: bool = True, disk: Disk | None = None) -> None:
+                 guard_snapshots: bool = True, disk: Disk | None = None,
+                 before_dump: Callable[[float], bool] | None = None) -> None:
         self.network = network
         self.config = config
         self.address = config.self_address
@@ -380,7 +381,8 @@ class SimRaftNode:
         # durable acknowledgements as RaftReplicator's, on the given disk (None: pysyncobj's own, no sync)
         self.durability: Durability | None = None
         if disk is not None:
-            self.durability = install_durability(self._so, disk, config.data_dir, config.dump_file)
+            self.durability = install_durability(self._so, disk, config.data_dir, config.dump_file,
+                                                 before_dump=before_dump, clock=network.scheduler.clock)
         if guard_snapshots:  # every guard, as RaftReplicator; False reproduces pysyncobj's own behaviour
             install_consensus_guards(self._so)
         network.node_up(self)

@@ -153,13 +153,13 @@ def build_master(config: MasterConfig) -> tuple[Master, LeaderDuties, MasterServ
     except InvalidRequest as exc:
         raise StartupError(exc.message) from exc
     security = validate_security(config)
-    events = SqliteEventStore(config.data_dir / "events.db")
+    events = SqliteEventStore(config.data_dir / "events.db", durable=config.fsync)
     sm = MasterStateMachine(events)
     replicator = RaftReplicator(ReplicationConfig(
         self_address=config.raft_address, peers=config.peers, data_dir=config.data_dir / "raft",
         password=config.raft_password, bind_address=config.raft_bind,
         log_compaction_min_entries=config.raft_compaction_entries, fsync=config.fsync,
-    ), sm)
+    ), sm, before_dump=events.flush)
     identity = MasterIdentity(config.name, config.raft_address, config.grpc_address)
     # spans go next to the event log; not the global provider, so several masters can share a process
     tracer_provider = setup_tracing("tessera-master", span_store=events, set_global=False)

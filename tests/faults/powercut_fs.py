@@ -5,8 +5,8 @@
 It keeps every file in memory twice: as the programs see it (the page cache) and as it is on "disk". Only
 ``fsync``/``fdatasync``/``msync`` (a file's data and size) and an ``fsync`` of a directory (the names in it)
 copy the first to the second. Writing to the magic name ``MOUNTPOINT/.power-cut`` cuts the power: every
-file, name and byte goes back to what is on disk, and every write that still arrives (the kernel writing
-back pages the killed programs left dirty) is thrown away. ``MOUNTPOINT/.sync-all`` makes everything durable,
+file, name and byte goes back to what is on disk, the disk is saved to IMAGE, and every write that still
+arrives (the kernel writing back pages the killed programs left dirty) is thrown away. ``MOUNTPOINT/.sync-all`` makes everything durable,
 as a machine that has been up for a while has written back what it wrote long ago. At unmount the disk (only)
 is saved to IMAGE, and a later mount over the same IMAGE starts from it: that is the restart after the cut.
 
@@ -20,8 +20,10 @@ Needs the Debian packages ``fuse`` and ``libfuse2`` and ``fusepy`` (PyPI; the de
 from __future__ import annotations
 
 import errno
+import faulthandler
 import os
 import pickle
+import signal
 import stat
 import sys
 import threading
@@ -57,8 +59,9 @@ class Disk:
 
 
 class PowerCutFS(Operations):  # type: ignore[misc]
-    def __init__(self, disk: Disk) -> None:
+    def __init__(self, disk: Disk, image: Path | None = None) -> None:
         self._mutex = threading.RLock()
+        self.image = image
         self.disk = disk
         if 1 not in disk.nodes:
             disk.nodes[1] = (stat.S_IFDIR | 0o755, b"", {})
@@ -90,9 +93,19 @@ class PowerCutFS(Operations):  # type: ignore[misc]
         self.syncs += 1
 
     def power_cut(self) -> None:
+        """Drop what is not on disk; from now on nothing changes, so the disk is saved at once (the test
+        mounts it again without waiting for this process to end)."""
         with self._mutex:
             self.cut = True
             self._load()
+            self.save()
+
+    def save(self) -> None:
+        if self.image is not None:
+            with self._mutex:
+                tmp = self.image.with_name(self.image.name + ".tmp")
+                tmp.write_bytes(pickle.dumps(self.disk))
+                os.replace(tmp, self.image)
 
     def sync_all(self) -> None:
         with self._mutex:
@@ -268,16 +281,16 @@ class PowerCutFS(Operations):  # type: ignore[misc]
 
 
 def main(argv: list[str]) -> int:
+    faulthandler.register(signal.SIGUSR1)  # the test asks for the threads' stacks when it does not exit
     mountpoint, image = Path(argv[0]), Path(argv[1])
     disk = pickle.loads(image.read_bytes()) if image.exists() else Disk()
-    fs = PowerCutFS(disk)
+    fs = PowerCutFS(disk, image)
     try:
         # foreground, multithreaded; the kernel's page cache on (an mmap'd file needs it; direct_io off)
         FUSE(fs, str(mountpoint), foreground=True, nothreads=False, allow_other=True, default_permissions=False)
     finally:
-        tmp = image.with_name(image.name + ".tmp")
-        tmp.write_bytes(pickle.dumps(fs.disk))
-        os.replace(tmp, image)
+        if not fs.cut:  # after a cut the disk was saved then, and has not changed since
+            fs.save()
         print(f"powercut_fs: {len(fs.disk.nodes)} inodes on disk, {fs.syncs} syncs, cut={fs.cut}", flush=True)
     return 0
 

@@ -172,6 +172,37 @@ def _steady(tmp_path: Path, seed: int, durable: bool, spy: Any) -> list[SimRaftN
     return nodes
 
 
+@pytest.mark.parametrize("history_on_disk", [True, False])
+def test_a_dump_waits_for_the_event_history_on_disk(tmp_path: Path, history_on_disk: bool) -> None:
+    """A restart re-applies only the entries after the dump, so a dump is written only once the events
+    of the entries it covers are on disk (``before_dump``); until then the journal keeps them."""
+    clock, rng = SimClock(1000.0), random.Random(4)
+    scheduler = Scheduler(clock)
+    asked: list[float] = []
+
+    def before_dump(timeout: float) -> bool:
+        asked.append(timeout)
+        return history_on_disk
+
+    with deterministic_pysyncobj(clock, rng):
+        network = SimNetwork(scheduler, rng)
+        node = SimRaftNode(network, ReplicationConfig(ADDRESSES[0], (), tmp_path, log_compaction_min_entries=10,
+                                                      use_fork_for_dump=False),
+                           _Recorder(), disk=PowerCutDisk(), before_dump=before_dump)
+        scheduler.run_until(clock.now + 2.0)
+        for i in range(30):
+            node.propose([b"w%d" % i], lambda result, err: None)
+            scheduler.run_until(clock.now + 0.01)
+        scheduler.run_until(clock.now + 2.5)
+        log_length = len(node.log())
+        node.crash()
+    assert asked
+    assert node.config.dump_file.exists() is history_on_disk
+    assert (log_length < 10) is history_on_disk  # compacted only after a dump
+    if not history_on_disk:
+        assert len(asked) <= 4  # put off for a second each time, not asked every tick
+
+
 def _synced_last_index(disk: PowerCutDisk, journal_file: Path) -> int:
     """The index of the last entry of the journal as it is on disk (0: none)."""
     data = disk.durable(journal_file)
@@ -266,6 +297,7 @@ PINNED_SOURCES = {
     "FileJournal.flush": (FileJournal.flush, "732319ef3e93"),
     "Serializer.checkSerializing": (Serializer.checkSerializing, "5b461fab8228"),
     "Serializer.setTransmissionData": (Serializer.setTransmissionData, "e40031f9e6d4"),
+    "Serializer.serialize": (Serializer.serialize, "a26f44b07da0"),
 }
 
 
