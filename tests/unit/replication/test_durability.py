@@ -32,6 +32,8 @@ from tessera.control_plane.replication.sim import (
     deterministic_pysyncobj,
 )
 
+from .test_sim import _Recorder  # a list state machine
+
 ADDRESSES = ("10.0.0.1:7000", "10.0.0.2:7000", "10.0.0.3:7000")
 
 
@@ -73,22 +75,6 @@ class PowerCutDisk:
                 path.write_bytes(data)
         self.names[directory] = {p.name: p.stat().st_ino for p in directory.iterdir()}
         self.contents = {ino: self.durable(directory / name) or b"" for name, ino in self.names[directory].items()}
-
-
-class _Recorder:
-    def __init__(self) -> None:
-        self.state: list[bytes] = []
-
-    def apply_entries(self, raft_index: int, entries: list[bytes]) -> list[object]:
-        self.state.extend(entries)
-        return [len(self.state)] * len(entries)
-
-    def snapshot(self) -> object:
-        return list(self.state)
-
-    def restore(self, snap: object) -> None:
-        assert isinstance(snap, list)
-        self.state = list(snap)
 
 
 def _nodes(network: SimNetwork, tmp_path: Path, disks: list[PowerCutDisk] | None) -> list[SimRaftNode]:
