@@ -145,6 +145,9 @@ def cli(ctx: click.Context, masters: str | None, as_json: bool, timeout: float, 
                    "agent_register_timeout (10 s).")
 @click.option("--insecure-dev", is_flag=True, envvar="TESSERA_INSECURE_DEV",
               help="Start without mTLS, ACL or Raft password: a local development cluster only.")
+@click.option("--unsafe-no-fsync", is_flag=True,
+              help="UNSAFE: acknowledge writes before the Raft journal is on disk (pysyncobj's own behaviour). "
+                   "Faster, but a power loss of a majority of masters loses acknowledged writes. For tests only.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True,
               help="How much the master logs.")
 def master(name: str, raft_address: str, grpc_address: str, peers: str, raft_bind: str | None, data_dir: Path,
@@ -153,7 +156,7 @@ def master(name: str, raft_address: str, grpc_address: str, peers: str, raft_bin
            framework_reconnect_timeout: float, framework_takeover_delay: float, raft_compaction_entries: int,
            grpc_workers: int, event_retention: int,
            metrics_address: str | None, http_address: str, master_tls_dir: Path | None, acl_path: Path | None,
-           limits: tuple[str, ...], insecure_dev: bool, log_level: str) -> None:
+           limits: tuple[str, ...], insecure_dev: bool, unsafe_no_fsync: bool, log_level: str) -> None:
     """Run one master of a Raft quorum.
 
     Refuses to start without --tls-dir, --acl and a Raft password (--raft-password-file or
@@ -210,6 +213,7 @@ def master(name: str, raft_address: str, grpc_address: str, peers: str, raft_bin
         http_address=http_address,
         event_retention=event_retention,
         tls_dir=master_tls_dir, acl_path=acl_path, insecure_dev=insecure_dev, limits=master_limits,
+        fsync=not unsafe_no_fsync,
     )
     sys.exit(run_master(config))
 

@@ -136,6 +136,11 @@ class ReplicationConfig:
 
     group_commit: GroupCommitConfig = field(default_factory=GroupCommitConfig)
 
+    # Sync the journal before acknowledging (``durability``): an acknowledged write then survives the
+    # power loss of every master. False (``tessera master --unsafe-no-fsync``) is pysyncobj's own
+    # behaviour: it survives the crash of processes, not of machines.
+    fsync: bool = True
+
     # Bound on each wait inside stop() and start() (thread joins, bind).
     stop_timeout_s: float = 10.0
     # A leadership transfer that is not observed (another node leading) within this time fails.
