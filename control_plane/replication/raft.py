@@ -241,7 +241,7 @@ class RaftReplicator(Replicator):
                         self._name, dropped)
         so = SyncObj(cfg.self_address, list(cfg.peers), conf=conf, consumers=[self._consumer],
                      transportClass=guarded_transport(cfg, conf))
-        install_consensus_guards(so)
+        install_consensus_guards(so, pre_vote=cfg.pre_vote)
         try:
             so.waitBinded()
         except SyncObjException:

@@ -360,7 +360,7 @@ class SimRaftNode:
 
     def __init__(self, network: SimNetwork, config: ReplicationConfig, state_machine: StateMachine, *,
                  on_leadership: Callable[[SimRaftNode, bool, int], None] | None = None,
-                 guard_snapshots: bool = True) -> None:
+                 guard_snapshots: bool = True, pre_vote: bool = True) -> None:
         self.network = network
         self.config = config
         self.address = config.self_address
@@ -377,7 +377,7 @@ class SimRaftNode:
         self._so = SyncObj(SimNode(self.address), [SimNode(p) for p in self.peers], conf=conf,
                            consumers=[self._consumer], nodeClass=SimNode, transport=self.transport)
         if guard_snapshots:  # every guard, as RaftReplicator; False reproduces pysyncobj's own behaviour
-            install_consensus_guards(self._so)
+            install_consensus_guards(self._so, pre_vote=pre_vote)
         network.node_up(self)
         # Periodic ticks, like the poll timeout of pysyncobj's loop, at a per-node phase.
         network.scheduler.after(config.tick_period_s * network.rng.random(), self._periodic)
