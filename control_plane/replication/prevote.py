@@ -193,6 +193,9 @@ class _PreVote:
                     voters=len(so._SyncObj__otherNodes) + 1, timeout=self.conf.raftMaxTimeout):
                 so._SyncObj__setState(_FOLLOWER)  # what pysyncobj does after leaderFallbackTimeout
                 so._SyncObj__raftLeader = None
+                # A fresh election timeout: the deadline left from before it led has long passed, and
+                # pysyncobj would start an election (term + 1) on this very tick, without a pre-vote.
+                so._SyncObj__raftElectionDeadline = now + so._SyncObj__generateRaftTimeout()
             return
         if state not in (_FOLLOWER, _CANDIDATE) or so._SyncObj__selfNode is None:
             return

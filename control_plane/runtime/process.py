@@ -67,6 +67,7 @@ class MasterConfig:
     insecure_dev: bool = False  # start without TLS, ACL or Raft password (local development only)
     limits: MasterLimits = MasterLimits()  # per-principal and per-peer limits (--limit NAME=VALUE)
     raft_compaction_entries: int = 5000  # snapshot the Raft log once it holds this many entries
+    pre_vote: bool = True  # pre-vote and check-quorum (replication/prevote.py); --no-pre-vote: off, to measure
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ def build_master(config: MasterConfig) -> tuple[Master, LeaderDuties, MasterServ
     replicator = RaftReplicator(ReplicationConfig(
         self_address=config.raft_address, peers=config.peers, data_dir=config.data_dir / "raft",
         password=config.raft_password, bind_address=config.raft_bind,
-        log_compaction_min_entries=config.raft_compaction_entries,
+        log_compaction_min_entries=config.raft_compaction_entries, pre_vote=config.pre_vote,
     ), sm)
     identity = MasterIdentity(config.name, config.raft_address, config.grpc_address)
     # spans go next to the event log; not the global provider, so several masters can share a process

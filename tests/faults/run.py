@@ -94,6 +94,7 @@ class RunConfig:
     def replay_command(self) -> str:
         args = ["python", "-m", "tests.faults.run", "--masters", str(self.masters), "--agents", str(self.agents),
                 "--frameworks", str(self.frameworks), "--faults", str(self.faults), "--seed", str(self.seed)]
+        args += [f"--master-flag={flag}" for flag in self.master_flags]
         return " ".join(shlex.quote(a) for a in args)
 
 
@@ -107,6 +108,7 @@ class RunResult:
     elapsed: float = 0.0
     root: Path | None = None
     proxied: tuple[int, int] = (0, 0)  # Raft connections through the proxies, of which closed unidentified
+    terms: tuple[int, int] = (0, 0)  # the leader's term once the cluster was up, the highest term at the end
 
     @property
     def ok(self) -> bool:
@@ -123,6 +125,10 @@ class RunResult:
                  "  history: " + ", ".join(f"{k} {v}" for k, v in sorted(self.report.stats.items())
                                            if not k.startswith("violations."))]
         lines.append(f"  raft proxies: {self.proxied[0]} connections, {self.proxied[1]} closed as unidentified")
+        leader_faults = sum(kinds.get(k, 0) for k in ("kill_leader", "pause_leader", "isolate_leader"))
+        lines.append(f"  elections: term {self.terms[0]} -> {self.terms[1]} ({self.terms[1] - self.terms[0]} terms) "
+                     f"for {leader_faults} leader faults; {self.report.stats.get('terms_with_leader', 0)} terms "
+                     "had a leader")
         if self.failovers:
             fo = sorted(self.failovers)
             lines.append(f"  failover (leader kill -> every framework re-subscribed and offered again), "
@@ -160,6 +166,7 @@ class FaultRun:
         self.failovers: list[float] = []
         self.problems: list[str] = []
         self.paused: MasterProc | None = None
+        self.terms = (0, 0)
 
     def log(self, message: str) -> None:
         if self.config.verbose:
@@ -172,7 +179,7 @@ class FaultRun:
     def start(self) -> None:
         self.proxies.start()
         self.cluster.start_all()
-        self.cluster.leader(timeout=60)
+        self.terms = (self._term(self.cluster.leader(timeout=60)), 0)
         for i in range(self.config.agents):
             self.cluster.add_agent(resources=f"cpus:4;mem:2048;ports:[{31000 + 100 * i}-{31099 + 100 * i}]")
         self.cluster.wait_agents(self.config.agents, timeout=60)
@@ -394,6 +401,7 @@ class FaultRun:
                        for m in self.cluster.masters if m.crashed]
             self.problems.append(str(exc) + f" (last seqs {self._last_seqs()})"
                                  + "".join(f"; {c}" for c in crashed))
+        self.terms = (self.terms[0], max(self._term(m) for m in self.cluster.masters if m.alive))
 
     def _last_seqs(self) -> dict[str, int]:
         out = {}
@@ -450,7 +458,7 @@ def run(config: RunConfig, on_start: Callable[[FaultRun], None] | None = None) -
         fr.stop()
     report = check(load_history(root))
     result = RunResult(config, report, fr.faults, fr.failovers, fr.problems, time.monotonic() - started, root,
-                       (fr.proxies.connections_seen, fr.proxies.unidentified))
+                       (fr.proxies.connections_seen, fr.proxies.unidentified), fr.terms)
     if result.ok and not keep:
         import shutil
 
@@ -468,10 +476,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep", type=Path, default=None, help="run directory to keep (default: a temporary "
                                                                  "one, removed when the run passes)")
+    parser.add_argument("--master-flag", action="append", default=[], metavar="FLAG",
+                        help="an extra flag for every master (repeat), e.g. --master-flag=--no-pre-vote")
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args(argv)
     config = RunConfig(masters=args.masters, agents=args.agents, frameworks=args.frameworks, faults=args.faults,
-                       seed=args.seed, root=args.keep, verbose=not args.quiet)
+                       seed=args.seed, root=args.keep, master_flags=tuple(args.master_flag), verbose=not args.quiet)
     result = run(config)
     print(result.summary())
     return 0 if result.ok else 1

@@ -250,6 +250,7 @@ def test_a_leader_cut_off_from_the_majority_steps_down_within_the_election_timeo
         c.run(c.configs[0].raft_max_timeout_s + 2 * c.configs[0].tick_period_s)
         assert leader.is_leader() is not pre_vote
         c.run(4.0)
+        assert (leader.term() == term) is pre_vote  # cut off, it cannot win: pre-vote keeps its term
         c.heal()
         c.run(3.0)
         new = c.leader()
