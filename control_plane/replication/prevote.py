@@ -78,6 +78,7 @@ PATCHED_NAMES = (
     "_SyncObj__setState",
     "_SyncObj__setCurrentTerm",
     "_SyncObj__generateRaftTimeout",
+    "_SyncObj__properies",
     "_onTick",
 )
 
@@ -179,6 +180,9 @@ class _PreVote:
             deliver(node, message)
 
         self.so._onTick = on_tick
+        # pysyncobj dumps every attribute of the SyncObj set after its __init__ (a subclass's replicated
+        # fields) with the state: the wrapper is not one, and a closure does not pickle (every dump failed).
+        self.so._SyncObj__properies.add("_onTick")
         self.transport.setOnMessageReceivedCallback(on_message)
 
     # ---- the candidate's side -------------------------------------------------------------------------
