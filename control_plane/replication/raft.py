@@ -249,7 +249,7 @@ class RaftReplicator(Replicator):
                      transportClass=guarded_transport(cfg, conf))
         if cfg.fsync:  # before the guards: see install_durability
             install_durability(so, FsyncDisk(), cfg.data_dir, cfg.dump_file, before_dump=self._before_dump)
-        install_consensus_guards(so)
+        install_consensus_guards(so, pre_vote=cfg.pre_vote)
         try:
             so.waitBinded()
         except SyncObjException:

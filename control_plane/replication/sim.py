@@ -362,7 +362,7 @@ class SimRaftNode:
     def __init__(self, network: SimNetwork, config: ReplicationConfig, state_machine: StateMachine, *,
                  on_leadership: Callable[[SimRaftNode, bool, int], None] | None = None,
                  guard_snapshots: bool = True, disk: Disk | None = None,
-                 before_dump: Callable[[float], bool] | None = None) -> None:
+                 before_dump: Callable[[float], bool] | None = None, pre_vote: bool = True) -> None:
         self.network = network
         self.config = config
         self.address = config.self_address
@@ -384,7 +384,7 @@ class SimRaftNode:
             self.durability = install_durability(self._so, disk, config.data_dir, config.dump_file,
                                                  before_dump=before_dump, clock=network.scheduler.clock)
         if guard_snapshots:  # every guard, as RaftReplicator; False reproduces pysyncobj's own behaviour
-            install_consensus_guards(self._so)
+            install_consensus_guards(self._so, pre_vote=pre_vote)
         network.node_up(self)
         # Periodic ticks, like the poll timeout of pysyncobj's loop, at a per-node phase.
         network.scheduler.after(config.tick_period_s * network.rng.random(), self._periodic)

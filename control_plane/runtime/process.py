@@ -68,6 +68,7 @@ class MasterConfig:
     limits: MasterLimits = MasterLimits()  # per-principal and per-peer limits (--limit NAME=VALUE)
     raft_compaction_entries: int = 5000  # snapshot the Raft log once it holds this many entries
     fsync: bool = True  # False (--unsafe-no-fsync): acknowledge before the Raft journal is on disk
+    pre_vote: bool = True  # pre-vote and check-quorum (replication/prevote.py); --no-pre-vote: off, to measure
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ def build_master(config: MasterConfig) -> tuple[Master, LeaderDuties, MasterServ
     replicator = RaftReplicator(ReplicationConfig(
         self_address=config.raft_address, peers=config.peers, data_dir=config.data_dir / "raft",
         password=config.raft_password, bind_address=config.raft_bind,
-        log_compaction_min_entries=config.raft_compaction_entries, fsync=config.fsync,
+        log_compaction_min_entries=config.raft_compaction_entries, fsync=config.fsync, pre_vote=config.pre_vote,
     ), sm, before_dump=events.flush)
     identity = MasterIdentity(config.name, config.raft_address, config.grpc_address)
     # spans go next to the event log; not the global provider, so several masters can share a process
