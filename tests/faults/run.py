@@ -21,7 +21,8 @@ What happens:
    (restarted), `SIGSTOP` of the leader or a follower for longer than the election timeout
    (`SIGCONT` after), and network partitions between masters through the proxies (one master
    isolated, or one pair cut; packets swallowed or connections reset), healed after a while. At most
-   one master is down, paused or isolated at a time, so a majority is always there.
+   one master is down, paused or isolated at a time, so a majority is always there. With `--hosts netns`
+   an agent is also cut off from every master now and then (`isolate_agent`), healed after a while.
 3. After a leader kill it waits until every framework has re-subscribed and received an offer again:
    that time (from the kill) is the failover time, summarised as min/median/max at the end.
 4. Everything is healed and restarted, the frameworks are told to stop (they wait for their tasks to
@@ -78,6 +79,8 @@ FAULTS: tuple[tuple[str, float], ...] = (
     ("isolate_follower", 1.0),
     ("cut_pair", 1.5),
 )
+# netns only (every agent is a host of its own there): an agent cut off from every master, healed after a while
+NETNS_FAULTS: tuple[tuple[str, float], ...] = (("isolate_agent", 1.5),)
 
 
 def _last_line(path: Path) -> str:
@@ -202,7 +205,8 @@ ONE_WAY = "one-way"  # netns only: what the first side sends is lost, what it re
 
 
 class NetnsNetwork:
-    """Every master and agent its own host (netns.py); partitions are iptables rules between masters."""
+    """Every master and agent its own host (netns.py); partitions are iptables rules between masters, or
+    between one agent and every master."""
 
     modes = (BLACKHOLE, RESET, ONE_WAY)
 
@@ -408,8 +412,8 @@ class FaultRun:
                                  f"(fault {len(self.faults) + 1})")
 
     def inject(self, index: int) -> None:
-        names = [n for n, _ in FAULTS]
-        kind = self.rng.choices(names, weights=[w for _, w in FAULTS])[0]
+        table = FAULTS + (NETNS_FAULTS if self.config.hosts == "netns" else ())
+        kind = self.rng.choices([n for n, _ in table], weights=[w for _, w in table])[0]
         hold = self.rng.uniform(1.0, 2.5)
         fault: dict[str, Any] = {"n": index, "fault": kind, "hold": round(hold, 2), "t": time.time()}
         needs_leader = kind in ("kill_leader", "pause_leader", "isolate_leader")
@@ -449,6 +453,13 @@ class FaultRun:
             mode = self.rng.choice(self.net.modes)
             fault.update(target=victim.name, mode=mode)
             self.net.isolate(victim.name, mode)
+            time.sleep(hold)
+            self.net.heal()
+        elif kind == "isolate_agent":
+            agent = self.rng.choice(self.cluster.agents)
+            mode = self.rng.choice(self.net.modes)
+            fault.update(target=agent.name, mode=mode)
+            self.net.isolate(agent.name, mode)
             time.sleep(hold)
             self.net.heal()
         elif kind == "cut_pair":
