@@ -45,7 +45,7 @@ from pathlib import Path
 from types import FrameType
 
 from tests.faults.nfq_delay import Shape
-from tests.support.cluster import LocalCluster
+from tests.support.cluster import LocalCluster, stop_process
 
 PREFIX = "tsr-"
 SUBNET = ipaddress.IPv4Network("10.213.240.0/24")
@@ -350,12 +350,7 @@ class NetnsHosts:
         if host.shaper is None:
             return
         self.iptables(name, "-D", "OUTPUT", "-o", "eth0", "-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass")
-        host.shaper.terminate()
-        try:
-            host.shaper.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            host.shaper.kill()
-            host.shaper.wait(timeout=5)
+        stop_process(host.shaper, grace=5)
         host.shaper = None
 
     def stats_path(self, name: str) -> Path:
