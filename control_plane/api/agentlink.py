@@ -117,6 +117,10 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
                 session.last_seen = time.monotonic()
                 kind = msg.WhichOneof("kind")
                 if kind == "heartbeat":
+                    ended = self.master.read_state(lambda s: duties.stream_ends(s, session.agent_id))
+                    if ended is not None:  # its reconnection re-registers it
+                        log.info("agent %s: ending its stream: %s", session.agent_id, ended)
+                        return
                     session.send(agent_pb2.MasterMessage(term=self.duties.term(),
                                                          heartbeat_ack=agent_pb2.AgentHeartbeatAck()))
                 elif kind == "status_update":

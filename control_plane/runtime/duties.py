@@ -343,6 +343,17 @@ def orphaned(state: ClusterState, agent_id: str, reported: Iterable[TaskStatus])
     return tuple(out)
 
 
+def stream_ends(state: ClusterState, agent_id: str) -> str | None:
+    """Why an agent's open stream must end although the agent still talks on it: it was marked unreachable
+    meanwhile (silent longer than the agent timeout, e.g. paused or cut off while its connection survived),
+    and only a re-registration brings it and its tasks back — as Mesos asks such an agent to reregister.
+    None: the stream goes on."""
+    agent = state.agents.get(agent_id)
+    if agent is not None and agent.state == AgentState.AGENT_UNREACHABLE:
+        return "the agent was marked unreachable: it must register again"
+    return None
+
+
 # ---- the shells' bookkeeping -------------------------------------------------------------------------------------
 @dataclass
 class Ledger:
@@ -395,5 +406,5 @@ __all__ = [
     "LeaderSettings", "KillTask", "Ledger", "Outbound", "Propose", "RemoveFramework", "RunTask", "SendOffers",
     "SendRescind", "SendUpdate", "ShutdownAgent", "SlowRound", "SoftState", "ToAgent", "ToFramework",
     "WantAllocation", "coalesce", "elected", "offer_proposals", "orphaned", "react", "tick", "unacknowledged",
-    "outstanding_offers",
+    "outstanding_offers", "stream_ends",
 ]

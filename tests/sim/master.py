@@ -188,6 +188,11 @@ class SimMaster:
                 if self.agent_sessions.get(twin.agent_id) != twin.name:
                     reply(("error", "NotFound", "agent session not on this master"))
                     return
+                ended = duties.stream_ends(self.sm.state, twin.agent_id)
+                if ended is not None:  # as the AgentLink service: the session ends, the twin reregisters
+                    del self.agent_sessions[twin.agent_id]
+                    reply(("error", "NotFound", ended))
+                    return
                 self.last_seen[twin.agent_id] = now
             if isinstance(twin, FrameworkTwin) and self.sessions.get(twin.framework_id) != twin.stream_id:
                 reply(("error", "NotFound", "framework is not subscribed here"))

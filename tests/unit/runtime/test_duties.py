@@ -80,6 +80,14 @@ def test_only_active_or_draining_agents_are_timed(h: Harness) -> None:
     assert unreachable(duties.tick(soft(), h.state, T0 + 100.0, SETTINGS)) == []
 
 
+def test_the_stream_of_an_agent_marked_unreachable_ends_until_it_registers_again(h: Harness) -> None:
+    agent = h.agent()
+    assert duties.stream_ends(h.state, agent) is None
+    h.run(c.MarkAgentUnreachable(agent_id=agent, reason="test"))
+    assert duties.stream_ends(h.state, agent) == "the agent was marked unreachable: it must register again"
+    assert duties.stream_ends(h.state, "no-such-agent") is None
+
+
 def test_a_duty_in_flight_is_not_proposed_again(h: Harness) -> None:
     agent = h.agent()
     pending = frozenset({("agent", agent), ("expiry", "")})
