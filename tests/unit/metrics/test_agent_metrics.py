@@ -39,12 +39,12 @@ def test_resources_tasks_retries_and_isolator_are_served() -> None:
     metrics.start()
     try:
         samples, types = scrape(metrics.url)
-        assert value(samples, "tessera_agent_resources_cpus", type="total") == 8
-        assert value(samples, "tessera_agent_resources_cpus", type="used") == 1.5
-        assert value(samples, "tessera_agent_resources_mem_bytes", type="total") == 16384 * MIB
-        assert value(samples, "tessera_agent_resources_mem_bytes", type="used") == 512 * MIB
-        assert value(samples, "tessera_agent_resources_disk_bytes", type="used") == 0
-        assert value(samples, "tessera_agent_resources_gpus", type="total") == 0
+        assert value(samples, "tessera_agent_capacity_cpus") == 8
+        assert value(samples, "tessera_agent_allocated_cpus") == 1.5
+        assert value(samples, "tessera_agent_capacity_mem_bytes") == 16384 * MIB
+        assert value(samples, "tessera_agent_allocated_mem_bytes") == 512 * MIB
+        assert value(samples, "tessera_agent_allocated_disk_bytes") == 0
+        assert value(samples, "tessera_agent_capacity_gpus") == 0
         assert value(samples, "tessera_agent_tasks", state="running") == 2
         assert value(samples, "tessera_agent_tasks", state="failed") == 1
         assert value(samples, "tessera_agent_tasks", state="staging") == 0
@@ -76,7 +76,7 @@ def test_optional_families_are_left_out_and_a_failing_callable_is_counted() -> N
         assert "tessera_agent_connected" not in types and "tessera_agent_pending_status_updates" not in types
         assert "tessera_agent_tasks" not in types
         assert value(samples, "tessera_metrics_collect_errors_total", section="tasks") == 1
-        assert value(samples, "tessera_agent_resources_cpus", type="total") == 8
+        assert value(samples, "tessera_agent_capacity_cpus") == 8
     finally:
         metrics.stop()
 

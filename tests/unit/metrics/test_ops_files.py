@@ -347,7 +347,7 @@ def test_every_command_in_the_operations_doc_exists() -> None:
 def test_the_operations_doc_lists_every_metric_and_alert() -> None:
     text = DOC.read_text()
     documented = set(re.findall(r"tessera_[a-z0-9_]+", text))
-    # the table abbreviates families as `tessera_master_resources_cpus`, `_mem_bytes`, ...
+    # the table abbreviates families as `tessera_master_capacity_cpus`, `_mem_bytes`, ...
     for prefix, suffixes in re.findall(r"`(tessera_[a-z0-9_]+?)_cpus`((?:, `_[a-z_]+`)+)", text):
         documented |= {prefix + s.strip(" ,`") for s in suffixes.split(",")}
     missing = {spec.name for spec in (*MASTER_METRICS, *AGENT_METRICS)} - documented
