@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 
 import grpc
 
@@ -71,6 +72,9 @@ DONE_TASKS_KEPT = 1000
 class Agent(Recovery):
     """The agent: `run()` recovers, connects and serves until stopped or shut down."""
 
+    ready = False  # True once recovered and the master link started (what systemd's READY=1 reports)
+    on_ready: Callable[[], None] | None = None  # called then, once, on the agent's loop thread
+
     # ---- lifecycle ------------------------------------------------------------------------------------
     def post(self, event: LinkEvent | Stop | SupervisorExited | ImagePulled) -> None:
         self.inbox.put(event)
@@ -90,6 +94,9 @@ class Agent(Recovery):
                                backoff=Backoff(maximum=self.config.config.reconnect_backoff_max),
                                security=self.config.security)
         self.link.start()
+        self.ready = True
+        if self.on_ready is not None:
+            self.on_ready()
         try:
             while self.exit_code is None:
                 try:

@@ -119,6 +119,14 @@ def test_unit_has_restart_limits_and_an_env_file_and_no_secret(unit: str) -> Non
     assert "--raft-password" not in text and not re.search(r"PASSWORD=\S", text)
 
 
+@pytest.mark.parametrize("unit", ["tessera-master@.service", "tessera-agent.service"])
+def test_units_wait_for_readiness_from_the_main_process(unit: str) -> None:
+    # `systemctl start` returns once the process sent READY=1 (control_plane/systemd.py), not at exec
+    sections = unit_sections(UNITS / unit)
+    assert unit_value(sections, "Service", "Type") == "notify"
+    assert unit_value(sections, "Service", "NotifyAccess") == "main"
+
+
 def test_master_unit_runs_as_a_dedicated_user_reads_its_instance_env_and_refuses_an_empty_password() -> None:
     sections = unit_sections(UNITS / "tessera-master@.service")
     assert unit_value(sections, "Service", "User") == "tessera"
