@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import threading
 
@@ -89,7 +88,7 @@ def test_agent_names_follow_the_conventions() -> None:
             assert spec.name.endswith("_bytes"), spec.name
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (apt-get install prometheus)")
+@pytest.mark.usefixtures("needs_promtool")
 def test_promtool_finds_nothing_to_lint_in_the_agent_exposition() -> None:
     metrics = FakeAgent().metrics(pending_status_updates=lambda: 0, connected=lambda: False)
     proc = subprocess.run(["promtool", "check", "metrics"], input=metrics.text(), capture_output=True,

@@ -4,7 +4,6 @@ behind when stopped."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import threading
@@ -263,7 +262,7 @@ def test_a_taken_port_fails_at_start() -> None:
         server.stop()  # nothing was started: a no-op
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (apt-get install prometheus)")
+@pytest.mark.usefixtures("needs_promtool")
 def test_promtool_finds_nothing_to_lint_in_the_exposition(node: tuple[InProcessMaster, MasterMetrics]) -> None:
     m, metrics = node
     m.operator().SetWeight(operator_pb2.SetWeightRequest(role="analytics", weight=2.0), timeout=5)

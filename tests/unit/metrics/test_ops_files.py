@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -158,7 +157,7 @@ def test_master_unit_shows_the_deployment_flags() -> None:
     assert flags == ["--name", "--raft", "--grpc", "--peers", "--data-dir", "--tls-dir", "--acl", "--metrics"]
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+@pytest.mark.usefixtures("needs_systemd_analyze")
 def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     # verify insists that ExecStart's binary exists: point the copies at a stub, change nothing else
     stub = tmp_path / "bin" / "tessera"
@@ -279,7 +278,7 @@ def test_alert_rules_are_complete_and_use_exported_names_and_labels() -> None:
             "TesseraEventLogDroppingRecords"} <= set(names)
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (apt-get install prometheus)")
+@pytest.mark.usefixtures("needs_promtool")
 def test_promtool_accepts_the_config_and_rules_and_the_rule_tests_pass() -> None:
     for args in (["check", "config", "prometheus.yml"], ["check", "rules", "alerts.yml"],
                  ["test", "rules", "alerts_test.yml"]):
