@@ -148,7 +148,7 @@ class MetricsEndpoint:
     and joins the server's threads."""
 
     def __init__(self, collector: Collector, address: str = f"{DEFAULT_HOST}:0") -> None:
-        disable_created_metrics()  # see the module docstring
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # see the module docstring
         self.collector = collector
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
