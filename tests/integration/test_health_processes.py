@@ -19,7 +19,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support.cluster import LocalCluster, MasterProc, free_port, spawn, stop_process, wait_for
+from tests.support.notify import notify_socket
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -138,17 +138,9 @@ def test_health_follows_the_leader_after_a_failover(cluster: LocalCluster) -> No
 
 # ---- systemd readiness ----------------------------------------------------------------------------------
 @pytest.fixture
-def notify_socket() -> Iterator[tuple[socket.socket, str]]:
-    """The socket systemd would pass in NOTIFY_SOCKET, bound by the test (a short path: 107 bytes at most)."""
-    with tempfile.TemporaryDirectory(prefix="tsd-", dir="/tmp") as d:
-        path = str(Path(d) / "notify")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(path)
-        sock.settimeout(60)
-        try:
-            yield sock, path
-        finally:
-            sock.close()
+def notify() -> Iterator[tuple[socket.socket, str]]:
+    with notify_socket(timeout=60) as bound:
+        yield bound
 
 
 def receive_until_ready(sock: socket.socket, proc: subprocess.Popen[bytes]) -> list[str]:
@@ -160,9 +152,9 @@ def receive_until_ready(sock: socket.socket, proc: subprocess.Popen[bytes]) -> l
     return messages
 
 
-def test_master_sends_ready_only_once_its_grpc_port_answers(tmp_path: Path, notify_socket: tuple[socket.socket, str],
+def test_master_sends_ready_only_once_its_grpc_port_answers(tmp_path: Path, notify: tuple[socket.socket, str],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    sock, path = notify_socket
+    sock, path = notify
     monkeypatch.setenv("NOTIFY_SOCKET", path)
     with LocalCluster(tmp_path, n=1) as c:
         m = c.masters[0]
@@ -195,8 +187,8 @@ def test_master_sends_ready_only_once_its_grpc_port_answers(tmp_path: Path, noti
 
 
 def test_agent_sends_ready_once_recovered_and_then_its_registration(
-        tmp_path: Path, notify_socket: tuple[socket.socket, str]) -> None:
-    sock, path = notify_socket
+        tmp_path: Path, notify: tuple[socket.socket, str]) -> None:
+    sock, path = notify
     with LocalCluster(tmp_path, n=1) as c:
         c.start_all()
         c.leader(timeout=60)

@@ -6,27 +6,19 @@ from __future__ import annotations
 
 import os
 import socket
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tessera.control_plane.systemd import Notifier, notify_address
+from tests.support.notify import notify_socket
 
 
 @pytest.fixture
 def listener() -> Iterator[tuple[socket.socket, str]]:
-    # a short directory: unix socket paths are limited to 107 bytes
-    with tempfile.TemporaryDirectory(prefix="tsd-", dir="/tmp") as d:
-        path = str(Path(d) / "notify")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(path)
-        sock.settimeout(5)
-        try:
-            yield sock, path
-        finally:
-            sock.close()
+    with notify_socket(timeout=5) as bound:
+        yield bound
 
 
 def test_ready_status_and_stopping_reach_the_socket_and_the_variable_leaves_the_environment(
