@@ -109,15 +109,17 @@ def health_response(phase: str, registered: bool, hostname: str) -> tuple[int, d
     return (200 if phase == "serving" else 503), {"status": phase, "hostname": hostname, "registered": registered}
 
 
-def status_line(registered: bool, agent_id: str) -> str:
-    """systemd's STATUS= for the agent (pure)."""
-    return f"registered as {agent_id}" if registered else "not registered; connecting to the masters"
+def status_line(registered: bool) -> str:
+    """systemd's STATUS= for the agent (pure). No agent id: `systemctl status` is readable by every local
+    user, tasks' users included, and the id is what an agent presents to take its place back (the metrics
+    leave it out for the same reason)."""
+    return "registered with the leader" if registered else "not registered; connecting to the masters"
 
 
 def _report_status(agent: Any, notifier: Notifier, stopped: threading.Event) -> None:
     """Every half second until `stopped`: the registration as systemd's status (sent only on a change)."""
     while not stopped.wait(0.5):
-        notifier.status(status_line(agent.registered, agent.agent_id or ""))
+        notifier.status(status_line(agent.registered))
 
 
 def _run_emulated(config: AgentConfig, stop: threading.Event | None) -> int:
@@ -251,7 +253,7 @@ def _run_agent(config: AgentConfig, stop: threading.Event | None) -> int:
     def on_ready() -> None:
         nonlocal phase
         phase = "serving"
-        notifier.ready(status_line(agent.registered, agent.agent_id or ""))
+        notifier.ready(status_line(agent.registered))
         if notifier.enabled:
             threading.Thread(target=_report_status, args=(agent, notifier, status_stop), name="agent-sd-status",
                              daemon=True).start()

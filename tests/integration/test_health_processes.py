@@ -201,7 +201,7 @@ def test_agent_sends_ready_once_recovered_and_then_its_registration(
             code, body = curl(f"http://127.0.0.1:{port}/health")
             assert code == 200 and json.loads(body)["status"] == "serving"
             messages: list[str] = []
-            while not any(m.startswith("STATUS=registered as ") for m in messages):
+            while not any(m == "STATUS=registered with the leader" for m in messages):
                 messages.append(sock.recv(4096).decode())
             wait_for(lambda: json.loads(curl(f"http://127.0.0.1:{port}/health")[1])["registered"], 30,
                      what="/health to say registered")

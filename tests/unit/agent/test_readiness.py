@@ -18,5 +18,5 @@ def test_health_is_503_while_starting_or_stopping() -> None:
 
 
 def test_status_line_says_whether_registered() -> None:
-    assert status_line(True, "agent-0f3c") == "registered as agent-0f3c"
-    assert status_line(False, "") == "not registered; connecting to the masters"
+    assert status_line(True) == "registered with the leader"
+    assert status_line(False) == "not registered; connecting to the masters"
