@@ -72,8 +72,8 @@ DONE_TASKS_KEPT = 1000
 class Agent(Recovery):
     """The agent: `run()` recovers, connects and serves until stopped or shut down."""
 
-    ready = False  # True once recovered and the master link started (what systemd's READY=1 reports)
-    on_ready: Callable[[], None] | None = None  # called then, once, on the agent's loop thread
+    # called once recovered and the master link started (systemd's READY=1), on the agent's loop thread
+    on_ready: Callable[[], None] | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------------
     def post(self, event: LinkEvent | Stop | SupervisorExited | ImagePulled) -> None:
@@ -94,7 +94,6 @@ class Agent(Recovery):
                                backoff=Backoff(maximum=self.config.config.reconnect_backoff_max),
                                security=self.config.security)
         self.link.start()
-        self.ready = True
         if self.on_ready is not None:
             self.on_ready()
         try:

@@ -91,7 +91,7 @@ MASTER_METRICS: tuple[MetricSpec, ...] = (
     *_resource_specs("tessera_master_role_offered", "Resources in a role's live offers", ("role",)),
     *_resource_specs("tessera_master_role_quota_guarantee", "Quota guarantee of a role (0 when none)", ("role",)),
     *_resource_specs("tessera_master_role_quota_limit",
-                     "Quota limit of a role (only roles with a limit set)", ("role",)),
+                     "Quota limit of a role (only the kinds its limit names)", ("role",)),
     MetricSpec("tessera_master_role_weight", "gauge", "DRF weight of a role (1 unless set).", ("role",)),
     MetricSpec("tessera_master_agents", "gauge", "Agents known to the replicated state, by state.", ("state",)),
     MetricSpec("tessera_master_frameworks", "gauge", "Frameworks known to the replicated state, by state.",
