@@ -7,6 +7,12 @@ listable by others (0711: a task's user must reach its own sandbox), take the da
 the checkpoint, start the file service (docs/files.md; SIGHUP reloads its `--acl`), recover tasks, connect
 to the masters. SIGTERM and SIGINT stop the agent but NOT its
 tasks: they run on under their supervisors and the next agent started on this data dir finds them.
+
+Under systemd (`Type=notify`, `NOTIFY_SOCKET`): `READY=1` once the tasks are recovered from the
+checkpoint and the master link is started (not once registered: an agent whose masters are all down
+still starts and keeps its tasks), then a `STATUS=` line whenever its registration changes, `STOPPING=1`
+at a stop. With `--metrics`, the same port answers `GET /health` (`health_response`): 200 while the agent
+serves, 503 while it starts or stops, with whether it is registered with a leader.
 """
 
 from __future__ import annotations
@@ -20,11 +26,12 @@ import threading
 from collections import Counter
 from pathlib import Path
 from types import FrameType
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from tessera.agent.config import AgentConfig, ConfigError, ResolvedConfig, resolve
 from tessera.control_plane.core.resources import EMPTY, Resources
 from tessera.control_plane.core.values import ContainerSupport
+from tessera.control_plane.systemd import Notifier
 
 if TYPE_CHECKING:
     from tessera.agent.executor.containers import ContainerRuntime
@@ -93,6 +100,26 @@ def _file_service(config: AgentConfig, resolved: ResolvedConfig) -> tuple[Sandbo
     except (AclFileError, FilesUnavailable, TlsConfigError) as exc:
         raise ConfigError(str(exc)) from exc
     return catalog, server, address
+
+
+def health_response(phase: str, registered: bool, hostname: str) -> tuple[int, dict[str, Any]]:
+    """The agent's `GET /health` (pure): 200 while it serves (`phase` "serving"), 503 while it starts or
+    stops. Registered or not does not change the code: an agent cut off from its masters still serves its
+    tasks (and retries); the body says so."""
+    return (200 if phase == "serving" else 503), {"status": phase, "hostname": hostname, "registered": registered}
+
+
+def status_line(registered: bool) -> str:
+    """systemd's STATUS= for the agent (pure). No agent id: `systemctl status` is readable by every local
+    user, tasks' users included, and the id is what an agent presents to take its place back (the metrics
+    leave it out for the same reason)."""
+    return "registered with the leader" if registered else "not registered; connecting to the masters"
+
+
+def _report_status(agent: Any, notifier: Notifier, stopped: threading.Event) -> None:
+    """Every half second until `stopped`: the registration as systemd's status (sent only on a change)."""
+    while not stopped.wait(0.5):
+        notifier.status(status_line(agent.registered))
 
 
 def _run_emulated(config: AgentConfig, stop: threading.Event | None) -> int:
@@ -178,6 +205,7 @@ def _run_agent(config: AgentConfig, stop: threading.Event | None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(name)s: %(message)s")
     if config.emulated:
         return _run_emulated(config, stop)
+    notifier = Notifier()  # out of the environment before the fork server and the tasks start
     from tessera.agent.checkpoint import Checkpoint
     from tessera.agent.executor.isolation import detect_isolator
     from tessera.agent.executor.launcher import ProcessLauncher
@@ -219,6 +247,18 @@ def _run_agent(config: AgentConfig, stop: threading.Event | None) -> int:
     agent = Agent(resolved, checkpoint, launcher, isolator_name=isolator.name, images=images, containers=support,
                   tracer_provider=tracer_provider, catalog=catalog, files_address=files_address)
 
+    phase = "starting"
+    status_stop = threading.Event()
+
+    def on_ready() -> None:
+        nonlocal phase
+        phase = "serving"
+        notifier.ready(status_line(agent.registered))
+        if notifier.enabled:
+            threading.Thread(target=_report_status, args=(agent, notifier, status_stop), name="agent-sd-status",
+                             daemon=True).start()
+
+    agent.on_ready = on_ready
     metrics = None
     if config.metrics_address:
         from tessera.agent.metrics import AgentMetrics
@@ -241,6 +281,8 @@ def _run_agent(config: AgentConfig, stop: threading.Event | None) -> int:
                 hostname=resolved.hostname,
                 pending_status_updates=lambda: len(agent.updates), connected=lambda: agent.registered,
                 address=config.metrics_address)
+            metrics.add_probe("/health", lambda: health_response(
+                phase, agent.registered, resolved.hostname))
             metrics.start()
         except (OSError, ValueError) as exc:
             print(f"tessera agent: --metrics: cannot serve on {config.metrics_address} ({exc})", file=sys.stderr)
@@ -277,6 +319,9 @@ def _run_agent(config: AgentConfig, stop: threading.Event | None) -> int:
     try:
         return agent.run()
     finally:
+        phase = "stopping"
+        status_stop.set()
+        notifier.stopping()
         for signum, handler in previous.items():
             signal.signal(signum, handler)  # type: ignore[arg-type]
         try:

@@ -52,11 +52,11 @@ class _AgentCollector(SectionCollector):
     def _resources(self) -> list[Metric]:
         total, used = dict(self.owner.total()), dict(self.owner.used())
         out: list[Metric] = []
-        for kind, suffix, factor in RESOURCE_KINDS:
-            fam = family(f"tessera_agent_resources_{suffix}")
-            fam.add_metric(["total"], float(total.get(kind, 0.0)) * factor)
-            fam.add_metric(["used"], float(used.get(kind, 0.0)) * factor)
-            out.append(fam)
+        for values, prefix in ((total, "tessera_agent_capacity"), (used, "tessera_agent_allocated")):
+            for kind, suffix, factor in RESOURCE_KINDS:
+                fam = family(f"{prefix}_{suffix}")
+                fam.add_metric([], float(values.get(kind, 0.0)) * factor)
+                out.append(fam)
         return out
 
     def _tasks(self) -> list[Metric]:

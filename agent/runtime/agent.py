@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 
 import grpc
 
@@ -71,6 +72,9 @@ DONE_TASKS_KEPT = 1000
 class Agent(Recovery):
     """The agent: `run()` recovers, connects and serves until stopped or shut down."""
 
+    # called once recovered and the master link started (systemd's READY=1), on the agent's loop thread
+    on_ready: Callable[[], None] | None = None
+
     # ---- lifecycle ------------------------------------------------------------------------------------
     def post(self, event: LinkEvent | Stop | SupervisorExited | ImagePulled) -> None:
         self.inbox.put(event)
@@ -90,6 +94,8 @@ class Agent(Recovery):
                                backoff=Backoff(maximum=self.config.config.reconnect_backoff_max),
                                security=self.config.security)
         self.link.start()
+        if self.on_ready is not None:
+            self.on_ready()
         try:
             while self.exit_code is None:
                 try:

@@ -102,7 +102,18 @@ class MasterServer:
             reflection.SERVICE_NAME,
         ]
         reflection.enable_server_reflection(names, self.server)
+        # Until the master process says otherwise (`set_serving`, from runtime/health.py's decisions):
+        # the server and the Operator serve, the leader-only services do not.
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        operator_name = operator_pb2.DESCRIPTOR.services_by_name["Operator"].full_name
+        for name in services:
+            self.set_serving(name, name == operator_name)
+
+    def set_serving(self, service: str, serving: bool) -> None:
+        """Set one service's standard gRPC health ("" is the server as a whole). Ignored once the server
+        began its graceful shutdown (then everything is NOT_SERVING)."""
+        self.health.set(service, health_pb2.HealthCheckResponse.SERVING if serving
+                        else health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def add(self, register: Any, servicer: Any) -> None:
         register(servicer, self.server)

@@ -1,8 +1,18 @@
 """One process's `/metrics`: the registry (its own collector, `process_*`, `python_info`) and the small
-HTTP server that serves its exposition. Masters and agents both are a `MetricsEndpoint`."""
+HTTP server that serves its exposition. Masters and agents both are a `MetricsEndpoint`.
+
+The same port answers the process's JSON probes (`add_probe`): the master's `/health` and `/leader`, the
+agent's `/health`. A probe is a callable returning `(HTTP status, JSON-able body)`; what it says is
+decided by its owner (`tessera.control_plane.runtime.health`, `tessera.agent.main`), this module only
+serves it. No redirects: a probe answers where it was asked.
+
+No `_created` series: `MetricsEndpoint` turns them off (`disable_created_metrics`, process-wide: the
+metrics of a Tessera process are all served here). They double every counter and histogram for a
+start time that `process_start_time_seconds` already gives."""
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -11,7 +21,7 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
 from prometheus_client.exposition import make_wsgi_app
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -21,7 +31,10 @@ from tessera.control_plane.metrics.specs import DEFAULT_HOST
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MetricsEndpoint", "MetricsServer", "parse_address"]
+__all__ = ["MetricsEndpoint", "MetricsServer", "Probe", "parse_address"]
+
+Probe = Callable[[], tuple[int, dict[str, Any]]]  # -> (HTTP status, JSON body)
+_REASONS = {200: "200 OK", 503: "503 Service Unavailable", 500: "500 Internal Server Error"}
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -55,6 +68,7 @@ class MetricsServer:
 
     def __init__(self, registry: CollectorRegistry, address: str = f"{DEFAULT_HOST}:0") -> None:
         self.registry = registry
+        self.probes: dict[str, Probe] = {}  # path -> probe, answered as JSON (see the module docstring)
         self.requested = address
         self.host, self._requested_port = parse_address(address)
         self._httpd: WSGIServer | None = None
@@ -69,11 +83,15 @@ class MetricsServer:
             path = environ.get("PATH_INFO", "")
             if path == "/metrics":
                 return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+            probe = self.probes.get(path)
+            if probe is not None:
+                return _answer_probe(probe, start_response)
+            paths = " ".join(["/metrics", *sorted(self.probes)])
             if path == "/":
                 start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
-                return [b"Tessera metrics: GET /metrics\n"]
+                return [f"Tessera: GET {paths}\n".encode()]
             start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
-            return [b"not found; metrics are at /metrics\n"]
+            return [f"not found; this port serves {paths}\n".encode()]
 
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         server_class = type("_MetricsHTTPServer", (_Server,), {"address_family": family})
@@ -108,6 +126,19 @@ class MetricsServer:
         self._httpd = self._thread = None
 
 
+def _answer_probe(probe: Probe, start_response: Callable[..., Any]) -> Iterable[bytes]:
+    try:
+        status, body = probe()
+    except Exception as exc:  # noqa: BLE001 - a probe that cannot answer says so, it does not hang up
+        log.warning("probe failed", exc_info=True)
+        status, body = 500, {"status": "error", "error": str(exc)}
+    data = (json.dumps(body, sort_keys=True) + "\n").encode()
+    start_response(_REASONS.get(status, f"{status} Status"),
+                   [("Content-Type", "application/json"), ("Content-Length", str(len(data))),
+                    ("Cache-Control", "no-store")])
+    return [data]
+
+
 class MetricsEndpoint:
     """The metrics of one process: `collector` (read at scrape time), then the `process_*` (cpu, rss, open
     fds vs LimitNOFILE) and `python_info` collectors in one registry, served by a `MetricsServer` at
@@ -117,12 +148,19 @@ class MetricsEndpoint:
     and joins the server's threads."""
 
     def __init__(self, collector: Collector, address: str = f"{DEFAULT_HOST}:0") -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # see the module docstring
         self.collector = collector
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self.server = MetricsServer(self.registry, address)
+
+    def add_probe(self, path: str, probe: Probe) -> None:
+        """Answer GET `path` with `probe()` as JSON (the HTTP status it gives), from now on."""
+        if not path.startswith("/") or path == "/metrics":
+            raise ValueError(f"not a probe path: {path!r}")
+        self.server.probes[path] = probe
 
     def start(self) -> None:
         self.server.start()

@@ -58,9 +58,12 @@ class MetricSpec:
     labels: tuple[str, ...] = ()
 
 
-def _resource_specs(prefix: str, what: str, labels: tuple[str, ...], types: str) -> list[MetricSpec]:
+def _resource_specs(prefix: str, what: str, labels: tuple[str, ...] = ()) -> list[MetricSpec]:
+    """One gauge per resource kind: `{prefix}_cpus`, `{prefix}_mem_bytes`, `{prefix}_disk_bytes`,
+    `{prefix}_gpus`. Each measures one thing (capacity, allocated, offered...), never a mix told apart by
+    a label: a `sum` over any of them means something."""
     unit_note = {"cpus": "CPUs", "mem_bytes": "memory, bytes", "disk_bytes": "disk, bytes", "gpus": "GPUs"}
-    return [MetricSpec(f"{prefix}_{suffix}", "gauge", f"{what} ({unit_note[suffix]}); type is {types}.", labels)
+    return [MetricSpec(f"{prefix}_{suffix}", "gauge", f"{what} ({unit_note[suffix]}).", labels)
             for _, suffix, _ in RESOURCE_KINDS]
 
 
@@ -77,13 +80,18 @@ MASTER_METRICS: tuple[MetricSpec, ...] = (
                ("name", "raft_address", "grpc_address")),
     MetricSpec("tessera_master_is_leader", "gauge",
                "1 while this master is the serving leader (its LeaderElected barrier is applied), else 0."),
-    *_resource_specs("tessera_master_resources", "Scalar resources over reachable agents", ("type",),
-                     "total, used (non-terminal tasks), offered (live offers) or free (offerable, active "
-                     "agents only)"),
-    *_resource_specs("tessera_master_role_resources", "Resources allocated to a role", ("role", "type"),
-                     "used (non-terminal tasks launched from the role's offers) or offered"),
-    *_resource_specs("tessera_master_role_quota", "Quota of a role", ("role", "type"),
-                     "guarantee or limit (limit only when one is set)"),
+    *_resource_specs("tessera_master_capacity", "Scalar resources of the reachable (active and draining) agents"),
+    *_resource_specs("tessera_master_allocated",
+                     "Resources of the non-terminal tasks on reachable agents"),
+    *_resource_specs("tessera_master_offered", "Resources in live offers on reachable agents"),
+    *_resource_specs("tessera_master_free",
+                     "Resources neither allocated nor offered on active agents (draining ones offer nothing)"),
+    *_resource_specs("tessera_master_role_allocated",
+                     "Resources of the non-terminal tasks launched from a role's offers", ("role",)),
+    *_resource_specs("tessera_master_role_offered", "Resources in a role's live offers", ("role",)),
+    *_resource_specs("tessera_master_role_quota_guarantee", "Quota guarantee of a role (0 when none)", ("role",)),
+    *_resource_specs("tessera_master_role_quota_limit",
+                     "Quota limit of a role (only the kinds its limit names)", ("role",)),
     MetricSpec("tessera_master_role_weight", "gauge", "DRF weight of a role (1 unless set).", ("role",)),
     MetricSpec("tessera_master_agents", "gauge", "Agents known to the replicated state, by state.", ("state",)),
     MetricSpec("tessera_master_frameworks", "gauge", "Frameworks known to the replicated state, by state.",
@@ -136,8 +144,8 @@ AGENT_METRICS: tuple[MetricSpec, ...] = (
     # an agent presents to take its place back after a reconnect
     MetricSpec("tessera_agent_info", "gauge", "Always 1; the agent's hostname and active isolator in labels.",
                ("hostname", "isolator")),
-    *_resource_specs("tessera_agent_resources", "Resources of this agent", ("type",),
-                     "total (reported to the master) or used (by its non-terminal tasks)"),
+    *_resource_specs("tessera_agent_capacity", "Resources of this agent, as reported to the master"),
+    *_resource_specs("tessera_agent_allocated", "Resources of this agent's non-terminal tasks"),
     MetricSpec("tessera_agent_tasks", "gauge", "Tasks this agent knows, by state.", ("state",)),
     MetricSpec("tessera_agent_status_update_retries_total", "counter",
                "Status updates the agent re-sent because no acknowledgement came in time."),

@@ -267,6 +267,7 @@ class Master:
         self.tracer = get_tracer(__name__, tracer_provider)  # the global provider when None
         self._tracing = RecordingCheck(self.tracer)
         self._observers: list[WriteObserver] = [self._trace_write]  # tracing first: it ends the write's spans
+        self._leadership_observers: list[Callable[[], None]] = []
         self.replicator.on_leadership_change(self._on_leadership_change)
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -289,10 +290,25 @@ class Master:
         self.events.close()
 
     # ---- leadership ------------------------------------------------------------------------------
+    def add_leadership_observer(self, observer: Callable[[], None]) -> None:
+        """Call `observer()` after every change of this master's leadership: Raft leadership gained or lost
+        (off the Raft thread), and once the LeaderElected barrier is applied and it serves. It reads
+        `is_serving()` itself; it must be quick and not raise."""
+        with self._lock:
+            self._leadership_observers = [*self._leadership_observers, observer]
+
+    def _tell_leadership_observers(self) -> None:
+        for observer in self._leadership_observers:
+            try:
+                observer()
+            except Exception:  # noqa: BLE001 - an observer never breaks the leadership change
+                log.exception("leadership observer failed")
+
     def _on_leadership_change(self, is_leader: bool, term: int) -> None:
         with self._lock:
             self._serving_term = 0
             self._leadership.notify_all()
+        self._tell_leadership_observers()
         if is_leader and not self._stopped.is_set():
             t = threading.Thread(target=self._become_leader, args=(term,), name="leader-barrier", daemon=True)
             self._barrier_thread = t
@@ -331,6 +347,7 @@ class Master:
                     self._serving_term = term
                     self._leadership.notify_all()
                     log.info("serving as leader in term %d", term)
+            self._tell_leadership_observers()
             return
 
     def is_serving(self) -> bool:

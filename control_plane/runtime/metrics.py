@@ -169,6 +169,18 @@ def _state_numbers(c: _StateCapture) -> _StateNumbers:
     return n
 
 
+# (the key in `_StateNumbers.totals`, the family prefix): one family per measure and resource kind
+_POOL_FAMILIES = (("total", "tessera_master_capacity"), ("used", "tessera_master_allocated"),
+                  ("offered", "tessera_master_offered"), ("free", "tessera_master_free"))
+# (the table, its key, the family prefix, whether every role gets a sample, 0 when it has none)
+_ROLE_FAMILIES: tuple[tuple[Callable[[_StateNumbers], dict[tuple[str, str, str], int]], str, str, bool], ...] = (
+    (lambda n: n.role_alloc, "used", "tessera_master_role_allocated", True),
+    (lambda n: n.role_alloc, "offered", "tessera_master_role_offered", True),
+    (lambda n: n.role_quota, "guarantee", "tessera_master_role_quota_guarantee", True),
+    (lambda n: n.role_quota, "limit", "tessera_master_role_quota_limit", False),
+)
+
+
 class _MasterCollector(SectionCollector):
     def __init__(self, master: Master, duties: LeaderDuties | None, version: str) -> None:
         super().__init__(version)
@@ -192,20 +204,18 @@ class _MasterCollector(SectionCollector):
     def _state(self) -> list[Metric]:
         n = _state_numbers(self.master.read_state(_capture_state))
         out: list[Metric] = []
-        for kind, suffix, factor in RESOURCE_KINDS:
-            fam = family(f"tessera_master_resources_{suffix}")
-            for typ in ("total", "used", "offered", "free"):
-                fam.add_metric([typ], n.totals.get((typ, kind), 0) / 1000 * factor)
-            out.append(fam)
-        for prefix, values, types in (("tessera_master_role_resources", n.role_alloc, ("used", "offered")),
-                                      ("tessera_master_role_quota", n.role_quota, ("guarantee", "limit"))):
+        for typ, prefix in _POOL_FAMILIES:
+            for kind, suffix, factor in RESOURCE_KINDS:
+                fam = family(f"{prefix}_{suffix}")
+                fam.add_metric([], n.totals.get((typ, kind), 0) / 1000 * factor)
+                out.append(fam)
+        for values, typ, prefix, always in _ROLE_FAMILIES:
             for kind, suffix, factor in RESOURCE_KINDS:
                 fam = family(f"{prefix}_{suffix}")
                 for role in sorted(n.role_weight):
-                    for typ in types:
-                        milli = values.get((role, typ, kind))
-                        if milli is not None or typ in ("used", "offered", "guarantee"):
-                            fam.add_metric([role, typ], (milli or 0) / 1000 * factor)
+                    milli = values(n).get((role, typ, kind))
+                    if milli is not None or always:
+                        fam.add_metric([role], (milli or 0) / 1000 * factor)
                 out.append(fam)
         weight = family("tessera_master_role_weight")
         for role in sorted(n.role_weight):

@@ -5,7 +5,13 @@ list that names this master or repeats an address, an address that does not pars
 
 Security: a master refuses to start without mTLS (`--tls-dir`), an ACL of bearer tokens (`--acl`) and a
 Raft password, unless it is told it runs an insecure development cluster (`--insecure-dev`), which it
-then says loudly in its log. Masters reach each other (announcements, the quorum fan-out) over mTLS with
+then says loudly in its log.
+
+Health and readiness (`runtime/health.py` decides, this module wires): per-service gRPC health updated on
+every leadership change, `/health` and `/leader` beside `/metrics`, and under systemd (`Type=notify`)
+`READY=1` once the gRPC server is started and the state restored from the Raft journal and dump — not
+once a quorum is found, so masters started one by one each start — then `STATUS=` lines as its role or
+its leader changes, `STOPPING=1` at a stop. Masters reach each other (announcements, the quorum fan-out) over mTLS with
 their own certificate. SIGHUP reloads the ACL file; a file that does not load leaves the previous ACL in
 force (and says so in the log).
 """
@@ -34,9 +40,11 @@ from tessera.control_plane.eventlog import SqliteEventStore
 from tessera.control_plane.eventlog.background import Retention
 from tessera.control_plane.replication import RaftReplicator, ReplicationConfig
 from tessera.control_plane.runtime.gcpolicy import tune_gc
+from tessera.control_plane.runtime.health import MasterHealth, status_line
 from tessera.control_plane.runtime.leader import LeaderDuties, LeaderSettings, default_allocator
 from tessera.control_plane.runtime.master import Master, MasterIdentity
 from tessera.control_plane.runtime.statemachine import MasterStateMachine
+from tessera.control_plane.systemd import Notifier
 from tessera.control_plane.tls import ClientSecurity, TlsConfigError, load_tls_dir, server_credentials
 from tessera.control_plane.tracing import setup_tracing
 from tessera.v1 import operator_pb2
@@ -216,6 +224,9 @@ def run_master(config: MasterConfig) -> int:
     except StartupError as exc:
         print(f"tessera master: {exc}", file=sys.stderr)
         return 2
+    notifier = Notifier()  # systemd's NOTIFY_SOCKET, taken out of the environment (no child inherits it)
+    health = MasterHealth(master, set_service=server.set_serving, status=notifier.status)
+    master.add_leadership_observer(health.on_leadership_change)
     try:
         ui = start_web(config, server)
     except StartupError as exc:
@@ -227,6 +238,8 @@ def run_master(config: MasterConfig) -> int:
 
         try:
             metrics = MasterMetrics(master, duties, address=config.metrics_address)
+            metrics.add_probe("/health", health.health)
+            metrics.add_probe("/leader", health.leader)
             metrics.start()
         except (OSError, ValueError) as exc:
             print(f"tessera master: --metrics: cannot serve on {config.metrics_address} ({exc})", file=sys.stderr)
@@ -249,6 +262,7 @@ def run_master(config: MasterConfig) -> int:
         return 2
     duties.start()
     server.start()
+    notifier.ready(status_line(health.mark_serving()))  # after the gRPC server answers, never before
     tune_gc()  # after startup: what exists now is long-lived (see gcpolicy)
     retention = Retention(master.events, keep=config.event_retention).start() if config.event_retention else None
     log.info("master %s: raft %s, grpc %s, peers %s, data %s (pid %d)", config.name, config.raft_address,
@@ -267,9 +281,15 @@ def run_master(config: MasterConfig) -> int:
         log.warning("INSECURE: no --acl: every peer with a certificate from the CA may do anything (--insecure-dev)")
     while not stop.wait(0.5):
         master.maybe_announce()
+        try:
+            health.refresh()  # the leader a follower knows changes without a leadership change here
+        except Exception:  # noqa: BLE001 - reported again at the next turn
+            log.debug("health refresh failed", exc_info=True)
         if acl_reload.is_set() and config.acl_path is not None:
             acl_reload.clear()
             reload_acl(server.guard, config.acl_path)
+    notifier.stopping()
+    health.mark_stopping()
     duties.stop()
     if ui is not None:
         ui.stop()

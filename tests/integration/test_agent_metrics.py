@@ -32,6 +32,6 @@ def test_agent_serves_its_resources_and_connection_state(tmp_path: Path) -> None
         finally:
             proc.kill()
             proc.wait(10)
-    assert 'tessera_agent_resources_cpus{type="total"} 2.0' in text
+    assert "tessera_agent_capacity_cpus 2.0" in text
     assert "tessera_agent_status_update_retries_total 0.0" in text
     assert 'isolator="' in text

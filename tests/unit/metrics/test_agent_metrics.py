@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import threading
 
@@ -39,12 +38,12 @@ def test_resources_tasks_retries_and_isolator_are_served() -> None:
     metrics.start()
     try:
         samples, types = scrape(metrics.url)
-        assert value(samples, "tessera_agent_resources_cpus", type="total") == 8
-        assert value(samples, "tessera_agent_resources_cpus", type="used") == 1.5
-        assert value(samples, "tessera_agent_resources_mem_bytes", type="total") == 16384 * MIB
-        assert value(samples, "tessera_agent_resources_mem_bytes", type="used") == 512 * MIB
-        assert value(samples, "tessera_agent_resources_disk_bytes", type="used") == 0
-        assert value(samples, "tessera_agent_resources_gpus", type="total") == 0
+        assert value(samples, "tessera_agent_capacity_cpus") == 8
+        assert value(samples, "tessera_agent_allocated_cpus") == 1.5
+        assert value(samples, "tessera_agent_capacity_mem_bytes") == 16384 * MIB
+        assert value(samples, "tessera_agent_allocated_mem_bytes") == 512 * MIB
+        assert value(samples, "tessera_agent_allocated_disk_bytes") == 0
+        assert value(samples, "tessera_agent_capacity_gpus") == 0
         assert value(samples, "tessera_agent_tasks", state="running") == 2
         assert value(samples, "tessera_agent_tasks", state="failed") == 1
         assert value(samples, "tessera_agent_tasks", state="staging") == 0
@@ -76,7 +75,7 @@ def test_optional_families_are_left_out_and_a_failing_callable_is_counted() -> N
         assert "tessera_agent_connected" not in types and "tessera_agent_pending_status_updates" not in types
         assert "tessera_agent_tasks" not in types
         assert value(samples, "tessera_metrics_collect_errors_total", section="tasks") == 1
-        assert value(samples, "tessera_agent_resources_cpus", type="total") == 8
+        assert value(samples, "tessera_agent_capacity_cpus") == 8
     finally:
         metrics.stop()
 
@@ -89,7 +88,7 @@ def test_agent_names_follow_the_conventions() -> None:
             assert spec.name.endswith("_bytes"), spec.name
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (apt-get install prometheus)")
+@pytest.mark.usefixtures("needs_promtool")
 def test_promtool_finds_nothing_to_lint_in_the_agent_exposition() -> None:
     metrics = FakeAgent().metrics(pending_status_updates=lambda: 0, connected=lambda: False)
     proc = subprocess.run(["promtool", "check", "metrics"], input=metrics.text(), capture_output=True,

@@ -4,7 +4,6 @@ behind when stopped."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import threading
@@ -50,10 +49,10 @@ def test_registered_agent_resources_appear_in_bytes_and_cpus(node: tuple[InProce
     try:
         assert agent.registered.wait(10)
         samples = scrape_until(metrics.url, lambda s: value(s, "tessera_master_agents", state="active") == 1)
-        assert value(samples, "tessera_master_resources_cpus", type="total") == 4
-        assert value(samples, "tessera_master_resources_mem_bytes", type="total") == 4096 * MIB
-        assert value(samples, "tessera_master_resources_disk_bytes", type="total") == 10240 * MIB
-        assert value(samples, "tessera_master_resources_gpus", type="total") == 1
+        assert value(samples, "tessera_master_capacity_cpus") == 4
+        assert value(samples, "tessera_master_capacity_mem_bytes") == 4096 * MIB
+        assert value(samples, "tessera_master_capacity_disk_bytes") == 10240 * MIB
+        assert value(samples, "tessera_master_capacity_gpus") == 1
         assert value(samples, "tessera_master_agents", state="unreachable") == 0
         assert value(samples, "tessera_master_events_total", type="AgentRegistered") == 1
         assert value(samples, "tessera_master_info", name="m1", raft_address="local:0",
@@ -130,20 +129,19 @@ def test_launched_task_counts_in_used_resources_tasks_and_its_role(
         samples = scrape_until(metrics.url, lambda s: value(s, "tessera_master_tasks", state="running") == 1
                                and value(s, "tessera_master_unacknowledged_status_updates") == 0)
         assert value(samples, "tessera_master_tasks", state="running") == 1
-        assert value(samples, "tessera_master_resources_cpus", type="used") == 1
-        assert value(samples, "tessera_master_resources_mem_bytes", type="used") == 256 * MIB
-        assert value(samples, "tessera_master_role_resources_cpus", role="web", type="used") == 1
-        assert value(samples, "tessera_master_role_resources_mem_bytes", role="web", type="used") == 256 * MIB
+        assert value(samples, "tessera_master_allocated_cpus") == 1
+        assert value(samples, "tessera_master_allocated_mem_bytes") == 256 * MIB
+        assert value(samples, "tessera_master_role_allocated_cpus", role="web") == 1
+        assert value(samples, "tessera_master_role_allocated_mem_bytes", role="web") == 256 * MIB
         assert value(samples, "tessera_master_frameworks", state="connected") == 1
         assert value(samples, "tessera_master_connected_agents") == 1
         assert value(samples, "tessera_master_connected_frameworks") == 1
         # one consistent read of the state: the pool adds up whatever the allocator is doing meanwhile
         for kind in ("cpus", "mem_bytes"):
-            name = f"tessera_master_resources_{kind}"
-            parts = sum(value(samples, name, type=t) for t in ("used", "offered", "free"))
-            assert parts == value(samples, name, type="total")
-        role_offered = value(samples, "tessera_master_role_resources_cpus", role="web", type="offered")
-        assert role_offered == value(samples, "tessera_master_resources_cpus", type="offered")
+            parts = sum(value(samples, f"tessera_master_{measure}_{kind}") for measure in ("allocated", "offered", "free"))
+            assert parts == value(samples, f"tessera_master_capacity_{kind}")
+        role_offered = value(samples, "tessera_master_role_offered_cpus", role="web")
+        assert role_offered == value(samples, "tessera_master_offered_cpus")
     finally:
         framework.close()
         agent.close()
@@ -177,11 +175,13 @@ def test_every_exported_family_is_in_the_names_table_and_back(node: tuple[InProc
     m, metrics = node
     op = m.operator()
     op.SetWeight(operator_pb2.SetWeightRequest(role="analytics", weight=2.0), timeout=5)
+    limit = [common_pb2.Resource(name=kind, scalar=2) for kind in ("cpus", "mem", "disk", "gpus")]
+    op.SetQuota(operator_pb2.SetQuotaRequest(role="analytics", limit=limit), timeout=5)
     with pytest.raises(Exception):  # noqa: B017 - a refused write, so the error counter has a sample
         op.SetWeight(operator_pb2.SetWeightRequest(role="analytics", weight=-2.0), timeout=5)
     samples, _ = scrape(metrics.url)
-    exported = {name for name, _ in samples
-                if name.startswith("tessera_") and not name.endswith("_created")}
+    assert not [name for name, _ in samples if name.endswith("_created")]  # no `_created` series
+    exported = {name for name, _ in samples if name.startswith("tessera_")}
     assert exported - sample_names(MASTER_METRICS) == set()
     # every documented name is served by a master with leader duties, a role and some history
     missing = sample_names(MASTER_METRICS) - exported - {"tessera_metrics_collect_errors_total"}
@@ -262,7 +262,7 @@ def test_a_taken_port_fails_at_start() -> None:
         server.stop()  # nothing was started: a no-op
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (apt-get install prometheus)")
+@pytest.mark.usefixtures("needs_promtool")
 def test_promtool_finds_nothing_to_lint_in_the_exposition(node: tuple[InProcessMaster, MasterMetrics]) -> None:
     m, metrics = node
     m.operator().SetWeight(operator_pb2.SetWeightRequest(role="analytics", weight=2.0), timeout=5)

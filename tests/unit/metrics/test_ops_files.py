@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -119,6 +118,14 @@ def test_unit_has_restart_limits_and_an_env_file_and_no_secret(unit: str) -> Non
     assert "--raft-password" not in text and not re.search(r"PASSWORD=\S", text)
 
 
+@pytest.mark.parametrize("unit", ["tessera-master@.service", "tessera-agent.service"])
+def test_units_wait_for_readiness_from_the_main_process(unit: str) -> None:
+    # `systemctl start` returns once the process sent READY=1 (control_plane/systemd.py), not at exec
+    sections = unit_sections(UNITS / unit)
+    assert unit_value(sections, "Service", "Type") == "notify"
+    assert unit_value(sections, "Service", "NotifyAccess") == "main"
+
+
 def test_master_unit_runs_as_a_dedicated_user_reads_its_instance_env_and_refuses_an_empty_password() -> None:
     sections = unit_sections(UNITS / "tessera-master@.service")
     assert unit_value(sections, "Service", "User") == "tessera"
@@ -150,7 +157,7 @@ def test_master_unit_shows_the_deployment_flags() -> None:
     assert flags == ["--name", "--raft", "--grpc", "--peers", "--data-dir", "--tls-dir", "--acl", "--metrics"]
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+@pytest.mark.usefixtures("needs_systemd_analyze")
 def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     # verify insists that ExecStart's binary exists: point the copies at a stub, change nothing else
     stub = tmp_path / "bin" / "tessera"
@@ -271,7 +278,7 @@ def test_alert_rules_are_complete_and_use_exported_names_and_labels() -> None:
             "TesseraEventLogDroppingRecords"} <= set(names)
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (apt-get install prometheus)")
+@pytest.mark.usefixtures("needs_promtool")
 def test_promtool_accepts_the_config_and_rules_and_the_rule_tests_pass() -> None:
     for args in (["check", "config", "prometheus.yml"], ["check", "rules", "alerts.yml"],
                  ["test", "rules", "alerts_test.yml"]):
@@ -347,7 +354,7 @@ def test_every_command_in_the_operations_doc_exists() -> None:
 def test_the_operations_doc_lists_every_metric_and_alert() -> None:
     text = DOC.read_text()
     documented = set(re.findall(r"tessera_[a-z0-9_]+", text))
-    # the table abbreviates families as `tessera_master_resources_cpus`, `_mem_bytes`, ...
+    # the table abbreviates families as `tessera_master_capacity_cpus`, `_mem_bytes`, ...
     for prefix, suffixes in re.findall(r"`(tessera_[a-z0-9_]+?)_cpus`((?:, `_[a-z_]+`)+)", text):
         documented |= {prefix + s.strip(" ,`") for s in suffixes.split(",")}
     missing = {spec.name for spec in (*MASTER_METRICS, *AGENT_METRICS)} - documented
