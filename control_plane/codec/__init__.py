@@ -320,6 +320,59 @@ def json_text(value: Any) -> str:
     return _compact(value)
 
 
+def event_json(event: ev.Event) -> str:
+    """`json_text(to_jsonable(event))`, the event log's payload of `event`, written field by field when
+    every field is a plain JSON scalar (most events): no dict is built and no encoder walks it (0.6
+    instead of 1.4 us per event, on every master). Other events take `to_jsonable`."""
+    plan = _event_json_plans.get(type(event))
+    if plan is None:
+        plan = _event_json_plans[type(event)] = _event_json_plan(type(event))
+    prefixes, values = plan
+    if not prefixes:
+        return json_text(to_jsonable(event))
+    parts = []
+    for prefix, value in zip(prefixes, values(event), strict=True):
+        encode = _SCALAR_JSON.get(type(value))
+        if encode is None:  # a nested value: the general path
+            return json_text(to_jsonable(event))
+        parts.append(prefix)
+        parts.append(encode(value))
+    parts.append("}")
+    return "".join(parts)
+
+
+def _float_json(value: float) -> str:
+    # what the C encoder writes (allow_nan): repr, or the JavaScript names of the non-finite values
+    if value != value:
+        return "NaN"
+    if value == _INFINITY:
+        return "Infinity"
+    if value == -_INFINITY:
+        return "-Infinity"
+    return _float_repr(value)
+
+
+_INFINITY = float("inf")
+_float_repr = float.__repr__
+# exact types only: an IntEnum, a str subclass ... take to_jsonable's path
+_SCALAR_JSON: dict[type, Callable[[Any], str]] = {
+    str: encode_basestring, float: _float_json, int: int.__repr__,
+    bool: lambda v: "true" if v else "false", type(None): lambda v: "null",
+}
+_event_json_plans: dict[type, tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]] = {}
+
+
+def _event_json_plan(cls: type) -> tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]:
+    """The JSON text before each field's value (`{"name":`, `,"name":` ...) and a getter of the values;
+    no prefixes for a type the general path must encode (not a dataclass, or one without fields)."""
+    plan = _json_plan(cls)
+    if plan is None or not plan[0] or isinstance(cls, enum.EnumMeta) or issubclass(cls, Resources):
+        return (), lambda v: ()
+    names, values = plan
+    prefixes = tuple(("{" if i == 0 else ",") + encode_basestring(name) + ":" for i, name in enumerate(names))
+    return prefixes, values
+
+
 def to_jsonable(value: Any) -> Any:
     """Plain JSON types for any core value: dataclasses become objects, enums their names,
     resources a list of {name, role?, scalar | ranges}, labels an object."""
