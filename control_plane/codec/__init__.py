@@ -264,9 +264,17 @@ def event_to_proto(event: ev.Event, out: log_pb2.Event) -> None:
 
 def event_from_proto(msg: log_pb2.Event) -> ev.Event:
     kind = msg.WhichOneof("kind")
-    if kind is None:
-        return ev.UnknownEvent(type_number=0, ignorable=msg.ignorable_if_unknown)
-    return typing.cast(ev.Event, _decoder(_CLASS_BY_FIELD[kind])(getattr(msg, kind)))
+    decode = _EVENT_DECODERS.get(kind)  # type: ignore[arg-type]
+    if decode is None:
+        if kind is None:
+            return ev.UnknownEvent(type_number=0, ignorable=msg.ignorable_if_unknown)
+        decode = _EVENT_DECODERS[kind] = _decoder(_CLASS_BY_FIELD[kind])
+    return typing.cast(ev.Event, decode(getattr(msg, kind)))
+
+
+# The decoder of each event kind (the oneof field's name), looked up once per event on every follower:
+# one dict lookup instead of the class lookup and the cached `_decoder` call.
+_EVENT_DECODERS: dict[str, Callable[[Any], Any]] = {}
 
 
 def entry_to_proto(entry: ev.Entry) -> log_pb2.LogEntry:
@@ -285,15 +293,20 @@ def entry_to_bytes(entry: ev.Entry) -> bytes:
 
 def entry_from_bytes(data: bytes) -> ev.Entry:
     """Decode a replicated entry. Raises ValueError on bytes that are not a LogEntry."""
-    msg = log_pb2.LogEntry()
     try:
-        msg.ParseFromString(data)
+        msg = _parse_entry(data)
     except DecodeError as exc:
         raise ValueError(f"not a LogEntry: {exc}") from exc
+    events = msg.events
+    # Most entries hold one event: indexing the repeated field makes one wrapper, iterating it makes an
+    # iterator too (with the dict of decoders: 2.5 -> 1.9 us per entry, on every follower).
     return ev.Entry(  # positional: term, leader, time, request_id, traceparent, events
         msg.term, msg.leader, msg.time, msg.request_id, msg.traceparent,
-        tuple([event_from_proto(e) for e in msg.events]),
+        (event_from_proto(events[0]),) if len(events) == 1 else tuple([event_from_proto(e) for e in events]),
     )
+
+
+_parse_entry = log_pb2.LogEntry.FromString
 
 
 # ---- JSON (event log payloads, CLI --json) ------------------------------------------------------

@@ -26,6 +26,9 @@ def test_every_recorded_event_round_trips_through_both_encodings() -> None:
     for event in events:
         entry = ev.Entry(term=3, leader="m1", time=1.5, request_id="req-1", traceparent="", events=(event,))
         assert entry_from_bytes(entry_to_bytes(entry)) == entry, type(event).__name__
+    for batch in ((), tuple(events[:2]), tuple(events)):  # none, two, all: not only the one-event case
+        entry = ev.Entry(term=3, leader="m1", time=1.5, request_id="req-2", traceparent="", events=batch)
+        assert entry_from_bytes(entry_to_bytes(entry)) == entry, len(batch)
     store.close()
 
 
