@@ -17,7 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tessera.control_plane.core.resources import EMPTY, Resources
-from tessera.control_plane.core.values import AgentInfo, FrameworkInfo, Offer, TaskInfo, TaskStatus
+from tessera.control_plane.core.values import (
+    AgentInfo,
+    FrameworkInfo,
+    Offer,
+    TaskInfo,
+    TaskStatus,
+    slot_setters,
+)
 
 
 # ---- cluster -----------------------------------------------------------------------------------
@@ -371,9 +378,5 @@ class Entry:
         _set_entry_events(self, events)
 
 
-_set_entry_term = vars(Entry)["term"].__set__  # the slot's member descriptor
-_set_entry_leader = vars(Entry)["leader"].__set__
-_set_entry_time = vars(Entry)["time"].__set__
-_set_entry_request_id = vars(Entry)["request_id"].__set__
-_set_entry_traceparent = vars(Entry)["traceparent"].__set__
-_set_entry_events = vars(Entry)["events"].__set__
+(_set_entry_term, _set_entry_leader, _set_entry_time, _set_entry_request_id, _set_entry_traceparent,
+ _set_entry_events) = slot_setters(Entry)

@@ -61,6 +61,7 @@ from tessera.control_plane.core.values import (
     TaskInfo,
     TaskState,
     TaskStatus,
+    slot_setters,
 )
 from tessera.control_plane.core.values import TaskKey as TaskKey  # re-exported: the state is keyed by it
 
@@ -130,13 +131,8 @@ class ApplyResult:
             raise err
 
 
-_set_result_outcome = vars(ApplyResult)["outcome"].__set__  # the slot's member descriptor
-_set_result_events = vars(ApplyResult)["events"].__set__
-_set_result_first_seq = vars(ApplyResult)["first_seq"].__set__
-_set_result_last_seq = vars(ApplyResult)["last_seq"].__set__
-_set_result_error_code = vars(ApplyResult)["error_code"].__set__
-_set_result_reason = vars(ApplyResult)["reason"].__set__
-_set_result_request_id = vars(ApplyResult)["request_id"].__set__
+(_set_result_outcome, _set_result_events, _set_result_first_seq, _set_result_last_seq, _set_result_error_code,
+ _set_result_reason, _set_result_request_id) = slot_setters(ApplyResult)
 
 
 # What the state keeps of an applied entry's result, by request id, to answer a retry: an `ApplyResult`
