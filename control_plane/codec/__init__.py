@@ -264,9 +264,17 @@ def event_to_proto(event: ev.Event, out: log_pb2.Event) -> None:
 
 def event_from_proto(msg: log_pb2.Event) -> ev.Event:
     kind = msg.WhichOneof("kind")
-    if kind is None:
-        return ev.UnknownEvent(type_number=0, ignorable=msg.ignorable_if_unknown)
-    return typing.cast(ev.Event, _decoder(_CLASS_BY_FIELD[kind])(getattr(msg, kind)))
+    decode = _EVENT_DECODERS.get(kind)  # type: ignore[arg-type]
+    if decode is None:
+        if kind is None:
+            return ev.UnknownEvent(type_number=0, ignorable=msg.ignorable_if_unknown)
+        decode = _EVENT_DECODERS[kind] = _decoder(_CLASS_BY_FIELD[kind])
+    return typing.cast(ev.Event, decode(getattr(msg, kind)))
+
+
+# The decoder of each event kind (the oneof field's name), looked up once per event on every follower:
+# one dict lookup instead of the class lookup and the cached `_decoder` call.
+_EVENT_DECODERS: dict[str, Callable[[Any], Any]] = {}
 
 
 def entry_to_proto(entry: ev.Entry) -> log_pb2.LogEntry:
@@ -285,15 +293,20 @@ def entry_to_bytes(entry: ev.Entry) -> bytes:
 
 def entry_from_bytes(data: bytes) -> ev.Entry:
     """Decode a replicated entry. Raises ValueError on bytes that are not a LogEntry."""
-    msg = log_pb2.LogEntry()
     try:
-        msg.ParseFromString(data)
+        msg = _parse_entry(data)
     except DecodeError as exc:
         raise ValueError(f"not a LogEntry: {exc}") from exc
+    events = msg.events
+    # Most entries hold one event: indexing the repeated field makes one wrapper, iterating it makes an
+    # iterator too (with the dict of decoders: 2.5 -> 1.9 us per entry, on every follower).
     return ev.Entry(  # positional: term, leader, time, request_id, traceparent, events
         msg.term, msg.leader, msg.time, msg.request_id, msg.traceparent,
-        tuple([event_from_proto(e) for e in msg.events]),
+        (event_from_proto(events[0]),) if len(events) == 1 else tuple([event_from_proto(e) for e in events]),
     )
+
+
+_parse_entry = log_pb2.LogEntry.FromString
 
 
 # ---- JSON (event log payloads, CLI --json) ------------------------------------------------------
@@ -318,6 +331,59 @@ def json_text(value: Any) -> str:
     if _c_encoder is not None and type(value) is dict:
         return "".join(_c_encoder(value, 0))
     return _compact(value)
+
+
+def event_json(event: ev.Event) -> str:
+    """`json_text(to_jsonable(event))`, the event log's payload of `event`, written field by field when
+    every field is a plain JSON scalar (most events): no dict is built and no encoder walks it (0.6
+    instead of 1.4 us per event, on every master). Other events take `to_jsonable`."""
+    plan = _event_json_plans.get(type(event))
+    if plan is None:
+        plan = _event_json_plans[type(event)] = _event_json_plan(type(event))
+    prefixes, values = plan
+    if not prefixes:
+        return json_text(to_jsonable(event))
+    parts = []
+    for prefix, value in zip(prefixes, values(event), strict=True):
+        encode = _SCALAR_JSON.get(type(value))
+        if encode is None:  # a nested value: the general path
+            return json_text(to_jsonable(event))
+        parts.append(prefix)
+        parts.append(encode(value))
+    parts.append("}")
+    return "".join(parts)
+
+
+def _float_json(value: float) -> str:
+    # what the C encoder writes (allow_nan): repr, or the JavaScript names of the non-finite values
+    if value != value:
+        return "NaN"
+    if value == _INFINITY:
+        return "Infinity"
+    if value == -_INFINITY:
+        return "-Infinity"
+    return _float_repr(value)
+
+
+_INFINITY = float("inf")
+_float_repr = float.__repr__
+# exact types only: an IntEnum, a str subclass ... take to_jsonable's path
+_SCALAR_JSON: dict[type, Callable[[Any], str]] = {
+    str: encode_basestring, float: _float_json, int: int.__repr__,
+    bool: lambda v: "true" if v else "false", type(None): lambda v: "null",
+}
+_event_json_plans: dict[type, tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]] = {}
+
+
+def _event_json_plan(cls: type) -> tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]:
+    """The JSON text before each field's value (`{"name":`, `,"name":` ...) and a getter of the values;
+    no prefixes for a type the general path must encode (not a dataclass, or one without fields)."""
+    plan = _json_plan(cls)
+    if plan is None or not plan[0] or isinstance(cls, enum.EnumMeta) or issubclass(cls, Resources):
+        return (), lambda v: ()
+    names, values = plan
+    prefixes = tuple(("{" if i == 0 else ",") + encode_basestring(name) + ":" for i, name in enumerate(names))
+    return prefixes, values
 
 
 def to_jsonable(value: Any) -> Any:

@@ -17,7 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tessera.control_plane.core.resources import EMPTY, Resources
-from tessera.control_plane.core.values import AgentInfo, FrameworkInfo, Offer, TaskInfo, TaskStatus
+from tessera.control_plane.core.values import (
+    AgentInfo,
+    FrameworkInfo,
+    Offer,
+    TaskInfo,
+    TaskStatus,
+    slot_setters,
+)
 
 
 # ---- cluster -----------------------------------------------------------------------------------
@@ -357,3 +364,19 @@ class Entry:
     request_id: str = ""
     traceparent: str = ""
     events: tuple[Event, ...] = field(default_factory=tuple)
+
+    # One is made per replicated entry on every master. The dataclass's frozen __init__ stores each field
+    # with object.__setattr__ (0.5 us for six fields); the slots' own descriptors, bound once below, do
+    # the same in 0.3 us. Same parameters and defaults; still frozen; pickles as before.
+    def __init__(self, term: int, leader: str, time: float, request_id: str = "", traceparent: str = "",
+                 events: tuple[Event, ...] = ()) -> None:
+        _set_entry_term(self, term)
+        _set_entry_leader(self, leader)
+        _set_entry_time(self, time)
+        _set_entry_request_id(self, request_id)
+        _set_entry_traceparent(self, traceparent)
+        _set_entry_events(self, events)
+
+
+(_set_entry_term, _set_entry_leader, _set_entry_time, _set_entry_request_id, _set_entry_traceparent,
+ _set_entry_events) = slot_setters(Entry)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field, fields
 from enum import IntEnum
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from tessera.control_plane.core.resources import EMPTY, Resources
 
@@ -271,6 +271,13 @@ class RoleInfo:
     weight: float = 1.0
     quota_guarantee: Resources = EMPTY
     quota_limit: Resources = EMPTY
+
+
+def slot_setters(cls: type) -> tuple[Any, ...]:
+    """The `__set__` of each field's slot of the slots dataclass `cls`, in field order: a hand-written
+    `__init__` of a frozen class made per event stores through them (a C call) instead of the
+    dataclass's `object.__setattr__` per field, which looks the name up each time (Entry, ApplyResult)."""
+    return tuple(vars(cls)[f.name].__set__ for f in fields(cls))
 
 
 def _tolerate_older_pickles(cls: type) -> None:

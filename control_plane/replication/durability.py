@@ -7,7 +7,8 @@ power loss of a majority. With this module installed it survives the power loss 
 
 ``install_durability(so, disk, data_dir)`` patches one ``SyncObj``, built and not yet ticked:
 
-* **group commit**: the journal's mutators only mark it dirty; one ``msync`` (``Disk.sync_journal``)
+* **group commit**: the journal's mutators only mark it dirty; one sync (``Disk.sync_journal``: an
+  ``fdatasync`` of the mmap'd file, which unlike ``mmap.flush`` releases the GIL; see ``FsyncDisk``)
   covers every entry appended since the last one, at two points of each tick: before the poll (what the
   leader appended this tick, so the disk works while the followers do) and after it (what the poll's
   messages appended, before their replies leave), plus right after the node becomes leader (its no-op);
@@ -61,7 +62,7 @@ class Disk(Protocol):
     """Where durability meets the disk (the port; ``FsyncDisk`` is the real one)."""
 
     def sync_journal(self, journal: Any) -> None:
-        """Every write made to the journal's file so far is on disk (``msync``)."""
+        """Every write made to the journal's file so far is on disk (``msync`` or ``fdatasync``)."""
 
     def sync_fd(self, fd: int) -> None:
         """The open file's data and size are on disk (``fsync``)."""
@@ -71,10 +72,20 @@ class Disk(Protocol):
 
 
 class FsyncDisk:
-    """The real disk: ``msync`` for the mmap'd journal, ``fsync`` for files and directories."""
+    """The real disk: ``fdatasync`` for the mmap'd journal, ``fsync`` for files and directories."""
 
     def sync_journal(self, journal: Any) -> None:
-        journal.flush()  # FileJournal.flush -> mmap.flush() -> msync(MS_SYNC) over the whole file
+        # pysyncobj's own FileJournal.flush is mmap.flush(), an msync(MS_SYNC) over the whole mapping that
+        # CPython (3.11) makes WITHOUT releasing the GIL: every thread of the master (apply, event log,
+        # gRPC, the proposers) stopped for the disk's sync time on each tick — 11-17 % of the GIL's time
+        # on a master under load (py-spy --gil, docs/benchmarks.md). On Linux msync(MS_SYNC) of a shared
+        # file mapping is vfs_fsync_range(datasync=1) on its file, i.e. fdatasync of the file, and
+        # os.fdatasync releases the GIL. The file is the one ResizableFile maps (re-opened when it grows).
+        mapped = getattr(getattr(journal, "_FileJournal__journalFile", None), "_ResizableFile__f", None)
+        if mapped is None:
+            journal.flush()  # not pysyncobj's FileJournal: its own flush
+            return
+        os.fdatasync(mapped.fileno())
 
     def sync_fd(self, fd: int) -> None:
         os.fsync(fd)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tessera.control_plane import legacy_names
-from tessera.control_plane.codec import entry_from_bytes, event_type_name, json_text, to_jsonable
+from tessera.control_plane.codec import entry_from_bytes, event_json, event_type_name
 from tessera.control_plane.core import events as ev
 from tessera.control_plane.core.apply import ApplyResult, apply
 from tessera.control_plane.core.events import event_ids
@@ -65,7 +65,7 @@ def add_event_rows(rows: list[EventRow], raft_index: int, entry: ev.Entry,
         fid, aid, tid, oid = event_ids(event)
         rows.append((
             seq, raft_index, position, event_type_name(event), time, term, request_id,
-            fid, aid, tid, oid, trace_id, span_id, json_text(to_jsonable(event)),
+            fid, aid, tid, oid, trace_id, span_id, event_json(event),
         ))
 
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 from pysyncobj import SyncObj
-from pysyncobj.journal import FileJournal
+from pysyncobj.journal import FileJournal, ResizableFile
 from pysyncobj.serializer import Serializer
 
 from tessera.control_plane.replication.config import ReplicationConfig
-from tessera.control_plane.replication.durability import holds_reply
+from tessera.control_plane.replication.durability import FsyncDisk, holds_reply
 from tessera.control_plane.replication.sim import (
     FAIL_SUCCESS,
     Scheduler,
@@ -268,6 +268,31 @@ def test_which_messages_wait_for_the_sync(message: dict[str, Any], dirty: bool, 
     assert holds_reply(message, dirty, held) is expected
 
 
+def test_the_real_disk_syncs_the_journal_with_fdatasync_of_the_mapped_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mmap.flush (pysyncobj's FileJournal.flush) holds the GIL for the whole msync; fdatasync of the
+    mapped file is the same sync on Linux and releases it. The file synced must be the journal's, also
+    after it grew (ResizableFile re-opens it)."""
+    journal = FileJournal(str(tmp_path / "raft.journal"))
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fdatasync", lambda fd: synced.append(os.fstat(fd).st_ino))
+
+    def no_msync() -> None:
+        raise AssertionError("the journal was synced with mmap.flush, which holds the GIL")
+
+    monkeypatch.setattr(journal, "flush", no_msync)
+    mapped = journal._FileJournal__journalFile  # noqa: SLF001 - what FsyncDisk syncs
+    monkeypatch.setattr(mapped, "flush", no_msync)
+    disk = FsyncDisk()
+    disk.sync_journal(journal)
+    journal.add(b"x" * 4096, 1, 1)  # grows the 1 KiB file
+    journal.add(b"y" * 4096, 2, 1)
+    disk.sync_journal(journal)
+    inode = (tmp_path / "raft.journal").stat().st_ino
+    assert synced == [inode, inode]
+    journal._destroy()
+
+
 # The pysyncobj 0.3.17 code whose behaviour install_durability relies on (see its docstring): the order of
 # a tick (the leader's commit loop first, then the appends, the tick callbacks and the poll last), where
 # a follower appends and replies, the vote's meta write, the dump's success and the journal's mutators.
@@ -281,6 +306,9 @@ PINNED_SOURCES = {
     "FileJournal.__init__": (FileJournal.__init__, "bdaa496431ff"),
     "FileJournal.setCurrentTerm": (FileJournal.setCurrentTerm, "74aca18da6f0"),
     "FileJournal.flush": (FileJournal.flush, "732319ef3e93"),
+    # FsyncDisk.sync_journal fdatasyncs ResizableFile's __f: the file it maps, re-opened when it grows
+    "ResizableFile.__init__": (ResizableFile.__init__, "3dba837b0726"),
+    "ResizableFile._ResizableFile__extand": (ResizableFile._ResizableFile__extand, "1717c21f082b"),
     "Serializer.checkSerializing": (Serializer.checkSerializing, "5b461fab8228"),
     "Serializer.setTransmissionData": (Serializer.setTransmissionData, "e40031f9e6d4"),
     "Serializer.serialize": (Serializer.serialize, "a26f44b07da0"),
