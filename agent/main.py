@@ -215,7 +215,8 @@ def _run_agent(config: AgentConfig, stop: threading.Event | None) -> int:
                                containers=runtime, log_rotation=resolved.log_rotation, fetcher=resolved.fetcher)
     launcher.warm_up()  # the supervisor fork server, before the first task needs it
     # the agent's spans (agent.launch_task, task.run) go to the leader, stored next to its event log
-    tracer_provider = setup_tracing("tessera-agent", span_store=OperatorSpanStore(resolved.masters, security=resolved.security), set_global=False)
+    tracer_provider = setup_tracing("tessera-agent", span_store=OperatorSpanStore(resolved.masters, security=resolved.security),
+                                    instance_id=resolved.hostname, set_global=False)
     agent = Agent(resolved, checkpoint, launcher, isolator_name=isolator.name, images=images, containers=support,
                   tracer_provider=tracer_provider, catalog=catalog, files_address=files_address)
 
