@@ -25,6 +25,7 @@ from typing import IO, TYPE_CHECKING
 from tessera.agent.config import AgentConfig, ConfigError, ResolvedConfig, resolve
 from tessera.control_plane.core.resources import EMPTY, Resources
 from tessera.control_plane.core.values import ContainerSupport
+from tessera.control_plane.logsetup import setup_logging
 
 if TYPE_CHECKING:
     from tessera.agent.executor.containers import ContainerRuntime
@@ -175,7 +176,7 @@ def _containers(config: AgentConfig, resolved: ResolvedConfig,
 
 def _run_agent(config: AgentConfig, stop: threading.Event | None) -> int:
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(name)s: %(message)s")
+        setup_logging("INFO", "text", "agent")
     if config.emulated:
         return _run_emulated(config, stop)
     from tessera.agent.checkpoint import Checkpoint
