@@ -765,9 +765,10 @@ _framework_state_command()
 
 
 def _files_commands() -> list[click.Command]:
+    from tessera.control_plane.cli.completion import completion
     from tessera.control_plane.cli.files import logs, sandbox
 
-    return [logs, sandbox]
+    return [logs, sandbox, completion]
 
 
 for _command in _files_commands():
