@@ -5,13 +5,13 @@ Flags mirror `AgentConfig`; a bad one ends with one line on stderr and exit code
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
 import click
 
 from tessera.agent.config import CONTAINER_CHOICES, ISOLATION_CHOICES, SUPERVISOR_START_CHOICES, AgentConfig
+from tessera.control_plane.logsetup import log_options, setup_logging
 
 
 @click.command("agent")
@@ -80,8 +80,7 @@ from tessera.agent.config import CONTAINER_CHOICES, ISOLATION_CHOICES, SUPERVISO
 @click.option("--acl", "acl_path", envvar="TESSERA_AGENT_ACL", default=None, type=click.Path(path_type=Path),
               help="The masters' ACL file: which principal may read which task's sandbox (needs --tls-dir; "
                    "SIGHUP reloads it).")
-@click.option("--log-level", type=click.Choice(("DEBUG", "INFO", "WARNING", "ERROR"), case_sensitive=False),
-              default="INFO", show_default=True, help="How much the agent logs.")
+@log_options("the agent")
 def agent_main(masters: str, data_dir: Path, resources: str, attributes: str, hostname: str,
                heartbeat_interval: float, isolation: str, supervisor_start: str, batch_messages: bool,
                work_dir: Path | None, sandbox_gc_delay: float, sandbox_gc_max_mib: float,
@@ -90,12 +89,11 @@ def agent_main(masters: str, data_dir: Path, resources: str, attributes: str, ho
                cni_bridge: str, cni_subnet: str, cni_plugin_dirs: tuple[str, ...], allowed_volume_paths: str,
                log_max_mib: float, log_files: int, fetcher_max_mib: float, fetcher_timeout: float,
                fetcher_cache_dir: Path | None, fetcher_cache_max_mib: float, files_address: str, acl_path: Path | None,
-               log_level: str) -> None:
+               log_level: str, log_format: str) -> None:
     """Run a Tessera agent: report this machine's resources and run tasks for the masters."""
     from tessera.agent.main import run_agent
 
-    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
-                        format="%(asctime)s agent %(levelname)s %(name)s: %(message)s")
+    setup_logging(log_level, log_format, "agent")
     config = AgentConfig(
         masters=tuple(a.strip() for a in masters.split(",") if a.strip()), data_dir=data_dir,
         resources=resources, attributes=attributes, hostname=hostname, heartbeat_interval=heartbeat_interval,

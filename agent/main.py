@@ -31,6 +31,7 @@ from typing import IO, TYPE_CHECKING, Any
 from tessera.agent.config import AgentConfig, ConfigError, ResolvedConfig, resolve
 from tessera.control_plane.core.resources import EMPTY, Resources
 from tessera.control_plane.core.values import ContainerSupport
+from tessera.control_plane.logsetup import setup_logging
 from tessera.control_plane.systemd import Notifier
 
 if TYPE_CHECKING:
@@ -202,7 +203,7 @@ def _containers(config: AgentConfig, resolved: ResolvedConfig,
 
 def _run_agent(config: AgentConfig, stop: threading.Event | None) -> int:
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(name)s: %(message)s")
+        setup_logging("INFO", "text", "agent")
     if config.emulated:
         return _run_emulated(config, stop)
     notifier = Notifier()  # out of the environment before the fork server and the tasks start
@@ -243,7 +244,8 @@ def _run_agent(config: AgentConfig, stop: threading.Event | None) -> int:
                                containers=runtime, log_rotation=resolved.log_rotation, fetcher=resolved.fetcher)
     launcher.warm_up()  # the supervisor fork server, before the first task needs it
     # the agent's spans (agent.launch_task, task.run) go to the leader, stored next to its event log
-    tracer_provider = setup_tracing("tessera-agent", span_store=OperatorSpanStore(resolved.masters, security=resolved.security), set_global=False)
+    tracer_provider = setup_tracing("tessera-agent", span_store=OperatorSpanStore(resolved.masters, security=resolved.security),
+                                    instance_id=resolved.hostname, set_global=False)
     agent = Agent(resolved, checkpoint, launcher, isolator_name=isolator.name, images=images, containers=support,
                   tracer_provider=tracer_provider, catalog=catalog, files_address=files_address)
 

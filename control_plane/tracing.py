@@ -1,6 +1,20 @@
 """OpenTelemetry for Tessera processes: a TracerProvider whose finished spans land next to the event log
 (so `tessera trace TASK_ID` needs no collector), optional OTLP export, and W3C traceparent helpers.
 
+The standard `OTEL_*` variables are the SDK's own to read, never overridden here:
+- the resource (`tracing_resource`): `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` win; Tessera only
+  fills in what they leave out: `service.name` (tessera-master, tessera-agent, tessera-run),
+  `service.instance.id` (the master's `--name`, the agent's hostname) and `service.version` (the installed
+  tessera-kernel), so m1, m2 and m3 stay apart in a trace backend;
+- the sampler (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`) and the batch processor (`OTEL_BSP_*`) are
+  read by the SDK's `TracerProvider` and `BatchSpanProcessor`;
+- the exporter (`otlp_export_wanted`): OTLP when `OTEL_TRACES_EXPORTER` names `otlp`, or, when it is unset,
+  when `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set; `none` (or
+  `OTEL_SDK_DISABLED=true`) turns the export off. The exporter reads every other `OTEL_EXPORTER_OTLP_*`
+  variable itself (headers, timeout, compression, certificates); `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`
+  chooses http/protobuf (the `[otlp]` extra) or grpc (when opentelemetry-exporter-otlp-proto-grpc is
+  installed). The spans stored next to the event log do not depend on any of these.
+
 A process without an event store reports its spans to the leader with `api.span_reporter.OperatorSpanStore`;
 this module imports nothing of `tessera.control_plane.api` (the master's write path imports it).
 
@@ -15,16 +29,23 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.resources import (
+    SERVICE_INSTANCE_ID,
+    SERVICE_NAME,
+    SERVICE_VERSION,
+    OTELResourceDetector,
+    Resource,
+)
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import StatusCode
 
+from tessera import installed_version
 from tessera.control_plane.core.spans import SpanBudget, SpanLimits, take_budget
 from tessera.control_plane.eventlog.records import SpanRecord
 
@@ -120,26 +141,71 @@ class CallbackSpanStore:
             log.debug("dropping %d spans: %s", len(spans), exc)
 
 
+def otlp_export_wanted(environ: Mapping[str, str]) -> bool:
+    """Whether spans go to an OTLP endpoint, by the standard variables: `OTEL_SDK_DISABLED=true` and
+    `OTEL_TRACES_EXPORTER=none` say no; `OTEL_TRACES_EXPORTER=otlp` says yes (the exporter's default
+    endpoint is http://localhost:4318); unset, an OTLP endpoint variable says yes. Pure."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    exporters = {e.strip().lower() for e in environ.get("OTEL_TRACES_EXPORTER", "").split(",") if e.strip()}
+    if exporters:
+        return "otlp" in exporters
+    return bool(environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+
+
+def otlp_protocol(environ: Mapping[str, str]) -> str:
+    """The OTLP protocol asked for (`OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL`,
+    else http/protobuf, the specification's default). Pure."""
+    return (environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+            or "http/protobuf").strip().lower()
+
+
 def _otlp_exporter() -> SpanExporter | None:
-    if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+    if not otlp_export_wanted(os.environ):
         return None
+    protocol = otlp_protocol(os.environ)
     try:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        if protocol == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        elif protocol == "http/protobuf":
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # type: ignore[assignment]
+        else:
+            log.warning("OTLP protocol %r is not supported (http/protobuf or grpc); spans are only stored "
+                        "locally", protocol)
+            return None
     except ImportError:
-        log.warning("OTEL_EXPORTER_OTLP_ENDPOINT is set but opentelemetry-exporter-otlp-proto-http is not "
-                    "installed; spans are only stored locally")
+        package = "opentelemetry-exporter-otlp-proto-" + ("grpc" if protocol == "grpc" else "http")
+        log.warning("OTLP export is configured but %s is not installed (pip install 'tessera-kernel[otlp]'); "
+                    "spans are only stored locally", package)
         return None
     try:
-        return OTLPSpanExporter()  # type: ignore[no-any-return]
+        return OTLPSpanExporter()  # every other OTEL_EXPORTER_OTLP_* variable is the exporter's to read
     except Exception as exc:  # noqa: BLE001
         log.warning("OTLP exporter not configured: %s", exc)
         return None
 
 
-def setup_tracing(service_name: str, span_store: SpanStore | None = None, *,
+def tracing_resource(service_name: str, instance_id: str | None = None) -> Resource:
+    """The resource of this process's spans: what `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` say
+    (read by the SDK's own detector), with Tessera's `service.name`, `service.instance.id` and
+    `service.version` only for the keys they leave out."""
+    ours: dict[str, str] = {SERVICE_NAME: service_name, SERVICE_VERSION: installed_version() or "unknown"}
+    if instance_id:
+        ours[SERVICE_INSTANCE_ID] = instance_id
+    try:
+        from_env = OTELResourceDetector().detect().attributes
+    except Exception as exc:  # noqa: BLE001 - a malformed OTEL_RESOURCE_ATTRIBUTES must not stop the process
+        log.warning("OTEL_RESOURCE_ATTRIBUTES not read: %s", exc)
+        from_env = {}
+    return Resource.create({k: v for k, v in ours.items() if k not in from_env})
+
+
+def setup_tracing(service_name: str, span_store: SpanStore | None = None, *, instance_id: str | None = None,
                   set_global: bool = True) -> TracerProvider:
-    """A TracerProvider for this process (installed as the global one unless `set_global` is False)."""
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
+    """A TracerProvider for this process (installed as the global one unless `set_global` is False):
+    `tracing_resource(service_name, instance_id)`, the sampler the environment names, the span store and
+    OTLP export when the environment asks for it."""
+    provider = TracerProvider(resource=tracing_resource(service_name, instance_id))
     if span_store is not None:
         provider.add_span_processor(BatchSpanProcessor(StoreSpanExporter(span_store)))
     otlp = _otlp_exporter()

@@ -13,9 +13,14 @@ token of TESSERA_TOKEN or TESSERA_TOKEN_FILE. Secure channels verify
 the master's certificate as `master.tessera` (`tessera.control_plane.tls.MASTER_NAME`), whatever address is
 dialled, so a certificate that is not a master's is refused.
 
-Tracing: each call runs in an OpenTelemetry client span `framework.<call>` (from the global tracer
-provider unless `tracer_provider` is given; the SDK never installs one) whose W3C context goes to the
-master in the `traceparent` metadata key, so the master's handling continues the framework's trace.
+Tracing (from the global tracer provider unless `tracer_provider` is given; the SDK never installs one):
+each call runs in a span `framework.<call>` that carries Tessera's attributes (`tessera.task_id`), and the
+wire call inside it is the client span of opentelemetry-instrumentation-grpc (`/tessera.v1.Scheduler/<call>`,
+kind CLIENT, the standard `rpc.system`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`), whose W3C
+context goes to the master in the `traceparent` metadata key, so the master's handling continues the
+framework's trace. `Subscribe`, a stream that lasts as long as the subscription, is left out of the
+instrumentation (its wrapper would hide the call's `cancel`): its `framework.Subscribe` span is the client
+span and injects the `traceparent` itself.
 
 Batched updates: the subscription asks for the BATCHED_UPDATES capability (unless `batched_updates` is
 False), so a master may send several status updates in one stream message; the stream hands them on
@@ -32,6 +37,8 @@ from typing import Any
 
 import grpc
 from opentelemetry import propagate, trace
+from opentelemetry.instrumentation.grpc import client_interceptor
+from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
 
 from tessera.control_plane.tls import MASTER_NAME, ClientSecurity
 from tessera.control_plane.wire import conflict_detail, leader_hint
@@ -120,6 +127,7 @@ class GrpcTransport:
         if credentials is not None and not any(k == "grpc.ssl_target_name_override" for k, _ in options):
             self._options.append(("grpc.ssl_target_name_override", MASTER_NAME))
         self._channels: dict[str, grpc.Channel] = {}
+        self._stubs: dict[str, scheduler_pb2_grpc.SchedulerStub] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -136,14 +144,18 @@ class GrpcTransport:
 
     def _stub(self, address: str) -> scheduler_pb2_grpc.SchedulerStub:
         with self._lock:
-            channel = self._channels.get(address)
-            if channel is None:
+            stub = self._stubs.get(address)
+            if stub is None:
                 if self._credentials is not None:
                     channel = grpc.secure_channel(address, self._credentials, options=self._options)
                 else:
                     channel = grpc.insecure_channel(address, options=self._options)
                 self._channels[address] = channel
-        return scheduler_pb2_grpc.SchedulerStub(channel)
+                # the unary calls' client spans; the Subscribe stream keeps its own (see the module doc)
+                traced = client_interceptor(tracer_provider=self._tracer_provider, filter_=_unary_response)  # type: ignore[no-untyped-call]
+                channel_traced = intercept_channel(channel, traced)  # type: ignore[no-untyped-call]
+                stub = self._stubs[address] = scheduler_pb2_grpc.SchedulerStub(channel_traced)
+        return stub
 
     def _tracer(self) -> trace.Tracer:
         if self._tracer_provider is not None:
@@ -151,7 +163,8 @@ class GrpcTransport:
         return trace.get_tracer(TRACER_NAME)
 
     def _traced_metadata(self) -> tuple[tuple[str, str], ...]:
-        """The call metadata plus the current span's `traceparent` (when there is a valid one)."""
+        """The call metadata plus the current span's `traceparent` (when there is a valid one): for
+        `Subscribe`, which the gRPC instrumentation leaves out."""
         carrier: dict[str, str] = {}
         try:
             propagate.inject(carrier)
@@ -169,13 +182,14 @@ class GrpcTransport:
     def call(self, address: str, header: CallHeader, call: Call, timeout: float) -> CallResult:
         method, request = call_to_proto(header, call)
         stub = self._stub(address)
-        with self._tracer().start_as_current_span(f"framework.{method}", kind=trace.SpanKind.CLIENT,
+        # the call as Tessera names it; the instrumentation's CLIENT span (rpc.*) is its child
+        with self._tracer().start_as_current_span(f"framework.{method}", kind=trace.SpanKind.INTERNAL,
                                                   attributes={"rpc.method": method}) as span:
             for task_id in _task_ids(request):
                 span.set_attribute("tessera.task_id", task_id)  # the first one names the task
                 break
             try:
-                response = getattr(stub, method)(request, timeout=timeout, metadata=self._traced_metadata())
+                response = getattr(stub, method)(request, timeout=timeout, metadata=self._metadata)
             except grpc.RpcError as err:
                 raise error_from_rpc(err) from err
         if isinstance(response, scheduler_pb2.ReconcileResponse):
@@ -190,9 +204,14 @@ class GrpcTransport:
 
     def close(self) -> None:
         with self._lock:
-            channels, self._channels = list(self._channels.values()), {}
+            channels, self._channels, self._stubs = list(self._channels.values()), {}, {}
         for channel in channels:
             channel.close()
+
+
+def _unary_response(client_info: Any) -> bool:
+    """The calls the gRPC instrumentation traces: every one but a response stream (Subscribe)."""
+    return not getattr(client_info, "is_server_stream", False)
 
 
 def _task_ids(request: Any) -> list[str]:

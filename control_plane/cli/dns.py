@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from tessera.control_plane.cli.inspect import _Cluster, fail
+from tessera.control_plane.logsetup import log_options, setup_logging
 
 
 @click.command("dns")
@@ -20,14 +21,16 @@ from tessera.control_plane.cli.inspect import _Cluster, fail
               help="seconds between looks at the newest event index (a change rebuilds the zone)")
 @click.option("--refresh", type=click.FloatRange(min=1, max=3600), default=30.0, show_default=True,
               help="seconds between rebuilds when nothing changed")
+@log_options("the DNS server")
 @click.pass_obj
-def dns(obj: Any, listen: str, domain: str, interval: float, refresh: float) -> None:
+def dns(obj: Any, listen: str, domain: str, interval: float, refresh: float, log_level: str, log_format: str) -> None:
     """Serve A and SRV records of the running (and healthy) tasks, from the masters' state.
 
     Names: <service>.<domain> and <task>.<service>.<domain> (A), _<service>._tcp.<domain> and
     _<port-name>._tcp.<service>.<domain> (SRV), where <service> is the task's name. Names outside the
     domain are refused: nothing is forwarded."""
     from tessera.control_plane.discovery.dns_records import normalize_domain
+    setup_logging(log_level, log_format, "tessera-dns")
     from tessera.control_plane.discovery.dns_server import DnsService, DnsZone
     from tessera.control_plane.discovery.watch import StateWatcher
 

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from tessera.control_plane.cli.inspect import _Cluster, fail
+from tessera.control_plane.logsetup import log_options, setup_logging
 
 
 @click.command("lb")
@@ -20,13 +21,16 @@ from tessera.control_plane.cli.inspect import _Cluster, fail
 @click.option("--haproxy", "binary", default="haproxy", show_default=True, help="the HAProxy binary")
 @click.option("--interval", type=click.FloatRange(min=0.01, max=60), default=0.1, show_default=True,
               help="seconds between looks at the newest event index (a change renders the configuration)")
+@log_options("the load balancer")
 @click.pass_obj
-def lb(obj: Any, bind_address: str, directory: Path, binary: str, interval: float) -> None:
+def lb(obj: Any, bind_address: str, directory: Path, binary: str, interval: float, log_level: str,
+       log_format: str) -> None:
     """Balance the ready tasks that carry the label tessera.lb.port=<service port>, with HAProxy.
 
     Each such service listens on BIND:<service port>; a change of the cluster renders the configuration,
     HAProxy checks it and reloads without dropping connections."""
     from tessera.control_plane.discovery.endpoints import Endpoint, Port, endpoints_from_state
+    setup_logging(log_level, log_format, "tessera-lb")
     from tessera.control_plane.discovery.haproxy import Haproxy, HaproxyError
     from tessera.control_plane.discovery.haproxy_config import LB_PORT, render
     from tessera.control_plane.discovery.watch import StateWatcher

@@ -20,7 +20,6 @@ the old `--token` / `--raft-password` flags are refused with one line naming the
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -41,9 +40,9 @@ from tessera.control_plane.cli.shared import (
     refuse_secret_flag,
     stale_note,
 )
+from tessera.control_plane.logsetup import log_options, setup_logging
 
 console = Console(width=None if sys.stdout.isatty() else 200)
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def read_secret_file(path: Path, flag: str) -> str:
@@ -151,15 +150,15 @@ def cli(ctx: click.Context, masters: str | None, as_json: bool, timeout: float, 
 @click.option("--unsafe-no-fsync", is_flag=True,
               help="UNSAFE: acknowledge writes before the Raft journal is on disk (pysyncobj's own behaviour). "
                    "Faster, but a power loss of a majority of masters loses acknowledged writes. For tests only.")
-@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True,
-              help="How much the master logs.")
+@log_options("the master")
 def master(name: str, raft_address: str, grpc_address: str, peers: str, raft_bind: str | None, data_dir: Path,
            raft_password_file: Path | None, agent_timeout: float, agent_heartbeat_interval: float,
            reregistration_timeout: float, allocation_interval: float, offer_timeout: float,
            framework_reconnect_timeout: float, framework_takeover_delay: float, raft_compaction_entries: int,
            no_pre_vote: bool, grpc_workers: int, event_retention: int,
            metrics_address: str | None, http_address: str, master_tls_dir: Path | None, acl_path: Path | None,
-           limits: tuple[str, ...], insecure_dev: bool, unsafe_no_fsync: bool, log_level: str) -> None:
+           limits: tuple[str, ...], insecure_dev: bool, unsafe_no_fsync: bool, log_level: str,
+           log_format: str) -> None:
     """Run one master of a Raft quorum.
 
     Refuses to start without --tls-dir, --acl and a Raft password (--raft-password-file or
@@ -173,8 +172,7 @@ def master(name: str, raft_address: str, grpc_address: str, peers: str, raft_bin
     init writes one; or: python -c "import secrets; print(secrets.token_urlsafe(32))").
     Connections that do not complete the password handshake within a few seconds
     are closed, as are frames larger than a master ever sends."""
-    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
-                        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
+    setup_logging(log_level, log_format, name)
     from tessera.control_plane.runtime.leader import LeaderSettings
     from tessera.control_plane.runtime.process import MasterConfig, run_master
 
@@ -767,9 +765,10 @@ _framework_state_command()
 
 
 def _files_commands() -> list[click.Command]:
+    from tessera.control_plane.cli.completion import completion
     from tessera.control_plane.cli.files import logs, sandbox
 
-    return [logs, sandbox]
+    return [logs, sandbox, completion]
 
 
 for _command in _files_commands():

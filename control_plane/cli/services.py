@@ -9,7 +9,6 @@ framework's `status/<id>` is what `list` and `show` print.
 from __future__ import annotations
 
 import json
-import logging
 import signal
 import sys
 import threading
@@ -20,6 +19,7 @@ import click
 
 from tessera.control_plane.cli.definitions import FORMATS, DefinitionError, load_definition
 from tessera.control_plane.cli.shared import fail
+from tessera.control_plane.logsetup import log_options, setup_logging
 
 PAGE = 1000
 
@@ -34,15 +34,16 @@ PAGE = 1000
 @click.option("--teardown-on-exit", is_flag=True,
               help="when stopped (SIGTERM, Ctrl-C) while active, end the framework: its tasks are killed and its "
                    "apps forgotten (`tessera up --demo` runs it so, to leave no task behind)")
+@log_options("the service framework")
 def services_command(masters: str | None, poll: float, role: str, failover_timeout: float,
-                     teardown_on_exit: bool) -> None:
+                     teardown_on_exit: bool, log_level: str, log_format: str) -> None:
     """Run the service framework (several may run: one is active, the others stand by)."""
     from tessera.control_plane.cli.run import _root_masters, _security
     from tessera.sdk import FrameworkInfo, SchedulerDriver, TesseraError
     from tessera.sdk.grpc_transport import GrpcTransport
     from tessera.sdk.services.controller import FRAMEWORK_NAME, ServiceController
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s tessera services: %(message)s")
+    setup_logging(log_level, log_format, "tessera-services")
     security = _security()
     chosen = masters or _root_masters()
     controller = ServiceController(poll_seconds=poll)

@@ -224,9 +224,27 @@ def walk(command: click.Command, path: tuple[str, ...] = ()) -> Iterator[tuple[t
             yield from walk(sub, (*path, name))
 
 
+def reads_environment(param: click.Parameter) -> bool:
+    """Whether an option's value may come from an environment variable: its own `envvar`, or the group's
+    `TESSERA_<COMMAND>_<OPTION>` (click's auto_envvar_prefix). Help, version and refused secrets do not."""
+    if not isinstance(param, click.Option) or param.hidden or (param.is_eager and not param.expose_value):
+        return False
+    return bool(param.envvar) or param.allow_from_autoenv
+
+
+def show_environment(command: click.Command) -> None:
+    """Name in `--help` the environment variable each option reads (`[env var: TESSERA_MASTER_AGENT_TIMEOUT]`):
+    every TESSERA_* variable Tessera obeys is documented where its option is."""
+    for param in command.params:
+        if isinstance(param, click.Option) and reads_environment(param):
+            param.show_envvar = True
+
+
 def install_shared_options(root: click.Group) -> None:
-    """Give every command under `root` the shared flags it does not define itself (idempotent)."""
+    """Give every command under `root` the shared flags it does not define itself, and name every option's
+    environment variable in its help (`show_environment`) (idempotent)."""
     for path, command in walk(root):
+        show_environment(command)
         if not path or getattr(command, "_tessera_shared_flags", False):
             continue
         taken = {opt for p in command.params for opt in (*p.opts, *getattr(p, "secondary_opts", ()))}

@@ -171,7 +171,7 @@ def build_master(config: MasterConfig) -> tuple[Master, LeaderDuties, MasterServ
     ), sm, before_dump=events.flush)
     identity = MasterIdentity(config.name, config.raft_address, config.grpc_address)
     # spans go next to the event log; not the global provider, so several masters can share a process
-    tracer_provider = setup_tracing("tessera-master", span_store=events, set_global=False)
+    tracer_provider = setup_tracing("tessera-master", span_store=events, instance_id=config.name, set_global=False)
     master = Master(identity, sm, replicator, events, tracer_provider=tracer_provider, limits=config.limits,
                     announce=lambda leader, who: _announce(leader, who, security.client))
     duties = LeaderDuties(master, config.leader, allocator=default_allocator(config.leader))

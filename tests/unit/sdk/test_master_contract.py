@@ -7,6 +7,7 @@ both transports. FakeMaster keeps its own copy of `decide`'s accept rules
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TypeVar
@@ -181,8 +182,13 @@ def next_event(stream: EventStream, kind: type[T]) -> T:
     raise AssertionError(f"no {kind.__name__}")
 
 
+_WRITES = itertools.count(1)
+
+
 def write(b: Backend, sub: SubscribedEvent, *writes: KvWrite, request_id: str = "") -> tuple[int, ...]:
-    header = CallHeader(sub.framework_id, sub.stream_id, request_id or f"r-{id(writes)}-{len(writes)}")
+    # a new request id per write unless one is given: the master answers a repeated id as a retry (an id()
+    # of the writes tuple was reused by the next tuple, and a new write was answered as the old one)
+    header = CallHeader(sub.framework_id, sub.stream_id, request_id or f"write-{next(_WRITES)}")
     return b.transport.call(b.address, header, WriteValuesCall(writes), 10.0)  # type: ignore[return-value]
 
 

@@ -1,5 +1,6 @@
-"""One launched task is one connected trace: the framework's client span (SDK transport) → the master's
-`master.propose` → `raft.commit`, and the task's events in the event log carry that trace id."""
+"""One launched task is one connected trace: the framework's span (SDK transport) → the gRPC client span of
+opentelemetry-instrumentation-grpc (standard `rpc.*` attributes) → the master's `master.propose` →
+`raft.commit`, and the task's events in the event log carry that trace id."""
 
 from __future__ import annotations
 
@@ -115,7 +116,16 @@ def test_a_launched_task_is_one_connected_trace(spans: InMemorySpanExporter) -> 
         propose = [s for s in in_trace.values() if s.name == "master.propose"
                    and "Accept" in _attrs(s).get("tessera.commands", ())]
         assert len(propose) == 1
-        assert propose[0].parent is not None and propose[0].parent.span_id == accept[0].context.span_id
+        # the wire call: the instrumentation's CLIENT span, a child of framework.Accept (which keeps
+        # Tessera's attributes), and the parent of the master's handling
+        [rpc] = [s for s in in_trace.values() if s.name == "/tessera.v1.Scheduler/Accept"]
+        assert rpc.kind.name == "CLIENT" and accept[0].kind.name == "INTERNAL"
+        assert rpc.parent is not None and rpc.parent.span_id == accept[0].context.span_id
+        assert {k: _attrs(rpc)[k] for k in ("rpc.system", "rpc.service", "rpc.method")} == {
+            "rpc.system": "grpc", "rpc.service": "tessera.v1.Scheduler", "rpc.method": "Accept"}
+        assert _attrs(rpc)["rpc.grpc.status_code"] == 0 and rpc.resource.attributes[SERVICE_NAME] == "my-framework"
+        assert _attrs(accept[0])["tessera.task_id"] == "t-traced"
+        assert propose[0].parent is not None and propose[0].parent.span_id == rpc.context.span_id
         assert _attrs(propose[0])["tessera.task_id"] == "t-traced"
         commit = [s for s in in_trace.values() if s.name == "raft.commit"
                   and s.parent is not None and s.parent.span_id == propose[0].context.span_id]
