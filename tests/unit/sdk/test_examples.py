@@ -69,16 +69,19 @@ def test_batch_runner_gives_up_after_max_retries_and_reports_failure() -> None:
 def test_batch_runner_packs_offers_declines_leftovers_and_suppresses_when_nothing_waits() -> None:
     fake = FakeMaster()  # tasks stay STAGING until the test says otherwise
     fake.add_agent("cpus:1.2;mem:1024")
-    runner = BatchRunner(["true"] * 2, JOB, max_retries=0, refuse_seconds=42)
+    runner = BatchRunner(["true"] * 3, JOB, max_retries=0, refuse_seconds=42)
     driver = SchedulerDriver(runner, FrameworkInfo(name="batch"), fake.addresses, transport=fake.transport())
     with driver:
-        fake.wait_for(lambda: len(fake.tasks()) == 2, what="both jobs packed into one offer")
-        fake.wait_for(lambda: fake.framework().suppressed_roles, what="suppression")
-        # the 0.2 cpus left were offered again and declined with the runner's refuse filter
+        fake.wait_for(lambda: len(fake.tasks()) == 2, what="two jobs packed into one offer")
+        # the third job waits: the 0.2 cpus left were offered again and declined with the runner's refuse filter
         fake.wait_for(lambda: fake.calls_of(DeclineCall), what="a decline")
         assert fake.calls_of(DeclineCall)[0].filters == Filters(42)
-        for task_id in fake.tasks():
+        assert not fake.framework().suppressed_roles
+        for task_id in list(fake.tasks()):
             fake.update(task_id, TaskState.TASK_FINISHED, exit_code=0)
+        fake.wait_for(lambda: len(fake.tasks()) == 3, what="the third job launched on the freed cpus")
+        fake.wait_for(lambda: fake.framework().suppressed_roles, what="suppression once nothing waits")
+        fake.update(list(fake.tasks())[-1], TaskState.TASK_FINISHED, exit_code=0)
         assert runner.done.wait(10)
     assert runner.summary().ok
 
