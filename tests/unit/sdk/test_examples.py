@@ -15,7 +15,7 @@ from tessera.sdk.errors import Conflict, ServerError, Unavailable
 from tessera.sdk.examples import batch, service
 from tessera.sdk.examples.batch import BatchRunner, run_batch
 from tessera.sdk.examples.service import ServiceKeeper
-from tessera.sdk.protocol import AcceptCall, DeclineCall, KillCall, ReconcileCall
+from tessera.sdk.protocol import AcceptCall, DeclineCall, KillCall, ReconcileCall, ReviveCall
 from tessera.sdk.testing import FakeGrpcServer, FakeMaster, StatusStep, runs_and_finishes
 
 pytestmark = pytest.mark.timeout(60)
@@ -313,3 +313,17 @@ def test_batch_refused_launch_declines_the_offer_and_revives_instead_of_stalling
     refused = kinds.index("AcceptCall")
     assert "DeclineCall" in kinds[refused:] and "ReviveCall" in kinds[refused:]
     assert runner.summary().ok and len(fake.tasks()) == 1
+
+
+def test_batch_runner_does_not_revive_per_ended_task_and_pipelines_its_launches() -> None:
+    """A task that ended while jobs wait needs no revive (the master offers what it freed); the launches
+    go out through `launch_async`, so a run of many jobs needs only the revive that asks for offers."""
+    fake = FakeMaster(behaviour=runs_and_finishes)
+    fake.add_agent("cpus:1;mem:1024")  # two jobs at a time, nothing left over to decline
+    runner = BatchRunner(["true"] * 12, JOB, max_retries=0)
+    driver = SchedulerDriver(runner, FrameworkInfo(name="batch"), fake.addresses, transport=fake.transport())
+    with driver:
+        assert runner.done.wait(30)
+    assert runner.summary().ok and len(runner.summary().succeeded) == 12
+    assert 6 <= len(fake.calls_of(AcceptCall)) <= 12
+    assert len(fake.calls_of(ReviveCall)) <= 1  # the first one; none per ended task (12 of them)
