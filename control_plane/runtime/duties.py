@@ -66,6 +66,7 @@ class LeaderSettings:
     offer_timeout: float | None = 60.0  # None = offers never expire
     status_update_retry: float = 10.0  # re-send unacknowledged updates to a framework this often
     tick: float = 0.1
+    allocation_batch: float = 0.02  # a wanted allocation runs this long after the want (frees batched)
 
 
 # Events after which an allocation round may find something new to offer.

@@ -11,8 +11,8 @@ How it uses offers (the habits of a well-behaved Mesos framework):
 - packs as many waiting jobs into each offer as fit (`Offer.resources` arithmetic), and launches with
   `driver.launch_async`: the Accepts of a batch of offers are under way together, each outcome handled
   on the callback thread (`driver.call_soon`);
-- declines what it cannot use with a refuse filter, and suppresses offers altogether once nothing
-  waits, so the allocator can give the resources to others;
+- declines what it cannot use with a refuse filter (the offers of one callback in one call), and
+  suppresses offers altogether once nothing waits, so the allocator can give the resources to others;
 - revives when jobs wait again while offers are suppressed, or a task ended while jobs wait and it
   holds refuse filters (a revive clears them); otherwise a task that ended needs no revive: the master
   offers what it freed in its next allocation pass;
@@ -172,18 +172,32 @@ class BatchRunner(Scheduler):
     def offers(self, driver: SchedulerDriver, offers: list[Offer]) -> None:
         if self._settle(driver):
             self._revive(driver)
+        unused: list[Offer] = []
         for offer in offers:
             tasks = self._pack(offer)
             if not tasks:
-                self._call(driver.decline, offer, Filters(self.refuse_seconds))
-                self._filtered = True
+                unused.append(offer)
                 continue
             # Pipelined: the Accepts of all these offers are under way at once; each outcome is handled
             # on the callback thread (`_launched`), like any other event.
             future = driver.launch_async(offer, tasks)
             future.add_done_callback(
                 lambda done, offer=offer, tasks=tasks: driver.call_soon(self._launched, driver, offer, tasks, done))
+        if unused:
+            self._decline_all(driver, unused)
         self._want_offers(driver)
+
+    def _decline_all(self, driver: SchedulerDriver, offers: list[Offer]) -> None:
+        """Give back every offer of a callback it cannot use in one call, with the refuse filter; when the
+        master refuses the call (an offer of it is gone meanwhile), one call per offer."""
+        self._filtered = True
+        try:
+            driver.decline(offers, Filters(self.refuse_seconds))
+        except REFUSED:
+            for offer in offers:
+                self._call(driver.decline, offer, Filters(self.refuse_seconds))
+        except TesseraError as exc:
+            log.warning("decline failed: %s", exc)
 
     def _launched(self, driver: SchedulerDriver, offer: Offer, tasks: list[TaskInfo], future: Future[None]) -> None:
         """The outcome of one pipelined launch (on the callback thread)."""

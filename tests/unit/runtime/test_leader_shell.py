@@ -85,3 +85,21 @@ def test_the_shell_runs_the_duties_functions(node: InProcessMaster, monkeypatch:
     monkeypatch.setattr(duties, "react", counting_react)
     node.master.propose([c.RegisterAgent(info=AgentInfo(hostname="h", resources=Resources.of(cpus=1)))])
     wait_for(lambda: calls["tick"] > 0 and calls["react"] > 0, 10, what="the shell to tick and react")
+
+
+def test_a_wanted_allocation_wakes_the_ticker_instead_of_waiting_for_its_period() -> None:
+    """A reaction that freed resources (`want_allocation`) gets its allocation pass after the short
+    `allocation_batch` window, not at the next tick: with a tick of a minute and no allocation interval
+    to speak of, only the wake can run the round."""
+    from dataclasses import replace
+
+    from tests.support.inprocess import FAST
+
+    slow = replace(FAST, tick=60.0, allocation_interval=3600.0, allocation_batch=0.01)
+    with InProcessMaster(settings=slow) as m:
+        before = m.duties.allocation_rounds
+        m.duties.want_allocation()
+        wait_for(lambda: m.duties.allocation_rounds > before, 10, what="a round right after the want")
+        after = m.duties.allocation_rounds
+        m.duties.want_allocation()  # and again: each want is served
+        wait_for(lambda: m.duties.allocation_rounds > after, 10, what="a second round after the second want")
