@@ -297,6 +297,13 @@ def react(batch: Iterable[Applied], term: int,
     return out
 
 
+def acknowledged(batch: Iterable[Applied]) -> list[tuple[str, str]]:
+    """(framework id, status uuid) of every update the committed events of `batch` acknowledged: the
+    shell stops timing their re-sends (`SoftState.update_sent` holds only what may still be re-sent)."""
+    return [(event.framework_id, event.uuid) for applied in batch for _, event in applied.result.events
+            if isinstance(event, ev.TaskStatusAcknowledged)]
+
+
 T = TypeVar("T")
 
 
@@ -395,6 +402,6 @@ __all__ = [
     "FREES_RESOURCES", "MAX_PER_MESSAGE", "OFFERS_PER_ENTRY", "SLOW_PERIOD", "AllocationRound", "Command",
     "LeaderSettings", "KillTask", "Ledger", "Outbound", "Propose", "RemoveFramework", "RunTask", "SendOffers",
     "SendRescind", "SendUpdate", "ShutdownAgent", "SlowRound", "SoftState", "ToAgent", "ToFramework",
-    "WantAllocation", "coalesce", "elected", "offer_proposals", "orphaned", "react", "tick", "unacknowledged",
+    "WantAllocation", "acknowledged", "coalesce", "elected", "offer_proposals", "orphaned", "react", "tick", "unacknowledged",
     "outstanding_offers",
 ]

@@ -218,8 +218,17 @@ class LeaderDuties:
                 return
             try:
                 self.deliver(duties.react(batch, self.term(), self._principal_of))
+                self._forget_sent(duties.acknowledged(batch))
             except Exception:  # noqa: BLE001 - a reaction bug must not stop the reactor
                 log.exception("reaction failed")
+
+    def _forget_sent(self, acknowledged: list[tuple[str, str]]) -> None:
+        """Acknowledged updates are never re-sent: stop timing them (else every update ever sent stays in
+        `last_update_sent`, copied at every tick)."""
+        for framework_id, uuid in acknowledged:
+            session = self.frameworks.get(framework_id)
+            if session is not None:
+                session.last_update_sent.pop(uuid, None)
 
     def _principal_of(self, framework_id: str) -> str:
         """The principal framework `framework_id` was recorded under (it never changes); "" if unknown."""

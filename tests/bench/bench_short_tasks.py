@@ -33,6 +33,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -172,16 +175,31 @@ def run_emulated(t: float, args: Namespace, work: Path) -> ShortRun:
             procs = cluster_procs(cluster)
             procs["agents"] = psutil.Process(agents.pid)
             term = bench_launch.leader_pid(cluster)
+            profiler = profile(args, term[0], f"leader-t{t:g}")
             wall, finished, notes, cpu, load = measured(
                 procs, lambda: run_batch(masters, tasks, "true", args.timeout, f"short-{t:g}"))
         finally:
             stats = bench_launch.stop_agents(agents)
+            if profiler is not None:
+                profiler.send_signal(signal.SIGINT)
+                profiler.wait(30)
         try:
             if bench_launch.leader_pid(cluster) != term:
                 notes += "; LEADER CHANGED during the run (figures are not comparable)"
         except TimeoutError:
             notes += "; no leader at the end of the run"
         return ShortRun("emulated", t, slots, tasks, finished, wall, cpu, load, f"{notes}; agents {stats}")
+
+
+def profile(args: Namespace, pid: int, name: str) -> subprocess.Popen[bytes] | None:
+    """With --profile-leader DIR: py-spy samples the leader (the thread holding the GIL) into DIR/name.txt."""
+    if not args.profile_leader:
+        return None
+    out = Path(args.profile_leader) / f"{name}.txt"
+    print(f"  leader profile (py-spy raw; summarize with bench_launch.py --summarize): {out}")
+    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "50",
+                             "--output", str(out), "--nonblocking", "--gil"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def run_real(t: float, args: Namespace, work: Path) -> ShortRun:
@@ -231,8 +249,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real-slots", type=int, default=16)
     parser.add_argument("--baseline-tasks", type=int, default=5000, help="bench_launch batched tasks (0 = skip)")
     parser.add_argument("--timeout", type=float, default=600.0, help="per run")
+    parser.add_argument("--profile-leader", default="", metavar="DIR",
+                        help="sample the leader with py-spy during each emulated run; collapsed stacks go to DIR")
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 agents x 8 cpus, t = 0.5 s only")
     args = parser.parse_args(argv)
+    if args.profile_leader:
+        if shutil.which("py-spy") is None:
+            parser.error("--profile-leader needs py-spy (pip install py-spy)")
+        Path(args.profile_leader).mkdir(parents=True, exist_ok=True)
     if args.quick:
         args.agents, args.agent_cpus, args.durations, args.real, args.baseline_tasks = 4, 8, [0.5], [], 0
         args.timeout = min(args.timeout, 120.0)
