@@ -50,7 +50,7 @@ from tessera.sdk.types import Filters, FrameworkInfo, Launch, Operation, TaskInf
 log = logging.getLogger("tessera.sdk.driver")
 
 ACK_SENDERS = 1  # batched acknowledgement calls under way at once (one keeps them in order)
-ACCEPTS_IN_FLIGHT = 8  # pipelined Accepts (`launch_async`) under way at once, by default
+ACCEPTS_IN_FLIGHT = 32  # pipelined Accepts (`launch_async`) under way at once, by default
 
 
 class _Soon:
