@@ -42,7 +42,14 @@ from typing import Any, cast
 from tessera.sdk._shell import MAX_ACKS_PER_CALL, DriverBase, OfferRefs, StreamRunner, callback_for
 from tessera.sdk.errors import DriverStopped, TesseraError
 from tessera.sdk.kv import KeyValueState
-from tessera.sdk.protocol import AcceptCall, AcknowledgeCall, AcknowledgeManyCall, Call, CallResult, TeardownCall
+from tessera.sdk.protocol import (
+    AcceptCall,
+    AcknowledgeCall,
+    AcknowledgeManyCall,
+    Call,
+    CallResult,
+    TeardownCall,
+)
 from tessera.sdk.scheduler import Scheduler
 from tessera.sdk.session import Effect, NotifyError, NotifyUpdate
 from tessera.sdk.types import Filters, FrameworkInfo, Launch, Operation, TaskInfo, TaskStatus

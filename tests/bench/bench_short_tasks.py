@@ -41,6 +41,7 @@ import tempfile
 import threading
 import time
 from argparse import Namespace
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,7 +136,7 @@ def run_batch(masters: list[str], tasks: int, command: str, timeout: float, name
     return wall, len(summary.succeeded), notes + summary.render().splitlines()[0]
 
 
-def measured(procs: dict[str, psutil.Process], body: "callable[[], tuple[float, int, str]]"  # type: ignore[valid-type]
+def measured(procs: dict[str, psutil.Process], body: Callable[[], tuple[float, int, str]]
              ) -> tuple[float, int, str, dict[str, float], str]:
     cpu_start = {k: sum(p.cpu_times()[:2]) for k, p in procs.items()}
     clock = time.perf_counter()

@@ -24,7 +24,7 @@ from tessera.sdk import (
     TaskState,
     Unavailable,
 )
-from tessera.sdk.protocol import AcceptCall, Call, CallHeader, CallResult, LeaseClaim, NO_CLAIM
+from tessera.sdk.protocol import NO_CLAIM, AcceptCall, Call, CallHeader, CallResult, LeaseClaim
 from tessera.sdk.testing import FakeMaster
 from tessera.sdk.types import FrameworkInfo as Info
 
