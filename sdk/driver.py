@@ -94,7 +94,7 @@ class SchedulerDriver(DriverBase):
         super().__init__(framework, masters, **options)
         self.scheduler = scheduler
         self.kv = KeyValueState(self._call)  # the framework's key/value state (tessera.sdk.kv)
-        self._effects: queue.Queue[list[Effect | _Soon] | None] = queue.Queue()
+        self._effects: queue.Queue[Sequence[Effect | _Soon] | None] = queue.Queue()
         self._runner = StreamRunner(self._session, self._transport, self._lock, self._effects.put)
         self._dispatcher = threading.Thread(target=self._dispatch, name="tessera-callbacks", daemon=True)
         self._started = False

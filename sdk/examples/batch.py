@@ -36,6 +36,7 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from tessera.sdk import (
@@ -181,8 +182,7 @@ class BatchRunner(Scheduler):
             # Pipelined: the Accepts of all these offers are under way at once; each outcome is handled
             # on the callback thread (`_launched`), like any other event.
             future = driver.launch_async(offer, tasks)
-            future.add_done_callback(
-                lambda done, offer=offer, tasks=tasks: driver.call_soon(self._launched, driver, offer, tasks, done))
+            future.add_done_callback(partial(self._relay, driver, offer, tasks))
         if unused:
             self._decline_all(driver, unused)
         self._want_offers(driver)
@@ -198,6 +198,10 @@ class BatchRunner(Scheduler):
                 self._call(driver.decline, offer, Filters(self.refuse_seconds))
         except TesseraError as exc:
             log.warning("decline failed: %s", exc)
+
+    def _relay(self, driver: SchedulerDriver, offer: Offer, tasks: list[TaskInfo], future: Future[None]) -> None:
+        """A sender thread: hand the launch's outcome to the callback thread."""
+        driver.call_soon(self._launched, driver, offer, tasks, future)
 
     def _launched(self, driver: SchedulerDriver, offer: Offer, tasks: list[TaskInfo], future: Future[None]) -> None:
         """The outcome of one pipelined launch (on the callback thread)."""
