@@ -329,3 +329,31 @@ def test_batch_runner_does_not_revive_per_ended_task_and_pipelines_its_launches(
     assert runner.summary().ok and len(runner.summary().succeeded) == 12
     assert 6 <= len(fake.calls_of(AcceptCall)) <= 12
     assert len(fake.calls_of(ReviveCall)) <= 1  # the first one; none per ended task (12 of them)
+
+
+def test_batch_launch_under_way_across_a_failover_runs_the_job_once() -> None:
+    """A re-subscription while a pipelined launch is under way does not reconcile that task (the master
+    has not applied it yet and would answer "unknown": the job would be launched again under a fresh id);
+    the launch's own outcome settles it."""
+    from tests.unit.sdk.test_pipelined_launches import GatedTransport
+
+    fake = FakeMaster(["m1:5050", "m2:5050"], behaviour=runs_and_finishes)
+    fake.add_agent("cpus:1;mem:1024")
+    gated = GatedTransport(fake.transport())
+    runner = BatchRunner(["true"], JOB, max_retries=0)
+    driver = SchedulerDriver(runner, FrameworkInfo(name="batch"), fake.addresses, transport=gated)
+    driver.start()
+    try:
+        with gated.lock:
+            assert gated.lock.wait_for(lambda: gated.in_flight == 1, 15), "the launch under way"
+        fake.failover("m2:5050")
+        fake.wait_for(lambda: fake.framework().subscriptions == 2, what="re-subscription")
+        gated.gate.set()
+        assert runner.done.wait(15)
+    finally:
+        gated.gate.set()
+        driver.stop()
+        driver.join(5)
+    summary = runner.summary()
+    assert summary.ok and summary.results[0].attempts == 1
+    assert len(fake.tasks()) == 1  # launched once
