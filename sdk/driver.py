@@ -10,6 +10,15 @@ directory or a parent, else 127.0.0.1:5050; giving up (`give_up_after`) says whi
 Threads: one keeps the subscription (connect, read, reconnect: `tessera.sdk._shell.StreamRunner`), one runs the
 scheduler's callbacks, one at a time and in order. Calls (`launch`, `decline`, `kill`...) block the
 calling thread until the master answered; they may be made from callbacks or from any other thread.
+
+Pipelined launches: `launch_async`/`accept_async` return a `concurrent.futures.Future` at once and send
+the Accept from a pool of `accepts_in_flight` senders (8 by default), so a callback that got many offers
+has several Accepts under way instead of waiting one round trip per offer. Accepts start in the order
+they were made; each retries and fails exactly as `accept` does (the future's exception is the error
+`accept` would have raised; `DriverStopped` once the driver stopped). A later call may overtake an Accept
+still in flight: wait for its future when the order matters (a `kill` of a task it launches). The
+future's callbacks run on a sender thread; `call_soon(fn, *args)` runs `fn(*args)` on the callback
+thread instead, after the callbacks already queued, so a scheduler keeps all its state on one thread.
 A call made while the driver is reconnecting waits for the new subscription, and a call that fails with
 `NotLeader`/`Unavailable` (or on a stream replaced meanwhile) is sent again with the same request id
 until `call_timeout` runs out; other errors are raised at once as `tessera.sdk.errors` classes.
@@ -25,15 +34,22 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, cast
 
 from tessera.sdk._shell import MAX_ACKS_PER_CALL, DriverBase, OfferRefs, StreamRunner, callback_for
 from tessera.sdk.errors import DriverStopped, TesseraError
 from tessera.sdk.kv import KeyValueState
-from tessera.sdk.protocol import AcknowledgeCall, AcknowledgeManyCall, Call, CallResult, TeardownCall
+from tessera.sdk.protocol import (
+    AcceptCall,
+    AcknowledgeCall,
+    AcknowledgeManyCall,
+    Call,
+    CallResult,
+    TeardownCall,
+)
 from tessera.sdk.scheduler import Scheduler
 from tessera.sdk.session import Effect, NotifyError, NotifyUpdate
 from tessera.sdk.types import Filters, FrameworkInfo, Launch, Operation, TaskInfo, TaskStatus
@@ -41,6 +57,16 @@ from tessera.sdk.types import Filters, FrameworkInfo, Launch, Operation, TaskInf
 log = logging.getLogger("tessera.sdk.driver")
 
 ACK_SENDERS = 1  # batched acknowledgement calls under way at once (one keeps them in order)
+ACCEPTS_IN_FLIGHT = 32  # pipelined Accepts (`launch_async`) under way at once, by default
+
+
+class _Soon:
+    """A function for the callback thread (`SchedulerDriver.call_soon`)."""
+
+    __slots__ = ("fn", "args")
+
+    def __init__(self, fn: Callable[..., object], args: tuple[Any, ...]) -> None:
+        self.fn, self.args = fn, args
 
 
 class SchedulerDriver(DriverBase):
@@ -57,15 +83,18 @@ class SchedulerDriver(DriverBase):
     - `standby` (False): one of several instances of the framework: while another instance is active,
       wait as a standby (`Scheduler.standing_by`) and take over when it is gone (`became_active`); a
       standby with no `framework_id` joins the framework of its principal with its name (docs/protocol.md)
+    - `accepts_in_flight` (8): how many `launch_async`/`accept_async` Accepts are under way at once
     - `backoff`, `subscribe_timeout`, `random`, `request_ids`: reconnection tuning and test hooks
     """
 
     def __init__(self, scheduler: Scheduler, framework: FrameworkInfo, masters: Sequence[str] | str | None = None,
-                 **options: Any) -> None:
+                 *, accepts_in_flight: int = ACCEPTS_IN_FLIGHT, **options: Any) -> None:
+        if accepts_in_flight < 1:
+            raise ValueError("accepts_in_flight must be at least 1")
         super().__init__(framework, masters, **options)
         self.scheduler = scheduler
         self.kv = KeyValueState(self._call)  # the framework's key/value state (tessera.sdk.kv)
-        self._effects: queue.Queue[list[Effect] | None] = queue.Queue()
+        self._effects: queue.Queue[Sequence[Effect | _Soon] | None] = queue.Queue()
         self._runner = StreamRunner(self._session, self._transport, self._lock, self._effects.put)
         self._dispatcher = threading.Thread(target=self._dispatch, name="tessera-callbacks", daemon=True)
         self._started = False
@@ -82,6 +111,8 @@ class SchedulerDriver(DriverBase):
         self._ack_queue: list[AcknowledgeCall] = []
         self._ack_senders = 0
         self._ack_lock = threading.Lock()
+        # Pipelined Accepts: a FIFO pool, so they start in the order they were made.
+        self._accepts = ThreadPoolExecutor(max_workers=accepts_in_flight, thread_name_prefix="tessera-accepts")
 
     # ---- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> SchedulerDriver:
@@ -127,6 +158,7 @@ class SchedulerDriver(DriverBase):
         self._stopped.set()
         self._runner.stop()
         self._effects.put(None)
+        self._accepts.shutdown(wait=False, cancel_futures=True)
         if not self._started:
             self._done.set()
 
@@ -147,6 +179,10 @@ class SchedulerDriver(DriverBase):
                 if effects is None:
                     return
                 for effect in effects:
+                    if isinstance(effect, _Soon):
+                        if not self._stopped.is_set():
+                            self._run_soon(effect)
+                        continue
                     if isinstance(effect, NotifyError):
                         self._deliver(effect)
                         return
@@ -163,6 +199,7 @@ class SchedulerDriver(DriverBase):
                 self._session.stop()
                 self._lock.notify_all()
             self._acks.shutdown(wait=True, cancel_futures=False)
+            self._accepts.shutdown(wait=False, cancel_futures=True)
             self._runner.stop()
             self._runner.join(5.0)
             self._close_transport()
@@ -177,6 +214,17 @@ class SchedulerDriver(DriverBase):
             return  # and its update is not acknowledged
         if isinstance(effect, NotifyUpdate) and effect.acknowledge is not None:
             self._acknowledge_later(effect.acknowledge)
+
+    def _run_soon(self, soon: _Soon) -> None:
+        try:
+            soon.fn(*soon.args)
+        except Exception:  # noqa: BLE001 - like a callback: logged, the driver goes on
+            log.exception("call_soon function %r raised", soon.fn)
+
+    def call_soon(self, fn: Callable[..., object], *args: Any) -> None:
+        """Run `fn(*args)` on the callback thread, after the callbacks already queued (never at the same
+        time as a callback). An exception it raises is logged. Nothing runs once the driver stopped."""
+        self._effects.put([_Soon(fn, args)])
 
     def _acknowledge_later(self, ack: AcknowledgeCall) -> None:
         if self._batched_acks_allowed():
@@ -264,6 +312,32 @@ class SchedulerDriver(DriverBase):
     def launch(self, offers: OfferRefs, tasks: Iterable[TaskInfo], filters: Filters | None = None) -> None:
         """`accept(offers, [Launch(tasks)], filters)`."""
         self.accept(offers, [Launch(tuple(tasks))], filters)
+
+    def accept_async(self, offers: OfferRefs, operations: Iterable[Operation | TaskInfo] = (),
+                     filters: Filters | None = None) -> Future[None]:
+        """`accept` without waiting: the Accept goes out from the pipeline (see the module docstring) and
+        the returned future ends with its outcome, None or the error `accept` would raise. A request that
+        is wrong in itself (`InvalidRequest`) is raised here, at once."""
+        call = self._accept_call(offers, operations, filters)
+        with self._lock:
+            if not self._started:
+                raise DriverStopped("accept: start the driver first")
+        try:
+            return self._accepts.submit(self._accept_now, call)
+        except RuntimeError:  # the pool is shut down: the driver stopped
+            failed: Future[None] = Future()
+            failed.set_exception(DriverStopped(self._session.failure or "the driver is stopped"))
+            return failed
+
+    def launch_async(self, offers: OfferRefs, tasks: Iterable[TaskInfo],
+                     filters: Filters | None = None) -> Future[None]:
+        """`accept_async(offers, [Launch(tasks)], filters)`."""
+        return self.accept_async(offers, [Launch(tuple(tasks))], filters)
+
+    def _accept_now(self, call: AcceptCall) -> None:
+        self._call(call)
+        with self._lock:
+            self._session.forget_offers(call.offer_ids)
 
     def decline(self, offers: OfferRefs, filters: Filters | None = None) -> None:
         """Give offers back; their agents are not offered again for `filters.refuse_seconds`

@@ -66,6 +66,7 @@ class LeaderSettings:
     offer_timeout: float | None = 60.0  # None = offers never expire
     status_update_retry: float = 10.0  # re-send unacknowledged updates to a framework this often
     tick: float = 0.1
+    allocation_batch: float = 0.02  # a wanted allocation runs this long after the want (frees batched)
 
 
 # Events after which an allocation round may find something new to offer.
@@ -296,6 +297,13 @@ def react(batch: Iterable[Applied], term: int,
     return out
 
 
+def acknowledged(batch: Iterable[Applied]) -> list[tuple[str, str]]:
+    """(framework id, status uuid) of every update the committed events of `batch` acknowledged: the
+    shell stops timing their re-sends (`SoftState.update_sent` holds only what may still be re-sent)."""
+    return [(event.framework_id, event.uuid) for applied in batch for _, event in applied.result.events
+            if isinstance(event, ev.TaskStatusAcknowledged)]
+
+
 T = TypeVar("T")
 
 
@@ -405,6 +413,6 @@ __all__ = [
     "FREES_RESOURCES", "MAX_PER_MESSAGE", "OFFERS_PER_ENTRY", "SLOW_PERIOD", "AllocationRound", "Command",
     "LeaderSettings", "KillTask", "Ledger", "Outbound", "Propose", "RemoveFramework", "RunTask", "SendOffers",
     "SendRescind", "SendUpdate", "ShutdownAgent", "SlowRound", "SoftState", "ToAgent", "ToFramework",
-    "WantAllocation", "coalesce", "elected", "offer_proposals", "orphaned", "react", "tick", "unacknowledged",
-    "outstanding_offers", "stream_ends",
+    "WantAllocation", "acknowledged", "coalesce", "elected", "offer_proposals", "orphaned", "react", "tick",
+    "unacknowledged", "outstanding_offers", "stream_ends",
 ]

@@ -16,7 +16,9 @@ Theory of operation
   as one `run_tasks` message, consecutive updates to a framework that subscribed with BATCHED_UPDATES as
   one `updates` event (`duties.coalesce`).
 - The ticker thread, while serving, builds the `SoftState` view, asks `duties.tick` what is due and does
-  it: proposals go out asynchronously (a duty is not proposed again while its proposal is in flight),
+  it, every `tick` seconds, or `allocation_batch` seconds after a reaction wanted an allocation (a task
+  ended, an offer was declined...: what it freed is offered again at once, the frees of one window in
+  one pass; `duties.tick` still decides whether the round runs): proposals go out asynchronously (a duty is not proposed again while its proposal is in flight),
   allocation rounds run the allocator and propose `duties.offer_proposals` of its offers, re-sent updates
   go to their streams.
 - Becoming leader: `duties.elected` (offers issued under an older leader are rescinded), then allocation
@@ -118,6 +120,7 @@ class LeaderDuties:
         self._ledger = duties.Ledger()  # pending duty proposals, timers (guarded by self._lock)
         self._reactions: queue.Queue[Sequence[Applied] | None] = queue.Queue()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # an allocation pass is wanted: tick now, not at the next period
         self._threads: list[threading.Thread] = []
         self.allocation_rounds = 0
         self.last_allocation_seconds = 0.0
@@ -132,6 +135,7 @@ class LeaderDuties:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._reactions.put(None)
         self._close_all()
         for t in self._threads:
@@ -195,8 +199,11 @@ class LeaderDuties:
         return self.master.replicator.term()
 
     def want_allocation(self) -> None:
+        """Something was freed or added: the ticker runs an allocation pass after `allocation_batch`
+        seconds (the frees of that window go into one pass), not at its next period."""
         with self._lock:
             self._ledger.allocation_wanted = True
+        self._wake.set()
 
     # ---- reactions after commit --------------------------------------------------------------------
     def on_applied(self, batch: Sequence[Applied]) -> None:
@@ -211,8 +218,17 @@ class LeaderDuties:
                 return
             try:
                 self.deliver(duties.react(batch, self.term(), self._principal_of))
+                self._forget_sent(duties.acknowledged(batch))
             except Exception:  # noqa: BLE001 - a reaction bug must not stop the reactor
                 log.exception("reaction failed")
+
+    def _forget_sent(self, acknowledged: list[tuple[str, str]]) -> None:
+        """Acknowledged updates are never re-sent: stop timing them (else every update ever sent stays in
+        `last_update_sent`, copied at every tick)."""
+        for framework_id, uuid in acknowledged:
+            session = self.frameworks.get(framework_id)
+            if session is not None:
+                session.last_update_sent.pop(uuid, None)
 
     def _principal_of(self, framework_id: str) -> str:
         """The principal framework `framework_id` was recorded under (it never changes); "" if unknown."""
@@ -290,7 +306,9 @@ class LeaderDuties:
                     self._tick(time.monotonic())
                 except Exception:  # noqa: BLE001 - a duty failing once must not stop the ticker
                     log.exception("leader duty failed")
-            self._stop.wait(self.settings.tick)
+            if self._wake.wait(self.settings.tick):
+                self._stop.wait(self.settings.allocation_batch)  # gather this window's frees into one pass
+            self._wake.clear()
 
     def _soft_state(self, now: float) -> duties.SoftState:
         with self._lock:

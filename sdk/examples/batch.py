@@ -8,11 +8,14 @@ never reuses one). A job whose task ends in any state but TASK_FINISHED is launc
 been retried `max_retries` times. The process exits 0 only when every job succeeded.
 
 How it uses offers (the habits of a well-behaved Mesos framework):
-- packs as many waiting jobs into each offer as fit (`Offer.resources` arithmetic);
-- declines what it cannot use with a refuse filter, and suppresses offers altogether once nothing
-  waits, so the allocator can give the resources to others;
-- revives when a job needs another attempt or a task ended while jobs still wait (which also clears
-  its own decline filters, so freed resources come back at once);
+- packs as many waiting jobs into each offer as fit (`Offer.resources` arithmetic), and launches with
+  `driver.launch_async`: the Accepts of a batch of offers are under way together, each outcome handled
+  on the callback thread (`driver.call_soon`);
+- declines what it cannot use with a refuse filter (the offers of one callback in one call), and
+  suppresses offers altogether once nothing waits, so the allocator can give the resources to others;
+- revives when jobs wait again while offers are suppressed, or a task ended while jobs wait and it
+  holds refuse filters (a revive clears them); otherwise a task that ended needs no revive: the master
+  offers what it freed in its next allocation pass;
 - after a re-subscription, reconciles the tasks it believes running: a task that ended while the
   scheduler was away is handled like any update;
 - a launch the master refused (`tessera.sdk.errors.REFUSED`: it was not applied) puts its jobs back in line,
@@ -31,7 +34,9 @@ import threading
 import uuid
 from collections import Counter, deque
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from tessera.sdk import (
@@ -46,7 +51,7 @@ from tessera.sdk import (
     TaskStatus,
     TesseraError,
 )
-from tessera.sdk.errors import REFUSED
+from tessera.sdk.errors import REFUSED, DriverStopped
 
 log = logging.getLogger("tessera.sdk.examples.batch")
 
@@ -145,7 +150,9 @@ class BatchRunner(Scheduler):
         self._waiting: deque[_Job] = deque(self.jobs)
         self._running: dict[str, _Job] = {}
         self._unsettled: set[str] = set()  # task ids whose launch failed without a definite refusal
+        self._launching: set[str] = set()  # task ids whose pipelined launch has no outcome yet
         self._suppressed: bool | None = None  # None: unknown (the master keeps it across reconnections)
+        self._filtered = False  # declined with a refuse filter since the last revive
         self._finished = False
         self.failure: str | None = None
         self.done = threading.Event()
@@ -155,7 +162,10 @@ class BatchRunner(Scheduler):
         log.info("subscribed as %s", framework_id)
         self._suppressed = None
         self._settle(driver)
-        running = [task_id for task_id in self._running if task_id not in self._unsettled]
+        # a task whose launch is still under way is settled by that launch's outcome, not by reconciling
+        # it now (the master may not have applied it yet: it would answer "unknown" and the job run twice)
+        running = [task_id for task_id in self._running
+                   if task_id not in self._unsettled and task_id not in self._launching]
         if running:
             try:
                 for status in driver.reconcile(running):
@@ -167,28 +177,63 @@ class BatchRunner(Scheduler):
     def offers(self, driver: SchedulerDriver, offers: list[Offer]) -> None:
         if self._settle(driver):
             self._revive(driver)
+        unused: list[Offer] = []
         for offer in offers:
             tasks = self._pack(offer)
             if not tasks:
-                self._call(driver.decline, offer, Filters(self.refuse_seconds))
+                unused.append(offer)
                 continue
-            try:
-                driver.launch(offer, tasks)
-            except REFUSED as exc:
-                # Not applied: the jobs wait again; give the offer back and ask for offers again (a
-                # refusal leaves the offer with us, and nothing else would come until it expired).
-                log.warning("offer %s: launch refused: %s", offer.offer_id, exc)
-                self._unpack(tasks)
+            # Pipelined: the Accepts of all these offers are under way at once; each outcome is handled
+            # on the callback thread (`_launched`), like any other event.
+            self._launching.update(t.task_id for t in tasks)
+            future = driver.launch_async(offer, tasks)
+            future.add_done_callback(partial(self._relay, driver, offer, tasks))
+        if unused:
+            self._decline_all(driver, unused)
+        self._want_offers(driver)
+
+    def _decline_all(self, driver: SchedulerDriver, offers: list[Offer]) -> None:
+        """Give back every offer of a callback it cannot use in one call, with the refuse filter; when the
+        master refuses the call (an offer of it is gone meanwhile), one call per offer."""
+        self._filtered = True
+        try:
+            driver.decline(offers, Filters(self.refuse_seconds))
+        except REFUSED:
+            for offer in offers:
+                self._call(driver.decline, offer, Filters(self.refuse_seconds))
+        except TesseraError as exc:
+            log.warning("decline failed: %s", exc)
+
+    def _relay(self, driver: SchedulerDriver, offer: Offer, tasks: list[TaskInfo], future: Future[None]) -> None:
+        """A sender thread: hand the launch's outcome to the callback thread."""
+        driver.call_soon(self._launched, driver, offer, tasks, future)
+
+    def _launched(self, driver: SchedulerDriver, offer: Offer, tasks: list[TaskInfo], future: Future[None]) -> None:
+        """The outcome of one pipelined launch (on the callback thread)."""
+        self._launching.difference_update(t.task_id for t in tasks)
+        exc = None if future.cancelled() else future.exception()
+        if future.cancelled() or isinstance(exc, DriverStopped):
+            return  # the driver stopped: nothing more happens
+        if isinstance(exc, REFUSED):
+            # Not applied: the jobs wait again; give the offer back and ask for offers again (a
+            # refusal leaves the offer with us, and nothing else would come until it expired).
+            log.warning("offer %s: launch refused: %s", offer.offer_id, exc)
+            self._unpack(tasks)
+            self._call(driver.decline, offer)
+            self._revive(driver)
+        elif isinstance(exc, TesseraError):
+            # Timed out or failed otherwise: the master may have applied it. Settle by reconciling.
+            log.warning("offer %s: launch outcome unknown (%s); reconciling", offer.offer_id, exc)
+            self._unsettled.update(t.task_id for t in tasks if t.task_id in self._running)
+            if self._settle(driver):
+                # Not applied after all: the offer is still ours; give it back, then revive.
                 self._call(driver.decline, offer)
                 self._revive(driver)
-            except TesseraError as exc:
-                # Timed out or failed otherwise: the master may have applied it. Settle by reconciling.
-                log.warning("offer %s: launch outcome unknown (%s); reconciling", offer.offer_id, exc)
-                self._unsettled.update(t.task_id for t in tasks)
-                if self._settle(driver):
-                    # Not applied after all: the offer is still ours; give it back, then revive.
-                    self._call(driver.decline, offer)
-                    self._revive(driver)
+        elif exc is not None:
+            log.error("offer %s: launch failed: %r", offer.offer_id, exc)
+            self.failure = f"launch failed: {exc!r}"
+            self.done.set()
+            return
         self._want_offers(driver)
 
     def update(self, driver: SchedulerDriver, status: TaskStatus) -> None:
@@ -259,9 +304,12 @@ class BatchRunner(Scheduler):
             log.warning("%s failed: %s", getattr(method, "__name__", "call"), exc)
 
     def _unpack(self, tasks: list[TaskInfo]) -> None:
-        """The launch did not happen: those jobs wait again, attempt not counted."""
+        """The launch did not happen: those jobs wait again, attempt not counted (a task already settled
+        otherwise — its job handled by an update — is left alone)."""
         for task in reversed(tasks):
-            job = self._running.pop(task.task_id)
+            job = self._running.pop(task.task_id, None)
+            if job is None:
+                continue
             job.attempts -= 1
             self._waiting.appendleft(job)
 
@@ -275,8 +323,12 @@ class BatchRunner(Scheduler):
         if status.state is not TaskState.TASK_FINISHED and job.attempts <= self.max_retries:
             log.info("job %d failed (%s); retrying", job.index, status.state.name)
             self._waiting.append(job)
-        if self._waiting:
-            self._revive(driver)
+        if self._waiting and self._filtered:
+            self._revive(driver)  # the freed resources may be on an agent our refuse filters hide
+        elif self._waiting:
+            # The ended task's resources come back in the master's next allocation pass without asking;
+            # ask only when offers are suppressed (a revive per update was one commit per task).
+            self._want_offers(driver)
         elif not self._running and not self._finished:
             self._finished = True
             log.info("all jobs done")
@@ -304,6 +356,7 @@ class BatchRunner(Scheduler):
         try:
             driver.revive()
             self._suppressed = False
+            self._filtered = False
         except TesseraError as exc:
             log.warning("revive failed: %s", exc)
 

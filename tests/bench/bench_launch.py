@@ -76,12 +76,14 @@ def pct(values: list[float], q: float) -> float:
 # ---- the emulated agents, in their own process -----------------------------------------------------
 
 
-def serve_agents(masters: str, count: int, batched: bool) -> int:
-    """Child process: run the emulated agents until stdin closes; print READY once all registered."""
+def serve_agents(masters: str, count: int, batched: bool, resources: str = AGENT_RESOURCES,
+                 task_duration: float = 3600.0) -> int:
+    """Child process: run the emulated agents until stdin closes; print READY once all registered. Each
+    emulated task ends (TASK_FINISHED) `task_duration` seconds after it started."""
     from tessera.agent.emulated import EmulatedAgents, EmulatedConfig
 
-    config = EmulatedConfig(masters=tuple(masters.split(",")), count=count, resources=AGENT_RESOURCES,
-                            hostname_prefix="launch", task_duration=3600.0, seed=1, batch_messages=batched)
+    config = EmulatedConfig(masters=tuple(masters.split(",")), count=count, resources=resources,
+                            hostname_prefix="launch", task_duration=task_duration, seed=1, batch_messages=batched)
     with EmulatedAgents(config) as agents:
         agents.wait_registered(timeout=120)
         print("READY", flush=True)
@@ -92,8 +94,11 @@ def serve_agents(masters: str, count: int, batched: bool) -> int:
     return 0
 
 
-def start_agents(masters: list[str], count: int, batched: bool, log: Path) -> subprocess.Popen[str]:
-    cmd = [sys.executable, __file__, "--serve-agents", "--masters", ",".join(masters), "--agents", str(count)]
+def start_agents(masters: list[str], count: int, batched: bool, log: Path, resources: str = AGENT_RESOURCES,
+                 task_duration: float = 3600.0) -> subprocess.Popen[str]:
+    """The emulated agents in a child process (this file's `--serve-agents`), once all registered."""
+    cmd = [sys.executable, __file__, "--serve-agents", "--masters", ",".join(masters), "--agents", str(count),
+           "--agent-resources", resources, "--task-duration", repr(task_duration)]
     if batched:
         cmd.append("--batched")
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(log, "ab"), text=True)
@@ -369,9 +374,11 @@ def main() -> int:
     parser.add_argument("--serve-agents", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--masters", default="", help=argparse.SUPPRESS)
     parser.add_argument("--batched", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--agent-resources", default=AGENT_RESOURCES, help=argparse.SUPPRESS)
+    parser.add_argument("--task-duration", type=float, default=3600.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_agents:
-        return serve_agents(args.masters, args.agents, args.batched)
+        return serve_agents(args.masters, args.agents, args.batched, args.agent_resources, args.task_duration)
     if args.summarize:
         return summarize(args.summarize)
     if args.profile_leader:

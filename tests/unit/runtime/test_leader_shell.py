@@ -85,3 +85,42 @@ def test_the_shell_runs_the_duties_functions(node: InProcessMaster, monkeypatch:
     monkeypatch.setattr(duties, "react", counting_react)
     node.master.propose([c.RegisterAgent(info=AgentInfo(hostname="h", resources=Resources.of(cpus=1)))])
     wait_for(lambda: calls["tick"] > 0 and calls["react"] > 0, 10, what="the shell to tick and react")
+
+
+def test_a_wanted_allocation_wakes_the_ticker_instead_of_waiting_for_its_period() -> None:
+    """A reaction that freed resources (`want_allocation`) gets its allocation pass after the short
+    `allocation_batch` window, not at the next tick: with a tick of a minute and no allocation interval
+    to speak of, only the wake can run the round."""
+    from dataclasses import replace
+
+    from tests.support.inprocess import FAST
+
+    slow = replace(FAST, tick=60.0, allocation_interval=3600.0, allocation_batch=0.01)
+    with InProcessMaster(settings=slow) as m:
+        before = m.duties.allocation_rounds
+        m.duties.want_allocation()
+        wait_for(lambda: m.duties.allocation_rounds > before, 10, what="a round right after the want")
+        after = m.duties.allocation_rounds
+        m.duties.want_allocation()  # and again: each want is served
+        wait_for(lambda: m.duties.allocation_rounds > after, 10, what="a second round after the second want")
+
+
+def test_acknowledged_updates_are_no_longer_timed_for_re_sending(node: InProcessMaster) -> None:
+    """The reactor forgets when an update was sent once its acknowledgement is committed, so a busy
+    framework's session does not keep (and every tick copy) a time for every update it ever got."""
+    from tessera.control_plane.core import events as ev
+    from tessera.control_plane.core.apply import ApplyResult
+    from tessera.control_plane.runtime.statemachine import Applied
+
+    fw = node.duties.attach_framework("fw-acks", "stream-1", batched_updates=True)
+    statuses = [TaskStatus(task_id=f"t-{i}", state=TaskState.TASK_RUNNING, uuid=f"uuid-{i}") for i in range(3)]
+    node.duties.deliver([duties.SendUpdate("fw-acks", s) for s in statuses])
+    assert set(fw.last_update_sent) == {"uuid-0", "uuid-1", "uuid-2"}
+    acks = [ev.TaskStatusAcknowledged(task_id=f"t-{i}", framework_id="fw-acks", agent_id="a", uuid=f"uuid-{i}")
+            for i in (0, 2)]
+    assert duties.acknowledged([Applied(1, ev.Entry(term=1, leader="m1", time=0.0, events=tuple(acks)),
+                                        ApplyResult(outcome="applied", events=tuple(enumerate(acks, 1))))]) == [
+        ("fw-acks", "uuid-0"), ("fw-acks", "uuid-2")]
+    node.duties.on_applied([Applied(1, ev.Entry(term=1, leader="m1", time=0.0, events=tuple(acks)),
+                                    ApplyResult(outcome="applied", events=tuple(enumerate(acks, 1))))])
+    wait_for(lambda: set(fw.last_update_sent) == {"uuid-1"}, 10, what="the acknowledged updates forgotten")

@@ -15,7 +15,7 @@ from tessera.sdk.errors import Conflict, ServerError, Unavailable
 from tessera.sdk.examples import batch, service
 from tessera.sdk.examples.batch import BatchRunner, run_batch
 from tessera.sdk.examples.service import ServiceKeeper
-from tessera.sdk.protocol import AcceptCall, DeclineCall, KillCall, ReconcileCall
+from tessera.sdk.protocol import AcceptCall, DeclineCall, KillCall, ReconcileCall, ReviveCall
 from tessera.sdk.testing import FakeGrpcServer, FakeMaster, StatusStep, runs_and_finishes
 
 pytestmark = pytest.mark.timeout(60)
@@ -69,16 +69,19 @@ def test_batch_runner_gives_up_after_max_retries_and_reports_failure() -> None:
 def test_batch_runner_packs_offers_declines_leftovers_and_suppresses_when_nothing_waits() -> None:
     fake = FakeMaster()  # tasks stay STAGING until the test says otherwise
     fake.add_agent("cpus:1.2;mem:1024")
-    runner = BatchRunner(["true"] * 2, JOB, max_retries=0, refuse_seconds=42)
+    runner = BatchRunner(["true"] * 3, JOB, max_retries=0, refuse_seconds=42)
     driver = SchedulerDriver(runner, FrameworkInfo(name="batch"), fake.addresses, transport=fake.transport())
     with driver:
-        fake.wait_for(lambda: len(fake.tasks()) == 2, what="both jobs packed into one offer")
-        fake.wait_for(lambda: fake.framework().suppressed_roles, what="suppression")
-        # the 0.2 cpus left were offered again and declined with the runner's refuse filter
+        fake.wait_for(lambda: len(fake.tasks()) == 2, what="two jobs packed into one offer")
+        # the third job waits: the 0.2 cpus left were offered again and declined with the runner's refuse filter
         fake.wait_for(lambda: fake.calls_of(DeclineCall), what="a decline")
         assert fake.calls_of(DeclineCall)[0].filters == Filters(42)
-        for task_id in fake.tasks():
+        assert not fake.framework().suppressed_roles
+        for task_id in list(fake.tasks()):
             fake.update(task_id, TaskState.TASK_FINISHED, exit_code=0)
+        fake.wait_for(lambda: len(fake.tasks()) == 3, what="the third job launched on the freed cpus")
+        fake.wait_for(lambda: fake.framework().suppressed_roles, what="suppression once nothing waits")
+        fake.update(list(fake.tasks())[-1], TaskState.TASK_FINISHED, exit_code=0)
         assert runner.done.wait(10)
     assert runner.summary().ok
 
@@ -286,7 +289,9 @@ def test_batch_launch_that_timed_out_after_it_was_applied_is_settled_by_reconcil
     _finish(runner, driver)
     assert runner.summary().ok
     assert len(fake.tasks()) == 1  # launched once, not again under a fresh id
-    assert len(fake.calls_of(ReconcileCall)) >= 1
+    # settled by reconciling, or (the launch is pipelined) by the task's own updates when they reached the
+    # callback thread before the launch's failure did: either way the job ran once
+    assert len(fake.calls_of(ReconcileCall)) >= 1 or runner.summary().results[0].attempts == 1
 
 
 def test_batch_launch_of_unknown_outcome_that_was_not_applied_runs_the_job_once() -> None:
@@ -310,3 +315,45 @@ def test_batch_refused_launch_declines_the_offer_and_revives_instead_of_stalling
     refused = kinds.index("AcceptCall")
     assert "DeclineCall" in kinds[refused:] and "ReviveCall" in kinds[refused:]
     assert runner.summary().ok and len(fake.tasks()) == 1
+
+
+def test_batch_runner_does_not_revive_per_ended_task_and_pipelines_its_launches() -> None:
+    """A task that ended while jobs wait needs no revive (the master offers what it freed); the launches
+    go out through `launch_async`, so a run of many jobs needs only the revive that asks for offers."""
+    fake = FakeMaster(behaviour=runs_and_finishes)
+    fake.add_agent("cpus:1;mem:1024")  # two jobs at a time, nothing left over to decline
+    runner = BatchRunner(["true"] * 12, JOB, max_retries=0)
+    driver = SchedulerDriver(runner, FrameworkInfo(name="batch"), fake.addresses, transport=fake.transport())
+    with driver:
+        assert runner.done.wait(30)
+    assert runner.summary().ok and len(runner.summary().succeeded) == 12
+    assert 6 <= len(fake.calls_of(AcceptCall)) <= 12
+    assert len(fake.calls_of(ReviveCall)) <= 1  # the first one; none per ended task (12 of them)
+
+
+def test_batch_launch_under_way_across_a_failover_runs_the_job_once() -> None:
+    """A re-subscription while a pipelined launch is under way does not reconcile that task (the master
+    has not applied it yet and would answer "unknown": the job would be launched again under a fresh id);
+    the launch's own outcome settles it."""
+    from tests.unit.sdk.test_pipelined_launches import GatedTransport
+
+    fake = FakeMaster(["m1:5050", "m2:5050"], behaviour=runs_and_finishes)
+    fake.add_agent("cpus:1;mem:1024")
+    gated = GatedTransport(fake.transport())
+    runner = BatchRunner(["true"], JOB, max_retries=0)
+    driver = SchedulerDriver(runner, FrameworkInfo(name="batch"), fake.addresses, transport=gated)
+    driver.start()
+    try:
+        with gated.lock:
+            assert gated.lock.wait_for(lambda: gated.in_flight == 1, 15), "the launch under way"
+        fake.failover("m2:5050")
+        fake.wait_for(lambda: fake.framework().subscriptions == 2, what="re-subscription")
+        gated.gate.set()
+        assert runner.done.wait(15)
+    finally:
+        gated.gate.set()
+        driver.stop()
+        driver.join(5)
+    summary = runner.summary()
+    assert summary.ok and summary.results[0].attempts == 1
+    assert len(fake.tasks()) == 1  # launched once
