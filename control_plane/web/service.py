@@ -17,6 +17,7 @@ Operator API applies it.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -43,9 +44,10 @@ from tessera.control_plane.web.params import EventQuery, Listing, OutputQuery
 from tessera.v1 import files_pb2
 
 MAX_TIMELINE = 10_000
-QUORUM_CACHE_SECONDS = 0.5
+QUORUM_REFRESH_SECONDS = 0.5
 PEER_TIMEOUT = 1.0
 Json = dict[str, Any]
+log = logging.getLogger(__name__)
 
 
 class WebError(Exception):
@@ -64,6 +66,60 @@ class Resolved:
     found: tuple[Any, bool] | None
 
 
+class QuorumRefresher:
+    """The members' own figures, asked off the request path: a daemon thread asks every master (the
+    fan-out of `quorum_view`, up to `PEER_TIMEOUT` when one is down) every `interval` seconds and keeps
+    the last answer with the monotonic time it was taken. Started by the first `latest()`, ended by
+    `close()`."""
+
+    def __init__(self, ask: Callable[[], Any], interval: float = QUORUM_REFRESH_SECONDS) -> None:
+        self._ask, self._interval = ask, interval
+        self._lock = threading.Lock()
+        self._last: tuple[float, Any] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def latest(self) -> tuple[Any, float] | None:
+        """The last full view and its age in seconds (None before the first answer)."""
+        with self._lock:
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(target=self._run, name="web-quorum", daemon=True)
+                self._thread.start()
+            last = self._last
+        return None if last is None else (last[1], max(0.0, time.monotonic() - last[0]))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                view = self._ask()
+            except Exception:  # noqa: BLE001 - a failed round keeps the previous answer (its age says so)
+                log.warning("asking the masters for the quorum view failed", exc_info=True)
+            else:
+                with self._lock:
+                    self._last = (time.monotonic(), view)
+            self._stop.wait(self._interval)
+
+    def close(self) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(PEER_TIMEOUT + 1.0)
+
+
+def overlay_members(local: Any, probed: Any) -> Any:
+    """The local view (leader, term, this master's indexes: fresh) with each other member's own figures
+    taken from the last probe (`probed`, a `GetQuorumResponse`; a member it lacks stays as local says)."""
+    by_address = {m.raft_address: m for m in probed.members}
+    for m in local.members:
+        seen = by_address.get(m.raft_address)
+        if m.is_self or seen is None:
+            continue
+        is_leader = m.is_leader
+        m.CopyFrom(seen)
+        m.is_leader = is_leader
+    return local
+
+
 class WebReader:
     """The JSON API's reads over one master (`operator`: its `OperatorService`)."""
 
@@ -73,26 +129,30 @@ class WebReader:
         self.files: FilesProxy = operator.files
         self.insecure = insecure
         self._clock = clock
-        self._quorum_lock = threading.Lock()
-        self._quorum: tuple[float, Any] | None = None
+        self._refresher = QuorumRefresher(lambda: operator.quorum_view(peer_timeout=PEER_TIMEOUT))
+        self._overview_lock = threading.Lock()
+        self._overview: tuple[tuple[int, float], Json] | None = None
 
     # ---- helpers -------------------------------------------------------------------------------------
     def _read(self, fn: Callable[[Any, Any], Any]) -> Any:
         return self.operator.state_view.read(fn)
 
-    def quorum(self) -> Any:
-        """The quorum view with every member asked (cached for half a second: the overview polls it)."""
-        now = time.monotonic()
-        with self._quorum_lock:
-            if self._quorum is not None and now - self._quorum[0] < QUORUM_CACHE_SECONDS:
-                return self._quorum[1]
-        view = self.operator.quorum_view(peer_timeout=PEER_TIMEOUT)
-        with self._quorum_lock:
-            self._quorum = (time.monotonic(), view)
-        return view
+    def quorum(self) -> tuple[Any, float | None]:
+        """This master's quorum view, read now, with the other members' figures from the background
+        refresher's last round, and that round's age in seconds (None: no round finished yet)."""
+        local = self.operator.quorum_view(local_only=True)
+        latest = self._refresher.latest()
+        if latest is None:
+            return local, None
+        probed, age = latest
+        return overlay_members(local, probed), age
+
+    def close(self) -> None:
+        """End the background quorum refresher."""
+        self._refresher.close()
 
     def leader_url(self) -> str | None:
-        leader = next((m for m in self.quorum().members if m.is_leader), None)
+        leader = next((m for m in self.quorum()[0].members if m.is_leader), None)
         return leader.ui_url or None if leader is not None else None
 
     # ---- overview -----------------------------------------------------------------------------------
@@ -100,14 +160,23 @@ class WebReader:
         now = self._clock()
 
         def build(s: Any, soft: Any) -> Json:
+            # counts, resources and shares change only when an entry is applied: one walk per (seq, time)
+            key = (s.seq, s.time)
+            with self._overview_lock:
+                if self._overview is not None and self._overview[0] == key:
+                    return self._overview[1]
             shares = dominant_shares(snapshot_from_state(s, now))
-            return {"index": s.seq, "time": s.time, "counts": views.counts_json(s),
+            body = {"index": s.seq, "time": s.time, "counts": views.counts_json(s),
                     "resources": views.resources_summary(s),
                     "roles": views.roles_json(s, shares, views.role_allocations(s))}
+            with self._overview_lock:
+                self._overview = (key, body)
+            return body
 
         body = self._read(build)
-        quorum = views.quorum_json(self.quorum(), body["index"])
-        return {"insecure": self.insecure, **body, **quorum}
+        view, age = self.quorum()
+        quorum = views.quorum_json(view, body["index"])
+        return {"insecure": self.insecure, **body, **quorum, "quorum_age": None if age is None else round(age, 3)}
 
     # ---- tables -------------------------------------------------------------------------------------
     def agents(self, listing: Listing) -> Json:
