@@ -281,8 +281,9 @@ class WebApp:
             target = "/"
         try:
             web_caller(self.guard, token)
-        except (Unauthenticated, PermissionDenied) as exc:
-            return await self._login(401, exc.message)
+        except (Unauthenticated, PermissionDenied) as exc:  # unknown token 401, known but may not read 403
+            status, _ = error_answer(exc)
+            return await self._login(status, exc.message)
         response = web.HTTPSeeOther(target)
         if self.guard.acl is not None:
             response.set_cookie(COOKIE, token, httponly=True, secure=True, samesite="Strict", path="/")

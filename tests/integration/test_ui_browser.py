@@ -441,13 +441,18 @@ def test_a_secured_master_asks_the_browser_for_a_token_and_then_serves_its_pages
             tab.page.fill("input[name=token]", "tok-not-a-token")
             tab.page.click("button[type=submit]")
             tab.page.wait_for_selector("#login-error:has-text('not accepted')")
-            # a principal without `read`: POST /login refuses it with 401 too (the reason is only in the
-            # X-Tessera-Login-Error header, which the page's scripts cannot see)
+            # a principal without `read`: POST /login answers 403 and the page says why
             tab.page.fill("input[name=token]", TOKENS["nobody"])
             tab.page.click("button[type=submit]")
-            tab.page.wait_for_selector("#login-error:has-text('not accepted')")
+            tab.page.wait_for_selector("#login-error:has-text('may not read the cluster')")
             assert tab.page.locator("input[name=next]").input_value() == "/tasks"  # kept across refusals
             tab.shot(shots, "login")
+            # ?error= is a code mapped to a fixed text: anything else is never put on the page
+            tab.page.goto(f"{url}login?error=permission_denied&next=/tasks")
+            tab.page.wait_for_selector("#login-error:has-text('may not read the cluster')")
+            tab.page.goto(f"{url}login?error=%3Cb%3Eyou%20were%20hacked%3C%2Fb%3E&next=/tasks")
+            tab.page.wait_for_selector("#login-error:has-text('Sign in again.')")
+            assert "hacked" not in tab.page.content()
             tab.page.fill("input[name=token]", TOKENS["ops"])
             tab.page.click("button[type=submit]")
             tab.page.wait_for_url(f"{url}tasks")

@@ -232,6 +232,9 @@ def test_with_an_acl_a_token_with_read_is_needed_by_header_or_login_cookie() -> 
         origin = m.server.url.rstrip("/")
         bad = c.request("POST", "/login", b"token=guess", {**headers, "Origin": origin})
         assert bad.status == 401 and "x-tessera-login-error" in bad.headers and not c.cookies
+        no_read = c.request("POST", "/login", f"token={TOKENS['writer']}".encode(), {**headers, "Origin": origin})
+        assert no_read.status == 403 and "read" in no_read.headers["x-tessera-login-error"] and not c.cookies
+        assert no_read.body == (m.static / "login.html").read_bytes()
         good = c.request("POST", "/login", form, {**headers, "Referer": origin + "/login"})
         assert good.status == 303 and good.headers["location"] == "/tasks"
         cookie = good.headers["set-cookie"]
