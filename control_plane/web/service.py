@@ -318,8 +318,19 @@ class WebReader:
             more = len(records) > q.limit
             records = list(reversed(records[:q.limit]))
         reader = self._read(lambda s, soft: views.Reader.of(visibility, s))
-        return {"index": last, "first_index": first, "last_index": last, "items": [reader.event(r) for r in records],
-                "more": more}
+        return {"index": last, "first_index": first, "last_index": last,
+                "first_time": self._time_of(first, last), "last_time": self._time_of(last, last),
+                "items": [reader.event(r) for r in records], "more": more}
+
+    def _time_of(self, seq: int, last: int) -> float | None:
+        """The time event `seq` was recorded (None: no such event, or retention removed it meanwhile)."""
+        if seq < 1 or seq > last:
+            return None
+        try:
+            found = self.master.events.list(from_seq=seq, limit=1)
+        except HistoryPruned:
+            return None
+        return float(found[0].time) if found and found[0].seq == seq else None
 
     def reader_for(self, visibility: Visibility) -> views.Reader:
         reader: views.Reader = self._read(lambda s, soft: views.Reader.of(visibility, s))

@@ -24,6 +24,7 @@ Chromium cannot be downloaded by Playwright here: the test uses `/usr/bin/chromi
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -349,6 +350,28 @@ def test_time_travel_at_an_index_shows_what_tessera_state_at_prints(cluster: Clu
         assert (task["id"] in shown_tasks) == (n == launched)
         assert tab.errors == [], tab.errors
         tab.close()
+
+    # the slider over time: a second after the launch was recorded, the state is what `--at @T` prints
+    launch_time = get_json(f"{cluster.ui}api/v1/events?after={launched - 1}&limit=1")["items"][0]["time"]
+    kept = get_json(f"{cluster.ui}api/v1/events?limit=1")
+    assert kept["first_time"] <= launch_time <= kept["last_time"]
+    when = math.ceil(launch_time)
+    expected = cluster.cli("state", "--at", f"@{when}", "--json")
+    tab = Tab(browser)
+    tab.open(f"{cluster.ui}timetravel?at=1")  # before the task: sliding to the launch's time brings it in
+    tab.page.wait_for_selector("[data-testid=tt-index]")
+    assert tab.page.locator(f"[data-testid=tt-tasks] tbody tr[data-task='{task['id']}']").count() == 0
+    tab.page.select_option("[data-testid=tt-mode]", "time")
+    slider = tab.page.locator("[data-testid=tt-slider]")
+    assert slider.get_attribute("aria-label") == "Time"
+    assert int(slider.get_attribute("min")) == math.floor(kept["first_time"])
+    slider.evaluate("(el, v) => { el.value = String(v); el.dispatchEvent(new Event('input')); }", when)
+    assert tab.page.locator("[data-testid=tt-at-input]").input_value() == f"@{when}"
+    tab.page.wait_for_selector(f"[data-testid=tt-tasks] tbody tr[data-task='{task['id']}']")
+    assert tab.page.locator("[data-testid=tt-index]").inner_text() == f"#{expected['at']['index']}"
+    assert tab.page.evaluate("location.search") == f"?at=%40{when}"
+    assert tab.errors == [], tab.errors
+    tab.close()
 
     # a diff between two points: the task appears
     tab = Tab(browser)

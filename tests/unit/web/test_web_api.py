@@ -99,6 +99,7 @@ def test_events_are_paged_by_index_with_filters(wm: WebMaster) -> None:
     assert seqs == sorted(seqs) and seqs[-1] == newest["last_index"] and newest["more"] is True
     assert newest["first_index"] == 1
     first = wm.client.get_json("/api/v1/events?after=0&limit=2")
+    assert newest["first_time"] == first["items"][0]["time"] and newest["last_time"] == newest["items"][-1]["time"]
     assert [e["seq"] for e in first["items"]] == [1, 2] and first["more"]
     before = wm.client.get_json("/api/v1/events?before=3&limit=10")
     assert [e["seq"] for e in before["items"]] == [1, 2] and before["more"] is False
@@ -191,6 +192,8 @@ def test_a_stream_from_what_retention_removed_says_gap_and_goes_on() -> None:
         last = store.last_seq()
         store.prune(before_seq=5)
         assert store.first_seq() == 5
+        kept = m.client.get_json("/api/v1/events?after=4&limit=1")
+        assert kept["first_index"] == 5 and kept["first_time"] == kept["items"][0]["time"]
         err = m.client.get_json("/api/v1/events?after=1", status=410)["error"]
         assert err["code"] == "history_pruned" and err["first_index"] == 5
         stream = m.client.stream("/api/v1/events/stream?from=2")

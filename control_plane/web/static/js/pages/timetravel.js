@@ -1,6 +1,7 @@
 // Time travel: the cluster as of a point in history (an event index, or a time) — the same answer as
 // `tessera state --at POINT --json` (GET /api/v1/state) — and what changed between two points
-// (`--diff`, GET /api/v1/diff). A slider moves over the indexes the answering master keeps.
+// (`--diff`, GET /api/v1/diff). A slider moves over the indexes the answering master keeps, or over the
+// times they were recorded (GET /api/v1/events' first_time/last_time; the point sent is `@<unix>`).
 
 import { h, link, replace, fmtTime, fmtResource, shortId } from "../dom.js";
 import { api, ApiError } from "../api.js";
@@ -89,8 +90,39 @@ export async function timeTravelPage(view, _params, { signal, query }) {
   const at = query.get("at") || String(last);
   const from = query.get("from") || "";
 
-  const slider = h("input", { type: "range", min: first, max: Math.max(first, last), step: 1,
-                              value: /^\d+$/.test(at) ? at : last, "aria-label": "Event index" });
+  // the slider runs over event indexes or, with times known, over seconds from the first kept event's
+  // time to the last one's (a point `@<unix>`: the state after the last event recorded by then)
+  const firstTime = head.first_time == null ? null : Math.floor(head.first_time);
+  const lastTime = head.last_time == null ? null : Math.ceil(head.last_time);
+  const canTime = firstTime != null && lastTime != null;
+  let mode = canTime && /^@\d+(\.\d+)?$/.test(at) ? "time" : "index";
+  const slider = h("input", { type: "range", step: 1, "data-testid": "tt-slider" });
+  const sliderLabel = h("span", { class: "muted", "data-testid": "tt-slider-label" });
+  const modeSelect = h("select", { "aria-label": "Slide over", "data-testid": "tt-mode", disabled: !canTime },
+    h("option", { value: "index" }, "event index"), h("option", { value: "time" }, "time"));
+  modeSelect.value = mode;
+
+  function labelSlider() {
+    sliderLabel.textContent = mode === "time"
+      ? ` ${new Date(Number(slider.value) * 1000).toISOString().replace(".000Z", "Z")}`
+      : ` #${slider.value}`;
+  }
+
+  function setSlider(index, time) {
+    if (mode === "time") {
+      slider.min = firstTime;
+      slider.max = Math.max(firstTime, lastTime);
+      slider.setAttribute("aria-label", "Time");
+      slider.value = time == null ? lastTime : Math.round(time);
+    } else {
+      slider.min = first;
+      slider.max = Math.max(first, last);
+      slider.setAttribute("aria-label", "Event index");
+      slider.value = index == null ? last : index;
+    }
+    labelSlider();
+  }
+  setSlider(/^\d+$/.test(at) ? Number(at) : null, /^@\d+(\.\d+)?$/.test(at) ? Number(at.slice(1)) : null);
   const atInput = h("input", { type: "text", name: "at", value: at, size: 24, "data-testid": "tt-at-input" });
   const fromInput = h("input", { type: "text", name: "from", value: from, size: 24, placeholder: "e.g. 1 or 10m",
                                  "data-testid": "tt-from-input" });
@@ -116,7 +148,9 @@ export async function timeTravelPage(view, _params, { signal, query }) {
     try {
       const data = await api.stateAt(checked.point, { signal });
       replace(stateBox, stateView(data));
-      if (data.at && data.at.index) slider.value = data.at.index;
+      // a time point leaves a time slider where it was (the answer's event was recorded at or before it)
+      const timePoint = mode === "time" && checked.point.startsWith("@");
+      if (data.at && data.at.index && !timePoint) setSlider(Number(data.at.index), data.at.time);
     } catch (err) {
       if (err.name === "AbortError") return;
       replace(stateBox, errorView(err instanceof ApiError ? err : new ApiError(0, "error", String(err))));
@@ -140,8 +174,14 @@ export async function timeTravelPage(view, _params, { signal, query }) {
     }
   }
 
+  modeSelect.addEventListener("change", () => {
+    mode = modeSelect.value;
+    setSlider(null, null);
+  });
+
   slider.addEventListener("input", () => {
-    atInput.value = slider.value;
+    labelSlider();
+    atInput.value = mode === "time" ? `@${slider.value}` : slider.value;
     clearTimeout(timer);
     timer = setTimeout(show, 250);
   });
@@ -149,9 +189,11 @@ export async function timeTravelPage(view, _params, { signal, query }) {
   replace(view,
     h("h1", {}, "Time travel"),
     h("section", { class: "panel", style: "margin-bottom:14px" },
-      h("p", { class: "muted" }, `This master keeps events #${first} to #${last}. A point is an event index (42, #42), `,
+      h("p", { class: "muted", "data-testid": "tt-kept" }, `This master keeps events #${first} to #${last}`,
+        canTime ? ` (${fmtTime(head.first_time)} to ${fmtTime(head.last_time)})` : "",
+        ". A point is an event index (42, #42), ",
         "unix seconds (@1700000000), an ISO-8601 time (UTC unless it says otherwise) or an age (10m, 2h ago)."),
-      slider,
+      h("div", { class: "toolbar" }, h("label", {}, "Slide over ", modeSelect), slider, sliderLabel),
       h("form", { class: "toolbar", style: "margin-top:10px",
                   onsubmit: (e) => { e.preventDefault(); show(); } },
         h("label", {}, "State at", atInput),
