@@ -122,6 +122,9 @@ def cli(ctx: click.Context, masters: str | None, as_json: bool, timeout: float, 
               help="Seconds a framework stays disconnected before a standby instance takes its lease.")
 @click.option("--raft-compaction-entries", type=click.IntRange(min=2), default=5000, show_default=True,
               help="Snapshot the Raft log (a dump of the state) once it holds this many entries.")
+@click.option("--no-pre-vote", "no_pre_vote", is_flag=True,
+              help="Elect as pysyncobj alone does, without pre-vote and check-quorum: a restarted or healed master "
+                   "then raises the term and forces an election. Only to measure the difference.")
 @click.option("--grpc-workers", default=256, show_default=True,
               help="gRPC threads; every agent, framework and event watcher holds one.")
 @click.option("--event-retention", type=click.IntRange(min=0), default=0, show_default=True,
@@ -145,15 +148,18 @@ def cli(ctx: click.Context, masters: str | None, as_json: bool, timeout: float, 
                    "agent_register_timeout (10 s).")
 @click.option("--insecure-dev", is_flag=True, envvar="TESSERA_INSECURE_DEV",
               help="Start without mTLS, ACL or Raft password: a local development cluster only.")
+@click.option("--unsafe-no-fsync", is_flag=True,
+              help="UNSAFE: acknowledge writes before the Raft journal is on disk (pysyncobj's own behaviour). "
+                   "Faster, but a power loss of a majority of masters loses acknowledged writes. For tests only.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO", show_default=True,
               help="How much the master logs.")
 def master(name: str, raft_address: str, grpc_address: str, peers: str, raft_bind: str | None, data_dir: Path,
            raft_password_file: Path | None, agent_timeout: float, agent_heartbeat_interval: float,
            reregistration_timeout: float, allocation_interval: float, offer_timeout: float,
            framework_reconnect_timeout: float, framework_takeover_delay: float, raft_compaction_entries: int,
-           grpc_workers: int, event_retention: int,
+           no_pre_vote: bool, grpc_workers: int, event_retention: int,
            metrics_address: str | None, http_address: str, master_tls_dir: Path | None, acl_path: Path | None,
-           limits: tuple[str, ...], insecure_dev: bool, log_level: str) -> None:
+           limits: tuple[str, ...], insecure_dev: bool, unsafe_no_fsync: bool, log_level: str) -> None:
     """Run one master of a Raft quorum.
 
     Refuses to start without --tls-dir, --acl and a Raft password (--raft-password-file or
@@ -205,11 +211,13 @@ def master(name: str, raft_address: str, grpc_address: str, peers: str, raft_bin
             framework_takeover_delay=framework_takeover_delay,
         ),
         raft_compaction_entries=raft_compaction_entries,
+        pre_vote=not no_pre_vote,
         grpc_workers=grpc_workers,
         metrics_address=metrics_address,
         http_address=http_address,
         event_retention=event_retention,
         tls_dir=master_tls_dir, acl_path=acl_path, insecure_dev=insecure_dev, limits=master_limits,
+        fsync=not unsafe_no_fsync,
     )
     sys.exit(run_master(config))
 

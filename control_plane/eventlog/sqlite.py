@@ -4,8 +4,11 @@ What it owns: the file's schema (tables `events`, `spans`, `snapshots`, `meta`, 
 sqlite-utils `Migrations`), the single writer connection and a pool of reader connections.
 
 Rules it keeps:
-- WAL journal with `synchronous=NORMAL`: readers never wait for the writer and the writer never
-  waits for readers; a commit survives a process crash (not a power loss, like the Raft journal).
+- WAL journal: readers never wait for the writer and the writer never waits for readers. A master
+  opens it `durable` (`synchronous=FULL`: each batch's commit is fsynced, so a commit survives a power
+  loss, and `flush()` returning True means on disk: the Raft dump waits for it, see
+  replication/durability.py); `--unsafe-no-fsync` and tools open it with `synchronous=NORMAL` (a commit
+  survives a process crash, not a power loss).
 - Only the writer thread writes, through one connection, one transaction per batch. Rows go in with
   `executemany` on the raw connection: building rows through sqlite-utils' `insert_all` is about
   four times slower, too slow for the apply path.
@@ -167,11 +170,11 @@ _TRANSIENT_CODES = frozenset(
 _MAX_IDLE_READERS = 8
 
 
-def _open_database(path: Path) -> sqlite_utils.Database:
+def _open_database(path: Path, durable: bool = False) -> sqlite_utils.Database:
     # check_same_thread=False: the connection is made here and used by the writer thread.
     db = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=False))
     db.enable_wal()
-    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
     return db
 
 
@@ -260,10 +263,10 @@ class SqliteEventStore(QueuedEventStore):
 
     WRITES_ROWS = True
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, durable: bool = False) -> None:
         super().__init__(writer_name="tessera-eventlog-writer")
         self.path = Path(path)
-        self._db = _open_database(self.path)
+        self._db = _open_database(self.path, durable)
         try:
             MIGRATIONS.apply(self._db)  # idempotent: applies only what this file lacks
             first = self._read_first_seq(self._db.conn)

@@ -122,6 +122,9 @@ class ReplicationConfig:
     commands_wait_leader: bool = False
     # Lets an operator grow the quorum 3 -> 5 (single-server changes, one at a time).
     dynamic_membership_change: bool = True
+    # Pre-vote and check-quorum (replication/prevote.py, Raft thesis §9.6): a node that cannot win an
+    # election does not raise the term, a leader without a majority steps down. False only to measure.
+    pre_vote: bool = True
 
     # Log compaction: snapshot when the log holds more than this many Raft entries (one entry per
     # group-commit batch) or when this much time has passed. The dump is written by a forked child.
@@ -135,6 +138,11 @@ class ReplicationConfig:
     use_fork_for_dump: bool = True
 
     group_commit: GroupCommitConfig = field(default_factory=GroupCommitConfig)
+
+    # Sync the journal before acknowledging (``durability``): an acknowledged write then survives the
+    # power loss of every master. False (``tessera master --unsafe-no-fsync``) is pysyncobj's own
+    # behaviour: it survives the crash of processes, not of machines.
+    fsync: bool = True
 
     # Bound on each wait inside stop() and start() (thread joins, bind).
     stop_timeout_s: float = 10.0

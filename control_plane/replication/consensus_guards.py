@@ -15,7 +15,7 @@ in docs/reliability.md:
   (``is_reply_of_another_term``).
 
 ``install_consensus_guards`` puts all four in place, in the order ``RaftReplicator`` and the simulation
-both need. They use pysyncobj's private names: ``pysyncobj_release`` pins the release they were written for.
+both need, then pre-vote and check-quorum (``prevote``, Raft thesis §9.6) outermost, unless asked not to. They use pysyncobj's private names: ``pysyncobj_release`` pins the release they were written for.
 """
 
 from __future__ import annotations
@@ -24,13 +24,19 @@ from typing import Any
 
 from pysyncobj import SyncObj
 
+from .prevote import install_pre_vote
 
-def install_consensus_guards(so: SyncObj) -> None:
-    """Every guard of this module on `so`, built and not yet bound or ticked."""
+
+def install_consensus_guards(so: SyncObj, *, pre_vote: bool = True) -> None:
+    """Every guard of this module on `so`, built and not yet bound or ticked; with `pre_vote` (the
+    default), pre-vote and check-quorum too (``prevote.install_pre_vote``; False only to measure
+    pysyncobj's own elections, as ``python -m tests.sim.run --no-pre-vote`` does)."""
     guard_snapshot_commit_index(so)
     guard_matching_entries(so)
     guard_backtracking(so)
-    guard_reply_terms(so)  # outermost: the others see replies of the current term only
+    guard_reply_terms(so)  # the others see replies of the current term only
+    if pre_vote:
+        install_pre_vote(so)  # outermost: pre-vote messages reach neither the guards nor pysyncobj
 
 
 def guard_snapshot_commit_index(so: SyncObj) -> None:

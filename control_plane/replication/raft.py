@@ -11,14 +11,15 @@ Owns one pysyncobj node and the threads around it:
 
 The node is built from the parts it shares with the simulation (``sim``): its configuration and
 consumer (``pysyncobj_node``, which states the rules of the replicated method and the snapshot), the
-journal aligned with the dump before loading (``journal_alignment``) and the consensus guards
-(``consensus_guards``); and, the real network's own, the Raft port guard (``raft_port_guard``). It
+journal aligned with the dump before loading (``journal_alignment``), durable acknowledgements
+(``durability``) and the consensus guards (``consensus_guards``); and, the real network's own, the Raft port guard (``raft_port_guard``). It
 refuses to start on a pysyncobj release other than the one those were written for (``pysyncobj_release``).
 
 Rules kept here (see /work/shared/notes/pysyncobj-measured.md §8):
 
-1. Nothing is fsync'ed by pysyncobj: an acknowledged write survives ``kill -9`` of a minority, not a
-   power loss of a majority.
+1. pysyncobj fsyncs nothing; ``durability`` makes it (unless ``ReplicationConfig.fsync`` is False):
+   the journal is on disk before the node acknowledges an entry or counts itself for one, so an
+   acknowledged write survives the power loss of every master.
 2. No ``sync=True`` anywhere: every pysyncobj call passes a callback, and every future has a
    deadline enforced by the completer.
 3. pysyncobj state is read from other threads only through single attribute reads (``_isLeader``,
@@ -50,6 +51,7 @@ from ._notifier import LeadershipNotifier
 from .api import LeadershipCallback, MemberStatus, QuorumStatus, Replicator, StateMachine
 from .config import ReplicationConfig, parse_address
 from .consensus_guards import install_consensus_guards
+from .durability import FsyncDisk, install_durability
 from .errors import (
     NotLeaderError,
     QuorumChangeError,
@@ -148,8 +150,12 @@ class _TransferOp(Tracked):
 class RaftReplicator(Replicator):
     """A Raft node replicating ``state_machine`` with pysyncobj. See the module docstring."""
 
-    def __init__(self, config: ReplicationConfig, state_machine: StateMachine) -> None:
+    def __init__(self, config: ReplicationConfig, state_machine: StateMachine,
+                 before_dump: Callable[[float], bool] | None = None) -> None:
+        """``before_dump(timeout)``: True once whatever the applied entries wrote outside the Raft files
+        (the master's event log) is on disk; a dump waits for it (``durability``; with ``fsync`` only)."""
         check_pysyncobj_version()
+        self._before_dump = before_dump
         self._config = config
         self._state_machine = state_machine
         self._lifecycle = threading.Lock()
@@ -241,7 +247,9 @@ class RaftReplicator(Replicator):
                         self._name, dropped)
         so = SyncObj(cfg.self_address, list(cfg.peers), conf=conf, consumers=[self._consumer],
                      transportClass=guarded_transport(cfg, conf))
-        install_consensus_guards(so)
+        if cfg.fsync:  # before the guards: see install_durability
+            install_durability(so, FsyncDisk(), cfg.data_dir, cfg.dump_file, before_dump=self._before_dump)
+        install_consensus_guards(so, pre_vote=cfg.pre_vote)
         try:
             so.waitBinded()
         except SyncObjException:

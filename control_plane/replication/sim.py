@@ -56,6 +56,7 @@ from pysyncobj.transport import Transport
 from .api import StateMachine
 from .config import ReplicationConfig
 from .consensus_guards import install_consensus_guards
+from .durability import Disk, Durability, install_durability
 from .journal_alignment import align_journal_with_dump
 from .pysyncobj_node import _ReplicatedLog, syncobj_conf
 
@@ -360,7 +361,8 @@ class SimRaftNode:
 
     def __init__(self, network: SimNetwork, config: ReplicationConfig, state_machine: StateMachine, *,
                  on_leadership: Callable[[SimRaftNode, bool, int], None] | None = None,
-                 guard_snapshots: bool = True) -> None:
+                 guard_snapshots: bool = True, disk: Disk | None = None,
+                 before_dump: Callable[[float], bool] | None = None, pre_vote: bool = True) -> None:
         self.network = network
         self.config = config
         self.address = config.self_address
@@ -376,8 +378,13 @@ class SimRaftNode:
             align_journal_with_dump(config.journal_file, config.dump_file)
         self._so = SyncObj(SimNode(self.address), [SimNode(p) for p in self.peers], conf=conf,
                            consumers=[self._consumer], nodeClass=SimNode, transport=self.transport)
+        # durable acknowledgements as RaftReplicator's, on the given disk (None: pysyncobj's own, no sync)
+        self.durability: Durability | None = None
+        if disk is not None:
+            self.durability = install_durability(self._so, disk, config.data_dir, config.dump_file,
+                                                 before_dump=before_dump, clock=network.scheduler.clock)
         if guard_snapshots:  # every guard, as RaftReplicator; False reproduces pysyncobj's own behaviour
-            install_consensus_guards(self._so)
+            install_consensus_guards(self._so, pre_vote=pre_vote)
         network.node_up(self)
         # Periodic ticks, like the poll timeout of pysyncobj's loop, at a per-node phase.
         network.scheduler.after(config.tick_period_s * network.rng.random(), self._periodic)

@@ -67,6 +67,8 @@ class MasterConfig:
     insecure_dev: bool = False  # start without TLS, ACL or Raft password (local development only)
     limits: MasterLimits = MasterLimits()  # per-principal and per-peer limits (--limit NAME=VALUE)
     raft_compaction_entries: int = 5000  # snapshot the Raft log once it holds this many entries
+    fsync: bool = True  # False (--unsafe-no-fsync): acknowledge before the Raft journal is on disk
+    pre_vote: bool = True  # pre-vote and check-quorum (replication/prevote.py); --no-pre-vote: off, to measure
 
 
 @dataclass(frozen=True)
@@ -152,13 +154,13 @@ def build_master(config: MasterConfig) -> tuple[Master, LeaderDuties, MasterServ
     except InvalidRequest as exc:
         raise StartupError(exc.message) from exc
     security = validate_security(config)
-    events = SqliteEventStore(config.data_dir / "events.db")
+    events = SqliteEventStore(config.data_dir / "events.db", durable=config.fsync)
     sm = MasterStateMachine(events)
     replicator = RaftReplicator(ReplicationConfig(
         self_address=config.raft_address, peers=config.peers, data_dir=config.data_dir / "raft",
         password=config.raft_password, bind_address=config.raft_bind,
-        log_compaction_min_entries=config.raft_compaction_entries,
-    ), sm)
+        log_compaction_min_entries=config.raft_compaction_entries, fsync=config.fsync, pre_vote=config.pre_vote,
+    ), sm, before_dump=events.flush)
     identity = MasterIdentity(config.name, config.raft_address, config.grpc_address)
     # spans go next to the event log; not the global provider, so several masters can share a process
     tracer_provider = setup_tracing("tessera-master", span_store=events, set_global=False)
@@ -255,6 +257,9 @@ def run_master(config: MasterConfig) -> int:
         log.warning("INSECURE: the Raft port %s has no password; anyone who can reach it can take over the "
                     "cluster. Set --raft-password-file (or TESSERA_RAFT_PASSWORD_FILE, TESSERA_RAFT_PASSWORD) "
                     "outside local development.", config.raft_address)
+    if not config.fsync:
+        log.warning("UNSAFE: --unsafe-no-fsync: writes are acknowledged before the Raft journal is on disk; a "
+                    "power loss of a majority of masters loses acknowledged writes. For tests only.")
     if config.tls_dir is None:
         log.warning("INSECURE: gRPC on %s is plaintext and unauthenticated (--insecure-dev); anyone who can "
                     "reach it can run tasks and change the cluster. Not for production.", config.grpc_address)

@@ -125,12 +125,13 @@ def run_tessera(args: argparse.Namespace) -> None:
 
     data = Path(args.data_dir)
     data.mkdir(parents=True, exist_ok=True)
-    events = SqliteEventStore(data / "events.db")
+    fsync = not args.no_fsync  # as `tessera master` (with and without --unsafe-no-fsync) builds them
+    events = SqliteEventStore(data / "events.db", durable=fsync)
     sm = MasterStateMachine(events)
     replicator = RaftReplicator(ReplicationConfig(
         self_address=args.self, peers=tuple(args.peers), data_dir=data / "raft",
-        password=os.environ.get("TESSERA_RAFT_PASSWORD") or None,
-    ), sm)
+        password=os.environ.get("TESSERA_RAFT_PASSWORD") or None, fsync=fsync,
+    ), sm, before_dump=events.flush)
     master = Master(MasterIdentity(args.name, args.self, "127.0.0.1:0"), sm, replicator, events)
     master.start()
     deadline = time.monotonic() + 30
@@ -243,6 +244,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--in-flight", type=int, default=200)
     p.add_argument("--writers", type=int, default=1000)
+    p.add_argument("--no-fsync", action="store_true", help="tessera mode: as `tessera master --unsafe-no-fsync`")
     p.add_argument("--rate", type=float, default=0.0, help="open loop: writes started per second (0: closed loop)")
     args = p.parse_args()
     (run_raw if args.mode == "raw" else run_tessera)(args)

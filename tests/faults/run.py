@@ -114,6 +114,7 @@ class RunConfig:
                      "--loss", f"{self.shape.loss:g}", "--reorder", f"{self.shape.reorder:g}"]
         for name in self.slow_disk:
             args += ["--slow-disk", name]
+        args += [f"--master-flag={flag}" for flag in self.master_flags]
         return " ".join(shlex.quote(a) for a in args)
 
 
@@ -127,6 +128,7 @@ class RunResult:
     elapsed: float = 0.0
     root: Path | None = None
     network: str = ""  # what the network layer did (proxies' connections, or the netns hosts' packets)
+    terms: tuple[int, int] = (0, 0)  # the leader's term once the cluster was up, the highest term at the end
 
     @property
     def ok(self) -> bool:
@@ -143,6 +145,10 @@ class RunResult:
                  "  history: " + ", ".join(f"{k} {v}" for k, v in sorted(self.report.stats.items())
                                            if not k.startswith("violations."))]
         lines.append(f"  {self.network}")
+        leader_faults = sum(kinds.get(k, 0) for k in ("kill_leader", "pause_leader", "isolate_leader"))
+        lines.append(f"  elections: term {self.terms[0]} -> {self.terms[1]} ({self.terms[1] - self.terms[0]} terms) "
+                     f"for {leader_faults} leader faults; {self.report.stats.get('terms_with_leader', 0)} terms "
+                     "had a leader")
         if self.failovers:
             fo = sorted(self.failovers)
             lines.append(f"  failover (leader kill -> every framework re-subscribed and offered again), "
@@ -277,6 +283,7 @@ class FaultRun:
         self.failovers: list[float] = []
         self.problems: list[str] = []
         self.paused: MasterProc | None = None
+        self.terms = (0, 0)
 
     def log(self, message: str) -> None:
         if self.config.verbose:
@@ -289,7 +296,7 @@ class FaultRun:
     def start(self) -> None:
         self.net.start()
         self.cluster.start_all()
-        self.cluster.leader(timeout=60)
+        self.terms = (self._term(self.cluster.leader(timeout=60)), 0)
         for i in range(self.config.agents):
             self.cluster.add_agent(resources=f"cpus:4;mem:2048;ports:[{31000 + 100 * i}-{31099 + 100 * i}]")
         self.cluster.wait_agents(self.config.agents, timeout=60)
@@ -511,6 +518,7 @@ class FaultRun:
                        for m in self.cluster.masters if m.crashed]
             self.problems.append(str(exc) + f" (last seqs {self._last_seqs()})"
                                  + "".join(f"; {c}" for c in crashed))
+        self.terms = (self.terms[0], max(self._term(m) for m in self.cluster.masters if m.alive))
 
     def _last_seqs(self) -> dict[str, int]:
         out = {}
@@ -567,7 +575,7 @@ def run(config: RunConfig, on_start: Callable[[FaultRun], None] | None = None) -
         fr.stop()
     report = check(load_history(root))
     result = RunResult(config, report, fr.faults, fr.failovers, fr.problems, time.monotonic() - started, root,
-                       fr.net.describe())
+                       fr.net.describe(), fr.terms)
     if result.ok and not keep:
         import shutil
 
@@ -594,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reorder", type=float, default=0.0, help="netns: probability a packet skips the delay")
     parser.add_argument("--slow-disk", action="append", default=[], metavar="MASTER",
                         help="netns: this master's data on a throttled (50 write IOPS), synchronously mounted disk")
+    parser.add_argument("--master-flag", action="append", default=[], metavar="FLAG",
+                        help="an extra flag for every master (repeat), e.g. --master-flag=--no-pre-vote")
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args(argv)
     shaped = args.delay_ms or args.jitter_ms or args.loss or args.reorder
@@ -604,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     shape = Shape(args.delay_ms / 1000, args.jitter_ms / 1000, args.loss, args.reorder) if shaped else None
     config = RunConfig(masters=args.masters, agents=args.agents, frameworks=args.frameworks, faults=args.faults,
                        seed=args.seed, root=args.keep, verbose=not args.quiet, hosts=args.hosts, shape=shape,
-                       slow_disk=tuple(args.slow_disk))
+                       slow_disk=tuple(args.slow_disk), master_flags=tuple(args.master_flag))
     result = run(config)
     print(result.summary())
     return 0 if result.ok else 1

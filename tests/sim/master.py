@@ -109,7 +109,7 @@ class SimMaster:
             log_compaction_min_entries=sim.compaction_entries, dynamic_membership_change=False,
         )
         self.node = SimRaftNode(sim.network, config, sm, on_leadership=sim.on_leadership,
-                                guard_snapshots=sim.guard_snapshots)
+                                guard_snapshots=sim.guard_snapshots, pre_vote=sim.pre_vote)
         sim.scheduler.after(SETTINGS.tick * sim.rng.random(), self.leader_loop, self.incarnation)
 
     def crash(self) -> None:

@@ -111,6 +111,9 @@ class Report:
     commits: int
     acked: int
     elections: int
+    elections_after: dict[str, int]  # elections by cause (Simulation.elections_after)
+    leader_faults: int  # faults that left the leader crashed or cut off from a majority
+    max_term: int  # the highest Raft term of any master at the end
     raft_log_lines: int
     simulated_seconds: float
     trace_hash: str
@@ -141,7 +144,8 @@ def _digest(command: bytes) -> str:
 class Simulation:
     def __init__(self, seed: int, steps: int = DEFAULT_STEPS, *, root: Path | None = None, masters: int = 3,
                  agents: int = 3, frameworks: int = 2, fault_rate: float = 0.08,
-                 state_machine_factory: StateMachineFactory | None = None, guard_snapshots: bool = True) -> None:
+                 state_machine_factory: StateMachineFactory | None = None, guard_snapshots: bool = True,
+                 pre_vote: bool = True) -> None:
         self.seed = seed
         self.steps = steps
         self.rng = random.Random(seed)
@@ -154,6 +158,7 @@ class Simulation:
         self.compaction_entries = self.rng.choice((20, 50, 5000))
         self.state_machine_factory = state_machine_factory or master_state_machine
         self.guard_snapshots = guard_snapshots
+        self.pre_vote = pre_vote
         self.final_prints: tuple[str, ...] = ()
         self.quiet = False
         self.step_no = 0
@@ -164,6 +169,13 @@ class Simulation:
         # what the checker remembers across the whole run
         self.leaders: dict[int, str] = {}
         self.elections = 0
+        # Elections by cause: "start" (the first), "leader fault" (the first after a fault that left the
+        # leader crashed or cut off from a majority), else "no leader fault (after <the last fault>)": an
+        # election that deposed a leader nothing had hurt, which pre-vote and check-quorum should prevent.
+        self.elections_after: dict[str, int] = {}
+        self.leader_faults = 0
+        self._leader_faulted = False
+        self._last_fault = ""
         self.committed: dict[int, tuple[int, bytes]] = {}  # raft index -> (term, entry) as first seen committed
         self.acked: dict[str, int] = {}  # request id -> raft index where it was applied
         self.request_index: dict[str, dict[str, int]] = {}  # master -> request id -> raft index
@@ -257,6 +269,14 @@ class Simulation:
         if not leading:
             return
         self.elections += 1
+        if self.elections == 1:
+            cause = "start"
+        elif self._leader_faulted:
+            cause = "leader fault"
+        else:
+            cause = f"no leader fault (after {self._last_fault or 'none'})"
+        self._leader_faulted = False
+        self.elections_after[cause] = self.elections_after.get(cause, 0) + 1
         holder = self.leaders.get(term)
         if holder is not None and holder != node.address:
             self.problems.append(f"two leaders in term {term}: {holder} and {node.address}")
@@ -306,6 +326,7 @@ class Simulation:
             choices += ["crash", "crash_leader"]
         kind = rng.choice(choices)
         a, b = rng.sample(self.addresses, 2)
+        leader = next((m.address for m in alive if m.node is not None and m.node.is_leader()), None)
         detect = rng.choice((0.5, 2.0, 8.0))
         if kind == "cut":
             self.network.cut(a, b, detect)
@@ -345,7 +366,19 @@ class Simulation:
             m.crash()
             a = m.address
         self.faults[kind] = self.faults.get(kind, 0) + 1
+        self._last_fault = kind
+        if leader is not None and not self._leads_majority(leader):
+            self.leader_faults += 1
+            self._leader_faulted = True
         self.trace(f"fault {kind} {a} {b}")
+
+    def _leads_majority(self, address: str) -> bool:
+        """Is `address` a live leader whose links to a majority (itself included) are not cut?"""
+        m = next(m for m in self.masters if m.address == address)
+        if not m.alive or m.node is None or not m.node.is_leader():
+            return False
+        reach = 1 + sum(1 for o in self.masters if o is not m and o.alive and not self.network.is_cut(address, o.address))
+        return 2 * reach > len(self.masters)
 
     def client_action(self) -> None:
         frameworks = [t for t in self.twins.values() if isinstance(t, FrameworkTwin)]
@@ -464,7 +497,7 @@ class Simulation:
             raise Violation(self.seed, self.step_no, list(problems), self.steps, self._flags())
 
     def _flags(self) -> str:
-        return "" if self.guard_snapshots else " --unguarded"
+        return ("" if self.guard_snapshots else " --unguarded") + ("" if self.pre_vote else " --no-pre-vote")
 
     def report(self) -> Report:
         prints = self.final_prints or tuple(
@@ -474,7 +507,10 @@ class Simulation:
         return Report(
             seed=self.seed, steps=self.steps, faults=dict(self.faults), events=self.scheduler.executed,
             messages=self.network.stats.delivered, commits=max(self.committed, default=0),
-            acked=len(self.acked), elections=self.elections, raft_log_lines=self.raft_log_lines,
+            acked=len(self.acked), elections=self.elections, elections_after=dict(self.elections_after),
+            leader_faults=self.leader_faults,
+            max_term=max((m.node.term() for m in self.masters if m.node is not None), default=0),
+            raft_log_lines=self.raft_log_lines,
             simulated_seconds=self.clock.now - EPOCH, trace_hash=self._hash.hexdigest(),
             fingerprints=prints,
         )

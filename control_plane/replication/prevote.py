@@ -1,0 +1,259 @@
+"""Pre-vote and check-quorum (Raft thesis §9.6) for pysyncobj 0.3.17, which has neither.
+
+Without them a node that cannot win an election still raises its term: a restarted follower whose
+election timeout passes before the leader's first heartbeat reaches it, or a node cut off from the
+others, bumps the term, and once it is heard again the leader of the lower term steps down — an
+election per follower restart or heal (a 40-fault 5-master run went from term 6 to term 65).
+
+* **Pre-vote.** When a node's election timeout passes, it first asks the others, in a
+  ``tessera_pre_vote`` message, whether they *would* vote for it at the next term, without changing
+  anything on either side; only with a majority of yes (itself included) does pysyncobj's own election
+  run (term + 1, ``request_vote``). A voter says yes (`grant_pre_vote`) when the proposed term is
+  above its own, the candidate's log is at least as up to date as its own (Raft's vote rule), it is not
+  the leader and it has not heard from a leader within the minimum election timeout. A refusal carries
+  the voter's term; a node behind the voter takes that term (as a real vote reply would make it do), so
+  its next pre-vote can win (etcd does the same). A leadership transfer (``timeout_now``) skips the
+  pre-vote: the leader asked for that election.
+* **Check-quorum.** A leader that has not had an answer from a majority (itself included) within the
+  election timeout (``raftMaxTimeout``) steps down to follower (`should_step_down`), as pysyncobj does
+  itself after ``leaderFallbackTimeout``; a leader cut off from the majority stops taking writes that
+  cannot commit, and its local reads stop being served as a leader's.
+
+Mixed versions: the two message types are new. pysyncobj 0.3.17 compares a message's ``type`` with the
+types it knows and ignores any other, so a node without this module drops a pre-vote request (no
+crash); it still elects by itself, and a node with this module still votes in its real elections, so a
+cluster in the middle of an upgrade keeps a leader whenever an old node or a majority of new ones is
+up (pre-vote only protects the term once every node runs it).
+
+``install_pre_vote`` wraps the node's ``_onTick`` and the transport's receive callback, reading and
+writing pysyncobj's private fields (``_SyncObj__raftElectionDeadline``, ``_SyncObj__raftState`` …):
+``pysyncobj_release`` pins the release they were written for, and tests/unit/replication/test_prevote.py
+fails if one of them is gone. The decisions are pure functions of their inputs (no clock: times come
+in), unit-tested on their own.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pysyncobj.syncobj as _pysyncobj
+from pysyncobj import SyncObj
+
+__all__ = [
+    "PRE_VOTE_REPLY",
+    "PRE_VOTE_REQUEST",
+    "PATCHED_NAMES",
+    "PreVoteRound",
+    "grant_pre_vote",
+    "install_pre_vote",
+    "patched_names_missing",
+    "should_step_down",
+]
+
+PRE_VOTE_REQUEST = "tessera_pre_vote"
+PRE_VOTE_REPLY = "tessera_pre_vote_reply"
+
+_FOLLOWER = _pysyncobj._RAFT_STATE.FOLLOWER
+_CANDIDATE = _pysyncobj._RAFT_STATE.CANDIDATE
+_LEADER = _pysyncobj._RAFT_STATE.LEADER
+
+# The private attributes of a SyncObj this module reads or writes (checked by the unit tests and by
+# `patched_names_missing` before installing).
+PATCHED_NAMES = (
+    "_SyncObj__raftState",
+    "_SyncObj__raftCurrentTerm",
+    "_SyncObj__raftElectionDeadline",
+    "_SyncObj__raftLeader",
+    "_SyncObj__raftLog",
+    "_SyncObj__otherNodes",
+    "_SyncObj__connectedNodes",
+    "_SyncObj__lastResponseTime",
+    "_SyncObj__transferInProgress",
+    "_SyncObj__transport",
+    "_SyncObj__conf",
+    "_SyncObj__selfNode",
+    "_SyncObj__setState",
+    "_SyncObj__setCurrentTerm",
+    "_SyncObj__generateRaftTimeout",
+    "_SyncObj__properies",
+    "_onTick",
+)
+
+
+def grant_pre_vote(*, proposed_term: int, last_log_index: int, last_log_term: int, my_term: int,
+                   my_last_index: int, my_last_term: int, leading: bool, heard_from_leader_at: float | None,
+                   now: float, lease: float) -> bool:
+    """Would this node vote for a candidate at `proposed_term` whose log ends at (`last_log_term`,
+    `last_log_index`)? Pre-vote's question (Raft thesis §9.6): no while this node leads or has heard
+    from a leader less than `lease` (the minimum election timeout) ago — that leader is alive; no when
+    the proposed term is not above this node's; no when the candidate's log is behind this one's (the
+    real vote rule: by last term, then last index)."""
+    if leading:
+        return False
+    if heard_from_leader_at is not None and now - heard_from_leader_at < lease:
+        return False
+    if proposed_term <= my_term:
+        return False
+    return (last_log_term, last_log_index) >= (my_last_term, my_last_index)
+
+
+def should_step_down(*, now: float, last_answers: Iterable[float], voters: int, timeout: float) -> bool:
+    """Check-quorum: should a leader step down? `last_answers`: when each other voter last answered it;
+    `voters`: the cluster's size, the leader included. Yes when fewer than a majority (the leader
+    counting itself) answered within `timeout`."""
+    heard = 1 + sum(1 for at in last_answers if now - at < timeout)
+    return 2 * heard <= voters
+
+
+@dataclass
+class PreVoteRound:
+    """One node's pre-vote in progress: the term it proposes, the round's number (a reply to an earlier
+    round does not count), who said yes."""
+
+    term: int
+    number: int
+    voters: int
+    granted: set[str] = field(default_factory=set)
+
+    def count(self, reply: dict[str, Any], voter: str) -> bool:
+        """Take `reply` from `voter` into account; True when the round has just reached a majority."""
+        if reply.get("round") != self.number or reply.get("term") != self.term or not reply.get("granted"):
+            return False
+        before = self.won
+        self.granted.add(voter)
+        return self.won and not before
+
+    @property
+    def won(self) -> bool:
+        return 2 * (1 + len(self.granted)) > self.voters
+
+
+def patched_names_missing(so: SyncObj) -> list[str]:
+    """The names of `PATCHED_NAMES` this SyncObj lacks (empty on pysyncobj 0.3.17)."""
+    return [name for name in PATCHED_NAMES if not hasattr(so, name)]
+
+
+def install_pre_vote(so: SyncObj, *, check_quorum: bool = True) -> None:
+    """Pre-vote (and, unless `check_quorum` is False, check-quorum) on `so`, built and not yet ticked.
+    Install it after ``consensus_guards``: its receive wrapper must be the outermost, so the pre-vote
+    messages never reach the others (nor pysyncobj)."""
+    missing = patched_names_missing(so)
+    if missing:
+        raise RuntimeError(f"pysyncobj lacks {missing}: the pre-vote guard was written for pysyncobj 0.3.17")
+    _PreVote(so, check_quorum=check_quorum).install()
+
+
+class _PreVote:
+    """The I/O around `grant_pre_vote` and `should_step_down` for one node."""
+
+    def __init__(self, so: SyncObj, *, check_quorum: bool) -> None:
+        self.so = so
+        self.check_quorum = check_quorum
+        self.conf = so._SyncObj__conf
+        self.transport = so._SyncObj__transport
+        self.round: PreVoteRound | None = None
+        self.numbers = itertools.count(1)
+        self.heard_from_leader_at: float | None = None
+
+    def install(self) -> None:
+        tick = self.so._onTick
+        deliver = self.transport._onMessageReceivedCallback
+
+        def on_tick(time_to_wait: float = 0.0) -> None:
+            self.before_tick()
+            tick(time_to_wait)
+
+        def on_message(node: Any, message: Any) -> None:
+            kind = message.get("type") if isinstance(message, dict) else None
+            if kind == PRE_VOTE_REQUEST:
+                self.on_request(node, message)
+                return
+            if kind == PRE_VOTE_REPLY:
+                self.on_reply(node, message)
+                return
+            if kind == "append_entries" and message.get("term", -1) >= self.so._SyncObj__raftCurrentTerm:
+                self.heard_from_leader_at = _pysyncobj.monotonicTime()
+                self.round = None  # a leader is there: no election to prepare
+            deliver(node, message)
+
+        self.so._onTick = on_tick
+        # pysyncobj dumps every attribute of the SyncObj set after its __init__ (a subclass's replicated
+        # fields) with the state: the wrapper is not one, and a closure does not pickle (every dump failed).
+        self.so._SyncObj__properies.add("_onTick")
+        self.transport.setOnMessageReceivedCallback(on_message)
+
+    # ---- the candidate's side -------------------------------------------------------------------------
+    def before_tick(self) -> None:
+        so = self.so
+        now = _pysyncobj.monotonicTime()
+        state = so._SyncObj__raftState
+        if state == _LEADER:
+            self.round = None
+            if self.check_quorum and should_step_down(
+                    now=now, last_answers=[so._SyncObj__lastResponseTime.get(n, now) for n in so._SyncObj__otherNodes],
+                    voters=len(so._SyncObj__otherNodes) + 1, timeout=self.conf.raftMaxTimeout):
+                so._SyncObj__setState(_FOLLOWER)  # what pysyncobj does after leaderFallbackTimeout
+                so._SyncObj__raftLeader = None
+                # A fresh election timeout: the deadline left from before it led has long passed, and
+                # pysyncobj would start an election (term + 1) on this very tick, without a pre-vote.
+                so._SyncObj__raftElectionDeadline = now + so._SyncObj__generateRaftTimeout()
+            return
+        if state not in (_FOLLOWER, _CANDIDATE) or so._SyncObj__selfNode is None:
+            return
+        if so._SyncObj__raftElectionDeadline >= now or not (so._SyncObj__connectedNodes or not so._SyncObj__otherNodes):
+            return  # pysyncobj would not start an election on this tick either
+        if so._SyncObj__transferInProgress:
+            return  # the leader asked for this election (timeout_now): no pre-vote
+        term = so._SyncObj__raftCurrentTerm
+        current = self.round
+        if current is not None and current.won and current.term == term + 1:
+            self.round = None
+            return  # a majority would vote: pysyncobj's election runs on this tick
+        self.start_round(term + 1)
+
+    def start_round(self, term: int) -> None:
+        so = self.so
+        others = so._SyncObj__otherNodes
+        self.round = PreVoteRound(term=term, number=next(self.numbers), voters=len(others) + 1)
+        so._SyncObj__raftElectionDeadline = _pysyncobj.monotonicTime() + so._SyncObj__generateRaftTimeout()
+        log = so._SyncObj__raftLog
+        request = {"type": PRE_VOTE_REQUEST, "term": term, "round": self.round.number,
+                   "last_log_index": log[-1][1], "last_log_term": log[-1][2]}
+        for node in others:
+            self.transport.send(node, request)
+        if self.round.won:  # a cluster of one
+            so._SyncObj__raftElectionDeadline = 0
+
+    def on_reply(self, node: Any, reply: dict[str, Any]) -> None:
+        so = self.so
+        current = self.round
+        if current is None or so._SyncObj__raftState == _LEADER:
+            return
+        voter_term = int(reply.get("voter_term", 0))
+        if not reply.get("granted") and voter_term > so._SyncObj__raftCurrentTerm:
+            # Behind the voter: take its term (it is no higher than the cluster's), as a vote reply would.
+            so._SyncObj__setCurrentTerm(voter_term, None)
+            so._SyncObj__setState(_FOLLOWER)
+            self.round = None
+            return
+        if current.term != so._SyncObj__raftCurrentTerm + 1:
+            self.round = None  # the term moved meanwhile: this round is stale
+            return
+        if current.count(reply, str(getattr(node, "id", node))):
+            so._SyncObj__raftElectionDeadline = 0  # the election starts on the next tick
+
+    # ---- the voter's side -----------------------------------------------------------------------------
+    def on_request(self, node: Any, request: dict[str, Any]) -> None:
+        so = self.so
+        log = so._SyncObj__raftLog
+        granted = grant_pre_vote(
+            proposed_term=int(request.get("term", 0)), last_log_index=int(request.get("last_log_index", 0)),
+            last_log_term=int(request.get("last_log_term", 0)), my_term=so._SyncObj__raftCurrentTerm,
+            my_last_index=log[-1][1], my_last_term=log[-1][2], leading=so._SyncObj__raftState == _LEADER,
+            heard_from_leader_at=self.heard_from_leader_at, now=_pysyncobj.monotonicTime(),
+            lease=self.conf.raftMinTimeout)
+        self.transport.send(node, {"type": PRE_VOTE_REPLY, "term": request.get("term"), "round": request.get("round"),
+                                   "granted": granted, "voter_term": so._SyncObj__raftCurrentTerm})
