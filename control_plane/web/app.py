@@ -41,7 +41,7 @@ from tessera.control_plane.eventlog.errors import (
     HistoryUnavailable,
     PointOutOfRange,
 )
-from tessera.control_plane.web import params
+from tessera.control_plane.web import params, views
 from tessera.control_plane.web.service import WebError, WebReader, visibility_of, web_caller
 
 log = logging.getLogger(__name__)
@@ -114,9 +114,12 @@ def error_answer(exc: BaseException) -> tuple[int, Json]:
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, text=json.dumps(body, ensure_ascii=False, allow_nan=False,
-                                                       separators=(",", ":")),
-                        content_type="application/json", charset="utf-8")
+    return json_text_response(views.json_text(body), status)
+
+
+def json_text_response(text: str, status: int = 200) -> web.Response:
+    """An answer already written as JSON text (`views.json_text`; big ones are written off the loop)."""
+    return web.Response(status=status, text=text, content_type="application/json", charset="utf-8")
 
 
 def _is_api(request: web.Request) -> bool:
@@ -352,7 +355,7 @@ class WebApp:
 
         at = params.point(request.query, "at", time.time())
         vis = self._visibility(request)
-        return json_response(await self.run(lambda: self.reader.state_at(at, None, vis)))
+        return json_text_response(await self.run(lambda: self.reader.state_at(at, None, vis)))
 
     async def diff(self, request: web.Request) -> web.Response:
         import time
@@ -361,7 +364,7 @@ class WebApp:
         since = params.point(request.query, "from", now, required=True)
         at = params.point(request.query, "to", now)
         vis = self._visibility(request)
-        return json_response(await self.run(lambda: self.reader.state_at(at, since, vis)))
+        return json_text_response(await self.run(lambda: self.reader.state_at(at, since, vis)))
 
     async def services(self, request: web.Request) -> web.Response:
         vis = self._visibility(request)

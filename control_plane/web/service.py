@@ -1,12 +1,12 @@
-"""The reads behind the JSON API: one method per endpoint, blocking, returning JSON-able dicts or raising the
-domain's errors (`core.errors`, `eventlog.errors`, `WebError` below), which the edge (`web.app`) maps to
+"""The reads behind the JSON API: one method per endpoint, blocking, returning JSON-able dicts (the big
+state-at/diff answers: JSON text) or raising the domain's errors (`core.errors`, `eventlog.errors`, `WebError` below), which the edge (`web.app`) maps to
 status codes in one place.
 
 Every read goes through the objects the Operator gRPC servicer uses (`api.operator.OperatorService`): the
 replica's state under `StateView.read` (with the leader's soft state), the event log of this master, the
 quorum view with its fan-out (`OperatorService.quorum_view`), the masters' proxy to the agents' file
-services (`api.files_proxy.FilesProxy`), and the history modules (`eventlog.replay.state_at`,
-`eventlog.diff.diff_states`, `codec.operator_api.state_at_to_proto`) — so `/api/v1/state?at=N` is the
+services (`api.files_proxy.FilesProxy`), and the history modules (`eventlog.replay.state_and_diff` with
+the servicer's cache of rebuilt states, `codec.operator_api.state_at_to_proto`) — so `/api/v1/state?at=N` is the
 answer `tessera state --at N --json` prints, built by the same code. Nothing here writes: every method is
 a read, on any master (a follower answers from its own replica; only traces need the leader, which keeps
 the spans).
@@ -20,9 +20,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from google.protobuf.json_format import MessageToDict
 
@@ -34,19 +35,22 @@ from tessera.control_plane.core.errors import NotFound
 from tessera.control_plane.core.values import TaskKey
 from tessera.control_plane.core.visibility import Visibility, visibility_for
 from tessera.control_plane.eventlog import EventFilter, EventRecord
-from tessera.control_plane.eventlog.diff import diff_states
 from tessera.control_plane.eventlog.errors import AmbiguousTask, HistoryPruned
-from tessera.control_plane.eventlog.replay import state_at
+from tessera.control_plane.eventlog.replay import state_and_diff
 from tessera.control_plane.eventlog.timeline import resolve_task, split_task_ref, timeline
-from tessera.control_plane.eventlog.timepoints import Point
+from tessera.control_plane.eventlog.timepoints import Point, resolve_point
 from tessera.control_plane.web import views
 from tessera.control_plane.web.params import EventQuery, Listing, OutputQuery
 from tessera.v1 import files_pb2
+from tessera.v1.operator_pb2 import GetStateAtResponse
 
 MAX_TIMELINE = 10_000
+ANSWERS_KEPT = 6  # state-at/diff answers kept written out (up to ~6 MB each with 10,000 tasks)
 QUORUM_REFRESH_SECONDS = 0.5
 PEER_TIMEOUT = 1.0
 Json = dict[str, Any]
+K = TypeVar("K")
+V = TypeVar("V")
 log = logging.getLogger(__name__)
 
 
@@ -120,6 +124,29 @@ def overlay_members(local: Any, probed: Any) -> Any:
     return local
 
 
+class Lru(Generic[K, V]):
+    """A thread-safe map keeping its `size` most recently used entries."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._items: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
 class WebReader:
     """The JSON API's reads over one master (`operator`: its `OperatorService`)."""
 
@@ -132,6 +159,7 @@ class WebReader:
         self._refresher = QuorumRefresher(lambda: operator.quorum_view(peer_timeout=PEER_TIMEOUT))
         self._overview_lock = threading.Lock()
         self._overview: tuple[tuple[int, float], Json] | None = None
+        self._answers: Lru[tuple[int, int | None, Visibility], str] = Lru(ANSWERS_KEPT)
 
     # ---- helpers -------------------------------------------------------------------------------------
     def _read(self, fn: Callable[[Any, Any], Any]) -> Any:
@@ -337,19 +365,28 @@ class WebReader:
         return reader
 
     # ---- history ------------------------------------------------------------------------------------
-    def state_at(self, at: Point | None, since: Point | None, visibility: Visibility) -> Json:
-        """`tessera state --at AT [--diff SINCE] --json`, from this master's event log."""
+    def state_at(self, at: Point | None, since: Point | None, visibility: Visibility) -> str:
+        """`tessera state --at AT [--diff SINCE] --json`, from this master's event log, as JSON text.
+
+        The states come from `eventlog.replay.state_and_diff` with this master's cache of rebuilt states
+        (`OperatorService.history_cache`, shared with Operator.GetStateAt); the answer for the same
+        resolved points and reader is kept written out (`ANSWERS_KEPT`: the history of an index never
+        changes), with this master's first and last index filled in fresh on every request."""
         store = self.master.events
         now = self._clock()
-        target = at or Point(index=store.last_seq())
-        result = state_at(store, target, now, sink=store)
-        before = diff = None
-        if since is not None:
-            before = state_at(store, since, now, sink=store)
-            diff = diff_states(before.state, result.state)
-        resp = state_at_to_proto(result, before, diff, store.first_seq(), store.last_seq(), visibility)
-        out: Json = MessageToDict(resp, preserving_proto_field_name=True)
-        return out
+        target = resolve_point(store, at or Point(index=store.last_seq()), now)
+        origin = None if since is None else resolve_point(store, since, now)
+        key = (target, origin, visibility)
+        text = self._answers.get(key)
+        if text is None:
+            result, before, diff = state_and_diff(
+                store, Point(index=target), None if origin is None else Point(index=origin), now, sink=store,
+                cache=self.operator.history_cache)
+            resp = state_at_to_proto(result, before, diff, visibility=visibility)
+            text = views.json_text(MessageToDict(resp, preserving_proto_field_name=True))
+            self._answers.put(key, text)
+        head = GetStateAtResponse(first_index=store.first_seq(), last_index=store.last_seq())
+        return views.with_fields(MessageToDict(head, preserving_proto_field_name=True), text)
 
     # ---- services -----------------------------------------------------------------------------------
     def services(self, visibility: Visibility) -> Json:

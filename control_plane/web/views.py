@@ -41,6 +41,22 @@ SUMMARY_RESOURCES = ("cpus", "mem", "disk")
 
 
 # ---- small values ------------------------------------------------------------------------------------
+def json_text(body: Any) -> str:
+    """The JSON text of every answer of the API (UTF-8, compact, no NaN)."""
+    return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def with_fields(head: Json, body_text: str) -> str:
+    """`body_text` (a JSON object's text, as `json_text` writes it) with the fields of `head` in front:
+    a stored answer with fresh figures, without decoding and re-encoding the stored part."""
+    if not head:
+        return body_text
+    if not body_text.startswith("{") or not body_text.endswith("}"):
+        raise ValueError("with_fields: the body is not a JSON object")
+    rest = body_text[1:]
+    return json_text(head)[:-1] + ("}" if rest == "}" else "," + rest)
+
+
 def resources_json(r: Resources) -> Json:
     """name -> amount over every role; ranges (ports) as [[begin, end], ...]."""
     out: Json = {}
