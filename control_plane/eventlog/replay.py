@@ -51,7 +51,13 @@ from tessera.control_plane.eventlog.errors import (
 from tessera.control_plane.eventlog.records import EventRecord
 from tessera.control_plane.eventlog.snapshots import DEFAULT_SNAPSHOT_EVERY, decode_snapshot, encode_snapshot
 from tessera.control_plane.eventlog.source import PAGE, HistorySource, SnapshotSink
-from tessera.control_plane.eventlog.statecache import StateCache, choose_start, clone_state
+from tessera.control_plane.eventlog.statecache import (
+    CHECKPOINT_EVERY,
+    StateCache,
+    checkpoint_due,
+    choose_start,
+    clone_state,
+)
 from tessera.control_plane.eventlog.timepoints import Point, known_last, resolve_point
 
 log = logging.getLogger(__name__)
@@ -194,11 +200,12 @@ def _first_available(source: HistorySource) -> int:
 
 def rebuild(source: HistorySource, target: int, *, sink: SnapshotSink | None = None,
             every: int = DEFAULT_SNAPSHOT_EVERY, on_page: Callable[[int, int], None] | None = None,
-            cache: StateCache | None = None) -> StateAt:
+            cache: StateCache | None = None, checkpoints: int = CHECKPOINT_EVERY) -> StateAt:
     """The state after the entry that recorded event `target` (the empty state for 0).
 
     Replays from the nearest usable snapshot, or from a state in `cache` when that is cheaper, and keeps
-    the result in `cache` (then the returned state is shared with it: read it, never mutate it). With a
+    the result in `cache` (then the returned state is shared with it: read it, never mutate it), and on a
+    long replay copies of the states it passes every `checkpoints` events (`statecache.checkpoint_due`). With a
     `sink`, a snapshot is stored whenever the replay crosses a multiple of `every` events, so the next
     rebuild near here is short. `on_page(seq, target)` is called after each page of records (progress
     bars, pacing a background thread).
@@ -219,6 +226,7 @@ def rebuild(source: HistorySource, target: int, *, sink: SnapshotSink | None = N
                                  f"{target}{where}", available, pruned=True)
     replayed = 0
     cursor = snap_seq + 1
+    kept = snap_seq  # the last state kept in `cache` on the way
     last_bucket = snap_seq // every if every > 0 else 0
     pending: list[EventRecord] = []  # records of an entry not complete yet
     done = False
@@ -244,6 +252,9 @@ def rebuild(source: HistorySource, target: int, *, sink: SnapshotSink | None = N
                     replay_entry(state, entry)
                 replayed += len(pending)
                 pending = []
+                if cache is not None and checkpoint_due(state.seq, kept, target, checkpoints):
+                    cache.put(clone_state(state))
+                    kept = state.seq
                 if sink is not None and every > 0 and state.seq // every > last_bucket:
                     last_bucket = state.seq // every
                     sink.put_snapshot(state.seq, encode_snapshot(state))

@@ -14,6 +14,9 @@ enums) and copies only the mutable containers and records: ~30 ms for 10,000 tas
 pickling the same state there and back. A state in the cache, and one a rebuild returns, is read-only from
 then on: the callers convert it (`codec.operator_api.state_at_to_proto`) or compare it (`diff.diff_states`).
 
+A replay of more than `CHECKPOINT_EVERY` events also keeps copies of the states it passes
+(`checkpoint_due`), so a later point before the one asked (a slider moved back) starts near it too.
+
 `choose_start` (pure) picks between the nearest cached state and the nearest snapshot by a cost counted
 in replayed events: a snapshot costs `SNAPSHOT_DECODE_EVENTS` to decode, a cached state
 `CLONE_EVENTS` to copy.
@@ -30,10 +33,13 @@ from typing import Any
 
 from tessera.control_plane.core.state import ClusterState
 
-__all__ = ["CLONE_EVENTS", "DEFAULT_CACHED_STATES", "SNAPSHOT_DECODE_EVENTS", "StateCache", "choose_start",
-           "clone_state"]
+__all__ = ["CHECKPOINT_EVERY", "CLONE_EVENTS", "DEFAULT_CACHED_STATES", "SNAPSHOT_DECODE_EVENTS", "StateCache",
+           "checkpoint_due", "choose_start", "clone_state"]
 
-DEFAULT_CACHED_STATES = 8
+DEFAULT_CACHED_STATES = 12  # ~7 MB each with 10,000 tasks (values are shared between them)
+# a long replay leaves a copy of its state in the cache every CHECKPOINT_EVERY events, so a later point
+# between snapshots, before the one asked (a slider moved back, a diff's earlier end), starts near it
+CHECKPOINT_EVERY = 2_500
 # what starting from each costs, in events replayed (measured at 10,000 tasks: ~45 us per replayed event,
 # ~220 ms to decode a snapshot, ~30 ms to clone a state)
 SNAPSHOT_DECODE_EVENTS = 5_000
@@ -104,6 +110,13 @@ def choose_start(target: int, cached: int | None, snapshot: int | None) -> str:
     if snapshot is None or cached == target:
         return "cached"
     return "cached" if CLONE_EVENTS + target - cached <= SNAPSHOT_DECODE_EVENTS + target - snapshot else "snapshot"
+
+
+def checkpoint_due(seq: int, last_kept: int, target: int, every: int = CHECKPOINT_EVERY) -> bool:
+    """Whether a replay towards `target`, now at `seq` and last kept at `last_kept` (where it started, or
+    its last checkpoint), keeps a copy of its state now: every `every` events, not within the last
+    `every` before the target (the target's own state is kept anyway)."""
+    return every > 0 and seq - last_kept >= every and target - seq >= every
 
 
 class StateCache:

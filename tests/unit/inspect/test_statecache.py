@@ -18,6 +18,7 @@ from tessera.control_plane.eventlog.statecache import (
     CLONE_EVENTS,
     SNAPSHOT_DECODE_EVENTS,
     StateCache,
+    checkpoint_due,
     choose_start,
     clone_state,
 )
@@ -144,3 +145,31 @@ def test_the_cache_keeps_the_most_recently_used_states() -> None:
     cache.put(states[30])  # 20 was used least recently
     assert cache.indexes() == [10, 30] and cache.nearest(25) == (10, states[10])
     StateCache(0).put(states[10])
+
+
+def test_a_long_replay_leaves_checkpoints_that_equal_the_history(
+        memory_history: tuple[MemoryEventStore, Leader]) -> None:
+    store, leader = memory_history
+    last = max(leader.fingerprints)
+    cache = StateCache(50)
+    rebuild(store, last, every=0, cache=cache)  # CHECKPOINT_EVERY is more than this history holds
+    assert cache.indexes() == [last]
+    cache = StateCache(50)
+    rebuild(store, last, every=0, cache=cache, checkpoints=max(2, last // 10))
+    kept = cache.indexes()
+    assert len(kept) >= 5 and kept[-1] == last
+    for seq in kept:
+        assert seq in leader.fingerprints and rebuild(store, seq, every=0, cache=cache).replayed == 0
+        assert cache.nearest(seq) is not None
+        assert cache.nearest(seq)[1].fingerprint() == leader.fingerprints[seq]  # type: ignore[index]
+    # a point before the one asked starts from the checkpoint just before it
+    back = next(s for s in sorted(leader.fingerprints) if kept[1] < s < kept[2])
+    got = rebuild(store, back, every=0, cache=cache)
+    assert got.snapshot_seq == kept[1] and got.state.fingerprint() == leader.fingerprints[back]
+
+
+def test_when_a_replay_keeps_a_checkpoint() -> None:
+    assert checkpoint_due(3_000, 0, 10_000, every=2_500)
+    assert not checkpoint_due(2_000, 0, 10_000, every=2_500)  # not yet `every` past the last one
+    assert not checkpoint_due(8_000, 5_000, 10_000, every=2_500)  # too near the target: it is kept anyway
+    assert not checkpoint_due(3_000, 0, 10_000, every=0)
