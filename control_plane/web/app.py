@@ -354,8 +354,8 @@ class WebApp:
         import time
 
         at = params.point(request.query, "at", time.time())
-        vis = self._visibility(request)
-        return json_text_response(await self.run(lambda: self.reader.state_at(at, None, vis)))
+        page, vis = params.page(request.query), self._visibility(request)
+        return json_text_response(await self.run(lambda: self.reader.state_at(at, None, vis, page)))
 
     async def diff(self, request: web.Request) -> web.Response:
         import time
@@ -363,8 +363,8 @@ class WebApp:
         now = time.time()
         since = params.point(request.query, "from", now, required=True)
         at = params.point(request.query, "to", now)
-        vis = self._visibility(request)
-        return json_text_response(await self.run(lambda: self.reader.state_at(at, since, vis)))
+        page, vis = params.page(request.query), self._visibility(request)
+        return json_text_response(await self.run(lambda: self.reader.state_at(at, since, vis, page)))
 
     async def services(self, request: web.Request) -> web.Response:
         vis = self._visibility(request)

@@ -40,12 +40,12 @@ from tessera.control_plane.eventlog.replay import state_and_diff
 from tessera.control_plane.eventlog.timeline import resolve_task, split_task_ref, timeline
 from tessera.control_plane.eventlog.timepoints import Point, resolve_point
 from tessera.control_plane.web import views
-from tessera.control_plane.web.params import EventQuery, Listing, OutputQuery
+from tessera.control_plane.web.params import EventQuery, Listing, OutputQuery, Page
 from tessera.v1 import files_pb2
 from tessera.v1.operator_pb2 import GetStateAtResponse
 
 MAX_TIMELINE = 10_000
-ANSWERS_KEPT = 6  # state-at/diff answers kept written out (up to ~6 MB each with 10,000 tasks)
+ANSWERS_KEPT = 32  # state-at/diff answers kept written out (a page each: ~100 KB with 100 tasks)
 QUORUM_REFRESH_SECONDS = 0.5
 PEER_TIMEOUT = 1.0
 Json = dict[str, Any]
@@ -159,7 +159,7 @@ class WebReader:
         self._refresher = QuorumRefresher(lambda: operator.quorum_view(peer_timeout=PEER_TIMEOUT))
         self._overview_lock = threading.Lock()
         self._overview: tuple[tuple[int, float], Json] | None = None
-        self._answers: Lru[tuple[int, int | None, Visibility], str] = Lru(ANSWERS_KEPT)
+        self._answers: Lru[tuple[int, int | None, Visibility, Page], tuple[str, Json]] = Lru(ANSWERS_KEPT)
 
     # ---- helpers -------------------------------------------------------------------------------------
     def _read(self, fn: Callable[[Any, Any], Any]) -> Any:
@@ -365,28 +365,33 @@ class WebReader:
         return reader
 
     # ---- history ------------------------------------------------------------------------------------
-    def state_at(self, at: Point | None, since: Point | None, visibility: Visibility) -> str:
-        """`tessera state --at AT [--diff SINCE] --json`, from this master's event log, as JSON text.
+    def state_at(self, at: Point | None, since: Point | None, visibility: Visibility, page: Page) -> str:
+        """`tessera state --at AT [--diff SINCE] --json`, from this master's event log, as JSON text, with
+        one page of its tasks and changes (`page`; `tasks_total`, `changes_total`: how many in all).
 
         The states come from `eventlog.replay.state_and_diff` with this master's cache of rebuilt states
         (`OperatorService.history_cache`, shared with Operator.GetStateAt); the answer for the same
-        resolved points and reader is kept written out (`ANSWERS_KEPT`: the history of an index never
-        changes), with this master's first and last index filled in fresh on every request."""
+        resolved points, page and reader is kept written out (`ANSWERS_KEPT`: the history of an index
+        never changes), with this master's first and last index filled in fresh on every request."""
         store = self.master.events
         now = self._clock()
         target = resolve_point(store, at or Point(index=store.last_seq()), now)
         origin = None if since is None else resolve_point(store, since, now)
-        key = (target, origin, visibility)
-        text = self._answers.get(key)
-        if text is None:
+        key = (target, origin, visibility, page)
+        kept = self._answers.get(key)
+        if kept is None:
             result, before, diff = state_and_diff(
                 store, Point(index=target), None if origin is None else Point(index=origin), now, sink=store,
                 cache=self.operator.history_cache)
-            resp = state_at_to_proto(result, before, diff, visibility=visibility)
-            text = views.json_text(MessageToDict(resp, preserving_proto_field_name=True))
-            self._answers.put(key, text)
+            resp = state_at_to_proto(result, before, diff, visibility=visibility, page=(page.offset, page.limit))
+            totals: Json = {"offset": page.offset, "limit": page.limit, "tasks_total": len(result.state.tasks)}
+            if diff is not None:
+                totals["changes_total"] = len(diff.changes)
+            kept = (views.json_text(MessageToDict(resp, preserving_proto_field_name=True)), totals)
+            self._answers.put(key, kept)
+        text, totals = kept
         head = GetStateAtResponse(first_index=store.first_seq(), last_index=store.last_seq())
-        return views.with_fields(MessageToDict(head, preserving_proto_field_name=True), text)
+        return views.with_fields({**MessageToDict(head, preserving_proto_field_name=True), **totals}, text)
 
     # ---- services -----------------------------------------------------------------------------------
     def services(self, visibility: Visibility) -> Json:

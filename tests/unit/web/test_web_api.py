@@ -115,7 +115,7 @@ def test_events_are_paged_by_index_with_filters(wm: WebMaster) -> None:
 def without_provenance(answer: dict[str, Any]) -> dict[str, Any]:
     """A state-at answer without how each state was obtained (the snapshot or cached state it started
     from, the events replayed): that depends on what the master rebuilt before, the answer does not."""
-    out = dict(answer)
+    out = {k: v for k, v in answer.items() if k not in ("offset", "limit", "tasks_total", "changes_total")}
     for point in ("at", "diff_from"):
         if point in out:
             out[point] = {k: v for k, v in out[point].items() if k not in ("snapshot_index", "replayed_events")}
@@ -137,6 +137,26 @@ def test_state_at_and_diff_answer_what_the_operator_api_answers(wm: WebMaster) -
                                                               diff_from=operator_pb2.HistoryPoint(index=2)))
     assert without_provenance(diff) == without_provenance(
         MessageToDict(grpc_diff, preserving_proto_field_name=True)) and diff["changes"]
+    assert diff["changes_total"] == len(diff["changes"]) and diff["tasks_total"] == len(diff["state"]["tasks"])
+    # a page of the tasks (ordered by framework and task id) and of the changes, with how many in all
+    def at(n: int) -> dict[str, Any]:
+        answer = stub.GetStateAt(operator_pb2.GetStateAtRequest(at=operator_pb2.HistoryPoint(index=n)))
+        return MessageToDict(answer, preserving_proto_field_name=True)
+
+    # the point holding the most tasks at once (the tasks finish as the history goes on)
+    last, full = max(((n, at(n)) for n in range(1, wm.node.master.events.last_seq() + 1)),
+                     key=lambda p: len(p[1]["state"].get("tasks", [])))
+    assert len(full["state"]["tasks"]) >= 1
+    total = len(full["state"]["tasks"])
+    paged = wm.client.get_json(f"/api/v1/state?at={last}&offset=0&limit=1")
+    assert paged["state"]["tasks"] == full["state"]["tasks"][:1]
+    assert (paged["tasks_total"], paged["offset"], paged["limit"]) == (total, 0, 1)
+    beyond = wm.client.get_json(f"/api/v1/state?at={last}&offset={total}&limit=1")
+    assert beyond["state"].get("tasks", []) == [] and beyond["tasks_total"] == total
+    assert paged["state"]["agents"] == full["state"]["agents"]
+    changes = wm.client.get_json("/api/v1/diff?from=2&to=10&offset=2&limit=2")
+    assert changes["changes"] == diff["changes"][2:4] and changes["changes_total"] == len(diff["changes"])
+    assert wm.client.get_json("/api/v1/state?at=10&limit=0", status=400)["error"]["field"] == "limit"
     latest = wm.client.get_json("/api/v1/state")
     assert int(latest["at"]["index"]) >= 10
     err = wm.client.get_json("/api/v1/state?at=tomorrow-ish", status=400)["error"]

@@ -24,7 +24,17 @@ function checkPoint(text) {
   return { point: t };
 }
 
-function stateView(data) {
+const PAGE = 100;  // tasks (and changes) per page: the API answers one page and how many in all
+
+function pager(testid, offset, shown, total, go) {
+  if (total <= shown && offset === 0) return null;
+  return h("div", { class: "toolbar", "data-testid": testid },
+    h("span", { class: "muted" }, `${total ? offset + 1 : 0}–${offset + shown} of ${total}`),
+    h("button", { type: "button", disabled: offset <= 0, onclick: () => go(Math.max(0, offset - PAGE)) }, "Previous"),
+    h("button", { type: "button", disabled: offset + shown >= total, onclick: () => go(offset + PAGE) }, "Next"));
+}
+
+function stateView(data, goTasks) {
   const st = data.state || {};
   const agents = st.agents || [];
   const frameworks = st.frameworks || [];
@@ -42,7 +52,7 @@ function stateView(data) {
       h("span", { class: "muted" }, ` · rebuilt from ${at.snapshot_index && at.snapshot_index !== "0"
         ? `snapshot #${at.snapshot_index}` : "the empty state"} by replaying ${at.replayed_events || 0} events`)),
     h("div", { class: "counts", style: "margin-bottom:12px" },
-      [["agents", agents.length], ["frameworks", frameworks.length], ["tasks", tasks.length]].map(([what, n]) =>
+      [["agents", agents.length], ["frameworks", frameworks.length], ["tasks", data.tasks_total ?? tasks.length]].map(([what, n]) =>
         h("div", { class: "count" }, h("span", { class: "n", "data-testid": `tt-count-${what}` }, n), h("span", { class: "what" }, what)))),
     h("h2", {}, "Agents"),
     table("tt-agents", ["Agent", "Host", "State", "CPUs used/total", "Mem used/total"], agents.map((a) => h("tr", {},
@@ -55,6 +65,7 @@ function stateView(data) {
       h("td", {}, h("code", {}, f.framework_id)), h("td", {}, (f.info || {}).name || ""), h("td", {}, stateBadge(f.state)),
       h("td", {}, ((f.info || {}).roles || []).join(", ")))), "No frameworks."),
     h("h2", { style: "margin-top:12px" }, "Tasks"),
+    pager("tt-tasks-pager", data.offset || 0, tasks.length, data.tasks_total ?? tasks.length, goTasks),
     table("tt-tasks", ["Task", "Framework", "Agent", "State", "CPUs", "Mem"], tasks.map((t) => {
       const info = t.task || {};
       return h("tr", { "data-task": info.task_id },
@@ -65,13 +76,15 @@ function stateView(data) {
   ];
 }
 
-function diffView(data) {
+function diffView(data, goChanges) {
   const changes = data.changes || [];
+  const total = data.changes_total ?? changes.length;
   const from = data.diff_from || {};
   const to = data.at || {};
   return [
     h("p", {}, `From #${from.index || 0} (${fmtTime(from.time)}) to #${to.index || 0} (${fmtTime(to.time)}): `,
-      h("strong", { "data-testid": "tt-diff-count" }, `${changes.length} change${changes.length === 1 ? "" : "s"}`)),
+      h("strong", { "data-testid": "tt-diff-count" }, `${total} change${total === 1 ? "" : "s"}`)),
+    pager("tt-diff-pager", data.offset || 0, changes.length, total, goChanges),
     changes.length ? h("div", { class: "table-wrap" }, h("table", { "data-testid": "tt-diff" },
       h("thead", {}, h("tr", {}, ["Kind", "Id", "Change", "Fields"].map((t) => h("th", { scope: "col" }, t)))),
       h("tbody", {}, changes.map((c) => h("tr", {},
@@ -129,6 +142,8 @@ export async function timeTravelPage(view, _params, { signal, query }) {
   const stateBox = h("div");
   const diffBox = h("div");
   let timer = null;
+  let taskOffset = 0;
+  let changeOffset = 0;
 
   function saveUrl() {
     const q = new URLSearchParams();
@@ -137,8 +152,9 @@ export async function timeTravelPage(view, _params, { signal, query }) {
     history.replaceState(null, "", `/timetravel?${q}`);
   }
 
-  async function show() {
+  async function show(keepPages = false) {
     saveUrl();
+    if (!keepPages) taskOffset = changeOffset = 0;
     const checked = checkPoint(atInput.value);
     if (checked.error) {
       replace(stateBox, h("div", { class: "notice error", role: "alert", "data-testid": "error" }, checked.error));
@@ -146,8 +162,8 @@ export async function timeTravelPage(view, _params, { signal, query }) {
     }
     replace(stateBox, loading("Rebuilding the state…"));
     try {
-      const data = await api.stateAt(checked.point, { signal });
-      replace(stateBox, stateView(data));
+      const data = await api.stateAt(checked.point, { signal }, { offset: taskOffset, limit: PAGE });
+      replace(stateBox, stateView(data, (offset) => { taskOffset = offset; show(true); }));
       // a time point leaves a time slider where it was (the answer's event was recorded at or before it)
       const timePoint = mode === "time" && checked.point.startsWith("@");
       if (data.at && data.at.index && !timePoint) setSlider(Number(data.at.index), data.at.time);
@@ -167,7 +183,8 @@ export async function timeTravelPage(view, _params, { signal, query }) {
     }
     replace(diffBox, loading("Comparing…"));
     try {
-      replace(diffBox, diffView(await api.diff(f.point, atInput.value.trim(), { signal })));
+      const data = await api.diff(f.point, atInput.value.trim(), { signal }, { offset: changeOffset, limit: PAGE });
+      replace(diffBox, diffView(data, (offset) => { changeOffset = offset; showDiff(); }));
     } catch (err) {
       if (err.name === "AbortError") return;
       replace(diffBox, errorView(err));
