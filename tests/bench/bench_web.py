@@ -201,7 +201,8 @@ def cluster(root: Path, tasks: int, events: int, per_accept: int, requests: int)
                 "state at=new points, -25 each": lambda i: f"/api/v1/state?at={near(mid - 25 * i)}",
                 "diff from=mid-1000 to=new points":
                     lambda i: f"/api/v1/diff?from={near(mid - 1000)}&to={near(mid + 7 + 25 * i)}",
-                "state at=the last real points (all tasks)": lambda i: f"/api/v1/state?at={near(real_last - 3 * i)}",
+                # (not the last real entry: the synthetic rows after it would glue onto it)
+                "state at=near the end (all tasks)": lambda i: f"/api/v1/state?at={near(real_last - 200 - 3 * i)}",
                 "state at=far points (cold)": lambda i: f"/api/v1/state?at={near((real_last * (i % 7 + 1)) // 9 + i)}",
                 "services": "/api/v1/services",
             }
