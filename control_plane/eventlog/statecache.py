@@ -24,7 +24,6 @@ in replayed events: a snapshot costs `SNAPSHOT_DECODE_EVENTS` to decode, a cache
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import enum
 import threading
@@ -86,12 +85,24 @@ def _copy(value: Any) -> Any:
         return set(value)
     if kind == "list":
         return [_copy(v) for v in value]
-    new = copy.copy(value)
-    for f in dataclasses.fields(value):
-        v = getattr(value, f.name)
-        if (_kinds.get(type(v)) or _kind(type(v))) != "keep":
-            setattr(new, f.name, _copy(v))
+    # built field by field (copy.copy goes through __reduce_ex__ and the records' __getstate__: ~4x slower)
+    new = object.__new__(t)
+    if hasattr(value, "__dict__"):
+        new.__dict__.update(value.__dict__)
+    for name in _fields_of(t):
+        v = getattr(value, name)
+        object.__setattr__(new, name, v if (_kinds.get(type(v)) or _kind(type(v))) == "keep" else _copy(v))
     return new
+
+
+_field_names: dict[type, tuple[str, ...]] = {}
+
+
+def _fields_of(t: type) -> tuple[str, ...]:
+    names = _field_names.get(t)
+    if names is None:
+        names = _field_names[t] = tuple(f.name for f in dataclasses.fields(t))
+    return names
 
 
 def clone_state(state: ClusterState) -> ClusterState:
