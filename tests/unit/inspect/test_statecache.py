@@ -152,7 +152,7 @@ def test_a_long_replay_leaves_checkpoints_that_equal_the_history(
     store, leader = memory_history
     last = max(leader.fingerprints)
     cache = StateCache(50)
-    rebuild(store, last, every=0, cache=cache)  # CHECKPOINT_EVERY is more than this history holds
+    rebuild(store, last, every=0, cache=cache, checkpoints=last + 1)  # no multiple crossed
     assert cache.indexes() == [last]
     cache = StateCache(50)
     rebuild(store, last, every=0, cache=cache, checkpoints=max(2, last // 10))
@@ -169,7 +169,9 @@ def test_a_long_replay_leaves_checkpoints_that_equal_the_history(
 
 
 def test_when_a_replay_keeps_a_checkpoint() -> None:
-    assert checkpoint_due(3_000, 0, 10_000, every=2_500)
-    assert not checkpoint_due(2_000, 0, 10_000, every=2_500)  # not yet `every` past the last one
-    assert not checkpoint_due(8_000, 5_000, 10_000, every=2_500)  # too near the target: it is kept anyway
+    assert checkpoint_due(3_000, 0, 10_000, every=2_500)  # crossed 2,500
+    assert not checkpoint_due(2_000, 0, 10_000, every=2_500)  # no multiple crossed yet
+    assert not checkpoint_due(4_000, 3_000, 10_000, every=2_500)  # kept at 3,000: 5,000 not crossed yet
+    assert checkpoint_due(9_990, 7_400, 10_000, every=2_500)  # crossed 7,500, even near the target
+    assert not checkpoint_due(10_000, 7_400, 10_000, every=2_500)  # the target itself is kept anyway
     assert not checkpoint_due(3_000, 0, 10_000, every=0)
