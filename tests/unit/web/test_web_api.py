@@ -15,7 +15,7 @@ from tessera.control_plane.api.auth import Guard
 from tessera.control_plane.core.acl import parse_acl
 from tessera.v1 import operator_pb2
 from tests.support.cluster import wait_for
-from tests.support.web import WebMaster, launch, web_master
+from tests.support.web import WebMaster, launch, web_master, without_provenance
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -110,16 +110,6 @@ def test_events_are_paged_by_index_with_filters(wm: WebMaster) -> None:
     assert one["items"] and {e["task_id"] for e in one["items"]} == {"web-1"}
     assert wm.client.get_json(f"/api/v1/events?after={newest['last_index']}")["items"] == []
     assert wm.client.get_json("/api/v1/events?after=99999999999&limit=5")["items"] == []
-
-
-def without_provenance(answer: dict[str, Any]) -> dict[str, Any]:
-    """A state-at answer without how each state was obtained (the snapshot or cached state it started
-    from, the events replayed): that depends on what the master rebuilt before, the answer does not."""
-    out = {k: v for k, v in answer.items() if k not in ("offset", "limit", "tasks_total", "changes_total")}
-    for point in ("at", "diff_from"):
-        if point in out:
-            out[point] = {k: v for k, v in out[point].items() if k not in ("snapshot_index", "replayed_events")}
-    return out
 
 
 def test_state_at_and_diff_answer_what_the_operator_api_answers(wm: WebMaster) -> None:
