@@ -57,6 +57,7 @@ from tessera.control_plane.core.values import TaskState
 from tessera.control_plane.core.visibility import Visibility, framework_owners, visibility_for
 from tessera.control_plane.eventlog import EventFilter, EventRecord
 from tessera.control_plane.eventlog.errors import HistoryPruned
+from tessera.control_plane.eventlog.statecache import StateCache
 from tessera.control_plane.eventlog.timeline import resolve_task
 from tessera.control_plane.runtime.framework_state import write_values
 from tessera.control_plane.runtime.master import Master
@@ -96,6 +97,8 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         self._fanout = ThreadPoolExecutor(max_workers=8, thread_name_prefix="quorum-fanout")
         self.quorum = Quorum(master)
         self.state_view = StateView(master, duties)
+        # the states rebuilt lately for GetStateAt and the web UI's time travel (eventlog/statecache.py)
+        self.history_cache = StateCache()
 
     def _authorize(self, context: grpc.ServicerContext, method: str) -> Caller:
         """The caller's principal may take the action `method` needs (see `core.acl.OPERATOR_ACTIONS`)."""
@@ -193,8 +196,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
     @grpc_errors
     def GetStateAt(self, request: operator_pb2.GetStateAtRequest, context: grpc.ServicerContext) -> Any:
         visibility = self._visibility(context, "GetStateAt")
-        from tessera.control_plane.eventlog.diff import diff_states
-        from tessera.control_plane.eventlog.replay import state_at
+        from tessera.control_plane.eventlog.replay import state_and_diff
 
         if not request.HasField("at"):
             raise InvalidRequest("at: give an index or a time")
@@ -202,12 +204,8 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         from_point = history_point_from_proto(request.diff_from, "diff_from") if request.HasField(
             "diff_from") else None
         store = self.master.events
-        now = time.time()
-        at = state_at(store, at_point, now, sink=store)
-        before = diff = None
-        if from_point is not None:
-            before = state_at(store, from_point, now, sink=store)
-            diff = diff_states(before.state, at.state)
+        at, before, diff = state_and_diff(store, at_point, from_point, time.time(), sink=store,
+                                          cache=self.history_cache)
         return state_at_to_proto(at, before, diff, store.first_seq(), store.last_seq(), visibility)
 
     # ---- tracing ---------------------------------------------------------------------------------

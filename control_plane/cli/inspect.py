@@ -38,11 +38,10 @@ from tessera.control_plane.codec.operator_api import (
     state_at_to_proto,
 )
 from tessera.control_plane.eventlog import EventFilter, EventRecord
-from tessera.control_plane.eventlog.diff import diff_states
 from tessera.control_plane.eventlog.errors import AmbiguousTask, HistoryError, HistoryPruned
 from tessera.control_plane.eventlog.eventfile import EventFile
 from tessera.control_plane.eventlog.export import record_json  # noqa: F401 - `tessera events --json` prints it
-from tessera.control_plane.eventlog.replay import state_at
+from tessera.control_plane.eventlog.replay import state_and_diff
 from tessera.control_plane.eventlog.source import iter_records
 from tessera.control_plane.eventlog.timeline import (
     KINDS,
@@ -282,11 +281,7 @@ def _state_at_offline(db: Path, at: Point | None, since: Point | None) -> Any:
     with _open_db(db) as source:
         try:
             target = at or Point(index=source.last_seq())
-            result = state_at(source, target, now)
-            before = diff = None
-            if since is not None:
-                before = state_at(source, since, now)
-                diff = diff_states(before.state, result.state)
+            result, before, diff = state_and_diff(source, target, since, now)
         except (HistoryError, HistoryPruned) as exc:
             fail(str(exc))
         return state_at_to_proto(result, before, diff, source.first_seq(), source.last_seq())

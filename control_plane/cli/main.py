@@ -312,7 +312,7 @@ def quorum() -> None:
 @quorum.command("status")
 @pass_ctx
 def quorum_status(c: Ctx) -> None:
-    """Leader, term, commit index and each member's applied index."""
+    """Leader, term, commit index, each member's applied index and its web UI's URL."""
     from tessera.v1 import operator_pb2
 
     resp = c.call(lambda s: s.GetQuorum, operator_pb2.GetQuorumRequest())
@@ -327,6 +327,9 @@ def quorum_status(c: Ctx) -> None:
                       "leader" if m.is_leader else "follower", str(m.applied_index), str(m.event_index),
                       str(m.match_index), "yes" if m.reachable else f"no {m.error}")
     console.print(table)
+    for m in resp.members:  # one line each, never wrapped by the table: the URLs are copied from here
+        url = m.ui_url or ("not answering" if not m.reachable else "none (started without --http)")
+        click.echo(f"ui {m.name or m.raft_address}: {url}")
 
 
 @quorum.command("add")

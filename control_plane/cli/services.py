@@ -221,15 +221,9 @@ def _statuses(c: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 @click.pass_obj
 def list_services(c: Any) -> None:
     """Each service: instances wanted, running, healthy, and its deployment."""
-    apps, status = _statuses(c)
-    rows = []
-    for app_id, doc in sorted(apps.items()):
-        st = status.get(app_id, {})
-        dep = st.get("deployment", {})
-        rows.append({"id": app_id, "wanted": doc.get("instances", 1), "running": st.get("running", 0),
-                     "healthy": st.get("healthy", 0), "version": st.get("version", ""),
-                     "deployment": dep.get("state", "pending"), "reason": dep.get("reason", ""),
-                     "unplaced": st.get("unplaced", "")})
+    from tessera.control_plane.core.service_rows import service_rows
+
+    rows = service_rows(*_statuses(c))
     if c.as_json:
         c.emit({"services": rows})
         return

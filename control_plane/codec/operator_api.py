@@ -131,12 +131,14 @@ def span_from_proto(p: operator_pb2.Span, limits: SpanLimits | None = None, now:
 
 def state_to_proto(state: Any, leader: str, term: int, visibility: Visibility = FULL, *,
                    usage: Mapping[tuple[str, str], Any] | None = None,
-                   heartbeat_ages: Mapping[str, float] | None = None) -> operator_pb2.GetStateResponse:
+                   heartbeat_ages: Mapping[str, float] | None = None,
+                   task_page: tuple[int, int] | None = None) -> operator_pb2.GetStateResponse:
     """The state as a reader with `visibility` sees it: other principals' tasks redacted.
 
     The leader's soft state comes as values: `usage` maps (framework id, task id) to the task's latest
     `TaskUsage` sample (task ids are scoped per framework), `heartbeat_ages` maps each connected agent's
-    id to the seconds since it was last heard from."""
+    id to the seconds since it was last heard from. `task_page` (offset, limit): only those tasks of the
+    list ordered by (framework id, task id) (the web UI's time travel pages a big state)."""
     resp = operator_pb2.GetStateResponse(index=state.seq, leader=leader, term=term)
     owners = None if visibility.sees_all else framework_owners(state)
     for agent_id, a in sorted(state.agents.items()):
@@ -160,7 +162,10 @@ def state_to_proto(state: Any, leader: str, term: int, visibility: Visibility = 
         fview.info.CopyFrom(to_proto(f.info, common_pb2.FrameworkInfo))
         resources_to_proto(f.used, fview.used)
         resources_to_proto(f.offered, fview.offered)
-    for _, t in sorted(state.tasks.items()):
+    tasks = sorted(state.tasks.items())
+    if task_page is not None:
+        tasks = tasks[task_page[0]:task_page[0] + task_page[1]]
+    for _, t in tasks:
         tview = resp.tasks.add(state=int(t.state), unacknowledged_updates=len(t.unacknowledged))
         if usage is not None and t.key in usage:
             tview.usage.CopyFrom(usage[t.key])
@@ -216,21 +221,26 @@ def history_point_to_proto(point: Any) -> operator_pb2.HistoryPoint:
 
 
 def state_at_to_proto(at: Any, diff_from: Any = None, diff: Any = None, first_index: int = 0,
-                      last_index: int = 0, visibility: Visibility = FULL) -> operator_pb2.GetStateAtResponse:
+                      last_index: int = 0, visibility: Visibility = FULL,
+                      page: tuple[int, int] | None = None) -> operator_pb2.GetStateAtResponse:
     """`history.StateAt` values (and a `history.StateDiff`) as a GetStateAtResponse; the CLI uses the
     same conversion for files read offline, so both print alike. Tasks are redacted for `visibility`
-    by their owners in that state (a diff names no command, environment or label)."""
+    by their owners in that state (a diff names no command, environment or label). `page` (offset,
+    limit): only that page of the tasks (ordered by framework and task id) and of the changes."""
 
     def point(s: Any) -> operator_pb2.ResolvedPoint:
         return operator_pb2.ResolvedPoint(requested_index=s.requested, index=s.index, time=s.state.time,
                                           snapshot_index=s.snapshot_seq, replayed_events=s.replayed)
 
     resp = operator_pb2.GetStateAtResponse(first_index=first_index, last_index=last_index)
-    resp.state.CopyFrom(state_to_proto(at.state, at.state.leader, at.state.term, visibility))
+    resp.state.CopyFrom(state_to_proto(at.state, at.state.leader, at.state.term, visibility, task_page=page))
     resp.at.CopyFrom(point(at))
     if diff_from is not None:
         resp.diff_from.CopyFrom(point(diff_from))
-    for c in diff.changes if diff is not None else ():
+    changes = diff.changes if diff is not None else ()
+    if page is not None:
+        changes = changes[page[0]:page[0] + page[1]]
+    for c in changes:
         resp.changes.add(kind=c.kind, id=c.id, change=c.change, fields=[
             operator_pb2.StateFieldChange(field=f.field, before=f.before, after=f.after) for f in c.fields])
     return resp

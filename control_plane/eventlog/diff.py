@@ -62,16 +62,25 @@ def _framework_view(s: ClusterState) -> dict[str, dict[str, str]]:
             for fid, f in s.frameworks.items()}
 
 
-def _task_row(t: TaskRecord, completed: bool) -> dict[str, str]:
-    return {"state": t.state.name.removeprefix("TASK_"), "agent": t.agent_id, "framework": t.framework_id,
-            "unacknowledged": str(len(t.unacknowledged)), "kill requested": "yes" if t.kill_requested else "no",
+_TaskFacts = tuple[Any, str, str, int, bool, bool]
+
+
+def _task_facts(t: TaskRecord, completed: bool) -> _TaskFacts:
+    """What a task's row shows, unformatted: cheap to compare, so only changed tasks get rows written."""
+    return t.state, t.agent_id, t.framework_id, len(t.unacknowledged), t.kill_requested, completed
+
+
+def _task_row(facts: _TaskFacts) -> dict[str, str]:
+    state, agent, framework, unacknowledged, kill_requested, completed = facts
+    return {"state": state.name.removeprefix("TASK_"), "agent": agent, "framework": framework,
+            "unacknowledged": str(unacknowledged), "kill requested": "yes" if kill_requested else "no",
             "completed": "yes" if completed else "no"}
 
 
-def _task_view(s: ClusterState) -> dict[str, dict[str, str]]:
+def _task_view(s: ClusterState) -> dict[str, _TaskFacts]:
     # keyed FRAMEWORK_ID/TASK_ID: task ids are scoped per framework
-    view = {str(key): _task_row(t, True) for key, t in s.completed_tasks.items()}
-    view.update({str(key): _task_row(t, False) for key, t in s.tasks.items()})
+    view = {str(key): _task_facts(t, True) for key, t in s.completed_tasks.items()}
+    view.update({str(key): _task_facts(t, False) for key, t in s.tasks.items()})
     return view
 
 
@@ -85,9 +94,14 @@ def _offer_view(s: ClusterState) -> dict[str, dict[str, str]]:
             for oid, o in s.offers.items()}
 
 
-_VIEWS: tuple[tuple[str, Callable[[ClusterState], dict[str, dict[str, str]]]], ...] = (
-    ("cluster", _cluster_view), ("agent", _agent_view), ("framework", _framework_view), ("task", _task_view),
-    ("role", _role_view), ("offer", _offer_view),
+def _as_row(row: Any) -> dict[str, str]:
+    return row  # type: ignore[no-any-return]
+
+
+# each kind: its view (id -> what its row shows, comparable) and how that becomes the row's fields
+_VIEWS: tuple[tuple[str, Callable[[ClusterState], dict[str, Any]], Callable[[Any], dict[str, str]]], ...] = (
+    ("cluster", _cluster_view, _as_row), ("agent", _agent_view, _as_row), ("framework", _framework_view, _as_row),
+    ("task", _task_view, _task_row), ("role", _role_view, _as_row), ("offer", _offer_view, _as_row),
 )
 
 
@@ -98,16 +112,17 @@ def diff_states(before: ClusterState, after: ClusterState) -> StateDiff:
     shows as changed (to FINISHED, completed), not removed.
     """
     changes: list[Change] = []
-    for kind, view in _VIEWS:
+    for kind, view, row in _VIEWS:
         a, b = view(before), view(after)
         for key in sorted(a.keys() | b.keys()):
             if key not in a:
-                changes.append(Change(kind, key, "added", tuple(FieldChange(k, "", v) for k, v in b[key].items())))
+                changes.append(Change(kind, key, "added", tuple(FieldChange(k, "", v) for k, v in row(b[key]).items())))
             elif key not in b:
                 changes.append(Change(kind, key, "removed",
-                                      tuple(FieldChange(k, v, "") for k, v in a[key].items())))
-            else:
-                fields_changed = tuple(FieldChange(k, a[key][k], b[key][k]) for k in b[key] if a[key][k] != b[key][k])
+                                      tuple(FieldChange(k, v, "") for k, v in row(a[key]).items())))
+            elif a[key] != b[key]:
+                was, now = row(a[key]), row(b[key])
+                fields_changed = tuple(FieldChange(k, was[k], now[k]) for k in now if was[k] != now[k])
                 if fields_changed:
                     changes.append(Change(kind, key, "changed", fields_changed))
     return StateDiff(before.seq, after.seq, tuple(changes))

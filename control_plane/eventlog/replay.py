@@ -26,6 +26,9 @@ the request id of an entry whose every event turned out to be an idempotent no-o
 "State as of index N" is the state after the entry that recorded event N (an entry is atomic: no
 master ever held a state in the middle of one). "As of time T" is the state after the last event
 recorded at or before T. Rebuilding starts from the nearest stored snapshot at or before N, so it costs
+decoding that snapshot and replaying the events after it; with a `StateCache` (statecache.py: the states
+rebuilt lately, one cache per master) it starts from a cached state instead when that is cheaper, so a
+point near one asked before (a time-travel slider's steps, the two ends of a diff) replays a few events.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from tessera.control_plane.core import events as ev
 from tessera.control_plane.core.apply import apply
 from tessera.control_plane.core.state import MAX_ID_LENGTH, ClusterState
 from tessera.control_plane.eventlog.decode import event_from_record
+from tessera.control_plane.eventlog.diff import StateDiff, diff_states
 from tessera.control_plane.eventlog.errors import (
     HistoryPruned,
     HistoryUnavailable,
@@ -47,12 +51,19 @@ from tessera.control_plane.eventlog.errors import (
 from tessera.control_plane.eventlog.records import EventRecord
 from tessera.control_plane.eventlog.snapshots import DEFAULT_SNAPSHOT_EVERY, decode_snapshot, encode_snapshot
 from tessera.control_plane.eventlog.source import PAGE, HistorySource, SnapshotSink
+from tessera.control_plane.eventlog.statecache import (
+    CHECKPOINT_EVERY,
+    StateCache,
+    checkpoint_due,
+    choose_start,
+    clone_state,
+)
 from tessera.control_plane.eventlog.timepoints import Point, known_last, resolve_point
 
 log = logging.getLogger(__name__)
 
 __all__ = ["RecordedEntry", "StateAt", "entries_from_records", "rebuild", "replay_entry", "replay_records",
-           "state_at"]
+           "state_and_diff", "state_at"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +157,7 @@ class StateAt:
 
     requested: int  # the index asked for (or resolved from a time)
     state: ClusterState  # its `seq` is the last event of the entry holding `requested`
-    snapshot_seq: int  # the snapshot replay started from (0: from the empty state)
+    snapshot_seq: int  # the snapshot or cached state replay started from (0: from the empty state)
     replayed: int  # events replayed on top of it
 
     @property
@@ -154,12 +165,19 @@ class StateAt:
         return self.state.seq
 
 
-def _start(source: HistorySource, target: int) -> tuple[ClusterState, int]:
-    """The state to replay from for `target`: the nearest usable snapshot, or the empty state."""
+def _start(source: HistorySource, target: int, cache: StateCache | None = None) -> tuple[ClusterState, int]:
+    """The state to replay from for `target` (a private copy: replay mutates it): the nearest cached state
+    or the nearest usable snapshot, whichever is cheaper (`statecache.choose_start`), or the empty state."""
+    cached = cache.nearest(target) if cache is not None else None
+    if cached is not None and cached[0] != target and cached[0] + 1 < source.first_seq():
+        cached = None  # the events after it were pruned since it was cached
     at = target
     while True:
         snap = source.nearest_snapshot(at)
-        if snap is None:
+        choice = choose_start(target, cached[0] if cached else None, snap[0] if snap else None)
+        if choice == "cached" and cached is not None:
+            return (cached[1] if cached[0] == target else clone_state(cached[1])), cached[0]
+        if choice == "empty" or snap is None:
             return ClusterState(), 0
         seq, blob = snap
         state = decode_snapshot(blob)
@@ -181,18 +199,24 @@ def _first_available(source: HistorySource) -> int:
 
 
 def rebuild(source: HistorySource, target: int, *, sink: SnapshotSink | None = None,
-            every: int = DEFAULT_SNAPSHOT_EVERY, on_page: Callable[[int, int], None] | None = None) -> StateAt:
+            every: int = DEFAULT_SNAPSHOT_EVERY, on_page: Callable[[int, int], None] | None = None,
+            cache: StateCache | None = None, checkpoints: int = CHECKPOINT_EVERY) -> StateAt:
     """The state after the entry that recorded event `target` (the empty state for 0).
 
-    Replays from the nearest usable snapshot. With a `sink`, a snapshot is stored whenever the replay
-    crosses a multiple of `every` events, so the next rebuild near here is short. `on_page(seq,
-    target)` is called after each page of records (progress bars, pacing a background thread).
+    Replays from the nearest usable snapshot, or from a state in `cache` when that is cheaper, and keeps
+    the result in `cache` (then the returned state is shared with it: read it, never mutate it), and on a
+    long replay copies of the states it passes every `checkpoints` events (`statecache.checkpoint_due`). With a
+    `sink`, a snapshot is stored whenever the replay crosses a multiple of `every` events, so the next
+    rebuild near here is short. `on_page(seq, target)` is called after each page of records (progress
+    bars, pacing a background thread).
     """
     last = known_last(source)
     if target < 0 or target > last:
         raise PointOutOfRange(f"index {target} is beyond the last event of this log ({last})")
-    state, snap_seq = _start(source, target)
+    state, snap_seq = _start(source, target, cache)
     if snap_seq == target:
+        if cache is not None:
+            cache.put(state)
         return StateAt(target, state, snap_seq, 0)
     first = source.first_seq()
     if snap_seq + 1 < first:
@@ -202,6 +226,7 @@ def rebuild(source: HistorySource, target: int, *, sink: SnapshotSink | None = N
                                  f"{target}{where}", available, pruned=True)
     replayed = 0
     cursor = snap_seq + 1
+    kept = snap_seq  # the last state kept in `cache` on the way
     last_bucket = snap_seq // every if every > 0 else 0
     pending: list[EventRecord] = []  # records of an entry not complete yet
     done = False
@@ -227,6 +252,9 @@ def rebuild(source: HistorySource, target: int, *, sink: SnapshotSink | None = N
                     replay_entry(state, entry)
                 replayed += len(pending)
                 pending = []
+                if cache is not None and checkpoint_due(state.seq, kept, target, checkpoints):
+                    cache.put(clone_state(state))
+                    kept = state.seq
                 if sink is not None and every > 0 and state.seq // every > last_bucket:
                     last_bucket = state.seq // every
                     sink.put_snapshot(state.seq, encode_snapshot(state))
@@ -243,10 +271,34 @@ def rebuild(source: HistorySource, target: int, *, sink: SnapshotSink | None = N
         replayed += len(pending)
     elif state.seq < target:
         raise HistoryUnavailable(f"events {state.seq + 1}..{target} are missing from this log")
+    if cache is not None:
+        cache.put(state)
     return StateAt(target, state, snap_seq, replayed)
 
 
 def state_at(source: HistorySource, point: Point, now: float, *, sink: SnapshotSink | None = None,
-             every: int = DEFAULT_SNAPSHOT_EVERY) -> StateAt:
+             every: int = DEFAULT_SNAPSHOT_EVERY, cache: StateCache | None = None) -> StateAt:
     """`rebuild` at the index a point names (see `resolve_point`)."""
-    return rebuild(source, resolve_point(source, point, now), sink=sink, every=every)
+    return rebuild(source, resolve_point(source, point, now), sink=sink, every=every, cache=cache)
+
+
+def state_and_diff(source: HistorySource, at: Point, since: Point | None, now: float, *,
+                   sink: SnapshotSink | None = None, cache: StateCache | None = None
+                   ) -> tuple[StateAt, StateAt | None, StateDiff | None]:
+    """`tessera state --at AT [--diff SINCE]` (CLI, Operator.GetStateAt, GET /api/v1/state and /diff):
+    the state at `at`, and with `since` the state there and what changed from it to `at`.
+
+    One replay for a diff: the earlier point is rebuilt first and kept in `cache` (a cache of two when none
+    is given), so the later one replays on from it instead of from a snapshot again."""
+    target = resolve_point(source, at, now)
+    if since is None:
+        return rebuild(source, target, sink=sink, cache=cache), None, None
+    cache = cache if cache is not None else StateCache(2)
+    origin = resolve_point(source, since, now)
+    if origin <= target:
+        before = rebuild(source, origin, sink=sink, cache=cache)
+        result = rebuild(source, target, sink=sink, cache=cache)
+    else:
+        result = rebuild(source, target, sink=sink, cache=cache)
+        before = rebuild(source, origin, sink=sink, cache=cache)
+    return result, before, diff_states(before.state, result.state)

@@ -41,7 +41,7 @@ from tessera.control_plane.eventlog.errors import (
     HistoryUnavailable,
     PointOutOfRange,
 )
-from tessera.control_plane.web import params
+from tessera.control_plane.web import params, views
 from tessera.control_plane.web.service import WebError, WebReader, visibility_of, web_caller
 
 log = logging.getLogger(__name__)
@@ -114,9 +114,12 @@ def error_answer(exc: BaseException) -> tuple[int, Json]:
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, text=json.dumps(body, ensure_ascii=False, allow_nan=False,
-                                                       separators=(",", ":")),
-                        content_type="application/json", charset="utf-8")
+    return json_text_response(views.json_text(body), status)
+
+
+def json_text_response(text: str, status: int = 200) -> web.Response:
+    """An answer already written as JSON text (`views.json_text`; big ones are written off the loop)."""
+    return web.Response(status=status, text=text, content_type="application/json", charset="utf-8")
 
 
 def _is_api(request: web.Request) -> bool:
@@ -281,8 +284,9 @@ class WebApp:
             target = "/"
         try:
             web_caller(self.guard, token)
-        except (Unauthenticated, PermissionDenied) as exc:
-            return await self._login(401, exc.message)
+        except (Unauthenticated, PermissionDenied) as exc:  # unknown token 401, known but may not read 403
+            status, _ = error_answer(exc)
+            return await self._login(status, exc.message)
         response = web.HTTPSeeOther(target)
         if self.guard.acl is not None:
             response.set_cookie(COOKIE, token, httponly=True, secure=True, samesite="Strict", path="/")
@@ -350,8 +354,8 @@ class WebApp:
         import time
 
         at = params.point(request.query, "at", time.time())
-        vis = self._visibility(request)
-        return json_response(await self.run(lambda: self.reader.state_at(at, None, vis)))
+        page, vis = params.page(request.query), self._visibility(request)
+        return json_text_response(await self.run(lambda: self.reader.state_at(at, None, vis, page)))
 
     async def diff(self, request: web.Request) -> web.Response:
         import time
@@ -359,8 +363,8 @@ class WebApp:
         now = time.time()
         since = params.point(request.query, "from", now, required=True)
         at = params.point(request.query, "to", now)
-        vis = self._visibility(request)
-        return json_response(await self.run(lambda: self.reader.state_at(at, since, vis)))
+        page, vis = params.page(request.query), self._visibility(request)
+        return json_text_response(await self.run(lambda: self.reader.state_at(at, since, vis, page)))
 
     async def services(self, request: web.Request) -> web.Response:
         vis = self._visibility(request)

@@ -144,3 +144,4 @@ class WebServer:
             loop.call_soon_threadsafe(loop.stop)
             self._thread.join(5.0)
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.reader.close()

@@ -1,12 +1,12 @@
-"""The reads behind the JSON API: one method per endpoint, blocking, returning JSON-able dicts or raising the
-domain's errors (`core.errors`, `eventlog.errors`, `WebError` below), which the edge (`web.app`) maps to
+"""The reads behind the JSON API: one method per endpoint, blocking, returning JSON-able dicts (the big
+state-at/diff answers: JSON text) or raising the domain's errors (`core.errors`, `eventlog.errors`, `WebError` below), which the edge (`web.app`) maps to
 status codes in one place.
 
 Every read goes through the objects the Operator gRPC servicer uses (`api.operator.OperatorService`): the
 replica's state under `StateView.read` (with the leader's soft state), the event log of this master, the
 quorum view with its fan-out (`OperatorService.quorum_view`), the masters' proxy to the agents' file
-services (`api.files_proxy.FilesProxy`), and the history modules (`eventlog.replay.state_at`,
-`eventlog.diff.diff_states`, `codec.operator_api.state_at_to_proto`) — so `/api/v1/state?at=N` is the
+services (`api.files_proxy.FilesProxy`), and the history modules (`eventlog.replay.state_and_diff` with
+the servicer's cache of rebuilt states, `codec.operator_api.state_at_to_proto`) — so `/api/v1/state?at=N` is the
 answer `tessera state --at N --json` prints, built by the same code. Nothing here writes: every method is
 a read, on any master (a follower answers from its own replica; only traces need the leader, which keeps
 the spans).
@@ -17,11 +17,13 @@ Operator API applies it.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from google.protobuf.json_format import MessageToDict
 
@@ -33,19 +35,23 @@ from tessera.control_plane.core.errors import NotFound
 from tessera.control_plane.core.values import TaskKey
 from tessera.control_plane.core.visibility import Visibility, visibility_for
 from tessera.control_plane.eventlog import EventFilter, EventRecord
-from tessera.control_plane.eventlog.diff import diff_states
 from tessera.control_plane.eventlog.errors import AmbiguousTask, HistoryPruned
-from tessera.control_plane.eventlog.replay import state_at
+from tessera.control_plane.eventlog.replay import state_and_diff
 from tessera.control_plane.eventlog.timeline import resolve_task, split_task_ref, timeline
-from tessera.control_plane.eventlog.timepoints import Point
+from tessera.control_plane.eventlog.timepoints import Point, resolve_point
 from tessera.control_plane.web import views
-from tessera.control_plane.web.params import EventQuery, Listing, OutputQuery
+from tessera.control_plane.web.params import EventQuery, Listing, OutputQuery, Page
 from tessera.v1 import files_pb2
+from tessera.v1.operator_pb2 import GetStateAtResponse
 
 MAX_TIMELINE = 10_000
-QUORUM_CACHE_SECONDS = 0.5
+ANSWERS_KEPT = 32  # state-at/diff answers kept written out (a page each: ~100 KB with 100 tasks)
+QUORUM_REFRESH_SECONDS = 0.5
 PEER_TIMEOUT = 1.0
 Json = dict[str, Any]
+K = TypeVar("K")
+V = TypeVar("V")
+log = logging.getLogger(__name__)
 
 
 class WebError(Exception):
@@ -64,6 +70,83 @@ class Resolved:
     found: tuple[Any, bool] | None
 
 
+class QuorumRefresher:
+    """The members' own figures, asked off the request path: a daemon thread asks every master (the
+    fan-out of `quorum_view`, up to `PEER_TIMEOUT` when one is down) every `interval` seconds and keeps
+    the last answer with the monotonic time it was taken. Started by the first `latest()`, ended by
+    `close()`."""
+
+    def __init__(self, ask: Callable[[], Any], interval: float = QUORUM_REFRESH_SECONDS) -> None:
+        self._ask, self._interval = ask, interval
+        self._lock = threading.Lock()
+        self._last: tuple[float, Any] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def latest(self) -> tuple[Any, float] | None:
+        """The last full view and its age in seconds (None before the first answer)."""
+        with self._lock:
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(target=self._run, name="web-quorum", daemon=True)
+                self._thread.start()
+            last = self._last
+        return None if last is None else (last[1], max(0.0, time.monotonic() - last[0]))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                view = self._ask()
+            except Exception:  # noqa: BLE001 - a failed round keeps the previous answer (its age says so)
+                log.warning("asking the masters for the quorum view failed", exc_info=True)
+            else:
+                with self._lock:
+                    self._last = (time.monotonic(), view)
+            self._stop.wait(self._interval)
+
+    def close(self) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(PEER_TIMEOUT + 1.0)
+
+
+def overlay_members(local: Any, probed: Any) -> Any:
+    """The local view (leader, term, this master's indexes: fresh) with each other member's own figures
+    taken from the last probe (`probed`, a `GetQuorumResponse`; a member it lacks stays as local says)."""
+    by_address = {m.raft_address: m for m in probed.members}
+    for m in local.members:
+        seen = by_address.get(m.raft_address)
+        if m.is_self or seen is None:
+            continue
+        is_leader = m.is_leader
+        m.CopyFrom(seen)
+        m.is_leader = is_leader
+    return local
+
+
+class Lru(Generic[K, V]):
+    """A thread-safe map keeping its `size` most recently used entries."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._items: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
 class WebReader:
     """The JSON API's reads over one master (`operator`: its `OperatorService`)."""
 
@@ -73,26 +156,31 @@ class WebReader:
         self.files: FilesProxy = operator.files
         self.insecure = insecure
         self._clock = clock
-        self._quorum_lock = threading.Lock()
-        self._quorum: tuple[float, Any] | None = None
+        self._refresher = QuorumRefresher(lambda: operator.quorum_view(peer_timeout=PEER_TIMEOUT))
+        self._overview_lock = threading.Lock()
+        self._overview: tuple[tuple[int, float], Json] | None = None
+        self._answers: Lru[tuple[int, int | None, Visibility, Page], tuple[str, Json]] = Lru(ANSWERS_KEPT)
 
     # ---- helpers -------------------------------------------------------------------------------------
     def _read(self, fn: Callable[[Any, Any], Any]) -> Any:
         return self.operator.state_view.read(fn)
 
-    def quorum(self) -> Any:
-        """The quorum view with every member asked (cached for half a second: the overview polls it)."""
-        now = time.monotonic()
-        with self._quorum_lock:
-            if self._quorum is not None and now - self._quorum[0] < QUORUM_CACHE_SECONDS:
-                return self._quorum[1]
-        view = self.operator.quorum_view(peer_timeout=PEER_TIMEOUT)
-        with self._quorum_lock:
-            self._quorum = (time.monotonic(), view)
-        return view
+    def quorum(self) -> tuple[Any, float | None]:
+        """This master's quorum view, read now, with the other members' figures from the background
+        refresher's last round, and that round's age in seconds (None: no round finished yet)."""
+        local = self.operator.quorum_view(local_only=True)
+        latest = self._refresher.latest()
+        if latest is None:
+            return local, None
+        probed, age = latest
+        return overlay_members(local, probed), age
+
+    def close(self) -> None:
+        """End the background quorum refresher."""
+        self._refresher.close()
 
     def leader_url(self) -> str | None:
-        leader = next((m for m in self.quorum().members if m.is_leader), None)
+        leader = next((m for m in self.quorum()[0].members if m.is_leader), None)
         return leader.ui_url or None if leader is not None else None
 
     # ---- overview -----------------------------------------------------------------------------------
@@ -100,14 +188,23 @@ class WebReader:
         now = self._clock()
 
         def build(s: Any, soft: Any) -> Json:
+            # counts, resources and shares change only when an entry is applied: one walk per (seq, time)
+            key = (s.seq, s.time)
+            with self._overview_lock:
+                if self._overview is not None and self._overview[0] == key:
+                    return self._overview[1]
             shares = dominant_shares(snapshot_from_state(s, now))
-            return {"index": s.seq, "time": s.time, "counts": views.counts_json(s),
+            body = {"index": s.seq, "time": s.time, "counts": views.counts_json(s),
                     "resources": views.resources_summary(s),
                     "roles": views.roles_json(s, shares, views.role_allocations(s))}
+            with self._overview_lock:
+                self._overview = (key, body)
+            return body
 
         body = self._read(build)
-        quorum = views.quorum_json(self.quorum(), body["index"])
-        return {"insecure": self.insecure, **body, **quorum}
+        view, age = self.quorum()
+        quorum = views.quorum_json(view, body["index"])
+        return {"insecure": self.insecure, **body, **quorum, "quorum_age": None if age is None else round(age, 3)}
 
     # ---- tables -------------------------------------------------------------------------------------
     def agents(self, listing: Listing) -> Json:
@@ -249,27 +346,52 @@ class WebReader:
             more = len(records) > q.limit
             records = list(reversed(records[:q.limit]))
         reader = self._read(lambda s, soft: views.Reader.of(visibility, s))
-        return {"index": last, "first_index": first, "last_index": last, "items": [reader.event(r) for r in records],
-                "more": more}
+        return {"index": last, "first_index": first, "last_index": last,
+                "first_time": self._time_of(first, last), "last_time": self._time_of(last, last),
+                "items": [reader.event(r) for r in records], "more": more}
+
+    def _time_of(self, seq: int, last: int) -> float | None:
+        """The time event `seq` was recorded (None: no such event, or retention removed it meanwhile)."""
+        if seq < 1 or seq > last:
+            return None
+        try:
+            found = self.master.events.list(from_seq=seq, limit=1)
+        except HistoryPruned:
+            return None
+        return float(found[0].time) if found and found[0].seq == seq else None
 
     def reader_for(self, visibility: Visibility) -> views.Reader:
         reader: views.Reader = self._read(lambda s, soft: views.Reader.of(visibility, s))
         return reader
 
     # ---- history ------------------------------------------------------------------------------------
-    def state_at(self, at: Point | None, since: Point | None, visibility: Visibility) -> Json:
-        """`tessera state --at AT [--diff SINCE] --json`, from this master's event log."""
+    def state_at(self, at: Point | None, since: Point | None, visibility: Visibility, page: Page) -> str:
+        """`tessera state --at AT [--diff SINCE] --json`, from this master's event log, as JSON text, with
+        one page of its tasks and changes (`page`; `tasks_total`, `changes_total`: how many in all).
+
+        The states come from `eventlog.replay.state_and_diff` with this master's cache of rebuilt states
+        (`OperatorService.history_cache`, shared with Operator.GetStateAt); the answer for the same
+        resolved points, page and reader is kept written out (`ANSWERS_KEPT`: the history of an index
+        never changes), with this master's first and last index filled in fresh on every request."""
         store = self.master.events
         now = self._clock()
-        target = at or Point(index=store.last_seq())
-        result = state_at(store, target, now, sink=store)
-        before = diff = None
-        if since is not None:
-            before = state_at(store, since, now, sink=store)
-            diff = diff_states(before.state, result.state)
-        resp = state_at_to_proto(result, before, diff, store.first_seq(), store.last_seq(), visibility)
-        out: Json = MessageToDict(resp, preserving_proto_field_name=True)
-        return out
+        target = resolve_point(store, at or Point(index=store.last_seq()), now)
+        origin = None if since is None else resolve_point(store, since, now)
+        key = (target, origin, visibility, page)
+        kept = self._answers.get(key)
+        if kept is None:
+            result, before, diff = state_and_diff(
+                store, Point(index=target), None if origin is None else Point(index=origin), now, sink=store,
+                cache=self.operator.history_cache)
+            resp = state_at_to_proto(result, before, diff, visibility=visibility, page=(page.offset, page.limit))
+            totals: Json = {"offset": page.offset, "limit": page.limit, "tasks_total": len(result.state.tasks)}
+            if diff is not None:
+                totals["changes_total"] = len(diff.changes)
+            kept = (views.json_text(MessageToDict(resp, preserving_proto_field_name=True)), totals)
+            self._answers.put(key, kept)
+        text, totals = kept
+        head = GetStateAtResponse(first_index=store.first_seq(), last_index=store.last_seq())
+        return views.with_fields({**MessageToDict(head, preserving_proto_field_name=True), **totals}, text)
 
     # ---- services -----------------------------------------------------------------------------------
     def services(self, visibility: Visibility) -> Json:

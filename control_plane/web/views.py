@@ -19,6 +19,7 @@ from google.protobuf.json_format import MessageToDict
 
 from tessera.control_plane.codec import to_proto
 from tessera.control_plane.core.resources import Resources
+from tessera.control_plane.core.service_rows import service_rows
 from tessera.control_plane.core.state import AgentRecord, ClusterState, FrameworkRecord, TaskRecord
 from tessera.control_plane.core.values import TaskKey
 from tessera.control_plane.core.visibility import (
@@ -40,6 +41,22 @@ SUMMARY_RESOURCES = ("cpus", "mem", "disk")
 
 
 # ---- small values ------------------------------------------------------------------------------------
+def json_text(body: Any) -> str:
+    """The JSON text of every answer of the API (UTF-8, compact, no NaN)."""
+    return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def with_fields(head: Json, body_text: str) -> str:
+    """`body_text` (a JSON object's text, as `json_text` writes it) with the fields of `head` in front:
+    a stored answer with fresh figures, without decoding and re-encoding the stored part."""
+    if not head:
+        return body_text
+    if not body_text.startswith("{") or not body_text.endswith("}"):
+        raise ValueError("with_fields: the body is not a JSON object")
+    rest = body_text[1:]
+    return json_text(head)[:-1] + ("}" if rest == "}" else "," + rest)
+
+
 def resources_json(r: Resources) -> Json:
     """name -> amount over every role; ranges (ports) as [[begin, end], ...]."""
     out: Json = {}
@@ -393,16 +410,7 @@ def services_json(state: ClusterState, framework_id: str | None) -> list[Json]:
     """Each service as `tessera service list --json` prints it."""
     if framework_id is None:
         return []
-    apps, status = _docs(state, framework_id, "apps/"), _docs(state, framework_id, "status/")
-    rows = []
-    for app_id, doc in sorted(apps.items()):
-        st = status.get(app_id) if isinstance(status.get(app_id), dict) else {}
-        dep = st.get("deployment") if isinstance(st.get("deployment"), dict) else {}
-        rows.append({"id": app_id, "wanted": doc.get("instances", 1) if isinstance(doc, dict) else 1,
-                     "running": st.get("running", 0), "healthy": st.get("healthy", 0),
-                     "version": st.get("version", ""), "deployment": dep.get("state", "pending"),
-                     "reason": dep.get("reason", ""), "unplaced": st.get("unplaced", "")})
-    return rows
+    return service_rows(_docs(state, framework_id, "apps/"), _docs(state, framework_id, "status/"))
 
 
 def service_json(state: ClusterState, framework_id: str | None, app_id: str) -> Json | None:

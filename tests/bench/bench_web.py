@@ -15,6 +15,11 @@ filled up to `--events` with synthetic event rows appended to the same events.db
 the write path, not the reads. Only reads run while the bench measures; the history points asked for
 (`/api/v1/state?at`, `/api/v1/diff`) are inside the real part of the log, whose events replay.
 
+History rows: "asked again" repeats one point (the master keeps the answer written out); "new points"
+asks a point not asked before on every request, as a time-travel slider does (25 events on or back from
+the last, a diff's `to` moving on, the last real points where all the tasks live), and "far points"
+jumps around the whole real part (a cold start from a stored snapshot or a checkpoint each time).
+
 Time to first byte: from sending the request to the response's status line and headers (http.client's
 `getresponse()`), one connection per request; the median and p95 of `--requests` requests, and the time
 to the whole body. The target of issue 19 is < 200 ms for every page and call.
@@ -32,6 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -122,12 +128,16 @@ def ttfb(url: str, path: str) -> tuple[float, float, int]:
         conn.close()
 
 
-def measure(url: str, paths: dict[str, str], requests: int) -> dict[str, tuple[float, float, float, int]]:
+Target = str | Callable[[int], str]  # a path, or the path of request i (0 is the warm-up): a new point each time
+
+
+def measure(url: str, paths: dict[str, Target], requests: int) -> dict[str, tuple[float, float, float, int]]:
     out = {}
     for name, path in paths.items():
         print(f"  {name}", file=sys.stderr, flush=True)
-        ttfb(url, path)  # warm: the first request of a path pays imports and caches
-        samples = [ttfb(url, path) for _ in range(requests)]
+        at = path if callable(path) else (lambda i, p=path: p)
+        ttfb(url, at(0))  # warm: the first request of a path pays imports and caches
+        samples = [ttfb(url, at(i)) for i in range(1, requests + 1)]
         firsts = sorted(s[0] for s in samples)
         out[name] = (statistics.median(firsts), firsts[int(0.95 * (len(firsts) - 1))],
                      statistics.median(s[1] for s in samples), samples[-1][2])
@@ -168,6 +178,10 @@ def cluster(root: Path, tasks: int, events: int, per_accept: int, requests: int)
         try:
             ref = quote(f"{fw.framework_id}/task-{tasks // 2:05d}", safe="") if tasks else "none"
             mid = max(1, real_last // 2)
+
+            def near(n: int) -> int:  # a point inside the real part of the log
+                return max(1, min(real_last, n))
+
             paths = {
                 "page /": "/", "page /tasks": "/tasks", "page /tasks/{ref}": f"/tasks/{ref}",
                 "static app.js": "/static/app.js",
@@ -180,8 +194,16 @@ def cluster(root: Path, tasks: int, events: int, per_accept: int, requests: int)
                 "events after=middle": f"/api/v1/events?after={max(0, store.last_seq() // 2)}",
                 "events type+task filter": f"/api/v1/events?after=0&type=TaskLaunched&task=task-{tasks // 2:05d}",
                 "events stream from=last-10": f"/api/v1/events/stream?from={max(1, store.last_seq() - 10)}",
-                f"state at={mid}": f"/api/v1/state?at={mid}",
-                f"diff from=1 to={mid}": f"/api/v1/diff?from=1&to={mid}",
+                f"state at={mid} (asked again)": f"/api/v1/state?at={mid}",
+                f"diff from=1 to={mid} (asked again)": f"/api/v1/diff?from=1&to={mid}",
+                # a slider: every request a point not asked before, 25 events on (or back) from the last
+                "state at=new points, +25 each": lambda i: f"/api/v1/state?at={near(mid + 25 * i)}",
+                "state at=new points, -25 each": lambda i: f"/api/v1/state?at={near(mid - 25 * i)}",
+                "diff from=mid-1000 to=new points":
+                    lambda i: f"/api/v1/diff?from={near(mid - 1000)}&to={near(mid + 7 + 25 * i)}",
+                # (not the last real entry: the synthetic rows after it would glue onto it)
+                "state at=near the end (all tasks)": lambda i: f"/api/v1/state?at={near(real_last - 200 - 3 * i)}",
+                "state at=far points (cold)": lambda i: f"/api/v1/state?at={near((real_last * (i % 7 + 1)) // 9 + i)}",
                 "services": "/api/v1/services",
             }
             results = measure(server.url, paths, requests)

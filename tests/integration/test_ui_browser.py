@@ -24,6 +24,7 @@ Chromium cannot be downloaded by Playwright here: the test uses `/usr/bin/chromi
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -350,6 +351,28 @@ def test_time_travel_at_an_index_shows_what_tessera_state_at_prints(cluster: Clu
         assert tab.errors == [], tab.errors
         tab.close()
 
+    # the slider over time: a second after the launch was recorded, the state is what `--at @T` prints
+    launch_time = get_json(f"{cluster.ui}api/v1/events?after={launched - 1}&limit=1")["items"][0]["time"]
+    kept = get_json(f"{cluster.ui}api/v1/events?limit=1")
+    assert kept["first_time"] <= launch_time <= kept["last_time"]
+    when = math.ceil(launch_time)
+    expected = cluster.cli("state", "--at", f"@{when}", "--json")
+    tab = Tab(browser)
+    tab.open(f"{cluster.ui}timetravel?at=1")  # before the task: sliding to the launch's time brings it in
+    tab.page.wait_for_selector("[data-testid=tt-index]")
+    assert tab.page.locator(f"[data-testid=tt-tasks] tbody tr[data-task='{task['id']}']").count() == 0
+    tab.page.select_option("[data-testid=tt-mode]", "time")
+    slider = tab.page.locator("[data-testid=tt-slider]")
+    assert slider.get_attribute("aria-label") == "Time"
+    assert int(slider.get_attribute("min")) == math.floor(kept["first_time"])
+    slider.evaluate("(el, v) => { el.value = String(v); el.dispatchEvent(new Event('input')); }", when)
+    assert tab.page.locator("[data-testid=tt-at-input]").input_value() == f"@{when}"
+    tab.page.wait_for_selector(f"[data-testid=tt-tasks] tbody tr[data-task='{task['id']}']")
+    assert tab.page.locator("[data-testid=tt-index]").inner_text() == f"#{expected['at']['index']}"
+    assert tab.page.evaluate("location.search") == f"?at=%40{when}"
+    assert tab.errors == [], tab.errors
+    tab.close()
+
     # a diff between two points: the task appears
     tab = Tab(browser)
     tab.open(f"{cluster.ui}timetravel?at={launched}&from=1")
@@ -441,13 +464,18 @@ def test_a_secured_master_asks_the_browser_for_a_token_and_then_serves_its_pages
             tab.page.fill("input[name=token]", "tok-not-a-token")
             tab.page.click("button[type=submit]")
             tab.page.wait_for_selector("#login-error:has-text('not accepted')")
-            # a principal without `read`: POST /login refuses it with 401 too (the reason is only in the
-            # X-Tessera-Login-Error header, which the page's scripts cannot see)
+            # a principal without `read`: POST /login answers 403 and the page says why
             tab.page.fill("input[name=token]", TOKENS["nobody"])
             tab.page.click("button[type=submit]")
-            tab.page.wait_for_selector("#login-error:has-text('not accepted')")
+            tab.page.wait_for_selector("#login-error:has-text('may not read the cluster')")
             assert tab.page.locator("input[name=next]").input_value() == "/tasks"  # kept across refusals
             tab.shot(shots, "login")
+            # ?error= is a code mapped to a fixed text: anything else is never put on the page
+            tab.page.goto(f"{url}login?error=permission_denied&next=/tasks")
+            tab.page.wait_for_selector("#login-error:has-text('may not read the cluster')")
+            tab.page.goto(f"{url}login?error=%3Cb%3Eyou%20were%20hacked%3C%2Fb%3E&next=/tasks")
+            tab.page.wait_for_selector("#login-error:has-text('Sign in again.')")
+            assert "hacked" not in tab.page.content()
             tab.page.fill("input[name=token]", TOKENS["ops"])
             tab.page.click("button[type=submit]")
             tab.page.wait_for_url(f"{url}tasks")

@@ -148,6 +148,18 @@ class WebMaster:
     task_ids: list[str]
 
 
+def without_provenance(answer: dict[str, Any]) -> dict[str, Any]:
+    """A state-at/diff answer as `tessera state --at/--diff --json` prints it: without the web's page
+    fields (`offset`, `limit`, `tasks_total`, `changes_total`) and without how each state was obtained
+    (the snapshot or cached state it started from, the events replayed: that depends on what the master
+    rebuilt before, the answer does not)."""
+    out = {k: v for k, v in answer.items() if k not in ("offset", "limit", "tasks_total", "changes_total")}
+    for point in ("at", "diff_from"):
+        if point in out:
+            out[point] = {k: v for k, v in out[point].items() if k not in ("snapshot_index", "replayed_events")}
+    return out
+
+
 def static_dir() -> Path:
     d = Path(tempfile.mkdtemp(prefix="tessera-web-static-"))
     (d / "index.html").write_text(INDEX_HTML)

@@ -50,6 +50,11 @@ def test_the_cli_uses_the_cluster_file_and_the_variable(tmp_path: Path, monkeypa
         write_cluster_file(tmp_path, [node.grpc_address])
         code, out = tessera("--json", "quorum", "status")
         assert code == 0 and json.loads(out)["leader_grpc"] == node.grpc_address, out
+        code, out = tessera("quorum", "status")
+        assert code == 0 and "ui m1: none (started without --http)" in out, out
+        node.server.operator.quorum.ui_url = "http://127.0.0.1:8123/"
+        code, out = tessera("quorum", "status")
+        assert code == 0 and "ui m1: http://127.0.0.1:8123/" in out, out
         down = f"127.0.0.1:{free_port()}"
         code, out = tessera("quorum", "status", env={"TESSERA_MASTERS": down})
         assert code == 1 and f"no master answered at {down}" in out and "masters from TESSERA_MASTERS" in out

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tessera.control_plane.core.acl import Caller, Grant
 from tessera.control_plane.core.resources import Resources
 from tessera.control_plane.core.state import (
@@ -179,3 +181,13 @@ def test_overview_counts_resources_and_roles() -> None:
     roles = views.roles_json(s, {"default": 0.25}, allocated)
     assert roles[0]["role"] == "default" and roles[0]["dominant_share"] == 0.25
     assert roles[0]["allocated"]["mem"] == 32.0 * 6  # the six live tasks, not the failed ones
+
+
+def test_fresh_fields_go_in_front_of_a_kept_answer() -> None:
+    kept = views.json_text({"at": {"index": "3"}, "state": {"tasks": []}})
+    fresh = views.with_fields({"first_index": "1", "last_index": "9"}, kept)
+    assert json.loads(fresh) == {"first_index": "1", "last_index": "9", "at": {"index": "3"}, "state": {"tasks": []}}
+    assert views.with_fields({}, kept) == kept
+    assert json.loads(views.with_fields({"a": 1}, "{}")) == {"a": 1}
+    with pytest.raises(ValueError):
+        views.with_fields({"a": 1}, "[1]")

@@ -5,6 +5,7 @@ the token/cookie flow with an ACL (docs/http-api.md)."""
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -14,7 +15,7 @@ from tessera.control_plane.api.auth import Guard
 from tessera.control_plane.core.acl import parse_acl
 from tessera.v1 import operator_pb2
 from tests.support.cluster import wait_for
-from tests.support.web import WebMaster, launch, web_master
+from tests.support.web import WebMaster, launch, web_master, without_provenance
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -99,6 +100,7 @@ def test_events_are_paged_by_index_with_filters(wm: WebMaster) -> None:
     assert seqs == sorted(seqs) and seqs[-1] == newest["last_index"] and newest["more"] is True
     assert newest["first_index"] == 1
     first = wm.client.get_json("/api/v1/events?after=0&limit=2")
+    assert newest["first_time"] == first["items"][0]["time"] and newest["last_time"] == newest["items"][-1]["time"]
     assert [e["seq"] for e in first["items"]] == [1, 2] and first["more"]
     before = wm.client.get_json("/api/v1/events?before=3&limit=10")
     assert [e["seq"] for e in before["items"]] == [1, 2] and before["more"] is False
@@ -115,11 +117,36 @@ def test_state_at_and_diff_answer_what_the_operator_api_answers(wm: WebMaster) -
     for n in (3, 10):
         web = wm.client.get_json(f"/api/v1/state?at={n}")
         grpc_answer = stub.GetStateAt(operator_pb2.GetStateAtRequest(at=operator_pb2.HistoryPoint(index=n)))
-        assert web == MessageToDict(grpc_answer, preserving_proto_field_name=True)
+        assert without_provenance(web) == without_provenance(MessageToDict(grpc_answer,
+                                                                           preserving_proto_field_name=True))
+        # asked again (the answer kept): the same, with this master's first and last index
+        again = wm.client.get_json(f"/api/v1/state?at={n}")
+        assert again == web and int(again["last_index"]) == wm.node.master.events.last_seq()
     diff = wm.client.get_json("/api/v1/diff?from=2&to=%2310")
     grpc_diff = stub.GetStateAt(operator_pb2.GetStateAtRequest(at=operator_pb2.HistoryPoint(index=10),
                                                               diff_from=operator_pb2.HistoryPoint(index=2)))
-    assert diff == MessageToDict(grpc_diff, preserving_proto_field_name=True) and diff["changes"]
+    assert without_provenance(diff) == without_provenance(
+        MessageToDict(grpc_diff, preserving_proto_field_name=True)) and diff["changes"]
+    assert diff["changes_total"] == len(diff["changes"]) and diff["tasks_total"] == len(diff["state"]["tasks"])
+    # a page of the tasks (ordered by framework and task id) and of the changes, with how many in all
+    def at(n: int) -> dict[str, Any]:
+        answer = stub.GetStateAt(operator_pb2.GetStateAtRequest(at=operator_pb2.HistoryPoint(index=n)))
+        return MessageToDict(answer, preserving_proto_field_name=True)
+
+    # the point holding the most tasks at once (the tasks finish as the history goes on)
+    last, full = max(((n, at(n)) for n in range(1, wm.node.master.events.last_seq() + 1)),
+                     key=lambda p: len(p[1]["state"].get("tasks", [])))
+    assert len(full["state"]["tasks"]) >= 1
+    total = len(full["state"]["tasks"])
+    paged = wm.client.get_json(f"/api/v1/state?at={last}&offset=0&limit=1")
+    assert paged["state"]["tasks"] == full["state"]["tasks"][:1]
+    assert (paged["tasks_total"], paged["offset"], paged["limit"]) == (total, 0, 1)
+    beyond = wm.client.get_json(f"/api/v1/state?at={last}&offset={total}&limit=1")
+    assert beyond["state"].get("tasks", []) == [] and beyond["tasks_total"] == total
+    assert paged["state"]["agents"] == full["state"]["agents"]
+    changes = wm.client.get_json("/api/v1/diff?from=2&to=10&offset=2&limit=2")
+    assert changes["changes"] == diff["changes"][2:4] and changes["changes_total"] == len(diff["changes"])
+    assert wm.client.get_json("/api/v1/state?at=10&limit=0", status=400)["error"]["field"] == "limit"
     latest = wm.client.get_json("/api/v1/state")
     assert int(latest["at"]["index"]) >= 10
     err = wm.client.get_json("/api/v1/state?at=tomorrow-ish", status=400)["error"]
@@ -191,6 +218,8 @@ def test_a_stream_from_what_retention_removed_says_gap_and_goes_on() -> None:
         last = store.last_seq()
         store.prune(before_seq=5)
         assert store.first_seq() == 5
+        kept = m.client.get_json("/api/v1/events?after=4&limit=1")
+        assert kept["first_index"] == 5 and kept["first_time"] == kept["items"][0]["time"]
         err = m.client.get_json("/api/v1/events?after=1", status=410)["error"]
         assert err["code"] == "history_pruned" and err["first_index"] == 5
         stream = m.client.stream("/api/v1/events/stream?from=2")
@@ -232,6 +261,9 @@ def test_with_an_acl_a_token_with_read_is_needed_by_header_or_login_cookie() -> 
         origin = m.server.url.rstrip("/")
         bad = c.request("POST", "/login", b"token=guess", {**headers, "Origin": origin})
         assert bad.status == 401 and "x-tessera-login-error" in bad.headers and not c.cookies
+        no_read = c.request("POST", "/login", f"token={TOKENS['writer']}".encode(), {**headers, "Origin": origin})
+        assert no_read.status == 403 and "read" in no_read.headers["x-tessera-login-error"] and not c.cookies
+        assert no_read.body == (m.static / "login.html").read_bytes()
         good = c.request("POST", "/login", form, {**headers, "Referer": origin + "/login"})
         assert good.status == 303 and good.headers["location"] == "/tasks"
         cookie = good.headers["set-cookie"]

@@ -59,8 +59,8 @@ export const api = {
   trace: (ref, opts) => getJSON(`/tasks/${encodeURIComponent(ref)}/trace`, {}, opts),
   output: (ref, stream, opts) => getJSON(`/tasks/${encodeURIComponent(ref)}/output`, { stream, tail: 8192 }, opts),
   events: (params, opts) => getJSON("/events", params, opts),
-  stateAt: (at, opts) => getJSON("/state", { at }, opts),
-  diff: (from, to, opts) => getJSON("/diff", { from, to }, opts),
+  stateAt: (at, opts, page = {}) => getJSON("/state", { at, ...page }, opts),
+  diff: (from, to, opts, page = {}) => getJSON("/diff", { from, to, ...page }, opts),
   services: (opts) => getJSON("/services", {}, opts),
   service: (id, opts) => getJSON(`/services/${encodeURIComponent(id)}`, {}, opts),
 };

@@ -1,6 +1,7 @@
 // Time travel: the cluster as of a point in history (an event index, or a time) — the same answer as
 // `tessera state --at POINT --json` (GET /api/v1/state) — and what changed between two points
-// (`--diff`, GET /api/v1/diff). A slider moves over the indexes the answering master keeps.
+// (`--diff`, GET /api/v1/diff). A slider moves over the indexes the answering master keeps, or over the
+// times they were recorded (GET /api/v1/events' first_time/last_time; the point sent is `@<unix>`).
 
 import { h, link, replace, fmtTime, fmtResource, shortId } from "../dom.js";
 import { api, ApiError } from "../api.js";
@@ -23,7 +24,17 @@ function checkPoint(text) {
   return { point: t };
 }
 
-function stateView(data) {
+const PAGE = 100;  // tasks (and changes) per page: the API answers one page and how many in all
+
+function pager(testid, offset, shown, total, go) {
+  if (total <= shown && offset === 0) return null;
+  return h("div", { class: "toolbar", "data-testid": testid },
+    h("span", { class: "muted" }, `${total ? offset + 1 : 0}–${offset + shown} of ${total}`),
+    h("button", { type: "button", disabled: offset <= 0, onclick: () => go(Math.max(0, offset - PAGE)) }, "Previous"),
+    h("button", { type: "button", disabled: offset + shown >= total, onclick: () => go(offset + PAGE) }, "Next"));
+}
+
+function stateView(data, goTasks) {
   const st = data.state || {};
   const agents = st.agents || [];
   const frameworks = st.frameworks || [];
@@ -41,7 +52,7 @@ function stateView(data) {
       h("span", { class: "muted" }, ` · rebuilt from ${at.snapshot_index && at.snapshot_index !== "0"
         ? `snapshot #${at.snapshot_index}` : "the empty state"} by replaying ${at.replayed_events || 0} events`)),
     h("div", { class: "counts", style: "margin-bottom:12px" },
-      [["agents", agents.length], ["frameworks", frameworks.length], ["tasks", tasks.length]].map(([what, n]) =>
+      [["agents", agents.length], ["frameworks", frameworks.length], ["tasks", data.tasks_total ?? tasks.length]].map(([what, n]) =>
         h("div", { class: "count" }, h("span", { class: "n", "data-testid": `tt-count-${what}` }, n), h("span", { class: "what" }, what)))),
     h("h2", {}, "Agents"),
     table("tt-agents", ["Agent", "Host", "State", "CPUs used/total", "Mem used/total"], agents.map((a) => h("tr", {},
@@ -54,6 +65,7 @@ function stateView(data) {
       h("td", {}, h("code", {}, f.framework_id)), h("td", {}, (f.info || {}).name || ""), h("td", {}, stateBadge(f.state)),
       h("td", {}, ((f.info || {}).roles || []).join(", ")))), "No frameworks."),
     h("h2", { style: "margin-top:12px" }, "Tasks"),
+    pager("tt-tasks-pager", data.offset || 0, tasks.length, data.tasks_total ?? tasks.length, goTasks),
     table("tt-tasks", ["Task", "Framework", "Agent", "State", "CPUs", "Mem"], tasks.map((t) => {
       const info = t.task || {};
       return h("tr", { "data-task": info.task_id },
@@ -64,13 +76,15 @@ function stateView(data) {
   ];
 }
 
-function diffView(data) {
+function diffView(data, goChanges) {
   const changes = data.changes || [];
+  const total = data.changes_total ?? changes.length;
   const from = data.diff_from || {};
   const to = data.at || {};
   return [
     h("p", {}, `From #${from.index || 0} (${fmtTime(from.time)}) to #${to.index || 0} (${fmtTime(to.time)}): `,
-      h("strong", { "data-testid": "tt-diff-count" }, `${changes.length} change${changes.length === 1 ? "" : "s"}`)),
+      h("strong", { "data-testid": "tt-diff-count" }, `${total} change${total === 1 ? "" : "s"}`)),
+    pager("tt-diff-pager", data.offset || 0, changes.length, total, goChanges),
     changes.length ? h("div", { class: "table-wrap" }, h("table", { "data-testid": "tt-diff" },
       h("thead", {}, h("tr", {}, ["Kind", "Id", "Change", "Fields"].map((t) => h("th", { scope: "col" }, t)))),
       h("tbody", {}, changes.map((c) => h("tr", {},
@@ -89,14 +103,47 @@ export async function timeTravelPage(view, _params, { signal, query }) {
   const at = query.get("at") || String(last);
   const from = query.get("from") || "";
 
-  const slider = h("input", { type: "range", min: first, max: Math.max(first, last), step: 1,
-                              value: /^\d+$/.test(at) ? at : last, "aria-label": "Event index" });
+  // the slider runs over event indexes or, with times known, over seconds from the first kept event's
+  // time to the last one's (a point `@<unix>`: the state after the last event recorded by then)
+  const firstTime = head.first_time == null ? null : Math.floor(head.first_time);
+  const lastTime = head.last_time == null ? null : Math.ceil(head.last_time);
+  const canTime = firstTime != null && lastTime != null;
+  let mode = canTime && /^@\d+(\.\d+)?$/.test(at) ? "time" : "index";
+  const slider = h("input", { type: "range", step: 1, "data-testid": "tt-slider" });
+  const sliderLabel = h("span", { class: "muted", "data-testid": "tt-slider-label" });
+  const modeSelect = h("select", { "aria-label": "Slide over", "data-testid": "tt-mode", disabled: !canTime },
+    h("option", { value: "index" }, "event index"), h("option", { value: "time" }, "time"));
+  modeSelect.value = mode;
+
+  function labelSlider() {
+    sliderLabel.textContent = mode === "time"
+      ? ` ${new Date(Number(slider.value) * 1000).toISOString().replace(".000Z", "Z")}`
+      : ` #${slider.value}`;
+  }
+
+  function setSlider(index, time) {
+    if (mode === "time") {
+      slider.min = firstTime;
+      slider.max = Math.max(firstTime, lastTime);
+      slider.setAttribute("aria-label", "Time");
+      slider.value = time == null ? lastTime : Math.round(time);
+    } else {
+      slider.min = first;
+      slider.max = Math.max(first, last);
+      slider.setAttribute("aria-label", "Event index");
+      slider.value = index == null ? last : index;
+    }
+    labelSlider();
+  }
+  setSlider(/^\d+$/.test(at) ? Number(at) : null, /^@\d+(\.\d+)?$/.test(at) ? Number(at.slice(1)) : null);
   const atInput = h("input", { type: "text", name: "at", value: at, size: 24, "data-testid": "tt-at-input" });
   const fromInput = h("input", { type: "text", name: "from", value: from, size: 24, placeholder: "e.g. 1 or 10m",
                                  "data-testid": "tt-from-input" });
   const stateBox = h("div");
   const diffBox = h("div");
   let timer = null;
+  let taskOffset = 0;
+  let changeOffset = 0;
 
   function saveUrl() {
     const q = new URLSearchParams();
@@ -105,8 +152,9 @@ export async function timeTravelPage(view, _params, { signal, query }) {
     history.replaceState(null, "", `/timetravel?${q}`);
   }
 
-  async function show() {
+  async function show(keepPages = false) {
     saveUrl();
+    if (!keepPages) taskOffset = changeOffset = 0;
     const checked = checkPoint(atInput.value);
     if (checked.error) {
       replace(stateBox, h("div", { class: "notice error", role: "alert", "data-testid": "error" }, checked.error));
@@ -114,9 +162,11 @@ export async function timeTravelPage(view, _params, { signal, query }) {
     }
     replace(stateBox, loading("Rebuilding the state…"));
     try {
-      const data = await api.stateAt(checked.point, { signal });
-      replace(stateBox, stateView(data));
-      if (data.at && data.at.index) slider.value = data.at.index;
+      const data = await api.stateAt(checked.point, { signal }, { offset: taskOffset, limit: PAGE });
+      replace(stateBox, stateView(data, (offset) => { taskOffset = offset; show(true); }));
+      // a time point leaves a time slider where it was (the answer's event was recorded at or before it)
+      const timePoint = mode === "time" && checked.point.startsWith("@");
+      if (data.at && data.at.index && !timePoint) setSlider(Number(data.at.index), data.at.time);
     } catch (err) {
       if (err.name === "AbortError") return;
       replace(stateBox, errorView(err instanceof ApiError ? err : new ApiError(0, "error", String(err))));
@@ -133,15 +183,22 @@ export async function timeTravelPage(view, _params, { signal, query }) {
     }
     replace(diffBox, loading("Comparing…"));
     try {
-      replace(diffBox, diffView(await api.diff(f.point, atInput.value.trim(), { signal })));
+      const data = await api.diff(f.point, atInput.value.trim(), { signal }, { offset: changeOffset, limit: PAGE });
+      replace(diffBox, diffView(data, (offset) => { changeOffset = offset; showDiff(); }));
     } catch (err) {
       if (err.name === "AbortError") return;
       replace(diffBox, errorView(err));
     }
   }
 
+  modeSelect.addEventListener("change", () => {
+    mode = modeSelect.value;
+    setSlider(null, null);
+  });
+
   slider.addEventListener("input", () => {
-    atInput.value = slider.value;
+    labelSlider();
+    atInput.value = mode === "time" ? `@${slider.value}` : slider.value;
     clearTimeout(timer);
     timer = setTimeout(show, 250);
   });
@@ -149,9 +206,11 @@ export async function timeTravelPage(view, _params, { signal, query }) {
   replace(view,
     h("h1", {}, "Time travel"),
     h("section", { class: "panel", style: "margin-bottom:14px" },
-      h("p", { class: "muted" }, `This master keeps events #${first} to #${last}. A point is an event index (42, #42), `,
+      h("p", { class: "muted", "data-testid": "tt-kept" }, `This master keeps events #${first} to #${last}`,
+        canTime ? ` (${fmtTime(head.first_time)} to ${fmtTime(head.last_time)})` : "",
+        ". A point is an event index (42, #42), ",
         "unix seconds (@1700000000), an ISO-8601 time (UTC unless it says otherwise) or an age (10m, 2h ago)."),
-      slider,
+      h("div", { class: "toolbar" }, h("label", {}, "Slide over ", modeSelect), slider, sliderLabel),
       h("form", { class: "toolbar", style: "margin-top:10px",
                   onsubmit: (e) => { e.preventDefault(); show(); } },
         h("label", {}, "State at", atInput),

@@ -1,0 +1,177 @@
+"""Rebuilding with a cache of rebuilt states (eventlog/statecache.py): every answer equals a fresh rebuild
+from the log and the live state the master held, whatever was asked before (a slider's steps forward and
+back, the two ends of a diff), and a cached state is never changed by a later replay."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import pytest
+
+from tessera.control_plane.core.state import ClusterState
+from tessera.control_plane.eventlog import MemoryEventStore
+from tessera.control_plane.eventlog.diff import diff_states
+from tessera.control_plane.eventlog.replay import rebuild, replay_records, state_and_diff
+from tessera.control_plane.eventlog.snapshots import encode_snapshot
+from tessera.control_plane.eventlog.statecache import (
+    CLONE_EVENTS,
+    SNAPSHOT_DECODE_EVENTS,
+    StateCache,
+    checkpoint_due,
+    choose_start,
+    clone_state,
+)
+from tessera.control_plane.eventlog.timepoints import Point
+
+from .workload import Leader
+
+
+def test_a_slider_moving_both_ways_gets_the_live_state_at_every_point(
+        memory_history: tuple[MemoryEventStore, Leader]) -> None:
+    store, leader = memory_history
+    cache = StateCache(3)
+    points = sorted(leader.fingerprints)
+    rng = random.Random(7)
+    i = len(points) // 2
+    started_from_cache = 0
+    for _ in range(300):
+        i = min(len(points) - 1, max(0, i + rng.choice((-3, -1, 1, 1, 2, 5, -20, 20))))
+        seq = points[i]
+        got = rebuild(store, seq, every=0, cache=cache)
+        assert got.state.fingerprint() == leader.fingerprints[seq], f"diverged at {seq}"
+        started_from_cache += got.snapshot_seq > 0
+    assert started_from_cache > 200  # the cache was used, not only the empty state
+    # and what the cache holds now is still exactly the history
+    for seq in cache.indexes():
+        assert rebuild(store, seq, every=0, cache=cache).state.fingerprint() == leader.fingerprints[seq]
+
+
+def test_a_cached_state_is_not_changed_by_replaying_on_from_it(memory_history: tuple[MemoryEventStore, Leader]) -> None:
+    store, leader = memory_history
+    points = sorted(leader.fingerprints)
+    early, late = points[len(points) // 3], points[-1]
+    cache = StateCache(4)
+    first = rebuild(store, early, every=0, cache=cache)
+    later = rebuild(store, late, every=0, cache=cache)
+    assert later.snapshot_seq == early and later.replayed == late - early  # replayed on from the cached one
+    assert later.state.fingerprint() == leader.fingerprints[late]
+    again = rebuild(store, early, every=0, cache=cache)
+    assert again.state is first.state and again.replayed == 0
+    assert again.state.fingerprint() == leader.fingerprints[early] == rebuild(store, early, every=0).state.fingerprint()
+
+
+def test_a_clone_shares_no_mutable_part(memory_history: tuple[MemoryEventStore, Leader]) -> None:
+    store, leader = memory_history
+    points = sorted(leader.fingerprints)
+    mid = points[len(points) // 2]
+    original = rebuild(store, mid, every=0).state
+    before = original.fingerprint()
+    copy = clone_state(original)
+    assert copy.fingerprint() == before and copy is not original
+    replay_records(copy, store.list(from_seq=mid + 1, limit=10**6))
+    assert copy.fingerprint() == leader.fingerprints[points[-1]]
+    assert original.fingerprint() == before
+
+
+@dataclass
+class _Odd:
+    things: bytearray = field(default_factory=bytearray)
+
+
+def test_a_state_holding_an_unknown_mutable_type_is_refused_not_shared() -> None:
+    state = ClusterState()
+    state.event_counts = {"x": _Odd()}  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match="bytearray"):
+        clone_state(state)
+
+
+def test_a_diff_replays_once_and_equals_the_diff_of_fresh_rebuilds(
+        memory_history: tuple[MemoryEventStore, Leader]) -> None:
+    store, leader = memory_history
+    points = sorted(leader.fingerprints)
+    a, b = points[5], points[-3]
+    fresh = diff_states(rebuild(store, a, every=0).state, rebuild(store, b, every=0).state)
+    result, before, diff = state_and_diff(store, Point(index=b), Point(index=a), 0.0)
+    assert before is not None and diff is not None
+    assert (before.index, result.index) == (a, b) and diff == fresh and diff.changes
+    assert result.snapshot_seq == a  # the later point replayed on from the earlier one
+    assert result.state.fingerprint() == leader.fingerprints[b]
+    assert before.state.fingerprint() == leader.fingerprints[a]
+    # the other way round: what changed going back
+    back, since, undo = state_and_diff(store, Point(index=a), Point(index=b), 0.0)
+    assert since is not None and undo == diff_states(since.state, back.state)
+    assert back.state.fingerprint() == leader.fingerprints[a]
+    # without a diff, with a master's cache: the state alone
+    cache = StateCache()
+    only, none, nothing = state_and_diff(store, Point(index=b), None, 0.0, cache=cache)
+    assert none is None and nothing is None and cache.indexes() == [b]
+    assert only.state.fingerprint() == leader.fingerprints[b]
+
+
+def test_a_cached_state_before_what_retention_removed_is_not_a_start(
+        memory_history: tuple[MemoryEventStore, Leader]) -> None:
+    store, leader = memory_history
+    points = sorted(leader.fingerprints)
+    old, kept, late = points[3], points[len(points) // 2], points[-1]
+    cache = StateCache()
+    rebuild(store, old, every=0, cache=cache)
+    store.put_snapshot(kept, encode_snapshot(rebuild(store, kept, every=0).state))
+    store.prune(before_seq=kept + 1)
+    got = rebuild(store, late, every=0, cache=cache)
+    assert got.snapshot_seq == kept and got.state.fingerprint() == leader.fingerprints[late]
+    # the cached state itself still answers for its own index
+    assert rebuild(store, old, every=0, cache=cache).state.fingerprint() == leader.fingerprints[old]
+
+
+def test_where_a_rebuild_starts() -> None:
+    assert choose_start(100, None, None) == "empty"
+    assert choose_start(100, None, 0) == "snapshot"
+    assert choose_start(100, 100, 90) == "cached"  # the very state: nothing to replay
+    assert choose_start(100, 10, None) == "cached"
+    # a snapshot nearer by more than decoding costs over cloning wins
+    gap = SNAPSHOT_DECODE_EVENTS - CLONE_EVENTS
+    assert choose_start(100_000, 50_000, 50_000 + gap) == "cached"
+    assert choose_start(100_000, 50_000, 50_000 + gap + 1) == "snapshot"
+
+
+def test_the_cache_keeps_the_most_recently_used_states() -> None:
+    cache = StateCache(2)
+    states = {seq: ClusterState(seq=seq) for seq in (10, 20, 30)}
+    cache.put(states[10])
+    cache.put(states[20])
+    assert cache.nearest(25) == (20, states[20]) and cache.nearest(15) == (10, states[10])
+    assert cache.nearest(5) is None
+    cache.put(states[30])  # 20 was used least recently
+    assert cache.indexes() == [10, 30] and cache.nearest(25) == (10, states[10])
+    StateCache(0).put(states[10])
+
+
+def test_a_long_replay_leaves_checkpoints_that_equal_the_history(
+        memory_history: tuple[MemoryEventStore, Leader]) -> None:
+    store, leader = memory_history
+    last = max(leader.fingerprints)
+    cache = StateCache(50)
+    rebuild(store, last, every=0, cache=cache, checkpoints=last + 1)  # no multiple crossed
+    assert cache.indexes() == [last]
+    cache = StateCache(50)
+    rebuild(store, last, every=0, cache=cache, checkpoints=max(2, last // 10))
+    kept = cache.indexes()
+    assert len(kept) >= 5 and kept[-1] == last
+    for seq in kept:
+        assert seq in leader.fingerprints and rebuild(store, seq, every=0, cache=cache).replayed == 0
+        assert cache.nearest(seq) is not None
+        assert cache.nearest(seq)[1].fingerprint() == leader.fingerprints[seq]  # type: ignore[index]
+    # a point before the one asked starts from the checkpoint just before it
+    back = next(s for s in sorted(leader.fingerprints) if kept[1] < s < kept[2])
+    got = rebuild(store, back, every=0, cache=cache)
+    assert got.snapshot_seq == kept[1] and got.state.fingerprint() == leader.fingerprints[back]
+
+
+def test_when_a_replay_keeps_a_checkpoint() -> None:
+    assert checkpoint_due(3_000, 0, 10_000, every=2_500)  # crossed 2,500
+    assert not checkpoint_due(2_000, 0, 10_000, every=2_500)  # no multiple crossed yet
+    assert not checkpoint_due(4_000, 3_000, 10_000, every=2_500)  # kept at 3,000: 5,000 not crossed yet
+    assert checkpoint_due(9_990, 7_400, 10_000, every=2_500)  # crossed 7,500, even near the target
+    assert not checkpoint_due(10_000, 7_400, 10_000, every=2_500)  # the target itself is kept anyway
+    assert not checkpoint_due(3_000, 0, 10_000, every=0)
