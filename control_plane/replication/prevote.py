@@ -35,6 +35,7 @@ in), unit-tested on their own.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,8 @@ __all__ = [
 
 PRE_VOTE_REQUEST = "tessera_pre_vote"
 PRE_VOTE_REPLY = "tessera_pre_vote_reply"
+
+log = logging.getLogger(__name__)
 
 _FOLLOWER = _pysyncobj._RAFT_STATE.FOLLOWER
 _CANDIDATE = _pysyncobj._RAFT_STATE.CANDIDATE
@@ -195,6 +198,8 @@ class _PreVote:
             if self.check_quorum and should_step_down(
                     now=now, last_answers=[so._SyncObj__lastResponseTime.get(n, now) for n in so._SyncObj__otherNodes],
                     voters=len(so._SyncObj__otherNodes) + 1, timeout=self.conf.raftMaxTimeout):
+                log.info("check-quorum: no answer from a majority within %.2f s; stepping down in term %d",
+                         self.conf.raftMaxTimeout, so._SyncObj__raftCurrentTerm)
                 so._SyncObj__setState(_FOLLOWER)  # what pysyncobj does after leaderFallbackTimeout
                 so._SyncObj__raftLeader = None
                 # A fresh election timeout: the deadline left from before it led has long passed, and
@@ -210,6 +215,8 @@ class _PreVote:
         term = so._SyncObj__raftCurrentTerm
         current = self.round
         if current is not None and current.won and current.term == term + 1:
+            log.info("pre-vote for term %d won (%d of %d voters); electing", current.term,
+                     1 + len(current.granted), current.voters)
             self.round = None
             return  # a majority would vote: pysyncobj's election runs on this tick
         self.start_round(term + 1)
