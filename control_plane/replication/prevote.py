@@ -35,6 +35,8 @@ in), unit-tested on their own.
 from __future__ import annotations
 
 import itertools
+import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +57,8 @@ __all__ = [
 
 PRE_VOTE_REQUEST = "tessera_pre_vote"
 PRE_VOTE_REPLY = "tessera_pre_vote_reply"
+
+log = logging.getLogger(__name__)
 
 _FOLLOWER = _pysyncobj._RAFT_STATE.FOLLOWER
 _CANDIDATE = _pysyncobj._RAFT_STATE.CANDIDATE
@@ -159,12 +163,25 @@ class _PreVote:
         self.heard_from_leader_at: float | None = None
 
     def install(self) -> None:
-        tick = self.so._onTick
+        so = self.so
+        tick = so._onTick
         deliver = self.transport._onMessageReceivedCallback
 
         def on_tick(time_to_wait: float = 0.0) -> None:
-            self.before_tick()
-            tick(time_to_wait)
+            if self.before_tick():
+                tick(time_to_wait)
+                return
+            # Hold pysyncobj's election deadline back for this tick: it compares the deadline with the
+            # clock again, later than `before_tick` did (after the GIL, a preemption, a SIGSTOP), and a
+            # deadline that passed in between started an election without a pre-vote. What the tick
+            # itself sets (a heartbeat's fresh deadline, a won round's 0, `timeout_now`) stays.
+            held = so._SyncObj__raftElectionDeadline
+            so._SyncObj__raftElectionDeadline = math.inf
+            try:
+                tick(time_to_wait)
+            finally:
+                if so._SyncObj__raftElectionDeadline == math.inf:
+                    so._SyncObj__raftElectionDeadline = held
 
         def on_message(node: Any, message: Any) -> None:
             kind = message.get("type") if isinstance(message, dict) else None
@@ -186,7 +203,10 @@ class _PreVote:
         self.transport.setOnMessageReceivedCallback(on_message)
 
     # ---- the candidate's side -------------------------------------------------------------------------
-    def before_tick(self) -> None:
+    def before_tick(self) -> bool:
+        """Run before each tick of pysyncobj; True when that tick may start pysyncobj's own election
+        (a won pre-vote, a leadership transfer) or has none to start (a leader, a node without an
+        address), False when the election deadline must be held back for it."""
         so = self.so
         now = _pysyncobj.monotonicTime()
         state = so._SyncObj__raftState
@@ -195,24 +215,30 @@ class _PreVote:
             if self.check_quorum and should_step_down(
                     now=now, last_answers=[so._SyncObj__lastResponseTime.get(n, now) for n in so._SyncObj__otherNodes],
                     voters=len(so._SyncObj__otherNodes) + 1, timeout=self.conf.raftMaxTimeout):
+                log.info("check-quorum: no answer from a majority within %.2f s; stepping down in term %d",
+                         self.conf.raftMaxTimeout, so._SyncObj__raftCurrentTerm)
                 so._SyncObj__setState(_FOLLOWER)  # what pysyncobj does after leaderFallbackTimeout
                 so._SyncObj__raftLeader = None
                 # A fresh election timeout: the deadline left from before it led has long passed, and
                 # pysyncobj would start an election (term + 1) on this very tick, without a pre-vote.
                 so._SyncObj__raftElectionDeadline = now + so._SyncObj__generateRaftTimeout()
-            return
+                return False
+            return True
         if state not in (_FOLLOWER, _CANDIDATE) or so._SyncObj__selfNode is None:
-            return
+            return True
         if so._SyncObj__raftElectionDeadline >= now or not (so._SyncObj__connectedNodes or not so._SyncObj__otherNodes):
-            return  # pysyncobj would not start an election on this tick either
+            return False  # no election on this tick, even if the deadline passes before pysyncobj looks
         if so._SyncObj__transferInProgress:
-            return  # the leader asked for this election (timeout_now): no pre-vote
+            return True  # the leader asked for this election (timeout_now): no pre-vote
         term = so._SyncObj__raftCurrentTerm
         current = self.round
         if current is not None and current.won and current.term == term + 1:
+            log.info("pre-vote for term %d won (%d of %d voters); electing", current.term,
+                     1 + len(current.granted), current.voters)
             self.round = None
-            return  # a majority would vote: pysyncobj's election runs on this tick
+            return True  # a majority would vote: pysyncobj's election runs on this tick
         self.start_round(term + 1)
+        return False
 
     def start_round(self, term: int) -> None:
         so = self.so

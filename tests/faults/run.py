@@ -106,6 +106,7 @@ class RunConfig:
     hosts: str = "proxy"  # or "netns": every master and agent its own network namespace
     shape: Shape | None = None  # netns: delay, jitter, loss, reordering of every host's egress
     slow_disk: tuple[str, ...] = ()  # netns: masters whose data lives on a throttled disk
+    spare: tuple[str, ...] = ()  # masters never killed (the soak watches them as one process for the whole run)
 
     def replay_command(self) -> str:
         args = ["python", "-m", "tests.faults.run", "--masters", str(self.masters), "--agents", str(self.agents),
@@ -369,8 +370,10 @@ class FaultRun:
         except Exception:  # noqa: BLE001 - a master that just lost leadership
             return 0
 
-    def _follower(self, leader: MasterProc | None) -> MasterProc:
-        return self.rng.choice([m for m in self.cluster.masters if m is not leader])
+    def _follower(self, leader: MasterProc | None, kill: bool = False) -> MasterProc:
+        """A master other than `leader`; one the run may kill when `kill` (never a spared one)."""
+        return self.rng.choice([m for m in self.cluster.masters
+                                if m is not leader and not (kill and m.name in self.config.spare)])
 
     def _restart_master(self, m: MasterProc, wait: bool = True) -> None:
         """Start `m` again and (with `wait`) wait until it has rejoined: it knows a leader and has applied
@@ -421,9 +424,12 @@ class FaultRun:
                                                             "isolate_follower", "cut_pair") else None
         if needs_leader and leader is None:
             return
+        if kind == "kill_leader" and leader is not None and leader.name in self.config.spare:
+            kind = "pause_leader"  # a spared master is never restarted: it loses its leadership another way
+            fault["fault"] = kind
         term_before = self._term(leader) if needs_leader else None
         if kind in ("kill_leader", "kill_follower"):
-            victim = leader if kind == "kill_leader" else self._follower(leader)
+            victim = leader if kind == "kill_leader" else self._follower(leader, kill=True)
             assert victim is not None
             fault["target"] = victim.name
             t_kill = time.time()
@@ -476,7 +482,7 @@ class FaultRun:
             after = self._leader(newer_than=term_before)
             fault["terms"] = [term_before, self._term(after)]
         self.faults.append(fault)
-        self.log(f"fault {index + 1}/{self.config.faults}: {kind} {fault.get('target', '')} "
+        self.log(f"fault {index + 1}{f'/{self.config.faults}' if self.config.faults else ''}: {kind} {fault.get('target', '')} "
                  f"{fault.get('mode', '')} for {hold:.2f} s"
                  + (f"; term {fault['terms'][0]} -> {fault['terms'][1]}" if "terms" in fault else "")
                  + (f"; failover {fault['failover']:.2f} s" if "failover" in fault else ""))
@@ -566,8 +572,11 @@ class FaultRun:
         kill_processes_under(self.root)
 
 
-def run(config: RunConfig, on_start: Callable[[FaultRun], None] | None = None) -> RunResult:
-    """One whole run; the run directory is removed when every property holds and `config.root` is None."""
+def run(config: RunConfig, on_start: Callable[[FaultRun], None] | None = None,
+        more: Callable[[int], bool] | None = None) -> RunResult:
+    """One whole run; the run directory is removed when every property holds and `config.root` is None.
+    `more(i)` says whether to inject fault `i` (default: `config.faults` faults; the soak: until its time
+    is up)."""
     keep = config.root is not None
     root = config.root or Path(tempfile.mkdtemp(prefix=f"tessera-faults-{config.seed}-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -577,8 +586,10 @@ def run(config: RunConfig, on_start: Callable[[FaultRun], None] | None = None) -
         fr.start()
         if on_start is not None:
             on_start(fr)
-        for i in range(config.faults):
+        i = 0
+        while more(i) if more is not None else i < config.faults:
             fr.inject(i)
+            i += 1
         fr.settle()
     except Exception as exc:  # noqa: BLE001 - the history is still checked and the directory kept
         fr.problems.append(f"harness error: {exc!r}")

@@ -313,3 +313,44 @@ def test_a_leadership_transfer_skips_the_pre_vote(tmp_path: Path) -> None:
         leader._so.transferLeadership(callback=lambda result, err: done.append(err))
         c.run(2.0)
         assert done and c.leader() is not leader
+
+
+def test_a_follower_stopped_between_the_pre_vote_check_and_pysyncobjs_own_does_not_raise_the_term(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pysyncobj compares the election deadline with the clock again, later in the same tick than the
+    pre-vote check did. A follower stopped in between (SIGSTOP, a preemption: a `pause_follower` of the
+    fault runner) found its deadline passed and started pysyncobj's own election, without a pre-vote,
+    and its term deposed the leader. Here one follower's clock jumps 2 s right after its pre-vote check,
+    once: it must not raise the term (its next tick asks for a pre-vote, which the other follower, hearing
+    from the leader, refuses)."""
+    import pysyncobj.syncobj as _pysyncobj
+
+    from tessera.control_plane.replication import prevote
+
+    with cluster(tmp_path, 3) as c:
+        leader, follower = c.leader(), c.followers()[0]
+        term = leader.term()
+        so = follower._so
+        check = prevote._PreVote.before_tick
+        jumped: list[float] = []
+
+        def before_tick(self: prevote._PreVote) -> bool:
+            may_elect = check(self)
+            if self.so is so and not jumped:
+                jumped.append(c.clock.now)
+                _pysyncobj.monotonicTime = lambda: c.clock.now + 2.0  # stopped here for 2 s
+            return may_elect
+
+        monkeypatch.setattr(prevote._PreVote, "before_tick", before_tick)
+        ticked = so._onTick
+
+        def tick(time_to_wait: float = 0.0) -> None:
+            try:
+                ticked(time_to_wait)
+            finally:
+                _pysyncobj.monotonicTime = c.clock  # the jump lasts one tick
+
+        so._onTick = tick
+        c.run(2.0)
+        assert jumped
+        assert c.leader() is leader and c.terms() == [term] * 3, (c.terms(), c.leaders)
