@@ -61,7 +61,7 @@ def test_only_spared_masters_that_stayed_one_process_are_judged_and_restarts_are
 @pytest.mark.timeout(400)
 def test_a_short_soak_passes_the_checker_and_writes_samples_csv_and_plot(tmp_path: Path) -> None:
     out = tmp_path / "soak"
-    cmd = [sys.executable, "-m", "tests.faults.soak", "--minutes", "1", "--interval", "2", "--out", str(out),
+    cmd = [sys.executable, "-m", "tests.faults.soak", "--minutes", "0.5", "--interval", "1", "--out", str(out),
            "--quiet"]
     env = {**os.environ, "GRPC_ENABLE_FORK_SUPPORT": "false", "PYTHONUNBUFFERED": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=380, env=env,
@@ -73,7 +73,7 @@ def test_a_short_soak_passes_the_checker_and_writes_samples_csv_and_plot(tmp_pat
     assert "all properties hold" in summary, summary
     samples = read_csv(out / "soak.csv")
     assert {s.master for s in samples} == {"m1", "m2", "m3", "m4", "m5"}, summary
-    assert len(samples) >= 5 * 10, summary  # a minute sampled every 2 s
+    assert len(samples) >= 5 * 10, summary  # half a minute sampled every second
     assert all(s.rss_mib > 0 and s.fds > 0 and s.threads > 0 for s in samples)
     assert max(s.events_db_mib for s in samples) > 0, summary  # the workload wrote events
     png = (out / "soak.png").read_bytes()
