@@ -15,19 +15,14 @@ from pathlib import Path
 import pytest
 
 from tessera.sdk import Filters, FrameworkInfo, Resources, Scheduler, SchedulerDriver, TaskInfo
-from tests.support.cluster import LocalCluster, free_port, wait_for
+from tests.support.cluster import LocalCluster, free_port, one_agent_cluster, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with LocalCluster(tmp_path_factory.mktemp("lb"), n=1) as c:
-        c.master_flags = ["--allocation-interval", "0.2"]
-        c.start_all()
-        c.leader()
-        c.add_agent("cpus:4;mem:2048;ports:[31300-31399]", flags=("--hostname", "127.0.0.1"))
-        c.wait_agents(1)
+    with one_agent_cluster(tmp_path_factory.mktemp("lb"), "cpus:4;mem:2048;ports:[31300-31399]") as c:
         yield c
 
 

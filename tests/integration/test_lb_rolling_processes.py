@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from tests.integration.test_services_processes import start_services, status, tessera
-from tests.support.cluster import LocalCluster, free_port, wait_for
+from tests.support.cluster import LocalCluster, free_port, one_agent_cluster, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -42,12 +42,7 @@ SHUTDOWN_DELAY = 5.0
 
 @pytest.fixture()
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    with LocalCluster(tmp_path, n=1) as c:
-        c.master_flags = ["--allocation-interval", "0.2"]
-        c.start_all()
-        c.leader()
-        c.add_agent("cpus:4;mem:2048;ports:[31500-31549]", flags=("--hostname", "127.0.0.1"))
-        c.wait_agents(1)
+    with one_agent_cluster(tmp_path, "cpus:4;mem:2048;ports:[31500-31549]") as c:
         yield c
 
 

@@ -35,7 +35,7 @@ import pytest
 from tessera.control_plane.discovery.endpoints import dns_label
 from tests.integration.test_lb_rolling_processes import get
 from tests.integration.test_services_processes import start_services, status, tessera
-from tests.support.cluster import LocalCluster, free_port, stop_process, wait_for
+from tests.support.cluster import LocalCluster, free_port, one_agent_cluster, stop_process, wait_for
 from tests.support.dns_process import dns_server as serve_dns
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -48,13 +48,7 @@ STATES = {2: "TASK_STARTING", 3: "TASK_RUNNING", 4: "TASK_KILLING", 7: "TASK_KIL
 
 @pytest.fixture()
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    with LocalCluster(tmp_path, n=1) as c:
-        c.master_flags = ["--allocation-interval", "0.2"]
-        c.start_all()
-        c.leader()
-        # the agent's hostname is its address: where DNS and HAProxy reach its tasks' ports
-        c.add_agent("cpus:4;mem:2048;ports:[31550-31599]", flags=("--hostname", "127.0.0.1"))
-        c.wait_agents(1)
+    with one_agent_cluster(tmp_path, "cpus:4;mem:2048;ports:[31550-31599]") as c:
         yield c
 
 

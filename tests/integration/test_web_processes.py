@@ -21,7 +21,7 @@ from urllib.parse import quote
 import pytest
 
 from tessera.control_plane.core.acl import token_digest
-from tests.support.cluster import LocalCluster, MasterProc, wait_for
+from tests.support.cluster import LocalCluster, MasterProc, one_agent_cluster, wait_for
 from tests.support.secure_cluster import new_pki, secured_cluster
 from tests.support.web import WebClient, without_provenance
 
@@ -39,12 +39,7 @@ def ui_url(data_dir: Path) -> str:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     root = tmp_path_factory.mktemp("web")
-    with LocalCluster(root, n=3) as c:
-        c.master_flags = ["--allocation-interval", "0.2"]
-        c.start_all()
-        c.leader()
-        c.add_agent("cpus:8;mem:4096")
-        c.wait_agents(1)
+    with one_agent_cluster(root, "cpus:8;mem:4096", masters=3, agent_flags=()) as c:
         yield c
 
 

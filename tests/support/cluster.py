@@ -12,7 +12,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -268,6 +269,20 @@ class LocalCluster:
         self.stop_all(signal.SIGKILL)
         kill_processes_under(self.root)
         unmount_under(self.root)
+
+
+@contextmanager
+def one_agent_cluster(root: Path, resources: str, *, masters: int = 1,
+                      agent_flags: tuple[str, ...] = ("--hostname", "127.0.0.1")) -> Iterator[LocalCluster]:
+    """A running cluster with a fast allocation round and one registered agent; by default the agent's
+    hostname is its address, which is where DNS and HAProxy reach its tasks' ports."""
+    with LocalCluster(root, n=masters) as c:
+        c.master_flags = ["--allocation-interval", "0.2"]
+        c.start_all()
+        c.leader()
+        c.add_agent(resources, flags=agent_flags)
+        c.wait_agents(1)
+        yield c
 
 
 def stop_process(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
