@@ -326,13 +326,15 @@ def _run_agent(config: AgentConfig, stop: threading.Event | None) -> int:
         notifier.stopping()
         for signum, handler in previous.items():
             signal.signal(signum, handler)  # type: ignore[arg-type]
+        if files is not None:
+            # first: a follow answered by a stopping agent would get heartbeats for a task it no longer
+            # watches; ended now, the client re-dials the agent that comes back
+            files.stop()
         try:
             tracer_provider.shutdown()  # sends the spans still batched (bounded by the store's timeout)
         except Exception as exc:  # noqa: BLE001 - tracing never fails the agent
             log.debug("tracing shutdown: %s", exc)
         if metrics is not None:
             metrics.stop()
-        if files is not None:
-            files.stop()
         checkpoint.close()
         lock.close()
