@@ -142,8 +142,13 @@ def agent_stub(c: LocalCluster) -> files_pb2_grpc.FilesStub:
 
 def test_logs_follow_prints_each_line_as_written_and_ends_when_the_task_ends(cluster: LocalCluster,
                                                                             procs: Procs) -> None:
-    command = "for i in $(seq 1 20); do echo \"line $i $(date +%s.%N)\"; sleep 0.25; done"
+    # The task writes a line every 0.25 s until the test puts `stop` in its sandbox (once 20 lines are in
+    # and some were written while the follow was on): on a loaded machine a fixed 20 lines were all
+    # written before `logs -f` had started, and the follow then had nothing to follow.
+    command = ('i=0; while [ ! -f "$TESSERA_SANDBOX/stop" ] && [ $i -lt 2000 ]; do i=$((i+1)); '
+               'echo "line $i $(date +%s.%N)"; sleep 0.25; done')
     _, task = run(procs, cluster, "follow-me", command)
+    [sandbox] = cluster.agents[0].data_dir.glob(f"sandboxes/*/{task.split('/', 1)[1]}/sandbox")
     logs = procs.start([*TESSERA, *masters(cluster), "logs", "-f", task])
     lines = Lines(logs.stdout)
     got, delays = [], []
@@ -155,8 +160,12 @@ def test_logs_follow_prints_each_line_as_written_and_ends_when_the_task_ends(clu
         following_since = following_since or arrived
         if float(written) > following_since:  # written while the follow was on (not the backlog it began with)
             delays.append(arrived - float(written))
+        if len(got) >= 20 and len(delays) >= 3:
+            (sandbox / "stop").touch()
     assert logs.wait(timeout=60) == 0, logs.stderr.read() if logs.stderr else ""
-    assert [int(line.split()[1]) for line in got] == list(range(1, 21))
+    numbers = [int(line.split()[1]) for line in got]
+    assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) >= 20
+    assert numbers[-1] == len((sandbox / "stdout").read_bytes().splitlines())  # it ended after the last line
     assert delays, "no line was written while the follow was on"
     print(f"\nlogs -f: {len(delays)} lines, delay from the task's write to the line's arrival: "
           f"p50 {statistics.median(delays) * 1000:.0f} ms, max {max(delays) * 1000:.0f} ms (not asserted)")
@@ -300,7 +309,7 @@ def test_a_collected_sandbox_and_a_gone_agent_say_so(tmp_path: Path, procs: Proc
     with LocalCluster(tmp_path, n=1) as c:
         c.master_flags = FAST_MASTER
         c.start_all()
-        c.leader()
+        c.leader(timeout=60)  # 20 s was too short on a loaded machine
         agent = c.add_agent("cpus:4;mem:1024", flags=("--sandbox-gc-delay", "0"))
         c.wait_agents(1)
         proc = procs.start([*TESSERA, "run", *masters(c), "--name", "short", "--", "echo short-lived"])
