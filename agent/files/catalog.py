@@ -2,7 +2,10 @@
 
 The agent loop is the only writer of the catalog (a RunTask, a prepared sandbox, a terminal status, a
 collected sandbox, recovery at start); the service's threads read it under its lock and never wait for
-the loop. Entries of tasks the agent keeps (live or done) stay; beyond `MAX_ENTRIES`, collected ones go
+the loop. The file service starts before the agent has recovered its tasks from the checkpoint: until
+recovery fills the catalog (`replace_all`), every lookup is UNAVAILABLE ("recovering"), never NOT_FOUND,
+so a follow that re-dials a restarted agent early waits and re-dials instead of ending (an agent that
+comes back on its old port, or a client told the new address early, would otherwise hear "no task"). Entries of tasks the agent keeps (live or done) stay; beyond `MAX_ENTRIES`, collected ones go
 first, then the oldest ended ones, so an agent running tasks for months holds a bounded table (a task
 forgotten that way is NOT_FOUND, like one this agent never ran).
 
@@ -23,6 +26,7 @@ from dataclasses import replace
 
 from tessera.agent.core.files import OUTPUT_FILES, OutputTimeline, SandboxEntry, find_sandbox
 from tessera.agent.executor import sandbox_files
+from tessera.control_plane.core.errors import Unavailable
 from tessera.control_plane.core.values import TaskKey
 
 log = logging.getLogger("tessera.agent.files")
@@ -38,6 +42,7 @@ class SandboxCatalog:
         self.limit = limit
         self._lock = threading.Lock()
         self._entries: dict[TaskKey, SandboxEntry] = {}
+        self._recovered = False  # set by the first replace_all (recovery) or add (the loop runs)
         self.agent = ""  # how messages name this agent: its id once registered, else its hostname
 
     # ---- written by the agent loop --------------------------------------------------------------------
@@ -45,11 +50,13 @@ class SandboxCatalog:
         with self._lock:
             self._entries.pop(entry.key, None)  # a re-added key goes to the end (newest)
             self._entries[entry.key] = entry
+            self._recovered = True
             self._bound()
 
     def replace_all(self, entries: Iterable[SandboxEntry]) -> None:
         with self._lock:
             self._entries = {e.key: e for e in entries}
+            self._recovered = True
             self._bound()
 
     def prepared(self, key: TaskKey, run_dir: str, sandbox: str) -> None:
@@ -85,8 +92,12 @@ class SandboxCatalog:
 
     # ---- read by the service --------------------------------------------------------------------------
     def find(self, key: TaskKey) -> SandboxEntry:
-        """The task's entry, or the core's error saying why there is none (see `find_sandbox`)."""
+        """The task's entry, or the core's error saying why there is none (see `find_sandbox`);
+        Unavailable until the agent has recovered its tasks (see the module docstring)."""
         with self._lock:
+            if not self._recovered:
+                raise Unavailable(f"agent {self.agent or '(this agent)'} is starting: it has not recovered its "
+                                  "tasks from its checkpoint yet; retry in a moment")
             return find_sandbox(self._entries, key, self.agent or "(this agent)")
 
     def live(self, key: TaskKey) -> bool:

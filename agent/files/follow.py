@@ -14,7 +14,8 @@ How it goes (the decisions are `tessera.agent.core.files.follow_start` and `afte
 - It ends once the task is over and the file is drained: the task's state is read before the last read,
   so nothing written before the end is missed. It also ends when its caller goes away (`active`).
 - When nothing is sent for `heartbeat` seconds it sends an empty message (the caller's sign of life and
-  position).
+  position), also while it waits for the file to appear: a client cuts a stream that stays silent (the
+  SDK after `STALL_SECONDS`), and a wait for a file is not a dead agent.
 Output written to a file between a rotation and the moment the writer reopens the path may be missed
 (as with any tail -F); copy-and-truncate loses what was written between the copy and the truncation.
 """
@@ -57,29 +58,25 @@ class Follower:
         self.sleep = sleep
         self.monotonic = monotonic
 
-    def _open_when_there(self) -> tuple[int, os.stat_result] | None:
-        """The file, once it exists (None: the caller went away meanwhile); NotFound when the task is over
-        and it never appeared."""
-        while True:
+    def chunks(self, offset: int, inode: int = 0) -> Iterator[Chunk]:
+        last_sent = self.monotonic()
+        while True:  # the file, once it exists; NotFound when the task is over and it never appeared
             live = self.live()
             try:
-                return sandbox_files.open_file(self.root, self.parts)
+                fd, info = sandbox_files.open_file(self.root, self.parts)
+                break
             except NotFound:
                 if not live:
                     raise
             if not self.active():
-                return None
+                return
+            if self.monotonic() - last_sent >= self.heartbeat:  # alive, at the caller's position
+                yield Chunk(b"", offset, inode)
+                last_sent = self.monotonic()
             self.sleep(self.poll_max)
-
-    def chunks(self, offset: int, inode: int = 0) -> Iterator[Chunk]:
-        opened = self._open_when_there()
-        if opened is None:
-            return
-        fd, info = opened
         try:
             offset, rotated = follow_start(offset, inode, info.st_ino, info.st_size, shown_path(self.parts))
             current = info.st_ino
-            last_sent = self.monotonic()
             delay = self.poll_min
             while self.active():
                 was_live = self.live()

@@ -8,6 +8,11 @@ comes back after SIGCONT; a leader failover moves the agent to the new leader.
 
 Tasks wait for a `release` file in their sandbox instead of sleeping, so no test depends on timing.
 Every wait has a timeout; every process is killed by its PID at the end.
+
+The three masters are shared by the module's tests (starting them and electing a leader was most of
+each test's time); each test has an agent of its own (own data directory and hostname, killed with
+its tasks at the test's end) and looks only at its own agent and task, so none sees what another left.
+The failover test, which kills the leader, starts it again.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ class AgentCluster(LocalCluster):
 class AgentProcess:
     data_dir: Path
     masters: list[str]
+    hostname: str = "agent-host-1"
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -72,7 +78,7 @@ class AgentProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "tessera.control_plane.cli.main", "agent", "--masters", ",".join(self.masters),
                "--data-dir", str(self.data_dir), "--resources", "cpus:2;mem:1024;disk:2048",
-               "--attributes", "rack:r1;zone:a", "--hostname", "agent-host-1", "--heartbeat-interval", "0.5"]
+               "--attributes", "rack:r1;zone:a", "--hostname", self.hostname, "--heartbeat-interval", "0.5"]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -97,9 +103,9 @@ class AgentProcess:
         return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[AgentCluster]:
-    with AgentCluster(tmp_path / "masters", n=3) as c:
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentCluster]:
+    with AgentCluster(tmp_path_factory.mktemp("masters"), n=3) as c:
         c.start_all()
         try:
             c.leader(timeout=90)
@@ -111,7 +117,7 @@ def cluster(tmp_path: Path) -> Iterator[AgentCluster]:
 
 @pytest.fixture
 def agent_proc(cluster: AgentCluster, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
-    agent = AgentProcess(tmp_path / "agent", cluster.grpc_addresses())
+    agent = AgentProcess(tmp_path / "agent", cluster.grpc_addresses(), hostname=f"agent-host-{uuid.uuid4().hex[:8]}")
     agent.start()
     try:
         yield agent
@@ -131,14 +137,14 @@ def state(cluster: LocalCluster) -> operator_pb2.GetStateResponse:
         client.close()
 
 
-def the_agent(cluster: LocalCluster) -> operator_pb2.AgentView | None:
-    agents = [a for a in state(cluster).agents if a.info.hostname == "agent-host-1"]
+def the_agent(cluster: LocalCluster, hostname: str) -> operator_pb2.AgentView | None:
+    agents = [a for a in state(cluster).agents if a.info.hostname == hostname]
     return agents[0] if agents else None
 
 
-def connected_agent(cluster: LocalCluster, timeout: float = 60) -> operator_pb2.AgentView:
+def connected_agent(cluster: LocalCluster, agent: AgentProcess, timeout: float = 60) -> operator_pb2.AgentView:
     def check() -> operator_pb2.AgentView | None:
-        a = the_agent(cluster)
+        a = the_agent(cluster, agent.hostname)
         return a if a is not None and a.connected and a.state == common_pb2.AGENT_ACTIVE else None
 
     return wait_for(check, timeout, interval=0.2, what="the agent registered and connected")
@@ -155,6 +161,7 @@ class OneTask:
     scheduler: OneShot
     driver: SchedulerDriver
     lines: list[str]
+    task_id: str
 
     def wait_final(self, timeout: float = 60.0) -> TaskStatus:
         assert self.scheduler.done.wait(timeout), "the task did not end: " + "\n".join(self.lines)
@@ -179,12 +186,13 @@ def launch_one(cluster: LocalCluster, command: str) -> OneTask:
     framework = FrameworkInfo(name="agent-test", roles=(DEFAULT_ROLE,), failover_timeout=60.0, partition_aware=True)
     driver = SchedulerDriver(scheduler, framework, cluster.grpc_addresses(), give_up_after=60.0)
     driver.start()
-    return OneTask(scheduler, driver, lines)
+    return OneTask(scheduler, driver, lines, task.task_id)
 
 
-def running_task(cluster: LocalCluster, timeout: float = 60) -> operator_pb2.TaskView:
+def running_task(cluster: LocalCluster, run: OneTask, timeout: float = 60) -> operator_pb2.TaskView:
     def check() -> operator_pb2.TaskView | None:
-        tasks = [t for t in state(cluster).tasks if t.state == common_pb2.TASK_RUNNING]
+        tasks = [t for t in state(cluster).tasks if t.state == common_pb2.TASK_RUNNING
+                 and t.task.task_id == run.task_id]
         return tasks[0] if tasks else None
 
     return wait_for(check, timeout, interval=0.2, what="a RUNNING task")
@@ -196,7 +204,7 @@ def sandbox_of(agent: AgentProcess, task: operator_pb2.TaskView) -> Path:
 
 
 def test_registration_is_visible_in_the_masters_state(cluster: AgentCluster, agent_proc: AgentProcess) -> None:
-    view = connected_agent(cluster)
+    view = connected_agent(cluster, agent_proc)
     assert view.agent_id
     scalars = {r.name: r.scalar for r in view.info.resources if not r.ranges}
     assert scalars["cpus"] == 2 and scalars["mem"] == 1024 and scalars["disk"] == 2048
@@ -248,10 +256,10 @@ def alive(pid: int) -> bool:
 @pytest.mark.parametrize("killed", ["agent", "agent and fork server"])
 def test_kill_9_of_the_agent_leaves_the_task_running_and_its_exit_is_reported_after_restart(
         cluster: AgentCluster, agent_proc: AgentProcess, killed: str) -> None:
-    first = connected_agent(cluster)
+    first = connected_agent(cluster, agent_proc)
     run = launch_one(cluster, GATED)
     try:
-        task = running_task(cluster)
+        task = running_task(cluster, run)
         sandbox = sandbox_of(agent_proc, task)
         task_pid = int(wait_for(lambda: (read_json(sandbox / "task.json") or {}).get("task_pid"), 20,
                                 what="task.json"))
@@ -267,7 +275,7 @@ def test_kill_9_of_the_agent_leaves_the_task_running_and_its_exit_is_reported_af
         assert alive(task_pid), "the task died with its agent"
         assert alive(supervisor_pid), "the supervisor died with its agent or fork server"
         agent_proc.start()
-        again = connected_agent(cluster)
+        again = connected_agent(cluster, agent_proc)
         assert fork_server_of(agent_proc).pid != server.pid  # the new agent has a new fork server
         assert again.agent_id == first.agent_id  # re-registered, not registered anew
         # Whatever the master concluded while the agent was away, the re-registration says RUNNING.
@@ -296,10 +304,10 @@ def test_kill_9_of_the_agent_leaves_the_task_running_and_its_exit_is_reported_af
 
 
 def test_sigterm_stops_the_agent_but_not_its_task(cluster: AgentCluster, agent_proc: AgentProcess) -> None:
-    connected_agent(cluster)
+    connected_agent(cluster, agent_proc)
     run = launch_one(cluster, GATED)
     try:
-        task = running_task(cluster)
+        task = running_task(cluster, run)
         sandbox = sandbox_of(agent_proc, task)
         task_pid = int(wait_for(lambda: (read_json(sandbox / "task.json") or {}).get("task_pid"), 20,
                                 what="task.json"))
@@ -308,7 +316,7 @@ def test_sigterm_stops_the_agent_but_not_its_task(cluster: AgentCluster, agent_p
         assert psutil.pid_exists(task_pid) and psutil.Process(task_pid).status() != psutil.STATUS_ZOMBIE
         assert "tasks keep running" in agent_proc.logs()
         agent_proc.start()
-        connected_agent(cluster)
+        connected_agent(cluster, agent_proc)
         (sandbox / "sandbox" / "release").write_text("go")  # the task's own directory, beside the control files
         final = run.wait_final()
         assert final.exit_code == 7, run.lines
@@ -318,26 +326,27 @@ def test_sigterm_stops_the_agent_but_not_its_task(cluster: AgentCluster, agent_p
 
 def test_a_stopped_agent_becomes_unreachable_and_recovers_after_sigcont(
         cluster: AgentCluster, agent_proc: AgentProcess) -> None:
-    first = connected_agent(cluster)
+    first = connected_agent(cluster, agent_proc)
     agent_proc.signal(signal.SIGSTOP)
     try:
-        wait_for(lambda: (a := the_agent(cluster)) is not None and a.state == common_pb2.AGENT_UNREACHABLE, 60,
+        wait_for(lambda: (a := the_agent(cluster, agent_proc.hostname)) is not None and a.state == common_pb2.AGENT_UNREACHABLE, 60,
                  interval=0.2, what="the agent marked unreachable")
     finally:
         agent_proc.signal(signal.SIGCONT)
-    back = connected_agent(cluster)
+    back = connected_agent(cluster, agent_proc)
     assert back.agent_id == first.agent_id
 
 
 def test_leader_failover_moves_the_agent_to_the_new_leader(cluster: AgentCluster, agent_proc: AgentProcess) -> None:
-    first = connected_agent(cluster)
+    first = connected_agent(cluster, agent_proc)
     old = cluster.leader()
     cluster.kill(old, signal.SIGKILL)
     new = wait_for(lambda: (m := cluster.leader(timeout=30)) is not old and m, 60, what="a new leader")
     assert new is not old
 
     def on_new_leader() -> bool:
-        a = the_agent(cluster)
+        a = the_agent(cluster, agent_proc.hostname)
         return a is not None and a.connected and a.agent_id == first.agent_id and a.state == common_pb2.AGENT_ACTIVE
 
     wait_for(on_new_leader, 60, interval=0.2, what="the agent re-registered with the new leader")
+    cluster.start(old)  # the masters are the module's: whole again for whatever runs next

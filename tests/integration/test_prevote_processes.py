@@ -5,6 +5,9 @@ a follower killed and restarted, or cut off and healed, must not raise the term 
 a leader cut off from the others steps down without raising its term, and the leader the others elect
 meanwhile keeps leading once the old one is healed. pysyncobj alone (``tessera master --no-pre-vote``)
 raised the term at each of these (the figures are in docs/reliability.md).
+
+The three tests share one quorum (each reads the leader and term it starts from, and leaves every master
+healed and following); the `cluster` fixture makes it whole before each test.
 """
 
 from __future__ import annotations
@@ -48,18 +51,30 @@ class ProxiedCluster(LocalCluster):
         return q.leader == leader.raft and q.applied_index >= int(leader.quorum(timeout=2.0).commit_index)
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[ProxiedCluster]:
-    c = ProxiedCluster(tmp_path)
+@pytest.fixture(scope="module")
+def quorum(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxiedCluster]:
+    """One proxied quorum for the module's tests (each begins from whatever leader and term it finds)."""
+    c = ProxiedCluster(tmp_path_factory.mktemp("prevote"))
     with c:
         c.proxies.start()
         try:
             c.start_all()
-            leader = c.leader(timeout=60)
-            wait_for(lambda: all(c.follows(m, leader) for m in c.masters), 60, what="every master following")
             yield c
         finally:
             c.proxies.close()
+
+
+@pytest.fixture
+def cluster(quorum: ProxiedCluster) -> ProxiedCluster:
+    """The module's quorum, whole: healed, every master running and following the leader (so a test that
+    failed half-way does not leave a cut or a dead master to the next one)."""
+    quorum.proxies.heal()
+    for m in quorum.masters:
+        if not m.alive:
+            quorum.start(m)
+    leader = quorum.leader(timeout=60)
+    wait_for(lambda: all(quorum.follows(m, leader) for m in quorum.masters), 60, what="every master following")
+    return quorum
 
 
 @pytest.mark.timeout(240)

@@ -184,3 +184,15 @@ def test_a_quiet_follow_sends_heartbeats_and_stops_when_its_caller_goes(box: tup
     assert beat.data == b"" and not beat.task_over and beat.offset == 2
     script.active = False
     assert list(it) == []  # ends, without a final message: nobody is listening
+
+
+def test_a_follow_waiting_for_its_file_sends_heartbeats_at_the_callers_position(box: tuple[Path, int]) -> None:
+    """A client cuts a stream that stays silent (the SDK after STALL_SECONDS) and counts it as broken: a
+    follow of a file the task has not created yet (or not again, after an agent restart) must not look
+    like a dead agent."""
+    script = Script(box[0], [nothing] * 25 + [append("stdout", b"late\n")])
+    chunks = follow(box, script, offset=0, inode=0, heartbeat=1.0, poll_max=0.1)
+    waiting = [c for c in chunks if c.data == b"" and not c.task_over]
+    assert len(waiting) >= 2 and all((c.offset, c.inode) == (0, 0) for c in waiting)
+    assert chunks.index(waiting[0]) == 0  # before the file existed
+    assert text(chunks) == b"late\n" and chunks[-1].task_over

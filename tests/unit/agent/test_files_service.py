@@ -26,9 +26,11 @@ FW = "framework-1"
 
 
 class Served:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *, recovered: bool = True) -> None:
         self.catalog = SandboxCatalog()
         self.catalog.agent = "agent-7"
+        if recovered:
+            self.catalog.replace_all([])  # what the agent's recovery does before it registers
         self.now = [1000.0]
         self.sampler = OutputSampler(self.catalog, clock=lambda: self.now[0])
         self.server = FileServer(self.catalog, Guard.open(), threads=8, sampler=self.sampler)
@@ -120,6 +122,61 @@ def test_unknown_tasks_and_collected_sandboxes_are_not_found_saying_which(served
     served.catalog.collected([str(box.parent)])
     code, details = refused(served.stub.List, files_pb2.ListFilesRequest(task=ref("done")))
     assert code == grpc.StatusCode.NOT_FOUND and "was collected" in details and "--sandbox-gc-delay" in details
+
+
+def test_until_the_agent_has_recovered_its_tasks_every_call_is_unavailable_not_not_found(tmp_path: Path) -> None:
+    starting = Served(tmp_path, recovered=False)
+    try:
+        for call, request in ((starting.stub.List, files_pb2.ListFilesRequest(task=ref("t1"))),
+                              (starting.stub.Read, files_pb2.ReadFileRequest(task=ref("t1"), path="stdout"))):
+            code, details = refused(call, request)
+            assert code == grpc.StatusCode.UNAVAILABLE and "has not recovered its tasks" in details, details
+        with pytest.raises(grpc.RpcError) as exc:
+            next(starting.stub.Follow(files_pb2.FollowFileRequest(task=ref("t1"), path="stdout"), timeout=10))
+        assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
+        starting.catalog.replace_all([])  # recovered: an unknown task is NOT_FOUND from now on
+        assert refused(starting.stub.List, files_pb2.ListFilesRequest(task=ref("t1")))[0] == grpc.StatusCode.NOT_FOUND
+    finally:
+        starting.close()
+
+
+def test_a_follow_re_dialled_while_a_restarted_agent_recovers_goes_on_where_it_stopped(tmp_path: Path) -> None:
+    """The SDK's follow (`tessera logs -f`) of a task whose agent restarts: a re-dial that reaches the new
+    agent before it recovered its tasks is re-dialled again (it used to end the follow with NOT_FOUND), and
+    the follow goes on from its offset once the agent has recovered."""
+    from tessera.control_plane.wire import Backoff
+    from tessera.sdk.files import SandboxFiles, SandboxTask
+
+    starting = Served(tmp_path, recovered=False)
+    run_dir = tmp_path / "t1"
+    (run_dir / "sandbox").mkdir(parents=True)
+    (run_dir / "sandbox" / "stdout").write_bytes(b"one\ntwo\n")
+    entry = SandboxEntry(FW, "t1", "alice", str(run_dir), str(run_dir / "sandbox"), live=True)
+    breaks: list[str] = []
+
+    def on_break(error: Any, wait: float) -> None:
+        breaks.append(error.message)
+        if len(breaks) == 2:  # the agent recovers between two re-dials, and the task writes on
+            starting.catalog.replace_all([entry])
+            with open(run_dir / "sandbox" / "stdout", "ab") as f:
+                f.write(b"three\n")
+
+    files = SandboxFiles(["127.0.0.1:1"])  # no master answers: the follow re-dials the same address
+    try:
+        task = SandboxTask(files, files_pb2.SandboxRef(framework_id=FW, task_id="t1"), "agent-7",
+                           f"127.0.0.1:{starting.server.port}")
+        got = b""
+        for chunk in task.follow("stdout", offset=4, inode=os.stat(run_dir / "sandbox" / "stdout").st_ino,
+                                 reconnect_for=30, on_break=on_break, backoff=Backoff(initial=0.01, maximum=0.05)):
+            got += chunk.data
+            if got == b"two\nthree\n":
+                starting.catalog.ended(TaskKey(FW, "t1"), 1.0)
+            assert not chunk.task_over or got == b"two\nthree\n"
+        assert got == b"two\nthree\n"
+        assert len(breaks) >= 2 and all("has not recovered its tasks" in b for b in breaks[:2]), breaks
+    finally:
+        files.close()
+        starting.close()
 
 
 def test_a_follow_streams_what_is_written_and_ends_when_the_task_has_ended(served: Served) -> None:
