@@ -6,7 +6,11 @@ Owns one pysyncobj node and the threads around it:
   pysyncobj's tick thread exits silently as soon as the thread that built the ``SyncObj`` ends, so
   it must be built on a thread that lives exactly as long as the node, not on the caller's;
 * pysyncobj's **tick** thread does all Raft work and runs ``_ReplicatedLog.apply_batch`` on every
-  node; our callbacks there only put one item on a queue;
+  node, which only queues the batch for the apply thread; our callbacks there only put one item on a
+  queue;
+* the **apply** thread (``_applier``) applies committed batches to the state machine in log order and
+  hands each proposed batch's results to the completer (``ReplicationConfig.apply_thread``; False
+  applies on the tick thread);
 * the group-commit **batcher** and **completer** threads (``_group_commit``).
 
 The node is built from the parts it shares with the simulation (``sim``): its configuration and
@@ -46,6 +50,7 @@ from typing import Any
 from pysyncobj import FAIL_REASON, SyncObj
 from pysyncobj.syncobj import SyncObjException
 
+from ._applier import Applier, PendingApply
 from ._group_commit import Batch, GroupCommitter, Tracked, fail_future, new_running_future
 from ._notifier import LeadershipNotifier
 from .api import LeadershipCallback, MemberStatus, QuorumStatus, Replicator, StateMachine
@@ -166,7 +171,8 @@ class RaftReplicator(Replicator):
         self._name = name
         # Built before the SyncObj exists, so the snapshot restored by the tick thread right after
         # construction is never overwritten by our own initialisation (measured init race, §6.6).
-        self._consumer = _ReplicatedLog(state_machine)
+        self._applier = Applier(name, state_machine, config.apply_queue_entries) if config.apply_thread else None
+        self._consumer = _ReplicatedLog(state_machine, self._applier)
         self._notifier = LeadershipNotifier(name, self.term)
         self._committer = GroupCommitter(name, config.group_commit, self._propose, self._refusal)
         self._tick_tasks: deque[Callable[[], None]] = deque()
@@ -194,6 +200,8 @@ class RaftReplicator(Replicator):
             cfg.data_dir.mkdir(parents=True, exist_ok=True)
             # Running before the node can lead: a leadership callback may submit right away.
             self._committer.start()
+            if self._applier is not None:  # before the tick thread applies the journal's entries
+                self._applier.start()
             ready = threading.Event()
             outcome: list[BaseException | None] = []
             self._owner = threading.Thread(target=self._owner_main, args=(ready, outcome),
@@ -218,6 +226,8 @@ class RaftReplicator(Replicator):
         self._syncobj = None
         if so is not None:
             self._destroy_syncobj(so, t)
+        if self._applier is not None:
+            self._applier.stop(t)
         self._committer.shutdown(t)
         self._notifier.request_stop()
         if self._owner is not None:
@@ -275,7 +285,10 @@ class RaftReplicator(Replicator):
             self._last_term = so.raftCurrentTerm
             self._syncobj = None
             self._destroy_syncobj(so, t)
-        # The tick thread is gone: no more completions can arrive. Resolve what did, expire the rest.
+        # The tick thread is gone: nothing more is queued for apply. Apply what was (its results are
+        # posted), then no more completions can arrive: resolve what did, expire the rest.
+        if self._applier is not None:
+            self._applier.stop(t)
         self._committer.shutdown(t)
         if was_leader:
             self._notifier.publish(False, self._last_term)
@@ -323,11 +336,19 @@ class RaftReplicator(Replicator):
         self._consumer.apply_batch(batch.entries, callback=functools.partial(self._on_batch_done, batch))
 
     def _on_batch_done(self, batch: Batch, result: object, err: int) -> None:
-        # On the tick thread: only hand over.
+        # On the tick thread: only hand over. The results come from the apply thread once it has applied
+        # the batch; a failure is posted after the batches queued before it, so outcomes keep log order.
         if err == FAIL_REASON.SUCCESS:
-            self._committer.post(batch, result)
+            if isinstance(result, PendingApply):
+                result.then(functools.partial(self._committer.post, batch))
+            else:
+                self._committer.post(batch, result)
+            return
+        failure = map_fail_reason(err, self._leader_hint())
+        if self._applier is not None:
+            self._applier.call(functools.partial(self._committer.post, batch, failure))
         else:
-            self._committer.post(batch, map_fail_reason(err, self._leader_hint()))
+            self._committer.post(batch, failure)
 
     def _leader_hint(self) -> str | None:
         so = self._syncobj
