@@ -98,6 +98,7 @@ class Applier:
         self._running = False
         self._thread: threading.Thread | None = None
         self.applied_batches = 0  # for tests and the benchmark
+        self.applied_index = 0  # raft index of the last batch applied
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -138,7 +139,7 @@ class Applier:
                 return pending
         # Not started, or stopped: apply here, as pysyncobj alone would, after what was queued before.
         self.drain(self._max_wait_s)
-        pending.set(guarded_apply(self._state_machine, raft_index, entries))
+        self._run((raft_index, entries, pending))
         return pending
 
     def call(self, fn: Callable[[], None]) -> None:
@@ -169,6 +170,13 @@ class Applier:
     def queued_entries(self) -> int:
         return self._queued_entries
 
+    def last_applied(self, handed_over: int) -> int:
+        """The Raft index the state is at, given pysyncobj's ``raftLastApplied`` (``handed_over``: what it
+        handed to the replicated method, or took itself, like no-op and membership entries)."""
+        with self._cond:
+            idle = not self._queue and not self._busy
+        return handed_over if idle else min(handed_over, self.applied_index)
+
     # ----------------------------------------------------------------- the apply thread
 
     def _loop(self) -> None:
@@ -190,12 +198,18 @@ class Applier:
                     if self._room_wanted:
                         self._room_wanted = False
                         cond.notify_all()
-            try:
-                if callable(item):
-                    item()
-                else:
-                    raft_index, entries, pending = item
-                    pending.set(guarded_apply(self._state_machine, raft_index, entries))
-                    self.applied_batches += 1
-            except Exception:  # noqa: BLE001 - the apply thread must survive a failing continuation
-                log.exception("%s: delivering an applied batch failed", self._name)
+            self._run(item)
+
+    def _run(self, item: tuple[int, list[bytes], PendingApply] | Callable[[], None]) -> None:
+        """Apply one batch (or run one call) taken from the queue."""
+        try:
+            if callable(item):
+                item()
+            else:
+                raft_index, entries, pending = item
+                results = guarded_apply(self._state_machine, raft_index, entries)
+                self.applied_index = raft_index
+                self.applied_batches += 1
+                pending.set(results)
+        except Exception:  # noqa: BLE001 - the apply thread must survive a failing continuation
+            log.exception("%s: delivering an applied batch failed", self._name)

@@ -336,11 +336,11 @@ class RaftReplicator(Replicator):
         self._consumer.apply_batch(batch.entries, callback=functools.partial(self._on_batch_done, batch))
 
     def _on_batch_done(self, batch: Batch, result: object, err: int) -> None:
-        # On the tick thread: only hand over. The results come from the apply thread once it has applied
-        # the batch; a failure is posted after the batches queued before it, so outcomes keep log order.
+        # On the tick thread: only hand over. The apply thread resolves the batch's futures once it has
+        # applied it; a failure is posted after the batches queued before it, so outcomes keep log order.
         if err == FAIL_REASON.SUCCESS:
-            if isinstance(result, PendingApply):
-                result.then(functools.partial(self._committer.post, batch))
+            if isinstance(result, PendingApply):  # resolved on the apply thread once applied
+                result.then(functools.partial(self._committer.complete, batch))
             else:
                 self._committer.post(batch, result)
             return
@@ -401,11 +401,15 @@ class RaftReplicator(Replicator):
             leader=leader,
             term=int(raw["raft_term"]),
             commit_index=int(raw["commit_idx"]),
-            last_applied=int(raw["last_applied"]),
+            last_applied=self._last_applied(int(raw["last_applied"])),
             has_quorum=bool(raw["has_quorum"]),
             members=tuple(members),
             log_len=int(raw["log_len"]),
         )
+
+    def _last_applied(self, handed_over: int) -> int:
+        applier = self._applier
+        return applier.last_applied(handed_over) if applier is not None else handed_over
 
     @staticmethod
     def _raw_status(so: SyncObj) -> dict[str, Any]:

@@ -140,6 +140,10 @@ def run_tessera(args: argparse.Namespace) -> None:
         time.sleep(0.05)
     time.sleep(1.0)
     tune_gc()  # as `tessera master` does once started
+    if args.timeline:
+        import _timeline  # beside this script
+
+        _timeline.run_for_window(_timeline.install(replicator, sm), args.out, replicator.is_leader)
     if not master.wait_serving(5):
         while True:
             time.sleep(1)
@@ -248,6 +252,8 @@ def main() -> None:
     p.add_argument("--no-fsync", action="store_true", help="tessera mode: as `tessera master --unsafe-no-fsync`")
     p.add_argument("--apply-on-tick-thread", action="store_true",
                    help="tessera mode: apply on pysyncobj's tick thread (ReplicationConfig.apply_thread=False)")
+    p.add_argument("--timeline", action="store_true",
+                   help="tessera mode: write <out>.timeline.json, where the tick thread and apply spent the window")
     p.add_argument("--rate", type=float, default=0.0, help="open loop: writes started per second (0: closed loop)")
     args = p.parse_args()
     (run_raw if args.mode == "raw" else run_tessera)(args)

@@ -1,7 +1,7 @@
 """Benchmark of the replicated write path (not part of the test run).
 
     python tests/bench/bench_write_path.py [--duration 10] [--writers 1000] [--trials 10] [--rates 5000,10000]
-                                           [--fsync on,off] [--apply-thread on,off]
+                                           [--fsync on,off] [--apply-thread on,off] [--timeline]
 
 In one run, on 3-process loopback quorums:
   (a) raw pysyncobj baseline: 100 small events per replicated call, 200 calls in flight, from the leader;
@@ -41,6 +41,7 @@ import psutil  # noqa: E402
 
 from tessera.control_plane.cli.up import free_ports  # noqa: E402
 from tessera.v1 import operator_pb2, operator_pb2_grpc  # noqa: E402
+from tests.bench import _timeline  # noqa: E402
 from tests.support.cluster import LocalCluster  # noqa: E402
 
 NODE = Path(__file__).with_name("_quorum_node.py")
@@ -66,7 +67,8 @@ def run_quorum(mode: str, root: Path, args: argparse.Namespace, rate: float = 0.
                    "--peers", *[a for a in addrs if a != addr], "--data-dir", str(root / f"{tag}-{i}"),
                    "--out", str(outs[i]), "--duration", str(args.duration), "--warmup", str(args.warmup),
                    "--writers", str(args.writers), "--rate", str(rate), *([] if fsync else ["--no-fsync"]),
-                   *([] if apply_thread or mode != "tessera" else ["--apply-on-tick-thread"])]
+                   *([] if apply_thread or mode != "tessera" else ["--apply-on-tick-thread"]),
+                   *(["--timeline"] if args.timeline and mode == "tessera" else [])]
             log = open(root / f"{tag}-{i}.log", "wb")
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                                           start_new_session=True,
@@ -87,6 +89,10 @@ def run_quorum(mode: str, root: Path, args: argparse.Namespace, rate: float = 0.
                 raise RuntimeError(f"no {mode} result (every node exited, or {limit:.0f} s passed):\n{logs}")
             time.sleep(0.02)
         result: dict[str, Any] = json.loads(done.read_text())
+        if args.timeline and mode == "tessera":
+            time.sleep(0.5)  # the followers write theirs on seeing the leader's .end
+            result["timelines"] = [json.loads(Path(str(o) + ".timeline.json").read_text())
+                                   for o in outs if Path(str(o) + ".timeline.json").exists()]
         if mode == "tessera" and cpu_start is not None and cpu_end is not None:
             leader = outs.index(done)
             order = [leader] + [i for i in range(3) if i != leader]
@@ -169,6 +175,8 @@ def run_write_path(root: Path, args: argparse.Namespace, raw: dict[str, Any], se
               f"{cpu[2]:.0f} ms; the three together need {total:.0f} ms, so {os.cpu_count()} cores fully "
               f"used would carry at most {os.cpu_count() * 1e6 / total:,.0f} events/s; one core for the "
               f"leader alone {1e6 / cpu[0]:,.0f} events/s")
+    for timeline in sorted(tes.get("timelines", []), key=lambda t: not t.get("leader")):
+        print("    " + _timeline.describe(timeline))
     for rate in [float(r) for r in args.rates.split(",") if r.strip()]:
         ol = run_quorum("tessera", root, args, rate=rate, fsync=fsync, apply_thread=apply_thread)
         print(f"(b') open loop, {what}, {ol['writers']} writers offering {rate:,.0f} writes/s: "
@@ -186,6 +194,8 @@ def main() -> None:
     p.add_argument("--fsync", default="on,off", help="(b) and (b') with fsync on, off or both (in this order)")
     p.add_argument("--apply-thread", default="on",
                    help="(b) and (b') with the apply thread on, off or both (in this order)")
+    p.add_argument("--timeline", action="store_true",
+                   help="(b): print where each master's Raft tick thread and apply spent the window")
     p.add_argument("--skip", choices=["throughput", "failover"], default=None)
     args = p.parse_args()
     print(f"command: python tests/bench/bench_write_path.py {' '.join(sys.argv[1:])}".rstrip())
