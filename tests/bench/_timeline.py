@@ -147,7 +147,6 @@ def describe(t: dict[str, Any]) -> str:
     poll = t.get("poll_wall", 0.0)
     sync = t.get("sync_wall", 0.0)
     send = t.get("send_wall", 0.0)
-    apply_tick = t.get("apply_wall_tick", 0.0)
     cpu = t.get("tick_cpu", 0.0)
     # tick thread wall = poll (idle, waiting for a message) + sync (disk) + CPU + runnable-not-running
     waiting = max(0.0, tick_wall - poll - sync - cpu)
