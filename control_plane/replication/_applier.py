@@ -99,6 +99,7 @@ class Applier:
         self._thread: threading.Thread | None = None
         self.applied_batches = 0  # for tests and the benchmark
         self.applied_index = 0  # raft index of the last batch applied
+        self._current_index: int | None = None  # raft index of the batch being applied
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -172,10 +173,15 @@ class Applier:
 
     def last_applied(self, handed_over: int) -> int:
         """The Raft index the state is at, given pysyncobj's ``raftLastApplied`` (``handed_over``: what it
-        handed to the replicated method, or took itself, like no-op and membership entries)."""
+        handed to the replicated method, or took itself, like no-op and membership entries): just before
+        the first batch not applied yet (being applied, or queued), else ``handed_over``. (Not the index
+        of the last batch applied: after a restore the state is the snapshot's, and the batches after it
+        are applied again.)"""
         with self._cond:
-            idle = not self._queue and not self._busy
-        return handed_over if idle else min(handed_over, self.applied_index)
+            first = self._current_index
+            if first is None:
+                first = next((item[0] for item in self._queue if not callable(item)), None)
+        return handed_over if first is None else min(handed_over, first - 1)
 
     # ----------------------------------------------------------------- the apply thread
 
@@ -185,6 +191,7 @@ class Applier:
         while True:
             with cond:
                 while not queue:
+                    self._current_index = None
                     if self._busy:
                         self._busy = False
                         cond.notify_all()  # drainers and a producer waiting for room
@@ -193,7 +200,9 @@ class Applier:
                     cond.wait(_POLL_S)
                 item = queue.popleft()
                 self._busy = True
+                self._current_index = None
                 if not callable(item):
+                    self._current_index = item[0]
                     self._queued_entries -= len(item[1])
                     if self._room_wanted:
                         self._room_wanted = False
