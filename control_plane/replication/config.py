@@ -139,10 +139,12 @@ class ReplicationConfig:
 
     group_commit: GroupCommitConfig = field(default_factory=GroupCommitConfig)
 
-    # Apply committed batches on the replicator's own apply thread (``_applier``) rather than on
+    # True: apply committed batches on the replicator's own apply thread (``_applier``) rather than on
     # pysyncobj's tick thread, so that receiving, syncing, acknowledging and sending the next batch do not
-    # wait for the state machine. False applies on the tick thread, as pysyncobj does (to measure).
-    apply_thread: bool = True
+    # wait for the state machine. Off by default: measured on this machine (docs/benchmarks.md, issue 22)
+    # it did not raise the write path's throughput and cost more CPU per event, and the simulation with
+    # the apply step (``tests.sim.run --apply-step``) hit a pysyncobj compaction race not yet guarded.
+    apply_thread: bool = False
     # Entries queued for the apply thread before the tick thread waits for it (backpressure).
     apply_queue_entries: int = 8192
 

@@ -131,7 +131,7 @@ def run_tessera(args: argparse.Namespace) -> None:
     replicator = RaftReplicator(ReplicationConfig(
         self_address=args.self, peers=tuple(args.peers), data_dir=data / "raft",
         password=os.environ.get("TESSERA_RAFT_PASSWORD") or None, fsync=fsync,
-        apply_thread=not args.apply_on_tick_thread,
+        apply_thread=not args.apply_on_tick_thread,  # the bench says which, whatever the default
     ), sm, before_dump=events.flush)
     master = Master(MasterIdentity(args.name, args.self, "127.0.0.1:0"), sm, replicator, events)
     master.start()

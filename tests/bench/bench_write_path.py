@@ -12,8 +12,10 @@ In one run, on 3-process loopback quorums:
   (c) failover: kill -9 of the leader of `tessera master` processes to the first committed write.
 (b) and (b') run once per `--fsync` setting, in the order given: `on` is the default master (the journal
 synced before acknowledging, events.db synchronous=FULL), `off` is `tessera master --unsafe-no-fsync`;
-and within each, once per `--apply-thread` setting: `on` (the default master) applies committed entries on
-the replicator's apply thread, `off` on pysyncobj's tick thread (`ReplicationConfig.apply_thread=False`).
+and within each, once per `--apply-thread` setting: `off` (the default master) applies committed entries on
+pysyncobj's tick thread, `on` on the replicator's apply thread (`ReplicationConfig.apply_thread=True`).
+`--timeline` prints, for each master, where its Raft tick thread and the apply spent the window
+(`_timeline.py`).
 Prints events/s, commit latency p50/p99, the ratio b/a, and failover min/median/max, with the machine.
 """
 
@@ -192,7 +194,7 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=10)
     p.add_argument("--rates", default="5000,10000", help="open-loop offered rates for (b'), comma-separated")
     p.add_argument("--fsync", default="on,off", help="(b) and (b') with fsync on, off or both (in this order)")
-    p.add_argument("--apply-thread", default="on",
+    p.add_argument("--apply-thread", default="off",
                    help="(b) and (b') with the apply thread on, off or both (in this order)")
     p.add_argument("--timeline", action="store_true",
                    help="(b): print where each master's Raft tick thread and apply spent the window")
