@@ -39,8 +39,8 @@ class StateMachine(Protocol):
         """Apply one committed batch; return exactly one result per entry, in order.
 
         Must be deterministic and should never raise. It runs on one thread of the replicator, in log
-        order (the Raft replicator's apply thread, not pysyncobj's tick thread, unless configured so;
-        the simulation's single thread), and must be fast and do no I/O. If it raises anyway, the replicator
+        order (pysyncobj's tick thread, which also runs elections, or the Raft replicator's apply thread
+        with ``ReplicationConfig.apply_thread``), and must be fast and do no I/O. If it raises anyway, the replicator
         logs it and fails each entry's future with ``StateMachineError``; it does not wedge Raft.
         """
         ...

@@ -6,11 +6,10 @@ Owns one pysyncobj node and the threads around it:
   pysyncobj's tick thread exits silently as soon as the thread that built the ``SyncObj`` ends, so
   it must be built on a thread that lives exactly as long as the node, not on the caller's;
 * pysyncobj's **tick** thread does all Raft work and runs ``_ReplicatedLog.apply_batch`` on every
-  node, which only queues the batch for the apply thread; our callbacks there only put one item on a
-  queue;
-* the **apply** thread (``_applier``) applies committed batches to the state machine in log order and
-  hands each proposed batch's results to the completer (``ReplicationConfig.apply_thread``; False
-  applies on the tick thread);
+  node (which, with an apply thread, only queues the batch); our callbacks there only put one item on
+  a queue;
+* with ``ReplicationConfig.apply_thread`` (off by default), the **apply** thread (``_applier``) applies
+  committed batches to the state machine in log order and resolves each proposed batch's futures;
 * the group-commit **batcher** and **completer** threads (``_group_commit``).
 
 The node is built from the parts it shares with the simulation (``sim``): its configuration and
