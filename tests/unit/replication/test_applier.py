@@ -7,9 +7,11 @@ everything queued is applied; the queue is bounded (the producer waits); stop ap
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 
-from tessera.control_plane.replication._applier import Applier, PendingApply
+from tessera.control_plane.replication._applier import DEFAULT_MAX_QUEUED_ENTRIES, Applier, PendingApply
 from tessera.control_plane.replication._group_commit import ApplyFailure
 from tessera.control_plane.replication.pysyncobj_node import SNAPSHOT_FORMAT, _ReplicatedLog
 
@@ -41,6 +43,20 @@ class RecordingMachine:
         self.restored.append((snap, list(self.applied)))
 
 
+@contextlib.contextmanager
+def held(max_entries: int = DEFAULT_MAX_QUEUED_ENTRIES) -> Iterator[tuple[RecordingMachine, threading.Event, Applier]]:
+    """A running applier over a machine whose every apply waits for ``gate``; released and stopped after."""
+    gate = threading.Event()
+    sm = RecordingMachine(gate)
+    applier = Applier("t", sm, max_entries=max_entries)
+    applier.start()
+    try:
+        yield sm, gate, applier
+    finally:
+        gate.set()
+        applier.stop(WAIT_S)
+
+
 def results_of(pending: PendingApply) -> object:
     got: list[object] = []
     done = threading.Event()
@@ -70,30 +86,19 @@ def test_batches_are_applied_on_the_apply_thread_in_the_order_queued() -> None:
 
 
 def test_a_call_runs_after_the_batches_queued_before_it() -> None:
-    gate = threading.Event()
-    sm = RecordingMachine(gate)
-    applier = Applier("t", sm)
-    applier.start()
     order: list[str] = []
-    try:
+    with held() as (sm, gate, applier):
         applier.apply(1, [b"a"]).then(lambda _: order.append("batch 1"))
         applier.call(lambda: order.append("failure of batch 2"))
         applier.apply(3, [b"b"]).then(lambda _: order.append("batch 3"))
         assert order == []  # nothing ran on the queuing thread
         gate.set()
         assert applier.drain(WAIT_S)
-    finally:
-        gate.set()
-        applier.stop(WAIT_S)
     assert order == ["batch 1", "failure of batch 2", "batch 3"]
 
 
 def test_drain_waits_until_every_queued_batch_is_applied() -> None:
-    gate = threading.Event()
-    sm = RecordingMachine(gate)
-    applier = Applier("t", sm)
-    applier.start()
-    try:
+    with held() as (sm, gate, applier):
         applier.apply(1, [b"a"])
         applier.apply(2, [b"b"])
         assert sm.started.wait(WAIT_S)
@@ -101,17 +106,10 @@ def test_drain_waits_until_every_queued_batch_is_applied() -> None:
         gate.set()
         assert applier.drain(WAIT_S)
         assert [e for _, e in sm.applied] == [b"a", b"b"]
-    finally:
-        gate.set()
-        applier.stop(WAIT_S)
 
 
 def test_the_queue_is_bounded_the_producer_waits_for_room() -> None:
-    gate = threading.Event()
-    sm = RecordingMachine(gate)
-    applier = Applier("t", sm, max_entries=2)
-    applier.start()
-    try:
+    with held(max_entries=2) as (sm, gate, applier):
         applier.apply(1, [b"a"])
         assert sm.started.wait(WAIT_S)  # batch 1 taken; the queue is empty again
         applier.apply(2, [b"b", b"c"])  # fills the queue
@@ -124,9 +122,6 @@ def test_the_queue_is_bounded_the_producer_waits_for_room() -> None:
         assert not producer.is_alive()
         assert applier.drain(WAIT_S)
         assert [e for _, e in sm.applied] == [b"a", b"b", b"c", b"d"]
-    finally:
-        gate.set()
-        applier.stop(WAIT_S)
 
 
 def test_stop_applies_what_is_queued_and_later_batches_apply_inline() -> None:
@@ -164,13 +159,9 @@ def test_a_raising_state_machine_becomes_a_failure_value_and_the_thread_goes_on(
 
 
 def test_a_dump_is_taken_only_after_every_queued_batch_is_applied() -> None:
-    gate = threading.Event()
-    sm = RecordingMachine(gate)
-    applier = Applier("t", sm)
-    applier.start()
-    consumer = _ReplicatedLog(sm, applier)
     snapshots: list[object] = []
-    try:
+    with held() as (sm, gate, applier):
+        consumer = _ReplicatedLog(sm, applier)
         applier.apply(7, [b"a", b"b"])
         assert sm.started.wait(WAIT_S)
         dumper = threading.Thread(target=lambda: snapshots.append(consumer._serialize()))
@@ -179,19 +170,12 @@ def test_a_dump_is_taken_only_after_every_queued_batch_is_applied() -> None:
         assert dumper.is_alive(), "the dump must wait for the batch being applied"
         gate.set()
         dumper.join(WAIT_S)
-    finally:
-        gate.set()
-        applier.stop(WAIT_S)
     assert snapshots == [{"format": SNAPSHOT_FORMAT, "state": [(7, b"a"), (7, b"b")]}]
 
 
 def test_a_restore_lands_after_every_batch_queued_before_it() -> None:
-    gate = threading.Event()
-    sm = RecordingMachine(gate)
-    applier = Applier("t", sm)
-    applier.start()
-    consumer = _ReplicatedLog(sm, applier)
-    try:
+    with held() as (sm, gate, applier):
+        consumer = _ReplicatedLog(sm, applier)
         applier.apply(3, [b"old"])
         restorer = threading.Thread(target=consumer._deserialize, args=({"format": SNAPSHOT_FORMAT, "state": "snap"},))
         restorer.start()
@@ -199,7 +183,4 @@ def test_a_restore_lands_after_every_batch_queued_before_it() -> None:
         assert restorer.is_alive()
         gate.set()
         restorer.join(WAIT_S)
-    finally:
-        gate.set()
-        applier.stop(WAIT_S)
     assert sm.restored == [("snap", [(3, b"old")])]  # restored after the old batch, never under it
