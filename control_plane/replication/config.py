@@ -141,9 +141,9 @@ class ReplicationConfig:
 
     # True: apply committed batches on the replicator's own apply thread (``_applier``) rather than on
     # pysyncobj's tick thread, so that receiving, syncing, acknowledging and sending the next batch do not
-    # wait for the state machine. Off by default: measured on this machine (docs/benchmarks.md, issue 22)
-    # it did not raise the write path's throughput and cost more CPU per event, and the simulation with
-    # the apply step (``tests.sim.run --apply-step``) hit a pysyncobj compaction race not yet guarded.
+    # wait for the state machine. Measured (docs/benchmarks.md, issue 22): +19 to +75 % write throughput on
+    # a quiet machine, nothing measurable on a loaded one. Off by default until the pysyncobj compaction race
+    # the simulation found with the apply step (``tests.sim.run --apply-step``, docs/reliability.md) is guarded.
     apply_thread: bool = False
     # Entries queued for the apply thread before the tick thread waits for it (backpressure).
     apply_queue_entries: int = 8192
