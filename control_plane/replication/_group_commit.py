@@ -280,7 +280,8 @@ class GroupCommitter:
     engine's own thread (pysyncobj's tick thread): there it frees the batch's in-flight slot and, if
     entries are waiting, proposes the next batch at once ("pump"), so the log stays busy under load
     even when the batcher thread is slow to get the GIL among many request threads. Futures are
-    resolved on the completer thread, so no future callback ever runs on the Raft thread.
+    resolved on the completer thread, so no future callback ever runs on the Raft thread; or, with
+    ``complete``, on the replicator's apply thread right after it applied the batch.
     """
 
     def __init__(self, name: str, settings: GroupCommitConfig,
@@ -404,6 +405,16 @@ class GroupCommitter:
         self._completions.put((op, payload))
         if self._free_slot(op):
             self._pump()
+
+    def complete(self, op: Tracked, payload: object) -> None:
+        """Resolve ``op`` with ``payload`` on the calling thread (not the Raft thread: the replicator's apply
+        thread, which has just applied the batch). One thread hand-off less per batch than ``post``: the
+        futures' callbacks run here, after the next batch is proposed."""
+        if not self.untrack(op):
+            return
+        if self._free_slot(op):
+            self._pump()
+        self._safe(op.resolve, payload)
 
     def _free_slot(self, op: Tracked) -> bool:
         if isinstance(op, Batch):

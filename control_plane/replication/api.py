@@ -38,8 +38,9 @@ class StateMachine(Protocol):
     def apply_entries(self, raft_index: int, entries: list[bytes]) -> list[object]:
         """Apply one committed batch; return exactly one result per entry, in order.
 
-        Must be deterministic and should never raise. It runs on the Raft thread of the node (which
-        also runs elections), so it must be fast and do no I/O. If it raises anyway, the replicator
+        Must be deterministic and should never raise. It runs on one thread of the replicator, in log
+        order (pysyncobj's tick thread, which also runs elections, or the Raft replicator's apply thread
+        with ``ReplicationConfig.apply_thread``), and must be fast and do no I/O. If it raises anyway, the replicator
         logs it and fails each entry's future with ``StateMachineError``; it does not wedge Raft.
         """
         ...
@@ -47,8 +48,8 @@ class StateMachine(Protocol):
     def snapshot(self) -> object:
         """Return a picklable object holding the whole replicated state.
 
-        Called on the Raft thread at log compaction; the Raft implementation pickles the returned
-        object in a forked child, so returning a reference to the live state (not a deep copy) is
+        Called on the Raft thread at log compaction, once every batch up to the dump's index is applied
+        and while nothing else is applied; the Raft implementation pickles the returned object in a forked child, so returning a reference to the live state (not a deep copy) is
         correct and keeps the Raft thread fast. Must not raise.
         """
         ...

@@ -6,7 +6,10 @@ Owns one pysyncobj node and the threads around it:
   pysyncobj's tick thread exits silently as soon as the thread that built the ``SyncObj`` ends, so
   it must be built on a thread that lives exactly as long as the node, not on the caller's;
 * pysyncobj's **tick** thread does all Raft work and runs ``_ReplicatedLog.apply_batch`` on every
-  node; our callbacks there only put one item on a queue;
+  node (which, with an apply thread, only queues the batch); our callbacks there only put one item on
+  a queue;
+* with ``ReplicationConfig.apply_thread`` (off by default), the **apply** thread (``_applier``) applies
+  committed batches to the state machine in log order and resolves each proposed batch's futures;
 * the group-commit **batcher** and **completer** threads (``_group_commit``).
 
 The node is built from the parts it shares with the simulation (``sim``): its configuration and
@@ -46,6 +49,7 @@ from typing import Any
 from pysyncobj import FAIL_REASON, SyncObj
 from pysyncobj.syncobj import SyncObjException
 
+from ._applier import Applier, PendingApply
 from ._group_commit import Batch, GroupCommitter, Tracked, fail_future, new_running_future
 from ._notifier import LeadershipNotifier
 from .api import LeadershipCallback, MemberStatus, QuorumStatus, Replicator, StateMachine
@@ -166,7 +170,8 @@ class RaftReplicator(Replicator):
         self._name = name
         # Built before the SyncObj exists, so the snapshot restored by the tick thread right after
         # construction is never overwritten by our own initialisation (measured init race, §6.6).
-        self._consumer = _ReplicatedLog(state_machine)
+        self._applier = Applier(name, state_machine, config.apply_queue_entries) if config.apply_thread else None
+        self._consumer = _ReplicatedLog(state_machine, self._applier)
         self._notifier = LeadershipNotifier(name, self.term)
         self._committer = GroupCommitter(name, config.group_commit, self._propose, self._refusal)
         self._tick_tasks: deque[Callable[[], None]] = deque()
@@ -194,6 +199,8 @@ class RaftReplicator(Replicator):
             cfg.data_dir.mkdir(parents=True, exist_ok=True)
             # Running before the node can lead: a leadership callback may submit right away.
             self._committer.start()
+            if self._applier is not None:  # before the tick thread applies the journal's entries
+                self._applier.start()
             ready = threading.Event()
             outcome: list[BaseException | None] = []
             self._owner = threading.Thread(target=self._owner_main, args=(ready, outcome),
@@ -218,6 +225,8 @@ class RaftReplicator(Replicator):
         self._syncobj = None
         if so is not None:
             self._destroy_syncobj(so, t)
+        if self._applier is not None:
+            self._applier.stop(t)
         self._committer.shutdown(t)
         self._notifier.request_stop()
         if self._owner is not None:
@@ -275,7 +284,10 @@ class RaftReplicator(Replicator):
             self._last_term = so.raftCurrentTerm
             self._syncobj = None
             self._destroy_syncobj(so, t)
-        # The tick thread is gone: no more completions can arrive. Resolve what did, expire the rest.
+        # The tick thread is gone: nothing more is queued for apply. Apply what was (its results are
+        # posted), then no more completions can arrive: resolve what did, expire the rest.
+        if self._applier is not None:
+            self._applier.stop(t)
         self._committer.shutdown(t)
         if was_leader:
             self._notifier.publish(False, self._last_term)
@@ -323,11 +335,19 @@ class RaftReplicator(Replicator):
         self._consumer.apply_batch(batch.entries, callback=functools.partial(self._on_batch_done, batch))
 
     def _on_batch_done(self, batch: Batch, result: object, err: int) -> None:
-        # On the tick thread: only hand over.
+        # On the tick thread: only hand over. The apply thread resolves the batch's futures once it has
+        # applied it; a failure is posted after the batches queued before it, so outcomes keep log order.
         if err == FAIL_REASON.SUCCESS:
-            self._committer.post(batch, result)
+            if isinstance(result, PendingApply):  # resolved on the apply thread once applied
+                result.then(functools.partial(self._committer.complete, batch))
+            else:
+                self._committer.post(batch, result)
+            return
+        failure = map_fail_reason(err, self._leader_hint())
+        if self._applier is not None:
+            self._applier.call(functools.partial(self._committer.post, batch, failure))
         else:
-            self._committer.post(batch, map_fail_reason(err, self._leader_hint()))
+            self._committer.post(batch, failure)
 
     def _leader_hint(self) -> str | None:
         so = self._syncobj
@@ -380,11 +400,15 @@ class RaftReplicator(Replicator):
             leader=leader,
             term=int(raw["raft_term"]),
             commit_index=int(raw["commit_idx"]),
-            last_applied=int(raw["last_applied"]),
+            last_applied=self._last_applied(int(raw["last_applied"])),
             has_quorum=bool(raw["has_quorum"]),
             members=tuple(members),
             log_len=int(raw["log_len"]),
         )
+
+    def _last_applied(self, handed_over: int) -> int:
+        applier = self._applier
+        return applier.last_applied(handed_over) if applier is not None else handed_over
 
     @staticmethod
     def _raw_status(so: SyncObj) -> dict[str, Any]:

@@ -12,8 +12,9 @@ package imports pysyncobj (``tests/sim`` builds on it):
   and reset, and nodes that can crash;
 * ``SimRaftNode``: one pysyncobj ``SyncObj`` with ``autoTick=False``, ticked by the scheduler, built
   from the same ``ReplicationConfig`` and ``syncobj_conf`` as a real master and applying committed
-  entries through the same replicated method (``_ReplicatedLog.apply_batch`` -> ``guarded_apply``
-  -> the state machine). Journal and dump files are real files in the node's ``data_dir``, so a node
+  entries through the same replicated method (``_ReplicatedLog.apply_batch`` -> the apply queue ->
+  ``guarded_apply`` -> the state machine); the apply thread is a ``SteppedApplier``, a step the
+  scheduler runs half a tick period after the tick that queued the batch. Journal and dump files are real files in the node's ``data_dir``, so a node
   rebuilt over the same directory after a crash recovers exactly as a restarted master does.
 
 Sources of non-determinism and how each is removed: time (the fake clock, patched into pysyncobj),
@@ -53,6 +54,7 @@ from pysyncobj import FAIL_REASON, SyncObj
 from pysyncobj.node import Node
 from pysyncobj.transport import Transport
 
+from ._applier import Applier, PendingApply
 from .api import StateMachine
 from .config import ReplicationConfig
 from .consensus_guards import install_consensus_guards
@@ -351,6 +353,50 @@ class RaftEntry:
     command: bytes
 
 
+class SteppedApplier(Applier):
+    """The apply thread of a ``RaftReplicator``, with the scheduler in place of the thread: batches queued by
+    the tick are applied at a later step (``run_queued``, scheduled by ``schedule``), so the simulation runs
+    the state lagging the commit index, and results arriving after later ticks, as a real master does. A
+    ``drain`` (before a dump or a restore) applies what is queued at once, which is what waiting for the
+    thread amounts to; a full queue does too (the tick thread would wait for room)."""
+
+    def __init__(self, name: str, state_machine: StateMachine, schedule: Callable[[], None],
+                 max_entries: int) -> None:
+        super().__init__(name, state_machine, max_entries)
+        self._schedule = schedule
+        self._running = True  # no thread: the scheduler steps it
+
+    def start(self) -> None:
+        return
+
+    def stop(self, timeout_s: float) -> None:
+        self.run_queued()
+
+    def apply(self, raft_index: int, entries: list[bytes]) -> PendingApply:
+        if self._queued_entries and self._queued_entries + len(entries) > self._max_entries:
+            self.run_queued()
+        pending = PendingApply()
+        self._queue.append((raft_index, entries, pending))
+        self._queued_entries += len(entries)
+        self._schedule()
+        return pending
+
+    def call(self, fn: Callable[[], None]) -> None:
+        self._queue.append(fn)
+        self._schedule()
+
+    def drain(self, timeout_s: float | None) -> bool:
+        self.run_queued()
+        return True
+
+    def run_queued(self) -> None:
+        while self._queue:
+            item = self._queue.popleft()
+            if not callable(item):
+                self._queued_entries -= len(item[1])
+            self._run(item)
+
+
 class SimRaftNode:
     """One real pysyncobj node, ticked by the scheduler. Build it inside ``deterministic_pysyncobj``.
 
@@ -368,7 +414,13 @@ class SimRaftNode:
         self.address = config.self_address
         self.peers = tuple(config.peers)
         self._on_leadership = on_leadership
-        self._consumer = _ReplicatedLog(state_machine)
+        # as RaftReplicator: committed batches applied by the apply "thread", here a scheduled step
+        self.applier: SteppedApplier | None = None
+        self._apply_scheduled = False
+        if config.apply_thread:
+            self.applier = SteppedApplier(f"sim[{config.self_address}]", state_machine, self._schedule_apply,
+                                          config.apply_queue_entries)
+        self._consumer = _ReplicatedLog(state_machine, self.applier)
         self.transport = SimTransport(network, self.address)
         self.alive = True
         self._tick_pending_at: float | None = None
@@ -411,6 +463,19 @@ class SimRaftNode:
     def tick(self) -> None:
         self._so.doTick(0.0)
 
+    def _schedule_apply(self) -> None:
+        # The apply thread runs a while after the tick that queued work (half a tick period: messages
+        # arriving meanwhile are handled by ticks before it). A fixed delay draws nothing from the seeded
+        # rng, so a seed injects the same faults with and without the apply step.
+        if not self._apply_scheduled:
+            self._apply_scheduled = True
+            self.network.scheduler.after(self.config.tick_period_s / 2, self._apply_step)
+
+    def _apply_step(self) -> None:
+        self._apply_scheduled = False
+        if self.alive and self.applier is not None:
+            self.applier.run_queued()
+
     def crash(self) -> None:
         if not self.alive:
             return
@@ -426,8 +491,19 @@ class SimRaftNode:
     def propose(self, entries: list[bytes], callback: Callable[[object, int], None]) -> None:
         """One replicated call carrying ``entries``, exactly as ``RaftReplicator`` proposes a batch.
         ``callback(result, fail_reason)`` runs on this node when the call is applied or fails
-        (``fail_reason == FAIL_SUCCESS``: ``result`` is the state machine's list of results)."""
-        self._consumer.apply_batch(entries, callback=callback)
+        (``fail_reason == FAIL_SUCCESS``: ``result`` is the state machine's list of results), in log
+        order: a failure waits behind the batches queued for apply before it, as ``RaftReplicator``'s."""
+        applier = self.applier
+
+        def done(result: object, err: int) -> None:
+            if isinstance(result, PendingApply):
+                result.then(lambda payload: callback(payload, err))
+            elif applier is not None and err != FAIL_REASON.SUCCESS:
+                applier.call(lambda: callback(result, err))
+            else:
+                callback(result, err)
+
+        self._consumer.apply_batch(entries, callback=done)
         self.wake()
 
     # ---- reads ---------------------------------------------------------------------------------------
@@ -447,7 +523,9 @@ class SimRaftNode:
 
     @property
     def last_applied(self) -> int:
-        return int(self._so.raftLastApplied)
+        """The Raft index this node's state is at (behind pysyncobj's while batches wait for apply)."""
+        handed_over = int(self._so.raftLastApplied)
+        return self.applier.last_applied(handed_over) if self.applier is not None else handed_over
 
     def entry(self, index: int) -> RaftEntry | None:
         """The entry at ``index`` if this node still holds it (inside ``apply_entries`` it does)."""

@@ -131,6 +131,7 @@ def run_tessera(args: argparse.Namespace) -> None:
     replicator = RaftReplicator(ReplicationConfig(
         self_address=args.self, peers=tuple(args.peers), data_dir=data / "raft",
         password=os.environ.get("TESSERA_RAFT_PASSWORD") or None, fsync=fsync,
+        apply_thread=not args.apply_on_tick_thread,  # the bench says which, whatever the default
     ), sm, before_dump=events.flush)
     master = Master(MasterIdentity(args.name, args.self, "127.0.0.1:0"), sm, replicator, events)
     master.start()
@@ -139,6 +140,10 @@ def run_tessera(args: argparse.Namespace) -> None:
         time.sleep(0.05)
     time.sleep(1.0)
     tune_gc()  # as `tessera master` does once started
+    if args.timeline:
+        import _timeline  # beside this script
+
+        _timeline.run_for_window(_timeline.install(replicator, sm), args.out, replicator.is_leader)
     if not master.wait_serving(5):
         while True:
             time.sleep(1)
@@ -245,6 +250,10 @@ def main() -> None:
     p.add_argument("--in-flight", type=int, default=200)
     p.add_argument("--writers", type=int, default=1000)
     p.add_argument("--no-fsync", action="store_true", help="tessera mode: as `tessera master --unsafe-no-fsync`")
+    p.add_argument("--apply-on-tick-thread", action="store_true",
+                   help="tessera mode: apply on pysyncobj's tick thread (ReplicationConfig.apply_thread=False)")
+    p.add_argument("--timeline", action="store_true",
+                   help="tessera mode: write <out>.timeline.json, where the tick thread and apply spent the window")
     p.add_argument("--rate", type=float, default=0.0, help="open loop: writes started per second (0: closed loop)")
     args = p.parse_args()
     (run_raw if args.mode == "raw" else run_tessera)(args)

@@ -107,6 +107,7 @@ class SimMaster:
         config = ReplicationConfig(
             self.address, tuple(a for a in sim.addresses if a != self.address), self.data_dir,
             log_compaction_min_entries=sim.compaction_entries, dynamic_membership_change=False,
+            apply_thread=sim.apply_step,
         )
         self.node = SimRaftNode(sim.network, config, sm, on_leadership=sim.on_leadership,
                                 guard_snapshots=sim.guard_snapshots, pre_vote=sim.pre_vote)

@@ -4,6 +4,7 @@
     python -m tests.sim.run --seed 18 --steps 300  # the replay command a violation prints
     python -m tests.sim.run --seeds 0-9999         # a long run: progress, then a summary
     python -m tests.sim.run --seeds 0-199 --compare  # the same seeds with pre-vote off, then on: elections and terms
+    python -m tests.sim.run --seeds 0-99 --apply-step  # masters apply as RaftReplicator's apply thread does
 
 The summary counts elections by cause ("start": the first; "leader fault": the first after a fault
 that left the leader crashed or cut off from a majority; "no leader fault (after KIND)": any other,
@@ -29,8 +30,8 @@ def parse_range(text: str) -> range:
 
 
 def run_one(seed: int, steps: int, *, trace_tail: int = 0, guard_snapshots: bool = True,
-            pre_vote: bool = True) -> Report | Violation:
-    with Simulation(seed, steps, guard_snapshots=guard_snapshots, pre_vote=pre_vote) as sim:
+            pre_vote: bool = True, apply_step: bool = False) -> Report | Violation:
+    with Simulation(seed, steps, guard_snapshots=guard_snapshots, pre_vote=pre_vote, apply_step=apply_step) as sim:
         try:
             return sim.run()
         except Violation as violation:
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run pysyncobj without the snapshot commit-index guard (reproduces its bug)")
     parser.add_argument("--no-pre-vote", action="store_true",
                         help="run without pre-vote and check-quorum (pysyncobj's own elections)")
+    parser.add_argument("--apply-step", action="store_true",
+                        help="masters apply committed batches in a step after the tick, as RaftReplicator's apply "
+                             "thread (replication.sim.SteppedApplier); default: inside the tick")
     parser.add_argument("--compare", action="store_true",
                         help="with --seeds: run every seed without pre-vote, then with it, and compare")
     args = parser.parse_args(argv)
@@ -58,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.seed is not None:
         outcome = run_one(args.seed, args.steps, trace_tail=args.trace, guard_snapshots=guard,
-                          pre_vote=not args.no_pre_vote)
+                          pre_vote=not args.no_pre_vote, apply_step=args.apply_step)
         if isinstance(outcome, Violation):
             print(outcome.report())
             return 1
@@ -77,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         on = run_seeds(args.seeds, args.steps, guard=guard, pre_vote=True, label="pre-vote on")
         print(comparison(off, on))
         return 1 if off.violations or on.violations else 0
-    return 1 if run_seeds(args.seeds, args.steps, guard=guard, pre_vote=not args.no_pre_vote).violations else 0
+    return 1 if run_seeds(args.seeds, args.steps, guard=guard, pre_vote=not args.no_pre_vote,
+                          apply_step=args.apply_step).violations else 0
 
 
 class Totals:
@@ -99,11 +104,12 @@ class Totals:
                            leader_faults=outcome.leader_faults)
 
 
-def run_seeds(seeds: range, steps: int, *, guard: bool, pre_vote: bool, label: str = "") -> Totals:
+def run_seeds(seeds: range, steps: int, *, guard: bool, pre_vote: bool, label: str = "",
+              apply_step: bool = False) -> Totals:
     started = time.perf_counter()
     result = Totals(label or ("pre-vote on" if pre_vote else "pre-vote off"))
     for n, seed in enumerate(seeds, 1):
-        outcome = run_one(seed, steps, guard_snapshots=guard, pre_vote=pre_vote)
+        outcome = run_one(seed, steps, guard_snapshots=guard, pre_vote=pre_vote, apply_step=apply_step)
         if isinstance(outcome, Violation):
             result.violations.append(outcome)
             print(outcome.report(), flush=True)

@@ -145,7 +145,7 @@ class Simulation:
     def __init__(self, seed: int, steps: int = DEFAULT_STEPS, *, root: Path | None = None, masters: int = 3,
                  agents: int = 3, frameworks: int = 2, fault_rate: float = 0.08,
                  state_machine_factory: StateMachineFactory | None = None, guard_snapshots: bool = True,
-                 pre_vote: bool = True) -> None:
+                 pre_vote: bool = True, apply_step: bool = False) -> None:
         self.seed = seed
         self.steps = steps
         self.rng = random.Random(seed)
@@ -159,6 +159,8 @@ class Simulation:
         self.state_machine_factory = state_machine_factory or master_state_machine
         self.guard_snapshots = guard_snapshots
         self.pre_vote = pre_vote
+        # True: masters apply as RaftReplicator's apply thread does, in a step after the tick (SteppedApplier)
+        self.apply_step = apply_step
         self.final_prints: tuple[str, ...] = ()
         self.quiet = False
         self.step_no = 0
@@ -497,7 +499,8 @@ class Simulation:
             raise Violation(self.seed, self.step_no, list(problems), self.steps, self._flags())
 
     def _flags(self) -> str:
-        return ("" if self.guard_snapshots else " --unguarded") + ("" if self.pre_vote else " --no-pre-vote")
+        return (("" if self.guard_snapshots else " --unguarded") + ("" if self.pre_vote else " --no-pre-vote")
+                + (" --apply-step" if self.apply_step else ""))
 
     def report(self) -> Report:
         prints = self.final_prints or tuple(

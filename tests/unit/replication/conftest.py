@@ -1,5 +1,6 @@
 """The parametrized ``cluster`` fixture: the same contract runs against LocalReplicator, a one-node
-Raft cluster and a three-node Raft cluster inside this process (free 127.0.0.1 ports)."""
+Raft cluster and a three-node Raft cluster inside this process (free 127.0.0.1 ports), and the three-node
+one again with the apply thread (``ReplicationConfig.apply_thread``)."""
 
 from __future__ import annotations
 

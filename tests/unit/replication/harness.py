@@ -22,7 +22,7 @@ from tessera.control_plane.replication import (
     Replicator,
 )
 
-KINDS = ("local", "raft1", "raft3")
+KINDS = ("local", "raft1", "raft3", "raft3-apply-thread")  # the last: ReplicationConfig(apply_thread=True)
 
 
 class ListStateMachine:
@@ -86,9 +86,9 @@ class Cluster:
         assert kind in KINDS
         self.kind = kind
         self.root = root
-        self.size = 3 if kind == "raft3" else 1
+        self.size = 3 if kind.startswith("raft3") else 1
         self.group_commit = group_commit or GroupCommitConfig()
-        self.raft_overrides = raft_overrides
+        self.raft_overrides = {**({"apply_thread": True} if kind == "raft3-apply-thread" else {}), **raft_overrides}
         if kind == "local":
             self.addresses = ["local:0"]
         else:
