@@ -39,6 +39,7 @@ from tessera.control_plane.core.limits import MasterLimits, stream_caps
 from tessera.control_plane.eventlog import SqliteEventStore
 from tessera.control_plane.eventlog.background import Retention
 from tessera.control_plane.replication import RaftReplicator, ReplicationConfig
+from tessera.control_plane.runtime import memprobe
 from tessera.control_plane.runtime.gcpolicy import tune_gc
 from tessera.control_plane.runtime.health import MasterHealth, status_line
 from tessera.control_plane.runtime.leader import LeaderDuties, LeaderSettings, default_allocator
@@ -264,6 +265,7 @@ def run_master(config: MasterConfig) -> int:
     server.start()
     notifier.ready(status_line(health.mark_serving()))  # after the gRPC server answers, never before
     tune_gc()  # after startup: what exists now is long-lived (see gcpolicy)
+    probe = memprobe.start_from_env(config.name)  # None unless TESSERA_TRACEMALLOC is set (a debugging aid)
     retention = Retention(master.events, keep=config.event_retention).start() if config.event_retention else None
     log.info("master %s: raft %s, grpc %s, peers %s, data %s (pid %d)", config.name, config.raft_address,
              config.grpc_address, ",".join(config.peers) or "-", config.data_dir, os.getpid())
@@ -290,6 +292,8 @@ def run_master(config: MasterConfig) -> int:
             reload_acl(server.guard, config.acl_path)
     notifier.stopping()
     health.mark_stopping()
+    if probe is not None:
+        probe.stop()
     duties.stop()
     if ui is not None:
         ui.stop()
