@@ -38,6 +38,7 @@ from tessera.control_plane.core.errors import InvalidRequest
 from tessera.control_plane.core.limits import MasterLimits, stream_caps
 from tessera.control_plane.eventlog import SqliteEventStore
 from tessera.control_plane.eventlog.background import Retention
+from tessera.control_plane.eventlog.rebuild_child import ChildRebuilder
 from tessera.control_plane.replication import RaftReplicator, ReplicationConfig
 from tessera.control_plane.runtime import memprobe
 from tessera.control_plane.runtime.gcpolicy import tune_gc
@@ -164,7 +165,9 @@ def build_master(config: MasterConfig) -> tuple[Master, LeaderDuties, MasterServ
         raise StartupError(exc.message) from exc
     security = validate_security(config)
     events = SqliteEventStore(config.data_dir / "events.db", durable=config.fsync)
-    sm = MasterStateMachine(events)
+    # snapshots the live state cannot give are rebuilt in a child process: a rebuild's transient state
+    # left memory behind in the master every time (eventlog/rebuild_child.py)
+    sm = MasterStateMachine(events, snapshot_builder=ChildRebuilder(events.path))
     replicator = RaftReplicator(ReplicationConfig(
         self_address=config.raft_address, peers=config.peers, data_dir=config.data_dir / "raft",
         password=config.raft_password, bind_address=config.raft_bind,
