@@ -10,8 +10,6 @@ of `--every` events in turn, without a live state, as a master's apply thread te
 live state was too slow: `--mode thread` rebuilds on the snapshotter's thread (the old way), `--mode
 child` in a child process (`eventlog.rebuild_child`, what a master does now). After each snapshot this
 process's RssAnon (/proc/self/status) is printed; at the end again after a full garbage collection.
-`--repeat N` rebuilds the last crossing N more times (same work each time: growth then is memory left
-behind, not a bigger state).
 """
 
 from __future__ import annotations
@@ -41,7 +39,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("thread", "child"), required=True)
     parser.add_argument("--every", type=int, default=10_000)
     parser.add_argument("--crossings", type=int, default=0, help="at most this many (0: all the log has)")
-    parser.add_argument("--repeat", type=int, default=0)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="rebuild-memory-") as tmp:
         db = Path(tmp) / "events.db"
@@ -63,15 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.mode}: {len(targets)} crossings of {args.every} events (log {last} events, first snapshot "
               f"{first}); start RssAnon {rss_anon_mib():.1f} MiB", flush=True)
         snapshotter.observe(first)
-        rounds = [*targets, *[targets[-1]] * args.repeat]
-        for i, target in enumerate(rounds):
-            if i >= len(targets):  # a repeat: forget the last snapshot so it is rebuilt again
-                assert store.flush()
-                drop = sqlite3.connect(db)
-                drop.execute("DELETE FROM snapshots WHERE seq > ?", (targets[-2] if len(targets) > 1 else first,))
-                drop.commit()
-                drop.close()
-                snapshotter._bucket = target // args.every - 1  # the crossing is seen again
+        for target in targets:
             before, started = snapshotter.taken, time.monotonic()
             errors = snapshotter.last_error
             snapshotter.observe(target)
@@ -79,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.05)
             assert store.flush()
             note = f" ({snapshotter.last_error!r})" if snapshotter.last_error is not errors else ""
-            print(f"  snapshot at {target}{' (again)' if i >= len(targets) else ''}: "
+            print(f"  snapshot at {target}: "
                   f"{time.monotonic() - started:.1f} s, RssAnon {rss_anon_mib():.1f} MiB{note}", flush=True)
         snapshotter.stop()
         store.close()
