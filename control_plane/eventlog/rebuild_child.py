@@ -146,7 +146,9 @@ def _die_with_parent(parent: int) -> None:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        # PR_SET_PDEATHSIG: fires when the parent's *thread* that started this child ends; that is the
+        # snapshotter's thread, which lives as long as the master (and cancels the child when stopped)
+        libc.prctl(1, signal.SIGKILL)
     except (OSError, AttributeError):
         pass  # not Linux: the child still ends when its work is done (a write to a closed pipe at worst)
     if os.getppid() != parent:
