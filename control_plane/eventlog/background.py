@@ -22,7 +22,7 @@ import logging
 import pickle
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from tessera.control_plane.core.state import ClusterState
@@ -43,7 +43,7 @@ from tessera.control_plane.eventlog.source import HistorySource, SnapshotSink
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Retention", "Snapshotter", "ensure_snapshot", "retention_cut"]
+__all__ = ["Retention", "SnapshotBuilder", "Snapshotter", "ensure_snapshot", "retention_cut"]
 
 
 class _Store(HistorySource, SnapshotSink, Protocol):
@@ -65,6 +65,15 @@ def ensure_snapshot(store: _Store, target: int, every: int = DEFAULT_SNAPSHOT_EV
     if rebuilt.snapshot_seq != rebuilt.index:
         store.put_snapshot(rebuilt.index, encode_snapshot(rebuilt.state))
     return rebuilt.index
+
+
+class SnapshotBuilder(Protocol):
+    """Builds, away from the store, the snapshots `ensure_snapshot(store, target, every)` would store; the
+    snapshotter stores them (`rebuild_child.ChildRebuilder`: in a child process)."""
+
+    def build(self, target: int, every: int) -> Sequence[tuple[int, bytes]]: ...
+
+    def cancel(self) -> None: ...
 
 
 class _SnapshotterStopped(Exception):
@@ -97,7 +106,7 @@ class Snapshotter:
     LIVE_DUTY = 0.02
 
     def __init__(self, store: _Store, every: int = DEFAULT_SNAPSHOT_EVERY, duty: float = 0.1,
-                 live_budget_s: float = 0.05) -> None:
+                 live_budget_s: float = 0.05, builder: SnapshotBuilder | None = None) -> None:
         if every <= 0:
             raise ValueError("every must be positive")
         if not 0 < duty <= 1:
@@ -106,6 +115,9 @@ class Snapshotter:
         self.every = every
         self.duty = duty
         self.live_budget_s = live_budget_s  # 0: never pickle the live state
+        # None: rebuilds run on this object's thread (paced by `duty`); else `builder` builds them (a master:
+        # in a child process, so the rebuilt state's memory never stays with the master)
+        self.builder = builder
         self._live_after = 0  # the bucket from which live pickles are tried again after a slow one
         self._next_live = 0.0  # monotonic time before which a crossing is not pickled (LIVE_DUTY)
         self._worked_since = 0.0
@@ -179,6 +191,8 @@ class Snapshotter:
         after its owner closes it. A rebuild under way is abandoned at its next page; the snapshot it
         would have stored is taken again from the log after a restart."""
         self._halt.set()
+        if self.builder is not None:
+            self.builder.cancel()
         with self._cond:
             self._stopped = True
             self._cond.notify()
@@ -211,6 +225,9 @@ class Snapshotter:
                 if captured is not None and captured[0] == target:
                     self.store.put_snapshot(target, encode_pickled(captured[1]))
                     self.captured += 1
+                elif self.builder is not None:
+                    for seq, blob in self.builder.build(target, self.every):
+                        self.store.put_snapshot(seq, blob)
                 else:
                     self._worked_since = time.monotonic()
                     ensure_snapshot(self.store, target, self.every, on_page=self._pace)
@@ -224,6 +241,8 @@ class Snapshotter:
                 done = target
                 log.warning("state snapshot at %d not taken: %s", target, exc)
             except Exception as exc:  # noqa: BLE001 - a bug here must not kill the master
+                if self._halt.is_set():
+                    return  # stopped while a builder ran (it was cancelled): abandoned, not failed
                 self.last_error = exc
                 done = target
                 log.exception("state snapshot at %d failed", target)

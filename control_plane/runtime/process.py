@@ -38,7 +38,9 @@ from tessera.control_plane.core.errors import InvalidRequest
 from tessera.control_plane.core.limits import MasterLimits, stream_caps
 from tessera.control_plane.eventlog import SqliteEventStore
 from tessera.control_plane.eventlog.background import Retention
+from tessera.control_plane.eventlog.rebuild_child import ChildRebuilder
 from tessera.control_plane.replication import RaftReplicator, ReplicationConfig
+from tessera.control_plane.runtime import memprobe
 from tessera.control_plane.runtime.gcpolicy import tune_gc
 from tessera.control_plane.runtime.health import MasterHealth, status_line
 from tessera.control_plane.runtime.leader import LeaderDuties, LeaderSettings, default_allocator
@@ -163,7 +165,9 @@ def build_master(config: MasterConfig) -> tuple[Master, LeaderDuties, MasterServ
         raise StartupError(exc.message) from exc
     security = validate_security(config)
     events = SqliteEventStore(config.data_dir / "events.db", durable=config.fsync)
-    sm = MasterStateMachine(events)
+    # snapshots the live state cannot give are rebuilt in a child process: a rebuild's transient state
+    # left memory behind in the master every time (eventlog/rebuild_child.py)
+    sm = MasterStateMachine(events, snapshot_builder=ChildRebuilder(events.path))
     replicator = RaftReplicator(ReplicationConfig(
         self_address=config.raft_address, peers=config.peers, data_dir=config.data_dir / "raft",
         password=config.raft_password, bind_address=config.raft_bind,
@@ -264,6 +268,7 @@ def run_master(config: MasterConfig) -> int:
     server.start()
     notifier.ready(status_line(health.mark_serving()))  # after the gRPC server answers, never before
     tune_gc()  # after startup: what exists now is long-lived (see gcpolicy)
+    probe = memprobe.start_from_env(config.name)  # None unless TESSERA_TRACEMALLOC is set (a debugging aid)
     retention = Retention(master.events, keep=config.event_retention).start() if config.event_retention else None
     log.info("master %s: raft %s, grpc %s, peers %s, data %s (pid %d)", config.name, config.raft_address,
              config.grpc_address, ",".join(config.peers) or "-", config.data_dir, os.getpid())
@@ -290,6 +295,8 @@ def run_master(config: MasterConfig) -> int:
             reload_acl(server.guard, config.acl_path)
     notifier.stopping()
     health.mark_stopping()
+    if probe is not None:
+        probe.stop()
     duties.stop()
     if ui is not None:
         ui.stop()

@@ -30,7 +30,7 @@ from tessera.control_plane.core.apply import ApplyResult, apply
 from tessera.control_plane.core.events import event_ids
 from tessera.control_plane.core.state import ClusterState, upgrade_task_keys
 from tessera.control_plane.eventlog import EventStore
-from tessera.control_plane.eventlog.background import Snapshotter
+from tessera.control_plane.eventlog.background import SnapshotBuilder, Snapshotter
 from tessera.control_plane.eventlog.records import EventRow
 from tessera.control_plane.eventlog.snapshots import DEFAULT_SNAPSHOT_EVERY
 
@@ -79,7 +79,8 @@ def decode_failure(reason: str) -> ApplyResult:
 class MasterStateMachine:
     """Holds the replicated `ClusterState` and feeds the event log."""
 
-    def __init__(self, events: EventStore, snapshot_every: int = DEFAULT_SNAPSHOT_EVERY) -> None:
+    def __init__(self, events: EventStore, snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
+                 snapshot_builder: SnapshotBuilder | None = None) -> None:
         # Raft dumps and snapshots written before the tessera.* rename name the core's old modules; the
         # replicator unpickles them into this state machine (see control_plane/legacy_names.py).
         legacy_names.install()
@@ -87,7 +88,10 @@ class MasterStateMachine:
         self.lock = threading.RLock()
         self.events = events
         # 0 disables the event log's state snapshots ("state as of" then replays from the start)
-        self.snapshots = Snapshotter(events, snapshot_every) if snapshot_every > 0 else None
+        # `snapshot_builder`: who rebuilds a snapshot the live state could not give (None: the snapshotter's
+        # thread; a master passes a `ChildRebuilder`, see eventlog/rebuild_child.py)
+        self.snapshots = (Snapshotter(events, snapshot_every, builder=snapshot_builder)
+                          if snapshot_every > 0 else None)
         self._listeners: list[Callable[[Sequence[Applied]], None]] = []
         self._expected: dict[bytes, tuple[ev.Entry, bool]] = {}
         self.commit_info: dict[str, tuple[int, int]] = {}  # request id -> (raft index, entries in its batch)  # leader only: entries proposed here, not yet applied

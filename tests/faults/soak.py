@@ -47,13 +47,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tessera.control_plane.runtime.memprobe import proc_status_kib
 from tests.faults.run import FaultRun, RunConfig, RunResult, run
 
-METRICS = ("rss_mib", "fds", "threads", "events_db_mib", "journal_mib")
-JUDGED = ("rss_mib", "fds", "threads", "journal_mib")
+METRICS = ("rss_mib", "rss_anon_mib", "rss_file_mib", "fds", "threads", "events_db_mib", "journal_mib")
+JUDGED = ("rss_mib", "rss_anon_mib", "fds", "threads", "journal_mib")
 # (relative, absolute) slack on the rise of the second half's fitted line, against the first half's median
 TOLERANCES: dict[str, tuple[float, float]] = {
     "rss_mib": (0.10, 8.0),
+    "rss_anon_mib": (0.10, 8.0),
     "fds": (0.10, 4.0),
     "threads": (0.10, 2.0),
     "journal_mib": (0.25, 2.0),
@@ -67,6 +69,8 @@ class Sample:
     master: str
     pid: int
     rss_mib: float
+    rss_anon_mib: float  # RssAnon of /proc/PID/status: the heap, arenas, thread stacks (a leak shows here)
+    rss_file_mib: float  # RssFile: mapped files' pages (libraries, mmap'd journal): bounded by the files
     fds: int
     threads: int
     events_db_mib: float
@@ -189,12 +193,14 @@ class Sampler:
                 p = psutil.Process(proc.pid)
                 with p.oneshot():
                     rss, fds, threads = p.memory_info().rss, p.num_fds(), p.num_threads()
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                status = proc_status_kib(Path(f"/proc/{proc.pid}/status").read_text())
+            except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
                 continue  # killed by the nemesis between the check and the read
             events = _size([m.data_dir / "events.db", m.data_dir / "events.db-wal"])
             raft_dir = m.data_dir / "raft"
             journal = _size(sorted(raft_dir.iterdir())) if raft_dir.is_dir() else 0
-            s = Sample(round(t, 2), m.name, proc.pid, round(rss / 2**20, 2), fds, threads,
+            s = Sample(round(t, 2), m.name, proc.pid, round(rss / 2**20, 2), round(status.get("RssAnon", 0) / 2**10, 2),
+                       round(status.get("RssFile", 0) / 2**10, 2), fds, threads,
                        round(events / 2**20, 3), round(journal / 2**20, 3))
             self.samples.append(s)
             self._csv.writerow([s.t, s.master, s.pid, *(getattr(s, k) for k in METRICS)])
@@ -203,7 +209,8 @@ class Sampler:
 
 def read_csv(path: Path) -> list[Sample]:
     with open(path, newline="", encoding="utf-8") as f:
-        return [Sample(float(r["t"]), r["master"], int(r["pid"]), float(r["rss_mib"]), int(r["fds"]),
+        return [Sample(float(r["t"]), r["master"], int(r["pid"]), float(r["rss_mib"]),
+                       float(r.get("rss_anon_mib") or 0), float(r.get("rss_file_mib") or 0), int(r["fds"]),
                        int(r["threads"]), float(r["events_db_mib"]), float(r["journal_mib"]))
                 for r in csv.DictReader(f)]
 
@@ -215,7 +222,7 @@ def plot(samples: Sequence[Sample], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = {"rss_mib": "RSS (MiB)", "fds": "open FDs", "threads": "threads",
+    labels = {"rss_mib": "RSS (MiB)", "rss_anon_mib": "RssAnon (MiB)", "rss_file_mib": "RssFile (MiB)", "fds": "open FDs", "threads": "threads",
               "events_db_mib": "events.db + WAL (MiB)", "journal_mib": "Raft journal dir (MiB)"}
     fig, axes = plt.subplots(len(METRICS), 1, figsize=(10, 2.4 * len(METRICS)), sharex=True)
     masters = sorted({s.master for s in samples})

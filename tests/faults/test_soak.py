@@ -45,7 +45,7 @@ def test_a_small_steady_rise_within_the_slack_is_flat_and_fds_use_their_own_tole
 
 
 def _sample(t: float, master: str, pid: int, rss: float) -> Sample:
-    return Sample(t, master, pid, rss, 30, 20, 1.0, 0.5)
+    return Sample(t, master, pid, rss, rss * 0.6, rss * 0.4, 30, 20, 1.0, 0.5)
 
 
 def test_only_spared_masters_that_stayed_one_process_are_judged_and_restarts_are_counted() -> None:
@@ -74,7 +74,7 @@ def test_a_short_soak_passes_the_checker_and_writes_samples_csv_and_plot(tmp_pat
     samples = read_csv(out / "soak.csv")
     assert {s.master for s in samples} == {"m1", "m2", "m3", "m4", "m5"}, summary
     assert len(samples) >= 5 * 10, summary  # half a minute sampled every second
-    assert all(s.rss_mib > 0 and s.fds > 0 and s.threads > 0 for s in samples)
+    assert all(s.rss_mib > 0 and s.rss_anon_mib > 0 and s.rss_file_mib > 0 and s.fds > 0 and s.threads > 0 for s in samples)
     assert max(s.events_db_mib for s in samples) > 0, summary  # the workload wrote events
     png = (out / "soak.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
