@@ -32,6 +32,7 @@ Followers announce their gRPC address to the leader once (so `quorum status` can
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import itertools
 import logging
@@ -285,6 +286,10 @@ class Master:
         term = self.replicator.term()
         try:
             leader = self.replicator.transfer_leadership().result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            log.info("stopping as leader of term %d without handing leadership over: no other master was seen "
+                     "leading within %.1f s", term, timeout)
+            return None
         except Exception as exc:  # noqa: BLE001 - a stop goes on either way
             log.info("stopping as leader of term %d without handing leadership over: %s", term, exc)
             return None
