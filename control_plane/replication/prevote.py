@@ -152,24 +152,35 @@ def should_step_down(*, now: float, last_answers: Iterable[float], voters: int, 
 @dataclass
 class PreVoteRound:
     """One node's pre-vote in progress: the term it proposes, the round's number (a reply to an earlier
-    round does not count), who said yes."""
+    round does not count), who said yes, who said no."""
 
     term: int
     number: int
     voters: int
     granted: set[str] = field(default_factory=set)
+    refused: set[str] = field(default_factory=set)
 
     def count(self, reply: dict[str, Any], voter: str) -> bool:
         """Take `reply` from `voter` into account; True when the round has just reached a majority."""
-        if reply.get("round") != self.number or reply.get("term") != self.term or not reply.get("granted"):
+        if reply.get("round") != self.number or reply.get("term") != self.term:
+            return False
+        if not reply.get("granted"):
+            if voter not in self.granted:
+                self.refused.add(voter)
             return False
         before = self.won
         self.granted.add(voter)
+        self.refused.discard(voter)
         return self.won and not before
 
     @property
     def won(self) -> bool:
         return 2 * (1 + len(self.granted)) > self.voters
+
+    @property
+    def lost(self) -> bool:
+        """Refused by so many that a majority is out of reach (the others all saying yes included)."""
+        return 2 * (self.voters - len(self.refused)) <= self.voters
 
 
 def patched_names_missing(so: SyncObj) -> list[str]:
@@ -318,6 +329,10 @@ class _PreVote:
             return
         if current.count(reply, str(getattr(node, "id", node))):
             so._SyncObj__raftElectionDeadline = 0  # the election starts on the next tick
+        elif current.lost and self.promise is not None and self.promise.candidate == self.me:
+            # Its own round cannot win: its pre-vote is free for another candidate of that term (a node
+            # whose log is behind would otherwise refuse the others for as long as it keeps trying).
+            self.promise = None
 
     # ---- the voter's side -----------------------------------------------------------------------------
     def on_request(self, node: Any, request: dict[str, Any]) -> None:

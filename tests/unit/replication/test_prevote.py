@@ -119,6 +119,23 @@ def test_a_round_counts_granted_replies_of_its_own_round_and_term_once() -> None
     assert r.won and not r.count({"round": 3, "term": 7, "granted": True}, "d")  # reported once
 
 
+def test_a_round_is_lost_once_refusals_leave_no_majority_within_reach() -> None:
+    r = PreVoteRound(term=7, number=3, voters=5)
+    assert not r.count({"round": 3, "term": 7, "granted": False}, "b")
+    assert not r.count({"round": 2, "term": 7, "granted": False}, "c")  # an earlier round's refusal
+    assert not r.lost  # itself, c, d and e could still make 4 of 5
+    r.count({"round": 3, "term": 7, "granted": False}, "c")
+    assert not r.lost  # itself, d and e: 3 of 5
+    r.count({"round": 3, "term": 7, "granted": False}, "d")
+    assert r.lost and not r.won
+    three = PreVoteRound(term=7, number=1, voters=3)
+    three.count({"round": 1, "term": 7, "granted": False}, "b")
+    assert not three.lost  # itself and c: 2 of 3
+    three.count({"round": 1, "term": 7, "granted": False}, "c")
+    assert three.lost
+
+
+
 # ---- the guard of the patched internals --------------------------------------------------------------------
 
 def test_every_private_name_the_patch_uses_exists_on_pysyncobj(tmp_path: Path) -> None:
