@@ -17,7 +17,8 @@ election per follower restart or heal (a 40-fault 5-master run went from term 6 
 * **One pre-vote per term at a time.** A node promises its pre-vote for a term to one candidate for
   the minimum election timeout (`PreVotePromise`): it refuses another candidate's pre-vote for that
   term meanwhile, and it does not start a round of its own for it (`may_start_pre_vote`); a node
-  running its own round has promised itself. Without it, two followers whose election timeouts ran
+  running its own round has promised itself, until refusals leave that round no majority
+  (`PreVoteRound.lost`: a node whose log is behind would otherwise keep refusing the others). Without it, two followers whose election timeouts ran
   out a few milliseconds apart both won their pre-votes (a pre-vote changes nothing on the voter),
   both raised the term and split the real votes 2-2 (5 masters, the leader dead): a second term for
   one leader fault, and another election timeout of failover. With it, at most one candidate wins a
