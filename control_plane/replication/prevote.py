@@ -14,6 +14,18 @@ election per follower restart or heal (a 40-fault 5-master run went from term 6 
   the voter's term; a node behind the voter takes that term (as a real vote reply would make it do), so
   its next pre-vote can win (etcd does the same). A leadership transfer (``timeout_now``) skips the
   pre-vote: the leader asked for that election.
+* **One pre-vote per term at a time.** A node promises its pre-vote for a term to one candidate for
+  the minimum election timeout (`PreVotePromise`): it refuses another candidate's pre-vote for that
+  term meanwhile, and it does not start a round of its own for it (`may_start_pre_vote`); a node
+  running its own round has promised itself, until refusals leave that round no majority
+  (`PreVoteRound.lost`: a node whose log is behind would otherwise keep refusing the others). Without it, two followers whose election timeouts ran
+  out a few milliseconds apart both won their pre-votes (a pre-vote changes nothing on the voter),
+  both raised the term and split the real votes 2-2 (5 masters, the leader dead): a second term for
+  one leader fault, and another election timeout of failover. With it, at most one candidate wins a
+  pre-vote for a term (two majorities share a voter, and that voter promised once); two rounds that
+  cross split the *pre*-votes, both lose, and neither raises the term (they retry after a fresh
+  random timeout, when the promises have run out). Safety does not depend on it: the real vote is
+  pysyncobj's, unchanged.
 * **Check-quorum.** A leader that has not had an answer from a majority (itself included) within the
   election timeout (``raftMaxTimeout``) steps down to follower (`should_step_down`), as pysyncobj does
   itself after ``leaderFallbackTimeout``; a leader cut off from the majority stops taking writes that
@@ -48,9 +60,11 @@ __all__ = [
     "PRE_VOTE_REPLY",
     "PRE_VOTE_REQUEST",
     "PATCHED_NAMES",
+    "PreVotePromise",
     "PreVoteRound",
     "grant_pre_vote",
     "install_pre_vote",
+    "may_start_pre_vote",
     "patched_names_missing",
     "should_step_down",
 ]
@@ -87,21 +101,45 @@ PATCHED_NAMES = (
 )
 
 
+@dataclass(frozen=True)
+class PreVotePromise:
+    """The last pre-vote this node gave: for `term`, to `candidate` (its own id when it runs its own
+    round), at `at` (its clock). It binds for the minimum election timeout after `at`."""
+
+    term: int
+    candidate: str
+    at: float
+
+    def binds(self, *, term: int, candidate: str, now: float, lease: float) -> bool:
+        """Does this promise forbid a pre-vote for `term` to `candidate` at `now`?"""
+        return self.term == term and self.candidate != candidate and now - self.at < lease
+
+
 def grant_pre_vote(*, proposed_term: int, last_log_index: int, last_log_term: int, my_term: int,
                    my_last_index: int, my_last_term: int, leading: bool, heard_from_leader_at: float | None,
-                   now: float, lease: float) -> bool:
-    """Would this node vote for a candidate at `proposed_term` whose log ends at (`last_log_term`,
+                   now: float, lease: float, candidate: str = "", promise: PreVotePromise | None = None) -> bool:
+    """Would this node vote for `candidate` at `proposed_term` whose log ends at (`last_log_term`,
     `last_log_index`)? Pre-vote's question (Raft thesis §9.6): no while this node leads or has heard
     from a leader less than `lease` (the minimum election timeout) ago — that leader is alive; no when
     the proposed term is not above this node's; no when the candidate's log is behind this one's (the
-    real vote rule: by last term, then last index)."""
+    real vote rule: by last term, then last index); no while `promise` (this node's last pre-vote, to
+    another candidate or to itself) binds it for that term (module docstring: one pre-vote per term)."""
     if leading:
         return False
     if heard_from_leader_at is not None and now - heard_from_leader_at < lease:
         return False
     if proposed_term <= my_term:
         return False
+    if promise is not None and promise.binds(term=proposed_term, candidate=candidate, now=now, lease=lease):
+        return False
     return (last_log_term, last_log_index) >= (my_last_term, my_last_index)
+
+
+def may_start_pre_vote(*, term: int, me: str, promise: PreVotePromise | None, now: float, lease: float) -> bool:
+    """May this node (`me`) start a pre-vote round for `term`? Not while it has promised that term's
+    pre-vote to another candidate: that candidate is electing itself, and a second round would at best
+    split the pre-votes."""
+    return promise is None or not promise.binds(term=term, candidate=me, now=now, lease=lease)
 
 
 def should_step_down(*, now: float, last_answers: Iterable[float], voters: int, timeout: float) -> bool:
@@ -115,24 +153,35 @@ def should_step_down(*, now: float, last_answers: Iterable[float], voters: int, 
 @dataclass
 class PreVoteRound:
     """One node's pre-vote in progress: the term it proposes, the round's number (a reply to an earlier
-    round does not count), who said yes."""
+    round does not count), who said yes, who said no."""
 
     term: int
     number: int
     voters: int
     granted: set[str] = field(default_factory=set)
+    refused: set[str] = field(default_factory=set)
 
     def count(self, reply: dict[str, Any], voter: str) -> bool:
         """Take `reply` from `voter` into account; True when the round has just reached a majority."""
-        if reply.get("round") != self.number or reply.get("term") != self.term or not reply.get("granted"):
+        if reply.get("round") != self.number or reply.get("term") != self.term:
+            return False
+        if not reply.get("granted"):
+            if voter not in self.granted:
+                self.refused.add(voter)
             return False
         before = self.won
         self.granted.add(voter)
+        self.refused.discard(voter)
         return self.won and not before
 
     @property
     def won(self) -> bool:
         return 2 * (1 + len(self.granted)) > self.voters
+
+    @property
+    def lost(self) -> bool:
+        """Refused by so many that a majority is out of reach (the others all saying yes included)."""
+        return 2 * (self.voters - len(self.refused)) <= self.voters
 
 
 def patched_names_missing(so: SyncObj) -> list[str]:
@@ -161,6 +210,9 @@ class _PreVote:
         self.round: PreVoteRound | None = None
         self.numbers = itertools.count(1)
         self.heard_from_leader_at: float | None = None
+        self.promise: PreVotePromise | None = None
+        self_node = so._SyncObj__selfNode
+        self.me = str(getattr(self_node, "id", self_node))
 
     def install(self) -> None:
         so = self.so
@@ -237,14 +289,22 @@ class _PreVote:
                      1 + len(current.granted), current.voters)
             self.round = None
             return True  # a majority would vote: pysyncobj's election runs on this tick
+        if not may_start_pre_vote(term=term + 1, me=self.me, promise=self.promise, now=now,
+                                  lease=self.conf.raftMinTimeout):
+            # This node's pre-vote for that term went to another candidate, which is electing itself:
+            # wait for its append_entries, or a fresh timeout if its election does not come through.
+            so._SyncObj__raftElectionDeadline = now + so._SyncObj__generateRaftTimeout()
+            return False
         self.start_round(term + 1)
         return False
 
     def start_round(self, term: int) -> None:
         so = self.so
         others = so._SyncObj__otherNodes
+        now = _pysyncobj.monotonicTime()
         self.round = PreVoteRound(term=term, number=next(self.numbers), voters=len(others) + 1)
-        so._SyncObj__raftElectionDeadline = _pysyncobj.monotonicTime() + so._SyncObj__generateRaftTimeout()
+        self.promise = PreVotePromise(term=term, candidate=self.me, at=now)  # its own pre-vote
+        so._SyncObj__raftElectionDeadline = now + so._SyncObj__generateRaftTimeout()
         log = so._SyncObj__raftLog
         request = {"type": PRE_VOTE_REQUEST, "term": term, "round": self.round.number,
                    "last_log_index": log[-1][1], "last_log_term": log[-1][2]}
@@ -270,16 +330,25 @@ class _PreVote:
             return
         if current.count(reply, str(getattr(node, "id", node))):
             so._SyncObj__raftElectionDeadline = 0  # the election starts on the next tick
+        elif current.lost and self.promise is not None and self.promise.candidate == self.me:
+            # Its own round cannot win: its pre-vote is free for another candidate of that term (a node
+            # whose log is behind would otherwise refuse the others for as long as it keeps trying).
+            self.promise = None
 
     # ---- the voter's side -----------------------------------------------------------------------------
     def on_request(self, node: Any, request: dict[str, Any]) -> None:
         so = self.so
         log = so._SyncObj__raftLog
+        now = _pysyncobj.monotonicTime()
+        term = int(request.get("term", 0))
+        candidate = str(getattr(node, "id", node))
         granted = grant_pre_vote(
-            proposed_term=int(request.get("term", 0)), last_log_index=int(request.get("last_log_index", 0)),
+            proposed_term=term, last_log_index=int(request.get("last_log_index", 0)),
             last_log_term=int(request.get("last_log_term", 0)), my_term=so._SyncObj__raftCurrentTerm,
             my_last_index=log[-1][1], my_last_term=log[-1][2], leading=so._SyncObj__raftState == _LEADER,
-            heard_from_leader_at=self.heard_from_leader_at, now=_pysyncobj.monotonicTime(),
-            lease=self.conf.raftMinTimeout)
+            heard_from_leader_at=self.heard_from_leader_at, now=now, lease=self.conf.raftMinTimeout,
+            candidate=candidate, promise=self.promise)
+        if granted:
+            self.promise = PreVotePromise(term=term, candidate=candidate, at=now)
         self.transport.send(node, {"type": PRE_VOTE_REPLY, "term": request.get("term"), "round": request.get("round"),
                                    "granted": granted, "voter_term": so._SyncObj__raftCurrentTerm})

@@ -53,6 +53,10 @@ from tessera.v1 import operator_pb2
 
 log = logging.getLogger("tessera.master")
 
+# How long a leader stopped on purpose waits to see a follower lead after telling it to stand (TimeoutNow);
+# the hand-over takes a round trip and one election round, a few election timeouts bound it.
+HAND_OVER_TIMEOUT_S = 2.0
+
 
 class StartupError(Exception):
     """A configuration problem reported as one line."""
@@ -294,6 +298,8 @@ def run_master(config: MasterConfig) -> int:
             acl_reload.clear()
             reload_acl(server.guard, config.acl_path)
     notifier.stopping()
+    # A planned stop of the leader hands leadership over first: the cluster elects at once (TimeoutNow).
+    master.hand_over_leadership(timeout=HAND_OVER_TIMEOUT_S)
     health.mark_stopping()
     if probe is not None:
         probe.stop()

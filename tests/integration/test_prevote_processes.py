@@ -12,6 +12,7 @@ healed and following); the `cluster` fixture makes it whole before each test.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,3 +124,19 @@ def test_an_isolated_leader_steps_down_and_costs_one_election(cluster: ProxiedCl
     time.sleep(QUIET)
     assert cluster.leader() is new  # healed, the old leader did not depose the new one
     assert cluster.terms() == {m.name: new_term for m in cluster.masters}
+
+
+@pytest.mark.timeout(240)
+def test_a_leader_stopped_on_purpose_hands_over_its_leadership_in_one_term(cluster: ProxiedCluster) -> None:
+    """SIGTERM to the leader: before stopping it tells a caught-up follower to stand at once (Raft's
+    TimeoutNow). That follower is elected in the next term without asking for a pre-vote and without
+    waiting out an election timeout; without the hand-over the others wait for their timeouts, and the
+    winner's log says it won a pre-vote for that term."""
+    leader = cluster.leader()
+    term = int(leader.quorum().term)
+    cluster.kill(leader, signal.SIGTERM)  # and waits for it to exit
+    new = wait_for(lambda: next((m for m in cluster.masters if m is not leader and m.alive
+                                 and m.quorum(timeout=0.5).leader == m.raft), None), 60, what="a new leader")
+    assert int(new.quorum().term) == term + 1
+    assert f"pre-vote for term {term + 1} won" not in new.log_path.read_text(errors="replace")
+    assert f"handed leadership of term {term} over to {new.raft}" in leader.log_path.read_text(errors="replace")

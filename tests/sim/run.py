@@ -5,11 +5,15 @@
     python -m tests.sim.run --seeds 0-9999         # a long run: progress, then a summary
     python -m tests.sim.run --seeds 0-199 --compare  # the same seeds with pre-vote off, then on: elections and terms
     python -m tests.sim.run --seeds 0-99 --apply-step  # masters apply as RaftReplicator's apply thread does
+    python -m tests.sim.run --seeds 0-199 --masters 5 [--split-pre-votes]  # terms per leader fault, 5 masters
 
 The summary counts elections by cause ("start": the first; "leader fault": the first after a fault
 that left the leader crashed or cut off from a majority; "no leader fault (after KIND)": any other,
 which deposed a leader nothing had hurt) and the terms reached (the highest term of any master at the
-end, summed over the seeds).
+end, summed over the seeds) and the terms among them in which no master led: failed elections, such
+as a split vote. `--split-pre-votes` runs pre-vote as it was before one pre-vote per term
+(`prevote.PreVotePromise`): every voter grants every candidate whose term and log qualify, so two
+candidates whose timeouts run out together can both win and split the real votes.
 
 Exit status 1 when any seed violates an invariant.
 """
@@ -17,10 +21,14 @@ Exit status 1 when any seed violates an invariant.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from unittest import mock
 
+from tessera.control_plane.replication.prevote import PreVotePromise
 from tests.sim.world import DEFAULT_STEPS, Report, Simulation, Violation
 
 
@@ -29,9 +37,19 @@ def parse_range(text: str) -> range:
     return range(int(first), int(last if sep else first) + 1)
 
 
+@contextlib.contextmanager
+def split_pre_votes() -> Iterator[None]:
+    """Pre-vote without its one-pre-vote-per-term promise: a promise never binds."""
+    with mock.patch.object(PreVotePromise, "binds", lambda self, **_: False):
+        yield
+
+
 def run_one(seed: int, steps: int, *, trace_tail: int = 0, guard_snapshots: bool = True,
-            pre_vote: bool = True, apply_step: bool = False) -> Report | Violation:
-    with Simulation(seed, steps, guard_snapshots=guard_snapshots, pre_vote=pre_vote, apply_step=apply_step) as sim:
+            pre_vote: bool = True, apply_step: bool = False, masters: int = 3,
+            split: bool = False) -> Report | Violation:
+    with split_pre_votes() if split else contextlib.nullcontext(), \
+            Simulation(seed, steps, guard_snapshots=guard_snapshots, pre_vote=pre_vote, apply_step=apply_step,
+                       masters=masters) as sim:
         try:
             return sim.run()
         except Violation as violation:
@@ -55,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--apply-step", action="store_true",
                         help="masters apply committed batches in a step after the tick, as RaftReplicator's apply "
                              "thread (replication.sim.SteppedApplier); default: inside the tick")
+    parser.add_argument("--masters", type=int, default=3, choices=(3, 5), help="masters (default 3)")
+    parser.add_argument("--split-pre-votes", action="store_true",
+                        help="pre-vote without one pre-vote per term (as before it): reproduces split votes")
     parser.add_argument("--compare", action="store_true",
                         help="with --seeds: run every seed without pre-vote, then with it, and compare")
     args = parser.parse_args(argv)
@@ -62,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.seed is not None:
         outcome = run_one(args.seed, args.steps, trace_tail=args.trace, guard_snapshots=guard,
-                          pre_vote=not args.no_pre_vote, apply_step=args.apply_step)
+                          pre_vote=not args.no_pre_vote, apply_step=args.apply_step, masters=args.masters,
+                          split=args.split_pre_votes)
         if isinstance(outcome, Violation):
             print(outcome.report())
             return 1
@@ -71,18 +93,20 @@ def main(argv: list[str] | None = None) -> int:
               f"{outcome.messages} raft messages, {outcome.commits} raft entries committed, "
               f"{outcome.acked} acknowledged requests, {outcome.elections} elections "
               f"{dict(sorted(outcome.elections_after.items()))}, {outcome.leader_faults} leader faults, "
-              f"term {outcome.max_term}, "
+              f"term {outcome.max_term} ({outcome.leaderless_terms} without a leader), "
               f"faults {dict(sorted(outcome.faults.items()))}")
         print(f"trace {outcome.trace_hash}")
         return 0
 
     if args.compare:
-        off = run_seeds(args.seeds, args.steps, guard=guard, pre_vote=False, label="pre-vote off")
-        on = run_seeds(args.seeds, args.steps, guard=guard, pre_vote=True, label="pre-vote on")
+        off = run_seeds(args.seeds, args.steps, guard=guard, pre_vote=False, label="pre-vote off", masters=args.masters)
+        on = run_seeds(args.seeds, args.steps, guard=guard, pre_vote=True, label="pre-vote on", masters=args.masters,
+                       split=args.split_pre_votes)
         print(comparison(off, on))
         return 1 if off.violations or on.violations else 0
     return 1 if run_seeds(args.seeds, args.steps, guard=guard, pre_vote=not args.no_pre_vote,
-                          apply_step=args.apply_step).violations else 0
+                          apply_step=args.apply_step, masters=args.masters,
+                          split=args.split_pre_votes).violations else 0
 
 
 class Totals:
@@ -101,15 +125,17 @@ class Totals:
         self.totals.update(steps=outcome.steps, simulated=round(outcome.simulated_seconds), events=outcome.events,
                            messages=outcome.messages, commits=outcome.commits, acked=outcome.acked,
                            elections=outcome.elections, terms=outcome.max_term, seeds=1,
+                           leaderless_terms=outcome.leaderless_terms,
                            leader_faults=outcome.leader_faults)
 
 
 def run_seeds(seeds: range, steps: int, *, guard: bool, pre_vote: bool, label: str = "",
-              apply_step: bool = False) -> Totals:
+              apply_step: bool = False, masters: int = 3, split: bool = False) -> Totals:
     started = time.perf_counter()
-    result = Totals(label or ("pre-vote on" if pre_vote else "pre-vote off"))
+    result = Totals(label or ("pre-vote off" if not pre_vote else "pre-vote, split" if split else "pre-vote on"))
     for n, seed in enumerate(seeds, 1):
-        outcome = run_one(seed, steps, guard_snapshots=guard, pre_vote=pre_vote, apply_step=apply_step)
+        outcome = run_one(seed, steps, guard_snapshots=guard, pre_vote=pre_vote, apply_step=apply_step,
+                          masters=masters, split=split)
         if isinstance(outcome, Violation):
             result.violations.append(outcome)
             print(outcome.report(), flush=True)
@@ -120,12 +146,14 @@ def run_seeds(seeds: range, steps: int, *, guard: bool, pre_vote: bool, label: s
             print(f"[{n}/{len(seeds)}] {elapsed:.1f} s, {len(result.violations)} violations", flush=True)
     elapsed = time.perf_counter() - started
     faults, totals = result.faults, result.totals
-    print(f"seeds {seeds.start}-{seeds.stop - 1} ({result.label}): {len(seeds)} seeds, {totals['steps']} steps "
+    print(f"seeds {seeds.start}-{seeds.stop - 1} ({result.label}, {masters} masters): {len(seeds)} seeds, "
+          f"{totals['steps']} steps "
           f"({totals['simulated']} s simulated), "
           f"{sum(faults.values())} faults injected ({', '.join(f'{k} {v}' for k, v in sorted(faults.items()))}), "
           f"{totals['events']} events, {totals['messages']} raft messages, {totals['commits']} raft entries committed, "
           f"{totals['acked']} acknowledged requests, {totals['elections']} elections, "
-          f"{totals['leader_faults']} leader faults, final terms {totals['terms']} in all, "
+          f"{totals['leader_faults']} leader faults, final terms {totals['terms']} in all "
+          f"({totals['leaderless_terms']} without a leader), "
           f"{len(result.violations)} violations, {elapsed:.1f} s")
     print("elections after: " + ", ".join(f"{k} {v}" for k, v in sorted(result.elections_after.items())))
     for v in result.violations:
@@ -141,6 +169,7 @@ def comparison(off: Totals, on: Totals) -> str:
     for cause in sorted(set(off.elections_after) | set(on.elections_after)):
         rows.append((f"  {cause}", off.elections_after[cause], on.elections_after[cause]))
     rows += [("sum of final terms", off.totals["terms"], on.totals["terms"]),
+             ("  terms without a leader", off.totals["leaderless_terms"], on.totals["leaderless_terms"]),
              ("seeds ok", off.totals["seeds"], on.totals["seeds"]),
              ("violations", len(off.violations), len(on.violations))]
     width = max(len(r[0]) for r in rows)

@@ -114,6 +114,7 @@ class Report:
     elections_after: dict[str, int]  # elections by cause (Simulation.elections_after)
     leader_faults: int  # faults that left the leader crashed or cut off from a majority
     max_term: int  # the highest Raft term of any master at the end
+    leaderless_terms: int  # terms up to max_term in which no master led: failed elections (split votes, cut off)
     raft_log_lines: int
     simulated_seconds: float
     trace_hash: str
@@ -507,12 +508,13 @@ class Simulation:
             m.sm.state.fingerprint() if m.sm is not None else "" for m in self.masters)
         for p in prints:
             self._hash.update(p.encode())
+        max_term = max((m.node.term() for m in self.masters if m.node is not None), default=0)
         return Report(
             seed=self.seed, steps=self.steps, faults=dict(self.faults), events=self.scheduler.executed,
             messages=self.network.stats.delivered, commits=max(self.committed, default=0),
             acked=len(self.acked), elections=self.elections, elections_after=dict(self.elections_after),
             leader_faults=self.leader_faults,
-            max_term=max((m.node.term() for m in self.masters if m.node is not None), default=0),
+            max_term=max_term, leaderless_terms=max_term - len([t for t in self.leaders if t <= max_term]),
             raft_log_lines=self.raft_log_lines,
             simulated_seconds=self.clock.now - EPOCH, trace_hash=self._hash.hexdigest(),
             fingerprints=prints,
