@@ -249,6 +249,12 @@ def outstanding_offers(state: ClusterState, framework_id: str) -> list[SendOffer
     return [SendOffers(framework_id, offers)] if offers else []
 
 
+def offers_not_held(offers: Sequence[Offer], held: frozenset[str]) -> Sequence[Offer]:
+    """An allocation round's offers without those to frameworks whose subscription is being decided
+    (`Master.offers_held`); their resources stay free for the next round."""
+    return [o for o in offers if o.framework_id not in held] if held else offers
+
+
 def offer_proposals(offers: Sequence[Offer]) -> list[Propose]:
     """An allocation round's offers as log entries of at most `OFFERS_PER_ENTRY` offers each."""
     return [Propose(("offers", str(start // OFFERS_PER_ENTRY)),
@@ -413,6 +419,6 @@ __all__ = [
     "FREES_RESOURCES", "MAX_PER_MESSAGE", "OFFERS_PER_ENTRY", "SLOW_PERIOD", "AllocationRound", "Command",
     "LeaderSettings", "KillTask", "Ledger", "Outbound", "Propose", "RemoveFramework", "RunTask", "SendOffers",
     "SendRescind", "SendUpdate", "ShutdownAgent", "SlowRound", "SoftState", "ToAgent", "ToFramework",
-    "WantAllocation", "acknowledged", "coalesce", "elected", "offer_proposals", "orphaned", "react", "tick",
+    "WantAllocation", "acknowledged", "coalesce", "elected", "offer_proposals", "offers_not_held", "orphaned", "react", "tick",
     "unacknowledged", "outstanding_offers", "stream_ends",
 ]

@@ -359,7 +359,7 @@ class LeaderDuties:
         now = time.time()
         started_ns = time.time_ns()
         snapshot = self.master.read_state(lambda s: snapshot_fn(s, now))
-        offers = allocate_fn(snapshot, now)
+        offers = duties.offers_not_held(allocate_fn(snapshot, now), self.master.frameworks_offers_held())
         self.last_allocation_seconds = time.perf_counter() - started
         if offers:  # a span for rounds that offered something (idle rounds would flood the span store)
             span = self.master.tracer.start_span("allocation.round", start_time=started_ns, attributes={

@@ -39,9 +39,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
@@ -269,6 +270,7 @@ class Master:
         self._tracing = RecordingCheck(self.tracer)
         self._observers: list[WriteObserver] = [self._trace_write]  # tracing first: it ends the write's spans
         self._leadership_observers: list[Callable[[], None]] = []
+        self._offers_held: Counter[str] = Counter()  # framework ids: no new offers while a subscription is decided
         self.replicator.on_leadership_change(self._on_leadership_change)
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -295,6 +297,26 @@ class Master:
             return None
         log.info("handed leadership of term %d over to %s before stopping", term, leader)
         return leader
+
+    @contextmanager
+    def offers_held(self, framework_id: str) -> Iterator[None]:
+        """No allocation round offers to `framework_id` inside this block (`frameworks_offers_held`): a
+        resubscription rescinds every offer the framework has when it is decided, and an offer committed
+        between that decision and the commit makes the entry stale (`Conflict`); with new offers held, the
+        one decided again covers all of them."""
+        with self._lock:
+            self._offers_held[framework_id] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._offers_held[framework_id] -= 1
+                if self._offers_held[framework_id] <= 0:
+                    del self._offers_held[framework_id]
+
+    def frameworks_offers_held(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._offers_held)
 
     def stop(self) -> None:
         self._stopped.set()

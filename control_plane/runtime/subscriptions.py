@@ -7,7 +7,8 @@ a `leases.Wait` instead, and nothing is proposed: `claim` is asked first, on the
 master's clock, with the master's takeover delay. A resubscription rescinds the framework's offers; an
 allocation round committed between the decision and its commit can leave a new one, and `apply` then
 rejects the entry as stale (`Conflict`), as it does a takeover that lost a race with another: it is
-decided again, a bounded number of times (`Master.propose_redeciding`, the one retry loop for stale
+decided again, a bounded number of times, with new offers to the framework held meanwhile
+(`Master.offers_held`: the allocation rounds leave it out, so the second decision covers every offer) (`Master.propose_redeciding`, the one retry loop for stale
 entries), and a standby whose race was lost waits; otherwise the last `Conflict` is raised.
 
 `disconnect` records that the framework's stream ended (`DisconnectFramework`, which starts its
@@ -19,6 +20,7 @@ reconnects.
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from typing import Any
 
 from tessera.control_plane.core import commands as cmd
@@ -48,7 +50,8 @@ class Subscriptions:
             if waiting is not None:
                 return waiting
         try:
-            result = self.master.propose_redeciding([command], traceparent=traceparent, attempts=self.attempts)
+            with self.master.offers_held(info.framework_id) if info.framework_id else nullcontext():
+                result = self.master.propose_redeciding([command], traceparent=traceparent, attempts=self.attempts)
         except Conflict:
             waiting = self.waiting(command) if standby else None
             if waiting is None:
