@@ -169,9 +169,11 @@ def build_master(config: MasterConfig) -> tuple[Master, LeaderDuties, MasterServ
         raise StartupError(exc.message) from exc
     security = validate_security(config)
     events = SqliteEventStore(config.data_dir / "events.db", durable=config.fsync)
-    # snapshots the live state cannot give are rebuilt in a child process: a rebuild's transient state
-    # left memory behind in the master every time (eventlog/rebuild_child.py)
-    sm = MasterStateMachine(events, snapshot_builder=ChildRebuilder(events.path))
+    # the event log's snapshots are rebuilt in a child process, never pickled from the live state: a
+    # rebuild's transient state left memory behind in the master every time (eventlog/rebuild_child.py),
+    # and pickling the live state on pysyncobj's tick thread held back heartbeats long enough for an
+    # election (docs/reliability.md)
+    sm = MasterStateMachine(events, snapshot_builder=ChildRebuilder(events.path), live_snapshots=False)
     replicator = RaftReplicator(ReplicationConfig(
         self_address=config.raft_address, peers=config.peers, data_dir=config.data_dir / "raft",
         password=config.raft_password, bind_address=config.raft_bind,

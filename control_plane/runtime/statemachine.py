@@ -80,7 +80,7 @@ class MasterStateMachine:
     """Holds the replicated `ClusterState` and feeds the event log."""
 
     def __init__(self, events: EventStore, snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
-                 snapshot_builder: SnapshotBuilder | None = None) -> None:
+                 snapshot_builder: SnapshotBuilder | None = None, live_snapshots: bool = True) -> None:
         # Raft dumps and snapshots written before the tessera.* rename name the core's old modules; the
         # replicator unpickles them into this state machine (see control_plane/legacy_names.py).
         legacy_names.install()
@@ -89,8 +89,11 @@ class MasterStateMachine:
         self.events = events
         # 0 disables the event log's state snapshots ("state as of" then replays from the start)
         # `snapshot_builder`: who rebuilds a snapshot the live state could not give (None: the snapshotter's
-        # thread; a master passes a `ChildRebuilder`, see eventlog/rebuild_child.py)
-        self.snapshots = (Snapshotter(events, snapshot_every, builder=snapshot_builder)
+        # thread; a master passes a `ChildRebuilder`, see eventlog/rebuild_child.py). `live_snapshots=False`:
+        # never pickle the live state on the applying thread (a master: that thread is pysyncobj's tick
+        # thread, which also sends the heartbeats; a 0.2-0.4 s pickle there let followers elect)
+        self.snapshots = (Snapshotter(events, snapshot_every, builder=snapshot_builder,
+                                      **({} if live_snapshots else {"live_budget_s": 0.0}))
                           if snapshot_every > 0 else None)
         self._listeners: list[Callable[[Sequence[Applied]], None]] = []
         self._expected: dict[bytes, tuple[ev.Entry, bool]] = {}

@@ -20,6 +20,7 @@ from tessera.control_plane.eventlog.background import Retention, Snapshotter, re
 from tessera.control_plane.eventlog.errors import HistoryUnavailable
 from tessera.control_plane.eventlog.replay import entries_from_records, rebuild, replay_entry, replay_records
 from tessera.control_plane.eventlog.snapshots import decode_snapshot, encode_snapshot
+from tessera.control_plane.runtime.statemachine import MasterStateMachine
 
 from .workload import realistic_history
 
@@ -274,4 +275,26 @@ def test_closing_the_state_machine_stops_its_snapshotter_before_the_store_closes
     taken = snapshot_seqs(store)
     leader.sm.close()  # idempotent
     assert store.flush() and snapshot_seqs(store) == taken
+    store.close()
+
+
+def test_a_master_s_state_machine_never_pickles_its_live_state_when_told_not_to() -> None:
+    """A master applies on pysyncobj's tick thread, which also sends the heartbeats: its state machine is
+    built with `live_snapshots=False`, so every snapshot is rebuilt from the log off that thread."""
+    store = MemoryEventStore()
+    realistic_history(store, snapshot_every=0, fingerprints=False)
+    assert store.flush()
+    replay = rebuild(store, 0)
+    machines = {live: MasterStateMachine(store, snapshot_every=10, live_snapshots=live) for live in (False, True)}
+    for sm in machines.values():
+        assert sm.snapshots is not None
+        sm.snapshots.LIVE_DUTY = 1.0
+    for entry in entries_from_records(store.list(limit=10_000)):  # what the apply thread would report
+        replay_entry(replay.state, entry)
+        for sm in machines.values():
+            sm.snapshots.observe(entry.last_seq, replay.state)  # type: ignore[union-attr]
+    for sm in machines.values():
+        sm.snapshots.stop()  # type: ignore[union-attr]
+    assert machines[False].snapshots.pickled == 0  # type: ignore[union-attr]
+    assert machines[True].snapshots.pickled > 0  # type: ignore[union-attr]
     store.close()
