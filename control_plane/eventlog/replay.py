@@ -54,9 +54,10 @@ from tessera.control_plane.eventlog.source import PAGE, HistorySource, SnapshotS
 from tessera.control_plane.eventlog.statecache import (
     CHECKPOINT_EVERY,
     StateCache,
+    TaskOwnership,
     checkpoint_due,
     choose_start,
-    clone_state,
+    share_state,
 )
 from tessera.control_plane.eventlog.timepoints import Point, known_last, resolve_point
 
@@ -124,8 +125,10 @@ def _replay_rejection(state: ClusterState, entry: RecordedEntry) -> None:
             state.requests.popitem(last=False)
 
 
-def replay_entry(state: ClusterState, entry: RecordedEntry) -> None:
-    """Apply one recorded entry to `state`; `ReplayError` when the outcome differs from the record."""
+def replay_entry(state: ClusterState, entry: RecordedEntry, owner: TaskOwnership | None = None) -> None:
+    """Apply one recorded entry to `state`; `ReplayError` when the outcome differs from the record. With
+    `owner`, the state shares task records with others (`statecache.share_state`): the ones the entry
+    may change are copied first."""
     if entry.first_seq != state.seq + 1:
         raise ReplayError(f"event {entry.first_seq} does not follow the state's last event {state.seq}")
     if entry.records[0].position != 0:
@@ -135,6 +138,8 @@ def replay_entry(state: ClusterState, entry: RecordedEntry) -> None:
         _replay_rejection(state, entry)
         return
     events = tuple(event_from_record(r) for r in entry.records)
+    if owner is not None:
+        owner.before(events)
     result = apply(state, ev.Entry(term=entry.term, leader="", time=entry.time, request_id=entry.request_id,
                                    events=events))
     if result.outcome != "applied" or (result.first_seq, result.last_seq) != (entry.first_seq, entry.last_seq):
@@ -165,9 +170,11 @@ class StateAt:
         return self.state.seq
 
 
-def _start(source: HistorySource, target: int, cache: StateCache | None = None) -> tuple[ClusterState, int]:
-    """The state to replay from for `target` (a private copy: replay mutates it): the nearest cached state
-    or the nearest usable snapshot, whichever is cheaper (`statecache.choose_start`), or the empty state."""
+def _start(source: HistorySource, target: int, cache: StateCache | None = None
+           ) -> tuple[ClusterState, int, TaskOwnership]:
+    """The state to replay from for `target` (a copy replay may mutate, through its `TaskOwnership`: a
+    cached state's copy shares its task records): the nearest cached state or the nearest usable
+    snapshot, whichever is cheaper (`statecache.choose_start`), or the empty state."""
     cached = cache.nearest(target) if cache is not None else None
     if cached is not None and cached[0] != target and cached[0] + 1 < source.first_seq():
         cached = None  # the events after it were pruned since it was cached
@@ -176,17 +183,22 @@ def _start(source: HistorySource, target: int, cache: StateCache | None = None) 
         snap = source.nearest_snapshot(at)
         choice = choose_start(target, cached[0] if cached else None, snap[0] if snap else None)
         if choice == "cached" and cached is not None:
-            return (cached[1] if cached[0] == target else clone_state(cached[1])), cached[0]
+            state = cached[1] if cached[0] == target else share_state(cached[1])
+            return state, cached[0], TaskOwnership(state, owns_all=False)
         if choice == "empty" or snap is None:
-            return ClusterState(), 0
+            return _owned(ClusterState(), 0)
         seq, blob = snap
         state = decode_snapshot(blob)
         if state is not None and state.seq == seq:
-            return state, seq
+            return _owned(state, seq)
         log.info("skipping the snapshot at %d: written by another version of tessera or damaged", seq)
         if seq <= 0:
-            return ClusterState(), 0
+            return _owned(ClusterState(), 0)
         at = seq - 1
+
+
+def _owned(state: ClusterState, seq: int) -> tuple[ClusterState, int, TaskOwnership]:
+    return state, seq, TaskOwnership(state, owns_all=True)
 
 
 def _first_available(source: HistorySource) -> int:
@@ -213,7 +225,7 @@ def rebuild(source: HistorySource, target: int, *, sink: SnapshotSink | None = N
     last = known_last(source)
     if target < 0 or target > last:
         raise PointOutOfRange(f"index {target} is beyond the last event of this log ({last})")
-    state, snap_seq = _start(source, target, cache)
+    state, snap_seq, owner = _start(source, target, cache)
     if snap_seq == target:
         if cache is not None:
             cache.put(state)
@@ -249,11 +261,12 @@ def rebuild(source: HistorySource, target: int, *, sink: SnapshotSink | None = N
                     done = True
                     break
                 for entry in entries_from_records(pending):
-                    replay_entry(state, entry)
+                    replay_entry(state, entry, owner)
                 replayed += len(pending)
                 pending = []
                 if cache is not None and checkpoint_due(state.seq, kept, target, checkpoints):
-                    cache.put(clone_state(state))
+                    cache.put(share_state(state))  # shares every task record with `state` from now on
+                    owner.shared()
                     kept = state.seq
                 if sink is not None and every > 0 and state.seq // every > last_bucket:
                     last_bucket = state.seq // every
@@ -267,7 +280,7 @@ def rebuild(source: HistorySource, target: int, *, sink: SnapshotSink | None = N
         if pending[-1].seq < target:
             raise HistoryUnavailable(f"events {pending[-1].seq + 1}..{target} are missing from this log")
         for entry in entries_from_records(pending):
-            replay_entry(state, entry)
+            replay_entry(state, entry, owner)
         replayed += len(pending)
     elif state.seq < target:
         raise HistoryUnavailable(f"events {state.seq + 1}..{target} are missing from this log")

@@ -175,3 +175,76 @@ def test_when_a_replay_keeps_a_checkpoint() -> None:
     assert checkpoint_due(9_990, 7_400, 10_000, every=2_500)  # crossed 7,500, even near the target
     assert not checkpoint_due(10_000, 7_400, 10_000, every=2_500)  # the target itself is kept anyway
     assert not checkpoint_due(3_000, 0, 10_000, every=0)
+
+
+def test_every_event_type_is_classified_for_sharing_task_records() -> None:
+    """`share_state`'s copy-on-write knows which events change task records: a new event type must be
+    placed in one of its tables (else a replay owns every record before it: correct, but slow)."""
+    from tessera.control_plane.core import events as ev
+    from tessera.control_plane.core.apply import _HANDLERS
+    from tessera.control_plane.eventlog import statecache
+
+    classified = statecache._NAMES_ITS_TASK | statecache._LEAVES_TASKS | {ev.FrameworkRemoved}
+    assert set(_HANDLERS) == classified
+    assert not statecache._NAMES_ITS_TASK & statecache._LEAVES_TASKS
+
+
+def _teardown_with_unacknowledged_tasks(store: MemoryEventStore) -> Leader:
+    """A framework removed while its tasks still have statuses nobody acknowledged (FrameworkRemoved
+    then clears them: the one handler that changes tasks its event does not name)."""
+    from tessera.control_plane.core import commands as c
+    from tessera.control_plane.core.values import TaskState
+
+    from .workload import Leader as _Leader
+
+    L = _Leader(store)
+    L.run(c.ElectLeader(term=1, master="m1", grpc_address="127.0.0.1:5050", name="m1"))
+    aid = L.agent("host1")
+    fid = L.framework("doomed")
+    L.launch(fid, aid, "x1", "x2", "x3")
+    for t in ("x1", "x2", "x3"):
+        L.status(t, TaskState.TASK_RUNNING)
+    L.tick(1)
+    for t in ("x1", "x2"):  # ended, never acknowledged: no kill for them in the teardown's entry
+        L.status(t, TaskState.TASK_FINISHED, exit_code=0)
+    L.run(c.Teardown(fid))
+    L.status("x3", TaskState.TASK_KILLED)
+    return L
+
+
+@pytest.mark.parametrize("history", ["realistic", "teardown", "random-1", "random-2", "random-3"])
+def test_a_shared_copy_replays_to_the_history_and_never_changes_the_state_it_came_from(history: str) -> None:
+    """From every entry boundary: replaying on from `share_state` of the state there (with its
+    `TaskOwnership`, as `rebuild` does, keeping shared checkpoints on the way) gives the history at every
+    later point, and leaves the state it was copied from, and every checkpoint, exactly as they were."""
+    from tessera.control_plane.eventlog.replay import entries_from_records, replay_entry
+    from tessera.control_plane.eventlog.statecache import TaskOwnership, share_state
+
+    from .workload import random_history, realistic_history
+
+    store = MemoryEventStore()
+    if history == "realistic":
+        leader = realistic_history(store)
+    elif history == "teardown":
+        leader = _teardown_with_unacknowledged_tasks(store)
+    else:
+        leader = random_history(store, seed=int(history.split("-")[1]))
+    assert store.flush()
+    entries = list(entries_from_records(store.list(from_seq=1, limit=10**6)))
+    points = sorted(leader.fingerprints)
+    for start in points[:: max(1, len(points) // 12)]:
+        origin = rebuild(store, start, every=0).state
+        before = origin.fingerprint()
+        state = share_state(origin)
+        owner = TaskOwnership(state, owns_all=False)
+        kept: list[tuple[ClusterState, str]] = []
+        for i, entry in enumerate(e for e in entries if e.first_seq > start):
+            replay_entry(state, entry, owner)
+            if state.seq in leader.fingerprints:
+                assert state.fingerprint() == leader.fingerprints[state.seq], f"diverged at {state.seq}"
+            if i % 3 == 0:  # a checkpoint shares every record with the replay from here on
+                kept.append((share_state(state), state.fingerprint()))
+                owner.shared()
+        assert origin.fingerprint() == before, f"replaying on from {start} changed the state there"
+        for checkpoint, fingerprint in kept:
+            assert checkpoint.fingerprint() == fingerprint, f"a checkpoint at {checkpoint.seq} changed"
