@@ -265,7 +265,7 @@ def rebuild(source: HistorySource, target: int, *, sink: SnapshotSink | None = N
                 replayed += len(pending)
                 pending = []
                 if cache is not None and checkpoint_due(state.seq, kept, target, checkpoints):
-                    cache.put(share_state(state))  # shares every task record with `state` from now on
+                    cache.put(share_state(state), checkpoint=True)  # shares every task record from now on
                     owner.shared()
                     kept = state.seq
                 if sink is not None and every > 0 and state.seq // every > last_bucket:

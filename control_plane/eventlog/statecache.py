@@ -40,6 +40,10 @@ DEFAULT_CACHED_STATES = 16  # ~7 MB each with 10,000 tasks (values are shared be
 # a replay leaves a copy of its state in the cache at every multiple of CHECKPOINT_EVERY, so a later point
 # between snapshots, before the one asked (a slider moved back, a diff's earlier end), starts near it
 CHECKPOINT_EVERY = 1_000
+# ... and, in the last CHECKPOINT_NEAR events before the point asked, at every multiple of
+# CHECKPOINT_NEAR_EVERY: a slider stepping back from a point finds one at most that many events before it
+CHECKPOINT_NEAR = 1_000
+CHECKPOINT_NEAR_EVERY = 250
 # what starting from each costs, in events replayed (measured at 10,000 tasks: ~45 us per replayed event,
 # ~220 ms to decode a snapshot, ~30 ms to clone a state)
 SNAPSHOT_DECODE_EVENTS = 5_000
@@ -220,43 +224,60 @@ def choose_start(target: int, cached: int | None, snapshot: int | None) -> str:
     return "cached" if CLONE_EVENTS + target - cached <= SNAPSHOT_DECODE_EVENTS + target - snapshot else "snapshot"
 
 
-def checkpoint_due(seq: int, last_kept: int, target: int, every: int = CHECKPOINT_EVERY) -> bool:
+def checkpoint_due(seq: int, last_kept: int, target: int, every: int = CHECKPOINT_EVERY,
+                   near_every: int = CHECKPOINT_NEAR_EVERY, near: int = CHECKPOINT_NEAR) -> bool:
     """Whether a replay towards `target`, now at `seq` and last kept at `last_kept` (where it started, or
     its last checkpoint), keeps a copy of its state now: when it has crossed a multiple of `every` (a
-    grid, so a slider stepping back finds one at most `every` events before it), not at the target (its
-    own state is kept anyway)."""
-    return every > 0 and seq // every > last_kept // every and seq < target
+    grid, so a slider stepping back finds one at most `every` events before it), or, within `near`
+    events of the target, a multiple of `near_every` (a finer grid where a slider steps back first); not
+    at the target (its own state is kept anyway)."""
+    if every <= 0 or seq >= target:
+        return False
+    if seq // every > last_kept // every:
+        return True
+    return 0 < near_every and target - seq <= near and seq // near_every > last_kept // near_every
 
 
 class StateCache:
-    """The last `size` states rebuilt, by index (least recently used dropped first); thread-safe. The
-    states it holds are never mutated: `rebuild` clones one before replaying on top of it."""
+    """The last `size` states asked for and the last `checkpoints` states a replay passed (two tables,
+    so a long replay's checkpoints never push out the states people asked for), by index, least recently
+    used dropped first; thread-safe. The states it holds are never mutated: `rebuild` replays on a
+    `share_state` copy of one."""
 
-    def __init__(self, size: int = DEFAULT_CACHED_STATES) -> None:
+    def __init__(self, size: int = DEFAULT_CACHED_STATES, checkpoints: int | None = None) -> None:
         self.size = size
+        self.checkpoints = size if checkpoints is None else checkpoints
         self._lock = threading.Lock()
         self._states: OrderedDict[int, ClusterState] = OrderedDict()
+        self._passed: OrderedDict[int, ClusterState] = OrderedDict()
 
     def nearest(self, target: int) -> tuple[int, ClusterState] | None:
         """The cached state with the highest index at or before `target` (marked as used), or None."""
         with self._lock:
-            best = max((seq for seq in self._states if seq <= target), default=None)
+            best = max((seq for table in (self._states, self._passed) for seq in table if seq <= target),
+                       default=None)
             if best is None:
                 return None
-            self._states.move_to_end(best)
-            return best, self._states[best]
+            table = self._states if best in self._states else self._passed
+            table.move_to_end(best)
+            return best, table[best]
 
-    def put(self, state: ClusterState) -> None:
-        """Keep `state` (after the entry holding event `state.seq`); it must not be mutated afterwards."""
-        if self.size <= 0:
+    def put(self, state: ClusterState, *, checkpoint: bool = False) -> None:
+        """Keep `state` (after the entry holding event `state.seq`): one asked for, or with `checkpoint`
+        one a replay passed; it must not be mutated afterwards."""
+        table, size = (self._passed, self.checkpoints) if checkpoint else (self._states, self.size)
+        if size <= 0:
             return
         with self._lock:
-            self._states[state.seq] = state
-            self._states.move_to_end(state.seq)
-            while len(self._states) > self.size:
-                self._states.popitem(last=False)
+            if checkpoint and state.seq in self._states:
+                return
+            self._passed.pop(state.seq, None)
+            table[state.seq] = state
+            table.move_to_end(state.seq)
+            while len(table) > size:
+                table.popitem(last=False)
 
     def indexes(self) -> list[int]:
-        """The cached indexes, least recently used first."""
+        """The cached indexes: the checkpoints, then the states asked for, least recently used first."""
         with self._lock:
-            return list(self._states)
+            return [*self._passed, *self._states]

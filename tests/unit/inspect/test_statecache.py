@@ -175,6 +175,26 @@ def test_when_a_replay_keeps_a_checkpoint() -> None:
     assert checkpoint_due(9_990, 7_400, 10_000, every=2_500)  # crossed 7,500, even near the target
     assert not checkpoint_due(10_000, 7_400, 10_000, every=2_500)  # the target itself is kept anyway
     assert not checkpoint_due(3_000, 0, 10_000, every=0)
+    # within `near` events of the target, a finer grid
+    assert checkpoint_due(9_260, 9_000, 10_000, every=2_500, near_every=250, near=1_000)  # crossed 9,250
+    assert not checkpoint_due(9_240, 9_000, 10_000, every=2_500, near_every=250, near=1_000)
+    assert not checkpoint_due(8_760, 8_000, 10_000, every=2_500, near_every=250, near=1_000)  # not near yet
+    assert not checkpoint_due(9_260, 9_000, 10_000, every=2_500, near_every=0)
+
+
+def test_checkpoints_never_push_out_the_states_asked_for() -> None:
+    cache = StateCache(2, checkpoints=3)
+    asked = [ClusterState(seq=s) for s in (100, 200)]
+    for st in asked:
+        cache.put(st)
+    for s in range(1, 20):
+        cache.put(ClusterState(seq=1000 + s), checkpoint=True)
+    assert cache.indexes() == [1017, 1018, 1019, 100, 200]
+    assert cache.nearest(150) == (100, asked[0])
+    cache.put(ClusterState(seq=1018))  # asked for: moves to the states asked for (100 was used last)
+    assert cache.indexes() == [1017, 1019, 100, 1018]
+    cache.put(ClusterState(seq=100), checkpoint=True)  # already kept as asked for: stays there
+    assert cache.indexes() == [1017, 1019, 100, 1018]
 
 
 def test_every_event_type_is_classified_for_sharing_task_records() -> None:
