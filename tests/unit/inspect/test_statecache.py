@@ -268,3 +268,38 @@ def test_a_shared_copy_replays_to_the_history_and_never_changes_the_state_it_cam
         assert origin.fingerprint() == before, f"replaying on from {start} changed the state there"
         for checkpoint, fingerprint in kept:
             assert checkpoint.fingerprint() == fingerprint, f"a checkpoint at {checkpoint.seq} changed"
+
+
+@pytest.mark.parametrize("history", ["realistic", "random-4"])
+def test_a_diff_of_states_sharing_records_equals_the_diff_comparing_every_task(
+        history: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`diff_states` skips the task records two states share; what it answers is what comparing every
+    task of both gives."""
+    from tessera.control_plane.eventlog import diff as diff_module
+
+    from .workload import random_history, realistic_history
+
+    def every_task(a: ClusterState, b: ClusterState) -> set[object]:
+        return {*a.tasks, *a.completed_tasks, *b.tasks, *b.completed_tasks}
+
+    def reference(a: ClusterState, b: ClusterState) -> object:
+        with monkeypatch.context() as m:
+            m.setattr(diff_module, "_changed_task_keys", every_task)
+            return diff_states(a, b)
+
+    store = MemoryEventStore()
+    leader = realistic_history(store) if history == "realistic" else random_history(store, seed=4)
+    assert store.flush()
+    points = sorted(leader.fingerprints)
+    cache = StateCache(4)
+    rng = random.Random(3)
+    compared = 0
+    for _ in range(40):
+        a, b = sorted(rng.sample(points, 2))
+        before = rebuild(store, a, every=0, cache=cache).state
+        after = rebuild(store, b, every=0, cache=cache).state
+        got = diff_states(before, after)
+        assert got == reference(before, after), (a, b)
+        assert diff_states(after, before) == reference(after, before), (b, a)
+        compared += bool(got.changes)
+    assert compared > 30
