@@ -307,3 +307,35 @@ def test_a_snapshot_can_call_no_builder_but_its_own() -> None:
     for name in ("_register_builders", "encode_snapshot", "_make_builder", "exec"):
         with pytest.raises(pickle.UnpicklingError):
             unpickler.find_class(snapshots.__name__, name)
+
+
+def test_a_serving_rebuild_leaves_its_snapshots_to_a_thread_of_their_own() -> None:
+    """`rebuild(..., keep=DeferredSnapshots.keep)` (GetStateAt, the web UI) encodes and stores no
+    snapshot on the caller's thread; the thread stores each state it passed, and they rebuild the history."""
+    from tessera.control_plane.eventlog.background import DeferredSnapshots
+
+    store = MemoryEventStore()
+    leader = realistic_history(store)
+    assert store.flush()
+    stored_on: list[str] = []
+    put = store.put_snapshot
+
+    def recording(seq: int, blob: bytes) -> None:
+        stored_on.append(threading.current_thread().name)
+        put(seq, blob)
+
+    store.put_snapshot = recording  # type: ignore[method-assign]
+    deferred = DeferredSnapshots(store, pending=100, duty=1.0)
+    last = store.last_seq()
+    got = rebuild(store, last, every=25, keep=deferred.keep)
+    assert got.state.fingerprint() == leader.live.fingerprint()
+    assert deferred.wait_idle(30) and store.flush()
+    assert deferred.stored >= 3 and deferred.stored == len(stored_on)
+    assert stored_on and threading.current_thread().name not in stored_on
+    assert set(stored_on) == {"tessera-history-snapshots"}
+    for seq in range(25, last, 25):
+        snap = store.nearest_snapshot(seq)
+        assert snap is not None and seq - 25 < snap[0] <= seq
+        again = rebuild(store, snap[0], every=0)
+        assert again.replayed == 0 and again.state.fingerprint() == leader.fingerprints[snap[0]]
+    store.close()
