@@ -210,6 +210,18 @@ def _first_available(source: HistorySource) -> int:
     return snap[0] if snap is not None and snap[0] >= first - 1 else 0
 
 
+def _page_size(cursor: int, target: int) -> int:
+    """How many records to read from `cursor` on the way to `target`: what is left up to it and one more
+    (the next entry's start ends the target's entry), at most `PAGE`; past it, the rest of a long entry
+    in pages of `PAST_TARGET`. A step of a slider replays a few events: it must not read thousands."""
+    if cursor > target:
+        return PAST_TARGET
+    return min(PAGE, target - cursor + 2)
+
+
+PAST_TARGET = 512
+
+
 def rebuild(source: HistorySource, target: int, *, sink: SnapshotSink | None = None,
             every: int = DEFAULT_SNAPSHOT_EVERY, on_page: Callable[[int, int], None] | None = None,
             cache: StateCache | None = None, checkpoints: int = CHECKPOINT_EVERY,
@@ -247,7 +259,7 @@ def rebuild(source: HistorySource, target: int, *, sink: SnapshotSink | None = N
     done = False
     while not done:
         try:
-            page = source.list(from_seq=cursor, limit=PAGE)
+            page = source.list(from_seq=cursor, limit=_page_size(cursor, target))
         except HistoryPruned as exc:
             raise HistoryUnavailable(f"history before index {exc.first_kept} was pruned while replaying",
                                      exc.first_kept, pruned=True) from exc

@@ -303,3 +303,26 @@ def test_a_diff_of_states_sharing_records_equals_the_diff_comparing_every_task(
         assert diff_states(after, before) == reference(after, before), (b, a)
         compared += bool(got.changes)
     assert compared > 30
+
+
+def test_a_step_from_a_cached_state_reads_only_the_records_it_replays(
+        memory_history: tuple[MemoryEventStore, Leader]) -> None:
+    """A slider's step replays a few events and reads about as many records, not a page of thousands."""
+    store, leader = memory_history
+    read: list[int] = []
+    listing = store.list
+
+    def counting(*args: object, **kwargs: object) -> list[object]:
+        page = listing(*args, **kwargs)  # type: ignore[arg-type]
+        read.append(len(page))
+        return page  # type: ignore[return-value]
+
+    store.list = counting  # type: ignore[method-assign]
+    points = sorted(leader.fingerprints)
+    cache = StateCache(4)
+    rebuild(store, points[len(points) // 2], every=0, cache=cache)
+    for i in range(len(points) // 2 + 1, len(points) // 2 + 6):
+        read.clear()
+        got = rebuild(store, points[i], every=0, cache=cache)
+        assert got.state.fingerprint() == leader.fingerprints[points[i]]
+        assert 0 < got.replayed <= sum(read) <= got.replayed + 2, (read, got.replayed)
