@@ -176,14 +176,14 @@ def _start(source: HistorySource, target: int, cache: StateCache | None = None
     cached state's copy shares its task records): the nearest cached state or the nearest usable
     snapshot, whichever is cheaper (`statecache.choose_start`), or the empty state."""
     cached = cache.nearest(target) if cache is not None else None
-    if cached is not None and cached[0] != target and cached[0] + 1 < source.first_seq():
+    if cached is not None and cached[0] < target and cached[0] + 1 < source.first_seq():
         cached = None  # the events after it were pruned since it was cached
     at = target
     while True:
         snap = source.nearest_snapshot(at)
         choice = choose_start(target, cached[0] if cached else None, snap[0] if snap else None)
         if choice == "cached" and cached is not None:
-            state = cached[1] if cached[0] == target else share_state(cached[1])
+            state = cached[1] if cached[0] >= target else share_state(cached[1])
             return state, cached[0], TaskOwnership(state, owns_all=False)
         if choice == "empty" or snap is None:
             return _owned(ClusterState(), 0)
@@ -241,7 +241,7 @@ def rebuild(source: HistorySource, target: int, *, sink: SnapshotSink | None = N
     if target < 0 or target > last:
         raise PointOutOfRange(f"index {target} is beyond the last event of this log ({last})")
     state, snap_seq, owner = _start(source, target, cache)
-    if snap_seq == target:
+    if snap_seq >= target:  # the state after the entry holding `target`, kept
         if cache is not None:
             cache.put(state)
         return StateAt(target, state, snap_seq, 0)
@@ -256,6 +256,7 @@ def rebuild(source: HistorySource, target: int, *, sink: SnapshotSink | None = N
     kept = snap_seq  # the last state kept in `cache` on the way
     last_bucket = snap_seq // every if every > 0 else 0
     pending: list[EventRecord] = []  # records of an entry not complete yet
+    entry_first = snap_seq  # the first event of the last entry replayed
     done = False
     while not done:
         try:
@@ -277,10 +278,12 @@ def rebuild(source: HistorySource, target: int, *, sink: SnapshotSink | None = N
                     break
                 for entry in entries_from_records(pending):
                     replay_entry(state, entry, owner)
+                    entry_first = entry.first_seq
                 replayed += len(pending)
                 pending = []
                 if cache is not None and checkpoint_due(state.seq, kept, target, checkpoints):
-                    cache.put(share_state(state), checkpoint=True)  # shares every task record from now on
+                    # shares every task record from now on
+                    cache.put(share_state(state), checkpoint=True, entry_first=entry_first)
                     owner.shared()
                     kept = state.seq
                 if (sink is not None or keep is not None) and every > 0 and state.seq // every > last_bucket:
@@ -300,11 +303,12 @@ def rebuild(source: HistorySource, target: int, *, sink: SnapshotSink | None = N
             raise HistoryUnavailable(f"events {pending[-1].seq + 1}..{target} are missing from this log")
         for entry in entries_from_records(pending):
             replay_entry(state, entry, owner)
+            entry_first = entry.first_seq
         replayed += len(pending)
     elif state.seq < target:
         raise HistoryUnavailable(f"events {state.seq + 1}..{target} are missing from this log")
     if cache is not None:
-        cache.put(state)
+        cache.put(state, entry_first=entry_first if replayed else None)
     return StateAt(target, state, snap_seq, replayed)
 
 

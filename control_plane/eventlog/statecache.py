@@ -216,10 +216,11 @@ def choose_start(target: int, cached: int | None, snapshot: int | None) -> str:
     """Where a rebuild of `target` starts: "cached" (the nearest cached state, seq `cached`), "snapshot"
     (the nearest stored one, seq `snapshot`), whichever replays less counting what starting costs, or
     "empty" when there is neither (the empty state is never chosen over a snapshot: the events before
-    the snapshot may be pruned); both given seqs are at or before `target`."""
+    the snapshot may be pruned); `snapshot` is at or before `target`, `cached` too or the state of the
+    entry holding `target` (then it is the answer)."""
     if cached is None:
         return "empty" if snapshot is None else "snapshot"
-    if snapshot is None or cached == target:
+    if snapshot is None or cached >= target:  # `target` itself: its entry's state is kept
         return "cached"
     return "cached" if CLONE_EVENTS + target - cached <= SNAPSHOT_DECODE_EVENTS + target - snapshot else "snapshot"
 
@@ -250,32 +251,40 @@ class StateCache:
         self._lock = threading.Lock()
         self._states: OrderedDict[int, ClusterState] = OrderedDict()
         self._passed: OrderedDict[int, ClusterState] = OrderedDict()
+        self._entry_first: dict[int, int] = {}  # seq of a kept state -> the first event of its last entry
 
     def nearest(self, target: int) -> tuple[int, ClusterState] | None:
-        """The cached state with the highest index at or before `target` (marked as used), or None."""
+        """The cached state of `target` itself (the state after the entry holding event `target`: its seq
+        may be higher, when that entry recorded several events), else the one with the highest index
+        before `target` (marked as used), or None."""
         with self._lock:
-            best = max((seq for table in (self._states, self._passed) for seq in table if seq <= target),
-                       default=None)
+            best = max((seq for table in (self._states, self._passed) for seq in table
+                        if seq <= target or self._entry_first.get(seq, seq) <= target), default=None)
             if best is None:
                 return None
             table = self._states if best in self._states else self._passed
             table.move_to_end(best)
             return best, table[best]
 
-    def put(self, state: ClusterState, *, checkpoint: bool = False) -> None:
+    def put(self, state: ClusterState, *, checkpoint: bool = False, entry_first: int | None = None) -> None:
         """Keep `state` (after the entry holding event `state.seq`): one asked for, or with `checkpoint`
-        one a replay passed; it must not be mutated afterwards."""
+        one a replay passed; it must not be mutated afterwards. `entry_first`: the first event of that
+        entry, when known (then the state also answers for the indexes from there to `state.seq`)."""
         table, size = (self._passed, self.checkpoints) if checkpoint else (self._states, self.size)
         if size <= 0:
             return
         with self._lock:
+            if entry_first is not None and entry_first < state.seq:
+                self._entry_first[state.seq] = entry_first
             if checkpoint and state.seq in self._states:
                 return
             self._passed.pop(state.seq, None)
             table[state.seq] = state
             table.move_to_end(state.seq)
             while len(table) > size:
-                table.popitem(last=False)
+                gone, _ = table.popitem(last=False)
+                if gone not in self._states and gone not in self._passed:
+                    self._entry_first.pop(gone, None)
 
     def indexes(self) -> list[int]:
         """The cached indexes: the checkpoints, then the states asked for, least recently used first."""

@@ -12,7 +12,12 @@ import pytest
 from tessera.control_plane.core.state import ClusterState
 from tessera.control_plane.eventlog import MemoryEventStore
 from tessera.control_plane.eventlog.diff import diff_states
-from tessera.control_plane.eventlog.replay import rebuild, replay_records, state_and_diff
+from tessera.control_plane.eventlog.replay import (
+    entries_from_records,
+    rebuild,
+    replay_records,
+    state_and_diff,
+)
 from tessera.control_plane.eventlog.snapshots import encode_snapshot
 from tessera.control_plane.eventlog.statecache import (
     CLONE_EVENTS,
@@ -326,3 +331,33 @@ def test_a_step_from_a_cached_state_reads_only_the_records_it_replays(
         got = rebuild(store, points[i], every=0, cache=cache)
         assert got.state.fingerprint() == leader.fingerprints[points[i]]
         assert 0 < got.replayed <= sum(read) <= got.replayed + 2, (read, got.replayed)
+
+
+def test_every_index_inside_an_entry_is_answered_by_its_kept_state_without_replay() -> None:
+    """An entry that recorded several events (a launch of many tasks) is atomic: every index inside it
+    names the state after it, which the cache keeps once, so a slider stepping through it replays it once."""
+    from tessera.control_plane.core import commands as c
+
+    from .workload import Leader as _Leader
+
+    store = MemoryEventStore()
+    L = _Leader(store)
+    L.run(c.ElectLeader(term=1, master="m1", grpc_address="127.0.0.1:5050", name="m1"))
+    aid = L.agent("host1", resources="cpus:64;mem:65536")
+    fid = L.framework("many")
+    L.launch(fid, aid, *[f"m{i}" for i in range(12)], cpus=1, mem=64)
+    L.agent("host2")
+    assert store.flush()
+    records = store.list(from_seq=1, limit=10**6)
+    big = max(entries_from_records(records), key=lambda e: e.last_seq - e.first_seq)
+    assert big.last_seq - big.first_seq >= 12
+    cache = StateCache(4)
+    first = rebuild(store, big.first_seq + 1, every=0, cache=cache)
+    assert first.index == big.last_seq and first.replayed > 0
+    for n in range(big.first_seq, big.last_seq + 1):
+        got = rebuild(store, n, every=0, cache=cache)
+        assert got.state is first.state and got.replayed == 0 and got.requested == n
+    before = rebuild(store, big.first_seq - 1, every=0, cache=cache)
+    assert before.index == big.first_seq - 1 and before.state.fingerprint() == L.fingerprints[big.first_seq - 1]
+    after = rebuild(store, big.last_seq + 1, every=0, cache=cache)
+    assert after.snapshot_seq == big.last_seq and after.state.fingerprint() == L.fingerprints[after.index]
