@@ -8,14 +8,22 @@ retention removes whole old ranges, never rewrites one). So a state rebuilt once
 request for that index, and is a starting point for any later index, exactly as a stored snapshot is, but
 without decoding one (~1 MB compressed pickle: hundreds of ms for 10,000 tasks).
 
-Starting from a cached state needs a private copy (replay mutates the state it is given); `clone_state`
-makes one that shares every immutable value (the core's values are frozen dataclasses, tuples, strings,
-enums) and copies only the mutable containers and records: ~30 ms for 10,000 tasks, against ~1 s for
-pickling the same state there and back. A state in the cache, and one a rebuild returns, is read-only from
-then on: the callers convert it (`codec.operator_api.state_at_to_proto`) or compare it (`diff.diff_states`).
+Starting from a cached state needs a copy replay may mutate. `share_state` makes one that copies the
+containers and the few agent, framework and key/value records, but shares every task record with the
+state it came from (copy-on-write): before each replayed entry, `TaskOwnership.before` copies the task
+records that entry's events may change (the core changes a task record only in the handlers of the
+task events, which name it, and of `FrameworkRemoved`, which names its framework; any event type it does
+not know makes it copy them all). The copy then costs about the copy of the request de-dup memory
+(~50,000 entries), a fifth of what `clone_state` (every record copied) costs; the states kept along one
+replay share every record no entry between them touched, so `diff.diff_states` compares only the rest.
+A state in the cache, and one a rebuild returns, is read-only from then on: the callers convert it
+(`codec.operator_api.state_at_to_proto`) or compare it (`diff.diff_states`).
 
-A replay also keeps copies of the states it passes each time it crosses a multiple of `CHECKPOINT_EVERY`
-(`checkpoint_due`), so a later point before the one asked (a slider moved back) starts near it too.
+A replay also keeps copies of the states it passes each time it crosses a multiple of `CHECKPOINT_EVERY`,
+and of `CHECKPOINT_NEAR_EVERY` in the last `CHECKPOINT_NEAR` events before the point asked
+(`checkpoint_due`), so a later point before the one asked (a slider moved back) starts near it too; they
+are kept apart from the states asked for, so a long replay's checkpoints never push those out. A kept
+state also answers every index inside the entry it ends (an entry is atomic: a launch of 500 tasks).
 
 `choose_start` (pure) picks between the nearest cached state and the nearest snapshot by a cost counted
 in replayed events: a snapshot costs `SNAPSHOT_DECODE_EVENTS` to decode, a cached state
@@ -33,8 +41,9 @@ from typing import Any
 from tessera.control_plane.core import events as ev
 from tessera.control_plane.core.state import ClusterState, TaskKey
 
-__all__ = ["CHECKPOINT_EVERY", "CLONE_EVENTS", "DEFAULT_CACHED_STATES", "SNAPSHOT_DECODE_EVENTS", "StateCache",
-           "checkpoint_due", "choose_start", "clone_state"]
+__all__ = ["CHECKPOINT_EVERY", "CHECKPOINT_NEAR", "CHECKPOINT_NEAR_EVERY", "CLONE_EVENTS", "DEFAULT_CACHED_STATES",
+           "SNAPSHOT_DECODE_EVENTS", "StateCache", "TaskOwnership", "checkpoint_due", "choose_start", "clone_state",
+           "share_state"]
 
 DEFAULT_CACHED_STATES = 16  # ~7 MB each with 10,000 tasks (values are shared between them)
 # a replay leaves a copy of its state in the cache at every multiple of CHECKPOINT_EVERY, so a later point
@@ -45,7 +54,8 @@ CHECKPOINT_EVERY = 1_000
 CHECKPOINT_NEAR = 1_000
 CHECKPOINT_NEAR_EVERY = 250
 # what starting from each costs, in events replayed (measured at 10,000 tasks: ~45 us per replayed event,
-# ~220 ms to decode a snapshot, ~30 ms to clone a state)
+# ~220 ms to decode a format-4 snapshot, ~30 ms to clone a state; not re-tuned for format 5 (a fifth less
+# to decode) and `share_state` (a fifth of a clone): both would favour the cached state a little more)
 SNAPSHOT_DECODE_EVENTS = 5_000
 CLONE_EVENTS = 700
 

@@ -63,7 +63,7 @@ def launch_many(fw: ScriptedFramework, agents: list[ScriptedAgent], n: int, per_
     """`n` tasks through Accepts of at most `per_accept` tasks each."""
     launched = 0
     while launched < n:
-        offer = wait_for(lambda: next(iter(list(fw.offers.values())), None), 300, what="an offer")
+        offer = wait_for(lambda: next(iter(list(fw.offers.values())), None), 900, what="an offer")
         with fw.lock:
             fw.offers.pop(offer.offer_id, None)
         have = {r.name: r.scalar for r in offer.resources}
