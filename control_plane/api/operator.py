@@ -56,6 +56,7 @@ from tessera.control_plane.core.spans import (
 from tessera.control_plane.core.values import TaskState
 from tessera.control_plane.core.visibility import Visibility, framework_owners, visibility_for
 from tessera.control_plane.eventlog import EventFilter, EventRecord
+from tessera.control_plane.eventlog.background import DeferredSnapshots
 from tessera.control_plane.eventlog.errors import HistoryPruned
 from tessera.control_plane.eventlog.statecache import StateCache
 from tessera.control_plane.eventlog.timeline import resolve_task
@@ -99,6 +100,15 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         self.state_view = StateView(master, duties)
         # the states rebuilt lately for GetStateAt and the web UI's time travel (eventlog/statecache.py)
         self.history_cache = StateCache()
+        self._history_snapshots: DeferredSnapshots | None = None
+
+    def history_snapshots(self) -> DeferredSnapshots:
+        """Stores the snapshots the rebuilds of GetStateAt and the web UI pass, off the request's thread
+        (eventlog/background.py), in this master's event log."""
+        found = self._history_snapshots
+        if found is None or found.store is not self.master.events:
+            found = self._history_snapshots = DeferredSnapshots(self.master.events)
+        return found
 
     def _authorize(self, context: grpc.ServicerContext, method: str) -> Caller:
         """The caller's principal may take the action `method` needs (see `core.acl.OPERATOR_ACTIONS`)."""
@@ -204,8 +214,8 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         from_point = history_point_from_proto(request.diff_from, "diff_from") if request.HasField(
             "diff_from") else None
         store = self.master.events
-        at, before, diff = state_and_diff(store, at_point, from_point, time.time(), sink=store,
-                                          cache=self.history_cache)
+        at, before, diff = state_and_diff(store, at_point, from_point, time.time(), cache=self.history_cache,
+                                          keep=self.history_snapshots().keep)
         return state_at_to_proto(at, before, diff, store.first_seq(), store.last_seq(), visibility)
 
     # ---- tracing ---------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tessera.control_plane.core.resources import Resources
-from tessera.control_plane.core.state import ClusterState, TaskRecord
+from tessera.control_plane.core.state import ClusterState, TaskKey, TaskRecord
 
 __all__ = ["Change", "FieldChange", "StateDiff", "diff_states", "diff_to_jsonable"]
 
@@ -84,6 +84,32 @@ def _task_view(s: ClusterState) -> dict[str, _TaskFacts]:
     return view
 
 
+def _changed_task_keys(before: ClusterState, after: ClusterState) -> set[TaskKey]:
+    """The tasks whose row may differ: all but those both states hold as the same record object in the
+    same table (a rebuilt state shares the records no replayed entry touched: `statecache.share_state`;
+    a record the replay may change is copied first, so the same object means the same row)."""
+    candidates: set[TaskKey] = set()
+    a_live, a_done = before.tasks, before.completed_tasks
+    for key, record in after.tasks.items():
+        if a_live.get(key) is not record:
+            candidates.add(key)
+    for key, record in after.completed_tasks.items():
+        if key not in after.tasks and (key in a_live or a_done.get(key) is not record):
+            candidates.add(key)
+    b_live, b_done = after.tasks, after.completed_tasks
+    candidates.update(k for k in a_live if k not in b_live and k not in b_done)
+    candidates.update(k for k in a_done if k not in b_live and k not in b_done)
+    return candidates
+
+
+def _task_view_of(s: ClusterState, keys: set[TaskKey]) -> dict[str, _TaskFacts]:
+    """`_task_view` restricted to `keys`."""
+    view = {str(key): _task_facts(t, True) for key in keys if key not in s.tasks
+            and (t := s.completed_tasks.get(key)) is not None}
+    view.update({str(key): _task_facts(t, False) for key in keys if (t := s.tasks.get(key)) is not None})
+    return view
+
+
 def _role_view(s: ClusterState) -> dict[str, dict[str, str]]:
     return {name: {"weight": f"{r.weight:g}", "guarantee": _res(r.quota_guarantee), "limit": _res(r.quota_limit)}
             for name, r in s.roles.items()}
@@ -112,8 +138,12 @@ def diff_states(before: ClusterState, after: ClusterState) -> StateDiff:
     shows as changed (to FINISHED, completed), not removed.
     """
     changes: list[Change] = []
+    tasks = _changed_task_keys(before, after)
     for kind, view, row in _VIEWS:
-        a, b = view(before), view(after)
+        if view is _task_view:  # only the tasks that can differ (the rest give no rows)
+            a, b = _task_view_of(before, tasks), _task_view_of(after, tasks)
+        else:
+            a, b = view(before), view(after)
         for key in sorted(a.keys() | b.keys()):
             if key not in a:
                 changes.append(Change(kind, key, "added", tuple(FieldChange(k, "", v) for k, v in row(b[key]).items())))

@@ -8,14 +8,22 @@ retention removes whole old ranges, never rewrites one). So a state rebuilt once
 request for that index, and is a starting point for any later index, exactly as a stored snapshot is, but
 without decoding one (~1 MB compressed pickle: hundreds of ms for 10,000 tasks).
 
-Starting from a cached state needs a private copy (replay mutates the state it is given); `clone_state`
-makes one that shares every immutable value (the core's values are frozen dataclasses, tuples, strings,
-enums) and copies only the mutable containers and records: ~30 ms for 10,000 tasks, against ~1 s for
-pickling the same state there and back. A state in the cache, and one a rebuild returns, is read-only from
-then on: the callers convert it (`codec.operator_api.state_at_to_proto`) or compare it (`diff.diff_states`).
+Starting from a cached state needs a copy replay may mutate. `share_state` makes one that copies the
+containers and the few agent, framework and key/value records, but shares every task record with the
+state it came from (copy-on-write): before each replayed entry, `TaskOwnership.before` copies the task
+records that entry's events may change (the core changes a task record only in the handlers of the
+task events, which name it, and of `FrameworkRemoved`, which names its framework; any event type it does
+not know makes it copy them all). The copy then costs about the copy of the request de-dup memory
+(~50,000 entries), a fifth of what `clone_state` (every record copied) costs; the states kept along one
+replay share every record no entry between them touched, so `diff.diff_states` compares only the rest.
+A state in the cache, and one a rebuild returns, is read-only from then on: the callers convert it
+(`codec.operator_api.state_at_to_proto`) or compare it (`diff.diff_states`).
 
-A replay also keeps copies of the states it passes each time it crosses a multiple of `CHECKPOINT_EVERY`
-(`checkpoint_due`), so a later point before the one asked (a slider moved back) starts near it too.
+A replay also keeps copies of the states it passes each time it crosses a multiple of `CHECKPOINT_EVERY`,
+and of `CHECKPOINT_NEAR_EVERY` in the last `CHECKPOINT_NEAR` events before the point asked
+(`checkpoint_due`), so a later point before the one asked (a slider moved back) starts near it too; they
+are kept apart from the states asked for, so a long replay's checkpoints never push those out. A kept
+state also answers every index inside the entry it ends (an entry is atomic: a launch of 500 tasks).
 
 `choose_start` (pure) picks between the nearest cached state and the nearest snapshot by a cost counted
 in replayed events: a snapshot costs `SNAPSHOT_DECODE_EVENTS` to decode, a cached state
@@ -30,17 +38,24 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from tessera.control_plane.core.state import ClusterState
+from tessera.control_plane.core import events as ev
+from tessera.control_plane.core.state import ClusterState, TaskKey
 
-__all__ = ["CHECKPOINT_EVERY", "CLONE_EVENTS", "DEFAULT_CACHED_STATES", "SNAPSHOT_DECODE_EVENTS", "StateCache",
-           "checkpoint_due", "choose_start", "clone_state"]
+__all__ = ["CHECKPOINT_EVERY", "CHECKPOINT_NEAR", "CHECKPOINT_NEAR_EVERY", "CLONE_EVENTS", "DEFAULT_CACHED_STATES",
+           "SNAPSHOT_DECODE_EVENTS", "StateCache", "TaskOwnership", "checkpoint_due", "choose_start", "clone_state",
+           "share_state"]
 
 DEFAULT_CACHED_STATES = 16  # ~7 MB each with 10,000 tasks (values are shared between them)
 # a replay leaves a copy of its state in the cache at every multiple of CHECKPOINT_EVERY, so a later point
 # between snapshots, before the one asked (a slider moved back, a diff's earlier end), starts near it
 CHECKPOINT_EVERY = 1_000
+# ... and, in the last CHECKPOINT_NEAR events before the point asked, at every multiple of
+# CHECKPOINT_NEAR_EVERY: a slider stepping back from a point finds one at most that many events before it
+CHECKPOINT_NEAR = 1_000
+CHECKPOINT_NEAR_EVERY = 250
 # what starting from each costs, in events replayed (measured at 10,000 tasks: ~45 us per replayed event,
-# ~220 ms to decode a snapshot, ~30 ms to clone a state)
+# ~220 ms to decode a format-4 snapshot, ~30 ms to clone a state; not re-tuned for format 5 (a fifth less
+# to decode) and `share_state` (a fifth of a clone): both would favour the cached state a little more)
 SNAPSHOT_DECODE_EVENTS = 5_000
 CLONE_EVENTS = 700
 
@@ -111,55 +126,177 @@ def clone_state(state: ClusterState) -> ClusterState:
     return out
 
 
+# The task records (the bulk of a state: one per task, live and completed) are shared copy-on-write by
+# `share_state`: the core mutates a `TaskRecord` only in the handlers of these events, each of which
+# names the task (`framework_id`, `task_id`) ...
+_NAMES_ITS_TASK: frozenset[type] = frozenset({ev.TaskLaunched, ev.TaskKillRequested, ev.TaskStatusUpdated,
+                                              ev.TaskStatusAcknowledged})
+# ... and in the handler of `FrameworkRemoved`, which touches the tasks of the framework it names; every
+# other event type leaves task records alone (tests/unit/inspect/test_statecache.py checks this table
+# against the core's handlers; a type in neither set makes the replay own every record before it).
+_LEAVES_TASKS: frozenset[type] = frozenset({
+    ev.LeaderElected, ev.MasterAdded, ev.MasterRemoved,
+    ev.AgentRegistered, ev.AgentReregistered, ev.AgentUnreachable, ev.AgentRemoved, ev.AgentDrainStarted,
+    ev.AgentUndrained, ev.FrameworkSubscribed, ev.FrameworkDisconnected, ev.FrameworkSuppressed,
+    ev.FrameworkRevived, ev.OfferIssued, ev.OfferAccepted, ev.OfferDeclined, ev.OfferRescinded,
+    ev.RoleWeightSet, ev.QuotaSet, ev.ResourcesReserved, ev.ResourcesUnreserved, ev.FrameworkStatePut,
+    ev.FrameworkStateDeleted, ev.Rejected, ev.UnknownEvent})
+
+
+def share_state(state: ClusterState) -> ClusterState:
+    """A copy of `state` for replay that shares its task records with it (copy-on-write): every container
+    is copied, agents, frameworks and key/value tables too, but a `TaskRecord` is copied only when a replay
+    is about to change it (`TaskOwnership.before`). ~1 ms for 10,000 tasks, against ~30 ms for
+    `clone_state`; and states kept along one replay share every record none of its entries touched."""
+    new: ClusterState = object.__new__(type(state))
+    for name in _fields_of(type(state)):
+        v = getattr(state, name)
+        if name in _SHARED_RECORDS:
+            v = type(v)(v)
+        elif name in _SHALLOW:
+            v = type(v)(v)
+        else:
+            v = v if (_kinds.get(type(v)) or _kind(type(v))) == "keep" else _copy(v)
+        object.__setattr__(new, name, v)
+    return new
+
+
+_SHARED_RECORDS = frozenset({"tasks", "completed_tasks"})  # records shared, copied by TaskOwnership
+# containers whose values are immutable by their declared types (copied without looking at each value)
+_SHALLOW = frozenset({"masters", "offers", "roles", "decline_filters", "requests", "retired_offers", "event_counts"})
+
+
+class TaskOwnership:
+    """Which task records of a replayed state are its own (copied from the states it shares them with,
+    or made by the replay), so that replay mutates a shared record never: `before(events)` copies the
+    records an entry's events may change, `shared()` says a copy was just kept (a checkpoint: from then on
+    both share every record again)."""
+
+    __slots__ = ("_all", "_keys", "state")
+
+    def __init__(self, state: ClusterState, owns_all: bool) -> None:
+        self.state = state
+        self._all = owns_all
+        self._keys: set[TaskKey] = set()
+
+    def shared(self) -> None:
+        self._all = False
+        self._keys.clear()
+
+    def before(self, events: tuple[Any, ...]) -> None:
+        """Own every task record that applying `events` (one entry) may mutate."""
+        if self._all:
+            return
+        for e in events:
+            t = type(e)
+            if t in _NAMES_ITS_TASK:
+                fid, tid = e.framework_id, e.task_id
+                if type(fid) is not str or type(tid) is not str:
+                    self._own_all()  # a malformed event: its handler refuses it, but be safe
+                    return
+                self._own(TaskKey(fid, tid))
+            elif t is ev.FrameworkRemoved:
+                fw = self.state.frameworks.get(e.framework_id) if type(e.framework_id) is str else None
+                if fw is None:
+                    continue
+                for tid in list(fw.task_ids):
+                    self._own(TaskKey(e.framework_id, tid))
+            elif t not in _LEAVES_TASKS:
+                self._own_all()
+                return
+
+    def _own(self, key: TaskKey) -> None:
+        if key in self._keys:
+            return
+        self._keys.add(key)
+        for table in (self.state.tasks, self.state.completed_tasks):
+            record = table.get(key)
+            if record is not None:
+                table[key] = _copy(record)
+
+    def _own_all(self) -> None:
+        for table in (self.state.tasks, self.state.completed_tasks):
+            for key, record in table.items():
+                if key not in self._keys:
+                    table[key] = _copy(record)
+        self._all = True
+
+
 def choose_start(target: int, cached: int | None, snapshot: int | None) -> str:
     """Where a rebuild of `target` starts: "cached" (the nearest cached state, seq `cached`), "snapshot"
     (the nearest stored one, seq `snapshot`), whichever replays less counting what starting costs, or
     "empty" when there is neither (the empty state is never chosen over a snapshot: the events before
-    the snapshot may be pruned); both given seqs are at or before `target`."""
+    the snapshot may be pruned); `snapshot` is at or before `target`, `cached` too or the state of the
+    entry holding `target` (then it is the answer)."""
     if cached is None:
         return "empty" if snapshot is None else "snapshot"
-    if snapshot is None or cached == target:
+    if snapshot is None or cached >= target:  # `target` itself: its entry's state is kept
         return "cached"
     return "cached" if CLONE_EVENTS + target - cached <= SNAPSHOT_DECODE_EVENTS + target - snapshot else "snapshot"
 
 
-def checkpoint_due(seq: int, last_kept: int, target: int, every: int = CHECKPOINT_EVERY) -> bool:
+def checkpoint_due(seq: int, last_kept: int, target: int, every: int = CHECKPOINT_EVERY,
+                   near_every: int = CHECKPOINT_NEAR_EVERY, near: int = CHECKPOINT_NEAR) -> bool:
     """Whether a replay towards `target`, now at `seq` and last kept at `last_kept` (where it started, or
     its last checkpoint), keeps a copy of its state now: when it has crossed a multiple of `every` (a
-    grid, so a slider stepping back finds one at most `every` events before it), not at the target (its
-    own state is kept anyway)."""
-    return every > 0 and seq // every > last_kept // every and seq < target
+    grid, so a slider stepping back finds one at most `every` events before it), or, within `near`
+    events of the target, a multiple of `near_every` (a finer grid where a slider steps back first); not
+    at the target (its own state is kept anyway)."""
+    if every <= 0 or seq >= target:
+        return False
+    if seq // every > last_kept // every:
+        return True
+    return 0 < near_every and target - seq <= near and seq // near_every > last_kept // near_every
 
 
 class StateCache:
-    """The last `size` states rebuilt, by index (least recently used dropped first); thread-safe. The
-    states it holds are never mutated: `rebuild` clones one before replaying on top of it."""
+    """The last `size` states asked for and the last `checkpoints` states a replay passed (two tables,
+    so a long replay's checkpoints never push out the states people asked for), by index, least recently
+    used dropped first; thread-safe. The states it holds are never mutated: `rebuild` replays on a
+    `share_state` copy of one."""
 
-    def __init__(self, size: int = DEFAULT_CACHED_STATES) -> None:
+    def __init__(self, size: int = DEFAULT_CACHED_STATES, checkpoints: int | None = None) -> None:
         self.size = size
+        self.checkpoints = size if checkpoints is None else checkpoints
         self._lock = threading.Lock()
         self._states: OrderedDict[int, ClusterState] = OrderedDict()
+        self._passed: OrderedDict[int, ClusterState] = OrderedDict()
+        self._entry_first: dict[int, int] = {}  # seq of a kept state -> the first event of its last entry
 
     def nearest(self, target: int) -> tuple[int, ClusterState] | None:
-        """The cached state with the highest index at or before `target` (marked as used), or None."""
+        """The cached state of `target` itself (the state after the entry holding event `target`: its seq
+        may be higher, when that entry recorded several events), else the one with the highest index
+        before `target` (marked as used), or None."""
         with self._lock:
-            best = max((seq for seq in self._states if seq <= target), default=None)
+            best = max((seq for table in (self._states, self._passed) for seq in table
+                        if seq <= target or self._entry_first.get(seq, seq) <= target), default=None)
             if best is None:
                 return None
-            self._states.move_to_end(best)
-            return best, self._states[best]
+            table = self._states if best in self._states else self._passed
+            table.move_to_end(best)
+            return best, table[best]
 
-    def put(self, state: ClusterState) -> None:
-        """Keep `state` (after the entry holding event `state.seq`); it must not be mutated afterwards."""
-        if self.size <= 0:
+    def put(self, state: ClusterState, *, checkpoint: bool = False, entry_first: int | None = None) -> None:
+        """Keep `state` (after the entry holding event `state.seq`): one asked for, or with `checkpoint`
+        one a replay passed; it must not be mutated afterwards. `entry_first`: the first event of that
+        entry, when known (then the state also answers for the indexes from there to `state.seq`)."""
+        table, size = (self._passed, self.checkpoints) if checkpoint else (self._states, self.size)
+        if size <= 0:
             return
         with self._lock:
-            self._states[state.seq] = state
-            self._states.move_to_end(state.seq)
-            while len(self._states) > self.size:
-                self._states.popitem(last=False)
+            if entry_first is not None and entry_first < state.seq:
+                self._entry_first[state.seq] = entry_first
+            if checkpoint and state.seq in self._states:
+                return
+            self._passed.pop(state.seq, None)
+            table[state.seq] = state
+            table.move_to_end(state.seq)
+            while len(table) > size:
+                gone, _ = table.popitem(last=False)
+                if gone not in self._states and gone not in self._passed:
+                    self._entry_first.pop(gone, None)
 
     def indexes(self) -> list[int]:
-        """The cached indexes, least recently used first."""
+        """The cached indexes: the checkpoints, then the states asked for, least recently used first."""
         with self._lock:
-            return list(self._states)
+            return [*self._passed, *self._states]

@@ -381,8 +381,8 @@ class WebReader:
         kept = self._answers.get(key)
         if kept is None:
             result, before, diff = state_and_diff(
-                store, Point(index=target), None if origin is None else Point(index=origin), now, sink=store,
-                cache=self.operator.history_cache)
+                store, Point(index=target), None if origin is None else Point(index=origin), now,
+                cache=self.operator.history_cache, keep=self.operator.history_snapshots().keep)
             resp = state_at_to_proto(result, before, diff, visibility=visibility, page=(page.offset, page.limit))
             totals: Json = {"offset": page.offset, "limit": page.limit, "tasks_total": len(result.state.tasks)}
             if diff is not None:

@@ -2,7 +2,7 @@
 10,000 tasks in the state and 1,000,000 events in the log, against a baseline (an empty cluster) measured
 in the same run.
 
-    python tests/bench/bench_web.py [--tasks 10000] [--events 1000000] [--requests 20]
+    python tests/bench/bench_web.py [--tasks 10000] [--events 1000000] [--requests 20] [--quick]
 
 Set-up, per cluster: one in-process master (`tests.support.inprocess.InProcessMaster`: the real master,
 gRPC servers and state machine over the in-memory Raft twin) with a SQLite event log (`events.db`, as a
@@ -17,8 +17,11 @@ the write path, not the reads. Only reads run while the bench measures; the hist
 
 History rows: "asked again" repeats one point (the master keeps the answer written out); "new points"
 asks a point not asked before on every request, as a time-travel slider does (25 events on or back from
-the last, a diff's `to` moving on, the last real points where all the tasks live), and "far points"
-jumps around the whole real part (a cold start from a stored snapshot or a checkpoint each time).
+the last, a diff's `to` moving on, a diff whose two ends both move, a point given as a time `@unix`, the
+last real points where all the tasks live), and "far points" jumps around the whole real part (a cold
+start from a stored snapshot or a checkpoint each time). The loaded cluster's line also gives the
+master's resident memory after the requests and the state snapshots its log holds (count, total size).
+`--quick` is a smoke run (500 tasks, 20,000 events, 5 requests a row).
 
 Time to first byte: from sending the request to the response's status line and headers (http.client's
 `getresponse()`), one connection per request; the median and p95 of `--requests` requests, and the time
@@ -63,7 +66,7 @@ def launch_many(fw: ScriptedFramework, agents: list[ScriptedAgent], n: int, per_
     """`n` tasks through Accepts of at most `per_accept` tasks each."""
     launched = 0
     while launched < n:
-        offer = wait_for(lambda: next(iter(list(fw.offers.values())), None), 300, what="an offer")
+        offer = wait_for(lambda: next(iter(list(fw.offers.values())), None), 900, what="an offer")
         with fw.lock:
             fw.offers.pop(offer.offer_id, None)
         have = {r.name: r.scalar for r in offer.resources}
@@ -93,12 +96,15 @@ def fill(store: SqliteEventStore, total: int) -> None:
     """Synthetic event rows after the real ones, up to `total` (shaped like bench_eventlog's)."""
     types = ("TaskStatusUpdated", "OffersIssued", "TaskStatusAcknowledged", "OfferDeclined")
     start = store.last_seq() + 1
-    base = time.time() - 3600
+    # times after the real events' (a log's times never go back), all in the past
+    last = store.list(from_seq=start - 1, limit=1) if start > 1 else []
+    base = float(last[0].time) if last else time.time() - 60
+    step = max(0.0, min(1e-3, (time.time() - 1 - base) / max(1, total - start + 1)))
     batch: list[EventRecord] = []
     for seq in range(start, total + 1):
         batch.append(EventRecord(
             seq=seq, raft_index=10**6 + seq // 8, position=seq % 8, type=types[seq % len(types)],
-            time=base + (seq - start) * 1e-3, term=1, request_id=f"req-{seq // 8:08d}", framework_id="fw-filler",
+            time=base + (seq - start + 1) * step, term=1, request_id=f"req-{seq // 8:08d}", framework_id="fw-filler",
             agent_id=f"agent-{seq % 200:04d}", task_id=f"filler-{seq // 3:09d}", offer_id="", trace_id="",
             span_id="", payload=json.dumps({"seq": seq, "status": {"state": "TASK_RUNNING"}})))
         if len(batch) == 5000:
@@ -165,8 +171,8 @@ def cluster(root: Path, tasks: int, events: int, per_accept: int, requests: int)
             launch_many(fw, agents, tasks, per_accept)
             wait_for(lambda: node.master.read_state(lambda s: len(s.tasks) + len(s.completed_tasks)) >= tasks, 600,
                      interval=0.5, what="every task in the state")
+        store.flush(timeout=600.0)  # the store writes in the background: what it holds now is the real part
         real_last = store.last_seq()
-        store.flush(timeout=600.0)
         launched_s = time.perf_counter() - started
         started = time.perf_counter()
         if events > real_last:
@@ -178,6 +184,10 @@ def cluster(root: Path, tasks: int, events: int, per_accept: int, requests: int)
         try:
             ref = quote(f"{fw.framework_id}/task-{tasks // 2:05d}", safe="") if tasks else "none"
             mid = max(1, real_last // 2)
+            # the times of real events spread over the real part of the log (a time picks the last event at
+            # or before it: the entry holding that event)
+            times = [float(found[0].time) for found in (store.list(from_seq=max(1, real_last * k // 41), limit=1)
+                                                        for k in range(1, 41)) if found]
 
             def near(n: int) -> int:  # a point inside the real part of the log
                 return max(1, min(real_last, n))
@@ -201,12 +211,16 @@ def cluster(root: Path, tasks: int, events: int, per_accept: int, requests: int)
                 "state at=new points, -25 each": lambda i: f"/api/v1/state?at={near(mid - 25 * i)}",
                 "diff from=mid-1000 to=new points":
                     lambda i: f"/api/v1/diff?from={near(mid - 1000)}&to={near(mid + 7 + 25 * i)}",
+                "diff from=new points to=new points":
+                    lambda i: f"/api/v1/diff?from={near(mid // 2 - 31 * i)}&to={near(mid + mid // 2 + 37 * i)}",
+                "state at=@time, new points": lambda i: f"/api/v1/state?at=@{times[(7 * i) % len(times)]:.6f}",
                 # (not the last real entry: the synthetic rows after it would glue onto it)
                 "state at=near the end (all tasks)": lambda i: f"/api/v1/state?at={near(real_last - 200 - 3 * i)}",
                 "state at=far points (cold)": lambda i: f"/api/v1/state?at={near((real_last * (i % 7 + 1)) // 9 + i)}",
                 "services": "/api/v1/services",
             }
             results = measure(server.url, paths, requests)
+            rss_mb = _rss_mb()
         finally:
             server.stop()
             fw.close()
@@ -214,8 +228,28 @@ def cluster(root: Path, tasks: int, events: int, per_accept: int, requests: int)
                 a.close()
         info = {"tasks": tasks, "events": store.last_seq(), "real events": real_last,
                 "set-up launch s": round(launched_s, 1), "set-up fill s": round(filled_s, 1),
-                "db MB": round((root / "events.db").stat().st_size / 1e6, 1)}
+                "db MB": round((root / "events.db").stat().st_size / 1e6, 1), "master RSS MB": rss_mb,
+                "snapshots": _snapshots(store)}
         return info, results
+
+
+def _rss_mb() -> float:
+    """The resident memory of this process now (the in-process master, its web server and the bench)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def _snapshots(store: SqliteEventStore) -> str:
+    """How many state snapshots the log holds and their total size."""
+    seqs, size, at = [], 0, store.last_seq()
+    while (snap := store.nearest_snapshot(at)) is not None:
+        seqs.append(snap[0])
+        size += len(snap[1])
+        at = snap[0] - 1
+    return f"{len(seqs)} ({size / 1e6:.1f} MB)"
 
 
 def main() -> None:
@@ -224,7 +258,11 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--per-accept", type=int, default=500)
     parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: 500 tasks, 20,000 events, 5 requests each")
     args = parser.parse_args()
+    if args.quick:
+        args.tasks, args.events, args.requests = 500, 20_000, 5
     print(f"$ python tests/bench/bench_web.py --tasks {args.tasks} --events {args.events} --requests {args.requests}")
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, python {platform.python_version()}")
     with tempfile.TemporaryDirectory(prefix="bench-web-") as tmp:

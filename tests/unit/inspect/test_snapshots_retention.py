@@ -298,3 +298,67 @@ def test_a_master_s_state_machine_never_pickles_its_live_state_when_told_not_to(
     assert machines[False].snapshots.pickled == 0  # type: ignore[union-attr]
     assert machines[True].snapshots.pickled > 0  # type: ignore[union-attr]
     store.close()
+
+
+def test_a_snapshot_decodes_to_the_state_it_encoded_in_both_formats() -> None:
+    """`encode_snapshot` pickles the core's records and values as calls of its builders (format 5);
+    the Snapshotter's live pickles stay plain pickles (`encode_pickled`, format 4): both load the same."""
+    from tessera.control_plane.eventlog.snapshots import encode_pickled
+
+    store = MemoryEventStore()
+    leader = realistic_history(store)
+    assert store.flush()
+    state = leader.live
+    built = encode_snapshot(state)
+    plain = encode_pickled(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+    assert built[len(b"TSNAP")] == 5 and plain[len(b"TSNAP")] == 4
+    assert b"build_TaskRecord" in zlib.decompress(built[len(b"TSNAP") + 1 + 16:])
+    for blob in (built, plain):
+        got = decode_snapshot(blob)
+        assert got is not None and got.fingerprint() == state.fingerprint()
+        assert got.tasks and all(type(t).__slots__ for t in got.tasks.values())
+    store.close()
+
+
+def test_a_snapshot_can_call_no_builder_but_its_own() -> None:
+    import io
+
+    from tessera.control_plane.eventlog import snapshots
+
+    unpickler = snapshots._CoreUnpickler(io.BytesIO(b""))
+    assert unpickler.find_class(snapshots.__name__, "build_TaskRecord") is snapshots.build_TaskRecord  # type: ignore[attr-defined]
+    for name in ("_register_builders", "encode_snapshot", "_make_builder", "exec"):
+        with pytest.raises(pickle.UnpicklingError):
+            unpickler.find_class(snapshots.__name__, name)
+
+
+def test_a_serving_rebuild_leaves_its_snapshots_to_a_thread_of_their_own() -> None:
+    """`rebuild(..., keep=DeferredSnapshots.keep)` (GetStateAt, the web UI) encodes and stores no
+    snapshot on the caller's thread; the thread stores each state it passed, and they rebuild the history."""
+    from tessera.control_plane.eventlog.background import DeferredSnapshots
+
+    store = MemoryEventStore()
+    leader = realistic_history(store)
+    assert store.flush()
+    stored_on: list[str] = []
+    put = store.put_snapshot
+
+    def recording(seq: int, blob: bytes) -> None:
+        stored_on.append(threading.current_thread().name)
+        put(seq, blob)
+
+    store.put_snapshot = recording  # type: ignore[method-assign]
+    deferred = DeferredSnapshots(store, pending=100, duty=1.0)
+    last = store.last_seq()
+    got = rebuild(store, last, every=25, keep=deferred.keep)
+    assert got.state.fingerprint() == leader.live.fingerprint()
+    assert deferred.wait_idle(30) and store.flush()
+    assert deferred.stored >= 3 and deferred.stored == len(stored_on)
+    assert stored_on and threading.current_thread().name not in stored_on
+    assert set(stored_on) == {"tessera-history-snapshots"}
+    for seq in range(25, last, 25):
+        snap = store.nearest_snapshot(seq)
+        assert snap is not None and seq - 25 < snap[0] <= seq
+        again = rebuild(store, snap[0], every=0)
+        assert again.replayed == 0 and again.state.fingerprint() == leader.fingerprints[snap[0]]
+    store.close()

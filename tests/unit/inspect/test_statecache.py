@@ -12,7 +12,12 @@ import pytest
 from tessera.control_plane.core.state import ClusterState
 from tessera.control_plane.eventlog import MemoryEventStore
 from tessera.control_plane.eventlog.diff import diff_states
-from tessera.control_plane.eventlog.replay import rebuild, replay_records, state_and_diff
+from tessera.control_plane.eventlog.replay import (
+    entries_from_records,
+    rebuild,
+    replay_records,
+    state_and_diff,
+)
 from tessera.control_plane.eventlog.snapshots import encode_snapshot
 from tessera.control_plane.eventlog.statecache import (
     CLONE_EVENTS,
@@ -175,3 +180,184 @@ def test_when_a_replay_keeps_a_checkpoint() -> None:
     assert checkpoint_due(9_990, 7_400, 10_000, every=2_500)  # crossed 7,500, even near the target
     assert not checkpoint_due(10_000, 7_400, 10_000, every=2_500)  # the target itself is kept anyway
     assert not checkpoint_due(3_000, 0, 10_000, every=0)
+    # within `near` events of the target, a finer grid
+    assert checkpoint_due(9_260, 9_000, 10_000, every=2_500, near_every=250, near=1_000)  # crossed 9,250
+    assert not checkpoint_due(9_240, 9_000, 10_000, every=2_500, near_every=250, near=1_000)
+    assert not checkpoint_due(8_760, 8_000, 10_000, every=2_500, near_every=250, near=1_000)  # not near yet
+    assert not checkpoint_due(9_260, 9_000, 10_000, every=2_500, near_every=0)
+
+
+def test_checkpoints_never_push_out_the_states_asked_for() -> None:
+    cache = StateCache(2, checkpoints=3)
+    asked = [ClusterState(seq=s) for s in (100, 200)]
+    for st in asked:
+        cache.put(st)
+    for s in range(1, 20):
+        cache.put(ClusterState(seq=1000 + s), checkpoint=True)
+    assert cache.indexes() == [1017, 1018, 1019, 100, 200]
+    assert cache.nearest(150) == (100, asked[0])
+    cache.put(ClusterState(seq=1018))  # asked for: moves to the states asked for (100 was used last)
+    assert cache.indexes() == [1017, 1019, 100, 1018]
+    cache.put(ClusterState(seq=100), checkpoint=True)  # already kept as asked for: stays there
+    assert cache.indexes() == [1017, 1019, 100, 1018]
+
+
+def test_every_event_type_is_classified_for_sharing_task_records() -> None:
+    """`share_state`'s copy-on-write knows which events change task records: a new event type must be
+    placed in one of its tables (else a replay owns every record before it: correct, but slow)."""
+    from tessera.control_plane.core import events as ev
+    from tessera.control_plane.core.apply import _HANDLERS
+    from tessera.control_plane.eventlog import statecache
+
+    classified = statecache._NAMES_ITS_TASK | statecache._LEAVES_TASKS | {ev.FrameworkRemoved}
+    assert set(_HANDLERS) == classified
+    assert not statecache._NAMES_ITS_TASK & statecache._LEAVES_TASKS
+
+
+def _teardown_with_unacknowledged_tasks(store: MemoryEventStore) -> Leader:
+    """A framework removed while its tasks still have statuses nobody acknowledged (FrameworkRemoved
+    then clears them: the one handler that changes tasks its event does not name)."""
+    from tessera.control_plane.core import commands as c
+    from tessera.control_plane.core.values import TaskState
+
+    from .workload import Leader as _Leader
+
+    L = _Leader(store)
+    L.run(c.ElectLeader(term=1, master="m1", grpc_address="127.0.0.1:5050", name="m1"))
+    aid = L.agent("host1")
+    fid = L.framework("doomed")
+    L.launch(fid, aid, "x1", "x2", "x3")
+    for t in ("x1", "x2", "x3"):
+        L.status(t, TaskState.TASK_RUNNING)
+    L.tick(1)
+    for t in ("x1", "x2"):  # ended, never acknowledged: no kill for them in the teardown's entry
+        L.status(t, TaskState.TASK_FINISHED, exit_code=0)
+    L.run(c.Teardown(fid))
+    L.status("x3", TaskState.TASK_KILLED)
+    return L
+
+
+@pytest.mark.parametrize("history", ["realistic", "teardown", "random-1", "random-2", "random-3"])
+def test_a_shared_copy_replays_to_the_history_and_never_changes_the_state_it_came_from(history: str) -> None:
+    """From every entry boundary: replaying on from `share_state` of the state there (with its
+    `TaskOwnership`, as `rebuild` does, keeping shared checkpoints on the way) gives the history at every
+    later point, and leaves the state it was copied from, and every checkpoint, exactly as they were."""
+    from tessera.control_plane.eventlog.replay import entries_from_records, replay_entry
+    from tessera.control_plane.eventlog.statecache import TaskOwnership, share_state
+
+    from .workload import random_history, realistic_history
+
+    store = MemoryEventStore()
+    if history == "realistic":
+        leader = realistic_history(store)
+    elif history == "teardown":
+        leader = _teardown_with_unacknowledged_tasks(store)
+    else:
+        leader = random_history(store, seed=int(history.split("-")[1]))
+    assert store.flush()
+    entries = list(entries_from_records(store.list(from_seq=1, limit=10**6)))
+    points = sorted(leader.fingerprints)
+    for start in points[:: max(1, len(points) // 12)]:
+        origin = rebuild(store, start, every=0).state
+        before = origin.fingerprint()
+        state = share_state(origin)
+        owner = TaskOwnership(state, owns_all=False)
+        kept: list[tuple[ClusterState, str]] = []
+        for i, entry in enumerate(e for e in entries if e.first_seq > start):
+            replay_entry(state, entry, owner)
+            if state.seq in leader.fingerprints:
+                assert state.fingerprint() == leader.fingerprints[state.seq], f"diverged at {state.seq}"
+            if i % 3 == 0:  # a checkpoint shares every record with the replay from here on
+                kept.append((share_state(state), state.fingerprint()))
+                owner.shared()
+        assert origin.fingerprint() == before, f"replaying on from {start} changed the state there"
+        for checkpoint, fingerprint in kept:
+            assert checkpoint.fingerprint() == fingerprint, f"a checkpoint at {checkpoint.seq} changed"
+
+
+@pytest.mark.parametrize("history", ["realistic", "random-4"])
+def test_a_diff_of_states_sharing_records_equals_the_diff_comparing_every_task(
+        history: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`diff_states` skips the task records two states share; what it answers is what comparing every
+    task of both gives."""
+    from tessera.control_plane.eventlog import diff as diff_module
+
+    from .workload import random_history, realistic_history
+
+    def every_task(a: ClusterState, b: ClusterState) -> set[object]:
+        return {*a.tasks, *a.completed_tasks, *b.tasks, *b.completed_tasks}
+
+    def reference(a: ClusterState, b: ClusterState) -> object:
+        with monkeypatch.context() as m:
+            m.setattr(diff_module, "_changed_task_keys", every_task)
+            return diff_states(a, b)
+
+    store = MemoryEventStore()
+    leader = realistic_history(store) if history == "realistic" else random_history(store, seed=4)
+    assert store.flush()
+    points = sorted(leader.fingerprints)
+    cache = StateCache(4)
+    rng = random.Random(3)
+    compared = 0
+    for _ in range(40):
+        a, b = sorted(rng.sample(points, 2))
+        before = rebuild(store, a, every=0, cache=cache).state
+        after = rebuild(store, b, every=0, cache=cache).state
+        got = diff_states(before, after)
+        assert got == reference(before, after), (a, b)
+        assert diff_states(after, before) == reference(after, before), (b, a)
+        compared += bool(got.changes)
+    assert compared > 30
+
+
+def test_a_step_from_a_cached_state_reads_only_the_records_it_replays(
+        memory_history: tuple[MemoryEventStore, Leader]) -> None:
+    """A slider's step replays a few events and reads about as many records, not a page of thousands."""
+    store, leader = memory_history
+    read: list[int] = []
+    listing = store.list
+
+    def counting(*args: object, **kwargs: object) -> list[object]:
+        page = listing(*args, **kwargs)  # type: ignore[arg-type]
+        read.append(len(page))
+        return page  # type: ignore[return-value]
+
+    store.list = counting  # type: ignore[method-assign]
+    points = sorted(leader.fingerprints)
+    cache = StateCache(4)
+    rebuild(store, points[len(points) // 2], every=0, cache=cache)
+    for i in range(len(points) // 2 + 1, len(points) // 2 + 6):
+        read.clear()
+        got = rebuild(store, points[i], every=0, cache=cache)
+        assert got.state.fingerprint() == leader.fingerprints[points[i]]
+        assert 0 < got.replayed <= sum(read) <= got.replayed + 2, (read, got.replayed)
+
+
+def test_every_index_inside_an_entry_is_answered_by_its_kept_state_without_replay() -> None:
+    """An entry that recorded several events (a launch of many tasks) is atomic: every index inside it
+    names the state after it, which the cache keeps once, so a slider stepping through it replays it once."""
+    from tessera.control_plane.core import commands as c
+
+    from .workload import Leader as _Leader
+
+    store = MemoryEventStore()
+    L = _Leader(store)
+    L.run(c.ElectLeader(term=1, master="m1", grpc_address="127.0.0.1:5050", name="m1"))
+    aid = L.agent("host1", resources="cpus:64;mem:65536")
+    fid = L.framework("many")
+    L.launch(fid, aid, *[f"m{i}" for i in range(12)], cpus=1, mem=64)
+    L.agent("host2")
+    assert store.flush()
+    records = store.list(from_seq=1, limit=10**6)
+    big = max(entries_from_records(records), key=lambda e: e.last_seq - e.first_seq)
+    assert big.last_seq - big.first_seq >= 12
+    cache = StateCache(4)
+    first = rebuild(store, big.first_seq + 1, every=0, cache=cache)
+    assert first.index == big.last_seq and first.replayed > 0
+    for n in range(big.first_seq, big.last_seq + 1):
+        got = rebuild(store, n, every=0, cache=cache)
+        assert got.state is first.state and got.replayed == 0 and got.requested == n
+    before = rebuild(store, big.first_seq - 1, every=0, cache=cache)
+    assert before.index == big.first_seq - 1 and before.state.fingerprint() == L.fingerprints[big.first_seq - 1]
+    after = rebuild(store, big.last_seq + 1, every=0, cache=cache)
+    assert after.snapshot_seq == big.last_seq and after.state.fingerprint() == L.fingerprints[after.index]
