@@ -72,7 +72,8 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         reader.start()
         try:
             yield agent_pb2.MasterMessage(term=self.duties.term(), registered=agent_pb2.Registered(
-                agent_id=agent_id, heartbeat_interval_seconds=self.duties.settings.agent_heartbeat_interval))
+                agent_id=agent_id, heartbeat_interval_seconds=self.duties.settings.agent_heartbeat_interval,
+                ordered_streams=True))  # StatusIntake + decide_each record a task's updates in order
             for task_id, framework_id in orphans:
                 log.info("agent %s still runs task %s, which the master holds ended: killing it",
                          agent_id, task_id)

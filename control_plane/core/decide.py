@@ -42,6 +42,8 @@ maps its command types to its deciders, joined here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from tessera.control_plane.core import commands as c
 from tessera.control_plane.core import (
     decide_agents,
@@ -54,11 +56,11 @@ from tessera.control_plane.core import (
 )
 from tessera.control_plane.core.context import Context
 from tessera.control_plane.core.decide_shared import Decider
-from tessera.control_plane.core.errors import InvalidRequest
+from tessera.control_plane.core.errors import InvalidRequest, TesseraError
 from tessera.control_plane.core.events import Event
-from tessera.control_plane.core.state import ClusterState
+from tessera.control_plane.core.state import ClusterState, TaskKey
 
-__all__ = ["decide"]
+__all__ = ["decide", "decide_each"]
 
 
 def decide(state: ClusterState, command: c.Command, ctx: Context) -> tuple[Event, ...]:
@@ -67,6 +69,25 @@ def decide(state: ClusterState, command: c.Command, ctx: Context) -> tuple[Event
     if decider is None:
         raise InvalidRequest(f"unknown command {type(command).__name__}")
     return decider(state, command, ctx)
+
+
+def decide_each(state: ClusterState, commands: Sequence[c.Command], ctx: Context
+                ) -> list[tuple[Event, ...] | TesseraError]:
+    """Independent commands for one entry, each decided on its own: its events, or the domain error that
+    refused it (left out of the entry). Status updates of one task are decided in order, each against
+    the state the earlier ones of this entry leave (`apply` applies them in that order): an agent's
+    STARTING, RUNNING and FINISHED of a task go into one entry. Never mutates `state`."""
+    earlier: dict[TaskKey, decide_tasks.EarlierUpdate] = {}
+    outcomes: list[tuple[Event, ...] | TesseraError] = []
+    for command in commands:
+        try:
+            if isinstance(command, c.UpdateStatus):
+                outcomes.append(decide_tasks.decide_update_after(state, command, ctx, earlier))
+            else:
+                outcomes.append(decide(state, command, ctx))
+        except TesseraError as exc:
+            outcomes.append(exc)
+    return outcomes
 
 
 # every command type's decider; a type in two topics' tables is a bug (tests/unit/core/test_decide_validation.py)

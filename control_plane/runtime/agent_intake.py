@@ -6,6 +6,12 @@ An agent re-sends every status update until the master acknowledges it, so intak
   it while the first commit was in flight, e.g. under load) is not proposed again: the session that
   re-sent it is acknowledged with the first commit. Every path out of a proposal releases the uuid, so
   a re-send is never left waiting for a commit that will not come.
+- **A task's updates in order.** The updates of one task in one message are decided in order into one
+  entry (`core.decide.decide_each`: each against the state the earlier ones leave), so an agent sends a
+  task's whole pending stream at once (STARTING, RUNNING, FINISHED: one commit, not one per update). An
+  update whose task has an earlier update in another commit under way is not proposed and not
+  acknowledged (the agent re-sends it): it is decided only against a state that commit has settled, so
+  a FINISHED re-sent beside a STARTING still in flight is never refused as an illegal STAGING → FINISHED.
 - **One acknowledgement policy** (`ACKNOWLEDGED_REFUSALS`, asked through `acknowledges`): an update is
   acknowledged once it is committed, or once it is refused for good — malformed, unknown task, illegal
   transition, another agent's identity — so the agent stops re-sending it. Anything else (no commit,
@@ -39,7 +45,7 @@ from tessera.control_plane.core.errors import (
     PermissionDenied,
     TesseraError,
 )
-from tessera.control_plane.core.values import TaskStatus
+from tessera.control_plane.core.values import TaskKey, TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +100,9 @@ class StatusIntake(Generic[S, U]):
         self.port = port
         # status uuid -> sessions to acknowledge once the commit under way finishes
         self._inflight: dict[str, list[S]] = {}
+        # tasks with an update in a commit under way (status uuid -> its task; task -> how many)
+        self._task_of: dict[str, TaskKey] = {}
+        self._task_commits: dict[TaskKey, int] = {}
         self._lock = threading.Lock()
 
     def in_flight(self) -> int:
@@ -115,7 +124,26 @@ class StatusIntake(Generic[S, U]):
 
     def _release(self, uuid: str) -> list[S]:
         with self._lock:
+            key = self._task_of.pop(uuid, None)
+            if key is not None:
+                left = self._task_commits[key] - 1
+                if left:
+                    self._task_commits[key] = left
+                else:
+                    del self._task_commits[key]
             return self._inflight.pop(uuid, [])
+
+    def _follows_a_commit(self, uuid: str, key: TaskKey, batch: set[TaskKey]) -> bool:
+        """True when an earlier update of the task is in a commit of another proposal: this one waits (not
+        acknowledged: the agent re-sends it), since it is decided against the state that commit leaves.
+        Otherwise the update is noted as in this proposal's commit."""
+        with self._lock:
+            if key not in batch and key in self._task_commits:
+                return True
+            batch.add(key)
+            self._task_of[uuid] = key
+            self._task_commits[key] = self._task_commits.get(key, 0) + 1
+            return False
 
     # ---- one update ------------------------------------------------------------------------------
     def submit(self, session: S, update: U) -> None:
@@ -129,6 +157,9 @@ class StatusIntake(Generic[S, U]):
             self._refused(session, uuid, exc)
             self.port.acknowledge(session, [update])
             return
+        if uuid and self._follows_a_commit(uuid, TaskKey(status.framework_id, status.task_id), set()):
+            self._release(uuid)
+            return  # an earlier update of its task is still in a commit: the agent re-sends this one
         try:
             fut = self.master.propose_async([cmd.UpdateStatus(status=status, identity=session.identity)],
                                             request_id=f"status-{uuid}", traceparent=self.port.traceparent(update))
@@ -168,6 +199,7 @@ class StatusIntake(Generic[S, U]):
         refused: list[U] = []
         proposed: list[U] = []
         commands: list[cmd.Command] = []
+        batch: set[TaskKey] = set()
         for update in updates:
             uuid = self.port.uuid(update)
             if uuid and not self._claim(uuid, session):
@@ -178,6 +210,11 @@ class StatusIntake(Generic[S, U]):
                 self._release(uuid)
                 self._refused(session, uuid, exc)
                 refused.append(update)
+                continue
+            # a task's updates of one message are decided in order in one entry (`core.decide.decide_each`);
+            # one that follows an update still in another commit waits for the agent's re-send
+            if uuid and self._follows_a_commit(uuid, TaskKey(status.framework_id, status.task_id), batch):
+                self._release(uuid)
                 continue
             proposed.append(update)
             commands.append(cmd.UpdateStatus(status=status, identity=session.identity))

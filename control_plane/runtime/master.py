@@ -51,7 +51,7 @@ from tessera.control_plane.core import commands as cmd
 from tessera.control_plane.core import events as ev
 from tessera.control_plane.core.apply import ApplyResult
 from tessera.control_plane.core.context import Context
-from tessera.control_plane.core.decide import decide
+from tessera.control_plane.core.decide import decide, decide_each
 from tessera.control_plane.core.errors import (
     Conflict,
     InvalidRequest,
@@ -126,17 +126,19 @@ def decide_each_entry(
     sm: MasterStateMachine, commands: Sequence[cmd.Command], *, request_id: str, traceparent: str, term: int,
     leader: str, now: float, new_id: Callable[[str], str], limits: MasterLimits | None = None,
 ) -> tuple[ev.Entry, list[TesseraError | None]]:
-    """The entry of independent `commands`: each decided on its own; one outcome per command, the domain
-    error that refused it or None, and the entry holds the events of those that passed."""
+    """The entry of independent `commands`: each decided on its own (`decide_each`: a task's status
+    updates in order); one outcome per command, the domain error that refused it or None, and the entry
+    holds the events of those that passed."""
     ctx = Context(now, term, leader, new_id, limits or MasterLimits())
     refused: list[TesseraError | None] = [None] * len(commands)
     events: list[ev.Event] = []
     with sm.lock:
-        for i, c in enumerate(commands):
-            try:
-                events.extend(decide(sm.state, c, ctx))
-            except TesseraError as exc:
-                refused[i] = exc
+        outcomes = decide_each(sm.state, commands, ctx)
+    for i, outcome in enumerate(outcomes):
+        if isinstance(outcome, TesseraError):
+            refused[i] = outcome
+        else:
+            events.extend(outcome)
     return ev.Entry(term, leader, now, request_id, traceparent, tuple(events)), refused
 
 

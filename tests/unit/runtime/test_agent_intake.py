@@ -184,6 +184,34 @@ def test_a_batch_is_one_proposal_and_one_acknowledgement_of_what_was_recorded_or
     assert intake.in_flight() == 0
 
 
+def test_a_tasks_updates_of_one_message_go_into_one_proposal_in_order(master, intake) -> None:
+    s = Session()
+    intake.submit_many(s, [Update("u-1"), Update("u-2"), Update("u-3", task_id="t-2"), Update("u-4")])
+    (commands, _, _), = master.proposed
+    assert [c.status.uuid for c in commands] == ["u-1", "u-2", "u-3", "u-4"]
+    master.futures[0].set_result([None] * 4)
+    assert s.acked == [["u-1", "u-2", "u-3", "u-4"]]
+
+
+def test_an_update_behind_one_still_in_a_commit_waits_for_the_resend(master, intake) -> None:
+    """The agent re-sends its whole stream while the first commit is under way: the update already in
+    flight is not proposed again, and the new one of the same task is not decided against a state that
+    commit has not settled (a FINISHED would be refused as STAGING -> FINISHED): neither proposed nor
+    acknowledged; the agent re-sends it."""
+    s = Session()
+    intake.submit_many(s, [Update("u-1")])
+    intake.submit_many(s, [Update("u-1"), Update("u-2"), Update("v-1", task_id="t-2")])
+    assert [[c.status.uuid for c in p[0]] for p in master.proposed] == [["u-1"], ["v-1"]]
+    intake.submit(s, Update("u-2"))  # a lone re-send waits too
+    assert len(master.proposed) == 2
+    master.futures[0].set_result([None])
+    master.futures[1].set_result([None])
+    assert s.acked == [["u-1"], ["v-1"]]
+    assert intake.in_flight() == 0
+    intake.submit_many(s, [Update("u-2")])  # the commit before it settled: now it is proposed
+    assert [c.status.uuid for c in master.proposed[-1][0]] == ["u-2"]
+
+
 @pytest.mark.parametrize("code", sorted(ERRORS_BY_CODE))
 def test_the_policy_answers_alike_for_a_raised_error_and_a_recorded_error_code(code: str) -> None:
     error = ERRORS_BY_CODE[code]("x")
