@@ -50,7 +50,8 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         self.first_message_timeout = first_message_timeout
         self.master = duties.master
         self.registrations = Registrations(self.master)
-        self.intake: StatusIntake[AgentSession, agent_pb2.StatusUpdate] = StatusIntake(self.master, _Wire(duties))
+        self.intake: StatusIntake[AgentSession, agent_pb2.StatusUpdate] = StatusIntake(
+            self.master, _Wire(duties), follow=duties.offers_for_ended)
 
     @grpc_errors
     def Connect(self, request_iterator: Iterator[agent_pb2.AgentMessage], context: grpc.ServicerContext

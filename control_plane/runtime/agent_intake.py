@@ -20,7 +20,9 @@ An agent re-sends every status update until the master acknowledges it, so intak
 
 A single update (`status_update`) is proposed under the request id `status-<uuid>`; a batch
 (`status_updates`) is decided update by update and the acceptable ones committed as one entry
-(`Master.propose_each_async`), answered with one acknowledgement message per session. When this master
+(`Master.propose_each_async`), answered with one acknowledgement message per session. The entry of a
+batch that ends tasks also carries the leader's offers of what they free (`follow`:
+`LeaderDuties.offers_for_ended`), so a framework gets them with that commit instead of one commit later. When this master
 is not the leader the session is closed: the agent reconnects to the leader and re-sends.
 
 The wire is not seen here: the gRPC edge (`api.agentlink`) supplies an `IntakePort` that reads an
@@ -36,6 +38,7 @@ from concurrent.futures import Future
 from typing import Any, Generic, Protocol, TypeVar
 
 from tessera.control_plane.core import commands as cmd
+from tessera.control_plane.core.decide import Follow
 from tessera.control_plane.core.errors import (
     ERRORS_BY_CODE,
     Conflict,
@@ -95,9 +98,10 @@ class IntakePort(Protocol[S_in, U_in]):
 
 
 class StatusIntake(Generic[S, U]):
-    def __init__(self, master: Any, port: IntakePort[S, U]) -> None:
+    def __init__(self, master: Any, port: IntakePort[S, U], follow: Follow | None = None) -> None:
         self.master = master
         self.port = port
+        self.follow = follow  # the leader's offers of what a batch frees, in the batch's entry (`decide_each`)
         # status uuid -> sessions to acknowledge once the commit under way finishes
         self._inflight: dict[str, list[S]] = {}
         # tasks with an update in a commit under way (status uuid -> its task; task -> how many)
@@ -221,7 +225,8 @@ class StatusIntake(Generic[S, U]):
         if commands:
             try:
                 # each update keeps its own task's trace: one entry per trace context
-                fut = self.master.propose_each_async(commands, traceparents=[self.port.traceparent(u) for u in proposed])
+                fut = self.master.propose_each_async(commands, traceparents=[self.port.traceparent(u) for u in proposed],
+                                                     follow=self.follow)
             except NotLeader:
                 for update in proposed:
                     self._release(self.port.uuid(update))

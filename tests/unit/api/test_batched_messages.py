@@ -215,3 +215,19 @@ def test_sdk_framework_and_emulated_agents_launch_many_tasks_with_batched_messag
     assert len({(r.raft_index, r.request_id) for r in acks}) < len(acks)
     assert stats.updates_acked == 2 * total and stats.tasks_launched == total
 
+
+
+def test_an_entry_that_ends_tasks_carries_the_offers_of_what_they_free(node: InProcessMaster) -> None:
+    """The leader allocates what a batch's TASK_FINISHED frees into the batch's own entry
+    (`LeaderDuties.offers_for_ended`): the framework is offered it with that commit, not one later."""
+    agent, fw = started(node, ["f-1"])
+    batch = [agent.status("f-1", s) for s in (common_pb2.TASK_STARTING, common_pb2.TASK_RUNNING,
+                                                common_pb2.TASK_FINISHED)]
+    agent.send_batch(batch)
+    wait_for(lambda: {u.status.uuid for u in batch} <= agent.acked, 10, what="all acknowledged")
+    finished = [r for r in recorded(node, "TaskStatusUpdated") if '"TASK_FINISHED"' in r.payload]
+    assert len(finished) == 1
+    offered = [r for r in recorded(node, "OfferIssued") if r.raft_index == finished[0].raft_index]
+    assert [(r.framework_id, r.agent_id) for r in offered] == [(fw.framework_id, agent.agent_id)]
+    fw.close()
+    agent.close()

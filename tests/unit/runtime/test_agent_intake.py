@@ -84,7 +84,7 @@ class ScriptedMaster:
         return self._propose(commands, request_id, traceparent)
 
     def propose_each_async(self, commands: list[cmd.Command], *, traceparent: str = "",
-                           traceparents: list[str] | None = None) -> Future[Any]:
+                           traceparents: list[str] | None = None, follow: Any = None) -> Future[Any]:
         return self._propose(commands, "", traceparent or next((t for t in traceparents or () if t), ""))
 
 
