@@ -358,13 +358,20 @@ class LeaderDuties:
         (weighted DRF, quota, filters, suppression, in-flight limits) over the agents of the `ended`
         tasks, as their state will be once the updates apply. The freed resources are offered with the
         commit that frees them, one commit earlier than by the next allocation round, which still runs
-        for the rest."""
+        for the rest. Only frameworks with a stream open on this leader are offered so: one that is
+        (re)subscribing — after a failover, or a reconnection — gets no offer its subscription has not
+        rescinded (the entry would be stale), and waits for the next round."""
         if self._allocator is None or not self.master.is_serving():
+            return ()
+        with self._lock:
+            streaming = {fid for fid, session in self.frameworks.items() if not session.closed}
+        if not streaming:
             return ()
         snapshot_fn, allocate_fn = self._allocator
         now = time.time()
-        offers = allocate_fn(snapshot_fn(state, now, ended=ended), now)
-        return (cmd.IssueOffers(offers=tuple(offers)),) if offers else ()
+        offers = tuple(o for o in allocate_fn(snapshot_fn(state, now, ended=ended), now)
+                       if o.framework_id in streaming)
+        return (cmd.IssueOffers(offers=offers),) if offers else ()
 
     def _allocation_round(self) -> None:
         if self._allocator is None:
