@@ -22,7 +22,8 @@ A single update (`status_update`) is proposed under the request id `status-<uuid
 (`status_updates`) is decided update by update and the acceptable ones committed as one entry
 (`Master.propose_each_async`), answered with one acknowledgement message per session. The entry of a
 batch that ends tasks also carries the leader's offers of what they free (`follow`:
-`LeaderDuties.offers_for_ended`), so a framework gets them with that commit instead of one commit later. When this master
+`LeaderDuties.offers_for_ended`), so a framework gets them with that commit instead of one commit later;
+with a `follow`, a single update goes the batch's way too, as a batch of one. When this master
 is not the leader the session is closed: the agent reconnects to the leader and re-sends.
 
 The wire is not seen here: the gRPC edge (`api.agentlink`) supplies an `IntakePort` that reads an
@@ -151,6 +152,10 @@ class StatusIntake(Generic[S, U]):
 
     # ---- one update ------------------------------------------------------------------------------
     def submit(self, session: S, update: U) -> None:
+        if self.follow is not None:
+            # as a batch of one: its entry carries the offers of what it frees too
+            self.submit_many(session, [update])
+            return
         uuid = self.port.uuid(update)
         if uuid and not self._claim(uuid, session):
             return  # re-sent while its commit is under way

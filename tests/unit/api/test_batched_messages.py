@@ -231,3 +231,15 @@ def test_an_entry_that_ends_tasks_carries_the_offers_of_what_they_free(node: InP
     assert [(r.framework_id, r.agent_id) for r in offered] == [(fw.framework_id, agent.agent_id)]
     fw.close()
     agent.close()
+
+
+def test_a_single_update_that_ends_a_task_carries_the_offers_of_what_it_frees(node: InProcessMaster) -> None:
+    agent, fw = started(node, ["s-1"])
+    for state in (common_pb2.TASK_RUNNING, common_pb2.TASK_FINISHED):
+        agent.send_status("s-1", state)  # one `status_update` message each
+        wait_for(lambda s=state: fw.states_of("s-1")[-1:] == [s], 10, what=f"state {state}")
+    finished = [r for r in recorded(node, "TaskStatusUpdated") if '"TASK_FINISHED"' in r.payload]
+    offered = [r for r in recorded(node, "OfferIssued") if r.raft_index == finished[0].raft_index]
+    assert [(r.framework_id, r.agent_id) for r in offered] == [(fw.framework_id, agent.agent_id)]
+    fw.close()
+    agent.close()
