@@ -51,7 +51,7 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         self.master = duties.master
         self.registrations = Registrations(self.master)
         self.intake: StatusIntake[AgentSession, agent_pb2.StatusUpdate] = StatusIntake(
-            self.master, _Wire(duties), follow=duties.offers_for_ended)
+            self.master, _Wire(duties), follow=duties.offers_for_ended if duties.settings.offers_with_frees else None)
 
     @grpc_errors
     def Connect(self, request_iterator: Iterator[agent_pb2.AgentMessage], context: grpc.ServicerContext

@@ -21,9 +21,10 @@ An agent re-sends every status update until the master acknowledges it, so intak
 A single update (`status_update`) is proposed under the request id `status-<uuid>`; a batch
 (`status_updates`) is decided update by update and the acceptable ones committed as one entry
 (`Master.propose_each_async`), answered with one acknowledgement message per session. The entry of a
-batch that ends tasks also carries the leader's offers of what they free (`follow`:
-`LeaderDuties.offers_for_ended`), so a framework gets them with that commit instead of one commit later;
-with a `follow`, a single update goes the batch's way too, as a batch of one. When this master
+batch that ends tasks may also carry the leader's offers of what they free (`follow`:
+`LeaderDuties.offers_for_ended`, given when `LeaderSettings.offers_with_frees` is on), so a framework gets
+them with that commit instead of one commit later; with a `follow`, a single update goes the batch's way
+too, as a batch of one. When this master
 is not the leader the session is closed: the agent reconnects to the leader and re-sends.
 
 The wire is not seen here: the gRPC edge (`api.agentlink`) supplies an `IntakePort` that reads an

@@ -361,7 +361,7 @@ class LeaderDuties:
         for the rest. Only frameworks with a stream open on this leader are offered so: one that is
         (re)subscribing — after a failover, or a reconnection — gets no offer its subscription has not
         rescinded (the entry would be stale), and waits for the next round."""
-        if self._allocator is None or not self.master.is_serving():
+        if not self.settings.offers_with_frees or self._allocator is None or not self.master.is_serving():
             return ()
         with self._lock:
             streaming = {fid for fid, session in self.frameworks.items() if not session.closed}

@@ -423,8 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|" + ("---|" if base_rate else ""))
     for r in runs:
         ratio = f" {r.rate / base_rate:.2f} |" if base_rate and r.kind == "emulated" else (" – |" if base_rate else "")
+        u = f"{100 * r.utilization:.1f} %" if r.finished == r.tasks else f"INCOMPLETE ({r.finished} ended)"
         print(f"| {r.kind} | {r.t:g} s | {r.slots} | {r.tasks} | {r.wall:.1f} s | {r.ideal:.1f} s | "
-              f"{100 * r.utilization:.1f} % | {r.rate:.0f} ({r.slots / r.t:.0f}) |{ratio}")
+              f"{u} | {r.rate:.0f} ({r.slots / r.t:.0f}) |{ratio}")
     if base_rate:
         print(f"baseline bench_launch.py batched: {base_rate:.0f} launches/s")
     print("published:", PUBLISHED)

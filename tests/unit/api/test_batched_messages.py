@@ -22,6 +22,17 @@ def node() -> InProcessMaster:
         yield m
 
 
+@pytest.fixture
+def offering_node() -> InProcessMaster:
+    """A master that offers what a batch of updates frees in the batch's entry (`offers_with_frees`)."""
+    from dataclasses import replace
+
+    from tests.support.inprocess import FAST
+
+    with InProcessMaster(settings=replace(FAST, offers_with_frees=True)) as m:
+        yield m
+
+
 def launch_many(fw: ScriptedFramework, offer: common_pb2.Offer, task_ids: list[str]) -> None:
     from tessera.control_plane.codec import resources_to_proto
     from tessera.control_plane.core.resources import Resources
@@ -217,9 +228,10 @@ def test_sdk_framework_and_emulated_agents_launch_many_tasks_with_batched_messag
 
 
 
-def test_an_entry_that_ends_tasks_carries_the_offers_of_what_they_free(node: InProcessMaster) -> None:
+def test_an_entry_that_ends_tasks_carries_the_offers_of_what_they_free(offering_node: InProcessMaster) -> None:
     """The leader allocates what a batch's TASK_FINISHED frees into the batch's own entry
     (`LeaderDuties.offers_for_ended`): the framework is offered it with that commit, not one later."""
+    node = offering_node
     agent, fw = started(node, ["f-1"])
     batch = [agent.status("f-1", s) for s in (common_pb2.TASK_STARTING, common_pb2.TASK_RUNNING,
                                                 common_pb2.TASK_FINISHED)]
@@ -233,7 +245,8 @@ def test_an_entry_that_ends_tasks_carries_the_offers_of_what_they_free(node: InP
     agent.close()
 
 
-def test_a_single_update_that_ends_a_task_carries_the_offers_of_what_it_frees(node: InProcessMaster) -> None:
+def test_a_single_update_that_ends_a_task_carries_the_offers_of_what_it_frees(offering_node: InProcessMaster) -> None:
+    node = offering_node
     agent, fw = started(node, ["s-1"])
     for state in (common_pb2.TASK_RUNNING, common_pb2.TASK_FINISHED):
         agent.send_status("s-1", state)  # one `status_update` message each
@@ -241,5 +254,16 @@ def test_a_single_update_that_ends_a_task_carries_the_offers_of_what_it_frees(no
     finished = [r for r in recorded(node, "TaskStatusUpdated") if '"TASK_FINISHED"' in r.payload]
     offered = [r for r in recorded(node, "OfferIssued") if r.raft_index == finished[0].raft_index]
     assert [(r.framework_id, r.agent_id) for r in offered] == [(fw.framework_id, agent.agent_id)]
+    fw.close()
+    agent.close()
+
+
+def test_by_default_the_offers_of_what_a_batch_frees_wait_for_the_allocation_round(node: InProcessMaster) -> None:
+    agent, fw = started(node, ["n-1"])
+    batch = [agent.status("n-1", s) for s in (common_pb2.TASK_RUNNING, common_pb2.TASK_FINISHED)]
+    agent.send_batch(batch)
+    wait_for(lambda: {u.status.uuid for u in batch} <= agent.acked, 10, what="all acknowledged")
+    finished = [r for r in recorded(node, "TaskStatusUpdated") if '"TASK_FINISHED"' in r.payload]
+    assert not [r for r in recorded(node, "OfferIssued") if r.raft_index == finished[0].raft_index]
     fw.close()
     agent.close()
