@@ -9,9 +9,10 @@ An agent re-sends every status update until the master acknowledges it, so intak
 - **A task's updates in order.** The updates of one task in one message are decided in order into one
   entry (`core.decide.decide_each`: each against the state the earlier ones leave), so an agent sends a
   task's whole pending stream at once (STARTING, RUNNING, FINISHED: one commit, not one per update). An
-  update whose task has an earlier update in another commit under way is not proposed and not
-  acknowledged (the agent re-sends it): it is decided only against a state that commit has settled, so
-  a FINISHED re-sent beside a STARTING still in flight is never refused as an illegal STAGING → FINISHED.
+  update whose task has an earlier update in another commit under way is proposed as usual (it commits
+  after that one), but refused as an illegal transition it is not acknowledged (`_final`): the agent
+  re-sends it and it is decided again once that commit settled, so a FINISHED re-sent beside a STARTING
+  still in flight is never dropped as an illegal STAGING → FINISHED.
 - **One acknowledgement policy** (`ACKNOWLEDGED_REFUSALS`, asked through `acknowledges`): an update is
   acknowledged once it is committed, or once it is refused for good — malformed, unknown task, illegal
   transition, another agent's identity — so the agent stops re-sending it. Anything else (no commit,
@@ -139,17 +140,27 @@ class StatusIntake(Generic[S, U]):
                     del self._task_commits[key]
             return self._inflight.pop(uuid, [])
 
-    def _follows_a_commit(self, uuid: str, key: TaskKey, batch: set[TaskKey]) -> bool:
-        """True when an earlier update of the task is in a commit of another proposal: this one waits (not
-        acknowledged: the agent re-sends it), since it is decided against the state that commit leaves.
-        Otherwise the update is noted as in this proposal's commit."""
+    def _note_commit(self, uuid: str, key: TaskKey, batch: set[TaskKey]) -> bool:
+        """Note the update as in this proposal's commit; True when an earlier update of its task is in the
+        commit of another proposal (it is then decided against a state that commit has not settled)."""
         with self._lock:
-            if key not in batch and key in self._task_commits:
-                return True
+            behind = key not in batch and key in self._task_commits
             batch.add(key)
             self._task_of[uuid] = key
             self._task_commits[key] = self._task_commits.get(key, 0) + 1
-            return False
+            return behind
+
+    @staticmethod
+    def _final(outcome: TesseraError | str | None, behind: bool) -> bool:
+        """Whether to acknowledge an update with this outcome: the policy (`acknowledges`), except that a
+        `Conflict` (an illegal transition) of an update decided behind another commit of its task is not
+        final — decided again on the agent's re-send, after that commit (a FINISHED re-sent beside a
+        STARTING still in flight is not refused as STAGING -> FINISHED)."""
+        if behind and outcome:
+            cls = ERRORS_BY_CODE.get(outcome, TesseraError) if isinstance(outcome, str) else type(outcome)
+            if issubclass(cls, Conflict):
+                return False
+        return acknowledges(outcome)
 
     # ---- one update ------------------------------------------------------------------------------
     def submit(self, session: S, update: U) -> None:
@@ -167,9 +178,7 @@ class StatusIntake(Generic[S, U]):
             self._refused(session, uuid, exc)
             self.port.acknowledge(session, [update])
             return
-        if uuid and self._follows_a_commit(uuid, TaskKey(status.framework_id, status.task_id), set()):
-            self._release(uuid)
-            return  # an earlier update of its task is still in a commit: the agent re-sends this one
+        behind = bool(uuid) and self._note_commit(uuid, TaskKey(status.framework_id, status.task_id), set())
         try:
             fut = self.master.propose_async([cmd.UpdateStatus(status=status, identity=session.identity)],
                                             request_id=f"status-{uuid}", traceparent=self.port.traceparent(update))
@@ -181,16 +190,16 @@ class StatusIntake(Generic[S, U]):
             # refused by `decide`: acknowledged when final (the agent stops retrying), and said why
             self._refused(session, uuid, exc)
             waiting = self._release(uuid) or [session]
-            if acknowledges(exc):
+            if self._final(exc, behind):
                 for s in waiting:
                     self.port.acknowledge(s, [update])
             return
         except BaseException:
             self._release(uuid)  # never leave it marked in flight: its re-sends would wait forever
             raise
-        fut.add_done_callback(lambda f: self._committed(f, session, update))
+        fut.add_done_callback(lambda f: self._committed(f, session, update, behind))
 
-    def _committed(self, fut: Future[Any], session: S, update: U) -> None:
+    def _committed(self, fut: Future[Any], session: S, update: U, behind: bool = False) -> None:
         uuid = self.port.uuid(update)
         waiting = self._release(uuid) if uuid else [session]
         try:
@@ -198,7 +207,7 @@ class StatusIntake(Generic[S, U]):
         except Exception as exc:  # noqa: BLE001 - not acknowledged: the agent re-sends
             log.info("status update %s not committed (%s); the agent will retry", uuid, exc)
             return
-        if not acknowledges(getattr(result, "error_code", "")):
+        if not self._final(getattr(result, "error_code", ""), behind):
             return
         for s in waiting or [session]:
             self.port.acknowledge(s, [update])
@@ -210,6 +219,7 @@ class StatusIntake(Generic[S, U]):
         proposed: list[U] = []
         commands: list[cmd.Command] = []
         batch: set[TaskKey] = set()
+        behind: set[str] = set()
         for update in updates:
             uuid = self.port.uuid(update)
             if uuid and not self._claim(uuid, session):
@@ -221,11 +231,9 @@ class StatusIntake(Generic[S, U]):
                 self._refused(session, uuid, exc)
                 refused.append(update)
                 continue
-            # a task's updates of one message are decided in order in one entry (`core.decide.decide_each`);
-            # one that follows an update still in another commit waits for the agent's re-send
-            if uuid and self._follows_a_commit(uuid, TaskKey(status.framework_id, status.task_id), batch):
-                self._release(uuid)
-                continue
+            # a task's updates of one message are decided in order in one entry (`core.decide.decide_each`)
+            if uuid and self._note_commit(uuid, TaskKey(status.framework_id, status.task_id), batch):
+                behind.add(uuid)
             proposed.append(update)
             commands.append(cmd.UpdateStatus(status=status, identity=session.identity))
         if commands:
@@ -242,11 +250,12 @@ class StatusIntake(Generic[S, U]):
                 for update in proposed:  # never leave an update marked in flight: its re-sends would wait forever
                     self._release(self.port.uuid(update))
                 raise
-            fut.add_done_callback(lambda f: self._batch_committed(f, session, proposed))
+            fut.add_done_callback(lambda f: self._batch_committed(f, session, proposed, behind))
         if refused:
             self.port.acknowledge(session, refused)
 
-    def _batch_committed(self, fut: Future[list[TesseraError | None]], session: S, updates: list[U]) -> None:
+    def _batch_committed(self, fut: Future[list[TesseraError | None]], session: S, updates: list[U],
+                         behind: set[str] | None = None) -> None:
         uuids = [self.port.uuid(u) for u in updates]
         waiting = [self._release(uuid) if uuid else [session] for uuid in uuids]
         try:
@@ -256,7 +265,7 @@ class StatusIntake(Generic[S, U]):
             return
         acks: dict[int, tuple[S, list[U]]] = {}
         for update, uuid, outcome, sessions in zip(updates, uuids, outcomes, waiting, strict=True):
-            if not acknowledges(outcome):
+            if not self._final(outcome, uuid in (behind or ())):
                 continue  # not recorded, not refused for good: the agent re-sends
             if outcome is not None:
                 self._refused(session, uuid, outcome)
