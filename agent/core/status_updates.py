@@ -141,7 +141,8 @@ class StatusUpdateManager:
             if stream.updates and stream.next_send <= now:
                 stream.attempts += 1
                 if stream.attempts > 1:
-                    self.retries += 1  # a re-send of an update the master has not acknowledged yet
+                    # a re-send of updates the master has not acknowledged yet (every update of a whole stream)
+                    self.retries += len(stream.updates) if whole_streams else 1
                 stream.next_send = now + self.policy.delay(stream.attempts)
                 if whole_streams:
                     out.extend(stream.updates)

@@ -42,6 +42,7 @@ def test_whole_streams_sends_every_pending_update_of_a_due_stream_oldest_first_o
     m.add(update("a", "a3", S.TASK_FINISHED), now=0.5)
     assert m.due(0.5, whole_streams=True) == []  # queued behind what is in flight: not due before a retry
     assert uuids(m.due(1.0, whole_streams=True)) == ["a1", "a2", "a3", "b1"]  # the retry: whole again
+    assert m.retries == 4  # the metric counts every update sent again
     assert m.acknowledge(K("a"), "a2", now=1.5).removed == ("a1", "a2")
     assert uuids(m.due(1.5, whole_streams=True)) == ["a3"]  # what the ack left is due at once
 
