@@ -172,6 +172,7 @@ class EmulatedAgent:
         self.checks: dict[TaskKey, tuple[HealthState, int, asyncio.TimerHandle]] = {}  # checker, checks run, next
         self.heartbeat_interval = config.heartbeat_interval
         self.registered = False
+        self.ordered_streams = False  # the master's Registered: send a task's whole pending stream at once
         self.reported: dict[TaskKey, str] = {}
         self.outbox: asyncio.Queue[agent_pb2.AgentMessage] | None = None
         self.last_received = 0.0  # loop time of the last message from the master (or the stream's opening)
@@ -320,6 +321,7 @@ class EmulatedAgent:
             self.stats.first_registration_seconds.append(loop.time() - self.started_at)
         self.agent_id = registered.agent_id
         self.registered = True
+        self.ordered_streams = registered.ordered_streams
         self.stats.registrations += 1
         if registered.heartbeat_interval_seconds > 0:
             self.heartbeat_interval = registered.heartbeat_interval_seconds
@@ -430,7 +432,8 @@ class EmulatedAgent:
         self.flush_scheduled = False
         if not self.registered:
             return
-        due = [self._update_message(u) for u in self.updates.due(asyncio.get_running_loop().time())]
+        due = [self._update_message(u) for u in self.updates.due(asyncio.get_running_loop().time(),
+                                                                  whole_streams=self.ordered_streams)]
         for message in update_messages(due, batched=True, per_message=max(1, self.config.max_updates_per_message)):
             self._send(message)
         self.stats.updates_sent += len(due)

@@ -7,6 +7,9 @@ Rules it keeps (docs/protocol.md, step 6):
 - Every update has a uuid and belongs to its task's stream; streams are FIFO. Only the head of a stream
   is ever sent, so the master sees each task's updates in the order they happened and never has to
   refuse an update for coming before an older one it has not seen.
+- With a master that decides a task's updates of one message in order (`Registered.ordered_streams`),
+  `due(whole_streams=True)` sends a due stream whole, oldest first, in one message: the master still
+  sees them in order, and records them in one entry instead of one commit per update.
 - A head is (re)sent when it is due: at once when it becomes the head, then after `RetryPolicy.delay`
   (initial, doubling, capped) until it is acknowledged.
 - An acknowledgement of the head pops it and makes the next update of that stream due at once. An
@@ -128,16 +131,23 @@ class StatusUpdateManager:
             self.add(update, now)
 
     # ---- sending ---------------------------------------------------------------------------------------
-    def due(self, now: float) -> list[PendingUpdate]:
-        """Heads to send now; each is counted as sent and its next retry scheduled."""
+    def due(self, now: float, *, whole_streams: bool = False) -> list[PendingUpdate]:
+        """Heads to send now; each is counted as sent and its next retry scheduled. With `whole_streams`
+        (a master that decides a task's updates of one message in order), each due stream is sent whole,
+        oldest first: the head and every update queued behind it, which the master records in one entry;
+        its acknowledgements pop them all."""
         out: list[PendingUpdate] = []
         for stream in self._streams.values():
             if stream.updates and stream.next_send <= now:
                 stream.attempts += 1
                 if stream.attempts > 1:
-                    self.retries += 1  # a re-send of an update the master has not acknowledged yet
+                    # a re-send of updates the master has not acknowledged yet (every update of a whole stream)
+                    self.retries += len(stream.updates) if whole_streams else 1
                 stream.next_send = now + self.policy.delay(stream.attempts)
-                out.append(stream.updates[0])
+                if whole_streams:
+                    out.extend(stream.updates)
+                else:
+                    out.append(stream.updates[0])
         return out
 
     def next_due(self) -> float | None:

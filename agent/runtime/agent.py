@@ -234,6 +234,7 @@ class Agent(Recovery):
             self.launcher.agent_id = registered.agent_id
         self.catalog.agent = self.agent_id
         self.registered = True
+        self.ordered_streams = registered.ordered_streams
         self.registrations += 1
         if registered.heartbeat_interval_seconds > 0:
             self.heartbeat_interval = registered.heartbeat_interval_seconds

@@ -133,6 +133,7 @@ class AgentState:
         launcher.agent_id = self.agent_id
         self.stream: LinkStream | None = None
         self.registered = False
+        self.ordered_streams = False  # the master's Registered: send a task's whole pending stream at once
         self.reported: dict[TaskKey, str] = {}  # task -> uuid of the status reported at re-registration
         self.reregistering = False
         self.heartbeat_interval = config.heartbeat_interval

@@ -5,8 +5,10 @@ Rules it keeps (docs/protocol.md):
   is in flight; it is re-sent with backoff until acknowledged, and all are re-sent on every new
   registration (the loop calls `flush_updates` after each turn's commit, and on the timers).
 - With BATCHED_MESSAGES (announced at every registration unless `batch_messages` is off) the heads due
-  in one turn leave as one `StatusUpdates` message (at most MAX_UPDATES_PER_MESSAGE each); a lone update
-  still goes as `status_update`, and the master may answer with `acks`.
+  in one turn leave as one `StatusUpdates` message (at most MAX_UPDATES_PER_MESSAGE each, a task's
+  updates never split); a lone update still goes as `status_update`, and the master may answer with
+  `acks`. When the master's `Registered` says `ordered_streams`, a due task's whole pending stream goes
+  (oldest first), which the master records in one entry.
 - A task is done (`_mark_done`, kept in the checkpoint) when it is terminal and its last update was
   acknowledged. The statuses of a task the master forgot (`orphaned`) are kept, never sent.
 - The task's `task.run` span ends with its terminal status.
@@ -41,14 +43,19 @@ def update_messages(updates: list[agent_pb2.StatusUpdate], *, batched: bool,
     emulated agents send their updates this way."""
     if not batched:
         return [agent_pb2.AgentMessage(status_update=update) for update in updates]
-    messages = []
-    for start in range(0, len(updates), per_message):
-        chunk = updates[start:start + per_message]
-        if len(chunk) == 1:
-            messages.append(agent_pb2.AgentMessage(status_update=chunk[0]))
-        else:
-            messages.append(agent_pb2.AgentMessage(status_updates=agent_pb2.StatusUpdates(updates=chunk)))
-    return messages
+    chunks: list[list[agent_pb2.StatusUpdate]] = []
+    for update in updates:
+        # a task's updates stay in one message (a whole stream is recorded in one entry), past `per_message`
+        # when needed: a stream is at most a few updates
+        if not chunks or (len(chunks[-1]) >= per_message and not _same_task(chunks[-1][-1], update)):
+            chunks.append([])
+        chunks[-1].append(update)
+    return [agent_pb2.AgentMessage(status_update=chunk[0]) if len(chunk) == 1 else
+            agent_pb2.AgentMessage(status_updates=agent_pb2.StatusUpdates(updates=chunk)) for chunk in chunks]
+
+
+def _same_task(a: agent_pb2.StatusUpdate, b: agent_pb2.StatusUpdate) -> bool:
+    return a.status.task_id == b.status.task_id and a.status.framework_id == b.status.framework_id
 
 
 class UpdatePump(AgentState):
@@ -96,8 +103,10 @@ class UpdatePump(AgentState):
         announced BATCHED_MESSAGES (a lone update still goes as `status_update`), else one message each."""
         if not self.registered or self.stream is None or self.checkpoint.in_batch:
             return  # in a batch: sent after the turn's commit
-        due = [self._update_message(u) for u in self.updates.due(self.monotonic())]
-        for message in update_messages(due, batched=self.config.config.batch_messages):
+        batched = self.config.config.batch_messages
+        due = [self._update_message(u) for u in self.updates.due(self.monotonic(),
+                                                                  whole_streams=batched and self.ordered_streams)]
+        for message in update_messages(due, batched=batched):
             self.send(message)
 
     def _update_message(self, update: PendingUpdate) -> agent_pb2.StatusUpdate:

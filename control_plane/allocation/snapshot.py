@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from tessera.control_plane.core.resources import EMPTY, Interval, Key, Resources
-from tessera.control_plane.core.state import AgentRecord, ClusterState
+from tessera.control_plane.core.state import AgentRecord, ClusterState, TaskKey
 from tessera.control_plane.core.values import AgentState, FrameworkState, Labels
 
 __all__ = [
@@ -169,11 +169,23 @@ def _free(agent: AgentRecord) -> Resources:
     return Resources(scalars=tuple(kv for kv in sorted(scalars.items()) if kv[1] > 0), ranges=ranges)
 
 
-def snapshot_from_state(state: ClusterState, now: float) -> AllocationSnapshot:
-    """The allocator's view of `state` at `now` (see the module docstring). Pure; reads only."""
+def snapshot_from_state(state: ClusterState, now: float, *, ended: Mapping[TaskKey, str] | None = None,
+                        ) -> AllocationSnapshot:
+    """The allocator's view of `state` at `now` (see the module docstring). Pure; reads only.
+
+    `ended` (task -> its agent id): the view once these tasks have ended — the updates that end them are
+    decided, in the entry these offers go into (`core.decide.decide_each`'s `follow`): their resources
+    are free on their agents and no longer held by their frameworks, and only those agents are offered
+    (the allocation of what those updates free; the rest waits for the next round)."""
     agents: list[AgentSnapshot] = []
     total: dict[Key, int] = {}
     reserved: dict[str, dict[Key, int]] = {}
+    released: dict[str, Resources] = {}
+    if ended is not None:
+        for ended_key in ended:
+            task = state.tasks.get(ended_key)
+            if task is not None and not task.terminal:
+                released[task.agent_id] = released.get(task.agent_id, EMPTY) + task.resources
     for agent_id in sorted(state.agents):
         agent = state.agents[agent_id]
         if agent.state is AgentState.AGENT_REMOVED:
@@ -187,7 +199,9 @@ def snapshot_from_state(state: ClusterState, now: float) -> AllocationSnapshot:
                 total[key] = total.get(key, 0) + milli
         if agent.state is not AgentState.AGENT_ACTIVE or agent.draining:
             continue
-        free = _free(agent)
+        if ended is not None and agent_id not in released:
+            continue
+        free = _free(agent) + released[agent_id] if agent_id in released else _free(agent)
         if free:
             agents.append(AgentSnapshot(agent_id, agent.info.hostname, agent.info.attributes, free))
 
@@ -197,7 +211,8 @@ def snapshot_from_state(state: ClusterState, now: float) -> AllocationSnapshot:
     connected = {fid for fid, fw in state.frameworks.items() if fw.state is FrameworkState.FRAMEWORK_CONNECTED}
     held: dict[tuple[str, str], dict[Key, int]] = {}
     in_flight: dict[str, int] = {}
-    holders = [(t.framework_id, t.role, t.info.resources) for t in state.tasks.values() if not t.terminal]
+    holders = [(t.framework_id, t.role, t.info.resources) for task_key, t in state.tasks.items()
+               if not t.terminal and (ended is None or task_key not in ended)]
     holders.extend((o.framework_id, o.role, o.resources) for o in state.offers.values())
     for framework_id, role, resources in holders:
         in_flight[framework_id] = in_flight.get(framework_id, 0) + 1

@@ -50,7 +50,8 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         self.first_message_timeout = first_message_timeout
         self.master = duties.master
         self.registrations = Registrations(self.master)
-        self.intake: StatusIntake[AgentSession, agent_pb2.StatusUpdate] = StatusIntake(self.master, _Wire(duties))
+        self.intake: StatusIntake[AgentSession, agent_pb2.StatusUpdate] = StatusIntake(
+            self.master, _Wire(duties), follow=duties.offers_for_ended if duties.settings.offers_with_frees else None)
 
     @grpc_errors
     def Connect(self, request_iterator: Iterator[agent_pb2.AgentMessage], context: grpc.ServicerContext
@@ -72,7 +73,8 @@ class AgentLinkService(agent_pb2_grpc.AgentLinkServicer):
         reader.start()
         try:
             yield agent_pb2.MasterMessage(term=self.duties.term(), registered=agent_pb2.Registered(
-                agent_id=agent_id, heartbeat_interval_seconds=self.duties.settings.agent_heartbeat_interval))
+                agent_id=agent_id, heartbeat_interval_seconds=self.duties.settings.agent_heartbeat_interval,
+                ordered_streams=True))  # StatusIntake + decide_each record a task's updates in order
             for task_id, framework_id in orphans:
                 log.info("agent %s still runs task %s, which the master holds ended: killing it",
                          agent_id, task_id)

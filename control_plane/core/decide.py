@@ -42,6 +42,8 @@ maps its command types to its deciders, joined here.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+
 from tessera.control_plane.core import commands as c
 from tessera.control_plane.core import (
     decide_agents,
@@ -54,11 +56,13 @@ from tessera.control_plane.core import (
 )
 from tessera.control_plane.core.context import Context
 from tessera.control_plane.core.decide_shared import Decider
-from tessera.control_plane.core.errors import InvalidRequest
-from tessera.control_plane.core.events import Event
-from tessera.control_plane.core.state import ClusterState
+from tessera.control_plane.core.errors import InvalidRequest, TesseraError
+from tessera.control_plane.core.events import Event, TaskStatusUpdated
+from tessera.control_plane.core.lifecycle import is_terminal
+from tessera.control_plane.core.resources import EMPTY, Resources
+from tessera.control_plane.core.state import ClusterState, TaskKey
 
-__all__ = ["decide"]
+__all__ = ["Follow", "decide", "decide_each"]
 
 
 def decide(state: ClusterState, command: c.Command, ctx: Context) -> tuple[Event, ...]:
@@ -67,6 +71,54 @@ def decide(state: ClusterState, command: c.Command, ctx: Context) -> tuple[Event
     if decider is None:
         raise InvalidRequest(f"unknown command {type(command).__name__}")
     return decider(state, command, ctx)
+
+
+def decide_each(state: ClusterState, commands: Sequence[c.Command], ctx: Context,
+                follow: Follow | None = None) -> list[tuple[Event, ...] | TesseraError]:
+    """Independent commands for one entry, each decided on its own: its events, or the domain error that
+    refused it (left out of the entry). Status updates of one task are decided in order, each against
+    the state the earlier ones of this entry leave (`apply` applies them in that order): an agent's
+    STARTING, RUNNING and FINISHED of a task go into one entry. Never mutates `state`.
+
+    `follow(state, ended)`: the commands to decide after these, in the same entry, given the tasks the
+    decided updates end (task -> its agent id) — the leader's allocation of what they free
+    (`IssueOffers`, decided against the resources freed before it); their outcomes follow the commands'
+    own. Not called when no task ends."""
+    earlier: dict[TaskKey, decide_tasks.EarlierUpdate] = {}
+    ended: dict[TaskKey, str] = {}
+    outcomes: list[tuple[Event, ...] | TesseraError] = []
+    for command in commands:
+        try:
+            if isinstance(command, c.UpdateStatus):
+                events = decide_tasks.decide_update_after(state, command, ctx, earlier)
+                for event in events:
+                    if isinstance(event, TaskStatusUpdated) and is_terminal(event.status.state):
+                        ended[TaskKey(event.framework_id, event.task_id)] = event.agent_id
+                outcomes.append(events)
+            else:
+                outcomes.append(decide(state, command, ctx))
+        except TesseraError as exc:
+            outcomes.append(exc)
+    if follow is None or not ended:
+        return outcomes
+    freed: dict[str, Resources] = {}
+    for key, agent_id in ended.items():
+        task = state.tasks.get(key)
+        if task is not None:
+            freed[agent_id] = freed.get(agent_id, EMPTY) + task.resources
+    for command in follow(state, ended):
+        try:
+            if isinstance(command, c.IssueOffers):
+                outcomes.append(decide_offers.issue_offers_after(state, command, ctx, freed))
+            else:
+                outcomes.append(decide(state, command, ctx))
+        except TesseraError as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
+# the leader's commands after a batch of updates, given the tasks they end (`decide_each`)
+Follow = Callable[[ClusterState, Mapping[TaskKey, str]], Sequence[c.Command]]
 
 
 # every command type's decider; a type in two topics' tables is a bug (tests/unit/core/test_decide_validation.py)

@@ -4,6 +4,7 @@ offers is `core/decide_launch.py`.)
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 
 from tessera.control_plane.core import commands as c
@@ -31,10 +32,17 @@ from tessera.control_plane.core.state import (
     check_offer_parties,
     check_text,
 )
-from tessera.control_plane.core.values import Offer
+from tessera.control_plane.core.values import AgentState, Offer
 
 
 def _issue_offers(state: ClusterState, cmd: c.IssueOffers, ctx: Context) -> tuple[Event, ...]:
+    return issue_offers_after(state, cmd, ctx, {})
+
+
+def issue_offers_after(state: ClusterState, cmd: c.IssueOffers, ctx: Context,
+                       freed: Mapping[str, Resources]) -> tuple[Event, ...]:
+    """`IssueOffers` decided after, in the same entry, updates that end tasks: `freed` is what they free
+    per agent (`apply` frees it before it records these offers)."""
     if not isinstance(cmd.offers, tuple):
         raise InvalidRequest("offers: must be a tuple of offers")
     now = context_time(ctx)
@@ -60,7 +68,12 @@ def _issue_offers(state: ClusterState, cmd: c.IssueOffers, ctx: Context) -> tupl
             raise InvalidRequest(f"offer.expires_at: {expires_at} is not in the future")
         if state.is_filtered(fid, aid, now):
             raise Conflict(f"framework {fid} declined agent {aid} until {state.refused_until(fid, aid)}")
-        available = free[aid] if aid in free else state.agent_free(aid)
+        if aid in free:
+            available = free[aid]
+        else:
+            available = state.agent_free(aid)
+            if aid in freed and agent.state is AgentState.AGENT_ACTIVE:
+                available = available + freed[aid]
         if not available.contains(resources):
             raise Conflict(f"offer of {resources} does not fit what is free on agent {aid} ({available})")
         free[aid] = available - resources

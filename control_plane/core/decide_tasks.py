@@ -16,7 +16,7 @@ from tessera.control_plane.core.events import (
     TaskStatusAcknowledged,
     TaskStatusUpdated,
 )
-from tessera.control_plane.core.lifecycle import can_transition
+from tessera.control_plane.core.lifecycle import can_transition, is_terminal
 from tessera.control_plane.core.state import (
     ClusterState,
     TaskKey,
@@ -74,6 +74,26 @@ def _operator_kill(state: ClusterState, cmd: c.OperatorKill, ctx: Context) -> tu
 def _update_status(state: ClusterState, cmd: c.UpdateStatus, ctx: Context) -> tuple[Event, ...]:
     """An agent's update. Already recorded (same uuid) or about a task the master already holds terminal:
     nothing to do (the agent gets its ack; the master's terminal state stands)."""
+    return decide_update_after(state, cmd, ctx, {})
+
+
+class EarlierUpdate:
+    """What the updates decided before this one in the same entry made of a task: its state and the uuids
+    they record (`decide_update_after`)."""
+
+    __slots__ = ("state", "uuids")
+
+    def __init__(self, state: TaskState, uuids: frozenset[str]) -> None:
+        self.state = state
+        self.uuids = uuids
+
+
+def decide_update_after(state: ClusterState, cmd: c.UpdateStatus, ctx: Context,
+                        earlier: dict[TaskKey, EarlierUpdate]) -> tuple[Event, ...]:
+    """`_update_status` for an update that follows, in the same entry, the updates of its task already
+    decided (`earlier`, which this records into): `apply` applies them in order, so this one is checked
+    against the state they leave — an agent sends a task's whole pending stream (STARTING, RUNNING,
+    FINISHED) in one message, and the master records it in one entry instead of one commit per update."""
     status = check_task_status(cmd.status)
     if not status.uuid:
         raise InvalidRequest("status.uuid: an agent's status update needs a uuid")
@@ -92,15 +112,20 @@ def _update_status(state: ClusterState, cmd: c.UpdateStatus, ctx: Context) -> tu
         check_agent_identity(owner, cmd.identity, f"a status update of task {tid}")
     if status.agent_id and status.agent_id != task.agent_id:
         raise Conflict(f"task {tid} runs on agent {task.agent_id}, not {status.agent_id}")
-    if status.uuid in task.applied_uuids or task.terminal:
+    task_key = TaskKey(task.framework_id, tid)
+    before = earlier.get(task_key)
+    current = task.state if before is None else before.state
+    if status.uuid in task.applied_uuids or (before is not None and status.uuid in before.uuids) \
+            or task.terminal or is_terminal(current):
         return ()
     agent = known_agent(state, task.agent_id)
     if not agent.reachable:
         raise Conflict(f"agent {agent.agent_id} is {agent.state.name}; it must reregister first")
-    if not can_transition(task.state, status.state):
-        raise Conflict(f"task {tid} is {task.state.name} and cannot become {status.state.name}")
+    if not can_transition(current, status.state):
+        raise Conflict(f"task {tid} is {current.name} and cannot become {status.state.name}")
     status = replace(status, agent_id=task.agent_id, framework_id=task.framework_id,
                      timestamp=status.timestamp or context_time(ctx))
+    earlier[task_key] = EarlierUpdate(status.state, (frozenset() if before is None else before.uuids) | {status.uuid})
     return (TaskStatusUpdated(tid, task.framework_id, task.agent_id, status),)
 
 

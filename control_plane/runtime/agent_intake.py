@@ -6,6 +6,13 @@ An agent re-sends every status update until the master acknowledges it, so intak
   it while the first commit was in flight, e.g. under load) is not proposed again: the session that
   re-sent it is acknowledged with the first commit. Every path out of a proposal releases the uuid, so
   a re-send is never left waiting for a commit that will not come.
+- **A task's updates in order.** The updates of one task in one message are decided in order into one
+  entry (`core.decide.decide_each`: each against the state the earlier ones leave), so an agent sends a
+  task's whole pending stream at once (STARTING, RUNNING, FINISHED: one commit, not one per update). An
+  update whose task has an earlier update in another commit under way is proposed as usual (it commits
+  after that one), but refused as an illegal transition it is not acknowledged (`_final`): the agent
+  re-sends it and it is decided again once that commit settled, so a FINISHED re-sent beside a STARTING
+  still in flight is never dropped as an illegal STAGING → FINISHED.
 - **One acknowledgement policy** (`ACKNOWLEDGED_REFUSALS`, asked through `acknowledges`): an update is
   acknowledged once it is committed, or once it is refused for good — malformed, unknown task, illegal
   transition, another agent's identity — so the agent stops re-sending it. Anything else (no commit,
@@ -14,7 +21,11 @@ An agent re-sends every status update until the master acknowledges it, so intak
 
 A single update (`status_update`) is proposed under the request id `status-<uuid>`; a batch
 (`status_updates`) is decided update by update and the acceptable ones committed as one entry
-(`Master.propose_each_async`), answered with one acknowledgement message per session. When this master
+(`Master.propose_each_async`), answered with one acknowledgement message per session. The entry of a
+batch that ends tasks may also carry the leader's offers of what they free (`follow`:
+`LeaderDuties.offers_for_ended`, given when `LeaderSettings.offers_with_frees` is on), so a framework gets
+them with that commit instead of one commit later; with a `follow`, a single update goes the batch's way
+too, as a batch of one. When this master
 is not the leader the session is closed: the agent reconnects to the leader and re-sends.
 
 The wire is not seen here: the gRPC edge (`api.agentlink`) supplies an `IntakePort` that reads an
@@ -30,6 +41,7 @@ from concurrent.futures import Future
 from typing import Any, Generic, Protocol, TypeVar
 
 from tessera.control_plane.core import commands as cmd
+from tessera.control_plane.core.decide import Follow
 from tessera.control_plane.core.errors import (
     ERRORS_BY_CODE,
     Conflict,
@@ -39,7 +51,7 @@ from tessera.control_plane.core.errors import (
     PermissionDenied,
     TesseraError,
 )
-from tessera.control_plane.core.values import TaskStatus
+from tessera.control_plane.core.values import TaskKey, TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +101,15 @@ class IntakePort(Protocol[S_in, U_in]):
 
 
 class StatusIntake(Generic[S, U]):
-    def __init__(self, master: Any, port: IntakePort[S, U]) -> None:
+    def __init__(self, master: Any, port: IntakePort[S, U], follow: Follow | None = None) -> None:
         self.master = master
         self.port = port
+        self.follow = follow  # the leader's offers of what a batch frees, in the batch's entry (`decide_each`)
         # status uuid -> sessions to acknowledge once the commit under way finishes
         self._inflight: dict[str, list[S]] = {}
+        # tasks with an update in a commit under way (status uuid -> its task; task -> how many)
+        self._task_of: dict[str, TaskKey] = {}
+        self._task_commits: dict[TaskKey, int] = {}
         self._lock = threading.Lock()
 
     def in_flight(self) -> int:
@@ -115,10 +131,43 @@ class StatusIntake(Generic[S, U]):
 
     def _release(self, uuid: str) -> list[S]:
         with self._lock:
+            key = self._task_of.pop(uuid, None)
+            if key is not None:
+                left = self._task_commits[key] - 1
+                if left:
+                    self._task_commits[key] = left
+                else:
+                    del self._task_commits[key]
             return self._inflight.pop(uuid, [])
+
+    def _note_commit(self, uuid: str, key: TaskKey, batch: set[TaskKey]) -> bool:
+        """Note the update as in this proposal's commit; True when an earlier update of its task is in the
+        commit of another proposal (it is then decided against a state that commit has not settled)."""
+        with self._lock:
+            behind = key not in batch and key in self._task_commits
+            batch.add(key)
+            self._task_of[uuid] = key
+            self._task_commits[key] = self._task_commits.get(key, 0) + 1
+            return behind
+
+    @staticmethod
+    def _final(outcome: TesseraError | str | None, behind: bool) -> bool:
+        """Whether to acknowledge an update with this outcome: the policy (`acknowledges`), except that a
+        `Conflict` (an illegal transition) of an update decided behind another commit of its task is not
+        final — decided again on the agent's re-send, after that commit (a FINISHED re-sent beside a
+        STARTING still in flight is not refused as STAGING -> FINISHED)."""
+        if behind and outcome:
+            cls = ERRORS_BY_CODE.get(outcome, TesseraError) if isinstance(outcome, str) else type(outcome)
+            if issubclass(cls, Conflict):
+                return False
+        return acknowledges(outcome)
 
     # ---- one update ------------------------------------------------------------------------------
     def submit(self, session: S, update: U) -> None:
+        if self.follow is not None:
+            # as a batch of one: its entry carries the offers of what it frees too
+            self.submit_many(session, [update])
+            return
         uuid = self.port.uuid(update)
         if uuid and not self._claim(uuid, session):
             return  # re-sent while its commit is under way
@@ -129,6 +178,7 @@ class StatusIntake(Generic[S, U]):
             self._refused(session, uuid, exc)
             self.port.acknowledge(session, [update])
             return
+        behind = bool(uuid) and self._note_commit(uuid, TaskKey(status.framework_id, status.task_id), set())
         try:
             fut = self.master.propose_async([cmd.UpdateStatus(status=status, identity=session.identity)],
                                             request_id=f"status-{uuid}", traceparent=self.port.traceparent(update))
@@ -140,16 +190,16 @@ class StatusIntake(Generic[S, U]):
             # refused by `decide`: acknowledged when final (the agent stops retrying), and said why
             self._refused(session, uuid, exc)
             waiting = self._release(uuid) or [session]
-            if acknowledges(exc):
+            if self._final(exc, behind):
                 for s in waiting:
                     self.port.acknowledge(s, [update])
             return
         except BaseException:
             self._release(uuid)  # never leave it marked in flight: its re-sends would wait forever
             raise
-        fut.add_done_callback(lambda f: self._committed(f, session, update))
+        fut.add_done_callback(lambda f: self._committed(f, session, update, behind))
 
-    def _committed(self, fut: Future[Any], session: S, update: U) -> None:
+    def _committed(self, fut: Future[Any], session: S, update: U, behind: bool = False) -> None:
         uuid = self.port.uuid(update)
         waiting = self._release(uuid) if uuid else [session]
         try:
@@ -157,7 +207,7 @@ class StatusIntake(Generic[S, U]):
         except Exception as exc:  # noqa: BLE001 - not acknowledged: the agent re-sends
             log.info("status update %s not committed (%s); the agent will retry", uuid, exc)
             return
-        if not acknowledges(getattr(result, "error_code", "")):
+        if not self._final(getattr(result, "error_code", ""), behind):
             return
         for s in waiting or [session]:
             self.port.acknowledge(s, [update])
@@ -168,6 +218,8 @@ class StatusIntake(Generic[S, U]):
         refused: list[U] = []
         proposed: list[U] = []
         commands: list[cmd.Command] = []
+        batch: set[TaskKey] = set()
+        behind: set[str] = set()
         for update in updates:
             uuid = self.port.uuid(update)
             if uuid and not self._claim(uuid, session):
@@ -179,12 +231,16 @@ class StatusIntake(Generic[S, U]):
                 self._refused(session, uuid, exc)
                 refused.append(update)
                 continue
+            # a task's updates of one message are decided in order in one entry (`core.decide.decide_each`)
+            if uuid and self._note_commit(uuid, TaskKey(status.framework_id, status.task_id), batch):
+                behind.add(uuid)
             proposed.append(update)
             commands.append(cmd.UpdateStatus(status=status, identity=session.identity))
         if commands:
             try:
                 # each update keeps its own task's trace: one entry per trace context
-                fut = self.master.propose_each_async(commands, traceparents=[self.port.traceparent(u) for u in proposed])
+                fut = self.master.propose_each_async(commands, traceparents=[self.port.traceparent(u) for u in proposed],
+                                                     follow=self.follow)
             except NotLeader:
                 for update in proposed:
                     self._release(self.port.uuid(update))
@@ -194,11 +250,12 @@ class StatusIntake(Generic[S, U]):
                 for update in proposed:  # never leave an update marked in flight: its re-sends would wait forever
                     self._release(self.port.uuid(update))
                 raise
-            fut.add_done_callback(lambda f: self._batch_committed(f, session, proposed))
+            fut.add_done_callback(lambda f: self._batch_committed(f, session, proposed, behind))
         if refused:
             self.port.acknowledge(session, refused)
 
-    def _batch_committed(self, fut: Future[list[TesseraError | None]], session: S, updates: list[U]) -> None:
+    def _batch_committed(self, fut: Future[list[TesseraError | None]], session: S, updates: list[U],
+                         behind: set[str] | None = None) -> None:
         uuids = [self.port.uuid(u) for u in updates]
         waiting = [self._release(uuid) if uuid else [session] for uuid in uuids]
         try:
@@ -208,7 +265,7 @@ class StatusIntake(Generic[S, U]):
             return
         acks: dict[int, tuple[S, list[U]]] = {}
         for update, uuid, outcome, sessions in zip(updates, uuids, outcomes, waiting, strict=True):
-            if not acknowledges(outcome):
+            if not self._final(outcome, uuid in (behind or ())):
                 continue  # not recorded, not refused for good: the agent re-sends
             if outcome is not None:
                 self._refused(session, uuid, outcome)

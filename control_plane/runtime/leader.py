@@ -32,13 +32,14 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from tessera.control_plane.codec import to_proto
+from tessera.control_plane.core import commands as cmd
 from tessera.control_plane.core.errors import TesseraError
-from tessera.control_plane.core.values import TaskStatus
+from tessera.control_plane.core.values import TaskKey, TaskStatus
 from tessera.control_plane.runtime import duties
 from tessera.control_plane.runtime.duties import (  # re-exported: the shell's callers import them from here
     MAX_PER_MESSAGE,
@@ -100,7 +101,7 @@ class FrameworkSession:
         self.out.put(CLOSE)
 
 
-Snapshot = Callable[[Any, float], Any]  # (state, now) -> allocation snapshot; runs under the state lock
+Snapshot = Callable[..., Any]  # (state, now, *, ended=None) -> allocation snapshot; runs under the state lock
 Allocate = Callable[[Any, float], Sequence[Any]]  # (snapshot, now) -> offers; runs outside it
 
 
@@ -350,6 +351,27 @@ class LeaderDuties:
             self._ledger.deposed()
             self.agent_last_seen.clear()  # soft state: a later term starts with the re-registration grace
         self._close_all()
+
+    def offers_for_ended(self, state: Any, ended: Mapping[TaskKey, str]) -> Sequence[cmd.Command]:
+        """The allocation of what a batch of status updates frees, decided into that batch's entry
+        (`core.decide.decide_each`'s `follow`; it runs under the state lock): the allocator's own round
+        (weighted DRF, quota, filters, suppression, in-flight limits) over the agents of the `ended`
+        tasks, as their state will be once the updates apply. The freed resources are offered with the
+        commit that frees them, one commit earlier than by the next allocation round, which still runs
+        for the rest. Only frameworks with a stream open on this leader are offered so: one that is
+        (re)subscribing — after a failover, or a reconnection — gets no offer its subscription has not
+        rescinded (the entry would be stale), and waits for the next round."""
+        if not self.settings.offers_with_frees or self._allocator is None or not self.master.is_serving():
+            return ()
+        with self._lock:
+            streaming = {fid for fid, session in self.frameworks.items() if not session.closed}
+        if not streaming:
+            return ()
+        snapshot_fn, allocate_fn = self._allocator
+        now = time.time()
+        offers = tuple(o for o in allocate_fn(snapshot_fn(state, now, ended=ended), now)
+                       if o.framework_id in streaming)
+        return (cmd.IssueOffers(offers=offers),) if offers else ()
 
     def _allocation_round(self) -> None:
         if self._allocator is None:

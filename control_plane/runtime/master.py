@@ -53,7 +53,7 @@ from tessera.control_plane.core import commands as cmd
 from tessera.control_plane.core import events as ev
 from tessera.control_plane.core.apply import ApplyResult
 from tessera.control_plane.core.context import Context
-from tessera.control_plane.core.decide import decide
+from tessera.control_plane.core.decide import Follow, decide, decide_each
 from tessera.control_plane.core.errors import (
     Conflict,
     InvalidRequest,
@@ -127,18 +127,22 @@ def decide_entry(
 def decide_each_entry(
     sm: MasterStateMachine, commands: Sequence[cmd.Command], *, request_id: str, traceparent: str, term: int,
     leader: str, now: float, new_id: Callable[[str], str], limits: MasterLimits | None = None,
+    follow: Follow | None = None,
 ) -> tuple[ev.Entry, list[TesseraError | None]]:
-    """The entry of independent `commands`: each decided on its own; one outcome per command, the domain
-    error that refused it or None, and the entry holds the events of those that passed."""
+    """The entry of independent `commands`: each decided on its own (`decide_each`: a task's status
+    updates in order); one outcome per command, the domain error that refused it or None, and the entry
+    holds the events of those that passed, then those of `follow`'s commands that passed (`decide_each`)."""
     ctx = Context(now, term, leader, new_id, limits or MasterLimits())
     refused: list[TesseraError | None] = [None] * len(commands)
     events: list[ev.Event] = []
     with sm.lock:
-        for i, c in enumerate(commands):
-            try:
-                events.extend(decide(sm.state, c, ctx))
-            except TesseraError as exc:
-                refused[i] = exc
+        outcomes = decide_each(sm.state, commands, ctx, follow)
+    for i, outcome in enumerate(outcomes):
+        if isinstance(outcome, TesseraError):
+            if i < len(refused):
+                refused[i] = outcome
+        else:
+            events.extend(outcome)
     return ev.Entry(term, leader, now, request_id, traceparent, tuple(events)), refused
 
 
@@ -515,6 +519,7 @@ class Master:
 
     def propose_each_async(
         self, commands: Sequence[cmd.Command], *, traceparent: str = "", traceparents: Sequence[str] | None = None,
+        follow: Follow | None = None,
     ) -> Future[list[TesseraError | None]]:
         """Independent commands (status updates of different tasks, acknowledgements) committed together:
         each is decided on its own, and those that pass go into one entry per trace context (`traceparents`,
@@ -525,7 +530,8 @@ class Master:
         flight), from committing that command alone afterwards. It fails (NotLeader, Unavailable) when a
         commit's outcome is unknown; every command must then be retried, which is safe because each is
         idempotent by itself (a status update by uuid, an acknowledgement by uuid). Raises NotLeader when
-        this master does not serve."""
+        this master does not serve. `follow`: commands each entry also carries after those (the offers of
+        what its updates free: `core.decide.decide_each`); their refusals are dropped."""
         if traceparents is not None and len(traceparents) != len(commands):
             raise ValueError(f"{len(traceparents)} traceparents for {len(commands)} commands")
         term = self._serving_or_raise()
@@ -535,7 +541,8 @@ class Master:
         outcomes: list[TesseraError | None] = [None] * len(commands)
         gather = _Gather(outcomes)
         for tp, positions in groups.items():
-            fut, write, refused = self._write([commands[i] for i in positions], "", tp, term=term, each=True)
+            fut, write, refused = self._write([commands[i] for i in positions], "", tp, term=term, each=True,
+                                              follow=follow)
             if write.observed():
                 fut.add_done_callback(write.observe_future)
             for position, refusal in zip(positions, refused, strict=True):
@@ -585,7 +592,7 @@ class Master:
         return term
 
     def _write(self, commands: Sequence[cmd.Command], request_id: str, traceparent: str, *, term: int = 0,
-               each: bool = False, traced: bool = True,
+               each: bool = False, traced: bool = True, follow: Follow | None = None,
                ) -> tuple[Future[Any], _Write, list[TesseraError | None]]:
         """The write pipeline: decide the entry, submit it, settle the future and tell the observers.
         `term` 0 checks that this master serves (NotLeader otherwise); the leader barrier passes the term
@@ -614,7 +621,8 @@ class Master:
                 if each:
                     entry, refused = decide_each_entry(
                         self.sm, commands, request_id=request_id, traceparent=traceparent, term=term,
-                        leader=self.identity.raft_address, now=now, new_id=self.new_id, limits=self.limits)
+                        leader=self.identity.raft_address, now=now, new_id=self.new_id, limits=self.limits,
+                        follow=follow)
                     prior = None
                 else:
                     entry, prior = decide_entry(

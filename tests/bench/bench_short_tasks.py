@@ -188,6 +188,82 @@ def run_batch(masters: list[str], tasks: int, command: str, timeout: float, name
     return wall, len(summary.succeeded), notes + summary.render().splitlines()[0]
 
 
+def slot_pieces(events_db: Path) -> str:
+    """Where a slot sits idle, read from the leader's event log after the run (medians, ms): the agent's
+    status timestamps (its clock: the same machine) and the times the leader decided each entry, per
+    task: STARTING at the agent -> the next task's Accept decided on that agent, cut at each step of the
+    cycle — task ended (FINISHED at the agent) -> its update decided (the agent's send, the intake) ->
+    the next offer on that agent decided (the update's commit, the allocation; 0 when the offer rides in
+    the update's own entry) -> that offer's Accept decided (the offer's commit, the framework, the Accept
+    call) -> the next task STARTING at the agent (the Accept's commit, RunTask) — and the commits the
+    cycle waits for (raft.commit spans: the commit latency). Entries: how many log entries of each kind."""
+    import bisect
+    import json
+    import sqlite3
+
+    db = sqlite3.connect(events_db)
+    try:
+        rows = db.execute("SELECT type, time, raft_index, agent_id, task_id, offer_id, payload FROM events WHERE type IN "
+                          "('TaskLaunched', 'TaskStatusUpdated', 'OfferIssued', 'OfferAccepted') ORDER BY seq").fetchall()
+        commits = sorted(end - start for (start, end) in db.execute(
+            "SELECT start_time, end_time FROM spans WHERE name = 'raft.commit'"))
+    finally:
+        db.close()
+    agent_of: dict[str, str] = {}
+    status: dict[tuple[str, str], tuple[float, float, int]] = {}  # (task, state) -> (decided, at agent, raft index)
+    offers: dict[str, list[tuple[float, str]]] = {}
+    accepted: dict[str, float] = {}
+    entries: dict[str, set[int]] = {}
+    for kind, t, index, agent, task, offer, payload in rows:
+        entries.setdefault(kind, set()).add(index)
+        if kind == "TaskLaunched":
+            agent_of[task] = agent
+        elif kind == "TaskStatusUpdated":
+            st = json.loads(payload)["status"]
+            status[(task, st["state"])] = (t, st["timestamp"], index)
+        elif kind == "OfferIssued":
+            offers.setdefault(agent, []).append((t, offer))
+        elif kind == "OfferAccepted":
+            accepted[offer] = t
+    starts: dict[str, list[float]] = {}
+    for (task, st), (_, at_agent, _) in status.items():
+        if st == "TASK_STARTING" and task in agent_of:
+            starts.setdefault(agent_of[task], []).append(at_agent)
+    for v in (*starts.values(), *offers.values()):
+        v.sort()
+    names = ("ended -> update decided", "-> offer decided", "-> Accept decided", "-> next STARTING", "slot idle")
+    pieces: dict[str, list[float]] = {n: [] for n in names}
+    same_entry = 0
+    for task, agent in agent_of.items():
+        ended = status.get((task, "TASK_FINISHED"))
+        if ended is None:
+            continue
+        decided, at_agent, index = ended
+        pieces[names[0]].append(decided - at_agent)
+        on_agent = starts.get(agent, [])
+        j = bisect.bisect_left(on_agent, at_agent)
+        if j < len(on_agent):
+            pieces[names[4]].append(on_agent[j] - at_agent)
+        agent_offers = offers.get(agent, [])
+        i = bisect.bisect_left(agent_offers, (decided, ""))
+        if i >= len(agent_offers):
+            continue
+        offered, offer_id = agent_offers[i]
+        same_entry += offered == decided
+        pieces[names[1]].append(offered - decided)
+        if offer_id in accepted:
+            pieces[names[2]].append(accepted[offer_id] - offered)
+            j = bisect.bisect_left(on_agent, accepted[offer_id])
+            if j < len(on_agent):
+                pieces[names[3]].append(on_agent[j] - accepted[offer_id])
+    med = bench_launch.pct
+    parts = [f"{n} {1000 * med(v, 0.5):.0f} (p90 {1000 * med(v, 0.9):.0f})" for n, v in pieces.items() if v]
+    ran = sum(1 for task in agent_of if (task, "TASK_FINISHED") in status)
+    return (f"slot cycle at the leader, ms: {', '.join(parts)}; next offer in the ended task's own entry "
+            f"{same_entry}/{ran}; commit {1000 * med(commits, 0.5):.0f} ms (p90 {1000 * med(commits, 0.9):.0f}) "
+            f"over {len(commits)} entries; entries with " + ", ".join(f"{k} {len(v)}" for k, v in sorted(entries.items())))
+
+
 def measured(procs: dict[str, psutil.Process], body: Callable[[], tuple[float, int, str]]
              ) -> tuple[float, int, str, dict[str, float], str]:
     cpu_start = {k: sum(p.cpu_times()[:2]) for k, p in procs.items()}
@@ -241,6 +317,10 @@ def run_emulated(t: float, args: Namespace, work: Path) -> ShortRun:
                 notes += "; LEADER CHANGED during the run (figures are not comparable)"
         except TimeoutError:
             notes += "; no leader at the end of the run"
+        leader = next((m for m in cluster.masters if m.proc is not None and m.proc.pid == term[0]), None)
+        if leader is not None and (leader.data_dir / "events.db").exists():
+            time.sleep(1.0)  # the event log's writer thread flushes in batches
+            notes += f"\n    {slot_pieces(leader.data_dir / 'events.db')}\n   "
         return ShortRun("emulated", t, slots, tasks, finished, wall, cpu, load, f"{notes}; agents {stats}")
 
 
@@ -343,8 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|" + ("---|" if base_rate else ""))
     for r in runs:
         ratio = f" {r.rate / base_rate:.2f} |" if base_rate and r.kind == "emulated" else (" – |" if base_rate else "")
+        u = f"{100 * r.utilization:.1f} %" if r.finished == r.tasks else f"INCOMPLETE ({r.finished} ended)"
         print(f"| {r.kind} | {r.t:g} s | {r.slots} | {r.tasks} | {r.wall:.1f} s | {r.ideal:.1f} s | "
-              f"{100 * r.utilization:.1f} % | {r.rate:.0f} ({r.slots / r.t:.0f}) |{ratio}")
+              f"{u} | {r.rate:.0f} ({r.slots / r.t:.0f}) |{ratio}")
     if base_rate:
         print(f"baseline bench_launch.py batched: {base_rate:.0f} launches/s")
     print("published:", PUBLISHED)

@@ -38,6 +38,7 @@ class ScriptedAgent:
         self.received: list[agent_pb2.MasterMessage] = []
         self.acked: set[str] = set()
         self.registered = threading.Event()
+        self.registered_message = agent_pb2.Registered()  # the master's last Registered
         self.ended = threading.Event()
         self.error: grpc.RpcError | None = None
         self._heartbeat_stop = threading.Event()
@@ -68,6 +69,7 @@ class ScriptedAgent:
                 kind = msg.WhichOneof("kind")
                 if kind == "registered":
                     self.agent_id = msg.registered.agent_id
+                    self.registered_message = msg.registered
                     self.registered.set()
                 elif kind == "ack":
                     self.acked.add(msg.ack.uuid)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tessera.v1 import common_pb2 as tessera_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tessera/v1/agent.proto\x12\ntessera.v1\x1a\x17tessera/v1/common.proto\"\xfd\x01\n\x0c\x41gentMessage\x12(\n\x08register\x18\x01 \x01(\x0b\x32\x14.tessera.v1.RegisterH\x00\x12/\n\theartbeat\x18\x02 \x01(\x0b\x32\x1a.tessera.v1.AgentHeartbeatH\x00\x12\x31\n\rstatus_update\x18\x03 \x01(\x0b\x32\x18.tessera.v1.StatusUpdateH\x00\x12\"\n\x05usage\x18\x04 \x01(\x0b\x32\x11.tessera.v1.UsageH\x00\x12\x33\n\x0estatus_updates\x18\x05 \x01(\x0b\x32\x19.tessera.v1.StatusUpdatesH\x00\x42\x06\n\x04kind\"\x92\x01\n\x08Register\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12#\n\x04info\x18\x02 \x01(\x0b\x32\x15.tessera.v1.AgentInfo\x12%\n\x05tasks\x18\x03 \x03(\x0b\x32\x16.tessera.v1.TaskStatus\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x05 \x03(\t\"0\n\x0e\x41gentHeartbeat\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04time\x18\x02 \x01(\x01\"K\n\x0cStatusUpdate\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.tessera.v1.TaskStatus\x12\x13\n\x0btraceparent\x18\x02 \x01(\t\":\n\rStatusUpdates\x12)\n\x07updates\x18\x01 \x03(\x0b\x32\x18.tessera.v1.StatusUpdate\"m\n\tTaskUsage\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63pu_seconds\x18\x02 \x01(\x01\x12\x11\n\trss_bytes\x18\x03 \x01(\x04\x12\x11\n\ttimestamp\x18\x04 \x01(\x01\x12\x14\n\x0c\x66ramework_id\x18\x05 \x01(\t\"?\n\x05Usage\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12$\n\x05tasks\x18\x02 \x03(\x0b\x32\x15.tessera.v1.TaskUsage\"\x8e\x03\n\rMasterMessage\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12,\n\nregistered\x18\x02 \x01(\x0b\x32\x16.tessera.v1.RegisteredH\x00\x12\'\n\x08run_task\x18\x03 \x01(\x0b\x32\x13.tessera.v1.RunTaskH\x00\x12)\n\tkill_task\x18\x04 \x01(\x0b\x32\x14.tessera.v1.KillTaskH\x00\x12*\n\x03\x61\x63k\x18\x05 \x01(\x0b\x32\x1b.tessera.v1.StatusUpdateAckH\x00\x12(\n\x08shutdown\x18\x06 \x01(\x0b\x32\x14.tessera.v1.ShutdownH\x00\x12\x36\n\rheartbeat_ack\x18\x07 \x01(\x0b\x32\x1d.tessera.v1.AgentHeartbeatAckH\x00\x12)\n\trun_tasks\x18\x08 \x01(\x0b\x32\x14.tessera.v1.RunTasksH\x00\x12,\n\x04\x61\x63ks\x18\t \x01(\x0b\x32\x1c.tessera.v1.StatusUpdateAcksH\x00\x42\x06\n\x04kind\"B\n\nRegistered\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x01\"U\n\x07RunTask\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.tessera.v1.TaskInfo\x12\x13\n\x0btraceparent\x18\x02 \x01(\t\x12\x11\n\tprincipal\x18\x03 \x01(\t\".\n\x08RunTasks\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.tessera.v1.RunTask\"O\n\x08KillTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66ramework_id\x18\x02 \x01(\t\x12\x1c\n\x14grace_period_seconds\x18\x03 \x01(\x01\"F\n\x0fStatusUpdateAck\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\x14\n\x0c\x66ramework_id\x18\x03 \x01(\t\"=\n\x10StatusUpdateAcks\x12)\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x1b.tessera.v1.StatusUpdateAck\"\x1a\n\x08Shutdown\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x13\n\x11\x41gentHeartbeatAck2O\n\tAgentLink\x12\x42\n\x07\x43onnect\x12\x18.tessera.v1.AgentMessage\x1a\x19.tessera.v1.MasterMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tessera/v1/agent.proto\x12\ntessera.v1\x1a\x17tessera/v1/common.proto\"\xfd\x01\n\x0c\x41gentMessage\x12(\n\x08register\x18\x01 \x01(\x0b\x32\x14.tessera.v1.RegisterH\x00\x12/\n\theartbeat\x18\x02 \x01(\x0b\x32\x1a.tessera.v1.AgentHeartbeatH\x00\x12\x31\n\rstatus_update\x18\x03 \x01(\x0b\x32\x18.tessera.v1.StatusUpdateH\x00\x12\"\n\x05usage\x18\x04 \x01(\x0b\x32\x11.tessera.v1.UsageH\x00\x12\x33\n\x0estatus_updates\x18\x05 \x01(\x0b\x32\x19.tessera.v1.StatusUpdatesH\x00\x42\x06\n\x04kind\"\x92\x01\n\x08Register\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12#\n\x04info\x18\x02 \x01(\x0b\x32\x15.tessera.v1.AgentInfo\x12%\n\x05tasks\x18\x03 \x03(\x0b\x32\x16.tessera.v1.TaskStatus\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x05 \x03(\t\"0\n\x0e\x41gentHeartbeat\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04time\x18\x02 \x01(\x01\"K\n\x0cStatusUpdate\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.tessera.v1.TaskStatus\x12\x13\n\x0btraceparent\x18\x02 \x01(\t\":\n\rStatusUpdates\x12)\n\x07updates\x18\x01 \x03(\x0b\x32\x18.tessera.v1.StatusUpdate\"m\n\tTaskUsage\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63pu_seconds\x18\x02 \x01(\x01\x12\x11\n\trss_bytes\x18\x03 \x01(\x04\x12\x11\n\ttimestamp\x18\x04 \x01(\x01\x12\x14\n\x0c\x66ramework_id\x18\x05 \x01(\t\"?\n\x05Usage\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12$\n\x05tasks\x18\x02 \x03(\x0b\x32\x15.tessera.v1.TaskUsage\"\x8e\x03\n\rMasterMessage\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12,\n\nregistered\x18\x02 \x01(\x0b\x32\x16.tessera.v1.RegisteredH\x00\x12\'\n\x08run_task\x18\x03 \x01(\x0b\x32\x13.tessera.v1.RunTaskH\x00\x12)\n\tkill_task\x18\x04 \x01(\x0b\x32\x14.tessera.v1.KillTaskH\x00\x12*\n\x03\x61\x63k\x18\x05 \x01(\x0b\x32\x1b.tessera.v1.StatusUpdateAckH\x00\x12(\n\x08shutdown\x18\x06 \x01(\x0b\x32\x14.tessera.v1.ShutdownH\x00\x12\x36\n\rheartbeat_ack\x18\x07 \x01(\x0b\x32\x1d.tessera.v1.AgentHeartbeatAckH\x00\x12)\n\trun_tasks\x18\x08 \x01(\x0b\x32\x14.tessera.v1.RunTasksH\x00\x12,\n\x04\x61\x63ks\x18\t \x01(\x0b\x32\x1c.tessera.v1.StatusUpdateAcksH\x00\x42\x06\n\x04kind\"[\n\nRegistered\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x01\x12\x17\n\x0fordered_streams\x18\x03 \x01(\x08\"U\n\x07RunTask\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.tessera.v1.TaskInfo\x12\x13\n\x0btraceparent\x18\x02 \x01(\t\x12\x11\n\tprincipal\x18\x03 \x01(\t\".\n\x08RunTasks\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.tessera.v1.RunTask\"O\n\x08KillTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66ramework_id\x18\x02 \x01(\t\x12\x1c\n\x14grace_period_seconds\x18\x03 \x01(\x01\"F\n\x0fStatusUpdateAck\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\x14\n\x0c\x66ramework_id\x18\x03 \x01(\t\"=\n\x10StatusUpdateAcks\x12)\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x1b.tessera.v1.StatusUpdateAck\"\x1a\n\x08Shutdown\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x13\n\x11\x41gentHeartbeatAck2O\n\tAgentLink\x12\x42\n\x07\x43onnect\x12\x18.tessera.v1.AgentMessage\x1a\x19.tessera.v1.MasterMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,21 +49,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MASTERMESSAGE']._serialized_start=832
   _globals['_MASTERMESSAGE']._serialized_end=1230
   _globals['_REGISTERED']._serialized_start=1232
-  _globals['_REGISTERED']._serialized_end=1298
-  _globals['_RUNTASK']._serialized_start=1300
-  _globals['_RUNTASK']._serialized_end=1385
-  _globals['_RUNTASKS']._serialized_start=1387
-  _globals['_RUNTASKS']._serialized_end=1433
-  _globals['_KILLTASK']._serialized_start=1435
-  _globals['_KILLTASK']._serialized_end=1514
-  _globals['_STATUSUPDATEACK']._serialized_start=1516
-  _globals['_STATUSUPDATEACK']._serialized_end=1586
-  _globals['_STATUSUPDATEACKS']._serialized_start=1588
-  _globals['_STATUSUPDATEACKS']._serialized_end=1649
-  _globals['_SHUTDOWN']._serialized_start=1651
-  _globals['_SHUTDOWN']._serialized_end=1677
-  _globals['_AGENTHEARTBEATACK']._serialized_start=1679
-  _globals['_AGENTHEARTBEATACK']._serialized_end=1698
-  _globals['_AGENTLINK']._serialized_start=1700
-  _globals['_AGENTLINK']._serialized_end=1779
+  _globals['_REGISTERED']._serialized_end=1323
+  _globals['_RUNTASK']._serialized_start=1325
+  _globals['_RUNTASK']._serialized_end=1410
+  _globals['_RUNTASKS']._serialized_start=1412
+  _globals['_RUNTASKS']._serialized_end=1458
+  _globals['_KILLTASK']._serialized_start=1460
+  _globals['_KILLTASK']._serialized_end=1539
+  _globals['_STATUSUPDATEACK']._serialized_start=1541
+  _globals['_STATUSUPDATEACK']._serialized_end=1611
+  _globals['_STATUSUPDATEACKS']._serialized_start=1613
+  _globals['_STATUSUPDATEACKS']._serialized_end=1674
+  _globals['_SHUTDOWN']._serialized_start=1676
+  _globals['_SHUTDOWN']._serialized_end=1702
+  _globals['_AGENTHEARTBEATACK']._serialized_start=1704
+  _globals['_AGENTHEARTBEATACK']._serialized_end=1723
+  _globals['_AGENTLINK']._serialized_start=1725
+  _globals['_AGENTLINK']._serialized_end=1804
 # @@protoc_insertion_point(module_scope)

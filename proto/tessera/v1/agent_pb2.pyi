@@ -294,17 +294,24 @@ class Registered(_message.Message):
 
     AGENT_ID_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    ORDERED_STREAMS_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     heartbeat_interval_seconds: _builtins.float
+    ordered_streams: _builtins.bool
+    """The master decides the updates of one task in one `status_updates` message in order, each against the
+    state the earlier ones leave: an agent may send a task's whole pending stream at once (oldest first).
+    A master that does not set it decides each update against the state before the message: send heads only.
+    """
     def __init__(
         self,
         *,
         agent_id: _builtins.str = ...,
         heartbeat_interval_seconds: _builtins.float = ...,
+        ordered_streams: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "heartbeat_interval_seconds", b"heartbeat_interval_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "heartbeat_interval_seconds", b"heartbeat_interval_seconds", "ordered_streams", b"ordered_streams"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -33,6 +33,20 @@ def test_only_the_head_of_each_task_stream_is_sent() -> None:
     assert m.due(0) == []  # sent: nothing more is due until a retry or an ack
 
 
+def test_whole_streams_sends_every_pending_update_of_a_due_stream_oldest_first_once() -> None:
+    m = StatusUpdateManager(RetryPolicy(initial=1.0))
+    m.add(update("a", "a1", S.TASK_STARTING), now=0)
+    m.add(update("a", "a2", S.TASK_RUNNING), now=0)
+    m.add(update("b", "b1", S.TASK_STARTING), now=0)
+    assert uuids(m.due(0, whole_streams=True)) == ["a1", "a2", "b1"]
+    m.add(update("a", "a3", S.TASK_FINISHED), now=0.5)
+    assert m.due(0.5, whole_streams=True) == []  # queued behind what is in flight: not due before a retry
+    assert uuids(m.due(1.0, whole_streams=True)) == ["a1", "a2", "a3", "b1"]  # the retry: whole again
+    assert m.retries == 4  # the metric counts every update sent again
+    assert m.acknowledge(K("a"), "a2", now=1.5).removed == ("a1", "a2")
+    assert uuids(m.due(1.5, whole_streams=True)) == ["a3"]  # what the ack left is due at once
+
+
 def test_acknowledging_the_head_makes_the_next_update_due_at_once() -> None:
     m = StatusUpdateManager()
     for i in range(3):

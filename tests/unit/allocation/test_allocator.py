@@ -493,3 +493,67 @@ def test_snapshot_reads_the_state_without_changing_it() -> None:
     before = cl.state.fingerprint()
     snapshot_from_state(cl.state, cl.now)
     assert cl.state.fingerprint() == before
+
+
+# ---- the offers of what a batch of status updates frees (decide_each's `follow`) ---------------------------
+def _end_with_offers(cl: Cluster, task_id: str, framework_id: str) -> tuple[Offer, ...]:
+    """Decide the task's TASK_FINISHED and, in the same entry, the allocation of what it frees, as the
+    leader does (`LeaderDuties.offers_for_ended`); apply the entry; return the offers it issued."""
+    from tessera.control_plane.core.apply import apply
+    from tessera.control_plane.core.decide import decide_each
+    from tessera.control_plane.core.events import Entry, OfferIssued
+    from tessera.control_plane.core.invariants import check_invariants
+    from tessera.control_plane.core.values import TaskState, TaskStatus
+
+    task = cl.state.tasks[(framework_id, task_id)]
+    status = TaskStatus(task_id=task_id, state=TaskState.TASK_FINISHED, agent_id=task.agent_id,
+                        uuid=f"u-{task_id}", framework_id=framework_id)
+    seen: list[object] = []
+
+    def follow(state: object, ended: object) -> tuple[c.Command, ...]:
+        seen.append(dict(ended))  # type: ignore[call-overload]
+        offers = allocate(snapshot_from_state(state, cl.now, ended=ended), new_id=cl.offer_ids,  # type: ignore[arg-type]
+                          now=cl.now)
+        return (c.IssueOffers(offers),) if offers else ()
+
+    outcomes = decide_each(cl.state, [c.UpdateStatus(status)], cl.ctx(), follow)
+    assert seen == [{(framework_id, task_id): task.agent_id}]
+    events = tuple(e for o in outcomes if isinstance(o, tuple) for e in o)
+    result = apply(cl.state, Entry(term=1, leader="m1", time=cl.now, events=events))
+    assert result.outcome == "applied", result
+    assert check_invariants(cl.state) == []
+    return tuple(e.offer for e in events if isinstance(e, OfferIssued))
+
+
+def test_what_an_ended_task_frees_is_offered_in_its_entry_to_the_framework_drf_picks() -> None:
+    cl = Cluster()
+    a1, a2 = cl.agent("cpus:4;mem:4096", hostname="h1"), cl.agent("cpus:4;mem:4096", hostname="h2")
+    fa = cl.framework("a", name="fa")
+    for offer in cl.round():
+        cl.use(offer)  # fa holds both agents whole
+    fb = cl.framework("b", name="fb")
+    task_on_a1 = next(t for t in cl.state.tasks.values() if t.agent_id == a1)
+    offers = _end_with_offers(cl, task_on_a1.task_id, fa)
+    # fa still holds a2 (share 1/2), fb nothing: DRF offers the freed agent to fb, not back to fa
+    assert [(o.framework_id, o.agent_id, o.resources) for o in offers] == [(fb, a1, Resources.parse("cpus:4;mem:4096"))]
+    assert cl.state.agent_free(a1) == EMPTY and a2 not in {o.agent_id for o in offers}
+
+
+def test_what_an_ended_task_frees_goes_back_to_its_framework_when_it_is_the_one_drf_picks() -> None:
+    cl = Cluster()
+    a1 = cl.agent("cpus:4;mem:4096")
+    fa = cl.framework("a", name="fa")
+    (offer,) = cl.round()
+    cl.use(offer)
+    offers = _end_with_offers(cl, next(iter(cl.state.tasks.values())).task_id, fa)
+    assert [(o.framework_id, o.agent_id) for o in offers] == [(fa, a1)]
+
+
+def test_a_suppressed_framework_gets_nothing_from_what_it_frees() -> None:
+    cl = Cluster()
+    cl.agent("cpus:4;mem:4096")
+    fa = cl.framework("a", name="fa")
+    (offer,) = cl.round()
+    cl.use(offer)
+    cl.run(c.Suppress(fa, ("a",)))
+    assert _end_with_offers(cl, next(iter(cl.state.tasks.values())).task_id, fa) == ()

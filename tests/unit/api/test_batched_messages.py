@@ -22,6 +22,17 @@ def node() -> InProcessMaster:
         yield m
 
 
+@pytest.fixture
+def offering_node() -> InProcessMaster:
+    """A master that offers what a batch of updates frees in the batch's entry (`offers_with_frees`)."""
+    from dataclasses import replace
+
+    from tests.support.inprocess import FAST
+
+    with InProcessMaster(settings=replace(FAST, offers_with_frees=True)) as m:
+        yield m
+
+
 def launch_many(fw: ScriptedFramework, offer: common_pb2.Offer, task_ids: list[str]) -> None:
     from tessera.control_plane.codec import resources_to_proto
     from tessera.control_plane.core.resources import Resources
@@ -91,10 +102,11 @@ def test_updates_that_cannot_be_recorded_are_acknowledged_and_do_not_hold_back_t
     agent.close()
 
 
-def test_a_batch_rejected_by_apply_is_committed_one_update_at_a_time(node: InProcessMaster) -> None:
-    """Both updates pass `decide` alone (STAGING may become RUNNING or STARTING), but not one after the
-    other in one entry (RUNNING cannot go back to STARTING): the entry is rejected, then each update is
-    committed alone: RUNNING is recorded, STARTING refused and acknowledged."""
+def test_a_tasks_updates_in_one_message_are_decided_in_order(node: InProcessMaster) -> None:
+    """RUNNING then STARTING of one task: each passes `decide` alone (STAGING may become either), but they
+    are decided in order, against the state the earlier ones leave (`core.decide.decide_each`): RUNNING
+    is recorded, STARTING (RUNNING cannot go back to STARTING) refused at once and acknowledged, and no
+    entry has to be rejected and committed again update by update."""
     agent, fw = started(node, ["d-1"])
     running = agent.status("d-1", common_pb2.TASK_RUNNING)
     starting = agent.status("d-1", common_pb2.TASK_STARTING)
@@ -102,8 +114,27 @@ def test_a_batch_rejected_by_apply_is_committed_one_update_at_a_time(node: InPro
     wait_for(lambda: {running.status.uuid, starting.status.uuid} <= agent.acked, 10, what="both acknowledged")
     updates = recorded(node, "TaskStatusUpdated")
     assert [(r.task_id, running.status.uuid in r.payload) for r in updates] == [("d-1", True)]
-    assert recorded(node, "Rejected")  # the shared entry, recorded as rejected
+    assert not recorded(node, "Rejected")
     assert node.state().tasks[(fw.framework_id, "d-1")].state.name == "TASK_RUNNING"
+    fw.close()
+    agent.close()
+
+
+def test_a_tasks_whole_stream_in_one_message_is_recorded_in_one_entry(node: InProcessMaster) -> None:
+    """STARTING, RUNNING and FINISHED of a task in one message (an agent told `ordered_streams` sends a
+    task's whole pending stream): FINISHED is legal only after the two before it, and all three are
+    recorded, in order, in one entry, and acknowledged."""
+    agent, fw = started(node, ["w-1", "w-2"])
+    assert agent.registered_message.ordered_streams
+    streams = [agent.status(t, s) for t in ("w-1", "w-2")
+               for s in (common_pb2.TASK_STARTING, common_pb2.TASK_RUNNING, common_pb2.TASK_FINISHED)]
+    agent.send_batch(streams)
+    wait_for(lambda: {u.status.uuid for u in streams} <= agent.acked, 10, what="all acknowledged")
+    updates = recorded(node, "TaskStatusUpdated")
+    assert [(r.task_id, r.payload.count('"TASK_FINISHED"') == 1) for r in updates][-1] == ("w-2", True)
+    assert len({r.raft_index for r in updates}) == 1
+    assert [r.task_id for r in updates] == ["w-1"] * 3 + ["w-2"] * 3
+    assert node.state().tasks[(fw.framework_id, "w-1")].state.name == "TASK_FINISHED"
     fw.close()
     agent.close()
 
@@ -195,3 +226,44 @@ def test_sdk_framework_and_emulated_agents_launch_many_tasks_with_batched_messag
     assert len({(r.raft_index, r.request_id) for r in acks}) < len(acks)
     assert stats.updates_acked == 2 * total and stats.tasks_launched == total
 
+
+
+def test_an_entry_that_ends_tasks_carries_the_offers_of_what_they_free(offering_node: InProcessMaster) -> None:
+    """The leader allocates what a batch's TASK_FINISHED frees into the batch's own entry
+    (`LeaderDuties.offers_for_ended`): the framework is offered it with that commit, not one later."""
+    node = offering_node
+    agent, fw = started(node, ["f-1"])
+    batch = [agent.status("f-1", s) for s in (common_pb2.TASK_STARTING, common_pb2.TASK_RUNNING,
+                                                common_pb2.TASK_FINISHED)]
+    agent.send_batch(batch)
+    wait_for(lambda: {u.status.uuid for u in batch} <= agent.acked, 10, what="all acknowledged")
+    finished = [r for r in recorded(node, "TaskStatusUpdated") if '"TASK_FINISHED"' in r.payload]
+    assert len(finished) == 1
+    offered = [r for r in recorded(node, "OfferIssued") if r.raft_index == finished[0].raft_index]
+    assert [(r.framework_id, r.agent_id) for r in offered] == [(fw.framework_id, agent.agent_id)]
+    fw.close()
+    agent.close()
+
+
+def test_a_single_update_that_ends_a_task_carries_the_offers_of_what_it_frees(offering_node: InProcessMaster) -> None:
+    node = offering_node
+    agent, fw = started(node, ["s-1"])
+    for state in (common_pb2.TASK_RUNNING, common_pb2.TASK_FINISHED):
+        agent.send_status("s-1", state)  # one `status_update` message each
+        wait_for(lambda s=state: fw.states_of("s-1")[-1:] == [s], 10, what=f"state {state}")
+    finished = [r for r in recorded(node, "TaskStatusUpdated") if '"TASK_FINISHED"' in r.payload]
+    offered = [r for r in recorded(node, "OfferIssued") if r.raft_index == finished[0].raft_index]
+    assert [(r.framework_id, r.agent_id) for r in offered] == [(fw.framework_id, agent.agent_id)]
+    fw.close()
+    agent.close()
+
+
+def test_by_default_the_offers_of_what_a_batch_frees_wait_for_the_allocation_round(node: InProcessMaster) -> None:
+    agent, fw = started(node, ["n-1"])
+    batch = [agent.status("n-1", s) for s in (common_pb2.TASK_RUNNING, common_pb2.TASK_FINISHED)]
+    agent.send_batch(batch)
+    wait_for(lambda: {u.status.uuid for u in batch} <= agent.acked, 10, what="all acknowledged")
+    finished = [r for r in recorded(node, "TaskStatusUpdated") if '"TASK_FINISHED"' in r.payload]
+    assert not [r for r in recorded(node, "OfferIssued") if r.raft_index == finished[0].raft_index]
+    fw.close()
+    agent.close()

@@ -82,6 +82,6 @@ def test_the_scan_sees_every_module_apply_and_decide_dispatch_to() -> None:
 
 
 def test_public_surface_is_small() -> None:
-    assert decide_module.__all__ == ["decide"]
+    assert decide_module.__all__ == ["Follow", "decide", "decide_each"]
     assert apply_module.__all__ == ["ApplyResult", "apply", "replay"]
     assert invariants_module.__all__ == ["check_invariants"]

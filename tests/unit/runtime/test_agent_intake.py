@@ -84,7 +84,7 @@ class ScriptedMaster:
         return self._propose(commands, request_id, traceparent)
 
     def propose_each_async(self, commands: list[cmd.Command], *, traceparent: str = "",
-                           traceparents: list[str] | None = None) -> Future[Any]:
+                           traceparents: list[str] | None = None, follow: Any = None) -> Future[Any]:
         return self._propose(commands, "", traceparent or next((t for t in traceparents or () if t), ""))
 
 
@@ -182,6 +182,35 @@ def test_a_batch_is_one_proposal_and_one_acknowledgement_of_what_was_recorded_or
     master.futures[0].set_result([None, NotFound("no such task"), Unavailable("x"), None])
     assert s.acked == [["u-1", "u-2", "u-4"]]
     assert intake.in_flight() == 0
+
+
+def test_a_tasks_updates_of_one_message_go_into_one_proposal_in_order(master, intake) -> None:
+    s = Session()
+    intake.submit_many(s, [Update("u-1"), Update("u-2"), Update("u-3", task_id="t-2"), Update("u-4")])
+    (commands, _, _), = master.proposed
+    assert [c.status.uuid for c in commands] == ["u-1", "u-2", "u-3", "u-4"]
+    master.futures[0].set_result([None] * 4)
+    assert s.acked == [["u-1", "u-2", "u-3", "u-4"]]
+
+
+def test_an_update_behind_one_still_in_a_commit_is_proposed_but_not_dropped_as_illegal(master, intake) -> None:
+    """The agent re-sends its whole stream while the first commit is under way: the update already in
+    flight is not proposed again; the next one of the same task is proposed (it commits after the first),
+    but a Conflict for it (decided against a state the first commit has not settled: a FINISHED refused
+    as STAGING -> FINISHED) is not final — not acknowledged, so the agent re-sends it — while a Conflict
+    for an update of a task with nothing in flight is final as always."""
+    s = Session()
+    intake.submit_many(s, [Update("u-1")])
+    intake.submit_many(s, [Update("u-1"), Update("u-2"), Update("v-1", task_id="t-2")])
+    assert [[c.status.uuid for c in p[0]] for p in master.proposed] == [["u-1"], ["u-2", "v-1"]]
+    master.futures[0].set_result([None])
+    master.futures[1].set_result([Conflict("task t-1 is TASK_STAGING and cannot become TASK_FINISHED"),
+                                  Conflict("task t-2 is TASK_FINISHED and cannot become TASK_RUNNING")])
+    assert s.acked == [["u-1"], ["v-1"]]
+    assert intake.in_flight() == 0
+    intake.submit(s, Update("u-2"))  # the re-send, once the commit before it settled: final outcomes again
+    master.futures[2].set_result(ApplyResult("applied", (), 1, 1, "", "", "status-u-2"))
+    assert s.acked[-1] == ["u-2"]
 
 
 @pytest.mark.parametrize("code", sorted(ERRORS_BY_CODE))
