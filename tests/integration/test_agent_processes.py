@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -33,8 +34,9 @@ import pytest
 from tessera.agent.executor.launcher import kill_tasks_in
 from tessera.agent.executor.supervisor import read_json
 from tessera.sdk.driver import SchedulerDriver
+from tessera.sdk.errors import TesseraError
 from tessera.sdk.run import OneShot
-from tessera.sdk.types import DEFAULT_ROLE, FrameworkInfo, TaskStatus
+from tessera.sdk.types import DEFAULT_ROLE, Filters, FrameworkInfo, Offer, TaskStatus
 from tessera.sdk.types import Resources as SdkResources
 from tessera.sdk.types import TaskInfo as SdkTaskInfo
 from tessera.v1 import common_pb2, operator_pb2
@@ -173,7 +175,27 @@ class OneTask:
         self.driver.join(10)
 
 
-def launch_one(cluster: LocalCluster, command: str) -> OneTask:
+class OneShotOn(OneShot):
+    """OneShot on one agent: the module's masters outlive each test's agent, and an earlier test's agent
+    may still be offered (its stream not yet ended) while this test's starts; the others are declined."""
+
+    def __init__(self, hostname: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hostname = hostname
+
+    def offers(self, driver: SchedulerDriver, offers: list[Offer]) -> None:
+        others = [o for o in offers if o.hostname != self.hostname]
+        if others:
+            try:
+                driver.decline(others, Filters(1.0))
+            except TesseraError as exc:
+                self.say(f"declining offers failed: {exc}")
+        mine = [o for o in offers if o.hostname == self.hostname]
+        if mine:
+            super().offers(driver, mine)
+
+
+def launch_one(cluster: LocalCluster, command: str, hostname: str) -> OneTask:
     lines: list[str] = []
     task = SdkTaskInfo(task_id=f"gated-{uuid.uuid4().hex[:8]}", resources=SdkResources.of(cpus=0.1, mem=32),
                        command=command)
@@ -182,7 +204,7 @@ def launch_one(cluster: LocalCluster, command: str) -> OneTask:
         lines.append(line)
         print(f"framework: {line}")  # shown with a failing test
 
-    scheduler = OneShot(task, say)
+    scheduler = OneShotOn(hostname, task, say)
     framework = FrameworkInfo(name="agent-test", roles=(DEFAULT_ROLE,), failover_timeout=60.0, partition_aware=True)
     driver = SchedulerDriver(scheduler, framework, cluster.grpc_addresses(), give_up_after=60.0)
     driver.start()
@@ -257,7 +279,7 @@ def alive(pid: int) -> bool:
 def test_kill_9_of_the_agent_leaves_the_task_running_and_its_exit_is_reported_after_restart(
         cluster: AgentCluster, agent_proc: AgentProcess, killed: str) -> None:
     first = connected_agent(cluster, agent_proc)
-    run = launch_one(cluster, GATED)
+    run = launch_one(cluster, GATED, agent_proc.hostname)
     try:
         task = running_task(cluster, run)
         sandbox = sandbox_of(agent_proc, task)
@@ -305,7 +327,7 @@ def test_kill_9_of_the_agent_leaves_the_task_running_and_its_exit_is_reported_af
 
 def test_sigterm_stops_the_agent_but_not_its_task(cluster: AgentCluster, agent_proc: AgentProcess) -> None:
     connected_agent(cluster, agent_proc)
-    run = launch_one(cluster, GATED)
+    run = launch_one(cluster, GATED, agent_proc.hostname)
     try:
         task = running_task(cluster, run)
         sandbox = sandbox_of(agent_proc, task)
