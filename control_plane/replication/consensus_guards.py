@@ -9,6 +9,8 @@ in docs/reliability.md:
 * ``guard_snapshot_commit_index``: snapshot chunks must not advance a follower's commit index;
 * ``guard_failed_snapshot_install``: a received snapshot that does not load must neither advance the
   follower's commit index nor be answered as installed;
+* ``guard_dump_overtaken_by_snapshot``: a node's own dump, still running or not yet reported when it
+  installs a leader's snapshot, must neither replace the snapshot's file nor compact the new journal;
 * ``guard_matching_entries``: an append_entries that repeats part of the log must not truncate it
   (``without_stale_truncation``);
 * ``guard_backtracking``: a leader keeps the lowest index a failed answer asked for (``held_back``),
@@ -16,13 +18,15 @@ in docs/reliability.md:
 * ``guard_reply_terms``: replies carry their term, and a leader drops those of another term
   (``is_reply_of_another_term``).
 
-``install_consensus_guards`` puts all five in place, in the order ``RaftReplicator`` and the simulation
+``install_consensus_guards`` puts all six in place, in the order ``RaftReplicator`` and the simulation
 both need, then pre-vote and check-quorum (``prevote``, Raft thesis §9.6) outermost, unless asked not to. They use pysyncobj's private names: ``pysyncobj_release`` pins the release they were written for.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from typing import Any
 
 from pysyncobj import SyncObj
@@ -37,6 +41,7 @@ def install_consensus_guards(so: SyncObj, *, pre_vote: bool = True) -> None:
     default), pre-vote and check-quorum too (``prevote.install_pre_vote``; False only to measure
     pysyncobj's own elections, as ``python -m tests.sim.run --no-pre-vote`` does)."""
     guard_failed_snapshot_install(so)  # innermost: it must see pysyncobj's own reply to the install
+    guard_dump_overtaken_by_snapshot(so)
     guard_snapshot_commit_index(so)
     guard_matching_entries(so)
     guard_backtracking(so)
@@ -136,6 +141,44 @@ def guard_failed_snapshot_install(so: SyncObj) -> None:
             installing[0], failed[0] = False, False
 
     transport.setOnMessageReceivedCallback(on_message)
+
+
+def guard_dump_overtaken_by_snapshot(so: SyncObj) -> None:
+    """Drop a node's own dump that is still being written (or finished and not yet reported) when the
+    last chunk of a leader's snapshot arrives (a pysyncobj 0.3.17 defect found by the simulation:
+    ``python -m tests.sim.run --apply-step --seeds 245`` ended in an ``IndexError`` in ``__getEntries``).
+
+    pysyncobj reports a finished dump at a later tick (``checkSerializing``) and then deletes the journal
+    up to the dump's index (``__deleteEntriesTo``). If the node installed a leader's snapshot meanwhile,
+    its journal is the snapshot's two entries, and the old dump's index deletes them (the journal is
+    empty: the next ``__getEntries`` raises on every message), or entries the old dump does not cover.
+    With forked dumps the child also renames its file over the installed snapshot's: at the next start
+    pysyncobj finds a journal that does not begin with the dump's entries and clears it. Before the
+    snapshot is put in place, a running dump child is killed and reaped and an unreported result is
+    forgotten: pysyncobj sees no dump in progress and compacts again later, from the installed state.
+    """
+    serializer = so._SyncObj__serializer
+    if not hasattr(serializer, "_Serializer__pid") or not callable(getattr(serializer, "setTransmissionData", None)):
+        raise RuntimeError("pysyncobj internals changed (Serializer.__pid or setTransmissionData is missing): "
+                           "guard_dump_overtaken_by_snapshot was written for pysyncobj_release.PATCHED_PYSYNCOBJ")
+    set_transmission = serializer.setTransmissionData
+
+    def received(data: Any) -> bool:
+        if _last_snapshot_chunk(data):
+            pid = serializer._Serializer__pid
+            if pid > 0:  # a forked child still writing this node's own, older dump
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                except OSError:
+                    pass  # already gone (reaped elsewhere): nothing left to rename
+                log.warning("a leader's snapshot arrived while this node's own dump was being written: "
+                            "that dump is dropped")
+            if pid != 0:
+                serializer._Serializer__pid = 0  # -1/-2: finished in-process, not yet reported
+        return bool(set_transmission(data))
+
+    serializer.setTransmissionData = received
 
 
 def _last_snapshot_chunk(serialized: object) -> bool:

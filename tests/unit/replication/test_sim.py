@@ -157,6 +157,27 @@ def test_a_snapshot_that_does_not_load_neither_commits_the_followers_entries_nor
             assert node.commit_index == 3 and any(m.get("success") for m in answers), answers
 
 
+def test_a_dump_child_still_writing_when_a_snapshot_arrives_is_killed_before_the_snapshot_is_put_in_place(
+        tmp_path: Path) -> None:
+    """With forked dumps (production), a dump child still running when the last chunk of a leader's
+    snapshot arrives would later rename its file over the snapshot's and have pysyncobj compact the new
+    journal to its index: the guard kills and reaps it first, and pysyncobj sees no dump in progress."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with lone_follower(tmp_path, guarded=True) as node:
+            serializer = node._so._SyncObj__serializer
+            serializer._Serializer__pid = child.pid  # as pysyncobj's fork leaves it while the child writes
+            node.transport.deliver(ADDRESSES[1], {
+                "type": "append_entries", "term": 2, "commit_index": 1, "serialized": (b"chunk", True, True),
+            })
+            assert serializer._Serializer__pid == 0
+        assert child.poll() is not None  # reaped by the guard (waitpid): Popen sees it gone
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=10)
+
+
 @pytest.mark.parametrize("guarded", [True, False])
 def test_a_repeated_append_entries_does_not_truncate_the_leaders_own_entries(tmp_path: Path, guarded: bool) -> None:
     """A follower holding entries 2..5 of the current leader receives a re-send of 2..3 (after a reset, in
