@@ -7,6 +7,10 @@ deterministic simulation (``tests/sim``) and the fault-injection suite (``tests/
 in docs/reliability.md:
 
 * ``guard_snapshot_commit_index``: snapshot chunks must not advance a follower's commit index;
+* ``guard_failed_snapshot_install``: a received snapshot that does not load must neither advance the
+  follower's commit index nor be answered as installed;
+* ``guard_dump_overtaken_by_snapshot``: a node's own dump, still running or not yet reported when it
+  installs a leader's snapshot, must neither replace the snapshot's file nor compact the new journal;
 * ``guard_matching_entries``: an append_entries that repeats part of the log must not truncate it
   (``without_stale_truncation``);
 * ``guard_backtracking``: a leader keeps the lowest index a failed answer asked for (``held_back``),
@@ -14,23 +18,30 @@ in docs/reliability.md:
 * ``guard_reply_terms``: replies carry their term, and a leader drops those of another term
   (``is_reply_of_another_term``).
 
-``install_consensus_guards`` puts all four in place, in the order ``RaftReplicator`` and the simulation
+``install_consensus_guards`` puts all six in place, in the order ``RaftReplicator`` and the simulation
 both need, then pre-vote and check-quorum (``prevote``, Raft thesis §9.6) outermost, unless asked not to. They use pysyncobj's private names: ``pysyncobj_release`` pins the release they were written for.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
 from typing import Any
 
 from pysyncobj import SyncObj
 
 from .prevote import install_pre_vote
 
+log = logging.getLogger(__name__)
+
 
 def install_consensus_guards(so: SyncObj, *, pre_vote: bool = True) -> None:
     """Every guard of this module on `so`, built and not yet bound or ticked; with `pre_vote` (the
     default), pre-vote and check-quorum too (``prevote.install_pre_vote``; False only to measure
     pysyncobj's own elections, as ``python -m tests.sim.run --no-pre-vote`` does)."""
+    guard_failed_snapshot_install(so)  # innermost: it must see pysyncobj's own reply to the install
+    guard_dump_overtaken_by_snapshot(so)
     guard_snapshot_commit_index(so)
     guard_matching_entries(so)
     guard_backtracking(so)
@@ -64,6 +75,110 @@ def guard_snapshot_commit_index(so: SyncObj) -> None:
         deliver(node, message)
 
     transport.setOnMessageReceivedCallback(on_message)
+
+
+def guard_failed_snapshot_install(so: SyncObj) -> None:
+    """Keep a follower whose received snapshot does not load from committing (and applying) its own
+    unverified entries, and from answering the leader that the snapshot is installed (a pysyncobj 0.3.17
+    defect behind the divergence of the 40-minute soak of 2026-12-07, see docs/reliability.md, "Known
+    defects").
+
+    On the last chunk of a snapshot pysyncobj puts the received file in place and loads it
+    (``__loadDumpFile(clearJournal=True)``). When the file does not unpickle (the soak's m5:
+    ``UnicodeDecodeError``, a transmission made of chunks that do not belong together) the load only logs
+    "failed to load full dump": the log and the state stay as they were, yet pysyncobj answers
+    ``next_node_idx`` with success at its own last index, and then sets its commit index to
+    ``min(leader's commit, last log index)``. A deposed leader's uncommitted entries at the end of that
+    log are then committed and applied on this node (and their events recorded), although the cluster
+    committed other entries at those indexes. Here a load whose unpickling raised leaves the commit index
+    where it was before the message and sends no success answer: the leader's next append_entries meets
+    the follower's true log (a reset answer) and the snapshot is sent again.
+    """
+    serializer = so._SyncObj__serializer
+    transport = so._SyncObj__transport
+    for name, where in (("deserialize", serializer), ("setRaftCommitIndex", so._SyncObj__raftLog),
+                        ("send", transport)):
+        if not callable(getattr(where, name, None)):
+            raise RuntimeError(f"pysyncobj internals changed ({type(where).__name__}.{name} is missing): "
+                               "guard_failed_snapshot_install was written for pysyncobj_release.PATCHED_PYSYNCOBJ")
+    deserialize = serializer.deserialize
+    send = transport.send
+    installing, failed = [False], [False]
+
+    def checked_deserialize() -> Any:
+        try:
+            return deserialize()
+        except Exception:
+            failed[0] = installing[0]
+            raise  # pysyncobj logs "failed to load full dump" and keeps its log and state
+
+    def filtered_send(node: Any, message: Any) -> Any:
+        if (failed[0] and isinstance(message, dict) and message.get("type") == "next_node_idx"
+                and message.get("success")):
+            return False  # not installed: the leader must not count this node as holding its log
+        return send(node, message)
+
+    serializer.deserialize = checked_deserialize
+    transport.send = filtered_send
+    deliver = transport._onMessageReceivedCallback
+
+    def on_message(node: Any, message: Any) -> None:
+        if not (isinstance(message, dict) and message.get("type") == "append_entries"
+                and "prevLogIdx" not in message and _last_snapshot_chunk(message.get("serialized"))):
+            deliver(node, message)
+            return
+        before = int(so.raftCommitIndex)
+        installing[0], failed[0] = True, False
+        try:
+            deliver(node, message)
+        finally:
+            if failed[0] and so._SyncObj__raftCommitIndex > before:
+                so._SyncObj__raftCommitIndex = before
+                so._SyncObj__raftLog.setRaftCommitIndex(before)
+            if failed[0]:
+                log.error("the snapshot received from %s did not load: commit index kept at %d, "
+                          "the leader will send it again", node, before)
+            installing[0], failed[0] = False, False
+
+    transport.setOnMessageReceivedCallback(on_message)
+
+
+def guard_dump_overtaken_by_snapshot(so: SyncObj) -> None:
+    """Drop a node's own dump that is still being written (or finished and not yet reported) when the
+    last chunk of a leader's snapshot arrives (a pysyncobj 0.3.17 defect found by the simulation:
+    ``python -m tests.sim.run --apply-step --seeds 245`` ended in an ``IndexError`` in ``__getEntries``).
+
+    pysyncobj reports a finished dump at a later tick (``checkSerializing``) and then deletes the journal
+    up to the dump's index (``__deleteEntriesTo``). If the node installed a leader's snapshot meanwhile,
+    its journal is the snapshot's two entries, and the old dump's index deletes them (the journal is
+    empty: the next ``__getEntries`` raises on every message), or entries the old dump does not cover.
+    With forked dumps the child also renames its file over the installed snapshot's: at the next start
+    pysyncobj finds a journal that does not begin with the dump's entries and clears it. Before the
+    snapshot is put in place, a running dump child is killed and reaped and an unreported result is
+    forgotten: pysyncobj sees no dump in progress and compacts again later, from the installed state.
+    """
+    serializer = so._SyncObj__serializer
+    if not hasattr(serializer, "_Serializer__pid") or not callable(getattr(serializer, "setTransmissionData", None)):
+        raise RuntimeError("pysyncobj internals changed (Serializer.__pid or setTransmissionData is missing): "
+                           "guard_dump_overtaken_by_snapshot was written for pysyncobj_release.PATCHED_PYSYNCOBJ")
+    set_transmission = serializer.setTransmissionData
+
+    def received(data: Any) -> bool:
+        if _last_snapshot_chunk(data):
+            pid = serializer._Serializer__pid
+            if pid > 0:  # a forked child still writing this node's own, older dump
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                except OSError:
+                    pass  # already gone (reaped elsewhere): nothing left to rename
+                log.warning("a leader's snapshot arrived while this node's own dump was being written: "
+                            "that dump is dropped")
+            if pid != 0:
+                serializer._Serializer__pid = 0  # -1/-2: finished in-process, not yet reported
+        return bool(set_transmission(data))
+
+    serializer.setTransmissionData = received
 
 
 def _last_snapshot_chunk(serialized: object) -> bool:

@@ -55,6 +55,14 @@ def test_seeds_hold_every_invariant_when_masters_apply_after_the_tick() -> None:
     assert all(r.acked > 0 and r.commits > 0 for r in reports)
 
 
+def test_a_dump_overtaken_by_a_snapshot_install_does_not_compact_the_new_journal() -> None:
+    """Seed 245 with the apply step: a follower's own dump is reported finished after it installed a
+    leader's snapshot; pysyncobj alone then deletes the installed journal up to the old dump's index and
+    the next message raises IndexError in ``__getEntries`` (consensus_guards.guard_dump_overtaken_by_snapshot)."""
+    report = run_seed(245, 200, apply_step=True)
+    assert report.commits > 0 and report.acked > 0
+
+
 def test_a_seed_replays_exactly_in_this_process() -> None:
     first, second = run_seed(7, 120), run_seed(7, 120)
     assert first.trace_hash == second.trace_hash

@@ -123,6 +123,62 @@ def test_a_snapshot_chunk_does_not_advance_a_followers_commit_index(tmp_path: Pa
 
 
 @pytest.mark.parametrize("guarded", [True, False])
+def test_a_snapshot_that_does_not_load_neither_commits_the_followers_entries_nor_is_acknowledged(
+        tmp_path: Path, guarded: bool) -> None:
+    """The soak's divergence (docs/reliability.md, "Known defects"): a follower holding a deposed leader's
+    uncommitted entries receives a whole snapshot that does not unpickle. pysyncobj alone keeps its log,
+    answers "installed" and commits those entries (which it then applies, though the cluster committed
+    others at their indexes); the guard keeps the commit index and sends no success answer."""
+    leader = ADDRESSES[1]
+    sent: list[dict[str, object]] = []
+    with lone_follower(tmp_path, guarded) as node:
+        network_send = node.network.send
+
+        def spy(source: str, dest: str, message: object) -> bool:
+            if isinstance(message, dict):
+                sent.append(message)
+            return network_send(source, dest, message)
+
+        node.network.send = spy  # type: ignore[method-assign]
+        node.transport.deliver(ADDRESSES[2], {  # a term-1 leader's entries this node never saw committed
+            "type": "append_entries", "term": 1, "commit_index": 1, "prevLogIdx": 1, "prevLogTerm": 0,
+            "entries": [(b"uncommitted-1", 2, 1), (b"uncommitted-2", 3, 1)],
+        })
+        assert node.commit_index == 1
+        sent.clear()
+        node.transport.deliver(leader, {  # the term-2 leader's snapshot, one chunk that is not a dump
+            "type": "append_entries", "term": 2, "commit_index": 9, "serialized": (b"not a gzip pickle", True, True),
+        })
+        answers = [m for m in sent if m.get("type") == "next_node_idx"]
+        assert [(e.index, e.term) for e in node.log()] == [(1, 0), (2, 1), (3, 1)]  # the load failed either way
+        if guarded:
+            assert node.commit_index == 1 and not any(m.get("success") for m in answers), answers
+        else:
+            assert node.commit_index == 3 and any(m.get("success") for m in answers), answers
+
+
+def test_a_dump_child_still_writing_when_a_snapshot_arrives_is_killed_before_the_snapshot_is_put_in_place(
+        tmp_path: Path) -> None:
+    """With forked dumps (production), a dump child still running when the last chunk of a leader's
+    snapshot arrives would later rename its file over the snapshot's and have pysyncobj compact the new
+    journal to its index: the guard kills and reaps it first, and pysyncobj sees no dump in progress."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with lone_follower(tmp_path, guarded=True) as node:
+            serializer = node._so._SyncObj__serializer
+            serializer._Serializer__pid = child.pid  # as pysyncobj's fork leaves it while the child writes
+            node.transport.deliver(ADDRESSES[1], {
+                "type": "append_entries", "term": 2, "commit_index": 1, "serialized": (b"chunk", True, True),
+            })
+            assert serializer._Serializer__pid == 0
+        assert child.poll() is not None  # reaped by the guard (waitpid): Popen sees it gone
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=10)
+
+
+@pytest.mark.parametrize("guarded", [True, False])
 def test_a_repeated_append_entries_does_not_truncate_the_leaders_own_entries(tmp_path: Path, guarded: bool) -> None:
     """A follower holding entries 2..5 of the current leader receives a re-send of 2..3 (after a reset, in
     a batch bounded by bytes). pysyncobj alone deletes 4 and 5, which the leader already counts as
