@@ -171,7 +171,14 @@ def master(name: str, raft_address: str, grpc_address: str, peers: str, raft_bin
     every installation, so the password must be long and random (tessera certs
     init writes one; or: python -c "import secrets; print(secrets.token_urlsafe(32))").
     Connections that do not complete the password handshake within a few seconds
-    are closed, as are frames larger than a master ever sends."""
+    are closed, as are frames larger than a master ever sends.
+
+    \b
+    Memory debugging: TESSERA_TRACEMALLOC=DIR makes the master write tracemalloc
+    snapshots and its RssAnon/RssFile to DIR every TESSERA_TRACEMALLOC_EVERY
+    seconds (60), TESSERA_TRACEMALLOC_FRAMES frames deep (10); compare two with
+    python -m tessera.control_plane.runtime.memprobe BEFORE AFTER. Allocations
+    then cost about twice as much: for debugging only."""
     setup_logging(log_level, log_format, name)
     from tessera.control_plane.runtime.leader import LeaderSettings
     from tessera.control_plane.runtime.process import MasterConfig, run_master

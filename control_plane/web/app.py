@@ -253,8 +253,12 @@ class WebApp:
         name = request.match_info["path"]
         if any(ord(c) < 32 for c in name):  # a NUL is not a file name (and would make the OS call raise)
             raise web.HTTPNotFound(reason="no such file")
-        path = (self.static_dir / name).resolve()
-        if self.static_dir not in path.parents or not path.is_file():
+        try:
+            path = (self.static_dir / name).resolve()
+            found = self.static_dir in path.parents and path.is_file()
+        except OSError:  # a name the OS refuses (too long, a component over NAME_MAX) names no file either
+            found = False
+        if not found:
             raise web.HTTPNotFound(reason="no such file")
         content_type = CONTENT_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or \
             "application/octet-stream"

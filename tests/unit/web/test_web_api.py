@@ -183,7 +183,8 @@ def test_static_files_with_their_content_types_and_no_escape(wm: WebMaster) -> N
     assert js.status == 200 and js.headers["content-type"].startswith("text/javascript")
     assert wm.client.get("/static/css/ui.css").headers["content-type"].startswith("text/css")
     for path in ("/static/../../etc/passwd", "/static/%2e%2e/%2e%2e/etc/passwd", "/static/nope.js",
-                 "/static/css", "/static/..%2f..%2fetc%2fpasswd", "/static/%00", "/static/a%0ab"):
+                 "/static/css", "/static/..%2f..%2fetc%2fpasswd", "/static/%00", "/static/a%0ab",
+                 "/static/" + "x" * 5000, "/static/" + "/".join(["y" * 300] * 3)):  # names the OS refuses
         answer = wm.client.get(path)
         assert answer.status == 404 and b"root:" not in answer.body, path
 
