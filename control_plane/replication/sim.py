@@ -397,6 +397,19 @@ class SteppedApplier(Applier):
             self._run(item)
 
 
+class NullStateMachine:
+    """A state machine that keeps nothing: for simulations that study elections, not what is applied."""
+
+    def apply_entries(self, raft_index: int, entries: list[bytes]) -> list[object]:
+        return [None] * len(entries)
+
+    def snapshot(self) -> object:
+        return None
+
+    def restore(self, snap: object) -> None:
+        pass
+
+
 class SimRaftNode:
     """One real pysyncobj node, ticked by the scheduler. Build it inside ``deterministic_pysyncobj``.
 

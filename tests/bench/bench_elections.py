@@ -28,6 +28,7 @@ from unittest import mock
 from tessera.control_plane.replication.config import ReplicationConfig
 from tessera.control_plane.replication.prevote import PreVotePromise
 from tessera.control_plane.replication.sim import (
+    NullStateMachine,
     Scheduler,
     SimClock,
     SimNetwork,
@@ -36,17 +37,6 @@ from tessera.control_plane.replication.sim import (
 )
 
 STEP = 0.005
-
-
-class _Nothing:
-    def apply_entries(self, raft_index: int, entries: list[bytes]) -> list[object]:
-        return [None] * len(entries)
-
-    def snapshot(self) -> object:
-        return None
-
-    def restore(self, snap: object) -> None:
-        pass
 
 
 def one_seed(seed: int, nodes: int, crashes: int, root: Path, max_timeout: float) -> list[tuple[int, float]]:
@@ -59,7 +49,7 @@ def one_seed(seed: int, nodes: int, crashes: int, root: Path, max_timeout: float
         network = SimNetwork(scheduler, rng)
         configs = [ReplicationConfig(a, tuple(p for p in addresses if p != a), root / str(i), raft_max_timeout_s=max_timeout)
                    for i, a in enumerate(addresses)]
-        cluster = [SimRaftNode(network, cfg, _Nothing()) for cfg in configs]
+        cluster = [SimRaftNode(network, cfg, NullStateMachine()) for cfg in configs]
 
         def leader() -> SimRaftNode | None:
             leading = [n for n in cluster if n.alive and n.is_leader()]
@@ -83,7 +73,7 @@ def one_seed(seed: int, nodes: int, crashes: int, root: Path, max_timeout: float
                     raise RuntimeError(f"seed {seed}: no leader 1 s after the election")
                 out.append((new.term() - term, elected))
                 i = cluster.index(old)
-                cluster[i] = SimRaftNode(network, configs[i], _Nothing())
+                cluster[i] = SimRaftNode(network, configs[i], NullStateMachine())
         finally:
             for n in cluster:
                 n.crash()

@@ -29,6 +29,7 @@ from tessera.control_plane.replication.prevote import (
     should_step_down,
 )
 from tessera.control_plane.replication.sim import (
+    NullStateMachine,
     Scheduler,
     SimClock,
     SimNetwork,
@@ -169,17 +170,6 @@ def test_the_patch_refuses_a_syncobj_without_those_names() -> None:
 
 # ---- whole clusters ----------------------------------------------------------------------------------------
 
-class _Nothing:
-    def apply_entries(self, raft_index: int, entries: list[bytes]) -> list[object]:
-        return [None] * len(entries)
-
-    def snapshot(self) -> object:
-        return None
-
-    def restore(self, snap: object) -> None:
-        pass
-
-
 @dataclass
 class Cluster:
     clock: SimClock
@@ -207,7 +197,7 @@ class Cluster:
     def restart(self, node: SimRaftNode) -> SimRaftNode:
         i = self.nodes.index(node)
         node.crash()
-        self.nodes[i] = SimRaftNode(self.network, self.configs[i], _Nothing(), pre_vote=self.pre_vote[i],
+        self.nodes[i] = SimRaftNode(self.network, self.configs[i], NullStateMachine(), pre_vote=self.pre_vote[i],
                                     on_leadership=self._record)
         return self.nodes[i]
 
@@ -237,7 +227,7 @@ def cluster(tmp_path: Path, size: int, pre_vote: bool | list[bool] = True, seed:
         configs = [ReplicationConfig(a, tuple(p for p in addresses if p != a), tmp_path / str(i))
                    for i, a in enumerate(addresses)]
         c = Cluster(clock, scheduler, network, [], configs, flags, [])
-        c.nodes = [SimRaftNode(network, cfg, _Nothing(), pre_vote=flags[i], on_leadership=c._record)
+        c.nodes = [SimRaftNode(network, cfg, NullStateMachine(), pre_vote=flags[i], on_leadership=c._record)
                    for i, cfg in enumerate(configs)]
         try:
             c.run(3.0)
