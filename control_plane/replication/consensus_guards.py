@@ -14,6 +14,8 @@ in docs/reliability.md:
 * ``guard_snapshot_chunks``: a follower appends a snapshot chunk only to the transmission it belongs to
   (``chunk_fits``): same leader, same term, no break of the connection since its first chunk, and, when
   the leader says where the chunk begins, at that byte;
+* ``guard_snapshot_chunk_answers``: a follower answers every snapshot chunk, so that a leader's
+  check-quorum hears it during a long transmission;
 * ``guard_snapshot_transmissions``: a leader restarts a transmission from its first chunk in a new term
   and after a break of the connection to that follower, and says where each chunk begins;
 * ``guard_matching_entries``: an append_entries that repeats part of the log must not truncate it
@@ -23,7 +25,7 @@ in docs/reliability.md:
 * ``guard_reply_terms``: replies carry their term, and a leader drops those of another term
   (``is_reply_of_another_term``).
 
-``install_consensus_guards`` puts all eight in place, in the order ``RaftReplicator`` and the simulation
+``install_consensus_guards`` puts all nine in place, in the order ``RaftReplicator`` and the simulation
 both need, then pre-vote and check-quorum (``prevote``, Raft thesis §9.6) outermost, unless asked not to. They use pysyncobj's private names: ``pysyncobj_release`` pins the release they were written for.
 """
 
@@ -49,7 +51,8 @@ def install_consensus_guards(so: SyncObj, *, pre_vote: bool = True) -> None:
     guard_failed_snapshot_install(so)  # innermost: it must see pysyncobj's own reply to the install
     guard_dump_overtaken_by_snapshot(so)
     guard_snapshot_commit_index(so)
-    guard_snapshot_chunks(so)  # outside the commit-index guard: a dropped chunk is a chunk that commits nothing
+    guard_snapshot_chunk_answers(so)
+    guard_snapshot_chunks(so)  # outside these two: a dropped chunk commits nothing and is not answered
     guard_snapshot_transmissions(so)
     guard_matching_entries(so)
     guard_backtracking(so)
@@ -305,6 +308,33 @@ def guard_snapshot_chunks(so: SyncObj) -> None:
 
     transport.setOnMessageReceivedCallback(on_message)
     transport.setOnNodeDisconnectedCallback(on_disconnected)
+
+
+def guard_snapshot_chunk_answers(so: SyncObj) -> None:
+    """Have a follower answer every snapshot chunk it takes, not only the last (pysyncobj 0.3.17 answers
+    the last one only; found with tests/unit/replication/test_snapshot_chunks.py).
+
+    Check-quorum (``prevote``) steps a leader down when a majority has not answered within the election
+    timeout. A leader that reaches one follower of three and sends it a snapshot longer than that (many
+    chunks over many append_entries periods) hears nothing from it until the last chunk: it steps down
+    mid-way, is elected again, resumes (or, with ``guard_snapshot_transmissions``, starts over), and steps
+    down again; the follower never catches up and the cluster keeps changing terms. The answer is the one
+    pysyncobj gives a chunk of a large entry (``next_node_idx`` without reset or success): a leader of any
+    version notes that the follower answered and changes nothing else.
+    """
+    transport = so._SyncObj__transport
+    deliver = transport._onMessageReceivedCallback
+
+    def on_message(node: Any, message: Any) -> None:
+        chunk = (isinstance(message, dict) and message.get("type") == "append_entries" and "prevLogIdx" not in message
+                 and isinstance(message.get("serialized"), tuple) and not message["serialized"][2]
+                 and message.get("term", 0) >= so.raftCurrentTerm)
+        deliver(node, message)
+        if chunk:
+            transport.send(node, {"type": "next_node_idx", "next_node_idx": so._SyncObj__raftLog[-1][1] + 1,
+                                  "reset": False, "success": False})
+
+    transport.setOnMessageReceivedCallback(on_message)
 
 
 class ChunkStream:
