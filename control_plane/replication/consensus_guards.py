@@ -180,6 +180,9 @@ def guard_failed_snapshot_install(so: SyncObj) -> None:
             if failed[0]:
                 if kept is not None:
                     os.replace(kept, dump)  # this node's own dump again, the one its journal matches
+                elif dump is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(dump)  # it had none: a restart must not load the refused file
                 log.error("the snapshot received from %s was not installed: commit index kept at %d, "
                           "the leader will send it again", node, before)
             elif kept is not None:
