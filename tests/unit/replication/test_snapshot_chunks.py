@@ -246,7 +246,6 @@ def test_a_leader_elected_again_does_not_resume_its_old_transmission_into_anothe
         c.network.cut(x_addr, f_addr, detect_after=60.0)
         c.network.heal(lead, f_addr)
         c.run_until("L elected again", lambda: leader.is_leader() and leader.term() > x_term, limit_s=30.0)
-        l_term = leader.term()
         c.run_until("F caught up with L", lambda: f.last_applied >= leader.commit_index > 0
                     and seen.installed > 0, limit_s=30.0)
         c.run(1.0)
