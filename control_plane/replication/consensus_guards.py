@@ -127,16 +127,16 @@ def guard_failed_snapshot_install(so: SyncObj) -> None:
                            "pysyncobj_release.PATCHED_PYSYNCOBJ")
     deserialize = serializer.deserialize
     send = transport.send
-    installing, failed, committed = [False], [False], [0]
+    installing, failed, committed, why = [False], [False], [0], [""]
 
     def checked_deserialize() -> Any:
         try:
             data = deserialize()
-        except Exception:
-            failed[0] = installing[0]
+        except Exception as e:
+            failed[0], why[0] = installing[0], f"it does not load ({type(e).__name__}: {e})"
             raise  # pysyncobj logs "failed to load full dump" and keeps its log and state
         if installing[0] and is_stale_snapshot(data, committed[0]):
-            failed[0] = True
+            failed[0], why[0] = True, f"it ends at index {data[1][1]}, not after the commit index"
             raise ValueError(f"a snapshot at index {data[1][1]} is not newer than this node's commit index "
                              f"{committed[0]}: not installed")
         return data
@@ -145,8 +145,8 @@ def guard_failed_snapshot_install(so: SyncObj) -> None:
         def restored(data: Any) -> Any:
             try:
                 return restore(data)
-            except Exception:
-                failed[0] = installing[0]
+            except Exception as e:
+                failed[0], why[0] = installing[0], f"the state machine's restore raised {type(e).__name__}"
                 raise  # pysyncobj logs "failed to load full dump"; the journal is not cleared
         return restored
 
@@ -183,8 +183,8 @@ def guard_failed_snapshot_install(so: SyncObj) -> None:
                 elif dump is not None:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(dump)  # it had none: a restart must not load the refused file
-                log.error("the snapshot received from %s was not installed: commit index kept at %d, "
-                          "the leader will send it again", node, before)
+                log.error("the snapshot received from %s was not installed (%s): commit index kept at %d, "
+                          "the leader will send it again", node, why[0], before)
             elif kept is not None:
                 os.unlink(kept)
             installing[0], failed[0] = False, False
