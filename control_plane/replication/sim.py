@@ -315,7 +315,9 @@ class SimNetwork:
     def send(self, source: str, dest: str, message: Any) -> bool:
         link = self.link(source, dest)
         self.stats.sent += 1
-        if self.snapshot_chunk_seconds and isinstance(message, dict) and isinstance(message.get("serialized"), tuple):
+        if self.snapshot_chunk_seconds and isinstance(message, dict) and "serialized" in message:
+            # also a snapshot message without data (the leader's own dump is being written): pysyncobj's
+            # send loop repeats it until its period is over, which without time passing never comes
             self.scheduler.clock.now += self.snapshot_chunk_seconds
         if not link.up:
             self.stats.lost += 1
