@@ -11,6 +11,13 @@ in docs/reliability.md:
   follower's commit index nor be answered as installed;
 * ``guard_dump_overtaken_by_snapshot``: a node's own dump, still running or not yet reported when it
   installs a leader's snapshot, must neither replace the snapshot's file nor compact the new journal;
+* ``guard_snapshot_chunks``: a follower appends a snapshot chunk only to the transmission it belongs to
+  (``chunk_fits``): same leader, same term, no break of the connection since its first chunk, and, when
+  the leader says where the chunk begins, at that byte;
+* ``guard_snapshot_chunk_answers``: a follower answers every snapshot chunk, so that a leader's
+  check-quorum hears it during a long transmission;
+* ``guard_snapshot_transmissions``: a leader restarts a transmission from its first chunk in a new term
+  and after a break of the connection to that follower, and says where each chunk begins;
 * ``guard_matching_entries``: an append_entries that repeats part of the log must not truncate it
   (``without_stale_truncation``);
 * ``guard_backtracking``: a leader keeps the lowest index a failed answer asked for (``held_back``),
@@ -18,12 +25,13 @@ in docs/reliability.md:
 * ``guard_reply_terms``: replies carry their term, and a leader drops those of another term
   (``is_reply_of_another_term``).
 
-``install_consensus_guards`` puts all six in place, in the order ``RaftReplicator`` and the simulation
+``install_consensus_guards`` puts all nine in place, in the order ``RaftReplicator`` and the simulation
 both need, then pre-vote and check-quorum (``prevote``, Raft thesis §9.6) outermost, unless asked not to. They use pysyncobj's private names: ``pysyncobj_release`` pins the release they were written for.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -43,6 +51,9 @@ def install_consensus_guards(so: SyncObj, *, pre_vote: bool = True) -> None:
     guard_failed_snapshot_install(so)  # innermost: it must see pysyncobj's own reply to the install
     guard_dump_overtaken_by_snapshot(so)
     guard_snapshot_commit_index(so)
+    guard_snapshot_chunk_answers(so)
+    guard_snapshot_chunks(so)  # outside these two: a dropped chunk commits nothing and is not answered
+    guard_snapshot_transmissions(so)
     guard_matching_entries(so)
     guard_backtracking(so)
     guard_reply_terms(so)  # the others see replies of the current term only
@@ -85,14 +96,21 @@ def guard_failed_snapshot_install(so: SyncObj) -> None:
 
     On the last chunk of a snapshot pysyncobj puts the received file in place and loads it
     (``__loadDumpFile(clearJournal=True)``). When the file does not unpickle (the soak's m5:
-    ``UnicodeDecodeError``, a transmission made of chunks that do not belong together) the load only logs
-    "failed to load full dump": the log and the state stay as they were, yet pysyncobj answers
-    ``next_node_idx`` with success at its own last index, and then sets its commit index to
-    ``min(leader's commit, last log index)``. A deposed leader's uncommitted entries at the end of that
-    log are then committed and applied on this node (and their events recorded), although the cluster
-    committed other entries at those indexes. Here a load whose unpickling raised leaves the commit index
-    where it was before the message and sends no success answer: the leader's next append_entries meets
-    the follower's true log (a reset answer) and the snapshot is sent again.
+    ``UnicodeDecodeError``, a transmission made of chunks that do not belong together), or the state
+    machine's restore raises (``_deserialize`` of a consumer), the load only logs "failed to load full
+    dump": the log stays as it was, yet pysyncobj answers ``next_node_idx`` with success at its own last
+    index, and then sets its commit index to ``min(leader's commit, last log index)``. A deposed leader's
+    uncommitted entries at the end of that log are then committed and applied on this node (and their
+    events recorded), although the cluster committed other entries at those indexes. Here such a load
+    leaves the commit index where it was before the message and sends no success answer: the leader's
+    next append_entries meets the follower's true log (a reset answer) and the snapshot is sent again.
+
+    Two more cases are refused the same way: a snapshot whose last entry is at or below the follower's
+    commit index (Raft installs only a snapshot that is newer than what the follower has; pysyncobj would
+    put the follower's state back to the older index and clamp its commit index, "raftCommitIndex (…)
+    exceeds journal end"), and, for every refused load, the node's own dump file, which pysyncobj replaced
+    with the received file before loading it, is put back: a restart then finds the dump its journal was
+    compacted to, not a file that does not load.
     """
     serializer = so._SyncObj__serializer
     transport = so._SyncObj__transport
@@ -101,16 +119,36 @@ def guard_failed_snapshot_install(so: SyncObj) -> None:
         if not callable(getattr(where, name, None)):
             raise RuntimeError(f"pysyncobj internals changed ({type(where).__name__}.{name} is missing): "
                                "guard_failed_snapshot_install was written for pysyncobj_release.PATCHED_PYSYNCOBJ")
+    consumers = so._SyncObj__consumers
+    if not hasattr(serializer, "_Serializer__fileName") or not all(
+            callable(getattr(c, "_deserialize", None)) for c in consumers):
+        raise RuntimeError("pysyncobj internals changed (Serializer.__fileName or SyncObjConsumer._deserialize "
+                           "is missing): guard_failed_snapshot_install was written for "
+                           "pysyncobj_release.PATCHED_PYSYNCOBJ")
     deserialize = serializer.deserialize
     send = transport.send
-    installing, failed = [False], [False]
+    installing, failed, committed, why = [False], [False], [0], [""]
 
     def checked_deserialize() -> Any:
         try:
-            return deserialize()
-        except Exception:
-            failed[0] = installing[0]
+            data = deserialize()
+        except Exception as e:
+            failed[0], why[0] = installing[0], f"it does not load ({type(e).__name__}: {e})"
             raise  # pysyncobj logs "failed to load full dump" and keeps its log and state
+        if installing[0] and is_stale_snapshot(data, committed[0]):
+            failed[0], why[0] = True, f"it ends at index {data[1][1]}, not after the commit index"
+            raise ValueError(f"a snapshot at index {data[1][1]} is not newer than this node's commit index "
+                             f"{committed[0]}: not installed")
+        return data
+
+    def checked_restore(restore: Any) -> Any:
+        def restored(data: Any) -> Any:
+            try:
+                return restore(data)
+            except Exception as e:
+                failed[0], why[0] = installing[0], f"the state machine's restore raised {type(e).__name__}"
+                raise  # pysyncobj logs "failed to load full dump"; the journal is not cleared
+        return restored
 
     def filtered_send(node: Any, message: Any) -> Any:
         if (failed[0] and isinstance(message, dict) and message.get("type") == "next_node_idx"
@@ -119,6 +157,8 @@ def guard_failed_snapshot_install(so: SyncObj) -> None:
         return send(node, message)
 
     serializer.deserialize = checked_deserialize
+    for consumer in consumers:
+        consumer._deserialize = checked_restore(consumer._deserialize)
     transport.send = filtered_send
     deliver = transport._onMessageReceivedCallback
 
@@ -128,7 +168,9 @@ def guard_failed_snapshot_install(so: SyncObj) -> None:
             deliver(node, message)
             return
         before = int(so.raftCommitIndex)
-        installing[0], failed[0] = True, False
+        dump = serializer._Serializer__fileName
+        kept = _keep_aside(dump)
+        installing[0], failed[0], committed[0] = True, False, before
         try:
             deliver(node, message)
         finally:
@@ -136,11 +178,36 @@ def guard_failed_snapshot_install(so: SyncObj) -> None:
                 so._SyncObj__raftCommitIndex = before
                 so._SyncObj__raftLog.setRaftCommitIndex(before)
             if failed[0]:
-                log.error("the snapshot received from %s did not load: commit index kept at %d, "
-                          "the leader will send it again", node, before)
+                if kept is not None:
+                    os.replace(kept, dump)  # this node's own dump again, the one its journal matches
+                elif dump is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(dump)  # it had none: a restart must not load the refused file
+                log.error("the snapshot received from %s was not installed (%s): commit index kept at %d, "
+                          "the leader will send it again", node, why[0], before)
+            elif kept is not None:
+                os.unlink(kept)
             installing[0], failed[0] = False, False
 
     transport.setOnMessageReceivedCallback(on_message)
+
+
+def is_stale_snapshot(data: Any, commit_index: int) -> bool:
+    """Whether a loaded dump (pysyncobj's ``(state, last entry, entry before, cluster)``) ends at or below
+    `commit_index`: installing it would take the node back to an older state."""
+    return int(data[1][1]) <= commit_index
+
+
+def _keep_aside(dump: str | None) -> str | None:
+    """A hard link to the node's dump file (None without one), which pysyncobj's install is about to
+    replace: the old file survives the rename under the link's name."""
+    if dump is None or not os.path.exists(dump):
+        return None
+    kept = dump + ".before-install"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(kept)
+    os.link(dump, kept)
+    return kept
 
 
 def guard_dump_overtaken_by_snapshot(so: SyncObj) -> None:
@@ -179,6 +246,186 @@ def guard_dump_overtaken_by_snapshot(so: SyncObj) -> None:
         return bool(set_transmission(data))
 
     serializer.setTransmissionData = received
+
+
+SNAPSHOT_OFFSET = "snapshot_offset"  # where a chunk begins in its dump file; set by guard_snapshot_transmissions
+
+
+def guard_snapshot_chunks(so: SyncObj) -> None:
+    """Keep a follower from assembling a snapshot out of chunks that do not follow each other (a pysyncobj
+    0.3.17 defect, reproduced in tests/unit/replication/test_snapshot_chunks.py).
+
+    A snapshot travels as ``append_entries`` messages whose ``serialized`` is ``(bytes, first, last)``;
+    pysyncobj's follower opens a new file on a first chunk and appends every other chunk to whatever file
+    is open, whoever sent it. A leader deposed and elected again resumes its old transmission mid-file
+    (``guard_snapshot_transmissions``), after another leader opened a new one at the follower: the file
+    is the head of one dump and the tail of another. A chunk lost with a broken connection leaves a hole.
+    Such a file does not load, or loads an older state than the follower has. Here a chunk is appended
+    only when it continues the open transmission (`chunk_fits`): same leader, same term, no break of the
+    connection to that leader since the first chunk, and at the byte where the leader says it begins (a
+    leader with ``guard_snapshot_transmissions`` says; one without is checked on the rest). Any other
+    chunk ends the open transmission: it is delivered without its data (pysyncobj keeps the term and the
+    leader, and commits nothing for it), the file is closed, and the later chunks of that transmission
+    are dropped the same way; the leader then meets the follower's log and sends the snapshot again.
+    """
+    serializer = so._SyncObj__serializer
+    if not hasattr(serializer, "_Serializer__incomingTransmissionFile"):
+        raise RuntimeError("pysyncobj internals changed (Serializer.__incomingTransmissionFile is missing): "
+                           "guard_snapshot_chunks was written for pysyncobj_release.PATCHED_PYSYNCOBJ")
+    transport = so._SyncObj__transport
+    deliver = transport._onMessageReceivedCallback
+    disconnected = transport._onNodeDisconnectedCallback
+    receiving: list[ChunkStream | None] = [None]
+
+    def abandon(why: str) -> None:
+        incoming = serializer._Serializer__incomingTransmissionFile
+        if incoming is not None and hasattr(incoming, "close"):
+            incoming.close()
+        serializer._Serializer__incomingTransmissionFile = None
+        if receiving[0] is not None:
+            log.warning("snapshot from %s (term %d) abandoned after %d bytes: %s; the leader will send it again",
+                        receiving[0].leader, receiving[0].term, receiving[0].received, why)
+        receiving[0] = None
+
+    def on_message(node: Any, message: Any) -> None:
+        if (isinstance(message, dict) and message.get("type") == "append_entries" and "prevLogIdx" not in message
+                and isinstance(message.get("serialized"), tuple) and message.get("term", 0) >= so.raftCurrentTerm):
+            data, first, last = message["serialized"]
+            offset = message.get(SNAPSHOT_OFFSET)
+            stream = ChunkStream(str(node), int(message["term"])) if first else receiving[0]
+            why = chunk_fits(stream, str(node), int(message["term"]), offset)
+            if why is not None:
+                abandon(why)
+                message = {**message, "serialized": None}
+            else:
+                assert stream is not None
+                stream.received += len(data)
+                receiving[0] = None if last else stream
+        deliver(node, message)
+
+    def on_disconnected(node: Any) -> None:
+        if receiving[0] is not None and receiving[0].leader == str(node):
+            abandon("the connection to its leader broke (chunks in flight are lost)")
+        if disconnected is not None:
+            disconnected(node)
+
+    transport.setOnMessageReceivedCallback(on_message)
+    transport.setOnNodeDisconnectedCallback(on_disconnected)
+
+
+def guard_snapshot_chunk_answers(so: SyncObj) -> None:
+    """Have a follower answer every snapshot chunk it takes, not only the last (pysyncobj 0.3.17 answers
+    the last one only; found with tests/unit/replication/test_snapshot_chunks.py).
+
+    Check-quorum (``prevote``) steps a leader down when a majority has not answered within the election
+    timeout. A leader that reaches one follower of three and sends it a snapshot longer than that (many
+    chunks over many append_entries periods) hears nothing from it until the last chunk: it steps down
+    mid-way, is elected again, resumes (or, with ``guard_snapshot_transmissions``, starts over), and steps
+    down again; the follower never catches up and the cluster keeps changing terms. The answer is the one
+    pysyncobj gives a chunk of a large entry (``next_node_idx`` without reset or success): a leader of any
+    version notes that the follower answered and changes nothing else.
+    """
+    transport = so._SyncObj__transport
+    deliver = transport._onMessageReceivedCallback
+
+    def on_message(node: Any, message: Any) -> None:
+        chunk = (isinstance(message, dict) and message.get("type") == "append_entries" and "prevLogIdx" not in message
+                 and isinstance(message.get("serialized"), tuple) and not message["serialized"][2]
+                 and message.get("term", 0) >= so.raftCurrentTerm)
+        deliver(node, message)
+        if chunk:
+            transport.send(node, {"type": "next_node_idx", "next_node_idx": so._SyncObj__raftLog[-1][1] + 1,
+                                  "reset": False, "success": False})
+
+    transport.setOnMessageReceivedCallback(on_message)
+
+
+class ChunkStream:
+    """The snapshot transmission a follower is receiving: from which leader, in which term, how many bytes."""
+
+    def __init__(self, leader: str, term: int) -> None:
+        self.leader, self.term, self.received = leader, term, 0
+
+
+def chunk_fits(stream: ChunkStream | None, leader: str, term: int, offset: object) -> str | None:
+    """Why a chunk from `leader` in `term` that says it begins at `offset` (None: not said) does not
+    continue `stream` (for a first chunk: the new stream it opens), or None when it does."""
+    if stream is None:
+        return "a chunk that is not a first one, and no transmission open"
+    if (stream.leader, stream.term) != (leader, term):
+        return f"a chunk from {leader} in term {term}, not from {stream.leader} in term {stream.term}"
+    if offset is not None and offset != stream.received:
+        return f"a chunk at byte {offset}, not at byte {stream.received}"
+    return None
+
+
+def guard_snapshot_transmissions(so: SyncObj) -> None:
+    """Have a leader send each snapshot transmission whole, from its first chunk, within one term and one
+    connection, and say where each chunk begins (a pysyncobj 0.3.17 defect, reproduced in
+    tests/unit/replication/test_snapshot_chunks.py).
+
+    pysyncobj's leader keeps, per follower, an open dump file and a position (``Serializer.__transmissions``)
+    until the last chunk is sent, the connection is seen down while it leads, or its own next dump
+    finishes. Deposed mid-transmission and elected again, it resumes where it stopped, though another
+    leader may have sent the follower a new snapshot meanwhile; a connection that broke and came back
+    while it did not lead leaves the chunks lost with it out. Here a transmission is forgotten when the
+    connection to its follower breaks, and one begun in an earlier term is forgotten before the next
+    chunk: the follower gets a first chunk and a whole file. Each chunk carries its offset
+    (``snapshot_offset``; pysyncobj ignores keys it does not know), which ``guard_snapshot_chunks``
+    checks on the follower.
+    """
+    serializer = so._SyncObj__serializer
+    for name in ("getTransmissionData", "cancelTransmisstion"):
+        if not callable(getattr(serializer, name, None)):
+            raise RuntimeError(f"pysyncobj internals changed (Serializer.{name} is missing): "
+                               "guard_snapshot_transmissions was written for pysyncobj_release.PATCHED_PYSYNCOBJ")
+    if not isinstance(getattr(serializer, "_Serializer__transmissions", None), dict):
+        raise RuntimeError("pysyncobj internals changed (Serializer.__transmissions is missing): "
+                           "guard_snapshot_transmissions was written for pysyncobj_release.PATCHED_PYSYNCOBJ")
+    get_chunk, cancel = serializer.getTransmissionData, serializer.cancelTransmisstion
+    transport = so._SyncObj__transport
+    send, disconnected = transport.send, transport._onNodeDisconnectedCallback
+    begun: dict[Any, tuple[int, int]] = {}  # follower -> (term of the first chunk, bytes sent)
+    offsets: dict[Any, int] = {}  # follower -> offset of the chunk just read, until it is sent
+
+    def chunk(node: Any) -> Any:
+        held = begun.get(node)
+        if node in serializer._Serializer__transmissions and (held is None or held[0] != so.raftCurrentTerm):
+            forget(node, "begun in an earlier term")
+        data = get_chunk(node)
+        if isinstance(data, tuple):
+            sent = 0 if data[1] else begun.get(node, (0, 0))[1]
+            offsets[node] = sent
+            if data[2]:
+                begun.pop(node, None)
+            else:
+                begun[node] = (int(so.raftCurrentTerm), sent + len(data[0]))
+        return data
+
+    def forget(node: Any, why: str) -> None:
+        transmission = serializer._Serializer__transmissions.get(node)
+        if transmission is not None:
+            log.info("snapshot transmission to %s restarts from its first chunk: %s", node, why)
+            if hasattr(transmission.get("file"), "close"):
+                transmission["file"].close()
+        cancel(node)
+        begun.pop(node, None)
+
+    def stamped(node: Any, message: Any) -> Any:
+        if (isinstance(message, dict) and message.get("type") == "append_entries"
+                and isinstance(message.get("serialized"), tuple) and node in offsets):
+            message = {**message, SNAPSHOT_OFFSET: offsets.pop(node)}
+        return send(node, message)
+
+    def on_disconnected(node: Any) -> None:
+        forget(node, "the connection broke (chunks in flight are lost)")
+        offsets.pop(node, None)
+        if disconnected is not None:
+            disconnected(node)
+
+    serializer.getTransmissionData = chunk
+    transport.send = stamped
+    transport.setOnNodeDisconnectedCallback(on_disconnected)
 
 
 def _last_snapshot_chunk(serialized: object) -> bool:

@@ -107,7 +107,7 @@ class Scheduler:
         heap = self._heap
         while heap and heap[0][0] <= until:
             when, _, fn, args = heapq.heappop(heap)
-            self.clock.now = when
+            self.clock.now = max(self.clock.now, when)  # a callback may move the clock on (time spent)
             self.executed += 1
             fn(*args)
         self.clock.now = max(self.clock.now, until)
@@ -210,8 +210,12 @@ class SimNetwork:
     """In-memory links between ``SimRaftNode``s with TCP semantics (module docstring)."""
 
     def __init__(self, scheduler: Scheduler, rng: random.Random, *, min_delay: float = 0.0005,
-                 max_delay: float = 0.02, reconnect_delay: float = 0.2) -> None:
+                 max_delay: float = 0.02, reconnect_delay: float = 0.2, snapshot_chunk_seconds: float = 0.0) -> None:
         self.scheduler = scheduler
+        # Time a node spends sending one snapshot chunk (the clock moves on by it): with it, a snapshot of
+        # many chunks spans several append_entries periods, as a large one does on a real master (whose
+        # send loop stops after a period); 0: a whole snapshot goes out within one tick.
+        self.snapshot_chunk_seconds = snapshot_chunk_seconds
         self.rng = rng
         self.min_delay = min_delay
         self.max_delay = max_delay
@@ -311,6 +315,10 @@ class SimNetwork:
     def send(self, source: str, dest: str, message: Any) -> bool:
         link = self.link(source, dest)
         self.stats.sent += 1
+        if self.snapshot_chunk_seconds and isinstance(message, dict) and "serialized" in message:
+            # also a snapshot message without data (the leader's own dump is being written): pysyncobj's
+            # send loop repeats it until its period is over, which without time passing never comes
+            self.scheduler.clock.now += self.snapshot_chunk_seconds
         if not link.up:
             self.stats.lost += 1
             return False
@@ -421,7 +429,8 @@ class SimRaftNode:
     def __init__(self, network: SimNetwork, config: ReplicationConfig, state_machine: StateMachine, *,
                  on_leadership: Callable[[SimRaftNode, bool, int], None] | None = None,
                  guard_snapshots: bool = True, disk: Disk | None = None,
-                 before_dump: Callable[[float], bool] | None = None, pre_vote: bool = True) -> None:
+                 before_dump: Callable[[float], bool] | None = None, pre_vote: bool = True,
+                 snapshot_chunk_bytes: int | None = None) -> None:
         self.network = network
         self.config = config
         self.address = config.self_address
@@ -438,7 +447,9 @@ class SimRaftNode:
         self.alive = True
         self._tick_pending_at: float | None = None
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        conf = syncobj_conf(config, self._state_changed, autoTick=False, useFork=False)
+        # snapshot_chunk_bytes: pysyncobj's chunk size (64 KiB), smaller for the simulation's small states
+        chunking = {} if snapshot_chunk_bytes is None else {"logCompactionBatchSize": snapshot_chunk_bytes}
+        conf = syncobj_conf(config, self._state_changed, autoTick=False, useFork=False, **chunking)
         if guard_snapshots:
             align_journal_with_dump(config.journal_file, config.dump_file)
         self._so = SyncObj(SimNode(self.address), [SimNode(p) for p in self.peers], conf=conf,

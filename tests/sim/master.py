@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 # Timings of the leader loop, scaled down so that a few simulated seconds see several of each duty.
 SETTINGS = LeaderSettings(agent_timeout=2.0, reregistration_timeout=2.0, framework_reconnect_timeout=2.0,
                           allocation_interval=0.5, offer_timeout=4.0, status_update_retry=1.5, tick=0.1)
+# --slow-snapshots: snapshot chunks of this many bytes (pysyncobj: 64 KiB), each taking its sender this
+# long (two or three fit in an append_entries period of 0.05 s)
+SLOW_SNAPSHOT_CHUNK = 256
+SLOW_SNAPSHOT_SECONDS = 0.02
 
 class EventTrail:
     """The event-log port of one master, reduced to what the simulation checks: records arrive with
@@ -110,7 +114,8 @@ class SimMaster:
             apply_thread=sim.apply_step,
         )
         self.node = SimRaftNode(sim.network, config, sm, on_leadership=sim.on_leadership,
-                                guard_snapshots=sim.guard_snapshots, pre_vote=sim.pre_vote)
+                                guard_snapshots=sim.guard_snapshots, pre_vote=sim.pre_vote,
+                                snapshot_chunk_bytes=SLOW_SNAPSHOT_CHUNK if sim.slow_snapshots else None)
         sim.scheduler.after(SETTINGS.tick * sim.rng.random(), self.leader_loop, self.incarnation)
 
     def crash(self) -> None:

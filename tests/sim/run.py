@@ -46,10 +46,10 @@ def split_pre_votes() -> Iterator[None]:
 
 def run_one(seed: int, steps: int, *, trace_tail: int = 0, guard_snapshots: bool = True,
             pre_vote: bool = True, apply_step: bool = False, masters: int = 3,
-            split: bool = False) -> Report | Violation:
+            split: bool = False, slow_snapshots: bool = False) -> Report | Violation:
     with split_pre_votes() if split else contextlib.nullcontext(), \
             Simulation(seed, steps, guard_snapshots=guard_snapshots, pre_vote=pre_vote, apply_step=apply_step,
-                       masters=masters) as sim:
+                       masters=masters, slow_snapshots=slow_snapshots) as sim:
         try:
             return sim.run()
         except Violation as violation:
@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="masters apply committed batches in a step after the tick, as RaftReplicator's apply "
                              "thread (replication.sim.SteppedApplier); default: inside the tick")
     parser.add_argument("--masters", type=int, default=3, choices=(3, 5), help="masters (default 3)")
+    parser.add_argument("--slow-snapshots", action="store_true",
+                        help="snapshots in small chunks that take their sender time, so a transmission spans "
+                             "several append_entries periods (default: one tick)")
     parser.add_argument("--split-pre-votes", action="store_true",
                         help="pre-vote without one pre-vote per term (as before it): reproduces split votes")
     parser.add_argument("--compare", action="store_true",
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed is not None:
         outcome = run_one(args.seed, args.steps, trace_tail=args.trace, guard_snapshots=guard,
                           pre_vote=not args.no_pre_vote, apply_step=args.apply_step, masters=args.masters,
-                          split=args.split_pre_votes)
+                          split=args.split_pre_votes, slow_snapshots=args.slow_snapshots)
         if isinstance(outcome, Violation):
             print(outcome.report())
             return 1
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if off.violations or on.violations else 0
     return 1 if run_seeds(args.seeds, args.steps, guard=guard, pre_vote=not args.no_pre_vote,
                           apply_step=args.apply_step, masters=args.masters,
-                          split=args.split_pre_votes).violations else 0
+                          split=args.split_pre_votes, slow_snapshots=args.slow_snapshots).violations else 0
 
 
 class Totals:
@@ -130,12 +133,13 @@ class Totals:
 
 
 def run_seeds(seeds: range, steps: int, *, guard: bool, pre_vote: bool, label: str = "",
-              apply_step: bool = False, masters: int = 3, split: bool = False) -> Totals:
+              apply_step: bool = False, masters: int = 3, split: bool = False,
+              slow_snapshots: bool = False) -> Totals:
     started = time.perf_counter()
     result = Totals(label or ("pre-vote off" if not pre_vote else "pre-vote, split" if split else "pre-vote on"))
     for n, seed in enumerate(seeds, 1):
         outcome = run_one(seed, steps, guard_snapshots=guard, pre_vote=pre_vote, apply_step=apply_step,
-                          masters=masters, split=split)
+                          masters=masters, split=split, slow_snapshots=slow_snapshots)
         if isinstance(outcome, Violation):
             result.violations.append(outcome)
             print(outcome.report(), flush=True)

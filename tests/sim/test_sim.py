@@ -63,6 +63,20 @@ def test_a_dump_overtaken_by_a_snapshot_install_does_not_compact_the_new_journal
     assert report.commits > 0 and report.acked > 0
 
 
+def test_a_second_copy_of_a_snapshot_is_not_installed_over_a_log_that_moved_on(caplog: pytest.LogCaptureFixture) -> None:
+    """Seed 18: two reset answers to one burst make the leader send a follower the same snapshot (index
+    106) twice; the follower installs the first, takes entries up to 113 and commits them, then the second
+    copy arrives. pysyncobj alone would install it again: the log cut back to 106 and the commit index
+    from 113 to 106 (the shape of the soak's "raftCommitIndex (30686) exceeds journal end (29987)").
+    consensus_guards.guard_failed_snapshot_install refuses it (tests/unit/replication/test_snapshot_chunks.py
+    pins the decision)."""
+    with caplog.at_level("ERROR", logger="tessera.control_plane.replication.consensus_guards"):
+        report = run_seed(18, 200)
+    assert report.commits > 0
+    refused = [r.getMessage() for r in caplog.records if "not installed" in r.getMessage()]
+    assert any("ends at index 106, not after the commit index" in m and "kept at 113" in m for m in refused), refused
+
+
 def test_a_seed_replays_exactly_in_this_process() -> None:
     first, second = run_seed(7, 120), run_seed(7, 120)
     assert first.trace_hash == second.trace_hash
@@ -163,7 +177,7 @@ def test_the_scenarios_exercise_the_whole_lifecycle() -> None:
     """The scenario is not idle: offers are made, accepted and declined, tasks run, end and are
     acknowledged, leaders change, agents are lost and come back, frameworks write their key/value state."""
     seen: set[str] = set()
-    for seed in range(4):
+    for seed in range(5):  # together these seeds produce every event type (FrameworkStateDeleted: seed 4)
         with Simulation(seed, 150) as sim:
             sim.run()
             for m in sim.masters:

@@ -65,7 +65,7 @@ from tessera.control_plane.replication.sim import (
     deterministic_pysyncobj,
 )
 from tessera.control_plane.runtime.statemachine import Applied, MasterStateMachine
-from tests.sim.master import EventTrail, SimMaster
+from tests.sim.master import SLOW_SNAPSHOT_SECONDS, EventTrail, SimMaster
 from tests.sim.twins import TWIN_PERIOD, AgentTwin, FrameworkTwin, Request
 
 DEFAULT_STEPS = 200
@@ -142,11 +142,12 @@ def _digest(command: bytes) -> str:
     return hashlib.sha256(command).hexdigest()[:12]
 
 
+
 class Simulation:
     def __init__(self, seed: int, steps: int = DEFAULT_STEPS, *, root: Path | None = None, masters: int = 3,
                  agents: int = 3, frameworks: int = 2, fault_rate: float = 0.08,
                  state_machine_factory: StateMachineFactory | None = None, guard_snapshots: bool = True,
-                 pre_vote: bool = True, apply_step: bool = False) -> None:
+                 pre_vote: bool = True, apply_step: bool = False, slow_snapshots: bool = False) -> None:
         self.seed = seed
         self.steps = steps
         self.rng = random.Random(seed)
@@ -162,6 +163,10 @@ class Simulation:
         self.pre_vote = pre_vote
         # True: masters apply as RaftReplicator's apply thread does, in a step after the tick (SteppedApplier)
         self.apply_step = apply_step
+        # True: snapshots travel in chunks of SLOW_SNAPSHOT_CHUNK bytes, each taking the sender
+        # SLOW_SNAPSHOT_SECONDS, so a transmission spans several append_entries periods (and can be cut
+        # off, deposed, resumed) as a large one does on a real master
+        self.slow_snapshots = slow_snapshots
         self.final_prints: tuple[str, ...] = ()
         self.quiet = False
         self.step_no = 0
@@ -191,7 +196,8 @@ class Simulation:
         self._patch = deterministic_pysyncobj(self.clock, self.rng)
         self._patch.__enter__()
         try:
-            self.network = SimNetwork(self.scheduler, self.rng)
+            self.network = SimNetwork(self.scheduler, self.rng,
+                                      snapshot_chunk_seconds=SLOW_SNAPSHOT_SECONDS if slow_snapshots else 0.0)
             self.masters = [SimMaster(self, i) for i in range(masters)]
             self.twins: dict[str, AgentTwin | FrameworkTwin] = {}
             for i in range(agents):
@@ -501,7 +507,7 @@ class Simulation:
 
     def _flags(self) -> str:
         return (("" if self.guard_snapshots else " --unguarded") + ("" if self.pre_vote else " --no-pre-vote")
-                + (" --apply-step" if self.apply_step else ""))
+                + (" --apply-step" if self.apply_step else "") + (" --slow-snapshots" if self.slow_snapshots else ""))
 
     def report(self) -> Report:
         prints = self.final_prints or tuple(
