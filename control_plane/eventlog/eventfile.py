@@ -132,6 +132,13 @@ class EventFile:
                            (at_or_before_seq,))
         return (int(rows[0][0]), bytes(rows[0][1])) if rows else None
 
+    def snapshot_seq(self, at_or_before_seq: int) -> int | None:
+        """The seq of `nearest_snapshot(at_or_before_seq)`, without reading its blob."""
+        if not self._has_snapshots:
+            return None
+        (found,) = self._query("SELECT max(seq) FROM snapshots WHERE seq <= ?", (at_or_before_seq,))[0]
+        return None if found is None else int(found)
+
     def snapshots(self, from_seq: int = 0) -> builtins.list[tuple[int, bytes]]:
         if not self._has_snapshots:
             return []

@@ -440,6 +440,11 @@ class SqliteEventStore(QueuedEventStore):
             ).fetchone()
         return (int(row[0]), bytes(row[1])) if row else None
 
+    def snapshot_seq(self, at_or_before_seq: int) -> int | None:
+        with self._reading() as conn:
+            row = conn.execute("SELECT max(seq) FROM snapshots WHERE seq <= ?", (at_or_before_seq,)).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
     def spans_for_trace(self, trace_id: str) -> builtins.list[SpanRecord]:
         with self._reading() as conn:
             rows = conn.execute(

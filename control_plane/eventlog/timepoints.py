@@ -89,8 +89,8 @@ _NO_LIMIT = 2**63 - 1
 def known_last(source: HistorySource) -> int:
     """The last index whose state this source knows: its last event, or a later snapshot (a master
     that installed a Raft snapshot has the state at its index before any event after it)."""
-    snap = source.nearest_snapshot(_NO_LIMIT)
-    return max(source.last_seq(), snap[0] if snap is not None else 0)
+    snap = source.snapshot_seq(_NO_LIMIT)
+    return max(source.last_seq(), snap or 0)
 
 
 def resolve_point(source: HistorySource, point: Point, now: float) -> int:

@@ -101,3 +101,14 @@ def test_a_point_given_as_a_time_names_the_last_event_at_or_before_it(history: E
         earlier = [x.seq for x in records if x.time <= just_before]
         if earlier:
             assert resolve_point(store, Point(time=just_before), r.time) == max(earlier)
+
+
+def test_the_seq_of_the_nearest_snapshot_is_read_without_its_blob(history: EventStore, tmp_path: Path) -> None:
+    store, rng = history, random.Random(29)
+    last = store.last_seq()
+    for seq in rng.sample(range(1, last + 1), 6):
+        store.put_snapshot(seq, f"blob-{seq}".encode())
+    assert store.flush()
+    for at in [0, last, *rng.sample(range(1, last + 1), 40)]:
+        found = store.nearest_snapshot(at)
+        assert store.snapshot_seq(at) == (found[0] if found is not None else None)
