@@ -89,7 +89,7 @@ class Changes(Sequence[Change]):
             yield self._task_change(*entry)
         yield from self._tail
 
-    def count(self, kind: str, change: str) -> int:
+    def count_of(self, kind: str, change: str) -> int:
         """How many changes of `kind` are `change` (task rows are not written for it)."""
         if kind == "task":
             return sum(1 for entry in self._tasks if entry[1] == change)
@@ -115,7 +115,7 @@ class StateDiff:
 
     def count(self, kind: str, change: str) -> int:
         if isinstance(self.changes, Changes):
-            return self.changes.count(kind, change)
+            return self.changes.count_of(kind, change)
         return sum(1 for c in self.changes if c.kind == kind and c.change == change)
 
 

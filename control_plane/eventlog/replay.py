@@ -189,9 +189,9 @@ def _start(source: HistorySource, target: int, cache: StateCache | None = None
         if snap is None:
             return _owned(ClusterState(), 0)
         seq, blob = snap
-        state = decode_snapshot(blob)
-        if state is not None and state.seq == seq:
-            return _owned(state, seq)
+        decoded = decode_snapshot(blob)
+        if decoded is not None and decoded.seq == seq:
+            return _owned(decoded, seq)
         log.info("skipping the snapshot at %d: written by another version of tessera or damaged", seq)
         if seq <= 0:
             return _owned(ClusterState(), 0)
