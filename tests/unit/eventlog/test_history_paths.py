@@ -103,7 +103,7 @@ def test_a_point_given_as_a_time_names_the_last_event_at_or_before_it(history: E
             assert resolve_point(store, Point(time=just_before), r.time) == max(earlier)
 
 
-def test_the_seq_of_the_nearest_snapshot_is_read_without_its_blob(history: EventStore, tmp_path: Path) -> None:
+def test_the_seq_of_the_nearest_snapshot_is_read_without_its_blob(history: EventStore) -> None:
     store, rng = history, random.Random(29)
     last = store.last_seq()
     for seq in rng.sample(range(1, last + 1), 6):
