@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 from tessera.control_plane.core.resources import Resources
 from tessera.control_plane.core.state import ClusterState, TaskKey, TaskRecord
 
-__all__ = ["Change", "FieldChange", "StateDiff", "diff_states", "diff_to_jsonable"]
+__all__ = ["Change", "Changes", "FieldChange", "StateDiff", "diff_states", "diff_to_jsonable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,13 +29,93 @@ class Change:
     fields: tuple[FieldChange, ...] = ()
 
 
+# a task that differs, found but not written out yet: its id as shown, how it changed, its key
+_TaskEntry = tuple[str, str, TaskKey]
+
+
+class Changes(Sequence[Change]):
+    """The changes of a diff, in order (kind by kind, ids sorted), with the task rows written only when
+    read: a diff between states far apart changes thousands of tasks, and a page of it (the web UI's
+    `/api/v1/diff`, 100 rows) must not write them all. Equal to any sequence of the same changes."""
+
+    __slots__ = ("_after", "_before", "_head", "_tail", "_tasks")
+
+    def __init__(self, head: Sequence[Change], tasks: Sequence[_TaskEntry], tail: Sequence[Change],
+                 before: ClusterState | None = None, after: ClusterState | None = None) -> None:
+        self._head, self._tasks, self._tail = tuple(head), tuple(tasks), tuple(tail)
+        self._before, self._after = before, after
+
+    def __len__(self) -> int:
+        return len(self._head) + len(self._tasks) + len(self._tail)
+
+    @overload
+    def __getitem__(self, i: int) -> Change: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> tuple[Change, ...]: ...
+
+    def __getitem__(self, i: int | slice) -> Change | tuple[Change, ...]:
+        if isinstance(i, slice):
+            return tuple(self._at(j) for j in range(*i.indices(len(self))))
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("change index out of range")
+        return self._at(i)
+
+    def _at(self, i: int) -> Change:
+        if i < len(self._head):
+            return self._head[i]
+        i -= len(self._head)
+        if i < len(self._tasks):
+            return self._task_change(*self._tasks[i])
+        return self._tail[i - len(self._tasks)]
+
+    def _task_change(self, ident: str, change: str, key: TaskKey) -> Change:
+        assert self._before is not None and self._after is not None
+        if change == "added":
+            return Change("task", ident, change, tuple(FieldChange(k, "", v) for k, v in
+                                                       _task_row(_facts_of(self._after, key)).items()))
+        if change == "removed":
+            return Change("task", ident, change, tuple(FieldChange(k, v, "") for k, v in
+                                                       _task_row(_facts_of(self._before, key)).items()))
+        was, now = _task_row(_facts_of(self._before, key)), _task_row(_facts_of(self._after, key))
+        return Change("task", ident, change, tuple(FieldChange(k, was[k], now[k]) for k in now if was[k] != now[k]))
+
+    def __iter__(self) -> Iterator[Change]:
+        yield from self._head
+        for entry in self._tasks:
+            yield self._task_change(*entry)
+        yield from self._tail
+
+    def count_of(self, kind: str, change: str) -> int:
+        """How many changes of `kind` are `change` (task rows are not written for it)."""
+        if kind == "task":
+            return sum(1 for entry in self._tasks if entry[1] == change)
+        return sum(1 for c in (*self._head, *self._tail) if c.kind == kind and c.change == change)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"Changes({list(self)!r})"
+
+
 @dataclass(frozen=True, slots=True)
 class StateDiff:
     from_index: int
     to_index: int
-    changes: tuple[Change, ...]
+    changes: Sequence[Change]  # a `Changes` from `diff_states`
 
     def count(self, kind: str, change: str) -> int:
+        if isinstance(self.changes, Changes):
+            return self.changes.count_of(kind, change)
         return sum(1 for c in self.changes if c.kind == kind and c.change == change)
 
 
@@ -102,12 +182,29 @@ def _changed_task_keys(before: ClusterState, after: ClusterState) -> set[TaskKey
     return candidates
 
 
-def _task_view_of(s: ClusterState, keys: set[TaskKey]) -> dict[str, _TaskFacts]:
-    """`_task_view` restricted to `keys`."""
-    view = {str(key): _task_facts(t, True) for key in keys if key not in s.tasks
-            and (t := s.completed_tasks.get(key)) is not None}
-    view.update({str(key): _task_facts(t, False) for key in keys if (t := s.tasks.get(key)) is not None})
-    return view
+def _facts_of(s: ClusterState, key: TaskKey) -> _TaskFacts:
+    """The facts of the task `key` in `s`, live or completed (it is one of them)."""
+    live = s.tasks.get(key)
+    return _task_facts(live, False) if live is not None else _task_facts(s.completed_tasks[key], True)
+
+
+def _task_entries(before: ClusterState, after: ClusterState) -> list[_TaskEntry]:
+    """The tasks that differ (what `_task_view` of both would show differently), sorted by id: added and
+    removed ones by their keys alone, the others by their facts; their rows are written when read."""
+    out: list[_TaskEntry] = []
+    b_live, b_done, a_live, a_done = before.tasks, before.completed_tasks, after.tasks, after.completed_tasks
+    for key in _changed_task_keys(before, after):
+        was = key in b_live or key in b_done
+        now = key in a_live or key in a_done
+        if was and now:
+            if _facts_of(before, key) != _facts_of(after, key):
+                out.append((str(key), "changed", key))
+        elif now:
+            out.append((str(key), "added", key))
+        elif was:
+            out.append((str(key), "removed", key))
+    out.sort()
+    return out
 
 
 def _role_view(s: ClusterState) -> dict[str, dict[str, str]]:
@@ -137,13 +234,16 @@ def diff_states(before: ClusterState, after: ClusterState) -> StateDiff:
     Tasks include the completed ones the states remember, so a task that finished and was acknowledged
     shows as changed (to FINISHED, completed), not removed.
     """
-    changes: list[Change] = []
-    tasks = _changed_task_keys(before, after)
+    head: list[Change] = []
+    changes = head
+    tasks: list[_TaskEntry] = []
+    tail: list[Change] = []
     for kind, view, row in _VIEWS:
-        if view is _task_view:  # only the tasks that can differ (the rest give no rows)
-            a, b = _task_view_of(before, tasks), _task_view_of(after, tasks)
-        else:
-            a, b = view(before), view(after)
+        if view is _task_view:  # only the tasks that can differ; their rows are written when read
+            tasks = _task_entries(before, after)
+            changes = tail
+            continue
+        a, b = view(before), view(after)
         for key in sorted(a.keys() | b.keys()):
             if key not in a:
                 changes.append(Change(kind, key, "added", tuple(FieldChange(k, "", v) for k, v in row(b[key]).items())))
@@ -155,7 +255,7 @@ def diff_states(before: ClusterState, after: ClusterState) -> StateDiff:
                 fields_changed = tuple(FieldChange(k, was[k], now[k]) for k in now if was[k] != now[k])
                 if fields_changed:
                     changes.append(Change(kind, key, "changed", fields_changed))
-    return StateDiff(before.seq, after.seq, tuple(changes))
+    return StateDiff(before.seq, after.seq, Changes(head, tasks, tail, before, after))
 
 
 # The history-side counterpart of codec.to_jsonable for CLI --json output of diffs.

@@ -17,6 +17,7 @@ from tessera.control_plane.eventlog.errors import EventFileError, HistoryPruned
 from tessera.control_plane.eventlog.records import EVENT_COLUMNS, SPAN_COLUMNS, EventFilter, EventRecord
 from tessera.control_plane.eventlog.source import ALL
 from tessera.control_plane.eventlog.store import list_start
+from tessera.control_plane.eventlog.timeindex import TimeBlocks
 
 __all__ = ["EventFile"]
 
@@ -54,6 +55,7 @@ class EventFile:
         self._has_meta = "meta" in tables
         self._has_snapshots = "snapshots" in tables
         self._lock = threading.Lock()  # one connection: serialise its users
+        self._time_blocks = TimeBlocks()
 
     def _query(self, sql: str, params: Sequence[object] = ()) -> builtins.list[Any]:
         with self._lock:
@@ -93,6 +95,19 @@ class EventFile:
         except TypeError as exc:
             raise EventFileError(f"{self.path}: rows do not have the event log's types ({exc})") from exc
 
+    def seq_before_time(self, until: float) -> int | None:
+        """`EventStore.seq_before_time`: through `timeindex.TimeBlocks`, as the SQLite store does."""
+        from tessera.control_plane.eventlog.sqlite import seq_before_time
+
+        first = self.first_seq()
+        if max(self.last_seq(), 1) < first:  # everything was pruned
+            raise HistoryPruned(first)
+        with self._lock:
+            try:
+                return seq_before_time(self._time_blocks, self._conn, until, first)
+            except sqlite3.DatabaseError as exc:
+                raise EventFileError(f"{self.path}: cannot read ({exc})") from exc
+
     def get(self, seq: int) -> EventRecord | None:
         rows = self._query(f"{_SELECT} WHERE seq = ?", (seq,))
         return EventRecord(*rows[0]) if rows else None
@@ -116,6 +131,13 @@ class EventFile:
         rows = self._query("SELECT seq, blob FROM snapshots WHERE seq <= ? ORDER BY seq DESC LIMIT 1",
                            (at_or_before_seq,))
         return (int(rows[0][0]), bytes(rows[0][1])) if rows else None
+
+    def snapshot_seq(self, at_or_before_seq: int) -> int | None:
+        """The seq of `nearest_snapshot(at_or_before_seq)`, without reading its blob."""
+        if not self._has_snapshots:
+            return None
+        (found,) = self._query("SELECT max(seq) FROM snapshots WHERE seq <= ?", (at_or_before_seq,))[0]
+        return None if found is None else int(found)
 
     def snapshots(self, from_seq: int = 0) -> builtins.list[tuple[int, bytes]]:
         if not self._has_snapshots:

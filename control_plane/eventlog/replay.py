@@ -180,17 +180,18 @@ def _start(source: HistorySource, target: int, cache: StateCache | None = None
         cached = None  # the events after it were pruned since it was cached
     at = target
     while True:
-        snap = source.nearest_snapshot(at)
-        choice = choose_start(target, cached[0] if cached else None, snap[0] if snap else None)
+        snap_seq = source.snapshot_seq(at)  # its blob (~2.5 MB at 10,000 tasks) is read only when used
+        choice = choose_start(target, cached[0] if cached else None, snap_seq)
         if choice == "cached" and cached is not None:
             state = cached[1] if cached[0] >= target else share_state(cached[1])
             return state, cached[0], TaskOwnership(state, owns_all=False)
-        if choice == "empty" or snap is None:
+        snap = source.nearest_snapshot(snap_seq) if choice != "empty" and snap_seq is not None else None
+        if snap is None:
             return _owned(ClusterState(), 0)
         seq, blob = snap
-        state = decode_snapshot(blob)
-        if state is not None and state.seq == seq:
-            return _owned(state, seq)
+        decoded = decode_snapshot(blob)
+        if decoded is not None and decoded.seq == seq:
+            return _owned(decoded, seq)
         log.info("skipping the snapshot at %d: written by another version of tessera or damaged", seq)
         if seq <= 0:
             return _owned(ClusterState(), 0)

@@ -46,6 +46,7 @@ from tessera.control_plane.eventlog.records import (
     SpanRecord,
 )
 from tessera.control_plane.eventlog.store import _NO_FILTER, list_start
+from tessera.control_plane.eventlog.timeindex import TimeBlocks
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +259,28 @@ def _list_sql(flt: EventFilter, from_seq: int, limit: int, descending: bool
     return sql, params
 
 
+# `timeindex.TimeBlocks`' two queries over an `events` table. `+time` keeps the planner on the seq range
+# (the primary key): the index on time would visit every event before the time.
+_BLOCK_MINIMA = "SELECT (seq - 1) / ?, min(time), count(*) FROM events WHERE seq BETWEEN ? AND ? GROUP BY 1"
+_LAST_BEFORE = "SELECT max(seq) FROM events WHERE seq BETWEEN ? AND ? AND +time < ?"
+
+
+def seq_before_time(blocks: TimeBlocks, conn: sqlite3.Connection, until: float, first: int) -> int | None:
+    """`EventStore.seq_before_time` over an `events` table through `blocks` (the store's and an events
+    file's), in the caller's read transaction."""
+    (high,) = conn.execute("SELECT max(seq) FROM events").fetchone()
+
+    def minima(low: int, top: int) -> builtins.list[tuple[int, float, int]]:
+        rows = conn.execute(_BLOCK_MINIMA, (blocks.block, low, top)).fetchall()
+        return [(int(b), float(t), int(n)) for b, t, n in rows]
+
+    def last_before(low: int, top: int, until: float) -> int | None:
+        (found,) = conn.execute(_LAST_BEFORE, (low, top, until)).fetchone()
+        return None if found is None else int(found)
+
+    return blocks.seq_before(until, first, int(high or 0), minima, last_before)
+
+
 class SqliteEventStore(QueuedEventStore):
     """The event store of a master: one SQLite file, written by one background thread."""
 
@@ -276,6 +299,7 @@ class SqliteEventStore(QueuedEventStore):
             raise
         self._conn = self._db.conn  # the writer's; used only by the writer thread from now on
         self._readers = _ReaderPool(self.path)
+        self._time_blocks = TimeBlocks()
         self._start_writer(first_seq=first, last_seq=high or 0)
 
     @staticmethod
@@ -378,6 +402,13 @@ class SqliteEventStore(QueuedEventStore):
             rows = conn.execute(sql, params).fetchall()
         return [EventRecord(*row) for row in rows]
 
+    def seq_before_time(self, until: float) -> int | None:
+        with self._reading(consistent=True) as conn:
+            first = self._read_first_seq(conn)
+            if max(self.last_seq(), 1) < first:  # everything was pruned
+                raise HistoryPruned(first)
+            return seq_before_time(self._time_blocks, conn, until, first)
+
     def get(self, seq: int) -> EventRecord | None:
         with self._reading() as conn:
             row = conn.execute(f"{_SELECT_EVENTS} WHERE seq = ?", (seq,)).fetchone()
@@ -408,6 +439,11 @@ class SqliteEventStore(QueuedEventStore):
                 (at_or_before_seq,),
             ).fetchone()
         return (int(row[0]), bytes(row[1])) if row else None
+
+    def snapshot_seq(self, at_or_before_seq: int) -> int | None:
+        with self._reading() as conn:
+            row = conn.execute("SELECT max(seq) FROM snapshots WHERE seq <= ?", (at_or_before_seq,)).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     def spans_for_trace(self, trace_id: str) -> builtins.list[SpanRecord]:
         with self._reading() as conn:

@@ -53,11 +53,13 @@ CHECKPOINT_EVERY = 1_000
 # CHECKPOINT_NEAR_EVERY: a slider stepping back from a point finds one at most that many events before it
 CHECKPOINT_NEAR = 1_000
 CHECKPOINT_NEAR_EVERY = 250
-# what starting from each costs, in events replayed (measured at 10,000 tasks: ~45 us per replayed event,
-# ~220 ms to decode a format-4 snapshot, ~30 ms to clone a state; not re-tuned for format 5 (a fifth less
-# to decode) and `share_state` (a fifth of a clone): both would favour the cached state a little more)
+# what starting from each costs, in events replayed. Measured (2026-12-07, CPU time with the master's
+# collector settings, gcpolicy.tune_gc, load ~15 on 2 cores; docs/benchmarks.md): replay 62-105 us an event,
+# decoding a snapshot of 5,500 / 8,500 tasks 196 / 269 ms (format 5) and 234 / 464 ms (format 4, the
+# Snapshotter's live pickles), i.e. ~2,600-7,500 events; `share_state` of a cached state 4-18 ms, i.e.
+# ~60-180 events (it was ~30 ms for `clone_state`: 700)
 SNAPSHOT_DECODE_EVENTS = 5_000
-CLONE_EVENTS = 700
+CLONE_EVENTS = 150
 
 _ATOMIC: frozenset[type] = frozenset({str, int, float, bool, bytes, type(None), tuple, frozenset})
 _kinds: dict[type, str] = {}

@@ -9,7 +9,6 @@ import typing
 from dataclasses import dataclass
 
 from tessera.control_plane.eventlog.errors import HistoryPruned, HistoryUnavailable, PointOutOfRange
-from tessera.control_plane.eventlog.records import EventFilter
 from tessera.control_plane.eventlog.source import HistorySource
 
 __all__ = ["UNIX_THRESHOLD", "Point", "format_time", "known_last", "parse_point", "resolve_point"]
@@ -90,8 +89,8 @@ _NO_LIMIT = 2**63 - 1
 def known_last(source: HistorySource) -> int:
     """The last index whose state this source knows: its last event, or a later snapshot (a master
     that installed a Raft snapshot has the state at its index before any event after it)."""
-    snap = source.nearest_snapshot(_NO_LIMIT)
-    return max(source.last_seq(), snap[0] if snap is not None else 0)
+    snap = source.snapshot_seq(_NO_LIMIT)
+    return max(source.last_seq(), snap or 0)
 
 
 def resolve_point(source: HistorySource, point: Point, now: float) -> int:
@@ -111,15 +110,14 @@ def resolve_point(source: HistorySource, point: Point, now: float) -> int:
     t = typing.cast(float, point.time)
     if t > now + 1.0:  # a second of slack for clocks
         raise PointOutOfRange(f"{format_time(t)} is in the future (now is {format_time(now)})")
-    try:
-        found = source.list(from_seq=max(last, 1), limit=1, flt=EventFilter(until_time=math.nextafter(t, math.inf)),
-                            descending=True)
+    try:  # the last event at or before t (an index over the times: timeindex.TimeBlocks)
+        found = source.seq_before_time(math.nextafter(t, math.inf))
     except HistoryPruned as exc:  # only when everything was pruned
         raise HistoryUnavailable(str(exc), exc.first_kept, pruned=True) from exc
-    if not found:
+    if found is None:
         first = source.list(from_seq=source.first_seq(), limit=1)
         if first:
             raise PointOutOfRange(f"no event at or before {format_time(t)}: this log starts at "
                                   f"{format_time(first[0].time)} (index {first[0].seq})")
         raise PointOutOfRange(f"no event at or before {format_time(t)}: this log holds no event")
-    return found[0].seq
+    return found
