@@ -17,6 +17,7 @@ from tessera.control_plane.core.state import (
     TaskKey,
     TaskRecord,
     check_text,
+    compact_completed,
 )
 from tessera.control_plane.core.state import (
     known_agent as known_agent,  # the topic modules take their lookups from here
@@ -110,6 +111,7 @@ def complete_task(state: ClusterState, task: TaskRecord, tx: Tx) -> None:
     fw = state.frameworks.get(task.framework_id)
     if fw is not None:
         tx.discard(fw.task_ids, key.task_id)
+    compact_completed(task)  # equal values shared with other records: only identity changes
     tx.put(state.completed_tasks, key, task)
 
 

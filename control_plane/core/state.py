@@ -33,9 +33,9 @@ import hashlib
 import math
 import re
 from collections import OrderedDict
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from enum import Enum
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, TypeVar
 
 from tessera.control_plane.core.errors import (
     Conflict,
@@ -82,6 +82,7 @@ STATUS_UUIDS_PER_TASK = 128  # agents retry the newest updates only; older uuids
 _ID_RE = re.compile(r"^[\x21-\x7e]+\Z")  # printable ASCII without spaces: ids end up in URLs and file names
 
 Outcome = Literal["applied", "rejected", "duplicate"]
+_V = TypeVar("_V")
 
 
 # ---- the result of applying one entry --------------------------------------------------------------
@@ -136,18 +137,31 @@ class ApplyResult:
 
 
 # What the state keeps of an applied entry's result, by request id, to answer a retry: an `ApplyResult`
-# without its events, as a plain tuple (outcome, first_seq, last_seq, error_code, reason). Made for
-# every entry on every master, held by the tens of thousands and pickled with every snapshot: a frozen
-# dataclass cost 3x more to make and 10x more to pickle, a NamedTuple 5x more to pickle.
-Remembered = tuple[Outcome, int, int, str, str]
+# without its events. Made for every entry on every master, held by the tens of thousands (50,000 once
+# full: the largest of the bounded memories) and pickled with every snapshot. The common case, an entry
+# applied without error, is one int: `last_seq * APPLIED_SPAN + (last_seq - first_seq + 1)` (28 bytes,
+# where the tuple and its two ints took 136: 316 -> ~210 bytes per remembered request with its key
+# and the table's own entry, measured on a soak's log, docs/reliability.md). Any other result, and an
+# applied entry that recorded APPLIED_SPAN events or more, is a plain tuple (outcome, first_seq,
+# last_seq, error_code, reason): a frozen dataclass cost 3x more to make and 10x more to pickle, a
+# NamedTuple 5x more to pickle. States pickled before the ints hold only tuples (or, older still,
+# `ApplyResult`s): `remembered_result` reads all three.
+Remembered = int | tuple[Outcome, int, int, str, str]
+APPLIED_SPAN = 1024
 
 
 def remembered(result: ApplyResult) -> Remembered:
+    count = result.last_seq - result.first_seq + 1  # 0 for an entry that recorded no event
+    if result.outcome == "applied" and not result.error_code and not result.reason and 0 <= count < APPLIED_SPAN:
+        return result.last_seq * APPLIED_SPAN + count
     return (result.outcome, result.first_seq, result.last_seq, result.error_code, result.reason)
 
 
 def remembered_result(value: Remembered | ApplyResult, request_id: str) -> ApplyResult:
     """The `ApplyResult` (without events) a remembered request answers with."""
+    if isinstance(value, int):
+        last_seq, count = divmod(value, APPLIED_SPAN)
+        return ApplyResult("applied", (), last_seq - count + 1, last_seq, "", "", request_id)
     if isinstance(value, ApplyResult):  # restored from a Raft snapshot of an earlier version
         return value
     outcome, first_seq, last_seq, error_code, reason = value
@@ -252,6 +266,54 @@ class TaskRecord:
     @property
     def terminal(self) -> bool:
         return is_terminal(self.state)
+
+
+# Completed task records are held by the ten thousand (`COMPLETED_TASKS_LIMIT`), each with its own copies
+# of what most of them share: the framework and agent ids, the role, the resources and command (a
+# framework launches many tasks alike), the ids again in the last status. `compact_completed` makes
+# equal values one object when a task is completed: 2.35 -> ~1 KB per record (measured on a soak's
+# log, docs/reliability.md). Only identity changes, never a value: the state, its fingerprint and what
+# every reader sees are the same, on every master, whatever each process shared before. The values go
+# through `_share`, a table of at most _SHARED_LIMIT values keyed by type and repr (so 1 and 1.0, or
+# True and 1, are never merged), emptied when full: bounded, and a value missed is only a copy kept.
+_SHARED_LIMIT = 1024
+_shared: dict[tuple[type, str], object] = {}
+
+
+def _share(value: _V) -> _V:
+    """An equal value of the same type and repr already held, or `value` itself (then held)."""
+    key = (type(value), repr(value))
+    found = _shared.get(key)
+    if found is not None:
+        return found  # type: ignore[return-value]
+    if len(_shared) >= _SHARED_LIMIT:
+        _shared.clear()
+    _shared[key] = value
+    return value
+
+
+def _same(value: str, *candidates: str) -> str:
+    """`value`, or the first candidate equal to it (the object the record already holds)."""
+    for candidate in candidates:
+        if candidate == value:
+            return candidate
+    return _share(value)
+
+
+def compact_completed(task: TaskRecord) -> None:
+    """Share what a completed task's record holds with other records (the comment above), in place."""
+    info = task.info
+    framework_id, agent_id = _share(info.framework_id), _share(info.agent_id)
+    task.info = info = replace(info, framework_id=framework_id, agent_id=agent_id,
+                               resources=_share(info.resources), command=_share(info.command))
+    task.role = _share(task.role)
+    status = task.last_status
+    if status is not None:
+        uuids = task.applied_uuids[-1:]
+        task.last_status = replace(status, task_id=_same(status.task_id, info.task_id),
+                                   agent_id=_same(status.agent_id, agent_id),
+                                   framework_id=_same(status.framework_id, framework_id),
+                                   uuid=_same(status.uuid, *uuids))
 
 
 class StateEntry(NamedTuple):

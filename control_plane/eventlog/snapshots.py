@@ -39,10 +39,12 @@ DEFAULT_SNAPSHOT_EVERY = 10_000
 __all__ = ["DEFAULT_SNAPSHOT_EVERY", "decode_snapshot", "encode_pickled", "encode_snapshot"]
 
 _MAGIC = b"TSNAP"
-_FORMAT = 5  # as 4, the core's slots records and values pickled as calls of this module's `build_*`
-_PLAIN_FORMAT = 4  # zlib(pickle(ClusterState)), tasks keyed by TaskKey(framework_id, task_id) (3: by task
-#                    id), requests as plain `Remembered` tuples (2: as ApplyResult); another format or layout
-#                    is skipped, never half-loaded
+_FORMAT = 6  # as 7, the core's slots records and values pickled as calls of this module's `build_*` (5: as 4)
+_PLAIN_FORMAT = 7  # zlib(pickle(ClusterState)), requests remembered as ints or tuples (`state.remembered`; 4:
+#                    tuples only), tasks keyed by TaskKey(framework_id, task_id) (3: by task id; 2: requests as
+#                    ApplyResult); another format or layout is skipped, never half-loaded. An older master
+#                    skips 6 and 7 (it could not read the ints) and replays from an earlier snapshot instead.
+_READ_FORMATS = frozenset({4, 5, _FORMAT, _PLAIN_FORMAT})
 
 
 @cache
@@ -149,7 +151,7 @@ class _CoreUnpickler(pickle.Unpickler):
 def decode_snapshot(blob: bytes) -> ClusterState | None:
     """The state a snapshot holds, or None when it was written by another layout or is damaged."""
     head = len(_MAGIC) + 1 + 16
-    if len(blob) < head or not blob.startswith(_MAGIC) or blob[len(_MAGIC)] not in (_FORMAT, _PLAIN_FORMAT):
+    if len(blob) < head or not blob.startswith(_MAGIC) or blob[len(_MAGIC)] not in _READ_FORMATS:
         return None
     if blob[len(_MAGIC) + 1: head] != _layout():
         return None

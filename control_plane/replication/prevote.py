@@ -18,7 +18,10 @@ election per follower restart or heal (a 40-fault 5-master run went from term 6 
   the minimum election timeout (`PreVotePromise`): it refuses another candidate's pre-vote for that
   term meanwhile, and it does not start a round of its own for it (`may_start_pre_vote`); a node
   running its own round has promised itself, until refusals leave that round no majority
-  (`PreVoteRound.lost`: a node whose log is behind would otherwise keep refusing the others). Without it, two followers whose election timeouts ran
+  (`PreVoteRound.lost`: a node whose log is behind would otherwise keep refusing the others). A promise
+  yields to a candidate whose log is strictly more up to date than the promised one's (its own, for a
+  node's own round): a candidate that is behind can lose the real vote to that one anyway, and its
+  promises must not keep the others from electing (see below). Without it, two followers whose election timeouts ran
   out a few milliseconds apart both won their pre-votes (a pre-vote changes nothing on the voter),
   both raised the term and split the real votes 2-2 (5 masters, the leader dead): a second term for
   one leader fault, and another election timeout of failover. With it, at most one candidate wins a
@@ -26,6 +29,17 @@ election per follower restart or heal (a 40-fault 5-master run went from term 6 
   cross split the *pre*-votes, both lose, and neither raises the term (they retry after a fresh
   random timeout, when the promises have run out). Safety does not depend on it: the real vote is
   pysyncobj's, unchanged.
+* **A promise yields to a more up-to-date log** (found by the 30-minute soak of 2026-12-07: a leader
+  SIGSTOPped for 1.17 s kept its term, no follower was elected). Under load the followers' logs differ
+  by the entries in flight. With the leader silent (paused: its connections up, it answers nothing) a
+  follower whose log is behind times out first and promises itself, another follower as far behind
+  promises it too; the two followers that are ahead refuse it (their logs), but its round is never
+  `lost` (the silent leader neither grants nor refuses), and each ahead follower's round finds only
+  itself and the other ahead one free: 2 of 5, every round, for as long as the behind one keeps renewing
+  the promises (a new round every 0.3-0.6 s). Now a candidate strictly ahead of the promised one's log
+  is granted anyway (`PreVotePromise.binds`), and a node strictly ahead of the one it promised may run
+  its own round; a behind candidate that still wins its pre-vote can at worst split the real vote
+  (one more term), which is what the promise saves in the common case of equal logs.
 * **Check-quorum.** A leader that has not had an answer from a majority (itself included) within the
   election timeout (``raftMaxTimeout``) steps down to follower (`should_step_down`), as pysyncobj does
   itself after ``leaderFallbackTimeout``; a leader cut off from the majority stops taking writes that
@@ -104,15 +118,20 @@ PATCHED_NAMES = (
 @dataclass(frozen=True)
 class PreVotePromise:
     """The last pre-vote this node gave: for `term`, to `candidate` (its own id when it runs its own
-    round), at `at` (its clock). It binds for the minimum election timeout after `at`."""
+    round), whose log ended at `last_log` (term, index), at `at` (its clock). It binds for the minimum
+    election timeout after `at`, against candidates whose log is not strictly more up to date."""
 
     term: int
     candidate: str
     at: float
+    last_log: tuple[int, int]
 
-    def binds(self, *, term: int, candidate: str, now: float, lease: float) -> bool:
-        """Does this promise forbid a pre-vote for `term` to `candidate` at `now`?"""
-        return self.term == term and self.candidate != candidate and now - self.at < lease
+    def binds(self, *, term: int, candidate: str, now: float, lease: float, last_log: tuple[int, int]) -> bool:
+        """Does this promise forbid a pre-vote for `term` to `candidate`, whose log ends at `last_log`
+        (term, index), at `now`? Not when that log is strictly more up to date than the promised
+        candidate's (module docstring: a promise yields to a more up-to-date log)."""
+        return (self.term == term and self.candidate != candidate and now - self.at < lease
+                and last_log <= self.last_log)
 
 
 def grant_pre_vote(*, proposed_term: int, last_log_index: int, last_log_term: int, my_term: int,
@@ -130,16 +149,18 @@ def grant_pre_vote(*, proposed_term: int, last_log_index: int, last_log_term: in
         return False
     if proposed_term <= my_term:
         return False
-    if promise is not None and promise.binds(term=proposed_term, candidate=candidate, now=now, lease=lease):
+    if promise is not None and promise.binds(term=proposed_term, candidate=candidate, now=now, lease=lease,
+                                             last_log=(last_log_term, last_log_index)):
         return False
     return (last_log_term, last_log_index) >= (my_last_term, my_last_index)
 
 
-def may_start_pre_vote(*, term: int, me: str, promise: PreVotePromise | None, now: float, lease: float) -> bool:
-    """May this node (`me`) start a pre-vote round for `term`? Not while it has promised that term's
-    pre-vote to another candidate: that candidate is electing itself, and a second round would at best
-    split the pre-votes."""
-    return promise is None or not promise.binds(term=term, candidate=me, now=now, lease=lease)
+def may_start_pre_vote(*, term: int, me: str, promise: PreVotePromise | None, now: float, lease: float,
+                       last_log: tuple[int, int]) -> bool:
+    """May this node (`me`), whose log ends at `last_log` (term, index), start a pre-vote round for
+    `term`? Not while it has promised that term's pre-vote to another candidate whose log is at least as
+    up to date: that candidate is electing itself, and a second round would at best split the pre-votes."""
+    return promise is None or not promise.binds(term=term, candidate=me, now=now, lease=lease, last_log=last_log)
 
 
 def should_step_down(*, now: float, last_answers: Iterable[float], voters: int, timeout: float) -> bool:
@@ -289,8 +310,9 @@ class _PreVote:
                      1 + len(current.granted), current.voters)
             self.round = None
             return True  # a majority would vote: pysyncobj's election runs on this tick
+        last = so._SyncObj__raftLog[-1]
         if not may_start_pre_vote(term=term + 1, me=self.me, promise=self.promise, now=now,
-                                  lease=self.conf.raftMinTimeout):
+                                  lease=self.conf.raftMinTimeout, last_log=(last[2], last[1])):
             # This node's pre-vote for that term went to another candidate, which is electing itself:
             # wait for its append_entries, or a fresh timeout if its election does not come through.
             so._SyncObj__raftElectionDeadline = now + so._SyncObj__generateRaftTimeout()
@@ -302,10 +324,11 @@ class _PreVote:
         so = self.so
         others = so._SyncObj__otherNodes
         now = _pysyncobj.monotonicTime()
-        self.round = PreVoteRound(term=term, number=next(self.numbers), voters=len(others) + 1)
-        self.promise = PreVotePromise(term=term, candidate=self.me, at=now)  # its own pre-vote
-        so._SyncObj__raftElectionDeadline = now + so._SyncObj__generateRaftTimeout()
         log = so._SyncObj__raftLog
+        self.round = PreVoteRound(term=term, number=next(self.numbers), voters=len(others) + 1)
+        self.promise = PreVotePromise(term=term, candidate=self.me, at=now,  # its own pre-vote
+                                      last_log=(log[-1][2], log[-1][1]))
+        so._SyncObj__raftElectionDeadline = now + so._SyncObj__generateRaftTimeout()
         request = {"type": PRE_VOTE_REQUEST, "term": term, "round": self.round.number,
                    "last_log_index": log[-1][1], "last_log_term": log[-1][2]}
         for node in others:
@@ -342,13 +365,14 @@ class _PreVote:
         now = _pysyncobj.monotonicTime()
         term = int(request.get("term", 0))
         candidate = str(getattr(node, "id", node))
+        last_index, last_term = int(request.get("last_log_index", 0)), int(request.get("last_log_term", 0))
         granted = grant_pre_vote(
-            proposed_term=term, last_log_index=int(request.get("last_log_index", 0)),
-            last_log_term=int(request.get("last_log_term", 0)), my_term=so._SyncObj__raftCurrentTerm,
+            proposed_term=term, last_log_index=last_index, last_log_term=last_term,
+            my_term=so._SyncObj__raftCurrentTerm,
             my_last_index=log[-1][1], my_last_term=log[-1][2], leading=so._SyncObj__raftState == _LEADER,
             heard_from_leader_at=self.heard_from_leader_at, now=now, lease=self.conf.raftMinTimeout,
             candidate=candidate, promise=self.promise)
         if granted:
-            self.promise = PreVotePromise(term=term, candidate=candidate, at=now)
+            self.promise = PreVotePromise(term=term, candidate=candidate, at=now, last_log=(last_term, last_index))
         self.transport.send(node, {"type": PRE_VOTE_REPLY, "term": request.get("term"), "round": request.get("round"),
                                    "granted": granted, "voter_term": so._SyncObj__raftCurrentTerm})

@@ -81,6 +81,18 @@ FAULTS: tuple[tuple[str, float], ...] = (
 )
 # netns only (every agent is a host of its own there): an agent cut off from every master, healed after a while
 NETNS_FAULTS: tuple[tuple[str, float], ...] = (("isolate_agent", 1.5),)
+# After a leader's pause: how long a later term is waited for before a leader serving on in its own term is
+# taken as having kept it (an election still under way when the pause ended is over well within this).
+KEPT_TERM_WAIT_S = 5.0
+
+
+def kept_term(kind: str, leader: str, term_before: int, serving: list[tuple[int, str]]) -> bool:
+    """Did the leader of a `pause_leader` fault keep its term? Yes when it serves in `term_before` and no
+    master serves in a later one (`serving`: (term, name) of every master that says it serves). Never for
+    a kill or a partition: a killed leader restarts as a follower, a cut-off one steps down."""
+    if kind != "pause_leader":
+        return False
+    return (term_before, leader) in serving and all(t <= term_before for t, _ in serving)
 
 
 def _last_line(path: Path) -> str:
@@ -150,9 +162,11 @@ class RunResult:
                                            if not k.startswith("violations."))]
         lines.append(f"  {self.network}")
         leader_faults = sum(kinds.get(k, 0) for k in ("kill_leader", "pause_leader", "isolate_leader"))
+        kept = sum(1 for f in self.faults if f.get("kept_term"))
         lines.append(f"  elections: term {self.terms[0]} -> {self.terms[1]} ({self.terms[1] - self.terms[0]} terms) "
                      f"for {leader_faults} leader faults; {self.report.stats.get('terms_with_leader', 0)} terms "
-                     "had a leader")
+                     "had a leader" + (f"; {kept} paused leaders kept their term (no election during the pause)"
+                                       if kept else ""))
         if self.failovers:
             fo = sorted(self.failovers)
             lines.append(f"  failover (leader kill -> every framework re-subscribed and offered again), "
@@ -348,18 +362,37 @@ class FaultRun:
                 out.append((int(q.term), m))
         return out
 
-    def _leader(self, newer_than: int = -1) -> MasterProc | None:
-        """The serving leader of the highest term (above `newer_than`); None after 20 s without one."""
+    def _leader(self, newer_than: int = -1, timeout: float = 20.0, report: bool = True) -> MasterProc | None:
+        """The serving leader of the highest term (above `newer_than`); None after `timeout` s without one
+        (a problem of the run, with `report`, saying who served meanwhile)."""
         def find() -> tuple[int, MasterProc] | None:
             serving = [(t, m) for t, m in self._serving() if t > newer_than]
             return max(serving, key=lambda tm: tm[0]) if serving else None
 
         try:
-            return wait_for(find, 20, interval=0.05, what="a serving leader")[1]
+            return wait_for(find, timeout, interval=0.05, what="a serving leader")[1]
         except TimeoutError:
-            self.problems.append(f"no serving leader{f' after term {newer_than}' if newer_than >= 0 else ''} "
-                                 f"within 20 s (fault {len(self.faults) + 1})")
+            if report:
+                serving = ", ".join(f"{m.name} in term {t}" for t, m in sorted(self._serving(), key=lambda tm: tm[0]))
+                self.problems.append(f"no serving leader{f' after term {newer_than}' if newer_than >= 0 else ''} "
+                                     f"within {timeout:g} s (fault {len(self.faults) + 1}; serving meanwhile: "
+                                     f"{serving or 'none'})")
             return None
+
+    def _successor_term(self, kind: str, leader: MasterProc, term_before: int) -> tuple[int, bool]:
+        """After a leader fault: the term of the leader now serving, and whether it is the faulted leader
+        still in its own term (`kept_term`). A paused leader may legitimately keep its term: when no
+        follower won an election before the pause ended (random timeouts, split pre-votes), it resumes and
+        its heartbeats end the followers' campaigns. A leader killed or cut off cannot (check-quorum
+        deposes it), so for those a later term must serve, as before."""
+        if kind == "pause_leader":
+            after = self._leader(newer_than=term_before, timeout=KEPT_TERM_WAIT_S, report=False)
+            if after is None and kept_term(kind, leader.name, term_before,
+                                           [(t, m.name) for t, m in self._serving()]):
+                return term_before, True
+            if after is not None:
+                return self._term(after), False
+        return self._term(self._leader(newer_than=term_before)), False
 
     @staticmethod
     def _term(m: MasterProc | None) -> int:
@@ -475,16 +508,20 @@ class FaultRun:
             self.net.cut(a, b, mode)
             time.sleep(hold)
             self.net.heal()
-        if term_before:
+        if term_before and leader is not None:
             # The nemesis checks its own faults: losing the leader for longer than the election timeout
-            # (killed, paused or cut off) must end its term: a leader of a later term must serve. If none
-            # does, the fault did not happen (e.g. the proxy failed to cut) or the cluster is stuck.
-            after = self._leader(newer_than=term_before)
-            fault["terms"] = [term_before, self._term(after)]
+            # (killed or cut off) must end its term: a leader of a later term must serve. If none does,
+            # the fault did not happen (e.g. the proxy failed to cut) or the cluster is stuck. A paused
+            # leader may instead serve on in its term (`_successor_term`): counted, not a problem.
+            term_after, kept = self._successor_term(kind, leader, term_before)
+            fault["terms"] = [term_before, term_after]
+            if kept:
+                fault["kept_term"] = True
         self.faults.append(fault)
         self.log(f"fault {index + 1}{f'/{self.config.faults}' if self.config.faults else ''}: {kind} {fault.get('target', '')} "
                  f"{fault.get('mode', '')} for {hold:.2f} s"
                  + (f"; term {fault['terms'][0]} -> {fault['terms'][1]}" if "terms" in fault else "")
+                 + ("; it kept its term: no election during the pause" if fault.get("kept_term") else "")
                  + (f"; failover {fault['failover']:.2f} s" if "failover" in fault else ""))
         with open(self.root / "nemesis.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(fault) + "\n")

@@ -20,7 +20,13 @@ from tessera.control_plane.core.apply import ApplyResult, apply, replay
 from tessera.control_plane.core.errors import Conflict
 from tessera.control_plane.core.invariants import check_invariants
 from tessera.control_plane.core.resources import Resources
-from tessera.control_plane.core.state import ClusterState
+from tessera.control_plane.core.state import (
+    APPLIED_SPAN,
+    ClusterState,
+    TaskKey,
+    remembered,
+    remembered_result,
+)
 from tessera.control_plane.core.values import (
     AgentInfo,
     FrameworkInfo,
@@ -401,15 +407,58 @@ def test_framework_accounting_is_per_scalar_so_equal_ports_on_two_agents_do_not_
 def test_a_retry_is_answered_from_a_remembered_result_old_or_new_form() -> None:
     h = Harness()
     first = h.commit([ev.RoleWeightSet("a", 2.0)], request_id="r-new")
-    assert h.state.requests["r-new"] == ("applied", first.first_seq, first.last_seq, "", "")
+    assert h.state.requests["r-new"] == first.last_seq * APPLIED_SPAN + 1  # applied, one event: one int
     again = h.commit([ev.RoleWeightSet("a", 3.0)], request_id="r-new")
-    assert (again.outcome, again.first_seq, again.last_seq) == ("duplicate", first.first_seq, first.last_seq)
-    # a state restored from a Raft snapshot written before results were kept as tuples
+    assert (again.outcome, again.first_seq, again.last_seq, again.ok) == ("duplicate", first.first_seq,
+                                                                          first.last_seq, True)
+    rejected = h.commit([ev.RoleWeightSet("", 3.0)], request_id="r-bad")
+    assert h.state.requests["r-bad"] == ("rejected", rejected.first_seq, rejected.last_seq, rejected.error_code,
+                                         rejected.reason)  # not the common case: the tuple
+    # states restored from Raft snapshots written before the ints (tuples), and before the tuples
+    h.state.requests["r-tuple"] = ("applied", 3, 4, "", "")
     h.state.requests["r-old"] = ApplyResult("rejected", (), 7, 7, "Conflict", "stale offer", "r-old")
     old = h.commit([ev.RoleWeightSet("a", 4.0)], request_id="r-old")
     assert (old.outcome, old.first_seq, old.error_code, old.reason) == ("duplicate", 7, "Conflict", "stale offer")
+    tup = h.commit([ev.RoleWeightSet("a", 4.0)], request_id="r-tuple")
+    assert (tup.outcome, tup.first_seq, tup.last_seq, tup.ok) == ("duplicate", 3, 4, True)
     assert h.state.roles["a"].weight == 2.0
     assert pickle.loads(pickle.dumps(h.state)) == h.state
+
+
+@pytest.mark.parametrize(("first", "last"), [(5, 5), (5, 9), (10, 9), (1, APPLIED_SPAN - 1), (1, APPLIED_SPAN)])
+def test_a_remembered_applied_result_gives_back_its_seqs(first: int, last: int) -> None:
+    """(10, 9): an entry that recorded no event; (1, APPLIED_SPAN): too many events for the int, a tuple."""
+    result = ApplyResult("applied", (), first, last, "", "", "r")
+    value = remembered(result)
+    assert isinstance(value, int) is (last - first + 1 < APPLIED_SPAN)
+    assert remembered_result(value, "r") == result
+
+
+def test_a_completed_task_shares_its_values_with_other_records_and_keeps_them_equal() -> None:
+    """Completed records hold equal ids, resources and commands as one object each (the soak's memory):
+    the state, its fingerprint and its pickle round trip are unchanged."""
+    h = Harness()
+    aid, fid = h.agent(), h.framework()
+    h.launched(fid, aid, task("t1"), task("t2"))
+    before = {k: (t.info, t.last_status) for k, t in h.state.tasks.items()}
+    for tid in ("t1", "t2"):
+        h.status(tid, TaskState.TASK_FINISHED, uuid=f"end-{tid}")
+        h.run(c.Acknowledge(fid, tid, f"end-{tid}"))
+    one, two = (h.state.completed_tasks[TaskKey(fid, t)] for t in ("t1", "t2"))
+    assert one.info.resources is two.info.resources and one.info.command is two.info.command
+    assert one.info.framework_id is two.info.framework_id is one.last_status.framework_id  # type: ignore[union-attr]
+    assert one.last_status.uuid is one.applied_uuids[-1]  # type: ignore[union-attr]
+    assert {k: t.info for k, t in h.state.completed_tasks.items()} == {k: i for k, (i, _) in before.items()}
+    assert check_invariants(h.state) == []
+    assert pickle.loads(pickle.dumps(h.state)).fingerprint() == h.state.fingerprint()
+
+
+def test_values_equal_but_of_another_type_or_repr_are_not_shared() -> None:
+    from tessera.control_plane.core.state import _share
+
+    assert _share((("cpus", ""), 1)) == (("cpus", ""), 1)
+    shared = _share((("cpus", ""), 1.0))
+    assert shared == (("cpus", ""), 1) and repr(shared) == "(('cpus', ''), 1.0)"  # equal, never merged
 
 
 def test_a_state_keyed_by_bare_task_ids_is_upgraded_to_task_keys() -> None:

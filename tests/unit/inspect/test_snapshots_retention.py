@@ -301,8 +301,8 @@ def test_a_master_s_state_machine_never_pickles_its_live_state_when_told_not_to(
 
 
 def test_a_snapshot_decodes_to_the_state_it_encoded_in_both_formats() -> None:
-    """`encode_snapshot` pickles the core's records and values as calls of its builders (format 5);
-    the Snapshotter's live pickles stay plain pickles (`encode_pickled`, format 4): both load the same."""
+    """`encode_snapshot` pickles the core's records and values as calls of its builders (format 6);
+    the Snapshotter's live pickles stay plain pickles (`encode_pickled`, format 7): both load the same."""
     from tessera.control_plane.eventlog.snapshots import encode_pickled
 
     store = MemoryEventStore()
@@ -311,12 +311,34 @@ def test_a_snapshot_decodes_to_the_state_it_encoded_in_both_formats() -> None:
     state = leader.live
     built = encode_snapshot(state)
     plain = encode_pickled(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
-    assert built[len(b"TSNAP")] == 5 and plain[len(b"TSNAP")] == 4
+    assert built[len(b"TSNAP")] == 6 and plain[len(b"TSNAP")] == 7
     assert b"build_TaskRecord" in zlib.decompress(built[len(b"TSNAP") + 1 + 16:])
     for blob in (built, plain):
         got = decode_snapshot(blob)
         assert got is not None and got.fingerprint() == state.fingerprint()
         assert got.tasks and all(type(t).__slots__ for t in got.tasks.values())
+    store.close()
+
+
+def test_a_snapshot_written_before_requests_were_remembered_as_ints_still_loads() -> None:
+    """Formats 4 and 5 hold every remembered request as a tuple: they load, and answer a retry the same."""
+    from tessera.control_plane.core.state import remembered_result
+    from tessera.control_plane.eventlog.snapshots import encode_pickled
+
+    store = MemoryEventStore()
+    state = realistic_history(store).live
+    assert any(isinstance(v, int) for v in state.requests.values())
+    old = pickle.loads(pickle.dumps(state))
+    for rid, value in old.requests.items():
+        r = remembered_result(value, rid)
+        old.requests[rid] = (r.outcome, r.first_seq, r.last_seq, r.error_code, r.reason)
+    built, plain = bytearray(encode_snapshot(old)), bytearray(encode_pickled(pickle.dumps(old)))
+    built[len(b"TSNAP")], plain[len(b"TSNAP")] = 5, 4
+    for blob in (bytes(built), bytes(plain)):
+        got = decode_snapshot(blob)
+        assert got is not None
+        assert {rid: got.result_for_request(rid) for rid in got.requests} == {
+            rid: state.result_for_request(rid) for rid in state.requests}
     store.close()
 
 

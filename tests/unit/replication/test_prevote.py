@@ -78,21 +78,33 @@ def test_a_proposed_term_not_above_the_voters_is_refused() -> None:
 
 
 def test_a_pre_vote_promised_to_one_candidate_refuses_another_for_that_term_within_the_lease() -> None:
-    promise = PreVotePromise(term=6, candidate="a", at=99.9)
+    log = (5, 40)  # the promised candidate's log ends where the asking one's does (`_grant`)
+    promise = PreVotePromise(term=6, candidate="a", at=99.9, last_log=log)
     assert not _grant(candidate="b", promise=promise)  # 0.1 s after promising a
     assert _grant(candidate="a", promise=promise)  # the same candidate again (a retried round)
-    assert _grant(candidate="b", promise=PreVotePromise(term=6, candidate="a", at=99.75))  # the lease ran out
-    assert _grant(candidate="b", promise=PreVotePromise(term=5, candidate="a", at=99.9))  # another term
-    assert not _grant(candidate="b", promise=PreVotePromise(term=6, candidate="me", at=99.9))  # its own round
+    assert _grant(candidate="b", promise=PreVotePromise(term=6, candidate="a", at=99.75, last_log=log))  # ran out
+    assert _grant(candidate="b", promise=PreVotePromise(term=5, candidate="a", at=99.9, last_log=log))  # another term
+    assert not _grant(candidate="b", promise=PreVotePromise(term=6, candidate="me", at=99.9, last_log=log))  # its own
+
+
+def test_a_promise_yields_to_a_candidate_whose_log_is_strictly_more_up_to_date() -> None:
+    """The promised candidate (or the node itself) is behind the asking one: the promise does not bind."""
+    assert _grant(candidate="b", promise=PreVotePromise(term=6, candidate="a", at=99.9, last_log=(5, 39)))
+    assert _grant(candidate="b", promise=PreVotePromise(term=6, candidate="me", at=99.9, last_log=(4, 90)))
+    assert not _grant(candidate="b", last_log_index=39,  # behind the promised one: the promise binds
+                      promise=PreVotePromise(term=6, candidate="a", at=99.9, last_log=(5, 41)), my_last_index=30)
+    assert _grant(candidate="b", last_log_index=39, my_last_index=30)  # (and without a promise it is granted)
 
 
 def test_a_node_that_promised_its_pre_vote_to_another_does_not_start_a_round_for_that_term() -> None:
-    promise = PreVotePromise(term=6, candidate="a", at=99.9)
-    assert not may_start_pre_vote(term=6, me="me", promise=promise, now=100.0, lease=0.25)
-    assert may_start_pre_vote(term=6, me="me", promise=promise, now=100.15, lease=0.25)  # the lease ran out
-    assert may_start_pre_vote(term=7, me="me", promise=promise, now=100.0, lease=0.25)
-    assert may_start_pre_vote(term=6, me="a", promise=promise, now=100.0, lease=0.25)  # its own earlier round
-    assert may_start_pre_vote(term=6, me="me", promise=None, now=100.0, lease=0.25)
+    promise = PreVotePromise(term=6, candidate="a", at=99.9, last_log=(5, 40))
+    for log in ((5, 40), (5, 39), (4, 99)):  # as up to date as the promised candidate, or behind it
+        assert not may_start_pre_vote(term=6, me="me", promise=promise, now=100.0, lease=0.25, last_log=log)
+    assert may_start_pre_vote(term=6, me="me", promise=promise, now=100.0, lease=0.25, last_log=(5, 41))  # ahead
+    assert may_start_pre_vote(term=6, me="me", promise=promise, now=100.15, lease=0.25, last_log=(5, 40))  # ran out
+    assert may_start_pre_vote(term=7, me="me", promise=promise, now=100.0, lease=0.25, last_log=(5, 40))
+    assert may_start_pre_vote(term=6, me="a", promise=promise, now=100.0, lease=0.25, last_log=(5, 40))  # its own
+    assert may_start_pre_vote(term=6, me="me", promise=None, now=100.0, lease=0.25, last_log=(5, 40))
 
 
 @pytest.mark.parametrize(("answers", "voters", "down"), [
@@ -209,6 +221,16 @@ class Cluster:
     def heal(self) -> None:
         for a, b in self.network.cut_links():
             self.network.heal(a, b)
+
+    def pause(self, node: SimRaftNode) -> None:
+        """SIGSTOP: the node neither ticks nor sends; what is sent to it waits (its connections stay up)."""
+        node.tick = lambda: None  # type: ignore[method-assign]
+        self.isolate(node)
+
+    def resume(self, node: SimRaftNode) -> None:
+        del node.tick  # the class's own again
+        self.heal()
+        node.wake()
 
     def _record(self, node: SimRaftNode, leading: bool, term: int) -> None:
         if leading:
@@ -424,3 +446,37 @@ def test_leader_crashes_in_a_cluster_of_five_cost_one_term_each(tmp_path: Path) 
                 terms += c.leader().term() - term
                 c.restart(leader)
     assert terms == crashes
+
+
+def test_a_paused_leader_is_replaced_although_a_follower_behind_it_times_out_first(tmp_path: Path) -> None:
+    """The soak's 20-s gap (2026-12-07, fault 241): a leader SIGSTOPped for 1.17 s under load kept its term.
+    Two of its four followers miss its last entry; the leader stops (paused: connections up, no answer).
+    A follower that is behind times out first and asks for pre-votes: the other one behind promises it
+    its pre-vote, the two ahead refuse (their logs), and the silent leader never answers, so that round
+    is never lost and its promises hold. An ahead follower times out next: before, it found only itself
+    and the other ahead one free (2 of 5) in every round for as long as the behind one kept renewing
+    its promises, and no one was elected within the pause. A promise yields to a strictly more
+    up-to-date log: the ahead follower is elected in its first round, one term for the fault."""
+    with cluster(tmp_path, 5) as c:
+        c.run(1.0)
+        leader = c.leader()
+        term = leader.term()
+        behind, behind_too, ahead, ahead_too = sorted(c.followers(), key=lambda n: n.address)
+        for node in (behind, behind_too):
+            c.network.cut(leader.address, node.address, detect_after=60.0)
+        leader.propose([b"the entry two followers miss"], lambda result, err: None)
+        c.run(0.2)
+        last = {n.address: n.log()[-1].index for n in c.followers()}
+        assert last[ahead.address] == last[ahead_too.address] > last[behind.address] == last[behind_too.address]
+        c.pause(leader)
+        c.run(0.05)  # what the leader sent before it stopped has arrived
+        at = c.clock.now
+        timeouts = {behind: 0.3, ahead: 0.35, behind_too: 10.0, ahead_too: 10.0}
+        for node, timeout in timeouts.items():
+            node._so._SyncObj__raftElectionDeadline = at + timeout
+        c.run(1.0)
+        elected = [n for n in c.nodes if n.is_leader() and n.term() > term]
+        c.resume(leader)
+        assert [n.address for n in elected] == [ahead.address], (c.terms(), c.leaders)
+        c.run(1.0)
+        assert c.leader() is ahead and c.terms() == [term + 1] * 5, (c.terms(), c.leaders)
