@@ -138,10 +138,9 @@ def load_history(root: Path) -> History:
 # ---- the checks ------------------------------------------------------------------------------------
 def check(history: History) -> Report:
     report = Report()
-    longest = max(history.masters.values(), key=len, default=[])
-    report.stats["events"] = len(longest)
     report.stats["masters"] = len(history.masters)
-    installed = _check_prefixes(history, report)
+    longest, installed = _check_prefixes(history, report)
+    report.stats["events"] = len(longest)
     _check_leaders(history, report)
     decoded = _decode(longest, report)
     _check_acknowledged_calls(history, longest, decoded, report)
@@ -170,17 +169,21 @@ def _holes(seqs: list[int]) -> list[tuple[int, int]]:
     return out
 
 
-def _check_prefixes(history: History, report: Report) -> list[tuple[str, int]]:
-    """Property 1. Returns the holes that end at a state snapshot, as (master, seq of the snapshot):
-    a master that installed a Raft snapshot (it was behind a compacted leader log) has no events
-    before it, by design, and stores that state instead; those states are checked against the replay."""
+def _check_prefixes(history: History, report: Report) -> tuple[list[EventRecord], list[tuple[str, int]]]:
+    """Property 1: the masters' logs agree wherever two of them hold the same seq, and a hole in a
+    master's log ends at a state snapshot it installed (a master behind a compacted leader log has no
+    events before it, by design, and stores that state instead; those states are checked against the
+    replay). A master may end before another: it was stopped before the last commits reached it.
+
+    Returns the committed log as the masters hold it together (every seq from the master that holds
+    most events, else from the next that holds it) and the holes that end at installed states, as
+    (master, seq of the snapshot)."""
     installed: list[tuple[str, int]] = []
     names = sorted(history.masters, key=lambda n: -len(history.masters[n]))
     if not names:
         _add(report, "logs", "no master event log found")
-        return installed
-    base_name = names[0]
-    base = {r.seq: r for r in history.masters[base_name]}
+        return [], installed
+    reference: dict[int, tuple[str, EventRecord]] = {}
     for name in names:
         records = history.masters[name]
         for first, last in _holes([r.seq for r in records]):
@@ -190,15 +193,16 @@ def _check_prefixes(history: History, report: Report) -> list[tuple[str, int]]:
                 _add(report, "logs", f"{name}'s log has a hole: seq {first}..{last} missing, and no "
                                      f"installed state at {last}")
         for r in records:
-            other = base.get(r.seq)
-            if other is None:
-                _add(report, "logs", f"{name} holds seq {r.seq}, which the longest log ({base_name}) lacks")
-            elif other != r:
-                _add(report, "logs", f"{name} and {base_name} differ at seq {r.seq}: "
-                                     f"{_brief(r)} vs {_brief(other)}")
+            seen = reference.get(r.seq)
+            if seen is None:
+                reference[r.seq] = (name, r)
+            elif seen[1] != r:
+                _add(report, "logs", f"{name} and {seen[0]} differ at seq {r.seq}: "
+                                     f"{_brief(r)} vs {_brief(seen[1])}")
                 break  # a divergence explains everything after it
+    seqs = sorted(reference)  # a seq no master holds is a hole of each, judged above
     report.stats["holes_covered_by_installed_snapshots"] = len(installed)
-    return installed
+    return [reference[seq][1] for seq in seqs], installed
 
 
 def _brief(r: EventRecord) -> str:

@@ -194,6 +194,35 @@ def test_a_hole_ending_at_an_installed_state_that_matches_the_log_passes(good: H
     assert report.stats["holes_covered_by_installed_snapshots"] == 1
 
 
+def test_a_master_with_fewer_events_may_hold_the_last_commits_the_longest_log_lacks(good: History) -> None:
+    """The hour-long soak's shape: m3 installed a snapshot (fewer rows) and holds the last entry, which
+    m1 and m2, stopped first, never received."""
+    ok = copy.deepcopy(good)
+    full = ok.masters["m1"]
+    first, end = full[3].seq, _boundaries(full)[6]
+    ok.masters["m3"] = [r for r in full if not first <= r.seq <= end]
+    ok.snapshots["m3"] = {end: _state_after(full, end)}
+    last = _boundaries(full)[-2]
+    ok.masters["m1"] = ok.masters["m2"] = [r for r in full if r.seq <= last]
+    assert len(ok.masters["m1"]) > len(ok.masters["m3"]) and ok.masters["m3"][-1].seq > last
+    report = check(ok)
+    assert report.ok, report.violations
+    assert report.stats["events"] == len(full)
+
+
+def test_two_masters_that_differ_past_the_longest_logs_end_are_caught(good: History) -> None:
+    bad = copy.deepcopy(good)
+    full = bad.masters["m1"]
+    first, end = full[3].seq, _boundaries(full)[6]
+    bad.masters["m1"] = [r for r in full if r.seq <= _boundaries(full)[-2]]
+    holed = [r for r in full if not first <= r.seq <= end]
+    bad.masters["m2"] = holed
+    bad.masters["m3"] = holed[:-1] + [dataclasses.replace(holed[-1], term=holed[-1].term + 7)]
+    bad.snapshots["m2"] = bad.snapshots["m3"] = {end: _state_after(full, end)}
+    assert len(bad.masters["m1"]) > len(holed)
+    assert _kinds(bad) == {"logs"}
+
+
 def test_an_installed_state_that_differs_from_the_log_is_caught(good: History) -> None:
     bad = copy.deepcopy(good)
     records = bad.masters["m3"]
