@@ -39,7 +39,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, cast
 
-from tessera.sdk._shell import MAX_ACKS_PER_CALL, DriverBase, OfferRefs, StreamRunner, callback_for
+from tessera.sdk._shell import (
+    MAX_ACKS_PER_CALL,
+    OFFER_LINGER,
+    DriverBase,
+    OfferRefs,
+    StreamRunner,
+    callback_for,
+)
 from tessera.sdk.errors import DriverStopped, TesseraError
 from tessera.sdk.kv import KeyValueState
 from tessera.sdk.protocol import (
@@ -58,7 +65,6 @@ log = logging.getLogger("tessera.sdk.driver")
 
 ACK_SENDERS = 1  # batched acknowledgement calls under way at once (one keeps them in order)
 ACCEPTS_IN_FLIGHT = 32  # pipelined Accepts (`launch_async`) under way at once, by default
-OFFER_LINGER = 0.005  # seconds offers are held for more to come, then delivered in one callback (`OfferLinger`)
 
 
 class _Soon:

@@ -1,14 +1,14 @@
 """Offers that arrive close together reach the scheduler in one `offers()` callback: the sans-IO
-`OfferLinger` (what it holds, what passes ahead, what flushes it, when it is due) and the blocking
-driver using it against the FakeMaster."""
+`OfferLinger` (what it holds, what passes ahead, what flushes it, when it is due) and both drivers
+using it against the FakeMaster."""
 
 from __future__ import annotations
 
-import threading
+from typing import Any
 
 import pytest
 
-from tessera.sdk import FrameworkInfo, Offer, Resources, Scheduler, SchedulerDriver
+from tessera.sdk import Offer, Resources
 from tessera.sdk.session import (
     NotifyDisconnected,
     NotifyMessage,
@@ -83,28 +83,13 @@ def test_without_a_linger_everything_passes_as_it_comes() -> None:
         OfferLinger(-1.0)
 
 
-class Callbacks(Scheduler):
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.batches: list[list[str]] = []
-
-    def offers(self, driver: SchedulerDriver, offers: list[Offer]) -> None:
-        with self.cond:
-            self.batches.append(sorted(o.agent_id for o in offers))
-            self.cond.notify_all()
-
-
-def test_the_driver_delivers_offers_sent_in_separate_messages_in_one_callback() -> None:
+def test_both_drivers_deliver_offers_sent_in_separate_messages_in_one_callback(make: Any) -> None:
     fake = FakeMaster()
     fake.add_agent("cpus:1;mem:256", hostname="h1")
-    scheduler = Callbacks()
     # a linger far above the time between two sends: both land in it
-    driver = SchedulerDriver(scheduler, FrameworkInfo(name="linger"), fake.addresses, transport=fake.transport(),
-                             offer_linger=3.0)
-    with driver:
-        fake.wait_for(lambda: len(fake.offers()) == 1, what="the first agent offered")
-        fake.add_agent("cpus:1;mem:256", hostname="h2")  # offered at once, in a message of its own
-        with scheduler.cond:
-            assert scheduler.cond.wait_for(lambda: scheduler.batches, 15), "no offers callback"
-        assert len(fake.offers()) == 2
-        assert [len(b) for b in scheduler.batches] == [2]  # one callback with both agents' offers
+    h = make(fake, offer_linger=3.0).start()
+    fake.wait_for(lambda: len(fake.offers()) == 1, what="the first agent offered")
+    fake.add_agent("cpus:1;mem:256", hostname="h2")  # offered at once, in a message of its own
+    batches = h.rec.wait_for(lambda: h.rec.of("offers"), "an offers callback")
+    assert len(fake.offers()) == 2
+    assert [sorted(o.hostname for o in b) for b in batches] == [["h1", "h2"]]  # one callback, both offers
