@@ -173,9 +173,7 @@ class AsyncSchedulerDriver(DriverBase):
                     return cast(list[Effect], self._linger.due(loop.time()))
             if effects is None:
                 return None
-            now = loop.time()
-            out = [kept for effect in effects for kept in self._linger.add(effect, now)]
-            out.extend(self._linger.due(now))
+            out = self._linger.take(effects, loop.time())
             if out:
                 return cast(list[Effect], out)
 

@@ -196,9 +196,7 @@ class SchedulerDriver(DriverBase):
                     return cast(list[Effect], self._linger.due(time.monotonic()))
             if effects is None:
                 return None
-            now = time.monotonic()
-            out = [kept for effect in effects for kept in self._linger.add(effect, now)]
-            out.extend(self._linger.due(now))
+            out = self._linger.take(effects, time.monotonic())
             if out:
                 return cast(list[Effect | _Soon], out)
 

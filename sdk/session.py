@@ -250,6 +250,12 @@ class OfferLinger:
             return [effect]
         return [*self.flush(), effect]
 
+    def take(self, effects: Iterable[object], now: float) -> list[object]:
+        """`add` each of a batch of effects, then `due`: what to deliver now, in order."""
+        out = [kept for effect in effects for kept in self.add(effect, now)]
+        out.extend(self.due(now))
+        return out
+
     def due(self, now: float) -> list[object]:
         """The held offers, once their time came (else nothing)."""
         if self.deadline is None or now < self.deadline:

@@ -93,3 +93,10 @@ def test_both_drivers_deliver_offers_sent_in_separate_messages_in_one_callback(m
     batches = h.rec.wait_for(lambda: h.rec.of("offers"), "an offers callback")
     assert len(fake.offers()) == 2
     assert [sorted(o.hostname for o in b) for b in batches] == [["h1", "h2"]]  # one callback, both offers
+
+
+def test_take_adds_a_batch_then_gives_what_is_due() -> None:
+    linger = OfferLinger(0.005)
+    first = update("t1")
+    assert linger.take([NotifyOffers((offer("o1"),)), first], 0.0) == [first]
+    assert linger.take([NotifyOffers((offer("o2"),))], 0.006) == [NotifyOffers((offer("o1"), offer("o2")))]
