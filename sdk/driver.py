@@ -12,7 +12,7 @@ scheduler's callbacks, one at a time and in order. Calls (`launch`, `decline`, `
 calling thread until the master answered; they may be made from callbacks or from any other thread.
 
 Pipelined launches: `launch_async`/`accept_async` return a `concurrent.futures.Future` at once and send
-the Accept from a pool of `accepts_in_flight` senders (32 by default), so a callback that got many offers
+the Accept from a pool of `accepts_in_flight` senders (64 by default), so a callback that got many offers
 has several Accepts under way instead of waiting one round trip per offer. Accepts start in the order
 they were made; each retries and fails exactly as `accept` does (the future's exception is the error
 `accept` would have raised; `DriverStopped` once the driver stopped). A later call may overtake an Accept
@@ -64,7 +64,9 @@ from tessera.sdk.types import Filters, FrameworkInfo, Launch, Operation, TaskInf
 log = logging.getLogger("tessera.sdk.driver")
 
 ACK_SENDERS = 1  # batched acknowledgement calls under way at once (one keeps them in order)
-ACCEPTS_IN_FLIGHT = 32  # pipelined Accepts (`launch_async`) under way at once, by default
+# pipelined Accepts (`launch_async`) under way at once, by default: above the agents one offers callback
+# names on a large cluster (at 32, 44 agents' Accepts waited a whole Accept for a sender: docs/benchmarks.md)
+ACCEPTS_IN_FLIGHT = 64
 
 
 class _Soon:
@@ -90,7 +92,7 @@ class SchedulerDriver(DriverBase):
     - `standby` (False): one of several instances of the framework: while another instance is active,
       wait as a standby (`Scheduler.standing_by`) and take over when it is gone (`became_active`); a
       standby with no `framework_id` joins the framework of its principal with its name (docs/protocol.md)
-    - `accepts_in_flight` (32): how many `launch_async`/`accept_async` Accepts are under way at once
+    - `accepts_in_flight` (64): how many `launch_async`/`accept_async` Accepts are under way at once
     - `offer_linger` (0.005 s): offers arriving within this time of the first are delivered together, in
       one `offers()` callback (`tessera.sdk.session.OfferLinger`; updates are not held); 0: each as it comes
     - `backoff`, `subscribe_timeout`, `random`, `request_ids`: reconnection tuning and test hooks
