@@ -71,10 +71,11 @@ class LeaderSettings:
     # one commit earlier, but one offer per agent message instead of per round; off: measured on the
     # short-tasks benchmark, it split offers (30-60 % more Accepts) without a clear gain (docs/benchmarks.md)
     offers_with_frees: bool = False
-    # allocation rounds whose offer entries may be in flight at once: a round runs while the previous
-    # round's offers commit, over what those offers leave (`Ledger.pending_offers`); 1: each round waits
-    # for the previous round's commit
-    allocation_rounds_in_flight: int = 2
+    # allocation rounds whose offer entries may be in flight at once: above 1, a round runs while the
+    # previous round's offers commit, over what those offers leave (`Ledger.pending_offers`); 1: each round
+    # waits for the previous round's commit. 1 by default: on the short-tasks benchmark 2 split offers into
+    # smaller, more frequent ones (more Accepts, more commits) without a gain shown (docs/benchmarks.md)
+    allocation_rounds_in_flight: int = 1
 
 
 # Events after which an allocation round may find something new to offer.

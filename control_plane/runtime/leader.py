@@ -432,8 +432,9 @@ class LeaderDuties:
         fut.add_done_callback(done)
 
 
-# duty kinds proposed without waiting for the commit: offer entries too, so the next allocation round
-# may run while they commit (`LeaderSettings.allocation_rounds_in_flight`, over `Ledger.pending_offers`)
+# duty kinds proposed without waiting for the commit: offer entries too (the ticker's other duties do not
+# wait for them; the next allocation round may run while they commit when
+# `LeaderSettings.allocation_rounds_in_flight` > 1, over `Ledger.pending_offers`)
 _BACKGROUND = frozenset({"agent", "framework", "offers"})
 
 

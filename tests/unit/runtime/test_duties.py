@@ -143,18 +143,18 @@ def test_allocation_round_when_wanted_or_interval_passed_but_not_while_offers_co
                                             SETTINGS)
     one_round = frozenset({("offers", "o-1/0"), ("offers", "o-1/1")})  # one round in two entries
     in_flight = soft(last_allocation=now - 5.0, allocation_wanted=True, pending=one_round)
-    waits = replace(SETTINGS, allocation_rounds_in_flight=1)
-    assert AllocationRound() not in duties.tick(in_flight, h.state, now, waits)
+    assert SETTINGS.allocation_rounds_in_flight == 1
+    assert AllocationRound() not in duties.tick(in_flight, h.state, now, SETTINGS)
 
 
 def test_an_allocation_round_runs_while_the_previous_rounds_offers_commit_up_to_the_setting(h: Harness) -> None:
     now = T0 + 100.0
-    assert SETTINGS.allocation_rounds_in_flight == 2
+    pipelined = replace(SETTINGS, allocation_rounds_in_flight=2)
     one_round = soft(last_allocation=now - 5.0, allocation_wanted=True,
                      pending=frozenset({("offers", "o-1/0"), ("offers", "o-1/1"), ("expiry", "")}))
-    assert AllocationRound() in duties.tick(one_round, h.state, now, SETTINGS)
+    assert AllocationRound() in duties.tick(one_round, h.state, now, pipelined)
     two_rounds = replace(one_round, pending=one_round.pending | {("offers", "o-9/0")})
-    assert AllocationRound() not in duties.tick(two_rounds, h.state, now, SETTINGS)
+    assert AllocationRound() not in duties.tick(two_rounds, h.state, now, pipelined)
 
 
 def _offers(n: int) -> list[Offer]:
