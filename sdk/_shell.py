@@ -73,6 +73,7 @@ from tessera.sdk.types import (
 log = logging.getLogger("tessera.sdk.driver")
 
 MAX_ACKS_PER_CALL = 1000  # batched implicit acknowledgements in one call
+OFFER_LINGER = 0.005  # seconds offers are held for more to come, then delivered in one callback (`OfferLinger`)
 
 OfferRef = str | Offer
 OfferRefs = OfferRef | Iterable[OfferRef]

@@ -19,12 +19,19 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
-from tessera.sdk._shell import MAX_ACKS_PER_CALL, DriverBase, OfferRefs, StreamRunner, callback_for
+from tessera.sdk._shell import (
+    MAX_ACKS_PER_CALL,
+    OFFER_LINGER,
+    DriverBase,
+    OfferRefs,
+    StreamRunner,
+    callback_for,
+)
 from tessera.sdk.errors import DriverStopped, TesseraError
 from tessera.sdk.kv import AsyncKeyValueState
 from tessera.sdk.protocol import AcknowledgeCall, AcknowledgeManyCall, Call, CallResult, TeardownCall
 from tessera.sdk.scheduler import AsyncScheduler
-from tessera.sdk.session import Effect, NotifyError, NotifyUpdate
+from tessera.sdk.session import Effect, NotifyError, NotifyUpdate, OfferLinger
 from tessera.sdk.types import Filters, FrameworkInfo, Launch, Operation, TaskInfo, TaskStatus
 
 log = logging.getLogger("tessera.sdk.driver")
@@ -34,7 +41,9 @@ class AsyncSchedulerDriver(DriverBase):
     """Connects an `AsyncScheduler` to the masters; takes the options of `SchedulerDriver`."""
 
     def __init__(self, scheduler: AsyncScheduler, framework: FrameworkInfo,
-                 masters: Sequence[str] | str | None = None, **options: Any) -> None:
+                 masters: Sequence[str] | str | None = None, *, offer_linger: float = OFFER_LINGER,
+                 **options: Any) -> None:
+        self._linger = OfferLinger(offer_linger)  # offers arriving together, one callback (only the loop touches it)
         super().__init__(framework, masters, **options)
         self.scheduler = scheduler
         self.kv = AsyncKeyValueState(self._call)  # the framework's key/value state (tessera.sdk.kv)
@@ -124,7 +133,7 @@ class AsyncSchedulerDriver(DriverBase):
         assert self._effects is not None and self._runner is not None
         try:
             while True:
-                effects = await self._effects.get()
+                effects = await self._next_effects(self._effects)
                 if effects is None:
                     return
                 for effect in effects:
@@ -149,6 +158,24 @@ class AsyncSchedulerDriver(DriverBase):
             if self._ack_task is not None:
                 await asyncio.wait([self._ack_task], timeout=5.0)  # ends at once: the session is stopped
             self._close_transport()
+
+    async def _next_effects(self, queue: asyncio.Queue[list[Effect] | None]) -> list[Effect] | None:
+        """The next effects to deliver, held offers included once due (`OfferLinger`); None: stop."""
+        loop = asyncio.get_running_loop()
+        while True:
+            deadline = self._linger.deadline
+            if deadline is None:
+                effects = await queue.get()
+            else:
+                try:
+                    effects = await asyncio.wait_for(queue.get(), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    return cast(list[Effect], self._linger.due(loop.time()))
+            if effects is None:
+                return None
+            out = self._linger.take(effects, loop.time())
+            if out:
+                return cast(list[Effect], out)
 
     async def _deliver(self, effect: Effect) -> None:
         name, arguments = callback_for(effect)

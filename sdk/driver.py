@@ -12,7 +12,7 @@ scheduler's callbacks, one at a time and in order. Calls (`launch`, `decline`, `
 calling thread until the master answered; they may be made from callbacks or from any other thread.
 
 Pipelined launches: `launch_async`/`accept_async` return a `concurrent.futures.Future` at once and send
-the Accept from a pool of `accepts_in_flight` senders (8 by default), so a callback that got many offers
+the Accept from a pool of `accepts_in_flight` senders (64 by default), so a callback that got many offers
 has several Accepts under way instead of waiting one round trip per offer. Accepts start in the order
 they were made; each retries and fails exactly as `accept` does (the future's exception is the error
 `accept` would have raised; `DriverStopped` once the driver stopped). A later call may overtake an Accept
@@ -39,7 +39,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, cast
 
-from tessera.sdk._shell import MAX_ACKS_PER_CALL, DriverBase, OfferRefs, StreamRunner, callback_for
+from tessera.sdk._shell import (
+    MAX_ACKS_PER_CALL,
+    OFFER_LINGER,
+    DriverBase,
+    OfferRefs,
+    StreamRunner,
+    callback_for,
+)
 from tessera.sdk.errors import DriverStopped, TesseraError
 from tessera.sdk.kv import KeyValueState
 from tessera.sdk.protocol import (
@@ -51,13 +58,15 @@ from tessera.sdk.protocol import (
     TeardownCall,
 )
 from tessera.sdk.scheduler import Scheduler
-from tessera.sdk.session import Effect, NotifyError, NotifyUpdate
+from tessera.sdk.session import Effect, NotifyError, NotifyUpdate, OfferLinger
 from tessera.sdk.types import Filters, FrameworkInfo, Launch, Operation, TaskInfo, TaskStatus
 
 log = logging.getLogger("tessera.sdk.driver")
 
 ACK_SENDERS = 1  # batched acknowledgement calls under way at once (one keeps them in order)
-ACCEPTS_IN_FLIGHT = 32  # pipelined Accepts (`launch_async`) under way at once, by default
+# pipelined Accepts (`launch_async`) under way at once, by default: above the agents one offers callback
+# names on a large cluster (at 32, 44 agents' Accepts waited a whole Accept for a sender: docs/benchmarks.md)
+ACCEPTS_IN_FLIGHT = 64
 
 
 class _Soon:
@@ -83,14 +92,18 @@ class SchedulerDriver(DriverBase):
     - `standby` (False): one of several instances of the framework: while another instance is active,
       wait as a standby (`Scheduler.standing_by`) and take over when it is gone (`became_active`); a
       standby with no `framework_id` joins the framework of its principal with its name (docs/protocol.md)
-    - `accepts_in_flight` (8): how many `launch_async`/`accept_async` Accepts are under way at once
+    - `accepts_in_flight` (64): how many `launch_async`/`accept_async` Accepts are under way at once
+    - `offer_linger` (0.005 s): offers arriving within this time of the first are delivered together, in
+      one `offers()` callback (`tessera.sdk.session.OfferLinger`; updates are not held); 0: each as it comes
     - `backoff`, `subscribe_timeout`, `random`, `request_ids`: reconnection tuning and test hooks
     """
 
     def __init__(self, scheduler: Scheduler, framework: FrameworkInfo, masters: Sequence[str] | str | None = None,
-                 *, accepts_in_flight: int = ACCEPTS_IN_FLIGHT, **options: Any) -> None:
+                 *, accepts_in_flight: int = ACCEPTS_IN_FLIGHT, offer_linger: float = OFFER_LINGER,
+                 **options: Any) -> None:
         if accepts_in_flight < 1:
             raise ValueError("accepts_in_flight must be at least 1")
+        self._linger = OfferLinger(offer_linger)  # only the callback thread touches it
         super().__init__(framework, masters, **options)
         self.scheduler = scheduler
         self.kv = KeyValueState(self._call)  # the framework's key/value state (tessera.sdk.kv)
@@ -172,10 +185,27 @@ class SchedulerDriver(DriverBase):
             self.join(10.0)
 
     # ---- callbacks ------------------------------------------------------------------------------------
+    def _next_effects(self) -> Sequence[Effect | _Soon] | None:
+        """The next effects to deliver, held offers included once due (`OfferLinger`); None: stop."""
+        while True:
+            deadline = self._linger.deadline
+            if deadline is None:
+                effects = self._effects.get()
+            else:
+                try:
+                    effects = self._effects.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    return cast(list[Effect], self._linger.due(time.monotonic()))
+            if effects is None:
+                return None
+            out = self._linger.take(effects, time.monotonic())
+            if out:
+                return cast(list[Effect | _Soon], out)
+
     def _dispatch(self) -> None:
         try:
             while True:
-                effects = self._effects.get()
+                effects = self._next_effects()
                 if effects is None:
                     return
                 for effect in effects:

@@ -206,6 +206,68 @@ Effect: TypeAlias = (
 )
 
 
+# Effects that deliver held offers before them: what changes the subscription the offers belong to.
+# Anything else (status updates, framework messages, a driver's own queued functions) may pass ahead of a
+# held offer: it says nothing about offers, and a scheduler cannot tell it from one that came first.
+_FLUSH_HELD_OFFERS = (NotifySubscribed, NotifyActive, NotifyStandby, NotifyDeposed, NotifyDisconnected, NotifyError)
+
+
+class OfferLinger:
+    """Offers that come within `linger` seconds of each other, delivered in one `offers()` callback
+    (sans-IO: the driver gives the clock and waits until `deadline`).
+
+    A master may send a framework the offers of one moment in several messages (one per agent message
+    when it offers what a batch of status updates frees in that batch's own commit); delivered one
+    callback each, a scheduler that accepts each callback's offers of one agent together would still
+    send one Accept per message. Held, they go out together `linger` seconds after the first of them
+    arrived: status updates, framework messages (and whatever else a driver queues) are delivered
+    meanwhile, in order; a rescind of a held offer removes it (the scheduler never hears of either); a
+    change of the subscription (subscribed, active, standby, deposed, disconnected, error) delivers the
+    held offers first. `linger` 0 passes everything through as it comes."""
+
+    def __init__(self, linger: float) -> None:
+        if linger < 0:
+            raise ValueError("offer linger must be >= 0")
+        self.linger = linger
+        self._held: list[Offer] = []
+        self.deadline: float | None = None  # when the held offers are due; None: nothing held
+
+    def add(self, effect: object, now: float) -> list[object]:
+        """What to deliver now, in order, given one more effect (offers may be held instead)."""
+        if self.linger <= 0:
+            return [effect]
+        if isinstance(effect, NotifyOffers):
+            if not self._held:
+                self.deadline = now + self.linger
+            self._held.extend(effect.offers)
+            return []
+        if isinstance(effect, NotifyRescinded) and any(o.offer_id == effect.offer_id for o in self._held):
+            self._held = [o for o in self._held if o.offer_id != effect.offer_id]
+            if not self._held:
+                self.deadline = None
+            return []
+        if not isinstance(effect, _FLUSH_HELD_OFFERS) or not self._held:
+            return [effect]
+        return [*self.flush(), effect]
+
+    def take(self, effects: Iterable[object], now: float) -> list[object]:
+        """`add` each of a batch of effects, then `due`: what to deliver now, in order."""
+        out = [kept for effect in effects for kept in self.add(effect, now)]
+        out.extend(self.due(now))
+        return out
+
+    def due(self, now: float) -> list[object]:
+        """The held offers, once their time came (else nothing)."""
+        if self.deadline is None or now < self.deadline:
+            return []
+        return self.flush()
+
+    def flush(self) -> list[object]:
+        """The held offers now, as one effect (nothing when none are held)."""
+        held, self._held, self.deadline = self._held, [], None
+        return [NotifyOffers(tuple(held))] if held else []
+
+
 @dataclass(frozen=True)
 class CallDecision:
     """What to do after a call attempt failed: send it again (same request id) after `delay` seconds,

@@ -7,8 +7,9 @@ out everything `allocate` reads, so the allocation can run on a state that keeps
 What it holds, and the rules that decide what goes in:
 
 - `agents`: only agents that can be offered right now (ACTIVE: not draining, not unreachable, not
-  removed) *and* that have something free, sorted by agent id. `free` is total - used - offered, with its
-  reservation roles kept (`("cpus", "web")` is only for role web). An agent with nothing free is left
+  removed) *and* that have something free, sorted by agent id. `free` is total - used - offered (and
+  - the `pending` offers still committing), with its reservation roles kept (`("cpus", "web")` is only
+  for role web). An agent with nothing free is left
   out: the allocation costs what is allocatable, not what is registered.
 - `frameworks`: only CONNECTED frameworks; a disconnected one gets no offers until it resubscribes.
   `allocated` is, per role, the scalar quantities of its non-terminal tasks plus its live offers;
@@ -30,13 +31,13 @@ floats, so every master computes the same snapshot.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from tessera.control_plane.core.resources import EMPTY, Interval, Key, Resources
 from tessera.control_plane.core.state import AgentRecord, ClusterState, TaskKey
-from tessera.control_plane.core.values import AgentState, FrameworkState, Labels
+from tessera.control_plane.core.values import AgentState, FrameworkState, Labels, Offer
 
 __all__ = [
     "AgentSnapshot",
@@ -170,17 +171,27 @@ def _free(agent: AgentRecord) -> Resources:
 
 
 def snapshot_from_state(state: ClusterState, now: float, *, ended: Mapping[TaskKey, str] | None = None,
-                        ) -> AllocationSnapshot:
+                        pending: Iterable[Offer] = ()) -> AllocationSnapshot:
     """The allocator's view of `state` at `now` (see the module docstring). Pure; reads only.
 
     `ended` (task -> its agent id): the view once these tasks have ended — the updates that end them are
     decided, in the entry these offers go into (`core.decide.decide_each`'s `follow`): their resources
     are free on their agents and no longer held by their frameworks, and only those agents are offered
-    (the allocation of what those updates free; the rest waits for the next round)."""
+    (the allocation of what those updates free; the rest waits for the next round).
+
+    `pending`: offers proposed and not yet applied (an earlier round's entries still committing): counted
+    as live offers are — their resources are not free on their agents, and they are held by their
+    frameworks — so a round that runs before they commit never offers the same resources twice. One
+    already applied (its id among the state's offers) is not counted again; an agent whose free
+    resources no longer hold its pending offers (the state moved on) is left out of this round."""
     agents: list[AgentSnapshot] = []
     total: dict[Key, int] = {}
     reserved: dict[str, dict[Key, int]] = {}
     released: dict[str, Resources] = {}
+    proposed = [o for o in pending if o.offer_id not in state.offers]
+    offered_pending: dict[str, Resources] = {}
+    for offer in proposed:
+        offered_pending[offer.agent_id] = offered_pending.get(offer.agent_id, EMPTY) + offer.resources
     if ended is not None:
         for ended_key in ended:
             task = state.tasks.get(ended_key)
@@ -202,6 +213,10 @@ def snapshot_from_state(state: ClusterState, now: float, *, ended: Mapping[TaskK
         if ended is not None and agent_id not in released:
             continue
         free = _free(agent) + released[agent_id] if agent_id in released else _free(agent)
+        if agent_id in offered_pending:
+            if not free.contains(offered_pending[agent_id]):
+                continue
+            free = free - offered_pending[agent_id]
         if free:
             agents.append(AgentSnapshot(agent_id, agent.info.hostname, agent.info.attributes, free))
 
@@ -214,6 +229,7 @@ def snapshot_from_state(state: ClusterState, now: float, *, ended: Mapping[TaskK
     holders = [(t.framework_id, t.role, t.info.resources) for task_key, t in state.tasks.items()
                if not t.terminal and (ended is None or task_key not in ended)]
     holders.extend((o.framework_id, o.role, o.resources) for o in state.offers.values())
+    holders.extend((o.framework_id, o.role, o.resources) for o in proposed)
     for framework_id, role, resources in holders:
         in_flight[framework_id] = in_flight.get(framework_id, 0) + 1
         sums = held.get((framework_id, role))

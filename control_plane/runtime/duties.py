@@ -71,6 +71,11 @@ class LeaderSettings:
     # one commit earlier, but one offer per agent message instead of per round; off: measured on the
     # short-tasks benchmark, it split offers (30-60 % more Accepts) without a clear gain (docs/benchmarks.md)
     offers_with_frees: bool = False
+    # allocation rounds whose offer entries may be in flight at once: above 1, a round runs while the
+    # previous round's offers commit, over what those offers leave (`Ledger.pending_offers`); 1: each round
+    # waits for the previous round's commit. 1 by default: on the short-tasks benchmark 2 split offers into
+    # smaller, more frequent ones (more Accepts, more commits) without a gain shown (docs/benchmarks.md)
+    allocation_rounds_in_flight: int = 1
 
 
 # Events after which an allocation round may find something new to offer.
@@ -200,9 +205,9 @@ def tick(soft: SoftState, state: ClusterState, now: float, settings: LeaderSetti
                 sent = soft.update_sent.get(update.status.uuid)
                 if sent is None or now - sent >= settings.status_update_retry:
                     out.append(update)
-    offers_in_flight = any(kind == "offers" for kind, _ in soft.pending)
-    if not offers_in_flight and (soft.allocation_wanted
-                                 or now - soft.last_allocation >= settings.allocation_interval):
+    rounds_in_flight = len({key.partition("/")[0] for kind, key in soft.pending if kind == "offers"})
+    if rounds_in_flight < settings.allocation_rounds_in_flight and (
+            soft.allocation_wanted or now - soft.last_allocation >= settings.allocation_interval):
         out.append(AllocationRound())
     return out
 
@@ -260,8 +265,12 @@ def offers_not_held(offers: Sequence[Offer], held: frozenset[str]) -> Sequence[O
 
 
 def offer_proposals(offers: Sequence[Offer]) -> list[Propose]:
-    """An allocation round's offers as log entries of at most `OFFERS_PER_ENTRY` offers each."""
-    return [Propose(("offers", str(start // OFFERS_PER_ENTRY)),
+    """An allocation round's offers as log entries of at most `OFFERS_PER_ENTRY` offers each, keyed
+    ("offers", "<the round's first offer id>/<entry number>"): the round is what precedes the slash."""
+    if not offers:
+        return []
+    round_id = offers[0].offer_id
+    return [Propose(("offers", f"{round_id}/{start // OFFERS_PER_ENTRY}"),
                     (cmd.IssueOffers(offers=tuple(offers[start:start + OFFERS_PER_ENTRY])),))
             for start in range(0, len(offers), OFFERS_PER_ENTRY)]
 
@@ -384,15 +393,23 @@ class Ledger:
     allocation_wanted: bool = True
     last_allocation: float = float("-inf")
     last_slow: float = float("-inf")
+    # the offers of offer entries in flight, by key: the next allocation round offers what they leave
+    offers_in_flight: dict[tuple[str, str], tuple[Offer, ...]] = field(default_factory=dict)
 
     def serving(self, now: float) -> None:
         self.serving_since = now
         self.pending.clear()
+        self.offers_in_flight.clear()
         self.allocation_wanted = True
 
     def deposed(self) -> None:
         self.serving_since = None
         self.pending.clear()
+        self.offers_in_flight.clear()
+
+    def pending_offers(self) -> tuple[Offer, ...]:
+        """Offers proposed and not yet settled (committed or failed): `snapshot_from_state`'s `pending`."""
+        return tuple(o for offers in self.offers_in_flight.values() for o in offers)
 
     def view(self, now: float, *, last_seen: Mapping[str, float], frameworks: Iterable[str],
              update_sent: Mapping[str, float]) -> SoftState:
@@ -407,6 +424,10 @@ class Ledger:
         for c in commands:
             if isinstance(c, Propose):
                 self.pending.add(c.key)
+                offers = tuple(o for command in c.commands if isinstance(command, cmd.IssueOffers)
+                               for o in command.offers)
+                if offers:
+                    self.offers_in_flight[c.key] = offers
             elif isinstance(c, AllocationRound):
                 self.allocation_wanted = False
                 self.last_allocation = now
@@ -417,6 +438,7 @@ class Ledger:
 
     def done(self, key: tuple[str, str]) -> None:
         self.pending.discard(key)
+        self.offers_in_flight.pop(key, None)
 
 
 __all__ = [

@@ -101,7 +101,7 @@ class FrameworkSession:
         self.out.put(CLOSE)
 
 
-Snapshot = Callable[..., Any]  # (state, now, *, ended=None) -> allocation snapshot; runs under the state lock
+Snapshot = Callable[..., Any]  # (state, now, *, ended=None, pending=()) -> allocation snapshot; under the state lock
 Allocate = Callable[[Any, float], Sequence[Any]]  # (snapshot, now) -> offers; runs outside it
 
 
@@ -369,7 +369,9 @@ class LeaderDuties:
             return ()
         snapshot_fn, allocate_fn = self._allocator
         now = time.time()
-        offers = tuple(o for o in allocate_fn(snapshot_fn(state, now, ended=ended), now)
+        with self._lock:
+            pending = self._ledger.pending_offers()
+        offers = tuple(o for o in allocate_fn(snapshot_fn(state, now, ended=ended, pending=pending), now)
                        if o.framework_id in streaming)
         return (cmd.IssueOffers(offers=offers),) if offers else ()
 
@@ -380,7 +382,9 @@ class LeaderDuties:
         started = time.perf_counter()
         now = time.time()
         started_ns = time.time_ns()
-        snapshot = self.master.read_state(lambda s: snapshot_fn(s, now))
+        with self._lock:
+            pending = self._ledger.pending_offers()  # an earlier round's offers, still committing
+        snapshot = self.master.read_state(lambda s: snapshot_fn(s, now, pending=pending))
         offers = duties.offers_not_held(allocate_fn(snapshot, now), self.master.frameworks_offers_held())
         self.last_allocation_seconds = time.perf_counter() - started
         if offers:  # a span for rounds that offered something (idle rounds would flood the span store)
@@ -428,7 +432,10 @@ class LeaderDuties:
         fut.add_done_callback(done)
 
 
-_BACKGROUND = frozenset({"agent", "framework"})  # duty kinds proposed without waiting for the commit
+# duty kinds proposed without waiting for the commit: offer entries too (the ticker's other duties do not
+# wait for them; the next allocation round may run while they commit when
+# `LeaderSettings.allocation_rounds_in_flight` > 1, over `Ledger.pending_offers`)
+_BACKGROUND = frozenset({"agent", "framework", "offers"})
 
 
 def _agent_message(group: tuple[duties.ToAgent, ...]) -> agent_pb2.MasterMessage:

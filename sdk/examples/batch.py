@@ -8,7 +8,8 @@ never reuses one). A job whose task ends in any state but TASK_FINISHED is launc
 been retried `max_retries` times. The process exits 0 only when every job succeeded.
 
 How it uses offers (the habits of a well-behaved Mesos framework):
-- packs as many waiting jobs into each offer as fit (`Offer.resources` arithmetic), and launches with
+- packs as many waiting jobs into the offers of each agent as fit (`Offer.resources` arithmetic; the
+  offers of one agent and role in one Accept, `offers_by_agent`), and launches with
   `driver.launch_async`: the Accepts of a batch of offers are under way together, each outcome handled
   on the callback thread (`driver.call_soon`);
 - declines what it cannot use with a refuse filter (the offers of one callback in one call), and
@@ -178,38 +179,48 @@ class BatchRunner(Scheduler):
         if self._settle(driver):
             self._revive(driver)
         unused: list[Offer] = []
-        for offer in offers:
-            tasks = self._pack(offer)
+        for group in offers_by_agent(offers):
+            tasks = self._pack(group)
             if not tasks:
-                unused.append(offer)
+                unused.extend(group)
                 continue
-            # Pipelined: the Accepts of all these offers are under way at once; each outcome is handled
-            # on the callback thread (`_launched`), like any other event.
+            # One Accept per agent, naming all its offers (several may come for one agent: offers the
+            # master decided into the commits that freed them, one per agent message). Pipelined: the
+            # Accepts of all these agents are under way at once; each outcome is handled on the
+            # callback thread (`_launched`), like any other event.
             self._launching.update(t.task_id for t in tasks)
-            future = driver.launch_async(offer, tasks)
-            future.add_done_callback(partial(self._relay, driver, offer, tasks))
+            future = driver.launch_async(group, tasks)
+            future.add_done_callback(partial(self._relay, driver, group, tasks))
         if unused:
             self._decline_all(driver, unused)
         self._want_offers(driver)
 
     def _decline_all(self, driver: SchedulerDriver, offers: list[Offer]) -> None:
-        """Give back every offer of a callback it cannot use in one call, with the refuse filter; when the
-        master refuses the call (an offer of it is gone meanwhile), one call per offer."""
+        """Give back every offer of a callback it cannot use in one call, with the refuse filter."""
         self._filtered = True
+        self._give_back(driver, offers, Filters(self.refuse_seconds))
+
+    def _give_back(self, driver: SchedulerDriver, offers: list[Offer], filters: Filters | None = None) -> None:
+        """Decline offers in one call; when the master refuses the call (an offer of it is gone
+        meanwhile), one call per offer, so the others still go back."""
         try:
-            driver.decline(offers, Filters(self.refuse_seconds))
+            driver.decline(offers, filters)
         except REFUSED:
-            for offer in offers:
-                self._call(driver.decline, offer, Filters(self.refuse_seconds))
+            if len(offers) > 1:
+                for offer in offers:
+                    self._call(driver.decline, offer, filters)
         except TesseraError as exc:
             log.warning("decline failed: %s", exc)
 
-    def _relay(self, driver: SchedulerDriver, offer: Offer, tasks: list[TaskInfo], future: Future[None]) -> None:
+    def _relay(self, driver: SchedulerDriver, offers: list[Offer], tasks: list[TaskInfo],
+               future: Future[None]) -> None:
         """A sender thread: hand the launch's outcome to the callback thread."""
-        driver.call_soon(self._launched, driver, offer, tasks, future)
+        driver.call_soon(self._launched, driver, offers, tasks, future)
 
-    def _launched(self, driver: SchedulerDriver, offer: Offer, tasks: list[TaskInfo], future: Future[None]) -> None:
-        """The outcome of one pipelined launch (on the callback thread)."""
+    def _launched(self, driver: SchedulerDriver, offers: list[Offer], tasks: list[TaskInfo],
+                  future: Future[None]) -> None:
+        """The outcome of one pipelined launch on one agent's offers (on the callback thread)."""
+        named = ", ".join(o.offer_id for o in offers)
         self._launching.difference_update(t.task_id for t in tasks)
         exc = None if future.cancelled() else future.exception()
         if future.cancelled() or isinstance(exc, DriverStopped):
@@ -217,20 +228,20 @@ class BatchRunner(Scheduler):
         if isinstance(exc, REFUSED):
             # Not applied: the jobs wait again; give the offer back and ask for offers again (a
             # refusal leaves the offer with us, and nothing else would come until it expired).
-            log.warning("offer %s: launch refused: %s", offer.offer_id, exc)
+            log.warning("offers %s: launch refused: %s", named, exc)
             self._unpack(tasks)
-            self._call(driver.decline, offer)
+            self._give_back(driver, offers)
             self._revive(driver)
         elif isinstance(exc, TesseraError):
             # Timed out or failed otherwise: the master may have applied it. Settle by reconciling.
-            log.warning("offer %s: launch outcome unknown (%s); reconciling", offer.offer_id, exc)
+            log.warning("offers %s: launch outcome unknown (%s); reconciling", named, exc)
             self._unsettled.update(t.task_id for t in tasks if t.task_id in self._running)
             if self._settle(driver):
-                # Not applied after all: the offer is still ours; give it back, then revive.
-                self._call(driver.decline, offer)
+                # Not applied after all: the offers are still ours; give them back, then revive.
+                self._give_back(driver, offers)
                 self._revive(driver)
         elif exc is not None:
-            log.error("offer %s: launch failed: %r", offer.offer_id, exc)
+            log.error("offers %s: launch failed: %r", named, exc)
             self.failure = f"launch failed: {exc!r}"
             self.done.set()
             return
@@ -251,8 +262,11 @@ class BatchRunner(Scheduler):
         self.done.set()
 
     # ---- bookkeeping ----------------------------------------------------------------------------------
-    def _pack(self, offer: Offer) -> list[TaskInfo]:
-        left = offer.resources
+    def _pack(self, offers: list[Offer]) -> list[TaskInfo]:
+        """Waiting jobs that fit in these offers of one agent together, in line order."""
+        left = offers[0].resources
+        for offer in offers[1:]:
+            left = left + offer.resources
         tasks: list[TaskInfo] = []
         while self._waiting and left.contains(self.resources):
             job = self._waiting.popleft()
@@ -366,6 +380,15 @@ class BatchRunner(Scheduler):
                   for j in self.jobs),
             self.failure,
         )
+
+
+def offers_by_agent(offers: Sequence[Offer]) -> list[list[Offer]]:
+    """The offers grouped as one Accept may name them: same agent, same role; groups in the order of their
+    first offer, offers in the order given."""
+    groups: dict[tuple[str, str], list[Offer]] = {}
+    for offer in offers:
+        groups.setdefault((offer.agent_id, offer.role), []).append(offer)
+    return list(groups.values())
 
 
 def run_batch(runner: BatchRunner, framework: FrameworkInfo, masters: Sequence[str] | str | None,

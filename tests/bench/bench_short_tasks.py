@@ -92,6 +92,8 @@ def timed_driver_class() -> type:
             super().__init__(*a, **kw)  # type: ignore[arg-type]
             self.timings: dict[str, list[float]] = {}
             self._timing_lock = threading.Lock()
+            self._made: dict[int, float] = {}  # id(AcceptCall) -> when `accept_async` made it
+            self.accept_waits: list[float] = []
 
         def _call(self, call: object) -> object:  # type: ignore[override]
             started = time.perf_counter()
@@ -104,10 +106,29 @@ def timed_driver_class() -> type:
                     count_sum[0] += 1
                     count_sum[1] += took
 
+        def _accept_call(self, *a: object, **kw: object) -> object:  # type: ignore[override]
+            call = super()._accept_call(*a, **kw)  # type: ignore[arg-type]
+            with self._timing_lock:
+                self._made[id(call)] = time.perf_counter()
+            return call
+
+        def _accept_now(self, call: object) -> None:  # type: ignore[override]
+            """A pipelined Accept starts: how long it waited for a free sender (all `accepts_in_flight` busy)."""
+            with self._timing_lock:
+                made = self._made.pop(id(call), None)
+                if made is not None:
+                    self.accept_waits.append(time.perf_counter() - made)
+            super()._accept_now(call)  # type: ignore[arg-type]
+
         def breakdown(self) -> str:
             with self._timing_lock:
                 items = sorted(self.timings.items(), key=lambda kv: -kv[1][1])
-            return ", ".join(f"{k} {int(n)} x {1000 * s / max(1, n):.1f} ms (sum {s:.1f} s)" for k, (n, s) in items)
+                waits = list(self.accept_waits)
+            med = bench_launch.pct
+            queued = (f"; pipelined Accepts waited for a sender {1000 * med(waits, 0.5):.0f} ms median "
+                      f"(p90 {1000 * med(waits, 0.9):.0f})" if waits else "")
+            return ", ".join(f"{k} {int(n)} x {1000 * s / max(1, n):.1f} ms (sum {s:.1f} s)"
+                             for k, (n, s) in items) + queued
 
     return TimedDriver
 

@@ -324,7 +324,8 @@ class SimMaster:
                 self.propose_duty(item)
             elif isinstance(item, duties.AllocationRound):
                 assert self.sm is not None
-                offers = allocate(snapshot_from_state(self.sm.state, now), new_id=self.new_id, now=now,
+                offers = allocate(snapshot_from_state(self.sm.state, now, pending=self.ledger.pending_offers()),
+                                  new_id=self.new_id, now=now,
                                   offer_timeout=SETTINGS.offer_timeout)
                 self.do(duties.offer_proposals(offers), now)
             elif isinstance(item, duties.SendUpdate):

@@ -4,6 +4,8 @@ so each test also proves the offers pass the core's own validation and invariant
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from tessera.control_plane.allocation import (
@@ -216,6 +218,38 @@ def test_offered_resources_are_not_offered_again() -> None:
     cl.framework("a")
     assert len(cl.round()) == 3
     assert cl.allocate() == ()
+
+
+def test_offers_still_committing_are_not_offered_again_and_count_as_held() -> None:
+    """A round that runs while the previous round's offers commit (`pending`) offers only what they leave."""
+    cl = Cluster()
+    a1, a2 = cl.agent(hostname="h1"), cl.agent(hostname="h2")
+    cl.framework("a")
+    first = cl.allocate()  # proposed, not applied yet
+    assert {o.agent_id for o in first} == {a1, a2}
+    assert {a.agent_id for a in cl.snapshot().agents} == {a1, a2}
+    pending = snapshot_from_state(cl.state, cl.now, pending=first)
+    assert pending.agents == () and pending.frameworks[0].in_flight == 2
+    # half of one agent's offer in flight: the other half is offered, nothing twice
+    (half,) = [replace(o, resources=Resources.parse("cpus:2;mem:2048")) for o in first if o.agent_id == a1]
+    free = {a.agent_id: a.free for a in snapshot_from_state(cl.state, cl.now, pending=[half]).agents}
+    assert free == {a1: Resources.parse("cpus:2;mem:2048"), a2: Resources.parse("cpus:4;mem:4096")}
+    # once applied (its id among the state's offers), a pending offer is not counted twice: the view is
+    # the same as while it was in flight
+    cl.issue(first)
+    applied = snapshot_from_state(cl.state, cl.now, pending=first)
+    assert applied.agents == () and applied.frameworks == pending.frameworks and applied.roles == pending.roles
+
+
+def test_an_agent_whose_free_resources_no_longer_hold_its_pending_offers_is_left_out() -> None:
+    cl = Cluster()
+    a1 = cl.agent(hostname="h1")
+    cl.framework("a")
+    (stale,) = cl.allocate()  # the whole agent, never applied
+    (other,) = cl.allocate()
+    cl.issue([replace(other, offer_id="o-other", resources=Resources.parse("cpus:2;mem:2048"))])
+    assert a1 in {a.agent_id for a in cl.snapshot().agents}  # half of it is still free
+    assert a1 not in {a.agent_id for a in snapshot_from_state(cl.state, cl.now, pending=[stale]).agents}
 
 
 # ---- quota ---------------------------------------------------------------------------------------------

@@ -141,8 +141,20 @@ def test_allocation_round_when_wanted_or_interval_passed_but_not_while_offers_co
     assert AllocationRound() in duties.tick(soft(last_allocation=now - 1.0), h.state, now, SETTINGS)
     assert AllocationRound() in duties.tick(soft(last_allocation=now, allocation_wanted=True), h.state, now,
                                             SETTINGS)
-    in_flight = soft(last_allocation=now - 5.0, allocation_wanted=True, pending=frozenset({("offers", "0")}))
+    one_round = frozenset({("offers", "o-1/0"), ("offers", "o-1/1")})  # one round in two entries
+    in_flight = soft(last_allocation=now - 5.0, allocation_wanted=True, pending=one_round)
+    assert SETTINGS.allocation_rounds_in_flight == 1
     assert AllocationRound() not in duties.tick(in_flight, h.state, now, SETTINGS)
+
+
+def test_an_allocation_round_runs_while_the_previous_rounds_offers_commit_up_to_the_setting(h: Harness) -> None:
+    now = T0 + 100.0
+    pipelined = replace(SETTINGS, allocation_rounds_in_flight=2)
+    one_round = soft(last_allocation=now - 5.0, allocation_wanted=True,
+                     pending=frozenset({("offers", "o-1/0"), ("offers", "o-1/1"), ("expiry", "")}))
+    assert AllocationRound() in duties.tick(one_round, h.state, now, pipelined)
+    two_rounds = replace(one_round, pending=one_round.pending | {("offers", "o-9/0")})
+    assert AllocationRound() not in duties.tick(two_rounds, h.state, now, pipelined)
 
 
 def _offers(n: int) -> list[Offer]:
@@ -156,7 +168,7 @@ def test_offers_are_chunked_into_entries_of_offers_per_entry() -> None:
     sizes = [len(p.commands[0].offers) for p in proposals]  # type: ignore[union-attr]
     assert sizes == [OFFERS_PER_ENTRY, OFFERS_PER_ENTRY, 50]
     assert [o for p in proposals for o in p.commands[0].offers] == offers  # type: ignore[union-attr]
-    assert len({p.key for p in proposals}) == 3 and all(p.key[0] == "offers" for p in proposals)
+    assert [p.key for p in proposals] == [("offers", "o-0/0"), ("offers", "o-0/1"), ("offers", "o-0/2")]
     assert duties.offer_proposals([]) == []
 
 
@@ -281,6 +293,21 @@ def test_ledger_records_what_a_tick_decided_until_done() -> None:
     assert ledger.pending == set() and ledger.allocation_wanted
     ledger.deposed()
     assert ledger.serving_since is None
+
+
+def test_ledger_keeps_the_offers_of_offer_entries_in_flight_until_done() -> None:
+    ledger = Ledger()
+    ledger.serving(T0)
+    first, second = duties.offer_proposals(_offers(OFFERS_PER_ENTRY + 1))
+    ledger.record([first, second, Propose(("expiry", ""), (c.ExpireOffers(),))], T0 + 1)
+    assert ledger.pending_offers() == (*first.commands[0].offers, *second.commands[0].offers)  # type: ignore[union-attr]
+    ledger.done(first.key)
+    assert ledger.pending_offers() == second.commands[0].offers  # type: ignore[union-attr]
+    ledger.deposed()
+    assert ledger.pending_offers() == ()
+    ledger.record([second], T0 + 2)
+    ledger.serving(T0 + 3)  # a new term starts with nothing in flight
+    assert ledger.pending_offers() == ()
 
 
 # ---- purity ---------------------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ the same `duties` functions as the simulation (no copy of its own)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -124,3 +125,44 @@ def test_acknowledged_updates_are_no_longer_timed_for_re_sending(node: InProcess
     node.duties.on_applied([Applied(1, ev.Entry(term=1, leader="m1", time=0.0, events=tuple(acks)),
                                     ApplyResult(outcome="applied", events=tuple(enumerate(acks, 1))))])
     wait_for(lambda: set(fw.last_update_sent) == {"uuid-1"}, 10, what="the acknowledged updates forgotten")
+
+
+def test_an_allocation_round_does_not_wait_for_the_previous_rounds_commit_and_offers_around_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ticker proposes a round's offers in the background; the next round's snapshot is given the offers
+    still committing (`pending`), and they leave it once their entry settled."""
+    from concurrent.futures import Future
+
+    with InProcessMaster(allocation=False) as m:
+        seen: list[tuple[Offer, ...]] = []
+        rounds = iter([(_offer("o-1"),), (_offer("o-2"),)])
+        test_thread = threading.current_thread()  # the ticker's own rounds (if any) offer nothing
+
+        def snapshot(state: object, now: float, *, ended: object = None, pending: tuple[Offer, ...] = ()) -> bool:
+            if threading.current_thread() is not test_thread:
+                return False
+            seen.append(tuple(pending))
+            return True
+
+        m.duties._allocator = (snapshot, lambda mine, now: next(rounds) if mine else ())
+        proposed: list[tuple[list[c.Command], Future[object]]] = []
+
+        def propose_async(commands: list[c.Command], **kwargs: object) -> Future[object]:
+            fut: Future[object] = Future()  # never committed until the test says so
+            proposed.append((commands, fut))
+            return fut
+
+        monkeypatch.setattr(m.master, "propose_async", propose_async)
+        m.duties._allocation_round()  # returns without the commit
+        m.duties._allocation_round()
+        assert seen == [(), (_offer("o-1"),)]
+        assert [cmds for cmds, _ in proposed] == [[c.IssueOffers(offers=(_offer("o-1"),))],
+                                                 [c.IssueOffers(offers=(_offer("o-2"),))]]
+        proposed[0][1].set_result(None)  # the first round's entry settled: no longer pending
+        with m.duties._lock:
+            assert m.duties._ledger.pending_offers() == (_offer("o-2"),)
+        proposed[1][1].set_result(None)
+
+
+def _offer(offer_id: str) -> Offer:
+    return Offer(offer_id=offer_id, framework_id="fw", agent_id="a", role="*", resources=Resources.of(cpus=1))

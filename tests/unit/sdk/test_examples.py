@@ -6,11 +6,21 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import Future
 from typing import Any
 
 import pytest
 
-from tessera.sdk import Backoff, Filters, FrameworkInfo, Resources, SchedulerDriver, TaskInfo, TaskState
+from tessera.sdk import (
+    Backoff,
+    Filters,
+    FrameworkInfo,
+    Offer,
+    Resources,
+    SchedulerDriver,
+    TaskInfo,
+    TaskState,
+)
 from tessera.sdk.errors import Conflict, ServerError, Unavailable
 from tessera.sdk.examples import batch, service
 from tessera.sdk.examples.batch import BatchRunner, run_batch
@@ -357,3 +367,53 @@ def test_batch_launch_under_way_across_a_failover_runs_the_job_once() -> None:
     summary = runner.summary()
     assert summary.ok and summary.results[0].attempts == 1
     assert len(fake.tasks()) == 1  # launched once
+
+
+# ---- batch: several offers of one agent in one Accept (issue 22) ---------------------------------------------
+
+def _offer(offer_id: str, agent: str, cpus: float, role: str = "default") -> Offer:
+    return Offer(offer_id=offer_id, agent_id=agent, resources=Resources.of(cpus=cpus, mem=256), role=role)
+
+
+def test_offers_by_agent_groups_what_one_accept_may_name() -> None:
+    a1, b1, a2, a3 = (_offer("o1", "a", 1), _offer("o2", "b", 1), _offer("o3", "a", 1),
+                      _offer("o4", "a", 1, role="other"))
+    assert batch.offers_by_agent([a1, b1, a2, a3]) == [[a1, a2], [b1], [a3]]
+    assert batch.offers_by_agent([]) == []
+
+
+class _LaunchRecorder:
+    """Stands in for the driver in one `offers()` callback: records the launches, each future done at once."""
+
+    def __init__(self) -> None:
+        self.launches: list[tuple[list[str], list[str]]] = []
+        self.declined: list[str] = []
+
+    def launch_async(self, offers: list[Offer], tasks: list[TaskInfo]) -> Future[None]:
+        self.launches.append(([o.offer_id for o in offers], [t.task_id for t in tasks]))
+        done: Future[None] = Future()
+        done.set_result(None)
+        return done
+
+    def call_soon(self, fn: Any, *args: Any) -> None:
+        pass
+
+    def decline(self, offers: list[Offer], filters: Filters | None = None) -> None:
+        self.declined.extend(o.offer_id for o in offers)
+
+    def revive(self) -> None:
+        pass
+
+    def suppress(self) -> None:
+        pass
+
+
+def test_batch_runner_launches_on_all_offers_of_an_agent_in_one_accept() -> None:
+    """Two half-cpu offers of one agent fit a one-cpu job only together: one Accept names both; the other
+    agent's offer gets its own Accept."""
+    runner = BatchRunner(["true"] * 3, Resources.of(cpus=1, mem=64), max_retries=0)
+    driver = _LaunchRecorder()
+    runner.offers(driver, [_offer("o1", "a", 0.5), _offer("o2", "b", 1), _offer("o3", "a", 0.5)])  # type: ignore[arg-type]
+    assert [offers for offers, _ in driver.launches] == [["o1", "o3"], ["o2"]]
+    assert [len(tasks) for _, tasks in driver.launches] == [1, 1]
+    assert driver.declined == []
