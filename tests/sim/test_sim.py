@@ -64,17 +64,18 @@ def test_a_dump_overtaken_by_a_snapshot_install_does_not_compact_the_new_journal
 
 
 def test_a_second_copy_of_a_snapshot_is_not_installed_over_a_log_that_moved_on(caplog: pytest.LogCaptureFixture) -> None:
-    """Seed 18: two reset answers to one burst make the leader send a follower the same snapshot (index
-    106) twice; the follower installs the first, takes entries up to 113 and commits them, then the second
-    copy arrives. pysyncobj alone would install it again: the log cut back to 106 and the commit index
-    from 113 to 106 (the shape of the soak's "raftCommitIndex (30686) exceeds journal end (29987)").
+    """Seeds 16, 46 and 54 (found by scanning seeds 0-59; which seeds show it moves with any change to the
+    masters' timing): two reset answers to one burst make the leader send a follower the same snapshot
+    twice; the follower installs the first, takes entries after it and commits them, then the second copy
+    arrives. pysyncobj alone would install it again: the log cut back to the snapshot's index and the
+    commit index with it (the shape of the soak's "raftCommitIndex (30686) exceeds journal end (29987)").
     consensus_guards.guard_failed_snapshot_install refuses it (tests/unit/replication/test_snapshot_chunks.py
     pins the decision)."""
     with caplog.at_level("ERROR", logger="tessera.control_plane.replication.consensus_guards"):
-        report = run_seed(18, 200)
-    assert report.commits > 0
+        reports = [run_seed(seed, 200) for seed in (16, 46, 54)]
+    assert all(r.commits > 0 for r in reports)
     refused = [r.getMessage() for r in caplog.records if "not installed" in r.getMessage()]
-    assert any("ends at index 106, not after the commit index" in m and "kept at 113" in m for m in refused), refused
+    assert any("not after the commit index" in m and "commit index kept at" in m for m in refused), refused
 
 
 def test_a_seed_replays_exactly_in_this_process() -> None:
