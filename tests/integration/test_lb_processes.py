@@ -88,8 +88,10 @@ def test_a_service_port_follows_scale_and_kill_through_reloads(cluster: LocalClu
             web.wanted = 2
         driver.revive()
         wait_for(lambda: get(url), 60, what="the service answering through HAProxy")
-        seen = {get(url) for _ in range(20)}
-        assert seen == {"web.1", "web.2"}, seen  # round robin over both
+        # round robin over both, once both servers listen: a task is RUNNING (and in the backend) as soon
+        # as its process started, and HAProxy's check keeps a server whose port is not bound yet out
+        wait_for(lambda: {get(url) for _ in range(6)} == {"web.1", "web.2"}, 60,
+                 what="round robin over web.1 and web.2")
 
         results: list[str | None] = []
         done = threading.Event()
