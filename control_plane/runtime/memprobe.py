@@ -12,12 +12,16 @@ tracing, nothing else. Set, tracemalloc runs from then on (it slows every alloca
 CPU, and holds its traces in memory: a debugging tool, not for production) and a daemon thread writes
 `DIR/<name>-<pid>-<nnnn>.tracemalloc` (a `tracemalloc.Snapshot`) and appends one line per snapshot to
 `DIR/<name>-<pid>.gc` with what the process holds outside the traces: RssAnon/RssFile from
-/proc/self/status, the traced size and peak, the collector's counts and per-generation statistics, and
-the number of objects the collector tracks.
+/proc/self/status, the traced size and peak, the collector's counts and per-generation statistics, the
+number of objects the collector tracks, and the memory C code allocates without tracemalloc seeing it
+(`c_heap`): glibc's malloc totals over all its arenas and SQLite's own count of what it holds (page
+caches, prepared statements) — where RssAnon grows while the traces do not.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import json
 import os
@@ -28,7 +32,7 @@ import tracemalloc
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["MemProbe", "proc_status_kib", "start_from_env", "top_growth"]
+__all__ = ["MemProbe", "c_heap", "proc_status_kib", "start_from_env", "top_growth"]
 
 ENV_DIR = "TESSERA_TRACEMALLOC"
 ENV_EVERY = "TESSERA_TRACEMALLOC_EVERY"
@@ -44,6 +48,40 @@ def proc_status_kib(text: str, keys: Sequence[str] = ("VmRSS", "RssAnon", "RssFi
             fields = rest.split()
             if fields and fields[0].isdigit():
                 out[name] = int(fields[0])
+    return out
+
+
+class _MallInfo2(ctypes.Structure):
+    # glibc >= 2.33 `struct mallinfo2` (malloc.h): every field a size_t, summed over all arenas
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def _library(name: str) -> ctypes.CDLL | None:
+    found = ctypes.util.find_library(name)
+    try:
+        return ctypes.CDLL(found) if found else None
+    except OSError:
+        return None
+
+
+def c_heap() -> dict[str, int]:
+    """What C code holds, in KiB, where it can be read (keys left out elsewhere, e.g. not glibc):
+    `malloc_heap` (bytes glibc's arenas took from the system), `malloc_in_use` and `malloc_free` (of those,
+    in use and free in its bins), `malloc_mmap` (large blocks mapped one by one), `sqlite` (what SQLite
+    holds now, all connections of the process: `sqlite3_memory_used`, the library the sqlite3 module uses)."""
+    out: dict[str, int] = {}
+    libc = _library("c")
+    if libc is not None and hasattr(libc, "mallinfo2"):
+        libc.mallinfo2.restype = _MallInfo2
+        info = libc.mallinfo2()
+        out.update(malloc_heap=info.arena >> 10, malloc_in_use=info.uordblks >> 10,
+                   malloc_free=info.fordblks >> 10, malloc_mmap=info.hblkhd >> 10)
+    sqlite = _library("sqlite3")
+    if sqlite is not None and hasattr(sqlite, "sqlite3_memory_used"):
+        sqlite.sqlite3_memory_used.restype = ctypes.c_int64
+        out["sqlite"] = int(sqlite.sqlite3_memory_used()) >> 10
     return out
 
 
@@ -92,7 +130,8 @@ class MemProbe:
         line = {"t": round(time.time(), 1), "snapshot": path.name, "traced": current, "peak": peak,
                 "tracemalloc_overhead": tracemalloc.get_tracemalloc_memory(), "status_kib": status,
                 "gc_count": gc.get_count(), "gc_threshold": gc.get_threshold(), "gc_stats": gc.get_stats(),
-                "gc_tracked": len(gc.get_objects()), "gc_frozen": gc.get_freeze_count(), "gc_garbage": len(gc.garbage)}
+                "gc_tracked": len(gc.get_objects()), "gc_frozen": gc.get_freeze_count(), "gc_garbage": len(gc.garbage),
+                "c_heap_kib": c_heap()}
         with open(self.directory / f"{self.prefix}.gc", "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
         return path

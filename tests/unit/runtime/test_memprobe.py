@@ -4,6 +4,7 @@ snapshots and collector lines when set; the growth between two snapshots named b
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import tracemalloc
 from pathlib import Path
@@ -55,10 +56,26 @@ def test_set_it_traces_and_writes_snapshots_and_collector_lines(probe: MemProbe,
     lines = [json.loads(line) for line in (tmp_path / "probe" / f"{probe.prefix}.gc").read_text().splitlines()]
     assert [line["snapshot"] for line in lines] == [first.name, second.name]
     assert lines[1]["status_kib"]["RssAnon"] > 0 and len(lines[1]["gc_stats"]) == 3
+    assert lines[1]["c_heap_kib"]["malloc_in_use"] > 0
     growth = top_growth(tracemalloc.Snapshot.load(str(first)), tracemalloc.Snapshot.load(str(second)), limit=1)
     assert "test_memprobe.py" in "\n".join(growth), growth  # the largest growth is the list above
     assert float(growth[0].split()[0]) >= 2.0 * 0.9
     del held
+
+
+def test_c_heap_counts_what_glibc_and_sqlite_hold_outside_the_traces(tmp_path: Path) -> None:
+    before = memprobe.c_heap()
+    assert {"malloc_heap", "malloc_in_use", "malloc_free", "malloc_mmap", "sqlite"} <= set(before)
+    conn = sqlite3.connect(str(tmp_path / "db"))
+    conn.execute("PRAGMA cache_size = -4096")  # 4 MiB of page cache, filled by the rows below
+    conn.execute("CREATE TABLE t (x BLOB)")
+    conn.executemany("INSERT INTO t VALUES (?)", ((bytes(1000),) for _ in range(3000)))
+    conn.commit()
+    during = memprobe.c_heap()
+    assert during["sqlite"] - before["sqlite"] >= 2048, (before, during)  # ~3 MB of pages cached
+    assert during["malloc_in_use"] - before["malloc_in_use"] >= 2048  # SQLite allocates through malloc
+    conn.close()
+    assert memprobe.c_heap()["sqlite"] < during["sqlite"] - 2048  # closing the connection frees its cache
 
 
 def test_the_diff_command_needs_two_snapshots(capsys: pytest.CaptureFixture[str]) -> None:
