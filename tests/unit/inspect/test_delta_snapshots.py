@@ -144,3 +144,27 @@ def test_a_dict_patch_keeps_the_order_or_is_refused() -> None:
     b = ClusterState(seq=5, requests=OrderedDict(x=1))
     state = decode_delta(encode_delta(b, a), a)
     assert state is not None and state.requests == OrderedDict(x=1) and a.requests == OrderedDict()
+
+
+def test_a_master_writes_deltas_as_it_applies_and_its_history_cache_starts_from_them() -> None:
+    """`MasterStateMachine(delta_every=...)`: the writer observes every applied batch; the operator's
+    history cache shares the state machine's bases, so a first visit starts from the nearest delta."""
+    from types import SimpleNamespace
+
+    from tessera.control_plane.api.operator import OperatorService
+
+    store = MemoryEventStore()
+    leader = realistic_history(store, snapshot_every=EVERY, delta_every=DELTA_EVERY)
+    assert store.flush()
+    writer = leader.sm.deltas
+    assert writer is not None and writer.wait_done(leader.live.seq, timeout=60), writer.last_error
+    leader.sm.close()
+    assert writer.last_error is None and writer.deltas >= 5
+    service = OperatorService.__new__(OperatorService)
+    OperatorService.__init__(service, SimpleNamespace(sm=leader.sm))  # type: ignore[arg-type]
+    assert service.history_cache.bases is leader.sm.history_bases and leader.sm.history_bases.seqs()
+    stored = sorted(_stored(store))
+    for seq in sorted(leader.fingerprints)[::3]:
+        got = rebuild(store, seq, every=0, cache=StateCache(0, bases=service.history_cache.bases))
+        assert got.state.fingerprint() == leader.fingerprints[seq], f"diverged at {seq}"
+        assert got.snapshot_seq == max((s for s in stored if s <= seq), default=0)
