@@ -59,6 +59,7 @@ from tessera.control_plane.eventlog.snapshots import (
 from tessera.control_plane.eventlog.source import PAGE, HistorySource, SnapshotSink
 from tessera.control_plane.eventlog.statecache import (
     CHECKPOINT_EVERY,
+    CLONE_EVENTS,
     SNAPSHOT_DECODE_EVENTS,
     SnapshotBases,
     StateCache,
@@ -202,6 +203,13 @@ def _start(source: HistorySource, target: int, cache: StateCache | None = None
                     known = bases.start_cost(snap[0])
             cost = known if known is not None else cost
         choice = choose_start(target, cached[0] if cached else None, snap_seq, cost)
+        pooled = bases.nearest(target) if bases is not None else None
+        if pooled is not None and pooled[0] + 1 >= source.first_seq() and _cheaper(
+                CLONE_EVENTS + target - pooled[0], choice, target, cached, snap_seq, cost):
+            # a decoded full snapshot kept (the delta writer's newest, or one decoded before) is nearer
+            # than the stored snapshot nearest to `target` is cheap (a full one not decoded yet)
+            state = share_state(pooled[1])
+            return state, pooled[0], TaskOwnership(state, owns_all=False)
         if choice == "cached" and cached is not None:
             state = cached[1] if cached[0] >= target else share_state(cached[1])
             return state, cached[0], TaskOwnership(state, owns_all=False)
@@ -218,6 +226,16 @@ def _start(source: HistorySource, target: int, cache: StateCache | None = None
         if seq <= 0:
             return _owned(ClusterState(), 0)
         at = seq - 1
+
+
+def _cheaper(pooled: int, choice: str, target: int, cached: tuple[int, ClusterState] | None, snap_seq: int | None,
+             snap_cost: int) -> bool:
+    """Whether starting from a kept base, at a cost of `pooled` events, is cheaper than `choice`."""
+    if choice == "cached" and cached is not None:
+        return cached[0] < target and pooled < CLONE_EVENTS + target - cached[0]
+    if choice == "snapshot" and snap_seq is not None:
+        return pooled < snap_cost + target - snap_seq
+    return True
 
 
 def _from_snapshot(source: HistorySource, seq: int, blob: bytes, bases: SnapshotBases | None

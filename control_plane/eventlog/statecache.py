@@ -337,6 +337,15 @@ class SnapshotBases:
                 self._states.move_to_end(seq)
             return state
 
+    def nearest(self, target: int) -> tuple[int, ClusterState] | None:
+        """The kept state with the highest seq at or before `target` (marked as used), or None."""
+        with self._lock:
+            best = max((seq for seq in self._states if seq <= target), default=None)
+            if best is None:
+                return None
+            self._states.move_to_end(best)
+            return best, self._states[best]
+
     def put(self, state: ClusterState) -> None:
         """Keep `state`, the decoded full snapshot at `state.seq` (never mutated from now on)."""
         if self.size <= 0:
