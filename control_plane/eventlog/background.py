@@ -349,6 +349,7 @@ class DeltaSnapshots:
         self._stopped = False
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None
+        self._blocked = 0  # after a failed replay: the bucket of `every` events from which it tries again
         self._state: ClusterState | None = None  # replayed so far (owned through `_owner`)
         self._owner: TaskOwnership | None = None
         self._base: ClusterState | None = None  # the full snapshot stored at `_base.seq` it shares records with
@@ -391,15 +392,20 @@ class DeltaSnapshots:
                     return
                 target = self._wanted
             try:
-                if self.store.wait(after_seq=target - 1, timeout=30.0) < target:
+                if target // self.every < self._blocked:
+                    pass  # a replay failed in this stretch: not tried again before the next full snapshot's
+                elif self.store.wait(after_seq=target - 1, timeout=30.0) < target:
                     continue
-                self._advance(target)
+                else:
+                    self._advance(target)
             except (EventStoreClosed, _SnapshotterStopped):
                 return
             except Exception as exc:  # noqa: BLE001 - a bug or a hole here must not kill the master
                 self.last_error = exc
                 self._state = self._owner = self._base = None  # start again from a stored snapshot
-                log.warning("delta snapshots up to %d not written: %r", target, exc)
+                self._blocked = target // self.every + 1
+                log.warning("delta snapshots up to %d not written (tried again after event %d): %r", target,
+                            self._blocked * self.every, exc)
             with self._cond:
                 self._done = max(self._done, target)
                 self._cond.notify_all()

@@ -200,3 +200,28 @@ def _encode_full(store: MemoryEventStore, seq: int) -> bytes:
     from tessera.control_plane.eventlog.snapshots import encode_snapshot
 
     return encode_snapshot(rebuild(store, seq, every=0).state)
+
+
+def test_after_a_failed_replay_the_writer_waits_for_the_next_stretch(
+        memory_history: tuple[MemoryEventStore, Leader]) -> None:
+    """A log it cannot replay (here: a snapshot that does not match its events) is logged once per
+    stretch of `every` events, not replayed again on every batch observed."""
+    store, leader = memory_history
+    first = min(s for s in leader.fingerprints if s > 10)
+    store.put_snapshot(first, b"x")  # not a snapshot: skipped; then one whose state is the wrong one
+    from tessera.control_plane.eventlog.snapshots import encode_snapshot
+
+    store.put_snapshot(first, encode_snapshot(ClusterState(seq=first)))
+    assert store.flush()
+    writer = DeltaSnapshots(store, every=10_000, delta_every=DELTA_EVERY, duty=1.0)
+    ends = [e.last_seq for e in entries_from_records(store.list(from_seq=1, limit=10**6)) if e.last_seq > first]
+    writer.observe(ends[0])
+    assert writer.wait_done(ends[0], timeout=60)
+    assert writer.last_error is not None
+    writer.last_error = None
+    replayed = writer.replayed
+    for seq in ends[1:]:
+        writer.observe(seq)
+    assert writer.wait_done(ends[-1], timeout=60)
+    writer.stop()
+    assert writer.last_error is None and writer.replayed == replayed  # not tried again in this stretch
