@@ -36,7 +36,7 @@ def _history(name: str) -> tuple[MemoryEventStore, Leader]:
         leader = _teardown_with_unacknowledged_tasks(store)
     else:
         leader = random_history(store, seed=int(name.split("-")[1]), steps=300)
-    assert store.flush()
+    assert store.flush(60)
     return store, leader
 
 
@@ -51,6 +51,7 @@ def _write_deltas(store: MemoryEventStore, bases: SnapshotBases | None = None) -
     assert writer.wait_done(last, timeout=60), writer.last_error
     writer.stop()
     assert writer.last_error is None
+    assert store.flush(60)  # the store writes snapshots in the background
     return writer
 
 
@@ -126,7 +127,7 @@ def test_a_delta_whose_base_is_gone_is_skipped_for_an_earlier_snapshot(
     target = max(seq for seq, blob in stored.items() if delta_base(blob) == base)
     assert any(seq < base for seq in stored)
     store.put_snapshot(base, b"damaged")  # the base of the last deltas no longer decodes
-    assert store.flush() and store.nearest_snapshot(base) == (base, b"damaged")
+    assert store.flush(60) and store.nearest_snapshot(base) == (base, b"damaged")
     got = rebuild(store, target, every=0, cache=StateCache(0, bases=SnapshotBases()))
     assert got.state.fingerprint() == leader.fingerprints[target]
     assert got.snapshot_seq < base  # started before the base that is gone
@@ -161,10 +162,11 @@ def test_a_master_writes_deltas_as_it_applies_and_its_history_cache_starts_from_
 
     store = MemoryEventStore()
     leader = realistic_history(store, snapshot_every=EVERY, delta_every=DELTA_EVERY)
-    assert store.flush()
+    assert store.flush(60)
     writer = leader.sm.deltas
     assert writer is not None and writer.wait_done(leader.live.seq, timeout=60), writer.last_error
     leader.sm.close()
+    assert store.flush(60)
     assert writer.last_error is None and writer.deltas >= 5
     service = OperatorService.__new__(OperatorService)
     OperatorService.__init__(service, SimpleNamespace(sm=leader.sm))  # type: ignore[arg-type]
@@ -189,7 +191,7 @@ def test_a_kept_base_nearer_than_an_undecoded_full_snapshot_is_the_start(
     later = min(s for s in leader.fingerprints if s > base + 1)
     target = min(s for s in leader.fingerprints if s > later)
     store.put_snapshot(later, _encode_full(store, later))
-    assert store.flush()
+    assert store.flush(60)
     got = rebuild(store, target, every=0, cache=StateCache(0, bases=bases))
     assert got.snapshot_seq == base and bases.decoded == 0
     assert got.state.fingerprint() == leader.fingerprints[target]
@@ -212,7 +214,7 @@ def test_after_a_failed_replay_the_writer_waits_for_the_next_stretch(
     from tessera.control_plane.eventlog.snapshots import encode_snapshot
 
     store.put_snapshot(first, encode_snapshot(ClusterState(seq=first)))
-    assert store.flush()
+    assert store.flush(60)
     writer = DeltaSnapshots(store, every=10_000, delta_every=DELTA_EVERY, duty=1.0)
     ends = [e.last_seq for e in entries_from_records(store.list(from_seq=1, limit=10**6)) if e.last_seq > first]
     writer.observe(ends[0])
