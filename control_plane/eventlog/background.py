@@ -332,8 +332,8 @@ class DeltaSnapshots:
     master's, shared with its history cache), so the newest stretch's deltas start without a decode.
     Counters: `deltas`, `fulls`, `replayed` (events), `cpu_s` (this thread's CPU time; `encode_s` of it
     encoding), `bytes_written`. Memory: the state and its base (~32 MB at 8,500 tasks, the records shared).
-    Measured (docs/benchmarks.md, 2026-12-07 night): ~150-200 us of CPU an event at load 20-35 on 2 cores,
-    deltas of ~260 kB every 500 events at 10,000 tasks."""
+    Measured (docs/benchmarks.md, 2026-12-07 night): ~150-310 us of CPU an event at load 20-40 on 2 cores
+    (more than half of it encoding), deltas of ~260 kB every 500 events at 10,000 tasks."""
 
     def __init__(self, store: _Store, every: int = DEFAULT_SNAPSHOT_EVERY, delta_every: int = DEFAULT_DELTA_EVERY,
                  duty: float = 0.25, bases: SnapshotBases | None = None, page: int = 2_000) -> None:
