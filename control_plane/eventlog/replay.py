@@ -49,10 +49,19 @@ from tessera.control_plane.eventlog.errors import (
     ReplayError,
 )
 from tessera.control_plane.eventlog.records import EventRecord
-from tessera.control_plane.eventlog.snapshots import DEFAULT_SNAPSHOT_EVERY, decode_snapshot, encode_snapshot
+from tessera.control_plane.eventlog.snapshots import (
+    DEFAULT_SNAPSHOT_EVERY,
+    decode_delta,
+    decode_snapshot,
+    delta_base,
+    encode_snapshot,
+)
 from tessera.control_plane.eventlog.source import PAGE, HistorySource, SnapshotSink
 from tessera.control_plane.eventlog.statecache import (
     CHECKPOINT_EVERY,
+    CLONE_EVENTS,
+    SNAPSHOT_DECODE_EVENTS,
+    SnapshotBases,
     StateCache,
     TaskOwnership,
     checkpoint_due,
@@ -174,28 +183,98 @@ def _start(source: HistorySource, target: int, cache: StateCache | None = None
            ) -> tuple[ClusterState, int, TaskOwnership]:
     """The state to replay from for `target` (a copy replay may mutate, through its `TaskOwnership`: a
     cached state's copy shares its task records): the nearest cached state or the nearest usable
-    snapshot, whichever is cheaper (`statecache.choose_start`), or the empty state."""
+    snapshot (full, or a delta whose base is decoded or decodable), whichever is cheaper
+    (`statecache.choose_start`), or the empty state."""
     cached = cache.nearest(target) if cache is not None else None
     if cached is not None and cached[0] < target and cached[0] + 1 < source.first_seq():
         cached = None  # the events after it were pruned since it was cached
+    bases = cache.bases if cache is not None else None
     at = target
     while True:
         snap_seq = source.snapshot_seq(at)  # its blob (~2.5 MB at 10,000 tasks) is read only when used
-        choice = choose_start(target, cached[0] if cached else None, snap_seq)
+        snap: tuple[int, bytes] | None = None
+        cost = SNAPSHOT_DECODE_EVENTS
+        if bases is not None and snap_seq is not None and cached is not None:
+            known = bases.start_cost(snap_seq)
+            if known is None:  # not read yet: what kind of snapshot is it?
+                snap = source.nearest_snapshot(snap_seq)
+                if snap is not None:
+                    bases.note(snap[0], delta_base(snap[1]))
+                    known = bases.start_cost(snap[0])
+            cost = known if known is not None else cost
+        choice = choose_start(target, cached[0] if cached else None, snap_seq, cost)
+        pooled = bases.nearest(target) if bases is not None else None
+        if pooled is not None and pooled[0] + 1 >= source.first_seq() and _cheaper(
+                CLONE_EVENTS + target - pooled[0], choice, target, cached, snap_seq, cost):
+            # a decoded full snapshot kept (the delta writer's newest, or one decoded before) is nearer
+            # than the stored snapshot nearest to `target` is cheap (a full one not decoded yet)
+            state = share_state(pooled[1])
+            return state, pooled[0], TaskOwnership(state, owns_all=False)
         if choice == "cached" and cached is not None:
             state = cached[1] if cached[0] >= target else share_state(cached[1])
             return state, cached[0], TaskOwnership(state, owns_all=False)
-        snap = source.nearest_snapshot(snap_seq) if choice != "empty" and snap_seq is not None else None
-        if snap is None:
+        if choice != "empty" and snap_seq is not None and (snap is None or snap[0] != snap_seq):
+            snap = source.nearest_snapshot(snap_seq)
+        if choice == "empty" or snap is None:
             return _owned(ClusterState(), 0)
         seq, blob = snap
-        decoded = decode_snapshot(blob)
-        if decoded is not None and decoded.seq == seq:
-            return _owned(decoded, seq)
-        log.info("skipping the snapshot at %d: written by another version of tessera or damaged", seq)
+        started = _from_snapshot(source, seq, blob, bases)
+        if started is not None:
+            return started
+        log.info("skipping the snapshot at %d: written by another version of tessera, damaged, or a delta "
+                 "whose base is gone", seq)
         if seq <= 0:
             return _owned(ClusterState(), 0)
         at = seq - 1
+
+
+def _cheaper(pooled: int, choice: str, target: int, cached: tuple[int, ClusterState] | None, snap_seq: int | None,
+             snap_cost: int) -> bool:
+    """Whether starting from a kept base, at a cost of `pooled` events, is cheaper than `choice`."""
+    if choice == "cached" and cached is not None:
+        return cached[0] < target and pooled < CLONE_EVENTS + target - cached[0]
+    if choice == "snapshot" and snap_seq is not None:
+        return pooled < snap_cost + target - snap_seq
+    return True
+
+
+def _from_snapshot(source: HistorySource, seq: int, blob: bytes, bases: SnapshotBases | None
+                   ) -> tuple[ClusterState, int, TaskOwnership] | None:
+    """The state to replay from that the snapshot stored at `seq` holds, or None when it is not usable.
+    With `bases`, a full snapshot's decoded state is kept there (the replay goes on from a `share_state`
+    copy) and a delta's base is taken from there (decoded and kept when missing)."""
+    base_seq = delta_base(blob)
+    if bases is not None:
+        bases.note(seq, base_seq)
+    if base_seq is None:
+        kept = bases.get(seq) if bases is not None else None
+        if kept is None:
+            decoded = decode_snapshot(blob)
+            if decoded is None or decoded.seq != seq:
+                return None
+            if bases is None:
+                return _owned(decoded, seq)
+            bases.put(decoded)
+            bases.decoded += 1
+            kept = decoded
+        state = share_state(kept)
+        return state, seq, TaskOwnership(state, owns_all=False)
+    base = ClusterState() if base_seq == 0 else bases.get(base_seq) if bases is not None else None
+    if base is None:
+        found = source.nearest_snapshot(base_seq)
+        if found is None or found[0] != base_seq:
+            return None
+        base = decode_snapshot(found[1])
+        if base is None or base.seq != base_seq:
+            return None
+        if bases is not None:
+            bases.put(base)
+            bases.decoded += 1
+            bases.note(base_seq, None)
+    state = decode_delta(blob, base)
+    if state is None or state.seq != seq:
+        return None
+    return state, seq, TaskOwnership(state, owns_all=False)
 
 
 def _owned(state: ClusterState, seq: int) -> tuple[ClusterState, int, TaskOwnership]:

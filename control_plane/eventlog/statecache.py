@@ -42,7 +42,7 @@ from tessera.control_plane.core import events as ev
 from tessera.control_plane.core.state import ClusterState, TaskKey
 
 __all__ = ["CHECKPOINT_EVERY", "CHECKPOINT_NEAR", "CHECKPOINT_NEAR_EVERY", "CLONE_EVENTS", "DEFAULT_CACHED_STATES",
-           "SNAPSHOT_DECODE_EVENTS", "StateCache", "TaskOwnership", "checkpoint_due", "choose_start", "clone_state",
+           "DEFAULT_SNAPSHOT_BASES", "DELTA_START_EVENTS", "SNAPSHOT_DECODE_EVENTS", "SnapshotBases", "StateCache", "TaskOwnership", "checkpoint_due", "choose_start", "clone_state",
            "share_state"]
 
 DEFAULT_CACHED_STATES = 16  # ~7 MB each with 10,000 tasks (values are shared between them)
@@ -60,6 +60,11 @@ CHECKPOINT_NEAR_EVERY = 250
 # ~60-180 events (it was ~30 ms for `clone_state`: 700)
 SNAPSHOT_DECODE_EVENTS = 5_000
 CLONE_EVENTS = 150
+# starting from a delta snapshot whose base is decoded already (`SnapshotBases`): a `share_state` of the
+# base and decoding the task records changed since it (up to a few thousand, ~23 us each)
+DELTA_START_EVENTS = 500
+# decoded full snapshots a master keeps as the bases of delta snapshots: ~32 MB each at 8,500 tasks
+DEFAULT_SNAPSHOT_BASES = 8
 
 _ATOMIC: frozenset[type] = frozenset({str, int, float, bool, bytes, type(None), tuple, frozenset})
 _kinds: dict[type, str] = {}
@@ -224,7 +229,8 @@ class TaskOwnership:
         self._all = True
 
 
-def choose_start(target: int, cached: int | None, snapshot: int | None) -> str:
+def choose_start(target: int, cached: int | None, snapshot: int | None,
+                 snapshot_cost: int = SNAPSHOT_DECODE_EVENTS) -> str:
     """Where a rebuild of `target` starts: "cached" (the nearest cached state, seq `cached`), "snapshot"
     (the nearest stored one, seq `snapshot`), whichever replays less counting what starting costs, or
     "empty" when there is neither (the empty state is never chosen over a snapshot: the events before
@@ -234,7 +240,7 @@ def choose_start(target: int, cached: int | None, snapshot: int | None) -> str:
         return "empty" if snapshot is None else "snapshot"
     if snapshot is None or cached >= target:  # `target` itself: its entry's state is kept
         return "cached"
-    return "cached" if CLONE_EVENTS + target - cached <= SNAPSHOT_DECODE_EVENTS + target - snapshot else "snapshot"
+    return "cached" if CLONE_EVENTS + target - cached <= snapshot_cost + target - snapshot else "snapshot"
 
 
 def checkpoint_due(seq: int, last_kept: int, target: int, every: int = CHECKPOINT_EVERY,
@@ -257,8 +263,11 @@ class StateCache:
     used dropped first; thread-safe. The states it holds are never mutated: `rebuild` replays on a
     `share_state` copy of one."""
 
-    def __init__(self, size: int = DEFAULT_CACHED_STATES, checkpoints: int | None = None) -> None:
+    def __init__(self, size: int = DEFAULT_CACHED_STATES, checkpoints: int | None = None,
+                 bases: SnapshotBases | None = None) -> None:
         self.size = size
+        # the decoded full snapshots rebuilds start from (directly, or as the bases of delta snapshots)
+        self.bases = bases if bases is not None else SnapshotBases()
         self.checkpoints = size if checkpoints is None else checkpoints
         self._lock = threading.Lock()
         self._states: OrderedDict[int, ClusterState] = OrderedDict()
@@ -302,3 +311,72 @@ class StateCache:
         """The cached indexes: the checkpoints, then the states asked for, least recently used first."""
         with self._lock:
             return [*self._passed, *self._states]
+
+
+class SnapshotBases:
+    """Decoded full snapshots, by seq: the bases delta snapshots are read from (`snapshots.decode_delta`),
+    kept so that starting from any delta of the same stretch costs a `share_state` of the base and the
+    changed records rather than decoding every record again. At most `size` (least recently used dropped
+    first; ~32 MB each at 8,500 tasks); thread-safe; the states are never mutated (a start from one replays
+    on a `share_state` copy). Also remembers, per stored snapshot seq seen, the seq of its base (0: it is a
+    full one), so `choose_start` can tell what starting there costs without reading the blob again. (The
+    empty state, the base of the deltas before the first full snapshot, is not kept: it is made.)"""
+
+    def __init__(self, size: int = DEFAULT_SNAPSHOT_BASES, remembered: int = 100_000) -> None:
+        self.size = size
+        self._remembered = remembered
+        self._lock = threading.Lock()
+        self._states: OrderedDict[int, ClusterState] = OrderedDict()
+        self._kinds: OrderedDict[int, int] = OrderedDict()
+        self.decoded = 0  # full snapshots decoded into it, for tests and metrics
+
+    def get(self, seq: int) -> ClusterState | None:
+        with self._lock:
+            state = self._states.get(seq)
+            if state is not None:
+                self._states.move_to_end(seq)
+            return state
+
+    def nearest(self, target: int) -> tuple[int, ClusterState] | None:
+        """The kept state with the highest seq at or before `target` (marked as used), or None."""
+        with self._lock:
+            best = max((seq for seq in self._states if seq <= target), default=None)
+            if best is None:
+                return None
+            self._states.move_to_end(best)
+            return best, self._states[best]
+
+    def put(self, state: ClusterState) -> None:
+        """Keep `state`, the decoded full snapshot at `state.seq` (never mutated from now on)."""
+        if self.size <= 0:
+            return
+        with self._lock:
+            self._states[state.seq] = state
+            self._states.move_to_end(state.seq)
+            while len(self._states) > self.size:
+                self._states.popitem(last=False)
+
+    def note(self, seq: int, base: int | None) -> None:
+        """The snapshot stored at `seq` is a delta from the full one at `base` (0: from the empty state;
+        None: it is a full one)."""
+        with self._lock:
+            self._kinds[seq] = -1 if base is None else base
+            while len(self._kinds) > self._remembered:
+                self._kinds.popitem(last=False)
+
+    def start_cost(self, seq: int) -> int | None:
+        """What starting from the snapshot stored at `seq` costs, in replayed events (see `choose_start`),
+        or None when it has not been read yet."""
+        with self._lock:
+            base = self._kinds.get(seq)
+            if base is None:
+                return None
+            if base < 0:
+                return CLONE_EVENTS if seq in self._states else SNAPSHOT_DECODE_EVENTS
+            if base == 0 or base in self._states:
+                return DELTA_START_EVENTS
+            return SNAPSHOT_DECODE_EVENTS + DELTA_START_EVENTS
+
+    def seqs(self) -> list[int]:
+        with self._lock:
+            return list(self._states)

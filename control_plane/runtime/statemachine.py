@@ -30,9 +30,10 @@ from tessera.control_plane.core.apply import ApplyResult, apply
 from tessera.control_plane.core.events import event_ids
 from tessera.control_plane.core.state import ClusterState, upgrade_task_keys
 from tessera.control_plane.eventlog import EventStore
-from tessera.control_plane.eventlog.background import SnapshotBuilder, Snapshotter
+from tessera.control_plane.eventlog.background import DeltaSnapshots, SnapshotBuilder, Snapshotter
 from tessera.control_plane.eventlog.records import EventRow
 from tessera.control_plane.eventlog.snapshots import DEFAULT_SNAPSHOT_EVERY
+from tessera.control_plane.eventlog.statecache import SnapshotBases
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,8 @@ class MasterStateMachine:
     """Holds the replicated `ClusterState` and feeds the event log."""
 
     def __init__(self, events: EventStore, snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
-                 snapshot_builder: SnapshotBuilder | None = None, live_snapshots: bool = True) -> None:
+                 snapshot_builder: SnapshotBuilder | None = None, live_snapshots: bool = True,
+                 delta_every: int = 0) -> None:
         # Raft dumps and snapshots written before the tessera.* rename name the core's old modules; the
         # replicator unpickles them into this state machine (see control_plane/legacy_names.py).
         legacy_names.install()
@@ -95,6 +97,12 @@ class MasterStateMachine:
         self.snapshots = (Snapshotter(events, snapshot_every, builder=snapshot_builder,
                                       **({} if live_snapshots else {"live_budget_s": 0.0}))
                           if snapshot_every > 0 else None)
+        # the decoded full snapshots this master's history rebuilds start from (GetStateAt, the web UI:
+        # `OperatorService.history_cache`), and with `delta_every` > 0 the writer of delta snapshots every
+        # that many events, which hands it the bases it makes (eventlog/background.py, `DeltaSnapshots`)
+        self.history_bases = SnapshotBases()
+        self.deltas = (DeltaSnapshots(events, snapshot_every, delta_every, bases=self.history_bases)
+                       if delta_every > 0 and snapshot_every > 0 else None)
         self._listeners: list[Callable[[Sequence[Applied]], None]] = []
         self._expected: dict[bytes, tuple[ev.Entry, bool]] = {}
         self.commit_info: dict[str, tuple[int, int]] = {}  # request id -> (raft index, entries in its batch)  # leader only: entries proposed here, not yet applied
@@ -148,6 +156,8 @@ class MasterStateMachine:
                 # ended the batch (a later entry without events may have changed soft facts)
                 exact = bool(last_events) and last_events[-1][0] == records[-1][0]
                 self.snapshots.observe(records[-1][0], self.state if exact else None)
+            if self.deltas is not None:
+                self.deltas.observe(records[-1][0])
         for fn in self._listeners if listening else ():  # a listener added meanwhile waits for the next batch
             try:
                 fn(applied)
@@ -160,6 +170,8 @@ class MasterStateMachine:
         replicator has stopped) and before the event store closes."""
         if self.snapshots is not None:
             self.snapshots.stop()
+        if self.deltas is not None:
+            self.deltas.stop()
 
     def snapshot(self) -> object:
         with self.lock:

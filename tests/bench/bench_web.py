@@ -155,7 +155,7 @@ def measure(url: str, paths: dict[str, Target], requests: int) -> dict[str, tupl
 
 
 def cluster(root: Path, tasks: int, events: int, per_accept: int, requests: int,
-            gc_as_master: bool = True) -> tuple[dict, dict]:  # type: ignore[type-arg]
+            gc_as_master: bool = True, delta_every: int = 0) -> tuple[dict, dict]:  # type: ignore[type-arg]
     root.mkdir(parents=True, exist_ok=True)
     store = SqliteEventStore(root / "events.db")
     # one principal (none: an insecure master) holds every task: lift its limit of 10,000 tracked tasks;
@@ -163,7 +163,8 @@ def cluster(root: Path, tasks: int, events: int, per_accept: int, requests: int,
     # and their tasks with them: the set-up then waits for offers that never come)
     node = InProcessMaster(events=store, settings=dataclasses.replace(
         FAST, offer_timeout=3600.0, agent_timeout=60.0, reregistration_timeout=60.0,
-        framework_reconnect_timeout=60.0), limits=MasterLimits(tasks_per_principal=1_000_000))
+        framework_reconnect_timeout=60.0), limits=MasterLimits(tasks_per_principal=1_000_000),
+        delta_every=delta_every)
     with node:
         n_agents = max(1, tasks // 2000)
         agents = [ScriptedAgent(node.channel, hostname=f"node-{i}", resources="cpus:64;mem:65536",
@@ -182,6 +183,14 @@ def cluster(root: Path, tasks: int, events: int, per_accept: int, requests: int,
         store.flush(timeout=600.0)  # the store writes in the background: what it holds now is the real part
         real_last = store.last_seq()
         launched_s = time.perf_counter() - started
+        writer = node.sm.deltas
+        deltas = ""
+        if writer is not None:  # the delta writer follows the log (its duty): let it reach the real part's end
+            waited = time.perf_counter()
+            writer.wait_done(real_last, 1800.0)
+            deltas = (f"{writer.deltas} deltas + {writer.fulls} full, {writer.bytes_written / 1e6:.1f} MB, "
+                      f"{writer.cpu_s:.1f} s CPU ({writer.encode_s:.1f} s encoding) for {writer.replayed} events, "
+                      f"waited {time.perf_counter() - waited:.0f} s after the launch")
         started = time.perf_counter()
         if events > real_last:
             fill(store, events)
@@ -239,7 +248,7 @@ def cluster(root: Path, tasks: int, events: int, per_accept: int, requests: int,
         info = {"tasks": tasks, "events": store.last_seq(), "real events": real_last,
                 "set-up launch s": round(launched_s, 1), "set-up fill s": round(filled_s, 1),
                 "db MB": round((root / "events.db").stat().st_size / 1e6, 1), "master RSS MB": rss_mb,
-                "snapshots": _snapshots(store)}
+                "snapshots": _snapshots(store), **({"delta writer": deltas} if deltas else {})}
         return info, results
 
 
@@ -270,18 +279,21 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--default-gc", action="store_true",
                         help="keep CPython's collector settings (a master process runs tune_gc once started)")
+    parser.add_argument("--delta-every", type=int, default=0,
+                        help="the master writes delta snapshots of its history every N events (0: none, as "
+                             "`tessera master` now)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 500 tasks, 20,000 events, 5 requests each")
     args = parser.parse_args()
     if args.quick:
         args.tasks, args.events, args.requests = 500, 20_000, 5
     print(f"$ python tests/bench/bench_web.py --tasks {args.tasks} --events {args.events} --requests {args.requests}"
-          f"{' --default-gc' if args.default_gc else ''}")
+          f"{' --default-gc' if args.default_gc else ''}{f' --delta-every {args.delta_every}' if args.delta_every else ''}")
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, python {platform.python_version()}")
     with tempfile.TemporaryDirectory(prefix="bench-web-") as tmp:
         base_info, base = cluster(Path(tmp) / "base", 0, 0, args.per_accept, args.requests, not args.default_gc)
         big_info, big = cluster(Path(tmp) / "big", args.tasks, args.events, args.per_accept, args.requests,
-                                not args.default_gc)
+                                not args.default_gc, args.delta_every)
     print(f"baseline: {base_info}\nloaded:   {big_info}")
     print(f"{'request':34} {'base p50':>9} {'loaded p50':>11} {'loaded p95':>11} {'body p50':>9} {'status':>6}  "
           f"< {TARGET_MS:g} ms")

@@ -31,11 +31,12 @@ class InProcessMaster:
     def __init__(self, events: EventStore | None = None, settings: LeaderSettings = FAST,
                  allocation: bool = True, tracer_provider: Any = None, *, limits: MasterLimits | None = None,
                  guard: Guard | None = None, credentials: grpc.ServerCredentials | None = None,
-                 group_commit: GroupCommitConfig | None = None, max_workers: int = 64) -> None:
+                 group_commit: GroupCommitConfig | None = None, max_workers: int = 64, delta_every: int = 0) -> None:
         """`guard` and `credentials`: a secured master (mTLS, ACL); `self.channel` is then not opened and
-        clients dial `grpc_address` with their own certificates. `limits`: the master's `--limit`s."""
+        clients dial `grpc_address` with their own certificates. `limits`: the master's `--limit`s.
+        `delta_every`: write delta snapshots of the history every that many events (0: none)."""
         self.events = events or MemoryEventStore()
-        self.sm = MasterStateMachine(self.events)
+        self.sm = MasterStateMachine(self.events, delta_every=delta_every)
         self.replicator = LocalReplicator(self.sm, group_commit=group_commit)
         self.grpc_address = f"127.0.0.1:{free_port()}"
         self.master = Master(MasterIdentity("m1", "local:0", self.grpc_address), self.sm, self.replicator,

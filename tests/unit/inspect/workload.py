@@ -42,8 +42,8 @@ T0 = 1_700_000_000.0
 
 class Leader:
     def __init__(self, store: EventStore, *, term: int = 1, start: float = T0, snapshot_every: int = 0,
-                 fingerprints: bool = True) -> None:
-        self.sm = MasterStateMachine(store, snapshot_every=snapshot_every)
+                 fingerprints: bool = True, delta_every: int = 0) -> None:
+        self.sm = MasterStateMachine(store, snapshot_every=snapshot_every, delta_every=delta_every)
         self.store = store
         self.now = start
         self.term = term
@@ -161,11 +161,11 @@ class Leader:
 
 
 def realistic_history(store: EventStore, *, rounds: int = 3, snapshot_every: int = 0,
-                      fingerprints: bool = True) -> Leader:
+                      fingerprints: bool = True, delta_every: int = 0) -> Leader:
     """Leadership, policy, agents, frameworks, offers, launches, status updates and acks, kills,
     declines, reservations, a stale accept rejected in apply, an agent lost and back, a framework
     failing over and one torn down, group-committed batches and read barriers."""
-    L = Leader(store, snapshot_every=snapshot_every, fingerprints=fingerprints)
+    L = Leader(store, snapshot_every=snapshot_every, fingerprints=fingerprints, delta_every=delta_every)
     L.run(c.ElectLeader(term=1, master="m1", grpc_address="127.0.0.1:5050", name="m1"),
           c.AnnounceMaster(name="m1", raft_address="m1", grpc_address="127.0.0.1:5050"))
     L.run(c.SetRoleWeight("web", 2.0))
