@@ -129,6 +129,10 @@ def cli(ctx: click.Context, masters: str | None, as_json: bool, timeout: float, 
 @click.option("--event-retention", type=click.IntRange(min=0), default=0, show_default=True,
               help="Keep at least the last N events in events.db; older ones are pruned in the background "
                    "(0 = keep all).")
+@click.option("--history-deltas", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="Write a delta snapshot of the history every N events (e.g. 500), so the web UI's and "
+                   "`tessera state --at` first visits to any point start near it. Costs a background thread "
+                   "(~0.2 ms of CPU per event) and up to ~300 MB for decoded bases at 10,000 tasks; 0 = off.")
 @click.option("--metrics", "metrics_address", default=None,
               help="HOST:PORT to serve Prometheus /metrics on (off when not given).")
 @click.option("--http", "http_address", default="127.0.0.1:0", show_default=True, metavar="HOST:PORT|off",
@@ -155,7 +159,7 @@ def master(name: str, raft_address: str, grpc_address: str, peers: str, raft_bin
            raft_password_file: Path | None, agent_timeout: float, agent_heartbeat_interval: float,
            reregistration_timeout: float, allocation_interval: float, offer_timeout: float,
            framework_reconnect_timeout: float, framework_takeover_delay: float, raft_compaction_entries: int,
-           no_pre_vote: bool, grpc_workers: int, event_retention: int,
+           no_pre_vote: bool, grpc_workers: int, event_retention: int, history_deltas: int,
            metrics_address: str | None, http_address: str, master_tls_dir: Path | None, acl_path: Path | None,
            limits: tuple[str, ...], insecure_dev: bool, unsafe_no_fsync: bool, log_level: str,
            log_format: str) -> None:
@@ -221,6 +225,7 @@ def master(name: str, raft_address: str, grpc_address: str, peers: str, raft_bin
         metrics_address=metrics_address,
         http_address=http_address,
         event_retention=event_retention,
+        history_deltas=history_deltas,
         tls_dir=master_tls_dir, acl_path=acl_path, insecure_dev=insecure_dev, limits=master_limits,
         fsync=not unsafe_no_fsync,
     )

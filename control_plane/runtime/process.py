@@ -83,6 +83,7 @@ class MasterConfig:
     raft_compaction_entries: int = 5000  # snapshot the Raft log once it holds this many entries
     fsync: bool = True  # False (--unsafe-no-fsync): acknowledge before the Raft journal is on disk
     pre_vote: bool = True  # pre-vote and check-quorum (replication/prevote.py); --no-pre-vote: off, to measure
+    history_deltas: int = 0  # --history-deltas: write delta snapshots of the history every N events (0: none)
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,11 @@ def build_master(config: MasterConfig) -> tuple[Master, LeaderDuties, MasterServ
     # rebuild's transient state left memory behind in the master every time (eventlog/rebuild_child.py),
     # and pickling the live state on pysyncobj's tick thread held back heartbeats long enough for an
     # election (docs/reliability.md)
-    sm = MasterStateMachine(events, snapshot_builder=ChildRebuilder(events.path), live_snapshots=False)
+    # --history-deltas (off by default): a thread of the master replays the log as it is written and stores
+    # delta snapshots, so time travel starts near any point (eventlog/background.py, `DeltaSnapshots`;
+    # its CPU per event and the decoded bases it keeps are in docs/benchmarks.md)
+    sm = MasterStateMachine(events, snapshot_builder=ChildRebuilder(events.path), live_snapshots=False,
+                            delta_every=config.history_deltas)
     replicator = RaftReplicator(ReplicationConfig(
         self_address=config.raft_address, peers=config.peers, data_dir=config.data_dir / "raft",
         password=config.raft_password, bind_address=config.raft_bind,
