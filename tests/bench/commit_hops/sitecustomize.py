@@ -12,7 +12,9 @@ first_submit is the oldest entry's `GroupCommitter.submit`, proposed the call in
 `journal.add` of it on the tick thread, apply_start/apply_end the state machine's apply of it,
 done pysyncobj's commit callback, resolved the completer thread resolving its futures; free_slots how many
 in-flight slots were left after it was proposed. And one `W  resolved  returned` line per blocking
-`Master.propose` (when its handler thread ran again). Summarize with ``report.py DIR``.
+`Master.propose` (when its handler thread ran again). Summarize with ``report.py DIR``. With
+COMMIT_HOPS_ENTRIES=1 every submitted entry's bytes also go to COMMIT_HOPS_DIR/<pid>.entries (4-byte
+little-endian length, then the bytes), which ``apply_cost.py`` applies again in the same batches.
 
 It wraps private functions by name when their modules are imported; it changes no behaviour. Applies on
 pysyncobj's tick thread only (`ReplicationConfig.apply_thread` off, the default).
@@ -42,6 +44,7 @@ def _install(out: str) -> None:
     fifo: deque[int] = deque()
     last_apply = [0.0, 0.0]
     path = os.path.join(out, f"{os.getpid()}.tsv")
+    entries_path = os.path.join(out, f"{os.getpid()}.entries") if os.environ.get("COMMIT_HOPS_ENTRIES") else ""
 
     def flush() -> None:
         with lock:
@@ -71,6 +74,9 @@ def _install(out: str) -> None:
             t = pc()
             fut = submit(self, entry)
             fut._hops_submit = t
+            if entries_path:
+                with lock, open(entries_path, "ab") as fh:
+                    fh.write(len(entry).to_bytes(4, "little") + entry)
             return fut
 
         def timed_resolve(self: Any, payload: object) -> None:
