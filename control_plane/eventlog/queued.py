@@ -49,6 +49,7 @@ _SPANS = 1
 _SNAPSHOT = 2
 _PRUNE = 3
 _ROWS = 4
+_LATER_ROWS = 5  # a function that makes the rows, called by the writer (`append_rows_later`)
 
 _RETRY_FIRST_DELAY = 0.05
 _RETRY_MAX_DELAY = 1.0
@@ -162,6 +163,11 @@ class QueuedEventStore(EventStore):
         if not rows:
             return
         self._enqueue(_ROWS, tuple(rows), len(rows))
+
+    def append_rows_later(self, build: Callable[[], Sequence[EventRow]], count: int) -> None:
+        if count <= 0:
+            return
+        self._enqueue(_LATER_ROWS, build, count)
 
     def append_spans(self, spans: Sequence[SpanRecord]) -> None:
         if not spans:
@@ -309,8 +315,13 @@ class QueuedEventStore(EventStore):
                         continue
                 batch.events.extend(records)
                 high = max(high, max(seqs))
-            elif item.kind == _ROWS:
-                rows = cast(tuple[EventRow, ...], item.data)
+            elif item.kind == _ROWS or item.kind == _LATER_ROWS:
+                if item.kind == _ROWS:
+                    rows = cast(tuple[EventRow, ...], item.data)
+                else:  # made here, on the writer thread; a failure drops this item (see `_commit`)
+                    rows = tuple(cast(Callable[[], Sequence[EventRow]], item.data)())
+                    if not rows:
+                        continue
                 low, top = rows[0][0], rows[-1][0]  # appended in increasing seq order
                 if low < first:
                     rows = tuple(r for r in rows if r[0] >= first)

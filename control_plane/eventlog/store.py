@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import abc
 import builtins
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Self
 
 from tessera.control_plane.eventlog.records import EventFilter, EventRecord, EventRow, SpanRecord
@@ -56,6 +56,14 @@ class EventStore(abc.ABC):
         uses, since a tuple costs a tenth of a 14-field frozen record to make, per event on every master.
         Stores that write rows as they are override this; the default makes the records."""
         self.append([EventRecord(*row) for row in rows])
+
+    def append_rows_later(self, build: Callable[[], Sequence[EventRow]], count: int) -> None:
+        """`append_rows(build())`, where the store may call `build` later, once, on its own writer thread, in
+        the order of the appends: the Raft apply thread hands over what it applied, and the rows (the events'
+        JSON payloads above all) are made off the thread that also receives, acknowledges and commits the
+        next entries. `build` must only read values nobody changes afterwards; `count` is how many rows it
+        makes (for batching and the backlog). This default builds them now."""
+        self.append_rows(build())
 
     @abc.abstractmethod
     def append_spans(self, spans: Sequence[SpanRecord]) -> None:

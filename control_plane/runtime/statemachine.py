@@ -1,8 +1,9 @@
 """The replicated state machine of a master: LogEntry bytes in, ClusterState and event records out.
 
 Replication hands every committed batch to `apply_entries` on every master, in log order, on its own
-apply thread. For each entry this decodes the `LogEntry`, runs the pure `apply`, turns the recorded
-events into event records (rows) for the event log (appended asynchronously: no disk I/O here) and returns the
+apply thread. For each entry this decodes the `LogEntry`, runs the pure `apply`, hands the recorded
+events to the event log, which makes their rows (the events' JSON payloads) on its own writer thread
+(`EventStore.append_rows_later`: neither that encoding nor disk I/O happens here), and returns the
 `ApplyResult` that the proposer's future resolves with.
 
 Rules kept here:
@@ -18,6 +19,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -55,6 +57,17 @@ def _trace_ids(traceparent: str) -> tuple[str, str]:
     if len(parts) == 4 and len(parts[1]) == 32 and len(parts[2]) == 16:
         return parts[1], parts[2]
     return "", ""
+
+
+Recorded = tuple[int, ev.Entry, tuple[tuple[int, ev.Event], ...]]  # raft index, entry, its applied (seq, event)s
+
+
+def event_rows(recorded: Sequence[Recorded]) -> list[EventRow]:
+    """The event-log rows of applied entries' events, in order (called by the event log's writer thread)."""
+    rows: list[EventRow] = []
+    for raft_index, entry, events in recorded:
+        add_event_rows(rows, raft_index, entry, events)
+    return rows
 
 
 def add_event_rows(rows: list[EventRow], raft_index: int, entry: ev.Entry,
@@ -124,7 +137,8 @@ class MasterStateMachine:
         applied: list[Applied] = []  # made only for listeners
         listening = bool(self._listeners)
         last_events: tuple[tuple[int, ev.Event], ...] = ()  # what the batch's last applied entry recorded
-        records: list[EventRow] = []  # EventRecords as rows: a tuple costs a tenth of a record to make
+        recorded: list[Recorded] = []  # the entries that recorded events, made into rows by the event log
+        recorded_events = 0
         with self.lock:
             for data in entries:
                 try:
@@ -148,16 +162,21 @@ class MasterStateMachine:
                 if listening:
                     applied.append(Applied(raft_index, entry, result))
                 if result.events:
-                    add_event_rows(records, raft_index, entry, result.events)
-        if records:
-            self.events.append_rows(records)
+                    recorded.append((raft_index, entry, result.events))
+                    recorded_events += len(result.events)
+        if recorded:
+            # The rows are made on the event log's writer thread: entries and events are immutable. On
+            # pysyncobj's tick thread (every master's apply) their JSON was ~45 % of applying a batch, time in
+            # which the node neither received, acknowledged nor committed the next entries (issue 22).
+            self.events.append_rows_later(functools.partial(event_rows, recorded), recorded_events)
+            last_seq = recorded[-1][2][-1][0]
             if self.snapshots is not None:
                 # the live state is the state as of the last record only when the entry that made it
                 # ended the batch (a later entry without events may have changed soft facts)
-                exact = bool(last_events) and last_events[-1][0] == records[-1][0]
-                self.snapshots.observe(records[-1][0], self.state if exact else None)
+                exact = bool(last_events) and last_events[-1][0] == last_seq
+                self.snapshots.observe(last_seq, self.state if exact else None)
             if self.deltas is not None:
-                self.deltas.observe(records[-1][0])
+                self.deltas.observe(last_seq)
         for fn in self._listeners if listening else ():  # a listener added meanwhile waits for the next batch
             try:
                 fn(applied)

@@ -62,6 +62,9 @@ class EventTrail:
     def append_rows(self, rows: Sequence[EventRow]) -> None:
         self.append([EventRecord(*row) for row in rows])
 
+    def append_rows_later(self, build: Callable[[], Sequence[EventRow]], count: int) -> None:
+        self.append_rows(build())
+
     def restored(self, seq: int) -> None:
         """The state machine was replaced by a snapshot: numbering continues after its seq."""
         self.last_seq = seq

@@ -227,6 +227,39 @@ def test_rows_are_stored_as_the_records_they_spell(store: EventStore, make_event
     assert [r.seq for r in store.list(from_seq=8, limit=100)] == list(range(8, 23))
 
 
+def test_rows_made_later_are_made_on_the_writer_thread_in_append_order(store: EventStore,
+                                                                         make_event: EventFactory) -> None:
+    records = [make_event(s) for s in range(1, 21)]
+    threads: list[str] = []
+
+    def later(part: list[EventRecord]) -> Callable[[], list[tuple[object, ...]]]:
+        def build() -> list[tuple[object, ...]]:
+            threads.append(threading.current_thread().name)
+            return [dataclasses.astuple(r) for r in part]
+        return build
+
+    store.append_rows_later(later(records[:10]), 10)  # type: ignore[arg-type]
+    store.append(records[10:15])  # records, rows and rows made later mix in one log, in append order
+    store.append_rows_later(later(records[15:]), 5)  # type: ignore[arg-type]
+    assert store.flush(5.0)
+    assert store.list(limit=100) == records
+    assert store.last_seq() == 20
+    assert len(threads) == 2
+    assert threading.current_thread().name not in threads  # not made by the appending thread
+
+
+def test_rows_that_cannot_be_made_are_dropped_and_reported(store: EventStore, make_event: EventFactory) -> None:
+    fill(store, make_event, range(1, 6))
+
+    def broken() -> list[tuple[object, ...]]:
+        raise ValueError("no JSON for this event")
+
+    store.append_rows_later(broken, 3)
+    store.append([make_event(s) for s in range(9, 11)])  # the appends after it are stored
+    assert not store.flush(5.0)  # history has a hole now
+    assert [r.seq for r in store.list(limit=100)] == [1, 2, 3, 4, 5, 9, 10]
+
+
 def test_prune_past_the_end_moves_the_start(store: EventStore, make_event: EventFactory) -> None:
     fill(store, make_event, range(1, 11))
     assert store.prune(501) == 10  # e.g. history restarts after an installed Raft snapshot

@@ -6,7 +6,7 @@ thread; and a batch of independent commands keeps each command's own trace conte
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -20,6 +20,7 @@ from tessera.control_plane.core.apply import ApplyResult
 from tessera.control_plane.core.context import sequential_ids
 from tessera.control_plane.core.errors import Conflict, InvalidRequest, NotLeader
 from tessera.control_plane.eventlog import MemoryEventStore
+from tessera.control_plane.eventlog.records import EventRow
 from tessera.control_plane.replication import LocalReplicator
 from tessera.control_plane.runtime.master import Master, MasterIdentity, WriteOutcome
 from tessera.control_plane.runtime.statemachine import MasterStateMachine
@@ -53,8 +54,8 @@ class RejectingReplicator(LocalReplicator):
 
 
 class Node:
-    def __init__(self, tracer_provider: Any = None) -> None:
-        self.events = MemoryEventStore()
+    def __init__(self, tracer_provider: Any = None, events: MemoryEventStore | None = None) -> None:
+        self.events = events if events is not None else MemoryEventStore()
         self.sm = MasterStateMachine(self.events)
         self.replicator = RejectingReplicator(self.sm)
         self.master = Master(MasterIdentity("m1", "local:0", "127.0.0.1:1"), self.sm, self.replicator, self.events,
@@ -75,6 +76,40 @@ def node() -> Iterator[Node]:
 
 def weight(role: str, value: float = 2.0) -> cmd.Command:
     return cmd.SetRoleWeight(role=role, weight=value)
+
+
+class ThreadNotingStore(MemoryEventStore):
+    """Notes the thread that hands rows over (`append_rows_later`) and the one that makes them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handed_over_on: list[str] = []
+        self.made_on: list[str] = []
+
+    def append_rows_later(self, build: Callable[[], Sequence[EventRow]], count: int) -> None:
+        self.handed_over_on.append(threading.current_thread().name)
+
+        def noted() -> Sequence[EventRow]:
+            self.made_on.append(threading.current_thread().name)
+            return build()
+
+        super().append_rows_later(noted, count)
+
+
+def test_the_applying_thread_hands_the_events_over_and_the_event_log_makes_their_rows() -> None:
+    events = ThreadNotingStore()
+    node = Node(events=events)
+    node.master.start()
+    try:
+        assert node.master.wait_serving(10)
+        node.master.propose([weight("analytics", 3.0)])
+        assert events.flush(5.0)
+        types = [r.type for r in events.list(limit=100)]
+    finally:
+        node.master.stop()
+    assert events.handed_over_on and events.made_on
+    assert not set(events.made_on) & set(events.handed_over_on)  # made off the applying thread
+    assert types[-1] == "RoleWeightSet"
 
 
 def test_each_kind_of_write_reaches_the_observer_exactly_once_with_its_outcome(node: Node) -> None:
