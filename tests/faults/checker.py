@@ -71,6 +71,12 @@ class History:
     masters: dict[str, list[EventRecord]] = field(default_factory=dict)
     frameworks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     agents: dict[str, list[AgentUpdate]] = field(default_factory=dict)
+    # per agent: its agent id (agent.db's meta) and how many update rows its checkpoint no longer holds
+    # (the highest seq minus the rows left): an agent prunes the records of its oldest done tasks beyond
+    # the newest 1,000 (`Checkpoint.prune_done`), each with at least one update row, so that many tasks at
+    # most may have ended on it with no trace left in its agent.db
+    agent_ids: dict[str, str] = field(default_factory=dict)
+    agent_rows_gone: dict[str, int] = field(default_factory=dict)
     # per master: the state snapshots stored in its events.db, by seq (the state after that event)
     snapshots: dict[str, dict[int, bytes]] = field(default_factory=dict)
 
@@ -112,6 +118,17 @@ def read_agent_updates(path: Path) -> list[AgentUpdate]:
     return [AgentUpdate(seq, task_id, uuid, TaskState(state).name) for seq, task_id, uuid, state in rows]
 
 
+def read_agent_pruning(path: Path) -> tuple[str, int]:
+    """(agent id, update rows gone from the checkpoint) of an agent.db: see `History.agent_rows_gone`."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'agent_id'").fetchone()
+        top, left = conn.execute("SELECT COALESCE(MAX(seq), 0), COUNT(*) FROM updates").fetchone()
+    finally:
+        conn.close()
+    return (row[0] if row else ""), int(top) - int(left)
+
+
 def read_framework_record(path: Path) -> list[dict[str, Any]]:
     out = []
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -132,6 +149,7 @@ def load_history(root: Path) -> History:
         h.frameworks[rec.stem] = read_framework_record(rec)
     for db in sorted(root.glob("a*/agent.db")):
         h.agents[db.parent.name] = read_agent_updates(db)
+        h.agent_ids[db.parent.name], h.agent_rows_gone[db.parent.name] = read_agent_pruning(db)
     return h
 
 
@@ -337,6 +355,7 @@ def _check_tasks_and_updates(history: History, decoded: dict[int, Any], report: 
     recorded_by_framework: dict[str, set[str]] = defaultdict(set)
     task_framework: dict[str, str] = {}
     master_ended: dict[str, str] = {}  # task -> terminal state the master decided (agent unreachable...)
+    launched_on: dict[str, str] = {}  # task -> the agent id it was launched to
     for _, e in sorted(decoded.items()):
         if isinstance(e, ev.TaskStatusUpdated):
             if e.status.uuid:
@@ -347,6 +366,7 @@ def _check_tasks_and_updates(history: History, decoded: dict[int, Any], report: 
                 master_ended[e.task_id] = e.status.state.name
         elif isinstance(e, ev.TaskLaunched):
             task_framework[e.task_id] = e.framework_id
+            launched_on[e.task_id] = e.agent_id
     for uuid, count in sorted(recorded.items()):
         if count > 1:
             _add(report, "updates", f"status update {uuid} recorded {count} times")
@@ -370,6 +390,11 @@ def _check_tasks_and_updates(history: History, decoded: dict[int, Any], report: 
     report.stats["agent_updates_superseded"] = superseded - sum(u.uuid not in recorded for u in agent_last.values())
 
     ended_by_master = 0
+    # an agent's pruned records: tasks launched to it that ended with no trace left on it, at most as many as
+    # update rows its checkpoint no longer holds (`History.agent_rows_gone`)
+    prunable = {history.agent_ids[name]: gone for name, gone in history.agent_rows_gone.items()
+                if history.agent_ids.get(name)}
+    pruned = 0
     for fw, records in history.frameworks.items():
         fids = _framework_ids(records)
         delivered = {r["uuid"] for r in records if r.get("kind") == "update" and r.get("uuid")}
@@ -387,7 +412,11 @@ def _check_tasks_and_updates(history: History, decoded: dict[int, Any], report: 
             if seen is None:
                 _add(report, "tasks", f"{fw}: task {task_id} never ended for its framework")
             elif agent is None:
-                if seen in AGENT_ONLY:
+                on = launched_on.get(task_id, "")
+                if seen in AGENT_ONLY and prunable.get(on, 0) > 0:
+                    prunable[on] -= 1  # its record went with its agent's oldest done tasks
+                    pruned += 1
+                elif seen in AGENT_ONLY:
                     _add(report, "tasks", f"{fw}: task {task_id} ended {seen} but no agent ever ran it")
             elif agent.state in TERMINAL and agent.state != seen:
                 # The one legitimate difference: the master ended the task itself (its agent was
@@ -403,3 +432,4 @@ def _check_tasks_and_updates(history: History, decoded: dict[int, Any], report: 
                                       f"last saw it {agent.state}")
         report.stats[f"tasks.{fw}"] = len(ours)
     report.stats["tasks_ended_by_master_then_on_agent"] = ended_by_master
+    report.stats["tasks_pruned_by_their_agent"] = pruned

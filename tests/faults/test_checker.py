@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +18,7 @@ from tessera.control_plane.core.values import CommandInfo, TaskInfo, TaskState
 from tessera.control_plane.eventlog import EventRecord, MemoryEventStore
 from tessera.control_plane.eventlog.replay import entries_from_records, replay_records
 from tessera.control_plane.eventlog.snapshots import encode_snapshot
-from tests.faults.checker import AgentUpdate, History, check
+from tests.faults.checker import AgentUpdate, History, check, read_agent_pruning
 from tests.unit.inspect.workload import Leader
 
 
@@ -58,7 +60,7 @@ def _history() -> History:
     records = store.list(1, 10_000)
     store.close()
     return History(masters={"m1": list(records), "m2": list(records), "m3": list(records[:-3])},
-                   frameworks={"fw": fw}, agents={"a1": agent})
+                   frameworks={"fw": fw}, agents={"a1": agent}, agent_ids={"a1": aid}, agent_rows_gone={"a1": 0})
 
 
 def _kinds(history: History) -> set[str]:
@@ -159,6 +161,41 @@ def test_a_final_state_the_agent_did_not_see_is_caught(good: History) -> None:
     bad.agents["a1"] = [dataclasses.replace(u, state="TASK_FAILED") if u.state == "TASK_FINISHED" else u
                         for u in bad.agents["a1"]]
     assert _kinds(bad) == {"tasks"}
+
+
+def _t1_pruned(good: History, rows_gone: int) -> History:
+    """`good` with t1's records gone from a1's checkpoint (an agent prunes its oldest done tasks), and
+    `rows_gone` update rows counted as gone there."""
+    h = copy.deepcopy(good)
+    h.agents["a1"] = [u for u in h.agents["a1"] if u.task_id != "t1"]
+    h.agent_rows_gone["a1"] = rows_gone
+    return h
+
+
+def test_a_finished_task_its_agent_pruned_passes_within_the_rows_its_checkpoint_lost(good: History) -> None:
+    report = check(_t1_pruned(good, rows_gone=2))
+    assert report.ok, report.violations
+    assert report.stats["tasks_pruned_by_their_agent"] == 1
+
+
+def test_a_finished_task_no_agent_ran_is_caught_when_its_agent_lost_no_rows(good: History) -> None:
+    assert _kinds(_t1_pruned(good, rows_gone=0)) == {"tasks"}
+    other = _t1_pruned(good, rows_gone=2)
+    other.agent_ids["a1"] = "agent-of-another-task"  # rows gone on an agent the task was not launched to
+    assert _kinds(other) == {"tasks"}
+
+
+def test_an_agent_db_says_how_many_update_rows_it_no_longer_holds(tmp_path: Path) -> None:
+    db = tmp_path / "agent.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    conn.execute("INSERT INTO meta VALUES ('agent_id', 'agent-1')")
+    conn.execute("CREATE TABLE updates (seq INTEGER PRIMARY KEY, task_id TEXT, uuid TEXT, state INTEGER)")
+    conn.executemany("INSERT INTO updates VALUES (?, ?, ?, 1)", [(i, f"t{i}", f"u{i}") for i in range(1, 11)])
+    conn.execute("DELETE FROM updates WHERE seq IN (1, 2, 5)")
+    conn.commit()
+    conn.close()
+    assert read_agent_pruning(db) == ("agent-1", 3)
 
 
 def test_a_resource_offered_twice_is_caught(good: History) -> None:
