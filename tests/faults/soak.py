@@ -173,7 +173,8 @@ class Sampler:
     def stop(self) -> None:
         if not self._stop.is_set():
             self._stop.set()
-            self._thread.join(timeout=30)
+            if self._thread.is_alive():
+                self._thread.join(timeout=30)
             self._file.close()
 
     def _loop(self) -> None:
@@ -192,10 +193,14 @@ class Sampler:
             try:
                 p = psutil.Process(proc.pid)
                 with p.oneshot():
+                    if p.status() == psutil.STATUS_ZOMBIE:
+                        continue  # killed by the nemesis after the check, not reaped yet: no memory left to read
                     rss, fds, threads = p.memory_info().rss, p.num_fds(), p.num_threads()
                 status = proc_status_kib(Path(f"/proc/{proc.pid}/status").read_text())
             except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
                 continue  # killed by the nemesis between the check and the read
+            if "RssAnon" not in status:
+                continue  # exited meanwhile (a zombie's status has no memory lines)
             events = _size([m.data_dir / "events.db", m.data_dir / "events.db-wal"])
             raft_dir = m.data_dir / "raft"
             journal = _size(sorted(raft_dir.iterdir())) if raft_dir.is_dir() else 0

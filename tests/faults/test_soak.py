@@ -7,11 +7,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from tests.faults.soak import JUDGED, Sample, growth, read_csv, restarts, slope, verdict
+from tests.faults.soak import JUDGED, Sample, Sampler, growth, read_csv, restarts, slope, verdict
 
 
 def _series(values: list[float], step: float = 10.0) -> list[tuple[float, float]]:
@@ -55,6 +57,28 @@ def test_only_spared_masters_that_stayed_one_process_are_judged_and_restarts_are
     assert {g.master for g in judged} == {"m1"}
     assert {g.metric for g in judged} == set(JUDGED)
     assert restarts(samples) == {"m1": 0, "m3": 1}
+
+
+def test_a_master_killed_after_the_check_but_not_reaped_yet_is_not_sampled_as_zeros(tmp_path: Path) -> None:
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 30
+        while "State:\tZ" not in Path(f"/proc/{dead.pid}/status").read_text():  # exited, not reaped: a zombie
+            assert time.monotonic() < deadline, "the child did not exit"
+            time.sleep(0.05)
+        # as the sampler sees a master the nemesis kills between its `poll()` and its reads
+        masters = [SimpleNamespace(name=name, proc=SimpleNamespace(pid=proc.pid, poll=lambda: None),
+                                   data_dir=tmp_path / name) for name, proc in (("m1", live), ("m2", dead))]
+        sampler = Sampler(SimpleNamespace(cluster=SimpleNamespace(masters=masters)), tmp_path / "soak.csv", 1.0)
+        sampler.sample()
+        sampler.stop()
+        assert [s.master for s in sampler.samples] == ["m1"]
+        assert sampler.samples[0].rss_anon_mib > 0 and sampler.samples[0].threads > 0
+    finally:
+        live.kill()
+        live.wait(timeout=30)
+        dead.wait(timeout=30)
 
 
 @pytest.mark.integration
