@@ -70,6 +70,12 @@ def declared_frame_length(buffer: bytes | bytearray) -> int | None:
     return int(_FRAME_HEADER.unpack_from(buffer, 0)[0])
 
 
+def handshake_done(encrypted: bool, peer_session_key: bytes | None) -> bool:
+    """Whether a connection may carry Raft messages: unencrypted ones at once, encrypted ones once the
+    peer's session key has arrived (every frame after the first must carry it)."""
+    return not encrypted or peer_session_key is not None
+
+
 def pending_to_close(pending: dict[Any, float], now: float, deadline_s: float, cap: int) -> list[Any]:
     """Which unidentified connections to close: `pending` maps each to the time it was accepted.
 
@@ -214,6 +220,21 @@ class GuardedTCPTransport(TCPTransport):  # type: ignore[misc]
         super()._onNewIncomingConnection(conn)
         self._pending_since[conn] = time.monotonic()
         self._close_pending(time.monotonic())
+
+    def send(self, node: Any, message: Any) -> bool:
+        """pysyncobj's ``send``, except that an encrypted connection sends nothing before its key exchange.
+
+        pysyncobj counts an outgoing connection as connected once TCP is, and its ``send`` goes out then,
+        before the peer's session key has come back: unwrapped, so the peer, which expects every frame
+        after the first to carry its key, closes the connection (a "frame that did not decrypt"). A
+        restarted master with the largest Raft address dials every other master, and its pre-vote
+        requests (every election timeout) broke each handshake that took longer than that: under load it
+        went without a leader for a minute (the hour-long soak of 2026-12-07, m5 at faults 312 and 335).
+        Nothing is lost: Raft resends what a failed send carried, as for a connection that is down."""
+        conn = self._connections.get(node)
+        if conn is not None and not handshake_done(self._syncObj.encryptor is not None, conn.sendRandKey):
+            return False
+        return bool(super().send(node, message))
 
     def _onTick(self) -> None:
         super()._onTick()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import socket
 import string
 import struct
@@ -24,11 +25,12 @@ from tessera.control_plane.replication.raft_port_guard import (
     PortGuardStats,
     declared_frame_length,
     frame_is_legal,
+    handshake_done,
     largest_legal_frame,
     pending_to_close,
 )
 
-from .harness import Cluster, ListStateMachine, raft_config, wait_until
+from .harness import Cluster, ListStateMachine, free_ports, raft_config, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -192,3 +194,70 @@ def test_a_follower_catches_up_over_a_frame_of_the_largest_entry(tmp_path: Path)
         if late is not None:
             late.stop()
         c.stop()
+
+
+def test_a_connection_is_up_only_once_the_peer_session_key_arrived_when_encrypted() -> None:
+    assert handshake_done(encrypted=False, peer_session_key=None)
+    assert not handshake_done(encrypted=True, peer_session_key=None)
+    assert handshake_done(encrypted=True, peer_session_key=os.urandom(32))
+
+
+def _read_frame(s: socket.socket, timeout: float) -> bytes | None:
+    """One length-prefixed frame from `s`, or None if none arrived in `timeout`."""
+    s.settimeout(timeout)
+    head = b""
+    try:
+        while len(head) < 4:
+            got = s.recv(4 - len(head))
+            if not got:
+                return None
+            head += got
+        (length,) = struct.unpack("i", head)
+        body = b""
+        while len(body) < length:
+            got = s.recv(length - len(body))
+            if not got:
+                return None
+            body += got
+        return body
+    except TimeoutError:
+        return None
+
+
+def test_masters_dialling_a_slow_peer_send_only_their_key_until_it_answers(tmp_path: Path) -> None:
+    # pysyncobj dials from the larger Raft address; its TCP connection counts as up before the key
+    # exchange ends. A message sent in that window (a leader's append_entries, a pre-vote request) went
+    # out without the session key and the peer closed the connection: a restarted master whose peers
+    # were slow to answer the exchange never completed one (the hour-long soak: a minute without a
+    # leader). Here two real masters elect a leader while the third peer, the test, listens at the
+    # smallest address, reads and never answers: each master must send its key and nothing else.
+    ports = sorted(free_ports(3), key=str)
+    silent, *addresses = (f"127.0.0.1:{p}" for p in ports)  # both masters dial the silent peer
+    password = "a-long-random-raft-password"
+    everyone = [silent, *addresses]
+    nodes: list[RaftReplicator] = []
+    accepted: list[socket.socket] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as srv:
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("127.0.0.1", ports[0]))
+        srv.listen(8)
+        srv.settimeout(10)
+        try:
+            for i, address in enumerate(addresses):
+                node = RaftReplicator(raft_config(address, everyone, tmp_path / f"n{i}", password=password),
+                                      ListStateMachine())
+                node.start()
+                nodes.append(node)
+            while len(accepted) < 2:
+                accepted.append(srv.accept()[0])
+            for s in accepted:
+                assert _read_frame(s, 5.0) is not None, "a master sent no key"
+            leader = wait_until(lambda: next((n for n in nodes if n.is_leader()), None), 10, "a leader of two")
+            leader.submit(b"one").result(timeout=10)  # the leader's append_entries go to every peer
+            ready, _, _ = select.select(accepted, [], [], 2.0)
+            assert not ready, "a master sent a frame to the silent peer before its key exchange ended"
+        finally:
+            for s in accepted:
+                s.close()
+            for node in nodes:
+                node.stop()
