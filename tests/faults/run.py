@@ -145,6 +145,7 @@ class RunResult:
     root: Path | None = None
     network: str = ""  # what the network layer did (proxies' connections, or the netns hosts' packets)
     terms: tuple[int, int] = (0, 0)  # the leader's term once the cluster was up, the highest term at the end
+    rejoins: list[float] = field(default_factory=list)  # a restarted master's start -> it rejoined, seconds
 
     @property
     def ok(self) -> bool:
@@ -172,6 +173,11 @@ class RunResult:
             lines.append(f"  failover (leader kill -> every framework re-subscribed and offered again), "
                          f"{len(fo)} trials: min {fo[0]:.2f} s, median {statistics.median(fo):.2f} s, "
                          f"max {fo[-1]:.2f} s")
+        if self.rejoins:
+            rj = sorted(self.rejoins)
+            lines.append(f"  rejoin (a restarted master started -> it knows a leader and applied what was committed), "
+                         f"{len(rj)} restarts: min {rj[0]:.2f} s, median {statistics.median(rj):.2f} s, "
+                         f"max {rj[-1]:.2f} s")
         if self.ok:
             lines.append("  all properties hold")
         else:
@@ -300,6 +306,7 @@ class FaultRun:
         self.stop_file = root / "STOP"
         self.faults: list[dict[str, Any]] = []
         self.failovers: list[float] = []
+        self.rejoins: list[float] = []
         self.problems: list[str] = []
         self.paused: MasterProc | None = None
         self.terms = (0, 0)
@@ -428,6 +435,7 @@ class FaultRun:
         self.cluster.start(m)
         if not wait:
             return
+        started = time.monotonic()
 
         seen: list[str] = []
 
@@ -440,6 +448,8 @@ class FaultRun:
 
         try:
             wait_for(rejoined, 60, interval=0.1, what=f"{m.name} to rejoin")
+            if not m.crashed:
+                self.rejoins.append(time.monotonic() - started)
         except TimeoutError as exc:
             self.problems.append(f"{exc}{'; ' + seen[0] if seen else ''} (fault {len(self.faults) + 1})")
         if m.crashed:
@@ -634,7 +644,7 @@ def run(config: RunConfig, on_start: Callable[[FaultRun], None] | None = None,
         fr.stop()
     report = check(load_history(root))
     result = RunResult(config, report, fr.faults, fr.failovers, fr.problems, time.monotonic() - started, root,
-                       fr.net.describe(), fr.terms)
+                       fr.net.describe(), fr.terms, fr.rejoins)
     if result.ok and not keep:
         import shutil
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tests.faults.run import kept_term
+from tests.faults.checker import Report
+from tests.faults.run import RunConfig, RunResult, kept_term
 
 
 def test_a_paused_leader_serving_on_in_its_term_kept_it() -> None:
@@ -22,3 +23,10 @@ def test_a_later_term_or_another_leader_is_not_a_kept_term() -> None:
 def test_a_killed_or_cut_off_leader_never_keeps_its_term() -> None:
     for kind in ("kill_leader", "isolate_leader"):
         assert not kept_term(kind, "m2", 106, [(106, "m2")])
+
+
+def test_the_summary_gives_how_long_restarted_masters_took_to_rejoin() -> None:
+    result = RunResult(RunConfig(), Report(), rejoins=[3.0, 0.5, 1.25])
+    assert ("rejoin (a restarted master started -> it knows a leader and applied what was committed), "
+            "3 restarts: min 0.50 s, median 1.25 s, max 3.00 s") in result.summary()
+    assert "rejoin" not in RunResult(RunConfig(), Report()).summary()
