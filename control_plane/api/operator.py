@@ -58,7 +58,7 @@ from tessera.control_plane.core.visibility import Visibility, framework_owners, 
 from tessera.control_plane.eventlog import EventFilter, EventRecord
 from tessera.control_plane.eventlog.background import DeferredSnapshots
 from tessera.control_plane.eventlog.errors import HistoryPruned
-from tessera.control_plane.eventlog.statecache import SnapshotBases, StateCache
+from tessera.control_plane.eventlog.statecache import StateCache
 from tessera.control_plane.eventlog.timeline import resolve_task
 from tessera.control_plane.runtime.framework_state import write_values
 from tessera.control_plane.runtime.master import Master
@@ -100,8 +100,7 @@ class OperatorService(operator_pb2_grpc.OperatorServicer):
         self.state_view = StateView(master, duties)
         # the states rebuilt lately for GetStateAt and the web UI's time travel (eventlog/statecache.py)
         # (starting from the decoded full snapshots the state machine keeps, shared with its delta writer)
-        bases = getattr(getattr(master, "sm", None), "history_bases", None)
-        self.history_cache = StateCache(bases=bases if isinstance(bases, SnapshotBases) else None)
+        self.history_cache = StateCache(bases=master.sm.history_bases)
         self._history_snapshots: DeferredSnapshots | None = None
 
     def history_snapshots(self) -> DeferredSnapshots:
