@@ -226,11 +226,12 @@ def _read_frame(s: socket.socket, timeout: float) -> bytes | None:
 
 def test_masters_dialling_a_slow_peer_send_only_their_key_until_it_answers(tmp_path: Path) -> None:
     # pysyncobj dials from the larger Raft address; its TCP connection counts as up before the key
-    # exchange ends. A message sent in that window (a leader's append_entries, a pre-vote request) went
-    # out without the session key and the peer closed the connection: a restarted master whose peers
-    # were slow to answer the exchange never completed one (the hour-long soak: a minute without a
-    # leader). Here two real masters elect a leader while the third peer, the test, listens at the
-    # smallest address, reads and never answers: each master must send its key and nothing else.
+    # exchange ends. A message sent in that window (a pre-vote or vote request: both go to every peer,
+    # connected or not; pysyncobj's append_entries skip peers whose exchange is not done) went out
+    # without the session key and the peer closed the connection: a restarted master whose peers were
+    # slow to answer the exchange never completed one (the hour-long soak: a minute without a leader).
+    # Here two real masters elect a leader (pre-votes and votes to every peer) while the third peer, the
+    # test, listens at the smallest address, reads and never answers: each must send its key alone.
     ports = sorted(free_ports(3), key=str)
     silent, *addresses = (f"127.0.0.1:{p}" for p in ports)  # both masters dial the silent peer
     password = "a-long-random-raft-password"
@@ -253,7 +254,7 @@ def test_masters_dialling_a_slow_peer_send_only_their_key_until_it_answers(tmp_p
             for s in accepted:
                 assert _read_frame(s, 5.0) is not None, "a master sent no key"
             leader = wait_until(lambda: next((n for n in nodes if n.is_leader()), None), 10, "a leader of two")
-            leader.submit(b"one").result(timeout=10)  # the leader's append_entries go to every peer
+            leader.submit(b"one").result(timeout=10)
             ready, _, _ = select.select(accepted, [], [], 2.0)
             assert not ready, "a master sent a frame to the silent peer before its key exchange ended"
         finally:
