@@ -99,6 +99,7 @@ def info_to_proto(info: FrameworkInfo) -> common_pb2.FrameworkInfo:
         framework_id=info.framework_id, name=info.name, principal=info.principal, roles=list(info.roles),
         failover_timeout_seconds=info.failover_timeout, partition_aware=info.partition_aware,
         user=info.user, hostname=info.hostname, max_tasks_in_flight=info.max_tasks_in_flight,
+        min_offer=resources_to_proto(info.min_offer),
     )
 
 
@@ -107,6 +108,7 @@ def info_from_proto(msg: common_pb2.FrameworkInfo) -> FrameworkInfo:
         framework_id=msg.framework_id, name=msg.name, principal=msg.principal, roles=tuple(msg.roles),
         failover_timeout=msg.failover_timeout_seconds, partition_aware=msg.partition_aware,
         user=msg.user, hostname=msg.hostname, max_tasks_in_flight=msg.max_tasks_in_flight,
+        min_offer=resources_from_proto(msg.min_offer),
     )
 
 

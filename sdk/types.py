@@ -106,7 +106,12 @@ class FrameworkInfo:
     `max_tasks_in_flight` (0 = no limit): the master offers this framework nothing while its unfinished
     tasks plus its outstanding offers number this many, and offers it again as tasks end, so a framework
     that keeps at most K tasks running needs no `suppress()`/`revive()` per freed slot. Each offer counts
-    as one slot (a framework that launches several tasks from one offer can still exceed K)."""
+    as one slot (a framework that launches several tasks from one offer can still exceed K).
+
+    `min_offer` (empty = none): the smallest offer the framework can use, scalars by kind (e.g.
+    `Resources.of(cpus=1, mem=32)`, what one of its tasks needs): the master makes it no offer with less
+    of a kind named (Mesos' min_allocatable_resources). Without it an agent's leftover memory may be
+    offered alone once its cpus are taken: an offer the framework can only decline."""
 
     name: str
     roles: tuple[str, ...] = (DEFAULT_ROLE,)
@@ -117,6 +122,7 @@ class FrameworkInfo:
     hostname: str = ""
     framework_id: str = ""
     max_tasks_in_flight: int = 0
+    min_offer: Resources = Resources()
 
     def __post_init__(self) -> None:
         if isinstance(self.roles, str):
@@ -132,6 +138,8 @@ class FrameworkInfo:
         if self.max_tasks_in_flight < 0:
             raise InvalidRequest(f"FrameworkInfo.max_tasks_in_flight: must be >= 0 (0 = no limit), "
                                  f"got {self.max_tasks_in_flight}")
+        if self.min_offer.ranges or any(role for (_, role), _ in self.min_offer.scalars):
+            raise InvalidRequest("FrameworkInfo.min_offer: scalar quantities only (no ranges, no reservation role)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -46,7 +46,12 @@ Every offer also keeps these rules (each one pinned by a test):
   left it is in no sorter, so it is offered nothing until a task of it ends or an offer goes: the
   K-in-flight pattern without a Suppress and a Revive (two commits) per freed slot;
 - an offer must be allocatable: at least 0.01 cpus or 32 MiB of memory (Mesos' default minimum);
-  nothing smaller is offered;
+  nothing smaller is offered; a framework that declared a `min_offer` (Mesos' per-framework
+  min_allocatable_resources) is not offered an agent whose proposal holds less of a kind it names — the
+  agent goes to the next framework in line, or stays free for a later round. Without it a framework
+  whose tasks each need cpus and memory is offered an agent's leftover memory alone once its cpus are
+  taken, can only decline it, and its decline filter then hides that agent's next freed cpus until it
+  revives (two commits more per freed slot on the short-tasks benchmark, docs/benchmarks.md);
 - offers carry the role, the agent's hostname and attributes, and `expires_at = now + offer_timeout`
   (0 = never) when a timeout is given; ids come from `new_id("offer")`, in the order offers were made.
 
@@ -165,7 +170,11 @@ class _Round:
         # Offers each framework with a max_tasks_in_flight may still be made this round; one at 0 takes no part.
         self.slots: dict[str, int] = {}
         self.fw_roles: dict[str, list[str]] = {}
+        # The smallest offer each framework that declared one can use, by kind (milli units).
+        self.min_offer: dict[str, dict[str, int]] = {}
         for fw in snapshot.frameworks:
+            if fw.min_offer:
+                self.min_offer[fw.framework_id] = by_name(fw.min_offer)
             slots = fw.slots
             if slots is not None:
                 if slots <= 0:
@@ -282,9 +291,9 @@ class _Round:
             whole = view.agent.free
         return Proposal(take, reserved, guarantee, ranges, whole)
 
-    def pick_framework(self, role: str, agent_id: str) -> str | None:
-        """The framework of `role` with the lowest share that may be offered this agent, popped out of
-        its sorter (`commit` pushes it back with its new share); the others are pushed back."""
+    def pick_framework(self, role: str, agent_id: str, p: Proposal) -> str | None:
+        """The framework of `role` with the lowest share that may be offered this agent's proposal `p`,
+        popped out of its sorter (`commit` pushes it back with its new share); the others are pushed back."""
         sorter = self.fw_sorters[role]
         skipped: list[str] = []
         chosen: str | None = None
@@ -293,6 +302,10 @@ class _Round:
             if fid is None:
                 break
             if fid in self.filtered and self.filters.get((fid, agent_id), 0.0) > self.now:
+                skipped.append(fid)
+                continue
+            minimum = self.min_offer.get(fid)
+            if minimum is not None and not holds_minimum(p, minimum):
                 skipped.append(fid)
                 continue
             if fid in self.multi_role and self.offered_role.get((fid, agent_id), role) != role:
@@ -416,7 +429,7 @@ class _Round:
                 proposal = self.propose(role, view, self.works.get(agent.agent_id), 1)
                 if proposal is None:
                     continue
-                fid = self.pick_framework(role, agent.agent_id)
+                fid = self.pick_framework(role, agent.agent_id, proposal)
                 if fid is None:
                     continue
                 self.commit(role, fid, agent, proposal, 1)
@@ -466,7 +479,7 @@ class _Round:
                 proposal = self.propose(role, view, work, 2)
                 if proposal is None:
                     continue
-                fid = self.pick_framework(role, agent_id)
+                fid = self.pick_framework(role, agent_id, proposal)
                 if fid is None:
                     continue
                 self.commit(role, fid, agent, proposal, 2)
@@ -491,10 +504,11 @@ class _Round:
             if role in self.limit:
                 outcome = None
                 break
-            fid = self.pick_framework(role, agent.agent_id)
+            proposal = Proposal(flat, {}, {}, agent.free.ranges, agent.free)
+            fid = self.pick_framework(role, agent.agent_id, proposal)
             if fid is None:
                 continue
-            self.commit(role, fid, agent, Proposal(flat, {}, {}, agent.free.ranges, agent.free), 2)
+            self.commit(role, fid, agent, proposal, 2)
             outcome = True
             break
         for role in popped:
@@ -516,6 +530,12 @@ class _Round:
         if self.required.get("mem", 0) > 0:
             mem = min(mem, self.surplus("mem"))
         return allocatable(cpus, mem)
+
+
+def holds_minimum(p: Proposal, minimum: Mapping[str, int]) -> bool:
+    """Whether proposal `p` (unreserved plus reserved scalars) holds at least `minimum` of every kind it
+    names (a framework's `min_offer`, by kind, in milli units)."""
+    return all(p.unreserved.get(kind, 0) + p.reserved.get(kind, 0) >= amount for kind, amount in minimum.items())
 
 
 # ---- the public surface ----------------------------------------------------------------------------------

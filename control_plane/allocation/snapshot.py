@@ -14,7 +14,8 @@ What it holds, and the rules that decide what goes in:
 - `frameworks`: only CONNECTED frameworks; a disconnected one gets no offers until it resubscribes.
   `allocated` is, per role, the scalar quantities of its non-terminal tasks plus its live offers;
   `suppressed_roles` as recorded by Suppress/Revive. `max_tasks_in_flight` as the framework declared it
-  (0: no limit) and `in_flight`, its non-terminal tasks plus its live offers (what that limit counts).
+  (0: no limit) and `in_flight`, its non-terminal tasks plus its live offers (what that limit counts);
+  `min_offer`, the smallest offer it can use, as it declared it.
 - `roles`: every role that is configured, subscribed to by a framework, holding allocations or owning a
   reservation: weight (1.0 unless set), quota guarantee and limit, `allocated` (scalars used + offered
   by *all* frameworks of the role, disconnected ones included: their tasks still run) and `reserved`
@@ -69,6 +70,7 @@ class FrameworkSnapshot:
     allocated: Mapping[str, Resources] = field(default_factory=dict)
     max_tasks_in_flight: int = 0  # 0: no limit
     in_flight: int = 0  # non-terminal tasks plus live offers
+    min_offer: Resources = EMPTY  # no offer with less of a kind named here (FrameworkInfo.min_offer)
 
     @property
     def slots(self) -> int | None:
@@ -259,6 +261,7 @@ def snapshot_from_state(state: ClusterState, now: float, *, ended: Mapping[TaskK
                                         for r in fw_roles.get(framework_id, ())}),
             max_tasks_in_flight=fw.info.max_tasks_in_flight,
             in_flight=in_flight.get(framework_id, 0),
+            min_offer=fw.info.min_offer,
         ))
 
     roles: dict[str, RoleSnapshot] = {}

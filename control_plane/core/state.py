@@ -661,6 +661,9 @@ def check_framework_info(info: object) -> FrameworkInfo:
     check_text(info.user, "info.user", MAX_ID_LENGTH)
     check_text(info.hostname, "info.hostname", MAX_ID_LENGTH)
     check_count(info.max_tasks_in_flight, "info.max_tasks_in_flight", MAX_TASKS_IN_FLIGHT)
+    check_resources(info.min_offer, "info.min_offer")
+    if info.min_offer.ranges or any(role for (_, role), _ in info.min_offer.scalars):
+        raise InvalidRequest("info.min_offer: scalar quantities only (no ranges, no reservation role)")
     return info
 
 

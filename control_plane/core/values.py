@@ -229,6 +229,9 @@ class FrameworkInfo:
     hostname: str = ""
     # Offer-side cap on work in flight, honoured by the allocator (see allocation.allocator); 0 = none.
     max_tasks_in_flight: int = 0
+    # The smallest offer it can use (Mesos' min_allocatable_resources): no offer with less of a kind named
+    # here is made to it (see allocation.allocator). Scalars by kind name, no reservation role; EMPTY = none.
+    min_offer: Resources = EMPTY
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,10 @@ How it uses offers (the habits of a well-behaved Mesos framework):
   offers of one agent and role in one Accept, `offers_by_agent`), and launches with
   `driver.launch_async`: the Accepts of a batch of offers are under way together, each outcome handled
   on the callback thread (`driver.call_soon`);
+- declares the smallest offer it can use, one job's resources (`FrameworkInfo.min_offer`, set by
+  `BatchRunner.framework_info` and `run_batch`): the master then never offers it an agent's leftover
+  memory alone once the agent's cpus are taken — an offer it could only decline, whose refuse filter
+  would hide the agent's next freed cpus until a revive;
 - declines what it cannot use with a refuse filter (the offers of one callback in one call), and
   suppresses offers altogether once nothing waits, so the allocator can give the resources to others;
 - revives when jobs wait again while offers are suppressed, or a task ended while jobs wait and it
@@ -29,6 +33,7 @@ How it uses offers (the habits of a well-behaved Mesos framework):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import threading
@@ -157,6 +162,12 @@ class BatchRunner(Scheduler):
         self._finished = False
         self.failure: str | None = None
         self.done = threading.Event()
+
+    def framework_info(self, info: FrameworkInfo) -> FrameworkInfo:
+        """`info` with `min_offer` set to what one job needs (`min_offer_for`), unless it sets one."""
+        if info.min_offer:
+            return info
+        return dataclasses.replace(info, min_offer=min_offer_for(self.resources))
 
     # ---- callbacks ------------------------------------------------------------------------------------
     def subscribed(self, driver: SchedulerDriver, framework_id: str) -> None:
@@ -382,6 +393,12 @@ class BatchRunner(Scheduler):
         )
 
 
+def min_offer_for(resources: Resources) -> Resources:
+    """The smallest offer a framework whose tasks each need `resources` can use: their scalar quantities
+    by kind (reservation roles dropped, ranges such as ports left out: an offer's ranges are not sized)."""
+    return Resources.from_items((name, "", scalar, ()) for name, _, scalar, ranges in resources.items() if not ranges)
+
+
 def offers_by_agent(offers: Sequence[Offer]) -> list[list[Offer]]:
     """The offers grouped as one Accept may name them: same agent, same role; groups in the order of their
     first offer, offers in the order given."""
@@ -393,8 +410,9 @@ def offers_by_agent(offers: Sequence[Offer]) -> list[list[Offer]]:
 
 def run_batch(runner: BatchRunner, framework: FrameworkInfo, masters: Sequence[str] | str | None,
               **driver_options: Any) -> BatchSummary:
-    """Run `runner` to the end with a blocking driver and return its summary."""
-    driver = SchedulerDriver(runner, framework, masters, **driver_options)
+    """Run `runner` to the end with a blocking driver and return its summary (`framework` as
+    `runner.framework_info` completes it: the smallest offer it can use)."""
+    driver = SchedulerDriver(runner, runner.framework_info(framework), masters, **driver_options)
     driver.run()
     return runner.summary()
 

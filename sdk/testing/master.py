@@ -38,7 +38,7 @@ class FakeMaster(_Protocol):
     `tests/unit/sdk/test_against_master.py` runs the SDK's drivers and examples on the real master.
 
     What it does not do: no replication, log or persistence (`failover()` only moves the lead, the
-    state stays); no authentication or ACLs; no DRF, quotas, weights or `max_tasks_in_flight` (each
+    state stays); no authentication or ACLs; no DRF, quotas, weights, `max_tasks_in_flight` or `min_offer` (each
     agent's free resources go, whole, to the first eligible framework); offers never expire (only
     `rescind()` takes one back); no agents or processes: tasks go through the states their `behaviour`
     scripts or the test sends with `update()`, a kill ends in TASK_KILLED at once (no grace period),

@@ -192,7 +192,7 @@ def run_batch(masters: list[str], tasks: int, command: str, timeout: float, name
 
     TimedDriver, TimedRunner = timed_driver_class(), timed_runner_class()
     runner = TimedRunner([command] * tasks, Resources.of(cpus=1, mem=TASK_MEM), max_retries=2, name=name)
-    driver = TimedDriver(runner, FrameworkInfo(name=name, failover_timeout=60.0), masters,
+    driver = TimedDriver(runner, runner.framework_info(FrameworkInfo(name=name, failover_timeout=60.0)), masters,
                          call_timeout=60.0, give_up_after=60.0)
     started = time.perf_counter()
     driver.start()

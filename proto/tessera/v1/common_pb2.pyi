@@ -758,6 +758,7 @@ class FrameworkInfo(_message.Message):
     USER_FIELD_NUMBER: _builtins.int
     HOSTNAME_FIELD_NUMBER: _builtins.int
     MAX_TASKS_IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    MIN_OFFER_FIELD_NUMBER: _builtins.int
     framework_id: _builtins.str
     """empty on first subscription"""
     name: _builtins.str
@@ -773,6 +774,15 @@ class FrameworkInfo(_message.Message):
     """
     @_builtins.property
     def roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def min_offer(self) -> _containers.RepeatedCompositeFieldContainer[Global___Resource]:
+        """The smallest offer this framework can use (Mesos' per-framework min_allocatable_resources): the
+        allocator makes it no offer that holds less than this in any kind named here (scalars only), so a
+        framework whose tasks each need, say, 1 cpu and 32 MiB is never offered an agent's leftover memory
+        alone (an offer it could only decline, filtering the agent until it revives). Empty: the master's
+        own minimum only (0.01 cpus or 32 MiB of memory).
+        """
+
     def __init__(
         self,
         *,
@@ -785,10 +795,11 @@ class FrameworkInfo(_message.Message):
         user: _builtins.str = ...,
         hostname: _builtins.str = ...,
         max_tasks_in_flight: _builtins.int = ...,
+        min_offer: _abc.Iterable[Global___Resource] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failover_timeout_seconds", b"failover_timeout_seconds", "framework_id", b"framework_id", "hostname", b"hostname", "max_tasks_in_flight", b"max_tasks_in_flight", "name", b"name", "partition_aware", b"partition_aware", "principal", b"principal", "roles", b"roles", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failover_timeout_seconds", b"failover_timeout_seconds", "framework_id", b"framework_id", "hostname", b"hostname", "max_tasks_in_flight", b"max_tasks_in_flight", "min_offer", b"min_offer", "name", b"name", "partition_aware", b"partition_aware", "principal", b"principal", "roles", b"roles", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -6,6 +6,7 @@ the master that proposed the most batches (the leader). Not a test.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import statistics
 import sys
@@ -28,11 +29,15 @@ def quantile(xs: list[float], p: float) -> float:
 
 def main(directory: str) -> int:
     best: tuple[Path, list[list[float]], list[list[float]]] | None = None
+    leader_lines: dict[Path, list[list[str]]] = {}
     for path in Path(directory).glob("*.tsv"):
         batches: list[list[float]] = []
         wakes: list[list[float]] = []
         for line in path.read_text().splitlines():
             kind, *fields = line.split("\t")
+            if kind == "L":
+                leader_lines.setdefault(path, []).append(fields)
+                continue
             (batches if kind == "B" else wakes).append([float(x) for x in fields])
         if best is None or len(batches) > len(best[1]):
             best = (path, batches, wakes)
@@ -54,7 +59,49 @@ def main(directory: str) -> int:
     waited = [(b[2] - b[1]) * 1e3 for b in done if int(b[8]) == 0]
     print(f"  in-flight slots left after a proposal: {dict(sorted(free.items()))}; proposed into the last free "
           f"slot: {len(waited)} batches, submit -> proposed median {quantile(waited, .5):.1f} ms")
+    if leader_lines.get(path):
+        allocation(leader_lines[path])
     return 0
+
+
+def allocation(lines: list[list[str]]) -> None:
+    """The allocation side of a slot's cycle on the leader (`L` lines): how long a wanted allocation pass
+    waited for its round, and how much of that was the previous round's offers committing."""
+    wants = sorted(float(f[1]) for f in lines if f[0] == "WANT")
+    rounds = sorted((float(f[1]), float(f[2])) for f in lines if f[0] == "ROUND")
+    settled = sorted(float(f[1]) for f in lines if f[0] == "SETTLED")
+    proposed = {f[2]: float(f[1]) for f in lines if f[0] == "PROPOSED"}
+    commit = [float(f[1]) - proposed[f[2]] for f in lines if f[0] == "SETTLED" and f[2] in proposed]
+    blocked = sum(1 for f in lines if f[0] == "BLOCKED")
+    starts = [r[0] for r in rounds]
+    to_round: list[float] = []
+    waiting: list[float] = []
+    after: list[float] = []
+    for w in wants:
+        i = bisect.bisect_left(starts, w)
+        if i >= len(starts):
+            continue
+        r = starts[i]
+        to_round.append((r - w) * 1e3)
+        j = bisect.bisect_right(settled, r) - 1
+        s = settled[j] if j >= 0 and settled[j] > w else w
+        waiting.append((s - w) * 1e3)
+        after.append((r - s) * 1e3)
+    info = [[int(x) for x in f[3:8]] for f in lines if f[0] == "ROUND" and len(f) >= 8]
+    if info:
+        empty = [i for i in info if i[1] == 0]
+        print(f"  rounds that offered nothing: {len(empty)} of {len(info)}; of those, with agents of a free cpu: "
+              f"{sum(1 for i in empty if i[0] > 0)}, with decline filters in force: "
+              f"{sum(1 for i in empty if i[2] > 0)}, with a suppressed role: {sum(1 for i in empty if i[3] > 0)}")
+    print(f"  allocation (leader): {len(wants)} wants, {len(rounds)} rounds, {len(commit)} offer entries, "
+          f"{blocked} ticks wanted a round while one was in flight; ms: median / p90 / mean")
+    for name, xs in (("want -> its round starts", to_round),
+                     ("  of which: the previous round's offers committing", waiting),
+                     ("  of which: from that commit (or the want) to the round", after),
+                     ("round (allocator, decide, propose)", [(e - s) * 1e3 for s, e in rounds]),
+                     ("offer entry proposed -> settled (its commit)", [x * 1e3 for x in commit])):
+        if xs:
+            print(f"  {name:<62} {quantile(xs, .5):7.1f} {quantile(xs, .9):7.1f} {statistics.mean(xs):7.1f}")
 
 
 if __name__ == "__main__":

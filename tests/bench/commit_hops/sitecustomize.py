@@ -39,6 +39,7 @@ def _install(out: str) -> None:
     pc = time.perf_counter
     lock = threading.Lock()
     rows: list[tuple[float, ...]] = []
+    leader_rows: list[str] = []
     wakes: list[tuple[float, float]] = []
     props: dict[int, list[float]] = {}
     fifo: deque[int] = deque()
@@ -48,12 +49,15 @@ def _install(out: str) -> None:
 
     def flush() -> None:
         with lock:
-            taken, wake = rows[:], wakes[:]
+            taken, wake, led = rows[:], wakes[:], leader_rows[:]
             rows.clear()
             wakes.clear()
-        if not taken and not wake:
+            leader_rows.clear()
+        if not taken and not wake and not led:
             return
         with open(path, "a") as fh:
+            for line in led:
+                fh.write(line + "\n")
             for r in taken:
                 fh.write("B\t" + "\t".join(f"{x:.6f}" for x in r) + "\n")
             for w in wake:
@@ -155,7 +159,76 @@ def _install(out: str) -> None:
 
         m.Master._wait = timed_wait
 
+    def leader(m: ModuleType) -> None:
+        """The allocation side of a slot's cycle on the leader: `L WANT t` when a reaction wants an
+        allocation pass, `L ROUND start end` per allocation round, `L PROPOSED t` / `L SETTLED t` per offer
+        entry proposed / settled, `L BLOCKED t` per tick that wanted a round but had one in flight."""
+        cls = m.LeaderDuties
+        want, round_, tick = cls.want_allocation, cls._allocation_round, cls._tick
+        ledger = m.duties.Ledger
+        record, done = ledger.record, ledger.done
+
+        def note(*fields: object) -> None:
+            with lock:
+                leader_rows.append("L\t" + "\t".join(f"{x:.6f}" if isinstance(x, float) else str(x)
+                                                      for x in fields))
+
+        def timed_want(self: Any) -> None:
+            note("WANT", pc())
+            want(self)
+
+        def timed_round(self: Any) -> None:
+            t = pc()
+            seen: dict[str, object] = {}
+            original = self._allocator
+            if original is not None:
+                snapshot_fn, allocate_fn = original
+
+                def snap(*a: Any, **kw: Any) -> Any:
+                    snapshot = snapshot_fn(*a, **kw)
+                    seen["cpu_agents"] = sum(1 for agent in snapshot.agents if sum(
+                        milli for (name, _), milli in agent.free.scalars if name == "cpus") >= 1000)
+                    seen["filters"] = len(snapshot.decline_filters)
+                    seen["suppressed"] = sum(len(f.suppressed_roles) for f in snapshot.frameworks)
+                    seen["frameworks"] = len(snapshot.frameworks)
+                    return snapshot
+
+                def alloc(snapshot: Any, now: float) -> Any:
+                    offers = allocate_fn(snapshot, now)
+                    seen["offers"] = len(offers)
+                    return offers
+
+                self._allocator = (snap, alloc)
+            try:
+                round_(self)
+            finally:
+                self._allocator = original
+                note("ROUND", t, pc(), *(seen.get(k, -1) for k in
+                                          ("cpu_agents", "offers", "filters", "suppressed", "frameworks")))
+
+        def timed_tick(self: Any, now: float) -> None:
+            wanted = self._ledger.allocation_wanted
+            before = self._ledger.last_allocation
+            tick(self, now)
+            if wanted and self._ledger.last_allocation == before:
+                note("BLOCKED", pc())
+
+        def timed_record(self: Any, commands: Any, now: float) -> None:
+            for c in commands:
+                if isinstance(c, m.duties.Propose) and c.key[0] == "offers":
+                    note("PROPOSED", pc(), c.key[1])
+            record(self, commands, now)
+
+        def timed_done(self: Any, key: tuple[str, str]) -> None:
+            if key[0] == "offers":
+                note("SETTLED", pc(), key[1])
+            done(self, key)
+
+        cls.want_allocation, cls._allocation_round, cls._tick = timed_want, timed_round, timed_tick
+        ledger.record, ledger.done = timed_record, timed_done
+
     targets = {
+        "tessera.control_plane.runtime.leader": leader,
         "tessera.control_plane.replication._group_commit": group_commit,
         "tessera.control_plane.replication.pysyncobj_node": node,
         "tessera.control_plane.replication.raft": raft,

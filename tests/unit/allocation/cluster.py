@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tessera.control_plane.allocation import AllocationSnapshot, allocate, snapshot_from_state
+from tessera.control_plane.allocation import AllocationSnapshot, Allocator, allocate, snapshot_from_state
 from tessera.control_plane.core import commands as c
 from tessera.control_plane.core.apply import ApplyResult, apply
 from tessera.control_plane.core.context import Context, sequential_ids
@@ -22,6 +22,15 @@ from tessera.control_plane.core.state import ClusterState
 from tessera.control_plane.core.values import AgentInfo, CommandInfo, FrameworkInfo, Offer, TaskInfo
 
 Labels = tuple[tuple[str, str], ...]
+
+
+def allocate_both_ways(snapshot: AllocationSnapshot) -> tuple[Offer, ...]:
+    """`allocate(snapshot)` at now = 1.0, checked against the incremental `Allocator` (the same offers)."""
+    offers = allocate(snapshot, new_id=sequential_ids("o"), now=1.0)
+    incremental = Allocator()
+    incremental.update(snapshot)
+    assert incremental.allocate(new_id=sequential_ids("o"), now=1.0) == offers
+    return offers
 
 
 class Cluster:

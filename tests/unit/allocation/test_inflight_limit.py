@@ -8,9 +8,7 @@ import pytest
 from tessera.control_plane.allocation import (
     AgentSnapshot,
     AllocationSnapshot,
-    Allocator,
     FrameworkSnapshot,
-    allocate,
 )
 from tessera.control_plane.codec import from_proto
 from tessera.control_plane.core import commands as c
@@ -22,7 +20,7 @@ from tessera.control_plane.core.state import ClusterState
 from tessera.control_plane.core.values import FrameworkInfo, TaskState, TaskStatus
 from tessera.v1 import common_pb2
 
-from .cluster import Cluster
+from .cluster import Cluster, allocate_both_ways
 
 
 def limited(cl: Cluster, limit: int, role: str = "web", name: str = "limited") -> str:
@@ -86,11 +84,7 @@ def _hand_built(max_in_flight: int, in_flight: int) -> AllocationSnapshot:
 @pytest.mark.parametrize(("limit", "in_flight", "expected"), [(0, 9, 5), (3, 0, 3), (3, 1, 2), (3, 3, 0), (3, 7, 0)])
 def test_slots_are_the_limit_minus_tasks_and_offers_in_flight(limit: int, in_flight: int, expected: int) -> None:
     snapshot = _hand_built(limit, in_flight)
-    offers = allocate(snapshot, new_id=sequential_ids("o"), now=1.0)
-    assert len(offers) == expected
-    incremental = Allocator()
-    incremental.update(snapshot)
-    assert incremental.allocate(new_id=sequential_ids("o"), now=1.0) == offers
+    assert len(allocate_both_ways(snapshot)) == expected
 
 
 def test_the_snapshot_counts_unfinished_tasks_and_live_offers_per_framework() -> None:

@@ -112,6 +112,18 @@ def test_batch_runner_resubscribes_and_finishes_after_a_failover() -> None:
     assert runner.summary().ok and driver.framework_id == fake.framework().framework_id
 
 
+def test_batch_runner_declares_one_jobs_resources_as_the_smallest_offer_it_can_use() -> None:
+    fake = FakeMaster(behaviour=script({}))
+    fake.add_agent("cpus:1;mem:1024")
+    runner = BatchRunner(["true"] * 2, JOB)
+    assert run_batch(runner, FrameworkInfo(name="batch"), fake.addresses, transport=fake.transport()).ok
+    assert fake.framework().info.min_offer == JOB
+    own = FrameworkInfo(name="batch", min_offer=Resources.of(cpus=2))
+    assert runner.framework_info(own) is own  # one it sets itself is kept
+    # scalars by kind: reservation roles dropped, ranges (ports) not sized
+    assert batch.min_offer_for(Resources.of(role="web", cpus=0.5, mem=64, ports=[(80, 80)])) == JOB
+
+
 def test_batch_main_over_grpc_exits_zero_only_when_all_succeeded(capsys: pytest.CaptureFixture[str]) -> None:
     ok = FakeMaster(behaviour=script({0: 1}))
     ok.add_agent("cpus:1;mem:1024")

@@ -243,8 +243,16 @@ def test_calls_survive_protobuf(call: object) -> None:
 
 def test_framework_info_survives_protobuf() -> None:
     info = FrameworkInfo(name="f", roles=("a", "b"), principal="p", failover_timeout=9.0, partition_aware=True,
-                         user="u", hostname="h", framework_id="f1")
+                         user="u", hostname="h", framework_id="f1", max_tasks_in_flight=3,
+                         min_offer=Resources.of(cpus=1, mem=32))
     assert cv.info_from_proto(cv.info_to_proto(info)) == info
+    assert cv.info_to_proto(info).min_offer[0].name == "cpus"
+
+
+@pytest.mark.parametrize("bad", [Resources.of(ports=[(1, 2)]), Resources.of(role="web", cpus=1)])
+def test_framework_info_min_offer_is_scalars_by_kind(bad: Resources) -> None:
+    with pytest.raises(InvalidRequest, match="min_offer"):
+        FrameworkInfo(name="f", min_offer=bad)
 
 
 def test_argv_goes_out_as_program_and_arguments_after_it() -> None:
