@@ -194,7 +194,8 @@ def _start(source: HistorySource, target: int, cache: StateCache | None = None
         snap_seq = source.snapshot_seq(at)  # its blob (~2.5 MB at 10,000 tasks) is read only when used
         snap: tuple[int, bytes] | None = None
         cost = SNAPSHOT_DECODE_EVENTS
-        if bases is not None and snap_seq is not None and cached is not None:
+        if bases is not None and snap_seq is not None and (cached is not None or bases.seqs()):
+            # a choice to make (a cached state, or a kept base below): what does this snapshot cost?
             known = bases.start_cost(snap_seq)
             if known is None:  # not read yet: what kind of snapshot is it?
                 snap = source.nearest_snapshot(snap_seq)
