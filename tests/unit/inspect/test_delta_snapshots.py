@@ -251,3 +251,33 @@ def test_with_no_cached_state_a_delta_of_a_kept_base_is_priced_as_one(
         got = rebuild(store, target, every=0, cache=StateCache(0, bases=bases))
         assert got.snapshot_seq == seq, (target, got.snapshot_seq, delta_base(stored[seq]))
         assert got.state.fingerprint() == leader.fingerprints[target]
+
+
+
+@pytest.mark.parametrize("history", ["realistic", "random-2"])
+def test_a_restarted_writer_decodes_the_older_bases_when_caught_up_so_first_visits_decode_none(history: str) -> None:
+    """After a restart nothing is decoded: the writer starts from the newest full snapshot and, once
+    caught up, decodes the older bases (newest first, while the pool has room, never pushing one out), so
+    a first visit into any stretch starts from a delta without decoding its base on the request's thread."""
+    store, leader = _history(history)
+    _write_deltas(store)  # the log as a master that wrote it left it
+    stored = _stored(store)
+    fulls = sorted(seq for seq, blob in stored.items() if delta_base(blob) is None)
+    assert len(fulls) >= 3, sorted(stored)
+    every, delta_every = (EVERY, DELTA_EVERY) if store.last_seq() > 4 * EVERY else (8, 2)
+    last = store.last_seq()
+    for size, expected in ((2, fulls[-2:]), (len(fulls) + 2, fulls)):
+        bases = SnapshotBases(size=size)
+        writer = DeltaSnapshots(store, every=every, delta_every=delta_every, duty=1.0, bases=bases)
+        writer.observe(last)
+        assert writer.wait_done(last, timeout=60) and writer.wait_warmed(timeout=60), writer.last_error
+        writer.stop()
+        assert writer.last_error is None
+        assert sorted(bases.seqs()) == expected and writer.warmed == len(expected) - 1, (size, bases.seqs())
+        for seq in bases.seqs():
+            assert bases.get(seq).fingerprint() == leader.fingerprints[seq]  # type: ignore[union-attr]
+    # the pool with every base: a first visit anywhere after the first base decodes none
+    for seq in sorted(s for s in leader.fingerprints if s >= fulls[0])[::2]:
+        got = rebuild(store, seq, every=0, cache=StateCache(0, bases=bases))
+        assert got.state.fingerprint() == leader.fingerprints[seq], f"diverged at {seq}"
+    assert bases.decoded == 0
