@@ -281,3 +281,51 @@ def test_a_restarted_writer_decodes_the_older_bases_when_caught_up_so_first_visi
         got = rebuild(store, seq, every=0, cache=StateCache(0, bases=bases))
         assert got.state.fingerprint() == leader.fingerprints[seq], f"diverged at {seq}"
     assert bases.decoded == 0
+
+
+def test_a_decoded_delta_is_kept_so_a_point_after_it_starts_without_decoding_it_again(
+        memory_history: tuple[MemoryEventStore, Leader], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first visit that starts from a stored delta keeps a copy of the decoded state (a checkpoint): the
+    next point between the delta and the visit (a diff's earlier end walking back, a slider stepping
+    back) starts from that copy, with no delta decoded again, and both answers are the history."""
+    from tessera.control_plane.eventlog import snapshots
+
+    store, leader = memory_history
+    bases = SnapshotBases()
+    _write_deltas(store, bases)
+    stored = _stored(store)
+    decoded: list[int] = []
+    real = snapshots.decode_delta
+
+    def counting(blob: bytes, base: ClusterState) -> ClusterState | None:
+        state = real(blob, base)
+        decoded.append(-1 if state is None else state.seq)
+        return state
+
+    from tessera.control_plane.eventlog import replay
+
+    monkeypatch.setattr(replay, "decode_delta", counting)
+    # this history is small: costs scaled down (a delta of a kept base above a copy of a kept state, both
+    # below replaying more than a few events)
+    from tessera.control_plane.eventlog import statecache
+
+    monkeypatch.setattr(statecache, "DELTA_START_EVENTS", 5)
+    monkeypatch.setattr(statecache, "CLONE_EVENTS", 3)
+    monkeypatch.setattr(replay, "CLONE_EVENTS", 3)
+    points = sorted(leader.fingerprints)
+    checked = 0
+    for seq in sorted(s for s, blob in stored.items() if (b := delta_base(blob)) and b in bases.seqs()):
+        after = [p for p in points if p > seq + 1]
+        if len(after) < 2 or any(seq < s <= after[1] for s in stored):
+            continue  # two points after it, before the next stored snapshot
+        cache = StateCache(4, checkpoints=4, bases=bases)
+        decoded.clear()
+        far, near = after[1], after[0]
+        got = rebuild(store, far, every=0, cache=cache, checkpoints=0)
+        assert got.snapshot_seq == seq and decoded == [seq], (seq, got.snapshot_seq, decoded)
+        again = rebuild(store, near, every=0, cache=cache, checkpoints=0)
+        assert again.snapshot_seq == seq and decoded == [seq], (seq, again.snapshot_seq, decoded)
+        assert got.state.fingerprint() == leader.fingerprints[far]
+        assert again.state.fingerprint() == leader.fingerprints[near]
+        checked += 1
+    assert checked >= 2
