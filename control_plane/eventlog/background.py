@@ -329,7 +329,9 @@ class DeltaSnapshots:
     passes, still every `delta_every` events). It starts from the newest full snapshot at or before the
     first point it is asked for, or from the empty state (the deltas before the first full snapshot are
     written from it: base 0). The bases it makes are handed to `bases` (the
-    master's, shared with its history cache), so the newest stretch's deltas start without a decode.
+    master's, shared with its history cache), so the newest stretch's deltas start without a decode; once
+    caught up it decodes the older bases into `bases` too, while there is room (`_warm_one`: after a
+    restart, a first visit into an older stretch then decodes no base on the request's thread).
     Counters: `deltas`, `fulls`, `replayed` (events), `cpu_s` (this thread's CPU time; `encode_s` of it
     encoding), `bytes_written`. Memory: the state and its base (~32 MB at 8,500 tasks, the records shared).
     Measured (docs/benchmarks.md, 2026-12-07 night): ~150-310 us of CPU an event at load 20-40 on 2 cores
