@@ -329,7 +329,9 @@ class DeltaSnapshots:
     passes, still every `delta_every` events). It starts from the newest full snapshot at or before the
     first point it is asked for, or from the empty state (the deltas before the first full snapshot are
     written from it: base 0). The bases it makes are handed to `bases` (the
-    master's, shared with its history cache), so the newest stretch's deltas start without a decode.
+    master's, shared with its history cache), so the newest stretch's deltas start without a decode; once
+    caught up it decodes the older bases into `bases` too, while there is room (`_warm_one`: after a
+    restart, a first visit into an older stretch then decodes no base on the request's thread).
     Counters: `deltas`, `fulls`, `replayed` (events), `cpu_s` (this thread's CPU time; `encode_s` of it
     encoding), `bytes_written`. Memory: the state and its base (~32 MB at 8,500 tasks, the records shared).
     Measured (docs/benchmarks.md, 2026-12-07 night): ~150-310 us of CPU an event at load 20-40 on 2 cores
@@ -357,6 +359,11 @@ class DeltaSnapshots:
         self.cpu_s = 0.0
         self.encode_s = 0.0  # of which encoding deltas and full snapshots
         self.last_error: BaseException | None = None
+        # decoding older bases when idle (`_warm_one`): where to look next, how many, whether done
+        self._warm_at: int | None = None
+        self._warm_finished = bases is None
+        self.warmed = 0
+        self.warm_s = 0.0  # of `cpu_s`: decoding older bases
 
     def observe(self, seq: int) -> None:
         """The log holds (or is about to hold) every event up to `seq`, the end of an applied batch."""
@@ -368,6 +375,11 @@ class DeltaSnapshots:
                 self._thread = threading.Thread(target=self._run, name="tessera-delta-snapshots", daemon=True)
                 self._thread.start()
             self._cond.notify()
+
+    def wait_warmed(self, timeout: float) -> bool:
+        """Wait (bounded) until the thread has decoded the older bases it keeps (see `_warm_one`)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._warm_finished or self._stopped, timeout)
 
     def wait_done(self, seq: int, timeout: float) -> bool:
         """Wait (bounded) until the thread has replayed up to `seq` (or given up on it); True when so."""
@@ -386,11 +398,25 @@ class DeltaSnapshots:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while self._wanted <= self._done and not self._stopped:
+                while self._wanted <= self._done and not self._stopped and (self._warm_finished or self._done == 0):
                     self._cond.wait()
                 if self._stopped:
                     return
                 target = self._wanted
+                warm = target <= self._done  # caught up: an older base to decode meanwhile
+            if warm:
+                try:
+                    self._warm_one()
+                except (EventStoreClosed, _SnapshotterStopped):
+                    return
+                except Exception as exc:  # noqa: BLE001 - a damaged snapshot: requests decode what they need
+                    self.last_error = exc
+                    self._warm_finished = True
+                    log.warning("older bases of delta snapshots not decoded in advance: %r", exc)
+                if self._warm_finished:
+                    with self._cond:
+                        self._cond.notify_all()
+                continue
             try:
                 if target // self.every < self._blocked:
                     pass  # a replay failed in this stretch: not tried again before the next full snapshot's
@@ -477,6 +503,40 @@ class DeltaSnapshots:
                 self.store.put_snapshot(seq, blob)
                 self.deltas += 1
                 self.bytes_written += len(blob)
+
+    def _warm_one(self) -> None:
+        """When caught up: decode the next older base (the full snapshot the deltas of an earlier stretch
+        are read from) into `bases`, while it has room, newest first, one per call, paced to `duty`. After a
+        restart, the first visit into each stretch then starts from a delta (a `share_state` of the base and
+        the changed records) instead of decoding its base on the request's thread (200-450 ms of CPU at
+        8,500-10,000 tasks, docs/benchmarks.md). Memory: what the kept bases hold anyway once visited, at
+        most `bases.size` of them (~32 MB each at 8,500 tasks); bases never push out the ones kept."""
+        assert self.bases is not None
+        started, worked_since = time.thread_time(), time.monotonic()
+        at = self._warm_at if self._warm_at is not None else self._done
+        found = self.store.nearest_snapshot(at) if at > 0 else None
+        if found is None or not self.bases.has_room():
+            self._warm_finished = True
+            return
+        seq, blob = found
+        below = delta_base(blob)
+        base_seq = seq if below is None else below
+        if base_seq <= 0:  # the first stretch's deltas are read from the empty state: nothing to decode
+            self._warm_finished = True
+            return
+        self._warm_at = base_seq - 1
+        if base_seq not in self.bases.seqs():
+            full = (seq, blob) if below is None else self.store.nearest_snapshot(base_seq)
+            decoded = decode_snapshot(full[1]) if full is not None and full[0] == base_seq else None
+            if decoded is not None and decoded.seq == base_seq and self.bases.offer(decoded):
+                self.bases.note(base_seq, None)
+                self.warmed += 1
+        spent = time.thread_time() - started
+        self.cpu_s += spent
+        self.warm_s += spent
+        worked = time.monotonic() - worked_since
+        if self._halt.wait(worked * (1 - self.duty) / self.duty if self.duty < 1 else 0):
+            raise _SnapshotterStopped
 
     def _full(self, seq: int) -> None:
         """A new base at `seq`: the full snapshot stored there (the Snapshotter's, or written now)."""

@@ -194,7 +194,8 @@ def _start(source: HistorySource, target: int, cache: StateCache | None = None
         snap_seq = source.snapshot_seq(at)  # its blob (~2.5 MB at 10,000 tasks) is read only when used
         snap: tuple[int, bytes] | None = None
         cost = SNAPSHOT_DECODE_EVENTS
-        if bases is not None and snap_seq is not None and cached is not None:
+        if bases is not None and snap_seq is not None and (cached is not None or bases.seqs()):
+            # a choice to make (a cached state, or a kept base below): what does this snapshot cost?
             known = bases.start_cost(snap_seq)
             if known is None:  # not read yet: what kind of snapshot is it?
                 snap = source.nearest_snapshot(snap_seq)
@@ -220,6 +221,12 @@ def _start(source: HistorySource, target: int, cache: StateCache | None = None
         seq, blob = snap
         started = _from_snapshot(source, seq, blob, bases)
         if started is not None:
+            if cache is not None and seq < target and delta_base(blob) is not None:
+                # a delta decoded: kept as a checkpoint, so the next point of its stretch starts from a copy
+                # of it (a `share_state`) instead of decoding it again (a diff's earlier end or a slider
+                # stepping back walks down a stretch: every step before the replay's first checkpoint)
+                cache.put(share_state(started[0]), checkpoint=True)
+                started[2].shared()
             return started
         log.info("skipping the snapshot at %d: written by another version of tessera, damaged, or a delta "
                  "whose base is gone", seq)

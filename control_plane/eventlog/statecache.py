@@ -356,6 +356,20 @@ class SnapshotBases:
             while len(self._states) > self.size:
                 self._states.popitem(last=False)
 
+    def has_room(self) -> bool:
+        with self._lock:
+            return len(self._states) < self.size
+
+    def offer(self, state: ClusterState) -> bool:
+        """Keep `state` (a full snapshot decoded in advance, `background.DeltaSnapshots`) only if there is
+        room, as the least recently used (the first dropped); whether it was kept."""
+        with self._lock:
+            if len(self._states) >= self.size:
+                return False
+            self._states[state.seq] = state
+            self._states.move_to_end(state.seq, last=False)
+            return True
+
     def note(self, seq: int, base: int | None) -> None:
         """The snapshot stored at `seq` is a delta from the full one at `base` (0: from the empty state;
         None: it is a full one)."""

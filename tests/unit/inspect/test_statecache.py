@@ -275,39 +275,108 @@ def test_a_shared_copy_replays_to_the_history_and_never_changes_the_state_it_cam
             assert checkpoint.fingerprint() == fingerprint, f"a checkpoint at {checkpoint.seq} changed"
 
 
-@pytest.mark.parametrize("history", ["realistic", "random-4"])
-def test_a_diff_of_states_sharing_records_equals_the_diff_comparing_every_task(
-        history: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`diff_states` skips the task records two states share; what it answers is what comparing every
-    task of both gives."""
+def _full_diff(a: ClusterState, b: ClusterState) -> list[object]:
+    """The reference `diff_states` answers: every kind's view of both states compared key by key, the
+    tasks too (every task's facts, shared records or not), rows written for every change."""
     from tessera.control_plane.eventlog import diff as diff_module
+    from tessera.control_plane.eventlog.diff import Change, FieldChange
 
+    out: list[object] = []
+    for kind, view, row in diff_module._VIEWS:
+        va, vb = view(a), view(b)
+        for key in sorted(va.keys() | vb.keys()):
+            if key not in va:
+                out.append(Change(kind, key, "added", tuple(FieldChange(k, "", v) for k, v in row(vb[key]).items())))
+            elif key not in vb:
+                out.append(Change(kind, key, "removed", tuple(FieldChange(k, v, "") for k, v in row(va[key]).items())))
+            elif va[key] != vb[key]:
+                was, now = row(va[key]), row(vb[key])
+                out.append(Change(kind, key, "changed", tuple(FieldChange(k, was[k], now[k]) for k in now
+                                                                 if was[k] != now[k])))
+    return out
+
+
+@pytest.mark.parametrize("history", ["realistic", "random-4", "random-5"])
+def test_a_diff_of_states_sharing_records_equals_the_diff_comparing_every_task(history: str) -> None:
+    """`diff_states` skips the task records two states share and compares the others field by field; what
+    it answers is what comparing every task of both gives: for states of one replay's lineage (sharing
+    records) and of separate rebuilds (sharing none), both ways."""
     from .workload import random_history, realistic_history
 
-    def every_task(a: ClusterState, b: ClusterState) -> set[object]:
-        return {*a.tasks, *a.completed_tasks, *b.tasks, *b.completed_tasks}
-
-    def reference(a: ClusterState, b: ClusterState) -> object:
-        with monkeypatch.context() as m:
-            m.setattr(diff_module, "_changed_task_keys", every_task)
-            return diff_states(a, b)
-
     store = MemoryEventStore()
-    leader = realistic_history(store) if history == "realistic" else random_history(store, seed=4)
+    leader = realistic_history(store) if history == "realistic" else random_history(store, seed=int(history[-1]))
     assert store.flush()
     points = sorted(leader.fingerprints)
     cache = StateCache(4)
     rng = random.Random(3)
     compared = 0
-    for _ in range(40):
+    for i in range(40):
         a, b = sorted(rng.sample(points, 2))
-        before = rebuild(store, a, every=0, cache=cache).state
-        after = rebuild(store, b, every=0, cache=cache).state
+        if i % 2:  # separate lineages: no record shared
+            before, after = rebuild(store, a, every=0).state, rebuild(store, b, every=0).state
+        else:
+            before = rebuild(store, a, every=0, cache=cache).state
+            after = rebuild(store, b, every=0, cache=cache).state
         got = diff_states(before, after)
-        assert got == reference(before, after), (a, b)
-        assert diff_states(after, before) == reference(after, before), (b, a)
+        assert list(got.changes) == _full_diff(before, after), (a, b)
+        assert list(diff_states(after, before).changes) == _full_diff(after, before), (b, a)
         compared += bool(got.changes)
     assert compared > 30
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_diff_of_randomly_changed_task_tables_equals_the_diff_comparing_every_task(seed: int) -> None:
+    """Random edits of a `share_state` copy's task tables, each of what a row shows (state, agent,
+    unacknowledged count, kill requested, live or completed), records copied equal or replaced, tasks added
+    and removed, in both tables at once: `diff_states` answers what comparing every task gives."""
+    import dataclasses
+
+    from tessera.control_plane.core.values import TaskState
+    from tessera.control_plane.eventlog.statecache import share_state
+
+    from .workload import realistic_history
+
+    store = MemoryEventStore()
+    leader = realistic_history(store)
+    assert store.flush()
+    base = rebuild(store, max(leader.fingerprints), every=0).state
+    rng = random.Random(seed)
+    records = [*base.tasks.values(), *base.completed_tasks.values()]
+    states = list(TaskState)
+    for _ in range(30):
+        after = share_state(base)
+        for _ in range(rng.randint(1, 12)):
+            table = after.tasks if rng.random() < 0.6 or not after.completed_tasks else after.completed_tasks
+            other = after.completed_tasks if table is after.tasks else after.tasks
+            if not table:
+                continue
+            key = rng.choice(list(table))
+            r = table[key]
+            edit = rng.randrange(9)
+            if edit == 0:
+                table[key] = dataclasses.replace(r)  # a copy, equal: no change
+            elif edit == 1:
+                table[key] = dataclasses.replace(r, state=rng.choice(states))
+            elif edit == 2:
+                table[key] = dataclasses.replace(r, info=dataclasses.replace(r.info, agent_id=f"agent-{rng.randrange(3)}"))
+            elif edit == 3:
+                table[key] = dataclasses.replace(r, unacknowledged=r.unacknowledged[:-1] if r.unacknowledged
+                                                 else (*r.unacknowledged, *records[0].unacknowledged, None))
+            elif edit == 4:
+                table[key] = dataclasses.replace(r, kill_requested=not r.kill_requested)
+            elif edit == 5:  # moved to the other table
+                other[key] = table.pop(key)
+            elif edit == 6:  # in both tables: its live record is its row
+                other[key] = dataclasses.replace(r, state=rng.choice(states))
+            elif edit == 7:
+                del table[key]
+            else:  # a new task, like another one
+                new = dataclasses.replace(r.info, task_id=f"new-{rng.randrange(10**6)}")
+                table[type(key)(new.framework_id, new.task_id)] = dataclasses.replace(r, info=new)
+        for a, b in ((base, after), (after, base)):
+            got = diff_states(a, b)
+            assert list(got.changes) == _full_diff(a, b)
+            assert len(got.changes) == len(_full_diff(a, b))
 
 
 def test_a_step_from_a_cached_state_reads_only_the_records_it_replays(
