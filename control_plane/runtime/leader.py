@@ -225,11 +225,14 @@ class LeaderDuties:
 
     def _forget_sent(self, acknowledged: list[tuple[str, str]]) -> None:
         """Acknowledged updates are never re-sent: stop timing them (else every update ever sent stays in
-        `last_update_sent`, copied at every tick)."""
-        for framework_id, uuid in acknowledged:
-            session = self.frameworks.get(framework_id)
-            if session is not None:
-                session.last_update_sent.pop(uuid, None)
+        `last_update_sent`, copied at every tick). Under the lock, as every change of that dict: the
+        ticker copies it (`_soft_state`), and a change during the copy raised "dictionary changed size
+        during iteration" (seen in bench_web's runs, "leader duty failed")."""
+        with self._lock:
+            for framework_id, uuid in acknowledged:
+                session = self.frameworks.get(framework_id)
+                if session is not None:
+                    session.last_update_sent.pop(uuid, None)
 
     def _principal_of(self, framework_id: str) -> str:
         """The principal framework `framework_id` was recorded under (it never changes); "" if unknown."""
@@ -268,9 +271,10 @@ class LeaderDuties:
             return
         now = time.monotonic()
         for group in duties.coalesce(items, lambda m: isinstance(m, duties.SendUpdate), session.batched_updates):
-            for item in group:
-                if isinstance(item, duties.SendUpdate) and item.status.uuid:
-                    session.last_update_sent[item.status.uuid] = now
+            sent = [item.status.uuid for item in group if isinstance(item, duties.SendUpdate) and item.status.uuid]
+            if sent:
+                with self._lock:  # see `_forget_sent`
+                    session.last_update_sent.update(dict.fromkeys(sent, now))
             if isinstance(group[0], duties.RemoveFramework):
                 session.send(scheduler_pb2.SchedulerEvent(error=scheduler_pb2.Error(
                     message=f"framework removed: {group[0].reason}")))
@@ -315,8 +319,7 @@ class LeaderDuties:
         with self._lock:
             last_seen = dict(self.agent_last_seen)
             last_seen.update((aid, s.last_seen) for aid, s in self.agents.items())
-            update_sent = {uuid: t for s in self.frameworks.values()
-                           for uuid, t in list(s.last_update_sent.items())}
+            update_sent = {uuid: t for s in self.frameworks.values() for uuid, t in s.last_update_sent.items()}
             return self._ledger.view(now, last_seen=last_seen, frameworks=list(self.frameworks),
                                      update_sent=update_sent)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -166,3 +167,40 @@ def test_an_allocation_round_does_not_wait_for_the_previous_rounds_commit_and_of
 
 def _offer(offer_id: str) -> Offer:
     return Offer(offer_id=offer_id, framework_id="fw", agent_id="a", role="*", resources=Resources.of(cpus=1))
+
+
+class _ChangedOnlyUnderLock(dict[str, float]):
+    """A session's `last_update_sent` that fails a change made without the leader's lock held."""
+
+    def __init__(self, lock: Any) -> None:
+        super().__init__()
+        self.lock = lock
+
+    def _check(self) -> None:
+        assert self.lock.locked(), "last_update_sent changed without the leader's lock"
+
+    def __setitem__(self, key: str, value: float) -> None:
+        self._check()
+        super().__setitem__(key, value)
+
+    def update(self, *args: Any, **kwargs: float) -> None:
+        self._check()
+        super().update(*args, **kwargs)
+
+    def pop(self, *args: Any) -> Any:
+        self._check()
+        return super().pop(*args)
+
+
+def test_the_times_updates_were_sent_change_only_under_the_lock_the_ticker_copies_them_with(
+        node: InProcessMaster) -> None:
+    """The ticker copies every session's `last_update_sent` under the leader's lock (`_soft_state`) while
+    the reactor forgets acknowledged updates and senders record new ones: a change outside the lock
+    during the copy raised "dictionary changed size during iteration" and failed that tick's duties."""
+    fw = node.duties.attach_framework("fw-lock", "stream-1", batched_updates=True)
+    fw.last_update_sent = _ChangedOnlyUnderLock(node.duties._lock)
+    statuses = [TaskStatus(task_id=f"t-{i}", state=TaskState.TASK_RUNNING, uuid=f"uuid-{i}") for i in range(3)]
+    node.duties.deliver([duties.SendUpdate("fw-lock", s) for s in statuses])
+    assert set(fw.last_update_sent) == {"uuid-0", "uuid-1", "uuid-2"}
+    node.duties._forget_sent([("fw-lock", "uuid-0")])
+    assert set(fw.last_update_sent) == {"uuid-1", "uuid-2"}
