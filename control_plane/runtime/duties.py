@@ -15,8 +15,8 @@ Rules kept here
   `LeaderSettings` timings). Every tick: agents silent for longer
   than `agent_timeout` are marked unreachable (an agent never heard from since this leader started
   serving has `reregistration_timeout` to come back, and is marked as soon as that grace is over). Once a
-  second (`SLOW_PERIOD`): connected frameworks without a stream to this leader are disconnected (after
-  `framework_reconnect_timeout`), expired frameworks and offers are expired, unacknowledged status updates
+  second (`SLOW_PERIOD`): connected frameworks without a stream to this leader on two rounds in a row, on
+  the same stream, are disconnected (after `framework_reconnect_timeout`), expired frameworks and offers are expired, unacknowledged status updates
   not sent for `status_update_retry` are re-sent. An allocation round is due when one is wanted or
   `allocation_interval` passed, and no offers of the previous round are still being committed. A duty
   whose proposal is still in flight (its key in `soft.pending`) is not proposed again.
@@ -99,6 +99,8 @@ class SoftState:
     allocation_wanted: bool = False
     last_allocation: float = float("-inf")
     last_slow: float = float("-inf")
+    # framework id -> the stream it was connected on without a stream to this leader, at the last slow round
+    missing: Mapping[str, str] = field(default_factory=dict)
 
 
 # ---- commands (what tick asks of the shell) ------------------------------------------------------------
@@ -117,7 +119,9 @@ class AllocationRound:
 
 @dataclass(frozen=True)
 class SlowRound:
-    """The once-a-second duties ran now (the shell records the time)."""
+    """The once-a-second duties ran now (the shell records the time, and `missing` for the next round)."""
+
+    missing: Mapping[str, str] = field(default_factory=dict)  # see `SoftState.missing`
 
 
 # ---- outbound messages (what react and tick ask the shell to send) -------------------------------------
@@ -190,14 +194,19 @@ def tick(soft: SoftState, state: ClusterState, now: float, settings: LeaderSetti
     out: list[Command] = []
     out.extend(_unreachable_agents(soft, state, now, settings))
     if now - soft.last_slow >= SLOW_PERIOD:
-        out.append(SlowRound())
+        # A connected framework is disconnected once it has had no stream to this leader on two slow rounds
+        # in a row, on the same stream: a subscription is committed before its stream is attached to the
+        # leader, and a round between the two saw a framework connected without a stream (it disconnected
+        # a standby that had just taken over, which then had every call refused as deposed).
+        missing = {framework_id: fw.stream_id for framework_id, fw in sorted(state.frameworks.items())
+                   if fw.state is FrameworkState.FRAMEWORK_CONNECTED and framework_id not in soft.frameworks}
+        out.append(SlowRound(missing=missing))
         if now - soft.serving_since >= settings.framework_reconnect_timeout:
-            for framework_id, fw in sorted(state.frameworks.items()):
+            for framework_id, stream_id in missing.items():
                 key = ("framework", framework_id)
-                if (fw.state is FrameworkState.FRAMEWORK_CONNECTED and framework_id not in soft.frameworks
-                        and key not in soft.pending):
+                if soft.missing.get(framework_id) == stream_id and key not in soft.pending:
                     out.append(Propose(key, (cmd.DisconnectFramework(framework_id=framework_id,
-                                                                     stream_id=fw.stream_id),)))
+                                                                     stream_id=stream_id),)))
         if ("expiry", "") not in soft.pending:
             out.append(Propose(("expiry", ""), (cmd.ExpireFrameworks(), cmd.ExpireOffers())))
         for framework_id in sorted(soft.frameworks):
@@ -393,11 +402,13 @@ class Ledger:
     allocation_wanted: bool = True
     last_allocation: float = float("-inf")
     last_slow: float = float("-inf")
+    missing: dict[str, str] = field(default_factory=dict)  # `SoftState.missing`
     # the offers of offer entries in flight, by key: the next allocation round offers what they leave
     offers_in_flight: dict[tuple[str, str], tuple[Offer, ...]] = field(default_factory=dict)
 
     def serving(self, now: float) -> None:
         self.serving_since = now
+        self.missing.clear()
         self.pending.clear()
         self.offers_in_flight.clear()
         self.allocation_wanted = True
@@ -417,7 +428,7 @@ class Ledger:
                          last_seen=dict(last_seen), frameworks=frozenset(frameworks),
                          update_sent=dict(update_sent), pending=frozenset(self.pending),
                          allocation_wanted=self.allocation_wanted, last_allocation=self.last_allocation,
-                         last_slow=self.last_slow)
+                         last_slow=self.last_slow, missing=dict(self.missing))
 
     def record(self, commands: Iterable[Any], now: float) -> None:
         """Note what the shell is about to do: proposals in flight, rounds run."""
@@ -433,6 +444,7 @@ class Ledger:
                 self.last_allocation = now
             elif isinstance(c, SlowRound):
                 self.last_slow = now
+                self.missing = dict(c.missing)
             elif isinstance(c, WantAllocation):
                 self.allocation_wanted = True
 

@@ -100,7 +100,7 @@ def test_slow_duties_run_once_a_second(h: Harness) -> None:
     now = T0 + 100.0
     assert duties.tick(soft(last_slow=now - 0.5), h.state, now, SETTINGS) == []
     todo = duties.tick(soft(last_slow=now - 1.0), h.state, now, SETTINGS)
-    assert SlowRound() in todo
+    assert SlowRound() in todo  # no framework: none seen without a stream
     assert proposed(todo) == [c.ExpireFrameworks(), c.ExpireOffers()]
 
 
@@ -109,10 +109,39 @@ def test_framework_without_a_stream_is_disconnected_after_the_reconnect_grace(h:
     due = {"last_slow": float("-inf")}
     within = duties.tick(soft(frameworks=frozenset({here}), **due), h.state, T0 + 4.0, SETTINGS)
     assert not [x for x in proposed(within) if isinstance(x, c.DisconnectFramework)]
-    after = duties.tick(soft(frameworks=frozenset({here}), **due), h.state, T0 + 5.0, SETTINGS)
     stream = h.state.frameworks[gone].stream_id
+    assert SlowRound(missing={gone: stream}) in within
+    first = duties.tick(soft(frameworks=frozenset({here}), **due), h.state, T0 + 5.0, SETTINGS)
+    assert not [x for x in proposed(first) if isinstance(x, c.DisconnectFramework)]  # not seen missing before
+    after = duties.tick(soft(frameworks=frozenset({here}), missing={gone: stream}, **due), h.state, T0 + 6.0,
+                        SETTINGS)
     assert [x for x in proposed(after) if isinstance(x, c.DisconnectFramework)] == [
         c.DisconnectFramework(framework_id=gone, stream_id=stream)]
+
+
+def test_a_framework_seen_without_a_stream_on_another_stream_before_is_not_disconnected(h: Harness) -> None:
+    """A subscription is committed before the leader attaches its stream: a slow round in between sees the
+    framework connected, on its new stream, without a stream to this leader. It is disconnected only when
+    the next round (a second later) still sees that same stream missing; before, the first round did it,
+    and a standby that had just taken over had every call refused as deposed (the services process test)."""
+    fw = h.framework()
+    stream = h.state.frameworks[fw].stream_id
+    due = {"last_slow": float("-inf")}
+    on_old = duties.tick(soft(missing={fw: "stream-before-the-takeover"}, **due), h.state, T0 + 100.0, SETTINGS)
+    assert not [x for x in proposed(on_old) if isinstance(x, c.DisconnectFramework)]
+    attached = duties.tick(soft(frameworks=frozenset({fw}), missing={fw: stream}, **due), h.state, T0 + 101.0,
+                           SETTINGS)
+    assert not [x for x in proposed(attached) if isinstance(x, c.DisconnectFramework)]
+    assert SlowRound(missing={}) in attached
+
+
+def test_the_ledger_keeps_the_frameworks_seen_without_a_stream_for_the_next_round() -> None:
+    ledger = duties.Ledger()
+    ledger.serving(T0)
+    ledger.record([SlowRound(missing={"fw": "s1"})], T0 + 1)
+    assert ledger.view(T0 + 2, last_seen={}, frameworks=(), update_sent={}).missing == {"fw": "s1"}
+    ledger.serving(T0 + 3)  # a new term starts with nothing seen
+    assert ledger.view(T0 + 4, last_seen={}, frameworks=(), update_sent={}).missing == {}
 
 
 def test_unacknowledged_update_is_resent_after_status_update_retry(h: Harness) -> None:
